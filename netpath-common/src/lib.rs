@@ -1,0 +1,13 @@
+//! Types shared by the netpath BPF programs and the agent.
+//!
+//! Everything here is `#[repr(C)]` and plain data so that the kernel side and
+//! the user side agree on the layout byte for byte. The `user` feature adds
+//! `aya::Pod` impls so the agent can read and write the maps.
+#![no_std]
+
+pub mod endpoint;
+pub mod maps;
+pub mod stats;
+
+pub use endpoint::Endpoint;
+pub use stats::{Counter, DropReason, TrafficStats};

@@ -1,0 +1,88 @@
+//! The versioned JSON API on a root-only Unix socket. `curl --unix-socket
+//! /run/netpath/default/api.sock http://localhost/v1/status` works.
+
+use std::{os::unix::fs::PermissionsExt as _, path::Path, sync::Arc};
+
+use anyhow::{bail, Context as _, Result};
+use axum::{
+    body::Bytes,
+    extract::{Path as UrlPath, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+
+use crate::{
+    agent::{Agent, AgentError},
+    model::{ApiErrorBody, ContainerRequest},
+};
+
+impl IntoResponse for AgentError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            AgentError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AgentError::NotFound(_) => StatusCode::NOT_FOUND,
+            AgentError::Conflict(_) => StatusCode::CONFLICT,
+            AgentError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (status, Json(ApiErrorBody { error: self.to_string() })).into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, AgentError>;
+
+pub fn router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/containers", get(list_containers).post(add_container))
+        .route("/v1/containers/{name}", get(get_container).delete(del_container))
+        .fallback(|| async { AgentError::NotFound("no such API route (this agent serves /v1/...)".into()) })
+        .with_state(agent)
+}
+
+async fn status(State(agent): State<Arc<Agent>>) -> ApiResult<crate::model::Status> {
+    Ok(Json(agent.status().await?))
+}
+
+async fn list_containers(State(agent): State<Arc<Agent>>) -> ApiResult<Vec<crate::model::Container>> {
+    Ok(Json(agent.containers().await))
+}
+
+async fn get_container(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> ApiResult<crate::model::ContainerStatus> {
+    Ok(Json(agent.container(&name).await?))
+}
+
+async fn add_container(State(agent): State<Arc<Agent>>, body: Bytes) -> Result<(StatusCode, Json<crate::model::Container>), AgentError> {
+    let req: ContainerRequest = serde_json::from_slice(&body)
+        .map_err(|e| AgentError::BadRequest(format!("invalid container request: {e}")))?;
+    Ok((StatusCode::CREATED, Json(agent.add_container(req).await?)))
+}
+
+async fn del_container(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> ApiResult<crate::model::Container> {
+    Ok(Json(agent.del_container(&name).await?))
+}
+
+/// Binds the socket (directory 0700, socket 0600: root only) and serves
+/// until `shutdown` completes. Refuses to steal the socket of a live agent.
+pub async fn serve(agent: Arc<Agent>, socket: &Path, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    if socket.exists() {
+        if tokio::net::UnixStream::connect(socket).await.is_ok() {
+            bail!("another agent is serving {}", socket.display());
+        }
+        std::fs::remove_file(socket).with_context(|| format!("removing stale socket {}", socket.display()))?;
+    }
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let listener = tokio::net::UnixListener::bind(socket);
+    nix::sys::stat::umask(old);
+    let listener = listener.with_context(|| format!("binding {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    tracing::info!("API listening on {}", socket.display());
+    axum::serve(listener, router(agent)).with_graceful_shutdown(shutdown).await.context("serving the API")?;
+    let _ = std::fs::remove_file(socket);
+    Ok(())
+}

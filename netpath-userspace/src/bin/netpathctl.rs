@@ -1,0 +1,134 @@
+//! netpathctl: the command line over netpathd's API. See `netpathctl --help`.
+
+use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use netpath_userspace::{
+    client::Client,
+    config::default_socket,
+    model::{Container, ContainerRequest, ContainerStatus, Status},
+    output,
+};
+
+#[derive(Parser, Debug)]
+#[command(name = "netpathctl", version, about = "Drive netpathd: containers, status")]
+struct Args {
+    /// API socket [default: /run/netpath/<instance>/api.sock].
+    #[arg(long, global = true, env = "NETPATH_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Instance whose default socket to use.
+    #[arg(long, global = true, env = "NETPATH_INSTANCE", default_value = "default")]
+    instance: String,
+    /// Output format.
+    #[arg(long, short, global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Instance, attach points, programs, maps and containers.
+    Status,
+    /// Attach, detach and list containers.
+    #[command(subcommand)]
+    Container(ContainerCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum ContainerCmd {
+    /// Attach the network namespace NETNS to the bridge as container NAME.
+    Add {
+        name: String,
+        /// A name under /run/netns, or a path such as /proc/PID/ns/net.
+        #[arg(long)]
+        netns: String,
+        /// Address from the subnet [default: the next free one].
+        #[arg(long)]
+        ip: Option<Ipv4Addr>,
+    },
+    /// Detach a container and remove every trace of it.
+    #[command(alias = "rm")]
+    Del { name: String },
+    /// List containers.
+    #[command(alias = "list")]
+    Ls,
+    /// One container with its counters.
+    Show { name: String },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("netpathctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netpathctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print<T: serde::Serialize>(format: Format, value: &T, table: impl FnOnce(&T) -> String) -> Result<()> {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Format::Table => print!("{}", table(value)),
+    }
+    Ok(())
+}
+
+async fn run(args: Args) -> Result<()> {
+    let socket = args.socket.clone().unwrap_or_else(|| default_socket(&args.instance));
+    let client = Client::new(&socket);
+    let fmt = args.output;
+    match args.command {
+        Command::Status => {
+            let s: Status = client.get("/v1/status").await?;
+            print(fmt, &s, output::status_text)
+        }
+        Command::Container(ContainerCmd::Add { name, netns, ip }) => {
+            let c: Container = client.post("/v1/containers", &ContainerRequest { name, netns, ip }).await?;
+            print(fmt, &c, |c| format!("added {} ip {} mac {} veth {}\n", c.name, c.ip, c.mac, c.veth))
+        }
+        Command::Container(ContainerCmd::Del { name }) => {
+            let c: Container = client.delete(&format!("/v1/containers/{}", encode(&name))).await?;
+            print(fmt, &c, |c| format!("removed {}\n", c.name))
+        }
+        Command::Container(ContainerCmd::Ls) => {
+            let cs: Vec<Container> = client.get("/v1/containers").await?;
+            print(fmt, &cs, |cs| output::containers_table(cs))
+        }
+        Command::Container(ContainerCmd::Show { name }) => {
+            let c: ContainerStatus = client.get(&format!("/v1/containers/{}", encode(&name))).await?;
+            print(fmt, &c, |c| {
+                let mut s = output::containers_table(std::slice::from_ref(&c.container));
+                s.push_str(&format!(
+                    "tx {} packets {} bytes, rx {} packets {} bytes, drops {}\n",
+                    c.stats.tx_packets, c.stats.tx_bytes, c.stats.rx_packets, c.stats.rx_bytes, output::drops_summary(&c.stats)
+                ));
+                s
+            })
+        }
+    }
+}
+
+/// Percent-encodes a path segment (container names are restricted, but a
+/// mistyped one must still reach the agent to be rejected there).
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-_.".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}

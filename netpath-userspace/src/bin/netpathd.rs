@@ -1,0 +1,86 @@
+//! netpathd: the netpath agent. See `netpathd --help`.
+
+use std::{net::Ipv4Addr, path::PathBuf, sync::Arc};
+
+use anyhow::{Context as _, Result};
+use clap::Parser;
+use netpath_userspace::{agent::Agent, api, config::Config, netns::Netns};
+
+#[derive(Parser, Debug)]
+#[command(name = "netpathd", version, about = "netpath agent: bridge, veths and the eBPF datapath of one container host")]
+struct Args {
+    /// TOML configuration file (flags override it).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Instance name: pins under /sys/fs/bpf/netpath/<instance>, default state and socket paths.
+    #[arg(long)]
+    instance: Option<String>,
+    /// Uplink interface (XDP attaches there).
+    #[arg(long)]
+    uplink: Option<String>,
+    /// Bridge name [default: np0].
+    #[arg(long)]
+    bridge: Option<String>,
+    /// Container subnet [default: 10.77.0.0/16].
+    #[arg(long)]
+    subnet: Option<ipnet::Ipv4Net>,
+    /// Bridge address [default: first host of the subnet].
+    #[arg(long)]
+    gateway: Option<Ipv4Addr>,
+    /// State directory [default: /var/lib/netpath/<instance>].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// API socket [default: /run/netpath/<instance>/api.sock].
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// bpffs directory for pins [default: /sys/fs/bpf/netpath/<instance>].
+    #[arg(long)]
+    pin_dir: Option<PathBuf>,
+    /// Run inside this network namespace (a name under /run/netns or a path)
+    /// instead of the one netpathd was started in.
+    #[arg(long)]
+    netns: Option<String>,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let args = Args::parse();
+    let mut cfg = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(v) = args.instance { cfg.instance = v; }
+    if let Some(v) = args.uplink { cfg.uplink = Some(v); }
+    if let Some(v) = args.bridge { cfg.bridge = v; }
+    if let Some(v) = args.subnet { cfg.subnet = v; }
+    if let Some(v) = args.gateway { cfg.gateway = Some(v); }
+    if let Some(v) = args.state_dir { cfg.state_dir = Some(v); }
+    if let Some(v) = args.socket { cfg.socket = Some(v); }
+    if let Some(v) = args.pin_dir { cfg.pin_dir = Some(v); }
+    let cfg = cfg.resolve().context("invalid configuration")?;
+    // setns applies to the calling thread: do it before any other exists.
+    if let Some(ns) = &args.netns {
+        Netns::open(ns)?.enter()?;
+    }
+    let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    rt.block_on(async move {
+        let agent = Arc::new(Agent::start(cfg.clone()).await?);
+        tracing::info!(instance = %cfg.instance, bridge = %cfg.bridge, subnet = %cfg.subnet, "netpathd ready");
+        api::serve(agent, &cfg.socket, shutdown_signal()).await?;
+        tracing::info!("netpathd stopping; the datapath stays attached");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,181 @@
+//! Agent configuration: defaults, an optional TOML file, then flags.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context as _, Result};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+/// Root of netpath's pins in bpffs; each instance has a directory below.
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf/netpath";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Names the instance: its pin directory, state and socket. Unique per
+    /// machine (bpffs is shared by all network namespaces).
+    pub instance: String,
+    /// Interface to the outside world (XDP is attached there), if any.
+    pub uplink: Option<String>,
+    pub bridge: String,
+    /// Container subnet.
+    pub subnet: Ipv4Net,
+    /// Bridge address; the first host of the subnet when absent.
+    pub gateway: Option<Ipv4Addr>,
+    /// Desired state lives here (`state.json`).
+    pub state_dir: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    /// bpffs directory for this instance's pins.
+    pub pin_dir: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            instance: "default".into(),
+            uplink: None,
+            bridge: "np0".into(),
+            subnet: "10.77.0.0/16".parse().expect("valid default subnet"),
+            gateway: None,
+            state_dir: None,
+            socket: None,
+            pin_dir: None,
+        }
+    }
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+    }
+
+    /// Checks the values and fills in the derived defaults.
+    pub fn resolve(mut self) -> Result<ResolvedConfig> {
+        validate_name("instance", &self.instance, 32)?;
+        validate_ifname("bridge", &self.bridge)?;
+        if let Some(uplink) = &self.uplink {
+            validate_ifname("uplink", uplink)?;
+        }
+        let subnet = self.subnet.trunc();
+        if subnet != self.subnet {
+            bail!("subnet {} has host bits set (did you mean {subnet}?)", self.subnet);
+        }
+        if subnet.prefix_len() > 30 {
+            bail!("subnet {subnet} is too small: at least a /30 is needed for a gateway and a container");
+        }
+        let gateway = match self.gateway.take() {
+            Some(gw) => {
+                if !subnet.contains(&gw) || gw == subnet.network() || gw == subnet.broadcast() {
+                    bail!("gateway {gw} is not a host address of subnet {subnet}");
+                }
+                gw
+            }
+            None => subnet.hosts().next().context("subnet has no host addresses")?,
+        };
+        let instance = self.instance.clone();
+        Ok(ResolvedConfig {
+            state_dir: self
+                .state_dir
+                .unwrap_or_else(|| PathBuf::from(format!("/var/lib/netpath/{instance}"))),
+            socket: self.socket.unwrap_or_else(|| default_socket(&instance)),
+            pin_dir: self.pin_dir.unwrap_or_else(|| Path::new(BPFFS_ROOT).join(&instance)),
+            instance,
+            uplink: self.uplink,
+            bridge: self.bridge,
+            subnet,
+            gateway,
+        })
+    }
+}
+
+/// The API socket of an instance when not configured otherwise.
+pub fn default_socket(instance: &str) -> PathBuf {
+    PathBuf::from(format!("/run/netpath/{instance}/api.sock"))
+}
+
+/// A configuration with every default filled in and checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedConfig {
+    pub instance: String,
+    pub uplink: Option<String>,
+    pub bridge: String,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub pin_dir: PathBuf,
+}
+
+/// Names that end up in paths: letters, digits, `-`, `_`, `.`; not starting with `.`.
+pub fn validate_name(what: &str, name: &str, max: usize) -> Result<()> {
+    if name.is_empty() {
+        bail!("{what} name is empty");
+    }
+    if name.len() > max {
+        bail!("{what} name {name:?} is longer than {max} characters");
+    }
+    if name.starts_with('.') || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        bail!("{what} name {name:?} may only contain letters, digits, '-', '_' and '.', and may not start with '.'");
+    }
+    Ok(())
+}
+
+/// Linux interface names: 1 to 15 bytes, no '/', no whitespace.
+pub fn validate_ifname(what: &str, name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 15 || name.contains('/') || name.contains(char::is_whitespace) || name == "." || name == ".." {
+        bail!("{what} interface name {name:?} is not a valid Linux interface name (1-15 characters, no '/' or spaces)");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_resolve() {
+        let c = Config::default().resolve().unwrap();
+        assert_eq!(c.gateway, "10.77.0.1".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(c.pin_dir, PathBuf::from("/sys/fs/bpf/netpath/default"));
+        assert_eq!(c.socket, PathBuf::from("/run/netpath/default/api.sock"));
+        assert_eq!(c.bridge, "np0");
+    }
+
+    #[test]
+    fn file_overrides_defaults() {
+        let c: Config = toml::from_str("instance = \"lab\"\nsubnet = \"192.168.5.0/24\"\nuplink = \"eth1\"\n").unwrap();
+        let c = c.resolve().unwrap();
+        assert_eq!(c.instance, "lab");
+        assert_eq!(c.gateway, "192.168.5.1".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(c.uplink.as_deref(), Some("eth1"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(toml::from_str::<Config>("brigde = \"x\"").is_err());
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let mut c = Config::default();
+        c.subnet = "10.0.0.1/24".parse().unwrap();
+        assert!(c.resolve().unwrap_err().to_string().contains("host bits"));
+        let mut c = Config::default();
+        c.gateway = Some("10.78.0.1".parse().unwrap());
+        assert!(c.resolve().unwrap_err().to_string().contains("not a host address"));
+        let mut c = Config::default();
+        c.bridge = "a-very-long-bridge-name".into();
+        assert!(c.resolve().unwrap_err().to_string().contains("bridge interface name"));
+        let mut c = Config::default();
+        c.instance = "../etc".into();
+        assert!(c.resolve().is_err());
+        let mut c = Config::default();
+        c.subnet = "10.0.0.0/31".parse().unwrap();
+        assert!(c.resolve().unwrap_err().to_string().contains("too small"));
+    }
+}

@@ -1,0 +1,15 @@
+//! netpath's agent logic: configuration, address management, state,
+//! netlink plumbing, the BPF datapath, the API and its client. The binaries
+//! `netpathd` and `netpathctl` are thin wrappers around this library.
+
+pub mod agent;
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod datapath;
+pub mod ipam;
+pub mod model;
+pub mod netlink;
+pub mod netns;
+pub mod output;
+pub mod state;

@@ -1,0 +1,175 @@
+//! Interface plumbing over rtnetlink: bridge, veth pairs, addresses, routes.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use anyhow::{anyhow, Context as _, Result};
+use futures::TryStreamExt as _;
+use netlink_packet_route::{
+    address::AddressAttribute,
+    link::{LinkAttribute, LinkMessage},
+};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use crate::netns::Netns;
+
+/// A netlink connection bound to one network namespace (the one the socket
+/// was created in).
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+fn is_errno(err: &rtnetlink::Error, errno: i32) -> bool {
+    matches!(err, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -errno)
+}
+
+impl Netlink {
+    /// A connection in the calling thread's namespace. Needs a tokio runtime.
+    pub fn connect() -> Result<Netlink> {
+        let (conn, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// A connection inside `ns`: the socket is created there, then served
+    /// by the current runtime like any other.
+    pub fn connect_in(ns: &Netns) -> Result<Netlink> {
+        let rt = tokio::runtime::Handle::current();
+        let (conn, handle) = ns.run(|| {
+            let _guard = rt.enter();
+            let (conn, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
+            Ok((conn, handle))
+        })?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkMessage>> {
+        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        match links.try_next().await {
+            Ok(link) => Ok(link),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("looking up interface {name}")),
+        }
+    }
+
+    pub async fn link_index(&self, name: &str) -> Result<u32> {
+        self.link_by_name(name)
+            .await?
+            .map(|l| l.header.index)
+            .ok_or_else(|| anyhow!("interface {name} does not exist"))
+    }
+
+    /// Creates the bridge if absent, gives it `addr/prefix` if it lacks it,
+    /// and brings it up. Idempotent, so a restarted agent reuses it.
+    pub async fn ensure_bridge(&self, name: &str, addr: Ipv4Addr, prefix: u8) -> Result<u32> {
+        let index = match self.link_by_name(name).await? {
+            Some(link) => {
+                let is_bridge = link.attributes.iter().any(|a| {
+                    matches!(a, LinkAttribute::LinkInfo(infos) if infos.iter().any(|i| matches!(i,
+                        netlink_packet_route::link::LinkInfo::Kind(netlink_packet_route::link::InfoKind::Bridge))))
+                });
+                if !is_bridge {
+                    anyhow::bail!("interface {name} exists and is not a bridge");
+                }
+                link.header.index
+            }
+            None => {
+                self.handle
+                    .link()
+                    .add(LinkBridge::new(name).build())
+                    .execute()
+                    .await
+                    .with_context(|| format!("creating bridge {name}"))?;
+                self.link_index(name).await?
+            }
+        };
+        self.ensure_address(index, addr, prefix).await?;
+        self.set_up(index).await?;
+        Ok(index)
+    }
+
+    pub async fn ensure_address(&self, index: u32, addr: Ipv4Addr, prefix: u8) -> Result<()> {
+        let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
+        while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
+            let has = msg.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(a)) if *a == addr));
+            if has && msg.header.prefix_len == prefix {
+                return Ok(());
+            }
+        }
+        match self.handle.address().add(index, IpAddr::V4(addr), prefix).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("adding address {addr}/{prefix} to ifindex {index}")),
+        }
+    }
+
+    async fn set(&self, msg: LinkMessage, what: &str) -> Result<()> {
+        self.handle.link().set(msg).execute().await.with_context(|| what.to_string())
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<()> {
+        self.set(LinkUnspec::new_with_index(index).up().build(), &format!("bringing ifindex {index} up")).await
+    }
+
+    pub async fn set_controller(&self, index: u32, bridge: u32) -> Result<()> {
+        self.set(LinkUnspec::new_with_index(index).controller(bridge).build(), &format!("adding ifindex {index} to bridge {bridge}"))
+            .await
+    }
+
+    pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<()> {
+        self.set(LinkUnspec::new_with_index(index).address(mac.to_vec()).build(), &format!("setting MAC of ifindex {index}"))
+            .await
+    }
+
+    pub async fn rename(&self, index: u32, name: &str) -> Result<()> {
+        self.set(LinkUnspec::new_with_index(index).name(name.to_string()).build(), &format!("renaming ifindex {index} to {name}"))
+            .await
+    }
+
+    pub async fn move_to_netns(&self, index: u32, ns: &Netns) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(index).setns_by_fd(ns.raw_fd()).build(),
+            &format!("moving ifindex {index} to netns {}", ns.path().display()),
+        )
+        .await
+    }
+
+    /// Creates a veth pair and returns the ifindex of each end.
+    pub async fn create_veth(&self, name: &str, peer: &str) -> Result<(u32, u32)> {
+        self.handle
+            .link()
+            .add(LinkVeth::new(name, peer).build())
+            .execute()
+            .await
+            .with_context(|| format!("creating veth pair {name}/{peer}"))?;
+        Ok((self.link_index(name).await?, self.link_index(peer).await?))
+    }
+
+    /// Deletes an interface; a missing one is not an error.
+    pub async fn delete_link(&self, index: u32) -> Result<()> {
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("deleting ifindex {index}")),
+        }
+    }
+
+    pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
+        self.handle
+            .route()
+            .add(route)
+            .execute()
+            .await
+            .with_context(|| format!("adding default route via {gateway}"))
+    }
+}
+
+/// The MAC address of a link message, if it has one.
+pub fn link_mac(link: &LinkMessage) -> Option<[u8; 6]> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(bytes) if bytes.len() == 6 => bytes.as_slice().try_into().ok(),
+        _ => None,
+    })
+}

@@ -1,0 +1,100 @@
+//! Network namespaces: resolving names, and running code inside one.
+//!
+//! setns(2) changes the calling *thread*, so work inside another namespace
+//! runs on a short-lived thread of its own and never on a tokio worker.
+
+use std::{
+    fs::File,
+    os::fd::{AsFd, AsRawFd, RawFd},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context as _, Result};
+use nix::sched::{setns, CloneFlags};
+
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+
+/// An open handle on a network namespace.
+#[derive(Debug)]
+pub struct Netns {
+    file: File,
+    path: PathBuf,
+}
+
+/// `ctr1` means `/run/netns/ctr1` (as `ip netns` names them); anything with
+/// a `/` is a path, such as `/proc/PID/ns/net`.
+pub fn resolve_path(spec: &str) -> PathBuf {
+    if spec.contains('/') {
+        PathBuf::from(spec)
+    } else {
+        Path::new("/run/netns").join(spec)
+    }
+}
+
+impl Netns {
+    pub fn open(spec: &str) -> Result<Netns> {
+        if spec.is_empty() {
+            bail!("netns is empty: give a name under /run/netns or a path such as /proc/PID/ns/net");
+        }
+        let path = resolve_path(spec);
+        let file = File::open(&path).with_context(|| format!("netns {spec:?} ({}) cannot be opened", path.display()))?;
+        let fs = nix::sys::statfs::fstatfs(&file).with_context(|| format!("statfs {}", path.display()))?;
+        if fs.filesystem_type().0 as i64 != NSFS_MAGIC {
+            bail!("netns {spec:?} ({}) is not a namespace file", path.display());
+        }
+        // A namespace file can be of any type: make sure it is a network one.
+        let ns_type = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE) };
+        if ns_type != libc::CLONE_NEWNET {
+            bail!("netns {spec:?} ({}) is not a network namespace", path.display());
+        }
+        Ok(Netns { file, path })
+    }
+
+    /// The namespace of the calling thread.
+    pub fn current() -> Result<Netns> {
+        Netns::open("/proc/thread-self/ns/net")
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// Inode number: two handles with the same one name the same namespace.
+    pub fn inode(&self) -> Result<u64> {
+        Ok(nix::sys::stat::fstat(self.file.as_raw_fd())?.st_ino)
+    }
+
+    /// Runs `f` on a fresh thread inside this namespace.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)
+                        .with_context(|| format!("entering netns {}", self.path.display()))?;
+                    f()
+                })
+                .join()
+                .unwrap_or_else(|_| bail!("thread inside netns {} panicked", self.path.display()))
+        })
+    }
+
+    /// Moves the calling thread into this namespace for good (used by
+    /// `netpathd --netns` before it starts any other thread).
+    pub fn enter(&self) -> Result<()> {
+        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("entering netns {}", self.path.display()))
+    }
+}
+
+// _IO(0xb7, 0x3) from linux/nsfs.h
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
+/// Writes a sysctl under /proc/sys of the calling thread's network namespace.
+pub fn write_sysctl(key: &str, value: &str) -> Result<()> {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    std::fs::write(&path, value).with_context(|| format!("setting sysctl {key}={value}"))
+}

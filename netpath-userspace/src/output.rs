@@ -1,0 +1,98 @@
+//! Human-readable tables for `netpathctl`.
+
+use crate::model::{Container, InterfaceStats, Status};
+
+/// Left-aligned columns separated by two spaces.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let text: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(text.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+pub fn drops_summary(s: &InterfaceStats) -> String {
+    if s.drops.is_empty() {
+        return "0".into();
+    }
+    s.drops.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+pub fn containers_table(containers: &[Container]) -> String {
+    let rows: Vec<Vec<String>> = containers
+        .iter()
+        .map(|c| vec![c.name.clone(), c.ip.to_string(), c.mac.clone(), c.veth.clone(), c.ifindex.to_string(), c.netns.clone()])
+        .collect();
+    table(&["NAME", "IP", "MAC", "VETH", "IFINDEX", "NETNS"], &rows)
+}
+
+pub fn status_text(s: &Status) -> String {
+    let mut out = String::new();
+    out.push_str(&format!("instance  {} (netpath {})\n", s.instance, s.version));
+    out.push_str(&format!("bridge    {} gateway {} subnet {}\n", s.bridge, s.gateway, s.subnet));
+    out.push_str(&format!("uplink    {}\n", s.uplink.as_deref().unwrap_or("(none)")));
+    out.push_str(&format!("pins      {}\n", s.pin_dir));
+    if let Some(u) = &s.uplink_stats {
+        out.push_str(&format!("uplink rx {} packets, {} bytes\n", u.rx_packets, u.rx_bytes));
+    }
+    out.push_str("\nPROGRAMS\n");
+    let rows: Vec<Vec<String>> = s.programs.iter().map(|p| vec![p.name.clone(), p.kind.clone(), p.id.to_string()]).collect();
+    out.push_str(&table(&["NAME", "TYPE", "ID"], &rows));
+    out.push_str("\nATTACH POINTS\n");
+    let rows: Vec<Vec<String>> = s
+        .attach_points
+        .iter()
+        .map(|a| {
+            let ids: Vec<String> = a.attached_program_ids.iter().map(u32::to_string).collect();
+            vec![a.interface.clone(), a.hook.clone(), a.program.clone(), ids.join(","), a.link_pin.clone()]
+        })
+        .collect();
+    out.push_str(&table(&["INTERFACE", "HOOK", "PROGRAM", "PROG IDS", "LINK PIN"], &rows));
+    out.push_str("\nMAPS\n");
+    let rows: Vec<Vec<String>> = s
+        .maps
+        .iter()
+        .map(|m| vec![m.name.clone(), m.kind.clone(), m.id.to_string(), format!("{}/{}", m.entries, m.max_entries), m.pin.clone()])
+        .collect();
+    out.push_str(&table(&["NAME", "TYPE", "ID", "ENTRIES", "PIN"], &rows));
+    out.push_str("\nCONTAINERS\n");
+    let rows: Vec<Vec<String>> = s
+        .containers
+        .iter()
+        .map(|c| {
+            vec![
+                c.container.name.clone(),
+                c.container.ip.to_string(),
+                c.container.veth.clone(),
+                format!("{}/{}", c.stats.tx_packets, c.stats.tx_bytes),
+                format!("{}/{}", c.stats.rx_packets, c.stats.rx_bytes),
+                drops_summary(&c.stats),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["NAME", "IP", "VETH", "TX PKTS/BYTES", "RX PKTS/BYTES", "DROPS"], &rows));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(&["A", "LONGER"], &[vec!["xyz".into(), "1".into()], vec!["q".into(), "22".into()]]);
+        assert_eq!(t, "A    LONGER\nxyz  1\nq    22\n");
+    }
+}
