@@ -272,13 +272,16 @@ impl Inner {
         Ok(())
     }
 
-    /// Removes a container's map entries and link pins.
+    /// Removes a container's map entries and link pins. Every step is
+    /// tried even if an earlier one fails; the first error is returned.
     fn forget_datapath(&mut self, c: &Container) -> Result<()> {
-        self.dp.detach(&c.veth, Hook::TcxIngress)?;
-        self.dp.detach(&c.veth, Hook::TcxEgress)?;
-        self.dp.remove_endpoint(c.ifindex)?;
-        self.dp.remove_stats(c.ifindex)?;
-        Ok(())
+        let results = [
+            self.dp.detach(&c.veth, Hook::TcxIngress),
+            self.dp.detach(&c.veth, Hook::TcxEgress),
+            self.dp.remove_endpoint(c.ifindex),
+            self.dp.remove_stats(c.ifindex),
+        ];
+        results.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
     }
 
     async fn add_container(&mut self, cfg: &ResolvedConfig, req: ContainerRequest) -> Result<Container, AgentError> {

@@ -111,7 +111,8 @@ pub struct ResolvedConfig {
     pub pin_dir: PathBuf,
 }
 
-/// Names that end up in paths: letters, digits, `-`, `_`, `.`; not starting with `.`.
+/// Names that end up in paths and URLs: letters, digits, `-`, `_`
+/// (no '.': bpffs refuses it in pin names).
 pub fn validate_name(what: &str, name: &str, max: usize) -> Result<()> {
     if name.is_empty() {
         bail!("{what} name is empty");
@@ -119,8 +120,8 @@ pub fn validate_name(what: &str, name: &str, max: usize) -> Result<()> {
     if name.len() > max {
         bail!("{what} name {name:?} is longer than {max} characters");
     }
-    if name.starts_with('.') || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        bail!("{what} name {name:?} may only contain letters, digits, '-', '_' and '.', and may not start with '.'");
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)) {
+        bail!("{what} name {name:?} may only contain letters, digits, '-' and '_'");
     }
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! Loading the BPF object, pinning its maps and links, and the map
 //! operations the agent needs.
 //!
-//! Pins live under `<pin_dir>/maps/<MAP>` and `<pin_dir>/links/<ifname>.<hook>`.
+//! Pins live under `<pin_dir>/maps/<MAP>` and `<pin_dir>/links/<hook>_<ifname>`
+//! (bpffs refuses names with a '.', so a '.' in an interface name is
+//! written as '%').
 //! A restarted agent reuses the pinned maps (so state survives) and swaps its
 //! freshly loaded programs into the pinned links atomically (so nothing is
 //! attached twice and traffic never sees a gap).
@@ -122,7 +124,7 @@ impl Datapath {
     }
 
     pub fn link_pin(&self, ifname: &str, hook: Hook) -> PathBuf {
-        self.pin_dir.join("links").join(format!("{ifname}.{}", hook.name()))
+        self.pin_dir.join("links").join(format!("{}_{}", hook.name(), ifname.replace('.', "%")))
     }
 
     /// Attaches the program for `hook` to `ifname` through a pinned link.
