@@ -1,1 +1,18 @@
+//! Test harnesses for netpath, reusable by every feature's tests:
+//!
+//! - [`frames`]: builders for Ethernet/IPv4/UDP/TCP/ICMP/ARP frames with
+//!   correct checksums, and independent checksum verification;
+//! - [`prog_run`]: runs a loaded BPF program on a frame with
+//!   `BPF_PROG_TEST_RUN` and returns its verdict and output bytes;
+//! - [`topology`]: a sandbox host, an outside world and containers in
+//!   network namespaces with a unique per-run prefix, removed on drop (also
+//!   when a test panics), with a running `netpathd`.
 
+pub mod frames;
+pub mod prog_run;
+pub mod topology;
+
+/// True when the process may load BPF programs and create namespaces.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}

@@ -1,0 +1,326 @@
+//! Network-namespace topologies with a running agent.
+//!
+//! ```text
+//!   world ns                host ns (the sandbox "machine")          container ns (xN)
+//!   eth0 198.18.0.2/24 ---- up0 198.18.0.1/24   np0 10.x.y.1/24 ---- eth0 10.x.y.N
+//!                           netpathd --netns <host>
+//! ```
+//!
+//! Every name carries a per-run prefix (`NETPATH_TEST_PREFIX`, set by
+//! `cargo xtask test`, plus a per-topology counter); [`Topology`]'s Drop
+//! stops the agent it started (by PID), deletes its namespaces and removes
+//! its pins and run directory, also when the test panics.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use netpath_userspace::netns::Netns;
+use serde::de::DeserializeOwned;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub const HOST_UPLINK: &str = "up0";
+pub const HOST_UPLINK_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub const WORLD_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+
+/// Prefix shared by everything this test process creates.
+pub fn run_prefix() -> String {
+    std::env::var("NETPATH_TEST_PREFIX").unwrap_or_else(|_| format!("npt{:x}", std::process::id()))
+}
+
+/// Directory holding netpathd and netpathctl: `NETPATH_BIN_DIR`, or the
+/// target directory this test binary was built into.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("NETPATH_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test-binary>
+    exe.parent().and_then(Path::parent).map(Path::to_path_buf).expect("test binary lives in target/<profile>/deps")
+}
+
+/// Runs a command, returning its output; fails on a non-zero exit.
+pub fn cmd(program: &str, args: &[&str]) -> Result<Output> {
+    let out = Command::new(program).args(args).output().with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    Ok(out)
+}
+
+pub struct Topology {
+    pub prefix: String,
+    pub host: String,
+    pub world: String,
+    pub subnet: String,
+    run_dir: PathBuf,
+    pin_dir: PathBuf,
+    namespaces: Vec<String>,
+    agent: Option<Child>,
+    extra_agent_args: Vec<String>,
+}
+
+impl Topology {
+    /// Host and world namespaces joined by the uplink pair, plus `containers`
+    /// empty container namespaces named `<prefix>-c1`...; no agent yet.
+    pub fn new(containers: usize) -> Result<Topology> {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("{}-{n}", run_prefix());
+        let run_dir = std::env::temp_dir().join(&prefix);
+        std::fs::create_dir_all(&run_dir)?;
+        let mut topo = Topology {
+            host: format!("{prefix}-host"),
+            world: format!("{prefix}-world"),
+            // A distinct subnet per topology makes mix-ups visible.
+            subnet: format!("10.{}.{}.0/24", 200 + (std::process::id() % 50), n % 250),
+            pin_dir: PathBuf::from(netpath_userspace::config::BPFFS_ROOT).join(&prefix),
+            prefix,
+            run_dir,
+            namespaces: vec![],
+            agent: None,
+            extra_agent_args: vec![],
+        };
+        topo.add_netns(&topo.host.clone())?;
+        topo.add_netns(&topo.world.clone())?;
+        for i in 1..=containers {
+            topo.add_netns(&topo.container_ns(i))?;
+        }
+        let (host, world) = (topo.host.clone(), topo.world.clone());
+        // The uplink pair: created in the world, one end moved to the host.
+        topo.exec(&world, &["ip", "link", "add", "eth0", "type", "veth", "peer", "name", HOST_UPLINK])?;
+        topo.exec(&world, &["ip", "link", "set", HOST_UPLINK, "netns", &host])?;
+        topo.exec(&world, &["ip", "addr", "add", &format!("{WORLD_IP}/24"), "dev", "eth0"])?;
+        topo.exec(&world, &["ip", "link", "set", "eth0", "up"])?;
+        topo.exec(&world, &["ip", "link", "set", "lo", "up"])?;
+        topo.exec(&host, &["ip", "addr", "add", &format!("{HOST_UPLINK_IP}/24"), "dev", HOST_UPLINK])?;
+        topo.exec(&host, &["ip", "link", "set", HOST_UPLINK, "up"])?;
+        topo.exec(&host, &["ip", "link", "set", "lo", "up"])?;
+        Ok(topo)
+    }
+
+    fn add_netns(&mut self, name: &str) -> Result<()> {
+        cmd("ip", &["netns", "add", name])?;
+        self.namespaces.push(name.to_string());
+        Ok(())
+    }
+
+    /// Name of container namespace `i` (1-based).
+    pub fn container_ns(&self, i: usize) -> String {
+        format!("{}-c{i}", self.prefix)
+    }
+
+    /// Creates one more empty namespace owned by this topology.
+    pub fn new_netns(&mut self, suffix: &str) -> Result<String> {
+        let name = format!("{}-{suffix}", self.prefix);
+        self.add_netns(&name)?;
+        Ok(name)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.run_dir.join("api.sock")
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn agent_log(&self) -> PathBuf {
+        self.run_dir.join("netpathd.log")
+    }
+
+    /// Extra flags for every agent start (e.g. `--subnet`).
+    pub fn agent_args(&mut self, args: &[&str]) {
+        self.extra_agent_args = args.iter().map(|s| s.to_string()).collect();
+    }
+
+    /// Starts netpathd inside the host namespace and waits for its API.
+    pub fn start_agent(&mut self) -> Result<()> {
+        if self.agent.is_some() {
+            bail!("agent already running");
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.agent_log())?;
+        let mut args: Vec<String> = vec![
+            "--netns".into(),
+            self.host.clone(),
+            "--instance".into(),
+            self.prefix.clone(),
+            "--uplink".into(),
+            HOST_UPLINK.into(),
+            "--subnet".into(),
+            self.subnet.clone(),
+            "--state-dir".into(),
+            self.run_dir.join("state").display().to_string(),
+            "--socket".into(),
+            self.socket().display().to_string(),
+        ];
+        args.extend(self.extra_agent_args.iter().cloned());
+        let child = Command::new(bin_dir().join("netpathd"))
+            .args(&args)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting netpathd (build it first: cargo build)")?;
+        self.agent = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.socket().exists() && self.ctl(&["status"]).is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self.agent.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.agent = None;
+                bail!("netpathd exited with {status}: {}", std::fs::read_to_string(self.agent_log()).unwrap_or_default());
+            }
+            if Instant::now() > deadline {
+                bail!("netpathd did not come up: {}", std::fs::read_to_string(self.agent_log()).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the agent with SIGTERM (by PID) and waits for it.
+    pub fn stop_agent(&mut self) -> Result<()> {
+        if let Some(mut child) = self.agent.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait()?.is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    bail!("netpathd did not stop on SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    /// netpathctl against this topology's agent.
+    pub fn ctl(&self, args: &[&str]) -> Result<Output> {
+        Command::new(bin_dir().join("netpathctl"))
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .context("running netpathctl")
+    }
+
+    /// netpathctl that must succeed; returns stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.ctl(args)?;
+        if !out.status.success() {
+            bail!("netpathctl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// netpathctl that must fail; returns stderr.
+    pub fn ctl_err(&self, args: &[&str]) -> Result<String> {
+        let out = self.ctl(args)?;
+        if out.status.success() {
+            bail!("netpathctl {} succeeded but should have failed: {}", args.join(" "), String::from_utf8_lossy(&out.stdout));
+        }
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    pub fn ctl_json<T: DeserializeOwned>(&self, args: &[&str]) -> Result<T> {
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        let text = self.ctl_ok(&all)?;
+        serde_json::from_str(&text).with_context(|| format!("parsing netpathctl output: {text}"))
+    }
+
+    /// Attaches container namespace `i` as `c<i>`.
+    pub fn add_container(&self, i: usize) -> Result<netpath_userspace::model::Container> {
+        self.ctl_json(&["container", "add", &format!("c{i}"), "--netns", &self.container_ns(i)])
+    }
+
+    /// Runs a command inside namespace `ns` (`ip netns exec`), which must succeed.
+    pub fn exec(&self, ns: &str, args: &[&str]) -> Result<Output> {
+        let mut all = vec!["netns", "exec", ns];
+        all.extend_from_slice(args);
+        cmd("ip", &all)
+    }
+
+    /// Runs a command inside `ns` and returns whether it succeeded.
+    pub fn try_exec(&self, ns: &str, args: &[&str]) -> Result<bool> {
+        let mut all = vec!["netns", "exec", ns];
+        all.extend_from_slice(args);
+        Ok(Command::new("ip").args(&all).output()?.status.success())
+    }
+
+    /// `ping -c count` from `ns`; true if every echo was answered.
+    pub fn ping(&self, ns: &str, dst: &str, count: u32) -> Result<bool> {
+        self.try_exec(ns, &["ping", "-q", "-c", &count.to_string(), "-i", "0.05", "-W", "1", dst])
+    }
+
+    /// Runs `f` on a thread inside namespace `ns` (sockets it opens stay there).
+    pub fn in_ns<T: Send>(&self, ns: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+        Netns::open(ns)?.run(f)
+    }
+
+    /// Asserts the host namespace has no iptables or nftables rules at all.
+    pub fn assert_no_netfilter_rules(&self) -> Result<()> {
+        let save = self.exec(&self.host, &["iptables-save"])?;
+        let rules: Vec<String> = String::from_utf8_lossy(&save.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(str::to_string)
+            .collect();
+        if !rules.is_empty() {
+            bail!("iptables-save in the host namespace is not empty: {rules:?}");
+        }
+        let nft = self.exec(&self.host, &["nft", "list", "ruleset"])?;
+        if !String::from_utf8_lossy(&nft.stdout).trim().is_empty() {
+            bail!("nft ruleset in the host namespace is not empty: {}", String::from_utf8_lossy(&nft.stdout));
+        }
+        Ok(())
+    }
+
+    /// Interface names in namespace `ns`.
+    pub fn links(&self, ns: &str) -> Result<Vec<String>> {
+        let out = self.exec(ns, &["ip", "-o", "link", "show"])?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .collect())
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.agent.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        if std::env::var_os("NETPATH_KEEP_LOGS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.run_dir);
+        }
+    }
+}
