@@ -40,9 +40,10 @@ pub fn bin_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("NETPATH_BIN_DIR") {
         return PathBuf::from(dir);
     }
+    // target/<profile>/deps/<test-binary>, or target/<profile>/<binary>
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test-binary>
-    exe.parent().and_then(Path::parent).map(Path::to_path_buf).expect("test binary lives in target/<profile>/deps")
+    let dir = exe.parent().expect("binary has a directory");
+    if dir.file_name().is_some_and(|n| n == "deps") { dir.parent().unwrap_or(dir) } else { dir }.to_path_buf()
 }
 
 /// Runs a command, returning its output; fails on a non-zero exit.

@@ -1,1 +1,180 @@
-fn main(){}
+//! `cargo xtask setup | build | test | demo`: the project's automation.
+//! Every command that needs the toolchain runs `setup` first, which is quick
+//! when everything is present, so a fresh machine needs nothing by hand.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+/// bpf-linker 0.10.4 is the last release that loads rustc's own LLVM at run
+/// time; later ones need a system LLVM 22 (see ../shared/TOOLCHAIN.md).
+const BPF_LINKER_VERSION: &str = "0.10.4";
+
+/// Debian packages the project uses: bpftool to inspect pins, iproute2 for
+/// the test topologies, iptables/nftables for the comparison baselines and
+/// the "rulesets stay empty" checks, ping/curl for tests and the demo.
+const DEBIAN_PACKAGES: &[&str] = &["bpftool", "iproute2", "iptables", "nftables", "iputils-ping", "curl", "procps"];
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "netpath automation")]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build and tests need (idempotent).
+    Setup,
+    /// Build everything, the BPF object included.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run the whole test suite (unit, packet and topology tests; root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// A sandbox host with two containers in network namespaces (root).
+    Demo,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match args.command {
+        Cmd::Setup => setup(),
+        Cmd::Build { release } => {
+            setup()?;
+            build(release)
+        }
+        Cmd::Test { args } => {
+            require_root("the tests create network namespaces and load BPF programs")?;
+            setup()?;
+            build(false)?;
+            test(&args)
+        }
+        Cmd::Demo => {
+            require_root("the demo creates network namespaces and loads BPF programs")?;
+            setup()?;
+            build(false)?;
+            run("cargo", &["run", "--quiet", "-p", "netpath-tests", "--bin", "netpath-demo"])
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn require_root(why: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("run as root: {why}");
+    }
+    Ok(())
+}
+
+fn run(program: &str, args: &[&str]) -> Result<()> {
+    let status = Command::new(program).args(args).status().with_context(|| format!("running {program}"))?;
+    if !status.success() {
+        bail!("{program} {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn setup() -> Result<()> {
+    // The nightly toolchain is preinstalled on these machines; it cannot be
+    // fetched, so say so rather than trying.
+    let toolchains = output("rustup", &["toolchain", "list"]).context("rustup is needed")?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        bail!("no nightly Rust toolchain: the eBPF crate needs one (rustup toolchain install nightly)");
+    }
+    let components = output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"]).unwrap_or_default();
+    if !components.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("xtask: installing rust-src for nightly");
+        run("rustup", &["component", "add", "rust-src", "--toolchain", "nightly"])?;
+    }
+    let linker = output("bpf-linker", &["--version"]).unwrap_or_default();
+    if !linker.contains(BPF_LINKER_VERSION) {
+        eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION}");
+        run("cargo", &["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--force"])?;
+    }
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !output("dpkg-query", &["-W", "-f=${Status}", p]).is_some_and(|s| s.contains("install ok installed"))
+        })
+        .collect();
+    if !missing.is_empty() {
+        require_root(&format!("installing Debian packages {}", missing.join(" ")))?;
+        eprintln!("xtask: installing {}", missing.join(" "));
+        run("apt-get", &["update", "-qq"])?;
+        let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+        args.extend(&missing);
+        let status = Command::new("apt-get")
+            .args(&args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("running apt-get")?;
+        if !status.success() {
+            bail!("apt-get install {} failed", missing.join(" "));
+        }
+    }
+    Ok(())
+}
+
+fn build(release: bool) -> Result<()> {
+    let mut args = vec!["build", "--bins", "--tests"];
+    if release {
+        args.push("--release");
+    }
+    run("cargo", &args)
+}
+
+/// Runs `cargo test` with a unique prefix for every namespace, instance and
+/// pin the tests create, then removes anything with that prefix that a
+/// crashed test left behind.
+fn test(extra: &[String]) -> Result<()> {
+    let prefix = format!("npt{:x}", std::process::id() ^ (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos() & 0xfff));
+    let mut args: Vec<&str> = vec!["test"];
+    args.extend(extra.iter().map(String::as_str));
+    let status = Command::new("cargo").args(&args).env("NETPATH_TEST_PREFIX", &prefix).status().context("running cargo test")?;
+    sweep(&prefix);
+    if !status.success() {
+        bail!("tests failed ({status})");
+    }
+    Ok(())
+}
+
+fn sweep(prefix: &str) {
+    if let Some(list) = output("ip", &["netns", "list"]) {
+        for ns in list.lines().filter_map(|l| l.split_whitespace().next()).filter(|n| n.starts_with(prefix)) {
+            eprintln!("xtask: removing leftover netns {ns}");
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+    for dir in ["/sys/fs/bpf/netpath", &std::env::temp_dir().display().to_string()] {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(prefix) {
+                    eprintln!("xtask: removing leftover {}", e.path().display());
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
+}
