@@ -5,9 +5,15 @@
 //! `aya::Pod` impls so the agent can read and write the maps.
 #![no_std]
 
+pub mod config;
+pub mod conntrack;
 pub mod endpoint;
 pub mod maps;
+pub mod service;
 pub mod stats;
 
+pub use config::DatapathConfig;
+pub use conntrack::{CtEntry, CtKey, CtState, CtTimeouts};
 pub use endpoint::Endpoint;
+pub use service::{HostAddr, ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue};
 pub use stats::{Counter, DropReason, TrafficStats};

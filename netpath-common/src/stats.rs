@@ -21,15 +21,20 @@ pub enum DropReason {
     Policy = 5,
     /// No route / not reachable (reserved for the NAT datapath).
     NoRoute = 6,
-    /// A datapath table was full (reserved for conntrack/NAT).
+    /// A datapath table was full (conntrack, NAT ports).
     TableFull = 7,
+    /// From the uplink to a container address that is not published
+    /// (containers are reachable from outside only through published ports).
+    NotPublished = 8,
+    /// A fragment the datapath cannot translate (no L4 header).
+    Fragment = 9,
 }
 
-/// Number of drop reasons; the size of [`TrafficStats::drops`].
-pub const DROP_REASON_COUNT: usize = 8;
+/// Number of drop reasons; the size of [`TrafficStats::drops`] (room to grow).
+pub const DROP_REASON_COUNT: usize = 16;
 
 impl DropReason {
-    pub const ALL: [DropReason; DROP_REASON_COUNT] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::SpoofedMac,
         DropReason::SpoofedIp,
         DropReason::UnsupportedProtocol,
@@ -38,6 +43,8 @@ impl DropReason {
         DropReason::Policy,
         DropReason::NoRoute,
         DropReason::TableFull,
+        DropReason::NotPublished,
+        DropReason::Fragment,
     ];
 
     /// Short name used by the CLI and the API.
@@ -51,6 +58,8 @@ impl DropReason {
             DropReason::Policy => "policy",
             DropReason::NoRoute => "no-route",
             DropReason::TableFull => "table-full",
+            DropReason::NotPublished => "not-published",
+            DropReason::Fragment => "fragment",
         }
     }
 }

@@ -1,26 +1,34 @@
 //! netpath's BPF programs. Each program is a thin entry point; the work is in
-//! the modules (parsing, anti-spoofing, counters), so that later features
-//! (conntrack, NAT, policy) slot in as modules of their own.
+//! the modules: packet access and flow parsing, anti-spoofing, conntrack,
+//! NAT, published-port lookup, socket-level translation, counters.
 #![no_std]
 #![no_main]
 
 mod antispoof;
+mod conntrack;
+mod flow;
 mod maps;
+mod nat;
 mod packet;
+mod service;
+mod sock;
 mod stats;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
-use netpath_common::DropReason;
-use network_types::{arp::ArpHdr, eth::EthHdr};
+use netpath_common::{conntrack::CtState, DropReason};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
-    maps::ENDPOINTS,
+    maps::{config, ENDPOINTS},
     stats::{count_drop, count_packet, Direction},
 };
+
+/// Enough to see Ethernet, IPv4 with options and a TCP header directly.
+const HEADERS_LEN: u32 = 14 + 60 + 20;
 
 #[inline(always)]
 fn skb_ifindex(ctx: &TcContext) -> u32 {
@@ -28,29 +36,58 @@ fn skb_ifindex(ctx: &TcContext) -> u32 {
     unsafe { (*ctx.skb.skb).ifindex }
 }
 
-/// tc ingress on a container's host-side veth: everything the container
-/// sends passes here first. Unknown interfaces fail closed.
-#[classifier]
-pub fn veth_ingress(ctx: TcContext) -> i32 {
-    let ifindex = skb_ifindex(&ctx);
-    let verdict = match ENDPOINTS.get_ptr(ifindex) {
-        None => Err(DropReason::UnknownEndpoint),
-        Some(ep) => {
-            packet::pull_headers(&ctx, (EthHdr::LEN + ArpHdr::LEN) as u32);
-            // SAFETY: map values stay valid for the program's run.
-            antispoof::check_source(&ctx, unsafe { &*ep })
-        }
+/// Conntrack hit: translate as recorded. Miss to a published port: create
+/// the flow's entries, then translate. Anything else passes untouched.
+#[inline(always)]
+fn translate(ctx: &TcContext) -> Result<(), DropReason> {
+    let Some(cfg) = config() else { return Ok(()) };
+    let Ok(flow) = flow::parse(ctx) else { return Ok(()) };
+    if let Some(entry) = conntrack::lookup(&flow.key) {
+        conntrack::touch(entry, &flow, ctx.len(), cfg);
+        // SAFETY: map value pointer, valid during the run.
+        return nat::apply(ctx, &flow, unsafe { &*entry });
+    }
+    let Some(svc) = service::lookup(flow.key.daddr, flow.key.dport, flow.key.proto, false) else {
+        return Ok(());
     };
-    match verdict {
+    let (mut fwd, reply_key, mut rev) = service::flow_entries(&flow.key, &svc, cfg);
+    fwd.packets = 1;
+    fwd.bytes = ctx.len() as u64;
+    fwd.state = CtState::New as u8;
+    conntrack::create(&flow.key, &mut fwd, &reply_key, &mut rev, flow.key.proto, cfg)?;
+    nat::apply(ctx, &flow, &fwd)
+}
+
+#[inline(always)]
+fn tc_verdict(ifindex: u32, dir: Direction, len: u32, r: Result<(), DropReason>) -> i32 {
+    match r {
         Ok(()) => {
-            count_packet(ifindex, Direction::Ingress, ctx.len());
-            TC_ACT_OK
+            count_packet(ifindex, dir, len);
+            TC_ACT_OK as i32
         }
         Err(reason) => {
             count_drop(ifindex, reason);
-            TC_ACT_SHOT
+            TC_ACT_SHOT as i32
         }
     }
+}
+
+/// tc ingress on a container's host-side veth: everything the container
+/// sends passes here first. Unknown interfaces fail closed; then
+/// anti-spoofing, then conntrack/NAT (replies of published ports, hairpin).
+#[classifier]
+pub fn veth_ingress(ctx: TcContext) -> i32 {
+    let ifindex = skb_ifindex(&ctx);
+    let len = ctx.len();
+    let verdict = match ENDPOINTS.get_ptr(ifindex) {
+        None => Err(DropReason::UnknownEndpoint),
+        Some(ep) => {
+            packet::pull_headers(&ctx, HEADERS_LEN);
+            // SAFETY: map values stay valid for the program's run.
+            antispoof::check_source(&ctx, unsafe { &*ep }).and_then(|()| translate(&ctx))
+        }
+    };
+    tc_verdict(ifindex, Direction::Ingress, len, verdict)
 }
 
 /// tc egress on a container's host-side veth: everything delivered to the
@@ -58,16 +95,69 @@ pub fn veth_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn veth_egress(ctx: TcContext) -> i32 {
     count_packet(skb_ifindex(&ctx), Direction::Egress, ctx.len());
-    TC_ACT_OK
+    TC_ACT_OK as i32
 }
 
-/// XDP on the uplink: counts what arrives from outside. Port publishing and
-/// reverse NAT hook in here.
+/// tc ingress on the uplink: published ports from outside, and replies of
+/// translated flows.
+#[classifier]
+pub fn uplink_ingress(ctx: TcContext) -> i32 {
+    packet::pull_headers(&ctx, HEADERS_LEN);
+    let verdict = translate(&ctx);
+    match verdict {
+        Ok(()) => TC_ACT_OK as i32,
+        Err(reason) => {
+            count_drop(skb_ifindex(&ctx), reason);
+            TC_ACT_SHOT as i32
+        }
+    }
+}
+
+/// XDP on the uplink, before any skb exists: counts what arrives and drops
+/// packets addressed straight to container addresses, which are reachable
+/// from outside only through published ports (unless the instance routes).
 #[xdp]
 pub fn uplink_xdp(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
+    if let (Some(cfg), Some(ip)) = (config(), packet::ptr_at::<Ipv4Hdr>(&ctx, EthHdr::LEN)) {
+        // SAFETY: bounds checked by ptr_at.
+        let (is_ipv4, daddr) = unsafe {
+            (
+                packet::ptr_at::<EthHdr>(&ctx, 0).is_some_and(|e| (*e).ether_type == network_types::eth::EtherType::Ipv4 as u16),
+                (*ip).dst_addr,
+            )
+        };
+        if is_ipv4 && cfg.flags & netpath_common::config::CFG_F_ROUTED == 0 && cfg.in_subnet(daddr) {
+            count_drop(ifindex, DropReason::NotPublished);
+            return xdp_action::XDP_DROP;
+        }
+    }
     count_packet(ifindex, Direction::Ingress, packet::Packet::frame_len(&ctx));
     xdp_action::XDP_PASS
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock::forward(&ctx);
+    1
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::forward(&ctx);
+    1
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx);
+    1
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx);
+    1
 }
 
 #[cfg(not(test))]

@@ -1,7 +1,7 @@
 //! The agent: owns the bridge, the containers' veths and the datapath, and
 //! keeps the kernel in line with its persisted desired state.
 
-use std::{fs::File, net::Ipv4Addr};
+use std::{fs::File, net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use nix::fcntl::{Flock, FlockArg};
@@ -10,14 +10,18 @@ use tokio::sync::Mutex;
 
 use crate::{
     config::{validate_name, ResolvedConfig},
-    datapath::{interface_stats, Datapath, Hook},
+    datapath::{interface_stats, Datapath, Hook, SOCK_HOOKS},
     ipam::{Ipam, IpamError},
-    model::{AttachPoint, Container, ContainerRequest, ContainerStatus, Status},
+    model::{AttachPoint, Container, ContainerRequest, ContainerStatus, Flow, Mapping, Status, Tuple},
     netlink::Netlink,
     netns::{write_sysctl, Netns},
+    portspec::{PortSpec, Protocol, UnmapSpec},
     state::{State, StateStore},
 };
-use netpath_common::{endpoint::ENDPOINT_F_IPV4, Endpoint};
+use netpath_common::{
+    config::CFG_F_ROUTED, conntrack::CT_F_REPLY, endpoint::ENDPOINT_F_IPV4, maps::MAX_SERVICES, CtState,
+    DatapathConfig, Endpoint, ServiceKey, ServiceValue,
+};
 
 /// Errors the API reports, by kind, so that it can pick a status code.
 #[derive(Debug, Error)]
@@ -68,7 +72,52 @@ struct Inner {
     state: State,
     store: StateStore,
     own_netns_inode: u64,
+    cgroup: Option<PathBuf>,
     _lock: Flock<File>,
+}
+
+/// The cgroup v2 root: the hybrid layout's `unified` mount, or a pure v2
+/// mount at /sys/fs/cgroup.
+fn default_cgroup() -> Option<PathBuf> {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"].iter().map(PathBuf::from).find(|p| {
+        nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as i64 == CGROUP2_SUPER_MAGIC)
+    })
+}
+
+/// Cookie of the calling thread's network namespace (SO_NETNS_COOKIE).
+fn netns_cookie() -> Result<u64> {
+    use std::os::fd::AsRawFd as _;
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0")).context("socket for SO_NETNS_COOKIE")?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid fd and an out-buffer of the advertised size.
+    let rc = unsafe {
+        libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, &mut cookie as *mut u64 as *mut libc::c_void, &mut len)
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("getsockopt(SO_NETNS_COOKIE)");
+    }
+    Ok(cookie)
+}
+
+fn monotonic_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+fn service_key(m: &Mapping) -> ServiceKey {
+    ServiceKey {
+        addr: m.host_ip.map(|ip| ip.octets()).unwrap_or([0; 4]),
+        port: m.host_port.to_be(),
+        proto: m.proto.number(),
+        _pad: 0,
+    }
+}
+
+fn tuple(addr_s: [u8; 4], sport: u16, addr_d: [u8; 4], dport: u16) -> Tuple {
+    Tuple { src: Ipv4Addr::from(addr_s), sport: u16::from_be(sport), dst: Ipv4Addr::from(addr_d), dport: u16::from_be(dport) }
 }
 
 impl Agent {
@@ -88,13 +137,36 @@ impl Agent {
             .ensure_bridge(&cfg.bridge, cfg.gateway, cfg.subnet.prefix_len())
             .await
             .with_context(|| format!("setting up bridge {}", cfg.bridge))?;
+        // Hairpin traffic leaves the bridge the way it came: no ICMP redirects.
+        write_sysctl(&format!("net.ipv4.conf.{}.send_redirects", cfg.bridge), "0")?;
         let mut dp = Datapath::load(&cfg.pin_dir)?;
+        let cgroup = match &cfg.cgroup {
+            Some(p) => Some(p.clone()),
+            None => default_cgroup(),
+        };
+        dp.write_config(&DatapathConfig {
+            netns_cookie: netns_cookie()?,
+            subnet: cfg.subnet.network().octets(),
+            subnet_prefix: cfg.subnet.prefix_len() as u32,
+            gateway: cfg.gateway.octets(),
+            flags: if cfg.routed { CFG_F_ROUTED } else { 0 },
+            timeouts: cfg.conntrack.timeouts(),
+        })?;
         if let Some(uplink) = &cfg.uplink {
             let index = nl.link_index(uplink).await.with_context(|| format!("uplink {uplink}"))?;
-            dp.attach(uplink, Hook::Xdp)?;
+            dp.attach(uplink, Hook::UplinkXdp)?;
+            dp.attach(uplink, Hook::UplinkIngress)?;
             if !dp.stat_keys()?.contains(&index) {
                 dp.reset_stats(index)?;
             }
+        }
+        match &cgroup {
+            Some(cg) => {
+                for hook in SOCK_HOOKS {
+                    dp.attach(&cg.display().to_string(), hook)?;
+                }
+            }
+            None => tracing::warn!("no cgroup v2 mount found: host processes cannot reach published ports"),
         }
         let own_netns_inode = Netns::current()?.inode()?;
         let mut inner = Inner {
@@ -105,10 +177,57 @@ impl Agent {
             state,
             store,
             own_netns_inode,
+            cgroup,
             _lock: lock,
         };
+        inner.sync_host_addrs().await?;
         inner.reconcile(&cfg).await?;
         Ok(Agent { cfg, inner: Mutex::new(inner) })
+    }
+
+    /// Background work: conntrack garbage collection and keeping the set of
+    /// host addresses (for wildcard mappings) current.
+    pub fn spawn_background(self: &Arc<Agent>) {
+        let agent = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(agent.cfg.conntrack.gc_interval as u64));
+            loop {
+                tick.tick().await;
+                if let Err(e) = agent.inner.lock().await.collect_expired() {
+                    tracing::warn!("conntrack GC: {e:#}");
+                }
+            }
+        });
+        let agent = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tick.tick().await;
+                if let Err(e) = agent.inner.lock().await.sync_host_addrs().await {
+                    tracing::warn!("host address sync: {e:#}");
+                }
+            }
+        });
+    }
+
+    pub async fn publish(&self, spec: &str) -> Result<Vec<Mapping>, AgentError> {
+        self.inner.lock().await.publish(spec)
+    }
+
+    pub async fn unpublish(&self, spec: &str) -> Result<Vec<Mapping>, AgentError> {
+        self.inner.lock().await.unpublish(spec)
+    }
+
+    pub async fn mappings(&self) -> Vec<Mapping> {
+        self.inner.lock().await.state.mappings.clone()
+    }
+
+    pub async fn flows(&self) -> Result<Vec<Flow>, AgentError> {
+        Ok(self.inner.lock().await.flows()?)
+    }
+
+    pub async fn flush_flows(&self) -> Result<usize, AgentError> {
+        Ok(self.inner.lock().await.dp.ct_remove_where(|_, _| true)?)
     }
 
     pub fn config(&self) -> &ResolvedConfig {
@@ -142,7 +261,7 @@ impl Agent {
         let mut attach_points = vec![];
         let mut containers = vec![];
         for c in inner.state.containers.clone() {
-            for hook in [Hook::TcxIngress, Hook::TcxEgress] {
+            for hook in [Hook::VethIngress, Hook::VethEgress] {
                 attach_points.push(AttachPoint {
                     interface: c.veth.clone(),
                     hook: hook.name().into(),
@@ -158,13 +277,31 @@ impl Agent {
         if let Some(uplink) = &cfg.uplink {
             attach_points.push(AttachPoint {
                 interface: uplink.clone(),
-                hook: Hook::Xdp.name().into(),
-                program: Hook::Xdp.program().into(),
-                link_pin: inner.dp.link_pin(uplink, Hook::Xdp).display().to_string(),
-                attached_program_ids: vec![inner.dp.pinned_link_program(uplink, Hook::Xdp)?],
+                hook: Hook::UplinkXdp.name().into(),
+                program: Hook::UplinkXdp.program().into(),
+                link_pin: inner.dp.link_pin(uplink, Hook::UplinkXdp).display().to_string(),
+                attached_program_ids: vec![inner.dp.pinned_link_program(uplink, Hook::UplinkXdp)?],
+            });
+            attach_points.push(AttachPoint {
+                interface: uplink.clone(),
+                hook: Hook::UplinkIngress.name().into(),
+                program: Hook::UplinkIngress.program().into(),
+                link_pin: inner.dp.link_pin(uplink, Hook::UplinkIngress).display().to_string(),
+                attached_program_ids: Datapath::tcx_program_ids(uplink, Hook::UplinkIngress)?,
             });
             let index = inner.nl.link_index(uplink).await?;
             uplink_stats = Some(interface_stats(&inner.dp.stats(index)?, false));
+        }
+        if let Some(cg) = &inner.cgroup {
+            for hook in SOCK_HOOKS {
+                attach_points.push(AttachPoint {
+                    interface: cg.display().to_string(),
+                    hook: hook.name().into(),
+                    program: hook.program().into(),
+                    link_pin: inner.dp.link_pin(crate::datapath::CGROUP_TARGET, hook).display().to_string(),
+                    attached_program_ids: vec![inner.dp.pinned_link_program("", hook)?],
+                });
+            }
         }
         Ok(Status {
             instance: cfg.instance.clone(),
@@ -178,6 +315,9 @@ impl Agent {
             programs: inner.dp.program_status()?,
             maps: inner.dp.map_status()?,
             containers,
+            mappings: inner.state.mappings.len(),
+            cgroup: inner.cgroup.as_ref().map(|c| c.display().to_string()),
+            routed: cfg.routed,
             uplink_stats,
         })
     }
@@ -237,12 +377,18 @@ impl Inner {
         }
         let mut wanted: Vec<String> = vec![];
         for c in &self.state.containers {
-            for hook in [Hook::TcxIngress, Hook::TcxEgress] {
+            for hook in [Hook::VethIngress, Hook::VethEgress] {
                 wanted.push(file_name(&self.dp.link_pin(&c.veth, hook)));
             }
         }
         if let Some(u) = &cfg.uplink {
-            wanted.push(file_name(&self.dp.link_pin(u, Hook::Xdp)));
+            wanted.push(file_name(&self.dp.link_pin(u, Hook::UplinkXdp)));
+            wanted.push(file_name(&self.dp.link_pin(u, Hook::UplinkIngress)));
+        }
+        if self.cgroup.is_some() {
+            for hook in SOCK_HOOKS {
+                wanted.push(file_name(&self.dp.link_pin(crate::datapath::CGROUP_TARGET, hook)));
+            }
         }
         for pin in self.dp.pinned_links()? {
             if !wanted.contains(&pin) {
@@ -251,7 +397,213 @@ impl Inner {
                 std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
             }
         }
+        self.reconcile_services()?;
         self.save()
+    }
+
+    /// SERVICES holds exactly the saved mappings of live containers; flows of
+    /// anything else are flushed.
+    fn reconcile_services(&mut self) -> Result<()> {
+        let live: Vec<String> = self.state.containers.iter().map(|c| c.name.clone()).collect();
+        let dropped: Vec<u32> = self.state.mappings.iter().filter(|m| !live.contains(&m.container)).map(|m| m.id).collect();
+        self.state.mappings.retain(|m| live.contains(&m.container));
+        let mut wanted = vec![];
+        for m in self.state.mappings.clone() {
+            let (key, value) = self.service_entry(&m)?;
+            self.dp.set_service(&key, &value)?;
+            wanted.push(key);
+        }
+        let mut stale_ids = dropped;
+        for (key, value) in self.dp.services()? {
+            if !wanted.contains(&key) {
+                self.dp.remove_service(&key)?;
+                stale_ids.push(value.id);
+            }
+        }
+        if !stale_ids.is_empty() {
+            self.dp.ct_remove_where(|_, e| stale_ids.contains(&e.service_id))?;
+            self.dp.sock_revnat_remove(&stale_ids)?;
+        }
+        Ok(())
+    }
+
+    fn service_entry(&self, m: &Mapping) -> Result<(ServiceKey, ServiceValue)> {
+        let c = self
+            .state
+            .containers
+            .iter()
+            .find(|c| c.name == m.container)
+            .with_context(|| format!("mapping {} names unknown container {}", m.spec(), m.container))?;
+        Ok((
+            service_key(m),
+            ServiceValue {
+                backend_addr: c.ip.octets(),
+                backend_port: m.container_port.to_be(),
+                _pad: 0,
+                id: m.id,
+                backend_ifindex: c.ifindex,
+            },
+        ))
+    }
+
+    /// Publishes every port of `spec`, or none of them.
+    fn publish(&mut self, spec: &str) -> Result<Vec<Mapping>, AgentError> {
+        let spec = PortSpec::parse(spec).map_err(|e| AgentError::BadRequest(e.to_string()))?;
+        let container = self
+            .state
+            .containers
+            .iter()
+            .find(|c| c.name == spec.container)
+            .ok_or_else(|| AgentError::NotFound(format!("no container named {:?}", spec.container)))?
+            .clone();
+        let count = spec.host.ports.len() as usize;
+        if self.state.mappings.len() + count > MAX_SERVICES {
+            return Err(AgentError::Conflict(format!(
+                "the published-port table is full: {} of {MAX_SERVICES} entries used, {count} more requested",
+                self.state.mappings.len()
+            )));
+        }
+        let mut new = vec![];
+        for (i, (host_port, container_port)) in spec.pairs().enumerate() {
+            let m = Mapping {
+                id: self.state.next_mapping_id + i as u32,
+                host_ip: spec.host.ip,
+                host_port,
+                proto: spec.host.proto,
+                container: container.name.clone(),
+                container_ip: container.ip,
+                container_port,
+            };
+            if let Some(other) = self.state.mappings.iter().find(|o| overlaps(o, &m)) {
+                return Err(AgentError::Conflict(format!(
+                    "host port {}{}/{} is already published by {}",
+                    m.host_ip.map(|ip| format!("{ip}:")).unwrap_or_default(),
+                    m.host_port,
+                    m.proto,
+                    other.spec()
+                )));
+            }
+            new.push(m);
+        }
+        let mut written = vec![];
+        for m in &new {
+            let result = self.service_entry(m).and_then(|(k, v)| self.dp.set_service(&k, &v).map(|()| k));
+            match result {
+                Ok(k) => written.push(k),
+                Err(e) => {
+                    for k in &written {
+                        let _ = self.dp.remove_service(k);
+                    }
+                    return Err(AgentError::Internal(e.context("publishing")));
+                }
+            }
+        }
+        self.state.next_mapping_id += count as u32;
+        self.state.mappings.extend(new.iter().cloned());
+        self.save()?;
+        for m in &new {
+            tracing::info!(mapping = %m.spec(), "published");
+        }
+        Ok(new)
+    }
+
+    /// Removes the mappings `spec` names and every flow they created.
+    fn unpublish(&mut self, spec: &str) -> Result<Vec<Mapping>, AgentError> {
+        let spec = UnmapSpec::parse(spec).map_err(|e| AgentError::BadRequest(e.to_string()))?;
+        let (host, full) = match &spec {
+            UnmapSpec::Full(s) => (&s.host, Some(s)),
+            UnmapSpec::Host(h) => (h, None),
+        };
+        let mut victims = vec![];
+        for (i, port) in host.ports.ports().enumerate() {
+            let found = self.state.mappings.iter().find(|m| {
+                m.host_ip == host.ip
+                    && m.host_port == port
+                    && m.proto == host.proto
+                    && full.is_none_or(|f| f.container == m.container && f.container_ports.start as usize + i == m.container_port as usize)
+            });
+            match found {
+                Some(m) => victims.push(m.clone()),
+                None => {
+                    let ip = host.ip.map(|ip| format!("{ip}:")).unwrap_or_default();
+                    let what = match full {
+                        Some(f) => format!("{ip}{port}:{}:{}/{}", f.container, f.container_ports.start as usize + i, host.proto),
+                        None => format!("{ip}{port}/{}", host.proto),
+                    };
+                    return Err(AgentError::NotFound(format!("{what} is not published")));
+                }
+            }
+        }
+        self.remove_mappings(&victims)?;
+        Ok(victims)
+    }
+
+    fn remove_mappings(&mut self, victims: &[Mapping]) -> Result<()> {
+        if victims.is_empty() {
+            return Ok(());
+        }
+        for m in victims {
+            self.dp.remove_service(&service_key(m))?;
+        }
+        // The mapping is gone from SERVICES, so no new flow can use it; now
+        // cut the tracked ones, UDP included (no stale entries).
+        let ids: Vec<u32> = victims.iter().map(|m| m.id).collect();
+        let flows = self.dp.ct_remove_where(|_, e| ids.contains(&e.service_id))?;
+        self.dp.sock_revnat_remove(&ids)?;
+        self.state.mappings.retain(|m| !ids.contains(&m.id));
+        self.save()?;
+        for m in victims {
+            tracing::info!(mapping = %m.spec(), flows, "unpublished");
+        }
+        Ok(())
+    }
+
+    /// Deletes flows whose entries have all expired.
+    fn collect_expired(&mut self) -> Result<usize> {
+        let now = monotonic_ns();
+        let entries = self.dp.ct_entries()?;
+        let expired = |e: &netpath_common::CtEntry| e.expires_ns < now;
+        let dead: Vec<_> = entries
+            .iter()
+            .filter(|(_, e)| expired(e) && entries.iter().find(|(k, _)| *k == e.peer).is_none_or(|(_, p)| expired(p)))
+            .map(|(k, _)| *k)
+            .collect();
+        if dead.is_empty() {
+            return Ok(0);
+        }
+        self.dp.ct_remove_where(|k, _| dead.contains(k))
+    }
+
+    fn flows(&mut self) -> Result<Vec<Flow>> {
+        let now = monotonic_ns() as i128;
+        let entries = self.dp.ct_entries()?;
+        let mut flows = vec![];
+        for (key, e) in entries.iter().filter(|(_, e)| e.flags & CT_F_REPLY == 0) {
+            let reply = entries.iter().find(|(k, _)| *k == e.peer).map(|(_, r)| *r).unwrap_or_default();
+            let expires = e.expires_ns.max(reply.expires_ns) as i128;
+            let state = CtState::from_u8(e.state.max(reply.state));
+            flows.push(Flow {
+                proto: Protocol::from_number(key.proto).map(|p| p.to_string()).unwrap_or_else(|| key.proto.to_string()),
+                original: tuple(key.saddr, key.sport, key.daddr, key.dport),
+                reply: tuple(e.peer.saddr, e.peer.sport, e.peer.daddr, e.peer.dport),
+                state: state.name().into(),
+                expires_in: ((expires - now) / 1_000_000_000) as i64,
+                packets: e.packets,
+                bytes: e.bytes,
+                reply_packets: reply.packets,
+                reply_bytes: reply.bytes,
+                mapping_id: e.service_id,
+            });
+        }
+        flows.sort_by(|a, b| (a.mapping_id, a.original.src, a.original.sport).cmp(&(b.mapping_id, b.original.src, b.original.sport)));
+        Ok(flows)
+    }
+
+    /// HOST_ADDRS := the IPv4 addresses of the agent's namespace.
+    async fn sync_host_addrs(&mut self) -> Result<()> {
+        let addrs = self.nl.ipv4_addresses().await?;
+        let entries: Vec<([u8; 4], u32)> = addrs.iter().map(|(a, i)| (a.octets(), *i)).collect();
+        self.dp.sync_host_addrs(&entries)
     }
 
     /// Writes the endpoint into the map, then attaches (or re-attaches) the
@@ -267,8 +619,8 @@ impl Inner {
             id: c.id,
         };
         self.dp.set_endpoint(c.ifindex, &ep)?;
-        self.dp.attach(&c.veth, Hook::TcxIngress)?;
-        self.dp.attach(&c.veth, Hook::TcxEgress)?;
+        self.dp.attach(&c.veth, Hook::VethIngress)?;
+        self.dp.attach(&c.veth, Hook::VethEgress)?;
         Ok(())
     }
 
@@ -276,8 +628,8 @@ impl Inner {
     /// tried even if an earlier one fails; the first error is returned.
     fn forget_datapath(&mut self, c: &Container) -> Result<()> {
         let results = [
-            self.dp.detach(&c.veth, Hook::TcxIngress),
-            self.dp.detach(&c.veth, Hook::TcxEgress),
+            self.dp.detach(&c.veth, Hook::VethIngress),
+            self.dp.detach(&c.veth, Hook::VethEgress),
             self.dp.remove_endpoint(c.ifindex),
             self.dp.remove_stats(c.ifindex),
         ];
@@ -390,6 +742,8 @@ impl Inner {
 
     async fn del_container(&mut self, name: &str) -> Result<Container, AgentError> {
         let c = self.find(name)?.clone();
+        let mappings: Vec<Mapping> = self.state.mappings.iter().filter(|m| m.container == c.name).cloned().collect();
+        self.remove_mappings(&mappings)?;
         // Only delete the interface if it is still ours (same name and index).
         if let Some(link) = self.nl.link_by_name(&c.veth).await? {
             if link.header.index == c.ifindex {
@@ -407,4 +761,48 @@ impl Inner {
 
 fn file_name(p: &std::path::Path) -> String {
     p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Two mappings clash when they publish the same port and protocol on a
+/// common host address (no address means all of them).
+pub fn overlaps(a: &Mapping, b: &Mapping) -> bool {
+    a.host_port == b.host_port && a.proto == b.proto && (a.host_ip.is_none() || b.host_ip.is_none() || a.host_ip == b.host_ip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(ip: Option<&str>, port: u16, proto: Protocol) -> Mapping {
+        Mapping {
+            id: 1,
+            host_ip: ip.map(|s| s.parse().unwrap()),
+            host_port: port,
+            proto,
+            container: "c".into(),
+            container_ip: "10.0.0.2".parse().unwrap(),
+            container_port: 80,
+        }
+    }
+
+    #[test]
+    fn overlap_rules() {
+        use Protocol::*;
+        assert!(overlaps(&m(None, 80, Tcp), &m(None, 80, Tcp)));
+        assert!(overlaps(&m(None, 80, Tcp), &m(Some("1.2.3.4"), 80, Tcp)));
+        assert!(overlaps(&m(Some("1.2.3.4"), 80, Tcp), &m(None, 80, Tcp)));
+        assert!(overlaps(&m(Some("1.2.3.4"), 80, Tcp), &m(Some("1.2.3.4"), 80, Tcp)));
+        assert!(!overlaps(&m(Some("1.2.3.4"), 80, Tcp), &m(Some("1.2.3.5"), 80, Tcp)));
+        assert!(!overlaps(&m(None, 80, Tcp), &m(None, 80, Udp)));
+        assert!(!overlaps(&m(None, 80, Tcp), &m(None, 81, Tcp)));
+    }
+
+    #[test]
+    fn mapping_spec_roundtrips() {
+        let mut x = m(Some("127.0.0.1"), 8080, Protocol::Udp);
+        x.container = "ctr1".into();
+        assert_eq!(x.spec(), "127.0.0.1:8080:ctr1:80/udp");
+        let p = PortSpec::parse(&x.spec()).unwrap();
+        assert_eq!(p.pairs().collect::<Vec<_>>(), vec![(8080, 80)]);
+    }
 }

@@ -15,7 +15,7 @@ use axum::{
 
 use crate::{
     agent::{Agent, AgentError},
-    model::{ApiErrorBody, ContainerRequest},
+    model::{ApiErrorBody, ContainerRequest, MappingRequest},
 };
 
 impl IntoResponse for AgentError {
@@ -37,6 +37,9 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/containers", get(list_containers).post(add_container))
         .route("/v1/containers/{name}", get(get_container).delete(del_container))
+        .route("/v1/mappings", get(list_mappings).post(add_mapping))
+        .route("/v1/mappings/unmap", axum::routing::post(del_mapping))
+        .route("/v1/conntrack", get(list_flows).delete(flush_flows))
         .fallback(|| async { AgentError::NotFound("no such API route (this agent serves /v1/...)".into()) })
         .with_state(agent)
 }
@@ -54,13 +57,38 @@ async fn get_container(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<S
 }
 
 async fn add_container(State(agent): State<Arc<Agent>>, body: Bytes) -> Result<(StatusCode, Json<crate::model::Container>), AgentError> {
-    let req: ContainerRequest = serde_json::from_slice(&body)
-        .map_err(|e| AgentError::BadRequest(format!("invalid container request: {e}")))?;
+    let req: ContainerRequest = parse_body(&body, "container request")?;
     Ok((StatusCode::CREATED, Json(agent.add_container(req).await?)))
 }
 
 async fn del_container(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> ApiResult<crate::model::Container> {
     Ok(Json(agent.del_container(&name).await?))
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes, what: &str) -> Result<T, AgentError> {
+    serde_json::from_slice(body).map_err(|e| AgentError::BadRequest(format!("invalid {what}: {e}")))
+}
+
+async fn list_mappings(State(agent): State<Arc<Agent>>) -> ApiResult<Vec<crate::model::Mapping>> {
+    Ok(Json(agent.mappings().await))
+}
+
+async fn add_mapping(State(agent): State<Arc<Agent>>, body: Bytes) -> Result<(StatusCode, Json<Vec<crate::model::Mapping>>), AgentError> {
+    let req: MappingRequest = parse_body(&body, "mapping request")?;
+    Ok((StatusCode::CREATED, Json(agent.publish(&req.spec).await?)))
+}
+
+async fn del_mapping(State(agent): State<Arc<Agent>>, body: Bytes) -> ApiResult<Vec<crate::model::Mapping>> {
+    let req: MappingRequest = parse_body(&body, "mapping request")?;
+    Ok(Json(agent.unpublish(&req.spec).await?))
+}
+
+async fn list_flows(State(agent): State<Arc<Agent>>) -> ApiResult<Vec<crate::model::Flow>> {
+    Ok(Json(agent.flows().await?))
+}
+
+async fn flush_flows(State(agent): State<Arc<Agent>>) -> ApiResult<crate::model::FlushResult> {
+    Ok(Json(crate::model::FlushResult { flows: agent.flush_flows().await? }))
 }
 
 /// Binds the socket (directory 0700, socket 0600: root only) and serves

@@ -30,6 +30,57 @@ pub struct Config {
     pub socket: Option<PathBuf>,
     /// bpffs directory for this instance's pins.
     pub pin_dir: Option<PathBuf>,
+    /// Let the uplink reach container addresses directly (routed mode).
+    /// Off: containers are reachable from outside only through published
+    /// ports, and direct packets are dropped and counted.
+    pub routed: bool,
+    /// cgroup v2 directory for the socket hooks that publish ports to the
+    /// host's own processes [default: the cgroup v2 root]. The hooks act only
+    /// on sockets in the agent's network namespace.
+    pub cgroup: Option<PathBuf>,
+    pub conntrack: ConntrackConfig,
+}
+
+/// Conntrack timeouts (seconds) and garbage collection.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConntrackConfig {
+    pub tcp_new: u32,
+    pub tcp_established: u32,
+    pub tcp_closing: u32,
+    pub tcp_reset: u32,
+    pub udp: u32,
+    pub icmp: u32,
+    /// How often expired flows are collected.
+    pub gc_interval: u32,
+}
+
+impl Default for ConntrackConfig {
+    fn default() -> Self {
+        let t = netpath_common::CtTimeouts::default();
+        ConntrackConfig {
+            tcp_new: t.tcp_new,
+            tcp_established: t.tcp_established,
+            tcp_closing: t.tcp_closing,
+            tcp_reset: t.tcp_reset,
+            udp: t.udp,
+            icmp: t.icmp,
+            gc_interval: 5,
+        }
+    }
+}
+
+impl ConntrackConfig {
+    pub fn timeouts(&self) -> netpath_common::CtTimeouts {
+        netpath_common::CtTimeouts {
+            tcp_new: self.tcp_new,
+            tcp_established: self.tcp_established,
+            tcp_closing: self.tcp_closing,
+            tcp_reset: self.tcp_reset,
+            udp: self.udp,
+            icmp: self.icmp,
+        }
+    }
 }
 
 impl Default for Config {
@@ -43,6 +94,9 @@ impl Default for Config {
             state_dir: None,
             socket: None,
             pin_dir: None,
+            routed: false,
+            cgroup: None,
+            conntrack: ConntrackConfig::default(),
         }
     }
 }
@@ -77,6 +131,12 @@ impl Config {
             }
             None => subnet.hosts().next().context("subnet has no host addresses")?,
         };
+        let ct = &self.conntrack;
+        for (name, v) in [("tcp_new", ct.tcp_new), ("tcp_established", ct.tcp_established), ("tcp_closing", ct.tcp_closing), ("tcp_reset", ct.tcp_reset), ("udp", ct.udp), ("icmp", ct.icmp), ("gc_interval", ct.gc_interval)] {
+            if v == 0 {
+                bail!("conntrack.{name} must be at least 1 second");
+            }
+        }
         let instance = self.instance.clone();
         Ok(ResolvedConfig {
             state_dir: self
@@ -85,6 +145,9 @@ impl Config {
             socket: self.socket.unwrap_or_else(|| default_socket(&instance)),
             pin_dir: self.pin_dir.unwrap_or_else(|| Path::new(BPFFS_ROOT).join(&instance)),
             instance,
+            routed: self.routed,
+            cgroup: self.cgroup,
+            conntrack: self.conntrack,
             uplink: self.uplink,
             bridge: self.bridge,
             subnet,
@@ -109,6 +172,9 @@ pub struct ResolvedConfig {
     pub state_dir: PathBuf,
     pub socket: PathBuf,
     pub pin_dir: PathBuf,
+    pub routed: bool,
+    pub cgroup: Option<PathBuf>,
+    pub conntrack: ConntrackConfig,
 }
 
 /// Names that end up in paths and URLs: letters, digits, `-`, `_`
@@ -154,6 +220,16 @@ mod tests {
         assert_eq!(c.instance, "lab");
         assert_eq!(c.gateway, "192.168.5.1".parse::<Ipv4Addr>().unwrap());
         assert_eq!(c.uplink.as_deref(), Some("eth1"));
+    }
+
+    #[test]
+    fn conntrack_section() {
+        let c: Config = toml::from_str("[conntrack]\nudp = 5\ngc_interval = 1\n").unwrap();
+        let c = c.resolve().unwrap();
+        assert_eq!(c.conntrack.udp, 5);
+        assert_eq!(c.conntrack.tcp_established, 21600);
+        let c: Config = toml::from_str("[conntrack]\nudp = 0\n").unwrap();
+        assert!(c.resolve().unwrap_err().to_string().contains("conntrack.udp"));
     }
 
     #[test]

@@ -16,16 +16,19 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap, PerCpuValues},
+    maps::{Array, HashMap as BpfHashMap, MapData, MapInfo, PerCpuHashMap, PerCpuValues},
     programs::{
-        links::{FdLink, LinkError, PinnedLink},
+        links::{CgroupAttachMode, FdLink, LinkError, PinnedLink},
         tc::TcAttachOptions,
-        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     sys::SyscallError,
     Ebpf, EbpfLoader,
 };
-use netpath_common::{maps as names, DropReason, Endpoint, TrafficStats};
+use netpath_common::{
+    maps as names, CtEntry, CtKey, DatapathConfig, DropReason, Endpoint, HostAddr, ServiceKey, ServiceValue,
+    SockRevNatKey, SockRevNatValue, TrafficStats,
+};
 
 use crate::model::{InterfaceStats, MapStatus, ProgramStatus};
 
@@ -35,27 +38,81 @@ pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 /// Where a program hangs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
-    TcxIngress,
-    TcxEgress,
-    Xdp,
+    /// tcx ingress of a container's host-side veth.
+    VethIngress,
+    /// tcx egress of a container's host-side veth.
+    VethEgress,
+    /// tcx ingress of the uplink.
+    UplinkIngress,
+    /// XDP on the uplink.
+    UplinkXdp,
+    /// cgroup socket hooks.
+    SockConnect4,
+    SockSendmsg4,
+    SockRecvmsg4,
+    SockGetpeername4,
 }
+
+/// The socket hooks, attached together to one cgroup.
+pub const SOCK_HOOKS: [Hook; 4] = [Hook::SockConnect4, Hook::SockSendmsg4, Hook::SockRecvmsg4, Hook::SockGetpeername4];
 
 impl Hook {
     pub fn name(self) -> &'static str {
         match self {
-            Hook::TcxIngress => "tcx-ingress",
-            Hook::TcxEgress => "tcx-egress",
-            Hook::Xdp => "xdp",
+            Hook::VethIngress | Hook::UplinkIngress => "tcx-ingress",
+            Hook::VethEgress => "tcx-egress",
+            Hook::UplinkXdp => "xdp",
+            Hook::SockConnect4 => "connect4",
+            Hook::SockSendmsg4 => "sendmsg4",
+            Hook::SockRecvmsg4 => "recvmsg4",
+            Hook::SockGetpeername4 => "getpeername4",
         }
     }
 
     pub fn program(self) -> &'static str {
         match self {
-            Hook::TcxIngress => names::PROG_VETH_INGRESS,
-            Hook::TcxEgress => names::PROG_VETH_EGRESS,
-            Hook::Xdp => names::PROG_UPLINK_XDP,
+            Hook::VethIngress => names::PROG_VETH_INGRESS,
+            Hook::VethEgress => names::PROG_VETH_EGRESS,
+            Hook::UplinkIngress => names::PROG_UPLINK_INGRESS,
+            Hook::UplinkXdp => names::PROG_UPLINK_XDP,
+            Hook::SockConnect4 => names::PROG_SOCK_CONNECT4,
+            Hook::SockSendmsg4 => names::PROG_SOCK_SENDMSG4,
+            Hook::SockRecvmsg4 => names::PROG_SOCK_RECVMSG4,
+            Hook::SockGetpeername4 => names::PROG_SOCK_GETPEERNAME4,
         }
     }
+
+    fn tc_attach_type(self) -> Option<TcAttachType> {
+        match self {
+            Hook::VethIngress | Hook::UplinkIngress => Some(TcAttachType::Ingress),
+            Hook::VethEgress => Some(TcAttachType::Egress),
+            _ => None,
+        }
+    }
+
+    fn is_sock(self) -> bool {
+        SOCK_HOOKS.contains(&self)
+    }
+}
+
+/// Pin name of the cgroup attachment target.
+pub const CGROUP_TARGET: &str = "cgroup";
+
+/// Expected key and value sizes of every pinned map: a pin left by an
+/// incompatible build is refused instead of being reused with the wrong
+/// layout.
+fn map_layouts() -> [(&'static str, usize, usize); 7] {
+    use std::mem::size_of;
+    use netpath_common::*;
+    [
+        (names::ENDPOINTS, size_of::<u32>(), size_of::<Endpoint>()),
+        (names::IFACE_STATS, size_of::<u32>(), size_of::<TrafficStats>()),
+        (names::SERVICES, size_of::<ServiceKey>(), size_of::<ServiceValue>()),
+        (names::HOST_ADDRS, 4, size_of::<HostAddr>()),
+        (names::CT4, size_of::<CtKey>(), size_of::<CtEntry>()),
+        (names::SOCK_REVNAT, size_of::<SockRevNatKey>(), size_of::<SockRevNatValue>()),
+        (names::CONFIG, 4, size_of::<DatapathConfig>()),
+    ]
 }
 
 /// Mounts bpffs at /sys/fs/bpf if nothing is mounted there (a fresh machine).
@@ -103,15 +160,20 @@ impl Datapath {
             None => vec![],
         };
         for (name, path) in &map_paths {
+            check_pinned_layout(name, path)?;
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(object).context("loading the BPF object")?;
-        for hook in [Hook::TcxIngress, Hook::TcxEgress] {
+        for hook in [Hook::VethIngress, Hook::VethEgress, Hook::UplinkIngress] {
             let prog: &mut SchedClassifier = program_mut(&mut ebpf, hook.program())?.try_into()?;
             prog.load().with_context(|| format!("loading program {}", hook.program()))?;
         }
         let xdp: &mut Xdp = program_mut(&mut ebpf, names::PROG_UPLINK_XDP)?.try_into()?;
         xdp.load().with_context(|| format!("loading program {}", names::PROG_UPLINK_XDP))?;
+        for hook in SOCK_HOOKS {
+            let prog: &mut CgroupSockAddr = program_mut(&mut ebpf, hook.program())?.try_into()?;
+            prog.load().with_context(|| format!("loading program {}", hook.program()))?;
+        }
         Ok(Datapath { ebpf, pin_dir: pin_dir.map(Path::to_path_buf).unwrap_or_default() })
     }
 
@@ -127,12 +189,16 @@ impl Datapath {
         self.pin_dir.join("links").join(format!("{}_{}", hook.name(), ifname.replace('.', "%")))
     }
 
-    /// Attaches the program for `hook` to `ifname` through a pinned link.
+    /// Attaches the program for `hook` to `target` (an interface name, or a
+    /// cgroup directory for the socket hooks) through a pinned link.
     /// If a pinned link is already there (restart), the new program replaces
     /// the old one inside that link atomically; if that link is dead (its
     /// interface was recreated), it is replaced by a fresh one.
-    pub fn attach(&mut self, ifname: &str, hook: Hook) -> Result<()> {
-        let pin = self.link_pin(ifname, hook);
+    pub fn attach(&mut self, target: &str, hook: Hook) -> Result<()> {
+        let pin = self.link_pin(if hook.is_sock() { CGROUP_TARGET } else { target }, hook);
+        if hook.is_sock() {
+            return self.attach_sock(target, hook, &pin);
+        }
         match PinnedLink::from_pin(&pin) {
             Ok(old) => match self.replace_in_link(hook, FdLink::from(old)) {
                 Ok(()) => return Ok(()),
@@ -144,41 +210,56 @@ impl Datapath {
             Err(e) if not_found(&e) => {}
             Err(e) => return Err(e).with_context(|| format!("opening pinned link {}", pin.display())),
         }
-        let link = self.attach_new(ifname, hook)?;
+        let link = self.attach_new(target, hook)?;
         link.pin(&pin).with_context(|| format!("pinning link {}", pin.display()))?;
         Ok(())
     }
 
+    /// cgroup links cannot have their program swapped through aya, so a
+    /// restart attaches the new program first and then drops the old link.
+    /// Running both for a moment is harmless: the translations are
+    /// idempotent (a rewritten address is no longer a published one).
+    fn attach_sock(&mut self, cgroup: &str, hook: Hook, pin: &Path) -> Result<()> {
+        let what = || format!("attaching {} to cgroup {cgroup}", hook.program());
+        let dir = fs::File::open(cgroup).with_context(|| format!("opening cgroup {cgroup}"))?;
+        let prog: &mut CgroupSockAddr = program_mut(&mut self.ebpf, hook.program())?.try_into()?;
+        let id = prog.attach(&dir, CgroupAttachMode::default()).with_context(what)?;
+        let link: FdLink = prog.take_link(id)?.try_into().with_context(what)?;
+        match fs::remove_file(pin) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing old pin {}", pin.display())),
+        }
+        link.pin(pin).with_context(|| format!("pinning link {}", pin.display()))?;
+        Ok(())
+    }
+
     fn replace_in_link(&mut self, hook: Hook, link: FdLink) -> Result<()> {
-        match hook {
-            Hook::TcxIngress | Hook::TcxEgress => {
-                let prog: &mut SchedClassifier = program_mut(&mut self.ebpf, hook.program())?.try_into()?;
-                let id = prog.attach_to_link(link.try_into()?)?;
-                // Keep the link alive through its pin only: forget our handle
-                // without detaching.
-                let _: FdLink = prog.take_link(id)?.try_into()?;
-            }
-            Hook::Xdp => {
-                let prog: &mut Xdp = program_mut(&mut self.ebpf, hook.program())?.try_into()?;
-                let id = prog.attach_to_link(link.try_into()?)?;
-                let _: FdLink = prog.take_link(id)?.try_into()?;
-            }
+        if hook.tc_attach_type().is_some() {
+            let prog: &mut SchedClassifier = program_mut(&mut self.ebpf, hook.program())?.try_into()?;
+            let id = prog.attach_to_link(link.try_into()?)?;
+            // Keep the link alive through its pin only: forget our handle
+            // without detaching.
+            let _: FdLink = prog.take_link(id)?.try_into()?;
+        } else {
+            let prog: &mut Xdp = program_mut(&mut self.ebpf, hook.program())?.try_into()?;
+            let id = prog.attach_to_link(link.try_into()?)?;
+            let _: FdLink = prog.take_link(id)?.try_into()?;
         }
         Ok(())
     }
 
     fn attach_new(&mut self, ifname: &str, hook: Hook) -> Result<FdLink> {
         let what = || format!("attaching {} to {ifname} ({})", hook.program(), hook.name());
-        let link: FdLink = match hook {
-            Hook::TcxIngress | Hook::TcxEgress => {
-                let attach_type = if hook == Hook::TcxIngress { TcAttachType::Ingress } else { TcAttachType::Egress };
+        let link: FdLink = match hook.tc_attach_type() {
+            Some(attach_type) => {
                 let prog: &mut SchedClassifier = program_mut(&mut self.ebpf, hook.program())?.try_into()?;
                 let id = prog
                     .attach_with_options(ifname, attach_type, TcAttachOptions::TcxOrder(LinkOrder::default()))
                     .with_context(what)?;
                 prog.take_link(id)?.try_into().with_context(what)?
             }
-            Hook::Xdp => {
+            None => {
                 let prog: &mut Xdp = program_mut(&mut self.ebpf, hook.program())?.try_into()?;
                 let id = prog.attach(ifname, XdpMode::default()).with_context(what)?;
                 prog.take_link(id)?.try_into().with_context(what)?
@@ -211,19 +292,15 @@ impl Datapath {
 
     /// Program ids on a tcx hook of `ifname` (all of them, netpath's or not).
     pub fn tcx_program_ids(ifname: &str, hook: Hook) -> Result<Vec<u32>> {
-        let attach_type = match hook {
-            Hook::TcxIngress => TcAttachType::Ingress,
-            Hook::TcxEgress => TcAttachType::Egress,
-            Hook::Xdp => bail!("not a tcx hook"),
-        };
+        let Some(attach_type) = hook.tc_attach_type() else { bail!("{} is not a tcx hook", hook.name()) };
         let (_, progs) = SchedClassifier::query_tcx(ifname, attach_type)
             .with_context(|| format!("querying tcx programs on {ifname}"))?;
         Ok(progs.iter().map(|p| p.id()).collect())
     }
 
     /// Program id inside a pinned link.
-    pub fn pinned_link_program(&self, ifname: &str, hook: Hook) -> Result<u32> {
-        let pin = self.link_pin(ifname, hook);
+    pub fn pinned_link_program(&self, target: &str, hook: Hook) -> Result<u32> {
+        let pin = self.link_pin(if hook.is_sock() { CGROUP_TARGET } else { target }, hook);
         let link = FdLink::from(PinnedLink::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?);
         Ok(link.info()?.program_id())
     }
@@ -282,10 +359,17 @@ impl Datapath {
     }
 
     pub fn map_status(&mut self) -> Result<Vec<MapStatus>> {
-        let endpoints = self.endpoints_map()?.keys().count() as u64;
-        let stats = self.stats_map()?.keys().count() as u64;
+        let counts = [
+            (names::ENDPOINTS, self.endpoints_map()?.keys().count() as u64),
+            (names::IFACE_STATS, self.stats_map()?.keys().count() as u64),
+            (names::SERVICES, self.services_map()?.keys().count() as u64),
+            (names::HOST_ADDRS, self.host_addrs_map()?.keys().count() as u64),
+            (names::CT4, self.ct_map()?.keys().count() as u64),
+            (names::SOCK_REVNAT, self.sock_revnat_map()?.keys().count() as u64),
+            (names::CONFIG, 1),
+        ];
         let mut out = vec![];
-        for (name, entries) in [(names::ENDPOINTS, endpoints), (names::IFACE_STATS, stats)] {
+        for (name, entries) in counts {
             let map = self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing"))?;
             let info = map_data(map)?.info()?;
             out.push(MapStatus {
@@ -298,6 +382,96 @@ impl Datapath {
             });
         }
         Ok(out)
+    }
+
+    fn services_map(&mut self) -> Result<BpfHashMap<&mut MapData, ServiceKey, ServiceValue>> {
+        Ok(BpfHashMap::try_from(self.map_mut(names::SERVICES)?)?)
+    }
+
+    fn host_addrs_map(&mut self) -> Result<BpfHashMap<&mut MapData, [u8; 4], HostAddr>> {
+        Ok(BpfHashMap::try_from(self.map_mut(names::HOST_ADDRS)?)?)
+    }
+
+    fn ct_map(&mut self) -> Result<BpfHashMap<&mut MapData, CtKey, CtEntry>> {
+        Ok(BpfHashMap::try_from(self.map_mut(names::CT4)?)?)
+    }
+
+    fn sock_revnat_map(&mut self) -> Result<BpfHashMap<&mut MapData, SockRevNatKey, SockRevNatValue>> {
+        Ok(BpfHashMap::try_from(self.map_mut(names::SOCK_REVNAT)?)?)
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing"))
+    }
+
+    pub fn write_config(&mut self, cfg: &DatapathConfig) -> Result<()> {
+        let mut arr: Array<&mut MapData, DatapathConfig> = Array::try_from(self.map_mut(names::CONFIG)?)?;
+        arr.set(0, cfg, 0).context("writing the CONFIG map")
+    }
+
+    pub fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
+        self.services_map()?.insert(key, value, 0).context("writing into SERVICES")
+    }
+
+    pub fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        ignore_missing(self.services_map()?.remove(key)).context("removing from SERVICES")
+    }
+
+    pub fn services(&mut self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
+        self.services_map()?.iter().map(|r| r.map_err(Into::into)).collect()
+    }
+
+    /// Makes HOST_ADDRS hold exactly `addrs` (address, ifindex).
+    pub fn sync_host_addrs(&mut self, addrs: &[([u8; 4], u32)]) -> Result<()> {
+        let mut map = self.host_addrs_map()?;
+        let existing: Vec<[u8; 4]> = map.keys().collect::<Result<_, _>>()?;
+        for old in existing {
+            if !addrs.iter().any(|(a, _)| *a == old) {
+                ignore_missing(map.remove(&old))?;
+            }
+        }
+        for (addr, ifindex) in addrs {
+            if map.get(addr, 0).ok() != Some(HostAddr { ifindex: *ifindex }) {
+                map.insert(addr, HostAddr { ifindex: *ifindex }, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn ct_entries(&mut self) -> Result<Vec<(CtKey, CtEntry)>> {
+        // Entries can vanish (LRU eviction, GC) while we walk: skip those.
+        Ok(self.ct_map()?.iter().filter_map(Result::ok).collect())
+    }
+
+    /// Removes tracked flows (both directions) whose entry matches `pred`;
+    /// returns how many flows went.
+    pub fn ct_remove_where(&mut self, pred: impl Fn(&CtKey, &CtEntry) -> bool) -> Result<usize> {
+        let entries = self.ct_entries()?;
+        let mut map = self.ct_map()?;
+        let mut flows = 0;
+        for (key, entry) in entries.iter().filter(|(k, e)| pred(k, e)) {
+            let gone = ignore_missing(map.remove(key)).is_ok();
+            let _ = ignore_missing(map.remove(&entry.peer));
+            if gone && entry.flags & netpath_common::conntrack::CT_F_REPLY == 0 {
+                flows += 1;
+            }
+        }
+        Ok(flows)
+    }
+
+    /// Forgets socket-level translations made for these mappings.
+    pub fn sock_revnat_remove(&mut self, service_ids: &[u32]) -> Result<()> {
+        let mut map = self.sock_revnat_map()?;
+        let keys: Vec<SockRevNatKey> = map
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| service_ids.contains(&v.service_id))
+            .map(|(k, _)| k)
+            .collect();
+        for k in keys {
+            ignore_missing(map.remove(&k))?;
+        }
+        Ok(())
     }
 
     pub fn program_status(&self) -> Result<Vec<ProgramStatus>> {
@@ -320,6 +494,26 @@ impl Datapath {
         let prog = self.ebpf.program(name).ok_or_else(|| anyhow!("program {name} missing"))?;
         Ok(prog.fd()?.as_fd().as_raw_fd())
     }
+}
+
+/// Refuses a pinned map whose key or value size differs from this build's.
+fn check_pinned_layout(name: &str, path: &Path) -> Result<()> {
+    let info = match MapInfo::from_pin(path) {
+        Ok(info) => info,
+        Err(_) if !path.exists() => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("opening pinned map {}", path.display())),
+    };
+    let (_, key, value) = map_layouts().into_iter().find(|(n, _, _)| *n == name).ok_or_else(|| anyhow!("unknown map {name}"))?;
+    if info.key_size() as usize != key || info.value_size() as usize != value {
+        bail!(
+            "pinned map {} has key/value sizes {}/{} but this netpath expects {key}/{value}: it was left by an \
+             incompatible build. Remove it (its state is lost) or run the matching netpath.",
+            path.display(),
+            info.key_size(),
+            info.value_size()
+        );
+    }
+    Ok(())
 }
 
 fn map_data(map: &aya::maps::Map) -> Result<&MapData> {

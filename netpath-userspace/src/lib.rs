@@ -12,4 +12,5 @@ pub mod model;
 pub mod netlink;
 pub mod netns;
 pub mod output;
+pub mod portspec;
 pub mod state;

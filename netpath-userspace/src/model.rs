@@ -5,6 +5,8 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::portspec::Protocol;
+
 /// Path prefix of every API route; bump on incompatible changes.
 pub const API_PREFIX: &str = "/v1";
 
@@ -99,6 +101,11 @@ pub struct Status {
     pub programs: Vec<ProgramStatus>,
     pub maps: Vec<MapStatus>,
     pub containers: Vec<ContainerStatus>,
+    pub mappings: usize,
+    /// Socket-level translation for host processes: the cgroup the hooks
+    /// hang on, if any.
+    pub cgroup: Option<String>,
+    pub routed: bool,
     /// Uplink counters, if there is an uplink.
     pub uplink_stats: Option<InterfaceStats>,
 }
@@ -107,4 +114,64 @@ pub struct Status {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ApiErrorBody {
     pub error: String,
+}
+
+/// One published port (a range spec becomes one mapping per port).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Mapping {
+    pub id: u32,
+    /// None: every host address.
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub proto: Protocol,
+    pub container: String,
+    pub container_ip: Ipv4Addr,
+    pub container_port: u16,
+}
+
+impl Mapping {
+    /// The mapping in `map` syntax.
+    pub fn spec(&self) -> String {
+        let ip = self.host_ip.map(|ip| format!("{ip}:")).unwrap_or_default();
+        format!("{ip}{}:{}:{}/{}", self.host_port, self.container, self.container_port, self.proto)
+    }
+}
+
+/// `POST /v1/mappings` and `POST /v1/mappings/unmap`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MappingRequest {
+    pub spec: String,
+}
+
+/// One direction of a tracked flow, as the packet carries it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Tuple {
+    pub src: Ipv4Addr,
+    pub sport: u16,
+    pub dst: Ipv4Addr,
+    pub dport: u16,
+}
+
+/// A tracked flow (`GET /v1/conntrack`), as `conntrack -L` shows it: the
+/// original direction and the reply direction before translation.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Flow {
+    pub proto: String,
+    pub original: Tuple,
+    pub reply: Tuple,
+    pub state: String,
+    /// Seconds until the flow expires (negative: expired, awaiting GC).
+    pub expires_in: i64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+    /// The mapping that created it (0: none).
+    pub mapping_id: u32,
+}
+
+/// Answer of `DELETE /v1/conntrack`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FlushResult {
+    pub flows: usize,
 }

@@ -155,6 +155,22 @@ impl Netlink {
         }
     }
 
+    /// Every IPv4 address in the namespace, with its interface index.
+    pub async fn ipv4_addresses(&self) -> Result<Vec<(Ipv4Addr, u32)>> {
+        let mut out = vec![];
+        let mut addrs = self.handle.address().get().execute();
+        while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
+            for a in &msg.attributes {
+                if let AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) = a {
+                    if !out.contains(&(*ip, msg.header.index)) {
+                        out.push((*ip, msg.header.index));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
         let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
         self.handle

@@ -1,6 +1,6 @@
 //! Human-readable tables for `netpathctl`.
 
-use crate::model::{Container, InterfaceStats, Status};
+use crate::model::{Container, Flow, InterfaceStats, Mapping, Status};
 
 /// Left-aligned columns separated by two spaces.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -38,12 +38,49 @@ pub fn containers_table(containers: &[Container]) -> String {
     table(&["NAME", "IP", "MAC", "VETH", "IFINDEX", "NETNS"], &rows)
 }
 
+pub fn mappings_table(ms: &[Mapping]) -> String {
+    let rows: Vec<Vec<String>> = ms
+        .iter()
+        .map(|m| {
+            vec![
+                m.host_ip.map(|i| i.to_string()).unwrap_or_else(|| "*".into()),
+                m.host_port.to_string(),
+                m.proto.to_string(),
+                m.container.clone(),
+                format!("{}:{}", m.container_ip, m.container_port),
+                m.id.to_string(),
+            ]
+        })
+        .collect();
+    table(&["HOST IP", "HOST PORT", "PROTO", "CONTAINER", "BACKEND", "ID"], &rows)
+}
+
+pub fn flows_table(flows: &[Flow]) -> String {
+    let rows: Vec<Vec<String>> = flows
+        .iter()
+        .map(|f| {
+            vec![
+                f.proto.clone(),
+                format!("{}:{} -> {}:{}", f.original.src, f.original.sport, f.original.dst, f.original.dport),
+                format!("{}:{} -> {}:{}", f.reply.src, f.reply.sport, f.reply.dst, f.reply.dport),
+                f.state.clone(),
+                f.expires_in.to_string(),
+                format!("{}/{}", f.packets, f.reply_packets),
+                f.mapping_id.to_string(),
+            ]
+        })
+        .collect();
+    table(&["PROTO", "ORIGINAL", "REPLY", "STATE", "EXPIRES", "PKTS ORIG/REPLY", "MAPPING"], &rows)
+}
+
 pub fn status_text(s: &Status) -> String {
     let mut out = String::new();
     out.push_str(&format!("instance  {} (netpath {})\n", s.instance, s.version));
     out.push_str(&format!("bridge    {} gateway {} subnet {}\n", s.bridge, s.gateway, s.subnet));
     out.push_str(&format!("uplink    {}\n", s.uplink.as_deref().unwrap_or("(none)")));
     out.push_str(&format!("pins      {}\n", s.pin_dir));
+    out.push_str(&format!("sockets   {}\n", s.cgroup.as_deref().map(|c| format!("cgroup {c}")).unwrap_or_else(|| "(no cgroup v2: host processes cannot use published ports)".into())));
+    out.push_str(&format!("mode      {}, {} published ports\n", if s.routed { "routed" } else { "published ports only from outside" }, s.mappings));
     if let Some(u) = &s.uplink_stats {
         out.push_str(&format!("uplink rx {} packets, {} bytes\n", u.rx_packets, u.rx_bytes));
     }

@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::model::Container;
+use crate::model::{Container, Mapping};
 
 pub const STATE_VERSION: u32 = 1;
 
@@ -21,6 +21,15 @@ pub struct State {
     /// instance lives, so a stale id in a dump cannot name a new container.
     pub next_id: u32,
     pub containers: Vec<Container>,
+    #[serde(default)]
+    pub mappings: Vec<Mapping>,
+    /// Mapping ids, like endpoint ids, are never reused.
+    #[serde(default = "one")]
+    pub next_mapping_id: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Reads and atomically rewrites `state.json`.
@@ -54,7 +63,7 @@ impl StateStore {
                 Ok(state)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Ok(State { version: STATE_VERSION, next_id: 1, containers: vec![] })
+                Ok(State { version: STATE_VERSION, next_id: 1, containers: vec![], mappings: vec![], next_mapping_id: 1 })
             }
             Err(e) => Err(e).with_context(|| format!("reading state file {}", self.path.display())),
         }
@@ -95,6 +104,8 @@ mod tests {
                 ifindex: 9,
                 id: 6,
             }],
+            mappings: vec![],
+            next_mapping_id: 3,
         };
         store.save(&state).unwrap();
         assert_eq!(store.load().unwrap(), state);

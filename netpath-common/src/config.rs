@@ -1,0 +1,40 @@
+//! The datapath's per-instance settings: one entry in the `CONFIG` array.
+
+use crate::conntrack::CtTimeouts;
+
+/// Packets from the uplink may reach container addresses directly (routed
+/// mode). Off by default: only published ports are reachable from outside.
+pub const CFG_F_ROUTED: u32 = 1 << 0;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatapathConfig {
+    /// Netns cookie of the agent's namespace: the socket hooks act only on
+    /// sockets there. 0 disables them.
+    pub netns_cookie: u64,
+    /// Container subnet and prefix length.
+    pub subnet: [u8; 4],
+    pub subnet_prefix: u32,
+    /// The bridge's address (source for same-container hairpin).
+    pub gateway: [u8; 4],
+    /// `CFG_F_*`.
+    pub flags: u32,
+    pub timeouts: CtTimeouts,
+}
+
+impl DatapathConfig {
+    #[inline(always)]
+    pub fn subnet_mask(&self) -> u32 {
+        if self.subnet_prefix == 0 { 0 } else { u32::MAX << (32 - self.subnet_prefix.min(32)) }
+    }
+
+    /// Is `addr` inside the container subnet?
+    #[inline(always)]
+    pub fn in_subnet(&self, addr: [u8; 4]) -> bool {
+        let mask = self.subnet_mask();
+        mask != 0 && u32::from_be_bytes(addr) & mask == u32::from_be_bytes(self.subnet) & mask
+    }
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for DatapathConfig {}

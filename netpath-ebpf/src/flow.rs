@@ -1,0 +1,87 @@
+//! Parsing an IPv4 packet into the 5-tuple that conntrack and NAT key on.
+
+use netpath_common::{
+    conntrack::{IPPROTO_TCP, IPPROTO_UDP},
+    CtKey,
+};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::Ipv4Hdr,
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
+
+use crate::packet::{ptr_at, Packet};
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// Where the headers are, and the tuple they carry.
+pub struct Flow {
+    pub key: CtKey,
+    /// Offset of the IPv4 header.
+    pub l3_off: usize,
+    /// Offset of the TCP/UDP header (after IP options).
+    pub l4_off: usize,
+    /// TCP flags (0 for UDP).
+    pub tcp_flags: u8,
+}
+
+/// Why a packet has no flow to translate. None of these is an error in
+/// itself: the caller lets such packets pass untouched.
+pub enum NoFlow {
+    /// Not IPv4 (ARP and the like).
+    NotIpv4,
+    /// A protocol without ports that the NAT paths do not handle.
+    OtherProtocol,
+    /// A non-first fragment: it has no L4 header to match or rewrite.
+    LaterFragment,
+    /// Headers cut short or inconsistent.
+    Malformed,
+}
+
+#[inline(always)]
+pub fn parse(pkt: &impl Packet) -> Result<Flow, NoFlow> {
+    let eth: *const EthHdr = ptr_at(pkt, 0).ok_or(NoFlow::Malformed)?;
+    // SAFETY: bounds checked by ptr_at.
+    if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
+        return Err(NoFlow::NotIpv4);
+    }
+    let l3_off = EthHdr::LEN;
+    let ip: *const Ipv4Hdr = ptr_at(pkt, l3_off).ok_or(NoFlow::Malformed)?;
+    // SAFETY: bounds checked by ptr_at.
+    let ip = unsafe { &*ip };
+    let ihl = (ip.vihl & 0x0f) as usize;
+    if ip.vihl >> 4 != 4 || ihl < 5 {
+        return Err(NoFlow::Malformed);
+    }
+    let frag_offset = (((ip.frags[0] & 0x1f) as u16) << 8) | ip.frags[1] as u16;
+    let proto = ip.proto;
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return Err(NoFlow::OtherProtocol);
+    }
+    if frag_offset != 0 {
+        return Err(NoFlow::LaterFragment);
+    }
+    let l4_off = l3_off + ihl * 4;
+    let (sport, dport, tcp_flags) = if proto == IPPROTO_TCP {
+        let tcp: *const TcpHdr = ptr_at(pkt, l4_off).ok_or(NoFlow::Malformed)?;
+        // SAFETY: bounds checked by ptr_at. Byte 13 holds the flags.
+        let tcp = unsafe { &*tcp };
+        let flags = unsafe { *((tcp as *const TcpHdr as *const u8).add(13)) };
+        (u16::from_ne_bytes(tcp.source), u16::from_ne_bytes(tcp.dest), flags)
+    } else {
+        let udp: *const UdpHdr = ptr_at(pkt, l4_off).ok_or(NoFlow::Malformed)?;
+        // SAFETY: bounds checked by ptr_at.
+        let udp = unsafe { &*udp };
+        (u16::from_ne_bytes(udp.src), u16::from_ne_bytes(udp.dst), 0)
+    };
+    Ok(Flow {
+        key: CtKey { saddr: ip.src_addr, daddr: ip.dst_addr, sport, dport, proto, _pad: [0; 3] },
+        l3_off,
+        l4_off,
+        tcp_flags,
+    })
+}

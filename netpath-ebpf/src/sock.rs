@@ -1,0 +1,79 @@
+//! Published ports for the host's own processes, at the socket layer:
+//! connect/sendmsg to a published address are sent to the container instead,
+//! and recvmsg/getpeername show the published address again. Only sockets
+//! in the agent's network namespace are touched (netns cookie filter): the
+//! programs hang on a cgroup that other namespaces share.
+
+use aya_ebpf::{
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    programs::SockAddrContext,
+    EbpfContext as _,
+};
+use netpath_common::{
+    conntrack::{IPPROTO_TCP, IPPROTO_UDP},
+    SockRevNatKey, SockRevNatValue,
+};
+
+use crate::{
+    maps::{config, SOCK_REVNAT},
+    service,
+};
+
+/// The port sits in the low 16 bits of `user_port`, in network order.
+#[inline(always)]
+fn port_of(user_port: u32) -> u16 {
+    user_port as u16
+}
+
+#[inline(always)]
+fn in_agent_netns(ctx: &SockAddrContext) -> bool {
+    let Some(cfg) = config() else { return false };
+    cfg.netns_cookie != 0 && unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == cfg.netns_cookie
+}
+
+/// connect4 and sendmsg4: point the socket at the container.
+#[inline(always)]
+pub fn forward(ctx: &SockAddrContext) {
+    if !in_agent_netns(ctx) {
+        return;
+    }
+    // SAFETY: the context pointer is valid for the program's run.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let proto = sa.protocol as u8;
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return;
+    }
+    let addr = sa.user_ip4.to_ne_bytes();
+    let port = port_of(sa.user_port);
+    let Some(svc) = service::lookup(addr, port, proto, true) else { return };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let key = SockRevNatKey { cookie, backend_addr: svc.backend_addr, backend_port: svc.backend_port, _pad: 0 };
+    let value = SockRevNatValue { service_addr: addr, service_port: port, _pad: 0, service_id: svc.id, _pad2: 0 };
+    // Without the record replies would show the container's address; still
+    // better to connect than to refuse, so a full map does not stop us.
+    let _ = SOCK_REVNAT.insert(&key, &value, 0);
+    sa.user_ip4 = u32::from_ne_bytes(svc.backend_addr);
+    sa.user_port = svc.backend_port as u32;
+}
+
+/// recvmsg4 and getpeername4: show the published address, not the container.
+#[inline(always)]
+pub fn reverse(ctx: &SockAddrContext) {
+    if !in_agent_netns(ctx) {
+        return;
+    }
+    // SAFETY: the context pointer is valid for the program's run.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let key = SockRevNatKey {
+        cookie,
+        backend_addr: sa.user_ip4.to_ne_bytes(),
+        backend_port: port_of(sa.user_port),
+        _pad: 0,
+    };
+    // SAFETY: the value is copied out at once.
+    if let Some(v) = unsafe { SOCK_REVNAT.get(&key) } {
+        sa.user_ip4 = u32::from_ne_bytes(v.service_addr);
+        sa.user_port = v.service_port as u32;
+    }
+}
