@@ -139,6 +139,11 @@ impl Agent {
             .with_context(|| format!("setting up bridge {}", cfg.bridge))?;
         // Hairpin traffic leaves the bridge the way it came: no ICMP redirects.
         write_sysctl(&format!("net.ipv4.conf.{}.send_redirects", cfg.bridge), "0")?;
+        // Replies of published ports get a host address as their source on
+        // the container's veth, before the host routes them; without
+        // accept_local the kernel would drop them as martians. Containers
+        // cannot abuse this: anti-spoofing runs before any translation.
+        write_sysctl(&format!("net.ipv4.conf.{}.accept_local", cfg.bridge), "1")?;
         let mut dp = Datapath::load(&cfg.pin_dir)?;
         let cgroup = match &cfg.cgroup {
             Some(p) => Some(p.clone()),
