@@ -16,7 +16,7 @@ use crate::{
     netlink::Netlink,
     netns::{write_sysctl, Netns},
     portspec::{PortSpec, Protocol, UnmapSpec},
-    state::{State, StateStore},
+    state::{Change, State, StateStore},
 };
 use netpath_common::{
     config::CFG_F_ROUTED, conntrack::CT_F_REPLY, endpoint::ENDPOINT_F_IPV4, maps::MAX_SERVICES, CtState,
@@ -130,6 +130,7 @@ impl Agent {
         let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
             anyhow::anyhow!("another netpathd holds {} ({e}): one agent per instance", lock_path.display())
         })?;
+        let mut store = store;
         let state = store.load()?;
         write_sysctl("net.ipv4.ip_forward", "1")?;
         let nl = Netlink::connect()?;
@@ -337,8 +338,13 @@ impl Inner {
             .ok_or_else(|| AgentError::NotFound(format!("no container named {name:?}")))
     }
 
-    fn save(&self) -> Result<()> {
+    fn save(&mut self) -> Result<()> {
         self.store.save(&self.state)
+    }
+
+    fn record(&mut self, change: Change) -> Result<()> {
+        change.apply(&mut self.state);
+        self.store.record(&change, &self.state)
     }
 
     /// Brings the kernel in line with the saved state: containers whose
@@ -503,9 +509,8 @@ impl Inner {
                 }
             }
         }
-        self.state.next_mapping_id += count as u32;
-        self.state.mappings.extend(new.iter().cloned());
-        self.save()?;
+        let next_mapping_id = self.state.next_mapping_id + count as u32;
+        self.record(Change::Publish { mappings: new.clone(), next_mapping_id })?;
         for m in &new {
             tracing::info!(mapping = %m.spec(), "published");
         }
@@ -555,8 +560,7 @@ impl Inner {
         let ids: Vec<u32> = victims.iter().map(|m| m.id).collect();
         let flows = self.dp.ct_remove_where(|_, e| ids.contains(&e.service_id))?;
         self.dp.sock_revnat_remove(&ids)?;
-        self.state.mappings.retain(|m| !ids.contains(&m.id));
-        self.save()?;
+        self.record(Change::Unpublish { ids: ids.clone() })?;
         for m in victims {
             tracing::info!(mapping = %m.spec(), flows, "unpublished");
         }

@@ -142,6 +142,9 @@ fn parse_ip(spec: &str, s: &str) -> Result<Ipv4Addr, SpecError> {
 impl PortSpec {
     pub fn parse(spec: &str) -> Result<PortSpec, SpecError> {
         let (body, proto) = split_proto(spec, spec.trim())?;
+        if body.starts_with('[') {
+            return Err(err(spec, "IPv6 host addresses are not supported yet"));
+        }
         let parts: Vec<&str> = body.split(':').collect();
         let (ip, host, container, cport) = match parts.as_slice() {
             [host, container, cport] => (None, *host, *container, *cport),

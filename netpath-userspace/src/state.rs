@@ -1,5 +1,13 @@
-//! The agent's desired state, persisted as JSON in the state directory and
+//! The agent's desired state, persisted in the state directory and
 //! reconciled against the kernel at start.
+//!
+//! `state.json` is a snapshot, rewritten atomically (temp file, fsync,
+//! rename) when containers change. Mapping changes are appended to
+//! `journal.jsonl` instead, one JSON line each, so that publishing a port
+//! costs the same with 10 or 10000 of them; the journal is folded into the
+//! snapshot at start and every [`JOURNAL_COMPACT_AT`] lines. Journal
+//! appends are not fsynced: a process crash loses nothing, a power loss may
+//! lose the last changes (the BPF maps do not survive it either).
 
 use std::{
     fs,
@@ -11,6 +19,29 @@ use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Container, Mapping};
+
+/// Fold the journal into the snapshot after this many lines.
+pub const JOURNAL_COMPACT_AT: usize = 4096;
+
+/// One journal line.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    Publish { mappings: Vec<Mapping>, next_mapping_id: u32 },
+    Unpublish { ids: Vec<u32> },
+}
+
+impl Change {
+    pub fn apply(&self, state: &mut State) {
+        match self {
+            Change::Publish { mappings, next_mapping_id } => {
+                state.mappings.extend(mappings.iter().cloned());
+                state.next_mapping_id = state.next_mapping_id.max(*next_mapping_id);
+            }
+            Change::Unpublish { ids } => state.mappings.retain(|m| !ids.contains(&m.id)),
+        }
+    }
+}
 
 pub const STATE_VERSION: u32 = 1;
 
@@ -32,23 +63,72 @@ fn one() -> u32 {
     1
 }
 
-/// Reads and atomically rewrites `state.json`.
-#[derive(Clone, Debug)]
+/// Reads and writes `state.json` and `journal.jsonl`.
+#[derive(Debug)]
 pub struct StateStore {
     path: PathBuf,
+    journal_path: PathBuf,
+    journal: Option<fs::File>,
+    journal_lines: usize,
 }
 
 impl StateStore {
     pub fn new(dir: &Path) -> Result<StateStore> {
         fs::create_dir_all(dir).with_context(|| format!("creating state directory {}", dir.display()))?;
-        Ok(StateStore { path: dir.join("state.json") })
+        Ok(StateStore { path: dir.join("state.json"), journal_path: dir.join("journal.jsonl"), journal: None, journal_lines: 0 })
+    }
+
+    /// Appends a change; the caller has applied it to its `state` already,
+    /// which is snapshotted instead when the journal is long.
+    pub fn record(&mut self, change: &Change, state: &State) -> Result<()> {
+        if self.journal_lines >= JOURNAL_COMPACT_AT {
+            return self.save(state);
+        }
+        if self.journal.is_none() {
+            let f = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.journal_path)
+                .with_context(|| format!("opening {}", self.journal_path.display()))?;
+            self.journal = Some(f);
+        }
+        let mut line = serde_json::to_vec(change)?;
+        line.push(b'\n');
+        let f = self.journal.as_mut().ok_or_else(|| anyhow::anyhow!("journal not open"))?;
+        f.write_all(&line).with_context(|| format!("appending to {}", self.journal_path.display()))?;
+        self.journal_lines += 1;
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    pub fn load(&self) -> Result<State> {
+    /// The snapshot with the journal replayed onto it.
+    pub fn load(&mut self) -> Result<State> {
+        let mut state = self.load_snapshot()?;
+        match fs::read_to_string(&self.journal_path) {
+            Ok(text) => {
+                for (n, line) in text.lines().enumerate() {
+                    // A torn last line (crash mid-append) is dropped.
+                    match serde_json::from_str::<Change>(line) {
+                        Ok(change) => change.apply(&mut state),
+                        Err(e) if n + 1 == text.lines().count() => {
+                            tracing::warn!("ignoring torn last journal line: {e}");
+                        }
+                        Err(e) => {
+                            return Err(e).with_context(|| format!("{} line {}", self.journal_path.display(), n + 1));
+                        }
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", self.journal_path.display())),
+        }
+        Ok(state)
+    }
+
+    fn load_snapshot(&self) -> Result<State> {
         match fs::read(&self.path) {
             Ok(bytes) => {
                 let state: State = serde_json::from_slice(&bytes)
@@ -70,14 +150,20 @@ impl StateStore {
     }
 
     /// Write to a temporary file, fsync, rename: a crash leaves the old or
-    /// the new state, never half of one.
-    pub fn save(&self, state: &State) -> Result<()> {
+    /// the new state, never half of one. Then the journal starts over.
+    pub fn save(&mut self, state: &State) -> Result<()> {
         let tmp = self.path.with_extension("json.tmp");
         let mut f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(&serde_json::to_vec_pretty(state)?)?;
+        f.write_all(&serde_json::to_vec(state)?)?;
         f.sync_all()?;
         fs::rename(&tmp, &self.path).with_context(|| format!("replacing {}", self.path.display()))?;
-        Ok(())
+        self.journal = None;
+        self.journal_lines = 0;
+        match fs::remove_file(&self.journal_path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing {}", self.journal_path.display())),
+        }
     }
 }
 
@@ -88,7 +174,7 @@ mod tests {
     #[test]
     fn roundtrip_and_missing_file() {
         let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::new(dir.path()).unwrap();
+        let mut store = StateStore::new(dir.path()).unwrap();
         let empty = store.load().unwrap();
         assert_eq!(empty.next_id, 1);
         assert!(empty.containers.is_empty());
@@ -111,10 +197,60 @@ mod tests {
         assert_eq!(store.load().unwrap(), state);
     }
 
+    fn mapping(id: u32, port: u16) -> Mapping {
+        Mapping {
+            id,
+            host_ip: None,
+            host_port: port,
+            proto: crate::portspec::Protocol::Tcp,
+            container: "c1".into(),
+            container_ip: "10.0.0.2".parse().unwrap(),
+            container_port: 80,
+        }
+    }
+
+    #[test]
+    fn journal_replays_onto_the_snapshot_and_compacts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::new(dir.path()).unwrap();
+        let mut state = store.load().unwrap();
+        store.save(&state).unwrap();
+        for i in 0..10u32 {
+            let change = Change::Publish { mappings: vec![mapping(i + 1, 8000 + i as u16)], next_mapping_id: i + 2 };
+            change.apply(&mut state);
+            store.record(&change, &state).unwrap();
+        }
+        let change = Change::Unpublish { ids: vec![3, 4] };
+        change.apply(&mut state);
+        store.record(&change, &state).unwrap();
+        let mut fresh = StateStore::new(dir.path()).unwrap();
+        let loaded = fresh.load().unwrap();
+        assert_eq!(loaded, state);
+        assert_eq!(loaded.mappings.len(), 8);
+        assert_eq!(loaded.next_mapping_id, 11);
+        // A snapshot folds the journal in.
+        fresh.save(&loaded).unwrap();
+        assert!(!dir.path().join("journal.jsonl").exists());
+        assert_eq!(StateStore::new(dir.path()).unwrap().load().unwrap(), state);
+    }
+
+    #[test]
+    fn torn_last_journal_line_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::new(dir.path()).unwrap();
+        let mut state = store.load().unwrap();
+        let change = Change::Publish { mappings: vec![mapping(1, 80)], next_mapping_id: 2 };
+        change.apply(&mut state);
+        store.record(&change, &state).unwrap();
+        let mut f = fs::OpenOptions::new().append(true).open(dir.path().join("journal.jsonl")).unwrap();
+        f.write_all(b"{\"publish\": {\"mapp").unwrap();
+        assert_eq!(StateStore::new(dir.path()).unwrap().load().unwrap(), state);
+    }
+
     #[test]
     fn corrupt_file_is_an_error_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::new(dir.path()).unwrap();
+        let mut store = StateStore::new(dir.path()).unwrap();
         fs::write(store.path(), b"{not json").unwrap();
         let err = format!("{:#}", store.load().unwrap_err());
         assert!(err.contains("state.json"), "{err}");

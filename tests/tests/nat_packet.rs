@@ -1,0 +1,227 @@
+//! Packet tests of published ports: the exact bytes DNAT and the reverse
+//! translation produce (addresses, ports, IP and L4 checksums, checked
+//! against frames built from scratch and verified independently), and the
+//! packets that must pass untouched.
+
+use netpath_common::{
+    endpoint::ENDPOINT_F_IPV4, maps as names, CtTimeouts, DatapathConfig, Endpoint, ServiceKey, ServiceValue,
+};
+use netpath_tests::{
+    frames::{self, ETH_P_ARP, ETH_P_IPV4, IPPROTO_TCP, IPPROTO_UDP},
+    prog_run::{PacketHarness, TEST_IFINDEX},
+};
+
+const TC_ACT_OK: u32 = 0;
+
+const HOST: [u8; 4] = [198, 18, 0, 1];
+const BOUND: [u8; 4] = [198, 18, 0, 10];
+const CLIENT: [u8; 4] = [198, 18, 0, 2];
+const GATEWAY: [u8; 4] = [10, 0, 0, 1];
+const C1: [u8; 4] = [10, 0, 0, 2];
+const C2: [u8; 4] = [10, 0, 0, 3];
+const C1_MAC: [u8; 6] = [0x02, 0x4e, 10, 0, 0, 2];
+const C2_MAC: [u8; 6] = [0x02, 0x4e, 10, 0, 0, 3];
+const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
+
+fn harness() -> PacketHarness {
+    assert!(netpath_tests::is_root(), "packet tests load BPF programs: run them as root (cargo xtask test)");
+    let mut h = PacketHarness::new().expect("load the BPF object");
+    h.dp.write_config(&DatapathConfig {
+        netns_cookie: 0,
+        subnet: [10, 0, 0, 0],
+        subnet_prefix: 24,
+        gateway: GATEWAY,
+        flags: 0,
+        timeouts: CtTimeouts::default(),
+    })
+    .unwrap();
+    h.dp.sync_host_addrs(&[(HOST, 2), (BOUND, 2), (GATEWAY, 3)]).unwrap();
+    let svc = |addr: [u8; 4], port: u16, proto: u8, backend: [u8; 4], bport: u16, id: u32| {
+        (ServiceKey { addr, port: port.to_be(), proto, _pad: 0 }, ServiceValue {
+            backend_addr: backend,
+            backend_port: bport.to_be(),
+            _pad: 0,
+            id,
+            backend_ifindex: TEST_IFINDEX,
+        })
+    };
+    for (k, v) in [
+        svc([0; 4], 8080, IPPROTO_TCP, C1, 80, 1),
+        svc([0; 4], 8053, IPPROTO_UDP, C1, 53, 2),
+        svc(BOUND, 8082, IPPROTO_TCP, C1, 80, 3),
+    ] {
+        h.dp.set_service(&k, &v).unwrap();
+    }
+    h
+}
+
+fn container(h: &mut PacketHarness, ip: [u8; 4], mac: [u8; 6]) {
+    h.dp.set_endpoint(TEST_IFINDEX, &Endpoint { ipv4: ip, ipv6: [0; 16], mac, flags: ENDPOINT_F_IPV4, ifindex: TEST_IFINDEX, id: 1 })
+        .unwrap();
+}
+
+fn tcp_frame(dmac: [u8; 6], smac: [u8; 6], src: ([u8; 4], u16), dst: ([u8; 4], u16), flags: u8, options: &[u8]) -> Vec<u8> {
+    let seg = frames::tcp(src.0, dst.0, src.1, dst.1, flags, b"payload");
+    frames::eth(dmac, smac, ETH_P_IPV4, &frames::ipv4(src.0, dst.0, IPPROTO_TCP, options, &seg))
+}
+
+fn udp_frame(dmac: [u8; 6], smac: [u8; 6], src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> Vec<u8> {
+    let seg = frames::udp(src.0, dst.0, src.1, dst.1, b"query");
+    frames::eth(dmac, smac, ETH_P_IPV4, &frames::ipv4(src.0, dst.0, IPPROTO_UDP, &[], &seg))
+}
+
+/// Runs `program` and asserts it passes the frame with exactly `want` bytes
+/// and valid checksums.
+fn expect(h: &PacketHarness, program: &str, input: &[u8], want: &[u8]) {
+    let r = h.run(program, input).unwrap();
+    assert_eq!(r.verdict, TC_ACT_OK, "{program} verdict");
+    assert_eq!(hex(&r.data), hex(want), "{program} output bytes");
+    if u16::from_be_bytes([want[12], want[13]]) == ETH_P_IPV4 && want.len() >= 34 {
+        frames::verify_checksums(&r.data).unwrap_or_else(|e| panic!("{program}: {e}"));
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn dnat_from_outside_and_reverse_translation_tcp() {
+    let mut h = harness();
+    let syn = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), (HOST, 8080), 0x02, &[]);
+    let dnat = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), (C1, 80), 0x02, &[]);
+    expect(&h, names::PROG_UPLINK_INGRESS, &syn, &dnat);
+    // Both directions are tracked.
+    let ct = h.dp.ct_entries().unwrap();
+    assert_eq!(ct.len(), 2, "{ct:?}");
+
+    // The reply leaves the container and gets the published address back.
+    container(&mut h, C1, C1_MAC);
+    let synack = tcp_frame(HOST_MAC, C1_MAC, (C1, 80), (CLIENT, 40000), 0x12, &[]);
+    let back = tcp_frame(HOST_MAC, C1_MAC, (HOST, 8080), (CLIENT, 40000), 0x12, &[]);
+    expect(&h, names::PROG_VETH_INGRESS, &synack, &back);
+
+    // Later packets of the flow hit conntrack, both ways.
+    let ack = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), (HOST, 8080), 0x10, &[]);
+    expect(&h, names::PROG_UPLINK_INGRESS, &ack, &tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), (C1, 80), 0x10, &[]));
+    let flows: Vec<_> = h.dp.ct_entries().unwrap();
+    assert!(flows.iter().all(|(_, e)| e.state == netpath_common::CtState::Established as u8), "{flows:?}");
+}
+
+#[test]
+fn dnat_and_reverse_udp() {
+    let mut h = harness();
+    let q = udp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 5000), (HOST, 8053));
+    expect(&h, names::PROG_UPLINK_INGRESS, &q, &udp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 5000), (C1, 53)));
+    container(&mut h, C1, C1_MAC);
+    let a = udp_frame(HOST_MAC, C1_MAC, (C1, 53), (CLIENT, 5000));
+    expect(&h, names::PROG_VETH_INGRESS, &a, &udp_frame(HOST_MAC, C1_MAC, (HOST, 8053), (CLIENT, 5000)));
+}
+
+#[test]
+fn udp_without_checksum_keeps_it_zero() {
+    let h = harness();
+    let mut q = udp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 5000), (HOST, 8053));
+    let csum = 14 + 20 + 6;
+    q[csum] = 0;
+    q[csum + 1] = 0;
+    let mut want = udp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 5000), (C1, 53));
+    want[csum] = 0;
+    want[csum + 1] = 0;
+    let r = h.run(names::PROG_UPLINK_INGRESS, &q).unwrap();
+    assert_eq!(hex(&r.data), hex(&want));
+}
+
+#[test]
+fn ip_options_shift_the_l4_header() {
+    let h = harness();
+    let opts = [0x94, 0x04, 0, 0]; // router alert
+    let syn = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40001), (HOST, 8080), 0x02, &opts);
+    let want = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40001), (C1, 80), 0x02, &opts);
+    expect(&h, names::PROG_UPLINK_INGRESS, &syn, &want);
+}
+
+#[test]
+fn hairpin_from_another_container_and_to_itself() {
+    let mut h = harness();
+    // c2 -> host:8080: DNAT only; c1 answers c2 directly over the bridge.
+    container(&mut h, C2, C2_MAC);
+    let req = tcp_frame(HOST_MAC, C2_MAC, (C2, 41000), (HOST, 8080), 0x02, &[]);
+    expect(&h, names::PROG_VETH_INGRESS, &req, &tcp_frame(HOST_MAC, C2_MAC, (C2, 41000), (C1, 80), 0x02, &[]));
+    container(&mut h, C1, C1_MAC);
+    let rep = tcp_frame(C2_MAC, C1_MAC, (C1, 80), (C2, 41000), 0x12, &[]);
+    expect(&h, names::PROG_VETH_INGRESS, &rep, &tcp_frame(C2_MAC, C1_MAC, (HOST, 8080), (C2, 41000), 0x12, &[]));
+
+    // c1 -> host:8080 lands on c1 itself: also SNAT to the gateway.
+    let req = tcp_frame(HOST_MAC, C1_MAC, (C1, 42000), (HOST, 8080), 0x02, &[]);
+    expect(&h, names::PROG_VETH_INGRESS, &req, &tcp_frame(HOST_MAC, C1_MAC, (GATEWAY, 42000), (C1, 80), 0x02, &[]));
+    let rep = tcp_frame(HOST_MAC, C1_MAC, (C1, 80), (GATEWAY, 42000), 0x12, &[]);
+    expect(&h, names::PROG_VETH_INGRESS, &rep, &tcp_frame(HOST_MAC, C1_MAC, (HOST, 8080), (C1, 42000), 0x12, &[]));
+}
+
+#[test]
+fn mappings_answer_only_on_their_addresses() {
+    let mut h = harness();
+    // Wildcard mapping, but not a host address: untouched.
+    let other = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), ([198, 18, 0, 77], 8080), 0x02, &[]);
+    expect(&h, names::PROG_UPLINK_INGRESS, &other, &other);
+    // Bound to BOUND: DNAT there, nothing on HOST.
+    let on_bound = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), (BOUND, 8082), 0x02, &[]);
+    expect(&h, names::PROG_UPLINK_INGRESS, &on_bound, &tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), (C1, 80), 0x02, &[]));
+    let on_host = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), (HOST, 8082), 0x02, &[]);
+    expect(&h, names::PROG_UPLINK_INGRESS, &on_host, &on_host);
+    assert_eq!(h.dp.ct_entries().unwrap().len(), 2, "only the bound flow is tracked");
+}
+
+#[test]
+fn misses_and_other_frames_pass_untouched() {
+    let mut h = harness();
+    let unpublished = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), (HOST, 9999), 0x02, &[]);
+    expect(&h, names::PROG_UPLINK_INGRESS, &unpublished, &unpublished);
+    let udp_on_tcp_port = udp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 5000), (HOST, 8080));
+    expect(&h, names::PROG_UPLINK_INGRESS, &udp_on_tcp_port, &udp_on_tcp_port);
+    let arp = frames::eth([0xff; 6], CLIENT_MAC, ETH_P_ARP, &frames::arp(1, CLIENT_MAC, CLIENT, [0; 6], HOST));
+    expect(&h, names::PROG_UPLINK_INGRESS, &arp, &arp);
+    let icmp = frames::eth(HOST_MAC, CLIENT_MAC, ETH_P_IPV4, &frames::ipv4(CLIENT, HOST, 1, &[], &frames::icmp_echo(1, 1, b"x")));
+    expect(&h, names::PROG_UPLINK_INGRESS, &icmp, &icmp);
+    let v6 = frames::eth(HOST_MAC, CLIENT_MAC, frames::ETH_P_IPV6, &[0x60; 60]);
+    let r = h.run(names::PROG_UPLINK_INGRESS, &v6).unwrap();
+    assert_eq!((r.verdict, r.data), (TC_ACT_OK, v6));
+    // Truncated TCP header: no rewrite.
+    let syn = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), (HOST, 8080), 0x02, &[]);
+    let mut cut = syn[..14 + 20 + 10].to_vec();
+    cut[14 + 3] = 30; // IP total length matching the cut
+    let r = h.run(names::PROG_UPLINK_INGRESS, &cut).unwrap();
+    assert_eq!((r.verdict, hex(&r.data)), (TC_ACT_OK, hex(&cut)));
+    assert!(h.dp.ct_entries().unwrap().is_empty(), "nothing was tracked");
+}
+
+/// Sets the fragment field (MF flag and offset in 8-byte units) and fixes
+/// the IP header checksum.
+fn fragment(mut f: Vec<u8>, more: bool, offset: u16) -> Vec<u8> {
+    let v = (if more { 0x2000 } else { 0 }) | offset;
+    f[14 + 6..14 + 8].copy_from_slice(&v.to_be_bytes());
+    f[14 + 10] = 0;
+    f[14 + 11] = 0;
+    let c = frames::checksum(&f[14..34]);
+    f[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+#[test]
+fn first_fragment_is_translated_later_ones_are_not_rewritten() {
+    let h = harness();
+    // The first fragment carries the UDP header: translated like any packet
+    // (its L4 checksum covers the whole datagram, so only the IP header
+    // checksum is checked against the frame built from scratch).
+    let first = fragment(udp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 5000), (HOST, 8053)), true, 0);
+    let want = fragment(udp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 5000), (C1, 53)), true, 0);
+    let r = h.run(names::PROG_UPLINK_INGRESS, &first).unwrap();
+    assert_eq!((r.verdict, hex(&r.data)), (TC_ACT_OK, hex(&want)));
+    // A later fragment has no ports: it must not be rewritten (no guess).
+    let mut later = fragment(udp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 5000), (HOST, 8053)), false, 4);
+    later[14 + 20..].fill(0xab);
+    let r = h.run(names::PROG_UPLINK_INGRESS, &later).unwrap();
+    assert_eq!((r.verdict, hex(&r.data)), (TC_ACT_OK, hex(&later)));
+}
