@@ -1,13 +1,50 @@
 //! `cargo xtask demo`: netpath's main job on a self-contained sandbox. A
-//! host namespace runs netpathd; two containers join its bridge; traffic
-//! flows through the BPF programs; a spoofing container is stopped; the
-//! state is shown with netpathctl and bpftool. Everything is removed at the
-//! end, also on failure (the topology's Drop).
+//! host namespace runs netpathd; two containers join its bridge; a web
+//! server in c1 is published as `netpathctl map 8080:c1:80` and reached from
+//! the outside world, from c2, and from the host itself; a spoofing
+//! container is stopped; the state is shown with netpathctl and bpftool.
+//! Everything is removed at the end, also on failure (the topology's Drop).
 
-use std::process::Command;
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    process::Command,
+    time::Duration,
+};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use netpath_tests::topology::{Topology, HOST_UPLINK_IP};
+
+/// A tiny HTTP server in `ns` that tells each client the address it sees.
+fn web_server(t: &Topology, ns: &str, conns: usize) -> Result<std::thread::JoinHandle<()>> {
+    let listener = t.in_ns(ns, || Ok(TcpListener::bind(("0.0.0.0", 80))?))?;
+    listener.set_nonblocking(true)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    Ok(std::thread::spawn(move || {
+        let mut served = 0;
+        while served < conns && std::time::Instant::now() < deadline {
+            let Ok((mut s, peer)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            let _ = s.set_nonblocking(false);
+            let mut buf = [0u8; 512];
+            let _ = s.read(&mut buf);
+            let body = format!("hello from c1, you are {}\n", peer.ip());
+            let _ = write!(s, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            served += 1;
+        }
+    }))
+}
+
+fn http_get(t: &Topology, ns: &str, ip: Ipv4Addr, port: u16) -> Result<String> {
+    let mut s = t.in_ns(ns, || Ok(TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_secs(3))?))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).context("reading the answer")?;
+    Ok(text.lines().last().unwrap_or_default().to_string())
+}
 
 fn step(text: &str) {
     println!("\n\x1b[1m==> {text}\x1b[0m");
@@ -53,6 +90,21 @@ fn main() -> Result<()> {
     let spoofed = t.try_exec(&t.container_ns(1), &["ping", "-q", "-c", "2", "-W", "1", "-I", "10.254.254.254", &c2.ip.to_string()])?;
     println!("spoofed ping answered: {spoofed}");
     show(&t, &["container", "show", "c1"])?;
+
+    step("Publish c1's web server: netpathctl map 8080:c1:80");
+    show(&t, &["map", "8080:c1:80"])?;
+    show(&t, &["maps"])?;
+    let server = web_server(&t, &t.container_ns(1), 3)?;
+    let world = t.world.clone();
+    let from_world = http_get(&t, &world, HOST_UPLINK_IP, 8080)?;
+    println!("world  -> {HOST_UPLINK_IP}:8080 : {from_world}   (the container sees the real client address)");
+    let from_c2 = http_get(&t, &t.container_ns(2), HOST_UPLINK_IP, 8080)?;
+    println!("c2     -> {HOST_UPLINK_IP}:8080 : {from_c2}   (hairpin through the host address)");
+    let host = t.host.clone();
+    let from_host = http_get(&t, &host, Ipv4Addr::LOCALHOST, 8080)?;
+    println!("host   -> 127.0.0.1:8080     : {from_host}   (socket-level translation)");
+    let _ = server.join();
+    show(&t, &["conntrack"])?;
 
     step("The whole state");
     show(&t, &["status"])?;
