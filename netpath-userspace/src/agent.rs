@@ -81,7 +81,7 @@ struct Inner {
 fn default_cgroup() -> Option<PathBuf> {
     const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
     ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"].iter().map(PathBuf::from).find(|p| {
-        nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as i64 == CGROUP2_SUPER_MAGIC)
+        nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC)
     })
 }
 
@@ -604,7 +604,7 @@ impl Inner {
                 mapping_id: e.service_id,
             });
         }
-        flows.sort_by(|a, b| (a.mapping_id, a.original.src, a.original.sport).cmp(&(b.mapping_id, b.original.src, b.original.sport)));
+        flows.sort_by_key(|f| (f.mapping_id, f.original.src, f.original.sport));
         Ok(flows)
     }
 
