@@ -5,6 +5,8 @@ use crate::conntrack::CtTimeouts;
 /// Packets from the uplink may reach container addresses directly (routed
 /// mode). Off by default: only published ports are reachable from outside.
 pub const CFG_F_ROUTED: u32 = 1 << 0;
+/// Container traffic leaving through the uplink gets the uplink address.
+pub const CFG_F_MASQUERADE: u32 = 1 << 1;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -20,6 +22,12 @@ pub struct DatapathConfig {
     /// `CFG_F_*`.
     pub flags: u32,
     pub timeouts: CtTimeouts,
+    /// Source address for masqueraded traffic (the uplink's).
+    pub masq_addr: [u8; 4],
+    /// Source ports (host byte order, inclusive) the masquerade allocates
+    /// from; also the range of translated ICMP echo identifiers.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
 }
 
 impl DatapathConfig {

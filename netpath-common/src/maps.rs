@@ -37,6 +37,8 @@ pub const PROG_VETH_EGRESS: &str = "veth_egress";
 pub const PROG_UPLINK_XDP: &str = "uplink_xdp";
 /// tc program on the uplink, ingress: published ports and reverse NAT.
 pub const PROG_UPLINK_INGRESS: &str = "uplink_ingress";
+/// tc program on the uplink, egress: masquerade.
+pub const PROG_UPLINK_EGRESS: &str = "uplink_egress";
 /// cgroup socket hooks: published ports for the host's own processes.
 pub const PROG_SOCK_CONNECT4: &str = "sock_connect4";
 pub const PROG_SOCK_SENDMSG4: &str = "sock_sendmsg4";

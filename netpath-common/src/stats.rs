@@ -28,13 +28,15 @@ pub enum DropReason {
     NotPublished = 8,
     /// A fragment the datapath cannot translate (no L4 header).
     Fragment = 9,
+    /// Masquerade found no free source port for the destination.
+    NatExhausted = 10,
 }
 
 /// Number of drop reasons; the size of [`TrafficStats::drops`] (room to grow).
 pub const DROP_REASON_COUNT: usize = 16;
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::SpoofedMac,
         DropReason::SpoofedIp,
         DropReason::UnsupportedProtocol,
@@ -45,6 +47,7 @@ impl DropReason {
         DropReason::TableFull,
         DropReason::NotPublished,
         DropReason::Fragment,
+        DropReason::NatExhausted,
     ];
 
     /// Short name used by the CLI and the API.
@@ -60,6 +63,7 @@ impl DropReason {
             DropReason::TableFull => "table-full",
             DropReason::NotPublished => "not-published",
             DropReason::Fragment => "fragment",
+            DropReason::NatExhausted => "nat-ports-exhausted",
         }
     }
 }

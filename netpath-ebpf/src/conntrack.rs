@@ -93,6 +93,22 @@ pub fn touch(entry: *mut CtEntry, flow: &Flow, len: u32, cfg: &DatapathConfig) {
     e.bytes += len as u64;
 }
 
+/// Why a flow could not be created.
+pub enum CreateError {
+    /// The reply tuple belongs to another flow (try another port).
+    Taken,
+    /// The table refused the entry.
+    Failed,
+}
+
+impl From<CreateError> for DropReason {
+    fn from(_: CreateError) -> DropReason {
+        DropReason::TableFull
+    }
+}
+
+const EEXIST: i32 = 17;
+
 /// Inserts both directions of a new flow. The reply key must be free: a
 /// clash means another flow already owns that tuple.
 #[inline(always)]
@@ -103,7 +119,7 @@ pub fn create(
     reply: &mut CtEntry,
     proto: u8,
     cfg: &DatapathConfig,
-) -> Result<(), DropReason> {
+) -> Result<(), CreateError> {
     let now = unsafe { bpf_ktime_get_ns() };
     let expires = now + timeout_secs(&cfg.timeouts, proto, NEW) as u64 * NS_PER_SEC;
     orig.expires_ns = expires;
@@ -111,10 +127,10 @@ pub fn create(
     orig.peer = *reply_key;
     reply.peer = *orig_key;
     reply.flags |= CT_F_REPLY;
-    CT4.insert(reply_key, &*reply, BPF_NOEXIST).map_err(|_| DropReason::TableFull)?;
+    CT4.insert(reply_key, &*reply, BPF_NOEXIST).map_err(|e| if e == -EEXIST { CreateError::Taken } else { CreateError::Failed })?;
     if CT4.insert(orig_key, &*orig, 0).is_err() {
         let _ = CT4.remove(reply_key);
-        return Err(DropReason::TableFull);
+        return Err(CreateError::Failed);
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Parsing an IPv4 packet into the 5-tuple that conntrack and NAT key on.
 
 use netpath_common::{
-    conntrack::{IPPROTO_TCP, IPPROTO_UDP},
+    conntrack::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     CtKey,
 };
 use network_types::{
@@ -17,6 +17,22 @@ pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
+
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
+
+/// ICMP header: type, code, checksum, then (for echo) identifier, sequence.
+#[repr(C)]
+pub struct IcmpHdr {
+    pub kind: u8,
+    pub code: u8,
+    pub check: [u8; 2],
+    pub id: [u8; 2],
+    pub seq: [u8; 2],
+}
 
 /// Where the headers are, and the tuple they carry.
 pub struct Flow {
@@ -40,6 +56,9 @@ pub enum NoFlow {
     LaterFragment,
     /// Headers cut short or inconsistent.
     Malformed,
+    /// An ICMP error (unreachable, time exceeded, parameter problem): it
+    /// quotes the packet it is about, see `icmp_error`.
+    IcmpError,
 }
 
 #[inline(always)]
@@ -59,14 +78,27 @@ pub fn parse(pkt: &impl Packet) -> Result<Flow, NoFlow> {
     }
     let frag_offset = (((ip.frags[0] & 0x1f) as u16) << 8) | ip.frags[1] as u16;
     let proto = ip.proto;
-    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_ICMP {
         return Err(NoFlow::OtherProtocol);
     }
     if frag_offset != 0 {
         return Err(NoFlow::LaterFragment);
     }
     let l4_off = l3_off + ihl * 4;
-    let (sport, dport, tcp_flags) = if proto == IPPROTO_TCP {
+    let (sport, dport, tcp_flags) = if proto == IPPROTO_ICMP {
+        let icmp: *const IcmpHdr = ptr_at(pkt, l4_off).ok_or(NoFlow::Malformed)?;
+        // SAFETY: bounds checked by ptr_at.
+        let icmp = unsafe { &*icmp };
+        match icmp.kind {
+            // Echo flows are keyed by their identifier in both port slots.
+            ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY => {
+                let id = u16::from_ne_bytes(icmp.id);
+                (id, id, 0)
+            }
+            ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => return Err(NoFlow::IcmpError),
+            _ => return Err(NoFlow::OtherProtocol),
+        }
+    } else if proto == IPPROTO_TCP {
         let tcp: *const TcpHdr = ptr_at(pkt, l4_off).ok_or(NoFlow::Malformed)?;
         // SAFETY: bounds checked by ptr_at. Byte 13 holds the flags.
         let tcp = unsafe { &*tcp };

@@ -5,12 +5,15 @@
 #![no_main]
 
 mod antispoof;
+mod checksum;
 mod conntrack;
 mod flow;
+mod icmp_error;
 mod maps;
 mod nat;
 mod packet;
 mod service;
+mod snat;
 mod sock;
 mod stats;
 
@@ -37,11 +40,16 @@ fn skb_ifindex(ctx: &TcContext) -> u32 {
 }
 
 /// Conntrack hit: translate as recorded. Miss to a published port: create
-/// the flow's entries, then translate. Anything else passes untouched.
+/// the flow's entries, then translate. ICMP errors about a tracked flow are
+/// translated back (outer and quoted headers). Anything else passes.
 #[inline(always)]
 fn translate(ctx: &TcContext) -> Result<(), DropReason> {
     let Some(cfg) = config() else { return Ok(()) };
-    let Ok(flow) = flow::parse(ctx) else { return Ok(()) };
+    let flow = match flow::parse(ctx) {
+        Ok(flow) => flow,
+        Err(flow::NoFlow::IcmpError) => return icmp_error::translate(ctx),
+        Err(_) => return Ok(()),
+    };
     if let Some(entry) = conntrack::lookup(&flow.key) {
         conntrack::touch(entry, &flow, ctx.len(), cfg);
         // SAFETY: map value pointer, valid during the run.
@@ -111,6 +119,40 @@ pub fn uplink_ingress(ctx: TcContext) -> i32 {
             TC_ACT_SHOT as i32
         }
     }
+}
+
+/// tc egress on the uplink: container traffic leaving the host gets the
+/// uplink's address (masquerade).
+#[classifier]
+pub fn uplink_egress(ctx: TcContext) -> i32 {
+    packet::pull_headers(&ctx, HEADERS_LEN);
+    match masquerade(&ctx) {
+        Ok(()) => TC_ACT_OK as i32,
+        Err(reason) => {
+            count_drop(skb_ifindex(&ctx), reason);
+            TC_ACT_SHOT as i32
+        }
+    }
+}
+
+#[inline(always)]
+fn masquerade(ctx: &TcContext) -> Result<(), DropReason> {
+    let Some(cfg) = config() else { return Ok(()) };
+    if cfg.flags & netpath_common::config::CFG_F_MASQUERADE == 0 {
+        return Ok(());
+    }
+    let Ok(flow) = flow::parse(ctx) else { return Ok(()) };
+    // Only the containers' own traffic: the host's, and replies of
+    // published ports (already translated on the veth), keep their source.
+    if !cfg.in_subnet(flow.key.saddr) {
+        return Ok(());
+    }
+    if let Some(entry) = conntrack::lookup(&flow.key) {
+        conntrack::touch(entry, &flow, ctx.len(), cfg);
+        // SAFETY: map value pointer, valid during the run.
+        return nat::apply(ctx, &flow, unsafe { &*entry });
+    }
+    snat::masquerade_new(ctx, &flow, cfg)
 }
 
 /// XDP on the uplink, before any skb exists: counts what arrives and drops

@@ -19,7 +19,7 @@ use crate::{
     state::{Change, State, StateStore},
 };
 use netpath_common::{
-    config::CFG_F_ROUTED, conntrack::CT_F_REPLY, endpoint::ENDPOINT_F_IPV4, maps::MAX_SERVICES, CtState,
+    config::{CFG_F_MASQUERADE, CFG_F_ROUTED}, conntrack::CT_F_REPLY, endpoint::ENDPOINT_F_IPV4, maps::MAX_SERVICES, CtState,
     DatapathConfig, Endpoint, ServiceKey, ServiceValue,
 };
 
@@ -73,6 +73,9 @@ struct Inner {
     store: StateStore,
     own_netns_inode: u64,
     cgroup: Option<PathBuf>,
+    /// What the CONFIG map holds; the masquerade address follows the uplink.
+    dp_config: DatapathConfig,
+    uplink: Option<String>,
     _lock: Flock<File>,
 }
 
@@ -150,18 +153,27 @@ impl Agent {
             Some(p) => Some(p.clone()),
             None => default_cgroup(),
         };
-        dp.write_config(&DatapathConfig {
+        let mut flags = if cfg.routed { CFG_F_ROUTED } else { 0 };
+        if cfg.masquerade && cfg.uplink.is_some() {
+            flags |= CFG_F_MASQUERADE;
+        }
+        let dp_config = DatapathConfig {
             netns_cookie: netns_cookie()?,
             subnet: cfg.subnet.network().octets(),
             subnet_prefix: cfg.subnet.prefix_len() as u32,
             gateway: cfg.gateway.octets(),
-            flags: if cfg.routed { CFG_F_ROUTED } else { 0 },
+            flags,
             timeouts: cfg.conntrack.timeouts(),
-        })?;
+            masq_addr: [0; 4],
+            snat_port_min: cfg.masquerade_ports.0,
+            snat_port_max: cfg.masquerade_ports.1,
+        };
+        dp.write_config(&dp_config)?;
         if let Some(uplink) = &cfg.uplink {
             let index = nl.link_index(uplink).await.with_context(|| format!("uplink {uplink}"))?;
             dp.attach(uplink, Hook::UplinkXdp)?;
             dp.attach(uplink, Hook::UplinkIngress)?;
+            dp.attach(uplink, Hook::UplinkEgress)?;
             if !dp.stat_keys()?.contains(&index) {
                 dp.reset_stats(index)?;
             }
@@ -184,6 +196,8 @@ impl Agent {
             store,
             own_netns_inode,
             cgroup,
+            dp_config,
+            uplink: cfg.uplink.clone(),
             _lock: lock,
         };
         inner.sync_host_addrs().await?;
@@ -288,13 +302,15 @@ impl Agent {
                 link_pin: inner.dp.link_pin(uplink, Hook::UplinkXdp).display().to_string(),
                 attached_program_ids: vec![inner.dp.pinned_link_program(uplink, Hook::UplinkXdp)?],
             });
-            attach_points.push(AttachPoint {
-                interface: uplink.clone(),
-                hook: Hook::UplinkIngress.name().into(),
-                program: Hook::UplinkIngress.program().into(),
-                link_pin: inner.dp.link_pin(uplink, Hook::UplinkIngress).display().to_string(),
-                attached_program_ids: Datapath::tcx_program_ids(uplink, Hook::UplinkIngress)?,
-            });
+            for hook in [Hook::UplinkIngress, Hook::UplinkEgress] {
+                attach_points.push(AttachPoint {
+                    interface: uplink.clone(),
+                    hook: hook.name().into(),
+                    program: hook.program().into(),
+                    link_pin: inner.dp.link_pin(uplink, hook).display().to_string(),
+                    attached_program_ids: Datapath::tcx_program_ids(uplink, hook)?,
+                });
+            }
             let index = inner.nl.link_index(uplink).await?;
             uplink_stats = Some(interface_stats(&inner.dp.stats(index)?, false));
         }
@@ -324,6 +340,10 @@ impl Agent {
             mappings: inner.state.mappings.len(),
             cgroup: inner.cgroup.as_ref().map(|c| c.display().to_string()),
             routed: cfg.routed,
+            masquerade: (inner.dp_config.flags & CFG_F_MASQUERADE != 0)
+                .then(|| Ipv4Addr::from(inner.dp_config.masq_addr))
+                .filter(|a| !a.is_unspecified()),
+            masquerade_ports: format!("{}-{}", cfg.masquerade_ports.0, cfg.masquerade_ports.1),
             uplink_stats,
         })
     }
@@ -395,6 +415,7 @@ impl Inner {
         if let Some(u) = &cfg.uplink {
             wanted.push(file_name(&self.dp.link_pin(u, Hook::UplinkXdp)));
             wanted.push(file_name(&self.dp.link_pin(u, Hook::UplinkIngress)));
+            wanted.push(file_name(&self.dp.link_pin(u, Hook::UplinkEgress)));
         }
         if self.cgroup.is_some() {
             for hook in SOCK_HOOKS {
@@ -608,11 +629,26 @@ impl Inner {
         Ok(flows)
     }
 
-    /// HOST_ADDRS := the IPv4 addresses of the agent's namespace.
+    /// HOST_ADDRS := the IPv4 addresses of the agent's namespace; the
+    /// masquerade address := the uplink's first one.
     async fn sync_host_addrs(&mut self) -> Result<()> {
         let addrs = self.nl.ipv4_addresses().await?;
         let entries: Vec<([u8; 4], u32)> = addrs.iter().map(|(a, i)| (a.octets(), *i)).collect();
-        self.dp.sync_host_addrs(&entries)
+        self.dp.sync_host_addrs(&entries)?;
+        if let Some(uplink) = &self.uplink {
+            let index = self.nl.link_index(uplink).await?;
+            let masq = entries.iter().find(|(_, i)| *i == index).map(|(a, _)| *a).unwrap_or([0; 4]);
+            if masq != self.dp_config.masq_addr {
+                if masq == [0; 4] {
+                    tracing::warn!("uplink {uplink} has no IPv4 address: masquerade paused");
+                } else {
+                    tracing::info!("masquerading to {}", Ipv4Addr::from(masq));
+                }
+                self.dp_config.masq_addr = masq;
+                self.dp.write_config(&self.dp_config)?;
+            }
+        }
+        Ok(())
     }
 
     /// Writes the endpoint into the map, then attaches (or re-attaches) the

@@ -38,6 +38,12 @@ pub struct Config {
     /// host's own processes [default: the cgroup v2 root]. The hooks act only
     /// on sockets in the agent's network namespace.
     pub cgroup: Option<PathBuf>,
+    /// Containers reach the outside world through the uplink's address.
+    pub masquerade: bool,
+    /// Source ports (and ICMP echo identifiers) the masquerade allocates,
+    /// "MIN-MAX". The default stays below the kernel's ephemeral range
+    /// (32768-60999), so translated flows never collide with the host's own.
+    pub masquerade_ports: String,
     pub conntrack: ConntrackConfig,
 }
 
@@ -96,6 +102,8 @@ impl Default for Config {
             pin_dir: None,
             routed: false,
             cgroup: None,
+            masquerade: true,
+            masquerade_ports: "1024-32767".into(),
             conntrack: ConntrackConfig::default(),
         }
     }
@@ -137,8 +145,12 @@ impl Config {
                 bail!("conntrack.{name} must be at least 1 second");
             }
         }
+        let masquerade_ports = parse_port_range(&self.masquerade_ports)
+            .with_context(|| format!("masquerade_ports {:?}", self.masquerade_ports))?;
         let instance = self.instance.clone();
         Ok(ResolvedConfig {
+            masquerade: self.masquerade,
+            masquerade_ports,
             state_dir: self
                 .state_dir
                 .unwrap_or_else(|| PathBuf::from(format!("/var/lib/netpath/{instance}"))),
@@ -174,7 +186,21 @@ pub struct ResolvedConfig {
     pub pin_dir: PathBuf,
     pub routed: bool,
     pub cgroup: Option<PathBuf>,
+    pub masquerade: bool,
+    /// Inclusive, host byte order.
+    pub masquerade_ports: (u16, u16),
     pub conntrack: ConntrackConfig,
+}
+
+/// "MIN-MAX" with 1 <= MIN <= MAX <= 65535.
+pub fn parse_port_range(s: &str) -> Result<(u16, u16)> {
+    let (a, b) = s.split_once('-').context("expected MIN-MAX")?;
+    let a: u16 = a.trim().parse().context("MIN is not a port number")?;
+    let b: u16 = b.trim().parse().context("MAX is not a port number")?;
+    if a == 0 || b < a {
+        bail!("expected 1 <= MIN <= MAX <= 65535");
+    }
+    Ok((a, b))
 }
 
 /// Names that end up in paths and URLs: letters, digits, `-`, `_`
@@ -230,6 +256,21 @@ mod tests {
         assert_eq!(c.conntrack.tcp_established, 21600);
         let c: Config = toml::from_str("[conntrack]\nudp = 0\n").unwrap();
         assert!(c.resolve().unwrap_err().to_string().contains("conntrack.udp"));
+    }
+
+    #[test]
+    fn masquerade_settings() {
+        let c = Config::default().resolve().unwrap();
+        assert!(c.masquerade);
+        assert_eq!(c.masquerade_ports, (1024, 32767));
+        let c: Config = toml::from_str("masquerade = false\nmasquerade_ports = \"20000-20003\"\n").unwrap();
+        let c = c.resolve().unwrap();
+        assert!(!c.masquerade);
+        assert_eq!(c.masquerade_ports, (20000, 20003));
+        for bad in ["20003-20000", "0-10", "x-1", "5"] {
+            let c: Config = toml::from_str(&format!("masquerade_ports = \"{bad}\"\n")).unwrap();
+            assert!(format!("{:#}", c.resolve().unwrap_err()).contains("masquerade_ports"), "{bad}");
+        }
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub enum Hook {
     VethEgress,
     /// tcx ingress of the uplink.
     UplinkIngress,
+    /// tcx egress of the uplink.
+    UplinkEgress,
     /// XDP on the uplink.
     UplinkXdp,
     /// cgroup socket hooks.
@@ -60,7 +62,7 @@ impl Hook {
     pub fn name(self) -> &'static str {
         match self {
             Hook::VethIngress | Hook::UplinkIngress => "tcx-ingress",
-            Hook::VethEgress => "tcx-egress",
+            Hook::VethEgress | Hook::UplinkEgress => "tcx-egress",
             Hook::UplinkXdp => "xdp",
             Hook::SockConnect4 => "connect4",
             Hook::SockSendmsg4 => "sendmsg4",
@@ -74,6 +76,7 @@ impl Hook {
             Hook::VethIngress => names::PROG_VETH_INGRESS,
             Hook::VethEgress => names::PROG_VETH_EGRESS,
             Hook::UplinkIngress => names::PROG_UPLINK_INGRESS,
+            Hook::UplinkEgress => names::PROG_UPLINK_EGRESS,
             Hook::UplinkXdp => names::PROG_UPLINK_XDP,
             Hook::SockConnect4 => names::PROG_SOCK_CONNECT4,
             Hook::SockSendmsg4 => names::PROG_SOCK_SENDMSG4,
@@ -85,7 +88,7 @@ impl Hook {
     fn tc_attach_type(self) -> Option<TcAttachType> {
         match self {
             Hook::VethIngress | Hook::UplinkIngress => Some(TcAttachType::Ingress),
-            Hook::VethEgress => Some(TcAttachType::Egress),
+            Hook::VethEgress | Hook::UplinkEgress => Some(TcAttachType::Egress),
             _ => None,
         }
     }
@@ -164,7 +167,7 @@ impl Datapath {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(object).context("loading the BPF object")?;
-        for hook in [Hook::VethIngress, Hook::VethEgress, Hook::UplinkIngress] {
+        for hook in [Hook::VethIngress, Hook::VethEgress, Hook::UplinkIngress, Hook::UplinkEgress] {
             let prog: &mut SchedClassifier = program_mut(&mut ebpf, hook.program())?.try_into()?;
             prog.load().with_context(|| format!("loading program {}", hook.program()))?;
         }

@@ -106,6 +106,9 @@ pub struct Status {
     /// hang on, if any.
     pub cgroup: Option<String>,
     pub routed: bool,
+    /// The address container traffic leaving the uplink gets (None: off).
+    pub masquerade: Option<Ipv4Addr>,
+    pub masquerade_ports: String,
     /// Uplink counters, if there is an uplink.
     pub uplink_stats: Option<InterfaceStats>,
 }

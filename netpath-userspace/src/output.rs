@@ -81,6 +81,10 @@ pub fn status_text(s: &Status) -> String {
     out.push_str(&format!("pins      {}\n", s.pin_dir));
     out.push_str(&format!("sockets   {}\n", s.cgroup.as_deref().map(|c| format!("cgroup {c}")).unwrap_or_else(|| "(no cgroup v2: host processes cannot use published ports)".into())));
     out.push_str(&format!("mode      {}, {} published ports\n", if s.routed { "routed" } else { "published ports only from outside" }, s.mappings));
+    out.push_str(&format!(
+        "masq      {}\n",
+        s.masquerade.map(|a| format!("to {a}, ports {}", s.masquerade_ports)).unwrap_or_else(|| "off".into())
+    ));
     if let Some(u) = &s.uplink_stats {
         out.push_str(&format!("uplink rx {} packets, {} bytes\n", u.rx_packets, u.rx_bytes));
     }

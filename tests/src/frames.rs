@@ -92,6 +92,18 @@ pub fn icmp_echo(id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
     m
 }
 
+/// An ICMP error message (`kind` 3 unreachable, 11 time exceeded) quoting
+/// `quoted` (an IP header and the start of its payload). `mtu` fills the
+/// next-hop MTU field of "fragmentation needed".
+pub fn icmp_error(kind: u8, code: u8, mtu: u16, quoted: &[u8]) -> Vec<u8> {
+    let mut m = vec![kind, code, 0, 0, 0, 0];
+    m.extend_from_slice(&mtu.to_be_bytes());
+    m.extend_from_slice(quoted);
+    let c = checksum(&m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
 pub fn arp(op: u16, sha: [u8; 6], spa: [u8; 4], tha: [u8; 6], tpa: [u8; 4]) -> Vec<u8> {
     let mut a = vec![0, 1, 0x08, 0x00, 6, 4];
     a.extend_from_slice(&op.to_be_bytes());

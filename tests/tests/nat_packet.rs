@@ -34,6 +34,7 @@ fn harness() -> PacketHarness {
         gateway: GATEWAY,
         flags: 0,
         timeouts: CtTimeouts::default(),
+        ..Default::default()
     })
     .unwrap();
     h.dp.sync_host_addrs(&[(HOST, 2), (BOUND, 2), (GATEWAY, 3)]).unwrap();

@@ -39,6 +39,12 @@ struct Args {
     /// Let the uplink reach container addresses directly (routed mode).
     #[arg(long)]
     routed: bool,
+    /// Do not masquerade container traffic leaving the uplink.
+    #[arg(long)]
+    no_masquerade: bool,
+    /// Source ports the masquerade allocates, MIN-MAX [default: 1024-32767].
+    #[arg(long)]
+    masquerade_ports: Option<String>,
     /// cgroup v2 directory for the host-process socket hooks [default: the cgroup v2 root].
     #[arg(long)]
     cgroup: Option<PathBuf>,
@@ -66,6 +72,8 @@ fn main() -> Result<()> {
     if let Some(v) = args.socket { cfg.socket = Some(v); }
     if let Some(v) = args.pin_dir { cfg.pin_dir = Some(v); }
     if args.routed { cfg.routed = true; }
+    if args.no_masquerade { cfg.masquerade = false; }
+    if let Some(v) = args.masquerade_ports { cfg.masquerade_ports = v; }
     if let Some(v) = args.cgroup { cfg.cgroup = Some(v); }
     let cfg = cfg.resolve().context("invalid configuration")?;
     // setns applies to the calling thread: do it before any other exists.
