@@ -7,6 +7,11 @@ use crate::conntrack::CtTimeouts;
 pub const CFG_F_ROUTED: u32 = 1 << 0;
 /// Container traffic leaving through the uplink gets the uplink address.
 pub const CFG_F_MASQUERADE: u32 = 1 << 1;
+/// Direct container-to-container traffic is denied (Docker's --icc=false);
+/// published ports still work.
+pub const CFG_F_NO_ICC: u32 = 1 << 2;
+/// Emit an event for every new flow (a monitor asked for them).
+pub const CFG_F_TRACE_FLOWS: u32 = 1 << 3;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

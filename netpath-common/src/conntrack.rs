@@ -10,8 +10,17 @@ pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
+/// Entries for address translation (published ports, masquerade).
+pub const CT_SCOPE_NAT: u8 = 0;
+/// Policy verdicts, keyed as a container's packets look when they leave it
+/// (tcx ingress of its veth).
+pub const CT_SCOPE_FROM_EP: u8 = 1;
+/// Policy verdicts, keyed as packets look when they reach a container
+/// (tcx egress of its veth, after translation).
+pub const CT_SCOPE_TO_EP: u8 = 2;
+
 /// A directional IPv4 5-tuple (ports in network byte order; for ICMP echo
-/// the identifier sits in both ports).
+/// the identifier sits in both ports), and the scope it is tracked in.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtKey {
@@ -20,13 +29,26 @@ pub struct CtKey {
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    /// `CT_SCOPE_*`.
+    pub scope: u8,
+    pub _pad: [u8; 2],
 }
 
 impl CtKey {
-    /// The same flow seen from the other side.
+    #[inline(always)]
+    pub fn new(saddr: [u8; 4], daddr: [u8; 4], sport: u16, dport: u16, proto: u8) -> CtKey {
+        CtKey { saddr, daddr, sport, dport, proto, scope: CT_SCOPE_NAT, _pad: [0; 2] }
+    }
+
+    /// The same flow seen from the other side, in the same scope.
+    #[inline(always)]
     pub fn reversed(&self) -> CtKey {
-        CtKey { saddr: self.daddr, daddr: self.saddr, sport: self.dport, dport: self.sport, proto: self.proto, _pad: [0; 3] }
+        CtKey { saddr: self.daddr, daddr: self.saddr, sport: self.dport, dport: self.sport, ..*self }
+    }
+
+    #[inline(always)]
+    pub fn in_scope(&self, scope: u8) -> CtKey {
+        CtKey { scope, ..*self }
     }
 }
 
@@ -36,6 +58,8 @@ pub const CT_F_SNAT: u8 = 1 << 0;
 pub const CT_F_DNAT: u8 = 1 << 1;
 /// This entry is the reply direction of its flow.
 pub const CT_F_REPLY: u8 = 1 << 2;
+/// A policy verdict (allowed) for endpoint `endpoint_id`.
+pub const CT_F_POLICY: u8 = 1 << 3;
 
 /// Connection states (TCP; UDP and ICMP use `Established` once both
 /// directions were seen, `New` before).
@@ -92,7 +116,8 @@ pub struct CtEntry {
     pub bytes: u64,
     /// Key of the other direction's entry.
     pub peer: CtKey,
-    pub _pad2: u32,
+    /// With `CT_F_POLICY`: the endpoint whose policy allowed the flow.
+    pub endpoint_id: u32,
 }
 
 /// Timeouts per state, in seconds (in the `CONFIG` map, so that operators

@@ -5,6 +5,10 @@ pub const ENDPOINT_F_IPV4: u16 = 1 << 0;
 /// The endpoint has an IPv6 address in [`Endpoint::ipv6`] (reserved: IPv6
 /// comes later, the layout is ready for it).
 pub const ENDPOINT_F_IPV6: u16 = 1 << 1;
+/// New flows to the endpoint that no rule matches are denied.
+pub const ENDPOINT_F_DEFAULT_DENY_IN: u16 = 1 << 2;
+/// New flows from the endpoint that no rule matches are denied.
+pub const ENDPOINT_F_DEFAULT_DENY_OUT: u16 = 1 << 3;
 
 /// One container interface, keyed in the `ENDPOINTS` map by the ifindex of
 /// the host side of its veth pair (the interface the per-container programs

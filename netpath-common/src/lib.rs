@@ -8,12 +8,16 @@
 pub mod config;
 pub mod conntrack;
 pub mod endpoint;
+pub mod event;
 pub mod maps;
+pub mod policy;
 pub mod service;
 pub mod stats;
 
 pub use config::DatapathConfig;
 pub use conntrack::{CtEntry, CtKey, CtState, CtTimeouts};
 pub use endpoint::Endpoint;
+pub use event::Event;
+pub use policy::{PolicyEntry, PolicyKey, PolicyRule};
 pub use service::{HostAddr, ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue};
 pub use stats::{Counter, DropReason, TrafficStats};

@@ -16,9 +16,17 @@ pub const CT4: &str = "CT4";
 pub const SOCK_REVNAT: &str = "SOCK_REVNAT";
 /// One [`crate::DatapathConfig`] at index 0.
 pub const CONFIG: &str = "CONFIG";
+/// Policy: LPM trie of [`crate::PolicyKey`] -> [`crate::PolicyEntry`].
+pub const POLICY: &str = "POLICY";
+/// Ring buffer of [`crate::Event`] for the monitor.
+pub const EVENTS: &str = "EVENTS";
 
 /// Every map the agent pins. Kernel map names are capped at 15 bytes.
-pub const PINNED_MAPS: &[&str] = &[ENDPOINTS, IFACE_STATS, SERVICES, HOST_ADDRS, CT4, SOCK_REVNAT, CONFIG];
+pub const PINNED_MAPS: &[&str] = &[ENDPOINTS, IFACE_STATS, SERVICES, HOST_ADDRS, CT4, SOCK_REVNAT, CONFIG, POLICY, EVENTS];
+
+pub const MAX_POLICY_PREFIXES: usize = 262144;
+/// Bytes of the event ring buffer.
+pub const EVENTS_BYTES: usize = 1 << 20;
 
 pub const MAX_SERVICES: usize = 65536;
 pub const MAX_HOST_ADDRS: usize = 1024;

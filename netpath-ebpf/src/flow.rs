@@ -43,6 +43,17 @@ pub struct Flow {
     pub l4_off: usize,
     /// TCP flags (0 for UDP).
     pub tcp_flags: u8,
+    /// ICMP type (0 for TCP and UDP).
+    pub icmp_type: u8,
+}
+
+impl Flow {
+    /// What a policy rule's port matches: the destination port, or for ICMP
+    /// the message type.
+    #[inline(always)]
+    pub fn policy_port(&self) -> u16 {
+        if self.key.proto == IPPROTO_ICMP { self.icmp_type as u16 } else { u16::from_be(self.key.dport) }
+    }
 }
 
 /// Why a packet has no flow to translate. None of these is an error in
@@ -85,10 +96,12 @@ pub fn parse(pkt: &impl Packet) -> Result<Flow, NoFlow> {
         return Err(NoFlow::LaterFragment);
     }
     let l4_off = l3_off + ihl * 4;
+    let mut icmp_type = 0;
     let (sport, dport, tcp_flags) = if proto == IPPROTO_ICMP {
         let icmp: *const IcmpHdr = ptr_at(pkt, l4_off).ok_or(NoFlow::Malformed)?;
         // SAFETY: bounds checked by ptr_at.
         let icmp = unsafe { &*icmp };
+        icmp_type = icmp.kind;
         match icmp.kind {
             // Echo flows are keyed by their identifier in both port slots.
             ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY => {
@@ -111,9 +124,10 @@ pub fn parse(pkt: &impl Packet) -> Result<Flow, NoFlow> {
         (u16::from_ne_bytes(udp.src), u16::from_ne_bytes(udp.dst), 0)
     };
     Ok(Flow {
-        key: CtKey { saddr: ip.src_addr, daddr: ip.dst_addr, sport, dport, proto, _pad: [0; 3] },
+        key: CtKey::new(ip.src_addr, ip.dst_addr, sport, dport, proto),
         l3_off,
         l4_off,
         tcp_flags,
+        icmp_type,
     })
 }

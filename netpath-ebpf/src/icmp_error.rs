@@ -68,7 +68,7 @@ pub fn translate(ctx: &TcContext) -> Result<(), DropReason> {
         return Ok(());
     };
     // The quoted packet went out; its reply direction is what we track.
-    let key = CtKey { saddr: idst, daddr: isrc, sport: dport, dport: sport, proto, _pad: [0; 3] };
+    let key = CtKey::new(idst, isrc, dport, sport, proto);
     let Some(entry) = conntrack::lookup(&key) else { return Ok(()) };
     // SAFETY: map value pointer, valid during the run.
     let entry = unsafe { *entry };

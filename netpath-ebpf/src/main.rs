@@ -7,11 +7,13 @@
 mod antispoof;
 mod checksum;
 mod conntrack;
+mod events;
 mod flow;
 mod icmp_error;
 mod maps;
 mod nat;
 mod packet;
+mod policy;
 mod service;
 mod snat;
 mod sock;
@@ -22,13 +24,18 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
-use netpath_common::{conntrack::CtState, DropReason};
+use netpath_common::{
+    conntrack::CtState,
+    event::{EVENT_DIR_FROM_EP, EVENT_DIR_TO_EP, EVENT_DIR_UPLINK, EVENT_DROP},
+    DropReason,
+};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     maps::{config, ENDPOINTS},
     stats::{count_drop, count_packet, Direction},
 };
+
 
 /// Enough to see Ethernet, IPv4 with options and a TCP header directly.
 const HEADERS_LEN: u32 = 14 + 60 + 20;
@@ -42,7 +49,11 @@ fn skb_ifindex(ctx: &TcContext) -> u32 {
 /// Conntrack hit: translate as recorded. Miss to a published port: create
 /// the flow's entries, then translate. ICMP errors about a tracked flow are
 /// translated back (outer and quoted headers). Anything else passes.
-#[inline(always)]
+///
+/// Not inlined, like the other stages below: each is a BPF-to-BPF call with
+/// a stack frame of its own, so that the stages' locals (conntrack entries,
+/// events) do not add up beyond the 512-byte stack.
+#[inline(never)]
 fn translate(ctx: &TcContext) -> Result<(), DropReason> {
     let Some(cfg) = config() else { return Ok(()) };
     let flow = match flow::parse(ctx) {
@@ -55,6 +66,13 @@ fn translate(ctx: &TcContext) -> Result<(), DropReason> {
         // SAFETY: map value pointer, valid during the run.
         return nat::apply(ctx, &flow, unsafe { &*entry });
     }
+    new_published_flow(ctx, &flow, cfg)
+}
+
+/// A conntrack miss: if the packet is for a published port, track the new
+/// flow and translate it.
+#[inline(never)]
+fn new_published_flow(ctx: &TcContext, flow: &flow::Flow, cfg: &netpath_common::DatapathConfig) -> Result<(), DropReason> {
     let Some(svc) = service::lookup(flow.key.daddr, flow.key.dport, flow.key.proto, false) else {
         return Ok(());
     };
@@ -63,18 +81,30 @@ fn translate(ctx: &TcContext) -> Result<(), DropReason> {
     fwd.bytes = ctx.len() as u64;
     fwd.state = CtState::New as u8;
     conntrack::create(&flow.key, &mut fwd, &reply_key, &mut rev, flow.key.proto, cfg)?;
-    nat::apply(ctx, &flow, &fwd)
+    nat::apply(ctx, flow, &fwd)
+}
+
+/// Counts a drop and tells the monitor about it.
+#[inline(never)]
+fn drop_frame(pkt: &impl packet::Packet, ifindex: u32, endpoint_id: u32, direction: u8, reason: DropReason) {
+    count_drop(ifindex, reason);
+    let key = flow::parse(pkt).map(|f| f.key).unwrap_or_default();
+    events::emit(EVENT_DROP, reason as u8, direction, ifindex, endpoint_id, &key);
 }
 
 #[inline(always)]
-fn tc_verdict(ifindex: u32, dir: Direction, len: u32, r: Result<(), DropReason>) -> i32 {
+fn tc_verdict(ctx: &TcContext, ifindex: u32, endpoint_id: u32, dir: Direction, len: u32, r: Result<(), DropReason>) -> i32 {
     match r {
         Ok(()) => {
             count_packet(ifindex, dir, len);
             TC_ACT_OK as i32
         }
         Err(reason) => {
-            count_drop(ifindex, reason);
+            let event_dir = match dir {
+                Direction::Ingress => EVENT_DIR_FROM_EP,
+                Direction::Egress => EVENT_DIR_TO_EP,
+            };
+            drop_frame(ctx, ifindex, endpoint_id, event_dir, reason);
             TC_ACT_SHOT as i32
         }
     }
@@ -82,28 +112,41 @@ fn tc_verdict(ifindex: u32, dir: Direction, len: u32, r: Result<(), DropReason>)
 
 /// tc ingress on a container's host-side veth: everything the container
 /// sends passes here first. Unknown interfaces fail closed; then
-/// anti-spoofing, then conntrack/NAT (replies of published ports, hairpin).
+/// anti-spoofing, the container's outbound policy for new flows, then
+/// conntrack/NAT (replies of published ports, hairpin).
 #[classifier]
 pub fn veth_ingress(ctx: TcContext) -> i32 {
     let ifindex = skb_ifindex(&ctx);
     let len = ctx.len();
-    let verdict = match ENDPOINTS.get_ptr(ifindex) {
-        None => Err(DropReason::UnknownEndpoint),
-        Some(ep) => {
-            packet::pull_headers(&ctx, HEADERS_LEN);
-            // SAFETY: map values stay valid for the program's run.
-            antispoof::check_source(&ctx, unsafe { &*ep }).and_then(|()| translate(&ctx))
-        }
+    let Some(ep) = ENDPOINTS.get_ptr(ifindex) else {
+        return tc_verdict(&ctx, ifindex, 0, Direction::Ingress, len, Err(DropReason::UnknownEndpoint));
     };
-    tc_verdict(ifindex, Direction::Ingress, len, verdict)
+    // SAFETY: map values stay valid for the program's run.
+    let ep = unsafe { &*ep };
+    packet::pull_headers(&ctx, HEADERS_LEN);
+    let verdict = antispoof::check_source(&ctx, ep).and_then(|()| match config() {
+        Some(cfg) => policy::from_endpoint(&ctx, ep, cfg).and_then(|()| translate(&ctx)),
+        None => Ok(()),
+    });
+    tc_verdict(&ctx, ifindex, ep.id, Direction::Ingress, len, verdict)
 }
 
 /// tc egress on a container's host-side veth: everything delivered to the
-/// container.
+/// container, after translation; the container's inbound policy judges new
+/// flows here.
 #[classifier]
 pub fn veth_egress(ctx: TcContext) -> i32 {
-    count_packet(skb_ifindex(&ctx), Direction::Egress, ctx.len());
-    TC_ACT_OK as i32
+    let ifindex = skb_ifindex(&ctx);
+    let len = ctx.len();
+    let (Some(ep), Some(cfg)) = (ENDPOINTS.get_ptr(ifindex), config()) else {
+        count_packet(ifindex, Direction::Egress, len);
+        return TC_ACT_OK as i32;
+    };
+    // SAFETY: map values stay valid for the program's run.
+    let ep = unsafe { &*ep };
+    packet::pull_headers(&ctx, HEADERS_LEN);
+    let verdict = policy::to_endpoint(&ctx, ep, cfg);
+    tc_verdict(&ctx, ifindex, ep.id, Direction::Egress, len, verdict)
 }
 
 /// tc ingress on the uplink: published ports from outside, and replies of
@@ -111,11 +154,10 @@ pub fn veth_egress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn uplink_ingress(ctx: TcContext) -> i32 {
     packet::pull_headers(&ctx, HEADERS_LEN);
-    let verdict = translate(&ctx);
-    match verdict {
+    match translate(&ctx) {
         Ok(()) => TC_ACT_OK as i32,
         Err(reason) => {
-            count_drop(skb_ifindex(&ctx), reason);
+            drop_frame(&ctx, skb_ifindex(&ctx), 0, EVENT_DIR_UPLINK, reason);
             TC_ACT_SHOT as i32
         }
     }
@@ -129,13 +171,13 @@ pub fn uplink_egress(ctx: TcContext) -> i32 {
     match masquerade(&ctx) {
         Ok(()) => TC_ACT_OK as i32,
         Err(reason) => {
-            count_drop(skb_ifindex(&ctx), reason);
+            drop_frame(&ctx, skb_ifindex(&ctx), 0, EVENT_DIR_UPLINK, reason);
             TC_ACT_SHOT as i32
         }
     }
 }
 
-#[inline(always)]
+#[inline(never)]
 fn masquerade(ctx: &TcContext) -> Result<(), DropReason> {
     let Some(cfg) = config() else { return Ok(()) };
     if cfg.flags & netpath_common::config::CFG_F_MASQUERADE == 0 {
@@ -151,6 +193,16 @@ fn masquerade(ctx: &TcContext) -> Result<(), DropReason> {
         conntrack::touch(entry, &flow, ctx.len(), cfg);
         // SAFETY: map value pointer, valid during the run.
         return nat::apply(ctx, &flow, unsafe { &*entry });
+    }
+    // Replies of flows that came in to the container's own address (routed
+    // mode) keep that address: only flows the container starts are
+    // masqueraded. Its policy verdict tells which side started the flow.
+    let verdict = flow.key.in_scope(netpath_common::conntrack::CT_SCOPE_FROM_EP);
+    if let Some(entry) = conntrack::lookup(&verdict) {
+        // SAFETY: map value pointer, valid during the run.
+        if unsafe { (*entry).flags } & netpath_common::conntrack::CT_F_REPLY != 0 {
+            return Ok(());
+        }
     }
     snat::masquerade_new(ctx, &flow, cfg)
 }
@@ -170,7 +222,7 @@ pub fn uplink_xdp(ctx: XdpContext) -> u32 {
             )
         };
         if is_ipv4 && cfg.flags & netpath_common::config::CFG_F_ROUTED == 0 && cfg.in_subnet(daddr) {
-            count_drop(ifindex, DropReason::NotPublished);
+            drop_frame(&ctx, ifindex, 0, EVENT_DIR_UPLINK, DropReason::NotPublished);
             return xdp_action::XDP_DROP;
         }
     }

@@ -2,13 +2,16 @@
 //! The agent pins each one by name (see `netpath_common::maps`).
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuHashMap},
+    btf_maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, RingBuf},
     macros::btf_map,
 };
 use netpath_common::{
-    maps::{MAX_CT_ENTRIES, MAX_ENDPOINTS, MAX_HOST_ADDRS, MAX_IFACES, MAX_SERVICES, MAX_SOCK_REVNAT},
-    CtEntry, CtKey, DatapathConfig, Endpoint, HostAddr, ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue,
-    TrafficStats,
+    maps::{
+        EVENTS_BYTES, MAX_CT_ENTRIES, MAX_ENDPOINTS, MAX_HOST_ADDRS, MAX_IFACES, MAX_POLICY_PREFIXES, MAX_SERVICES,
+        MAX_SOCK_REVNAT,
+    },
+    CtEntry, CtKey, DatapathConfig, Endpoint, Event, HostAddr, PolicyEntry, PolicyKey, ServiceKey, ServiceValue,
+    SockRevNatKey, SockRevNatValue, TrafficStats,
 };
 
 #[btf_map]
@@ -31,6 +34,14 @@ pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue, MAX_SOCK_REVN
 
 #[btf_map]
 pub static CONFIG: Array<DatapathConfig, 1> = Array::new();
+
+#[btf_map]
+pub static POLICY: LpmTrie<PolicyKey, PolicyEntry, MAX_POLICY_PREFIXES> = LpmTrie::new();
+
+#[btf_map]
+pub static EVENTS: RingBuf<Event, EVENTS_BYTES> = RingBuf::new();
+
+pub type PolicyTrieKey = Key<PolicyKey>;
 
 /// The instance's settings (all zero until the agent writes them).
 #[inline(always)]

@@ -50,14 +50,7 @@ pub fn flow_entries(orig: &CtKey, svc: &ServiceValue, cfg: &DatapathConfig) -> (
     } else {
         orig.saddr
     };
-    let reply_key = CtKey {
-        saddr: svc.backend_addr,
-        daddr: client_addr,
-        sport: svc.backend_port,
-        dport: orig.sport,
-        proto: orig.proto,
-        _pad: [0; 3],
-    };
+    let reply_key = CtKey::new(svc.backend_addr, client_addr, svc.backend_port, orig.sport, orig.proto);
     let mut rev = CtEntry {
         snat_addr: orig.daddr,
         snat_port: orig.dport,

@@ -46,14 +46,8 @@ pub fn masquerade_new(ctx: &TcContext, flow: &Flow, cfg: &DatapathConfig) -> Res
     let mut rev = CtEntry { dnat_addr: flow.key.saddr, dnat_port: flow.key.sport, flags: CT_F_DNAT, ..Default::default() };
     for _ in 0..MAX_TRIES {
         let port_be = (port as u16).to_be();
-        let reply_key = CtKey {
-            saddr: flow.key.daddr,
-            daddr: cfg.masq_addr,
-            sport: if icmp { port_be } else { flow.key.dport },
-            dport: port_be,
-            proto: flow.key.proto,
-            _pad: [0; 3],
-        };
+        let reply_key =
+            CtKey::new(flow.key.daddr, cfg.masq_addr, if icmp { port_be } else { flow.key.dport }, port_be, flow.key.proto);
         // A published port's flows arrive on the same address and port:
         // never hand one out.
         let published = !icmp && service::lookup(cfg.masq_addr, port_be, flow.key.proto, false).is_some();

@@ -13,15 +13,23 @@ pub enum Direction {
 
 #[inline(always)]
 fn with_stats(ifindex: u32, f: impl FnOnce(&mut TrafficStats)) {
-    if let Some(stats) = IFACE_STATS.get_ptr_mut(ifindex) {
-        // SAFETY: per-CPU value, only this CPU writes it while we run.
-        f(unsafe { &mut *stats });
-        return;
-    }
-    // First packet on an interface the agent has not pre-created a slot for.
-    let mut stats = TrafficStats::default();
-    f(&mut stats);
-    let _ = IFACE_STATS.insert(ifindex, stats, 0);
+    let stats = match IFACE_STATS.get_ptr_mut(ifindex) {
+        Some(stats) => stats,
+        None => match init_stats(ifindex) {
+            Some(stats) => stats,
+            None => return,
+        },
+    };
+    // SAFETY: per-CPU value, only this CPU writes it while we run.
+    f(unsafe { &mut *stats });
+}
+
+/// First packet on an interface the agent has not pre-created a slot for.
+/// Out of line: the zeroed value is large, and callers' stacks are tight.
+#[inline(never)]
+fn init_stats(ifindex: u32) -> Option<*mut TrafficStats> {
+    let _ = IFACE_STATS.insert(ifindex, TrafficStats::default(), 0);
+    IFACE_STATS.get_ptr_mut(ifindex)
 }
 
 #[inline(always)]

@@ -1,26 +1,44 @@
 //! The agent: owns the bridge, the containers' veths and the datapath, and
 //! keeps the kernel in line with its persisted desired state.
 
-use std::{fs::File, net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    fs::File,
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, RwLock,
+    },
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use nix::fcntl::{Flock, FlockArg};
 use thiserror::Error;
-use tokio::sync::Mutex;
+use tokio::sync::{broadcast, Mutex};
 
 use crate::{
     config::{validate_name, ResolvedConfig},
     datapath::{interface_stats, Datapath, Hook, SOCK_HOOKS},
     ipam::{Ipam, IpamError},
-    model::{AttachPoint, Container, ContainerRequest, ContainerStatus, Flow, Mapping, Status, Tuple},
+    model::{
+        AttachPoint, Container, ContainerRequest, ContainerStatus, Flow, Mapping, PolicyView, RuleRequest, Settings,
+        Status, StatsView, Tuple,
+    },
+    monitor::{self, MonitorEvent},
+    policy::{self, Action, ContainerPolicy, Direction, Rule, RuleError},
     netlink::Netlink,
     netns::{write_sysctl, Netns},
     portspec::{PortSpec, Protocol, UnmapSpec},
     state::{Change, State, StateStore},
 };
 use netpath_common::{
-    config::{CFG_F_MASQUERADE, CFG_F_ROUTED}, conntrack::CT_F_REPLY, endpoint::ENDPOINT_F_IPV4, maps::MAX_SERVICES, CtState,
-    DatapathConfig, Endpoint, ServiceKey, ServiceValue,
+    config::{CFG_F_MASQUERADE, CFG_F_NO_ICC, CFG_F_ROUTED, CFG_F_TRACE_FLOWS},
+    conntrack::{CT_F_POLICY, CT_F_REPLY, CT_SCOPE_FROM_EP, CT_SCOPE_NAT},
+    endpoint::{ENDPOINT_F_DEFAULT_DENY_IN, ENDPOINT_F_DEFAULT_DENY_OUT, ENDPOINT_F_IPV4},
+    maps::MAX_SERVICES,
+    CtState, DatapathConfig, Endpoint, Event, ServiceKey, ServiceValue,
 };
 
 /// Errors the API reports, by kind, so that it can pick a status code.
@@ -62,6 +80,40 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
 pub struct Agent {
     cfg: ResolvedConfig,
     inner: Mutex<Inner>,
+    /// Datapath events, fanned out to monitors.
+    events: broadcast::Sender<Event>,
+    /// Endpoint id -> container name, for naming events without the lock.
+    names: RwLock<HashMap<u32, String>>,
+    /// Monitors that asked for flow events.
+    flow_watchers: AtomicUsize,
+}
+
+impl From<RuleError> for AgentError {
+    fn from(e: RuleError) -> Self {
+        match e {
+            RuleError::Duplicate(_) | RuleError::Conflict { .. } | RuleError::TooMany { .. } => AgentError::Conflict(e.to_string()),
+            RuleError::NotFound(_) => AgentError::NotFound(e.to_string()),
+            _ => AgentError::BadRequest(e.to_string()),
+        }
+    }
+}
+
+/// Keeps flow events on while a monitor that wants them is connected.
+pub struct FlowWatch {
+    agent: Arc<Agent>,
+}
+
+impl Drop for FlowWatch {
+    fn drop(&mut self) {
+        if self.agent.flow_watchers.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let agent = Arc::clone(&self.agent);
+            tokio::spawn(async move {
+                if let Err(e) = agent.inner.lock().await.set_flag(CFG_F_TRACE_FLOWS, false) {
+                    tracing::warn!("turning flow events off: {e:#}");
+                }
+            });
+        }
+    }
 }
 
 struct Inner {
@@ -149,6 +201,8 @@ impl Agent {
         // cannot abuse this: anti-spoofing runs before any translation.
         write_sysctl(&format!("net.ipv4.conf.{}.accept_local", cfg.bridge), "1")?;
         let mut dp = Datapath::load(&cfg.pin_dir)?;
+        let (events, _) = broadcast::channel(4096);
+        monitor::spawn_reader(dp.take_events()?, events.clone())?;
         let cgroup = match &cfg.cgroup {
             Some(p) => Some(p.clone()),
             None => default_cgroup(),
@@ -156,6 +210,9 @@ impl Agent {
         let mut flags = if cfg.routed { CFG_F_ROUTED } else { 0 };
         if cfg.masquerade && cfg.uplink.is_some() {
             flags |= CFG_F_MASQUERADE;
+        }
+        if !state.icc.unwrap_or(cfg.icc) {
+            flags |= CFG_F_NO_ICC;
         }
         let dp_config = DatapathConfig {
             netns_cookie: netns_cookie()?,
@@ -202,7 +259,8 @@ impl Agent {
         };
         inner.sync_host_addrs().await?;
         inner.reconcile(&cfg).await?;
-        Ok(Agent { cfg, inner: Mutex::new(inner) })
+        let names = inner.state.containers.iter().map(|c| (c.id, c.name.clone())).collect();
+        Ok(Agent { cfg, inner: Mutex::new(inner), events, names: RwLock::new(names), flow_watchers: AtomicUsize::new(0) })
     }
 
     /// Background work: conntrack garbage collection and keeping the set of
@@ -256,12 +314,88 @@ impl Agent {
 
     pub async fn add_container(&self, req: ContainerRequest) -> Result<Container, AgentError> {
         let mut inner = self.inner.lock().await;
-        inner.add_container(&self.cfg, req).await
+        let c = inner.add_container(&self.cfg, req).await?;
+        self.names.write().map_err(|_| anyhow::anyhow!("names lock poisoned"))?.insert(c.id, c.name.clone());
+        Ok(c)
     }
 
     pub async fn del_container(&self, name: &str) -> Result<Container, AgentError> {
         let mut inner = self.inner.lock().await;
-        inner.del_container(name).await
+        let c = inner.del_container(name).await?;
+        self.names.write().map_err(|_| anyhow::anyhow!("names lock poisoned"))?.remove(&c.id);
+        Ok(c)
+    }
+
+    pub async fn add_rule(&self, req: RuleRequest) -> Result<Rule, AgentError> {
+        self.inner.lock().await.change_rule(req, true)
+    }
+
+    pub async fn remove_rule(&self, req: RuleRequest) -> Result<Rule, AgentError> {
+        self.inner.lock().await.change_rule(req, false)
+    }
+
+    pub async fn set_default(&self, container: &str, direction: Direction, action: Action) -> Result<PolicyView, AgentError> {
+        self.inner.lock().await.set_default(container, direction, action)
+    }
+
+    pub async fn policy(&self, container: &str) -> Result<PolicyView, AgentError> {
+        let inner = self.inner.lock().await;
+        inner.find(container)?;
+        Ok(PolicyView { container: container.to_string(), policy: inner.policy_of(container) })
+    }
+
+    pub async fn policies(&self) -> Vec<PolicyView> {
+        let inner = self.inner.lock().await;
+        inner.state.containers.iter().map(|c| PolicyView { container: c.name.clone(), policy: inner.policy_of(&c.name) }).collect()
+    }
+
+    pub async fn settings(&self) -> Settings {
+        Settings { icc: self.inner.lock().await.dp_config.flags & CFG_F_NO_ICC == 0 }
+    }
+
+    pub async fn set_settings(&self, s: Settings) -> Result<Settings, AgentError> {
+        let mut inner = self.inner.lock().await;
+        inner.state.icc = Some(s.icc);
+        inner.set_flag(CFG_F_NO_ICC, !s.icc)?;
+        inner.save()?;
+        inner.recheck_flows()?;
+        Ok(s)
+    }
+
+    pub async fn stats(&self, container: Option<&str>) -> Result<StatsView, AgentError> {
+        let st = self.status().await?;
+        let containers: Vec<ContainerStatus> = match container {
+            Some(name) => {
+                let c: Vec<_> = st.containers.into_iter().filter(|c| c.container.name == name).collect();
+                if c.is_empty() {
+                    return Err(AgentError::NotFound(format!("no container named {name:?}")));
+                }
+                c
+            }
+            None => st.containers,
+        };
+        Ok(StatsView { containers, uplink: st.uplink_stats })
+    }
+
+    /// Subscribes to datapath events; with `flows`, also to flow starts
+    /// (turned on in the datapath while someone listens).
+    pub async fn subscribe(self: &Arc<Agent>, flows: bool) -> Result<(broadcast::Receiver<Event>, Option<FlowWatch>), AgentError> {
+        let rx = self.events.subscribe();
+        let watch = if flows {
+            if self.flow_watchers.fetch_add(1, Ordering::SeqCst) == 0 {
+                self.inner.lock().await.set_flag(CFG_F_TRACE_FLOWS, true)?;
+            }
+            Some(FlowWatch { agent: Arc::clone(self) })
+        } else {
+            None
+        };
+        Ok((rx, watch))
+    }
+
+    /// Names an event for the API.
+    pub fn describe(&self, e: &Event) -> MonitorEvent {
+        let name = self.names.read().ok().and_then(|n| n.get(&e.endpoint_id).cloned());
+        MonitorEvent::from_raw(e, name)
     }
 
     pub async fn containers(&self) -> Vec<Container> {
@@ -340,6 +474,7 @@ impl Agent {
             mappings: inner.state.mappings.len(),
             cgroup: inner.cgroup.as_ref().map(|c| c.display().to_string()),
             routed: cfg.routed,
+            icc: inner.dp_config.flags & CFG_F_NO_ICC == 0,
             masquerade: (inner.dp_config.flags & CFG_F_MASQUERADE != 0)
                 .then(|| Ipv4Addr::from(inner.dp_config.masq_addr))
                 .filter(|a| !a.is_unspecified()),
@@ -430,6 +565,7 @@ impl Inner {
             }
         }
         self.reconcile_services()?;
+        self.reconcile_policies()?;
         self.save()
     }
 
@@ -591,11 +727,11 @@ impl Inner {
     /// Deletes flows whose entries have all expired.
     fn collect_expired(&mut self) -> Result<usize> {
         let now = monotonic_ns();
-        let entries = self.dp.ct_entries()?;
+        let entries: HashMap<netpath_common::CtKey, netpath_common::CtEntry> = self.dp.ct_entries()?.into_iter().collect();
         let expired = |e: &netpath_common::CtEntry| e.expires_ns < now;
-        let dead: Vec<_> = entries
+        let dead: std::collections::HashSet<netpath_common::CtKey> = entries
             .iter()
-            .filter(|(_, e)| expired(e) && entries.iter().find(|(k, _)| *k == e.peer).is_none_or(|(_, p)| expired(p)))
+            .filter(|(_, e)| expired(e) && entries.get(&e.peer).is_none_or(expired))
             .map(|(k, _)| *k)
             .collect();
         if dead.is_empty() {
@@ -606,14 +742,22 @@ impl Inner {
 
     fn flows(&mut self) -> Result<Vec<Flow>> {
         let now = monotonic_ns() as i128;
-        let entries = self.dp.ct_entries()?;
+        let entries: HashMap<netpath_common::CtKey, netpath_common::CtEntry> = self.dp.ct_entries()?.into_iter().collect();
+        let names: HashMap<u32, String> = self.state.containers.iter().map(|c| (c.id, c.name.clone())).collect();
         let mut flows = vec![];
         for (key, e) in entries.iter().filter(|(_, e)| e.flags & CT_F_REPLY == 0) {
-            let reply = entries.iter().find(|(k, _)| *k == e.peer).map(|(_, r)| *r).unwrap_or_default();
+            let reply = entries.get(&e.peer).copied().unwrap_or_default();
             let expires = e.expires_ns.max(reply.expires_ns) as i128;
             let state = CtState::from_u8(e.state.max(reply.state));
+            let (scope, container) = match key.scope {
+                CT_SCOPE_NAT => ("nat", None),
+                CT_SCOPE_FROM_EP => ("from-container", names.get(&e.endpoint_id).cloned()),
+                _ => ("to-container", names.get(&e.endpoint_id).cloned()),
+            };
             flows.push(Flow {
-                proto: Protocol::from_number(key.proto).map(|p| p.to_string()).unwrap_or_else(|| key.proto.to_string()),
+                proto: Protocol::from_number(key.proto).map(|p| p.to_string()).unwrap_or_else(|| {
+                    if key.proto == 1 { "icmp".into() } else { key.proto.to_string() }
+                }),
                 original: tuple(key.saddr, key.sport, key.daddr, key.dport),
                 reply: tuple(e.peer.saddr, e.peer.sport, e.peer.daddr, e.peer.dport),
                 state: state.name().into(),
@@ -623,9 +767,11 @@ impl Inner {
                 reply_packets: reply.packets,
                 reply_bytes: reply.bytes,
                 mapping_id: e.service_id,
+                scope: scope.into(),
+                container,
             });
         }
-        flows.sort_by_key(|f| (f.mapping_id, f.original.src, f.original.sport));
+        flows.sort_by_key(|f| (f.scope.clone(), f.mapping_id, f.original.src, f.original.sport));
         Ok(flows)
     }
 
@@ -655,17 +801,161 @@ impl Inner {
     /// per-veth programs. The map entry comes first: the ingress program
     /// drops frames from interfaces it has no endpoint for.
     fn program_endpoint(&mut self, c: &Container) -> Result<()> {
-        let ep = Endpoint {
-            ipv4: c.ip.octets(),
-            ipv6: [0; 16],
-            mac: container_mac(c.ip),
-            flags: ENDPOINT_F_IPV4,
-            ifindex: c.ifindex,
-            id: c.id,
-        };
-        self.dp.set_endpoint(c.ifindex, &ep)?;
+        self.write_endpoint(c)?;
         self.dp.attach(&c.veth, Hook::VethIngress)?;
         self.dp.attach(&c.veth, Hook::VethEgress)?;
+        Ok(())
+    }
+
+    /// ENDPOINTS[ifindex] for a container, with its policy defaults.
+    fn write_endpoint(&mut self, c: &Container) -> Result<()> {
+        let p = self.policy_of(&c.name);
+        let mut flags = ENDPOINT_F_IPV4;
+        if p.default_in == Action::Deny {
+            flags |= ENDPOINT_F_DEFAULT_DENY_IN;
+        }
+        if p.default_out == Action::Deny {
+            flags |= ENDPOINT_F_DEFAULT_DENY_OUT;
+        }
+        let ep = Endpoint { ipv4: c.ip.octets(), ipv6: [0; 16], mac: container_mac(c.ip), flags, ifindex: c.ifindex, id: c.id };
+        self.dp.set_endpoint(c.ifindex, &ep)
+    }
+
+    fn policy_of(&self, name: &str) -> ContainerPolicy {
+        self.state.policies.get(name).cloned().unwrap_or_default()
+    }
+
+    fn set_flag(&mut self, flag: u32, on: bool) -> Result<()> {
+        let flags = if on { self.dp_config.flags | flag } else { self.dp_config.flags & !flag };
+        if flags != self.dp_config.flags {
+            self.dp_config.flags = flags;
+            self.dp.write_config(&self.dp_config)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the compiled entries of `cidrs` (one container, one direction);
+    /// CIDRs without rules lose their entry.
+    fn write_policy(&mut self, id: u32, rules: &[Rule], d: Direction, cidrs: Option<&[ipnet::Ipv4Net]>) -> Result<(), AgentError> {
+        let compiled = policy::compile(rules, d, cidrs)?;
+        if let Some(cidrs) = cidrs {
+            for cidr in cidrs {
+                if !compiled.entries.contains_key(cidr) {
+                    let (len, key) = policy::lpm_key(id, d, cidr);
+                    self.dp.set_policy(len, &key, &netpath_common::PolicyEntry::default())?;
+                }
+            }
+        }
+        for (cidr, entry) in &compiled.entries {
+            let (len, key) = policy::lpm_key(id, d, cidr);
+            self.dp.set_policy(len, &key, entry)?;
+        }
+        Ok(())
+    }
+
+    /// Adds (or removes) one rule: checked, compiled for the prefixes it
+    /// touches, written, recorded; then established flows it now denies are
+    /// cut.
+    fn change_rule(&mut self, req: RuleRequest, add: bool) -> Result<Rule, AgentError> {
+        let c = self.find(&req.container)?.clone();
+        let cidr = policy::parse_cidr(&req.cidr)?;
+        let (proto, ports) = match &req.filter {
+            Some(f) => policy::parse_filter(f)?,
+            None => (None, None),
+        };
+        let rule = Rule { action: req.action, direction: req.direction, cidr, proto, ports };
+        let current = self.policy_of(&c.name);
+        let mut rules = current.rules.clone();
+        if add {
+            current.check_add(&rule)?;
+            rules.push(rule.clone());
+        } else {
+            let before = rules.len();
+            rules.retain(|r| *r != rule);
+            if rules.len() == before {
+                return Err(RuleError::NotFound(rule.to_string()).into());
+            }
+        }
+        let touched = policy::affected(&rules, rule.direction, &cidr);
+        // Compile first: a rule that cannot be represented changes nothing.
+        policy::compile(&rules, rule.direction, Some(&touched))?;
+        self.write_policy(c.id, &rules, rule.direction, Some(&touched))?;
+        let change = if add {
+            Change::AddRule { container: c.name.clone(), rule: rule.clone() }
+        } else {
+            Change::RemoveRule { container: c.name.clone(), rule: rule.clone() }
+        };
+        self.record(change)?;
+        self.recheck_flows()?;
+        tracing::info!(container = %c.name, rule = %rule, "{}", if add { "policy rule added" } else { "policy rule removed" });
+        Ok(rule)
+    }
+
+    fn set_default(&mut self, name: &str, direction: Direction, action: Action) -> Result<PolicyView, AgentError> {
+        let c = self.find(name)?.clone();
+        self.record(Change::SetDefault { container: c.name.clone(), direction, action })?;
+        self.write_endpoint(&c)?;
+        self.recheck_flows()?;
+        Ok(PolicyView { container: c.name.clone(), policy: self.policy_of(&c.name) })
+    }
+
+    /// Re-judges every established flow under the current policy and cuts
+    /// the ones it now denies (their verdict entries go; the next packet is
+    /// judged as new, and dropped).
+    fn recheck_flows(&mut self) -> Result<usize> {
+        let by_id: HashMap<u32, (String, Ipv4Addr)> =
+            self.state.containers.iter().map(|c| (c.id, (c.name.clone(), c.ip))).collect();
+        let icc = self.dp_config.flags & CFG_F_NO_ICC == 0;
+        let (subnet, gateway) = (self.cfg_subnet(), Ipv4Addr::from(self.dp_config.gateway));
+        let policies = self.state.policies.clone();
+        let denied = |k: &netpath_common::CtKey, e: &netpath_common::CtEntry| {
+            if e.flags & CT_F_POLICY == 0 || e.flags & CT_F_REPLY != 0 {
+                return false;
+            }
+            let Some((name, _)) = by_id.get(&e.endpoint_id) else { return true };
+            let p = policies.get(name).cloned().unwrap_or_default();
+            let (d, remote) = if k.scope == CT_SCOPE_FROM_EP {
+                (Direction::Out, Ipv4Addr::from(k.daddr))
+            } else {
+                (Direction::In, Ipv4Addr::from(k.saddr))
+            };
+            if d == Direction::Out && !icc && subnet.contains(&remote) && remote != gateway {
+                return true;
+            }
+            // Tracked ICMP flows are echo flows: judged as type 8.
+            let port = if k.proto == 1 { 8 } else { u16::from_be(k.dport) };
+            policy::evaluate(&p, d, remote, k.proto, port) == Action::Deny
+        };
+        let cut = self.dp.ct_remove_where(denied)?;
+        if cut > 0 {
+            tracing::info!(flows = cut, "cut established flows the policy now denies");
+        }
+        Ok(cut)
+    }
+
+    fn cfg_subnet(&self) -> ipnet::Ipv4Net {
+        ipnet::Ipv4Net::new(Ipv4Addr::from(self.dp_config.subnet), self.dp_config.subnet_prefix as u8).unwrap_or_default()
+    }
+
+    /// POLICY holds exactly the compiled rules of live containers.
+    fn reconcile_policies(&mut self) -> Result<()> {
+        let live: Vec<String> = self.state.containers.iter().map(|c| c.name.clone()).collect();
+        self.state.policies.retain(|name, _| live.contains(name));
+        let mut wanted = std::collections::HashSet::new();
+        for c in self.state.containers.clone() {
+            let rules = self.policy_of(&c.name).rules;
+            for d in [Direction::In, Direction::Out] {
+                self.write_policy(c.id, &rules, d, None).map_err(|e| anyhow::anyhow!("policy of {}: {e}", c.name))?;
+                for cidr in policy::compile(&rules, d, None).map_err(|e| anyhow::anyhow!("{e}"))?.entries.keys() {
+                    wanted.insert(policy::lpm_key(c.id, d, cidr));
+                }
+            }
+        }
+        for (len, key) in self.dp.policy_keys()? {
+            if !wanted.contains(&(len, key)) {
+                self.dp.set_policy(len, &key, &netpath_common::PolicyEntry::default())?;
+            }
+        }
         Ok(())
     }
 
@@ -789,6 +1079,16 @@ impl Inner {
         let c = self.find(name)?.clone();
         let mappings: Vec<Mapping> = self.state.mappings.iter().filter(|m| m.container == c.name).cloned().collect();
         self.remove_mappings(&mappings)?;
+        // Its policy goes too: rules, compiled entries, verdicts.
+        let rules = self.policy_of(&c.name).rules;
+        self.state.policies.remove(&c.name);
+        for d in [Direction::In, Direction::Out] {
+            for cidr in policy::compile(&rules, d, None).map(|x| x.entries.into_keys().collect()).unwrap_or_else(|_| vec![]) {
+                let (len, key) = policy::lpm_key(c.id, d, &cidr);
+                self.dp.set_policy(len, &key, &netpath_common::PolicyEntry::default())?;
+            }
+        }
+        self.dp.ct_remove_where(|_, e| e.flags & CT_F_POLICY != 0 && e.endpoint_id == c.id)?;
         // Only delete the interface if it is still ours (same name and index).
         if let Some(link) = self.nl.link_by_name(&c.veth).await? {
             if link.header.index == c.ifindex {

@@ -6,7 +6,7 @@ use std::{os::unix::fs::PermissionsExt as _, path::Path, sync::Arc};
 use anyhow::{bail, Context as _, Result};
 use axum::{
     body::Bytes,
-    extract::{Path as UrlPath, State},
+    extract::{Path as UrlPath, Query, State},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::get,
@@ -15,7 +15,8 @@ use axum::{
 
 use crate::{
     agent::{Agent, AgentError},
-    model::{ApiErrorBody, ContainerRequest, MappingRequest},
+    model::{ApiErrorBody, ContainerRequest, DefaultRequest, MappingRequest, PolicyView, RuleRequest, Settings, StatsView},
+    policy::Rule,
 };
 
 impl IntoResponse for AgentError {
@@ -40,6 +41,13 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/mappings", get(list_mappings).post(add_mapping))
         .route("/v1/mappings/unmap", axum::routing::post(del_mapping))
         .route("/v1/conntrack", get(list_flows).delete(flush_flows))
+        .route("/v1/policies", get(list_policies).post(add_rule))
+        .route("/v1/policies/remove", axum::routing::post(remove_rule))
+        .route("/v1/policies/{name}", get(get_policy))
+        .route("/v1/policies/{name}/default", axum::routing::put(set_default))
+        .route("/v1/settings", get(get_settings).put(put_settings))
+        .route("/v1/stats", get(stats))
+        .route("/v1/monitor", get(monitor))
         .fallback(|| async { AgentError::NotFound("no such API route (this agent serves /v1/...)".into()) })
         .with_state(agent)
 }
@@ -89,6 +97,86 @@ async fn list_flows(State(agent): State<Arc<Agent>>) -> ApiResult<Vec<crate::mod
 
 async fn flush_flows(State(agent): State<Arc<Agent>>) -> ApiResult<crate::model::FlushResult> {
     Ok(Json(crate::model::FlushResult { flows: agent.flush_flows().await? }))
+}
+
+async fn list_policies(State(agent): State<Arc<Agent>>) -> ApiResult<Vec<PolicyView>> {
+    Ok(Json(agent.policies().await))
+}
+
+async fn get_policy(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> ApiResult<PolicyView> {
+    Ok(Json(agent.policy(&name).await?))
+}
+
+async fn add_rule(State(agent): State<Arc<Agent>>, body: Bytes) -> Result<(StatusCode, Json<Rule>), AgentError> {
+    let req: RuleRequest = parse_body(&body, "policy rule")?;
+    Ok((StatusCode::CREATED, Json(agent.add_rule(req).await?)))
+}
+
+async fn remove_rule(State(agent): State<Arc<Agent>>, body: Bytes) -> ApiResult<Rule> {
+    let req: RuleRequest = parse_body(&body, "policy rule")?;
+    Ok(Json(agent.remove_rule(req).await?))
+}
+
+async fn set_default(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>, body: Bytes) -> ApiResult<PolicyView> {
+    let req: DefaultRequest = parse_body(&body, "default policy")?;
+    Ok(Json(agent.set_default(&name, req.direction, req.action).await?))
+}
+
+async fn get_settings(State(agent): State<Arc<Agent>>) -> ApiResult<Settings> {
+    Ok(Json(agent.settings().await))
+}
+
+async fn put_settings(State(agent): State<Arc<Agent>>, body: Bytes) -> ApiResult<Settings> {
+    let req: Settings = parse_body(&body, "settings")?;
+    Ok(Json(agent.set_settings(req).await?))
+}
+
+#[derive(serde::Deserialize)]
+struct StatsQuery {
+    container: Option<String>,
+}
+
+async fn stats(State(agent): State<Arc<Agent>>, Query(q): Query<StatsQuery>) -> ApiResult<StatsView> {
+    Ok(Json(agent.stats(q.container.as_deref()).await?))
+}
+
+#[derive(serde::Deserialize)]
+struct MonitorQuery {
+    container: Option<String>,
+    #[serde(default)]
+    flows: bool,
+}
+
+/// Streams events as newline-delimited JSON until the client goes away.
+async fn monitor(State(agent): State<Arc<Agent>>, Query(q): Query<MonitorQuery>) -> Result<Response, AgentError> {
+    if let Some(name) = &q.container {
+        agent.policy(name).await?; // 404 for an unknown container
+    }
+    let (rx, watch) = agent.subscribe(q.flows).await?;
+    let state = (rx, watch, agent, q);
+    let stream = futures::stream::unfold(state, |(mut rx, watch, agent, q)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(e) => {
+                    let ev = agent.describe(&e);
+                    if (ev.kind == "flow" && !q.flows) || q.container.as_ref().is_some_and(|c| ev.container.as_ref() != Some(c)) {
+                        continue;
+                    }
+                    let mut line = serde_json::to_vec(&ev).unwrap_or_default();
+                    line.push(b'\n');
+                    return Some((Ok::<_, std::convert::Infallible>(Bytes::from(line)), (rx, watch, agent, q)));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!("monitor fell behind, {n} events lost");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(axum::body::Body::from_stream(stream))
+        .map_err(|e| AgentError::Internal(e.into()))?)
 }
 
 /// Binds the socket (directory 0700, socket 0600: root only) and serves

@@ -31,7 +31,35 @@ impl Client {
         self.call(Method::DELETE, path, None::<&()>).await
     }
 
-    async fn call<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&B>) -> Result<T> {
+    pub async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        self.call(Method::PUT, path, Some(body)).await
+    }
+
+    /// GETs a streaming endpoint and hands every line to `on_line` until
+    /// the agent closes the stream.
+    pub async fn stream_lines(&self, path: &str, mut on_line: impl FnMut(&str) -> Result<()>) -> Result<()> {
+        let resp = self.send(Method::GET, path, None::<&()>).await?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body.collect().await?.to_bytes();
+            bail!("{}", error_text(&bytes));
+        }
+        let mut pending: Vec<u8> = vec![];
+        while let Some(frame) = body.frame().await {
+            let frame = frame.context("reading the event stream")?;
+            if let Some(data) = frame.data_ref() {
+                pending.extend_from_slice(data);
+                while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=pos).collect();
+                    on_line(String::from_utf8_lossy(&line[..line.len() - 1]).as_ref())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn send<B: Serialize>(&self, method: Method, path: &str, body: Option<&B>) -> Result<hyper::Response<hyper::body::Incoming>> {
         let stream = tokio::net::UnixStream::connect(&self.socket).await.with_context(|| {
             format!("cannot reach netpathd at {} (is the agent running, and are you root?)", self.socket.display())
         })?;
@@ -47,15 +75,22 @@ impl Client {
             .header("host", "netpathd")
             .header("content-type", "application/json")
             .body(body)?;
-        let resp = sender.send_request(req).await.context("sending the request to netpathd")?;
+        sender.send_request(req).await.context("sending the request to netpathd")
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&B>) -> Result<T> {
+        let resp = self.send(method, path, body).await?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
         if !status.is_success() {
-            let msg = serde_json::from_slice::<ApiErrorBody>(&bytes)
-                .map(|b| b.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-            bail!("{msg}");
+            bail!("{}", error_text(&bytes));
         }
         serde_json::from_slice(&bytes).map_err(|e| anyhow!("unexpected answer from netpathd: {e}"))
     }
+}
+
+fn error_text(bytes: &[u8]) -> String {
+    serde_json::from_slice::<ApiErrorBody>(bytes)
+        .map(|b| b.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(bytes).into_owned())
 }

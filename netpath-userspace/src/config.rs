@@ -44,6 +44,9 @@ pub struct Config {
     /// "MIN-MAX". The default stays below the kernel's ephemeral range
     /// (32768-60999), so translated flows never collide with the host's own.
     pub masquerade_ports: String,
+    /// Direct container-to-container traffic (Docker's --icc); published
+    /// ports work either way. `netpathctl icc` changes it at run time.
+    pub icc: bool,
     pub conntrack: ConntrackConfig,
 }
 
@@ -104,6 +107,7 @@ impl Default for Config {
             cgroup: None,
             masquerade: true,
             masquerade_ports: "1024-32767".into(),
+            icc: true,
             conntrack: ConntrackConfig::default(),
         }
     }
@@ -151,6 +155,7 @@ impl Config {
         Ok(ResolvedConfig {
             masquerade: self.masquerade,
             masquerade_ports,
+            icc: self.icc,
             state_dir: self
                 .state_dir
                 .unwrap_or_else(|| PathBuf::from(format!("/var/lib/netpath/{instance}"))),
@@ -189,6 +194,7 @@ pub struct ResolvedConfig {
     pub masquerade: bool,
     /// Inclusive, host byte order.
     pub masquerade_ports: (u16, u16),
+    pub icc: bool,
     pub conntrack: ConntrackConfig,
 }
 

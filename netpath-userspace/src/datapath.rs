@@ -16,7 +16,10 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, MapData, MapInfo, PerCpuHashMap, PerCpuValues},
+    maps::{
+        lpm_trie::{Key as LpmKey, LpmTrie},
+        Array, HashMap as BpfHashMap, MapData, MapInfo, PerCpuHashMap, PerCpuValues, RingBuf,
+    },
     programs::{
         links::{CgroupAttachMode, FdLink, LinkError, PinnedLink},
         tc::TcAttachOptions,
@@ -26,8 +29,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use netpath_common::{
-    maps as names, CtEntry, CtKey, DatapathConfig, DropReason, Endpoint, HostAddr, ServiceKey, ServiceValue,
-    SockRevNatKey, SockRevNatValue, TrafficStats,
+    maps as names, CtEntry, CtKey, DatapathConfig, DropReason, Endpoint, HostAddr, PolicyEntry, PolicyKey, ServiceKey,
+    ServiceValue, SockRevNatKey, SockRevNatValue, TrafficStats,
 };
 
 use crate::model::{InterfaceStats, MapStatus, ProgramStatus};
@@ -104,7 +107,7 @@ pub const CGROUP_TARGET: &str = "cgroup";
 /// Expected key and value sizes of every pinned map: a pin left by an
 /// incompatible build is refused instead of being reused with the wrong
 /// layout.
-fn map_layouts() -> [(&'static str, usize, usize); 7] {
+fn map_layouts() -> [(&'static str, usize, usize); 9] {
     use std::mem::size_of;
     use netpath_common::*;
     [
@@ -115,6 +118,8 @@ fn map_layouts() -> [(&'static str, usize, usize); 7] {
         (names::CT4, size_of::<CtKey>(), size_of::<CtEntry>()),
         (names::SOCK_REVNAT, size_of::<SockRevNatKey>(), size_of::<SockRevNatValue>()),
         (names::CONFIG, 4, size_of::<DatapathConfig>()),
+        (names::POLICY, 4 + size_of::<PolicyKey>(), size_of::<PolicyEntry>()),
+        (names::EVENTS, 0, 0),
     ]
 }
 
@@ -136,6 +141,8 @@ pub fn ensure_bpffs() -> Result<()> {
 pub struct Datapath {
     ebpf: Ebpf,
     pin_dir: PathBuf,
+    /// Status of maps taken out of the object (the event ring buffer).
+    taken: Vec<MapStatus>,
 }
 
 fn not_found(err: &LinkError) -> bool {
@@ -177,7 +184,7 @@ impl Datapath {
             let prog: &mut CgroupSockAddr = program_mut(&mut ebpf, hook.program())?.try_into()?;
             prog.load().with_context(|| format!("loading program {}", hook.program()))?;
         }
-        Ok(Datapath { ebpf, pin_dir: pin_dir.map(Path::to_path_buf).unwrap_or_default() })
+        Ok(Datapath { ebpf, pin_dir: pin_dir.map(Path::to_path_buf).unwrap_or_default(), taken: vec![] })
     }
 
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
@@ -370,6 +377,7 @@ impl Datapath {
             (names::CT4, self.ct_map()?.keys().count() as u64),
             (names::SOCK_REVNAT, self.sock_revnat_map()?.keys().count() as u64),
             (names::CONFIG, 1),
+            (names::POLICY, self.policy_map()?.keys().count() as u64),
         ];
         let mut out = vec![];
         for (name, entries) in counts {
@@ -384,6 +392,7 @@ impl Datapath {
                 pin: self.pin_dir.join("maps").join(name).display().to_string(),
             });
         }
+        out.extend(self.taken.iter().cloned());
         Ok(out)
     }
 
@@ -401,6 +410,44 @@ impl Datapath {
 
     fn sock_revnat_map(&mut self) -> Result<BpfHashMap<&mut MapData, SockRevNatKey, SockRevNatValue>> {
         Ok(BpfHashMap::try_from(self.map_mut(names::SOCK_REVNAT)?)?)
+    }
+
+    fn policy_map(&mut self) -> Result<LpmTrie<&mut MapData, PolicyKey, PolicyEntry>> {
+        Ok(LpmTrie::try_from(self.map_mut(names::POLICY)?)?)
+    }
+
+    /// Writes the compiled rules of one prefix (an endpoint, a direction and
+    /// a CIDR); an empty entry removes the prefix.
+    pub fn set_policy(&mut self, prefix_len: u32, key: &PolicyKey, entry: &PolicyEntry) -> Result<()> {
+        let k = LpmKey::new(prefix_len, *key);
+        if entry.count == 0 {
+            return ignore_missing(self.policy_map()?.remove(&k)).context("removing from POLICY");
+        }
+        self.policy_map()?.insert(&k, entry, 0).context("writing into POLICY")
+    }
+
+    /// Every (prefix length, key) in POLICY.
+    pub fn policy_keys(&mut self) -> Result<Vec<(u32, PolicyKey)>> {
+        Ok(self.policy_map()?.keys().filter_map(Result::ok).map(|k| (k.prefix_len(), k.data())).collect())
+    }
+
+    /// Takes the event ring buffer out of the object, for the agent's reader.
+    pub fn take_events(&mut self) -> Result<RingBuf<aya::maps::MapData>> {
+        let map = self.ebpf.take_map(names::EVENTS).ok_or_else(|| anyhow!("map {} missing", names::EVENTS))?;
+        let info = map_data(&map)?.info()?;
+        self.taken.push(MapStatus {
+            name: names::EVENTS.into(),
+            id: info.id(),
+            kind: format!("{:?}", info.map_type()?),
+            entries: 0,
+            max_entries: info.max_entries(),
+            pin: self.pin_dir.join("maps").join(names::EVENTS).display().to_string(),
+        });
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    pub fn remove_ct(&mut self, key: &CtKey) -> Result<()> {
+        ignore_missing(self.ct_map()?.remove(key)).context("removing from CT4")
     }
 
     fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
@@ -448,7 +495,7 @@ impl Datapath {
 
     /// Removes tracked flows (both directions) whose entry matches `pred`;
     /// returns how many flows went.
-    pub fn ct_remove_where(&mut self, pred: impl Fn(&CtKey, &CtEntry) -> bool) -> Result<usize> {
+    pub fn ct_remove_where(&mut self, mut pred: impl FnMut(&CtKey, &CtEntry) -> bool) -> Result<usize> {
         let entries = self.ct_entries()?;
         let mut map = self.ct_map()?;
         let mut flows = 0;
@@ -522,7 +569,13 @@ fn check_pinned_layout(name: &str, path: &Path) -> Result<()> {
 fn map_data(map: &aya::maps::Map) -> Result<&MapData> {
     use aya::maps::Map;
     match map {
-        Map::HashMap(d) | Map::PerCpuHashMap(d) | Map::LruHashMap(d) | Map::Array(d) | Map::PerCpuArray(d) => Ok(d),
+        Map::HashMap(d)
+        | Map::PerCpuHashMap(d)
+        | Map::LruHashMap(d)
+        | Map::Array(d)
+        | Map::PerCpuArray(d)
+        | Map::LpmTrie(d)
+        | Map::RingBuf(d) => Ok(d),
         _ => bail!("unexpected map type"),
     }
 }

@@ -11,6 +11,8 @@ pub mod ipam;
 pub mod model;
 pub mod netlink;
 pub mod netns;
+pub mod monitor;
 pub mod output;
+pub mod policy;
 pub mod portspec;
 pub mod state;

@@ -106,6 +106,7 @@ pub struct Status {
     /// hang on, if any.
     pub cgroup: Option<String>,
     pub routed: bool,
+    pub icc: bool,
     /// The address container traffic leaving the uplink gets (None: off).
     pub masquerade: Option<Ipv4Addr>,
     pub masquerade_ports: String,
@@ -171,6 +172,55 @@ pub struct Flow {
     pub reply_bytes: u64,
     /// The mapping that created it (0: none).
     pub mapping_id: u32,
+    /// `nat` (translation), or the policy verdict of a container's side:
+    /// `from-container` (it sent the first packet) or `to-container`.
+    pub scope: String,
+    /// For policy verdicts: the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+}
+
+/// `GET /v1/policies/NAME`, and an element of `GET /v1/policies`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PolicyView {
+    pub container: String,
+    #[serde(flatten)]
+    pub policy: crate::policy::ContainerPolicy,
+}
+
+/// `POST /v1/policies` and `POST /v1/policies/remove`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RuleRequest {
+    pub container: String,
+    pub action: crate::policy::Action,
+    pub direction: crate::policy::Direction,
+    /// An address or ADDRESS/PREFIX.
+    pub cidr: String,
+    /// `tcp`, `udp`, `icmp`, with an optional `/PORT` or `/PORT-END`
+    /// (ICMP: message types); absent: any protocol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+}
+
+/// `PUT /v1/policies/NAME/default`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DefaultRequest {
+    pub direction: crate::policy::Direction,
+    pub action: crate::policy::Action,
+}
+
+/// `GET` and `PUT /v1/settings`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Settings {
+    /// Direct container-to-container traffic.
+    pub icc: bool,
+}
+
+/// `GET /v1/stats`: counters of every container and the uplink.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatsView {
+    pub containers: Vec<ContainerStatus>,
+    pub uplink: Option<InterfaceStats>,
 }
 
 /// Answer of `DELETE /v1/conntrack`.

@@ -1,6 +1,6 @@
 //! Human-readable tables for `netpathctl`.
 
-use crate::model::{Container, Flow, InterfaceStats, Mapping, Status};
+use crate::model::{Container, Flow, InterfaceStats, Mapping, PolicyView, Status, StatsView};
 
 /// Left-aligned columns separated by two spaces.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -67,10 +67,48 @@ pub fn flows_table(flows: &[Flow]) -> String {
                 f.expires_in.to_string(),
                 format!("{}/{}", f.packets, f.reply_packets),
                 f.mapping_id.to_string(),
+                match &f.container {
+                    Some(c) => format!("{} {c}", f.scope),
+                    None => f.scope.clone(),
+                },
             ]
         })
         .collect();
-    table(&["PROTO", "ORIGINAL", "REPLY", "STATE", "EXPIRES", "PKTS ORIG/REPLY", "MAPPING"], &rows)
+    table(&["PROTO", "ORIGINAL", "REPLY", "STATE", "EXPIRES", "PKTS ORIG/REPLY", "MAPPING", "SCOPE"], &rows)
+}
+
+pub fn policy_table(p: &PolicyView) -> String {
+    let mut out = format!(
+        "container {}: default in {}, default out {}\n",
+        p.container, p.policy.default_in, p.policy.default_out
+    );
+    let mut rules = p.policy.rules.clone();
+    rules.sort_by_key(|r| (r.direction, std::cmp::Reverse(r.cidr.prefix_len()), r.cidr, r.proto, r.ports));
+    let rows: Vec<Vec<String>> = rules
+        .iter()
+        .map(|r| vec![r.direction.to_string(), r.action.to_string(), r.cidr.to_string(), r.filter_text()])
+        .collect();
+    out.push_str(&table(&["DIR", "ACTION", "CIDR", "PROTO/PORTS"], &rows));
+    out
+}
+
+pub fn stats_table(s: &StatsView) -> String {
+    let mut rows: Vec<Vec<String>> = s
+        .containers
+        .iter()
+        .map(|c| {
+            vec![
+                c.container.name.clone(),
+                format!("{}/{}", c.stats.tx_packets, c.stats.tx_bytes),
+                format!("{}/{}", c.stats.rx_packets, c.stats.rx_bytes),
+                drops_summary(&c.stats),
+            ]
+        })
+        .collect();
+    if let Some(u) = &s.uplink {
+        rows.push(vec!["(uplink)".into(), "-".into(), format!("{}/{}", u.rx_packets, u.rx_bytes), drops_summary(u)]);
+    }
+    table(&["NAME", "TX PKTS/BYTES", "RX PKTS/BYTES", "DROPS BY REASON"], &rows)
 }
 
 pub fn status_text(s: &Status) -> String {
@@ -80,7 +118,7 @@ pub fn status_text(s: &Status) -> String {
     out.push_str(&format!("uplink    {}\n", s.uplink.as_deref().unwrap_or("(none)")));
     out.push_str(&format!("pins      {}\n", s.pin_dir));
     out.push_str(&format!("sockets   {}\n", s.cgroup.as_deref().map(|c| format!("cgroup {c}")).unwrap_or_else(|| "(no cgroup v2: host processes cannot use published ports)".into())));
-    out.push_str(&format!("mode      {}, {} published ports\n", if s.routed { "routed" } else { "published ports only from outside" }, s.mappings));
+    out.push_str(&format!("mode      {}, {} published ports, icc {}\n", if s.routed { "routed" } else { "published ports only from outside" }, s.mappings, if s.icc { "on" } else { "off" }));
     out.push_str(&format!(
         "masq      {}\n",
         s.masquerade.map(|a| format!("to {a}, ports {}", s.masquerade_ports)).unwrap_or_else(|| "off".into())

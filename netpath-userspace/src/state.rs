@@ -18,7 +18,10 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Container, Mapping};
+use crate::{
+    model::{Container, Mapping},
+    policy::{Action, ContainerPolicy, Direction, Rule},
+};
 
 /// Fold the journal into the snapshot after this many lines.
 pub const JOURNAL_COMPACT_AT: usize = 4096;
@@ -29,6 +32,9 @@ pub const JOURNAL_COMPACT_AT: usize = 4096;
 pub enum Change {
     Publish { mappings: Vec<Mapping>, next_mapping_id: u32 },
     Unpublish { ids: Vec<u32> },
+    AddRule { container: String, rule: Rule },
+    RemoveRule { container: String, rule: Rule },
+    SetDefault { container: String, direction: Direction, action: Action },
 }
 
 impl Change {
@@ -39,6 +45,19 @@ impl Change {
                 state.next_mapping_id = state.next_mapping_id.max(*next_mapping_id);
             }
             Change::Unpublish { ids } => state.mappings.retain(|m| !ids.contains(&m.id)),
+            Change::AddRule { container, rule } => state.policies.entry(container.clone()).or_default().rules.push(rule.clone()),
+            Change::RemoveRule { container, rule } => {
+                if let Some(p) = state.policies.get_mut(container) {
+                    p.rules.retain(|r| r != rule);
+                }
+            }
+            Change::SetDefault { container, direction, action } => {
+                let p = state.policies.entry(container.clone()).or_default();
+                match direction {
+                    Direction::In => p.default_in = *action,
+                    Direction::Out => p.default_out = *action,
+                }
+            }
         }
     }
 }
@@ -57,6 +76,12 @@ pub struct State {
     /// Mapping ids, like endpoint ids, are never reused.
     #[serde(default = "one")]
     pub next_mapping_id: u32,
+    /// Per-container policy, by container name.
+    #[serde(default)]
+    pub policies: std::collections::BTreeMap<String, ContainerPolicy>,
+    /// Direct container-to-container traffic (None: the configuration's).
+    #[serde(default)]
+    pub icc: Option<bool>,
 }
 
 fn one() -> u32 {
@@ -143,7 +168,7 @@ impl StateStore {
                 Ok(state)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Ok(State { version: STATE_VERSION, next_id: 1, containers: vec![], mappings: vec![], next_mapping_id: 1 })
+                Ok(State { version: STATE_VERSION, next_id: 1, next_mapping_id: 1, ..Default::default() })
             }
             Err(e) => Err(e).with_context(|| format!("reading state file {}", self.path.display())),
         }
@@ -192,6 +217,7 @@ mod tests {
             }],
             mappings: vec![],
             next_mapping_id: 3,
+            ..Default::default()
         };
         store.save(&state).unwrap();
         assert_eq!(store.load().unwrap(), state);

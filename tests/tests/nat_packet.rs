@@ -107,7 +107,9 @@ fn dnat_from_outside_and_reverse_translation_tcp() {
     let ack = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), (HOST, 8080), 0x10, &[]);
     expect(&h, names::PROG_UPLINK_INGRESS, &ack, &tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), (C1, 80), 0x10, &[]));
     let flows: Vec<_> = h.dp.ct_entries().unwrap();
-    assert!(flows.iter().all(|(_, e)| e.state == netpath_common::CtState::Established as u8), "{flows:?}");
+    let nat: Vec<_> = flows.iter().filter(|(k, _)| k.scope == netpath_common::conntrack::CT_SCOPE_NAT).collect();
+    assert_eq!(nat.len(), 2);
+    assert!(nat.iter().all(|(_, e)| e.state == netpath_common::CtState::Established as u8), "{nat:?}");
 }
 
 #[test]

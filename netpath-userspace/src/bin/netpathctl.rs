@@ -7,12 +7,17 @@ use clap::{Parser, Subcommand, ValueEnum};
 use netpath_userspace::{
     client::Client,
     config::default_socket,
-    model::{Container, ContainerRequest, ContainerStatus, Flow, FlushResult, Mapping, MappingRequest, Status},
+    model::{
+        Container, ContainerRequest, ContainerStatus, DefaultRequest, Flow, FlushResult, Mapping, MappingRequest, PolicyView,
+        RuleRequest, Settings, Status, StatsView,
+    },
+    monitor::MonitorEvent,
+    policy::{Action, Direction, Rule},
     output,
 };
 
 #[derive(Parser, Debug)]
-#[command(name = "netpathctl", version, about = "Drive netpathd: containers, status")]
+#[command(name = "netpathctl", version, about = "Drive netpathd: containers, published ports, policy, state")]
 struct Args {
     /// API socket [default: /run/netpath/<instance>/api.sock].
     #[arg(long, global = true, env = "NETPATH_SOCKET")]
@@ -50,6 +55,92 @@ enum Command {
     Conntrack {
         #[command(subcommand)]
         action: Option<ConntrackCmd>,
+    },
+    /// Per-container allow/deny rules.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Direct container-to-container traffic on or off (Docker's --icc);
+    /// without an argument, show it.
+    Icc {
+        #[arg(value_parser = ["on", "off"])]
+        state: Option<String>,
+    },
+    /// Traffic and drop counters, per container and reason.
+    Stats { container: Option<String> },
+    /// Stream drop events (and with --flows, new flows) as they happen.
+    Monitor {
+        container: Option<String>,
+        /// Also show every new flow a policy allowed.
+        #[arg(long)]
+        flows: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum CliAction {
+    Allow,
+    Deny,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum CliDirection {
+    In,
+    Out,
+}
+
+impl From<CliAction> for Action {
+    fn from(a: CliAction) -> Action {
+        if a == CliAction::Allow { Action::Allow } else { Action::Deny }
+    }
+}
+impl From<CliDirection> for Direction {
+    fn from(d: CliDirection) -> Direction {
+        if d == CliDirection::In { Direction::In } else { Direction::Out }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct RuleArgs {
+    container: String,
+    #[arg(value_enum)]
+    action: CliAction,
+    #[arg(value_enum)]
+    direction: CliDirection,
+    /// Remote address or ADDRESS/PREFIX.
+    cidr: String,
+    /// tcp, udp or icmp, optionally /PORT or /PORT-END (icmp: message types).
+    filter: Option<String>,
+}
+
+impl RuleArgs {
+    fn request(self) -> RuleRequest {
+        RuleRequest {
+            container: self.container,
+            action: self.action.into(),
+            direction: self.direction.into(),
+            cidr: self.cidr,
+            filter: self.filter,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCmd {
+    /// policy add CONTAINER allow|deny in|out CIDR [tcp|udp|icmp[/PORT[-END]]]
+    Add(RuleArgs),
+    /// Remove a rule, given as it was added.
+    #[command(alias = "del")]
+    Rm(RuleArgs),
+    /// A container's defaults and rules.
+    #[command(alias = "list")]
+    Ls { container: String },
+    /// What new flows no rule matches get: policy default CONTAINER in|out allow|deny
+    Default {
+        container: String,
+        #[arg(value_enum)]
+        direction: CliDirection,
+        #[arg(value_enum)]
+        action: CliAction,
     },
 }
 
@@ -151,6 +242,61 @@ async fn run(args: Args) -> Result<()> {
         Command::Conntrack { action: Some(ConntrackCmd::Flush) } => {
             let r: FlushResult = client.delete("/v1/conntrack").await?;
             print(fmt, &r, |r| format!("flushed {} flows\n", r.flows))
+        }
+        Command::Policy(PolicyCmd::Add(args)) => {
+            let r: Rule = client.post("/v1/policies", &args.request()).await?;
+            print(fmt, &r, |r| format!("added {r}\n"))
+        }
+        Command::Policy(PolicyCmd::Rm(args)) => {
+            let r: Rule = client.post("/v1/policies/remove", &args.request()).await?;
+            print(fmt, &r, |r| format!("removed {r}\n"))
+        }
+        Command::Policy(PolicyCmd::Ls { container }) => {
+            let p: PolicyView = client.get(&format!("/v1/policies/{}", encode(&container))).await?;
+            print(fmt, &p, output::policy_table)
+        }
+        Command::Policy(PolicyCmd::Default { container, direction, action }) => {
+            let req = DefaultRequest { direction: direction.into(), action: action.into() };
+            let p: PolicyView = client.put(&format!("/v1/policies/{}/default", encode(&container)), &req).await?;
+            print(fmt, &p, output::policy_table)
+        }
+        Command::Icc { state } => {
+            let s: Settings = match state {
+                Some(v) => client.put("/v1/settings", &Settings { icc: v == "on" }).await?,
+                None => client.get("/v1/settings").await?,
+            };
+            print(fmt, &s, |s| format!("icc {}\n", if s.icc { "on" } else { "off" }))
+        }
+        Command::Stats { container } => {
+            let path = match &container {
+                Some(c) => format!("/v1/stats?container={}", encode(c)),
+                None => "/v1/stats".into(),
+            };
+            let st: StatsView = client.get(&path).await?;
+            print(fmt, &st, output::stats_table)
+        }
+        Command::Monitor { container, flows } => {
+            let mut path = format!("/v1/monitor?flows={flows}");
+            if let Some(c) = &container {
+                path.push_str(&format!("&container={}", encode(c)));
+            }
+            if fmt == Format::Table {
+                println!("{:>10} {:<26} {:<12} {:<14} PROTO SRC -> DST", "TIME", "EVENT", "CONTAINER", "DIRECTION");
+            }
+            client
+                .stream_lines(&path, |line| {
+                    match fmt {
+                        Format::Json => println!("{line}"),
+                        Format::Table => {
+                            let e: MonitorEvent = serde_json::from_str(line)?;
+                            println!("{}", e.line());
+                        }
+                    }
+                    use std::io::Write as _;
+                    std::io::stdout().flush()?;
+                    Ok(())
+                })
+                .await
         }
         Command::Container(ContainerCmd::Show { name }) => {
             let c: ContainerStatus = client.get(&format!("/v1/containers/{}", encode(&name))).await?;

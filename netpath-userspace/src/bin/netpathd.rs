@@ -39,6 +39,9 @@ struct Args {
     /// Let the uplink reach container addresses directly (routed mode).
     #[arg(long)]
     routed: bool,
+    /// Deny direct container-to-container traffic (Docker's --icc=false).
+    #[arg(long)]
+    no_icc: bool,
     /// Do not masquerade container traffic leaving the uplink.
     #[arg(long)]
     no_masquerade: bool,
@@ -73,6 +76,7 @@ fn main() -> Result<()> {
     if let Some(v) = args.pin_dir { cfg.pin_dir = Some(v); }
     if args.routed { cfg.routed = true; }
     if args.no_masquerade { cfg.masquerade = false; }
+    if args.no_icc { cfg.icc = false; }
     if let Some(v) = args.masquerade_ports { cfg.masquerade_ports = v; }
     if let Some(v) = args.cgroup { cfg.cgroup = Some(v); }
     let cfg = cfg.resolve().context("invalid configuration")?;

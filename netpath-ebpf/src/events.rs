@@ -1,0 +1,23 @@
+//! Events for the agent's monitor, through the `EVENTS` ring buffer. A full
+//! buffer loses the event, never the packet.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use netpath_common::{CtKey, Event};
+
+use crate::maps::EVENTS;
+
+#[inline(always)]
+pub fn emit(kind: u8, reason: u8, direction: u8, ifindex: u32, endpoint_id: u32, key: &CtKey) {
+    let event = Event {
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        kind,
+        reason,
+        direction,
+        _pad: 0,
+        ifindex,
+        endpoint_id,
+        key: *key,
+        _pad2: 0,
+    };
+    let _ = EVENTS.output(&event, 0);
+}

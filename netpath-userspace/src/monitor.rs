@@ -1,0 +1,110 @@
+//! The live event monitor: the agent drains the datapath's `EVENTS` ring
+//! buffer and fans the records out to every `netpathctl monitor`.
+
+use std::net::Ipv4Addr;
+
+use anyhow::Result;
+use aya::maps::{MapData, RingBuf};
+use netpath_common::{
+    event::{EVENT_DIR_FROM_EP, EVENT_DIR_TO_EP, EVENT_DROP},
+    DropReason, Event,
+};
+use serde::{Deserialize, Serialize};
+use tokio::{io::unix::AsyncFd, sync::broadcast};
+
+/// One event as the API streams it (newline-delimited JSON).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MonitorEvent {
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub time_ns: u64,
+    /// `drop` or `flow`.
+    pub kind: String,
+    /// Why a frame was dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `from-container`, `to-container` or `uplink`.
+    pub direction: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    pub ifindex: u32,
+    pub proto: String,
+    pub src: Ipv4Addr,
+    pub sport: u16,
+    pub dst: Ipv4Addr,
+    pub dport: u16,
+}
+
+impl MonitorEvent {
+    /// `container` names the endpoint id, if it is one of ours.
+    pub fn from_raw(e: &Event, container: Option<String>) -> MonitorEvent {
+        let reason = (e.kind == EVENT_DROP)
+            .then(|| DropReason::ALL.iter().find(|r| **r as u8 == e.reason).map(|r| r.name().to_string()))
+            .flatten();
+        MonitorEvent {
+            time_ns: e.timestamp_ns,
+            kind: if e.kind == EVENT_DROP { "drop".into() } else { "flow".into() },
+            reason,
+            direction: match e.direction {
+                EVENT_DIR_FROM_EP => "from-container",
+                EVENT_DIR_TO_EP => "to-container",
+                _ => "uplink",
+            }
+            .into(),
+            container,
+            ifindex: e.ifindex,
+            proto: match e.key.proto {
+                1 => "icmp".into(),
+                6 => "tcp".into(),
+                17 => "udp".into(),
+                0 => "-".into(),
+                p => p.to_string(),
+            },
+            src: Ipv4Addr::from(e.key.saddr),
+            sport: u16::from_be(e.key.sport),
+            dst: Ipv4Addr::from(e.key.daddr),
+            dport: u16::from_be(e.key.dport),
+        }
+    }
+
+    /// One human-readable line.
+    pub fn line(&self) -> String {
+        let who = self.container.as_deref().unwrap_or("-");
+        let what = match &self.reason {
+            Some(r) => format!("DROP {r}"),
+            None => "FLOW".into(),
+        };
+        format!(
+            "{:>10.3} {what:<26} {who:<12} {:<14} {} {}:{} -> {}:{}",
+            self.time_ns as f64 / 1e9,
+            self.direction,
+            self.proto,
+            self.src,
+            self.sport,
+            self.dst,
+            self.dport
+        )
+    }
+}
+
+/// Reads the ring buffer until the process ends, sending each record to
+/// `tx` (a lagging subscriber loses events, never the reader).
+pub fn spawn_reader(ring: RingBuf<MapData>, tx: broadcast::Sender<Event>) -> Result<()> {
+    // SAFETY: the ring buffer owns its descriptor and is moved into the
+    // AsyncFd, which deregisters it before dropping it.
+    let mut fd = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("registering the EVENTS ring buffer: {e}"))?;
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else { return };
+            let ring = guard.get_inner_mut();
+            while let Some(item) = ring.next() {
+                if item.len() >= std::mem::size_of::<Event>() {
+                    // SAFETY: the datapath writes whole `Event` records.
+                    let e = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
+                    let _ = tx.send(e);
+                }
+            }
+            guard.clear_ready();
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,395 @@
+//! Per-container allow/deny rules: the operator's model, the checks on
+//! input, and the compilation into the datapath's LPM entries.
+//!
+//! Semantics: among the rules that match a new flow, the one with the
+//! longest CIDR prefix wins; on equal prefixes a rule naming a port beats
+//! one that does not; then deny beats allow; no match falls to the
+//! container's default for the direction. `in` is traffic reaching the
+//! container (through a published port, the remote is the original client),
+//! `out` is traffic the container starts.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    fmt,
+    net::Ipv4Addr,
+};
+
+use ipnet::Ipv4Net;
+use netpath_common::policy::{
+    PolicyEntry, PolicyKey, PolicyRule as DpRule, MAX_RULES_PER_PREFIX, POLICY_ALLOW, POLICY_DENY, POLICY_DIR_IN,
+    POLICY_DIR_OUT, POLICY_KEY_FIXED_BITS,
+};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    In,
+    Out,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleProto {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+impl RuleProto {
+    pub fn number(self) -> u8 {
+        match self {
+            RuleProto::Tcp => 6,
+            RuleProto::Udp => 17,
+            RuleProto::Icmp => 1,
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if *self == Action::Allow { "allow" } else { "deny" })
+    }
+}
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if *self == Direction::In { "in" } else { "out" })
+    }
+}
+impl fmt::Display for RuleProto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RuleProto::Tcp => "tcp",
+            RuleProto::Udp => "udp",
+            RuleProto::Icmp => "icmp",
+        })
+    }
+}
+
+/// One rule, as the operator wrote it (and as the API carries it).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Rule {
+    pub action: Action,
+    pub direction: Direction,
+    pub cidr: Ipv4Net,
+    /// None: any protocol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proto: Option<RuleProto>,
+    /// Inclusive port range (ICMP: message types); needs `proto`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<(u16, u16)>,
+}
+
+impl Rule {
+    /// Everything but the action: two rules with the same match clash.
+    fn same_match(&self, other: &Rule) -> bool {
+        self.direction == other.direction && self.cidr == other.cidr && self.proto == other.proto && self.ports == other.ports
+    }
+
+    pub fn to_datapath(&self) -> DpRule {
+        let (port_min, port_max) = self.ports.unwrap_or((0, 0));
+        DpRule {
+            prefix_len: self.cidr.prefix_len(),
+            proto: self.proto.map(RuleProto::number).unwrap_or(0),
+            action: if self.action == Action::Allow { POLICY_ALLOW } else { POLICY_DENY },
+            has_ports: self.ports.is_some() as u8,
+            port_min,
+            port_max,
+        }
+    }
+
+    /// The `proto[/ports]` part as the CLI writes it.
+    pub fn filter_text(&self) -> String {
+        match (self.proto, self.ports) {
+            (None, _) => "any".into(),
+            (Some(p), None) => p.to_string(),
+            (Some(p), Some((a, b))) if a == b => format!("{p}/{a}"),
+            (Some(p), Some((a, b))) => format!("{p}/{a}-{b}"),
+        }
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {} {}", self.action, self.direction, self.cidr, self.filter_text())
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum RuleError {
+    #[error("malformed CIDR {0:?}: expected an IPv4 address or ADDRESS/PREFIX")]
+    Cidr(String),
+    #[error("CIDR {given} has host bits set (did you mean {network}?)")]
+    HostBits { given: String, network: Ipv4Net },
+    #[error("malformed protocol {0:?}: expected tcp, udp or icmp, optionally /PORT or /PORT-END")]
+    Proto(String),
+    #[error("port range {0} is reversed")]
+    Reversed(String),
+    #[error("port {0:?} is not a number from 0 to 65535")]
+    Port(String),
+    #[error("rule \"{0}\" already exists")]
+    Duplicate(String),
+    #[error("rule \"{new}\" conflicts with existing rule \"{existing}\" (same match, other action)")]
+    Conflict { new: String, existing: String },
+    #[error("no rule \"{0}\"")]
+    NotFound(String),
+    #[error("too many rules apply to {cidr}: {count} across it and the prefixes containing it (at most {MAX_RULES_PER_PREFIX})")]
+    TooMany { cidr: Ipv4Net, count: usize },
+}
+
+pub fn parse_cidr(s: &str) -> Result<Ipv4Net, RuleError> {
+    let net: Ipv4Net = if s.contains('/') {
+        s.parse().map_err(|_| RuleError::Cidr(s.into()))?
+    } else {
+        Ipv4Net::new(s.parse::<Ipv4Addr>().map_err(|_| RuleError::Cidr(s.into()))?, 32).map_err(|_| RuleError::Cidr(s.into()))?
+    };
+    if net.trunc() != net {
+        return Err(RuleError::HostBits { given: s.into(), network: net.trunc() });
+    }
+    Ok(net)
+}
+
+/// `tcp`, `udp/53`, `tcp/8000-8080`, `icmp/8`.
+pub fn parse_filter(s: &str) -> Result<(Option<RuleProto>, Option<(u16, u16)>), RuleError> {
+    let (p, ports) = match s.split_once('/') {
+        Some((p, ports)) => (p, Some(ports)),
+        None => (s, None),
+    };
+    let proto = match p.to_ascii_lowercase().as_str() {
+        "tcp" => RuleProto::Tcp,
+        "udp" => RuleProto::Udp,
+        "icmp" => RuleProto::Icmp,
+        "any" if ports.is_none() => return Ok((None, None)),
+        _ => return Err(RuleError::Proto(s.into())),
+    };
+    let Some(ports) = ports else { return Ok((Some(proto), None)) };
+    let port = |x: &str| x.parse::<u16>().map_err(|_| RuleError::Port(x.into()));
+    let range = match ports.split_once('-') {
+        Some((a, b)) => (port(a)?, port(b)?),
+        None => (port(ports)?, port(ports)?),
+    };
+    if range.1 < range.0 {
+        return Err(RuleError::Reversed(ports.into()));
+    }
+    Ok((Some(proto), Some(range)))
+}
+
+/// A container's policy: defaults per direction and its rules.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerPolicy {
+    #[serde(default = "allow")]
+    pub default_in: Action,
+    #[serde(default = "allow")]
+    pub default_out: Action,
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+}
+
+fn allow() -> Action {
+    Action::Allow
+}
+
+impl Default for Action {
+    fn default() -> Self {
+        Action::Allow
+    }
+}
+
+impl ContainerPolicy {
+    /// Checks a new rule against the existing ones.
+    pub fn check_add(&self, rule: &Rule) -> Result<(), RuleError> {
+        if let Some(existing) = self.rules.iter().find(|r| r.same_match(rule)) {
+            return Err(if existing.action == rule.action {
+                RuleError::Duplicate(rule.to_string())
+            } else {
+                RuleError::Conflict { new: rule.to_string(), existing: existing.to_string() }
+            });
+        }
+        Ok(())
+    }
+
+    pub fn default_for(&self, d: Direction) -> Action {
+        if d == Direction::In { self.default_in } else { self.default_out }
+    }
+}
+
+/// The datapath image of one container's rules in one direction: one LPM
+/// entry per CIDR that has rules, holding its rules and those of every
+/// shorter CIDR containing it, best first.
+pub struct Compiled {
+    pub entries: BTreeMap<Ipv4Net, PolicyEntry>,
+}
+
+pub fn direction_code(d: Direction) -> u8 {
+    if d == Direction::In { POLICY_DIR_IN } else { POLICY_DIR_OUT }
+}
+
+/// LPM key and prefix length of `cidr` for endpoint `id`, direction `d`.
+pub fn lpm_key(id: u32, d: Direction, cidr: &Ipv4Net) -> (u32, PolicyKey) {
+    (
+        POLICY_KEY_FIXED_BITS + cidr.prefix_len() as u32,
+        PolicyKey { endpoint_id: id.to_be_bytes(), direction: direction_code(d), _pad: [0; 3], addr: cidr.network().octets() },
+    )
+}
+
+/// Compiles the rules of one direction. `only`: recompute just these CIDRs
+/// (the rest is unchanged); None: all of them.
+pub fn compile(rules: &[Rule], d: Direction, only: Option<&[Ipv4Net]>) -> Result<Compiled, RuleError> {
+    let mut by_cidr: BTreeMap<Ipv4Net, Vec<&Rule>> = BTreeMap::new();
+    for r in rules.iter().filter(|r| r.direction == d) {
+        by_cidr.entry(r.cidr).or_default().push(r);
+    }
+    let cidrs: HashSet<Ipv4Net> = by_cidr.keys().copied().collect();
+    let targets: Vec<Ipv4Net> = match only {
+        Some(list) => list.iter().copied().filter(|c| cidrs.contains(c)).collect(),
+        None => by_cidr.keys().copied().collect(),
+    };
+    let mut entries = BTreeMap::new();
+    for cidr in targets {
+        let mut entry = PolicyEntry::default();
+        let mut count = 0usize;
+        // Walk the CIDR and every shorter prefix containing it.
+        for len in (0..=cidr.prefix_len()).rev() {
+            let Ok(anc) = Ipv4Net::new(cidr.network(), len) else { continue };
+            let Some(rs) = by_cidr.get(&anc.trunc()) else { continue };
+            for r in rs {
+                if count < MAX_RULES_PER_PREFIX {
+                    entry.rules[count] = r.to_datapath();
+                }
+                count += 1;
+            }
+        }
+        if count > MAX_RULES_PER_PREFIX {
+            return Err(RuleError::TooMany { cidr, count });
+        }
+        entry.count = count as u32;
+        entry.sort();
+        entries.insert(cidr, entry);
+    }
+    Ok(Compiled { entries })
+}
+
+/// CIDRs whose entries change when a rule at `cidr` changes: it and every
+/// longer CIDR inside it that has rules.
+pub fn affected(rules: &[Rule], d: Direction, cidr: &Ipv4Net) -> Vec<Ipv4Net> {
+    let mut out: Vec<Ipv4Net> = rules.iter().filter(|r| r.direction == d && cidr.contains(&r.cidr)).map(|r| r.cidr).collect();
+    out.push(*cidr);
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The verdict for a flow, computed as the datapath does (for re-checking
+/// established flows when the policy changes).
+pub fn evaluate(policy: &ContainerPolicy, d: Direction, remote: Ipv4Addr, proto: u8, port: u16) -> Action {
+    let best = policy
+        .rules
+        .iter()
+        .filter(|r| r.direction == d && r.cidr.contains(&remote))
+        .map(|r| r.cidr.prefix_len())
+        .max();
+    if let Some(len) = best {
+        if let Ok(cidr) = Ipv4Net::new(remote, len) {
+            if let Ok(c) = compile(&policy.rules, d, Some(&[cidr.trunc()])) {
+                if let Some(entry) = c.entries.values().next() {
+                    if let Some(a) = entry.decide(proto, port) {
+                        return if a == POLICY_ALLOW { Action::Allow } else { Action::Deny };
+                    }
+                }
+            }
+        }
+    }
+    policy.default_for(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(action: Action, cidr: &str, filter: &str) -> Rule {
+        let (proto, ports) = parse_filter(filter).unwrap();
+        Rule { action, direction: Direction::In, cidr: parse_cidr(cidr).unwrap(), proto, ports }
+    }
+
+    fn policy(rules: Vec<Rule>) -> ContainerPolicy {
+        ContainerPolicy { rules, ..Default::default() }
+    }
+
+    fn eval(p: &ContainerPolicy, ip: &str, proto: u8, port: u16) -> Action {
+        evaluate(p, Direction::In, ip.parse().unwrap(), proto, port)
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let p = policy(vec![rule(Action::Deny, "10.0.0.0/8", "any"), rule(Action::Allow, "10.1.0.0/16", "any")]);
+        assert_eq!(eval(&p, "10.1.2.3", 6, 80), Action::Allow);
+        assert_eq!(eval(&p, "10.2.2.3", 6, 80), Action::Deny);
+        assert_eq!(eval(&p, "192.168.0.1", 6, 80), Action::Allow, "default");
+    }
+
+    #[test]
+    fn a_shorter_prefix_applies_when_the_longer_one_does_not_match_the_protocol() {
+        let p = policy(vec![rule(Action::Deny, "10.0.0.0/8", "any"), rule(Action::Allow, "10.1.0.0/16", "udp")]);
+        assert_eq!(eval(&p, "10.1.2.3", 17, 53), Action::Allow);
+        assert_eq!(eval(&p, "10.1.2.3", 6, 80), Action::Deny, "falls through to the /8");
+    }
+
+    #[test]
+    fn on_equal_prefixes_a_port_beats_no_port_then_deny_beats_allow() {
+        let p = policy(vec![rule(Action::Deny, "10.0.0.0/8", "any"), rule(Action::Allow, "10.0.0.0/8", "tcp/80")]);
+        assert_eq!(eval(&p, "10.9.9.9", 6, 80), Action::Allow);
+        assert_eq!(eval(&p, "10.9.9.9", 6, 81), Action::Deny);
+        let p = policy(vec![rule(Action::Allow, "10.0.0.0/8", "tcp"), rule(Action::Deny, "10.0.0.0/8", "any")]);
+        assert_eq!(eval(&p, "10.9.9.9", 6, 80), Action::Deny, "deny beats allow without ports");
+        let p = policy(vec![rule(Action::Allow, "10.0.0.0/8", "tcp/80-90"), rule(Action::Deny, "10.0.0.0/8", "tcp/85")]);
+        assert_eq!(eval(&p, "10.9.9.9", 6, 85), Action::Deny);
+        assert_eq!(eval(&p, "10.9.9.9", 6, 86), Action::Allow);
+    }
+
+    #[test]
+    fn defaults_apply_per_direction() {
+        let mut p = policy(vec![rule(Action::Allow, "10.0.0.0/8", "any")]);
+        p.default_in = Action::Deny;
+        assert_eq!(eval(&p, "10.0.0.1", 6, 1), Action::Allow);
+        assert_eq!(eval(&p, "11.0.0.1", 6, 1), Action::Deny);
+        assert_eq!(evaluate(&p, Direction::Out, "11.0.0.1".parse().unwrap(), 6, 1), Action::Allow);
+    }
+
+    #[test]
+    fn input_errors() {
+        assert_eq!(parse_cidr("10.0.0.1/8").unwrap_err(), RuleError::HostBits { given: "10.0.0.1/8".into(), network: "10.0.0.0/8".parse().unwrap() });
+        assert!(matches!(parse_cidr("10.0.0/8"), Err(RuleError::Cidr(_))));
+        assert!(matches!(parse_cidr("10.0.0.0/33"), Err(RuleError::Cidr(_))));
+        assert_eq!(parse_cidr("10.0.0.7").unwrap(), "10.0.0.7/32".parse::<Ipv4Net>().unwrap());
+        assert!(matches!(parse_filter("tcp/90-80"), Err(RuleError::Reversed(_))));
+        assert!(matches!(parse_filter("sctp"), Err(RuleError::Proto(_))));
+        assert!(matches!(parse_filter("tcp/x"), Err(RuleError::Port(_))));
+        assert!(matches!(parse_filter("any/80"), Err(RuleError::Proto(_))));
+        assert_eq!(parse_filter("icmp/8").unwrap(), (Some(RuleProto::Icmp), Some((8, 8))));
+        let p = policy(vec![rule(Action::Allow, "10.0.0.0/8", "tcp/80")]);
+        assert!(matches!(p.check_add(&rule(Action::Allow, "10.0.0.0/8", "tcp/80")), Err(RuleError::Duplicate(_))));
+        assert!(matches!(p.check_add(&rule(Action::Deny, "10.0.0.0/8", "tcp/80")), Err(RuleError::Conflict { .. })));
+        assert!(p.check_add(&rule(Action::Deny, "10.0.0.0/8", "tcp/81")).is_ok());
+    }
+
+    #[test]
+    fn compile_folds_ancestors_in_and_limits_the_chain() {
+        let rules = vec![rule(Action::Deny, "0.0.0.0/0", "any"), rule(Action::Allow, "10.0.0.0/8", "tcp"), rule(Action::Allow, "10.1.0.0/16", "udp")];
+        let c = compile(&rules, Direction::In, None).unwrap();
+        let e = &c.entries[&"10.1.0.0/16".parse().unwrap()];
+        assert_eq!(e.count, 3);
+        assert_eq!(e.rules[0].prefix_len, 16, "best first");
+        assert_eq!(e.rules[2].prefix_len, 0);
+        let many: Vec<Rule> = (0..17).map(|i| rule(Action::Allow, "10.0.0.0/8", &format!("tcp/{i}"))).collect();
+        assert!(matches!(compile(&many, Direction::In, None), Err(RuleError::TooMany { count: 17, .. })));
+        assert_eq!(affected(&rules, Direction::In, &"10.0.0.0/8".parse().unwrap()).len(), 2);
+    }
+}
