@@ -1,0 +1,171 @@
+//! Packet tests of per-container policy: each precedence case, defaults,
+//! icc, and the established-flow path, through veth_ingress (out) and
+//! veth_egress (in) under BPF_PROG_TEST_RUN.
+
+use netpath_common::{
+    config::CFG_F_NO_ICC,
+    endpoint::{ENDPOINT_F_DEFAULT_DENY_IN, ENDPOINT_F_DEFAULT_DENY_OUT, ENDPOINT_F_IPV4},
+    maps as names, CtTimeouts, DatapathConfig, DropReason, Endpoint,
+};
+use netpath_tests::{
+    frames::{self, ETH_P_IPV4, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    prog_run::{PacketHarness, TEST_IFINDEX},
+};
+use netpath_userspace::policy::{self, parse_cidr, parse_filter, Action, Direction, Rule};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+
+const C1: [u8; 4] = [10, 0, 0, 2];
+const C2: [u8; 4] = [10, 0, 0, 3];
+const GATEWAY: [u8; 4] = [10, 0, 0, 1];
+const C1_MAC: [u8; 6] = [0x02, 0x4e, 10, 0, 0, 2];
+const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+const EP_ID: u32 = 7;
+
+fn harness(ep_flags: u16, cfg_flags: u32, rules: &[(Action, Direction, &str, &str)]) -> PacketHarness {
+    assert!(netpath_tests::is_root(), "packet tests load BPF programs: run them as root (cargo xtask test)");
+    let mut h = PacketHarness::new().expect("load the BPF object");
+    h.dp.write_config(&DatapathConfig {
+        subnet: [10, 0, 0, 0],
+        subnet_prefix: 24,
+        gateway: GATEWAY,
+        flags: cfg_flags,
+        timeouts: CtTimeouts::default(),
+        ..Default::default()
+    })
+    .unwrap();
+    h.dp.set_endpoint(
+        TEST_IFINDEX,
+        &Endpoint { ipv4: C1, ipv6: [0; 16], mac: C1_MAC, flags: ENDPOINT_F_IPV4 | ep_flags, ifindex: TEST_IFINDEX, id: EP_ID },
+    )
+    .unwrap();
+    h.dp.reset_stats(TEST_IFINDEX).unwrap();
+    let rules: Vec<Rule> = rules
+        .iter()
+        .map(|(action, direction, cidr, filter)| {
+            let (proto, ports) = parse_filter(filter).unwrap();
+            Rule { action: *action, direction: *direction, cidr: parse_cidr(cidr).unwrap(), proto, ports }
+        })
+        .collect();
+    for d in [Direction::In, Direction::Out] {
+        for (cidr, entry) in policy::compile(&rules, d, None).unwrap().entries {
+            let (len, key) = policy::lpm_key(EP_ID, d, &cidr);
+            h.dp.set_policy(len, &key, &entry).unwrap();
+        }
+    }
+    h
+}
+
+/// A packet from c1 (through veth_ingress) to `dst`.
+fn from_c1(dst: [u8; 4], proto: u8, dport: u16) -> Vec<u8> {
+    let l4 = match proto {
+        IPPROTO_TCP => frames::tcp(C1, dst, 40000, dport, 0x02, b""),
+        IPPROTO_UDP => frames::udp(C1, dst, 40000, dport, b"x"),
+        _ => frames::icmp_echo(9, 1, b"x"),
+    };
+    frames::eth(GW_MAC, C1_MAC, ETH_P_IPV4, &frames::ipv4(C1, dst, proto, &[], &l4))
+}
+
+/// A packet to c1 (through veth_egress) from `src`.
+fn to_c1(src: [u8; 4], proto: u8, dport: u16) -> Vec<u8> {
+    let l4 = match proto {
+        IPPROTO_TCP => frames::tcp(src, C1, 41000, dport, 0x02, b""),
+        _ => frames::udp(src, C1, 41000, dport, b"x"),
+    };
+    frames::eth(C1_MAC, GW_MAC, ETH_P_IPV4, &frames::ipv4(src, C1, proto, &[], &l4))
+}
+
+fn verdict(h: &PacketHarness, program: &str, frame: &[u8]) -> u32 {
+    let r = h.run(program, frame).unwrap();
+    assert_eq!(r.data, frame, "policy never rewrites");
+    r.verdict
+}
+
+fn out(h: &PacketHarness, dst: [u8; 4], proto: u8, port: u16) -> u32 {
+    verdict(h, names::PROG_VETH_INGRESS, &from_c1(dst, proto, port))
+}
+
+fn inbound(h: &PacketHarness, src: [u8; 4], proto: u8, port: u16) -> u32 {
+    verdict(h, names::PROG_VETH_EGRESS, &to_c1(src, proto, port))
+}
+
+use Action::{Allow, Deny};
+use Direction::{In, Out};
+
+#[test]
+fn the_longest_prefix_wins() {
+    let h = harness(0, 0, &[(Deny, Out, "192.0.0.0/8", "any"), (Allow, Out, "192.168.0.0/16", "any")]);
+    assert_eq!(out(&h, [192, 168, 1, 1], IPPROTO_TCP, 80), TC_ACT_OK);
+    assert_eq!(out(&h, [192, 1, 1, 1], IPPROTO_TCP, 80), TC_ACT_SHOT);
+    assert_eq!(out(&h, [8, 8, 8, 8], IPPROTO_TCP, 80), TC_ACT_OK, "no rule: default allow");
+}
+
+#[test]
+fn shorter_prefixes_apply_where_the_longer_ones_do_not_match() {
+    let h = harness(0, 0, &[(Deny, Out, "192.0.0.0/8", "any"), (Allow, Out, "192.168.0.0/16", "udp")]);
+    assert_eq!(out(&h, [192, 168, 1, 1], IPPROTO_UDP, 53), TC_ACT_OK);
+    assert_eq!(out(&h, [192, 168, 1, 1], IPPROTO_TCP, 80), TC_ACT_SHOT);
+}
+
+#[test]
+fn on_equal_prefixes_a_port_beats_no_port() {
+    let h = harness(0, 0, &[(Deny, Out, "0.0.0.0/0", "any"), (Allow, Out, "0.0.0.0/0", "tcp/80-81")]);
+    assert_eq!(out(&h, [1, 2, 3, 4], IPPROTO_TCP, 80), TC_ACT_OK);
+    assert_eq!(out(&h, [1, 2, 3, 5], IPPROTO_TCP, 82), TC_ACT_SHOT);
+    assert_eq!(out(&h, [1, 2, 3, 6], IPPROTO_UDP, 80), TC_ACT_SHOT);
+}
+
+#[test]
+fn then_deny_beats_allow() {
+    let h = harness(0, 0, &[(Allow, In, "198.18.0.0/24", "tcp"), (Deny, In, "198.18.0.0/24", "any")]);
+    assert_eq!(inbound(&h, [198, 18, 0, 2], IPPROTO_TCP, 80), TC_ACT_SHOT);
+    let h = harness(0, 0, &[(Allow, In, "198.18.0.0/24", "tcp/80"), (Deny, In, "198.18.0.0/24", "tcp/80-90")]);
+    assert_eq!(inbound(&h, [198, 18, 0, 2], IPPROTO_TCP, 80), TC_ACT_SHOT, "both name ports: deny wins");
+}
+
+#[test]
+fn icmp_rules_match_message_types() {
+    let h = harness(0, 0, &[(Deny, Out, "0.0.0.0/0", "icmp"), (Allow, Out, "0.0.0.0/0", "icmp/8")]);
+    assert_eq!(out(&h, [1, 1, 1, 1], IPPROTO_ICMP, 0), TC_ACT_OK, "echo request (type 8) allowed");
+}
+
+#[test]
+fn defaults_per_direction() {
+    let mut h = harness(ENDPOINT_F_DEFAULT_DENY_IN, 0, &[(Allow, In, "10.0.0.3", "any")]);
+    assert_eq!(inbound(&h, C2, IPPROTO_TCP, 80), TC_ACT_OK);
+    assert_eq!(inbound(&h, [198, 18, 0, 2], IPPROTO_TCP, 80), TC_ACT_SHOT);
+    assert_eq!(out(&h, [198, 18, 0, 2], IPPROTO_TCP, 80), TC_ACT_OK, "out stays allow");
+    let s = h.dp.stats(TEST_IFINDEX).unwrap();
+    assert_eq!(s.drops[DropReason::Policy as usize], 1, "the drop is counted for the container, as policy");
+    let h = harness(ENDPOINT_F_DEFAULT_DENY_OUT, 0, &[]);
+    assert_eq!(out(&h, [198, 18, 0, 2], IPPROTO_TCP, 80), TC_ACT_SHOT);
+}
+
+#[test]
+fn established_flows_pass_on_the_conntrack_hit_both_ways() {
+    let mut h = harness(ENDPOINT_F_DEFAULT_DENY_IN, 0, &[]);
+    // c1 opens a flow out (allowed); the reply comes in past default-deny.
+    assert_eq!(out(&h, [198, 18, 0, 2], IPPROTO_TCP, 80), TC_ACT_OK);
+    let reply = {
+        let l4 = frames::tcp([198, 18, 0, 2], C1, 80, 40000, 0x12, b"");
+        frames::eth(C1_MAC, GW_MAC, ETH_P_IPV4, &frames::ipv4([198, 18, 0, 2], C1, IPPROTO_TCP, &[], &l4))
+    };
+    assert_eq!(verdict(&h, names::PROG_VETH_EGRESS, &reply), TC_ACT_OK, "replies of an allowed flow pass");
+    // A verdict stands for the flow even when the rules change, until the
+    // agent cuts it (see the topology test).
+    let rules = vec![Rule { action: Deny, direction: Out, cidr: parse_cidr("0.0.0.0/0").unwrap(), proto: None, ports: None }];
+    let (cidr, entry) = policy::compile(&rules, Out, None).unwrap().entries.into_iter().next().unwrap();
+    let (len, key) = policy::lpm_key(EP_ID, Out, &cidr);
+    h.dp.set_policy(len, &key, &entry).unwrap();
+    assert_eq!(out(&h, [198, 18, 0, 2], IPPROTO_TCP, 80), TC_ACT_OK);
+    assert_eq!(out(&h, [198, 18, 0, 9], IPPROTO_TCP, 80), TC_ACT_SHOT, "a new flow meets the new rule");
+}
+
+#[test]
+fn icc_off_blocks_direct_container_traffic_only() {
+    let h = harness(0, CFG_F_NO_ICC, &[]);
+    assert_eq!(out(&h, C2, IPPROTO_TCP, 80), TC_ACT_SHOT);
+    assert_eq!(out(&h, GATEWAY, IPPROTO_TCP, 8080), TC_ACT_OK, "the gateway (published ports) stays reachable");
+    assert_eq!(out(&h, [198, 18, 0, 2], IPPROTO_TCP, 80), TC_ACT_OK);
+}
