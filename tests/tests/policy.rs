@@ -1,0 +1,233 @@
+//! Per-container policy end to end: allowed and denied flows in both
+//! directions, through published ports and directly, icc off, a deny that
+//! cuts an established connection, counters, the monitor, bad input.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use netpath_tests::topology::{bin_dir, Topology, HOST_UPLINK_IP, WORLD_IP};
+use netpath_userspace::{
+    model::{Container, PolicyView, StatsView},
+    monitor::MonitorEvent,
+};
+
+fn topology(containers: usize, args: &[&str]) -> (Topology, Vec<Container>) {
+    assert!(netpath_tests::is_root(), "topology tests create namespaces and load BPF: run them as root (cargo xtask test)");
+    let mut t = Topology::new(containers).expect("build topology");
+    t.agent_args(args);
+    t.start_agent().expect("start netpathd");
+    let cs = (1..=containers).map(|i| t.add_container(i).expect("add container")).collect();
+    (t, cs)
+}
+
+/// A server in `ns` that answers every connection with "ok" for 20 s.
+fn server(t: &Topology, ns: &str, port: u16) {
+    let listener = t.in_ns(ns, || Ok(TcpListener::bind(("0.0.0.0", port))?)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    std::thread::spawn(move || {
+        while Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut s, _)) => {
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.write_all(b"ok");
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+}
+
+fn reaches(t: &Topology, ns: &str, ip: Ipv4Addr, port: u16) -> bool {
+    let attempt = || -> Result<bool> {
+        let mut s = t.in_ns(ns, || Ok(TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_millis(800))?))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut b = String::new();
+        s.read_to_string(&mut b)?;
+        Ok(b == "ok")
+    };
+    attempt().unwrap_or(false)
+}
+
+fn policy_drops(t: &Topology, name: &str) -> u64 {
+    let st: StatsView = t.ctl_json(&["stats", name]).unwrap();
+    st.containers[0].stats.drops.get("policy").copied().unwrap_or(0)
+}
+
+#[test]
+fn inbound_rules_through_published_ports_and_directly() {
+    let (t, cs) = topology(2, &[]);
+    let (ns1, ns2) = (t.container_ns(1), t.container_ns(2));
+    t.ctl_ok(&["map", "8080:c1:80"]).unwrap();
+    server(&t, &ns1, 80);
+    assert!(reaches(&t, &t.world, HOST_UPLINK_IP, 8080));
+
+    // Deny the world's client (its real address, seen through the published port).
+    let out = t.ctl_ok(&["policy", "add", "c1", "deny", "in", &format!("{WORLD_IP}/32"), "tcp/80"]).unwrap();
+    assert!(out.contains("added deny in 198.18.0.2/32 tcp/80"), "{out}");
+    assert!(!reaches(&t, &t.world, HOST_UPLINK_IP, 8080), "denied through the published port");
+    assert!(reaches(&t, &ns2, HOST_UPLINK_IP, 8080), "other clients still reach it (hairpin)");
+    assert!(reaches(&t, &ns2, cs[0].ip, 80), "and directly");
+    assert!(policy_drops(&t, "c1") >= 1);
+
+    // Default deny in, with one allowed neighbour.
+    t.ctl_ok(&["policy", "rm", "c1", "deny", "in", &format!("{WORLD_IP}/32"), "tcp/80"]).unwrap();
+    t.ctl_ok(&["policy", "default", "c1", "in", "deny"]).unwrap();
+    assert!(!reaches(&t, &ns2, cs[0].ip, 80));
+    t.ctl_ok(&["policy", "add", "c1", "allow", "in", &cs[1].ip.to_string()]).unwrap();
+    assert!(reaches(&t, &ns2, cs[0].ip, 80));
+    assert!(!reaches(&t, &t.world, HOST_UPLINK_IP, 8080), "the world is not the allowed neighbour");
+    let p: PolicyView = t.ctl_json(&["policy", "ls", "c1"]).unwrap();
+    assert_eq!(p.policy.default_in, netpath_userspace::policy::Action::Deny);
+    assert_eq!(p.policy.rules.len(), 1);
+    let text = t.ctl_ok(&["policy", "ls", "c1"]).unwrap();
+    assert!(text.contains("default in deny") && text.contains(&format!("{}/32", cs[1].ip)), "{text}");
+    t.assert_no_netfilter_rules().unwrap();
+}
+
+#[test]
+fn outbound_rules_and_replies() {
+    let (t, _) = topology(1, &[]);
+    let ns1 = t.container_ns(1);
+    server(&t, &t.world, 8000);
+    server(&t, &t.world, 8001);
+    t.ctl_ok(&["policy", "add", "c1", "deny", "out", "198.18.0.0/24", "tcp/8000"]).unwrap();
+    assert!(!reaches(&t, &ns1, WORLD_IP, 8000));
+    assert!(reaches(&t, &ns1, WORLD_IP, 8001), "a port the rule does not name");
+    assert!(t.ping(&ns1, &WORLD_IP.to_string(), 1).unwrap(), "another protocol");
+    // A longer prefix overrides.
+    t.ctl_ok(&["policy", "add", "c1", "allow", "out", &format!("{WORLD_IP}/32")]).unwrap();
+    assert!(reaches(&t, &ns1, WORLD_IP, 8000));
+    // Default deny out: replies to allowed inbound flows still pass.
+    t.ctl_ok(&["policy", "default", "c1", "out", "deny"]).unwrap();
+    t.ctl_ok(&["map", "8080:c1:80"]).unwrap();
+    server(&t, &ns1, 80);
+    assert!(reaches(&t, &t.world, HOST_UPLINK_IP, 8080), "stateful: the reply is not judged as a new flow");
+}
+
+#[test]
+fn icc_off_blocks_direct_traffic_but_not_published_ports() {
+    let (t, cs) = topology(2, &["--no-icc"]);
+    let (ns1, ns2) = (t.container_ns(1), t.container_ns(2));
+    t.ctl_ok(&["map", "8080:c1:80"]).unwrap();
+    server(&t, &ns1, 80);
+    assert!(!reaches(&t, &ns2, cs[0].ip, 80), "direct");
+    assert!(!t.ping(&ns2, &cs[0].ip.to_string(), 1).unwrap());
+    assert!(reaches(&t, &ns2, HOST_UPLINK_IP, 8080), "published");
+    assert!(t.ctl_ok(&["icc"]).unwrap().contains("icc off"));
+    t.ctl_ok(&["icc", "on"]).unwrap();
+    assert!(reaches(&t, &ns2, cs[0].ip, 80));
+    t.ctl_ok(&["icc", "off"]).unwrap();
+    assert!(!reaches(&t, &ns2, cs[0].ip, 80));
+}
+
+#[test]
+fn a_new_deny_cuts_an_established_connection_within_a_second() {
+    let (t, cs) = topology(2, &[]);
+    let (ns1, ns2) = (t.container_ns(1), t.container_ns(2));
+    let listener = t.in_ns(&ns1, || Ok(TcpListener::bind(("0.0.0.0", 7000))?)).unwrap();
+    let mut client = t.in_ns(&ns2, || Ok(TcpStream::connect_timeout(&SocketAddr::from((cs[0].ip, 7000)), Duration::from_secs(2))?)).unwrap();
+    let (mut srv, _) = listener.accept().unwrap();
+    srv.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+    let mut b = [0u8; 1];
+    client.write_all(b"a").unwrap();
+    srv.read_exact(&mut b).unwrap();
+
+    let started = Instant::now();
+    t.ctl_ok(&["policy", "add", "c1", "deny", "in", &cs[1].ip.to_string()]).unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1), "the change applies before the command returns");
+    client.write_all(b"b").unwrap();
+    assert!(srv.read_exact(&mut b).is_err(), "data after the deny must not arrive");
+    assert!(policy_drops(&t, "c1") >= 1);
+
+    // Removing the rule lets new connections in again.
+    t.ctl_ok(&["policy", "rm", "c1", "deny", "in", &cs[1].ip.to_string()]).unwrap();
+    server(&t, &ns1, 7001);
+    assert!(reaches(&t, &ns2, cs[0].ip, 7001));
+}
+
+#[test]
+fn monitor_streams_drops_and_flows() {
+    let (t, cs) = topology(2, &[]);
+    let (ns1, ns2) = (t.container_ns(1), t.container_ns(2));
+    t.ctl_ok(&["policy", "add", "c1", "deny", "in", &cs[1].ip.to_string(), "tcp/9"]).unwrap();
+    let mut child = Command::new(bin_dir().join("netpathctl"))
+        .arg("--socket")
+        .arg(t.socket())
+        .args(["-o", "json", "monitor", "c1", "--flows"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    server(&t, &ns1, 80);
+    let _ = reaches(&t, &ns2, cs[0].ip, 9); // denied
+    let _ = reaches(&t, &ns2, cs[0].ip, 80); // allowed: a flow event
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut events: Vec<MonitorEvent> = vec![];
+    while Instant::now() < deadline && !(events.iter().any(|e| e.kind == "drop") && events.iter().any(|e| e.kind == "flow")) {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            events.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let drop = events.iter().find(|e| e.kind == "drop").unwrap_or_else(|| panic!("no drop event: {events:?}"));
+    assert_eq!((drop.reason.as_deref(), drop.container.as_deref()), (Some("policy"), Some("c1")));
+    assert_eq!((drop.src, drop.dst, drop.dport, drop.proto.as_str()), (cs[1].ip, cs[0].ip, 9, "tcp"));
+    assert_eq!(drop.direction, "to-container");
+    let flow = events.iter().find(|e| e.kind == "flow").unwrap_or_else(|| panic!("no flow event: {events:?}"));
+    assert_eq!((flow.dst, flow.dport), (cs[0].ip, 80));
+    assert!(events.iter().all(|e| e.container.as_deref() == Some("c1")), "filtered to c1: {events:?}");
+    let st: StatsView = t.ctl_json(&["stats"]).unwrap();
+    assert_eq!(st.containers.len(), 2);
+    let text = t.ctl_ok(&["stats"]).unwrap();
+    assert!(text.contains("policy="), "{text}");
+}
+
+#[test]
+fn bad_rules_are_refused_and_change_nothing() {
+    let (t, _) = topology(1, &[]);
+    t.ctl_ok(&["policy", "add", "c1", "allow", "in", "10.0.0.0/8", "tcp/80"]).unwrap();
+    let snapshot = |t: &Topology| {
+        let p: PolicyView = t.ctl_json(&["policy", "ls", "c1"]).unwrap();
+        let st: netpath_userspace::model::Status = t.ctl_json(&["status"]).unwrap();
+        (p, st.maps.iter().find(|m| m.name == "POLICY").unwrap().entries)
+    };
+    let before = snapshot(&t);
+    let cases: [(&[&str], &str); 9] = [
+        (&["policy", "add", "nope", "allow", "in", "10.0.0.0/8"], "no container named"),
+        (&["policy", "add", "c1", "allow", "in", "10.0.0/8"], "malformed CIDR"),
+        (&["policy", "add", "c1", "allow", "in", "10.0.0.1/8"], "host bits"),
+        (&["policy", "add", "c1", "allow", "in", "10.0.0.0/8", "tcp/90-80"], "reversed"),
+        (&["policy", "add", "c1", "allow", "in", "10.0.0.0/8", "sctp"], "malformed protocol"),
+        (&["policy", "add", "c1", "allow", "in", "10.0.0.0/8", "tcp/80"], "already exists"),
+        (&["policy", "add", "c1", "deny", "in", "10.0.0.0/8", "tcp/80"], "conflicts with existing rule"),
+        (&["policy", "rm", "c1", "deny", "in", "10.0.0.0/8", "tcp/81"], "no rule"),
+        (&["policy", "default", "nope", "in", "deny"], "no container named"),
+    ];
+    for (args, want) in cases {
+        let err = t.ctl_err(args).unwrap();
+        assert!(err.contains(want), "netpathctl {args:?}: expected {want:?} in {err:?}");
+        assert_eq!(snapshot(&t), before, "state changed after refused {args:?}");
+    }
+    // Policy survives an agent restart.
+    let mut t = t;
+    t.stop_agent().unwrap();
+    t.start_agent().unwrap();
+    assert_eq!(snapshot(&t), before);
+}
