@@ -12,6 +12,9 @@ pub const CFG_F_MASQUERADE: u32 = 1 << 1;
 pub const CFG_F_NO_ICC: u32 = 1 << 2;
 /// Emit an event for every new flow (a monitor asked for them).
 pub const CFG_F_TRACE_FLOWS: u32 = 1 << 3;
+/// The XDP program is attached to the uplink (counting and dropping direct
+/// access happen there; otherwise the tc ingress program does both).
+pub const CFG_F_UPLINK_XDP: u32 = 1 << 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

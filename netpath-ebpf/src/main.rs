@@ -150,10 +150,21 @@ pub fn veth_egress(ctx: TcContext) -> i32 {
 }
 
 /// tc ingress on the uplink: published ports from outside, and replies of
-/// translated flows.
+/// translated flows. Without XDP on the uplink it also counts and drops
+/// direct access to containers.
 #[classifier]
 pub fn uplink_ingress(ctx: TcContext) -> i32 {
     packet::pull_headers(&ctx, HEADERS_LEN);
+    if let Some(cfg) = config() {
+        if cfg.flags & netpath_common::config::CFG_F_UPLINK_XDP == 0 {
+            let ifindex = skb_ifindex(&ctx);
+            if direct_to_container(&ctx, cfg) {
+                drop_frame(&ctx, ifindex, 0, EVENT_DIR_UPLINK, DropReason::NotPublished);
+                return TC_ACT_SHOT as i32;
+            }
+            count_packet(ifindex, Direction::Ingress, ctx.len());
+        }
+    }
     match translate(&ctx) {
         Ok(()) => TC_ACT_OK as i32,
         Err(reason) => {
@@ -207,21 +218,30 @@ fn masquerade(ctx: &TcContext) -> Result<(), DropReason> {
     snat::masquerade_new(ctx, &flow, cfg)
 }
 
+/// Is this packet from outside addressed straight to a container? Those are
+/// reachable from outside only through published ports (unless the
+/// instance routes).
+#[inline(always)]
+fn direct_to_container(pkt: &impl packet::Packet, cfg: &netpath_common::DatapathConfig) -> bool {
+    if cfg.flags & netpath_common::config::CFG_F_ROUTED != 0 {
+        return false;
+    }
+    let (Some(eth), Some(ip)) = (packet::ptr_at::<EthHdr>(pkt, 0), packet::ptr_at::<Ipv4Hdr>(pkt, EthHdr::LEN)) else {
+        return false;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    unsafe { (*eth).ether_type == network_types::eth::EtherType::Ipv4 as u16 && cfg.in_subnet((*ip).dst_addr) }
+}
+
 /// XDP on the uplink, before any skb exists: counts what arrives and drops
-/// packets addressed straight to container addresses, which are reachable
-/// from outside only through published ports (unless the instance routes).
+/// direct access to containers at the earliest point. Attached only where
+/// XDP is native and cheap (not on a veth uplink, where it would force
+/// every frame out of GRO).
 #[xdp]
 pub fn uplink_xdp(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
-    if let (Some(cfg), Some(ip)) = (config(), packet::ptr_at::<Ipv4Hdr>(&ctx, EthHdr::LEN)) {
-        // SAFETY: bounds checked by ptr_at.
-        let (is_ipv4, daddr) = unsafe {
-            (
-                packet::ptr_at::<EthHdr>(&ctx, 0).is_some_and(|e| (*e).ether_type == network_types::eth::EtherType::Ipv4 as u16),
-                (*ip).dst_addr,
-            )
-        };
-        if is_ipv4 && cfg.flags & netpath_common::config::CFG_F_ROUTED == 0 && cfg.in_subnet(daddr) {
+    if let Some(cfg) = config() {
+        if direct_to_container(&ctx, cfg) {
             drop_frame(&ctx, ifindex, 0, EVENT_DIR_UPLINK, DropReason::NotPublished);
             return xdp_action::XDP_DROP;
         }

@@ -34,7 +34,7 @@ use crate::{
     state::{Change, State, StateStore},
 };
 use netpath_common::{
-    config::{CFG_F_MASQUERADE, CFG_F_NO_ICC, CFG_F_ROUTED, CFG_F_TRACE_FLOWS},
+    config::{CFG_F_MASQUERADE, CFG_F_NO_ICC, CFG_F_ROUTED, CFG_F_TRACE_FLOWS, CFG_F_UPLINK_XDP},
     conntrack::{CT_F_POLICY, CT_F_REPLY, CT_SCOPE_FROM_EP, CT_SCOPE_NAT},
     endpoint::{ENDPOINT_F_DEFAULT_DENY_IN, ENDPOINT_F_DEFAULT_DENY_OUT, ENDPOINT_F_IPV4},
     maps::MAX_SERVICES,
@@ -214,6 +214,14 @@ impl Agent {
         if !state.icc.unwrap_or(cfg.icc) {
             flags |= CFG_F_NO_ICC;
         }
+        let uplink_xdp = match (&cfg.uplink, cfg.uplink_xdp) {
+            (None, _) | (_, crate::config::UplinkXdp::Off) => false,
+            (Some(_), crate::config::UplinkXdp::On) => true,
+            (Some(u), crate::config::UplinkXdp::Auto) => nl.link_kind(u).await?.as_deref() != Some("veth"),
+        };
+        if uplink_xdp {
+            flags |= CFG_F_UPLINK_XDP;
+        }
         let dp_config = DatapathConfig {
             netns_cookie: netns_cookie()?,
             subnet: cfg.subnet.network().octets(),
@@ -228,7 +236,11 @@ impl Agent {
         dp.write_config(&dp_config)?;
         if let Some(uplink) = &cfg.uplink {
             let index = nl.link_index(uplink).await.with_context(|| format!("uplink {uplink}"))?;
-            dp.attach(uplink, Hook::UplinkXdp)?;
+            if uplink_xdp {
+                dp.attach(uplink, Hook::UplinkXdp)?;
+            } else {
+                dp.detach(uplink, Hook::UplinkXdp)?;
+            }
             dp.attach(uplink, Hook::UplinkIngress)?;
             dp.attach(uplink, Hook::UplinkEgress)?;
             if !dp.stat_keys()?.contains(&index) {
@@ -429,13 +441,15 @@ impl Agent {
         }
         let mut uplink_stats = None;
         if let Some(uplink) = &cfg.uplink {
-            attach_points.push(AttachPoint {
-                interface: uplink.clone(),
-                hook: Hook::UplinkXdp.name().into(),
-                program: Hook::UplinkXdp.program().into(),
-                link_pin: inner.dp.link_pin(uplink, Hook::UplinkXdp).display().to_string(),
-                attached_program_ids: vec![inner.dp.pinned_link_program(uplink, Hook::UplinkXdp)?],
-            });
+            if inner.dp_config.flags & CFG_F_UPLINK_XDP != 0 {
+                attach_points.push(AttachPoint {
+                    interface: uplink.clone(),
+                    hook: Hook::UplinkXdp.name().into(),
+                    program: Hook::UplinkXdp.program().into(),
+                    link_pin: inner.dp.link_pin(uplink, Hook::UplinkXdp).display().to_string(),
+                    attached_program_ids: vec![inner.dp.pinned_link_program(uplink, Hook::UplinkXdp)?],
+                });
+            }
             for hook in [Hook::UplinkIngress, Hook::UplinkEgress] {
                 attach_points.push(AttachPoint {
                     interface: uplink.clone(),
@@ -548,7 +562,9 @@ impl Inner {
             }
         }
         if let Some(u) = &cfg.uplink {
-            wanted.push(file_name(&self.dp.link_pin(u, Hook::UplinkXdp)));
+            if self.dp_config.flags & CFG_F_UPLINK_XDP != 0 {
+                wanted.push(file_name(&self.dp.link_pin(u, Hook::UplinkXdp)));
+            }
             wanted.push(file_name(&self.dp.link_pin(u, Hook::UplinkIngress)));
             wanted.push(file_name(&self.dp.link_pin(u, Hook::UplinkEgress)));
         }

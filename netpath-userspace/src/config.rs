@@ -44,6 +44,10 @@ pub struct Config {
     /// "MIN-MAX". The default stays below the kernel's ephemeral range
     /// (32768-60999), so translated flows never collide with the host's own.
     pub masquerade_ports: String,
+    /// XDP on the uplink: `auto` (unless the uplink is a veth, where XDP
+    /// costs more than it saves), `on` or `off`. Without it, the uplink's tc
+    /// program does the same work.
+    pub uplink_xdp: UplinkXdp,
     /// Direct container-to-container traffic (Docker's --icc); published
     /// ports work either way. `netpathctl icc` changes it at run time.
     pub icc: bool,
@@ -107,6 +111,7 @@ impl Default for Config {
             cgroup: None,
             masquerade: true,
             masquerade_ports: "1024-32767".into(),
+            uplink_xdp: UplinkXdp::Auto,
             icc: true,
             conntrack: ConntrackConfig::default(),
         }
@@ -156,6 +161,7 @@ impl Config {
             masquerade: self.masquerade,
             masquerade_ports,
             icc: self.icc,
+            uplink_xdp: self.uplink_xdp,
             state_dir: self
                 .state_dir
                 .unwrap_or_else(|| PathBuf::from(format!("/var/lib/netpath/{instance}"))),
@@ -195,7 +201,16 @@ pub struct ResolvedConfig {
     /// Inclusive, host byte order.
     pub masquerade_ports: (u16, u16),
     pub icc: bool,
+    pub uplink_xdp: UplinkXdp,
     pub conntrack: ConntrackConfig,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum UplinkXdp {
+    Auto,
+    On,
+    Off,
 }
 
 /// "MIN-MAX" with 1 <= MIN <= MAX <= 65535.

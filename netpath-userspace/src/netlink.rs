@@ -53,6 +53,18 @@ impl Netlink {
         }
     }
 
+    /// The link's kind (`veth`, `bridge`, ...), if it has one.
+    pub async fn link_kind(&self, name: &str) -> Result<Option<String>> {
+        let link = self.link_by_name(name).await?.ok_or_else(|| anyhow!("interface {name} does not exist"))?;
+        Ok(link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+                netlink_packet_route::link::LinkInfo::Kind(k) => Some(k.to_string()),
+                _ => None,
+            }),
+            _ => None,
+        }))
+    }
+
     pub async fn link_index(&self, name: &str) -> Result<u32> {
         self.link_by_name(name)
             .await?

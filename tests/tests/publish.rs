@@ -209,7 +209,20 @@ fn retry<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
 
 #[test]
 fn containers_are_not_reachable_directly_from_outside() {
-    let t = topology(1);
+    direct_access_is_dropped(&[]);
+}
+
+#[test]
+fn containers_are_not_reachable_directly_from_outside_with_xdp() {
+    direct_access_is_dropped(&["--uplink-xdp", "on"]);
+}
+
+fn direct_access_is_dropped(agent_args: &[&str]) {
+    assert!(netpath_tests::is_root());
+    let mut t = Topology::new(1).unwrap();
+    t.agent_args(agent_args);
+    t.start_agent().unwrap();
+    t.add_container(1).unwrap();
     let st: Status = t.ctl_json(&["status"]).unwrap();
     let c1 = &st.containers[0].container;
     t.exec(&t.world, &["ip", "route", "add", &t.subnet, "via", &HOST_UPLINK_IP.to_string()]).unwrap();

@@ -329,17 +329,25 @@ fn maps_are_pinned_and_readable_with_bpftool() {
     assert_eq!(ep["ifindex"], c1.ifindex);
     // Human status lists every part.
     let text = t.ctl_ok(&["status"]).unwrap();
-    for want in ["ENDPOINTS", "IFACE_STATS", "veth_ingress", "veth_egress", "uplink_xdp", "tcx-ingress", "xdp", "c1"] {
+    for want in ["ENDPOINTS", "IFACE_STATS", "CT4", "POLICY", "EVENTS", "veth_ingress", "veth_egress", "uplink_ingress", "uplink_egress", "tcx-ingress", "c1"] {
         assert!(text.contains(want), "status lacks {want}: {text}");
     }
 }
 
 #[test]
-fn uplink_xdp_counts_traffic_from_the_world() {
-    let t = topology(0);
-    let before = status(&t).uplink_stats.unwrap().rx_packets;
-    assert!(t.ping(&t.world, &HOST_UPLINK_IP.to_string(), 5).unwrap());
-    let after = status(&t).uplink_stats.unwrap().rx_packets;
-    assert!(after >= before + 5, "uplink rx {before} -> {after}");
+fn the_uplink_counts_traffic_from_the_world_with_and_without_xdp() {
+    for (mode, xdp) in [("auto", false), ("on", true), ("off", false)] {
+        assert!(netpath_tests::is_root());
+        let mut t = Topology::new(0).unwrap();
+        t.agent_args(&["--uplink-xdp", mode]);
+        t.start_agent().unwrap();
+        let st = status(&t);
+        let has_xdp = st.attach_points.iter().any(|a| a.hook == "xdp" && a.program == "uplink_xdp");
+        assert_eq!(has_xdp, xdp, "--uplink-xdp {mode} (the test uplink is a veth): {:?}", st.attach_points);
+        let before = st.uplink_stats.unwrap().rx_packets;
+        assert!(t.ping(&t.world, &HOST_UPLINK_IP.to_string(), 5).unwrap());
+        let after = status(&t).uplink_stats.unwrap().rx_packets;
+        assert!(after >= before + 5, "{mode}: uplink rx {before} -> {after}");
+    }
     let _ = WORLD_IP;
 }

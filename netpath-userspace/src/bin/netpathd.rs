@@ -39,6 +39,9 @@ struct Args {
     /// Let the uplink reach container addresses directly (routed mode).
     #[arg(long)]
     routed: bool,
+    /// XDP on the uplink [default: auto, i.e. unless the uplink is a veth].
+    #[arg(long, value_enum)]
+    uplink_xdp: Option<netpath_userspace::config::UplinkXdp>,
     /// Deny direct container-to-container traffic (Docker's --icc=false).
     #[arg(long)]
     no_icc: bool,
@@ -77,6 +80,7 @@ fn main() -> Result<()> {
     if args.routed { cfg.routed = true; }
     if args.no_masquerade { cfg.masquerade = false; }
     if args.no_icc { cfg.icc = false; }
+    if let Some(v) = args.uplink_xdp { cfg.uplink_xdp = v; }
     if let Some(v) = args.masquerade_ports { cfg.masquerade_ports = v; }
     if let Some(v) = args.cgroup { cfg.cgroup = Some(v); }
     let cfg = cfg.resolve().context("invalid configuration")?;
