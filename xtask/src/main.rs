@@ -1,4 +1,4 @@
-//! `cargo xtask setup | build | test | demo`: the project's automation.
+//! `cargo xtask setup | build | test | demo | bench`: the project's automation.
 //! Every command that needs the toolchain runs `setup` first, which is quick
 //! when everything is present, so a fresh machine needs nothing by hand.
 
@@ -43,6 +43,13 @@ enum Cmd {
     },
     /// A sandbox host with two containers in network namespaces (root).
     Demo,
+    /// The side-by-side benchmark (no NAT, iptables, nftables, netpath) on
+    /// release builds; writes bench/RESULTS.md, results.json, connrate.svg (root).
+    Bench {
+        /// Extra arguments for netpath-bench (e.g. --quick, --rounds N, --out DIR).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -67,7 +74,31 @@ fn main() -> Result<()> {
             build(false)?;
             run("cargo", &["run", "--quiet", "-p", "netpath-tests", "--bin", "netpath-demo"])
         }
+        Cmd::Bench { args } => {
+            require_root("the benchmark creates network namespaces and loads BPF programs")?;
+            setup()?;
+            // Release builds of everything: the bench finds netpathd next to itself.
+            run("cargo", &["build", "--release", "--bins"])?;
+            bench(&root, &args)
+        }
     }
+}
+
+/// Runs the release netpath-bench with a unique prefix for its namespaces,
+/// instances and pins, then removes anything with that prefix it left.
+fn bench(root: &Path, extra: &[String]) -> Result<()> {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let prefix = format!("npbench{:x}", std::process::id());
+    let status = Command::new(target.join("release").join("netpath-bench"))
+        .args(extra)
+        .env("NETPATH_TEST_PREFIX", &prefix)
+        .status()
+        .context("running netpath-bench")?;
+    sweep(&prefix);
+    if !status.success() {
+        bail!("netpath-bench failed ({status})");
+    }
+    Ok(())
 }
 
 fn workspace_root() -> PathBuf {

@@ -1,0 +1,95 @@
+//! A test bed: one variant's namespaces with a container behind a
+//! published port, and the operations the benchmark needs from it.
+
+use std::{net::SocketAddrV4, time::Duration};
+
+use anyhow::Result;
+use netpath_tests::topology::Topology;
+use serde::Serialize;
+
+use super::{iptables::IptablesBed, netpath::NetpathBed, nftables::NftablesBed, plain::NoNatBed};
+
+/// The published port every measurement goes through.
+pub const HIT_PORT: u16 = 8080;
+/// The port the server listens on in the container.
+pub const CONTAINER_PORT: u16 = 80;
+/// Filler ports are 20000.., extra ones (publish-one timing) 40000..
+pub const MAX_PORTS: usize = 20000;
+
+/// The `i`-th port published before the hit port (0-based).
+pub fn filler_port(i: usize) -> u16 {
+    20000 + i as u16
+}
+
+/// The `i`-th port published after the largest size, for the timing of
+/// one more publication.
+pub fn extra_port(i: usize) -> u16 {
+    40000 + i as u16
+}
+
+/// The host ports of `count` published ports, the hit port last.
+pub fn port_list(count: usize) -> Vec<u16> {
+    (0..count.saturating_sub(1)).map(filler_port).chain(std::iter::once(HIT_PORT)).collect()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Variant {
+    NoNat,
+    Iptables,
+    Nftables,
+    Netpath,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 4] = [Variant::NoNat, Variant::Iptables, Variant::Nftables, Variant::Netpath];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::NoNat => "no-nat",
+            Variant::Iptables => "iptables",
+            Variant::Nftables => "nftables",
+            Variant::Netpath => "netpath",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Variant> {
+        Variant::ALL.into_iter().find(|v| v.name() == name)
+    }
+}
+
+/// What publishing one more port cost.
+#[derive(Clone, Copy, Debug)]
+pub struct AddOne {
+    /// The operation the target is about (the API call, the DNAT rule, the
+    /// map element).
+    pub op: Duration,
+    /// Everything the runtime does for one port (Docker: three iptables
+    /// commands); the same as `op` elsewhere.
+    pub full: Duration,
+}
+
+pub trait Bed {
+    fn topology(&self) -> &Topology;
+    /// Where the world's clients connect.
+    fn target(&self) -> SocketAddrV4;
+    /// Makes `ports` ports published, the hit port published last; returns
+    /// how long that took.
+    fn publish(&mut self, ports: usize) -> Result<Duration>;
+    /// Publishes `port` on top of what exists; None where nothing is
+    /// published (no-nat).
+    fn add_one(&mut self, port: u16) -> Result<Option<AddOne>>;
+    /// Facts about the setup as it ran, for the report.
+    fn notes(&self) -> Vec<String> {
+        vec![]
+    }
+}
+
+pub fn create(variant: Variant) -> Result<Box<dyn Bed>> {
+    Ok(match variant {
+        Variant::NoNat => Box::new(NoNatBed::new()?),
+        Variant::Iptables => Box::new(IptablesBed::new()?),
+        Variant::Nftables => Box::new(NftablesBed::new()?),
+        Variant::Netpath => Box::new(NetpathBed::new()?),
+    })
+}

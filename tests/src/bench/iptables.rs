@@ -1,0 +1,101 @@
+//! Docker's iptables layout (docker 20.10, `iptables-save` of a host with
+//! one published container), on the plain topology. Loaded whole with
+//! `iptables-restore`; one more port is timed as Docker adds it.
+
+use std::{fmt::Write as _, net::SocketAddrV4, time::Duration};
+
+use anyhow::Result;
+use ipnet::Ipv4Net;
+use netpath_tests::topology::{Topology, HOST_UPLINK_IP};
+
+use super::{
+    bed::{port_list, AddOne, Bed, CONTAINER_PORT, HIT_PORT},
+    plain::{timed_in_ns, PlainNet, ScratchFile, BRIDGE},
+};
+
+pub struct IptablesBed {
+    net: PlainNet,
+}
+
+impl IptablesBed {
+    pub fn new() -> Result<IptablesBed> {
+        Ok(IptablesBed { net: PlainNet::new()? })
+    }
+
+    fn iptables(&self, args: &[&str]) -> Result<Duration> {
+        timed_in_ns(&self.net.topo, &self.net.topo.host, "iptables", args, None)
+    }
+}
+
+/// The three rules Docker adds per published port, as `iptables` arguments.
+fn port_rules(container: &str, port: u16) -> [Vec<String>; 3] {
+    let split = |s: String| s.split(' ').map(str::to_string).collect::<Vec<_>>();
+    [
+        split(format!(
+            "-t nat -A DOCKER ! -i {BRIDGE} -p tcp -m tcp --dport {port} -j DNAT --to-destination {container}:{CONTAINER_PORT}"
+        )),
+        split(format!("-t filter -A DOCKER -d {container}/32 ! -i {BRIDGE} -o {BRIDGE} -p tcp -m tcp --dport {CONTAINER_PORT} -j ACCEPT")),
+        split(format!("-t nat -A POSTROUTING -s {container}/32 -d {container}/32 -p tcp -m tcp --dport {CONTAINER_PORT} -j MASQUERADE")),
+    ]
+}
+
+/// The whole ruleset for `ports` (in order), as Docker lays it out.
+pub fn ruleset(subnet: &Ipv4Net, container: &str, ports: &[u16]) -> String {
+    let rules: Vec<[Vec<String>; 3]> = ports.iter().map(|p| port_rules(container, *p)).collect();
+    // `-t TABLE` is not part of iptables-restore syntax: drop the first two words.
+    let line = |r: &Vec<String>| r[2..].join(" ");
+    let mut s = String::new();
+    s.push_str("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:DOCKER - [0:0]\n");
+    s.push_str("-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER\n");
+    s.push_str("-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER\n");
+    let _ = writeln!(s, "-A POSTROUTING -s {subnet} ! -o {BRIDGE} -j MASQUERADE");
+    for r in &rules {
+        let _ = writeln!(s, "{}", line(&r[2]));
+    }
+    let _ = writeln!(s, "-A DOCKER -i {BRIDGE} -j RETURN");
+    for r in &rules {
+        let _ = writeln!(s, "{}", line(&r[0]));
+    }
+    s.push_str("COMMIT\n");
+    s.push_str("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n:DOCKER - [0:0]\n");
+    s.push_str(":DOCKER-ISOLATION-STAGE-1 - [0:0]\n:DOCKER-ISOLATION-STAGE-2 - [0:0]\n:DOCKER-USER - [0:0]\n");
+    s.push_str("-A FORWARD -j DOCKER-USER\n-A FORWARD -j DOCKER-ISOLATION-STAGE-1\n");
+    let _ = writeln!(s, "-A FORWARD -o {BRIDGE} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT");
+    let _ = writeln!(s, "-A FORWARD -o {BRIDGE} -j DOCKER");
+    let _ = writeln!(s, "-A FORWARD -i {BRIDGE} ! -o {BRIDGE} -j ACCEPT");
+    let _ = writeln!(s, "-A FORWARD -i {BRIDGE} -o {BRIDGE} -j ACCEPT");
+    for r in &rules {
+        let _ = writeln!(s, "{}", line(&r[1]));
+    }
+    let _ = writeln!(s, "-A DOCKER-ISOLATION-STAGE-1 -i {BRIDGE} ! -o {BRIDGE} -j DOCKER-ISOLATION-STAGE-2");
+    s.push_str("-A DOCKER-ISOLATION-STAGE-1 -j RETURN\n");
+    let _ = writeln!(s, "-A DOCKER-ISOLATION-STAGE-2 -o {BRIDGE} -j DROP");
+    s.push_str("-A DOCKER-ISOLATION-STAGE-2 -j RETURN\n-A DOCKER-USER -j RETURN\nCOMMIT\n");
+    s
+}
+
+impl Bed for IptablesBed {
+    fn topology(&self) -> &Topology {
+        &self.net.topo
+    }
+
+    fn target(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(HOST_UPLINK_IP, HIT_PORT)
+    }
+
+    /// Replaces the nat and filter tables with the layout for `ports` ports.
+    fn publish(&mut self, ports: usize) -> Result<Duration> {
+        let text = ruleset(&self.net.subnet, &self.net.container_ip.to_string(), &port_list(ports));
+        let file = ScratchFile::write(&self.net.topo, "iptables.rules", &text)?;
+        timed_in_ns(&self.net.topo, &self.net.topo.host, "iptables-restore", &[], Some(&file.0))
+    }
+
+    /// The DNAT rule is the operation timed; Docker runs all three.
+    fn add_one(&mut self, port: u16) -> Result<Option<AddOne>> {
+        let mut times = vec![];
+        for rule in port_rules(&self.net.container_ip.to_string(), port) {
+            times.push(self.iptables(&rule.iter().map(String::as_str).collect::<Vec<_>>())?);
+        }
+        Ok(Some(AddOne { op: times[0], full: times.iter().sum() }))
+    }
+}

@@ -1,0 +1,198 @@
+//! Load generators in the world namespace. Every loop is bounded in count
+//! and in time. Sockets are created on threads inside the world namespace
+//! (threads spawned there inherit it).
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Shutdown, SocketAddr, SocketAddrV4, TcpStream},
+    os::fd::AsRawFd as _,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, ensure, Context as _, Result};
+use netpath_tests::topology::Topology;
+use serde::Serialize;
+
+use super::server::{ANSWER_LEN, ECHO_LEN, HELLO_LEN, MODE_LATENCY, MODE_SHORT, MODE_THROUGHPUT};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const IO_TIMEOUT: Duration = Duration::from_secs(3);
+/// Upper bound on connections per client thread and measurement.
+const MAX_CONNS_PER_THREAD: u64 = 2_000_000;
+/// Upper bound on a latency measurement.
+const MAX_LATENCY_TIME: Duration = Duration::from_secs(20);
+const WRITE_CHUNK: usize = 256 * 1024;
+
+/// Clients close with SO_LINGER 0 (RST, no TIME_WAIT), so ports come back
+/// at once; tcp_tw_reuse is set as well in case a socket ends otherwise.
+pub fn prepare_world(topo: &Topology) -> Result<()> {
+    topo.exec(&topo.world, &["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])?;
+    Ok(())
+}
+
+fn hello(mode: u8) -> [u8; HELLO_LEN] {
+    let mut h = [b'.'; HELLO_LEN];
+    h[0] = mode;
+    h
+}
+
+fn connect(target: SocketAddrV4) -> std::io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&SocketAddr::V4(target), CONNECT_TIMEOUT)?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(s)
+}
+
+/// Close with a RST: no TIME_WAIT on the client.
+fn set_linger_zero(s: &TcpStream) -> std::io::Result<()> {
+    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: a valid socket and a correctly sized option value.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &l as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// One short connection: connect, 32-byte request, 64-byte answer, close.
+fn short_request(target: SocketAddrV4) -> std::io::Result<()> {
+    let mut s = connect(target)?;
+    s.set_nodelay(true)?;
+    s.write_all(&hello(MODE_SHORT))?;
+    let mut answer = [0u8; ANSWER_LEN];
+    s.read_exact(&mut answer)?;
+    set_linger_zero(&s)
+}
+
+/// Retries one short request for a few seconds (the agent may still be
+/// syncing host addresses right after start).
+pub fn wait_reachable(topo: &Topology, target: SocketAddrV4) -> Result<()> {
+    topo.in_ns(&topo.world, || {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match short_request(target) {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() > deadline => return Err(e).with_context(|| format!("{target} is not reachable from the world")),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    })
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct ConnRate {
+    pub per_sec: f64,
+    pub connections: u64,
+    pub errors: u64,
+    pub seconds: f64,
+}
+
+/// Short connections per second with `threads` clients for `duration`.
+pub fn conn_rate(topo: &Topology, target: SocketAddrV4, threads: usize, duration: Duration) -> Result<ConnRate> {
+    topo.in_ns(&topo.world, || {
+        let start = Instant::now();
+        let deadline = start + duration;
+        let per_thread: Vec<(u64, u64, Instant)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads).map(|_| scope.spawn(move || client_loop(target, deadline))).collect();
+            handles.into_iter().map(|h| h.join().map_err(|_| anyhow!("a client thread panicked"))).collect::<Result<_>>()
+        })?;
+        let end = per_thread.iter().map(|t| t.2).max().unwrap_or(start);
+        let seconds = end.duration_since(start).as_secs_f64();
+        let connections: u64 = per_thread.iter().map(|t| t.0).sum();
+        let errors: u64 = per_thread.iter().map(|t| t.1).sum();
+        super::check_interrupted()?;
+        if connections == 0 {
+            bail!("no connection to {target} succeeded ({errors} errors)");
+        }
+        Ok(ConnRate { per_sec: connections as f64 / seconds, connections, errors, seconds })
+    })
+}
+
+/// Returns (completed, failed, time of the last completion).
+fn client_loop(target: SocketAddrV4, deadline: Instant) -> (u64, u64, Instant) {
+    let (mut ok, mut failed) = (0u64, 0u64);
+    let mut last = Instant::now();
+    while ok + failed < MAX_CONNS_PER_THREAD && !super::interrupted() {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        match short_request(target) {
+            Ok(()) => ok += 1,
+            Err(_) => failed += 1,
+        }
+        last = Instant::now();
+    }
+    (ok, failed, last)
+}
+
+/// Single-stream throughput in Gbit/s: 256 KiB writes for `duration`, then
+/// the server's count of bytes received, over the time until it arrived.
+pub fn throughput(topo: &Topology, target: SocketAddrV4, duration: Duration) -> Result<f64> {
+    topo.in_ns(&topo.world, || {
+        let mut s = connect(target).with_context(|| format!("connecting to {target}"))?;
+        s.write_all(&hello(MODE_THROUGHPUT))?;
+        let chunk = vec![0x5au8; WRITE_CHUNK];
+        let start = Instant::now();
+        let mut sent: u64 = 0;
+        while start.elapsed() < duration && !super::interrupted() {
+            s.write_all(&chunk).context("writing the stream")?;
+            sent += chunk.len() as u64;
+        }
+        s.shutdown(Shutdown::Write)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut count = [0u8; 8];
+        s.read_exact(&mut count).context("reading the server's byte count")?;
+        let seconds = start.elapsed().as_secs_f64();
+        let received = u64::from_le_bytes(count);
+        ensure!(received == sent, "the server received {received} of {sent} bytes");
+        Ok(received as f64 * 8.0 / seconds / 1e9)
+    })
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Latency {
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub round_trips: usize,
+}
+
+/// Request/response latency on one persistent connection (TCP_NODELAY,
+/// 64-byte messages), after 200 warm-up round trips; client and server
+/// threads pinned to the same CPU.
+pub fn latency(topo: &Topology, target: SocketAddrV4, round_trips: usize) -> Result<Latency> {
+    topo.in_ns(&topo.world, || {
+        let _pin = super::cpu::Pinned::to(super::cpu::latency_cpu())?;
+        let mut s = connect(target).with_context(|| format!("connecting to {target}"))?;
+        s.set_nodelay(true)?;
+        s.write_all(&hello(MODE_LATENCY))?;
+        let mut msg = [0x42u8; ECHO_LEN];
+        let start = Instant::now();
+        let mut rtts = Vec::with_capacity(round_trips);
+        for i in 0..round_trips + 200 {
+            if start.elapsed() > MAX_LATENCY_TIME || super::interrupted() {
+                break;
+            }
+            let t = Instant::now();
+            s.write_all(&msg)?;
+            s.read_exact(&mut msg).context("reading the echo")?;
+            if i >= 200 {
+                rtts.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        ensure!(!rtts.is_empty(), "no round trip completed");
+        rtts.sort_by(f64::total_cmp);
+        Ok(Latency { p50_us: percentile(&rtts, 0.50), p99_us: percentile(&rtts, 0.99), round_trips: rtts.len() })
+    })
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}

@@ -1,0 +1,74 @@
+//! nftables done well: one verdict map from host port to container
+//! address and port, looked up once per new connection, on the plain
+//! topology. Loaded whole with `nft -f`; one more port is one map element.
+
+use std::{fmt::Write as _, net::SocketAddrV4, time::Duration};
+
+use anyhow::Result;
+use ipnet::Ipv4Net;
+use netpath_tests::topology::{Topology, HOST_UPLINK_IP};
+
+use super::{
+    bed::{port_list, AddOne, Bed, CONTAINER_PORT, HIT_PORT},
+    plain::{timed_in_ns, PlainNet, ScratchFile, BRIDGE},
+};
+
+pub struct NftablesBed {
+    net: PlainNet,
+}
+
+impl NftablesBed {
+    pub fn new() -> Result<NftablesBed> {
+        Ok(NftablesBed { net: PlainNet::new()? })
+    }
+}
+
+/// The `ip nat` table for `ports` (in order), replacing any previous one
+/// atomically (`table` + `delete table` + definition in one transaction).
+pub fn ruleset(subnet: &Ipv4Net, container: &str, ports: &[u16]) -> String {
+    let elements: Vec<String> = ports.iter().map(|p| format!("{p} : {container} . {CONTAINER_PORT}")).collect();
+    let mut s = String::from("table ip nat\ndelete table ip nat\n");
+    let _ = write!(
+        s,
+        "table ip nat {{
+  map ports {{
+    type inet_service : ipv4_addr . inet_service
+    elements = {{ {} }}
+  }}
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    fib daddr type local dnat ip to tcp dport map @ports
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    ip saddr {subnet} oifname != \"{BRIDGE}\" masquerade
+  }}
+}}
+",
+        elements.join(",\n      ")
+    );
+    s
+}
+
+impl Bed for NftablesBed {
+    fn topology(&self) -> &Topology {
+        &self.net.topo
+    }
+
+    fn target(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(HOST_UPLINK_IP, HIT_PORT)
+    }
+
+    fn publish(&mut self, ports: usize) -> Result<Duration> {
+        let text = ruleset(&self.net.subnet, &self.net.container_ip.to_string(), &port_list(ports));
+        let file = ScratchFile::write(&self.net.topo, "ruleset.nft", &text)?;
+        let path = file.0.display().to_string();
+        timed_in_ns(&self.net.topo, &self.net.topo.host, "nft", &["-f", &path], None)
+    }
+
+    fn add_one(&mut self, port: u16) -> Result<Option<AddOne>> {
+        let element = format!("{{ {port} : {} . {CONTAINER_PORT} }}", self.net.container_ip);
+        let took = timed_in_ns(&self.net.topo, &self.net.topo.host, "nft", &["add", "element", "ip", "nat", "ports", &element], None)?;
+        Ok(Some(AddOne { op: took, full: took }))
+    }
+}

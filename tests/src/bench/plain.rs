@@ -1,0 +1,135 @@
+//! The plain Linux topology shared by the baselines: a bridge and a veth
+//! pair set up with `ip` inside the namespaces, IPv4 forwarding on, no
+//! netpath and no BPF. `no-nat` adds a route in the world and nothing else.
+
+use std::{
+    fs::File,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use ipnet::Ipv4Net;
+use netpath_tests::topology::{Topology, HOST_UPLINK_IP};
+
+use super::bed::{AddOne, Bed, CONTAINER_PORT};
+
+/// The bridge, named as netpath names its own so that the shapes match.
+pub const BRIDGE: &str = "np0";
+const HOST_VETH: &str = "veth-c1";
+
+pub struct PlainNet {
+    pub topo: Topology,
+    pub subnet: Ipv4Net,
+    pub container_ip: Ipv4Addr,
+}
+
+impl PlainNet {
+    /// Host, world and container namespaces (the Topology harness), then
+    /// bridge, veth pair, addresses and routes.
+    pub fn new() -> Result<PlainNet> {
+        let topo = Topology::new(1)?;
+        let subnet: Ipv4Net = topo.subnet.parse().with_context(|| format!("subnet {}", topo.subnet))?;
+        let mut hosts = subnet.hosts();
+        let (Some(gateway), Some(container_ip)) = (hosts.next(), hosts.next()) else {
+            bail!("subnet {subnet} has no room for a gateway and a container");
+        };
+        let (host, ctr) = (topo.host.clone(), topo.container_ns(1));
+        let gw = format!("{gateway}/{}", subnet.prefix_len());
+        let ctr_addr = format!("{container_ip}/{}", subnet.prefix_len());
+        let gateway = gateway.to_string();
+        let host_steps: [&[&str]; 7] = [
+            &["ip", "link", "add", BRIDGE, "type", "bridge"],
+            &["ip", "addr", "add", &gw, "dev", BRIDGE],
+            &["ip", "link", "set", BRIDGE, "up"],
+            &["ip", "link", "add", HOST_VETH, "type", "veth", "peer", "name", "eth0", "netns", &ctr],
+            &["ip", "link", "set", HOST_VETH, "master", BRIDGE],
+            &["ip", "link", "set", HOST_VETH, "up"],
+            &["sysctl", "-qw", "net.ipv4.ip_forward=1"],
+        ];
+        for step in host_steps {
+            topo.exec(&host, step)?;
+        }
+        let ctr_steps: [&[&str]; 4] = [
+            &["ip", "addr", "add", &ctr_addr, "dev", "eth0"],
+            &["ip", "link", "set", "eth0", "up"],
+            &["ip", "link", "set", "lo", "up"],
+            &["ip", "route", "add", "default", "via", &gateway],
+        ];
+        for step in ctr_steps {
+            topo.exec(&ctr, step)?;
+        }
+        Ok(PlainNet { topo, subnet, container_ip })
+    }
+}
+
+/// Plain routing, the ceiling: the world routes the container subnet via
+/// the host and connects straight to the container.
+pub struct NoNatBed {
+    net: PlainNet,
+}
+
+impl NoNatBed {
+    pub fn new() -> Result<NoNatBed> {
+        let net = PlainNet::new()?;
+        let (world, subnet) = (net.topo.world.clone(), net.subnet.to_string());
+        net.topo.exec(&world, &["ip", "route", "add", &subnet, "via", &HOST_UPLINK_IP.to_string()])?;
+        Ok(NoNatBed { net })
+    }
+}
+
+impl Bed for NoNatBed {
+    fn topology(&self) -> &Topology {
+        &self.net.topo
+    }
+
+    fn target(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.net.container_ip, CONTAINER_PORT)
+    }
+
+    fn publish(&mut self, _ports: usize) -> Result<Duration> {
+        Ok(Duration::ZERO)
+    }
+
+    fn add_one(&mut self, _port: u16) -> Result<Option<AddOne>> {
+        Ok(None)
+    }
+}
+
+/// Runs `program args` inside namespace `ns`, spawned from a thread that
+/// entered it (so the wall time is the program's own, without `ip netns
+/// exec`), with `stdin` from a file if given. Fails on a non-zero exit.
+pub fn timed_in_ns(topo: &Topology, ns: &str, program: &str, args: &[&str], stdin: Option<&Path>) -> Result<Duration> {
+    topo.in_ns(ns, || {
+        let input = match stdin {
+            Some(path) => Stdio::from(File::open(path).with_context(|| format!("opening {}", path.display()))?),
+            None => Stdio::null(),
+        };
+        let start = Instant::now();
+        let out = Command::new(program).args(args).stdin(input).output().with_context(|| format!("running {program}"))?;
+        let took = start.elapsed();
+        if !out.status.success() {
+            bail!("{program} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(took)
+    })
+}
+
+/// A scratch file for a ruleset, named with the bed's prefix; removed on drop.
+pub struct ScratchFile(pub std::path::PathBuf);
+
+impl ScratchFile {
+    pub fn write(topo: &Topology, name: &str, text: &str) -> Result<ScratchFile> {
+        let path = std::env::temp_dir().join(format!("{}-{name}", topo.prefix));
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok(ScratchFile(path))
+    }
+}
+
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

@@ -1,0 +1,298 @@
+//! Nanoseconds per packet of the datapath programs under
+//! BPF_PROG_TEST_RUN, on a dedicated thread (PacketHarness unshares the
+//! thread's network namespace).
+//!
+//! The kernel's test runner builds the skb once and runs the program
+//! `repeat` times on that same skb: a program that rewrites the packet sees
+//! its own output from the second repetition on. A DNATed SYN is then
+//! addressed to the container and misses conntrack, so a `repeat` loop
+//! would mostly time the miss path. The hit paths are therefore timed with
+//! `calls` separate runs of one repetition each (a fresh copy of the frame
+//! every time), taking the mean of the kernel's per-run durations, and the
+//! same is done for an empty tc program (`r0 = 0; exit`) so that the
+//! runner's own overhead can be subtracted. The `repeat` loop is kept
+//! where it is valid (the miss, which does not rewrite, and the empty
+//! program) as a cross-check, and for the hit to show how many of its
+//! repetitions really hit.
+
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
+
+use anyhow::{ensure, Context as _, Result};
+use netpath_common::{
+    endpoint::ENDPOINT_F_IPV4, maps as names, CtKey, CtTimeouts, DatapathConfig, Endpoint, ServiceKey, ServiceValue,
+};
+use netpath_tests::{
+    frames::{self, ETH_P_IPV4, IPPROTO_TCP},
+    prog_run::{run, PacketHarness, TEST_IFINDEX},
+    topology::{HOST_UPLINK_IP, WORLD_IP},
+};
+use serde::Serialize;
+
+use super::{
+    bed::{filler_port, CONTAINER_PORT, HIT_PORT},
+    options::Options,
+    results::Series,
+};
+
+const TC_ACT_OK: u32 = 0;
+const HOST: [u8; 4] = HOST_UPLINK_IP.octets();
+const CLIENT: [u8; 4] = WORLD_IP.octets();
+const GATEWAY: [u8; 4] = [10, 0, 0, 1];
+const CTR: [u8; 4] = [10, 0, 0, 2];
+const CTR_MAC: [u8; 6] = [0x02, 0x4e, 10, 0, 0, 2];
+const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
+const CLIENT_PORT: u16 = 40000;
+const UNPUBLISHED_PORT: u16 = 9999;
+const TCP_SYN: u8 = 0x02;
+const TCP_SYN_ACK: u8 = 0x12;
+
+/// One figure: a case at a number of published ports, one value per run.
+#[derive(Serialize)]
+pub struct Figure {
+    pub case: &'static str,
+    pub program: &'static str,
+    pub services: usize,
+    /// Mean kernel-measured ns per run, fresh frame each run.
+    pub fresh_ns: Series,
+    /// `fresh_ns` minus the empty program's.
+    pub net_ns: Series,
+    /// Kernel repeat loop, ns per repetition, where measured.
+    pub loop_ns: Option<Series>,
+    /// `loop_ns` minus the empty program's.
+    pub loop_net_ns: Option<Series>,
+    /// For the DNAT hit's repeat loop: repetitions that hit the flow's entry.
+    pub loop_hits: Option<Series>,
+}
+
+/// Raw values of one run, keyed like [`Figure`].
+struct Sample {
+    case: &'static str,
+    program: &'static str,
+    services: usize,
+    fresh_ns: f64,
+    net_ns: f64,
+    loop_ns: Option<f64>,
+    loop_net_ns: Option<f64>,
+    loop_hits: Option<f64>,
+}
+
+pub fn measure(opts: &Options) -> Result<Vec<Figure>> {
+    let sizes: Vec<usize> = vec![1, *opts.sizes.last().unwrap_or(&1)];
+    let mut runs: Vec<Vec<Sample>> = vec![];
+    for _ in 0..opts.rounds {
+        super::check_interrupted()?;
+        let (calls, sizes) = (opts.prog_run_calls, sizes.clone());
+        let samples = std::thread::spawn(move || one_run(calls, &sizes))
+            .join()
+            .unwrap_or_else(|_| anyhow::bail!("the BPF_PROG_TEST_RUN thread panicked"))?;
+        runs.push(samples);
+    }
+    Ok(aggregate(&runs))
+}
+
+fn aggregate(runs: &[Vec<Sample>]) -> Vec<Figure> {
+    let Some(first) = runs.first() else { return vec![] };
+    (0..first.len())
+        .map(|i| {
+            let col = |f: &dyn Fn(&Sample) -> Option<f64>| -> Option<Series> {
+                let v: Vec<f64> = runs.iter().filter_map(|r| r.get(i).and_then(f)).collect();
+                (!v.is_empty()).then(|| Series::new(v))
+            };
+            let s = &first[i];
+            Figure {
+                case: s.case,
+                program: s.program,
+                services: s.services,
+                fresh_ns: col(&|s| Some(s.fresh_ns)).unwrap_or_default(),
+                net_ns: col(&|s| Some(s.net_ns)).unwrap_or_default(),
+                loop_ns: col(&|s| s.loop_ns),
+                loop_net_ns: col(&|s| s.loop_net_ns),
+                loop_hits: col(&|s| s.loop_hits),
+            }
+        })
+        .collect()
+}
+
+fn tcp_frame(dmac: [u8; 6], smac: [u8; 6], src: ([u8; 4], u16), dst: ([u8; 4], u16), flags: u8) -> Vec<u8> {
+    let seg = frames::tcp(src.0, dst.0, src.1, dst.1, flags, b"");
+    frames::eth(dmac, smac, ETH_P_IPV4, &frames::ipv4(src.0, dst.0, IPPROTO_TCP, &[], &seg))
+}
+
+struct Frames {
+    syn: Vec<u8>,
+    syn_dnat: Vec<u8>,
+    synack: Vec<u8>,
+    synack_revnat: Vec<u8>,
+    miss: Vec<u8>,
+}
+
+fn frames() -> Frames {
+    let client = (CLIENT, CLIENT_PORT);
+    Frames {
+        syn: tcp_frame(HOST_MAC, CLIENT_MAC, client, (HOST, HIT_PORT), TCP_SYN),
+        syn_dnat: tcp_frame(HOST_MAC, CLIENT_MAC, client, (CTR, CONTAINER_PORT), TCP_SYN),
+        synack: tcp_frame(HOST_MAC, CTR_MAC, (CTR, CONTAINER_PORT), client, TCP_SYN_ACK),
+        synack_revnat: tcp_frame(HOST_MAC, CTR_MAC, (HOST, HIT_PORT), client, TCP_SYN_ACK),
+        miss: tcp_frame(HOST_MAC, CLIENT_MAC, client, (HOST, UNPUBLISHED_PORT), TCP_SYN),
+    }
+}
+
+fn service(port: u16, id: u32) -> (ServiceKey, ServiceValue) {
+    (
+        ServiceKey { addr: [0; 4], port: port.to_be(), proto: IPPROTO_TCP, _pad: 0 },
+        ServiceValue { backend_addr: CTR, backend_port: CONTAINER_PORT.to_be(), _pad: 0, id, backend_ifindex: TEST_IFINDEX },
+    )
+}
+
+/// The maps as the agent fills them for one container behind the hit port.
+fn configure(h: &mut PacketHarness) -> Result<()> {
+    h.dp.write_config(&DatapathConfig {
+        netns_cookie: 0,
+        subnet: [10, 0, 0, 0],
+        subnet_prefix: 24,
+        gateway: GATEWAY,
+        flags: 0,
+        timeouts: CtTimeouts::default(),
+        // Fields added later (masquerade, ...) stay off.
+        ..Default::default()
+    })?;
+    h.dp.sync_host_addrs(&[(HOST, 2), (GATEWAY, 3)])?;
+    let (k, v) = service(HIT_PORT, 1);
+    h.dp.set_service(&k, &v)?;
+    h.dp.set_endpoint(TEST_IFINDEX, &Endpoint { ipv4: CTR, ipv6: [0; 16], mac: CTR_MAC, flags: ENDPOINT_F_IPV4, ifindex: TEST_IFINDEX, id: 1 })?;
+    Ok(())
+}
+
+/// Publishes filler ports until `services` are published in all.
+fn fill_services(h: &mut PacketHarness, services: usize) -> Result<()> {
+    for i in 0..services.saturating_sub(1) {
+        let (k, v) = service(filler_port(i), 2 + i as u32);
+        h.dp.set_service(&k, &v)?;
+    }
+    Ok(())
+}
+
+/// Runs `program` once and checks it passes `input` rewritten to `want`.
+fn expect(h: &PacketHarness, program: &str, input: &[u8], want: &[u8]) -> Result<()> {
+    let r = h.run(program, input)?;
+    ensure!(r.verdict == TC_ACT_OK && r.data == want, "{program} did not translate the frame as expected (verdict {})", r.verdict);
+    Ok(())
+}
+
+fn one_run(calls: u32, sizes: &[usize]) -> Result<Vec<Sample>> {
+    let mut h = PacketHarness::new()?;
+    configure(&mut h)?;
+    let empty = EmptyProgram::load()?;
+    let f = frames();
+    // The flow: the first SYN creates both conntrack entries.
+    expect(&h, names::PROG_UPLINK_INGRESS, &f.syn, &f.syn_dnat).context("preparing the flow")?;
+    expect(&h, names::PROG_VETH_INGRESS, &f.synack, &f.synack_revnat).context("preparing the reply")?;
+    // The flow's original direction, as the first SYN carries it.
+    let flow_key = |k: &CtKey| {
+        (k.saddr, k.daddr, k.sport, k.dport, k.proto) == (CLIENT, HOST, CLIENT_PORT.to_be(), HIT_PORT.to_be(), IPPROTO_TCP)
+    };
+    let uplink = h.dp.program_fd(names::PROG_UPLINK_INGRESS)?;
+    let veth = h.dp.program_fd(names::PROG_VETH_INGRESS)?;
+    let mut out = vec![];
+    for &services in sizes {
+        fill_services(&mut h, services)?;
+        let base = fresh_mean(empty.fd(), &f.syn, calls)?;
+        let base_loop = run(empty.fd(), &f.syn, calls)?.duration_ns as f64;
+        let sample = |case, program, fresh: f64, loop_ns, loop_hits| Sample {
+            case,
+            program,
+            services,
+            fresh_ns: fresh,
+            net_ns: fresh - base,
+            loop_ns,
+            loop_net_ns: loop_ns.map(|l: f64| l - base_loop),
+            loop_hits,
+        };
+        out.push(sample("empty tc program (runner overhead)", "-", base, Some(base_loop), None));
+
+        let before = flow_packets(&mut h, flow_key)?;
+        let hit = fresh_mean(uplink, &f.syn, calls)?;
+        let after = flow_packets(&mut h, flow_key)?;
+        ensure!(after - before == calls as u64, "only {} of {calls} SYNs hit the flow's conntrack entry", after - before);
+        let hit_loop = run(uplink, &f.syn, calls)?.duration_ns as f64;
+        let loop_hits = (flow_packets(&mut h, flow_key)? - after) as f64;
+        out.push(sample("conntrack hit + DNAT (SYN to the published port)", names::PROG_UPLINK_INGRESS, hit, Some(hit_loop), Some(loop_hits)));
+
+        let reply = fresh_mean(veth, &f.synack, calls)?;
+        out.push(sample("conntrack hit + reverse NAT (the reply)", names::PROG_VETH_INGRESS, reply, None, None));
+
+        expect(&h, names::PROG_UPLINK_INGRESS, &f.miss, &f.miss).context("the miss passes untouched")?;
+        let miss = fresh_mean(uplink, &f.miss, calls)?;
+        let miss_loop = run(uplink, &f.miss, calls)?.duration_ns as f64;
+        out.push(sample("miss (SYN to a port not published)", names::PROG_UPLINK_INGRESS, miss, Some(miss_loop), None));
+    }
+    Ok(out)
+}
+
+fn flow_packets(h: &mut PacketHarness, is_flow: impl Fn(&CtKey) -> bool) -> Result<u64> {
+    h.dp.ct_entries()?.into_iter().find(|(k, _)| is_flow(k)).map(|(_, e)| e.packets).context("the flow's conntrack entry is gone")
+}
+
+/// Mean of the kernel's duration over `calls` runs of one repetition.
+fn fresh_mean(fd: RawFd, frame: &[u8], calls: u32) -> Result<f64> {
+    let mut total: u64 = 0;
+    for i in 0..calls {
+        if i % 10_000 == 0 {
+            super::check_interrupted()?;
+        }
+        let r = run(fd, frame, 1).context("BPF_PROG_TEST_RUN")?;
+        ensure!(r.verdict == TC_ACT_OK, "verdict {} instead of TC_ACT_OK", r.verdict);
+        total += r.duration_ns as u64;
+    }
+    Ok(total as f64 / calls.max(1) as f64)
+}
+
+/// `r0 = TC_ACT_OK; exit`, loaded as a tc program: the runner's overhead.
+struct EmptyProgram(OwnedFd);
+
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+}
+
+impl EmptyProgram {
+    fn load() -> Result<EmptyProgram> {
+        const BPF_PROG_LOAD: libc::c_long = 5;
+        const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+        // struct bpf_insn, little endian: opcode in the low byte.
+        let insns: [u64; 2] = [0xb7 /* mov64 r0, 0 */, 0x95 /* exit */];
+        let license = b"GPL\0";
+        let mut name = [0u8; 16];
+        name[..5].copy_from_slice(b"empty");
+        let attr = ProgLoadAttr {
+            prog_type: BPF_PROG_TYPE_SCHED_CLS,
+            insn_cnt: insns.len() as u32,
+            insns: insns.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            prog_name: name,
+            ..Default::default()
+        };
+        // SAFETY: attr points at valid instructions and license for the call.
+        let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, &attr as *const ProgLoadAttr, std::mem::size_of::<ProgLoadAttr>()) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("loading the empty tc program");
+        }
+        // SAFETY: the kernel returned a new file descriptor that we own.
+        Ok(EmptyProgram(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }))
+    }
+
+    fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}

@@ -1,0 +1,325 @@
+//! `RESULTS.md` (tables, targets, method), `results.json` (every raw
+//! number) and `connrate.svg`.
+
+use std::{fmt::Write as _, path::Path};
+
+use anyhow::{Context as _, Result};
+
+use super::{
+    bed::{Variant, HIT_PORT},
+    plot,
+    results::{Results, Series, VariantFigures},
+};
+
+pub fn write(dir: &Path, r: &Results) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let json = serde_json::to_string_pretty(r)?;
+    std::fs::write(dir.join("results.json"), json + "\n").context("writing results.json")?;
+    plot::conn_rate_svg(r, &dir.join("connrate.svg"))?;
+    std::fs::write(dir.join("RESULTS.md"), markdown(r)).context("writing RESULTS.md")?;
+    Ok(())
+}
+
+fn values(s: &Series, digits: usize) -> String {
+    s.values.iter().map(|v| format!("{v:.digits$}")).collect::<Vec<_>>().join(" / ")
+}
+
+fn ratio(a: f64, b: Option<f64>) -> String {
+    match b {
+        Some(b) if b > 0.0 && a.is_finite() => format!("{:.2}", a / b),
+        _ => "-".into(),
+    }
+}
+
+fn markdown(r: &Results) -> String {
+    let mut s = String::new();
+    header(&mut s, r);
+    targets(&mut s, r);
+    failures(&mut s, r);
+    conn_rate(&mut s, r);
+    throughput_latency(&mut s, r);
+    publish_one(&mut s, r);
+    publish_all(&mut s, r);
+    prog_run(&mut s, r);
+    method(&mut s, r);
+    s
+}
+
+fn header(s: &mut String, r: &Results) {
+    let m = &r.machine;
+    let _ = writeln!(s, "# netpath benchmark: four ways of publishing a container port\n");
+    let _ = writeln!(
+        s,
+        "Written by `cargo xtask bench` (`tests/src/bin/netpath-bench.rs`); raw numbers in \
+         [`results.json`](results.json). Absolute figures drift on shared machines: compare within \
+         one run, by the ratios.{}\n",
+        if r.method.quick { " **This is a `--quick` run (1 run, fewer sizes): not for quoting.**" } else { "" }
+    );
+    let _ = writeln!(s, "| | |\n|---|---|");
+    let _ = writeln!(s, "| date (UTC) | {} |", r.date);
+    let _ = writeln!(s, "| source measured | {} |", m.source);
+    let _ = writeln!(s, "| kernel (`uname -r`) | {} |", m.kernel);
+    let _ = writeln!(s, "| CPU (`/proc/cpuinfo`) | {} |", m.cpu);
+    let _ = writeln!(s, "| `nproc` | {} |", m.nproc);
+    let _ = writeln!(s, "| clocksource | {} |", m.clocksource);
+    let _ = writeln!(s, "| iptables | {} |", m.iptables);
+    let _ = writeln!(s, "| nft | {} |", m.nft);
+    let _ = writeln!(s, "| load average (`/proc/loadavg`) before the run / after it (includes the run's own threads) | {} / {} |", m.loadavg_before, r.loadavg_after);
+    let _ = writeln!(
+        s,
+        "| rounds | {} (medians quoted), {} s per load measurement, total {:.0} s |\n",
+        r.method.rounds, r.method.seconds_per_load_measurement, r.wall_time_s
+    );
+}
+
+fn targets(s: &mut String, r: &Results) {
+    let _ = writeln!(s, "## Targets\n\n| target | measured (medians) | met |\n|---|---|---|");
+    for t in &r.targets {
+        let met = match t.met {
+            Some(true) => "**yes**",
+            Some(false) => "**NO**",
+            None => "not measured",
+        };
+        let _ = writeln!(s, "| {} | {} | {met} |", t.what, t.measured);
+    }
+    s.push('\n');
+}
+
+fn failures(s: &mut String, r: &Results) {
+    if r.failures.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "## Failures\n\nThese were left out of the medians (full messages in results.json):\n");
+    for f in &r.failures {
+        let one_line = f.replace('\n', " ");
+        let short: String = one_line.chars().take(400).collect();
+        let _ = writeln!(s, "- {short}{}", if short.len() < one_line.len() { " ..." } else { "" });
+    }
+    s.push('\n');
+}
+
+fn nonat(r: &Results) -> Option<&VariantFigures> {
+    r.variant(Variant::NoNat)
+}
+
+fn conn_rate(s: &mut String, r: &Results) {
+    let _ = writeln!(s, "## Short TCP connections per second\n");
+    let _ = writeln!(
+        s,
+        "Connect, 32-byte request, 64-byte answer, close; {} client threads in the world namespace, \
+         {} accept threads in the container. Median connections/s over the rounds, and the ratio to \
+         no-nat at the same size (no-nat publishes nothing: its row is the same setup measured again).\n",
+        r.method.client_threads, r.method.server_threads
+    );
+    let _ = write!(s, "| published ports |");
+    for v in &r.variants {
+        let _ = write!(s, " {} | ratio |", v.variant.name());
+    }
+    let _ = write!(s, "\n|---:|");
+    for _ in &r.variants {
+        s.push_str("---:|---:|");
+    }
+    s.push('\n');
+    for &ports in &r.method.sizes {
+        let base = nonat(r).and_then(|z| z.rate_at(ports));
+        let _ = write!(s, "| {ports} |");
+        for v in &r.variants {
+            let rate = v.rate_at(ports).unwrap_or(f64::NAN);
+            let _ = write!(s, " {rate:.0} | {} |", ratio(rate, base));
+        }
+        s.push('\n');
+    }
+    let _ = writeln!(s, "\nPer round (connections/s, failed connections):\n");
+    for v in &r.variants {
+        let cells: Vec<String> = v
+            .conn_rate
+            .iter()
+            .map(|p| format!("{} ports: {} (errors {})", p.ports, values(&p.per_sec, 0), p.errors.iter().map(u64::to_string).collect::<Vec<_>>().join("/")))
+            .collect();
+        let _ = writeln!(s, "- {}: {}", v.variant.name(), cells.join("; "));
+    }
+    let _ = writeln!(s, "\n![connection rate against published ports](connrate.svg)\n");
+}
+
+fn throughput_latency(s: &mut String, r: &Results) {
+    let base = nonat(r);
+    let _ = writeln!(s, "## Single-stream throughput and request/response latency (1 published port)\n");
+    let _ = writeln!(
+        s,
+        "Throughput: one connection, 256 KiB writes for {} s, counted by the receiver. Latency: one \
+         persistent connection with TCP_NODELAY, {} round trips of 64 bytes after 200 warm-up ones, \
+         with the client and the server thread pinned to the same CPU (without that, wake-ups across \
+         the two vCPUs of this machine add a bimodal 15-50 µs that has nothing to do with the path).\n",
+        r.method.seconds_per_load_measurement, r.method.latency_round_trips
+    );
+    let _ = writeln!(s, "| variant | Gbit/s | vs no-nat | rounds | p50 µs | p99 µs | p50 vs no-nat | p99 vs no-nat | p50 rounds | p99 rounds |");
+    let _ = writeln!(s, "|---|---:|---:|---|---:|---:|---:|---:|---|---|");
+    for v in &r.variants {
+        let _ = writeln!(
+            s,
+            "| {} | {:.2} | {} | {} | {:.1} | {:.1} | {} | {} | {} | {} |",
+            v.variant.name(),
+            v.throughput_gbit.median,
+            ratio(v.throughput_gbit.median, base.map(|b| b.throughput_gbit.median)),
+            values(&v.throughput_gbit, 2),
+            v.latency_p50_us.median,
+            v.latency_p99_us.median,
+            ratio(v.latency_p50_us.median, base.map(|b| b.latency_p50_us.median)),
+            ratio(v.latency_p99_us.median, base.map(|b| b.latency_p99_us.median)),
+            values(&v.latency_p50_us, 1),
+            values(&v.latency_p99_us, 1),
+        );
+    }
+    s.push('\n');
+}
+
+fn publish_one(s: &mut String, r: &Results) {
+    let largest = r.method.sizes.last().copied().unwrap_or(1);
+    let _ = writeln!(s, "## Publishing one more port when {largest} exist\n");
+    let _ = writeln!(s, "| variant | operation timed | samples | median ms | min - max ms | everything per port (median ms) |");
+    let _ = writeln!(s, "|---|---|---:|---:|---|---|");
+    for v in &r.variants {
+        let (Some(op), Some(full)) = (&v.publish_one_ms, &v.publish_one_full_ms) else { continue };
+        let (what, everything) = match v.variant {
+            Variant::Netpath => ("`POST /v1/mappings` round trip, in-process client".to_string(), "the same".to_string()),
+            Variant::Iptables => (
+                "`iptables -t nat -A DOCKER ... -j DNAT` wall time".to_string(),
+                format!("{:.3} for Docker's 3 commands (DNAT, filter ACCEPT, POSTROUTING MASQUERADE)", full.median),
+            ),
+            Variant::Nftables => ("`nft add element ip nat ports { P : C . 80 }` wall time".to_string(), "the same".to_string()),
+            Variant::NoNat => continue,
+        };
+        let min = op.values.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = op.values.iter().copied().fold(0.0, f64::max);
+        let _ = writeln!(s, "| {} | {what} | {} | {:.3} | {min:.3} - {max:.3} | {everything} |", v.variant.name(), op.values.len(), op.median);
+    }
+    let _ = writeln!(
+        s,
+        "\nThe iptables and nft figures are whole process runs (fork, exec, netlink), started from a \
+         thread inside the host namespace (no `ip netns exec`), which is how Docker runs iptables.\n"
+    );
+}
+
+fn publish_all(s: &mut String, r: &Results) {
+    let _ = writeln!(s, "## Getting to N published ports (informational)\n");
+    let _ = writeln!(
+        s,
+        "iptables: `iptables-restore` of the whole Docker layout; nftables: `nft -f` of the whole \
+         table; netpath: one API call per port added since the previous size, plus taking the hit \
+         port out and publishing it again last. One value each (informational).\n"
+    );
+    let _ = write!(s, "| variant |");
+    for p in &r.method.sizes {
+        let _ = write!(s, " {p} |");
+    }
+    let _ = write!(s, "\n|---|");
+    for _ in &r.method.sizes {
+        s.push_str("---:|");
+    }
+    s.push('\n');
+    for v in r.variants.iter().filter(|v| v.variant != Variant::NoNat) {
+        let _ = write!(s, "| {} |", v.variant.name());
+        for (_, ms) in &v.publish_all_ms {
+            let _ = write!(s, " {ms:.1} |");
+        }
+        s.push('\n');
+    }
+    s.push('\n');
+}
+
+fn prog_run(s: &mut String, r: &Results) {
+    let _ = writeln!(s, "## Nanoseconds per packet under BPF_PROG_TEST_RUN\n");
+    let _ = writeln!(
+        s,
+        "Mean of the kernel's per-run duration over {} runs with a fresh copy of the frame each time \
+         (repeat = 1), median over the rounds (each round loads the object afresh); \"net\" subtracts the same figure for an empty tc program \
+         (`r0 = 0; exit`); \"loop net\" does the same for the repeat loop. The kernel's own repeat loop (repeat = {}) reruns the program on the *same* \
+         skb, so after the first repetition a DNATed SYN is addressed to the container and misses \
+         conntrack: the loop column for the hit shows that figure and how many repetitions really hit. \
+         For the miss, which rewrites nothing, the loop is valid and cross-checks the fresh-frame method.\n",
+        r.method.prog_run_calls, r.method.prog_run_calls
+    );
+    let _ = writeln!(s, "| program | case | published ports | fresh-frame ns | net ns | repeat-loop ns | loop net ns | loop repetitions that hit |");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|");
+    for f in &r.prog_run {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.1} | {:.1} | {} | {} | {} |",
+            f.program,
+            f.case,
+            f.services,
+            f.fresh_ns.median,
+            f.net_ns.median,
+            f.loop_ns.as_ref().map(|l| format!("{:.1}", l.median)).unwrap_or_else(|| "-".into()),
+            f.loop_net_ns.as_ref().map(|l| format!("{:.1}", l.median)).unwrap_or_else(|| "-".into()),
+            f.loop_hits.as_ref().map(|l| format!("{:.0} of {}", l.median, r.method.prog_run_calls)).unwrap_or_else(|| "-".into()),
+        );
+    }
+    s.push('\n');
+}
+
+fn method(s: &mut String, r: &Results) {
+    let _ = writeln!(
+        s,
+        "## Method
+
+Every variant has its own fresh network namespaces, built with the test harness (`Topology`): a
+host namespace (uplink `up0` 198.18.0.1/24, bridge `np0`, one container veth), a world namespace
+(`eth0` 198.18.0.2/24) and one container namespace; names carry a per-run prefix and everything is
+deleted afterwards, also on failure or Ctrl-C. Nothing is added to the machine's own namespace and
+no packet leaves the namespaces.
+
+The four beds exist side by side for the whole run. At each size every bed is first grown to that
+many published ports; then each measurement window runs on one bed after the other, and this is
+repeated {rounds} times (rounds), the starting bed rotating from round to round, so that load from
+elsewhere on the machine falls on every variant about equally. Tables quote the median over the
+rounds. While netpath's agent runs, its cgroup socket hooks (filtered to its own namespace) also
+see the other beds' `connect()` calls, a cost of a few tens of nanoseconds per connection.
+
+- **no-nat** (the ceiling): a plain Linux bridge and veth pair made with `ip`, IPv4 forwarding on,
+  no netfilter rules, no BPF; the world routes the container subnet via 198.18.0.1 and connects
+  straight to the container's address, port 80.
+- **iptables**: the same plain topology with Docker 20.10's layout loaded by `iptables-restore`
+  into the host namespace: nat `PREROUTING -m addrtype --dst-type LOCAL -j DOCKER`, `OUTPUT`,
+  `POSTROUTING -s <subnet> ! -o np0 -j MASQUERADE`, and per published port a DNAT rule in the nat
+  `DOCKER` chain, an ACCEPT in the filter `DOCKER` chain and a hairpin MASQUERADE in `POSTROUTING`;
+  filter `FORWARD` policy DROP with `DOCKER-USER` and the two isolation stages. The hit port's
+  rules come last, so a new connection walks every DNAT rule before its own. (All ports lead to
+  the container's port 80, so the filter `DOCKER` rules are identical and the first one matches.)
+  `iptables` here is the nf_tables backend (`iptables --version` above), as Docker uses on Debian 12.
+- **nftables**: the same plain topology with one `ip nat` table: a map `inet_service : ipv4_addr .
+  inet_service` holding every port, `fib daddr type local dnat ip to tcp dport map @ports` in a
+  prerouting nat chain and a masquerade rule; loaded with `nft -f`.
+- **netpath**: the release `netpathd` started by the harness in the host namespace with its default
+  settings (tc programs on the uplink and the container's veth; whether XDP goes on the uplink is
+  the agent's choice, stated below), container attached with `netpathctl container add`, ports published with
+  `POST /v1/mappings {{\"spec\": \"<port>:c1:80\"}}` through `netpath_userspace::client::Client`
+  in-process; the hit port {HIT_PORT} is taken out and published again last at every size.
+
+Ports: the hit port is {HIT_PORT}; the others are 20000 upwards, all to the container's port 80;
+one-more-port timings use 40000 upwards. Sizes: {sizes:?}.
+
+Load: the server in the container has {st} threads blocking in `accept()` on one listener
+(backlog 4096); each connection starts with a 32-byte hello that selects short request, sink or
+echo. Clients run on {ct} threads in the world namespace; short connections close with
+`SO_LINGER` 0 (RST, no TIME_WAIT) and `net.ipv4.tcp_tw_reuse=1` is set in the world, so the
+ephemeral range (32768-60999) is never exhausted. Each connection-rate and throughput figure
+is a {secs} s window; every loop is also bounded in count. The machine has {nproc} CPUs shared by
+clients, server, forwarding and the agent, so all figures are CPU-bound: read the ratios.
+",
+        rounds = r.method.rounds,
+        sizes = r.method.sizes,
+        st = r.method.server_threads,
+        ct = r.method.client_threads,
+        secs = r.method.seconds_per_load_measurement,
+        nproc = r.machine.nproc,
+    );
+    let notes: Vec<&String> = r.variants.iter().flat_map(|v| &v.notes).collect();
+    if !notes.is_empty() {
+        let _ = writeln!(s, "Setup as it ran:\n");
+        for n in notes {
+            let _ = writeln!(s, "- {n}");
+        }
+        s.push('\n');
+    }
+}

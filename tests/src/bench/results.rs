@@ -1,0 +1,252 @@
+//! Raw samples per variant, and the figures the report quotes: medians over
+//! rounds, ratios to no-nat, and the targets.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{
+    bed::{AddOne, Variant},
+    load::{ConnRate, Latency},
+    machine::Machine,
+    options::Options,
+    progrun,
+};
+
+/// Everything measured on one variant's bed.
+#[derive(Default)]
+pub struct VariantSamples {
+    /// Per size, one value per round.
+    pub conn_rate: Vec<(usize, Vec<ConnRate>)>,
+    /// One value per round (1 published port).
+    pub throughput_gbit: Vec<f64>,
+    pub latency: Vec<Latency>,
+    /// Time to get to each size.
+    pub publish_all: Vec<(usize, Duration)>,
+    /// Every timed single publication at the largest size.
+    pub add_one: Vec<AddOne>,
+    /// Facts about the setup as it ran.
+    pub notes: Vec<String>,
+}
+
+/// Values and their median.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Series {
+    pub median: f64,
+    pub values: Vec<f64>,
+}
+
+impl Series {
+    pub fn new(values: Vec<f64>) -> Series {
+        Series { median: median(&values), values }
+    }
+
+    pub fn of<T>(items: &[T], f: impl Fn(&T) -> f64) -> Series {
+        Series::new(items.iter().map(f).collect())
+    }
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+pub fn median_ms(samples: &[AddOne], f: impl Fn(&AddOne) -> Duration) -> Option<f64> {
+    (!samples.is_empty()).then(|| median(&samples.iter().map(|a| f(a).as_secs_f64() * 1e3).collect::<Vec<_>>()))
+}
+
+#[derive(Serialize)]
+pub struct SizePoint {
+    pub ports: usize,
+    pub per_sec: Series,
+    /// Failed connections per run (timeouts, resets).
+    pub errors: Vec<u64>,
+    pub connections: Vec<u64>,
+}
+
+#[derive(Serialize)]
+pub struct VariantFigures {
+    pub variant: Variant,
+    pub conn_rate: Vec<SizePoint>,
+    /// Per round.
+    pub throughput_gbit: Series,
+    pub latency_p50_us: Series,
+    pub latency_p99_us: Series,
+    /// Every timed single publication at the largest size.
+    pub publish_one_ms: Option<Series>,
+    /// Same, everything the runtime does for a port (Docker: 3 commands).
+    pub publish_one_full_ms: Option<Series>,
+    /// Time to get to each size.
+    pub publish_all_ms: Vec<(usize, f64)>,
+    pub notes: Vec<String>,
+}
+
+impl VariantFigures {
+    fn new(variant: Variant, s: &VariantSamples) -> VariantFigures {
+        let conn_rate = s
+            .conn_rate
+            .iter()
+            .map(|(ports, rates)| SizePoint {
+                ports: *ports,
+                per_sec: Series::of(rates, |c| c.per_sec),
+                errors: rates.iter().map(|c| c.errors).collect(),
+                connections: rates.iter().map(|c| c.connections).collect(),
+            })
+            .collect();
+        let ms = |f: fn(&AddOne) -> Duration| (!s.add_one.is_empty()).then(|| Series::of(&s.add_one, |a| f(a).as_secs_f64() * 1e3));
+        VariantFigures {
+            variant,
+            conn_rate,
+            throughput_gbit: Series::new(s.throughput_gbit.clone()),
+            latency_p50_us: Series::of(&s.latency, |l| l.p50_us),
+            latency_p99_us: Series::of(&s.latency, |l| l.p99_us),
+            publish_one_ms: ms(|a| a.op),
+            publish_one_full_ms: ms(|a| a.full),
+            publish_all_ms: s.publish_all.iter().map(|(p, d)| (*p, d.as_secs_f64() * 1e3)).collect(),
+            notes: s.notes.clone(),
+        }
+    }
+
+    pub fn rate_at(&self, ports: usize) -> Option<f64> {
+        self.conn_rate.iter().find(|p| p.ports == ports).map(|p| p.per_sec.median).filter(|r| r.is_finite())
+    }
+}
+
+#[derive(Serialize)]
+pub struct Method {
+    pub rounds: usize,
+    pub sizes: Vec<usize>,
+    pub seconds_per_load_measurement: f64,
+    pub client_threads: usize,
+    pub server_threads: usize,
+    pub latency_round_trips: usize,
+    pub prog_run_calls: u32,
+    pub quick: bool,
+}
+
+#[derive(Serialize)]
+pub struct Target {
+    pub what: String,
+    pub measured: String,
+    /// None: not measured in this run (a variant was left out).
+    pub met: Option<bool>,
+}
+
+#[derive(Serialize)]
+pub struct Results {
+    pub date: String,
+    pub machine: Machine,
+    pub method: Method,
+    pub wall_time_s: f64,
+    /// `/proc/loadavg` at the end.
+    pub loadavg_after: String,
+    pub variants: Vec<VariantFigures>,
+    pub prog_run: Vec<progrun::Figure>,
+    pub targets: Vec<Target>,
+    /// Runs or phases that failed (left out of the medians).
+    pub failures: Vec<String>,
+}
+
+impl Results {
+    pub fn aggregate(
+        date: String,
+        machine: Machine,
+        opts: &Options,
+        samples: &[(Variant, VariantSamples)],
+        prog_run: Vec<progrun::Figure>,
+        failures: Vec<String>,
+        wall_time: Duration,
+    ) -> Results {
+        let variants: Vec<VariantFigures> = samples.iter().map(|(v, s)| VariantFigures::new(*v, s)).collect();
+        let targets = targets(&variants, opts);
+        Results {
+            date,
+            machine,
+            method: Method {
+                rounds: opts.rounds,
+                sizes: opts.sizes.clone(),
+                seconds_per_load_measurement: opts.seconds,
+                client_threads: opts.client_threads,
+                server_threads: opts.server_threads,
+                latency_round_trips: opts.latency_round_trips,
+                prog_run_calls: opts.prog_run_calls,
+                quick: opts.quick,
+            },
+            wall_time_s: wall_time.as_secs_f64(),
+            loadavg_after: super::machine::loadavg(),
+            variants,
+            prog_run,
+            targets,
+            failures,
+        }
+    }
+
+    pub fn variant(&self, v: Variant) -> Option<&VariantFigures> {
+        self.variants.iter().find(|f| f.variant == v)
+    }
+}
+
+fn targets(variants: &[VariantFigures], opts: &Options) -> Vec<Target> {
+    let find = |v: Variant| variants.iter().find(|f| f.variant == v);
+    let (np, ipt, nonat) = (find(Variant::Netpath), find(Variant::Iptables), find(Variant::NoNat));
+    let largest = *opts.sizes.last().unwrap_or(&1);
+    let mut out = vec![];
+
+    let keep = np.and_then(|n| Some((n.rate_at(largest)?, n.rate_at(1)?)));
+    out.push(match keep {
+        Some((big, one)) => Target {
+            what: format!("netpath at {largest} ports keeps >= 95% of its own 1-port connection rate"),
+            measured: format!("{big:.0} vs {one:.0} conn/s = {:.1}%", 100.0 * big / one),
+            met: Some(big >= 0.95 * one),
+        },
+        None => not_measured("netpath keeps >= 95% of its 1-port connection rate at the largest size"),
+    });
+
+    out.push(match (np, ipt) {
+        (Some(n), Some(i)) => {
+            let pairs: Vec<(usize, f64, f64)> =
+                opts.sizes.iter().filter_map(|&s| Some((s, n.rate_at(s)?, i.rate_at(s)?))).collect();
+            Target {
+                what: "netpath beats Docker-style iptables at every size (connection rate)".into(),
+                measured: pairs
+                    .iter()
+                    .map(|(s, a, b)| format!("{s} port(s): netpath {a:.0} vs iptables {b:.0} conn/s ({:.2}x)", a / b))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                met: Some(pairs.iter().all(|(_, a, b)| a > b)),
+            }
+        }
+        _ => not_measured("netpath beats Docker-style iptables at every size"),
+    });
+
+    out.push(match (np, nonat) {
+        (Some(n), Some(z)) => {
+            let (a, b) = (n.throughput_gbit.median, z.throughput_gbit.median);
+            Target {
+                what: "netpath single-stream throughput >= 95% of no-nat".into(),
+                measured: format!("{a:.2} vs {b:.2} Gbit/s = {:.1}%", 100.0 * a / b),
+                met: Some(a >= 0.95 * b),
+            }
+        }
+        _ => not_measured("netpath throughput >= 95% of no-nat"),
+    });
+
+    out.push(match np.and_then(|n| n.publish_one_ms.as_ref()) {
+        Some(s) => Target {
+            what: format!("publishing one more port at {largest} takes < 1 ms (netpath API round trip, median)"),
+            measured: format!("{:.3} ms", s.median),
+            met: Some(s.median < 1.0),
+        },
+        None => not_measured("publishing one more port takes < 1 ms"),
+    });
+    out
+}
+
+fn not_measured(what: &str) -> Target {
+    Target { what: what.into(), measured: "not measured in this run".into(), met: None }
+}
