@@ -65,6 +65,10 @@ fn next_state(entry: &CtEntry, proto: u8, tcp_flags: u8) -> u8 {
     }
     if tcp_flags & TCP_RST != 0 {
         RESET
+    } else if tcp_flags & TCP_SYN != 0 && tcp_flags & TCP_ACK == 0 && (cur == RESET || cur == CLOSING) {
+        // A new connection on a reused tuple: it starts over, rather than
+        // living under the old one's short closing timeout.
+        NEW
     } else if cur == RESET {
         RESET
     } else if tcp_flags & TCP_FIN != 0 {
@@ -89,6 +93,9 @@ pub fn touch(entry: *mut CtEntry, flow: &Flow, len: u32, cfg: &DatapathConfig) {
         e.state = state;
         e.expires_ns = expires;
     }
+    // Plain adds: the bpfel target has no 64-bit atomics in `core`, so
+    // counts of a flow whose packets race on two CPUs may lose an update.
+    // They are for display; nothing decides on them.
     e.packets += 1;
     e.bytes += len as u64;
 }

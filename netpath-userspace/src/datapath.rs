@@ -509,6 +509,21 @@ impl Datapath {
         Ok(flows)
     }
 
+    /// Removes these entries (and their peers), without reading the table
+    /// again; returns how many flows went.
+    pub fn ct_remove_entries(&mut self, entries: &[(CtKey, CtEntry)]) -> Result<usize> {
+        let mut map = self.ct_map()?;
+        let mut flows = 0;
+        for (key, entry) in entries {
+            let gone = ignore_missing(map.remove(key)).is_ok();
+            let _ = ignore_missing(map.remove(&entry.peer));
+            if gone && entry.flags & netpath_common::conntrack::CT_F_REPLY == 0 {
+                flows += 1;
+            }
+        }
+        Ok(flows)
+    }
+
     /// Forgets socket-level translations made for these mappings.
     pub fn sock_revnat_remove(&mut self, service_ids: &[u32]) -> Result<()> {
         let mut map = self.sock_revnat_map()?;

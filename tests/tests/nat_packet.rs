@@ -228,3 +228,20 @@ fn first_fragment_is_translated_later_ones_are_not_rewritten() {
     let r = h.run(names::PROG_UPLINK_INGRESS, &later).unwrap();
     assert_eq!((r.verdict, hex(&r.data)), (TC_ACT_OK, hex(&later)));
 }
+
+#[test]
+fn a_new_connection_on_a_reused_tuple_starts_over() {
+    let mut h = harness();
+    let syn = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40100), (HOST, 8080), 0x02, &[]);
+    let rst = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40100), (HOST, 8080), 0x04, &[]);
+    let state = |h: &mut PacketHarness| {
+        let key = netpath_common::CtKey::new(CLIENT, HOST, 40100u16.to_be(), 8080u16.to_be(), IPPROTO_TCP);
+        h.dp.ct_entries().unwrap().into_iter().find(|(k, _)| *k == key).map(|(_, e)| e.state).unwrap()
+    };
+    h.run(names::PROG_UPLINK_INGRESS, &syn).unwrap();
+    h.run(names::PROG_UPLINK_INGRESS, &rst).unwrap();
+    assert_eq!(state(&mut h), netpath_common::CtState::Reset as u8);
+    // The client reuses its port for a new connection: not a 10 s leftover.
+    expect(&h, names::PROG_UPLINK_INGRESS, &syn, &tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40100), (C1, 80), 0x02, &[]));
+    assert_eq!(state(&mut h), netpath_common::CtState::New as u8);
+}
