@@ -173,10 +173,10 @@ async fn monitor(State(agent): State<Arc<Agent>>, Query(q): Query<MonitorQuery>)
             }
         }
     });
-    Ok(Response::builder()
+    Response::builder()
         .header("content-type", "application/x-ndjson")
         .body(axum::body::Body::from_stream(stream))
-        .map_err(|e| AgentError::Internal(e.into()))?)
+        .map_err(|e| AgentError::Internal(e.into()))
 }
 
 /// Binds the socket (directory 0700, socket 0600: root only) and serves

@@ -22,9 +22,10 @@ use netpath_common::policy::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
+    #[default]
     Allow,
     Deny,
 }
@@ -157,8 +158,11 @@ pub fn parse_cidr(s: &str) -> Result<Ipv4Net, RuleError> {
     Ok(net)
 }
 
+/// A rule's protocol (None: any) and port range (None: all ports).
+pub type Filter = (Option<RuleProto>, Option<(u16, u16)>);
+
 /// `tcp`, `udp/53`, `tcp/8000-8080`, `icmp/8`.
-pub fn parse_filter(s: &str) -> Result<(Option<RuleProto>, Option<(u16, u16)>), RuleError> {
+pub fn parse_filter(s: &str) -> Result<Filter, RuleError> {
     let (p, ports) = match s.split_once('/') {
         Some((p, ports)) => (p, Some(ports)),
         None => (s, None),
@@ -197,11 +201,6 @@ fn allow() -> Action {
     Action::Allow
 }
 
-impl Default for Action {
-    fn default() -> Self {
-        Action::Allow
-    }
-}
 
 impl ContainerPolicy {
     /// Checks a new rule against the existing ones.

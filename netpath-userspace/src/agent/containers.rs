@@ -1,0 +1,192 @@
+//! Containers: wiring a network namespace to the bridge (veth pair,
+//! address, route, per-veth programs) and every trace of it away again.
+
+use super::*;
+
+/// Name of the container-side interface.
+pub const CONTAINER_IFNAME: &str = "eth0";
+
+/// Container MACs are derived from their IPv4 address (locally administered,
+/// as Docker does), so they are unique on the bridge and predictable.
+pub fn container_mac(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x02, 0x4e, o[0], o[1], o[2], o[3]]
+}
+
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+pub(super) fn file_name(p: &std::path::Path) -> String {
+    p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+impl Inner {
+    /// Writes the endpoint into the map, then attaches (or re-attaches) the
+    /// per-veth programs. The map entry comes first: the ingress program
+    /// drops frames from interfaces it has no endpoint for.
+    pub(super) fn program_endpoint(&mut self, c: &Container) -> Result<()> {
+        self.write_endpoint(c)?;
+        self.dp.attach(&c.veth, Hook::VethIngress)?;
+        self.dp.attach(&c.veth, Hook::VethEgress)?;
+        Ok(())
+    }
+
+    /// ENDPOINTS[ifindex] for a container, with its policy defaults.
+    pub(super) fn write_endpoint(&mut self, c: &Container) -> Result<()> {
+        let p = self.policy_of(&c.name);
+        let mut flags = ENDPOINT_F_IPV4;
+        if p.default_in == Action::Deny {
+            flags |= ENDPOINT_F_DEFAULT_DENY_IN;
+        }
+        if p.default_out == Action::Deny {
+            flags |= ENDPOINT_F_DEFAULT_DENY_OUT;
+        }
+        let ep = Endpoint { ipv4: c.ip.octets(), ipv6: [0; 16], mac: container_mac(c.ip), flags, ifindex: c.ifindex, id: c.id };
+        self.dp.set_endpoint(c.ifindex, &ep)
+    }
+
+    /// Removes a container's map entries and link pins. Every step is
+    /// tried even if an earlier one fails; the first error is returned.
+    pub(super) fn forget_datapath(&mut self, c: &Container) -> Result<()> {
+        let results = [
+            self.dp.detach(&c.veth, Hook::VethIngress),
+            self.dp.detach(&c.veth, Hook::VethEgress),
+            self.dp.remove_endpoint(c.ifindex),
+            self.dp.remove_stats(c.ifindex),
+        ];
+        results.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
+    }
+
+    pub(super) async fn add_container(&mut self, cfg: &ResolvedConfig, req: ContainerRequest) -> Result<Container, AgentError> {
+        validate_name("container", &req.name, 64).map_err(|e| AgentError::BadRequest(e.to_string()))?;
+        if self.state.containers.iter().any(|c| c.name == req.name) {
+            return Err(AgentError::Conflict(format!("container {:?} already exists", req.name)));
+        }
+        let ns = Netns::open(&req.netns).map_err(|e| AgentError::BadRequest(format!("{e:#}")))?;
+        if ns.inode()? == self.own_netns_inode {
+            return Err(AgentError::BadRequest(format!(
+                "netns {:?} is the agent's own network namespace, not a container's",
+                req.netns
+            )));
+        }
+        if let Some(other) = self.state.containers.iter().find(|c| Netns::open(&c.netns).and_then(|n| n.inode()).ok() == Some(ns.inode().unwrap_or(0))) {
+            return Err(AgentError::Conflict(format!(
+                "netns {:?} already belongs to container {:?}",
+                req.netns, other.name
+            )));
+        }
+        let cnl = Netlink::connect_in(&ns)?;
+        if cnl.link_by_name(CONTAINER_IFNAME).await?.is_some() {
+            return Err(AgentError::Conflict(format!("netns {:?} already has an interface named {CONTAINER_IFNAME}", req.netns)));
+        }
+        let ip = self.ipam.allocate(&req.name, req.ip)?;
+        let id = self.state.next_id;
+        let veth = format!("npv{id}");
+        let mut container = Container {
+            name: req.name.clone(),
+            netns: ns.path().display().to_string(),
+            ip,
+            mac: format_mac(&container_mac(ip)),
+            veth: veth.clone(),
+            ifindex: 0,
+            id,
+        };
+        match self.plumb(cfg, &ns, &cnl, &mut container).await {
+            Ok(()) => {}
+            Err(e) => {
+                self.unplumb(&container).await;
+                self.ipam.release(ip);
+                return Err(AgentError::Internal(e.context(format!("adding container {:?}", req.name))));
+            }
+        }
+        self.state.next_id += 1;
+        self.state.containers.push(container.clone());
+        if let Err(e) = self.save() {
+            self.state.containers.pop();
+            self.unplumb(&container).await;
+            self.ipam.release(ip);
+            return Err(AgentError::Internal(e));
+        }
+        tracing::info!(container = %container.name, ip = %container.ip, veth = %container.veth, "container added");
+        Ok(container)
+    }
+
+    /// Creates and wires the veth pair; fills in `c.ifindex` as soon as the
+    /// host side exists so that a failure can be rolled back.
+    pub(super) async fn plumb(&mut self, cfg: &ResolvedConfig, ns: &Netns, cnl: &Netlink, c: &mut Container) -> Result<()> {
+        let peer = format!("npp{}", c.id);
+        for name in [&c.veth, &peer] {
+            if self.nl.link_by_name(name).await?.is_some() {
+                anyhow::bail!("interface {name} already exists in the host namespace");
+            }
+        }
+        let (host_index, peer_index) = self.nl.create_veth(&c.veth, &peer).await?;
+        c.ifindex = host_index;
+        self.nl.set_mac(peer_index, container_mac(c.ip)).await?;
+        // Bridge ports need no IPv6 of their own.
+        let _ = write_sysctl(&format!("net.ipv6.conf.{}.disable_ipv6", c.veth), "1");
+        self.nl.set_controller(host_index, self.bridge_index).await?;
+        self.dp.reset_stats(host_index)?;
+        self.program_endpoint(c)?;
+        self.nl.set_up(host_index).await?;
+        self.nl.move_to_netns(peer_index, ns).await?;
+
+        let index = cnl.link_index(&peer).await?;
+        cnl.rename(index, CONTAINER_IFNAME).await?;
+        // The datapath carries IPv4 only for now; keep the container from
+        // sending IPv6 (which anti-spoofing would drop and count).
+        ns.run(|| {
+            if std::path::Path::new("/proc/sys/net/ipv6").exists() {
+                write_sysctl(&format!("net.ipv6.conf.{CONTAINER_IFNAME}.disable_ipv6"), "1")?;
+            }
+            Ok(())
+        })?;
+        cnl.ensure_address(index, c.ip, cfg.subnet.prefix_len()).await?;
+        let lo = cnl.link_index("lo").await?;
+        cnl.set_up(lo).await?;
+        cnl.set_up(index).await?;
+        cnl.add_default_route(cfg.gateway).await?;
+        Ok(())
+    }
+
+    /// Best-effort removal of everything `plumb` may have created.
+    pub(super) async fn unplumb(&mut self, c: &Container) {
+        if c.ifindex != 0 {
+            if let Err(e) = self.nl.delete_link(c.ifindex).await {
+                tracing::warn!("rollback: {e:#}");
+            }
+        }
+        if let Err(e) = self.forget_datapath(c) {
+            tracing::warn!("rollback: {e:#}");
+        }
+    }
+
+    pub(super) async fn del_container(&mut self, name: &str) -> Result<Container, AgentError> {
+        let c = self.find(name)?.clone();
+        let mappings: Vec<Mapping> = self.state.mappings.iter().filter(|m| m.container == c.name).cloned().collect();
+        self.remove_mappings(&mappings)?;
+        // Its policy goes too: rules, compiled entries, verdicts.
+        let rules = self.policy_of(&c.name).rules;
+        self.state.policies.remove(&c.name);
+        for d in [Direction::In, Direction::Out] {
+            for cidr in policy::compile(&rules, d, None).map(|x| x.entries.into_keys().collect()).unwrap_or_else(|_| vec![]) {
+                let (len, key) = policy::lpm_key(c.id, d, &cidr);
+                self.dp.set_policy(len, &key, &netpath_common::PolicyEntry::default())?;
+            }
+        }
+        self.dp.ct_remove_where(|_, e| e.flags & CT_F_POLICY != 0 && e.endpoint_id == c.id)?;
+        // Only delete the interface if it is still ours (same name and index).
+        if let Some(link) = self.nl.link_by_name(&c.veth).await? {
+            if link.header.index == c.ifindex {
+                self.nl.delete_link(c.ifindex).await?;
+            }
+        }
+        self.forget_datapath(&c)?;
+        self.ipam.release(c.ip);
+        self.state.containers.retain(|x| x.name != name);
+        self.save()?;
+        tracing::info!(container = %c.name, "container removed");
+        Ok(c)
+    }
+}

@@ -1,0 +1,214 @@
+//! Published ports: the mappings, their SERVICES entries, and the flows
+//! they created.
+
+use super::*;
+
+pub(super) fn service_key(m: &Mapping) -> ServiceKey {
+    ServiceKey {
+        addr: m.host_ip.map(|ip| ip.octets()).unwrap_or([0; 4]),
+        port: m.host_port.to_be(),
+        proto: m.proto.number(),
+        _pad: 0,
+    }
+}
+
+/// Two mappings clash when they publish the same port and protocol on a
+/// common host address (no address means all of them).
+pub fn overlaps(a: &Mapping, b: &Mapping) -> bool {
+    a.host_port == b.host_port && a.proto == b.proto && (a.host_ip.is_none() || b.host_ip.is_none() || a.host_ip == b.host_ip)
+}
+
+impl Inner {
+    /// SERVICES holds exactly the saved mappings of live containers; flows of
+    /// anything else are flushed.
+    pub(super) fn reconcile_services(&mut self) -> Result<()> {
+        let live: Vec<String> = self.state.containers.iter().map(|c| c.name.clone()).collect();
+        let dropped: Vec<u32> = self.state.mappings.iter().filter(|m| !live.contains(&m.container)).map(|m| m.id).collect();
+        self.state.mappings.retain(|m| live.contains(&m.container));
+        let mut wanted = vec![];
+        for m in self.state.mappings.clone() {
+            let (key, value) = self.service_entry(&m)?;
+            self.dp.set_service(&key, &value)?;
+            wanted.push(key);
+        }
+        let mut stale_ids = dropped;
+        for (key, value) in self.dp.services()? {
+            if !wanted.contains(&key) {
+                self.dp.remove_service(&key)?;
+                stale_ids.push(value.id);
+            }
+        }
+        if !stale_ids.is_empty() {
+            self.dp.ct_remove_where(|_, e| stale_ids.contains(&e.service_id))?;
+            self.dp.sock_revnat_remove(&stale_ids)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn service_entry(&self, m: &Mapping) -> Result<(ServiceKey, ServiceValue)> {
+        let c = self
+            .state
+            .containers
+            .iter()
+            .find(|c| c.name == m.container)
+            .with_context(|| format!("mapping {} names unknown container {}", m.spec(), m.container))?;
+        Ok((
+            service_key(m),
+            ServiceValue {
+                backend_addr: c.ip.octets(),
+                backend_port: m.container_port.to_be(),
+                _pad: 0,
+                id: m.id,
+                backend_ifindex: c.ifindex,
+            },
+        ))
+    }
+
+    /// Publishes every port of `spec`, or none of them.
+    pub(super) fn publish(&mut self, spec: &str) -> Result<Vec<Mapping>, AgentError> {
+        let spec = PortSpec::parse(spec).map_err(|e| AgentError::BadRequest(e.to_string()))?;
+        let container = self
+            .state
+            .containers
+            .iter()
+            .find(|c| c.name == spec.container)
+            .ok_or_else(|| AgentError::NotFound(format!("no container named {:?}", spec.container)))?
+            .clone();
+        let count = spec.host.ports.len() as usize;
+        if self.state.mappings.len() + count > MAX_SERVICES {
+            return Err(AgentError::Conflict(format!(
+                "the published-port table is full: {} of {MAX_SERVICES} entries used, {count} more requested",
+                self.state.mappings.len()
+            )));
+        }
+        let mut new = vec![];
+        for (i, (host_port, container_port)) in spec.pairs().enumerate() {
+            let m = Mapping {
+                id: self.state.next_mapping_id + i as u32,
+                host_ip: spec.host.ip,
+                host_port,
+                proto: spec.host.proto,
+                container: container.name.clone(),
+                container_ip: container.ip,
+                container_port,
+            };
+            if let Some(other) = self.state.mappings.iter().find(|o| overlaps(o, &m)) {
+                return Err(AgentError::Conflict(format!(
+                    "host port {}{}/{} is already published by {}",
+                    m.host_ip.map(|ip| format!("{ip}:")).unwrap_or_default(),
+                    m.host_port,
+                    m.proto,
+                    other.spec()
+                )));
+            }
+            new.push(m);
+        }
+        let mut written = vec![];
+        for m in &new {
+            let result = self.service_entry(m).and_then(|(k, v)| self.dp.set_service(&k, &v).map(|()| k));
+            match result {
+                Ok(k) => written.push(k),
+                Err(e) => {
+                    for k in &written {
+                        let _ = self.dp.remove_service(k);
+                    }
+                    return Err(AgentError::Internal(e.context("publishing")));
+                }
+            }
+        }
+        let next_mapping_id = self.state.next_mapping_id + count as u32;
+        self.record(Change::Publish { mappings: new.clone(), next_mapping_id })?;
+        for m in &new {
+            tracing::info!(mapping = %m.spec(), "published");
+        }
+        Ok(new)
+    }
+
+    /// Removes the mappings `spec` names and every flow they created.
+    pub(super) fn unpublish(&mut self, spec: &str) -> Result<Vec<Mapping>, AgentError> {
+        let spec = UnmapSpec::parse(spec).map_err(|e| AgentError::BadRequest(e.to_string()))?;
+        let (host, full) = match &spec {
+            UnmapSpec::Full(s) => (&s.host, Some(s)),
+            UnmapSpec::Host(h) => (h, None),
+        };
+        let mut victims = vec![];
+        for (i, port) in host.ports.ports().enumerate() {
+            let found = self.state.mappings.iter().find(|m| {
+                m.host_ip == host.ip
+                    && m.host_port == port
+                    && m.proto == host.proto
+                    && full.is_none_or(|f| f.container == m.container && f.container_ports.start as usize + i == m.container_port as usize)
+            });
+            match found {
+                Some(m) => victims.push(m.clone()),
+                None => {
+                    let ip = host.ip.map(|ip| format!("{ip}:")).unwrap_or_default();
+                    let what = match full {
+                        Some(f) => format!("{ip}{port}:{}:{}/{}", f.container, f.container_ports.start as usize + i, host.proto),
+                        None => format!("{ip}{port}/{}", host.proto),
+                    };
+                    return Err(AgentError::NotFound(format!("{what} is not published")));
+                }
+            }
+        }
+        self.remove_mappings(&victims)?;
+        Ok(victims)
+    }
+
+    pub(super) fn remove_mappings(&mut self, victims: &[Mapping]) -> Result<()> {
+        if victims.is_empty() {
+            return Ok(());
+        }
+        for m in victims {
+            self.dp.remove_service(&service_key(m))?;
+        }
+        // The mapping is gone from SERVICES, so no new flow can use it; now
+        // cut the tracked ones, UDP included (no stale entries).
+        let ids: Vec<u32> = victims.iter().map(|m| m.id).collect();
+        let flows = self.dp.ct_remove_where(|_, e| ids.contains(&e.service_id))?;
+        self.dp.sock_revnat_remove(&ids)?;
+        self.record(Change::Unpublish { ids: ids.clone() })?;
+        for m in victims {
+            tracing::info!(mapping = %m.spec(), flows, "unpublished");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(ip: Option<&str>, port: u16, proto: Protocol) -> Mapping {
+        Mapping {
+            id: 1,
+            host_ip: ip.map(|s| s.parse().unwrap()),
+            host_port: port,
+            proto,
+            container: "c".into(),
+            container_ip: "10.0.0.2".parse().unwrap(),
+            container_port: 80,
+        }
+    }
+
+    #[test]
+    fn overlap_rules() {
+        use Protocol::*;
+        assert!(overlaps(&m(None, 80, Tcp), &m(None, 80, Tcp)));
+        assert!(overlaps(&m(None, 80, Tcp), &m(Some("1.2.3.4"), 80, Tcp)));
+        assert!(overlaps(&m(Some("1.2.3.4"), 80, Tcp), &m(None, 80, Tcp)));
+        assert!(overlaps(&m(Some("1.2.3.4"), 80, Tcp), &m(Some("1.2.3.4"), 80, Tcp)));
+        assert!(!overlaps(&m(Some("1.2.3.4"), 80, Tcp), &m(Some("1.2.3.5"), 80, Tcp)));
+        assert!(!overlaps(&m(None, 80, Tcp), &m(None, 80, Udp)));
+        assert!(!overlaps(&m(None, 80, Tcp), &m(None, 81, Tcp)));
+    }
+
+    #[test]
+    fn mapping_spec_roundtrips() {
+        let mut x = m(Some("127.0.0.1"), 8080, Protocol::Udp);
+        x.container = "ctr1".into();
+        assert_eq!(x.spec(), "127.0.0.1:8080:ctr1:80/udp");
+        let p = PortSpec::parse(&x.spec()).unwrap();
+        assert_eq!(p.pairs().collect::<Vec<_>>(), vec![(8080, 80)]);
+    }
+}
