@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use netpath_tests::topology::{Topology, HOST_UPLINK_IP};
+use netpath_tests::topology::{Topology, HOST_UPLINK_IP, WORLD_IP};
 
 /// A tiny HTTP server in `ns` that tells each client the address it sees.
 fn web_server(t: &Topology, ns: &str, conns: usize) -> Result<std::thread::JoinHandle<()>> {
@@ -105,6 +105,34 @@ fn main() -> Result<()> {
     println!("host   -> 127.0.0.1:8080     : {from_host}   (socket-level translation)");
     let _ = server.join();
     show(&t, &["conntrack"])?;
+
+    step("Masquerade: c2 reaches a server in the outside world, which sees the host address");
+    let outside = t.in_ns(&world.clone(), || Ok(TcpListener::bind(("0.0.0.0", 8000))?))?;
+    let seen = std::thread::spawn(move || outside.accept().map(|(_, peer)| peer));
+    let _ = t.in_ns(&t.container_ns(2), || Ok(TcpStream::connect_timeout(&SocketAddr::from((WORLD_IP, 8000)), Duration::from_secs(3))?))?;
+    let peer = seen.join().map_err(|_| anyhow::anyhow!("server thread"))??;
+    println!("world server saw a connection from {peer} (c2 is {})", c2.ip);
+
+    step("Policy: c1 refuses the outside world on port 80, and the monitor shows the drop");
+    show(&t, &["policy", "add", "c1", "deny", "in", &format!("{WORLD_IP}/32"), "tcp/80"])?;
+    let mut monitor = Command::new(netpath_tests::topology::bin_dir().join("netpathctl"))
+        .arg("--socket")
+        .arg(t.socket())
+        .args(["monitor", "c1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let server = web_server(&t, &t.container_ns(1), 1)?;
+    let denied = http_get(&t, &world, HOST_UPLINK_IP, 8080).is_err();
+    println!("world -> {HOST_UPLINK_IP}:8080 refused by policy: {denied}");
+    let from_c2 = http_get(&t, &t.container_ns(2), HOST_UPLINK_IP, 8080)?;
+    println!("c2    -> {HOST_UPLINK_IP}:8080 : {from_c2}");
+    let _ = server.join();
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = monitor.kill();
+    let out = monitor.wait_with_output()?;
+    println!("$ netpathctl monitor c1\n{}", String::from_utf8_lossy(&out.stdout).trim_end());
+    show(&t, &["stats"])?;
 
     step("The whole state");
     show(&t, &["status"])?;
