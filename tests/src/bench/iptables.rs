@@ -10,7 +10,7 @@ use netpath_tests::topology::{Topology, HOST_UPLINK_IP};
 
 use super::{
     bed::{port_list, AddOne, Bed, CONTAINER_PORT, HIT_PORT},
-    plain::{timed_in_ns, PlainNet, ScratchFile, BRIDGE},
+    plain::{timed_in_ns, PlainNet, BRIDGE},
 };
 
 pub struct IptablesBed {
@@ -41,6 +41,13 @@ fn port_rules(container: &str, port: u16) -> [Vec<String>; 3] {
 
 /// The whole ruleset for `ports` (in order), as Docker lays it out.
 pub fn ruleset(subnet: &Ipv4Net, container: &str, ports: &[u16]) -> String {
+    ruleset_with_user_rules(subnet, container, ports, &[])
+}
+
+/// The same with the operator's rules in `DOCKER-USER` (each an
+/// `iptables-restore` line without `-A DOCKER-USER`), before its final
+/// RETURN.
+pub fn ruleset_with_user_rules(subnet: &Ipv4Net, container: &str, ports: &[u16], user_rules: &[String]) -> String {
     let rules: Vec<[Vec<String>; 3]> = ports.iter().map(|p| port_rules(container, *p)).collect();
     // `-t TABLE` is not part of iptables-restore syntax: drop the first two words.
     let line = |r: &Vec<String>| r[2..].join(" ");
@@ -70,7 +77,11 @@ pub fn ruleset(subnet: &Ipv4Net, container: &str, ports: &[u16]) -> String {
     let _ = writeln!(s, "-A DOCKER-ISOLATION-STAGE-1 -i {BRIDGE} ! -o {BRIDGE} -j DOCKER-ISOLATION-STAGE-2");
     s.push_str("-A DOCKER-ISOLATION-STAGE-1 -j RETURN\n");
     let _ = writeln!(s, "-A DOCKER-ISOLATION-STAGE-2 -o {BRIDGE} -j DROP");
-    s.push_str("-A DOCKER-ISOLATION-STAGE-2 -j RETURN\n-A DOCKER-USER -j RETURN\nCOMMIT\n");
+    s.push_str("-A DOCKER-ISOLATION-STAGE-2 -j RETURN\n");
+    for rule in user_rules {
+        let _ = writeln!(s, "-A DOCKER-USER {rule}");
+    }
+    s.push_str("-A DOCKER-USER -j RETURN\nCOMMIT\n");
     s
 }
 
@@ -86,8 +97,7 @@ impl Bed for IptablesBed {
     /// Replaces the nat and filter tables with the layout for `ports` ports.
     fn publish(&mut self, ports: usize) -> Result<Duration> {
         let text = ruleset(&self.net.subnet, &self.net.container_ip.to_string(), &port_list(ports));
-        let file = ScratchFile::write(&self.net.topo, "iptables.rules", &text)?;
-        timed_in_ns(&self.net.topo, &self.net.topo.host, "iptables-restore", &[], Some(&file.0))
+        self.net.iptables_restore("iptables.rules", &text)
     }
 
     /// The DNAT rule is the operation timed; Docker runs all three.

@@ -1,6 +1,7 @@
-//! Load generators in the world namespace. Every loop is bounded in count
-//! and in time. Sockets are created on threads inside the world namespace
-//! (threads spawned there inherit it).
+//! Load generators: clients in the world namespace (published ports,
+//! policy) or in a container (masquerade). Every loop is bounded in count
+//! and in time. Sockets are created on threads inside the clients'
+//! namespace (threads spawned there inherit it).
 
 use std::{
     io::{Read as _, Write as _},
@@ -13,7 +14,7 @@ use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use netpath_tests::topology::Topology;
 use serde::Serialize;
 
-use super::server::{ANSWER_LEN, ECHO_LEN, HELLO_LEN, MODE_LATENCY, MODE_SHORT, MODE_THROUGHPUT};
+use super::server::{ANSWER_LEN, ECHO_LEN, HELLO_LEN, MODE_LATENCY, MODE_PEER, MODE_SHORT, MODE_THROUGHPUT, PEER_LEN};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const IO_TIMEOUT: Duration = Duration::from_secs(3);
@@ -24,9 +25,10 @@ const MAX_LATENCY_TIME: Duration = Duration::from_secs(20);
 const WRITE_CHUNK: usize = 256 * 1024;
 
 /// Clients close with SO_LINGER 0 (RST, no TIME_WAIT), so ports come back
-/// at once; tcp_tw_reuse is set as well in case a socket ends otherwise.
-pub fn prepare_world(topo: &Topology) -> Result<()> {
-    topo.exec(&topo.world, &["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])?;
+/// at once; tcp_tw_reuse is set as well in the clients' namespace `ns` in
+/// case a socket ends otherwise.
+pub fn prepare_clients(topo: &Topology, ns: &str) -> Result<()> {
+    topo.exec(ns, &["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])?;
     Ok(())
 }
 
@@ -69,18 +71,31 @@ fn short_request(target: SocketAddrV4) -> std::io::Result<()> {
     set_linger_zero(&s)
 }
 
-/// Retries one short request for a few seconds (the agent may still be
-/// syncing host addresses right after start).
-pub fn wait_reachable(topo: &Topology, target: SocketAddrV4) -> Result<()> {
-    topo.in_ns(&topo.world, || {
+/// Retries one short request from namespace `ns` for a few seconds (the
+/// agent may still be syncing host addresses right after start).
+pub fn wait_reachable(topo: &Topology, ns: &str, target: SocketAddrV4) -> Result<()> {
+    topo.in_ns(ns, || {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             match short_request(target) {
                 Ok(()) => return Ok(()),
-                Err(e) if Instant::now() > deadline => return Err(e).with_context(|| format!("{target} is not reachable from the world")),
+                Err(e) if Instant::now() > deadline => return Err(e).with_context(|| format!("{target} is not reachable from {ns}")),
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
         }
+    })
+}
+
+/// The client's address as the server at `target` sees it, asked from
+/// namespace `ns` (what a NAT on the way made of it).
+pub fn seen_as(topo: &Topology, ns: &str, target: SocketAddrV4) -> Result<SocketAddrV4> {
+    topo.in_ns(ns, || {
+        let mut s = connect(target).with_context(|| format!("connecting to {target}"))?;
+        s.write_all(&hello(MODE_PEER))?;
+        let mut answer = [0u8; PEER_LEN];
+        s.read_exact(&mut answer).context("reading the peer address")?;
+        let ip = std::net::Ipv4Addr::new(answer[0], answer[1], answer[2], answer[3]);
+        Ok(SocketAddrV4::new(ip, u16::from_be_bytes([answer[4], answer[5]])))
     })
 }
 
@@ -92,9 +107,10 @@ pub struct ConnRate {
     pub seconds: f64,
 }
 
-/// Short connections per second with `threads` clients for `duration`.
-pub fn conn_rate(topo: &Topology, target: SocketAddrV4, threads: usize, duration: Duration) -> Result<ConnRate> {
-    topo.in_ns(&topo.world, || {
+/// Short connections per second with `threads` clients in namespace `ns`
+/// for `duration`.
+pub fn conn_rate(topo: &Topology, ns: &str, target: SocketAddrV4, threads: usize, duration: Duration) -> Result<ConnRate> {
+    topo.in_ns(ns, || {
         let start = Instant::now();
         let deadline = start + duration;
         let per_thread: Vec<(u64, u64, Instant)> = std::thread::scope(|scope| {
@@ -110,6 +126,22 @@ pub fn conn_rate(topo: &Topology, target: SocketAddrV4, threads: usize, duration
             bail!("no connection to {target} succeeded ({errors} errors)");
         }
         Ok(ConnRate { per_sec: connections as f64 / seconds, connections, errors, seconds })
+    })
+}
+
+/// `count` short connections one after the other from namespace `ns` (at
+/// most 30 s); returns how many succeeded.
+pub fn short_requests(topo: &Topology, ns: &str, target: SocketAddrV4, count: u64) -> Result<u64> {
+    topo.in_ns(ns, || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut ok = 0;
+        for _ in 0..count {
+            if Instant::now() > deadline || super::interrupted() {
+                break;
+            }
+            ok += short_request(target).is_ok() as u64;
+        }
+        Ok(ok)
     })
 }
 
@@ -131,10 +163,11 @@ fn client_loop(target: SocketAddrV4, deadline: Instant) -> (u64, u64, Instant) {
     (ok, failed, last)
 }
 
-/// Single-stream throughput in Gbit/s: 256 KiB writes for `duration`, then
-/// the server's count of bytes received, over the time until it arrived.
-pub fn throughput(topo: &Topology, target: SocketAddrV4, duration: Duration) -> Result<f64> {
-    topo.in_ns(&topo.world, || {
+/// Single-stream throughput in Gbit/s from namespace `ns`: 256 KiB writes
+/// for `duration`, then the server's count of bytes received, over the
+/// time until it arrived.
+pub fn throughput(topo: &Topology, ns: &str, target: SocketAddrV4, duration: Duration) -> Result<f64> {
+    topo.in_ns(ns, || {
         let mut s = connect(target).with_context(|| format!("connecting to {target}"))?;
         s.write_all(&hello(MODE_THROUGHPUT))?;
         let chunk = vec![0x5au8; WRITE_CHUNK];

@@ -1,14 +1,24 @@
-//! The benchmark behind `cargo xtask bench`.
+//! The benchmark behind `cargo xtask bench`, in three sections, each with
+//! its own beds:
+//!
+//! - publish: a published container port reached from the world (no NAT,
+//!   Docker's iptables, an nftables map, netpath) as the number of
+//!   published ports grows; BPF_PROG_TEST_RUN figures of the DNAT path;
+//! - masquerade ([`masquerade`]): connections and a stream from a
+//!   container to the world through each variant's SNAT; BPF_PROG_TEST_RUN
+//!   figures of the SNAT path;
+//! - policy ([`policy`]): the published port with 0..10000 inbound rules
+//!   (iptables' DOCKER-USER, netpath's API), and the time to add one more.
 //!
 //! Every variant gets its own fresh namespaces (the [`Topology`] harness:
 //! host, world and one container, all named with the per-run prefix and
-//! deleted on drop, also on failure), a multi-threaded server on port 80 in
-//! the container and load generators in the world namespace that talk to
-//! the published port on the host's uplink address (or, for `no-nat`, to
-//! the container address through a plain route). The four beds live side
-//! by side and every measurement window is interleaved across them (see
-//! [`schedule`]), so that load from elsewhere on a shared machine falls on
-//! all variants alike; the report quotes the median of the rounds.
+//! deleted on drop, also on failure), a multi-threaded server (in the
+//! container, or in the world for the masquerade) and load generators on
+//! the other side. A section's beds live side by side and every
+//! measurement window is interleaved across them (see [`schedule`]), so
+//! that load from elsewhere on a shared machine falls on all variants
+//! alike; the report quotes the median of the rounds. Sections run one
+//! after the other, so that at most one netpath agent runs at a time.
 //!
 //! [`Topology`]: netpath_tests::topology::Topology
 
@@ -17,16 +27,23 @@ mod cpu;
 mod iptables;
 mod load;
 mod machine;
+mod masq_bed;
+mod masquerade;
 mod netpath;
 mod nftables;
 mod options;
 mod plain;
 mod plot;
+mod policy;
+mod policy_bed;
 mod progrun;
 mod report;
+mod report_masq;
+mod report_policy;
 mod results;
 mod schedule;
 mod server;
+mod snat_progrun;
 
 use std::{
     sync::atomic::{AtomicBool, Ordering},
@@ -35,7 +52,12 @@ use std::{
 
 use anyhow::{bail, Result};
 
-use self::options::Options;
+use self::{
+    masquerade::MasqFigures,
+    options::{Options, Section},
+    policy::PolicyFigures,
+    results::Measured,
+};
 
 pub fn main() -> Result<()> {
     let opts = Options::parse(std::env::args().skip(1))?;
@@ -49,27 +71,51 @@ pub fn main() -> Result<()> {
     let started = Instant::now();
     let date = machine::now_utc();
     let machine = machine::describe();
-    eprintln!("netpath-bench: {} round(s), ports {:?}, {} s per load measurement", opts.rounds, opts.sizes, opts.seconds);
+    let sections: Vec<&str> = opts.sections.iter().map(|s| s.name()).collect();
+    eprintln!(
+        "netpath-bench: sections {sections:?}, {} round(s), ports {:?}, rules {:?}, {} s per load measurement",
+        opts.rounds, opts.sizes, opts.rules, opts.seconds
+    );
 
     // A failing variant is dropped (and reported) while the others go on;
     // the process still fails at the end, after writing what was measured.
     let mut failures: Vec<String> = vec![];
-    let samples = schedule::run(&opts, &mut failures)?;
-    eprintln!("== BPF_PROG_TEST_RUN");
-    let prog_run = progrun::measure(&opts).unwrap_or_else(|e| {
-        eprintln!("   FAILED: {e:#}");
-        failures.push(format!("BPF_PROG_TEST_RUN: {e:#}"));
-        vec![]
-    });
-    check_interrupted()?;
+    let mut measured = Measured { publish: vec![], prog_run: vec![], masquerade: None, policy: None };
+    if opts.runs(Section::Publish) {
+        measured.publish = schedule::run(&opts, &mut failures)?;
+        eprintln!("== BPF_PROG_TEST_RUN (published ports)");
+        measured.prog_run = prog_run("BPF_PROG_TEST_RUN", progrun::measure(&opts), &mut failures);
+        check_interrupted()?;
+    }
+    if opts.runs(Section::Masquerade) {
+        let samples = masquerade::run(&opts, &mut failures)?;
+        eprintln!("== BPF_PROG_TEST_RUN (masquerade)");
+        let snat = prog_run("masquerade: BPF_PROG_TEST_RUN", snat_progrun::measure(&opts), &mut failures);
+        check_interrupted()?;
+        measured.masquerade = Some(MasqFigures::new(&samples, snat, &opts));
+    }
+    if opts.runs(Section::Policy) {
+        let samples = policy::run(&opts, &mut failures)?;
+        check_interrupted()?;
+        measured.policy = Some(PolicyFigures::new(&samples, &opts));
+    }
 
-    let results = results::Results::aggregate(date, machine, &opts, &samples, prog_run, failures, started.elapsed());
+    let results = results::Results::aggregate(date, machine, &opts, measured, failures, started.elapsed());
     report::write(&opts.out, &results)?;
     eprintln!("netpath-bench: results in {} ({:.0} s)", opts.out.display(), started.elapsed().as_secs_f64());
     if !results.failures.is_empty() {
         bail!("{} measurement(s) failed (listed in {}/RESULTS.md)", results.failures.len(), opts.out.display());
     }
     Ok(())
+}
+
+/// A BPF_PROG_TEST_RUN measurement's figures, or none and a recorded failure.
+fn prog_run<T>(what: &str, r: Result<Vec<T>>, failures: &mut Vec<String>) -> Vec<T> {
+    r.unwrap_or_else(|e| {
+        eprintln!("   FAILED: {e:#}");
+        failures.push(format!("{what}: {e:#}"));
+        vec![]
+    })
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);

@@ -7,11 +7,13 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+use netpath_common::{conntrack::CtState, CtTimeouts};
 use netpath_tests::topology::{Topology, HOST_UPLINK, HOST_UPLINK_IP};
 use netpath_userspace::{
     client::Client,
-    model::{Mapping, MappingRequest},
+    model::{Flow, Mapping, MappingRequest, StatsView, Status},
 };
+use serde::{de::DeserializeOwned, Serialize};
 
 use super::bed::{filler_port, AddOne, Bed, CONTAINER_PORT, HIT_PORT};
 
@@ -26,6 +28,7 @@ pub struct NetpathBed {
 }
 
 impl NetpathBed {
+    /// The agent with its default settings, and container `c1`.
     pub fn new() -> Result<NetpathBed> {
         let mut topo = Topology::new(1)?;
         topo.start_agent()?;
@@ -36,6 +39,27 @@ impl NetpathBed {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
         let client = Client::new(&topo.socket());
         Ok(NetpathBed { topo, rt, client, fillers: 0, hit_published: false, uplink_xdp })
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.rt.block_on(self.client.get(path)).with_context(|| format!("GET {path}"))
+    }
+
+    pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        self.rt.block_on(self.client.post(path, body)).with_context(|| format!("POST {path}"))
+    }
+
+    pub fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        self.rt.block_on(self.client.put(path, body)).with_context(|| format!("PUT {path}"))
+    }
+
+    pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.rt.block_on(self.client.delete(path)).with_context(|| format!("DELETE {path}"))
+    }
+
+    pub fn xdp_note(&self) -> String {
+        let xdp = if self.uplink_xdp { "attached" } else { "not attached" };
+        format!("XDP program on the uplink `{HOST_UPLINK}` (a veth here): {xdp}")
     }
 
     fn spec(port: u16) -> String {
@@ -94,7 +118,66 @@ impl Bed for NetpathBed {
     }
 
     fn notes(&self) -> Vec<String> {
-        let xdp = if self.uplink_xdp { "attached" } else { "not attached" };
-        vec![format!("netpath: netpathd with its default settings; XDP program on the uplink `{HOST_UPLINK}` (a veth here): {xdp}")]
+        vec![format!("netpath: netpathd with its default settings; {}", self.xdp_note())]
+    }
+}
+
+impl NetpathBed {
+    /// Drops by reason (uplink and containers, non-zero only) and the fill
+    /// of the conntrack table, for the report: evidence that a measurement
+    /// ran without the datapath refusing anything.
+    pub fn counters_note(&self) -> Result<String> {
+        let stats: StatsView = self.get("/v1/stats")?;
+        let status: Status = self.get("/v1/status")?;
+        let drops = |d: &std::collections::BTreeMap<String, u64>| {
+            if d.is_empty() { "none".to_string() } else { d.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ") }
+        };
+        let mut parts = vec![];
+        if let Some(up) = &stats.uplink {
+            parts.push(format!("uplink drops: {}", drops(&up.drops)));
+        }
+        for c in &stats.containers {
+            parts.push(format!("{} drops: {}", c.container.name, drops(&c.stats.drops)));
+        }
+        if let Some(ct) = status.maps.iter().find(|m| m.name == netpath_common::maps::CT4) {
+            parts.push(format!("CT4 entries {} of {}", ct.entries, ct.max_entries));
+        }
+        Ok(parts.join("; "))
+    }
+
+    /// The tracked flows after loads of connections closed with RST, and
+    /// when those flows go. A flow's state lives in each direction's
+    /// entry and the agent collects a flow only when both have expired, so
+    /// how long a reset flow stays is up to its other direction.
+    pub fn reset_flows_note(&self) -> Result<String> {
+        let flows: Vec<Flow> = self.get("/v1/conntrack")?;
+        let mut scopes: std::collections::BTreeMap<&str, usize> = Default::default();
+        for f in &flows {
+            *scopes.entry(f.scope.as_str()).or_default() += 1;
+        }
+        let scopes: Vec<String> = scopes.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let reset: Vec<&Flow> = flows.iter().filter(|f| f.state == CtState::Reset.name()).collect();
+        let t = CtTimeouts::default();
+        let within = |lo: u32, hi: u32| reset.iter().filter(|f| f.expires_in > lo as i64 && f.expires_in <= hi as i64).count();
+        Ok(format!(
+            "{} flows tracked ({}); {} of them saw a RST, and go in at most {} s (the reset timeout): {}, in {}-{} s: {}, \
+             in more than {} s: {}",
+            flows.len(),
+            scopes.join(", "),
+            reset.len(),
+            t.tcp_reset,
+            within(0, t.tcp_reset) + reset.iter().filter(|f| f.expires_in <= 0).count(),
+            t.tcp_reset,
+            t.tcp_closing,
+            within(t.tcp_reset, t.tcp_closing),
+            t.tcp_closing,
+            within(t.tcp_closing, u32::MAX),
+        ))
+    }
+
+    /// Entries in the conntrack table (both directions, every scope).
+    pub fn ct_entries(&self) -> Result<u64> {
+        let status: Status = self.get("/v1/status")?;
+        status.maps.iter().find(|m| m.name == netpath_common::maps::CT4).map(|m| m.entries).context("no CT4 in the agent's status")
     }
 }

@@ -10,7 +10,7 @@ use netpath_tests::topology::{Topology, HOST_UPLINK_IP};
 
 use super::{
     bed::{port_list, AddOne, Bed, CONTAINER_PORT, HIT_PORT},
-    plain::{timed_in_ns, PlainNet, ScratchFile, BRIDGE},
+    plain::{timed_in_ns, PlainNet, BRIDGE},
 };
 
 pub struct NftablesBed {
@@ -50,6 +50,21 @@ pub fn ruleset(subnet: &Ipv4Net, container: &str, ports: &[u16]) -> String {
     s
 }
 
+/// Only the masquerade, in a nat postrouting chain (no published ports).
+pub fn masquerade_ruleset(subnet: &Ipv4Net) -> String {
+    format!(
+        "table ip nat
+delete table ip nat
+table ip nat {{
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    ip saddr {subnet} oifname != \"{BRIDGE}\" masquerade
+  }}
+}}
+"
+    )
+}
+
 impl Bed for NftablesBed {
     fn topology(&self) -> &Topology {
         &self.net.topo
@@ -61,9 +76,7 @@ impl Bed for NftablesBed {
 
     fn publish(&mut self, ports: usize) -> Result<Duration> {
         let text = ruleset(&self.net.subnet, &self.net.container_ip.to_string(), &port_list(ports));
-        let file = ScratchFile::write(&self.net.topo, "ruleset.nft", &text)?;
-        let path = file.0.display().to_string();
-        timed_in_ns(&self.net.topo, &self.net.topo.host, "nft", &["-f", &path], None)
+        self.net.nft_file("ruleset.nft", &text)
     }
 
     fn add_one(&mut self, port: u16) -> Result<Option<AddOne>> {

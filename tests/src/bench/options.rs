@@ -6,8 +6,36 @@ use anyhow::{bail, Context as _, Result};
 
 use super::bed::{Variant, MAX_PORTS};
 
+/// The parts of the benchmark, each with its own beds and report section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Section {
+    /// Published ports (DNAT from the world to a container).
+    Publish,
+    /// Masquerade (SNAT from a container to the world).
+    Masquerade,
+    /// Per-container policy on a published port.
+    Policy,
+}
+
+impl Section {
+    pub const ALL: [Section; 3] = [Section::Publish, Section::Masquerade, Section::Policy];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Section::Publish => "publish",
+            Section::Masquerade => "masquerade",
+            Section::Policy => "policy",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Section> {
+        Section::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
 pub struct Options {
     pub quick: bool,
+    pub sections: Vec<Section>,
     /// Repetitions of every measurement, interleaved across the variants.
     pub rounds: usize,
     /// Published-port counts; the first must be 1 (throughput and latency
@@ -16,6 +44,8 @@ pub struct Options {
     /// Length of each connection-rate and throughput measurement.
     pub seconds: f64,
     pub variants: Vec<Variant>,
+    /// Policy rule counts for the policy section; the first must be 0.
+    pub rules: Vec<usize>,
     pub out: PathBuf,
     pub client_threads: usize,
     pub server_threads: usize,
@@ -24,30 +54,38 @@ pub struct Options {
     pub prog_run_calls: u32,
 }
 
-const USAGE: &str = "netpath-bench [--quick] [--rounds N] [--sizes 1,1000,10000] [--seconds S] \
+const USAGE: &str = "netpath-bench [--quick] [--sections publish,masquerade,policy] [--rounds N] \
+                     [--sizes 1,1000,10000] [--rules 0,1000,10000] [--seconds S] \
                      [--variants no-nat,iptables,nftables,netpath] [--out DIR]";
+
+/// At most this many policy rules (the filler CIDRs are /32s in 100.64.0.0/10).
+pub const MAX_RULES: usize = 100_000;
 
 impl Options {
     pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Options> {
         let mut o = Options {
             quick: false,
+            sections: Section::ALL.to_vec(),
             rounds: 3,
             sizes: vec![1, 1000, 10000],
             seconds: 2.0,
             variants: Variant::ALL.to_vec(),
+            rules: vec![0, 1000, 10000],
             out: default_out_dir(),
             client_threads: 4,
             server_threads: 4,
             latency_round_trips: 5000,
             prog_run_calls: 100_000,
         };
-        let (mut rounds, mut sizes, mut seconds, mut out) = (None, None, None, None);
+        let (mut rounds, mut sizes, mut rules, mut seconds, mut out) = (None, None, None, None, None);
         while let Some(arg) = args.next() {
             let mut value = || args.next().with_context(|| format!("{arg} needs a value; usage: {USAGE}"));
             match arg.as_str() {
                 "--quick" => o.quick = true,
                 "--rounds" => rounds = Some(value()?.parse::<usize>().context("--rounds")?),
+                "--sections" => o.sections = parse_list(&value()?, Section::parse)?,
                 "--sizes" => sizes = Some(parse_list(&value()?, |s| s.parse::<usize>().ok())?),
+                "--rules" => rules = Some(parse_list(&value()?, |s| s.parse::<usize>().ok())?),
                 "--seconds" => seconds = Some(value()?.parse::<f64>().context("--seconds")?),
                 "--variants" => o.variants = parse_list(&value()?, Variant::parse)?,
                 "--out" => out = Some(PathBuf::from(value()?)),
@@ -63,6 +101,7 @@ impl Options {
             // written away from the committed results.
             o.rounds = 1;
             o.sizes = vec![1, 1000];
+            o.rules = vec![0, 1000];
             o.seconds = 1.0;
             o.latency_round_trips = 2000;
             o.prog_run_calls = 20_000;
@@ -70,6 +109,7 @@ impl Options {
         }
         o.rounds = rounds.unwrap_or(o.rounds);
         o.sizes = sizes.unwrap_or(o.sizes);
+        o.rules = rules.unwrap_or(o.rules);
         o.seconds = seconds.unwrap_or(o.seconds);
         o.out = out.unwrap_or(o.out);
         o.check()?;
@@ -86,10 +126,20 @@ impl Options {
         if self.sizes.iter().any(|&s| s > MAX_PORTS) {
             bail!("at most {MAX_PORTS} published ports");
         }
-        if self.variants.is_empty() {
-            bail!("no variant selected");
+        if self.rules.first() != Some(&0) || self.rules.windows(2).any(|w| w[0] >= w[1]) {
+            bail!("--rules must start with 0 and grow (the rate without rules is the reference)");
+        }
+        if self.rules.iter().any(|&r| r > MAX_RULES) {
+            bail!("at most {MAX_RULES} policy rules");
+        }
+        if self.variants.is_empty() || self.sections.is_empty() {
+            bail!("no variant or no section selected");
         }
         Ok(())
+    }
+
+    pub fn runs(&self, section: Section) -> bool {
+        self.sections.contains(&section)
     }
 
     pub fn load_time(&self) -> Duration {

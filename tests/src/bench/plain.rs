@@ -63,6 +63,28 @@ impl PlainNet {
         }
         Ok(PlainNet { topo, subnet, container_ip })
     }
+
+    /// Plain routing: the world reaches the container subnet via the host.
+    pub fn route_from_world(&self) -> Result<()> {
+        let (world, subnet) = (&self.topo.world, self.subnet.to_string());
+        self.topo.exec(world, &["ip", "route", "add", &subnet, "via", &HOST_UPLINK_IP.to_string()])?;
+        Ok(())
+    }
+
+    /// Loads an `iptables-restore` file into the host namespace; returns
+    /// how long it took.
+    pub fn iptables_restore(&self, name: &str, rules: &str) -> Result<Duration> {
+        let file = ScratchFile::write(&self.topo, name, rules)?;
+        timed_in_ns(&self.topo, &self.topo.host, "iptables-restore", &[], Some(&file.0))
+    }
+
+    /// Loads an `nft -f` file into the host namespace; returns how long it
+    /// took.
+    pub fn nft_file(&self, name: &str, ruleset: &str) -> Result<Duration> {
+        let file = ScratchFile::write(&self.topo, name, ruleset)?;
+        let path = file.0.display().to_string();
+        timed_in_ns(&self.topo, &self.topo.host, "nft", &["-f", &path], None)
+    }
 }
 
 /// Plain routing, the ceiling: the world routes the container subnet via
@@ -74,8 +96,7 @@ pub struct NoNatBed {
 impl NoNatBed {
     pub fn new() -> Result<NoNatBed> {
         let net = PlainNet::new()?;
-        let (world, subnet) = (net.topo.world.clone(), net.subnet.to_string());
-        net.topo.exec(&world, &["ip", "route", "add", &subnet, "via", &HOST_UPLINK_IP.to_string()])?;
+        net.route_from_world()?;
         Ok(NoNatBed { net })
     }
 }

@@ -34,7 +34,7 @@ use super::{
     results::Series,
 };
 
-const TC_ACT_OK: u32 = 0;
+pub(super) const TC_ACT_OK: u32 = 0;
 const HOST: [u8; 4] = HOST_UPLINK_IP.octets();
 const CLIENT: [u8; 4] = WORLD_IP.octets();
 const GATEWAY: [u8; 4] = [10, 0, 0, 1];
@@ -114,7 +114,7 @@ fn aggregate(runs: &[Vec<Sample>]) -> Vec<Figure> {
         .collect()
 }
 
-fn tcp_frame(dmac: [u8; 6], smac: [u8; 6], src: ([u8; 4], u16), dst: ([u8; 4], u16), flags: u8) -> Vec<u8> {
+pub(super) fn tcp_frame(dmac: [u8; 6], smac: [u8; 6], src: ([u8; 4], u16), dst: ([u8; 4], u16), flags: u8) -> Vec<u8> {
     let seg = frames::tcp(src.0, dst.0, src.1, dst.1, flags, b"");
     frames::eth(dmac, smac, ETH_P_IPV4, &frames::ipv4(src.0, dst.0, IPPROTO_TCP, &[], &seg))
 }
@@ -235,7 +235,7 @@ fn flow_packets(h: &mut PacketHarness, is_flow: impl Fn(&CtKey) -> bool) -> Resu
 }
 
 /// Mean of the kernel's duration over `calls` runs of one repetition.
-fn fresh_mean(fd: RawFd, frame: &[u8], calls: u32) -> Result<f64> {
+pub(super) fn fresh_mean(fd: RawFd, frame: &[u8], calls: u32) -> Result<f64> {
     let mut total: u64 = 0;
     for i in 0..calls {
         if i % 10_000 == 0 {
@@ -249,7 +249,7 @@ fn fresh_mean(fd: RawFd, frame: &[u8], calls: u32) -> Result<f64> {
 }
 
 /// `r0 = TC_ACT_OK; exit`, loaded as a tc program: the runner's overhead.
-struct EmptyProgram(OwnedFd);
+pub(super) struct EmptyProgram(OwnedFd);
 
 #[repr(C)]
 #[derive(Default)]
@@ -267,7 +267,7 @@ struct ProgLoadAttr {
 }
 
 impl EmptyProgram {
-    fn load() -> Result<EmptyProgram> {
+    pub(super) fn load() -> Result<EmptyProgram> {
         const BPF_PROG_LOAD: libc::c_long = 5;
         const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
         // struct bpf_insn, little endian: opcode in the low byte.
@@ -292,7 +292,7 @@ impl EmptyProgram {
         Ok(EmptyProgram(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }))
     }
 
-    fn fd(&self) -> RawFd {
+    pub(super) fn fd(&self) -> RawFd {
         self.0.as_raw_fd()
     }
 }

@@ -1,5 +1,6 @@
 //! `RESULTS.md` (tables, targets, method), `results.json` (every raw
-//! number) and `connrate.svg`.
+//! number) and `connrate.svg`. The masquerade and policy sections are
+//! rendered by `report_masq.rs` and `report_policy.rs`.
 
 use std::{fmt::Write as _, path::Path};
 
@@ -7,24 +8,27 @@ use anyhow::{Context as _, Result};
 
 use super::{
     bed::{Variant, HIT_PORT},
-    plot,
-    results::{Results, Series, VariantFigures},
+    options::Section,
+    plot, report_masq, report_policy,
+    results::{Results, Series, Target, VariantFigures},
 };
 
 pub fn write(dir: &Path, r: &Results) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let json = serde_json::to_string_pretty(r)?;
     std::fs::write(dir.join("results.json"), json + "\n").context("writing results.json")?;
-    plot::conn_rate_svg(r, &dir.join("connrate.svg"))?;
+    if !r.variants.is_empty() {
+        plot::conn_rate_svg(r, &dir.join("connrate.svg"))?;
+    }
     std::fs::write(dir.join("RESULTS.md"), markdown(r)).context("writing RESULTS.md")?;
     Ok(())
 }
 
-fn values(s: &Series, digits: usize) -> String {
+pub(super) fn values(s: &Series, digits: usize) -> String {
     s.values.iter().map(|v| format!("{v:.digits$}")).collect::<Vec<_>>().join(" / ")
 }
 
-fn ratio(a: f64, b: Option<f64>) -> String {
+pub(super) fn ratio(a: f64, b: Option<f64>) -> String {
     match b {
         Some(b) if b > 0.0 && a.is_finite() => format!("{:.2}", a / b),
         _ => "-".into(),
@@ -36,23 +40,50 @@ fn markdown(r: &Results) -> String {
     header(&mut s, r);
     targets(&mut s, r);
     failures(&mut s, r);
-    conn_rate(&mut s, r);
-    throughput_latency(&mut s, r);
-    publish_one(&mut s, r);
-    publish_all(&mut s, r);
-    prog_run(&mut s, r);
+    if r.method.sections.contains(&Section::Publish.name()) {
+        conn_rate(&mut s, r);
+        throughput_latency(&mut s, r);
+        publish_one(&mut s, r);
+        publish_all(&mut s, r);
+        prog_run(&mut s, r);
+    }
+    if let Some(m) = &r.masquerade {
+        report_masq::section(&mut s, r, m);
+    }
+    if let Some(p) = &r.policy {
+        report_policy::section(&mut s, r, p);
+    }
     method(&mut s, r);
     s
 }
 
+pub(super) fn met(t: &Target) -> &'static str {
+    match t.met {
+        Some(true) => "**yes**",
+        Some(false) => "**NO**",
+        None => "not measured",
+    }
+}
+
+/// A section's own targets, repeated under its heading.
+pub(super) fn section_targets(s: &mut String, r: &Results, section: Section) {
+    let _ = writeln!(s, "Targets:
+");
+    for t in r.targets.iter().filter(|t| t.section == section.name()) {
+        let _ = writeln!(s, "- {}: {} — met: {}", t.what, t.measured, met(t));
+    }
+    s.push('\n');
+}
+
 fn header(s: &mut String, r: &Results) {
     let m = &r.machine;
-    let _ = writeln!(s, "# netpath benchmark: four ways of publishing a container port\n");
+    let _ = writeln!(s, "# netpath benchmark: published ports, masquerade and policy, against iptables and nftables\n");
     let _ = writeln!(
         s,
         "Written by `cargo xtask bench` (`tests/src/bin/netpath-bench.rs`); raw numbers in \
          [`results.json`](results.json). Absolute figures drift on shared machines: compare within \
-         one run, by the ratios.{}\n",
+         one run, by the ratios. Sections: {}.{}\n",
+        r.method.sections.join(", "),
         if r.method.quick { " **This is a `--quick` run (1 run, fewer sizes): not for quoting.**" } else { "" }
     );
     let _ = writeln!(s, "| | |\n|---|---|");
@@ -73,14 +104,9 @@ fn header(s: &mut String, r: &Results) {
 }
 
 fn targets(s: &mut String, r: &Results) {
-    let _ = writeln!(s, "## Targets\n\n| target | measured (medians) | met |\n|---|---|---|");
+    let _ = writeln!(s, "## Targets\n\n| section | target | measured (medians) | met |\n|---|---|---|---|");
     for t in &r.targets {
-        let met = match t.met {
-            Some(true) => "**yes**",
-            Some(false) => "**NO**",
-            None => "not measured",
-        };
-        let _ = writeln!(s, "| {} | {} | {met} |", t.what, t.measured);
+        let _ = writeln!(s, "| {} | {} | {} | {} |", t.section, t.what, t.measured, met(t));
     }
     s.push('\n');
 }
@@ -103,7 +129,7 @@ fn nonat(r: &Results) -> Option<&VariantFigures> {
 }
 
 fn conn_rate(s: &mut String, r: &Results) {
-    let _ = writeln!(s, "## Short TCP connections per second\n");
+    let _ = writeln!(s, "## Published ports: short TCP connections per second\n");
     let _ = writeln!(
         s,
         "Connect, 32-byte request, 64-byte answer, close; {} client threads in the world namespace, \
@@ -143,7 +169,7 @@ fn conn_rate(s: &mut String, r: &Results) {
 
 fn throughput_latency(s: &mut String, r: &Results) {
     let base = nonat(r);
-    let _ = writeln!(s, "## Single-stream throughput and request/response latency (1 published port)\n");
+    let _ = writeln!(s, "## Published ports: single-stream throughput and request/response latency (1 published port)\n");
     let _ = writeln!(
         s,
         "Throughput: one connection, 256 KiB writes for {} s, counted by the receiver. Latency: one \
@@ -175,7 +201,7 @@ fn throughput_latency(s: &mut String, r: &Results) {
 
 fn publish_one(s: &mut String, r: &Results) {
     let largest = r.method.sizes.last().copied().unwrap_or(1);
-    let _ = writeln!(s, "## Publishing one more port when {largest} exist\n");
+    let _ = writeln!(s, "## Published ports: publishing one more port when {largest} exist\n");
     let _ = writeln!(s, "| variant | operation timed | samples | median ms | min - max ms | everything per port (median ms) |");
     let _ = writeln!(s, "|---|---|---:|---:|---|---|");
     for v in &r.variants {
@@ -201,7 +227,7 @@ fn publish_one(s: &mut String, r: &Results) {
 }
 
 fn publish_all(s: &mut String, r: &Results) {
-    let _ = writeln!(s, "## Getting to N published ports (informational)\n");
+    let _ = writeln!(s, "## Published ports: getting to N published ports (informational)\n");
     let _ = writeln!(
         s,
         "iptables: `iptables-restore` of the whole Docker layout; nftables: `nft -f` of the whole \
@@ -228,7 +254,7 @@ fn publish_all(s: &mut String, r: &Results) {
 }
 
 fn prog_run(s: &mut String, r: &Results) {
-    let _ = writeln!(s, "## Nanoseconds per packet under BPF_PROG_TEST_RUN\n");
+    let _ = writeln!(s, "## Published ports: nanoseconds per packet under BPF_PROG_TEST_RUN\n");
     let _ = writeln!(
         s,
         "Mean of the kernel's per-run duration over {} runs with a fresh copy of the frame each time \
@@ -261,7 +287,7 @@ fn prog_run(s: &mut String, r: &Results) {
 fn method(s: &mut String, r: &Results) {
     let _ = writeln!(
         s,
-        "## Method
+        "## Method (published ports; the other sections build on it)
 
 Every variant has its own fresh network namespaces, built with the test harness (`Topology`): a
 host namespace (uplink `up0` 198.18.0.1/24, bridge `np0`, one container veth), a world namespace
@@ -269,7 +295,8 @@ host namespace (uplink `up0` 198.18.0.1/24, bridge `np0`, one container veth), a
 deleted afterwards, also on failure or Ctrl-C. Nothing is added to the machine's own namespace and
 no packet leaves the namespaces.
 
-The four beds exist side by side for the whole run. At each size every bed is first grown to that
+The four beds exist side by side for the whole section (each section has beds of its own, and the
+sections run one after the other, so at most one netpath agent runs at a time). At each size every bed is first grown to that
 many published ports; then each measurement window runs on one bed after the other, and this is
 repeated {rounds} times (rounds), the starting bed rotating from round to round, so that load from
 elsewhere on the machine falls on every variant about equally. Tables quote the median over the

@@ -1,5 +1,6 @@
 //! Raw samples per variant, and the figures the report quotes: medians over
-//! rounds, ratios to no-nat, and the targets.
+//! rounds, ratios to no-nat, and the targets. The masquerade and policy
+//! sections aggregate their own figures (`masquerade.rs`, `policy.rs`).
 
 use std::time::Duration;
 
@@ -9,7 +10,9 @@ use super::{
     bed::{AddOne, Variant},
     load::{ConnRate, Latency},
     machine::Machine,
-    options::Options,
+    masquerade::MasqFigures,
+    options::{Options, Section},
+    policy::PolicyFigures,
     progrun,
 };
 
@@ -119,8 +122,10 @@ impl VariantFigures {
 
 #[derive(Serialize)]
 pub struct Method {
+    pub sections: Vec<&'static str>,
     pub rounds: usize,
     pub sizes: Vec<usize>,
+    pub rules: Vec<usize>,
     pub seconds_per_load_measurement: f64,
     pub client_threads: usize,
     pub server_threads: usize,
@@ -131,10 +136,30 @@ pub struct Method {
 
 #[derive(Serialize)]
 pub struct Target {
+    /// The section it belongs to (`publish`, `masquerade`, `policy`).
+    pub section: &'static str,
     pub what: String,
     pub measured: String,
     /// None: not measured in this run (a variant was left out).
     pub met: Option<bool>,
+}
+
+impl Target {
+    pub fn new(section: &'static str, what: &str, measured: String, met: bool) -> Target {
+        Target { section, what: what.into(), measured, met: Some(met) }
+    }
+
+    pub fn not_measured(section: &'static str, what: &str) -> Target {
+        Target { section, what: what.into(), measured: "not measured in this run".into(), met: None }
+    }
+}
+
+/// What the sections measured, before aggregation.
+pub struct Measured {
+    pub publish: Vec<(Variant, VariantSamples)>,
+    pub prog_run: Vec<progrun::Figure>,
+    pub masquerade: Option<MasqFigures>,
+    pub policy: Option<PolicyFigures>,
 }
 
 #[derive(Serialize)]
@@ -145,31 +170,31 @@ pub struct Results {
     pub wall_time_s: f64,
     /// `/proc/loadavg` at the end.
     pub loadavg_after: String,
+    /// Published ports.
     pub variants: Vec<VariantFigures>,
     pub prog_run: Vec<progrun::Figure>,
+    pub masquerade: Option<MasqFigures>,
+    pub policy: Option<PolicyFigures>,
+    /// Every section's targets.
     pub targets: Vec<Target>,
     /// Runs or phases that failed (left out of the medians).
     pub failures: Vec<String>,
 }
 
 impl Results {
-    pub fn aggregate(
-        date: String,
-        machine: Machine,
-        opts: &Options,
-        samples: &[(Variant, VariantSamples)],
-        prog_run: Vec<progrun::Figure>,
-        failures: Vec<String>,
-        wall_time: Duration,
-    ) -> Results {
-        let variants: Vec<VariantFigures> = samples.iter().map(|(v, s)| VariantFigures::new(*v, s)).collect();
-        let targets = targets(&variants, opts);
+    pub fn aggregate(date: String, machine: Machine, opts: &Options, measured: Measured, failures: Vec<String>, wall_time: Duration) -> Results {
+        let variants: Vec<VariantFigures> = measured.publish.iter().map(|(v, s)| VariantFigures::new(*v, s)).collect();
+        let mut all_targets = if opts.runs(Section::Publish) { targets(&variants, opts) } else { vec![] };
+        all_targets.extend(measured.masquerade.iter().flat_map(MasqFigures::targets));
+        all_targets.extend(measured.policy.iter().flat_map(PolicyFigures::targets));
         Results {
             date,
             machine,
             method: Method {
+                sections: opts.sections.iter().map(|s| s.name()).collect(),
                 rounds: opts.rounds,
                 sizes: opts.sizes.clone(),
+                rules: opts.rules.clone(),
                 seconds_per_load_measurement: opts.seconds,
                 client_threads: opts.client_threads,
                 server_threads: opts.server_threads,
@@ -180,8 +205,10 @@ impl Results {
             wall_time_s: wall_time.as_secs_f64(),
             loadavg_after: super::machine::loadavg(),
             variants,
-            prog_run,
-            targets,
+            prog_run: measured.prog_run,
+            masquerade: measured.masquerade,
+            policy: measured.policy,
+            targets: all_targets,
             failures,
         }
     }
@@ -191,6 +218,9 @@ impl Results {
     }
 }
 
+const PUBLISH: &str = "publish";
+
+/// The published-ports section's targets.
 fn targets(variants: &[VariantFigures], opts: &Options) -> Vec<Target> {
     let find = |v: Variant| variants.iter().find(|f| f.variant == v);
     let (np, ipt, nonat) = (find(Variant::Netpath), find(Variant::Iptables), find(Variant::NoNat));
@@ -199,54 +229,54 @@ fn targets(variants: &[VariantFigures], opts: &Options) -> Vec<Target> {
 
     let keep = np.and_then(|n| Some((n.rate_at(largest)?, n.rate_at(1)?)));
     out.push(match keep {
-        Some((big, one)) => Target {
-            what: format!("netpath at {largest} ports keeps >= 95% of its own 1-port connection rate"),
-            measured: format!("{big:.0} vs {one:.0} conn/s = {:.1}%", 100.0 * big / one),
-            met: Some(big >= 0.95 * one),
-        },
-        None => not_measured("netpath keeps >= 95% of its 1-port connection rate at the largest size"),
+        Some((big, one)) => Target::new(
+            PUBLISH,
+            &format!("netpath at {largest} ports keeps >= 95% of its own 1-port connection rate"),
+            format!("{big:.0} vs {one:.0} conn/s = {:.1}%", 100.0 * big / one),
+            big >= 0.95 * one,
+        ),
+        None => Target::not_measured(PUBLISH, "netpath keeps >= 95% of its 1-port connection rate at the largest size"),
     });
 
     out.push(match (np, ipt) {
         (Some(n), Some(i)) => {
             let pairs: Vec<(usize, f64, f64)> =
                 opts.sizes.iter().filter_map(|&s| Some((s, n.rate_at(s)?, i.rate_at(s)?))).collect();
-            Target {
-                what: "netpath beats Docker-style iptables at every size (connection rate)".into(),
-                measured: pairs
+            Target::new(
+                PUBLISH,
+                "netpath beats Docker-style iptables at every size (connection rate)",
+                pairs
                     .iter()
                     .map(|(s, a, b)| format!("{s} port(s): netpath {a:.0} vs iptables {b:.0} conn/s ({:.2}x)", a / b))
                     .collect::<Vec<_>>()
                     .join("; "),
-                met: Some(pairs.iter().all(|(_, a, b)| a > b)),
-            }
+                pairs.iter().all(|(_, a, b)| a > b),
+            )
         }
-        _ => not_measured("netpath beats Docker-style iptables at every size"),
+        _ => Target::not_measured(PUBLISH, "netpath beats Docker-style iptables at every size"),
     });
 
     out.push(match (np, nonat) {
         (Some(n), Some(z)) => {
             let (a, b) = (n.throughput_gbit.median, z.throughput_gbit.median);
-            Target {
-                what: "netpath single-stream throughput >= 95% of no-nat".into(),
-                measured: format!("{a:.2} vs {b:.2} Gbit/s = {:.1}%", 100.0 * a / b),
-                met: Some(a >= 0.95 * b),
-            }
+            Target::new(
+                PUBLISH,
+                "netpath single-stream throughput >= 95% of no-nat",
+                format!("{a:.2} vs {b:.2} Gbit/s = {:.1}%", 100.0 * a / b),
+                a >= 0.95 * b,
+            )
         }
-        _ => not_measured("netpath throughput >= 95% of no-nat"),
+        _ => Target::not_measured(PUBLISH, "netpath throughput >= 95% of no-nat"),
     });
 
     out.push(match np.and_then(|n| n.publish_one_ms.as_ref()) {
-        Some(s) => Target {
-            what: format!("publishing one more port at {largest} takes < 1 ms (netpath API round trip, median)"),
-            measured: format!("{:.3} ms", s.median),
-            met: Some(s.median < 1.0),
-        },
-        None => not_measured("publishing one more port takes < 1 ms"),
+        Some(s) => Target::new(
+            PUBLISH,
+            &format!("publishing one more port at {largest} takes < 1 ms (netpath API round trip, median)"),
+            format!("{:.3} ms", s.median),
+            s.median < 1.0,
+        ),
+        None => Target::not_measured(PUBLISH, "publishing one more port takes < 1 ms"),
     });
     out
-}
-
-fn not_measured(what: &str) -> Target {
-    Target { what: what.into(), measured: "not measured in this run".into(), met: None }
 }

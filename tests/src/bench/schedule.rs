@@ -1,9 +1,12 @@
-//! The order of measurements. All beds exist side by side (each in its
-//! own namespaces); for every size they are grown to that many ports, then
-//! each measurement window runs once per bed in turn, for every round, the
-//! starting bed rotating from round to round. A burst of load from
-//! elsewhere on the machine thus hits every variant about equally, instead
-//! of whichever variant happened to be running.
+//! The order of measurements. All beds of a section exist side by side
+//! (each in its own namespaces); each measurement window runs once per bed
+//! in turn, for every round, the starting bed rotating from round to round.
+//! A burst of load from elsewhere on the machine thus hits every variant
+//! about equally, instead of whichever variant happened to be running.
+//!
+//! [`Lanes`] is that interleaving, shared by the sections; this module also
+//! holds the published-ports section's lanes: for every size the beds are
+//! grown to that many ports, then measured.
 
 use anyhow::{Context as _, Result};
 
@@ -15,36 +18,132 @@ use super::{
     server::Server,
 };
 
-/// One variant's bed, its server and what was measured on it.
-struct Lane {
+/// One variant's bed in a section, as the interleaving sees it.
+pub trait Lane {
+    type Key: Copy + PartialEq;
+    type Samples: Default;
+    fn key(&self) -> Self::Key;
+    fn name(&self) -> &'static str;
+    /// Takes the bed down (namespaces, agent), keeping what was measured.
+    fn into_samples(self) -> Self::Samples;
+}
+
+/// The live lanes of a section, and the samples of those already finished
+/// or failed.
+pub struct Lanes<'a, L: Lane> {
+    /// Prefix of failure messages ("" for the published-ports section).
+    section: &'static str,
+    live: Vec<L>,
+    done: Vec<(L::Key, L::Samples)>,
+    failures: &'a mut Vec<String>,
+}
+
+impl<'a, L: Lane> Lanes<'a, L> {
+    pub fn new(section: &'static str, failures: &'a mut Vec<String>) -> Lanes<'a, L> {
+        Lanes { section, live: vec![], done: vec![], failures }
+    }
+
+    fn fail(&mut self, name: &str, what: &str, e: &anyhow::Error) {
+        let section = if self.section.is_empty() { String::new() } else { format!("{}: ", self.section) };
+        eprintln!("   {name} FAILED ({what}): {e:#}");
+        self.failures.push(format!("{section}{name} ({what}): {e:#}"));
+    }
+
+    /// Sets a lane up; a failure is recorded and the variant left out.
+    pub fn set_up(&mut self, key: L::Key, name: &str, make: impl FnOnce() -> Result<L>) -> Result<()> {
+        eprintln!("== setting up {name}{}", if self.section.is_empty() { String::new() } else { format!(" ({})", self.section) });
+        match make() {
+            Ok(lane) => self.live.push(lane),
+            Err(e) => {
+                check_interrupted()?;
+                self.fail(name, "setup", &e);
+                self.done.push((key, L::Samples::default()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `step` on every live lane, starting at lane `first`; a lane
+    /// whose step fails is recorded, taken down and left out from then on.
+    pub fn each(&mut self, first: usize, what: &str, mut step: impl FnMut(&mut L) -> Result<()>) -> Result<()> {
+        let n = self.live.len();
+        let mut failed = vec![];
+        for i in (0..n).map(|i| (i + first) % n.max(1)) {
+            check_interrupted()?;
+            if let Err(e) = step(&mut self.live[i]) {
+                check_interrupted()?;
+                let name = self.live[i].name();
+                self.fail(name, what, &e);
+                failed.push(i);
+            }
+        }
+        failed.sort_unstable();
+        for i in failed.into_iter().rev() {
+            let lane = self.live.remove(i);
+            self.done.push((lane.key(), lane.into_samples()));
+        }
+        Ok(())
+    }
+
+    /// Samples of every variant, in the order asked for.
+    pub fn finish(mut self, order: &[L::Key]) -> Vec<(L::Key, L::Samples)> {
+        let live: Vec<L> = self.live.drain(..).collect();
+        self.done.extend(live.into_iter().map(|l| (l.key(), l.into_samples())));
+        order.iter().filter_map(|v| self.done.iter().position(|(d, _)| d == v).map(|i| self.done.swap_remove(i))).collect()
+    }
+}
+
+/// One variant's bed for published ports, its server and what was measured
+/// on it.
+struct PublishLane {
     variant: Variant,
     // Held for its Drop, which stops it; dropped before the bed, so the
     // server's threads end before its namespace goes.
-    _server: Server,
+    server: Option<Server>,
     bed: Box<dyn Bed>,
     samples: VariantSamples,
 }
 
-impl Lane {
-    fn new(variant: Variant, opts: &Options) -> Result<Lane> {
+impl Lane for PublishLane {
+    type Key = Variant;
+    type Samples = VariantSamples;
+
+    fn key(&self) -> Variant {
+        self.variant
+    }
+
+    fn name(&self) -> &'static str {
+        self.variant.name()
+    }
+
+    fn into_samples(mut self) -> VariantSamples {
+        self.server.take();
+        self.samples
+    }
+}
+
+impl PublishLane {
+    fn new(variant: Variant, opts: &Options) -> Result<PublishLane> {
         let bed = bed::create(variant)?;
         let topo = bed.topology();
-        load::prepare_world(topo)?;
+        load::prepare_clients(topo, &topo.world)?;
         let server = Server::start(topo, &topo.container_ns(1), CONTAINER_PORT, opts.server_threads)?;
         let samples = VariantSamples { notes: bed.notes(), ..Default::default() };
-        Ok(Lane { variant, _server: server, bed, samples })
+        Ok(PublishLane { variant, server: Some(server), bed, samples })
     }
 
     fn publish(&mut self, ports: usize) -> Result<()> {
         let took = self.bed.publish(ports).with_context(|| format!("publishing {ports} ports"))?;
         self.samples.publish_all.push((ports, took));
-        load::wait_reachable(self.bed.topology(), self.bed.target())?;
+        let topo = self.bed.topology();
+        load::wait_reachable(topo, &topo.world, self.bed.target())?;
         self.samples.conn_rate.push((ports, vec![]));
         Ok(())
     }
 
     fn conn_rate(&mut self, ports: usize, opts: &Options) -> Result<()> {
-        let rate = load::conn_rate(self.bed.topology(), self.bed.target(), opts.client_threads, opts.load_time())
+        let topo = self.bed.topology();
+        let rate = load::conn_rate(topo, &topo.world, self.bed.target(), opts.client_threads, opts.load_time())
             .with_context(|| format!("connection rate with {ports} ports"))?;
         eprintln!("   {:<9} {ports:>6} ports: {:>8.0} conn/s ({} errors)", self.variant.name(), rate.per_sec, rate.errors);
         if let Some((_, rates)) = self.samples.conn_rate.last_mut() {
@@ -55,7 +154,7 @@ impl Lane {
 
     fn throughput_latency(&mut self, opts: &Options) -> Result<()> {
         let (topo, target) = (self.bed.topology(), self.bed.target());
-        let gbit = load::throughput(topo, target, opts.load_time()).context("throughput")?;
+        let gbit = load::throughput(topo, &topo.world, target, opts.load_time()).context("throughput")?;
         let lat = load::latency(topo, target, opts.latency_round_trips).context("latency")?;
         eprintln!("   {:<9} {gbit:.2} Gbit/s, latency p50 {:.1} us p99 {:.1} us", self.variant.name(), lat.p50_us, lat.p99_us);
         self.samples.throughput_gbit.push(gbit);
@@ -77,56 +176,11 @@ impl Lane {
     }
 }
 
-/// The live lanes, and the samples of those already finished or failed.
-struct Lanes<'a> {
-    live: Vec<Lane>,
-    done: Vec<(Variant, VariantSamples)>,
-    failures: &'a mut Vec<String>,
-}
-
-impl Lanes<'_> {
-    /// Runs `step` on every live lane, starting at lane `first`; a lane
-    /// whose step fails is recorded, taken down and left out from then on.
-    fn each(&mut self, first: usize, what: &str, mut step: impl FnMut(&mut Lane) -> Result<()>) -> Result<()> {
-        let n = self.live.len();
-        let mut failed = vec![];
-        for i in (0..n).map(|i| (i + first) % n.max(1)) {
-            check_interrupted()?;
-            let lane = &mut self.live[i];
-            if let Err(e) = step(lane) {
-                check_interrupted()?;
-                eprintln!("   {} FAILED ({what}): {e:#}", lane.variant.name());
-                self.failures.push(format!("{} ({what}): {e:#}", lane.variant.name()));
-                failed.push(i);
-            }
-        }
-        for i in failed.into_iter().rev() {
-            let lane = self.live.remove(i);
-            self.done.push((lane.variant, lane.samples));
-        }
-        Ok(())
-    }
-
-    /// Samples of every variant, in the order asked for.
-    fn finish(mut self, order: &[Variant]) -> Vec<(Variant, VariantSamples)> {
-        self.done.extend(self.live.drain(..).map(|l| (l.variant, l.samples)));
-        order.iter().filter_map(|v| self.done.iter().position(|(d, _)| d == v).map(|i| self.done.swap_remove(i))).collect()
-    }
-}
-
+/// The published-ports section.
 pub fn run(opts: &Options, failures: &mut Vec<String>) -> Result<Vec<(Variant, VariantSamples)>> {
-    let mut lanes = Lanes { live: vec![], done: vec![], failures };
+    let mut lanes = Lanes::new("", failures);
     for &variant in &opts.variants {
-        eprintln!("== setting up {}", variant.name());
-        match Lane::new(variant, opts) {
-            Ok(lane) => lanes.live.push(lane),
-            Err(e) => {
-                check_interrupted()?;
-                eprintln!("   FAILED: {e:#}");
-                lanes.failures.push(format!("{} (setup): {e:#}", variant.name()));
-                lanes.done.push((variant, VariantSamples::default()));
-            }
-        }
+        lanes.set_up(variant, variant.name(), || PublishLane::new(variant, opts))?;
     }
     for &ports in &opts.sizes {
         eprintln!("== {ports} published port(s)");

@@ -5,7 +5,9 @@
 //! - `c` (short connections): answer 64 bytes and close;
 //! - `t` (throughput): read until EOF, then answer the byte count (u64 LE);
 //! - `l` (latency): echo 64-byte messages until EOF, pinned to the
-//!   client's CPU.
+//!   client's CPU;
+//! - `p` (peer): answer the client's address as the server sees it (IPv4
+//!   octets, then the port big-endian), to check what a NAT did.
 
 use std::{
     io::{Read as _, Write as _},
@@ -25,6 +27,8 @@ pub const ECHO_LEN: usize = 64;
 pub const MODE_SHORT: u8 = b'c';
 pub const MODE_THROUGHPUT: u8 = b't';
 pub const MODE_LATENCY: u8 = b'l';
+pub const MODE_PEER: u8 = b'p';
+pub const PEER_LEN: usize = 6;
 /// A connection that stalls this long is dropped (the server never hangs).
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKLOG: libc::c_int = 4096;
@@ -35,7 +39,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `0.0.0.0:port` inside `ns` and starts `threads` accept loops.
+    /// Binds `0.0.0.0:port` inside `ns` (a container, or the world for the
+    /// masquerade) and starts `threads` accept loops.
     pub fn start(topo: &Topology, ns: &str, port: u16, threads: usize) -> Result<Server> {
         let listener = topo.in_ns(ns, || TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("binding port {port} in {ns}")))?;
         // std listens with a backlog of 128; a burst of connects wants more.
@@ -94,6 +99,7 @@ fn serve(mut s: TcpStream) -> std::io::Result<()> {
         MODE_SHORT => s.write_all(&[b'a'; ANSWER_LEN]),
         MODE_THROUGHPUT => sink(&mut s),
         MODE_LATENCY => echo(&mut s),
+        MODE_PEER => peer(&mut s),
         _ => Ok(()),
     }
 }
@@ -108,6 +114,14 @@ fn sink(s: &mut TcpStream) -> std::io::Result<()> {
         }
     }
     s.write_all(&total.to_le_bytes())
+}
+
+fn peer(s: &mut TcpStream) -> std::io::Result<()> {
+    let std::net::SocketAddr::V4(peer) = s.peer_addr()? else { return Ok(()) };
+    let mut answer = [0u8; PEER_LEN];
+    answer[..4].copy_from_slice(&peer.ip().octets());
+    answer[4..].copy_from_slice(&peer.port().to_be_bytes());
+    s.write_all(&answer)
 }
 
 fn echo(s: &mut TcpStream) -> std::io::Result<()> {
