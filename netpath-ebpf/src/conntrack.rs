@@ -90,6 +90,9 @@ pub fn touch(entry: *mut CtEntry, flow: &Flow, len: u32, cfg: &DatapathConfig) {
     let state = next_state(e, flow.key.proto, flow.tcp_flags);
     let expires = now + timeout_secs(&cfg.timeouts, flow.key.proto, state) as u64 * NS_PER_SEC;
     if state != e.state || expires > e.expires_ns + REFRESH_NS || expires < e.expires_ns {
+        if state == RESET && e.state != RESET {
+            reset_peer(&e.peer, expires);
+        }
         e.state = state;
         e.expires_ns = expires;
     }
@@ -115,6 +118,19 @@ impl From<CreateError> for DropReason {
 }
 
 const EEXIST: i32 = 17;
+
+/// An RST from either side ends the whole connection, as in the kernel's
+/// conntrack: the other direction gets the short reset timeout too, or it
+/// would hold its entry (and a translated port) for its own longer one.
+#[inline(never)]
+fn reset_peer(peer: &CtKey, expires: u64) {
+    if let Some(p) = CT4.get_ptr_mut(peer) {
+        // SAFETY: map value pointer, valid during the program run.
+        let p = unsafe { &mut *p };
+        p.state = RESET;
+        p.expires_ns = expires;
+    }
+}
 
 /// Inserts both directions of a new flow. The reply key must be free: a
 /// clash means another flow already owns that tuple.

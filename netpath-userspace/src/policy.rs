@@ -286,27 +286,51 @@ pub fn affected(rules: &[Rule], d: Direction, cidr: &Ipv4Net) -> Vec<Ipv4Net> {
     out
 }
 
-/// The verdict for a flow, computed as the datapath does (for re-checking
-/// established flows when the policy changes).
-pub fn evaluate(policy: &ContainerPolicy, d: Direction, remote: Ipv4Addr, proto: u8, port: u16) -> Action {
-    let best = policy
-        .rules
-        .iter()
-        .filter(|r| r.direction == d && r.cidr.contains(&remote))
-        .map(|r| r.cidr.prefix_len())
-        .max();
-    if let Some(len) = best {
-        if let Ok(cidr) = Ipv4Net::new(remote, len) {
-            if let Ok(c) = compile(&policy.rules, d, Some(&[cidr.trunc()])) {
-                if let Some(entry) = c.entries.values().next() {
-                    if let Some(a) = entry.decide(proto, port) {
-                        return if a == POLICY_ALLOW { Action::Allow } else { Action::Deny };
-                    }
+/// Judges flows as the datapath does, from the same compiled entries (for
+/// re-checking established flows when the policy changes). Built once per
+/// container; each verdict is a longest-prefix search of at most 33 steps.
+pub struct Evaluator {
+    default_in: Action,
+    default_out: Action,
+    entries: std::collections::HashMap<(Direction, u8, u32), PolicyEntry>,
+}
+
+impl Evaluator {
+    pub fn new(policy: &ContainerPolicy) -> Evaluator {
+        let mut entries = std::collections::HashMap::new();
+        for d in [Direction::In, Direction::Out] {
+            // Stored rules compiled when they were added; a failure cannot
+            // happen here, and an empty map would mean "defaults only".
+            if let Ok(c) = compile(&policy.rules, d, None) {
+                for (cidr, entry) in c.entries {
+                    entries.insert((d, cidr.prefix_len(), u32::from(cidr.network())), entry);
                 }
             }
         }
+        Evaluator { default_in: policy.default_in, default_out: policy.default_out, entries }
     }
-    policy.default_for(d)
+
+    pub fn verdict(&self, d: Direction, remote: Ipv4Addr, proto: u8, port: u16) -> Action {
+        let addr = u32::from(remote);
+        for len in (0..=32u8).rev() {
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            if let Some(entry) = self.entries.get(&(d, len, addr & mask)) {
+                // The longest entry carries every rule that covers the
+                // address: no match there means no rule matches.
+                if let Some(a) = entry.decide(proto, port) {
+                    return if a == POLICY_ALLOW { Action::Allow } else { Action::Deny };
+                }
+                break;
+            }
+        }
+        if d == Direction::In { self.default_in } else { self.default_out }
+    }
+}
+
+/// The verdict for one flow (builds an [`Evaluator`]; for many flows build
+/// it once).
+pub fn evaluate(policy: &ContainerPolicy, d: Direction, remote: Ipv4Addr, proto: u8, port: u16) -> Action {
+    Evaluator::new(policy).verdict(d, remote, proto, port)
 }
 
 #[cfg(test)]

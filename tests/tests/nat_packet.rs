@@ -241,6 +241,10 @@ fn a_new_connection_on_a_reused_tuple_starts_over() {
     h.run(names::PROG_UPLINK_INGRESS, &syn).unwrap();
     h.run(names::PROG_UPLINK_INGRESS, &rst).unwrap();
     assert_eq!(state(&mut h), netpath_common::CtState::Reset as u8);
+    // An RST ends both directions (the reply entry gets the short timeout).
+    let reply = netpath_common::CtKey::new(C1, CLIENT, 80u16.to_be(), 40100u16.to_be(), IPPROTO_TCP);
+    let r = h.dp.ct_entries().unwrap().into_iter().find(|(k, _)| *k == reply).map(|(_, e)| e.state);
+    assert_eq!(r, Some(netpath_common::CtState::Reset as u8));
     // The client reuses its port for a new connection: not a 10 s leftover.
     expect(&h, names::PROG_UPLINK_INGRESS, &syn, &tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40100), (C1, 80), 0x02, &[]));
     assert_eq!(state(&mut h), netpath_common::CtState::New as u8);

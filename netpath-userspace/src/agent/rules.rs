@@ -60,7 +60,7 @@ impl Inner {
             Change::RemoveRule { container: c.name.clone(), rule: rule.clone() }
         };
         self.record(change)?;
-        self.recheck_flows()?;
+        self.recheck_flows(Some(c.id))?;
         tracing::info!(container = %c.name, rule = %rule, "{}", if add { "policy rule added" } else { "policy rule removed" });
         Ok(rule)
     }
@@ -69,25 +69,29 @@ impl Inner {
         let c = self.find(name)?.clone();
         self.record(Change::SetDefault { container: c.name.clone(), direction, action })?;
         self.write_endpoint(&c)?;
-        self.recheck_flows()?;
+        self.recheck_flows(Some(c.id))?;
         Ok(PolicyView { container: c.name.clone(), policy: self.policy_of(&c.name) })
     }
 
-    /// Re-judges every established flow under the current policy and cuts
-    /// the ones it now denies (their verdict entries go; the next packet is
-    /// judged as new, and dropped).
-    pub(super) fn recheck_flows(&mut self) -> Result<usize> {
-        let by_id: HashMap<u32, (String, Ipv4Addr)> =
-            self.state.containers.iter().map(|c| (c.id, (c.name.clone(), c.ip))).collect();
+    /// Re-judges established flows under the current policy (those of one
+    /// endpoint, or all) and cuts the ones it now denies: their verdict
+    /// entries go, so the next packet is judged as new, and dropped.
+    pub(super) fn recheck_flows(&mut self, only: Option<u32>) -> Result<usize> {
+        let evaluators: HashMap<u32, policy::Evaluator> = self
+            .state
+            .containers
+            .iter()
+            .filter(|c| only.is_none_or(|id| id == c.id))
+            .map(|c| (c.id, policy::Evaluator::new(&self.policy_of(&c.name))))
+            .collect();
         let icc = self.dp_config.flags & CFG_F_NO_ICC == 0;
         let (subnet, gateway) = (self.cfg_subnet(), Ipv4Addr::from(self.dp_config.gateway));
-        let policies = self.state.policies.clone();
         let denied = |k: &netpath_common::CtKey, e: &netpath_common::CtEntry| {
-            if e.flags & CT_F_POLICY == 0 || e.flags & CT_F_REPLY != 0 {
+            if e.flags & CT_F_POLICY == 0 || e.flags & CT_F_REPLY != 0 || only.is_some_and(|id| id != e.endpoint_id) {
                 return false;
             }
-            let Some((name, _)) = by_id.get(&e.endpoint_id) else { return true };
-            let p = policies.get(name).cloned().unwrap_or_default();
+            // A verdict of an endpoint that is gone goes too.
+            let Some(eval) = evaluators.get(&e.endpoint_id) else { return true };
             let (d, remote) = if k.scope == CT_SCOPE_FROM_EP {
                 (Direction::Out, Ipv4Addr::from(k.daddr))
             } else {
@@ -98,7 +102,7 @@ impl Inner {
             }
             // Tracked ICMP flows are echo flows: judged as type 8.
             let port = if k.proto == 1 { 8 } else { u16::from_be(k.dport) };
-            policy::evaluate(&p, d, remote, k.proto, port) == Action::Deny
+            eval.verdict(d, remote, k.proto, port) == Action::Deny
         };
         let cut = self.dp.ct_remove_where(denied)?;
         if cut > 0 {
