@@ -347,7 +347,9 @@ impl Agent {
         inner.state.icc = Some(s.icc);
         inner.set_flag(CFG_F_NO_ICC, !s.icc)?;
         inner.save()?;
-        inner.recheck_flows(None)?;
+        if !s.icc {
+            inner.recheck_flows(None, None)?;
+        }
         Ok(s)
     }
 

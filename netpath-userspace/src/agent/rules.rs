@@ -60,7 +60,11 @@ impl Inner {
             Change::RemoveRule { container: c.name.clone(), rule: rule.clone() }
         };
         self.record(change)?;
-        self.recheck_flows(Some(c.id))?;
+        // Only a new deny or a removed allow can deny a flow, and only flows
+        // whose remote lies in the rule's CIDR.
+        if add == (rule.action == Action::Deny) {
+            self.recheck_flows(Some(c.id), Some(cidr))?;
+        }
         tracing::info!(container = %c.name, rule = %rule, "{}", if add { "policy rule added" } else { "policy rule removed" });
         Ok(rule)
     }
@@ -69,37 +73,47 @@ impl Inner {
         let c = self.find(name)?.clone();
         self.record(Change::SetDefault { container: c.name.clone(), direction, action })?;
         self.write_endpoint(&c)?;
-        self.recheck_flows(Some(c.id))?;
+        if action == Action::Deny {
+            self.recheck_flows(Some(c.id), None)?;
+        }
         Ok(PolicyView { container: c.name.clone(), policy: self.policy_of(&c.name) })
     }
 
-    /// Re-judges established flows under the current policy (those of one
-    /// endpoint, or all) and cuts the ones it now denies: their verdict
-    /// entries go, so the next packet is judged as new, and dropped.
-    pub(super) fn recheck_flows(&mut self, only: Option<u32>) -> Result<usize> {
-        let evaluators: HashMap<u32, policy::Evaluator> = self
+    /// Re-judges established flows under the current policy and cuts the
+    /// ones it now denies: their verdict entries go, so the next packet is
+    /// judged as new, and dropped. `only`: flows of one endpoint; `within`:
+    /// flows whose remote address lies in this CIDR (the others cannot have
+    /// changed). A container's rules are compiled only if it has a flow to
+    /// judge.
+    pub(super) fn recheck_flows(&mut self, only: Option<u32>, within: Option<ipnet::Ipv4Net>) -> Result<usize> {
+        let policies: HashMap<u32, ContainerPolicy> = self
             .state
             .containers
             .iter()
             .filter(|c| only.is_none_or(|id| id == c.id))
-            .map(|c| (c.id, policy::Evaluator::new(&self.policy_of(&c.name))))
+            .map(|c| (c.id, self.policy_of(&c.name)))
             .collect();
+        let mut evaluators: HashMap<u32, policy::Evaluator> = HashMap::new();
         let icc = self.dp_config.flags & CFG_F_NO_ICC == 0;
         let (subnet, gateway) = (self.cfg_subnet(), Ipv4Addr::from(self.dp_config.gateway));
         let denied = |k: &netpath_common::CtKey, e: &netpath_common::CtEntry| {
             if e.flags & CT_F_POLICY == 0 || e.flags & CT_F_REPLY != 0 || only.is_some_and(|id| id != e.endpoint_id) {
                 return false;
             }
-            // A verdict of an endpoint that is gone goes too.
-            let Some(eval) = evaluators.get(&e.endpoint_id) else { return true };
             let (d, remote) = if k.scope == CT_SCOPE_FROM_EP {
                 (Direction::Out, Ipv4Addr::from(k.daddr))
             } else {
                 (Direction::In, Ipv4Addr::from(k.saddr))
             };
+            if within.is_some_and(|net| !net.contains(&remote)) {
+                return false;
+            }
+            // A verdict of an endpoint that is gone goes too.
+            let Some(p) = policies.get(&e.endpoint_id) else { return true };
             if d == Direction::Out && !icc && subnet.contains(&remote) && remote != gateway {
                 return true;
             }
+            let eval = evaluators.entry(e.endpoint_id).or_insert_with(|| policy::Evaluator::new(p));
             // Tracked ICMP flows are echo flows: judged as type 8.
             let port = if k.proto == 1 { 8 } else { u16::from_be(k.dport) };
             eval.verdict(d, remote, k.proto, port) == Action::Deny
