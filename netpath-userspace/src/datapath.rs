@@ -509,15 +509,24 @@ impl Datapath {
         Ok(flows)
     }
 
-    /// Removes these entries (and their peers), without reading the table
-    /// again; returns how many flows went.
-    pub fn ct_remove_entries(&mut self, entries: &[(CtKey, CtEntry)]) -> Result<usize> {
+    /// Deletes the entries of these keys that are still expired at `now`,
+    /// each re-read just before it goes: the datapath may have revived one
+    /// (a reused tuple) since the table was read. Returns how many flows went.
+    pub fn ct_remove_expired(&mut self, keys: &[CtKey], now: u64) -> Result<usize> {
         let mut map = self.ct_map()?;
         let mut flows = 0;
-        for (key, entry) in entries {
-            let gone = ignore_missing(map.remove(key)).is_ok();
-            let _ = ignore_missing(map.remove(&entry.peer));
-            if gone && entry.flags & netpath_common::conntrack::CT_F_REPLY == 0 {
+        for key in keys {
+            let Ok(entry) = map.get(key, 0) else { continue };
+            if entry.expires_ns >= now {
+                continue;
+            }
+            if let Ok(peer) = map.get(&entry.peer, 0) {
+                if peer.expires_ns >= now {
+                    continue;
+                }
+                let _ = ignore_missing(map.remove(&entry.peer));
+            }
+            if ignore_missing(map.remove(key)).is_ok() && entry.flags & netpath_common::conntrack::CT_F_REPLY == 0 {
                 flows += 1;
             }
         }

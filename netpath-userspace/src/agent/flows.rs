@@ -17,15 +17,15 @@ impl Inner {
         let now = monotonic_ns();
         let entries: HashMap<netpath_common::CtKey, netpath_common::CtEntry> = self.dp.ct_entries()?.into_iter().collect();
         let expired = |e: &netpath_common::CtEntry| e.expires_ns < now;
-        let dead: Vec<(netpath_common::CtKey, netpath_common::CtEntry)> = entries
+        let dead: Vec<netpath_common::CtKey> = entries
             .iter()
             .filter(|(_, e)| expired(e) && entries.get(&e.peer).is_none_or(expired))
-            .map(|(k, e)| (*k, *e))
+            .map(|(k, _)| *k)
             .collect();
         if dead.is_empty() {
             return Ok(0);
         }
-        self.dp.ct_remove_entries(&dead)
+        self.dp.ct_remove_expired(&dead, now)
     }
 
     pub(super) fn flows(&mut self) -> Result<Vec<Flow>> {
