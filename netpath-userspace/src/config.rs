@@ -301,20 +301,15 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let mut c = Config::default();
-        c.subnet = "10.0.0.1/24".parse().unwrap();
+        let c = Config { subnet: "10.0.0.1/24".parse().unwrap(), ..Config::default() };
         assert!(c.resolve().unwrap_err().to_string().contains("host bits"));
-        let mut c = Config::default();
-        c.gateway = Some("10.78.0.1".parse().unwrap());
+        let c = Config { gateway: Some("10.78.0.1".parse().unwrap()), ..Config::default() };
         assert!(c.resolve().unwrap_err().to_string().contains("not a host address"));
-        let mut c = Config::default();
-        c.bridge = "a-very-long-bridge-name".into();
+        let c = Config { bridge: "a-very-long-bridge-name".into(), ..Config::default() };
         assert!(c.resolve().unwrap_err().to_string().contains("bridge interface name"));
-        let mut c = Config::default();
-        c.instance = "../etc".into();
+        let c = Config { instance: "../etc".into(), ..Config::default() };
         assert!(c.resolve().is_err());
-        let mut c = Config::default();
-        c.subnet = "10.0.0.0/31".parse().unwrap();
+        let c = Config { subnet: "10.0.0.0/31".parse().unwrap(), ..Config::default() };
         assert!(c.resolve().unwrap_err().to_string().contains("too small"));
     }
 }
