@@ -56,17 +56,27 @@ fn skb_ifindex(ctx: &TcContext) -> u32 {
 #[inline(never)]
 fn translate(ctx: &TcContext) -> Result<(), DropReason> {
     let Some(cfg) = config() else { return Ok(()) };
-    let flow = match flow::parse(ctx) {
+    translate_parsed(ctx, &flow::parse(ctx), cfg)
+}
+
+/// [`translate`] for a packet its caller has parsed already.
+#[inline(never)]
+fn translate_parsed(
+    ctx: &TcContext,
+    parsed: &Result<flow::Flow, flow::NoFlow>,
+    cfg: &netpath_common::DatapathConfig,
+) -> Result<(), DropReason> {
+    let flow = match parsed {
         Ok(flow) => flow,
         Err(flow::NoFlow::IcmpError) => return icmp_error::translate(ctx),
         Err(_) => return Ok(()),
     };
     if let Some(entry) = conntrack::lookup(&flow.key) {
-        conntrack::touch(entry, &flow, ctx.len(), cfg);
+        conntrack::touch(entry, flow, ctx.len(), cfg);
         // SAFETY: map value pointer, valid during the run.
-        return nat::apply(ctx, &flow, unsafe { &*entry });
+        return nat::apply(ctx, flow, unsafe { &*entry });
     }
-    new_published_flow(ctx, &flow, cfg)
+    new_published_flow(ctx, flow, cfg)
 }
 
 /// A conntrack miss: if the packet is for a published port, track the new
@@ -125,7 +135,11 @@ pub fn veth_ingress(ctx: TcContext) -> i32 {
     let ep = unsafe { &*ep };
     packet::pull_headers(&ctx, HEADERS_LEN);
     let verdict = antispoof::check_source(&ctx, ep).and_then(|()| match config() {
-        Some(cfg) => policy::from_endpoint(&ctx, ep, cfg).and_then(|()| translate(&ctx)),
+        // Parsed once for both stages.
+        Some(cfg) => {
+            let parsed = flow::parse(&ctx);
+            policy::from_endpoint(&ctx, &parsed, ep, cfg).and_then(|()| translate_parsed(&ctx, &parsed, cfg))
+        }
         None => Ok(()),
     });
     tc_verdict(&ctx, ifindex, ep.id, Direction::Ingress, len, verdict)
@@ -145,7 +159,7 @@ pub fn veth_egress(ctx: TcContext) -> i32 {
     // SAFETY: map values stay valid for the program's run.
     let ep = unsafe { &*ep };
     packet::pull_headers(&ctx, HEADERS_LEN);
-    let verdict = policy::to_endpoint(&ctx, ep, cfg);
+    let verdict = policy::to_endpoint(&ctx, &flow::parse(&ctx), ep, cfg);
     tc_verdict(&ctx, ifindex, ep.id, Direction::Egress, len, verdict)
 }
 

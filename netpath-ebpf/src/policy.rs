@@ -16,7 +16,7 @@ use netpath_common::{
 
 use crate::{
     conntrack, events,
-    flow::{self, Flow},
+    flow::{Flow, NoFlow},
     maps::{PolicyTrieKey, POLICY},
 };
 
@@ -60,11 +60,16 @@ fn remember(flow: &Flow, scope: u8, other: u8, ep: &Endpoint, len: u32, cfg: &Da
 
 /// Judges packets as they leave container `ep` (tcx ingress of its veth).
 #[inline(never)]
-pub fn from_endpoint(ctx: &TcContext, ep: &Endpoint, cfg: &DatapathConfig) -> Result<(), DropReason> {
-    let Ok(flow) = flow::parse(ctx) else { return Ok(()) };
+pub fn from_endpoint(
+    ctx: &TcContext,
+    parsed: &Result<Flow, NoFlow>,
+    ep: &Endpoint,
+    cfg: &DatapathConfig,
+) -> Result<(), DropReason> {
+    let Ok(flow) = parsed else { return Ok(()) };
     let key = flow.key.in_scope(CT_SCOPE_FROM_EP);
     if let Some(entry) = conntrack::lookup(&key) {
-        conntrack::touch(entry, &flow, ctx.len(), cfg);
+        conntrack::touch(entry, flow, ctx.len(), cfg);
         return Ok(());
     }
     let remote = flow.key.daddr;
@@ -76,7 +81,7 @@ pub fn from_endpoint(ctx: &TcContext, ep: &Endpoint, cfg: &DatapathConfig) -> Re
     if !allows(ep, POLICY_DIR_OUT, remote, flow.key.proto, flow.policy_port()) {
         return Err(DropReason::Policy);
     }
-    remember(&flow, CT_SCOPE_FROM_EP, CT_SCOPE_TO_EP, ep, ctx.len(), cfg)?;
+    remember(flow, CT_SCOPE_FROM_EP, CT_SCOPE_TO_EP, ep, ctx.len(), cfg)?;
     if cfg.flags & CFG_F_TRACE_FLOWS != 0 {
         events::emit(EVENT_FLOW, 0, EVENT_DIR_FROM_EP, ep.ifindex, ep.id, &flow.key);
     }
@@ -86,17 +91,22 @@ pub fn from_endpoint(ctx: &TcContext, ep: &Endpoint, cfg: &DatapathConfig) -> Re
 /// Judges packets as they reach container `ep` (tcx egress of its veth,
 /// after any translation: the remote of a published port is the client).
 #[inline(never)]
-pub fn to_endpoint(ctx: &TcContext, ep: &Endpoint, cfg: &DatapathConfig) -> Result<(), DropReason> {
-    let Ok(flow) = flow::parse(ctx) else { return Ok(()) };
+pub fn to_endpoint(
+    ctx: &TcContext,
+    parsed: &Result<Flow, NoFlow>,
+    ep: &Endpoint,
+    cfg: &DatapathConfig,
+) -> Result<(), DropReason> {
+    let Ok(flow) = parsed else { return Ok(()) };
     let key = flow.key.in_scope(CT_SCOPE_TO_EP);
     if let Some(entry) = conntrack::lookup(&key) {
-        conntrack::touch(entry, &flow, ctx.len(), cfg);
+        conntrack::touch(entry, flow, ctx.len(), cfg);
         return Ok(());
     }
     if !allows(ep, POLICY_DIR_IN, flow.key.saddr, flow.key.proto, flow.policy_port()) {
         return Err(DropReason::Policy);
     }
-    remember(&flow, CT_SCOPE_TO_EP, CT_SCOPE_FROM_EP, ep, ctx.len(), cfg)?;
+    remember(flow, CT_SCOPE_TO_EP, CT_SCOPE_FROM_EP, ep, ctx.len(), cfg)?;
     if cfg.flags & CFG_F_TRACE_FLOWS != 0 {
         events::emit(EVENT_FLOW, 0, EVENT_DIR_TO_EP, ep.ifindex, ep.id, &flow.key);
     }

@@ -320,6 +320,11 @@ impl Drop for Topology {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
         let _ = std::fs::remove_dir_all(&self.pin_dir);
+        // The agent made the shared parent too: it goes when the last run's
+        // pins are gone (rmdir refuses a directory that still holds any).
+        if let Some(parent) = self.pin_dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
         if std::env::var_os("NETPATH_KEEP_LOGS").is_none() {
             let _ = std::fs::remove_dir_all(&self.run_dir);
         }

@@ -208,4 +208,7 @@ fn sweep(prefix: &str) {
             }
         }
     }
+    // The agents created the shared parent; leave it only if another run
+    // still has pins there.
+    let _ = std::fs::remove_dir("/sys/fs/bpf/netpath");
 }
