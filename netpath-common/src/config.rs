@@ -41,7 +41,11 @@ pub struct DatapathConfig {
 impl DatapathConfig {
     #[inline(always)]
     pub fn subnet_mask(&self) -> u32 {
-        if self.subnet_prefix == 0 { 0 } else { u32::MAX << (32 - self.subnet_prefix.min(32)) }
+        if self.subnet_prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.subnet_prefix.min(32))
+        }
     }
 
     /// Is `addr` inside the container subnet?

@@ -22,7 +22,8 @@ pub const POLICY: &str = "POLICY";
 pub const EVENTS: &str = "EVENTS";
 
 /// Every map the agent pins. Kernel map names are capped at 15 bytes.
-pub const PINNED_MAPS: &[&str] = &[ENDPOINTS, IFACE_STATS, SERVICES, HOST_ADDRS, CT4, SOCK_REVNAT, CONFIG, POLICY, EVENTS];
+pub const PINNED_MAPS: &[&str] =
+    &[ENDPOINTS, IFACE_STATS, SERVICES, HOST_ADDRS, CT4, SOCK_REVNAT, CONFIG, POLICY, EVENTS];
 
 pub const MAX_POLICY_PREFIXES: usize = 262144;
 /// Bytes of the event ring buffer.

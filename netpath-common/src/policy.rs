@@ -59,7 +59,8 @@ impl PolicyRule {
 
     #[inline(always)]
     pub fn matches(&self, proto: u8, port: u16) -> bool {
-        (self.proto == 0 || self.proto == proto) && (self.has_ports == 0 || (port >= self.port_min && port <= self.port_max))
+        (self.proto == 0 || self.proto == proto)
+            && (self.has_ports == 0 || (port >= self.port_min && port <= self.port_max))
     }
 }
 

@@ -1,11 +1,11 @@
 //! Anti-spoofing: a container may only send from its own MAC and IP.
 
+use netpath_common::{DropReason, Endpoint};
 use network_types::{
     arp::ArpHdr,
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
 };
-use netpath_common::{DropReason, Endpoint};
 
 use crate::packet::{ipv4_eq, mac_eq, ptr_at, Packet};
 

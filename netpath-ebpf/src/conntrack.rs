@@ -150,7 +150,13 @@ pub fn create(
     orig.peer = *reply_key;
     reply.peer = *orig_key;
     reply.flags |= CT_F_REPLY;
-    CT4.insert(reply_key, &*reply, BPF_NOEXIST).map_err(|e| if e == -EEXIST { CreateError::Taken } else { CreateError::Failed })?;
+    CT4.insert(reply_key, &*reply, BPF_NOEXIST).map_err(|e| {
+        if e == -EEXIST {
+            CreateError::Taken
+        } else {
+            CreateError::Failed
+        }
+    })?;
     if CT4.insert(orig_key, &*orig, 0).is_err() {
         let _ = CT4.remove(reply_key);
         return Err(CreateError::Failed);

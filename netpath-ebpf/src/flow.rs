@@ -52,7 +52,11 @@ impl Flow {
     /// the message type.
     #[inline(always)]
     pub fn policy_port(&self) -> u16 {
-        if self.key.proto == IPPROTO_ICMP { self.icmp_type as u16 } else { u16::from_be(self.key.dport) }
+        if self.key.proto == IPPROTO_ICMP {
+            self.icmp_type as u16
+        } else {
+            u16::from_be(self.key.dport)
+        }
     }
 }
 
@@ -123,11 +127,5 @@ pub fn parse(pkt: &impl Packet) -> Result<Flow, NoFlow> {
         let udp = unsafe { &*udp };
         (u16::from_ne_bytes(udp.src), u16::from_ne_bytes(udp.dst), 0)
     };
-    Ok(Flow {
-        key: CtKey::new(ip.src_addr, ip.dst_addr, sport, dport, proto),
-        l3_off,
-        l4_off,
-        tcp_flags,
-        icmp_type,
-    })
+    Ok(Flow { key: CtKey::new(ip.src_addr, ip.dst_addr, sport, dport, proto), l3_off, l4_off, tcp_flags, icmp_type })
 }

@@ -36,7 +36,6 @@ use crate::{
     stats::{count_drop, count_packet, Direction},
 };
 
-
 /// Enough to see Ethernet, IPv4 with options and a TCP header directly.
 const HEADERS_LEN: u32 = 14 + 60 + 20;
 
@@ -82,7 +81,11 @@ fn translate_parsed(
 /// A conntrack miss: if the packet is for a published port, track the new
 /// flow and translate it.
 #[inline(never)]
-fn new_published_flow(ctx: &TcContext, flow: &flow::Flow, cfg: &netpath_common::DatapathConfig) -> Result<(), DropReason> {
+fn new_published_flow(
+    ctx: &TcContext,
+    flow: &flow::Flow,
+    cfg: &netpath_common::DatapathConfig,
+) -> Result<(), DropReason> {
     let Some(svc) = service::lookup(flow.key.daddr, flow.key.dport, flow.key.proto, false) else {
         return Ok(());
     };
@@ -103,7 +106,14 @@ fn drop_frame(pkt: &impl packet::Packet, ifindex: u32, endpoint_id: u32, directi
 }
 
 #[inline(always)]
-fn tc_verdict(ctx: &TcContext, ifindex: u32, endpoint_id: u32, dir: Direction, len: u32, r: Result<(), DropReason>) -> i32 {
+fn tc_verdict(
+    ctx: &TcContext,
+    ifindex: u32,
+    endpoint_id: u32,
+    dir: Direction,
+    len: u32,
+    r: Result<(), DropReason>,
+) -> i32 {
     match r {
         Ok(()) => {
             count_packet(ifindex, dir, len);

@@ -38,7 +38,14 @@ pub fn allows(ep: &Endpoint, direction: u8, remote: [u8; 4], proto: u8, port: u1
 
 /// Records an allowed flow: `key` in `scope` and its reply in the other one.
 #[inline(always)]
-fn remember(flow: &Flow, scope: u8, other: u8, ep: &Endpoint, len: u32, cfg: &DatapathConfig) -> Result<(), DropReason> {
+fn remember(
+    flow: &Flow,
+    scope: u8,
+    other: u8,
+    ep: &Endpoint,
+    len: u32,
+    cfg: &DatapathConfig,
+) -> Result<(), DropReason> {
     let key = flow.key.in_scope(scope);
     let reply_key = flow.key.reversed().in_scope(other);
     let mut fwd = CtEntry {

@@ -43,11 +43,17 @@ pub fn masquerade_new(ctx: &TcContext, flow: &Flow, cfg: &DatapathConfig) -> Res
         bytes: ctx.len() as u64,
         ..Default::default()
     };
-    let mut rev = CtEntry { dnat_addr: flow.key.saddr, dnat_port: flow.key.sport, flags: CT_F_DNAT, ..Default::default() };
+    let mut rev =
+        CtEntry { dnat_addr: flow.key.saddr, dnat_port: flow.key.sport, flags: CT_F_DNAT, ..Default::default() };
     for _ in 0..MAX_TRIES {
         let port_be = (port as u16).to_be();
-        let reply_key =
-            CtKey::new(flow.key.daddr, cfg.masq_addr, if icmp { port_be } else { flow.key.dport }, port_be, flow.key.proto);
+        let reply_key = CtKey::new(
+            flow.key.daddr,
+            cfg.masq_addr,
+            if icmp { port_be } else { flow.key.dport },
+            port_be,
+            flow.key.proto,
+        );
         // A published port's flows arrive on the same address and port:
         // never hand one out.
         let published = !icmp && service::lookup(cfg.masq_addr, port_be, flow.key.proto, false).is_some();

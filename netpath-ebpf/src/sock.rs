@@ -65,12 +65,8 @@ pub fn reverse(ctx: &SockAddrContext) {
     // SAFETY: the context pointer is valid for the program's run.
     let sa = unsafe { &mut *ctx.sock_addr };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let key = SockRevNatKey {
-        cookie,
-        backend_addr: sa.user_ip4.to_ne_bytes(),
-        backend_port: port_of(sa.user_port),
-        _pad: 0,
-    };
+    let key =
+        SockRevNatKey { cookie, backend_addr: sa.user_ip4.to_ne_bytes(), backend_port: port_of(sa.user_port), _pad: 0 };
     // SAFETY: the value is copied out at once.
     if let Some(v) = unsafe { SOCK_REVNAT.get(&key) } {
         sa.user_ip4 = u32::from_ne_bytes(v.service_addr);

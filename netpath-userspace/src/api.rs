@@ -15,7 +15,9 @@ use axum::{
 
 use crate::{
     agent::{Agent, AgentError},
-    model::{ApiErrorBody, ContainerRequest, DefaultRequest, MappingRequest, PolicyView, RuleRequest, Settings, StatsView},
+    model::{
+        ApiErrorBody, ContainerRequest, DefaultRequest, MappingRequest, PolicyView, RuleRequest, Settings, StatsView,
+    },
     policy::Rule,
 };
 
@@ -60,16 +62,25 @@ async fn list_containers(State(agent): State<Arc<Agent>>) -> ApiResult<Vec<crate
     Ok(Json(agent.containers().await))
 }
 
-async fn get_container(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> ApiResult<crate::model::ContainerStatus> {
+async fn get_container(
+    State(agent): State<Arc<Agent>>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<crate::model::ContainerStatus> {
     Ok(Json(agent.container(&name).await?))
 }
 
-async fn add_container(State(agent): State<Arc<Agent>>, body: Bytes) -> Result<(StatusCode, Json<crate::model::Container>), AgentError> {
+async fn add_container(
+    State(agent): State<Arc<Agent>>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<crate::model::Container>), AgentError> {
     let req: ContainerRequest = parse_body(&body, "container request")?;
     Ok((StatusCode::CREATED, Json(agent.add_container(req).await?)))
 }
 
-async fn del_container(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> ApiResult<crate::model::Container> {
+async fn del_container(
+    State(agent): State<Arc<Agent>>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<crate::model::Container> {
     Ok(Json(agent.del_container(&name).await?))
 }
 
@@ -81,7 +92,10 @@ async fn list_mappings(State(agent): State<Arc<Agent>>) -> ApiResult<Vec<crate::
     Ok(Json(agent.mappings().await))
 }
 
-async fn add_mapping(State(agent): State<Arc<Agent>>, body: Bytes) -> Result<(StatusCode, Json<Vec<crate::model::Mapping>>), AgentError> {
+async fn add_mapping(
+    State(agent): State<Arc<Agent>>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Vec<crate::model::Mapping>>), AgentError> {
     let req: MappingRequest = parse_body(&body, "mapping request")?;
     Ok((StatusCode::CREATED, Json(agent.publish(&req.spec).await?)))
 }
@@ -117,7 +131,11 @@ async fn remove_rule(State(agent): State<Arc<Agent>>, body: Bytes) -> ApiResult<
     Ok(Json(agent.remove_rule(req).await?))
 }
 
-async fn set_default(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>, body: Bytes) -> ApiResult<PolicyView> {
+async fn set_default(
+    State(agent): State<Arc<Agent>>,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult<PolicyView> {
     let req: DefaultRequest = parse_body(&body, "default policy")?;
     Ok(Json(agent.set_default(&name, req.direction, req.action).await?))
 }
@@ -159,7 +177,9 @@ async fn monitor(State(agent): State<Arc<Agent>>, Query(q): Query<MonitorQuery>)
             match rx.recv().await {
                 Ok(e) => {
                     let ev = agent.describe(&e);
-                    if (ev.kind == "flow" && !q.flows) || q.container.as_ref().is_some_and(|c| ev.container.as_ref() != Some(c)) {
+                    if (ev.kind == "flow" && !q.flows)
+                        || q.container.as_ref().is_some_and(|c| ev.container.as_ref() != Some(c))
+                    {
                         continue;
                     }
                     let mut line = serde_json::to_vec(&ev).unwrap_or_default();
@@ -181,7 +201,11 @@ async fn monitor(State(agent): State<Arc<Agent>>, Query(q): Query<MonitorQuery>)
 
 /// Binds the socket (directory 0700, socket 0600: root only) and serves
 /// until `shutdown` completes. Refuses to steal the socket of a live agent.
-pub async fn serve(agent: Arc<Agent>, socket: &Path, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
+pub async fn serve(
+    agent: Arc<Agent>,
+    socket: &Path,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;

@@ -59,7 +59,12 @@ impl Client {
         Ok(())
     }
 
-    async fn send<B: Serialize>(&self, method: Method, path: &str, body: Option<&B>) -> Result<hyper::Response<hyper::body::Incoming>> {
+    async fn send<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>> {
         let stream = tokio::net::UnixStream::connect(&self.socket).await.with_context(|| {
             format!("cannot reach netpathd at {} (is the agent running, and are you root?)", self.socket.display())
         })?;

@@ -120,8 +120,7 @@ impl Default for Config {
 
 impl Config {
     pub fn from_file(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config file {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
     }
 
@@ -149,7 +148,15 @@ impl Config {
             None => subnet.hosts().next().context("subnet has no host addresses")?,
         };
         let ct = &self.conntrack;
-        for (name, v) in [("tcp_new", ct.tcp_new), ("tcp_established", ct.tcp_established), ("tcp_closing", ct.tcp_closing), ("tcp_reset", ct.tcp_reset), ("udp", ct.udp), ("icmp", ct.icmp), ("gc_interval", ct.gc_interval)] {
+        for (name, v) in [
+            ("tcp_new", ct.tcp_new),
+            ("tcp_established", ct.tcp_established),
+            ("tcp_closing", ct.tcp_closing),
+            ("tcp_reset", ct.tcp_reset),
+            ("udp", ct.udp),
+            ("icmp", ct.icmp),
+            ("gc_interval", ct.gc_interval),
+        ] {
             if v == 0 {
                 bail!("conntrack.{name} must be at least 1 second");
             }
@@ -162,9 +169,7 @@ impl Config {
             masquerade_ports,
             icc: self.icc,
             uplink_xdp: self.uplink_xdp,
-            state_dir: self
-                .state_dir
-                .unwrap_or_else(|| PathBuf::from(format!("/var/lib/netpath/{instance}"))),
+            state_dir: self.state_dir.unwrap_or_else(|| PathBuf::from(format!("/var/lib/netpath/{instance}"))),
             socket: self.socket.unwrap_or_else(|| default_socket(&instance)),
             pin_dir: self.pin_dir.unwrap_or_else(|| Path::new(BPFFS_ROOT).join(&instance)),
             instance,
@@ -241,7 +246,13 @@ pub fn validate_name(what: &str, name: &str, max: usize) -> Result<()> {
 
 /// Linux interface names: 1 to 15 bytes, no '/', no whitespace.
 pub fn validate_ifname(what: &str, name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > 15 || name.contains('/') || name.contains(char::is_whitespace) || name == "." || name == ".." {
+    if name.is_empty()
+        || name.len() > 15
+        || name.contains('/')
+        || name.contains(char::is_whitespace)
+        || name == "."
+        || name == ".."
+    {
         bail!("{what} interface name {name:?} is not a valid Linux interface name (1-15 characters, no '/' or spaces)");
     }
     Ok(())

@@ -9,8 +9,7 @@
 //! attached twice and traffic never sees a gap).
 
 use std::{
-    fs,
-    io,
+    fs, io,
     path::{Path, PathBuf},
 };
 
@@ -108,8 +107,8 @@ pub const CGROUP_TARGET: &str = "cgroup";
 /// incompatible build is refused instead of being reused with the wrong
 /// layout.
 fn map_layouts() -> [(&'static str, usize, usize); 9] {
-    use std::mem::size_of;
     use netpath_common::*;
+    use std::mem::size_of;
     [
         (names::ENDPOINTS, size_of::<u32>(), size_of::<Endpoint>()),
         (names::IFACE_STATS, size_of::<u32>(), size_of::<TrafficStats>()),
@@ -163,7 +162,8 @@ impl Datapath {
             Some(dir) => {
                 ensure_bpffs()?;
                 for sub in ["maps", "links"] {
-                    fs::create_dir_all(dir.join(sub)).with_context(|| format!("creating {}", dir.join(sub).display()))?;
+                    fs::create_dir_all(dir.join(sub))
+                        .with_context(|| format!("creating {}", dir.join(sub).display()))?;
                 }
                 names::PINNED_MAPS.iter().map(|m| (*m, dir.join("maps").join(m))).collect()
             }
@@ -345,13 +345,12 @@ impl Datapath {
     pub fn reset_stats(&mut self, ifindex: u32) -> Result<()> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
         let values = PerCpuValues::try_from(vec![TrafficStats::default(); cpus])?;
-        self.stats_map()?
-            .insert(ifindex, values, 0)
-            .with_context(|| format!("resetting counters of ifindex {ifindex}"))
+        self.stats_map()?.insert(ifindex, values, 0).with_context(|| format!("resetting counters of ifindex {ifindex}"))
     }
 
     pub fn remove_stats(&mut self, ifindex: u32) -> Result<()> {
-        ignore_missing(self.stats_map()?.remove(&ifindex)).with_context(|| format!("removing counters of ifindex {ifindex}"))
+        ignore_missing(self.stats_map()?.remove(&ifindex))
+            .with_context(|| format!("removing counters of ifindex {ifindex}"))
     }
 
     pub fn stats(&mut self, ifindex: u32) -> Result<TrafficStats> {
@@ -577,7 +576,8 @@ fn check_pinned_layout(name: &str, path: &Path) -> Result<()> {
         Err(_) if !path.exists() => return Ok(()),
         Err(e) => return Err(e).with_context(|| format!("opening pinned map {}", path.display())),
     };
-    let (_, key, value) = map_layouts().into_iter().find(|(n, _, _)| *n == name).ok_or_else(|| anyhow!("unknown map {name}"))?;
+    let (_, key, value) =
+        map_layouts().into_iter().find(|(n, _, _)| *n == name).ok_or_else(|| anyhow!("unknown map {name}"))?;
     if info.key_size() as usize != key || info.value_size() as usize != value {
         bail!(
             "pinned map {} has key/value sizes {}/{} but this netpath expects {key}/{value}: it was left by an \
@@ -611,7 +611,11 @@ fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::progra
 fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
     match r {
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(aya::maps::MapError::SyscallError(SyscallError { io_error, .. })) if io_error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(aya::maps::MapError::SyscallError(SyscallError { io_error, .. }))
+            if io_error.kind() == io::ErrorKind::NotFound =>
+        {
+            Ok(())
+        }
         other => other,
     }
 }

@@ -91,7 +91,8 @@ impl MonitorEvent {
 pub fn spawn_reader(ring: RingBuf<MapData>, tx: broadcast::Sender<Event>) -> Result<()> {
     // SAFETY: the ring buffer owns its descriptor and is moved into the
     // AsyncFd, which deregisters it before dropping it.
-    let mut fd = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("registering the EVENTS ring buffer: {e}"))?;
+    let mut fd =
+        unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("registering the EVENTS ring buffer: {e}"))?;
     tokio::spawn(async move {
         loop {
             let Ok(mut guard) = fd.readable_mut().await else { return };

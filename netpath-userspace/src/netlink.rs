@@ -66,10 +66,7 @@ impl Netlink {
     }
 
     pub async fn link_index(&self, name: &str) -> Result<u32> {
-        self.link_by_name(name)
-            .await?
-            .map(|l| l.header.index)
-            .ok_or_else(|| anyhow!("interface {name} does not exist"))
+        self.link_by_name(name).await?.map(|l| l.header.index).ok_or_else(|| anyhow!("interface {name} does not exist"))
     }
 
     /// Creates the bridge if absent, gives it `addr/prefix` if it lacks it,
@@ -104,7 +101,8 @@ impl Netlink {
     pub async fn ensure_address(&self, index: u32, addr: Ipv4Addr, prefix: u8) -> Result<()> {
         let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
         while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
-            let has = msg.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(a)) if *a == addr));
+            let has =
+                msg.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(a)) if *a == addr));
             if has && msg.header.prefix_len == prefix {
                 return Ok(());
             }
@@ -125,18 +123,27 @@ impl Netlink {
     }
 
     pub async fn set_controller(&self, index: u32, bridge: u32) -> Result<()> {
-        self.set(LinkUnspec::new_with_index(index).controller(bridge).build(), &format!("adding ifindex {index} to bridge {bridge}"))
-            .await
+        self.set(
+            LinkUnspec::new_with_index(index).controller(bridge).build(),
+            &format!("adding ifindex {index} to bridge {bridge}"),
+        )
+        .await
     }
 
     pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<()> {
-        self.set(LinkUnspec::new_with_index(index).address(mac.to_vec()).build(), &format!("setting MAC of ifindex {index}"))
-            .await
+        self.set(
+            LinkUnspec::new_with_index(index).address(mac.to_vec()).build(),
+            &format!("setting MAC of ifindex {index}"),
+        )
+        .await
     }
 
     pub async fn rename(&self, index: u32, name: &str) -> Result<()> {
-        self.set(LinkUnspec::new_with_index(index).name(name.to_string()).build(), &format!("renaming ifindex {index} to {name}"))
-            .await
+        self.set(
+            LinkUnspec::new_with_index(index).name(name.to_string()).build(),
+            &format!("renaming ifindex {index} to {name}"),
+        )
+        .await
     }
 
     pub async fn move_to_netns(&self, index: u32, ns: &Netns) -> Result<()> {
@@ -185,12 +192,7 @@ impl Netlink {
 
     pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
         let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
-        self.handle
-            .route()
-            .add(route)
-            .execute()
-            .await
-            .with_context(|| format!("adding default route via {gateway}"))
+        self.handle.route().add(route).execute().await.with_context(|| format!("adding default route via {gateway}"))
     }
 }
 

@@ -37,7 +37,8 @@ impl Netns {
             bail!("netns is empty: give a name under /run/netns or a path such as /proc/PID/ns/net");
         }
         let path = resolve_path(spec);
-        let file = File::open(&path).with_context(|| format!("netns {spec:?} ({}) cannot be opened", path.display()))?;
+        let file =
+            File::open(&path).with_context(|| format!("netns {spec:?} ({}) cannot be opened", path.display()))?;
         let fs = nix::sys::statfs::fstatfs(&file).with_context(|| format!("statfs {}", path.display()))?;
         if fs.filesystem_type().0 as i64 != NSFS_MAGIC {
             bail!("netns {spec:?} ({}) is not a namespace file", path.display());

@@ -1,6 +1,6 @@
 //! Human-readable tables for `netpathctl`.
 
-use crate::model::{Container, Flow, InterfaceStats, Mapping, PolicyView, Status, StatsView};
+use crate::model::{Container, Flow, InterfaceStats, Mapping, PolicyView, StatsView, Status};
 
 /// Left-aligned columns separated by two spaces.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -33,7 +33,16 @@ pub fn drops_summary(s: &InterfaceStats) -> String {
 pub fn containers_table(containers: &[Container]) -> String {
     let rows: Vec<Vec<String>> = containers
         .iter()
-        .map(|c| vec![c.name.clone(), c.ip.to_string(), c.mac.clone(), c.veth.clone(), c.ifindex.to_string(), c.netns.clone()])
+        .map(|c| {
+            vec![
+                c.name.clone(),
+                c.ip.to_string(),
+                c.mac.clone(),
+                c.veth.clone(),
+                c.ifindex.to_string(),
+                c.netns.clone(),
+            ]
+        })
         .collect();
     table(&["NAME", "IP", "MAC", "VETH", "IFINDEX", "NETNS"], &rows)
 }
@@ -117,8 +126,19 @@ pub fn status_text(s: &Status) -> String {
     out.push_str(&format!("bridge    {} gateway {} subnet {}\n", s.bridge, s.gateway, s.subnet));
     out.push_str(&format!("uplink    {}\n", s.uplink.as_deref().unwrap_or("(none)")));
     out.push_str(&format!("pins      {}\n", s.pin_dir));
-    out.push_str(&format!("sockets   {}\n", s.cgroup.as_deref().map(|c| format!("cgroup {c}")).unwrap_or_else(|| "(no cgroup v2: host processes cannot use published ports)".into())));
-    out.push_str(&format!("mode      {}, {} published ports, icc {}\n", if s.routed { "routed" } else { "published ports only from outside" }, s.mappings, if s.icc { "on" } else { "off" }));
+    out.push_str(&format!(
+        "sockets   {}\n",
+        s.cgroup
+            .as_deref()
+            .map(|c| format!("cgroup {c}"))
+            .unwrap_or_else(|| "(no cgroup v2: host processes cannot use published ports)".into())
+    ));
+    out.push_str(&format!(
+        "mode      {}, {} published ports, icc {}\n",
+        if s.routed { "routed" } else { "published ports only from outside" },
+        s.mappings,
+        if s.icc { "on" } else { "off" }
+    ));
     out.push_str(&format!(
         "masq      {}\n",
         s.masquerade.map(|a| format!("to {a}, ports {}", s.masquerade_ports)).unwrap_or_else(|| "off".into())
@@ -127,7 +147,8 @@ pub fn status_text(s: &Status) -> String {
         out.push_str(&format!("uplink rx {} packets, {} bytes\n", u.rx_packets, u.rx_bytes));
     }
     out.push_str("\nPROGRAMS\n");
-    let rows: Vec<Vec<String>> = s.programs.iter().map(|p| vec![p.name.clone(), p.kind.clone(), p.id.to_string()]).collect();
+    let rows: Vec<Vec<String>> =
+        s.programs.iter().map(|p| vec![p.name.clone(), p.kind.clone(), p.id.to_string()]).collect();
     out.push_str(&table(&["NAME", "TYPE", "ID"], &rows));
     out.push_str("\nATTACH POINTS\n");
     let rows: Vec<Vec<String>> = s
@@ -143,7 +164,15 @@ pub fn status_text(s: &Status) -> String {
     let rows: Vec<Vec<String>> = s
         .maps
         .iter()
-        .map(|m| vec![m.name.clone(), m.kind.clone(), m.id.to_string(), format!("{}/{}", m.entries, m.max_entries), m.pin.clone()])
+        .map(|m| {
+            vec![
+                m.name.clone(),
+                m.kind.clone(),
+                m.id.to_string(),
+                format!("{}/{}", m.entries, m.max_entries),
+                m.pin.clone(),
+            ]
+        })
         .collect();
     out.push_str(&table(&["NAME", "TYPE", "ID", "ENTRIES", "PIN"], &rows));
     out.push_str("\nCONTAINERS\n");

@@ -92,7 +92,10 @@ pub struct Rule {
 impl Rule {
     /// Everything but the action: two rules with the same match clash.
     fn same_match(&self, other: &Rule) -> bool {
-        self.direction == other.direction && self.cidr == other.cidr && self.proto == other.proto && self.ports == other.ports
+        self.direction == other.direction
+            && self.cidr == other.cidr
+            && self.proto == other.proto
+            && self.ports == other.ports
     }
 
     pub fn to_datapath(&self) -> DpRule {
@@ -150,7 +153,8 @@ pub fn parse_cidr(s: &str) -> Result<Ipv4Net, RuleError> {
     let net: Ipv4Net = if s.contains('/') {
         s.parse().map_err(|_| RuleError::Cidr(s.into()))?
     } else {
-        Ipv4Net::new(s.parse::<Ipv4Addr>().map_err(|_| RuleError::Cidr(s.into()))?, 32).map_err(|_| RuleError::Cidr(s.into()))?
+        Ipv4Net::new(s.parse::<Ipv4Addr>().map_err(|_| RuleError::Cidr(s.into()))?, 32)
+            .map_err(|_| RuleError::Cidr(s.into()))?
     };
     if net.trunc() != net {
         return Err(RuleError::HostBits { given: s.into(), network: net.trunc() });
@@ -201,7 +205,6 @@ fn allow() -> Action {
     Action::Allow
 }
 
-
 impl ContainerPolicy {
     /// Checks a new rule against the existing ones.
     pub fn check_add(&self, rule: &Rule) -> Result<(), RuleError> {
@@ -216,7 +219,11 @@ impl ContainerPolicy {
     }
 
     pub fn default_for(&self, d: Direction) -> Action {
-        if d == Direction::In { self.default_in } else { self.default_out }
+        if d == Direction::In {
+            self.default_in
+        } else {
+            self.default_out
+        }
     }
 }
 
@@ -228,14 +235,23 @@ pub struct Compiled {
 }
 
 pub fn direction_code(d: Direction) -> u8 {
-    if d == Direction::In { POLICY_DIR_IN } else { POLICY_DIR_OUT }
+    if d == Direction::In {
+        POLICY_DIR_IN
+    } else {
+        POLICY_DIR_OUT
+    }
 }
 
 /// LPM key and prefix length of `cidr` for endpoint `id`, direction `d`.
 pub fn lpm_key(id: u32, d: Direction, cidr: &Ipv4Net) -> (u32, PolicyKey) {
     (
         POLICY_KEY_FIXED_BITS + cidr.prefix_len() as u32,
-        PolicyKey { endpoint_id: id.to_be_bytes(), direction: direction_code(d), _pad: [0; 3], addr: cidr.network().octets() },
+        PolicyKey {
+            endpoint_id: id.to_be_bytes(),
+            direction: direction_code(d),
+            _pad: [0; 3],
+            addr: cidr.network().octets(),
+        },
     )
 }
 
@@ -279,7 +295,8 @@ pub fn compile(rules: &[Rule], d: Direction, only: Option<&[Ipv4Net]>) -> Result
 /// CIDRs whose entries change when a rule at `cidr` changes: it and every
 /// longer CIDR inside it that has rules.
 pub fn affected(rules: &[Rule], d: Direction, cidr: &Ipv4Net) -> Vec<Ipv4Net> {
-    let mut out: Vec<Ipv4Net> = rules.iter().filter(|r| r.direction == d && cidr.contains(&r.cidr)).map(|r| r.cidr).collect();
+    let mut out: Vec<Ipv4Net> =
+        rules.iter().filter(|r| r.direction == d && cidr.contains(&r.cidr)).map(|r| r.cidr).collect();
     out.push(*cidr);
     out.sort();
     out.dedup();
@@ -323,7 +340,11 @@ impl Evaluator {
                 break;
             }
         }
-        if d == Direction::In { self.default_in } else { self.default_out }
+        if d == Direction::In {
+            self.default_in
+        } else {
+            self.default_out
+        }
     }
 }
 
@@ -372,7 +393,8 @@ mod tests {
         assert_eq!(eval(&p, "10.9.9.9", 6, 81), Action::Deny);
         let p = policy(vec![rule(Action::Allow, "10.0.0.0/8", "tcp"), rule(Action::Deny, "10.0.0.0/8", "any")]);
         assert_eq!(eval(&p, "10.9.9.9", 6, 80), Action::Deny, "deny beats allow without ports");
-        let p = policy(vec![rule(Action::Allow, "10.0.0.0/8", "tcp/80-90"), rule(Action::Deny, "10.0.0.0/8", "tcp/85")]);
+        let p =
+            policy(vec![rule(Action::Allow, "10.0.0.0/8", "tcp/80-90"), rule(Action::Deny, "10.0.0.0/8", "tcp/85")]);
         assert_eq!(eval(&p, "10.9.9.9", 6, 85), Action::Deny);
         assert_eq!(eval(&p, "10.9.9.9", 6, 86), Action::Allow);
     }
@@ -388,7 +410,10 @@ mod tests {
 
     #[test]
     fn input_errors() {
-        assert_eq!(parse_cidr("10.0.0.1/8").unwrap_err(), RuleError::HostBits { given: "10.0.0.1/8".into(), network: "10.0.0.0/8".parse().unwrap() });
+        assert_eq!(
+            parse_cidr("10.0.0.1/8").unwrap_err(),
+            RuleError::HostBits { given: "10.0.0.1/8".into(), network: "10.0.0.0/8".parse().unwrap() }
+        );
         assert!(matches!(parse_cidr("10.0.0/8"), Err(RuleError::Cidr(_))));
         assert!(matches!(parse_cidr("10.0.0.0/33"), Err(RuleError::Cidr(_))));
         assert_eq!(parse_cidr("10.0.0.7").unwrap(), "10.0.0.7/32".parse::<Ipv4Net>().unwrap());
@@ -405,7 +430,11 @@ mod tests {
 
     #[test]
     fn compile_folds_ancestors_in_and_limits_the_chain() {
-        let rules = vec![rule(Action::Deny, "0.0.0.0/0", "any"), rule(Action::Allow, "10.0.0.0/8", "tcp"), rule(Action::Allow, "10.1.0.0/16", "udp")];
+        let rules = vec![
+            rule(Action::Deny, "0.0.0.0/0", "any"),
+            rule(Action::Allow, "10.0.0.0/8", "tcp"),
+            rule(Action::Allow, "10.1.0.0/16", "udp"),
+        ];
         let c = compile(&rules, Direction::In, None).unwrap();
         let e = &c.entries[&"10.1.0.0/16".parse().unwrap()];
         assert_eq!(e.count, 3);

@@ -61,7 +61,11 @@ impl PortRange {
 
 impl fmt::Display for PortRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.start == self.end { write!(f, "{}", self.start) } else { write!(f, "{}-{}", self.start, self.end) }
+        if self.start == self.end {
+            write!(f, "{}", self.start)
+        } else {
+            write!(f, "{}-{}", self.start, self.end)
+        }
     }
 }
 
@@ -161,10 +165,18 @@ impl PortSpec {
         if host_ports.len() != container_ports.len() {
             return Err(err(
                 spec,
-                format!("host range {host_ports} has {} ports but container range {container_ports} has {}", host_ports.len(), container_ports.len()),
+                format!(
+                    "host range {host_ports} has {} ports but container range {container_ports} has {}",
+                    host_ports.len(),
+                    container_ports.len()
+                ),
             ));
         }
-        Ok(PortSpec { host: HostSide { ip, ports: host_ports, proto }, container: container.to_string(), container_ports })
+        Ok(PortSpec {
+            host: HostSide { ip, ports: host_ports, proto },
+            container: container.to_string(),
+            container_ports,
+        })
     }
 
     /// (host port, container port) pairs.
@@ -195,7 +207,11 @@ pub enum UnmapSpec {
 impl UnmapSpec {
     pub fn parse(spec: &str) -> Result<UnmapSpec, SpecError> {
         let colons = spec.split('/').next().unwrap_or("").matches(':').count();
-        if colons >= 2 { PortSpec::parse(spec).map(UnmapSpec::Full) } else { HostSide::parse(spec).map(UnmapSpec::Host) }
+        if colons >= 2 {
+            PortSpec::parse(spec).map(UnmapSpec::Full)
+        } else {
+            HostSide::parse(spec).map(UnmapSpec::Host)
+        }
     }
 }
 
@@ -249,7 +265,11 @@ mod tests {
         assert!(matches!(UnmapSpec::parse("8080:ctr1:80").unwrap(), UnmapSpec::Full(_)));
         assert_eq!(
             UnmapSpec::parse("10.0.0.1:8080/udp").unwrap(),
-            UnmapSpec::Host(HostSide { ip: Some("10.0.0.1".parse().unwrap()), ports: PortRange { start: 8080, end: 8080 }, proto: Protocol::Udp })
+            UnmapSpec::Host(HostSide {
+                ip: Some("10.0.0.1".parse().unwrap()),
+                ports: PortRange { start: 8080, end: 8080 },
+                proto: Protocol::Udp
+            })
         );
         assert_eq!(
             UnmapSpec::parse("9000-9001").unwrap(),

@@ -45,7 +45,9 @@ impl Change {
                 state.next_mapping_id = state.next_mapping_id.max(*next_mapping_id);
             }
             Change::Unpublish { ids } => state.mappings.retain(|m| !ids.contains(&m.id)),
-            Change::AddRule { container, rule } => state.policies.entry(container.clone()).or_default().rules.push(rule.clone()),
+            Change::AddRule { container, rule } => {
+                state.policies.entry(container.clone()).or_default().rules.push(rule.clone())
+            }
             Change::RemoveRule { container, rule } => {
                 if let Some(p) = state.policies.get_mut(container) {
                     p.rules.retain(|r| r != rule);
@@ -100,7 +102,12 @@ pub struct StateStore {
 impl StateStore {
     pub fn new(dir: &Path) -> Result<StateStore> {
         fs::create_dir_all(dir).with_context(|| format!("creating state directory {}", dir.display()))?;
-        Ok(StateStore { path: dir.join("state.json"), journal_path: dir.join("journal.jsonl"), journal: None, journal_lines: 0 })
+        Ok(StateStore {
+            path: dir.join("state.json"),
+            journal_path: dir.join("journal.jsonl"),
+            journal: None,
+            journal_lines: 0,
+        })
     }
 
     /// Appends a change; the caller has applied it to its `state` already,

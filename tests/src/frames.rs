@@ -21,7 +21,8 @@ pub fn eth(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8
 pub fn checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = 0;
     for chunk in data.chunks(2) {
-        let word = if chunk.len() == 2 { u16::from_be_bytes([chunk[0], chunk[1]]) } else { u16::from_be_bytes([chunk[0], 0]) };
+        let word =
+            if chunk.len() == 2 { u16::from_be_bytes([chunk[0], chunk[1]]) } else { u16::from_be_bytes([chunk[0], 0]) };
         sum += word as u32;
     }
     while sum >> 16 != 0 {
@@ -134,7 +135,11 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
         IPPROTO_ICMP => checksum(l4) == 0,
         _ => true,
     };
-    if ok { Ok(()) } else { Err(format!("bad L4 checksum (protocol {})", ip[9])) }
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("bad L4 checksum (protocol {})", ip[9]))
+    }
 }
 
 #[cfg(test)]

@@ -54,7 +54,12 @@ pub fn run(prog_fd: RawFd, frame: &[u8], repeat: u32) -> io::Result<RunResult> {
     };
     // SAFETY: attr points at valid buffers of the sizes given.
     let ret = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &mut attr as *mut TestRunAttr, std::mem::size_of::<TestRunAttr>())
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRunAttr,
+            std::mem::size_of::<TestRunAttr>(),
+        )
     };
     if ret < 0 {
         return Err(io::Error::last_os_error());

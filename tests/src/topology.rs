@@ -185,7 +185,10 @@ impl Topology {
             }
             if let Some(status) = self.agent.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 self.agent = None;
-                bail!("netpathd exited with {status}: {}", std::fs::read_to_string(self.agent_log()).unwrap_or_default());
+                bail!(
+                    "netpathd exited with {status}: {}",
+                    std::fs::read_to_string(self.agent_log()).unwrap_or_default()
+                );
             }
             if Instant::now() > deadline {
                 bail!("netpathd did not come up: {}", std::fs::read_to_string(self.agent_log()).unwrap_or_default());
@@ -235,7 +238,11 @@ impl Topology {
     pub fn ctl_err(&self, args: &[&str]) -> Result<String> {
         let out = self.ctl(args)?;
         if out.status.success() {
-            bail!("netpathctl {} succeeded but should have failed: {}", args.join(" "), String::from_utf8_lossy(&out.stdout));
+            bail!(
+                "netpathctl {} succeeded but should have failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stderr).into_owned())
     }
@@ -308,7 +315,10 @@ impl Topology {
 impl Drop for Topology {
     fn drop(&mut self) {
         if let Some(mut child) = self.agent.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let deadline = Instant::now() + Duration::from_secs(5);
             while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));

@@ -14,7 +14,10 @@ use netpath_tests::topology::{bin_dir, Topology, HOST_UPLINK_IP, WORLD_IP};
 use netpath_userspace::model::{Flow, Status};
 
 fn topology_with(containers: usize, agent_args: &[&str]) -> Topology {
-    assert!(netpath_tests::is_root(), "topology tests create namespaces and load BPF: run them as root (cargo xtask test)");
+    assert!(
+        netpath_tests::is_root(),
+        "topology tests create namespaces and load BPF: run them as root (cargo xtask test)"
+    );
     let mut t = Topology::new(containers).expect("build topology");
     t.agent_args(agent_args);
     t.start_agent().expect("start netpathd");
@@ -77,21 +80,32 @@ fn tcp_from_port(port: u16, dst: SocketAddr) -> Result<TcpStream> {
             sin_addr: libc::in_addr { s_addr: 0 },
             sin_zero: [0; 8],
         };
-        let rc = libc::bind(fd, &addr as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_in>() as u32);
+        let rc =
+            libc::bind(fd, &addr as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_in>() as u32);
         if rc != 0 {
             let e = std::io::Error::last_os_error();
             libc::close(fd);
             anyhow::bail!("bind :{port}: {e}");
         }
         let tv = libc::timeval { tv_sec: 3, tv_usec: 0 };
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv as *const _ as *const libc::c_void, std::mem::size_of::<libc::timeval>() as u32);
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            &tv as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
         let to = libc::sockaddr_in {
             sin_family: libc::AF_INET as u16,
             sin_port: dst.port().to_be(),
             sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.ip().octets()) },
             sin_zero: [0; 8],
         };
-        let rc = libc::connect(fd, &to as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_in>() as u32);
+        let rc = libc::connect(
+            fd,
+            &to as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        );
         if rc != 0 {
             let e = std::io::Error::last_os_error();
             libc::close(fd);
@@ -207,7 +221,9 @@ fn a_small_port_range_runs_out_for_new_flows_only() {
         server.read_exact(&mut b).unwrap();
     }
     // Another destination has its own ports.
-    let ok = t.in_ns(&t.container_ns(1), || Ok(TcpStream::connect_timeout(&SocketAddr::from((WORLD_IP, 8001)), Duration::from_secs(3))?));
+    let ok = t.in_ns(&t.container_ns(1), || {
+        Ok(TcpStream::connect_timeout(&SocketAddr::from((WORLD_IP, 8001)), Duration::from_secs(3))?)
+    });
     assert!(ok.is_ok());
     drop(other);
 }
@@ -261,14 +277,20 @@ fn icmp_errors_reach_the_container_traceroute_and_path_mtu() {
             total += n;
         }
     });
-    let mut s = t.in_ns(&ns1, || Ok(TcpStream::connect_timeout(&SocketAddr::from((far_ip, 9000)), Duration::from_secs(3))?)).unwrap();
+    let mut s = t
+        .in_ns(&ns1, || Ok(TcpStream::connect_timeout(&SocketAddr::from((far_ip, 9000)), Duration::from_secs(3))?))
+        .unwrap();
     s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
     let data = vec![0x5a; 256 * 1024];
     s.write_all(&data).expect("large transfer through a smaller path MTU");
     drop(s);
     assert_eq!(server.join().unwrap().unwrap(), data.len());
     let route = t.exec(&ns1, &["ip", "route", "get", &far_ip.to_string()]).unwrap();
-    assert!(String::from_utf8_lossy(&route.stdout).contains("mtu 1280"), "the container learned the path MTU: {}", String::from_utf8_lossy(&route.stdout));
+    assert!(
+        String::from_utf8_lossy(&route.stdout).contains("mtu 1280"),
+        "the container learned the path MTU: {}",
+        String::from_utf8_lossy(&route.stdout)
+    );
 }
 
 /// Spawns `netpath-flows` inside a namespace.
@@ -302,7 +324,10 @@ fn twenty_thousand_concurrent_flows_from_several_containers() {
     std::thread::sleep(Duration::from_millis(500));
     let mut clients: Vec<Child> = (0..CONTAINERS)
         .map(|i| {
-            flows_process(&t.container_ns(i + 1), &["connect".into(), WORLD_IP.to_string(), (7001 + i).to_string(), PER.to_string(), "120".into()])
+            flows_process(
+                &t.container_ns(i + 1),
+                &["connect".into(), WORLD_IP.to_string(), (7001 + i).to_string(), PER.to_string(), "120".into()],
+            )
         })
         .collect();
     let result = (|| -> Result<()> {

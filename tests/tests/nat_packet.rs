@@ -39,13 +39,16 @@ fn harness() -> PacketHarness {
     .unwrap();
     h.dp.sync_host_addrs(&[(HOST, 2), (BOUND, 2), (GATEWAY, 3)]).unwrap();
     let svc = |addr: [u8; 4], port: u16, proto: u8, backend: [u8; 4], bport: u16, id: u32| {
-        (ServiceKey { addr, port: port.to_be(), proto, _pad: 0 }, ServiceValue {
-            backend_addr: backend,
-            backend_port: bport.to_be(),
-            _pad: 0,
-            id,
-            backend_ifindex: TEST_IFINDEX,
-        })
+        (
+            ServiceKey { addr, port: port.to_be(), proto, _pad: 0 },
+            ServiceValue {
+                backend_addr: backend,
+                backend_port: bport.to_be(),
+                _pad: 0,
+                id,
+                backend_ifindex: TEST_IFINDEX,
+            },
+        )
     };
     for (k, v) in [
         svc([0; 4], 8080, IPPROTO_TCP, C1, 80, 1),
@@ -58,11 +61,21 @@ fn harness() -> PacketHarness {
 }
 
 fn container(h: &mut PacketHarness, ip: [u8; 4], mac: [u8; 6]) {
-    h.dp.set_endpoint(TEST_IFINDEX, &Endpoint { ipv4: ip, ipv6: [0; 16], mac, flags: ENDPOINT_F_IPV4, ifindex: TEST_IFINDEX, id: 1 })
-        .unwrap();
+    h.dp.set_endpoint(
+        TEST_IFINDEX,
+        &Endpoint { ipv4: ip, ipv6: [0; 16], mac, flags: ENDPOINT_F_IPV4, ifindex: TEST_IFINDEX, id: 1 },
+    )
+    .unwrap();
 }
 
-fn tcp_frame(dmac: [u8; 6], smac: [u8; 6], src: ([u8; 4], u16), dst: ([u8; 4], u16), flags: u8, options: &[u8]) -> Vec<u8> {
+fn tcp_frame(
+    dmac: [u8; 6],
+    smac: [u8; 6],
+    src: ([u8; 4], u16),
+    dst: ([u8; 4], u16),
+    flags: u8,
+    options: &[u8],
+) -> Vec<u8> {
     let seg = frames::tcp(src.0, dst.0, src.1, dst.1, flags, b"payload");
     frames::eth(dmac, smac, ETH_P_IPV4, &frames::ipv4(src.0, dst.0, IPPROTO_TCP, options, &seg))
 }
@@ -105,7 +118,12 @@ fn dnat_from_outside_and_reverse_translation_tcp() {
 
     // Later packets of the flow hit conntrack, both ways.
     let ack = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), (HOST, 8080), 0x10, &[]);
-    expect(&h, names::PROG_UPLINK_INGRESS, &ack, &tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), (C1, 80), 0x10, &[]));
+    expect(
+        &h,
+        names::PROG_UPLINK_INGRESS,
+        &ack,
+        &tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), (C1, 80), 0x10, &[]),
+    );
     let flows: Vec<_> = h.dp.ct_entries().unwrap();
     let nat: Vec<_> = flows.iter().filter(|(k, _)| k.scope == netpath_common::conntrack::CT_SCOPE_NAT).collect();
     assert_eq!(nat.len(), 2);
@@ -171,7 +189,12 @@ fn mappings_answer_only_on_their_addresses() {
     expect(&h, names::PROG_UPLINK_INGRESS, &other, &other);
     // Bound to BOUND: DNAT there, nothing on HOST.
     let on_bound = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), (BOUND, 8082), 0x02, &[]);
-    expect(&h, names::PROG_UPLINK_INGRESS, &on_bound, &tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), (C1, 80), 0x02, &[]));
+    expect(
+        &h,
+        names::PROG_UPLINK_INGRESS,
+        &on_bound,
+        &tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), (C1, 80), 0x02, &[]),
+    );
     let on_host = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), (HOST, 8082), 0x02, &[]);
     expect(&h, names::PROG_UPLINK_INGRESS, &on_host, &on_host);
     assert_eq!(h.dp.ct_entries().unwrap().len(), 2, "only the bound flow is tracked");
@@ -186,7 +209,12 @@ fn misses_and_other_frames_pass_untouched() {
     expect(&h, names::PROG_UPLINK_INGRESS, &udp_on_tcp_port, &udp_on_tcp_port);
     let arp = frames::eth([0xff; 6], CLIENT_MAC, ETH_P_ARP, &frames::arp(1, CLIENT_MAC, CLIENT, [0; 6], HOST));
     expect(&h, names::PROG_UPLINK_INGRESS, &arp, &arp);
-    let icmp = frames::eth(HOST_MAC, CLIENT_MAC, ETH_P_IPV4, &frames::ipv4(CLIENT, HOST, 1, &[], &frames::icmp_echo(1, 1, b"x")));
+    let icmp = frames::eth(
+        HOST_MAC,
+        CLIENT_MAC,
+        ETH_P_IPV4,
+        &frames::ipv4(CLIENT, HOST, 1, &[], &frames::icmp_echo(1, 1, b"x")),
+    );
     expect(&h, names::PROG_UPLINK_INGRESS, &icmp, &icmp);
     let v6 = frames::eth(HOST_MAC, CLIENT_MAC, frames::ETH_P_IPV6, &[0x60; 60]);
     let r = h.run(names::PROG_UPLINK_INGRESS, &v6).unwrap();
@@ -246,6 +274,11 @@ fn a_new_connection_on_a_reused_tuple_starts_over() {
     let r = h.dp.ct_entries().unwrap().into_iter().find(|(k, _)| *k == reply).map(|(_, e)| e.state);
     assert_eq!(r, Some(netpath_common::CtState::Reset as u8));
     // The client reuses its port for a new connection: not a 10 s leftover.
-    expect(&h, names::PROG_UPLINK_INGRESS, &syn, &tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40100), (C1, 80), 0x02, &[]));
+    expect(
+        &h,
+        names::PROG_UPLINK_INGRESS,
+        &syn,
+        &tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40100), (C1, 80), 0x02, &[]),
+    );
     assert_eq!(state(&mut h), netpath_common::CtState::New as u8);
 }

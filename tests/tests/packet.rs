@@ -37,7 +37,8 @@ fn udp_frame(src_mac: [u8; 6], src_ip: [u8; 4]) -> Vec<u8> {
 /// and what was counted.
 fn expect_ingress(h: &mut PacketHarness, frame: &[u8], verdict: u32, drop: Option<DropReason>) {
     let before = h.dp.stats(TEST_IFINDEX).unwrap();
-    let r = h.run(names::PROG_VETH_INGRESS, frame).unwrap_or_else(|e| panic!("{e:#} on frame of {} bytes", frame.len()));
+    let r =
+        h.run(names::PROG_VETH_INGRESS, frame).unwrap_or_else(|e| panic!("{e:#} on frame of {} bytes", frame.len()));
     assert_eq!(r.verdict, verdict, "verdict");
     assert_eq!(r.data, frame, "anti-spoofing never rewrites a frame");
     let after = h.dp.stats(TEST_IFINDEX).unwrap();
@@ -64,7 +65,8 @@ fn own_addresses_pass_for_udp_tcp_icmp() {
     expect_ingress(&mut h, &f, TC_ACT_OK, None);
     // IP options do not confuse the source check.
     let icmp = frames::icmp_echo(1, 1, b"abc");
-    let f = frames::eth(PEER_MAC, CTR_MAC, ETH_P_IPV4, &frames::ipv4(CTR_IP, PEER_IP, IPPROTO_ICMP, &[1, 1, 1, 0], &icmp));
+    let f =
+        frames::eth(PEER_MAC, CTR_MAC, ETH_P_IPV4, &frames::ipv4(CTR_IP, PEER_IP, IPPROTO_ICMP, &[1, 1, 1, 0], &icmp));
     expect_ingress(&mut h, &f, TC_ACT_OK, None);
 }
 

@@ -18,7 +18,10 @@ use netpath_userspace::{
 };
 
 fn topology(containers: usize, args: &[&str]) -> (Topology, Vec<Container>) {
-    assert!(netpath_tests::is_root(), "topology tests create namespaces and load BPF: run them as root (cargo xtask test)");
+    assert!(
+        netpath_tests::is_root(),
+        "topology tests create namespaces and load BPF: run them as root (cargo xtask test)"
+    );
     let mut t = Topology::new(containers).expect("build topology");
     t.agent_args(args);
     t.start_agent().expect("start netpathd");
@@ -46,7 +49,8 @@ fn server(t: &Topology, ns: &str, port: u16) {
 
 fn reaches(t: &Topology, ns: &str, ip: Ipv4Addr, port: u16) -> bool {
     let attempt = || -> Result<bool> {
-        let mut s = t.in_ns(ns, || Ok(TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_millis(800))?))?;
+        let mut s =
+            t.in_ns(ns, || Ok(TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_millis(800))?))?;
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
         let mut b = String::new();
         s.read_to_string(&mut b)?;
@@ -132,7 +136,9 @@ fn a_new_deny_cuts_an_established_connection_within_a_second() {
     let (t, cs) = topology(2, &[]);
     let (ns1, ns2) = (t.container_ns(1), t.container_ns(2));
     let listener = t.in_ns(&ns1, || Ok(TcpListener::bind(("0.0.0.0", 7000))?)).unwrap();
-    let mut client = t.in_ns(&ns2, || Ok(TcpStream::connect_timeout(&SocketAddr::from((cs[0].ip, 7000)), Duration::from_secs(2))?)).unwrap();
+    let mut client = t
+        .in_ns(&ns2, || Ok(TcpStream::connect_timeout(&SocketAddr::from((cs[0].ip, 7000)), Duration::from_secs(2))?))
+        .unwrap();
     let (mut srv, _) = listener.accept().unwrap();
     srv.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
     let mut b = [0u8; 1];
@@ -179,7 +185,9 @@ fn monitor_streams_drops_and_flows() {
     let _ = reaches(&t, &ns2, cs[0].ip, 80); // allowed: a flow event
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut events: Vec<MonitorEvent> = vec![];
-    while Instant::now() < deadline && !(events.iter().any(|e| e.kind == "drop") && events.iter().any(|e| e.kind == "flow")) {
+    while Instant::now() < deadline
+        && !(events.iter().any(|e| e.kind == "drop") && events.iter().any(|e| e.kind == "flow"))
+    {
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
             events.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")));
         }

@@ -37,7 +37,14 @@ fn harness(ep_flags: u16, cfg_flags: u32, rules: &[(Action, Direction, &str, &st
     .unwrap();
     h.dp.set_endpoint(
         TEST_IFINDEX,
-        &Endpoint { ipv4: C1, ipv6: [0; 16], mac: C1_MAC, flags: ENDPOINT_F_IPV4 | ep_flags, ifindex: TEST_IFINDEX, id: EP_ID },
+        &Endpoint {
+            ipv4: C1,
+            ipv6: [0; 16],
+            mac: C1_MAC,
+            flags: ENDPOINT_F_IPV4 | ep_flags,
+            ifindex: TEST_IFINDEX,
+            id: EP_ID,
+        },
     )
     .unwrap();
     h.dp.reset_stats(TEST_IFINDEX).unwrap();
@@ -154,7 +161,8 @@ fn established_flows_pass_on_the_conntrack_hit_both_ways() {
     assert_eq!(verdict(&h, names::PROG_VETH_EGRESS, &reply), TC_ACT_OK, "replies of an allowed flow pass");
     // A verdict stands for the flow even when the rules change, until the
     // agent cuts it (see the topology test).
-    let rules = vec![Rule { action: Deny, direction: Out, cidr: parse_cidr("0.0.0.0/0").unwrap(), proto: None, ports: None }];
+    let rules =
+        vec![Rule { action: Deny, direction: Out, cidr: parse_cidr("0.0.0.0/0").unwrap(), proto: None, ports: None }];
     let (cidr, entry) = policy::compile(&rules, Out, None).unwrap().entries.into_iter().next().unwrap();
     let (len, key) = policy::lpm_key(EP_ID, Out, &cidr);
     h.dp.set_policy(len, &key, &entry).unwrap();

@@ -13,7 +13,10 @@ use netpath_tests::topology::{Topology, HOST_UPLINK_IP, WORLD_IP};
 use netpath_userspace::model::{Flow, Mapping, Status};
 
 fn topology(containers: usize) -> Topology {
-    assert!(netpath_tests::is_root(), "topology tests create namespaces and load BPF: run them as root (cargo xtask test)");
+    assert!(
+        netpath_tests::is_root(),
+        "topology tests create namespaces and load BPF: run them as root (cargo xtask test)"
+    );
     let mut t = Topology::new(containers).expect("build topology");
     t.start_agent().expect("start netpathd");
     for i in 1..=containers {
@@ -61,7 +64,8 @@ fn udp_server(t: &Topology, ns: &str, port: u16, datagrams: usize) -> JoinHandle
 /// client address it saw) and the peer address the client socket reports.
 fn tcp_ask(t: &Topology, ns: &str, ip: Ipv4Addr, port: u16) -> Result<(String, SocketAddr)> {
     let mut s = t.in_ns(ns, || {
-        TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_secs(2)).with_context(|| format!("connect {ip}:{port}"))
+        TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_secs(2))
+            .with_context(|| format!("connect {ip}:{port}"))
     })?;
     s.set_read_timeout(Some(Duration::from_secs(3)))?;
     let mut answer = String::new();
@@ -165,9 +169,11 @@ fn host_processes_reach_published_ports_on_host_addresses_and_loopback() {
     let tcp = tcp_server(&t, &ns1, 80, 2);
     let udp = udp_server(&t, &ns1, 53, 2);
     for addr in [HOST_UPLINK_IP, Ipv4Addr::LOCALHOST] {
-        let (_, peer) = tcp_ask(&t, &t.host, addr, 8080).unwrap_or_else(|e| panic!("TCP to {addr}:8080 from the host: {e:#}"));
+        let (_, peer) =
+            tcp_ask(&t, &t.host, addr, 8080).unwrap_or_else(|e| panic!("TCP to {addr}:8080 from the host: {e:#}"));
         assert_eq!(peer, SocketAddr::from((addr, 8080)), "getpeername shows the published address");
-        let (_, from) = udp_ask(&t, &t.host, addr, 8053).unwrap_or_else(|e| panic!("UDP to {addr}:8053 from the host: {e:#}"));
+        let (_, from) =
+            udp_ask(&t, &t.host, addr, 8053).unwrap_or_else(|e| panic!("UDP to {addr}:8053 from the host: {e:#}"));
         assert_eq!(from, SocketAddr::from((addr, 8053)), "recvfrom shows the published address");
     }
     tcp.join().unwrap();
@@ -284,7 +290,10 @@ fn unmap_takes_effect_for_the_next_packet_udp_included() {
     s2.join().unwrap();
     let flows: Vec<Flow> = t.ctl_json(&["conntrack"]).unwrap();
     let maps: Vec<Mapping> = t.ctl_json(&["maps"]).unwrap();
-    assert!(flows.iter().filter(|f| f.scope == "nat").all(|f| f.mapping_id == maps[0].id), "only flows of the live mapping remain: {flows:?}");
+    assert!(
+        flows.iter().filter(|f| f.scope == "nat").all(|f| f.mapping_id == maps[0].id),
+        "only flows of the live mapping remain: {flows:?}"
+    );
     drop(s1);
 }
 

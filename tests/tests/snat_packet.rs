@@ -2,9 +2,7 @@
 //! its ingress, ICMP echo identifiers, port collisions and exhaustion, and
 //! ICMP errors whose quoted packet is translated back, byte for byte.
 
-use netpath_common::{
-    config::CFG_F_MASQUERADE, maps as names, CtTimeouts, DatapathConfig, DropReason,
-};
+use netpath_common::{config::CFG_F_MASQUERADE, maps as names, CtTimeouts, DatapathConfig, DropReason};
 use netpath_tests::{
     frames::{self, ETH_P_IPV4, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     prog_run::{PacketHarness, TEST_IFINDEX},
@@ -156,7 +154,13 @@ fn exhausted_range_drops_new_flows_only() {
 fn published_ports_are_never_handed_out() {
     let mut h = harness(CFG_F_MASQUERADE);
     let key = netpath_common::ServiceKey { addr: [0; 4], port: 20002u16.to_be(), proto: IPPROTO_TCP, _pad: 0 };
-    let value = netpath_common::ServiceValue { backend_addr: C2, backend_port: 80u16.to_be(), _pad: 0, id: 9, backend_ifindex: 1 };
+    let value = netpath_common::ServiceValue {
+        backend_addr: C2,
+        backend_port: 80u16.to_be(),
+        _pad: 0,
+        id: 9,
+        backend_ifindex: 1,
+    };
     h.dp.set_service(&key, &value).unwrap();
     let out = pass(&h, names::PROG_UPLINK_EGRESS, &tcp((C1, 20002), (SERVER, 80), 0x02));
     assert_ne!(src_port(&out), 20002);
@@ -176,7 +180,15 @@ fn other_traffic_is_not_masqueraded() {
 
 /// What an ICMP error about `quoted_frame` from `router` to `dst` looks
 /// like; routers quote the IP header and at least 8 bytes after it.
-fn error_about(router: [u8; 4], dst: [u8; 4], kind: u8, code: u8, mtu: u16, quoted_frame: &[u8], quote: usize) -> Vec<u8> {
+fn error_about(
+    router: [u8; 4],
+    dst: [u8; 4],
+    kind: u8,
+    code: u8,
+    mtu: u16,
+    quoted_frame: &[u8],
+    quote: usize,
+) -> Vec<u8> {
     let quoted = &quoted_frame[14..(14 + quote).min(quoted_frame.len())];
     ip_frame(router, dst, IPPROTO_ICMP, &frames::icmp_error(kind, code, mtu, quoted))
 }

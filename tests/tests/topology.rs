@@ -9,11 +9,14 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use netpath_userspace::model::{Container, ContainerStatus, Status};
 use netpath_tests::topology::{cmd, Topology, HOST_UPLINK_IP, WORLD_IP};
+use netpath_userspace::model::{Container, ContainerStatus, Status};
 
 fn topology(containers: usize) -> Topology {
-    assert!(netpath_tests::is_root(), "topology tests create namespaces and load BPF: run them as root (cargo xtask test)");
+    assert!(
+        netpath_tests::is_root(),
+        "topology tests create namespaces and load BPF: run them as root (cargo xtask test)"
+    );
     let mut t = Topology::new(containers).expect("build topology");
     t.start_agent().expect("start netpathd");
     t
@@ -37,9 +40,8 @@ fn tcp_exchange(t: &Topology, server_ns: &str, client_ns: &str, ip: Ipv4Addr, po
         s.write_all(&buf[..n])?;
         Ok(())
     });
-    let stream = t.in_ns(client_ns, || {
-        Ok(TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_secs(3))?)
-    })?;
+    let stream =
+        t.in_ns(client_ns, || Ok(TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_secs(3))?))?;
     let mut stream = stream;
     stream.set_read_timeout(Some(Duration::from_secs(3)))?;
     stream.write_all(b"hello netpath")?;
@@ -95,12 +97,17 @@ fn containers_talk_tcp_udp_icmp_through_netpath() {
 
 /// Sends one UDP datagram from `client_ns` (bound to `src`, or any) and
 /// reports whether the server in `server_ns` received it.
-fn udp_delivered(t: &Topology, server_ns: &str, client_ns: &str, src: Option<Ipv4Addr>, dst: Ipv4Addr, port: u16) -> bool {
+fn udp_delivered(
+    t: &Topology,
+    server_ns: &str,
+    client_ns: &str,
+    src: Option<Ipv4Addr>,
+    dst: Ipv4Addr,
+    port: u16,
+) -> bool {
     let server = t.in_ns(server_ns, || Ok(UdpSocket::bind(("0.0.0.0", port))?)).unwrap();
     server.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
-    let client = t
-        .in_ns(client_ns, || Ok(UdpSocket::bind((src.unwrap_or(Ipv4Addr::UNSPECIFIED), 0))?))
-        .unwrap();
+    let client = t.in_ns(client_ns, || Ok(UdpSocket::bind((src.unwrap_or(Ipv4Addr::UNSPECIFIED), 0))?)).unwrap();
     for _ in 0..3 {
         let _ = client.send_to(b"spoof?", (dst, port));
     }
@@ -121,7 +128,12 @@ fn spoofed_traffic_is_dropped_and_counted() {
     let fake = Ipv4Addr::from(u32::from(subnet.network()) + 200);
     t.exec(&ns1, &["ip", "addr", "add", &format!("{fake}/32"), "dev", "eth0"]).unwrap();
     assert!(!udp_delivered(&t, &ns2, &ns1, Some(fake), c2.ip, 7002), "a spoofed source IP must not reach c2");
-    let spoofed_ping = t.try_exec(&ns1, &["ping", "-q", "-c", "3", "-i", "0.05", "-W", "1", "-I", &fake.to_string(), &c2.ip.to_string()]).unwrap();
+    let spoofed_ping = t
+        .try_exec(
+            &ns1,
+            &["ping", "-q", "-c", "3", "-i", "0.05", "-W", "1", "-I", &fake.to_string(), &c2.ip.to_string()],
+        )
+        .unwrap();
     assert!(!spoofed_ping, "pings from a spoofed source must not be answered");
     let s1 = container_status(&t, "c1").stats;
     assert!(s1.drops.get("spoofed-ip").copied().unwrap_or(0) >= 6, "{s1:?}");
@@ -162,10 +174,15 @@ fn container_del_leaves_nothing_behind() {
     }
     assert!(st.attach_points.iter().all(|a| a.interface != c1.veth));
     let pins: Vec<_> = std::fs::read_dir(t.pin_dir().join("links")).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert!(pins.iter().all(|p| !p.to_string_lossy().contains(&c1.veth)), "no link pin of the container is left: {pins:?}");
+    assert!(
+        pins.iter().all(|p| !p.to_string_lossy().contains(&c1.veth)),
+        "no link pin of the container is left: {pins:?}"
+    );
     assert_eq!(pins.len(), 2 + 4, "uplink XDP and tcx, 4 socket hooks: {pins:?}");
     // bpftool agrees: the endpoint map is empty.
-    let dump = cmd("bpftool", &["-j", "map", "dump", "pinned", &t.pin_dir().join("maps/ENDPOINTS").display().to_string()]).unwrap();
+    let dump =
+        cmd("bpftool", &["-j", "map", "dump", "pinned", &t.pin_dir().join("maps/ENDPOINTS").display().to_string()])
+            .unwrap();
     assert_eq!(String::from_utf8_lossy(&dump.stdout).trim(), "[]");
     // The address is free again, and the name can be reused.
     let again = t.add_container(1).unwrap();
@@ -294,15 +311,50 @@ fn api_is_root_only_json_over_a_unix_socket() {
     let st: Status = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(st.instance, t.instance());
     let body = format!("{{\"name\":\"c1\",\"netns\":\"{}\"}}", t.container_ns(1));
-    let out = cmd("curl", &["-s", "-w", "\n%{http_code}", "--unix-socket", &sock, "-X", "POST", "-d", &body, "http://localhost/v1/containers"]).unwrap();
+    let out = cmd(
+        "curl",
+        &[
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "--unix-socket",
+            &sock,
+            "-X",
+            "POST",
+            "-d",
+            &body,
+            "http://localhost/v1/containers",
+        ],
+    )
+    .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.ends_with("201"), "{text}");
-    let out = cmd("curl", &["-s", "-w", "\n%{http_code}", "--unix-socket", &sock, "-X", "POST", "-d", "{\"nam\":1}", "http://localhost/v1/containers"]).unwrap();
+    let out = cmd(
+        "curl",
+        &[
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "--unix-socket",
+            &sock,
+            "-X",
+            "POST",
+            "-d",
+            "{\"nam\":1}",
+            "http://localhost/v1/containers",
+        ],
+    )
+    .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.ends_with("400") && text.contains("invalid container request"), "{text}");
-    let out = cmd("curl", &["-s", "-w", "\n%{http_code}", "--unix-socket", &sock, "http://localhost/v2/status"]).unwrap();
+    let out =
+        cmd("curl", &["-s", "-w", "\n%{http_code}", "--unix-socket", &sock, "http://localhost/v2/status"]).unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).ends_with("404"));
-    let out = cmd("curl", &["-s", "-w", "\n%{http_code}", "--unix-socket", &sock, "-X", "DELETE", "http://localhost/v1/containers/c1"]).unwrap();
+    let out = cmd(
+        "curl",
+        &["-s", "-w", "\n%{http_code}", "--unix-socket", &sock, "-X", "DELETE", "http://localhost/v1/containers/c1"],
+    )
+    .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).ends_with("200"));
 }
 
@@ -318,7 +370,9 @@ fn maps_are_pinned_and_readable_with_bpftool() {
         assert_eq!(v["id"], m.id);
     }
     // BTF: the dump shows field names and the container's address.
-    let out = cmd("bpftool", &["-j", "map", "dump", "pinned", &t.pin_dir().join("maps/ENDPOINTS").display().to_string()]).unwrap();
+    let out =
+        cmd("bpftool", &["-j", "map", "dump", "pinned", &t.pin_dir().join("maps/ENDPOINTS").display().to_string()])
+            .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     // With -j, bpftool puts the BTF-decoded entry under "formatted".
     let entry = &v[0]["formatted"];
@@ -329,7 +383,19 @@ fn maps_are_pinned_and_readable_with_bpftool() {
     assert_eq!(ep["ifindex"], c1.ifindex);
     // Human status lists every part.
     let text = t.ctl_ok(&["status"]).unwrap();
-    for want in ["ENDPOINTS", "IFACE_STATS", "CT4", "POLICY", "EVENTS", "veth_ingress", "veth_egress", "uplink_ingress", "uplink_egress", "tcx-ingress", "c1"] {
+    for want in [
+        "ENDPOINTS",
+        "IFACE_STATS",
+        "CT4",
+        "POLICY",
+        "EVENTS",
+        "veth_ingress",
+        "veth_egress",
+        "uplink_ingress",
+        "uplink_egress",
+        "tcx-ingress",
+        "c1",
+    ] {
         assert!(text.contains(want), "status lacks {want}: {text}");
     }
 }

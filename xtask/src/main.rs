@@ -133,7 +133,8 @@ fn setup() -> Result<()> {
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
         bail!("no nightly Rust toolchain: the eBPF crate needs one (rustup toolchain install nightly)");
     }
-    let components = output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"]).unwrap_or_default();
+    let components =
+        output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"]).unwrap_or_default();
     if !components.lines().any(|l| l.starts_with("rust-src")) {
         eprintln!("xtask: installing rust-src for nightly");
         run("rustup", &["component", "add", "rust-src", "--toolchain", "nightly"])?;
@@ -180,10 +181,15 @@ fn build(release: bool) -> Result<()> {
 /// pin the tests create, then removes anything with that prefix that a
 /// crashed test left behind.
 fn test(extra: &[String]) -> Result<()> {
-    let prefix = format!("npt{:x}", std::process::id() ^ (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos() & 0xfff));
+    let prefix = format!(
+        "npt{:x}",
+        std::process::id()
+            ^ (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos() & 0xfff)
+    );
     let mut args: Vec<&str> = vec!["test"];
     args.extend(extra.iter().map(String::as_str));
-    let status = Command::new("cargo").args(&args).env("NETPATH_TEST_PREFIX", &prefix).status().context("running cargo test")?;
+    let status =
+        Command::new("cargo").args(&args).env("NETPATH_TEST_PREFIX", &prefix).status().context("running cargo test")?;
     sweep(&prefix);
     if !status.success() {
         bail!("tests failed ({status})");

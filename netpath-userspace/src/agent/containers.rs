@@ -42,7 +42,14 @@ impl Inner {
         if p.default_out == Action::Deny {
             flags |= ENDPOINT_F_DEFAULT_DENY_OUT;
         }
-        let ep = Endpoint { ipv4: c.ip.octets(), ipv6: [0; 16], mac: container_mac(c.ip), flags, ifindex: c.ifindex, id: c.id };
+        let ep = Endpoint {
+            ipv4: c.ip.octets(),
+            ipv6: [0; 16],
+            mac: container_mac(c.ip),
+            flags,
+            ifindex: c.ifindex,
+            id: c.id,
+        };
         self.dp.set_endpoint(c.ifindex, &ep)
     }
 
@@ -58,7 +65,11 @@ impl Inner {
         results.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
     }
 
-    pub(super) async fn add_container(&mut self, cfg: &ResolvedConfig, req: ContainerRequest) -> Result<Container, AgentError> {
+    pub(super) async fn add_container(
+        &mut self,
+        cfg: &ResolvedConfig,
+        req: ContainerRequest,
+    ) -> Result<Container, AgentError> {
         validate_name("container", &req.name, 64).map_err(|e| AgentError::BadRequest(e.to_string()))?;
         if self.state.containers.iter().any(|c| c.name == req.name) {
             return Err(AgentError::Conflict(format!("container {:?} already exists", req.name)));
@@ -70,7 +81,12 @@ impl Inner {
                 req.netns
             )));
         }
-        if let Some(other) = self.state.containers.iter().find(|c| Netns::open(&c.netns).and_then(|n| n.inode()).ok() == Some(ns.inode().unwrap_or(0))) {
+        if let Some(other) = self
+            .state
+            .containers
+            .iter()
+            .find(|c| Netns::open(&c.netns).and_then(|n| n.inode()).ok() == Some(ns.inode().unwrap_or(0)))
+        {
             return Err(AgentError::Conflict(format!(
                 "netns {:?} already belongs to container {:?}",
                 req.netns, other.name
@@ -78,7 +94,10 @@ impl Inner {
         }
         let cnl = Netlink::connect_in(&ns)?;
         if cnl.link_by_name(CONTAINER_IFNAME).await?.is_some() {
-            return Err(AgentError::Conflict(format!("netns {:?} already has an interface named {CONTAINER_IFNAME}", req.netns)));
+            return Err(AgentError::Conflict(format!(
+                "netns {:?} already has an interface named {CONTAINER_IFNAME}",
+                req.netns
+            )));
         }
         let ip = self.ipam.allocate(&req.name, req.ip)?;
         let id = self.state.next_id;
@@ -114,7 +133,13 @@ impl Inner {
 
     /// Creates and wires the veth pair; fills in `c.ifindex` as soon as the
     /// host side exists so that a failure can be rolled back.
-    pub(super) async fn plumb(&mut self, cfg: &ResolvedConfig, ns: &Netns, cnl: &Netlink, c: &mut Container) -> Result<()> {
+    pub(super) async fn plumb(
+        &mut self,
+        cfg: &ResolvedConfig,
+        ns: &Netns,
+        cnl: &Netlink,
+        c: &mut Container,
+    ) -> Result<()> {
         let peer = format!("npp{}", c.id);
         for name in [&c.veth, &peer] {
             if self.nl.link_by_name(name).await?.is_some() {
@@ -170,7 +195,9 @@ impl Inner {
         let rules = self.policy_of(&c.name).rules;
         self.state.policies.remove(&c.name);
         for d in [Direction::In, Direction::Out] {
-            for cidr in policy::compile(&rules, d, None).map(|x| x.entries.into_keys().collect()).unwrap_or_else(|_| vec![]) {
+            for cidr in
+                policy::compile(&rules, d, None).map(|x| x.entries.into_keys().collect()).unwrap_or_else(|_| vec![])
+            {
                 let (len, key) = policy::lpm_key(c.id, d, &cidr);
                 self.dp.set_policy(len, &key, &netpath_common::PolicyEntry::default())?;
             }

@@ -3,19 +3,26 @@
 use super::*;
 
 pub(super) fn monotonic_ns() -> u64 {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
+    let t =
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
 
 pub(super) fn tuple(addr_s: [u8; 4], sport: u16, addr_d: [u8; 4], dport: u16) -> Tuple {
-    Tuple { src: Ipv4Addr::from(addr_s), sport: u16::from_be(sport), dst: Ipv4Addr::from(addr_d), dport: u16::from_be(dport) }
+    Tuple {
+        src: Ipv4Addr::from(addr_s),
+        sport: u16::from_be(sport),
+        dst: Ipv4Addr::from(addr_d),
+        dport: u16::from_be(dport),
+    }
 }
 
 impl Inner {
     /// Deletes flows whose entries have all expired.
     pub(super) fn collect_expired(&mut self) -> Result<usize> {
         let now = monotonic_ns();
-        let entries: HashMap<netpath_common::CtKey, netpath_common::CtEntry> = self.dp.ct_entries()?.into_iter().collect();
+        let entries: HashMap<netpath_common::CtKey, netpath_common::CtEntry> =
+            self.dp.ct_entries()?.into_iter().collect();
         let expired = |e: &netpath_common::CtEntry| e.expires_ns < now;
         let dead: Vec<netpath_common::CtKey> = entries
             .iter()
@@ -30,7 +37,8 @@ impl Inner {
 
     pub(super) fn flows(&mut self) -> Result<Vec<Flow>> {
         let now = monotonic_ns() as i128;
-        let entries: HashMap<netpath_common::CtKey, netpath_common::CtEntry> = self.dp.ct_entries()?.into_iter().collect();
+        let entries: HashMap<netpath_common::CtKey, netpath_common::CtEntry> =
+            self.dp.ct_entries()?.into_iter().collect();
         let names: HashMap<u32, String> = self.state.containers.iter().map(|c| (c.id, c.name.clone())).collect();
         let mut flows = vec![];
         for (key, e) in entries.iter().filter(|(_, e)| e.flags & CT_F_REPLY == 0) {
@@ -44,7 +52,11 @@ impl Inner {
             };
             flows.push(Flow {
                 proto: Protocol::from_number(key.proto).map(|p| p.to_string()).unwrap_or_else(|| {
-                    if key.proto == 1 { "icmp".into() } else { key.proto.to_string() }
+                    if key.proto == 1 {
+                        "icmp".into()
+                    } else {
+                        key.proto.to_string()
+                    }
                 }),
                 original: tuple(key.saddr, key.sport, key.daddr, key.dport),
                 reply: tuple(e.peer.saddr, e.peer.sport, e.peer.daddr, e.peer.dport),

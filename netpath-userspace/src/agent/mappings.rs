@@ -15,7 +15,9 @@ pub(super) fn service_key(m: &Mapping) -> ServiceKey {
 /// Two mappings clash when they publish the same port and protocol on a
 /// common host address (no address means all of them).
 pub fn overlaps(a: &Mapping, b: &Mapping) -> bool {
-    a.host_port == b.host_port && a.proto == b.proto && (a.host_ip.is_none() || b.host_ip.is_none() || a.host_ip == b.host_ip)
+    a.host_port == b.host_port
+        && a.proto == b.proto
+        && (a.host_ip.is_none() || b.host_ip.is_none() || a.host_ip == b.host_ip)
 }
 
 impl Inner {
@@ -23,7 +25,8 @@ impl Inner {
     /// anything else are flushed.
     pub(super) fn reconcile_services(&mut self) -> Result<()> {
         let live: Vec<String> = self.state.containers.iter().map(|c| c.name.clone()).collect();
-        let dropped: Vec<u32> = self.state.mappings.iter().filter(|m| !live.contains(&m.container)).map(|m| m.id).collect();
+        let dropped: Vec<u32> =
+            self.state.mappings.iter().filter(|m| !live.contains(&m.container)).map(|m| m.id).collect();
         self.state.mappings.retain(|m| live.contains(&m.container));
         let mut wanted = vec![];
         for m in self.state.mappings.clone() {
@@ -137,14 +140,21 @@ impl Inner {
                 m.host_ip == host.ip
                     && m.host_port == port
                     && m.proto == host.proto
-                    && full.is_none_or(|f| f.container == m.container && f.container_ports.start as usize + i == m.container_port as usize)
+                    && full.is_none_or(|f| {
+                        f.container == m.container && f.container_ports.start as usize + i == m.container_port as usize
+                    })
             });
             match found {
                 Some(m) => victims.push(m.clone()),
                 None => {
                     let ip = host.ip.map(|ip| format!("{ip}:")).unwrap_or_default();
                     let what = match full {
-                        Some(f) => format!("{ip}{port}:{}:{}/{}", f.container, f.container_ports.start as usize + i, host.proto),
+                        Some(f) => format!(
+                            "{ip}{port}:{}:{}/{}",
+                            f.container,
+                            f.container_ports.start as usize + i,
+                            host.proto
+                        ),
                         None => format!("{ip}{port}/{}", host.proto),
                     };
                     return Err(AgentError::NotFound(format!("{what} is not published")));

@@ -6,9 +6,9 @@ mod flows;
 mod mappings;
 mod rules;
 
+use containers::file_name;
 pub use containers::{container_mac, format_mac, CONTAINER_IFNAME};
 pub use mappings::overlaps;
-use containers::file_name;
 
 use std::{
     collections::HashMap,
@@ -33,12 +33,12 @@ use crate::{
     ipam::{Ipam, IpamError},
     model::{
         AttachPoint, Container, ContainerRequest, ContainerStatus, Flow, Mapping, PolicyView, RuleRequest, Settings,
-        Status, StatsView, Tuple,
+        StatsView, Status, Tuple,
     },
     monitor::{self, MonitorEvent},
-    policy::{self, Action, ContainerPolicy, Direction, Rule, RuleError},
     netlink::Netlink,
     netns::{write_sysctl, Netns},
+    policy::{self, Action, ContainerPolicy, Direction, Rule, RuleError},
     portspec::{PortSpec, Protocol, UnmapSpec},
     state::{Change, State, StateStore},
 };
@@ -86,7 +86,9 @@ pub struct Agent {
 impl From<RuleError> for AgentError {
     fn from(e: RuleError) -> Self {
         match e {
-            RuleError::Duplicate(_) | RuleError::Conflict { .. } | RuleError::TooMany { .. } => AgentError::Conflict(e.to_string()),
+            RuleError::Duplicate(_) | RuleError::Conflict { .. } | RuleError::TooMany { .. } => {
+                AgentError::Conflict(e.to_string())
+            }
             RuleError::NotFound(_) => AgentError::NotFound(e.to_string()),
             _ => AgentError::BadRequest(e.to_string()),
         }
@@ -130,21 +132,30 @@ struct Inner {
 /// mount at /sys/fs/cgroup.
 fn default_cgroup() -> Option<PathBuf> {
     const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"].iter().map(PathBuf::from).find(|p| {
-        nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC)
-    })
+    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC))
 }
 
 /// Cookie of the calling thread's network namespace (SO_NETNS_COOKIE).
 fn netns_cookie() -> Result<u64> {
     use std::os::fd::AsRawFd as _;
     const SO_NETNS_COOKIE: libc::c_int = 71;
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0").or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0")).context("socket for SO_NETNS_COOKIE")?;
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0")
+        .or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"))
+        .context("socket for SO_NETNS_COOKIE")?;
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: valid fd and an out-buffer of the advertised size.
     let rc = unsafe {
-        libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, &mut cookie as *mut u64 as *mut libc::c_void, &mut len)
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            &mut cookie as *mut u64 as *mut libc::c_void,
+            &mut len,
+        )
     };
     if rc != 0 {
         return Err(std::io::Error::last_os_error()).context("getsockopt(SO_NETNS_COOKIE)");
@@ -249,7 +260,13 @@ impl Agent {
         inner.sync_host_addrs().await?;
         inner.reconcile(&cfg).await?;
         let names = inner.state.containers.iter().map(|c| (c.id, c.name.clone())).collect();
-        Ok(Agent { cfg, inner: Mutex::new(inner), events, names: RwLock::new(names), flow_watchers: AtomicUsize::new(0) })
+        Ok(Agent {
+            cfg,
+            inner: Mutex::new(inner),
+            events,
+            names: RwLock::new(names),
+            flow_watchers: AtomicUsize::new(0),
+        })
     }
 
     /// Background work: conntrack garbage collection and keeping the set of
@@ -323,7 +340,12 @@ impl Agent {
         self.inner.lock().await.change_rule(req, false)
     }
 
-    pub async fn set_default(&self, container: &str, direction: Direction, action: Action) -> Result<PolicyView, AgentError> {
+    pub async fn set_default(
+        &self,
+        container: &str,
+        direction: Direction,
+        action: Action,
+    ) -> Result<PolicyView, AgentError> {
         self.inner.lock().await.set_default(container, direction, action)
     }
 
@@ -335,7 +357,12 @@ impl Agent {
 
     pub async fn policies(&self) -> Vec<PolicyView> {
         let inner = self.inner.lock().await;
-        inner.state.containers.iter().map(|c| PolicyView { container: c.name.clone(), policy: inner.policy_of(&c.name) }).collect()
+        inner
+            .state
+            .containers
+            .iter()
+            .map(|c| PolicyView { container: c.name.clone(), policy: inner.policy_of(&c.name) })
+            .collect()
     }
 
     pub async fn settings(&self) -> Settings {
@@ -370,7 +397,10 @@ impl Agent {
 
     /// Subscribes to datapath events; with `flows`, also to flow starts
     /// (turned on in the datapath while someone listens).
-    pub async fn subscribe(self: &Arc<Agent>, flows: bool) -> Result<(broadcast::Receiver<Event>, Option<FlowWatch>), AgentError> {
+    pub async fn subscribe(
+        self: &Arc<Agent>,
+        flows: bool,
+    ) -> Result<(broadcast::Receiver<Event>, Option<FlowWatch>), AgentError> {
         let rx = self.events.subscribe();
         let watch = if flows {
             if self.flow_watchers.fetch_add(1, Ordering::SeqCst) == 0 {
@@ -515,7 +545,9 @@ impl Inner {
             if !self.dp.stat_keys()?.contains(&c.ifindex) {
                 self.dp.reset_stats(c.ifindex)?;
             }
-            self.ipam.allocate(&c.name, Some(c.ip)).map_err(|e| anyhow::anyhow!("state file: container {}: {e}", c.name))?;
+            self.ipam
+                .allocate(&c.name, Some(c.ip))
+                .map_err(|e| anyhow::anyhow!("state file: container {}: {e}", c.name))?;
             kept.push(c);
         }
         self.state.containers = kept;
@@ -594,6 +626,4 @@ impl Inner {
         }
         Ok(())
     }
-
 }
-

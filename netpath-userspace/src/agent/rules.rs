@@ -10,7 +10,13 @@ impl Inner {
 
     /// Writes the compiled entries of `cidrs` (one container, one direction);
     /// CIDRs without rules lose their entry.
-    pub(super) fn write_policy(&mut self, id: u32, rules: &[Rule], d: Direction, cidrs: Option<&[ipnet::Ipv4Net]>) -> Result<(), AgentError> {
+    pub(super) fn write_policy(
+        &mut self,
+        id: u32,
+        rules: &[Rule],
+        d: Direction,
+        cidrs: Option<&[ipnet::Ipv4Net]>,
+    ) -> Result<(), AgentError> {
         let compiled = policy::compile(rules, d, cidrs)?;
         if let Some(cidrs) = cidrs {
             for cidr in cidrs {
@@ -69,7 +75,12 @@ impl Inner {
         Ok(rule)
     }
 
-    pub(super) fn set_default(&mut self, name: &str, direction: Direction, action: Action) -> Result<PolicyView, AgentError> {
+    pub(super) fn set_default(
+        &mut self,
+        name: &str,
+        direction: Direction,
+        action: Action,
+    ) -> Result<PolicyView, AgentError> {
         let c = self.find(name)?.clone();
         self.record(Change::SetDefault { container: c.name.clone(), direction, action })?;
         self.write_endpoint(&c)?;
@@ -126,7 +137,8 @@ impl Inner {
     }
 
     pub(super) fn cfg_subnet(&self) -> ipnet::Ipv4Net {
-        ipnet::Ipv4Net::new(Ipv4Addr::from(self.dp_config.subnet), self.dp_config.subnet_prefix as u8).unwrap_or_default()
+        ipnet::Ipv4Net::new(Ipv4Addr::from(self.dp_config.subnet), self.dp_config.subnet_prefix as u8)
+            .unwrap_or_default()
     }
 
     /// POLICY holds exactly the compiled rules of live containers.

@@ -8,12 +8,12 @@ use netpath_userspace::{
     client::Client,
     config::default_socket,
     model::{
-        Container, ContainerRequest, ContainerStatus, DefaultRequest, Flow, FlushResult, Mapping, MappingRequest, PolicyView,
-        RuleRequest, Settings, Status, StatsView,
+        Container, ContainerRequest, ContainerStatus, DefaultRequest, Flow, FlushResult, Mapping, MappingRequest,
+        PolicyView, RuleRequest, Settings, StatsView, Status,
     },
     monitor::MonitorEvent,
-    policy::{Action, Direction, Rule},
     output,
+    policy::{Action, Direction, Rule},
 };
 
 #[derive(Parser, Debug)]
@@ -90,12 +90,20 @@ enum CliDirection {
 
 impl From<CliAction> for Action {
     fn from(a: CliAction) -> Action {
-        if a == CliAction::Allow { Action::Allow } else { Action::Deny }
+        if a == CliAction::Allow {
+            Action::Allow
+        } else {
+            Action::Deny
+        }
     }
 }
 impl From<CliDirection> for Direction {
     fn from(d: CliDirection) -> Direction {
-        if d == CliDirection::In { Direction::In } else { Direction::Out }
+        if d == CliDirection::In {
+            Direction::In
+        } else {
+            Direction::Out
+        }
     }
 }
 
@@ -304,7 +312,11 @@ async fn run(args: Args) -> Result<()> {
                 let mut s = output::containers_table(std::slice::from_ref(&c.container));
                 s.push_str(&format!(
                     "tx {} packets {} bytes, rx {} packets {} bytes, drops {}\n",
-                    c.stats.tx_packets, c.stats.tx_bytes, c.stats.rx_packets, c.stats.rx_bytes, output::drops_summary(&c.stats)
+                    c.stats.tx_packets,
+                    c.stats.tx_bytes,
+                    c.stats.rx_packets,
+                    c.stats.rx_bytes,
+                    output::drops_summary(&c.stats)
                 ));
                 s
             })
@@ -316,6 +328,12 @@ async fn run(args: Args) -> Result<()> {
 /// mistyped one must still reach the agent to be rejected there).
 fn encode(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }

@@ -7,7 +7,11 @@ use clap::Parser;
 use netpath_userspace::{agent::Agent, api, config::Config, netns::Netns};
 
 #[derive(Parser, Debug)]
-#[command(name = "netpathd", version, about = "netpath agent: bridge, veths and the eBPF datapath of one container host")]
+#[command(
+    name = "netpathd",
+    version,
+    about = "netpath agent: bridge, veths and the eBPF datapath of one container host"
+)]
 struct Args {
     /// TOML configuration file (flags override it).
     #[arg(long, short)]
@@ -69,20 +73,48 @@ fn main() -> Result<()> {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
     };
-    if let Some(v) = args.instance { cfg.instance = v; }
-    if let Some(v) = args.uplink { cfg.uplink = Some(v); }
-    if let Some(v) = args.bridge { cfg.bridge = v; }
-    if let Some(v) = args.subnet { cfg.subnet = v; }
-    if let Some(v) = args.gateway { cfg.gateway = Some(v); }
-    if let Some(v) = args.state_dir { cfg.state_dir = Some(v); }
-    if let Some(v) = args.socket { cfg.socket = Some(v); }
-    if let Some(v) = args.pin_dir { cfg.pin_dir = Some(v); }
-    if args.routed { cfg.routed = true; }
-    if args.no_masquerade { cfg.masquerade = false; }
-    if args.no_icc { cfg.icc = false; }
-    if let Some(v) = args.uplink_xdp { cfg.uplink_xdp = v; }
-    if let Some(v) = args.masquerade_ports { cfg.masquerade_ports = v; }
-    if let Some(v) = args.cgroup { cfg.cgroup = Some(v); }
+    if let Some(v) = args.instance {
+        cfg.instance = v;
+    }
+    if let Some(v) = args.uplink {
+        cfg.uplink = Some(v);
+    }
+    if let Some(v) = args.bridge {
+        cfg.bridge = v;
+    }
+    if let Some(v) = args.subnet {
+        cfg.subnet = v;
+    }
+    if let Some(v) = args.gateway {
+        cfg.gateway = Some(v);
+    }
+    if let Some(v) = args.state_dir {
+        cfg.state_dir = Some(v);
+    }
+    if let Some(v) = args.socket {
+        cfg.socket = Some(v);
+    }
+    if let Some(v) = args.pin_dir {
+        cfg.pin_dir = Some(v);
+    }
+    if args.routed {
+        cfg.routed = true;
+    }
+    if args.no_masquerade {
+        cfg.masquerade = false;
+    }
+    if args.no_icc {
+        cfg.icc = false;
+    }
+    if let Some(v) = args.uplink_xdp {
+        cfg.uplink_xdp = v;
+    }
+    if let Some(v) = args.masquerade_ports {
+        cfg.masquerade_ports = v;
+    }
+    if let Some(v) = args.cgroup {
+        cfg.cgroup = Some(v);
+    }
     let cfg = cfg.resolve().context("invalid configuration")?;
     // setns applies to the calling thread: do it before any other exists.
     if let Some(ns) = &args.netns {

@@ -58,7 +58,11 @@ fn set_linger_zero(s: &TcpStream) -> std::io::Result<()> {
             std::mem::size_of::<libc::linger>() as libc::socklen_t,
         )
     };
-    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// One short connection: connect, 32-byte request, 64-byte answer, close.
@@ -79,7 +83,9 @@ pub fn wait_reachable(topo: &Topology, ns: &str, target: SocketAddrV4) -> Result
         loop {
             match short_request(target) {
                 Ok(()) => return Ok(()),
-                Err(e) if Instant::now() > deadline => return Err(e).with_context(|| format!("{target} is not reachable from {ns}")),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(e).with_context(|| format!("{target} is not reachable from {ns}"))
+                }
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
         }
@@ -109,13 +115,22 @@ pub struct ConnRate {
 
 /// Short connections per second with `threads` clients in namespace `ns`
 /// for `duration`.
-pub fn conn_rate(topo: &Topology, ns: &str, target: SocketAddrV4, threads: usize, duration: Duration) -> Result<ConnRate> {
+pub fn conn_rate(
+    topo: &Topology,
+    ns: &str,
+    target: SocketAddrV4,
+    threads: usize,
+    duration: Duration,
+) -> Result<ConnRate> {
     topo.in_ns(ns, || {
         let start = Instant::now();
         let deadline = start + duration;
         let per_thread: Vec<(u64, u64, Instant)> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..threads).map(|_| scope.spawn(move || client_loop(target, deadline))).collect();
-            handles.into_iter().map(|h| h.join().map_err(|_| anyhow!("a client thread panicked"))).collect::<Result<_>>()
+            handles
+                .into_iter()
+                .map(|h| h.join().map_err(|_| anyhow!("a client thread panicked")))
+                .collect::<Result<_>>()
         })?;
         let end = per_thread.iter().map(|t| t.2).max().unwrap_or(start);
         let seconds = end.duration_since(start).as_secs_f64();

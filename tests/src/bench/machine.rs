@@ -39,7 +39,12 @@ fn read_trimmed(path: &str) -> String {
 pub fn describe() -> Machine {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into());
     Machine {
         kernel: first_line("uname", &["-r"]),
@@ -73,5 +78,9 @@ fn source_state() -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
         .unwrap_or(0);
-    if changed == 0 { commit } else { format!("{commit} plus uncommitted changes to {changed} tracked files") }
+    if changed == 0 {
+        commit
+    } else {
+        format!("{commit} plus uncommitted changes to {changed} tracked files")
+    }
 }

@@ -35,7 +35,10 @@ impl MasqBed {
             }
             Variant::Iptables => {
                 let net = PlainNet::new()?;
-                net.iptables_restore("masq.rules", &iptables::ruleset(&net.subnet, &net.container_ip.to_string(), &[]))?;
+                net.iptables_restore(
+                    "masq.rules",
+                    &iptables::ruleset(&net.subnet, &net.container_ip.to_string(), &[]),
+                )?;
                 plain(net)
             }
             Variant::Nftables => {

@@ -203,11 +203,14 @@ impl MasqFigures {
 
     pub fn targets(&self) -> Vec<Target> {
         let section = Section::Masquerade.name();
-        let (np, ipt, nonat) = (self.variant(Variant::Netpath), self.variant(Variant::Iptables), self.variant(Variant::NoNat));
+        let (np, ipt, nonat) =
+            (self.variant(Variant::Netpath), self.variant(Variant::Iptables), self.variant(Variant::NoNat));
         let mut out = vec![];
         let what = "masquerade: netpath's connection rate >= iptables MASQUERADE's (container -> world)";
         out.push(match (np.and_then(|n| n.rate()), ipt.and_then(|i| i.rate())) {
-            (Some(a), Some(b)) => Target::new(section, what, format!("{a:.0} vs {b:.0} conn/s ({:.2}x)", a / b), a >= b),
+            (Some(a), Some(b)) => {
+                Target::new(section, what, format!("{a:.0} vs {b:.0} conn/s ({:.2}x)", a / b), a >= b)
+            }
             _ => Target::not_measured(section, what),
         });
         let what = "masquerade: netpath's single-stream throughput >= 95% of the no-NAT (routed) path";

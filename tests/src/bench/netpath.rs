@@ -70,13 +70,19 @@ impl NetpathBed {
     fn map(&self, port: u16) -> Result<Duration> {
         let req = MappingRequest { spec: Self::spec(port) };
         let start = Instant::now();
-        let _: Vec<Mapping> = self.rt.block_on(self.client.post("/v1/mappings", &req)).with_context(|| format!("publishing {}", req.spec))?;
+        let _: Vec<Mapping> = self
+            .rt
+            .block_on(self.client.post("/v1/mappings", &req))
+            .with_context(|| format!("publishing {}", req.spec))?;
         Ok(start.elapsed())
     }
 
     fn unmap(&self, port: u16) -> Result<()> {
         let req = MappingRequest { spec: Self::spec(port) };
-        let _: Vec<Mapping> = self.rt.block_on(self.client.post("/v1/mappings/unmap", &req)).with_context(|| format!("unpublishing {}", req.spec))?;
+        let _: Vec<Mapping> = self
+            .rt
+            .block_on(self.client.post("/v1/mappings/unmap", &req))
+            .with_context(|| format!("unpublishing {}", req.spec))?;
         Ok(())
     }
 }
@@ -130,7 +136,11 @@ impl NetpathBed {
         let stats: StatsView = self.get("/v1/stats")?;
         let status: Status = self.get("/v1/status")?;
         let drops = |d: &std::collections::BTreeMap<String, u64>| {
-            if d.is_empty() { "none".to_string() } else { d.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ") }
+            if d.is_empty() {
+                "none".to_string()
+            } else {
+                d.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
+            }
         };
         let mut parts = vec![];
         if let Some(up) = &stats.uplink {
@@ -158,7 +168,8 @@ impl NetpathBed {
         let scopes: Vec<String> = scopes.iter().map(|(k, v)| format!("{k} {v}")).collect();
         let reset: Vec<&Flow> = flows.iter().filter(|f| f.state == CtState::Reset.name()).collect();
         let t = CtTimeouts::default();
-        let within = |lo: u32, hi: u32| reset.iter().filter(|f| f.expires_in > lo as i64 && f.expires_in <= hi as i64).count();
+        let within =
+            |lo: u32, hi: u32| reset.iter().filter(|f| f.expires_in > lo as i64 && f.expires_in <= hi as i64).count();
         Ok(format!(
             "{} flows tracked ({}); {} of them saw a RST, and go in at most {} s (the reset timeout): {}, in {}-{} s: {}, \
              in more than {} s: {}",
@@ -178,6 +189,11 @@ impl NetpathBed {
     /// Entries in the conntrack table (both directions, every scope).
     pub fn ct_entries(&self) -> Result<u64> {
         let status: Status = self.get("/v1/status")?;
-        status.maps.iter().find(|m| m.name == netpath_common::maps::CT4).map(|m| m.entries).context("no CT4 in the agent's status")
+        status
+            .maps
+            .iter()
+            .find(|m| m.name == netpath_common::maps::CT4)
+            .map(|m| m.entries)
+            .context("no CT4 in the agent's status")
     }
 }

@@ -81,7 +81,13 @@ impl Bed for NftablesBed {
 
     fn add_one(&mut self, port: u16) -> Result<Option<AddOne>> {
         let element = format!("{{ {port} : {} . {CONTAINER_PORT} }}", self.net.container_ip);
-        let took = timed_in_ns(&self.net.topo, &self.net.topo.host, "nft", &["add", "element", "ip", "nat", "ports", &element], None)?;
+        let took = timed_in_ns(
+            &self.net.topo,
+            &self.net.topo.host,
+            "nft",
+            &["add", "element", "ip", "nat", "ports", &element],
+            None,
+        )?;
         Ok(Some(AddOne { op: took, full: took }))
     }
 }

@@ -163,5 +163,8 @@ fn parse_list<T>(text: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>
 
 /// `bench/` at the top of the workspace.
 fn default_out_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(|p| p.join("bench")).unwrap_or_else(|| PathBuf::from("bench"))
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(|p| p.join("bench"))
+        .unwrap_or_else(|| PathBuf::from("bench"))
 }

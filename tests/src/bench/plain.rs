@@ -129,7 +129,8 @@ pub fn timed_in_ns(topo: &Topology, ns: &str, program: &str, args: &[&str], stdi
             None => Stdio::null(),
         };
         let start = Instant::now();
-        let out = Command::new(program).args(args).stdin(input).output().with_context(|| format!("running {program}"))?;
+        let out =
+            Command::new(program).args(args).stdin(input).output().with_context(|| format!("running {program}"))?;
         let took = start.elapsed();
         if !out.status.success() {
             bail!("{program} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));

@@ -24,7 +24,11 @@ use super::{
 
 /// Timings of one more rule, idle: the API call is cheap, so more samples.
 fn add_one_samples(v: PolicyVariant) -> usize {
-    if v == PolicyVariant::Netpath { 20 } else { 10 }
+    if v == PolicyVariant::Netpath {
+        20
+    } else {
+        10
+    }
 }
 /// Short connections made before timing one more netpath rule with tracked
 /// flows, and how many such timings.
@@ -118,7 +122,12 @@ impl PolicyLane {
     fn conn_rate(&mut self, rules: usize, opts: &Options) -> Result<()> {
         let topo = self.bed.topology();
         let rate = load::conn_rate(topo, &topo.world, self.bed.target(), opts.client_threads, opts.load_time())?;
-        eprintln!("   {:<11} {rules:>6} rules: {:>8.0} conn/s ({} errors)", self.variant.name(), rate.per_sec, rate.errors);
+        eprintln!(
+            "   {:<11} {rules:>6} rules: {:>8.0} conn/s ({} errors)",
+            self.variant.name(),
+            rate.per_sec,
+            rate.errors
+        );
         if let Some((_, rates)) = self.samples.conn_rate.last_mut() {
             rates.push(rate);
         }
@@ -184,7 +193,9 @@ pub fn run(opts: &Options, failures: &mut Vec<String>) -> Result<Vec<(PolicyVari
     }
     for &rules in &opts.rules {
         eprintln!("== policy: {rules} rule(s)");
-        lanes.each(0, &format!("setting {rules} rules"), |l| l.set_rules(rules).with_context(|| format!("{rules} rules")))?;
+        lanes.each(0, &format!("setting {rules} rules"), |l| {
+            l.set_rules(rules).with_context(|| format!("{rules} rules"))
+        })?;
         for round in 0..opts.rounds {
             lanes.each(round, "connection rate", |l| l.conn_rate(rules, opts))?;
         }
@@ -272,7 +283,8 @@ impl PolicyFigures {
         let largest = self.largest();
         let what = format!("policy: netpath at {largest} rules keeps >= 95% of its 0-rule connection rate (iptables shown for comparison)");
         let np = self.variant(PolicyVariant::Netpath);
-        let Some((kept, big, zero)) = np.and_then(|n| Some((n.kept(largest)?, n.rate_at(largest)?, n.rate_at(0)?))) else {
+        let Some((kept, big, zero)) = np.and_then(|n| Some((n.kept(largest)?, n.rate_at(largest)?, n.rate_at(0)?)))
+        else {
             return vec![Target::not_measured(section, &what)];
         };
         let others: Vec<String> = [PolicyVariant::Iptables, PolicyVariant::IptablesCt]

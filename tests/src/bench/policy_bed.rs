@@ -134,7 +134,12 @@ impl PolicyBed for IptablesPolicyBed {
 
     /// The whole nat and filter tables, loaded with `iptables-restore`.
     fn set_rules(&mut self, rules: usize) -> Result<Duration> {
-        let text = iptables::ruleset_with_user_rules(&self.net.subnet, &self.container().to_string(), &[HIT_PORT], &self.user_rules(rules));
+        let text = iptables::ruleset_with_user_rules(
+            &self.net.subnet,
+            &self.container().to_string(),
+            &[HIT_PORT],
+            &self.user_rules(rules),
+        );
         self.net.iptables_restore("policy.rules", &text)
     }
 
@@ -166,7 +171,13 @@ impl NetpathPolicyBed {
     }
 
     fn rule(&self, action: Action, cidr: Ipv4Net, add: bool) -> Result<Duration> {
-        let req = RuleRequest { container: CONTAINER.into(), action, direction: Direction::In, cidr: cidr.to_string(), filter: None };
+        let req = RuleRequest {
+            container: CONTAINER.into(),
+            action,
+            direction: Direction::In,
+            cidr: cidr.to_string(),
+            filter: None,
+        };
         let path = if add { "/v1/policies" } else { "/v1/policies/remove" };
         let start = Instant::now();
         let _: Rule = self.bed.post(path, &req)?;
@@ -232,7 +243,8 @@ impl PolicyBed for NetpathPolicyBed {
     }
 
     fn notes(&self) -> Vec<String> {
-        let flushed: Vec<String> = self.flushed.iter().map(|(r, f)| format!("{f} before growing to {r} rules")).collect();
+        let flushed: Vec<String> =
+            self.flushed.iter().map(|(r, f)| format!("{f} before growing to {r} rules")).collect();
         vec![
             format!("netpath: netpathd with its default settings; {}", self.bed.xdp_note()),
             format!("netpath: tracked flows forgotten with `DELETE /v1/conntrack` (untimed): {}", flushed.join(", ")),

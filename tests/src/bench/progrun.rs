@@ -141,7 +141,13 @@ fn frames() -> Frames {
 fn service(port: u16, id: u32) -> (ServiceKey, ServiceValue) {
     (
         ServiceKey { addr: [0; 4], port: port.to_be(), proto: IPPROTO_TCP, _pad: 0 },
-        ServiceValue { backend_addr: CTR, backend_port: CONTAINER_PORT.to_be(), _pad: 0, id, backend_ifindex: TEST_IFINDEX },
+        ServiceValue {
+            backend_addr: CTR,
+            backend_port: CONTAINER_PORT.to_be(),
+            _pad: 0,
+            id,
+            backend_ifindex: TEST_IFINDEX,
+        },
     )
 }
 
@@ -160,7 +166,10 @@ fn configure(h: &mut PacketHarness) -> Result<()> {
     h.dp.sync_host_addrs(&[(HOST, 2), (GATEWAY, 3)])?;
     let (k, v) = service(HIT_PORT, 1);
     h.dp.set_service(&k, &v)?;
-    h.dp.set_endpoint(TEST_IFINDEX, &Endpoint { ipv4: CTR, ipv6: [0; 16], mac: CTR_MAC, flags: ENDPOINT_F_IPV4, ifindex: TEST_IFINDEX, id: 1 })?;
+    h.dp.set_endpoint(
+        TEST_IFINDEX,
+        &Endpoint { ipv4: CTR, ipv6: [0; 16], mac: CTR_MAC, flags: ENDPOINT_F_IPV4, ifindex: TEST_IFINDEX, id: 1 },
+    )?;
     Ok(())
 }
 
@@ -176,7 +185,11 @@ fn fill_services(h: &mut PacketHarness, services: usize) -> Result<()> {
 /// Runs `program` once and checks it passes `input` rewritten to `want`.
 fn expect(h: &PacketHarness, program: &str, input: &[u8], want: &[u8]) -> Result<()> {
     let r = h.run(program, input)?;
-    ensure!(r.verdict == TC_ACT_OK && r.data == want, "{program} did not translate the frame as expected (verdict {})", r.verdict);
+    ensure!(
+        r.verdict == TC_ACT_OK && r.data == want,
+        "{program} did not translate the frame as expected (verdict {})",
+        r.verdict
+    );
     Ok(())
 }
 
@@ -190,7 +203,8 @@ fn one_run(calls: u32, sizes: &[usize]) -> Result<Vec<Sample>> {
     expect(&h, names::PROG_VETH_INGRESS, &f.synack, &f.synack_revnat).context("preparing the reply")?;
     // The flow's original direction, as the first SYN carries it.
     let flow_key = |k: &CtKey| {
-        (k.saddr, k.daddr, k.sport, k.dport, k.proto) == (CLIENT, HOST, CLIENT_PORT.to_be(), HIT_PORT.to_be(), IPPROTO_TCP)
+        (k.saddr, k.daddr, k.sport, k.dport, k.proto)
+            == (CLIENT, HOST, CLIENT_PORT.to_be(), HIT_PORT.to_be(), IPPROTO_TCP)
     };
     let uplink = h.dp.program_fd(names::PROG_UPLINK_INGRESS)?;
     let veth = h.dp.program_fd(names::PROG_VETH_INGRESS)?;
@@ -214,10 +228,20 @@ fn one_run(calls: u32, sizes: &[usize]) -> Result<Vec<Sample>> {
         let before = flow_packets(&mut h, flow_key)?;
         let hit = fresh_mean(uplink, &f.syn, calls)?;
         let after = flow_packets(&mut h, flow_key)?;
-        ensure!(after - before == calls as u64, "only {} of {calls} SYNs hit the flow's conntrack entry", after - before);
+        ensure!(
+            after - before == calls as u64,
+            "only {} of {calls} SYNs hit the flow's conntrack entry",
+            after - before
+        );
         let hit_loop = run(uplink, &f.syn, calls)?.duration_ns as f64;
         let loop_hits = (flow_packets(&mut h, flow_key)? - after) as f64;
-        out.push(sample("conntrack hit + DNAT (SYN to the published port)", names::PROG_UPLINK_INGRESS, hit, Some(hit_loop), Some(loop_hits)));
+        out.push(sample(
+            "conntrack hit + DNAT (SYN to the published port)",
+            names::PROG_UPLINK_INGRESS,
+            hit,
+            Some(hit_loop),
+            Some(loop_hits),
+        ));
 
         let reply = fresh_mean(veth, &f.synack, calls)?;
         out.push(sample("conntrack hit + reverse NAT (the reply)", names::PROG_VETH_INGRESS, reply, None, None));
@@ -231,7 +255,11 @@ fn one_run(calls: u32, sizes: &[usize]) -> Result<Vec<Sample>> {
 }
 
 fn flow_packets(h: &mut PacketHarness, is_flow: impl Fn(&CtKey) -> bool) -> Result<u64> {
-    h.dp.ct_entries()?.into_iter().find(|(k, _)| is_flow(k)).map(|(_, e)| e.packets).context("the flow's conntrack entry is gone")
+    h.dp.ct_entries()?
+        .into_iter()
+        .find(|(k, _)| is_flow(k))
+        .map(|(_, e)| e.packets)
+        .context("the flow's conntrack entry is gone")
 }
 
 /// Mean of the kernel's duration over `calls` runs of one repetition.
@@ -284,7 +312,14 @@ impl EmptyProgram {
             ..Default::default()
         };
         // SAFETY: attr points at valid instructions and license for the call.
-        let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, &attr as *const ProgLoadAttr, std::mem::size_of::<ProgLoadAttr>()) };
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_LOAD,
+                &attr as *const ProgLoadAttr,
+                std::mem::size_of::<ProgLoadAttr>(),
+            )
+        };
         if fd < 0 {
             return Err(std::io::Error::last_os_error()).context("loading the empty tc program");
         }

@@ -67,8 +67,11 @@ pub(super) fn met(t: &Target) -> &'static str {
 
 /// A section's own targets, repeated under its heading.
 pub(super) fn section_targets(s: &mut String, r: &Results, section: Section) {
-    let _ = writeln!(s, "Targets:
-");
+    let _ = writeln!(
+        s,
+        "Targets:
+"
+    );
     for t in r.targets.iter().filter(|t| t.section == section.name()) {
         let _ = writeln!(s, "- {}: {} — met: {}", t.what, t.measured, met(t));
     }
@@ -95,7 +98,11 @@ fn header(s: &mut String, r: &Results) {
     let _ = writeln!(s, "| clocksource | {} |", m.clocksource);
     let _ = writeln!(s, "| iptables | {} |", m.iptables);
     let _ = writeln!(s, "| nft | {} |", m.nft);
-    let _ = writeln!(s, "| load average (`/proc/loadavg`) before the run / after it (includes the run's own threads) | {} / {} |", m.loadavg_before, r.loadavg_after);
+    let _ = writeln!(
+        s,
+        "| load average (`/proc/loadavg`) before the run / after it (includes the run's own threads) | {} / {} |",
+        m.loadavg_before, r.loadavg_after
+    );
     let _ = writeln!(
         s,
         "| rounds | {} (medians quoted), {} s per load measurement, total {:.0} s |\n",
@@ -160,7 +167,14 @@ fn conn_rate(s: &mut String, r: &Results) {
         let cells: Vec<String> = v
             .conn_rate
             .iter()
-            .map(|p| format!("{} ports: {} (errors {})", p.ports, values(&p.per_sec, 0), p.errors.iter().map(u64::to_string).collect::<Vec<_>>().join("/")))
+            .map(|p| {
+                format!(
+                    "{} ports: {} (errors {})",
+                    p.ports,
+                    values(&p.per_sec, 0),
+                    p.errors.iter().map(u64::to_string).collect::<Vec<_>>().join("/")
+                )
+            })
             .collect();
         let _ = writeln!(s, "- {}: {}", v.variant.name(), cells.join("; "));
     }
@@ -169,7 +183,8 @@ fn conn_rate(s: &mut String, r: &Results) {
 
 fn throughput_latency(s: &mut String, r: &Results) {
     let base = nonat(r);
-    let _ = writeln!(s, "## Published ports: single-stream throughput and request/response latency (1 published port)\n");
+    let _ =
+        writeln!(s, "## Published ports: single-stream throughput and request/response latency (1 published port)\n");
     let _ = writeln!(
         s,
         "Throughput: one connection, 256 KiB writes for {} s, counted by the receiver. Latency: one \
@@ -202,22 +217,35 @@ fn throughput_latency(s: &mut String, r: &Results) {
 fn publish_one(s: &mut String, r: &Results) {
     let largest = r.method.sizes.last().copied().unwrap_or(1);
     let _ = writeln!(s, "## Published ports: publishing one more port when {largest} exist\n");
-    let _ = writeln!(s, "| variant | operation timed | samples | median ms | min - max ms | everything per port (median ms) |");
+    let _ = writeln!(
+        s,
+        "| variant | operation timed | samples | median ms | min - max ms | everything per port (median ms) |"
+    );
     let _ = writeln!(s, "|---|---|---:|---:|---|---|");
     for v in &r.variants {
         let (Some(op), Some(full)) = (&v.publish_one_ms, &v.publish_one_full_ms) else { continue };
         let (what, everything) = match v.variant {
-            Variant::Netpath => ("`POST /v1/mappings` round trip, in-process client".to_string(), "the same".to_string()),
+            Variant::Netpath => {
+                ("`POST /v1/mappings` round trip, in-process client".to_string(), "the same".to_string())
+            }
             Variant::Iptables => (
                 "`iptables -t nat -A DOCKER ... -j DNAT` wall time".to_string(),
                 format!("{:.3} for Docker's 3 commands (DNAT, filter ACCEPT, POSTROUTING MASQUERADE)", full.median),
             ),
-            Variant::Nftables => ("`nft add element ip nat ports { P : C . 80 }` wall time".to_string(), "the same".to_string()),
+            Variant::Nftables => {
+                ("`nft add element ip nat ports { P : C . 80 }` wall time".to_string(), "the same".to_string())
+            }
             Variant::NoNat => continue,
         };
         let min = op.values.iter().copied().fold(f64::INFINITY, f64::min);
         let max = op.values.iter().copied().fold(0.0, f64::max);
-        let _ = writeln!(s, "| {} | {what} | {} | {:.3} | {min:.3} - {max:.3} | {everything} |", v.variant.name(), op.values.len(), op.median);
+        let _ = writeln!(
+            s,
+            "| {} | {what} | {} | {:.3} | {min:.3} - {max:.3} | {everything} |",
+            v.variant.name(),
+            op.values.len(),
+            op.median
+        );
     }
     let _ = writeln!(
         s,
@@ -278,7 +306,10 @@ fn prog_run(s: &mut String, r: &Results) {
             f.net_ns.median,
             f.loop_ns.as_ref().map(|l| format!("{:.1}", l.median)).unwrap_or_else(|| "-".into()),
             f.loop_net_ns.as_ref().map(|l| format!("{:.1}", l.median)).unwrap_or_else(|| "-".into()),
-            f.loop_hits.as_ref().map(|l| format!("{:.0} of {}", l.median, r.method.prog_run_calls)).unwrap_or_else(|| "-".into()),
+            f.loop_hits
+                .as_ref()
+                .map(|l| format!("{:.0} of {}", l.median, r.method.prog_run_calls))
+                .unwrap_or_else(|| "-".into()),
         );
     }
     s.push('\n');

@@ -21,7 +21,11 @@ pub fn section(s: &mut String, r: &Results, m: &MasqFigures) {
          {} accept threads); single-stream throughput: one connection from the container, 256 KiB \
          writes for {} s. Medians over {} rounds, ratios to no-nat (routed, nothing translated) and to \
          iptables MASQUERADE.\n",
-        r.method.client_threads, m.server_port, r.method.server_threads, r.method.seconds_per_load_measurement, r.method.rounds
+        r.method.client_threads,
+        m.server_port,
+        r.method.server_threads,
+        r.method.seconds_per_load_measurement,
+        r.method.rounds
     );
     let base = m.variant(Variant::NoNat);
     let ipt = m.variant(Variant::Iptables);
@@ -62,7 +66,15 @@ pub fn section(s: &mut String, r: &Results, m: &MasqFigures) {
     let _ = writeln!(s, "| program | case | fresh-frame ns | net ns | rounds (net) |");
     let _ = writeln!(s, "|---|---|---:|---:|---|");
     for f in &m.prog_run {
-        let _ = writeln!(s, "| {} | {} | {:.1} | {:.1} | {} |", f.program, f.case, f.fresh_ns.median, f.net_ns.median, values(&f.net_ns, 1));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.1} | {:.1} | {} |",
+            f.program,
+            f.case,
+            f.fresh_ns.median,
+            f.net_ns.median,
+            values(&f.net_ns, 1)
+        );
     }
     s.push('\n');
 

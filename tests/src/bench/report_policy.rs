@@ -67,7 +67,9 @@ pub fn section(s: &mut String, r: &Results, p: &PolicyFigures) {
         let name = v.variant.name();
         if let Some(ms) = &v.add_one_ms {
             let what = match v.variant {
-                PolicyVariant::Netpath => "`POST /v1/policies` (deny in a new /32) round trip, in-process client, no flow tracked",
+                PolicyVariant::Netpath => {
+                    "`POST /v1/policies` (deny in a new /32) round trip, in-process client, no flow tracked"
+                }
                 _ => "`iptables -I DOCKER-USER -s <cidr> -d <container>/32 -j DROP` wall time",
             };
             row(s, name, what, ms);

@@ -56,7 +56,11 @@ pub fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 pub fn median_ms(samples: &[AddOne], f: impl Fn(&AddOne) -> Duration) -> Option<f64> {
@@ -101,7 +105,9 @@ impl VariantFigures {
                 connections: rates.iter().map(|c| c.connections).collect(),
             })
             .collect();
-        let ms = |f: fn(&AddOne) -> Duration| (!s.add_one.is_empty()).then(|| Series::of(&s.add_one, |a| f(a).as_secs_f64() * 1e3));
+        let ms = |f: fn(&AddOne) -> Duration| {
+            (!s.add_one.is_empty()).then(|| Series::of(&s.add_one, |a| f(a).as_secs_f64() * 1e3))
+        };
         VariantFigures {
             variant,
             conn_rate,
@@ -182,7 +188,14 @@ pub struct Results {
 }
 
 impl Results {
-    pub fn aggregate(date: String, machine: Machine, opts: &Options, measured: Measured, failures: Vec<String>, wall_time: Duration) -> Results {
+    pub fn aggregate(
+        date: String,
+        machine: Machine,
+        opts: &Options,
+        measured: Measured,
+        failures: Vec<String>,
+        wall_time: Duration,
+    ) -> Results {
         let variants: Vec<VariantFigures> = measured.publish.iter().map(|(v, s)| VariantFigures::new(*v, s)).collect();
         let mut all_targets = if opts.runs(Section::Publish) { targets(&variants, opts) } else { vec![] };
         all_targets.extend(measured.masquerade.iter().flat_map(MasqFigures::targets));

@@ -51,7 +51,10 @@ impl<'a, L: Lane> Lanes<'a, L> {
 
     /// Sets a lane up; a failure is recorded and the variant left out.
     pub fn set_up(&mut self, key: L::Key, name: &str, make: impl FnOnce() -> Result<L>) -> Result<()> {
-        eprintln!("== setting up {name}{}", if self.section.is_empty() { String::new() } else { format!(" ({})", self.section) });
+        eprintln!(
+            "== setting up {name}{}",
+            if self.section.is_empty() { String::new() } else { format!(" ({})", self.section) }
+        );
         match make() {
             Ok(lane) => self.live.push(lane),
             Err(e) => {
@@ -89,7 +92,10 @@ impl<'a, L: Lane> Lanes<'a, L> {
     pub fn finish(mut self, order: &[L::Key]) -> Vec<(L::Key, L::Samples)> {
         let live: Vec<L> = self.live.drain(..).collect();
         self.done.extend(live.into_iter().map(|l| (l.key(), l.into_samples())));
-        order.iter().filter_map(|v| self.done.iter().position(|(d, _)| d == v).map(|i| self.done.swap_remove(i))).collect()
+        order
+            .iter()
+            .filter_map(|v| self.done.iter().position(|(d, _)| d == v).map(|i| self.done.swap_remove(i)))
+            .collect()
     }
 }
 
@@ -145,7 +151,12 @@ impl PublishLane {
         let topo = self.bed.topology();
         let rate = load::conn_rate(topo, &topo.world, self.bed.target(), opts.client_threads, opts.load_time())
             .with_context(|| format!("connection rate with {ports} ports"))?;
-        eprintln!("   {:<9} {ports:>6} ports: {:>8.0} conn/s ({} errors)", self.variant.name(), rate.per_sec, rate.errors);
+        eprintln!(
+            "   {:<9} {ports:>6} ports: {:>8.0} conn/s ({} errors)",
+            self.variant.name(),
+            rate.per_sec,
+            rate.errors
+        );
         if let Some((_, rates)) = self.samples.conn_rate.last_mut() {
             rates.push(rate);
         }
@@ -156,7 +167,12 @@ impl PublishLane {
         let (topo, target) = (self.bed.topology(), self.bed.target());
         let gbit = load::throughput(topo, &topo.world, target, opts.load_time()).context("throughput")?;
         let lat = load::latency(topo, target, opts.latency_round_trips).context("latency")?;
-        eprintln!("   {:<9} {gbit:.2} Gbit/s, latency p50 {:.1} us p99 {:.1} us", self.variant.name(), lat.p50_us, lat.p99_us);
+        eprintln!(
+            "   {:<9} {gbit:.2} Gbit/s, latency p50 {:.1} us p99 {:.1} us",
+            self.variant.name(),
+            lat.p50_us,
+            lat.p99_us
+        );
         self.samples.throughput_gbit.push(gbit);
         self.samples.latency.push(lat);
         Ok(())

@@ -42,7 +42,9 @@ impl Server {
     /// Binds `0.0.0.0:port` inside `ns` (a container, or the world for the
     /// masquerade) and starts `threads` accept loops.
     pub fn start(topo: &Topology, ns: &str, port: u16, threads: usize) -> Result<Server> {
-        let listener = topo.in_ns(ns, || TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("binding port {port} in {ns}")))?;
+        let listener = topo.in_ns(ns, || {
+            TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("binding port {port} in {ns}"))
+        })?;
         // std listens with a backlog of 128; a burst of connects wants more.
         // SAFETY: listen on a socket we own; a second listen() only resizes the backlog.
         if unsafe { libc::listen(listener.as_raw_fd(), BACKLOG) } != 0 {

@@ -84,7 +84,12 @@ pub fn measure(opts: &Options) -> Result<Vec<Figure>> {
     Ok((0..first.len())
         .map(|i| {
             let col = |f: fn(&Sample) -> f64| Series::new(runs.iter().filter_map(|r| r.get(i).map(f)).collect());
-            Figure { case: first[i].case, program: first[i].program, fresh_ns: col(|s| s.fresh_ns), net_ns: col(|s| s.net_ns) }
+            Figure {
+                case: first[i].case,
+                program: first[i].program,
+                fresh_ns: col(|s| s.fresh_ns),
+                net_ns: col(|s| s.net_ns),
+            }
         })
         .collect())
 }
@@ -138,26 +143,49 @@ fn one_run(calls: u32) -> Result<Vec<Sample>> {
         let r = run(egress, &frame((CTR, sport), (SERVER, dport), TCP_SYN), 1).context("BPF_PROG_TEST_RUN")?;
         let port = src_port(&r.data).unwrap_or(0);
         ensure!(
-            r.verdict == TC_ACT_OK && r.data.get(26..30) == Some(&HOST[..]) && (SNAT_PORTS.0..=SNAT_PORTS.1).contains(&port),
+            r.verdict == TC_ACT_OK
+                && r.data.get(26..30) == Some(&HOST[..])
+                && (SNAT_PORTS.0..=SNAT_PORTS.1).contains(&port),
             "new flow {i} was not masqueraded (verdict {}, source port {port})",
             r.verdict
         );
         total += r.duration_ns as u64;
     }
-    out.push(sample("first packet of a flow: conntrack miss, port allocation, two inserts, SNAT", names::PROG_UPLINK_EGRESS, total as f64 / n.max(1) as f64));
+    out.push(sample(
+        "first packet of a flow: conntrack miss, port allocation, two inserts, SNAT",
+        names::PROG_UPLINK_EGRESS,
+        total as f64 / n.max(1) as f64,
+    ));
 
     // One flow, then its later packets and its replies.
     let syn = run(egress, &probe, 1).context("BPF_PROG_TEST_RUN")?;
     let port = src_port(&syn.data).context("short output frame")?;
-    ensure!(syn.verdict == TC_ACT_OK && syn.data == frame((HOST, port), (SERVER, SERVER_PORT), TCP_SYN), "the probe flow was not masqueraded");
+    ensure!(
+        syn.verdict == TC_ACT_OK && syn.data == frame((HOST, port), (SERVER, SERVER_PORT), TCP_SYN),
+        "the probe flow was not masqueraded"
+    );
     let ack = frame((CTR, CTR_PORT), (SERVER, SERVER_PORT), TCP_ACK);
     let r = run(egress, &ack, 1).context("BPF_PROG_TEST_RUN")?;
-    ensure!(r.data == frame((HOST, port), (SERVER, SERVER_PORT), TCP_ACK), "a later packet was not translated as its flow");
-    out.push(sample("later packet of the flow: conntrack hit, SNAT", names::PROG_UPLINK_EGRESS, fresh_mean(egress, &ack, calls)?));
+    ensure!(
+        r.data == frame((HOST, port), (SERVER, SERVER_PORT), TCP_ACK),
+        "a later packet was not translated as its flow"
+    );
+    out.push(sample(
+        "later packet of the flow: conntrack hit, SNAT",
+        names::PROG_UPLINK_EGRESS,
+        fresh_mean(egress, &ack, calls)?,
+    ));
 
     let reply = frame((SERVER, SERVER_PORT), (HOST, port), TCP_ACK);
     let r = run(ingress, &reply, 1).context("BPF_PROG_TEST_RUN")?;
-    ensure!(r.data == frame((SERVER, SERVER_PORT), (CTR, CTR_PORT), TCP_ACK), "a reply was not translated back to the container");
-    out.push(sample("reply of the flow: conntrack hit, back to the container", names::PROG_UPLINK_INGRESS, fresh_mean(ingress, &reply, calls)?));
+    ensure!(
+        r.data == frame((SERVER, SERVER_PORT), (CTR, CTR_PORT), TCP_ACK),
+        "a reply was not translated back to the container"
+    );
+    out.push(sample(
+        "reply of the flow: conntrack hit, back to the container",
+        names::PROG_UPLINK_INGRESS,
+        fresh_mean(ingress, &reply, calls)?,
+    ));
     Ok(out)
 }

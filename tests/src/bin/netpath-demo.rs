@@ -38,7 +38,8 @@ fn web_server(t: &Topology, ns: &str, conns: usize) -> Result<std::thread::JoinH
 }
 
 fn http_get(t: &Topology, ns: &str, ip: Ipv4Addr, port: u16) -> Result<String> {
-    let mut s = t.in_ns(ns, || Ok(TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_secs(3))?))?;
+    let mut s =
+        t.in_ns(ns, || Ok(TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_secs(3))?))?;
     s.set_read_timeout(Some(Duration::from_secs(3)))?;
     s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
     let mut text = String::new();
@@ -63,7 +64,13 @@ fn main() -> Result<()> {
     std::env::set_var("NETPATH_TEST_PREFIX", format!("npdemo{:x}", std::process::id()));
     step("Sandbox: host, world and two container network namespaces");
     let mut t = Topology::new(2)?;
-    println!("host netns {}, world netns {}, containers {} and {}", t.host, t.world, t.container_ns(1), t.container_ns(2));
+    println!(
+        "host netns {}, world netns {}, containers {} and {}",
+        t.host,
+        t.world,
+        t.container_ns(1),
+        t.container_ns(2)
+    );
 
     step("Start netpathd in the host namespace (bridge np0, XDP on the uplink)");
     t.start_agent()?;
@@ -77,7 +84,11 @@ fn main() -> Result<()> {
     let (c1, c2) = (&cs[0], &cs[1]);
 
     step("c1 -> c2, c1 -> gateway, c1 -> host address: through the BPF programs on the veths");
-    for dst in [c2.ip.to_string(), t.ctl_json::<netpath_userspace::model::Status>(&["status"])?.gateway.to_string(), HOST_UPLINK_IP.to_string()] {
+    for dst in [
+        c2.ip.to_string(),
+        t.ctl_json::<netpath_userspace::model::Status>(&["status"])?.gateway.to_string(),
+        HOST_UPLINK_IP.to_string(),
+    ] {
         let ok = t.ping(&t.container_ns(1), &dst, 3)?;
         println!("ping {dst}: {}", if ok { "ok" } else { "FAILED" });
         if !ok {
@@ -87,7 +98,10 @@ fn main() -> Result<()> {
 
     step("c1 tries to send from an address it was not given: dropped by anti-spoofing");
     t.exec(&t.container_ns(1), &["ip", "addr", "add", "10.254.254.254/32", "dev", "eth0"])?;
-    let spoofed = t.try_exec(&t.container_ns(1), &["ping", "-q", "-c", "2", "-W", "1", "-I", "10.254.254.254", &c2.ip.to_string()])?;
+    let spoofed = t.try_exec(
+        &t.container_ns(1),
+        &["ping", "-q", "-c", "2", "-W", "1", "-I", "10.254.254.254", &c2.ip.to_string()],
+    )?;
     println!("spoofed ping answered: {spoofed}");
     show(&t, &["container", "show", "c1"])?;
 
@@ -109,7 +123,9 @@ fn main() -> Result<()> {
     step("Masquerade: c2 reaches a server in the outside world, which sees the host address");
     let outside = t.in_ns(&world.clone(), || Ok(TcpListener::bind(("0.0.0.0", 8000))?))?;
     let seen = std::thread::spawn(move || outside.accept().map(|(_, peer)| peer));
-    let _ = t.in_ns(&t.container_ns(2), || Ok(TcpStream::connect_timeout(&SocketAddr::from((WORLD_IP, 8000)), Duration::from_secs(3))?))?;
+    let _ = t.in_ns(&t.container_ns(2), || {
+        Ok(TcpStream::connect_timeout(&SocketAddr::from((WORLD_IP, 8000)), Duration::from_secs(3))?)
+    })?;
     let peer = seen.join().map_err(|_| anyhow::anyhow!("server thread"))??;
     println!("world server saw a connection from {peer} (c2 is {})", c2.ip);
 

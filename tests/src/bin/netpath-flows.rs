@@ -28,14 +28,20 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match args.get(1).map(String::as_str) {
         Some("serve") => {
-            let (port, count, secs): (u16, usize, u64) = (arg(&args, 2, "PORT")?, arg(&args, 3, "COUNT")?, arg(&args, 4, "SECONDS")?);
-            rt.block_on(async { tokio::time::timeout(Duration::from_secs(secs), serve(port, count)).await.context("timed out")? })
+            let (port, count, secs): (u16, usize, u64) =
+                (arg(&args, 2, "PORT")?, arg(&args, 3, "COUNT")?, arg(&args, 4, "SECONDS")?);
+            rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(secs), serve(port, count)).await.context("timed out")?
+            })
         }
         Some("connect") => {
             let addr: std::net::Ipv4Addr = arg(&args, 2, "ADDR")?;
-            let (port, count, secs): (u16, usize, u64) = (arg(&args, 3, "PORT")?, arg(&args, 4, "COUNT")?, arg(&args, 5, "SECONDS")?);
+            let (port, count, secs): (u16, usize, u64) =
+                (arg(&args, 3, "PORT")?, arg(&args, 4, "COUNT")?, arg(&args, 5, "SECONDS")?);
             rt.block_on(async {
-                tokio::time::timeout(Duration::from_secs(secs), connect(SocketAddr::from((addr, port)), count)).await.context("timed out")?
+                tokio::time::timeout(Duration::from_secs(secs), connect(SocketAddr::from((addr, port)), count))
+                    .await
+                    .context("timed out")?
             })
         }
         _ => bail!("usage: netpath-flows serve PORT COUNT SECONDS | connect ADDR PORT COUNT SECONDS"),
