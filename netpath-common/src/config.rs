@@ -23,15 +23,15 @@ pub struct DatapathConfig {
     /// sockets there. 0 disables them.
     pub netns_cookie: u64,
     /// Container subnet and prefix length.
-    pub subnet: [u8; 4],
-    pub subnet_prefix: u32,
+    pub subnet4: [u8; 4],
+    pub subnet4_prefix: u32,
     /// The bridge's address (source for same-container hairpin).
-    pub gateway: [u8; 4],
+    pub gateway4: [u8; 4],
     /// `CFG_F_*`.
     pub flags: u32,
     pub timeouts: CtTimeouts,
     /// Source address for masqueraded traffic (the uplink's).
-    pub masq_addr: [u8; 4],
+    pub masq_addr4: [u8; 4],
     /// Source ports (host byte order, inclusive) the masquerade allocates
     /// from; also the range of translated ICMP echo identifiers.
     pub snat_port_min: u16,
@@ -40,19 +40,33 @@ pub struct DatapathConfig {
 
 impl DatapathConfig {
     #[inline(always)]
-    pub fn subnet_mask(&self) -> u32 {
-        if self.subnet_prefix == 0 {
+    pub fn subnet4_mask(&self) -> u32 {
+        if self.subnet4_prefix == 0 {
             0
         } else {
-            u32::MAX << (32 - self.subnet_prefix.min(32))
+            u32::MAX << (32 - self.subnet4_prefix.min(32))
         }
     }
 
     /// Is `addr` inside the container subnet?
     #[inline(always)]
-    pub fn in_subnet(&self, addr: [u8; 4]) -> bool {
-        let mask = self.subnet_mask();
-        mask != 0 && u32::from_be_bytes(addr) & mask == u32::from_be_bytes(self.subnet) & mask
+    pub fn in_subnet4(&self, addr: [u8; 4]) -> bool {
+        let mask = self.subnet4_mask();
+        mask != 0 && u32::from_be_bytes(addr) & mask == u32::from_be_bytes(self.subnet4) & mask
+    }
+
+    #[inline(always)]
+    pub fn has(&self, flag: u32) -> bool {
+        self.flags & flag != 0
+    }
+
+    /// With icc off (Docker's --icc=false), may a container not start a
+    /// flow to `remote`? Other containers' addresses are off limits; the
+    /// gateway (and so published ports through host addresses) is not.
+    /// Kernel and agent both decide through here.
+    #[inline(always)]
+    pub fn icc_denies4(&self, remote: [u8; 4]) -> bool {
+        self.has(CFG_F_NO_ICC) && self.in_subnet4(remote) && remote != self.gateway4
     }
 }
 

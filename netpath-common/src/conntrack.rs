@@ -1,5 +1,5 @@
-//! Connection tracking and NAT state, shared by every translating path
-//! (published ports now, masquerade next).
+//! Connection tracking, NAT and policy-verdict state, shared by every
+//! translating path (published ports, masquerade) and by policy.
 //!
 //! Each tracked flow has two entries in `CT4`, one per direction, keyed by
 //! the tuple as the packet carries it *before* translation at the hook where
@@ -10,45 +10,81 @@ pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
-/// Entries for address translation (published ports, masquerade).
-pub const CT_SCOPE_NAT: u8 = 0;
-/// Policy verdicts, keyed as a container's packets look when they leave it
-/// (tcx ingress of its veth).
-pub const CT_SCOPE_FROM_EP: u8 = 1;
-/// Policy verdicts, keyed as packets look when they reach a container
-/// (tcx egress of its veth, after translation).
-pub const CT_SCOPE_TO_EP: u8 = 2;
+use crate::Direction;
+
+/// What a conntrack entry is for. One table holds both kinds, told apart by
+/// the key's `scope` byte.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CtScope {
+    /// Address translation (published ports, masquerade).
+    Nat = 0,
+    /// Policy verdicts, keyed as a container's packets look when they leave
+    /// it (tcx ingress of its veth).
+    PolicyOut = 1,
+    /// Policy verdicts, keyed as packets look when they reach a container
+    /// (tcx egress of its veth, after translation).
+    PolicyIn = 2,
+}
+
+impl CtScope {
+    /// The verdict scope of flows in `direction`.
+    #[inline(always)]
+    pub const fn policy(direction: Direction) -> CtScope {
+        match direction {
+            Direction::In => CtScope::PolicyIn,
+            Direction::Out => CtScope::PolicyOut,
+        }
+    }
+
+    /// The direction of a policy scope (None for NAT).
+    pub const fn direction(self) -> Option<Direction> {
+        match self {
+            CtScope::Nat => None,
+            CtScope::PolicyOut => Some(Direction::Out),
+            CtScope::PolicyIn => Some(Direction::In),
+        }
+    }
+
+    pub fn from_u8(v: u8) -> Option<CtScope> {
+        [CtScope::Nat, CtScope::PolicyOut, CtScope::PolicyIn].into_iter().find(|s| *s as u8 == v)
+    }
+}
 
 /// A directional IPv4 5-tuple (ports in network byte order; for ICMP echo
 /// the identifier sits in both ports), and the scope it is tracked in.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct CtKey {
+pub struct CtKey4 {
     pub saddr: [u8; 4],
     pub daddr: [u8; 4],
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
-    /// `CT_SCOPE_*`.
+    /// [`CtScope`] as u8.
     pub scope: u8,
     pub _pad: [u8; 2],
 }
 
-impl CtKey {
+impl CtKey4 {
     #[inline(always)]
-    pub fn new(saddr: [u8; 4], daddr: [u8; 4], sport: u16, dport: u16, proto: u8) -> CtKey {
-        CtKey { saddr, daddr, sport, dport, proto, scope: CT_SCOPE_NAT, _pad: [0; 2] }
+    pub fn new(saddr: [u8; 4], daddr: [u8; 4], sport: u16, dport: u16, proto: u8) -> CtKey4 {
+        CtKey4 { saddr, daddr, sport, dport, proto, scope: CtScope::Nat as u8, _pad: [0; 2] }
     }
 
     /// The same flow seen from the other side, in the same scope.
     #[inline(always)]
-    pub fn reversed(&self) -> CtKey {
-        CtKey { saddr: self.daddr, daddr: self.saddr, sport: self.dport, dport: self.sport, ..*self }
+    pub fn reversed(&self) -> CtKey4 {
+        CtKey4 { saddr: self.daddr, daddr: self.saddr, sport: self.dport, dport: self.sport, ..*self }
     }
 
     #[inline(always)]
-    pub fn in_scope(&self, scope: u8) -> CtKey {
-        CtKey { scope, ..*self }
+    pub fn in_scope(&self, scope: CtScope) -> CtKey4 {
+        CtKey4 { scope: scope as u8, ..*self }
+    }
+
+    pub fn scope(&self) -> Option<CtScope> {
+        CtScope::from_u8(self.scope)
     }
 }
 
@@ -58,7 +94,7 @@ pub const CT_F_SNAT: u8 = 1 << 0;
 pub const CT_F_DNAT: u8 = 1 << 1;
 /// This entry is the reply direction of its flow.
 pub const CT_F_REPLY: u8 = 1 << 2;
-/// A policy verdict (allowed) for endpoint `endpoint_id`.
+/// A policy verdict (allowed) for container `container_id`.
 pub const CT_F_POLICY: u8 = 1 << 3;
 
 /// Connection states (TCP; UDP and ICMP use `Established` once both
@@ -109,15 +145,15 @@ pub struct CtEntry {
     pub state: u8,
     pub _pad: u16,
     /// Mapping that created the flow (0: none).
-    pub service_id: u32,
+    pub mapping_id: u32,
     /// CLOCK_MONOTONIC nanoseconds after which the entry is stale.
     pub expires_ns: u64,
     pub packets: u64,
     pub bytes: u64,
     /// Key of the other direction's entry.
-    pub peer: CtKey,
-    /// With `CT_F_POLICY`: the endpoint whose policy allowed the flow.
-    pub endpoint_id: u32,
+    pub peer: CtKey4,
+    /// With `CT_F_POLICY`: the container whose policy allowed the flow.
+    pub container_id: u32,
 }
 
 /// Timeouts per state, in seconds (in the `CONFIG` map, so that operators
@@ -139,10 +175,314 @@ impl Default for CtTimeouts {
     }
 }
 
+// The state machine below runs in the BPF programs (on every tracked
+// packet) and is tested here on the host. Its shape is the verifier's:
+// states as plain bytes, chains of conditionals, everything inlined.
+
+/// TCP flag bits, as they sit in the header's flags byte.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+pub const NS_PER_SEC: u64 = 1_000_000_000;
+/// Expiry is refreshed at most this often per entry, to keep hot flows from
+/// writing the shared entry on every packet.
+pub const REFRESH_NS: u64 = NS_PER_SEC;
+
+// States as plain bytes: an enum lets LLVM assume a range the verifier
+// cannot see, and it then indexes tables with unbounded offsets.
+const NEW: u8 = CtState::New as u8;
+const ESTABLISHED: u8 = CtState::Established as u8;
+const CLOSING: u8 = CtState::Closing as u8;
+const RESET: u8 = CtState::Reset as u8;
+
+impl CtTimeouts {
+    /// The timeout of a flow of `proto` in `state` ([`CtState`] as u8).
+    ///
+    /// Selected with a chain of conditionals rather than a match, so that no
+    /// lookup table with a variable offset is generated.
+    #[inline(always)]
+    pub fn secs(&self, proto: u8, state: u8) -> u32 {
+        if proto == IPPROTO_TCP {
+            let mut secs = self.tcp_new;
+            if state == ESTABLISHED {
+                secs = self.tcp_established;
+            }
+            if state == CLOSING {
+                secs = self.tcp_closing;
+            }
+            if state == RESET {
+                secs = self.tcp_reset;
+            }
+            secs
+        } else if proto == IPPROTO_UDP {
+            self.udp
+        } else {
+            self.icmp
+        }
+    }
+
+    /// When a flow of `proto` in `state`, seen at `now_ns`, expires.
+    #[inline(always)]
+    pub fn expiry(&self, proto: u8, state: u8, now_ns: u64) -> u64 {
+        now_ns + self.secs(proto, state) as u64 * NS_PER_SEC
+    }
+}
+
+/// The state after seeing a packet with `tcp_flags` (0 for UDP and ICMP)
+/// in the direction of an entry in `state`; `reply` says whether that entry
+/// is its flow's reply direction (`CT_F_REPLY`).
+#[inline(always)]
+pub fn next_state(state: u8, reply: bool, proto: u8, tcp_flags: u8) -> u8 {
+    let cur = state;
+    if proto != IPPROTO_TCP {
+        // Datagram flows count as established once the reply direction moved.
+        return if reply { ESTABLISHED } else { cur };
+    }
+    if tcp_flags & TCP_RST != 0 {
+        RESET
+    } else if tcp_flags & TCP_SYN != 0 && tcp_flags & TCP_ACK == 0 && (cur == RESET || cur == CLOSING) {
+        // A new connection on a reused tuple: it starts over, rather than
+        // living under the old one's short closing timeout.
+        NEW
+    } else if cur == RESET {
+        RESET
+    } else if tcp_flags & TCP_FIN != 0 {
+        CLOSING
+    } else if cur == NEW && (tcp_flags & TCP_ACK != 0) && (reply || tcp_flags & TCP_SYN == 0) {
+        ESTABLISHED
+    } else {
+        cur
+    }
+}
+
+impl CtEntry {
+    /// Moves the entry's state and expiry on for a packet (`tcp_flags`, 0
+    /// for UDP and ICMP) of a `proto` flow seen at `now_ns`. The entry is
+    /// written only when the state changes or the expiry moves by more than
+    /// [`REFRESH_NS`] (or backwards, to a shorter timeout). True when this
+    /// packet reset the flow: the caller gives the peer entry the same state
+    /// and expiry.
+    #[inline(always)]
+    pub fn refresh(&mut self, proto: u8, tcp_flags: u8, now_ns: u64, timeouts: &CtTimeouts) -> bool {
+        let state = next_state(self.state, self.flags & CT_F_REPLY != 0, proto, tcp_flags);
+        let expires = timeouts.expiry(proto, state, now_ns);
+        let mut reset = false;
+        if state != self.state || expires > self.expires_ns + REFRESH_NS || expires < self.expires_ns {
+            reset = state == RESET && self.state != RESET;
+            self.state = state;
+            self.expires_ns = expires;
+        }
+        reset
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
-    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtKey4 {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for CtTimeouts {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UDP_ICMP: [u8; 2] = [IPPROTO_UDP, IPPROTO_ICMP];
+    const ALL_STATES: [u8; 4] = [NEW, ESTABLISHED, CLOSING, RESET];
+
+    fn tcp(state: u8, reply: bool, flags: u8) -> u8 {
+        next_state(state, reply, IPPROTO_TCP, flags)
+    }
+
+    #[test]
+    fn syn_keeps_a_flow_new() {
+        assert_eq!(tcp(NEW, false, TCP_SYN), NEW);
+    }
+
+    #[test]
+    fn syn_ack_in_the_reply_direction_establishes() {
+        assert_eq!(tcp(NEW, true, TCP_SYN | TCP_ACK), ESTABLISHED);
+        // The same flags the original way (a simultaneous open, or a stray)
+        // do not.
+        assert_eq!(tcp(NEW, false, TCP_SYN | TCP_ACK), NEW);
+    }
+
+    #[test]
+    fn ack_establishes_either_way() {
+        assert_eq!(tcp(NEW, false, TCP_ACK), ESTABLISHED);
+        assert_eq!(tcp(NEW, true, TCP_ACK), ESTABLISHED);
+        assert_eq!(tcp(ESTABLISHED, false, TCP_ACK), ESTABLISHED);
+        assert_eq!(tcp(ESTABLISHED, true, TCP_ACK), ESTABLISHED);
+    }
+
+    #[test]
+    fn a_flagless_segment_changes_nothing() {
+        for state in ALL_STATES {
+            assert_eq!(tcp(state, false, 0), state);
+            assert_eq!(tcp(state, true, 0), state);
+        }
+    }
+
+    #[test]
+    fn fin_is_closing() {
+        for reply in [false, true] {
+            for state in [NEW, ESTABLISHED, CLOSING] {
+                assert_eq!(tcp(state, reply, TCP_FIN), CLOSING);
+                assert_eq!(tcp(state, reply, TCP_FIN | TCP_ACK), CLOSING);
+            }
+        }
+        // The last ACK leaves it closing.
+        assert_eq!(tcp(CLOSING, false, TCP_ACK), CLOSING);
+    }
+
+    #[test]
+    fn rst_resets_from_any_state_either_way() {
+        for reply in [false, true] {
+            for state in ALL_STATES {
+                assert_eq!(tcp(state, reply, TCP_RST), RESET);
+                assert_eq!(tcp(state, reply, TCP_RST | TCP_ACK), RESET);
+            }
+        }
+    }
+
+    #[test]
+    fn a_reset_flow_stays_reset() {
+        for reply in [false, true] {
+            for flags in [TCP_ACK, TCP_FIN, TCP_FIN | TCP_ACK, TCP_SYN | TCP_ACK] {
+                assert_eq!(tcp(RESET, reply, flags), RESET);
+            }
+        }
+    }
+
+    #[test]
+    fn syn_on_a_reset_or_closing_tuple_starts_over() {
+        for reply in [false, true] {
+            assert_eq!(tcp(RESET, reply, TCP_SYN), NEW);
+            assert_eq!(tcp(CLOSING, reply, TCP_SYN), NEW);
+        }
+        // Not on a live connection, and not with ACK (that answers a SYN).
+        assert_eq!(tcp(ESTABLISHED, false, TCP_SYN), ESTABLISHED);
+        assert_eq!(tcp(CLOSING, true, TCP_SYN | TCP_ACK), CLOSING);
+    }
+
+    #[test]
+    fn a_whole_connection() {
+        let (mut orig, mut reply) = (NEW, NEW);
+        let mut step = |from_reply: bool, flags: u8| {
+            if from_reply {
+                reply = tcp(reply, true, flags);
+            } else {
+                orig = tcp(orig, false, flags);
+            }
+            (orig, reply)
+        };
+        assert_eq!(step(false, TCP_SYN), (NEW, NEW));
+        assert_eq!(step(true, TCP_SYN | TCP_ACK), (NEW, ESTABLISHED));
+        assert_eq!(step(false, TCP_ACK), (ESTABLISHED, ESTABLISHED));
+        assert_eq!(step(true, TCP_ACK), (ESTABLISHED, ESTABLISHED));
+        assert_eq!(step(false, TCP_FIN | TCP_ACK), (CLOSING, ESTABLISHED));
+        assert_eq!(step(true, TCP_FIN | TCP_ACK), (CLOSING, CLOSING));
+        assert_eq!(step(false, TCP_ACK), (CLOSING, CLOSING));
+        // The tuple is reused.
+        assert_eq!(step(false, TCP_SYN), (NEW, CLOSING));
+    }
+
+    #[test]
+    fn datagrams_are_established_once_the_reply_moves() {
+        for proto in UDP_ICMP {
+            assert_eq!(next_state(NEW, false, proto, 0), NEW);
+            assert_eq!(next_state(NEW, true, proto, 0), ESTABLISHED);
+            assert_eq!(next_state(ESTABLISHED, false, proto, 0), ESTABLISHED);
+            assert_eq!(next_state(ESTABLISHED, true, proto, 0), ESTABLISHED);
+            // TCP flags mean nothing here (the parser passes 0 anyway).
+            assert_eq!(next_state(NEW, false, proto, TCP_RST | TCP_FIN), NEW);
+        }
+    }
+
+    /// Distinct values, so that a wrong pick shows.
+    const TIMEOUTS: CtTimeouts =
+        CtTimeouts { tcp_new: 11, tcp_established: 22, tcp_closing: 33, tcp_reset: 44, udp: 55, icmp: 66 };
+
+    #[test]
+    fn timeouts_per_state_and_protocol() {
+        let t = TIMEOUTS;
+        assert_eq!(t.secs(IPPROTO_TCP, NEW), 11);
+        assert_eq!(t.secs(IPPROTO_TCP, ESTABLISHED), 22);
+        assert_eq!(t.secs(IPPROTO_TCP, CLOSING), 33);
+        assert_eq!(t.secs(IPPROTO_TCP, RESET), 44);
+        // A state byte that is none of them: the short new-flow timeout.
+        assert_eq!(t.secs(IPPROTO_TCP, 200), 11);
+        for state in ALL_STATES {
+            assert_eq!(t.secs(IPPROTO_UDP, state), 55);
+            assert_eq!(t.secs(IPPROTO_ICMP, state), 66);
+        }
+        let d = CtTimeouts::default();
+        assert_eq!(d.secs(IPPROTO_TCP, ESTABLISHED), d.tcp_established);
+        assert_eq!(d.secs(IPPROTO_UDP, NEW), d.udp);
+    }
+
+    #[test]
+    fn expiry_is_now_plus_the_timeout() {
+        let now = 5_000 * NS_PER_SEC + 123;
+        assert_eq!(TIMEOUTS.expiry(IPPROTO_TCP, NEW, now), now + 11 * NS_PER_SEC);
+        assert_eq!(TIMEOUTS.expiry(IPPROTO_TCP, ESTABLISHED, now), now + 22 * NS_PER_SEC);
+        assert_eq!(TIMEOUTS.expiry(IPPROTO_UDP, ESTABLISHED, now), now + 55 * NS_PER_SEC);
+        assert_eq!(TIMEOUTS.expiry(IPPROTO_ICMP, NEW, 0), 66 * NS_PER_SEC);
+    }
+
+    /// A flow's entry as `conntrack::create4` leaves it at `now`.
+    fn created(proto: u8, reply: bool, now: u64) -> CtEntry {
+        CtEntry {
+            state: NEW,
+            flags: if reply { CT_F_REPLY } else { 0 },
+            expires_ns: TIMEOUTS.expiry(proto, NEW, now),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn refresh_with_a_fake_clock() {
+        let t0 = 1_000 * NS_PER_SEC;
+        let mut e = created(IPPROTO_TCP, false, t0);
+        // Half a second later, nothing changes: not written.
+        assert!(!e.refresh(IPPROTO_TCP, TCP_SYN, t0 + NS_PER_SEC / 2, &TIMEOUTS));
+        assert_eq!((e.state, e.expires_ns), (NEW, t0 + 11 * NS_PER_SEC));
+        // Two seconds later the expiry moves on.
+        let t1 = t0 + 2 * NS_PER_SEC;
+        assert!(!e.refresh(IPPROTO_TCP, TCP_SYN, t1, &TIMEOUTS));
+        assert_eq!((e.state, e.expires_ns), (NEW, t1 + 11 * NS_PER_SEC));
+        // A state change is written at once, with its own timeout.
+        let t2 = t1 + 1;
+        assert!(!e.refresh(IPPROTO_TCP, TCP_ACK, t2, &TIMEOUTS));
+        assert_eq!((e.state, e.expires_ns), (ESTABLISHED, t2 + 22 * NS_PER_SEC));
+        // A shorter timeout is taken even within the refresh interval.
+        let t3 = t2 + 2;
+        assert!(!e.refresh(IPPROTO_TCP, TCP_FIN, t3, &TIMEOUTS));
+        assert_eq!((e.state, e.expires_ns), (CLOSING, t3 + 33 * NS_PER_SEC));
+        // The reset is reported once, for the peer to follow.
+        let t4 = t3 + 3;
+        assert!(e.refresh(IPPROTO_TCP, TCP_RST, t4, &TIMEOUTS));
+        assert_eq!((e.state, e.expires_ns), (RESET, t4 + 44 * NS_PER_SEC));
+        assert!(!e.refresh(IPPROTO_TCP, TCP_RST, t4 + 5 * NS_PER_SEC, &TIMEOUTS));
+        assert_eq!((e.state, e.expires_ns), (RESET, t4 + 49 * NS_PER_SEC));
+        // Counters are the caller's.
+        assert_eq!((e.packets, e.bytes), (0, 0));
+    }
+
+    #[test]
+    fn refresh_of_a_datagram_flow() {
+        let t0 = 7 * NS_PER_SEC;
+        for proto in UDP_ICMP {
+            let secs = TIMEOUTS.secs(proto, NEW) as u64;
+            let mut orig = created(proto, false, t0);
+            let mut reply = created(proto, true, t0);
+            assert!(!orig.refresh(proto, 0, t0 + 1, &TIMEOUTS));
+            assert_eq!((orig.state, orig.expires_ns), (NEW, t0 + secs * NS_PER_SEC));
+            assert!(!reply.refresh(proto, 0, t0 + 2, &TIMEOUTS));
+            assert_eq!((reply.state, reply.expires_ns), (ESTABLISHED, t0 + 2 + secs * NS_PER_SEC));
+        }
+    }
 }

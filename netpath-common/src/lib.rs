@@ -3,21 +3,26 @@
 //! Everything here is `#[repr(C)]` and plain data so that the kernel side and
 //! the user side agree on the layout byte for byte. The `user` feature adds
 //! `aya::Pod` impls so the agent can read and write the maps.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 pub mod config;
 pub mod conntrack;
-pub mod endpoint;
+pub mod container;
+pub mod direction;
 pub mod event;
+pub mod hooks;
+pub mod mapping;
 pub mod maps;
 pub mod policy;
-pub mod service;
+pub mod snat;
 pub mod stats;
 
 pub use config::DatapathConfig;
-pub use conntrack::{CtEntry, CtKey, CtState, CtTimeouts};
-pub use endpoint::Endpoint;
+pub use conntrack::{CtEntry, CtKey4, CtScope, CtState, CtTimeouts};
+pub use container::ContainerEntry;
+pub use direction::Direction;
 pub use event::Event;
-pub use policy::{PolicyEntry, PolicyKey, PolicyRule};
-pub use service::{HostAddr, ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue};
+pub use hooks::{Hook, HookId, Side, HOOKS};
+pub use mapping::{HostAddr4, MappingEntry4, MappingKey4, SockRevNatEntry4, SockRevNatKey4};
+pub use policy::{PolicyEntry, PolicyKey4, PolicyRule};
 pub use stats::{Counter, DropReason, TrafficStats};

@@ -1,19 +1,16 @@
 //! Per-container allow/deny rules, as the datapath looks them up: one LPM
-//! trie keyed by (endpoint, direction, remote address prefix). Each entry
+//! trie keyed by (container, direction, remote address prefix). Each entry
 //! carries every rule that applies to its prefix, its own and those of the
 //! shorter prefixes that contain it (the agent compiles them in), so one
 //! longest-prefix lookup and a scan of at most [`MAX_RULES_PER_PREFIX`]
 //! rules decide a new flow, however many rules there are.
 
-/// Direction of a rule: flows reaching the container.
-pub const POLICY_DIR_IN: u8 = 0;
-/// Direction of a rule: flows the container starts.
-pub const POLICY_DIR_OUT: u8 = 1;
+use crate::Direction;
 
 pub const POLICY_ALLOW: u8 = 1;
 pub const POLICY_DENY: u8 = 2;
 
-/// Bits of [`PolicyKey`] before the address: endpoint id, direction, padding.
+/// Bits of [`PolicyKey4`] before the address: container id, direction, padding.
 pub const POLICY_KEY_FIXED_BITS: u32 = 64;
 
 pub const MAX_RULES_PER_PREFIX: usize = 16;
@@ -23,12 +20,20 @@ pub const MAX_RULES_PER_PREFIX: usize = 16;
 /// first and the address last.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct PolicyKey {
+pub struct PolicyKey4 {
     /// Big-endian, so that the trie sees it as plain bytes.
-    pub endpoint_id: [u8; 4],
+    pub container_id: [u8; 4],
+    /// [`Direction`] as u8.
     pub direction: u8,
     pub _pad: [u8; 3],
     pub addr: [u8; 4],
+}
+
+impl PolicyKey4 {
+    #[inline(always)]
+    pub fn new(container_id: u32, direction: Direction, addr: [u8; 4]) -> PolicyKey4 {
+        PolicyKey4 { container_id: container_id.to_be_bytes(), direction: direction as u8, _pad: [0; 3], addr }
+    }
 }
 
 /// One rule as the datapath evaluates it.
@@ -106,10 +111,23 @@ impl PolicyEntry {
     }
 }
 
+/// The verdict on a new flow: the winning rule of the remote prefix's
+/// entry (if the lookup found one and a rule matches), else the container's
+/// default for the direction. Kernel and agent both decide through here.
+#[inline(always)]
+pub fn allows(entry: Option<&PolicyEntry>, default_deny: bool, proto: u8, port: u16) -> bool {
+    if let Some(entry) = entry {
+        if let Some(action) = entry.decide(proto, port) {
+            return action == POLICY_ALLOW;
+        }
+    }
+    !default_deny
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
-    unsafe impl aya::Pod for PolicyKey {}
+    unsafe impl aya::Pod for PolicyKey4 {}
     unsafe impl aya::Pod for PolicyRule {}
     unsafe impl aya::Pod for PolicyEntry {}
 }

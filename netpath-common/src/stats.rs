@@ -2,7 +2,7 @@
 
 /// Why the datapath dropped a frame. The value indexes
 /// [`TrafficStats::drops`]; keep the numbers stable, they are visible in
-/// `bpftool map dump`.
+/// `bpftool map dump` (retired numbers are never reused: 6, 9).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
@@ -15,21 +15,21 @@ pub enum DropReason {
     UnsupportedProtocol = 2,
     /// Truncated or inconsistent headers.
     Malformed = 3,
-    /// The program runs on an interface the agent has no endpoint for.
-    UnknownEndpoint = 4,
-    /// Denied by policy (reserved for the policy datapath).
+    /// The program runs on an interface the agent has no container for.
+    UnknownContainer = 4,
+    /// Denied by policy or by icc off.
     Policy = 5,
-    /// No route / not reachable (reserved for the NAT datapath).
-    NoRoute = 6,
-    /// A datapath table was full (conntrack, NAT ports).
+    /// A datapath table was full (conntrack).
     TableFull = 7,
     /// From the uplink to a container address that is not published
     /// (containers are reachable from outside only through published ports).
     NotPublished = 8,
-    /// A fragment the datapath cannot translate (no L4 header).
-    Fragment = 9,
     /// Masquerade found no free source port for the destination.
     NatExhausted = 10,
+    /// The kernel refused to write the rewritten bytes into the packet.
+    WriteFailed = 11,
+    /// The kernel refused to update a checksum.
+    ChecksumFailed = 12,
 }
 
 /// Number of drop reasons; the size of [`TrafficStats::drops`] (room to grow).
@@ -41,30 +41,35 @@ impl DropReason {
         DropReason::SpoofedIp,
         DropReason::UnsupportedProtocol,
         DropReason::Malformed,
-        DropReason::UnknownEndpoint,
+        DropReason::UnknownContainer,
         DropReason::Policy,
-        DropReason::NoRoute,
         DropReason::TableFull,
         DropReason::NotPublished,
-        DropReason::Fragment,
         DropReason::NatExhausted,
+        DropReason::WriteFailed,
+        DropReason::ChecksumFailed,
     ];
 
-    /// Short name used by the CLI and the API.
+    /// Short name used by the CLI, the API and the monitor.
     pub const fn name(self) -> &'static str {
         match self {
             DropReason::SpoofedMac => "spoofed-mac",
             DropReason::SpoofedIp => "spoofed-ip",
             DropReason::UnsupportedProtocol => "unsupported-protocol",
             DropReason::Malformed => "malformed",
-            DropReason::UnknownEndpoint => "unknown-endpoint",
+            DropReason::UnknownContainer => "unknown-container",
             DropReason::Policy => "policy",
-            DropReason::NoRoute => "no-route",
             DropReason::TableFull => "table-full",
             DropReason::NotPublished => "not-published",
-            DropReason::Fragment => "fragment",
             DropReason::NatExhausted => "nat-ports-exhausted",
+            DropReason::WriteFailed => "write-failed",
+            DropReason::ChecksumFailed => "checksum-failed",
         }
+    }
+
+    /// The reason with this number, if it is one.
+    pub fn from_u32(v: u32) -> Option<DropReason> {
+        DropReason::ALL.into_iter().find(|r| *r as u32 == v)
     }
 }
 
@@ -115,3 +120,26 @@ impl TrafficStats {
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for TrafficStats {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_fit_and_round_trip() {
+        for r in DropReason::ALL {
+            assert!((r as usize) < DROP_REASON_COUNT, "{} indexes the drops array", r.name());
+            assert_eq!(DropReason::from_u32(r as u32), Some(r));
+        }
+        for retired in [6, 9] {
+            assert_eq!(DropReason::from_u32(retired), None, "retired numbers stay unused");
+        }
+    }
+
+    #[test]
+    fn names_are_unique() {
+        for a in DropReason::ALL {
+            assert_eq!(DropReason::ALL.iter().filter(|b| b.name() == a.name()).count(), 1);
+        }
+    }
+}

@@ -2,20 +2,20 @@
 //! buffer loses the event, never the packet.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use netpath_common::{CtKey, Event};
+use netpath_common::{CtKey4, Event, HookId};
 
 use crate::maps::EVENTS;
 
 #[inline(always)]
-pub fn emit(kind: u8, reason: u8, direction: u8, ifindex: u32, endpoint_id: u32, key: &CtKey) {
+pub fn emit(kind: u8, reason: u8, hook: HookId, ifindex: u32, container_id: u32, key: &CtKey4) {
     let event = Event {
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
         kind,
         reason,
-        direction,
+        hook: hook as u8,
         _pad: 0,
         ifindex,
-        endpoint_id,
+        container_id,
         key: *key,
         _pad2: 0,
     };

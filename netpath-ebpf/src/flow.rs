@@ -2,7 +2,7 @@
 
 use netpath_common::{
     conntrack::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    CtKey,
+    CtKey4,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -11,12 +11,10 @@ use network_types::{
     udp::UdpHdr,
 };
 
-use crate::packet::{ptr_at, Packet};
-
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
+use crate::{
+    offsets::{ip_hdr_len, ip_version, IPV4_MIN_HDR_LEN, TCP_FLAGS_OFF},
+    packet::{ptr_at, Packet},
+};
 
 pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_DEST_UNREACH: u8 = 3;
@@ -35,19 +33,19 @@ pub struct IcmpHdr {
 }
 
 /// Where the headers are, and the tuple they carry.
-pub struct Flow {
-    pub key: CtKey,
+pub struct Flow4 {
+    pub key: CtKey4,
     /// Offset of the IPv4 header.
     pub l3_off: usize,
     /// Offset of the TCP/UDP header (after IP options).
     pub l4_off: usize,
-    /// TCP flags (0 for UDP).
+    /// TCP flags (`netpath_common::conntrack::TCP_*`; 0 for UDP and ICMP).
     pub tcp_flags: u8,
     /// ICMP type (0 for TCP and UDP).
     pub icmp_type: u8,
 }
 
-impl Flow {
+impl Flow4 {
     /// What a policy rule's port matches: the destination port, or for ICMP
     /// the message type.
     #[inline(always)]
@@ -77,7 +75,7 @@ pub enum NoFlow {
 }
 
 #[inline(always)]
-pub fn parse(pkt: &impl Packet) -> Result<Flow, NoFlow> {
+pub fn parse4(pkt: &impl Packet) -> Result<Flow4, NoFlow> {
     let eth: *const EthHdr = ptr_at(pkt, 0).ok_or(NoFlow::Malformed)?;
     // SAFETY: bounds checked by ptr_at.
     if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
@@ -87,8 +85,8 @@ pub fn parse(pkt: &impl Packet) -> Result<Flow, NoFlow> {
     let ip: *const Ipv4Hdr = ptr_at(pkt, l3_off).ok_or(NoFlow::Malformed)?;
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
-    let ihl = (ip.vihl & 0x0f) as usize;
-    if ip.vihl >> 4 != 4 || ihl < 5 {
+    let ihl = ip_hdr_len(ip.vihl);
+    if ip_version(ip.vihl) != 4 || ihl < IPV4_MIN_HDR_LEN {
         return Err(NoFlow::Malformed);
     }
     let frag_offset = (((ip.frags[0] & 0x1f) as u16) << 8) | ip.frags[1] as u16;
@@ -99,7 +97,7 @@ pub fn parse(pkt: &impl Packet) -> Result<Flow, NoFlow> {
     if frag_offset != 0 {
         return Err(NoFlow::LaterFragment);
     }
-    let l4_off = l3_off + ihl * 4;
+    let l4_off = l3_off + ihl;
     let mut icmp_type = 0;
     let (sport, dport, tcp_flags) = if proto == IPPROTO_ICMP {
         let icmp: *const IcmpHdr = ptr_at(pkt, l4_off).ok_or(NoFlow::Malformed)?;
@@ -117,9 +115,9 @@ pub fn parse(pkt: &impl Packet) -> Result<Flow, NoFlow> {
         }
     } else if proto == IPPROTO_TCP {
         let tcp: *const TcpHdr = ptr_at(pkt, l4_off).ok_or(NoFlow::Malformed)?;
-        // SAFETY: bounds checked by ptr_at. Byte 13 holds the flags.
+        // SAFETY: bounds checked by ptr_at; the flags byte is inside the header.
         let tcp = unsafe { &*tcp };
-        let flags = unsafe { *((tcp as *const TcpHdr as *const u8).add(13)) };
+        let flags = unsafe { *((tcp as *const TcpHdr as *const u8).add(TCP_FLAGS_OFF)) };
         (u16::from_ne_bytes(tcp.source), u16::from_ne_bytes(tcp.dest), flags)
     } else {
         let udp: *const UdpHdr = ptr_at(pkt, l4_off).ok_or(NoFlow::Malformed)?;
@@ -127,5 +125,5 @@ pub fn parse(pkt: &impl Packet) -> Result<Flow, NoFlow> {
         let udp = unsafe { &*udp };
         (u16::from_ne_bytes(udp.src), u16::from_ne_bytes(udp.dst), 0)
     };
-    Ok(Flow { key: CtKey::new(ip.src_addr, ip.dst_addr, sport, dport, proto), l3_off, l4_off, tcp_flags, icmp_type })
+    Ok(Flow4 { key: CtKey4::new(ip.src_addr, ip.dst_addr, sport, dport, proto), l3_off, l4_off, tcp_flags, icmp_type })
 }

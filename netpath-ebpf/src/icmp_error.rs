@@ -7,69 +7,66 @@
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
     conntrack::{CT_F_DNAT, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    CtKey, DropReason,
+    CtKey4, DropReason,
 };
 use network_types::eth::EthHdr;
 
-use crate::{checksum, conntrack};
-
-const IP_CSUM_OFF: usize = 10;
-const IP_SRC_OFF: usize = 12;
-const IP_DST_OFF: usize = 16;
-
-#[inline(always)]
-fn load<T>(ctx: &TcContext, off: usize) -> Result<T, DropReason> {
-    ctx.load::<T>(off).map_err(|_| DropReason::Malformed)
-}
-
-#[inline(always)]
-fn store<T>(ctx: &TcContext, off: usize, v: &T) -> Result<(), DropReason> {
-    ctx.store(off, v, 0).map_err(|_| DropReason::Malformed)
-}
+use crate::{
+    checksum, conntrack,
+    offsets::{
+        ip_hdr_len, ip_version, ICMP_CSUM_OFF, ICMP_HDR_LEN, ICMP_ID_OFF, IPV4_MIN_HDR_LEN, IP_CSUM_OFF, IP_DST_OFF,
+        IP_PROTO_OFF, IP_SRC_OFF, IP_VIHL_OFF, L4_DPORT_OFF, L4_SPORT_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF,
+    },
+    packet::{l3_csum_replace, l4_csum_replace, load, store},
+};
 
 /// Keeps the ICMP checksum right after a 16-bit word inside the message
 /// changed (the ICMP checksum has no pseudo-header).
 #[inline(always)]
 fn icmp_csum2(ctx: &TcContext, icmp_off: usize, old: u16, new: u16) -> Result<(), DropReason> {
-    ctx.l4_csum_replace(icmp_off + 2, old as u64, new as u64, 2).map_err(|_| DropReason::Malformed)
+    l4_csum_replace(ctx, icmp_off + ICMP_CSUM_OFF, old as u64, new as u64, 2)
 }
 
 #[inline(always)]
 fn icmp_csum4(ctx: &TcContext, icmp_off: usize, old: [u8; 4], new: [u8; 4]) -> Result<(), DropReason> {
-    ctx.l4_csum_replace(icmp_off + 2, u32::from_ne_bytes(old) as u64, u32::from_ne_bytes(new) as u64, 4)
-        .map_err(|_| DropReason::Malformed)
+    l4_csum_replace(ctx, icmp_off + ICMP_CSUM_OFF, u32::from_ne_bytes(old) as u64, u32::from_ne_bytes(new) as u64, 4)
 }
 
 /// Translates an ICMP error whose quoted packet belongs to a tracked flow;
 /// anything else passes untouched.
-#[inline(always)]
-pub fn translate(ctx: &TcContext) -> Result<(), DropReason> {
+///
+/// A stage of its own (`#[inline(never)]`, see `translate`): inlined, its
+/// locals would sit in translate_parsed4's frame, which is on the call chain
+/// down to a new published flow's conntrack entries (uplink ingress), and
+/// that chain has little of the 512-byte stack to spare.
+#[inline(never)]
+pub fn translate4(ctx: &TcContext) -> Result<(), DropReason> {
     let l3 = EthHdr::LEN;
-    let vihl: u8 = load(ctx, l3)?;
-    let icmp_off = l3 + ((vihl & 0x0f) as usize) * 4;
-    let inner = icmp_off + 8;
-    let inner_vihl: u8 = load(ctx, inner)?;
-    let inner_ihl = ((inner_vihl & 0x0f) as usize) * 4;
-    if inner_vihl >> 4 != 4 || inner_ihl < 20 {
+    let vihl: u8 = load(ctx, l3 + IP_VIHL_OFF)?;
+    let icmp_off = l3 + ip_hdr_len(vihl);
+    let inner = icmp_off + ICMP_HDR_LEN;
+    let inner_vihl: u8 = load(ctx, inner + IP_VIHL_OFF)?;
+    let inner_ihl = ip_hdr_len(inner_vihl);
+    if ip_version(inner_vihl) != 4 || inner_ihl < IPV4_MIN_HDR_LEN {
         return Ok(());
     }
     let inner_l4 = inner + inner_ihl;
-    let proto: u8 = load(ctx, inner + 9)?;
+    let proto: u8 = load(ctx, inner + IP_PROTO_OFF)?;
     let isrc: [u8; 4] = load(ctx, inner + IP_SRC_OFF)?;
     let idst: [u8; 4] = load(ctx, inner + IP_DST_OFF)?;
-    // The quoted packet's ports (for echo: its identifier, at offset 4).
-    let port_off = if proto == IPPROTO_ICMP { inner_l4 + 4 } else { inner_l4 };
+    // Where the quoted packet's source port is (for echo: its identifier).
+    let port_off = if proto == IPPROTO_ICMP { inner_l4 + ICMP_ID_OFF } else { inner_l4 + L4_SPORT_OFF };
     let (sport, dport): (u16, u16) = if proto == IPPROTO_ICMP {
         let id: u16 = load(ctx, port_off)?;
         (id, id)
     } else if proto == IPPROTO_TCP || proto == IPPROTO_UDP {
-        (load(ctx, inner_l4)?, load(ctx, inner_l4 + 2)?)
+        (load(ctx, inner_l4 + L4_SPORT_OFF)?, load(ctx, inner_l4 + L4_DPORT_OFF)?)
     } else {
         return Ok(());
     };
     // The quoted packet went out; its reply direction is what we track.
-    let key = CtKey::new(idst, isrc, dport, sport, proto);
-    let Some(entry) = conntrack::lookup(&key) else { return Ok(()) };
+    let key = CtKey4::new(idst, isrc, dport, sport, proto);
+    let Some(entry) = conntrack::lookup4(&key) else { return Ok(()) };
     // SAFETY: map value pointer, valid during the run.
     let entry = unsafe { *entry };
     if entry.flags & CT_F_DNAT == 0 {
@@ -79,8 +76,7 @@ pub fn translate(ctx: &TcContext) -> Result<(), DropReason> {
 
     // Outer destination.
     let odst: [u8; 4] = load(ctx, l3 + IP_DST_OFF)?;
-    ctx.l3_csum_replace(l3 + IP_CSUM_OFF, u32::from_ne_bytes(odst) as u64, u32::from_ne_bytes(new_addr) as u64, 4)
-        .map_err(|_| DropReason::Malformed)?;
+    l3_csum_replace(ctx, l3 + IP_CSUM_OFF, u32::from_ne_bytes(odst) as u64, u32::from_ne_bytes(new_addr) as u64, 4)?;
     store(ctx, l3 + IP_DST_OFF, &new_addr)?;
 
     // Quoted source address and the quoted IP header checksum.
@@ -97,9 +93,9 @@ pub fn translate(ctx: &TcContext) -> Result<(), DropReason> {
 
     // Quoted L4 checksum, when the error quotes enough of the packet.
     let l4sum_off = match proto {
-        IPPROTO_TCP => inner_l4 + 16,
-        IPPROTO_UDP => inner_l4 + 6,
-        _ => inner_l4 + 2,
+        IPPROTO_TCP => inner_l4 + TCP_CSUM_OFF,
+        IPPROTO_UDP => inner_l4 + UDP_CSUM_OFF,
+        _ => inner_l4 + ICMP_CSUM_OFF,
     };
     if let Ok(old_l4sum) = ctx.load::<u16>(l4sum_off) {
         if !(proto == IPPROTO_UDP && old_l4sum == 0) {

@@ -1,6 +1,8 @@
-//! netpath's BPF programs. Each program is a thin entry point; the work is in
-//! the modules: packet access and flow parsing, anti-spoofing, conntrack,
-//! NAT, published-port lookup, socket-level translation, counters.
+//! netpath's BPF programs. Each program is a thin entry point, declared in
+//! `netpath_common::HOOKS` under its function name; the work is in the
+//! modules: packet access and flow parsing, anti-spoofing, policy,
+//! conntrack, NAT (translate, mapping, snat, icmp_error), socket-level
+//! translation, and the verdict-and-count path every program ends through.
 #![no_std]
 #![no_main]
 
@@ -10,34 +12,29 @@ mod conntrack;
 mod events;
 mod flow;
 mod icmp_error;
+mod mapping;
 mod maps;
 mod nat;
+mod offsets;
 mod packet;
 mod policy;
-mod service;
 mod snat;
 mod sock;
 mod stats;
+mod translate;
+mod verdict;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
-use netpath_common::{
-    conntrack::CtState,
-    event::{EVENT_DIR_FROM_EP, EVENT_DIR_TO_EP, EVENT_DIR_UPLINK, EVENT_DROP},
-    DropReason,
-};
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use netpath_common::{config::CFG_F_UPLINK_XDP, DropReason, HookId};
 
 use crate::{
-    maps::{config, ENDPOINTS},
-    stats::{count_drop, count_packet, Direction},
+    maps::{config, CONTAINERS},
+    verdict::{finish, Site},
 };
-
-/// Enough to see Ethernet, IPv4 with options and a TCP header directly.
-const HEADERS_LEN: u32 = 14 + 60 + 20;
 
 #[inline(always)]
 fn skb_ifindex(ctx: &TcContext) -> u32 {
@@ -45,88 +42,12 @@ fn skb_ifindex(ctx: &TcContext) -> u32 {
     unsafe { (*ctx.skb.skb).ifindex }
 }
 
-/// Conntrack hit: translate as recorded. Miss to a published port: create
-/// the flow's entries, then translate. ICMP errors about a tracked flow are
-/// translated back (outer and quoted headers). Anything else passes.
-///
-/// Not inlined, like the other stages below: each is a BPF-to-BPF call with
-/// a stack frame of its own, so that the stages' locals (conntrack entries,
-/// events) do not add up beyond the 512-byte stack.
-#[inline(never)]
-fn translate(ctx: &TcContext) -> Result<(), DropReason> {
-    let Some(cfg) = config() else { return Ok(()) };
-    translate_parsed(ctx, &flow::parse(ctx), cfg)
-}
-
-/// [`translate`] for a packet its caller has parsed already.
-#[inline(never)]
-fn translate_parsed(
-    ctx: &TcContext,
-    parsed: &Result<flow::Flow, flow::NoFlow>,
-    cfg: &netpath_common::DatapathConfig,
-) -> Result<(), DropReason> {
-    let flow = match parsed {
-        Ok(flow) => flow,
-        Err(flow::NoFlow::IcmpError) => return icmp_error::translate(ctx),
-        Err(_) => return Ok(()),
-    };
-    if let Some(entry) = conntrack::lookup(&flow.key) {
-        conntrack::touch(entry, flow, ctx.len(), cfg);
-        // SAFETY: map value pointer, valid during the run.
-        return nat::apply(ctx, flow, unsafe { &*entry });
-    }
-    new_published_flow(ctx, flow, cfg)
-}
-
-/// A conntrack miss: if the packet is for a published port, track the new
-/// flow and translate it.
-#[inline(never)]
-fn new_published_flow(
-    ctx: &TcContext,
-    flow: &flow::Flow,
-    cfg: &netpath_common::DatapathConfig,
-) -> Result<(), DropReason> {
-    let Some(svc) = service::lookup(flow.key.daddr, flow.key.dport, flow.key.proto, false) else {
-        return Ok(());
-    };
-    let (mut fwd, reply_key, mut rev) = service::flow_entries(&flow.key, &svc, cfg);
-    fwd.packets = 1;
-    fwd.bytes = ctx.len() as u64;
-    fwd.state = CtState::New as u8;
-    conntrack::create(&flow.key, &mut fwd, &reply_key, &mut rev, flow.key.proto, cfg)?;
-    nat::apply(ctx, flow, &fwd)
-}
-
-/// Counts a drop and tells the monitor about it.
-#[inline(never)]
-fn drop_frame(pkt: &impl packet::Packet, ifindex: u32, endpoint_id: u32, direction: u8, reason: DropReason) {
-    count_drop(ifindex, reason);
-    let key = flow::parse(pkt).map(|f| f.key).unwrap_or_default();
-    events::emit(EVENT_DROP, reason as u8, direction, ifindex, endpoint_id, &key);
-}
-
 #[inline(always)]
-fn tc_verdict(
-    ctx: &TcContext,
-    ifindex: u32,
-    endpoint_id: u32,
-    dir: Direction,
-    len: u32,
-    r: Result<(), DropReason>,
-) -> i32 {
-    match r {
-        Ok(()) => {
-            count_packet(ifindex, dir, len);
-            TC_ACT_OK as i32
-        }
-        Err(reason) => {
-            let event_dir = match dir {
-                Direction::Ingress => EVENT_DIR_FROM_EP,
-                Direction::Egress => EVENT_DIR_TO_EP,
-            };
-            drop_frame(ctx, ifindex, endpoint_id, event_dir, reason);
-            TC_ACT_SHOT as i32
-        }
+fn tc_action(pass: bool) -> i32 {
+    if pass {
+        TC_ACT_OK as i32
+    } else {
+        TC_ACT_SHOT as i32
     }
 }
 
@@ -138,21 +59,24 @@ fn tc_verdict(
 pub fn veth_ingress(ctx: TcContext) -> i32 {
     let ifindex = skb_ifindex(&ctx);
     let len = ctx.len();
-    let Some(ep) = ENDPOINTS.get_ptr(ifindex) else {
-        return tc_verdict(&ctx, ifindex, 0, Direction::Ingress, len, Err(DropReason::UnknownEndpoint));
+    let Some(container) = CONTAINERS.get_ptr(ifindex) else {
+        let site = Site { hook: HookId::VethIngress, ifindex, container_id: 0, count: true };
+        return tc_action(finish(&ctx, site, len, Err(DropReason::UnknownContainer)));
     };
     // SAFETY: map values stay valid for the program's run.
-    let ep = unsafe { &*ep };
-    packet::pull_headers(&ctx, HEADERS_LEN);
-    let verdict = antispoof::check_source(&ctx, ep).and_then(|()| match config() {
+    let container = unsafe { &*container };
+    packet::pull_headers(&ctx);
+    let result = antispoof::check_source(&ctx, container).and_then(|()| match config() {
         // Parsed once for both stages.
         Some(cfg) => {
-            let parsed = flow::parse(&ctx);
-            policy::from_endpoint(&ctx, &parsed, ep, cfg).and_then(|()| translate_parsed(&ctx, &parsed, cfg))
+            let parsed = flow::parse4(&ctx);
+            policy::from_container(&ctx, &parsed, container, cfg)
+                .and_then(|()| translate::translate_parsed4(&ctx, &parsed, cfg))
         }
         None => Ok(()),
     });
-    tc_verdict(&ctx, ifindex, ep.id, Direction::Ingress, len, verdict)
+    let site = Site { hook: HookId::VethIngress, ifindex, container_id: container.id, count: true };
+    tc_action(finish(&ctx, site, len, result))
 }
 
 /// tc egress on a container's host-side veth: everything delivered to the
@@ -162,15 +86,22 @@ pub fn veth_ingress(ctx: TcContext) -> i32 {
 pub fn veth_egress(ctx: TcContext) -> i32 {
     let ifindex = skb_ifindex(&ctx);
     let len = ctx.len();
-    let (Some(ep), Some(cfg)) = (ENDPOINTS.get_ptr(ifindex), config()) else {
-        count_packet(ifindex, Direction::Egress, len);
-        return TC_ACT_OK as i32;
+    let container = CONTAINERS.get_ptr(ifindex);
+    let container_id = match container {
+        // SAFETY: map values stay valid for the program's run.
+        Some(container) => unsafe { (*container).id },
+        None => 0,
     };
-    // SAFETY: map values stay valid for the program's run.
-    let ep = unsafe { &*ep };
-    packet::pull_headers(&ctx, HEADERS_LEN);
-    let verdict = policy::to_endpoint(&ctx, &flow::parse(&ctx), ep, cfg);
-    tc_verdict(&ctx, ifindex, ep.id, Direction::Egress, len, verdict)
+    let result = match (container, config()) {
+        (Some(container), Some(cfg)) => {
+            packet::pull_headers(&ctx);
+            // SAFETY: as above.
+            policy::to_container(&ctx, &flow::parse4(&ctx), unsafe { &*container }, cfg)
+        }
+        _ => Ok(()),
+    };
+    let site = Site { hook: HookId::VethEgress, ifindex, container_id, count: true };
+    tc_action(finish(&ctx, site, len, result))
 }
 
 /// tc ingress on the uplink: published ports from outside, and replies of
@@ -178,83 +109,28 @@ pub fn veth_egress(ctx: TcContext) -> i32 {
 /// direct access to containers.
 #[classifier]
 pub fn uplink_ingress(ctx: TcContext) -> i32 {
-    packet::pull_headers(&ctx, HEADERS_LEN);
-    if let Some(cfg) = config() {
-        if cfg.flags & netpath_common::config::CFG_F_UPLINK_XDP == 0 {
-            let ifindex = skb_ifindex(&ctx);
-            if direct_to_container(&ctx, cfg) {
-                drop_frame(&ctx, ifindex, 0, EVENT_DIR_UPLINK, DropReason::NotPublished);
-                return TC_ACT_SHOT as i32;
-            }
-            count_packet(ifindex, Direction::Ingress, ctx.len());
-        }
-    }
-    match translate(&ctx) {
-        Ok(()) => TC_ACT_OK as i32,
-        Err(reason) => {
-            drop_frame(&ctx, skb_ifindex(&ctx), 0, EVENT_DIR_UPLINK, reason);
-            TC_ACT_SHOT as i32
-        }
-    }
+    let ifindex = skb_ifindex(&ctx);
+    let len = ctx.len();
+    packet::pull_headers(&ctx);
+    let behind_xdp = config().is_some_and(|cfg| cfg.has(CFG_F_UPLINK_XDP));
+    let result = match config() {
+        Some(cfg) if !behind_xdp && translate::direct_to_container4(&ctx, cfg) => Err(DropReason::NotPublished),
+        _ => translate::translate4(&ctx),
+    };
+    let site = Site { hook: HookId::UplinkIngress, ifindex, container_id: 0, count: !behind_xdp };
+    tc_action(finish(&ctx, site, len, result))
 }
 
 /// tc egress on the uplink: container traffic leaving the host gets the
 /// uplink's address (masquerade).
 #[classifier]
 pub fn uplink_egress(ctx: TcContext) -> i32 {
-    packet::pull_headers(&ctx, HEADERS_LEN);
-    match masquerade(&ctx) {
-        Ok(()) => TC_ACT_OK as i32,
-        Err(reason) => {
-            drop_frame(&ctx, skb_ifindex(&ctx), 0, EVENT_DIR_UPLINK, reason);
-            TC_ACT_SHOT as i32
-        }
-    }
-}
-
-#[inline(never)]
-fn masquerade(ctx: &TcContext) -> Result<(), DropReason> {
-    let Some(cfg) = config() else { return Ok(()) };
-    if cfg.flags & netpath_common::config::CFG_F_MASQUERADE == 0 {
-        return Ok(());
-    }
-    let Ok(flow) = flow::parse(ctx) else { return Ok(()) };
-    // Only the containers' own traffic: the host's, and replies of
-    // published ports (already translated on the veth), keep their source.
-    if !cfg.in_subnet(flow.key.saddr) {
-        return Ok(());
-    }
-    if let Some(entry) = conntrack::lookup(&flow.key) {
-        conntrack::touch(entry, &flow, ctx.len(), cfg);
-        // SAFETY: map value pointer, valid during the run.
-        return nat::apply(ctx, &flow, unsafe { &*entry });
-    }
-    // Replies of flows that came in to the container's own address (routed
-    // mode) keep that address: only flows the container starts are
-    // masqueraded. Its policy verdict tells which side started the flow.
-    let verdict = flow.key.in_scope(netpath_common::conntrack::CT_SCOPE_FROM_EP);
-    if let Some(entry) = conntrack::lookup(&verdict) {
-        // SAFETY: map value pointer, valid during the run.
-        if unsafe { (*entry).flags } & netpath_common::conntrack::CT_F_REPLY != 0 {
-            return Ok(());
-        }
-    }
-    snat::masquerade_new(ctx, &flow, cfg)
-}
-
-/// Is this packet from outside addressed straight to a container? Those are
-/// reachable from outside only through published ports (unless the
-/// instance routes).
-#[inline(always)]
-fn direct_to_container(pkt: &impl packet::Packet, cfg: &netpath_common::DatapathConfig) -> bool {
-    if cfg.flags & netpath_common::config::CFG_F_ROUTED != 0 {
-        return false;
-    }
-    let (Some(eth), Some(ip)) = (packet::ptr_at::<EthHdr>(pkt, 0), packet::ptr_at::<Ipv4Hdr>(pkt, EthHdr::LEN)) else {
-        return false;
-    };
-    // SAFETY: bounds checked by ptr_at.
-    unsafe { (*eth).ether_type == network_types::eth::EtherType::Ipv4 as u16 && cfg.in_subnet((*ip).dst_addr) }
+    let ifindex = skb_ifindex(&ctx);
+    let len = ctx.len();
+    packet::pull_headers(&ctx);
+    let result = translate::masquerade4(&ctx);
+    let site = Site { hook: HookId::UplinkEgress, ifindex, container_id: 0, count: true };
+    tc_action(finish(&ctx, site, len, result))
 }
 
 /// XDP on the uplink, before any skb exists: counts what arrives and drops
@@ -264,37 +140,42 @@ fn direct_to_container(pkt: &impl packet::Packet, cfg: &netpath_common::Datapath
 #[xdp]
 pub fn uplink_xdp(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
-    if let Some(cfg) = config() {
-        if direct_to_container(&ctx, cfg) {
-            drop_frame(&ctx, ifindex, 0, EVENT_DIR_UPLINK, DropReason::NotPublished);
-            return xdp_action::XDP_DROP;
-        }
+    let len = packet::Packet::frame_len(&ctx);
+    let result = match config() {
+        Some(cfg) if translate::direct_to_container4(&ctx, cfg) => Err(DropReason::NotPublished),
+        _ => Ok(()),
+    };
+    let site = Site { hook: HookId::UplinkXdp, ifindex, container_id: 0, count: true };
+    if finish(&ctx, site, len, result) {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_DROP
     }
-    count_packet(ifindex, Direction::Ingress, packet::Packet::frame_len(&ctx));
-    xdp_action::XDP_PASS
 }
+
+// The socket hooks never refuse (1 = proceed): they only rewrite addresses.
 
 #[cgroup_sock_addr(connect4)]
 pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
-    sock::forward(&ctx);
+    sock::forward4(&ctx);
     1
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock::forward(&ctx);
+    sock::forward4(&ctx);
     1
 }
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
-    sock::reverse(&ctx);
+    sock::reverse4(&ctx);
     1
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
-    sock::reverse(&ctx);
+    sock::reverse4(&ctx);
     1
 }
 

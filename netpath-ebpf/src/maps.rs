@@ -7,41 +7,41 @@ use aya_ebpf::{
 };
 use netpath_common::{
     maps::{
-        EVENTS_BYTES, MAX_CT_ENTRIES, MAX_ENDPOINTS, MAX_HOST_ADDRS, MAX_IFACES, MAX_POLICY_PREFIXES, MAX_SERVICES,
+        EVENTS_BYTES, MAX_CONTAINERS, MAX_CT_ENTRIES, MAX_HOST_ADDRS, MAX_IFACES, MAX_MAPPINGS, MAX_POLICY_PREFIXES,
         MAX_SOCK_REVNAT,
     },
-    CtEntry, CtKey, DatapathConfig, Endpoint, Event, HostAddr, PolicyEntry, PolicyKey, ServiceKey, ServiceValue,
-    SockRevNatKey, SockRevNatValue, TrafficStats,
+    ContainerEntry, CtEntry, CtKey4, DatapathConfig, Event, HostAddr4, MappingEntry4, MappingKey4, PolicyEntry,
+    PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats,
 };
 
 #[btf_map]
-pub static ENDPOINTS: HashMap<u32, Endpoint, MAX_ENDPOINTS> = HashMap::new();
+pub static CONTAINERS: HashMap<u32, ContainerEntry, MAX_CONTAINERS> = HashMap::new();
 
 #[btf_map]
 pub static IFACE_STATS: PerCpuHashMap<u32, TrafficStats, MAX_IFACES> = PerCpuHashMap::new();
 
 #[btf_map]
-pub static SERVICES: HashMap<ServiceKey, ServiceValue, MAX_SERVICES> = HashMap::new();
+pub static MAPPINGS4: HashMap<MappingKey4, MappingEntry4, MAX_MAPPINGS> = HashMap::new();
 
 #[btf_map]
-pub static HOST_ADDRS: HashMap<[u8; 4], HostAddr, MAX_HOST_ADDRS> = HashMap::new();
+pub static HOST_ADDRS4: HashMap<[u8; 4], HostAddr4, MAX_HOST_ADDRS> = HashMap::new();
 
 #[btf_map]
-pub static CT4: LruHashMap<CtKey, CtEntry, MAX_CT_ENTRIES> = LruHashMap::new();
+pub static CT4: LruHashMap<CtKey4, CtEntry, MAX_CT_ENTRIES> = LruHashMap::new();
 
 #[btf_map]
-pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue, MAX_SOCK_REVNAT> = LruHashMap::new();
+pub static SOCK_REVNAT4: LruHashMap<SockRevNatKey4, SockRevNatEntry4, MAX_SOCK_REVNAT> = LruHashMap::new();
 
 #[btf_map]
 pub static CONFIG: Array<DatapathConfig, 1> = Array::new();
 
 #[btf_map]
-pub static POLICY: LpmTrie<PolicyKey, PolicyEntry, MAX_POLICY_PREFIXES> = LpmTrie::new();
+pub static POLICY4: LpmTrie<PolicyKey4, PolicyEntry, MAX_POLICY_PREFIXES> = LpmTrie::new();
 
 #[btf_map]
 pub static EVENTS: RingBuf<Event, EVENTS_BYTES> = RingBuf::new();
 
-pub type PolicyTrieKey = Key<PolicyKey>;
+pub type PolicyTrieKey4 = Key<PolicyKey4>;
 
 /// The instance's settings (all zero until the agent writes them).
 #[inline(always)]

@@ -1,6 +1,10 @@
 //! Bounds-checked access to packet bytes, shared by tc and XDP programs.
 
 use aya_ebpf::programs::{TcContext, XdpContext};
+use netpath_common::DropReason;
+use network_types::{eth::EthHdr, tcp::TcpHdr};
+
+use crate::offsets::IPV4_MAX_HDR_LEN;
 
 /// What the parsers need from a program context.
 pub trait Packet {
@@ -52,10 +56,15 @@ pub fn ptr_at<T>(pkt: &impl Packet, offset: usize) -> Option<*const T> {
     Some((start + offset) as *const T)
 }
 
-/// Makes sure the first `want` bytes (or the whole frame, if shorter) are in
-/// the linear part of the skb, so that direct access sees the headers.
+/// Enough to see Ethernet, IPv4 with the longest options and a TCP header
+/// directly.
+const HEADERS_LEN: u32 = (EthHdr::LEN + IPV4_MAX_HDR_LEN + TcpHdr::LEN) as u32;
+
+/// Makes sure the headers (or the whole frame, if shorter) are in the
+/// linear part of the skb, so that direct access sees them.
 #[inline(always)]
-pub fn pull_headers(ctx: &TcContext, want: u32) {
+pub fn pull_headers(ctx: &TcContext) {
+    let want = HEADERS_LEN;
     let linear = (ctx.data_end() - ctx.data()) as u32;
     if linear < want && ctx.len() > linear {
         let len = if ctx.len() < want { ctx.len() } else { want };
@@ -63,6 +72,36 @@ pub fn pull_headers(ctx: &TcContext, want: u32) {
         // frame and treat it as malformed.
         let _ = ctx.pull_data(len);
     }
+}
+
+// The skb helpers the rewrites use, each with the drop reason its failure
+// counts as, written once here.
+
+/// Reads a `T` at `offset`; headers that should be there and are not make
+/// the packet malformed.
+#[inline(always)]
+pub fn load<T>(ctx: &TcContext, offset: usize) -> Result<T, DropReason> {
+    ctx.load::<T>(offset).map_err(|_| DropReason::Malformed)
+}
+
+/// Writes `v` at `offset`.
+#[inline(always)]
+pub fn store<T>(ctx: &TcContext, offset: usize, v: &T) -> Result<(), DropReason> {
+    ctx.store(offset, v, 0).map_err(|_| DropReason::WriteFailed)
+}
+
+/// `bpf_l3_csum_replace`: the checksum at `offset` after a field of the
+/// size in `flags` changed from `from` to `to`.
+#[inline(always)]
+pub fn l3_csum_replace(ctx: &TcContext, offset: usize, from: u64, to: u64, flags: u64) -> Result<(), DropReason> {
+    ctx.l3_csum_replace(offset, from, to, flags).map_err(|_| DropReason::ChecksumFailed)
+}
+
+/// `bpf_l4_csum_replace`, likewise (`flags` may add the pseudo-header and
+/// the UDP zero-checksum marks).
+#[inline(always)]
+pub fn l4_csum_replace(ctx: &TcContext, offset: usize, from: u64, to: u64, flags: u64) -> Result<(), DropReason> {
+    ctx.l4_csum_replace(offset, from, to, flags).map_err(|_| DropReason::ChecksumFailed)
 }
 
 #[inline(always)]

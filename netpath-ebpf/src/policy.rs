@@ -6,116 +6,109 @@
 
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
-    config::{CFG_F_NO_ICC, CFG_F_TRACE_FLOWS},
-    conntrack::{CtState, CT_F_POLICY, CT_SCOPE_FROM_EP, CT_SCOPE_TO_EP},
-    endpoint::{ENDPOINT_F_DEFAULT_DENY_IN, ENDPOINT_F_DEFAULT_DENY_OUT},
-    event::{EVENT_DIR_FROM_EP, EVENT_DIR_TO_EP, EVENT_FLOW},
-    policy::{POLICY_ALLOW, POLICY_DIR_IN, POLICY_DIR_OUT, POLICY_KEY_FIXED_BITS},
-    CtEntry, DatapathConfig, DropReason, Endpoint, PolicyKey,
+    config::CFG_F_TRACE_FLOWS,
+    conntrack::{CtState, CT_F_POLICY},
+    event::EVENT_FLOW,
+    policy::{self as rules, POLICY_KEY_FIXED_BITS},
+    ContainerEntry, CtEntry, CtScope, DatapathConfig, Direction, DropReason, HookId, PolicyKey4,
 };
 
 use crate::{
     conntrack, events,
-    flow::{Flow, NoFlow},
-    maps::{PolicyTrieKey, POLICY},
+    flow::{Flow4, NoFlow},
+    maps::{PolicyTrieKey4, POLICY4},
 };
 
-/// Does the endpoint's policy let a new flow in `direction` with `remote`?
+/// Does the container's policy let a new flow in `direction` with `remote`?
 #[inline(always)]
-pub fn allows(ep: &Endpoint, direction: u8, remote: [u8; 4], proto: u8, port: u16) -> bool {
-    let key = PolicyTrieKey {
+pub fn allows(container: &ContainerEntry, direction: Direction, remote: [u8; 4], proto: u8, port: u16) -> bool {
+    let key = PolicyTrieKey4 {
         prefix_len: POLICY_KEY_FIXED_BITS + 32,
-        data: PolicyKey { endpoint_id: ep.id.to_be_bytes(), direction, _pad: [0; 3], addr: remote },
+        data: PolicyKey4::new(container.id, direction, remote),
     };
-    if let Some(entry) = POLICY.get(&key) {
-        if let Some(action) = entry.decide(proto, port) {
-            return action == POLICY_ALLOW;
-        }
-    }
-    let deny_bit = if direction == POLICY_DIR_IN { ENDPOINT_F_DEFAULT_DENY_IN } else { ENDPOINT_F_DEFAULT_DENY_OUT };
-    ep.flags & deny_bit == 0
+    rules::allows(POLICY4.get(&key), container.default_denies(direction), proto, port)
 }
 
-/// Records an allowed flow: `key` in `scope` and its reply in the other one.
+/// Records an allowed flow: its key in the verdict scope of `direction`,
+/// its reply in the other one.
 #[inline(always)]
 fn remember(
-    flow: &Flow,
-    scope: u8,
-    other: u8,
-    ep: &Endpoint,
+    flow: &Flow4,
+    direction: Direction,
+    container: &ContainerEntry,
     len: u32,
     cfg: &DatapathConfig,
 ) -> Result<(), DropReason> {
-    let key = flow.key.in_scope(scope);
-    let reply_key = flow.key.reversed().in_scope(other);
+    let key = flow.key.in_scope(CtScope::policy(direction));
+    let reply_key = flow.key.reversed().in_scope(CtScope::policy(direction.reversed()));
     let mut fwd = CtEntry {
         flags: CT_F_POLICY,
         state: CtState::New as u8,
-        endpoint_id: ep.id,
+        container_id: container.id,
         packets: 1,
         bytes: len as u64,
         ..Default::default()
     };
-    let mut rev = CtEntry { flags: CT_F_POLICY, endpoint_id: ep.id, ..Default::default() };
+    let mut rev = CtEntry { flags: CT_F_POLICY, container_id: container.id, ..Default::default() };
     // The reply tuple may be tracked already (the same flow judged before
     // an entry expired): the verdict stands either way.
-    match conntrack::create(&key, &mut fwd, &reply_key, &mut rev, flow.key.proto, cfg) {
+    match conntrack::create4(&key, &mut fwd, &reply_key, &mut rev, flow.key.proto, cfg) {
         Ok(()) | Err(conntrack::CreateError::Taken) => Ok(()),
         Err(conntrack::CreateError::Failed) => Err(DropReason::TableFull),
     }
 }
 
-/// Judges packets as they leave container `ep` (tcx ingress of its veth).
+/// Judges packets as they leave `container` (tcx ingress of its veth).
 #[inline(never)]
-pub fn from_endpoint(
+pub fn from_container(
     ctx: &TcContext,
-    parsed: &Result<Flow, NoFlow>,
-    ep: &Endpoint,
+    parsed: &Result<Flow4, NoFlow>,
+    container: &ContainerEntry,
     cfg: &DatapathConfig,
 ) -> Result<(), DropReason> {
     let Ok(flow) = parsed else { return Ok(()) };
-    let key = flow.key.in_scope(CT_SCOPE_FROM_EP);
-    if let Some(entry) = conntrack::lookup(&key) {
+    let key = flow.key.in_scope(CtScope::PolicyOut);
+    if let Some(entry) = conntrack::lookup4(&key) {
         conntrack::touch(entry, flow, ctx.len(), cfg);
         return Ok(());
     }
     let remote = flow.key.daddr;
     // --icc=false: no direct flows to other containers (the gateway, and so
     // published ports through host addresses, stay reachable).
-    if cfg.flags & CFG_F_NO_ICC != 0 && cfg.in_subnet(remote) && remote != cfg.gateway {
+    if cfg.icc_denies4(remote) {
         return Err(DropReason::Policy);
     }
-    if !allows(ep, POLICY_DIR_OUT, remote, flow.key.proto, flow.policy_port()) {
+    if !allows(container, Direction::Out, remote, flow.key.proto, flow.policy_port()) {
         return Err(DropReason::Policy);
     }
-    remember(flow, CT_SCOPE_FROM_EP, CT_SCOPE_TO_EP, ep, ctx.len(), cfg)?;
-    if cfg.flags & CFG_F_TRACE_FLOWS != 0 {
-        events::emit(EVENT_FLOW, 0, EVENT_DIR_FROM_EP, ep.ifindex, ep.id, &flow.key);
+    remember(flow, Direction::Out, container, ctx.len(), cfg)?;
+    if cfg.has(CFG_F_TRACE_FLOWS) {
+        events::emit(EVENT_FLOW, 0, HookId::VethIngress, container.ifindex, container.id, &flow.key);
     }
     Ok(())
 }
 
-/// Judges packets as they reach container `ep` (tcx egress of its veth,
+/// Judges packets as they reach `container` (tcx egress of its veth,
 /// after any translation: the remote of a published port is the client).
 #[inline(never)]
-pub fn to_endpoint(
+pub fn to_container(
     ctx: &TcContext,
-    parsed: &Result<Flow, NoFlow>,
-    ep: &Endpoint,
+    parsed: &Result<Flow4, NoFlow>,
+    container: &ContainerEntry,
     cfg: &DatapathConfig,
 ) -> Result<(), DropReason> {
     let Ok(flow) = parsed else { return Ok(()) };
-    let key = flow.key.in_scope(CT_SCOPE_TO_EP);
-    if let Some(entry) = conntrack::lookup(&key) {
+    let key = flow.key.in_scope(CtScope::PolicyIn);
+    if let Some(entry) = conntrack::lookup4(&key) {
         conntrack::touch(entry, flow, ctx.len(), cfg);
         return Ok(());
     }
-    if !allows(ep, POLICY_DIR_IN, flow.key.saddr, flow.key.proto, flow.policy_port()) {
+    if !allows(container, Direction::In, flow.key.saddr, flow.key.proto, flow.policy_port()) {
         return Err(DropReason::Policy);
     }
-    remember(flow, CT_SCOPE_TO_EP, CT_SCOPE_FROM_EP, ep, ctx.len(), cfg)?;
-    if cfg.flags & CFG_F_TRACE_FLOWS != 0 {
-        events::emit(EVENT_FLOW, 0, EVENT_DIR_TO_EP, ep.ifindex, ep.id, &flow.key);
+    remember(flow, Direction::In, container, ctx.len(), cfg)?;
+    if cfg.has(CFG_F_TRACE_FLOWS) {
+        events::emit(EVENT_FLOW, 0, HookId::VethEgress, container.ifindex, container.id, &flow.key);
     }
     Ok(())
 }

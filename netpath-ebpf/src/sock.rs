@@ -11,12 +11,12 @@ use aya_ebpf::{
 };
 use netpath_common::{
     conntrack::{IPPROTO_TCP, IPPROTO_UDP},
-    SockRevNatKey, SockRevNatValue,
+    SockRevNatEntry4, SockRevNatKey4,
 };
 
 use crate::{
-    maps::{config, SOCK_REVNAT},
-    service,
+    mapping,
+    maps::{config, SOCK_REVNAT4},
 };
 
 /// The port sits in the low 16 bits of `user_port`, in network order.
@@ -33,7 +33,7 @@ fn in_agent_netns(ctx: &SockAddrContext) -> bool {
 
 /// connect4 and sendmsg4: point the socket at the container.
 #[inline(always)]
-pub fn forward(ctx: &SockAddrContext) {
+pub fn forward4(ctx: &SockAddrContext) {
     if !in_agent_netns(ctx) {
         return;
     }
@@ -45,31 +45,40 @@ pub fn forward(ctx: &SockAddrContext) {
     }
     let addr = sa.user_ip4.to_ne_bytes();
     let port = port_of(sa.user_port);
-    let Some(svc) = service::lookup(addr, port, proto, true) else { return };
+    let Some(published) = mapping::lookup4(addr, port, proto, true) else { return };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let key = SockRevNatKey { cookie, backend_addr: svc.backend_addr, backend_port: svc.backend_port, _pad: 0 };
-    let value = SockRevNatValue { service_addr: addr, service_port: port, _pad: 0, service_id: svc.id, _pad2: 0 };
+    let key = SockRevNatKey4 {
+        cookie,
+        container_addr: published.container_addr,
+        container_port: published.container_port,
+        _pad: 0,
+    };
+    let value = SockRevNatEntry4 { host_addr: addr, host_port: port, _pad: 0, mapping_id: published.id, _pad2: 0 };
     // Without the record replies would show the container's address; still
     // better to connect than to refuse, so a full map does not stop us.
-    let _ = SOCK_REVNAT.insert(&key, &value, 0);
-    sa.user_ip4 = u32::from_ne_bytes(svc.backend_addr);
-    sa.user_port = svc.backend_port as u32;
+    let _ = SOCK_REVNAT4.insert(&key, &value, 0);
+    sa.user_ip4 = u32::from_ne_bytes(published.container_addr);
+    sa.user_port = published.container_port as u32;
 }
 
 /// recvmsg4 and getpeername4: show the published address, not the container.
 #[inline(always)]
-pub fn reverse(ctx: &SockAddrContext) {
+pub fn reverse4(ctx: &SockAddrContext) {
     if !in_agent_netns(ctx) {
         return;
     }
     // SAFETY: the context pointer is valid for the program's run.
     let sa = unsafe { &mut *ctx.sock_addr };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let key =
-        SockRevNatKey { cookie, backend_addr: sa.user_ip4.to_ne_bytes(), backend_port: port_of(sa.user_port), _pad: 0 };
+    let key = SockRevNatKey4 {
+        cookie,
+        container_addr: sa.user_ip4.to_ne_bytes(),
+        container_port: port_of(sa.user_port),
+        _pad: 0,
+    };
     // SAFETY: the value is copied out at once.
-    if let Some(v) = unsafe { SOCK_REVNAT.get(&key) } {
-        sa.user_ip4 = u32::from_ne_bytes(v.service_addr);
-        sa.user_port = v.service_port as u32;
+    if let Some(v) = unsafe { SOCK_REVNAT4.get(&key) } {
+        sa.user_ip4 = u32::from_ne_bytes(v.host_addr);
+        sa.user_port = v.host_port as u32;
     }
 }

@@ -1,15 +1,8 @@
 //! Per-interface traffic and drop counters (per CPU, so no atomics).
 
-use netpath_common::{DropReason, TrafficStats};
+use netpath_common::{DropReason, Side, TrafficStats};
 
 use crate::maps::IFACE_STATS;
-
-/// Which side of the interface a hook sees.
-#[derive(Clone, Copy)]
-pub enum Direction {
-    Ingress,
-    Egress,
-}
 
 #[inline(always)]
 fn with_stats(ifindex: u32, f: impl FnOnce(&mut TrafficStats)) {
@@ -33,10 +26,10 @@ fn init_stats(ifindex: u32) -> Option<*mut TrafficStats> {
 }
 
 #[inline(always)]
-pub fn count_packet(ifindex: u32, dir: Direction, bytes: u32) {
-    with_stats(ifindex, |s| match dir {
-        Direction::Ingress => s.ingress.add(bytes as u64),
-        Direction::Egress => s.egress.add(bytes as u64),
+pub fn count_packet(ifindex: u32, side: Side, bytes: u32) {
+    with_stats(ifindex, |s| match side {
+        Side::Ingress => s.ingress.add(bytes as u64),
+        Side::Egress => s.egress.add(bytes as u64),
     });
 }
 

@@ -17,6 +17,7 @@ use crate::{
     agent::{Agent, AgentError},
     model::{
         ApiErrorBody, ContainerRequest, DefaultRequest, MappingRequest, PolicyView, RuleRequest, Settings, StatsView,
+        API_PREFIX,
     },
     policy::Rule,
 };
@@ -36,21 +37,23 @@ impl IntoResponse for AgentError {
 type ApiResult<T> = Result<Json<T>, AgentError>;
 
 pub fn router(agent: Arc<Agent>) -> Router {
+    let v1 = Router::new()
+        .route("/status", get(status))
+        .route("/containers", get(list_containers).post(add_container))
+        .route("/containers/{name}", get(get_container).delete(del_container))
+        .route("/mappings", get(list_mappings).post(add_mapping))
+        .route("/mappings/unmap", axum::routing::post(del_mapping))
+        .route("/conntrack", get(list_flows).delete(flush_flows))
+        .route("/policies", get(list_policies).post(add_rule))
+        .route("/policies/remove", axum::routing::post(remove_rule))
+        .route("/policies/{name}", get(get_policy))
+        .route("/policies/{name}/default", axum::routing::put(set_default))
+        .route("/settings", get(get_settings).put(put_settings))
+        .route("/stats", get(stats))
+        .route("/monitor", get(monitor));
     Router::new()
-        .route("/v1/status", get(status))
-        .route("/v1/containers", get(list_containers).post(add_container))
-        .route("/v1/containers/{name}", get(get_container).delete(del_container))
-        .route("/v1/mappings", get(list_mappings).post(add_mapping))
-        .route("/v1/mappings/unmap", axum::routing::post(del_mapping))
-        .route("/v1/conntrack", get(list_flows).delete(flush_flows))
-        .route("/v1/policies", get(list_policies).post(add_rule))
-        .route("/v1/policies/remove", axum::routing::post(remove_rule))
-        .route("/v1/policies/{name}", get(get_policy))
-        .route("/v1/policies/{name}/default", axum::routing::put(set_default))
-        .route("/v1/settings", get(get_settings).put(put_settings))
-        .route("/v1/stats", get(stats))
-        .route("/v1/monitor", get(monitor))
-        .fallback(|| async { AgentError::NotFound("no such API route (this agent serves /v1/...)".into()) })
+        .nest(API_PREFIX, v1)
+        .fallback(|| async { AgentError::NotFound(format!("no such API route (this agent serves {API_PREFIX}/...)")) })
         .with_state(agent)
 }
 

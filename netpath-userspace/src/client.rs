@@ -8,8 +8,10 @@ use hyper::{body::Bytes, Method, Request};
 use hyper_util::rt::TokioIo;
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::model::ApiErrorBody;
+use crate::model::{ApiErrorBody, API_PREFIX};
 
+/// A client of the agent's API. Paths are relative to the API version
+/// (`/status`); the client puts [`API_PREFIX`] in front.
 pub struct Client {
     socket: PathBuf,
 }
@@ -76,7 +78,7 @@ impl Client {
         };
         let req = Request::builder()
             .method(method)
-            .uri(path)
+            .uri(format!("{API_PREFIX}{path}"))
             .header("host", "netpathd")
             .header("content-type", "application/json")
             .body(body)?;

@@ -20,15 +20,15 @@ pub enum IpamError {
 /// Hands out addresses of one subnet, skipping network, broadcast and
 /// gateway. Pure bookkeeping: the agent rebuilds it from its state.
 #[derive(Clone, Debug)]
-pub struct Ipam {
+pub struct Ipam4 {
     subnet: Ipv4Net,
     gateway: Ipv4Addr,
     used: std::collections::BTreeMap<Ipv4Addr, String>,
 }
 
-impl Ipam {
-    pub fn new(subnet: Ipv4Net, gateway: Ipv4Addr) -> Ipam {
-        Ipam { subnet, gateway, used: Default::default() }
+impl Ipam4 {
+    pub fn new(subnet: Ipv4Net, gateway: Ipv4Addr) -> Ipam4 {
+        Ipam4 { subnet, gateway, used: Default::default() }
     }
 
     fn check_usable(&self, ip: Ipv4Addr) -> Result<(), IpamError> {
@@ -98,9 +98,9 @@ impl Ipam {
 mod tests {
     use super::*;
 
-    fn ipam(net: &str) -> Ipam {
+    fn ipam(net: &str) -> Ipam4 {
         let net: Ipv4Net = net.parse().unwrap();
-        Ipam::new(net, net.hosts().next().unwrap())
+        Ipam4::new(net, net.hosts().next().unwrap())
     }
 
     #[test]
@@ -142,7 +142,7 @@ mod tests {
     #[test]
     fn gateway_not_first_host() {
         let net: Ipv4Net = "10.0.0.0/29".parse().unwrap();
-        let mut i = Ipam::new(net, "10.0.0.6".parse().unwrap());
+        let mut i = Ipam4::new(net, "10.0.0.6".parse().unwrap());
         let got: Vec<_> = (0..5).map(|n| i.allocate(&n.to_string(), None).unwrap().octets()[3]).collect();
         assert_eq!(got, vec![1, 2, 3, 4, 5]);
         assert!(i.allocate("x", None).is_err());

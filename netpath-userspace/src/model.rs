@@ -33,7 +33,7 @@ pub struct Container {
     /// Host-side veth name and ifindex.
     pub veth: String,
     pub ifindex: u32,
-    /// The agent's endpoint id (also in the ENDPOINTS map).
+    /// The agent's container id (also in the CONTAINERS map).
     pub id: u32,
 }
 
@@ -172,9 +172,12 @@ pub struct Flow {
     pub reply_bytes: u64,
     /// The mapping that created it (0: none).
     pub mapping_id: u32,
-    /// `nat` (translation), or the policy verdict of a container's side:
-    /// `from-container` (it sent the first packet) or `to-container`.
+    /// `nat` (translation) or `policy` (a container's verdict).
     pub scope: String,
+    /// For policy verdicts: `out` (the container sent the first packet) or
+    /// `in` (the first packet reached it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<crate::policy::Direction>,
     /// For policy verdicts: the container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,

@@ -6,8 +6,9 @@ use std::net::Ipv4Addr;
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
 use netpath_common::{
-    event::{EVENT_DIR_FROM_EP, EVENT_DIR_TO_EP, EVENT_DROP},
-    DropReason, Event,
+    conntrack::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    event::EVENT_DROP,
+    Direction, DropReason, Event, HookId,
 };
 use serde::{Deserialize, Serialize};
 use tokio::{io::unix::AsyncFd, sync::broadcast};
@@ -22,8 +23,11 @@ pub struct MonitorEvent {
     /// Why a frame was dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// `from-container`, `to-container` or `uplink`.
-    pub direction: String,
+    /// The program that saw the packet (`veth_ingress`, `uplink_xdp`, ...).
+    pub hook: String,
+    /// On a container's veth: `out` (the container sent it) or `in`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<Direction>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
     pub ifindex: u32,
@@ -35,27 +39,24 @@ pub struct MonitorEvent {
 }
 
 impl MonitorEvent {
-    /// `container` names the endpoint id, if it is one of ours.
+    /// `container` names the container id, if it is one of ours.
     pub fn from_raw(e: &Event, container: Option<String>) -> MonitorEvent {
         let reason = (e.kind == EVENT_DROP)
-            .then(|| DropReason::ALL.iter().find(|r| **r as u8 == e.reason).map(|r| r.name().to_string()))
+            .then(|| DropReason::from_u32(e.reason as u32).map(|r| r.name().to_string()))
             .flatten();
+        let hook = HookId::from_u8(e.hook).map(HookId::hook);
         MonitorEvent {
             time_ns: e.timestamp_ns,
             kind: if e.kind == EVENT_DROP { "drop".into() } else { "flow".into() },
             reason,
-            direction: match e.direction {
-                EVENT_DIR_FROM_EP => "from-container",
-                EVENT_DIR_TO_EP => "to-container",
-                _ => "uplink",
-            }
-            .into(),
+            hook: hook.map(|h| h.program.to_string()).unwrap_or_else(|| e.hook.to_string()),
+            direction: hook.and_then(|h| h.container_direction()),
             container,
             ifindex: e.ifindex,
             proto: match e.key.proto {
-                1 => "icmp".into(),
-                6 => "tcp".into(),
-                17 => "udp".into(),
+                IPPROTO_ICMP => "icmp".into(),
+                IPPROTO_TCP => "tcp".into(),
+                IPPROTO_UDP => "udp".into(),
                 0 => "-".into(),
                 p => p.to_string(),
             },
@@ -73,10 +74,11 @@ impl MonitorEvent {
             Some(r) => format!("DROP {r}"),
             None => "FLOW".into(),
         };
+        let direction = self.direction.map_or("-", Direction::name);
         format!(
-            "{:>10.3} {what:<26} {who:<12} {:<14} {} {}:{} -> {}:{}",
+            "{:>10.3} {what:<26} {who:<12} {direction:<4} {:<14} {} {}:{} -> {}:{}",
             self.time_ns as f64 / 1e9,
-            self.direction,
+            self.hook,
             self.proto,
             self.src,
             self.sport,

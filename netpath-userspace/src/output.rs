@@ -76,10 +76,11 @@ pub fn flows_table(flows: &[Flow]) -> String {
                 f.expires_in.to_string(),
                 format!("{}/{}", f.packets, f.reply_packets),
                 f.mapping_id.to_string(),
-                match &f.container {
-                    Some(c) => format!("{} {c}", f.scope),
-                    None => f.scope.clone(),
-                },
+                [Some(f.scope.clone()), f.direction.map(|d| d.to_string()), f.container.clone()]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(" "),
             ]
         })
         .collect();

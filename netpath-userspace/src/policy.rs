@@ -16,9 +16,10 @@ use std::{
 
 use ipnet::Ipv4Net;
 use netpath_common::policy::{
-    PolicyEntry, PolicyKey, PolicyRule as DpRule, MAX_RULES_PER_PREFIX, POLICY_ALLOW, POLICY_DENY, POLICY_DIR_IN,
-    POLICY_DIR_OUT, POLICY_KEY_FIXED_BITS,
+    self as rules, PolicyEntry, PolicyKey4, PolicyRule as DpRule, MAX_RULES_PER_PREFIX, POLICY_ALLOW, POLICY_DENY,
+    POLICY_KEY_FIXED_BITS,
 };
+pub use netpath_common::Direction;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -28,13 +29,6 @@ pub enum Action {
     #[default]
     Allow,
     Deny,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    In,
-    Out,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -58,11 +52,6 @@ impl RuleProto {
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(if *self == Action::Allow { "allow" } else { "deny" })
-    }
-}
-impl fmt::Display for Direction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if *self == Direction::In { "in" } else { "out" })
     }
 }
 impl fmt::Display for RuleProto {
@@ -234,25 +223,9 @@ pub struct Compiled {
     pub entries: BTreeMap<Ipv4Net, PolicyEntry>,
 }
 
-pub fn direction_code(d: Direction) -> u8 {
-    if d == Direction::In {
-        POLICY_DIR_IN
-    } else {
-        POLICY_DIR_OUT
-    }
-}
-
-/// LPM key and prefix length of `cidr` for endpoint `id`, direction `d`.
-pub fn lpm_key(id: u32, d: Direction, cidr: &Ipv4Net) -> (u32, PolicyKey) {
-    (
-        POLICY_KEY_FIXED_BITS + cidr.prefix_len() as u32,
-        PolicyKey {
-            endpoint_id: id.to_be_bytes(),
-            direction: direction_code(d),
-            _pad: [0; 3],
-            addr: cidr.network().octets(),
-        },
-    )
+/// LPM key and prefix length of `cidr` for container `id`, direction `d`.
+pub fn lpm_key4(id: u32, d: Direction, cidr: &Ipv4Net) -> (u32, PolicyKey4) {
+    (POLICY_KEY_FIXED_BITS + cidr.prefix_len() as u32, PolicyKey4::new(id, d, cidr.network().octets()))
 }
 
 /// Compiles the rules of one direction. `only`: recompute just these CIDRs
@@ -327,23 +300,20 @@ impl Evaluator {
         Evaluator { default_in: policy.default_in, default_out: policy.default_out, entries }
     }
 
+    /// The datapath's verdict: the longest-prefix entry (it carries every
+    /// rule that covers the address), then `netpath_common::policy::allows`,
+    /// the same decision the kernel makes.
     pub fn verdict(&self, d: Direction, remote: Ipv4Addr, proto: u8, port: u16) -> Action {
         let addr = u32::from(remote);
-        for len in (0..=32u8).rev() {
+        let entry = (0..=32u8).rev().find_map(|len| {
             let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-            if let Some(entry) = self.entries.get(&(d, len, addr & mask)) {
-                // The longest entry carries every rule that covers the
-                // address: no match there means no rule matches.
-                if let Some(a) = entry.decide(proto, port) {
-                    return if a == POLICY_ALLOW { Action::Allow } else { Action::Deny };
-                }
-                break;
-            }
-        }
-        if d == Direction::In {
-            self.default_in
+            self.entries.get(&(d, len, addr & mask))
+        });
+        let default = if d == Direction::In { self.default_in } else { self.default_out };
+        if rules::allows(entry, default == Action::Deny, proto, port) {
+            Action::Allow
         } else {
-            self.default_out
+            Action::Deny
         }
     }
 }

@@ -69,13 +69,13 @@ pub const STATE_VERSION: u32 = 1;
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct State {
     pub version: u32,
-    /// Next endpoint id to hand out; ids are never reused while the
+    /// Next container id to hand out; ids are never reused while the
     /// instance lives, so a stale id in a dump cannot name a new container.
     pub next_id: u32,
     pub containers: Vec<Container>,
     #[serde(default)]
     pub mappings: Vec<Mapping>,
-    /// Mapping ids, like endpoint ids, are never reused.
+    /// Mapping ids, like container ids, are never reused.
     #[serde(default = "one")]
     pub next_mapping_id: u32,
     /// Per-container policy, by container name.

@@ -163,7 +163,10 @@ fn local_traffic_is_not_masqueraded() {
     assert!(t.ping(&t.container_ns(1), &st.gateway.to_string(), 2).unwrap());
     let flows: Vec<Flow> = t.ctl_json(&["conntrack"]).unwrap();
     assert!(flows.iter().all(|f| f.scope != "nat"), "nothing translated: {flows:?}");
-    assert!(flows.iter().any(|f| f.scope == "from-container"), "but tracked for policy: {flows:?}");
+    assert!(
+        flows.iter().any(|f| f.scope == "policy" && f.direction == Some(netpath_common::Direction::Out)),
+        "but tracked for policy: {flows:?}"
+    );
 }
 
 #[test]

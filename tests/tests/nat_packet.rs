@@ -4,7 +4,7 @@
 //! packets that must pass untouched.
 
 use netpath_common::{
-    endpoint::ENDPOINT_F_IPV4, maps as names, CtTimeouts, DatapathConfig, Endpoint, ServiceKey, ServiceValue,
+    container::CONTAINER_F_IPV4, ContainerEntry, CtTimeouts, DatapathConfig, HookId, MappingEntry4, MappingKey4,
 };
 use netpath_tests::{
     frames::{self, ETH_P_ARP, ETH_P_IPV4, IPPROTO_TCP, IPPROTO_UDP},
@@ -29,24 +29,24 @@ fn harness() -> PacketHarness {
     let mut h = PacketHarness::new().expect("load the BPF object");
     h.dp.write_config(&DatapathConfig {
         netns_cookie: 0,
-        subnet: [10, 0, 0, 0],
-        subnet_prefix: 24,
-        gateway: GATEWAY,
+        subnet4: [10, 0, 0, 0],
+        subnet4_prefix: 24,
+        gateway4: GATEWAY,
         flags: 0,
         timeouts: CtTimeouts::default(),
         ..Default::default()
     })
     .unwrap();
-    h.dp.sync_host_addrs(&[(HOST, 2), (BOUND, 2), (GATEWAY, 3)]).unwrap();
+    h.dp.sync_host_addrs4(&[(HOST, 2), (BOUND, 2), (GATEWAY, 3)]).unwrap();
     let svc = |addr: [u8; 4], port: u16, proto: u8, backend: [u8; 4], bport: u16, id: u32| {
         (
-            ServiceKey { addr, port: port.to_be(), proto, _pad: 0 },
-            ServiceValue {
-                backend_addr: backend,
-                backend_port: bport.to_be(),
+            MappingKey4 { addr, port: port.to_be(), proto, _pad: 0 },
+            MappingEntry4 {
+                container_addr: backend,
+                container_port: bport.to_be(),
                 _pad: 0,
                 id,
-                backend_ifindex: TEST_IFINDEX,
+                container_ifindex: TEST_IFINDEX,
             },
         )
     };
@@ -55,15 +55,15 @@ fn harness() -> PacketHarness {
         svc([0; 4], 8053, IPPROTO_UDP, C1, 53, 2),
         svc(BOUND, 8082, IPPROTO_TCP, C1, 80, 3),
     ] {
-        h.dp.set_service(&k, &v).unwrap();
+        h.dp.set_mapping(&k, &v).unwrap();
     }
     h
 }
 
 fn container(h: &mut PacketHarness, ip: [u8; 4], mac: [u8; 6]) {
-    h.dp.set_endpoint(
+    h.dp.set_container(
         TEST_IFINDEX,
-        &Endpoint { ipv4: ip, ipv6: [0; 16], mac, flags: ENDPOINT_F_IPV4, ifindex: TEST_IFINDEX, id: 1 },
+        &ContainerEntry { ipv4: ip, ipv6: [0; 16], mac, flags: CONTAINER_F_IPV4, ifindex: TEST_IFINDEX, id: 1 },
     )
     .unwrap();
 }
@@ -105,7 +105,7 @@ fn dnat_from_outside_and_reverse_translation_tcp() {
     let mut h = harness();
     let syn = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), (HOST, 8080), 0x02, &[]);
     let dnat = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), (C1, 80), 0x02, &[]);
-    expect(&h, names::PROG_UPLINK_INGRESS, &syn, &dnat);
+    expect(&h, HookId::UplinkIngress.program(), &syn, &dnat);
     // Both directions are tracked.
     let ct = h.dp.ct_entries().unwrap();
     assert_eq!(ct.len(), 2, "{ct:?}");
@@ -114,18 +114,18 @@ fn dnat_from_outside_and_reverse_translation_tcp() {
     container(&mut h, C1, C1_MAC);
     let synack = tcp_frame(HOST_MAC, C1_MAC, (C1, 80), (CLIENT, 40000), 0x12, &[]);
     let back = tcp_frame(HOST_MAC, C1_MAC, (HOST, 8080), (CLIENT, 40000), 0x12, &[]);
-    expect(&h, names::PROG_VETH_INGRESS, &synack, &back);
+    expect(&h, HookId::VethIngress.program(), &synack, &back);
 
     // Later packets of the flow hit conntrack, both ways.
     let ack = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), (HOST, 8080), 0x10, &[]);
     expect(
         &h,
-        names::PROG_UPLINK_INGRESS,
+        HookId::UplinkIngress.program(),
         &ack,
         &tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), (C1, 80), 0x10, &[]),
     );
     let flows: Vec<_> = h.dp.ct_entries().unwrap();
-    let nat: Vec<_> = flows.iter().filter(|(k, _)| k.scope == netpath_common::conntrack::CT_SCOPE_NAT).collect();
+    let nat: Vec<_> = flows.iter().filter(|(k, _)| k.scope() == Some(netpath_common::CtScope::Nat)).collect();
     assert_eq!(nat.len(), 2);
     assert!(nat.iter().all(|(_, e)| e.state == netpath_common::CtState::Established as u8), "{nat:?}");
 }
@@ -134,10 +134,10 @@ fn dnat_from_outside_and_reverse_translation_tcp() {
 fn dnat_and_reverse_udp() {
     let mut h = harness();
     let q = udp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 5000), (HOST, 8053));
-    expect(&h, names::PROG_UPLINK_INGRESS, &q, &udp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 5000), (C1, 53)));
+    expect(&h, HookId::UplinkIngress.program(), &q, &udp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 5000), (C1, 53)));
     container(&mut h, C1, C1_MAC);
     let a = udp_frame(HOST_MAC, C1_MAC, (C1, 53), (CLIENT, 5000));
-    expect(&h, names::PROG_VETH_INGRESS, &a, &udp_frame(HOST_MAC, C1_MAC, (HOST, 8053), (CLIENT, 5000)));
+    expect(&h, HookId::VethIngress.program(), &a, &udp_frame(HOST_MAC, C1_MAC, (HOST, 8053), (CLIENT, 5000)));
 }
 
 #[test]
@@ -150,7 +150,7 @@ fn udp_without_checksum_keeps_it_zero() {
     let mut want = udp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 5000), (C1, 53));
     want[csum] = 0;
     want[csum + 1] = 0;
-    let r = h.run(names::PROG_UPLINK_INGRESS, &q).unwrap();
+    let r = h.run(HookId::UplinkIngress.program(), &q).unwrap();
     assert_eq!(hex(&r.data), hex(&want));
 }
 
@@ -160,7 +160,7 @@ fn ip_options_shift_the_l4_header() {
     let opts = [0x94, 0x04, 0, 0]; // router alert
     let syn = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40001), (HOST, 8080), 0x02, &opts);
     let want = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40001), (C1, 80), 0x02, &opts);
-    expect(&h, names::PROG_UPLINK_INGRESS, &syn, &want);
+    expect(&h, HookId::UplinkIngress.program(), &syn, &want);
 }
 
 #[test]
@@ -169,16 +169,21 @@ fn hairpin_from_another_container_and_to_itself() {
     // c2 -> host:8080: DNAT only; c1 answers c2 directly over the bridge.
     container(&mut h, C2, C2_MAC);
     let req = tcp_frame(HOST_MAC, C2_MAC, (C2, 41000), (HOST, 8080), 0x02, &[]);
-    expect(&h, names::PROG_VETH_INGRESS, &req, &tcp_frame(HOST_MAC, C2_MAC, (C2, 41000), (C1, 80), 0x02, &[]));
+    expect(&h, HookId::VethIngress.program(), &req, &tcp_frame(HOST_MAC, C2_MAC, (C2, 41000), (C1, 80), 0x02, &[]));
     container(&mut h, C1, C1_MAC);
     let rep = tcp_frame(C2_MAC, C1_MAC, (C1, 80), (C2, 41000), 0x12, &[]);
-    expect(&h, names::PROG_VETH_INGRESS, &rep, &tcp_frame(C2_MAC, C1_MAC, (HOST, 8080), (C2, 41000), 0x12, &[]));
+    expect(&h, HookId::VethIngress.program(), &rep, &tcp_frame(C2_MAC, C1_MAC, (HOST, 8080), (C2, 41000), 0x12, &[]));
 
     // c1 -> host:8080 lands on c1 itself: also SNAT to the gateway.
     let req = tcp_frame(HOST_MAC, C1_MAC, (C1, 42000), (HOST, 8080), 0x02, &[]);
-    expect(&h, names::PROG_VETH_INGRESS, &req, &tcp_frame(HOST_MAC, C1_MAC, (GATEWAY, 42000), (C1, 80), 0x02, &[]));
+    expect(
+        &h,
+        HookId::VethIngress.program(),
+        &req,
+        &tcp_frame(HOST_MAC, C1_MAC, (GATEWAY, 42000), (C1, 80), 0x02, &[]),
+    );
     let rep = tcp_frame(HOST_MAC, C1_MAC, (C1, 80), (GATEWAY, 42000), 0x12, &[]);
-    expect(&h, names::PROG_VETH_INGRESS, &rep, &tcp_frame(HOST_MAC, C1_MAC, (HOST, 8080), (C1, 42000), 0x12, &[]));
+    expect(&h, HookId::VethIngress.program(), &rep, &tcp_frame(HOST_MAC, C1_MAC, (HOST, 8080), (C1, 42000), 0x12, &[]));
 }
 
 #[test]
@@ -186,17 +191,17 @@ fn mappings_answer_only_on_their_addresses() {
     let mut h = harness();
     // Wildcard mapping, but not a host address: untouched.
     let other = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), ([198, 18, 0, 77], 8080), 0x02, &[]);
-    expect(&h, names::PROG_UPLINK_INGRESS, &other, &other);
+    expect(&h, HookId::UplinkIngress.program(), &other, &other);
     // Bound to BOUND: DNAT there, nothing on HOST.
     let on_bound = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), (BOUND, 8082), 0x02, &[]);
     expect(
         &h,
-        names::PROG_UPLINK_INGRESS,
+        HookId::UplinkIngress.program(),
         &on_bound,
         &tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), (C1, 80), 0x02, &[]),
     );
     let on_host = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), (HOST, 8082), 0x02, &[]);
-    expect(&h, names::PROG_UPLINK_INGRESS, &on_host, &on_host);
+    expect(&h, HookId::UplinkIngress.program(), &on_host, &on_host);
     assert_eq!(h.dp.ct_entries().unwrap().len(), 2, "only the bound flow is tracked");
 }
 
@@ -204,26 +209,26 @@ fn mappings_answer_only_on_their_addresses() {
 fn misses_and_other_frames_pass_untouched() {
     let mut h = harness();
     let unpublished = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), (HOST, 9999), 0x02, &[]);
-    expect(&h, names::PROG_UPLINK_INGRESS, &unpublished, &unpublished);
+    expect(&h, HookId::UplinkIngress.program(), &unpublished, &unpublished);
     let udp_on_tcp_port = udp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 5000), (HOST, 8080));
-    expect(&h, names::PROG_UPLINK_INGRESS, &udp_on_tcp_port, &udp_on_tcp_port);
+    expect(&h, HookId::UplinkIngress.program(), &udp_on_tcp_port, &udp_on_tcp_port);
     let arp = frames::eth([0xff; 6], CLIENT_MAC, ETH_P_ARP, &frames::arp(1, CLIENT_MAC, CLIENT, [0; 6], HOST));
-    expect(&h, names::PROG_UPLINK_INGRESS, &arp, &arp);
+    expect(&h, HookId::UplinkIngress.program(), &arp, &arp);
     let icmp = frames::eth(
         HOST_MAC,
         CLIENT_MAC,
         ETH_P_IPV4,
         &frames::ipv4(CLIENT, HOST, 1, &[], &frames::icmp_echo(1, 1, b"x")),
     );
-    expect(&h, names::PROG_UPLINK_INGRESS, &icmp, &icmp);
+    expect(&h, HookId::UplinkIngress.program(), &icmp, &icmp);
     let v6 = frames::eth(HOST_MAC, CLIENT_MAC, frames::ETH_P_IPV6, &[0x60; 60]);
-    let r = h.run(names::PROG_UPLINK_INGRESS, &v6).unwrap();
+    let r = h.run(HookId::UplinkIngress.program(), &v6).unwrap();
     assert_eq!((r.verdict, r.data), (TC_ACT_OK, v6));
     // Truncated TCP header: no rewrite.
     let syn = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), (HOST, 8080), 0x02, &[]);
     let mut cut = syn[..14 + 20 + 10].to_vec();
     cut[14 + 3] = 30; // IP total length matching the cut
-    let r = h.run(names::PROG_UPLINK_INGRESS, &cut).unwrap();
+    let r = h.run(HookId::UplinkIngress.program(), &cut).unwrap();
     assert_eq!((r.verdict, hex(&r.data)), (TC_ACT_OK, hex(&cut)));
     assert!(h.dp.ct_entries().unwrap().is_empty(), "nothing was tracked");
 }
@@ -248,12 +253,12 @@ fn first_fragment_is_translated_later_ones_are_not_rewritten() {
     // checksum is checked against the frame built from scratch).
     let first = fragment(udp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 5000), (HOST, 8053)), true, 0);
     let want = fragment(udp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 5000), (C1, 53)), true, 0);
-    let r = h.run(names::PROG_UPLINK_INGRESS, &first).unwrap();
+    let r = h.run(HookId::UplinkIngress.program(), &first).unwrap();
     assert_eq!((r.verdict, hex(&r.data)), (TC_ACT_OK, hex(&want)));
     // A later fragment has no ports: it must not be rewritten (no guess).
     let mut later = fragment(udp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 5000), (HOST, 8053)), false, 4);
     later[14 + 20..].fill(0xab);
-    let r = h.run(names::PROG_UPLINK_INGRESS, &later).unwrap();
+    let r = h.run(HookId::UplinkIngress.program(), &later).unwrap();
     assert_eq!((r.verdict, hex(&r.data)), (TC_ACT_OK, hex(&later)));
 }
 
@@ -263,20 +268,20 @@ fn a_new_connection_on_a_reused_tuple_starts_over() {
     let syn = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40100), (HOST, 8080), 0x02, &[]);
     let rst = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40100), (HOST, 8080), 0x04, &[]);
     let state = |h: &mut PacketHarness| {
-        let key = netpath_common::CtKey::new(CLIENT, HOST, 40100u16.to_be(), 8080u16.to_be(), IPPROTO_TCP);
+        let key = netpath_common::CtKey4::new(CLIENT, HOST, 40100u16.to_be(), 8080u16.to_be(), IPPROTO_TCP);
         h.dp.ct_entries().unwrap().into_iter().find(|(k, _)| *k == key).map(|(_, e)| e.state).unwrap()
     };
-    h.run(names::PROG_UPLINK_INGRESS, &syn).unwrap();
-    h.run(names::PROG_UPLINK_INGRESS, &rst).unwrap();
+    h.run(HookId::UplinkIngress.program(), &syn).unwrap();
+    h.run(HookId::UplinkIngress.program(), &rst).unwrap();
     assert_eq!(state(&mut h), netpath_common::CtState::Reset as u8);
     // An RST ends both directions (the reply entry gets the short timeout).
-    let reply = netpath_common::CtKey::new(C1, CLIENT, 80u16.to_be(), 40100u16.to_be(), IPPROTO_TCP);
+    let reply = netpath_common::CtKey4::new(C1, CLIENT, 80u16.to_be(), 40100u16.to_be(), IPPROTO_TCP);
     let r = h.dp.ct_entries().unwrap().into_iter().find(|(k, _)| *k == reply).map(|(_, e)| e.state);
     assert_eq!(r, Some(netpath_common::CtState::Reset as u8));
     // The client reuses its port for a new connection: not a 10 s leftover.
     expect(
         &h,
-        names::PROG_UPLINK_INGRESS,
+        HookId::UplinkIngress.program(),
         &syn,
         &tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40100), (C1, 80), 0x02, &[]),
     );

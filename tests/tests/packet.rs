@@ -1,7 +1,7 @@
 //! Packet tests: the anti-spoofing and counting programs run under
 //! BPF_PROG_TEST_RUN on crafted frames, with prepared map contents.
 
-use netpath_common::{endpoint::ENDPOINT_F_IPV4, maps as names, DropReason, Endpoint};
+use netpath_common::{container::CONTAINER_F_IPV4, ContainerEntry, DropReason, HookId};
 use netpath_tests::{
     frames::{self, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     prog_run::{PacketHarness, TEST_IFINDEX},
@@ -19,9 +19,16 @@ const PEER_IP: [u8; 4] = [10, 0, 0, 3];
 fn harness() -> PacketHarness {
     assert!(netpath_tests::is_root(), "packet tests load BPF programs: run them as root (cargo xtask test)");
     let mut h = PacketHarness::new().expect("load the BPF object");
-    h.dp.set_endpoint(
+    h.dp.set_container(
         TEST_IFINDEX,
-        &Endpoint { ipv4: CTR_IP, ipv6: [0; 16], mac: CTR_MAC, flags: ENDPOINT_F_IPV4, ifindex: TEST_IFINDEX, id: 1 },
+        &ContainerEntry {
+            ipv4: CTR_IP,
+            ipv6: [0; 16],
+            mac: CTR_MAC,
+            flags: CONTAINER_F_IPV4,
+            ifindex: TEST_IFINDEX,
+            id: 1,
+        },
     )
     .unwrap();
     h.dp.reset_stats(TEST_IFINDEX).unwrap();
@@ -37,8 +44,9 @@ fn udp_frame(src_mac: [u8; 6], src_ip: [u8; 4]) -> Vec<u8> {
 /// and what was counted.
 fn expect_ingress(h: &mut PacketHarness, frame: &[u8], verdict: u32, drop: Option<DropReason>) {
     let before = h.dp.stats(TEST_IFINDEX).unwrap();
-    let r =
-        h.run(names::PROG_VETH_INGRESS, frame).unwrap_or_else(|e| panic!("{e:#} on frame of {} bytes", frame.len()));
+    let r = h
+        .run(HookId::VethIngress.program(), frame)
+        .unwrap_or_else(|e| panic!("{e:#} on frame of {} bytes", frame.len()));
     assert_eq!(r.verdict, verdict, "verdict");
     assert_eq!(r.data, frame, "anti-spoofing never rewrites a frame");
     let after = h.dp.stats(TEST_IFINDEX).unwrap();
@@ -129,20 +137,20 @@ fn other_protocols_and_malformed_frames_are_dropped() {
 #[test]
 fn unknown_interface_fails_closed() {
     let mut h = harness();
-    h.dp.remove_endpoint(TEST_IFINDEX).unwrap();
-    expect_ingress(&mut h, &udp_frame(CTR_MAC, CTR_IP), TC_ACT_SHOT, Some(DropReason::UnknownEndpoint));
+    h.dp.remove_container(TEST_IFINDEX).unwrap();
+    expect_ingress(&mut h, &udp_frame(CTR_MAC, CTR_IP), TC_ACT_SHOT, Some(DropReason::UnknownContainer));
 }
 
 #[test]
 fn egress_and_uplink_count_and_pass() {
     let mut h = harness();
     let f = udp_frame(PEER_MAC, PEER_IP);
-    let r = h.run(names::PROG_VETH_EGRESS, &f).unwrap();
+    let r = h.run(HookId::VethEgress.program(), &f).unwrap();
     assert_eq!((r.verdict, &r.data), (TC_ACT_OK, &f));
     let s = h.dp.stats(TEST_IFINDEX).unwrap();
     assert_eq!((s.egress.packets, s.egress.bytes), (1, f.len() as u64));
 
-    let r = h.run(names::PROG_UPLINK_XDP, &f).unwrap();
+    let r = h.run(HookId::UplinkXdp.program(), &f).unwrap();
     assert_eq!((r.verdict, &r.data), (XDP_PASS, &f));
     let s = h.dp.stats(TEST_IFINDEX).unwrap();
     assert_eq!(s.ingress.packets, 1, "XDP on the uplink counts what arrives");

@@ -197,7 +197,8 @@ fn monitor_streams_drops_and_flows() {
     let drop = events.iter().find(|e| e.kind == "drop").unwrap_or_else(|| panic!("no drop event: {events:?}"));
     assert_eq!((drop.reason.as_deref(), drop.container.as_deref()), (Some("policy"), Some("c1")));
     assert_eq!((drop.src, drop.dst, drop.dport, drop.proto.as_str()), (cs[1].ip, cs[0].ip, 9, "tcp"));
-    assert_eq!(drop.direction, "to-container");
+    assert_eq!(drop.direction, Some(netpath_common::Direction::In));
+    assert_eq!(drop.hook, "veth_egress");
     let flow = events.iter().find(|e| e.kind == "flow").unwrap_or_else(|| panic!("no flow event: {events:?}"));
     assert_eq!((flow.dst, flow.dport), (cs[0].ip, 80));
     assert!(events.iter().all(|e| e.container.as_deref() == Some("c1")), "filtered to c1: {events:?}");
@@ -214,7 +215,7 @@ fn bad_rules_are_refused_and_change_nothing() {
     let snapshot = |t: &Topology| {
         let p: PolicyView = t.ctl_json(&["policy", "ls", "c1"]).unwrap();
         let st: netpath_userspace::model::Status = t.ctl_json(&["status"]).unwrap();
-        (p, st.maps.iter().find(|m| m.name == "POLICY").unwrap().entries)
+        (p, st.maps.iter().find(|m| m.name == "POLICY4").unwrap().entries)
     };
     let before = snapshot(&t);
     let cases: [(&[&str], &str); 9] = [

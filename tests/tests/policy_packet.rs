@@ -4,8 +4,8 @@
 
 use netpath_common::{
     config::CFG_F_NO_ICC,
-    endpoint::{ENDPOINT_F_DEFAULT_DENY_IN, ENDPOINT_F_DEFAULT_DENY_OUT, ENDPOINT_F_IPV4},
-    maps as names, CtTimeouts, DatapathConfig, DropReason, Endpoint,
+    container::{CONTAINER_F_DEFAULT_DENY_IN, CONTAINER_F_DEFAULT_DENY_OUT, CONTAINER_F_IPV4},
+    ContainerEntry, CtTimeouts, DatapathConfig, DropReason, HookId,
 };
 use netpath_tests::{
     frames::{self, ETH_P_IPV4, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
@@ -27,21 +27,21 @@ fn harness(ep_flags: u16, cfg_flags: u32, rules: &[(Action, Direction, &str, &st
     assert!(netpath_tests::is_root(), "packet tests load BPF programs: run them as root (cargo xtask test)");
     let mut h = PacketHarness::new().expect("load the BPF object");
     h.dp.write_config(&DatapathConfig {
-        subnet: [10, 0, 0, 0],
-        subnet_prefix: 24,
-        gateway: GATEWAY,
+        subnet4: [10, 0, 0, 0],
+        subnet4_prefix: 24,
+        gateway4: GATEWAY,
         flags: cfg_flags,
         timeouts: CtTimeouts::default(),
         ..Default::default()
     })
     .unwrap();
-    h.dp.set_endpoint(
+    h.dp.set_container(
         TEST_IFINDEX,
-        &Endpoint {
+        &ContainerEntry {
             ipv4: C1,
             ipv6: [0; 16],
             mac: C1_MAC,
-            flags: ENDPOINT_F_IPV4 | ep_flags,
+            flags: CONTAINER_F_IPV4 | ep_flags,
             ifindex: TEST_IFINDEX,
             id: EP_ID,
         },
@@ -57,8 +57,8 @@ fn harness(ep_flags: u16, cfg_flags: u32, rules: &[(Action, Direction, &str, &st
         .collect();
     for d in [Direction::In, Direction::Out] {
         for (cidr, entry) in policy::compile(&rules, d, None).unwrap().entries {
-            let (len, key) = policy::lpm_key(EP_ID, d, &cidr);
-            h.dp.set_policy(len, &key, &entry).unwrap();
+            let (len, key) = policy::lpm_key4(EP_ID, d, &cidr);
+            h.dp.set_policy4(len, &key, &entry).unwrap();
         }
     }
     h
@@ -90,11 +90,11 @@ fn verdict(h: &PacketHarness, program: &str, frame: &[u8]) -> u32 {
 }
 
 fn out(h: &PacketHarness, dst: [u8; 4], proto: u8, port: u16) -> u32 {
-    verdict(h, names::PROG_VETH_INGRESS, &from_c1(dst, proto, port))
+    verdict(h, HookId::VethIngress.program(), &from_c1(dst, proto, port))
 }
 
 fn inbound(h: &PacketHarness, src: [u8; 4], proto: u8, port: u16) -> u32 {
-    verdict(h, names::PROG_VETH_EGRESS, &to_c1(src, proto, port))
+    verdict(h, HookId::VethEgress.program(), &to_c1(src, proto, port))
 }
 
 use Action::{Allow, Deny};
@@ -139,33 +139,33 @@ fn icmp_rules_match_message_types() {
 
 #[test]
 fn defaults_per_direction() {
-    let mut h = harness(ENDPOINT_F_DEFAULT_DENY_IN, 0, &[(Allow, In, "10.0.0.3", "any")]);
+    let mut h = harness(CONTAINER_F_DEFAULT_DENY_IN, 0, &[(Allow, In, "10.0.0.3", "any")]);
     assert_eq!(inbound(&h, C2, IPPROTO_TCP, 80), TC_ACT_OK);
     assert_eq!(inbound(&h, [198, 18, 0, 2], IPPROTO_TCP, 80), TC_ACT_SHOT);
     assert_eq!(out(&h, [198, 18, 0, 2], IPPROTO_TCP, 80), TC_ACT_OK, "out stays allow");
     let s = h.dp.stats(TEST_IFINDEX).unwrap();
     assert_eq!(s.drops[DropReason::Policy as usize], 1, "the drop is counted for the container, as policy");
-    let h = harness(ENDPOINT_F_DEFAULT_DENY_OUT, 0, &[]);
+    let h = harness(CONTAINER_F_DEFAULT_DENY_OUT, 0, &[]);
     assert_eq!(out(&h, [198, 18, 0, 2], IPPROTO_TCP, 80), TC_ACT_SHOT);
 }
 
 #[test]
 fn established_flows_pass_on_the_conntrack_hit_both_ways() {
-    let mut h = harness(ENDPOINT_F_DEFAULT_DENY_IN, 0, &[]);
+    let mut h = harness(CONTAINER_F_DEFAULT_DENY_IN, 0, &[]);
     // c1 opens a flow out (allowed); the reply comes in past default-deny.
     assert_eq!(out(&h, [198, 18, 0, 2], IPPROTO_TCP, 80), TC_ACT_OK);
     let reply = {
         let l4 = frames::tcp([198, 18, 0, 2], C1, 80, 40000, 0x12, b"");
         frames::eth(C1_MAC, GW_MAC, ETH_P_IPV4, &frames::ipv4([198, 18, 0, 2], C1, IPPROTO_TCP, &[], &l4))
     };
-    assert_eq!(verdict(&h, names::PROG_VETH_EGRESS, &reply), TC_ACT_OK, "replies of an allowed flow pass");
+    assert_eq!(verdict(&h, HookId::VethEgress.program(), &reply), TC_ACT_OK, "replies of an allowed flow pass");
     // A verdict stands for the flow even when the rules change, until the
     // agent cuts it (see the topology test).
     let rules =
         vec![Rule { action: Deny, direction: Out, cidr: parse_cidr("0.0.0.0/0").unwrap(), proto: None, ports: None }];
     let (cidr, entry) = policy::compile(&rules, Out, None).unwrap().entries.into_iter().next().unwrap();
-    let (len, key) = policy::lpm_key(EP_ID, Out, &cidr);
-    h.dp.set_policy(len, &key, &entry).unwrap();
+    let (len, key) = policy::lpm_key4(EP_ID, Out, &cidr);
+    h.dp.set_policy4(len, &key, &entry).unwrap();
     assert_eq!(out(&h, [198, 18, 0, 2], IPPROTO_TCP, 80), TC_ACT_OK);
     assert_eq!(out(&h, [198, 18, 0, 9], IPPROTO_TCP, 80), TC_ACT_SHOT, "a new flow meets the new rule");
 }

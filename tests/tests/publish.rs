@@ -308,7 +308,7 @@ fn container_removal_takes_its_mappings() {
     let maps: Vec<Mapping> = t.ctl_json(&["maps"]).unwrap();
     assert_eq!(maps.iter().map(Mapping::spec).collect::<Vec<_>>(), vec!["9090:c2:80/tcp"]);
     let st: Status = t.ctl_json(&["status"]).unwrap();
-    assert_eq!(st.maps.iter().find(|m| m.name == "SERVICES").unwrap().entries, 1);
+    assert_eq!(st.maps.iter().find(|m| m.name == "MAPPINGS4").unwrap().entries, 1);
     assert!(tcp_ask(&t, &t.world, HOST_UPLINK_IP, 8081).is_err());
 }
 
@@ -334,7 +334,7 @@ fn bad_specs_are_refused_and_change_nothing() {
     let snapshot = || {
         let maps: Vec<Mapping> = t.ctl_json(&["maps"]).unwrap();
         let st: Status = t.ctl_json(&["status"]).unwrap();
-        (maps, st.maps.iter().find(|m| m.name == "SERVICES").unwrap().entries)
+        (maps, st.maps.iter().find(|m| m.name == "MAPPINGS4").unwrap().entries)
     };
     let before = snapshot();
     let cases = [

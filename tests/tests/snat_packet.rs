@@ -2,7 +2,7 @@
 //! its ingress, ICMP echo identifiers, port collisions and exhaustion, and
 //! ICMP errors whose quoted packet is translated back, byte for byte.
 
-use netpath_common::{config::CFG_F_MASQUERADE, maps as names, CtTimeouts, DatapathConfig, DropReason};
+use netpath_common::{config::CFG_F_MASQUERADE, CtTimeouts, DatapathConfig, DropReason, HookId};
 use netpath_tests::{
     frames::{self, ETH_P_IPV4, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     prog_run::{PacketHarness, TEST_IFINDEX},
@@ -24,18 +24,18 @@ fn harness(flags: u32) -> PacketHarness {
     assert!(netpath_tests::is_root(), "packet tests load BPF programs: run them as root (cargo xtask test)");
     let mut h = PacketHarness::new().expect("load the BPF object");
     h.dp.write_config(&DatapathConfig {
-        subnet: [10, 0, 0, 0],
-        subnet_prefix: 24,
-        gateway: [10, 0, 0, 1],
+        subnet4: [10, 0, 0, 0],
+        subnet4_prefix: 24,
+        gateway4: [10, 0, 0, 1],
         flags,
         timeouts: CtTimeouts::default(),
-        masq_addr: HOST,
+        masq_addr4: HOST,
         snat_port_min: PORTS.0,
         snat_port_max: PORTS.1,
         ..Default::default()
     })
     .unwrap();
-    h.dp.sync_host_addrs(&[(HOST, 2)]).unwrap();
+    h.dp.sync_host_addrs4(&[(HOST, 2)]).unwrap();
     h.dp.reset_stats(TEST_IFINDEX).unwrap();
     h
 }
@@ -83,50 +83,50 @@ fn src_port(frame: &[u8]) -> u16 {
 fn tcp_is_masqueraded_and_replies_are_translated_back() {
     let h = harness(CFG_F_MASQUERADE);
     let syn = tcp((C1, 40000), (SERVER, 80), 0x02);
-    let out = pass(&h, names::PROG_UPLINK_EGRESS, &syn);
+    let out = pass(&h, HookId::UplinkEgress.program(), &syn);
     let port = src_port(&out);
     assert!((PORTS.0..=PORTS.1).contains(&port), "allocated {port}");
     assert_eq!(hex(&out), hex(&tcp((HOST, port), (SERVER, 80), 0x02)));
 
     let synack = tcp((SERVER, 80), (HOST, port), 0x12);
-    let back = pass(&h, names::PROG_UPLINK_INGRESS, &synack);
+    let back = pass(&h, HookId::UplinkIngress.program(), &synack);
     assert_eq!(hex(&back), hex(&tcp((SERVER, 80), (C1, 40000), 0x12)));
     // The next packet of the flow reuses the port.
     let ack = tcp((C1, 40000), (SERVER, 80), 0x10);
-    assert_eq!(hex(&pass(&h, names::PROG_UPLINK_EGRESS, &ack)), hex(&tcp((HOST, port), (SERVER, 80), 0x10)));
+    assert_eq!(hex(&pass(&h, HookId::UplinkEgress.program(), &ack)), hex(&tcp((HOST, port), (SERVER, 80), 0x10)));
 }
 
 #[test]
 fn a_port_inside_the_range_is_kept_and_udp_works() {
     let h = harness(CFG_F_MASQUERADE);
-    let out = pass(&h, names::PROG_UPLINK_EGRESS, &udp((C1, 20002), (SERVER, 53)));
+    let out = pass(&h, HookId::UplinkEgress.program(), &udp((C1, 20002), (SERVER, 53)));
     assert_eq!(hex(&out), hex(&udp((HOST, 20002), (SERVER, 53))));
-    let back = pass(&h, names::PROG_UPLINK_INGRESS, &udp((SERVER, 53), (HOST, 20002)));
+    let back = pass(&h, HookId::UplinkIngress.program(), &udp((SERVER, 53), (HOST, 20002)));
     assert_eq!(hex(&back), hex(&udp((SERVER, 53), (C1, 20002))));
 }
 
 #[test]
 fn icmp_echo_identifier_is_translated_like_a_port() {
     let h = harness(CFG_F_MASQUERADE);
-    let out = pass(&h, names::PROG_UPLINK_EGRESS, &echo(C1, SERVER, 8, 0x1234));
+    let out = pass(&h, HookId::UplinkEgress.program(), &echo(C1, SERVER, 8, 0x1234));
     let id = u16::from_be_bytes([out[14 + 20 + 4], out[14 + 20 + 5]]);
     assert!((PORTS.0..=PORTS.1).contains(&id), "identifier {id}");
     assert_eq!(hex(&out), hex(&echo(HOST, SERVER, 8, id)));
-    let back = pass(&h, names::PROG_UPLINK_INGRESS, &echo(SERVER, HOST, 0, id));
+    let back = pass(&h, HookId::UplinkIngress.program(), &echo(SERVER, HOST, 0, id));
     assert_eq!(hex(&back), hex(&echo(SERVER, C1, 0, 0x1234)));
 }
 
 #[test]
 fn same_source_port_from_two_containers_gets_two_ports() {
     let h = harness(CFG_F_MASQUERADE);
-    let a = pass(&h, names::PROG_UPLINK_EGRESS, &tcp((C1, 20001), (SERVER, 80), 0x02));
-    let b = pass(&h, names::PROG_UPLINK_EGRESS, &tcp((C2, 20001), (SERVER, 80), 0x02));
+    let a = pass(&h, HookId::UplinkEgress.program(), &tcp((C1, 20001), (SERVER, 80), 0x02));
+    let b = pass(&h, HookId::UplinkEgress.program(), &tcp((C2, 20001), (SERVER, 80), 0x02));
     assert_eq!(src_port(&a), 20001);
     assert_ne!(src_port(&b), 20001);
     // Each reply finds its own container.
-    let back_b = pass(&h, names::PROG_UPLINK_INGRESS, &tcp((SERVER, 80), (HOST, src_port(&b)), 0x12));
+    let back_b = pass(&h, HookId::UplinkIngress.program(), &tcp((SERVER, 80), (HOST, src_port(&b)), 0x12));
     assert_eq!(hex(&back_b), hex(&tcp((SERVER, 80), (C2, 20001), 0x12)));
-    let back_a = pass(&h, names::PROG_UPLINK_INGRESS, &tcp((SERVER, 80), (HOST, 20001), 0x12));
+    let back_a = pass(&h, HookId::UplinkIngress.program(), &tcp((SERVER, 80), (HOST, 20001), 0x12));
     assert_eq!(hex(&back_a), hex(&tcp((SERVER, 80), (C1, 20001), 0x12)));
 }
 
@@ -135,34 +135,34 @@ fn exhausted_range_drops_new_flows_only() {
     let mut h = harness(CFG_F_MASQUERADE);
     let mut ports = vec![];
     for i in 0..4 {
-        let out = pass(&h, names::PROG_UPLINK_EGRESS, &tcp((C1, 41000 + i), (SERVER, 80), 0x02));
+        let out = pass(&h, HookId::UplinkEgress.program(), &tcp((C1, 41000 + i), (SERVER, 80), 0x02));
         ports.push(src_port(&out));
     }
     ports.sort();
     assert_eq!(ports, vec![20000, 20001, 20002, 20003], "every port of the range in use");
-    let r = h.run(names::PROG_UPLINK_EGRESS, &tcp((C1, 41010), (SERVER, 80), 0x02)).unwrap();
+    let r = h.run(HookId::UplinkEgress.program(), &tcp((C1, 41010), (SERVER, 80), 0x02)).unwrap();
     assert_eq!(r.verdict, TC_ACT_SHOT, "no port left for this destination");
     let stats = h.dp.stats(TEST_IFINDEX).unwrap();
     assert_eq!(stats.drops[DropReason::NatExhausted as usize], 1);
     // Existing flows are untouched, another destination still has ports.
-    let again = pass(&h, names::PROG_UPLINK_EGRESS, &tcp((C1, 41000), (SERVER, 80), 0x10));
+    let again = pass(&h, HookId::UplinkEgress.program(), &tcp((C1, 41000), (SERVER, 80), 0x10));
     assert!((20000..=20003).contains(&src_port(&again)));
-    pass(&h, names::PROG_UPLINK_EGRESS, &tcp((C1, 41010), (SERVER, 81), 0x02));
+    pass(&h, HookId::UplinkEgress.program(), &tcp((C1, 41010), (SERVER, 81), 0x02));
 }
 
 #[test]
 fn published_ports_are_never_handed_out() {
     let mut h = harness(CFG_F_MASQUERADE);
-    let key = netpath_common::ServiceKey { addr: [0; 4], port: 20002u16.to_be(), proto: IPPROTO_TCP, _pad: 0 };
-    let value = netpath_common::ServiceValue {
-        backend_addr: C2,
-        backend_port: 80u16.to_be(),
+    let key = netpath_common::MappingKey4 { addr: [0; 4], port: 20002u16.to_be(), proto: IPPROTO_TCP, _pad: 0 };
+    let value = netpath_common::MappingEntry4 {
+        container_addr: C2,
+        container_port: 80u16.to_be(),
         _pad: 0,
         id: 9,
-        backend_ifindex: 1,
+        container_ifindex: 1,
     };
-    h.dp.set_service(&key, &value).unwrap();
-    let out = pass(&h, names::PROG_UPLINK_EGRESS, &tcp((C1, 20002), (SERVER, 80), 0x02));
+    h.dp.set_mapping(&key, &value).unwrap();
+    let out = pass(&h, HookId::UplinkEgress.program(), &tcp((C1, 20002), (SERVER, 80), 0x02));
     assert_ne!(src_port(&out), 20002);
 }
 
@@ -171,11 +171,11 @@ fn other_traffic_is_not_masqueraded() {
     let h = harness(CFG_F_MASQUERADE);
     // The host's own traffic keeps its source.
     let own = tcp((HOST, 45000), (SERVER, 80), 0x02);
-    assert_eq!(hex(&pass(&h, names::PROG_UPLINK_EGRESS, &own)), hex(&own));
+    assert_eq!(hex(&pass(&h, HookId::UplinkEgress.program(), &own)), hex(&own));
     // Masquerade off: containers keep their address.
     let h = harness(0);
     let syn = tcp((C1, 40000), (SERVER, 80), 0x02);
-    assert_eq!(hex(&pass(&h, names::PROG_UPLINK_EGRESS, &syn)), hex(&syn));
+    assert_eq!(hex(&pass(&h, HookId::UplinkEgress.program(), &syn)), hex(&syn));
 }
 
 /// What an ICMP error about `quoted_frame` from `router` to `dst` looks
@@ -198,26 +198,26 @@ fn icmp_errors_reach_the_container_with_the_quoted_packet_translated_back() {
     let h = harness(CFG_F_MASQUERADE);
     // TCP, quoted in full (time exceeded, as traceroute sees it).
     let sent = tcp((C1, 40000), (SERVER, 80), 0x02);
-    let on_wire = pass(&h, names::PROG_UPLINK_EGRESS, &sent);
+    let on_wire = pass(&h, HookId::UplinkEgress.program(), &sent);
     let err = error_about(ROUTER, HOST, 11, 0, 0, &on_wire, 64);
     let want = error_about(ROUTER, C1, 11, 0, 0, &sent, 64);
-    assert_eq!(hex(&pass(&h, names::PROG_UPLINK_INGRESS, &err)), hex(&want));
+    assert_eq!(hex(&pass(&h, HookId::UplinkIngress.program(), &err)), hex(&want));
 
     // UDP, only 8 bytes quoted (fragmentation needed, for path MTU discovery).
     let sent = udp((C1, 33434), (SERVER, 33434));
-    let on_wire = pass(&h, names::PROG_UPLINK_EGRESS, &sent);
+    let on_wire = pass(&h, HookId::UplinkEgress.program(), &sent);
     let err = error_about(ROUTER, HOST, 3, 4, 1280, &on_wire, 28);
     let want = error_about(ROUTER, C1, 3, 4, 1280, &sent, 28);
-    assert_eq!(hex(&pass(&h, names::PROG_UPLINK_INGRESS, &err)), hex(&want));
+    assert_eq!(hex(&pass(&h, HookId::UplinkIngress.program(), &err)), hex(&want));
 
     // ICMP echo (ping with a small TTL).
     let sent = echo(C1, SERVER, 8, 0x4242);
-    let on_wire = pass(&h, names::PROG_UPLINK_EGRESS, &sent);
+    let on_wire = pass(&h, HookId::UplinkEgress.program(), &sent);
     let err = error_about(ROUTER, HOST, 11, 0, 0, &on_wire, 64);
     let want = error_about(ROUTER, C1, 11, 0, 0, &sent, 64);
-    assert_eq!(hex(&pass(&h, names::PROG_UPLINK_INGRESS, &err)), hex(&want));
+    assert_eq!(hex(&pass(&h, HookId::UplinkIngress.program(), &err)), hex(&want));
 
     // An error about a flow nobody tracks passes untouched.
     let stray = error_about(ROUTER, HOST, 3, 3, 0, &udp((HOST, 5000), (SERVER, 53)), 28);
-    assert_eq!(hex(&pass(&h, names::PROG_UPLINK_INGRESS, &stray)), hex(&stray));
+    assert_eq!(hex(&pass(&h, HookId::UplinkIngress.program(), &stray)), hex(&stray));
 }

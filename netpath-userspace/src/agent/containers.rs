@@ -1,7 +1,23 @@
 //! Containers: wiring a network namespace to the bridge (veth pair,
 //! address, route, per-veth programs) and every trace of it away again.
 
-use super::*;
+use std::net::Ipv4Addr;
+
+use anyhow::Result;
+use netpath_common::{
+    container::{CONTAINER_F_DEFAULT_DENY_IN, CONTAINER_F_DEFAULT_DENY_OUT, CONTAINER_F_IPV4},
+    hooks::Target,
+    ContainerEntry, Hook,
+};
+
+use super::{AgentError, Inner};
+use crate::{
+    config::{validate_name, ResolvedConfig},
+    model::{Container, ContainerRequest, Mapping},
+    netlink::Netlink,
+    netns::{write_sysctl, Netns},
+    policy::Action,
+};
 
 /// Name of the container-side interface.
 pub const CONTAINER_IFNAME: &str = "eth0";
@@ -17,32 +33,29 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
-pub(super) fn file_name(p: &std::path::Path) -> String {
-    p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
-}
-
 impl Inner {
-    /// Writes the endpoint into the map, then attaches (or re-attaches) the
+    /// Writes the container entry into the map, then attaches (or re-attaches) the
     /// per-veth programs. The map entry comes first: the ingress program
-    /// drops frames from interfaces it has no endpoint for.
-    pub(super) fn program_endpoint(&mut self, c: &Container) -> Result<()> {
-        self.write_endpoint(c)?;
-        self.dp.attach(&c.veth, Hook::VethIngress)?;
-        self.dp.attach(&c.veth, Hook::VethEgress)?;
+    /// drops frames from interfaces it has no container for.
+    pub(super) fn program_container(&mut self, c: &Container) -> Result<()> {
+        self.write_container_entry(c)?;
+        for hook in Hook::on(Target::ContainerVeth) {
+            self.dp.attach(&c.veth, hook)?;
+        }
         Ok(())
     }
 
-    /// ENDPOINTS[ifindex] for a container, with its policy defaults.
-    pub(super) fn write_endpoint(&mut self, c: &Container) -> Result<()> {
+    /// CONTAINERS[ifindex] for a container, with its policy defaults.
+    pub(super) fn write_container_entry(&mut self, c: &Container) -> Result<()> {
         let p = self.policy_of(&c.name);
-        let mut flags = ENDPOINT_F_IPV4;
+        let mut flags = CONTAINER_F_IPV4;
         if p.default_in == Action::Deny {
-            flags |= ENDPOINT_F_DEFAULT_DENY_IN;
+            flags |= CONTAINER_F_DEFAULT_DENY_IN;
         }
         if p.default_out == Action::Deny {
-            flags |= ENDPOINT_F_DEFAULT_DENY_OUT;
+            flags |= CONTAINER_F_DEFAULT_DENY_OUT;
         }
-        let ep = Endpoint {
+        let ep = ContainerEntry {
             ipv4: c.ip.octets(),
             ipv6: [0; 16],
             mac: container_mac(c.ip),
@@ -50,18 +63,16 @@ impl Inner {
             ifindex: c.ifindex,
             id: c.id,
         };
-        self.dp.set_endpoint(c.ifindex, &ep)
+        self.dp.set_container(c.ifindex, &ep)
     }
 
     /// Removes a container's map entries and link pins. Every step is
     /// tried even if an earlier one fails; the first error is returned.
     pub(super) fn forget_datapath(&mut self, c: &Container) -> Result<()> {
-        let results = [
-            self.dp.detach(&c.veth, Hook::VethIngress),
-            self.dp.detach(&c.veth, Hook::VethEgress),
-            self.dp.remove_endpoint(c.ifindex),
-            self.dp.remove_stats(c.ifindex),
-        ];
+        let mut results: Vec<Result<()>> =
+            Hook::on(Target::ContainerVeth).map(|h| self.dp.detach(&c.veth, h)).collect();
+        results.push(self.dp.remove_container(c.ifindex));
+        results.push(self.dp.remove_stats(c.ifindex));
         results.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
     }
 
@@ -153,7 +164,7 @@ impl Inner {
         let _ = write_sysctl(&format!("net.ipv6.conf.{}.disable_ipv6", c.veth), "1");
         self.nl.set_controller(host_index, self.bridge_index).await?;
         self.dp.reset_stats(host_index)?;
-        self.program_endpoint(c)?;
+        self.program_container(c)?;
         self.nl.set_up(host_index).await?;
         self.nl.move_to_netns(peer_index, ns).await?;
 
@@ -192,17 +203,7 @@ impl Inner {
         let mappings: Vec<Mapping> = self.state.mappings.iter().filter(|m| m.container == c.name).cloned().collect();
         self.remove_mappings(&mappings)?;
         // Its policy goes too: rules, compiled entries, verdicts.
-        let rules = self.policy_of(&c.name).rules;
-        self.state.policies.remove(&c.name);
-        for d in [Direction::In, Direction::Out] {
-            for cidr in
-                policy::compile(&rules, d, None).map(|x| x.entries.into_keys().collect()).unwrap_or_else(|_| vec![])
-            {
-                let (len, key) = policy::lpm_key(c.id, d, &cidr);
-                self.dp.set_policy(len, &key, &netpath_common::PolicyEntry::default())?;
-            }
-        }
-        self.dp.ct_remove_where(|_, e| e.flags & CT_F_POLICY != 0 && e.endpoint_id == c.id)?;
+        self.forget_policy(&c)?;
         // Only delete the interface if it is still ours (same name and index).
         if let Some(link) = self.nl.link_by_name(&c.veth).await? {
             if link.header.index == c.ifindex {

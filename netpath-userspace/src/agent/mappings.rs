@@ -1,10 +1,18 @@
-//! Published ports: the mappings, their SERVICES entries, and the flows
+//! Published ports: the mappings, their MAPPINGS4 entries, and the flows
 //! they created.
 
-use super::*;
+use anyhow::{Context as _, Result};
+use netpath_common::{maps::MAX_MAPPINGS, MappingEntry4, MappingKey4};
 
-pub(super) fn service_key(m: &Mapping) -> ServiceKey {
-    ServiceKey {
+use super::{AgentError, Inner};
+use crate::{
+    model::Mapping,
+    portspec::{PortSpec, UnmapSpec},
+    state::Change,
+};
+
+pub(super) fn mapping_key(m: &Mapping) -> MappingKey4 {
+    MappingKey4 {
         addr: m.host_ip.map(|ip| ip.octets()).unwrap_or([0; 4]),
         port: m.host_port.to_be(),
         proto: m.proto.number(),
@@ -21,34 +29,34 @@ pub fn overlaps(a: &Mapping, b: &Mapping) -> bool {
 }
 
 impl Inner {
-    /// SERVICES holds exactly the saved mappings of live containers; flows of
+    /// MAPPINGS4 holds exactly the saved mappings of live containers; flows of
     /// anything else are flushed.
-    pub(super) fn reconcile_services(&mut self) -> Result<()> {
+    pub(super) fn reconcile_mappings(&mut self) -> Result<()> {
         let live: Vec<String> = self.state.containers.iter().map(|c| c.name.clone()).collect();
         let dropped: Vec<u32> =
             self.state.mappings.iter().filter(|m| !live.contains(&m.container)).map(|m| m.id).collect();
         self.state.mappings.retain(|m| live.contains(&m.container));
         let mut wanted = vec![];
         for m in self.state.mappings.clone() {
-            let (key, value) = self.service_entry(&m)?;
-            self.dp.set_service(&key, &value)?;
+            let (key, value) = self.mapping_entry(&m)?;
+            self.dp.set_mapping(&key, &value)?;
             wanted.push(key);
         }
         let mut stale_ids = dropped;
-        for (key, value) in self.dp.services()? {
+        for (key, value) in self.dp.mapping_entries()? {
             if !wanted.contains(&key) {
-                self.dp.remove_service(&key)?;
+                self.dp.remove_mapping(&key)?;
                 stale_ids.push(value.id);
             }
         }
         if !stale_ids.is_empty() {
-            self.dp.ct_remove_where(|_, e| stale_ids.contains(&e.service_id))?;
+            self.dp.ct_remove_where(|_, e| stale_ids.contains(&e.mapping_id))?;
             self.dp.sock_revnat_remove(&stale_ids)?;
         }
         Ok(())
     }
 
-    pub(super) fn service_entry(&self, m: &Mapping) -> Result<(ServiceKey, ServiceValue)> {
+    pub(super) fn mapping_entry(&self, m: &Mapping) -> Result<(MappingKey4, MappingEntry4)> {
         let c = self
             .state
             .containers
@@ -56,13 +64,13 @@ impl Inner {
             .find(|c| c.name == m.container)
             .with_context(|| format!("mapping {} names unknown container {}", m.spec(), m.container))?;
         Ok((
-            service_key(m),
-            ServiceValue {
-                backend_addr: c.ip.octets(),
-                backend_port: m.container_port.to_be(),
+            mapping_key(m),
+            MappingEntry4 {
+                container_addr: c.ip.octets(),
+                container_port: m.container_port.to_be(),
                 _pad: 0,
                 id: m.id,
-                backend_ifindex: c.ifindex,
+                container_ifindex: c.ifindex,
             },
         ))
     }
@@ -78,9 +86,9 @@ impl Inner {
             .ok_or_else(|| AgentError::NotFound(format!("no container named {:?}", spec.container)))?
             .clone();
         let count = spec.host.ports.len() as usize;
-        if self.state.mappings.len() + count > MAX_SERVICES {
+        if self.state.mappings.len() + count > MAX_MAPPINGS {
             return Err(AgentError::Conflict(format!(
-                "the published-port table is full: {} of {MAX_SERVICES} entries used, {count} more requested",
+                "the published-port table is full: {} of {MAX_MAPPINGS} entries used, {count} more requested",
                 self.state.mappings.len()
             )));
         }
@@ -108,12 +116,12 @@ impl Inner {
         }
         let mut written = vec![];
         for m in &new {
-            let result = self.service_entry(m).and_then(|(k, v)| self.dp.set_service(&k, &v).map(|()| k));
+            let result = self.mapping_entry(m).and_then(|(k, v)| self.dp.set_mapping(&k, &v).map(|()| k));
             match result {
                 Ok(k) => written.push(k),
                 Err(e) => {
                     for k in &written {
-                        let _ = self.dp.remove_service(k);
+                        let _ = self.dp.remove_mapping(k);
                     }
                     return Err(AgentError::Internal(e.context("publishing")));
                 }
@@ -170,12 +178,12 @@ impl Inner {
             return Ok(());
         }
         for m in victims {
-            self.dp.remove_service(&service_key(m))?;
+            self.dp.remove_mapping(&mapping_key(m))?;
         }
-        // The mapping is gone from SERVICES, so no new flow can use it; now
+        // The mapping is gone from MAPPINGS4, so no new flow can use it; now
         // cut the tracked ones, UDP included (no stale entries).
         let ids: Vec<u32> = victims.iter().map(|m| m.id).collect();
-        let flows = self.dp.ct_remove_where(|_, e| ids.contains(&e.service_id))?;
+        let flows = self.dp.ct_remove_where(|_, e| ids.contains(&e.mapping_id))?;
         self.dp.sock_revnat_remove(&ids)?;
         self.record(Change::Unpublish { ids: ids.clone() })?;
         for m in victims {
@@ -188,6 +196,7 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::portspec::Protocol;
 
     fn m(ip: Option<&str>, port: u16, proto: Protocol) -> Mapping {
         Mapping {

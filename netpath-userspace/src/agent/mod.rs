@@ -6,7 +6,6 @@ mod flows;
 mod mappings;
 mod rules;
 
-use containers::file_name;
 pub use containers::{container_mac, format_mac, CONTAINER_IFNAME};
 pub use mappings::overlaps;
 
@@ -23,31 +22,28 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use netpath_common::{
+    config::{CFG_F_MASQUERADE, CFG_F_NO_ICC, CFG_F_ROUTED, CFG_F_TRACE_FLOWS, CFG_F_UPLINK_XDP},
+    hooks::{Attach, Target},
+    DatapathConfig, DropReason, Event, Hook, TrafficStats,
+};
 use nix::fcntl::{Flock, FlockArg};
 use thiserror::Error;
 use tokio::sync::{broadcast, Mutex};
 
 use crate::{
-    config::{validate_name, ResolvedConfig},
-    datapath::{interface_stats, Datapath, Hook, SOCK_HOOKS},
-    ipam::{Ipam, IpamError},
+    config::{ResolvedConfig, UplinkXdp},
+    datapath::{Datapath, MapSummary, ProgramSummary},
+    ipam::{Ipam4, IpamError},
     model::{
-        AttachPoint, Container, ContainerRequest, ContainerStatus, Flow, Mapping, PolicyView, RuleRequest, Settings,
-        StatsView, Status, Tuple,
+        AttachPoint, Container, ContainerRequest, ContainerStatus, Flow, InterfaceStats, MapStatus, Mapping,
+        PolicyView, ProgramStatus, RuleRequest, Settings, StatsView, Status,
     },
     monitor::{self, MonitorEvent},
     netlink::Netlink,
     netns::{write_sysctl, Netns},
-    policy::{self, Action, ContainerPolicy, Direction, Rule, RuleError},
-    portspec::{PortSpec, Protocol, UnmapSpec},
+    policy::{Action, Direction, Rule, RuleError},
     state::{Change, State, StateStore},
-};
-use netpath_common::{
-    config::{CFG_F_MASQUERADE, CFG_F_NO_ICC, CFG_F_ROUTED, CFG_F_TRACE_FLOWS, CFG_F_UPLINK_XDP},
-    conntrack::{CT_F_POLICY, CT_F_REPLY, CT_SCOPE_FROM_EP, CT_SCOPE_NAT},
-    endpoint::{ENDPOINT_F_DEFAULT_DENY_IN, ENDPOINT_F_DEFAULT_DENY_OUT, ENDPOINT_F_IPV4},
-    maps::MAX_SERVICES,
-    CtState, DatapathConfig, Endpoint, Event, ServiceKey, ServiceValue,
 };
 
 /// Errors the API reports, by kind, so that it can pick a status code.
@@ -77,7 +73,7 @@ pub struct Agent {
     inner: Mutex<Inner>,
     /// Datapath events, fanned out to monitors.
     events: broadcast::Sender<Event>,
-    /// Endpoint id -> container name, for naming events without the lock.
+    /// ContainerEntry id -> container name, for naming events without the lock.
     names: RwLock<HashMap<u32, String>>,
     /// Monitors that asked for flow events.
     flow_watchers: AtomicUsize,
@@ -117,7 +113,7 @@ struct Inner {
     dp: Datapath,
     nl: Netlink,
     bridge_index: u32,
-    ipam: Ipam,
+    ipam: Ipam4,
     state: State,
     store: StateStore,
     own_netns_inode: u64,
@@ -203,49 +199,31 @@ impl Agent {
             flags |= CFG_F_NO_ICC;
         }
         let uplink_xdp = match (&cfg.uplink, cfg.uplink_xdp) {
-            (None, _) | (_, crate::config::UplinkXdp::Off) => false,
-            (Some(_), crate::config::UplinkXdp::On) => true,
-            (Some(u), crate::config::UplinkXdp::Auto) => nl.link_kind(u).await?.as_deref() != Some("veth"),
+            (None, _) | (_, UplinkXdp::Off) => false,
+            (Some(_), UplinkXdp::On) => true,
+            (Some(u), UplinkXdp::Auto) => nl.link_kind(u).await?.as_deref() != Some("veth"),
         };
         if uplink_xdp {
             flags |= CFG_F_UPLINK_XDP;
         }
         let dp_config = DatapathConfig {
             netns_cookie: netns_cookie()?,
-            subnet: cfg.subnet.network().octets(),
-            subnet_prefix: cfg.subnet.prefix_len() as u32,
-            gateway: cfg.gateway.octets(),
+            subnet4: cfg.subnet.network().octets(),
+            subnet4_prefix: cfg.subnet.prefix_len() as u32,
+            gateway4: cfg.gateway.octets(),
             flags,
             timeouts: cfg.conntrack.timeouts(),
-            masq_addr: [0; 4],
+            masq_addr4: [0; 4],
             snat_port_min: cfg.masquerade_ports.0,
             snat_port_max: cfg.masquerade_ports.1,
         };
         dp.write_config(&dp_config)?;
-        if let Some(uplink) = &cfg.uplink {
-            let index = nl.link_index(uplink).await.with_context(|| format!("uplink {uplink}"))?;
-            if uplink_xdp {
-                dp.attach(uplink, Hook::UplinkXdp)?;
-            } else {
-                dp.detach(uplink, Hook::UplinkXdp)?;
-            }
-            dp.attach(uplink, Hook::UplinkIngress)?;
-            dp.attach(uplink, Hook::UplinkEgress)?;
-            if !dp.stat_keys()?.contains(&index) {
-                dp.reset_stats(index)?;
-            }
-        }
-        match &cgroup {
-            Some(cg) => {
-                for hook in SOCK_HOOKS {
-                    dp.attach(&cg.display().to_string(), hook)?;
-                }
-            }
-            None => tracing::warn!("no cgroup v2 mount found: host processes cannot reach published ports"),
+        if cgroup.is_none() {
+            tracing::warn!("no cgroup v2 mount found: host processes cannot reach published ports");
         }
         let own_netns_inode = Netns::current()?.inode()?;
         let mut inner = Inner {
-            ipam: Ipam::new(cfg.subnet, cfg.gateway),
+            ipam: Ipam4::new(cfg.subnet, cfg.gateway),
             dp,
             nl,
             bridge_index,
@@ -257,6 +235,7 @@ impl Agent {
             uplink: cfg.uplink.clone(),
             _lock: lock,
         };
+        inner.attach_host_hooks().await?;
         inner.sync_host_addrs().await?;
         inner.reconcile(&cfg).await?;
         let names = inner.state.containers.iter().map(|c| (c.id, c.name.clone())).collect();
@@ -366,7 +345,7 @@ impl Agent {
     }
 
     pub async fn settings(&self) -> Settings {
-        Settings { icc: self.inner.lock().await.dp_config.flags & CFG_F_NO_ICC == 0 }
+        Settings { icc: !self.inner.lock().await.dp_config.has(CFG_F_NO_ICC) }
     }
 
     pub async fn set_settings(&self, s: Settings) -> Result<Settings, AgentError> {
@@ -415,7 +394,7 @@ impl Agent {
 
     /// Names an event for the API.
     pub fn describe(&self, e: &Event) -> MonitorEvent {
-        let name = self.names.read().ok().and_then(|n| n.get(&e.endpoint_id).cloned());
+        let name = self.names.read().ok().and_then(|n| n.get(&e.container_id).cloned());
         MonitorEvent::from_raw(e, name)
     }
 
@@ -434,53 +413,24 @@ impl Agent {
         let mut inner = self.inner.lock().await;
         let cfg = &self.cfg;
         let mut attach_points = vec![];
+        for (target, hook) in inner.attachments() {
+            attach_points.push(AttachPoint {
+                link_pin: inner.dp.link_pin(&target, hook).display().to_string(),
+                attached_program_ids: inner.dp.attached_program_ids(&target, hook)?,
+                interface: target,
+                hook: hook.pin_prefix.into(),
+                program: hook.program.into(),
+            });
+        }
         let mut containers = vec![];
         for c in inner.state.containers.clone() {
-            for hook in [Hook::VethIngress, Hook::VethEgress] {
-                attach_points.push(AttachPoint {
-                    interface: c.veth.clone(),
-                    hook: hook.name().into(),
-                    program: hook.program().into(),
-                    link_pin: inner.dp.link_pin(&c.veth, hook).display().to_string(),
-                    attached_program_ids: Datapath::tcx_program_ids(&c.veth, hook)?,
-                });
-            }
             let stats = interface_stats(&inner.dp.stats(c.ifindex)?, true);
             containers.push(ContainerStatus { container: c, stats });
         }
         let mut uplink_stats = None;
         if let Some(uplink) = &cfg.uplink {
-            if inner.dp_config.flags & CFG_F_UPLINK_XDP != 0 {
-                attach_points.push(AttachPoint {
-                    interface: uplink.clone(),
-                    hook: Hook::UplinkXdp.name().into(),
-                    program: Hook::UplinkXdp.program().into(),
-                    link_pin: inner.dp.link_pin(uplink, Hook::UplinkXdp).display().to_string(),
-                    attached_program_ids: vec![inner.dp.pinned_link_program(uplink, Hook::UplinkXdp)?],
-                });
-            }
-            for hook in [Hook::UplinkIngress, Hook::UplinkEgress] {
-                attach_points.push(AttachPoint {
-                    interface: uplink.clone(),
-                    hook: hook.name().into(),
-                    program: hook.program().into(),
-                    link_pin: inner.dp.link_pin(uplink, hook).display().to_string(),
-                    attached_program_ids: Datapath::tcx_program_ids(uplink, hook)?,
-                });
-            }
             let index = inner.nl.link_index(uplink).await?;
             uplink_stats = Some(interface_stats(&inner.dp.stats(index)?, false));
-        }
-        if let Some(cg) = &inner.cgroup {
-            for hook in SOCK_HOOKS {
-                attach_points.push(AttachPoint {
-                    interface: cg.display().to_string(),
-                    hook: hook.name().into(),
-                    program: hook.program().into(),
-                    link_pin: inner.dp.link_pin(crate::datapath::CGROUP_TARGET, hook).display().to_string(),
-                    attached_program_ids: vec![inner.dp.pinned_link_program("", hook)?],
-                });
-            }
         }
         Ok(Status {
             instance: cfg.instance.clone(),
@@ -491,15 +441,17 @@ impl Agent {
             uplink: cfg.uplink.clone(),
             pin_dir: cfg.pin_dir.display().to_string(),
             attach_points,
-            programs: inner.dp.program_status()?,
-            maps: inner.dp.map_status()?,
+            programs: inner.dp.program_summaries()?.into_iter().map(program_status).collect(),
+            maps: inner.dp.map_summaries()?.into_iter().map(map_status).collect(),
             containers,
             mappings: inner.state.mappings.len(),
             cgroup: inner.cgroup.as_ref().map(|c| c.display().to_string()),
             routed: cfg.routed,
-            icc: inner.dp_config.flags & CFG_F_NO_ICC == 0,
-            masquerade: (inner.dp_config.flags & CFG_F_MASQUERADE != 0)
-                .then(|| Ipv4Addr::from(inner.dp_config.masq_addr))
+            icc: !inner.dp_config.has(CFG_F_NO_ICC),
+            masquerade: inner
+                .dp_config
+                .has(CFG_F_MASQUERADE)
+                .then(|| Ipv4Addr::from(inner.dp_config.masq_addr4))
                 .filter(|a| !a.is_unspecified()),
             masquerade_ports: format!("{}-{}", cfg.masquerade_ports.0, cfg.masquerade_ports.1),
             uplink_stats,
@@ -541,7 +493,7 @@ impl Inner {
                 self.forget_datapath(&c)?;
                 continue;
             }
-            self.program_endpoint(&c)?;
+            self.program_container(&c)?;
             if !self.dp.stat_keys()?.contains(&c.ifindex) {
                 self.dp.reset_stats(c.ifindex)?;
             }
@@ -552,9 +504,9 @@ impl Inner {
         }
         self.state.containers = kept;
         let owned: Vec<u32> = self.state.containers.iter().map(|c| c.ifindex).collect();
-        for (ifindex, _) in self.dp.endpoints()? {
+        for (ifindex, _) in self.dp.containers()? {
             if !owned.contains(&ifindex) {
-                self.dp.remove_endpoint(ifindex)?;
+                self.dp.remove_container(ifindex)?;
             }
         }
         let uplink_index = match &cfg.uplink {
@@ -566,52 +518,39 @@ impl Inner {
                 self.dp.remove_stats(ifindex)?;
             }
         }
-        let mut wanted: Vec<String> = vec![];
-        for c in &self.state.containers {
-            for hook in [Hook::VethIngress, Hook::VethEgress] {
-                wanted.push(file_name(&self.dp.link_pin(&c.veth, hook)));
-            }
-        }
-        if let Some(u) = &cfg.uplink {
-            if self.dp_config.flags & CFG_F_UPLINK_XDP != 0 {
-                wanted.push(file_name(&self.dp.link_pin(u, Hook::UplinkXdp)));
-            }
-            wanted.push(file_name(&self.dp.link_pin(u, Hook::UplinkIngress)));
-            wanted.push(file_name(&self.dp.link_pin(u, Hook::UplinkEgress)));
-        }
-        if self.cgroup.is_some() {
-            for hook in SOCK_HOOKS {
-                wanted.push(file_name(&self.dp.link_pin(crate::datapath::CGROUP_TARGET, hook)));
-            }
-        }
+        // Pins nobody owns go; what is wanted comes from the hook table.
+        let wanted: Vec<String> = self
+            .attachments()
+            .into_iter()
+            .filter_map(|(target, hook)| file_name(&self.dp.link_pin(&target, hook)))
+            .collect();
         for pin in self.dp.pinned_links()? {
             if !wanted.contains(&pin) {
                 tracing::info!("removing stale link pin {pin}");
-                let path = self.dp.pin_dir().join("links").join(&pin);
-                std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+                self.dp.remove_link_pin(&pin)?;
             }
         }
-        self.reconcile_services()?;
+        self.reconcile_mappings()?;
         self.reconcile_policies()?;
         self.save()
     }
 
-    /// HOST_ADDRS := the IPv4 addresses of the agent's namespace; the
+    /// HOST_ADDRS4 := the IPv4 addresses of the agent's namespace; the
     /// masquerade address := the uplink's first one.
     async fn sync_host_addrs(&mut self) -> Result<()> {
         let addrs = self.nl.ipv4_addresses().await?;
         let entries: Vec<([u8; 4], u32)> = addrs.iter().map(|(a, i)| (a.octets(), *i)).collect();
-        self.dp.sync_host_addrs(&entries)?;
+        self.dp.sync_host_addrs4(&entries)?;
         if let Some(uplink) = &self.uplink {
             let index = self.nl.link_index(uplink).await?;
             let masq = entries.iter().find(|(_, i)| *i == index).map(|(a, _)| *a).unwrap_or([0; 4]);
-            if masq != self.dp_config.masq_addr {
+            if masq != self.dp_config.masq_addr4 {
                 if masq == [0; 4] {
                     tracing::warn!("uplink {uplink} has no IPv4 address: masquerade paused");
                 } else {
                     tracing::info!("masquerading to {}", Ipv4Addr::from(masq));
                 }
-                self.dp_config.masq_addr = masq;
+                self.dp_config.masq_addr4 = masq;
                 self.dp.write_config(&self.dp_config)?;
             }
         }
@@ -626,4 +565,75 @@ impl Inner {
         }
         Ok(())
     }
+
+    /// Every (target, hook) this instance attaches: each container's veth
+    /// with the per-container hooks, the uplink with its hooks (XDP only
+    /// when the datapath runs with it), the cgroup with the socket hooks.
+    /// The one place where the hook table becomes attachments: start,
+    /// reconcile and status all read it.
+    fn attachments(&self) -> Vec<(String, &'static Hook)> {
+        let mut out = vec![];
+        for c in &self.state.containers {
+            out.extend(Hook::on(Target::ContainerVeth).map(|h| (c.veth.clone(), h)));
+        }
+        if let Some(uplink) = &self.uplink {
+            let xdp = self.dp_config.has(CFG_F_UPLINK_XDP);
+            out.extend(
+                Hook::on(Target::Uplink).filter(|h| h.attach != Attach::Xdp || xdp).map(|h| (uplink.clone(), h)),
+            );
+        }
+        if let Some(cg) = &self.cgroup {
+            out.extend(Hook::on(Target::Cgroup).map(|h| (cg.display().to_string(), h)));
+        }
+        out
+    }
+
+    /// Attaches the uplink and cgroup hooks (the containers' come with each
+    /// container), and takes XDP off an uplink that no longer wants it.
+    async fn attach_host_hooks(&mut self) -> Result<()> {
+        let wanted = self.attachments();
+        for (target, hook) in wanted.iter().filter(|(_, h)| h.target != Target::ContainerVeth) {
+            self.dp.attach(target, hook)?;
+        }
+        if let Some(uplink) = self.uplink.clone() {
+            let index = self.nl.link_index(&uplink).await.with_context(|| format!("uplink {uplink}"))?;
+            for hook in Hook::on(Target::Uplink).filter(|h| !wanted.iter().any(|(_, w)| w.id == h.id)) {
+                self.dp.detach(&uplink, hook)?;
+            }
+            if !self.dp.stat_keys()?.contains(&index) {
+                self.dp.reset_stats(index)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The file name of a pin path.
+fn file_name(p: &std::path::Path) -> Option<String> {
+    p.file_name().map(|f| f.to_string_lossy().into_owned())
+}
+
+/// Counters as the API shows them; `container_view` swaps directions so
+/// that tx means "sent by the container".
+fn interface_stats(s: &TrafficStats, container_view: bool) -> InterfaceStats {
+    let (rx, tx) = if container_view { (s.egress, s.ingress) } else { (s.ingress, s.egress) };
+    InterfaceStats {
+        rx_packets: rx.packets,
+        rx_bytes: rx.bytes,
+        tx_packets: tx.packets,
+        tx_bytes: tx.bytes,
+        drops: DropReason::ALL
+            .iter()
+            .filter(|r| s.drops[**r as usize] > 0)
+            .map(|r| (r.name().to_string(), s.drops[*r as usize]))
+            .collect(),
+    }
+}
+
+fn map_status(m: MapSummary) -> MapStatus {
+    MapStatus { name: m.name, id: m.id, kind: m.kind, entries: m.entries, max_entries: m.max_entries, pin: m.pin }
+}
+
+fn program_status(p: ProgramSummary) -> ProgramStatus {
+    ProgramStatus { name: p.name, id: p.id, kind: p.kind }
 }

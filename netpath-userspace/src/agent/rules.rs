@@ -1,7 +1,27 @@
-//! Per-container policy: rules compiled into POLICY, endpoint defaults,
+//! Per-container policy: rules compiled into POLICY4, container defaults,
 //! and re-judging established flows when the policy changes.
 
-use super::*;
+use std::{
+    collections::{HashMap, HashSet},
+    net::Ipv4Addr,
+};
+
+use anyhow::Result;
+use ipnet::Ipv4Net;
+use netpath_common::{
+    conntrack::{CT_F_POLICY, CT_F_REPLY, IPPROTO_ICMP},
+    CtEntry, CtKey4, PolicyEntry,
+};
+
+use super::{AgentError, Inner};
+use crate::{
+    model::{Container, PolicyView, RuleRequest},
+    policy::{self, Action, ContainerPolicy, Direction, Rule, RuleError},
+    state::Change,
+};
+
+/// Tracked ICMP flows are echo flows: re-judged as echo requests (type 8).
+const ICMP_ECHO_REQUEST: u16 = 8;
 
 impl Inner {
     pub(super) fn policy_of(&self, name: &str) -> ContainerPolicy {
@@ -15,20 +35,20 @@ impl Inner {
         id: u32,
         rules: &[Rule],
         d: Direction,
-        cidrs: Option<&[ipnet::Ipv4Net]>,
+        cidrs: Option<&[Ipv4Net]>,
     ) -> Result<(), AgentError> {
         let compiled = policy::compile(rules, d, cidrs)?;
         if let Some(cidrs) = cidrs {
             for cidr in cidrs {
                 if !compiled.entries.contains_key(cidr) {
-                    let (len, key) = policy::lpm_key(id, d, cidr);
-                    self.dp.set_policy(len, &key, &netpath_common::PolicyEntry::default())?;
+                    let (len, key) = policy::lpm_key4(id, d, cidr);
+                    self.dp.set_policy4(len, &key, &PolicyEntry::default())?;
                 }
             }
         }
         for (cidr, entry) in &compiled.entries {
-            let (len, key) = policy::lpm_key(id, d, cidr);
-            self.dp.set_policy(len, &key, entry)?;
+            let (len, key) = policy::lpm_key4(id, d, cidr);
+            self.dp.set_policy4(len, &key, entry)?;
         }
         Ok(())
     }
@@ -83,7 +103,7 @@ impl Inner {
     ) -> Result<PolicyView, AgentError> {
         let c = self.find(name)?.clone();
         self.record(Change::SetDefault { container: c.name.clone(), direction, action })?;
-        self.write_endpoint(&c)?;
+        self.write_container_entry(&c)?;
         if action == Action::Deny {
             self.recheck_flows(Some(c.id), None)?;
         }
@@ -92,11 +112,11 @@ impl Inner {
 
     /// Re-judges established flows under the current policy and cuts the
     /// ones it now denies: their verdict entries go, so the next packet is
-    /// judged as new, and dropped. `only`: flows of one endpoint; `within`:
+    /// judged as new, and dropped. `only`: flows of one container; `within`:
     /// flows whose remote address lies in this CIDR (the others cannot have
     /// changed). A container's rules are compiled only if it has a flow to
     /// judge.
-    pub(super) fn recheck_flows(&mut self, only: Option<u32>, within: Option<ipnet::Ipv4Net>) -> Result<usize> {
+    pub(super) fn recheck_flows(&mut self, only: Option<u32>, within: Option<Ipv4Net>) -> Result<usize> {
         let policies: HashMap<u32, ContainerPolicy> = self
             .state
             .containers
@@ -105,29 +125,27 @@ impl Inner {
             .map(|c| (c.id, self.policy_of(&c.name)))
             .collect();
         let mut evaluators: HashMap<u32, policy::Evaluator> = HashMap::new();
-        let icc = self.dp_config.flags & CFG_F_NO_ICC == 0;
-        let (subnet, gateway) = (self.cfg_subnet(), Ipv4Addr::from(self.dp_config.gateway));
-        let denied = |k: &netpath_common::CtKey, e: &netpath_common::CtEntry| {
-            if e.flags & CT_F_POLICY == 0 || e.flags & CT_F_REPLY != 0 || only.is_some_and(|id| id != e.endpoint_id) {
+        let dp_config = self.dp_config;
+        let denied = |k: &CtKey4, e: &CtEntry| {
+            if e.flags & CT_F_POLICY == 0 || e.flags & CT_F_REPLY != 0 || only.is_some_and(|id| id != e.container_id) {
                 return false;
             }
-            let (d, remote) = if k.scope == CT_SCOPE_FROM_EP {
-                (Direction::Out, Ipv4Addr::from(k.daddr))
-            } else {
-                (Direction::In, Ipv4Addr::from(k.saddr))
+            let Some(d) = k.scope().and_then(|s| s.direction()) else { return false };
+            let remote = match d {
+                Direction::Out => k.daddr,
+                Direction::In => k.saddr,
             };
-            if within.is_some_and(|net| !net.contains(&remote)) {
+            if within.is_some_and(|net| !net.contains(&Ipv4Addr::from(remote))) {
                 return false;
             }
-            // A verdict of an endpoint that is gone goes too.
-            let Some(p) = policies.get(&e.endpoint_id) else { return true };
-            if d == Direction::Out && !icc && subnet.contains(&remote) && remote != gateway {
+            // A verdict of a container that is gone goes too.
+            let Some(p) = policies.get(&e.container_id) else { return true };
+            if d == Direction::Out && dp_config.icc_denies4(remote) {
                 return true;
             }
-            let eval = evaluators.entry(e.endpoint_id).or_insert_with(|| policy::Evaluator::new(p));
-            // Tracked ICMP flows are echo flows: judged as type 8.
-            let port = if k.proto == 1 { 8 } else { u16::from_be(k.dport) };
-            eval.verdict(d, remote, k.proto, port) == Action::Deny
+            let eval = evaluators.entry(e.container_id).or_insert_with(|| policy::Evaluator::new(p));
+            let port = if k.proto == IPPROTO_ICMP { ICMP_ECHO_REQUEST } else { u16::from_be(k.dport) };
+            eval.verdict(d, Ipv4Addr::from(remote), k.proto, port) == Action::Deny
         };
         let cut = self.dp.ct_remove_where(denied)?;
         if cut > 0 {
@@ -136,28 +154,39 @@ impl Inner {
         Ok(cut)
     }
 
-    pub(super) fn cfg_subnet(&self) -> ipnet::Ipv4Net {
-        ipnet::Ipv4Net::new(Ipv4Addr::from(self.dp_config.subnet), self.dp_config.subnet_prefix as u8)
-            .unwrap_or_default()
+    /// Removes a container's rules, their compiled entries and its verdicts.
+    pub(super) fn forget_policy(&mut self, c: &Container) -> Result<()> {
+        let rules = self.policy_of(&c.name).rules;
+        self.state.policies.remove(&c.name);
+        for d in Direction::BOTH {
+            let cidrs: Vec<Ipv4Net> =
+                policy::compile(&rules, d, None).map(|x| x.entries.into_keys().collect()).unwrap_or_default();
+            for cidr in cidrs {
+                let (len, key) = policy::lpm_key4(c.id, d, &cidr);
+                self.dp.set_policy4(len, &key, &PolicyEntry::default())?;
+            }
+        }
+        self.dp.ct_remove_where(|_, e| e.flags & CT_F_POLICY != 0 && e.container_id == c.id)?;
+        Ok(())
     }
 
-    /// POLICY holds exactly the compiled rules of live containers.
+    /// POLICY4 holds exactly the compiled rules of live containers.
     pub(super) fn reconcile_policies(&mut self) -> Result<()> {
         let live: Vec<String> = self.state.containers.iter().map(|c| c.name.clone()).collect();
         self.state.policies.retain(|name, _| live.contains(name));
-        let mut wanted = std::collections::HashSet::new();
+        let mut wanted = HashSet::new();
         for c in self.state.containers.clone() {
             let rules = self.policy_of(&c.name).rules;
-            for d in [Direction::In, Direction::Out] {
+            for d in Direction::BOTH {
                 self.write_policy(c.id, &rules, d, None).map_err(|e| anyhow::anyhow!("policy of {}: {e}", c.name))?;
                 for cidr in policy::compile(&rules, d, None).map_err(|e| anyhow::anyhow!("{e}"))?.entries.keys() {
-                    wanted.insert(policy::lpm_key(c.id, d, cidr));
+                    wanted.insert(policy::lpm_key4(c.id, d, cidr));
                 }
             }
         }
-        for (len, key) in self.dp.policy_keys()? {
+        for (len, key) in self.dp.policy_keys4()? {
             if !wanted.contains(&(len, key)) {
-                self.dp.set_policy(len, &key, &netpath_common::PolicyEntry::default())?;
+                self.dp.set_policy4(len, &key, &PolicyEntry::default())?;
             }
         }
         Ok(())

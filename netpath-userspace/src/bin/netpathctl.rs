@@ -82,12 +82,6 @@ enum CliAction {
     Deny,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-enum CliDirection {
-    In,
-    Out,
-}
-
 impl From<CliAction> for Action {
     fn from(a: CliAction) -> Action {
         if a == CliAction::Allow {
@@ -97,14 +91,9 @@ impl From<CliAction> for Action {
         }
     }
 }
-impl From<CliDirection> for Direction {
-    fn from(d: CliDirection) -> Direction {
-        if d == CliDirection::In {
-            Direction::In
-        } else {
-            Direction::Out
-        }
-    }
+/// `in` or `out`, parsed by the one `Direction` the API and the datapath use.
+fn parse_direction(s: &str) -> Result<Direction, String> {
+    s.parse().map_err(|e| format!("{e}"))
 }
 
 #[derive(clap::Args, Debug)]
@@ -112,8 +101,9 @@ struct RuleArgs {
     container: String,
     #[arg(value_enum)]
     action: CliAction,
-    #[arg(value_enum)]
-    direction: CliDirection,
+    /// in (traffic reaching the container) or out (traffic it sends).
+    #[arg(value_parser = parse_direction)]
+    direction: Direction,
     /// Remote address or ADDRESS/PREFIX.
     cidr: String,
     /// tcp, udp or icmp, optionally /PORT or /PORT-END (icmp: message types).
@@ -125,7 +115,7 @@ impl RuleArgs {
         RuleRequest {
             container: self.container,
             action: self.action.into(),
-            direction: self.direction.into(),
+            direction: self.direction,
             cidr: self.cidr,
             filter: self.filter,
         }
@@ -145,8 +135,9 @@ enum PolicyCmd {
     /// What new flows no rule matches get: policy default CONTAINER in|out allow|deny
     Default {
         container: String,
-        #[arg(value_enum)]
-        direction: CliDirection,
+        /// in or out.
+        #[arg(value_parser = parse_direction)]
+        direction: Direction,
         #[arg(value_enum)]
         action: CliAction,
     },
@@ -216,80 +207,83 @@ async fn run(args: Args) -> Result<()> {
     let fmt = args.output;
     match args.command {
         Command::Status => {
-            let s: Status = client.get("/v1/status").await?;
+            let s: Status = client.get("/status").await?;
             print(fmt, &s, output::status_text)
         }
         Command::Container(ContainerCmd::Add { name, netns, ip }) => {
-            let c: Container = client.post("/v1/containers", &ContainerRequest { name, netns, ip }).await?;
+            let c: Container = client.post("/containers", &ContainerRequest { name, netns, ip }).await?;
             print(fmt, &c, |c| format!("added {} ip {} mac {} veth {}\n", c.name, c.ip, c.mac, c.veth))
         }
         Command::Container(ContainerCmd::Del { name }) => {
-            let c: Container = client.delete(&format!("/v1/containers/{}", encode(&name))).await?;
+            let c: Container = client.delete(&format!("/containers/{}", encode(&name))).await?;
             print(fmt, &c, |c| format!("removed {}\n", c.name))
         }
         Command::Container(ContainerCmd::Ls) => {
-            let cs: Vec<Container> = client.get("/v1/containers").await?;
+            let cs: Vec<Container> = client.get("/containers").await?;
             print(fmt, &cs, |cs| output::containers_table(cs))
         }
         Command::Map { spec } => {
-            let ms: Vec<Mapping> = client.post("/v1/mappings", &MappingRequest { spec }).await?;
+            let ms: Vec<Mapping> = client.post("/mappings", &MappingRequest { spec }).await?;
             print(fmt, &ms, |ms| ms.iter().map(|m| format!("published {}\n", m.spec())).collect())
         }
         Command::Unmap { spec } => {
-            let ms: Vec<Mapping> = client.post("/v1/mappings/unmap", &MappingRequest { spec }).await?;
+            let ms: Vec<Mapping> = client.post("/mappings/unmap", &MappingRequest { spec }).await?;
             print(fmt, &ms, |ms| ms.iter().map(|m| format!("removed {}\n", m.spec())).collect())
         }
         Command::Maps => {
-            let ms: Vec<Mapping> = client.get("/v1/mappings").await?;
+            let ms: Vec<Mapping> = client.get("/mappings").await?;
             print(fmt, &ms, |ms| output::mappings_table(ms))
         }
         Command::Conntrack { action: None | Some(ConntrackCmd::List) } => {
-            let flows: Vec<Flow> = client.get("/v1/conntrack").await?;
+            let flows: Vec<Flow> = client.get("/conntrack").await?;
             print(fmt, &flows, |f| output::flows_table(f))
         }
         Command::Conntrack { action: Some(ConntrackCmd::Flush) } => {
-            let r: FlushResult = client.delete("/v1/conntrack").await?;
+            let r: FlushResult = client.delete("/conntrack").await?;
             print(fmt, &r, |r| format!("flushed {} flows\n", r.flows))
         }
         Command::Policy(PolicyCmd::Add(args)) => {
-            let r: Rule = client.post("/v1/policies", &args.request()).await?;
+            let r: Rule = client.post("/policies", &args.request()).await?;
             print(fmt, &r, |r| format!("added {r}\n"))
         }
         Command::Policy(PolicyCmd::Rm(args)) => {
-            let r: Rule = client.post("/v1/policies/remove", &args.request()).await?;
+            let r: Rule = client.post("/policies/remove", &args.request()).await?;
             print(fmt, &r, |r| format!("removed {r}\n"))
         }
         Command::Policy(PolicyCmd::Ls { container }) => {
-            let p: PolicyView = client.get(&format!("/v1/policies/{}", encode(&container))).await?;
+            let p: PolicyView = client.get(&format!("/policies/{}", encode(&container))).await?;
             print(fmt, &p, output::policy_table)
         }
         Command::Policy(PolicyCmd::Default { container, direction, action }) => {
-            let req = DefaultRequest { direction: direction.into(), action: action.into() };
-            let p: PolicyView = client.put(&format!("/v1/policies/{}/default", encode(&container)), &req).await?;
+            let req = DefaultRequest { direction, action: action.into() };
+            let p: PolicyView = client.put(&format!("/policies/{}/default", encode(&container)), &req).await?;
             print(fmt, &p, output::policy_table)
         }
         Command::Icc { state } => {
             let s: Settings = match state {
-                Some(v) => client.put("/v1/settings", &Settings { icc: v == "on" }).await?,
-                None => client.get("/v1/settings").await?,
+                Some(v) => client.put("/settings", &Settings { icc: v == "on" }).await?,
+                None => client.get("/settings").await?,
             };
             print(fmt, &s, |s| format!("icc {}\n", if s.icc { "on" } else { "off" }))
         }
         Command::Stats { container } => {
             let path = match &container {
-                Some(c) => format!("/v1/stats?container={}", encode(c)),
-                None => "/v1/stats".into(),
+                Some(c) => format!("/stats?container={}", encode(c)),
+                None => "/stats".into(),
             };
             let st: StatsView = client.get(&path).await?;
             print(fmt, &st, output::stats_table)
         }
         Command::Monitor { container, flows } => {
-            let mut path = format!("/v1/monitor?flows={flows}");
+            let mut path = format!("/monitor?flows={flows}");
             if let Some(c) = &container {
                 path.push_str(&format!("&container={}", encode(c)));
             }
             if fmt == Format::Table {
-                println!("{:>10} {:<26} {:<12} {:<14} PROTO SRC -> DST", "TIME", "EVENT", "CONTAINER", "DIRECTION");
+                println!(
+                    "{:>10} {:<26} {:<12} {:<4} {:<14} PROTO SRC -> DST",
+                    "TIME", "EVENT", "CONTAINER", "DIR", "HOOK"
+                );
             }
             client
                 .stream_lines(&path, |line| {
@@ -307,7 +301,7 @@ async fn run(args: Args) -> Result<()> {
                 .await
         }
         Command::Container(ContainerCmd::Show { name }) => {
-            let c: ContainerStatus = client.get(&format!("/v1/containers/{}", encode(&name))).await?;
+            let c: ContainerStatus = client.get(&format!("/containers/{}", encode(&name))).await?;
             print(fmt, &c, |c| {
                 let mut s = output::containers_table(std::slice::from_ref(&c.container));
                 s.push_str(&format!(

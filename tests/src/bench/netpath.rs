@@ -72,7 +72,7 @@ impl NetpathBed {
         let start = Instant::now();
         let _: Vec<Mapping> = self
             .rt
-            .block_on(self.client.post("/v1/mappings", &req))
+            .block_on(self.client.post("/mappings", &req))
             .with_context(|| format!("publishing {}", req.spec))?;
         Ok(start.elapsed())
     }
@@ -81,7 +81,7 @@ impl NetpathBed {
         let req = MappingRequest { spec: Self::spec(port) };
         let _: Vec<Mapping> = self
             .rt
-            .block_on(self.client.post("/v1/mappings/unmap", &req))
+            .block_on(self.client.post("/mappings/unmap", &req))
             .with_context(|| format!("unpublishing {}", req.spec))?;
         Ok(())
     }
@@ -133,8 +133,8 @@ impl NetpathBed {
     /// of the conntrack table, for the report: evidence that a measurement
     /// ran without the datapath refusing anything.
     pub fn counters_note(&self) -> Result<String> {
-        let stats: StatsView = self.get("/v1/stats")?;
-        let status: Status = self.get("/v1/status")?;
+        let stats: StatsView = self.get("/stats")?;
+        let status: Status = self.get("/status")?;
         let drops = |d: &std::collections::BTreeMap<String, u64>| {
             if d.is_empty() {
                 "none".to_string()
@@ -160,7 +160,7 @@ impl NetpathBed {
     /// entry and the agent collects a flow only when both have expired, so
     /// how long a reset flow stays is up to its other direction.
     pub fn reset_flows_note(&self) -> Result<String> {
-        let flows: Vec<Flow> = self.get("/v1/conntrack")?;
+        let flows: Vec<Flow> = self.get("/conntrack")?;
         let mut scopes: std::collections::BTreeMap<&str, usize> = Default::default();
         for f in &flows {
             *scopes.entry(f.scope.as_str()).or_default() += 1;
@@ -188,7 +188,7 @@ impl NetpathBed {
 
     /// Entries in the conntrack table (both directions, every scope).
     pub fn ct_entries(&self) -> Result<u64> {
-        let status: Status = self.get("/v1/status")?;
+        let status: Status = self.get("/status")?;
         status
             .maps
             .iter()

@@ -178,7 +178,7 @@ impl NetpathPolicyBed {
             cidr: cidr.to_string(),
             filter: None,
         };
-        let path = if add { "/v1/policies" } else { "/v1/policies/remove" };
+        let path = if add { "/policies" } else { "/policies/remove" };
         let start = Instant::now();
         let _: Rule = self.bed.post(path, &req)?;
         Ok(start.elapsed())
@@ -189,7 +189,7 @@ impl NetpathPolicyBed {
     /// a load window would otherwise spend their time on the window's
     /// leftovers (see the report); returns how many flows went.
     pub fn flush_conntrack(&self) -> Result<usize> {
-        let r: FlushResult = self.bed.delete("/v1/conntrack")?;
+        let r: FlushResult = self.bed.delete("/conntrack")?;
         Ok(r.flows)
     }
 }
@@ -218,7 +218,7 @@ impl PolicyBed for NetpathPolicyBed {
         let start = Instant::now();
         if !self.default_deny {
             let req = DefaultRequest { direction: Direction::In, action: Action::Deny };
-            let _: PolicyView = self.bed.put(&format!("/v1/policies/{CONTAINER}/default"), &req)?;
+            let _: PolicyView = self.bed.put(&format!("/policies/{CONTAINER}/default"), &req)?;
             self.default_deny = true;
         }
         if self.client_allowed {

@@ -19,7 +19,7 @@ use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 
 use anyhow::{ensure, Context as _, Result};
 use netpath_common::{
-    endpoint::ENDPOINT_F_IPV4, maps as names, CtKey, CtTimeouts, DatapathConfig, Endpoint, ServiceKey, ServiceValue,
+    container::CONTAINER_F_IPV4, ContainerEntry, CtKey4, CtTimeouts, DatapathConfig, HookId, MappingEntry4, MappingKey4,
 };
 use netpath_tests::{
     frames::{self, ETH_P_IPV4, IPPROTO_TCP},
@@ -138,15 +138,15 @@ fn frames() -> Frames {
     }
 }
 
-fn service(port: u16, id: u32) -> (ServiceKey, ServiceValue) {
+fn mapping(port: u16, id: u32) -> (MappingKey4, MappingEntry4) {
     (
-        ServiceKey { addr: [0; 4], port: port.to_be(), proto: IPPROTO_TCP, _pad: 0 },
-        ServiceValue {
-            backend_addr: CTR,
-            backend_port: CONTAINER_PORT.to_be(),
+        MappingKey4 { addr: [0; 4], port: port.to_be(), proto: IPPROTO_TCP, _pad: 0 },
+        MappingEntry4 {
+            container_addr: CTR,
+            container_port: CONTAINER_PORT.to_be(),
             _pad: 0,
             id,
-            backend_ifindex: TEST_IFINDEX,
+            container_ifindex: TEST_IFINDEX,
         },
     )
 }
@@ -155,20 +155,27 @@ fn service(port: u16, id: u32) -> (ServiceKey, ServiceValue) {
 fn configure(h: &mut PacketHarness) -> Result<()> {
     h.dp.write_config(&DatapathConfig {
         netns_cookie: 0,
-        subnet: [10, 0, 0, 0],
-        subnet_prefix: 24,
-        gateway: GATEWAY,
+        subnet4: [10, 0, 0, 0],
+        subnet4_prefix: 24,
+        gateway4: GATEWAY,
         flags: 0,
         timeouts: CtTimeouts::default(),
         // Fields added later (masquerade, ...) stay off.
         ..Default::default()
     })?;
-    h.dp.sync_host_addrs(&[(HOST, 2), (GATEWAY, 3)])?;
-    let (k, v) = service(HIT_PORT, 1);
-    h.dp.set_service(&k, &v)?;
-    h.dp.set_endpoint(
+    h.dp.sync_host_addrs4(&[(HOST, 2), (GATEWAY, 3)])?;
+    let (k, v) = mapping(HIT_PORT, 1);
+    h.dp.set_mapping(&k, &v)?;
+    h.dp.set_container(
         TEST_IFINDEX,
-        &Endpoint { ipv4: CTR, ipv6: [0; 16], mac: CTR_MAC, flags: ENDPOINT_F_IPV4, ifindex: TEST_IFINDEX, id: 1 },
+        &ContainerEntry {
+            ipv4: CTR,
+            ipv6: [0; 16],
+            mac: CTR_MAC,
+            flags: CONTAINER_F_IPV4,
+            ifindex: TEST_IFINDEX,
+            id: 1,
+        },
     )?;
     Ok(())
 }
@@ -176,8 +183,8 @@ fn configure(h: &mut PacketHarness) -> Result<()> {
 /// Publishes filler ports until `services` are published in all.
 fn fill_services(h: &mut PacketHarness, services: usize) -> Result<()> {
     for i in 0..services.saturating_sub(1) {
-        let (k, v) = service(filler_port(i), 2 + i as u32);
-        h.dp.set_service(&k, &v)?;
+        let (k, v) = mapping(filler_port(i), 2 + i as u32);
+        h.dp.set_mapping(&k, &v)?;
     }
     Ok(())
 }
@@ -199,15 +206,15 @@ fn one_run(calls: u32, sizes: &[usize]) -> Result<Vec<Sample>> {
     let empty = EmptyProgram::load()?;
     let f = frames();
     // The flow: the first SYN creates both conntrack entries.
-    expect(&h, names::PROG_UPLINK_INGRESS, &f.syn, &f.syn_dnat).context("preparing the flow")?;
-    expect(&h, names::PROG_VETH_INGRESS, &f.synack, &f.synack_revnat).context("preparing the reply")?;
+    expect(&h, HookId::UplinkIngress.program(), &f.syn, &f.syn_dnat).context("preparing the flow")?;
+    expect(&h, HookId::VethIngress.program(), &f.synack, &f.synack_revnat).context("preparing the reply")?;
     // The flow's original direction, as the first SYN carries it.
-    let flow_key = |k: &CtKey| {
+    let flow_key = |k: &CtKey4| {
         (k.saddr, k.daddr, k.sport, k.dport, k.proto)
             == (CLIENT, HOST, CLIENT_PORT.to_be(), HIT_PORT.to_be(), IPPROTO_TCP)
     };
-    let uplink = h.dp.program_fd(names::PROG_UPLINK_INGRESS)?;
-    let veth = h.dp.program_fd(names::PROG_VETH_INGRESS)?;
+    let uplink = h.dp.program_fd(HookId::UplinkIngress.program())?;
+    let veth = h.dp.program_fd(HookId::VethIngress.program())?;
     let mut out = vec![];
     for &services in sizes {
         fill_services(&mut h, services)?;
@@ -237,24 +244,30 @@ fn one_run(calls: u32, sizes: &[usize]) -> Result<Vec<Sample>> {
         let loop_hits = (flow_packets(&mut h, flow_key)? - after) as f64;
         out.push(sample(
             "conntrack hit + DNAT (SYN to the published port)",
-            names::PROG_UPLINK_INGRESS,
+            HookId::UplinkIngress.program(),
             hit,
             Some(hit_loop),
             Some(loop_hits),
         ));
 
         let reply = fresh_mean(veth, &f.synack, calls)?;
-        out.push(sample("conntrack hit + reverse NAT (the reply)", names::PROG_VETH_INGRESS, reply, None, None));
+        out.push(sample("conntrack hit + reverse NAT (the reply)", HookId::VethIngress.program(), reply, None, None));
 
-        expect(&h, names::PROG_UPLINK_INGRESS, &f.miss, &f.miss).context("the miss passes untouched")?;
+        expect(&h, HookId::UplinkIngress.program(), &f.miss, &f.miss).context("the miss passes untouched")?;
         let miss = fresh_mean(uplink, &f.miss, calls)?;
         let miss_loop = run(uplink, &f.miss, calls)?.duration_ns as f64;
-        out.push(sample("miss (SYN to a port not published)", names::PROG_UPLINK_INGRESS, miss, Some(miss_loop), None));
+        out.push(sample(
+            "miss (SYN to a port not published)",
+            HookId::UplinkIngress.program(),
+            miss,
+            Some(miss_loop),
+            None,
+        ));
     }
     Ok(out)
 }
 
-fn flow_packets(h: &mut PacketHarness, is_flow: impl Fn(&CtKey) -> bool) -> Result<u64> {
+fn flow_packets(h: &mut PacketHarness, is_flow: impl Fn(&CtKey4) -> bool) -> Result<u64> {
     h.dp.ct_entries()?
         .into_iter()
         .find(|(k, _)| is_flow(k))

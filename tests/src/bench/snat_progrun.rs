@@ -16,7 +16,7 @@
 //!   destination translated back to the container.
 
 use anyhow::{ensure, Context as _, Result};
-use netpath_common::{config::CFG_F_MASQUERADE, maps as names, CtTimeouts, DatapathConfig};
+use netpath_common::{config::CFG_F_MASQUERADE, CtTimeouts, DatapathConfig, HookId};
 use netpath_tests::{
     prog_run::{run, PacketHarness},
     topology::{HOST_UPLINK_IP, WORLD_IP},
@@ -97,17 +97,17 @@ pub fn measure(opts: &Options) -> Result<Vec<Figure>> {
 /// The datapath config as the agent writes it with masquerade on.
 fn configure(h: &mut PacketHarness) -> Result<()> {
     h.dp.write_config(&DatapathConfig {
-        subnet: [10, 0, 0, 0],
-        subnet_prefix: 24,
-        gateway: [10, 0, 0, 1],
+        subnet4: [10, 0, 0, 0],
+        subnet4_prefix: 24,
+        gateway4: [10, 0, 0, 1],
         flags: CFG_F_MASQUERADE,
         timeouts: CtTimeouts::default(),
-        masq_addr: HOST,
+        masq_addr4: HOST,
         snat_port_min: SNAT_PORTS.0,
         snat_port_max: SNAT_PORTS.1,
         ..Default::default()
     })?;
-    h.dp.sync_host_addrs(&[(HOST, 2)])?;
+    h.dp.sync_host_addrs4(&[(HOST, 2)])?;
     Ok(())
 }
 
@@ -124,8 +124,8 @@ fn one_run(calls: u32) -> Result<Vec<Sample>> {
     let mut h = PacketHarness::new()?;
     configure(&mut h)?;
     let empty = EmptyProgram::load()?;
-    let egress = h.dp.program_fd(names::PROG_UPLINK_EGRESS)?;
-    let ingress = h.dp.program_fd(names::PROG_UPLINK_INGRESS)?;
+    let egress = h.dp.program_fd(HookId::UplinkEgress.program())?;
+    let ingress = h.dp.program_fd(HookId::UplinkIngress.program())?;
     let probe = frame((CTR, CTR_PORT), (SERVER, SERVER_PORT), TCP_SYN);
     let base = fresh_mean(empty.fd(), &probe, calls)?;
     let sample = |case, program, fresh: f64| Sample { case, program, fresh_ns: fresh, net_ns: fresh - base };
@@ -153,7 +153,7 @@ fn one_run(calls: u32) -> Result<Vec<Sample>> {
     }
     out.push(sample(
         "first packet of a flow: conntrack miss, port allocation, two inserts, SNAT",
-        names::PROG_UPLINK_EGRESS,
+        HookId::UplinkEgress.program(),
         total as f64 / n.max(1) as f64,
     ));
 
@@ -172,7 +172,7 @@ fn one_run(calls: u32) -> Result<Vec<Sample>> {
     );
     out.push(sample(
         "later packet of the flow: conntrack hit, SNAT",
-        names::PROG_UPLINK_EGRESS,
+        HookId::UplinkEgress.program(),
         fresh_mean(egress, &ack, calls)?,
     ));
 
@@ -184,7 +184,7 @@ fn one_run(calls: u32) -> Result<Vec<Sample>> {
     );
     out.push(sample(
         "reply of the flow: conntrack hit, back to the container",
-        names::PROG_UPLINK_INGRESS,
+        HookId::UplinkIngress.program(),
         fresh_mean(ingress, &reply, calls)?,
     ));
     Ok(out)

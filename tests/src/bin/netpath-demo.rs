@@ -152,7 +152,7 @@ fn main() -> Result<()> {
 
     step("The whole state");
     show(&t, &["status"])?;
-    let pin = t.pin_dir().join("maps/ENDPOINTS");
+    let pin = t.pin_dir().join("maps/CONTAINERS");
     println!("$ bpftool map dump pinned {}", pin.display());
     let out = Command::new("bpftool").args(["map", "dump", "pinned"]).arg(&pin).output()?;
     print!("{}", String::from_utf8_lossy(&out.stdout));

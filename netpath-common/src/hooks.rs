@@ -1,0 +1,222 @@
+//! The hook table: every BPF program netpath has, and where it hangs. This
+//! is the one declaration that the agent's loader, attacher, pin names,
+//! reconciliation and `status` all read, and that events name their hook
+//! by; a test checks it against the programs in the object file.
+
+/// The side of an interface a tc hook sees.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// Frames arriving on the interface (on a container's host-side veth:
+    /// what the container sends).
+    Ingress = 0,
+    /// Frames leaving through the interface (on a container's host-side
+    /// veth: what the container receives).
+    Egress = 1,
+}
+
+/// The cgroup sock_addr hooks, for host processes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SockAddrHook {
+    Connect4,
+    Sendmsg4,
+    Recvmsg4,
+    Getpeername4,
+}
+
+/// How a program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attach {
+    /// tcx on one side of an interface.
+    Tcx(Side),
+    /// XDP on an interface.
+    Xdp,
+    /// A sock_addr hook on a cgroup.
+    SockAddr(SockAddrHook),
+}
+
+/// What a program is attached to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The host side of every container's veth pair.
+    ContainerVeth,
+    /// The uplink, if the instance has one.
+    Uplink,
+    /// The cgroup the socket hooks hang on.
+    Cgroup,
+}
+
+/// Identifies a hook; the value is the hook's index in [`HOOKS`] and is what
+/// [`crate::Event::hook`] carries.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookId {
+    VethIngress = 0,
+    VethEgress = 1,
+    UplinkXdp = 2,
+    UplinkIngress = 3,
+    UplinkEgress = 4,
+    SockConnect4 = 5,
+    SockSendmsg4 = 6,
+    SockRecvmsg4 = 7,
+    SockGetpeername4 = 8,
+}
+
+/// One hook: the program's name in the object (its entry point function),
+/// how and where it is attached, and the name its link pin starts with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hook {
+    pub id: HookId,
+    pub program: &'static str,
+    pub attach: Attach,
+    pub target: Target,
+    /// Link pins are `<pin_prefix>_<target name>`.
+    pub pin_prefix: &'static str,
+}
+
+/// Every hook, indexed by [`HookId`].
+pub const HOOKS: [Hook; 9] = [
+    Hook {
+        id: HookId::VethIngress,
+        program: "veth_ingress",
+        attach: Attach::Tcx(Side::Ingress),
+        target: Target::ContainerVeth,
+        pin_prefix: "tcx-ingress",
+    },
+    Hook {
+        id: HookId::VethEgress,
+        program: "veth_egress",
+        attach: Attach::Tcx(Side::Egress),
+        target: Target::ContainerVeth,
+        pin_prefix: "tcx-egress",
+    },
+    Hook {
+        id: HookId::UplinkXdp,
+        program: "uplink_xdp",
+        attach: Attach::Xdp,
+        target: Target::Uplink,
+        pin_prefix: "xdp",
+    },
+    Hook {
+        id: HookId::UplinkIngress,
+        program: "uplink_ingress",
+        attach: Attach::Tcx(Side::Ingress),
+        target: Target::Uplink,
+        pin_prefix: "tcx-ingress",
+    },
+    Hook {
+        id: HookId::UplinkEgress,
+        program: "uplink_egress",
+        attach: Attach::Tcx(Side::Egress),
+        target: Target::Uplink,
+        pin_prefix: "tcx-egress",
+    },
+    Hook {
+        id: HookId::SockConnect4,
+        program: "sock_connect4",
+        attach: Attach::SockAddr(SockAddrHook::Connect4),
+        target: Target::Cgroup,
+        pin_prefix: "connect4",
+    },
+    Hook {
+        id: HookId::SockSendmsg4,
+        program: "sock_sendmsg4",
+        attach: Attach::SockAddr(SockAddrHook::Sendmsg4),
+        target: Target::Cgroup,
+        pin_prefix: "sendmsg4",
+    },
+    Hook {
+        id: HookId::SockRecvmsg4,
+        program: "sock_recvmsg4",
+        attach: Attach::SockAddr(SockAddrHook::Recvmsg4),
+        target: Target::Cgroup,
+        pin_prefix: "recvmsg4",
+    },
+    Hook {
+        id: HookId::SockGetpeername4,
+        program: "sock_getpeername4",
+        attach: Attach::SockAddr(SockAddrHook::Getpeername4),
+        target: Target::Cgroup,
+        pin_prefix: "getpeername4",
+    },
+];
+
+impl HookId {
+    /// This hook's row of [`HOOKS`].
+    pub const fn hook(self) -> &'static Hook {
+        &HOOKS[self as usize]
+    }
+
+    pub const fn program(self) -> &'static str {
+        self.hook().program
+    }
+
+    /// The hook an event names, if the number is one.
+    pub fn from_u8(v: u8) -> Option<HookId> {
+        HOOKS.iter().map(|h| h.id).find(|id| *id as u8 == v)
+    }
+}
+
+impl Hook {
+    /// The hooks attached to one kind of target.
+    pub fn on(target: Target) -> impl Iterator<Item = &'static Hook> {
+        HOOKS.iter().filter(move |h| h.target == target)
+    }
+
+    /// The hook of a program, by name.
+    pub fn by_program(name: &str) -> Option<&'static Hook> {
+        HOOKS.iter().find(|h| h.program == name)
+    }
+
+    /// The side of the interface the hook sees (XDP: ingress).
+    pub const fn side(&self) -> Side {
+        match self.attach {
+            Attach::Tcx(side) => side,
+            Attach::Xdp | Attach::SockAddr(_) => Side::Ingress,
+        }
+    }
+
+    /// The flow direction a container-veth hook sees: its ingress carries
+    /// what the container sends (out), its egress what it receives (in).
+    /// None for hooks that are not a container's.
+    pub const fn container_direction(&self) -> Option<crate::Direction> {
+        match (self.target, self.attach) {
+            (Target::ContainerVeth, Attach::Tcx(Side::Ingress)) => Some(crate::Direction::Out),
+            (Target::ContainerVeth, Attach::Tcx(Side::Egress)) => Some(crate::Direction::In),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_index_the_table() {
+        for (i, h) in HOOKS.iter().enumerate() {
+            assert_eq!(h.id as usize, i, "{} sits at the index of its id", h.program);
+            assert_eq!(HookId::from_u8(i as u8), Some(h.id));
+            assert_eq!(Hook::by_program(h.program), Some(h));
+        }
+        assert_eq!(HookId::from_u8(HOOKS.len() as u8), None);
+    }
+
+    #[test]
+    fn pins_are_unique_per_target() {
+        for a in &HOOKS {
+            for b in &HOOKS {
+                if a.id != b.id && a.target == b.target {
+                    assert_ne!(a.pin_prefix, b.pin_prefix, "{} and {} would share a pin", a.program, b.program);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn container_hooks_name_their_direction() {
+        assert_eq!(HookId::VethIngress.hook().container_direction(), Some(crate::Direction::Out));
+        assert_eq!(HookId::VethEgress.hook().container_direction(), Some(crate::Direction::In));
+        assert_eq!(HookId::UplinkIngress.hook().container_direction(), None);
+    }
+}

@@ -1,0 +1,49 @@
+//! How every program run ends: a pass is counted as traffic on the hook's
+//! side of the interface, a drop is counted by reason and sent to the
+//! monitor. Every entry point goes through [`finish`].
+
+use netpath_common::{event::EVENT_DROP, DropReason, HookId};
+
+use crate::{
+    events, flow,
+    packet::Packet,
+    stats::{count_drop, count_packet},
+};
+
+/// Where a run happened, for the counters and events.
+#[derive(Clone, Copy)]
+pub struct Site {
+    pub hook: HookId,
+    pub ifindex: u32,
+    /// The container whose veth it is (0: not a container's hook).
+    pub container_id: u32,
+    /// Count passing packets here (false where another hook already
+    /// counted them: uplink tc ingress behind XDP).
+    pub count: bool,
+}
+
+/// Counts the outcome; true if the packet passes.
+#[inline(always)]
+pub fn finish(pkt: &impl Packet, site: Site, len: u32, result: Result<(), DropReason>) -> bool {
+    match result {
+        Ok(()) => {
+            if site.count {
+                count_packet(site.ifindex, site.hook.hook().side(), len);
+            }
+            true
+        }
+        Err(reason) => {
+            drop_frame(pkt, site, reason);
+            false
+        }
+    }
+}
+
+/// Counts a drop and tells the monitor about it. Out of line: the parse for
+/// the event's tuple needs stack the callers do not have.
+#[inline(never)]
+fn drop_frame(pkt: &impl Packet, site: Site, reason: DropReason) {
+    count_drop(site.ifindex, reason);
+    let key = flow::parse4(pkt).map(|f| f.key).unwrap_or_default();
+    events::emit(EVENT_DROP, reason as u8, site.hook, site.ifindex, site.container_id, &key);
+}

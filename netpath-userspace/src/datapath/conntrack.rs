@@ -1,0 +1,83 @@
+//! Tracked flows as the agent handles them: listing, cutting, and collecting
+//! expired pairs.
+
+use std::collections::HashMap;
+
+use anyhow::{Context as _, Result};
+use netpath_common::{conntrack::CT_F_REPLY, maps as names, CtEntry, CtKey4};
+
+use super::{maps::ignore_missing, Datapath};
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock `CtEntry::expires_ns` uses.
+pub fn monotonic_ns() -> u64 {
+    let t =
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+impl Datapath {
+    pub fn ct_entries(&mut self) -> Result<Vec<(CtKey4, CtEntry)>> {
+        // Entries can vanish (LRU eviction, GC) while we walk: skip those.
+        Ok(self.ct_map()?.iter().filter_map(Result::ok).collect())
+    }
+
+    pub fn remove_ct(&mut self, key: &CtKey4) -> Result<()> {
+        ignore_missing(self.ct_map()?.remove(key)).with_context(|| format!("removing from {}", names::CT4))
+    }
+
+    /// Removes tracked flows (both directions) whose entry matches `pred`;
+    /// returns how many flows went.
+    pub fn ct_remove_where(&mut self, mut pred: impl FnMut(&CtKey4, &CtEntry) -> bool) -> Result<usize> {
+        let entries = self.ct_entries()?;
+        let mut map = self.ct_map()?;
+        let mut flows = 0;
+        for (key, entry) in entries.iter().filter(|(k, e)| pred(k, e)) {
+            let gone = ignore_missing(map.remove(key)).is_ok();
+            let _ = ignore_missing(map.remove(&entry.peer));
+            if gone && entry.flags & CT_F_REPLY == 0 {
+                flows += 1;
+            }
+        }
+        Ok(flows)
+    }
+
+    /// Deletes the flows whose entries have all expired at `now`; returns
+    /// how many went.
+    pub fn ct_collect_expired(&mut self, now: u64) -> Result<usize> {
+        let entries: HashMap<CtKey4, CtEntry> = self.ct_entries()?.into_iter().collect();
+        let expired = |e: &CtEntry| e.expires_ns < now;
+        let dead: Vec<CtKey4> = entries
+            .iter()
+            .filter(|(_, e)| expired(e) && entries.get(&e.peer).is_none_or(expired))
+            .map(|(k, _)| *k)
+            .collect();
+        if dead.is_empty() {
+            return Ok(0);
+        }
+        self.ct_remove_expired(&dead, now)
+    }
+
+    /// Deletes the entries of these keys that are still expired at `now`,
+    /// each re-read just before it goes: the datapath may have revived one
+    /// (a reused tuple) since the table was read. Returns how many flows went.
+    fn ct_remove_expired(&mut self, keys: &[CtKey4], now: u64) -> Result<usize> {
+        let mut map = self.ct_map()?;
+        let mut flows = 0;
+        for key in keys {
+            let Ok(entry) = map.get(key, 0) else { continue };
+            if entry.expires_ns >= now {
+                continue;
+            }
+            if let Ok(peer) = map.get(&entry.peer, 0) {
+                if peer.expires_ns >= now {
+                    continue;
+                }
+                let _ = ignore_missing(map.remove(&entry.peer));
+            }
+            if ignore_missing(map.remove(key)).is_ok() && entry.flags & CT_F_REPLY == 0 {
+                flows += 1;
+            }
+        }
+        Ok(flows)
+    }
+}

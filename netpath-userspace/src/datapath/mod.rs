@@ -1,0 +1,42 @@
+//! The datapath layer: the BPF object and everything netpath keeps in the
+//! kernel. It knows nothing of the API: the agent turns what it returns into
+//! views.
+//!
+//! - [`loader`]: loading the embedded object, every map pinned (and a pin of
+//!   an incompatible layout refused), every program of the hook table loaded;
+//! - [`links`]: attaching through pinned links, swapping programs into them
+//!   on restart, detaching;
+//! - [`maps`]: typed access to each map;
+//! - [`conntrack`]: reading, cutting and collecting tracked flows.
+//!
+//! Pins live under `<pin_dir>/maps/<MAP>` and
+//! `<pin_dir>/links/<pin prefix>_<target>` (bpffs refuses names with a '.',
+//! so a '.' in an interface name is written as '%').
+
+mod conntrack;
+mod links;
+mod loader;
+mod maps;
+
+use std::path::{Path, PathBuf};
+
+use aya::Ebpf;
+
+pub use conntrack::monotonic_ns;
+pub use links::CGROUP_TARGET;
+pub use loader::{ensure_bpffs, BPF_OBJECT};
+pub use maps::{MapSummary, ProgramSummary};
+
+/// The loaded object and where its pins are.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    /// Summaries of maps taken out of the object (the event ring buffer).
+    taken: Vec<MapSummary>,
+}
+
+impl Datapath {
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+}
