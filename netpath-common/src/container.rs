@@ -5,8 +5,8 @@ use crate::Direction;
 
 /// The container has an IPv4 address in [`ContainerEntry::ipv4`].
 pub const CONTAINER_F_IPV4: u16 = 1 << 0;
-/// The container has an IPv6 address in [`ContainerEntry::ipv6`] (reserved: IPv6
-/// comes later, the layout is ready for it).
+/// The container has an IPv6 address in [`ContainerEntry::ipv6`] (IPv6 is
+/// not carried yet; the layout has room for it).
 pub const CONTAINER_F_IPV6: u16 = 1 << 1;
 /// New flows to the container that no rule matches are denied.
 pub const CONTAINER_F_DEFAULT_DENY_IN: u16 = 1 << 2;

@@ -36,11 +36,7 @@ pub fn translate4(ctx: &TcContext) -> Result<(), DropReason> {
 /// Conntrack hit: translate as recorded. Miss to a published port: create
 /// the flow's entries, then translate. ICMP errors about a tracked flow are
 /// translated back (outer and quoted headers). Anything else passes.
-///
-/// Inlined into its callers: one more frame here would take uplink_ingress's
-/// call chain (down to a new published flow's conntrack entries) past the
-/// 512-byte stack.
-#[inline(always)]
+#[inline(never)]
 pub fn translate_parsed4(
     ctx: &TcContext,
     parsed: &Result<Flow4, NoFlow>,

@@ -144,13 +144,7 @@ impl Inner {
 
     /// Creates and wires the veth pair; fills in `c.ifindex` as soon as the
     /// host side exists so that a failure can be rolled back.
-    pub(super) async fn plumb(
-        &mut self,
-        cfg: &ResolvedConfig,
-        ns: &Netns,
-        cnl: &Netlink,
-        c: &mut Container,
-    ) -> Result<()> {
+    async fn plumb(&mut self, cfg: &ResolvedConfig, ns: &Netns, cnl: &Netlink, c: &mut Container) -> Result<()> {
         let peer = format!("npp{}", c.id);
         for name in [&c.veth, &peer] {
             if self.nl.link_by_name(name).await?.is_some() {
@@ -187,7 +181,7 @@ impl Inner {
     }
 
     /// Best-effort removal of everything `plumb` may have created.
-    pub(super) async fn unplumb(&mut self, c: &Container) {
+    async fn unplumb(&mut self, c: &Container) {
         if c.ifindex != 0 {
             if let Err(e) = self.nl.delete_link(c.ifindex).await {
                 tracing::warn!("rollback: {e:#}");

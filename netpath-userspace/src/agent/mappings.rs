@@ -11,7 +11,7 @@ use crate::{
     state::Change,
 };
 
-pub(super) fn mapping_key(m: &Mapping) -> MappingKey4 {
+fn mapping_key4(m: &Mapping) -> MappingKey4 {
     MappingKey4 {
         addr: m.host_ip.map(|ip| ip.octets()).unwrap_or([0; 4]),
         port: m.host_port.to_be(),
@@ -56,7 +56,7 @@ impl Inner {
         Ok(())
     }
 
-    pub(super) fn mapping_entry(&self, m: &Mapping) -> Result<(MappingKey4, MappingEntry4)> {
+    fn mapping_entry(&self, m: &Mapping) -> Result<(MappingKey4, MappingEntry4)> {
         let c = self
             .state
             .containers
@@ -64,7 +64,7 @@ impl Inner {
             .find(|c| c.name == m.container)
             .with_context(|| format!("mapping {} names unknown container {}", m.spec(), m.container))?;
         Ok((
-            mapping_key(m),
+            mapping_key4(m),
             MappingEntry4 {
                 container_addr: c.ip.octets(),
                 container_port: m.container_port.to_be(),
@@ -178,7 +178,7 @@ impl Inner {
             return Ok(());
         }
         for m in victims {
-            self.dp.remove_mapping(&mapping_key(m))?;
+            self.dp.remove_mapping(&mapping_key4(m))?;
         }
         // The mapping is gone from MAPPINGS4, so no new flow can use it; now
         // cut the tracked ones, UDP included (no stale entries).

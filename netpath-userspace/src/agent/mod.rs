@@ -1,5 +1,19 @@
 //! The agent: owns the bridge, the containers' veths and the datapath, and
 //! keeps the kernel in line with its persisted desired state.
+//!
+//! [`Agent`] is the API's entry point; it serialises work through one lock
+//! on `Inner`. Each concern lives in its own file and shows the rest of the
+//! agent only what it needs (everything else is private to the file):
+//! - `containers`: add, delete, (re)program a container's veth and entry,
+//!   forget its datapath state;
+//! - `mappings`: publish, unpublish, remove a container's mappings,
+//!   reconcile MAPPINGS4 with the saved mappings;
+//! - `rules`: a container's policy, rule and default changes, re-judging
+//!   tracked flows, reconcile POLICY4, forget a container's policy;
+//! - `flows`: list tracked flows, collect expired ones.
+//!
+//! This file holds start-up, reconciliation, status, and
+//! `Inner::attachments`, where the hook table becomes attachments.
 
 mod containers;
 mod flows;

@@ -30,7 +30,7 @@ impl Inner {
 
     /// Writes the compiled entries of `cidrs` (one container, one direction);
     /// CIDRs without rules lose their entry.
-    pub(super) fn write_policy(
+    fn write_policy(
         &mut self,
         id: u32,
         rules: &[Rule],

@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 
-use anyhow::{Context as _, Result};
-use netpath_common::{conntrack::CT_F_REPLY, maps as names, CtEntry, CtKey4};
+use anyhow::Result;
+use netpath_common::{conntrack::CT_F_REPLY, CtEntry, CtKey4};
 
 use super::{maps::ignore_missing, Datapath};
 
@@ -19,10 +19,6 @@ impl Datapath {
     pub fn ct_entries(&mut self) -> Result<Vec<(CtKey4, CtEntry)>> {
         // Entries can vanish (LRU eviction, GC) while we walk: skip those.
         Ok(self.ct_map()?.iter().filter_map(Result::ok).collect())
-    }
-
-    pub fn remove_ct(&mut self, key: &CtKey4) -> Result<()> {
-        ignore_missing(self.ct_map()?.remove(key)).with_context(|| format!("removing from {}", names::CT4))
     }
 
     /// Removes tracked flows (both directions) whose entry matches `pred`;
