@@ -2,12 +2,15 @@
 //!
 //! - [`frames`]: builders for Ethernet/IPv4/UDP/TCP/ICMP/ARP frames with
 //!   correct checksums, and independent checksum verification;
+//! - [`fixtures`]: what every packet test shares (verdicts, addresses,
+//!   settings, container entries, frame assertions);
 //! - [`prog_run`]: runs a loaded BPF program on a frame with
 //!   `BPF_PROG_TEST_RUN` and returns its verdict and output bytes;
 //! - [`topology`]: a sandbox host, an outside world and containers in
 //!   network namespaces with a unique per-run prefix, removed on drop (also
 //!   when a test panics), with a running `netpathd`.
 
+pub mod fixtures;
 pub mod frames;
 pub mod prog_run;
 pub mod topology;

@@ -3,47 +3,25 @@
 //! against frames built from scratch and verified independently), and the
 //! packets that must pass untouched.
 
-use netpath_common::{
-    container::CONTAINER_F_IPV4, ContainerEntry, CtTimeouts, DatapathConfig, HookId, MappingEntry4, MappingKey4,
-};
+use netpath_common::{HookId, MappingEntry4, MappingKey4};
 use netpath_tests::{
+    fixtures::{self, expect, hex, C1, C1_MAC, C2, C2_MAC, CLIENT, CLIENT_MAC, GATEWAY, HOST, HOST_MAC, TC_ACT_OK},
     frames::{self, ETH_P_ARP, ETH_P_IPV4, IPPROTO_TCP, IPPROTO_UDP},
     prog_run::{PacketHarness, TEST_IFINDEX},
 };
 
-const TC_ACT_OK: u32 = 0;
-
-const HOST: [u8; 4] = [198, 18, 0, 1];
+/// A host address that one mapping is bound to.
 const BOUND: [u8; 4] = [198, 18, 0, 10];
-const CLIENT: [u8; 4] = [198, 18, 0, 2];
-const GATEWAY: [u8; 4] = [10, 0, 0, 1];
-const C1: [u8; 4] = [10, 0, 0, 2];
-const C2: [u8; 4] = [10, 0, 0, 3];
-const C1_MAC: [u8; 6] = [0x02, 0x4e, 10, 0, 0, 2];
-const C2_MAC: [u8; 6] = [0x02, 0x4e, 10, 0, 0, 3];
-const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
 
 fn harness() -> PacketHarness {
-    assert!(netpath_tests::is_root(), "packet tests load BPF programs: run them as root (cargo xtask test)");
-    let mut h = PacketHarness::new().expect("load the BPF object");
-    h.dp.write_config(&DatapathConfig {
-        netns_cookie: 0,
-        subnet4: [10, 0, 0, 0],
-        subnet4_prefix: 24,
-        gateway4: GATEWAY,
-        flags: 0,
-        timeouts: CtTimeouts::default(),
-        ..Default::default()
-    })
-    .unwrap();
+    let mut h = fixtures::harness(&fixtures::config(0));
     h.dp.sync_host_addrs4(&[(HOST, 2), (BOUND, 2), (GATEWAY, 3)]).unwrap();
-    let svc = |addr: [u8; 4], port: u16, proto: u8, backend: [u8; 4], bport: u16, id: u32| {
+    let mapping = |addr: [u8; 4], port: u16, proto: u8, container: [u8; 4], container_port: u16, id: u32| {
         (
             MappingKey4 { addr, port: port.to_be(), proto, _pad: 0 },
             MappingEntry4 {
-                container_addr: backend,
-                container_port: bport.to_be(),
+                container_addr: container,
+                container_port: container_port.to_be(),
                 _pad: 0,
                 id,
                 container_ifindex: TEST_IFINDEX,
@@ -51,9 +29,9 @@ fn harness() -> PacketHarness {
         )
     };
     for (k, v) in [
-        svc([0; 4], 8080, IPPROTO_TCP, C1, 80, 1),
-        svc([0; 4], 8053, IPPROTO_UDP, C1, 53, 2),
-        svc(BOUND, 8082, IPPROTO_TCP, C1, 80, 3),
+        mapping([0; 4], 8080, IPPROTO_TCP, C1, 80, 1),
+        mapping([0; 4], 8053, IPPROTO_UDP, C1, 53, 2),
+        mapping(BOUND, 8082, IPPROTO_TCP, C1, 80, 3),
     ] {
         h.dp.set_mapping(&k, &v).unwrap();
     }
@@ -61,11 +39,7 @@ fn harness() -> PacketHarness {
 }
 
 fn container(h: &mut PacketHarness, ip: [u8; 4], mac: [u8; 6]) {
-    h.dp.set_container(
-        TEST_IFINDEX,
-        &ContainerEntry { ipv4: ip, ipv6: [0; 16], mac, flags: CONTAINER_F_IPV4, ifindex: TEST_IFINDEX, id: 1 },
-    )
-    .unwrap();
+    h.dp.set_container(TEST_IFINDEX, &fixtures::container(ip, mac, 1, 0)).unwrap();
 }
 
 fn tcp_frame(
@@ -83,21 +57,6 @@ fn tcp_frame(
 fn udp_frame(dmac: [u8; 6], smac: [u8; 6], src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> Vec<u8> {
     let seg = frames::udp(src.0, dst.0, src.1, dst.1, b"query");
     frames::eth(dmac, smac, ETH_P_IPV4, &frames::ipv4(src.0, dst.0, IPPROTO_UDP, &[], &seg))
-}
-
-/// Runs `program` and asserts it passes the frame with exactly `want` bytes
-/// and valid checksums.
-fn expect(h: &PacketHarness, program: &str, input: &[u8], want: &[u8]) {
-    let r = h.run(program, input).unwrap();
-    assert_eq!(r.verdict, TC_ACT_OK, "{program} verdict");
-    assert_eq!(hex(&r.data), hex(want), "{program} output bytes");
-    if u16::from_be_bytes([want[12], want[13]]) == ETH_P_IPV4 && want.len() >= 34 {
-        frames::verify_checksums(&r.data).unwrap_or_else(|e| panic!("{program}: {e}"));
-    }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
 }
 
 #[test]

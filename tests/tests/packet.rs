@@ -1,37 +1,18 @@
 //! Packet tests: the anti-spoofing and counting programs run under
 //! BPF_PROG_TEST_RUN on crafted frames, with prepared map contents.
 
-use netpath_common::{container::CONTAINER_F_IPV4, ContainerEntry, DropReason, HookId};
+use netpath_common::{DropReason, HookId};
 use netpath_tests::{
+    fixtures::{
+        self, C1 as CTR_IP, C1_MAC as CTR_MAC, C2 as PEER_IP, C2_MAC as PEER_MAC, TC_ACT_OK, TC_ACT_SHOT, XDP_PASS,
+    },
     frames::{self, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     prog_run::{PacketHarness, TEST_IFINDEX},
 };
 
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const XDP_PASS: u32 = 2;
-
-const CTR_MAC: [u8; 6] = [0x02, 0x4e, 10, 0, 0, 2];
-const CTR_IP: [u8; 4] = [10, 0, 0, 2];
-const PEER_MAC: [u8; 6] = [0x02, 0x4e, 10, 0, 0, 3];
-const PEER_IP: [u8; 4] = [10, 0, 0, 3];
-
 fn harness() -> PacketHarness {
-    assert!(netpath_tests::is_root(), "packet tests load BPF programs: run them as root (cargo xtask test)");
-    let mut h = PacketHarness::new().expect("load the BPF object");
-    h.dp.set_container(
-        TEST_IFINDEX,
-        &ContainerEntry {
-            ipv4: CTR_IP,
-            ipv6: [0; 16],
-            mac: CTR_MAC,
-            flags: CONTAINER_F_IPV4,
-            ifindex: TEST_IFINDEX,
-            id: 1,
-        },
-    )
-    .unwrap();
-    h.dp.reset_stats(TEST_IFINDEX).unwrap();
+    let mut h = fixtures::unconfigured_harness();
+    h.dp.set_container(TEST_IFINDEX, &fixtures::container(CTR_IP, CTR_MAC, 1, 0)).unwrap();
     h
 }
 
@@ -154,4 +135,15 @@ fn egress_and_uplink_count_and_pass() {
     assert_eq!((r.verdict, &r.data), (XDP_PASS, &f));
     let s = h.dp.stats(TEST_IFINDEX).unwrap();
     assert_eq!(s.ingress.packets, 1, "XDP on the uplink counts what arrives");
+
+    // Every entry point ends through the same count: the uplink's tc hooks
+    // too (its egress counted nothing before).
+    let r = h.run(HookId::UplinkEgress.program(), &f).unwrap();
+    assert_eq!((r.verdict, &r.data), (TC_ACT_OK, &f));
+    let s = h.dp.stats(TEST_IFINDEX).unwrap();
+    assert_eq!((s.egress.packets, s.egress.bytes), (2, 2 * f.len() as u64), "uplink egress counts what leaves");
+    let r = h.run(HookId::UplinkIngress.program(), &f).unwrap();
+    assert_eq!((r.verdict, &r.data), (TC_ACT_OK, &f));
+    let s = h.dp.stats(TEST_IFINDEX).unwrap();
+    assert_eq!(s.ingress.packets, 2, "uplink tc ingress counts without XDP");
 }

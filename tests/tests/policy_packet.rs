@@ -4,50 +4,23 @@
 
 use netpath_common::{
     config::CFG_F_NO_ICC,
-    container::{CONTAINER_F_DEFAULT_DENY_IN, CONTAINER_F_DEFAULT_DENY_OUT, CONTAINER_F_IPV4},
-    ContainerEntry, CtTimeouts, DatapathConfig, DropReason, HookId,
+    container::{CONTAINER_F_DEFAULT_DENY_IN, CONTAINER_F_DEFAULT_DENY_OUT},
+    DropReason, HookId,
 };
 use netpath_tests::{
+    fixtures::{self, C1, C1_MAC, C2, GATEWAY, TC_ACT_OK, TC_ACT_SHOT},
     frames::{self, ETH_P_IPV4, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     prog_run::{PacketHarness, TEST_IFINDEX},
 };
 use netpath_userspace::policy::{self, parse_cidr, parse_filter, Action, Direction, Rule};
 
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-
-const C1: [u8; 4] = [10, 0, 0, 2];
-const C2: [u8; 4] = [10, 0, 0, 3];
-const GATEWAY: [u8; 4] = [10, 0, 0, 1];
-const C1_MAC: [u8; 6] = [0x02, 0x4e, 10, 0, 0, 2];
+/// The gateway's MAC (the bridge), as containers address it.
 const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
-const EP_ID: u32 = 7;
+const C1_ID: u32 = 7;
 
-fn harness(ep_flags: u16, cfg_flags: u32, rules: &[(Action, Direction, &str, &str)]) -> PacketHarness {
-    assert!(netpath_tests::is_root(), "packet tests load BPF programs: run them as root (cargo xtask test)");
-    let mut h = PacketHarness::new().expect("load the BPF object");
-    h.dp.write_config(&DatapathConfig {
-        subnet4: [10, 0, 0, 0],
-        subnet4_prefix: 24,
-        gateway4: GATEWAY,
-        flags: cfg_flags,
-        timeouts: CtTimeouts::default(),
-        ..Default::default()
-    })
-    .unwrap();
-    h.dp.set_container(
-        TEST_IFINDEX,
-        &ContainerEntry {
-            ipv4: C1,
-            ipv6: [0; 16],
-            mac: C1_MAC,
-            flags: CONTAINER_F_IPV4 | ep_flags,
-            ifindex: TEST_IFINDEX,
-            id: EP_ID,
-        },
-    )
-    .unwrap();
-    h.dp.reset_stats(TEST_IFINDEX).unwrap();
+fn harness(container_flags: u16, cfg_flags: u32, rules: &[(Action, Direction, &str, &str)]) -> PacketHarness {
+    let mut h = fixtures::harness(&fixtures::config(cfg_flags));
+    h.dp.set_container(TEST_IFINDEX, &fixtures::container(C1, C1_MAC, C1_ID, container_flags)).unwrap();
     let rules: Vec<Rule> = rules
         .iter()
         .map(|(action, direction, cidr, filter)| {
@@ -55,9 +28,9 @@ fn harness(ep_flags: u16, cfg_flags: u32, rules: &[(Action, Direction, &str, &st
             Rule { action: *action, direction: *direction, cidr: parse_cidr(cidr).unwrap(), proto, ports }
         })
         .collect();
-    for d in [Direction::In, Direction::Out] {
+    for d in Direction::BOTH {
         for (cidr, entry) in policy::compile(&rules, d, None).unwrap().entries {
-            let (len, key) = policy::lpm_key4(EP_ID, d, &cidr);
+            let (len, key) = policy::lpm_key4(C1_ID, d, &cidr);
             h.dp.set_policy4(len, &key, &entry).unwrap();
         }
     }
@@ -164,7 +137,7 @@ fn established_flows_pass_on_the_conntrack_hit_both_ways() {
     let rules =
         vec![Rule { action: Deny, direction: Out, cidr: parse_cidr("0.0.0.0/0").unwrap(), proto: None, ports: None }];
     let (cidr, entry) = policy::compile(&rules, Out, None).unwrap().entries.into_iter().next().unwrap();
-    let (len, key) = policy::lpm_key4(EP_ID, Out, &cidr);
+    let (len, key) = policy::lpm_key4(C1_ID, Out, &cidr);
     h.dp.set_policy4(len, &key, &entry).unwrap();
     assert_eq!(out(&h, [198, 18, 0, 2], IPPROTO_TCP, 80), TC_ACT_OK);
     assert_eq!(out(&h, [198, 18, 0, 9], IPPROTO_TCP, 80), TC_ACT_SHOT, "a new flow meets the new rule");

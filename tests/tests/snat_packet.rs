@@ -2,41 +2,27 @@
 //! its ingress, ICMP echo identifiers, port collisions and exhaustion, and
 //! ICMP errors whose quoted packet is translated back, byte for byte.
 
-use netpath_common::{config::CFG_F_MASQUERADE, CtTimeouts, DatapathConfig, DropReason, HookId};
+use netpath_common::{config::CFG_F_MASQUERADE, DatapathConfig, DropReason, HookId};
 use netpath_tests::{
+    fixtures::{self, hex, pass, C1, C2, HOST, HOST_MAC, SERVER, TC_ACT_SHOT},
     frames::{self, ETH_P_IPV4, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     prog_run::{PacketHarness, TEST_IFINDEX},
 };
 
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-
-const HOST: [u8; 4] = [198, 18, 0, 1];
-const SERVER: [u8; 4] = [203, 0, 113, 2];
+/// A router on the way out, which sends ICMP errors.
 const ROUTER: [u8; 4] = [198, 18, 0, 2];
-const C1: [u8; 4] = [10, 0, 0, 2];
-const C2: [u8; 4] = [10, 0, 0, 3];
-const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 const NEXT_HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
+/// A small masquerade range, so that tests can exhaust it.
 const PORTS: (u16, u16) = (20000, 20003);
 
 fn harness(flags: u32) -> PacketHarness {
-    assert!(netpath_tests::is_root(), "packet tests load BPF programs: run them as root (cargo xtask test)");
-    let mut h = PacketHarness::new().expect("load the BPF object");
-    h.dp.write_config(&DatapathConfig {
-        subnet4: [10, 0, 0, 0],
-        subnet4_prefix: 24,
-        gateway4: [10, 0, 0, 1],
-        flags,
-        timeouts: CtTimeouts::default(),
+    let mut h = fixtures::harness(&DatapathConfig {
         masq_addr4: HOST,
         snat_port_min: PORTS.0,
         snat_port_max: PORTS.1,
-        ..Default::default()
-    })
-    .unwrap();
+        ..fixtures::config(flags)
+    });
     h.dp.sync_host_addrs4(&[(HOST, 2)]).unwrap();
-    h.dp.reset_stats(TEST_IFINDEX).unwrap();
     h
 }
 
@@ -60,19 +46,6 @@ fn echo(src: [u8; 4], dst: [u8; 4], kind: u8, id: u16) -> Vec<u8> {
     let c = frames::checksum(&m);
     m[2..4].copy_from_slice(&c.to_be_bytes());
     ip_frame(src, dst, IPPROTO_ICMP, &m)
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
-}
-
-/// Runs `program`, expects it to pass the frame, checks checksums, and
-/// returns the output.
-fn pass(h: &PacketHarness, program: &str, frame: &[u8]) -> Vec<u8> {
-    let r = h.run(program, frame).unwrap();
-    assert_eq!(r.verdict, TC_ACT_OK, "{program} verdict");
-    frames::verify_checksums(&r.data).unwrap_or_else(|e| panic!("{program}: {e}"));
-    r.data
 }
 
 fn src_port(frame: &[u8]) -> u16 {

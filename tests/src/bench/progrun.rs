@@ -19,9 +19,11 @@ use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 
 use anyhow::{ensure, Context as _, Result};
 use netpath_common::{
-    container::CONTAINER_F_IPV4, ContainerEntry, CtKey4, CtTimeouts, DatapathConfig, HookId, MappingEntry4, MappingKey4,
+    conntrack::{TCP_ACK, TCP_SYN},
+    CtKey4, HookId, MappingEntry4, MappingKey4,
 };
 use netpath_tests::{
+    fixtures::{self, C1 as CTR, C1_MAC as CTR_MAC, CLIENT_MAC, GATEWAY, HOST_MAC},
     frames::{self, ETH_P_IPV4, IPPROTO_TCP},
     prog_run::{run, PacketHarness, TEST_IFINDEX},
     topology::{HOST_UPLINK_IP, WORLD_IP},
@@ -34,18 +36,13 @@ use super::{
     results::Series,
 };
 
-pub(super) const TC_ACT_OK: u32 = 0;
+pub(super) use fixtures::TC_ACT_OK;
+/// The benchmark's own sandbox addresses, so that frames look like its traffic.
 const HOST: [u8; 4] = HOST_UPLINK_IP.octets();
 const CLIENT: [u8; 4] = WORLD_IP.octets();
-const GATEWAY: [u8; 4] = [10, 0, 0, 1];
-const CTR: [u8; 4] = [10, 0, 0, 2];
-const CTR_MAC: [u8; 6] = [0x02, 0x4e, 10, 0, 0, 2];
-const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
 const CLIENT_PORT: u16 = 40000;
 const UNPUBLISHED_PORT: u16 = 9999;
-const TCP_SYN: u8 = 0x02;
-const TCP_SYN_ACK: u8 = 0x12;
+const TCP_SYN_ACK: u8 = TCP_SYN | TCP_ACK;
 
 /// One figure: a case at a number of published ports, one value per run.
 #[derive(Serialize)]
@@ -153,30 +150,11 @@ fn mapping(port: u16, id: u32) -> (MappingKey4, MappingEntry4) {
 
 /// The maps as the agent fills them for one container behind the hit port.
 fn configure(h: &mut PacketHarness) -> Result<()> {
-    h.dp.write_config(&DatapathConfig {
-        netns_cookie: 0,
-        subnet4: [10, 0, 0, 0],
-        subnet4_prefix: 24,
-        gateway4: GATEWAY,
-        flags: 0,
-        timeouts: CtTimeouts::default(),
-        // Fields added later (masquerade, ...) stay off.
-        ..Default::default()
-    })?;
+    h.dp.write_config(&fixtures::config(0))?;
     h.dp.sync_host_addrs4(&[(HOST, 2), (GATEWAY, 3)])?;
     let (k, v) = mapping(HIT_PORT, 1);
     h.dp.set_mapping(&k, &v)?;
-    h.dp.set_container(
-        TEST_IFINDEX,
-        &ContainerEntry {
-            ipv4: CTR,
-            ipv6: [0; 16],
-            mac: CTR_MAC,
-            flags: CONTAINER_F_IPV4,
-            ifindex: TEST_IFINDEX,
-            id: 1,
-        },
-    )?;
+    h.dp.set_container(TEST_IFINDEX, &fixtures::container(CTR, CTR_MAC, 1, 0))?;
     Ok(())
 }
 

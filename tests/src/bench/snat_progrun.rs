@@ -16,8 +16,13 @@
 //!   destination translated back to the container.
 
 use anyhow::{ensure, Context as _, Result};
-use netpath_common::{config::CFG_F_MASQUERADE, CtTimeouts, DatapathConfig, HookId};
+use netpath_common::{
+    config::CFG_F_MASQUERADE,
+    conntrack::{TCP_ACK, TCP_SYN},
+    DatapathConfig, HookId,
+};
 use netpath_tests::{
+    fixtures::{self, C1 as CTR, HOST_MAC},
     prog_run::{run, PacketHarness},
     topology::{HOST_UPLINK_IP, WORLD_IP},
 };
@@ -31,16 +36,12 @@ use super::{
 
 const HOST: [u8; 4] = HOST_UPLINK_IP.octets();
 const SERVER: [u8; 4] = WORLD_IP.octets();
-const CTR: [u8; 4] = [10, 0, 0, 2];
-const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 const NEXT_HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
 /// netpathd's default `masquerade_ports`.
 const SNAT_PORTS: (u16, u16) = (1024, 32767);
 /// A container source port in Linux's ephemeral range, outside SNAT_PORTS.
 const CTR_PORT: u16 = 40000;
 const SERVER_PORT: u16 = 80;
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
 /// New flows per destination in the allocation figure.
 pub const FLOWS_PER_DESTINATION: u32 = 1000;
 /// At most this many allocations per run: two conntrack entries each, well
@@ -97,15 +98,10 @@ pub fn measure(opts: &Options) -> Result<Vec<Figure>> {
 /// The datapath config as the agent writes it with masquerade on.
 fn configure(h: &mut PacketHarness) -> Result<()> {
     h.dp.write_config(&DatapathConfig {
-        subnet4: [10, 0, 0, 0],
-        subnet4_prefix: 24,
-        gateway4: [10, 0, 0, 1],
-        flags: CFG_F_MASQUERADE,
-        timeouts: CtTimeouts::default(),
         masq_addr4: HOST,
         snat_port_min: SNAT_PORTS.0,
         snat_port_max: SNAT_PORTS.1,
-        ..Default::default()
+        ..fixtures::config(CFG_F_MASQUERADE)
     })?;
     h.dp.sync_host_addrs4(&[(HOST, 2)])?;
     Ok(())
