@@ -312,52 +312,20 @@ fn api_is_root_only_json_over_a_unix_socket() {
     let out = cmd("curl", &["-s", "--unix-socket", &sock, "http://localhost/v1/status"]).unwrap();
     let st: Status = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(st.instance, t.instance());
+    // curl with the HTTP status on a last line of its own.
+    let curl = |extra: &[&str], url: &str| -> String {
+        let mut args = vec!["-s", "-w", "\n%{http_code}", "--unix-socket", &sock];
+        args.extend(extra);
+        args.push(url);
+        String::from_utf8_lossy(&cmd("curl", &args).unwrap().stdout).into_owned()
+    };
     let body = format!("{{\"name\":\"c1\",\"netns\":\"{}\"}}", t.container_ns(1));
-    let out = cmd(
-        "curl",
-        &[
-            "-s",
-            "-w",
-            "\n%{http_code}",
-            "--unix-socket",
-            &sock,
-            "-X",
-            "POST",
-            "-d",
-            &body,
-            "http://localhost/v1/containers",
-        ],
-    )
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = curl(&["-X", "POST", "-d", &body], "http://localhost/v1/containers");
     assert!(text.ends_with("201"), "{text}");
-    let out = cmd(
-        "curl",
-        &[
-            "-s",
-            "-w",
-            "\n%{http_code}",
-            "--unix-socket",
-            &sock,
-            "-X",
-            "POST",
-            "-d",
-            "{\"nam\":1}",
-            "http://localhost/v1/containers",
-        ],
-    )
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = curl(&["-X", "POST", "-d", "{\"nam\":1}"], "http://localhost/v1/containers");
     assert!(text.ends_with("400") && text.contains("invalid container request"), "{text}");
-    let out =
-        cmd("curl", &["-s", "-w", "\n%{http_code}", "--unix-socket", &sock, "http://localhost/v2/status"]).unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).ends_with("404"));
-    let out = cmd(
-        "curl",
-        &["-s", "-w", "\n%{http_code}", "--unix-socket", &sock, "-X", "DELETE", "http://localhost/v1/containers/c1"],
-    )
-    .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).ends_with("200"));
+    assert!(curl(&[], "http://localhost/v2/status").ends_with("404"));
+    assert!(curl(&["-X", "DELETE"], "http://localhost/v1/containers/c1").ends_with("200"));
 }
 
 #[test]
