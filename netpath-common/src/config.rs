@@ -34,8 +34,8 @@ pub struct DatapathConfig {
     pub masq_addr4: [u8; 4],
     /// Source ports (host byte order, inclusive) the masquerade allocates
     /// from; also the range of translated ICMP echo identifiers.
-    pub snat_port_min: u16,
-    pub snat_port_max: u16,
+    pub masq_port_min: u16,
+    pub masq_port_max: u16,
 }
 
 impl DatapathConfig {

@@ -13,8 +13,8 @@ pub mod event;
 pub mod hooks;
 pub mod mapping;
 pub mod maps;
+pub mod masquerade;
 pub mod policy;
-pub mod snat;
 pub mod stats;
 
 pub use config::DatapathConfig;

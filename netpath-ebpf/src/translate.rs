@@ -23,7 +23,7 @@ use crate::{
     flow::{Flow4, NoFlow},
     icmp_error, mapping,
     maps::config,
-    nat, packet, snat,
+    masquerade, nat, packet,
 };
 
 /// Translates a packet arriving from outside (uplink ingress).
@@ -99,7 +99,7 @@ pub fn masquerade4(ctx: &TcContext) -> Result<(), DropReason> {
             return Ok(());
         }
     }
-    snat::masquerade_new4(ctx, &flow, cfg)
+    masquerade::new_flow4(ctx, &flow, cfg)
 }
 
 /// Is this packet from outside addressed straight to a container? Those are

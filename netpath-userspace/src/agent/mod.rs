@@ -228,8 +228,8 @@ impl Agent {
             flags,
             timeouts: cfg.conntrack.timeouts(),
             masq_addr4: [0; 4],
-            snat_port_min: cfg.masquerade_ports.0,
-            snat_port_max: cfg.masquerade_ports.1,
+            masq_port_min: cfg.masquerade_ports.0,
+            masq_port_max: cfg.masquerade_ports.1,
         };
         dp.write_config(&dp_config)?;
         if cgroup.is_none() {

@@ -49,7 +49,7 @@ const TCP_SYN_ACK: u8 = TCP_SYN | TCP_ACK;
 pub struct Figure {
     pub case: &'static str,
     pub program: &'static str,
-    pub services: usize,
+    pub mappings: usize,
     /// Mean kernel-measured ns per run, fresh frame each run.
     pub fresh_ns: Series,
     /// `fresh_ns` minus the empty program's.
@@ -66,7 +66,7 @@ pub struct Figure {
 struct Sample {
     case: &'static str,
     program: &'static str,
-    services: usize,
+    mappings: usize,
     fresh_ns: f64,
     net_ns: f64,
     loop_ns: Option<f64>,
@@ -100,7 +100,7 @@ fn aggregate(runs: &[Vec<Sample>]) -> Vec<Figure> {
             Figure {
                 case: s.case,
                 program: s.program,
-                services: s.services,
+                mappings: s.mappings,
                 fresh_ns: col(&|s| Some(s.fresh_ns)).unwrap_or_default(),
                 net_ns: col(&|s| Some(s.net_ns)).unwrap_or_default(),
                 loop_ns: col(&|s| s.loop_ns),
@@ -158,9 +158,9 @@ fn configure(h: &mut PacketHarness) -> Result<()> {
     Ok(())
 }
 
-/// Publishes filler ports until `services` are published in all.
-fn fill_services(h: &mut PacketHarness, services: usize) -> Result<()> {
-    for i in 0..services.saturating_sub(1) {
+/// Publishes filler ports until `mappings` are published in all.
+fn fill_mappings(h: &mut PacketHarness, mappings: usize) -> Result<()> {
+    for i in 0..mappings.saturating_sub(1) {
         let (k, v) = mapping(filler_port(i), 2 + i as u32);
         h.dp.set_mapping(&k, &v)?;
     }
@@ -194,14 +194,14 @@ fn one_run(calls: u32, sizes: &[usize]) -> Result<Vec<Sample>> {
     let uplink = h.dp.program_fd(HookId::UplinkIngress.program())?;
     let veth = h.dp.program_fd(HookId::VethIngress.program())?;
     let mut out = vec![];
-    for &services in sizes {
-        fill_services(&mut h, services)?;
+    for &mappings in sizes {
+        fill_mappings(&mut h, mappings)?;
         let base = fresh_mean(empty.fd(), &f.syn, calls)?;
         let base_loop = run(empty.fd(), &f.syn, calls)?.duration_ns as f64;
         let sample = |case, program, fresh: f64, loop_ns, loop_hits| Sample {
             case,
             program,
-            services,
+            mappings,
             fresh_ns: fresh,
             net_ns: fresh - base,
             loop_ns,

@@ -301,7 +301,7 @@ fn prog_run(s: &mut String, r: &Results) {
             "| {} | {} | {} | {:.1} | {:.1} | {} | {} | {} |",
             f.program,
             f.case,
-            f.services,
+            f.mappings,
             f.fresh_ns.median,
             f.net_ns.median,
             f.loop_ns.as_ref().map(|l| format!("{:.1}", l.median)).unwrap_or_else(|| "-".into()),

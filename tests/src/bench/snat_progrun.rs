@@ -99,8 +99,8 @@ pub fn measure(opts: &Options) -> Result<Vec<Figure>> {
 fn configure(h: &mut PacketHarness) -> Result<()> {
     h.dp.write_config(&DatapathConfig {
         masq_addr4: HOST,
-        snat_port_min: SNAT_PORTS.0,
-        snat_port_max: SNAT_PORTS.1,
+        masq_port_min: SNAT_PORTS.0,
+        masq_port_max: SNAT_PORTS.1,
         ..fixtures::config(CFG_F_MASQUERADE)
     })?;
     h.dp.sync_host_addrs4(&[(HOST, 2)])?;

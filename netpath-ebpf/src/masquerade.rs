@@ -5,7 +5,7 @@
 use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::TcContext};
 use netpath_common::{
     conntrack::{CtState, CT_F_DNAT, CT_F_SNAT, IPPROTO_ICMP},
-    snat::{PortRange, MAX_TRIES},
+    masquerade::{PortRange, MAX_TRIES},
     CtEntry, CtKey4, DatapathConfig, DropReason,
 };
 
@@ -19,11 +19,11 @@ use crate::{
 /// packet. No free port: the new flow is dropped, existing ones are never
 /// touched.
 #[inline(always)]
-pub fn masquerade_new4(ctx: &TcContext, flow: &Flow4, cfg: &DatapathConfig) -> Result<(), DropReason> {
-    let Some(range) = PortRange::new(cfg.snat_port_min, cfg.snat_port_max) else { return Ok(()) };
+pub fn new_flow4(ctx: &TcContext, flow: &Flow4, cfg: &DatapathConfig) -> Result<(), DropReason> {
+    let Some(range) = PortRange::new(cfg.masq_port_min, cfg.masq_port_max) else { return Ok(()) };
     let icmp = flow.key.proto == IPPROTO_ICMP;
     // The search (own port kept when in range, else a random start; then
-    // up, wrapping around): netpath_common::snat.
+    // up, wrapping around): netpath_common::masquerade.
     let mut port = range.first(u16::from_be(flow.key.sport), || unsafe { bpf_get_prandom_u32() });
     let mut fwd = CtEntry {
         snat_addr: cfg.masq_addr4,

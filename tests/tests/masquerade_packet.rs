@@ -18,8 +18,8 @@ const PORTS: (u16, u16) = (20000, 20003);
 fn harness(flags: u32) -> PacketHarness {
     let mut h = fixtures::harness(&DatapathConfig {
         masq_addr4: HOST,
-        snat_port_min: PORTS.0,
-        snat_port_max: PORTS.1,
+        masq_port_min: PORTS.0,
+        masq_port_max: PORTS.1,
         ..fixtures::config(flags)
     });
     h.dp.sync_host_addrs4(&[(HOST, 2)]).unwrap();
