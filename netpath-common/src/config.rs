@@ -36,6 +36,10 @@ pub struct DatapathConfig {
     /// from; also the range of translated ICMP echo identifiers.
     pub masq_port_min: u16,
     pub masq_port_max: u16,
+    /// The bridge's MAC (the agent sets it, so it never follows the ports):
+    /// with icc off the only unicast destination a container may address.
+    pub gateway_mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 impl DatapathConfig {

@@ -10,6 +10,9 @@ pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+
 use crate::Direction;
 
 /// What a conntrack entry is for. One table holds both kinds, told apart by
@@ -52,7 +55,8 @@ impl CtScope {
 }
 
 /// A directional IPv4 5-tuple (ports in network byte order; for ICMP echo
-/// the identifier sits in both ports), and the scope it is tracked in.
+/// the identifier sits in both ports and the message type in `icmp_type`;
+/// protocols without ports have zero ports), and the scope it is tracked in.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtKey4 {
@@ -63,19 +67,34 @@ pub struct CtKey4 {
     pub proto: u8,
     /// [`CtScope`] as u8.
     pub scope: u8,
-    pub _pad: [u8; 2],
+    /// For ICMP echo: `ICMP_ECHO_REQUEST` or `ICMP_ECHO_REPLY`, so that a
+    /// request and a reply are different tuples (a verdict for replies never
+    /// lets requests through); 0 otherwise.
+    pub icmp_type: u8,
+    pub _pad: u8,
 }
 
 impl CtKey4 {
     #[inline(always)]
     pub fn new(saddr: [u8; 4], daddr: [u8; 4], sport: u16, dport: u16, proto: u8) -> CtKey4 {
-        CtKey4 { saddr, daddr, sport, dport, proto, scope: CtScope::Nat as u8, _pad: [0; 2] }
+        CtKey4 { saddr, daddr, sport, dport, proto, scope: CtScope::Nat as u8, icmp_type: 0, _pad: 0 }
     }
 
-    /// The same flow seen from the other side, in the same scope.
+    /// The tuple of an echo request (its replies reverse to echo replies).
+    #[inline(always)]
+    pub fn echo_request(saddr: [u8; 4], daddr: [u8; 4], id: u16) -> CtKey4 {
+        CtKey4 { icmp_type: ICMP_ECHO_REQUEST, ..CtKey4::new(saddr, daddr, id, id, IPPROTO_ICMP) }
+    }
+
+    /// The same flow seen from the other side, in the same scope: for ICMP
+    /// echo, a request's tuple reverses to its reply's and back.
     #[inline(always)]
     pub fn reversed(&self) -> CtKey4 {
-        CtKey4 { saddr: self.daddr, daddr: self.saddr, sport: self.dport, dport: self.sport, ..*self }
+        let mut icmp_type = self.icmp_type;
+        if self.proto == IPPROTO_ICMP {
+            icmp_type = if icmp_type == ICMP_ECHO_REQUEST { ICMP_ECHO_REPLY } else { ICMP_ECHO_REQUEST };
+        }
+        CtKey4 { saddr: self.daddr, daddr: self.saddr, sport: self.dport, dport: self.sport, icmp_type, ..*self }
     }
 
     #[inline(always)]
@@ -289,6 +308,21 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn echo_requests_and_replies_are_different_tuples() {
+        let (a, b) = ([10, 0, 0, 2], [198, 51, 100, 1]);
+        let request = CtKey4::echo_request(a, b, 7);
+        let reply = request.reversed();
+        assert_eq!((reply.saddr, reply.daddr, reply.icmp_type), (b, a, ICMP_ECHO_REPLY));
+        assert_eq!(reply.reversed(), request);
+        // A reply in the request's direction is not the request.
+        assert_ne!(CtKey4::new(a, b, 7, 7, IPPROTO_ICMP), request);
+        // Other protocols reverse addresses and ports only.
+        let tcp = CtKey4::new(a, b, 1000, 80, IPPROTO_TCP);
+        assert_eq!(tcp.reversed().icmp_type, 0);
+        assert_eq!(tcp.reversed().reversed(), tcp);
+    }
 
     const UDP_ICMP: [u8; 2] = [IPPROTO_UDP, IPPROTO_ICMP];
     const ALL_STATES: [u8; 4] = [NEW, ESTABLISHED, CLOSING, RESET];

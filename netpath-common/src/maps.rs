@@ -19,12 +19,14 @@ pub const SOCK_REVNAT4: &str = "SOCK_REVNAT4";
 pub const CONFIG: &str = "CONFIG";
 /// Policy: LPM trie of [`crate::PolicyKey4`] -> [`crate::PolicyEntry`].
 pub const POLICY4: &str = "POLICY4";
+/// Verdicts of first fragments: [`crate::FragKey4`] -> [`crate::FragEntry4`] (LRU).
+pub const FRAGS4: &str = "FRAGS4";
 /// Ring buffer of [`crate::Event`] for the monitor.
 pub const EVENTS: &str = "EVENTS";
 
 /// Every map the agent pins. Kernel map names are capped at 15 bytes.
 pub const PINNED_MAPS: &[&str] =
-    &[CONTAINERS, IFACE_STATS, MAPPINGS4, HOST_ADDRS4, CT4, SOCK_REVNAT4, CONFIG, POLICY4, EVENTS];
+    &[CONTAINERS, IFACE_STATS, MAPPINGS4, HOST_ADDRS4, CT4, SOCK_REVNAT4, CONFIG, POLICY4, FRAGS4, EVENTS];
 
 pub const MAX_POLICY_PREFIXES: usize = 262144;
 /// Bytes of the event ring buffer.
@@ -34,6 +36,8 @@ pub const MAX_MAPPINGS: usize = 65536;
 pub const MAX_HOST_ADDRS: usize = 1024;
 pub const MAX_CT_ENTRIES: usize = 262144;
 pub const MAX_SOCK_REVNAT: usize = 65536;
+/// Datagrams in flight as fragments at once.
+pub const MAX_FRAGS: usize = 16384;
 
 pub const MAX_CONTAINERS: usize = 65536;
 /// Containers plus the uplink and bridge.

@@ -2,7 +2,7 @@
 
 /// Why the datapath dropped a frame. The value indexes
 /// [`TrafficStats::drops`]; keep the numbers stable, they are visible in
-/// `bpftool map dump` (retired numbers are never reused: 6, 9).
+/// `bpftool map dump` (a retired number is never reused: 6).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
@@ -24,19 +24,25 @@ pub enum DropReason {
     /// From the uplink to a container address that is not published
     /// (containers are reachable from outside only through published ports).
     NotPublished = 8,
+    /// A later fragment whose first fragment was not seen or not allowed,
+    /// or one that cannot be translated.
+    Fragment = 9,
     /// Masquerade found no free source port for the destination.
     NatExhausted = 10,
     /// The kernel refused to write the rewritten bytes into the packet.
     WriteFailed = 11,
     /// The kernel refused to update a checksum.
     ChecksumFailed = 12,
+    /// Masquerade has no address (the uplink has none yet) or no port
+    /// range: new flows are dropped, never sent with a private source.
+    NatUnavailable = 13,
 }
 
 /// Number of drop reasons; the size of [`TrafficStats::drops`] (room to grow).
 pub const DROP_REASON_COUNT: usize = 16;
 
 impl DropReason {
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::SpoofedMac,
         DropReason::SpoofedIp,
         DropReason::UnsupportedProtocol,
@@ -45,9 +51,11 @@ impl DropReason {
         DropReason::Policy,
         DropReason::TableFull,
         DropReason::NotPublished,
+        DropReason::Fragment,
         DropReason::NatExhausted,
         DropReason::WriteFailed,
         DropReason::ChecksumFailed,
+        DropReason::NatUnavailable,
     ];
 
     /// Short name used by the CLI, the API and the monitor.
@@ -61,9 +69,11 @@ impl DropReason {
             DropReason::Policy => "policy",
             DropReason::TableFull => "table-full",
             DropReason::NotPublished => "not-published",
+            DropReason::Fragment => "fragment",
             DropReason::NatExhausted => "nat-ports-exhausted",
             DropReason::WriteFailed => "write-failed",
             DropReason::ChecksumFailed => "checksum-failed",
+            DropReason::NatUnavailable => "nat-unavailable",
         }
     }
 
@@ -131,9 +141,7 @@ mod tests {
             assert!((r as usize) < DROP_REASON_COUNT, "{} indexes the drops array", r.name());
             assert_eq!(DropReason::from_u32(r as u32), Some(r));
         }
-        for retired in [6, 9] {
-            assert_eq!(DropReason::from_u32(retired), None, "retired numbers stay unused");
-        }
+        assert_eq!(DropReason::from_u32(6), None, "a retired number stays unused");
     }
 
     #[test]

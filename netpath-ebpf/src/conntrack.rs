@@ -1,7 +1,7 @@
 //! Connection tracking: find a flow's entry, keep its state and expiry
 //! current, and create the two entries of a new translated flow.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use netpath_common::{
     conntrack::{CtState, CT_F_REPLY},
     CtEntry, CtKey4, DatapathConfig, DropReason,
@@ -38,6 +38,9 @@ pub fn touch(entry: *mut CtEntry, flow: &Flow4, len: u32, cfg: &DatapathConfig) 
 pub enum CreateError {
     /// The reply tuple belongs to another flow (try another port).
     Taken,
+    /// Another CPU created this very flow at the same moment: its entries
+    /// stand (look the flow up again and use them).
+    Raced,
     /// The table refused the entry.
     Failed,
 }
@@ -63,6 +66,17 @@ fn reset_peer(peer: &CtKey4, expires: u64) {
     }
 }
 
+/// Translates `flow`'s packet as the flow's existing entry says (another
+/// CPU created the flow while this one tried to).
+#[inline(never)]
+pub fn apply_existing4(ctx: &TcContext, flow: &Flow4) -> Result<(), DropReason> {
+    match lookup4(&flow.key) {
+        // SAFETY: map value pointer, valid during the run.
+        Some(entry) => crate::nat::apply4(ctx, flow, unsafe { &*entry }),
+        None => Err(DropReason::TableFull),
+    }
+}
+
 /// Inserts both directions of a new flow. The reply key must be free: a
 /// clash means another flow already owns that tuple.
 #[inline(always)]
@@ -81,16 +95,79 @@ pub fn create4(
     orig.peer = *reply_key;
     reply.peer = *orig_key;
     reply.flags |= CT_F_REPLY;
-    CT4.insert(reply_key, &*reply, BPF_NOEXIST).map_err(|e| {
-        if e == -EEXIST {
-            CreateError::Taken
-        } else {
-            CreateError::Failed
+    insert_reply4(reply_key, reply)?;
+    insert_orig4(orig_key, orig, reply_key)
+}
+
+/// Inserts a policy verdict's two halves from one entry (they differ only
+/// in direction), so that the policy path needs one entry's stack, not two.
+/// The packet at hand (`len` bytes) is counted on the half it belongs to.
+#[inline(always)]
+pub fn create_verdict4(
+    orig_key: &CtKey4,
+    reply_key: &CtKey4,
+    entry: &mut CtEntry,
+    packet_on_orig: bool,
+    len: u32,
+    cfg: &DatapathConfig,
+) -> Result<(), CreateError> {
+    let now = unsafe { bpf_ktime_get_ns() };
+    entry.state = CtState::New as u8;
+    entry.expires_ns = cfg.timeouts.expiry(orig_key.proto, CtState::New as u8, now);
+    entry.flags |= CT_F_REPLY;
+    entry.peer = *orig_key;
+    (entry.packets, entry.bytes) = if packet_on_orig { (0, 0) } else { (1, len as u64) };
+    insert_reply4(reply_key, entry)?;
+    entry.flags &= !CT_F_REPLY;
+    entry.peer = *reply_key;
+    (entry.packets, entry.bytes) = if packet_on_orig { (1, len as u64) } else { (0, 0) };
+    insert_orig4(orig_key, entry, reply_key)
+}
+
+/// Inserts a reply half. A tracked reply tuple whose original half is gone
+/// (the LRU evicted it) is an orphan that would hold the tuple, and block
+/// every new flow on it, until it expires: it is replaced.
+#[inline(always)]
+fn insert_reply4(key: &CtKey4, entry: &CtEntry) -> Result<(), CreateError> {
+    match insert_new4(key, entry) {
+        Err(CreateError::Taken) if orphaned4(key) => {
+            let _ = CT4.remove(key);
+            insert_new4(key, entry)
         }
-    })?;
-    if CT4.insert(orig_key, &*orig, 0).is_err() {
-        let _ = CT4.remove(reply_key);
-        return Err(CreateError::Failed);
+        other => other,
     }
-    Ok(())
+}
+
+/// Is the entry at `key` a half whose peer is gone?
+#[inline(always)]
+fn orphaned4(key: &CtKey4) -> bool {
+    match CT4.get_ptr(key) {
+        // SAFETY: map value pointer, valid during the run; its `peer` field
+        // serves as the key of the second lookup in place.
+        Some(entry) => CT4.get_ptr(unsafe { &(*entry).peer }).is_none(),
+        None => false,
+    }
+}
+
+/// Inserts one half if its key is not tracked yet.
+#[inline(always)]
+fn insert_new4(key: &CtKey4, entry: &CtEntry) -> Result<(), CreateError> {
+    CT4.insert(key, entry, BPF_NOEXIST).map_err(|e| if e == -EEXIST { CreateError::Taken } else { CreateError::Failed })
+}
+
+/// Inserts the original half once its reply half is in, never overwriting:
+/// if another CPU created the same flow meanwhile, its pair stands and our
+/// reply half goes (overwriting its original half would orphan its reply).
+#[inline(always)]
+fn insert_orig4(orig_key: &CtKey4, orig: &CtEntry, reply_key: &CtKey4) -> Result<(), CreateError> {
+    match insert_new4(orig_key, orig) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = CT4.remove(reply_key);
+            Err(match e {
+                CreateError::Taken => CreateError::Raced,
+                other => other,
+            })
+        }
+    }
 }

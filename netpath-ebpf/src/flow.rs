@@ -1,8 +1,10 @@
 //! Parsing an IPv4 packet into the 5-tuple that conntrack and NAT key on.
 
 use netpath_common::{
-    conntrack::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    CtKey4,
+    conntrack::{
+        ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN,
+    },
+    CtKey4, CtScope, FragKey4,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -16,11 +18,12 @@ use crate::{
     packet::{ptr_at, Packet},
 };
 
-pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_DEST_UNREACH: u8 = 3;
-pub const ICMP_ECHO_REQUEST: u8 = 8;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
 pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
+
+/// More fragments follow (in the IPv4 flags, first byte of `frags`).
+const IP_MF: u8 = 0x20;
 
 /// ICMP header: type, code, checksum, then (for echo) identifier, sequence.
 #[repr(C)]
@@ -35,43 +38,88 @@ pub struct IcmpHdr {
 /// Where the headers are, and the tuple they carry.
 pub struct Flow4 {
     pub key: CtKey4,
-    /// Offset of the IPv4 header.
-    pub l3_off: usize,
-    /// Offset of the TCP/UDP header (after IP options).
-    pub l4_off: usize,
+    /// Offset of the L4 header (after IP options; the IPv4 header is at
+    /// `EthHdr::LEN`). A u16 keeps the parse result, which the entry points
+    /// hold on their stack, small.
+    pub l4_off: u16,
     /// TCP flags (`netpath_common::conntrack::TCP_*`; 0 for UDP and ICMP).
     pub tcp_flags: u8,
     /// ICMP type (0 for TCP and UDP).
     pub icmp_type: u8,
+    /// The key carries ports (TCP, UDP) or an echo identifier, which NAT can
+    /// rewrite. Other protocols are keyed by addresses and protocol only.
+    pub ported: bool,
+    /// The first fragment of a fragmented datagram (more follow).
+    pub first_fragment: bool,
+    /// The IP identification field (network byte order), for fragments.
+    pub ip_id: u16,
 }
 
 impl Flow4 {
-    /// What a policy rule's port matches: the destination port, or for ICMP
-    /// the message type.
+    /// Can this packet start a flow? A TCP packet only with a lone SYN, ICMP
+    /// echo only as a request; anything else belongs to a flow started
+    /// before (UDP and other protocols cannot tell, so every packet can).
     #[inline(always)]
-    pub fn policy_port(&self) -> u16 {
-        if self.key.proto == IPPROTO_ICMP {
-            self.icmp_type as u16
+    pub fn starts_flow(&self) -> bool {
+        let proto = self.key.proto;
+        if proto == IPPROTO_TCP {
+            self.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
+        } else if proto == IPPROTO_ICMP {
+            self.icmp_type == ICMP_ECHO_REQUEST
         } else {
+            true
+        }
+    }
+
+    /// What a policy rule's port matches, for this packet in its own
+    /// direction (`own`) or for the same flow's packets the other way: the
+    /// destination port (the other way: this packet's source port); for ICMP
+    /// echo the message type (the other way: request for reply and back);
+    /// 0 for protocols without ports.
+    #[inline(always)]
+    pub fn policy_port(&self, own: bool) -> u16 {
+        if self.key.proto == IPPROTO_ICMP {
+            let peer_type = if self.icmp_type == ICMP_ECHO_REQUEST { ICMP_ECHO_REPLY } else { ICMP_ECHO_REQUEST };
+            (if own { self.icmp_type } else { peer_type }) as u16
+        } else if !self.ported {
+            0
+        } else if own {
             u16::from_be(self.key.dport)
+        } else {
+            u16::from_be(self.key.sport)
+        }
+    }
+
+    /// The fragment-tracking key of this (first) fragment at `scope`.
+    #[inline(always)]
+    pub fn frag_key(&self, scope: CtScope) -> FragKey4 {
+        FragKey4 {
+            saddr: self.key.saddr,
+            daddr: self.key.daddr,
+            id: self.ip_id,
+            proto: self.key.proto,
+            scope: scope as u8,
         }
     }
 }
 
-/// Why a packet has no flow to translate. None of these is an error in
-/// itself: the caller lets such packets pass untouched.
+/// Why a packet has no flow to track or translate.
 pub enum NoFlow {
     /// Not IPv4 (ARP and the like).
     NotIpv4,
-    /// A protocol without ports that the NAT paths do not handle.
-    OtherProtocol,
-    /// A non-first fragment: it has no L4 header to match or rewrite.
-    LaterFragment,
-    /// Headers cut short or inconsistent.
+    /// A non-first fragment: no L4 header; the key ties it to its first
+    /// fragment (scope unset).
+    LaterFragment(FragKey4),
+    /// Headers cut short or inconsistent, including a first fragment too
+    /// short to hold its whole TCP/UDP/ICMP header (RFC 1858).
     Malformed,
     /// An ICMP error (unreachable, time exceeded, parameter problem): it
     /// quotes the packet it is about, see `icmp_error`.
     IcmpError,
+    /// ICMP that is neither echo nor an error (timestamp, router
+    /// solicitation, ...): judged on its own, never tracked or translated.
+    /// The key has its addresses, protocol and type.
+    IcmpOther(CtKey4),
 }
 
 #[inline(always)]
@@ -90,15 +138,16 @@ pub fn parse4(pkt: &impl Packet) -> Result<Flow4, NoFlow> {
         return Err(NoFlow::Malformed);
     }
     let frag_offset = (((ip.frags[0] & 0x1f) as u16) << 8) | ip.frags[1] as u16;
+    let first_fragment = ip.frags[0] & IP_MF != 0;
     let proto = ip.proto;
-    if proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_ICMP {
-        return Err(NoFlow::OtherProtocol);
-    }
+    let ip_id = u16::from_ne_bytes(ip.id);
     if frag_offset != 0 {
-        return Err(NoFlow::LaterFragment);
+        let key = FragKey4 { saddr: ip.src_addr, daddr: ip.dst_addr, id: ip_id, proto, scope: 0 };
+        return Err(NoFlow::LaterFragment(key));
     }
     let l4_off = l3_off + ihl;
     let mut icmp_type = 0;
+    let mut ported = true;
     let (sport, dport, tcp_flags) = if proto == IPPROTO_ICMP {
         let icmp: *const IcmpHdr = ptr_at(pkt, l4_off).ok_or(NoFlow::Malformed)?;
         // SAFETY: bounds checked by ptr_at.
@@ -111,7 +160,10 @@ pub fn parse4(pkt: &impl Packet) -> Result<Flow4, NoFlow> {
                 (id, id, 0)
             }
             ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => return Err(NoFlow::IcmpError),
-            _ => return Err(NoFlow::OtherProtocol),
+            other => {
+                let key = CtKey4 { icmp_type: other, ..CtKey4::new(ip.src_addr, ip.dst_addr, 0, 0, proto) };
+                return Err(NoFlow::IcmpOther(key));
+            }
         }
     } else if proto == IPPROTO_TCP {
         let tcp: *const TcpHdr = ptr_at(pkt, l4_off).ok_or(NoFlow::Malformed)?;
@@ -119,11 +171,20 @@ pub fn parse4(pkt: &impl Packet) -> Result<Flow4, NoFlow> {
         let tcp = unsafe { &*tcp };
         let flags = unsafe { *((tcp as *const TcpHdr as *const u8).add(TCP_FLAGS_OFF)) };
         (u16::from_ne_bytes(tcp.source), u16::from_ne_bytes(tcp.dest), flags)
-    } else {
+    } else if proto == IPPROTO_UDP {
         let udp: *const UdpHdr = ptr_at(pkt, l4_off).ok_or(NoFlow::Malformed)?;
         // SAFETY: bounds checked by ptr_at.
         let udp = unsafe { &*udp };
         (u16::from_ne_bytes(udp.src), u16::from_ne_bytes(udp.dst), 0)
+    } else {
+        // Any other protocol (GRE, SCTP, raw 253, ...): tracked and judged
+        // by addresses and protocol.
+        ported = false;
+        (0, 0, 0)
     };
-    Ok(Flow4 { key: CtKey4::new(ip.src_addr, ip.dst_addr, sport, dport, proto), l3_off, l4_off, tcp_flags, icmp_type })
+    let mut key = CtKey4::new(ip.src_addr, ip.dst_addr, sport, dport, proto);
+    if proto == IPPROTO_ICMP {
+        key.icmp_type = icmp_type;
+    }
+    Ok(Flow4 { key, l4_off: l4_off as u16, tcp_flags, icmp_type, ported, first_fragment, ip_id })
 }

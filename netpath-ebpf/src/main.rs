@@ -11,6 +11,7 @@ mod checksum;
 mod conntrack;
 mod events;
 mod flow;
+mod fragment;
 mod icmp_error;
 mod mapping;
 mod maps;
@@ -29,7 +30,7 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
-use netpath_common::{config::CFG_F_UPLINK_XDP, DropReason, HookId};
+use netpath_common::{config::CFG_F_UPLINK_XDP, Direction, DropReason, HookId};
 
 use crate::{
     maps::{config, CONTAINERS},
@@ -70,7 +71,8 @@ pub fn veth_ingress(ctx: TcContext) -> i32 {
         // Parsed once for both stages.
         Some(cfg) => {
             let parsed = flow::parse4(&ctx);
-            policy::from_container(&ctx, &parsed, container, cfg)
+            policy::icc_allows_frame(&ctx, &parsed, cfg)?;
+            policy::judge(&ctx, &parsed, container, Direction::Out, cfg)
                 .and_then(|()| translate::translate_parsed4(&ctx, &parsed, cfg))
         }
         None => Ok(()),
@@ -96,7 +98,7 @@ pub fn veth_egress(ctx: TcContext) -> i32 {
         (Some(container), Some(cfg)) => {
             packet::pull_headers(&ctx);
             // SAFETY: as above.
-            policy::to_container(&ctx, &flow::parse4(&ctx), unsafe { &*container }, cfg)
+            policy::judge(&ctx, &flow::parse4(&ctx), unsafe { &*container }, Direction::In, cfg)
         }
         _ => Ok(()),
     };

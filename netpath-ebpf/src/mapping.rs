@@ -10,39 +10,47 @@ use crate::maps::{HOST_ADDRS4, MAPPINGS4};
 
 /// The mapping for `addr:port/proto`: one bound to exactly that address,
 /// else a wildcard one if `addr` is one of the host's own (or loopback, for
-/// the socket hooks, where `allow_loopback` is set).
+/// the socket hooks, where `allow_loopback` is set). The entry is the map's
+/// own (not a copy on the tight stack of the NAT path).
 #[inline(always)]
-pub fn lookup4(addr: [u8; 4], port: u16, proto: u8, allow_loopback: bool) -> Option<MappingEntry4> {
+pub fn lookup4(addr: [u8; 4], port: u16, proto: u8, allow_loopback: bool) -> Option<&'static MappingEntry4> {
     let key = MappingKey4 { addr, port, proto, _pad: 0 };
-    // SAFETY: the value is copied out at once.
+    // SAFETY: map values stay valid for the program's run; the agent
+    // replaces entries whole.
     if let Some(v) = unsafe { MAPPINGS4.get(&key) } {
-        return Some(*v);
+        return Some(v);
     }
     let local = (allow_loopback && addr[0] == 127) || unsafe { HOST_ADDRS4.get(&addr) }.is_some();
     if !local {
         return None;
     }
     let wildcard = MappingKey4 { addr: [0; 4], port, proto, _pad: 0 };
-    unsafe { MAPPINGS4.get(&wildcard) }.copied()
+    // SAFETY: as above.
+    unsafe { MAPPINGS4.get(&wildcard) }
 }
 
 /// The two conntrack entries of a new flow `orig` to the published port
-/// `published`.
+/// `published`, written into `fwd` and `rev` (zeroed by the caller, in its
+/// frame: returning them by value would copy them on the tight stack of
+/// the NAT path); returns the reply direction's key.
 ///
 /// DNAT to the container; replies get the published address back as their
 /// source. When the client *is* that container (reaching its own published
 /// port), the request is also SNATed to the gateway, as Docker does, or the
 /// container would answer itself directly.
 #[inline(always)]
-pub fn flow_entries4(orig: &CtKey4, published: &MappingEntry4, cfg: &DatapathConfig) -> (CtEntry, CtKey4, CtEntry) {
+pub fn flow_entries4(
+    orig: &CtKey4,
+    published: &MappingEntry4,
+    cfg: &DatapathConfig,
+    fwd: &mut CtEntry,
+    rev: &mut CtEntry,
+) -> CtKey4 {
     let hairpin_self = orig.saddr == published.container_addr;
-    let mut fwd = CtEntry {
-        dnat_addr: published.container_addr,
-        dnat_port: published.container_port,
-        flags: CT_F_DNAT,
-        mapping_id: published.id,
-        ..Default::default()
-    };
+    fwd.dnat_addr = published.container_addr;
+    fwd.dnat_port = published.container_port;
+    fwd.flags = CT_F_DNAT;
+    fwd.mapping_id = published.id;
     let client_addr = if hairpin_self {
         fwd.flags |= CT_F_SNAT;
         fwd.snat_addr = cfg.gateway4;
@@ -51,19 +59,14 @@ pub fn flow_entries4(orig: &CtKey4, published: &MappingEntry4, cfg: &DatapathCon
     } else {
         orig.saddr
     };
-    let reply_key =
-        CtKey4::new(published.container_addr, client_addr, published.container_port, orig.sport, orig.proto);
-    let mut rev = CtEntry {
-        snat_addr: orig.daddr,
-        snat_port: orig.dport,
-        flags: CT_F_SNAT,
-        mapping_id: published.id,
-        ..Default::default()
-    };
+    rev.snat_addr = orig.daddr;
+    rev.snat_port = orig.dport;
+    rev.flags = CT_F_SNAT;
+    rev.mapping_id = published.id;
     if hairpin_self {
         rev.flags |= CT_F_DNAT;
         rev.dnat_addr = orig.saddr;
         rev.dnat_port = orig.sport;
     }
-    (fwd, reply_key, rev)
+    CtKey4::new(published.container_addr, client_addr, published.container_port, orig.sport, orig.proto)
 }

@@ -7,11 +7,11 @@ use aya_ebpf::{
 };
 use netpath_common::{
     maps::{
-        EVENTS_BYTES, MAX_CONTAINERS, MAX_CT_ENTRIES, MAX_HOST_ADDRS, MAX_IFACES, MAX_MAPPINGS, MAX_POLICY_PREFIXES,
-        MAX_SOCK_REVNAT,
+        EVENTS_BYTES, MAX_CONTAINERS, MAX_CT_ENTRIES, MAX_FRAGS, MAX_HOST_ADDRS, MAX_IFACES, MAX_MAPPINGS,
+        MAX_POLICY_PREFIXES, MAX_SOCK_REVNAT,
     },
-    ContainerEntry, CtEntry, CtKey4, DatapathConfig, Event, HostAddr4, MappingEntry4, MappingKey4, PolicyEntry,
-    PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats,
+    ContainerEntry, CtEntry, CtKey4, DatapathConfig, Event, FragEntry4, FragKey4, HostAddr4, MappingEntry4,
+    MappingKey4, PolicyEntry, PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats,
 };
 
 #[btf_map]
@@ -28,6 +28,9 @@ pub static HOST_ADDRS4: HashMap<[u8; 4], HostAddr4, MAX_HOST_ADDRS> = HashMap::n
 
 #[btf_map]
 pub static CT4: LruHashMap<CtKey4, CtEntry, MAX_CT_ENTRIES> = LruHashMap::new();
+
+#[btf_map]
+pub static FRAGS4: LruHashMap<FragKey4, FragEntry4, MAX_FRAGS> = LruHashMap::new();
 
 #[btf_map]
 pub static SOCK_REVNAT4: LruHashMap<SockRevNatKey4, SockRevNatEntry4, MAX_SOCK_REVNAT> = LruHashMap::new();

@@ -20,7 +20,15 @@ use crate::{
 /// touched.
 #[inline(always)]
 pub fn new_flow4(ctx: &TcContext, flow: &Flow4, cfg: &DatapathConfig) -> Result<(), DropReason> {
-    let Some(range) = PortRange::new(cfg.masq_port_min, cfg.masq_port_max) else { return Ok(()) };
+    // No address yet (the agent is starting, or the uplink has none) or no
+    // port range: the new flow is dropped rather than sent out with a
+    // container's private source or translated to 0.0.0.0.
+    let Some(range) = PortRange::new(cfg.masq_port_min, cfg.masq_port_max) else {
+        return Err(DropReason::NatUnavailable);
+    };
+    if cfg.masq_addr4 == [0; 4] {
+        return Err(DropReason::NatUnavailable);
+    }
     let icmp = flow.key.proto == IPPROTO_ICMP;
     // The search (own port kept when in range, else a random start; then
     // up, wrapping around): netpath_common::masquerade.
@@ -52,6 +60,7 @@ pub fn new_flow4(ctx: &TcContext, flow: &Flow4, cfg: &DatapathConfig) -> Result<
             match conntrack::create4(&flow.key, &mut fwd, &reply_key, &mut rev, flow.key.proto, cfg) {
                 Ok(()) => return nat::apply4(ctx, flow, &fwd),
                 Err(CreateError::Taken) => {}
+                Err(CreateError::Raced) => return conntrack::apply_existing4(ctx, flow),
                 Err(CreateError::Failed) => return Err(DropReason::TableFull),
             }
         }

@@ -8,6 +8,8 @@ use netpath_common::{
     CtEntry, DropReason,
 };
 
+use network_types::eth::EthHdr;
+
 use crate::{
     flow::Flow4,
     offsets::{
@@ -24,12 +26,12 @@ const BPF_F_MARK_MANGLED_0: u64 = 0x20;
 #[inline(always)]
 fn l4_csum(flow: &Flow4) -> (usize, u64) {
     if flow.key.proto == IPPROTO_TCP {
-        (flow.l4_off + TCP_CSUM_OFF, 0)
+        (flow.l4_off as usize + TCP_CSUM_OFF, 0)
     } else if flow.key.proto == IPPROTO_ICMP {
-        (flow.l4_off + ICMP_CSUM_OFF, 0)
+        (flow.l4_off as usize + ICMP_CSUM_OFF, 0)
     } else {
         // UDP checksum 0 means "none": leave it so.
-        (flow.l4_off + UDP_CSUM_OFF, BPF_F_MARK_MANGLED_0)
+        (flow.l4_off as usize + UDP_CSUM_OFF, BPF_F_MARK_MANGLED_0)
     }
 }
 
@@ -41,8 +43,8 @@ fn rewrite_addr(ctx: &TcContext, flow: &Flow4, field_off: usize, old: [u8; 4], n
     if flow.key.proto != IPPROTO_ICMP {
         l4_csum_replace(ctx, csum_off, old, new, BPF_F_PSEUDO_HDR | mangled | 4)?;
     }
-    l3_csum_replace(ctx, flow.l3_off + IP_CSUM_OFF, old, new, 4)?;
-    store(ctx, flow.l3_off + field_off, &(new as u32))
+    l3_csum_replace(ctx, EthHdr::LEN + IP_CSUM_OFF, old, new, 4)?;
+    store(ctx, EthHdr::LEN + field_off, &(new as u32))
 }
 
 #[inline(always)]
@@ -52,7 +54,7 @@ fn rewrite_port(ctx: &TcContext, flow: &Flow4, port_off: usize, old: u16, new: u
     }
     let (csum_off, mangled) = l4_csum(flow);
     l4_csum_replace(ctx, csum_off, old as u64, new as u64, mangled | 2)?;
-    store(ctx, flow.l4_off + port_off, &new)
+    store(ctx, flow.l4_off as usize + port_off, &new)
 }
 
 /// Applies the translation recorded in `entry` to the packet. For ICMP

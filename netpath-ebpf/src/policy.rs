@@ -6,18 +6,52 @@
 
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
-    config::CFG_F_TRACE_FLOWS,
-    conntrack::{CtState, CT_F_POLICY},
+    config::{CFG_F_NO_ICC, CFG_F_TRACE_FLOWS},
+    conntrack::CT_F_POLICY,
     event::EVENT_FLOW,
     policy::{self as rules, POLICY_KEY_FIXED_BITS},
-    ContainerEntry, CtEntry, CtScope, DatapathConfig, Direction, DropReason, HookId, PolicyKey4,
+    ContainerEntry, CtEntry, CtKey4, CtScope, DatapathConfig, Direction, DropReason, HookId, MappingEntry4, PolicyKey4,
 };
+
+use network_types::eth::{EthHdr, EtherType};
 
 use crate::{
     conntrack, events,
     flow::{Flow4, NoFlow},
-    maps::{PolicyTrieKey4, POLICY4},
+    fragment, icmp_error,
+    maps::{config, PolicyTrieKey4, CONTAINERS, POLICY4},
+    packet::{mac_eq, ptr_at},
 };
+
+/// With icc off, a container's frames may only go to the gateway's MAC
+/// (ARP aside): broadcast, multicast and frames to another container's MAC
+/// never reach the bridge, whatever their IP destination (Docker's
+/// `--icc=false` blocks all bridge-to-bridge traffic). One exception: a
+/// container answering another container through a published port (a
+/// tracked translation) sends to it directly, and the datapath gives the
+/// reply the published address as its source right after this check.
+/// Out of line, to keep veth_ingress's own frame small (its deepest call
+/// chain is tight).
+#[inline(never)]
+pub fn icc_allows_frame(
+    ctx: &TcContext,
+    parsed: &Result<Flow4, NoFlow>,
+    cfg: &DatapathConfig,
+) -> Result<(), DropReason> {
+    if !cfg.has(CFG_F_NO_ICC) {
+        return Ok(());
+    }
+    let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(DropReason::Malformed)?;
+    // SAFETY: bounds checked by ptr_at.
+    let (dst, ether_type) = unsafe { ((*eth).dst_addr, (*eth).ether_type) };
+    if ether_type == EtherType::Arp as u16 || mac_eq(&dst, &cfg.gateway_mac) {
+        return Ok(());
+    }
+    match parsed {
+        Ok(flow) if flow.ported && conntrack::lookup4(&flow.key.in_scope(CtScope::Nat)).is_some() => Ok(()),
+        _ => Err(DropReason::Policy),
+    }
+}
 
 /// Does the container's policy let a new flow in `direction` with `remote`?
 #[inline(always)]
@@ -29,86 +63,196 @@ pub fn allows(container: &ContainerEntry, direction: Direction, remote: [u8; 4],
     rules::allows(POLICY4.get(&key), container.default_denies(direction), proto, port)
 }
 
-/// Records an allowed flow: its key in the verdict scope of `direction`,
-/// its reply in the other one.
+/// Would the container behind a published port let a new flow from
+/// `client` in? Asked before a published flow's NAT entries are created,
+/// so that a flood of connections the policy denies fills no table (the
+/// container's veth still judges, and keeps, the verdict).
 #[inline(always)]
+pub fn admits_published4(published: &MappingEntry4, client: [u8; 4], proto: u8) -> bool {
+    // SAFETY: map value pointer, valid during the run.
+    match CONTAINERS.get_ptr(published.container_ifindex) {
+        Some(container) => {
+            allows(unsafe { &*container }, Direction::In, client, proto, u16::from_be(published.container_port))
+        }
+        None => true,
+    }
+}
+
+/// Records an allowed flow: `orig` (the tuple of the flow's first packet,
+/// sent by `starter`'s side) in that direction's verdict scope, its reply in
+/// the other one. The packet at hand is counted on the entry it belongs to.
+///
+/// Out of line: the two entries fill a frame of their own, and the chain
+/// veth_ingress -> [`judge`] -> here stays within the 512-byte stack. (BPF calls take at most five arguments: the settings are looked
+/// up here.)
+#[inline(never)]
 fn remember(
-    flow: &Flow4,
-    direction: Direction,
+    orig: &CtKey4,
+    starter: Direction,
+    packet_is_orig: bool,
     container: &ContainerEntry,
     len: u32,
-    cfg: &DatapathConfig,
 ) -> Result<(), DropReason> {
-    let key = flow.key.in_scope(CtScope::policy(direction));
-    let reply_key = flow.key.reversed().in_scope(CtScope::policy(direction.reversed()));
-    let mut fwd = CtEntry {
-        flags: CT_F_POLICY,
-        state: CtState::New as u8,
-        container_id: container.id,
-        packets: 1,
-        bytes: len as u64,
-        ..Default::default()
-    };
-    let mut rev = CtEntry { flags: CT_F_POLICY, container_id: container.id, ..Default::default() };
+    let Some(cfg) = config() else { return Ok(()) };
+    let key = orig.in_scope(CtScope::policy(starter));
+    let reply_key = orig.reversed().in_scope(CtScope::policy(starter.reversed()));
+    let mut entry = CtEntry { flags: CT_F_POLICY, container_id: container.id, ..Default::default() };
     // The reply tuple may be tracked already (the same flow judged before
-    // an entry expired): the verdict stands either way.
-    match conntrack::create4(&key, &mut fwd, &reply_key, &mut rev, flow.key.proto, cfg) {
-        Ok(()) | Err(conntrack::CreateError::Taken) => Ok(()),
+    // an entry expired, or by another CPU at once): the verdict stands
+    // either way.
+    match conntrack::create_verdict4(&key, &reply_key, &mut entry, packet_is_orig, len, cfg) {
+        Ok(()) | Err(conntrack::CreateError::Taken | conntrack::CreateError::Raced) => Ok(()),
         Err(conntrack::CreateError::Failed) => Err(DropReason::TableFull),
     }
 }
 
-/// Judges packets as they leave `container` (tcx ingress of its veth).
+/// Judges a packet leaving (`Out`: tcx ingress of the container's veth) or
+/// reaching (`In`: tcx egress, after any translation, so that the remote of
+/// a published port is the client) `container`. Every IPv4 packet is
+/// judged, none passes because the parser did not understand it:
+/// - a packet of a flow with a verdict passes (a conntrack hit);
+/// - otherwise it is a new flow, judged once by the rules of the side that
+///   started it (see [`new_flow`]), and its verdict kept;
+/// - protocols without ports are flows of (addresses, protocol); ICMP that
+///   is neither echo nor an error is judged packet by packet;
+/// - ICMP errors pass only about a flow of this container's with a verdict;
+/// - later fragments pass only behind a first fragment that passed here;
+/// - malformed packets (a first fragment too short for its L4 header
+///   included) are dropped.
 #[inline(never)]
-pub fn from_container(
+pub fn judge(
     ctx: &TcContext,
     parsed: &Result<Flow4, NoFlow>,
     container: &ContainerEntry,
+    direction: Direction,
     cfg: &DatapathConfig,
 ) -> Result<(), DropReason> {
-    let Ok(flow) = parsed else { return Ok(()) };
-    let key = flow.key.in_scope(CtScope::PolicyOut);
+    let flow = match parsed {
+        Ok(flow) => flow,
+        Err(NoFlow::NotIpv4) => return Ok(()),
+        Err(NoFlow::Malformed) => return Err(DropReason::Malformed),
+        Err(NoFlow::LaterFragment(frag)) => return fragment::follows4(frag, CtScope::policy(direction)),
+        Err(NoFlow::IcmpError) => return related_error(ctx, container, direction),
+        Err(NoFlow::IcmpOther(key)) => return judge_untracked(key, container, direction, cfg),
+    };
+    let key = flow.key.in_scope(CtScope::policy(direction));
     if let Some(entry) = conntrack::lookup4(&key) {
         conntrack::touch(entry, flow, ctx.len(), cfg);
+        fragment::first4(flow, CtScope::policy(direction));
         return Ok(());
     }
-    let remote = flow.key.daddr;
-    // --icc=false: no direct flows to other containers (the gateway, and so
-    // published ports through host addresses, stay reachable).
-    if cfg.icc_denies4(remote) {
+    new_flow(ctx, flow, container, direction, cfg)
+}
+
+/// A packet without a verdict starts a flow if it can (a lone TCP SYN, an
+/// echo request, any UDP or other datagram), judged by the rules of its own
+/// direction. A packet that cannot start one (TCP mid-stream, an echo
+/// reply) belongs to a flow whose verdict is gone, cut by a policy change
+/// or never given: it may only revive it if both directions' rules allow it
+/// (either end could have started it), so a cut flow stays cut whichever
+/// end sends next, and an echo reply never opens the way for requests.
+#[inline(always)]
+fn new_flow(
+    ctx: &TcContext,
+    flow: &Flow4,
+    container: &ContainerEntry,
+    direction: Direction,
+    cfg: &DatapathConfig,
+) -> Result<(), DropReason> {
+    let own = flow.starts_flow();
+    let remote = match direction {
+        Direction::Out => flow.key.daddr,
+        Direction::In => flow.key.saddr,
+    };
+    let proto = flow.key.proto;
+    if icc_denies(flow, direction, remote, direction, cfg)
+        || !allows(container, direction, remote, proto, flow.policy_port(true))
+    {
         return Err(DropReason::Policy);
     }
-    if !allows(container, Direction::Out, remote, flow.key.proto, flow.policy_port()) {
+    let starter = if own { direction } else { direction.reversed() };
+    if !own
+        && (icc_denies(flow, starter, remote, direction, cfg)
+            || !allows(container, starter, remote, proto, flow.policy_port(false)))
+    {
         return Err(DropReason::Policy);
     }
-    remember(flow, Direction::Out, container, ctx.len(), cfg)?;
+    let orig = if own { flow.key } else { flow.key.reversed() };
+    remember(&orig, starter, own, container, ctx.len())?;
+    fragment::first4(flow, CtScope::policy(direction));
     if cfg.has(CFG_F_TRACE_FLOWS) {
-        events::emit(EVENT_FLOW, 0, HookId::VethIngress, container.ifindex, container.id, &flow.key);
+        trace_flow(&orig, container, direction);
     }
     Ok(())
 }
 
-/// Judges packets as they reach `container` (tcx egress of its veth,
-/// after any translation: the remote of a published port is the client).
+/// Tells a monitor about a new flow. Out of line: the event record needs
+/// stack that [`new_flow`]'s frame does not have to spare.
 #[inline(never)]
-pub fn to_container(
-    ctx: &TcContext,
-    parsed: &Result<Flow4, NoFlow>,
+fn trace_flow(orig: &CtKey4, container: &ContainerEntry, direction: Direction) {
+    events::emit(EVENT_FLOW, 0, hook_of(direction), container.ifindex, container.id, orig);
+}
+
+/// With icc off, no flow between two containers' own addresses: neither
+/// one a container starts to another (`Out`), nor one another container
+/// starts to it (`In`), unless a published port translated it (hairpin
+/// through a host address: its NAT entry is there). The gateway, and so
+/// the host and the world, stay reachable.
+#[inline(always)]
+fn icc_denies(flow: &Flow4, starter: Direction, remote: [u8; 4], direction: Direction, cfg: &DatapathConfig) -> bool {
+    if !cfg.icc_denies4(remote) {
+        return false;
+    }
+    if starter == Direction::Out {
+        return true;
+    }
+    // The tuple as the container sends it, in the NAT scope.
+    let sent = match direction {
+        Direction::Out => flow.key,
+        Direction::In => flow.key.reversed(),
+    };
+    conntrack::lookup4(&sent.in_scope(CtScope::Nat)).is_none()
+}
+
+/// ICMP that is neither echo nor an error: judged by (ICMP, type) in its
+/// own direction, every time; nothing is tracked.
+#[inline(never)]
+fn judge_untracked(
+    key: &CtKey4,
     container: &ContainerEntry,
+    direction: Direction,
     cfg: &DatapathConfig,
 ) -> Result<(), DropReason> {
-    let Ok(flow) = parsed else { return Ok(()) };
-    let key = flow.key.in_scope(CtScope::PolicyIn);
-    if let Some(entry) = conntrack::lookup4(&key) {
-        conntrack::touch(entry, flow, ctx.len(), cfg);
-        return Ok(());
-    }
-    if !allows(container, Direction::In, flow.key.saddr, flow.key.proto, flow.policy_port()) {
+    let remote = match direction {
+        Direction::Out => key.daddr,
+        Direction::In => key.saddr,
+    };
+    if cfg.icc_denies4(remote) || !allows(container, direction, remote, key.proto, key.icmp_type as u16) {
         return Err(DropReason::Policy);
     }
-    remember(flow, Direction::In, container, ctx.len(), cfg)?;
-    if cfg.has(CFG_F_TRACE_FLOWS) {
-        events::emit(EVENT_FLOW, 0, HookId::VethEgress, container.ifindex, container.id, &flow.key);
-    }
     Ok(())
+}
+
+/// An ICMP error passes only if it is about a flow of this container that
+/// has a verdict: the quoted packet travelled the other way, so a packet of
+/// its flow travelling this error's way has the quoted tuple reversed. A
+/// container cannot forge errors about other containers' flows (or anyone
+/// else's), and errors about flows the policy never allowed do not pass.
+#[inline(never)]
+fn related_error(ctx: &TcContext, container: &ContainerEntry, direction: Direction) -> Result<(), DropReason> {
+    let Some(quoted) = icmp_error::quoted4(ctx)? else { return Err(DropReason::Policy) };
+    let key = quoted.key.reversed().in_scope(CtScope::policy(direction));
+    match conntrack::lookup4(&key) {
+        // SAFETY: map value pointer, valid during the run.
+        Some(entry) if unsafe { (*entry).container_id } == container.id => Ok(()),
+        _ => Err(DropReason::Policy),
+    }
+}
+
+#[inline(always)]
+fn hook_of(direction: Direction) -> HookId {
+    match direction {
+        Direction::Out => HookId::VethIngress,
+        Direction::In => HookId::VethEgress,
+    }
 }

@@ -33,12 +33,37 @@ pub fn count_packet(ifindex: u32, side: Side, bytes: u32) {
     });
 }
 
+/// The slot of `reason` in `TrafficStats::drops`. Read through a volatile
+/// load: LLVM knows the enum's range and would drop the bounds check, but
+/// the verifier sees a plain u32 (it crosses BPF-to-BPF calls as one) and
+/// refuses an unchecked index.
+#[inline(always)]
+fn drop_slot(reason: DropReason) -> usize {
+    let raw = reason as u32;
+    // SAFETY: a read of a local.
+    unsafe { core::ptr::read_volatile(&raw) as usize }
+}
+
 #[inline(always)]
 pub fn count_drop(ifindex: u32, reason: DropReason) {
-    let idx = reason as usize;
+    let idx = drop_slot(reason);
     with_stats(ifindex, |s| {
         if let Some(d) = s.drops.get_mut(idx) {
             *d += 1;
         }
     });
+}
+
+/// Counts a drop on an interface whose counters the agent created (a
+/// container's veth): no slot is created here, so callers deep in a call
+/// chain do not pay the stack of [`init_stats`].
+#[inline(always)]
+pub fn count_drop_on_container(ifindex: u32, reason: DropReason) {
+    let idx = drop_slot(reason);
+    if let Some(stats) = IFACE_STATS.get_ptr_mut(ifindex) {
+        // SAFETY: per-CPU value, only this CPU writes it while we run.
+        if let Some(d) = unsafe { &mut *stats }.drops.get_mut(idx) {
+            *d += 1;
+        }
+    }
 }

@@ -11,7 +11,7 @@ use aya_ebpf::programs::TcContext;
 use netpath_common::{
     config::{CFG_F_MASQUERADE, CFG_F_ROUTED},
     conntrack::{CtState, CT_F_REPLY},
-    CtScope, DatapathConfig, DropReason,
+    CtEntry, CtScope, DatapathConfig, DropReason, MappingEntry4,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -19,15 +19,21 @@ use network_types::{
 };
 
 use crate::{
-    conntrack, flow,
+    conntrack::{self, CreateError},
+    flow,
     flow::{Flow4, NoFlow},
     icmp_error, mapping,
     maps::config,
-    masquerade, nat, packet,
+    masquerade, nat,
+    offsets::IP_SRC_OFF,
+    packet, policy,
+    stats::count_drop_on_container,
 };
 
-/// Translates a packet arriving from outside (uplink ingress).
-#[inline(never)]
+/// Translates a packet arriving from outside (uplink ingress). Inlined:
+/// a frame of its own would take the chain uplink_ingress -> here ->
+/// [`translate_parsed4`] -> a new published flow past the 512-byte stack.
+#[inline(always)]
 pub fn translate4(ctx: &TcContext) -> Result<(), DropReason> {
     let Some(cfg) = config() else { return Ok(()) };
     translate_parsed4(ctx, &flow::parse4(ctx), cfg)
@@ -43,31 +49,68 @@ pub fn translate_parsed4(
     cfg: &DatapathConfig,
 ) -> Result<(), DropReason> {
     let flow = match parsed {
-        Ok(flow) => flow,
+        // Only ported flows are translated (protocols without ports are
+        // never published, and policy judges them).
+        Ok(flow) if flow.ported => flow,
         Err(NoFlow::IcmpError) => return icmp_error::translate4(ctx),
-        Err(_) => return Ok(()),
+        _ => return Ok(()),
     };
     if let Some(entry) = conntrack::lookup4(&flow.key) {
         conntrack::touch(entry, flow, ctx.len(), cfg);
         // SAFETY: map value pointer, valid during the run.
         return nat::apply4(ctx, flow, unsafe { &*entry });
     }
-    new_published_flow4(ctx, flow, cfg)
+    match admitted_mapping4(flow, cfg)? {
+        Some(published) => new_published_flow4(ctx, flow, published, cfg),
+        None => Ok(()),
+    }
 }
 
-/// A conntrack miss: if the packet is for a published port, track the new
-/// flow and translate it.
+/// A conntrack miss: the published port it is for, if the packet can start
+/// a connection (a lone TCP SYN, any UDP datagram; anything else passes, so
+/// a host socket whose own local port equals a published port keeps its
+/// SYN-ACK and replies) and the container's policy lets the client in (a
+/// flood the policy denies fills no table).
+///
+/// Its own frame, beside the chain down to [`new_published_flow4`]'s
+/// entries rather than on it: that chain has no stack to spare.
 #[inline(never)]
-fn new_published_flow4(ctx: &TcContext, flow: &Flow4, cfg: &DatapathConfig) -> Result<(), DropReason> {
+fn admitted_mapping4(flow: &Flow4, cfg: &DatapathConfig) -> Result<Option<&'static MappingEntry4>, DropReason> {
+    if !flow.starts_flow() {
+        return Ok(None);
+    }
     let Some(published) = mapping::lookup4(flow.key.daddr, flow.key.dport, flow.key.proto, false) else {
-        return Ok(());
+        return Ok(None);
     };
-    let (mut fwd, reply_key, mut rev) = mapping::flow_entries4(&flow.key, &published, cfg);
+    // The container sees its own gateway as the client of a flow from
+    // itself (hairpin, SNAT), the real client otherwise.
+    let client = if flow.key.saddr == published.container_addr { cfg.gateway4 } else { flow.key.saddr };
+    if !policy::admits_published4(published, client, flow.key.proto) {
+        // The container's policy dropped it: its counters say so too.
+        count_drop_on_container(published.container_ifindex, DropReason::Policy);
+        return Err(DropReason::Policy);
+    }
+    Ok(Some(published))
+}
+
+/// Tracks a new flow to a published port and translates its first packet.
+#[inline(never)]
+fn new_published_flow4(
+    ctx: &TcContext,
+    flow: &Flow4,
+    published: &MappingEntry4,
+    cfg: &DatapathConfig,
+) -> Result<(), DropReason> {
+    let (mut fwd, mut rev) = (CtEntry::default(), CtEntry::default());
+    let reply_key = mapping::flow_entries4(&flow.key, published, cfg, &mut fwd, &mut rev);
     fwd.packets = 1;
     fwd.bytes = ctx.len() as u64;
     fwd.state = CtState::New as u8;
-    conntrack::create4(&flow.key, &mut fwd, &reply_key, &mut rev, flow.key.proto, cfg)?;
-    nat::apply4(ctx, flow, &fwd)
+    match conntrack::create4(&flow.key, &mut fwd, &reply_key, &mut rev, flow.key.proto, cfg) {
+        Ok(()) => nat::apply4(ctx, flow, &fwd),
+        Err(CreateError::Raced) => conntrack::apply_existing4(ctx, flow),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Container traffic leaving through the uplink gets the uplink's address
@@ -78,7 +121,19 @@ pub fn masquerade4(ctx: &TcContext) -> Result<(), DropReason> {
     if !cfg.has(CFG_F_MASQUERADE) {
         return Ok(());
     }
-    let Ok(flow) = flow::parse4(ctx) else { return Ok(()) };
+    let flow = match flow::parse4(ctx) {
+        Ok(flow) if flow.ported => flow,
+        // What masquerade cannot translate never leaves with a container's
+        // private source.
+        Ok(flow) => return untranslatable4(cfg, flow.key.saddr, DropReason::UnsupportedProtocol),
+        Err(NoFlow::IcmpOther(key)) => return untranslatable4(cfg, key.saddr, DropReason::UnsupportedProtocol),
+        Err(NoFlow::LaterFragment(frag)) => return untranslatable4(cfg, frag.saddr, DropReason::Fragment),
+        Err(NoFlow::IcmpError) => {
+            let saddr = packet::load(ctx, EthHdr::LEN + IP_SRC_OFF)?;
+            return untranslatable4(cfg, saddr, DropReason::UnsupportedProtocol);
+        }
+        Err(_) => return Ok(()),
+    };
     // Only the containers' own traffic: the host's, and replies of
     // published ports (already translated on the veth), keep their source.
     if !cfg.in_subnet4(flow.key.saddr) {
@@ -100,6 +155,18 @@ pub fn masquerade4(ctx: &TcContext) -> Result<(), DropReason> {
         }
     }
     masquerade::new_flow4(ctx, &flow, cfg)
+}
+
+/// A packet masquerade cannot translate (no ports, a later fragment, an
+/// ICMP error a container sends): from a container it is dropped for
+/// `reason`, unless the instance routes the container subnet; anything else
+/// (the host's own) passes.
+#[inline(always)]
+fn untranslatable4(cfg: &DatapathConfig, saddr: [u8; 4], reason: DropReason) -> Result<(), DropReason> {
+    if cfg.in_subnet4(saddr) && !cfg.has(CFG_F_ROUTED) {
+        return Err(reason);
+    }
+    Ok(())
 }
 
 /// Is this packet from outside addressed straight to a container? Those are

@@ -202,16 +202,15 @@ async fn monitor(State(agent): State<Arc<Agent>>, Query(q): Query<MonitorQuery>)
         .map_err(|e| AgentError::Internal(e.into()))
 }
 
-/// Binds the socket (directory 0700, socket 0600: root only) and serves
-/// until `shutdown` completes. Refuses to steal the socket of a live agent.
+/// Binds the socket (0600: root only) and serves until `shutdown`
+/// completes. Refuses to steal the socket of a live agent.
 pub async fn serve(
     agent: Arc<Agent>,
     socket: &Path,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+        prepare_socket_dir(dir)?;
     }
     if socket.exists() {
         if tokio::net::UnixStream::connect(socket).await.is_ok() {
@@ -223,9 +222,56 @@ pub async fn serve(
     let listener = tokio::net::UnixListener::bind(socket);
     nix::sys::stat::umask(old);
     let listener = listener.with_context(|| format!("binding {}", socket.display()))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {} to root", socket.display()))?;
     tracing::info!("API listening on {}", socket.display());
     axum::serve(listener, router(agent)).with_graceful_shutdown(shutdown).await.context("serving the API")?;
     let _ = std::fs::remove_file(socket);
     Ok(())
+}
+
+/// Creates the socket's directory if it is missing, root only (0700). A
+/// directory that exists keeps its mode: it may be shared (`/run`, or one
+/// the operator made), and the socket's own 0600 already keeps others out.
+fn prepare_socket_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        // Ours: 0700 whatever the umask left.
+        Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {} to root", dir.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("creating the socket directory {}", dir.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn socket_dir_is_restricted_only_when_the_agent_creates_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let shared = tmp.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+        prepare_socket_dir(&shared).unwrap();
+        assert_eq!(mode(&shared), 0o755, "an existing directory keeps its mode");
+        let own = shared.join("netpath").join("lab");
+        prepare_socket_dir(&own).unwrap();
+        assert_eq!(mode(&own), 0o700, "the agent's own directory is root only");
+        assert_eq!(mode(&shared), 0o755);
+        let file = tmp.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let err = format!("{:#}", prepare_socket_dir(&file).unwrap_err());
+        assert!(err.contains("socket directory"), "{err}");
+    }
 }

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 /// Root of netpath's pins in bpffs; each instance has a directory below.
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf/netpath";
+/// Machine-wide run directory: instance locks, default API sockets.
+pub const RUN_ROOT: &str = "/run/netpath";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -186,7 +188,14 @@ impl Config {
 
 /// The API socket of an instance when not configured otherwise.
 pub fn default_socket(instance: &str) -> PathBuf {
-    PathBuf::from(format!("/run/netpath/{instance}/api.sock"))
+    Path::new(RUN_ROOT).join(instance).join("api.sock")
+}
+
+/// The lock an agent holds for its instance. Keyed by the instance name
+/// alone, in one place per machine (not configurable), because the instance
+/// names what agents share: the pins under bpffs.
+pub fn instance_lock(instance: &str) -> PathBuf {
+    Path::new(RUN_ROOT).join(format!("{instance}.lock"))
 }
 
 /// A configuration with every default filled in and checked.
@@ -268,6 +277,7 @@ mod tests {
         assert_eq!(c.gateway, "10.77.0.1".parse::<Ipv4Addr>().unwrap());
         assert_eq!(c.pin_dir, PathBuf::from("/sys/fs/bpf/netpath/default"));
         assert_eq!(c.socket, PathBuf::from("/run/netpath/default/api.sock"));
+        assert_eq!(instance_lock(&c.instance), PathBuf::from("/run/netpath/default.lock"));
         assert_eq!(c.bridge, "np0");
     }
 

@@ -1,9 +1,17 @@
 //! Address management for the container subnet.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    net::Ipv4Addr,
+};
 
 use ipnet::Ipv4Net;
 use thiserror::Error;
+
+/// How many given-back addresses are remembered in order. An older one is
+/// forgotten, i.e. counted as never used, which is where the order puts it
+/// anyway: after it, every remembered one was given back later.
+pub const RELEASED_KEPT: usize = 4096;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum IpamError {
@@ -18,17 +26,32 @@ pub enum IpamError {
 }
 
 /// Hands out addresses of one subnet, skipping network, broadcast and
-/// gateway. Pure bookkeeping: the agent rebuilds it from its state.
+/// gateway: the lowest address never used first, then the ones given back,
+/// the longest-free first. So a new container does not get the address of
+/// one that just left, and with it the replies still in flight to it.
+/// Pure bookkeeping: the agent rebuilds it from its state.
 #[derive(Clone, Debug)]
 pub struct Ipam4 {
     subnet: Ipv4Net,
     gateway: Ipv4Addr,
-    used: std::collections::BTreeMap<Ipv4Addr, String>,
+    used: BTreeMap<Ipv4Addr, String>,
+    /// Given back and not handed out since, the earliest first.
+    released: VecDeque<Ipv4Addr>,
 }
 
 impl Ipam4 {
     pub fn new(subnet: Ipv4Net, gateway: Ipv4Addr) -> Ipam4 {
-        Ipam4 { subnet, gateway, used: Default::default() }
+        Ipam4 { subnet, gateway, used: Default::default(), released: Default::default() }
+    }
+
+    /// An allocator that remembers addresses given back before (as
+    /// [`Ipam4::released`] listed them); ones that are not usable are skipped.
+    pub fn with_released(subnet: Ipv4Net, gateway: Ipv4Addr, released: &[Ipv4Addr]) -> Ipam4 {
+        let mut ipam = Ipam4::new(subnet, gateway);
+        for ip in released {
+            ipam.release(*ip);
+        }
+        ipam
     }
 
     fn check_usable(&self, ip: Ipv4Addr) -> Result<(), IpamError> {
@@ -44,7 +67,8 @@ impl Ipam4 {
         Ok(())
     }
 
-    /// Reserves `ip` for `owner`, or the lowest free address if `ip` is None.
+    /// Reserves `ip` for `owner`, or the next address in order (see
+    /// [`Ipam4`]) if `ip` is None.
     pub fn allocate(&mut self, owner: &str, ip: Option<Ipv4Addr>) -> Result<Ipv4Addr, IpamError> {
         let ip = match ip {
             Some(ip) => {
@@ -53,31 +77,35 @@ impl Ipam4 {
             }
             None => self.next_free()?,
         };
+        self.released.retain(|r| *r != ip);
         self.used.insert(ip, owner.to_string());
         Ok(ip)
     }
 
     fn next_free(&self) -> Result<Ipv4Addr, IpamError> {
+        if let Some(ip) = self.never_used() {
+            return Ok(ip);
+        }
+        self.released.front().copied().ok_or(IpamError::Exhausted { subnet: self.subnet, capacity: self.capacity() })
+    }
+
+    /// The lowest address neither in use nor remembered as given back.
+    fn never_used(&self) -> Option<Ipv4Addr> {
         let start = u32::from(self.subnet.network()) + 1;
         let end = u32::from(self.subnet.broadcast());
-        // Walk the gaps of the used set instead of every address.
+        let taken: BTreeSet<u32> = self.used.keys().chain(&self.released).map(|ip| u32::from(*ip)).collect();
+        // Walk the gaps of the taken set instead of every address.
         let mut candidate = start;
-        for used in self.used.keys().map(|ip| u32::from(*ip)).collect::<BTreeSet<_>>() {
-            while candidate < used {
+        for taken in taken {
+            while candidate < taken {
                 if Ipv4Addr::from(candidate) != self.gateway {
-                    return Ok(Ipv4Addr::from(candidate));
+                    return Some(Ipv4Addr::from(candidate));
                 }
                 candidate += 1;
             }
-            candidate = candidate.max(used + 1);
+            candidate = candidate.max(taken + 1);
         }
-        while candidate < end {
-            if Ipv4Addr::from(candidate) != self.gateway {
-                return Ok(Ipv4Addr::from(candidate));
-            }
-            candidate += 1;
-        }
-        Err(IpamError::Exhausted { subnet: self.subnet, capacity: self.capacity() })
+        (candidate..end).map(Ipv4Addr::from).find(|ip| *ip != self.gateway)
     }
 
     /// Usable container addresses: hosts minus the gateway.
@@ -85,8 +113,25 @@ impl Ipam4 {
         (1u64 << (32 - self.subnet.prefix_len())).saturating_sub(3)
     }
 
+    /// Gives `ip` back: it is handed out again after every address that is
+    /// free for longer. Addresses that are not container addresses of the
+    /// subnet are ignored.
     pub fn release(&mut self, ip: Ipv4Addr) {
         self.used.remove(&ip);
+        if self.check_usable(ip).is_err() {
+            return;
+        }
+        self.released.retain(|r| *r != ip);
+        self.released.push_back(ip);
+        if self.released.len() > RELEASED_KEPT {
+            self.released.pop_front();
+        }
+    }
+
+    /// The addresses given back and not handed out since, the earliest
+    /// first (to persist them).
+    pub fn released(&self) -> Vec<Ipv4Addr> {
+        self.released.iter().copied().collect()
     }
 
     pub fn in_use(&self) -> usize {
@@ -103,13 +148,87 @@ mod tests {
         Ipam4::new(net, net.hosts().next().unwrap())
     }
 
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
     #[test]
-    fn allocates_lowest_free_skipping_gateway() {
+    fn allocates_lowest_never_used_skipping_gateway() {
         let mut i = ipam("10.0.0.0/24");
-        assert_eq!(i.allocate("a", None).unwrap(), "10.0.0.2".parse::<Ipv4Addr>().unwrap());
-        assert_eq!(i.allocate("b", None).unwrap(), "10.0.0.3".parse::<Ipv4Addr>().unwrap());
-        i.release("10.0.0.2".parse().unwrap());
-        assert_eq!(i.allocate("c", None).unwrap(), "10.0.0.2".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(i.allocate("a", None).unwrap(), ip("10.0.0.2"));
+        assert_eq!(i.allocate("b", None).unwrap(), ip("10.0.0.3"));
+        // A freed address waits while never-used ones remain.
+        i.release(ip("10.0.0.2"));
+        assert_eq!(i.allocate("c", None).unwrap(), ip("10.0.0.4"));
+        assert_eq!(i.released(), vec![ip("10.0.0.2")]);
+    }
+
+    #[test]
+    fn freed_addresses_come_back_longest_free_first() {
+        let mut i = ipam("10.0.0.0/29"); // .2-.6 usable
+        for n in 2..=6 {
+            assert_eq!(i.allocate(&format!("c{n}"), None).unwrap(), ip(&format!("10.0.0.{n}")));
+        }
+        for n in [4, 2, 6] {
+            i.release(ip(&format!("10.0.0.{n}")));
+        }
+        assert_eq!(i.allocate("x", None).unwrap(), ip("10.0.0.4"));
+        // Freed again: to the back of the queue.
+        i.release(ip("10.0.0.4"));
+        let got: Vec<_> = (0..3).map(|n| i.allocate(&format!("y{n}"), None).unwrap()).collect();
+        assert_eq!(got, vec![ip("10.0.0.2"), ip("10.0.0.6"), ip("10.0.0.4")]);
+        assert!(matches!(i.allocate("z", None), Err(IpamError::Exhausted { .. })));
+        assert!(i.released().is_empty());
+    }
+
+    #[test]
+    fn an_explicit_address_leaves_the_queue() {
+        let mut i = ipam("10.0.0.0/29");
+        i.allocate("a", None).unwrap();
+        i.allocate("b", None).unwrap();
+        i.release(ip("10.0.0.2"));
+        i.release(ip("10.0.0.3"));
+        assert_eq!(i.allocate("c", Some(ip("10.0.0.3"))).unwrap(), ip("10.0.0.3"));
+        assert_eq!(i.released(), vec![ip("10.0.0.2")]);
+    }
+
+    #[test]
+    fn the_queue_survives_a_restart() {
+        let net: Ipv4Net = "10.0.0.0/29".parse().unwrap();
+        let mut i = ipam("10.0.0.0/29");
+        for n in 0..5 {
+            i.allocate(&format!("c{n}"), None).unwrap();
+        }
+        i.release(ip("10.0.0.5"));
+        i.release(ip("10.0.0.3"));
+        // Not container addresses of the subnet: not remembered.
+        let mut saved = i.released();
+        saved.extend([ip("10.0.0.1"), ip("192.0.2.1"), ip("10.0.0.7")]);
+        let mut j = Ipam4::with_released(net, ip("10.0.0.1"), &saved);
+        assert_eq!(j.released(), vec![ip("10.0.0.5"), ip("10.0.0.3")]);
+        // The agent re-reserves its containers' addresses.
+        for n in [2, 4, 6] {
+            j.allocate("c", Some(ip(&format!("10.0.0.{n}")))).unwrap();
+        }
+        assert_eq!(j.allocate("x", None).unwrap(), ip("10.0.0.5"));
+        assert_eq!(j.allocate("y", None).unwrap(), ip("10.0.0.3"));
+    }
+
+    #[test]
+    fn the_queue_is_bounded_and_forgets_the_oldest() {
+        let mut i = ipam("10.0.0.0/16");
+        let n = RELEASED_KEPT as u32 + 10;
+        let first = u32::from(ip("10.0.0.2"));
+        for k in 0..n {
+            i.allocate("c", Some(Ipv4Addr::from(first + k))).unwrap();
+        }
+        for k in 0..n {
+            i.release(Ipv4Addr::from(first + k));
+        }
+        assert_eq!(i.released().len(), RELEASED_KEPT);
+        assert_eq!(i.released()[0], Ipv4Addr::from(first + 10));
+        // Forgotten ones count as never used: the lowest comes first.
+        assert_eq!(i.allocate("x", None).unwrap(), ip("10.0.0.2"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod datapath;
 pub mod ipam;
+pub mod lock;
 pub mod model;
 pub mod monitor;
 pub mod netlink;

@@ -84,6 +84,10 @@ pub struct State {
     /// Direct container-to-container traffic (None: the configuration's).
     #[serde(default)]
     pub icc: Option<bool>,
+    /// Container addresses given back, the earliest first: a restarted agent
+    /// hands them out in the same order (see `Ipam4`).
+    #[serde(default)]
+    pub released4: Vec<std::net::Ipv4Addr>,
 }
 
 fn one() -> u32 {
@@ -224,10 +228,19 @@ mod tests {
             }],
             mappings: vec![],
             next_mapping_id: 3,
+            released4: vec!["10.0.0.5".parse().unwrap(), "10.0.0.3".parse().unwrap()],
             ..Default::default()
         };
         store.save(&state).unwrap();
         assert_eq!(store.load().unwrap(), state);
+    }
+
+    #[test]
+    fn a_state_file_without_released_addresses_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::new(dir.path()).unwrap();
+        fs::write(store.path(), br#"{"version":1,"next_id":3,"containers":[]}"#).unwrap();
+        assert!(store.load().unwrap().released4.is_empty());
     }
 
     fn mapping(id: u32, port: u16) -> Mapping {

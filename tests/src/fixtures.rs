@@ -21,6 +21,8 @@ pub const XDP_PASS: u32 = 2;
 pub const SUBNET: [u8; 4] = [10, 0, 0, 0];
 pub const SUBNET_PREFIX: u32 = 24;
 pub const GATEWAY: [u8; 4] = [10, 0, 0, 1];
+/// The bridge's MAC, as the agent sets it (derived from the gateway address).
+pub const GATEWAY_MAC: [u8; 6] = [0x02, 0x4e, 10, 0, 0, 1];
 pub const C1: [u8; 4] = [10, 0, 0, 2];
 pub const C2: [u8; 4] = [10, 0, 0, 3];
 /// Container MACs as the agent derives them from the address.
@@ -40,6 +42,7 @@ pub fn config(flags: u32) -> DatapathConfig {
         subnet4: SUBNET,
         subnet4_prefix: SUBNET_PREFIX,
         gateway4: GATEWAY,
+        gateway_mac: GATEWAY_MAC,
         flags,
         timeouts: CtTimeouts::default(),
         ..Default::default()

@@ -105,6 +105,36 @@ pub fn icmp_error(kind: u8, code: u8, mtu: u16, quoted: &[u8]) -> Vec<u8> {
     m
 }
 
+/// Sets the identification and fragment fields of an IPv4 packet (no
+/// Ethernet header) and fixes its header checksum: `more` is the MF flag,
+/// `offset` counts 8-byte units.
+pub fn set_fragment(packet: &mut [u8], id: u16, more: bool, offset: u16) {
+    packet[4..6].copy_from_slice(&id.to_be_bytes());
+    let flags = (if more { 0x2000 } else { 0 }) | offset;
+    packet[6..8].copy_from_slice(&flags.to_be_bytes());
+    let ihl = (packet[0] & 0x0f) as usize * 4;
+    packet[10] = 0;
+    packet[11] = 0;
+    let c = checksum(&packet[..ihl]);
+    packet[10..12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Splits an IPv4 packet (no options) into two fragments of datagram `id`,
+/// the first carrying `first_len` bytes of the payload (a multiple of 8).
+pub fn split_ipv4(packet: &[u8], id: u16, first_len: usize) -> (Vec<u8>, Vec<u8>) {
+    assert_eq!(first_len % 8, 0);
+    let (header, payload) = packet.split_at(20);
+    let piece = |data: &[u8], more: bool, offset: usize| {
+        let mut p = header.to_vec();
+        p.extend_from_slice(data);
+        let total = p.len() as u16;
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+        set_fragment(&mut p, id, more, (offset / 8) as u16);
+        p
+    };
+    (piece(&payload[..first_len], true, 0), piece(&payload[first_len..], false, first_len))
+}
+
 pub fn arp(op: u16, sha: [u8; 6], spa: [u8; 4], tha: [u8; 6], tpa: [u8; 4]) -> Vec<u8> {
     let mut a = vec![0, 1, 0x08, 0x00, 6, 4];
     a.extend_from_slice(&op.to_be_bytes());

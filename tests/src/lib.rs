@@ -6,6 +6,8 @@
 //!   settings, container entries, frame assertions);
 //! - [`prog_run`]: runs a loaded BPF program on a frame with
 //!   `BPF_PROG_TEST_RUN` and returns its verdict and output bytes;
+//! - [`raw`]: packet and raw IP sockets, for what a hostile container sends
+//!   and what a victim sees;
 //! - [`topology`]: a sandbox host, an outside world and containers in
 //!   network namespaces with a unique per-run prefix, removed on drop (also
 //!   when a test panics), with a running `netpathd`.
@@ -13,6 +15,7 @@
 pub mod fixtures;
 pub mod frames;
 pub mod prog_run;
+pub mod raw;
 pub mod topology;
 
 /// True when the process may load BPF programs and create namespaces.

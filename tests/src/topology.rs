@@ -9,7 +9,8 @@
 //! Every name carries a per-run prefix (`NETPATH_TEST_PREFIX`, set by
 //! `cargo xtask test`, plus a per-topology counter); [`Topology`]'s Drop
 //! stops the agent it started (by PID), deletes its namespaces and removes
-//! its pins and run directory, also when the test panics.
+//! its pins, its instance lock (if the agent could not) and run directory,
+//! also when the test panics.
 
 use std::{
     net::Ipv4Addr,
@@ -67,6 +68,7 @@ pub struct Topology {
     pub subnet: String,
     run_dir: PathBuf,
     pin_dir: PathBuf,
+    socket: PathBuf,
     namespaces: Vec<String>,
     agent: Option<Child>,
     extra_agent_args: Vec<String>,
@@ -86,6 +88,7 @@ impl Topology {
             // A distinct subnet per topology makes mix-ups visible.
             subnet: format!("10.{}.{}.0/24", 200 + (std::process::id() % 50), n % 250),
             pin_dir: PathBuf::from(netpath_userspace::config::BPFFS_ROOT).join(&prefix),
+            socket: run_dir.join("api.sock"),
             prefix,
             run_dir,
             namespaces: vec![],
@@ -129,7 +132,18 @@ impl Topology {
     }
 
     pub fn socket(&self) -> PathBuf {
-        self.run_dir.join("api.sock")
+        self.socket.clone()
+    }
+
+    /// Where the agent's API socket goes from its next start on (default:
+    /// `api.sock` in the run directory).
+    pub fn set_socket(&mut self, path: PathBuf) {
+        self.socket = path;
+    }
+
+    /// This topology's scratch directory (state, socket, logs); removed on drop.
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -330,9 +344,13 @@ impl Drop for Topology {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
         let _ = std::fs::remove_dir_all(&self.pin_dir);
-        // The agent made the shared parent too: it goes when the last run's
-        // pins are gone (rmdir refuses a directory that still holds any).
-        if let Some(parent) = self.pin_dir.parent() {
+        // An agent that was killed leaves its instance lock behind.
+        let lock = netpath_userspace::config::instance_lock(&self.prefix);
+        let _ = std::fs::remove_file(&lock);
+        // The agent made the shared parents too: they go when the last run's
+        // pins and locks are gone (rmdir refuses a directory that still
+        // holds any).
+        for parent in [self.pin_dir.parent(), lock.parent()].into_iter().flatten() {
             let _ = std::fs::remove_dir(parent);
         }
         if std::env::var_os("NETPATH_KEEP_LOGS").is_none() {

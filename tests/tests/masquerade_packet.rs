@@ -124,6 +124,20 @@ fn exhausted_range_drops_new_flows_only() {
 }
 
 #[test]
+fn without_an_address_new_flows_are_dropped_never_sent_untranslated() {
+    // The uplink has no address yet (or the agent is starting).
+    let mut h = fixtures::harness(&DatapathConfig {
+        masq_port_min: PORTS.0,
+        masq_port_max: PORTS.1,
+        ..fixtures::config(CFG_F_MASQUERADE)
+    });
+    let r = h.run(HookId::UplinkEgress.program(), &tcp((C1, 41000), (SERVER, 80), 0x02)).unwrap();
+    assert_eq!(r.verdict, TC_ACT_SHOT, "neither 0.0.0.0 nor the private source goes out");
+    assert_eq!(h.dp.stats(TEST_IFINDEX).unwrap().drops[DropReason::NatUnavailable as usize], 1);
+    assert!(h.dp.ct_entries().unwrap().is_empty(), "nothing tracked with a zero address");
+}
+
+#[test]
 fn published_ports_are_never_handed_out() {
     let mut h = harness(CFG_F_MASQUERADE);
     let key = netpath_common::MappingKey4 { addr: [0; 4], port: 20002u16.to_be(), proto: IPPROTO_TCP, _pad: 0 };

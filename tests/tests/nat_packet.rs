@@ -3,7 +3,7 @@
 //! against frames built from scratch and verified independently), and the
 //! packets that must pass untouched.
 
-use netpath_common::{HookId, MappingEntry4, MappingKey4};
+use netpath_common::{CtKey4, HookId, MappingEntry4, MappingKey4};
 use netpath_tests::{
     fixtures::{self, expect, hex, C1, C1_MAC, C2, C2_MAC, CLIENT, CLIENT_MAC, GATEWAY, HOST, HOST_MAC, TC_ACT_OK},
     frames::{self, ETH_P_ARP, ETH_P_IPV4, IPPROTO_TCP, IPPROTO_UDP},
@@ -87,6 +87,27 @@ fn dnat_from_outside_and_reverse_translation_tcp() {
     let nat: Vec<_> = flows.iter().filter(|(k, _)| k.scope() == Some(netpath_common::CtScope::Nat)).collect();
     assert_eq!(nat.len(), 2);
     assert!(nat.iter().all(|(_, e)| e.state == netpath_common::CtState::Established as u8), "{nat:?}");
+}
+
+#[test]
+fn an_orphaned_half_never_blocks_its_tuple() {
+    let mut h = harness();
+    let syn = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), (HOST, 8080), 0x02, &[]);
+    let dnat = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), (C1, 80), 0x02, &[]);
+    expect(&h, HookId::UplinkIngress.program(), &syn, &dnat);
+    // The LRU evicts the original half; the reply half stays behind.
+    let orig = CtKey4::new(CLIENT, HOST, 40000u16.to_be(), 8080u16.to_be(), IPPROTO_TCP);
+    h.dp.ct_remove_half4(&orig).unwrap();
+    assert_eq!(h.dp.ct_entries().unwrap().len(), 1);
+    // The client connects again on the same tuple: a new flow replaces the
+    // orphan (it used to be dropped as "table full" until the orphan expired).
+    expect(&h, HookId::UplinkIngress.program(), &syn, &dnat);
+    let ct = h.dp.ct_entries().unwrap();
+    assert_eq!(ct.len(), 2, "a whole pair again: {ct:?}");
+    // The agent's collector removes orphans too.
+    h.dp.ct_remove_half4(&orig).unwrap();
+    assert_eq!(h.dp.ct_collect_expired(netpath_userspace::datapath::monotonic_ns()).unwrap(), 1);
+    assert!(h.dp.ct_entries().unwrap().is_empty());
 }
 
 #[test]

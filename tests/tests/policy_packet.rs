@@ -8,14 +8,12 @@ use netpath_common::{
     DropReason, HookId,
 };
 use netpath_tests::{
-    fixtures::{self, C1, C1_MAC, C2, GATEWAY, TC_ACT_OK, TC_ACT_SHOT},
+    fixtures::{self, C1, C1_MAC, C2, GATEWAY, GATEWAY_MAC, TC_ACT_OK, TC_ACT_SHOT},
     frames::{self, ETH_P_IPV4, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     prog_run::{PacketHarness, TEST_IFINDEX},
 };
 use netpath_userspace::policy::{self, parse_cidr, parse_filter, Action, Direction, Rule};
 
-/// The gateway's MAC (the bridge), as containers address it.
-const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 const C1_ID: u32 = 7;
 
 fn harness(container_flags: u16, cfg_flags: u32, rules: &[(Action, Direction, &str, &str)]) -> PacketHarness {
@@ -44,7 +42,7 @@ fn from_c1(dst: [u8; 4], proto: u8, dport: u16) -> Vec<u8> {
         IPPROTO_UDP => frames::udp(C1, dst, 40000, dport, b"x"),
         _ => frames::icmp_echo(9, 1, b"x"),
     };
-    frames::eth(GW_MAC, C1_MAC, ETH_P_IPV4, &frames::ipv4(C1, dst, proto, &[], &l4))
+    frames::eth(GATEWAY_MAC, C1_MAC, ETH_P_IPV4, &frames::ipv4(C1, dst, proto, &[], &l4))
 }
 
 /// A packet to c1 (through veth_egress) from `src`.
@@ -53,7 +51,7 @@ fn to_c1(src: [u8; 4], proto: u8, dport: u16) -> Vec<u8> {
         IPPROTO_TCP => frames::tcp(src, C1, 41000, dport, 0x02, b""),
         _ => frames::udp(src, C1, 41000, dport, b"x"),
     };
-    frames::eth(C1_MAC, GW_MAC, ETH_P_IPV4, &frames::ipv4(src, C1, proto, &[], &l4))
+    frames::eth(C1_MAC, GATEWAY_MAC, ETH_P_IPV4, &frames::ipv4(src, C1, proto, &[], &l4))
 }
 
 fn verdict(h: &PacketHarness, program: &str, frame: &[u8]) -> u32 {
@@ -129,7 +127,7 @@ fn established_flows_pass_on_the_conntrack_hit_both_ways() {
     assert_eq!(out(&h, [198, 18, 0, 2], IPPROTO_TCP, 80), TC_ACT_OK);
     let reply = {
         let l4 = frames::tcp([198, 18, 0, 2], C1, 80, 40000, 0x12, b"");
-        frames::eth(C1_MAC, GW_MAC, ETH_P_IPV4, &frames::ipv4([198, 18, 0, 2], C1, IPPROTO_TCP, &[], &l4))
+        frames::eth(C1_MAC, GATEWAY_MAC, ETH_P_IPV4, &frames::ipv4([198, 18, 0, 2], C1, IPPROTO_TCP, &[], &l4))
     };
     assert_eq!(verdict(&h, HookId::VethEgress.program(), &reply), TC_ACT_OK, "replies of an allowed flow pass");
     // A verdict stands for the flow even when the rules change, until the

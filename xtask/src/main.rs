@@ -204,17 +204,21 @@ fn sweep(prefix: &str) {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
-    for dir in ["/sys/fs/bpf/netpath", &std::env::temp_dir().display().to_string()] {
+    // Pins, scratch directories, and instance locks (files) or socket
+    // directories in the run directory.
+    for dir in ["/sys/fs/bpf/netpath", "/run/netpath", &std::env::temp_dir().display().to_string()] {
         if let Ok(entries) = std::fs::read_dir(dir) {
             for e in entries.flatten() {
                 if e.file_name().to_string_lossy().starts_with(prefix) {
                     eprintln!("xtask: removing leftover {}", e.path().display());
-                    let _ = std::fs::remove_dir_all(e.path());
+                    let path = e.path();
+                    let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
                 }
             }
         }
     }
-    // The agents created the shared parent; leave it only if another run
-    // still has pins there.
+    // The agents created the shared parents; leave them only if another run
+    // (or a real instance) still has pins or locks there.
     let _ = std::fs::remove_dir("/sys/fs/bpf/netpath");
+    let _ = std::fs::remove_dir("/run/netpath");
 }

@@ -22,7 +22,8 @@ use crate::{
 /// Name of the container-side interface.
 pub const CONTAINER_IFNAME: &str = "eth0";
 
-/// Container MACs are derived from their IPv4 address (locally administered,
+/// MACs on the bridge (containers' and the gateway's) are derived from the
+/// IPv4 address (locally administered,
 /// as Docker does), so they are unique on the bridge and predictable.
 pub fn container_mac(ip: Ipv4Addr) -> [u8; 6] {
     let o = ip.octets();
@@ -196,7 +197,8 @@ impl Inner {
         let c = self.find(name)?.clone();
         let mappings: Vec<Mapping> = self.state.mappings.iter().filter(|m| m.container == c.name).cloned().collect();
         self.remove_mappings(&mappings)?;
-        // Its policy goes too: rules, compiled entries, verdicts.
+        // Its policy goes too: rules and compiled entries (verdicts go with
+        // its flows below).
         self.forget_policy(&c)?;
         // Only delete the interface if it is still ours (same name and index).
         if let Some(link) = self.nl.link_by_name(&c.veth).await? {
@@ -205,6 +207,9 @@ impl Inner {
             }
         }
         self.forget_datapath(&c)?;
+        // With the veth gone no new flow of it can start: its tracked ones
+        // go now, before its address can be handed out again.
+        self.forget_flows(&c)?;
         self.ipam.release(c.ip);
         self.state.containers.retain(|x| x.name != name);
         self.save()?;

@@ -1,17 +1,18 @@
-//! Tracked flows: listing them for the API and collecting the expired ones.
+//! Tracked flows: listing them for the API, collecting the expired ones,
+//! and forgetting the ones a container or a masquerade address leaves.
 
 use std::{collections::HashMap, net::Ipv4Addr};
 
 use anyhow::Result;
 use netpath_common::{
-    conntrack::{CT_F_REPLY, IPPROTO_ICMP},
+    conntrack::{CT_F_DNAT, CT_F_POLICY, CT_F_REPLY, CT_F_SNAT, IPPROTO_ICMP},
     CtEntry, CtKey4, CtScope, CtState,
 };
 
 use super::Inner;
 use crate::{
     datapath::monotonic_ns,
-    model::{Flow, Tuple},
+    model::{Container, Flow, Tuple},
     portspec::Protocol,
 };
 
@@ -36,6 +37,45 @@ impl Inner {
     /// Deletes flows whose entries have all expired.
     pub(super) fn collect_expired(&mut self) -> Result<usize> {
         self.dp.ct_collect_expired(monotonic_ns())
+    }
+
+    /// Removes every tracked flow of a container that goes: its policy
+    /// verdicts, and every entry whose tuple or translation names its
+    /// address (its masqueraded flows, flows to its published ports and
+    /// their replies, hairpin), both directions of each. Otherwise replies
+    /// still in flight would be translated to whoever gets the address next.
+    /// Returns how many flows went.
+    pub(super) fn forget_flows(&mut self, c: &Container) -> Result<usize> {
+        let (ip, id) = (c.ip.octets(), c.id);
+        let cut = self.dp.ct_remove_where(|k, e| {
+            (e.flags & CT_F_POLICY != 0 && e.container_id == id)
+                || k.saddr == ip
+                || k.daddr == ip
+                || (e.flags & CT_F_SNAT != 0 && e.snat_addr == ip)
+                || (e.flags & CT_F_DNAT != 0 && e.dnat_addr == ip)
+        })?;
+        if cut > 0 {
+            tracing::info!(container = %c.name, flows = cut, "forgot the container's tracked flows");
+        }
+        Ok(cut)
+    }
+
+    /// Removes the flows translated to a masquerade address the host no
+    /// longer has (both directions): their entries would keep rewriting
+    /// packets to it. The next packet of such a flow starts a new one, from
+    /// the current address. Returns how many flows went.
+    pub(super) fn forget_masquerade(&mut self, old: [u8; 4]) -> Result<usize> {
+        let cut = self
+            .dp
+            .ct_remove_where(|k, e| k.scope == CtScope::Nat as u8 && e.flags & CT_F_SNAT != 0 && e.snat_addr == old)?;
+        if cut > 0 {
+            tracing::info!(
+                flows = cut,
+                "forgot flows translated to {}, which the host no longer has",
+                Ipv4Addr::from(old)
+            );
+        }
+        Ok(cut)
     }
 
     pub(super) fn flows(&mut self) -> Result<Vec<Flow>> {

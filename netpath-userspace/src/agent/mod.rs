@@ -10,7 +10,8 @@
 //!   reconcile MAPPINGS4 with the saved mappings;
 //! - `rules`: a container's policy, rule and default changes, re-judging
 //!   tracked flows, reconcile POLICY4, forget a container's policy;
-//! - `flows`: list tracked flows, collect expired ones.
+//! - `flows`: list tracked flows, collect expired ones, forget those of a
+//!   container that goes or of a masquerade address the host lost.
 //!
 //! This file holds start-up, reconciliation, status, and
 //! `Inner::attachments`, where the hook table becomes attachments.
@@ -25,7 +26,6 @@ pub use mappings::overlaps;
 
 use std::{
     collections::HashMap,
-    fs::File,
     net::Ipv4Addr,
     path::PathBuf,
     sync::{
@@ -41,14 +41,14 @@ use netpath_common::{
     hooks::{Attach, Target},
     DatapathConfig, DropReason, Event, Hook, TrafficStats,
 };
-use nix::fcntl::{Flock, FlockArg};
 use thiserror::Error;
 use tokio::sync::{broadcast, Mutex};
 
 use crate::{
-    config::{ResolvedConfig, UplinkXdp},
+    config::{self, ResolvedConfig, UplinkXdp},
     datapath::{Datapath, MapSummary, ProgramSummary},
     ipam::{Ipam4, IpamError},
+    lock::LockFile,
     model::{
         AttachPoint, Container, ContainerRequest, ContainerStatus, Flow, InterfaceStats, MapStatus, Mapping,
         PolicyView, ProgramStatus, RuleRequest, Settings, StatsView, Status,
@@ -135,7 +135,8 @@ struct Inner {
     /// What the CONFIG map holds; the masquerade address follows the uplink.
     dp_config: DatapathConfig,
     uplink: Option<String>,
-    _lock: Flock<File>,
+    /// Held while the agent runs; dropped (and removed) with it.
+    _locks: [LockFile; 2],
 }
 
 /// The cgroup v2 root: the hybrid layout's `unified` mount, or a pure v2
@@ -177,12 +178,13 @@ impl Agent {
     /// Sets up the host side (bridge, forwarding, datapath), then adopts
     /// what a previous run left and reconciles it with the saved state.
     pub async fn start(cfg: ResolvedConfig) -> Result<Agent> {
+        // One agent per instance, whatever its state directory: the pins
+        // are the instance's. And one per state directory.
+        let instance_lock =
+            LockFile::acquire(&config::instance_lock(&cfg.instance), &format!("instance {}", cfg.instance))?;
         let store = StateStore::new(&cfg.state_dir)?;
-        let lock_path = cfg.state_dir.join("lock");
-        let lock_file = File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
-        let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-            anyhow::anyhow!("another netpathd holds {} ({e}): one agent per instance", lock_path.display())
-        })?;
+        let state_lock =
+            LockFile::acquire(&cfg.state_dir.join("lock"), &format!("state directory {}", cfg.state_dir.display()))?;
         let mut store = store;
         let state = store.load()?;
         write_sysctl("net.ipv4.ip_forward", "1")?;
@@ -191,6 +193,9 @@ impl Agent {
             .ensure_bridge(&cfg.bridge, cfg.gateway, cfg.subnet.prefix_len())
             .await
             .with_context(|| format!("setting up bridge {}", cfg.bridge))?;
+        // A MAC set explicitly stays: a bridge's own would follow its ports.
+        let gateway_mac = container_mac(cfg.gateway);
+        nl.set_mac(bridge_index, gateway_mac).await.with_context(|| format!("setting the MAC of {}", cfg.bridge))?;
         // Hairpin traffic leaves the bridge the way it came: no ICMP redirects.
         write_sysctl(&format!("net.ipv4.conf.{}.send_redirects", cfg.bridge), "0")?;
         // Replies of published ports get a host address as their source on
@@ -220,6 +225,19 @@ impl Agent {
         if uplink_xdp {
             flags |= CFG_F_UPLINK_XDP;
         }
+        // The uplink's address now, not 0.0.0.0 until the first sync: the
+        // datapath of a restarted agent keeps masquerading meanwhile.
+        let previous_masq = dp.read_config()?.masq_addr4;
+        let masq_addr4 = match &cfg.uplink {
+            Some(u) => {
+                let index = nl.link_index(u).await.with_context(|| format!("uplink {u}"))?;
+                masquerade_addr4(&nl.ipv4_addresses().await?, index)
+            }
+            None => [0; 4],
+        };
+        if flags & CFG_F_MASQUERADE != 0 && masq_addr4 != [0; 4] {
+            tracing::info!("masquerading to {}", Ipv4Addr::from(masq_addr4));
+        }
         let dp_config = DatapathConfig {
             netns_cookie: netns_cookie()?,
             subnet4: cfg.subnet.network().octets(),
@@ -227,9 +245,11 @@ impl Agent {
             gateway4: cfg.gateway.octets(),
             flags,
             timeouts: cfg.conntrack.timeouts(),
-            masq_addr4: [0; 4],
+            masq_addr4,
             masq_port_min: cfg.masquerade_ports.0,
             masq_port_max: cfg.masquerade_ports.1,
+            gateway_mac,
+            _pad: [0; 2],
         };
         dp.write_config(&dp_config)?;
         if cgroup.is_none() {
@@ -237,7 +257,7 @@ impl Agent {
         }
         let own_netns_inode = Netns::current()?.inode()?;
         let mut inner = Inner {
-            ipam: Ipam4::new(cfg.subnet, cfg.gateway),
+            ipam: Ipam4::with_released(cfg.subnet, cfg.gateway, &state.released4),
             dp,
             nl,
             bridge_index,
@@ -247,10 +267,12 @@ impl Agent {
             cgroup,
             dp_config,
             uplink: cfg.uplink.clone(),
-            _lock: lock,
+            _locks: [instance_lock, state_lock],
         };
         inner.attach_host_hooks().await?;
         inner.sync_host_addrs().await?;
+        // The address may have changed while no agent ran.
+        inner.forget_masquerade_if_gone(previous_masq).await?;
         inner.reconcile(&cfg).await?;
         let names = inner.state.containers.iter().map(|c| (c.id, c.name.clone())).collect();
         Ok(Agent {
@@ -483,6 +505,7 @@ impl Inner {
     }
 
     fn save(&mut self) -> Result<()> {
+        self.state.released4 = self.ipam.released();
         self.store.save(&self.state)
     }
 
@@ -505,6 +528,8 @@ impl Inner {
             if !alive {
                 tracing::info!(container = %c.name, "veth {} is gone; removing the container", c.veth);
                 self.forget_datapath(&c)?;
+                self.forget_flows(&c)?;
+                self.ipam.release(c.ip);
                 continue;
             }
             self.program_container(&c)?;
@@ -550,15 +575,17 @@ impl Inner {
     }
 
     /// HOST_ADDRS4 := the IPv4 addresses of the agent's namespace; the
-    /// masquerade address := the uplink's first one.
+    /// masquerade address := the uplink's first one. Flows translated to a
+    /// masquerade address the host no longer has are forgotten.
     async fn sync_host_addrs(&mut self) -> Result<()> {
         let addrs = self.nl.ipv4_addresses().await?;
         let entries: Vec<([u8; 4], u32)> = addrs.iter().map(|(a, i)| (a.octets(), *i)).collect();
         self.dp.sync_host_addrs4(&entries)?;
-        if let Some(uplink) = &self.uplink {
-            let index = self.nl.link_index(uplink).await?;
-            let masq = entries.iter().find(|(_, i)| *i == index).map(|(a, _)| *a).unwrap_or([0; 4]);
-            if masq != self.dp_config.masq_addr4 {
+        if let Some(uplink) = self.uplink.clone() {
+            let index = self.nl.link_index(&uplink).await?;
+            let masq = masquerade_addr4(&addrs, index);
+            let old = self.dp_config.masq_addr4;
+            if masq != old {
                 if masq == [0; 4] {
                     tracing::warn!("uplink {uplink} has no IPv4 address: masquerade paused");
                 } else {
@@ -566,7 +593,21 @@ impl Inner {
                 }
                 self.dp_config.masq_addr4 = masq;
                 self.dp.write_config(&self.dp_config)?;
+                // New flows get the new address first, then the old ones go.
+                self.forget_masquerade_if_gone(old).await?;
             }
+        }
+        Ok(())
+    }
+
+    /// Forgets the flows translated to `old`, a masquerade address no longer
+    /// in use, unless the host still has it (then they still work).
+    async fn forget_masquerade_if_gone(&mut self, old: [u8; 4]) -> Result<()> {
+        if old == [0; 4] || old == self.dp_config.masq_addr4 {
+            return Ok(());
+        }
+        if !self.nl.ipv4_addresses().await?.iter().any(|(a, _)| a.octets() == old) {
+            self.forget_masquerade(old)?;
         }
         Ok(())
     }
@@ -620,6 +661,11 @@ impl Inner {
         }
         Ok(())
     }
+}
+
+/// The masquerade address: the uplink's first IPv4 address (0.0.0.0: none).
+fn masquerade_addr4(addrs: &[(Ipv4Addr, u32)], uplink_index: u32) -> [u8; 4] {
+    addrs.iter().find(|(_, i)| *i == uplink_index).map(|(a, _)| a.octets()).unwrap_or([0; 4])
 }
 
 /// The file name of a pin path.

@@ -154,7 +154,8 @@ impl Inner {
         Ok(cut)
     }
 
-    /// Removes a container's rules, their compiled entries and its verdicts.
+    /// Removes a container's rules and their compiled entries (its verdicts
+    /// go with its flows: `forget_flows`).
     pub(super) fn forget_policy(&mut self, c: &Container) -> Result<()> {
         let rules = self.policy_of(&c.name).rules;
         self.state.policies.remove(&c.name);
@@ -166,7 +167,6 @@ impl Inner {
                 self.dp.set_policy4(len, &key, &PolicyEntry::default())?;
             }
         }
-        self.dp.ct_remove_where(|_, e| e.flags & CT_F_POLICY != 0 && e.container_id == c.id)?;
         Ok(())
     }
 

@@ -37,8 +37,10 @@ impl Datapath {
         Ok(flows)
     }
 
-    /// Deletes the flows whose entries have all expired at `now`; returns
-    /// how many went.
+    /// Deletes the flows whose entries have all expired at `now`, and the
+    /// orphans (halves whose peer the LRU evicted: a lone reply half would
+    /// block its tuple, a lone original half would translate packets whose
+    /// replies can never come back); returns how many flows went.
     pub fn ct_collect_expired(&mut self, now: u64) -> Result<usize> {
         let entries: HashMap<CtKey4, CtEntry> = self.ct_entries()?.into_iter().collect();
         let expired = |e: &CtEntry| e.expires_ns < now;
@@ -47,10 +49,40 @@ impl Datapath {
             .filter(|(_, e)| expired(e) && entries.get(&e.peer).is_none_or(expired))
             .map(|(k, _)| *k)
             .collect();
-        if dead.is_empty() {
-            return Ok(0);
+        let orphans: Vec<CtKey4> =
+            entries.iter().filter(|(_, e)| !expired(e) && !entries.contains_key(&e.peer)).map(|(k, _)| *k).collect();
+        let mut flows = 0;
+        if !dead.is_empty() {
+            flows += self.ct_remove_expired(&dead, now)?;
         }
-        self.ct_remove_expired(&dead, now)
+        if !orphans.is_empty() {
+            flows += self.ct_remove_orphans(&orphans)?;
+        }
+        Ok(flows)
+    }
+
+    /// Deletes these halves if their peer is still missing, each checked
+    /// just before it goes (the datapath inserts a pair's halves one after
+    /// the other).
+    fn ct_remove_orphans(&mut self, keys: &[CtKey4]) -> Result<usize> {
+        let mut map = self.ct_map()?;
+        let mut flows = 0;
+        for key in keys {
+            let Ok(entry) = map.get(key, 0) else { continue };
+            if map.get(&entry.peer, 0).is_ok() {
+                continue;
+            }
+            if ignore_missing(map.remove(key)).is_ok() {
+                flows += 1;
+            }
+        }
+        Ok(flows)
+    }
+
+    /// Removes one half of a flow and leaves its peer, as the LRU does when
+    /// it evicts an entry (tests of the orphan handling use it).
+    pub fn ct_remove_half4(&mut self, key: &CtKey4) -> Result<()> {
+        Ok(ignore_missing(self.ct_map()?.remove(key))?)
     }
 
     /// Deletes the entries of these keys that are still expired at `now`,

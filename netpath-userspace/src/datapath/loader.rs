@@ -9,10 +9,11 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
-    maps::MapInfo,
+    maps::{Array, Map, MapData, MapInfo, MapType},
     programs::{CgroupSockAddr, SchedClassifier, Xdp},
     Ebpf, EbpfLoader,
 };
+use aya_obj::generated::bpf_map_type;
 use netpath_common::{
     hooks::Attach, maps as names, ContainerEntry, CtEntry, CtKey4, DatapathConfig, HostAddr4, MappingEntry4,
     MappingKey4, PolicyEntry, PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats, HOOKS,
@@ -23,10 +24,19 @@ use super::Datapath;
 /// The BPF object, built by build.rs and embedded in the binary.
 pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netpath"));
 
-/// Expected key and value sizes of every pinned map: a pin left by an
-/// incompatible build is refused instead of being reused with the wrong
-/// layout.
-const MAP_LAYOUTS: [(&str, usize, usize); 9] = [
+/// The layout version of the pinned maps. Bump it when a map's key or value
+/// changes meaning without changing size (fields reordered, a flag bit
+/// reused): pins stamped with another version are refused. Changes of type,
+/// sizes or capacity are caught map by map against the object.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// The stamp: a one-entry array map (`u32` -> `u32`, the layout version)
+/// that the agent creates and pins beside the maps, under `maps/`.
+pub const LAYOUT_MAP: &str = "LAYOUT";
+
+/// Key and value sizes of every pinned map as the agent's types have them
+/// (the object must declare the same; a unit test checks it).
+const MAP_LAYOUTS: [(&str, usize, usize); 10] = [
     (names::CONTAINERS, size_of::<u32>(), size_of::<ContainerEntry>()),
     (names::IFACE_STATS, size_of::<u32>(), size_of::<TrafficStats>()),
     (names::MAPPINGS4, size_of::<MappingKey4>(), size_of::<MappingEntry4>()),
@@ -36,6 +46,7 @@ const MAP_LAYOUTS: [(&str, usize, usize); 9] = [
     (names::CONFIG, size_of::<u32>(), size_of::<DatapathConfig>()),
     // An LPM trie key is the prefix length (u32) and the data.
     (names::POLICY4, size_of::<u32>() + size_of::<PolicyKey4>(), size_of::<PolicyEntry>()),
+    (names::FRAGS4, size_of::<netpath_common::FragKey4>(), size_of::<netpath_common::FragEntry4>()),
     (names::EVENTS, 0, 0),
 ];
 
@@ -75,8 +86,14 @@ impl Datapath {
             }
             None => vec![],
         };
+        let declared = declared_maps(object)?;
+        if let Some(dir) = pin_dir {
+            for (name, path) in &map_paths {
+                check_pinned_layout(name, path, declared_map(&declared, name)?)?;
+            }
+            check_layout_stamp(&dir.join("maps"))?;
+        }
         for (name, path) in &map_paths {
-            check_pinned_layout(name, path)?;
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(object).context("loading the BPF object")?;
@@ -107,22 +124,139 @@ impl Datapath {
     }
 }
 
-/// Refuses a pinned map whose key or value size differs from this build's.
-fn check_pinned_layout(name: &str, path: &Path) -> Result<()> {
+/// What a map is, as the object declares it or the kernel reports a pin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct MapDef {
+    kind: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    flags: u32,
+}
+
+impl MapDef {
+    fn declared(m: &aya_obj::Map) -> MapDef {
+        MapDef {
+            kind: m.map_type(),
+            key_size: m.key_size(),
+            value_size: m.value_size(),
+            max_entries: m.max_entries(),
+            flags: m.map_flags(),
+        }
+    }
+
+    fn pinned(info: &MapInfo) -> MapDef {
+        MapDef {
+            // MapType's discriminants are the kernel's map type numbers.
+            kind: info.map_type().map(|t| t as u32).unwrap_or(u32::MAX),
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+            flags: info.map_flags(),
+        }
+    }
+}
+
+impl std::fmt::Display for MapDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = bpf_map_type::try_from(self.kind).ok().and_then(|t| MapType::try_from(t).ok());
+        match kind {
+            Some(k) => write!(f, "{k:?}")?,
+            None => write!(f, "type {}", self.kind)?,
+        }
+        write!(f, ", key {} B, value {} B, {} entries", self.key_size, self.value_size, self.max_entries)?;
+        if self.flags != 0 {
+            write!(f, ", flags {:#x}", self.flags)?;
+        }
+        Ok(())
+    }
+}
+
+/// The maps the object declares, by name, each checked against the sizes
+/// of the agent's types (an object from another build is refused).
+fn declared_maps(object: &[u8]) -> Result<std::collections::HashMap<String, aya_obj::Map>> {
+    let maps = aya_obj::Object::parse(object).context("parsing the BPF object's map definitions")?.maps;
+    for (name, key, value) in MAP_LAYOUTS {
+        let Some(def) = maps.get(name).map(MapDef::declared) else { continue };
+        if (def.key_size as usize, def.value_size as usize) != (key, value) {
+            bail!(
+                "the BPF object declares map {name} as {def}, but the agent's types have key {key} B, value {value} B"
+            );
+        }
+    }
+    Ok(maps)
+}
+
+fn declared_map(declared: &std::collections::HashMap<String, aya_obj::Map>, name: &str) -> Result<MapDef> {
+    declared.get(name).map(MapDef::declared).ok_or_else(|| anyhow!("the BPF object declares no map {name}"))
+}
+
+/// Refuses a pinned map that is not what this build declares (type, key and
+/// value sizes, capacity, flags): reusing it would misread its entries, or
+/// give the datapath another table than the one it was written for.
+fn check_pinned_layout(name: &str, path: &Path, expected: MapDef) -> Result<()> {
     let info = match MapInfo::from_pin(path) {
         Ok(info) => info,
         Err(_) if !path.exists() => return Ok(()),
         Err(e) => return Err(e).with_context(|| format!("opening pinned map {}", path.display())),
     };
-    let (_, key, value) =
-        MAP_LAYOUTS.into_iter().find(|(n, _, _)| *n == name).ok_or_else(|| anyhow!("unknown map {name}"))?;
-    if info.key_size() as usize != key || info.value_size() as usize != value {
+    let found = MapDef::pinned(&info);
+    if found != expected {
         bail!(
-            "pinned map {} has key/value sizes {}/{} but this netpath expects {key}/{value}: it was left by an \
-             incompatible build. Remove it (its state is lost) or run the matching netpath.",
-            path.display(),
-            info.key_size(),
-            info.value_size()
+            "pinned map {name} ({}) is {found}, but this netpath expects {expected}: it was left by an incompatible \
+             build. Remove the instance's pins (their state is lost) or run the matching netpath.",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// The layout stamp's own shape.
+const LAYOUT_DEF: MapDef =
+    MapDef { kind: bpf_map_type::BPF_MAP_TYPE_ARRAY as u32, key_size: 4, value_size: 4, max_entries: 1, flags: 0 };
+
+/// Checks the layout version stamped beside the pinned maps, and stamps a
+/// fresh instance (before its maps are created, so that no pins exist
+/// without a stamp). Pins without a stamp were left by a build that had
+/// none: refused, since nothing says what they hold.
+fn check_layout_stamp(maps_dir: &Path) -> Result<()> {
+    let path = maps_dir.join(LAYOUT_MAP);
+    if !path.exists() {
+        if let Some(name) = names::PINNED_MAPS.iter().find(|m| maps_dir.join(m).exists()) {
+            bail!(
+                "pinned map {name} in {} has no layout stamp ({LAYOUT_MAP}): it was left by an older netpath. \
+                 Remove the instance's pins (their state is lost) or run the matching netpath.",
+                maps_dir.display()
+            );
+        }
+        let data = MapData::create(
+            aya_obj::Map::new_from_params(
+                LAYOUT_DEF.kind,
+                LAYOUT_DEF.key_size,
+                LAYOUT_DEF.value_size,
+                LAYOUT_DEF.max_entries,
+                LAYOUT_DEF.flags,
+            ),
+            LAYOUT_MAP,
+            None,
+        )
+        .with_context(|| format!("creating the {LAYOUT_MAP} map"))?;
+        let mut stamp: Array<MapData, u32> = Array::try_from(Map::Array(data))?;
+        stamp.set(0, LAYOUT_VERSION, 0).with_context(|| format!("writing {LAYOUT_MAP}"))?;
+        // Written before it is pinned: the pin never holds another version.
+        stamp.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+        return Ok(());
+    }
+    check_pinned_layout(LAYOUT_MAP, &path, LAYOUT_DEF)?;
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let stamp: Array<MapData, u32> = Array::try_from(Map::Array(data))?;
+    let version = stamp.get(&0, 0).with_context(|| format!("reading {}", path.display()))?;
+    if version != LAYOUT_VERSION {
+        bail!(
+            "pinned map {LAYOUT_MAP} ({}) says the pinned maps have layout version {version}, but this netpath \
+             expects version {LAYOUT_VERSION}: they were left by an incompatible build. Remove the instance's pins \
+             (their state is lost) or run the matching netpath.",
+            path.display()
         );
     }
     Ok(())
@@ -135,6 +269,23 @@ pub(super) fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_object_declares_every_pinned_map_as_the_agent_expects() {
+        // declared_maps refuses size mismatches; every pinned map is there.
+        let declared = declared_maps(BPF_OBJECT).unwrap();
+        for name in names::PINNED_MAPS {
+            declared_map(&declared, name).unwrap();
+        }
+    }
+
+    #[test]
+    fn map_definitions_read_like_bpftool() {
+        let def = MapDef { kind: 9, key_size: 16, value_size: 72, max_entries: 1024, flags: 0 };
+        assert_eq!(def.to_string(), "LruHash, key 16 B, value 72 B, 1024 entries");
+        let def = MapDef { kind: 999, flags: 1, ..def };
+        assert_eq!(def.to_string(), "type 999, key 16 B, value 72 B, 1024 entries, flags 0x1");
+    }
 
     #[test]
     fn every_pinned_map_has_a_layout() {

@@ -12,8 +12,8 @@ use aya::{
     sys::SyscallError,
 };
 use netpath_common::{
-    maps as names, ContainerEntry, CtEntry, CtKey4, DatapathConfig, HostAddr4, MappingEntry4, MappingKey4, PolicyEntry,
-    PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats,
+    maps as names, ContainerEntry, CtEntry, CtKey4, DatapathConfig, FragEntry4, FragKey4, HostAddr4, MappingEntry4,
+    MappingKey4, PolicyEntry, PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats,
 };
 
 use super::Datapath;
@@ -66,8 +66,19 @@ impl Datapath {
         Ok(BpfHashMap::try_from(self.map_mut(names::SOCK_REVNAT4)?)?)
     }
 
+    fn frags_map(&mut self) -> Result<BpfHashMap<&mut MapData, FragKey4, FragEntry4>> {
+        Ok(BpfHashMap::try_from(self.map_mut(names::FRAGS4)?)?)
+    }
+
     fn policy_map(&mut self) -> Result<LpmTrie<&mut MapData, PolicyKey4, PolicyEntry>> {
         Ok(LpmTrie::try_from(self.map_mut(names::POLICY4)?)?)
+    }
+
+    /// What the CONFIG map holds (a previous run's settings, when its pin
+    /// was reused; zeroes in a fresh one).
+    pub fn read_config(&mut self) -> Result<DatapathConfig> {
+        let arr: Array<&mut MapData, DatapathConfig> = Array::try_from(self.map_mut(names::CONFIG)?)?;
+        arr.get(&0, 0).context("reading the CONFIG map")
     }
 
     pub fn write_config(&mut self, cfg: &DatapathConfig) -> Result<()> {
@@ -197,6 +208,7 @@ impl Datapath {
             (names::SOCK_REVNAT4, self.sock_revnat_map()?.keys().count() as u64),
             (names::CONFIG, 1),
             (names::POLICY4, self.policy_map()?.keys().count() as u64),
+            (names::FRAGS4, self.frags_map()?.keys().count() as u64),
         ];
         let mut out = vec![];
         for (name, entries) in counts {
