@@ -36,13 +36,17 @@ pub enum DropReason {
     /// Masquerade has no address (the uplink has none yet) or no port
     /// range: new flows are dropped, never sent with a private source.
     NatUnavailable = 13,
+    /// A packet that cannot start a flow (TCP mid-stream, an echo reply)
+    /// where a tracked flow is needed and there is none (a container's
+    /// packet to be masqueraded whose translation is gone).
+    NoFlow = 14,
 }
 
 /// Number of drop reasons; the size of [`TrafficStats::drops`] (room to grow).
 pub const DROP_REASON_COUNT: usize = 16;
 
 impl DropReason {
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::SpoofedMac,
         DropReason::SpoofedIp,
         DropReason::UnsupportedProtocol,
@@ -56,6 +60,7 @@ impl DropReason {
         DropReason::WriteFailed,
         DropReason::ChecksumFailed,
         DropReason::NatUnavailable,
+        DropReason::NoFlow,
     ];
 
     /// Short name used by the CLI, the API and the monitor.
@@ -74,6 +79,7 @@ impl DropReason {
             DropReason::WriteFailed => "write-failed",
             DropReason::ChecksumFailed => "checksum-failed",
             DropReason::NatUnavailable => "nat-unavailable",
+            DropReason::NoFlow => "no-flow",
         }
     }
 

@@ -137,6 +137,19 @@ pub fn parse4(pkt: &impl Packet) -> Result<Flow4, NoFlow> {
     if ip_version(ip.vihl) != 4 || ihl < IPV4_MIN_HDR_LEN {
         return Err(NoFlow::Malformed);
     }
+    // The datagram ends at its total length, not at the frame's end: what
+    // lies past it (padding) is no header, and a header cut short by it
+    // makes the packet malformed (a tiny first fragment padded to look
+    // whole included). 0 means a large GSO packet that states no length.
+    let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
+    let ip_end = if tot_len == 0 { usize::MAX } else { l3_off + tot_len };
+    if tot_len != 0 && tot_len < ihl {
+        return Err(NoFlow::Malformed);
+    }
+    // The whole IP header, options included, is in the frame.
+    if pkt.data() + l3_off + ihl > pkt.data_end() {
+        return Err(NoFlow::Malformed);
+    }
     let frag_offset = (((ip.frags[0] & 0x1f) as u16) << 8) | ip.frags[1] as u16;
     let first_fragment = ip.frags[0] & IP_MF != 0;
     let proto = ip.proto;
@@ -146,10 +159,15 @@ pub fn parse4(pkt: &impl Packet) -> Result<Flow4, NoFlow> {
         return Err(NoFlow::LaterFragment(key));
     }
     let l4_off = l3_off + ihl;
+    // A ported header must end within the datagram.
+    let l4_fits = |len: usize| l4_off + len <= ip_end;
     let mut icmp_type = 0;
     let mut ported = true;
     let (sport, dport, tcp_flags) = if proto == IPPROTO_ICMP {
         let icmp: *const IcmpHdr = ptr_at(pkt, l4_off).ok_or(NoFlow::Malformed)?;
+        if !l4_fits(core::mem::size_of::<IcmpHdr>()) {
+            return Err(NoFlow::Malformed);
+        }
         // SAFETY: bounds checked by ptr_at.
         let icmp = unsafe { &*icmp };
         icmp_type = icmp.kind;
@@ -167,12 +185,18 @@ pub fn parse4(pkt: &impl Packet) -> Result<Flow4, NoFlow> {
         }
     } else if proto == IPPROTO_TCP {
         let tcp: *const TcpHdr = ptr_at(pkt, l4_off).ok_or(NoFlow::Malformed)?;
+        if !l4_fits(TcpHdr::LEN) {
+            return Err(NoFlow::Malformed);
+        }
         // SAFETY: bounds checked by ptr_at; the flags byte is inside the header.
         let tcp = unsafe { &*tcp };
         let flags = unsafe { *((tcp as *const TcpHdr as *const u8).add(TCP_FLAGS_OFF)) };
         (u16::from_ne_bytes(tcp.source), u16::from_ne_bytes(tcp.dest), flags)
     } else if proto == IPPROTO_UDP {
         let udp: *const UdpHdr = ptr_at(pkt, l4_off).ok_or(NoFlow::Malformed)?;
+        if !l4_fits(UdpHdr::LEN) {
+            return Err(NoFlow::Malformed);
+        }
         // SAFETY: bounds checked by ptr_at.
         let udp = unsafe { &*udp };
         (u16::from_ne_bytes(udp.src), u16::from_ne_bytes(udp.dst), 0)

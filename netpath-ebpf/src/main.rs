@@ -12,6 +12,7 @@ mod conntrack;
 mod events;
 mod flow;
 mod fragment;
+mod host_sockets;
 mod icmp_error;
 mod mapping;
 mod maps;

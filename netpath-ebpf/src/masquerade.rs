@@ -12,7 +12,7 @@ use netpath_common::{
 use crate::{
     conntrack::{self, CreateError},
     flow::Flow4,
-    mapping, nat,
+    host_sockets, mapping, nat,
 };
 
 /// Picks a free source port, records both directions and translates the
@@ -52,10 +52,12 @@ pub fn new_flow4(ctx: &TcContext, flow: &Flow4, cfg: &DatapathConfig) -> Result<
             port_be,
             flow.key.proto,
         );
-        // A published port's flows arrive on the same address and port:
-        // never hand one out.
-        let published = !icmp && mapping::lookup4(cfg.masq_addr4, port_be, flow.key.proto, false).is_some();
-        if !published {
+        // A published port's flows arrive on the same address and port, and
+        // a host socket's answers on its own: never hand either out.
+        let taken_by_host = !icmp
+            && (mapping::lookup4(cfg.masq_addr4, port_be, flow.key.proto, false).is_some()
+                || host_sockets::owns4(ctx, &reply_key));
+        if !taken_by_host {
             fwd.snat_port = port_be;
             match conntrack::create4(&flow.key, &mut fwd, &reply_key, &mut rev, flow.key.proto, cfg) {
                 Ok(()) => return nat::apply4(ctx, flow, &fwd),

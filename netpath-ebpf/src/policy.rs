@@ -6,7 +6,7 @@
 
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
-    config::{CFG_F_NO_ICC, CFG_F_TRACE_FLOWS},
+    config::{CFG_F_NO_ICC, CFG_F_ROUTED, CFG_F_TRACE_FLOWS},
     conntrack::CT_F_POLICY,
     event::EVENT_FLOW,
     policy::{self as rules, POLICY_KEY_FIXED_BITS},
@@ -19,7 +19,7 @@ use crate::{
     conntrack, events,
     flow::{Flow4, NoFlow},
     fragment, icmp_error,
-    maps::{config, PolicyTrieKey4, CONTAINERS, POLICY4},
+    maps::{config, PolicyTrieKey4, CONTAINERS, HOST_ADDRS4, POLICY4},
     packet::{mac_eq, ptr_at},
 };
 
@@ -165,6 +165,9 @@ fn new_flow(
         Direction::In => flow.key.saddr,
     };
     let proto = flow.key.proto;
+    if direction == Direction::In && from_elsewhere4(remote, cfg) && !translated(flow, direction) {
+        return Err(DropReason::NotPublished);
+    }
     if icc_denies(flow, direction, remote, direction, cfg)
         || !allows(container, direction, remote, proto, flow.policy_port(true))
     {
@@ -203,15 +206,29 @@ fn icc_denies(flow: &Flow4, starter: Direction, remote: [u8; 4], direction: Dire
     if !cfg.icc_denies4(remote) {
         return false;
     }
-    if starter == Direction::Out {
-        return true;
-    }
-    // The tuple as the container sends it, in the NAT scope.
+    starter == Direction::Out || !translated(flow, direction)
+}
+
+/// Is `flow` a translated one (a published port's, a masqueraded one)? Its
+/// tuple as the container sends it is then tracked in the NAT scope.
+#[inline(always)]
+fn translated(flow: &Flow4, direction: Direction) -> bool {
     let sent = match direction {
         Direction::Out => flow.key,
         Direction::In => flow.key.reversed(),
     };
-    conntrack::lookup4(&sent.in_scope(CtScope::Nat)).is_none()
+    conntrack::lookup4(&sent.in_scope(CtScope::Nat)).is_some()
+}
+
+/// Containers are reachable from outside the host only through published
+/// ports (unless the instance routes): a new flow reaching a container from
+/// an address that is neither a container's, nor the host's own, nor
+/// translated came in through some host interface (a second NIC, a VPN, a
+/// VLAN) straight to the container's address. The uplink's programs drop
+/// those early; this catches every other way in.
+#[inline(always)]
+fn from_elsewhere4(remote: [u8; 4], cfg: &DatapathConfig) -> bool {
+    !cfg.has(CFG_F_ROUTED) && !cfg.in_subnet4(remote) && unsafe { HOST_ADDRS4.get(&remote) }.is_none()
 }
 
 /// ICMP that is neither echo nor an error: judged by (ICMP, type) in its
@@ -227,6 +244,9 @@ fn judge_untracked(
         Direction::Out => key.daddr,
         Direction::In => key.saddr,
     };
+    if direction == Direction::In && from_elsewhere4(remote, cfg) {
+        return Err(DropReason::NotPublished);
+    }
     if cfg.icc_denies4(remote) || !allows(container, direction, remote, key.proto, key.icmp_type as u16) {
         return Err(DropReason::Policy);
     }

@@ -132,7 +132,12 @@ pub fn masquerade4(ctx: &TcContext) -> Result<(), DropReason> {
             let saddr = packet::load(ctx, EthHdr::LEN + IP_SRC_OFF)?;
             return untranslatable4(cfg, saddr, DropReason::UnsupportedProtocol);
         }
-        Err(_) => return Ok(()),
+        // Too short to carry a source address: nothing to leak.
+        Err(NoFlow::Malformed) => match packet::load(ctx, EthHdr::LEN + IP_SRC_OFF) {
+            Ok(saddr) => return untranslatable4(cfg, saddr, DropReason::Malformed),
+            Err(_) => return Ok(()),
+        },
+        Err(NoFlow::NotIpv4) => return Ok(()),
     };
     // Only the containers' own traffic: the host's, and replies of
     // published ports (already translated on the veth), keep their source.
@@ -144,15 +149,24 @@ pub fn masquerade4(ctx: &TcContext) -> Result<(), DropReason> {
         // SAFETY: map value pointer, valid during the run.
         return nat::apply4(ctx, &flow, unsafe { &*entry });
     }
-    // Replies of flows that came in to the container's own address (routed
-    // mode) keep that address: only flows the container starts are
-    // masqueraded. Its policy verdict tells which side started the flow.
-    let verdict = flow.key.in_scope(CtScope::PolicyOut);
-    if let Some(entry) = conntrack::lookup4(&verdict) {
-        // SAFETY: map value pointer, valid during the run.
-        if unsafe { (*entry).flags } & CT_F_REPLY != 0 {
-            return Ok(());
+    if cfg.has(CFG_F_ROUTED) {
+        // Replies of flows that came in to the container's own address
+        // keep that address: only flows the container starts are
+        // masqueraded. Its policy verdict tells which side started the flow.
+        let verdict = flow.key.in_scope(CtScope::PolicyOut);
+        if let Some(entry) = conntrack::lookup4(&verdict) {
+            // SAFETY: map value pointer, valid during the run.
+            if unsafe { (*entry).flags } & CT_F_REPLY != 0 {
+                return Ok(());
+            }
         }
+    }
+    // Not routed, every container packet leaves translated. One that cannot
+    // start a flow (TCP mid-stream, an echo reply) and has no translation
+    // (it was flushed, or never existed) gets no new one: it is dropped,
+    // never sent with the private source.
+    if !flow.starts_flow() {
+        return if cfg.has(CFG_F_ROUTED) { Ok(()) } else { Err(DropReason::NoFlow) };
     }
     masquerade::new_flow4(ctx, &flow, cfg)
 }

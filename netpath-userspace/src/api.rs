@@ -54,7 +54,42 @@ pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .nest(API_PREFIX, v1)
         .fallback(|| async { AgentError::NotFound(format!("no such API route (this agent serves {API_PREFIX}/...)")) })
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(agent)
+}
+
+/// Longest error text kept from a rejection's plain-text body.
+const MAX_ERROR_TEXT: usize = 4096;
+
+/// Every error answer is `{"error": "..."}`, also the ones axum gives before
+/// a handler runs (a body that cannot be read or is too large, a malformed
+/// path or query, a method the route does not have): their plain text (or
+/// the status's reason) becomes the message.
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, MAX_ERROR_TEXT)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let error =
+        if text.is_empty() { status.canonical_reason().unwrap_or("request refused").to_lowercase() } else { text };
+    let mut out = (status, Json(ApiErrorBody { error })).into_response();
+    // Keep what the protocol needs (e.g. `Allow` on 405), not the old body's
+    // type and length.
+    for (name, value) in parts.headers.iter() {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
 }
 
 async fn status(State(agent): State<Arc<Agent>>) -> ApiResult<crate::model::Status> {

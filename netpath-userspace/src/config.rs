@@ -53,6 +53,11 @@ pub struct Config {
     /// Direct container-to-container traffic (Docker's --icc); published
     /// ports work either way. `netpathctl icc` changes it at run time.
     pub icc: bool,
+    /// MTU of the bridge and every container interface. 0: the uplink's
+    /// (1500 without an uplink), so that containers never send what the
+    /// uplink cannot carry: the host's "fragmentation needed" for a packet
+    /// already translated on the veth would go to the host's own address.
+    pub mtu: u32,
     pub conntrack: ConntrackConfig,
 }
 
@@ -115,6 +120,7 @@ impl Default for Config {
             masquerade_ports: "1024-32767".into(),
             uplink_xdp: UplinkXdp::Auto,
             icc: true,
+            mtu: 0,
             conntrack: ConntrackConfig::default(),
         }
     }
@@ -150,6 +156,9 @@ impl Config {
             None => subnet.hosts().next().context("subnet has no host addresses")?,
         };
         let ct = &self.conntrack;
+        if self.mtu != 0 && !(576..=65535).contains(&self.mtu) {
+            bail!("mtu {} is out of range: 576 to 65535, or 0 for the uplink's", self.mtu);
+        }
         for (name, v) in [
             ("tcp_new", ct.tcp_new),
             ("tcp_established", ct.tcp_established),
@@ -170,6 +179,7 @@ impl Config {
             masquerade: self.masquerade,
             masquerade_ports,
             icc: self.icc,
+            mtu: self.mtu,
             uplink_xdp: self.uplink_xdp,
             state_dir: self.state_dir.unwrap_or_else(|| PathBuf::from(format!("/var/lib/netpath/{instance}"))),
             socket: self.socket.unwrap_or_else(|| default_socket(&instance)),
@@ -215,6 +225,8 @@ pub struct ResolvedConfig {
     /// Inclusive, host byte order.
     pub masquerade_ports: (u16, u16),
     pub icc: bool,
+    /// 0: the uplink's.
+    pub mtu: u32,
     pub uplink_xdp: UplinkXdp,
     pub conntrack: ConntrackConfig,
 }

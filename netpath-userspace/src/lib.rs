@@ -7,6 +7,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod datapath;
+pub mod host_ports;
 pub mod ipam;
 pub mod lock;
 pub mod model;

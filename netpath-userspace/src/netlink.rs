@@ -138,6 +138,23 @@ impl Netlink {
         .await
     }
 
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        self.set(LinkUnspec::new_with_index(index).mtu(mtu).build(), &format!("setting MTU {mtu} on ifindex {index}"))
+            .await
+    }
+
+    /// The MTU of a link.
+    pub async fn link_mtu(&self, name: &str) -> Result<u32> {
+        let link = self.link_by_name(name).await?.with_context(|| format!("no interface {name}"))?;
+        link.attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::Mtu(mtu) => Some(*mtu),
+                _ => None,
+            })
+            .with_context(|| format!("interface {name} reports no MTU"))
+    }
+
     pub async fn rename(&self, index: u32, name: &str) -> Result<()> {
         self.set(
             LinkUnspec::new_with_index(index).name(name.to_string()).build(),

@@ -94,6 +94,12 @@ impl Netns {
 // _IO(0xb7, 0x3) from linux/nsfs.h
 const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
 
+/// Reads a sysctl under /proc/sys of the calling thread's network namespace.
+pub fn read_sysctl(key: &str) -> Result<String> {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    Ok(std::fs::read_to_string(&path).with_context(|| format!("reading sysctl {key}"))?.trim().to_string())
+}
+
 /// Writes a sysctl under /proc/sys of the calling thread's network namespace.
 pub fn write_sysctl(key: &str, value: &str) -> Result<()> {
     let path = format!("/proc/sys/{}", key.replace('.', "/"));

@@ -146,21 +146,30 @@ pub fn arp(op: u16, sha: [u8; 6], spa: [u8; 4], tha: [u8; 6], tpa: [u8; 4]) -> V
 }
 
 /// Verifies the IPv4 header checksum and the TCP/UDP/ICMP checksum of an
-/// Ethernet frame. Returns a description of the first mismatch.
+/// Ethernet frame (a UDP checksum of 0 means none, RFC 768). Returns a
+/// description of the first mismatch, or of what makes the frame
+/// unverifiable (headers or datagram cut short).
 pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
     if frame.len() < 34 || u16::from_be_bytes([frame[12], frame[13]]) != ETH_P_IPV4 {
         return Err("not an IPv4 frame".into());
     }
     let ip = &frame[14..];
     let ihl = ((ip[0] & 0x0f) as usize) * 4;
+    if ihl < 20 || ihl > ip.len() {
+        return Err(format!("IPv4 header length {ihl} does not fit the frame"));
+    }
     if checksum(&ip[..ihl]) != 0 {
         return Err("bad IPv4 header checksum".into());
     }
     let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    if total < ihl || total > ip.len() {
+        return Err(format!("IPv4 total length {total} does not fit the frame"));
+    }
     let l4 = &ip[ihl..total];
     let src: [u8; 4] = ip[12..16].try_into().unwrap_or_default();
     let dst: [u8; 4] = ip[16..20].try_into().unwrap_or_default();
     let ok = match ip[9] {
+        IPPROTO_UDP if l4.len() >= 8 && l4[6..8] == [0, 0] => true,
         IPPROTO_TCP | IPPROTO_UDP => l4_checksum(src, dst, ip[9], l4) == 0,
         IPPROTO_ICMP => checksum(l4) == 0,
         _ => true,

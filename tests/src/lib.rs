@@ -2,6 +2,8 @@
 //!
 //! - [`frames`]: builders for Ethernet/IPv4/UDP/TCP/ICMP/ARP frames with
 //!   correct checksums, and independent checksum verification;
+//! - [`fuzz`]: the packet fuzzer (random and bent frames through every tc
+//!   and XDP program, properties checked on each);
 //! - [`fixtures`]: what every packet test shares (verdicts, addresses,
 //!   settings, container entries, frame assertions);
 //! - [`prog_run`]: runs a loaded BPF program on a frame with
@@ -14,6 +16,7 @@
 
 pub mod fixtures;
 pub mod frames;
+pub mod fuzz;
 pub mod prog_run;
 pub mod raw;
 pub mod topology;

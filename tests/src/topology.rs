@@ -229,6 +229,16 @@ impl Topology {
         Ok(())
     }
 
+    /// Is the agent this topology started still running (not exited)?
+    pub fn agent_alive(&mut self) -> bool {
+        self.agent.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// How the agent ended, if it has (None while it runs or if none started).
+    pub fn agent_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.agent.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// netpathctl against this topology's agent.
     pub fn ctl(&self, args: &[&str]) -> Result<Output> {
         Command::new(bin_dir().join("netpathctl"))

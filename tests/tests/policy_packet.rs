@@ -3,7 +3,7 @@
 //! veth_egress (in) under BPF_PROG_TEST_RUN.
 
 use netpath_common::{
-    config::CFG_F_NO_ICC,
+    config::{CFG_F_NO_ICC, CFG_F_ROUTED},
     container::{CONTAINER_F_DEFAULT_DENY_IN, CONTAINER_F_DEFAULT_DENY_OUT},
     DropReason, HookId,
 };
@@ -17,7 +17,9 @@ use netpath_userspace::policy::{self, parse_cidr, parse_filter, Action, Directio
 const C1_ID: u32 = 7;
 
 fn harness(container_flags: u16, cfg_flags: u32, rules: &[(Action, Direction, &str, &str)]) -> PacketHarness {
-    let mut h = fixtures::harness(&fixtures::config(cfg_flags));
+    // Routed, so that packets from outside reach the container straight
+    // (as through a published port) and only the policy decides.
+    let mut h = fixtures::harness(&fixtures::config(cfg_flags | CFG_F_ROUTED));
     h.dp.set_container(TEST_IFINDEX, &fixtures::container(C1, C1_MAC, C1_ID, container_flags)).unwrap();
     let rules: Vec<Rule> = rules
         .iter()

@@ -1,4 +1,4 @@
-//! `cargo xtask setup | build | test | demo | bench`: the project's automation.
+//! `cargo xtask setup | build | test | demo | bench | fuzz`: the project's automation.
 //! Every command that needs the toolchain runs `setup` first, which is quick
 //! when everything is present, so a fresh machine needs nothing by hand.
 
@@ -50,6 +50,16 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The packet fuzzer for longer than the test suite runs it; writes
+    /// fuzz/RESULTS.md (root).
+    Fuzz {
+        /// Random cases per program and world, after the systematic sweep.
+        #[arg(long, default_value_t = 20000)]
+        frames: u64,
+        /// The PRNG seed (default: from the clock; printed either way).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -81,7 +91,38 @@ fn main() -> Result<()> {
             run("cargo", &["build", "--release", "--bins"])?;
             bench(&root, &args)
         }
+        Cmd::Fuzz { frames, seed } => {
+            require_root("the fuzzer loads BPF programs")?;
+            setup()?;
+            build(false)?;
+            fuzz(&root, frames, seed)
+        }
     }
+}
+
+/// Runs netpath-fuzz with a unique prefix (the convention every root run
+/// follows; the fuzzer itself works in anonymous namespaces), writing
+/// fuzz/RESULTS.md, then sweeps that prefix.
+fn fuzz(root: &Path, frames: u64, seed: Option<u64>) -> Result<()> {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let prefix = format!("npfuzz{:x}", std::process::id());
+    let dir = root.join("fuzz");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut args =
+        vec!["--frames".to_string(), frames.to_string(), "--out".into(), dir.join("RESULTS.md").display().to_string()];
+    if let Some(seed) = seed {
+        args.extend(["--seed".to_string(), seed.to_string()]);
+    }
+    let status = Command::new(target.join("debug").join("netpath-fuzz"))
+        .args(&args)
+        .env("NETPATH_TEST_PREFIX", &prefix)
+        .status()
+        .context("running netpath-fuzz")?;
+    sweep(&prefix);
+    if !status.success() {
+        bail!("netpath-fuzz found property violations or failed ({status}); see fuzz/RESULTS.md");
+    }
+    Ok(())
 }
 
 /// Runs the release netpath-bench with a unique prefix for its namespaces,

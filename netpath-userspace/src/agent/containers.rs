@@ -155,6 +155,9 @@ impl Inner {
         let (host_index, peer_index) = self.nl.create_veth(&c.veth, &peer).await?;
         c.ifindex = host_index;
         self.nl.set_mac(peer_index, container_mac(c.ip)).await?;
+        for index in [host_index, peer_index] {
+            self.nl.set_mtu(index, self.mtu).await?;
+        }
         // Bridge ports need no IPv6 of their own.
         let _ = write_sysctl(&format!("net.ipv6.conf.{}.disable_ipv6", c.veth), "1");
         self.nl.set_controller(host_index, self.bridge_index).await?;

@@ -53,6 +53,7 @@ impl Inner {
             self.dp.ct_remove_where(|_, e| stale_ids.contains(&e.mapping_id))?;
             self.dp.sock_revnat_remove(&stale_ids)?;
         }
+        self.reserve_published_ports();
         Ok(())
     }
 
@@ -73,6 +74,16 @@ impl Inner {
                 container_ifindex: c.ifindex,
             },
         ))
+    }
+
+    /// Keeps published ports that lie in the host's ephemeral range out of
+    /// it, so that no host socket gets one as its local port. A failure is
+    /// logged, not fatal: the mapping itself is in place either way.
+    fn reserve_published_ports(&mut self) {
+        let ports: Vec<u16> = self.state.mappings.iter().map(|m| m.host_port).collect();
+        if let Err(e) = self.host_ports.reserve(ports) {
+            tracing::warn!("reserving published ports from the host's ephemeral range: {e:#}");
+        }
     }
 
     /// Publishes every port of `spec`, or none of them.
@@ -129,6 +140,7 @@ impl Inner {
         }
         let next_mapping_id = self.state.next_mapping_id + count as u32;
         self.record(Change::Publish { mappings: new.clone(), next_mapping_id })?;
+        self.reserve_published_ports();
         for m in &new {
             tracing::info!(mapping = %m.spec(), "published");
         }
@@ -186,6 +198,7 @@ impl Inner {
         let flows = self.dp.ct_remove_where(|_, e| ids.contains(&e.mapping_id))?;
         self.dp.sock_revnat_remove(&ids)?;
         self.record(Change::Unpublish { ids: ids.clone() })?;
+        self.reserve_published_ports();
         for m in victims {
             tracing::info!(mapping = %m.spec(), flows, "unpublished");
         }

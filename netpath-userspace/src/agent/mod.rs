@@ -47,6 +47,7 @@ use tokio::sync::{broadcast, Mutex};
 use crate::{
     config::{self, ResolvedConfig, UplinkXdp},
     datapath::{Datapath, MapSummary, ProgramSummary},
+    host_ports::HostPorts,
     ipam::{Ipam4, IpamError},
     lock::LockFile,
     model::{
@@ -135,6 +136,10 @@ struct Inner {
     /// What the CONFIG map holds; the masquerade address follows the uplink.
     dp_config: DatapathConfig,
     uplink: Option<String>,
+    /// Published ports reserved from the host's ephemeral range.
+    host_ports: HostPorts,
+    /// MTU of the bridge and of every container's veth pair.
+    mtu: u32,
     /// Held while the agent runs; dropped (and removed) with it.
     _locks: [LockFile; 2],
 }
@@ -187,6 +192,11 @@ impl Agent {
             LockFile::acquire(&cfg.state_dir.join("lock"), &format!("state directory {}", cfg.state_dir.display()))?;
         let mut store = store;
         let state = store.load()?;
+        // Checked before the host is touched: a bad range changes nothing.
+        let host_ports = HostPorts::load(state.mappings.iter().map(|m| m.host_port))?;
+        if cfg.masquerade && cfg.uplink.is_some() {
+            host_ports.check_masquerade_range(cfg.masquerade_ports)?;
+        }
         write_sysctl("net.ipv4.ip_forward", "1")?;
         let nl = Netlink::connect()?;
         let bridge_index = nl
@@ -196,6 +206,12 @@ impl Agent {
         // A MAC set explicitly stays: a bridge's own would follow its ports.
         let gateway_mac = container_mac(cfg.gateway);
         nl.set_mac(bridge_index, gateway_mac).await.with_context(|| format!("setting the MAC of {}", cfg.bridge))?;
+        let mtu = match (cfg.mtu, &cfg.uplink) {
+            (0, Some(uplink)) => nl.link_mtu(uplink).await.with_context(|| format!("uplink {uplink}"))?,
+            (0, None) => 1500,
+            (mtu, _) => mtu,
+        };
+        nl.set_mtu(bridge_index, mtu).await.with_context(|| format!("setting the MTU of {}", cfg.bridge))?;
         // Hairpin traffic leaves the bridge the way it came: no ICMP redirects.
         write_sysctl(&format!("net.ipv4.conf.{}.send_redirects", cfg.bridge), "0")?;
         // Replies of published ports get a host address as their source on
@@ -267,6 +283,8 @@ impl Agent {
             cgroup,
             dp_config,
             uplink: cfg.uplink.clone(),
+            host_ports,
+            mtu,
             _locks: [instance_lock, state_lock],
         };
         inner.attach_host_hooks().await?;

@@ -55,6 +55,9 @@ struct Args {
     /// Source ports the masquerade allocates, MIN-MAX [default: 1024-32767].
     #[arg(long)]
     masquerade_ports: Option<String>,
+    /// MTU of the bridge and container interfaces [default: the uplink's].
+    #[arg(long)]
+    mtu: Option<u32>,
     /// cgroup v2 directory for the host-process socket hooks [default: the cgroup v2 root].
     #[arg(long)]
     cgroup: Option<PathBuf>,
@@ -111,6 +114,9 @@ fn main() -> Result<()> {
     }
     if let Some(v) = args.masquerade_ports {
         cfg.masquerade_ports = v;
+    }
+    if let Some(v) = args.mtu {
+        cfg.mtu = v;
     }
     if let Some(v) = args.cgroup {
         cfg.cgroup = Some(v);

@@ -1,0 +1,180 @@
+//! The host's own traffic beside netpath's: its sockets keep their ports
+//! and tuples whatever is published or masqueraded.
+
+use netpath_tests::topology::Topology;
+
+fn reserved_ports(t: &Topology) -> String {
+    let out = t.exec(&t.host, &["cat", "/proc/sys/net/ipv4/ip_local_reserved_ports"]).unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn published_ports_in_the_ephemeral_range_are_reserved_from_the_host() {
+    assert!(netpath_tests::is_root(), "creates namespaces and loads BPF: run as root");
+    let mut t = Topology::new(1).unwrap();
+    t.start_agent().unwrap();
+    t.add_container(1).unwrap();
+    // The operator's own reservation stays whatever netpath does.
+    t.exec(&t.host, &["sysctl", "-qw", "net.ipv4.ip_local_reserved_ports=50000"]).unwrap();
+    t.ctl_ok(&["map", "8080:c1:80"]).unwrap();
+    assert_eq!(reserved_ports(&t), "50000", "8080 is outside the ephemeral range: nothing to reserve");
+    t.ctl_ok(&["map", "40000-40002:c1:80-82"]).unwrap();
+    t.ctl_ok(&["map", "45000:c1:90/udp"]).unwrap();
+    assert_eq!(reserved_ports(&t), "40000-40002,45000,50000");
+    t.ctl_ok(&["unmap", "40000-40002"]).unwrap();
+    assert_eq!(reserved_ports(&t), "45000,50000");
+    // A restarted agent knows which reservations are its own.
+    t.stop_agent().unwrap();
+    t.start_agent().unwrap();
+    t.ctl_ok(&["unmap", "45000/udp"]).unwrap();
+    assert_eq!(reserved_ports(&t), "50000");
+}
+
+#[test]
+fn a_masquerade_range_overlapping_the_ephemeral_ports_is_refused() {
+    assert!(netpath_tests::is_root(), "creates namespaces and loads BPF: run as root");
+    let mut t = Topology::new(0).unwrap();
+    t.agent_args(&["--masquerade-ports", "30000-40000"]);
+    let err = t.start_agent().unwrap_err().to_string();
+    assert!(err.contains("overlap the host's ephemeral ports") && err.contains("30000-40000"), "{err}");
+    assert!(!t.links(&t.host.clone()).unwrap().iter().any(|l| l == "np0"), "nothing was set up");
+}
+
+#[test]
+fn host_sockets_keep_their_tuples_from_the_masquerade() {
+    use std::{net::UdpSocket, time::Duration};
+
+    use netpath_tests::topology::{HOST_UPLINK_IP, WORLD_IP};
+
+    assert!(netpath_tests::is_root(), "creates namespaces and loads BPF: run as root");
+    let mut t = Topology::new(1).unwrap();
+    t.start_agent().unwrap();
+    t.add_container(1).unwrap();
+    let bind = |ns: &str, port: u16| {
+        let s = t.in_ns(ns, || Ok(UdpSocket::bind(("0.0.0.0", port))?)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s
+    };
+    // A host agent gossiping from 7946 (inside the masquerade range) to a
+    // peer's 7946, and a container doing the same.
+    let (host, world, c1) = (t.host.clone(), t.world.clone(), t.container_ns(1));
+    let peer = bind(&world, 7946);
+    let host_sock = bind(&host, 7946);
+    let container_sock = bind(&c1, 7946);
+    host_sock.send_to(b"from-host", (WORLD_IP, 7946)).unwrap();
+    container_sock.send_to(b"from-container", (WORLD_IP, 7946)).unwrap();
+    let mut buf = [0u8; 64];
+    let mut sources = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let (n, from) = peer.recv_from(&mut buf).unwrap();
+        sources.insert(String::from_utf8_lossy(&buf[..n]).into_owned(), from);
+    }
+    let (h, c) = (sources["from-host"], sources["from-container"]);
+    assert_eq!(h.ip(), std::net::IpAddr::V4(HOST_UPLINK_IP));
+    assert_eq!(c.ip(), std::net::IpAddr::V4(HOST_UPLINK_IP), "masqueraded");
+    assert_ne!(c.port(), 7946, "the host socket's port is not handed to the container");
+    // Each answer reaches its own socket.
+    peer.send_to(b"to-host", h).unwrap();
+    peer.send_to(b"to-container", c).unwrap();
+    let n = host_sock.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"to-host");
+    let n = container_sock.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"to-container");
+}
+
+#[test]
+fn containers_are_not_reachable_through_other_host_interfaces() {
+    use std::{
+        net::{SocketAddr, TcpListener, TcpStream},
+        time::Duration,
+    };
+
+    assert!(netpath_tests::is_root(), "creates namespaces and loads BPF: run as root");
+    let mut t = Topology::new(1).unwrap();
+    t.start_agent().unwrap();
+    let c1 = t.add_container(1).unwrap();
+    let listener = t.in_ns(&t.container_ns(1), || Ok(TcpListener::bind(("0.0.0.0", 80))?)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    // A second network on the host (a LAN, a VPN), routing the container
+    // subnet through the host.
+    let lan = t.new_netns("lan").unwrap();
+    let host = t.host.clone();
+    t.exec(&host, &["ip", "link", "add", "lan0", "type", "veth", "peer", "name", "eth0", "netns", &lan]).unwrap();
+    t.exec(&host, &["ip", "addr", "add", "192.168.77.1/24", "dev", "lan0"]).unwrap();
+    t.exec(&host, &["ip", "link", "set", "lan0", "up"]).unwrap();
+    t.exec(&lan, &["ip", "addr", "add", "192.168.77.2/24", "dev", "eth0"]).unwrap();
+    t.exec(&lan, &["ip", "link", "set", "eth0", "up"]).unwrap();
+    t.exec(&lan, &["ip", "route", "add", &t.subnet, "via", "192.168.77.1"]).unwrap();
+    assert!(t.ping(&lan, "192.168.77.1", 1).unwrap(), "the LAN reaches the host");
+    let reaches = |t: &Topology, ns: &str| {
+        t.in_ns(ns, || Ok(TcpStream::connect_timeout(&SocketAddr::from((c1.ip, 80)), Duration::from_millis(800))?))
+            .is_ok()
+    };
+    assert!(!reaches(&t, &lan), "no TCP straight to a container's address from the LAN");
+    assert!(!t.ping(&lan, &c1.ip.to_string(), 1).unwrap(), "nor ICMP");
+    // The host itself still reaches its containers.
+    assert!(reaches(&t, &host), "the host connects to the container");
+    // Routed instances make container addresses reachable on purpose.
+    t.stop_agent().unwrap();
+    t.agent_args(&["--routed"]);
+    t.start_agent().unwrap();
+    assert!(reaches(&t, &lan), "routed: the LAN reaches the container");
+}
+
+#[test]
+fn pmtu_through_smaller_uplink() {
+    use std::{
+        io::{Read as _, Write as _},
+        net::{Shutdown, TcpListener, TcpStream},
+        time::Duration,
+    };
+
+    use netpath_tests::topology::{HOST_UPLINK, HOST_UPLINK_IP, WORLD_IP};
+
+    const SIZE: usize = 200_000;
+    assert!(netpath_tests::is_root(), "creates namespaces and loads BPF: run as root");
+    let mut t = Topology::new(1).unwrap();
+    // The host's uplink carries 1400 bytes; the far side announces 1500.
+    t.exec(&t.host, &["ip", "link", "set", HOST_UPLINK, "mtu", "1400"]).unwrap();
+    t.start_agent().unwrap();
+    let c1 = t.container_ns(1);
+    t.add_container(1).unwrap();
+    let link = t.exec(&c1, &["ip", "-o", "link", "show", "eth0"]).unwrap();
+    assert!(String::from_utf8_lossy(&link.stdout).contains("mtu 1400"), "the container's MTU follows the uplink");
+    let timeouts = |s: &TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(8))).unwrap();
+    };
+    // Upload from the container through the masquerade.
+    let world = t.world.clone();
+    let sink = t.in_ns(&world, || Ok(TcpListener::bind(("0.0.0.0", 7050))?)).unwrap();
+    let counter = std::thread::spawn(move || {
+        let (mut s, _) = sink.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+        let mut buf = vec![];
+        let n = s.read_to_end(&mut buf).unwrap_or(0);
+        let _ = s.write_all(n.to_string().as_bytes());
+    });
+    let mut up = t.in_ns(&c1, || Ok(TcpStream::connect((WORLD_IP, 7050))?)).unwrap();
+    timeouts(&up);
+    up.write_all(&vec![b'u'; SIZE]).expect("the upload goes through");
+    up.shutdown(Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    up.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, SIZE.to_string(), "the world received everything");
+    counter.join().unwrap();
+    // Download from the container through a published port.
+    t.ctl_ok(&["map", "8080:c1:80"]).unwrap();
+    let server = t.in_ns(&c1, || Ok(TcpListener::bind(("0.0.0.0", 80))?)).unwrap();
+    let source = std::thread::spawn(move || {
+        let (mut s, _) = server.accept().unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(8))).unwrap();
+        let _ = s.write_all(&vec![b'd'; SIZE]);
+    });
+    let mut down = t.in_ns(&world, || Ok(TcpStream::connect((HOST_UPLINK_IP, 8080))?)).unwrap();
+    timeouts(&down);
+    let mut buf = vec![];
+    down.read_to_end(&mut buf).expect("the download goes through");
+    assert_eq!(buf.len(), SIZE);
+    source.join().unwrap();
+}
