@@ -17,6 +17,7 @@
 pub mod fixtures;
 pub mod frames;
 pub mod fuzz;
+pub mod machine;
 pub mod prog_run;
 pub mod raw;
 pub mod topology;

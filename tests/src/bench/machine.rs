@@ -2,6 +2,8 @@
 
 use std::process::Command;
 
+use netpath_tests::machine::{cpu_model, first_line};
+
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -22,30 +24,12 @@ pub struct Machine {
     pub source: String,
 }
 
-fn first_line(program: &str, args: &[&str]) -> String {
-    Command::new(program)
-        .args(args)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(|l| l.trim().to_string()))
-        .unwrap_or_else(|| "unknown".into())
-}
-
 fn read_trimmed(path: &str) -> String {
     std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
 }
 
 pub fn describe() -> Machine {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
+    let cpu = cpu_model();
     Machine {
         kernel: first_line("uname", &["-r"]),
         cpu,

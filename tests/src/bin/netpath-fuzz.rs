@@ -9,30 +9,14 @@
 //! ```
 //! Exits with 1 when a property was violated (the file says which).
 
-use std::process::Command;
-
 use anyhow::{bail, Context as _, Result};
-use netpath_tests::fuzz;
-
-fn first_line(program: &str, args: &[&str]) -> String {
-    Command::new(program)
-        .args(args)
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(|l| l.trim().to_string()))
-        .unwrap_or_else(|| "unknown".into())
-}
+use netpath_tests::{
+    fuzz,
+    machine::{cpu_model, first_line},
+};
 
 fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
+    let cpu = cpu_model();
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     format!("{cpus} x {cpu}, kernel {}", first_line("uname", &["-r"]))
 }
