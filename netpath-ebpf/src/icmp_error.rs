@@ -6,8 +6,8 @@
 
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
-    conntrack::{CT_F_DNAT, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    CtKey4, DropReason,
+    conntrack::{CT_F_DNAT, CT_F_SNAT, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    CtKey4, DatapathConfig, DropReason,
 };
 use network_types::eth::EthHdr;
 
@@ -77,44 +77,68 @@ pub fn quoted4(ctx: &TcContext) -> Result<Option<Quoted4>, DropReason> {
     Ok(Some(Quoted4 { icmp_off, inner, inner_l4, key }))
 }
 
-/// Translates an ICMP error whose quoted packet belongs to a tracked flow;
-/// anything else passes untouched.
+/// Translates an ICMP error whose quoted packet belongs to a tracked,
+/// translated flow; anything else passes untouched.
 ///
 /// A stage of its own (`#[inline(never)]`, see `translate`): inlined, its
 /// locals would sit in translate_parsed4's frame, which is on the call chain
 /// down to a new published flow's conntrack entries (uplink ingress), and
 /// that chain has little of the 512-byte stack to spare.
 #[inline(never)]
-pub fn translate4(ctx: &TcContext) -> Result<(), DropReason> {
+pub fn translate4(ctx: &TcContext, cfg: &DatapathConfig) -> Result<(), DropReason> {
     let Some(Quoted4 { icmp_off, inner, inner_l4, key: quoted }) = quoted4(ctx)? else { return Ok(()) };
-    let (proto, isrc, sport) = (quoted.proto, quoted.saddr, quoted.sport);
-    // Where the quoted packet's source port is (for echo: its identifier).
-    let port_off = if proto == IPPROTO_ICMP { inner_l4 + ICMP_ID_OFF } else { inner_l4 + L4_SPORT_OFF };
-    // The quoted packet went out; its reply direction is what we track.
+    let proto = quoted.proto;
+    let l3 = EthHdr::LEN;
+    // The quoted packet travelled the other way: its flow's entry for this
+    // error's way is keyed by the quoted tuple reversed.
     let Some(entry) = conntrack::lookup4(&quoted.reversed()) else { return Ok(()) };
     // SAFETY: map value pointer, valid during the run.
     let entry = unsafe { *entry };
-    if entry.flags & CT_F_DNAT == 0 {
+    let osrc: [u8; 4] = load(ctx, l3 + IP_SRC_OFF)?;
+    // Two sides, one rewrite:
+    // - an error about a packet that was translated on its way out (from a
+    //   router, about a masqueraded flow; from the host, about a published
+    //   port's reply): its destination and the quoted source go back to the
+    //   container (the entry's DNAT);
+    // - an error a container sends about a packet it received translated (a
+    //   published port's request, a masqueraded flow's reply): its source
+    //   and the quoted destination become the translated address (the
+    //   entry's SNAT), so that it never leaves with the private address.
+    //   Only the quoted packet's receiver may send it.
+    let echo_id_off = inner_l4 + ICMP_ID_OFF;
+    let (outer_off, quoted_addr_off, port_off, old_addr, old_port, new_addr, new_port) = if entry.flags & CT_F_DNAT != 0
+    {
+        let port_off = if proto == IPPROTO_ICMP { echo_id_off } else { inner_l4 + L4_SPORT_OFF };
+        (IP_DST_OFF, IP_SRC_OFF, port_off, quoted.saddr, quoted.sport, entry.dnat_addr, entry.dnat_port)
+    } else if entry.flags & CT_F_SNAT != 0 && osrc == quoted.daddr && cfg.in_subnet4(quoted.daddr) {
+        let port_off = if proto == IPPROTO_ICMP { echo_id_off } else { inner_l4 + L4_DPORT_OFF };
+        (IP_SRC_OFF, IP_DST_OFF, port_off, quoted.daddr, quoted.dport, entry.snat_addr, entry.snat_port)
+    } else {
         return Ok(());
-    }
-    let (new_addr, new_port) = (entry.dnat_addr, entry.dnat_port);
-    let l3 = EthHdr::LEN;
-    // Outer destination.
-    let odst: [u8; 4] = load(ctx, l3 + IP_DST_OFF)?;
-    l3_csum_replace(ctx, l3 + IP_CSUM_OFF, u32::from_ne_bytes(odst) as u64, u32::from_ne_bytes(new_addr) as u64, 4)?;
-    store(ctx, l3 + IP_DST_OFF, &new_addr)?;
+    };
 
-    // Quoted source address and the quoted IP header checksum.
+    // The outer address.
+    let old_outer: [u8; 4] = load(ctx, l3 + outer_off)?;
+    l3_csum_replace(
+        ctx,
+        l3 + IP_CSUM_OFF,
+        u32::from_ne_bytes(old_outer) as u64,
+        u32::from_ne_bytes(new_addr) as u64,
+        4,
+    )?;
+    store(ctx, l3 + outer_off, &new_addr)?;
+
+    // The quoted address and the quoted IP header checksum.
     let old_ipsum: u16 = load(ctx, inner + IP_CSUM_OFF)?;
-    let new_ipsum = checksum::replace4(old_ipsum, isrc, new_addr);
-    store(ctx, inner + IP_SRC_OFF, &new_addr)?;
+    let new_ipsum = checksum::replace4(old_ipsum, old_addr, new_addr);
+    store(ctx, inner + quoted_addr_off, &new_addr)?;
     store(ctx, inner + IP_CSUM_OFF, &new_ipsum)?;
-    icmp_csum4(ctx, icmp_off, isrc, new_addr)?;
+    icmp_csum4(ctx, icmp_off, old_addr, new_addr)?;
     icmp_csum2(ctx, icmp_off, old_ipsum, new_ipsum)?;
 
-    // Quoted source port (or echo identifier).
+    // The quoted port (or echo identifier).
     store(ctx, port_off, &new_port)?;
-    icmp_csum2(ctx, icmp_off, sport, new_port)?;
+    icmp_csum2(ctx, icmp_off, old_port, new_port)?;
 
     // Quoted L4 checksum, when the error quotes enough of the packet.
     let l4sum_off = match proto {
@@ -124,9 +148,9 @@ pub fn translate4(ctx: &TcContext) -> Result<(), DropReason> {
     };
     if let Ok(old_l4sum) = ctx.load::<u16>(l4sum_off) {
         if !(proto == IPPROTO_UDP && old_l4sum == 0) {
-            let mut s = checksum::replace2(old_l4sum, sport, new_port);
+            let mut s = checksum::replace2(old_l4sum, old_port, new_port);
             if proto != IPPROTO_ICMP {
-                s = checksum::replace4(s, isrc, new_addr);
+                s = checksum::replace4(s, old_addr, new_addr);
             }
             if proto == IPPROTO_UDP && s == 0 {
                 s = 0xffff;

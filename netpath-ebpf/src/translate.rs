@@ -52,7 +52,7 @@ pub fn translate_parsed4(
         // Only ported flows are translated (protocols without ports are
         // never published, and policy judges them).
         Ok(flow) if flow.ported => flow,
-        Err(NoFlow::IcmpError) => return icmp_error::translate4(ctx),
+        Err(NoFlow::IcmpError) => return icmp_error::translate4(ctx, cfg),
         _ => return Ok(()),
     };
     if let Some(entry) = conntrack::lookup4(&flow.key) {

@@ -314,3 +314,29 @@ fn denied_connections_to_a_published_port_fill_no_table() {
     let flows: Vec<netpath_userspace::model::Flow> = t.ctl_json(&["conntrack"]).unwrap();
     assert!(flows.iter().any(|f| f.original.src == WORLD_IP && f.scope == "nat"), "{flows:?}");
 }
+
+#[test]
+fn a_container_s_icmp_error_leaves_translated() {
+    let (t, _) = topology(1);
+    t.ctl_ok(&["map", "8053:c1:53/udp"]).unwrap();
+    let world = t.world.clone();
+    // The world's client of the published port, on a connected socket; c1
+    // has nothing on port 53 and answers "port unreachable".
+    let client = t
+        .in_ns(&world, || {
+            let s = UdpSocket::bind(("0.0.0.0", 0))?;
+            s.connect((HOST_UPLINK_IP, 8053))?;
+            Ok(s)
+        })
+        .unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    client.send(b"anyone-on-53").unwrap();
+    let mut buf = [0u8; 64];
+    let err = client.recv(&mut buf).expect_err("c1 does not answer on 53");
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "the error reaches the client as about its own datagram: from the published address, quoting it \
+         (it used to be dropped on the uplink, never sent with the container's private address)"
+    );
+}

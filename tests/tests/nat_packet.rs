@@ -121,6 +121,26 @@ fn dnat_and_reverse_udp() {
 }
 
 #[test]
+fn a_container_s_icmp_error_about_a_published_flow_is_translated() {
+    let mut h = harness();
+    let q = udp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 5000), (HOST, 8053));
+    let dnat = udp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 5000), (C1, 53));
+    expect(&h, HookId::UplinkIngress.program(), &q, &dnat);
+    container(&mut h, C1, C1_MAC);
+    // Delivered to c1 (its policy keeps the verdict the error relates to).
+    fixtures::pass(&h, HookId::VethEgress.program(), &dnat);
+    // c1 has nothing on 53: "port unreachable", quoting what it received.
+    let error = |src: [u8; 4], quoted_frame: &[u8]| {
+        let quoted = &quoted_frame[14..14 + 28];
+        let icmp = frames::icmp_error(3, 3, 0, quoted);
+        frames::eth(HOST_MAC, C1_MAC, ETH_P_IPV4, &frames::ipv4(src, CLIENT, 1, &[], &icmp))
+    };
+    // It leaves as the published address's, quoting the datagram the
+    // client sent, every checksum recomputed independently.
+    expect(&h, HookId::VethIngress.program(), &error(C1, &dnat), &error(HOST, &q));
+}
+
+#[test]
 fn udp_without_checksum_keeps_it_zero() {
     let h = harness();
     let mut q = udp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 5000), (HOST, 8053));
