@@ -16,6 +16,11 @@ pub fn monotonic_ns() -> u64 {
 }
 
 impl Datapath {
+    /// The entry of one tuple, if tracked.
+    pub fn ct_get4(&self, key: &CtKey4) -> Result<Option<CtEntry>> {
+        self.get_one(netpath_common::maps::CT4, key)
+    }
+
     pub fn ct_entries(&mut self) -> Result<Vec<(CtKey4, CtEntry)>> {
         // Entries can vanish (LRU eviction, GC) while we walk: skip those.
         Ok(self.ct_map()?.iter().filter_map(Result::ok).collect())

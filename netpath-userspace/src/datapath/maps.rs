@@ -66,6 +66,22 @@ impl Datapath {
         Ok(BpfHashMap::try_from(self.map_mut(names::SOCK_REVNAT4)?)?)
     }
 
+    /// The entry of one key of a map, read without walking it.
+    pub(super) fn get_one<K: aya::Pod, V: aya::Pod>(&self, name: &str, key: &K) -> Result<Option<V>> {
+        let map = self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing"))?;
+        let map: BpfHashMap<&MapData, K, V> = BpfHashMap::try_from(map)?;
+        match map.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {name}")),
+        }
+    }
+
+    /// The recorded first fragment at `key`, if any.
+    pub fn frag_get4(&self, key: &FragKey4) -> Result<Option<FragEntry4>> {
+        self.get_one(names::FRAGS4, key)
+    }
+
     fn frags_map(&mut self) -> Result<BpfHashMap<&mut MapData, FragKey4, FragEntry4>> {
         Ok(BpfHashMap::try_from(self.map_mut(names::FRAGS4)?)?)
     }

@@ -22,7 +22,6 @@
 //! default deny with allow rules and icc off.
 
 pub mod gen;
-pub mod maps;
 pub mod model;
 
 use std::{
@@ -36,14 +35,12 @@ use anyhow::{anyhow, Result};
 use netpath_common::{
     config::{CFG_F_MASQUERADE, CFG_F_NO_ICC, CFG_F_ROUTED, CFG_F_UPLINK_XDP},
     container::{CONTAINER_F_DEFAULT_DENY_IN, CONTAINER_F_DEFAULT_DENY_OUT},
-    maps as names, CtEntry, CtKey4, CtScope, DatapathConfig, Direction, FragEntry4, FragKey4, HookId, MappingEntry4,
-    MappingKey4,
+    CtKey4, CtScope, DatapathConfig, Direction, FragKey4, HookId, MappingEntry4, MappingKey4,
 };
 use netpath_userspace::policy::{self, parse_cidr, parse_filter, Action, ContainerPolicy, Evaluator, Rule};
 
 use self::{
     gen::{in_subnet, Case, Pools, View, NEXT_HOP_MAC},
-    maps::MapFd,
     model::Class,
 };
 use crate::{
@@ -362,8 +359,6 @@ struct Fuzzer {
     h: PacketHarness,
     cfg: DatapathConfig,
     eval: Evaluator,
-    ct: MapFd,
-    frags: MapFd,
     fds: BTreeMap<&'static str, i32>,
     rng: Rng,
     pools: Pools,
@@ -429,14 +424,12 @@ impl Fuzzer {
         }
         let eval =
             Evaluator::new(&ContainerPolicy { default_in: world.default_in, default_out: world.default_out, rules });
-        let ct = MapFd::open(&mut h.dp, names::CT4)?;
-        let frags = MapFd::open(&mut h.dp, names::FRAGS4)?;
         let mut fds = BTreeMap::new();
         for hook in PROGRAMS {
             fds.insert(hook.program(), h.dp.program_fd(hook.program())?);
         }
         let out = WorldResult { counts: BTreeMap::new(), kinds: BTreeMap::new(), violations: BTreeMap::new() };
-        Ok(Fuzzer { world, h, cfg, eval, ct, frags, fds, rng: Rng::new(seed), pools: Pools::default(), out })
+        Ok(Fuzzer { world, h, cfg, eval, fds, rng: Rng::new(seed), pools: Pools::default(), out })
     }
 
     fn fuzz(mut self, frames: usize) -> WorldResult {
@@ -717,12 +710,12 @@ impl Fuzzer {
             Class::Malformed(why) => Some(("malformed", why.to_string())),
             Class::LaterFragment(k) => {
                 let key = FragKey4 { scope: scope as u8, ..*k };
-                let first_passed = self.frags.get::<_, FragEntry4>(&key).is_some();
+                let first_passed = self.h.dp.frag_get4(&key).ok().flatten().is_some();
                 (!first_passed).then(|| ("fragment", "a later fragment whose first fragment did not pass".into()))
             }
             Class::IcmpError(Err(why)) => Some(("icmp error", why.to_string())),
             Class::IcmpError(Ok(q)) => {
-                let verdict = self.ct.get::<_, CtEntry>(&q.reversed().in_scope(scope));
+                let verdict = self.h.dp.ct_get4(&q.reversed().in_scope(scope)).ok().flatten();
                 match verdict {
                     Some(e) if e.container_id == C1_ID => None,
                     _ => Some(("icmp error", format!("{d}: about a flow without a verdict of this container"))),
@@ -777,7 +770,7 @@ impl Fuzzer {
     }
 
     fn ct_has(&self, key: &CtKey4) -> bool {
-        self.ct.get::<_, CtEntry>(key).is_some()
+        self.h.dp.ct_get4(key).ok().flatten().is_some()
     }
 }
 
