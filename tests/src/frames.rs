@@ -46,7 +46,8 @@ pub fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, options: &[u8], payload: &[u8
     h
 }
 
-fn l4_checksum(src: [u8; 4], dst: [u8; 4], proto: u8, segment: &[u8]) -> u16 {
+/// The TCP/UDP checksum of `segment` with its IPv4 pseudo-header.
+pub fn l4_checksum(src: [u8; 4], dst: [u8; 4], proto: u8, segment: &[u8]) -> u16 {
     let mut pseudo = Vec::with_capacity(12 + segment.len());
     pseudo.extend_from_slice(&src);
     pseudo.extend_from_slice(&dst);

@@ -205,16 +205,6 @@ impl Sums {
     }
 }
 
-fn pseudo_sum(src: [u8; 4], dst: [u8; 4], proto: u8, seg: &[u8]) -> u16 {
-    let mut p = Vec::with_capacity(12 + seg.len());
-    p.extend_from_slice(&src);
-    p.extend_from_slice(&dst);
-    p.extend_from_slice(&[0, proto]);
-    p.extend_from_slice(&(seg.len() as u16).to_be_bytes());
-    p.extend_from_slice(seg);
-    checksum(&p)
-}
-
 /// The L4 checksum of a whole, unfragmented datagram (`ip`: its IP
 /// header and what the total length covers).
 fn l4_valid(ip: &[u8], ihl: usize) -> Option<bool> {
@@ -224,8 +214,8 @@ fn l4_valid(ip: &[u8], ihl: usize) -> Option<bool> {
         return None;
     }
     match proto {
-        IPPROTO_TCP => Some(pseudo_sum(src, dst, proto, seg) == 0),
-        IPPROTO_UDP => Some(be16(seg, 6) == 0 || pseudo_sum(src, dst, proto, seg) == 0),
+        IPPROTO_TCP => Some(crate::frames::l4_checksum(src, dst, proto, seg) == 0),
+        IPPROTO_UDP => Some(be16(seg, 6) == 0 || crate::frames::l4_checksum(src, dst, proto, seg) == 0),
         IPPROTO_ICMP => Some(checksum(seg) == 0),
         _ => None,
     }
