@@ -1,8 +1,16 @@
 //! IPv4 fragments: only the first fragment of a datagram carries the ports
-//! that policy judges. Its verdict is kept in `FRAGS4`, keyed by what every
-//! fragment of the datagram shares, so that the later fragments pass only
-//! when their first one did (and are dropped otherwise: a later fragment
-//! that arrives alone is never passed unjudged).
+//! that policy judges and NAT translates by. What happened to it is kept in
+//! `FRAGS4`, keyed by what every fragment of the datagram shares:
+//! - in the policy scopes, its verdict: the later fragments pass only when
+//!   their first one did (and are dropped otherwise: a later fragment that
+//!   arrives alone is never passed unjudged);
+//! - in the NAT scope, its translated addresses: the later fragments get the
+//!   same ones (they have no ports to translate by), so a fragmented
+//!   datagram of a masqueraded or published flow arrives whole, and none of
+//!   it leaves with a container's private address.
+//!
+//! Later fragments that arrive before their first one are not buffered:
+//! they are handled as if alone (the sender's retransmission repairs it).
 
 use crate::conntrack::NS_PER_SEC;
 
@@ -23,12 +31,17 @@ pub struct FragKey4 {
     pub scope: u8,
 }
 
-/// The first fragment's ports, and until when later fragments may follow.
+/// The first fragment's ports, its translated addresses (NAT scope), and
+/// until when later fragments may follow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FragEntry4 {
     pub sport: u16,
     pub dport: u16,
+    /// NAT scope: the first fragment's source and destination after
+    /// translation (the key has them before). Unused in the policy scopes.
+    pub nat_saddr: [u8; 4],
+    pub nat_daddr: [u8; 4],
     pub _pad: u32,
     /// CLOCK_MONOTONIC nanoseconds.
     pub expires_ns: u64,

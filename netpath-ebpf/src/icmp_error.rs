@@ -78,14 +78,15 @@ pub fn quoted4(ctx: &TcContext) -> Result<Option<Quoted4>, DropReason> {
 }
 
 /// Translates an ICMP error whose quoted packet belongs to a tracked,
-/// translated flow; anything else passes untouched.
+/// translated flow; anything else passes untouched. `from_host`: the host
+/// itself sent it (uplink egress, a source outside the container subnet).
 ///
 /// A stage of its own (`#[inline(never)]`, see `translate`): inlined, its
 /// locals would sit in translate_parsed4's frame, which is on the call chain
 /// down to a new published flow's conntrack entries (uplink ingress), and
 /// that chain has little of the 512-byte stack to spare.
 #[inline(never)]
-pub fn translate4(ctx: &TcContext, cfg: &DatapathConfig) -> Result<(), DropReason> {
+pub fn translate4(ctx: &TcContext, cfg: &DatapathConfig, from_host: bool) -> Result<(), DropReason> {
     let Some(Quoted4 { icmp_off, inner, inner_l4, key: quoted }) = quoted4(ctx)? else { return Ok(()) };
     let proto = quoted.proto;
     let l3 = EthHdr::LEN;
@@ -104,29 +105,35 @@ pub fn translate4(ctx: &TcContext, cfg: &DatapathConfig) -> Result<(), DropReaso
     //   published port's request, a masqueraded flow's reply): its source
     //   and the quoted destination become the translated address (the
     //   entry's SNAT), so that it never leaves with the private address.
-    //   Only the quoted packet's receiver may send it.
+    //   Only the quoted packet's receiver may send it;
+    // - an error the host sends while routing such a packet in (TTL
+    //   exceeded, fragmentation needed): only the quoted destination is
+    //   translated; the host's own source stays.
     let echo_id_off = inner_l4 + ICMP_ID_OFF;
     let (outer_off, quoted_addr_off, port_off, old_addr, old_port, new_addr, new_port) = if entry.flags & CT_F_DNAT != 0
     {
         let port_off = if proto == IPPROTO_ICMP { echo_id_off } else { inner_l4 + L4_SPORT_OFF };
-        (IP_DST_OFF, IP_SRC_OFF, port_off, quoted.saddr, quoted.sport, entry.dnat_addr, entry.dnat_port)
-    } else if entry.flags & CT_F_SNAT != 0 && osrc == quoted.daddr && cfg.in_subnet4(quoted.daddr) {
+        (Some(IP_DST_OFF), IP_SRC_OFF, port_off, quoted.saddr, quoted.sport, entry.dnat_addr, entry.dnat_port)
+    } else if entry.flags & CT_F_SNAT != 0 && cfg.in_subnet4(quoted.daddr) && (from_host || osrc == quoted.daddr) {
         let port_off = if proto == IPPROTO_ICMP { echo_id_off } else { inner_l4 + L4_DPORT_OFF };
-        (IP_SRC_OFF, IP_DST_OFF, port_off, quoted.daddr, quoted.dport, entry.snat_addr, entry.snat_port)
+        let outer_off = if from_host { None } else { Some(IP_SRC_OFF) };
+        (outer_off, IP_DST_OFF, port_off, quoted.daddr, quoted.dport, entry.snat_addr, entry.snat_port)
     } else {
         return Ok(());
     };
 
     // The outer address.
-    let old_outer: [u8; 4] = load(ctx, l3 + outer_off)?;
-    l3_csum_replace(
-        ctx,
-        l3 + IP_CSUM_OFF,
-        u32::from_ne_bytes(old_outer) as u64,
-        u32::from_ne_bytes(new_addr) as u64,
-        4,
-    )?;
-    store(ctx, l3 + outer_off, &new_addr)?;
+    if let Some(outer_off) = outer_off {
+        let old_outer: [u8; 4] = load(ctx, l3 + outer_off)?;
+        l3_csum_replace(
+            ctx,
+            l3 + IP_CSUM_OFF,
+            u32::from_ne_bytes(old_outer) as u64,
+            u32::from_ne_bytes(new_addr) as u64,
+            4,
+        )?;
+        store(ctx, l3 + outer_off, &new_addr)?;
+    }
 
     // The quoted address and the quoted IP header checksum.
     let old_ipsum: u16 = load(ctx, inner + IP_CSUM_OFF)?;

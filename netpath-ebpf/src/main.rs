@@ -74,7 +74,7 @@ pub fn veth_ingress(ctx: TcContext) -> i32 {
             let parsed = flow::parse4(&ctx);
             policy::icc_allows_frame(&ctx, &parsed, cfg)?;
             policy::judge(&ctx, &parsed, container, Direction::Out, cfg)
-                .and_then(|()| translate::translate_parsed4(&ctx, &parsed, cfg))
+                .and_then(|()| translate::translate_parsed4(&ctx, &parsed, cfg, false))
         }
         None => Ok(()),
     });
@@ -125,13 +125,14 @@ pub fn uplink_ingress(ctx: TcContext) -> i32 {
 }
 
 /// tc egress on the uplink: container traffic leaving the host gets the
-/// uplink's address (masquerade).
+/// uplink's address (masquerade); the host's ICMP errors about translated
+/// packets get their quotes translated back.
 #[classifier]
 pub fn uplink_egress(ctx: TcContext) -> i32 {
     let ifindex = skb_ifindex(&ctx);
     let len = ctx.len();
     packet::pull_headers(&ctx);
-    let result = translate::masquerade4(&ctx);
+    let result = translate::translate_outbound4(&ctx);
     let site = Site { hook: HookId::UplinkEgress, ifindex, container_id: 0, count: true };
     tc_action(finish(&ctx, site, len, result))
 }

@@ -10,7 +10,7 @@
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
     config::{CFG_F_MASQUERADE, CFG_F_ROUTED},
-    conntrack::{CtState, CT_F_REPLY},
+    conntrack::{CtState, CT_F_REPLY, IPPROTO_TCP, IPPROTO_UDP},
     CtEntry, CtScope, DatapathConfig, DropReason, MappingEntry4,
 };
 use network_types::{
@@ -22,7 +22,7 @@ use crate::{
     conntrack::{self, CreateError},
     flow,
     flow::{Flow4, NoFlow},
-    icmp_error, mapping,
+    fragment, host_sockets, icmp_error, mapping,
     maps::config,
     masquerade, nat,
     offsets::IP_SRC_OFF,
@@ -36,34 +36,63 @@ use crate::{
 #[inline(always)]
 pub fn translate4(ctx: &TcContext) -> Result<(), DropReason> {
     let Some(cfg) = config() else { return Ok(()) };
-    translate_parsed4(ctx, &flow::parse4(ctx), cfg)
+    translate_parsed4(ctx, &flow::parse4(ctx), cfg, true)
 }
 
 /// Conntrack hit: translate as recorded. Miss to a published port: create
 /// the flow's entries, then translate. ICMP errors about a tracked flow are
-/// translated back (outer and quoted headers). Anything else passes.
+/// translated back (outer and quoted headers); later fragments get their
+/// first fragment's translation. From outside (`from_outside`), a miss on a
+/// masquerade port is dropped unless a host socket owns it; anything else
+/// passes.
 #[inline(never)]
 pub fn translate_parsed4(
     ctx: &TcContext,
     parsed: &Result<Flow4, NoFlow>,
     cfg: &DatapathConfig,
+    from_outside: bool,
 ) -> Result<(), DropReason> {
     let flow = match parsed {
         // Only ported flows are translated (protocols without ports are
         // never published, and policy judges them).
         Ok(flow) if flow.ported => flow,
-        Err(NoFlow::IcmpError) => return icmp_error::translate4(ctx, cfg),
+        Err(NoFlow::IcmpError) => return icmp_error::translate4(ctx, cfg, false),
+        Err(NoFlow::LaterFragment(frag)) => return fragment::translate_later4(ctx, frag).map(|_| ()),
         _ => return Ok(()),
     };
-    if let Some(entry) = conntrack::lookup4(&flow.key) {
+    let translated = if let Some(entry) = conntrack::lookup4(&flow.key) {
         conntrack::touch(entry, flow, ctx.len(), cfg);
         // SAFETY: map value pointer, valid during the run.
-        return nat::apply4(ctx, flow, unsafe { &*entry });
+        nat::apply4(ctx, flow, unsafe { &*entry })
+    } else {
+        match admitted_mapping4(flow, cfg)? {
+            Some(published) => new_published_flow4(ctx, flow, published, cfg),
+            None if from_outside => return unclaimed4(ctx, flow, cfg),
+            None => return Ok(()),
+        }
+    };
+    if translated.is_ok() && flow.first_fragment {
+        fragment::translated4(ctx, flow);
     }
-    match admitted_mapping4(flow, cfg)? {
-        Some(published) => new_published_flow4(ctx, flow, published, cfg),
-        None => Ok(()),
+    translated
+}
+
+/// A packet from outside to a masquerade port that no flow and no mapping
+/// claims: a reply whose translation is gone (expired, flushed, evicted),
+/// or a probe. Dropped rather than handed to the host, which would reset
+/// the peer while the port may go to another container's flow; unless a
+/// host socket owns the tuple (a host service listening inside the range).
+#[inline(never)]
+fn unclaimed4(ctx: &TcContext, flow: &Flow4, cfg: &DatapathConfig) -> Result<(), DropReason> {
+    let port = u16::from_be(flow.key.dport);
+    let masquerade_port = cfg.has(CFG_F_MASQUERADE)
+        && flow.key.daddr == cfg.masq_addr4
+        && (cfg.masq_port_min..=cfg.masq_port_max).contains(&port)
+        && (flow.key.proto == IPPROTO_TCP || flow.key.proto == IPPROTO_UDP);
+    if masquerade_port && !host_sockets::owns4(ctx, &flow.key) {
+        return Err(DropReason::NoFlow);
     }
+    Ok(())
 }
 
 /// A conntrack miss: the published port it is for, if the packet can start
@@ -113,24 +142,38 @@ fn new_published_flow4(
     }
 }
 
-/// Container traffic leaving through the uplink gets the uplink's address
-/// (uplink egress).
+/// What leaves through the uplink (uplink egress): container traffic gets
+/// the uplink's address (masquerade), and the host's own ICMP errors about
+/// packets translated on their way in quote them as they arrived.
 #[inline(never)]
-pub fn masquerade4(ctx: &TcContext) -> Result<(), DropReason> {
+pub fn translate_outbound4(ctx: &TcContext) -> Result<(), DropReason> {
     let Some(cfg) = config() else { return Ok(()) };
-    if !cfg.has(CFG_F_MASQUERADE) {
-        return Ok(());
-    }
+    let masquerade = cfg.has(CFG_F_MASQUERADE);
     let flow = match flow::parse4(ctx) {
+        Err(NoFlow::IcmpError) => {
+            let saddr = packet::load(ctx, EthHdr::LEN + IP_SRC_OFF)?;
+            // The host's own error about a packet it routed (TTL, MTU).
+            if !cfg.in_subnet4(saddr) {
+                return icmp_error::translate4(ctx, cfg, true);
+            }
+            if !masquerade {
+                return Ok(());
+            }
+            return untranslatable4(cfg, saddr, DropReason::UnsupportedProtocol);
+        }
+        _ if !masquerade => return Ok(()),
         Ok(flow) if flow.ported => flow,
         // What masquerade cannot translate never leaves with a container's
         // private source.
         Ok(flow) => return untranslatable4(cfg, flow.key.saddr, DropReason::UnsupportedProtocol),
         Err(NoFlow::IcmpOther(key)) => return untranslatable4(cfg, key.saddr, DropReason::UnsupportedProtocol),
-        Err(NoFlow::LaterFragment(frag)) => return untranslatable4(cfg, frag.saddr, DropReason::Fragment),
-        Err(NoFlow::IcmpError) => {
-            let saddr = packet::load(ctx, EthHdr::LEN + IP_SRC_OFF)?;
-            return untranslatable4(cfg, saddr, DropReason::UnsupportedProtocol);
+        // A later fragment gets its first fragment's translation, or is
+        // dropped.
+        Err(NoFlow::LaterFragment(frag)) => {
+            if fragment::translate_later4(ctx, &frag)? {
+                return Ok(());
+            }
+            return untranslatable4(cfg, frag.saddr, DropReason::Fragment);
         }
         // Too short to carry a source address: nothing to leak.
         Err(NoFlow::Malformed) => match packet::load(ctx, EthHdr::LEN + IP_SRC_OFF) {
@@ -144,11 +187,24 @@ pub fn masquerade4(ctx: &TcContext) -> Result<(), DropReason> {
     if !cfg.in_subnet4(flow.key.saddr) {
         return Ok(());
     }
-    if let Some(entry) = conntrack::lookup4(&flow.key) {
-        conntrack::touch(entry, &flow, ctx.len(), cfg);
-        // SAFETY: map value pointer, valid during the run.
-        return nat::apply4(ctx, &flow, unsafe { &*entry });
+    let translated = match conntrack::lookup4(&flow.key) {
+        Some(entry) => {
+            conntrack::touch(entry, &flow, ctx.len(), cfg);
+            // SAFETY: map value pointer, valid during the run.
+            nat::apply4(ctx, &flow, unsafe { &*entry })
+        }
+        None => new_masquerade4(ctx, &flow, cfg),
+    };
+    if translated.is_ok() && flow.first_fragment {
+        fragment::translated4(ctx, &flow);
     }
+    translated
+}
+
+/// A container packet without a translation: a new masqueraded flow if it
+/// can start one.
+#[inline(always)]
+fn new_masquerade4(ctx: &TcContext, flow: &Flow4, cfg: &DatapathConfig) -> Result<(), DropReason> {
     if cfg.has(CFG_F_ROUTED) {
         // Replies of flows that came in to the container's own address
         // keep that address: only flows the container starts are
@@ -168,7 +224,7 @@ pub fn masquerade4(ctx: &TcContext) -> Result<(), DropReason> {
     if !flow.starts_flow() {
         return if cfg.has(CFG_F_ROUTED) { Ok(()) } else { Err(DropReason::NoFlow) };
     }
-    masquerade::new_flow4(ctx, &flow, cfg)
+    masquerade::new_flow4(ctx, flow, cfg)
 }
 
 /// A packet masquerade cannot translate (no ports, a later fragment, an

@@ -147,7 +147,8 @@ pub fn arp(op: u16, sha: [u8; 6], spa: [u8; 4], tha: [u8; 6], tpa: [u8; 4]) -> V
 }
 
 /// Verifies the IPv4 header checksum and the TCP/UDP/ICMP checksum of an
-/// Ethernet frame (a UDP checksum of 0 means none, RFC 768). Returns a
+/// Ethernet frame (a UDP checksum of 0 means none, RFC 768; a fragment's L4
+/// checksum is not verified, it covers the whole datagram). Returns a
 /// description of the first mismatch, or of what makes the frame
 /// unverifiable (headers or datagram cut short).
 pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
@@ -165,6 +166,12 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
     let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
     if total < ihl || total > ip.len() {
         return Err(format!("IPv4 total length {total} does not fit the frame"));
+    }
+    // A fragment carries part of a datagram: its L4 checksum covers the
+    // whole, so only the IP header checksum can be verified.
+    let fragment = ip[6] & 0x20 != 0 || u16::from_be_bytes([ip[6] & 0x1f, ip[7]]) != 0;
+    if fragment {
+        return Ok(());
     }
     let l4 = &ip[ihl..total];
     let src: [u8; 4] = ip[12..16].try_into().unwrap_or_default();

@@ -178,3 +178,124 @@ fn pmtu_through_smaller_uplink() {
     assert_eq!(buf.len(), SIZE);
     source.join().unwrap();
 }
+
+#[test]
+fn masquerade_ports_nobody_owns_are_dropped_not_reset() {
+    use std::{
+        io::ErrorKind,
+        net::{SocketAddr, TcpListener, TcpStream},
+        time::Duration,
+    };
+
+    use netpath_tests::topology::HOST_UPLINK_IP;
+
+    assert!(netpath_tests::is_root(), "creates namespaces and loads BPF: run as root");
+    let mut t = Topology::new(0).unwrap();
+    t.start_agent().unwrap();
+    let world = t.world.clone();
+    let connect = |port: u16| {
+        t.in_ns(&world, || {
+            Ok(TcpStream::connect_timeout(&SocketAddr::from((HOST_UPLINK_IP, port)), Duration::from_millis(800)))
+        })
+        .unwrap()
+    };
+    // A host service listening inside the masquerade range (1024-32767)
+    // keeps working.
+    let service = t.in_ns(&t.host.clone(), || Ok(TcpListener::bind(("0.0.0.0", 20002))?)).unwrap();
+    assert!(connect(20002).is_ok(), "the host's own listener is reachable");
+    drop(service);
+    // A port of the range nobody owns (a masqueraded flow's port after its
+    // entry went): dropped, not reset by the host.
+    let err = connect(20001).unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock), "dropped, not refused: {err}");
+    // Outside the range the host answers as it always did.
+    assert_eq!(connect(40000).unwrap_err().kind(), ErrorKind::ConnectionRefused);
+}
+
+#[test]
+fn the_host_s_icmp_errors_about_a_published_port_reach_the_client() {
+    use std::{net::UdpSocket, os::fd::AsRawFd as _, time::Duration};
+
+    use netpath_tests::topology::HOST_UPLINK_IP;
+
+    assert!(netpath_tests::is_root(), "creates namespaces and loads BPF: run as root");
+    let mut t = Topology::new(1).unwrap();
+    t.start_agent().unwrap();
+    t.add_container(1).unwrap();
+    t.ctl_ok(&["map", "8053:c1:53/udp"]).unwrap();
+    // A traceroute-like probe: TTL 1 runs out in the host, after the
+    // published port translated it. The host's "time exceeded" must quote
+    // the datagram as the client sent it, or the client's stack cannot
+    // match it to the socket (and the container's address leaks).
+    let world = t.world.clone();
+    let probe = t
+        .in_ns(&world, || {
+            let s = UdpSocket::bind(("0.0.0.0", 0))?;
+            s.connect((HOST_UPLINK_IP, 8053))?;
+            s.set_ttl(1)?;
+            let on: libc::c_int = 1;
+            // SAFETY: a valid socket and option value of the declared size.
+            let rc = unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::IPPROTO_IP,
+                    libc::IP_RECVERR,
+                    &on as *const _ as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0);
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            Ok(s)
+        })
+        .unwrap();
+    probe.send(b"probe").unwrap();
+    let err = probe.recv(&mut [0u8; 64]).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EHOSTUNREACH), "the time-exceeded reached the socket: {err}");
+}
+
+#[test]
+fn fragmented_datagrams_cross_masquerade_and_published_ports() {
+    use std::{
+        net::{SocketAddr, UdpSocket},
+        time::Duration,
+    };
+
+    use netpath_tests::topology::{HOST_UPLINK_IP, WORLD_IP};
+
+    const SIZE: usize = 4000; // three fragments at the 1500 MTU
+    assert!(netpath_tests::is_root(), "creates namespaces and loads BPF: run as root");
+    let mut t = Topology::new(1).unwrap();
+    t.start_agent().unwrap();
+    t.add_container(1).unwrap();
+    t.ctl_ok(&["map", "8054:c1:54/udp"]).unwrap();
+    let bind = |ns: &str, port: u16| {
+        let s = t.in_ns(ns, || Ok(UdpSocket::bind(("0.0.0.0", port))?)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s
+    };
+    let (world, c1) = (t.world.clone(), t.container_ns(1));
+    let receive = |s: &UdpSocket, what: &str| -> (usize, SocketAddr) {
+        let mut buf = vec![0u8; 65536];
+        let (n, from) = s.recv_from(&mut buf).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(buf[..n].iter().all(|b| *b == buf[0]), "{what}: intact");
+        (n, from)
+    };
+    // Masquerade: a big datagram out, a big answer back.
+    let peer = bind(&world, 7060);
+    let client = bind(&c1, 0);
+    client.send_to(&[b'o'; SIZE], (WORLD_IP, 7060)).unwrap();
+    let (n, from) = receive(&peer, "masqueraded datagram");
+    assert_eq!((n, from.ip()), (SIZE, HOST_UPLINK_IP.into()), "whole, from the host's address");
+    peer.send_to(&[b'i'; SIZE], from).unwrap();
+    assert_eq!(receive(&client, "answer to the masqueraded datagram").0, SIZE);
+    // Published port: a big request in, a big answer out.
+    let server = bind(&c1, 54);
+    let outside = bind(&world, 0);
+    outside.send_to(&[b'q'; SIZE], (HOST_UPLINK_IP, 8054)).unwrap();
+    let (n, from) = receive(&server, "datagram to the published port");
+    assert_eq!((n, from.ip()), (SIZE, WORLD_IP.into()), "whole, from the real client");
+    server.send_to(&[b'r'; SIZE], from).unwrap();
+    let (n, from) = receive(&outside, "answer from the published port");
+    assert_eq!((n, from), (SIZE, SocketAddr::from((HOST_UPLINK_IP, 8054))), "whole, from the published address");
+}

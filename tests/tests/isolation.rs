@@ -172,6 +172,15 @@ fn fragments_follow_their_first_fragment_and_tiny_ones_are_dropped() {
     raw_send(&t, 1, &first);
     assert!(!capture.saw(tiny_marker, Duration::from_millis(700)), "the tiny first fragment is dropped");
     assert!(!seen(&t, &ns2, b"tiny-frag-rest", || raw_send(&t, 1, &later)), "and so is the rest");
+    // A container that goes takes its datagrams' fragment records along: the
+    // next owner of its address inherits no verdict.
+    let frags = |t: &Topology| {
+        let st: netpath_userspace::model::Status = t.ctl_json(&["status"]).unwrap();
+        st.maps.iter().find(|m| m.name == "FRAGS4").map(|m| m.entries).unwrap()
+    };
+    assert!(frags(&t) > 0, "the allowed datagram's first fragment is recorded");
+    t.ctl_ok(&["container", "del", "c1"]).unwrap();
+    assert_eq!(frags(&t), 0, "forgotten with c1");
 }
 
 #[test]

@@ -208,3 +208,61 @@ fn icmp_errors_reach_the_container_with_the_quoted_packet_translated_back() {
     let stray = error_about(ROUTER, HOST, 3, 3, 0, &udp((HOST, 5000), (SERVER, 53)), 28);
     assert_eq!(hex(&pass(&h, HookId::UplinkIngress.program(), &stray)), hex(&stray));
 }
+
+/// `frame` as fragment `(more, offset)` of datagram `id`; a later fragment's
+/// payload is replaced by filler (it carries no L4 header).
+fn as_fragment(mut f: Vec<u8>, id: u16, more: bool, offset: u16) -> Vec<u8> {
+    if offset != 0 {
+        f[14 + 20..].fill(0xab);
+    }
+    frames::set_fragment(&mut f[14..], id, more, offset);
+    f
+}
+
+#[test]
+fn fragmented_datagrams_leave_translated_or_not_at_all() {
+    let mut h = harness(CFG_F_MASQUERADE);
+    // A big datagram from c1: its first fragment starts the flow.
+    let first = as_fragment(udp((C1, 20001), (SERVER, 53)), 0x1234, true, 0);
+    let out = pass(&h, HookId::UplinkEgress.program(), &first);
+    let port = src_port(&out);
+    assert_eq!(hex(&out), hex(&as_fragment(udp((HOST, port), (SERVER, 53)), 0x1234, true, 0)));
+    // Its later fragment gets the same source (only the IP header changes).
+    let later = as_fragment(udp((C1, 20001), (SERVER, 53)), 0x1234, false, 4);
+    let want = as_fragment(udp((HOST, 20001), (SERVER, 53)), 0x1234, false, 4);
+    assert_eq!(hex(&pass(&h, HookId::UplinkEgress.program(), &later)), hex(&want));
+    // A later fragment whose first one was never translated is dropped,
+    // never sent with the private source.
+    let lone = as_fragment(udp((C1, 20001), (SERVER, 53)), 0x4321, false, 4);
+    let r = h.run(HookId::UplinkEgress.program(), &lone).unwrap();
+    assert_eq!(r.verdict, TC_ACT_SHOT);
+    assert_eq!(h.dp.stats(TEST_IFINDEX).unwrap().drops[DropReason::Fragment as usize], 1);
+    // A fragmented answer reaches c1 whole: both fragments translated back.
+    let answer =
+        |dst: ([u8; 4], u16), more: bool, offset: u16| as_fragment(udp((SERVER, 53), dst), 0x5555, more, offset);
+    let got = pass(&h, HookId::UplinkIngress.program(), &answer((HOST, port), true, 0));
+    assert_eq!(hex(&got), hex(&answer((C1, 20001), true, 0)));
+    let got = pass(&h, HookId::UplinkIngress.program(), &answer((HOST, port), false, 4));
+    assert_eq!(hex(&got), hex(&answer((C1, 20001), false, 4)));
+}
+
+#[test]
+fn misses_on_masquerade_ports_are_dropped_not_handed_to_the_host() {
+    let mut h = harness(CFG_F_MASQUERADE);
+    // A reply on a masquerade port whose flow is gone (expired, flushed):
+    // the host would reset it while the port can go to another flow.
+    let stale = tcp((SERVER, 80), (HOST, 20002), 0x10);
+    let r = h.run(HookId::UplinkIngress.program(), &stale).unwrap();
+    assert_eq!(r.verdict, TC_ACT_SHOT);
+    let r = h.run(HookId::UplinkIngress.program(), &udp((SERVER, 53), (HOST, 20003))).unwrap();
+    assert_eq!(r.verdict, TC_ACT_SHOT);
+    assert_eq!(h.dp.stats(TEST_IFINDEX).unwrap().drops[DropReason::NoFlow as usize], 2);
+    // Outside the range, or to another address, it is the host's.
+    let other = tcp((SERVER, 80), (HOST, 40000), 0x10);
+    assert_eq!(hex(&pass(&h, HookId::UplinkIngress.program(), &other)), hex(&other));
+    let other = tcp((SERVER, 80), ([198, 18, 0, 9], 20002), 0x10);
+    assert_eq!(hex(&pass(&h, HookId::UplinkIngress.program(), &other)), hex(&other));
+    // ICMP echo replies are not ported flows of the host's sockets: they pass.
+    let pong = echo(SERVER, HOST, 0, 20002);
+    assert_eq!(hex(&pass(&h, HookId::UplinkIngress.program(), &pong)), hex(&pong));
+}

@@ -245,21 +245,65 @@ fn fragment(mut f: Vec<u8>, more: bool, offset: u16) -> Vec<u8> {
     f
 }
 
+/// Gives a fragment frame the identification `id` (IP checksum fixed).
+fn with_id(mut f: Vec<u8>, id: u16) -> Vec<u8> {
+    let (more, offset) = (f[14 + 6] & 0x20 != 0, u16::from_be_bytes([f[14 + 6] & 0x1f, f[14 + 7]]));
+    frames::set_fragment(&mut f[14..], id, more, offset);
+    f
+}
+
 #[test]
-fn first_fragment_is_translated_later_ones_are_not_rewritten() {
-    let h = harness();
+fn later_fragments_get_their_first_fragment_s_translation() {
+    let mut h = harness();
     // The first fragment carries the UDP header: translated like any packet
     // (its L4 checksum covers the whole datagram, so only the IP header
     // checksum is checked against the frame built from scratch).
-    let first = fragment(udp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 5000), (HOST, 8053)), true, 0);
-    let want = fragment(udp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 5000), (C1, 53)), true, 0);
-    let r = h.run(HookId::UplinkIngress.program(), &first).unwrap();
-    assert_eq!((r.verdict, hex(&r.data)), (TC_ACT_OK, hex(&want)));
-    // A later fragment has no ports: it must not be rewritten (no guess).
-    let mut later = fragment(udp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 5000), (HOST, 8053)), false, 4);
-    later[14 + 20..].fill(0xab);
-    let r = h.run(HookId::UplinkIngress.program(), &later).unwrap();
-    assert_eq!((r.verdict, hex(&r.data)), (TC_ACT_OK, hex(&later)));
+    let first = with_id(fragment(udp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 5000), (HOST, 8053)), true, 0), 0x77);
+    let want = with_id(fragment(udp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 5000), (C1, 53)), true, 0), 0x77);
+    expect(&h, HookId::UplinkIngress.program(), &first, &want);
+    // A later fragment of the same datagram has no ports: it gets the
+    // addresses its first fragment got, and nothing else changes.
+    let later = |src: [u8; 4], dst: [u8; 4], id: u16| {
+        let mut f = fragment(udp_frame(HOST_MAC, CLIENT_MAC, (src, 5000), (dst, 8053)), false, 4);
+        f[14 + 20..].fill(0xab);
+        with_id(f, id)
+    };
+    expect(&h, HookId::UplinkIngress.program(), &later(CLIENT, HOST, 0x77), &later(CLIENT, C1, 0x77));
+    // One of a datagram whose first fragment was not translated here is
+    // left to the host, untouched.
+    let stray = later(CLIENT, HOST, 0x78);
+    expect(&h, HookId::UplinkIngress.program(), &stray, &stray);
+    // The container's fragmented answer leaves as the published address's.
+    container(&mut h, C1, C1_MAC);
+    let answer = |src: ([u8; 4], u16), more: bool, offset: u16| {
+        let mut f = fragment(udp_frame(HOST_MAC, C1_MAC, src, (CLIENT, 5000)), more, offset);
+        if offset != 0 {
+            f[14 + 20..].fill(0xcd);
+        }
+        with_id(f, 0x99)
+    };
+    expect(&h, HookId::VethIngress.program(), &answer((C1, 53), true, 0), &answer((HOST, 8053), true, 0));
+    expect(&h, HookId::VethIngress.program(), &answer((C1, 53), false, 4), &answer((HOST, 8053), false, 4));
+}
+
+#[test]
+fn the_host_s_icmp_errors_quote_a_published_flow_as_the_client_sent_it() {
+    let h = harness();
+    // The client's datagram, translated on the way in; the host cannot
+    // forward it (its TTL runs out) and says so, quoting what it routed.
+    let sent = udp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 5000), (HOST, 8053));
+    let routed = udp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 5000), (C1, 53));
+    expect(&h, HookId::UplinkIngress.program(), &sent, &routed);
+    let error = |quoted_frame: &[u8]| {
+        let icmp = frames::icmp_error(11, 0, 0, &quoted_frame[14..]);
+        frames::eth(CLIENT_MAC, HOST_MAC, ETH_P_IPV4, &frames::ipv4(HOST, CLIENT, 1, &[], &icmp))
+    };
+    // It leaves quoting the datagram as the client sent it (the container's
+    // address never leaves), the host's own source kept.
+    expect(&h, HookId::UplinkEgress.program(), &error(&routed), &error(&sent));
+    // About a flow nobody tracks: untouched.
+    let other = udp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 5001), (C2, 53));
+    expect(&h, HookId::UplinkEgress.program(), &error(&other), &error(&other));
 }
 
 #[test]

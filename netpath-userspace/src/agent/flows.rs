@@ -44,6 +44,7 @@ impl Inner {
     /// address (its masqueraded flows, flows to its published ports and
     /// their replies, hairpin), both directions of each. Otherwise replies
     /// still in flight would be translated to whoever gets the address next.
+    /// Its datagrams' recorded first fragments go too, for the same reason.
     /// Returns how many flows went.
     pub(super) fn forget_flows(&mut self, c: &Container) -> Result<usize> {
         let (ip, id) = (c.ip.octets(), c.id);
@@ -57,6 +58,7 @@ impl Inner {
         if cut > 0 {
             tracing::info!(container = %c.name, flows = cut, "forgot the container's tracked flows");
         }
+        self.dp.frags_remove_where4(|k, e| [k.saddr, k.daddr, e.nat_saddr, e.nat_daddr].contains(&ip))?;
         Ok(cut)
     }
 

@@ -86,6 +86,23 @@ impl Datapath {
         Ok(BpfHashMap::try_from(self.map_mut(names::FRAGS4)?)?)
     }
 
+    /// Deletes the recorded first fragments `pred` selects; returns how many.
+    pub fn frags_remove_where4(&mut self, mut pred: impl FnMut(&FragKey4, &FragEntry4) -> bool) -> Result<usize> {
+        let mut map = self.frags_map()?;
+        let doomed: Vec<FragKey4> =
+            map.iter().filter_map(|item| item.ok()).filter(|(k, e)| pred(k, e)).map(|(k, _)| k).collect();
+        let mut removed = 0;
+        for key in doomed {
+            match map.remove(&key) {
+                Ok(()) => removed += 1,
+                // Expired and evicted meanwhile (LRU): gone either way.
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).context("deleting from FRAGS4"),
+            }
+        }
+        Ok(removed)
+    }
+
     fn policy_map(&mut self) -> Result<LpmTrie<&mut MapData, PolicyKey4, PolicyEntry>> {
         Ok(LpmTrie::try_from(self.map_mut(names::POLICY4)?)?)
     }
