@@ -208,6 +208,14 @@ pub fn instance_lock(instance: &str) -> PathBuf {
     Path::new(RUN_ROOT).join(format!("{instance}.lock"))
 }
 
+/// The lock an agent holds for its pin directory, so that two instances
+/// never share pins (`--pin-dir` pointing at another instance's). Keyed by
+/// the directory's path, escaped into one file name.
+pub fn pin_dir_lock(pin_dir: &Path) -> PathBuf {
+    let escaped = pin_dir.display().to_string().replace('%', "%25").replace('/', "%2F");
+    Path::new(RUN_ROOT).join(format!("pins{escaped}.lock"))
+}
+
 /// A configuration with every default filled in and checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResolvedConfig {
@@ -290,6 +298,11 @@ mod tests {
         assert_eq!(c.pin_dir, PathBuf::from("/sys/fs/bpf/netpath/default"));
         assert_eq!(c.socket, PathBuf::from("/run/netpath/default/api.sock"));
         assert_eq!(instance_lock(&c.instance), PathBuf::from("/run/netpath/default.lock"));
+        assert_eq!(
+            pin_dir_lock(&c.pin_dir),
+            PathBuf::from("/run/netpath/pins%2Fsys%2Ffs%2Fbpf%2Fnetpath%2Fdefault.lock")
+        );
+        assert_ne!(pin_dir_lock(Path::new("/a%2Fb")), pin_dir_lock(Path::new("/a/b")));
         assert_eq!(c.bridge, "np0");
     }
 

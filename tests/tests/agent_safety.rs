@@ -88,7 +88,7 @@ fn the_api_socket_restricts_only_a_directory_the_agent_creates() {
 }
 
 #[test]
-fn a_second_agent_for_the_same_instance_is_refused() {
+fn a_second_agent_for_the_same_instance_or_pins_is_refused() {
     let mut t = topology(1);
     t.start_agent().unwrap();
     let c1 = t.add_container(1).unwrap();
@@ -97,14 +97,47 @@ fn a_second_agent_for_the_same_instance_is_refused() {
     let lock = instance_lock(t.instance());
 
     // Same instance, its own state directory and socket.
+    let socket2 = t.run_dir().join("second.sock");
+    let (status, text) = second_agent(&t, t.instance(), &[]);
+    assert!(!status.success(), "{text}");
+    assert!(text.contains(&format!("instance {}", t.instance())), "the error names the instance: {text}");
+    assert!(text.contains(&lock.display().to_string()), "and the holder's lock: {text}");
+    assert!(!socket2.exists());
+    assert!(lock.exists(), "the running agent still holds {}", lock.display());
+    // Another instance pointed at this one's pins.
+    let pin_dir = t.pin_dir().display().to_string();
+    let (status, text) = second_agent(&t, &format!("{}x", t.instance()), &["--pin-dir", &pin_dir]);
+    assert!(!status.success(), "{text}");
+    assert!(text.contains(&format!("pin directory {pin_dir}")), "the error names the pin directory: {text}");
+
+    // The first agent's container is untouched: listed, programmed, passing.
+    let ls: Vec<Container> = t.ctl_json(&["container", "ls"]).unwrap();
+    assert_eq!(ls, vec![c1.clone()]);
+    let st: Status = t.ctl_json(&["status"]).unwrap();
+    assert_eq!(st.maps.iter().find(|m| m.name == "CONTAINERS").unwrap().entries, 1);
+    assert!(st.attach_points.iter().any(|a| a.interface == c1.veth && a.attached_program_ids.len() == 1));
+    assert!(t.ping(&ns1, &WORLD_IP.to_string(), 3).unwrap(), "the container still reaches the world");
+    assert!(t.ping(&ns1, &st.gateway.to_string(), 1).unwrap());
+
+    // The lock goes with its holder.
+    t.stop_agent().unwrap();
+    assert!(!lock.exists(), "{} is left behind", lock.display());
+    assert!(!t.run_dir().join("state").join("lock").exists());
+}
+
+/// Runs a second netpathd in the topology's host (instance `instance`, its
+/// own state directory and socket, `extra` flags) until it exits; returns
+/// its status and output. Stopped by PID if it keeps running.
+fn second_agent(t: &Topology, instance: &str, extra: &[&str]) -> (std::process::ExitStatus, String) {
     let state2 = t.run_dir().join("state2");
     let socket2 = t.run_dir().join("second.sock");
     let mut second = Command::new(bin_dir().join("netpathd"))
-        .args(["--netns", &t.host, "--instance", t.instance(), "--uplink", HOST_UPLINK, "--subnet", &t.subnet])
+        .args(["--netns", &t.host, "--instance", instance, "--uplink", HOST_UPLINK, "--subnet", &t.subnet])
         .arg("--state-dir")
         .arg(&state2)
         .arg("--socket")
         .arg(&socket2)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -129,26 +162,8 @@ fn a_second_agent_for_the_same_instance_is_refused() {
     }
     let out = second.wait_with_output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let status = status.unwrap_or_else(|| panic!("a second agent for the instance kept running: {text}"));
-    assert!(!status.success(), "{text}");
-    assert!(text.contains(&format!("instance {}", t.instance())), "the error names the instance: {text}");
-    assert!(text.contains(&lock.display().to_string()), "and the holder's lock: {text}");
-    assert!(!socket2.exists());
-    assert!(lock.exists(), "the running agent still holds {}", lock.display());
-
-    // The first agent's container is untouched: listed, programmed, passing.
-    let ls: Vec<Container> = t.ctl_json(&["container", "ls"]).unwrap();
-    assert_eq!(ls, vec![c1.clone()]);
-    let st: Status = t.ctl_json(&["status"]).unwrap();
-    assert_eq!(st.maps.iter().find(|m| m.name == "CONTAINERS").unwrap().entries, 1);
-    assert!(st.attach_points.iter().any(|a| a.interface == c1.veth && a.attached_program_ids.len() == 1));
-    assert!(t.ping(&ns1, &WORLD_IP.to_string(), 3).unwrap(), "the container still reaches the world");
-    assert!(t.ping(&ns1, &st.gateway.to_string(), 1).unwrap());
-
-    // The lock goes with its holder.
-    t.stop_agent().unwrap();
-    assert!(!lock.exists(), "{} is left behind", lock.display());
-    assert!(!t.run_dir().join("state").join("lock").exists());
+    let status = status.unwrap_or_else(|| panic!("a second agent ({instance}) kept running: {text}"));
+    (status, text)
 }
 
 /// Creates a pinned map with bpftool.

@@ -141,7 +141,7 @@ struct Inner {
     /// MTU of the bridge and of every container's veth pair.
     mtu: u32,
     /// Held while the agent runs; dropped (and removed) with it.
-    _locks: [LockFile; 2],
+    _locks: [LockFile; 3],
 }
 
 /// The cgroup v2 root: the hybrid layout's `unified` mount, or a pure v2
@@ -184,9 +184,14 @@ impl Agent {
     /// what a previous run left and reconciles it with the saved state.
     pub async fn start(cfg: ResolvedConfig) -> Result<Agent> {
         // One agent per instance, whatever its state directory: the pins
-        // are the instance's. And one per state directory.
+        // are the instance's. One per pin directory (another instance's
+        // --pin-dir), and one per state directory.
         let instance_lock =
             LockFile::acquire(&config::instance_lock(&cfg.instance), &format!("instance {}", cfg.instance))?;
+        let pin_lock = LockFile::acquire(
+            &config::pin_dir_lock(&cfg.pin_dir),
+            &format!("pin directory {}", cfg.pin_dir.display()),
+        )?;
         let store = StateStore::new(&cfg.state_dir)?;
         let state_lock =
             LockFile::acquire(&cfg.state_dir.join("lock"), &format!("state directory {}", cfg.state_dir.display()))?;
@@ -285,7 +290,7 @@ impl Agent {
             uplink: cfg.uplink.clone(),
             host_ports,
             mtu,
-            _locks: [instance_lock, state_lock],
+            _locks: [instance_lock, pin_lock, state_lock],
         };
         inner.attach_host_hooks().await?;
         inner.sync_host_addrs().await?;

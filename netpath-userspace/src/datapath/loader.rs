@@ -27,8 +27,10 @@ pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 /// The layout version of the pinned maps. Bump it when a map's key or value
 /// changes meaning without changing size (fields reordered, a flag bit
 /// reused): pins stamped with another version are refused. Changes of type,
-/// sizes or capacity are caught map by map against the object.
-pub const LAYOUT_VERSION: u32 = 1;
+/// sizes or capacity are caught map by map against the object; a unit test
+/// (`a_changed_layout_bumps_the_layout_version`) fails when a pinned type's
+/// fields move without a bump.
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// The stamp: a one-entry array map (`u32` -> `u32`, the layout version)
 /// that the agent creates and pins beside the maps, under `maps/`.
@@ -285,6 +287,87 @@ mod tests {
         assert_eq!(def.to_string(), "LruHash, key 16 B, value 72 B, 1024 entries");
         let def = MapDef { kind: 999, flags: 1, ..def };
         assert_eq!(def.to_string(), "type 999, key 16 B, value 72 B, 1024 entries, flags 0x1");
+    }
+
+    /// `Type(size){field@offset+size,...}` for the fields listed.
+    macro_rules! layout {
+        ($t:ty { $($f:ident),* $(,)? }) => {{
+            let mut text = format!("{}({}){{", stringify!($t), size_of::<$t>());
+            $(
+                let v = <$t>::default();
+                text += &format!("{}@{}+{},", stringify!($f), std::mem::offset_of!($t, $f), size_of_val(&v.$f));
+            )*
+            text + "}"
+        }};
+    }
+
+    /// Every field of every pinned map's key and value, where it sits.
+    fn pinned_layout() -> String {
+        use netpath_common::{conntrack::CtTimeouts, policy::PolicyRule, stats::Counter, FragEntry4, FragKey4};
+        [
+            layout!(ContainerEntry { ipv4, ipv6, mac, flags, ifindex, id }),
+            layout!(Counter { packets, bytes }),
+            layout!(TrafficStats { ingress, egress, drops }),
+            layout!(MappingKey4 { addr, port, proto }),
+            layout!(MappingEntry4 { container_addr, container_port, id, container_ifindex }),
+            layout!(HostAddr4 { ifindex }),
+            layout!(CtKey4 { saddr, daddr, sport, dport, proto, scope, icmp_type }),
+            layout!(CtEntry {
+                snat_addr,
+                dnat_addr,
+                snat_port,
+                dnat_port,
+                flags,
+                state,
+                mapping_id,
+                expires_ns,
+                packets,
+                bytes,
+                peer,
+                container_id
+            }),
+            layout!(SockRevNatKey4 { cookie, container_addr, container_port }),
+            layout!(SockRevNatEntry4 { host_addr, host_port, mapping_id }),
+            layout!(CtTimeouts { tcp_new, tcp_established, tcp_closing, tcp_reset, udp, icmp }),
+            layout!(DatapathConfig {
+                netns_cookie,
+                subnet4,
+                subnet4_prefix,
+                gateway4,
+                flags,
+                timeouts,
+                masq_addr4,
+                masq_port_min,
+                masq_port_max,
+                gateway_mac
+            }),
+            layout!(PolicyKey4 { container_id, direction, addr }),
+            layout!(PolicyRule { prefix_len, proto, action, has_ports, port_min, port_max }),
+            layout!(PolicyEntry { count, rules }),
+            layout!(FragKey4 { saddr, daddr, id, proto, scope }),
+            layout!(FragEntry4 { sport, dport, nat_saddr, nat_daddr, expires_ns }),
+        ]
+        .join("\n")
+    }
+
+    /// FNV-1a, 64 bits: stable across builds and Rust versions.
+    fn fingerprint(text: &str) -> u64 {
+        text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    }
+
+    /// The layout this LAYOUT_VERSION stands for. When the test below fails,
+    /// the pinned maps' layout changed: bump LAYOUT_VERSION (pins of the old
+    /// layout must be refused) and record the new pair here.
+    const RECORDED_LAYOUT: (u32, u64) = (2, 0xb2889d8ed1c9d63b);
+
+    #[test]
+    fn a_changed_layout_bumps_the_layout_version() {
+        let text = pinned_layout();
+        assert_eq!(
+            (LAYOUT_VERSION, fingerprint(&text)),
+            RECORDED_LAYOUT,
+            "the pinned maps' layout is now:\n{text}\nbump LAYOUT_VERSION if it changed, and record the pair"
+        );
     }
 
     #[test]
