@@ -24,7 +24,7 @@ use aya::Ebpf;
 
 pub use conntrack::monotonic_ns;
 pub use links::CGROUP_TARGET;
-pub use loader::{ensure_bpffs, BPF_OBJECT};
+pub use loader::{ensure_bpffs, BPF_OBJECT, LAYOUT_VERSION};
 pub use maps::{MapSummary, ProgramSummary};
 
 /// The loaded object and where its pins are.
