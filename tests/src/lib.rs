@@ -4,6 +4,8 @@
 //!   correct checksums, and independent checksum verification;
 //! - [`fuzz`]: the packet fuzzer (random and bent frames through every tc
 //!   and XDP program, properties checked on each);
+//! - [`cni`]: the CNI plugin driven as a runtime drives it, and the
+//!   footprint a removed container must not leave behind;
 //! - [`fixtures`]: what every packet test shares (verdicts, addresses,
 //!   settings, container entries, frame assertions);
 //! - [`prog_run`]: runs a loaded BPF program on a frame with
@@ -14,6 +16,7 @@
 //!   network namespaces with a unique per-run prefix, removed on drop (also
 //!   when a test panics), with a running `netpathd`.
 
+pub mod cni;
 pub mod fixtures;
 pub mod frames;
 pub mod fuzz;

@@ -184,13 +184,15 @@ fn port_request(p: &PortMapping) -> Result<PortRequest, CniError> {
         Some(text) => match text.parse::<IpAddr>() {
             Ok(IpAddr::V4(ip)) if ip.is_unspecified() => None,
             Ok(IpAddr::V4(ip)) => Some(ip),
-            _ => return Err(CniError::new(
-                INVALID_CONFIG,
-                format!(
+            _ => {
+                return Err(CniError::new(
+                    INVALID_CONFIG,
+                    format!(
                     "port mapping {}:{}: host IP {text:?} is not an IPv4 address (netpath carries IPv4 only for now)",
                     p.host_port, p.container_port
                 ),
-            )),
+                ))
+            }
         },
     };
     if p.host_port == 0 || p.container_port == 0 {
