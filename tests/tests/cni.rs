@@ -97,7 +97,8 @@ fn add_gives_a_spec_valid_result_and_a_working_published_port_del_leaves_nothing
         // CHECK agrees with the result it gave.
         plugin.call("CHECK", &id, &ns, "", &json!({ "prevResult": result })).unwrap().result();
 
-        assert!(plugin.del(&id, &ns).unwrap().ok);
+        // DEL as runtimes send it: the cached result as prevResult.
+        assert!(plugin.call("DEL", &id, &ns, "IgnoreUnknown=1", &json!({ "prevResult": result })).unwrap().ok);
         assert!(!t.links(&ns).unwrap().contains(&"eth0".to_string()));
         assert_eq!(footprint(&t).unwrap(), before, "DEL leaves nothing (flows of the exchange included)");
         // Twice, and for a container the agent never knew: still success.

@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use netpath_tests::{
     cni::footprint,
     podman::Podman,
-    topology::{Topology, HOST_UPLINK_IP},
+    topology::{Topology, HOST_UPLINK_IP, WORLD_IP},
 };
 use netpath_userspace::{cni::container_name, model::Container};
 
@@ -40,6 +40,20 @@ fn curl(ns: &str, url: &str, timeout: Duration) -> Result<String> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// An HTTP server in `ns` answering one request with the client's address.
+fn serve_client_address(t: &Topology, ns: &str, port: u16) -> std::thread::JoinHandle<()> {
+    use std::io::{Read as _, Write as _};
+    let listener = t.in_ns(ns, || Ok(std::net::TcpListener::bind(("0.0.0.0", port))?)).unwrap();
+    std::thread::spawn(move || {
+        let Ok((mut s, peer)) = listener.accept() else { return };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf);
+        let body = format!("{}\n", peer.ip());
+        let _ = write!(s, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    })
 }
 
 fn containers(t: &Topology) -> Vec<Container> {
@@ -86,6 +100,15 @@ fn podman_containers_publish_ports_through_netpath_and_leave_nothing() {
         curl(&t.world, &format!("http://{HOST_UPLINK_IP}:8081/"), Duration::from_secs(10)).unwrap(),
         "hello from podman\n"
     );
+
+    // From another container, through the host address (hairpin).
+    let hairpin = pod.podman_ok(&["exec", &fixed, "wget", "-q", "-O", "-", &url]).unwrap();
+    assert_eq!(hairpin, "hello from podman");
+    // Out to the world through the masquerade: the world sees the uplink's address.
+    let server = serve_client_address(&t, &t.world, 8099);
+    let seen = pod.podman_ok(&["exec", &web, "wget", "-q", "-O", "-", &format!("http://{WORLD_IP}:8099/")]).unwrap();
+    server.join().unwrap();
+    assert_eq!(seen, HOST_UPLINK_IP.to_string(), "masqueraded to the uplink's address");
 
     // A port published by another container: podman reports the plugin's
     // error, and nothing of the failed container stays in the agent.

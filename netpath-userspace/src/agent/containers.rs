@@ -117,10 +117,11 @@ impl Inner {
                 format!("container {:?} already exists", req.name),
             ));
         }
-        if !req.netns.is_empty() && !resolve_path(&req.netns).exists() {
+        let netns_path = resolve_path(&req.netns);
+        if !req.netns.is_empty() && !netns_path.exists() {
             return Err(AgentError::refused(
                 ErrorReason::NetnsMissing,
-                format!("netns {:?} does not exist", resolve_path(&req.netns).display().to_string()),
+                format!("netns {:?} ({}) cannot be opened: it does not exist", req.netns, netns_path.display()),
             ));
         }
         let ns = Netns::open(&req.netns).map_err(|e| AgentError::BadRequest(format!("{e:#}")))?;
