@@ -50,9 +50,10 @@ pub fn router(agent: Arc<Agent>) -> Router {
     let v1 = Router::new()
         .route("/status", get(status))
         .route("/containers", get(list_containers).post(add_container))
-        .route("/containers/gc", axum::routing::post(gc_containers))
         .route("/containers/{name}", get(get_container).delete(del_container))
         .route("/containers/{name}/check", get(check_container))
+        // Not under /containers/: a container may be named "gc".
+        .route("/gc", axum::routing::post(gc_containers))
         .route("/network", get(network))
         .route("/mappings", get(list_mappings).post(add_mapping))
         .route("/mappings/unmap", axum::routing::post(del_mapping))

@@ -28,7 +28,7 @@ pub struct ContainerRequest {
     pub mac: Option<String>,
     /// A tag naming who attached the container and for what (a runtime's
     /// container ID, network and interface), kept with it so that the
-    /// runtime can find and collect its attachments (`POST /v1/containers/gc`).
+    /// runtime can find and collect its attachments (`POST /v1/gc`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
     /// Ports published together with the container, owned by it: all of
@@ -98,7 +98,7 @@ pub struct CheckReport {
     pub problems: Vec<String>,
 }
 
-/// `POST /v1/containers/gc`: removes every container whose owner starts
+/// `POST /v1/gc`: removes every container whose owner starts
 /// with `owner_prefix` and is not in `keep`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct GcRequest {

@@ -213,6 +213,10 @@ fn gc_removes_attachments_not_in_the_valid_list_of_its_own_network_only() {
     assert!(!t.links(&t.container_ns(2)).unwrap().contains(&"eth0".to_string()));
     let mappings: Vec<netpath_userspace::model::Mapping> = t.ctl_json(&["maps"]).unwrap();
     assert_eq!(mappings.iter().map(|m| m.host_port).collect::<Vec<_>>(), vec![9001, 9003]);
+    // The GC route does not shadow a container named "gc".
+    t.ctl_ok(&["container", "add", "gc", "--netns", &t.container_ns(2)]).unwrap();
+    t.ctl_ok(&["container", "show", "gc"]).unwrap();
+    t.ctl_ok(&["container", "del", "gc"]).unwrap();
     // An empty valid list collects the rest of the network.
     plugin.call("GC", "", "", "", &json!({})).unwrap().result();
     other.call("GC", "", "", "", &json!({})).unwrap().result();

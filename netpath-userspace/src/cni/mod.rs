@@ -244,8 +244,7 @@ async fn gc(conf: &NetConf, client: &Client) -> Result<(), CniError> {
         owner_prefix: owner_prefix(&conf.name),
         keep: conf.valid_attachments.iter().map(|a| owner_tag(&conf.name, &a.container_id, &a.ifname)).collect(),
     };
-    let _removed: Vec<Container> =
-        client.post("/containers/gc", &req).await.map_err(|e| CniError::from_agent(&e, "GC"))?;
+    let _removed: Vec<Container> = client.post("/gc", &req).await.map_err(|e| CniError::from_agent(&e, "GC"))?;
     Ok(())
 }
 
