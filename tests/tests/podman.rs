@@ -128,3 +128,41 @@ fn podman_containers_publish_ports_through_netpath_and_leave_nothing() {
     );
     t.assert_no_netfilter_rules().unwrap();
 }
+
+#[test]
+fn podman_stop_start_agent_restart_and_an_address_in_use() {
+    let mut t = topology();
+    let before = footprint(&t).unwrap();
+    let mut pod = Podman::new(&t).unwrap();
+    let web = pod.run_httpd(&["-p", "8080:80"]).unwrap().expect("podman run -p 8080:80");
+    let url = format!("http://{HOST_UPLINK_IP}:8080/");
+    let hello = "hello from podman\n";
+    assert_eq!(curl(&t.world, &url, Duration::from_secs(10)).unwrap(), hello);
+
+    // The datapath keeps serving while the agent is away, and the
+    // restarted agent still knows the attachment.
+    t.stop_agent().unwrap();
+    assert_eq!(curl(&t.world, &url, Duration::from_secs(5)).unwrap(), hello);
+    t.start_agent().unwrap();
+    assert_eq!(containers(&t).iter().map(|c| c.name.clone()).collect::<Vec<_>>(), vec![container_name(&web, "eth0")]);
+    assert_eq!(curl(&t.world, &url, Duration::from_secs(5)).unwrap(), hello);
+
+    // --ip of an address in use: podman shows the plugin's error; nothing stays.
+    let ip = containers(&t)[0].ip.to_string();
+    let with_one = footprint(&t).unwrap();
+    let clash = pod.run_httpd(&["--ip", &ip]).unwrap().expect_err("the address is taken");
+    assert!(clash.contains("already in use"), "{clash}");
+    assert_eq!(footprint(&t).unwrap(), with_one);
+
+    // stop is a DEL (the attachment goes), start an ADD of the same
+    // container ID (the same agent name again).
+    pod.podman_ok(&["stop", "-t", "0", &web]).unwrap();
+    assert_eq!(footprint(&t).unwrap(), before, "a stopped container holds nothing");
+    pod.podman_ok(&["start", &web]).unwrap();
+    assert_eq!(containers(&t).iter().map(|c| c.name.clone()).collect::<Vec<_>>(), vec![container_name(&web, "eth0")]);
+    assert_eq!(curl(&t.world, &url, Duration::from_secs(10)).unwrap(), hello);
+
+    pod.rm(&[&web]).unwrap();
+    assert_eq!(footprint(&t).unwrap(), before);
+    t.assert_no_netfilter_rules().unwrap();
+}
