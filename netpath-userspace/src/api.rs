@@ -16,8 +16,8 @@ use axum::{
 use crate::{
     agent::{Agent, AgentError},
     model::{
-        ApiErrorBody, ContainerRequest, DefaultRequest, MappingRequest, PolicyView, RuleRequest, Settings, StatsView,
-        API_PREFIX,
+        ApiErrorBody, ContainerRequest, DefaultRequest, ErrorReason, GcRequest, MappingRequest, PolicyView,
+        RuleRequest, Settings, StatsView, API_PREFIX,
     },
     policy::Rule,
 };
@@ -28,9 +28,19 @@ impl IntoResponse for AgentError {
             AgentError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AgentError::NotFound(_) => StatusCode::NOT_FOUND,
             AgentError::Conflict(_) => StatusCode::CONFLICT,
+            AgentError::Refused { reason, .. } => match reason {
+                ErrorReason::NotFound => StatusCode::NOT_FOUND,
+                ErrorReason::NetnsMissing => StatusCode::BAD_REQUEST,
+                ErrorReason::AddressInUse
+                | ErrorReason::AddressPoolExhausted
+                | ErrorReason::MacInUse
+                | ErrorReason::PortInUse
+                | ErrorReason::NetnsInUse
+                | ErrorReason::NameInUse => StatusCode::CONFLICT,
+            },
             AgentError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        (status, Json(ApiErrorBody { error: self.to_string() })).into_response()
+        (status, Json(ApiErrorBody { error: self.to_string(), reason: self.reason() })).into_response()
     }
 }
 
@@ -41,6 +51,10 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/status", get(status))
         .route("/containers", get(list_containers).post(add_container))
         .route("/containers/{name}", get(get_container).delete(del_container))
+        .route("/containers/{name}/check", get(check_container))
+        // Not under /containers/: a container may be named "gc".
+        .route("/gc", axum::routing::post(gc_containers))
+        .route("/network", get(network))
         .route("/mappings", get(list_mappings).post(add_mapping))
         .route("/mappings/unmap", axum::routing::post(del_mapping))
         .route("/conntrack", get(list_flows).delete(flush_flows))
@@ -81,7 +95,7 @@ async fn json_errors(resp: Response) -> Response {
         .unwrap_or_default();
     let error =
         if text.is_empty() { status.canonical_reason().unwrap_or("request refused").to_lowercase() } else { text };
-    let mut out = (status, Json(ApiErrorBody { error })).into_response();
+    let mut out = (status, Json(ApiErrorBody { error, reason: None })).into_response();
     // Keep what the protocol needs (e.g. `Allow` on 405), not the old body's
     // type and length.
     for (name, value) in parts.headers.iter() {
@@ -120,6 +134,22 @@ async fn del_container(
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<crate::model::Container> {
     Ok(Json(agent.del_container(&name).await?))
+}
+
+async fn gc_containers(State(agent): State<Arc<Agent>>, body: Bytes) -> ApiResult<Vec<crate::model::Container>> {
+    let req: GcRequest = parse_body(&body, "gc request")?;
+    Ok(Json(agent.gc_containers(req).await?))
+}
+
+async fn check_container(
+    State(agent): State<Arc<Agent>>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<crate::model::CheckReport> {
+    Ok(Json(agent.check_container(&name).await?))
+}
+
+async fn network(State(agent): State<Arc<Agent>>) -> ApiResult<crate::model::NetworkInfo> {
+    Ok(Json(agent.network().await))
 }
 
 fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes, what: &str) -> Result<T, AgentError> {

@@ -8,7 +8,27 @@ use hyper::{body::Bytes, Method, Request};
 use hyper_util::rt::TokioIo;
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::model::{ApiErrorBody, API_PREFIX};
+use crate::model::{ApiErrorBody, ErrorReason, API_PREFIX};
+
+/// The agent refused a request; callers that act on the cause downcast
+/// the `anyhow::Error` to this.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+    pub reason: Option<ErrorReason>,
+}
+
+/// The agent's socket could not be reached (not running, wrong socket, or
+/// no permission).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach netpathd at {} (is the agent running, and are you root?)", socket.display())]
+pub struct Unreachable {
+    pub socket: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
 
 /// A client of the agent's API. Paths are relative to the API version
 /// (`/status`); the client puts [`API_PREFIX`] in front.
@@ -67,9 +87,9 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<hyper::Response<hyper::body::Incoming>> {
-        let stream = tokio::net::UnixStream::connect(&self.socket).await.with_context(|| {
-            format!("cannot reach netpathd at {} (is the agent running, and are you root?)", self.socket.display())
-        })?;
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| Unreachable { socket: self.socket.clone(), source })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
         let body = match body {
@@ -90,7 +110,11 @@ impl Client {
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
         if !status.is_success() {
-            bail!("{}", error_text(&bytes));
+            let (message, reason) = match serde_json::from_slice::<ApiErrorBody>(&bytes) {
+                Ok(b) => (b.error, b.reason),
+                Err(_) => (String::from_utf8_lossy(&bytes).into_owned(), None),
+            };
+            return Err(ApiError { status: status.as_u16(), message, reason }.into());
         }
         serde_json::from_slice(&bytes).map_err(|e| anyhow!("unexpected answer from netpathd: {e}"))
     }

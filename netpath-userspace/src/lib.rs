@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod api;
 pub mod client;
+pub mod cni;
 pub mod config;
 pub mod datapath;
 pub mod host_ports;

@@ -11,7 +11,7 @@ use crate::portspec::Protocol;
 pub const API_PREFIX: &str = "/v1";
 
 /// `POST /v1/containers`
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ContainerRequest {
     pub name: String,
     /// A named netns (`ctr1`, resolved under /run/netns) or a path
@@ -20,6 +20,41 @@ pub struct ContainerRequest {
     /// A specific address from the subnet; the next free one if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<Ipv4Addr>,
+    /// Name of the interface inside the netns [default: eth0].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
+    /// A specific unicast MAC (`02:42:...`); derived from the address if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// A tag naming who attached the container and for what (a runtime's
+    /// container ID, network and interface), kept with it so that the
+    /// runtime can find and collect its attachments (`POST /v1/gc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Ports published together with the container, owned by it: all of
+    /// them are in place when the container is, and go with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortRequest>,
+}
+
+/// One port published with a container (`ContainerRequest::ports`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PortRequest {
+    /// None: every host address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub container_port: u16,
+    #[serde(default = "default_protocol")]
+    pub proto: Protocol,
+}
+
+fn default_protocol() -> Protocol {
+    Protocol::Tcp
+}
+
+fn default_ifname() -> String {
+    "eth0".into()
 }
 
 /// A container attached to the bridge.
@@ -35,6 +70,41 @@ pub struct Container {
     pub ifindex: u32,
     /// The agent's container id (also in the CONTAINERS map).
     pub id: u32,
+    /// The interface inside the netns.
+    #[serde(default = "default_ifname")]
+    pub ifname: String,
+    /// See [`ContainerRequest::owner`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// `GET /v1/network`: what a runtime needs to describe the network to its
+/// containers (CNI results, Docker's Join answer).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NetworkInfo {
+    pub instance: String,
+    pub bridge: String,
+    pub subnet: ipnet::Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+}
+
+/// `GET /v1/containers/NAME/check`: what differs between the agent's
+/// record of a container and the kernel (its netns, veth, address, routes,
+/// datapath entries). Empty `problems`: all in place.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CheckReport {
+    pub container: String,
+    pub problems: Vec<String>,
+}
+
+/// `POST /v1/gc`: removes every container whose owner starts
+/// with `owner_prefix` and is not in `keep`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GcRequest {
+    pub owner_prefix: String,
+    #[serde(default)]
+    pub keep: Vec<String>,
 }
 
 /// Traffic counters of one interface, from the IFACE_STATS map.
@@ -118,6 +188,33 @@ pub struct Status {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ApiErrorBody {
     pub error: String,
+    /// Why, for errors a client may act on differently (absent: only the
+    /// HTTP status says what kind of error it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<ErrorReason>,
+}
+
+/// Machine-readable causes of refusals that clients (the CNI plugin, a
+/// Docker driver) turn into their own error codes.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorReason {
+    /// The requested container address belongs to another container.
+    AddressInUse,
+    /// No free address is left in the subnet.
+    AddressPoolExhausted,
+    /// The requested MAC belongs to another container or the gateway.
+    MacInUse,
+    /// A host port is already published (by another container, or twice in one request).
+    PortInUse,
+    /// The network namespace does not exist (any more).
+    NetnsMissing,
+    /// The namespace is already attached, or already has an interface of that name.
+    NetnsInUse,
+    /// A container of that name exists.
+    NameInUse,
+    /// No container (or other object) of that name.
+    NotFound,
 }
 
 /// One published port (a range spec becomes one mapping per port).

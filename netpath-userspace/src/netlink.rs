@@ -207,6 +207,45 @@ impl Netlink {
         Ok(out)
     }
 
+    /// IPv4 addresses of interface `index`, with their prefix lengths.
+    pub async fn ipv4_addresses_of(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
+        let mut out = vec![];
+        let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
+        while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
+            for a in &msg.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(ip)) = a {
+                    out.push((*ip, msg.header.prefix_len));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Gateways of the IPv4 default routes in the main table, with their
+    /// output interface.
+    pub async fn ipv4_default_gateways(&self) -> Result<Vec<(Ipv4Addr, Option<u32>)>> {
+        use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+        let mut out = vec![];
+        let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        while let Some(msg) = routes.try_next().await.context("listing routes")? {
+            if msg.header.destination_prefix_length != 0 || msg.header.table != libc::RT_TABLE_MAIN {
+                continue;
+            }
+            let gateway = msg.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(gw)) => Some(*gw),
+                _ => None,
+            });
+            let oif = msg.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            });
+            if let Some(gateway) = gateway {
+                out.push((gateway, oif));
+            }
+        }
+        Ok(out)
+    }
+
     pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
         let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
         self.handle.route().add(route).execute().await.with_context(|| format!("adding default route via {gateway}"))
@@ -219,4 +258,17 @@ pub fn link_mac(link: &LinkMessage) -> Option<[u8; 6]> {
         LinkAttribute::Address(bytes) if bytes.len() == 6 => bytes.as_slice().try_into().ok(),
         _ => None,
     })
+}
+
+/// The bridge (or other controller) a link is enslaved to, if any.
+pub fn link_controller(link: &LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Controller(index) => Some(*index),
+        _ => None,
+    })
+}
+
+/// Is the link administratively up?
+pub fn link_is_up(link: &LinkMessage) -> bool {
+    link.header.flags.contains(netlink_packet_route::link::LinkFlags::Up)
 }

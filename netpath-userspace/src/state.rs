@@ -225,6 +225,8 @@ mod tests {
                 veth: "npv1234".into(),
                 ifindex: 9,
                 id: 6,
+                ifname: "eth0".into(),
+                owner: Some("cni:net:abc:eth0".into()),
             }],
             mappings: vec![],
             next_mapping_id: 3,

@@ -4,8 +4,12 @@
 //!   correct checksums, and independent checksum verification;
 //! - [`fuzz`]: the packet fuzzer (random and bent frames through every tc
 //!   and XDP program, properties checked on each);
+//! - [`cni`]: the CNI plugin driven as a runtime drives it, and the
+//!   footprint a removed container must not leave behind;
 //! - [`fixtures`]: what every packet test shares (verdicts, addresses,
 //!   settings, container entries, frame assertions);
+//! - [`podman`]: podman 4 (CNI backend) in a sandbox host, on netpath,
+//!   with its own storage and configuration, cleaned up on drop;
 //! - [`prog_run`]: runs a loaded BPF program on a frame with
 //!   `BPF_PROG_TEST_RUN` and returns its verdict and output bytes;
 //! - [`raw`]: packet and raw IP sockets, for what a hostile container sends
@@ -14,10 +18,12 @@
 //!   network namespaces with a unique per-run prefix, removed on drop (also
 //!   when a test panics), with a running `netpathd`.
 
+pub mod cni;
 pub mod fixtures;
 pub mod frames;
 pub mod fuzz;
 pub mod machine;
+pub mod podman;
 pub mod prog_run;
 pub mod raw;
 pub mod topology;

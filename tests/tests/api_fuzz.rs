@@ -143,6 +143,7 @@ fn batch(ns1: &str, ns2: &str, host: &str, c1_ip: &str, subnet: &str) -> Vec<Bad
     let valid: Vec<(&str, &str, Vec<u8>)> = vec![
         ("POST", "/v1/containers", body(json!({"name": "fz1", "netns": ns2}))),
         ("POST", "/v1/mappings", body(json!({"spec": "9090:c1:90"}))),
+        ("POST", "/v1/gc", body(json!({"owner_prefix": "cni:fz:"}))),
         ("POST", "/v1/mappings/unmap", body(json!({"spec": "8080:c1:80"}))),
         (
             "POST",
@@ -247,6 +248,51 @@ fn batch(ns1: &str, ns2: &str, host: &str, c1_ip: &str, subnet: &str) -> Vec<Bad
     ];
     for c in containers {
         v.push(bad(format!("POST /v1/containers {c}"), "POST", "/v1/containers", &body(c)));
+    }
+    // The fields runtimes use (the CNI plugin, a Docker driver), one bad at
+    // a time on an otherwise valid request.
+    let mac_of =
+        |ip: &str| netpath_userspace::agent::format_mac(&netpath_userspace::agent::container_mac(ip.parse().unwrap()));
+    let runtime_fields = [
+        json!({"ifname": ""}),
+        json!({"ifname": "a/b"}),
+        json!({"ifname": "x".repeat(16)}),
+        json!({"ifname": "lo"}),
+        json!({"ifname": 5}),
+        json!({"mac": "zz"}),
+        json!({"mac": "01:00:5e:00:00:01"}),
+        json!({"mac": "00:00:00:00:00:00"}),
+        json!({"mac": "02:00:00:00:00"}),
+        json!({"mac": mac_of(c1_ip)}),
+        json!({"mac": mac_of(&format!("{net}1"))}),
+        json!({"owner": 5}),
+        json!({"ports": [{"host_port": 0, "container_port": 80}]}),
+        json!({"ports": [{"host_port": 9100, "container_port": 0}]}),
+        json!({"ports": [{"host_port": 70000, "container_port": 80}]}),
+        json!({"ports": [{"host_port": 8080, "container_port": 80}]}),
+        json!({"ports": [{"host_port": 9100, "container_port": 80}, {"host_port": 9100, "container_port": 81}]}),
+        json!({"ports": [{"host_port": 9100, "container_port": 80, "proto": "sctp"}]}),
+        json!({"ports": [{"host_port": 9100, "container_port": 80, "host_ip": "::1"}]}),
+        json!({"ports": "9100:80"}),
+    ];
+    for field in runtime_fields {
+        let mut c = json!({"name": "fz1", "netns": ns2});
+        if let (Some(c), Some(f)) = (c.as_object_mut(), field.as_object()) {
+            c.extend(f.clone());
+        }
+        v.push(bad(format!("POST /v1/containers {c}"), "POST", "/v1/containers", &body(c)));
+    }
+    for gc in [
+        json!({}),
+        json!({"owner_prefix": ""}),
+        json!({"owner_prefix": 1}),
+        json!({"owner_prefix": "cni:", "keep": "x"}),
+    ] {
+        v.push(bad(format!("POST /v1/gc {gc}"), "POST", "/v1/gc", &body(gc)));
+    }
+    for name in ["nope", "%FF", "a%2Fb"] {
+        let path = format!("/v1/containers/{name}/check");
+        v.push(bad(format!("GET {path}"), "GET", &path, b""));
     }
     // Mappings: every part of the spec out of range or unknown.
     let specs = [
@@ -409,6 +455,9 @@ fn batch(ns1: &str, ns2: &str, host: &str, c1_ip: &str, subnet: &str) -> Vec<Bad
         ("PUT", "/v1/conntrack"),
         ("GET", "/v1/mappings/unmap"),
         ("GET", "/v1/policies/remove"),
+        ("GET", "/v1/gc"),
+        ("DELETE", "/v1/gc"),
+        ("POST", "/v1/network"),
         ("BREW", "/v1/status"),
     ] {
         v.push(bad(format!("{method} {path}"), method, path, b""));

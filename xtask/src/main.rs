@@ -16,8 +16,21 @@ const BPF_LINKER_VERSION: &str = "0.10.4";
 
 /// Debian packages the project uses: bpftool to inspect pins, iproute2 for
 /// the test topologies, iptables/nftables for the comparison baselines and
-/// the "rulesets stay empty" checks, ping/curl for tests and the demo.
-const DEBIAN_PACKAGES: &[&str] = &["bpftool", "iproute2", "iptables", "nftables", "iputils-ping", "curl", "procps"];
+/// the "rulesets stay empty" checks, ping/curl for tests and the demo;
+/// podman (CNI backend) with runc and a static busybox for the rootfs of
+/// the tests that run real containers on the CNI plugin.
+const DEBIAN_PACKAGES: &[&str] = &[
+    "bpftool",
+    "iproute2",
+    "iptables",
+    "nftables",
+    "iputils-ping",
+    "curl",
+    "procps",
+    "podman",
+    "runc",
+    "busybox-static",
+];
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "netpath automation")]

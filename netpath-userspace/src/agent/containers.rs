@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use netpath_common::{
     container::{CONTAINER_F_DEFAULT_DENY_IN, CONTAINER_F_DEFAULT_DENY_OUT, CONTAINER_F_IPV4},
     hooks::Target,
@@ -12,10 +12,11 @@ use netpath_common::{
 
 use super::{AgentError, Inner};
 use crate::{
+    config::validate_ifname,
     config::{validate_name, ResolvedConfig},
-    model::{Container, ContainerRequest, Mapping},
+    model::{Container, ContainerRequest, ErrorReason, GcRequest, Mapping},
     netlink::Netlink,
-    netns::{write_sysctl, Netns},
+    netns::{resolve_path, write_sysctl, Netns},
     policy::Action,
 };
 
@@ -32,6 +33,26 @@ pub fn container_mac(ip: Ipv4Addr) -> [u8; 6] {
 
 pub fn format_mac(mac: &[u8; 6]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// `aa:bb:cc:dd:ee:ff` (or with `-`) as bytes.
+pub fn parse_mac(text: &str) -> Result<[u8; 6]> {
+    let bytes: Vec<u8> = text
+        .split([':', '-'])
+        .map(|part| if part.len() == 2 { u8::from_str_radix(part, 16).ok() } else { None })
+        .collect::<Option<_>>()
+        .with_context(|| format!("MAC {text:?} is not of the form aa:bb:cc:dd:ee:ff"))?;
+    bytes.try_into().map_err(|_| anyhow::anyhow!("MAC {text:?} is not of the form aa:bb:cc:dd:ee:ff"))
+}
+
+/// A MAC a container may have: unicast and not all zeros (anti-spoofing
+/// holds it to this address, and neighbours must be able to learn it).
+fn container_mac_from_request(text: &str) -> Result<[u8; 6], AgentError> {
+    let mac = parse_mac(text).map_err(|e| AgentError::BadRequest(format!("{e:#}")))?;
+    if mac[0] & 1 != 0 || mac == [0; 6] {
+        return Err(AgentError::BadRequest(format!("MAC {text:?} is not a unicast address")));
+    }
+    Ok(mac)
 }
 
 impl Inner {
@@ -59,7 +80,7 @@ impl Inner {
         let ep = ContainerEntry {
             ipv4: c.ip.octets(),
             ipv6: [0; 16],
-            mac: container_mac(c.ip),
+            mac: parse_mac(&c.mac).with_context(|| format!("container {}", c.name))?,
             flags,
             ifindex: c.ifindex,
             id: c.id,
@@ -77,14 +98,31 @@ impl Inner {
         results.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
     }
 
+    /// Attaches a container, with the ports it publishes; on any failure
+    /// nothing of it is left (interfaces, map entries, address, mappings).
+    /// Whatever a request can be refused for is checked before anything
+    /// is created.
     pub(super) async fn add_container(
         &mut self,
         cfg: &ResolvedConfig,
         req: ContainerRequest,
     ) -> Result<Container, AgentError> {
         validate_name("container", &req.name, 64).map_err(|e| AgentError::BadRequest(e.to_string()))?;
+        let ifname = req.ifname.clone().unwrap_or_else(|| CONTAINER_IFNAME.to_string());
+        validate_ifname("container", &ifname).map_err(|e| AgentError::BadRequest(e.to_string()))?;
+        let requested_mac = req.mac.as_deref().map(container_mac_from_request).transpose()?;
         if self.state.containers.iter().any(|c| c.name == req.name) {
-            return Err(AgentError::Conflict(format!("container {:?} already exists", req.name)));
+            return Err(AgentError::refused(
+                ErrorReason::NameInUse,
+                format!("container {:?} already exists", req.name),
+            ));
+        }
+        let netns_path = resolve_path(&req.netns);
+        if !req.netns.is_empty() && !netns_path.exists() {
+            return Err(AgentError::refused(
+                ErrorReason::NetnsMissing,
+                format!("netns {:?} ({}) cannot be opened: it does not exist", req.netns, netns_path.display()),
+            ));
         }
         let ns = Netns::open(&req.netns).map_err(|e| AgentError::BadRequest(format!("{e:#}")))?;
         if ns.inode()? == self.own_netns_inode {
@@ -99,30 +137,38 @@ impl Inner {
             .iter()
             .find(|c| Netns::open(&c.netns).and_then(|n| n.inode()).ok() == Some(ns.inode().unwrap_or(0)))
         {
-            return Err(AgentError::Conflict(format!(
-                "netns {:?} already belongs to container {:?}",
-                req.netns, other.name
-            )));
+            return Err(AgentError::refused(
+                ErrorReason::NetnsInUse,
+                format!("netns {:?} already belongs to container {:?}", req.netns, other.name),
+            ));
         }
         let cnl = Netlink::connect_in(&ns)?;
-        if cnl.link_by_name(CONTAINER_IFNAME).await?.is_some() {
-            return Err(AgentError::Conflict(format!(
-                "netns {:?} already has an interface named {CONTAINER_IFNAME}",
-                req.netns
-            )));
+        if cnl.link_by_name(&ifname).await?.is_some() {
+            return Err(AgentError::refused(
+                ErrorReason::NetnsInUse,
+                format!("netns {:?} already has an interface named {ifname}", req.netns),
+            ));
         }
         let ip = self.ipam.allocate(&req.name, req.ip)?;
         let id = self.state.next_id;
         let veth = format!("npv{id}");
+        let mac = requested_mac.unwrap_or(container_mac(ip));
         let mut container = Container {
             name: req.name.clone(),
             netns: ns.path().display().to_string(),
             ip,
-            mac: format_mac(&container_mac(ip)),
+            mac: format_mac(&mac),
             veth: veth.clone(),
             ifindex: 0,
             id,
+            ifname,
+            owner: req.owner.clone(),
         };
+        let mappings = self.new_mappings(&container, &req.ports);
+        if let Err(e) = self.check_mac_free(&mac, cfg).and_then(|()| self.check_publishable(&mappings)) {
+            self.ipam.release(ip);
+            return Err(e);
+        }
         match self.plumb(cfg, &ns, &cnl, &mut container).await {
             Ok(()) => {}
             Err(e) => {
@@ -139,8 +185,31 @@ impl Inner {
             self.ipam.release(ip);
             return Err(AgentError::Internal(e));
         }
+        if !mappings.is_empty() {
+            if let Err(e) = self.publish_mappings(mappings) {
+                if let Err(rollback) = self.del_container(&container.name).await {
+                    tracing::warn!("rollback of container {}: {rollback:#}", container.name);
+                }
+                return Err(e);
+            }
+        }
         tracing::info!(container = %container.name, ip = %container.ip, veth = %container.veth, "container added");
         Ok(container)
+    }
+
+    /// A container's MAC must be its own on the bridge.
+    fn check_mac_free(&self, mac: &[u8; 6], cfg: &ResolvedConfig) -> Result<(), AgentError> {
+        let text = format_mac(mac);
+        if *mac == container_mac(cfg.gateway) {
+            return Err(AgentError::refused(ErrorReason::MacInUse, format!("MAC {text} is the gateway's")));
+        }
+        if let Some(other) = self.state.containers.iter().find(|c| c.mac == text) {
+            return Err(AgentError::refused(
+                ErrorReason::MacInUse,
+                format!("MAC {text} belongs to container {:?}", other.name),
+            ));
+        }
+        Ok(())
     }
 
     /// Creates and wires the veth pair; fills in `c.ifindex` as soon as the
@@ -154,7 +223,7 @@ impl Inner {
         }
         let (host_index, peer_index) = self.nl.create_veth(&c.veth, &peer).await?;
         c.ifindex = host_index;
-        self.nl.set_mac(peer_index, container_mac(c.ip)).await?;
+        self.nl.set_mac(peer_index, parse_mac(&c.mac)?).await?;
         for index in [host_index, peer_index] {
             self.nl.set_mtu(index, self.mtu).await?;
         }
@@ -167,12 +236,12 @@ impl Inner {
         self.nl.move_to_netns(peer_index, ns).await?;
 
         let index = cnl.link_index(&peer).await?;
-        cnl.rename(index, CONTAINER_IFNAME).await?;
+        cnl.rename(index, &c.ifname).await?;
         // The datapath carries IPv4 only for now; keep the container from
         // sending IPv6 (which anti-spoofing would drop and count).
         ns.run(|| {
             if std::path::Path::new("/proc/sys/net/ipv6").exists() {
-                write_sysctl(&format!("net.ipv6.conf.{CONTAINER_IFNAME}.disable_ipv6"), "1")?;
+                write_sysctl(&format!("net.ipv6.conf.{}.disable_ipv6", c.ifname), "1")?;
             }
             Ok(())
         })?;
@@ -218,5 +287,25 @@ impl Inner {
         self.save()?;
         tracing::info!(container = %c.name, "container removed");
         Ok(c)
+    }
+
+    /// Removes every container whose owner starts with `owner_prefix` and
+    /// is not in `keep` (a runtime's garbage collection: CNI GC).
+    pub(super) async fn gc_containers(&mut self, req: &GcRequest) -> Result<Vec<Container>, AgentError> {
+        if req.owner_prefix.is_empty() {
+            return Err(AgentError::BadRequest("owner_prefix is empty: it must name the runtime's attachments".into()));
+        }
+        let victims: Vec<String> = self
+            .state
+            .containers
+            .iter()
+            .filter(|c| c.owner.as_ref().is_some_and(|o| o.starts_with(&req.owner_prefix) && !req.keep.contains(o)))
+            .map(|c| c.name.clone())
+            .collect();
+        let mut removed = vec![];
+        for name in victims {
+            removed.push(self.del_container(&name).await?);
+        }
+        Ok(removed)
     }
 }

@@ -6,7 +6,7 @@ use netpath_common::{maps::MAX_MAPPINGS, MappingEntry4, MappingKey4};
 
 use super::{AgentError, Inner};
 use crate::{
-    model::Mapping,
+    model::{Container, ErrorReason, Mapping, PortRequest},
     portspec::{PortSpec, UnmapSpec},
     state::Change,
 };
@@ -96,35 +96,71 @@ impl Inner {
             .find(|c| c.name == spec.container)
             .ok_or_else(|| AgentError::NotFound(format!("no container named {:?}", spec.container)))?
             .clone();
-        let count = spec.host.ports.len() as usize;
-        if self.state.mappings.len() + count > MAX_MAPPINGS {
-            return Err(AgentError::Conflict(format!(
-                "the published-port table is full: {} of {MAX_MAPPINGS} entries used, {count} more requested",
-                self.state.mappings.len()
-            )));
-        }
-        let mut new = vec![];
-        for (i, (host_port, container_port)) in spec.pairs().enumerate() {
-            let m = Mapping {
-                id: self.state.next_mapping_id + i as u32,
+        let ports: Vec<PortRequest> = spec
+            .pairs()
+            .map(|(host_port, container_port)| PortRequest {
                 host_ip: spec.host.ip,
                 host_port,
+                container_port,
                 proto: spec.host.proto,
+            })
+            .collect();
+        let new = self.new_mappings(&container, &ports);
+        self.publish_mappings(new)
+    }
+
+    /// The mappings `ports` asks for, numbered from the next mapping id
+    /// (nothing is reserved yet).
+    pub(super) fn new_mappings(&self, container: &Container, ports: &[PortRequest]) -> Vec<Mapping> {
+        ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Mapping {
+                id: self.state.next_mapping_id + i as u32,
+                host_ip: p.host_ip,
+                host_port: p.host_port,
+                proto: p.proto,
                 container: container.name.clone(),
                 container_ip: container.ip,
-                container_port,
-            };
-            if let Some(other) = self.state.mappings.iter().find(|o| overlaps(o, &m)) {
-                return Err(AgentError::Conflict(format!(
-                    "host port {}{}/{} is already published by {}",
-                    m.host_ip.map(|ip| format!("{ip}:")).unwrap_or_default(),
-                    m.host_port,
-                    m.proto,
-                    other.spec()
-                )));
-            }
-            new.push(m);
+                container_port: p.container_port,
+            })
+            .collect()
+    }
+
+    /// Refuses mappings that do not fit in the table or clash with a
+    /// published port or with each other.
+    pub(super) fn check_publishable(&self, new: &[Mapping]) -> Result<(), AgentError> {
+        if self.state.mappings.len() + new.len() > MAX_MAPPINGS {
+            return Err(AgentError::Conflict(format!(
+                "the published-port table is full: {} of {MAX_MAPPINGS} entries used, {} more requested",
+                self.state.mappings.len(),
+                new.len()
+            )));
         }
+        for (i, m) in new.iter().enumerate() {
+            if m.host_port == 0 || m.container_port == 0 {
+                return Err(AgentError::BadRequest(format!("{}: port 0 cannot be published", m.spec())));
+            }
+            let clash = self.state.mappings.iter().chain(&new[..i]).find(|o| overlaps(o, m));
+            if let Some(other) = clash {
+                return Err(AgentError::refused(
+                    ErrorReason::PortInUse,
+                    format!(
+                        "host port {}{}/{} is already published by {}",
+                        m.host_ip.map(|ip| format!("{ip}:")).unwrap_or_default(),
+                        m.host_port,
+                        m.proto,
+                        other.spec()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes and records `new` (from [`Inner::new_mappings`]), all or none.
+    pub(super) fn publish_mappings(&mut self, new: Vec<Mapping>) -> Result<Vec<Mapping>, AgentError> {
+        self.check_publishable(&new)?;
         let mut written = vec![];
         for m in &new {
             let result = self.mapping_entry(m).and_then(|(k, v)| self.dp.set_mapping(&k, &v).map(|()| k));
@@ -138,7 +174,7 @@ impl Inner {
                 }
             }
         }
-        let next_mapping_id = self.state.next_mapping_id + count as u32;
+        let next_mapping_id = self.state.next_mapping_id + new.len() as u32;
         self.record(Change::Publish { mappings: new.clone(), next_mapping_id })?;
         self.reserve_published_ports();
         for m in &new {

@@ -16,12 +16,13 @@
 //! This file holds start-up, reconciliation, status, and
 //! `Inner::attachments`, where the hook table becomes attachments.
 
+mod check;
 mod containers;
 mod flows;
 mod mappings;
 mod rules;
 
-pub use containers::{container_mac, format_mac, CONTAINER_IFNAME};
+pub use containers::{container_mac, format_mac, parse_mac, CONTAINER_IFNAME};
 pub use mappings::overlaps;
 
 use std::{
@@ -51,8 +52,9 @@ use crate::{
     ipam::{Ipam4, IpamError},
     lock::LockFile,
     model::{
-        AttachPoint, Container, ContainerRequest, ContainerStatus, Flow, InterfaceStats, MapStatus, Mapping,
-        PolicyView, ProgramStatus, RuleRequest, Settings, StatsView, Status,
+        AttachPoint, CheckReport, Container, ContainerRequest, ContainerStatus, ErrorReason, Flow, GcRequest,
+        InterfaceStats, MapStatus, Mapping, NetworkInfo, PolicyView, ProgramStatus, RuleRequest, Settings, StatsView,
+        Status,
     },
     monitor::{self, MonitorEvent},
     netlink::Netlink,
@@ -70,14 +72,31 @@ pub enum AgentError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A refusal with a cause clients tell apart (the API sends it along).
+    #[error("{message}")]
+    Refused { reason: ErrorReason, message: String },
     #[error("{0:#}")]
     Internal(#[from] anyhow::Error),
+}
+
+impl AgentError {
+    pub fn refused(reason: ErrorReason, message: impl Into<String>) -> AgentError {
+        AgentError::Refused { reason, message: message.into() }
+    }
+
+    pub fn reason(&self) -> Option<ErrorReason> {
+        match self {
+            AgentError::Refused { reason, .. } => Some(*reason),
+            _ => None,
+        }
+    }
 }
 
 impl From<IpamError> for AgentError {
     fn from(e: IpamError) -> Self {
         match e {
-            IpamError::InUse { .. } | IpamError::Exhausted { .. } => AgentError::Conflict(e.to_string()),
+            IpamError::InUse { .. } => AgentError::refused(ErrorReason::AddressInUse, e.to_string()),
+            IpamError::Exhausted { .. } => AgentError::refused(ErrorReason::AddressPoolExhausted, e.to_string()),
             IpamError::OutsideSubnet { .. } | IpamError::Reserved { .. } => AgentError::BadRequest(e.to_string()),
         }
     }
@@ -370,6 +389,32 @@ impl Agent {
         Ok(c)
     }
 
+    /// Removes the containers a runtime no longer knows (see [`GcRequest`]).
+    pub async fn gc_containers(&self, req: GcRequest) -> Result<Vec<Container>, AgentError> {
+        let mut inner = self.inner.lock().await;
+        let removed = inner.gc_containers(&req).await?;
+        let mut names = self.names.write().map_err(|_| anyhow::anyhow!("names lock poisoned"))?;
+        for c in &removed {
+            names.remove(&c.id);
+        }
+        Ok(removed)
+    }
+
+    pub async fn check_container(&self, name: &str) -> Result<CheckReport, AgentError> {
+        self.inner.lock().await.check_container(&self.cfg, name).await
+    }
+
+    pub async fn network(&self) -> NetworkInfo {
+        let inner = self.inner.lock().await;
+        NetworkInfo {
+            instance: self.cfg.instance.clone(),
+            bridge: self.cfg.bridge.clone(),
+            subnet: self.cfg.subnet,
+            gateway: self.cfg.gateway,
+            mtu: inner.mtu,
+        }
+    }
+
     pub async fn add_rule(&self, req: RuleRequest) -> Result<Rule, AgentError> {
         self.inner.lock().await.change_rule(req, true)
     }
@@ -524,7 +569,7 @@ impl Inner {
             .containers
             .iter()
             .find(|c| c.name == name)
-            .ok_or_else(|| AgentError::NotFound(format!("no container named {name:?}")))
+            .ok_or_else(|| AgentError::refused(ErrorReason::NotFound, format!("no container named {name:?}")))
     }
 
     fn save(&mut self) -> Result<()> {

@@ -211,7 +211,8 @@ async fn run(args: Args) -> Result<()> {
             print(fmt, &s, output::status_text)
         }
         Command::Container(ContainerCmd::Add { name, netns, ip }) => {
-            let c: Container = client.post("/containers", &ContainerRequest { name, netns, ip }).await?;
+            let c: Container =
+                client.post("/containers", &ContainerRequest { name, netns, ip, ..Default::default() }).await?;
             print(fmt, &c, |c| format!("added {} ip {} mac {} veth {}\n", c.name, c.ip, c.mac, c.veth))
         }
         Command::Container(ContainerCmd::Del { name }) => {

@@ -1,0 +1,124 @@
+//! Checking a container against the kernel: what a runtime's CHECK asks
+//! (its netns, veth, address, routes, and its entries in the datapath).
+
+use anyhow::Result;
+use netpath_common::{hooks::Target, Hook};
+
+use super::{containers::parse_mac, AgentError, Inner};
+use crate::{
+    config::ResolvedConfig,
+    model::{CheckReport, Container},
+    netlink::{link_controller, link_is_up, link_mac, Netlink},
+    netns::Netns,
+};
+
+impl Inner {
+    /// Every difference between the saved container and the kernel, in
+    /// words an operator can act on; none when all is in place.
+    pub(super) async fn check_container(
+        &mut self,
+        cfg: &ResolvedConfig,
+        name: &str,
+    ) -> Result<CheckReport, AgentError> {
+        let c = self.find(name)?.clone();
+        let mut problems = vec![];
+        self.check_host_side(&c, &mut problems).await?;
+        match Netns::open(&c.netns) {
+            Ok(ns) => self.check_netns_side(cfg, &c, &ns, &mut problems).await?,
+            Err(e) => problems.push(format!("the container's netns is gone: {e:#}")),
+        }
+        self.check_datapath(&c, &mut problems)?;
+        Ok(CheckReport { container: c.name, problems })
+    }
+
+    async fn check_host_side(&self, c: &Container, problems: &mut Vec<String>) -> Result<()> {
+        match self.nl.link_by_name(&c.veth).await? {
+            None => problems.push(format!("host veth {} does not exist", c.veth)),
+            Some(link) if link.header.index != c.ifindex => problems.push(format!(
+                "host veth {} has index {}, not {} (it was recreated by someone else)",
+                c.veth, link.header.index, c.ifindex
+            )),
+            Some(link) => {
+                if link_controller(&link) != Some(self.bridge_index) {
+                    problems.push(format!("host veth {} is not attached to the bridge", c.veth));
+                }
+                if !link_is_up(&link) {
+                    problems.push(format!("host veth {} is down", c.veth));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn check_netns_side(
+        &self,
+        cfg: &ResolvedConfig,
+        c: &Container,
+        ns: &Netns,
+        problems: &mut Vec<String>,
+    ) -> Result<()> {
+        let cnl = Netlink::connect_in(ns)?;
+        let Some(link) = cnl.link_by_name(&c.ifname).await? else {
+            problems.push(format!("interface {} does not exist in netns {}", c.ifname, c.netns));
+            return Ok(());
+        };
+        if link_mac(&link) != Some(parse_mac(&c.mac)?) {
+            problems.push(format!("interface {} does not have MAC {}", c.ifname, c.mac));
+        }
+        if !link_is_up(&link) {
+            problems.push(format!("interface {} is down", c.ifname));
+        }
+        let prefix = cfg.subnet.prefix_len();
+        let addrs = cnl.ipv4_addresses_of(link.header.index).await?;
+        if !addrs.contains(&(c.ip, prefix)) {
+            problems.push(format!(
+                "interface {} lacks address {}/{prefix} (has {})",
+                c.ifname,
+                c.ip,
+                addrs.iter().map(|(a, p)| format!("{a}/{p}")).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        let gateways = cnl.ipv4_default_gateways().await?;
+        if !gateways.iter().any(|(gw, oif)| *gw == cfg.gateway && oif.is_none_or(|i| i == link.header.index)) {
+            problems.push(format!("no default route via {} on {}", cfg.gateway, c.ifname));
+        }
+        Ok(())
+    }
+
+    fn check_datapath(&mut self, c: &Container, problems: &mut Vec<String>) -> Result<()> {
+        let entry = self.dp.containers()?.into_iter().find(|(i, _)| *i == c.ifindex).map(|(_, e)| e);
+        match entry {
+            None => problems.push(format!("the datapath has no entry for {} (ifindex {})", c.veth, c.ifindex)),
+            Some(e) => {
+                if e.ipv4 != c.ip.octets() || e.mac != parse_mac(&c.mac)? || e.id != c.id {
+                    problems.push(format!("the datapath entry of {} does not match the container", c.veth));
+                }
+            }
+        }
+        for hook in Hook::on(Target::ContainerVeth) {
+            let pin = self.dp.link_pin(&c.veth, hook);
+            if !pin.exists() {
+                problems.push(format!(
+                    "program {} is not attached to {} (no pin {})",
+                    hook.program,
+                    c.veth,
+                    pin.display()
+                ));
+            }
+        }
+        let entries = self.dp.mapping_entries()?;
+        for m in self.state.mappings.iter().filter(|m| m.container == c.name) {
+            let present = entries.iter().any(|(k, v)| {
+                u16::from_be(k.port) == m.host_port
+                    && k.proto == m.proto.number()
+                    && v.id == m.id
+                    && v.container_ifindex == c.ifindex
+                    && v.container_addr == c.ip.octets()
+            });
+            if !present {
+                problems.push(format!("published port {} is missing from the datapath", m.spec()));
+            }
+        }
+        Ok(())
+    }
+}
