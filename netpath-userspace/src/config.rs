@@ -58,6 +58,9 @@ pub struct Config {
     /// uplink cannot carry: the host's "fragmentation needed" for a packet
     /// already translated on the veth would go to the host's own address.
     pub mtu: u32,
+    /// Serve Docker's remote network driver protocol under this name
+    /// (`/run/docker/plugins/<name>.sock`; `docker network create -d <name>`).
+    pub docker_plugin: Option<String>,
     pub conntrack: ConntrackConfig,
 }
 
@@ -121,6 +124,7 @@ impl Default for Config {
             uplink_xdp: UplinkXdp::Auto,
             icc: true,
             mtu: 0,
+            docker_plugin: None,
             conntrack: ConntrackConfig::default(),
         }
     }
@@ -174,8 +178,12 @@ impl Config {
         }
         let masquerade_ports = parse_port_range(&self.masquerade_ports)
             .with_context(|| format!("masquerade_ports {:?}", self.masquerade_ports))?;
+        if let Some(name) = &self.docker_plugin {
+            validate_name("docker_plugin", name, 64)?;
+        }
         let instance = self.instance.clone();
         Ok(ResolvedConfig {
+            docker_plugin: self.docker_plugin,
             masquerade: self.masquerade,
             masquerade_ports,
             icc: self.icc,
@@ -236,6 +244,7 @@ pub struct ResolvedConfig {
     /// 0: the uplink's.
     pub mtu: u32,
     pub uplink_xdp: UplinkXdp,
+    pub docker_plugin: Option<String>,
     pub conntrack: ConntrackConfig,
 }
 

@@ -8,6 +8,7 @@ pub mod client;
 pub mod cni;
 pub mod config;
 pub mod datapath;
+pub mod docker;
 pub mod host_ports;
 pub mod ipam;
 pub mod lock;

@@ -35,6 +35,13 @@ pub struct ContainerRequest {
     /// them are in place when the container is, and go with it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortRequest>,
+    /// The runtime moves the interface into `netns` itself, later, and
+    /// configures its address and route there (Docker's remote drivers: the
+    /// sandbox does not exist yet when the endpoint joins). The container's
+    /// end then stays in the agent's namespace, named in
+    /// [`Container::handoff_ifname`]; `netns` is where it will be.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub handoff: bool,
 }
 
 /// One port published with a container (`ContainerRequest::ports`).
@@ -76,6 +83,10 @@ pub struct Container {
     /// See [`ContainerRequest::owner`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// For a [`ContainerRequest::handoff`]: the container's end of the veth
+    /// as the agent left it in its own namespace, for the runtime to move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff_ifname: Option<String>,
 }
 
 /// `GET /v1/network`: what a runtime needs to describe the network to its

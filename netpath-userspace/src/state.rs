@@ -227,6 +227,7 @@ mod tests {
                 id: 6,
                 ifname: "eth0".into(),
                 owner: Some("cni:net:abc:eth0".into()),
+                handoff_ifname: None,
             }],
             mappings: vec![],
             next_mapping_id: 3,

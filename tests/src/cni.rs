@@ -1,7 +1,6 @@
 //! Driving the CNI plugin `netpath-cni` as a runtime does: CNI_* in the
 //! environment, the network configuration on stdin, the answer on stdout.
-//! Also what the CNI and podman tests share: the footprint of an agent (what
-//! a removed container must not leave behind) and a one-shot TCP server.
+//! Also a one-shot TCP server the CNI and podman tests share.
 
 use std::{
     io::{Read as _, Write as _},
@@ -115,39 +114,6 @@ impl Plugin {
     pub fn del(&self, id: &str, netns: &str) -> Result<Outcome> {
         self.call("DEL", id, netns, "IgnoreUnknown=1", &json!({}))
     }
-}
-
-/// Everything a container leaves in the agent and the host namespace:
-/// equal before an ADD and after its DEL.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Footprint {
-    pub host_links: Vec<String>,
-    pub containers: Vec<String>,
-    pub mappings: Vec<String>,
-    /// Map fill levels, except HOST_ADDRS4 (follows the host's addresses).
-    pub maps: Vec<(String, u64)>,
-    pub link_pins: Vec<String>,
-    pub flows: usize,
-}
-
-pub fn footprint(t: &Topology) -> Result<Footprint> {
-    let status: netpath_userspace::model::Status = t.ctl_json(&["status"])?;
-    let mut link_pins: Vec<String> = std::fs::read_dir(t.pin_dir().join("links"))?
-        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect::<Result<_, _>>()?;
-    link_pins.sort();
-    let mappings: Vec<netpath_userspace::model::Mapping> = t.ctl_json(&["maps"])?;
-    let flows: Vec<netpath_userspace::model::Flow> = t.ctl_json(&["conntrack"])?;
-    let mut host_links = t.links(&t.host)?;
-    host_links.sort();
-    Ok(Footprint {
-        host_links,
-        containers: status.containers.iter().map(|c| c.container.name.clone()).collect(),
-        mappings: mappings.iter().map(|m| m.spec()).collect(),
-        maps: status.maps.iter().filter(|m| m.name != "HOST_ADDRS4").map(|m| (m.name.clone(), m.entries)).collect(),
-        link_pins,
-        flows: flows.len(),
-    })
 }
 
 /// A TCP server in `ns` on `port` that answers `count` connections with

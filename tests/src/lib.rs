@@ -4,8 +4,10 @@
 //!   correct checksums, and independent checksum verification;
 //! - [`fuzz`]: the packet fuzzer (random and bent frames through every tc
 //!   and XDP program, properties checked on each);
-//! - [`cni`]: the CNI plugin driven as a runtime drives it, and the
-//!   footprint a removed container must not leave behind;
+//! - [`cni`]: the CNI plugin driven as a runtime drives it;
+//! - [`busybox`]: a container root filesystem without a registry;
+//! - [`docker`]: dockerd 20.10 in a sandbox host with netpath as its
+//!   network driver, its own storage and sockets, cleaned up on drop;
 //! - [`fixtures`]: what every packet test shares (verdicts, addresses,
 //!   settings, container entries, frame assertions);
 //! - [`podman`]: podman 4 (CNI backend) in a sandbox host, on netpath,
@@ -16,9 +18,12 @@
 //!   and what a victim sees;
 //! - [`topology`]: a sandbox host, an outside world and containers in
 //!   network namespaces with a unique per-run prefix, removed on drop (also
-//!   when a test panics), with a running `netpathd`.
+//!   when a test panics), with a running `netpathd`, and the footprint a
+//!   removed container must not leave behind.
 
+pub mod busybox;
 pub mod cni;
+pub mod docker;
 pub mod fixtures;
 pub mod frames;
 pub mod fuzz;

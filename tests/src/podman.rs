@@ -18,10 +18,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{
-    cni::plugin_bin,
-    topology::{cmd, Topology},
-};
+use crate::{cni::plugin_bin, topology::Topology};
 
 /// Where libcni (podman 4.3's CNI library) caches ADD results, machine-wide.
 pub const LIBCNI_CACHE: &str = "/var/lib/cni/results";
@@ -77,21 +74,8 @@ impl Podman {
             pod.dir.join("cni-conf").display()
         );
         std::fs::write(pod.dir.join("containers.conf"), conf)?;
-        pod.make_rootfs()?;
+        crate::busybox::rootfs(&pod.rootfs, "hello from podman")?;
         Ok(pod)
-    }
-
-    /// A static busybox with its applets, and /www/index.html for httpd.
-    fn make_rootfs(&self) -> Result<()> {
-        let r = &self.rootfs;
-        for d in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp", "www"] {
-            std::fs::create_dir_all(r.join(d))?;
-        }
-        std::fs::copy("/bin/busybox", r.join("bin/busybox"))
-            .context("copying /bin/busybox (package busybox-static; run `cargo xtask setup`)")?;
-        cmd("chroot", &[&r.display().to_string(), "/bin/busybox", "--install", "-s"])?;
-        std::fs::write(r.join("www/index.html"), "hello from podman\n")?;
-        Ok(())
     }
 
     /// Runs podman with this setup's storage and configuration.

@@ -61,6 +61,22 @@ pub fn cmd(program: &str, args: &[&str]) -> Result<Output> {
     Ok(out)
 }
 
+/// `curl` from namespace `ns` until it answers (a server in a container
+/// needs a moment to start), at most `timeout`; returns the body.
+pub fn curl(ns: &str, url: &str, timeout: Duration) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = Command::new("ip").args(["netns", "exec", ns, "curl", "-s", "--max-time", "2", url]).output()?;
+        if out.status.success() {
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        if Instant::now() > deadline {
+            bail!("curl {url} from {ns} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub struct Topology {
     pub prefix: String,
     pub host: String,
@@ -367,4 +383,37 @@ impl Drop for Topology {
             let _ = std::fs::remove_dir_all(&self.run_dir);
         }
     }
+}
+
+/// Everything a container leaves in the agent and the host namespace:
+/// equal before a runtime attaches it and after it is removed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Footprint {
+    pub host_links: Vec<String>,
+    pub containers: Vec<String>,
+    pub mappings: Vec<String>,
+    /// Map fill levels, except HOST_ADDRS4 (follows the host's addresses).
+    pub maps: Vec<(String, u64)>,
+    pub link_pins: Vec<String>,
+    pub flows: usize,
+}
+
+pub fn footprint(t: &Topology) -> Result<Footprint> {
+    let status: netpath_userspace::model::Status = t.ctl_json(&["status"])?;
+    let mut link_pins: Vec<String> = std::fs::read_dir(t.pin_dir().join("links"))?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    link_pins.sort();
+    let mappings: Vec<netpath_userspace::model::Mapping> = t.ctl_json(&["maps"])?;
+    let flows: Vec<netpath_userspace::model::Flow> = t.ctl_json(&["conntrack"])?;
+    let mut host_links = t.links(&t.host)?;
+    host_links.sort();
+    Ok(Footprint {
+        host_links,
+        containers: status.containers.iter().map(|c| c.container.name.clone()).collect(),
+        mappings: mappings.iter().map(|m| m.spec()).collect(),
+        maps: status.maps.iter().filter(|m| m.name != "HOST_ADDRS4").map(|m| (m.name.clone(), m.entries)).collect(),
+        link_pins,
+        flows: flows.len(),
+    })
 }

@@ -5,8 +5,8 @@
 use std::net::Ipv4Addr;
 
 use netpath_tests::{
-    cni::{ask, footprint, serve, Plugin},
-    topology::{Topology, HOST_UPLINK_IP, WORLD_IP},
+    cni::{ask, serve, Plugin},
+    topology::{footprint, Topology, HOST_UPLINK_IP, WORLD_IP},
 };
 use netpath_userspace::{
     cni::{container_name, error},

@@ -4,13 +4,11 @@
 //! (`cargo xtask setup` installs them); without them the test fails and
 //! says so, it does not skip.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Result};
 use netpath_tests::{
-    cni::footprint,
     podman::Podman,
-    topology::{Topology, HOST_UPLINK_IP, WORLD_IP},
+    topology::{curl, footprint, Topology, HOST_UPLINK_IP, WORLD_IP},
 };
 use netpath_userspace::{cni::container_name, model::Container};
 
@@ -22,24 +20,6 @@ fn topology() -> Topology {
     let mut t = Topology::new(0).expect("build topology");
     t.start_agent().expect("start netpathd");
     t
-}
-
-/// `curl` from namespace `ns` until it answers (httpd needs a moment to
-/// start), at most `timeout`.
-fn curl(ns: &str, url: &str, timeout: Duration) -> Result<String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", ns, "curl", "-s", "--max-time", "2", url])
-            .output()?;
-        if out.status.success() {
-            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
-        }
-        if Instant::now() > deadline {
-            bail!("curl {url} from {ns} failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// An HTTP server in `ns` answering one request with the client's address.

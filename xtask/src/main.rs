@@ -17,8 +17,9 @@ const BPF_LINKER_VERSION: &str = "0.10.4";
 /// Debian packages the project uses: bpftool to inspect pins, iproute2 for
 /// the test topologies, iptables/nftables for the comparison baselines and
 /// the "rulesets stay empty" checks, ping/curl for tests and the demo;
-/// podman (CNI backend) with runc and a static busybox for the rootfs of
-/// the tests that run real containers on the CNI plugin.
+/// podman (CNI backend) with runc, dockerd with containerd (docker.io), and
+/// a static busybox for the rootfs of the tests that run real containers on
+/// the CNI plugin and the Docker driver.
 const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
@@ -29,6 +30,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "procps",
     "podman",
     "runc",
+    "docker.io",
     "busybox-static",
 ];
 

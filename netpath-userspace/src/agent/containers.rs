@@ -118,44 +118,20 @@ impl Inner {
             ));
         }
         let netns_path = resolve_path(&req.netns);
-        if !req.netns.is_empty() && !netns_path.exists() {
-            return Err(AgentError::refused(
-                ErrorReason::NetnsMissing,
-                format!("netns {:?} ({}) cannot be opened: it does not exist", req.netns, netns_path.display()),
-            ));
+        // A handed-off interface goes into a netns that may not exist yet.
+        if req.handoff && req.netns.is_empty() {
+            return Err(AgentError::BadRequest("a handoff needs the netns the runtime will move it into".into()));
         }
-        let ns = Netns::open(&req.netns).map_err(|e| AgentError::BadRequest(format!("{e:#}")))?;
-        if ns.inode()? == self.own_netns_inode {
-            return Err(AgentError::BadRequest(format!(
-                "netns {:?} is the agent's own network namespace, not a container's",
-                req.netns
-            )));
-        }
-        if let Some(other) = self
-            .state
-            .containers
-            .iter()
-            .find(|c| Netns::open(&c.netns).and_then(|n| n.inode()).ok() == Some(ns.inode().unwrap_or(0)))
-        {
-            return Err(AgentError::refused(
-                ErrorReason::NetnsInUse,
-                format!("netns {:?} already belongs to container {:?}", req.netns, other.name),
-            ));
-        }
-        let cnl = Netlink::connect_in(&ns)?;
-        if cnl.link_by_name(&ifname).await?.is_some() {
-            return Err(AgentError::refused(
-                ErrorReason::NetnsInUse,
-                format!("netns {:?} already has an interface named {ifname}", req.netns),
-            ));
-        }
+        let target = if req.handoff { None } else { Some(self.target_netns(&req, &netns_path, &ifname).await?) };
         let ip = self.ipam.allocate(&req.name, req.ip)?;
         let id = self.state.next_id;
         let veth = format!("npv{id}");
         let mac = requested_mac.unwrap_or(container_mac(ip));
         let mut container = Container {
             name: req.name.clone(),
-            netns: ns.path().display().to_string(),
+            netns: target
+                .as_ref()
+                .map_or_else(|| netns_path.display().to_string(), |(ns, _)| ns.path().display().to_string()),
             ip,
             mac: format_mac(&mac),
             veth: veth.clone(),
@@ -163,13 +139,14 @@ impl Inner {
             id,
             ifname,
             owner: req.owner.clone(),
+            handoff_ifname: None,
         };
         let mappings = self.new_mappings(&container, &req.ports);
         if let Err(e) = self.check_mac_free(&mac, cfg).and_then(|()| self.check_publishable(&mappings)) {
             self.ipam.release(ip);
             return Err(e);
         }
-        match self.plumb(cfg, &ns, &cnl, &mut container).await {
+        match self.plumb(cfg, target.as_ref(), &mut container).await {
             Ok(()) => {}
             Err(e) => {
                 self.unplumb(&container).await;
@@ -197,6 +174,49 @@ impl Inner {
         Ok(container)
     }
 
+    /// The netns a container's interface goes into, checked: it exists, is
+    /// not the agent's own nor another container's, and has no interface
+    /// named `ifname`.
+    async fn target_netns(
+        &self,
+        req: &ContainerRequest,
+        netns_path: &std::path::Path,
+        ifname: &str,
+    ) -> Result<(Netns, Netlink), AgentError> {
+        if !req.netns.is_empty() && !netns_path.exists() {
+            return Err(AgentError::refused(
+                ErrorReason::NetnsMissing,
+                format!("netns {:?} ({}) cannot be opened: it does not exist", req.netns, netns_path.display()),
+            ));
+        }
+        let ns = Netns::open(&req.netns).map_err(|e| AgentError::BadRequest(format!("{e:#}")))?;
+        if ns.inode()? == self.own_netns_inode {
+            return Err(AgentError::BadRequest(format!(
+                "netns {:?} is the agent's own network namespace, not a container's",
+                req.netns
+            )));
+        }
+        if let Some(other) = self
+            .state
+            .containers
+            .iter()
+            .find(|c| Netns::open(&c.netns).and_then(|n| n.inode()).ok() == Some(ns.inode().unwrap_or(0)))
+        {
+            return Err(AgentError::refused(
+                ErrorReason::NetnsInUse,
+                format!("netns {:?} already belongs to container {:?}", req.netns, other.name),
+            ));
+        }
+        let cnl = Netlink::connect_in(&ns)?;
+        if cnl.link_by_name(ifname).await?.is_some() {
+            return Err(AgentError::refused(
+                ErrorReason::NetnsInUse,
+                format!("netns {:?} already has an interface named {ifname}", req.netns),
+            ));
+        }
+        Ok((ns, cnl))
+    }
+
     /// A container's MAC must be its own on the bridge.
     fn check_mac_free(&self, mac: &[u8; 6], cfg: &ResolvedConfig) -> Result<(), AgentError> {
         let text = format_mac(mac);
@@ -214,7 +234,14 @@ impl Inner {
 
     /// Creates and wires the veth pair; fills in `c.ifindex` as soon as the
     /// host side exists so that a failure can be rolled back.
-    async fn plumb(&mut self, cfg: &ResolvedConfig, ns: &Netns, cnl: &Netlink, c: &mut Container) -> Result<()> {
+    /// Without a `target` the container's end stays in the agent's
+    /// namespace for the runtime to move (a handoff).
+    async fn plumb(
+        &mut self,
+        cfg: &ResolvedConfig,
+        target: Option<&(Netns, Netlink)>,
+        c: &mut Container,
+    ) -> Result<()> {
         let peer = format!("npp{}", c.id);
         for name in [&c.veth, &peer] {
             if self.nl.link_by_name(name).await?.is_some() {
@@ -233,6 +260,10 @@ impl Inner {
         self.dp.reset_stats(host_index)?;
         self.program_container(c)?;
         self.nl.set_up(host_index).await?;
+        let Some((ns, cnl)) = target else {
+            c.handoff_ifname = Some(peer);
+            return Ok(());
+        };
         self.nl.move_to_netns(peer_index, ns).await?;
 
         let index = cnl.link_index(&peer).await?;

@@ -4,7 +4,7 @@ use std::{net::Ipv4Addr, path::PathBuf, sync::Arc};
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
-use netpath_userspace::{agent::Agent, api, config::Config, netns::Netns};
+use netpath_userspace::{agent::Agent, api, config::Config, docker, netns::Netns};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -61,6 +61,10 @@ struct Args {
     /// cgroup v2 directory for the host-process socket hooks [default: the cgroup v2 root].
     #[arg(long)]
     cgroup: Option<PathBuf>,
+    /// Serve Docker's remote network driver protocol as NAME
+    /// (/run/docker/plugins/NAME.sock): `docker network create -d NAME`.
+    #[arg(long, value_name = "NAME")]
+    docker_plugin: Option<String>,
     /// Run inside this network namespace (a name under /run/netns or a path)
     /// instead of the one netpathd was started in.
     #[arg(long)]
@@ -121,6 +125,9 @@ fn main() -> Result<()> {
     if let Some(v) = args.cgroup {
         cfg.cgroup = Some(v);
     }
+    if let Some(v) = args.docker_plugin {
+        cfg.docker_plugin = Some(v);
+    }
     let cfg = cfg.resolve().context("invalid configuration")?;
     // setns applies to the calling thread: do it before any other exists.
     if let Some(ns) = &args.netns {
@@ -131,7 +138,27 @@ fn main() -> Result<()> {
         let agent = Arc::new(Agent::start(cfg.clone()).await?);
         agent.spawn_background();
         tracing::info!(instance = %cfg.instance, bridge = %cfg.bridge, subnet = %cfg.subnet, "netpathd ready");
-        api::serve(agent, &cfg.socket, shutdown_signal()).await?;
+        // One shutdown signal for every server the agent runs.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        let docker = match &cfg.docker_plugin {
+            Some(name) => {
+                let plugin = docker::DockerPlugin::bind(agent.clone(), name, &cfg.state_dir).await?;
+                Some(tokio::spawn(plugin.serve(stopped(stop_rx.clone()))))
+            }
+            None => None,
+        };
+        let served = api::serve(agent, &cfg.socket, stopped(stop_rx)).await;
+        if let Some(docker) = docker {
+            docker.await.context("the Docker plugin server")??;
+        }
+        served?;
         tracing::info!("netpathd stopping; the datapath stays attached");
         Ok(())
     })

@@ -140,6 +140,7 @@ async fn add(env: &Env, conf: &NetConf, client: &Client) -> Result<Value, CniErr
         mac: conf.requested_mac(&cni_args),
         owner: Some(owner_tag(&conf.name, &env.container_id, &env.ifname)),
         ports: conf.ports()?,
+        handoff: false,
     };
     let net: NetworkInfo = client.get("/network").await.map_err(|e| CniError::from_agent(&e, "ADD"))?;
     let c: Container = client.post("/containers", &req).await.map_err(|e| CniError::from_agent(&e, "ADD"))?;
@@ -304,6 +305,7 @@ mod tests {
             id: 1,
             ifname: "eth0".into(),
             owner: None,
+            handoff_ifname: None,
         };
         let r = add_result("0.4.0", &conf, &net, &c);
         assert_eq!(r["interfaces"][0]["sandbox"], "/run/netns/x");

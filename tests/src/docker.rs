@@ -1,0 +1,252 @@
+//! dockerd 20.10 (with its containerd) inside a topology's sandbox host,
+//! with netpath as its network driver.
+//!
+//! Everything is the run's own: data root, exec root, sockets, the CLI's
+//! config directory, an image imported from a busybox rootfs (no registry
+//! is reachable). dockerd runs with `--iptables=false --ip6tables=false
+//! --bridge=none` (it never touches a ruleset) in the host namespace through
+//! `nsenter --net` (not `ip netns exec`: its private mount namespace would
+//! hide the sandbox netns files from the agent). [`Dockerd`]'s Drop removes
+//! every container and network it created by ID, stops both daemons by PID
+//! and removes its directories, also when a test panics; drop it before the
+//! topology, so that the agent still answers the driver calls.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::topology::{cmd, Topology};
+
+/// The image every test container runs (imported, never pulled).
+pub const IMAGE: &str = "netpath-test/busybox:latest";
+
+pub struct Dockerd {
+    dir: PathBuf,
+    host_netns: String,
+    containerd: Option<Child>,
+    dockerd: Option<Child>,
+    /// Containers and networks created, for the cleanup.
+    containers: Vec<String>,
+    networks: Vec<String>,
+    /// Machine-wide directories containerd creates for its shims' sockets
+    /// that did not exist before: removed on drop when empty.
+    created_dirs: Vec<PathBuf>,
+}
+
+/// Where containerd puts shim sockets whatever its --state says.
+const CONTAINERD_SHIM_DIR: &str = "/run/containerd/s";
+
+impl Dockerd {
+    /// Starts containerd and dockerd in `t`'s host namespace and imports
+    /// [`IMAGE`].
+    pub fn start(t: &Topology) -> Result<Dockerd> {
+        for tool in ["dockerd", "containerd", "runc", "nsenter", "chroot"] {
+            if Command::new("which").arg(tool).output().map(|o| !o.status.success()).unwrap_or(true) {
+                bail!("{tool} is not installed: run `cargo xtask setup` (it installs docker.io and busybox-static)");
+            }
+        }
+        let dir = t.run_dir().join("docker");
+        for sub in ["root", "state", "cli"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        let mut d = Dockerd {
+            host_netns: t.host.clone(),
+            dir,
+            containerd: None,
+            dockerd: None,
+            containers: vec![],
+            networks: vec![],
+            created_dirs: Path::new(CONTAINERD_SHIM_DIR)
+                .ancestors()
+                .take_while(|d| !d.exists())
+                .map(Path::to_path_buf)
+                .collect(),
+        };
+        let (root, state) = (d.dir.join("root"), d.dir.join("state"));
+        let containerd_sock = state.join("containerd.sock");
+        d.containerd = Some(d.spawn(
+            "containerd",
+            &[
+                "--root",
+                &root.join("containerd").display().to_string(),
+                "--state",
+                &state.join("containerd").display().to_string(),
+                "--address",
+                &containerd_sock.display().to_string(),
+            ],
+        )?);
+        d.wait_for(&containerd_sock, "containerd")?;
+        d.dockerd = Some(d.spawn(
+            "dockerd",
+            &[
+                &format!("--containerd={}", containerd_sock.display()),
+                "--data-root",
+                &root.join("docker").display().to_string(),
+                "--exec-root",
+                &state.join("docker").display().to_string(),
+                "--pidfile",
+                &state.join("docker.pid").display().to_string(),
+                "-H",
+                &format!("unix://{}", d.socket().display()),
+                "--iptables=false",
+                "--ip6tables=false",
+                "--bridge=none",
+                "--storage-driver=vfs",
+            ],
+        )?);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !d.docker(&["info"])?.status.success() {
+            if Instant::now() > deadline {
+                bail!("dockerd did not answer within 30 s; its log: {}", d.log("dockerd"));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let rootfs = d.dir.join("rootfs");
+        crate::busybox::rootfs(&rootfs, "hello from docker")?;
+        let tar = d.dir.join("rootfs.tar");
+        cmd("tar", &["-C", &rootfs.display().to_string(), "-cf", &tar.display().to_string(), "."])?;
+        d.docker_ok(&["import", &tar.display().to_string(), IMAGE])?;
+        Ok(d)
+    }
+
+    fn spawn(&self, daemon: &str, args: &[&str]) -> Result<Child> {
+        let log = std::fs::File::create(self.dir.join(format!("{daemon}.log")))?;
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.host_netns))
+            .arg(daemon)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {daemon}"))
+    }
+
+    fn wait_for(&self, socket: &Path, daemon: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            if Instant::now() > deadline {
+                bail!("{daemon} did not create {} within 20 s; its log: {}", socket.display(), self.log(daemon));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// The tail of a daemon's log, for error messages.
+    pub fn log(&self, daemon: &str) -> String {
+        let text = std::fs::read_to_string(self.dir.join(format!("{daemon}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("state").join("docker.sock")
+    }
+
+    /// Runs the docker CLI against this daemon.
+    pub fn docker(&self, args: &[&str]) -> Result<Output> {
+        Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket().display()))
+            .args(args)
+            .env("DOCKER_CONFIG", self.dir.join("cli"))
+            // A newer CLI may come first in PATH: speak the daemon's API.
+            .env("DOCKER_API_VERSION", "1.41")
+            .output()
+            .context("running docker")
+    }
+
+    /// docker that must succeed; returns stdout.
+    pub fn docker_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.docker(args)?;
+        if !out.status.success() {
+            bail!("docker {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// `docker network create -d driver` with `args`; the network is
+    /// removed on drop. Returns docker's error text if it refuses.
+    pub fn network_create(&mut self, name: &str, driver: &str, args: &[&str]) -> Result<Result<String, String>> {
+        let mut all = vec!["network", "create", "-d", driver];
+        all.extend_from_slice(args);
+        all.push(name);
+        let out = self.docker(&all)?;
+        if !out.status.success() {
+            return Ok(Err(String::from_utf8_lossy(&out.stderr).into_owned()));
+        }
+        self.networks.push(name.to_string());
+        Ok(Ok(String::from_utf8_lossy(&out.stdout).trim().to_string()))
+    }
+
+    /// `docker run -d` of [`IMAGE`] with `args` (options, then the command
+    /// after the image). Returns the container ID, or docker's error text;
+    /// a created container is removed on drop either way.
+    pub fn run(&mut self, options: &[&str], command: &[&str]) -> Result<Result<String, String>> {
+        let mut all = vec!["create"];
+        all.extend_from_slice(options);
+        all.push(IMAGE);
+        all.extend_from_slice(command);
+        let id = self.docker_ok(&all)?;
+        self.containers.push(id.clone());
+        let out = self.docker(&["start", &id])?;
+        if out.status.success() {
+            Ok(Ok(id))
+        } else {
+            Ok(Err(String::from_utf8_lossy(&out.stderr).into_owned()))
+        }
+    }
+
+    /// `docker rm -f` by ID.
+    pub fn rm(&mut self, id: &str) -> Result<()> {
+        self.docker_ok(&["rm", "-f", id])?;
+        self.containers.retain(|c| c != id);
+        Ok(())
+    }
+
+    fn stop(child: &mut Option<Child>) {
+        let Some(mut c) = child.take() else { return };
+        // nsenter execs the daemon: its PID is the daemon's.
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        for id in std::mem::take(&mut self.containers) {
+            if let Ok(out) = self.docker(&["rm", "-f", &id]) {
+                if !out.status.success() {
+                    eprintln!("docker cleanup of {id}: {}", String::from_utf8_lossy(&out.stderr));
+                }
+            }
+        }
+        for net in std::mem::take(&mut self.networks) {
+            let _ = self.docker(&["network", "rm", &net]);
+        }
+        Self::stop(&mut self.dockerd);
+        Self::stop(&mut self.containerd);
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            eprintln!("removing {}: {e}", self.dir.display());
+        }
+        for dir in &self.created_dirs {
+            if std::fs::remove_dir(dir).is_err() {
+                break;
+            }
+        }
+    }
+}
