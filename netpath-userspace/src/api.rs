@@ -234,9 +234,10 @@ struct MonitorQuery {
 }
 
 /// Streams events as newline-delimited JSON until the client goes away.
-async fn monitor(State(agent): State<Arc<Agent>>, Query(q): Query<MonitorQuery>) -> Result<Response, AgentError> {
+async fn monitor(State(agent): State<Arc<Agent>>, Query(mut q): Query<MonitorQuery>) -> Result<Response, AgentError> {
     if let Some(name) = &q.container {
-        agent.policy(name).await?; // 404 for an unknown container
+        // 404 for an unknown container; events carry its own name.
+        q.container = Some(agent.policy(name).await?.container);
     }
     let (rx, watch) = agent.subscribe(q.flows).await?;
     let state = (rx, watch, agent, q);

@@ -34,11 +34,18 @@ pub struct Unreachable {
 /// (`/status`); the client puts [`API_PREFIX`] in front.
 pub struct Client {
     socket: PathBuf,
+    /// Put in front of every path: [`API_PREFIX`] for netpathd.
+    prefix: String,
 }
 
 impl Client {
     pub fn new(socket: &Path) -> Client {
-        Client { socket: socket.to_path_buf() }
+        Client::with_prefix(socket, API_PREFIX)
+    }
+
+    /// A client of another HTTP-over-Unix-socket API (dockerd's, `/v1.41`).
+    pub fn with_prefix(socket: &Path, prefix: &str) -> Client {
+        Client { socket: socket.to_path_buf(), prefix: prefix.to_string() }
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
@@ -98,7 +105,7 @@ impl Client {
         };
         let req = Request::builder()
             .method(method)
-            .uri(format!("{API_PREFIX}{path}"))
+            .uri(format!("{}{path}", self.prefix))
             .header("host", "netpathd")
             .header("content-type", "application/json")
             .body(body)?;

@@ -61,6 +61,10 @@ pub struct Config {
     /// Serve Docker's remote network driver protocol under this name
     /// (`/run/docker/plugins/<name>.sock`; `docker network create -d <name>`).
     pub docker_plugin: Option<String>,
+    /// dockerd's API socket, asked for the names of the containers the
+    /// driver attaches (so that `policy` and `map` take them)
+    /// [default: /var/run/docker.sock].
+    pub docker_host: Option<PathBuf>,
     pub conntrack: ConntrackConfig,
 }
 
@@ -125,6 +129,7 @@ impl Default for Config {
             icc: true,
             mtu: 0,
             docker_plugin: None,
+            docker_host: None,
             conntrack: ConntrackConfig::default(),
         }
     }
@@ -183,6 +188,7 @@ impl Config {
         }
         let instance = self.instance.clone();
         Ok(ResolvedConfig {
+            docker_host: self.docker_host.unwrap_or_else(|| PathBuf::from(DEFAULT_DOCKER_HOST)),
             docker_plugin: self.docker_plugin,
             masquerade: self.masquerade,
             masquerade_ports,
@@ -245,8 +251,12 @@ pub struct ResolvedConfig {
     pub mtu: u32,
     pub uplink_xdp: UplinkXdp,
     pub docker_plugin: Option<String>,
+    pub docker_host: PathBuf,
     pub conntrack: ConntrackConfig,
 }
+
+/// dockerd's API socket when not configured otherwise.
+pub const DEFAULT_DOCKER_HOST: &str = "/var/run/docker.sock";
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

@@ -94,6 +94,30 @@ struct Driver {
     agent: Arc<Agent>,
     file: PathBuf,
     endpoints: Mutex<BTreeMap<String, PendingEndpoint>>,
+    /// dockerd's API socket, asked for container names (the driver
+    /// protocol tells none).
+    docker_host: Option<PathBuf>,
+}
+
+/// How often container names are asked of dockerd while some are unknown.
+const NAME_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The API version every dockerd since 20.10 speaks.
+const DOCKER_API_PREFIX: &str = "/v1.41";
+
+/// `GET /networks/ID`, the part the driver reads.
+#[derive(Deserialize)]
+struct DockerNetwork {
+    #[serde(rename = "Containers", default)]
+    containers: BTreeMap<String, DockerNetworkContainer>,
+}
+
+#[derive(Deserialize)]
+struct DockerNetworkContainer {
+    #[serde(rename = "Name")]
+    name: String,
+    #[serde(rename = "EndpointID")]
+    endpoint_id: String,
 }
 
 /// A refusal Docker shows the user (`{"Err": ...}`, HTTP 200 as libnetwork
@@ -196,6 +220,39 @@ impl Driver {
         std::fs::write(&tmp, serde_json::to_vec_pretty(endpoints)?)
             .with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, &self.file).with_context(|| format!("replacing {}", self.file.display()))
+    }
+
+    /// Gives the agent the Docker names of attached containers it does not
+    /// know by name yet (`docker run --name web`: `netpathctl policy add
+    /// web ...`), asking dockerd which container each endpoint belongs to.
+    async fn sync_names(&self, docker: &Path) -> Result<()> {
+        let unnamed: Vec<(String, String, String)> = self
+            .agent
+            .containers()
+            .await
+            .into_iter()
+            .filter(|c| c.runtime_name.is_none())
+            .filter_map(|c| {
+                let (network, endpoint) = c.owner.as_deref()?.strip_prefix(OWNER_PREFIX)?.split_once(':')?;
+                Some((c.name.clone(), network.to_string(), endpoint.to_string()))
+            })
+            .collect();
+        let client = crate::client::Client::with_prefix(docker, DOCKER_API_PREFIX);
+        let mut networks: BTreeMap<String, DockerNetwork> = BTreeMap::new();
+        for (container, network, endpoint) in unnamed {
+            if !networks.contains_key(&network) {
+                let net: DockerNetwork = client.get(&format!("/networks/{network}")).await?;
+                networks.insert(network.clone(), net);
+            }
+            let name =
+                networks[&network].containers.values().find(|c| c.endpoint_id == endpoint).map(|c| c.name.clone());
+            if let Some(name) = name {
+                if let Err(e) = self.agent.set_runtime_name(&container, &name).await {
+                    tracing::warn!(container = %container, "docker name {name:?}: {e}");
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn create_network(&self, body: Bytes) -> DriverResult {
@@ -458,7 +515,12 @@ impl DockerPlugin {
     /// Binds the plugin socket of driver `name` (so that a start-up error
     /// stops the agent at once). Endpoints created before a restart are
     /// read back from the state directory.
-    pub async fn bind(agent: Arc<Agent>, name: &str, state_dir: &Path) -> Result<DockerPlugin> {
+    pub async fn bind(
+        agent: Arc<Agent>,
+        name: &str,
+        state_dir: &Path,
+        docker_host: Option<&Path>,
+    ) -> Result<DockerPlugin> {
         crate::config::validate_name("docker plugin", name, 64)?;
         let file = state_dir.join("docker-endpoints.json");
         let endpoints = match std::fs::read(&file) {
@@ -466,7 +528,12 @@ impl DockerPlugin {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
         };
-        let driver = Arc::new(Driver { agent, file, endpoints: Mutex::new(endpoints) });
+        let driver = Arc::new(Driver {
+            agent,
+            file,
+            endpoints: Mutex::new(endpoints),
+            docker_host: docker_host.map(Path::to_path_buf),
+        });
         let socket = socket_path(name);
         let created_dirs: Vec<PathBuf> =
             Path::new(PLUGIN_DIR).ancestors().take_while(|d| !d.exists()).map(Path::to_path_buf).collect();
@@ -486,7 +553,29 @@ impl DockerPlugin {
     /// Serves until `shutdown` completes, then removes the socket (and
     /// the directories it created, if nothing else is in them).
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
+        let names = self.driver.docker_host.clone().map(|docker| {
+            let driver = self.driver.clone();
+            tokio::spawn(async move {
+                let mut failing = false;
+                loop {
+                    tokio::time::sleep(NAME_SYNC_INTERVAL).await;
+                    // dockerd may start after the agent, or restart: say so
+                    // once per outage.
+                    match driver.sync_names(&docker).await {
+                        Ok(()) => failing = false,
+                        Err(e) if !failing => {
+                            failing = true;
+                            tracing::warn!("asking dockerd at {} for container names: {e:#}", docker.display());
+                        }
+                        Err(_) => {}
+                    }
+                }
+            })
+        });
         let served = axum::serve(self.listener, router(self.driver)).with_graceful_shutdown(shutdown).await;
+        if let Some(names) = names {
+            names.abort();
+        }
         let _ = std::fs::remove_file(&self.socket);
         for dir in &self.created_dirs {
             // Fails (and stops) at the first one that is not empty.

@@ -42,6 +42,12 @@ pub struct ContainerRequest {
     /// [`Container::handoff_ifname`]; `netns` is where it will be.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub handoff: bool,
+    /// The runtime's name for the container (podman's or Docker's container
+    /// name), accepted wherever a container is named (`policy`, `map`,
+    /// `stats`, ...). Ignored (with a warning) if another container already
+    /// answers to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_name: Option<String>,
 }
 
 /// One port published with a container (`ContainerRequest::ports`).
@@ -87,6 +93,16 @@ pub struct Container {
     /// as the agent left it in its own namespace, for the runtime to move.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handoff_ifname: Option<String>,
+    /// See [`ContainerRequest::runtime_name`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_name: Option<String>,
+}
+
+impl Container {
+    /// Does this container answer to `name` (its own or its runtime's)?
+    pub fn is_named(&self, name: &str) -> bool {
+        self.name == name || self.runtime_name.as_deref() == Some(name)
+    }
 }
 
 /// `GET /v1/network`: what a runtime needs to describe the network to its

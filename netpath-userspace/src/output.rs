@@ -36,6 +36,7 @@ pub fn containers_table(containers: &[Container]) -> String {
         .map(|c| {
             vec![
                 c.name.clone(),
+                c.runtime_name.clone().unwrap_or_else(|| "-".into()),
                 c.ip.to_string(),
                 c.mac.clone(),
                 c.veth.clone(),
@@ -44,7 +45,7 @@ pub fn containers_table(containers: &[Container]) -> String {
             ]
         })
         .collect();
-    table(&["NAME", "IP", "MAC", "VETH", "IFINDEX", "NETNS"], &rows)
+    table(&["NAME", "RUNTIME NAME", "IP", "MAC", "VETH", "IFINDEX", "NETNS"], &rows)
 }
 
 pub fn mappings_table(ms: &[Mapping]) -> String {

@@ -228,6 +228,7 @@ mod tests {
                 ifname: "eth0".into(),
                 owner: Some("cni:net:abc:eth0".into()),
                 handoff_ifname: None,
+                runtime_name: Some("web".into()),
             }],
             mappings: vec![],
             next_mapping_id: 3,

@@ -145,7 +145,17 @@ impl Dockerd {
     }
 
     pub fn socket(&self) -> PathBuf {
-        self.dir.join("state").join("docker.sock")
+        Self::socket_of(&self.dir)
+    }
+
+    /// The API socket dockerd will have in topology `t` (for the agent's
+    /// `--docker-host`, which is given before dockerd starts).
+    pub fn socket_for(t: &Topology) -> PathBuf {
+        Self::socket_of(&t.run_dir().join("docker"))
+    }
+
+    fn socket_of(dir: &Path) -> PathBuf {
+        dir.join("state").join("docker.sock")
     }
 
     /// Runs the docker CLI against this daemon.

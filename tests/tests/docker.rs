@@ -5,7 +5,7 @@
 //! restart in between. Needs docker.io and busybox-static (`cargo xtask
 //! setup` installs them); without them the test fails and says so.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use netpath_tests::{
     docker::Dockerd,
@@ -23,7 +23,8 @@ fn topology() -> (Topology, String) {
     );
     let mut t = Topology::new(0).expect("build topology");
     let driver = format!("{}-np", t.prefix);
-    t.agent_args(&["--docker-plugin", &driver]);
+    let docker_host = Dockerd::socket_for(&t).display().to_string();
+    t.agent_args(&["--docker-plugin", &driver, "--docker-host", &docker_host]);
     t.start_agent().expect("start netpathd");
     (t, driver)
 }
@@ -45,7 +46,7 @@ fn docker_run_publishes_through_netpath_and_rm_leaves_nothing() {
     let net = format!("{}-net", t.prefix);
     d.network_create(&net, &driver, &["--subnet", &t.subnet, "--gateway", &gateway(&t)]).unwrap().unwrap();
 
-    let web = d.run(&["--network", &net, "-p", "8080:80"], HTTPD).unwrap().unwrap();
+    let web = d.run(&["--name", "web", "--network", &net, "-p", "8080:80"], HTTPD).unwrap().unwrap();
     // The agent has it, with the address Docker's IPAM gave it, its port
     // owned by it.
     let ip = d
@@ -63,6 +64,20 @@ fn docker_run_publishes_through_netpath_and_rm_leaves_nothing() {
     let url = format!("http://{HOST_UPLINK_IP}:8080/");
     let world = t.world.clone();
     assert_eq!(curl(&world, &url, Duration::from_secs(10)).unwrap(), "hello from docker\n");
+    // The container sees the client's own address (no proxy, no SNAT).
+    let seen = curl(&world, &format!("{url}cgi-bin/ip"), Duration::from_secs(5)).unwrap();
+    assert_eq!(netpath_tests::busybox::remote_addr(&seen), WORLD_IP.to_string(), "the client's address is preserved");
+    // Policy by Docker's name for the container, which the agent learns
+    // from dockerd (the driver protocol carries no names).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while containers(&t)[0].runtime_name.as_deref() != Some("web") {
+        assert!(Instant::now() < deadline, "the agent never learnt the name: {:?}", containers(&t));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    t.ctl_ok(&["policy", "add", "web", "deny", "in", "198.18.0.0/24", "tcp/80"]).unwrap();
+    assert!(curl(&world, &url, Duration::from_millis(1500)).is_err(), "denied by the policy of \"web\"");
+    t.ctl_ok(&["policy", "rm", "web", "deny", "in", "198.18.0.0/24", "tcp/80"]).unwrap();
+    assert_eq!(curl(&world, &url, Duration::from_secs(5)).unwrap(), "hello from docker\n");
     let host = t.host.clone();
     assert_eq!(curl(&host, "http://127.0.0.1:8080/", Duration::from_secs(5)).unwrap(), "hello from docker\n");
     let client = d

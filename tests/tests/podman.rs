@@ -48,10 +48,11 @@ fn podman_containers_publish_ports_through_netpath_and_leave_nothing() {
     // podman lists the hand-written conflist as a network.
     assert!(pod.podman_ok(&["network", "ls", "--format", "{{.Name}}"]).unwrap().lines().any(|l| l == pod.network));
 
-    let web = pod.run_httpd(&["-p", "8080:80"]).unwrap().expect("podman run -p 8080:80");
+    let web = pod.run_httpd(&["--name", "web", "-p", "8080:80"]).unwrap().expect("podman run -p 8080:80");
     let ls = containers(&t);
     assert_eq!(ls.len(), 1);
     assert_eq!(ls[0].name, container_name(&web, "eth0"));
+    assert_eq!(ls[0].runtime_name.as_deref(), Some("web"), "podman's name (K8S_POD_NAME)");
     assert_eq!(ls[0].owner.as_deref(), Some(format!("cni:{}:{web}:eth0", pod.network).as_str()));
     let sandbox = ls[0].netns.clone();
     assert!(sandbox.starts_with("/run/netns/"), "{sandbox}");
@@ -59,6 +60,14 @@ fn podman_containers_publish_ports_through_netpath_and_leave_nothing() {
     // From the outside world, through netpath's translation on the uplink.
     let url = format!("http://{HOST_UPLINK_IP}:8080/");
     assert_eq!(curl(&t.world, &url, Duration::from_secs(10)).unwrap(), "hello from podman\n");
+    // The container sees the client's own address (no proxy, no SNAT).
+    let seen = curl(&t.world, &format!("{url}cgi-bin/ip"), Duration::from_secs(5)).unwrap();
+    assert_eq!(netpath_tests::busybox::remote_addr(&seen), WORLD_IP.to_string(), "the client's address is preserved");
+    // Policy by podman's name for the container.
+    t.ctl_ok(&["policy", "add", "web", "deny", "in", "198.18.0.0/24", "tcp/80"]).unwrap();
+    assert!(curl(&t.world, &url, Duration::from_millis(1500)).is_err(), "denied by the policy of \"web\"");
+    t.ctl_ok(&["policy", "rm", "web", "deny", "in", "198.18.0.0/24", "tcp/80"]).unwrap();
+    assert_eq!(curl(&t.world, &url, Duration::from_secs(5)).unwrap(), "hello from podman\n");
     // From the host itself: conmon holds 0.0.0.0:8080 (podman's port
     // reservation), yet the socket-level translation sends the connect to
     // the container before it can reach conmon's socket.

@@ -140,6 +140,7 @@ impl Inner {
             ifname,
             owner: req.owner.clone(),
             handoff_ifname: None,
+            runtime_name: self.runtime_name_for(&req),
         };
         let mappings = self.new_mappings(&container, &req.ports);
         if let Err(e) = self.check_mac_free(&mac, cfg).and_then(|()| self.check_publishable(&mappings)) {
@@ -215,6 +216,45 @@ impl Inner {
             ));
         }
         Ok((ns, cnl))
+    }
+
+    /// The runtime's name of a new container, if it is one no other
+    /// container answers to (a name that could mean two containers would
+    /// make `policy` and `map` ambiguous: it is left out, with a warning).
+    fn runtime_name_for(&self, req: &ContainerRequest) -> Option<String> {
+        let name = req.runtime_name.as_deref().filter(|n| !n.is_empty())?;
+        if let Err(e) = validate_runtime_name(name) {
+            tracing::warn!(container = %req.name, "ignoring runtime name: {e:#}");
+            return None;
+        }
+        if let Some(other) = self.state.containers.iter().find(|c| c.is_named(name)) {
+            tracing::warn!(container = %req.name, "runtime name {name:?} already names container {:?}", other.name);
+            return None;
+        }
+        Some(name.to_string())
+    }
+
+    /// Sets the runtime's name of a container learnt after it was attached
+    /// (Docker tells drivers no container names).
+    pub(super) fn set_runtime_name(&mut self, container: &str, name: &str) -> Result<(), AgentError> {
+        validate_runtime_name(name).map_err(|e| AgentError::BadRequest(e.to_string()))?;
+        if let Some(other) = self.state.containers.iter().find(|c| c.name != container && c.is_named(name)) {
+            return Err(AgentError::refused(
+                ErrorReason::NameInUse,
+                format!("runtime name {name:?} already names container {:?}", other.name),
+            ));
+        }
+        let c =
+            self.state.containers.iter_mut().find(|c| c.name == container).ok_or_else(|| {
+                AgentError::refused(ErrorReason::NotFound, format!("no container named {container:?}"))
+            })?;
+        if c.runtime_name.as_deref() == Some(name) {
+            return Ok(());
+        }
+        c.runtime_name = Some(name.to_string());
+        self.save()?;
+        tracing::info!(container = %container, runtime_name = %name, "runtime name learnt");
+        Ok(())
     }
 
     /// A container's MAC must be its own on the bridge.
@@ -314,7 +354,7 @@ impl Inner {
         // go now, before its address can be handed out again.
         self.forget_flows(&c)?;
         self.ipam.release(c.ip);
-        self.state.containers.retain(|x| x.name != name);
+        self.state.containers.retain(|x| x.name != c.name);
         self.save()?;
         tracing::info!(container = %c.name, "container removed");
         Ok(c)
@@ -338,5 +378,34 @@ impl Inner {
             removed.push(self.del_container(&name).await?);
         }
         Ok(removed)
+    }
+}
+
+/// Runtime names (Docker's and podman's container names, Kubernetes'
+/// `namespace/pod`): 1-128 letters, digits, `_`, `.`, `-`, `/`.
+fn validate_runtime_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 128 {
+        anyhow::bail!("runtime name {name:?} must have 1-128 characters");
+    }
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "_.-/".contains(*c))) {
+        anyhow::bail!("runtime name {name:?} has {bad:?}: only letters, digits, '_', '.', '-' and '/' are allowed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_names_of_docker_podman_and_kubernetes_are_accepted() {
+        for name in ["web", "my_app.1", "prod/api-7d9f"] {
+            validate_runtime_name(name).unwrap();
+        }
+        for (name, why) in [("", "1-128"), ("a b", "' '"), ("x;rm", "';'")] {
+            let e = validate_runtime_name(name).unwrap_err().to_string();
+            assert!(e.contains(why), "{name:?}: {e}");
+        }
+        assert!(validate_runtime_name(&"a".repeat(129)).is_err());
     }
 }

@@ -89,13 +89,7 @@ impl Inner {
     /// Publishes every port of `spec`, or none of them.
     pub(super) fn publish(&mut self, spec: &str) -> Result<Vec<Mapping>, AgentError> {
         let spec = PortSpec::parse(spec).map_err(|e| AgentError::BadRequest(e.to_string()))?;
-        let container = self
-            .state
-            .containers
-            .iter()
-            .find(|c| c.name == spec.container)
-            .ok_or_else(|| AgentError::NotFound(format!("no container named {:?}", spec.container)))?
-            .clone();
+        let container = self.find(&spec.container)?.clone();
         let ports: Vec<PortRequest> = spec
             .pairs()
             .map(|(host_port, container_port)| PortRequest {
@@ -190,6 +184,9 @@ impl Inner {
             UnmapSpec::Full(s) => (&s.host, Some(s)),
             UnmapSpec::Host(h) => (h, None),
         };
+        // The container as the mappings name it (the spec may use its
+        // runtime name); an unknown one matches nothing.
+        let owner = full.map(|f| self.find(&f.container).map_or(f.container.clone(), |c| c.name.clone()));
         let mut victims = vec![];
         for (i, port) in host.ports.ports().enumerate() {
             let found = self.state.mappings.iter().find(|m| {
@@ -197,7 +194,8 @@ impl Inner {
                     && m.host_port == port
                     && m.proto == host.proto
                     && full.is_none_or(|f| {
-                        f.container == m.container && f.container_ports.start as usize + i == m.container_port as usize
+                        owner.as_ref() == Some(&m.container)
+                            && f.container_ports.start as usize + i == m.container_port as usize
                     })
             });
             match found {

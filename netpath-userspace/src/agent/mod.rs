@@ -400,6 +400,12 @@ impl Agent {
         Ok(removed)
     }
 
+    /// See [`ContainerRequest::runtime_name`]: for runtimes that tell the
+    /// name only after the container is attached.
+    pub async fn set_runtime_name(&self, container: &str, name: &str) -> Result<(), AgentError> {
+        self.inner.lock().await.set_runtime_name(container, name)
+    }
+
     pub async fn check_container(&self, name: &str) -> Result<CheckReport, AgentError> {
         self.inner.lock().await.check_container(&self.cfg, name).await
     }
@@ -434,8 +440,8 @@ impl Agent {
 
     pub async fn policy(&self, container: &str) -> Result<PolicyView, AgentError> {
         let inner = self.inner.lock().await;
-        inner.find(container)?;
-        Ok(PolicyView { container: container.to_string(), policy: inner.policy_of(container) })
+        let name = inner.find(container)?.name.clone();
+        Ok(PolicyView { policy: inner.policy_of(&name), container: name })
     }
 
     pub async fn policies(&self) -> Vec<PolicyView> {
@@ -467,7 +473,7 @@ impl Agent {
         let st = self.status().await?;
         let containers: Vec<ContainerStatus> = match container {
             Some(name) => {
-                let c: Vec<_> = st.containers.into_iter().filter(|c| c.container.name == name).collect();
+                let c: Vec<_> = st.containers.into_iter().filter(|c| c.container.is_named(name)).collect();
                 if c.is_empty() {
                     return Err(AgentError::NotFound(format!("no container named {name:?}")));
                 }
@@ -564,11 +570,13 @@ impl Agent {
 }
 
 impl Inner {
+    /// The container named `name`: by its own name, else by its runtime's.
     fn find(&self, name: &str) -> Result<&Container, AgentError> {
-        self.state
-            .containers
+        let containers = &self.state.containers;
+        containers
             .iter()
             .find(|c| c.name == name)
+            .or_else(|| containers.iter().find(|c| c.is_named(name)))
             .ok_or_else(|| AgentError::refused(ErrorReason::NotFound, format!("no container named {name:?}")))
     }
 

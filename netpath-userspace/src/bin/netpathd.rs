@@ -65,6 +65,9 @@ struct Args {
     /// (/run/docker/plugins/NAME.sock): `docker network create -d NAME`.
     #[arg(long, value_name = "NAME")]
     docker_plugin: Option<String>,
+    /// dockerd's API socket, asked for container names [default: /var/run/docker.sock].
+    #[arg(long, value_name = "PATH")]
+    docker_host: Option<PathBuf>,
     /// Run inside this network namespace (a name under /run/netns or a path)
     /// instead of the one netpathd was started in.
     #[arg(long)]
@@ -128,6 +131,9 @@ fn main() -> Result<()> {
     if let Some(v) = args.docker_plugin {
         cfg.docker_plugin = Some(v);
     }
+    if let Some(v) = args.docker_host {
+        cfg.docker_host = Some(v);
+    }
     let cfg = cfg.resolve().context("invalid configuration")?;
     // setns applies to the calling thread: do it before any other exists.
     if let Some(ns) = &args.netns {
@@ -149,7 +155,8 @@ fn main() -> Result<()> {
         });
         let docker = match &cfg.docker_plugin {
             Some(name) => {
-                let plugin = docker::DockerPlugin::bind(agent.clone(), name, &cfg.state_dir).await?;
+                let plugin =
+                    docker::DockerPlugin::bind(agent.clone(), name, &cfg.state_dir, Some(&cfg.docker_host)).await?;
                 Some(tokio::spawn(plugin.serve(stopped(stop_rx.clone()))))
             }
             None => None,

@@ -205,15 +205,28 @@ fn port_request(p: &PortMapping) -> Result<PortRequest, CniError> {
 }
 
 /// `CNI_ARGS`: `K=V;K=V`. netpath reads `IP` and `MAC` (podman's `--ip`
-/// and `--mac-address`); others are ignored (as `IgnoreUnknown` allows:
-/// runtimes pass K8S_POD_NAME and the like to every plugin).
+/// and `--mac-address`) and `K8S_POD_NAME`/`K8S_POD_NAMESPACE` (podman
+/// passes the container's name as the pod name); others are ignored (as
+/// `IgnoreUnknown` allows).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CniArgs {
     pub ip: Option<String>,
     pub mac: Option<String>,
+    pub pod_name: Option<String>,
+    pub pod_namespace: Option<String>,
 }
 
 impl CniArgs {
+    /// The runtime's name of the container: podman's container name, or
+    /// Kubernetes' `namespace/pod`.
+    pub fn runtime_name(&self) -> Option<String> {
+        let name = self.pod_name.as_deref().filter(|n| !n.is_empty())?;
+        Some(match self.pod_namespace.as_deref().filter(|n| !n.is_empty()) {
+            Some(ns) => format!("{ns}/{name}"),
+            None => name.to_string(),
+        })
+    }
+
     pub fn parse(text: &str) -> Result<CniArgs, CniError> {
         let mut args = CniArgs::default();
         for pair in text.split(';').filter(|p| !p.is_empty()) {
@@ -223,6 +236,8 @@ impl CniArgs {
             match key {
                 "IP" => args.ip = Some(value.to_string()),
                 "MAC" => args.mac = Some(value.to_string()),
+                "K8S_POD_NAME" => args.pod_name = Some(value.to_string()),
+                "K8S_POD_NAMESPACE" => args.pod_namespace = Some(value.to_string()),
                 _ => {}
             }
         }
@@ -259,6 +274,10 @@ mod tests {
     #[test]
     fn addresses_and_macs_come_from_capabilities_then_cni_args() {
         let args = CniArgs::parse("IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.1.0.9;MAC=02:00:00:00:00:09").unwrap();
+        assert_eq!(args.runtime_name().as_deref(), Some("web"));
+        let k8s = CniArgs::parse("K8S_POD_NAMESPACE=prod;K8S_POD_NAME=api-7d9").unwrap();
+        assert_eq!(k8s.runtime_name().as_deref(), Some("prod/api-7d9"));
+        assert_eq!(CniArgs::default().runtime_name(), None);
         assert_eq!(args.ip.as_deref(), Some("10.1.0.9"));
         let conf = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n"}"#).unwrap();
         assert_eq!(conf.requested_ip(&args).unwrap(), Some("10.1.0.9".parse().unwrap()));

@@ -141,6 +141,7 @@ async fn add(env: &Env, conf: &NetConf, client: &Client) -> Result<Value, CniErr
         owner: Some(owner_tag(&conf.name, &env.container_id, &env.ifname)),
         ports: conf.ports()?,
         handoff: false,
+        runtime_name: cni_args.runtime_name(),
     };
     let net: NetworkInfo = client.get("/network").await.map_err(|e| CniError::from_agent(&e, "ADD"))?;
     let c: Container = client.post("/containers", &req).await.map_err(|e| CniError::from_agent(&e, "ADD"))?;
@@ -306,6 +307,7 @@ mod tests {
             ifname: "eth0".into(),
             owner: None,
             handoff_ifname: None,
+            runtime_name: None,
         };
         let r = add_result("0.4.0", &conf, &net, &c);
         assert_eq!(r["interfaces"][0]["sandbox"], "/run/netns/x");
