@@ -146,7 +146,7 @@ impl Dockerd {
     fn spawn(&self, daemon: &str, args: &[&str]) -> Result<Child> {
         // Appended to: a restarted daemon's log follows the first one's.
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{daemon}.log")))?;
-        Command::new("nsenter")
+        crate::daemon_command(&mut Command::new("nsenter"))
             .arg(format!("--net=/run/netns/{}", self.host_netns))
             .arg(daemon)
             .args(args)
