@@ -58,8 +58,9 @@ enum Cmd {
     },
     /// A sandbox host with two containers in network namespaces (root).
     Demo {
-        /// Run the containers with a real runtime instead (docker: dockerd
-        /// on netpath's Docker network driver, in the same sandbox).
+        /// Run the container with a real runtime instead, in the same
+        /// sandbox (docker: dockerd on netpath's Docker network driver;
+        /// podman: podman 4 on the netpath CNI plugin).
         #[arg(long, value_enum)]
         runtime: Option<Runtime>,
     },
@@ -86,6 +87,7 @@ enum Cmd {
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Runtime {
     Docker,
+    Podman,
 }
 
 fn main() -> Result<()> {
@@ -109,8 +111,10 @@ fn main() -> Result<()> {
             setup()?;
             build(false)?;
             let mut args = vec!["run", "--quiet", "-p", "netpath-tests", "--bin", "netpath-demo"];
-            if let Some(Runtime::Docker) = runtime {
-                args.extend(["--", "--runtime", "docker"]);
+            match runtime {
+                Some(Runtime::Docker) => args.extend(["--", "--runtime", "docker"]),
+                Some(Runtime::Podman) => args.extend(["--", "--runtime", "podman"]),
+                None => {}
             }
             // The demo catches Ctrl-C and cleans up: wait for it rather
             // than leave it behind with the terminal.

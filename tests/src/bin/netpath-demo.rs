@@ -11,6 +11,9 @@
 //! network, and a busybox httpd container runs with `-p 8080:80`, reached
 //! from the world and from the host, with the host's rulesets empty.
 //!
+//! `--runtime podman` does it with podman 4 (CNI backend, runc) and the
+//! netpath CNI plugin: a hand-written conflist names the agent's socket.
+//!
 //! Ctrl-C (or SIGTERM, SIGHUP) is caught: the demo stops at the next step
 //! and cleans up as on failure; the daemons it starts are in process groups
 //! of their own, so that the terminal's signal does not stop them before
@@ -27,6 +30,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use netpath_tests::{
     docker::Dockerd,
+    podman::Podman,
     topology::{curl, Topology, HOST_UPLINK_IP, WORLD_IP},
 };
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
@@ -104,7 +108,8 @@ fn main() -> Result<()> {
     let runtime = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         [] => None,
         ["--runtime", "docker"] => Some("docker"),
-        _ => bail!("usage: netpath-demo [--runtime docker]"),
+        ["--runtime", "podman"] => Some("podman"),
+        _ => bail!("usage: netpath-demo [--runtime docker|podman]"),
     };
     if !netpath_tests::is_root() {
         bail!("the demo creates network namespaces and loads BPF programs: run it as root");
@@ -112,7 +117,8 @@ fn main() -> Result<()> {
     std::env::set_var("NETPATH_TEST_PREFIX", format!("npdemo{:x}", std::process::id()));
     catch_interrupts()?;
     match runtime {
-        Some(_) => docker_demo(),
+        Some("docker") => docker_demo(),
+        Some(_) => podman_demo(),
         None => namespaces_demo(),
     }
 }
@@ -309,5 +315,65 @@ fn docker_demo() -> Result<()> {
     t.stop_agent()?;
     drop(t);
     println!("containers, network, dockerd, containerd, agent, namespaces and pins removed");
+    Ok(())
+}
+
+/// The same job with podman (CNI backend) and the netpath CNI plugin.
+fn podman_demo() -> Result<()> {
+    step("Sandbox: host and world network namespaces")?;
+    let mut t = Topology::new(0)?;
+    println!("host netns {}, world netns {}", t.host, t.world);
+
+    step("Start netpathd in the host namespace")?;
+    t.start_agent()?;
+    println!("agent socket {}", t.socket().display());
+
+    step("podman (CNI backend, runc) with its own storage, and a conflist of type netpath naming the agent's socket")?;
+    // Dropped before the topology (declared after it): the agent still
+    // answers the plugin's DELs of its cleanup.
+    let mut pod = Podman::new(&t)?;
+    let conflist = pod.dir().join("cni-conf").join(format!("{}.conflist", pod.network));
+    println!("$ cat {}", conflist.display());
+    println!("{}", std::fs::read_to_string(&conflist).unwrap_or_default().trim_end());
+
+    step("podman run -d --network NET -p 8080:80 busybox httpd")?;
+    let web = match pod.run_httpd(&["-p", "8080:80"])? {
+        Ok(id) => id,
+        Err(e) => bail!("podman run failed: {e}\nagent log: {}", t.agent_log().display()),
+    };
+    println!("{}", pod.podman_ok(&["ps", "--format", "{{.ID}}  {{.Status}}  {{.Ports}}  {{.Networks}}"])?);
+
+    step("What netpathd made of it")?;
+    show(&t, &["status"])?;
+    show(&t, &["container", "ls"])?;
+    show(&t, &["maps"])?;
+
+    step("The published port, through netpath's datapath")?;
+    let url = format!("http://{HOST_UPLINK_IP}:8080/");
+    let world = t.world.clone();
+    let host = t.host.clone();
+    let from_world = curl(&world, &url, Duration::from_secs(15))?;
+    println!("world -> {url}         : {}", from_world.trim_end());
+    let from_host = curl(&host, "http://127.0.0.1:8080/", Duration::from_secs(10))?;
+    println!(
+        "host  -> http://127.0.0.1:8080/ : {}   (socket-level translation, ahead of conmon's port reservation)",
+        from_host.trim_end()
+    );
+    show(&t, &["conntrack"])?;
+
+    step("The host's rulesets: podman and netpath added nothing")?;
+    show_in(&t, &host, &["iptables-save"])?;
+    show_in(&t, &host, &["nft", "list", "ruleset"])?;
+    t.assert_no_netfilter_rules()?;
+    println!("iptables-save and nft list ruleset in the host namespace: empty");
+
+    step("Clean up: podman rm -f (CNI DEL), then the namespaces and pins")?;
+    pod.rm(&[&web])?;
+    show(&t, &["container", "ls"])?;
+    show(&t, &["maps"])?;
+    drop(pod);
+    t.stop_agent()?;
+    drop(t);
+    println!("container, podman storage, agent, namespaces and pins removed");
     Ok(())
 }
