@@ -187,8 +187,7 @@ fn network_connect_and_disconnect_of_a_running_container() {
     // disconnect can only be netpath's leftover.
     let mut d = Dockerd::start_with(&t, &["--userland-proxy=false"]).unwrap();
     let net = network(&t, &mut d, &driver);
-    // Another network to start on: `--network none` cannot be connected to
-    // anything, and the default bridge is off. An internal bridge network
+    // Another network to start on (the default bridge is off). An internal bridge network
     // (no gateway, and dockerd runs with --iptables=false: no rules) lives
     // in the sandbox host namespace; its bridge and the container's veth
     // on it are part of the baseline.
