@@ -29,6 +29,8 @@ pub struct Dockerd {
     host_netns: String,
     containerd: Option<Child>,
     dockerd: Option<Child>,
+    /// Extra dockerd flags (e.g. `--live-restore`), kept for [`Dockerd::restart`].
+    extra_args: Vec<String>,
     /// Containers and networks created, for the cleanup.
     containers: Vec<String>,
     networks: Vec<String>,
@@ -44,6 +46,11 @@ impl Dockerd {
     /// Starts containerd and dockerd in `t`'s host namespace and imports
     /// [`IMAGE`].
     pub fn start(t: &Topology) -> Result<Dockerd> {
+        Self::start_with(t, &[])
+    }
+
+    /// [`Dockerd::start`] with extra dockerd flags (also used on restarts).
+    pub fn start_with(t: &Topology, extra_args: &[&str]) -> Result<Dockerd> {
         for tool in ["dockerd", "containerd", "runc", "nsenter", "chroot"] {
             if Command::new("which").arg(tool).output().map(|o| !o.status.success()).unwrap_or(true) {
                 bail!("{tool} is not installed: run `cargo xtask setup` (it installs docker.io and busybox-static)");
@@ -58,6 +65,7 @@ impl Dockerd {
             dir,
             containerd: None,
             dockerd: None,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             containers: vec![],
             networks: vec![],
             created_dirs: Path::new(CONTAINERD_SHIM_DIR)
@@ -80,31 +88,7 @@ impl Dockerd {
             ],
         )?);
         d.wait_for(&containerd_sock, "containerd")?;
-        d.dockerd = Some(d.spawn(
-            "dockerd",
-            &[
-                &format!("--containerd={}", containerd_sock.display()),
-                "--data-root",
-                &root.join("docker").display().to_string(),
-                "--exec-root",
-                &state.join("docker").display().to_string(),
-                "--pidfile",
-                &state.join("docker.pid").display().to_string(),
-                "-H",
-                &format!("unix://{}", d.socket().display()),
-                "--iptables=false",
-                "--ip6tables=false",
-                "--bridge=none",
-                "--storage-driver=vfs",
-            ],
-        )?);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !d.docker(&["info"])?.status.success() {
-            if Instant::now() > deadline {
-                bail!("dockerd did not answer within 30 s; its log: {}", d.log("dockerd"));
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        d.start_dockerd()?;
         let rootfs = d.dir.join("rootfs");
         crate::busybox::rootfs(&rootfs, "hello from docker")?;
         let tar = d.dir.join("rootfs.tar");
@@ -113,9 +97,56 @@ impl Dockerd {
         Ok(d)
     }
 
+    /// Spawns dockerd on this run's directories and waits until it answers.
+    fn start_dockerd(&mut self) -> Result<()> {
+        let (root, state) = (self.dir.join("root"), self.dir.join("state"));
+        let mut args: Vec<String> = vec![
+            format!("--containerd={}", state.join("containerd.sock").display()),
+            "--data-root".into(),
+            root.join("docker").display().to_string(),
+            "--exec-root".into(),
+            state.join("docker").display().to_string(),
+            "--pidfile".into(),
+            state.join("docker.pid").display().to_string(),
+            "-H".into(),
+            format!("unix://{}", self.socket().display()),
+            "--iptables=false".into(),
+            "--ip6tables=false".into(),
+            "--bridge=none".into(),
+            "--storage-driver=vfs".into(),
+        ];
+        args.extend(self.extra_args.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.dockerd = Some(self.spawn("dockerd", &args)?);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.docker(&["info"])?.status.success() {
+            if let Some(status) = self.dockerd.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.dockerd = None;
+                bail!("dockerd exited with {status}; its log: {}", self.log("dockerd"));
+            }
+            if Instant::now() > deadline {
+                bail!("dockerd did not answer within 30 s; its log: {}", self.log("dockerd"));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
+    }
+
+    /// Stops dockerd (SIGTERM by PID, as a service manager would; without
+    /// `--live-restore` it stops the containers first) and starts it again
+    /// on the same directories and flags; containerd keeps running.
+    /// Containers and networks stay in the cleanup lists.
+    pub fn restart(&mut self) -> Result<()> {
+        if !Self::stop(&mut self.dockerd, Duration::from_secs(60)) {
+            bail!("dockerd did not stop on SIGTERM within 60 s (killed); its log: {}", self.log("dockerd"));
+        }
+        self.start_dockerd()
+    }
+
     fn spawn(&self, daemon: &str, args: &[&str]) -> Result<Child> {
-        let log = std::fs::File::create(self.dir.join(format!("{daemon}.log")))?;
-        Command::new("nsenter")
+        // Appended to: a restarted daemon's log follows the first one's.
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{daemon}.log")))?;
+        crate::daemon_command(&mut Command::new("nsenter"))
             .arg(format!("--net=/run/netns/{}", self.host_netns))
             .arg(daemon)
             .args(args)
@@ -212,6 +243,18 @@ impl Dockerd {
         }
     }
 
+    /// `docker inspect -f FORMAT` of a container or network.
+    pub fn inspect(&self, id: &str, format: &str) -> Result<String> {
+        self.docker_ok(&["inspect", "-f", format, id])
+    }
+
+    /// `docker network rm`; the network leaves the cleanup list.
+    pub fn network_rm(&mut self, name: &str) -> Result<()> {
+        self.docker_ok(&["network", "rm", name])?;
+        self.networks.retain(|n| n != name);
+        Ok(())
+    }
+
     /// `docker rm -f` by ID.
     pub fn rm(&mut self, id: &str) -> Result<()> {
         self.docker_ok(&["rm", "-f", id])?;
@@ -219,20 +262,37 @@ impl Dockerd {
         Ok(())
     }
 
-    fn stop(child: &mut Option<Child>) {
-        let Some(mut c) = child.take() else { return };
+    /// Mount points under this run's directory (deepest first, repeated as
+    /// often as they are stacked), from /proc/self/mountinfo.
+    fn mounts(&self) -> Vec<PathBuf> {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut mounts: Vec<PathBuf> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            // Octal escapes (\040 for a space) never occur in our own paths.
+            .map(PathBuf::from)
+            .filter(|p| p.starts_with(&self.dir))
+            .collect();
+        mounts.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        mounts
+    }
+
+    /// SIGTERM by PID, SIGKILL after `grace`; true if it ended on SIGTERM.
+    fn stop(child: &mut Option<Child>, grace: Duration) -> bool {
+        let Some(mut c) = child.take() else { return true };
         // nsenter execs the daemon: its PID is the daemon's.
         let pid = nix::unistd::Pid::from_raw(c.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = c.try_wait() {
-                return;
+                return true;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         let _ = c.kill();
         let _ = c.wait();
+        false
     }
 }
 
@@ -248,8 +308,14 @@ impl Drop for Dockerd {
         for net in std::mem::take(&mut self.networks) {
             let _ = self.docker(&["network", "rm", &net]);
         }
-        Self::stop(&mut self.dockerd);
-        Self::stop(&mut self.containerd);
+        Self::stop(&mut self.dockerd, Duration::from_secs(15));
+        Self::stop(&mut self.containerd, Duration::from_secs(15));
+        // dockerd with --live-restore leaves its data root bind-mounted
+        // (and a restart stacks another): unmount what is under our
+        // directory, deepest first, so that it can go.
+        for mount in self.mounts() {
+            let _ = Command::new("umount").arg("-l").arg(&mount).output();
+        }
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             eprintln!("removing {}: {e}", self.dir.display());
         }

@@ -33,6 +33,27 @@ pub mod prog_run;
 pub mod raw;
 pub mod topology;
 
+static DAEMONS_IN_OWN_PROCESS_GROUP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// For a program that catches Ctrl-C itself and then cleans up (the demo):
+/// the daemons the harnesses start from now on (netpathd, containerd,
+/// dockerd) go into process groups of their own, so that the terminal's
+/// SIGINT reaches only that program and its cleanup still finds them
+/// running (dockerd to remove the containers, the agent to answer the
+/// driver). Tests leave it off: a test process killed by Ctrl-C has no
+/// cleanup to wait for, and its daemons should get the signal too.
+pub fn daemons_in_own_process_group() {
+    DAEMONS_IN_OWN_PROCESS_GROUP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Applies [`daemons_in_own_process_group`] to a daemon's command.
+pub(crate) fn daemon_command(command: &mut std::process::Command) -> &mut std::process::Command {
+    if DAEMONS_IN_OWN_PROCESS_GROUP.load(std::sync::atomic::Ordering::SeqCst) {
+        std::os::unix::process::CommandExt::process_group(command, 0);
+    }
+    command
+}
+
 /// True when the process may load BPF programs and create namespaces.
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()

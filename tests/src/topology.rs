@@ -200,7 +200,7 @@ impl Topology {
             self.socket().display().to_string(),
         ];
         args.extend(self.extra_agent_args.iter().cloned());
-        let child = Command::new(bin_dir().join("netpathd"))
+        let child = crate::daemon_command(&mut Command::new(bin_dir().join("netpathd")))
             .args(&args)
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -373,6 +373,18 @@ impl Drop for Topology {
         // An agent that was killed leaves its instance lock behind.
         let lock = netpath_userspace::config::instance_lock(&self.prefix);
         let _ = std::fs::remove_file(&lock);
+        let _ = std::fs::remove_file(netpath_userspace::config::pin_dir_lock(&self.pin_dir));
+        // ...and its Docker plugin socket (and the directories for it, when
+        // empty: the agent made them).
+        if let Some(name) = self.extra_agent_args.iter().skip_while(|a| *a != "--docker-plugin").nth(1) {
+            let _ = std::fs::remove_file(netpath_userspace::docker::socket_path(name));
+            let plugins = Path::new(netpath_userspace::docker::PLUGIN_DIR);
+            if std::fs::remove_dir(plugins).is_ok() {
+                if let Some(parent) = plugins.parent() {
+                    let _ = std::fs::remove_dir(parent);
+                }
+            }
+        }
         // The agent made the shared parents too: they go when the last run's
         // pins and locks are gone (rmdir refuses a directory that still
         // holds any).

@@ -57,7 +57,13 @@ enum Cmd {
         args: Vec<String>,
     },
     /// A sandbox host with two containers in network namespaces (root).
-    Demo,
+    Demo {
+        /// Run the container with a real runtime instead, in the same
+        /// sandbox (docker: dockerd on netpath's Docker network driver;
+        /// podman: podman 4 on the netpath CNI plugin).
+        #[arg(long, value_enum)]
+        runtime: Option<Runtime>,
+    },
     /// The side-by-side benchmark (no NAT, iptables, nftables, netpath) on
     /// release builds; writes bench/RESULTS.md, results.json, connrate.svg (root).
     Bench {
@@ -77,6 +83,13 @@ enum Cmd {
     },
 }
 
+/// Container runtimes the demo can run on netpath.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Runtime {
+    Docker,
+    Podman,
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let root = workspace_root();
@@ -93,11 +106,20 @@ fn main() -> Result<()> {
             build(false)?;
             test(&args)
         }
-        Cmd::Demo => {
+        Cmd::Demo { runtime } => {
             require_root("the demo creates network namespaces and loads BPF programs")?;
             setup()?;
             build(false)?;
-            run("cargo", &["run", "--quiet", "-p", "netpath-tests", "--bin", "netpath-demo"])
+            let mut args = vec!["run", "--quiet", "-p", "netpath-tests", "--bin", "netpath-demo"];
+            match runtime {
+                Some(Runtime::Docker) => args.extend(["--", "--runtime", "docker"]),
+                Some(Runtime::Podman) => args.extend(["--", "--runtime", "podman"]),
+                None => {}
+            }
+            // The demo catches Ctrl-C and cleans up: wait for it rather
+            // than leave it behind with the terminal.
+            ignore_interrupts_while_children_run();
+            run("cargo", &args)
         }
         Cmd::Bench { args } => {
             require_root("the benchmark creates network namespaces and loads BPF programs")?;
@@ -155,6 +177,17 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
         bail!("netpath-bench failed ({status})");
     }
     Ok(())
+}
+
+/// Ctrl-C reaches the whole foreground process group: xtask then keeps
+/// running (a no-op handler, which unlike SIG_IGN is not inherited across
+/// exec) until the child it waits for has cleaned up and exited.
+fn ignore_interrupts_while_children_run() {
+    extern "C" fn noop(_: libc::c_int) {}
+    // SAFETY: installing a handler that does nothing is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, noop as *const () as libc::sighandler_t);
+    }
 }
 
 fn workspace_root() -> PathBuf {
