@@ -165,12 +165,14 @@ async fn add_mapping(
     body: Bytes,
 ) -> Result<(StatusCode, Json<Vec<crate::model::Mapping>>), AgentError> {
     let req: MappingRequest = parse_body(&body, "mapping request")?;
-    Ok((StatusCode::CREATED, Json(agent.publish(&req.spec).await?)))
+    let specs = req.specs().map_err(AgentError::BadRequest)?;
+    Ok((StatusCode::CREATED, Json(agent.publish_all(&specs).await?)))
 }
 
 async fn del_mapping(State(agent): State<Arc<Agent>>, body: Bytes) -> ApiResult<Vec<crate::model::Mapping>> {
     let req: MappingRequest = parse_body(&body, "mapping request")?;
-    Ok(Json(agent.unpublish(&req.spec).await?))
+    let specs = req.specs().map_err(AgentError::BadRequest)?;
+    Ok(Json(agent.unpublish_all(&specs).await?))
 }
 
 async fn list_flows(State(agent): State<Arc<Agent>>) -> ApiResult<Vec<crate::model::Flow>> {

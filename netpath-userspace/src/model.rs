@@ -265,10 +265,30 @@ impl Mapping {
     }
 }
 
-/// `POST /v1/mappings` and `POST /v1/mappings/unmap`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+/// `POST /v1/mappings` and `POST /v1/mappings/unmap`: one `spec`, or a
+/// list of `specs` applied all or nothing.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MappingRequest {
-    pub spec: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub specs: Vec<String>,
+}
+
+impl MappingRequest {
+    pub fn one(spec: impl Into<String>) -> MappingRequest {
+        MappingRequest { spec: Some(spec.into()), specs: vec![] }
+    }
+
+    /// The specs asked for: `spec` or `specs`, not both, not none.
+    pub fn specs(&self) -> Result<Vec<&str>, String> {
+        match (&self.spec, self.specs.is_empty()) {
+            (Some(_), false) => Err("give either \"spec\" or \"specs\", not both".into()),
+            (Some(s), true) => Ok(vec![s.as_str()]),
+            (None, false) => Ok(self.specs.iter().map(String::as_str).collect()),
+            (None, true) => Err("no mapping given: \"spec\" or a non-empty \"specs\" list".into()),
+        }
+    }
 }
 
 /// One direction of a tracked flow, as the packet carries it.

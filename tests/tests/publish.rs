@@ -398,3 +398,48 @@ fn expired_flows_are_collected() {
     let out = t.ctl_ok(&["conntrack", "flush"]).unwrap();
     assert!(out.contains("flushed 2 flows"), "the NAT flow and the container's verdict: {out}");
 }
+
+#[test]
+fn bulk_publish_and_unmap_are_all_or_nothing() {
+    let t = topology(2);
+    t.ctl_ok(&["map", "9000:c2:80"]).unwrap();
+    let maps = |t: &Topology| -> Vec<String> {
+        let ms: Vec<Mapping> = t.ctl_json(&["maps"]).unwrap();
+        let mut specs: Vec<String> = ms.iter().map(|m| m.spec()).collect();
+        specs.sort();
+        specs
+    };
+    let file = t.run_dir().join("specs");
+    let write = |lines: &[&str]| std::fs::write(&file, lines.join("\n")).unwrap();
+    let f = file.display().to_string();
+    // One spec clashes with c2's port: refused by name, nothing published.
+    write(&["# web ports", "8080:c1:80", "8443:c1:443  # tls", "9000:c1:90"]);
+    let err = t.ctl_err(&["map", "-f", &f]).unwrap();
+    assert!(err.contains("9000/tcp is already published by 9000:c2:80/tcp"), "{err}");
+    assert_eq!(maps(&t), vec!["9000:c2:80/tcp"]);
+    // A malformed line names itself.
+    write(&["8080:c1:80", "80800:c1:80"]);
+    let err = t.ctl_err(&["map", "-f", &f]).unwrap();
+    assert!(err.contains("\"80800:c1:80\""), "{err}");
+    assert_eq!(maps(&t), vec!["9000:c2:80/tcp"]);
+    // Two specs of one request that clash with each other.
+    write(&["8080:c1:80", "8080:c2:80"]);
+    assert!(t.ctl_err(&["map", "-f", &f]).unwrap().contains("already published"));
+    assert_eq!(maps(&t), vec!["9000:c2:80/tcp"]);
+    // 10000 ports in one call, then all of them reachable by the table.
+    let many: Vec<String> = (20000..30000).map(|p| format!("{p}:c1:80")).collect();
+    std::fs::write(&file, many.join("\n")).unwrap();
+    t.ctl_ok(&["map", "-f", &f]).unwrap();
+    assert_eq!(maps(&t).len(), 10001);
+    let st: Status = t.ctl_json(&["status"]).unwrap();
+    assert_eq!(st.maps.iter().find(|m| m.name == "MAPPINGS4").unwrap().entries, 10001);
+    // Unmap: one spec that names nothing, nothing goes.
+    write(&["20000/tcp", "31000/tcp"]);
+    let err = t.ctl_err(&["unmap", "-f", &f]).unwrap();
+    assert!(err.contains("31000/tcp is not published"), "{err}");
+    assert_eq!(maps(&t).len(), 10001);
+    let all: Vec<String> = (20000..30000).map(|p| format!("{p}/tcp")).collect();
+    std::fs::write(&file, all.join("\n")).unwrap();
+    t.ctl_ok(&["unmap", "-f", &f]).unwrap();
+    assert_eq!(maps(&t), vec!["9000:c2:80/tcp"]);
+}

@@ -142,7 +142,7 @@ impl Inner {
             handoff_ifname: None,
             runtime_name: self.runtime_name_for(&req),
         };
-        let mappings = self.new_mappings(&container, &req.ports);
+        let mappings = self.new_mappings(&container, &req.ports, self.state.next_mapping_id);
         if let Err(e) = self.check_mac_free(&mac, cfg).and_then(|()| self.check_publishable(&mappings)) {
             self.ipam.release(ip);
             return Err(e);

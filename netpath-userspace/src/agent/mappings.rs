@@ -1,13 +1,18 @@
 //! Published ports: the mappings, their MAPPINGS4 entries, and the flows
 //! they created.
 
+use std::{
+    collections::{HashMap, HashSet},
+    net::Ipv4Addr,
+};
+
 use anyhow::{Context as _, Result};
 use netpath_common::{maps::MAX_MAPPINGS, MappingEntry4, MappingKey4};
 
 use super::{AgentError, Inner};
 use crate::{
     model::{Container, ErrorReason, Mapping, PortRequest},
-    portspec::{PortSpec, UnmapSpec},
+    portspec::{PortSpec, Protocol, UnmapSpec},
     state::Change,
 };
 
@@ -86,31 +91,36 @@ impl Inner {
         }
     }
 
-    /// Publishes every port of `spec`, or none of them.
-    pub(super) fn publish(&mut self, spec: &str) -> Result<Vec<Mapping>, AgentError> {
-        let spec = PortSpec::parse(spec).map_err(|e| AgentError::BadRequest(e.to_string()))?;
-        let container = self.find(&spec.container)?.clone();
-        let ports: Vec<PortRequest> = spec
-            .pairs()
-            .map(|(host_port, container_port)| PortRequest {
-                host_ip: spec.host.ip,
-                host_port,
-                container_port,
-                proto: spec.host.proto,
-            })
-            .collect();
-        let new = self.new_mappings(&container, &ports);
+    /// Publishes every port of every spec, or none of them (one journal
+    /// record, one update of the host's reserved ports).
+    pub(super) fn publish(&mut self, specs: &[&str]) -> Result<Vec<Mapping>, AgentError> {
+        let mut new: Vec<Mapping> = vec![];
+        for text in specs {
+            let spec = PortSpec::parse(text).map_err(|e| AgentError::BadRequest(format!("{text:?}: {e}")))?;
+            let container = self.find(&spec.container)?.clone();
+            let ports: Vec<PortRequest> = spec
+                .pairs()
+                .map(|(host_port, container_port)| PortRequest {
+                    host_ip: spec.host.ip,
+                    host_port,
+                    container_port,
+                    proto: spec.host.proto,
+                })
+                .collect();
+            let first_id = self.state.next_mapping_id + new.len() as u32;
+            new.extend(self.new_mappings(&container, &ports, first_id));
+        }
         self.publish_mappings(new)
     }
 
-    /// The mappings `ports` asks for, numbered from the next mapping id
-    /// (nothing is reserved yet).
-    pub(super) fn new_mappings(&self, container: &Container, ports: &[PortRequest]) -> Vec<Mapping> {
+    /// The mappings `ports` asks for, numbered from `first_id` (nothing is
+    /// reserved yet: ids are taken when they are published).
+    pub(super) fn new_mappings(&self, container: &Container, ports: &[PortRequest], first_id: u32) -> Vec<Mapping> {
         ports
             .iter()
             .enumerate()
             .map(|(i, p)| Mapping {
-                id: self.state.next_mapping_id + i as u32,
+                id: first_id + i as u32,
                 host_ip: p.host_ip,
                 host_port: p.host_port,
                 proto: p.proto,
@@ -131,11 +141,19 @@ impl Inner {
                 new.len()
             )));
         }
-        for (i, m) in new.iter().enumerate() {
+        // Published ports by (port, protocol): each new one is checked
+        // against the few that share its port, not against all of them.
+        let mut by_port: HashMap<(u16, Protocol), Vec<&Mapping>> = HashMap::new();
+        for m in &self.state.mappings {
+            by_port.entry((m.host_port, m.proto)).or_default().push(m);
+        }
+        for m in new {
             if m.host_port == 0 || m.container_port == 0 {
                 return Err(AgentError::BadRequest(format!("{}: port 0 cannot be published", m.spec())));
             }
-            let clash = self.state.mappings.iter().chain(&new[..i]).find(|o| overlaps(o, m));
+            let same_port = by_port.entry((m.host_port, m.proto)).or_default();
+            let clash = same_port.iter().find(|o| overlaps(o, m)).copied();
+            same_port.push(m);
             if let Some(other) = clash {
                 return Err(AgentError::refused(
                     ErrorReason::PortInUse,
@@ -177,9 +195,32 @@ impl Inner {
         Ok(new)
     }
 
-    /// Removes the mappings `spec` names and every flow they created.
-    pub(super) fn unpublish(&mut self, spec: &str) -> Result<Vec<Mapping>, AgentError> {
-        let spec = UnmapSpec::parse(spec).map_err(|e| AgentError::BadRequest(e.to_string()))?;
+    /// Removes the mappings every spec names and every flow they created;
+    /// nothing if one of them names nothing.
+    pub(super) fn unpublish(&mut self, specs: &[&str]) -> Result<Vec<Mapping>, AgentError> {
+        let index: HashMap<(Option<Ipv4Addr>, u16, Protocol), &Mapping> =
+            self.state.mappings.iter().map(|m| ((m.host_ip, m.host_port, m.proto), m)).collect();
+        let mut victims: Vec<Mapping> = vec![];
+        let mut seen: HashSet<u32> = HashSet::new();
+        for text in specs {
+            for m in self.named_by(text, &index)? {
+                if seen.insert(m.id) {
+                    victims.push(m);
+                }
+            }
+        }
+        self.remove_mappings(&victims)?;
+        Ok(victims)
+    }
+
+    /// The mappings one unmap spec names (all its ports), or an error
+    /// naming the first port that is not published.
+    fn named_by(
+        &self,
+        text: &str,
+        index: &HashMap<(Option<Ipv4Addr>, u16, Protocol), &Mapping>,
+    ) -> Result<Vec<Mapping>, AgentError> {
+        let spec = UnmapSpec::parse(text).map_err(|e| AgentError::BadRequest(format!("{text:?}: {e}")))?;
         let (host, full) = match &spec {
             UnmapSpec::Full(s) => (&s.host, Some(s)),
             UnmapSpec::Host(h) => (h, None),
@@ -187,19 +228,16 @@ impl Inner {
         // The container as the mappings name it (the spec may use its
         // runtime name); an unknown one matches nothing.
         let owner = full.map(|f| self.find(&f.container).map_or(f.container.clone(), |c| c.name.clone()));
-        let mut victims = vec![];
+        let mut named = vec![];
         for (i, port) in host.ports.ports().enumerate() {
-            let found = self.state.mappings.iter().find(|m| {
-                m.host_ip == host.ip
-                    && m.host_port == port
-                    && m.proto == host.proto
-                    && full.is_none_or(|f| {
-                        owner.as_ref() == Some(&m.container)
-                            && f.container_ports.start as usize + i == m.container_port as usize
-                    })
+            let found = index.get(&(host.ip, port, host.proto)).filter(|m| {
+                full.is_none_or(|f| {
+                    owner.as_ref() == Some(&m.container)
+                        && f.container_ports.start as usize + i == m.container_port as usize
+                })
             });
             match found {
-                Some(m) => victims.push(m.clone()),
+                Some(m) => named.push((*m).clone()),
                 None => {
                     let ip = host.ip.map(|ip| format!("{ip}:")).unwrap_or_default();
                     let what = match full {
@@ -215,8 +253,7 @@ impl Inner {
                 }
             }
         }
-        self.remove_mappings(&victims)?;
-        Ok(victims)
+        Ok(named)
     }
 
     pub(super) fn remove_mappings(&mut self, victims: &[Mapping]) -> Result<()> {
@@ -229,7 +266,8 @@ impl Inner {
         // The mapping is gone from MAPPINGS4, so no new flow can use it; now
         // cut the tracked ones, UDP included (no stale entries).
         let ids: Vec<u32> = victims.iter().map(|m| m.id).collect();
-        let flows = self.dp.ct_remove_where(|_, e| ids.contains(&e.mapping_id))?;
+        let id_set: HashSet<u32> = ids.iter().copied().collect();
+        let flows = self.dp.ct_remove_where(|_, e| id_set.contains(&e.mapping_id))?;
         self.dp.sock_revnat_remove(&ids)?;
         self.record(Change::Unpublish { ids: ids.clone() })?;
         self.reserve_published_ports();

@@ -352,11 +352,21 @@ impl Agent {
     }
 
     pub async fn publish(&self, spec: &str) -> Result<Vec<Mapping>, AgentError> {
-        self.inner.lock().await.publish(spec)
+        self.inner.lock().await.publish(&[spec])
+    }
+
+    /// Publishes every port of every spec, or none of them.
+    pub async fn publish_all(&self, specs: &[&str]) -> Result<Vec<Mapping>, AgentError> {
+        self.inner.lock().await.publish(specs)
     }
 
     pub async fn unpublish(&self, spec: &str) -> Result<Vec<Mapping>, AgentError> {
-        self.inner.lock().await.unpublish(spec)
+        self.inner.lock().await.unpublish(&[spec])
+    }
+
+    /// Removes what every spec names, or nothing if one names nothing.
+    pub async fn unpublish_all(&self, specs: &[&str]) -> Result<Vec<Mapping>, AgentError> {
+        self.inner.lock().await.unpublish(specs)
     }
 
     pub async fn mappings(&self) -> Vec<Mapping> {

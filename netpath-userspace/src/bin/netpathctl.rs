@@ -1,8 +1,12 @@
 //! netpathctl: the command line over netpathd's API. See `netpathctl --help`.
 
-use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
-use anyhow::Result;
+use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use netpath_userspace::{
     client::Client,
@@ -46,9 +50,22 @@ enum Command {
     #[command(subcommand)]
     Container(ContainerCmd),
     /// Publish a container port: [HOSTIP:]HOSTPORT[-END]:CONTAINER:PORT[-END][/tcp|/udp]
-    Map { spec: String },
+    Map {
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        spec: Option<String>,
+        /// Publish every spec in FILE (one per line, `#` comments), all or
+        /// nothing; `-` reads standard input.
+        #[arg(short, long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
     /// Remove a published port: a full map spec, or [HOSTIP:]HOSTPORT[-END][/tcp|/udp]
-    Unmap { spec: String },
+    Unmap {
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        spec: Option<String>,
+        /// Remove what every spec in FILE names, all or nothing.
+        #[arg(short, long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
     /// List published ports.
     Maps,
     /// List tracked flows, or flush them.
@@ -223,12 +240,12 @@ async fn run(args: Args) -> Result<()> {
             let cs: Vec<Container> = client.get("/containers").await?;
             print(fmt, &cs, |cs| output::containers_table(cs))
         }
-        Command::Map { spec } => {
-            let ms: Vec<Mapping> = client.post("/mappings", &MappingRequest { spec }).await?;
+        Command::Map { spec, file } => {
+            let ms: Vec<Mapping> = client.post("/mappings", &mapping_request(spec, file)?).await?;
             print(fmt, &ms, |ms| ms.iter().map(|m| format!("published {}\n", m.spec())).collect())
         }
-        Command::Unmap { spec } => {
-            let ms: Vec<Mapping> = client.post("/mappings/unmap", &MappingRequest { spec }).await?;
+        Command::Unmap { spec, file } => {
+            let ms: Vec<Mapping> = client.post("/mappings/unmap", &mapping_request(spec, file)?).await?;
             print(fmt, &ms, |ms| ms.iter().map(|m| format!("removed {}\n", m.spec())).collect())
         }
         Command::Maps => {
@@ -331,4 +348,31 @@ fn encode(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// One spec from the command line, or every spec of a file.
+fn mapping_request(spec: Option<String>, file: Option<PathBuf>) -> Result<MappingRequest> {
+    let Some(file) = file else {
+        return Ok(MappingRequest { spec, specs: vec![] });
+    };
+    let specs = spec_lines(&file)?;
+    if specs.is_empty() {
+        bail!("{} holds no specs", file.display());
+    }
+    Ok(MappingRequest { spec: None, specs })
+}
+
+/// The non-empty, non-comment lines of FILE (`-`: standard input).
+fn spec_lines(file: &Path) -> Result<Vec<String>> {
+    let text = if file == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+    };
+    Ok(text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or_default().trim())
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
 }

@@ -68,21 +68,21 @@ impl NetpathBed {
 
     /// `POST /v1/mappings`; returns the call's round-trip time.
     fn map(&self, port: u16) -> Result<Duration> {
-        let req = MappingRequest { spec: Self::spec(port) };
+        let spec = Self::spec(port);
         let start = Instant::now();
         let _: Vec<Mapping> = self
             .rt
-            .block_on(self.client.post("/mappings", &req))
-            .with_context(|| format!("publishing {}", req.spec))?;
+            .block_on(self.client.post("/mappings", &MappingRequest::one(spec.clone())))
+            .with_context(|| format!("publishing {spec}"))?;
         Ok(start.elapsed())
     }
 
     fn unmap(&self, port: u16) -> Result<()> {
-        let req = MappingRequest { spec: Self::spec(port) };
+        let spec = Self::spec(port);
         let _: Vec<Mapping> = self
             .rt
-            .block_on(self.client.post("/mappings/unmap", &req))
-            .with_context(|| format!("unpublishing {}", req.spec))?;
+            .block_on(self.client.post("/mappings/unmap", &MappingRequest::one(spec.clone())))
+            .with_context(|| format!("unpublishing {spec}"))?;
         Ok(())
     }
 }
@@ -96,8 +96,9 @@ impl Bed for NetpathBed {
         SocketAddrV4::new(HOST_UPLINK_IP, HIT_PORT)
     }
 
-    /// Grows to `ports` one API call per port; the hit port is taken out
-    /// first and published again last, as in the other variants.
+    /// Grows to `ports` in one bulk API call (`"specs": [...]`, all or
+    /// nothing), as the other variants load a whole ruleset; the hit port is
+    /// taken out first and published again last.
     fn publish(&mut self, ports: usize) -> Result<Duration> {
         let wanted_fillers = ports.saturating_sub(1);
         if wanted_fillers < self.fillers {
@@ -108,12 +109,15 @@ impl Bed for NetpathBed {
             self.unmap(HIT_PORT)?;
             self.hit_published = false;
         }
-        for i in self.fillers..wanted_fillers {
-            super::check_interrupted()?;
-            self.map(filler_port(i))?;
-            self.fillers = i + 1;
-        }
-        self.map(HIT_PORT)?;
+        super::check_interrupted()?;
+        let mut specs: Vec<String> = (self.fillers..wanted_fillers).map(|i| Self::spec(filler_port(i))).collect();
+        specs.push(Self::spec(HIT_PORT));
+        let request = MappingRequest { spec: None, specs };
+        let _: Vec<Mapping> = self
+            .rt
+            .block_on(self.client.post("/mappings", &request))
+            .with_context(|| format!("publishing {} ports in one call", request.specs.len()))?;
+        self.fillers = wanted_fillers;
         self.hit_published = true;
         Ok(start.elapsed())
     }

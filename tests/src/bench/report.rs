@@ -259,8 +259,9 @@ fn publish_all(s: &mut String, r: &Results) {
     let _ = writeln!(
         s,
         "iptables: `iptables-restore` of the whole Docker layout; nftables: `nft -f` of the whole \
-         table; netpath: one API call per port added since the previous size, plus taking the hit \
-         port out and publishing it again last. One value each (informational).\n"
+         table; netpath: one bulk API call (`\"specs\": [...]`, all or nothing) with every port \
+         added since the previous size, after taking the hit port out (it is published again last). \
+         One value each, milliseconds (informational).\n"
     );
     let _ = write!(s, "| variant |");
     for p in &r.method.sizes {
