@@ -191,9 +191,16 @@ async fn get_policy(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<Stri
     Ok(Json(agent.policy(&name).await?))
 }
 
-async fn add_rule(State(agent): State<Arc<Agent>>, body: Bytes) -> Result<(StatusCode, Json<Rule>), AgentError> {
+/// One rule (answered with the rule), or `{"rules": [...]}` added all or
+/// nothing (answered with the list).
+async fn add_rule(State(agent): State<Arc<Agent>>, body: Bytes) -> Result<Response, AgentError> {
+    let bulk = serde_json::from_slice::<serde_json::Value>(&body).is_ok_and(|v| v.get("rules").is_some());
+    if bulk {
+        let req: crate::model::RulesRequest = parse_body(&body, "policy rules")?;
+        return Ok((StatusCode::CREATED, Json(agent.add_rules(&req.rules).await?)).into_response());
+    }
     let req: RuleRequest = parse_body(&body, "policy rule")?;
-    Ok((StatusCode::CREATED, Json(agent.add_rule(req).await?)))
+    Ok((StatusCode::CREATED, Json(agent.add_rule(req).await?)).into_response())
 }
 
 async fn remove_rule(State(agent): State<Arc<Agent>>, body: Bytes) -> ApiResult<Rule> {

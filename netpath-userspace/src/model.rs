@@ -349,6 +349,12 @@ pub struct RuleRequest {
     pub filter: Option<String>,
 }
 
+/// `POST /v1/policies` with a list: rules added all or nothing.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RulesRequest {
+    pub rules: Vec<RuleRequest>,
+}
+
 /// `PUT /v1/policies/NAME/default`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DefaultRequest {

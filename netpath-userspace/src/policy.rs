@@ -64,6 +64,10 @@ impl fmt::Display for RuleProto {
     }
 }
 
+/// What a rule matches (all of it but the action): two rules with the
+/// same match clash.
+pub type RuleMatch = (Direction, Ipv4Net, Option<RuleProto>, Option<(u16, u16)>);
+
 /// One rule, as the operator wrote it (and as the API carries it).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Rule {
@@ -80,11 +84,12 @@ pub struct Rule {
 
 impl Rule {
     /// Everything but the action: two rules with the same match clash.
+    pub fn match_key(&self) -> RuleMatch {
+        (self.direction, self.cidr, self.proto, self.ports)
+    }
+
     fn same_match(&self, other: &Rule) -> bool {
-        self.direction == other.direction
-            && self.cidr == other.cidr
-            && self.proto == other.proto
-            && self.ports == other.ports
+        self.match_key() == other.match_key()
     }
 
     pub fn to_datapath(&self) -> DpRule {

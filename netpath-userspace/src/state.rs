@@ -30,11 +30,31 @@ pub const JOURNAL_COMPACT_AT: usize = 4096;
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Change {
-    Publish { mappings: Vec<Mapping>, next_mapping_id: u32 },
-    Unpublish { ids: Vec<u32> },
-    AddRule { container: String, rule: Rule },
-    RemoveRule { container: String, rule: Rule },
-    SetDefault { container: String, direction: Direction, action: Action },
+    Publish {
+        mappings: Vec<Mapping>,
+        next_mapping_id: u32,
+    },
+    Unpublish {
+        ids: Vec<u32>,
+    },
+    AddRule {
+        container: String,
+        rule: Rule,
+    },
+    /// Many rules of one container at once (a bulk load: one journal line).
+    AddRules {
+        container: String,
+        rules: Vec<Rule>,
+    },
+    RemoveRule {
+        container: String,
+        rule: Rule,
+    },
+    SetDefault {
+        container: String,
+        direction: Direction,
+        action: Action,
+    },
 }
 
 impl Change {
@@ -47,6 +67,9 @@ impl Change {
             Change::Unpublish { ids } => state.mappings.retain(|m| !ids.contains(&m.id)),
             Change::AddRule { container, rule } => {
                 state.policies.entry(container.clone()).or_default().rules.push(rule.clone())
+            }
+            Change::AddRules { container, rules } => {
+                state.policies.entry(container.clone()).or_default().rules.extend(rules.iter().cloned())
             }
             Change::RemoveRule { container, rule } => {
                 if let Some(p) = state.policies.get_mut(container) {

@@ -240,3 +240,50 @@ fn bad_rules_are_refused_and_change_nothing() {
     t.start_agent().unwrap();
     assert_eq!(snapshot(&t), before);
 }
+
+#[test]
+fn bulk_rules_are_all_or_nothing_and_take_effect() {
+    let (mut t, cs) = topology(2, &[]);
+    t.ctl_ok(&["policy", "add", "c1", "allow", "in", "10.0.0.0/8", "tcp/80"]).unwrap();
+    let snapshot = |t: &Topology| {
+        let p: PolicyView = t.ctl_json(&["policy", "ls", "c1"]).unwrap();
+        let st: netpath_userspace::model::Status = t.ctl_json(&["status"]).unwrap();
+        (p, st.maps.iter().find(|m| m.name == "POLICY4").unwrap().entries)
+    };
+    let before = snapshot(&t);
+    let file = t.run_dir().join("rules");
+    let f = file.display().to_string();
+    let refused = |lines: &[&str], want: &str| {
+        std::fs::write(&file, lines.join("\n")).unwrap();
+        let err = t.ctl_err(&["policy", "add", "-f", &f]).unwrap();
+        assert!(err.contains(want), "{lines:?}: expected {want:?} in {err:?}");
+        assert_eq!(snapshot(&t), before, "state changed after refused {lines:?}");
+    };
+    // Each bad line refuses the whole file, naming the line or the rule.
+    refused(&["c1 deny in 192.168.0.0/16", "c1 allow in 10.0.0.0/8 tcp/80"], "already exists");
+    refused(&["c1 deny in 192.168.0.0/16", "c1 allow in 192.168.0.0/16"], "conflicts with existing rule");
+    refused(&["c1 deny in 192.168.0.0/16", "nope deny in 10.1.0.0/16"], "no container named");
+    refused(&["c1 deny in 192.168.0.0/16", "c1 deny sideways 10.1.0.0/16"], "rule 2");
+    refused(&["c1 deny in 10.0.0.1/8"], "host bits");
+
+    // 10000 rules for c2 in one call, with the one that matters among them:
+    // c1 may no longer reach c2's port 22.
+    let c1 = cs[0].ip;
+    let mut lines: Vec<String> =
+        (0..9999).map(|i| format!("c2 deny in 172.{}.{}.0/24", 16 + i / 256, i % 256)).collect();
+    lines.push(format!("c2 deny in {c1}/32 tcp/22 # the one c1 feels"));
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    server(&t, &t.container_ns(2), 22);
+    assert!(reaches(&t, &t.container_ns(1), cs[1].ip, 22), "allowed before");
+    let out = t.ctl_ok(&["policy", "add", "-f", &f]).unwrap();
+    assert!(out.contains("added 10000 rules"), "{out}");
+    let p: PolicyView = t.ctl_json(&["policy", "ls", "c2"]).unwrap();
+    assert_eq!(p.policy.rules.len(), 10000);
+    assert!(!reaches(&t, &t.container_ns(1), cs[1].ip, 22), "denied by the bulk load");
+    // Kept across a restart.
+    t.stop_agent().unwrap();
+    t.start_agent().unwrap();
+    let p: PolicyView = t.ctl_json(&["policy", "ls", "c2"]).unwrap();
+    assert_eq!(p.policy.rules.len(), 10000);
+    assert!(!reaches(&t, &t.container_ns(1), cs[1].ip, 22));
+}

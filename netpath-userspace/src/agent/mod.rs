@@ -431,6 +431,11 @@ impl Agent {
         }
     }
 
+    /// Adds every rule or none (see `Inner::add_rules`).
+    pub async fn add_rules(&self, reqs: &[RuleRequest]) -> Result<Vec<Rule>, AgentError> {
+        self.inner.lock().await.add_rules(reqs)
+    }
+
     pub async fn add_rule(&self, req: RuleRequest) -> Result<Rule, AgentError> {
         self.inner.lock().await.change_rule(req, true)
     }

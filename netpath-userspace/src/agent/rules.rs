@@ -23,6 +23,16 @@ use crate::{
 /// Tracked ICMP flows are echo flows: re-judged as echo requests (type 8).
 const ICMP_ECHO_REQUEST: u16 = 8;
 
+/// The rule a request describes, checked.
+fn rule_of(req: &RuleRequest) -> Result<Rule, AgentError> {
+    let cidr = policy::parse_cidr(&req.cidr)?;
+    let (proto, ports) = match &req.filter {
+        Some(f) => policy::parse_filter(f)?,
+        None => (None, None),
+    };
+    Ok(Rule { action: req.action, direction: req.direction, cidr, proto, ports })
+}
+
 impl Inner {
     pub(super) fn policy_of(&self, name: &str) -> ContainerPolicy {
         self.state.policies.get(name).cloned().unwrap_or_default()
@@ -58,12 +68,8 @@ impl Inner {
     /// cut.
     pub(super) fn change_rule(&mut self, req: RuleRequest, add: bool) -> Result<Rule, AgentError> {
         let c = self.find(&req.container)?.clone();
-        let cidr = policy::parse_cidr(&req.cidr)?;
-        let (proto, ports) = match &req.filter {
-            Some(f) => policy::parse_filter(f)?,
-            None => (None, None),
-        };
-        let rule = Rule { action: req.action, direction: req.direction, cidr, proto, ports };
+        let rule = rule_of(&req)?;
+        let cidr = rule.cidr;
         let current = self.policy_of(&c.name);
         let mut rules = current.rules.clone();
         if add {
@@ -93,6 +99,66 @@ impl Inner {
         }
         tracing::info!(container = %c.name, rule = %rule, "{}", if add { "policy rule added" } else { "policy rule removed" });
         Ok(rule)
+    }
+
+    /// Adds many rules at once, all or nothing: every rule is checked and
+    /// every touched container and direction compiled before anything is
+    /// written; then one journal line per container, and one pass over the
+    /// tracked flows if a deny was added.
+    pub(super) fn add_rules(&mut self, reqs: &[RuleRequest]) -> Result<Vec<Rule>, AgentError> {
+        if reqs.is_empty() {
+            return Err(AgentError::BadRequest("no rules given".into()));
+        }
+        // Per container, in the order they first appear.
+        let mut by_container: Vec<(Container, Vec<Rule>)> = vec![];
+        for req in reqs {
+            let c = self.find(&req.container)?.clone();
+            let rule = rule_of(req)?;
+            match by_container.iter_mut().find(|(x, _)| x.name == c.name) {
+                Some((_, rules)) => rules.push(rule),
+                None => by_container.push((c, vec![rule])),
+            }
+        }
+        let mut plans = vec![];
+        for (c, new) in by_container {
+            let current = self.policy_of(&c.name);
+            // The rules a new one would clash with, by what they match.
+            let mut matched: HashMap<policy::RuleMatch, &Rule> =
+                current.rules.iter().map(|r| (r.match_key(), r)).collect();
+            for r in &new {
+                if let Some(existing) = matched.insert(r.match_key(), r) {
+                    return Err(if existing.action == r.action {
+                        RuleError::Duplicate(r.to_string())
+                    } else {
+                        RuleError::Conflict { new: r.to_string(), existing: existing.to_string() }
+                    }
+                    .into());
+                }
+            }
+            let mut rules = current.rules.clone();
+            rules.extend(new.iter().cloned());
+            let directions: Vec<Direction> =
+                [Direction::In, Direction::Out].into_iter().filter(|d| new.iter().any(|r| r.direction == *d)).collect();
+            for d in &directions {
+                policy::compile(&rules, *d, None)?;
+            }
+            plans.push((c, rules, new, directions));
+        }
+        let mut added = vec![];
+        let mut deny = false;
+        for (c, rules, new, directions) in plans {
+            for d in directions {
+                self.write_policy(c.id, &rules, d, None)?;
+            }
+            deny |= new.iter().any(|r| r.action == Action::Deny);
+            tracing::info!(container = %c.name, rules = new.len(), "policy rules added");
+            self.record(Change::AddRules { container: c.name.clone(), rules: new.clone() })?;
+            added.extend(new);
+        }
+        if deny {
+            self.recheck_flows(None, None)?;
+        }
+        Ok(added)
     }
 
     pub(super) fn set_default(

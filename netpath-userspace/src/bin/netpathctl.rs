@@ -13,7 +13,7 @@ use netpath_userspace::{
     config::default_socket,
     model::{
         Container, ContainerRequest, ContainerStatus, DefaultRequest, Flow, FlushResult, Mapping, MappingRequest,
-        PolicyView, RuleRequest, Settings, StatsView, Status,
+        PolicyView, RuleRequest, RulesRequest, Settings, StatsView, Status,
     },
     monitor::MonitorEvent,
     output,
@@ -141,8 +141,20 @@ impl RuleArgs {
 
 #[derive(Subcommand, Debug)]
 enum PolicyCmd {
-    /// policy add CONTAINER allow|deny in|out CIDR [tcp|udp|icmp[/PORT[-END]]]
-    Add(RuleArgs),
+    /// policy add CONTAINER allow|deny in|out CIDR [tcp|udp|icmp[/PORT[-END]]];
+    /// or -f FILE: one such rule per line (`#` comments), added all or nothing
+    Add {
+        #[arg(
+            required_unless_present = "file",
+            conflicts_with = "file",
+            num_args = 4..=5,
+            value_names = ["CONTAINER", "ACTION", "DIRECTION", "CIDR", "FILTER"]
+        )]
+        rule: Vec<String>,
+        /// Add every rule in FILE (`-`: standard input).
+        #[arg(short, long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
     /// Remove a rule, given as it was added.
     #[command(alias = "del")]
     Rm(RuleArgs),
@@ -260,9 +272,24 @@ async fn run(args: Args) -> Result<()> {
             let r: FlushResult = client.delete("/conntrack").await?;
             print(fmt, &r, |r| format!("flushed {} flows\n", r.flows))
         }
-        Command::Policy(PolicyCmd::Add(args)) => {
-            let r: Rule = client.post("/policies", &args.request()).await?;
+        Command::Policy(PolicyCmd::Add { rule, file: None }) => {
+            let r: Rule = client.post("/policies", &rule_request(&rule)?).await?;
             print(fmt, &r, |r| format!("added {r}\n"))
+        }
+        Command::Policy(PolicyCmd::Add { file: Some(file), .. }) => {
+            let rules = spec_lines(&file)?
+                .iter()
+                .enumerate()
+                .map(|(i, line)| {
+                    rule_request(&line.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+                        .with_context(|| format!("{}, rule {}: {line:?}", file.display(), i + 1))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            if rules.is_empty() {
+                bail!("{} holds no rules", file.display());
+            }
+            let added: Vec<Rule> = client.post("/policies", &RulesRequest { rules }).await?;
+            print(fmt, &added, |rs| format!("added {} rules\n", rs.len()))
         }
         Command::Policy(PolicyCmd::Rm(args)) => {
             let r: Rule = client.post("/policies/remove", &args.request()).await?;
@@ -348,6 +375,27 @@ fn encode(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// A rule written as on the command line: CONTAINER allow|deny in|out
+/// CIDR [FILTER].
+fn rule_request(words: &[String]) -> Result<RuleRequest> {
+    let [container, action, direction, cidr, rest @ ..] = words else {
+        bail!("expected CONTAINER allow|deny in|out CIDR [FILTER], got {:?}", words.join(" "));
+    };
+    let filter = match rest {
+        [] => None,
+        [f] => Some(f.clone()),
+        _ => bail!("expected at most one FILTER after the CIDR, got {:?}", rest.join(" ")),
+    };
+    let action = CliAction::from_str(action, true).map_err(|_| anyhow::anyhow!("{action:?} is not allow or deny"))?;
+    Ok(RuleRequest {
+        container: container.clone(),
+        action: action.into(),
+        direction: parse_direction(direction).map_err(anyhow::Error::msg)?,
+        cidr: cidr.clone(),
+        filter,
+    })
 }
 
 /// One spec from the command line, or every spec of a file.

@@ -13,7 +13,8 @@
 //!   -j RETURN` first, as a careful operator writes it: only a flow's
 //!   first packets walk the rules.
 //! - netpath: the agent's API, `PUT /v1/policies/c1/default` (in: deny),
-//!   then one `POST /v1/policies` per rule, the client's allow last.
+//!   then the missing rules in one bulk `POST /v1/policies` (`{"rules":
+//!   [...]}`, all or nothing), the client's allow last.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -24,7 +25,7 @@ use anyhow::{bail, Context as _, Result};
 use ipnet::Ipv4Net;
 use netpath_tests::topology::{Topology, HOST_UPLINK_IP, WORLD_IP};
 use netpath_userspace::{
-    model::{DefaultRequest, FlushResult, PolicyView, RuleRequest},
+    model::{DefaultRequest, FlushResult, PolicyView, RuleRequest, RulesRequest},
     policy::{Action, Direction, Rule},
 };
 use serde::Serialize;
@@ -170,14 +171,18 @@ impl NetpathPolicyBed {
         Ok(NetpathPolicyBed { bed, fillers: 0, client_allowed: false, default_deny: false, flushed: vec![] })
     }
 
-    fn rule(&self, action: Action, cidr: Ipv4Net, add: bool) -> Result<Duration> {
-        let req = RuleRequest {
+    fn request(action: Action, cidr: Ipv4Net) -> RuleRequest {
+        RuleRequest {
             container: CONTAINER.into(),
             action,
             direction: Direction::In,
             cidr: cidr.to_string(),
             filter: None,
-        };
+        }
+    }
+
+    fn rule(&self, action: Action, cidr: Ipv4Net, add: bool) -> Result<Duration> {
+        let req = Self::request(action, cidr);
         let path = if add { "/policies" } else { "/policies/remove" };
         let start = Instant::now();
         let _: Rule = self.bed.post(path, &req)?;
@@ -201,8 +206,8 @@ impl PolicyBed for NetpathPolicyBed {
 
     /// Grows the rules (the bed never shrinks): tracked flows are
     /// forgotten first (untimed), then the default goes to deny,
-    /// the client's allow is taken out, the missing fillers are added and
-    /// the allow is added again last, one API call each.
+    /// the client's allow is taken out, the missing fillers are added in one
+    /// bulk call and the allow is added again last.
     fn set_rules(&mut self, rules: usize) -> Result<Duration> {
         if rules == 0 {
             if self.default_deny {
@@ -225,12 +230,16 @@ impl PolicyBed for NetpathPolicyBed {
             self.rule(Action::Allow, client_cidr(), false).context("taking the client's allow out")?;
             self.client_allowed = false;
         }
-        for i in self.fillers..rules - 1 {
-            if i % 1000 == 0 {
-                super::check_interrupted()?;
-            }
-            self.rule(Action::Deny, filler_cidr(i), true).with_context(|| format!("adding rule {}", i + 1))?;
-            self.fillers = i + 1;
+        super::check_interrupted()?;
+        if self.fillers < rules - 1 {
+            let rules: Vec<RuleRequest> =
+                (self.fillers..rules - 1).map(|i| Self::request(Action::Deny, filler_cidr(i))).collect();
+            let n = rules.len();
+            let _: Vec<Rule> = self
+                .bed
+                .post("/policies", &RulesRequest { rules })
+                .with_context(|| format!("adding {n} rules in one call"))?;
+            self.fillers += n;
         }
         self.rule(Action::Allow, client_cidr(), true).context("allowing the client")?;
         self.client_allowed = true;

@@ -94,8 +94,9 @@ pub fn section(s: &mut String, r: &Results, p: &PolicyFigures) {
     let _ = writeln!(s, "### Getting to N rules (informational)\n");
     let _ = writeln!(
         s,
-        "iptables: `iptables-restore` of the whole layout; netpath: one API call per rule added since \
-         the previous count (plus the default and taking the client's allow out and in again), after \
+        "iptables: `iptables-restore` of the whole layout; netpath: one bulk API call (`{{\"rules\": \
+         [...]}}`, all or nothing) with the rules added since the previous count (plus the default and \
+         taking the client's allow out and in again), after \
          `DELETE /v1/conntrack` (untimed; see the notes) so that no call re-judges a previous load \
          window's flows. Milliseconds.\n"
     );
@@ -130,8 +131,8 @@ pub fn section(s: &mut String, r: &Results, p: &PolicyFigures) {
            first rule of `DOCKER-USER` (also with 0 rules), as a careful operator writes it: only a \
            connection's first packets walk the rules.\n\
          - **netpath**: netpathd with its default settings; `PUT /v1/policies/c1/default \
-           {{\"direction\": \"in\", \"action\": \"deny\"}}`, then one `POST /v1/policies {{\"container\": \
-           \"c1\", \"action\": \"deny\", \"direction\": \"in\", \"cidr\": \"100.64.x.y/32\"}}` per rule and \
+           {{\"direction\": \"in\", \"action\": \"deny\"}}`, then the rules in one `POST /v1/policies {{\"rules\": [{{\"container\": \
+           \"c1\", \"action\": \"deny\", \"direction\": \"in\", \"cidr\": \"100.64.x.y/32\"}}, ...]}}` and \
            the client's allow last, through `netpath_userspace::client::Client` in-process. A new flow is \
            judged once (one LPM lookup), later packets pass on the conntrack verdict.\n"
     );
