@@ -443,3 +443,43 @@ fn bulk_publish_and_unmap_are_all_or_nothing() {
     t.ctl_ok(&["unmap", "-f", &f]).unwrap();
     assert_eq!(maps(&t), vec!["9000:c2:80/tcp"]);
 }
+
+#[test]
+fn a_large_table_is_collected_beside_the_api() {
+    use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+    use netpath_common::{CtEntry, CtKey4};
+
+    assert!(netpath_tests::is_root());
+    let mut t = Topology::new(1).unwrap();
+    let cfg = t.run_dir().join("netpathd.toml");
+    std::fs::write(&cfg, "[conntrack]\ngc_interval = 1\n").unwrap();
+    t.agent_args(&["--config", &cfg.display().to_string()]);
+    t.start_agent().unwrap();
+    t.add_container(1).unwrap();
+    // 50000 expired flows (100000 entries), written straight into the pinned
+    // table as the datapath would have left them.
+    const FLOWS: u32 = 50_000;
+    let data = MapData::from_pin(t.pin_dir().join("maps").join("CT4")).unwrap();
+    let mut ct: BpfHashMap<MapData, CtKey4, CtEntry> = BpfHashMap::try_from(Map::LruHashMap(data)).unwrap();
+    for i in 0..FLOWS {
+        let client = [100, 64, (i >> 8) as u8, i as u8];
+        let key = CtKey4::new(client, [198, 18, 0, 1], 40000u16.to_be(), 8080u16.to_be(), 6);
+        let reply = CtKey4::new([10, 1, 0, 2], client, 80u16.to_be(), 40000u16.to_be(), 6);
+        let entry = |peer: CtKey4, flags: u8| CtEntry { peer, flags, expires_ns: 1, ..Default::default() };
+        ct.insert(key, entry(reply, 0), 0).unwrap();
+        ct.insert(reply, entry(key, netpath_common::conntrack::CT_F_REPLY), 0).unwrap();
+    }
+    let entries = |t: &Topology| {
+        let st: Status = t.ctl_json(&["status"]).unwrap();
+        st.maps.iter().find(|m| m.name == "CT4").unwrap().entries
+    };
+    assert!(entries(&t) >= 2 * FLOWS as u64);
+    // The agent answers while its GC works through them, and they go.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut port = 9000;
+    while entries(&t) > 0 {
+        assert!(Instant::now() < deadline, "{} entries left", entries(&t));
+        t.ctl_ok(&["map", &format!("{port}:c1:80")]).unwrap();
+        port += 1;
+    }
+}

@@ -34,11 +34,6 @@ fn proto_name(proto: u8) -> String {
 }
 
 impl Inner {
-    /// Deletes flows whose entries have all expired.
-    pub(super) fn collect_expired(&mut self) -> Result<usize> {
-        self.dp.ct_collect_expired(monotonic_ns())
-    }
-
     /// Removes every tracked flow of a container that goes: its policy
     /// verdicts, and every entry whose tuple or translation names its
     /// address (its masqueraded flows, flows to its published ports and

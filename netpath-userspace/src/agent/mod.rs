@@ -328,14 +328,37 @@ impl Agent {
 
     /// Background work: conntrack garbage collection and keeping the set of
     /// host addresses (for wildcard mappings) current.
-    pub fn spawn_background(self: &Arc<Agent>) {
-        let agent = Arc::clone(self);
+    pub async fn spawn_background(self: &Arc<Agent>) -> Result<()> {
+        // The conntrack GC walks the whole table: on a blocking thread with
+        // a map handle of its own, so that API calls never wait for it.
+        let mut collector = Some(self.inner.lock().await.dp.ct_collector()?);
+        let interval = Duration::from_secs(self.cfg.conntrack.gc_interval as u64);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(agent.cfg.conntrack.gc_interval as u64));
+            let mut tick = tokio::time::interval(interval);
             loop {
                 tick.tick().await;
-                if let Err(e) = agent.inner.lock().await.collect_expired() {
-                    tracing::warn!("conntrack GC: {e:#}");
+                let Some(mut c) = collector.take() else { return };
+                let round = tokio::task::spawn_blocking(move || {
+                    let started = std::time::Instant::now();
+                    let result = c.collect(crate::datapath::monotonic_ns());
+                    (c, result, started.elapsed())
+                })
+                .await;
+                match round {
+                    Ok((c, result, took)) => {
+                        collector = Some(c);
+                        match result {
+                            Ok(flows) if flows > 0 => {
+                                tracing::debug!(flows, ms = took.as_secs_f64() * 1e3, "conntrack GC")
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!("conntrack GC: {e:#}"),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!("conntrack GC stopped: {e}");
+                        return;
+                    }
                 }
             }
         });
@@ -349,6 +372,7 @@ impl Agent {
                 }
             }
         });
+        Ok(())
     }
 
     pub async fn publish(&self, spec: &str) -> Result<Vec<Mapping>, AgentError> {

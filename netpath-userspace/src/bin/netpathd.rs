@@ -142,7 +142,7 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     rt.block_on(async move {
         let agent = Arc::new(Agent::start(cfg.clone()).await?);
-        agent.spawn_background();
+        agent.spawn_background().await?;
         tracing::info!(instance = %cfg.instance, bridge = %cfg.bridge, subnet = %cfg.subnet, "netpathd ready");
         // One shutdown signal for every server the agent runs.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -1,9 +1,10 @@
 //! Tracked flows as the agent handles them: listing, cutting, and collecting
 //! expired pairs.
 
-use std::collections::HashMap;
+use std::{borrow::BorrowMut, collections::HashMap, os::fd::AsFd as _};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
+use aya::maps::{HashMap as BpfHashMap, IterableMap as _, Map, MapData};
 use netpath_common::{conntrack::CT_F_REPLY, CtEntry, CtKey4};
 
 use super::{maps::ignore_missing, Datapath};
@@ -43,45 +44,18 @@ impl Datapath {
     }
 
     /// Deletes the flows whose entries have all expired at `now`, and the
-    /// orphans (halves whose peer the LRU evicted: a lone reply half would
-    /// block its tuple, a lone original half would translate packets whose
-    /// replies can never come back); returns how many flows went.
+    /// orphans; see [`CtCollector::collect`].
     pub fn ct_collect_expired(&mut self, now: u64) -> Result<usize> {
-        let entries: HashMap<CtKey4, CtEntry> = self.ct_entries()?.into_iter().collect();
-        let expired = |e: &CtEntry| e.expires_ns < now;
-        let dead: Vec<CtKey4> = entries
-            .iter()
-            .filter(|(_, e)| expired(e) && entries.get(&e.peer).is_none_or(expired))
-            .map(|(k, _)| *k)
-            .collect();
-        let orphans: Vec<CtKey4> =
-            entries.iter().filter(|(_, e)| !expired(e) && !entries.contains_key(&e.peer)).map(|(k, _)| *k).collect();
-        let mut flows = 0;
-        if !dead.is_empty() {
-            flows += self.ct_remove_expired(&dead, now)?;
-        }
-        if !orphans.is_empty() {
-            flows += self.ct_remove_orphans(&orphans)?;
-        }
-        Ok(flows)
+        collect(&mut self.ct_map()?, now)
     }
 
-    /// Deletes these halves if their peer is still missing, each checked
-    /// just before it goes (the datapath inserts a pair's halves one after
-    /// the other).
-    fn ct_remove_orphans(&mut self, keys: &[CtKey4]) -> Result<usize> {
-        let mut map = self.ct_map()?;
-        let mut flows = 0;
-        for key in keys {
-            let Ok(entry) = map.get(key, 0) else { continue };
-            if map.get(&entry.peer, 0).is_ok() {
-                continue;
-            }
-            if ignore_missing(map.remove(key)).is_ok() {
-                flows += 1;
-            }
-        }
-        Ok(flows)
+    /// A collector with a CT4 handle of its own (the same kernel map), so
+    /// that garbage collection runs beside the agent, never holding it.
+    pub fn ct_collector(&mut self) -> Result<CtCollector> {
+        let map = self.ct_map()?;
+        let fd = map.map().fd().as_fd().try_clone_to_owned().context("duplicating the CT4 map's fd")?;
+        let data = MapData::from_fd(fd).context("opening CT4 for the collector")?;
+        Ok(CtCollector { map: BpfHashMap::try_from(Map::LruHashMap(data))? })
     }
 
     /// Removes one half of a flow and leaves its peer, as the LRU does when
@@ -89,28 +63,85 @@ impl Datapath {
     pub fn ct_remove_half4(&mut self, key: &CtKey4) -> Result<()> {
         Ok(ignore_missing(self.ct_map()?.remove(key))?)
     }
+}
 
-    /// Deletes the entries of these keys that are still expired at `now`,
-    /// each re-read just before it goes: the datapath may have revived one
-    /// (a reused tuple) since the table was read. Returns how many flows went.
-    fn ct_remove_expired(&mut self, keys: &[CtKey4], now: u64) -> Result<usize> {
-        let mut map = self.ct_map()?;
-        let mut flows = 0;
-        for key in keys {
-            let Ok(entry) = map.get(key, 0) else { continue };
-            if entry.expires_ns >= now {
+/// CT4 through a handle of its own: the agent's garbage collector, which
+/// runs on a blocking thread beside the API (whose calls never wait for
+/// it). Deletions re-read each entry first, so racing the datapath (a
+/// revived tuple) or the agent (a flow cut meanwhile) is harmless.
+pub struct CtCollector {
+    map: BpfHashMap<MapData, CtKey4, CtEntry>,
+}
+
+impl CtCollector {
+    /// Deletes the flows whose entries have all expired at `now`, and the
+    /// orphans (halves whose peer the LRU evicted: a lone reply half would
+    /// block its tuple, a lone original half would translate packets whose
+    /// replies can never come back); returns how many flows went.
+    pub fn collect(&mut self, now: u64) -> Result<usize> {
+        collect(&mut self.map, now)
+    }
+}
+
+type CtMap<T> = BpfHashMap<T, CtKey4, CtEntry>;
+
+fn collect<T: BorrowMut<MapData>>(map: &mut CtMap<T>, now: u64) -> Result<usize> {
+    // Entries can vanish (LRU eviction, the datapath) while we walk: skip those.
+    let entries: HashMap<CtKey4, CtEntry> = map.iter().filter_map(Result::ok).collect();
+    let expired = |e: &CtEntry| e.expires_ns < now;
+    let dead: Vec<CtKey4> = entries
+        .iter()
+        .filter(|(_, e)| expired(e) && entries.get(&e.peer).is_none_or(expired))
+        .map(|(k, _)| *k)
+        .collect();
+    let orphans: Vec<CtKey4> =
+        entries.iter().filter(|(_, e)| !expired(e) && !entries.contains_key(&e.peer)).map(|(k, _)| *k).collect();
+    let mut flows = 0;
+    if !dead.is_empty() {
+        flows += remove_expired(map, &dead, now)?;
+    }
+    if !orphans.is_empty() {
+        flows += remove_orphans(map, &orphans)?;
+    }
+    Ok(flows)
+}
+
+/// Deletes these halves if their peer is still missing, each checked just
+/// before it goes (the datapath inserts a pair's halves one after the
+/// other).
+fn remove_orphans<T: BorrowMut<MapData>>(map: &mut CtMap<T>, keys: &[CtKey4]) -> Result<usize> {
+    let mut flows = 0;
+    for key in keys {
+        let Ok(entry) = map.get(key, 0) else { continue };
+        if map.get(&entry.peer, 0).is_ok() {
+            continue;
+        }
+        if ignore_missing(map.remove(key)).is_ok() {
+            flows += 1;
+        }
+    }
+    Ok(flows)
+}
+
+/// Deletes the entries of these keys that are still expired at `now`, each
+/// re-read just before it goes: the datapath may have revived one (a reused
+/// tuple) since the table was read. Returns how many flows went.
+fn remove_expired<T: BorrowMut<MapData>>(map: &mut CtMap<T>, keys: &[CtKey4], now: u64) -> Result<usize> {
+    let mut flows = 0;
+    for key in keys {
+        let Ok(entry) = map.get(key, 0) else { continue };
+        if entry.expires_ns >= now {
+            continue;
+        }
+        if let Ok(peer) = map.get(&entry.peer, 0) {
+            if peer.expires_ns >= now {
                 continue;
             }
-            if let Ok(peer) = map.get(&entry.peer, 0) {
-                if peer.expires_ns >= now {
-                    continue;
-                }
-                let _ = ignore_missing(map.remove(&entry.peer));
-            }
-            if ignore_missing(map.remove(key)).is_ok() && entry.flags & CT_F_REPLY == 0 {
-                flows += 1;
-            }
+            let _ = ignore_missing(map.remove(&entry.peer));
         }
-        Ok(flows)
+        if ignore_missing(map.remove(key)).is_ok() && entry.flags & CT_F_REPLY == 0 {
+            flows += 1;
+        }
     }
+    Ok(flows)
 }
