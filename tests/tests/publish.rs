@@ -456,6 +456,11 @@ fn a_large_table_is_collected_beside_the_api() {
     t.agent_args(&["--config", &cfg.display().to_string()]);
     t.start_agent().unwrap();
     t.add_container(1).unwrap();
+    let entries = |t: &Topology| {
+        let st: Status = t.ctl_json(&["status"]).unwrap();
+        st.maps.iter().find(|m| m.name == "CT4").unwrap().entries
+    };
+    let before = entries(&t);
     // 50000 expired flows (100000 entries), written straight into the pinned
     // table as the datapath would have left them.
     const FLOWS: u32 = 50_000;
@@ -469,11 +474,10 @@ fn a_large_table_is_collected_beside_the_api() {
         ct.insert(key, entry(reply, 0), 0).unwrap();
         ct.insert(reply, entry(key, netpath_common::conntrack::CT_F_REPLY), 0).unwrap();
     }
-    let entries = |t: &Topology| {
-        let st: Status = t.ctl_json(&["status"]).unwrap();
-        st.maps.iter().find(|m| m.name == "CT4").unwrap().entries
-    };
-    assert!(entries(&t) >= 2 * FLOWS as u64);
+    // Counted exactly (in batches, across many of them).
+    assert_eq!(entries(&t), before + 2 * FLOWS as u64);
+    let flows: Vec<Flow> = t.ctl_json(&["conntrack"]).unwrap();
+    assert!(flows.len() >= FLOWS as usize, "listed: {}", flows.len());
     // The agent answers while its GC works through them, and they go.
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut port = 9000;

@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result};
 use aya::maps::{HashMap as BpfHashMap, IterableMap as _, Map, MapData};
 use netpath_common::{conntrack::CT_F_REPLY, CtEntry, CtKey4};
 
-use super::{maps::ignore_missing, Datapath};
+use super::{batch, maps::ignore_missing, Datapath};
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock `CtEntry::expires_ns` uses.
 pub fn monotonic_ns() -> u64 {
@@ -22,9 +22,10 @@ impl Datapath {
         self.get_one(netpath_common::maps::CT4, key)
     }
 
+    /// Every tracked entry, read in batches.
     pub fn ct_entries(&mut self) -> Result<Vec<(CtKey4, CtEntry)>> {
-        // Entries can vanish (LRU eviction, GC) while we walk: skip those.
-        Ok(self.ct_map()?.iter().filter_map(Result::ok).collect())
+        let map = self.ct_map()?;
+        batch::entries(map.map().fd().as_fd()).context("reading CT4")
     }
 
     /// Removes tracked flows (both directions) whose entry matches `pred`;
@@ -86,8 +87,8 @@ impl CtCollector {
 type CtMap<T> = BpfHashMap<T, CtKey4, CtEntry>;
 
 fn collect<T: BorrowMut<MapData>>(map: &mut CtMap<T>, now: u64) -> Result<usize> {
-    // Entries can vanish (LRU eviction, the datapath) while we walk: skip those.
-    let entries: HashMap<CtKey4, CtEntry> = map.iter().filter_map(Result::ok).collect();
+    let entries: HashMap<CtKey4, CtEntry> =
+        batch::entries(map.map().fd().as_fd()).context("reading CT4")?.into_iter().collect();
     let expired = |e: &CtEntry| e.expires_ns < now;
     let dead: Vec<CtKey4> = entries
         .iter()

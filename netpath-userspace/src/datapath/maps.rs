@@ -1,6 +1,6 @@
 //! Typed access to each map, and summaries of maps and programs for status.
 
-use std::io;
+use std::{io, os::fd::AsFd as _};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
@@ -230,18 +230,18 @@ impl Datapath {
         Ok(RingBuf::try_from(map)?)
     }
 
-    /// Every map with its fill level.
+    /// Every map with its fill level (hash maps counted in batches).
     pub fn map_summaries(&mut self) -> Result<Vec<MapSummary>> {
         let counts = [
-            (names::CONTAINERS, self.containers_map()?.keys().count() as u64),
+            (names::CONTAINERS, self.count_hash(names::CONTAINERS)?),
             (names::IFACE_STATS, self.stats_map()?.keys().count() as u64),
-            (names::MAPPINGS4, self.mappings_map()?.keys().count() as u64),
-            (names::HOST_ADDRS4, self.host_addrs_map()?.keys().count() as u64),
-            (names::CT4, self.ct_map()?.keys().count() as u64),
-            (names::SOCK_REVNAT4, self.sock_revnat_map()?.keys().count() as u64),
+            (names::MAPPINGS4, self.count_hash(names::MAPPINGS4)?),
+            (names::HOST_ADDRS4, self.count_hash(names::HOST_ADDRS4)?),
+            (names::CT4, self.count_hash(names::CT4)?),
+            (names::SOCK_REVNAT4, self.count_hash(names::SOCK_REVNAT4)?),
             (names::CONFIG, 1),
             (names::POLICY4, self.policy_map()?.keys().count() as u64),
-            (names::FRAGS4, self.frags_map()?.keys().count() as u64),
+            (names::FRAGS4, self.count_hash(names::FRAGS4)?),
         ];
         let mut out = vec![];
         for (name, entries) in counts {
@@ -250,6 +250,15 @@ impl Datapath {
         }
         out.extend(self.taken.iter().cloned());
         Ok(out)
+    }
+
+    /// Entries of a (non-per-CPU) hash map, counted in batches.
+    fn count_hash(&self, name: &str) -> Result<u64> {
+        let map = self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing"))?;
+        let data = map_data(map)?;
+        let info = data.info()?;
+        super::batch::count(data.fd().as_fd(), info.key_size() as usize, info.value_size() as usize)
+            .with_context(|| format!("counting the entries of {name}"))
     }
 
     fn summarize(&self, name: &str, map: &Map, entries: u64) -> Result<MapSummary> {

@@ -13,6 +13,7 @@
 //! `<pin_dir>/links/<pin prefix>_<target>` (bpffs refuses names with a '.',
 //! so a '.' in an interface name is written as '%').
 
+mod batch;
 mod conntrack;
 mod links;
 mod loader;
