@@ -80,7 +80,14 @@ pub struct ConntrackConfig {
     pub icmp: u32,
     /// How often expired flows are collected.
     pub gc_interval: u32,
+    /// Capacity of the conntrack table (CT4), in entries (a flow takes two
+    /// for its translation and two for its policy verdicts). A pinned table
+    /// cannot be resized: changing it needs the instance's pins removed.
+    pub max_entries: u32,
 }
+
+/// Bounds of `conntrack.max_entries`.
+pub const CT_ENTRIES_RANGE: std::ops::RangeInclusive<u32> = 1024..=16 * 1024 * 1024;
 
 impl Default for ConntrackConfig {
     fn default() -> Self {
@@ -93,6 +100,7 @@ impl Default for ConntrackConfig {
             udp: t.udp,
             icmp: t.icmp,
             gc_interval: 5,
+            max_entries: netpath_common::maps::MAX_CT_ENTRIES as u32,
         }
     }
 }
@@ -180,6 +188,14 @@ impl Config {
             if v == 0 {
                 bail!("conntrack.{name} must be at least 1 second");
             }
+        }
+        if !CT_ENTRIES_RANGE.contains(&self.conntrack.max_entries) {
+            bail!(
+                "conntrack.max_entries {} is outside {}-{}",
+                self.conntrack.max_entries,
+                CT_ENTRIES_RANGE.start(),
+                CT_ENTRIES_RANGE.end()
+            );
         }
         let masquerade_ports = parse_port_range(&self.masquerade_ports)
             .with_context(|| format!("masquerade_ports {:?}", self.masquerade_ports))?;

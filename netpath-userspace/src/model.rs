@@ -182,6 +182,9 @@ pub struct MapStatus {
     pub entries: u64,
     pub max_entries: u32,
     pub pin: String,
+    /// Kernel memory the map holds (its `memlock` accounting), bytes.
+    #[serde(default)]
+    pub memory_bytes: u64,
 }
 
 /// `GET /v1/status`
@@ -209,6 +212,9 @@ pub struct Status {
     pub masquerade_ports: String,
     /// Uplink counters, if there is an uplink.
     pub uplink_stats: Option<InterfaceStats>,
+    /// The agent's own resident memory, bytes.
+    #[serde(default)]
+    pub agent_memory_bytes: u64,
 }
 
 /// Body of every error response.

@@ -148,6 +148,8 @@ pub fn status_text(s: &Status) -> String {
     if let Some(u) = &s.uplink_stats {
         out.push_str(&format!("uplink rx {} packets, {} bytes\n", u.rx_packets, u.rx_bytes));
     }
+    let maps: u64 = s.maps.iter().map(|m| m.memory_bytes).sum();
+    out.push_str(&format!("memory    agent {}, maps {}\n", mib(s.agent_memory_bytes), mib(maps)));
     out.push_str("\nPROGRAMS\n");
     let rows: Vec<Vec<String>> =
         s.programs.iter().map(|p| vec![p.name.clone(), p.kind.clone(), p.id.to_string()]).collect();
@@ -172,11 +174,12 @@ pub fn status_text(s: &Status) -> String {
                 m.kind.clone(),
                 m.id.to_string(),
                 format!("{}/{}", m.entries, m.max_entries),
+                mib(m.memory_bytes),
                 m.pin.clone(),
             ]
         })
         .collect();
-    out.push_str(&table(&["NAME", "TYPE", "ID", "ENTRIES", "PIN"], &rows));
+    out.push_str(&table(&["NAME", "TYPE", "ID", "ENTRIES", "MEMORY", "PIN"], &rows));
     out.push_str("\nCONTAINERS\n");
     let rows: Vec<Vec<String>> = s
         .containers
@@ -205,4 +208,9 @@ mod tests {
         let t = table(&["A", "LONGER"], &[vec!["xyz".into(), "1".into()], vec!["q".into(), "22".into()]]);
         assert_eq!(t, "A    LONGER\nxyz  1\nq    22\n");
     }
+}
+
+/// Bytes as MiB with one decimal.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }

@@ -377,3 +377,35 @@ fn a_restarted_agent_never_masquerades_to_nothing() {
     let received: u32 = sources.values().sum();
     assert_eq!(received, sent, "datagrams lost during the restart");
 }
+
+#[test]
+fn the_conntrack_table_is_sized_by_configuration() {
+    let mut t = topology(0);
+    let cfg = t.run_dir().join("netpathd.toml");
+    let start_with = |t: &mut Topology, entries: u32| {
+        std::fs::write(&cfg, format!("[conntrack]\nmax_entries = {entries}\n")).unwrap();
+        t.agent_args(&["--config", &cfg.display().to_string()]);
+        t.start_agent()
+    };
+    // Out of range: refused before anything is set up.
+    let err = format!("{:#}", start_with(&mut t, 10).unwrap_err());
+    assert!(err.contains("conntrack.max_entries 10 is outside 1024-16777216"), "{err}");
+    start_with(&mut t, 4096).unwrap();
+    let st: Status = t.ctl_json(&["status"]).unwrap();
+    let ct = st.maps.iter().find(|m| m.name == "CT4").unwrap();
+    assert_eq!(ct.max_entries, 4096);
+    assert!(ct.memory_bytes > 0, "the table's kernel memory is shown");
+    assert!(st.agent_memory_bytes > 0, "and the agent's own");
+    assert!(t.ctl_ok(&["status"]).unwrap().contains("memory    agent"));
+    t.stop_agent().unwrap();
+    // The pinned table keeps its size: another one is named as the
+    // configuration change it is.
+    let err = format!("{:#}", start_with(&mut t, 8192).unwrap_err());
+    assert!(
+        err.contains("conntrack.max_entries is 8192, but the pinned conntrack table")
+            && err.contains("holds 4096")
+            && err.contains("cannot be resized"),
+        "{err}"
+    );
+    start_with(&mut t, 4096).unwrap();
+}

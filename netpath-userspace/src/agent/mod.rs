@@ -243,7 +243,7 @@ impl Agent {
         // accept_local the kernel would drop them as martians. Containers
         // cannot abuse this: anti-spoofing runs before any translation.
         write_sysctl(&format!("net.ipv4.conf.{}.accept_local", cfg.bridge), "1")?;
-        let mut dp = Datapath::load(&cfg.pin_dir)?;
+        let mut dp = Datapath::load(&cfg.pin_dir, cfg.conntrack.max_entries)?;
         let (events, _) = broadcast::channel(4096);
         monitor::spawn_reader(dp.take_events()?, events.clone())?;
         let cgroup = match &cfg.cgroup {
@@ -604,6 +604,7 @@ impl Agent {
                 .filter(|a| !a.is_unspecified()),
             masquerade_ports: format!("{}-{}", cfg.masquerade_ports.0, cfg.masquerade_ports.1),
             uplink_stats,
+            agent_memory_bytes: resident_memory().unwrap_or(0),
         })
     }
 }
@@ -805,8 +806,24 @@ fn interface_stats(s: &TrafficStats, container_view: bool) -> InterfaceStats {
     }
 }
 
+/// The agent's resident set size (VmRSS), bytes.
+fn resident_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 =
+        text.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024)
+}
+
 fn map_status(m: MapSummary) -> MapStatus {
-    MapStatus { name: m.name, id: m.id, kind: m.kind, entries: m.entries, max_entries: m.max_entries, pin: m.pin }
+    MapStatus {
+        name: m.name,
+        id: m.id,
+        kind: m.kind,
+        entries: m.entries,
+        max_entries: m.max_entries,
+        pin: m.pin,
+        memory_bytes: m.memory_bytes,
+    }
 }
 
 fn program_status(p: ProgramSummary) -> ProgramStatus {

@@ -70,13 +70,22 @@ pub fn ensure_bpffs() -> Result<()> {
 impl Datapath {
     /// Loads the embedded object with every map pinned under `pin_dir`
     /// (reusing pins that exist) and loads the programs into the kernel.
-    pub fn load(pin_dir: &Path) -> Result<Datapath> {
-        Self::load_object(BPF_OBJECT, Some(pin_dir))
+    pub fn load(pin_dir: &Path, ct_entries: u32) -> Result<Datapath> {
+        Self::load_sized(BPF_OBJECT, Some(pin_dir), Some(ct_entries))
     }
 
     /// Loads `object`; with `pin_dir` None nothing is pinned (packet tests).
     pub fn load_object(object: &[u8], pin_dir: Option<&Path>) -> Result<Datapath> {
+        Self::load_sized(object, pin_dir, None)
+    }
+
+    /// Loads `object` with the conntrack table sized to `ct_entries` (the
+    /// object's declaration if None).
+    fn load_sized(object: &[u8], pin_dir: Option<&Path>, ct_entries: Option<u32>) -> Result<Datapath> {
         let mut loader = EbpfLoader::new();
+        if let Some(n) = ct_entries {
+            loader.map_max_entries(names::CT4, n);
+        }
         let map_paths: Vec<(&str, PathBuf)> = match pin_dir {
             Some(dir) => {
                 ensure_bpffs()?;
@@ -91,7 +100,17 @@ impl Datapath {
         let declared = declared_maps(object)?;
         if let Some(dir) = pin_dir {
             for (name, path) in &map_paths {
-                check_pinned_layout(name, path, declared_map(&declared, name)?)?;
+                let mut expected = declared_map(&declared, name)?;
+                match ct_entries {
+                    Some(n) if *name == names::CT4 => {
+                        // Type and sizes first; then the capacity, named as
+                        // the configuration it is.
+                        expected.max_entries = MapInfo::from_pin(path).map_or(n, |info| info.max_entries());
+                        check_pinned_layout(name, path, expected)?;
+                        check_ct_capacity(path, n)?;
+                    }
+                    _ => check_pinned_layout(name, path, expected)?,
+                }
             }
             check_layout_stamp(&dir.join("maps"))?;
         }
@@ -207,6 +226,22 @@ fn check_pinned_layout(name: &str, path: &Path, expected: MapDef) -> Result<()> 
         bail!(
             "pinned map {name} ({}) is {found}, but this netpath expects {expected}: it was left by an incompatible \
              build. Remove the instance's pins (their state is lost) or run the matching netpath.",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// A pinned conntrack table of another capacity than configured: named as
+/// the configuration change it is (a pinned map cannot be resized).
+fn check_ct_capacity(path: &Path, wanted: u32) -> Result<()> {
+    let Ok(info) = MapInfo::from_pin(path) else { return Ok(()) };
+    let pinned = info.max_entries();
+    if pinned != wanted {
+        bail!(
+            "conntrack.max_entries is {wanted}, but the pinned conntrack table {} holds {pinned}: a pinned table \
+             cannot be resized. Keep max_entries = {pinned}, or remove the instance's pins (tracked flows are lost) \
+             to start with the new size.",
             path.display()
         );
     }

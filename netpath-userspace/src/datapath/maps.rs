@@ -27,6 +27,8 @@ pub struct MapSummary {
     pub entries: u64,
     pub max_entries: u32,
     pub pin: String,
+    /// The kernel's `memlock` accounting of the map, bytes.
+    pub memory_bytes: u64,
 }
 
 /// One loaded program as `status` shows it.
@@ -262,7 +264,9 @@ impl Datapath {
     }
 
     fn summarize(&self, name: &str, map: &Map, entries: u64) -> Result<MapSummary> {
-        let info = map_data(map)?.info()?;
+        let data = map_data(map)?;
+        let info = data.info()?;
+        let memory_bytes = memlock(data.fd().as_fd()).unwrap_or(0);
         Ok(MapSummary {
             name: name.to_string(),
             id: info.id(),
@@ -270,6 +274,7 @@ impl Datapath {
             entries,
             max_entries: info.max_entries(),
             pin: self.pin_dir.join("maps").join(name).display().to_string(),
+            memory_bytes,
         })
     }
 
@@ -312,4 +317,11 @@ pub(super) fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
         }
         other => other,
     }
+}
+
+/// A BPF object's kernel memory, from the `memlock:` line of its fdinfo.
+fn memlock(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+    use std::os::fd::AsRawFd as _;
+    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse().ok())
 }
