@@ -326,3 +326,17 @@ impl Drop for Dockerd {
         }
     }
 }
+
+/// A topology whose agent serves the Docker driver under a per-run name
+/// (returned) and asks this topology's dockerd for container names.
+pub fn topology_with_driver() -> Result<(Topology, String)> {
+    if !crate::is_root() {
+        bail!("docker tests create namespaces and load BPF: run them as root (cargo xtask test)");
+    }
+    let mut t = Topology::new(0)?;
+    let driver = format!("{}-np", t.prefix);
+    let docker_host = Dockerd::socket_for(&t).display().to_string();
+    t.agent_args(&["--docker-plugin", &driver, "--docker-host", &docker_host]);
+    t.start_agent()?;
+    Ok((t, driver))
+}

@@ -15,18 +15,8 @@ use netpath_userspace::model::{Container, Mapping};
 
 const HTTPD: &[&str] = &["/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/www"];
 
-/// A topology whose agent serves the Docker driver under a per-run name.
 fn topology() -> (Topology, String) {
-    assert!(
-        netpath_tests::is_root(),
-        "docker tests create namespaces and load BPF: run them as root (cargo xtask test)"
-    );
-    let mut t = Topology::new(0).expect("build topology");
-    let driver = format!("{}-np", t.prefix);
-    let docker_host = Dockerd::socket_for(&t).display().to_string();
-    t.agent_args(&["--docker-plugin", &driver, "--docker-host", &docker_host]);
-    t.start_agent().expect("start netpathd");
-    (t, driver)
+    netpath_tests::docker::topology_with_driver().expect("a topology with the Docker driver")
 }
 
 fn gateway(t: &Topology) -> String {

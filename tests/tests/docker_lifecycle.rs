@@ -23,17 +23,8 @@ use netpath_userspace::model::{Container, Mapping};
 const HTTPD: &[&str] = &["/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/www"];
 const HELLO: &str = "hello from docker\n";
 
-/// A topology whose agent serves the Docker driver under a per-run name.
 fn topology() -> (Topology, String) {
-    assert!(
-        netpath_tests::is_root(),
-        "docker tests create namespaces and load BPF: run them as root (cargo xtask test)"
-    );
-    let mut t = Topology::new(0).expect("build topology");
-    let driver = format!("{}-np", t.prefix);
-    t.agent_args(&["--docker-plugin", &driver]);
-    t.start_agent().expect("start netpathd");
-    (t, driver)
+    netpath_tests::docker::topology_with_driver().expect("a topology with the Docker driver")
 }
 
 /// The netpath network on the instance's subnet.

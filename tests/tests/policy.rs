@@ -59,6 +59,14 @@ fn reaches(t: &Topology, ns: &str, ip: Ipv4Addr, port: u16) -> bool {
     attempt().unwrap_or(false)
 }
 
+/// c1's policy and the number of POLICY4 entries: what a refused change
+/// must leave as it was.
+fn policy_snapshot(t: &Topology) -> (PolicyView, u64) {
+    let p: PolicyView = t.ctl_json(&["policy", "ls", "c1"]).unwrap();
+    let st: netpath_userspace::model::Status = t.ctl_json(&["status"]).unwrap();
+    (p, st.maps.iter().find(|m| m.name == "POLICY4").unwrap().entries)
+}
+
 fn policy_drops(t: &Topology, name: &str) -> u64 {
     let st: StatsView = t.ctl_json(&["stats", name]).unwrap();
     st.containers[0].stats.drops.get("policy").copied().unwrap_or(0)
@@ -212,11 +220,7 @@ fn monitor_streams_drops_and_flows() {
 fn bad_rules_are_refused_and_change_nothing() {
     let (t, _) = topology(1, &[]);
     t.ctl_ok(&["policy", "add", "c1", "allow", "in", "10.0.0.0/8", "tcp/80"]).unwrap();
-    let snapshot = |t: &Topology| {
-        let p: PolicyView = t.ctl_json(&["policy", "ls", "c1"]).unwrap();
-        let st: netpath_userspace::model::Status = t.ctl_json(&["status"]).unwrap();
-        (p, st.maps.iter().find(|m| m.name == "POLICY4").unwrap().entries)
-    };
+    let snapshot = policy_snapshot;
     let before = snapshot(&t);
     let cases: [(&[&str], &str); 9] = [
         (&["policy", "add", "nope", "allow", "in", "10.0.0.0/8"], "no container named"),
@@ -245,11 +249,7 @@ fn bad_rules_are_refused_and_change_nothing() {
 fn bulk_rules_are_all_or_nothing_and_take_effect() {
     let (mut t, cs) = topology(2, &[]);
     t.ctl_ok(&["policy", "add", "c1", "allow", "in", "10.0.0.0/8", "tcp/80"]).unwrap();
-    let snapshot = |t: &Topology| {
-        let p: PolicyView = t.ctl_json(&["policy", "ls", "c1"]).unwrap();
-        let st: netpath_userspace::model::Status = t.ctl_json(&["status"]).unwrap();
-        (p, st.maps.iter().find(|m| m.name == "POLICY4").unwrap().entries)
-    };
+    let snapshot = policy_snapshot;
     let before = snapshot(&t);
     let file = t.run_dir().join("rules");
     let f = file.display().to_string();

@@ -16,6 +16,12 @@ use crate::{
     state::Change,
 };
 
+/// Published mappings by host address, port and protocol.
+type HostPortIndex<'a> = HashMap<(Option<Ipv4Addr>, u16, Protocol), &'a Mapping>;
+
+/// Up to this many (new x published) comparisons, clash checks scan.
+const SCAN_LIMIT: usize = 1 << 20;
+
 fn mapping_key4(m: &Mapping) -> MappingKey4 {
     MappingKey4 {
         addr: m.host_ip.map(|ip| ip.octets()).unwrap_or([0; 4]),
@@ -141,19 +147,31 @@ impl Inner {
                 new.len()
             )));
         }
-        // Published ports by (port, protocol): each new one is checked
-        // against the few that share its port, not against all of them.
-        let mut by_port: HashMap<(u16, Protocol), Vec<&Mapping>> = HashMap::new();
-        for m in &self.state.mappings {
-            by_port.entry((m.host_port, m.proto)).or_default().push(m);
-        }
-        for m in new {
+        // A few new mappings are checked against the published ones one by
+        // one (publishing a port at 10000 stays in microseconds); a bulk
+        // load through an index by (port, protocol), not n x m comparisons.
+        let existing = &self.state.mappings;
+        let mut by_port: Option<HashMap<(u16, Protocol), Vec<&Mapping>>> = (new.len() * existing.len() > SCAN_LIMIT)
+            .then(|| {
+                let mut index: HashMap<(u16, Protocol), Vec<&Mapping>> = HashMap::new();
+                for m in existing {
+                    index.entry((m.host_port, m.proto)).or_default().push(m);
+                }
+                index
+            });
+        for (i, m) in new.iter().enumerate() {
             if m.host_port == 0 || m.container_port == 0 {
                 return Err(AgentError::BadRequest(format!("{}: port 0 cannot be published", m.spec())));
             }
-            let same_port = by_port.entry((m.host_port, m.proto)).or_default();
-            let clash = same_port.iter().find(|o| overlaps(o, m)).copied();
-            same_port.push(m);
+            let clash = match by_port.as_mut() {
+                Some(index) => {
+                    let same_port = index.entry((m.host_port, m.proto)).or_default();
+                    let clash = same_port.iter().find(|o| overlaps(o, m)).copied();
+                    same_port.push(m);
+                    clash
+                }
+                None => existing.iter().chain(&new[..i]).find(|o| overlaps(o, m)),
+            };
             if let Some(other) = clash {
                 return Err(AgentError::refused(
                     ErrorReason::PortInUse,
@@ -198,8 +216,9 @@ impl Inner {
     /// Removes the mappings every spec names and every flow they created;
     /// nothing if one of them names nothing.
     pub(super) fn unpublish(&mut self, specs: &[&str]) -> Result<Vec<Mapping>, AgentError> {
-        let index: HashMap<(Option<Ipv4Addr>, u16, Protocol), &Mapping> =
-            self.state.mappings.iter().map(|m| ((m.host_ip, m.host_port, m.proto), m)).collect();
+        // An index pays off for many specs; one is looked up by a scan.
+        let index: Option<HostPortIndex> = (specs.len() > 1)
+            .then(|| self.state.mappings.iter().map(|m| ((m.host_ip, m.host_port, m.proto), m)).collect());
         let mut victims: Vec<Mapping> = vec![];
         let mut seen: HashSet<u32> = HashSet::new();
         for text in specs {
@@ -215,11 +234,7 @@ impl Inner {
 
     /// The mappings one unmap spec names (all its ports), or an error
     /// naming the first port that is not published.
-    fn named_by(
-        &self,
-        text: &str,
-        index: &HashMap<(Option<Ipv4Addr>, u16, Protocol), &Mapping>,
-    ) -> Result<Vec<Mapping>, AgentError> {
+    fn named_by(&self, text: &str, index: &Option<HostPortIndex>) -> Result<Vec<Mapping>, AgentError> {
         let spec = UnmapSpec::parse(text).map_err(|e| AgentError::BadRequest(format!("{text:?}: {e}")))?;
         let (host, full) = match &spec {
             UnmapSpec::Full(s) => (&s.host, Some(s)),
@@ -230,14 +245,22 @@ impl Inner {
         let owner = full.map(|f| self.find(&f.container).map_or(f.container.clone(), |c| c.name.clone()));
         let mut named = vec![];
         for (i, port) in host.ports.ports().enumerate() {
-            let found = index.get(&(host.ip, port, host.proto)).filter(|m| {
+            let found = match index {
+                Some(index) => index.get(&(host.ip, port, host.proto)).copied(),
+                None => self
+                    .state
+                    .mappings
+                    .iter()
+                    .find(|m| m.host_ip == host.ip && m.host_port == port && m.proto == host.proto),
+            };
+            let found = found.filter(|m| {
                 full.is_none_or(|f| {
                     owner.as_ref() == Some(&m.container)
                         && f.container_ports.start as usize + i == m.container_port as usize
                 })
             });
             match found {
-                Some(m) => named.push((*m).clone()),
+                Some(m) => named.push(m.clone()),
                 None => {
                     let ip = host.ip.map(|ip| format!("{ip}:")).unwrap_or_default();
                     let what = match full {

@@ -285,26 +285,7 @@ fn docker_demo() -> Result<()> {
         d.docker_ok(&["port", &web])?
     );
 
-    step("What netpathd made of it")?;
-    show(&t, &["status"])?;
-    show(&t, &["container", "ls"])?;
-    show(&t, &["maps"])?;
-
-    step("The published port, through netpath's datapath")?;
-    let url = format!("http://{HOST_UPLINK_IP}:8080/");
-    let world = t.world.clone();
-    let host = t.host.clone();
-    let from_world = curl(&world, &url, Duration::from_secs(15))?;
-    println!("world -> {url}         : {}", from_world.trim_end());
-    let from_host = curl(&host, "http://127.0.0.1:8080/", Duration::from_secs(10))?;
-    println!("host  -> http://127.0.0.1:8080/ : {}   (socket-level translation)", from_host.trim_end());
-    show(&t, &["conntrack"])?;
-
-    step("The host's rulesets: dockerd and netpath added nothing")?;
-    show_in(&t, &host, &["iptables-save"])?;
-    show_in(&t, &host, &["nft", "list", "ruleset"])?;
-    t.assert_no_netfilter_rules()?;
-    println!("iptables-save and nft list ruleset in the host namespace: empty");
+    show_runtime_container(&t, "dockerd", "socket-level translation")?;
 
     step("Clean up: docker rm -f, docker network rm, then the daemons, namespaces and pins")?;
     d.rm(&web)?;
@@ -343,29 +324,7 @@ fn podman_demo() -> Result<()> {
     };
     println!("{}", pod.podman_ok(&["ps", "--format", "{{.ID}}  {{.Status}}  {{.Ports}}  {{.Networks}}"])?);
 
-    step("What netpathd made of it")?;
-    show(&t, &["status"])?;
-    show(&t, &["container", "ls"])?;
-    show(&t, &["maps"])?;
-
-    step("The published port, through netpath's datapath")?;
-    let url = format!("http://{HOST_UPLINK_IP}:8080/");
-    let world = t.world.clone();
-    let host = t.host.clone();
-    let from_world = curl(&world, &url, Duration::from_secs(15))?;
-    println!("world -> {url}         : {}", from_world.trim_end());
-    let from_host = curl(&host, "http://127.0.0.1:8080/", Duration::from_secs(10))?;
-    println!(
-        "host  -> http://127.0.0.1:8080/ : {}   (socket-level translation, ahead of conmon's port reservation)",
-        from_host.trim_end()
-    );
-    show(&t, &["conntrack"])?;
-
-    step("The host's rulesets: podman and netpath added nothing")?;
-    show_in(&t, &host, &["iptables-save"])?;
-    show_in(&t, &host, &["nft", "list", "ruleset"])?;
-    t.assert_no_netfilter_rules()?;
-    println!("iptables-save and nft list ruleset in the host namespace: empty");
+    show_runtime_container(&t, "podman", "socket-level translation, ahead of conmon's port reservation")?;
 
     step("Clean up: podman rm -f (CNI DEL), then the namespaces and pins")?;
     pod.rm(&[&web])?;
@@ -375,5 +334,30 @@ fn podman_demo() -> Result<()> {
     t.stop_agent()?;
     drop(t);
     println!("container, podman storage, agent, namespaces and pins removed");
+    Ok(())
+}
+
+/// What the agent made of a runtime's container published on 8080, the
+/// port reached from the world and from the host, and the host's empty
+/// rulesets (the runtime demos' common steps).
+fn show_runtime_container(t: &Topology, runtime: &str, host_path: &str) -> Result<()> {
+    step("What netpathd made of it")?;
+    show(t, &["status"])?;
+    show(t, &["container", "ls"])?;
+    show(t, &["maps"])?;
+
+    step("The published port, through netpath's datapath")?;
+    let url = format!("http://{HOST_UPLINK_IP}:8080/");
+    let from_world = curl(&t.world, &url, Duration::from_secs(15))?;
+    println!("world -> {url}         : {}", from_world.trim_end());
+    let from_host = curl(&t.host, "http://127.0.0.1:8080/", Duration::from_secs(10))?;
+    println!("host  -> http://127.0.0.1:8080/ : {}   ({host_path})", from_host.trim_end());
+    show(t, &["conntrack"])?;
+
+    step(&format!("The host's rulesets: {runtime} and netpath added nothing"))?;
+    show_in(t, &t.host, &["iptables-save"])?;
+    show_in(t, &t.host, &["nft", "list", "ruleset"])?;
+    t.assert_no_netfilter_rules()?;
+    println!("iptables-save and nft list ruleset in the host namespace: empty");
     Ok(())
 }
