@@ -236,8 +236,13 @@ pub fn lpm_key4(id: u32, d: Direction, cidr: &Ipv4Net) -> (u32, PolicyKey4) {
 /// Compiles the rules of one direction. `only`: recompute just these CIDRs
 /// (the rest is unchanged); None: all of them.
 pub fn compile(rules: &[Rule], d: Direction, only: Option<&[Ipv4Net]>) -> Result<Compiled, RuleError> {
+    // Recomputing a few CIDRs needs only the rules at them or at a prefix
+    // containing them: adding one rule at 10000 then sorts a handful, not
+    // all of them.
+    let relevant =
+        |r: &&Rule| r.direction == d && only.is_none_or(|targets| targets.iter().any(|t| r.cidr.contains(t)));
     let mut by_cidr: BTreeMap<Ipv4Net, Vec<&Rule>> = BTreeMap::new();
-    for r in rules.iter().filter(|r| r.direction == d) {
+    for r in rules.iter().filter(relevant) {
         by_cidr.entry(r.cidr).or_default().push(r);
     }
     let cidrs: HashSet<Ipv4Net> = by_cidr.keys().copied().collect();
@@ -340,6 +345,28 @@ mod tests {
 
     fn policy(rules: Vec<Rule>) -> ContainerPolicy {
         ContainerPolicy { rules, ..Default::default() }
+    }
+
+    #[test]
+    fn recompiling_some_cidrs_gives_what_a_full_compile_gives_them() {
+        let any = |action, cidr: &str| Rule { proto: None, ports: None, ..rule(action, cidr, "tcp") };
+        let mut rules = vec![
+            rule(Action::Deny, "10.0.0.0/8", "tcp/22"),
+            any(Action::Allow, "10.1.0.0/16"),
+            rule(Action::Deny, "10.1.2.0/24", "udp"),
+            rule(Action::Allow, "0.0.0.0/0", "icmp/8"),
+            any(Action::Deny, "192.168.0.0/16"),
+        ];
+        for i in 0..300u32 {
+            rules.push(any(Action::Deny, &format!("10.1.{}.{}/32", i / 200, i % 200)));
+        }
+        let full = compile(&rules, Direction::In, None).unwrap();
+        let targets = affected(&rules, Direction::In, &parse_cidr("10.1.0.0/16").unwrap());
+        let part = compile(&rules, Direction::In, Some(&targets)).unwrap();
+        assert_eq!(part.entries.len(), targets.len());
+        for (cidr, entry) in &part.entries {
+            assert_eq!(Some(entry), full.entries.get(cidr), "{cidr}");
+        }
     }
 
     fn eval(p: &ContainerPolicy, ip: &str, proto: u8, port: u16) -> Action {
