@@ -196,12 +196,26 @@ fn pinned_maps_of_another_layout_are_refused() {
     );
     assert!(err.contains(&format!("expects LruHash, key {key} B, value {value} B, {entries} entries")), "{err}");
 
-    // Right type and sizes, another capacity.
+    // Right type and sizes, another capacity: named as the configuration
+    // it is (conntrack.max_entries), since a pinned table cannot be resized.
     std::fs::remove_file(&ct4).unwrap();
     bpftool_map(&ct4, "lru_hash", key, value, 1024, "CT4");
     let err = format!("{:#}", t.start_agent().unwrap_err());
-    assert!(err.contains("pinned map CT4") && err.contains("1024 entries"), "{err}");
-    assert!(err.contains(&format!("expects LruHash, key {key} B, value {value} B, {entries} entries")), "{err}");
+    assert!(
+        err.contains(&format!("conntrack.max_entries is {entries}, but the pinned conntrack table"))
+            && err.contains("holds 1024"),
+        "{err}"
+    );
+    // Another map of another capacity: the generic refusal.
+    std::fs::remove_file(&ct4).unwrap();
+    let frags = maps.join("FRAGS4");
+    let (fkey, fvalue) =
+        (std::mem::size_of::<netpath_common::FragKey4>(), std::mem::size_of::<netpath_common::FragEntry4>());
+    bpftool_map(&frags, "lru_hash", fkey, fvalue, 1024, "FRAGS4");
+    let err = format!("{:#}", t.start_agent().unwrap_err());
+    assert!(err.contains("pinned map FRAGS4") && err.contains("1024 entries"), "{err}");
+    std::fs::remove_file(&frags).unwrap();
+    bpftool_map(&ct4, "lru_hash", key, value, entries, "CT4");
 
     // Without the stray map the agent starts and stamps the layout.
     std::fs::remove_file(&ct4).unwrap();
