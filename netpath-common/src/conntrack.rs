@@ -123,10 +123,14 @@ pub const CT_F_POLICY: u8 = 1 << 3;
 pub enum CtState {
     New = 0,
     Established = 1,
-    /// FIN seen.
+    /// FIN seen in this direction (the other may still send: half-close).
     Closing = 2,
     /// RST seen.
     Reset = 3,
+    /// FIN seen both ways: only the last ACKs and retransmissions remain,
+    /// so the flow goes after the short `tcp_closed` timeout (under churn
+    /// closed connections would otherwise crowd out idle established ones).
+    Closed = 4,
 }
 
 impl CtState {
@@ -135,6 +139,7 @@ impl CtState {
             1 => CtState::Established,
             2 => CtState::Closing,
             3 => CtState::Reset,
+            4 => CtState::Closed,
             _ => CtState::New,
         }
     }
@@ -145,6 +150,7 @@ impl CtState {
             CtState::Established => "established",
             CtState::Closing => "closing",
             CtState::Reset => "reset",
+            CtState::Closed => "closed",
         }
     }
 }
@@ -186,11 +192,20 @@ pub struct CtTimeouts {
     pub tcp_reset: u32,
     pub udp: u32,
     pub icmp: u32,
+    pub tcp_closed: u32,
 }
 
 impl Default for CtTimeouts {
     fn default() -> Self {
-        CtTimeouts { tcp_new: 60, tcp_established: 21600, tcp_closing: 60, tcp_reset: 10, udp: 60, icmp: 30 }
+        CtTimeouts {
+            tcp_new: 60,
+            tcp_established: 21600,
+            tcp_closing: 60,
+            tcp_reset: 10,
+            udp: 60,
+            icmp: 30,
+            tcp_closed: 10,
+        }
     }
 }
 
@@ -215,6 +230,8 @@ const NEW: u8 = CtState::New as u8;
 const ESTABLISHED: u8 = CtState::Established as u8;
 const CLOSING: u8 = CtState::Closing as u8;
 const RESET: u8 = CtState::Reset as u8;
+/// FIN seen both ways ([`CtState::Closed`]).
+pub const CLOSED: u8 = CtState::Closed as u8;
 
 impl CtTimeouts {
     /// The timeout of a flow of `proto` in `state` ([`CtState`] as u8).
@@ -233,6 +250,9 @@ impl CtTimeouts {
             }
             if state == RESET {
                 secs = self.tcp_reset;
+            }
+            if state == CLOSED {
+                secs = self.tcp_closed;
             }
             secs
         } else if proto == IPPROTO_UDP {
@@ -261,12 +281,14 @@ pub fn next_state(state: u8, reply: bool, proto: u8, tcp_flags: u8) -> u8 {
     }
     if tcp_flags & TCP_RST != 0 {
         RESET
-    } else if tcp_flags & TCP_SYN != 0 && tcp_flags & TCP_ACK == 0 && (cur == RESET || cur == CLOSING) {
+    } else if tcp_flags & TCP_SYN != 0 && tcp_flags & TCP_ACK == 0 && (cur == RESET || cur == CLOSING || cur == CLOSED)
+    {
         // A new connection on a reused tuple: it starts over, rather than
         // living under the old one's short closing timeout.
         NEW
-    } else if cur == RESET {
-        RESET
+    } else if cur == RESET || cur == CLOSED {
+        // A retransmitted FIN or the last ACK never reopens a closed flow.
+        cur
     } else if tcp_flags & TCP_FIN != 0 {
         CLOSING
     } else if cur == NEW && (tcp_flags & TCP_ACK != 0) && (reply || tcp_flags & TCP_SYN == 0) {
@@ -325,7 +347,7 @@ mod tests {
     }
 
     const UDP_ICMP: [u8; 2] = [IPPROTO_UDP, IPPROTO_ICMP];
-    const ALL_STATES: [u8; 4] = [NEW, ESTABLISHED, CLOSING, RESET];
+    const ALL_STATES: [u8; 5] = [NEW, ESTABLISHED, CLOSING, RESET, CLOSED];
 
     fn tcp(state: u8, reply: bool, flags: u8) -> u8 {
         next_state(state, reply, IPPROTO_TCP, flags)
@@ -420,6 +442,12 @@ mod tests {
         assert_eq!(step(false, TCP_FIN | TCP_ACK), (CLOSING, ESTABLISHED));
         assert_eq!(step(true, TCP_FIN | TCP_ACK), (CLOSING, CLOSING));
         assert_eq!(step(false, TCP_ACK), (CLOSING, CLOSING));
+        // Both FINs seen: the datapath moves both halves to closed (it sees
+        // the peer); a retransmitted FIN or an ACK keeps them there.
+        assert_eq!(tcp(CLOSED, false, TCP_FIN | TCP_ACK), CLOSED);
+        assert_eq!(tcp(CLOSED, true, TCP_ACK), CLOSED);
+        assert_eq!(tcp(CLOSED, true, TCP_RST), RESET);
+        assert_eq!(tcp(CLOSED, false, TCP_SYN), NEW);
         // The tuple is reused.
         assert_eq!(step(false, TCP_SYN), (NEW, CLOSING));
     }
@@ -437,8 +465,15 @@ mod tests {
     }
 
     /// Distinct values, so that a wrong pick shows.
-    const TIMEOUTS: CtTimeouts =
-        CtTimeouts { tcp_new: 11, tcp_established: 22, tcp_closing: 33, tcp_reset: 44, udp: 55, icmp: 66 };
+    const TIMEOUTS: CtTimeouts = CtTimeouts {
+        tcp_new: 11,
+        tcp_established: 22,
+        tcp_closing: 33,
+        tcp_reset: 44,
+        udp: 55,
+        icmp: 66,
+        tcp_closed: 77,
+    };
 
     #[test]
     fn timeouts_per_state_and_protocol() {
@@ -447,6 +482,7 @@ mod tests {
         assert_eq!(t.secs(IPPROTO_TCP, ESTABLISHED), 22);
         assert_eq!(t.secs(IPPROTO_TCP, CLOSING), 33);
         assert_eq!(t.secs(IPPROTO_TCP, RESET), 44);
+        assert_eq!(t.secs(IPPROTO_TCP, CLOSED), 77);
         // A state byte that is none of them: the short new-flow timeout.
         assert_eq!(t.secs(IPPROTO_TCP, 200), 11);
         for state in ALL_STATES {

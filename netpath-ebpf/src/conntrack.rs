@@ -3,7 +3,7 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use netpath_common::{
-    conntrack::{CtState, CT_F_REPLY},
+    conntrack::{CtState, CtTimeouts, CLOSED, CT_F_REPLY, IPPROTO_TCP, TCP_FIN},
     CtEntry, CtKey4, DatapathConfig, DropReason,
 };
 
@@ -26,6 +26,8 @@ pub fn touch(entry: *mut CtEntry, flow: &Flow4, len: u32, cfg: &DatapathConfig) 
     // The state machine and the expiry decision: netpath_common::conntrack.
     if e.refresh(flow.key.proto, flow.tcp_flags, now, &cfg.timeouts) {
         reset_peer(&e.peer, e.expires_ns);
+    } else if flow.tcp_flags & TCP_FIN != 0 && e.state == CtState::Closing as u8 {
+        close_if_peer_closing(entry, &cfg.timeouts, now);
     }
     // Plain adds: the bpfel target has no 64-bit atomics in `core`, so
     // counts of a flow whose packets race on two CPUs may lose an update.
@@ -64,6 +66,25 @@ fn reset_peer(peer: &CtKey4, expires: u64) {
         p.state = CtState::Reset as u8;
         p.expires_ns = expires;
     }
+}
+
+/// The second FIN of a connection (this direction's, the peer having sent
+/// its own): both halves go to `closed` and its short timeout, rather than
+/// holding their entries for the half-close timeout.
+#[inline(never)]
+fn close_if_peer_closing(entry: *mut CtEntry, timeouts: &CtTimeouts, now: u64) {
+    // SAFETY: map value pointers, valid during the program run.
+    let e = unsafe { &mut *entry };
+    let Some(p) = CT4.get_ptr_mut(&e.peer) else { return };
+    let p = unsafe { &mut *p };
+    if p.state != CtState::Closing as u8 && p.state != CLOSED {
+        return;
+    }
+    let expires = timeouts.expiry(IPPROTO_TCP, CLOSED, now);
+    e.state = CLOSED;
+    e.expires_ns = expires;
+    p.state = CLOSED;
+    p.expires_ns = expires;
 }
 
 /// Translates `flow`'s packet as the flow's existing entry says (another

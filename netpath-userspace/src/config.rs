@@ -76,6 +76,8 @@ pub struct ConntrackConfig {
     pub tcp_established: u32,
     pub tcp_closing: u32,
     pub tcp_reset: u32,
+    /// After FINs both ways.
+    pub tcp_closed: u32,
     pub udp: u32,
     pub icmp: u32,
     /// How often expired flows are collected.
@@ -97,6 +99,7 @@ impl Default for ConntrackConfig {
             tcp_established: t.tcp_established,
             tcp_closing: t.tcp_closing,
             tcp_reset: t.tcp_reset,
+            tcp_closed: t.tcp_closed,
             udp: t.udp,
             icmp: t.icmp,
             gc_interval: 5,
@@ -112,6 +115,7 @@ impl ConntrackConfig {
             tcp_established: self.tcp_established,
             tcp_closing: self.tcp_closing,
             tcp_reset: self.tcp_reset,
+            tcp_closed: self.tcp_closed,
             udp: self.udp,
             icmp: self.icmp,
         }
@@ -181,6 +185,7 @@ impl Config {
             ("tcp_established", ct.tcp_established),
             ("tcp_closing", ct.tcp_closing),
             ("tcp_reset", ct.tcp_reset),
+            ("tcp_closed", ct.tcp_closed),
             ("udp", ct.udp),
             ("icmp", ct.icmp),
             ("gc_interval", ct.gc_interval),

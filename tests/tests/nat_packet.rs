@@ -331,3 +331,37 @@ fn a_new_connection_on_a_reused_tuple_starts_over() {
     );
     assert_eq!(state(&mut h), netpath_common::CtState::New as u8);
 }
+
+#[test]
+fn fins_both_ways_close_the_flow_with_the_short_timeout() {
+    let mut h = harness();
+    container(&mut h, C1, C1_MAC);
+    let orig = CtKey4::new(CLIENT, HOST, 40200u16.to_be(), 8080u16.to_be(), IPPROTO_TCP);
+    let reply = CtKey4::new(C1, CLIENT, 80u16.to_be(), 40200u16.to_be(), IPPROTO_TCP);
+    let states = |h: &mut PacketHarness| {
+        let entries = h.dp.ct_entries().unwrap();
+        let state = |k: &CtKey4| entries.iter().find(|(x, _)| x == k).map(|(_, e)| e.state).unwrap();
+        (state(&orig), state(&reply))
+    };
+    let client = |flags: u8| tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40200), (HOST, 8080), flags, &[]);
+    let server = |flags: u8| tcp_frame(HOST_MAC, C1_MAC, (C1, 80), (CLIENT, 40200), flags, &[]);
+    fixtures::pass(&h, HookId::UplinkIngress.program(), &client(0x02));
+    fixtures::pass(&h, HookId::VethIngress.program(), &server(0x12));
+    fixtures::pass(&h, HookId::UplinkIngress.program(), &client(0x10));
+    let (closing, closed) = (netpath_common::CtState::Closing as u8, netpath_common::CtState::Closed as u8);
+    // The client half-closes: the server may go on sending.
+    fixtures::pass(&h, HookId::UplinkIngress.program(), &client(0x11));
+    assert_eq!(states(&mut h), (closing, netpath_common::CtState::Established as u8));
+    fixtures::pass(&h, HookId::VethIngress.program(), &server(0x10));
+    // The server's FIN closes both halves, with the short timeout.
+    fixtures::pass(&h, HookId::VethIngress.program(), &server(0x11));
+    assert_eq!(states(&mut h), (closed, closed));
+    let now = netpath_userspace::datapath::monotonic_ns();
+    let timeouts = netpath_common::CtTimeouts::default();
+    for (_, e) in h.dp.ct_entries().unwrap().iter().filter(|(k, _)| *k == orig || *k == reply) {
+        assert!(e.expires_ns <= now + timeouts.tcp_closed as u64 * 1_000_000_000, "closed: {e:?}");
+    }
+    // The last ACK keeps it closed.
+    fixtures::pass(&h, HookId::UplinkIngress.program(), &client(0x10));
+    assert_eq!(states(&mut h), (closed, closed));
+}
