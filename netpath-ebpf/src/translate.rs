@@ -10,7 +10,7 @@
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
     config::{CFG_F_MASQUERADE, CFG_F_ROUTED},
-    conntrack::{CtState, CT_F_REPLY, IPPROTO_TCP, IPPROTO_UDP},
+    conntrack::{CtState, CT_F_REPLY, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     CtEntry, CtScope, DatapathConfig, DropReason, MappingEntry4,
 };
 use network_types::{
@@ -25,7 +25,7 @@ use crate::{
     fragment, host_sockets, icmp_error, mapping,
     maps::config,
     masquerade, nat,
-    offsets::IP_SRC_OFF,
+    offsets::{IP_PROTO_OFF, IP_SRC_OFF},
     packet, policy,
     stats::count_drop_on_container,
 };
@@ -149,6 +149,11 @@ fn new_published_flow4(
 pub fn translate_outbound4(ctx: &TcContext) -> Result<(), DropReason> {
     let Some(cfg) = config() else { return Ok(()) };
     let masquerade = cfg.has(CFG_F_MASQUERADE);
+    // Without masquerade only the host's ICMP errors concern this hook:
+    // everything else leaves unparsed, as it did before they were handled.
+    if !masquerade && !matches!(packet::load::<u8>(ctx, EthHdr::LEN + IP_PROTO_OFF), Ok(IPPROTO_ICMP)) {
+        return Ok(());
+    }
     let flow = match flow::parse4(ctx) {
         Err(NoFlow::IcmpError) => {
             let saddr = packet::load(ctx, EthHdr::LEN + IP_SRC_OFF)?;

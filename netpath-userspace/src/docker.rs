@@ -362,17 +362,23 @@ impl Driver {
             return Err(DriverError(format!("netpath: endpoint {} has not joined", req.endpoint_id)));
         };
         let published = self.agent.mappings().await;
-        for p in ports {
-            let present = published.iter().any(|m| {
-                m.container == c.name
-                    && m.host_ip == p.host_ip
-                    && m.host_port == p.host_port
-                    && m.container_port == p.container_port
-                    && m.proto == p.proto
-            });
-            if !present {
-                self.agent.publish(&port_spec(&p, &c.name)).await?;
-            }
+        let missing: Vec<String> = ports
+            .iter()
+            .filter(|p| {
+                !published.iter().any(|m| {
+                    m.container == c.name
+                        && m.host_ip == p.host_ip
+                        && m.host_port == p.host_port
+                        && m.container_port == p.container_port
+                        && m.proto == p.proto
+                })
+            })
+            .map(|p| port_spec(p, &c.name))
+            .collect();
+        // All of them in one call, or none.
+        if !missing.is_empty() {
+            let specs: Vec<&str> = missing.iter().map(String::as_str).collect();
+            self.agent.publish_all(&specs).await?;
         }
         Ok(json!({}))
     }
