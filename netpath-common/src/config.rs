@@ -15,6 +15,9 @@ pub const CFG_F_TRACE_FLOWS: u32 = 1 << 3;
 /// The XDP program is attached to the uplink (counting and dropping direct
 /// access happen there; otherwise the tc ingress program does both).
 pub const CFG_F_UPLINK_XDP: u32 = 1 << 4;
+/// Judged and translated packets are redirected straight to the interface
+/// they leave by (see `crate::forward`), rather than handed to the stack.
+pub const CFG_F_FAST_PATH: u32 = 1 << 5;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

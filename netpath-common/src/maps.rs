@@ -21,12 +21,30 @@ pub const CONFIG: &str = "CONFIG";
 pub const POLICY4: &str = "POLICY4";
 /// Verdicts of first fragments: [`crate::FragKey4`] -> [`crate::FragEntry4`] (LRU).
 pub const FRAGS4: &str = "FRAGS4";
+/// Containers by IPv4 address: `[u8; 4]` -> `u32`, the ifindex of the
+/// container's host-side veth (its key in [`CONTAINERS`]), for the fast path.
+pub const CONTAINER_IPS4: &str = "CONTAINER_IPS4";
+/// Per-CPU [`crate::ForwardStats`] at index 0: the fast path's redirects
+/// and fallbacks.
+pub const FORWARD_STATS: &str = "FORWARD_STATS";
 /// Ring buffer of [`crate::Event`] for the monitor.
 pub const EVENTS: &str = "EVENTS";
 
 /// Every map the agent pins. Kernel map names are capped at 15 bytes.
-pub const PINNED_MAPS: &[&str] =
-    &[CONTAINERS, IFACE_STATS, MAPPINGS4, HOST_ADDRS4, CT4, SOCK_REVNAT4, CONFIG, POLICY4, FRAGS4, EVENTS];
+pub const PINNED_MAPS: &[&str] = &[
+    CONTAINERS,
+    IFACE_STATS,
+    MAPPINGS4,
+    HOST_ADDRS4,
+    CT4,
+    SOCK_REVNAT4,
+    CONFIG,
+    POLICY4,
+    FRAGS4,
+    CONTAINER_IPS4,
+    FORWARD_STATS,
+    EVENTS,
+];
 
 pub const MAX_POLICY_PREFIXES: usize = 262144;
 /// Bytes of the event ring buffer.

@@ -11,6 +11,7 @@ mod checksum;
 mod conntrack;
 mod events;
 mod flow;
+mod forward;
 mod fragment;
 mod host_sockets;
 mod icmp_error;
@@ -34,6 +35,7 @@ use aya_ebpf::{
 use netpath_common::{config::CFG_F_UPLINK_XDP, Direction, DropReason, HookId};
 
 use crate::{
+    forward::Origin,
     maps::{config, CONTAINERS},
     verdict::{finish, Site},
 };
@@ -59,27 +61,38 @@ fn tc_action(pass: bool) -> i32 {
 /// conntrack/NAT (replies of published ports, hairpin).
 #[classifier]
 pub fn veth_ingress(ctx: TcContext) -> i32 {
-    let ifindex = skb_ifindex(&ctx);
+    if !veth_ingress_passes(&ctx) {
+        return TC_ACT_SHOT as i32;
+    }
+    forward::forward4(&ctx, Origin::Container)
+}
+
+/// veth_ingress's judging and translation. Out of line, so that its frame
+/// is gone before the fast path's own chain (the receiving container's
+/// policy) starts.
+#[inline(never)]
+fn veth_ingress_passes(ctx: &TcContext) -> bool {
+    let ifindex = skb_ifindex(ctx);
     let len = ctx.len();
     let Some(container) = CONTAINERS.get_ptr(ifindex) else {
         let site = Site { hook: HookId::VethIngress, ifindex, container_id: 0, count: true };
-        return tc_action(finish(&ctx, site, len, Err(DropReason::UnknownContainer)));
+        return finish(ctx, site, len, Err(DropReason::UnknownContainer));
     };
     // SAFETY: map values stay valid for the program's run.
     let container = unsafe { &*container };
-    packet::pull_headers(&ctx);
-    let result = antispoof::check_source(&ctx, container).and_then(|()| match config() {
+    packet::pull_headers(ctx);
+    let result = antispoof::check_source(ctx, container).and_then(|()| match config() {
         // Parsed once for both stages.
         Some(cfg) => {
-            let parsed = flow::parse4(&ctx);
-            policy::icc_allows_frame(&ctx, &parsed, cfg)?;
-            policy::judge(&ctx, &parsed, container, Direction::Out, cfg)
-                .and_then(|()| translate::translate_parsed4(&ctx, &parsed, cfg, false))
+            let parsed = flow::parse4(ctx);
+            policy::icc_allows_frame(ctx, &parsed, cfg)?;
+            policy::judge(ctx, &parsed, container, Direction::Out, cfg)
+                .and_then(|()| translate::translate_parsed4(ctx, &parsed, cfg, false))
         }
         None => Ok(()),
     });
     let site = Site { hook: HookId::VethIngress, ifindex, container_id: container.id, count: true };
-    tc_action(finish(&ctx, site, len, result))
+    finish(ctx, site, len, result)
 }
 
 /// tc egress on a container's host-side veth: everything delivered to the
@@ -112,16 +125,26 @@ pub fn veth_egress(ctx: TcContext) -> i32 {
 /// direct access to containers.
 #[classifier]
 pub fn uplink_ingress(ctx: TcContext) -> i32 {
-    let ifindex = skb_ifindex(&ctx);
+    if !uplink_ingress_passes(&ctx) {
+        return TC_ACT_SHOT as i32;
+    }
+    forward::forward4(&ctx, Origin::Uplink)
+}
+
+/// uplink_ingress's checks and translation, out of line for the same
+/// reason as [`veth_ingress_passes`].
+#[inline(never)]
+fn uplink_ingress_passes(ctx: &TcContext) -> bool {
+    let ifindex = skb_ifindex(ctx);
     let len = ctx.len();
-    packet::pull_headers(&ctx);
+    packet::pull_headers(ctx);
     let behind_xdp = config().is_some_and(|cfg| cfg.has(CFG_F_UPLINK_XDP));
     let result = match config() {
-        Some(cfg) if !behind_xdp && translate::direct_to_container4(&ctx, cfg) => Err(DropReason::NotPublished),
-        _ => translate::translate4(&ctx),
+        Some(cfg) if !behind_xdp && translate::direct_to_container4(ctx, cfg) => Err(DropReason::NotPublished),
+        _ => translate::translate4(ctx),
     };
     let site = Site { hook: HookId::UplinkIngress, ifindex, container_id: 0, count: !behind_xdp };
-    tc_action(finish(&ctx, site, len, result))
+    finish(ctx, site, len, result)
 }
 
 /// tc egress on the uplink: container traffic leaving the host gets the

@@ -2,7 +2,7 @@
 //! The agent pins each one by name (see `netpath_common::maps`).
 
 use aya_ebpf::{
-    btf_maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, RingBuf},
+    btf_maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     macros::btf_map,
 };
 use netpath_common::{
@@ -10,12 +10,19 @@ use netpath_common::{
         EVENTS_BYTES, MAX_CONTAINERS, MAX_CT_ENTRIES, MAX_FRAGS, MAX_HOST_ADDRS, MAX_IFACES, MAX_MAPPINGS,
         MAX_POLICY_PREFIXES, MAX_SOCK_REVNAT,
     },
-    ContainerEntry, CtEntry, CtKey4, DatapathConfig, Event, FragEntry4, FragKey4, HostAddr4, MappingEntry4,
-    MappingKey4, PolicyEntry, PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats,
+    ContainerEntry, CtEntry, CtKey4, DatapathConfig, Event, ForwardStats, FragEntry4, FragKey4, HostAddr4,
+    MappingEntry4, MappingKey4, PolicyEntry, PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats,
 };
 
 #[btf_map]
 pub static CONTAINERS: HashMap<u32, ContainerEntry, MAX_CONTAINERS> = HashMap::new();
+
+/// Containers by address, for the fast path (ifindex: the key of CONTAINERS).
+#[btf_map]
+pub static CONTAINER_IPS4: HashMap<[u8; 4], u32, MAX_CONTAINERS> = HashMap::new();
+
+#[btf_map]
+pub static FORWARD_STATS: PerCpuArray<ForwardStats, 1> = PerCpuArray::new();
 
 #[btf_map]
 pub static IFACE_STATS: PerCpuHashMap<u32, TrafficStats, MAX_IFACES> = PerCpuHashMap::new();

@@ -14,6 +14,8 @@ use crate::flow::IcmpHdr;
 /// Version and header length (IHL), one nibble each.
 pub const IP_VIHL_OFF: usize = offset_of!(Ipv4Hdr, vihl);
 pub const IP_PROTO_OFF: usize = offset_of!(Ipv4Hdr, proto);
+/// The TTL, which shares a 16-bit checksum word with the protocol.
+pub const IP_TTL_OFF: usize = offset_of!(Ipv4Hdr, ttl);
 pub const IP_CSUM_OFF: usize = offset_of!(Ipv4Hdr, check);
 pub const IP_SRC_OFF: usize = offset_of!(Ipv4Hdr, src_addr);
 pub const IP_DST_OFF: usize = offset_of!(Ipv4Hdr, dst_addr);

@@ -50,6 +50,11 @@ pub struct Config {
     /// costs more than it saves), `on` or `off`. Without it, the uplink's tc
     /// program does the same work.
     pub uplink_xdp: UplinkXdp,
+    /// Redirect judged and translated packets straight to the interface
+    /// they leave by (into a container's `eth0`, out of the uplink),
+    /// skipping the bridge and the routing pass. Off: every packet takes
+    /// the stack's way, as plain routing does.
+    pub fast_path: bool,
     /// Direct container-to-container traffic (Docker's --icc); published
     /// ports work either way. `netpathctl icc` changes it at run time.
     pub icc: bool,
@@ -138,6 +143,7 @@ impl Default for Config {
             masquerade: true,
             masquerade_ports: "1024-32767".into(),
             uplink_xdp: UplinkXdp::Auto,
+            fast_path: true,
             icc: true,
             mtu: 0,
             docker_plugin: None,
@@ -216,6 +222,7 @@ impl Config {
             icc: self.icc,
             mtu: self.mtu,
             uplink_xdp: self.uplink_xdp,
+            fast_path: self.fast_path,
             state_dir: self.state_dir.unwrap_or_else(|| PathBuf::from(format!("/var/lib/netpath/{instance}"))),
             socket: self.socket.unwrap_or_else(|| default_socket(&instance)),
             pin_dir: self.pin_dir.unwrap_or_else(|| Path::new(BPFFS_ROOT).join(&instance)),
@@ -271,6 +278,7 @@ pub struct ResolvedConfig {
     /// 0: the uplink's.
     pub mtu: u32,
     pub uplink_xdp: UplinkXdp,
+    pub fast_path: bool,
     pub docker_plugin: Option<String>,
     pub docker_host: PathBuf,
     pub conntrack: ConntrackConfig,

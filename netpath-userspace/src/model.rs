@@ -1,7 +1,7 @@
 //! The API's data types (JSON over the agent's Unix socket, version 1).
 //! Shared by the agent, `netpathctl` and the tests.
 
-use std::net::Ipv4Addr;
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 
@@ -215,6 +215,33 @@ pub struct Status {
     /// The agent's own resident memory, bytes.
     #[serde(default)]
     pub agent_memory_bytes: u64,
+    /// The fast path: on or off, and what it redirected and left to the
+    /// stack.
+    #[serde(default)]
+    pub fast_path: FastPathStatus,
+}
+
+/// The fast path's counters (`FORWARD_STATS`), by name.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FastPathStatus {
+    pub enabled: bool,
+    /// Packets redirected, by how (`to-container`, `to-host-interface`,
+    /// `to-host-interface-resolving`).
+    pub redirected: BTreeMap<String, u64>,
+    /// Packets left to the stack, by why (`ttl-expiring`, `mtu-exceeded`,
+    /// `no-route`, `redirect-failed`, `no-interface`).
+    pub fallbacks: BTreeMap<String, u64>,
+}
+
+impl FastPathStatus {
+    pub fn from_stats(enabled: bool, stats: &netpath_common::ForwardStats) -> FastPathStatus {
+        use netpath_common::{Fallback, Redirect};
+        FastPathStatus {
+            enabled,
+            redirected: Redirect::ALL.iter().map(|r| (r.name().into(), stats.redirected[*r as usize])).collect(),
+            fallbacks: Fallback::ALL.iter().map(|f| (f.name().into(), stats.fallbacks[*f as usize])).collect(),
+        }
+    }
 }
 
 /// Body of every error response.

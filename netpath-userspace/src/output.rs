@@ -148,6 +148,22 @@ pub fn status_text(s: &Status) -> String {
     if let Some(u) = &s.uplink_stats {
         out.push_str(&format!("uplink rx {} packets, {} bytes\n", u.rx_packets, u.rx_bytes));
     }
+    let fp = &s.fast_path;
+    let counts = |m: &std::collections::BTreeMap<String, u64>| {
+        m.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
+    };
+    out.push_str(&format!(
+        "fastpath  {}{}{}\n",
+        if fp.enabled { "on" } else { "off" },
+        Some(counts(&fp.redirected))
+            .filter(|c| !c.is_empty())
+            .map(|c| format!("; redirected: {c}"))
+            .unwrap_or_default(),
+        Some(counts(&fp.fallbacks))
+            .filter(|c| !c.is_empty())
+            .map(|c| format!("; to the stack: {c}"))
+            .unwrap_or_default(),
+    ));
     let maps: u64 = s.maps.iter().map(|m| m.memory_bytes).sum();
     out.push_str(&format!("memory    agent {}, maps {}\n", mib(s.agent_memory_bytes), mib(maps)));
     out.push_str("\nPROGRAMS\n");

@@ -38,7 +38,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use netpath_common::{
-    config::{CFG_F_MASQUERADE, CFG_F_NO_ICC, CFG_F_ROUTED, CFG_F_TRACE_FLOWS, CFG_F_UPLINK_XDP},
+    config::{CFG_F_FAST_PATH, CFG_F_MASQUERADE, CFG_F_NO_ICC, CFG_F_ROUTED, CFG_F_TRACE_FLOWS, CFG_F_UPLINK_XDP},
     hooks::{Attach, Target},
     DatapathConfig, DropReason, Event, Hook, TrafficStats,
 };
@@ -52,9 +52,9 @@ use crate::{
     ipam::{Ipam4, IpamError},
     lock::LockFile,
     model::{
-        AttachPoint, CheckReport, Container, ContainerRequest, ContainerStatus, ErrorReason, Flow, GcRequest,
-        InterfaceStats, MapStatus, Mapping, NetworkInfo, PolicyView, ProgramStatus, RuleRequest, Settings, StatsView,
-        Status,
+        AttachPoint, CheckReport, Container, ContainerRequest, ContainerStatus, ErrorReason, FastPathStatus, Flow,
+        GcRequest, InterfaceStats, MapStatus, Mapping, NetworkInfo, PolicyView, ProgramStatus, RuleRequest, Settings,
+        StatsView, Status,
     },
     monitor::{self, MonitorEvent},
     netlink::Netlink,
@@ -264,6 +264,9 @@ impl Agent {
         };
         if uplink_xdp {
             flags |= CFG_F_UPLINK_XDP;
+        }
+        if cfg.fast_path {
+            flags |= CFG_F_FAST_PATH;
         }
         // The uplink's address now, not 0.0.0.0 until the first sync: the
         // datapath of a restarted agent keeps masquerading meanwhile.
@@ -605,6 +608,7 @@ impl Agent {
             masquerade_ports: format!("{}-{}", cfg.masquerade_ports.0, cfg.masquerade_ports.1),
             uplink_stats,
             agent_memory_bytes: resident_memory().unwrap_or(0),
+            fast_path: FastPathStatus::from_stats(inner.dp_config.has(CFG_F_FAST_PATH), &inner.dp.forward_stats()?),
         })
     }
 }

@@ -46,6 +46,10 @@ struct Args {
     /// XDP on the uplink [default: auto, i.e. unless the uplink is a veth].
     #[arg(long, value_enum)]
     uplink_xdp: Option<netpath_userspace::config::UplinkXdp>,
+    /// Hand every packet to the stack (bridge, routing) instead of
+    /// redirecting it to the interface it leaves by.
+    #[arg(long)]
+    no_fast_path: bool,
     /// Deny direct container-to-container traffic (Docker's --icc=false).
     #[arg(long)]
     no_icc: bool,
@@ -112,6 +116,9 @@ fn main() -> Result<()> {
     }
     if args.no_masquerade {
         cfg.masquerade = false;
+    }
+    if args.no_fast_path {
+        cfg.fast_path = false;
     }
     if args.no_icc {
         cfg.icc = false;

@@ -30,7 +30,7 @@ pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 /// sizes or capacity are caught map by map against the object; a unit test
 /// (`a_changed_layout_bumps_the_layout_version`) fails when a pinned type's
 /// fields move without a bump.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// The stamp: a one-entry array map (`u32` -> `u32`, the layout version)
 /// that the agent creates and pins beside the maps, under `maps/`.
@@ -38,7 +38,7 @@ pub const LAYOUT_MAP: &str = "LAYOUT";
 
 /// Key and value sizes of every pinned map as the agent's types have them
 /// (the object must declare the same; a unit test checks it).
-const MAP_LAYOUTS: [(&str, usize, usize); 10] = [
+const MAP_LAYOUTS: [(&str, usize, usize); 12] = [
     (names::CONTAINERS, size_of::<u32>(), size_of::<ContainerEntry>()),
     (names::IFACE_STATS, size_of::<u32>(), size_of::<TrafficStats>()),
     (names::MAPPINGS4, size_of::<MappingKey4>(), size_of::<MappingEntry4>()),
@@ -49,6 +49,8 @@ const MAP_LAYOUTS: [(&str, usize, usize); 10] = [
     // An LPM trie key is the prefix length (u32) and the data.
     (names::POLICY4, size_of::<u32>() + size_of::<PolicyKey4>(), size_of::<PolicyEntry>()),
     (names::FRAGS4, size_of::<netpath_common::FragKey4>(), size_of::<netpath_common::FragEntry4>()),
+    (names::CONTAINER_IPS4, size_of::<[u8; 4]>(), size_of::<u32>()),
+    (names::FORWARD_STATS, size_of::<u32>(), size_of::<netpath_common::ForwardStats>()),
     (names::EVENTS, 0, 0),
 ];
 
@@ -338,7 +340,9 @@ mod tests {
 
     /// Every field of every pinned map's key and value, where it sits.
     fn pinned_layout() -> String {
-        use netpath_common::{conntrack::CtTimeouts, policy::PolicyRule, stats::Counter, FragEntry4, FragKey4};
+        use netpath_common::{
+            conntrack::CtTimeouts, policy::PolicyRule, stats::Counter, ForwardStats, FragEntry4, FragKey4,
+        };
         [
             layout!(ContainerEntry { ipv4, ipv6, mac, flags, ifindex, id }),
             layout!(Counter { packets, bytes }),
@@ -381,6 +385,7 @@ mod tests {
             layout!(PolicyEntry { count, rules }),
             layout!(FragKey4 { saddr, daddr, id, proto, scope }),
             layout!(FragEntry4 { sport, dport, nat_saddr, nat_daddr, expires_ns }),
+            layout!(ForwardStats { redirected, fallbacks }),
         ]
         .join("\n")
     }
@@ -393,7 +398,7 @@ mod tests {
     /// The layout this LAYOUT_VERSION stands for. When the test below fails,
     /// the pinned maps' layout changed: bump LAYOUT_VERSION (pins of the old
     /// layout must be refused) and record the new pair here.
-    const RECORDED_LAYOUT: (u32, u64) = (3, 0xa6a8a41f3ff08229);
+    const RECORDED_LAYOUT: (u32, u64) = (4, 0x6b86466034d485df);
 
     #[test]
     fn a_changed_layout_bumps_the_layout_version() {

@@ -6,14 +6,14 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
     maps::{
         lpm_trie::{Key as LpmKey, LpmTrie},
-        Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues, RingBuf,
+        Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf,
     },
     programs::Program,
     sys::SyscallError,
 };
 use netpath_common::{
-    maps as names, ContainerEntry, CtEntry, CtKey4, DatapathConfig, FragEntry4, FragKey4, HostAddr4, MappingEntry4,
-    MappingKey4, PolicyEntry, PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats,
+    maps as names, ContainerEntry, CtEntry, CtKey4, DatapathConfig, ForwardStats, FragEntry4, FragKey4, HostAddr4,
+    MappingEntry4, MappingKey4, PolicyEntry, PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats,
 };
 
 use super::Datapath;
@@ -121,15 +121,49 @@ impl Datapath {
         arr.set(0, cfg, 0).context("writing the CONFIG map")
     }
 
+    fn container_ips_map(&mut self) -> Result<BpfHashMap<&mut MapData, [u8; 4], u32>> {
+        Ok(BpfHashMap::try_from(self.map_mut(names::CONTAINER_IPS4)?)?)
+    }
+
+    /// Writes a container and its address index (the fast path finds
+    /// containers by address). The entry goes first: an address never
+    /// points at an interface without one.
     pub fn set_container(&mut self, ifindex: u32, entry: &ContainerEntry) -> Result<()> {
         self.containers_map()?
             .insert(ifindex, entry, 0)
-            .with_context(|| format!("writing the container of ifindex {ifindex} into {}", names::CONTAINERS))
+            .with_context(|| format!("writing the container of ifindex {ifindex} into {}", names::CONTAINERS))?;
+        if entry.has_ipv4() {
+            self.container_ips_map()?
+                .insert(entry.ipv4, ifindex, 0)
+                .with_context(|| format!("writing ifindex {ifindex} into {}", names::CONTAINER_IPS4))?;
+        }
+        Ok(())
     }
 
+    /// Removes a container and its address index (the index first).
     pub fn remove_container(&mut self, ifindex: u32) -> Result<()> {
+        let addr = match self.containers_map()?.get(&ifindex, 0) {
+            Ok(entry) if entry.has_ipv4() => Some(entry.ipv4),
+            _ => None,
+        };
+        if let Some(addr) = addr {
+            let mut ips = self.container_ips_map()?;
+            // Only if it still points here (the address may have moved on).
+            if ips.get(&addr, 0).ok() == Some(ifindex) {
+                ignore_missing(ips.remove(&addr))
+                    .with_context(|| format!("removing ifindex {ifindex} from {}", names::CONTAINER_IPS4))?;
+            }
+        }
         ignore_missing(self.containers_map()?.remove(&ifindex))
             .with_context(|| format!("removing the container of ifindex {ifindex}"))
+    }
+
+    /// The fast path's redirect and fallback counters, summed over CPUs.
+    pub fn forward_stats(&mut self) -> Result<ForwardStats> {
+        let map: PerCpuArray<&mut MapData, ForwardStats> = PerCpuArray::try_from(self.map_mut(names::FORWARD_STATS)?)?;
+        let mut total = ForwardStats::default();
+        map.get(&0, 0).context("reading FORWARD_STATS")?.iter().for_each(|s| total.merge(s));
+        Ok(total)
     }
 
     pub fn containers(&mut self) -> Result<Vec<(u32, ContainerEntry)>> {
@@ -244,6 +278,8 @@ impl Datapath {
             (names::CONFIG, 1),
             (names::POLICY4, self.policy_map()?.keys().count() as u64),
             (names::FRAGS4, self.count_hash(names::FRAGS4)?),
+            (names::CONTAINER_IPS4, self.count_hash(names::CONTAINER_IPS4)?),
+            (names::FORWARD_STATS, 1),
         ];
         let mut out = vec![];
         for (name, entries) in counts {

@@ -1,0 +1,252 @@
+//! The fast path (tc ingress only): a packet the program let through and
+//! translated is handed straight to the interface it leaves by.
+//!
+//! - To a container: `bpf_redirect_peer` into its `eth0`, after the
+//!   container's inbound policy judged it here (its veth's egress program
+//!   does not run on this path). Skips the bridge, the routing pass and the
+//!   veth backlog queue.
+//! - From a container to anywhere else that is not the host itself:
+//!   `bpf_fib_lookup` picks the interface and next hop (and checks the
+//!   MTU), `bpf_redirect` sends it there (`bpf_redirect_neigh` while the
+//!   next hop's MAC is unresolved). The uplink's egress program
+//!   (masquerade) still runs.
+//!
+//! A routed hop decrements the TTL, as the stack would. Whatever the fast
+//! path cannot do as the stack would (a TTL about to expire, a packet too
+//! big for the next link, no route) goes to the stack, counted; so does
+//! anything not addressed through the host (ARP, broadcast, the host's own
+//! traffic).
+
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup as FibParams, bpf_redir_neigh, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    helpers::generated::{bpf_check_mtu, bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    programs::TcContext,
+};
+use netpath_common::{config::CFG_F_FAST_PATH, ContainerEntry, DatapathConfig, DropReason, Fallback, HookId, Redirect};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::Ipv4Hdr,
+};
+
+use crate::{
+    flow,
+    maps::{CONTAINERS, CONTAINER_IPS4, FORWARD_STATS, HOST_ADDRS4},
+    offsets::{IP_CSUM_OFF, IP_TTL_OFF},
+    packet::{l3_csum_replace, mac_eq, ptr_at, store},
+    policy,
+    verdict::{finish, Site},
+};
+
+const AF_INET: u8 = 2;
+const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
+const BPF_FIB_LKUP_RET_NO_NEIGH: i64 = 7;
+const BPF_FIB_LKUP_RET_FRAG_NEEDED: i64 = 8;
+/// `skb->pkt_type` of a frame addressed to this host's MAC.
+const PACKET_HOST: u32 = 0;
+
+/// Where the packet comes from, which decides what it may be forwarded to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The uplink's tc ingress: only into containers (the rest is the
+    /// host's, or routed by the stack as before).
+    Uplink,
+    /// A container's veth tc ingress (the container sent it).
+    Container,
+}
+
+/// The tc action for a packet the calling program passed: a redirect, a
+/// drop (the receiving container's policy refused it), or `TC_ACT_OK` (to
+/// the stack). Out of line, called by an entry point whose frame is tiny
+/// (its own stages are out of line too): the chain from here down to the
+/// receiving container's verdict entries is as deep as the stack allows.
+#[inline(never)]
+pub fn forward4(ctx: &TcContext, origin: Origin) -> i32 {
+    let Some(cfg) = crate::maps::config() else { return TC_ACT_OK as i32 };
+    if !cfg.has(CFG_F_FAST_PATH) {
+        return TC_ACT_OK as i32;
+    }
+    let (Some(eth), Some(ip)) = (ptr_at::<EthHdr>(ctx, 0), ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN)) else {
+        return TC_ACT_OK as i32;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let (eth, ip) = unsafe { (&*eth, &*ip) };
+    if eth.ether_type != EtherType::Ipv4 as u16 {
+        return TC_ACT_OK as i32;
+    }
+    // A routed hop: the frame is addressed to the host (the uplink's MAC,
+    // or the bridge's, which is the containers' gateway). A container's
+    // frame to another container's MAC is switched, as the bridge would:
+    // no TTL change.
+    let routed = match origin {
+        // SAFETY: the context pointer is valid for the program's run.
+        Origin::Uplink => (unsafe { (*ctx.skb.skb).pkt_type }) == PACKET_HOST,
+        Origin::Container => mac_eq(&eth.dst_addr, &cfg.gateway_mac),
+    };
+    let dst = ip.dst_addr;
+    if cfg.in_subnet4(dst) {
+        let Some(target) = unsafe { CONTAINER_IPS4.get(&dst) }.and_then(|ifindex| CONTAINERS.get_ptr(*ifindex)) else {
+            return TC_ACT_OK as i32;
+        };
+        // SAFETY: map value pointer, valid during the run.
+        let target = unsafe { &*target };
+        let switched = origin == Origin::Container && mac_eq(&eth.dst_addr, &target.mac);
+        if !routed && !switched {
+            return TC_ACT_OK as i32;
+        }
+        return to_container(ctx, cfg, target, routed, ip.ttl);
+    }
+    if origin == Origin::Container && routed && unsafe { HOST_ADDRS4.get(&dst) }.is_none() {
+        return to_host_interface(ctx, ip.src_addr, dst, ip.ttl, u16::from_be_bytes(ip.tot_len));
+    }
+    TC_ACT_OK as i32
+}
+
+/// Into `target`'s `eth0`: judged by its inbound policy here (a drop is
+/// counted on its veth, as its egress program would), then redirected to
+/// the veth's peer.
+#[inline(always)]
+fn to_container(ctx: &TcContext, cfg: &DatapathConfig, target: &ContainerEntry, routed: bool, ttl: u8) -> i32 {
+    if routed && ttl <= 1 {
+        return fall_back(Fallback::TtlExpiring);
+    }
+    // Too big: the stack fragments it, or tells the sender the path MTU.
+    let mut mtu_len = 0u32;
+    // SAFETY: the helper reads the skb and writes `mtu_len`.
+    let mtu = unsafe { bpf_check_mtu(ctx.skb.skb as *mut _, target.ifindex, &mut mtu_len, 0, 0) };
+    if mtu < 0 {
+        return fall_back(Fallback::NoInterface);
+    }
+    if mtu != 0 {
+        return fall_back(Fallback::MtuExceeded);
+    }
+    let len = ctx.len();
+    let site = Site { hook: HookId::VethEgress, ifindex: target.ifindex, container_id: target.id, count: true };
+    if !finish(ctx, site, len, judge_inbound(ctx, target)) {
+        return TC_ACT_SHOT as i32;
+    }
+    if routed && route_hop(ctx, &target.mac, &cfg.gateway_mac).is_err() {
+        // Counted as the write failure it is, on the container it was for.
+        crate::stats::count_drop_on_container(target.ifindex, DropReason::WriteFailed);
+        return TC_ACT_SHOT as i32;
+    }
+    // SAFETY: a helper call; the result is the tc action.
+    let action = unsafe { bpf_redirect_peer(target.ifindex, 0) } as i32;
+    if action == TC_ACT_REDIRECT as i32 {
+        count(Redirect::ToContainer);
+    }
+    action
+}
+
+/// The receiving container's inbound policy, on the packet as it arrives
+/// (translated). In [`forward4`]'s frame: a frame of its own would take
+/// the chain to the verdict's entries past the 512-byte stack.
+#[inline(always)]
+fn judge_inbound(ctx: &TcContext, target: &ContainerEntry) -> Result<(), DropReason> {
+    let Some(cfg) = crate::maps::config() else { return Ok(()) };
+    policy::judge(ctx, &flow::parse4(ctx), target, netpath_common::Direction::In, cfg)
+}
+
+/// Out of the host interface the routing table picks for `dst`. Out of
+/// line: the lookup's parameters are 64 bytes of stack.
+#[inline(never)]
+fn to_host_interface(ctx: &TcContext, src: [u8; 4], dst: [u8; 4], ttl: u8, tot_len: u16) -> i32 {
+    if ttl <= 1 {
+        return fall_back(Fallback::TtlExpiring);
+    }
+    // SAFETY: plain data; zero is every field's "unset".
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.__bindgen_anon_1.tot_len = tot_len;
+    // SAFETY: the context pointer is valid for the program's run.
+    fib.ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
+    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+    // SAFETY: the helper reads the skb and fills `fib`.
+    let rc = unsafe { bpf_fib_lookup(ctx.skb.skb as *mut _, &mut fib, core::mem::size_of::<FibParams>() as i32, 0) };
+    match rc {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            if route_hop(ctx, &fib.dmac, &fib.smac).is_err() {
+                return TC_ACT_SHOT as i32;
+            }
+            // SAFETY: a helper call; the result is the tc action.
+            let action = unsafe { bpf_redirect(fib.ifindex, 0) } as i32;
+            redirected(action, Redirect::ToHost)
+        }
+        BPF_FIB_LKUP_RET_NO_NEIGH => {
+            if decrement_ttl(ctx).is_err() {
+                return TC_ACT_SHOT as i32;
+            }
+            let mut nh = bpf_redir_neigh { nh_family: AF_INET as u32, ..unsafe { core::mem::zeroed() } };
+            // SAFETY: the lookup wrote the next hop into the destination.
+            nh.__bindgen_anon_1.ipv4_nh = unsafe { fib.__bindgen_anon_4.ipv4_dst };
+            let size = core::mem::size_of::<bpf_redir_neigh>() as i32;
+            // SAFETY: a helper call; the result is the tc action.
+            let action = unsafe { bpf_redirect_neigh(fib.ifindex, &mut nh, size, 0) } as i32;
+            redirected(action, Redirect::ToHostResolving)
+        }
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => fall_back(Fallback::MtuExceeded),
+        _ => fall_back(Fallback::NoRoute),
+    }
+}
+
+#[inline(always)]
+fn redirected(action: i32, how: Redirect) -> i32 {
+    if action == TC_ACT_REDIRECT as i32 {
+        count(how);
+        action
+    } else {
+        // The packet was already changed for the hop (TTL, MACs): it cannot
+        // go to the stack as it is.
+        fall_back(Fallback::RedirectFailed);
+        TC_ACT_SHOT as i32
+    }
+}
+
+/// What routing does to a frame on a hop: TTL down by one, the next hop's
+/// MAC as destination and the outgoing interface's as source.
+#[inline(always)]
+fn route_hop(ctx: &TcContext, dmac: &[u8; 6], smac: &[u8; 6]) -> Result<(), DropReason> {
+    decrement_ttl(ctx)?;
+    store(ctx, 0, dmac)?;
+    store(ctx, 6, smac)
+}
+
+/// TTL minus one, with the header checksum updated for the 16-bit word the
+/// TTL shares with the protocol.
+#[inline(always)]
+fn decrement_ttl(ctx: &TcContext) -> Result<(), DropReason> {
+    let off = EthHdr::LEN + IP_TTL_OFF;
+    let word: [u8; 2] = crate::packet::load(ctx, off)?;
+    let new = [word[0].wrapping_sub(1), word[1]];
+    let (old_v, new_v) = (u16::from_ne_bytes(word) as u64, u16::from_ne_bytes(new) as u64);
+    l3_csum_replace(ctx, EthHdr::LEN + IP_CSUM_OFF, old_v, new_v, 2)?;
+    store(ctx, off, &new[0])
+}
+
+#[inline(always)]
+fn fall_back(why: Fallback) -> i32 {
+    if let Some(stats) = FORWARD_STATS.get_ptr_mut(0) {
+        // SAFETY: per-CPU value, only this CPU writes it while we run.
+        if let Some(n) = unsafe { &mut *stats }.fallbacks.get_mut(slot(why as u32)) {
+            *n += 1;
+        }
+    }
+    TC_ACT_OK as i32
+}
+
+#[inline(always)]
+fn count(how: Redirect) {
+    if let Some(stats) = FORWARD_STATS.get_ptr_mut(0) {
+        // SAFETY: per-CPU value, only this CPU writes it while we run.
+        if let Some(n) = unsafe { &mut *stats }.redirected.get_mut(slot(how as u32)) {
+            *n += 1;
+        }
+    }
+}
+
+/// An index the verifier sees bounds-checked (see `stats::drop_slot`).
+#[inline(always)]
+fn slot(raw: u32) -> usize {
+    // SAFETY: a read of a local.
+    unsafe { core::ptr::read_volatile(&raw) as usize }
+}

@@ -1,0 +1,266 @@
+//! The fast path end to end: judged and translated packets are redirected
+//! into containers and out of the uplink without crossing the bridge; what
+//! the stack must answer (TTL, MTU) still goes to the stack; and it can be
+//! switched off. Every other topology test runs with it on, which is what
+//! shows the semantics kept (policy, anti-spoofing, hairpin, ICMP errors).
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd as _,
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use netpath_tests::topology::{Topology, HOST_UPLINK_IP, WORLD_IP};
+use netpath_userspace::model::Status;
+
+fn topology(containers: usize, agent_args: &[&str]) -> Topology {
+    assert!(netpath_tests::is_root(), "topology tests create namespaces and load BPF: run them as root");
+    let mut t = Topology::new(containers).expect("build topology");
+    t.agent_args(agent_args);
+    t.start_agent().expect("start netpathd");
+    for i in 1..=containers {
+        t.add_container(i).expect("add container");
+    }
+    t
+}
+
+/// A UDP echo in `ns` on `port`, answering each datagram with the sender
+/// address it sees, until `datagrams` were answered or 20 s passed.
+fn udp_echo(t: &Topology, ns: &str, port: u16, datagrams: usize) -> JoinHandle<()> {
+    let sock = t.in_ns(ns, || Ok(UdpSocket::bind(("0.0.0.0", port))?)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let mut answered = 0;
+        while answered < datagrams && Instant::now() < deadline {
+            if let Ok((_, from)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(from.to_string().as_bytes(), from);
+                answered += 1;
+            }
+        }
+    })
+}
+
+/// A TCP server in `ns` answering each connection with the peer it sees.
+fn tcp_server(t: &Topology, ns: &str, port: u16, conns: usize) -> JoinHandle<()> {
+    let listener = t.in_ns(ns, || Ok(TcpListener::bind(("0.0.0.0", port))?)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    std::thread::spawn(move || {
+        let mut served = 0;
+        while served < conns && Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut s, peer)) => {
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.write_all(peer.to_string().as_bytes());
+                    served += 1;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    })
+}
+
+fn tcp_ask(t: &Topology, ns: &str, ip: Ipv4Addr, port: u16) -> Result<String> {
+    let mut s = t.in_ns(ns, || {
+        TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_secs(3))
+            .with_context(|| format!("connect {ip}:{port}"))
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+/// `n` datagrams from `ns` to `ip:port`, each answered.
+fn udp_exchange(t: &Topology, ns: &str, ip: Ipv4Addr, port: u16, n: usize) -> Result<Vec<String>> {
+    let s = t.in_ns(ns, || Ok(UdpSocket::bind(("0.0.0.0", 0))?))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut answers = vec![];
+    for _ in 0..n {
+        s.send_to(b"who am i", (ip, port))?;
+        let mut buf = [0u8; 64];
+        let (len, _) = s.recv_from(&mut buf).with_context(|| format!("no answer from {ip}:{port}"))?;
+        answers.push(String::from_utf8_lossy(&buf[..len]).into_owned());
+    }
+    Ok(answers)
+}
+
+/// Packets the bridge received and sent (its own counters, in the host).
+fn bridge_packets(t: &Topology, bridge: &str) -> u64 {
+    let out = t.exec(&t.host, &["ip", "-j", "-s", "link", "show", "dev", bridge]).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stats = &v[0]["stats64"];
+    stats["rx"]["packets"].as_u64().unwrap() + stats["tx"]["packets"].as_u64().unwrap()
+}
+
+fn status(t: &Topology) -> Status {
+    t.ctl_json(&["status"]).unwrap()
+}
+
+fn redirected(st: &Status, how: &str) -> u64 {
+    st.fast_path.redirected.get(how).copied().unwrap_or(0)
+}
+
+fn fallbacks(st: &Status, why: &str) -> u64 {
+    st.fast_path.fallbacks.get(why).copied().unwrap_or(0)
+}
+
+/// Published, masqueraded and container-to-container traffic: every
+/// packet after the first ARP is redirected, none crosses the bridge, and
+/// each path's promises hold (the container sees the client, the world
+/// sees the host's address).
+#[test]
+fn every_path_is_redirected_around_the_bridge() {
+    let t = topology(2, &[]);
+    t.ctl_ok(&["map", "8053:c1:53/udp"]).unwrap();
+    let st = status(&t);
+    assert!(st.fast_path.enabled, "on by default: {:?}", st.fast_path);
+    let c1_ip = st.containers.iter().find(|c| c.container.name == "c1").unwrap().container.ip;
+    let (ns1, ns2) = (t.container_ns(1), t.container_ns(2));
+    let world = t.world.clone();
+
+    // Warm up ARP on every path (the bridge carries ARP, as it should).
+    let echo = udp_echo(&t, &ns1, 53, 1000);
+    udp_exchange(&t, &world, HOST_UPLINK_IP, 8053, 1).unwrap();
+    udp_exchange(&t, &ns2, c1_ip, 53, 1).unwrap();
+    let world_echo = udp_echo(&t, &world, 9053, 1000);
+    udp_exchange(&t, &ns2, WORLD_IP, 9053, 1).unwrap();
+
+    let before = status(&t);
+    let bridge_before = bridge_packets(&t, &before.bridge);
+    const N: usize = 50;
+    // From outside through the published port: the container sees the
+    // world's address.
+    let seen = udp_exchange(&t, &world, HOST_UPLINK_IP, 8053, N).unwrap();
+    assert!(seen.iter().all(|s| s.starts_with(&format!("{WORLD_IP}:"))), "{seen:?}");
+    // Container to container, at its own address.
+    udp_exchange(&t, &ns2, c1_ip, 53, N).unwrap();
+    // Masqueraded: the world sees the host's address.
+    let seen = udp_exchange(&t, &ns2, WORLD_IP, 9053, N).unwrap();
+    assert!(seen.iter().all(|s| s.starts_with(&format!("{HOST_UPLINK_IP}:"))), "{seen:?}");
+    let after = status(&t);
+    let bridge_after = bridge_packets(&t, &after.bridge);
+
+    // In: world->c1 (N), c2->c1 (N), c1->c2 replies (N), world->c2 replies (N).
+    let into = redirected(&after, "to-container") - redirected(&before, "to-container");
+    assert!(into >= 4 * N as u64, "redirected into containers: {into} ({:?})", after.fast_path);
+    // Out: c1's replies to the world (N), c2 to the world (N).
+    let out = redirected(&after, "to-host-interface") + redirected(&after, "to-host-interface-resolving")
+        - redirected(&before, "to-host-interface")
+        - redirected(&before, "to-host-interface-resolving");
+    assert!(out >= 2 * N as u64, "redirected out: {out} ({:?})", after.fast_path);
+    // 6N packets crossed the host; the bridge saw at most a few (a late ARP).
+    assert!(bridge_after - bridge_before < 10, "the bridge carried {} packets", bridge_after - bridge_before);
+    let fell_back: u64 = after.fast_path.fallbacks.values().sum();
+    assert_eq!(fell_back, 0, "{:?}", after.fast_path);
+
+    // TCP through the published port, and the container's view of it.
+    t.ctl_ok(&["map", "8080:c1:80"]).unwrap();
+    let tcp = tcp_server(&t, &ns1, 80, 1);
+    let answer = tcp_ask(&t, &world, HOST_UPLINK_IP, 8080).unwrap();
+    assert!(answer.starts_with(&format!("{WORLD_IP}:")), "{answer}");
+    tcp.join().unwrap();
+    echo.join().unwrap();
+    world_echo.join().unwrap();
+}
+
+/// A receiving container's inbound policy is judged on the fast path too
+/// (its veth's egress program never sees the packet): a deny is a drop,
+/// counted on that container.
+#[test]
+fn the_receiving_container_s_policy_holds_on_the_fast_path() {
+    let t = topology(2, &[]);
+    t.ctl_ok(&["map", "8053:c1:53/udp"]).unwrap();
+    let st = status(&t);
+    let c1_ip = st.containers.iter().find(|c| c.container.name == "c1").unwrap().container.ip;
+    let (ns1, ns2) = (t.container_ns(1), t.container_ns(2));
+    let echo = udp_echo(&t, &ns1, 53, 1000);
+    udp_exchange(&t, &ns2, c1_ip, 53, 1).unwrap();
+    udp_exchange(&t, &t.world, HOST_UPLINK_IP, 8053, 1).unwrap();
+    t.ctl_ok(&["policy", "add", "c1", "deny", "in", "0.0.0.0/0", "udp/53"]).unwrap();
+    assert!(udp_exchange(&t, &ns2, c1_ip, 53, 1).is_err(), "c2 -> c1 denied");
+    assert!(udp_exchange(&t, &t.world, HOST_UPLINK_IP, 8053, 1).is_err(), "world -> c1 denied");
+    let st = status(&t);
+    let c1 = st.containers.iter().find(|c| c.container.name == "c1").unwrap();
+    assert!(c1.stats.drops.get("policy").copied().unwrap_or(0) >= 2, "{:?}", c1.stats);
+    drop(echo);
+}
+
+fn set_int_opt(s: &UdpSocket, level: libc::c_int, name: libc::c_int, value: libc::c_int) {
+    // SAFETY: a valid socket and an option value of the declared size.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            name,
+            &value as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt {name}");
+}
+
+/// What only the stack can answer goes to the stack, counted: a datagram
+/// too big for the containers' smaller MTU (the client learns the path MTU
+/// from the host's "fragmentation needed", translated back), and a TTL
+/// that runs out in the host.
+#[test]
+fn mtu_and_ttl_fall_back_to_the_stack() {
+    let t = topology(1, &["--mtu", "1280"]);
+    t.ctl_ok(&["map", "8053:c1:53/udp"]).unwrap();
+    let echo = udp_echo(&t, &t.container_ns(1), 53, 1000);
+    udp_exchange(&t, &t.world, HOST_UPLINK_IP, 8053, 1).unwrap();
+    let before = status(&t);
+
+    let world = t.world.clone();
+    let probe = t
+        .in_ns(&world, || {
+            let s = UdpSocket::bind(("0.0.0.0", 0))?;
+            s.connect((HOST_UPLINK_IP, 8053))?;
+            set_int_opt(&s, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO);
+            set_int_opt(&s, libc::IPPROTO_IP, libc::IP_RECVERR, 1);
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            Ok(s)
+        })
+        .unwrap();
+    probe.send(&[0u8; 1400]).unwrap();
+    let err = probe.recv(&mut [0u8; 64]).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EMSGSIZE), "the host's fragmentation-needed reached the client: {err}");
+    let mid = status(&t);
+    assert!(fallbacks(&mid, "mtu-exceeded") > fallbacks(&before, "mtu-exceeded"), "{:?}", mid.fast_path);
+    // Within the path MTU it is redirected again.
+    probe.send(&[0u8; 1000]).unwrap();
+    let mut buf = [0u8; 64];
+    probe.recv(&mut buf).expect("a datagram within the path MTU is answered");
+
+    probe.set_ttl(1).unwrap();
+    probe.send(b"probe").unwrap();
+    let err = probe.recv(&mut buf).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EHOSTUNREACH), "the time-exceeded reached the client: {err}");
+    let after = status(&t);
+    assert!(fallbacks(&after, "ttl-expiring") > fallbacks(&mid, "ttl-expiring"), "{:?}", after.fast_path);
+    drop(echo);
+}
+
+/// `--no-fast-path`: every packet takes the stack's way (through the
+/// bridge), and everything still works.
+#[test]
+fn the_fast_path_can_be_switched_off() {
+    let t = topology(1, &["--no-fast-path"]);
+    t.ctl_ok(&["map", "8053:c1:53/udp"]).unwrap();
+    let echo = udp_echo(&t, &t.container_ns(1), 53, 1000);
+    let before = status(&t);
+    assert!(!before.fast_path.enabled);
+    let bridge_before = bridge_packets(&t, &before.bridge);
+    let seen = udp_exchange(&t, &t.world, HOST_UPLINK_IP, 8053, 20).unwrap();
+    assert!(seen.iter().all(|s| s.starts_with(&format!("{WORLD_IP}:"))), "{seen:?}");
+    let after = status(&t);
+    assert_eq!(after.fast_path.redirected.values().sum::<u64>(), 0, "{:?}", after.fast_path);
+    assert!(bridge_packets(&t, &after.bridge) - bridge_before >= 40, "the bridge carries the traffic");
+    drop(echo);
+}
