@@ -120,6 +120,17 @@ pub fn set_fragment(packet: &mut [u8], id: u16, more: bool, offset: u16) {
     packet[10..12].copy_from_slice(&c.to_be_bytes());
 }
 
+/// Sets the TTL of an IPv4 packet (no Ethernet header) and recomputes its
+/// header checksum from scratch.
+pub fn set_ttl(packet: &mut [u8], ttl: u8) {
+    packet[8] = ttl;
+    let ihl = (packet[0] & 0x0f) as usize * 4;
+    packet[10] = 0;
+    packet[11] = 0;
+    let c = checksum(&packet[..ihl]);
+    packet[10..12].copy_from_slice(&c.to_be_bytes());
+}
+
 /// Splits an IPv4 packet (no options) into two fragments of datagram `id`,
 /// the first carrying `first_len` bytes of the payload (a multiple of 8).
 pub fn split_ipv4(packet: &[u8], id: u16, first_len: usize) -> (Vec<u8>, Vec<u8>) {
