@@ -208,7 +208,9 @@ impl Topology {
             .spawn()
             .context("starting netpathd (build it first: cargo build)")?;
         self.agent = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Loading the programs is the verifier's work, which a loaded
+        // machine (tests in parallel) stretches to tens of seconds.
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if self.socket().exists() && self.ctl(&["status"]).is_ok() {
                 return Ok(());

@@ -342,6 +342,20 @@ fn a_restarted_agent_never_masquerades_to_nothing() {
     let ns1 = t.container_ns(1);
     let server = t.in_ns(&t.world, || Ok(UdpSocket::bind(("0.0.0.0", 5353))?)).unwrap();
     server.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    // A receive buffer for seconds of datagrams: the loss counted must be
+    // the datapath's, not a receiver thread starved on a busy machine.
+    let bytes: libc::c_int = 16 << 20;
+    // SAFETY: a valid socket and an option value of the declared size.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&server),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            &bytes as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUFFORCE");
     // New flows all the time (a fresh socket, so a fresh source port, for
     // each datagram) while the agent restarts; bounded in count and time.
     let stop = Arc::new(AtomicBool::new(false));
