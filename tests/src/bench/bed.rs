@@ -39,10 +39,14 @@ pub enum Variant {
     Iptables,
     Nftables,
     Netpath,
+    /// netpath with its fast path off: every packet through the bridge and
+    /// the routing pass, to show what the redirects are worth.
+    NetpathStack,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 4] = [Variant::NoNat, Variant::Iptables, Variant::Nftables, Variant::Netpath];
+    pub const ALL: [Variant; 5] =
+        [Variant::NoNat, Variant::Iptables, Variant::Nftables, Variant::Netpath, Variant::NetpathStack];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -50,6 +54,7 @@ impl Variant {
             Variant::Iptables => "iptables",
             Variant::Nftables => "nftables",
             Variant::Netpath => "netpath",
+            Variant::NetpathStack => "netpath-stack",
         }
     }
 
@@ -91,5 +96,6 @@ pub fn create(variant: Variant) -> Result<Box<dyn Bed>> {
         Variant::Iptables => Box::new(IptablesBed::new()?),
         Variant::Nftables => Box::new(NftablesBed::new()?),
         Variant::Netpath => Box::new(NetpathBed::new()?),
+        Variant::NetpathStack => Box::new(NetpathBed::with_args(&["--no-fast-path"])?),
     })
 }

@@ -41,3 +41,20 @@ impl Drop for Pinned {
         unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.saved) };
     }
 }
+
+/// Puts thread `tid` on `cpu` alone, or (None) back on every CPU.
+pub fn set_thread_cpu(tid: libc::pid_t, cpu: Option<usize>) -> Result<()> {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    // SAFETY: cpu_set_t is plain data; the call gets its exact size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        match cpu {
+            Some(c) => libc::CPU_SET(c, &mut set),
+            None => (0..cpus).for_each(|c| libc::CPU_SET(c, &mut set)),
+        }
+        if libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("setting the CPUs of thread {tid}"));
+        }
+    }
+    Ok(())
+}

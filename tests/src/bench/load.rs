@@ -122,11 +122,30 @@ pub fn conn_rate(
     threads: usize,
     duration: Duration,
 ) -> Result<ConnRate> {
+    conn_rate_on(topo, ns, target, threads, duration, None)
+}
+
+/// [`conn_rate`] with every client thread on CPU `cpu` (None: anywhere).
+pub fn conn_rate_on(
+    topo: &Topology,
+    ns: &str,
+    target: SocketAddrV4,
+    threads: usize,
+    duration: Duration,
+    cpu: Option<usize>,
+) -> Result<ConnRate> {
     topo.in_ns(ns, || {
         let start = Instant::now();
         let deadline = start + duration;
         let per_thread: Vec<(u64, u64, Instant)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..threads).map(|_| scope.spawn(move || client_loop(target, deadline))).collect();
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(move || {
+                        let _pin = cpu.map(super::cpu::Pinned::to).transpose();
+                        client_loop(target, deadline)
+                    })
+                })
+                .collect();
             handles
                 .into_iter()
                 .map(|h| h.join().map_err(|_| anyhow!("a client thread panicked")))

@@ -47,6 +47,7 @@ impl MasqBed {
                 plain(net)
             }
             Variant::Netpath => MasqBed::Netpath(NetpathBed::new()?),
+            Variant::NetpathStack => MasqBed::Netpath(NetpathBed::with_args(&["--no-fast-path"])?),
         })
     }
 

@@ -30,7 +30,13 @@ pub struct NetpathBed {
 impl NetpathBed {
     /// The agent with its default settings, and container `c1`.
     pub fn new() -> Result<NetpathBed> {
+        Self::with_args(&[])
+    }
+
+    /// The agent started with `args` on top of the defaults, and `c1`.
+    pub fn with_args(args: &[&str]) -> Result<NetpathBed> {
         let mut topo = Topology::new(1)?;
+        topo.agent_args(args);
         topo.start_agent()?;
         topo.add_container(1)?;
         // The agent decides whether XDP goes on the uplink (not on a veth by default).

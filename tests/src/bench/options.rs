@@ -56,7 +56,7 @@ pub struct Options {
 
 const USAGE: &str = "netpath-bench [--quick] [--sections publish,masquerade,policy] [--rounds N] \
                      [--sizes 1,1000,10000] [--rules 0,1000,10000] [--seconds S] \
-                     [--variants no-nat,iptables,nftables,netpath] [--out DIR]";
+                     [--variants no-nat,iptables,nftables,netpath,netpath-stack] [--out DIR]";
 
 /// At most this many policy rules (the filler CIDRs are /32s in 100.64.0.0/10).
 pub const MAX_RULES: usize = 100_000;
@@ -150,7 +150,8 @@ impl Options {
     /// call is cheap, so more samples; iptables and nft run a process each.
     pub fn add_one_samples(&self, variant: Variant) -> usize {
         match variant {
-            Variant::NoNat => 0,
+            // The same API call with or without the fast path.
+            Variant::NoNat | Variant::NetpathStack => 0,
             Variant::Netpath => 20,
             Variant::Iptables | Variant::Nftables => 10,
         }

@@ -14,6 +14,7 @@ fn color(v: Variant) -> RGBColor {
         Variant::Iptables => RGBColor(214, 39, 40),
         Variant::Nftables => RGBColor(255, 127, 14),
         Variant::Netpath => RGBColor(31, 119, 180),
+        Variant::NetpathStack => RGBColor(148, 103, 189),
     }
 }
 

@@ -179,6 +179,46 @@ fn conn_rate(s: &mut String, r: &Results) {
         let _ = writeln!(s, "- {}: {}", v.variant.name(), cells.join("; "));
     }
     let _ = writeln!(s, "\n![connection rate against published ports](connrate.svg)\n");
+    conn_rate_one_cpu(s, r);
+}
+
+/// The CPU cost of the path: clients, server and softirq on one vCPU.
+fn conn_rate_one_cpu(s: &mut String, r: &Results) {
+    if r.variants.iter().all(|v| v.conn_rate_one_cpu.is_empty()) {
+        return;
+    }
+    let _ = writeln!(s, "## Published ports: connections per second on one vCPU\n");
+    let _ = writeln!(
+        s,
+        "The same short connections with the client threads and the server's accept threads pinned to one vCPU; \
+         veth delivery runs its softirq on the sending CPU, so the whole path shares it and the rate is the \
+         inverse of the CPU it costs per connection (µs/conn). Ratios to no-nat (plain routing) at the same size.\n"
+    );
+    let _ = write!(s, "| published ports |");
+    for v in &r.variants {
+        let _ = write!(s, " {} | ratio | µs/conn |", v.variant.name());
+    }
+    let _ = write!(s, "\n|---:|");
+    for _ in &r.variants {
+        s.push_str("---:|---:|---:|");
+    }
+    s.push('\n');
+    for &ports in &r.method.sizes {
+        let base = nonat(r).and_then(|z| z.one_cpu_rate_at(ports));
+        let _ = write!(s, "| {ports} |");
+        for v in &r.variants {
+            let rate = v.one_cpu_rate_at(ports).unwrap_or(f64::NAN);
+            let _ = write!(s, " {rate:.0} | {} | {:.1} |", ratio(rate, base), 1e6 / rate);
+        }
+        s.push('\n');
+    }
+    let _ = writeln!(s, "\nPer round (connections/s):\n");
+    for v in &r.variants {
+        let cells: Vec<String> =
+            v.conn_rate_one_cpu.iter().map(|p| format!("{} ports: {}", p.ports, values(&p.per_sec, 0))).collect();
+        let _ = writeln!(s, "- {}: {}", v.variant.name(), cells.join("; "));
+    }
+    s.push('\n');
 }
 
 fn throughput_latency(s: &mut String, r: &Results) {
@@ -235,7 +275,7 @@ fn publish_one(s: &mut String, r: &Results) {
             Variant::Nftables => {
                 ("`nft add element ip nat ports { P : C . 80 }` wall time".to_string(), "the same".to_string())
             }
-            Variant::NoNat => continue,
+            Variant::NoNat | Variant::NetpathStack => continue,
         };
         let min = op.values.iter().copied().fold(f64::INFINITY, f64::min);
         let max = op.values.iter().copied().fold(0.0, f64::max);

@@ -21,6 +21,8 @@ use super::{
 pub struct VariantSamples {
     /// Per size, one value per round.
     pub conn_rate: Vec<(usize, Vec<ConnRate>)>,
+    /// The same with clients and server on one vCPU.
+    pub conn_rate_one_cpu: Vec<(usize, Vec<ConnRate>)>,
     /// One value per round (1 published port).
     pub throughput_gbit: Vec<f64>,
     pub latency: Vec<Latency>,
@@ -80,6 +82,8 @@ pub struct SizePoint {
 pub struct VariantFigures {
     pub variant: Variant,
     pub conn_rate: Vec<SizePoint>,
+    /// Clients and server on one vCPU.
+    pub conn_rate_one_cpu: Vec<SizePoint>,
     /// Per round.
     pub throughput_gbit: Series,
     pub latency_p50_us: Series,
@@ -95,22 +99,26 @@ pub struct VariantFigures {
 
 impl VariantFigures {
     fn new(variant: Variant, s: &VariantSamples) -> VariantFigures {
-        let conn_rate = s
-            .conn_rate
-            .iter()
-            .map(|(ports, rates)| SizePoint {
-                ports: *ports,
-                per_sec: Series::of(rates, |c| c.per_sec),
-                errors: rates.iter().map(|c| c.errors).collect(),
-                connections: rates.iter().map(|c| c.connections).collect(),
-            })
-            .collect();
+        let points = |rates: &[(usize, Vec<ConnRate>)]| -> Vec<SizePoint> {
+            rates
+                .iter()
+                .map(|(ports, rates)| SizePoint {
+                    ports: *ports,
+                    per_sec: Series::of(rates, |c| c.per_sec),
+                    errors: rates.iter().map(|c| c.errors).collect(),
+                    connections: rates.iter().map(|c| c.connections).collect(),
+                })
+                .collect()
+        };
+        let conn_rate = points(&s.conn_rate);
+        let conn_rate_one_cpu = points(&s.conn_rate_one_cpu);
         let ms = |f: fn(&AddOne) -> Duration| {
             (!s.add_one.is_empty()).then(|| Series::of(&s.add_one, |a| f(a).as_secs_f64() * 1e3))
         };
         VariantFigures {
             variant,
             conn_rate,
+            conn_rate_one_cpu,
             throughput_gbit: Series::new(s.throughput_gbit.clone()),
             latency_p50_us: Series::of(&s.latency, |l| l.p50_us),
             latency_p99_us: Series::of(&s.latency, |l| l.p99_us),
@@ -123,6 +131,10 @@ impl VariantFigures {
 
     pub fn rate_at(&self, ports: usize) -> Option<f64> {
         self.conn_rate.iter().find(|p| p.ports == ports).map(|p| p.per_sec.median).filter(|r| r.is_finite())
+    }
+
+    pub fn one_cpu_rate_at(&self, ports: usize) -> Option<f64> {
+        self.conn_rate_one_cpu.iter().find(|p| p.ports == ports).map(|p| p.per_sec.median).filter(|r| r.is_finite())
     }
 }
 
@@ -267,6 +279,29 @@ fn targets(variants: &[VariantFigures], opts: &Options) -> Vec<Target> {
             )
         }
         _ => Target::not_measured(PUBLISH, "netpath beats Docker-style iptables at every size"),
+    });
+
+    out.push(match (np, nonat) {
+        (Some(n), Some(z)) => {
+            let pairs: Vec<(usize, f64, f64)> = opts
+                .sizes
+                .iter()
+                .filter_map(|&s| Some((s, n.one_cpu_rate_at(s)?, z.one_cpu_rate_at(s)?)))
+                .collect();
+            Target::new(
+                PUBLISH,
+                "on one vCPU, netpath's connection rate through a published port >= plain routing's (no-nat) at every size",
+                pairs
+                    .iter()
+                    .map(|(s, a, b)| {
+                        format!("{s} port(s): {a:.0} vs {b:.0} conn/s ({:.2}x, {:+.1} us per connection)", a / b, 1e6 / a - 1e6 / b)
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                !pairs.is_empty() && pairs.iter().all(|(_, a, b)| a >= b),
+            )
+        }
+        _ => Target::not_measured(PUBLISH, "on one vCPU, netpath's connection rate >= no-nat's"),
     });
 
     out.push(match (np, nonat) {

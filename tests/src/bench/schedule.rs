@@ -163,6 +163,32 @@ impl PublishLane {
         Ok(())
     }
 
+    /// The connection rate with the clients, the server and so all the
+    /// softirq work (veth delivery runs on the sending CPU) on one vCPU:
+    /// the rate is then the inverse of the path's CPU cost per connection.
+    fn conn_rate_one_cpu(&mut self, ports: usize, opts: &Options) -> Result<()> {
+        let cpu = super::cpu::latency_cpu();
+        let server = self.server.as_ref().context("the server is gone")?;
+        server.pin(Some(cpu))?;
+        let topo = self.bed.topology();
+        let rate =
+            load::conn_rate_on(topo, &topo.world, self.bed.target(), opts.client_threads, opts.load_time(), Some(cpu));
+        server.pin(None)?;
+        let rate = rate.with_context(|| format!("connection rate on one vCPU with {ports} ports"))?;
+        eprintln!(
+            "   {:<9} {ports:>6} ports, one vCPU: {:>8.0} conn/s, {:.1} us per connection ({} errors)",
+            self.variant.name(),
+            rate.per_sec,
+            1e6 / rate.per_sec,
+            rate.errors
+        );
+        match self.samples.conn_rate_one_cpu.last_mut() {
+            Some((p, rates)) if *p == ports => rates.push(rate),
+            _ => self.samples.conn_rate_one_cpu.push((ports, vec![rate])),
+        }
+        Ok(())
+    }
+
     fn throughput_latency(&mut self, opts: &Options) -> Result<()> {
         let (topo, target) = (self.bed.topology(), self.bed.target());
         let gbit = load::throughput(topo, &topo.world, target, opts.load_time()).context("throughput")?;
@@ -203,6 +229,9 @@ pub fn run(opts: &Options, failures: &mut Vec<String>) -> Result<Vec<(Variant, V
         lanes.each(0, &format!("publishing {ports} ports"), |l| l.publish(ports))?;
         for round in 0..opts.rounds {
             lanes.each(round, "connection rate", |l| l.conn_rate(ports, opts))?;
+        }
+        for round in 0..opts.rounds {
+            lanes.each(round, "connection rate on one vCPU", |l| l.conn_rate_one_cpu(ports, opts))?;
         }
         if ports == 1 {
             for round in 0..opts.rounds {

@@ -13,7 +13,7 @@ use std::{
     io::{Read as _, Write as _},
     net::{TcpListener, TcpStream},
     os::fd::AsRawFd as _,
-    sync::Arc,
+    sync::{Arc, Mutex},
     thread::JoinHandle,
     time::Duration,
 };
@@ -36,6 +36,8 @@ const BACKLOG: libc::c_int = 4096;
 pub struct Server {
     listener: Arc<TcpListener>,
     threads: Vec<JoinHandle<()>>,
+    /// The accept threads' kernel ids, to move them between CPUs.
+    tids: Arc<Mutex<Vec<libc::pid_t>>>,
 }
 
 impl Server {
@@ -51,13 +53,34 @@ impl Server {
             return Err(std::io::Error::last_os_error()).context("listen");
         }
         let listener = Arc::new(listener);
+        let tids = Arc::new(Mutex::new(vec![]));
         let threads = (0..threads)
             .map(|_| {
                 let l = Arc::clone(&listener);
-                std::thread::spawn(move || accept_loop(&l))
+                let tids = Arc::clone(&tids);
+                std::thread::spawn(move || {
+                    // SAFETY: gettid has no preconditions.
+                    let tid = unsafe { libc::gettid() };
+                    tids.lock().unwrap_or_else(|e| e.into_inner()).push(tid);
+                    accept_loop(&l)
+                })
             })
             .collect();
-        Ok(Server { listener, threads })
+        Ok(Server { listener, threads, tids })
+    }
+
+    /// Runs every accept thread on `cpu` alone, or (None) on every CPU
+    /// again. Waits (bounded) for the threads to have registered.
+    pub fn pin(&self, cpu: Option<usize>) -> Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let tids = self.tids.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if tids.len() == self.threads.len() {
+                return tids.into_iter().try_for_each(|tid| super::cpu::set_thread_cpu(tid, cpu));
+            }
+            anyhow::ensure!(std::time::Instant::now() < deadline, "the accept threads did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Wakes the accept loops (shutdown() on a listening socket makes a
