@@ -10,6 +10,7 @@ use netpath_common::{
 use crate::{flow::Flow4, maps::CT4};
 
 const BPF_NOEXIST: u64 = 1;
+const ESTABLISHED: u8 = CtState::Established as u8;
 
 #[inline(always)]
 pub fn lookup4(key: &CtKey4) -> Option<*mut CtEntry> {
@@ -23,11 +24,14 @@ pub fn touch(entry: *mut CtEntry, flow: &Flow4, len: u32, cfg: &DatapathConfig) 
     // SAFETY: a map value pointer, valid during the program run.
     let e = unsafe { &mut *entry };
     let now = unsafe { bpf_ktime_get_ns() };
+    let before = e.state;
     // The state machine and the expiry decision: netpath_common::conntrack.
     if e.refresh(flow.key.proto, flow.tcp_flags, now, &cfg.timeouts) {
         reset_peer(&e.peer, e.expires_ns);
     } else if flow.tcp_flags & TCP_FIN != 0 && e.state == CtState::Closing as u8 {
         close_if_peer_closing(entry, &cfg.timeouts, now);
+    } else if before == CtState::New as u8 && e.state == ESTABLISHED && flow.key.proto == IPPROTO_TCP {
+        establish_peer(&e.peer, e.expires_ns);
     }
     // Plain adds: the bpfel target has no 64-bit atomics in `core`, so
     // counts of a flow whose packets race on two CPUs may lose an update.
@@ -65,6 +69,22 @@ fn reset_peer(peer: &CtKey4, expires: u64) {
         let p = unsafe { &mut *p };
         p.state = CtState::Reset as u8;
         p.expires_ns = expires;
+    }
+}
+
+/// The ACK that completes a TCP handshake establishes the whole
+/// connection: the other half (new since its SYN-ACK, which does not
+/// establish) leaves the short handshake timeout too, or an idle connection
+/// whose server never sent would keep one half under it.
+#[inline(never)]
+fn establish_peer(peer: &CtKey4, expires: u64) {
+    if let Some(p) = CT4.get_ptr_mut(peer) {
+        // SAFETY: map value pointer, valid during the program run.
+        let p = unsafe { &mut *p };
+        if p.state == CtState::New as u8 {
+            p.state = ESTABLISHED;
+            p.expires_ns = expires;
+        }
     }
 }
 
