@@ -2,7 +2,7 @@
 //! The agent pins each one by name (see `netpath_common::maps`).
 
 use aya_ebpf::{
-    btf_maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, RingBuf},
+    btf_maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     macros::btf_map,
 };
 use netpath_common::{
@@ -10,7 +10,7 @@ use netpath_common::{
         EVENTS_BYTES, MAX_CONTAINERS, MAX_CT_ENTRIES, MAX_FRAGS, MAX_HOST_ADDRS, MAX_IFACES, MAX_MAPPINGS,
         MAX_POLICY_PREFIXES, MAX_SOCK_REVNAT,
     },
-    ContainerEntry, CtEntry, CtKey4, DatapathConfig, Event, FragEntry4, FragKey4, HostAddr4, MappingEntry4,
+    ContainerEntry, CtEntry, CtKey4, CtStats, DatapathConfig, Event, FragEntry4, FragKey4, HostAddr4, MappingEntry4,
     MappingKey4, PolicyEntry, PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats,
 };
 
@@ -28,6 +28,10 @@ pub static HOST_ADDRS4: HashMap<[u8; 4], HostAddr4, MAX_HOST_ADDRS> = HashMap::n
 
 #[btf_map]
 pub static CT4: LruHashMap<CtKey4, CtEntry, MAX_CT_ENTRIES> = LruHashMap::new();
+
+/// Conntrack pressure counters, one value per CPU at index 0.
+#[btf_map]
+pub static CT_STATS: PerCpuArray<CtStats, 1> = PerCpuArray::new();
 
 #[btf_map]
 pub static FRAGS4: LruHashMap<FragKey4, FragEntry4, MAX_FRAGS> = LruHashMap::new();
