@@ -172,6 +172,19 @@ struct Baseline {
     live: u64,
 }
 
+impl Baseline {
+    /// Entries that left the table between `self` and `now` by neither a
+    /// datapath nor an agent removal: evicted by the LRU (0 when the noise
+    /// of a walk under load makes the figure negative).
+    fn evictions_until(&self, now: &Baseline) -> u64 {
+        let inserted = now.inserts.saturating_sub(self.inserts) as i64;
+        let removed = now.datapath_removals.saturating_sub(self.datapath_removals) as i64
+            + now.agent_removals.saturating_sub(self.agent_removals) as i64;
+        let growth = now.live as i64 - self.live as i64;
+        (inserted - removed - growth).max(0) as u64
+    }
+}
+
 /// CT4 through a handle of its own: the agent's garbage collector, which
 /// runs on a blocking thread beside the API (whose calls never wait for
 /// it). Deletions re-read each entry first, so racing the datapath (a
@@ -223,13 +236,10 @@ impl CtCollector {
         let live = entries.len() as u64;
         let mid = |f: fn(&(CtStats, u64)) -> u64| (f(&before) + f(&after)) / 2;
         let (inserts, datapath_removals, agent_removals) = (mid(|c| c.0.inserts), mid(|c| c.0.removals), mid(|c| c.1));
-        let base = *self.baseline.get_or_insert(Baseline { inserts, datapath_removals, agent_removals, live });
-        let evicted = (inserts - base.inserts) as i64
-            - (datapath_removals - base.datapath_removals) as i64
-            - (agent_removals - base.agent_removals) as i64
-            - (live as i64 - base.live as i64);
+        let now_counts = Baseline { inserts, datapath_removals, agent_removals, live };
+        let base = *self.baseline.get_or_insert(now_counts);
         let report = &mut self.report;
-        report.evictions = evicted.max(0) as u64;
+        report.evictions = base.evictions_until(&now_counts);
         report.live_entries = live;
         report.pressure = live * PRESSURE_DIVISOR >= report.max_entries as u64;
         let doom = Doom { now, pressure: report.pressure, handshake_ns: self.handshake_ns };
@@ -450,6 +460,20 @@ mod tests {
         // Only TCP; and a lone half is the orphan rule's.
         assert!(!doom.early(&key(IPPROTO_UDP), &idle, Some(&idle)));
         assert!(!doom.early(&tcp, &closed, None));
+    }
+
+    #[test]
+    fn evictions_are_inserts_not_removed_and_not_in_the_table() {
+        let base = Baseline { inserts: 100, datapath_removals: 2, agent_removals: 10, live: 88 };
+        let at = |inserts, datapath_removals, agent_removals, live| {
+            base.evictions_until(&Baseline { inserts, datapath_removals, agent_removals, live })
+        };
+        assert_eq!(at(100, 2, 10, 88), 0);
+        // 50 inserted, 5 removed by the datapath, 20 by the agent, the table
+        // grew by 15: 10 were evicted.
+        assert_eq!(at(150, 7, 30, 103), 10);
+        // Entries the walk saw that the counters had not yet: no negative count.
+        assert_eq!(at(100, 2, 10, 95), 0);
     }
 
     #[test]
