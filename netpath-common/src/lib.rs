@@ -29,4 +29,4 @@ pub use fragment::{FragEntry4, FragKey4};
 pub use hooks::{Hook, HookId, Side, HOOKS};
 pub use mapping::{HostAddr4, MappingEntry4, MappingKey4, SockRevNatEntry4, SockRevNatKey4};
 pub use policy::{PolicyEntry, PolicyKey4, PolicyRule};
-pub use stats::{Counter, DropReason, TrafficStats};
+pub use stats::{Counter, CtStats, DropReason, TrafficStats};

@@ -13,6 +13,9 @@ pub const MAPPINGS4: &str = "MAPPINGS4";
 pub const HOST_ADDRS4: &str = "HOST_ADDRS4";
 /// Connection tracking: [`crate::CtKey4`] -> [`crate::CtEntry`] (LRU).
 pub const CT4: &str = "CT4";
+/// Per-CPU [`crate::CtStats`] at index 0: conntrack inserts, refusals and
+/// the datapath's own removals.
+pub const CT_STATS: &str = "CT_STATS";
 /// Socket-level reverse translation for host processes (LRU).
 pub const SOCK_REVNAT4: &str = "SOCK_REVNAT4";
 /// One [`crate::DatapathConfig`] at index 0.
@@ -37,6 +40,7 @@ pub const PINNED_MAPS: &[&str] = &[
     MAPPINGS4,
     HOST_ADDRS4,
     CT4,
+    CT_STATS,
     SOCK_REVNAT4,
     CONFIG,
     POLICY4,

@@ -134,8 +134,37 @@ impl TrafficStats {
     }
 }
 
+/// Conntrack pressure as the datapath sees it: one value per CPU at index 0
+/// of `CT_STATS` (`bpftool map dump` shows the fields). Each half of a
+/// flow or verdict counts as one entry. The kernel does not report LRU
+/// evictions; the agent derives them from these counters, its own
+/// removals and the live count its GC walks see (see the README).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtStats {
+    /// Entries inserted into `CT4`.
+    pub inserts: u64,
+    /// Inserts the table refused for another reason than a tuple already
+    /// tracked (no free entry the LRU could give).
+    pub insert_failures: u64,
+    /// Entries the datapath itself deleted (an orphaned half replaced, the
+    /// half of a pair another CPU created at the same moment).
+    pub removals: u64,
+}
+
+impl CtStats {
+    /// Sums per-CPU values.
+    pub fn merge(&mut self, other: &CtStats) {
+        self.inserts += other.inserts;
+        self.insert_failures += other.insert_failures;
+        self.removals += other.removals;
+    }
+}
+
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for TrafficStats {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for CtStats {}
 
 #[cfg(test)]
 mod tests {

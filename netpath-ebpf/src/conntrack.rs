@@ -4,12 +4,16 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use netpath_common::{
     conntrack::{CtState, CtTimeouts, CLOSED, CT_F_REPLY, IPPROTO_TCP, TCP_FIN},
-    CtEntry, CtKey4, DatapathConfig, DropReason,
+    CtEntry, CtKey4, CtStats, DatapathConfig, DropReason,
 };
 
-use crate::{flow::Flow4, maps::CT4};
+use crate::{
+    flow::Flow4,
+    maps::{CT4, CT_STATS},
+};
 
 const BPF_NOEXIST: u64 = 1;
+const ESTABLISHED: u8 = CtState::Established as u8;
 
 #[inline(always)]
 pub fn lookup4(key: &CtKey4) -> Option<*mut CtEntry> {
@@ -23,11 +27,14 @@ pub fn touch(entry: *mut CtEntry, flow: &Flow4, len: u32, cfg: &DatapathConfig) 
     // SAFETY: a map value pointer, valid during the program run.
     let e = unsafe { &mut *entry };
     let now = unsafe { bpf_ktime_get_ns() };
+    let before = e.state;
     // The state machine and the expiry decision: netpath_common::conntrack.
     if e.refresh(flow.key.proto, flow.tcp_flags, now, &cfg.timeouts) {
         reset_peer(&e.peer, e.expires_ns);
     } else if flow.tcp_flags & TCP_FIN != 0 && e.state == CtState::Closing as u8 {
         close_if_peer_closing(entry, &cfg.timeouts, now);
+    } else if before == CtState::New as u8 && e.state == ESTABLISHED && flow.key.proto == IPPROTO_TCP {
+        establish_peer(&e.peer, e.expires_ns);
     }
     // Plain adds: the bpfel target has no 64-bit atomics in `core`, so
     // counts of a flow whose packets race on two CPUs may lose an update.
@@ -65,6 +72,22 @@ fn reset_peer(peer: &CtKey4, expires: u64) {
         let p = unsafe { &mut *p };
         p.state = CtState::Reset as u8;
         p.expires_ns = expires;
+    }
+}
+
+/// The ACK that completes a TCP handshake establishes the whole
+/// connection: the other half (new since its SYN-ACK, which does not
+/// establish) leaves the short handshake timeout too, or an idle connection
+/// whose server never sent would keep one half under it.
+#[inline(never)]
+fn establish_peer(peer: &CtKey4, expires: u64) {
+    if let Some(p) = CT4.get_ptr_mut(peer) {
+        // SAFETY: map value pointer, valid during the program run.
+        let p = unsafe { &mut *p };
+        if p.state == CtState::New as u8 {
+            p.state = ESTABLISHED;
+            p.expires_ns = expires;
+        }
     }
 }
 
@@ -152,7 +175,7 @@ pub fn create_verdict4(
 fn insert_reply4(key: &CtKey4, entry: &CtEntry) -> Result<(), CreateError> {
     match insert_new4(key, entry) {
         Err(CreateError::Taken) if orphaned4(key) => {
-            let _ = CT4.remove(key);
+            remove4(key);
             insert_new4(key, entry)
         }
         other => other,
@@ -173,7 +196,34 @@ fn orphaned4(key: &CtKey4) -> bool {
 /// Inserts one half if its key is not tracked yet.
 #[inline(always)]
 fn insert_new4(key: &CtKey4, entry: &CtEntry) -> Result<(), CreateError> {
-    CT4.insert(key, entry, BPF_NOEXIST).map_err(|e| if e == -EEXIST { CreateError::Taken } else { CreateError::Failed })
+    match CT4.insert(key, entry, BPF_NOEXIST) {
+        Ok(()) => {
+            count(|s| s.inserts += 1);
+            Ok(())
+        }
+        Err(e) if e == -EEXIST => Err(CreateError::Taken),
+        Err(_) => {
+            count(|s| s.insert_failures += 1);
+            Err(CreateError::Failed)
+        }
+    }
+}
+
+/// Deletes one entry, counted (the agent tells the datapath's removals
+/// from LRU evictions by these counts).
+#[inline(always)]
+fn remove4(key: &CtKey4) {
+    if CT4.remove(key).is_ok() {
+        count(|s| s.removals += 1);
+    }
+}
+
+#[inline(always)]
+fn count(f: impl FnOnce(&mut CtStats)) {
+    if let Some(stats) = CT_STATS.get_ptr_mut(0) {
+        // SAFETY: this CPU's value, written by nothing else while we run.
+        f(unsafe { &mut *stats });
+    }
 }
 
 /// Inserts the original half once its reply half is in, never overwriting:
@@ -184,7 +234,7 @@ fn insert_orig4(orig_key: &CtKey4, orig: &CtEntry, reply_key: &CtKey4) -> Result
     match insert_new4(orig_key, orig) {
         Ok(()) => Ok(()),
         Err(e) => {
-            let _ = CT4.remove(reply_key);
+            remove4(reply_key);
             Err(match e {
                 CreateError::Taken => CreateError::Raced,
                 other => other,

@@ -10,7 +10,7 @@ use netpath_common::{
         EVENTS_BYTES, MAX_CONTAINERS, MAX_CT_ENTRIES, MAX_FRAGS, MAX_HOST_ADDRS, MAX_IFACES, MAX_MAPPINGS,
         MAX_POLICY_PREFIXES, MAX_SOCK_REVNAT,
     },
-    ContainerEntry, CtEntry, CtKey4, DatapathConfig, Event, ForwardStats, FragEntry4, FragKey4, HostAddr4,
+    ContainerEntry, CtEntry, CtKey4, CtStats, DatapathConfig, Event, ForwardStats, FragEntry4, FragKey4, HostAddr4,
     MappingEntry4, MappingKey4, PolicyEntry, PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats,
 };
 
@@ -35,6 +35,10 @@ pub static HOST_ADDRS4: HashMap<[u8; 4], HostAddr4, MAX_HOST_ADDRS> = HashMap::n
 
 #[btf_map]
 pub static CT4: LruHashMap<CtKey4, CtEntry, MAX_CT_ENTRIES> = LruHashMap::new();
+
+/// Conntrack pressure counters, one value per CPU at index 0.
+#[btf_map]
+pub static CT_STATS: PerCpuArray<CtStats, 1> = PerCpuArray::new();
 
 #[btf_map]
 pub static FRAGS4: LruHashMap<FragKey4, FragEntry4, MAX_FRAGS> = LruHashMap::new();

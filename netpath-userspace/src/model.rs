@@ -219,6 +219,9 @@ pub struct Status {
     /// stack.
     #[serde(default)]
     pub fast_path: FastPathStatus,
+    /// Conntrack pressure and garbage collection.
+    #[serde(default)]
+    pub conntrack: ConntrackStatus,
 }
 
 /// The fast path's counters (`FORWARD_STATS`), by name.
@@ -242,6 +245,37 @@ impl FastPathStatus {
             fallbacks: Fallback::ALL.iter().map(|f| (f.name().into(), stats.fallbacks[*f as usize])).collect(),
         }
     }
+}
+
+/// Conntrack pressure (the datapath's counters, summed over CPUs; each half
+/// of a flow or verdict is one entry) and what the GC did since the agent
+/// started.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct ConntrackStatus {
+    /// Entries the datapath inserted.
+    pub inserts: u64,
+    /// Inserts the table refused (no entry free, none evictable).
+    pub insert_failures: u64,
+    /// Entries the datapath deleted itself (orphans replaced, races).
+    pub datapath_removals: u64,
+    /// Entries the LRU evicted since the agent started: inserts minus
+    /// every removal minus the growth of the table, as of the GC's last
+    /// walk (exact once the table is quiet).
+    pub evictions: u64,
+    /// Entries the GC's last walk found.
+    pub entries: u64,
+    pub max_entries: u32,
+    /// The table was at least half full at the last walk: the GC runs
+    /// every 250 ms and removes finished flows and idle handshakes early.
+    pub pressure: bool,
+    pub gc_runs: u64,
+    /// Microseconds the last GC round took.
+    pub gc_last_us: u64,
+    pub gc_flows_removed: u64,
+    pub gc_entries_removed: u64,
+    /// Of the flows removed, those removed before their timeout under pressure.
+    pub gc_early_flows_removed: u64,
 }
 
 /// Body of every error response.

@@ -1,6 +1,6 @@
 //! Human-readable tables for `netpathctl`.
 
-use crate::model::{Container, Flow, InterfaceStats, Mapping, PolicyView, StatsView, Status};
+use crate::model::{ConntrackStatus, Container, Flow, InterfaceStats, Mapping, PolicyView, StatsView, Status};
 
 /// Left-aligned columns separated by two spaces.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -166,6 +166,7 @@ pub fn status_text(s: &Status) -> String {
     ));
     let maps: u64 = s.maps.iter().map(|m| m.memory_bytes).sum();
     out.push_str(&format!("memory    agent {}, maps {}\n", mib(s.agent_memory_bytes), mib(maps)));
+    out.push_str(&conntrack_text(&s.conntrack));
     out.push_str("\nPROGRAMS\n");
     let rows: Vec<Vec<String>> =
         s.programs.iter().map(|p| vec![p.name.clone(), p.kind.clone(), p.id.to_string()]).collect();
@@ -215,6 +216,27 @@ pub fn status_text(s: &Status) -> String {
     out
 }
 
+/// The conntrack lines of `status`: fill and pressure, the datapath's
+/// counters, the GC.
+fn conntrack_text(c: &ConntrackStatus) -> String {
+    format!(
+        "conntrack {}/{} entries{}; {} inserts, {} refused, {} evicted, {} removed by the datapath\n\
+         ct gc    {} runs (last {:.1} ms), {} flows / {} entries removed, {} early under pressure\n",
+        c.entries,
+        c.max_entries,
+        if c.pressure { " (pressure)" } else { "" },
+        c.inserts,
+        c.insert_failures,
+        c.evictions,
+        c.datapath_removals,
+        c.gc_runs,
+        c.gc_last_us as f64 / 1000.0,
+        c.gc_flows_removed,
+        c.gc_entries_removed,
+        c.gc_early_flows_removed,
+    )
+}
+
 /// Bytes as MiB with one decimal.
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
@@ -223,6 +245,29 @@ fn mib(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conntrack_pressure_reads_in_status() {
+        let c = ConntrackStatus {
+            inserts: 10,
+            insert_failures: 1,
+            datapath_removals: 2,
+            evictions: 3,
+            entries: 40,
+            max_entries: 64,
+            pressure: true,
+            gc_runs: 5,
+            gc_last_us: 1500,
+            gc_flows_removed: 6,
+            gc_entries_removed: 12,
+            gc_early_flows_removed: 4,
+        };
+        assert_eq!(
+            conntrack_text(&c),
+            "conntrack 40/64 entries (pressure); 10 inserts, 1 refused, 3 evicted, 2 removed by the datapath\n\
+             ct gc    5 runs (last 1.5 ms), 6 flows / 12 entries removed, 4 early under pressure\n"
+        );
+    }
 
     #[test]
     fn table_aligns_columns() {

@@ -1,6 +1,9 @@
 //! `BPF_PROG_TEST_RUN`: run a program on a crafted frame, no interfaces.
 
-use std::{io, os::fd::RawFd};
+use std::{
+    io,
+    os::fd::{FromRawFd as _, OwnedFd, RawFd},
+};
 
 use anyhow::{Context as _, Result};
 use netpath_userspace::datapath::{Datapath, BPF_OBJECT};
@@ -42,6 +45,28 @@ pub struct RunResult {
 
 /// Runs `prog_fd` on `frame` `repeat` times (at least once).
 pub fn run(prog_fd: RawFd, frame: &[u8], repeat: u32) -> io::Result<RunResult> {
+    run_with(prog_fd, frame, repeat, None)
+}
+
+/// `struct __sk_buff` as BPF_PROG_TEST_RUN takes it for tc programs: all
+/// zero but the fields the kernel lets a caller set.
+#[repr(C)]
+struct SkBuffCtx {
+    before_ifindex: [u32; 10],
+    /// The device the frame arrives on, in the caller's network namespace.
+    ifindex: u32,
+    after_ifindex: [u32; 37],
+}
+
+/// Runs a tc program once on `frame` as if it arrived on `ifindex` of the
+/// calling thread's network namespace (the program reads that device's
+/// ifindex, as it does when attached there).
+pub fn run_on(prog_fd: RawFd, frame: &[u8], ifindex: u32) -> io::Result<RunResult> {
+    let ctx = SkBuffCtx { before_ifindex: [0; 10], ifindex, after_ifindex: [0; 37] };
+    run_with(prog_fd, frame, 1, Some(&ctx))
+}
+
+fn run_with(prog_fd: RawFd, frame: &[u8], repeat: u32, ctx: Option<&SkBuffCtx>) -> io::Result<RunResult> {
     let mut out = vec![0u8; frame.len() + 512];
     let mut attr = TestRunAttr {
         prog_fd: prog_fd as u32,
@@ -50,6 +75,8 @@ pub fn run(prog_fd: RawFd, frame: &[u8], repeat: u32) -> io::Result<RunResult> {
         data_in: frame.as_ptr() as u64,
         data_out: out.as_mut_ptr() as u64,
         repeat: repeat.max(1),
+        ctx_size_in: ctx.map_or(0, |_| std::mem::size_of::<SkBuffCtx>() as u32),
+        ctx_in: ctx.map_or(0, |c| c as *const SkBuffCtx as u64),
         ..Default::default()
     };
     // SAFETY: attr points at valid buffers of the sizes given.
@@ -66,6 +93,28 @@ pub fn run(prog_fd: RawFd, frame: &[u8], repeat: u32) -> io::Result<RunResult> {
     }
     out.truncate(attr.data_size_out as usize);
     Ok(RunResult { verdict: attr.retval, data: out, duration_ns: attr.duration })
+}
+
+/// A file descriptor of the loaded program `id` (an agent's program, as
+/// `status` lists it), for running it on frames with its real maps.
+pub fn program_fd_by_id(id: u32) -> io::Result<OwnedFd> {
+    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+    #[repr(C)]
+    struct GetFdAttr {
+        prog_id: u32,
+        next_id: u32,
+        open_flags: u32,
+    }
+    let attr = GetFdAttr { prog_id: id, next_id: 0, open_flags: 0 };
+    // SAFETY: attr is a valid bpf_attr prefix for this command.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_PROG_GET_FD_BY_ID, &attr as *const GetFdAttr, std::mem::size_of::<GetFdAttr>())
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor the kernel just handed us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// The netpath object loaded without pins, for packet tests. Test runs see

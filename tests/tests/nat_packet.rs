@@ -365,3 +365,36 @@ fn fins_both_ways_close_the_flow_with_the_short_timeout() {
     fixtures::pass(&h, HookId::UplinkIngress.program(), &client(0x10));
     assert_eq!(states(&mut h), (closed, closed));
 }
+
+#[test]
+fn an_answered_syn_keeps_the_handshake_timeout_until_the_ack() {
+    let mut h = harness();
+    container(&mut h, C1, C1_MAC);
+    let orig = CtKey4::new(CLIENT, HOST, 40300u16.to_be(), 8080u16.to_be(), IPPROTO_TCP);
+    let reply = CtKey4::new(C1, CLIENT, 80u16.to_be(), 40300u16.to_be(), IPPROTO_TCP);
+    let halves = |h: &mut PacketHarness| {
+        let entries = h.dp.ct_entries().unwrap();
+        let half = |k: &CtKey4| entries.iter().find(|(x, _)| x == k).map(|(_, e)| (e.state, e.expires_ns)).unwrap();
+        [half(&orig), half(&reply)]
+    };
+    let client = |flags: u8| tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40300), (HOST, 8080), flags, &[]);
+    let server = |flags: u8| tcp_frame(HOST_MAC, C1_MAC, (C1, 80), (CLIENT, 40300), flags, &[]);
+    let timeouts = netpath_common::CtTimeouts::default();
+    let secs = |s: u32| s as u64 * 1_000_000_000;
+    fixtures::pass(&h, HookId::UplinkIngress.program(), &client(0x02));
+    // The container answers; nobody completes the handshake (a SYN flood):
+    // both halves stay new, under the short handshake timeout.
+    fixtures::pass(&h, HookId::VethIngress.program(), &server(0x12));
+    let now = netpath_userspace::datapath::monotonic_ns();
+    for (state, expires) in halves(&mut h) {
+        assert_eq!(state, netpath_common::CtState::New as u8);
+        assert!(expires <= now + secs(timeouts.tcp_new), "handshake timeout: {expires} vs {now}");
+    }
+    // The client's ACK completes it: the whole connection is established.
+    fixtures::pass(&h, HookId::UplinkIngress.program(), &client(0x10));
+    let now = netpath_userspace::datapath::monotonic_ns();
+    for (state, expires) in halves(&mut h) {
+        assert_eq!(state, netpath_common::CtState::Established as u8);
+        assert!(expires > now + secs(timeouts.tcp_established) - secs(60), "established timeout");
+    }
+}

