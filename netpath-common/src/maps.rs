@@ -23,10 +23,26 @@ pub const POLICY4: &str = "POLICY4";
 pub const FRAGS4: &str = "FRAGS4";
 /// Ring buffer of [`crate::Event`] for the monitor.
 pub const EVENTS: &str = "EVENTS";
+/// The live mapping id of each slot (`u32` array, see [`crate::owner`]).
+pub const MAPPING_IDS: &str = "MAPPING_IDS";
+/// The live container id of each slot (`u32` array, see [`crate::owner`]).
+pub const CONTAINER_IDS: &str = "CONTAINER_IDS";
 
 /// Every map the agent pins. Kernel map names are capped at 15 bytes.
-pub const PINNED_MAPS: &[&str] =
-    &[CONTAINERS, IFACE_STATS, MAPPINGS4, HOST_ADDRS4, CT4, SOCK_REVNAT4, CONFIG, POLICY4, FRAGS4, EVENTS];
+pub const PINNED_MAPS: &[&str] = &[
+    CONTAINERS,
+    IFACE_STATS,
+    MAPPINGS4,
+    HOST_ADDRS4,
+    CT4,
+    SOCK_REVNAT4,
+    CONFIG,
+    POLICY4,
+    FRAGS4,
+    EVENTS,
+    MAPPING_IDS,
+    CONTAINER_IDS,
+];
 
 pub const MAX_POLICY_PREFIXES: usize = 262144;
 /// Bytes of the event ring buffer.

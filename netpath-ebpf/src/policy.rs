@@ -136,7 +136,7 @@ pub fn judge(
         Err(NoFlow::IcmpOther(key)) => return judge_untracked(key, container, direction, cfg),
     };
     let key = flow.key.in_scope(CtScope::policy(direction));
-    if let Some(entry) = conntrack::lookup4(&key) {
+    if let Some(entry) = conntrack::lookup_or_forget4(&key) {
         conntrack::touch(entry, flow, ctx.len(), cfg);
         fragment::first4(flow, CtScope::policy(direction));
         return Ok(());

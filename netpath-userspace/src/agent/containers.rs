@@ -124,7 +124,10 @@ impl Inner {
         }
         let target = if req.handoff { None } else { Some(self.target_netns(&req, &netns_path, &ifname).await?) };
         let ip = self.ipam.allocate(&req.name, req.ip)?;
-        let id = self.state.next_id;
+        // Ids only grow and never share an owner slot with a live container's.
+        let (ids, next_id) =
+            super::mappings::owner_ids(self.state.next_id, 1, self.state.containers.iter().map(|c| c.id));
+        let id = ids[0];
         let veth = format!("npv{id}");
         let mac = requested_mac.unwrap_or(container_mac(ip));
         let mut container = Container {
@@ -142,7 +145,7 @@ impl Inner {
             handoff_ifname: None,
             runtime_name: self.runtime_name_for(&req),
         };
-        let mappings = self.new_mappings(&container, &req.ports, self.state.next_mapping_id);
+        let mappings = self.new_mappings(&container, &req.ports, &[]);
         if let Err(e) = self.check_mac_free(&mac, cfg).and_then(|()| self.check_publishable(&mappings)) {
             self.ipam.release(ip);
             return Err(e);
@@ -155,7 +158,7 @@ impl Inner {
                 return Err(AgentError::Internal(e.context(format!("adding container {:?}", req.name))));
             }
         }
-        self.state.next_id += 1;
+        self.state.next_id = next_id;
         self.state.containers.push(container.clone());
         if let Err(e) = self.save() {
             self.state.containers.pop();
@@ -349,9 +352,11 @@ impl Inner {
                 self.nl.delete_link(c.ifindex).await?;
             }
         }
+        // With the veth gone no new flow of it can start; its entry leaves
+        // CONTAINERS and its id its owner slot, which cuts every flow it owns
+        // (verdicts, masqueraded flows) at once, before its address can be
+        // handed out again; its published ports went above.
         self.forget_datapath(&c)?;
-        // With the veth gone no new flow of it can start: its tracked ones
-        // go now, before its address can be handed out again.
         self.forget_flows(&c)?;
         self.ipam.release(c.ip);
         self.state.containers.retain(|x| x.name != c.name);

@@ -331,6 +331,9 @@ impl Agent {
     pub async fn spawn_background(self: &Arc<Agent>) -> Result<()> {
         // The conntrack GC walks the whole table: on a blocking thread with
         // a map handle of its own, so that API calls never wait for it.
+        // It also collects the flows of removed owners (lazily: removing
+        // one never walks the table) and counts the fill levels `status`
+        // shows.
         let mut collector = Some(self.inner.lock().await.dp.ct_collector()?);
         let interval = Duration::from_secs(self.cfg.conntrack.gc_interval as u64);
         tokio::spawn(async move {
@@ -687,6 +690,14 @@ impl Inner {
         }
         self.reconcile_mappings()?;
         self.reconcile_policies()?;
+        // Owners removed while no agent ran leave their slots: their flows
+        // go stale.
+        let mappings = self.state.mappings.iter().map(|m| m.id).collect();
+        let containers = self.state.containers.iter().map(|c| c.id).collect();
+        let cleared = self.dp.retain_owners(&mappings, &containers)?;
+        if cleared > 0 {
+            tracing::info!(owners = cleared, "cleared the owner slots of mappings and containers that are gone");
+        }
         self.save()
     }
 
@@ -823,6 +834,7 @@ fn map_status(m: MapSummary) -> MapStatus {
         max_entries: m.max_entries,
         pin: m.pin,
         memory_bytes: m.memory_bytes,
+        counted_ms_ago: m.counted_ms_ago,
     }
 }
 

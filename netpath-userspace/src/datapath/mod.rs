@@ -24,9 +24,10 @@ use std::path::{Path, PathBuf};
 use aya::Ebpf;
 
 pub use conntrack::monotonic_ns;
+pub use conntrack::CtCollector;
 pub use links::CGROUP_TARGET;
 pub use loader::{ensure_bpffs, BPF_OBJECT, LAYOUT_VERSION};
-pub use maps::{MapSummary, ProgramSummary};
+pub use maps::{FillCounter, LiveOwners, MapSummary, ProgramSummary};
 
 /// The loaded object and where its pins are.
 pub struct Datapath {
@@ -34,6 +35,10 @@ pub struct Datapath {
     pin_dir: PathBuf,
     /// Summaries of maps taken out of the object (the event ring buffer).
     taken: Vec<MapSummary>,
+    /// Keys of the maps only the agent writes (their fill levels).
+    written: maps::Written,
+    /// Fill levels of the maps the datapath fills, as last counted.
+    fills: maps::SharedFills,
 }
 
 impl Datapath {
