@@ -172,6 +172,9 @@ pub struct CtEntry {
     /// Mapping that created the flow (0: none); the entry is stale once the
     /// mapping is gone (see [`crate::owner`]).
     pub mapping_id: u32,
+    /// With `CT_F_POLICY`: the container's `policy_epoch` the verdict was
+    /// given (or last confirmed) under.
+    pub policy_epoch: u32,
     /// CLOCK_MONOTONIC nanoseconds after which the entry is stale.
     pub expires_ns: u64,
     pub packets: u64,

@@ -67,8 +67,12 @@ impl Inner {
         Ok(())
     }
 
-    /// CONTAINERS[ifindex] for a container, with its policy defaults.
+    /// CONTAINERS[ifindex] for a container, with its policy defaults and a
+    /// policy epoch moved on from the one there: the container's verdicts
+    /// are judged again by the datapath at their next packet (the policy
+    /// may have changed; at a restart, it may have while no agent ran).
     pub(super) fn write_container_entry(&mut self, c: &Container) -> Result<()> {
+        let policy_epoch = self.dp.container(c.ifindex)?.map_or(0, |old| old.policy_epoch.wrapping_add(1));
         let p = self.policy_of(&c.name);
         let mut flags = CONTAINER_F_IPV4;
         if p.default_in == Action::Deny {
@@ -84,6 +88,7 @@ impl Inner {
             flags,
             ifindex: c.ifindex,
             id: c.id,
+            policy_epoch,
         };
         self.dp.set_container(c.ifindex, &ep)
     }

@@ -506,7 +506,7 @@ impl Agent {
         inner.set_flag(CFG_F_NO_ICC, !s.icc)?;
         inner.save()?;
         if !s.icc {
-            inner.recheck_flows(None, None)?;
+            inner.rejudge_flows(None)?;
         }
         Ok(s)
     }

@@ -30,7 +30,7 @@ pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 /// sizes or capacity are caught map by map against the object; a unit test
 /// (`a_changed_layout_bumps_the_layout_version`) fails when a pinned type's
 /// fields move without a bump.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// The stamp: a one-entry array map (`u32` -> `u32`, the layout version)
 /// that the agent creates and pins beside the maps, under `maps/`.
@@ -355,7 +355,7 @@ mod tests {
     fn pinned_layout() -> String {
         use netpath_common::{conntrack::CtTimeouts, policy::PolicyRule, stats::Counter, FragEntry4, FragKey4};
         [
-            layout!(ContainerEntry { ipv4, ipv6, mac, flags, ifindex, id }),
+            layout!(ContainerEntry { ipv4, ipv6, mac, flags, ifindex, id, policy_epoch }),
             layout!(Counter { packets, bytes }),
             layout!(TrafficStats { ingress, egress, drops }),
             layout!(MappingKey4 { addr, port, proto }),
@@ -370,6 +370,7 @@ mod tests {
                 flags,
                 state,
                 mapping_id,
+                policy_epoch,
                 expires_ns,
                 packets,
                 bytes,
@@ -397,7 +398,8 @@ mod tests {
             layout!(FragKey4 { saddr, daddr, id, proto, scope }),
             layout!(FragEntry4 { sport, dport, nat_saddr, nat_daddr, expires_ns }),
             // Version 4: owner slots (MAPPING_IDS, CONTAINER_IDS) and
-            // CtEntry::container_id on masqueraded flows too.
+            // CtEntry::container_id on masqueraded flows too; 5: policy
+            // epochs (ContainerEntry, CtEntry).
             format!("owner slots {}: id", netpath_common::owner::OWNER_SLOTS),
         ]
         .join("\n")
@@ -411,7 +413,7 @@ mod tests {
     /// The layout this LAYOUT_VERSION stands for. When the test below fails,
     /// the pinned maps' layout changed: bump LAYOUT_VERSION (pins of the old
     /// layout must be refused) and record the new pair here.
-    const RECORDED_LAYOUT: (u32, u64) = (4, 0x1ce03bf3b70ab5db);
+    const RECORDED_LAYOUT: (u32, u64) = (5, 0xc4fb43de45438295);
 
     #[test]
     fn a_changed_layout_bumps_the_layout_version() {

@@ -19,7 +19,7 @@ use aya::{
 };
 use netpath_common::{
     maps as names, owner, ContainerEntry, CtEntry, CtKey4, DatapathConfig, FragEntry4, FragKey4, HostAddr4,
-    MappingEntry4, MappingKey4, PolicyEntry, PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats,
+    MappingEntry4, MappingKey4, PolicyEntry, PolicyKey4, TrafficStats,
 };
 
 use super::Datapath;
@@ -156,10 +156,6 @@ impl Datapath {
         Ok(BpfHashMap::try_from(self.map_mut(names::CT4)?)?)
     }
 
-    fn sock_revnat_map(&mut self) -> Result<BpfHashMap<&mut MapData, SockRevNatKey4, SockRevNatEntry4>> {
-        Ok(BpfHashMap::try_from(self.map_mut(names::SOCK_REVNAT4)?)?)
-    }
-
     /// The entry of one key of a map, read without walking it.
     pub(super) fn get_one<K: aya::Pod, V: aya::Pod>(&self, name: &str, key: &K) -> Result<Option<V>> {
         let map = self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing"))?;
@@ -245,6 +241,11 @@ impl Datapath {
     /// Takes a container's id out of its owner slot (its flows go stale).
     pub fn retire_container(&mut self, id: u32) -> Result<()> {
         self.clear_owner(names::CONTAINER_IDS, id)
+    }
+
+    /// The CONTAINERS entry of a host-side veth, if any.
+    pub fn container(&self, ifindex: u32) -> Result<Option<ContainerEntry>> {
+        self.get_one(names::CONTAINERS, &ifindex)
     }
 
     fn owner_array(&mut self, name: &str) -> Result<Array<&mut MapData, u32>> {
@@ -393,21 +394,6 @@ impl Datapath {
     /// Every (prefix length, key) in POLICY4.
     pub fn policy_keys4(&mut self) -> Result<Vec<(u32, PolicyKey4)>> {
         Ok(self.policy_map()?.keys().filter_map(Result::ok).map(|k| (k.prefix_len(), k.data())).collect())
-    }
-
-    /// Forgets socket-level translations made for these mappings.
-    pub fn sock_revnat_remove(&mut self, mapping_ids: &[u32]) -> Result<()> {
-        let mut map = self.sock_revnat_map()?;
-        let keys: Vec<SockRevNatKey4> = map
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, v)| mapping_ids.contains(&v.mapping_id))
-            .map(|(k, _)| k)
-            .collect();
-        for k in keys {
-            ignore_missing(map.remove(&k))?;
-        }
-        Ok(())
     }
 
     /// Takes the event ring buffer out of the object, for the agent's reader.
