@@ -4,16 +4,19 @@
 //! CT4, each removal leaves those untouched, hides its own flows from the
 //! listing at once, cuts them for the next packet, and leaves their entries
 //! for the datapath (on that packet) or the GC to delete: proof that nothing
-//! walked the table.
+//! walked the table. A policy change is the same: the container's policy
+//! epoch moves on, and the datapath judges each of its flows again at the
+//! next packet.
 
 use std::{
-    net::{SocketAddr, UdpSocket},
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     time::Duration,
 };
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use netpath_common::{
-    conntrack::{CT_F_REPLY, IPPROTO_UDP},
+    conntrack::{CT_F_REPLY, IPPROTO_TCP, IPPROTO_UDP},
     CtEntry, CtKey4, CtScope,
 };
 use netpath_tests::topology::{Topology, HOST_UPLINK_IP, WORLD_IP};
@@ -172,4 +175,72 @@ fn unmap_and_container_del_cut_their_flows_without_walking_conntrack() {
     let ids = st.maps.iter().find(|m| m.name == "CONTAINER_IDS").unwrap();
     assert_eq!((ids.entries, ids.counted_ms_ago), (2, None), "c1 and c2b, as the agent wrote them");
     drop(client);
+}
+
+#[test]
+fn a_rule_change_cuts_denied_flows_in_the_datapath_without_walking_conntrack() {
+    assert!(netpath_tests::is_root(), "run as root");
+    let mut t = Topology::new(3).unwrap();
+    let cfg = t.run_dir().join("netpathd.toml");
+    std::fs::write(&cfg, "[conntrack]\ngc_interval = 3600\n").unwrap();
+    t.agent_args(&["--config", &cfg.display().to_string()]);
+    t.start_agent().unwrap();
+    let c1 = t.add_container(1).unwrap();
+    let c2 = t.add_container(2).unwrap();
+    let c3 = t.add_container(3).unwrap();
+    let data = MapData::from_pin(t.pin_dir().join("maps").join("CT4")).unwrap();
+    let mut ct: Ct = BpfHashMap::try_from(Map::LruHashMap(data)).unwrap();
+    fill_unrelated(&mut ct);
+
+    // Connections to c1 from c2 (to be denied) and from c3 (to stay).
+    let listener = t.in_ns(&t.container_ns(1), || Ok(TcpListener::bind(("0.0.0.0", 7000))?)).unwrap();
+    let connect = |i: usize| {
+        t.in_ns(&t.container_ns(i), || {
+            Ok(TcpStream::connect_timeout(&SocketAddr::from((c1.ip, 7000)), Duration::from_secs(2))?)
+        })
+        .unwrap()
+    };
+    let (mut from_c2, mut from_c3) = (connect(2), connect(3));
+    let mut accepted = vec![];
+    for _ in 0..2 {
+        let (s, peer) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+        accepted.push((s, peer));
+    }
+    let mut server_of = |ip| {
+        let i = accepted.iter().position(|(_, peer)| peer.ip() == ip).unwrap();
+        accepted.remove(i).0
+    };
+    let (mut to_c2, mut to_c3) = (server_of(c2.ip), server_of(c3.ip));
+    let mut b = [0u8; 1];
+    for (client, server) in [(&mut from_c2, &mut to_c2), (&mut from_c3, &mut to_c3)] {
+        client.write_all(b"a").unwrap();
+        server.read_exact(&mut b).unwrap();
+    }
+    // c1's verdict of the flow from c2, as its veth's egress keeps it.
+    let c2_port = from_c2.local_addr().unwrap().port();
+    let verdict = CtKey4::new(c2.ip.octets(), c1.ip.octets(), c2_port.to_be(), 7000u16.to_be(), IPPROTO_TCP)
+        .in_scope(CtScope::PolicyIn);
+    let before = ct.get(&verdict, 0).unwrap();
+    assert_eq!(before.container_id, c1.id);
+
+    t.ctl_ok(&["policy", "add", "c1", "deny", "in", &c2.ip.to_string()]).unwrap();
+    assert!(
+        ct.get(&verdict, 0).is_ok_and(|e| e.policy_epoch == before.policy_epoch),
+        "the change did not walk conntrack: the verdict is still there, under the old epoch"
+    );
+    assert!(unrelated_untouched(&ct), "unrelated flows untouched by the rule change");
+    // The next packet of each flow is judged again: c2's is cut (its verdict
+    // pair gone), c3's goes on under the new epoch.
+    from_c2.write_all(b"b").unwrap();
+    assert!(to_c2.read_exact(&mut b).is_err(), "data after the deny must not arrive");
+    assert!(ct.get(&verdict, 0).is_err(), "the denied flow's verdict went on its next packet");
+    assert!(ct.get(&verdict.reversed().in_scope(CtScope::PolicyOut), 0).is_err(), "both halves");
+    from_c3.write_all(b"c").unwrap();
+    to_c3.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"c", "the flow the rules still allow goes on");
+    to_c3.write_all(b"d").unwrap();
+    from_c3.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+    from_c3.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"d", "both ways");
 }
