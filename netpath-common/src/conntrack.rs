@@ -169,15 +169,22 @@ pub struct CtEntry {
     /// [`CtState`] as u8.
     pub state: u8,
     pub _pad: u16,
-    /// Mapping that created the flow (0: none).
+    /// Mapping that created the flow (0: none); the entry is stale once the
+    /// mapping is gone (see [`crate::owner`]).
     pub mapping_id: u32,
+    /// With `CT_F_POLICY`: the container's `policy_epoch` the verdict was
+    /// given (or last confirmed) under.
+    pub policy_epoch: u32,
     /// CLOCK_MONOTONIC nanoseconds after which the entry is stale.
     pub expires_ns: u64,
     pub packets: u64,
     pub bytes: u64,
     /// Key of the other direction's entry.
     pub peer: CtKey4,
-    /// With `CT_F_POLICY`: the container whose policy allowed the flow.
+    /// The container the flow belongs to (0: none): with `CT_F_POLICY` the
+    /// one whose policy allowed it; on masqueraded flows the one that
+    /// started it. The entry is stale once the container is gone (see
+    /// [`crate::owner`]).
     pub container_id: u32,
 }
 

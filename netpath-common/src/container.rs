@@ -30,6 +30,11 @@ pub struct ContainerEntry {
     pub ifindex: u32,
     /// The agent's id for the container (stable across agent restarts).
     pub id: u32,
+    /// Moves on whenever the container's policy changes: a verdict given
+    /// under another epoch is judged again on its next packet (kept if the
+    /// rules still allow its flow, cut if not), so a rule change never walks
+    /// conntrack.
+    pub policy_epoch: u32,
 }
 
 impl ContainerEntry {

@@ -36,6 +36,12 @@ pub enum Fallback {
     RedirectFailed = 3,
     /// The receiving container's interface is gone (it is being removed).
     NoInterface = 4,
+    /// The receiving container has no current verdict for the packet's
+    /// flow (its first packet, a flow its rules changed under, a fragment,
+    /// ICMP): the stack takes it to the container's veth, whose egress
+    /// program judges it as a new flow; the flow's next packets, with the
+    /// verdict kept, go the fast way.
+    Unjudged = 5,
 }
 
 pub const REDIRECT_COUNT: usize = 4;
@@ -55,12 +61,13 @@ impl Redirect {
 }
 
 impl Fallback {
-    pub const ALL: [Fallback; 5] = [
+    pub const ALL: [Fallback; 6] = [
         Fallback::TtlExpiring,
         Fallback::MtuExceeded,
         Fallback::NoRoute,
         Fallback::RedirectFailed,
         Fallback::NoInterface,
+        Fallback::Unjudged,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -70,6 +77,7 @@ impl Fallback {
             Fallback::NoRoute => "no-route",
             Fallback::RedirectFailed => "redirect-failed",
             Fallback::NoInterface => "no-interface",
+            Fallback::Unjudged => "unjudged",
         }
     }
 }

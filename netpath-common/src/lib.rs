@@ -16,6 +16,7 @@ pub mod hooks;
 pub mod mapping;
 pub mod maps;
 pub mod masquerade;
+pub mod owner;
 pub mod policy;
 pub mod stats;
 

@@ -32,6 +32,10 @@ pub const CONTAINER_IPS4: &str = "CONTAINER_IPS4";
 pub const FORWARD_STATS: &str = "FORWARD_STATS";
 /// Ring buffer of [`crate::Event`] for the monitor.
 pub const EVENTS: &str = "EVENTS";
+/// The live mapping id of each slot (`u32` array, see [`crate::owner`]).
+pub const MAPPING_IDS: &str = "MAPPING_IDS";
+/// The live container id of each slot (`u32` array, see [`crate::owner`]).
+pub const CONTAINER_IDS: &str = "CONTAINER_IDS";
 
 /// Every map the agent pins. Kernel map names are capped at 15 bytes.
 pub const PINNED_MAPS: &[&str] = &[
@@ -48,6 +52,8 @@ pub const PINNED_MAPS: &[&str] = &[
     CONTAINER_IPS4,
     FORWARD_STATS,
     EVENTS,
+    MAPPING_IDS,
+    CONTAINER_IDS,
 ];
 
 pub const MAX_POLICY_PREFIXES: usize = 262144;

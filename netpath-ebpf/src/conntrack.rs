@@ -9,15 +9,69 @@ use netpath_common::{
 
 use crate::{
     flow::Flow4,
-    maps::{CT4, CT_STATS},
+    maps::{container_live, mapping_live, CT4, CT_STATS},
 };
 
 const BPF_NOEXIST: u64 = 1;
 const ESTABLISHED: u8 = CtState::Established as u8;
 
+/// The entry of `key`, if tracked and its owners (mapping, container) are
+/// still there: an entry of a removed owner is stale, as if the agent had
+/// deleted the flow (see netpath_common::owner). Stale entries stay for
+/// [`lookup_or_forget4`] or the GC to delete.
 #[inline(always)]
 pub fn lookup4(key: &CtKey4) -> Option<*mut CtEntry> {
+    let entry = CT4.get_ptr_mut(key)?;
+    if owned(entry) {
+        Some(entry)
+    } else {
+        None
+    }
+}
+
+/// [`lookup4`] where a miss may start a new flow on the same tuple (the
+/// stages' main lookups): a stale flow goes first, both halves, so that the
+/// new one can take its tuples.
+#[inline(always)]
+pub fn lookup_or_forget4(key: &CtKey4) -> Option<*mut CtEntry> {
+    let entry = CT4.get_ptr_mut(key)?;
+    if owned(entry) {
+        return Some(entry);
+    }
+    forget_stale4(key);
+    None
+}
+
+/// The entry of `key` whatever its owners, where the caller knows a stale
+/// one cannot be there (an earlier hook of the same packet deleted it).
+#[inline(always)]
+pub fn lookup_unchecked4(key: &CtKey4) -> Option<*mut CtEntry> {
     CT4.get_ptr_mut(key)
+}
+
+/// Are the entry's owners still there?
+#[inline(always)]
+fn owned(entry: *mut CtEntry) -> bool {
+    // SAFETY: map value pointer, valid during the run.
+    owners_live(unsafe { &*entry })
+}
+
+/// Are the owners (mapping, container) of `entry` still there?
+#[inline(always)]
+pub fn owners_live(entry: &CtEntry) -> bool {
+    mapping_live(entry.mapping_id) && container_live(entry.container_id)
+}
+
+/// Deletes a stale flow's two halves. Out of line, and looking the entry up
+/// again rather than taking it: its caller's frame keeps nothing for it.
+#[inline(never)]
+fn forget_stale4(key: &CtKey4) {
+    if let Some(entry) = CT4.get_ptr(key) {
+        // SAFETY: map value pointer, valid during the run; its `peer` field
+        // serves as the key in place.
+        let _ = CT4.remove(unsafe { &(*entry).peer });
+    }
+    let _ = CT4.remove(key);
 }
 
 /// Accounts a packet of `len` bytes to `entry` and refreshes its state and

@@ -1,10 +1,14 @@
 //! The fast path (tc ingress only): a packet the program let through and
 //! translated is handed straight to the interface it leaves by.
 //!
-//! - To a container: `bpf_redirect_peer` into its `eth0`, after the
-//!   container's inbound policy judged it here (its veth's egress program
-//!   does not run on this path). Skips the bridge, the routing pass and the
-//!   veth backlog queue.
+//! - To a container: `bpf_redirect_peer` into its `eth0`, for packets of
+//!   flows the container's inbound policy allowed already (a verdict hit,
+//!   counted on its veth as its egress program would). Skips the bridge,
+//!   the routing pass and the veth backlog queue. A flow's first packet
+//!   takes the stack to the veth, whose egress program judges it: new flows
+//!   are judged in one place, and the fast path stays small enough for the
+//!   verifier to check it once per entry point, not a second copy of the
+//!   policy path.
 //! - From a container to anywhere else that is not the host itself:
 //!   `bpf_fib_lookup` picks the interface and next hop (and checks the
 //!   MTU), `bpf_redirect` sends it there (`bpf_redirect_neigh` while the
@@ -29,7 +33,6 @@ use network_types::{
 };
 
 use crate::{
-    flow,
     maps::{CONTAINERS, CONTAINER_IPS4, FORWARD_STATS, HOST_ADDRS4},
     offsets::{IP_CSUM_OFF, IP_TTL_OFF},
     packet::{l3_csum_replace, mac_eq, ptr_at, store},
@@ -101,9 +104,9 @@ pub fn forward4(ctx: &TcContext, origin: Origin) -> i32 {
     TC_ACT_OK as i32
 }
 
-/// Into `target`'s `eth0`: judged by its inbound policy here (a drop is
-/// counted on its veth, as its egress program would), then redirected to
-/// the veth's peer.
+/// Into `target`'s `eth0`, if its inbound policy allowed the flow already
+/// (counted on its veth, as its egress program would), redirected to the
+/// veth's peer.
 #[inline(always)]
 fn to_container(ctx: &TcContext, cfg: &DatapathConfig, target: &ContainerEntry, routed: bool, ttl: u8) -> i32 {
     if routed && ttl <= 1 {
@@ -119,9 +122,11 @@ fn to_container(ctx: &TcContext, cfg: &DatapathConfig, target: &ContainerEntry, 
     if mtu != 0 {
         return fall_back(Fallback::MtuExceeded);
     }
-    let len = ctx.len();
+    if !policy::allowed_inbound(ctx, target, cfg) {
+        return fall_back(Fallback::Unjudged);
+    }
     let site = Site { hook: HookId::VethEgress, ifindex: target.ifindex, container_id: target.id, count: true };
-    if !finish(ctx, site, len, judge_inbound(ctx, target)) {
+    if !finish(ctx, site, ctx.len(), Ok(())) {
         return TC_ACT_SHOT as i32;
     }
     if routed && route_hop(ctx, &target.mac, &cfg.gateway_mac).is_err() {
@@ -135,15 +140,6 @@ fn to_container(ctx: &TcContext, cfg: &DatapathConfig, target: &ContainerEntry, 
         count(Redirect::ToContainer);
     }
     action
-}
-
-/// The receiving container's inbound policy, on the packet as it arrives
-/// (translated). In [`forward4`]'s frame: a frame of its own would take
-/// the chain to the verdict's entries past the 512-byte stack.
-#[inline(always)]
-fn judge_inbound(ctx: &TcContext, target: &ContainerEntry) -> Result<(), DropReason> {
-    let Some(cfg) = crate::maps::config() else { return Ok(()) };
-    policy::judge(ctx, &flow::parse4(ctx), target, netpath_common::Direction::In, cfg)
 }
 
 /// Out of the host interface the routing table picks for `dst`. Out of

@@ -92,9 +92,14 @@ pub fn translate4(ctx: &TcContext, cfg: &DatapathConfig, from_host: bool) -> Res
     let l3 = EthHdr::LEN;
     // The quoted packet travelled the other way: its flow's entry for this
     // error's way is keyed by the quoted tuple reversed.
-    let Some(entry) = conntrack::lookup4(&quoted.reversed()) else { return Ok(()) };
+    let Some(entry) = conntrack::lookup_unchecked4(&quoted.reversed()) else { return Ok(()) };
     // SAFETY: map value pointer, valid during the run.
     let entry = unsafe { *entry };
+    // Checked on the copy (a stale flow's errors are not translated): this
+    // frame has no room for the pointer beside it.
+    if !conntrack::owners_live(&entry) {
+        return Ok(());
+    }
     let osrc: [u8; 4] = load(ctx, l3 + IP_SRC_OFF)?;
     // Two sides, one rewrite:
     // - an error about a packet that was translated on its way out (from a

@@ -10,6 +10,7 @@ use netpath_common::{
         EVENTS_BYTES, MAX_CONTAINERS, MAX_CT_ENTRIES, MAX_FRAGS, MAX_HOST_ADDRS, MAX_IFACES, MAX_MAPPINGS,
         MAX_POLICY_PREFIXES, MAX_SOCK_REVNAT,
     },
+    owner::{self, OWNER_SLOTS},
     ContainerEntry, CtEntry, CtKey4, CtStats, DatapathConfig, Event, ForwardStats, FragEntry4, FragKey4, HostAddr4,
     MappingEntry4, MappingKey4, PolicyEntry, PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats,
 };
@@ -55,10 +56,30 @@ pub static POLICY4: LpmTrie<PolicyKey4, PolicyEntry, MAX_POLICY_PREFIXES> = LpmT
 #[btf_map]
 pub static EVENTS: RingBuf<Event, EVENTS_BYTES> = RingBuf::new();
 
+/// The live mapping id of each slot (netpath_common::owner).
+#[btf_map]
+pub static MAPPING_IDS: Array<u32, { OWNER_SLOTS as usize }> = Array::new();
+
+/// The live container id of each slot (netpath_common::owner).
+#[btf_map]
+pub static CONTAINER_IDS: Array<u32, { OWNER_SLOTS as usize }> = Array::new();
+
 pub type PolicyTrieKey4 = Key<PolicyKey4>;
 
 /// The instance's settings (all zero until the agent writes them).
 #[inline(always)]
 pub fn config() -> Option<&'static DatapathConfig> {
     CONFIG.get(0)
+}
+
+/// Is the mapping `id` (0: none) still published? See netpath_common::owner.
+#[inline(always)]
+pub fn mapping_live(id: u32) -> bool {
+    id == 0 || owner::live(id, MAPPING_IDS.get(owner::slot(id)).copied())
+}
+
+/// Is the container `id` (0: none) still attached?
+#[inline(always)]
+pub fn container_live(id: u32) -> bool {
+    id == 0 || owner::live(id, CONTAINER_IDS.get(owner::slot(id)).copied())
 }

@@ -6,7 +6,7 @@ use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::TcContext};
 use netpath_common::{
     conntrack::{CtState, CT_F_DNAT, CT_F_SNAT, IPPROTO_ICMP},
     masquerade::{PortRange, MAX_TRIES},
-    CtEntry, CtKey4, DatapathConfig, DropReason,
+    CtEntry, CtKey4, CtScope, DatapathConfig, DropReason,
 };
 
 use crate::{
@@ -43,6 +43,7 @@ pub fn new_flow4(ctx: &TcContext, flow: &Flow4, cfg: &DatapathConfig) -> Result<
     };
     let mut rev =
         CtEntry { dnat_addr: flow.key.saddr, dnat_port: flow.key.sport, flags: CT_F_DNAT, ..Default::default() };
+    set_starter4(&flow.key, &mut fwd, &mut rev);
     for _ in 0..MAX_TRIES {
         let port_be = port.to_be();
         let reply_key = CtKey4::new(
@@ -69,4 +70,21 @@ pub fn new_flow4(ctx: &TcContext, flow: &Flow4, cfg: &DatapathConfig) -> Result<
         port = range.next(port);
     }
     Err(DropReason::NatExhausted)
+}
+
+/// The container that started a flow leaving the uplink: its veth judged the
+/// same tuple on the way out and kept the verdict with the container's id.
+/// The masquerade entries carry it, so that they die with the container
+/// (whose address goes to the next one). 0 (no owner) if no verdict is
+/// there (it could not be kept: the table refused it). Out of line, writing
+/// into both entries: the frame of the uplink's NAT path has no byte to
+/// spare, not even for the id.
+#[inline(never)]
+fn set_starter4(key: &CtKey4, fwd: &mut CtEntry, rev: &mut CtEntry) {
+    if let Some(verdict) = conntrack::lookup4(&key.in_scope(CtScope::PolicyOut)) {
+        // SAFETY: map value pointer, valid during the run.
+        let id = unsafe { (*verdict).container_id };
+        fwd.container_id = id;
+        rev.container_id = id;
+    }
 }

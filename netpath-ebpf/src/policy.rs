@@ -7,7 +7,7 @@
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
     config::{CFG_F_NO_ICC, CFG_F_ROUTED, CFG_F_TRACE_FLOWS},
-    conntrack::CT_F_POLICY,
+    conntrack::{CT_F_POLICY, CT_F_REPLY, IPPROTO_ICMP},
     event::EVENT_FLOW,
     policy::{self as rules, POLICY_KEY_FIXED_BITS},
     ContainerEntry, CtEntry, CtKey4, CtScope, DatapathConfig, Direction, DropReason, HookId, MappingEntry4, PolicyKey4,
@@ -19,7 +19,7 @@ use crate::{
     conntrack, events,
     flow::{Flow4, NoFlow},
     fragment, icmp_error,
-    maps::{config, PolicyTrieKey4, CONTAINERS, HOST_ADDRS4, POLICY4},
+    maps::{config, PolicyTrieKey4, CONTAINERS, CT4, HOST_ADDRS4, POLICY4},
     packet::{mac_eq, ptr_at},
 };
 
@@ -96,7 +96,12 @@ fn remember(
     let Some(cfg) = config() else { return Ok(()) };
     let key = orig.in_scope(CtScope::policy(starter));
     let reply_key = orig.reversed().in_scope(CtScope::policy(starter.reversed()));
-    let mut entry = CtEntry { flags: CT_F_POLICY, container_id: container.id, ..Default::default() };
+    let mut entry = CtEntry {
+        flags: CT_F_POLICY,
+        container_id: container.id,
+        policy_epoch: container.policy_epoch,
+        ..Default::default()
+    };
     // The reply tuple may be tracked already (the same flow judged before
     // an entry expired, or by another CPU at once): the verdict stands
     // either way.
@@ -136,12 +141,36 @@ pub fn judge(
         Err(NoFlow::IcmpOther(key)) => return judge_untracked(key, container, direction, cfg),
     };
     let key = flow.key.in_scope(CtScope::policy(direction));
-    if let Some(entry) = conntrack::lookup4(&key) {
+    if let Some(entry) = conntrack::lookup_or_forget4(&key) {
+        // SAFETY: map value pointer, valid during the run.
+        if unsafe { (*entry).policy_epoch } != container.policy_epoch {
+            rejudge(&key, entry, container, direction)?;
+        }
         conntrack::touch(entry, flow, ctx.len(), cfg);
         fragment::first4(flow, CtScope::policy(direction));
         return Ok(());
     }
     new_flow(ctx, flow, container, direction, cfg)
+}
+
+/// The fast path's inbound check, on the packet as it arrives (translated):
+/// is it of a flow `container`'s inbound policy allowed, under its current
+/// rules? Then it is judged, as [`judge`]'s hit would, and may skip the
+/// veth's egress program. Anything else (a new flow, a verdict of an older
+/// policy epoch, a fragment, ICMP) is left for that program to judge.
+#[inline(always)]
+pub fn allowed_inbound(ctx: &TcContext, container: &ContainerEntry, cfg: &DatapathConfig) -> bool {
+    let Ok(flow) = crate::flow::parse4(ctx) else { return false };
+    if flow.first_fragment {
+        return false;
+    }
+    let Some(entry) = conntrack::lookup4(&flow.key.in_scope(CtScope::policy(Direction::In))) else { return false };
+    // SAFETY: map value pointer, valid during the run.
+    if unsafe { (*entry).policy_epoch } != container.policy_epoch {
+        return false;
+    }
+    conntrack::touch(entry, &flow, ctx.len(), cfg);
+    true
 }
 
 /// A packet without a verdict starts a flow if it can (a lone TCP SYN, an
@@ -185,6 +214,53 @@ fn new_flow(
     fragment::first4(flow, CtScope::policy(direction));
     if cfg.has(CFG_F_TRACE_FLOWS) {
         trace_flow(&orig, container, direction);
+    }
+    Ok(())
+}
+
+/// A verdict given under rules that changed since (the container's policy
+/// epoch moved on) is judged again, as the flow's first packet was: by the
+/// rules of the side that started it, for its original tuple. Still
+/// allowed: both halves are confirmed under the current epoch. Now denied:
+/// both halves go and the packet is dropped; the flow is cut whichever end
+/// sends next (a later packet finds no verdict and cannot start a flow).
+/// This is what a rule change costs, per flow and lazily, instead of a walk
+/// of conntrack by the agent.
+///
+/// Out of line: its keys do not add to judge's frame on the hit path.
+#[inline(never)]
+fn rejudge(
+    key: &CtKey4,
+    entry: *mut CtEntry,
+    container: &ContainerEntry,
+    direction: Direction,
+) -> Result<(), DropReason> {
+    let Some(cfg) = config() else { return Ok(()) };
+    // SAFETY: map value pointer, valid during the run.
+    let e = unsafe { &mut *entry };
+    let reply = e.flags & CT_F_REPLY != 0;
+    let orig = if reply { e.peer } else { *key };
+    let starter = if reply { direction.reversed() } else { direction };
+    let remote = match starter {
+        Direction::Out => orig.daddr,
+        Direction::In => orig.saddr,
+    };
+    // What the first packet's rules matched: its destination port, or for
+    // ICMP echo its message type (protocols without ports track port 0).
+    let port = if orig.proto == IPPROTO_ICMP { orig.icmp_type as u16 } else { u16::from_be(orig.dport) };
+    // As the agent judged a change before: icc by the starter's side only
+    // for flows a container started (a published hairpin's is translated).
+    let denied =
+        (starter == Direction::Out && cfg.icc_denies4(remote)) || !allows(container, starter, remote, orig.proto, port);
+    if denied {
+        let _ = CT4.remove(&e.peer);
+        let _ = CT4.remove(key);
+        return Err(DropReason::Policy);
+    }
+    e.policy_epoch = container.policy_epoch;
+    if let Some(peer) = CT4.get_ptr_mut(&e.peer) {
+        // SAFETY: map value pointer, valid during the run.
+        unsafe { (*peer).policy_epoch = container.policy_epoch };
     }
     Ok(())
 }

@@ -16,7 +16,7 @@ use netpath_common::{
 
 use crate::{
     mapping,
-    maps::{config, SOCK_REVNAT4},
+    maps::{config, mapping_live, SOCK_REVNAT4},
 };
 
 /// The port sits in the low 16 bits of `user_port`, in network order.
@@ -77,7 +77,9 @@ pub fn reverse4(ctx: &SockAddrContext) {
         _pad: 0,
     };
     // SAFETY: the value is copied out at once.
-    if let Some(v) = unsafe { SOCK_REVNAT4.get(&key) } {
+    // A translation of a mapping that is gone no longer applies (the agent
+    // does not walk this table on unmap).
+    if let Some(v) = unsafe { SOCK_REVNAT4.get(&key) }.filter(|v| mapping_live(v.mapping_id)) {
         sa.user_ip4 = u32::from_ne_bytes(v.host_addr);
         sa.user_port = v.host_port as u32;
     }

@@ -60,7 +60,7 @@ pub fn translate_parsed4(
         Err(NoFlow::LaterFragment(frag)) => return fragment::translate_later4(ctx, frag).map(|_| ()),
         _ => return Ok(()),
     };
-    let translated = if let Some(entry) = conntrack::lookup4(&flow.key) {
+    let translated = if let Some(entry) = conntrack::lookup_or_forget4(&flow.key) {
         conntrack::touch(entry, flow, ctx.len(), cfg);
         // SAFETY: map value pointer, valid during the run.
         nat::apply4(ctx, flow, unsafe { &*entry })
@@ -192,7 +192,10 @@ pub fn translate_outbound4(ctx: &TcContext) -> Result<(), DropReason> {
     if !cfg.in_subnet4(flow.key.saddr) {
         return Ok(());
     }
-    let translated = match conntrack::lookup4(&flow.key) {
+    // Without the owner check: a stale flow of this tuple was deleted on the
+    // container's veth, which every packet of it passed first (and this
+    // frame has no byte to spare for checking again).
+    let translated = match conntrack::lookup_unchecked4(&flow.key) {
         Some(entry) => {
             conntrack::touch(entry, &flow, ctx.len(), cfg);
             // SAFETY: map value pointer, valid during the run.
@@ -214,8 +217,9 @@ fn new_masquerade4(ctx: &TcContext, flow: &Flow4, cfg: &DatapathConfig) -> Resul
         // Replies of flows that came in to the container's own address
         // keep that address: only flows the container starts are
         // masqueraded. Its policy verdict tells which side started the flow.
+        // (Judged on the veth just before: a stale verdict went there.)
         let verdict = flow.key.in_scope(CtScope::PolicyOut);
-        if let Some(entry) = conntrack::lookup4(&verdict) {
+        if let Some(entry) = conntrack::lookup_unchecked4(&verdict) {
             // SAFETY: map value pointer, valid during the run.
             if unsafe { (*entry).flags } & CT_F_REPLY != 0 {
                 return Ok(());

@@ -185,6 +185,12 @@ pub struct MapStatus {
     /// Kernel memory the map holds (its `memlock` accounting), bytes.
     #[serde(default)]
     pub memory_bytes: u64,
+    /// For maps the datapath fills (conntrack, fragments, socket
+    /// translations, counters): `entries` is the conntrack GC's count, this
+    /// many milliseconds ago (status never walks a map). None: the agent's
+    /// own count of what it wrote, exact.
+    #[serde(default)]
+    pub counted_ms_ago: Option<u64>,
 }
 
 /// `GET /v1/status`
@@ -232,7 +238,7 @@ pub struct FastPathStatus {
     /// `to-host-interface-resolving`).
     pub redirected: BTreeMap<String, u64>,
     /// Packets left to the stack, by why (`ttl-expiring`, `mtu-exceeded`,
-    /// `no-route`, `redirect-failed`, `no-interface`).
+    /// `no-route`, `redirect-failed`, `no-interface`, `unjudged`).
     pub fallbacks: BTreeMap<String, u64>,
 }
 

@@ -190,7 +190,11 @@ pub fn status_text(s: &Status) -> String {
                 m.name.clone(),
                 m.kind.clone(),
                 m.id.to_string(),
-                format!("{}/{}", m.entries, m.max_entries),
+                match m.counted_ms_ago {
+                    // Counted by the GC, not now.
+                    Some(ms) => format!("{}/{} ({:.0}s ago)", m.entries, m.max_entries, ms as f64 / 1e3),
+                    None => format!("{}/{}", m.entries, m.max_entries),
+                },
                 mib(m.memory_bytes),
                 m.pin.clone(),
             ]

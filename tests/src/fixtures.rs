@@ -51,7 +51,15 @@ pub fn config(flags: u32) -> DatapathConfig {
 
 /// A container behind [`TEST_IFINDEX`] (the interface test runs see).
 pub fn container(ip: [u8; 4], mac: [u8; 6], id: u32, extra_flags: u16) -> ContainerEntry {
-    ContainerEntry { ipv4: ip, ipv6: [0; 16], mac, flags: CONTAINER_F_IPV4 | extra_flags, ifindex: TEST_IFINDEX, id }
+    ContainerEntry {
+        ipv4: ip,
+        ipv6: [0; 16],
+        mac,
+        flags: CONTAINER_F_IPV4 | extra_flags,
+        ifindex: TEST_IFINDEX,
+        id,
+        policy_epoch: 0,
+    }
 }
 
 /// The object loaded in a private network namespace, with `cfg` written

@@ -296,6 +296,25 @@ impl Topology {
         serde_json::from_str(&text).with_context(|| format!("parsing netpathctl output: {text}"))
     }
 
+    /// `status` once the fill levels of the maps the datapath fills were
+    /// counted after this call began: `status` never walks a map, the agent's
+    /// conntrack GC counts them every `gc_interval` (5 s by default).
+    pub fn status_counted(&self) -> Result<netpath_userspace::model::Status> {
+        let asked = Instant::now();
+        let deadline = asked + Duration::from_secs(20);
+        loop {
+            let st: netpath_userspace::model::Status = self.ctl_json(&["status"])?;
+            let since = asked.elapsed().as_millis() as u64;
+            if st.maps.iter().all(|m| m.counted_ms_ago.is_none_or(|ms| ms < since)) {
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                bail!("no GC count of the maps within 20 s: {:?}", st.maps);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Attaches container namespace `i` as `c<i>`.
     pub fn add_container(&self, i: usize) -> Result<netpath_userspace::model::Container> {
         self.ctl_json(&["container", "add", &format!("c{i}"), "--netns", &self.container_ns(i)])
@@ -413,7 +432,7 @@ pub struct Footprint {
 }
 
 pub fn footprint(t: &Topology) -> Result<Footprint> {
-    let status: netpath_userspace::model::Status = t.ctl_json(&["status"])?;
+    let status = t.status_counted()?;
     let mut link_pins: Vec<String> = std::fs::read_dir(t.pin_dir().join("links"))?
         .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
         .collect::<Result<_, _>>()?;

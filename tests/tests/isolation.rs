@@ -175,7 +175,7 @@ fn fragments_follow_their_first_fragment_and_tiny_ones_are_dropped() {
     // A container that goes takes its datagrams' fragment records along: the
     // next owner of its address inherits no verdict.
     let frags = |t: &Topology| {
-        let st: netpath_userspace::model::Status = t.ctl_json(&["status"]).unwrap();
+        let st = t.status_counted().unwrap();
         st.maps.iter().find(|m| m.name == "FRAGS4").map(|m| m.entries).unwrap()
     };
     assert!(frags(&t) > 0, "the allowed datagram's first fragment is recorded");

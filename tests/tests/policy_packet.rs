@@ -5,7 +5,7 @@
 use netpath_common::{
     config::{CFG_F_NO_ICC, CFG_F_ROUTED},
     container::{CONTAINER_F_DEFAULT_DENY_IN, CONTAINER_F_DEFAULT_DENY_OUT},
-    DropReason, HookId,
+    ContainerEntry, CtKey4, CtScope, DropReason, HookId,
 };
 use netpath_tests::{
     fixtures::{self, C1, C1_MAC, C2, GATEWAY, GATEWAY_MAC, TC_ACT_OK, TC_ACT_SHOT},
@@ -133,7 +133,7 @@ fn established_flows_pass_on_the_conntrack_hit_both_ways() {
     };
     assert_eq!(verdict(&h, HookId::VethEgress.program(), &reply), TC_ACT_OK, "replies of an allowed flow pass");
     // A verdict stands for the flow even when the rules change, until the
-    // agent cuts it (see the topology test).
+    // container's policy epoch moves on (see the next test).
     let rules =
         vec![Rule { action: Deny, direction: Out, cidr: parse_cidr("0.0.0.0/0").unwrap(), proto: None, ports: None }];
     let (cidr, entry) = policy::compile(&rules, Out, None).unwrap().entries.into_iter().next().unwrap();
@@ -149,4 +149,70 @@ fn icc_off_blocks_direct_container_traffic_only() {
     assert_eq!(out(&h, C2, IPPROTO_TCP, 80), TC_ACT_SHOT);
     assert_eq!(out(&h, GATEWAY, IPPROTO_TCP, 8080), TC_ACT_OK, "the gateway (published ports) stays reachable");
     assert_eq!(out(&h, [198, 18, 0, 2], IPPROTO_TCP, 80), TC_ACT_OK);
+}
+
+/// A TCP segment (SYN-ACK) between c1 and `remote`, as `program` sees it.
+fn segment(h: &PacketHarness, from_c1: bool, remote: [u8; 4], c1_port: u16, remote_port: u16) -> u32 {
+    let (program, frame) = if from_c1 {
+        let l4 = frames::tcp(C1, remote, c1_port, remote_port, 0x12, b"");
+        (
+            HookId::VethIngress,
+            frames::eth(GATEWAY_MAC, C1_MAC, ETH_P_IPV4, &frames::ipv4(C1, remote, IPPROTO_TCP, &[], &l4)),
+        )
+    } else {
+        let l4 = frames::tcp(remote, C1, remote_port, c1_port, 0x12, b"");
+        (
+            HookId::VethEgress,
+            frames::eth(C1_MAC, GATEWAY_MAC, ETH_P_IPV4, &frames::ipv4(remote, C1, IPPROTO_TCP, &[], &l4)),
+        )
+    };
+    verdict(h, program.program(), &frame)
+}
+
+#[test]
+fn a_policy_change_re_judges_established_flows_at_their_next_packet() {
+    let mut h = harness(0, 0, &[]);
+    let (kept, cut) = ([198, 18, 0, 2], [198, 18, 0, 9]);
+    assert_eq!(out(&h, kept, IPPROTO_TCP, 80), TC_ACT_OK);
+    assert_eq!(out(&h, cut, IPPROTO_TCP, 80), TC_ACT_OK);
+    // And a flow `cut` started to c1 (judged by c1's inbound rules).
+    assert_eq!(inbound(&h, cut, IPPROTO_TCP, 22), TC_ACT_OK);
+    let verdict_key = |remote: [u8; 4]| {
+        CtKey4::new(C1, remote, 40000u16.to_be(), 80u16.to_be(), IPPROTO_TCP).in_scope(CtScope::PolicyOut)
+    };
+    let reply_key = |remote: [u8; 4]| verdict_key(remote).reversed().in_scope(CtScope::PolicyIn);
+    assert!(h.dp.ct_get4(&verdict_key(cut)).unwrap().is_some());
+
+    // The change as the agent writes it: the rule, then a new policy epoch
+    // for c1. Nothing walks conntrack.
+    let rules = vec![Rule {
+        action: Deny,
+        direction: Out,
+        cidr: parse_cidr("198.18.0.9/32").unwrap(),
+        proto: None,
+        ports: None,
+    }];
+    let (cidr, entry) = policy::compile(&rules, Out, None).unwrap().entries.into_iter().next().unwrap();
+    let (len, key) = policy::lpm_key4(C1_ID, Out, &cidr);
+    h.dp.set_policy4(len, &key, &entry).unwrap();
+    let c1 = ContainerEntry { policy_epoch: 1, ..fixtures::container(C1, C1_MAC, C1_ID, 0) };
+    h.dp.set_container(TEST_IFINDEX, &c1).unwrap();
+    assert!(h.dp.ct_get4(&verdict_key(cut)).unwrap().is_some(), "nothing is cut before a packet comes");
+
+    // The denied flow's next packet, from either end, is dropped and its
+    // verdict goes (both halves).
+    assert_eq!(segment(&h, false, cut, 40000, 80), TC_ACT_SHOT, "the reply of a now denied flow");
+    assert!(h.dp.ct_get4(&verdict_key(cut)).unwrap().is_none());
+    assert!(h.dp.ct_get4(&reply_key(cut)).unwrap().is_none());
+    assert_eq!(segment(&h, true, cut, 40000, 80), TC_ACT_SHOT, "cut whichever end sends next");
+    // The flow the rules still allow passes; both halves confirmed.
+    assert_eq!(segment(&h, false, kept, 40000, 80), TC_ACT_OK);
+    for k in [verdict_key(kept), reply_key(kept)] {
+        assert_eq!(h.dp.ct_get4(&k).unwrap().unwrap().policy_epoch, 1, "{k:?}");
+    }
+    // The flow `cut` started in: judged by the inbound rules, which allow
+    // it, though its reply goes out to a now denied address.
+    assert_eq!(segment(&h, true, cut, 22, 41000), TC_ACT_OK);
+    let s = h.dp.stats(TEST_IFINDEX).unwrap();
+    assert_eq!(s.drops[DropReason::Policy as usize], 2);
 }

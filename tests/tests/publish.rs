@@ -460,7 +460,6 @@ fn a_large_table_is_collected_beside_the_api() {
         let st: Status = t.ctl_json(&["status"]).unwrap();
         st.maps.iter().find(|m| m.name == "CT4").unwrap().entries
     };
-    let before = entries(&t);
     // 50000 expired flows (100000 entries), written straight into the pinned
     // table as the datapath would have left them.
     const FLOWS: u32 = 50_000;
@@ -474,8 +473,10 @@ fn a_large_table_is_collected_beside_the_api() {
         ct.insert(key, entry(reply, 0), 0).unwrap();
         ct.insert(reply, entry(key, netpath_common::conntrack::CT_F_REPLY), 0).unwrap();
     }
-    // Counted exactly (in batches, across many of them).
-    assert_eq!(entries(&t), before + 2 * FLOWS as u64);
+    // `status` does not walk the table: its CT4 level is the GC's count
+    // (in batches, across many of them), with its age.
+    let st: Status = t.ctl_json(&["status"]).unwrap();
+    assert!(st.maps.iter().find(|m| m.name == "CT4").unwrap().counted_ms_ago.is_some());
     let flows: Vec<Flow> = t.ctl_json(&["conntrack"]).unwrap();
     assert!(flows.len() >= FLOWS as usize, "listed: {}", flows.len());
     // The agent answers while its GC works through them, and they go.

@@ -67,8 +67,12 @@ impl Inner {
         Ok(())
     }
 
-    /// CONTAINERS[ifindex] for a container, with its policy defaults.
+    /// CONTAINERS[ifindex] for a container, with its policy defaults and a
+    /// policy epoch moved on from the one there: the container's verdicts
+    /// are judged again by the datapath at their next packet (the policy
+    /// may have changed; at a restart, it may have while no agent ran).
     pub(super) fn write_container_entry(&mut self, c: &Container) -> Result<()> {
+        let policy_epoch = self.dp.container(c.ifindex)?.map_or(0, |old| old.policy_epoch.wrapping_add(1));
         let p = self.policy_of(&c.name);
         let mut flags = CONTAINER_F_IPV4;
         if p.default_in == Action::Deny {
@@ -84,6 +88,7 @@ impl Inner {
             flags,
             ifindex: c.ifindex,
             id: c.id,
+            policy_epoch,
         };
         self.dp.set_container(c.ifindex, &ep)
     }
@@ -124,7 +129,10 @@ impl Inner {
         }
         let target = if req.handoff { None } else { Some(self.target_netns(&req, &netns_path, &ifname).await?) };
         let ip = self.ipam.allocate(&req.name, req.ip)?;
-        let id = self.state.next_id;
+        // Ids only grow and never share an owner slot with a live container's.
+        let (ids, next_id) =
+            super::mappings::owner_ids(self.state.next_id, 1, self.state.containers.iter().map(|c| c.id));
+        let id = ids[0];
         let veth = format!("npv{id}");
         let mac = requested_mac.unwrap_or(container_mac(ip));
         let mut container = Container {
@@ -142,7 +150,7 @@ impl Inner {
             handoff_ifname: None,
             runtime_name: self.runtime_name_for(&req),
         };
-        let mappings = self.new_mappings(&container, &req.ports, self.state.next_mapping_id);
+        let mappings = self.new_mappings(&container, &req.ports, &[]);
         if let Err(e) = self.check_mac_free(&mac, cfg).and_then(|()| self.check_publishable(&mappings)) {
             self.ipam.release(ip);
             return Err(e);
@@ -155,7 +163,7 @@ impl Inner {
                 return Err(AgentError::Internal(e.context(format!("adding container {:?}", req.name))));
             }
         }
-        self.state.next_id += 1;
+        self.state.next_id = next_id;
         self.state.containers.push(container.clone());
         if let Err(e) = self.save() {
             self.state.containers.pop();
@@ -349,9 +357,11 @@ impl Inner {
                 self.nl.delete_link(c.ifindex).await?;
             }
         }
+        // With the veth gone no new flow of it can start; its entry leaves
+        // CONTAINERS and its id its owner slot, which cuts every flow it owns
+        // (verdicts, masqueraded flows) at once, before its address can be
+        // handed out again; its published ports went above.
         self.forget_datapath(&c)?;
-        // With the veth gone no new flow of it can start: its tracked ones
-        // go now, before its address can be handed out again.
         self.forget_flows(&c)?;
         self.ipam.release(c.ip);
         self.state.containers.retain(|x| x.name != c.name);

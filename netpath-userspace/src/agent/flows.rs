@@ -5,7 +5,7 @@ use std::{collections::HashMap, net::Ipv4Addr};
 
 use anyhow::Result;
 use netpath_common::{
-    conntrack::{CT_F_DNAT, CT_F_POLICY, CT_F_REPLY, CT_F_SNAT, IPPROTO_ICMP},
+    conntrack::{CT_F_REPLY, CT_F_SNAT, IPPROTO_ICMP},
     CtEntry, CtKey4, CtScope, CtState,
 };
 
@@ -34,27 +34,19 @@ fn proto_name(proto: u8) -> String {
 }
 
 impl Inner {
-    /// Removes every tracked flow of a container that goes: its policy
-    /// verdicts, and every entry whose tuple or translation names its
-    /// address (its masqueraded flows, flows to its published ports and
-    /// their replies, hairpin), both directions of each. Otherwise replies
-    /// still in flight would be translated to whoever gets the address next.
-    /// Its datagrams' recorded first fragments go too, for the same reason.
-    /// Returns how many flows went.
-    pub(super) fn forget_flows(&mut self, c: &Container) -> Result<usize> {
-        let (ip, id) = (c.ip.octets(), c.id);
-        let cut = self.dp.ct_remove_where(|k, e| {
-            (e.flags & CT_F_POLICY != 0 && e.container_id == id)
-                || k.saddr == ip
-                || k.daddr == ip
-                || (e.flags & CT_F_SNAT != 0 && e.snat_addr == ip)
-                || (e.flags & CT_F_DNAT != 0 && e.dnat_addr == ip)
-        })?;
-        if cut > 0 {
-            tracing::info!(container = %c.name, flows = cut, "forgot the container's tracked flows");
-        }
+    /// Cuts every tracked flow of a container that goes, without walking
+    /// conntrack: its id leaves its owner slot (`remove_container` did so
+    /// already, unless its entry was gone), which makes its policy verdicts
+    /// and masqueraded flows stale, both directions of each; flows to its
+    /// published ports went with its mappings. Otherwise replies still in
+    /// flight would be translated to whoever gets the address next. Its
+    /// datagrams' recorded first fragments go too, for the same reason (a
+    /// walk of the small fragment table).
+    pub(super) fn forget_flows(&mut self, c: &Container) -> Result<()> {
+        let ip = c.ip.octets();
+        self.dp.retire_container(c.id)?;
         self.dp.frags_remove_where4(|k, e| [k.saddr, k.daddr, e.nat_saddr, e.nat_daddr].contains(&ip))?;
-        Ok(cut)
+        Ok(())
     }
 
     /// Removes the flows translated to a masquerade address the host no
@@ -75,9 +67,13 @@ impl Inner {
         Ok(cut)
     }
 
+    /// The tracked flows, except stale ones (of owners removed since; the
+    /// datapath and the GC delete them lazily).
     pub(super) fn flows(&mut self) -> Result<Vec<Flow>> {
         let now = monotonic_ns() as i128;
-        let entries: HashMap<CtKey4, CtEntry> = self.dp.ct_entries()?.into_iter().collect();
+        let live = self.dp.live_owners()?;
+        let entries: HashMap<CtKey4, CtEntry> =
+            self.dp.ct_entries()?.into_iter().filter(|(_, e)| live.owns(e)).collect();
         let names: HashMap<u32, String> = self.state.containers.iter().map(|c| (c.id, c.name.clone())).collect();
         let mut flows = vec![];
         for (key, e) in entries.iter().filter(|(_, e)| e.flags & CT_F_REPLY == 0) {

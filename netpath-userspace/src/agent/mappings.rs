@@ -7,7 +7,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use netpath_common::{maps::MAX_MAPPINGS, MappingEntry4, MappingKey4};
+use netpath_common::{
+    maps::MAX_MAPPINGS,
+    owner::{self, OWNER_SLOTS},
+    MappingEntry4, MappingKey4,
+};
 
 use super::{AgentError, Inner};
 use crate::{
@@ -18,6 +22,25 @@ use crate::{
 
 /// Published mappings by host address, port and protocol.
 type HostPortIndex<'a> = HashMap<(Option<Ipv4Addr>, u16, Protocol), &'a Mapping>;
+
+/// Ids for `n` new owners (mappings, containers) from `next`: each the next
+/// id whose owner slot none of `live` (the live owners' ids) and none of
+/// the ones before holds (see netpath_common::owner); and the id after the
+/// last. While every id ever issued lies below `OWNER_SLOTS`, no two share a
+/// slot and `live` is not read (publishing one port stays O(1)).
+pub(super) fn owner_ids(next: u32, n: usize, live: impl Iterator<Item = u32>) -> (Vec<u32>, u32) {
+    let mut taken: HashSet<u32> =
+        if next as u64 + n as u64 <= OWNER_SLOTS as u64 { HashSet::new() } else { live.map(owner::slot).collect() };
+    let mut ids = Vec::with_capacity(n);
+    let mut cursor = next;
+    for _ in 0..n {
+        let (id, after) = owner::next_free(cursor, |slot| taken.contains(&slot));
+        taken.insert(owner::slot(id));
+        ids.push(id);
+        cursor = after;
+    }
+    (ids, cursor)
+}
 
 /// Up to this many (new x published) comparisons, clash checks scan.
 const SCAN_LIMIT: usize = 1 << 20;
@@ -41,11 +64,10 @@ pub fn overlaps(a: &Mapping, b: &Mapping) -> bool {
 
 impl Inner {
     /// MAPPINGS4 holds exactly the saved mappings of live containers; flows of
-    /// anything else are flushed.
+    /// anything else go stale (their owner slots are cleared by
+    /// `remove_mapping` here and by the agent's sweep of the owner tables).
     pub(super) fn reconcile_mappings(&mut self) -> Result<()> {
         let live: Vec<String> = self.state.containers.iter().map(|c| c.name.clone()).collect();
-        let dropped: Vec<u32> =
-            self.state.mappings.iter().filter(|m| !live.contains(&m.container)).map(|m| m.id).collect();
         self.state.mappings.retain(|m| live.contains(&m.container));
         let mut wanted = vec![];
         for m in self.state.mappings.clone() {
@@ -53,16 +75,10 @@ impl Inner {
             self.dp.set_mapping(&key, &value)?;
             wanted.push(key);
         }
-        let mut stale_ids = dropped;
-        for (key, value) in self.dp.mapping_entries()? {
+        for (key, _) in self.dp.mapping_entries()? {
             if !wanted.contains(&key) {
                 self.dp.remove_mapping(&key)?;
-                stale_ids.push(value.id);
             }
-        }
-        if !stale_ids.is_empty() {
-            self.dp.ct_remove_where(|_, e| stale_ids.contains(&e.mapping_id))?;
-            self.dp.sock_revnat_remove(&stale_ids)?;
         }
         self.reserve_published_ports();
         Ok(())
@@ -113,20 +129,30 @@ impl Inner {
                     proto: spec.host.proto,
                 })
                 .collect();
-            let first_id = self.state.next_mapping_id + new.len() as u32;
-            new.extend(self.new_mappings(&container, &ports, first_id));
+            let more = self.new_mappings(&container, &ports, &new);
+            new.extend(more);
         }
         self.publish_mappings(new)
     }
 
-    /// The mappings `ports` asks for, numbered from `first_id` (nothing is
+    /// The mappings `ports` asks for, with ids after those of `pending`
+    /// (mappings of the same request, not published yet): each the next id
+    /// whose owner slot no published or pending mapping holds (nothing is
     /// reserved yet: ids are taken when they are published).
-    pub(super) fn new_mappings(&self, container: &Container, ports: &[PortRequest], first_id: u32) -> Vec<Mapping> {
+    pub(super) fn new_mappings(
+        &self,
+        container: &Container,
+        ports: &[PortRequest],
+        pending: &[Mapping],
+    ) -> Vec<Mapping> {
+        let next = pending.last().map_or(self.state.next_mapping_id, |m| m.id.wrapping_add(1));
+        let live = self.state.mappings.iter().chain(pending).map(|m| m.id);
+        let (ids, _) = owner_ids(next, ports.len(), live);
         ports
             .iter()
-            .enumerate()
-            .map(|(i, p)| Mapping {
-                id: first_id + i as u32,
+            .zip(ids)
+            .map(|(p, id)| Mapping {
+                id,
                 host_ip: p.host_ip,
                 host_port: p.host_port,
                 proto: p.proto,
@@ -204,7 +230,8 @@ impl Inner {
                 }
             }
         }
-        let next_mapping_id = self.state.next_mapping_id + new.len() as u32;
+        let next_mapping_id =
+            new.iter().map(|m| m.id.wrapping_add(1)).max().unwrap_or(0).max(self.state.next_mapping_id);
         self.record(Change::Publish { mappings: new.clone(), next_mapping_id })?;
         self.reserve_published_ports();
         for m in &new {
@@ -283,19 +310,20 @@ impl Inner {
         if victims.is_empty() {
             return Ok(());
         }
+        // Each mapping leaves MAPPINGS4 (no new flow can use it) and its
+        // owner slot: its tracked flows, UDP included, are cut at once (the
+        // datapath drops a stale entry on its next packet, which then
+        // follows the current state; the GC collects the rest; listings
+        // skip them), as are its socket-level translations. Nothing walks
+        // the tables: the cost is one write per mapping.
         for m in victims {
             self.dp.remove_mapping(&mapping_key4(m))?;
         }
-        // The mapping is gone from MAPPINGS4, so no new flow can use it; now
-        // cut the tracked ones, UDP included (no stale entries).
         let ids: Vec<u32> = victims.iter().map(|m| m.id).collect();
-        let id_set: HashSet<u32> = ids.iter().copied().collect();
-        let flows = self.dp.ct_remove_where(|_, e| id_set.contains(&e.mapping_id))?;
-        self.dp.sock_revnat_remove(&ids)?;
-        self.record(Change::Unpublish { ids: ids.clone() })?;
+        self.record(Change::Unpublish { ids })?;
         self.reserve_published_ports();
         for m in victims {
-            tracing::info!(mapping = %m.spec(), flows, "unpublished");
+            tracing::info!(mapping = %m.spec(), "unpublished");
         }
         Ok(())
     }
@@ -328,6 +356,19 @@ mod tests {
         assert!(!overlaps(&m(Some("1.2.3.4"), 80, Tcp), &m(Some("1.2.3.5"), 80, Tcp)));
         assert!(!overlaps(&m(None, 80, Tcp), &m(None, 80, Udp)));
         assert!(!overlaps(&m(None, 80, Tcp), &m(None, 81, Tcp)));
+    }
+
+    #[test]
+    fn new_owner_ids_never_share_a_slot_with_a_live_one() {
+        // Fresh: ids in sequence.
+        assert_eq!(owner_ids(1, 3, std::iter::empty()), (vec![1, 2, 3], 4));
+        // A lap later, a live id still holds slot 5: skipped.
+        let live = [5u32, 7];
+        let (ids, next) = owner_ids(OWNER_SLOTS + 4, 3, live.into_iter());
+        assert_eq!(ids, vec![OWNER_SLOTS + 4, OWNER_SLOTS + 6, OWNER_SLOTS + 8]);
+        assert_eq!(next, OWNER_SLOTS + 9);
+        let slots: HashSet<u32> = ids.iter().chain(&live).map(|id| owner::slot(*id)).collect();
+        assert_eq!(slots.len(), 5);
     }
 
     #[test]

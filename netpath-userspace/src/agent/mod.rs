@@ -52,9 +52,9 @@ use crate::{
     ipam::{Ipam4, IpamError},
     lock::LockFile,
     model::{
-        AttachPoint, CheckReport, ConntrackStatus, Container, ContainerRequest, ContainerStatus, ErrorReason, FastPathStatus, Flow,
-        GcRequest, InterfaceStats, MapStatus, Mapping, NetworkInfo, PolicyView, ProgramStatus, RuleRequest, Settings,
-        StatsView, Status,
+        AttachPoint, CheckReport, ConntrackStatus, Container, ContainerRequest, ContainerStatus, ErrorReason,
+        FastPathStatus, Flow, GcRequest, InterfaceStats, MapStatus, Mapping, NetworkInfo, PolicyView, ProgramStatus,
+        RuleRequest, Settings, StatsView, Status,
     },
     monitor::{self, MonitorEvent},
     netlink::Netlink,
@@ -340,7 +340,9 @@ impl Agent {
         // round runs every gc_interval, and sooner when the datapath's
         // insert counter (read every tick) says the table is filling (see
         // GcReport::round_due); the first round sets the baseline evictions
-        // are counted from.
+        // are counted from. It also collects the flows of removed owners (lazily:
+        // removing one never walks the table) and counts the fill levels
+        // `status` shows.
         let handshake = Duration::from_secs(self.cfg.conntrack.tcp_new as u64);
         let mut collector = Some(self.inner.lock().await.dp.ct_collector(handshake)?);
         let interval = Duration::from_secs(self.cfg.conntrack.gc_interval as u64);
@@ -517,7 +519,7 @@ impl Agent {
         inner.set_flag(CFG_F_NO_ICC, !s.icc)?;
         inner.save()?;
         if !s.icc {
-            inner.recheck_flows(None, None)?;
+            inner.rejudge_flows(None)?;
         }
         Ok(s)
     }
@@ -703,6 +705,14 @@ impl Inner {
         }
         self.reconcile_mappings()?;
         self.reconcile_policies()?;
+        // Owners removed while no agent ran leave their slots: their flows
+        // go stale.
+        let mappings = self.state.mappings.iter().map(|m| m.id).collect();
+        let containers = self.state.containers.iter().map(|c| c.id).collect();
+        let cleared = self.dp.retain_owners(&mappings, &containers)?;
+        if cleared > 0 {
+            tracing::info!(owners = cleared, "cleared the owner slots of mappings and containers that are gone");
+        }
         self.save()
     }
 
@@ -856,6 +866,7 @@ fn map_status(m: MapSummary) -> MapStatus {
         max_entries: m.max_entries,
         pin: m.pin,
         memory_bytes: m.memory_bytes,
+        counted_ms_ago: m.counted_ms_ago,
     }
 }
 

@@ -1,17 +1,12 @@
 //! Per-container policy: rules compiled into POLICY4, container defaults,
-//! and re-judging established flows when the policy changes.
+//! and having established flows re-judged when the policy changes (by the
+//! datapath, at their next packet: see `rejudge_flows`).
 
-use std::{
-    collections::{HashMap, HashSet},
-    net::Ipv4Addr,
-};
+use std::collections::{HashMap, HashSet};
 
 use anyhow::Result;
 use ipnet::Ipv4Net;
-use netpath_common::{
-    conntrack::{CT_F_POLICY, CT_F_REPLY, IPPROTO_ICMP},
-    CtEntry, CtKey4, PolicyEntry,
-};
+use netpath_common::PolicyEntry;
 
 use super::{AgentError, Inner};
 use crate::{
@@ -19,9 +14,6 @@ use crate::{
     policy::{self, Action, ContainerPolicy, Direction, Rule, RuleError},
     state::Change,
 };
-
-/// Tracked ICMP flows are echo flows: re-judged as echo requests (type 8).
-const ICMP_ECHO_REQUEST: u16 = 8;
 
 /// The rule a request describes, checked.
 fn rule_of(req: &RuleRequest) -> Result<Rule, AgentError> {
@@ -92,10 +84,9 @@ impl Inner {
             Change::RemoveRule { container: c.name.clone(), rule: rule.clone() }
         };
         self.record(change)?;
-        // Only a new deny or a removed allow can deny a flow, and only flows
-        // whose remote lies in the rule's CIDR.
+        // Only a new deny or a removed allow can deny a flow.
         if add == (rule.action == Action::Deny) {
-            self.recheck_flows(Some(c.id), Some(cidr))?;
+            self.rejudge_flows(Some(c.id))?;
         }
         tracing::info!(container = %c.name, rule = %rule, "{}", if add { "policy rule added" } else { "policy rule removed" });
         Ok(rule)
@@ -145,18 +136,16 @@ impl Inner {
             plans.push((c, rules, new, directions));
         }
         let mut added = vec![];
-        let mut deny = false;
         for (c, rules, new, directions) in plans {
             for d in directions {
                 self.write_policy(c.id, &rules, d, None)?;
             }
-            deny |= new.iter().any(|r| r.action == Action::Deny);
             tracing::info!(container = %c.name, rules = new.len(), "policy rules added");
             self.record(Change::AddRules { container: c.name.clone(), rules: new.clone() })?;
+            if new.iter().any(|r| r.action == Action::Deny) {
+                self.rejudge_flows(Some(c.id))?;
+            }
             added.extend(new);
-        }
-        if deny {
-            self.recheck_flows(None, None)?;
         }
         Ok(added)
     }
@@ -169,55 +158,23 @@ impl Inner {
     ) -> Result<PolicyView, AgentError> {
         let c = self.find(name)?.clone();
         self.record(Change::SetDefault { container: c.name.clone(), direction, action })?;
+        // The new default and a new policy epoch: flows a deny now denies
+        // are cut at their next packet.
         self.write_container_entry(&c)?;
-        if action == Action::Deny {
-            self.recheck_flows(Some(c.id), None)?;
-        }
         Ok(PolicyView { container: c.name.clone(), policy: self.policy_of(&c.name) })
     }
 
-    /// Re-judges established flows under the current policy and cuts the
-    /// ones it now denies: their verdict entries go, so the next packet is
-    /// judged as new, and dropped. `only`: flows of one container; `within`:
-    /// flows whose remote address lies in this CIDR (the others cannot have
-    /// changed). A container's rules are compiled only if it has a flow to
-    /// judge.
-    pub(super) fn recheck_flows(&mut self, only: Option<u32>, within: Option<Ipv4Net>) -> Result<usize> {
-        let policies: HashMap<u32, ContainerPolicy> = self
-            .state
-            .containers
-            .iter()
-            .filter(|c| only.is_none_or(|id| id == c.id))
-            .map(|c| (c.id, self.policy_of(&c.name)))
-            .collect();
-        let mut evaluators: HashMap<u32, policy::Evaluator> = HashMap::new();
-        let dp_config = self.dp_config;
-        let denied = |k: &CtKey4, e: &CtEntry| {
-            if e.flags & CT_F_POLICY == 0 || e.flags & CT_F_REPLY != 0 || only.is_some_and(|id| id != e.container_id) {
-                return false;
-            }
-            let Some(d) = k.scope().and_then(|s| s.direction()) else { return false };
-            let remote = match d {
-                Direction::Out => k.daddr,
-                Direction::In => k.saddr,
-            };
-            if within.is_some_and(|net| !net.contains(&Ipv4Addr::from(remote))) {
-                return false;
-            }
-            // A verdict of a container that is gone goes too.
-            let Some(p) = policies.get(&e.container_id) else { return true };
-            if d == Direction::Out && dp_config.icc_denies4(remote) {
-                return true;
-            }
-            let eval = evaluators.entry(e.container_id).or_insert_with(|| policy::Evaluator::new(p));
-            let port = if k.proto == IPPROTO_ICMP { ICMP_ECHO_REQUEST } else { u16::from_be(k.dport) };
-            eval.verdict(d, Ipv4Addr::from(remote), k.proto, port) == Action::Deny
-        };
-        let cut = self.dp.ct_remove_where(denied)?;
-        if cut > 0 {
-            tracing::info!(flows = cut, "cut established flows the policy now denies");
+    /// Has established flows judged again under the current policy, by the
+    /// datapath at their next packet (kept if still allowed, cut if now
+    /// denied): the policy epoch of `only` (one container) or of every
+    /// container moves on. O(containers), never a walk of conntrack.
+    pub(super) fn rejudge_flows(&mut self, only: Option<u32>) -> Result<()> {
+        let containers: Vec<Container> =
+            self.state.containers.iter().filter(|c| only.is_none_or(|id| id == c.id)).cloned().collect();
+        for c in &containers {
+            self.write_container_entry(c)?;
         }
-        Ok(cut)
+        Ok(())
     }
 
     /// Removes a container's rules and their compiled entries (its verdicts

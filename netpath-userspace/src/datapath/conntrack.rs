@@ -15,11 +15,15 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap as BpfHashMap, IterableMap as _, Map, MapData, PerCpuArray};
 use netpath_common::{
-    conntrack::{CtState, CLOSED, IPPROTO_TCP, NS_PER_SEC},
+    conntrack::{CtState, CLOSED, CT_F_REPLY, IPPROTO_TCP, NS_PER_SEC},
     maps as names, CtEntry, CtKey4, CtStats,
 };
 
-use super::{batch, maps::ignore_missing, Datapath};
+use super::{
+    batch,
+    maps::{ignore_missing, live_ids, FillCounter, LiveOwners},
+    Datapath,
+};
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock `CtEntry::expires_ns` uses.
 pub fn monotonic_ns() -> u64 {
@@ -49,8 +53,8 @@ impl Datapath {
         let mut flows = 0;
         for (key, entry) in entries.iter().filter(|(k, e)| pred(k, e)) {
             let gone = remove_counted(&mut map, key, &removed)?;
-            remove_counted(&mut map, &entry.peer, &removed)?;
-            if gone && entry.flags & netpath_common::conntrack::CT_F_REPLY == 0 {
+            let peer_gone = remove_counted(&mut map, &entry.peer, &removed)?;
+            if removed_a_flow(entry, gone, peer_gone) {
                 flows += 1;
             }
         }
@@ -63,7 +67,8 @@ impl Datapath {
     pub fn ct_collect_expired(&mut self, now: u64) -> Result<usize> {
         let removed = Arc::clone(&self.ct_removed);
         let doom = Doom { now, pressure: false, handshake_ns: 0 };
-        Ok(collect(&mut self.ct_map()?, &doom, &removed)?.flows)
+        let live = self.live_owners()?;
+        Ok(collect(&mut self.ct_map()?, &doom, &live, &removed)?.flows)
     }
 
     /// The datapath's conntrack counters, summed over CPUs.
@@ -72,13 +77,13 @@ impl Datapath {
         sum_ct_stats(&PerCpuArray::try_from(map)?)
     }
 
-    /// A collector with CT4 and CT_STATS handles of its own (the same
-    /// kernel maps), so that garbage collection runs beside the agent,
+    /// A collector with handles of its own on CT4, CT_STATS and the owner
+    /// tables (the same kernel maps), so that garbage collection runs beside the agent,
     /// never holding it. `handshake_timeout` is `conntrack.tcp_new`.
     pub fn ct_collector(&mut self, handshake_timeout: Duration) -> Result<CtCollector> {
         let own = |map: &Map, name: &str| -> Result<MapData> {
             let data = match map {
-                Map::LruHashMap(d) | Map::PerCpuArray(d) => d,
+                Map::LruHashMap(d) | Map::PerCpuArray(d) | Map::Array(d) => d,
                 _ => anyhow::bail!("map {name} has an unexpected type"),
             };
             let fd = data.fd().as_fd().try_clone_to_owned().with_context(|| format!("duplicating {name}'s fd"))?;
@@ -96,6 +101,11 @@ impl Datapath {
             baseline: None,
             last_round: None,
             report: GcReport { max_entries, ..Default::default() },
+            owners: [
+                own(map_of(names::MAPPING_IDS)?, names::MAPPING_IDS)?,
+                own(map_of(names::CONTAINER_IDS)?, names::CONTAINER_IDS)?,
+            ],
+            fills: self.fill_counter()?,
         })
     }
 
@@ -199,6 +209,10 @@ pub struct CtCollector {
     /// When the last round started, and the datapath's inserts then.
     last_round: Option<(Instant, u64)>,
     report: GcReport,
+    /// MAPPING_IDS and CONTAINER_IDS.
+    owners: [MapData; 2],
+    /// Records the fill levels `status` shows, counted in the same round.
+    fills: FillCounter,
 }
 
 impl CtCollector {
@@ -243,13 +257,21 @@ impl CtCollector {
         report.live_entries = live;
         report.pressure = live * PRESSURE_DIVISOR >= report.max_entries as u64;
         let doom = Doom { now, pressure: report.pressure, handshake_ns: self.handshake_ns };
+        let [mappings, containers] = &self.owners;
+        let owners = LiveOwners {
+            mappings: live_ids(mappings.fd().as_fd()).context("reading MAPPING_IDS")?,
+            containers: live_ids(containers.fd().as_fd()).context("reading CONTAINER_IDS")?,
+        };
         let removed_before = self.removed.load(Ordering::Relaxed);
-        let round = collect_from(&mut self.map, &entries, &doom, &self.removed)?;
+        let round = collect_from(&mut self.map, &entries, &doom, &owners, &self.removed)?;
+        let entries_removed = self.removed.load(Ordering::Relaxed).saturating_sub(removed_before);
+        // The fill levels `status` shows, counted in the same round.
+        self.fills.record(live.saturating_sub(entries_removed))?;
         let report = &mut self.report;
         report.runs += 1;
         report.flows_removed += round.flows as u64;
         report.early_flows_removed += round.early as u64;
-        report.entries_removed += self.removed.load(Ordering::Relaxed).saturating_sub(removed_before);
+        report.entries_removed += entries_removed;
         report.last_duration = started.elapsed();
         Ok(report.clone())
     }
@@ -313,31 +335,81 @@ struct Round {
     early: usize,
 }
 
-fn collect<T: BorrowMut<MapData>>(map: &mut CtMap<T>, doom: &Doom, removed: &AtomicU64) -> Result<Round> {
+fn collect<T: BorrowMut<MapData>>(
+    map: &mut CtMap<T>,
+    doom: &Doom,
+    live: &LiveOwners,
+    removed: &AtomicU64,
+) -> Result<Round> {
     let entries: HashMap<CtKey4, CtEntry> =
         batch::entries(map.map().fd().as_fd()).context("reading CT4")?.into_iter().collect();
-    collect_from(map, &entries, doom, removed)
+    collect_from(map, &entries, doom, live, removed)
 }
 
 fn collect_from<T: BorrowMut<MapData>>(
     map: &mut CtMap<T>,
     entries: &HashMap<CtKey4, CtEntry>,
     doom: &Doom,
+    live: &LiveOwners,
     removed: &AtomicU64,
 ) -> Result<Round> {
+    // Flows of removed owners (see netpath_common::owner) go whatever
+    // their state; the rest by their timeouts, pressure and peers.
+    let stale: Vec<CtKey4> = entries.iter().filter(|(_, e)| !live.owns(e)).map(|(k, _)| *k).collect();
     let doomed: Vec<CtKey4> = entries
         .iter()
         .filter(|(k, e)| {
             let peer = entries.get(&e.peer);
-            doom.dead(e, peer) || doom.early(k, e, peer)
+            live.owns(e) && (doom.dead(e, peer) || doom.early(k, e, peer))
         })
         .map(|(k, _)| *k)
         .collect();
-    let orphans: Vec<CtKey4> =
-        entries.iter().filter(|(_, e)| !doom.expired(e) && !entries.contains_key(&e.peer)).map(|(k, _)| *k).collect();
+    let orphans: Vec<CtKey4> = entries
+        .iter()
+        .filter(|(_, e)| live.owns(e) && !doom.expired(e) && !entries.contains_key(&e.peer))
+        .map(|(k, _)| *k)
+        .collect();
     let mut round = remove_doomed(map, &doomed, doom, removed)?;
+    round.flows += remove_stale(map, &stale, live, removed)?;
     round.flows += remove_orphans(map, &orphans, removed)?;
     Ok(round)
+}
+
+/// Did removing `entry` (`gone`) and its peer (`peer_gone`) remove a flow?
+/// A flow is counted by its original half, whichever half a walk meets
+/// first: the one removed here, or the peer removed with it.
+fn removed_a_flow(entry: &CtEntry, gone: bool, peer_gone: bool) -> bool {
+    if entry.flags & CT_F_REPLY == 0 {
+        gone
+    } else {
+        peer_gone
+    }
+}
+
+/// Deletes the entries of these keys that are still stale, each re-read
+/// just before it goes (the datapath may have tracked a new flow on the
+/// tuple meanwhile, with a live owner), and their peers if stale too.
+/// Returns how many flows went.
+fn remove_stale<T: BorrowMut<MapData>>(
+    map: &mut CtMap<T>,
+    keys: &[CtKey4],
+    live: &LiveOwners,
+    removed: &AtomicU64,
+) -> Result<usize> {
+    let mut flows = 0;
+    for key in keys {
+        let Ok(entry) = map.get(key, 0) else { continue };
+        if live.owns(&entry) {
+            continue;
+        }
+        let gone = remove_counted(map, key, removed)?;
+        let peer_gone =
+            map.get(&entry.peer, 0).is_ok_and(|peer| !live.owns(&peer)) && remove_counted(map, &entry.peer, removed)?;
+        if removed_a_flow(&entry, gone, peer_gone) {
+            flows += 1;
+        }
+    }
+    Ok(flows)
 }
 
 /// Deletes these halves if their peer is still missing, each checked just
@@ -419,6 +491,20 @@ mod tests {
 
     fn key(proto: u8) -> CtKey4 {
         CtKey4::new([198, 51, 100, 1], [198, 18, 0, 1], 40000, 8080, proto)
+    }
+
+    #[test]
+    fn a_pair_counts_as_one_flow_whichever_half_is_met_first() {
+        let orig = half(CtState::Established, NOW);
+        let reply = CtEntry { flags: CT_F_REPLY, ..orig };
+        // The original half first: it goes, its peer with it.
+        assert!(removed_a_flow(&orig, true, true));
+        assert!(!removed_a_flow(&reply, false, false), "then the reply half: already gone");
+        // The reply half first: its peer, the original half, goes with it.
+        assert!(removed_a_flow(&reply, true, true));
+        assert!(!removed_a_flow(&orig, false, false));
+        // A lone reply half (an orphan) is no flow.
+        assert!(!removed_a_flow(&reply, true, false));
     }
 
     #[test]

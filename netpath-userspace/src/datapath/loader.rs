@@ -30,7 +30,7 @@ pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 /// sizes or capacity are caught map by map against the object; a unit test
 /// (`a_changed_layout_bumps_the_layout_version`) fails when a pinned type's
 /// fields move without a bump.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// The stamp: a one-entry array map (`u32` -> `u32`, the layout version)
 /// that the agent creates and pins beside the maps, under `maps/`.
@@ -38,7 +38,7 @@ pub const LAYOUT_MAP: &str = "LAYOUT";
 
 /// Key and value sizes of every pinned map as the agent's types have them
 /// (the object must declare the same; a unit test checks it).
-const MAP_LAYOUTS: [(&str, usize, usize); 13] = [
+const MAP_LAYOUTS: [(&str, usize, usize); 15] = [
     (names::CONTAINERS, size_of::<u32>(), size_of::<ContainerEntry>()),
     (names::IFACE_STATS, size_of::<u32>(), size_of::<TrafficStats>()),
     (names::MAPPINGS4, size_of::<MappingKey4>(), size_of::<MappingEntry4>()),
@@ -53,6 +53,9 @@ const MAP_LAYOUTS: [(&str, usize, usize); 13] = [
     (names::CONTAINER_IPS4, size_of::<[u8; 4]>(), size_of::<u32>()),
     (names::FORWARD_STATS, size_of::<u32>(), size_of::<netpath_common::ForwardStats>()),
     (names::EVENTS, 0, 0),
+    // Arrays indexed by owner slot, holding the live owner's id.
+    (names::MAPPING_IDS, size_of::<u32>(), size_of::<u32>()),
+    (names::CONTAINER_IDS, size_of::<u32>(), size_of::<u32>()),
 ];
 
 /// Mounts bpffs at /sys/fs/bpf if nothing is mounted there (a fresh machine).
@@ -130,12 +133,20 @@ impl Datapath {
                 Attach::SockAddr(_) => <&mut CgroupSockAddr>::try_from(prog)?.load().with_context(what)?,
             }
         }
-        Ok(Datapath {
+        let mut dp = Datapath {
             ebpf,
             pin_dir: pin_dir.map(Path::to_path_buf).unwrap_or_default(),
             taken: vec![],
+            written: Default::default(),
+            fills: Default::default(),
             ct_removed: Default::default(),
-        })
+        };
+        // Adopted pins: what they hold is read once here; after that the
+        // agent's writes keep the counts, and the GC the datapath's.
+        dp.read_written()?;
+        let ct_entries = dp.ct_entries()?.len() as u64;
+        dp.fill_counter()?.record(ct_entries)?;
+        Ok(dp)
     }
 
     /// Names of every program in the loaded object (declared or not).
@@ -350,7 +361,7 @@ mod tests {
             conntrack::CtTimeouts, policy::PolicyRule, stats::Counter, ForwardStats, FragEntry4, FragKey4,
         };
         [
-            layout!(ContainerEntry { ipv4, ipv6, mac, flags, ifindex, id }),
+            layout!(ContainerEntry { ipv4, ipv6, mac, flags, ifindex, id, policy_epoch }),
             layout!(Counter { packets, bytes }),
             layout!(TrafficStats { ingress, egress, drops }),
             layout!(MappingKey4 { addr, port, proto }),
@@ -365,6 +376,7 @@ mod tests {
                 flags,
                 state,
                 mapping_id,
+                policy_epoch,
                 expires_ns,
                 packets,
                 bytes,
@@ -393,6 +405,10 @@ mod tests {
             layout!(FragKey4 { saddr, daddr, id, proto, scope }),
             layout!(FragEntry4 { sport, dport, nat_saddr, nat_daddr, expires_ns }),
             layout!(ForwardStats { redirected, fallbacks }),
+            // Version 4: owner slots (MAPPING_IDS, CONTAINER_IDS) and
+            // CtEntry::container_id on masqueraded flows too; 5: policy
+            // epochs (ContainerEntry, CtEntry).
+            format!("owner slots {}: id", netpath_common::owner::OWNER_SLOTS),
         ]
         .join("\n")
     }
@@ -405,7 +421,7 @@ mod tests {
     /// The layout this LAYOUT_VERSION stands for. When the test below fails,
     /// the pinned maps' layout changed: bump LAYOUT_VERSION (pins of the old
     /// layout must be refused) and record the new pair here.
-    const RECORDED_LAYOUT: (u32, u64) = (4, 0x2c9114b315456648);
+    const RECORDED_LAYOUT: (u32, u64) = (5, 0x9978b7846adb7194);
 
     #[test]
     fn a_changed_layout_bumps_the_layout_version() {

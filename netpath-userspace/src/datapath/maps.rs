@@ -1,19 +1,26 @@
 //! Typed access to each map, and summaries of maps and programs for status.
 
-use std::{io, os::fd::AsFd as _};
+use std::{
+    collections::HashSet,
+    io,
+    os::fd::AsFd as _,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
     maps::{
         lpm_trie::{Key as LpmKey, LpmTrie},
-        Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf,
+        Array, HashMap as BpfHashMap, Map, MapData, MapError, MapType, PerCpuArray, PerCpuHashMap, PerCpuValues,
+        RingBuf,
     },
     programs::Program,
     sys::SyscallError,
 };
 use netpath_common::{
-    maps as names, ContainerEntry, CtEntry, CtKey4, DatapathConfig, ForwardStats, FragEntry4, FragKey4, HostAddr4,
-    MappingEntry4, MappingKey4, PolicyEntry, PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats,
+    maps as names, owner, ContainerEntry, CtEntry, CtKey4, DatapathConfig, ForwardStats, FragEntry4, FragKey4,
+    HostAddr4, MappingEntry4, MappingKey4, PolicyEntry, PolicyKey4, TrafficStats,
 };
 
 use super::Datapath;
@@ -29,6 +36,93 @@ pub struct MapSummary {
     pub pin: String,
     /// The kernel's `memlock` accounting of the map, bytes.
     pub memory_bytes: u64,
+    /// None: `entries` is what the agent wrote. Some: the map is filled by
+    /// the datapath too, and `entries` is the GC's count this long ago.
+    pub counted_ms_ago: Option<u64>,
+}
+
+/// Keys of the maps only the agent writes, kept as it writes them, so that
+/// `status` reads their fill levels without walking them.
+#[derive(Default)]
+pub(super) struct Written {
+    containers: HashSet<u32>,
+    container_ips4: HashSet<[u8; 4]>,
+    mappings: HashSet<MappingKey4>,
+    host_addrs: HashSet<[u8; 4]>,
+    policy: HashSet<(u32, PolicyKey4)>,
+}
+
+/// The ids live in the owner tables (MAPPING_IDS, CONTAINER_IDS).
+#[derive(Clone, Debug, Default)]
+pub struct LiveOwners {
+    pub mappings: HashSet<u32>,
+    pub containers: HashSet<u32>,
+}
+
+impl LiveOwners {
+    /// Are the owners of `entry` still there? See netpath_common::owner.
+    pub fn owns(&self, entry: &CtEntry) -> bool {
+        (entry.mapping_id == 0 || self.mappings.contains(&entry.mapping_id))
+            && (entry.container_id == 0 || self.containers.contains(&entry.container_id))
+    }
+}
+
+/// The non-zero ids of an owner table (one batched read).
+pub(super) fn live_ids(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<HashSet<u32>> {
+    Ok(super::batch::entries::<u32, u32>(fd)?.into_iter().map(|(_, id)| id).filter(|id| *id != 0).collect())
+}
+
+/// Fill levels of the maps the datapath fills, as the GC last counted them.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Fills {
+    pub at: Option<Instant>,
+    pub entries: Vec<(&'static str, u64)>,
+}
+
+impl Fills {
+    fn entries(&self, name: &str) -> u64 {
+        self.entries.iter().find(|(n, _)| *n == name).map_or(0, |(_, c)| *c)
+    }
+}
+
+pub(super) type SharedFills = Arc<Mutex<Fills>>;
+
+/// Counts the maps the datapath fills (batched walks), on the GC's thread.
+pub struct FillCounter {
+    maps: Vec<(&'static str, MapData)>,
+    fills: SharedFills,
+}
+
+impl FillCounter {
+    /// Counts every map but conntrack, whose count `ct_entries` the GC's
+    /// walk gives, and records them for `status`.
+    pub fn record(&self, ct_entries: u64) -> Result<()> {
+        let mut entries = vec![];
+        for (name, data) in &self.maps {
+            let n = if *name == names::CT4 {
+                ct_entries
+            } else {
+                count(data).with_context(|| format!("counting {name}"))?
+            };
+            entries.push((*name, n));
+        }
+        if let Ok(mut fills) = self.fills.lock() {
+            *fills = Fills { at: Some(Instant::now()), entries };
+        }
+        Ok(())
+    }
+}
+
+/// Entries of a hash map, counted in batches (per-CPU values are one per
+/// possible CPU, each rounded up to 8 bytes).
+fn count(data: &MapData) -> Result<u64> {
+    let info = data.info()?;
+    let mut value_size = info.value_size() as usize;
+    if matches!(info.map_type()?, MapType::PerCpuHash | MapType::LruPerCpuHash) {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
+        value_size = value_size.div_ceil(8) * 8 * cpus;
+    }
+    Ok(super::batch::count(data.fd().as_fd(), info.key_size() as usize, value_size)?)
 }
 
 /// One loaded program as `status` shows it.
@@ -62,10 +156,6 @@ impl Datapath {
 
     pub(super) fn ct_map(&mut self) -> Result<BpfHashMap<&mut MapData, CtKey4, CtEntry>> {
         Ok(BpfHashMap::try_from(self.map_mut(names::CT4)?)?)
-    }
-
-    fn sock_revnat_map(&mut self) -> Result<BpfHashMap<&mut MapData, SockRevNatKey4, SockRevNatEntry4>> {
-        Ok(BpfHashMap::try_from(self.map_mut(names::SOCK_REVNAT4)?)?)
     }
 
     /// The entry of one key of a map, read without walking it.
@@ -125,10 +215,14 @@ impl Datapath {
         Ok(BpfHashMap::try_from(self.map_mut(names::CONTAINER_IPS4)?)?)
     }
 
-    /// Writes a container and its address index (the fast path finds
-    /// containers by address). The entry goes first: an address never
-    /// points at an interface without one.
+    /// Writes a container's entry and its address index (the fast path
+    /// finds containers by address). Its id becomes live in its owner slot
+    /// first (flows the datapath tracks for it carry the id), and an id the
+    /// entry replaces goes out of it; the entry goes before the index, so
+    /// that an address never points at an interface without one.
     pub fn set_container(&mut self, ifindex: u32, entry: &ContainerEntry) -> Result<()> {
+        let old: Option<ContainerEntry> = self.get_one(names::CONTAINERS, &ifindex)?;
+        self.set_owner(names::CONTAINER_IDS, entry.id)?;
         self.containers_map()?
             .insert(ifindex, entry, 0)
             .with_context(|| format!("writing the container of ifindex {ifindex} into {}", names::CONTAINERS))?;
@@ -136,26 +230,100 @@ impl Datapath {
             self.container_ips_map()?
                 .insert(entry.ipv4, ifindex, 0)
                 .with_context(|| format!("writing ifindex {ifindex} into {}", names::CONTAINER_IPS4))?;
+            self.written.container_ips4.insert(entry.ipv4);
+        }
+        if let Some(moved) = old.filter(|o| o.has_ipv4() && o.ipv4 != entry.ipv4) {
+            self.remove_container_ip4(moved.ipv4, ifindex)?;
+        }
+        if let Some(old) = old.filter(|o| o.id != entry.id) {
+            self.clear_owner(names::CONTAINER_IDS, old.id)?;
+        }
+        self.written.containers.insert(ifindex);
+        Ok(())
+    }
+
+    /// Removes a container's entry and its address index (the index
+    /// first); its id leaves its owner slot, which makes every flow it owns
+    /// stale at once (see netpath_common::owner).
+    pub fn remove_container(&mut self, ifindex: u32) -> Result<()> {
+        let old: Option<ContainerEntry> = self.get_one(names::CONTAINERS, &ifindex)?;
+        if let Some(old) = old.filter(ContainerEntry::has_ipv4) {
+            self.remove_container_ip4(old.ipv4, ifindex)?;
+        }
+        ignore_missing(self.containers_map()?.remove(&ifindex))
+            .with_context(|| format!("removing the container of ifindex {ifindex}"))?;
+        if let Some(old) = old {
+            self.clear_owner(names::CONTAINER_IDS, old.id)?;
+        }
+        self.written.containers.remove(&ifindex);
+        Ok(())
+    }
+
+    /// Drops an address from the index, if it still points at `ifindex`
+    /// (the address may have moved on to another container).
+    fn remove_container_ip4(&mut self, addr: [u8; 4], ifindex: u32) -> Result<()> {
+        let mut ips = self.container_ips_map()?;
+        if ips.get(&addr, 0).ok() == Some(ifindex) {
+            ignore_missing(ips.remove(&addr))
+                .with_context(|| format!("removing ifindex {ifindex} from {}", names::CONTAINER_IPS4))?;
+            self.written.container_ips4.remove(&addr);
         }
         Ok(())
     }
 
-    /// Removes a container and its address index (the index first).
-    pub fn remove_container(&mut self, ifindex: u32) -> Result<()> {
-        let addr = match self.containers_map()?.get(&ifindex, 0) {
-            Ok(entry) if entry.has_ipv4() => Some(entry.ipv4),
-            _ => None,
+    /// Takes a container's id out of its owner slot (its flows go stale).
+    pub fn retire_container(&mut self, id: u32) -> Result<()> {
+        self.clear_owner(names::CONTAINER_IDS, id)
+    }
+
+    /// The CONTAINERS entry of a host-side veth, if any.
+    pub fn container(&self, ifindex: u32) -> Result<Option<ContainerEntry>> {
+        self.get_one(names::CONTAINERS, &ifindex)
+    }
+
+    fn owner_array(&mut self, name: &str) -> Result<Array<&mut MapData, u32>> {
+        Ok(Array::try_from(self.map_mut(name)?)?)
+    }
+
+    /// Makes `id` the live owner of its slot in `table`.
+    fn set_owner(&mut self, table: &str, id: u32) -> Result<()> {
+        self.owner_array(table)?.set(owner::slot(id), id, 0).with_context(|| format!("writing id {id} into {table}"))
+    }
+
+    /// Takes `id` out of its slot in `table`, if it is the one there.
+    fn clear_owner(&mut self, table: &str, id: u32) -> Result<()> {
+        let mut arr = self.owner_array(table)?;
+        let slot = owner::slot(id);
+        if arr.get(&slot, 0).with_context(|| format!("reading {table}"))? == id {
+            arr.set(slot, 0, 0).with_context(|| format!("clearing id {id} from {table}"))?;
+        }
+        Ok(())
+    }
+
+    /// The live owners of both tables, read in two batched calls.
+    pub fn live_owners(&self) -> Result<LiveOwners> {
+        let read = |name: &str| -> Result<HashSet<u32>> {
+            let map = self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing"))?;
+            live_ids(map_data(map)?.fd().as_fd()).with_context(|| format!("reading {name}"))
         };
-        if let Some(addr) = addr {
-            let mut ips = self.container_ips_map()?;
-            // Only if it still points here (the address may have moved on).
-            if ips.get(&addr, 0).ok() == Some(ifindex) {
-                ignore_missing(ips.remove(&addr))
-                    .with_context(|| format!("removing ifindex {ifindex} from {}", names::CONTAINER_IPS4))?;
+        Ok(LiveOwners { mappings: read(names::MAPPING_IDS)?, containers: read(names::CONTAINER_IDS)? })
+    }
+
+    /// Clears every owner slot whose id is not among `mappings` or
+    /// `containers` (at start: owners removed while the agent was away, or
+    /// left by an interrupted removal).
+    pub fn retain_owners(&mut self, mappings: &HashSet<u32>, containers: &HashSet<u32>) -> Result<usize> {
+        let live = self.live_owners()?;
+        let mut cleared = 0;
+        for (table, held, wanted) in
+            [(names::MAPPING_IDS, &live.mappings, mappings), (names::CONTAINER_IDS, &live.containers, containers)]
+        {
+            for id in held.difference(wanted) {
+                self.clear_owner(table, *id)?;
+                cleared += 1;
             }
         }
-        ignore_missing(self.containers_map()?.remove(&ifindex))
-            .with_context(|| format!("removing the container of ifindex {ifindex}"))
+        Ok(cleared)
     }
 
     /// The fast path's redirect and fallback counters, summed over CPUs.
@@ -198,12 +366,33 @@ impl Datapath {
         self.stats_map()?.keys().map(|k| k.map_err(Into::into)).collect()
     }
 
+    /// Publishes a port: the mapping's id becomes live in its owner slot
+    /// first (new flows carry it), then the entry is written; the id of a
+    /// mapping it replaces leaves its slot, which cuts that mapping's flows
+    /// (their next packet follows the new entry).
     pub fn set_mapping(&mut self, key: &MappingKey4, entry: &MappingEntry4) -> Result<()> {
-        self.mappings_map()?.insert(key, entry, 0).with_context(|| format!("writing into {}", names::MAPPINGS4))
+        let old: Option<MappingEntry4> = self.get_one(names::MAPPINGS4, key)?;
+        self.set_owner(names::MAPPING_IDS, entry.id)?;
+        self.mappings_map()?.insert(key, entry, 0).with_context(|| format!("writing into {}", names::MAPPINGS4))?;
+        if let Some(old) = old.filter(|o| o.id != entry.id) {
+            self.clear_owner(names::MAPPING_IDS, old.id)?;
+        }
+        self.written.mappings.insert(*key);
+        Ok(())
     }
 
+    /// Unpublishes a port: the entry goes, then the mapping's id leaves its
+    /// owner slot, which makes all its tracked flows stale at once (O(1),
+    /// whatever the table holds; see netpath_common::owner).
     pub fn remove_mapping(&mut self, key: &MappingKey4) -> Result<()> {
-        ignore_missing(self.mappings_map()?.remove(key)).with_context(|| format!("removing from {}", names::MAPPINGS4))
+        let old: Option<MappingEntry4> = self.get_one(names::MAPPINGS4, key)?;
+        ignore_missing(self.mappings_map()?.remove(key))
+            .with_context(|| format!("removing from {}", names::MAPPINGS4))?;
+        if let Some(old) = old {
+            self.clear_owner(names::MAPPING_IDS, old.id)?;
+        }
+        self.written.mappings.remove(key);
+        Ok(())
     }
 
     pub fn mapping_entries(&mut self) -> Result<Vec<(MappingKey4, MappingEntry4)>> {
@@ -224,6 +413,7 @@ impl Datapath {
                 map.insert(addr, HostAddr4 { ifindex: *ifindex }, 0)?;
             }
         }
+        self.written.host_addrs = addrs.iter().map(|(a, _)| *a).collect();
         Ok(())
     }
 
@@ -232,30 +422,19 @@ impl Datapath {
     pub fn set_policy4(&mut self, prefix_len: u32, key: &PolicyKey4, entry: &PolicyEntry) -> Result<()> {
         let k = LpmKey::new(prefix_len, *key);
         if entry.count == 0 {
-            return ignore_missing(self.policy_map()?.remove(&k))
-                .with_context(|| format!("removing from {}", names::POLICY4));
+            ignore_missing(self.policy_map()?.remove(&k))
+                .with_context(|| format!("removing from {}", names::POLICY4))?;
+            self.written.policy.remove(&(prefix_len, *key));
+            return Ok(());
         }
-        self.policy_map()?.insert(&k, entry, 0).with_context(|| format!("writing into {}", names::POLICY4))
+        self.policy_map()?.insert(&k, entry, 0).with_context(|| format!("writing into {}", names::POLICY4))?;
+        self.written.policy.insert((prefix_len, *key));
+        Ok(())
     }
 
     /// Every (prefix length, key) in POLICY4.
     pub fn policy_keys4(&mut self) -> Result<Vec<(u32, PolicyKey4)>> {
         Ok(self.policy_map()?.keys().filter_map(Result::ok).map(|k| (k.prefix_len(), k.data())).collect())
-    }
-
-    /// Forgets socket-level translations made for these mappings.
-    pub fn sock_revnat_remove(&mut self, mapping_ids: &[u32]) -> Result<()> {
-        let mut map = self.sock_revnat_map()?;
-        let keys: Vec<SockRevNatKey4> = map
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, v)| mapping_ids.contains(&v.mapping_id))
-            .map(|(k, _)| k)
-            .collect();
-        for k in keys {
-            ignore_missing(map.remove(&k))?;
-        }
-        Ok(())
     }
 
     /// Takes the event ring buffer out of the object, for the agent's reader.
@@ -266,38 +445,63 @@ impl Datapath {
         Ok(RingBuf::try_from(map)?)
     }
 
-    /// Every map with its fill level (hash maps counted in batches).
+    /// Every map with its fill level, without walking any: the maps only
+    /// the agent writes by what it wrote, the ones the datapath fills too
+    /// (conntrack, fragments, socket translations, counters) by the GC's
+    /// last count, with its age.
     pub fn map_summaries(&mut self) -> Result<Vec<MapSummary>> {
+        let counted = self.fills.lock().map(|f| f.clone()).unwrap_or_default();
+        let age_ms = counted.at.map(|at| at.elapsed().as_millis() as u64);
+        let of_gc = |name: &str| (counted.entries(name), age_ms);
+        let owners = |n: usize| (n as u64, None);
         let counts = [
-            (names::CONTAINERS, self.count_hash(names::CONTAINERS)?),
-            (names::IFACE_STATS, self.stats_map()?.keys().count() as u64),
-            (names::MAPPINGS4, self.count_hash(names::MAPPINGS4)?),
-            (names::HOST_ADDRS4, self.count_hash(names::HOST_ADDRS4)?),
-            (names::CT4, self.count_hash(names::CT4)?),
-            (names::CT_STATS, 1),
-            (names::SOCK_REVNAT4, self.count_hash(names::SOCK_REVNAT4)?),
-            (names::CONFIG, 1),
-            (names::POLICY4, self.policy_map()?.keys().count() as u64),
-            (names::FRAGS4, self.count_hash(names::FRAGS4)?),
-            (names::CONTAINER_IPS4, self.count_hash(names::CONTAINER_IPS4)?),
-            (names::FORWARD_STATS, 1),
+            (names::CONTAINERS, owners(self.written.containers.len())),
+            (names::IFACE_STATS, of_gc(names::IFACE_STATS)),
+            (names::MAPPINGS4, owners(self.written.mappings.len())),
+            (names::HOST_ADDRS4, owners(self.written.host_addrs.len())),
+            (names::CT4, of_gc(names::CT4)),
+            (names::CT_STATS, (1, None)),
+            (names::SOCK_REVNAT4, of_gc(names::SOCK_REVNAT4)),
+            (names::CONFIG, (1, None)),
+            (names::POLICY4, owners(self.written.policy.len())),
+            (names::FRAGS4, of_gc(names::FRAGS4)),
+            (names::CONTAINER_IPS4, owners(self.written.container_ips4.len())),
+            (names::FORWARD_STATS, (1, None)),
+            // One slot per live owner.
+            (names::MAPPING_IDS, owners(self.written.mappings.len())),
+            (names::CONTAINER_IDS, owners(self.written.containers.len())),
         ];
         let mut out = vec![];
-        for (name, entries) in counts {
+        for (name, (entries, counted_ms_ago)) in counts {
             let map = self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing"))?;
-            out.push(self.summarize(name, map, entries)?);
+            out.push(MapSummary { counted_ms_ago, ..self.summarize(name, map, entries)? });
         }
         out.extend(self.taken.iter().cloned());
         Ok(out)
     }
 
-    /// Entries of a (non-per-CPU) hash map, counted in batches.
-    fn count_hash(&self, name: &str) -> Result<u64> {
-        let map = self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing"))?;
-        let data = map_data(map)?;
-        let info = data.info()?;
-        super::batch::count(data.fd().as_fd(), info.key_size() as usize, info.value_size() as usize)
-            .with_context(|| format!("counting the entries of {name}"))
+    /// What the agent-written maps hold, read once when the datapath is
+    /// loaded (pins adopted from a previous run); kept as it writes after.
+    pub(super) fn read_written(&mut self) -> Result<()> {
+        let containers = self.containers_map()?.keys().collect::<Result<_, _>>()?;
+        let container_ips4 = self.container_ips_map()?.keys().collect::<Result<_, _>>()?;
+        let mappings = self.mappings_map()?.keys().collect::<Result<_, _>>()?;
+        let host_addrs = self.host_addrs_map()?.keys().collect::<Result<_, _>>()?;
+        let policy = self.policy_keys4()?.into_iter().collect();
+        self.written = Written { containers, container_ips4, mappings, host_addrs, policy };
+        Ok(())
+    }
+
+    /// Handles of their own on the maps the datapath fills, for counting
+    /// beside the agent (the GC's thread).
+    pub(super) fn fill_counter(&self) -> Result<FillCounter> {
+        let mut maps = vec![];
+        for name in [names::CT4, names::FRAGS4, names::SOCK_REVNAT4, names::IFACE_STATS] {
+            let map = self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing"))?;
+            let fd = map_data(map)?.fd().as_fd().try_clone_to_owned().with_context(|| format!("duplicating {name}"))?;
+            maps.push((name, MapData::from_fd(fd).with_context(|| format!("opening {name}"))?));
+        }
+        Ok(FillCounter { maps, fills: self.fills.clone() })
     }
 
     fn summarize(&self, name: &str, map: &Map, entries: u64) -> Result<MapSummary> {
@@ -312,6 +516,7 @@ impl Datapath {
             max_entries: info.max_entries(),
             pin: self.pin_dir.join("maps").join(name).display().to_string(),
             memory_bytes,
+            counted_ms_ago: None,
         })
     }
 

@@ -29,7 +29,7 @@ use aya::Ebpf;
 pub use conntrack::{monotonic_ns, CtCollector, GcReport, GC_TICK};
 pub use links::CGROUP_TARGET;
 pub use loader::{ensure_bpffs, BPF_OBJECT, LAYOUT_VERSION};
-pub use maps::{MapSummary, ProgramSummary};
+pub use maps::{FillCounter, LiveOwners, MapSummary, ProgramSummary};
 
 /// The loaded object and where its pins are.
 pub struct Datapath {
@@ -40,6 +40,10 @@ pub struct Datapath {
     /// CT4 entries the agent removed (every path, the GC's included): the
     /// collector tells LRU evictions from removals by it.
     ct_removed: Arc<AtomicU64>,
+    /// Keys of the maps only the agent writes (their fill levels).
+    written: maps::Written,
+    /// Fill levels of the maps the datapath fills, as last counted.
+    fills: maps::SharedFills,
 }
 
 impl Datapath {
