@@ -129,6 +129,9 @@ const PRESSURE_DIVISOR: u64 = 2;
 /// a storm of 20k connections a second (80k entries) fills the default
 /// table's free half in 1.6 s, far sooner than `gc_interval`.
 pub const GC_TICK: Duration = Duration::from_millis(250);
+/// A round brought forward (pressure, a storm of inserts) waits until this
+/// many times the last round's length has passed since that round started.
+const GC_DUTY_DIVISOR: u32 = 4;
 /// Under pressure, a handshake (TCP, both halves new) this long without a
 /// packet goes: a SYN is retransmitted after 1 s, and that SYN starts the
 /// flow over.
@@ -166,9 +169,16 @@ impl GcReport {
     /// every tick under pressure; and as soon as the inserts since the last
     /// walk took half the room that was left below the pressure level, so
     /// that a storm is met within a tick or two, whatever the interval.
+    /// Rounds brought forward never take more than 1/[`GC_DUTY_DIVISOR`]
+    /// of a CPU: a walk of a big table under pressure would otherwise run
+    /// back to back, taking a whole core from the datapath and the API.
     pub fn round_due(&self, since: Duration, inserted: u64, interval: Duration) -> bool {
+        if self.runs == 0 || since >= interval {
+            return true;
+        }
         let room = (self.max_entries as u64 / PRESSURE_DIVISOR).saturating_sub(self.live_entries);
-        self.runs == 0 || since >= interval || self.pressure || inserted >= room / 2
+        let rested = since >= self.last_duration * GC_DUTY_DIVISOR;
+        rested && (self.pressure || inserted >= room / 2)
     }
 }
 
@@ -578,5 +588,13 @@ mod tests {
         // At or above the pressure level, any insert does.
         let full = GcReport { live_entries: 600, ..report };
         assert!(full.round_due(tick, 0, interval));
+        // A long walk rests a multiple of its length first (a quarter of a
+        // CPU at most), but never past the interval.
+        let slow = GcReport { last_duration: Duration::from_millis(400), pressure: true, ..full };
+        assert!(!slow.round_due(tick, 0, interval));
+        assert!(!slow.round_due(Duration::from_millis(1599), 0, interval));
+        assert!(slow.round_due(Duration::from_millis(1600), 0, interval));
+        assert!(GcReport { runs: 0, ..slow.clone() }.round_due(tick, 0, interval));
+        assert!(slow.round_due(interval, 0, Duration::from_secs(1)));
     }
 }

@@ -8,7 +8,9 @@
 //!   container to the world through each variant's SNAT; BPF_PROG_TEST_RUN
 //!   figures of the SNAT path;
 //! - policy ([`policy`]): the published port with 0..10000 inbound rules
-//!   (iptables' DOCKER-USER, netpath's API), and the time to add one more.
+//!   (iptables' DOCKER-USER, netpath's API), and the time to add one more;
+//! - control ([`control`]): API calls (map, unmap, status) with an empty
+//!   and a full conntrack table, the GC walking it meanwhile.
 //!
 //! Every variant gets its own fresh namespaces (the [`Topology`] harness:
 //! host, world and one container, all named with the per-run prefix and
@@ -22,7 +24,9 @@
 //!
 //! [`Topology`]: netpath_tests::topology::Topology
 
+mod attach;
 mod bed;
+mod control;
 mod cpu;
 mod iptables;
 mod load;
@@ -80,7 +84,7 @@ pub fn main() -> Result<()> {
     // A failing variant is dropped (and reported) while the others go on;
     // the process still fails at the end, after writing what was measured.
     let mut failures: Vec<String> = vec![];
-    let mut measured = Measured { publish: vec![], prog_run: vec![], masquerade: None, policy: None };
+    let mut measured = Measured { publish: vec![], prog_run: vec![], masquerade: None, policy: None, control: None };
     if opts.runs(Section::Publish) {
         measured.publish = schedule::run(&opts, &mut failures)?;
         eprintln!("== BPF_PROG_TEST_RUN (published ports)");
@@ -98,6 +102,16 @@ pub fn main() -> Result<()> {
         let samples = policy::run(&opts, &mut failures)?;
         check_interrupted()?;
         measured.policy = Some(PolicyFigures::new(&samples, &opts));
+    }
+    if opts.runs(Section::Control) {
+        match control::run(&opts) {
+            Ok(figures) => measured.control = Some(figures),
+            Err(e) => {
+                eprintln!("   FAILED: {e:#}");
+                failures.push(format!("control: {e:#}"));
+            }
+        }
+        check_interrupted()?;
     }
 
     let results = results::Results::aggregate(date, machine, &opts, measured, failures, started.elapsed());

@@ -15,16 +15,19 @@ pub enum Section {
     Masquerade,
     /// Per-container policy on a published port.
     Policy,
+    /// API calls with an empty and a full conntrack table.
+    Control,
 }
 
 impl Section {
-    pub const ALL: [Section; 3] = [Section::Publish, Section::Masquerade, Section::Policy];
+    pub const ALL: [Section; 4] = [Section::Publish, Section::Masquerade, Section::Policy, Section::Control];
 
     pub fn name(self) -> &'static str {
         match self {
             Section::Publish => "publish",
             Section::Masquerade => "masquerade",
             Section::Policy => "policy",
+            Section::Control => "control",
         }
     }
 
@@ -54,7 +57,7 @@ pub struct Options {
     pub prog_run_calls: u32,
 }
 
-const USAGE: &str = "netpath-bench [--quick] [--sections publish,masquerade,policy] [--rounds N] \
+const USAGE: &str = "netpath-bench [--quick] [--sections publish,masquerade,policy,control] [--rounds N] \
                      [--sizes 1,1000,10000] [--rules 0,1000,10000] [--seconds S] \
                      [--variants no-nat,iptables,nftables,netpath,netpath-stack] [--out DIR]";
 

@@ -53,6 +53,9 @@ fn markdown(r: &Results) -> String {
     if let Some(p) = &r.policy {
         report_policy::section(&mut s, r, p);
     }
+    if let Some(c) = &r.control {
+        super::control::section(&mut s, r, c);
+    }
     method(&mut s, r);
     s
 }

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::{
     bed::{AddOne, Variant},
+    control::ControlFigures,
     load::{ConnRate, Latency},
     machine::Machine,
     masquerade::MasqFigures,
@@ -178,6 +179,7 @@ pub struct Measured {
     pub prog_run: Vec<progrun::Figure>,
     pub masquerade: Option<MasqFigures>,
     pub policy: Option<PolicyFigures>,
+    pub control: Option<ControlFigures>,
 }
 
 #[derive(Serialize)]
@@ -193,6 +195,7 @@ pub struct Results {
     pub prog_run: Vec<progrun::Figure>,
     pub masquerade: Option<MasqFigures>,
     pub policy: Option<PolicyFigures>,
+    pub control: Option<ControlFigures>,
     /// Every section's targets.
     pub targets: Vec<Target>,
     /// Runs or phases that failed (left out of the medians).
@@ -212,6 +215,7 @@ impl Results {
         let mut all_targets = if opts.runs(Section::Publish) { targets(&variants, opts) } else { vec![] };
         all_targets.extend(measured.masquerade.iter().flat_map(MasqFigures::targets));
         all_targets.extend(measured.policy.iter().flat_map(PolicyFigures::targets));
+        all_targets.extend(measured.control.iter().flat_map(ControlFigures::targets));
         Results {
             date,
             machine,
@@ -233,6 +237,7 @@ impl Results {
             prog_run: measured.prog_run,
             masquerade: measured.masquerade,
             policy: measured.policy,
+            control: measured.control,
             targets: all_targets,
             failures,
         }

@@ -1,0 +1,104 @@
+//! The attach curve (control section): containers attached one after the
+//! other through the API, each into a namespace of its own, up to
+//! [`CONTAINERS`]; the time of each `POST /v1/containers` (veth pair,
+//! addresses, routes, tcx programs, maps, state), and the agent's memory
+//! before and after. Attaching must not get slower as containers pile up.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use netpath_tests::topology::Topology;
+use netpath_userspace::{
+    client::Client,
+    model::{Container, Status},
+};
+use serde::Serialize;
+
+use super::options::{Options, Section};
+use super::results::Target;
+
+/// Containers attached in a full run (the quick run attaches a tenth).
+pub const CONTAINERS: usize = 2000;
+/// Attach times compared: the first and the last this many.
+const EDGE: usize = 100;
+/// Points of the curve reported: the median of every this many.
+pub const STEP: usize = 100;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AttachFigures {
+    pub containers: usize,
+    /// Median attach time of each successive [`STEP`] containers, ms.
+    pub curve_ms: Vec<f64>,
+    pub first_ms: f64,
+    pub last_ms: f64,
+    pub total_s: f64,
+    pub agent_memory_before_bytes: u64,
+    pub agent_memory_after_bytes: u64,
+}
+
+impl AttachFigures {
+    pub fn targets(&self) -> Vec<Target> {
+        let n = self.containers;
+        let ratio = self.last_ms / self.first_ms;
+        vec![Target::new(
+            Section::Control.name(),
+            &format!("control: attaching the last {EDGE} of {n} containers takes within 20% of the first {EDGE}"),
+            format!(
+                "median {:.1} ms vs {:.1} ms ({ratio:.2}x); agent memory {:.1} -> {:.1} MiB",
+                self.last_ms,
+                self.first_ms,
+                self.agent_memory_before_bytes as f64 / 1048576.0,
+                self.agent_memory_after_bytes as f64 / 1048576.0
+            ),
+            ratio <= 1.2,
+        )]
+    }
+}
+
+pub fn run(opts: &Options) -> Result<AttachFigures> {
+    let n = if opts.quick { CONTAINERS / 10 } else { CONTAINERS };
+    eprintln!("== control: attaching {n} containers");
+    let mut topo = Topology::new(0)?;
+    topo.start_agent()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
+    let client = Client::new(&topo.socket());
+    let status = |client: &Client| -> Result<Status> { rt.block_on(client.get("/status")).context("GET /status") };
+    let before = status(&client)?;
+    let started = Instant::now();
+    let mut took = Vec::with_capacity(n);
+    for i in 0..n {
+        let name = format!("a{i}");
+        let netns = topo.new_netns(&name)?;
+        let request = serde_json::json!({ "name": name, "netns": netns });
+        let t = Instant::now();
+        let _: Container =
+            rt.block_on(client.post("/containers", &request)).with_context(|| format!("attaching container {name}"))?;
+        took.push(t.elapsed());
+        if i % 50 == 0 {
+            super::check_interrupted()?;
+        }
+    }
+    let total = started.elapsed();
+    let after = status(&client)?;
+    let curve_ms: Vec<f64> = took.chunks(STEP).map(|c| median_ms(c.to_vec())).collect();
+    let edge = EDGE.min(n / 2);
+    let figures = AttachFigures {
+        containers: n,
+        first_ms: median_ms(took[..edge].to_vec()),
+        last_ms: median_ms(took[n - edge..].to_vec()),
+        curve_ms,
+        total_s: total.as_secs_f64(),
+        agent_memory_before_bytes: before.agent_memory_bytes,
+        agent_memory_after_bytes: after.agent_memory_bytes,
+    };
+    eprintln!(
+        "   first {edge}: {:.1} ms, last {edge}: {:.1} ms, {:.0} s in all",
+        figures.first_ms, figures.last_ms, figures.total_s
+    );
+    Ok(figures)
+}
+
+fn median_ms(mut d: Vec<Duration>) -> f64 {
+    d.sort();
+    d.get(d.len() / 2).map_or(f64::NAN, |m| m.as_secs_f64() * 1e3)
+}
