@@ -4,7 +4,10 @@
 //! addresses, routes, tcx programs, maps, state), and the agent's memory
 //! before and after. Attaching must not get slower as containers pile up.
 
-use std::time::{Duration, Instant};
+use std::{
+    fmt::Write as _,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 use netpath_tests::topology::Topology;
@@ -59,6 +62,10 @@ pub fn run(opts: &Options) -> Result<AttachFigures> {
     let n = if opts.quick { CONTAINERS / 10 } else { CONTAINERS };
     eprintln!("== control: attaching {n} containers");
     let mut topo = Topology::new(0)?;
+    // Room for every container: a /20 (4094 addresses) instead of the
+    // harness's /24, in this bed's own namespaces.
+    let second = topo.subnet.split('.').nth(1).unwrap_or("200").to_string();
+    topo.subnet = format!("10.{second}.240.0/20");
     topo.start_agent()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
     let client = Client::new(&topo.socket());
@@ -101,4 +108,24 @@ pub fn run(opts: &Options) -> Result<AttachFigures> {
 fn median_ms(mut d: Vec<Duration>) -> f64 {
     d.sort();
     d.get(d.len() / 2).map_or(f64::NAN, |m| m.as_secs_f64() * 1e3)
+}
+
+/// The attach curve's part of `RESULTS.md` (under the control section).
+pub fn section(s: &mut String, a: &AttachFigures) {
+    let _ = writeln!(s, "### Attaching {} containers\n", a.containers);
+    let _ = writeln!(
+        s,
+        "A fresh netpathd; containers attached one after the other with `POST /v1/containers`, each into \
+         a namespace of its own (created just before, untimed): veth pair, addresses, routes, tcx programs, \
+         map entries, state. {:.0} s in all; the agent's resident memory went from {:.1} to {:.1} MiB.\n",
+        a.total_s,
+        a.agent_memory_before_bytes as f64 / 1048576.0,
+        a.agent_memory_after_bytes as f64 / 1048576.0
+    );
+    let _ = writeln!(s, "| containers | median attach ms |");
+    let _ = writeln!(s, "|---|---:|");
+    for (i, ms) in a.curve_ms.iter().enumerate() {
+        let _ = writeln!(s, "| {}-{} | {ms:.1} |", i * STEP + 1, ((i + 1) * STEP).min(a.containers));
+    }
+    s.push('\n');
 }

@@ -34,7 +34,6 @@ use netpath_userspace::model::{Mapping, MappingRequest, Status};
 use serde::Serialize;
 
 use super::{
-    attach::{self, AttachFigures},
     bed::{Bed, CONTAINER_PORT},
     netpath::NetpathBed,
     options::{Options, Section},
@@ -113,8 +112,6 @@ pub struct ControlFigures {
     pub full: TableState,
     /// Milliseconds to write the flows through the pin (informational).
     pub fill_ms: f64,
-    /// The attach curve (a bed of its own).
-    pub attach: Option<AttachFigures>,
 }
 
 impl ControlFigures {
@@ -162,7 +159,6 @@ impl ControlFigures {
             ),
             self.full.status.p50_ms < 2.0 * self.empty.status.p50_ms.max(0.05),
         ));
-        out.extend(self.attach.iter().flat_map(AttachFigures::targets));
         out
     }
 }
@@ -186,9 +182,6 @@ pub fn run(opts: &Options) -> Result<ControlFigures> {
         "   map p99 {:.3} ms empty, {:.3} ms full ({} GC rounds of {:.0} ms meanwhile)",
         figures.empty.map.p99_ms, figures.full.map.p99_ms, figures.full.gc_rounds_during, figures.full.gc_round_ms
     );
-    drop(bed);
-    super::check_interrupted()?;
-    figures.attach = Some(attach::run(opts)?);
     Ok(figures)
 }
 
@@ -348,23 +341,4 @@ pub fn section(s: &mut String, r: &Results, c: &ControlFigures) {
         }
     }
     s.push('\n');
-    if let Some(a) = &c.attach {
-        let _ = writeln!(s, "### Attaching {} containers\n", a.containers);
-        let _ = writeln!(
-            s,
-            "A fresh netpathd; containers attached one after the other with `POST /v1/containers`, each into \
-             a namespace of its own (created beforehand, untimed): veth pair, addresses, routes, tcx programs, \
-             map entries, state. {:.0} s in all; the agent's resident memory went from {:.1} to {:.1} MiB.\n",
-            a.total_s,
-            a.agent_memory_before_bytes as f64 / 1048576.0,
-            a.agent_memory_after_bytes as f64 / 1048576.0
-        );
-        let _ = writeln!(s, "| containers | median attach ms |");
-        let _ = writeln!(s, "|---|---:|");
-        for (i, ms) in a.curve_ms.iter().enumerate() {
-            let _ =
-                writeln!(s, "| {}-{} | {ms:.1} |", i * attach::STEP + 1, ((i + 1) * attach::STEP).min(a.containers));
-        }
-        s.push('\n');
-    }
 }

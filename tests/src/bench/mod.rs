@@ -84,7 +84,8 @@ pub fn main() -> Result<()> {
     // A failing variant is dropped (and reported) while the others go on;
     // the process still fails at the end, after writing what was measured.
     let mut failures: Vec<String> = vec![];
-    let mut measured = Measured { publish: vec![], prog_run: vec![], masquerade: None, policy: None, control: None };
+    let mut measured =
+        Measured { publish: vec![], prog_run: vec![], masquerade: None, policy: None, control: None, attach: None };
     if opts.runs(Section::Publish) {
         measured.publish = schedule::run(&opts, &mut failures)?;
         eprintln!("== BPF_PROG_TEST_RUN (published ports)");
@@ -109,6 +110,14 @@ pub fn main() -> Result<()> {
             Err(e) => {
                 eprintln!("   FAILED: {e:#}");
                 failures.push(format!("control: {e:#}"));
+            }
+        }
+        check_interrupted()?;
+        match attach::run(&opts) {
+            Ok(figures) => measured.attach = Some(figures),
+            Err(e) => {
+                eprintln!("   FAILED: {e:#}");
+                failures.push(format!("control: attach curve: {e:#}"));
             }
         }
         check_interrupted()?;

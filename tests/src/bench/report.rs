@@ -56,6 +56,9 @@ fn markdown(r: &Results) -> String {
     if let Some(c) = &r.control {
         super::control::section(&mut s, r, c);
     }
+    if let Some(a) = &r.attach {
+        super::attach::section(&mut s, a);
+    }
     method(&mut s, r);
     s
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{
+    attach::AttachFigures,
     bed::{AddOne, Variant},
     control::ControlFigures,
     load::{ConnRate, Latency},
@@ -180,6 +181,7 @@ pub struct Measured {
     pub masquerade: Option<MasqFigures>,
     pub policy: Option<PolicyFigures>,
     pub control: Option<ControlFigures>,
+    pub attach: Option<AttachFigures>,
 }
 
 #[derive(Serialize)]
@@ -196,6 +198,7 @@ pub struct Results {
     pub masquerade: Option<MasqFigures>,
     pub policy: Option<PolicyFigures>,
     pub control: Option<ControlFigures>,
+    pub attach: Option<AttachFigures>,
     /// Every section's targets.
     pub targets: Vec<Target>,
     /// Runs or phases that failed (left out of the medians).
@@ -216,6 +219,7 @@ impl Results {
         all_targets.extend(measured.masquerade.iter().flat_map(MasqFigures::targets));
         all_targets.extend(measured.policy.iter().flat_map(PolicyFigures::targets));
         all_targets.extend(measured.control.iter().flat_map(ControlFigures::targets));
+        all_targets.extend(measured.attach.iter().flat_map(AttachFigures::targets));
         Results {
             date,
             machine,
@@ -238,6 +242,7 @@ impl Results {
             masquerade: measured.masquerade,
             policy: measured.policy,
             control: measured.control,
+            attach: measured.attach,
             targets: all_targets,
             failures,
         }
