@@ -36,7 +36,8 @@ impl IntoResponse for AgentError {
                 | ErrorReason::MacInUse
                 | ErrorReason::PortInUse
                 | ErrorReason::NetnsInUse
-                | ErrorReason::NameInUse => StatusCode::CONFLICT,
+                | ErrorReason::NameInUse
+                | ErrorReason::InstanceFull => StatusCode::CONFLICT,
             },
             AgentError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -315,6 +315,8 @@ pub enum ErrorReason {
     NameInUse,
     /// No container (or other object) of that name.
     NotFound,
+    /// The instance holds as many containers as its bridge can take.
+    InstanceFull,
 }
 
 /// One published port (a range spec becomes one mapping per port).

@@ -122,6 +122,7 @@ impl Inner {
                 format!("container {:?} already exists", req.name),
             ));
         }
+        room_for_one_more(self.state.containers.len())?;
         let netns_path = resolve_path(&req.netns);
         // A handed-off interface goes into a netns that may not exist yet.
         if req.handoff && req.netns.is_empty() {
@@ -417,5 +418,38 @@ mod tests {
             assert!(e.contains(why), "{name:?}: {e}");
         }
         assert!(validate_runtime_name(&"a".repeat(129)).is_err());
+    }
+}
+
+/// Containers one instance holds: every one is a port of its bridge, and a
+/// Linux bridge has at most 1023 (BR_MAX_PORTS, port 0 reserved); the
+/// kernel would refuse the next with EXFULL half-way through an attach.
+pub const MAX_CONTAINERS_PER_INSTANCE: usize = 1023;
+
+/// Refuses a container beyond [`MAX_CONTAINERS_PER_INSTANCE`], before
+/// anything is created.
+fn room_for_one_more(attached: usize) -> Result<(), AgentError> {
+    if attached >= MAX_CONTAINERS_PER_INSTANCE {
+        return Err(AgentError::refused(
+            ErrorReason::InstanceFull,
+            format!(
+                "the instance holds {attached} containers, the most its bridge can take (a Linux bridge has at \
+                 most {MAX_CONTAINERS_PER_INSTANCE} ports): run another instance for more"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod capacity_tests {
+    use super::*;
+
+    #[test]
+    fn the_bridge_s_last_port_is_the_last_container() {
+        assert!(room_for_one_more(0).is_ok());
+        assert!(room_for_one_more(MAX_CONTAINERS_PER_INSTANCE - 1).is_ok());
+        let refused = room_for_one_more(MAX_CONTAINERS_PER_INSTANCE).unwrap_err();
+        assert!(refused.to_string().contains("1023 ports"), "{refused}");
     }
 }

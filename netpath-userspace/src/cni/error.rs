@@ -45,6 +45,8 @@ pub const MAC_IN_USE: u32 = 104;
 pub const ALREADY_ATTACHED: u32 = 105;
 /// netpath (CHECK): the attachment differs from what ADD set up.
 pub const CHECK_FAILED: u32 = 106;
+/// netpath: the instance holds as many containers as its bridge can take.
+pub const INSTANCE_FULL: u32 = 107;
 
 /// A CNI error object (`{"cniVersion","code","msg","details"}`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, thiserror::Error)]
@@ -96,6 +98,7 @@ impl CniError {
                 Some(ErrorReason::NetnsInUse) | Some(ErrorReason::NameInUse) => ALREADY_ATTACHED,
                 Some(ErrorReason::NetnsMissing) => INVALID_ENVIRONMENT,
                 Some(ErrorReason::NotFound) => UNKNOWN_CONTAINER,
+                Some(ErrorReason::InstanceFull) => INSTANCE_FULL,
                 None if api.status == 400 => INVALID_CONFIG,
                 None => AGENT_FAILED,
             };
