@@ -491,13 +491,17 @@ fn snapshot(t: &Topology) -> Snapshot {
         if let Some(o) = v.as_object_mut() {
             // Counters and the agent's own memory move with any traffic
             // or request; they are not state.
+            // So do the GC's and the fast path's counters, and the age of
+            // the fill levels the GC counted.
             o.remove("uplink_stats");
             o.remove("agent_memory_bytes");
+            o.remove("conntrack");
+            o.remove("fast_path");
             for c in o.get_mut("containers").and_then(Value::as_array_mut).into_iter().flatten() {
                 c.as_object_mut().map(|c| c.remove("stats"));
             }
             for m in o.get_mut("maps").and_then(Value::as_array_mut).into_iter().flatten() {
-                m.as_object_mut().map(|m| m.remove("entries"));
+                m.as_object_mut().map(|m| (m.remove("entries"), m.remove("counted_ms_ago")));
             }
         }
         api.push((path.to_string(), v));
