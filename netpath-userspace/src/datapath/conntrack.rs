@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result};
 use aya::maps::{HashMap as BpfHashMap, IterableMap as _, Map, MapData, PerCpuArray};
 use netpath_common::{
     conntrack::{CtState, CLOSED, CT_F_REPLY, IPPROTO_TCP, NS_PER_SEC},
-    maps as names, CtEntry, CtKey4, CtStats,
+    maps as names, CtEntry, CtKey4, CtStats, SockRevNatEntry4, SockRevNatKey4,
 };
 
 use super::{
@@ -105,6 +105,10 @@ impl Datapath {
                 own(map_of(names::MAPPING_IDS)?, names::MAPPING_IDS)?,
                 own(map_of(names::CONTAINER_IDS)?, names::CONTAINER_IDS)?,
             ],
+            sock_revnat: BpfHashMap::try_from(Map::LruHashMap(own(
+                map_of(names::SOCK_REVNAT4)?,
+                names::SOCK_REVNAT4,
+            )?))?,
             fills: self.fill_counter()?,
         })
     }
@@ -221,6 +225,8 @@ pub struct CtCollector {
     report: GcReport,
     /// MAPPING_IDS and CONTAINER_IDS.
     owners: [MapData; 2],
+    /// SOCK_REVNAT4: reverse translations of removed mappings go too.
+    sock_revnat: BpfHashMap<MapData, SockRevNatKey4, SockRevNatEntry4>,
     /// Records the fill levels `status` shows, counted in the same round.
     fills: FillCounter,
 }
@@ -275,6 +281,7 @@ impl CtCollector {
         let removed_before = self.removed.load(Ordering::Relaxed);
         let round = collect_from(&mut self.map, &entries, &doom, &owners, &self.removed)?;
         let entries_removed = self.removed.load(Ordering::Relaxed).saturating_sub(removed_before);
+        sweep_sock_revnat(&mut self.sock_revnat, &owners)?;
         // The fill levels `status` shows, counted in the same round.
         self.fills.record(live.saturating_sub(entries_removed))?;
         let report = &mut self.report;
@@ -383,6 +390,26 @@ fn collect_from<T: BorrowMut<MapData>>(
     round.flows += remove_stale(map, &stale, live, removed)?;
     round.flows += remove_orphans(map, &orphans, removed)?;
     Ok(round)
+}
+
+/// Deletes the socket reverse translations of removed mappings: they no
+/// longer apply (the datapath checks the mapping's owner slot), and
+/// removing a mapping does not walk SOCK_REVNAT4. Returns how many went.
+fn sweep_sock_revnat<T: BorrowMut<MapData>>(
+    map: &mut BpfHashMap<T, SockRevNatKey4, SockRevNatEntry4>,
+    live: &LiveOwners,
+) -> Result<usize> {
+    let stale = |e: &SockRevNatEntry4| e.mapping_id != 0 && !live.mappings.contains(&e.mapping_id);
+    let entries: Vec<(SockRevNatKey4, SockRevNatEntry4)> =
+        batch::entries(map.map().fd().as_fd()).context("reading SOCK_REVNAT4")?;
+    let mut removed = 0;
+    for (key, _) in entries.iter().filter(|(_, e)| stale(e)) {
+        // Re-read: the socket may have connected again, to a live mapping.
+        if map.get(key, 0).is_ok_and(|e| stale(&e)) && ignore_missing(map.remove(key)).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Did removing `entry` (`gone`) and its peer (`peer_gone`) remove a flow?
