@@ -431,6 +431,16 @@ pub struct Footprint {
     pub flows: usize,
 }
 
+impl Footprint {
+    /// The footprint without what traffic leaves (tracked flows, which
+    /// come and go with the GC's timing): what attachments hold.
+    pub fn attachments(mut self) -> Footprint {
+        self.maps.retain(|(name, _)| name != "CT4");
+        self.flows = 0;
+        self
+    }
+}
+
 pub fn footprint(t: &Topology) -> Result<Footprint> {
     let status = t.status_counted()?;
     let mut link_pins: Vec<String> = std::fs::read_dir(t.pin_dir().join("links"))?

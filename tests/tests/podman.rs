@@ -138,10 +138,10 @@ fn podman_stop_start_agent_restart_and_an_address_in_use() {
 
     // --ip of an address in use: podman shows the plugin's error; nothing stays.
     let ip = containers(&t)[0].ip.to_string();
-    let with_one = footprint(&t).unwrap();
+    let with_one = footprint(&t).unwrap().attachments();
     let clash = pod.run_httpd(&["--ip", &ip]).unwrap().expect_err("the address is taken");
     assert!(clash.contains("already in use"), "{clash}");
-    assert_eq!(footprint(&t).unwrap(), with_one);
+    assert_eq!(footprint(&t).unwrap().attachments(), with_one);
 
     // stop is a DEL (the attachment goes), start an ADD of the same
     // container ID (the same agent name again).
