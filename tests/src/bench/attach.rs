@@ -88,12 +88,12 @@ pub fn run(opts: &Options) -> Result<AttachFigures> {
     }
     let total = started.elapsed();
     let after = status(&client)?;
-    let curve_ms: Vec<f64> = took.chunks(STEP).map(|c| median_ms(c.to_vec())).collect();
+    let curve_ms: Vec<f64> = took.chunks(STEP).map(median_ms).collect();
     let edge = EDGE.min(n / 2);
     let figures = AttachFigures {
         containers: n,
-        first_ms: median_ms(took[..edge].to_vec()),
-        last_ms: median_ms(took[n - edge..].to_vec()),
+        first_ms: median_ms(&took[..edge]),
+        last_ms: median_ms(&took[n - edge..]),
         curve_ms,
         total_s: total.as_secs_f64(),
         agent_memory_before_bytes: before.agent_memory_bytes,
@@ -106,9 +106,8 @@ pub fn run(opts: &Options) -> Result<AttachFigures> {
     Ok(figures)
 }
 
-fn median_ms(mut d: Vec<Duration>) -> f64 {
-    d.sort();
-    d.get(d.len() / 2).map_or(f64::NAN, |m| m.as_secs_f64() * 1e3)
+fn median_ms(d: &[Duration]) -> f64 {
+    super::results::median(&d.iter().map(|m| m.as_secs_f64() * 1e3).collect::<Vec<_>>())
 }
 
 /// The attach curve's part of `RESULTS.md` (under the control section).

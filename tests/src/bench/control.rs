@@ -35,6 +35,7 @@ use serde::Serialize;
 
 use super::{
     bed::{Bed, CONTAINER_PORT},
+    load::percentile,
     netpath::NetpathBed,
     options::{Options, Section},
     report::section_targets,
@@ -72,15 +73,17 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn of(mut took: Vec<Duration>) -> Latency {
-        took.sort();
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        let at = |q: f64| took.get(((took.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied();
+    fn of(took: Vec<Duration>) -> Latency {
+        let mut ms: Vec<f64> = took.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        if ms.is_empty() {
+            return Latency { samples: 0, p50_ms: f64::NAN, p99_ms: f64::NAN, max_ms: f64::NAN };
+        }
+        ms.sort_by(f64::total_cmp);
         Latency {
-            samples: took.len(),
-            p50_ms: at(0.5).map_or(f64::NAN, ms),
-            p99_ms: at(0.99).map_or(f64::NAN, ms),
-            max_ms: took.last().copied().map_or(f64::NAN, ms),
+            samples: ms.len(),
+            p50_ms: percentile(&ms, 0.5),
+            p99_ms: percentile(&ms, 0.99),
+            max_ms: ms[ms.len() - 1],
         }
     }
 }
