@@ -173,11 +173,18 @@ impl GcReport {
     /// every tick under pressure; and as soon as the inserts since the last
     /// walk took half the room that was left below the pressure level, so
     /// that a storm is met within a tick or two, whatever the interval.
-    /// Rounds brought forward never take more than 1/[`GC_DUTY_DIVISOR`]
-    /// of a CPU: a walk of a big table under pressure would otherwise run
-    /// back to back, taking a whole core from the datapath and the API.
+    /// Rounds brought forward take at most 1/[`GC_DUTY_DIVISOR`] of a CPU:
+    /// a walk of a big table under pressure would otherwise run back to
+    /// back, taking a whole core from the datapath and the API. Except when
+    /// the inserts since the last walk took half the table's free entries:
+    /// resting then would let the LRU evict idle established flows (a slow
+    /// walk on a loaded host, and a storm filling the table meanwhile).
     pub fn round_due(&self, since: Duration, inserted: u64, interval: Duration) -> bool {
         if self.runs == 0 || since >= interval {
+            return true;
+        }
+        let free = (self.max_entries as u64).saturating_sub(self.live_entries);
+        if inserted >= free / 2 {
             return true;
         }
         let room = (self.max_entries as u64 / PRESSURE_DIVISOR).saturating_sub(self.live_entries);
@@ -623,5 +630,9 @@ mod tests {
         assert!(slow.round_due(Duration::from_millis(1600), 0, interval));
         assert!(GcReport { runs: 0, ..slow.clone() }.round_due(tick, 0, interval));
         assert!(slow.round_due(interval, 0, Duration::from_secs(1)));
+        // ...unless a storm took half the free entries (400 of 1000 - 600)
+        // since: the LRU would evict next.
+        assert!(!slow.round_due(tick, 199, interval));
+        assert!(slow.round_due(tick, 200, interval));
     }
 }
