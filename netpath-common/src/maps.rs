@@ -60,7 +60,8 @@ pub const MAX_POLICY_PREFIXES: usize = 262144;
 /// Bytes of the event ring buffer.
 pub const EVENTS_BYTES: usize = 1 << 20;
 
-pub const MAX_MAPPINGS: usize = 65536;
+/// Published ports: 100k and more (two host addresses' worth of TCP ports).
+pub const MAX_MAPPINGS: usize = 131072;
 pub const MAX_HOST_ADDRS: usize = 1024;
 pub const MAX_CT_ENTRIES: usize = 262144;
 pub const MAX_SOCK_REVNAT: usize = 65536;

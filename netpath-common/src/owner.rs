@@ -17,11 +17,12 @@
 //! kept by the datapath would cost map writes on every new flow. The check
 //! is an inlined array read on hits of entries that have an owner.
 
-/// Slots per owner table: the capacity of the mapping and container tables.
-pub const OWNER_SLOTS: u32 = 65536;
+/// Slots per owner table: the capacity of the mapping table (the larger of
+/// the two owner tables; containers use as many slots as they need).
+pub const OWNER_SLOTS: u32 = 131072;
 
 const _: () = assert!(OWNER_SLOTS as usize == crate::maps::MAX_MAPPINGS);
-const _: () = assert!(OWNER_SLOTS as usize == crate::maps::MAX_CONTAINERS);
+const _: () = assert!(OWNER_SLOTS as usize >= crate::maps::MAX_CONTAINERS);
 const _: () = assert!(OWNER_SLOTS.is_power_of_two());
 
 /// The slot of owner `id`.
@@ -38,16 +39,19 @@ pub fn live(id: u32, in_slot: Option<u32>) -> bool {
 }
 
 /// The first id from `next` (ids 0 excluded) whose slot `taken` does not
-/// report; and the id to continue from. `taken` must leave a slot free
-/// (callers check the table's capacity first), or this never returns.
-pub fn next_free(mut next: u32, taken: impl Fn(u32) -> bool) -> (u32, u32) {
-    loop {
+/// report; and the id to continue from. None when a whole lap of slots is
+/// taken (callers check the table's capacity first: a request past it must
+/// be refused, never loop).
+pub fn next_free(mut next: u32, taken: impl Fn(u32) -> bool) -> Option<(u32, u32)> {
+    // One lap plus id 0, which has a slot but is never issued.
+    for _ in 0..=OWNER_SLOTS {
         let id = next;
         next = next.wrapping_add(1);
         if id != 0 && !taken(slot(id)) {
-            return (id, next);
+            return Some((id, next));
         }
     }
+    None
 }
 
 #[cfg(test)]
@@ -56,13 +60,17 @@ mod tests {
 
     #[test]
     fn ids_skip_taken_slots_and_zero() {
-        assert_eq!(next_free(5, |_| false), (5, 6));
+        assert_eq!(next_free(5, |_| false), Some((5, 6)));
         // Slot 5 taken by a live owner: the next id in sequence goes.
-        assert_eq!(next_free(5, |s| s == 5), (6, 7));
+        assert_eq!(next_free(5, |s| s == 5), Some((6, 7)));
         // An id of slot 5 a lap later is another generation of the same slot.
         assert_eq!(slot(5 + OWNER_SLOTS), 5);
-        assert_eq!(next_free(u32::MAX, |_| false), (u32::MAX, 0));
-        assert_eq!(next_free(0, |_| false), (1, 2));
+        assert_eq!(next_free(u32::MAX, |_| false), Some((u32::MAX, 0)));
+        assert_eq!(next_free(0, |_| false), Some((1, 2)));
+        // The last free slot is found wherever the scan starts; none left
+        // is an answer, not a loop.
+        assert_eq!(next_free(9, |s| s != 3), Some((OWNER_SLOTS + 3, OWNER_SLOTS + 4)));
+        assert_eq!(next_free(9, |_| true), None);
     }
 
     #[test]

@@ -444,6 +444,53 @@ fn bulk_publish_and_unmap_are_all_or_nothing() {
     assert_eq!(maps(&t), vec!["9000:c2:80/tcp"]);
 }
 
+/// 100000 published ports (issue 11): beyond the 65535 ports of one
+/// address, on two host addresses; each of them reached from the world, and
+/// a request past the table's capacity refused whole.
+#[test]
+fn a_hundred_thousand_ports_are_published_and_reached() {
+    let t = topology(1);
+    let second = Ipv4Addr::new(198, 18, 0, 3);
+    t.exec(&t.host, &["ip", "addr", "add", &format!("{second}/24"), "dev", netpath_tests::topology::HOST_UPLINK])
+        .unwrap();
+    let specs: Vec<String> = (1024..=65535u16)
+        .map(|p| format!("{HOST_UPLINK_IP}:{p}:c1:80"))
+        .chain((1024..=36511u16).map(|p| format!("{second}:{p}:c1:80")))
+        .collect();
+    assert_eq!(specs.len(), 100_000);
+    let file = t.run_dir().join("specs");
+    let f = file.display().to_string();
+    // In calls of 25000 (a request body stays under the API's 2 MB).
+    let started = Instant::now();
+    for chunk in specs.chunks(25_000) {
+        std::fs::write(&file, chunk.join("\n")).unwrap();
+        t.ctl_ok(&["map", "-f", &f]).unwrap();
+    }
+    eprintln!("100000 ports published in {:?}", started.elapsed());
+    let mappings = |t: &Topology| {
+        let st: Status = t.ctl_json(&["status"]).unwrap();
+        st.maps.iter().find(|m| m.name == "MAPPINGS4").unwrap().entries
+    };
+    assert_eq!(mappings(&t), 100_000);
+    let ends = [(HOST_UPLINK_IP, 1024), (HOST_UPLINK_IP, 65535), (second, 1024), (second, 36511)];
+    let server = tcp_server(&t, &t.container_ns(1), 80, ends.len());
+    for (ip, port) in ends {
+        tcp_ask(&t, &t.world, ip, port).unwrap_or_else(|e| panic!("{ip}:{port} reaches c1: {e:#}"));
+    }
+    server.join().unwrap();
+    // 31072 entries are left: a request for one more is refused whole.
+    let past: Vec<String> = (1024..=32096u16).map(|p| format!("{HOST_UPLINK_IP}:{p}:c1:80/udp")).collect();
+    assert_eq!(past.len(), 131_072 - 100_000 + 1);
+    std::fs::write(&file, past.join("\n")).unwrap();
+    let err = t.ctl_err(&["map", "-f", &f]).unwrap();
+    assert!(err.contains("published-port table is full: 100000 of 131072"), "{err}");
+    assert_eq!(mappings(&t), 100_000);
+    // Exactly the capacity fits.
+    std::fs::write(&file, past[1..].join("\n")).unwrap();
+    t.ctl_ok(&["map", "-f", &f]).unwrap();
+    assert_eq!(mappings(&t), 131_072);
+}
+
 #[test]
 fn a_large_table_is_collected_beside_the_api() {
     use aya::maps::{HashMap as BpfHashMap, Map, MapData};

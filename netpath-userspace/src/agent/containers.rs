@@ -131,8 +131,11 @@ impl Inner {
         let target = if req.handoff { None } else { Some(self.target_netns(&req, &netns_path, &ifname).await?) };
         let ip = self.ipam.allocate(&req.name, req.ip)?;
         // Ids only grow and never share an owner slot with a live container's.
-        let (ids, next_id) =
-            super::mappings::owner_ids(self.state.next_id, 1, self.state.containers.iter().map(|c| c.id));
+        let live = self.state.containers.iter().map(|c| c.id);
+        let Some((ids, next_id)) = super::mappings::owner_ids(self.state.next_id, 1, live) else {
+            self.ipam.release(ip);
+            return Err(AgentError::Conflict("no free container id slot".into()));
+        };
         let id = ids[0];
         let veth = format!("npv{id}");
         let mac = requested_mac.unwrap_or(container_mac(ip));
@@ -151,11 +154,17 @@ impl Inner {
             handoff_ifname: None,
             runtime_name: self.runtime_name_for(&req),
         };
-        let mappings = self.new_mappings(&container, &req.ports, &[]);
-        if let Err(e) = self.check_mac_free(&mac, cfg).and_then(|()| self.check_publishable(&mappings)) {
-            self.ipam.release(ip);
-            return Err(e);
-        }
+        let mappings = self
+            .check_mac_free(&mac, cfg)
+            .and_then(|()| self.new_mappings(&[(&container, req.ports.as_slice())]))
+            .and_then(|mappings| self.check_publishable(&mappings).map(|()| mappings));
+        let mappings = match mappings {
+            Ok(mappings) => mappings,
+            Err(e) => {
+                self.ipam.release(ip);
+                return Err(e);
+            }
+        };
         match self.plumb(cfg, target.as_ref(), &mut container).await {
             Ok(()) => {}
             Err(e) => {

@@ -27,19 +27,20 @@ type HostPortIndex<'a> = HashMap<(Option<Ipv4Addr>, u16, Protocol), &'a Mapping>
 /// id whose owner slot none of `live` (the live owners' ids) and none of
 /// the ones before holds (see netpath_common::owner); and the id after the
 /// last. While every id ever issued lies below `OWNER_SLOTS`, no two share a
-/// slot and `live` is not read (publishing one port stays O(1)).
-pub(super) fn owner_ids(next: u32, n: usize, live: impl Iterator<Item = u32>) -> (Vec<u32>, u32) {
+/// slot and `live` is not read (publishing one port stays O(1)). None when
+/// the slots run out (callers check the table's capacity first).
+pub(super) fn owner_ids(next: u32, n: usize, live: impl Iterator<Item = u32>) -> Option<(Vec<u32>, u32)> {
     let mut taken: HashSet<u32> =
         if next as u64 + n as u64 <= OWNER_SLOTS as u64 { HashSet::new() } else { live.map(owner::slot).collect() };
     let mut ids = Vec::with_capacity(n);
     let mut cursor = next;
     for _ in 0..n {
-        let (id, after) = owner::next_free(cursor, |slot| taken.contains(&slot));
+        let (id, after) = owner::next_free(cursor, |slot| taken.contains(&slot))?;
         taken.insert(owner::slot(id));
         ids.push(id);
         cursor = after;
     }
-    (ids, cursor)
+    Some((ids, cursor))
 }
 
 /// Up to this many (new x published) comparisons, clash checks scan.
@@ -116,7 +117,7 @@ impl Inner {
     /// Publishes every port of every spec, or none of them (one journal
     /// record, one update of the host's reserved ports).
     pub(super) fn publish(&mut self, specs: &[&str]) -> Result<Vec<Mapping>, AgentError> {
-        let mut new: Vec<Mapping> = vec![];
+        let mut requests: Vec<(Container, Vec<PortRequest>)> = vec![];
         for text in specs {
             let spec = PortSpec::parse(text).map_err(|e| AgentError::BadRequest(format!("{text:?}: {e}")))?;
             let container = self.find(&spec.container)?.clone();
@@ -129,29 +130,29 @@ impl Inner {
                     proto: spec.host.proto,
                 })
                 .collect();
-            let more = self.new_mappings(&container, &ports, &new);
-            new.extend(more);
+            requests.push((container, ports));
         }
+        let requests: Vec<(&Container, &[PortRequest])> = requests.iter().map(|(c, p)| (c, p.as_slice())).collect();
+        let new = self.new_mappings(&requests)?;
         self.publish_mappings(new)
     }
 
-    /// The mappings `ports` asks for, with ids after those of `pending`
-    /// (mappings of the same request, not published yet): each the next id
-    /// whose owner slot no published or pending mapping holds (nothing is
-    /// reserved yet: ids are taken when they are published).
-    pub(super) fn new_mappings(
-        &self,
-        container: &Container,
-        ports: &[PortRequest],
-        pending: &[Mapping],
-    ) -> Vec<Mapping> {
-        let next = pending.last().map_or(self.state.next_mapping_id, |m| m.id.wrapping_add(1));
-        let live = self.state.mappings.iter().chain(pending).map(|m| m.id);
-        let (ids, _) = owner_ids(next, ports.len(), live);
-        ports
-            .iter()
+    /// The mappings `requests` ask for (ports of containers), each with the
+    /// next id whose owner slot no published mapping holds (nothing is
+    /// reserved yet: ids are taken when they are published). Refused whole
+    /// if they do not fit in the table: checked before any id is sought,
+    /// and the ids of one request are found in one pass.
+    pub(super) fn new_mappings(&self, requests: &[(&Container, &[PortRequest])]) -> Result<Vec<Mapping>, AgentError> {
+        let count = requests.iter().map(|(_, ports)| ports.len()).sum();
+        self.check_room(count)?;
+        let live = self.state.mappings.iter().map(|m| m.id);
+        let Some((ids, _)) = owner_ids(self.state.next_mapping_id, count, live) else {
+            return Err(self.table_full(count));
+        };
+        let ports = requests.iter().flat_map(|(container, ports)| ports.iter().map(move |p| (*container, p)));
+        Ok(ports
             .zip(ids)
-            .map(|(p, id)| Mapping {
+            .map(|((container, p), id)| Mapping {
                 id,
                 host_ip: p.host_ip,
                 host_port: p.host_port,
@@ -160,19 +161,28 @@ impl Inner {
                 container_ip: container.ip,
                 container_port: p.container_port,
             })
-            .collect()
+            .collect())
+    }
+
+    /// Refuses `count` more mappings if the table cannot take them.
+    fn check_room(&self, count: usize) -> Result<(), AgentError> {
+        if self.state.mappings.len() + count > MAX_MAPPINGS {
+            return Err(self.table_full(count));
+        }
+        Ok(())
+    }
+
+    fn table_full(&self, count: usize) -> AgentError {
+        AgentError::Conflict(format!(
+            "the published-port table is full: {} of {MAX_MAPPINGS} entries used, {count} more requested",
+            self.state.mappings.len(),
+        ))
     }
 
     /// Refuses mappings that do not fit in the table or clash with a
     /// published port or with each other.
     pub(super) fn check_publishable(&self, new: &[Mapping]) -> Result<(), AgentError> {
-        if self.state.mappings.len() + new.len() > MAX_MAPPINGS {
-            return Err(AgentError::Conflict(format!(
-                "the published-port table is full: {} of {MAX_MAPPINGS} entries used, {} more requested",
-                self.state.mappings.len(),
-                new.len()
-            )));
-        }
+        self.check_room(new.len())?;
         // A few new mappings are checked against the published ones one by
         // one (publishing a port at 10000 stays in microseconds); a bulk
         // load through an index by (port, protocol), not n x m comparisons.
@@ -361,14 +371,18 @@ mod tests {
     #[test]
     fn new_owner_ids_never_share_a_slot_with_a_live_one() {
         // Fresh: ids in sequence.
-        assert_eq!(owner_ids(1, 3, std::iter::empty()), (vec![1, 2, 3], 4));
+        assert_eq!(owner_ids(1, 3, std::iter::empty()), Some((vec![1, 2, 3], 4)));
         // A lap later, a live id still holds slot 5: skipped.
         let live = [5u32, 7];
-        let (ids, next) = owner_ids(OWNER_SLOTS + 4, 3, live.into_iter());
+        let (ids, next) = owner_ids(OWNER_SLOTS + 4, 3, live.into_iter()).unwrap();
         assert_eq!(ids, vec![OWNER_SLOTS + 4, OWNER_SLOTS + 6, OWNER_SLOTS + 8]);
         assert_eq!(next, OWNER_SLOTS + 9);
         let slots: HashSet<u32> = ids.iter().chain(&live).map(|id| owner::slot(*id)).collect();
         assert_eq!(slots.len(), 5);
+        // Every slot but two held: two more ids fit, a third does not.
+        let all_but_two = (1..OWNER_SLOTS - 1).map(|id| id + OWNER_SLOTS);
+        assert!(owner_ids(2 * OWNER_SLOTS, 2, all_but_two.clone()).is_some());
+        assert_eq!(owner_ids(2 * OWNER_SLOTS, 3, all_but_two), None);
     }
 
     #[test]

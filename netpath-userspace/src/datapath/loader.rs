@@ -30,7 +30,7 @@ pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 /// sizes or capacity are caught map by map against the object; a unit test
 /// (`a_changed_layout_bumps_the_layout_version`) fails when a pinned type's
 /// fields move without a bump.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// The stamp: a one-entry array map (`u32` -> `u32`, the layout version)
 /// that the agent creates and pins beside the maps, under `maps/`.
@@ -407,7 +407,8 @@ mod tests {
             layout!(ForwardStats { redirected, fallbacks }),
             // Version 4: owner slots (MAPPING_IDS, CONTAINER_IDS) and
             // CtEntry::container_id on masqueraded flows too; 5: policy
-            // epochs (ContainerEntry, CtEntry).
+            // epochs (ContainerEntry, CtEntry); 6: 131072 owner slots and
+            // published ports.
             format!("owner slots {}: id", netpath_common::owner::OWNER_SLOTS),
         ]
         .join("\n")
@@ -421,7 +422,7 @@ mod tests {
     /// The layout this LAYOUT_VERSION stands for. When the test below fails,
     /// the pinned maps' layout changed: bump LAYOUT_VERSION (pins of the old
     /// layout must be refused) and record the new pair here.
-    const RECORDED_LAYOUT: (u32, u64) = (5, 0x9978b7846adb7194);
+    const RECORDED_LAYOUT: (u32, u64) = (6, 0xba9f79b13e36ebe5);
 
     #[test]
     fn a_changed_layout_bumps_the_layout_version() {
