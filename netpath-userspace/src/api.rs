@@ -70,8 +70,13 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .nest(API_PREFIX, v1)
         .fallback(|| async { AgentError::NotFound(format!("no such API route (this agent serves {API_PREFIX}/...)")) })
         .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(agent)
 }
+
+/// Largest request body: room for a bulk request that fills the mapping
+/// table (131072 specs of up to ~45 bytes, JSON-quoted) in one atomic call.
+pub const MAX_BODY_BYTES: usize = 8 << 20;
 
 /// Longest error text kept from a rejection's plain-text body.
 const MAX_ERROR_TEXT: usize = 4096;

@@ -5,7 +5,7 @@
 //! outside that range, so that translated flows never take a tuple of the
 //! host's own connections.
 
-use std::collections::BTreeSet;
+use std::collections::{btree_map::Entry, BTreeMap, BTreeSet};
 
 use anyhow::{bail, Context as _, Result};
 
@@ -46,12 +46,20 @@ pub fn format_port_list(ports: &BTreeSet<u16>) -> String {
     items.join(",")
 }
 
+/// Fewer free ephemeral ports than this after a reservation: the agent
+/// warns that host processes may run out of local ports.
+const EPHEMERAL_LOW_WATER: usize = 1024;
+
 /// The host's ephemeral range and netpath's reservations in it.
 pub struct HostPorts {
     /// `ip_local_port_range`, inclusive.
     pub ephemeral: (u16, u16),
-    /// The reservations that are netpath's (the rest are the operator's,
-    /// left as they are, whenever they were made).
+    /// Published ports in the ephemeral range, with how many mappings
+    /// publish each (one per address and protocol): kept by changes, so
+    /// that publishing one port at 100k costs no walk of the others.
+    published: BTreeMap<u16, u32>,
+    /// The reservations that are netpath's, as last written (the rest are
+    /// the operator's, left as they are, whenever they were made).
     ours: BTreeSet<u16>,
 }
 
@@ -66,8 +74,10 @@ impl HostPorts {
             _ => bail!("cannot read {LOCAL_PORT_RANGE} ({range:?})"),
         };
         let reserved = parse_port_list(&read_sysctl(LOCAL_RESERVED_PORTS)?)?;
-        let ours = published.into_iter().filter(|p| reserved.contains(p)).collect();
-        Ok(HostPorts { ephemeral, ours })
+        let mut ports = HostPorts { ephemeral, published: BTreeMap::new(), ours: BTreeSet::new() };
+        ports.count(published, []);
+        ports.ours = ports.published.keys().copied().filter(|p| reserved.contains(p)).collect();
+        Ok(ports)
     }
 
     /// Refuses a masquerade range that overlaps the host's ephemeral ports.
@@ -83,20 +93,60 @@ impl HostPorts {
         Ok(())
     }
 
-    /// Reserves exactly the published ports that fall in the ephemeral
-    /// range, beside the operator's own reservations (read afresh); costs a
-    /// sysctl read and write only when netpath's share changes.
-    pub fn reserve(&mut self, published: impl IntoIterator<Item = u16>) -> Result<()> {
+    /// Counts ports published (`added`) and unpublished (`removed`), one
+    /// per mapping; returns whether the set of ports in the range changed.
+    fn count(&mut self, added: impl IntoIterator<Item = u16>, removed: impl IntoIterator<Item = u16>) -> bool {
         let (lo, hi) = self.ephemeral;
-        let ours: BTreeSet<u16> = published.into_iter().filter(|p| (lo..=hi).contains(p)).collect();
-        if ours == self.ours {
+        let mut changed = false;
+        for port in added.into_iter().filter(|p| (lo..=hi).contains(p)) {
+            let n = self.published.entry(port).or_insert(0);
+            changed |= *n == 0;
+            *n += 1;
+        }
+        for port in removed.into_iter().filter(|p| (lo..=hi).contains(p)) {
+            if let Entry::Occupied(mut n) = self.published.entry(port) {
+                *n.get_mut() -= 1;
+                if *n.get() == 0 {
+                    n.remove();
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+
+    /// Reserves exactly the published ports that fall in the ephemeral
+    /// range, beside the operator's own reservations (read afresh), after
+    /// mappings were published (`added`, their host ports) or removed
+    /// (`removed`); costs a sysctl read and write only when netpath's share
+    /// changes (or a write failed before).
+    pub fn reserve(
+        &mut self,
+        added: impl IntoIterator<Item = u16>,
+        removed: impl IntoIterator<Item = u16>,
+    ) -> Result<()> {
+        let changed = self.count(added, removed);
+        if !changed && self.ours.len() == self.published.len() {
+            return Ok(());
+        }
+        let wanted_ours: BTreeSet<u16> = self.published.keys().copied().collect();
+        if wanted_ours == self.ours {
             return Ok(());
         }
         let current = parse_port_list(&read_sysctl(LOCAL_RESERVED_PORTS)?)?;
         let mut wanted: BTreeSet<u16> = current.difference(&self.ours).copied().collect();
-        wanted.extend(&ours);
+        wanted.extend(&wanted_ours);
         write_sysctl(LOCAL_RESERVED_PORTS, &format_port_list(&wanted))?;
-        self.ours = ours;
+        self.ours = wanted_ours;
+        let (lo, hi) = self.ephemeral;
+        let free = (hi - lo) as usize + 1 - wanted.range(lo..=hi).count();
+        if free < EPHEMERAL_LOW_WATER {
+            tracing::warn!(
+                "only {free} of the host's ephemeral ports ({LOCAL_PORT_RANGE} = {lo}-{hi}) are left unreserved: \
+                 published ports take the rest; host processes may fail to connect (EADDRNOTAVAIL). Publish on \
+                 ports outside {lo}-{hi}, or widen the range"
+            );
+        }
         Ok(())
     }
 }
@@ -118,11 +168,24 @@ mod tests {
 
     #[test]
     fn the_masquerade_range_must_miss_the_ephemeral_one() {
-        let h = HostPorts { ephemeral: (32768, 60999), ours: BTreeSet::new() };
+        let h = HostPorts { ephemeral: (32768, 60999), published: BTreeMap::new(), ours: BTreeSet::new() };
         assert!(h.check_masquerade_range((1024, 32767)).is_ok());
         assert!(h.check_masquerade_range((61000, 65535)).is_ok());
         let err = h.check_masquerade_range((30000, 40000)).unwrap_err().to_string();
         assert!(err.contains("30000-40000") && err.contains("32768-60999"), "{err}");
         assert!(h.check_masquerade_range((60999, 61000)).is_err());
+    }
+
+    #[test]
+    fn published_ports_are_counted_per_mapping() {
+        let mut h = HostPorts { ephemeral: (32768, 60999), published: BTreeMap::new(), ours: BTreeSet::new() };
+        // Outside the range: nothing to reserve.
+        assert!(!h.count([8080, 61000], []));
+        assert!(h.count([40000, 40000, 40001], []));
+        // 40000 is published twice (two addresses): one removal keeps it.
+        assert!(!h.count([], [40000]));
+        assert!(h.count([], [40000]));
+        assert!(!h.count([40001], []));
+        assert_eq!(h.published.into_iter().collect::<Vec<_>>(), vec![(40001, 2)]);
     }
 }

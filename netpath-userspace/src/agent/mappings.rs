@@ -69,19 +69,21 @@ impl Inner {
     /// `remove_mapping` here and by the agent's sweep of the owner tables).
     pub(super) fn reconcile_mappings(&mut self) -> Result<()> {
         let live: Vec<String> = self.state.containers.iter().map(|c| c.name.clone()).collect();
-        self.state.mappings.retain(|m| live.contains(&m.container));
-        let mut wanted = vec![];
+        let (kept, gone): (Vec<Mapping>, Vec<Mapping>) =
+            std::mem::take(&mut self.state.mappings).into_iter().partition(|m| live.contains(&m.container));
+        self.state.mappings = kept;
+        let mut wanted = HashSet::new();
         for m in self.state.mappings.clone() {
             let (key, value) = self.mapping_entry(&m)?;
             self.dp.set_mapping(&key, &value)?;
-            wanted.push(key);
+            wanted.insert(key);
         }
         for (key, _) in self.dp.mapping_entries()? {
             if !wanted.contains(&key) {
                 self.dp.remove_mapping(&key)?;
             }
         }
-        self.reserve_published_ports();
+        self.reserve_published_ports(&[], &gone);
         Ok(())
     }
 
@@ -107,9 +109,9 @@ impl Inner {
     /// Keeps published ports that lie in the host's ephemeral range out of
     /// it, so that no host socket gets one as its local port. A failure is
     /// logged, not fatal: the mapping itself is in place either way.
-    fn reserve_published_ports(&mut self) {
-        let ports: Vec<u16> = self.state.mappings.iter().map(|m| m.host_port).collect();
-        if let Err(e) = self.host_ports.reserve(ports) {
+    fn reserve_published_ports(&mut self, added: &[Mapping], removed: &[Mapping]) {
+        let port = |m: &Mapping| m.host_port;
+        if let Err(e) = self.host_ports.reserve(added.iter().map(port), removed.iter().map(port)) {
             tracing::warn!("reserving published ports from the host's ephemeral range: {e:#}");
         }
     }
@@ -185,10 +187,11 @@ impl Inner {
         self.check_room(new.len())?;
         // A few new mappings are checked against the published ones one by
         // one (publishing a port at 10000 stays in microseconds); a bulk
-        // load through an index by (port, protocol), not n x m comparisons.
+        // load through an index by (port, protocol), not n x m comparisons
+        // (nor n x n among the new ones: 100000 ports in one call).
         let existing = &self.state.mappings;
-        let mut by_port: Option<HashMap<(u16, Protocol), Vec<&Mapping>>> = (new.len() * existing.len() > SCAN_LIMIT)
-            .then(|| {
+        let mut by_port: Option<HashMap<(u16, Protocol), Vec<&Mapping>>> =
+            (new.len() * (existing.len() + new.len()) > SCAN_LIMIT).then(|| {
                 let mut index: HashMap<(u16, Protocol), Vec<&Mapping>> = HashMap::new();
                 for m in existing {
                     index.entry((m.host_port, m.proto)).or_default().push(m);
@@ -243,7 +246,7 @@ impl Inner {
         let next_mapping_id =
             new.iter().map(|m| m.id.wrapping_add(1)).max().unwrap_or(0).max(self.state.next_mapping_id);
         self.record(Change::Publish { mappings: new.clone(), next_mapping_id })?;
-        self.reserve_published_ports();
+        self.reserve_published_ports(&new, &[]);
         for m in &new {
             tracing::info!(mapping = %m.spec(), "published");
         }
@@ -331,7 +334,7 @@ impl Inner {
         }
         let ids: Vec<u32> = victims.iter().map(|m| m.id).collect();
         self.record(Change::Unpublish { ids })?;
-        self.reserve_published_ports();
+        self.reserve_published_ports(&[], victims);
         for m in victims {
             tracing::info!(mapping = %m.spec(), "unpublished");
         }

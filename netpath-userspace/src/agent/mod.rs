@@ -177,11 +177,18 @@ fn default_cgroup() -> Option<PathBuf> {
 
 /// Cookie of the calling thread's network namespace (SO_NETNS_COOKIE).
 fn netns_cookie() -> Result<u64> {
-    use std::os::fd::AsRawFd as _;
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
     const SO_NETNS_COOKIE: libc::c_int = 71;
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0")
-        .or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"))
-        .context("socket for SO_NETNS_COOKIE")?;
+    // Unbound: a socket belongs to its namespace from creation, and binding
+    // would need a free ephemeral port (the host may have none left when
+    // published ports reserve the whole range).
+    // SAFETY: plain socket(2); the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("socket for SO_NETNS_COOKIE");
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: valid fd and an out-buffer of the advertised size.

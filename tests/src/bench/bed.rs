@@ -1,7 +1,10 @@
 //! A test bed: one variant's namespaces with a container behind a
 //! published port, and the operations the benchmark needs from it.
 
-use std::{net::SocketAddrV4, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
 
 use anyhow::Result;
 use netpath_tests::topology::Topology;
@@ -13,23 +16,44 @@ use super::{iptables::IptablesBed, netpath::NetpathBed, nftables::NftablesBed, p
 pub const HIT_PORT: u16 = 8080;
 /// The port the server listens on in the container.
 pub const CONTAINER_PORT: u16 = 80;
-/// Filler ports are 20000.., extra ones (publish-one timing) 40000..
-pub const MAX_PORTS: usize = 20000;
+/// A published host port: on every host address (`addr` None, as Docker
+/// publishes by default) or on one address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostPort {
+    pub addr: Option<Ipv4Addr>,
+    pub port: u16,
+}
+
+impl HostPort {
+    const fn any(port: u16) -> HostPort {
+        HostPort { addr: None, port }
+    }
+}
+
+/// Filler ports are published on addresses of their own, 50000 each (ports
+/// 10000..60000): one address has 65535 ports per protocol, so 100000
+/// ports need two, and a port published on every address would take that
+/// port on all of them. Nothing is sent to them; they only fill the tables.
+pub const FILLER_ADDRS: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 18, 0, 10), Ipv4Addr::new(198, 18, 0, 11)];
+const FILLERS_PER_ADDR: usize = 50_000;
+const FIRST_FILLER_PORT: u16 = 10_000;
+/// Fillers plus the hit port.
+pub const MAX_PORTS: usize = FILLER_ADDRS.len() * FILLERS_PER_ADDR + 1;
 
 /// The `i`-th port published before the hit port (0-based).
-pub fn filler_port(i: usize) -> u16 {
-    20000 + i as u16
+pub fn filler(i: usize) -> HostPort {
+    HostPort { addr: Some(FILLER_ADDRS[i / FILLERS_PER_ADDR]), port: FIRST_FILLER_PORT + (i % FILLERS_PER_ADDR) as u16 }
 }
 
 /// The `i`-th port published after the largest size, for the timing of
-/// one more publication.
+/// one more publication (on every address, above the fillers' ports).
 pub fn extra_port(i: usize) -> u16 {
-    40000 + i as u16
+    61_000 + i as u16
 }
 
 /// The host ports of `count` published ports, the hit port last.
-pub fn port_list(count: usize) -> Vec<u16> {
-    (0..count.saturating_sub(1)).map(filler_port).chain(std::iter::once(HIT_PORT)).collect()
+pub fn port_list(count: usize) -> Vec<HostPort> {
+    (0..count.saturating_sub(1)).map(filler).chain(std::iter::once(HostPort::any(HIT_PORT))).collect()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

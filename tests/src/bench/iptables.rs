@@ -9,7 +9,7 @@ use ipnet::Ipv4Net;
 use netpath_tests::topology::{Topology, HOST_UPLINK_IP};
 
 use super::{
-    bed::{port_list, AddOne, Bed, CONTAINER_PORT, HIT_PORT},
+    bed::{port_list, AddOne, Bed, HostPort, CONTAINER_PORT, HIT_PORT},
     plain::{timed_in_ns, PlainNet, BRIDGE},
 };
 
@@ -27,12 +27,15 @@ impl IptablesBed {
     }
 }
 
-/// The three rules Docker adds per published port, as `iptables` arguments.
-fn port_rules(container: &str, port: u16) -> [Vec<String>; 3] {
+/// The three rules Docker adds per published port, as `iptables` arguments
+/// (`-d` for a port published on one host address).
+fn port_rules(container: &str, host: HostPort) -> [Vec<String>; 3] {
     let split = |s: String| s.split(' ').map(str::to_string).collect::<Vec<_>>();
+    let dst = host.addr.map(|a| format!("-d {a}/32 ")).unwrap_or_default();
+    let port = host.port;
     [
         split(format!(
-            "-t nat -A DOCKER ! -i {BRIDGE} -p tcp -m tcp --dport {port} -j DNAT --to-destination {container}:{CONTAINER_PORT}"
+            "-t nat -A DOCKER {dst}! -i {BRIDGE} -p tcp -m tcp --dport {port} -j DNAT --to-destination {container}:{CONTAINER_PORT}"
         )),
         split(format!("-t filter -A DOCKER -d {container}/32 ! -i {BRIDGE} -o {BRIDGE} -p tcp -m tcp --dport {CONTAINER_PORT} -j ACCEPT")),
         split(format!("-t nat -A POSTROUTING -s {container}/32 -d {container}/32 -p tcp -m tcp --dport {CONTAINER_PORT} -j MASQUERADE")),
@@ -40,14 +43,14 @@ fn port_rules(container: &str, port: u16) -> [Vec<String>; 3] {
 }
 
 /// The whole ruleset for `ports` (in order), as Docker lays it out.
-pub fn ruleset(subnet: &Ipv4Net, container: &str, ports: &[u16]) -> String {
+pub fn ruleset(subnet: &Ipv4Net, container: &str, ports: &[HostPort]) -> String {
     ruleset_with_user_rules(subnet, container, ports, &[])
 }
 
 /// The same with the operator's rules in `DOCKER-USER` (each an
 /// `iptables-restore` line without `-A DOCKER-USER`), before its final
 /// RETURN.
-pub fn ruleset_with_user_rules(subnet: &Ipv4Net, container: &str, ports: &[u16], user_rules: &[String]) -> String {
+pub fn ruleset_with_user_rules(subnet: &Ipv4Net, container: &str, ports: &[HostPort], user_rules: &[String]) -> String {
     let rules: Vec<[Vec<String>; 3]> = ports.iter().map(|p| port_rules(container, *p)).collect();
     // `-t TABLE` is not part of iptables-restore syntax: drop the first two words.
     let line = |r: &Vec<String>| r[2..].join(" ");
@@ -103,7 +106,7 @@ impl Bed for IptablesBed {
     /// The DNAT rule is the operation timed; Docker runs all three.
     fn add_one(&mut self, port: u16) -> Result<Option<AddOne>> {
         let mut times = vec![];
-        for rule in port_rules(&self.net.container_ip.to_string(), port) {
+        for rule in port_rules(&self.net.container_ip.to_string(), HostPort { addr: None, port }) {
             times.push(self.iptables(&rule.iter().map(String::as_str).collect::<Vec<_>>())?);
         }
         Ok(Some(AddOne { op: times[0], full: times.iter().sum() }))

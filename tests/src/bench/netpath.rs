@@ -15,13 +15,13 @@ use netpath_userspace::{
 };
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::bed::{filler_port, AddOne, Bed, CONTAINER_PORT, HIT_PORT};
+use super::bed::{filler, AddOne, Bed, HostPort, CONTAINER_PORT, HIT_PORT};
 
 pub struct NetpathBed {
     topo: Topology,
     rt: tokio::runtime::Runtime,
     client: Client,
-    /// Filler ports published so far (ports 0..fillers of `filler_port`).
+    /// Filler ports published so far (`filler(0..fillers)`).
     fillers: usize,
     hit_published: bool,
     uplink_xdp: bool,
@@ -68,13 +68,16 @@ impl NetpathBed {
         format!("XDP program on the uplink `{HOST_UPLINK}` (a veth here): {xdp}")
     }
 
-    fn spec(port: u16) -> String {
-        format!("{port}:c1:{CONTAINER_PORT}")
+    fn spec(host: HostPort) -> String {
+        match host.addr {
+            Some(addr) => format!("{addr}:{}:c1:{CONTAINER_PORT}", host.port),
+            None => format!("{}:c1:{CONTAINER_PORT}", host.port),
+        }
     }
 
     /// `POST /v1/mappings`; returns the call's round-trip time.
     fn map(&self, port: u16) -> Result<Duration> {
-        let spec = Self::spec(port);
+        let spec = Self::spec(HostPort { addr: None, port });
         let start = Instant::now();
         let _: Vec<Mapping> = self
             .rt
@@ -84,7 +87,7 @@ impl NetpathBed {
     }
 
     fn unmap(&self, port: u16) -> Result<()> {
-        let spec = Self::spec(port);
+        let spec = Self::spec(HostPort { addr: None, port });
         let _: Vec<Mapping> = self
             .rt
             .block_on(self.client.post("/mappings/unmap", &MappingRequest::one(spec.clone())))
@@ -116,8 +119,8 @@ impl Bed for NetpathBed {
             self.hit_published = false;
         }
         super::check_interrupted()?;
-        let mut specs: Vec<String> = (self.fillers..wanted_fillers).map(|i| Self::spec(filler_port(i))).collect();
-        specs.push(Self::spec(HIT_PORT));
+        let mut specs: Vec<String> = (self.fillers..wanted_fillers).map(|i| Self::spec(filler(i))).collect();
+        specs.push(Self::spec(HostPort { addr: None, port: HIT_PORT }));
         let request = MappingRequest { spec: None, specs };
         let _: Vec<Mapping> = self
             .rt

@@ -9,7 +9,7 @@ use ipnet::Ipv4Net;
 use netpath_tests::topology::{Topology, HOST_UPLINK_IP};
 
 use super::{
-    bed::{port_list, AddOne, Bed, CONTAINER_PORT, HIT_PORT},
+    bed::{port_list, AddOne, Bed, HostPort, CONTAINER_PORT, HIT_PORT},
     plain::{timed_in_ns, PlainNet, BRIDGE},
 };
 
@@ -25,18 +25,33 @@ impl NftablesBed {
 
 /// The `ip nat` table for `ports` (in order), replacing any previous one
 /// atomically (`table` + `delete table` + definition in one transaction).
-pub fn ruleset(subnet: &Ipv4Net, container: &str, ports: &[u16]) -> String {
-    let elements: Vec<String> = ports.iter().map(|p| format!("{p} : {container} . {CONTAINER_PORT}")).collect();
+pub fn ruleset(subnet: &Ipv4Net, container: &str, ports: &[HostPort]) -> String {
+    let to = format!("{container} . {CONTAINER_PORT}");
+    let on_any: Vec<String> = ports.iter().filter(|p| p.addr.is_none()).map(|p| format!("{} : {to}", p.port)).collect();
+    let on_one: Vec<String> = ports.iter().filter_map(|p| p.addr.map(|a| format!("{a} . {} : {to}", p.port))).collect();
+    // A map with no elements is written without an `elements` line.
+    let elements = |e: &[String]| {
+        if e.is_empty() {
+            String::new()
+        } else {
+            format!("elements = {{ {} }}", e.join(",\n      "))
+        }
+    };
     let mut s = String::from("table ip nat\ndelete table ip nat\n");
     let _ = write!(
         s,
         "table ip nat {{
   map ports {{
     type inet_service : ipv4_addr . inet_service
-    elements = {{ {} }}
+    {}
+  }}
+  map address_ports {{
+    type ipv4_addr . inet_service : ipv4_addr . inet_service
+    {}
   }}
   chain prerouting {{
     type nat hook prerouting priority dstnat; policy accept;
+    fib daddr type local dnat ip to ip daddr . tcp dport map @address_ports
     fib daddr type local dnat ip to tcp dport map @ports
   }}
   chain postrouting {{
@@ -45,7 +60,8 @@ pub fn ruleset(subnet: &Ipv4Net, container: &str, ports: &[u16]) -> String {
   }}
 }}
 ",
-        elements.join(",\n      ")
+        elements(&on_any),
+        elements(&on_one)
     );
     s
 }

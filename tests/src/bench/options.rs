@@ -58,7 +58,7 @@ pub struct Options {
 }
 
 const USAGE: &str = "netpath-bench [--quick] [--sections publish,masquerade,policy,control] [--rounds N] \
-                     [--sizes 1,1000,10000] [--rules 0,1000,10000] [--seconds S] \
+                     [--sizes 1,1000,10000,100000] [--rules 0,1000,10000] [--seconds S] \
                      [--variants no-nat,iptables,nftables,netpath,netpath-stack] [--out DIR]";
 
 /// At most this many policy rules (the filler CIDRs are /32s in 100.64.0.0/10).
@@ -70,7 +70,7 @@ impl Options {
             quick: false,
             sections: Section::ALL.to_vec(),
             rounds: 3,
-            sizes: vec![1, 1000, 10000],
+            sizes: vec![1, 1000, 10000, 100000],
             seconds: 2.0,
             variants: Variant::ALL.to_vec(),
             rules: vec![0, 1000, 10000],

@@ -31,7 +31,7 @@ use netpath_userspace::{
 use serde::Serialize;
 
 use super::{
-    bed::{Bed, HIT_PORT},
+    bed::{Bed, HostPort, HIT_PORT},
     iptables,
     netpath::NetpathBed,
     plain::{timed_in_ns, PlainNet},
@@ -138,7 +138,7 @@ impl PolicyBed for IptablesPolicyBed {
         let text = iptables::ruleset_with_user_rules(
             &self.net.subnet,
             &self.container().to_string(),
-            &[HIT_PORT],
+            &[HostPort { addr: None, port: HIT_PORT }],
             &self.user_rules(rules),
         );
         self.net.iptables_restore("policy.rules", &text)

@@ -31,7 +31,7 @@ use netpath_tests::{
 use serde::Serialize;
 
 use super::{
-    bed::{filler_port, CONTAINER_PORT, HIT_PORT},
+    bed::{filler, HostPort, CONTAINER_PORT, HIT_PORT},
     options::Options,
     results::Series,
 };
@@ -135,9 +135,10 @@ fn frames() -> Frames {
     }
 }
 
-fn mapping(port: u16, id: u32) -> (MappingKey4, MappingEntry4) {
+fn mapping(host: HostPort, id: u32) -> (MappingKey4, MappingEntry4) {
+    let addr = host.addr.map_or([0; 4], |a| a.octets());
     (
-        MappingKey4 { addr: [0; 4], port: port.to_be(), proto: IPPROTO_TCP, _pad: 0 },
+        MappingKey4 { addr, port: host.port.to_be(), proto: IPPROTO_TCP, _pad: 0 },
         MappingEntry4 {
             container_addr: CTR,
             container_port: CONTAINER_PORT.to_be(),
@@ -152,7 +153,7 @@ fn mapping(port: u16, id: u32) -> (MappingKey4, MappingEntry4) {
 fn configure(h: &mut PacketHarness) -> Result<()> {
     h.dp.write_config(&fixtures::config(0))?;
     h.dp.sync_host_addrs4(&[(HOST, 2), (GATEWAY, 3)])?;
-    let (k, v) = mapping(HIT_PORT, 1);
+    let (k, v) = mapping(HostPort { addr: None, port: HIT_PORT }, 1);
     h.dp.set_mapping(&k, &v)?;
     h.dp.set_container(TEST_IFINDEX, &fixtures::container(CTR, CTR_MAC, 1, 0))?;
     Ok(())
@@ -161,7 +162,7 @@ fn configure(h: &mut PacketHarness) -> Result<()> {
 /// Publishes filler ports until `mappings` are published in all.
 fn fill_mappings(h: &mut PacketHarness, mappings: usize) -> Result<()> {
     for i in 0..mappings.saturating_sub(1) {
-        let (k, v) = mapping(filler_port(i), 2 + i as u32);
+        let (k, v) = mapping(filler(i), 2 + i as u32);
         h.dp.set_mapping(&k, &v)?;
     }
     Ok(())
