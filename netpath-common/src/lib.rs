@@ -19,6 +19,7 @@ pub mod masquerade;
 pub mod owner;
 pub mod policy;
 pub mod stats;
+pub mod uplink_guard;
 
 pub use config::DatapathConfig;
 pub use conntrack::{CtEntry, CtKey4, CtScope, CtState, CtTimeouts};

@@ -7,10 +7,11 @@ use aya_ebpf::{
 };
 use netpath_common::{
     maps::{
-        EVENTS_BYTES, MAX_CONTAINERS, MAX_CT_ENTRIES, MAX_FRAGS, MAX_HOST_ADDRS, MAX_IFACES, MAX_MAPPINGS,
-        MAX_POLICY_PREFIXES, MAX_SOCK_REVNAT,
+        EVENTS_BYTES, MAX_CONTAINERS, MAX_CT_ENTRIES, MAX_DENIED_SOURCES, MAX_FRAGS, MAX_HOST_ADDRS, MAX_IFACES,
+        MAX_MAPPINGS, MAX_POLICY_PREFIXES, MAX_SOCK_REVNAT,
     },
     owner::{self, OWNER_SLOTS},
+    uplink_guard::GUARDED_PORT_WORDS,
     ContainerEntry, CtEntry, CtKey4, CtStats, DatapathConfig, Event, ForwardStats, FragEntry4, FragKey4, HostAddr4,
     MappingEntry4, MappingKey4, PolicyEntry, PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats,
 };
@@ -63,6 +64,14 @@ pub static MAPPING_IDS: Array<u32, { OWNER_SLOTS as usize }> = Array::new();
 /// The live container id of each slot (netpath_common::owner).
 #[btf_map]
 pub static CONTAINER_IDS: Array<u32, { OWNER_SLOTS as usize }> = Array::new();
+
+/// Guarded ports of the uplink: a bitmap per protocol (netpath_common::uplink_guard).
+#[btf_map]
+pub static GUARDED_PORTS: Array<u64, { GUARDED_PORT_WORDS as usize }> = Array::new();
+
+/// Sources the uplink never accepts (value: the prefix length).
+#[btf_map]
+pub static DENIED_SOURCES4: LpmTrie<[u8; 4], u32, MAX_DENIED_SOURCES> = LpmTrie::new();
 
 pub type PolicyTrieKey4 = Key<PolicyKey4>;
 

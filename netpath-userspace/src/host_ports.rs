@@ -83,6 +83,21 @@ impl HostPorts {
         Ok(())
     }
 
+    /// Refuses a guarded port range that overlaps the host's ephemeral
+    /// ports: the replies to the host's own connections arrive on them, and
+    /// the uplink guard would drop them.
+    pub fn check_guarded_ports(&self, ranges: &[crate::config::GuardedRange]) -> Result<()> {
+        let (lo, hi) = self.ephemeral;
+        if let Some(r) = ranges.iter().find(|r| r.overlaps(self.ephemeral)) {
+            bail!(
+                "uplink.guarded_ports {r} overlaps the host's ephemeral ports ({LOCAL_PORT_RANGE} = {lo}-{hi}): \
+                 replies to the host's own connections arrive on those ports and would be dropped; choose ports \
+                 outside {lo}-{hi}"
+            );
+        }
+        Ok(())
+    }
+
     /// Reserves exactly the published ports that fall in the ephemeral
     /// range, beside the operator's own reservations (read afresh); costs a
     /// sysctl read and write only when netpath's share changes.

@@ -30,7 +30,7 @@ pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 /// sizes or capacity are caught map by map against the object; a unit test
 /// (`a_changed_layout_bumps_the_layout_version`) fails when a pinned type's
 /// fields move without a bump.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// The stamp: a one-entry array map (`u32` -> `u32`, the layout version)
 /// that the agent creates and pins beside the maps, under `maps/`.
@@ -38,7 +38,7 @@ pub const LAYOUT_MAP: &str = "LAYOUT";
 
 /// Key and value sizes of every pinned map as the agent's types have them
 /// (the object must declare the same; a unit test checks it).
-const MAP_LAYOUTS: [(&str, usize, usize); 15] = [
+const MAP_LAYOUTS: [(&str, usize, usize); 17] = [
     (names::CONTAINERS, size_of::<u32>(), size_of::<ContainerEntry>()),
     (names::IFACE_STATS, size_of::<u32>(), size_of::<TrafficStats>()),
     (names::MAPPINGS4, size_of::<MappingKey4>(), size_of::<MappingEntry4>()),
@@ -56,6 +56,10 @@ const MAP_LAYOUTS: [(&str, usize, usize); 15] = [
     // Arrays indexed by owner slot, holding the live owner's id.
     (names::MAPPING_IDS, size_of::<u32>(), size_of::<u32>()),
     (names::CONTAINER_IDS, size_of::<u32>(), size_of::<u32>()),
+    // The guarded ports' bitmap words; the denied prefixes (LPM key: prefix
+    // length and address) with their prefix length.
+    (names::GUARDED_PORTS, size_of::<u32>(), size_of::<u64>()),
+    (names::DENIED_SOURCES4, size_of::<u32>() + size_of::<[u8; 4]>(), size_of::<u32>()),
 ];
 
 /// Mounts bpffs at /sys/fs/bpf if nothing is mounted there (a fresh machine).
@@ -407,8 +411,15 @@ mod tests {
             layout!(ForwardStats { redirected, fallbacks }),
             // Version 4: owner slots (MAPPING_IDS, CONTAINER_IDS) and
             // CtEntry::container_id on masqueraded flows too; 5: policy
-            // epochs (ContainerEntry, CtEntry).
+            // epochs (ContainerEntry, CtEntry); 6: the uplink guard
+            // (GUARDED_PORTS, DENIED_SOURCES4, DropReason::DeniedSource).
             format!("owner slots {}: id", netpath_common::owner::OWNER_SLOTS),
+            format!(
+                "guarded ports {} words: tcp then udp, bit port%64 of word port/64; denied sources [u8; 4] -> u32; \
+                 drop reasons {}",
+                netpath_common::uplink_guard::GUARDED_PORT_WORDS,
+                netpath_common::DropReason::ALL.len()
+            ),
         ]
         .join("\n")
     }
@@ -421,7 +432,7 @@ mod tests {
     /// The layout this LAYOUT_VERSION stands for. When the test below fails,
     /// the pinned maps' layout changed: bump LAYOUT_VERSION (pins of the old
     /// layout must be refused) and record the new pair here.
-    const RECORDED_LAYOUT: (u32, u64) = (5, 0x9978b7846adb7194);
+    const RECORDED_LAYOUT: (u32, u64) = (6, 0xa50cd62daea09672);
 
     #[test]
     fn a_changed_layout_bumps_the_layout_version() {
