@@ -44,6 +44,10 @@ pub const GUARDED_PORTS: &str = "GUARDED_PORTS";
 /// length, for bpftool readers).
 pub const DENIED_SOURCES4: &str = "DENIED_SOURCES4";
 
+/// Per-CPU [`crate::EventBudget`] at index 0: drop events sent to the
+/// monitor this second, and those held back under floods.
+pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
+
 /// Every map the agent pins. Kernel map names are capped at 15 bytes.
 pub const PINNED_MAPS: &[&str] = &[
     CONTAINERS,
@@ -63,6 +67,7 @@ pub const PINNED_MAPS: &[&str] = &[
     CONTAINER_IDS,
     GUARDED_PORTS,
     DENIED_SOURCES4,
+    EVENT_BUDGET,
 ];
 
 pub const MAX_POLICY_PREFIXES: usize = 262144;

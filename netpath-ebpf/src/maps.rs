@@ -12,8 +12,8 @@ use netpath_common::{
     },
     owner::{self, OWNER_SLOTS},
     uplink_guard::GUARDED_PORT_WORDS,
-    ContainerEntry, CtEntry, CtKey4, CtStats, DatapathConfig, Event, ForwardStats, FragEntry4, FragKey4, HostAddr4,
-    MappingEntry4, MappingKey4, PolicyEntry, PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats,
+    ContainerEntry, CtEntry, CtKey4, CtStats, DatapathConfig, Event, EventBudget, ForwardStats, FragEntry4, FragKey4,
+    HostAddr4, MappingEntry4, MappingKey4, PolicyEntry, PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats,
 };
 
 #[btf_map]
@@ -56,6 +56,10 @@ pub static POLICY4: LpmTrie<PolicyKey4, PolicyEntry, MAX_POLICY_PREFIXES> = LpmT
 
 #[btf_map]
 pub static EVENTS: RingBuf<Event, EVENTS_BYTES> = RingBuf::new();
+
+/// Drop events each CPU may still send this second (netpath_common::EventBudget).
+#[btf_map]
+pub static EVENT_BUDGET: PerCpuArray<EventBudget, 1> = PerCpuArray::new();
 
 /// The live mapping id of each slot (netpath_common::owner).
 #[btf_map]

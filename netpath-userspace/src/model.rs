@@ -223,6 +223,10 @@ pub struct Status {
     pub guarded_ports: Vec<String>,
     #[serde(default)]
     pub denied_sources: Vec<String>,
+    /// Drop events the datapath held back (at most 1000 per second per CPU
+    /// reach the monitor; the counters count every drop).
+    #[serde(default)]
+    pub drop_events_suppressed: u64,
     /// Uplink counters, if there is an uplink.
     pub uplink_stats: Option<InterfaceStats>,
     /// The agent's own resident memory, bytes.

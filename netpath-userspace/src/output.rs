@@ -153,6 +153,12 @@ pub fn status_text(s: &Status) -> String {
             list(&s.denied_sources)
         ));
     }
+    if s.drop_events_suppressed > 0 {
+        out.push_str(&format!(
+            "events    {} drop events held back under floods (counted, not streamed to the monitor)\n",
+            s.drop_events_suppressed
+        ));
+    }
     if let Some(u) = &s.uplink_stats {
         out.push_str(&format!("uplink rx {} packets, {} bytes\n", u.rx_packets, u.rx_bytes));
     }

@@ -629,6 +629,7 @@ impl Agent {
             masquerade_ports: format!("{}-{}", cfg.masquerade_ports.0, cfg.masquerade_ports.1),
             guarded_ports: cfg.guarded_ports.iter().map(|r| r.to_string()).collect(),
             denied_sources: cfg.denied_sources.iter().map(|n| n.to_string()).collect(),
+            drop_events_suppressed: inner.dp.suppressed_events()?,
             uplink_stats,
             agent_memory_bytes: resident_memory().unwrap_or(0),
             fast_path: FastPathStatus::from_stats(inner.dp_config.has(CFG_F_FAST_PATH), &inner.dp.forward_stats()?),

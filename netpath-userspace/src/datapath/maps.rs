@@ -333,6 +333,17 @@ impl Datapath {
     }
 
     /// The fast path's redirect and fallback counters, summed over CPUs.
+    /// Drop events the datapath held back under floods (all CPUs).
+    pub fn suppressed_events(&mut self) -> Result<u64> {
+        let map: PerCpuArray<&mut MapData, netpath_common::EventBudget> =
+            PerCpuArray::try_from(self.map_mut(names::EVENT_BUDGET)?)?;
+        let mut total = netpath_common::EventBudget::default();
+        for v in map.get(&0, 0)?.iter() {
+            total.merge(v);
+        }
+        Ok(total.suppressed)
+    }
+
     pub fn forward_stats(&mut self) -> Result<ForwardStats> {
         let map: PerCpuArray<&mut MapData, ForwardStats> = PerCpuArray::try_from(self.map_mut(names::FORWARD_STATS)?)?;
         let mut total = ForwardStats::default();
@@ -533,6 +544,7 @@ impl Datapath {
             // One slot per live owner.
             (names::MAPPING_IDS, owners(self.written.mappings.len())),
             (names::CONTAINER_IDS, owners(self.written.containers.len())),
+            (names::EVENT_BUDGET, (1, None)),
             (names::GUARDED_PORTS, owners(self.written.guarded_words)),
             (names::DENIED_SOURCES4, owners(self.written.denied_sources.len())),
         ];
