@@ -495,7 +495,15 @@ pub fn section(s: &mut String, r: &Results, d: &DropFigures) {
          `uplink_xdp`, native XDP on the veth), `netpath-tc` (`\"off\"`, the guard in `uplink_ingress`, tcx), \
          `nftables-ingress` (the same two checks in a netdev-family ingress chain on the host's uplink, an \
          interval set for the sources and a set of published ports excepted, named counters), `no-filter` \
-         (nothing drops early: the host's UDP layer discards them, counted as `NoPorts`).\n",
+         (nothing drops early: the host's UDP layer discards them, counted as `NoPorts`). Every drop is \
+         counted; netpath sends at most 1000 drop events a second per CPU to the monitor (without that \
+         budget one ring-buffer event per dropped packet, and the agent reading them, cost about 5x the \
+         drop: 140k-200k drops/s). On this sandbox's veth uplink, XDP gets frames that were skbs already \
+         (the sender's), which veth copies into an XDP buffer and runs through its NAPI ring: the \
+         advantage XDP has on a NIC (dropping before any skb is allocated) cannot show here, and \
+         `netpath-tc` is the figure for veth uplinks (where `uplink_xdp = \"auto\"` leaves XDP off). \
+         Shared machine: load from elsewhere lands on all beds alike (interleaved), but the spread \
+         between rounds is wide; compare the ratios, not the absolute rates.\n",
         d.frame_bytes, d.cpu, d.seconds_per_window, r.method.rounds
     );
     let _ = writeln!(
