@@ -263,3 +263,28 @@ fn bad_guard_settings_are_refused_and_leave_nothing() {
         t.assert_no_netfilter_rules().unwrap();
     }
 }
+
+#[test]
+fn a_restarted_agent_applies_the_settings_it_was_given() {
+    let mut t = guarded_topology("off");
+    let host = t.host.clone();
+    let _guarded = tcp_server(&t, &host, 8500);
+    assert!(tcp_hello(&t, &t.world, None, HOST_UPLINK_IP, 8500).is_err(), "guarded while configured");
+    // Restarted without the guard: the pinned maps are emptied, the port
+    // answers, the denied source gets in.
+    t.stop_agent().unwrap();
+    t.agent_args(&["--uplink-xdp", "off", "--masquerade-ports", "10000-20000"]);
+    t.start_agent().unwrap();
+    let st = status(&t);
+    assert!(st.guarded_ports.is_empty() && st.denied_sources.is_empty(), "{st:?}");
+    let maps: std::collections::BTreeMap<String, u64> = st.maps.iter().map(|m| (m.name.clone(), m.entries)).collect();
+    assert_eq!((maps["GUARDED_PORTS"], maps["DENIED_SOURCES4"]), (0, 0), "{maps:?}");
+    tcp_hello(&t, &t.world, None, HOST_UPLINK_IP, 8500).expect("unguarded after the restart");
+    tcp_hello(&t, &t.world, Some(DENIED_CLIENT), HOST_UPLINK_IP, 8500).expect("no longer denied");
+    // And back: guarded again, with another range.
+    t.stop_agent().unwrap();
+    t.agent_args(&["--uplink-xdp", "off", "--masquerade-ports", "10000-20000", "--guarded-ports", "8400-8600"]);
+    t.start_agent().unwrap();
+    assert_eq!(status(&t).guarded_ports, ["8400-8600/tcp"]);
+    assert!(tcp_hello(&t, &t.world, None, HOST_UPLINK_IP, 8500).is_err(), "guarded again");
+}
