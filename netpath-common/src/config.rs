@@ -18,6 +18,13 @@ pub const CFG_F_UPLINK_XDP: u32 = 1 << 4;
 /// Judged and translated packets are redirected straight to the interface
 /// they leave by (see `crate::forward`), rather than handed to the stack.
 pub const CFG_F_FAST_PATH: u32 = 1 << 5;
+/// `GUARDED_PORTS` holds ports: TCP/UDP to a host address on one of them
+/// that no mapping publishes is dropped on the uplink (see
+/// `crate::uplink_guard`). Off: the bitmap is not read.
+pub const CFG_F_GUARDED_PORTS: u32 = 1 << 6;
+/// `DENIED_SOURCES4` holds prefixes: everything from them is dropped on the
+/// uplink. Off: the trie is not read.
+pub const CFG_F_DENIED_SOURCES: u32 = 1 << 7;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

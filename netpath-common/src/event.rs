@@ -26,5 +26,72 @@ pub struct Event {
     pub _pad2: u32,
 }
 
+/// Drop events each CPU sends the monitor per second, at most. Counters
+/// count every drop; under a flood (a million dropped packets a second on
+/// the uplink) one event per packet would cost more than the drop itself:
+/// a ring buffer write per packet, and the agent woken to read them all.
+pub const MAX_DROP_EVENTS_PER_SEC: u64 = 1000;
+
+const SECOND_NS: u64 = 1_000_000_000;
+
+/// A CPU's budget of drop events for the current second (`EVENT_BUDGET`,
+/// one per CPU at index 0), with the events it held back.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventBudget {
+    /// When the current one-second window began (CLOCK_MONOTONIC ns).
+    pub window_start_ns: u64,
+    /// Drop events sent in the window.
+    pub sent: u64,
+    /// Drop events held back since the map was created (the drops are
+    /// counted all the same).
+    pub suppressed: u64,
+}
+
+impl EventBudget {
+    /// May a drop event go to the monitor at `now_ns`? Spends one from the
+    /// budget, or counts it as suppressed.
+    #[inline(always)]
+    pub fn admit(&mut self, now_ns: u64) -> bool {
+        if now_ns.wrapping_sub(self.window_start_ns) >= SECOND_NS {
+            self.window_start_ns = now_ns;
+            self.sent = 0;
+        }
+        if self.sent >= MAX_DROP_EVENTS_PER_SEC {
+            self.suppressed += 1;
+            return false;
+        }
+        self.sent += 1;
+        true
+    }
+
+    /// Sums per-CPU values (the suppressed count is what is read).
+    pub fn merge(&mut self, other: &EventBudget) {
+        self.suppressed += other.suppressed;
+    }
+}
+
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Event {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for EventBudget {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_of_drop_events_is_held_to_the_budget_per_second() {
+        let mut b = EventBudget::default();
+        let t0 = 5 * SECOND_NS;
+        let admitted = (0..3 * MAX_DROP_EVENTS_PER_SEC).filter(|i| b.admit(t0 + i)).count() as u64;
+        assert_eq!(admitted, MAX_DROP_EVENTS_PER_SEC);
+        assert_eq!(b.suppressed, 2 * MAX_DROP_EVENTS_PER_SEC);
+        // A second later, a fresh budget.
+        assert!(b.admit(t0 + SECOND_NS));
+        assert_eq!(b.sent, 1);
+        // Quiet times send every event.
+        let mut q = EventBudget::default();
+        assert!((0..100).all(|i| q.admit(t0 + i * SECOND_NS / 100)));
+    }
+}

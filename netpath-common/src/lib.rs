@@ -19,12 +19,13 @@ pub mod masquerade;
 pub mod owner;
 pub mod policy;
 pub mod stats;
+pub mod uplink_guard;
 
 pub use config::DatapathConfig;
 pub use conntrack::{CtEntry, CtKey4, CtScope, CtState, CtTimeouts};
 pub use container::ContainerEntry;
 pub use direction::Direction;
-pub use event::Event;
+pub use event::{Event, EventBudget};
 pub use forward::{Fallback, ForwardStats, Redirect};
 pub use fragment::{FragEntry4, FragKey4};
 pub use hooks::{Hook, HookId, Side, HOOKS};

@@ -37,6 +37,17 @@ pub const MAPPING_IDS: &str = "MAPPING_IDS";
 /// The live container id of each slot (`u32` array, see [`crate::owner`]).
 pub const CONTAINER_IDS: &str = "CONTAINER_IDS";
 
+/// Guarded ports: `u64` words of a bitmap per protocol, indexed as
+/// [`crate::uplink_guard::guarded_bit`] says.
+pub const GUARDED_PORTS: &str = "GUARDED_PORTS";
+/// Denied sources: LPM trie of `[u8; 4]` prefixes -> `u32` (the prefix
+/// length, for bpftool readers).
+pub const DENIED_SOURCES4: &str = "DENIED_SOURCES4";
+
+/// Per-CPU [`crate::EventBudget`] at index 0: drop events sent to the
+/// monitor this second, and those held back under floods.
+pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
+
 /// Every map the agent pins. Kernel map names are capped at 15 bytes.
 pub const PINNED_MAPS: &[&str] = &[
     CONTAINERS,
@@ -54,6 +65,9 @@ pub const PINNED_MAPS: &[&str] = &[
     EVENTS,
     MAPPING_IDS,
     CONTAINER_IDS,
+    GUARDED_PORTS,
+    DENIED_SOURCES4,
+    EVENT_BUDGET,
 ];
 
 pub const MAX_POLICY_PREFIXES: usize = 262144;
@@ -65,6 +79,8 @@ pub const MAX_MAPPINGS: usize = 131072;
 pub const MAX_HOST_ADDRS: usize = 1024;
 pub const MAX_CT_ENTRIES: usize = 262144;
 pub const MAX_SOCK_REVNAT: usize = 65536;
+/// Prefixes in `DENIED_SOURCES4` (an LPM trie allocates per entry).
+pub const MAX_DENIED_SOURCES: usize = 65536;
 /// Datagrams in flight as fragments at once.
 pub const MAX_FRAGS: usize = 16384;
 

@@ -22,7 +22,9 @@ pub enum DropReason {
     /// A datapath table was full (conntrack).
     TableFull = 7,
     /// From the uplink to a container address that is not published
-    /// (containers are reachable from outside only through published ports).
+    /// (containers are reachable from outside only through published ports),
+    /// or to a host address on a guarded port (`uplink.guarded_ports`) that
+    /// no mapping publishes.
     NotPublished = 8,
     /// A later fragment whose first fragment was not seen or not allowed,
     /// or one that cannot be translated.
@@ -40,13 +42,17 @@ pub enum DropReason {
     /// where a tracked flow is needed and there is none (a container's
     /// packet to be masqueraded whose translation is gone).
     NoFlow = 14,
+    /// From the uplink, sent by an address in the operator's
+    /// `uplink.denied_sources`: never accepted, replies of flows that
+    /// containers or the host opened to it included.
+    DeniedSource = 15,
 }
 
 /// Number of drop reasons; the size of [`TrafficStats::drops`] (room to grow).
 pub const DROP_REASON_COUNT: usize = 16;
 
 impl DropReason {
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::SpoofedMac,
         DropReason::SpoofedIp,
         DropReason::UnsupportedProtocol,
@@ -61,6 +67,7 @@ impl DropReason {
         DropReason::ChecksumFailed,
         DropReason::NatUnavailable,
         DropReason::NoFlow,
+        DropReason::DeniedSource,
     ];
 
     /// Short name used by the CLI, the API and the monitor.
@@ -80,6 +87,7 @@ impl DropReason {
             DropReason::ChecksumFailed => "checksum-failed",
             DropReason::NatUnavailable => "nat-unavailable",
             DropReason::NoFlow => "no-flow",
+            DropReason::DeniedSource => "denied-source",
         }
     }
 

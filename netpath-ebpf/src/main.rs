@@ -25,6 +25,7 @@ mod policy;
 mod sock;
 mod stats;
 mod translate;
+mod uplink_guard;
 mod verdict;
 
 use aya_ebpf::{
@@ -121,8 +122,9 @@ pub fn veth_egress(ctx: TcContext) -> i32 {
 }
 
 /// tc ingress on the uplink: published ports from outside, and replies of
-/// translated flows. Without XDP on the uplink it also counts and drops
-/// direct access to containers.
+/// translated flows. Without XDP on the uplink it also counts, and runs the
+/// uplink guard (denied sources, direct access to containers, guarded
+/// ports) before conntrack and NAT.
 #[classifier]
 pub fn uplink_ingress(ctx: TcContext) -> i32 {
     if !uplink_ingress_passes(&ctx) {
@@ -140,7 +142,7 @@ fn uplink_ingress_passes(ctx: &TcContext) -> bool {
     packet::pull_headers(ctx);
     let behind_xdp = config().is_some_and(|cfg| cfg.has(CFG_F_UPLINK_XDP));
     let result = match config() {
-        Some(cfg) if !behind_xdp && translate::direct_to_container4(ctx, cfg) => Err(DropReason::NotPublished),
+        Some(cfg) if !behind_xdp => uplink_guard::judge4(ctx, cfg).and_then(|()| translate::translate4(ctx)),
         _ => translate::translate4(ctx),
     };
     let site = Site { hook: HookId::UplinkIngress, ifindex, container_id: 0, count: !behind_xdp };
@@ -160,17 +162,18 @@ pub fn uplink_egress(ctx: TcContext) -> i32 {
     tc_action(finish(&ctx, site, len, result))
 }
 
-/// XDP on the uplink, before any skb exists: counts what arrives and drops
-/// direct access to containers at the earliest point. Attached only where
-/// XDP is native and cheap (not on a veth uplink, where it would force
-/// every frame out of GRO).
+/// XDP on the uplink, before any skb exists: counts what arrives and runs
+/// the uplink guard (denied sources, direct access to containers, guarded
+/// ports) at the earliest point. Attached only where XDP is native and
+/// cheap (not on a veth uplink, where it would force every frame out of
+/// GRO), unless `uplink_xdp = "on"`.
 #[xdp]
 pub fn uplink_xdp(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
     let len = packet::Packet::frame_len(&ctx);
     let result = match config() {
-        Some(cfg) if translate::direct_to_container4(&ctx, cfg) => Err(DropReason::NotPublished),
-        _ => Ok(()),
+        Some(cfg) => uplink_guard::judge4(&ctx, cfg),
+        None => Ok(()),
     };
     let site = Site { hook: HookId::UplinkXdp, ifindex, container_id: 0, count: true };
     if finish(&ctx, site, len, result) {

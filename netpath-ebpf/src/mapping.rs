@@ -14,16 +14,39 @@ use crate::maps::{HOST_ADDRS4, MAPPINGS4};
 /// own (not a copy on the tight stack of the NAT path).
 #[inline(always)]
 pub fn lookup4(addr: [u8; 4], port: u16, proto: u8, allow_loopback: bool) -> Option<&'static MappingEntry4> {
-    let key = MappingKey4 { addr, port, proto, _pad: 0 };
-    // SAFETY: map values stay valid for the program's run; the agent
-    // replaces entries whole.
-    if let Some(v) = unsafe { MAPPINGS4.get(&key) } {
+    if let Some(v) = lookup_bound4(addr, port, proto) {
         return Some(v);
     }
     let local = (allow_loopback && addr[0] == 127) || unsafe { HOST_ADDRS4.get(&addr) }.is_some();
     if !local {
         return None;
     }
+    lookup_wildcard4(port, proto)
+}
+
+/// [`lookup4`] for an address already known to be the host's own (the
+/// uplink guard checked `HOST_ADDRS4` itself): the same two lookups, without
+/// asking `HOST_ADDRS4` again.
+#[inline(always)]
+pub fn lookup_on_host4(addr: [u8; 4], port: u16, proto: u8) -> Option<&'static MappingEntry4> {
+    match lookup_bound4(addr, port, proto) {
+        Some(v) => Some(v),
+        None => lookup_wildcard4(port, proto),
+    }
+}
+
+/// A mapping bound to exactly `addr`.
+#[inline(always)]
+fn lookup_bound4(addr: [u8; 4], port: u16, proto: u8) -> Option<&'static MappingEntry4> {
+    let key = MappingKey4 { addr, port, proto, _pad: 0 };
+    // SAFETY: map values stay valid for the program's run; the agent
+    // replaces entries whole.
+    unsafe { MAPPINGS4.get(&key) }
+}
+
+/// A mapping on every host address.
+#[inline(always)]
+fn lookup_wildcard4(port: u16, proto: u8) -> Option<&'static MappingEntry4> {
     let wildcard = MappingKey4 { addr: [0; 4], port, proto, _pad: 0 };
     // SAFETY: as above.
     unsafe { MAPPINGS4.get(&wildcard) }

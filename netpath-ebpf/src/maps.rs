@@ -7,12 +7,13 @@ use aya_ebpf::{
 };
 use netpath_common::{
     maps::{
-        EVENTS_BYTES, MAX_CONTAINERS, MAX_CT_ENTRIES, MAX_FRAGS, MAX_HOST_ADDRS, MAX_IFACES, MAX_MAPPINGS,
-        MAX_POLICY_PREFIXES, MAX_SOCK_REVNAT,
+        EVENTS_BYTES, MAX_CONTAINERS, MAX_CT_ENTRIES, MAX_DENIED_SOURCES, MAX_FRAGS, MAX_HOST_ADDRS, MAX_IFACES,
+        MAX_MAPPINGS, MAX_POLICY_PREFIXES, MAX_SOCK_REVNAT,
     },
     owner::{self, OWNER_SLOTS},
-    ContainerEntry, CtEntry, CtKey4, CtStats, DatapathConfig, Event, ForwardStats, FragEntry4, FragKey4, HostAddr4,
-    MappingEntry4, MappingKey4, PolicyEntry, PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats,
+    uplink_guard::GUARDED_PORT_WORDS,
+    ContainerEntry, CtEntry, CtKey4, CtStats, DatapathConfig, Event, EventBudget, ForwardStats, FragEntry4, FragKey4,
+    HostAddr4, MappingEntry4, MappingKey4, PolicyEntry, PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats,
 };
 
 #[btf_map]
@@ -56,6 +57,10 @@ pub static POLICY4: LpmTrie<PolicyKey4, PolicyEntry, MAX_POLICY_PREFIXES> = LpmT
 #[btf_map]
 pub static EVENTS: RingBuf<Event, EVENTS_BYTES> = RingBuf::new();
 
+/// Drop events each CPU may still send this second (netpath_common::EventBudget).
+#[btf_map]
+pub static EVENT_BUDGET: PerCpuArray<EventBudget, 1> = PerCpuArray::new();
+
 /// The live mapping id of each slot (netpath_common::owner).
 #[btf_map]
 pub static MAPPING_IDS: Array<u32, { OWNER_SLOTS as usize }> = Array::new();
@@ -63,6 +68,14 @@ pub static MAPPING_IDS: Array<u32, { OWNER_SLOTS as usize }> = Array::new();
 /// The live container id of each slot (netpath_common::owner).
 #[btf_map]
 pub static CONTAINER_IDS: Array<u32, { OWNER_SLOTS as usize }> = Array::new();
+
+/// Guarded ports of the uplink: a bitmap per protocol (netpath_common::uplink_guard).
+#[btf_map]
+pub static GUARDED_PORTS: Array<u64, { GUARDED_PORT_WORDS as usize }> = Array::new();
+
+/// Sources the uplink never accepts (value: the prefix length).
+#[btf_map]
+pub static DENIED_SOURCES4: LpmTrie<[u8; 4], u32, MAX_DENIED_SOURCES> = LpmTrie::new();
 
 pub type PolicyTrieKey4 = Key<PolicyKey4>;
 

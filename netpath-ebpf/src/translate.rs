@@ -13,10 +13,7 @@ use netpath_common::{
     conntrack::{CtState, CT_F_REPLY, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     CtEntry, CtScope, DatapathConfig, DropReason, MappingEntry4,
 };
-use network_types::{
-    eth::{EthHdr, EtherType},
-    ip::Ipv4Hdr,
-};
+use network_types::eth::EthHdr;
 
 use crate::{
     conntrack::{self, CreateError},
@@ -246,19 +243,4 @@ fn untranslatable4(cfg: &DatapathConfig, saddr: [u8; 4], reason: DropReason) -> 
         return Err(reason);
     }
     Ok(())
-}
-
-/// Is this packet from outside addressed straight to a container? Those are
-/// reachable from outside only through published ports (unless the
-/// instance routes).
-#[inline(always)]
-pub fn direct_to_container4(pkt: &impl packet::Packet, cfg: &DatapathConfig) -> bool {
-    if cfg.has(CFG_F_ROUTED) {
-        return false;
-    }
-    let (Some(eth), Some(ip)) = (packet::ptr_at::<EthHdr>(pkt, 0), packet::ptr_at::<Ipv4Hdr>(pkt, EthHdr::LEN)) else {
-        return false;
-    };
-    // SAFETY: bounds checked by ptr_at.
-    unsafe { (*eth).ether_type == EtherType::Ipv4 as u16 && cfg.in_subnet4((*ip).dst_addr) }
 }

@@ -39,11 +39,16 @@ pub fn finish(pkt: &impl Packet, site: Site, len: u32, result: Result<(), DropRe
     }
 }
 
-/// Counts a drop and tells the monitor about it. Out of line: the parse for
-/// the event's tuple needs stack the callers do not have.
+/// Counts a drop and tells the monitor about it (within the CPU's event
+/// budget: under a flood the counters go on, the events pause). Out of
+/// line: the parse for the event's tuple needs stack the callers do not
+/// have.
 #[inline(never)]
 fn drop_frame(pkt: &impl Packet, site: Site, reason: DropReason) {
     count_drop(site.ifindex, reason);
+    if !events::drop_event_admitted() {
+        return;
+    }
     let key = flow::parse4(pkt).map(|f| f.key).unwrap_or_default();
     events::emit(EVENT_DROP, reason as u8, site.hook, site.ifindex, site.container_id, &key);
 }

@@ -20,8 +20,10 @@ pub struct Config {
     /// Names the instance: its pin directory, state and socket. Unique per
     /// machine (bpffs is shared by all network namespaces).
     pub instance: String,
-    /// Interface to the outside world (XDP is attached there), if any.
-    pub uplink: Option<String>,
+    /// Interface to the outside world (XDP is attached there), if any:
+    /// `uplink = "eth0"`, or a table `[uplink]` with `name`, `guarded_ports`
+    /// and `denied_sources` (see [`UplinkConfig`]).
+    pub uplink: UplinkConfig,
     pub bridge: String,
     /// Container subnet.
     pub subnet: Ipv4Net,
@@ -131,7 +133,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             instance: "default".into(),
-            uplink: None,
+            uplink: UplinkConfig::default(),
             bridge: "np0".into(),
             subnet: "10.77.0.0/16".parse().expect("valid default subnet"),
             gateway: None,
@@ -163,7 +165,7 @@ impl Config {
     pub fn resolve(mut self) -> Result<ResolvedConfig> {
         validate_name("instance", &self.instance, 32)?;
         validate_ifname("bridge", &self.bridge)?;
-        if let Some(uplink) = &self.uplink {
+        if let Some(uplink) = &self.uplink.name {
             validate_ifname("uplink", uplink)?;
         }
         let subnet = self.subnet.trunc();
@@ -210,6 +212,7 @@ impl Config {
         }
         let masquerade_ports = parse_port_range(&self.masquerade_ports)
             .with_context(|| format!("masquerade_ports {:?}", self.masquerade_ports))?;
+        let guard = self.uplink.resolve(self.masquerade.then_some(masquerade_ports))?;
         if let Some(name) = &self.docker_plugin {
             validate_name("docker_plugin", name, 64)?;
         }
@@ -230,7 +233,9 @@ impl Config {
             routed: self.routed,
             cgroup: self.cgroup,
             conntrack: self.conntrack,
-            uplink: self.uplink,
+            uplink: self.uplink.name,
+            guarded_ports: guard.guarded_ports,
+            denied_sources: guard.denied_sources,
             bridge: self.bridge,
             subnet,
             gateway,
@@ -263,6 +268,11 @@ pub fn pin_dir_lock(pin_dir: &Path) -> PathBuf {
 pub struct ResolvedConfig {
     pub instance: String,
     pub uplink: Option<String>,
+    /// `uplink.guarded_ports`, checked: no overlap with the masquerade range
+    /// (the ephemeral range is the agent's to check, in its namespace).
+    pub guarded_ports: Vec<GuardedRange>,
+    /// `uplink.denied_sources`, without host bits.
+    pub denied_sources: Vec<Ipv4Net>,
     pub bridge: String,
     pub subnet: Ipv4Net,
     pub gateway: Ipv4Addr,
@@ -282,6 +292,132 @@ pub struct ResolvedConfig {
     pub docker_plugin: Option<String>,
     pub docker_host: PathBuf,
     pub conntrack: ConntrackConfig,
+}
+
+/// The uplink: its interface and what it never accepts. In the file either
+/// `uplink = "eth0"` or
+///
+/// ```toml
+/// [uplink]
+/// name = "eth0"
+/// guarded_ports = ["8000-8999/tcp", "5000-5999/udp"]
+/// denied_sources = ["203.0.113.0/24"]
+/// ```
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct UplinkConfig {
+    /// The interface (`--uplink`).
+    pub name: Option<String>,
+    /// Port ranges (`PORT[-END][/tcp|/udp]`, tcp by default) on which the
+    /// host's addresses answer the uplink only through published ports:
+    /// anything else to them (host services included) is dropped there,
+    /// before conntrack (`--guarded-ports`).
+    pub guarded_ports: Vec<String>,
+    /// Source prefixes (`A.B.C.D[/LEN]`) whose packets the uplink never
+    /// accepts, replies included (`--denied-sources`).
+    pub denied_sources: Vec<String>,
+}
+
+/// The table form of [`UplinkConfig`], with unknown keys refused.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UplinkTable {
+    name: Option<String>,
+    #[serde(default)]
+    guarded_ports: Vec<String>,
+    #[serde(default)]
+    denied_sources: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for UplinkConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UplinkConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an interface name, or a table with name, guarded_ports, denied_sources")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<UplinkConfig, E> {
+                Ok(UplinkConfig { name: Some(v.to_string()), ..Default::default() })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<UplinkConfig, A::Error> {
+                let t = UplinkTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(UplinkConfig { name: t.name, guarded_ports: t.guarded_ports, denied_sources: t.denied_sources })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// A guarded port range of one protocol (inclusive, host byte order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuardedRange {
+    pub proto: crate::portspec::Protocol,
+    pub min: u16,
+    pub max: u16,
+}
+
+impl std::fmt::Display for GuardedRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", crate::portspec::PortRange { start: self.min, end: self.max }, self.proto)
+    }
+}
+
+impl GuardedRange {
+    pub fn overlaps(&self, (min, max): (u16, u16)) -> bool {
+        self.min <= max && min <= self.max
+    }
+}
+
+/// The uplink guard's settings, parsed and checked.
+pub struct UplinkGuard {
+    pub guarded_ports: Vec<GuardedRange>,
+    pub denied_sources: Vec<Ipv4Net>,
+}
+
+impl UplinkConfig {
+    /// Parses `guarded_ports` and `denied_sources`; a guarded range must
+    /// miss the masquerade range (`masquerade`, when masquerade is on):
+    /// replies of masqueraded flows arrive on those ports.
+    pub fn resolve(&self, masquerade: Option<(u16, u16)>) -> Result<UplinkGuard> {
+        if self.name.is_none() && !(self.guarded_ports.is_empty() && self.denied_sources.is_empty()) {
+            bail!("uplink.guarded_ports and uplink.denied_sources need an uplink (uplink.name or --uplink)");
+        }
+        let mut guarded_ports = vec![];
+        for spec in &self.guarded_ports {
+            let side = crate::portspec::HostSide::parse(spec).map_err(|e| {
+                anyhow::anyhow!("uplink.guarded_ports: {e} (expected PORT[-END][/tcp|/udp], e.g. \"8000-8999/tcp\")")
+            })?;
+            if side.ip.is_some() {
+                bail!(
+                    "uplink.guarded_ports: {spec:?} names an address; guarded ports apply to every host address \
+                     (expected PORT[-END][/tcp|/udp])"
+                );
+            }
+            let range = GuardedRange { proto: side.proto, min: side.ports.start, max: side.ports.end };
+            if let Some((lo, hi)) = masquerade.filter(|m| range.overlaps(*m)) {
+                bail!(
+                    "uplink.guarded_ports {range} overlaps masquerade_ports {lo}-{hi}: replies of masqueraded \
+                     flows arrive on those ports and would be dropped; choose ports outside {lo}-{hi}"
+                );
+            }
+            guarded_ports.push(range);
+        }
+        let mut denied_sources = vec![];
+        for s in &self.denied_sources {
+            let net: Ipv4Net = match s.parse::<Ipv4Net>() {
+                Ok(n) => n,
+                Err(_) => match s.parse::<Ipv4Addr>() {
+                    Ok(a) => Ipv4Net::from(a),
+                    Err(_) => bail!("uplink.denied_sources: {s:?} is not an IPv4 address or CIDR (A.B.C.D[/LEN])"),
+                },
+            };
+            if net.trunc() != net {
+                bail!("uplink.denied_sources: {net} has host bits set (did you mean {}?)", net.trunc());
+            }
+            denied_sources.push(net);
+        }
+        Ok(UplinkGuard { guarded_ports, denied_sources })
+    }
 }
 
 /// dockerd's API socket when not configured otherwise.
@@ -361,6 +497,52 @@ mod tests {
         assert_eq!(c.instance, "lab");
         assert_eq!(c.gateway, "192.168.5.1".parse::<Ipv4Addr>().unwrap());
         assert_eq!(c.uplink.as_deref(), Some("eth1"));
+    }
+
+    #[test]
+    fn uplink_table_with_guarded_ports_and_denied_sources() {
+        let text = "masquerade_ports = \"10000-32767\"\n[uplink]\nname = \"eth1\"\nguarded_ports = [\"8000-8999/tcp\", \"5000-5999/udp\", \"7000\"]\n\
+                    denied_sources = [\"203.0.113.0/24\", \"198.51.100.7\"]\n";
+        let c: Config = toml::from_str(text).unwrap();
+        let c = c.resolve().unwrap();
+        assert_eq!(c.uplink.as_deref(), Some("eth1"));
+        let shown: Vec<String> = c.guarded_ports.iter().map(|r| r.to_string()).collect();
+        assert_eq!(shown, ["8000-8999/tcp", "5000-5999/udp", "7000/tcp"]);
+        let nets: Vec<String> = c.denied_sources.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["203.0.113.0/24", "198.51.100.7/32"]);
+        assert!(toml::from_str::<Config>("[uplink]\nname = \"e\"\nguarded = []\n").is_err(), "unknown keys");
+    }
+
+    #[test]
+    fn bad_uplink_guard_settings_are_named() {
+        let resolve = |guarded: &[&str], denied: &[&str], masquerade: bool| {
+            let c = Config {
+                uplink: UplinkConfig {
+                    name: Some("eth0".into()),
+                    guarded_ports: guarded.iter().map(|s| s.to_string()).collect(),
+                    denied_sources: denied.iter().map(|s| s.to_string()).collect(),
+                },
+                masquerade,
+                ..Config::default()
+            };
+            c.resolve().map(|_| ()).map_err(|e| format!("{e:#}"))
+        };
+        for bad in ["9000-8000", "0-10", "70000", "x", "10.0.0.1:80", "80/icmp"] {
+            let e = resolve(&[bad], &[], false).unwrap_err();
+            assert!(e.contains("uplink.guarded_ports"), "{bad}: {e}");
+        }
+        let e = resolve(&["30000-33000/udp"], &[], true).unwrap_err();
+        assert!(e.contains("uplink.guarded_ports 30000-33000/udp overlaps masquerade_ports 1024-32767"), "{e}");
+        assert!(resolve(&["30000-33000/udp"], &[], false).is_ok(), "no masquerade, no overlap");
+        for bad in ["203.0.113.0/33", "example.org", "203.0.113.1/24"] {
+            let e = resolve(&[], &[bad], false).unwrap_err();
+            assert!(e.contains("uplink.denied_sources"), "{bad}: {e}");
+        }
+        let c = Config {
+            uplink: UplinkConfig { denied_sources: vec!["1.2.3.4".into()], ..Default::default() },
+            ..Config::default()
+        };
+        assert!(format!("{:#}", c.resolve().unwrap_err()).contains("need an uplink"));
     }
 
     #[test]

@@ -93,6 +93,21 @@ impl HostPorts {
         Ok(())
     }
 
+    /// Refuses a guarded port range that overlaps the host's ephemeral
+    /// ports: the replies to the host's own connections arrive on them, and
+    /// the uplink guard would drop them.
+    pub fn check_guarded_ports(&self, ranges: &[crate::config::GuardedRange]) -> Result<()> {
+        let (lo, hi) = self.ephemeral;
+        if let Some(r) = ranges.iter().find(|r| r.overlaps(self.ephemeral)) {
+            bail!(
+                "uplink.guarded_ports {r} overlaps the host's ephemeral ports ({LOCAL_PORT_RANGE} = {lo}-{hi}): \
+                 replies to the host's own connections arrive on those ports and would be dropped; choose ports \
+                 outside {lo}-{hi}"
+            );
+        }
+        Ok(())
+    }
+
     /// Counts ports published (`added`) and unpublished (`removed`), one
     /// per mapping; returns whether the set of ports in the range changed.
     fn count(&mut self, added: impl IntoIterator<Item = u16>, removed: impl IntoIterator<Item = u16>) -> bool {

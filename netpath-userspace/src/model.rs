@@ -216,6 +216,17 @@ pub struct Status {
     /// The address container traffic leaving the uplink gets (None: off).
     pub masquerade: Option<Ipv4Addr>,
     pub masquerade_ports: String,
+    /// The uplink guard: port ranges the host's addresses answer from the
+    /// uplink only through published ports (`8000-8999/tcp`), and sources
+    /// it never accepts.
+    #[serde(default)]
+    pub guarded_ports: Vec<String>,
+    #[serde(default)]
+    pub denied_sources: Vec<String>,
+    /// Drop events the datapath held back (at most 1000 per second per CPU
+    /// reach the monitor; the counters count every drop).
+    #[serde(default)]
+    pub drop_events_suppressed: u64,
     /// Uplink counters, if there is an uplink.
     pub uplink_stats: Option<InterfaceStats>,
     /// The agent's own resident memory, bytes.

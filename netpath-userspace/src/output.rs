@@ -145,6 +145,20 @@ pub fn status_text(s: &Status) -> String {
         "masq      {}\n",
         s.masquerade.map(|a| format!("to {a}, ports {}", s.masquerade_ports)).unwrap_or_else(|| "off".into())
     ));
+    if !s.guarded_ports.is_empty() || !s.denied_sources.is_empty() {
+        let list = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
+        out.push_str(&format!(
+            "guard     guarded ports {}; denied sources {}\n",
+            list(&s.guarded_ports),
+            list(&s.denied_sources)
+        ));
+    }
+    if s.drop_events_suppressed > 0 {
+        out.push_str(&format!(
+            "events    {} drop events held back under floods (counted, not streamed to the monitor)\n",
+            s.drop_events_suppressed
+        ));
+    }
     if let Some(u) = &s.uplink_stats {
         out.push_str(&format!("uplink rx {} packets, {} bytes\n", u.rx_packets, u.rx_bytes));
     }

@@ -38,8 +38,12 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use netpath_common::{
-    config::{CFG_F_FAST_PATH, CFG_F_MASQUERADE, CFG_F_NO_ICC, CFG_F_ROUTED, CFG_F_TRACE_FLOWS, CFG_F_UPLINK_XDP},
+    config::{
+        CFG_F_DENIED_SOURCES, CFG_F_FAST_PATH, CFG_F_GUARDED_PORTS, CFG_F_MASQUERADE, CFG_F_NO_ICC, CFG_F_ROUTED,
+        CFG_F_TRACE_FLOWS, CFG_F_UPLINK_XDP,
+    },
     hooks::{Attach, Target},
+    uplink_guard::GuardedPorts,
     CtStats, DatapathConfig, DropReason, Event, Hook, TrafficStats,
 };
 use thiserror::Error;
@@ -230,6 +234,7 @@ impl Agent {
         if cfg.masquerade && cfg.uplink.is_some() {
             host_ports.check_masquerade_range(cfg.masquerade_ports)?;
         }
+        host_ports.check_guarded_ports(&cfg.guarded_ports)?;
         write_sysctl("net.ipv4.ip_forward", "1")?;
         let nl = Netlink::connect()?;
         let bridge_index = nl
@@ -277,6 +282,9 @@ impl Agent {
         if cfg.fast_path {
             flags |= CFG_F_FAST_PATH;
         }
+        // The uplink guard's maps are written before the flags that make
+        // the datapath read them.
+        flags |= write_uplink_guard(&mut dp, &cfg)?;
         // The uplink's address now, not 0.0.0.0 until the first sync: the
         // datapath of a restarted agent keeps masquerading meanwhile.
         let previous_masq = dp.read_config()?.masq_addr4;
@@ -626,6 +634,9 @@ impl Agent {
                 .then(|| Ipv4Addr::from(inner.dp_config.masq_addr4))
                 .filter(|a| !a.is_unspecified()),
             masquerade_ports: format!("{}-{}", cfg.masquerade_ports.0, cfg.masquerade_ports.1),
+            guarded_ports: cfg.guarded_ports.iter().map(|r| r.to_string()).collect(),
+            denied_sources: cfg.denied_sources.iter().map(|n| n.to_string()).collect(),
+            drop_events_suppressed: inner.dp.suppressed_events()?,
             uplink_stats,
             agent_memory_bytes: resident_memory().unwrap_or(0),
             fast_path: FastPathStatus::from_stats(inner.dp_config.has(CFG_F_FAST_PATH), &inner.dp.forward_stats()?),
@@ -810,6 +821,33 @@ impl Inner {
         }
         Ok(())
     }
+}
+
+/// Makes GUARDED_PORTS and DENIED_SOURCES4 hold what the configuration
+/// says (a restarted agent replaces what the previous one wrote); returns
+/// the `CFG_F_*` flags that switch the datapath's lookups on.
+fn write_uplink_guard(dp: &mut Datapath, cfg: &ResolvedConfig) -> Result<u32> {
+    let mut ports = GuardedPorts::default();
+    for r in &cfg.guarded_ports {
+        ports.add(r.proto.number(), r.min, r.max);
+    }
+    dp.write_guarded_ports(&ports)?;
+    let prefixes: Vec<(u32, [u8; 4])> =
+        cfg.denied_sources.iter().map(|n| (n.prefix_len() as u32, n.network().octets())).collect();
+    dp.sync_denied_sources4(&prefixes)?;
+    let mut flags = 0;
+    if !cfg.guarded_ports.is_empty() {
+        flags |= CFG_F_GUARDED_PORTS;
+        tracing::info!(
+            "uplink guards ports {}",
+            cfg.guarded_ports.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    if !prefixes.is_empty() {
+        flags |= CFG_F_DENIED_SOURCES;
+        tracing::info!("uplink denies {} source prefixes", prefixes.len());
+    }
+    Ok(flags)
 }
 
 /// The masquerade address: the uplink's first IPv4 address (0.0.0.0: none).

@@ -22,6 +22,15 @@ struct Args {
     /// Uplink interface (XDP attaches there).
     #[arg(long)]
     uplink: Option<String>,
+    /// Guarded port ranges of the uplink, PORT[-END][/tcp|/udp], comma-separated
+    /// (replace the file's uplink.guarded_ports): the host's addresses answer
+    /// them from the uplink only through published ports.
+    #[arg(long, value_delimiter = ',', value_name = "RANGES")]
+    guarded_ports: Option<Vec<String>>,
+    /// Source prefixes the uplink never accepts, comma-separated (replace the
+    /// file's uplink.denied_sources).
+    #[arg(long, value_delimiter = ',', value_name = "CIDRS")]
+    denied_sources: Option<Vec<String>>,
     /// Bridge name [default: np0].
     #[arg(long)]
     bridge: Option<String>,
@@ -91,7 +100,13 @@ fn main() -> Result<()> {
         cfg.instance = v;
     }
     if let Some(v) = args.uplink {
-        cfg.uplink = Some(v);
+        cfg.uplink.name = Some(v);
+    }
+    if let Some(v) = args.guarded_ports {
+        cfg.uplink.guarded_ports = v;
+    }
+    if let Some(v) = args.denied_sources {
+        cfg.uplink.denied_sources = v;
     }
     if let Some(v) = args.bridge {
         cfg.bridge = v;

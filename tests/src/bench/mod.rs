@@ -10,7 +10,10 @@
 //! - policy ([`policy`]): the published port with 0..10000 inbound rules
 //!   (iptables' DOCKER-USER, netpath's API), and the time to add one more;
 //! - control ([`control`]): API calls (map, unmap, status) with an empty
-//!   and a full conntrack table, the GC walking it meanwhile.
+//!   and a full conntrack table, the GC walking it meanwhile;
+//! - drop ([`drop`]): floods the uplink never accepts (a guarded port, a
+//!   denied source), dropped per core by netpath's XDP, its tc hook,
+//!   nftables' netdev ingress hook, or not early at all.
 //!
 //! Every variant gets its own fresh namespaces (the [`Topology`] harness:
 //! host, world and one container, all named with the per-run prefix and
@@ -28,6 +31,7 @@ mod attach;
 mod bed;
 mod control;
 mod cpu;
+mod drop;
 mod iptables;
 mod load;
 mod machine;
@@ -84,8 +88,15 @@ pub fn main() -> Result<()> {
     // A failing variant is dropped (and reported) while the others go on;
     // the process still fails at the end, after writing what was measured.
     let mut failures: Vec<String> = vec![];
-    let mut measured =
-        Measured { publish: vec![], prog_run: vec![], masquerade: None, policy: None, control: None, attach: None };
+    let mut measured = Measured {
+        publish: vec![],
+        prog_run: vec![],
+        masquerade: None,
+        policy: None,
+        control: None,
+        attach: None,
+        drop: None,
+    };
     if opts.runs(Section::Publish) {
         measured.publish = schedule::run(&opts, &mut failures)?;
         eprintln!("== BPF_PROG_TEST_RUN (published ports)");
@@ -118,6 +129,16 @@ pub fn main() -> Result<()> {
             Err(e) => {
                 eprintln!("   FAILED: {e:#}");
                 failures.push(format!("control: attach curve: {e:#}"));
+            }
+        }
+        check_interrupted()?;
+    }
+    if opts.runs(Section::Drop) {
+        match drop::run(&opts, &mut failures) {
+            Ok(figures) => measured.drop = Some(figures),
+            Err(e) => {
+                eprintln!("   FAILED: {e:#}");
+                failures.push(format!("drop: {e:#}"));
             }
         }
         check_interrupted()?;

@@ -17,10 +17,13 @@ pub enum Section {
     Policy,
     /// API calls with an empty and a full conntrack table.
     Control,
+    /// Floods the uplink never accepts, dropped per core (XDP, tc, nftables).
+    Drop,
 }
 
 impl Section {
-    pub const ALL: [Section; 4] = [Section::Publish, Section::Masquerade, Section::Policy, Section::Control];
+    pub const ALL: [Section; 5] =
+        [Section::Publish, Section::Masquerade, Section::Policy, Section::Control, Section::Drop];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -28,6 +31,7 @@ impl Section {
             Section::Masquerade => "masquerade",
             Section::Policy => "policy",
             Section::Control => "control",
+            Section::Drop => "drop",
         }
     }
 
@@ -57,7 +61,7 @@ pub struct Options {
     pub prog_run_calls: u32,
 }
 
-const USAGE: &str = "netpath-bench [--quick] [--sections publish,masquerade,policy,control] [--rounds N] \
+const USAGE: &str = "netpath-bench [--quick] [--sections publish,masquerade,policy,control,drop] [--rounds N] \
                      [--sizes 1,1000,10000,100000] [--rules 0,1000,10000] [--seconds S] \
                      [--variants no-nat,iptables,nftables,netpath,netpath-stack] [--out DIR]";
 

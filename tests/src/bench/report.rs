@@ -59,6 +59,9 @@ fn markdown(r: &Results) -> String {
     if let Some(a) = &r.attach {
         super::attach::section(&mut s, a);
     }
+    if let Some(d) = &r.drop {
+        super::drop::section(&mut s, r, d);
+    }
     method(&mut s, r);
     s
 }

@@ -182,6 +182,7 @@ pub struct Measured {
     pub policy: Option<PolicyFigures>,
     pub control: Option<ControlFigures>,
     pub attach: Option<AttachFigures>,
+    pub drop: Option<super::drop::DropFigures>,
 }
 
 #[derive(Serialize)]
@@ -199,6 +200,8 @@ pub struct Results {
     pub policy: Option<PolicyFigures>,
     pub control: Option<ControlFigures>,
     pub attach: Option<AttachFigures>,
+    /// Floods dropped per core.
+    pub drop: Option<super::drop::DropFigures>,
     /// Every section's targets.
     pub targets: Vec<Target>,
     /// Runs or phases that failed (left out of the medians).
@@ -220,6 +223,7 @@ impl Results {
         all_targets.extend(measured.policy.iter().flat_map(PolicyFigures::targets));
         all_targets.extend(measured.control.iter().flat_map(ControlFigures::targets));
         all_targets.extend(measured.attach.iter().flat_map(AttachFigures::targets));
+        all_targets.extend(measured.drop.iter().flat_map(super::drop::DropFigures::targets));
         Results {
             date,
             machine,
@@ -243,6 +247,7 @@ impl Results {
             policy: measured.policy,
             control: measured.control,
             attach: measured.attach,
+            drop: measured.drop,
             targets: all_targets,
             failures,
         }
