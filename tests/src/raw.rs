@@ -5,7 +5,7 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
     time::{Duration, Instant},
 };
 
@@ -22,8 +22,23 @@ pub struct PacketSocket {
 impl PacketSocket {
     /// Opens a packet socket on `ifname` of the calling thread's namespace.
     pub fn open(ifname: &str) -> Result<PacketSocket> {
+        Self::bound(ifname, ETH_P_ALL)
+    }
+
+    /// A packet socket that only sends (protocol 0: it receives, and so
+    /// clones, nothing), for floods.
+    pub fn open_send_only(ifname: &str) -> Result<PacketSocket> {
+        Self::bound(ifname, 0)
+    }
+
+    /// The socket's descriptor (for batched sends).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    fn bound(ifname: &str, protocol: u16) -> Result<PacketSocket> {
         // SAFETY: plain socket(2) call; the fd is owned at once.
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (ETH_P_ALL.to_be()) as i32) };
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (protocol.to_be()) as i32) };
         if raw < 0 {
             return Err(io::Error::last_os_error()).context("socket(AF_PACKET)");
         }
@@ -38,7 +53,7 @@ impl PacketSocket {
         // SAFETY: zeroed sockaddr_ll is valid; fields set below.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = ETH_P_ALL.to_be();
+        addr.sll_protocol = protocol.to_be();
         addr.sll_ifindex = index as i32;
         // SAFETY: addr is a valid sockaddr_ll of the size given.
         let rc = unsafe {

@@ -289,6 +289,31 @@ impl Topology {
         Ok(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 
+    /// `netpathctl -o json monitor ARGS...`, its lines on a channel (the
+    /// monitor is subscribed when this returns).
+    pub fn monitor(&self, args: &[&str]) -> Result<(std::process::Child, std::sync::mpsc::Receiver<String>)> {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(bin_dir().join("netpathctl"))
+            .arg("--socket")
+            .arg(self.socket())
+            .args(["-o", "json", "monitor"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting netpathctl monitor")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().context("the monitor's stdout")?;
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        Ok((child, rx))
+    }
+
     pub fn ctl_json<T: DeserializeOwned>(&self, args: &[&str]) -> Result<T> {
         let mut all = vec!["-o", "json"];
         all.extend_from_slice(args);

@@ -3,15 +3,13 @@
 //! cuts an established connection, counters, the monitor, bad input.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    process::{Command, Stdio},
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
 use anyhow::Result;
-use netpath_tests::topology::{bin_dir, Topology, HOST_UPLINK_IP, WORLD_IP};
+use netpath_tests::topology::{Topology, HOST_UPLINK_IP, WORLD_IP};
 use netpath_userspace::{
     model::{Container, PolicyView, StatsView},
     monitor::MonitorEvent,
@@ -171,23 +169,7 @@ fn monitor_streams_drops_and_flows() {
     let (t, cs) = topology(2, &[]);
     let (ns1, ns2) = (t.container_ns(1), t.container_ns(2));
     t.ctl_ok(&["policy", "add", "c1", "deny", "in", &cs[1].ip.to_string(), "tcp/9"]).unwrap();
-    let mut child = Command::new(bin_dir().join("netpathctl"))
-        .arg("--socket")
-        .arg(t.socket())
-        .args(["-o", "json", "monitor", "c1", "--flows"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    let (mut child, rx) = t.monitor(&["c1", "--flows"]).unwrap();
     server(&t, &ns1, 80);
     let _ = reaches(&t, &ns2, cs[0].ip, 9); // denied
     let _ = reaches(&t, &ns2, cs[0].ip, 80); // allowed: a flow event

@@ -7,16 +7,15 @@
 //! leave nothing behind.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    process::{Child, Command, Stdio},
     sync::mpsc,
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
-use netpath_tests::topology::{bin_dir, Topology, HOST_UPLINK_IP, WORLD_IP};
+use netpath_tests::topology::{Topology, HOST_UPLINK_IP, WORLD_IP};
 use netpath_userspace::{model::Status, monitor::MonitorEvent};
 
 /// A second address of the world, inside the denied prefix.
@@ -125,28 +124,6 @@ fn uplink_drops(t: &Topology, reason: &str) -> u64 {
     status(t).uplink_stats.and_then(|s| s.drops.get(reason).copied()).unwrap_or(0)
 }
 
-/// `netpathctl -o json monitor`, its lines on a channel.
-fn monitor(t: &Topology) -> (Child, mpsc::Receiver<String>) {
-    let mut child = Command::new(bin_dir().join("netpathctl"))
-        .arg("--socket")
-        .arg(t.socket())
-        .args(["-o", "json", "monitor"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    (child, rx)
-}
-
 /// The drop events seen within 3 s (or until `want` of them).
 fn drop_events(rx: &mpsc::Receiver<String>, want: usize) -> Vec<MonitorEvent> {
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -180,7 +157,7 @@ fn guard_end_to_end(xdp: &str, hook: &str) {
     let _guarded = tcp_server(&t, &host, 8500);
     let _open = tcp_server(&t, &host, 9000);
     let _udp = udp_echo(&t, &host, 5500);
-    let (mut mon, rx) = monitor(&t);
+    let (mut mon, rx) = t.monitor(&[]).unwrap();
 
     // The published port inside the guarded range works from the world.
     tcp_hello(&t, &t.world, None, HOST_UPLINK_IP, 8080).expect("published port inside a guarded range");

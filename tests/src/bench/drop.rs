@@ -20,13 +20,14 @@
 use std::{
     fmt::Write as _,
     net::Ipv4Addr,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::AsRawFd as _,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
 use netpath_tests::{
     frames::{self, ETH_P_IPV4},
+    raw::PacketSocket,
     topology::{Topology, HOST_UPLINK, HOST_UPLINK_IP, WORLD_IP},
 };
 use netpath_userspace::model::Status;
@@ -291,34 +292,7 @@ impl CpuStat {
 /// calling thread's namespace) until `len` has passed or `max` frames went;
 /// returns how many the kernel took.
 fn flood_frames(frame: &[u8], len: Duration, max: u64) -> Result<u64> {
-    // Protocol 0: the socket sends only, it receives (and clones) nothing.
-    // SAFETY: plain socket(2) call; the fd is owned at once.
-    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error()).context("socket(AF_PACKET)");
-    }
-    // SAFETY: a fresh descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: a NUL-terminated name.
-    let index = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
-    if index == 0 {
-        return Err(std::io::Error::last_os_error()).context("the world's eth0");
-    }
-    // SAFETY: zeroed sockaddr_ll is valid; fields set below.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_ifindex = index as i32;
-    // SAFETY: addr is a valid sockaddr_ll of the size given.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("binding the flood socket");
-    }
+    let socket = PacketSocket::open_send_only("eth0").context("the flood socket on the world's eth0")?;
     let mut iov = libc::iovec { iov_base: frame.as_ptr() as *mut libc::c_void, iov_len: frame.len() };
     // SAFETY: zeroed mmsghdr is valid (no name, no control).
     let mut msgs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
@@ -330,7 +304,7 @@ fn flood_frames(frame: &[u8], len: Duration, max: u64) -> Result<u64> {
     let mut sent = 0u64;
     while sent < max && Instant::now() < deadline {
         // SAFETY: msgs point at one valid iovec of the frame, alive here.
-        let n = unsafe { libc::sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, 0) };
+        let n = unsafe { libc::sendmmsg(socket.fd().as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, 0) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::ENOBUFS) {
