@@ -1,6 +1,9 @@
-//! Rewriting addresses and ports in place, with the kernel's checksum
-//! helpers (they handle CHECKSUM_PARTIAL skbs from local sockets correctly,
-//! which a hand-rolled incremental update cannot know about).
+//! Rewriting addresses and ports in place. The fields and the IPv4 header
+//! checksum are written directly (the header checksum is a plain one in the
+//! header whatever the skb's checksum state); the L4 checksum goes through
+//! the kernel's helper, which knows that state (a CHECKSUM_PARTIAL skb from
+//! a local socket carries only the pseudo-header sum there, and a port
+//! change must not touch it), which the program cannot read.
 
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
@@ -8,15 +11,15 @@ use netpath_common::{
     CtEntry, DropReason,
 };
 
-use network_types::eth::EthHdr;
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
+    checksum,
     flow::Flow4,
     offsets::{
-        ICMP_CSUM_OFF, ICMP_ID_OFF, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, L4_DPORT_OFF, L4_SPORT_OFF, TCP_CSUM_OFF,
-        UDP_CSUM_OFF,
+        ICMP_CSUM_OFF, ICMP_ID_OFF, IP_DST_OFF, IP_SRC_OFF, L4_DPORT_OFF, L4_SPORT_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF,
     },
-    packet::{l3_csum_replace, l4_csum_replace, store},
+    packet::{l4_csum_replace, ptr_at_mut},
 };
 
 const BPF_F_PSEUDO_HDR: u64 = 0x10;
@@ -35,16 +38,45 @@ fn l4_csum(flow: &Flow4) -> (usize, u64) {
     }
 }
 
+/// Sets the IPv4 source (`field_off` = `IP_SRC_OFF`) or destination address
+/// and updates the header checksum (RFC 1624), in place.
+#[inline(always)]
+fn set_ip_addr(ctx: &TcContext, field_off: usize, old: [u8; 4], new: [u8; 4]) -> Result<(), DropReason> {
+    let ip: *mut Ipv4Hdr = ptr_at_mut(ctx, EthHdr::LEN).ok_or(DropReason::WriteFailed)?;
+    // SAFETY: bounds checked by ptr_at_mut; tc programs may write packet data.
+    let ip = unsafe { &mut *ip };
+    ip.check = checksum::replace4(u16::from_ne_bytes(ip.check), old, new).to_ne_bytes();
+    if field_off == IP_DST_OFF {
+        ip.dst_addr = new;
+    } else {
+        ip.src_addr = new;
+    }
+    Ok(())
+}
+
+/// Sets the 16-bit field at `field_off` of the L4 header (a port, an echo
+/// identifier), in place.
+#[inline(always)]
+fn set_l4_field(ctx: &TcContext, flow: &Flow4, field_off: usize, new: u16) -> Result<(), DropReason> {
+    // The L4 header starts within the first 14 + 60 bytes (Ethernet, IPv4
+    // with options): the mask tells the verifier so, and changes nothing.
+    let off = (flow.l4_off as usize & 0xff) + field_off;
+    let field: *mut u16 = ptr_at_mut(ctx, off).ok_or(DropReason::WriteFailed)?;
+    // SAFETY: bounds checked by ptr_at_mut; tc programs may write packet data.
+    unsafe { field.write_unaligned(new) };
+    Ok(())
+}
+
 #[inline(always)]
 fn rewrite_addr(ctx: &TcContext, flow: &Flow4, field_off: usize, old: [u8; 4], new: [u8; 4]) -> Result<(), DropReason> {
-    let (csum_off, mangled) = l4_csum(flow);
-    let (old, new) = (u32::from_ne_bytes(old) as u64, u32::from_ne_bytes(new) as u64);
+    set_ip_addr(ctx, field_off, old, new)?;
     // The ICMP checksum covers no pseudo-header: addresses do not enter it.
     if flow.key.proto != IPPROTO_ICMP {
+        let (csum_off, mangled) = l4_csum(flow);
+        let (old, new) = (u32::from_ne_bytes(old) as u64, u32::from_ne_bytes(new) as u64);
         l4_csum_replace(ctx, csum_off, old, new, BPF_F_PSEUDO_HDR | mangled | 4)?;
     }
-    l3_csum_replace(ctx, EthHdr::LEN + IP_CSUM_OFF, old, new, 4)?;
-    store(ctx, EthHdr::LEN + field_off, &(new as u32))
+    Ok(())
 }
 
 #[inline(always)]
@@ -52,9 +84,9 @@ fn rewrite_port(ctx: &TcContext, flow: &Flow4, port_off: usize, old: u16, new: u
     if old == new {
         return Ok(());
     }
+    set_l4_field(ctx, flow, port_off, new)?;
     let (csum_off, mangled) = l4_csum(flow);
-    l4_csum_replace(ctx, csum_off, old as u64, new as u64, mangled | 2)?;
-    store(ctx, flow.l4_off as usize + port_off, &new)
+    l4_csum_replace(ctx, csum_off, old as u64, new as u64, mangled | 2)
 }
 
 /// Applies the translation recorded in `entry` to the packet. For ICMP

@@ -56,6 +56,12 @@ pub fn ptr_at<T>(pkt: &impl Packet, offset: usize) -> Option<*const T> {
     Some((start + offset) as *const T)
 }
 
+/// [`ptr_at`] for writing (tc programs only: XDP's callers read).
+#[inline(always)]
+pub fn ptr_at_mut<T>(pkt: &impl Packet, offset: usize) -> Option<*mut T> {
+    ptr_at::<T>(pkt, offset).map(|p| p as *mut T)
+}
+
 /// Enough to see Ethernet, IPv4 with the longest options and a TCP header
 /// directly.
 const HEADERS_LEN: u32 = (EthHdr::LEN + IPV4_MAX_HDR_LEN + TcpHdr::LEN) as u32;

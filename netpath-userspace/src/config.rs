@@ -24,7 +24,13 @@ pub struct Config {
     /// `uplink = "eth0"`, or a table `[uplink]` with `name`, `guarded_ports`
     /// and `denied_sources` (see [`UplinkConfig`]).
     pub uplink: UplinkConfig,
+    /// The instance's (first) bridge; at most 12 characters, leaving room
+    /// for the overflow bridges' `-N`.
     pub bridge: String,
+    /// Containers per bridge: past it the instance opens an overflow bridge
+    /// (`<bridge>-1`, `<bridge>-2`, ...) on the same subnet. 1-1023 (a
+    /// Linux bridge takes at most 1023 ports).
+    pub bridge_ports: u32,
     /// Container subnet.
     pub subnet: Ipv4Net,
     /// Bridge address; the first host of the subnet when absent.
@@ -135,6 +141,7 @@ impl Default for Config {
             instance: "default".into(),
             uplink: UplinkConfig::default(),
             bridge: "np0".into(),
+            bridge_ports: crate::agent::MAX_BRIDGE_PORTS,
             subnet: "10.77.0.0/16".parse().expect("valid default subnet"),
             gateway: None,
             state_dir: None,
@@ -165,6 +172,22 @@ impl Config {
     pub fn resolve(mut self) -> Result<ResolvedConfig> {
         validate_name("instance", &self.instance, 32)?;
         validate_ifname("bridge", &self.bridge)?;
+        let longest = 15 - crate::agent::OVERFLOW_SUFFIX_LEN;
+        if self.bridge.len() > longest {
+            bail!(
+                "bridge interface name {:?} is too long: at most {longest} characters, leaving room for the \
+                 overflow bridges' \"-N\"",
+                self.bridge
+            );
+        }
+        if !(1..=crate::agent::MAX_BRIDGE_PORTS).contains(&self.bridge_ports) {
+            bail!(
+                "bridge_ports {} is out of range: 1-{} (a Linux bridge takes at most {} ports)",
+                self.bridge_ports,
+                crate::agent::MAX_BRIDGE_PORTS,
+                crate::agent::MAX_BRIDGE_PORTS
+            );
+        }
         if let Some(uplink) = &self.uplink.name {
             validate_ifname("uplink", uplink)?;
         }
@@ -237,6 +260,7 @@ impl Config {
             guarded_ports: guard.guarded_ports,
             denied_sources: guard.denied_sources,
             bridge: self.bridge,
+            bridge_ports: self.bridge_ports,
             subnet,
             gateway,
         })
@@ -274,6 +298,7 @@ pub struct ResolvedConfig {
     /// `uplink.denied_sources`, without host bits.
     pub denied_sources: Vec<Ipv4Net>,
     pub bridge: String,
+    pub bridge_ports: u32,
     pub subnet: Ipv4Net,
     pub gateway: Ipv4Addr,
     pub state_dir: PathBuf,
@@ -583,6 +608,14 @@ mod tests {
         assert!(c.resolve().unwrap_err().to_string().contains("not a host address"));
         let c = Config { bridge: "a-very-long-bridge-name".into(), ..Config::default() };
         assert!(c.resolve().unwrap_err().to_string().contains("bridge interface name"));
+        // 15 characters is a valid interface name, but leaves no room for "-63".
+        let c = Config { bridge: "br-of-fifteen15".into(), ..Config::default() };
+        assert!(c.resolve().unwrap_err().to_string().contains("at most 12 characters"));
+        assert!(Config { bridge: "br-twelve-12".into(), ..Config::default() }.resolve().is_ok());
+        for bad in [0, 1024] {
+            let c = Config { bridge_ports: bad, ..Config::default() };
+            assert!(c.resolve().unwrap_err().to_string().contains("bridge_ports"), "{bad}");
+        }
         let c = Config { instance: "../etc".into(), ..Config::default() };
         assert!(c.resolve().is_err());
         let c = Config { subnet: "10.0.0.0/31".parse().unwrap(), ..Config::default() };

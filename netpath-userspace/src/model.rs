@@ -193,12 +193,23 @@ pub struct MapStatus {
     pub counted_ms_ago: Option<u64>,
 }
 
+/// One of the instance's bridges, in `status`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BridgeStatus {
+    pub name: String,
+    pub containers: usize,
+}
+
 /// `GET /v1/status`
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Status {
     pub instance: String,
     pub version: String,
     pub bridge: String,
+    /// The instance's bridges (the first, then overflow bridges past
+    /// `bridge_ports` containers each) and their containers.
+    #[serde(default)]
+    pub bridges: Vec<BridgeStatus>,
     pub subnet: String,
     pub gateway: Ipv4Addr,
     pub uplink: Option<String>,
@@ -326,7 +337,7 @@ pub enum ErrorReason {
     NameInUse,
     /// No container (or other object) of that name.
     NotFound,
-    /// The instance holds as many containers as its bridge can take.
+    /// The instance holds as many containers as its bridges can take.
     InstanceFull,
 }
 

@@ -53,6 +53,15 @@ impl Netlink {
         }
     }
 
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkMessage>> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        match links.try_next().await {
+            Ok(link) => Ok(link),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("looking up ifindex {index}")),
+        }
+    }
+
     /// The link's kind (`veth`, `bridge`, ...), if it has one.
     pub async fn link_kind(&self, name: &str) -> Result<Option<String>> {
         let link = self.link_by_name(name).await?.ok_or_else(|| anyhow!("interface {name} does not exist"))?;
@@ -241,6 +250,64 @@ impl Netlink {
             });
             if let Some(gateway) = gateway {
                 out.push((gateway, oif));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Routes `addr`/32 out of interface `oif`, with `src` as the host's
+    /// source address (replacing any route to it).
+    pub async fn replace_host_route(&self, addr: Ipv4Addr, oif: u32, src: Ipv4Addr) -> Result<()> {
+        use netlink_packet_route::route::RouteScope;
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(addr, 32)
+            .output_interface(oif)
+            .pref_source(src)
+            .scope(RouteScope::Link)
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("routing {addr}/32 to ifindex {oif}"))
+    }
+
+    /// Removes the route to `addr`/32 out of `oif`; a missing one is not an
+    /// error.
+    pub async fn delete_host_route(&self, addr: Ipv4Addr, oif: u32) -> Result<()> {
+        use netlink_packet_route::route::{RouteProtocol, RouteScope};
+        // Whoever added it: any protocol, any scope (as `ip route del`).
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(addr, 32)
+            .output_interface(oif)
+            .scope(RouteScope::NoWhere)
+            .protocol(RouteProtocol::Unspec)
+            .build();
+        match self.handle.route().del(route).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::ESRCH) || is_errno(&e, libc::ENODEV) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing the route to {addr}/32 on ifindex {oif}")),
+        }
+    }
+
+    /// The /32 routes out of `oif` in the main table.
+    pub async fn host_routes_via(&self, oif: u32) -> Result<Vec<Ipv4Addr>> {
+        use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+        let mut out = vec![];
+        let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        while let Some(msg) = routes.try_next().await.context("listing routes")? {
+            if msg.header.destination_prefix_length != 32 || msg.header.table != libc::RT_TABLE_MAIN {
+                continue;
+            }
+            let via_oif = msg.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == oif));
+            let dst = msg.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
+                _ => None,
+            });
+            if let (true, Some(dst)) = (via_oif, dst) {
+                out.push(dst);
             }
         }
         Ok(out)

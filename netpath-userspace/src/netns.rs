@@ -105,3 +105,11 @@ pub fn write_sysctl(key: &str, value: &str) -> Result<()> {
     let path = format!("/proc/sys/{}", key.replace('.', "/"));
     std::fs::write(&path, value).with_context(|| format!("setting sysctl {key}={value}"))
 }
+
+/// Sets a per-interface sysctl, `section` being e.g. `net.ipv4.conf`: the
+/// interface's name goes into the path as it is (it may hold dots, which
+/// [`write_sysctl`] would take for separators).
+pub fn write_iface_sysctl(section: &str, ifname: &str, key: &str, value: &str) -> Result<()> {
+    let path = format!("/proc/sys/{}/{ifname}/{key}", section.replace('.', "/"));
+    std::fs::write(&path, value).with_context(|| format!("setting sysctl {section}.{ifname}.{key}={value}"))
+}

@@ -126,6 +126,10 @@ pub fn status_text(s: &Status) -> String {
     let mut out = String::new();
     out.push_str(&format!("instance  {} (netpath {})\n", s.instance, s.version));
     out.push_str(&format!("bridge    {} gateway {} subnet {}\n", s.bridge, s.gateway, s.subnet));
+    if s.bridges.len() > 1 {
+        let list: Vec<String> = s.bridges.iter().map(|b| format!("{} ({} containers)", b.name, b.containers)).collect();
+        out.push_str(&format!("bridges   {}\n", list.join(", ")));
+    }
     out.push_str(&format!("uplink    {}\n", s.uplink.as_deref().unwrap_or("(none)")));
     out.push_str(&format!("pins      {}\n", s.pin_dir));
     out.push_str(&format!(

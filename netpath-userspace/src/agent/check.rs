@@ -39,8 +39,13 @@ impl Inner {
                 c.veth, link.header.index, c.ifindex
             )),
             Some(link) => {
-                if link_controller(&link) != Some(self.bridge_index) {
-                    problems.push(format!("host veth {} is not attached to the bridge", c.veth));
+                match (link_controller(&link), self.bridges.bridge_of(c.ifindex)) {
+                    (Some(on), Some(recorded)) if on == recorded => {}
+                    (Some(on), _) if self.bridges.is_bridge(on) => problems.push(format!(
+                        "host veth {} is a port of another of the instance's bridges than recorded",
+                        c.veth
+                    )),
+                    _ => problems.push(format!("host veth {} is not attached to the instance's bridge", c.veth)),
                 }
                 if !link_is_up(&link) {
                     problems.push(format!("host veth {} is down", c.veth));

@@ -1,4 +1,4 @@
-//! Containers: wiring a network namespace to the bridge (veth pair,
+//! Containers: wiring a network namespace to a bridge (veth pair,
 //! address, route, per-veth programs) and every trace of it away again.
 
 use std::net::Ipv4Addr;
@@ -10,13 +10,13 @@ use netpath_common::{
     ContainerEntry, Hook,
 };
 
-use super::{AgentError, Inner};
+use super::{bridges::MAX_BRIDGES, AgentError, Inner};
 use crate::{
     config::validate_ifname,
     config::{validate_name, ResolvedConfig},
     model::{Container, ContainerRequest, ErrorReason, GcRequest, Mapping},
     netlink::Netlink,
-    netns::{resolve_path, write_sysctl, Netns},
+    netns::{resolve_path, write_iface_sysctl, Netns},
     policy::Action,
 };
 
@@ -122,7 +122,7 @@ impl Inner {
                 format!("container {:?} already exists", req.name),
             ));
         }
-        room_for_one_more(self.state.containers.len())?;
+        room_for_one_more(self.state.containers.len(), self.bridges.capacity())?;
         let netns_path = resolve_path(&req.netns);
         // A handed-off interface goes into a netns that may not exist yet.
         if req.handoff && req.netns.is_empty() {
@@ -313,8 +313,8 @@ impl Inner {
             self.nl.set_mtu(index, self.mtu).await?;
         }
         // Bridge ports need no IPv6 of their own.
-        let _ = write_sysctl(&format!("net.ipv6.conf.{}.disable_ipv6", c.veth), "1");
-        self.nl.set_controller(host_index, self.bridge_index).await?;
+        let _ = write_iface_sysctl("net.ipv6.conf", &c.veth, "disable_ipv6", "1");
+        self.bridges.attach(&self.nl, host_index, c.ip).await?;
         self.dp.reset_stats(host_index)?;
         self.program_container(c)?;
         self.nl.set_up(host_index).await?;
@@ -330,7 +330,7 @@ impl Inner {
         // sending IPv6 (which anti-spoofing would drop and count).
         ns.run(|| {
             if std::path::Path::new("/proc/sys/net/ipv6").exists() {
-                write_sysctl(&format!("net.ipv6.conf.{}.disable_ipv6", c.ifname), "1")?;
+                write_iface_sysctl("net.ipv6.conf", &c.ifname, "disable_ipv6", "1")?;
             }
             Ok(())
         })?;
@@ -346,6 +346,9 @@ impl Inner {
     async fn unplumb(&mut self, c: &Container) {
         if c.ifindex != 0 {
             if let Err(e) = self.nl.delete_link(c.ifindex).await {
+                tracing::warn!("rollback: {e:#}");
+            }
+            if let Err(e) = self.bridges.detach(&self.nl, c.ifindex, c.ip).await {
                 tracing::warn!("rollback: {e:#}");
             }
         }
@@ -367,6 +370,7 @@ impl Inner {
                 self.nl.delete_link(c.ifindex).await?;
             }
         }
+        self.bridges.detach(&self.nl, c.ifindex, c.ip).await?;
         // With the veth gone no new flow of it can start; its entry leaves
         // CONTAINERS and its id its owner slot, which cuts every flow it owns
         // (verdicts, masqueraded flows) at once, before its address can be
@@ -430,20 +434,15 @@ mod tests {
     }
 }
 
-/// Containers one instance holds: every one is a port of its bridge, and a
-/// Linux bridge has at most 1023 (BR_MAX_PORTS, port 0 reserved); the
-/// kernel would refuse the next with EXFULL half-way through an attach.
-pub const MAX_CONTAINERS_PER_INSTANCE: usize = 1023;
-
-/// Refuses a container beyond [`MAX_CONTAINERS_PER_INSTANCE`], before
-/// anything is created.
-fn room_for_one_more(attached: usize) -> Result<(), AgentError> {
-    if attached >= MAX_CONTAINERS_PER_INSTANCE {
+/// Refuses a container beyond what the instance's bridges can take
+/// (`capacity`), before anything is created.
+fn room_for_one_more(attached: usize, capacity: usize) -> Result<(), AgentError> {
+    if attached >= capacity {
         return Err(AgentError::refused(
             ErrorReason::InstanceFull,
             format!(
-                "the instance holds {attached} containers, the most its bridge can take (a Linux bridge has at \
-                 most {MAX_CONTAINERS_PER_INSTANCE} ports): run another instance for more"
+                "the instance holds {attached} containers, the most its {MAX_BRIDGES} bridges can take: run \
+                 another instance for more"
             ),
         ));
     }
@@ -455,10 +454,11 @@ mod capacity_tests {
     use super::*;
 
     #[test]
-    fn the_bridge_s_last_port_is_the_last_container() {
-        assert!(room_for_one_more(0).is_ok());
-        assert!(room_for_one_more(MAX_CONTAINERS_PER_INSTANCE - 1).is_ok());
-        let refused = room_for_one_more(MAX_CONTAINERS_PER_INSTANCE).unwrap_err();
-        assert!(refused.to_string().contains("1023 ports"), "{refused}");
+    fn the_last_bridge_s_last_port_is_the_last_container() {
+        let capacity = 1023 * MAX_BRIDGES;
+        assert!(room_for_one_more(0, capacity).is_ok());
+        assert!(room_for_one_more(capacity - 1, capacity).is_ok());
+        let refused = room_for_one_more(capacity, capacity).unwrap_err();
+        assert!(refused.to_string().contains("65472 containers"), "{refused}");
     }
 }

@@ -16,6 +16,8 @@
 //! This file holds start-up, reconciliation, status, and
 //! `Inner::attachments`, where the hook table becomes attachments.
 
+mod bridges;
+pub use bridges::{MAX_BRIDGE_PORTS, OVERFLOW_SUFFIX_LEN};
 mod check;
 mod containers;
 mod flows;
@@ -49,6 +51,7 @@ use netpath_common::{
 use thiserror::Error;
 use tokio::sync::{broadcast, Mutex};
 
+use self::bridges::{BridgeLayout, Bridges};
 use crate::{
     config::{self, ResolvedConfig, UplinkXdp},
     datapath::{Datapath, GcReport, MapSummary, ProgramSummary},
@@ -152,7 +155,7 @@ impl Drop for FlowWatch {
 struct Inner {
     dp: Datapath,
     nl: Netlink,
-    bridge_index: u32,
+    bridges: Bridges,
     ipam: Ipam4,
     state: State,
     store: StateStore,
@@ -237,26 +240,20 @@ impl Agent {
         host_ports.check_guarded_ports(&cfg.guarded_ports)?;
         write_sysctl("net.ipv4.ip_forward", "1")?;
         let nl = Netlink::connect()?;
-        let bridge_index = nl
-            .ensure_bridge(&cfg.bridge, cfg.gateway, cfg.subnet.prefix_len())
-            .await
-            .with_context(|| format!("setting up bridge {}", cfg.bridge))?;
-        // A MAC set explicitly stays: a bridge's own would follow its ports.
         let gateway_mac = container_mac(cfg.gateway);
-        nl.set_mac(bridge_index, gateway_mac).await.with_context(|| format!("setting the MAC of {}", cfg.bridge))?;
         let mtu = match (cfg.mtu, &cfg.uplink) {
             (0, Some(uplink)) => nl.link_mtu(uplink).await.with_context(|| format!("uplink {uplink}"))?,
             (0, None) => 1500,
             (mtu, _) => mtu,
         };
-        nl.set_mtu(bridge_index, mtu).await.with_context(|| format!("setting the MTU of {}", cfg.bridge))?;
-        // Hairpin traffic leaves the bridge the way it came: no ICMP redirects.
-        write_sysctl(&format!("net.ipv4.conf.{}.send_redirects", cfg.bridge), "0")?;
-        // Replies of published ports get a host address as their source on
-        // the container's veth, before the host routes them; without
-        // accept_local the kernel would drop them as martians. Containers
-        // cannot abuse this: anti-spoofing runs before any translation.
-        write_sysctl(&format!("net.ipv4.conf.{}.accept_local", cfg.bridge), "1")?;
+        let layout = BridgeLayout {
+            gateway: cfg.gateway,
+            prefix: cfg.subnet.prefix_len(),
+            mac: gateway_mac,
+            mtu,
+            max_ports: cfg.bridge_ports,
+        };
+        let bridges = Bridges::setup(&nl, &cfg.bridge, layout).await?;
         let mut dp = Datapath::load(&cfg.pin_dir, cfg.conntrack.max_entries)?;
         let (events, _) = broadcast::channel(4096);
         monitor::spawn_reader(dp.take_events()?, events.clone())?;
@@ -320,7 +317,7 @@ impl Agent {
             ipam: Ipam4::with_released(cfg.subnet, cfg.gateway, &state.released4),
             dp,
             nl,
-            bridge_index,
+            bridges,
             state,
             store,
             own_netns_inode,
@@ -616,6 +613,7 @@ impl Agent {
             instance: cfg.instance.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
             bridge: cfg.bridge.clone(),
+            bridges: inner.bridges.status(),
             subnet: cfg.subnet.to_string(),
             gateway: cfg.gateway,
             uplink: cfg.uplink.clone(),
@@ -684,6 +682,7 @@ impl Inner {
                 self.ipam.release(c.ip);
                 continue;
             }
+            self.bridges.adopt_port(&self.nl, c.ifindex, c.ip).await?;
             self.program_container(&c)?;
             if !self.dp.stat_keys()?.contains(&c.ifindex) {
                 self.dp.reset_stats(c.ifindex)?;
@@ -694,6 +693,8 @@ impl Inner {
             kept.push(c);
         }
         self.state.containers = kept;
+        let addresses = self.state.containers.iter().map(|c| (c.ifindex, c.ip)).collect();
+        self.bridges.prune(&self.nl, &addresses).await?;
         let owned: Vec<u32> = self.state.containers.iter().map(|c| c.ifindex).collect();
         for (ifindex, _) in self.dp.containers()? {
             if !owned.contains(&ifindex) {

@@ -34,6 +34,9 @@ struct Args {
     /// Bridge name [default: np0].
     #[arg(long)]
     bridge: Option<String>,
+    /// Containers per bridge before an overflow bridge (<bridge>-1, ...) opens [default: 1023].
+    #[arg(long, value_name = "N")]
+    bridge_ports: Option<u32>,
     /// Container subnet [default: 10.77.0.0/16].
     #[arg(long)]
     subnet: Option<ipnet::Ipv4Net>,
@@ -110,6 +113,9 @@ fn main() -> Result<()> {
     }
     if let Some(v) = args.bridge {
         cfg.bridge = v;
+    }
+    if let Some(v) = args.bridge_ports {
+        cfg.bridge_ports = v;
     }
     if let Some(v) = args.subnet {
         cfg.subnet = v;

@@ -45,7 +45,7 @@ pub const MAC_IN_USE: u32 = 104;
 pub const ALREADY_ATTACHED: u32 = 105;
 /// netpath (CHECK): the attachment differs from what ADD set up.
 pub const CHECK_FAILED: u32 = 106;
-/// netpath: the instance holds as many containers as its bridge can take.
+/// netpath: the instance holds as many containers as its bridges can take.
 pub const INSTANCE_FULL: u32 = 107;
 
 /// A CNI error object (`{"cniVersion","code","msg","details"}`).
