@@ -39,6 +39,17 @@ pub struct Ipam4 {
     released: VecDeque<Ipv4Addr>,
 }
 
+/// Puts `ip` at the back of the queue of released addresses (once), which
+/// keeps the latest [`RELEASED_KEPT`]: the allocator's queue, and the saved
+/// state's when its journal is replayed.
+pub fn remember_released(released: &mut VecDeque<Ipv4Addr>, ip: Ipv4Addr) {
+    released.retain(|r| *r != ip);
+    released.push_back(ip);
+    if released.len() > RELEASED_KEPT {
+        released.pop_front();
+    }
+}
+
 impl Ipam4 {
     pub fn new(subnet: Ipv4Net, gateway: Ipv4Addr) -> Ipam4 {
         Ipam4 { subnet, gateway, used: Default::default(), released: Default::default() }
@@ -46,7 +57,11 @@ impl Ipam4 {
 
     /// An allocator that remembers addresses given back before (as
     /// [`Ipam4::released`] listed them); ones that are not usable are skipped.
-    pub fn with_released(subnet: Ipv4Net, gateway: Ipv4Addr, released: &[Ipv4Addr]) -> Ipam4 {
+    pub fn with_released<'a>(
+        subnet: Ipv4Net,
+        gateway: Ipv4Addr,
+        released: impl IntoIterator<Item = &'a Ipv4Addr>,
+    ) -> Ipam4 {
         let mut ipam = Ipam4::new(subnet, gateway);
         for ip in released {
             ipam.release(*ip);
@@ -121,17 +136,13 @@ impl Ipam4 {
         if self.check_usable(ip).is_err() {
             return;
         }
-        self.released.retain(|r| *r != ip);
-        self.released.push_back(ip);
-        if self.released.len() > RELEASED_KEPT {
-            self.released.pop_front();
-        }
+        remember_released(&mut self.released, ip);
     }
 
     /// The addresses given back and not handed out since, the earliest
     /// first (to persist them).
-    pub fn released(&self) -> Vec<Ipv4Addr> {
-        self.released.iter().copied().collect()
+    pub fn released(&self) -> VecDeque<Ipv4Addr> {
+        self.released.clone()
     }
 
     pub fn in_use(&self) -> usize {

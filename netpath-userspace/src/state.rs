@@ -10,8 +10,10 @@
 //! lose the last changes (the BPF maps do not survive it either).
 
 use std::{
+    collections::VecDeque,
     fs,
     io::Write as _,
+    net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
@@ -55,6 +57,18 @@ pub enum Change {
         direction: Direction,
         action: Action,
     },
+    /// A container attached: its id taken, its address out of the queue of
+    /// released ones.
+    AddContainer {
+        container: Container,
+        next_id: u32,
+    },
+    /// A container removed: its policy goes with it (its mappings went
+    /// before, as an `Unpublish`), its address to the back of the queue.
+    RemoveContainer {
+        name: String,
+        ip: Ipv4Addr,
+    },
 }
 
 impl Change {
@@ -75,6 +89,16 @@ impl Change {
                 if let Some(p) = state.policies.get_mut(container) {
                     p.rules.retain(|r| r != rule);
                 }
+            }
+            Change::AddContainer { container, next_id } => {
+                state.released4.retain(|ip| *ip != container.ip);
+                state.containers.push(container.clone());
+                state.next_id = state.next_id.max(*next_id);
+            }
+            Change::RemoveContainer { name, ip } => {
+                state.containers.retain(|c| c.name != *name);
+                state.policies.remove(name);
+                crate::ipam::remember_released(&mut state.released4, *ip);
             }
             Change::SetDefault { container, direction, action } => {
                 let p = state.policies.entry(container.clone()).or_default();
@@ -110,7 +134,7 @@ pub struct State {
     /// Container addresses given back, the earliest first: a restarted agent
     /// hands them out in the same order (see `Ipam4`).
     #[serde(default)]
-    pub released4: Vec<std::net::Ipv4Addr>,
+    pub released4: VecDeque<Ipv4Addr>,
 }
 
 fn one() -> u32 {
@@ -255,11 +279,54 @@ mod tests {
             }],
             mappings: vec![],
             next_mapping_id: 3,
-            released4: vec!["10.0.0.5".parse().unwrap(), "10.0.0.3".parse().unwrap()],
+            released4: ["10.0.0.5".parse().unwrap(), "10.0.0.3".parse().unwrap()].into(),
             ..Default::default()
         };
         store.save(&state).unwrap();
         assert_eq!(store.load().unwrap(), state);
+    }
+
+    /// Containers are journaled like mappings, so that attaching one costs
+    /// the same with 10 or 2000 of them: a restart replays them, address
+    /// queue and policies included.
+    #[test]
+    fn attached_and_removed_containers_are_replayed_from_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::new(dir.path()).unwrap();
+        let mut state = store.load().unwrap();
+        state.released4 = ["10.0.0.9".parse().unwrap(), "10.0.0.4".parse().unwrap()].into();
+        store.save(&state).unwrap();
+        let container = |name: &str, ip: &str, id: u32| Container {
+            name: name.into(),
+            netns: format!("/run/netns/{name}"),
+            ip: ip.parse().unwrap(),
+            mac: "02:4e:0a:00:00:02".into(),
+            veth: format!("npv{id}"),
+            ifindex: 10 + id,
+            id,
+            ifname: "eth0".into(),
+            owner: None,
+            handoff_ifname: None,
+            runtime_name: None,
+        };
+        let changes = [
+            Change::AddContainer { container: container("a", "10.0.0.9", 1), next_id: 2 },
+            Change::AddContainer { container: container("b", "10.0.0.2", 2), next_id: 3 },
+            Change::SetDefault { container: "a".into(), direction: Direction::In, action: Action::Deny },
+            Change::RemoveContainer { name: "a".into(), ip: "10.0.0.9".parse().unwrap() },
+        ];
+        for change in &changes {
+            change.apply(&mut state);
+            store.record(change, &state).unwrap();
+        }
+        let loaded = StateStore::new(dir.path()).unwrap().load().unwrap();
+        assert_eq!(loaded, state);
+        assert_eq!(loaded.containers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["b"]);
+        assert_eq!(loaded.next_id, 3);
+        assert!(loaded.policies.is_empty(), "a's policy outlived it");
+        // 10.0.0.9 was handed out, then given back: now the last in line.
+        let queue: Vec<String> = loaded.released4.iter().map(|ip| ip.to_string()).collect();
+        assert_eq!(queue, ["10.0.0.4", "10.0.0.9"]);
     }
 
     #[test]

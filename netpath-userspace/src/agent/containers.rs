@@ -18,6 +18,7 @@ use crate::{
     netlink::Netlink,
     netns::{resolve_path, write_iface_sysctl, Netns},
     policy::Action,
+    state::Change,
 };
 
 /// Name of the container-side interface.
@@ -173,13 +174,16 @@ impl Inner {
                 return Err(AgentError::Internal(e.context(format!("adding container {:?}", req.name))));
             }
         }
-        self.state.next_id = next_id;
-        self.state.containers.push(container.clone());
-        if let Err(e) = self.save() {
-            self.state.containers.pop();
+        // Journaled, not a snapshot of every container: attaching costs the
+        // same with 10 or 2000 of them.
+        if let Err(e) = self.record(Change::AddContainer { container: container.clone(), next_id }) {
+            self.state.containers.retain(|c| c.name != container.name);
             self.unplumb(&container).await;
             self.ipam.release(ip);
             return Err(AgentError::Internal(e));
+        }
+        if let Some(inode) = target.as_ref().and_then(|(ns, _)| ns.inode().ok()) {
+            self.netns_inodes.insert(container.name.clone(), inode);
         }
         if !mappings.is_empty() {
             if let Err(e) = self.publish_mappings(mappings) {
@@ -215,12 +219,17 @@ impl Inner {
                 req.netns
             )));
         }
-        if let Some(other) = self
-            .state
-            .containers
-            .iter()
-            .find(|c| Netns::open(&c.netns).and_then(|n| n.inode()).ok() == Some(ns.inode().unwrap_or(0)))
-        {
+        // Compared with the inodes recorded at attach, not by opening every
+        // container's netns (which made attaching slower as containers piled
+        // up); a match is confirmed on the file (inode numbers are reused
+        // once a namespace is gone), and a container attached without one
+        // (a handoff) is looked at on the file.
+        let inode = ns.inode()?;
+        let on_file = |c: &Container| Netns::open(&c.netns).and_then(|n| n.inode()).ok() == Some(inode);
+        if let Some(other) = self.state.containers.iter().find(|c| match self.netns_inodes.get(&c.name) {
+            Some(recorded) => *recorded == inode && on_file(c),
+            None => on_file(c),
+        }) {
             return Err(AgentError::refused(
                 ErrorReason::NetnsInUse,
                 format!("netns {:?} already belongs to container {:?}", req.netns, other.name),
@@ -378,8 +387,8 @@ impl Inner {
         self.forget_datapath(&c)?;
         self.forget_flows(&c)?;
         self.ipam.release(c.ip);
-        self.state.containers.retain(|x| x.name != c.name);
-        self.save()?;
+        self.netns_inodes.remove(&c.name);
+        self.record(Change::RemoveContainer { name: c.name.clone(), ip: c.ip })?;
         tracing::info!(container = %c.name, "container removed");
         Ok(c)
     }

@@ -157,6 +157,10 @@ struct Inner {
     nl: Netlink,
     bridges: Bridges,
     ipam: Ipam4,
+    /// Inode of each container's netns (by container name), read when it
+    /// was attached or adopted: a new container's netns is checked against
+    /// these rather than by opening every other container's.
+    netns_inodes: HashMap<String, u64>,
     state: State,
     store: StateStore,
     own_netns_inode: u64,
@@ -315,6 +319,7 @@ impl Agent {
         let own_netns_inode = Netns::current()?.inode()?;
         let mut inner = Inner {
             ipam: Ipam4::with_released(cfg.subnet, cfg.gateway, &state.released4),
+            netns_inodes: HashMap::new(),
             dp,
             nl,
             bridges,
@@ -661,6 +666,9 @@ impl Inner {
 
     fn record(&mut self, change: Change) -> Result<()> {
         change.apply(&mut self.state);
+        // The allocator's queue is the one that counts (a compaction writes
+        // this state whole).
+        self.state.released4 = self.ipam.released();
         self.store.record(&change, &self.state)
     }
 
@@ -683,6 +691,9 @@ impl Inner {
                 continue;
             }
             self.bridges.adopt_port(&self.nl, c.ifindex, c.ip).await?;
+            if let Ok(inode) = Netns::open(&c.netns).and_then(|n| n.inode()) {
+                self.netns_inodes.insert(c.name.clone(), inode);
+            }
             self.program_container(&c)?;
             if !self.dp.stat_keys()?.contains(&c.ifindex) {
                 self.dp.reset_stats(c.ifindex)?;
