@@ -20,7 +20,7 @@ use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 use anyhow::{ensure, Context as _, Result};
 use netpath_common::{
     conntrack::{TCP_ACK, TCP_SYN},
-    CtKey4, HookId, MappingEntry4, MappingKey4,
+    ContainerEntry, CtKey4, HookId, MappingEntry4, MappingKey4,
 };
 use netpath_tests::{
     fixtures::{self, C1 as CTR, C1_MAC as CTR_MAC, CLIENT_MAC, GATEWAY, HOST_MAC},
@@ -50,6 +50,8 @@ pub struct Figure {
     pub case: &'static str,
     pub program: &'static str,
     pub mappings: usize,
+    /// Containers in CONTAINERS (the measured one and fillers).
+    pub containers: usize,
     /// Mean kernel-measured ns per run, fresh frame each run.
     pub fresh_ns: Series,
     /// `fresh_ns` minus the empty program's.
@@ -67,6 +69,7 @@ struct Sample {
     case: &'static str,
     program: &'static str,
     mappings: usize,
+    containers: usize,
     fresh_ns: f64,
     net_ns: f64,
     loop_ns: Option<f64>,
@@ -101,6 +104,7 @@ fn aggregate(runs: &[Vec<Sample>]) -> Vec<Figure> {
                 case: s.case,
                 program: s.program,
                 mappings: s.mappings,
+                containers: s.containers,
                 fresh_ns: col(&|s| Some(s.fresh_ns)).unwrap_or_default(),
                 net_ns: col(&|s| Some(s.net_ns)).unwrap_or_default(),
                 loop_ns: col(&|s| s.loop_ns),
@@ -159,11 +163,24 @@ fn configure(h: &mut PacketHarness) -> Result<()> {
     Ok(())
 }
 
-/// Publishes filler ports until `mappings` are published in all.
-fn fill_mappings(h: &mut PacketHarness, mappings: usize) -> Result<()> {
+/// Containers beside the measured one at the largest size: as many as the
+/// attach curve attaches, so that the per-packet cost is shown flat in
+/// containers too.
+const MANY_CONTAINERS: usize = super::attach::CONTAINERS;
+
+/// Publishes filler ports until `mappings` are published in all, and adds
+/// filler containers (on ifindexes and addresses of their own) until
+/// `containers` are attached.
+fn fill_tables(h: &mut PacketHarness, mappings: usize, containers: usize) -> Result<()> {
     for i in 0..mappings.saturating_sub(1) {
         let (k, v) = mapping(filler(i), 2 + i as u32);
         h.dp.set_mapping(&k, &v)?;
+    }
+    for i in 1..containers as u32 {
+        let ip = [10, 99, (i >> 8) as u8, i as u8];
+        let mac = [0x02, 0x4e, 10, 99, (i >> 8) as u8, i as u8];
+        let ifindex = TEST_IFINDEX + 1000 + i;
+        h.dp.set_container(ifindex, &ContainerEntry { ifindex, ..fixtures::container(ip, mac, 1 + i, 0) })?;
     }
     Ok(())
 }
@@ -196,13 +213,15 @@ fn one_run(calls: u32, sizes: &[usize]) -> Result<Vec<Sample>> {
     let veth = h.dp.program_fd(HookId::VethIngress.program())?;
     let mut out = vec![];
     for &mappings in sizes {
-        fill_mappings(&mut h, mappings)?;
+        let containers = if mappings > 1 { MANY_CONTAINERS } else { 1 };
+        fill_tables(&mut h, mappings, containers)?;
         let base = fresh_mean(empty.fd(), &f.syn, calls)?;
         let base_loop = run(empty.fd(), &f.syn, calls)?.duration_ns as f64;
         let sample = |case, program, fresh: f64, loop_ns, loop_hits| Sample {
             case,
             program,
             mappings,
+            containers,
             fresh_ns: fresh,
             net_ns: fresh - base,
             loop_ns,

@@ -340,18 +340,26 @@ fn prog_run(s: &mut String, r: &Results) {
          (`r0 = 0; exit`); \"loop net\" does the same for the repeat loop. The kernel's own repeat loop (repeat = {}) reruns the program on the *same* \
          skb, so after the first repetition a DNATed SYN is addressed to the container and misses \
          conntrack: the loop column for the hit shows that figure and how many repetitions really hit. \
-         For the miss, which rewrites nothing, the loop is valid and cross-checks the fresh-frame method.\n",
-        r.method.prog_run_calls, r.method.prog_run_calls
+         For the miss, which rewrites nothing, the loop is valid and cross-checks the fresh-frame method. \
+         At the largest number of ports `CONTAINERS` also holds {} containers (as many as the attach curve \
+         attaches), so that the cost is shown against both.\n",
+        r.method.prog_run_calls,
+        r.method.prog_run_calls,
+        super::attach::CONTAINERS
     );
-    let _ = writeln!(s, "| program | case | published ports | fresh-frame ns | net ns | repeat-loop ns | loop net ns | loop repetitions that hit |");
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "| program | case | published ports | containers | fresh-frame ns | net ns | repeat-loop ns | loop net ns | loop repetitions that hit |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for f in &r.prog_run {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.1} | {:.1} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {} | {} | {} |",
             f.program,
             f.case,
             f.mappings,
+            f.containers,
             f.fresh_ns.median,
             f.net_ns.median,
             f.loop_ns.as_ref().map(|l| format!("{:.1}", l.median)).unwrap_or_else(|| "-".into()),
