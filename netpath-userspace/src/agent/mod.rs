@@ -678,6 +678,9 @@ impl Inner {
     /// links; map entries and pins nobody owns are removed.
     async fn reconcile(&mut self, cfg: &ResolvedConfig) -> Result<()> {
         let mut kept = vec![];
+        // Read once: per container, a walk of the map would make a restart
+        // quadratic in containers.
+        let counted: std::collections::HashSet<u32> = self.dp.stat_keys()?.into_iter().collect();
         for c in std::mem::take(&mut self.state.containers) {
             let alive = match self.nl.link_by_name(&c.veth).await? {
                 Some(link) => link.header.index == c.ifindex,
@@ -695,7 +698,7 @@ impl Inner {
                 self.netns_inodes.insert(c.name.clone(), inode);
             }
             self.program_container(&c)?;
-            if !self.dp.stat_keys()?.contains(&c.ifindex) {
+            if !counted.contains(&c.ifindex) {
                 self.dp.reset_stats(c.ifindex)?;
             }
             self.ipam
@@ -706,7 +709,7 @@ impl Inner {
         self.state.containers = kept;
         let addresses = self.state.containers.iter().map(|c| (c.ifindex, c.ip)).collect();
         self.bridges.prune(&self.nl, &addresses).await?;
-        let owned: Vec<u32> = self.state.containers.iter().map(|c| c.ifindex).collect();
+        let owned: std::collections::HashSet<u32> = self.state.containers.iter().map(|c| c.ifindex).collect();
         for (ifindex, _) in self.dp.containers()? {
             if !owned.contains(&ifindex) {
                 self.dp.remove_container(ifindex)?;
@@ -722,7 +725,7 @@ impl Inner {
             }
         }
         // Pins nobody owns go; what is wanted comes from the hook table.
-        let wanted: Vec<String> = self
+        let wanted: std::collections::HashSet<String> = self
             .attachments()
             .into_iter()
             .filter_map(|(target, hook)| file_name(&self.dp.link_pin(&target, hook)))

@@ -195,7 +195,7 @@ impl Inner {
 
     /// POLICY4 holds exactly the compiled rules of live containers.
     pub(super) fn reconcile_policies(&mut self) -> Result<()> {
-        let live: Vec<String> = self.state.containers.iter().map(|c| c.name.clone()).collect();
+        let live: HashSet<String> = self.state.containers.iter().map(|c| c.name.clone()).collect();
         self.state.policies.retain(|name, _| live.contains(name));
         let mut wanted = HashSet::new();
         for c in self.state.containers.clone() {
