@@ -149,6 +149,10 @@ pub struct InterfaceStats {
 pub struct ContainerStatus {
     #[serde(flatten)]
     pub container: Container,
+    /// The bridge its host veth is a port of (the first or an overflow
+    /// bridge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
     /// From the container's point of view: tx = sent by the container.
     pub stats: InterfaceStats,
 }

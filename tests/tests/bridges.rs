@@ -11,7 +11,7 @@ use netpath_tests::{
     cni::{ask, serve},
     topology::{Topology, HOST_UPLINK_IP, WORLD_IP},
 };
-use netpath_userspace::model::{Container, Status};
+use netpath_userspace::model::{Container, ContainerStatus, Status};
 
 fn topology(containers: usize, extra: &[&str]) -> Topology {
     assert!(
@@ -82,6 +82,8 @@ fn paths_across_bridges(fast_path: bool) {
     expect_bridges(&t, &[("np0", 2), ("np0-1", 2), ("np0-2", 2), ("np0-3", 1)]);
     for (i, bridge) in [(1, "np0"), (3, "np0-1"), (5, "np0-2"), (7, "np0-3")] {
         assert_eq!(master_of(&t, c(i)), bridge, "c{i}");
+        let shown: ContainerStatus = t.ctl_json(&["container", "show", &format!("c{i}")]).unwrap();
+        assert_eq!(shown.bridge.as_deref(), Some(bridge), "container show c{i}");
     }
     // Containers of overflow bridges are routed there, the first bridge's by the subnet.
     assert_eq!(route_dev(&t, c(3).ip), "np0-1");

@@ -143,6 +143,12 @@ impl Bridges {
         self.ports.get(&veth).copied()
     }
 
+    /// The name of the bridge `veth` is a port of.
+    pub fn name_of(&self, veth: u32) -> Option<String> {
+        let bridge = self.bridge_of(veth)?;
+        self.list.iter().find(|b| b.index == bridge).map(|b| b.name.clone())
+    }
+
     /// Is `index` one of the instance's bridges?
     pub fn is_bridge(&self, index: u32) -> bool {
         self.list.iter().any(|b| b.index == index)

@@ -588,7 +588,8 @@ impl Agent {
         let mut inner = self.inner.lock().await;
         let c = inner.find(name)?.clone();
         let stats = interface_stats(&inner.dp.stats(c.ifindex)?, true);
-        Ok(ContainerStatus { container: c, stats })
+        let bridge = inner.bridges.name_of(c.ifindex);
+        Ok(ContainerStatus { container: c, bridge, stats })
     }
 
     pub async fn status(&self) -> Result<Status, AgentError> {
@@ -607,7 +608,8 @@ impl Agent {
         let mut containers = vec![];
         for c in inner.state.containers.clone() {
             let stats = interface_stats(&inner.dp.stats(c.ifindex)?, true);
-            containers.push(ContainerStatus { container: c, stats });
+            let bridge = inner.bridges.name_of(c.ifindex);
+            containers.push(ContainerStatus { container: c, bridge, stats });
         }
         let mut uplink_stats = None;
         if let Some(uplink) = &cfg.uplink {

@@ -349,6 +349,9 @@ async fn run(args: Args) -> Result<()> {
             let c: ContainerStatus = client.get(&format!("/containers/{}", encode(&name))).await?;
             print(fmt, &c, |c| {
                 let mut s = output::containers_table(std::slice::from_ref(&c.container));
+                if let Some(bridge) = &c.bridge {
+                    s.push_str(&format!("bridge {bridge}\n"));
+                }
                 s.push_str(&format!(
                     "tx {} packets {} bytes, rx {} packets {} bytes, drops {}\n",
                     c.stats.tx_packets,
