@@ -98,7 +98,7 @@ impl Change {
             Change::RemoveContainer { name, ip } => {
                 state.containers.retain(|c| c.name != *name);
                 state.policies.remove(name);
-                crate::ipam::remember_released(&mut state.released4, *ip);
+                let _ = crate::ipam::remember_released(&mut state.released4, *ip);
             }
             Change::SetDefault { container, direction, action } => {
                 let p = state.policies.entry(container.clone()).or_default();
