@@ -65,13 +65,7 @@ impl Netlink {
     /// The link's kind (`veth`, `bridge`, ...), if it has one.
     pub async fn link_kind(&self, name: &str) -> Result<Option<String>> {
         let link = self.link_by_name(name).await?.ok_or_else(|| anyhow!("interface {name} does not exist"))?;
-        Ok(link.attributes.iter().find_map(|a| match a {
-            LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
-                netlink_packet_route::link::LinkInfo::Kind(k) => Some(k.to_string()),
-                _ => None,
-            }),
-            _ => None,
-        }))
+        Ok(link_kind(&link))
     }
 
     pub async fn link_index(&self, name: &str) -> Result<u32> {
@@ -83,11 +77,7 @@ impl Netlink {
     pub async fn ensure_bridge(&self, name: &str, addr: Ipv4Addr, prefix: u8) -> Result<u32> {
         let index = match self.link_by_name(name).await? {
             Some(link) => {
-                let is_bridge = link.attributes.iter().any(|a| {
-                    matches!(a, LinkAttribute::LinkInfo(infos) if infos.iter().any(|i| matches!(i,
-                        netlink_packet_route::link::LinkInfo::Kind(netlink_packet_route::link::InfoKind::Bridge))))
-                });
-                if !is_bridge {
+                if link_kind(&link).as_deref() != Some("bridge") {
                     anyhow::bail!("interface {name} exists and is not a bridge");
                 }
                 link.header.index
@@ -323,6 +313,17 @@ impl Netlink {
 pub fn link_mac(link: &LinkMessage) -> Option<[u8; 6]> {
     link.attributes.iter().find_map(|a| match a {
         LinkAttribute::Address(bytes) if bytes.len() == 6 => bytes.as_slice().try_into().ok(),
+        _ => None,
+    })
+}
+
+/// The link's kind (`veth`, `bridge`, ...), if it has one.
+pub fn link_kind(link: &LinkMessage) -> Option<String> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+            netlink_packet_route::link::LinkInfo::Kind(k) => Some(k.to_string()),
+            _ => None,
+        }),
         _ => None,
     })
 }

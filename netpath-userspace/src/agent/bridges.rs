@@ -18,7 +18,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     model::BridgeStatus,
-    netlink::{link_controller, Netlink},
+    netlink::{link_controller, link_kind, Netlink},
     netns::write_iface_sysctl,
 };
 
@@ -82,7 +82,7 @@ impl Bridges {
             let name = bridge_name(base, number);
             // Only bridges: an interface of that name that is something
             // else is not ours (opening that bridge will then fail, naming it).
-            if nl.link_by_name(&name).await?.is_some() && nl.link_kind(&name).await?.as_deref() == Some("bridge") {
+            if nl.link_by_name(&name).await?.as_ref().and_then(link_kind).as_deref() == Some("bridge") {
                 let index = bridges.open(nl, number).await?;
                 bridges.list.push(Bridge { number, name, index, ports: 0 });
             }
