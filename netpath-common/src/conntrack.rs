@@ -5,6 +5,13 @@
 //! the tuple as the packet carries it *before* translation at the hook where
 //! it is looked up. The entry says how to rewrite the packet and holds the
 //! other direction's key, so the pair can be collected together.
+//!
+//! A translated flow (a published port's, a masqueraded one) also carries
+//! its policy verdict on those two entries (`CT_F_POLICY`, for the
+//! container the flow is delivered to or comes from): one lookup per
+//! packet gives both the rewrite and the verdict. Flows without
+//! translation, and the second container of a hairpin flow, keep their
+//! verdicts as a pair of their own in the policy scopes.
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
@@ -113,7 +120,8 @@ pub const CT_F_SNAT: u8 = 1 << 0;
 pub const CT_F_DNAT: u8 = 1 << 1;
 /// This entry is the reply direction of its flow.
 pub const CT_F_REPLY: u8 = 1 << 2;
-/// A policy verdict (allowed) for container `container_id`.
+/// A policy verdict (allowed) for container `container_id`: on an entry
+/// of a policy scope, or on a translated flow's entry (see the module).
 pub const CT_F_POLICY: u8 = 1 << 3;
 
 /// Connection states (TCP; UDP and ICMP use `Established` once both
@@ -319,6 +327,14 @@ pub fn next_state(state: u8, reply: bool, proto: u8, tcp_flags: u8) -> u8 {
 }
 
 impl CtEntry {
+    /// Does this entry hold a verdict of `container_id`'s policy? (Its
+    /// `policy_epoch` says under which rules: a verdict of an earlier epoch
+    /// is judged again before it counts.)
+    #[inline(always)]
+    pub fn verdict_of(&self, container_id: u32) -> bool {
+        self.flags & CT_F_POLICY != 0 && self.container_id == container_id
+    }
+
     /// Moves the entry's state and expiry on for a packet (`tcp_flags`, 0
     /// for UDP and ICMP) of a `proto` flow seen at `now_ns`. The entry is
     /// written only when the state changes or the expiry moves by more than

@@ -36,7 +36,7 @@ use crate::{
     maps::{CONTAINERS, CONTAINER_IPS4, FORWARD_STATS, HOST_ADDRS4},
     offsets::{IP_CSUM_OFF, IP_TTL_OFF},
     packet::{l3_csum_replace, mac_eq, ptr_at, store},
-    policy,
+    policy::{self, CarriedVerdict},
     verdict::{finish, Site},
 };
 
@@ -63,7 +63,7 @@ pub enum Origin {
 /// (its own stages are out of line too): the chain from here down to the
 /// receiving container's verdict entries is as deep as the stack allows.
 #[inline(never)]
-pub fn forward4(ctx: &TcContext, origin: Origin) -> i32 {
+pub fn forward4(ctx: &TcContext, origin: Origin, carried: CarriedVerdict) -> i32 {
     let Some(cfg) = crate::maps::config() else { return TC_ACT_OK as i32 };
     if !cfg.has(CFG_F_FAST_PATH) {
         return TC_ACT_OK as i32;
@@ -96,7 +96,7 @@ pub fn forward4(ctx: &TcContext, origin: Origin) -> i32 {
         if !routed && !switched {
             return TC_ACT_OK as i32;
         }
-        return to_container(ctx, cfg, target, routed, ip.ttl);
+        return to_container(ctx, cfg, target, routed, ip.ttl, carried);
     }
     if origin == Origin::Container && routed && unsafe { HOST_ADDRS4.get(&dst) }.is_none() {
         return to_host_interface(ctx, ip.src_addr, dst, ip.ttl, u16::from_be_bytes(ip.tot_len));
@@ -105,10 +105,17 @@ pub fn forward4(ctx: &TcContext, origin: Origin) -> i32 {
 }
 
 /// Into `target`'s `eth0`, if its inbound policy allowed the flow already
-/// (counted on its veth, as its egress program would), redirected to the
-/// veth's peer.
+/// (the verdict the translating stage `carried`, or a lookup; counted on
+/// its veth, as its egress program would), redirected to the veth's peer.
 #[inline(always)]
-fn to_container(ctx: &TcContext, cfg: &DatapathConfig, target: &ContainerEntry, routed: bool, ttl: u8) -> i32 {
+fn to_container(
+    ctx: &TcContext,
+    cfg: &DatapathConfig,
+    target: &ContainerEntry,
+    routed: bool,
+    ttl: u8,
+    carried: CarriedVerdict,
+) -> i32 {
     if routed && ttl <= 1 {
         return fall_back(Fallback::TtlExpiring);
     }
@@ -122,7 +129,7 @@ fn to_container(ctx: &TcContext, cfg: &DatapathConfig, target: &ContainerEntry, 
     if mtu != 0 {
         return fall_back(Fallback::MtuExceeded);
     }
-    if !policy::allowed_inbound(ctx, target, cfg) {
+    if !policy::allowed_inbound(ctx, target, cfg, carried) {
         return fall_back(Fallback::Unjudged);
     }
     let site = Site { hook: HookId::VethEgress, ifindex: target.ifindex, container_id: target.id, count: true };

@@ -38,6 +38,7 @@ use netpath_common::{config::CFG_F_UPLINK_XDP, Direction, DropReason, HookId};
 use crate::{
     forward::Origin,
     maps::{config, CONTAINERS},
+    policy::CarriedVerdict,
     verdict::{finish, Site},
 };
 
@@ -62,17 +63,19 @@ fn tc_action(pass: bool) -> i32 {
 /// conntrack/NAT (replies of published ports, hairpin).
 #[classifier]
 pub fn veth_ingress(ctx: TcContext) -> i32 {
-    if !veth_ingress_passes(&ctx) {
+    let mut carried = CarriedVerdict::default();
+    if !veth_ingress_passes(&ctx, &mut carried) {
         return TC_ACT_SHOT as i32;
     }
-    forward::forward4(&ctx, Origin::Container)
+    forward::forward4(&ctx, Origin::Container, carried)
 }
 
-/// veth_ingress's judging and translation. Out of line, so that its frame
-/// is gone before the fast path's own chain (the receiving container's
-/// policy) starts.
+/// veth_ingress's judging and translation; the verdict a translated flow's
+/// entry carried goes to the fast path (`carried`). Out of line, so that its
+/// frame is gone before the fast path's own chain (the receiving
+/// container's policy) starts.
 #[inline(never)]
-fn veth_ingress_passes(ctx: &TcContext) -> bool {
+fn veth_ingress_passes(ctx: &TcContext, carried: &mut CarriedVerdict) -> bool {
     let ifindex = skb_ifindex(ctx);
     let len = ctx.len();
     let Some(container) = CONTAINERS.get_ptr(ifindex) else {
@@ -87,8 +90,7 @@ fn veth_ingress_passes(ctx: &TcContext) -> bool {
         Some(cfg) => {
             let parsed = flow::parse4(ctx);
             policy::icc_allows_frame(ctx, &parsed, cfg)?;
-            policy::judge(ctx, &parsed, container, Direction::Out, cfg)
-                .and_then(|()| translate::translate_parsed4(ctx, &parsed, cfg, false))
+            translate::judge_and_translate4(ctx, &parsed, container, cfg, carried)
         }
         None => Ok(()),
     });
@@ -127,23 +129,24 @@ pub fn veth_egress(ctx: TcContext) -> i32 {
 /// ports) before conntrack and NAT.
 #[classifier]
 pub fn uplink_ingress(ctx: TcContext) -> i32 {
-    if !uplink_ingress_passes(&ctx) {
+    let mut carried = CarriedVerdict::default();
+    if !uplink_ingress_passes(&ctx, &mut carried) {
         return TC_ACT_SHOT as i32;
     }
-    forward::forward4(&ctx, Origin::Uplink)
+    forward::forward4(&ctx, Origin::Uplink, carried)
 }
 
 /// uplink_ingress's checks and translation, out of line for the same
 /// reason as [`veth_ingress_passes`].
 #[inline(never)]
-fn uplink_ingress_passes(ctx: &TcContext) -> bool {
+fn uplink_ingress_passes(ctx: &TcContext, carried: &mut CarriedVerdict) -> bool {
     let ifindex = skb_ifindex(ctx);
     let len = ctx.len();
     packet::pull_headers(ctx);
     let behind_xdp = config().is_some_and(|cfg| cfg.has(CFG_F_UPLINK_XDP));
     let result = match config() {
-        Some(cfg) if !behind_xdp => uplink_guard::judge4(ctx, cfg).and_then(|()| translate::translate4(ctx)),
-        _ => translate::translate4(ctx),
+        Some(cfg) if !behind_xdp => uplink_guard::judge4(ctx, cfg).and_then(|()| translate::translate4(ctx, carried)),
+        _ => translate::translate4(ctx, carried),
     };
     let site = Site { hook: HookId::UplinkIngress, ifindex, container_id: 0, count: !behind_xdp };
     finish(ctx, site, len, result)

@@ -4,7 +4,7 @@
 
 use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::TcContext};
 use netpath_common::{
-    conntrack::{CtState, CT_F_DNAT, CT_F_SNAT, IPPROTO_ICMP},
+    conntrack::{CtState, CT_F_DNAT, CT_F_POLICY, CT_F_REPLY, CT_F_SNAT, IPPROTO_ICMP},
     masquerade::{PortRange, MAX_TRIES},
     CtEntry, CtKey4, CtScope, DatapathConfig, DropReason,
 };
@@ -12,7 +12,7 @@ use netpath_common::{
 use crate::{
     conntrack::{self, CreateError},
     flow::Flow4,
-    host_sockets, mapping, nat,
+    host_sockets, mapping, nat, policy,
 };
 
 /// Picks a free source port, records both directions and translates the
@@ -61,7 +61,12 @@ pub fn new_flow4(ctx: &TcContext, flow: &Flow4, cfg: &DatapathConfig) -> Result<
         if !taken_by_host {
             fwd.snat_port = port_be;
             match conntrack::create4(&flow.key, &mut fwd, &reply_key, &mut rev, flow.key.proto, cfg) {
-                Ok(()) => return nat::apply4(ctx, flow, &fwd),
+                Ok(()) => {
+                    if fwd.flags & CT_F_POLICY != 0 {
+                        policy::forget_verdict_pair4(&flow.key);
+                    }
+                    return nat::apply4(ctx, flow, &fwd);
+                }
                 Err(CreateError::Taken) => {}
                 Err(CreateError::Raced) => return conntrack::apply_existing4(ctx, flow),
                 Err(CreateError::Failed) => return Err(DropReason::TableFull),
@@ -75,16 +80,25 @@ pub fn new_flow4(ctx: &TcContext, flow: &Flow4, cfg: &DatapathConfig) -> Result<
 /// The container that started a flow leaving the uplink: its veth judged the
 /// same tuple on the way out and kept the verdict with the container's id.
 /// The masquerade entries carry it, so that they die with the container
-/// (whose address goes to the next one). 0 (no owner) if no verdict is
-/// there (it could not be kept: the table refused it). Out of line, writing
-/// into both entries: the frame of the uplink's NAT path has no byte to
-/// spare, not even for the id.
+/// (whose address goes to the next one), and the verdict itself, which
+/// then needs no pair of its own (the caller deletes it once the entries
+/// are in). 0 (no owner) if no verdict is there (it could not be kept: the
+/// table refused it). Out of line, writing into both entries: the frame of
+/// the uplink's NAT path has no byte to spare, not even for the id.
 #[inline(never)]
 fn set_starter4(key: &CtKey4, fwd: &mut CtEntry, rev: &mut CtEntry) {
     if let Some(verdict) = conntrack::lookup4(&key.in_scope(CtScope::PolicyOut)) {
         // SAFETY: map value pointer, valid during the run.
-        let id = unsafe { (*verdict).container_id };
-        fwd.container_id = id;
-        rev.container_id = id;
+        let v = unsafe { &*verdict };
+        fwd.container_id = v.container_id;
+        rev.container_id = v.container_id;
+        // The container's own verdict for a flow it started (a flow that
+        // came in to it is no masquerade's).
+        if v.flags & CT_F_POLICY != 0 && v.flags & CT_F_REPLY == 0 {
+            for half in [fwd, rev] {
+                half.flags |= CT_F_POLICY;
+                half.policy_epoch = v.policy_epoch;
+            }
+        }
     }
 }

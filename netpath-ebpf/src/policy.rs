@@ -7,7 +7,7 @@
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
     config::{CFG_F_NO_ICC, CFG_F_ROUTED, CFG_F_TRACE_FLOWS},
-    conntrack::{CT_F_POLICY, CT_F_REPLY, IPPROTO_ICMP},
+    conntrack::{CT_F_DNAT, CT_F_POLICY, CT_F_REPLY, CT_F_SNAT, IPPROTO_ICMP},
     event::EVENT_FLOW,
     policy::{self as rules, POLICY_KEY_FIXED_BITS},
     ContainerEntry, CtEntry, CtKey4, CtScope, DatapathConfig, Direction, DropReason, HookId, MappingEntry4, PolicyKey4,
@@ -75,6 +75,42 @@ pub fn admits_published4(published: &MappingEntry4, client: [u8; 4], proto: u8) 
             allows(unsafe { &*container }, Direction::In, client, proto, u16::from_be(published.container_port))
         }
         None => true,
+    }
+}
+
+/// Gives a translated flow's entry `container`'s verdict (see
+/// netpath_common::conntrack): the flow's packets then find the rewrite and
+/// the verdict in one lookup.
+#[inline(always)]
+pub fn carry(entry: &mut CtEntry, container: &ContainerEntry) {
+    entry.flags |= CT_F_POLICY;
+    entry.container_id = container.id;
+    entry.policy_epoch = container.policy_epoch;
+}
+
+/// The verdict a translated flow's entry carried, handed by the stage that
+/// translated the packet to the fast path: the receiving container's under
+/// its current rules means no second lookup before delivering the packet.
+#[derive(Clone, Copy, Default)]
+pub struct CarriedVerdict {
+    container_id: u32,
+    policy_epoch: u32,
+}
+
+impl CarriedVerdict {
+    /// The verdict on `entry`, if any.
+    #[inline(always)]
+    pub fn of(entry: &CtEntry) -> CarriedVerdict {
+        if entry.flags & CT_F_POLICY == 0 {
+            return CarriedVerdict::default();
+        }
+        CarriedVerdict { container_id: entry.container_id, policy_epoch: entry.policy_epoch }
+    }
+
+    /// Is it `container`'s, under its current rules?
+    #[inline(always)]
+    fn current_for(&self, container: &ContainerEntry) -> bool {
+        self.container_id != 0 && self.container_id == container.id && self.policy_epoch == container.policy_epoch
     }
 }
 
@@ -150,7 +186,35 @@ pub fn judge(
         fragment::first4(flow, CtScope::policy(direction));
         return Ok(());
     }
+    if translated_verdict(flow, container, direction)? {
+        fragment::first4(flow, CtScope::policy(direction));
+        return Ok(());
+    }
     new_flow(ctx, flow, container, direction, cfg)
+}
+
+/// Does a translated flow's entry carry `container`'s verdict for `flow`?
+/// It is the entry of the tuple the container sends: this packet's going
+/// out, the reversed one coming in. A verdict of older rules is judged
+/// again first. The NAT stage, which looks the same entry up, counts the
+/// packet on it.
+#[inline(never)]
+fn translated_verdict(flow: &Flow4, container: &ContainerEntry, direction: Direction) -> Result<bool, DropReason> {
+    let sent = match direction {
+        Direction::Out => flow.key,
+        Direction::In => flow.key.reversed(),
+    }
+    .in_scope(CtScope::Nat);
+    let Some(entry) = conntrack::lookup4(&sent) else { return Ok(false) };
+    // SAFETY: map value pointer, valid during the run.
+    let e = unsafe { &*entry };
+    if !e.verdict_of(container.id) {
+        return Ok(false);
+    }
+    if e.policy_epoch != container.policy_epoch {
+        rejudge_translated(&sent, entry, container)?;
+    }
+    Ok(true)
 }
 
 /// The fast path's inbound check, on the packet as it arrives (translated):
@@ -158,8 +222,20 @@ pub fn judge(
 /// rules? Then it is judged, as [`judge`]'s hit would, and may skip the
 /// veth's egress program. Anything else (a new flow, a verdict of an older
 /// policy epoch, a fragment, ICMP) is left for that program to judge.
+///
+/// A verdict the translating stage carried (`carried`) that is the
+/// container's under its current rules answers without a lookup (that
+/// stage counted the packet on its flow, and left first fragments out).
 #[inline(always)]
-pub fn allowed_inbound(ctx: &TcContext, container: &ContainerEntry, cfg: &DatapathConfig) -> bool {
+pub fn allowed_inbound(
+    ctx: &TcContext,
+    container: &ContainerEntry,
+    cfg: &DatapathConfig,
+    carried: CarriedVerdict,
+) -> bool {
+    if carried.current_for(container) {
+        return true;
+    }
     let Ok(flow) = crate::flow::parse4(ctx) else { return false };
     if flow.first_fragment {
         return false;
@@ -265,10 +341,76 @@ fn rejudge(
     Ok(())
 }
 
+/// [`rejudge`] for a verdict a translated flow's entries carry (`key`,
+/// `entry`: either half): judged again as its first packet was, by the rules
+/// of the side that started it and on the tuple the container saw (a
+/// published port's flow as it arrived, translated; a masqueraded one as
+/// the container sent it). Still allowed: both halves are confirmed under
+/// the current epoch. Now denied: the verdict leaves both halves and the
+/// packet is dropped; the translation stays until the flow expires, and its
+/// later packets find no verdict and cannot start a flow, so it stays cut.
+#[inline(never)]
+fn rejudge_translated(key: &CtKey4, entry: *mut CtEntry, container: &ContainerEntry) -> Result<(), DropReason> {
+    let Some(cfg) = config() else { return Ok(()) };
+    // SAFETY: map value pointers, valid during the run.
+    let e = unsafe { &mut *entry };
+    let peer = CT4.get_ptr_mut(&e.peer);
+    let (orig_key, orig) = if e.flags & CT_F_REPLY != 0 {
+        match peer {
+            Some(p) => (e.peer, unsafe { &*p }),
+            // A lone reply half (the LRU took its original): no flow left
+            // to judge.
+            None => {
+                e.flags &= !CT_F_POLICY;
+                return Err(DropReason::Policy);
+            }
+        }
+    } else {
+        (*key, &*e)
+    };
+    let (starter, remote, port) = if orig.flags & CT_F_DNAT != 0 {
+        // To a published port: the client as the container saw it (the
+        // gateway when it reached its own port).
+        let client = if orig.flags & CT_F_SNAT != 0 { orig.snat_addr } else { orig_key.saddr };
+        (Direction::In, client, u16::from_be(orig.dnat_port))
+    } else {
+        let port =
+            if orig_key.proto == IPPROTO_ICMP { orig_key.icmp_type as u16 } else { u16::from_be(orig_key.dport) };
+        (Direction::Out, orig_key.daddr, port)
+    };
+    let denied = (starter == Direction::Out && cfg.icc_denies4(remote))
+        || !allows(container, starter, remote, orig_key.proto, port);
+    let epoch = container.policy_epoch;
+    let settle = |half: &mut CtEntry| {
+        if denied {
+            half.flags &= !CT_F_POLICY;
+        } else {
+            half.policy_epoch = epoch;
+        }
+    };
+    settle(e);
+    if let Some(p) = peer {
+        settle(unsafe { &mut *p });
+    }
+    if denied {
+        return Err(DropReason::Policy);
+    }
+    Ok(())
+}
+
+/// Deletes the verdict pair of `orig` (a flow `container` started, tuple as
+/// it sent it): a translated flow's entries carry the verdict from now on.
+/// Out of line: the keys need stack the masquerade path has not to spare.
+#[inline(never)]
+pub fn forget_verdict_pair4(orig: &CtKey4) {
+    let _ = CT4.remove(&orig.reversed().in_scope(CtScope::policy(Direction::In)));
+    let _ = CT4.remove(&orig.in_scope(CtScope::policy(Direction::Out)));
+}
+
 /// Tells a monitor about a new flow. Out of line: the event record needs
 /// stack that [`new_flow`]'s frame does not have to spare.
 #[inline(never)]
-fn trace_flow(orig: &CtKey4, container: &ContainerEntry, direction: Direction) {
+pub fn trace_flow(orig: &CtKey4, container: &ContainerEntry, direction: Direction) {
     events::emit(EVENT_FLOW, 0, hook_of(direction), container.ifindex, container.id, orig);
 }
 
@@ -338,9 +480,20 @@ fn judge_untracked(
 fn related_error(ctx: &TcContext, container: &ContainerEntry, direction: Direction) -> Result<(), DropReason> {
     let Some(quoted) = icmp_error::quoted4(ctx)? else { return Err(DropReason::Policy) };
     let key = quoted.key.reversed().in_scope(CtScope::policy(direction));
-    match conntrack::lookup4(&key) {
+    if let Some(entry) = conntrack::lookup4(&key) {
         // SAFETY: map value pointer, valid during the run.
-        Some(entry) if unsafe { (*entry).container_id } == container.id => Ok(()),
+        return if unsafe { (*entry).container_id } == container.id { Ok(()) } else { Err(DropReason::Policy) };
+    }
+    // A translated flow carries its verdict on the entry of the tuple the
+    // container sends: the quoted packet's, or its reverse when the quoted
+    // packet came in.
+    let sent = match direction {
+        Direction::Out => quoted.key.reversed(),
+        Direction::In => quoted.key,
+    };
+    match conntrack::lookup4(&sent.in_scope(CtScope::Nat)) {
+        // SAFETY: map value pointer, valid during the run.
+        Some(entry) if unsafe { (*entry).verdict_of(container.id) } => Ok(()),
         _ => Err(DropReason::Policy),
     }
 }

@@ -9,9 +9,9 @@
 
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
-    config::{CFG_F_MASQUERADE, CFG_F_ROUTED},
+    config::{CFG_F_MASQUERADE, CFG_F_ROUTED, CFG_F_TRACE_FLOWS},
     conntrack::{CtState, CT_F_REPLY, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    CtEntry, CtScope, DatapathConfig, DropReason, MappingEntry4,
+    ContainerEntry, CtEntry, CtKey4, CtScope, DatapathConfig, Direction, DropReason, MappingEntry4,
 };
 use network_types::eth::EthHdr;
 
@@ -20,10 +20,11 @@ use crate::{
     flow,
     flow::{Flow4, NoFlow},
     fragment, host_sockets, icmp_error, mapping,
-    maps::config,
+    maps::{config, CONTAINERS},
     masquerade, nat,
     offsets::{IP_PROTO_OFF, IP_SRC_OFF},
-    packet, policy,
+    packet,
+    policy::{self, CarriedVerdict},
     stats::count_drop_on_container,
 };
 
@@ -31,9 +32,39 @@ use crate::{
 /// a frame of its own would take the chain uplink_ingress -> here ->
 /// [`translate_parsed4`] -> a new published flow past the 512-byte stack.
 #[inline(always)]
-pub fn translate4(ctx: &TcContext) -> Result<(), DropReason> {
+pub fn translate4(ctx: &TcContext, carried: &mut CarriedVerdict) -> Result<(), DropReason> {
     let Some(cfg) = config() else { return Ok(()) };
-    translate_parsed4(ctx, &flow::parse4(ctx), cfg, true)
+    translate_parsed4(ctx, &flow::parse4(ctx), cfg, true, carried)
+}
+
+/// A container's packet (veth ingress): judged by its policy, then
+/// translated. A translated flow's entry carrying the container's verdict
+/// under its current rules does both in one lookup; anything else (a flow
+/// without translation, a new one, a verdict to judge again, a first
+/// fragment, whose passing is recorded) takes the two stages.
+#[inline(always)]
+pub fn judge_and_translate4(
+    ctx: &TcContext,
+    parsed: &Result<Flow4, NoFlow>,
+    container: &ContainerEntry,
+    cfg: &DatapathConfig,
+    carried: &mut CarriedVerdict,
+) -> Result<(), DropReason> {
+    if let Ok(flow) = parsed {
+        if flow.ported && !flow.first_fragment {
+            if let Some(entry) = conntrack::lookup_or_forget4(&flow.key) {
+                // SAFETY: map value pointer, valid during the run.
+                let e = unsafe { &*entry };
+                if e.verdict_of(container.id) && e.policy_epoch == container.policy_epoch {
+                    conntrack::touch(entry, flow, ctx.len(), cfg);
+                    *carried = CarriedVerdict::of(e);
+                    return nat::apply4(ctx, flow, e);
+                }
+            }
+        }
+    }
+    policy::judge(ctx, parsed, container, Direction::Out, cfg)?;
+    translate_parsed4(ctx, parsed, cfg, false, carried)
 }
 
 /// Conntrack hit: translate as recorded. Miss to a published port: create
@@ -41,13 +72,16 @@ pub fn translate4(ctx: &TcContext) -> Result<(), DropReason> {
 /// translated back (outer and quoted headers); later fragments get their
 /// first fragment's translation. From outside (`from_outside`), a miss on a
 /// masquerade port is dropped unless a host socket owns it; anything else
-/// passes.
+/// passes. A hit hands the verdict its entry carries to the fast path
+/// (`carried`), except for a first fragment (its passing is recorded where
+/// the receiving container judges it).
 #[inline(never)]
 pub fn translate_parsed4(
     ctx: &TcContext,
     parsed: &Result<Flow4, NoFlow>,
     cfg: &DatapathConfig,
     from_outside: bool,
+    carried: &mut CarriedVerdict,
 ) -> Result<(), DropReason> {
     let flow = match parsed {
         // Only ported flows are translated (protocols without ports are
@@ -60,10 +94,18 @@ pub fn translate_parsed4(
     let translated = if let Some(entry) = conntrack::lookup_or_forget4(&flow.key) {
         conntrack::touch(entry, flow, ctx.len(), cfg);
         // SAFETY: map value pointer, valid during the run.
-        nat::apply4(ctx, flow, unsafe { &*entry })
+        let e = unsafe { &*entry };
+        if !flow.first_fragment {
+            *carried = CarriedVerdict::of(e);
+        }
+        nat::apply4(ctx, flow, e)
     } else {
         match admitted_mapping4(flow, cfg)? {
-            Some(published) => new_published_flow4(ctx, flow, published, cfg),
+            Some(published) => new_published_flow4(ctx, flow, published, cfg).inspect(|()| {
+                if cfg.has(CFG_F_TRACE_FLOWS) {
+                    trace_published4(flow, published, cfg);
+                }
+            }),
             None if from_outside => return unclaimed4(ctx, flow, cfg),
             None => return Ok(()),
         }
@@ -119,6 +161,20 @@ fn admitted_mapping4(flow: &Flow4, cfg: &DatapathConfig) -> Result<Option<&'stat
     Ok(Some(published))
 }
 
+/// Tells a monitor about a new flow to a published port, as it reaches the
+/// container (the flow event its inbound policy gives every flow it lets
+/// in). Out of line: the tracked chain down to the new flow's entries has
+/// no stack for the event.
+#[inline(never)]
+fn trace_published4(flow: &Flow4, published: &MappingEntry4, cfg: &DatapathConfig) {
+    let Some(target) = CONTAINERS.get_ptr(published.container_ifindex) else { return };
+    let client = if flow.key.saddr == published.container_addr { cfg.gateway4 } else { flow.key.saddr };
+    let arrived =
+        CtKey4::new(client, published.container_addr, flow.key.sport, published.container_port, flow.key.proto);
+    // SAFETY: map value pointer, valid during the run.
+    policy::trace_flow(&arrived, unsafe { &*target }, Direction::In);
+}
+
 /// Tracks a new flow to a published port and translates its first packet.
 #[inline(never)]
 fn new_published_flow4(
@@ -132,6 +188,14 @@ fn new_published_flow4(
     fwd.packets = 1;
     fwd.bytes = ctx.len() as u64;
     fwd.state = CtState::New as u8;
+    // The container's inbound policy admitted the flow (see
+    // [`admitted_mapping4`]): its entries carry that verdict.
+    if let Some(target) = CONTAINERS.get_ptr(published.container_ifindex) {
+        // SAFETY: map value pointer, valid during the run.
+        let target = unsafe { &*target };
+        policy::carry(&mut fwd, target);
+        policy::carry(&mut rev, target);
+    }
     match conntrack::create4(&flow.key, &mut fwd, &reply_key, &mut rev, flow.key.proto, cfg) {
         Ok(()) => nat::apply4(ctx, flow, &fwd),
         Err(CreateError::Raced) => conntrack::apply_existing4(ctx, flow),

@@ -417,13 +417,16 @@ pub struct Flow {
     pub reply_bytes: u64,
     /// The mapping that created it (0: none).
     pub mapping_id: u32,
-    /// `nat` (translation) or `policy` (a container's verdict).
+    /// `nat` (a translated flow, which also carries its container's
+    /// verdict) or `policy` (a verdict of a flow without translation, or of
+    /// the other container of a hairpin flow).
     pub scope: String,
-    /// For policy verdicts: `out` (the container sent the first packet) or
-    /// `in` (the first packet reached it).
+    /// With a verdict: `out` (the container sent the first packet) or `in`
+    /// (the first packet reached it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direction: Option<crate::policy::Direction>,
-    /// For policy verdicts: the container.
+    /// The container whose verdict it is, or which started a masqueraded
+    /// flow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
 }

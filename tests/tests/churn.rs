@@ -88,7 +88,8 @@ fn idle_connections_survive_a_storm_of_new_ones() {
         STORM_RATE,
         STORM
     );
-    assert!(ct.inserts - before.conntrack.inserts >= 4 * report.connections, "{ct:?}");
+    // Two entries per connection: a published flow's carry its verdict too.
+    assert!(ct.inserts - before.conntrack.inserts >= 2 * report.connections, "{ct:?}");
     survivors.expect("every idle connection still carries data both ways after the storm");
     assert_eq!(report.not_passed, 0, "every storm packet passed: {report:?}");
     assert_eq!(ct.evictions, 0, "no entry was evicted: {ct:?}");

@@ -146,6 +146,12 @@ fn containers_reach_the_world_through_the_host_address() {
     let udp = flows.iter().find(|f| f.proto == "udp" && f.scope == "nat").expect("udp flow");
     assert_eq!((udp.original.dst, udp.original.dport), (WORLD_IP, 5353));
     assert_eq!((udp.reply.src, udp.reply.dst), (WORLD_IP, HOST_UPLINK_IP));
+    // The translation carries c1's verdict: no verdict pair beside it.
+    assert_eq!((udp.container.as_deref(), udp.direction), (Some("c1"), Some(netpath_common::Direction::Out)));
+    assert!(
+        !flows.iter().any(|f| f.scope == "policy" && f.original.dst == WORLD_IP && f.original.dport == 5353),
+        "{flows:?}"
+    );
     assert!(flows.iter().any(|f| f.proto == "1" || f.proto == "icmp"), "ping is tracked: {flows:?}");
     let text = t.ctl_ok(&["conntrack"]).unwrap();
     assert!(text.contains(&format!("-> {HOST_UPLINK_IP}:")), "{text}");

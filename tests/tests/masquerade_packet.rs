@@ -2,9 +2,9 @@
 //! its ingress, ICMP echo identifiers, port collisions and exhaustion, and
 //! ICMP errors whose quoted packet is translated back, byte for byte.
 
-use netpath_common::{config::CFG_F_MASQUERADE, DatapathConfig, DropReason, HookId};
+use netpath_common::{config::CFG_F_MASQUERADE, CtScope, DatapathConfig, DropReason, HookId};
 use netpath_tests::{
-    fixtures::{self, hex, pass, C1, C2, HOST, HOST_MAC, SERVER, TC_ACT_SHOT},
+    fixtures::{self, hex, pass, C1, C1_MAC, C2, GATEWAY_MAC, HOST, HOST_MAC, SERVER, TC_ACT_SHOT},
     frames::{self, ETH_P_IPV4, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     prog_run::{PacketHarness, TEST_IFINDEX},
 };
@@ -67,6 +67,32 @@ fn tcp_is_masqueraded_and_replies_are_translated_back() {
     // The next packet of the flow reuses the port.
     let ack = tcp((C1, 40000), (SERVER, 80), 0x10);
     assert_eq!(hex(&pass(&h, HookId::UplinkEgress.program(), &ack)), hex(&tcp((HOST, port), (SERVER, 80), 0x10)));
+}
+
+#[test]
+fn a_masqueraded_flow_is_two_entries_that_carry_the_rewrite_and_the_verdict() {
+    let mut h = harness(CFG_F_MASQUERADE);
+    h.dp.set_container(TEST_IFINDEX, &fixtures::container(C1, C1_MAC, 5, 0)).unwrap();
+    let from_c1 = |flags: u8| {
+        let seg = frames::tcp(C1, SERVER, 40000, 80, flags, b"data");
+        frames::eth(GATEWAY_MAC, C1_MAC, ETH_P_IPV4, &frames::ipv4(C1, SERVER, IPPROTO_TCP, &[], &seg))
+    };
+    // c1's veth judges the SYN (a verdict pair), the uplink masquerades it:
+    // the translation takes the verdict over, and the pair goes.
+    pass(&h, HookId::VethIngress.program(), &from_c1(0x02));
+    assert_eq!(h.dp.ct_entries().unwrap().len(), 2, "the verdict pair");
+    let port = src_port(&pass(&h, HookId::UplinkEgress.program(), &tcp((C1, 40000), (SERVER, 80), 0x02)));
+    let ct = h.dp.ct_entries().unwrap();
+    assert_eq!(ct.len(), 2, "one entry per direction: {ct:?}");
+    assert!(ct.iter().all(|(k, e)| k.scope() == Some(CtScope::Nat) && e.verdict_of(5)), "{ct:?}");
+    // The reply, and c1's next packet, pass on them and are translated.
+    let back = pass(&h, HookId::UplinkIngress.program(), &tcp((SERVER, 80), (HOST, port), 0x12));
+    assert_eq!(hex(&back), hex(&tcp((SERVER, 80), (C1, 40000), 0x12)));
+    let at_c1 = frames::eth(C1_MAC, GATEWAY_MAC, ETH_P_IPV4, &back[14..]);
+    pass(&h, HookId::VethEgress.program(), &at_c1);
+    let ack = pass(&h, HookId::VethIngress.program(), &from_c1(0x10));
+    assert_eq!(src_port(&ack), port, "translated on c1's veth already");
+    assert_eq!(h.dp.ct_entries().unwrap().len(), 2);
 }
 
 #[test]

@@ -3,12 +3,16 @@
 //! against frames built from scratch and verified independently), and the
 //! packets that must pass untouched.
 
-use netpath_common::{CtKey4, HookId, MappingEntry4, MappingKey4};
+use netpath_common::{conntrack::CT_F_POLICY, ContainerEntry, CtKey4, CtScope, HookId, MappingEntry4, MappingKey4};
 use netpath_tests::{
-    fixtures::{self, expect, hex, C1, C1_MAC, C2, C2_MAC, CLIENT, CLIENT_MAC, GATEWAY, HOST, HOST_MAC, TC_ACT_OK},
+    fixtures::{
+        self, expect, hex, C1, C1_MAC, C2, C2_MAC, CLIENT, CLIENT_MAC, GATEWAY, GATEWAY_MAC, HOST, HOST_MAC, TC_ACT_OK,
+        TC_ACT_SHOT,
+    },
     frames::{self, ETH_P_ARP, ETH_P_IPV4, IPPROTO_TCP, IPPROTO_UDP},
     prog_run::{PacketHarness, TEST_IFINDEX},
 };
+use netpath_userspace::policy::{self, parse_cidr, Action, Direction, Rule};
 
 /// A host address that one mapping is bound to.
 const BOUND: [u8; 4] = [198, 18, 0, 10];
@@ -87,6 +91,92 @@ fn dnat_from_outside_and_reverse_translation_tcp() {
     let nat: Vec<_> = flows.iter().filter(|(k, _)| k.scope() == Some(netpath_common::CtScope::Nat)).collect();
     assert_eq!(nat.len(), 2);
     assert!(nat.iter().all(|(_, e)| e.state == netpath_common::CtState::Established as u8), "{nat:?}");
+}
+
+/// c1's rules, as the agent writes them for one direction.
+fn set_rules(h: &mut PacketHarness, direction: Direction, rules: &[(Action, &str)]) {
+    let rules: Vec<Rule> = rules
+        .iter()
+        .map(|(action, cidr)| Rule {
+            action: *action,
+            direction,
+            cidr: parse_cidr(cidr).unwrap(),
+            proto: None,
+            ports: None,
+        })
+        .collect();
+    for (cidr, entry) in policy::compile(&rules, direction, None).unwrap().entries {
+        let (len, key) = policy::lpm_key4(C1_ID, direction, &cidr);
+        h.dp.set_policy4(len, &key, &entry).unwrap();
+    }
+}
+
+const C1_ID: u32 = 1;
+
+#[test]
+fn a_published_flow_is_two_entries_that_carry_the_rewrite_and_the_verdict() {
+    let mut h = harness();
+    container(&mut h, C1, C1_MAC);
+    let syn = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), (HOST, 8080), 0x02, &[]);
+    expect(
+        &h,
+        HookId::UplinkIngress.program(),
+        &syn,
+        &tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40000), (C1, 80), 0x02, &[]),
+    );
+    // c1's veth judges the translated SYN and its answer, both ways, on the
+    // flow's own two entries: no verdict pair of their own.
+    let at_c1 = tcp_frame(C1_MAC, GATEWAY_MAC, (CLIENT, 40000), (C1, 80), 0x02, &[]);
+    expect(&h, HookId::VethEgress.program(), &at_c1, &at_c1);
+    let synack = tcp_frame(HOST_MAC, C1_MAC, (C1, 80), (CLIENT, 40000), 0x12, &[]);
+    expect(
+        &h,
+        HookId::VethIngress.program(),
+        &synack,
+        &tcp_frame(HOST_MAC, C1_MAC, (HOST, 8080), (CLIENT, 40000), 0x12, &[]),
+    );
+    let ct = h.dp.ct_entries().unwrap();
+    assert_eq!(ct.len(), 2, "one entry per direction: {ct:?}");
+    assert!(ct.iter().all(|(k, e)| k.scope() == Some(CtScope::Nat) && e.verdict_of(C1_ID)), "{ct:?}");
+    assert!(ct.iter().all(|(_, e)| e.policy_epoch == 0));
+
+    // A rule change (a deny for the client, then a new epoch, as the agent
+    // writes it) judges the flow again at its next packet: the reply is
+    // dropped, the verdict leaves both entries, and the flow stays cut from
+    // both ends; the translation stays until it expires.
+    set_rules(&mut h, Direction::In, &[(Action::Deny, "198.18.0.2/32")]);
+    let c1 = ContainerEntry { policy_epoch: 1, ..fixtures::container(C1, C1_MAC, C1_ID, 0) };
+    h.dp.set_container(TEST_IFINDEX, &c1).unwrap();
+    let ack = tcp_frame(HOST_MAC, C1_MAC, (C1, 80), (CLIENT, 40000), 0x10, &[]);
+    assert_eq!(h.run(HookId::VethIngress.program(), &ack).unwrap().verdict, TC_ACT_SHOT);
+    let ct = h.dp.ct_entries().unwrap();
+    assert_eq!(ct.len(), 2, "{ct:?}");
+    assert!(ct.iter().all(|(_, e)| e.flags & CT_F_POLICY == 0), "the verdict is gone: {ct:?}");
+    let in_ack = tcp_frame(C1_MAC, GATEWAY_MAC, (CLIENT, 40000), (C1, 80), 0x10, &[]);
+    assert_eq!(h.run(HookId::VethEgress.program(), &in_ack).unwrap().verdict, TC_ACT_SHOT, "cut from the client's end");
+    assert_eq!(h.run(HookId::VethIngress.program(), &ack).unwrap().verdict, TC_ACT_SHOT, "and from c1's");
+
+    // A flow the rules still allow is confirmed under the new epoch.
+    let other = [198, 18, 0, 3];
+    let syn = tcp_frame(HOST_MAC, CLIENT_MAC, (other, 40001), (HOST, 8080), 0x02, &[]);
+    expect(
+        &h,
+        HookId::UplinkIngress.program(),
+        &syn,
+        &tcp_frame(HOST_MAC, CLIENT_MAC, (other, 40001), (C1, 80), 0x02, &[]),
+    );
+    h.dp.set_container(TEST_IFINDEX, &ContainerEntry { policy_epoch: 2, ..c1 }).unwrap();
+    let synack = tcp_frame(HOST_MAC, C1_MAC, (C1, 80), (other, 40001), 0x12, &[]);
+    expect(
+        &h,
+        HookId::VethIngress.program(),
+        &synack,
+        &tcp_frame(HOST_MAC, C1_MAC, (HOST, 8080), (other, 40001), 0x12, &[]),
+    );
+    let confirmed: Vec<_> =
+        h.dp.ct_entries().unwrap().into_iter().filter(|(k, _)| k.saddr == other || k.daddr == other).collect();
+    assert_eq!(confirmed.len(), 2, "{confirmed:?}");
+    assert!(confirmed.iter().all(|(_, e)| e.verdict_of(C1_ID) && e.policy_epoch == 2), "{confirmed:?}");
 }
 
 #[test]

@@ -144,8 +144,12 @@ fn unmap_and_container_del_cut_their_flows_without_walking_conntrack() {
         .expect("the masqueraded flow");
     let (m_orig, m_reply) = (key_of(&out.original, CtScope::Nat), key_of(&out.reply, CtScope::Nat));
     assert_eq!(ct.get(&m_orig, 0).unwrap().container_id, c2.id, "masqueraded flows carry their container");
+    // And c2's verdict: the flow's two entries are all it has.
+    for k in [m_orig, m_reply] {
+        assert!(ct.get(&k, 0).unwrap().verdict_of(c2.id), "the masqueraded flow's entries carry c2's verdict");
+    }
     let verdict = key_of(&out.original, CtScope::PolicyOut);
-    assert!(ct.get(&verdict, 0).is_ok());
+    assert!(ct.get(&verdict, 0).is_err(), "no verdict pair of its own beside the translation");
 
     t.ctl_ok(&["container", "del", "c2"]).unwrap();
     let listed = flows(&t);
@@ -154,7 +158,7 @@ fn unmap_and_container_del_cut_their_flows_without_walking_conntrack() {
         "c2's flows are not listed: {listed:?}"
     );
     assert!(
-        [m_orig, m_reply, verdict].iter().all(|k| ct.get(k, 0).is_ok()),
+        [m_orig, m_reply].iter().all(|k| ct.get(k, 0).is_ok()),
         "container del did not walk conntrack: c2's entries are still there, stale"
     );
     assert!(unrelated_untouched(&ct), "unrelated flows untouched by container del");

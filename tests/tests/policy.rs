@@ -173,10 +173,17 @@ fn monitor_streams_drops_and_flows() {
     server(&t, &ns1, 80);
     let _ = reaches(&t, &ns2, cs[0].ip, 9); // denied
     let _ = reaches(&t, &ns2, cs[0].ip, 80); // allowed: a flow event
+                                             // A published flow from the world: its verdict is given on the uplink,
+                                             // where its translation is created; the event shows it as it reached c1.
+    t.ctl_ok(&["map", "8080:c1:80"]).unwrap();
+    assert!(reaches(&t, &t.world, HOST_UPLINK_IP, 8080));
+    let published = |e: &MonitorEvent| e.kind == "flow" && e.src == WORLD_IP;
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut events: Vec<MonitorEvent> = vec![];
     while Instant::now() < deadline
-        && !(events.iter().any(|e| e.kind == "drop") && events.iter().any(|e| e.kind == "flow"))
+        && !(events.iter().any(|e| e.kind == "drop")
+            && events.iter().any(|e| e.kind == "flow" && e.src == cs[1].ip)
+            && events.iter().any(published))
     {
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
             events.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")));
@@ -191,6 +198,9 @@ fn monitor_streams_drops_and_flows() {
     assert_eq!(drop.hook, "veth_egress");
     let flow = events.iter().find(|e| e.kind == "flow").unwrap_or_else(|| panic!("no flow event: {events:?}"));
     assert_eq!((flow.dst, flow.dport), (cs[0].ip, 80));
+    let flow = events.iter().find(|e| published(e)).unwrap_or_else(|| panic!("no published flow event: {events:?}"));
+    assert_eq!((flow.dst, flow.dport, flow.hook.as_str()), (cs[0].ip, 80, "veth_egress"));
+    assert_eq!(flow.direction, Some(netpath_common::Direction::In));
     assert!(events.iter().all(|e| e.container.as_deref() == Some("c1")), "filtered to c1: {events:?}");
     let st: StatsView = t.ctl_json(&["stats"]).unwrap();
     assert_eq!(st.containers.len(), 2);

@@ -379,6 +379,8 @@ fn expired_flows_are_collected() {
     let flows: Vec<Flow> = t.ctl_json(&["conntrack"]).unwrap();
     let nat: Vec<_> = flows.iter().filter(|f| f.scope == "nat").collect();
     assert_eq!(nat.len(), 1, "{flows:?}");
+    assert_eq!(flows.len(), 1, "the translation carries c1's verdict: {flows:?}");
+    assert_eq!((nat[0].container.as_deref(), nat[0].direction), (Some("c1"), Some(netpath_common::Direction::In)));
     assert_eq!(nat[0].state, "established");
     assert!(nat[0].expires_in <= 2);
     let deadline = Instant::now() + Duration::from_secs(8);
@@ -396,7 +398,7 @@ fn expired_flows_are_collected() {
     udp_ask(&t, &t.world, HOST_UPLINK_IP, 8053).unwrap();
     udp.join().unwrap();
     let out = t.ctl_ok(&["conntrack", "flush"]).unwrap();
-    assert!(out.contains("flushed 2 flows"), "the NAT flow and the container's verdict: {out}");
+    assert!(out.contains("flushed 1 flows"), "the NAT flow, which carries the container's verdict: {out}");
 }
 
 #[test]

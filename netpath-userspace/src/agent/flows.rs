@@ -5,8 +5,8 @@ use std::{collections::HashMap, net::Ipv4Addr};
 
 use anyhow::Result;
 use netpath_common::{
-    conntrack::{CT_F_REPLY, CT_F_SNAT, IPPROTO_ICMP},
-    CtEntry, CtKey4, CtScope, CtState,
+    conntrack::{CT_F_DNAT, CT_F_POLICY, CT_F_REPLY, CT_F_SNAT, IPPROTO_ICMP},
+    CtEntry, CtKey4, CtScope, CtState, Direction,
 };
 
 use super::Inner;
@@ -81,7 +81,14 @@ impl Inner {
             let expires = e.expires_ns.max(reply.expires_ns) as i128;
             let state = CtState::from_u8(e.state.max(reply.state));
             let scope = key.scope().unwrap_or(CtScope::Nat);
-            let direction = scope.direction();
+            // A translated flow carrying its container's verdict was judged
+            // in: to a published port (translated to the container), or out.
+            let carried = (e.flags & CT_F_POLICY != 0).then_some(if e.flags & CT_F_DNAT != 0 {
+                Direction::In
+            } else {
+                Direction::Out
+            });
+            let direction = scope.direction().or(carried);
             flows.push(Flow {
                 proto: proto_name(key.proto),
                 original: tuple4(key.saddr, key.sport, key.daddr, key.dport),
@@ -93,9 +100,9 @@ impl Inner {
                 reply_packets: reply.packets,
                 reply_bytes: reply.bytes,
                 mapping_id: e.mapping_id,
-                scope: if direction.is_some() { "policy" } else { "nat" }.into(),
+                scope: if scope == CtScope::Nat { "nat" } else { "policy" }.into(),
                 direction,
-                container: direction.and_then(|_| names.get(&e.container_id).cloned()),
+                container: names.get(&e.container_id).cloned(),
             });
         }
         flows.sort_by_key(|f| (f.scope.clone(), f.direction, f.mapping_id, f.original.src, f.original.sport));

@@ -716,8 +716,12 @@ impl Fuzzer {
             Class::IcmpError(Err(why)) => Some(("icmp error", why.to_string())),
             Class::IcmpError(Ok(q)) => {
                 let verdict = self.h.dp.ct_get4(&q.reversed().in_scope(scope)).ok().flatten();
+                // The quoted packet travelled the other way: its flow's tuple
+                // as the container sends it is the quote (in) or its reverse.
+                let sent = if d == Out { q.reversed() } else { *q };
                 match verdict {
                     Some(e) if e.container_id == C1_ID => None,
+                    None if self.carries_verdict(&sent) => None,
                     _ => Some(("icmp error", format!("{d}: about a flow without a verdict of this container"))),
                 }
             }
@@ -730,7 +734,8 @@ impl Fuzzer {
                 self.denies(d, remote, IPPROTO_ICMP, port)
             }
             Class::Flow(fl) => {
-                if self.ct_has(&fl.key.in_scope(scope)) {
+                let sent = if d == Out { fl.key } else { fl.key.reversed() };
+                if self.ct_has(&fl.key.in_scope(scope)) || self.carries_verdict(&sent) {
                     return None; // an existing verdict
                 }
                 let remote = if d == Out { fl.key.daddr } else { fl.key.saddr };
@@ -767,6 +772,13 @@ impl Fuzzer {
         }
         let sent = if d == Out { fl.key } else { fl.key.reversed() };
         !self.ct_has(&sent.in_scope(CtScope::Nat))
+    }
+
+    /// Does the translated flow of `sent` (a tuple as the container sends
+    /// it) carry the container's verdict on its entry?
+    fn carries_verdict(&self, sent: &CtKey4) -> bool {
+        let entry = self.h.dp.ct_get4(&sent.in_scope(CtScope::Nat)).ok().flatten();
+        entry.is_some_and(|e| e.verdict_of(C1_ID))
     }
 
     fn ct_has(&self, key: &CtKey4) -> bool {
