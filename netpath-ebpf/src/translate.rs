@@ -42,6 +42,13 @@ pub fn translate4(ctx: &TcContext, carried: &mut CarriedVerdict) -> Result<(), D
 /// under its current rules does both in one lookup; anything else (a flow
 /// without translation, a new one, a verdict to judge again, a first
 /// fragment, whose passing is recorded) takes the two stages.
+///
+/// Only packets that leave the container subnet look for a translation
+/// first (replies of published ports to the world, masquerade): traffic
+/// between containers and to the gateway is mostly untranslated, and its
+/// verdict is then the one lookup before the NAT stage's miss. (Deciding
+/// on the miss itself would keep a flag alive across the policy stage,
+/// which doubles what the verifier explores there, past its limit.)
 #[inline(always)]
 pub fn judge_and_translate4(
     ctx: &TcContext,
@@ -51,7 +58,7 @@ pub fn judge_and_translate4(
     carried: &mut CarriedVerdict,
 ) -> Result<(), DropReason> {
     if let Ok(flow) = parsed {
-        if flow.ported && !flow.first_fragment {
+        if flow.ported && !flow.first_fragment && !cfg.in_subnet4(flow.key.daddr) {
             if let Some(entry) = conntrack::lookup_or_forget4(&flow.key) {
                 // SAFETY: map value pointer, valid during the run.
                 let e = unsafe { &*entry };
