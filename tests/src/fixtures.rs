@@ -4,6 +4,7 @@
 //! assertions. Tests change what they need with struct update syntax.
 
 use netpath_common::{container::CONTAINER_F_IPV4, ContainerEntry, CtTimeouts, DatapathConfig};
+use netpath_userspace::policy::{self, Direction, Rule};
 
 use crate::{
     frames::{self, ETH_P_IPV4},
@@ -60,6 +61,18 @@ pub fn container(ip: [u8; 4], mac: [u8; 6], id: u32, extra_flags: u16) -> Contai
         id,
         policy_epoch: 0,
     }
+}
+
+/// Writes container `id`'s `rules` into `POLICY4` for both directions, as
+/// the agent compiles them.
+pub fn write_rules4(h: &mut PacketHarness, id: u32, rules: &[Rule]) -> anyhow::Result<()> {
+    for d in Direction::BOTH {
+        for (cidr, entry) in policy::compile(rules, d, None)?.entries {
+            let (len, key) = policy::lpm_key4(id, d, &cidr);
+            h.dp.set_policy4(len, &key, &entry)?;
+        }
+    }
+    Ok(())
 }
 
 /// The object loaded in a private network namespace, with `cfg` written

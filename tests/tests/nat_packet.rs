@@ -12,7 +12,7 @@ use netpath_tests::{
     frames::{self, ETH_P_ARP, ETH_P_IPV4, IPPROTO_TCP, IPPROTO_UDP},
     prog_run::{PacketHarness, TEST_IFINDEX},
 };
-use netpath_userspace::policy::{self, parse_cidr, Action, Direction, Rule};
+use netpath_userspace::policy::{parse_cidr, Action, Direction, Rule};
 
 /// A host address that one mapping is bound to.
 const BOUND: [u8; 4] = [198, 18, 0, 10];
@@ -93,7 +93,7 @@ fn dnat_from_outside_and_reverse_translation_tcp() {
     assert!(nat.iter().all(|(_, e)| e.state == netpath_common::CtState::Established as u8), "{nat:?}");
 }
 
-/// c1's rules, as the agent writes them for one direction.
+/// c1's rules, as the agent writes them, all in one direction.
 fn set_rules(h: &mut PacketHarness, direction: Direction, rules: &[(Action, &str)]) {
     let rules: Vec<Rule> = rules
         .iter()
@@ -105,10 +105,7 @@ fn set_rules(h: &mut PacketHarness, direction: Direction, rules: &[(Action, &str
             ports: None,
         })
         .collect();
-    for (cidr, entry) in policy::compile(&rules, direction, None).unwrap().entries {
-        let (len, key) = policy::lpm_key4(C1_ID, direction, &cidr);
-        h.dp.set_policy4(len, &key, &entry).unwrap();
-    }
+    fixtures::write_rules4(h, C1_ID, &rules).unwrap();
 }
 
 const C1_ID: u32 = 1;

@@ -28,12 +28,7 @@ fn harness(container_flags: u16, cfg_flags: u32, rules: &[(Action, Direction, &s
             Rule { action: *action, direction: *direction, cidr: parse_cidr(cidr).unwrap(), proto, ports }
         })
         .collect();
-    for d in Direction::BOTH {
-        for (cidr, entry) in policy::compile(&rules, d, None).unwrap().entries {
-            let (len, key) = policy::lpm_key4(C1_ID, d, &cidr);
-            h.dp.set_policy4(len, &key, &entry).unwrap();
-        }
-    }
+    fixtures::write_rules4(&mut h, C1_ID, &rules).unwrap();
     h
 }
 

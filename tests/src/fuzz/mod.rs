@@ -416,12 +416,7 @@ impl Fuzzer {
                 Ok(Rule { action: *action, direction: *direction, cidr: parse_cidr(cidr)?, proto, ports })
             })
             .collect::<Result<_, policy::RuleError>>()?;
-        for d in Direction::BOTH {
-            for (cidr, entry) in policy::compile(&rules, d, None)?.entries {
-                let (len, key) = policy::lpm_key4(C1_ID, d, &cidr);
-                h.dp.set_policy4(len, &key, &entry)?;
-            }
-        }
+        fixtures::write_rules4(&mut h, C1_ID, &rules)?;
         let eval =
             Evaluator::new(&ContainerPolicy { default_in: world.default_in, default_out: world.default_out, rules });
         let mut fds = BTreeMap::new();
