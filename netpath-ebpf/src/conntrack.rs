@@ -1,13 +1,14 @@
 //! Connection tracking: find a flow's entry, keep its state and expiry
 //! current, and create the two entries of a new translated flow.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use netpath_common::{
     conntrack::{CtState, CtTimeouts, CLOSED, CT_F_REPLY, IPPROTO_TCP, TCP_FIN},
     CtEntry, CtKey4, CtStats, DatapathConfig, DropReason,
 };
 
 use crate::{
+    clock,
     flow::Flow4,
     maps::{container_live, mapping_live, CT4, CT_STATS},
 };
@@ -80,7 +81,7 @@ fn forget_stale4(key: &CtKey4) {
 pub fn touch(entry: *mut CtEntry, flow: &Flow4, len: u32, cfg: &DatapathConfig) {
     // SAFETY: a map value pointer, valid during the program run.
     let e = unsafe { &mut *entry };
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = clock::now_ns();
     let before = e.state;
     // The state machine and the expiry decision: netpath_common::conntrack.
     if e.refresh(flow.key.proto, flow.tcp_flags, now, &cfg.timeouts) {
@@ -186,7 +187,7 @@ pub fn create4(
     proto: u8,
     cfg: &DatapathConfig,
 ) -> Result<(), CreateError> {
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = clock::now_ns();
     let expires = cfg.timeouts.expiry(proto, CtState::New as u8, now);
     orig.expires_ns = expires;
     reply.expires_ns = expires;
@@ -209,7 +210,7 @@ pub fn create_verdict4(
     len: u32,
     cfg: &DatapathConfig,
 ) -> Result<(), CreateError> {
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = clock::now_ns();
     entry.state = CtState::New as u8;
     entry.expires_ns = cfg.timeouts.expiry(orig_key.proto, CtState::New as u8, now);
     entry.flags |= CT_F_REPLY;

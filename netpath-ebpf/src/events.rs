@@ -4,7 +4,10 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use netpath_common::{CtKey4, Event, HookId};
 
-use crate::maps::{EVENTS, EVENT_BUDGET};
+use crate::{
+    clock,
+    maps::{EVENTS, EVENT_BUDGET},
+};
 
 /// May a drop event go to the monitor now? At most
 /// `MAX_DROP_EVENTS_PER_SEC` per CPU: a flood is counted, not streamed
@@ -13,7 +16,7 @@ use crate::maps::{EVENTS, EVENT_BUDGET};
 pub fn drop_event_admitted() -> bool {
     match EVENT_BUDGET.get_ptr_mut(0) {
         // SAFETY: per-CPU value, only this CPU writes it while we run.
-        Some(budget) => unsafe { (*budget).admit(bpf_ktime_get_ns()) },
+        Some(budget) => unsafe { (*budget).admit(clock::now_ns()) },
         None => true,
     }
 }

@@ -1,11 +1,12 @@
 //! Later fragments follow what happened to their first fragment (see
 //! `netpath_common::fragment`): its policy verdict, and its translation.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use netpath_common::{fragment::FRAG_TIMEOUT_NS, CtScope, DropReason, FragEntry4, FragKey4};
 use network_types::eth::EthHdr;
 
 use crate::{
+    clock,
     flow::Flow4,
     maps::FRAGS4,
     offsets::{IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF},
@@ -30,7 +31,7 @@ fn record4(flow: &Flow4, scope: CtScope, nat_saddr: [u8; 4], nat_daddr: [u8; 4])
         nat_saddr,
         nat_daddr,
         _pad: 0,
-        expires_ns: unsafe { bpf_ktime_get_ns() } + FRAG_TIMEOUT_NS,
+        expires_ns: clock::now_ns() + FRAG_TIMEOUT_NS,
     };
     // A full table evicts the oldest datagram (LRU): its later fragments
     // are then dropped, never passed unjudged.
@@ -53,7 +54,7 @@ fn live4(frag: &FragKey4, scope: CtScope) -> Option<*const FragEntry4> {
     let key = FragKey4 { scope: scope as u8, ..*frag };
     let entry = FRAGS4.get_ptr(&key)?;
     // SAFETY: map value pointer, valid during the run.
-    (unsafe { (*entry).expires_ns } > unsafe { bpf_ktime_get_ns() }).then_some(entry)
+    (unsafe { (*entry).expires_ns } > clock::now_ns()).then_some(entry)
 }
 
 /// Records the translation of a first fragment (`flow` as it arrived; the

@@ -8,6 +8,7 @@
 
 mod antispoof;
 mod checksum;
+mod clock;
 mod conntrack;
 mod events;
 mod flow;

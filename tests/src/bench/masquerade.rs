@@ -220,6 +220,7 @@ impl MasqFigures {
             }
             _ => Target::not_measured(section, what),
         });
+        out.extend(snat_progrun::targets(&self.prog_run));
         out
     }
 }

@@ -335,8 +335,11 @@ fn prog_run(s: &mut String, r: &Results) {
     let _ = writeln!(s, "## Published ports: nanoseconds per packet under BPF_PROG_TEST_RUN\n");
     let _ = writeln!(
         s,
-        "Mean of the kernel's per-run duration over {} runs with a fresh copy of the frame each time \
-         (repeat = 1), median over the rounds (each round loads the object afresh); \"net\" subtracts the same figure for an empty tc program \
+        "The kernel's per-run duration with a fresh copy of the frame each time (repeat = 1), over {} runs in \
+         10 consecutive batches, taking the lowest batch median (medians: a run that a host interrupt or stolen time \
+         lands in takes microseconds and moves a mean by tens of percent on a shared machine; the lowest batch: a \
+         neighbour thrashing the shared caches for a while slows a program that reads maps by up to 2x, not the \
+         empty one), median over the rounds (each round loads the object afresh); \"net\" subtracts the same figure for an empty tc program \
          (`r0 = 0; exit`); \"loop net\" does the same for the repeat loop. The kernel's own repeat loop (repeat = {}) reruns the program on the *same* \
          skb, so after the first repetition a DNATed SYN is addressed to the container and misses \
          conntrack: the loop column for the hit shows that figure and how many repetitions really hit. \

@@ -219,6 +219,7 @@ impl Results {
     ) -> Results {
         let variants: Vec<VariantFigures> = measured.publish.iter().map(|(v, s)| VariantFigures::new(*v, s)).collect();
         let mut all_targets = if opts.runs(Section::Publish) { targets(&variants, opts) } else { vec![] };
+        all_targets.extend(progrun::targets(&measured.prog_run));
         all_targets.extend(measured.masquerade.iter().flat_map(MasqFigures::targets));
         all_targets.extend(measured.policy.iter().flat_map(PolicyFigures::targets));
         all_targets.extend(measured.control.iter().flat_map(ControlFigures::targets));

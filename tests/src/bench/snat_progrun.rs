@@ -30,8 +30,8 @@ use serde::Serialize;
 
 use super::{
     options::Options,
-    progrun::{fresh_mean, tcp_frame, EmptyProgram, TC_ACT_OK},
-    results::Series,
+    progrun::{budget_of, budget_targets, fresh_median, lowest_batch_median, tcp_frame, EmptyProgram, TC_ACT_OK},
+    results::{Series, Target},
 };
 
 const HOST: [u8; 4] = HOST_UPLINK_IP.octets();
@@ -57,7 +57,9 @@ pub fn allocations(calls: u32) -> u32 {
 pub struct Figure {
     pub case: &'static str,
     pub program: &'static str,
-    /// Mean kernel-measured ns per run, fresh frame each run.
+    /// The most net ns the case may take, if it has a budget (progrun::budget_of).
+    pub budget_ns: Option<f64>,
+    /// Median kernel-measured ns per run, fresh frame each run.
     pub fresh_ns: Series,
     /// `fresh_ns` minus the empty program's.
     pub net_ns: Series,
@@ -88,11 +90,20 @@ pub fn measure(opts: &Options) -> Result<Vec<Figure>> {
             Figure {
                 case: first[i].case,
                 program: first[i].program,
+                budget_ns: budget_of(first[i].case),
                 fresh_ns: col(|s| s.fresh_ns),
                 net_ns: col(|s| s.net_ns),
             }
         })
         .collect())
+}
+
+/// The masquerade's per-program targets.
+pub fn targets(figures: &[Figure]) -> Vec<Target> {
+    budget_targets(
+        super::options::Section::Masquerade.name(),
+        figures.iter().map(|f| (f.program, f.case, f.budget_ns, &f.net_ns, String::new())),
+    )
 }
 
 /// The datapath config as the agent writes it with masquerade on.
@@ -123,13 +134,13 @@ fn one_run(calls: u32) -> Result<Vec<Sample>> {
     let egress = h.dp.program_fd(HookId::UplinkEgress.program())?;
     let ingress = h.dp.program_fd(HookId::UplinkIngress.program())?;
     let probe = frame((CTR, CTR_PORT), (SERVER, SERVER_PORT), TCP_SYN);
-    let base = fresh_mean(empty.fd(), &probe, calls)?;
+    let base = fresh_median(empty.fd(), &probe, calls)?;
     let sample = |case, program, fresh: f64| Sample { case, program, fresh_ns: fresh, net_ns: fresh - base };
     let mut out = vec![sample("empty tc program (runner overhead)", "-", base)];
 
     // First packets: a new flow every run.
     let n = allocations(calls);
-    let mut total: u64 = 0;
+    let mut runs = Vec::with_capacity(n as usize);
     for i in 0..n {
         if i % 10_000 == 0 {
             super::check_interrupted()?;
@@ -145,12 +156,12 @@ fn one_run(calls: u32) -> Result<Vec<Sample>> {
             "new flow {i} was not masqueraded (verdict {}, source port {port})",
             r.verdict
         );
-        total += r.duration_ns as u64;
+        runs.push(r.duration_ns as u64);
     }
     out.push(sample(
         "first packet of a flow: conntrack miss, port allocation, two inserts, SNAT",
         HookId::UplinkEgress.program(),
-        total as f64 / n.max(1) as f64,
+        lowest_batch_median(&runs),
     ));
 
     // One flow, then its later packets and its replies.
@@ -169,7 +180,7 @@ fn one_run(calls: u32) -> Result<Vec<Sample>> {
     out.push(sample(
         "later packet of the flow: conntrack hit, SNAT",
         HookId::UplinkEgress.program(),
-        fresh_mean(egress, &ack, calls)?,
+        fresh_median(egress, &ack, calls)?,
     ));
 
     let reply = frame((SERVER, SERVER_PORT), (HOST, port), TCP_ACK);
@@ -181,7 +192,7 @@ fn one_run(calls: u32) -> Result<Vec<Sample>> {
     out.push(sample(
         "reply of the flow: conntrack hit, back to the container",
         HookId::UplinkIngress.program(),
-        fresh_mean(ingress, &reply, calls)?,
+        fresh_median(ingress, &reply, calls)?,
     ));
     Ok(out)
 }
