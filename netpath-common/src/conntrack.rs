@@ -12,6 +12,14 @@
 //! packet gives both the rewrite and the verdict. Flows without
 //! translation, and the second container of a hairpin flow, keep their
 //! verdicts as a pair of their own in the policy scopes.
+//!
+//! A flow that masquerade will translate (a container's, towards an address
+//! outside the subnet and the host) gets its verdict on its veth before its
+//! translation exists: the veth creates the flow's original half at once,
+//! verdict only (`CT_F_MASQ_PENDING`), and the uplink's egress, a moment
+//! later on the same packet, picks the source port, inserts the reply half
+//! and completes that entry in place. A new masqueraded flow is then two
+//! inserts, not a verdict pair besides (four inserts and two deletes).
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
@@ -123,6 +131,11 @@ pub const CT_F_REPLY: u8 = 1 << 2;
 /// A policy verdict (allowed) for container `container_id`: on an entry
 /// of a policy scope, or on a translated flow's entry (see the module).
 pub const CT_F_POLICY: u8 = 1 << 3;
+/// A pending masquerade: the verdict of a flow a container starts towards
+/// the world, kept by its veth on the NAT-scope entry of the tuple it sent
+/// (peer: itself), which the uplink's egress completes in place with the
+/// translation and a reply half (see the module).
+pub const CT_F_MASQ_PENDING: u8 = 1 << 4;
 
 /// Connection states (TCP; UDP and ICMP use `Established` once both
 /// directions were seen, `New` before).

@@ -3,7 +3,7 @@
 
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
-    conntrack::{CtState, CtTimeouts, CLOSED, CT_F_REPLY, IPPROTO_TCP, TCP_FIN},
+    conntrack::{CtState, CtTimeouts, CLOSED, CT_F_MASQ_PENDING, CT_F_REPLY, CT_F_SNAT, IPPROTO_TCP, TCP_FIN},
     CtEntry, CtKey4, CtStats, DatapathConfig, DropReason,
 };
 
@@ -221,6 +221,51 @@ pub fn create_verdict4(
     entry.peer = *reply_key;
     (entry.packets, entry.bytes) = if packet_on_orig { (1, len as u64) } else { (0, 0) };
     insert_orig4(orig_key, entry, reply_key)
+}
+
+/// Keeps the verdict of a flow that masquerade will translate on its
+/// original half, before the translation exists (see
+/// netpath_common::conntrack): one entry at `key` (the NAT scope), its own
+/// peer until the uplink completes it. Its packet is counted by the NAT
+/// stage, which finds the entry right after.
+#[inline(always)]
+pub fn create_pending4(key: &CtKey4, entry: &mut CtEntry, cfg: &DatapathConfig) -> Result<(), CreateError> {
+    entry.state = CtState::New as u8;
+    entry.expires_ns = cfg.timeouts.expiry(key.proto, CtState::New as u8, clock::now_ns());
+    entry.flags |= CT_F_MASQ_PENDING;
+    entry.peer = *key;
+    insert_new4(key, entry)
+}
+
+/// Completes a pending masquerade (`orig` at `orig_key`): inserts the reply
+/// half at `reply_key` (free, or the port is `Taken`), then gives the
+/// original half, in place, the source `snat` and its peer. Two CPUs
+/// completing the same flow at once (its first two packets on two CPUs):
+/// the one that finds it completed after its own insert takes its reply
+/// half back (`Raced`, the packet follows the other's translation).
+#[inline(always)]
+pub fn complete_pending4(
+    orig_key: &CtKey4,
+    orig: *mut CtEntry,
+    reply_key: &CtKey4,
+    reply: &mut CtEntry,
+    snat: ([u8; 4], u16),
+) -> Result<(), CreateError> {
+    // SAFETY: a map value pointer, valid during the program run.
+    let o = unsafe { &mut *orig };
+    reply.state = o.state;
+    reply.expires_ns = o.expires_ns;
+    reply.flags |= CT_F_REPLY;
+    reply.peer = *orig_key;
+    insert_reply4(reply_key, reply)?;
+    if o.flags & CT_F_MASQ_PENDING == 0 {
+        remove4(reply_key);
+        return Err(CreateError::Raced);
+    }
+    (o.snat_addr, o.snat_port) = snat;
+    o.peer = *reply_key;
+    o.flags = (o.flags & !CT_F_MASQ_PENDING) | CT_F_SNAT;
+    Ok(())
 }
 
 /// Inserts a reply half. A tracked reply tuple whose original half is gone

@@ -4,7 +4,8 @@
 
 use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::TcContext};
 use netpath_common::{
-    conntrack::{CtState, CT_F_DNAT, CT_F_POLICY, CT_F_REPLY, CT_F_SNAT, IPPROTO_ICMP},
+    config::{CFG_F_MASQUERADE, CFG_F_ROUTED},
+    conntrack::{CtState, CT_F_DNAT, CT_F_POLICY, CT_F_REPLY, CT_F_SNAT, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     masquerade::{PortRange, MAX_TRIES},
     CtEntry, CtKey4, CtScope, DatapathConfig, DropReason,
 };
@@ -12,14 +13,39 @@ use netpath_common::{
 use crate::{
     conntrack::{self, CreateError},
     flow::Flow4,
-    host_sockets, mapping, nat, policy,
+    host_sockets, mapping,
+    maps::HOST_ADDRS4,
+    nat, policy,
 };
+
+/// Will masquerade translate a flow a container starts with the tuple
+/// `orig`? When it is on and the instance does not route: TCP, UDP and ICMP
+/// echo (the flows it has ports for) towards an address outside the
+/// container subnet that is not the host's own (those stay on the host:
+/// published ports, host services).
+#[inline(always)]
+pub fn bound4(orig: &CtKey4, cfg: &DatapathConfig) -> bool {
+    cfg.has(CFG_F_MASQUERADE)
+        && !cfg.has(CFG_F_ROUTED)
+        && matches!(orig.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP)
+        && !cfg.in_subnet4(orig.daddr)
+        // SAFETY: map values stay valid for the program's run.
+        && unsafe { HOST_ADDRS4.get(&orig.daddr) }.is_none()
+}
 
 /// Picks a free source port, records both directions and translates the
 /// packet. No free port: the new flow is dropped, existing ones are never
-/// touched.
+/// touched. A flow whose veth kept its verdict pending its masquerade
+/// (`pending`, its original half) is completed in place: one insert, the
+/// reply half. Otherwise (a verdict pair from before pending verdicts, or
+/// none) both halves are inserted, and take over the pair's verdict.
 #[inline(always)]
-pub fn new_flow4(ctx: &TcContext, flow: &Flow4, cfg: &DatapathConfig) -> Result<(), DropReason> {
+pub fn new_flow4(
+    ctx: &TcContext,
+    flow: &Flow4,
+    cfg: &DatapathConfig,
+    pending: Option<*mut CtEntry>,
+) -> Result<(), DropReason> {
     // No address yet (the agent is starting, or the uplink has none) or no
     // port range: the new flow is dropped rather than sent out with a
     // container's private source or translated to 0.0.0.0.
@@ -43,7 +69,11 @@ pub fn new_flow4(ctx: &TcContext, flow: &Flow4, cfg: &DatapathConfig) -> Result<
     };
     let mut rev =
         CtEntry { dnat_addr: flow.key.saddr, dnat_port: flow.key.sport, flags: CT_F_DNAT, ..Default::default() };
-    set_starter4(&flow.key, &mut fwd, &mut rev);
+    match pending {
+        // SAFETY: map value pointer, valid during the run.
+        Some(entry) => carry_pending(unsafe { &*entry }, &mut rev),
+        None => set_starter4(&flow.key, &mut fwd, &mut rev),
+    }
     for _ in 0..MAX_TRIES {
         let port_be = port.to_be();
         let reply_key = CtKey4::new(
@@ -60,11 +90,18 @@ pub fn new_flow4(ctx: &TcContext, flow: &Flow4, cfg: &DatapathConfig) -> Result<
                 || host_sockets::owns4(ctx, &reply_key));
         if !taken_by_host {
             fwd.snat_port = port_be;
-            match conntrack::create4(&flow.key, &mut fwd, &reply_key, &mut rev, flow.key.proto, cfg) {
+            let created = match pending {
+                Some(entry) => {
+                    conntrack::complete_pending4(&flow.key, entry, &reply_key, &mut rev, (cfg.masq_addr4, port_be))
+                }
+                None => conntrack::create4(&flow.key, &mut fwd, &reply_key, &mut rev, flow.key.proto, cfg),
+            };
+            match created {
                 Ok(()) => {
-                    if fwd.flags & CT_F_POLICY != 0 {
+                    if pending.is_none() && fwd.flags & CT_F_POLICY != 0 {
                         policy::forget_verdict_pair4(&flow.key);
                     }
+                    // The completed entry says what `fwd` does.
                     return nat::apply4(ctx, flow, &fwd);
                 }
                 Err(CreateError::Taken) => {}
@@ -75,6 +112,15 @@ pub fn new_flow4(ctx: &TcContext, flow: &Flow4, cfg: &DatapathConfig) -> Result<
         port = range.next(port);
     }
     Err(DropReason::NatExhausted)
+}
+
+/// The reply half of a pending masquerade carries the verdict its original
+/// half has (the container's, given on its veth).
+#[inline(always)]
+fn carry_pending(orig: &CtEntry, rev: &mut CtEntry) {
+    rev.container_id = orig.container_id;
+    rev.flags |= orig.flags & CT_F_POLICY;
+    rev.policy_epoch = orig.policy_epoch;
 }
 
 /// The container that started a flow leaving the uplink: its veth judged the

@@ -20,6 +20,7 @@ use crate::{
     flow::{Flow4, NoFlow},
     fragment, icmp_error,
     maps::{config, PolicyTrieKey4, CONTAINERS, CT4, HOST_ADDRS4, POLICY4},
+    masquerade,
     packet::{mac_eq, ptr_at},
 };
 
@@ -27,9 +28,10 @@ use crate::{
 /// (ARP aside): broadcast, multicast and frames to another container's MAC
 /// never reach the bridge, whatever their IP destination (Docker's
 /// `--icc=false` blocks all bridge-to-bridge traffic). One exception: a
-/// container answering another container through a published port (a
-/// tracked translation) sends to it directly, and the datapath gives the
-/// reply the published address as its source right after this check.
+/// container answering another container through a published port (the
+/// reply half of a tracked translation) sends to it directly, and the
+/// datapath gives the reply the published address as its source right
+/// after this check.
 /// Out of line, to keep veth_ingress's own frame small (its deepest call
 /// chain is tight).
 #[inline(never)]
@@ -47,8 +49,16 @@ pub fn icc_allows_frame(
     if ether_type == EtherType::Arp as u16 || mac_eq(&dst, &cfg.gateway_mac) {
         return Ok(());
     }
+    // The reply half of a translation, exactly: a masquerade's original
+    // half (pending or not) is a flow to the world, never to a container's
+    // MAC.
+    let answers_translated = |flow: &Flow4| match conntrack::lookup4(&flow.key.in_scope(CtScope::Nat)) {
+        // SAFETY: map value pointer, valid during the run.
+        Some(entry) => (unsafe { (*entry).flags } & CT_F_REPLY) != 0,
+        None => false,
+    };
     match parsed {
-        Ok(flow) if flow.ported && conntrack::lookup4(&flow.key.in_scope(CtScope::Nat)).is_some() => Ok(()),
+        Ok(flow) if flow.ported && answers_translated(flow) => Ok(()),
         _ => Err(DropReason::Policy),
     }
 }
@@ -116,7 +126,8 @@ impl CarriedVerdict {
 
 /// Records an allowed flow: `orig` (the tuple of the flow's first packet,
 /// sent by `starter`'s side) in that direction's verdict scope, its reply in
-/// the other one. The packet at hand is counted on the entry it belongs to.
+/// the other one (a flow masquerade will translate: [`remember_pending`]).
+/// The packet at hand is counted on the entry it belongs to.
 ///
 /// Out of line: the two entries fill a frame of their own, and the chain
 /// veth_ingress -> [`judge`] -> here stays within the 512-byte stack. (BPF calls take at most five arguments: the settings are looked
@@ -132,16 +143,38 @@ fn remember(
     let Some(cfg) = config() else { return Ok(()) };
     let key = orig.in_scope(CtScope::policy(starter));
     let reply_key = orig.reversed().in_scope(CtScope::policy(starter.reversed()));
-    let mut entry = CtEntry {
+    let mut entry = verdict_of(container);
+    settled(conntrack::create_verdict4(&key, &reply_key, &mut entry, packet_is_orig, len, cfg))
+}
+
+/// [`remember`] for a flow its container starts that masquerade will
+/// translate: one NAT entry, pending the translation the uplink completes
+/// (no verdict pair to delete then). A sibling of [`remember`], not a
+/// branch in it: the chain veth_ingress -> judge -> remember has no stack
+/// for a third key.
+#[inline(never)]
+fn remember_pending(orig: &CtKey4, container: &ContainerEntry) -> Result<(), DropReason> {
+    let Some(cfg) = config() else { return Ok(()) };
+    let mut entry = verdict_of(container);
+    settled(conntrack::create_pending4(&orig.in_scope(CtScope::Nat), &mut entry, cfg))
+}
+
+/// A verdict entry allowing `container`'s flow, under its current rules.
+#[inline(always)]
+fn verdict_of(container: &ContainerEntry) -> CtEntry {
+    CtEntry {
         flags: CT_F_POLICY,
         container_id: container.id,
         policy_epoch: container.policy_epoch,
         ..Default::default()
-    };
-    // The reply tuple may be tracked already (the same flow judged before
-    // an entry expired, or by another CPU at once): the verdict stands
-    // either way.
-    match conntrack::create_verdict4(&key, &reply_key, &mut entry, packet_is_orig, len, cfg) {
+    }
+}
+
+/// A tuple tracked already (the same flow judged before an entry expired,
+/// or by another CPU at once) leaves the verdict standing.
+#[inline(always)]
+fn settled(created: Result<(), conntrack::CreateError>) -> Result<(), DropReason> {
+    match created {
         Ok(()) | Err(conntrack::CreateError::Taken | conntrack::CreateError::Raced) => Ok(()),
         Err(conntrack::CreateError::Failed) => Err(DropReason::TableFull),
     }
@@ -286,7 +319,11 @@ fn new_flow(
         return Err(DropReason::Policy);
     }
     let orig = if own { flow.key } else { flow.key.reversed() };
-    remember(&orig, starter, own, container, ctx.len())?;
+    if own && direction == Direction::Out && masquerade::bound4(&orig, cfg) {
+        remember_pending(&orig, container)?;
+    } else {
+        remember(&orig, starter, own, container, ctx.len())?;
+    }
     fragment::first4(flow, CtScope::policy(direction));
     if cfg.has(CFG_F_TRACE_FLOWS) {
         trace_flow(&orig, container, direction);

@@ -10,7 +10,7 @@
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
     config::{CFG_F_MASQUERADE, CFG_F_ROUTED, CFG_F_TRACE_FLOWS},
-    conntrack::{CtState, CT_F_REPLY, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    conntrack::{CtState, CT_F_MASQ_PENDING, CT_F_REPLY, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     ContainerEntry, CtEntry, CtKey4, CtScope, DatapathConfig, Direction, DropReason, MappingEntry4,
 };
 use network_types::eth::EthHdr;
@@ -264,12 +264,16 @@ pub fn translate_outbound4(ctx: &TcContext) -> Result<(), DropReason> {
     // container's veth, which every packet of it passed first (and this
     // frame has no byte to spare for checking again).
     let translated = match conntrack::lookup_unchecked4(&flow.key) {
+        // SAFETY (both arms): map value pointer, valid during the run.
+        Some(entry) if unsafe { (*entry).flags } & CT_F_MASQ_PENDING != 0 => {
+            // The veth judged this packet a moment ago (and counted it).
+            new_masquerade4(ctx, &flow, cfg, Some(entry))
+        }
         Some(entry) => {
             conntrack::touch(entry, &flow, ctx.len(), cfg);
-            // SAFETY: map value pointer, valid during the run.
             nat::apply4(ctx, &flow, unsafe { &*entry })
         }
-        None => new_masquerade4(ctx, &flow, cfg),
+        None => new_masquerade4(ctx, &flow, cfg, None),
     };
     if translated.is_ok() && flow.first_fragment {
         fragment::translated4(ctx, &flow);
@@ -277,10 +281,15 @@ pub fn translate_outbound4(ctx: &TcContext) -> Result<(), DropReason> {
     translated
 }
 
-/// A container packet without a translation: a new masqueraded flow if it
-/// can start one.
+/// A container packet without a translation (none at all, or one its veth
+/// left `pending`): a new masqueraded flow if it can start one.
 #[inline(always)]
-fn new_masquerade4(ctx: &TcContext, flow: &Flow4, cfg: &DatapathConfig) -> Result<(), DropReason> {
+fn new_masquerade4(
+    ctx: &TcContext,
+    flow: &Flow4,
+    cfg: &DatapathConfig,
+    pending: Option<*mut CtEntry>,
+) -> Result<(), DropReason> {
     if cfg.has(CFG_F_ROUTED) {
         // Replies of flows that came in to the container's own address
         // keep that address: only flows the container starts are
@@ -301,7 +310,7 @@ fn new_masquerade4(ctx: &TcContext, flow: &Flow4, cfg: &DatapathConfig) -> Resul
     if !flow.starts_flow() {
         return if cfg.has(CFG_F_ROUTED) { Ok(()) } else { Err(DropReason::NoFlow) };
     }
-    masquerade::new_flow4(ctx, flow, cfg)
+    masquerade::new_flow4(ctx, flow, cfg, pending)
 }
 
 /// A packet masquerade cannot translate (no ports, a later fragment, an

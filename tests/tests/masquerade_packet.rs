@@ -2,9 +2,13 @@
 //! its ingress, ICMP echo identifiers, port collisions and exhaustion, and
 //! ICMP errors whose quoted packet is translated back, byte for byte.
 
-use netpath_common::{config::CFG_F_MASQUERADE, CtScope, DatapathConfig, DropReason, HookId};
+use netpath_common::{
+    config::{CFG_F_MASQUERADE, CFG_F_NO_ICC},
+    conntrack::CT_F_MASQ_PENDING,
+    CtKey4, CtScope, DatapathConfig, DropReason, HookId,
+};
 use netpath_tests::{
-    fixtures::{self, hex, pass, C1, C1_MAC, C2, GATEWAY_MAC, HOST, HOST_MAC, SERVER, TC_ACT_SHOT},
+    fixtures::{self, hex, pass, C1, C1_MAC, C2, C2_MAC, GATEWAY_MAC, HOST, HOST_MAC, SERVER, TC_ACT_SHOT},
     frames::{self, ETH_P_IPV4, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     prog_run::{PacketHarness, TEST_IFINDEX},
 };
@@ -69,30 +73,92 @@ fn tcp_is_masqueraded_and_replies_are_translated_back() {
     assert_eq!(hex(&pass(&h, HookId::UplinkEgress.program(), &ack)), hex(&tcp((HOST, port), (SERVER, 80), 0x10)));
 }
 
+/// c1's TCP segment to the server, as its veth sees it.
+fn from_c1(flags: u8) -> Vec<u8> {
+    let seg = frames::tcp(C1, SERVER, 40000, 80, flags, b"data");
+    frames::eth(GATEWAY_MAC, C1_MAC, ETH_P_IPV4, &frames::ipv4(C1, SERVER, IPPROTO_TCP, &[], &seg))
+}
+
+/// The reply, and c1's next packet, pass on the flow's two entries and are
+/// translated (the next packet on c1's veth already), adding none.
+fn replies_and_next_packets_pass(h: &mut PacketHarness, port: u16) {
+    let back = pass(h, HookId::UplinkIngress.program(), &tcp((SERVER, 80), (HOST, port), 0x12));
+    assert_eq!(hex(&back), hex(&tcp((SERVER, 80), (C1, 40000), 0x12)));
+    let at_c1 = frames::eth(C1_MAC, GATEWAY_MAC, ETH_P_IPV4, &back[14..]);
+    pass(h, HookId::VethEgress.program(), &at_c1);
+    let ack = pass(h, HookId::VethIngress.program(), &from_c1(0x10));
+    assert_eq!(src_port(&ack), port, "translated on c1's veth already");
+    assert_eq!(h.dp.ct_entries().unwrap().len(), 2);
+}
+
 #[test]
 fn a_masqueraded_flow_is_two_entries_that_carry_the_rewrite_and_the_verdict() {
     let mut h = harness(CFG_F_MASQUERADE);
     h.dp.set_container(TEST_IFINDEX, &fixtures::container(C1, C1_MAC, 5, 0)).unwrap();
-    let from_c1 = |flags: u8| {
-        let seg = frames::tcp(C1, SERVER, 40000, 80, flags, b"data");
-        frames::eth(GATEWAY_MAC, C1_MAC, ETH_P_IPV4, &frames::ipv4(C1, SERVER, IPPROTO_TCP, &[], &seg))
-    };
-    // c1's veth judges the SYN (a verdict pair), the uplink masquerades it:
-    // the translation takes the verdict over, and the pair goes.
+    // c1's veth judges the SYN of a flow masquerade will translate: the
+    // verdict waits on the flow's NAT entry, its own peer, for the uplink.
     pass(&h, HookId::VethIngress.program(), &from_c1(0x02));
-    assert_eq!(h.dp.ct_entries().unwrap().len(), 2, "the verdict pair");
+    let flow = CtKey4::new(C1, SERVER, 40000u16.to_be(), 80u16.to_be(), IPPROTO_TCP);
+    let ct = h.dp.ct_entries().unwrap();
+    assert_eq!(ct.len(), 1, "one entry, no verdict pair: {ct:?}");
+    let (key, e) = ct[0];
+    assert_eq!((key, e.peer), (flow, flow), "the flow's own tuple, in the NAT scope");
+    assert!(e.flags & CT_F_MASQ_PENDING != 0 && e.verdict_of(5) && e.packets == 1, "{e:?}");
+    // The uplink completes it with a port and inserts the reply half.
+    let port = src_port(&pass(&h, HookId::UplinkEgress.program(), &tcp((C1, 40000), (SERVER, 80), 0x02)));
+    let ct = h.dp.ct_entries().unwrap();
+    assert_eq!(ct.len(), 2, "one entry per direction: {ct:?}");
+    assert!(
+        ct.iter().all(|(k, e)| k.scope() == Some(CtScope::Nat) && e.verdict_of(5) && e.flags & CT_F_MASQ_PENDING == 0),
+        "{ct:?}"
+    );
+    let stats = h.dp.ct_stats().unwrap();
+    assert_eq!((stats.inserts, stats.removals), (2, 0), "two inserts, nothing deleted");
+    replies_and_next_packets_pass(&mut h, port);
+}
+
+#[test]
+fn a_verdict_pair_kept_before_masquerade_was_on_is_taken_over() {
+    let mut h = harness(0);
+    h.dp.set_container(TEST_IFINDEX, &fixtures::container(C1, C1_MAC, 5, 0)).unwrap();
+    // Without masquerade, c1's veth keeps the verdict as a pair of its own.
+    pass(&h, HookId::VethIngress.program(), &from_c1(0x02));
+    let ct = h.dp.ct_entries().unwrap();
+    assert!(ct.len() == 2 && ct.iter().all(|(k, _)| k.scope() != Some(CtScope::Nat)), "the verdict pair: {ct:?}");
+    // Masquerade comes on: the translation takes the verdict over, and the
+    // pair goes.
+    h.dp.write_config(&DatapathConfig {
+        masq_addr4: HOST,
+        masq_port_min: PORTS.0,
+        masq_port_max: PORTS.1,
+        ..fixtures::config(CFG_F_MASQUERADE)
+    })
+    .unwrap();
     let port = src_port(&pass(&h, HookId::UplinkEgress.program(), &tcp((C1, 40000), (SERVER, 80), 0x02)));
     let ct = h.dp.ct_entries().unwrap();
     assert_eq!(ct.len(), 2, "one entry per direction: {ct:?}");
     assert!(ct.iter().all(|(k, e)| k.scope() == Some(CtScope::Nat) && e.verdict_of(5)), "{ct:?}");
-    // The reply, and c1's next packet, pass on them and are translated.
-    let back = pass(&h, HookId::UplinkIngress.program(), &tcp((SERVER, 80), (HOST, port), 0x12));
-    assert_eq!(hex(&back), hex(&tcp((SERVER, 80), (C1, 40000), 0x12)));
-    let at_c1 = frames::eth(C1_MAC, GATEWAY_MAC, ETH_P_IPV4, &back[14..]);
-    pass(&h, HookId::VethEgress.program(), &at_c1);
-    let ack = pass(&h, HookId::VethIngress.program(), &from_c1(0x10));
-    assert_eq!(src_port(&ack), port, "translated on c1's veth already");
-    assert_eq!(h.dp.ct_entries().unwrap().len(), 2);
+    replies_and_next_packets_pass(&mut h, port);
+}
+
+#[test]
+fn with_icc_off_a_masqueraded_flow_opens_no_way_to_another_container() {
+    let mut h = harness(CFG_F_MASQUERADE | CFG_F_NO_ICC);
+    h.dp.set_container(TEST_IFINDEX, &fixtures::container(C1, C1_MAC, 5, 0)).unwrap();
+    // c1's flow to the server, and the same tuple framed to c2's MAC (the
+    // bridge forwards by MAC): the flow's NAT entry is no answer to a
+    // container, pending or completed.
+    let to_c2_mac = |flags: u8| {
+        let mut frame = from_c1(flags);
+        frame[..6].copy_from_slice(&C2_MAC);
+        frame
+    };
+    pass(&h, HookId::VethIngress.program(), &from_c1(0x02));
+    assert_eq!(h.run(HookId::VethIngress.program(), &to_c2_mac(0x10)).unwrap().verdict, TC_ACT_SHOT, "pending");
+    pass(&h, HookId::UplinkEgress.program(), &tcp((C1, 40000), (SERVER, 80), 0x02));
+    assert_eq!(h.run(HookId::VethIngress.program(), &to_c2_mac(0x10)).unwrap().verdict, TC_ACT_SHOT, "completed");
+    // The flow itself goes on, through the gateway.
+    pass(&h, HookId::VethIngress.program(), &from_c1(0x10));
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::{collections::HashMap, net::Ipv4Addr};
 
 use anyhow::Result;
 use netpath_common::{
-    conntrack::{CT_F_DNAT, CT_F_POLICY, CT_F_REPLY, CT_F_SNAT, IPPROTO_ICMP},
+    conntrack::{CT_F_DNAT, CT_F_MASQ_PENDING, CT_F_POLICY, CT_F_REPLY, CT_F_SNAT, IPPROTO_ICMP},
     CtEntry, CtKey4, CtScope, CtState, Direction,
 };
 
@@ -77,7 +77,8 @@ impl Inner {
         let names: HashMap<u32, String> = self.state.containers.iter().map(|c| (c.id, c.name.clone())).collect();
         let mut flows = vec![];
         for (key, e) in entries.iter().filter(|(_, e)| e.flags & CT_F_REPLY == 0) {
-            let reply = entries.get(&e.peer).copied().unwrap_or_default();
+            let pending = e.flags & CT_F_MASQ_PENDING != 0;
+            let reply = if pending { CtEntry::default() } else { entries.get(&e.peer).copied().unwrap_or_default() };
             let expires = e.expires_ns.max(reply.expires_ns) as i128;
             let state = CtState::from_u8(e.state.max(reply.state));
             let scope = key.scope().unwrap_or(CtScope::Nat);
@@ -92,7 +93,13 @@ impl Inner {
             flows.push(Flow {
                 proto: proto_name(key.proto),
                 original: tuple4(key.saddr, key.sport, key.daddr, key.dport),
-                reply: tuple4(e.peer.saddr, e.peer.sport, e.peer.daddr, e.peer.dport),
+                // A pending masquerade is its own peer: no reply tuple yet
+                // but the one it would have untranslated.
+                reply: if pending {
+                    tuple4(key.daddr, key.dport, key.saddr, key.sport)
+                } else {
+                    tuple4(e.peer.saddr, e.peer.sport, e.peer.daddr, e.peer.dport)
+                },
                 state: state.name().into(),
                 expires_in: ((expires - now) / 1_000_000_000) as i64,
                 packets: e.packets,

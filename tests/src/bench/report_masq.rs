@@ -55,7 +55,8 @@ pub fn section(s: &mut String, r: &Results, m: &MasqFigures) {
         "Same method as for the published ports (fresh copy of the frame per run, repeat = 1, \"net\" \
          minus an empty tc program; median over {} rounds, each loading the object afresh), datapath \
          configured as the agent does with masquerade on (masquerade address 198.18.0.1, ports \
-         1024-32767). First packets: {} new flows per round, one per run; the container's source port \
+         1024-32767). First packets: {} new flows per round, one per run, each judged on the container's veth \
+         (where its verdict waits on its NAT entry) and then masqueraded on the uplink, both timed; the container's source port \
          (40000 up, outside the range like Linux's ephemeral ports) cycles over {FLOWS_PER_DESTINATION} \
          values and the destination port moves on after each cycle, so no destination's range is more \
          than 3% used and the first port tried is nearly always free. Later packets and replies: {} runs \

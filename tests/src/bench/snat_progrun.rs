@@ -4,13 +4,16 @@
 //! the kernel's repeat loop would rerun the program on its own output,
 //! whose source is then the host's address and is never masqueraded.
 //!
-//! - first packet of a flow (`uplink_egress`): conntrack miss, port
-//!   allocation (the container's port lies outside the range, as Linux's
-//!   ephemeral ports do, so a random port is tried first), two conntrack
-//!   inserts, the rewrite. Every run is a new flow: the source port cycles
-//!   over [`FLOWS_PER_DESTINATION`] values and the destination port moves
-//!   on after each cycle, so no destination's range gets more than 3% full
-//!   and the first port tried is nearly always free;
+//! - first packet of a flow, as the datapath takes it: on the container's
+//!   veth (`veth_ingress`: conntrack misses, the container's policy, the
+//!   verdict kept on the flow's NAT entry pending its masquerade), then on
+//!   the uplink (`uplink_egress`: the pending entry found, port allocation
+//!   (the container's port lies outside the range, as Linux's ephemeral
+//!   ports do, so a random port is tried first), the reply half inserted,
+//!   the rewrite), each timed. Every run is a new flow: the source port
+//!   cycles over [`FLOWS_PER_DESTINATION`] values and the destination port
+//!   moves on after each cycle, so no destination's range gets more than 3%
+//!   full and the first port tried is nearly always free;
 //! - a later packet of the same flow (`uplink_egress`): conntrack hit;
 //! - a reply of that flow (`uplink_ingress`): conntrack hit, the
 //!   destination translated back to the container.
@@ -22,8 +25,8 @@ use netpath_common::{
     DatapathConfig, HookId,
 };
 use netpath_tests::{
-    fixtures::{self, C1 as CTR, HOST_MAC},
-    prog_run::{run, PacketHarness},
+    fixtures::{self, C1 as CTR, C1_MAC as CTR_MAC, GATEWAY_MAC, HOST_MAC},
+    prog_run::{run, PacketHarness, TEST_IFINDEX},
     topology::{HOST_UPLINK_IP, WORLD_IP},
 };
 use serde::Serialize;
@@ -115,6 +118,7 @@ fn configure(h: &mut PacketHarness) -> Result<()> {
         ..fixtures::config(CFG_F_MASQUERADE)
     })?;
     h.dp.sync_host_addrs4(&[(HOST, 2)])?;
+    h.dp.set_container(TEST_IFINDEX, &fixtures::container(CTR, CTR_MAC, 1, 0))?;
     Ok(())
 }
 
@@ -133,20 +137,26 @@ fn one_run(calls: u32) -> Result<Vec<Sample>> {
     let empty = EmptyProgram::load()?;
     let egress = h.dp.program_fd(HookId::UplinkEgress.program())?;
     let ingress = h.dp.program_fd(HookId::UplinkIngress.program())?;
+    let veth = h.dp.program_fd(HookId::VethIngress.program())?;
     let probe = frame((CTR, CTR_PORT), (SERVER, SERVER_PORT), TCP_SYN);
     let base = fresh_median(empty.fd(), &probe, calls)?;
     let sample = |case, program, fresh: f64| Sample { case, program, fresh_ns: fresh, net_ns: fresh - base };
     let mut out = vec![sample("empty tc program (runner overhead)", "-", base)];
 
-    // First packets: a new flow every run.
+    // First packets: a new flow every run, judged on the container's veth,
+    // then masqueraded on the uplink.
     let n = allocations(calls);
-    let mut runs = Vec::with_capacity(n as usize);
+    let (mut judged, mut masqueraded) = (Vec::with_capacity(n as usize), Vec::with_capacity(n as usize));
     for i in 0..n {
         if i % 10_000 == 0 {
             super::check_interrupted()?;
         }
         let sport = CTR_PORT + (i % FLOWS_PER_DESTINATION) as u16;
         let dport = 10_000 + (i / FLOWS_PER_DESTINATION) as u16;
+        let sent = tcp_frame(GATEWAY_MAC, CTR_MAC, (CTR, sport), (SERVER, dport), TCP_SYN);
+        let r = run(veth, &sent, 1).context("BPF_PROG_TEST_RUN")?;
+        ensure!(r.verdict == TC_ACT_OK && r.data == sent, "new flow {i} did not pass c1's veth untouched");
+        judged.push(r.duration_ns as u64);
         let r = run(egress, &frame((CTR, sport), (SERVER, dport), TCP_SYN), 1).context("BPF_PROG_TEST_RUN")?;
         let port = src_port(&r.data).unwrap_or(0);
         ensure!(
@@ -156,12 +166,17 @@ fn one_run(calls: u32) -> Result<Vec<Sample>> {
             "new flow {i} was not masqueraded (verdict {}, source port {port})",
             r.verdict
         );
-        runs.push(r.duration_ns as u64);
+        masqueraded.push(r.duration_ns as u64);
     }
     out.push(sample(
-        "first packet of a flow: conntrack miss, port allocation, two inserts, SNAT",
+        "first packet of a flow, on the container's veth: conntrack misses, policy, the verdict kept pending masquerade",
+        HookId::VethIngress.program(),
+        lowest_batch_median(&judged),
+    ));
+    out.push(sample(
+        "first packet of a flow, on the uplink: port allocation, the reply half inserted, SNAT",
         HookId::UplinkEgress.program(),
-        lowest_batch_median(&runs),
+        lowest_batch_median(&masqueraded),
     ));
 
     // One flow, then its later packets and its replies.
