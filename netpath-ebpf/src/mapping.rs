@@ -25,8 +25,8 @@ pub fn lookup4(addr: [u8; 4], port: u16, proto: u8, allow_loopback: bool) -> Opt
 }
 
 /// [`lookup4`] for an address already known to be the host's own (the
-/// uplink guard checked `HOST_ADDRS4` itself): the same two lookups, without
-/// asking `HOST_ADDRS4` again.
+/// uplink guard checked `HOST_ADDRS4` itself; the masquerade address is the
+/// uplink's): the same two lookups, without asking `HOST_ADDRS4`.
 #[inline(always)]
 pub fn lookup_on_host4(addr: [u8; 4], port: u16, proto: u8) -> Option<&'static MappingEntry4> {
     match lookup_bound4(addr, port, proto) {

@@ -84,9 +84,10 @@ pub fn new_flow4(
             flow.key.proto,
         );
         // A published port's flows arrive on the same address and port, and
-        // a host socket's answers on its own: never hand either out.
+        // a host socket's answers on its own: never hand either out. (The
+        // masquerade address is the uplink's, one of the host's own.)
         let taken_by_host = !icmp
-            && (mapping::lookup4(cfg.masq_addr4, port_be, flow.key.proto, false).is_some()
+            && (mapping::lookup_on_host4(cfg.masq_addr4, port_be, flow.key.proto).is_some()
                 || host_sockets::owns4(ctx, &reply_key));
         if !taken_by_host {
             fwd.snat_port = port_be;
