@@ -290,7 +290,7 @@ impl CtCollector {
         let entries_removed = self.removed.load(Ordering::Relaxed).saturating_sub(removed_before);
         sweep_sock_revnat(&mut self.sock_revnat, &owners)?;
         // The fill levels `status` shows, counted in the same round.
-        self.fills.record(live.saturating_sub(entries_removed))?;
+        self.fills.record(live.saturating_sub(entries_removed), started)?;
         let report = &mut self.report;
         report.runs += 1;
         report.flows_removed += round.flows as u64;

@@ -149,8 +149,9 @@ impl Datapath {
         // Adopted pins: what they hold is read once here; after that the
         // agent's writes keep the counts, and the GC the datapath's.
         dp.read_written()?;
+        let since = std::time::Instant::now();
         let ct_entries = dp.ct_entries()?.len() as u64;
-        dp.fill_counter()?.record(ct_entries)?;
+        dp.fill_counter()?.record(ct_entries, since)?;
         Ok(dp)
     }
 

@@ -101,8 +101,11 @@ pub struct FillCounter {
 
 impl FillCounter {
     /// Counts every map but conntrack, whose count `ct_entries` the GC's
-    /// walk gives, and records them for `status`.
-    pub fn record(&self, ct_entries: u64) -> Result<()> {
+    /// walk gives, and records them for `status` as counted at `since`, the
+    /// start of that walk: every change made before it is in the counts (a
+    /// map removal landing while a count runs would otherwise pass for
+    /// counted when it may not be).
+    pub fn record(&self, ct_entries: u64, since: Instant) -> Result<()> {
         let mut entries = vec![];
         for (name, data) in &self.maps {
             let n = if *name == names::CT4 {
@@ -113,7 +116,7 @@ impl FillCounter {
             entries.push((*name, n));
         }
         if let Ok(mut fills) = self.fills.lock() {
-            *fills = Fills { at: Some(Instant::now()), entries };
+            *fills = Fills { at: Some(since), entries };
         }
         Ok(())
     }

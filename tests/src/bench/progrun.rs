@@ -458,3 +458,37 @@ impl EmptyProgram {
         self.0.as_raw_fd()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median_ns(&mut [3, 1, 2]), 2.0);
+        assert_eq!(median_ns(&mut [4, 1, 3, 2]), 2.5);
+        assert_eq!(median_ns(&mut []), 0.0);
+    }
+
+    #[test]
+    fn a_slow_stretch_and_interrupted_runs_do_not_move_the_figure() {
+        let mut runs = vec![100u64; 1000];
+        runs[300..400].fill(200);
+        runs[5] = 50_000;
+        runs[700] = 30_000;
+        assert_eq!(lowest_batch_median(&runs), 100.0);
+        // A program that is slower everywhere is slower.
+        assert_eq!(lowest_batch_median(&[150; 1000]), 150.0);
+        assert_eq!(lowest_batch_median(&[]), 0.0);
+    }
+
+    #[test]
+    fn budgets_follow_the_kind_of_case() {
+        assert_eq!(budget_of("conntrack hit + DNAT (SYN to the published port)"), Some(HIT_BUDGET_NS));
+        assert_eq!(budget_of("reply of the flow: conntrack hit, back to the container"), Some(HIT_BUDGET_NS));
+        assert_eq!(budget_of("new flow: conntrack miss, mapping"), Some(NEW_FLOW_BUDGET_NS));
+        assert_eq!(budget_of("first packet of a flow, on the uplink"), Some(NEW_FLOW_BUDGET_NS));
+        assert_eq!(budget_of("miss (SYN to a port not published)"), None);
+        assert_eq!(budget_of("empty tc program (runner overhead)"), None);
+    }
+}
