@@ -19,13 +19,13 @@ const NEXT_HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
 /// A small masquerade range, so that tests can exhaust it.
 const PORTS: (u16, u16) = (20000, 20003);
 
+/// The settings with `flags`, the masquerade address and the small range.
+fn config(flags: u32) -> DatapathConfig {
+    DatapathConfig { masq_addr4: HOST, masq_port_min: PORTS.0, masq_port_max: PORTS.1, ..fixtures::config(flags) }
+}
+
 fn harness(flags: u32) -> PacketHarness {
-    let mut h = fixtures::harness(&DatapathConfig {
-        masq_addr4: HOST,
-        masq_port_min: PORTS.0,
-        masq_port_max: PORTS.1,
-        ..fixtures::config(flags)
-    });
+    let mut h = fixtures::harness(&config(flags));
     h.dp.sync_host_addrs4(&[(HOST, 2)]).unwrap();
     h
 }
@@ -127,13 +127,7 @@ fn a_verdict_pair_kept_before_masquerade_was_on_is_taken_over() {
     assert!(ct.len() == 2 && ct.iter().all(|(k, _)| k.scope() != Some(CtScope::Nat)), "the verdict pair: {ct:?}");
     // Masquerade comes on: the translation takes the verdict over, and the
     // pair goes.
-    h.dp.write_config(&DatapathConfig {
-        masq_addr4: HOST,
-        masq_port_min: PORTS.0,
-        masq_port_max: PORTS.1,
-        ..fixtures::config(CFG_F_MASQUERADE)
-    })
-    .unwrap();
+    h.dp.write_config(&config(CFG_F_MASQUERADE)).unwrap();
     let port = src_port(&pass(&h, HookId::UplinkEgress.program(), &tcp((C1, 40000), (SERVER, 80), 0x02)));
     let ct = h.dp.ct_entries().unwrap();
     assert_eq!(ct.len(), 2, "one entry per direction: {ct:?}");
