@@ -140,10 +140,12 @@ pub fn parse4(pkt: &impl Packet) -> Result<Flow4, NoFlow> {
     // The datagram ends at its total length, not at the frame's end: what
     // lies past it (padding) is no header, and a header cut short by it
     // makes the packet malformed (a tiny first fragment padded to look
-    // whole included). 0 means a large GSO packet that states no length.
+    // whole included). 0 states no length only on a GSO packet (BIG TCP);
+    // on a single frame it is a length shorter than the header.
     let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
-    let ip_end = if tot_len == 0 { usize::MAX } else { l3_off + tot_len };
-    if tot_len != 0 && tot_len < ihl {
+    let no_length = tot_len == 0 && pkt.is_gso();
+    let ip_end = if no_length { usize::MAX } else { l3_off + tot_len };
+    if !no_length && tot_len < ihl {
         return Err(NoFlow::Malformed);
     }
     // The whole IP header, options included, is in the frame.

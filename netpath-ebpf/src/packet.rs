@@ -12,6 +12,9 @@ pub trait Packet {
     fn data_end(&self) -> usize;
     /// Length of the whole frame (for tc, including non-linear parts).
     fn frame_len(&self) -> u32;
+    /// Whether the frame stands for several segments (GSO): only then may
+    /// an IPv4 total length of 0 mean "longer than 64 KiB" (BIG TCP).
+    fn is_gso(&self) -> bool;
 }
 
 impl Packet for TcContext {
@@ -27,6 +30,11 @@ impl Packet for TcContext {
     fn frame_len(&self) -> u32 {
         self.len()
     }
+    #[inline(always)]
+    fn is_gso(&self) -> bool {
+        // SAFETY: the context pointer is valid for the program's run.
+        unsafe { (*self.skb.skb).gso_size != 0 }
+    }
 }
 
 impl Packet for XdpContext {
@@ -41,6 +49,10 @@ impl Packet for XdpContext {
     #[inline(always)]
     fn frame_len(&self) -> u32 {
         (XdpContext::data_end(self) - XdpContext::data(self)) as u32
+    }
+    #[inline(always)]
+    fn is_gso(&self) -> bool {
+        false
     }
 }
 

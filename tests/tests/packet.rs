@@ -111,6 +111,11 @@ fn other_protocols_and_malformed_frames_are_dropped() {
     let mut v6_in_v4 = full.clone();
     v6_in_v4[14] = 0x65;
     expect_ingress(&mut h, &v6_in_v4, TC_ACT_SHOT, Some(DropReason::Malformed));
+    // A total length of 0 states "longer than 64 KiB" only on a GSO packet
+    // (BIG TCP); on a single frame it is shorter than the IP header.
+    let mut no_length = full.clone();
+    no_length[16..18].copy_from_slice(&[0, 0]);
+    expect_ingress(&mut h, &no_length, TC_ACT_SHOT, Some(DropReason::Malformed));
     // Truncated ARP.
     let arp = frames::eth([0xff; 6], CTR_MAC, ETH_P_ARP, &frames::arp(1, CTR_MAC, CTR_IP, [0; 6], PEER_IP));
     expect_ingress(&mut h, &arp[..14 + 20], TC_ACT_SHOT, Some(DropReason::Malformed));
