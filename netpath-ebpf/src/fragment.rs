@@ -59,12 +59,18 @@ fn live4(frag: &FragKey4, scope: CtScope) -> Option<*const FragEntry4> {
 
 /// Records the translation of a first fragment (`flow` as it arrived; the
 /// packet as it leaves), for its later fragments. Called after the
-/// rewrite, so the addresses are read back from the packet.
+/// rewrite, so the addresses are read back from the packet. A hit that
+/// changed no address (a masquerade entry still pending on the veth) is no
+/// translation to record: recorded, it would let the later fragments leave
+/// the uplink untranslated if the first one never got further.
 #[inline(never)]
 pub fn translated4(ctx: &TcContext, flow: &Flow4) {
     let (Ok(saddr), Ok(daddr)) = (load(ctx, EthHdr::LEN + IP_SRC_OFF), load(ctx, EthHdr::LEN + IP_DST_OFF)) else {
         return;
     };
+    if saddr == flow.key.saddr && daddr == flow.key.daddr {
+        return;
+    }
     record4(flow, CtScope::Nat, saddr, daddr);
 }
 

@@ -241,10 +241,12 @@ pub fn translate_outbound4(ctx: &TcContext) -> Result<(), DropReason> {
         Ok(flow) => return untranslatable4(cfg, flow.key.saddr, DropReason::UnsupportedProtocol),
         Err(NoFlow::IcmpOther(key)) => return untranslatable4(cfg, key.saddr, DropReason::UnsupportedProtocol),
         // A later fragment gets its first fragment's translation, or is
-        // dropped.
+        // dropped. Either way the source it would leave with is checked:
+        // whatever was recorded, no private source leaves.
         Err(NoFlow::LaterFragment(frag)) => {
             if fragment::translate_later4(ctx, &frag)? {
-                return Ok(());
+                let saddr = packet::load(ctx, EthHdr::LEN + IP_SRC_OFF)?;
+                return untranslatable4(cfg, saddr, DropReason::Fragment);
             }
             return untranslatable4(cfg, frag.saddr, DropReason::Fragment);
         }

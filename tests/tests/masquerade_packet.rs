@@ -333,6 +333,27 @@ fn fragmented_datagrams_leave_translated_or_not_at_all() {
 }
 
 #[test]
+fn a_first_fragment_the_uplink_drops_lets_no_later_fragment_leave_untranslated() {
+    let mut h = harness(CFG_F_MASQUERADE);
+    h.dp.set_container(TEST_IFINDEX, &fixtures::container(C1, C1_MAC, 5, 0)).unwrap();
+    // c1's SYN is judged on its veth (the verdict pending on the NAT entry)
+    // and lost before the uplink.
+    pass(&h, HookId::VethIngress.program(), &from_c1(0x02));
+    // A mid-stream first fragment of the flow passes the veth on that
+    // verdict, untranslated, and the uplink drops it: it cannot start the
+    // translation.
+    pass(&h, HookId::VethIngress.program(), &as_fragment(from_c1(0x10), 0x7777, true, 0));
+    let first = as_fragment(tcp((C1, 40000), (SERVER, 80), 0x10), 0x7777, true, 0);
+    assert_eq!(h.run(HookId::UplinkEgress.program(), &first).unwrap().verdict, TC_ACT_SHOT);
+    // Its later fragment follows it through the veth, and leaves the
+    // uplink translated or not at all: never with c1's source.
+    pass(&h, HookId::VethIngress.program(), &as_fragment(from_c1(0x10), 0x7777, false, 4));
+    let later = as_fragment(tcp((C1, 40000), (SERVER, 80), 0x10), 0x7777, false, 4);
+    let r = h.run(HookId::UplinkEgress.program(), &later).unwrap();
+    assert_eq!(r.verdict, TC_ACT_SHOT, "left as {}", hex(&r.data));
+}
+
+#[test]
 fn misses_on_masquerade_ports_are_dropped_not_handed_to_the_host() {
     let mut h = harness(CFG_F_MASQUERADE);
     // A reply on a masquerade port whose flow is gone (expired, flushed):
