@@ -28,6 +28,7 @@
 //! [`Topology`]: netpath_tests::topology::Topology
 
 mod attach;
+mod baseline_prog;
 mod bed;
 mod control;
 mod cpu;

@@ -15,11 +15,12 @@
 //! program) as a cross-check, and for the hit to show how many of its
 //! repetitions really hit.
 
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 
 use anyhow::{ensure, Context as _, Result};
 use netpath_common::{
     conntrack::{TCP_ACK, TCP_SYN},
+    maps::MAX_CT_ENTRIES,
     ContainerEntry, CtKey4, HookId, MappingEntry4, MappingKey4,
 };
 use netpath_tests::{
@@ -30,7 +31,9 @@ use netpath_tests::{
 };
 use serde::Serialize;
 
+pub(super) use super::baseline_prog::EmptyProgram;
 use super::{
+    baseline_prog::ConntrackFloor,
     bed::{filler, HostPort, CONTAINER_PORT, HIT_PORT},
     options::Options,
     results::{Series, Target},
@@ -81,7 +84,10 @@ struct Sample {
 }
 
 pub fn measure(opts: &Options) -> Result<Vec<Figure>> {
-    let sizes: Vec<usize> = vec![1, *opts.sizes.last().unwrap_or(&1)];
+    // The smallest table and the largest; once when they are the same (a
+    // second pass would replay the first one's flows as hits).
+    let mut sizes: Vec<usize> = vec![1, *opts.sizes.last().unwrap_or(&1)];
+    sizes.dedup();
     let mut runs: Vec<Vec<Sample>> = vec![];
     for _ in 0..opts.rounds {
         super::check_interrupted()?;
@@ -267,11 +273,20 @@ fn one_run(calls: u32, sizes: &[usize]) -> Result<Vec<Sample>> {
             None,
         ));
 
-        let new_flow = new_flows_median(uplink, calls.min(MAX_NEW_FLOWS), mappings)?;
+        let new_flow = new_flows_median(&h, uplink, calls.min(MAX_NEW_FLOWS), mappings)?;
         out.push(sample(
             "new flow: conntrack miss, mapping, policy, two inserts, DNAT (a new client port each run)",
             HookId::UplinkIngress.program(),
             new_flow,
+            None,
+            None,
+        ));
+        let floor = ConntrackFloor::load(MAX_CT_ENTRIES as u32)?;
+        out.push(sample(
+            "kernel floor of a new flow: one lookup miss and two inserts into an LRU hash of the conntrack table's \
+             size (a minimal program, the same frames)",
+            "-",
+            floor_median(floor.fd(), calls.min(MAX_NEW_FLOWS), mappings)?,
             None,
             None,
         ));
@@ -328,8 +343,9 @@ const MAX_NEW_FLOWS: u32 = 50_000;
 /// a client port no flow has yet (a client address of its own per size,
 /// next to the benchmark's client, so that the measured flow is never hit),
 /// each checked to come out translated to the container.
-fn new_flows_median(uplink: RawFd, n: u32, size: usize) -> Result<f64> {
+fn new_flows_median(h: &PacketHarness, uplink: RawFd, n: u32, size: usize) -> Result<f64> {
     let client = [CLIENT[0], CLIENT[1], CLIENT[2], CLIENT[3].wrapping_add(if size > 1 { 2 } else { 1 })];
+    let inserts = h.dp.ct_stats()?.inserts;
     let mut runs = Vec::with_capacity(n as usize);
     for i in 0..n {
         if i % 10_000 == 0 {
@@ -340,6 +356,27 @@ fn new_flows_median(uplink: RawFd, n: u32, size: usize) -> Result<f64> {
         let r = run(uplink, &syn, 1).context("BPF_PROG_TEST_RUN")?;
         let want = tcp_frame(HOST_MAC, CLIENT_MAC, (client, port), (CTR, CONTAINER_PORT), TCP_SYN);
         ensure!(r.verdict == TC_ACT_OK && r.data == want, "new flow {i} was not translated (verdict {})", r.verdict);
+        runs.push(r.duration_ns as u64);
+    }
+    // Translated the same way, a hit would pass for a new flow: every run
+    // must have inserted its two entries.
+    let inserted = h.dp.ct_stats()?.inserts - inserts;
+    ensure!(inserted == 2 * n as u64, "{n} new flows inserted {inserted} conntrack entries, not {}", 2 * n);
+    Ok(lowest_batch_median(&runs))
+}
+
+/// [`new_flows_median`]'s frames, through the [`ConntrackFloor`] program.
+fn floor_median(floor: RawFd, n: u32, size: usize) -> Result<f64> {
+    let client = [CLIENT[0], CLIENT[1], CLIENT[2], CLIENT[3].wrapping_add(if size > 1 { 2 } else { 1 })];
+    let mut runs = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let syn = tcp_frame(HOST_MAC, CLIENT_MAC, (client, 10_000 + i as u16), (HOST, HIT_PORT), TCP_SYN);
+        let r = run(floor, &syn, 1).context("BPF_PROG_TEST_RUN")?;
+        ensure!(
+            r.verdict == TC_ACT_OK,
+            "the conntrack floor program's inserts failed for flow {i} ({})",
+            r.verdict as i32
+        );
         runs.push(r.duration_ns as u64);
     }
     Ok(lowest_batch_median(&runs))
@@ -400,62 +437,6 @@ pub(super) fn median_ns(runs: &mut [u64]) -> f64 {
         (runs[mid - 1] + runs[mid]) as f64 / 2.0
     } else {
         runs[mid] as f64
-    }
-}
-
-/// `r0 = TC_ACT_OK; exit`, loaded as a tc program: the runner's overhead.
-pub(super) struct EmptyProgram(OwnedFd);
-
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-}
-
-impl EmptyProgram {
-    pub(super) fn load() -> Result<EmptyProgram> {
-        const BPF_PROG_LOAD: libc::c_long = 5;
-        const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
-        // struct bpf_insn, little endian: opcode in the low byte.
-        let insns: [u64; 2] = [0xb7 /* mov64 r0, 0 */, 0x95 /* exit */];
-        let license = b"GPL\0";
-        let mut name = [0u8; 16];
-        name[..5].copy_from_slice(b"empty");
-        let attr = ProgLoadAttr {
-            prog_type: BPF_PROG_TYPE_SCHED_CLS,
-            insn_cnt: insns.len() as u32,
-            insns: insns.as_ptr() as u64,
-            license: license.as_ptr() as u64,
-            prog_name: name,
-            ..Default::default()
-        };
-        // SAFETY: attr points at valid instructions and license for the call.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_LOAD,
-                &attr as *const ProgLoadAttr,
-                std::mem::size_of::<ProgLoadAttr>(),
-            )
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error()).context("loading the empty tc program");
-        }
-        // SAFETY: the kernel returned a new file descriptor that we own.
-        Ok(EmptyProgram(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }))
-    }
-
-    pub(super) fn fd(&self) -> RawFd {
-        self.0.as_raw_fd()
     }
 }
 

@@ -345,7 +345,11 @@ fn prog_run(s: &mut String, r: &Results) {
          conntrack: the loop column for the hit shows that figure and how many repetitions really hit. \
          For the miss, which rewrites nothing, the loop is valid and cross-checks the fresh-frame method. \
          At the largest number of ports `CONTAINERS` also holds {} containers (as many as the attach curve \
-         attaches), so that the cost is shown against both.\n",
+         attaches), so that the cost is shown against both. The \"kernel floor\" row is a minimal program, \
+         assembled by the benchmark, that does only what any new flow pays hash-table conntrack in the kernel: \
+         one lookup that misses and two inserts into an LRU hash of the conntrack table's size, key and value, \
+         on the new-flow case's frames; the new flow's figure minus it is netpath's own work, and it shows how \
+         much of the new-flow budget this machine leaves at the time of the run.\n",
         r.method.prog_run_calls,
         r.method.prog_run_calls,
         super::attach::CONTAINERS

@@ -168,6 +168,9 @@ fn one_run(calls: u32) -> Result<Vec<Sample>> {
         );
         masqueraded.push(r.duration_ns as u64);
     }
+    // The pending entry and the reply half of every flow, and nothing else.
+    let inserted = h.dp.ct_stats()?.inserts;
+    ensure!(inserted == 2 * n as u64, "{n} new flows inserted {inserted} conntrack entries, not {}", 2 * n);
     out.push(sample(
         "first packet of a flow, on the container's veth: conntrack misses, policy, the verdict kept pending masquerade",
         HookId::VethIngress.program(),
