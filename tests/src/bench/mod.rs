@@ -97,21 +97,35 @@ pub fn main() -> Result<()> {
         control: None,
         attach: None,
         drop: None,
+        settles: vec![],
+    };
+    // Every phase starts on a machine that the previous one's teardown has
+    // left (see machine::settle); how long that took is reported.
+    let mut settles = vec![];
+    let mut settle = |phase| {
+        let s = machine::settle(phase);
+        eprintln!("   (waited {:.0} s for a quiet machine: {:.0}% busy)", s.waited_s, s.busy_pct);
+        settles.push(s);
     };
     if opts.runs(Section::Publish) {
+        settle("publish");
         measured.publish = schedule::run(&opts, &mut failures)?;
         eprintln!("== BPF_PROG_TEST_RUN (published ports)");
+        settle("publish: BPF_PROG_TEST_RUN");
         measured.prog_run = prog_run("BPF_PROG_TEST_RUN", progrun::measure(&opts), &mut failures);
         check_interrupted()?;
     }
     if opts.runs(Section::Masquerade) {
+        settle("masquerade");
         let samples = masquerade::run(&opts, &mut failures)?;
         eprintln!("== BPF_PROG_TEST_RUN (masquerade)");
+        settle("masquerade: BPF_PROG_TEST_RUN");
         let snat = prog_run("masquerade: BPF_PROG_TEST_RUN", snat_progrun::measure(&opts), &mut failures);
         check_interrupted()?;
         measured.masquerade = Some(MasqFigures::new(&samples, snat, &opts));
     }
     if opts.runs(Section::Policy) {
+        settle("policy");
         let samples = policy::run(&opts, &mut failures)?;
         check_interrupted()?;
         measured.policy = Some(PolicyFigures::new(&samples, &opts));
@@ -119,6 +133,7 @@ pub fn main() -> Result<()> {
     // Control last: its attach curve leaves 1000 namespaces whose deletion
     // keeps kernel workers busy for minutes.
     if opts.runs(Section::Drop) {
+        settle("drop");
         match drop::run(&opts, &mut failures) {
             Ok(figures) => measured.drop = Some(figures),
             Err(e) => {
@@ -129,6 +144,7 @@ pub fn main() -> Result<()> {
         check_interrupted()?;
     }
     if opts.runs(Section::Control) {
+        settle("control");
         match control::run(&opts) {
             Ok(figures) => measured.control = Some(figures),
             Err(e) => {
@@ -147,6 +163,7 @@ pub fn main() -> Result<()> {
         check_interrupted()?;
     }
 
+    measured.settles = settles;
     let results = results::Results::aggregate(date, machine, &opts, measured, failures, started.elapsed());
     report::write(&opts.out, &results)?;
     eprintln!("netpath-bench: results in {} ({:.0} s)", opts.out.display(), started.elapsed().as_secs_f64());

@@ -114,8 +114,15 @@ fn header(s: &mut String, r: &Results) {
     );
     let _ = writeln!(
         s,
-        "| rounds | {} (medians quoted), {} s per load measurement, total {:.0} s |\n",
+        "| rounds | {} (medians quoted), {} s per load measurement, total {:.0} s |",
         r.method.rounds, r.method.seconds_per_load_measurement, r.wall_time_s
+    );
+    let settles: Vec<String> =
+        r.settles.iter().map(|q| format!("{} {:.0} s ({:.0}% busy)", q.phase, q.waited_s, q.busy_pct)).collect();
+    let _ = writeln!(
+        s,
+        "| waited for a quiet machine (all CPUs at most 25% busy for a second, up to 60 s) before each phase | {} |\n",
+        if settles.is_empty() { "-".to_string() } else { settles.join("; ") }
     );
 }
 

@@ -183,6 +183,7 @@ pub struct Measured {
     pub control: Option<ControlFigures>,
     pub attach: Option<AttachFigures>,
     pub drop: Option<super::drop::DropFigures>,
+    pub settles: Vec<super::machine::Settle>,
 }
 
 #[derive(Serialize)]
@@ -202,6 +203,8 @@ pub struct Results {
     pub attach: Option<AttachFigures>,
     /// Floods dropped per core.
     pub drop: Option<super::drop::DropFigures>,
+    /// How quiet the machine was when each phase started.
+    pub settles: Vec<super::machine::Settle>,
     /// Every section's targets.
     pub targets: Vec<Target>,
     /// Runs or phases that failed (left out of the medians).
@@ -249,6 +252,7 @@ impl Results {
             control: measured.control,
             attach: measured.attach,
             drop: measured.drop,
+            settles: measured.settles,
             targets: all_targets,
             failures,
         }
