@@ -396,11 +396,21 @@ impl Agent {
             }
         });
         let agent = Arc::clone(self);
+        let (nl, uplink) = {
+            let inner = self.inner.lock().await;
+            (inner.nl.clone(), inner.uplink.clone())
+        };
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(2));
             loop {
                 tick.tick().await;
-                if let Err(e) = agent.inner.lock().await.sync_host_addrs().await {
+                // The netlink dump runs without the agent's lock: API calls
+                // wait only for the map writes, if anything changed.
+                let synced = match HostAddrs4::read(&nl, uplink.as_deref()).await {
+                    Ok(seen) => agent.inner.lock().await.apply_host_addrs(seen).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = synced {
                     tracing::warn!("host address sync: {e:#}");
                 }
             }
@@ -755,11 +765,16 @@ impl Inner {
     /// masquerade address := the uplink's first one. Flows translated to a
     /// masquerade address the host no longer has are forgotten.
     async fn sync_host_addrs(&mut self) -> Result<()> {
-        let addrs = self.nl.ipv4_addresses().await?;
+        let seen = HostAddrs4::read(&self.nl, self.uplink.as_deref()).await?;
+        self.apply_host_addrs(seen).await
+    }
+
+    /// [`Inner::sync_host_addrs`] with the addresses already read.
+    async fn apply_host_addrs(&mut self, seen: HostAddrs4) -> Result<()> {
+        let HostAddrs4 { addrs, uplink_index } = seen;
         let entries: Vec<([u8; 4], u32)> = addrs.iter().map(|(a, i)| (a.octets(), *i)).collect();
         self.dp.sync_host_addrs4(&entries)?;
-        if let Some(uplink) = self.uplink.clone() {
-            let index = self.nl.link_index(&uplink).await?;
+        if let (Some(uplink), Some(index)) = (self.uplink.clone(), uplink_index) {
             let masq = masquerade_addr4(&addrs, index);
             let old = self.dp_config.masq_addr4;
             if masq != old {
@@ -868,6 +883,24 @@ fn write_uplink_guard(dp: &mut Datapath, cfg: &ResolvedConfig) -> Result<u32> {
 }
 
 /// The masquerade address: the uplink's first IPv4 address (0.0.0.0: none).
+/// The host's IPv4 addresses (with their interfaces) and the uplink's
+/// index, as netlink showed them.
+struct HostAddrs4 {
+    addrs: Vec<(Ipv4Addr, u32)>,
+    uplink_index: Option<u32>,
+}
+
+impl HostAddrs4 {
+    async fn read(nl: &Netlink, uplink: Option<&str>) -> Result<HostAddrs4> {
+        let addrs = nl.ipv4_addresses().await?;
+        let uplink_index = match uplink {
+            Some(name) => Some(nl.link_index(name).await?),
+            None => None,
+        };
+        Ok(HostAddrs4 { addrs, uplink_index })
+    }
+}
+
 fn masquerade_addr4(addrs: &[(Ipv4Addr, u32)], uplink_index: u32) -> [u8; 4] {
     addrs.iter().find(|(_, i)| *i == uplink_index).map(|(a, _)| a.octets()).unwrap_or([0; 4])
 }
