@@ -882,7 +882,6 @@ fn write_uplink_guard(dp: &mut Datapath, cfg: &ResolvedConfig) -> Result<u32> {
     Ok(flags)
 }
 
-/// The masquerade address: the uplink's first IPv4 address (0.0.0.0: none).
 /// The host's IPv4 addresses (with their interfaces) and the uplink's
 /// index, as netlink showed them.
 struct HostAddrs4 {
@@ -901,6 +900,7 @@ impl HostAddrs4 {
     }
 }
 
+/// The masquerade address: the uplink's first IPv4 address (0.0.0.0: none).
 fn masquerade_addr4(addrs: &[(Ipv4Addr, u32)], uplink_index: u32) -> [u8; 4] {
     addrs.iter().find(|(_, i)| *i == uplink_index).map(|(a, _)| a.octets()).unwrap_or([0; 4])
 }

@@ -149,8 +149,10 @@ struct ProgLoadAttr {
 
 fn load_tc(insns: &[u64], name: &[u8]) -> Result<OwnedFd> {
     let license = b"GPL\0";
+    // The kernel's name is 15 bytes and a NUL.
+    let name = &name[..name.len().min(15)];
     let mut prog_name = [0u8; 16];
-    prog_name[..name.len().min(15)].copy_from_slice(&name[..name.len().min(15)]);
+    prog_name[..name.len()].copy_from_slice(name);
     let attr = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_SCHED_CLS,
         insn_cnt: insns.len() as u32,

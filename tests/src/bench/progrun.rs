@@ -343,18 +343,24 @@ const MAX_NEW_FLOWS: u32 = 50_000;
 /// a client port no flow has yet (a client address of its own per size,
 /// next to the benchmark's client, so that the measured flow is never hit),
 /// each checked to come out translated to the container.
-fn new_flows_median(h: &PacketHarness, uplink: RawFd, n: u32, size: usize) -> Result<f64> {
+/// New flow `i` at table size `size`: a SYN from a client port of its own
+/// (another client address per size, so that no size replays another's
+/// flows), to the hit port, or as DNAT delivers it (`to` the container).
+fn new_flow_syn(size: usize, i: u32, to: ([u8; 4], u16)) -> Vec<u8> {
     let client = [CLIENT[0], CLIENT[1], CLIENT[2], CLIENT[3].wrapping_add(if size > 1 { 2 } else { 1 })];
+    tcp_frame(HOST_MAC, CLIENT_MAC, (client, 10_000 + i as u16), to, TCP_SYN)
+}
+
+fn new_flows_median(h: &PacketHarness, uplink: RawFd, n: u32, size: usize) -> Result<f64> {
     let inserts = h.dp.ct_stats()?.inserts;
     let mut runs = Vec::with_capacity(n as usize);
     for i in 0..n {
         if i % 10_000 == 0 {
             super::check_interrupted()?;
         }
-        let port = 10_000 + i as u16;
-        let syn = tcp_frame(HOST_MAC, CLIENT_MAC, (client, port), (HOST, HIT_PORT), TCP_SYN);
+        let syn = new_flow_syn(size, i, (HOST, HIT_PORT));
         let r = run(uplink, &syn, 1).context("BPF_PROG_TEST_RUN")?;
-        let want = tcp_frame(HOST_MAC, CLIENT_MAC, (client, port), (CTR, CONTAINER_PORT), TCP_SYN);
+        let want = new_flow_syn(size, i, (CTR, CONTAINER_PORT));
         ensure!(r.verdict == TC_ACT_OK && r.data == want, "new flow {i} was not translated (verdict {})", r.verdict);
         runs.push(r.duration_ns as u64);
     }
@@ -367,11 +373,9 @@ fn new_flows_median(h: &PacketHarness, uplink: RawFd, n: u32, size: usize) -> Re
 
 /// [`new_flows_median`]'s frames, through the [`ConntrackFloor`] program.
 fn floor_median(floor: RawFd, n: u32, size: usize) -> Result<f64> {
-    let client = [CLIENT[0], CLIENT[1], CLIENT[2], CLIENT[3].wrapping_add(if size > 1 { 2 } else { 1 })];
     let mut runs = Vec::with_capacity(n as usize);
     for i in 0..n {
-        let syn = tcp_frame(HOST_MAC, CLIENT_MAC, (client, 10_000 + i as u16), (HOST, HIT_PORT), TCP_SYN);
-        let r = run(floor, &syn, 1).context("BPF_PROG_TEST_RUN")?;
+        let r = run(floor, &new_flow_syn(size, i, (HOST, HIT_PORT)), 1).context("BPF_PROG_TEST_RUN")?;
         ensure!(
             r.verdict == TC_ACT_OK,
             "the conntrack floor program's inserts failed for flow {i} ({})",
