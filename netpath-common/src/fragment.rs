@@ -12,7 +12,7 @@
 //! Later fragments that arrive before their first one are not buffered:
 //! they are handled as if alone (the sender's retransmission repairs it).
 
-use crate::conntrack::NS_PER_SEC;
+use crate::{conntrack::NS_PER_SEC, family::AddrFamily};
 
 /// How long the later fragments of a datagram are accepted after its first
 /// one (Linux's `ipfrag_time` default).
@@ -21,31 +21,36 @@ pub const FRAG_TIMEOUT_NS: u64 = 30 * NS_PER_SEC;
 /// What all fragments of one datagram share, and the hook that saw them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct FragKey4 {
-    pub saddr: [u8; 4],
-    pub daddr: [u8; 4],
-    /// The IP identification field, network byte order.
-    pub id: u16,
+pub struct FragKey<A: AddrFamily> {
+    pub saddr: A,
+    pub daddr: A,
+    /// The identification (IPv4's in native order), see
+    /// [`AddrFamily::FragId`].
+    pub id: A::FragId,
     pub proto: u8,
     /// The [`crate::CtScope`] of the verdict (which side of which veth).
     pub scope: u8,
 }
 
+pub type FragKey4 = FragKey<[u8; 4]>;
+
 /// The first fragment's ports, its translated addresses (NAT scope), and
 /// until when later fragments may follow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FragEntry4 {
+pub struct FragEntry<A> {
     pub sport: u16,
     pub dport: u16,
     /// NAT scope: the first fragment's source and destination after
     /// translation (the key has them before). Unused in the policy scopes.
-    pub nat_saddr: [u8; 4],
-    pub nat_daddr: [u8; 4],
+    pub nat_saddr: A,
+    pub nat_daddr: A,
     pub _pad: u32,
     /// CLOCK_MONOTONIC nanoseconds.
     pub expires_ns: u64,
 }
+
+pub type FragEntry4 = FragEntry<[u8; 4]>;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -11,7 +11,7 @@ pub const IFACE_STATS: &str = "IFACE_STATS";
 pub const MAPPINGS4: &str = "MAPPINGS4";
 /// The host's own IPv4 addresses: `[u8; 4]` -> [`crate::HostAddr4`].
 pub const HOST_ADDRS4: &str = "HOST_ADDRS4";
-/// Connection tracking: [`crate::CtKey4`] -> [`crate::CtEntry`] (LRU).
+/// Connection tracking: [`crate::CtKey4`] -> [`crate::CtEntry4`] (LRU).
 pub const CT4: &str = "CT4";
 /// Per-CPU [`crate::CtStats`] at index 0: conntrack inserts, refusals and
 /// the datapath's own removals.

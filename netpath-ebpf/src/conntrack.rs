@@ -4,13 +4,14 @@
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
     conntrack::{CtState, CtTimeouts, CLOSED, CT_F_MASQ_PENDING, CT_F_REPLY, CT_F_SNAT, IPPROTO_TCP, TCP_FIN},
-    CtEntry, CtKey4, CtStats, DatapathConfig, DropReason,
+    CtEntry, CtEntry4, CtKey, CtKey4, CtStats, DatapathConfig, DropReason,
 };
 
 use crate::{
     clock,
-    flow::Flow4,
-    maps::{container_live, mapping_live, CT4, CT_STATS},
+    family::Family,
+    flow::{Flow, Flow4},
+    maps::{container_live, mapping_live, CT_STATS},
 };
 
 const BPF_NOEXIST: u64 = 1;
@@ -19,10 +20,10 @@ const ESTABLISHED: u8 = CtState::Established as u8;
 /// The entry of `key`, if tracked and its owners (mapping, container) are
 /// still there: an entry of a removed owner is stale, as if the agent had
 /// deleted the flow (see netpath_common::owner). Stale entries stay for
-/// [`lookup_or_forget4`] or the GC to delete.
+/// [`lookup_or_forget`] or the GC to delete.
 #[inline(always)]
-pub fn lookup4(key: &CtKey4) -> Option<*mut CtEntry> {
-    let entry = CT4.get_ptr_mut(key)?;
+pub fn lookup<A: Family>(key: &CtKey<A>) -> Option<*mut CtEntry<A>> {
+    let entry = A::ct().get_ptr_mut(key)?;
     if owned(entry) {
         Some(entry)
     } else {
@@ -30,55 +31,55 @@ pub fn lookup4(key: &CtKey4) -> Option<*mut CtEntry> {
     }
 }
 
-/// [`lookup4`] where a miss may start a new flow on the same tuple (the
+/// [`lookup`] where a miss may start a new flow on the same tuple (the
 /// stages' main lookups): a stale flow goes first, both halves, so that the
 /// new one can take its tuples.
 #[inline(always)]
-pub fn lookup_or_forget4(key: &CtKey4) -> Option<*mut CtEntry> {
-    let entry = CT4.get_ptr_mut(key)?;
+pub fn lookup_or_forget<A: Family>(key: &CtKey<A>) -> Option<*mut CtEntry<A>> {
+    let entry = A::ct().get_ptr_mut(key)?;
     if owned(entry) {
         return Some(entry);
     }
-    forget_stale4(key);
+    forget_stale(key);
     None
 }
 
 /// The entry of `key` whatever its owners, where the caller knows a stale
 /// one cannot be there (an earlier hook of the same packet deleted it).
 #[inline(always)]
-pub fn lookup_unchecked4(key: &CtKey4) -> Option<*mut CtEntry> {
-    CT4.get_ptr_mut(key)
+pub fn lookup_unchecked<A: Family>(key: &CtKey<A>) -> Option<*mut CtEntry<A>> {
+    A::ct().get_ptr_mut(key)
 }
 
 /// Are the entry's owners still there?
 #[inline(always)]
-fn owned(entry: *mut CtEntry) -> bool {
+fn owned<A>(entry: *mut CtEntry<A>) -> bool {
     // SAFETY: map value pointer, valid during the run.
     owners_live(unsafe { &*entry })
 }
 
 /// Are the owners (mapping, container) of `entry` still there?
 #[inline(always)]
-pub fn owners_live(entry: &CtEntry) -> bool {
+pub fn owners_live<A>(entry: &CtEntry<A>) -> bool {
     mapping_live(entry.mapping_id) && container_live(entry.container_id)
 }
 
 /// Deletes a stale flow's two halves. Out of line, and looking the entry up
 /// again rather than taking it: its caller's frame keeps nothing for it.
 #[inline(never)]
-fn forget_stale4(key: &CtKey4) {
-    if let Some(entry) = CT4.get_ptr(key) {
+fn forget_stale<A: Family>(key: &CtKey<A>) {
+    if let Some(entry) = A::ct().get_ptr(key) {
         // SAFETY: map value pointer, valid during the run; its `peer` field
         // serves as the key in place.
-        let _ = CT4.remove(unsafe { &(*entry).peer });
+        let _ = A::ct().remove(unsafe { &(*entry).peer });
     }
-    let _ = CT4.remove(key);
+    let _ = A::ct().remove(key);
 }
 
 /// Accounts a packet of `len` bytes to `entry` and refreshes its state and
 /// expiry.
 #[inline(always)]
-pub fn touch(entry: *mut CtEntry, flow: &Flow4, len: u32, cfg: &DatapathConfig) {
+pub fn touch<A: Family>(entry: *mut CtEntry<A>, flow: &Flow<A>, len: u32, cfg: &DatapathConfig) {
     // SAFETY: a map value pointer, valid during the program run.
     let e = unsafe { &mut *entry };
     let now = clock::now_ns();
@@ -121,8 +122,8 @@ const EEXIST: i32 = 17;
 /// conntrack: the other direction gets the short reset timeout too, or it
 /// would hold its entry (and a translated port) for its own longer one.
 #[inline(never)]
-fn reset_peer(peer: &CtKey4, expires: u64) {
-    if let Some(p) = CT4.get_ptr_mut(peer) {
+fn reset_peer<A: Family>(peer: &CtKey<A>, expires: u64) {
+    if let Some(p) = A::ct().get_ptr_mut(peer) {
         // SAFETY: map value pointer, valid during the program run.
         let p = unsafe { &mut *p };
         p.state = CtState::Reset as u8;
@@ -135,8 +136,8 @@ fn reset_peer(peer: &CtKey4, expires: u64) {
 /// establish) leaves the short handshake timeout too, or an idle connection
 /// whose server never sent would keep one half under it.
 #[inline(never)]
-fn establish_peer(peer: &CtKey4, expires: u64) {
-    if let Some(p) = CT4.get_ptr_mut(peer) {
+fn establish_peer<A: Family>(peer: &CtKey<A>, expires: u64) {
+    if let Some(p) = A::ct().get_ptr_mut(peer) {
         // SAFETY: map value pointer, valid during the program run.
         let p = unsafe { &mut *p };
         if p.state == CtState::New as u8 {
@@ -150,10 +151,10 @@ fn establish_peer(peer: &CtKey4, expires: u64) {
 /// its own): both halves go to `closed` and its short timeout, rather than
 /// holding their entries for the half-close timeout.
 #[inline(never)]
-fn close_if_peer_closing(entry: *mut CtEntry, timeouts: &CtTimeouts, now: u64) {
+fn close_if_peer_closing<A: Family>(entry: *mut CtEntry<A>, timeouts: &CtTimeouts, now: u64) {
     // SAFETY: map value pointers, valid during the program run.
     let e = unsafe { &mut *entry };
-    let Some(p) = CT4.get_ptr_mut(&e.peer) else { return };
+    let Some(p) = A::ct().get_ptr_mut(&e.peer) else { return };
     let p = unsafe { &mut *p };
     if p.state != CtState::Closing as u8 && p.state != CLOSED {
         return;
@@ -169,7 +170,7 @@ fn close_if_peer_closing(entry: *mut CtEntry, timeouts: &CtTimeouts, now: u64) {
 /// CPU created the flow while this one tried to).
 #[inline(never)]
 pub fn apply_existing4(ctx: &TcContext, flow: &Flow4) -> Result<(), DropReason> {
-    match lookup4(&flow.key) {
+    match lookup(&flow.key) {
         // SAFETY: map value pointer, valid during the run.
         Some(entry) => crate::nat::apply4(ctx, flow, unsafe { &*entry }),
         None => Err(DropReason::TableFull),
@@ -181,9 +182,9 @@ pub fn apply_existing4(ctx: &TcContext, flow: &Flow4) -> Result<(), DropReason> 
 #[inline(always)]
 pub fn create4(
     orig_key: &CtKey4,
-    orig: &mut CtEntry,
+    orig: &mut CtEntry4,
     reply_key: &CtKey4,
-    reply: &mut CtEntry,
+    reply: &mut CtEntry4,
     proto: u8,
     cfg: &DatapathConfig,
 ) -> Result<(), CreateError> {
@@ -194,18 +195,18 @@ pub fn create4(
     orig.peer = *reply_key;
     reply.peer = *orig_key;
     reply.flags |= CT_F_REPLY;
-    insert_reply4(reply_key, reply)?;
-    insert_orig4(orig_key, orig, reply_key)
+    insert_reply(reply_key, reply)?;
+    insert_orig(orig_key, orig, reply_key)
 }
 
 /// Inserts a policy verdict's two halves from one entry (they differ only
 /// in direction), so that the policy path needs one entry's stack, not two.
 /// The packet at hand (`len` bytes) is counted on the half it belongs to.
 #[inline(always)]
-pub fn create_verdict4(
-    orig_key: &CtKey4,
-    reply_key: &CtKey4,
-    entry: &mut CtEntry,
+pub fn create_verdict<A: Family>(
+    orig_key: &CtKey<A>,
+    reply_key: &CtKey<A>,
+    entry: &mut CtEntry<A>,
     packet_on_orig: bool,
     len: u32,
     cfg: &DatapathConfig,
@@ -216,11 +217,11 @@ pub fn create_verdict4(
     entry.flags |= CT_F_REPLY;
     entry.peer = *orig_key;
     (entry.packets, entry.bytes) = if packet_on_orig { (0, 0) } else { (1, len as u64) };
-    insert_reply4(reply_key, entry)?;
+    insert_reply(reply_key, entry)?;
     entry.flags &= !CT_F_REPLY;
     entry.peer = *reply_key;
     (entry.packets, entry.bytes) = if packet_on_orig { (1, len as u64) } else { (0, 0) };
-    insert_orig4(orig_key, entry, reply_key)
+    insert_orig(orig_key, entry, reply_key)
 }
 
 /// Keeps the verdict of a flow that masquerade will translate on its
@@ -229,12 +230,16 @@ pub fn create_verdict4(
 /// peer until the uplink completes it. Its packet is counted by the NAT
 /// stage, which finds the entry right after.
 #[inline(always)]
-pub fn create_pending4(key: &CtKey4, entry: &mut CtEntry, cfg: &DatapathConfig) -> Result<(), CreateError> {
+pub fn create_pending<A: Family>(
+    key: &CtKey<A>,
+    entry: &mut CtEntry<A>,
+    cfg: &DatapathConfig,
+) -> Result<(), CreateError> {
     entry.state = CtState::New as u8;
     entry.expires_ns = cfg.timeouts.expiry(key.proto, CtState::New as u8, clock::now_ns());
     entry.flags |= CT_F_MASQ_PENDING;
     entry.peer = *key;
-    insert_new4(key, entry)
+    insert_new(key, entry)
 }
 
 /// Completes a pending masquerade (`orig` at `orig_key`): inserts the reply
@@ -246,9 +251,9 @@ pub fn create_pending4(key: &CtKey4, entry: &mut CtEntry, cfg: &DatapathConfig) 
 #[inline(always)]
 pub fn complete_pending4(
     orig_key: &CtKey4,
-    orig: *mut CtEntry,
+    orig: *mut CtEntry4,
     reply_key: &CtKey4,
-    reply: &mut CtEntry,
+    reply: &mut CtEntry4,
     snat: ([u8; 4], u16),
 ) -> Result<(), CreateError> {
     // SAFETY: a map value pointer, valid during the program run.
@@ -257,9 +262,9 @@ pub fn complete_pending4(
     reply.expires_ns = o.expires_ns;
     reply.flags |= CT_F_REPLY;
     reply.peer = *orig_key;
-    insert_reply4(reply_key, reply)?;
+    insert_reply(reply_key, reply)?;
     if o.flags & CT_F_MASQ_PENDING == 0 {
-        remove4(reply_key);
+        remove(reply_key);
         return Err(CreateError::Raced);
     }
     (o.snat_addr, o.snat_port) = snat;
@@ -272,11 +277,11 @@ pub fn complete_pending4(
 /// (the LRU evicted it) is an orphan that would hold the tuple, and block
 /// every new flow on it, until it expires: it is replaced.
 #[inline(always)]
-fn insert_reply4(key: &CtKey4, entry: &CtEntry) -> Result<(), CreateError> {
-    match insert_new4(key, entry) {
-        Err(CreateError::Taken) if orphaned4(key) => {
-            remove4(key);
-            insert_new4(key, entry)
+fn insert_reply<A: Family>(key: &CtKey<A>, entry: &CtEntry<A>) -> Result<(), CreateError> {
+    match insert_new(key, entry) {
+        Err(CreateError::Taken) if orphaned(key) => {
+            remove(key);
+            insert_new(key, entry)
         }
         other => other,
     }
@@ -284,19 +289,19 @@ fn insert_reply4(key: &CtKey4, entry: &CtEntry) -> Result<(), CreateError> {
 
 /// Is the entry at `key` a half whose peer is gone?
 #[inline(always)]
-fn orphaned4(key: &CtKey4) -> bool {
-    match CT4.get_ptr(key) {
+fn orphaned<A: Family>(key: &CtKey<A>) -> bool {
+    match A::ct().get_ptr(key) {
         // SAFETY: map value pointer, valid during the run; its `peer` field
         // serves as the key of the second lookup in place.
-        Some(entry) => CT4.get_ptr(unsafe { &(*entry).peer }).is_none(),
+        Some(entry) => A::ct().get_ptr(unsafe { &(*entry).peer }).is_none(),
         None => false,
     }
 }
 
 /// Inserts one half if its key is not tracked yet.
 #[inline(always)]
-fn insert_new4(key: &CtKey4, entry: &CtEntry) -> Result<(), CreateError> {
-    match CT4.insert(key, entry, BPF_NOEXIST) {
+fn insert_new<A: Family>(key: &CtKey<A>, entry: &CtEntry<A>) -> Result<(), CreateError> {
+    match A::ct().insert(key, entry, BPF_NOEXIST) {
         Ok(()) => {
             count(|s| s.inserts += 1);
             Ok(())
@@ -312,8 +317,8 @@ fn insert_new4(key: &CtKey4, entry: &CtEntry) -> Result<(), CreateError> {
 /// Deletes one entry, counted (the agent tells the datapath's removals
 /// from LRU evictions by these counts).
 #[inline(always)]
-fn remove4(key: &CtKey4) {
-    if CT4.remove(key).is_ok() {
+fn remove<A: Family>(key: &CtKey<A>) {
+    if A::ct().remove(key).is_ok() {
         count(|s| s.removals += 1);
     }
 }
@@ -330,11 +335,11 @@ fn count(f: impl FnOnce(&mut CtStats)) {
 /// if another CPU created the same flow meanwhile, its pair stands and our
 /// reply half goes (overwriting its original half would orphan its reply).
 #[inline(always)]
-fn insert_orig4(orig_key: &CtKey4, orig: &CtEntry, reply_key: &CtKey4) -> Result<(), CreateError> {
-    match insert_new4(orig_key, orig) {
+fn insert_orig<A: Family>(orig_key: &CtKey<A>, orig: &CtEntry<A>, reply_key: &CtKey<A>) -> Result<(), CreateError> {
+    match insert_new(orig_key, orig) {
         Ok(()) => Ok(()),
         Err(e) => {
-            remove4(reply_key);
+            remove(reply_key);
             Err(match e {
                 CreateError::Taken => CreateError::Raced,
                 other => other,

@@ -1,10 +1,11 @@
-//! Parsing an IPv4 packet into the 5-tuple that conntrack and NAT key on.
+//! Parsing a packet into the 5-tuple that conntrack and NAT key on. The
+//! parse result is generic over the address family ([`Flow4`] is IPv4's).
 
 use netpath_common::{
     conntrack::{
         ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN,
     },
-    CtKey4, CtScope, FragKey4,
+    AddrFamily, CtKey, CtKey4, CtScope, FragKey, FragKey4,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -36,11 +37,11 @@ pub struct IcmpHdr {
 }
 
 /// Where the headers are, and the tuple they carry.
-pub struct Flow4 {
-    pub key: CtKey4,
-    /// Offset of the L4 header (after IP options; the IPv4 header is at
-    /// `EthHdr::LEN`). A u16 keeps the parse result, which the entry points
-    /// hold on their stack, small.
+pub struct Flow<A: AddrFamily> {
+    pub key: CtKey<A>,
+    /// Offset of the L4 header (after IPv4 options or IPv6 extension
+    /// headers; the IP header is at `EthHdr::LEN`). A u16 keeps the parse
+    /// result, which the entry points hold on their stack, small.
     pub l4_off: u16,
     /// TCP flags (`netpath_common::conntrack::TCP_*`; 0 for UDP and ICMP).
     pub tcp_flags: u8,
@@ -51,11 +52,13 @@ pub struct Flow4 {
     pub ported: bool,
     /// The first fragment of a fragmented datagram (more follow).
     pub first_fragment: bool,
-    /// The IP identification field (network byte order), for fragments.
-    pub ip_id: u16,
+    /// The IP identification field (native order), for fragments.
+    pub ip_id: A::FragId,
 }
 
-impl Flow4 {
+pub type Flow4 = Flow<[u8; 4]>;
+
+impl<A: AddrFamily> Flow<A> {
     /// Can this packet start a flow? A TCP packet only with a lone SYN, ICMP
     /// echo only as a request; anything else belongs to a flow started
     /// before (UDP and other protocols cannot tell, so every packet can).
@@ -64,8 +67,8 @@ impl Flow4 {
         let proto = self.key.proto;
         if proto == IPPROTO_TCP {
             self.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
-        } else if proto == IPPROTO_ICMP {
-            self.icmp_type == ICMP_ECHO_REQUEST
+        } else if proto == A::ICMP_PROTO {
+            self.icmp_type == A::ECHO_REQUEST
         } else {
             true
         }
@@ -78,9 +81,8 @@ impl Flow4 {
     /// 0 for protocols without ports.
     #[inline(always)]
     pub fn policy_port(&self, own: bool) -> u16 {
-        if self.key.proto == IPPROTO_ICMP {
-            let peer_type = if self.icmp_type == ICMP_ECHO_REQUEST { ICMP_ECHO_REPLY } else { ICMP_ECHO_REQUEST };
-            (if own { self.icmp_type } else { peer_type }) as u16
+        if self.key.proto == A::ICMP_PROTO {
+            (if own { self.icmp_type } else { A::peer_echo_type(self.icmp_type) }) as u16
         } else if !self.ported {
             0
         } else if own {
@@ -92,8 +94,8 @@ impl Flow4 {
 
     /// The fragment-tracking key of this (first) fragment at `scope`.
     #[inline(always)]
-    pub fn frag_key(&self, scope: CtScope) -> FragKey4 {
-        FragKey4 {
+    pub fn frag_key(&self, scope: CtScope) -> FragKey<A> {
+        FragKey {
             saddr: self.key.saddr,
             daddr: self.key.daddr,
             id: self.ip_id,
@@ -104,12 +106,12 @@ impl Flow4 {
 }
 
 /// Why a packet has no flow to track or translate.
-pub enum NoFlow {
-    /// Not IPv4 (ARP and the like).
-    NotIpv4,
+pub enum NoFlow<A: AddrFamily> {
+    /// Not of the parser's family (ARP, IPv6 and the like).
+    OtherEtherType,
     /// A non-first fragment: no L4 header; the key ties it to its first
     /// fragment (scope unset).
-    LaterFragment(FragKey4),
+    LaterFragment(FragKey<A>),
     /// Headers cut short or inconsistent, including a first fragment too
     /// short to hold its whole TCP/UDP/ICMP header (RFC 1858).
     Malformed,
@@ -119,15 +121,19 @@ pub enum NoFlow {
     /// ICMP that is neither echo nor an error (timestamp, router
     /// solicitation, ...): judged on its own, never tracked or translated.
     /// The key has its addresses, protocol and type.
-    IcmpOther(CtKey4),
+    IcmpOther(CtKey<A>),
 }
 
+/// A parse's outcome.
+pub type Parsed<A> = Result<Flow<A>, NoFlow<A>>;
+pub type Parsed4 = Parsed<[u8; 4]>;
+
 #[inline(always)]
-pub fn parse4(pkt: &impl Packet) -> Result<Flow4, NoFlow> {
+pub fn parse4(pkt: &impl Packet) -> Parsed4 {
     let eth: *const EthHdr = ptr_at(pkt, 0).ok_or(NoFlow::Malformed)?;
     // SAFETY: bounds checked by ptr_at.
     if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
-        return Err(NoFlow::NotIpv4);
+        return Err(NoFlow::OtherEtherType);
     }
     let l3_off = EthHdr::LEN;
     let ip: *const Ipv4Hdr = ptr_at(pkt, l3_off).ok_or(NoFlow::Malformed)?;

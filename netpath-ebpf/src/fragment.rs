@@ -2,30 +2,30 @@
 //! `netpath_common::fragment`): its policy verdict, and its translation.
 
 use aya_ebpf::programs::TcContext;
-use netpath_common::{fragment::FRAG_TIMEOUT_NS, CtScope, DropReason, FragEntry4, FragKey4};
+use netpath_common::{fragment::FRAG_TIMEOUT_NS, CtScope, DropReason, FragEntry, FragKey, FragKey4};
 use network_types::eth::EthHdr;
 
 use crate::{
     clock,
-    flow::Flow4,
-    maps::FRAGS4,
+    family::Family,
+    flow::{Flow, Flow4},
     offsets::{IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF},
     packet::{l3_csum_replace, load, store},
 };
 
 /// Records that the first fragment of `flow` passed at `scope`.
 #[inline(always)]
-pub fn first4(flow: &Flow4, scope: CtScope) {
+pub fn first<A: Family>(flow: &Flow<A>, scope: CtScope) {
     if flow.first_fragment {
-        record4(flow, scope, [0; 4], [0; 4]);
+        record(flow, scope, A::default(), A::default());
     }
 }
 
 /// Out of line: the entry and key need stack that the callers' frames (on
 /// the policy path) do not have to spare.
 #[inline(never)]
-fn record4(flow: &Flow4, scope: CtScope, nat_saddr: [u8; 4], nat_daddr: [u8; 4]) {
-    let entry = FragEntry4 {
+fn record<A: Family>(flow: &Flow<A>, scope: CtScope, nat_saddr: A, nat_daddr: A) {
+    let entry = FragEntry {
         sport: flow.key.sport,
         dport: flow.key.dport,
         nat_saddr,
@@ -35,14 +35,14 @@ fn record4(flow: &Flow4, scope: CtScope, nat_saddr: [u8; 4], nat_daddr: [u8; 4])
     };
     // A full table evicts the oldest datagram (LRU): its later fragments
     // are then dropped, never passed unjudged.
-    let _ = FRAGS4.insert(&flow.frag_key(scope), &entry, 0);
+    let _ = A::frags().insert(&flow.frag_key(scope), &entry, 0);
 }
 
 /// A later fragment passes only if its first fragment passed at `scope`
 /// within the reassembly timeout.
 #[inline(always)]
-pub fn follows4(frag: &FragKey4, scope: CtScope) -> Result<(), DropReason> {
-    match live4(frag, scope) {
+pub fn follows<A: Family>(frag: &FragKey<A>, scope: CtScope) -> Result<(), DropReason> {
+    match live(frag, scope) {
         Some(_) => Ok(()),
         None => Err(DropReason::Fragment),
     }
@@ -50,9 +50,9 @@ pub fn follows4(frag: &FragKey4, scope: CtScope) -> Result<(), DropReason> {
 
 /// The live entry of the datagram `frag` belongs to, at `scope`.
 #[inline(always)]
-fn live4(frag: &FragKey4, scope: CtScope) -> Option<*const FragEntry4> {
-    let key = FragKey4 { scope: scope as u8, ..*frag };
-    let entry = FRAGS4.get_ptr(&key)?;
+fn live<A: Family>(frag: &FragKey<A>, scope: CtScope) -> Option<*const FragEntry<A>> {
+    let key = FragKey { scope: scope as u8, ..*frag };
+    let entry = A::frags().get_ptr(&key)?;
     // SAFETY: map value pointer, valid during the run.
     (unsafe { (*entry).expires_ns } > clock::now_ns()).then_some(entry)
 }
@@ -71,7 +71,7 @@ pub fn translated4(ctx: &TcContext, flow: &Flow4) {
     if saddr == flow.key.saddr && daddr == flow.key.daddr {
         return;
     }
-    record4(flow, CtScope::Nat, saddr, daddr);
+    record(flow, CtScope::Nat, saddr, daddr);
 }
 
 /// Gives a later fragment the addresses its first fragment was translated
@@ -80,7 +80,7 @@ pub fn translated4(ctx: &TcContext, flow: &Flow4) {
 /// fragment was not translated here, was not seen, or expired).
 #[inline(never)]
 pub fn translate_later4(ctx: &TcContext, frag: &FragKey4) -> Result<bool, DropReason> {
-    let Some(entry) = live4(frag, CtScope::Nat) else { return Ok(false) };
+    let Some(entry) = live(frag, CtScope::Nat) else { return Ok(false) };
     // SAFETY: map value pointer, valid during the run.
     let (saddr, daddr) = unsafe { ((*entry).nat_saddr, (*entry).nat_daddr) };
     rewrite_addr4(ctx, IP_SRC_OFF, frag.saddr, saddr)?;

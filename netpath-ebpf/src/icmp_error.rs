@@ -92,7 +92,7 @@ pub fn translate4(ctx: &TcContext, cfg: &DatapathConfig, from_host: bool) -> Res
     let l3 = EthHdr::LEN;
     // The quoted packet travelled the other way: its flow's entry for this
     // error's way is keyed by the quoted tuple reversed.
-    let Some(entry) = conntrack::lookup_unchecked4(&quoted.reversed()) else { return Ok(()) };
+    let Some(entry) = conntrack::lookup_unchecked(&quoted.reversed()) else { return Ok(()) };
     // SAFETY: map value pointer, valid during the run.
     let entry = unsafe { *entry };
     // Checked on the copy (a stale flow's errors are not translated): this

@@ -11,6 +11,7 @@ mod checksum;
 mod clock;
 mod conntrack;
 mod events;
+mod family;
 mod flow;
 mod forward;
 mod fragment;

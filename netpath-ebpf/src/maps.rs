@@ -2,7 +2,7 @@
 //! The agent pins each one by name (see `netpath_common::maps`).
 
 use aya_ebpf::{
-    btf_maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     macros::btf_map,
 };
 use netpath_common::{
@@ -12,7 +12,7 @@ use netpath_common::{
     },
     owner::{self, OWNER_SLOTS},
     uplink_guard::GUARDED_PORT_WORDS,
-    ContainerEntry, CtEntry, CtKey4, CtStats, DatapathConfig, Event, EventBudget, ForwardStats, FragEntry4, FragKey4,
+    ContainerEntry, CtEntry4, CtKey4, CtStats, DatapathConfig, Event, EventBudget, ForwardStats, FragEntry4, FragKey4,
     HostAddr4, MappingEntry4, MappingKey4, PolicyEntry, PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats,
 };
 
@@ -36,7 +36,7 @@ pub static MAPPINGS4: HashMap<MappingKey4, MappingEntry4, MAX_MAPPINGS> = HashMa
 pub static HOST_ADDRS4: HashMap<[u8; 4], HostAddr4, MAX_HOST_ADDRS> = HashMap::new();
 
 #[btf_map]
-pub static CT4: LruHashMap<CtKey4, CtEntry, MAX_CT_ENTRIES> = LruHashMap::new();
+pub static CT4: LruHashMap<CtKey4, CtEntry4, MAX_CT_ENTRIES> = LruHashMap::new();
 
 /// Conntrack pressure counters, one value per CPU at index 0.
 #[btf_map]
@@ -76,8 +76,6 @@ pub static GUARDED_PORTS: Array<u64, { GUARDED_PORT_WORDS as usize }> = Array::n
 /// Sources the uplink never accepts (value: the prefix length).
 #[btf_map]
 pub static DENIED_SOURCES4: LpmTrie<[u8; 4], u32, MAX_DENIED_SOURCES> = LpmTrie::new();
-
-pub type PolicyTrieKey4 = Key<PolicyKey4>;
 
 /// The instance's settings (all zero until the agent writes them).
 #[inline(always)]

@@ -7,20 +7,20 @@
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
     config::{CFG_F_NO_ICC, CFG_F_ROUTED, CFG_F_TRACE_FLOWS},
-    conntrack::{CT_F_DNAT, CT_F_POLICY, CT_F_REPLY, CT_F_SNAT, IPPROTO_ICMP},
+    conntrack::{CT_F_DNAT, CT_F_POLICY, CT_F_REPLY, CT_F_SNAT},
     event::EVENT_FLOW,
-    policy::{self as rules, POLICY_KEY_FIXED_BITS},
-    ContainerEntry, CtEntry, CtKey4, CtScope, DatapathConfig, Direction, DropReason, HookId, MappingEntry4, PolicyKey4,
+    policy as rules, ContainerEntry, CtEntry, CtKey, CtKey4, CtScope, DatapathConfig, Direction, DropReason, HookId,
+    MappingEntry4,
 };
 
 use network_types::eth::{EthHdr, EtherType};
 
 use crate::{
     conntrack, events,
-    flow::{Flow4, NoFlow},
-    fragment, icmp_error,
-    maps::{config, PolicyTrieKey4, CONTAINERS, CT4, HOST_ADDRS4, POLICY4},
-    masquerade,
+    family::Family,
+    flow::{Flow, NoFlow, Parsed},
+    fragment,
+    maps::{config, CONTAINERS, CT4},
     packet::{mac_eq, ptr_at},
 };
 
@@ -35,9 +35,9 @@ use crate::{
 /// Out of line, to keep veth_ingress's own frame small (its deepest call
 /// chain is tight).
 #[inline(never)]
-pub fn icc_allows_frame(
+pub fn icc_allows_frame<A: Family>(
     ctx: &TcContext,
-    parsed: &Result<Flow4, NoFlow>,
+    parsed: &Parsed<A>,
     cfg: &DatapathConfig,
 ) -> Result<(), DropReason> {
     if !cfg.has(CFG_F_NO_ICC) {
@@ -52,7 +52,7 @@ pub fn icc_allows_frame(
     // The reply half of a translation, exactly: a masquerade's original
     // half (pending or not) is a flow to the world, never to a container's
     // MAC.
-    let answers_translated = |flow: &Flow4| match conntrack::lookup4(&flow.key.in_scope(CtScope::Nat)) {
+    let answers_translated = |flow: &Flow<A>| match conntrack::lookup(&flow.key.in_scope(CtScope::Nat)) {
         // SAFETY: map value pointer, valid during the run.
         Some(entry) => (unsafe { (*entry).flags } & CT_F_REPLY) != 0,
         None => false,
@@ -65,12 +65,9 @@ pub fn icc_allows_frame(
 
 /// Does the container's policy let a new flow in `direction` with `remote`?
 #[inline(always)]
-pub fn allows(container: &ContainerEntry, direction: Direction, remote: [u8; 4], proto: u8, port: u16) -> bool {
-    let key = PolicyTrieKey4 {
-        prefix_len: POLICY_KEY_FIXED_BITS + 32,
-        data: PolicyKey4::new(container.id, direction, remote),
-    };
-    rules::allows(POLICY4.get(&key), container.default_denies(direction), proto, port)
+pub fn allows<A: Family>(container: &ContainerEntry, direction: Direction, remote: A, proto: u8, port: u16) -> bool {
+    let entry = A::policy_rules(container.id, direction, remote);
+    rules::allows(entry, container.default_denies(direction), proto, port)
 }
 
 /// Would the container behind a published port let a new flow from
@@ -92,7 +89,7 @@ pub fn admits_published4(published: &MappingEntry4, client: [u8; 4], proto: u8) 
 /// netpath_common::conntrack): the flow's packets then find the rewrite and
 /// the verdict in one lookup.
 #[inline(always)]
-pub fn carry(entry: &mut CtEntry, container: &ContainerEntry) {
+pub fn carry<A>(entry: &mut CtEntry<A>, container: &ContainerEntry) {
     entry.flags |= CT_F_POLICY;
     entry.container_id = container.id;
     entry.policy_epoch = container.policy_epoch;
@@ -110,7 +107,7 @@ pub struct CarriedVerdict {
 impl CarriedVerdict {
     /// The verdict on `entry`, if any.
     #[inline(always)]
-    pub fn of(entry: &CtEntry) -> CarriedVerdict {
+    pub fn of<A>(entry: &CtEntry<A>) -> CarriedVerdict {
         if entry.flags & CT_F_POLICY == 0 {
             return CarriedVerdict::default();
         }
@@ -133,8 +130,8 @@ impl CarriedVerdict {
 /// veth_ingress -> [`judge`] -> here stays within the 512-byte stack. (BPF calls take at most five arguments: the settings are looked
 /// up here.)
 #[inline(never)]
-fn remember(
-    orig: &CtKey4,
+fn remember<A: Family>(
+    orig: &CtKey<A>,
     starter: Direction,
     packet_is_orig: bool,
     container: &ContainerEntry,
@@ -144,7 +141,7 @@ fn remember(
     let key = orig.in_scope(CtScope::policy(starter));
     let reply_key = orig.reversed().in_scope(CtScope::policy(starter.reversed()));
     let mut entry = verdict_of(container);
-    settled(conntrack::create_verdict4(&key, &reply_key, &mut entry, packet_is_orig, len, cfg))
+    settled(conntrack::create_verdict(&key, &reply_key, &mut entry, packet_is_orig, len, cfg))
 }
 
 /// [`remember`] for a flow its container starts that masquerade will
@@ -153,15 +150,15 @@ fn remember(
 /// branch in it: the chain veth_ingress -> judge -> remember has no stack
 /// for a third key.
 #[inline(never)]
-fn remember_pending(orig: &CtKey4, container: &ContainerEntry) -> Result<(), DropReason> {
+fn remember_pending<A: Family>(orig: &CtKey<A>, container: &ContainerEntry) -> Result<(), DropReason> {
     let Some(cfg) = config() else { return Ok(()) };
     let mut entry = verdict_of(container);
-    settled(conntrack::create_pending4(&orig.in_scope(CtScope::Nat), &mut entry, cfg))
+    settled(conntrack::create_pending(&orig.in_scope(CtScope::Nat), &mut entry, cfg))
 }
 
 /// A verdict entry allowing `container`'s flow, under its current rules.
 #[inline(always)]
-fn verdict_of(container: &ContainerEntry) -> CtEntry {
+fn verdict_of<A: Family>(container: &ContainerEntry) -> CtEntry<A> {
     CtEntry {
         flags: CT_F_POLICY,
         container_id: container.id,
@@ -194,33 +191,33 @@ fn settled(created: Result<(), conntrack::CreateError>) -> Result<(), DropReason
 /// - malformed packets (a first fragment too short for its L4 header
 ///   included) are dropped.
 #[inline(never)]
-pub fn judge(
+pub fn judge<A: Family>(
     ctx: &TcContext,
-    parsed: &Result<Flow4, NoFlow>,
+    parsed: &Parsed<A>,
     container: &ContainerEntry,
     direction: Direction,
     cfg: &DatapathConfig,
 ) -> Result<(), DropReason> {
     let flow = match parsed {
         Ok(flow) => flow,
-        Err(NoFlow::NotIpv4) => return Ok(()),
+        Err(NoFlow::OtherEtherType) => return Ok(()),
         Err(NoFlow::Malformed) => return Err(DropReason::Malformed),
-        Err(NoFlow::LaterFragment(frag)) => return fragment::follows4(frag, CtScope::policy(direction)),
-        Err(NoFlow::IcmpError) => return related_error(ctx, container, direction),
+        Err(NoFlow::LaterFragment(frag)) => return fragment::follows(frag, CtScope::policy(direction)),
+        Err(NoFlow::IcmpError) => return related_error::<A>(ctx, container, direction),
         Err(NoFlow::IcmpOther(key)) => return judge_untracked(key, container, direction, cfg),
     };
     let key = flow.key.in_scope(CtScope::policy(direction));
-    if let Some(entry) = conntrack::lookup_or_forget4(&key) {
+    if let Some(entry) = conntrack::lookup_or_forget(&key) {
         // SAFETY: map value pointer, valid during the run.
         if unsafe { (*entry).policy_epoch } != container.policy_epoch {
             rejudge(&key, entry, container, direction)?;
         }
         conntrack::touch(entry, flow, ctx.len(), cfg);
-        fragment::first4(flow, CtScope::policy(direction));
+        fragment::first(flow, CtScope::policy(direction));
         return Ok(());
     }
     if translated_verdict(flow, container, direction)? {
-        fragment::first4(flow, CtScope::policy(direction));
+        fragment::first(flow, CtScope::policy(direction));
         return Ok(());
     }
     new_flow(ctx, flow, container, direction, cfg)
@@ -232,13 +229,17 @@ pub fn judge(
 /// again first. The NAT stage, which looks the same entry up, counts the
 /// packet on it.
 #[inline(never)]
-fn translated_verdict(flow: &Flow4, container: &ContainerEntry, direction: Direction) -> Result<bool, DropReason> {
+fn translated_verdict<A: Family>(
+    flow: &Flow<A>,
+    container: &ContainerEntry,
+    direction: Direction,
+) -> Result<bool, DropReason> {
     let sent = match direction {
         Direction::Out => flow.key,
         Direction::In => flow.key.reversed(),
     }
     .in_scope(CtScope::Nat);
-    let Some(entry) = conntrack::lookup4(&sent) else { return Ok(false) };
+    let Some(entry) = conntrack::lookup(&sent) else { return Ok(false) };
     // SAFETY: map value pointer, valid during the run.
     let e = unsafe { &*entry };
     if !e.verdict_of(container.id) {
@@ -273,7 +274,7 @@ pub fn allowed_inbound(
     if flow.first_fragment {
         return false;
     }
-    let Some(entry) = conntrack::lookup4(&flow.key.in_scope(CtScope::policy(Direction::In))) else { return false };
+    let Some(entry) = conntrack::lookup(&flow.key.in_scope(CtScope::policy(Direction::In))) else { return false };
     // SAFETY: map value pointer, valid during the run.
     if unsafe { (*entry).policy_epoch } != container.policy_epoch {
         return false;
@@ -290,9 +291,9 @@ pub fn allowed_inbound(
 /// (either end could have started it), so a cut flow stays cut whichever
 /// end sends next, and an echo reply never opens the way for requests.
 #[inline(always)]
-fn new_flow(
+fn new_flow<A: Family>(
     ctx: &TcContext,
-    flow: &Flow4,
+    flow: &Flow<A>,
     container: &ContainerEntry,
     direction: Direction,
     cfg: &DatapathConfig,
@@ -303,7 +304,7 @@ fn new_flow(
         Direction::In => flow.key.saddr,
     };
     let proto = flow.key.proto;
-    if direction == Direction::In && from_elsewhere4(remote, cfg) && !translated(flow, direction) {
+    if direction == Direction::In && from_elsewhere(remote, cfg) && !translated(flow, direction) {
         return Err(DropReason::NotPublished);
     }
     if icc_denies(flow, direction, remote, direction, cfg)
@@ -319,14 +320,14 @@ fn new_flow(
         return Err(DropReason::Policy);
     }
     let orig = if own { flow.key } else { flow.key.reversed() };
-    if own && direction == Direction::Out && masquerade::bound4(&orig, cfg) {
+    if own && direction == Direction::Out && A::masquerades(&orig, cfg) {
         remember_pending(&orig, container)?;
     } else {
         remember(&orig, starter, own, container, ctx.len())?;
     }
-    fragment::first4(flow, CtScope::policy(direction));
+    fragment::first(flow, CtScope::policy(direction));
     if cfg.has(CFG_F_TRACE_FLOWS) {
-        trace_flow(&orig, container, direction);
+        A::trace_flow(&orig, container, direction);
     }
     Ok(())
 }
@@ -342,9 +343,9 @@ fn new_flow(
 ///
 /// Out of line: its keys do not add to judge's frame on the hit path.
 #[inline(never)]
-fn rejudge(
-    key: &CtKey4,
-    entry: *mut CtEntry,
+fn rejudge<A: Family>(
+    key: &CtKey<A>,
+    entry: *mut CtEntry<A>,
     container: &ContainerEntry,
     direction: Direction,
 ) -> Result<(), DropReason> {
@@ -358,20 +359,19 @@ fn rejudge(
         Direction::Out => orig.daddr,
         Direction::In => orig.saddr,
     };
-    // What the first packet's rules matched: its destination port, or for
-    // ICMP echo its message type (protocols without ports track port 0).
-    let port = if orig.proto == IPPROTO_ICMP { orig.icmp_type as u16 } else { u16::from_be(orig.dport) };
+    // What the first packet's rules matched.
+    let port = orig.policy_port();
     // As the agent judged a change before: icc by the starter's side only
     // for flows a container started (a published hairpin's is translated).
     let denied =
-        (starter == Direction::Out && cfg.icc_denies4(remote)) || !allows(container, starter, remote, orig.proto, port);
+        (starter == Direction::Out && remote.icc_denied(cfg)) || !allows(container, starter, remote, orig.proto, port);
     if denied {
-        let _ = CT4.remove(&e.peer);
-        let _ = CT4.remove(key);
+        let _ = A::ct().remove(&e.peer);
+        let _ = A::ct().remove(key);
         return Err(DropReason::Policy);
     }
     e.policy_epoch = container.policy_epoch;
-    if let Some(peer) = CT4.get_ptr_mut(&e.peer) {
+    if let Some(peer) = A::ct().get_ptr_mut(&e.peer) {
         // SAFETY: map value pointer, valid during the run.
         unsafe { (*peer).policy_epoch = container.policy_epoch };
     }
@@ -387,11 +387,15 @@ fn rejudge(
 /// packet is dropped; the translation stays until the flow expires, and its
 /// later packets find no verdict and cannot start a flow, so it stays cut.
 #[inline(never)]
-fn rejudge_translated(key: &CtKey4, entry: *mut CtEntry, container: &ContainerEntry) -> Result<(), DropReason> {
+fn rejudge_translated<A: Family>(
+    key: &CtKey<A>,
+    entry: *mut CtEntry<A>,
+    container: &ContainerEntry,
+) -> Result<(), DropReason> {
     let Some(cfg) = config() else { return Ok(()) };
     // SAFETY: map value pointers, valid during the run.
     let e = unsafe { &mut *entry };
-    let peer = CT4.get_ptr_mut(&e.peer);
+    let peer = A::ct().get_ptr_mut(&e.peer);
     let (orig_key, orig) = if e.flags & CT_F_REPLY != 0 {
         match peer {
             Some(p) => (e.peer, unsafe { &*p }),
@@ -411,14 +415,12 @@ fn rejudge_translated(key: &CtKey4, entry: *mut CtEntry, container: &ContainerEn
         let client = if orig.flags & CT_F_SNAT != 0 { orig.snat_addr } else { orig_key.saddr };
         (Direction::In, client, u16::from_be(orig.dnat_port))
     } else {
-        let port =
-            if orig_key.proto == IPPROTO_ICMP { orig_key.icmp_type as u16 } else { u16::from_be(orig_key.dport) };
-        (Direction::Out, orig_key.daddr, port)
+        (Direction::Out, orig_key.daddr, orig_key.policy_port())
     };
-    let denied = (starter == Direction::Out && cfg.icc_denies4(remote))
+    let denied = (starter == Direction::Out && remote.icc_denied(cfg))
         || !allows(container, starter, remote, orig_key.proto, port);
     let epoch = container.policy_epoch;
-    let settle = |half: &mut CtEntry| {
+    let settle = |half: &mut CtEntry<A>| {
         if denied {
             half.flags &= !CT_F_POLICY;
         } else {
@@ -457,8 +459,14 @@ pub fn trace_flow(orig: &CtKey4, container: &ContainerEntry, direction: Directio
 /// through a host address: its NAT entry is there). The gateway, and so
 /// the host and the world, stay reachable.
 #[inline(always)]
-fn icc_denies(flow: &Flow4, starter: Direction, remote: [u8; 4], direction: Direction, cfg: &DatapathConfig) -> bool {
-    if !cfg.icc_denies4(remote) {
+fn icc_denies<A: Family>(
+    flow: &Flow<A>,
+    starter: Direction,
+    remote: A,
+    direction: Direction,
+    cfg: &DatapathConfig,
+) -> bool {
+    if !remote.icc_denied(cfg) {
         return false;
     }
     starter == Direction::Out || !translated(flow, direction)
@@ -467,12 +475,12 @@ fn icc_denies(flow: &Flow4, starter: Direction, remote: [u8; 4], direction: Dire
 /// Is `flow` a translated one (a published port's, a masqueraded one)? Its
 /// tuple as the container sends it is then tracked in the NAT scope.
 #[inline(always)]
-fn translated(flow: &Flow4, direction: Direction) -> bool {
+fn translated<A: Family>(flow: &Flow<A>, direction: Direction) -> bool {
     let sent = match direction {
         Direction::Out => flow.key,
         Direction::In => flow.key.reversed(),
     };
-    conntrack::lookup4(&sent.in_scope(CtScope::Nat)).is_some()
+    conntrack::lookup(&sent.in_scope(CtScope::Nat)).is_some()
 }
 
 /// Containers are reachable from outside the host only through published
@@ -482,15 +490,15 @@ fn translated(flow: &Flow4, direction: Direction) -> bool {
 /// VLAN) straight to the container's address. The uplink's programs drop
 /// those early; this catches every other way in.
 #[inline(always)]
-fn from_elsewhere4(remote: [u8; 4], cfg: &DatapathConfig) -> bool {
-    !cfg.has(CFG_F_ROUTED) && !cfg.in_subnet4(remote) && unsafe { HOST_ADDRS4.get(&remote) }.is_none()
+fn from_elsewhere<A: Family>(remote: A, cfg: &DatapathConfig) -> bool {
+    !cfg.has(CFG_F_ROUTED) && !remote.in_subnet(cfg) && !remote.is_host_addr()
 }
 
 /// ICMP that is neither echo nor an error: judged by (ICMP, type) in its
 /// own direction, every time; nothing is tracked.
 #[inline(never)]
-fn judge_untracked(
-    key: &CtKey4,
+fn judge_untracked<A: Family>(
+    key: &CtKey<A>,
     container: &ContainerEntry,
     direction: Direction,
     cfg: &DatapathConfig,
@@ -499,10 +507,10 @@ fn judge_untracked(
         Direction::Out => key.daddr,
         Direction::In => key.saddr,
     };
-    if direction == Direction::In && from_elsewhere4(remote, cfg) {
+    if direction == Direction::In && from_elsewhere(remote, cfg) {
         return Err(DropReason::NotPublished);
     }
-    if cfg.icc_denies4(remote) || !allows(container, direction, remote, key.proto, key.icmp_type as u16) {
+    if remote.icc_denied(cfg) || !allows(container, direction, remote, key.proto, key.icmp_type as u16) {
         return Err(DropReason::Policy);
     }
     Ok(())
@@ -514,10 +522,14 @@ fn judge_untracked(
 /// container cannot forge errors about other containers' flows (or anyone
 /// else's), and errors about flows the policy never allowed do not pass.
 #[inline(never)]
-fn related_error(ctx: &TcContext, container: &ContainerEntry, direction: Direction) -> Result<(), DropReason> {
-    let Some(quoted) = icmp_error::quoted4(ctx)? else { return Err(DropReason::Policy) };
-    let key = quoted.key.reversed().in_scope(CtScope::policy(direction));
-    if let Some(entry) = conntrack::lookup4(&key) {
+fn related_error<A: Family>(
+    ctx: &TcContext,
+    container: &ContainerEntry,
+    direction: Direction,
+) -> Result<(), DropReason> {
+    let Some(quoted) = A::quoted_error(ctx)? else { return Err(DropReason::Policy) };
+    let key = quoted.reversed().in_scope(CtScope::policy(direction));
+    if let Some(entry) = conntrack::lookup(&key) {
         // SAFETY: map value pointer, valid during the run.
         return if unsafe { (*entry).container_id } == container.id { Ok(()) } else { Err(DropReason::Policy) };
     }
@@ -525,10 +537,10 @@ fn related_error(ctx: &TcContext, container: &ContainerEntry, direction: Directi
     // container sends: the quoted packet's, or its reverse when the quoted
     // packet came in.
     let sent = match direction {
-        Direction::Out => quoted.key.reversed(),
-        Direction::In => quoted.key,
+        Direction::Out => quoted.reversed(),
+        Direction::In => quoted,
     };
-    match conntrack::lookup4(&sent.in_scope(CtScope::Nat)) {
+    match conntrack::lookup(&sent.in_scope(CtScope::Nat)) {
         // SAFETY: map value pointer, valid during the run.
         Some(entry) if unsafe { (*entry).verdict_of(container.id) } => Ok(()),
         _ => Err(DropReason::Policy),

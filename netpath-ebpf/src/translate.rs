@@ -11,14 +11,14 @@ use aya_ebpf::programs::TcContext;
 use netpath_common::{
     config::{CFG_F_MASQUERADE, CFG_F_ROUTED, CFG_F_TRACE_FLOWS},
     conntrack::{CtState, CT_F_MASQ_PENDING, CT_F_REPLY, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    ContainerEntry, CtEntry, CtKey4, CtScope, DatapathConfig, Direction, DropReason, MappingEntry4,
+    ContainerEntry, CtEntry4, CtKey4, CtScope, DatapathConfig, Direction, DropReason, MappingEntry4,
 };
 use network_types::eth::EthHdr;
 
 use crate::{
     conntrack::{self, CreateError},
     flow,
-    flow::{Flow4, NoFlow},
+    flow::{Flow4, NoFlow, Parsed4},
     fragment, host_sockets, icmp_error, mapping,
     maps::{config, CONTAINERS},
     masquerade, nat,
@@ -52,14 +52,14 @@ pub fn translate4(ctx: &TcContext, carried: &mut CarriedVerdict) -> Result<(), D
 #[inline(always)]
 pub fn judge_and_translate4(
     ctx: &TcContext,
-    parsed: &Result<Flow4, NoFlow>,
+    parsed: &Parsed4,
     container: &ContainerEntry,
     cfg: &DatapathConfig,
     carried: &mut CarriedVerdict,
 ) -> Result<(), DropReason> {
     if let Ok(flow) = parsed {
         if flow.ported && !flow.first_fragment && !cfg.in_subnet4(flow.key.daddr) {
-            if let Some(entry) = conntrack::lookup_or_forget4(&flow.key) {
+            if let Some(entry) = conntrack::lookup_or_forget(&flow.key) {
                 // SAFETY: map value pointer, valid during the run.
                 let e = unsafe { &*entry };
                 if e.verdict_of(container.id) && e.policy_epoch == container.policy_epoch {
@@ -85,7 +85,7 @@ pub fn judge_and_translate4(
 #[inline(never)]
 pub fn translate_parsed4(
     ctx: &TcContext,
-    parsed: &Result<Flow4, NoFlow>,
+    parsed: &Parsed4,
     cfg: &DatapathConfig,
     from_outside: bool,
     carried: &mut CarriedVerdict,
@@ -98,7 +98,7 @@ pub fn translate_parsed4(
         Err(NoFlow::LaterFragment(frag)) => return fragment::translate_later4(ctx, frag).map(|_| ()),
         _ => return Ok(()),
     };
-    let translated = if let Some(entry) = conntrack::lookup_or_forget4(&flow.key) {
+    let translated = if let Some(entry) = conntrack::lookup_or_forget(&flow.key) {
         conntrack::touch(entry, flow, ctx.len(), cfg);
         // SAFETY: map value pointer, valid during the run.
         let e = unsafe { &*entry };
@@ -190,7 +190,7 @@ fn new_published_flow4(
     published: &MappingEntry4,
     cfg: &DatapathConfig,
 ) -> Result<(), DropReason> {
-    let (mut fwd, mut rev) = (CtEntry::default(), CtEntry::default());
+    let (mut fwd, mut rev) = (CtEntry4::default(), CtEntry4::default());
     let reply_key = mapping::flow_entries4(&flow.key, published, cfg, &mut fwd, &mut rev);
     fwd.packets = 1;
     fwd.bytes = ctx.len() as u64;
@@ -255,7 +255,7 @@ pub fn translate_outbound4(ctx: &TcContext) -> Result<(), DropReason> {
             Ok(saddr) => return untranslatable4(cfg, saddr, DropReason::Malformed),
             Err(_) => return Ok(()),
         },
-        Err(NoFlow::NotIpv4) => return Ok(()),
+        Err(NoFlow::OtherEtherType) => return Ok(()),
     };
     // Only the containers' own traffic: the host's, and replies of
     // published ports (already translated on the veth), keep their source.
@@ -265,7 +265,7 @@ pub fn translate_outbound4(ctx: &TcContext) -> Result<(), DropReason> {
     // Without the owner check: a stale flow of this tuple was deleted on the
     // container's veth, which every packet of it passed first (and this
     // frame has no byte to spare for checking again).
-    let translated = match conntrack::lookup_unchecked4(&flow.key) {
+    let translated = match conntrack::lookup_unchecked(&flow.key) {
         // SAFETY (both arms): map value pointer, valid during the run.
         Some(entry) if unsafe { (*entry).flags } & CT_F_MASQ_PENDING != 0 => {
             // The veth judged this packet a moment ago (and counted it).
@@ -290,7 +290,7 @@ fn new_masquerade4(
     ctx: &TcContext,
     flow: &Flow4,
     cfg: &DatapathConfig,
-    pending: Option<*mut CtEntry>,
+    pending: Option<*mut CtEntry4>,
 ) -> Result<(), DropReason> {
     if cfg.has(CFG_F_ROUTED) {
         // Replies of flows that came in to the container's own address
@@ -298,7 +298,7 @@ fn new_masquerade4(
         // masqueraded. Its policy verdict tells which side started the flow.
         // (Judged on the veth just before: a stale verdict went there.)
         let verdict = flow.key.in_scope(CtScope::PolicyOut);
-        if let Some(entry) = conntrack::lookup_unchecked4(&verdict) {
+        if let Some(entry) = conntrack::lookup_unchecked(&verdict) {
             // SAFETY: map value pointer, valid during the run.
             if unsafe { (*entry).flags } & CT_F_REPLY != 0 {
                 return Ok(());

@@ -1,0 +1,100 @@
+//! The address family as the datapath's stages see it: the maps of each
+//! family, and what the stages that are generic over it (conntrack, policy,
+//! fragments) ask of a family beyond its addresses. The stages are written
+//! once; IPv4 (`[u8; 4]`) is the family they are instantiated for so far.
+
+use aya_ebpf::{
+    btf_maps::{lpm_trie::Key, LruHashMap},
+    programs::TcContext,
+};
+use netpath_common::{
+    maps::{MAX_CT_ENTRIES, MAX_FRAGS},
+    policy::POLICY_KEY_FIXED_BITS,
+    AddrFamily, ContainerEntry, CtEntry, CtKey, DatapathConfig, Direction, DropReason, FragEntry, FragKey, PolicyEntry,
+    PolicyKey,
+};
+
+use crate::{
+    icmp_error,
+    maps::{CT4, FRAGS4, HOST_ADDRS4, POLICY4},
+    masquerade, policy,
+};
+
+pub type CtMap<A> = LruHashMap<CtKey<A>, CtEntry<A>, MAX_CT_ENTRIES>;
+pub type FragMap<A> = LruHashMap<FragKey<A>, FragEntry<A>, MAX_FRAGS>;
+
+pub trait Family: AddrFamily + 'static {
+    /// Address bits (the policy trie's full prefix).
+    const BITS: u32;
+
+    /// Connection tracking (`CT4`).
+    fn ct() -> &'static CtMap<Self>;
+
+    /// First fragments' verdicts and translations (`FRAGS4`).
+    fn frags() -> &'static FragMap<Self>;
+
+    /// The policy entry of the longest prefix holding `remote`, for the
+    /// container's rules in `direction` (`POLICY4`).
+    fn policy_rules(container_id: u32, direction: Direction, remote: Self) -> Option<&'static PolicyEntry>;
+
+    /// Is this one of the host's own addresses (`HOST_ADDRS4`)?
+    fn is_host_addr(self) -> bool;
+
+    /// Will masquerade translate a flow a container starts with tuple
+    /// `orig`? (Its verdict then waits on the NAT entry masquerade
+    /// completes.)
+    fn masquerades(orig: &CtKey<Self>, cfg: &DatapathConfig) -> bool;
+
+    /// The tuple of the packet an ICMP error in `ctx` quotes, as it
+    /// travelled; None if it is nothing netpath tracks.
+    fn quoted_error(ctx: &TcContext) -> Result<Option<CtKey<Self>>, DropReason>;
+
+    /// Tells a monitor about a new flow (`CFG_F_TRACE_FLOWS`).
+    fn trace_flow(orig: &CtKey<Self>, container: &ContainerEntry, direction: Direction);
+}
+
+/// The trie key for `remote` under the container's rules in `direction`.
+#[inline(always)]
+fn policy_key<A: Family>(container_id: u32, direction: Direction, remote: A) -> Key<PolicyKey<A>> {
+    Key::new(POLICY_KEY_FIXED_BITS + A::BITS, PolicyKey::new(container_id, direction, remote))
+}
+
+impl Family for [u8; 4] {
+    const BITS: u32 = 32;
+
+    #[inline(always)]
+    fn ct() -> &'static CtMap<Self> {
+        &CT4
+    }
+
+    #[inline(always)]
+    fn frags() -> &'static FragMap<Self> {
+        &FRAGS4
+    }
+
+    #[inline(always)]
+    fn policy_rules(container_id: u32, direction: Direction, remote: Self) -> Option<&'static PolicyEntry> {
+        POLICY4.get(&policy_key(container_id, direction, remote))
+    }
+
+    #[inline(always)]
+    fn is_host_addr(self) -> bool {
+        // SAFETY: the value is only tested for presence.
+        unsafe { HOST_ADDRS4.get(&self) }.is_some()
+    }
+
+    #[inline(always)]
+    fn masquerades(orig: &CtKey<Self>, cfg: &DatapathConfig) -> bool {
+        masquerade::bound4(orig, cfg)
+    }
+
+    #[inline(always)]
+    fn quoted_error(ctx: &TcContext) -> Result<Option<CtKey<Self>>, DropReason> {
+        Ok(icmp_error::quoted4(ctx)?.map(|q| q.key))
+    }
+
+    #[inline(always)]
+    fn trace_flow(orig: &CtKey<Self>, container: &ContainerEntry, direction: Direction) {
+        policy::trace_flow(orig, container, direction);
+    }
+}
