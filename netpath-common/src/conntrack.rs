@@ -72,7 +72,7 @@ impl CtScope {
 /// A directional 5-tuple of family `A` (ports in network byte order; for
 /// ICMP echo the identifier sits in both ports and the message type in
 /// `icmp_type`; protocols without ports have zero ports), and the scope it
-/// is tracked in. `CtKey4` is its IPv4 instance.
+/// is tracked in. `CtKey4` and `CtKey6` are its instances.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtKey<A> {
@@ -91,6 +91,7 @@ pub struct CtKey<A> {
 }
 
 pub type CtKey4 = CtKey<[u8; 4]>;
+pub type CtKey6 = CtKey<[u8; 16]>;
 
 impl<A: AddrFamily> CtKey<A> {
     #[inline(always)]
@@ -191,7 +192,7 @@ impl CtState {
     }
 }
 
-/// A conntrack entry of family `A` (`CtEntry4`).
+/// A conntrack entry of family `A` (`CtEntry4`, `CtEntry6`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtEntry<A> {
@@ -226,6 +227,7 @@ pub struct CtEntry<A> {
 }
 
 pub type CtEntry4 = CtEntry<[u8; 4]>;
+pub type CtEntry6 = CtEntry<[u8; 16]>;
 
 /// Timeouts per state, in seconds (in the `CONFIG` map, so that operators
 /// and tests can change them).
@@ -390,7 +392,9 @@ impl<A> CtEntry<A> {
 mod pod {
     use super::*;
     unsafe impl aya::Pod for CtKey4 {}
+    unsafe impl aya::Pod for CtKey6 {}
     unsafe impl aya::Pod for CtEntry4 {}
+    unsafe impl aya::Pod for CtEntry6 {}
     unsafe impl aya::Pod for CtTimeouts {}
 }
 

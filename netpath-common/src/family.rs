@@ -1,24 +1,27 @@
 //! The address family as a type: every per-flow key and entry is generic
-//! over the address it carries, and the family's names (`CtKey4`,
-//! `CtEntry4`, `FragKey4`, `PolicyKey4`) are instances of one declaration.
-//! What differs between families beyond the address width is here: ICMP's
-//! protocol number and echo types, the fragment identification, and the
-//! instance's subnet. IPv4 (`[u8; 4]`) is the one family the datapath
-//! carries so far; IPv6 (`[u8; 16]`) is to be the second instance of the
-//! same code, not a copy of it.
+//! over the address it carries (`[u8; 4]` for IPv4, `[u8; 16]` for IPv6),
+//! and the family's names (`CtKey4`/`CtKey6`, `CT4`/`CT6`, ...) are
+//! instances of one declaration. What differs between the families beyond
+//! the address width is here: ICMP's protocol number and echo types, and
+//! the instance's subnet.
 
 use core::{fmt::Debug, hash::Hash};
 
 use crate::DatapathConfig;
 
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub const ICMPV6_ECHO_REPLY: u8 = 129;
+
 /// An address of one family, in network byte order.
 pub trait AddrFamily: Copy + Default + PartialEq + Eq + Hash + Debug {
-    /// The family's ICMP protocol number.
+    /// The family's ICMP (1 or 58).
     const ICMP_PROTO: u8;
     const ECHO_REQUEST: u8;
     const ECHO_REPLY: u8;
-    /// A fragmented datagram's identification (IPv4's 16-bit field, in
-    /// native order; IPv6's is 32 bits).
+    /// A fragmented datagram's identification: IPv4's 16-bit field,
+    /// IPv6's 32 bits from the fragment header, as bytes (so that
+    /// `FragKey6` has no padding).
     type FragId: Copy + Default + PartialEq + Eq + Hash + Debug;
 
     /// Is the address inside the instance's container subnet of this
@@ -29,6 +32,11 @@ pub trait AddrFamily: Copy + Default + PartialEq + Eq + Hash + Debug {
     /// Other containers' addresses are off limits; the gateway is not.
     /// Kernel and agent both decide through here.
     fn icc_denied(self, cfg: &DatapathConfig) -> bool;
+
+    /// Does the address stay on the link (IPv6 link-local unicast
+    /// fe80::/10, link-local multicast ff02::/16)? Neighbour discovery to
+    /// it is the link's plumbing; to anything else it would be forwarded.
+    fn link_scoped(self) -> bool;
 
     /// The echo type a flow's other direction carries.
     #[inline(always)]
@@ -56,6 +64,62 @@ impl AddrFamily for [u8; 4] {
     fn icc_denied(self, cfg: &DatapathConfig) -> bool {
         cfg.icc_denies4(self)
     }
+
+    #[inline(always)]
+    fn link_scoped(self) -> bool {
+        false
+    }
+}
+
+impl AddrFamily for [u8; 16] {
+    const ICMP_PROTO: u8 = IPPROTO_ICMPV6;
+    const ECHO_REQUEST: u8 = ICMPV6_ECHO_REQUEST;
+    const ECHO_REPLY: u8 = ICMPV6_ECHO_REPLY;
+    type FragId = [u8; 4];
+
+    #[inline(always)]
+    fn in_subnet(self, cfg: &DatapathConfig) -> bool {
+        cfg.in_subnet6(self)
+    }
+
+    #[inline(always)]
+    fn icc_denied(self, cfg: &DatapathConfig) -> bool {
+        cfg.icc_denies6(self)
+    }
+
+    #[inline(always)]
+    fn link_scoped(self) -> bool {
+        (self[0] == 0xfe && self[1] & 0xc0 == 0x80) || (self[0] == 0xff && self[1] == 0x02)
+    }
+}
+
+/// Are two IPv6 addresses equal? Word by word: an array `==` may lower to
+/// a memcmp call, which BPF lacks.
+#[inline(always)]
+pub fn ipv6_eq(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let w = |x: &[u8; 16], i: usize| u32::from_ne_bytes([x[i], x[i + 1], x[i + 2], x[i + 3]]);
+    w(a, 0) == w(b, 0) && w(a, 4) == w(b, 4) && w(a, 8) == w(b, 8) && w(a, 12) == w(b, 12)
+}
+
+/// Does `addr` fall in `prefix`/`len` (IPv6)? Word by word: BPF has no
+/// 128-bit shifts.
+#[inline(always)]
+pub fn ipv6_in_prefix(addr: [u8; 16], prefix: [u8; 16], len: u32) -> bool {
+    let word = |x: &[u8; 16], i: usize| u32::from_be_bytes([x[i * 4], x[i * 4 + 1], x[i * 4 + 2], x[i * 4 + 3]]);
+    let mut inside = true;
+    for i in 0..4 {
+        let bits = len.saturating_sub(32 * i as u32).min(32);
+        let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+        inside &= word(&addr, i) & mask == word(&prefix, i) & mask;
+    }
+    inside
+}
+
+/// The link-local address the kernel gives an interface with `mac` (EUI-64,
+/// RFC 4291 appendix A), the only link-local source a container may use.
+#[inline(always)]
+pub fn link_local_of(mac: [u8; 6]) -> [u8; 16] {
+    [0xfe, 0x80, 0, 0, 0, 0, 0, 0, mac[0] ^ 0x02, mac[1], mac[2], 0xff, 0xfe, mac[3], mac[4], mac[5]]
 }
 
 #[cfg(test)]
@@ -63,8 +127,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn echo_types_reverse_into_each_other() {
-        assert_eq!(<[u8; 4]>::peer_echo_type(<[u8; 4]>::ECHO_REQUEST), <[u8; 4]>::ECHO_REPLY);
-        assert_eq!(<[u8; 4]>::peer_echo_type(<[u8; 4]>::ECHO_REPLY), <[u8; 4]>::ECHO_REQUEST);
+    fn link_local_is_the_kernels_eui64() {
+        let ll = link_local_of([0x02, 0x42, 0xac, 0x11, 0x00, 0x02]);
+        let want: core::net::Ipv6Addr = "fe80::42:acff:fe11:2".parse().unwrap();
+        assert_eq!(ll, want.octets());
+    }
+
+    #[test]
+    fn link_scope_is_fe80_and_ff02_only() {
+        let scoped = |s: &str| s.parse::<core::net::Ipv6Addr>().unwrap().octets().link_scoped();
+        assert!(scoped("fe80::1") && scoped("febf::1") && scoped("ff02::1:ff00:2"));
+        assert!(!scoped("fec0::1") && !scoped("ff05::2") && !scoped("fd00::1") && !scoped("2001:db8::1"));
+        assert!(![10, 0, 0, 1].link_scoped());
+    }
+
+    #[test]
+    fn prefixes_match_on_their_bits_only() {
+        let p: core::net::Ipv6Addr = "fd00:1:2:3::".parse().unwrap();
+        let inside: core::net::Ipv6Addr = "fd00:1:2:3::42".parse().unwrap();
+        let outside: core::net::Ipv6Addr = "fd00:1:2:4::42".parse().unwrap();
+        assert!(ipv6_in_prefix(inside.octets(), p.octets(), 64));
+        assert!(!ipv6_in_prefix(outside.octets(), p.octets(), 64));
+        assert!(ipv6_in_prefix(outside.octets(), p.octets(), 0));
+        assert!(ipv6_in_prefix(outside.octets(), p.octets(), 45) && !ipv6_in_prefix(outside.octets(), p.octets(), 62));
+        assert!(
+            ipv6_in_prefix(inside.octets(), inside.octets(), 128) && !ipv6_in_prefix(inside.octets(), p.octets(), 128)
+        );
+        assert!(ipv6_eq(&inside.octets(), &inside.octets()) && !ipv6_eq(&inside.octets(), &outside.octets()));
     }
 }

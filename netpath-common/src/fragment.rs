@@ -1,6 +1,6 @@
-//! IPv4 fragments: only the first fragment of a datagram carries the ports
+//! Fragments (IPv4, and IPv6's fragment header): only the first fragment of a datagram carries the ports
 //! that policy judges and NAT translates by. What happened to it is kept in
-//! `FRAGS4`, keyed by what every fragment of the datagram shares:
+//! `FRAGS4`/`FRAGS6`, keyed by what every fragment of the datagram shares:
 //! - in the policy scopes, its verdict: the later fragments pass only when
 //!   their first one did (and are dropped otherwise: a later fragment that
 //!   arrives alone is never passed unjudged);
@@ -33,6 +33,7 @@ pub struct FragKey<A: AddrFamily> {
 }
 
 pub type FragKey4 = FragKey<[u8; 4]>;
+pub type FragKey6 = FragKey<[u8; 16]>;
 
 /// The first fragment's ports, its translated addresses (NAT scope), and
 /// until when later fragments may follow.
@@ -51,10 +52,13 @@ pub struct FragEntry<A> {
 }
 
 pub type FragEntry4 = FragEntry<[u8; 4]>;
+pub type FragEntry6 = FragEntry<[u8; 16]>;
 
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
     unsafe impl aya::Pod for FragKey4 {}
+    unsafe impl aya::Pod for FragKey6 {}
     unsafe impl aya::Pod for FragEntry4 {}
+    unsafe impl aya::Pod for FragEntry6 {}
 }

@@ -1,7 +1,7 @@
 //! The address family as the datapath's stages see it: the maps of each
 //! family, and what the stages that are generic over it (conntrack, policy,
-//! fragments) ask of a family beyond its addresses. The stages are written
-//! once; IPv4 (`[u8; 4]`) is the family they are instantiated for so far.
+//! fragments) ask of a family beyond its addresses. IPv4 is `[u8; 4]`,
+//! IPv6 `[u8; 16]`; the stages are written once, for both.
 
 use aya_ebpf::{
     btf_maps::{lpm_trie::Key, LruHashMap},
@@ -15,8 +15,8 @@ use netpath_common::{
 };
 
 use crate::{
-    icmp_error,
-    maps::{CT4, FRAGS4, HOST_ADDRS4, POLICY4},
+    icmp_error, ipv6,
+    maps::{CT4, CT6, FRAGS4, FRAGS6, HOST_ADDRS4, HOST_ADDRS6, POLICY4, POLICY6},
     masquerade, policy,
 };
 
@@ -27,17 +27,17 @@ pub trait Family: AddrFamily + 'static {
     /// Address bits (the policy trie's full prefix).
     const BITS: u32;
 
-    /// Connection tracking (`CT4`).
+    /// Connection tracking (`CT4`, `CT6`).
     fn ct() -> &'static CtMap<Self>;
 
-    /// First fragments' verdicts and translations (`FRAGS4`).
+    /// First fragments' verdicts and translations (`FRAGS4`, `FRAGS6`).
     fn frags() -> &'static FragMap<Self>;
 
     /// The policy entry of the longest prefix holding `remote`, for the
-    /// container's rules in `direction` (`POLICY4`).
+    /// container's rules in `direction` (`POLICY4`, `POLICY6`).
     fn policy_rules(container_id: u32, direction: Direction, remote: Self) -> Option<&'static PolicyEntry>;
 
-    /// Is this one of the host's own addresses (`HOST_ADDRS4`)?
+    /// Is this one of the host's own addresses (`HOST_ADDRS4`, `HOST_ADDRS6`)?
     fn is_host_addr(self) -> bool;
 
     /// Will masquerade translate a flow a container starts with tuple
@@ -97,4 +97,46 @@ impl Family for [u8; 4] {
     fn trace_flow(orig: &CtKey<Self>, container: &ContainerEntry, direction: Direction) {
         policy::trace_flow(orig, container, direction);
     }
+}
+
+impl Family for [u8; 16] {
+    const BITS: u32 = 128;
+
+    #[inline(always)]
+    fn ct() -> &'static CtMap<Self> {
+        &CT6
+    }
+
+    #[inline(always)]
+    fn frags() -> &'static FragMap<Self> {
+        &FRAGS6
+    }
+
+    #[inline(always)]
+    fn policy_rules(container_id: u32, direction: Direction, remote: Self) -> Option<&'static PolicyEntry> {
+        POLICY6.get(&policy_key(container_id, direction, remote))
+    }
+
+    #[inline(always)]
+    fn is_host_addr(self) -> bool {
+        // SAFETY: the value is only tested for presence.
+        unsafe { HOST_ADDRS6.get(&self) }.is_some()
+    }
+
+    /// IPv6 is not masqueraded yet: a container's IPv6 flow to the world
+    /// leaves only when the instance routes (the uplink drops the rest).
+    #[inline(always)]
+    fn masquerades(_orig: &CtKey<Self>, _cfg: &DatapathConfig) -> bool {
+        false
+    }
+
+    #[inline(always)]
+    fn quoted_error(ctx: &TcContext) -> Result<Option<CtKey<Self>>, DropReason> {
+        ipv6::quoted6(ctx)
+    }
+
+    /// The monitor's events carry IPv4 tuples: IPv6 flows are counted and
+    /// listed by conntrack, not traced yet.
+    #[inline(always)]
+    fn trace_flow(_orig: &CtKey<Self>, _container: &ContainerEntry, _direction: Direction) {}
 }

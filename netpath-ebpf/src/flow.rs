@@ -1,5 +1,6 @@
-//! Parsing a packet into the 5-tuple that conntrack and NAT key on. The
-//! parse result is generic over the address family ([`Flow4`] is IPv4's).
+//! Parsing a packet into the 5-tuple that conntrack and NAT key on: the
+//! parse result is generic over the address family ([`Flow4`], [`Flow6`]);
+//! IPv4's parser is here, IPv6's (with its extension headers) in `ipv6`.
 
 use netpath_common::{
     conntrack::{
@@ -52,11 +53,13 @@ pub struct Flow<A: AddrFamily> {
     pub ported: bool,
     /// The first fragment of a fragmented datagram (more follow).
     pub first_fragment: bool,
-    /// The IP identification field (native order), for fragments.
+    /// The identification (IPv4's field, IPv6's fragment header's; read in
+    /// native order), for fragments.
     pub ip_id: A::FragId,
 }
 
 pub type Flow4 = Flow<[u8; 4]>;
+pub type Flow6 = Flow<[u8; 16]>;
 
 impl<A: AddrFamily> Flow<A> {
     /// Can this packet start a flow? A TCP packet only with a lone SYN, ICMP
@@ -107,7 +110,7 @@ impl<A: AddrFamily> Flow<A> {
 
 /// Why a packet has no flow to track or translate.
 pub enum NoFlow<A: AddrFamily> {
-    /// Not of the parser's family (ARP, IPv6 and the like).
+    /// Not of the parser's family (ARP and the like, or the other family).
     OtherEtherType,
     /// A non-first fragment: no L4 header; the key ties it to its first
     /// fragment (scope unset).
@@ -122,11 +125,22 @@ pub enum NoFlow<A: AddrFamily> {
     /// solicitation, ...): judged on its own, never tracked or translated.
     /// The key has its addresses, protocol and type.
     IcmpOther(CtKey<A>),
+    /// IPv6 neighbour discovery and multicast listener messages: the link's
+    /// plumbing, as ARP is IPv4's (anti-spoofing checks what a container
+    /// sends of it; policy does not judge it when it stays on the link).
+    /// The destination.
+    Neighbour(A),
+    /// IPv6 extension headers the datapath does not pass (see
+    /// `DropReason::Ipv6Headers`).
+    BadHeaders,
 }
 
 /// A parse's outcome.
 pub type Parsed<A> = Result<Flow<A>, NoFlow<A>>;
+// (A type alias's bounds are not checked; `Flow` and `NoFlow` need
+// `A: AddrFamily`.)
 pub type Parsed4 = Parsed<[u8; 4]>;
+pub type Parsed6 = Parsed<[u8; 16]>;
 
 #[inline(always)]
 pub fn parse4(pkt: &impl Packet) -> Parsed4 {

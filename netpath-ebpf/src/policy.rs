@@ -59,6 +59,8 @@ pub fn icc_allows_frame<A: Family>(
     };
     match parsed {
         Ok(flow) if flow.ported && answers_translated(flow) => Ok(()),
+        // IPv6's neighbour discovery, as ARP.
+        Err(NoFlow::Neighbour(_)) => Ok(()),
         _ => Err(DropReason::Policy),
     }
 }
@@ -201,6 +203,12 @@ pub fn judge<A: Family>(
     let flow = match parsed {
         Ok(flow) => flow,
         Err(NoFlow::OtherEtherType) => return Ok(()),
+        // Neighbour discovery that stays on the link is its plumbing (as
+        // ARP); addressed beyond it, it would be forwarded unjudged.
+        Err(NoFlow::Neighbour(dst)) => {
+            return if dst.link_scoped() || dst.in_subnet(cfg) { Ok(()) } else { Err(DropReason::Policy) }
+        }
+        Err(NoFlow::BadHeaders) => return Err(DropReason::Ipv6Headers),
         Err(NoFlow::Malformed) => return Err(DropReason::Malformed),
         Err(NoFlow::LaterFragment(frag)) => return fragment::follows(frag, CtScope::policy(direction)),
         Err(NoFlow::IcmpError) => return related_error::<A>(ctx, container, direction),

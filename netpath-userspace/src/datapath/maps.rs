@@ -21,7 +21,7 @@ use aya::{
 use netpath_common::{
     maps as names, owner,
     uplink_guard::{GuardedPorts, GUARDED_PORT_WORDS},
-    ContainerEntry, CtEntry4, CtKey4, DatapathConfig, ForwardStats, FragEntry4, FragKey4, HostAddr4, MappingEntry4,
+    ContainerEntry, CtEntry4, CtKey4, DatapathConfig, ForwardStats, FragEntry4, FragKey4, HostAddr, MappingEntry4,
     MappingKey4, PolicyEntry, PolicyKey4, TrafficStats,
 };
 
@@ -159,7 +159,7 @@ impl Datapath {
         Ok(BpfHashMap::try_from(self.map_mut(names::MAPPINGS4)?)?)
     }
 
-    fn host_addrs_map(&mut self) -> Result<BpfHashMap<&mut MapData, [u8; 4], HostAddr4>> {
+    fn host_addrs_map(&mut self) -> Result<BpfHashMap<&mut MapData, [u8; 4], HostAddr>> {
         Ok(BpfHashMap::try_from(self.map_mut(names::HOST_ADDRS4)?)?)
     }
 
@@ -429,8 +429,8 @@ impl Datapath {
             }
         }
         for (addr, ifindex) in addrs {
-            if map.get(addr, 0).ok() != Some(HostAddr4 { ifindex: *ifindex }) {
-                map.insert(addr, HostAddr4 { ifindex: *ifindex }, 0)?;
+            if map.get(addr, 0).ok() != Some(HostAddr { ifindex: *ifindex }) {
+                map.insert(addr, HostAddr { ifindex: *ifindex }, 0)?;
             }
         }
         self.written.host_addrs = addrs.iter().map(|(a, _)| *a).collect();
