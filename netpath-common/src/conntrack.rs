@@ -28,7 +28,7 @@ pub const IPPROTO_UDP: u8 = 17;
 pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
 
-use crate::Direction;
+use crate::{family::AddrFamily, Direction};
 
 /// What a conntrack entry is for. One table holds both kinds, told apart by
 /// the key's `scope` byte.
@@ -69,56 +69,72 @@ impl CtScope {
     }
 }
 
-/// A directional IPv4 5-tuple (ports in network byte order; for ICMP echo
-/// the identifier sits in both ports and the message type in `icmp_type`;
-/// protocols without ports have zero ports), and the scope it is tracked in.
+/// A directional 5-tuple of family `A` (ports in network byte order; for
+/// ICMP echo the identifier sits in both ports and the message type in
+/// `icmp_type`; protocols without ports have zero ports), and the scope it
+/// is tracked in. `CtKey4` and `CtKey6` are its instances.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct CtKey4 {
-    pub saddr: [u8; 4],
-    pub daddr: [u8; 4],
+pub struct CtKey<A> {
+    pub saddr: A,
+    pub daddr: A,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
     /// [`CtScope`] as u8.
     pub scope: u8,
-    /// For ICMP echo: `ICMP_ECHO_REQUEST` or `ICMP_ECHO_REPLY`, so that a
+    /// For ICMP echo: the family's echo request or reply type, so that a
     /// request and a reply are different tuples (a verdict for replies never
     /// lets requests through); 0 otherwise.
     pub icmp_type: u8,
     pub _pad: u8,
 }
 
-impl CtKey4 {
+pub type CtKey4 = CtKey<[u8; 4]>;
+pub type CtKey6 = CtKey<[u8; 16]>;
+
+impl<A: AddrFamily> CtKey<A> {
     #[inline(always)]
-    pub fn new(saddr: [u8; 4], daddr: [u8; 4], sport: u16, dport: u16, proto: u8) -> CtKey4 {
-        CtKey4 { saddr, daddr, sport, dport, proto, scope: CtScope::Nat as u8, icmp_type: 0, _pad: 0 }
+    pub fn new(saddr: A, daddr: A, sport: u16, dport: u16, proto: u8) -> CtKey<A> {
+        CtKey { saddr, daddr, sport, dport, proto, scope: CtScope::Nat as u8, icmp_type: 0, _pad: 0 }
     }
 
     /// The tuple of an echo request (its replies reverse to echo replies).
     #[inline(always)]
-    pub fn echo_request(saddr: [u8; 4], daddr: [u8; 4], id: u16) -> CtKey4 {
-        CtKey4 { icmp_type: ICMP_ECHO_REQUEST, ..CtKey4::new(saddr, daddr, id, id, IPPROTO_ICMP) }
+    pub fn echo_request(saddr: A, daddr: A, id: u16) -> CtKey<A> {
+        CtKey { icmp_type: A::ECHO_REQUEST, ..CtKey::new(saddr, daddr, id, id, A::ICMP_PROTO) }
     }
 
     /// The same flow seen from the other side, in the same scope: for ICMP
     /// echo, a request's tuple reverses to its reply's and back.
     #[inline(always)]
-    pub fn reversed(&self) -> CtKey4 {
+    pub fn reversed(&self) -> CtKey<A> {
         let mut icmp_type = self.icmp_type;
-        if self.proto == IPPROTO_ICMP {
-            icmp_type = if icmp_type == ICMP_ECHO_REQUEST { ICMP_ECHO_REPLY } else { ICMP_ECHO_REQUEST };
+        if self.proto == A::ICMP_PROTO {
+            icmp_type = A::peer_echo_type(icmp_type);
         }
-        CtKey4 { saddr: self.daddr, daddr: self.saddr, sport: self.dport, dport: self.sport, icmp_type, ..*self }
+        CtKey { saddr: self.daddr, daddr: self.saddr, sport: self.dport, dport: self.sport, icmp_type, ..*self }
     }
 
     #[inline(always)]
-    pub fn in_scope(&self, scope: CtScope) -> CtKey4 {
-        CtKey4 { scope: scope as u8, ..*self }
+    pub fn in_scope(&self, scope: CtScope) -> CtKey<A> {
+        CtKey { scope: scope as u8, ..*self }
     }
 
     pub fn scope(&self) -> Option<CtScope> {
         CtScope::from_u8(self.scope)
+    }
+
+    /// What a policy rule's port matched for the flow this tuple starts:
+    /// its destination port, or for ICMP echo its message type (protocols
+    /// without ports track port 0).
+    #[inline(always)]
+    pub fn policy_port(&self) -> u16 {
+        if self.proto == A::ICMP_PROTO {
+            self.icmp_type as u16
+        } else {
+            u16::from_be(self.dport)
+        }
     }
 }
 
@@ -176,13 +192,14 @@ impl CtState {
     }
 }
 
+/// A conntrack entry of family `A` (`CtEntry4`, `CtEntry6`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CtEntry {
+pub struct CtEntry<A> {
     /// New source (with `CT_F_SNAT`).
-    pub snat_addr: [u8; 4],
+    pub snat_addr: A,
     /// New destination (with `CT_F_DNAT`).
-    pub dnat_addr: [u8; 4],
+    pub dnat_addr: A,
     pub snat_port: u16,
     pub dnat_port: u16,
     /// `CT_F_*`.
@@ -201,13 +218,16 @@ pub struct CtEntry {
     pub packets: u64,
     pub bytes: u64,
     /// Key of the other direction's entry.
-    pub peer: CtKey4,
+    pub peer: CtKey<A>,
     /// The container the flow belongs to (0: none): with `CT_F_POLICY` the
     /// one whose policy allowed it; on masqueraded flows the one that
     /// started it. The entry is stale once the container is gone (see
     /// [`crate::owner`]).
     pub container_id: u32,
 }
+
+pub type CtEntry4 = CtEntry<[u8; 4]>;
+pub type CtEntry6 = CtEntry<[u8; 16]>;
 
 /// Timeouts per state, in seconds (in the `CONFIG` map, so that operators
 /// and tests can change them).
@@ -339,7 +359,7 @@ pub fn next_state(state: u8, reply: bool, proto: u8, tcp_flags: u8) -> u8 {
     }
 }
 
-impl CtEntry {
+impl<A> CtEntry<A> {
     /// Does this entry hold a verdict of `container_id`'s policy? (Its
     /// `policy_epoch` says under which rules: a verdict of an earlier epoch
     /// is judged again before it counts.)
@@ -372,7 +392,9 @@ impl CtEntry {
 mod pod {
     use super::*;
     unsafe impl aya::Pod for CtKey4 {}
-    unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for CtKey6 {}
+    unsafe impl aya::Pod for CtEntry4 {}
+    unsafe impl aya::Pod for CtEntry6 {}
     unsafe impl aya::Pod for CtTimeouts {}
 }
 
@@ -555,8 +577,8 @@ mod tests {
     }
 
     /// A flow's entry as `conntrack::create4` leaves it at `now`.
-    fn created(proto: u8, reply: bool, now: u64) -> CtEntry {
-        CtEntry {
+    fn created(proto: u8, reply: bool, now: u64) -> CtEntry4 {
+        CtEntry4 {
             state: NEW,
             flags: if reply { CT_F_REPLY } else { 0 },
             expires_ns: TIMEOUTS.expiry(proto, NEW, now),

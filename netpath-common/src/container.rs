@@ -5,8 +5,8 @@ use crate::Direction;
 
 /// The container has an IPv4 address in [`ContainerEntry::ipv4`].
 pub const CONTAINER_F_IPV4: u16 = 1 << 0;
-/// The container has an IPv6 address in [`ContainerEntry::ipv6`] (IPv6 is
-/// not carried yet; the layout has room for it).
+/// The container has an IPv6 address in [`ContainerEntry::ipv6`]: its IPv6
+/// traffic is carried (without it, every IPv6 frame it sends is dropped).
 pub const CONTAINER_F_IPV6: u16 = 1 << 1;
 /// New flows to the container that no rule matches are denied.
 pub const CONTAINER_F_DEFAULT_DENY_IN: u16 = 1 << 2;
@@ -41,6 +41,11 @@ impl ContainerEntry {
     #[inline(always)]
     pub fn has_ipv4(&self) -> bool {
         self.flags & CONTAINER_F_IPV4 != 0
+    }
+
+    #[inline(always)]
+    pub fn has_ipv6(&self) -> bool {
+        self.flags & CONTAINER_F_IPV6 != 0
     }
 
     /// Are new flows in `direction` that no rule matches denied?

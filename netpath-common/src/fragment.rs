@@ -1,6 +1,6 @@
-//! IPv4 fragments: only the first fragment of a datagram carries the ports
+//! Fragments (IPv4, and IPv6's fragment header): only the first fragment of a datagram carries the ports
 //! that policy judges and NAT translates by. What happened to it is kept in
-//! `FRAGS4`, keyed by what every fragment of the datagram shares:
+//! `FRAGS4`/`FRAGS6`, keyed by what every fragment of the datagram shares:
 //! - in the policy scopes, its verdict: the later fragments pass only when
 //!   their first one did (and are dropped otherwise: a later fragment that
 //!   arrives alone is never passed unjudged);
@@ -21,35 +21,45 @@ pub const FRAG_TIMEOUT_NS: u64 = 30 * NS_PER_SEC;
 /// What all fragments of one datagram share, and the hook that saw them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct FragKey4 {
-    pub saddr: [u8; 4],
-    pub daddr: [u8; 4],
-    /// The IP identification field, network byte order.
-    pub id: u16,
+pub struct FragKey<A> {
+    pub saddr: A,
+    pub daddr: A,
+    /// The identification: IPv4's 16-bit field, IPv6's 32-bit one from the
+    /// fragment header, as the bytes read in native order.
+    pub id: u32,
     pub proto: u8,
     /// The [`crate::CtScope`] of the verdict (which side of which veth).
     pub scope: u8,
+    pub _pad: u16,
 }
+
+pub type FragKey4 = FragKey<[u8; 4]>;
+pub type FragKey6 = FragKey<[u8; 16]>;
 
 /// The first fragment's ports, its translated addresses (NAT scope), and
 /// until when later fragments may follow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FragEntry4 {
+pub struct FragEntry<A> {
     pub sport: u16,
     pub dport: u16,
     /// NAT scope: the first fragment's source and destination after
     /// translation (the key has them before). Unused in the policy scopes.
-    pub nat_saddr: [u8; 4],
-    pub nat_daddr: [u8; 4],
+    pub nat_saddr: A,
+    pub nat_daddr: A,
     pub _pad: u32,
     /// CLOCK_MONOTONIC nanoseconds.
     pub expires_ns: u64,
 }
 
+pub type FragEntry4 = FragEntry<[u8; 4]>;
+pub type FragEntry6 = FragEntry<[u8; 16]>;
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
     unsafe impl aya::Pod for FragKey4 {}
+    unsafe impl aya::Pod for FragKey6 {}
     unsafe impl aya::Pod for FragEntry4 {}
+    unsafe impl aya::Pod for FragEntry6 {}
 }

@@ -9,10 +9,18 @@ pub const IFACE_STATS: &str = "IFACE_STATS";
 
 /// Published ports: [`crate::MappingKey4`] -> [`crate::MappingEntry4`].
 pub const MAPPINGS4: &str = "MAPPINGS4";
-/// The host's own IPv4 addresses: `[u8; 4]` -> [`crate::HostAddr4`].
+/// The host's own IPv4 addresses: `[u8; 4]` -> [`crate::HostAddr`].
 pub const HOST_ADDRS4: &str = "HOST_ADDRS4";
-/// Connection tracking: [`crate::CtKey4`] -> [`crate::CtEntry`] (LRU).
+/// Connection tracking: [`crate::CtKey4`] -> [`crate::CtEntry4`] (LRU).
 pub const CT4: &str = "CT4";
+/// IPv6 connection tracking: [`crate::CtKey6`] -> [`crate::CtEntry6`] (LRU).
+pub const CT6: &str = "CT6";
+/// The host's own IPv6 addresses: `[u8; 16]` -> [`crate::HostAddr`].
+pub const HOST_ADDRS6: &str = "HOST_ADDRS6";
+/// IPv6 policy: LPM trie of [`crate::PolicyKey6`] -> [`crate::PolicyEntry`].
+pub const POLICY6: &str = "POLICY6";
+/// Verdicts of IPv6 first fragments: [`crate::FragKey6`] -> [`crate::FragEntry6`] (LRU).
+pub const FRAGS6: &str = "FRAGS6";
 /// Per-CPU [`crate::CtStats`] at index 0: conntrack inserts, refusals and
 /// the datapath's own removals.
 pub const CT_STATS: &str = "CT_STATS";
@@ -68,6 +76,10 @@ pub const PINNED_MAPS: &[&str] = &[
     GUARDED_PORTS,
     DENIED_SOURCES4,
     EVENT_BUDGET,
+    CT6,
+    HOST_ADDRS6,
+    POLICY6,
+    FRAGS6,
 ];
 
 pub const MAX_POLICY_PREFIXES: usize = 262144;

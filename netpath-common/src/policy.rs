@@ -10,7 +10,7 @@ use crate::Direction;
 pub const POLICY_ALLOW: u8 = 1;
 pub const POLICY_DENY: u8 = 2;
 
-/// Bits of [`PolicyKey4`] before the address: container id, direction, padding.
+/// Bits of a [`PolicyKey`] before the address: container id, direction, padding.
 pub const POLICY_KEY_FIXED_BITS: u32 = 64;
 
 pub const MAX_RULES_PER_PREFIX: usize = 16;
@@ -18,21 +18,26 @@ pub const MAX_RULES_PER_PREFIX: usize = 16;
 /// The data part of an LPM trie key (the trie adds a prefix length in
 /// front). Matching runs over the bytes in order, so the fixed fields come
 /// first and the address last.
+/// `PolicyKey4` and `PolicyKey6` (in `POLICY4` and `POLICY6`) are its
+/// instances.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct PolicyKey4 {
+pub struct PolicyKey<A> {
     /// Big-endian, so that the trie sees it as plain bytes.
     pub container_id: [u8; 4],
     /// [`Direction`] as u8.
     pub direction: u8,
     pub _pad: [u8; 3],
-    pub addr: [u8; 4],
+    pub addr: A,
 }
 
-impl PolicyKey4 {
+pub type PolicyKey4 = PolicyKey<[u8; 4]>;
+pub type PolicyKey6 = PolicyKey<[u8; 16]>;
+
+impl<A> PolicyKey<A> {
     #[inline(always)]
-    pub fn new(container_id: u32, direction: Direction, addr: [u8; 4]) -> PolicyKey4 {
-        PolicyKey4 { container_id: container_id.to_be_bytes(), direction: direction as u8, _pad: [0; 3], addr }
+    pub fn new(container_id: u32, direction: Direction, addr: A) -> PolicyKey<A> {
+        PolicyKey { container_id: container_id.to_be_bytes(), direction: direction as u8, _pad: [0; 3], addr }
     }
 }
 
@@ -40,7 +45,7 @@ impl PolicyKey4 {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PolicyRule {
-    /// The rule's CIDR prefix length (0-32): longer wins.
+    /// The rule's CIDR prefix length (0-32, IPv6 0-128): longer wins.
     pub prefix_len: u8,
     /// IP protocol, 0 for any.
     pub proto: u8,
@@ -128,6 +133,7 @@ pub fn allows(entry: Option<&PolicyEntry>, default_deny: bool, proto: u8, port: 
 mod pod {
     use super::*;
     unsafe impl aya::Pod for PolicyKey4 {}
+    unsafe impl aya::Pod for PolicyKey6 {}
     unsafe impl aya::Pod for PolicyRule {}
     unsafe impl aya::Pod for PolicyEntry {}
 }

@@ -4,7 +4,7 @@
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
     conntrack::{CtState, CtTimeouts, CLOSED, CT_F_MASQ_PENDING, CT_F_REPLY, CT_F_SNAT, IPPROTO_TCP, TCP_FIN},
-    CtEntry, CtKey4, CtStats, DatapathConfig, DropReason,
+    CtEntry4, CtKey4, CtStats, DatapathConfig, DropReason,
 };
 
 use crate::{
@@ -21,7 +21,7 @@ const ESTABLISHED: u8 = CtState::Established as u8;
 /// deleted the flow (see netpath_common::owner). Stale entries stay for
 /// [`lookup_or_forget4`] or the GC to delete.
 #[inline(always)]
-pub fn lookup4(key: &CtKey4) -> Option<*mut CtEntry> {
+pub fn lookup4(key: &CtKey4) -> Option<*mut CtEntry4> {
     let entry = CT4.get_ptr_mut(key)?;
     if owned(entry) {
         Some(entry)
@@ -34,7 +34,7 @@ pub fn lookup4(key: &CtKey4) -> Option<*mut CtEntry> {
 /// stages' main lookups): a stale flow goes first, both halves, so that the
 /// new one can take its tuples.
 #[inline(always)]
-pub fn lookup_or_forget4(key: &CtKey4) -> Option<*mut CtEntry> {
+pub fn lookup_or_forget4(key: &CtKey4) -> Option<*mut CtEntry4> {
     let entry = CT4.get_ptr_mut(key)?;
     if owned(entry) {
         return Some(entry);
@@ -46,20 +46,20 @@ pub fn lookup_or_forget4(key: &CtKey4) -> Option<*mut CtEntry> {
 /// The entry of `key` whatever its owners, where the caller knows a stale
 /// one cannot be there (an earlier hook of the same packet deleted it).
 #[inline(always)]
-pub fn lookup_unchecked4(key: &CtKey4) -> Option<*mut CtEntry> {
+pub fn lookup_unchecked4(key: &CtKey4) -> Option<*mut CtEntry4> {
     CT4.get_ptr_mut(key)
 }
 
 /// Are the entry's owners still there?
 #[inline(always)]
-fn owned(entry: *mut CtEntry) -> bool {
+fn owned(entry: *mut CtEntry4) -> bool {
     // SAFETY: map value pointer, valid during the run.
     owners_live(unsafe { &*entry })
 }
 
 /// Are the owners (mapping, container) of `entry` still there?
 #[inline(always)]
-pub fn owners_live(entry: &CtEntry) -> bool {
+pub fn owners_live(entry: &CtEntry4) -> bool {
     mapping_live(entry.mapping_id) && container_live(entry.container_id)
 }
 
@@ -78,7 +78,7 @@ fn forget_stale4(key: &CtKey4) {
 /// Accounts a packet of `len` bytes to `entry` and refreshes its state and
 /// expiry.
 #[inline(always)]
-pub fn touch(entry: *mut CtEntry, flow: &Flow4, len: u32, cfg: &DatapathConfig) {
+pub fn touch(entry: *mut CtEntry4, flow: &Flow4, len: u32, cfg: &DatapathConfig) {
     // SAFETY: a map value pointer, valid during the program run.
     let e = unsafe { &mut *entry };
     let now = clock::now_ns();
@@ -150,7 +150,7 @@ fn establish_peer(peer: &CtKey4, expires: u64) {
 /// its own): both halves go to `closed` and its short timeout, rather than
 /// holding their entries for the half-close timeout.
 #[inline(never)]
-fn close_if_peer_closing(entry: *mut CtEntry, timeouts: &CtTimeouts, now: u64) {
+fn close_if_peer_closing(entry: *mut CtEntry4, timeouts: &CtTimeouts, now: u64) {
     // SAFETY: map value pointers, valid during the program run.
     let e = unsafe { &mut *entry };
     let Some(p) = CT4.get_ptr_mut(&e.peer) else { return };
@@ -181,9 +181,9 @@ pub fn apply_existing4(ctx: &TcContext, flow: &Flow4) -> Result<(), DropReason> 
 #[inline(always)]
 pub fn create4(
     orig_key: &CtKey4,
-    orig: &mut CtEntry,
+    orig: &mut CtEntry4,
     reply_key: &CtKey4,
-    reply: &mut CtEntry,
+    reply: &mut CtEntry4,
     proto: u8,
     cfg: &DatapathConfig,
 ) -> Result<(), CreateError> {
@@ -205,7 +205,7 @@ pub fn create4(
 pub fn create_verdict4(
     orig_key: &CtKey4,
     reply_key: &CtKey4,
-    entry: &mut CtEntry,
+    entry: &mut CtEntry4,
     packet_on_orig: bool,
     len: u32,
     cfg: &DatapathConfig,
@@ -229,7 +229,7 @@ pub fn create_verdict4(
 /// peer until the uplink completes it. Its packet is counted by the NAT
 /// stage, which finds the entry right after.
 #[inline(always)]
-pub fn create_pending4(key: &CtKey4, entry: &mut CtEntry, cfg: &DatapathConfig) -> Result<(), CreateError> {
+pub fn create_pending4(key: &CtKey4, entry: &mut CtEntry4, cfg: &DatapathConfig) -> Result<(), CreateError> {
     entry.state = CtState::New as u8;
     entry.expires_ns = cfg.timeouts.expiry(key.proto, CtState::New as u8, clock::now_ns());
     entry.flags |= CT_F_MASQ_PENDING;
@@ -246,9 +246,9 @@ pub fn create_pending4(key: &CtKey4, entry: &mut CtEntry, cfg: &DatapathConfig) 
 #[inline(always)]
 pub fn complete_pending4(
     orig_key: &CtKey4,
-    orig: *mut CtEntry,
+    orig: *mut CtEntry4,
     reply_key: &CtKey4,
-    reply: &mut CtEntry,
+    reply: &mut CtEntry4,
     snat: ([u8; 4], u16),
 ) -> Result<(), CreateError> {
     // SAFETY: a map value pointer, valid during the program run.
@@ -272,7 +272,7 @@ pub fn complete_pending4(
 /// (the LRU evicted it) is an orphan that would hold the tuple, and block
 /// every new flow on it, until it expires: it is replaced.
 #[inline(always)]
-fn insert_reply4(key: &CtKey4, entry: &CtEntry) -> Result<(), CreateError> {
+fn insert_reply4(key: &CtKey4, entry: &CtEntry4) -> Result<(), CreateError> {
     match insert_new4(key, entry) {
         Err(CreateError::Taken) if orphaned4(key) => {
             remove4(key);
@@ -295,7 +295,7 @@ fn orphaned4(key: &CtKey4) -> bool {
 
 /// Inserts one half if its key is not tracked yet.
 #[inline(always)]
-fn insert_new4(key: &CtKey4, entry: &CtEntry) -> Result<(), CreateError> {
+fn insert_new4(key: &CtKey4, entry: &CtEntry4) -> Result<(), CreateError> {
     match CT4.insert(key, entry, BPF_NOEXIST) {
         Ok(()) => {
             count(|s| s.inserts += 1);
@@ -330,7 +330,7 @@ fn count(f: impl FnOnce(&mut CtStats)) {
 /// if another CPU created the same flow meanwhile, its pair stands and our
 /// reply half goes (overwriting its original half would orphan its reply).
 #[inline(always)]
-fn insert_orig4(orig_key: &CtKey4, orig: &CtEntry, reply_key: &CtKey4) -> Result<(), CreateError> {
+fn insert_orig4(orig_key: &CtKey4, orig: &CtEntry4, reply_key: &CtKey4) -> Result<(), CreateError> {
     match insert_new4(orig_key, orig) {
         Ok(()) => Ok(()),
         Err(e) => {

@@ -52,7 +52,7 @@ pub struct Flow4 {
     /// The first fragment of a fragmented datagram (more follow).
     pub first_fragment: bool,
     /// The IP identification field (network byte order), for fragments.
-    pub ip_id: u16,
+    pub ip_id: u32,
 }
 
 impl Flow4 {
@@ -99,6 +99,7 @@ impl Flow4 {
             id: self.ip_id,
             proto: self.key.proto,
             scope: scope as u8,
+            _pad: 0,
         }
     }
 }
@@ -155,9 +156,9 @@ pub fn parse4(pkt: &impl Packet) -> Result<Flow4, NoFlow> {
     let frag_offset = (((ip.frags[0] & 0x1f) as u16) << 8) | ip.frags[1] as u16;
     let first_fragment = ip.frags[0] & IP_MF != 0;
     let proto = ip.proto;
-    let ip_id = u16::from_ne_bytes(ip.id);
+    let ip_id = u16::from_ne_bytes(ip.id) as u32;
     if frag_offset != 0 {
-        let key = FragKey4 { saddr: ip.src_addr, daddr: ip.dst_addr, id: ip_id, proto, scope: 0 };
+        let key = FragKey4 { saddr: ip.src_addr, daddr: ip.dst_addr, id: ip_id, proto, scope: 0, _pad: 0 };
         return Err(NoFlow::LaterFragment(key));
     }
     let l4_off = l3_off + ihl;

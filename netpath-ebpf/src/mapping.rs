@@ -3,7 +3,7 @@
 
 use netpath_common::{
     conntrack::{CT_F_DNAT, CT_F_SNAT},
-    CtEntry, CtKey4, DatapathConfig, MappingEntry4, MappingKey4,
+    CtEntry4, CtKey4, DatapathConfig, MappingEntry4, MappingKey4,
 };
 
 use crate::maps::{HOST_ADDRS4, MAPPINGS4};
@@ -66,8 +66,8 @@ pub fn flow_entries4(
     orig: &CtKey4,
     published: &MappingEntry4,
     cfg: &DatapathConfig,
-    fwd: &mut CtEntry,
-    rev: &mut CtEntry,
+    fwd: &mut CtEntry4,
+    rev: &mut CtEntry4,
 ) -> CtKey4 {
     let hairpin_self = orig.saddr == published.container_addr;
     fwd.dnat_addr = published.container_addr;

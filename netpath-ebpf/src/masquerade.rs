@@ -7,7 +7,7 @@ use netpath_common::{
     config::{CFG_F_MASQUERADE, CFG_F_ROUTED},
     conntrack::{CtState, CT_F_DNAT, CT_F_POLICY, CT_F_REPLY, CT_F_SNAT, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     masquerade::{PortRange, MAX_TRIES},
-    CtEntry, CtKey4, CtScope, DatapathConfig, DropReason,
+    CtEntry4, CtKey4, CtScope, DatapathConfig, DropReason,
 };
 
 use crate::{
@@ -44,7 +44,7 @@ pub fn new_flow4(
     ctx: &TcContext,
     flow: &Flow4,
     cfg: &DatapathConfig,
-    pending: Option<*mut CtEntry>,
+    pending: Option<*mut CtEntry4>,
 ) -> Result<(), DropReason> {
     // No address yet (the agent is starting, or the uplink has none) or no
     // port range: the new flow is dropped rather than sent out with a
@@ -59,7 +59,7 @@ pub fn new_flow4(
     // The search (own port kept when in range, else a random start; then
     // up, wrapping around): netpath_common::masquerade.
     let mut port = range.first(u16::from_be(flow.key.sport), || unsafe { bpf_get_prandom_u32() });
-    let mut fwd = CtEntry {
+    let mut fwd = CtEntry4 {
         snat_addr: cfg.masq_addr4,
         flags: CT_F_SNAT,
         state: CtState::New as u8,
@@ -68,7 +68,7 @@ pub fn new_flow4(
         ..Default::default()
     };
     let mut rev =
-        CtEntry { dnat_addr: flow.key.saddr, dnat_port: flow.key.sport, flags: CT_F_DNAT, ..Default::default() };
+        CtEntry4 { dnat_addr: flow.key.saddr, dnat_port: flow.key.sport, flags: CT_F_DNAT, ..Default::default() };
     match pending {
         // SAFETY: map value pointer, valid during the run.
         Some(entry) => carry_pending(unsafe { &*entry }, &mut rev),
@@ -118,7 +118,7 @@ pub fn new_flow4(
 /// The reply half of a pending masquerade carries the verdict its original
 /// half has (the container's, given on its veth).
 #[inline(always)]
-fn carry_pending(orig: &CtEntry, rev: &mut CtEntry) {
+fn carry_pending(orig: &CtEntry4, rev: &mut CtEntry4) {
     rev.container_id = orig.container_id;
     rev.flags |= orig.flags & CT_F_POLICY;
     rev.policy_epoch = orig.policy_epoch;
@@ -133,7 +133,7 @@ fn carry_pending(orig: &CtEntry, rev: &mut CtEntry) {
 /// table refused it). Out of line, writing into both entries: the frame of
 /// the uplink's NAT path has no byte to spare, not even for the id.
 #[inline(never)]
-fn set_starter4(key: &CtKey4, fwd: &mut CtEntry, rev: &mut CtEntry) {
+fn set_starter4(key: &CtKey4, fwd: &mut CtEntry4, rev: &mut CtEntry4) {
     if let Some(verdict) = conntrack::lookup4(&key.in_scope(CtScope::PolicyOut)) {
         // SAFETY: map value pointer, valid during the run.
         let v = unsafe { &*verdict };

@@ -8,7 +8,7 @@
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
     conntrack::{CT_F_DNAT, CT_F_SNAT, IPPROTO_ICMP, IPPROTO_TCP},
-    CtEntry, DropReason,
+    CtEntry4, DropReason,
 };
 
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
@@ -93,7 +93,7 @@ fn rewrite_port(ctx: &TcContext, flow: &Flow4, port_off: usize, old: u16, new: u
 /// echo the identifier stands in for both ports: the source side's in
 /// requests (SNAT), the destination side's in replies (DNAT).
 #[inline(always)]
-pub fn apply4(ctx: &TcContext, flow: &Flow4, entry: &CtEntry) -> Result<(), DropReason> {
+pub fn apply4(ctx: &TcContext, flow: &Flow4, entry: &CtEntry4) -> Result<(), DropReason> {
     let icmp = flow.key.proto == IPPROTO_ICMP;
     if entry.flags & CT_F_SNAT != 0 {
         if entry.snat_addr != flow.key.saddr {

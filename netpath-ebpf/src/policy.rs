@@ -10,7 +10,8 @@ use netpath_common::{
     conntrack::{CT_F_DNAT, CT_F_POLICY, CT_F_REPLY, CT_F_SNAT, IPPROTO_ICMP},
     event::EVENT_FLOW,
     policy::{self as rules, POLICY_KEY_FIXED_BITS},
-    ContainerEntry, CtEntry, CtKey4, CtScope, DatapathConfig, Direction, DropReason, HookId, MappingEntry4, PolicyKey4,
+    ContainerEntry, CtEntry4, CtKey4, CtScope, DatapathConfig, Direction, DropReason, HookId, MappingEntry4,
+    PolicyKey4,
 };
 
 use network_types::eth::{EthHdr, EtherType};
@@ -92,7 +93,7 @@ pub fn admits_published4(published: &MappingEntry4, client: [u8; 4], proto: u8) 
 /// netpath_common::conntrack): the flow's packets then find the rewrite and
 /// the verdict in one lookup.
 #[inline(always)]
-pub fn carry(entry: &mut CtEntry, container: &ContainerEntry) {
+pub fn carry(entry: &mut CtEntry4, container: &ContainerEntry) {
     entry.flags |= CT_F_POLICY;
     entry.container_id = container.id;
     entry.policy_epoch = container.policy_epoch;
@@ -110,7 +111,7 @@ pub struct CarriedVerdict {
 impl CarriedVerdict {
     /// The verdict on `entry`, if any.
     #[inline(always)]
-    pub fn of(entry: &CtEntry) -> CarriedVerdict {
+    pub fn of(entry: &CtEntry4) -> CarriedVerdict {
         if entry.flags & CT_F_POLICY == 0 {
             return CarriedVerdict::default();
         }
@@ -161,8 +162,8 @@ fn remember_pending(orig: &CtKey4, container: &ContainerEntry) -> Result<(), Dro
 
 /// A verdict entry allowing `container`'s flow, under its current rules.
 #[inline(always)]
-fn verdict_of(container: &ContainerEntry) -> CtEntry {
-    CtEntry {
+fn verdict_of(container: &ContainerEntry) -> CtEntry4 {
+    CtEntry4 {
         flags: CT_F_POLICY,
         container_id: container.id,
         policy_epoch: container.policy_epoch,
@@ -344,7 +345,7 @@ fn new_flow(
 #[inline(never)]
 fn rejudge(
     key: &CtKey4,
-    entry: *mut CtEntry,
+    entry: *mut CtEntry4,
     container: &ContainerEntry,
     direction: Direction,
 ) -> Result<(), DropReason> {
@@ -387,7 +388,7 @@ fn rejudge(
 /// packet is dropped; the translation stays until the flow expires, and its
 /// later packets find no verdict and cannot start a flow, so it stays cut.
 #[inline(never)]
-fn rejudge_translated(key: &CtKey4, entry: *mut CtEntry, container: &ContainerEntry) -> Result<(), DropReason> {
+fn rejudge_translated(key: &CtKey4, entry: *mut CtEntry4, container: &ContainerEntry) -> Result<(), DropReason> {
     let Some(cfg) = config() else { return Ok(()) };
     // SAFETY: map value pointers, valid during the run.
     let e = unsafe { &mut *entry };
@@ -418,7 +419,7 @@ fn rejudge_translated(key: &CtKey4, entry: *mut CtEntry, container: &ContainerEn
     let denied = (starter == Direction::Out && cfg.icc_denies4(remote))
         || !allows(container, starter, remote, orig_key.proto, port);
     let epoch = container.policy_epoch;
-    let settle = |half: &mut CtEntry| {
+    let settle = |half: &mut CtEntry4| {
         if denied {
             half.flags &= !CT_F_POLICY;
         } else {

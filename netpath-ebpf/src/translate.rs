@@ -11,7 +11,7 @@ use aya_ebpf::programs::TcContext;
 use netpath_common::{
     config::{CFG_F_MASQUERADE, CFG_F_ROUTED, CFG_F_TRACE_FLOWS},
     conntrack::{CtState, CT_F_MASQ_PENDING, CT_F_REPLY, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    ContainerEntry, CtEntry, CtKey4, CtScope, DatapathConfig, Direction, DropReason, MappingEntry4,
+    ContainerEntry, CtEntry4, CtKey4, CtScope, DatapathConfig, Direction, DropReason, MappingEntry4,
 };
 use network_types::eth::EthHdr;
 
@@ -190,7 +190,7 @@ fn new_published_flow4(
     published: &MappingEntry4,
     cfg: &DatapathConfig,
 ) -> Result<(), DropReason> {
-    let (mut fwd, mut rev) = (CtEntry::default(), CtEntry::default());
+    let (mut fwd, mut rev) = (CtEntry4::default(), CtEntry4::default());
     let reply_key = mapping::flow_entries4(&flow.key, published, cfg, &mut fwd, &mut rev);
     fwd.packets = 1;
     fwd.bytes = ctx.len() as u64;
@@ -290,7 +290,7 @@ fn new_masquerade4(
     ctx: &TcContext,
     flow: &Flow4,
     cfg: &DatapathConfig,
-    pending: Option<*mut CtEntry>,
+    pending: Option<*mut CtEntry4>,
 ) -> Result<(), DropReason> {
     if cfg.has(CFG_F_ROUTED) {
         // Replies of flows that came in to the container's own address

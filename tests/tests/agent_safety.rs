@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netpath_common::{CtEntry, CtKey4};
+use netpath_common::{CtEntry4, CtKey4};
 use netpath_tests::topology::{bin_dir, cmd, Topology, HOST_UPLINK, HOST_UPLINK_IP, WORLD_IP};
 use netpath_userspace::{
     config::instance_lock,
@@ -183,7 +183,7 @@ fn pinned_maps_of_another_layout_are_refused() {
     let maps = t.pin_dir().join("maps");
     std::fs::create_dir_all(&maps).unwrap();
     let ct4 = maps.join("CT4");
-    let (key, value) = (std::mem::size_of::<CtKey4>(), std::mem::size_of::<CtEntry>());
+    let (key, value) = (std::mem::size_of::<CtKey4>(), std::mem::size_of::<CtEntry4>());
     let entries = netpath_common::maps::MAX_CT_ENTRIES as u32;
 
     // Right sizes, wrong type.

@@ -17,12 +17,12 @@ use std::{
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use netpath_common::{
     conntrack::{CT_F_REPLY, IPPROTO_TCP, IPPROTO_UDP},
-    CtEntry, CtKey4, CtScope,
+    CtEntry4, CtKey4, CtScope,
 };
 use netpath_tests::topology::{Topology, HOST_UPLINK_IP, WORLD_IP};
 use netpath_userspace::model::{Flow, Mapping, Status, Tuple};
 
-type Ct = BpfHashMap<MapData, CtKey4, CtEntry>;
+type Ct = BpfHashMap<MapData, CtKey4, CtEntry4>;
 
 /// Unrelated flows written straight into CT4 (live, far from expiry).
 const UNRELATED_FLOWS: u32 = 50_000;
@@ -37,7 +37,7 @@ fn unrelated(i: u32) -> (CtKey4, CtKey4) {
 fn fill_unrelated(ct: &mut Ct) {
     for i in 0..UNRELATED_FLOWS {
         let (key, reply) = unrelated(i);
-        let entry = |peer: CtKey4, flags: u8| CtEntry { peer, flags, expires_ns: u64::MAX / 2, ..Default::default() };
+        let entry = |peer: CtKey4, flags: u8| CtEntry4 { peer, flags, expires_ns: u64::MAX / 2, ..Default::default() };
         ct.insert(key, entry(reply, 0), 0).unwrap();
         ct.insert(reply, entry(key, CT_F_REPLY), 0).unwrap();
     }

@@ -505,7 +505,7 @@ fn a_hundred_thousand_ports_are_published_and_reached() {
 #[test]
 fn a_large_table_is_collected_beside_the_api() {
     use aya::maps::{HashMap as BpfHashMap, Map, MapData};
-    use netpath_common::{CtEntry, CtKey4};
+    use netpath_common::{CtEntry4, CtKey4};
 
     assert!(netpath_tests::is_root());
     let mut t = Topology::new(1).unwrap();
@@ -522,12 +522,12 @@ fn a_large_table_is_collected_beside_the_api() {
     // table as the datapath would have left them.
     const FLOWS: u32 = 50_000;
     let data = MapData::from_pin(t.pin_dir().join("maps").join("CT4")).unwrap();
-    let mut ct: BpfHashMap<MapData, CtKey4, CtEntry> = BpfHashMap::try_from(Map::LruHashMap(data)).unwrap();
+    let mut ct: BpfHashMap<MapData, CtKey4, CtEntry4> = BpfHashMap::try_from(Map::LruHashMap(data)).unwrap();
     for i in 0..FLOWS {
         let client = [100, 64, (i >> 8) as u8, i as u8];
         let key = CtKey4::new(client, [198, 18, 0, 1], 40000u16.to_be(), 8080u16.to_be(), 6);
         let reply = CtKey4::new([10, 1, 0, 2], client, 80u16.to_be(), 40000u16.to_be(), 6);
-        let entry = |peer: CtKey4, flags: u8| CtEntry { peer, flags, expires_ns: 1, ..Default::default() };
+        let entry = |peer: CtKey4, flags: u8| CtEntry4 { peer, flags, expires_ns: 1, ..Default::default() };
         ct.insert(key, entry(reply, 0), 0).unwrap();
         ct.insert(reply, entry(key, netpath_common::conntrack::CT_F_REPLY), 0).unwrap();
     }

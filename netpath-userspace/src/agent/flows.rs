@@ -6,7 +6,7 @@ use std::{collections::HashMap, net::Ipv4Addr};
 use anyhow::Result;
 use netpath_common::{
     conntrack::{CT_F_DNAT, CT_F_MASQ_PENDING, CT_F_POLICY, CT_F_REPLY, CT_F_SNAT, IPPROTO_ICMP},
-    CtEntry, CtKey4, CtScope, CtState, Direction,
+    CtEntry4, CtKey4, CtScope, CtState, Direction,
 };
 
 use super::Inner;
@@ -72,13 +72,13 @@ impl Inner {
     pub(super) fn flows(&mut self) -> Result<Vec<Flow>> {
         let now = monotonic_ns() as i128;
         let live = self.dp.live_owners()?;
-        let entries: HashMap<CtKey4, CtEntry> =
+        let entries: HashMap<CtKey4, CtEntry4> =
             self.dp.ct_entries()?.into_iter().filter(|(_, e)| live.owns(e)).collect();
         let names: HashMap<u32, String> = self.state.containers.iter().map(|c| (c.id, c.name.clone())).collect();
         let mut flows = vec![];
         for (key, e) in entries.iter().filter(|(_, e)| e.flags & CT_F_REPLY == 0) {
             let pending = e.flags & CT_F_MASQ_PENDING != 0;
-            let reply = if pending { CtEntry::default() } else { entries.get(&e.peer).copied().unwrap_or_default() };
+            let reply = if pending { CtEntry4::default() } else { entries.get(&e.peer).copied().unwrap_or_default() };
             let expires = e.expires_ns.max(reply.expires_ns) as i128;
             let state = CtState::from_u8(e.state.max(reply.state));
             let scope = key.scope().unwrap_or(CtScope::Nat);

@@ -311,6 +311,10 @@ impl Agent {
             masq_port_max: cfg.masquerade_ports.1,
             gateway_mac,
             _pad: [0; 2],
+            subnet6: [0; 16],
+            subnet6_prefix: 0,
+            _pad6: 0,
+            gateway6: [0; 16],
         };
         dp.write_config(&dp_config)?;
         if cgroup.is_none() {

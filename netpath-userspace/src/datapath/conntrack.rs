@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result};
 use aya::maps::{HashMap as BpfHashMap, IterableMap as _, Map, MapData, PerCpuArray};
 use netpath_common::{
     conntrack::{CtState, CLOSED, CT_F_REPLY, IPPROTO_TCP, NS_PER_SEC},
-    maps as names, CtEntry, CtKey4, CtStats, SockRevNatEntry4, SockRevNatKey4,
+    maps as names, CtEntry4, CtKey4, CtStats, SockRevNatEntry4, SockRevNatKey4,
 };
 
 use super::{
@@ -25,7 +25,7 @@ use super::{
     Datapath,
 };
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock `CtEntry::expires_ns` uses.
+/// CLOCK_MONOTONIC in nanoseconds: the clock `CtEntry4::expires_ns` uses.
 pub fn monotonic_ns() -> u64 {
     let t =
         nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
@@ -34,19 +34,19 @@ pub fn monotonic_ns() -> u64 {
 
 impl Datapath {
     /// The entry of one tuple, if tracked.
-    pub fn ct_get4(&self, key: &CtKey4) -> Result<Option<CtEntry>> {
+    pub fn ct_get4(&self, key: &CtKey4) -> Result<Option<CtEntry4>> {
         self.get_one(names::CT4, key)
     }
 
     /// Every tracked entry, read in batches.
-    pub fn ct_entries(&mut self) -> Result<Vec<(CtKey4, CtEntry)>> {
+    pub fn ct_entries(&mut self) -> Result<Vec<(CtKey4, CtEntry4)>> {
         let map = self.ct_map()?;
         batch::entries(map.map().fd().as_fd()).context("reading CT4")
     }
 
     /// Removes tracked flows (both directions) whose entry matches `pred`;
     /// returns how many flows went.
-    pub fn ct_remove_where(&mut self, mut pred: impl FnMut(&CtKey4, &CtEntry) -> bool) -> Result<usize> {
+    pub fn ct_remove_where(&mut self, mut pred: impl FnMut(&CtKey4, &CtEntry4) -> bool) -> Result<usize> {
         let entries = self.ct_entries()?;
         let removed = Arc::clone(&self.ct_removed);
         let mut map = self.ct_map()?;
@@ -221,7 +221,7 @@ impl Baseline {
 /// it). Deletions re-read each entry first, so racing the datapath (a
 /// revived tuple) or the agent (a flow cut meanwhile) is harmless.
 pub struct CtCollector {
-    map: BpfHashMap<MapData, CtKey4, CtEntry>,
+    map: BpfHashMap<MapData, CtKey4, CtEntry4>,
     stats: PerCpuArray<MapData, CtStats>,
     /// Entries every agent path removed (shared with the [`Datapath`]).
     removed: Arc<AtomicU64>,
@@ -266,7 +266,7 @@ impl CtCollector {
     pub fn collect(&mut self, now: u64) -> Result<GcReport> {
         let started = Instant::now();
         let before = self.counters()?;
-        let entries: HashMap<CtKey4, CtEntry> =
+        let entries: HashMap<CtKey4, CtEntry4> =
             batch::entries(self.map.map().fd().as_fd()).context("reading CT4")?.into_iter().collect();
         let after = self.counters()?;
         self.last_round = Some((started, before.0.inserts));
@@ -314,7 +314,7 @@ fn sum_ct_stats<T: Borrow<MapData>>(map: &PerCpuArray<T, CtStats>) -> Result<CtS
     Ok(total)
 }
 
-type CtMap<T> = BpfHashMap<T, CtKey4, CtEntry>;
+type CtMap<T> = BpfHashMap<T, CtKey4, CtEntry4>;
 
 /// Which pairs a round removes.
 struct Doom {
@@ -325,26 +325,26 @@ struct Doom {
 }
 
 impl Doom {
-    fn expired(&self, e: &CtEntry) -> bool {
+    fn expired(&self, e: &CtEntry4) -> bool {
         e.expires_ns < self.now
     }
 
     /// Every half of the flow expired (or gone).
-    fn dead(&self, e: &CtEntry, peer: Option<&CtEntry>) -> bool {
+    fn dead(&self, e: &CtEntry4, peer: Option<&CtEntry4>) -> bool {
         self.expired(e) && peer.is_none_or(|p| self.expired(p))
     }
 
     /// Under pressure: a flow whose connection is over (both halves closed
     /// or reset), or a TCP handshake without a packet for
     /// [`IDLE_HANDSHAKE_NS`].
-    fn early(&self, key: &CtKey4, e: &CtEntry, peer: Option<&CtEntry>) -> bool {
+    fn early(&self, key: &CtKey4, e: &CtEntry4, peer: Option<&CtEntry4>) -> bool {
         let Some(p) = peer else { return false };
         if !self.pressure || key.proto != IPPROTO_TCP {
             return false;
         }
-        let finished = |h: &CtEntry| h.state == CLOSED || h.state == CtState::Reset as u8;
+        let finished = |h: &CtEntry4| h.state == CLOSED || h.state == CtState::Reset as u8;
         // A new half last saw a packet `tcp_new` before it expires.
-        let idle_handshake = |h: &CtEntry| {
+        let idle_handshake = |h: &CtEntry4| {
             h.state == CtState::New as u8 && h.expires_ns + IDLE_HANDSHAKE_NS <= self.now + self.handshake_ns
         };
         (finished(e) && finished(p)) || (idle_handshake(e) && idle_handshake(p))
@@ -365,14 +365,14 @@ fn collect<T: BorrowMut<MapData>>(
     live: &LiveOwners,
     removed: &AtomicU64,
 ) -> Result<Round> {
-    let entries: HashMap<CtKey4, CtEntry> =
+    let entries: HashMap<CtKey4, CtEntry4> =
         batch::entries(map.map().fd().as_fd()).context("reading CT4")?.into_iter().collect();
     collect_from(map, &entries, doom, live, removed)
 }
 
 fn collect_from<T: BorrowMut<MapData>>(
     map: &mut CtMap<T>,
-    entries: &HashMap<CtKey4, CtEntry>,
+    entries: &HashMap<CtKey4, CtEntry4>,
     doom: &Doom,
     live: &LiveOwners,
     removed: &AtomicU64,
@@ -422,7 +422,7 @@ fn sweep_sock_revnat<T: BorrowMut<MapData>>(
 /// Did removing `entry` (`gone`) and its peer (`peer_gone`) remove a flow?
 /// A flow is counted by its original half, whichever half a walk meets
 /// first: the one removed here, or the peer removed with it.
-fn removed_a_flow(entry: &CtEntry, gone: bool, peer_gone: bool) -> bool {
+fn removed_a_flow(entry: &CtEntry4, gone: bool, peer_gone: bool) -> bool {
     if entry.flags & CT_F_REPLY == 0 {
         gone
     } else {
@@ -529,8 +529,8 @@ mod tests {
     const NOW: u64 = 1_000 * NS_PER_SEC;
     const TCP_NEW: u64 = 5 * NS_PER_SEC;
 
-    fn half(state: CtState, expires_ns: u64) -> CtEntry {
-        CtEntry { state: state as u8, expires_ns, ..Default::default() }
+    fn half(state: CtState, expires_ns: u64) -> CtEntry4 {
+        CtEntry4 { state: state as u8, expires_ns, ..Default::default() }
     }
 
     fn key(proto: u8) -> CtKey4 {
@@ -540,7 +540,7 @@ mod tests {
     #[test]
     fn a_pair_counts_as_one_flow_whichever_half_is_met_first() {
         let orig = half(CtState::Established, NOW);
-        let reply = CtEntry { flags: CT_F_REPLY, ..orig };
+        let reply = CtEntry4 { flags: CT_F_REPLY, ..orig };
         // The original half first: it goes, its peer with it.
         assert!(removed_a_flow(&orig, true, true));
         assert!(!removed_a_flow(&reply, false, false), "then the reply half: already gone");

@@ -15,7 +15,7 @@ use aya::{
 };
 use aya_obj::generated::bpf_map_type;
 use netpath_common::{
-    hooks::Attach, maps as names, ContainerEntry, CtEntry, CtKey4, CtStats, DatapathConfig, HostAddr4, MappingEntry4,
+    hooks::Attach, maps as names, ContainerEntry, CtEntry4, CtKey4, CtStats, DatapathConfig, HostAddr, MappingEntry4,
     MappingKey4, PolicyEntry, PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats, HOOKS,
 };
 
@@ -30,7 +30,7 @@ pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 /// sizes or capacity are caught map by map against the object; a unit test
 /// (`a_changed_layout_bumps_the_layout_version`) fails when a pinned type's
 /// fields move without a bump.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// The stamp: a one-entry array map (`u32` -> `u32`, the layout version)
 /// that the agent creates and pins beside the maps, under `maps/`.
@@ -38,12 +38,12 @@ pub const LAYOUT_MAP: &str = "LAYOUT";
 
 /// Key and value sizes of every pinned map as the agent's types have them
 /// (the object must declare the same; a unit test checks it).
-const MAP_LAYOUTS: [(&str, usize, usize); 18] = [
+const MAP_LAYOUTS: [(&str, usize, usize); 22] = [
     (names::CONTAINERS, size_of::<u32>(), size_of::<ContainerEntry>()),
     (names::IFACE_STATS, size_of::<u32>(), size_of::<TrafficStats>()),
     (names::MAPPINGS4, size_of::<MappingKey4>(), size_of::<MappingEntry4>()),
-    (names::HOST_ADDRS4, size_of::<[u8; 4]>(), size_of::<HostAddr4>()),
-    (names::CT4, size_of::<CtKey4>(), size_of::<CtEntry>()),
+    (names::HOST_ADDRS4, size_of::<[u8; 4]>(), size_of::<HostAddr>()),
+    (names::CT4, size_of::<CtKey4>(), size_of::<CtEntry4>()),
     (names::CT_STATS, size_of::<u32>(), size_of::<CtStats>()),
     (names::SOCK_REVNAT4, size_of::<SockRevNatKey4>(), size_of::<SockRevNatEntry4>()),
     (names::CONFIG, size_of::<u32>(), size_of::<DatapathConfig>()),
@@ -61,6 +61,10 @@ const MAP_LAYOUTS: [(&str, usize, usize); 18] = [
     (names::GUARDED_PORTS, size_of::<u32>(), size_of::<u64>()),
     (names::DENIED_SOURCES4, size_of::<u32>() + size_of::<[u8; 4]>(), size_of::<u32>()),
     (names::EVENT_BUDGET, size_of::<u32>(), size_of::<netpath_common::EventBudget>()),
+    (names::CT6, size_of::<netpath_common::CtKey6>(), size_of::<netpath_common::CtEntry6>()),
+    (names::HOST_ADDRS6, size_of::<[u8; 16]>(), size_of::<HostAddr>()),
+    (names::POLICY6, size_of::<u32>() + size_of::<netpath_common::PolicyKey6>(), size_of::<PolicyEntry>()),
+    (names::FRAGS6, size_of::<netpath_common::FragKey6>(), size_of::<netpath_common::FragEntry6>()),
 ];
 
 /// Mounts bpffs at /sys/fs/bpf if nothing is mounted there (a fresh machine).
@@ -364,7 +368,8 @@ mod tests {
     /// Every field of every pinned map's key and value, where it sits.
     fn pinned_layout() -> String {
         use netpath_common::{
-            conntrack::CtTimeouts, policy::PolicyRule, stats::Counter, EventBudget, ForwardStats, FragEntry4, FragKey4,
+            conntrack::CtTimeouts, policy::PolicyRule, stats::Counter, CtEntry6, CtKey6, EventBudget, ForwardStats,
+            FragEntry4, FragEntry6, FragKey4, FragKey6, PolicyKey6,
         };
         [
             layout!(ContainerEntry { ipv4, ipv6, mac, flags, ifindex, id, policy_epoch }),
@@ -372,9 +377,9 @@ mod tests {
             layout!(TrafficStats { ingress, egress, drops }),
             layout!(MappingKey4 { addr, port, proto }),
             layout!(MappingEntry4 { container_addr, container_port, id, container_ifindex }),
-            layout!(HostAddr4 { ifindex }),
+            layout!(HostAddr { ifindex }),
             layout!(CtKey4 { saddr, daddr, sport, dport, proto, scope, icmp_type }),
-            layout!(CtEntry {
+            layout!(CtEntry4 {
                 snat_addr,
                 dnat_addr,
                 snat_port,
@@ -403,21 +408,45 @@ mod tests {
                 masq_addr4,
                 masq_port_min,
                 masq_port_max,
-                gateway_mac
+                gateway_mac,
+                subnet6,
+                subnet6_prefix,
+                gateway6
             }),
             layout!(PolicyKey4 { container_id, direction, addr }),
             layout!(PolicyRule { prefix_len, proto, action, has_ports, port_min, port_max }),
             layout!(PolicyEntry { count, rules }),
             layout!(FragKey4 { saddr, daddr, id, proto, scope }),
             layout!(FragEntry4 { sport, dport, nat_saddr, nat_daddr, expires_ns }),
+            layout!(CtKey6 { saddr, daddr, sport, dport, proto, scope, icmp_type }),
+            layout!(CtEntry6 {
+                snat_addr,
+                dnat_addr,
+                snat_port,
+                dnat_port,
+                flags,
+                state,
+                mapping_id,
+                policy_epoch,
+                expires_ns,
+                packets,
+                bytes,
+                peer,
+                container_id
+            }),
+            layout!(PolicyKey6 { container_id, direction, addr }),
+            layout!(FragKey6 { saddr, daddr, id, proto, scope }),
+            layout!(FragEntry6 { sport, dport, nat_saddr, nat_daddr, expires_ns }),
             layout!(ForwardStats { redirected, fallbacks }),
             layout!(EventBudget { window_start_ns, sent, suppressed }),
             // Version 4: owner slots (MAPPING_IDS, CONTAINER_IDS) and
-            // CtEntry::container_id on masqueraded flows too; 5: policy
-            // epochs (ContainerEntry, CtEntry); 6: 131072 owner slots and
+            // CtEntry4::container_id on masqueraded flows too; 5: policy
+            // epochs (ContainerEntry, CtEntry4); 6: 131072 owner slots and
             // published ports, the uplink guard (GUARDED_PORTS,
             // DENIED_SOURCES4, DropReason::DeniedSource) and the drop
-            // events' budget (EVENT_BUDGET).
+            // events' budget (EVENT_BUDGET); 7: IPv6 (CT6, HOST_ADDRS6,
+            // POLICY6, FRAGS6, DatapathConfig's IPv6 subnet, 32-bit fragment
+            // ids, two more drop reasons and room for four).
             format!("owner slots {}: id", netpath_common::owner::OWNER_SLOTS),
             format!(
                 "guarded ports {} words: tcp then udp, bit port%64 of word port/64; denied sources [u8; 4] -> u32; \
@@ -437,7 +466,7 @@ mod tests {
     /// The layout this LAYOUT_VERSION stands for. When the test below fails,
     /// the pinned maps' layout changed: bump LAYOUT_VERSION (pins of the old
     /// layout must be refused) and record the new pair here.
-    const RECORDED_LAYOUT: (u32, u64) = (6, 0xf0cc57e90be64e9a);
+    const RECORDED_LAYOUT: (u32, u64) = (7, 0x3e22ca7bc7171abc);
 
     #[test]
     fn a_changed_layout_bumps_the_layout_version() {

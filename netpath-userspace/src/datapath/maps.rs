@@ -21,7 +21,7 @@ use aya::{
 use netpath_common::{
     maps as names, owner,
     uplink_guard::{GuardedPorts, GUARDED_PORT_WORDS},
-    ContainerEntry, CtEntry, CtKey4, DatapathConfig, ForwardStats, FragEntry4, FragKey4, HostAddr4, MappingEntry4,
+    ContainerEntry, CtEntry4, CtKey4, DatapathConfig, ForwardStats, FragEntry4, FragKey4, HostAddr, MappingEntry4,
     MappingKey4, PolicyEntry, PolicyKey4, TrafficStats,
 };
 
@@ -67,7 +67,7 @@ pub struct LiveOwners {
 
 impl LiveOwners {
     /// Are the owners of `entry` still there? See netpath_common::owner.
-    pub fn owns(&self, entry: &CtEntry) -> bool {
+    pub fn owns(&self, entry: &CtEntry4) -> bool {
         (entry.mapping_id == 0 || self.mappings.contains(&entry.mapping_id))
             && (entry.container_id == 0 || self.containers.contains(&entry.container_id))
     }
@@ -159,11 +159,11 @@ impl Datapath {
         Ok(BpfHashMap::try_from(self.map_mut(names::MAPPINGS4)?)?)
     }
 
-    fn host_addrs_map(&mut self) -> Result<BpfHashMap<&mut MapData, [u8; 4], HostAddr4>> {
+    fn host_addrs_map(&mut self) -> Result<BpfHashMap<&mut MapData, [u8; 4], HostAddr>> {
         Ok(BpfHashMap::try_from(self.map_mut(names::HOST_ADDRS4)?)?)
     }
 
-    pub(super) fn ct_map(&mut self) -> Result<BpfHashMap<&mut MapData, CtKey4, CtEntry>> {
+    pub(super) fn ct_map(&mut self) -> Result<BpfHashMap<&mut MapData, CtKey4, CtEntry4>> {
         Ok(BpfHashMap::try_from(self.map_mut(names::CT4)?)?)
     }
 
@@ -429,8 +429,8 @@ impl Datapath {
             }
         }
         for (addr, ifindex) in addrs {
-            if map.get(addr, 0).ok() != Some(HostAddr4 { ifindex: *ifindex }) {
-                map.insert(addr, HostAddr4 { ifindex: *ifindex }, 0)?;
+            if map.get(addr, 0).ok() != Some(HostAddr { ifindex: *ifindex }) {
+                map.insert(addr, HostAddr { ifindex: *ifindex }, 0)?;
             }
         }
         self.written.host_addrs = addrs.iter().map(|(a, _)| *a).collect();

@@ -13,7 +13,7 @@
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 
 use anyhow::{Context as _, Result};
-use netpath_common::{CtEntry, CtKey4};
+use netpath_common::{CtEntry4, CtKey4};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_PROG_LOAD: libc::c_long = 5;
@@ -48,7 +48,7 @@ pub(super) struct ConntrackFloor {
 impl ConntrackFloor {
     pub(super) fn load(entries: u32) -> Result<ConntrackFloor> {
         let key_size = std::mem::size_of::<CtKey4>() as i16;
-        let value_size = std::mem::size_of::<CtEntry>().next_multiple_of(8) as i16;
+        let value_size = std::mem::size_of::<CtEntry4>().next_multiple_of(8) as i16;
         let map = create_lru_hash(key_size as u32, value_size as u32, entries)
             .context("creating the conntrack floor's LRU hash")?;
         let fd = map.as_raw_fd();

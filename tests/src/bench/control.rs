@@ -27,7 +27,7 @@ use anyhow::{bail, Context as _, Result};
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use netpath_common::{
     conntrack::{CtState, CT_F_REPLY, IPPROTO_TCP},
-    CtEntry, CtKey4, CtScope,
+    CtEntry4, CtKey4, CtScope,
 };
 use netpath_tests::topology::HOST_UPLINK_IP;
 use netpath_userspace::model::{Mapping, MappingRequest, Status};
@@ -261,7 +261,7 @@ fn ct_entries(st: &Status) -> u64 {
 fn fill(bed: &NetpathBed, owners: &[Mapping]) -> Result<()> {
     let path = bed.topology().pin_dir().join("maps").join("CT4");
     let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-    let mut ct: BpfHashMap<MapData, CtKey4, CtEntry> = BpfHashMap::try_from(Map::LruHashMap(data))?;
+    let mut ct: BpfHashMap<MapData, CtKey4, CtEntry4> = BpfHashMap::try_from(Map::LruHashMap(data))?;
     let expires_ns = netpath_userspace::datapath::monotonic_ns() + 3600 * 1_000_000_000;
     for i in 0..FLOWS {
         let owner = &owners[i % owners.len()];
@@ -272,7 +272,7 @@ fn fill(bed: &NetpathBed, owners: &[Mapping]) -> Result<()> {
             CtKey4::new(client.octets(), HOST_UPLINK_IP.octets(), sport.to_be(), owner.host_port.to_be(), IPPROTO_TCP)
                 .in_scope(CtScope::Nat);
         let reply = key.reversed().in_scope(CtScope::Nat);
-        let half = |peer: CtKey4, flags: u8| CtEntry {
+        let half = |peer: CtKey4, flags: u8| CtEntry4 {
             peer,
             flags,
             state: CtState::Established as u8,
