@@ -136,6 +136,7 @@ async fn add(env: &Env, conf: &NetConf, client: &Client) -> Result<Value, CniErr
         name: container_name(&env.container_id, &env.ifname),
         netns: env.netns.clone(),
         ip: conf.requested_ip(&cni_args)?,
+        ip6: None,
         ifname: Some(env.ifname.clone()),
         mac: conf.requested_mac(&cni_args),
         owner: Some(owner_tag(&conf.name, &env.container_id, &env.ifname)),
@@ -294,12 +295,15 @@ mod tests {
             bridge: "np0".into(),
             subnet: "10.1.0.0/24".parse().unwrap(),
             gateway: "10.1.0.1".parse().unwrap(),
+            subnet6: None,
+            gateway6: None,
             mtu: 1500,
         };
         let c = Container {
             name: "cni-x".into(),
             netns: "/run/netns/x".into(),
             ip: "10.1.0.2".parse().unwrap(),
+            ip6: None,
             mac: "02:4e:0a:01:00:02".into(),
             veth: "npv1".into(),
             ifindex: 5,

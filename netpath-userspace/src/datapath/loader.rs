@@ -154,8 +154,9 @@ impl Datapath {
         // agent's writes keep the counts, and the GC the datapath's.
         dp.read_written()?;
         let since = std::time::Instant::now();
-        let ct_entries = dp.ct_entries()?.len() as u64;
-        dp.fill_counter()?.record(ct_entries, since)?;
+        let ct4 = dp.ct_entries()?.len() as u64;
+        let ct6 = dp.ct_entries6()?.len() as u64;
+        dp.fill_counter()?.record(&[(names::CT4, ct4), (names::CT6, ct6)], since)?;
         Ok(dp)
     }
 
