@@ -466,9 +466,9 @@ pub struct RuleRequest {
     pub container: String,
     pub action: crate::policy::Action,
     pub direction: crate::policy::Direction,
-    /// An address or ADDRESS/PREFIX.
+    /// An IPv4 or IPv6 address or ADDRESS/PREFIX.
     pub cidr: String,
-    /// `tcp`, `udp`, `icmp`, with an optional `/PORT` or `/PORT-END`
+    /// `tcp`, `udp`, `icmp`, `icmpv6`, with an optional `/PORT` or `/PORT-END`
     /// (ICMP: message types); absent: any protocol.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<String>,

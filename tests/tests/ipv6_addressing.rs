@@ -120,6 +120,23 @@ fn with_subnet6_a_container_gets_its_address_route_and_link_local() {
     let e = t.ctl_err(&["container", "add", "c3", "--netns", &extra, "--ip6", &gateway6.to_string()]).unwrap();
     assert!(e.contains("reserved"), "{e}");
 
+    // IPv6 policy rules go into POLICY6 (and out again); a rule mixing the
+    // families is refused.
+    let map_entries = |t: &Topology, name: &str| {
+        let st: netpath_userspace::model::Status = t.ctl_json(&["status"]).unwrap();
+        st.maps.iter().find(|m| m.name == name).map(|m| m.entries)
+    };
+    t.ctl_ok(&["policy", "add", "c1", "deny", "in", "fd00:99::/64", "tcp/22"]).unwrap();
+    t.ctl_ok(&["policy", "add", "c1", "allow", "in", "::/0", "icmp/128"]).unwrap();
+    assert_eq!(map_entries(&t, "POLICY6"), Some(2));
+    assert_eq!(map_entries(&t, "POLICY4"), Some(0));
+    let e = t.ctl_err(&["policy", "add", "c1", "allow", "in", "10.0.0.0/8", "icmpv6"]).unwrap();
+    assert!(e.contains("mixed address families"), "{e}");
+    t.ctl_ok(&["policy", "rm", "c1", "deny", "in", "fd00:99::/64", "tcp/22"]).unwrap();
+    assert_eq!(map_entries(&t, "POLICY6"), Some(1));
+    assert!(map_entries(&t, "CT6").is_some(), "status lists CT6");
+    let _: Vec<netpath_userspace::model::Flow> = t.ctl_json(&["conntrack"]).unwrap();
+
     // Listings carry it; a restarted agent keeps it and hands out the next.
     let listed: Vec<Container> = t.ctl_json(&["container", "ls"]).unwrap();
     assert_eq!(listed.iter().find(|c| c.name == "c1").and_then(|c| c.ip6), Some(first));
@@ -128,6 +145,7 @@ fn with_subnet6_a_container_gets_its_address_route_and_link_local() {
     t.stop_agent().unwrap();
     t.start_agent().unwrap();
     assert_eq!(container_entry(&t, &c1).ipv6, first.octets(), "rewritten at the restart");
+    assert_eq!(map_entries(&t, "POLICY6"), Some(1), "the IPv6 rule is reconciled, not dropped");
     let c3: Container = t.ctl_json(&["container", "add", "c3", "--netns", &extra]).unwrap();
     assert_eq!(c3.ip6, Some(Ipv6Addr::from(u128::from(net.network()) + 3)));
 

@@ -139,8 +139,8 @@ impl Inner {
         let ip = self.ipam.allocate(&req.name, req.ip)?;
         // A handed-off interface is configured by its runtime, which knows
         // of an IPv6 address only if it asked for one.
-        let wants_ip6 = !req.handoff || req.ip6.is_some();
-        let ip6 = match if wants_ip6 { self.allocate6(&req.name, req.ip6) } else { Ok(None) } {
+        let allocated6 = if !req.handoff || req.ip6.is_some() { self.allocate6(&req.name, req.ip6) } else { Ok(None) };
+        let ip6 = match allocated6 {
             Ok(ip6) => ip6,
             Err(e) => {
                 self.ipam.release(ip);

@@ -123,7 +123,8 @@ struct RuleArgs {
     direction: Direction,
     /// Remote address or ADDRESS/PREFIX.
     cidr: String,
-    /// tcp, udp or icmp, optionally /PORT or /PORT-END (icmp: message types).
+    /// tcp, udp, icmp or icmpv6, optionally /PORT or /PORT-END (icmp: message
+    /// types; icmp with an IPv6 CIDR is ICMPv6).
     filter: Option<String>,
 }
 
@@ -141,7 +142,7 @@ impl RuleArgs {
 
 #[derive(Subcommand, Debug)]
 enum PolicyCmd {
-    /// policy add CONTAINER allow|deny in|out CIDR [tcp|udp|icmp[/PORT[-END]]];
+    /// policy add CONTAINER allow|deny in|out CIDR [tcp|udp|icmp|icmpv6[/PORT[-END]]];
     /// or -f FILE: one such rule per line (`#` comments), added all or nothing
     Add {
         #[arg(
