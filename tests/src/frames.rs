@@ -200,35 +200,6 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn builders_produce_valid_checksums() {
-        let a = [10, 0, 0, 2];
-        let b = [10, 0, 0, 3];
-        for l4 in [
-            ipv4(a, b, IPPROTO_UDP, &[], &udp(a, b, 1234, 80, b"hello")),
-            ipv4(a, b, IPPROTO_TCP, &[1, 1, 1, 0], &tcp(a, b, 1234, 80, 0x02, b"")),
-            ipv4(a, b, IPPROTO_ICMP, &[], &icmp_echo(7, 1, b"ping!")),
-        ] {
-            let f = eth([1; 6], [2; 6], ETH_P_IPV4, &l4);
-            verify_checksums(&f).unwrap();
-            let mut bad = f.clone();
-            let last = bad.len() - 1;
-            bad[last] ^= 0xff;
-            assert!(verify_checksums(&bad).is_err());
-        }
-    }
-
-    #[test]
-    fn checksum_matches_rfc1071_example() {
-        // RFC 1071 section 3: words 0001 f203 f4f5 f6f7 sum to ddf2, checksum 220d.
-        assert_eq!(checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), 0x220d);
-    }
-}
-
 // IPv6. No header checksum; the TCP, UDP and ICMPv6 checksums cover a
 // pseudo-header of both addresses, the upper-layer length and the next
 // header (RFC 8200 section 8.1).
@@ -335,5 +306,34 @@ pub fn verify_checksum6(frame: &[u8]) -> Result<(), String> {
     match l4_checksum6(src, dst, ip[6], segment) {
         0 => Ok(()),
         c => Err(format!("upper-layer checksum off by {c:#06x}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builders_produce_valid_checksums() {
+        let a = [10, 0, 0, 2];
+        let b = [10, 0, 0, 3];
+        for l4 in [
+            ipv4(a, b, IPPROTO_UDP, &[], &udp(a, b, 1234, 80, b"hello")),
+            ipv4(a, b, IPPROTO_TCP, &[1, 1, 1, 0], &tcp(a, b, 1234, 80, 0x02, b"")),
+            ipv4(a, b, IPPROTO_ICMP, &[], &icmp_echo(7, 1, b"ping!")),
+        ] {
+            let f = eth([1; 6], [2; 6], ETH_P_IPV4, &l4);
+            verify_checksums(&f).unwrap();
+            let mut bad = f.clone();
+            let last = bad.len() - 1;
+            bad[last] ^= 0xff;
+            assert!(verify_checksums(&bad).is_err());
+        }
+    }
+
+    #[test]
+    fn checksum_matches_rfc1071_example() {
+        // RFC 1071 section 3: words 0001 f203 f4f5 f6f7 sum to ddf2, checksum 220d.
+        assert_eq!(checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), 0x220d);
     }
 }

