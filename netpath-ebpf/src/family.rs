@@ -27,6 +27,10 @@ pub trait Family: AddrFamily + 'static {
     /// Address bits (the policy trie's full prefix).
     const BITS: u32;
 
+    /// Does the family have NAT stages (published ports, masquerade)? The
+    /// judge's look at a flow's translation exists only where one can.
+    const HAS_NAT: bool;
+
     /// Connection tracking (`CT4`, `CT6`).
     fn ct() -> &'static CtMap<Self>;
 
@@ -61,6 +65,7 @@ fn policy_key<A: Family>(container_id: u32, direction: Direction, remote: A) -> 
 
 impl Family for [u8; 4] {
     const BITS: u32 = 32;
+    const HAS_NAT: bool = true;
 
     #[inline(always)]
     fn ct() -> &'static CtMap<Self> {
@@ -101,6 +106,7 @@ impl Family for [u8; 4] {
 
 impl Family for [u8; 16] {
     const BITS: u32 = 128;
+    const HAS_NAT: bool = false;
 
     #[inline(always)]
     fn ct() -> &'static CtMap<Self> {

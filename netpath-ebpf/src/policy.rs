@@ -58,7 +58,7 @@ pub fn icc_allows_frame<A: Family>(
         None => false,
     };
     match parsed {
-        Ok(flow) if flow.ported && answers_translated(flow) => Ok(()),
+        Ok(flow) if A::HAS_NAT && flow.ported && answers_translated(flow) => Ok(()),
         // IPv6's neighbour discovery, as ARP.
         Err(NoFlow::Neighbour(_)) => Ok(()),
         _ => Err(DropReason::Policy),
@@ -224,10 +224,27 @@ pub fn judge<A: Family>(
         fragment::first(flow, CtScope::policy(direction));
         return Ok(());
     }
-    if translated_verdict(flow, container, direction)? {
+    if A::HAS_NAT && translated_verdict(flow, container, direction)? {
         fragment::first(flow, CtScope::policy(direction));
         return Ok(());
     }
+    if A::HAS_NAT {
+        new_flow(ctx, flow, container, direction, cfg)
+    } else {
+        new_flow_apart(ctx, flow, container, direction, cfg)
+    }
+}
+
+/// [`new_flow`] in a frame of its own (IPv6's tuples would otherwise all
+/// sit in [`judge`]'s).
+#[inline(never)]
+fn new_flow_apart<A: Family>(
+    ctx: &TcContext,
+    flow: &Flow<A>,
+    container: &ContainerEntry,
+    direction: Direction,
+    cfg: &DatapathConfig,
+) -> Result<(), DropReason> {
     new_flow(ctx, flow, container, direction, cfg)
 }
 
@@ -484,6 +501,9 @@ fn icc_denies<A: Family>(
 /// tuple as the container sends it is then tracked in the NAT scope.
 #[inline(always)]
 fn translated<A: Family>(flow: &Flow<A>, direction: Direction) -> bool {
+    if !A::HAS_NAT {
+        return false;
+    }
     let sent = match direction {
         Direction::Out => flow.key,
         Direction::In => flow.key.reversed(),
@@ -548,6 +568,9 @@ fn related_error<A: Family>(
         Direction::Out => quoted.reversed(),
         Direction::In => quoted,
     };
+    if !A::HAS_NAT {
+        return Err(DropReason::Policy);
+    }
     match conntrack::lookup(&sent.in_scope(CtScope::Nat)) {
         // SAFETY: map value pointer, valid during the run.
         Some(entry) if unsafe { (*entry).verdict_of(container.id) } => Ok(()),
