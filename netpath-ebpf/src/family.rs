@@ -16,11 +16,23 @@ use netpath_common::{
 
 use crate::{
     icmp_error, ipv6,
-    maps::{CT4, CT6, FRAGS4, FRAGS6, HOST_ADDRS4, HOST_ADDRS6, POLICY4, POLICY6},
+    maps::{CT4, CT6, FRAGS4, FRAGS6, HOST_ADDRS4, HOST_ADDRS6, POLICY4, POLICY6, SCRATCH6},
     masquerade, policy,
 };
 
 pub type CtMap<A> = LruHashMap<CtKey<A>, CtEntry<A>, MAX_CT_ENTRIES>;
+
+/// Room for a new verdict pair's keys and entry outside the stack, for a
+/// family whose tuples are too big for the judge's call chain (IPv6's).
+#[repr(C)]
+pub struct VerdictScratch<A: AddrFamily> {
+    pub key: CtKey<A>,
+    pub reply_key: CtKey<A>,
+    pub entry: CtEntry<A>,
+    /// The policy trie's key, and a host address to look up.
+    pub policy_key: Key<PolicyKey<A>>,
+    pub addr: A,
+}
 pub type FragMap<A> = LruHashMap<FragKey<A>, FragEntry<A>, MAX_FRAGS>;
 
 pub trait Family: AddrFamily + 'static {
@@ -52,6 +64,10 @@ pub trait Family: AddrFamily + 'static {
     /// The tuple of the packet an ICMP error in `ctx` quotes, as it
     /// travelled; None if it is nothing netpath tracks.
     fn quoted_error(ctx: &TcContext) -> Result<Option<CtKey<Self>>, DropReason>;
+
+    /// This CPU's [`VerdictScratch`], for a family whose verdicts are built
+    /// outside the stack (`None`: built on the stack).
+    fn verdict_scratch() -> Option<*mut VerdictScratch<Self>>;
 
     /// Tells a monitor about a new flow (`CFG_F_TRACE_FLOWS`).
     fn trace_flow(orig: &CtKey<Self>, container: &ContainerEntry, direction: Direction);
@@ -102,6 +118,11 @@ impl Family for [u8; 4] {
     fn trace_flow(orig: &CtKey<Self>, container: &ContainerEntry, direction: Direction) {
         policy::trace_flow(orig, container, direction);
     }
+
+    #[inline(always)]
+    fn verdict_scratch() -> Option<*mut VerdictScratch<Self>> {
+        None
+    }
 }
 
 impl Family for [u8; 16] {
@@ -118,15 +139,26 @@ impl Family for [u8; 16] {
         &FRAGS6
     }
 
+    /// The trie key is written in this CPU's scratch, off the stack.
     #[inline(always)]
     fn policy_rules(container_id: u32, direction: Direction, remote: Self) -> Option<&'static PolicyEntry> {
-        POLICY6.get(&policy_key(container_id, direction, remote))
+        // SAFETY: this CPU's scratch, used by this run only.
+        let s = unsafe { &mut *Self::verdict_scratch()? };
+        s.policy_key.prefix_len = POLICY_KEY_FIXED_BITS + Self::BITS;
+        s.policy_key.data.container_id = container_id.to_be_bytes();
+        s.policy_key.data.direction = direction as u8;
+        s.policy_key.data._pad = [0; 3];
+        s.policy_key.data.addr = remote;
+        POLICY6.get(&s.policy_key)
     }
 
     #[inline(always)]
     fn is_host_addr(self) -> bool {
-        // SAFETY: the value is only tested for presence.
-        unsafe { HOST_ADDRS6.get(&self) }.is_some()
+        let Some(s) = Self::verdict_scratch() else { return false };
+        // SAFETY: this CPU's scratch; the value is only tested for presence.
+        let s = unsafe { &mut *s };
+        s.addr = self;
+        unsafe { HOST_ADDRS6.get(&s.addr) }.is_some()
     }
 
     /// IPv6 is not masqueraded yet: a container's IPv6 flow to the world
@@ -145,4 +177,9 @@ impl Family for [u8; 16] {
     /// listed by conntrack, not traced yet.
     #[inline(always)]
     fn trace_flow(_orig: &CtKey<Self>, _container: &ContainerEntry, _direction: Direction) {}
+
+    #[inline(always)]
+    fn verdict_scratch() -> Option<*mut VerdictScratch<Self>> {
+        SCRATCH6.get_ptr_mut(0)
+    }
 }

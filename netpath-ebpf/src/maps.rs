@@ -61,6 +61,11 @@ pub static SOCK_REVNAT4: LruHashMap<SockRevNatKey4, SockRevNatEntry4, MAX_SOCK_R
 #[btf_map]
 pub static CONFIG: Array<DatapathConfig, 1> = Array::new();
 
+/// Per-CPU room for IPv6's verdicts (family::VerdictScratch): not pinned,
+/// it holds nothing between runs.
+#[btf_map]
+pub static SCRATCH6: PerCpuArray<crate::family::VerdictScratch<[u8; 16]>, 1> = PerCpuArray::new();
+
 /// The programs the entry points tail-call into (netpath_common::TAIL_CALLS).
 #[btf_map]
 pub static TAIL_CALLS: ProgramArray<{ netpath_common::TAIL_CALLS.len() }> = ProgramArray::new();

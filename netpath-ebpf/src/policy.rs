@@ -146,6 +146,44 @@ fn remember<A: Family>(
     settled(conntrack::create_verdict(&key, &reply_key, &mut entry, packet_is_orig, len, cfg))
 }
 
+/// [`remember`] for a family whose verdicts are built in its scratch
+/// (IPv6's), from the tuple of the packet at hand (`packet`: the flow's
+/// original direction if `packet_is_orig`, else its reply's).
+#[inline(never)]
+fn remember_in_scratch<A: Family>(
+    packet: &CtKey<A>,
+    starter: Direction,
+    packet_is_orig: bool,
+    container: &ContainerEntry,
+    len: u32,
+) -> Result<(), DropReason> {
+    let Some(cfg) = config() else { return Ok(()) };
+    let Some(s) = A::verdict_scratch() else { return Err(DropReason::TableFull) };
+    // SAFETY: this CPU's scratch, used by this run only.
+    let s = unsafe { &mut *s };
+    // Field by field: a struct assignment is built on the stack first.
+    write_key(&mut s.key, packet, !packet_is_orig, CtScope::policy(starter));
+    write_key(&mut s.reply_key, packet, packet_is_orig, CtScope::policy(starter.reversed()));
+    let e = &mut s.entry;
+    e.snat_addr = A::default();
+    e.dnat_addr = A::default();
+    (e.snat_port, e.dnat_port, e.flags, e.state, e._pad) = (0, 0, CT_F_POLICY, 0, 0);
+    (e.mapping_id, e.policy_epoch, e.container_id) = (0, container.policy_epoch, container.id);
+    settled(conntrack::create_verdict(&s.key, &s.reply_key, &mut s.entry, packet_is_orig, len, cfg))
+}
+
+/// `dst` = `k` (reversed if `reversed`) in `scope`, written in place.
+#[inline(always)]
+fn write_key<A: Family>(dst: &mut CtKey<A>, k: &CtKey<A>, reversed: bool, scope: CtScope) {
+    if reversed {
+        (dst.saddr, dst.daddr, dst.sport, dst.dport) = (k.daddr, k.saddr, k.dport, k.sport);
+        dst.icmp_type = if k.proto == A::ICMP_PROTO { A::peer_echo_type(k.icmp_type) } else { k.icmp_type };
+    } else {
+        (dst.saddr, dst.daddr, dst.sport, dst.dport, dst.icmp_type) = (k.saddr, k.daddr, k.sport, k.dport, k.icmp_type);
+    }
+    (dst.proto, dst.scope, dst._pad) = (k.proto, scope as u8, 0);
+}
+
 /// [`remember`] for a flow its container starts that masquerade will
 /// translate: one NAT entry, pending the translation the uplink completes
 /// (no verdict pair to delete then). A sibling of [`remember`], not a
@@ -343,6 +381,13 @@ fn new_flow<A: Family>(
             || !allows(container, starter, remote, proto, flow.policy_port(false)))
     {
         return Err(DropReason::Policy);
+    }
+    if !A::HAS_NAT {
+        // No masquerade to wait for, no tracer: the verdict pair is written
+        // from the packet's tuple, with no copy of the flow's on the stack.
+        remember_in_scratch(&flow.key, starter, own, container, ctx.len())?;
+        fragment::first(flow, CtScope::policy(direction));
+        return Ok(());
     }
     let orig = if own { flow.key } else { flow.key.reversed() };
     if own && direction == Direction::Out && A::masquerades(&orig, cfg) {
