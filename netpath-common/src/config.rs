@@ -1,6 +1,6 @@
 //! The datapath's per-instance settings: one entry in the `CONFIG` array.
 
-use crate::conntrack::CtTimeouts;
+use crate::{conntrack::CtTimeouts, family::In6Addr};
 
 /// Packets from the uplink may reach container addresses directly (routed
 /// mode). Off by default: only published ports are reachable from outside.
@@ -52,11 +52,11 @@ pub struct DatapathConfig {
     pub _pad: [u8; 2],
     /// The IPv6 container subnet and prefix length (0: the instance has no
     /// IPv6, and containers' IPv6 frames are dropped).
-    pub subnet6: [u8; 16],
+    pub subnet6: In6Addr,
     pub subnet6_prefix: u32,
     pub _pad6: u32,
     /// The bridge's IPv6 address.
-    pub gateway6: [u8; 16],
+    pub gateway6: In6Addr,
 }
 
 impl DatapathConfig {
@@ -78,14 +78,14 @@ impl DatapathConfig {
 
     /// Is `addr` inside the IPv6 container subnet (if there is one)?
     #[inline(always)]
-    pub fn in_subnet6(&self, addr: [u8; 16]) -> bool {
-        self.subnet6_prefix != 0 && crate::family::ipv6_in_prefix(addr, self.subnet6, self.subnet6_prefix)
+    pub fn in_subnet6(&self, addr: In6Addr) -> bool {
+        self.subnet6_prefix != 0 && addr.in_prefix(&self.subnet6, self.subnet6_prefix)
     }
 
     /// [`Self::icc_denies4`] for IPv6.
     #[inline(always)]
-    pub fn icc_denies6(&self, remote: [u8; 16]) -> bool {
-        self.has(CFG_F_NO_ICC) && self.in_subnet6(remote) && !crate::family::ipv6_eq(&remote, &self.gateway6)
+    pub fn icc_denies6(&self, remote: In6Addr) -> bool {
+        self.has(CFG_F_NO_ICC) && self.in_subnet6(remote) && remote != self.gateway6
     }
 
     #[inline(always)]

@@ -28,7 +28,10 @@ pub const IPPROTO_UDP: u8 = 17;
 pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
 
-use crate::{family::AddrFamily, Direction};
+use crate::{
+    family::{AddrFamily, In6Addr},
+    Direction,
+};
 
 /// What a conntrack entry is for. One table holds both kinds, told apart by
 /// the key's `scope` byte.
@@ -91,7 +94,7 @@ pub struct CtKey<A> {
 }
 
 pub type CtKey4 = CtKey<[u8; 4]>;
-pub type CtKey6 = CtKey<[u8; 16]>;
+pub type CtKey6 = CtKey<In6Addr>;
 
 impl<A: AddrFamily> CtKey<A> {
     #[inline(always)]
@@ -227,7 +230,7 @@ pub struct CtEntry<A> {
 }
 
 pub type CtEntry4 = CtEntry<[u8; 4]>;
-pub type CtEntry6 = CtEntry<[u8; 16]>;
+pub type CtEntry6 = CtEntry<In6Addr>;
 
 /// Timeouts per state, in seconds (in the `CONFIG` map, so that operators
 /// and tests can change them).

@@ -1,7 +1,7 @@
 //! A container as the datapath sees it: its veth, addresses and policy
 //! defaults.
 
-use crate::Direction;
+use crate::{family::In6Addr, Direction};
 
 /// The container has an IPv4 address in [`ContainerEntry::ipv4`].
 pub const CONTAINER_F_IPV4: u16 = 1 << 0;
@@ -21,7 +21,7 @@ pub const CONTAINER_F_DEFAULT_DENY_OUT: u16 = 1 << 3;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ContainerEntry {
     pub ipv4: [u8; 4],
-    pub ipv6: [u8; 16],
+    pub ipv6: In6Addr,
     /// MAC address of the container's `eth0`.
     pub mac: [u8; 6],
     /// `CONTAINER_F_*` bits.

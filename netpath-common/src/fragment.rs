@@ -12,7 +12,10 @@
 //! Later fragments that arrive before their first one are not buffered:
 //! they are handled as if alone (the sender's retransmission repairs it).
 
-use crate::{conntrack::NS_PER_SEC, family::AddrFamily};
+use crate::{
+    conntrack::NS_PER_SEC,
+    family::{AddrFamily, In6Addr},
+};
 
 /// How long the later fragments of a datagram are accepted after its first
 /// one (Linux's `ipfrag_time` default).
@@ -30,10 +33,11 @@ pub struct FragKey<A: AddrFamily> {
     pub proto: u8,
     /// The [`crate::CtScope`] of the verdict (which side of which veth).
     pub scope: u8,
+    pub _pad: A::FragPad,
 }
 
 pub type FragKey4 = FragKey<[u8; 4]>;
-pub type FragKey6 = FragKey<[u8; 16]>;
+pub type FragKey6 = FragKey<In6Addr>;
 
 /// The first fragment's ports, its translated addresses (NAT scope), and
 /// until when later fragments may follow.
@@ -52,7 +56,7 @@ pub struct FragEntry<A> {
 }
 
 pub type FragEntry4 = FragEntry<[u8; 4]>;
-pub type FragEntry6 = FragEntry<[u8; 16]>;
+pub type FragEntry6 = FragEntry<In6Addr>;
 
 #[cfg(feature = "user")]
 mod pod {

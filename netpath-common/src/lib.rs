@@ -27,7 +27,7 @@ pub use conntrack::{CtEntry, CtEntry4, CtEntry6, CtKey, CtKey4, CtKey6, CtScope,
 pub use container::ContainerEntry;
 pub use direction::Direction;
 pub use event::{Event, EventBudget};
-pub use family::AddrFamily;
+pub use family::{AddrFamily, In6Addr};
 pub use forward::{Fallback, ForwardStats, Redirect};
 pub use fragment::{FragEntry, FragEntry4, FragEntry6, FragKey, FragKey4, FragKey6};
 pub use hooks::{Hook, HookId, Side, TailCall, HOOKS, TAIL_CALLS};

@@ -15,7 +15,7 @@ pub const HOST_ADDRS4: &str = "HOST_ADDRS4";
 pub const CT4: &str = "CT4";
 /// IPv6 connection tracking: [`crate::CtKey6`] -> [`crate::CtEntry6`] (LRU).
 pub const CT6: &str = "CT6";
-/// The host's own IPv6 addresses: `[u8; 16]` -> [`crate::HostAddr`].
+/// The host's own IPv6 addresses: `In6Addr` -> [`crate::HostAddr`].
 pub const HOST_ADDRS6: &str = "HOST_ADDRS6";
 /// IPv6 policy: LPM trie of [`crate::PolicyKey6`] -> [`crate::PolicyEntry`].
 pub const POLICY6: &str = "POLICY6";

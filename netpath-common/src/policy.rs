@@ -5,7 +5,7 @@
 //! longest-prefix lookup and a scan of at most [`MAX_RULES_PER_PREFIX`]
 //! rules decide a new flow, however many rules there are.
 
-use crate::Direction;
+use crate::{family::In6Addr, Direction};
 
 pub const POLICY_ALLOW: u8 = 1;
 pub const POLICY_DENY: u8 = 2;
@@ -32,7 +32,7 @@ pub struct PolicyKey<A> {
 }
 
 pub type PolicyKey4 = PolicyKey<[u8; 4]>;
-pub type PolicyKey6 = PolicyKey<[u8; 16]>;
+pub type PolicyKey6 = PolicyKey<In6Addr>;
 
 impl<A> PolicyKey<A> {
     #[inline(always)]

@@ -10,7 +10,7 @@
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
     conntrack::IPPROTO_UDP,
-    family::{ipv6_eq, link_local_of, IPPROTO_ICMPV6},
+    family::{link_local_of, In6Addr, IPPROTO_ICMPV6},
     ContainerEntry, DropReason,
 };
 use network_types::{
@@ -92,8 +92,8 @@ fn check_arp(pkt: &impl Packet, container: &ContainerEntry) -> Result<(), DropRe
 /// Is `addr` one of `container`'s own IPv6 addresses (its address, its
 /// link-local)?
 #[inline(always)]
-pub fn own_ipv6(container: &ContainerEntry, addr: &[u8; 16]) -> bool {
-    ipv6_eq(addr, &container.ipv6) || ipv6_eq(addr, &link_local_of(container.mac))
+pub fn own_ipv6(container: &ContainerEntry, addr: &In6Addr) -> bool {
+    *addr == container.ipv6 || *addr == link_local_of(container.mac)
 }
 
 /// The IPv6 checks of a packet `container` sent. A packet whose headers do
@@ -118,9 +118,9 @@ fn check_ipv6(ctx: &TcContext, h: &Headers6, container: &ContainerEntry) -> Resu
         if kind == ICMPV6_ROUTER_ADVERT || kind == ICMPV6_REDIRECT {
             return Err(DropReason::RouterRole);
         }
-        let unspecified = ipv6_eq(&h.saddr, &[0; 16]);
+        let unspecified = h.saddr == In6Addr::UNSPECIFIED;
         if kind == ICMPV6_NEIGH_ADVERT || (kind == ICMPV6_NEIGH_SOLICIT && unspecified) {
-            let target: [u8; 16] = load(ctx, h.l4_off + ND_TARGET_OFF)?;
+            let target: In6Addr = load(ctx, h.l4_off + ND_TARGET_OFF)?;
             if !own_ipv6(container, &target) {
                 return Err(DropReason::SpoofedIp);
             }

@@ -1,7 +1,7 @@
 //! The address family as the datapath's stages see it: the maps of each
 //! family, and what the stages that are generic over it (conntrack, policy,
 //! fragments) ask of a family beyond its addresses. IPv4 is `[u8; 4]`,
-//! IPv6 `[u8; 16]`; the stages are written once, for both.
+//! IPv6 `In6Addr`; the stages are written once, for both.
 
 use aya_ebpf::{
     btf_maps::{lpm_trie::Key, LruHashMap},
@@ -10,8 +10,8 @@ use aya_ebpf::{
 use netpath_common::{
     maps::{MAX_CT_ENTRIES, MAX_FRAGS},
     policy::POLICY_KEY_FIXED_BITS,
-    AddrFamily, ContainerEntry, CtEntry, CtKey, DatapathConfig, Direction, DropReason, FragEntry, FragKey, PolicyEntry,
-    PolicyKey,
+    AddrFamily, ContainerEntry, CtEntry, CtKey, DatapathConfig, Direction, DropReason, FragEntry, FragKey, In6Addr,
+    PolicyEntry, PolicyKey,
 };
 
 use crate::{
@@ -22,16 +22,19 @@ use crate::{
 
 pub type CtMap<A> = LruHashMap<CtKey<A>, CtEntry<A>, MAX_CT_ENTRIES>;
 
-/// Room for a new verdict pair's keys and entry outside the stack, for a
-/// family whose tuples are too big for the judge's call chain (IPv6's).
+/// Room outside the stack for what a new flow writes (its verdict pair's
+/// keys and entry, its first fragment's record) and for map keys, for a
+/// family whose values are too big for the judge's call chain (IPv6's).
 #[repr(C)]
-pub struct VerdictScratch<A: AddrFamily> {
+pub struct Scratch<A: AddrFamily> {
     pub key: CtKey<A>,
     pub reply_key: CtKey<A>,
     pub entry: CtEntry<A>,
     /// The policy trie's key, and a host address to look up.
     pub policy_key: Key<PolicyKey<A>>,
     pub addr: A,
+    pub frag_key: FragKey<A>,
+    pub frag_entry: FragEntry<A>,
 }
 pub type FragMap<A> = LruHashMap<FragKey<A>, FragEntry<A>, MAX_FRAGS>;
 
@@ -42,6 +45,11 @@ pub trait Family: AddrFamily + 'static {
     /// Does the family have NAT stages (published ports, masquerade)? The
     /// judge's look at a flow's translation exists only where one can.
     const HAS_NAT: bool;
+
+    /// Are the family's new verdicts and fragment records written in its
+    /// [`Scratch`] (a const, so that the other family's instance has no
+    /// stack fallback to spend its frame on)?
+    const IN_SCRATCH: bool;
 
     /// Connection tracking (`CT4`, `CT6`).
     fn ct() -> &'static CtMap<Self>;
@@ -61,13 +69,14 @@ pub trait Family: AddrFamily + 'static {
     /// completes.)
     fn masquerades(orig: &CtKey<Self>, cfg: &DatapathConfig) -> bool;
 
-    /// The tuple of the packet an ICMP error in `ctx` quotes, as it
-    /// travelled; None if it is nothing netpath tracks.
-    fn quoted_error(ctx: &TcContext) -> Result<Option<CtKey<Self>>, DropReason>;
+    /// The tuple of the packet an ICMP error in `ctx` (its header at
+    /// `icmp_off`) quotes, as it travelled; None if it is nothing netpath
+    /// tracks.
+    fn quoted_error(ctx: &TcContext, icmp_off: usize) -> Result<Option<CtKey<Self>>, DropReason>;
 
-    /// This CPU's [`VerdictScratch`], for a family whose verdicts are built
+    /// This CPU's [`Scratch`], for a family whose verdicts are built
     /// outside the stack (`None`: built on the stack).
-    fn verdict_scratch() -> Option<*mut VerdictScratch<Self>>;
+    fn scratch() -> Option<*mut Scratch<Self>>;
 
     /// Tells a monitor about a new flow (`CFG_F_TRACE_FLOWS`).
     fn trace_flow(orig: &CtKey<Self>, container: &ContainerEntry, direction: Direction);
@@ -82,6 +91,7 @@ fn policy_key<A: Family>(container_id: u32, direction: Direction, remote: A) -> 
 impl Family for [u8; 4] {
     const BITS: u32 = 32;
     const HAS_NAT: bool = true;
+    const IN_SCRATCH: bool = false;
 
     #[inline(always)]
     fn ct() -> &'static CtMap<Self> {
@@ -110,7 +120,7 @@ impl Family for [u8; 4] {
     }
 
     #[inline(always)]
-    fn quoted_error(ctx: &TcContext) -> Result<Option<CtKey<Self>>, DropReason> {
+    fn quoted_error(ctx: &TcContext, _icmp_off: usize) -> Result<Option<CtKey<Self>>, DropReason> {
         Ok(icmp_error::quoted4(ctx)?.map(|q| q.key))
     }
 
@@ -120,14 +130,15 @@ impl Family for [u8; 4] {
     }
 
     #[inline(always)]
-    fn verdict_scratch() -> Option<*mut VerdictScratch<Self>> {
+    fn scratch() -> Option<*mut Scratch<Self>> {
         None
     }
 }
 
-impl Family for [u8; 16] {
+impl Family for In6Addr {
     const BITS: u32 = 128;
     const HAS_NAT: bool = false;
+    const IN_SCRATCH: bool = true;
 
     #[inline(always)]
     fn ct() -> &'static CtMap<Self> {
@@ -143,7 +154,7 @@ impl Family for [u8; 16] {
     #[inline(always)]
     fn policy_rules(container_id: u32, direction: Direction, remote: Self) -> Option<&'static PolicyEntry> {
         // SAFETY: this CPU's scratch, used by this run only.
-        let s = unsafe { &mut *Self::verdict_scratch()? };
+        let s = unsafe { &mut *Self::scratch()? };
         s.policy_key.prefix_len = POLICY_KEY_FIXED_BITS + Self::BITS;
         s.policy_key.data.container_id = container_id.to_be_bytes();
         s.policy_key.data.direction = direction as u8;
@@ -154,7 +165,7 @@ impl Family for [u8; 16] {
 
     #[inline(always)]
     fn is_host_addr(self) -> bool {
-        let Some(s) = Self::verdict_scratch() else { return false };
+        let Some(s) = Self::scratch() else { return false };
         // SAFETY: this CPU's scratch; the value is only tested for presence.
         let s = unsafe { &mut *s };
         s.addr = self;
@@ -169,8 +180,8 @@ impl Family for [u8; 16] {
     }
 
     #[inline(always)]
-    fn quoted_error(ctx: &TcContext) -> Result<Option<CtKey<Self>>, DropReason> {
-        ipv6::quoted6(ctx)
+    fn quoted_error(ctx: &TcContext, icmp_off: usize) -> Result<Option<CtKey<Self>>, DropReason> {
+        ipv6::quoted6(ctx, icmp_off)
     }
 
     /// The monitor's events carry IPv4 tuples: IPv6 flows are counted and
@@ -179,7 +190,7 @@ impl Family for [u8; 16] {
     fn trace_flow(_orig: &CtKey<Self>, _container: &ContainerEntry, _direction: Direction) {}
 
     #[inline(always)]
-    fn verdict_scratch() -> Option<*mut VerdictScratch<Self>> {
+    fn scratch() -> Option<*mut Scratch<Self>> {
         SCRATCH6.get_ptr_mut(0)
     }
 }

@@ -14,7 +14,7 @@ use aya_ebpf::programs::TcContext;
 use netpath_common::{
     conntrack::{IPPROTO_TCP, IPPROTO_UDP},
     family::{ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, IPPROTO_ICMPV6},
-    CtKey6, DropReason, FragKey6,
+    CtKey6, DropReason, FragKey6, In6Addr,
 };
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
@@ -57,8 +57,8 @@ const _: () = assert!(Ipv6Hdr::LEN == 40);
 /// and where the datagram ends, and whether it is a first fragment.
 #[derive(Clone, Copy)]
 pub struct Headers6 {
-    pub saddr: [u8; 16],
-    pub daddr: [u8; 16],
+    pub saddr: In6Addr,
+    pub daddr: In6Addr,
     pub proto: u8,
     pub l4_off: usize,
     pub ip_end: usize,
@@ -77,7 +77,7 @@ fn is_ext_header(next: u8) -> bool {
 
 /// The fixed header and the extension headers of the IPv6 packet in `ctx`.
 #[inline(never)]
-pub fn walk6(ctx: &TcContext) -> Result<Headers6, NoFlow<[u8; 16]>> {
+pub fn walk6(ctx: &TcContext) -> Result<Headers6, NoFlow<In6Addr>> {
     let l3 = EthHdr::LEN;
     let malformed = |_: DropReason| NoFlow::Malformed;
     let vcf: u8 = load(ctx, l3).map_err(malformed)?;
@@ -85,8 +85,8 @@ pub fn walk6(ctx: &TcContext) -> Result<Headers6, NoFlow<[u8; 16]>> {
         return Err(NoFlow::Malformed);
     }
     let payload_len = u16::from_be(load::<u16>(ctx, l3 + IP6_PAYLOAD_LEN_OFF).map_err(malformed)?) as usize;
-    let saddr: [u8; 16] = load(ctx, l3 + IP6_SRC_OFF).map_err(malformed)?;
-    let daddr: [u8; 16] = load(ctx, l3 + IP6_DST_OFF).map_err(malformed)?;
+    let saddr: In6Addr = load(ctx, l3 + IP6_SRC_OFF).map_err(malformed)?;
+    let daddr: In6Addr = load(ctx, l3 + IP6_DST_OFF).map_err(malformed)?;
     let mut next: u8 = load(ctx, l3 + IP6_NEXT_HDR_OFF).map_err(malformed)?;
     let mut off = l3 + Ipv6Hdr::LEN;
     // As IPv4's total length: 0 states no length only on a GSO packet
@@ -103,7 +103,7 @@ pub fn walk6(ctx: &TcContext) -> Result<Headers6, NoFlow<[u8; 16]>> {
             let frag_word = u16::from_be(load::<u16>(ctx, off + 2).map_err(malformed)?);
             let id: [u8; 4] = load(ctx, off + 4).map_err(malformed)?;
             if frag_word >> 3 != 0 {
-                let key = FragKey6 { saddr, daddr, id, proto: hdr_next, scope: 0 };
+                let key = FragKey6 { saddr, daddr, id, proto: hdr_next, scope: 0, _pad: [0; 2] };
                 return Err(NoFlow::LaterFragment(key));
             }
             // Offset 0 without "more fragments" is a whole datagram (an
@@ -149,7 +149,7 @@ pub fn flow_of6(ctx: &TcContext, h: &Headers6) -> Parsed6 {
             let id: u16 = load(ctx, l4 + ICMP_ID_OFF).map_err(malformed)?;
             (id, id)
         } else if (ICMPV6_DEST_UNREACH..=ICMPV6_PARAM_PROBLEM).contains(&icmp_type) {
-            return Err(NoFlow::IcmpError);
+            return Err(NoFlow::IcmpError(l4 as u16));
         } else if (ICMPV6_MLD_QUERY..=ICMPV6_REDIRECT).contains(&icmp_type) || icmp_type == ICMPV6_MLD2_REPORT {
             // Listener query, report and done (130-132), router solicitation
             // and advertisement, neighbour solicitation and advertisement,
@@ -195,21 +195,21 @@ pub fn parse6(ctx: &TcContext) -> Parsed6 {
     flow_of6(ctx, &h)
 }
 
-/// The tuple of the packet an ICMPv6 error quotes (right after the 8-byte
-/// ICMPv6 header), as it travelled; None if it is not TCP, UDP or ICMPv6
+/// The tuple of the packet an ICMPv6 error (its header at `icmp_off`, past
+/// the walked extension headers) quotes (right after the 8-byte ICMPv6
+/// header), as it travelled; None if it is not TCP, UDP or ICMPv6
 /// echo directly after the quoted fixed header (a quote with extension
 /// headers is not matched to a flow, so the error does not pass policy).
 #[inline(never)]
-pub fn quoted6(ctx: &TcContext) -> Result<Option<CtKey6>, DropReason> {
-    let Ok(h) = walk6(ctx) else { return Err(DropReason::Malformed) };
-    let inner = h.l4_off + ICMP_HDR_LEN;
+pub fn quoted6(ctx: &TcContext, icmp_off: usize) -> Result<Option<CtKey6>, DropReason> {
+    let inner = icmp_off + ICMP_HDR_LEN;
     let vcf: u8 = load(ctx, inner)?;
     if vcf >> 4 != 6 {
         return Ok(None);
     }
     let proto: u8 = load(ctx, inner + IP6_NEXT_HDR_OFF)?;
-    let isrc: [u8; 16] = load(ctx, inner + IP6_SRC_OFF)?;
-    let idst: [u8; 16] = load(ctx, inner + IP6_DST_OFF)?;
+    let isrc: In6Addr = load(ctx, inner + IP6_SRC_OFF)?;
+    let idst: In6Addr = load(ctx, inner + IP6_DST_OFF)?;
     let inner_l4 = inner + Ipv6Hdr::LEN;
     if proto == IPPROTO_ICMPV6 {
         let kind: u8 = load(ctx, inner_l4)?;
@@ -228,6 +228,6 @@ pub fn quoted6(ctx: &TcContext) -> Result<Option<CtKey6>, DropReason> {
 
 /// The source address of the IPv6 packet in `ctx`, from its fixed header.
 #[inline(always)]
-pub fn source6(ctx: &TcContext) -> Result<[u8; 16], DropReason> {
+pub fn source6(ctx: &TcContext) -> Result<In6Addr, DropReason> {
     load(ctx, EthHdr::LEN + IP6_SRC_OFF)
 }

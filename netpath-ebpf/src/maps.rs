@@ -13,7 +13,7 @@ use netpath_common::{
     owner::{self, OWNER_SLOTS},
     uplink_guard::GUARDED_PORT_WORDS,
     ContainerEntry, CtEntry4, CtEntry6, CtKey4, CtKey6, CtStats, DatapathConfig, Event, EventBudget, ForwardStats,
-    FragEntry4, FragEntry6, FragKey4, FragKey6, HostAddr, MappingEntry4, MappingKey4, PolicyEntry, PolicyKey4,
+    FragEntry4, FragEntry6, FragKey4, FragKey6, HostAddr, In6Addr, MappingEntry4, MappingKey4, PolicyEntry, PolicyKey4,
     PolicyKey6, SockRevNatEntry4, SockRevNatKey4, TrafficStats,
 };
 
@@ -43,7 +43,7 @@ pub static CT4: LruHashMap<CtKey4, CtEntry4, MAX_CT_ENTRIES> = LruHashMap::new()
 pub static CT6: LruHashMap<CtKey6, CtEntry6, MAX_CT_ENTRIES> = LruHashMap::new();
 
 #[btf_map]
-pub static HOST_ADDRS6: HashMap<[u8; 16], HostAddr, MAX_HOST_ADDRS> = HashMap::new();
+pub static HOST_ADDRS6: HashMap<In6Addr, HostAddr, MAX_HOST_ADDRS> = HashMap::new();
 
 /// Conntrack pressure counters, one value per CPU at index 0.
 #[btf_map]
@@ -61,10 +61,10 @@ pub static SOCK_REVNAT4: LruHashMap<SockRevNatKey4, SockRevNatEntry4, MAX_SOCK_R
 #[btf_map]
 pub static CONFIG: Array<DatapathConfig, 1> = Array::new();
 
-/// Per-CPU room for IPv6's verdicts (family::VerdictScratch): not pinned,
+/// Per-CPU room for IPv6's big values (family::Scratch): not pinned,
 /// it holds nothing between runs.
 #[btf_map]
-pub static SCRATCH6: PerCpuArray<crate::family::VerdictScratch<[u8; 16]>, 1> = PerCpuArray::new();
+pub static SCRATCH6: PerCpuArray<crate::family::Scratch<In6Addr>, 1> = PerCpuArray::new();
 
 /// The programs the entry points tail-call into (netpath_common::TAIL_CALLS).
 #[btf_map]

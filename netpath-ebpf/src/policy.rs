@@ -158,7 +158,7 @@ fn remember_in_scratch<A: Family>(
     len: u32,
 ) -> Result<(), DropReason> {
     let Some(cfg) = config() else { return Ok(()) };
-    let Some(s) = A::verdict_scratch() else { return Err(DropReason::TableFull) };
+    let Some(s) = A::scratch() else { return Err(DropReason::TableFull) };
     // SAFETY: this CPU's scratch, used by this run only.
     let s = unsafe { &mut *s };
     // Field by field: a struct assignment is built on the stack first.
@@ -249,7 +249,7 @@ pub fn judge<A: Family>(
         Err(NoFlow::BadHeaders) => return Err(DropReason::Ipv6Headers),
         Err(NoFlow::Malformed) => return Err(DropReason::Malformed),
         Err(NoFlow::LaterFragment(frag)) => return fragment::follows(frag, CtScope::policy(direction)),
-        Err(NoFlow::IcmpError) => return related_error::<A>(ctx, container, direction),
+        Err(NoFlow::IcmpError(icmp_off)) => return related_error::<A>(ctx, *icmp_off as usize, container, direction),
         Err(NoFlow::IcmpOther(key)) => return judge_untracked(key, container, direction, cfg),
     };
     let key = flow.key.in_scope(CtScope::policy(direction));
@@ -266,10 +266,10 @@ pub fn judge<A: Family>(
         fragment::first(flow, CtScope::policy(direction));
         return Ok(());
     }
-    if A::HAS_NAT {
-        new_flow(ctx, flow, container, direction, cfg)
-    } else {
+    if A::IN_SCRATCH {
         new_flow_apart(ctx, flow, container, direction, cfg)
+    } else {
+        new_flow(ctx, flow, container, direction, cfg)
     }
 }
 
@@ -382,9 +382,10 @@ fn new_flow<A: Family>(
     {
         return Err(DropReason::Policy);
     }
-    if !A::HAS_NAT {
-        // No masquerade to wait for, no tracer: the verdict pair is written
-        // from the packet's tuple, with no copy of the flow's on the stack.
+    if A::IN_SCRATCH {
+        // No masquerade to wait for (no NAT), no tracer: the verdict pair
+        // is written from the packet's tuple, with no copy of the flow's on
+        // the stack.
         remember_in_scratch(&flow.key, starter, own, container, ctx.len())?;
         fragment::first(flow, CtScope::policy(direction));
         return Ok(());
@@ -597,10 +598,11 @@ fn judge_untracked<A: Family>(
 #[inline(never)]
 fn related_error<A: Family>(
     ctx: &TcContext,
+    icmp_off: usize,
     container: &ContainerEntry,
     direction: Direction,
 ) -> Result<(), DropReason> {
-    let Some(quoted) = A::quoted_error(ctx)? else { return Err(DropReason::Policy) };
+    let Some(quoted) = A::quoted_error(ctx, icmp_off)? else { return Err(DropReason::Policy) };
     let key = quoted.reversed().in_scope(CtScope::policy(direction));
     if let Some(entry) = conntrack::lookup(&key) {
         // SAFETY: map value pointer, valid during the run.

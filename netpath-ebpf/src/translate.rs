@@ -94,7 +94,7 @@ pub fn translate_parsed4(
         // Only ported flows are translated (protocols without ports are
         // never published, and policy judges them).
         Ok(flow) if flow.ported => flow,
-        Err(NoFlow::IcmpError) => return icmp_error::translate4(ctx, cfg, false),
+        Err(NoFlow::IcmpError(_)) => return icmp_error::translate4(ctx, cfg, false),
         Err(NoFlow::LaterFragment(frag)) => return fragment::translate_later4(ctx, frag).map(|_| ()),
         _ => return Ok(()),
     };
@@ -223,7 +223,7 @@ pub fn translate_outbound4(ctx: &TcContext) -> Result<(), DropReason> {
         return Ok(());
     }
     let flow = match flow::parse4(ctx) {
-        Err(NoFlow::IcmpError) => {
+        Err(NoFlow::IcmpError(_)) => {
             let saddr = packet::load(ctx, EthHdr::LEN + IP_SRC_OFF)?;
             // The host's own error about a packet it routed (TTL, MTU).
             if !cfg.in_subnet4(saddr) {

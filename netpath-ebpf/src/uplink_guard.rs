@@ -22,7 +22,7 @@ use aya_ebpf::btf_maps::lpm_trie::Key;
 use netpath_common::{
     config::{CFG_F_DENIED_SOURCES, CFG_F_GUARDED_PORTS, CFG_F_ROUTED},
     uplink_guard::guarded_bit,
-    DatapathConfig, DropReason,
+    DatapathConfig, DropReason, In6Addr,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -103,7 +103,7 @@ fn guarded_unpublished4(pkt: &impl Packet, daddr: [u8; 4]) -> bool {
 fn judge6(pkt: &impl Packet, cfg: &DatapathConfig) -> Result<(), DropReason> {
     let Some(ip) = ptr_at::<Ipv6Hdr>(pkt, EthHdr::LEN) else { return Ok(()) };
     // SAFETY: bounds checked by ptr_at.
-    let daddr = unsafe { (*ip).dst_addr };
+    let daddr = In6Addr::from_octets(unsafe { (*ip).dst_addr });
     if !cfg.has(CFG_F_ROUTED) && cfg.in_subnet6(daddr) {
         return Err(DropReason::NotPublished);
     }

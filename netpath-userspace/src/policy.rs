@@ -290,7 +290,7 @@ pub fn lpm_key4(id: u32, d: Direction, cidr: &Ipv4Net) -> (u32, PolicyKey4) {
 
 /// [`lpm_key4`] for POLICY6.
 pub fn lpm_key6(id: u32, d: Direction, cidr: &Ipv6Net) -> (u32, PolicyKey6) {
-    lpm_key(id, d, cidr.network().octets(), cidr.prefix_len())
+    lpm_key(id, d, cidr.network().into(), cidr.prefix_len())
 }
 
 /// Compiles the rules of one direction. `only`: recompute just these CIDRs
@@ -546,7 +546,7 @@ mod tests {
         assert_eq!(e.rules[2].prefix_len, 0);
         // Keys: the fixed bits, then the prefix.
         let (len, key) = lpm_key6(7, Direction::In, &"fd00:1::/64".parse().unwrap());
-        assert_eq!((len, key.addr[..2].to_vec()), (POLICY_KEY_FIXED_BITS + 64, vec![0xfd, 0]));
+        assert_eq!((len, key.addr.octets()[..2].to_vec()), (POLICY_KEY_FIXED_BITS + 64, vec![0xfd, 0]));
         let targets = affected(&p.rules, Direction::In, &"::/0".parse().unwrap());
         assert_eq!(targets.len(), 2, "::/0 and the /64 under it, no IPv4 CIDR: {targets:?}");
     }

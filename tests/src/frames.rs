@@ -208,6 +208,19 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// An IPv6 header (hop limit 64) around `payload`, whose first header is
 /// `next`.
+/// The EUI-64 link-local address (RFC 4291 appendix A) the kernel gives
+/// an interface with `mac`: fe80::/64, the MAC split by ff:fe, the
+/// universal/local bit flipped.
+pub fn link_local(mac: [u8; 6]) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[..2].copy_from_slice(&[0xfe, 0x80]);
+    a[8..11].copy_from_slice(&mac[..3]);
+    a[8] ^= 0x02;
+    a[11..13].copy_from_slice(&[0xff, 0xfe]);
+    a[13..].copy_from_slice(&mac[3..]);
+    a
+}
+
 pub fn ipv6(src: [u8; 16], dst: [u8; 16], next: u8, payload: &[u8]) -> Vec<u8> {
     ipv6_hop_limit(src, dst, next, 64, payload)
 }

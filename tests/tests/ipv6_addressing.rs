@@ -8,7 +8,7 @@ use std::net::Ipv6Addr;
 
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 use ipnet::Ipv6Net;
-use netpath_common::{family::link_local_of, ContainerEntry, DatapathConfig, HostAddr};
+use netpath_common::{family::link_local_of, ContainerEntry, DatapathConfig, HostAddr, In6Addr};
 use netpath_tests::topology::Topology;
 use netpath_userspace::{agent::parse_mac, model::Container};
 
@@ -99,9 +99,12 @@ fn with_subnet6_a_container_gets_its_address_route_and_link_local() {
     // The datapath's maps.
     let entry = container_entry(&t, &c1);
     assert!(entry.has_ipv6() && entry.has_ipv4(), "flags {:#x}", entry.flags);
-    assert_eq!(entry.ipv6, first.octets());
+    assert_eq!(Ipv6Addr::from(entry.ipv6), first);
     let cfg = datapath_config(&t);
-    assert_eq!((cfg.subnet6, cfg.subnet6_prefix, cfg.gateway6), (net.network().octets(), 64, gateway6.octets()));
+    assert_eq!(
+        (Ipv6Addr::from(cfg.subnet6), cfg.subnet6_prefix, Ipv6Addr::from(cfg.gateway6)),
+        (net.network(), 64, gateway6)
+    );
     let data = MapData::from_pin(t.pin_dir().join("maps").join("HOST_ADDRS6")).unwrap();
     let host_addrs6: BpfHashMap<MapData, [u8; 16], HostAddr> = BpfHashMap::try_from(Map::HashMap(data)).unwrap();
     assert!(host_addrs6.get(&gateway6.octets(), 0).is_ok(), "the gateway is a host address");
@@ -144,7 +147,7 @@ fn with_subnet6_a_container_gets_its_address_route_and_link_local() {
     assert!(table.contains("IP6") && table.contains(&first.to_string()), "{table}");
     t.stop_agent().unwrap();
     t.start_agent().unwrap();
-    assert_eq!(container_entry(&t, &c1).ipv6, first.octets(), "rewritten at the restart");
+    assert_eq!(Ipv6Addr::from(container_entry(&t, &c1).ipv6), first, "rewritten at the restart");
     assert_eq!(map_entries(&t, "POLICY6"), Some(1), "the IPv6 rule is reconciled, not dropped");
     let c3: Container = t.ctl_json(&["container", "add", "c3", "--netns", &extra]).unwrap();
     assert_eq!(c3.ip6, Some(Ipv6Addr::from(u128::from(net.network()) + 3)));
@@ -166,9 +169,9 @@ fn without_subnet6_ipv6_stays_off() {
     assert_eq!(sysctl(&t, &ns, "net.ipv6.conf.eth0.disable_ipv6"), "1");
     assert!(ipv6_addrs(&t, &ns, "eth0").is_empty());
     let entry = container_entry(&t, &c1);
-    assert!(!entry.has_ipv6() && entry.ipv6 == [0; 16], "flags {:#x}", entry.flags);
+    assert!(!entry.has_ipv6() && entry.ipv6 == In6Addr::UNSPECIFIED, "flags {:#x}", entry.flags);
     let cfg = datapath_config(&t);
-    assert_eq!((cfg.subnet6_prefix, cfg.subnet6, cfg.gateway6), (0, [0; 16], [0; 16]));
+    assert_eq!((cfg.subnet6_prefix, cfg.subnet6, cfg.gateway6), (0, In6Addr::UNSPECIFIED, In6Addr::UNSPECIFIED));
     let extra = t.new_netns("c2").unwrap();
     let e = t.ctl_err(&["container", "add", "c2", "--netns", &extra, "--ip6", "fd00::5"]).unwrap();
     assert!(e.contains("no IPv6 subnet"), "{e}");

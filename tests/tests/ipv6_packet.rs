@@ -8,8 +8,7 @@
 use netpath_common::{
     config::CFG_F_ROUTED,
     container::{CONTAINER_F_DEFAULT_DENY_IN, CONTAINER_F_DEFAULT_DENY_OUT, CONTAINER_F_IPV6},
-    family::link_local_of,
-    DatapathConfig, DropReason, HookId,
+    DatapathConfig, DropReason, HookId, In6Addr,
 };
 use netpath_tests::{
     fixtures::{self, C1, C1_MAC, C2_MAC, GATEWAY_MAC, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS},
@@ -35,9 +34,9 @@ fn remote() -> [u8; 16] {
 
 fn config6(flags: u32) -> DatapathConfig {
     DatapathConfig {
-        subnet6: v6("fd00:77::"),
+        subnet6: In6Addr::from_octets(v6("fd00:77::")),
         subnet6_prefix: 64,
-        gateway6: v6("fd00:77::1"),
+        gateway6: In6Addr::from_octets(v6("fd00:77::1")),
         ..fixtures::config(flags)
     }
 }
@@ -46,7 +45,7 @@ fn config6(flags: u32) -> DatapathConfig {
 fn harness(cfg_flags: u32, container_flags: u16) -> PacketHarness {
     let mut h = fixtures::harness(&config6(cfg_flags));
     let mut c = fixtures::container(C1, C1_MAC, C1_ID, CONTAINER_F_IPV6 | container_flags);
-    c.ipv6 = c1();
+    c.ipv6 = In6Addr::from_octets(c1());
     h.dp.set_container(TEST_IFINDEX, &c).unwrap();
     h
 }
@@ -103,8 +102,8 @@ fn a_container_without_an_ipv6_address_sends_no_ipv6() {
 fn a_container_sends_from_its_own_address_and_link_local_only() {
     let mut h = harness(0, 0);
     assert_eq!(out(&h, &sent(c1(), c2(), IPPROTO_TCP, &syn(c1(), c2()))), TC_ACT_OK);
-    let ll = link_local_of(C1_MAC);
-    let peer_ll = link_local_of(C2_MAC);
+    let ll = frames::link_local(C1_MAC);
+    let peer_ll = frames::link_local(C2_MAC);
     assert_eq!(out(&h, &sent(ll, peer_ll, IPPROTO_TCP, &syn(ll, peer_ll))), TC_ACT_OK, "its own link-local");
     for forged in [c2(), peer_ll, remote(), [0; 16]] {
         assert_eq!(out(&h, &sent(forged, c2(), IPPROTO_TCP, &syn(forged, c2()))), TC_ACT_SHOT, "{forged:?}");
@@ -124,7 +123,7 @@ fn neighbour_advertisements_claim_only_the_containers_own_addresses() {
         sent(src, all_nodes, IPPROTO_ICMPV6, &frames::icmp6(src, all_nodes, 136, 0, &frames::nd_body(target)))
     };
     assert_eq!(out(&h, &na(c1(), c1())), TC_ACT_OK);
-    assert_eq!(out(&h, &na(link_local_of(C1_MAC), link_local_of(C1_MAC))), TC_ACT_OK);
+    assert_eq!(out(&h, &na(frames::link_local(C1_MAC), frames::link_local(C1_MAC))), TC_ACT_OK);
     assert_eq!(out(&h, &na(c1(), c2())), TC_ACT_SHOT, "claims another container's address");
     assert_eq!(out(&h, &na(c1(), v6("fd00:77::1"))), TC_ACT_SHOT, "claims the gateway");
     assert_eq!(drops(&mut h, DropReason::SpoofedIp), 2);
@@ -148,7 +147,7 @@ fn duplicate_address_detection_probes_only_the_containers_own_addresses() {
 #[test]
 fn router_advertisements_redirects_and_dhcpv6_servers_are_dropped() {
     let mut h = harness(0, 0);
-    let ll = link_local_of(C1_MAC);
+    let ll = frames::link_local(C1_MAC);
     let all_nodes = v6("ff02::1");
     let ra = sent(
         ll,
@@ -157,8 +156,12 @@ fn router_advertisements_redirects_and_dhcpv6_servers_are_dropped() {
         &frames::icmp6(ll, all_nodes, 134, 0, &[64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0]),
     );
     assert_eq!(out(&h, &ra), TC_ACT_SHOT);
-    let redirect =
-        sent(ll, link_local_of(C2_MAC), IPPROTO_ICMPV6, &frames::icmp6(ll, link_local_of(C2_MAC), 137, 0, &[0; 36]));
+    let redirect = sent(
+        ll,
+        frames::link_local(C2_MAC),
+        IPPROTO_ICMPV6,
+        &frames::icmp6(ll, frames::link_local(C2_MAC), 137, 0, &[0; 36]),
+    );
     assert_eq!(out(&h, &redirect), TC_ACT_SHOT);
     let dhcp_servers = v6("ff02::1:2");
     let advertise = sent(ll, dhcp_servers, IPPROTO_UDP, &frames::udp6(ll, dhcp_servers, 547, 546, &[2, 0, 0, 1]));

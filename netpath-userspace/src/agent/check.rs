@@ -2,7 +2,7 @@
 //! (its netns, veth, address, routes, and its entries in the datapath).
 
 use anyhow::Result;
-use netpath_common::{hooks::Target, Hook};
+use netpath_common::{hooks::Target, Hook, In6Addr};
 
 use super::{containers::parse_mac, AgentError, Inner};
 use crate::{
@@ -109,7 +109,7 @@ impl Inner {
                 if e.ipv4 != c.ip.octets() || e.mac != parse_mac(&c.mac)? || e.id != c.id {
                     problems.push(format!("the datapath entry of {} does not match the container", c.veth));
                 }
-                let ipv6 = c.ip6.map(|a| a.octets()).filter(|a| self.dp_config.in_subnet6(*a));
+                let ipv6 = c.ip6.map(In6Addr::from).filter(|a| self.dp_config.in_subnet6(*a));
                 if e.has_ipv6() != ipv6.is_some() || ipv6.is_some_and(|a| a != e.ipv6) {
                     problems.push(format!("the datapath entry of {} does not carry the container's IPv6", c.veth));
                 }

@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result};
 use netpath_common::{
     container::{CONTAINER_F_DEFAULT_DENY_IN, CONTAINER_F_DEFAULT_DENY_OUT, CONTAINER_F_IPV4, CONTAINER_F_IPV6},
     hooks::Target,
-    ContainerEntry, Hook,
+    ContainerEntry, Hook, In6Addr,
 };
 
 use super::{bridges::MAX_BRIDGES, AgentError, Inner};
@@ -78,7 +78,7 @@ impl Inner {
         let mut flags = CONTAINER_F_IPV4;
         // IPv6 is carried for a container only while its address is in the
         // instance's IPv6 subnet (the configuration may have dropped it).
-        let ipv6 = c.ip6.map(|a| a.octets()).filter(|a| self.dp_config.in_subnet6(*a));
+        let ipv6 = c.ip6.map(In6Addr::from).filter(|a| self.dp_config.in_subnet6(*a));
         if ipv6.is_some() {
             flags |= CONTAINER_F_IPV6;
         }

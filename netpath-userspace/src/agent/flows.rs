@@ -10,7 +10,7 @@ use anyhow::Result;
 use netpath_common::{
     conntrack::{CT_F_DNAT, CT_F_MASQ_PENDING, CT_F_POLICY, CT_F_REPLY, CT_F_SNAT, IPPROTO_ICMP},
     family::IPPROTO_ICMPV6,
-    CtEntry, CtKey, CtScope, CtState, Direction,
+    CtEntry, CtKey, CtScope, CtState, Direction, In6Addr,
 };
 
 use super::Inner;
@@ -47,7 +47,7 @@ impl Inner {
         let ip = c.ip.octets();
         self.dp.retire_container(c.id)?;
         self.dp.frags_remove_where4(|k, e| [k.saddr, k.daddr, e.nat_saddr, e.nat_daddr].contains(&ip))?;
-        if let Some(ip6) = c.ip6.map(|a| a.octets()) {
+        if let Some(ip6) = c.ip6.map(In6Addr::from) {
             self.dp.frags_remove_where6(|k, e| [k.saddr, k.daddr, e.nat_saddr, e.nat_daddr].contains(&ip6))?;
         }
         Ok(())

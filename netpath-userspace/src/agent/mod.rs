@@ -46,7 +46,7 @@ use netpath_common::{
     },
     hooks::{Attach, Target},
     uplink_guard::GuardedPorts,
-    CtStats, DatapathConfig, DropReason, Event, Hook, TrafficStats,
+    CtStats, DatapathConfig, DropReason, Event, Hook, In6Addr, TrafficStats,
 };
 use thiserror::Error;
 use tokio::sync::{broadcast, Mutex};
@@ -318,10 +318,10 @@ impl Agent {
             masq_port_max: cfg.masquerade_ports.1,
             gateway_mac,
             _pad: [0; 2],
-            subnet6: cfg.net6.map_or([0; 16], |n| n.subnet.network().octets()),
+            subnet6: cfg.net6.map_or(In6Addr::UNSPECIFIED, |n| n.subnet.network().into()),
             subnet6_prefix: cfg.net6.map_or(0, |n| n.subnet.prefix_len() as u32),
             _pad6: 0,
-            gateway6: cfg.net6.map_or([0; 16], |n| n.gateway.octets()),
+            gateway6: cfg.net6.map_or(In6Addr::UNSPECIFIED, |n| n.gateway.into()),
         };
         dp.write_config(&dp_config)?;
         if cgroup.is_none() {
@@ -810,7 +810,7 @@ impl Inner {
     async fn apply_host_addrs(&mut self, seen: HostAddrs) -> Result<()> {
         let HostAddrs { addrs4: addrs, addrs6, uplink_index } = seen;
         let entries4: Vec<([u8; 4], u32)> = addrs.iter().map(|(a, i)| (a.octets(), *i)).collect();
-        let entries6: Vec<([u8; 16], u32)> = addrs6.iter().map(|(a, i)| (a.octets(), *i)).collect();
+        let entries6: Vec<(In6Addr, u32)> = addrs6.iter().map(|(a, i)| (In6Addr::from(*a), *i)).collect();
         self.dp.sync_host_addrs4(&entries4)?;
         self.dp.sync_host_addrs6(&entries6)?;
         if let (Some(uplink), Some(index)) = (self.uplink.clone(), uplink_index) {

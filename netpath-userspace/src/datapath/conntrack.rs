@@ -16,7 +16,8 @@ use anyhow::{Context as _, Result};
 use aya::maps::{HashMap as BpfHashMap, IterableMap as _, Map, MapData, PerCpuArray};
 use netpath_common::{
     conntrack::{CtState, CLOSED, CT_F_REPLY, IPPROTO_TCP, NS_PER_SEC},
-    maps as names, CtEntry, CtEntry4, CtEntry6, CtKey, CtKey4, CtKey6, CtStats, SockRevNatEntry4, SockRevNatKey4,
+    maps as names, CtEntry, CtEntry4, CtEntry6, CtKey, CtKey4, CtKey6, CtStats, In6Addr, SockRevNatEntry4,
+    SockRevNatKey4,
 };
 
 use super::{
@@ -109,7 +110,7 @@ impl Datapath {
         let doom = Doom { now, pressure: false, handshake_ns: 0 };
         let live = self.live_owners()?;
         let flows4 = collect(&mut self.ct_map_of::<[u8; 4]>()?, &doom, &live, &removed)?.flows;
-        Ok(flows4 + collect(&mut self.ct_map_of::<[u8; 16]>()?, &doom, &live, &removed)?.flows)
+        Ok(flows4 + collect(&mut self.ct_map_of::<In6Addr>()?, &doom, &live, &removed)?.flows)
     }
 
     /// The datapath's conntrack counters, summed over CPUs.

@@ -15,8 +15,9 @@ use aya::{
 };
 use aya_obj::generated::bpf_map_type;
 use netpath_common::{
-    hooks::Attach, maps as names, ContainerEntry, CtEntry4, CtKey4, CtStats, DatapathConfig, HostAddr, MappingEntry4,
-    MappingKey4, PolicyEntry, PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats, HOOKS, TAIL_CALLS,
+    hooks::Attach, maps as names, ContainerEntry, CtEntry4, CtKey4, CtStats, DatapathConfig, HostAddr, In6Addr,
+    MappingEntry4, MappingKey4, PolicyEntry, PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats, HOOKS,
+    TAIL_CALLS,
 };
 
 use super::Datapath;
@@ -62,7 +63,7 @@ const MAP_LAYOUTS: [(&str, usize, usize); 23] = [
     (names::DENIED_SOURCES4, size_of::<u32>() + size_of::<[u8; 4]>(), size_of::<u32>()),
     (names::EVENT_BUDGET, size_of::<u32>(), size_of::<netpath_common::EventBudget>()),
     (names::CT6, size_of::<netpath_common::CtKey6>(), size_of::<netpath_common::CtEntry6>()),
-    (names::HOST_ADDRS6, size_of::<[u8; 16]>(), size_of::<HostAddr>()),
+    (names::HOST_ADDRS6, size_of::<In6Addr>(), size_of::<HostAddr>()),
     (names::POLICY6, size_of::<u32>() + size_of::<netpath_common::PolicyKey6>(), size_of::<PolicyEntry>()),
     (names::FRAGS6, size_of::<netpath_common::FragKey6>(), size_of::<netpath_common::FragEntry6>()),
     // Slot -> program fd.

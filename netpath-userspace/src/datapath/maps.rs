@@ -23,8 +23,8 @@ use netpath_common::{
     maps as names, owner,
     uplink_guard::{GuardedPorts, GUARDED_PORT_WORDS},
     ContainerEntry, CtEntry, CtEntry4, CtKey, CtKey4, DatapathConfig, ForwardStats, FragEntry, FragEntry4, FragEntry6,
-    FragKey, FragKey4, FragKey6, HostAddr, MappingEntry4, MappingKey4, PolicyEntry, PolicyKey, PolicyKey4, PolicyKey6,
-    TrafficStats,
+    FragKey, FragKey4, FragKey6, HostAddr, In6Addr, MappingEntry4, MappingKey4, PolicyEntry, PolicyKey, PolicyKey4,
+    PolicyKey6, TrafficStats,
 };
 
 use super::Datapath;
@@ -53,7 +53,7 @@ pub struct Written {
     container_ips4: HashSet<[u8; 4]>,
     mappings: HashSet<MappingKey4>,
     family4: WrittenFamily<[u8; 4]>,
-    family6: WrittenFamily<[u8; 16]>,
+    family6: WrittenFamily<In6Addr>,
     /// Bitmap words of GUARDED_PORTS that are not zero.
     guarded_words: usize,
     /// (prefix length, address) in DENIED_SOURCES4.
@@ -91,7 +91,7 @@ impl FamilyMaps for [u8; 4] {
     }
 }
 
-impl FamilyMaps for [u8; 16] {
+impl FamilyMaps for In6Addr {
     const CT: &'static str = names::CT6;
     const HOST_ADDRS: &'static str = names::HOST_ADDRS6;
     const POLICY: &'static str = names::POLICY6;
@@ -498,7 +498,7 @@ impl Datapath {
     }
 
     /// Makes HOST_ADDRS6 hold exactly `addrs` (address, ifindex).
-    pub fn sync_host_addrs6(&mut self, addrs: &[([u8; 16], u32)]) -> Result<()> {
+    pub fn sync_host_addrs6(&mut self, addrs: &[(In6Addr, u32)]) -> Result<()> {
         self.sync_host_addrs(addrs)
     }
 
@@ -684,7 +684,7 @@ impl Datapath {
             policy: self.policy_keys4()?.into_iter().collect(),
         };
         let family6 = WrittenFamily {
-            host_addrs: self.host_addrs_map::<[u8; 16]>()?.keys().collect::<Result<_, _>>()?,
+            host_addrs: self.host_addrs_map::<In6Addr>()?.keys().collect::<Result<_, _>>()?,
             policy: self.policy_keys6()?.into_iter().collect(),
         };
         let guarded_words = self.guarded_ports()?.used_words();
