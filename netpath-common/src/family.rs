@@ -105,7 +105,7 @@ impl AddrFamily for In6Addr {
 /// is 16 byte loads and stores, and LLVM spills each byte to its own stack
 /// slot: IPv6's call chains then outgrow BPF's 512-byte stack.
 #[repr(C)]
-#[derive(Clone, Copy, Default, Hash)]
+#[derive(Clone, Copy, Default)]
 pub struct In6Addr(pub [u32; 4]);
 
 impl In6Addr {
@@ -154,6 +154,12 @@ impl PartialEq for In6Addr {
 }
 
 impl Eq for In6Addr {}
+
+impl Hash for In6Addr {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state)
+    }
+}
 
 impl Debug for In6Addr {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
