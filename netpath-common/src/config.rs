@@ -1,6 +1,6 @@
 //! The datapath's per-instance settings: one entry in the `CONFIG` array.
 
-use crate::conntrack::CtTimeouts;
+use crate::{conntrack::CtTimeouts, family::In6Addr};
 
 /// Packets from the uplink may reach container addresses directly (routed
 /// mode). Off by default: only published ports are reachable from outside.
@@ -50,6 +50,13 @@ pub struct DatapathConfig {
     /// with icc off the only unicast destination a container may address.
     pub gateway_mac: [u8; 6],
     pub _pad: [u8; 2],
+    /// The IPv6 container subnet and prefix length (0: the instance has no
+    /// IPv6, and containers' IPv6 frames are dropped).
+    pub subnet6: In6Addr,
+    pub subnet6_prefix: u32,
+    pub _pad6: u32,
+    /// The bridge's IPv6 address.
+    pub gateway6: In6Addr,
 }
 
 impl DatapathConfig {
@@ -67,6 +74,18 @@ impl DatapathConfig {
     pub fn in_subnet4(&self, addr: [u8; 4]) -> bool {
         let mask = self.subnet4_mask();
         mask != 0 && u32::from_be_bytes(addr) & mask == u32::from_be_bytes(self.subnet4) & mask
+    }
+
+    /// Is `addr` inside the IPv6 container subnet (if there is one)?
+    #[inline(always)]
+    pub fn in_subnet6(&self, addr: In6Addr) -> bool {
+        self.subnet6_prefix != 0 && addr.in_prefix(&self.subnet6, self.subnet6_prefix)
+    }
+
+    /// [`Self::icc_denies4`] for IPv6.
+    #[inline(always)]
+    pub fn icc_denies6(&self, remote: In6Addr) -> bool {
+        self.has(CFG_F_NO_ICC) && self.in_subnet6(remote) && remote != self.gateway6
     }
 
     #[inline(always)]

@@ -28,7 +28,10 @@ pub const IPPROTO_UDP: u8 = 17;
 pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
 
-use crate::{family::AddrFamily, Direction};
+use crate::{
+    family::{AddrFamily, In6Addr},
+    Direction,
+};
 
 /// What a conntrack entry is for. One table holds both kinds, told apart by
 /// the key's `scope` byte.
@@ -72,7 +75,7 @@ impl CtScope {
 /// A directional 5-tuple of family `A` (ports in network byte order; for
 /// ICMP echo the identifier sits in both ports and the message type in
 /// `icmp_type`; protocols without ports have zero ports), and the scope it
-/// is tracked in. `CtKey4` is its IPv4 instance.
+/// is tracked in. `CtKey4` and `CtKey6` are its instances.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtKey<A> {
@@ -91,6 +94,7 @@ pub struct CtKey<A> {
 }
 
 pub type CtKey4 = CtKey<[u8; 4]>;
+pub type CtKey6 = CtKey<In6Addr>;
 
 impl<A: AddrFamily> CtKey<A> {
     #[inline(always)]
@@ -191,7 +195,7 @@ impl CtState {
     }
 }
 
-/// A conntrack entry of family `A` (`CtEntry4`).
+/// A conntrack entry of family `A` (`CtEntry4`, `CtEntry6`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtEntry<A> {
@@ -226,6 +230,7 @@ pub struct CtEntry<A> {
 }
 
 pub type CtEntry4 = CtEntry<[u8; 4]>;
+pub type CtEntry6 = CtEntry<In6Addr>;
 
 /// Timeouts per state, in seconds (in the `CONFIG` map, so that operators
 /// and tests can change them).
@@ -390,7 +395,9 @@ impl<A> CtEntry<A> {
 mod pod {
     use super::*;
     unsafe impl aya::Pod for CtKey4 {}
+    unsafe impl aya::Pod for CtKey6 {}
     unsafe impl aya::Pod for CtEntry4 {}
+    unsafe impl aya::Pod for CtEntry6 {}
     unsafe impl aya::Pod for CtTimeouts {}
 }
 

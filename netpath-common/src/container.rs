@@ -1,12 +1,12 @@
 //! A container as the datapath sees it: its veth, addresses and policy
 //! defaults.
 
-use crate::Direction;
+use crate::{family::In6Addr, Direction};
 
 /// The container has an IPv4 address in [`ContainerEntry::ipv4`].
 pub const CONTAINER_F_IPV4: u16 = 1 << 0;
-/// The container has an IPv6 address in [`ContainerEntry::ipv6`] (IPv6 is
-/// not carried yet; the layout has room for it).
+/// The container has an IPv6 address in [`ContainerEntry::ipv6`]: its IPv6
+/// traffic is carried (without it, every IPv6 frame it sends is dropped).
 pub const CONTAINER_F_IPV6: u16 = 1 << 1;
 /// New flows to the container that no rule matches are denied.
 pub const CONTAINER_F_DEFAULT_DENY_IN: u16 = 1 << 2;
@@ -21,7 +21,7 @@ pub const CONTAINER_F_DEFAULT_DENY_OUT: u16 = 1 << 3;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ContainerEntry {
     pub ipv4: [u8; 4],
-    pub ipv6: [u8; 16],
+    pub ipv6: In6Addr,
     /// MAC address of the container's `eth0`.
     pub mac: [u8; 6],
     /// `CONTAINER_F_*` bits.
@@ -41,6 +41,11 @@ impl ContainerEntry {
     #[inline(always)]
     pub fn has_ipv4(&self) -> bool {
         self.flags & CONTAINER_F_IPV4 != 0
+    }
+
+    #[inline(always)]
+    pub fn has_ipv6(&self) -> bool {
+        self.flags & CONTAINER_F_IPV6 != 0
     }
 
     /// Are new flows in `direction` that no rule matches denied?

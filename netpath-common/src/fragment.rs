@@ -1,6 +1,6 @@
-//! IPv4 fragments: only the first fragment of a datagram carries the ports
+//! Fragments (IPv4, and IPv6's fragment header): only the first fragment of a datagram carries the ports
 //! that policy judges and NAT translates by. What happened to it is kept in
-//! `FRAGS4`, keyed by what every fragment of the datagram shares:
+//! `FRAGS4`/`FRAGS6`, keyed by what every fragment of the datagram shares:
 //! - in the policy scopes, its verdict: the later fragments pass only when
 //!   their first one did (and are dropped otherwise: a later fragment that
 //!   arrives alone is never passed unjudged);
@@ -12,7 +12,10 @@
 //! Later fragments that arrive before their first one are not buffered:
 //! they are handled as if alone (the sender's retransmission repairs it).
 
-use crate::{conntrack::NS_PER_SEC, family::AddrFamily};
+use crate::{
+    conntrack::NS_PER_SEC,
+    family::{AddrFamily, In6Addr},
+};
 
 /// How long the later fragments of a datagram are accepted after its first
 /// one (Linux's `ipfrag_time` default).
@@ -30,9 +33,11 @@ pub struct FragKey<A: AddrFamily> {
     pub proto: u8,
     /// The [`crate::CtScope`] of the verdict (which side of which veth).
     pub scope: u8,
+    pub _pad: A::FragPad,
 }
 
 pub type FragKey4 = FragKey<[u8; 4]>;
+pub type FragKey6 = FragKey<In6Addr>;
 
 /// The first fragment's ports, its translated addresses (NAT scope), and
 /// until when later fragments may follow.
@@ -51,10 +56,13 @@ pub struct FragEntry<A> {
 }
 
 pub type FragEntry4 = FragEntry<[u8; 4]>;
+pub type FragEntry6 = FragEntry<In6Addr>;
 
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
     unsafe impl aya::Pod for FragKey4 {}
+    unsafe impl aya::Pod for FragKey6 {}
     unsafe impl aya::Pod for FragEntry4 {}
+    unsafe impl aya::Pod for FragEntry6 {}
 }

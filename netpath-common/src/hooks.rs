@@ -220,3 +220,27 @@ mod tests {
         assert_eq!(HookId::UplinkIngress.hook().container_direction(), None);
     }
 }
+
+/// A program an entry point tail-calls into rather than calls: a path too
+/// big to be verified inside its entry point along with the entry point's
+/// own (each family's judging at a container's veth), verified on its own.
+/// Its slot in the `TAIL_CALLS` program array is its index here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TailCall {
+    pub slot: u32,
+    pub program: &'static str,
+    /// The hook whose entry point jumps here (and whose counters and events
+    /// the program's outcome goes to).
+    pub from: HookId,
+}
+
+/// IPv6 sent by a container (from `veth_ingress`).
+pub const TAIL_VETH_INGRESS6: u32 = 0;
+/// IPv6 delivered to a container (from `veth_egress`).
+pub const TAIL_VETH_EGRESS6: u32 = 1;
+
+/// Every tail-called program, indexed by slot.
+pub const TAIL_CALLS: [TailCall; 2] = [
+    TailCall { slot: TAIL_VETH_INGRESS6, program: "veth_ingress6", from: HookId::VethIngress },
+    TailCall { slot: TAIL_VETH_EGRESS6, program: "veth_egress6", from: HookId::VethEgress },
+];

@@ -32,7 +32,7 @@ pub struct MappingEntry4 {
 /// wildcard mapping answers on these only). Keyed by the address bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HostAddr4 {
+pub struct HostAddr {
     pub ifindex: u32,
 }
 
@@ -62,7 +62,7 @@ mod pod {
     use super::*;
     unsafe impl aya::Pod for MappingKey4 {}
     unsafe impl aya::Pod for MappingEntry4 {}
-    unsafe impl aya::Pod for HostAddr4 {}
+    unsafe impl aya::Pod for HostAddr {}
     unsafe impl aya::Pod for SockRevNatKey4 {}
     unsafe impl aya::Pod for SockRevNatEntry4 {}
 }

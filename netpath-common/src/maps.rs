@@ -9,10 +9,22 @@ pub const IFACE_STATS: &str = "IFACE_STATS";
 
 /// Published ports: [`crate::MappingKey4`] -> [`crate::MappingEntry4`].
 pub const MAPPINGS4: &str = "MAPPINGS4";
-/// The host's own IPv4 addresses: `[u8; 4]` -> [`crate::HostAddr4`].
+/// The host's own IPv4 addresses: `[u8; 4]` -> [`crate::HostAddr`].
 pub const HOST_ADDRS4: &str = "HOST_ADDRS4";
 /// Connection tracking: [`crate::CtKey4`] -> [`crate::CtEntry4`] (LRU).
 pub const CT4: &str = "CT4";
+/// IPv6 connection tracking: [`crate::CtKey6`] -> [`crate::CtEntry6`] (LRU).
+pub const CT6: &str = "CT6";
+/// The host's own IPv6 addresses: `In6Addr` -> [`crate::HostAddr`].
+pub const HOST_ADDRS6: &str = "HOST_ADDRS6";
+/// IPv6 policy: LPM trie of [`crate::PolicyKey6`] -> [`crate::PolicyEntry`].
+pub const POLICY6: &str = "POLICY6";
+/// Verdicts of IPv6 first fragments: [`crate::FragKey6`] -> [`crate::FragEntry6`] (LRU).
+pub const FRAGS6: &str = "FRAGS6";
+/// The programs entry points tail-call into (`u32` slot -> program), as
+/// [`crate::hooks::TAIL_CALLS`] lists them. Pinned, so that the attached
+/// programs find them while the agent is down or restarting.
+pub const TAIL_CALLS: &str = "TAIL_CALLS";
 /// Per-CPU [`crate::CtStats`] at index 0: conntrack inserts, refusals and
 /// the datapath's own removals.
 pub const CT_STATS: &str = "CT_STATS";
@@ -68,6 +80,11 @@ pub const PINNED_MAPS: &[&str] = &[
     GUARDED_PORTS,
     DENIED_SOURCES4,
     EVENT_BUDGET,
+    CT6,
+    HOST_ADDRS6,
+    POLICY6,
+    FRAGS6,
+    TAIL_CALLS,
 ];
 
 pub const MAX_POLICY_PREFIXES: usize = 262144;

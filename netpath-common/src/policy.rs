@@ -5,7 +5,7 @@
 //! longest-prefix lookup and a scan of at most [`MAX_RULES_PER_PREFIX`]
 //! rules decide a new flow, however many rules there are.
 
-use crate::Direction;
+use crate::{family::In6Addr, Direction};
 
 pub const POLICY_ALLOW: u8 = 1;
 pub const POLICY_DENY: u8 = 2;
@@ -18,7 +18,8 @@ pub const MAX_RULES_PER_PREFIX: usize = 16;
 /// The data part of an LPM trie key (the trie adds a prefix length in
 /// front). Matching runs over the bytes in order, so the fixed fields come
 /// first and the address last.
-/// `PolicyKey4` (in `POLICY4`) is its IPv4 instance.
+/// `PolicyKey4` and `PolicyKey6` (in `POLICY4` and `POLICY6`) are its
+/// instances.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PolicyKey<A> {
@@ -31,6 +32,7 @@ pub struct PolicyKey<A> {
 }
 
 pub type PolicyKey4 = PolicyKey<[u8; 4]>;
+pub type PolicyKey6 = PolicyKey<In6Addr>;
 
 impl<A> PolicyKey<A> {
     #[inline(always)]
@@ -43,7 +45,7 @@ impl<A> PolicyKey<A> {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PolicyRule {
-    /// The rule's CIDR prefix length (0-32): longer wins.
+    /// The rule's CIDR prefix length (0-32, IPv6 0-128): longer wins.
     pub prefix_len: u8,
     /// IP protocol, 0 for any.
     pub proto: u8,
@@ -131,6 +133,7 @@ pub fn allows(entry: Option<&PolicyEntry>, default_deny: bool, proto: u8, port: 
 mod pod {
     use super::*;
     unsafe impl aya::Pod for PolicyKey4 {}
+    unsafe impl aya::Pod for PolicyKey6 {}
     unsafe impl aya::Pod for PolicyRule {}
     unsafe impl aya::Pod for PolicyEntry {}
 }

@@ -10,8 +10,9 @@ pub enum DropReason {
     SpoofedMac = 0,
     /// Source IP (IPv4 header or ARP sender) is not the container's own.
     SpoofedIp = 1,
-    /// A protocol the datapath does not carry for containers (IPv6 for now,
-    /// VLAN tags, anything not IPv4 or ARP).
+    /// A protocol the datapath does not carry for containers (VLAN tags,
+    /// anything not IPv4, ARP or IPv6; IPv6 from a container without an
+    /// IPv6 address).
     UnsupportedProtocol = 2,
     /// Truncated or inconsistent headers.
     Malformed = 3,
@@ -46,13 +47,21 @@ pub enum DropReason {
     /// `uplink.denied_sources`: never accepted, replies of flows that
     /// containers or the host opened to it included.
     DeniedSource = 15,
+    /// IPv6 extension headers the datapath does not pass: more than it
+    /// walks (`MAX_IPV6_EXT_HEADERS`), or a routing header with segments
+    /// left (its destination is not the final one, so no rule could judge
+    /// it).
+    Ipv6Headers = 16,
+    /// A container acting as a router or a DHCP server: IPv6 router
+    /// advertisements and redirects (RA guard), DHCPv6 server messages.
+    RouterRole = 17,
 }
 
 /// Number of drop reasons; the size of [`TrafficStats::drops`] (room to grow).
-pub const DROP_REASON_COUNT: usize = 16;
+pub const DROP_REASON_COUNT: usize = 20;
 
 impl DropReason {
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::SpoofedMac,
         DropReason::SpoofedIp,
         DropReason::UnsupportedProtocol,
@@ -68,6 +77,8 @@ impl DropReason {
         DropReason::NatUnavailable,
         DropReason::NoFlow,
         DropReason::DeniedSource,
+        DropReason::Ipv6Headers,
+        DropReason::RouterRole,
     ];
 
     /// Short name used by the CLI, the API and the monitor.
@@ -88,6 +99,8 @@ impl DropReason {
             DropReason::NatUnavailable => "nat-unavailable",
             DropReason::NoFlow => "no-flow",
             DropReason::DeniedSource => "denied-source",
+            DropReason::Ipv6Headers => "ipv6-headers",
+            DropReason::RouterRole => "router-role",
         }
     }
 

@@ -1,7 +1,7 @@
 //! The address family as the datapath's stages see it: the maps of each
 //! family, and what the stages that are generic over it (conntrack, policy,
-//! fragments) ask of a family beyond its addresses. The stages are written
-//! once; IPv4 (`[u8; 4]`) is the family they are instantiated for so far.
+//! fragments) ask of a family beyond its addresses. IPv4 is `[u8; 4]`,
+//! IPv6 `In6Addr`; the stages are written once, for both.
 
 use aya_ebpf::{
     btf_maps::{lpm_trie::Key, LruHashMap},
@@ -10,34 +10,58 @@ use aya_ebpf::{
 use netpath_common::{
     maps::{MAX_CT_ENTRIES, MAX_FRAGS},
     policy::POLICY_KEY_FIXED_BITS,
-    AddrFamily, ContainerEntry, CtEntry, CtKey, DatapathConfig, Direction, DropReason, FragEntry, FragKey, PolicyEntry,
-    PolicyKey,
+    AddrFamily, ContainerEntry, CtEntry, CtKey, DatapathConfig, Direction, DropReason, FragEntry, FragKey, In6Addr,
+    PolicyEntry, PolicyKey,
 };
 
 use crate::{
-    icmp_error,
-    maps::{CT4, FRAGS4, HOST_ADDRS4, POLICY4},
+    icmp_error, ipv6,
+    maps::{CT4, CT6, FRAGS4, FRAGS6, HOST_ADDRS4, HOST_ADDRS6, POLICY4, POLICY6, SCRATCH6},
     masquerade, policy,
 };
 
 pub type CtMap<A> = LruHashMap<CtKey<A>, CtEntry<A>, MAX_CT_ENTRIES>;
+
+/// Room outside the stack for what a new flow writes (its verdict pair's
+/// keys and entry, its first fragment's record) and for map keys, for a
+/// family whose values are too big for the judge's call chain (IPv6's).
+#[repr(C)]
+pub struct Scratch<A: AddrFamily> {
+    pub key: CtKey<A>,
+    pub reply_key: CtKey<A>,
+    pub entry: CtEntry<A>,
+    /// The policy trie's key, and a host address to look up.
+    pub policy_key: Key<PolicyKey<A>>,
+    pub addr: A,
+    pub frag_key: FragKey<A>,
+    pub frag_entry: FragEntry<A>,
+}
 pub type FragMap<A> = LruHashMap<FragKey<A>, FragEntry<A>, MAX_FRAGS>;
 
 pub trait Family: AddrFamily + 'static {
     /// Address bits (the policy trie's full prefix).
     const BITS: u32;
 
-    /// Connection tracking (`CT4`).
+    /// Does the family have NAT stages (published ports, masquerade)? The
+    /// judge's look at a flow's translation exists only where one can.
+    const HAS_NAT: bool;
+
+    /// Are the family's new verdicts and fragment records written in its
+    /// [`Scratch`] (a const, so that the other family's instance has no
+    /// stack fallback to spend its frame on)?
+    const IN_SCRATCH: bool;
+
+    /// Connection tracking (`CT4`, `CT6`).
     fn ct() -> &'static CtMap<Self>;
 
-    /// First fragments' verdicts and translations (`FRAGS4`).
+    /// First fragments' verdicts and translations (`FRAGS4`, `FRAGS6`).
     fn frags() -> &'static FragMap<Self>;
 
     /// The policy entry of the longest prefix holding `remote`, for the
-    /// container's rules in `direction` (`POLICY4`).
+    /// container's rules in `direction` (`POLICY4`, `POLICY6`).
     fn policy_rules(container_id: u32, direction: Direction, remote: Self) -> Option<&'static PolicyEntry>;
 
-    /// Is this one of the host's own addresses (`HOST_ADDRS4`)?
+    /// Is this one of the host's own addresses (`HOST_ADDRS4`, `HOST_ADDRS6`)?
     fn is_host_addr(self) -> bool;
 
     /// Will masquerade translate a flow a container starts with tuple
@@ -45,9 +69,14 @@ pub trait Family: AddrFamily + 'static {
     /// completes.)
     fn masquerades(orig: &CtKey<Self>, cfg: &DatapathConfig) -> bool;
 
-    /// The tuple of the packet an ICMP error in `ctx` quotes, as it
-    /// travelled; None if it is nothing netpath tracks.
-    fn quoted_error(ctx: &TcContext) -> Result<Option<CtKey<Self>>, DropReason>;
+    /// The tuple of the packet an ICMP error in `ctx` (its header at
+    /// `icmp_off`) quotes, as it travelled; None if it is nothing netpath
+    /// tracks.
+    fn quoted_error(ctx: &TcContext, icmp_off: usize) -> Result<Option<CtKey<Self>>, DropReason>;
+
+    /// This CPU's [`Scratch`], for a family whose verdicts are built
+    /// outside the stack (`None`: built on the stack).
+    fn scratch() -> Option<*mut Scratch<Self>>;
 
     /// Tells a monitor about a new flow (`CFG_F_TRACE_FLOWS`).
     fn trace_flow(orig: &CtKey<Self>, container: &ContainerEntry, direction: Direction);
@@ -61,6 +90,8 @@ fn policy_key<A: Family>(container_id: u32, direction: Direction, remote: A) -> 
 
 impl Family for [u8; 4] {
     const BITS: u32 = 32;
+    const HAS_NAT: bool = true;
+    const IN_SCRATCH: bool = false;
 
     #[inline(always)]
     fn ct() -> &'static CtMap<Self> {
@@ -89,12 +120,77 @@ impl Family for [u8; 4] {
     }
 
     #[inline(always)]
-    fn quoted_error(ctx: &TcContext) -> Result<Option<CtKey<Self>>, DropReason> {
+    fn quoted_error(ctx: &TcContext, _icmp_off: usize) -> Result<Option<CtKey<Self>>, DropReason> {
         Ok(icmp_error::quoted4(ctx)?.map(|q| q.key))
     }
 
     #[inline(always)]
     fn trace_flow(orig: &CtKey<Self>, container: &ContainerEntry, direction: Direction) {
         policy::trace_flow(orig, container, direction);
+    }
+
+    #[inline(always)]
+    fn scratch() -> Option<*mut Scratch<Self>> {
+        None
+    }
+}
+
+impl Family for In6Addr {
+    const BITS: u32 = 128;
+    const HAS_NAT: bool = false;
+    const IN_SCRATCH: bool = true;
+
+    #[inline(always)]
+    fn ct() -> &'static CtMap<Self> {
+        &CT6
+    }
+
+    #[inline(always)]
+    fn frags() -> &'static FragMap<Self> {
+        &FRAGS6
+    }
+
+    /// The trie key is written in this CPU's scratch, off the stack.
+    #[inline(always)]
+    fn policy_rules(container_id: u32, direction: Direction, remote: Self) -> Option<&'static PolicyEntry> {
+        // SAFETY: this CPU's scratch, used by this run only.
+        let s = unsafe { &mut *Self::scratch()? };
+        s.policy_key.prefix_len = POLICY_KEY_FIXED_BITS + Self::BITS;
+        s.policy_key.data.container_id = container_id.to_be_bytes();
+        s.policy_key.data.direction = direction as u8;
+        s.policy_key.data._pad = [0; 3];
+        s.policy_key.data.addr = remote;
+        POLICY6.get(&s.policy_key)
+    }
+
+    #[inline(always)]
+    fn is_host_addr(self) -> bool {
+        let Some(s) = Self::scratch() else { return false };
+        // SAFETY: this CPU's scratch; the value is only tested for presence.
+        let s = unsafe { &mut *s };
+        s.addr = self;
+        unsafe { HOST_ADDRS6.get(&s.addr) }.is_some()
+    }
+
+    /// IPv6 is not masqueraded yet: a container's IPv6 flow to the world
+    /// leaves only when the instance routes (the uplink drops the rest).
+    #[inline(always)]
+    fn masquerades(_orig: &CtKey<Self>, _cfg: &DatapathConfig) -> bool {
+        false
+    }
+
+    #[inline(always)]
+    fn quoted_error(ctx: &TcContext, icmp_off: usize) -> Result<Option<CtKey<Self>>, DropReason> {
+        ipv6::quoted6(ctx, icmp_off)
+    }
+
+    /// The monitor's events carry IPv4 tuples: IPv6 flows are counted and
+    /// listed by conntrack, not traced yet.
+    #[inline(always)]
+    fn trace_flow(_orig: &CtKey<Self>, _container: &ContainerEntry, _direction: Direction) {}
+
+    #[inline(always)]
+    fn scratch() -> Option<*mut Scratch<Self>> {
+        SCRATCH6.get_ptr_mut(0)
     }
 }

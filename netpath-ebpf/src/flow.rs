@@ -1,11 +1,12 @@
-//! Parsing a packet into the 5-tuple that conntrack and NAT key on. The
-//! parse result is generic over the address family ([`Flow4`] is IPv4's).
+//! Parsing a packet into the 5-tuple that conntrack and NAT key on: the
+//! parse result is generic over the address family ([`Flow4`], [`Flow6`]);
+//! IPv4's parser is here, IPv6's (with its extension headers) in `ipv6`.
 
 use netpath_common::{
     conntrack::{
         ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN,
     },
-    AddrFamily, CtKey, CtKey4, CtScope, FragKey, FragKey4,
+    AddrFamily, CtKey, CtKey4, CtScope, FragKey, FragKey4, In6Addr,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -52,11 +53,13 @@ pub struct Flow<A: AddrFamily> {
     pub ported: bool,
     /// The first fragment of a fragmented datagram (more follow).
     pub first_fragment: bool,
-    /// The IP identification field (native order), for fragments.
+    /// The identification (IPv4's field, IPv6's fragment header's; read in
+    /// native order), for fragments.
     pub ip_id: A::FragId,
 }
 
 pub type Flow4 = Flow<[u8; 4]>;
+pub type Flow6 = Flow<In6Addr>;
 
 impl<A: AddrFamily> Flow<A> {
     /// Can this packet start a flow? A TCP packet only with a lone SYN, ICMP
@@ -101,13 +104,14 @@ impl<A: AddrFamily> Flow<A> {
             id: self.ip_id,
             proto: self.key.proto,
             scope: scope as u8,
+            _pad: Default::default(),
         }
     }
 }
 
 /// Why a packet has no flow to track or translate.
 pub enum NoFlow<A: AddrFamily> {
-    /// Not of the parser's family (ARP, IPv6 and the like).
+    /// Not of the parser's family (ARP and the like, or the other family).
     OtherEtherType,
     /// A non-first fragment: no L4 header; the key ties it to its first
     /// fragment (scope unset).
@@ -116,17 +120,30 @@ pub enum NoFlow<A: AddrFamily> {
     /// short to hold its whole TCP/UDP/ICMP header (RFC 1858).
     Malformed,
     /// An ICMP error (unreachable, time exceeded, parameter problem): it
-    /// quotes the packet it is about, see `icmp_error`.
-    IcmpError,
+    /// quotes the packet it is about, see `icmp_error`. Where the ICMP
+    /// header starts (IPv6's is past the extension headers: its quote is
+    /// read without walking them again).
+    IcmpError(u16),
     /// ICMP that is neither echo nor an error (timestamp, router
     /// solicitation, ...): judged on its own, never tracked or translated.
     /// The key has its addresses, protocol and type.
     IcmpOther(CtKey<A>),
+    /// IPv6 neighbour discovery and multicast listener messages: the link's
+    /// plumbing, as ARP is IPv4's (anti-spoofing checks what a container
+    /// sends of it; policy does not judge it when it stays on the link).
+    /// The destination.
+    Neighbour(A),
+    /// IPv6 extension headers the datapath does not pass (see
+    /// `DropReason::Ipv6Headers`).
+    BadHeaders,
 }
 
 /// A parse's outcome.
 pub type Parsed<A> = Result<Flow<A>, NoFlow<A>>;
+// (A type alias's bounds are not checked; `Flow` and `NoFlow` need
+// `A: AddrFamily`.)
 pub type Parsed4 = Parsed<[u8; 4]>;
+pub type Parsed6 = Parsed<In6Addr>;
 
 #[inline(always)]
 pub fn parse4(pkt: &impl Packet) -> Parsed4 {
@@ -163,7 +180,7 @@ pub fn parse4(pkt: &impl Packet) -> Parsed4 {
     let proto = ip.proto;
     let ip_id = u16::from_ne_bytes(ip.id);
     if frag_offset != 0 {
-        let key = FragKey4 { saddr: ip.src_addr, daddr: ip.dst_addr, id: ip_id, proto, scope: 0 };
+        let key = FragKey4 { saddr: ip.src_addr, daddr: ip.dst_addr, id: ip_id, proto, scope: 0, _pad: [] };
         return Err(NoFlow::LaterFragment(key));
     }
     let l4_off = l3_off + ihl;
@@ -185,7 +202,9 @@ pub fn parse4(pkt: &impl Packet) -> Parsed4 {
                 let id = u16::from_ne_bytes(icmp.id);
                 (id, id, 0)
             }
-            ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => return Err(NoFlow::IcmpError),
+            ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => {
+                return Err(NoFlow::IcmpError(l4_off as u16))
+            }
             other => {
                 let key = CtKey4 { icmp_type: other, ..CtKey4::new(ip.src_addr, ip.dst_addr, 0, 0, proto) };
                 return Err(NoFlow::IcmpOther(key));

@@ -25,14 +25,23 @@ pub fn first<A: Family>(flow: &Flow<A>, scope: CtScope) {
 /// the policy path) do not have to spare.
 #[inline(never)]
 fn record<A: Family>(flow: &Flow<A>, scope: CtScope, nat_saddr: A, nat_daddr: A) {
-    let entry = FragEntry {
-        sport: flow.key.sport,
-        dport: flow.key.dport,
-        nat_saddr,
-        nat_daddr,
-        _pad: 0,
-        expires_ns: clock::now_ns() + FRAG_TIMEOUT_NS,
-    };
+    let expires_ns = clock::now_ns() + FRAG_TIMEOUT_NS;
+    if A::IN_SCRATCH {
+        let Some(s) = A::scratch() else { return };
+        // SAFETY: this CPU's scratch, used by this run only.
+        let s = unsafe { &mut *s };
+        // Field by field: a struct assignment is built on the stack first.
+        let (k, e) = (&mut s.frag_key, &mut s.frag_entry);
+        (k.saddr, k.daddr, k.id, k.proto, k.scope) =
+            (flow.key.saddr, flow.key.daddr, flow.ip_id, flow.key.proto, scope as u8);
+        k._pad = Default::default();
+        (e.sport, e.dport, e.nat_saddr, e.nat_daddr, e._pad) =
+            (flow.key.sport, flow.key.dport, nat_saddr, nat_daddr, 0);
+        e.expires_ns = expires_ns;
+        let _ = A::frags().insert(&s.frag_key, &s.frag_entry, 0);
+        return;
+    }
+    let entry = FragEntry { sport: flow.key.sport, dport: flow.key.dport, nat_saddr, nat_daddr, _pad: 0, expires_ns };
     // A full table evicts the oldest datagram (LRU): its later fragments
     // are then dropped, never passed unjudged.
     let _ = A::frags().insert(&flow.frag_key(scope), &entry, 0);

@@ -17,6 +17,7 @@ mod forward;
 mod fragment;
 mod host_sockets;
 mod icmp_error;
+mod ipv6;
 mod mapping;
 mod maps;
 mod masquerade;
@@ -35,11 +36,15 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
-use netpath_common::{config::CFG_F_UPLINK_XDP, Direction, DropReason, HookId};
+use netpath_common::{
+    config::CFG_F_UPLINK_XDP,
+    hooks::{TAIL_VETH_EGRESS6, TAIL_VETH_INGRESS6},
+    ContainerEntry, DatapathConfig, Direction, DropReason, HookId,
+};
 
 use crate::{
     forward::Origin,
-    maps::{config, CONTAINERS},
+    maps::{config, CONTAINERS, TAIL_CALLS},
     policy::CarriedVerdict,
     verdict::{finish, Site},
 };
@@ -65,6 +70,9 @@ fn tc_action(pass: bool) -> i32 {
 /// conntrack/NAT (replies of published ports, hairpin).
 #[classifier]
 pub fn veth_ingress(ctx: TcContext) -> i32 {
+    if packet::is_ipv6(&ctx) {
+        return tail_call(&ctx, TAIL_VETH_INGRESS6, HookId::VethIngress);
+    }
     let mut carried = CarriedVerdict::default();
     if !veth_ingress_passes(&ctx, &mut carried) {
         return TC_ACT_SHOT as i32;
@@ -100,11 +108,89 @@ fn veth_ingress_passes(ctx: &TcContext, carried: &mut CarriedVerdict) -> bool {
     finish(ctx, site, len, result)
 }
 
+/// veth_ingress for IPv6, tail-called (verified apart from the IPv4 path,
+/// which takes veth_ingress's verification budget): anti-spoofing, then the
+/// container's outbound policy. IPv6 is routed, not translated (no NAT
+/// stage yet), and goes to the stack.
+#[classifier]
+pub fn veth_ingress6(ctx: TcContext) -> i32 {
+    let ifindex = skb_ifindex(&ctx);
+    let len = ctx.len();
+    let Some(container) = CONTAINERS.get_ptr(ifindex) else {
+        let site = Site { hook: HookId::VethIngress, ifindex, container_id: 0, count: true };
+        return tc_action(finish(&ctx, site, len, Err(DropReason::UnknownContainer)));
+    };
+    // SAFETY: map values stay valid for the program's run.
+    let container = unsafe { &*container };
+    packet::pull_headers(&ctx);
+    let result = antispoof::check_source(&ctx, container).and_then(|()| match config() {
+        Some(cfg) => judge_sent6(&ctx, container, cfg),
+        None => Ok(()),
+    });
+    let site = Site { hook: HookId::VethIngress, ifindex, container_id: container.id, count: true };
+    tc_action(finish(&ctx, site, len, result))
+}
+
+/// What `container` sends over IPv6: its addresses and roles checked, then
+/// judged by its outbound policy.
+#[inline(never)]
+fn judge_sent6(ctx: &TcContext, container: &ContainerEntry, cfg: &DatapathConfig) -> Result<(), DropReason> {
+    antispoof::check_sent6(ctx, container)?;
+    let parsed = ipv6::parse6(ctx);
+    policy::icc_allows_frame(ctx, &parsed, cfg)?;
+    policy::judge(ctx, &parsed, container, Direction::Out, cfg)
+}
+
+/// veth_egress for IPv6, tail-called as [`veth_ingress6`] is: the
+/// container's inbound policy.
+#[classifier]
+pub fn veth_egress6(ctx: TcContext) -> i32 {
+    let ifindex = skb_ifindex(&ctx);
+    let len = ctx.len();
+    let container = CONTAINERS.get_ptr(ifindex);
+    let container_id = match container {
+        // SAFETY: map values stay valid for the program's run.
+        Some(container) => unsafe { (*container).id },
+        None => 0,
+    };
+    let result = match (container, config()) {
+        (Some(container), Some(cfg)) => {
+            packet::pull_headers(&ctx);
+            // SAFETY: as above.
+            policy::judge(&ctx, &ipv6::parse6(&ctx), unsafe { &*container }, Direction::In, cfg)
+        }
+        _ => Ok(()),
+    };
+    let site = Site { hook: HookId::VethEgress, ifindex, container_id, count: true };
+    tc_action(finish(&ctx, site, len, result))
+}
+
+/// Jumps to the tail-called program in `slot`. If the jump fails (the
+/// agent has not filled the slot), the packet is dropped and counted: an
+/// IPv6 packet is never passed unjudged.
+#[inline(always)]
+fn tail_call(ctx: &TcContext, slot: u32, hook: HookId) -> i32 {
+    // SAFETY: the slot holds a program of the same type, or nothing.
+    unsafe { TAIL_CALLS.tail_call(ctx, slot) };
+    no_tail_call(ctx, hook)
+}
+
+/// Out of line: the entry point's own frame stays as small as it was (its
+/// deepest call chain is at the 512-byte stack limit).
+#[inline(never)]
+fn no_tail_call(ctx: &TcContext, hook: HookId) -> i32 {
+    let site = Site { hook, ifindex: skb_ifindex(ctx), container_id: 0, count: true };
+    tc_action(finish(ctx, site, ctx.len(), Err(DropReason::UnsupportedProtocol)))
+}
+
 /// tc egress on a container's host-side veth: everything delivered to the
 /// container, after translation; the container's inbound policy judges new
 /// flows here.
 #[classifier]
 pub fn veth_egress(ctx: TcContext) -> i32 {
+    if packet::is_ipv6(&ctx) {
+        return tail_call(&ctx, TAIL_VETH_EGRESS6, HookId::VethEgress);
+    }
     let ifindex = skb_ifindex(&ctx);
     let len = ctx.len();
     let container = CONTAINERS.get_ptr(ifindex);
@@ -147,7 +233,7 @@ fn uplink_ingress_passes(ctx: &TcContext, carried: &mut CarriedVerdict) -> bool 
     packet::pull_headers(ctx);
     let behind_xdp = config().is_some_and(|cfg| cfg.has(CFG_F_UPLINK_XDP));
     let result = match config() {
-        Some(cfg) if !behind_xdp => uplink_guard::judge4(ctx, cfg).and_then(|()| translate::translate4(ctx, carried)),
+        Some(cfg) if !behind_xdp => uplink_guard::judge(ctx, cfg).and_then(|()| translate::translate4(ctx, carried)),
         _ => translate::translate4(ctx, carried),
     };
     let site = Site { hook: HookId::UplinkIngress, ifindex, container_id: 0, count: !behind_xdp };
@@ -156,13 +242,14 @@ fn uplink_ingress_passes(ctx: &TcContext, carried: &mut CarriedVerdict) -> bool 
 
 /// tc egress on the uplink: container traffic leaving the host gets the
 /// uplink's address (masquerade); the host's ICMP errors about translated
-/// packets get their quotes translated back.
+/// packets get their quotes translated back. Containers' IPv6 leaves only
+/// when the instance routes.
 #[classifier]
 pub fn uplink_egress(ctx: TcContext) -> i32 {
     let ifindex = skb_ifindex(&ctx);
     let len = ctx.len();
     packet::pull_headers(&ctx);
-    let result = translate::translate_outbound4(&ctx);
+    let result = if packet::is_ipv6(&ctx) { translate::outbound6(&ctx) } else { translate::translate_outbound4(&ctx) };
     let site = Site { hook: HookId::UplinkEgress, ifindex, container_id: 0, count: true };
     tc_action(finish(&ctx, site, len, result))
 }
@@ -177,7 +264,7 @@ pub fn uplink_xdp(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
     let len = packet::Packet::frame_len(&ctx);
     let result = match config() {
-        Some(cfg) => uplink_guard::judge4(&ctx, cfg),
+        Some(cfg) => uplink_guard::judge(&ctx, cfg),
         None => Ok(()),
     };
     let site = Site { hook: HookId::UplinkXdp, ifindex, container_id: 0, count: true };

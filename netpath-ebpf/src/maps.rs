@@ -2,7 +2,7 @@
 //! The agent pins each one by name (see `netpath_common::maps`).
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
     macros::btf_map,
 };
 use netpath_common::{
@@ -12,8 +12,9 @@ use netpath_common::{
     },
     owner::{self, OWNER_SLOTS},
     uplink_guard::GUARDED_PORT_WORDS,
-    ContainerEntry, CtEntry4, CtKey4, CtStats, DatapathConfig, Event, EventBudget, ForwardStats, FragEntry4, FragKey4,
-    HostAddr4, MappingEntry4, MappingKey4, PolicyEntry, PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats,
+    ContainerEntry, CtEntry4, CtEntry6, CtKey4, CtKey6, CtStats, DatapathConfig, Event, EventBudget, ForwardStats,
+    FragEntry4, FragEntry6, FragKey4, FragKey6, HostAddr, In6Addr, MappingEntry4, MappingKey4, PolicyEntry, PolicyKey4,
+    PolicyKey6, SockRevNatEntry4, SockRevNatKey4, TrafficStats,
 };
 
 #[btf_map]
@@ -33,10 +34,16 @@ pub static IFACE_STATS: PerCpuHashMap<u32, TrafficStats, MAX_IFACES> = PerCpuHas
 pub static MAPPINGS4: HashMap<MappingKey4, MappingEntry4, MAX_MAPPINGS> = HashMap::new();
 
 #[btf_map]
-pub static HOST_ADDRS4: HashMap<[u8; 4], HostAddr4, MAX_HOST_ADDRS> = HashMap::new();
+pub static HOST_ADDRS4: HashMap<[u8; 4], HostAddr, MAX_HOST_ADDRS> = HashMap::new();
 
 #[btf_map]
 pub static CT4: LruHashMap<CtKey4, CtEntry4, MAX_CT_ENTRIES> = LruHashMap::new();
+
+#[btf_map]
+pub static CT6: LruHashMap<CtKey6, CtEntry6, MAX_CT_ENTRIES> = LruHashMap::new();
+
+#[btf_map]
+pub static HOST_ADDRS6: HashMap<In6Addr, HostAddr, MAX_HOST_ADDRS> = HashMap::new();
 
 /// Conntrack pressure counters, one value per CPU at index 0.
 #[btf_map]
@@ -46,13 +53,28 @@ pub static CT_STATS: PerCpuArray<CtStats, 1> = PerCpuArray::new();
 pub static FRAGS4: LruHashMap<FragKey4, FragEntry4, MAX_FRAGS> = LruHashMap::new();
 
 #[btf_map]
+pub static FRAGS6: LruHashMap<FragKey6, FragEntry6, MAX_FRAGS> = LruHashMap::new();
+
+#[btf_map]
 pub static SOCK_REVNAT4: LruHashMap<SockRevNatKey4, SockRevNatEntry4, MAX_SOCK_REVNAT> = LruHashMap::new();
 
 #[btf_map]
 pub static CONFIG: Array<DatapathConfig, 1> = Array::new();
 
+/// Per-CPU room for IPv6's big values (family::Scratch): not pinned,
+/// it holds nothing between runs.
+#[btf_map]
+pub static SCRATCH6: PerCpuArray<crate::family::Scratch<In6Addr>, 1> = PerCpuArray::new();
+
+/// The programs the entry points tail-call into (netpath_common::TAIL_CALLS).
+#[btf_map]
+pub static TAIL_CALLS: ProgramArray<{ netpath_common::TAIL_CALLS.len() }> = ProgramArray::new();
+
 #[btf_map]
 pub static POLICY4: LpmTrie<PolicyKey4, PolicyEntry, MAX_POLICY_PREFIXES> = LpmTrie::new();
+
+#[btf_map]
+pub static POLICY6: LpmTrie<PolicyKey6, PolicyEntry, MAX_POLICY_PREFIXES> = LpmTrie::new();
 
 #[btf_map]
 pub static EVENTS: RingBuf<Event, EVENTS_BYTES> = RingBuf::new();

@@ -2,7 +2,11 @@
 
 use aya_ebpf::programs::{TcContext, XdpContext};
 use netpath_common::DropReason;
-use network_types::{eth::EthHdr, tcp::TcpHdr};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::Ipv6Hdr,
+    tcp::TcpHdr,
+};
 
 use crate::offsets::IPV4_MAX_HDR_LEN;
 
@@ -75,8 +79,10 @@ pub fn ptr_at_mut<T>(pkt: &impl Packet, offset: usize) -> Option<*mut T> {
 }
 
 /// Enough to see Ethernet, IPv4 with the longest options and a TCP header
-/// directly.
+/// directly (IPv6's fixed header and TCP are shorter; its extension headers
+/// are read with loads).
 const HEADERS_LEN: u32 = (EthHdr::LEN + IPV4_MAX_HDR_LEN + TcpHdr::LEN) as u32;
+const _: () = assert!(EthHdr::LEN + Ipv6Hdr::LEN + TcpHdr::LEN <= HEADERS_LEN as usize);
 
 /// Makes sure the headers (or the whole frame, if shorter) are in the
 /// linear part of the skb, so that direct access sees them.
@@ -120,6 +126,16 @@ pub fn l3_csum_replace(ctx: &TcContext, offset: usize, from: u64, to: u64, flags
 #[inline(always)]
 pub fn l4_csum_replace(ctx: &TcContext, offset: usize, from: u64, to: u64, flags: u64) -> Result<(), DropReason> {
     ctx.l4_csum_replace(offset, from, to, flags).map_err(|_| DropReason::ChecksumFailed)
+}
+
+/// Is the frame IPv6 (by its EtherType)?
+#[inline(always)]
+pub fn is_ipv6(pkt: &impl Packet) -> bool {
+    match ptr_at::<EthHdr>(pkt, 0) {
+        // SAFETY: bounds checked by ptr_at.
+        Some(eth) => (unsafe { (*eth).ether_type }) == EtherType::Ipv6 as u16,
+        None => false,
+    }
 }
 
 #[inline(always)]

@@ -58,7 +58,9 @@ pub fn icc_allows_frame<A: Family>(
         None => false,
     };
     match parsed {
-        Ok(flow) if flow.ported && answers_translated(flow) => Ok(()),
+        Ok(flow) if A::HAS_NAT && flow.ported && answers_translated(flow) => Ok(()),
+        // IPv6's neighbour discovery, as ARP.
+        Err(NoFlow::Neighbour(_)) => Ok(()),
         _ => Err(DropReason::Policy),
     }
 }
@@ -144,6 +146,44 @@ fn remember<A: Family>(
     settled(conntrack::create_verdict(&key, &reply_key, &mut entry, packet_is_orig, len, cfg))
 }
 
+/// [`remember`] for a family whose verdicts are built in its scratch
+/// (IPv6's), from the tuple of the packet at hand (`packet`: the flow's
+/// original direction if `packet_is_orig`, else its reply's).
+#[inline(never)]
+fn remember_in_scratch<A: Family>(
+    packet: &CtKey<A>,
+    starter: Direction,
+    packet_is_orig: bool,
+    container: &ContainerEntry,
+    len: u32,
+) -> Result<(), DropReason> {
+    let Some(cfg) = config() else { return Ok(()) };
+    let Some(s) = A::scratch() else { return Err(DropReason::TableFull) };
+    // SAFETY: this CPU's scratch, used by this run only.
+    let s = unsafe { &mut *s };
+    // Field by field: a struct assignment is built on the stack first.
+    write_key(&mut s.key, packet, !packet_is_orig, CtScope::policy(starter));
+    write_key(&mut s.reply_key, packet, packet_is_orig, CtScope::policy(starter.reversed()));
+    let e = &mut s.entry;
+    e.snat_addr = A::default();
+    e.dnat_addr = A::default();
+    (e.snat_port, e.dnat_port, e.flags, e.state, e._pad) = (0, 0, CT_F_POLICY, 0, 0);
+    (e.mapping_id, e.policy_epoch, e.container_id) = (0, container.policy_epoch, container.id);
+    settled(conntrack::create_verdict(&s.key, &s.reply_key, &mut s.entry, packet_is_orig, len, cfg))
+}
+
+/// `dst` = `k` (reversed if `reversed`) in `scope`, written in place.
+#[inline(always)]
+fn write_key<A: Family>(dst: &mut CtKey<A>, k: &CtKey<A>, reversed: bool, scope: CtScope) {
+    if reversed {
+        (dst.saddr, dst.daddr, dst.sport, dst.dport) = (k.daddr, k.saddr, k.dport, k.sport);
+        dst.icmp_type = if k.proto == A::ICMP_PROTO { A::peer_echo_type(k.icmp_type) } else { k.icmp_type };
+    } else {
+        (dst.saddr, dst.daddr, dst.sport, dst.dport, dst.icmp_type) = (k.saddr, k.daddr, k.sport, k.dport, k.icmp_type);
+    }
+    (dst.proto, dst.scope, dst._pad) = (k.proto, scope as u8, 0);
+}
+
 /// [`remember`] for a flow its container starts that masquerade will
 /// translate: one NAT entry, pending the translation the uplink completes
 /// (no verdict pair to delete then). A sibling of [`remember`], not a
@@ -201,9 +241,15 @@ pub fn judge<A: Family>(
     let flow = match parsed {
         Ok(flow) => flow,
         Err(NoFlow::OtherEtherType) => return Ok(()),
+        // Neighbour discovery that stays on the link is its plumbing (as
+        // ARP); addressed beyond it, it would be forwarded unjudged.
+        Err(NoFlow::Neighbour(dst)) => {
+            return if dst.link_scoped() || dst.in_subnet(cfg) { Ok(()) } else { Err(DropReason::Policy) }
+        }
+        Err(NoFlow::BadHeaders) => return Err(DropReason::Ipv6Headers),
         Err(NoFlow::Malformed) => return Err(DropReason::Malformed),
         Err(NoFlow::LaterFragment(frag)) => return fragment::follows(frag, CtScope::policy(direction)),
-        Err(NoFlow::IcmpError) => return related_error::<A>(ctx, container, direction),
+        Err(NoFlow::IcmpError(icmp_off)) => return related_error::<A>(ctx, *icmp_off as usize, container, direction),
         Err(NoFlow::IcmpOther(key)) => return judge_untracked(key, container, direction, cfg),
     };
     let key = flow.key.in_scope(CtScope::policy(direction));
@@ -216,10 +262,27 @@ pub fn judge<A: Family>(
         fragment::first(flow, CtScope::policy(direction));
         return Ok(());
     }
-    if translated_verdict(flow, container, direction)? {
+    if A::HAS_NAT && translated_verdict(flow, container, direction)? {
         fragment::first(flow, CtScope::policy(direction));
         return Ok(());
     }
+    if A::IN_SCRATCH {
+        new_flow_apart(ctx, flow, container, direction, cfg)
+    } else {
+        new_flow(ctx, flow, container, direction, cfg)
+    }
+}
+
+/// [`new_flow`] in a frame of its own (IPv6's tuples would otherwise all
+/// sit in [`judge`]'s).
+#[inline(never)]
+fn new_flow_apart<A: Family>(
+    ctx: &TcContext,
+    flow: &Flow<A>,
+    container: &ContainerEntry,
+    direction: Direction,
+    cfg: &DatapathConfig,
+) -> Result<(), DropReason> {
     new_flow(ctx, flow, container, direction, cfg)
 }
 
@@ -318,6 +381,14 @@ fn new_flow<A: Family>(
             || !allows(container, starter, remote, proto, flow.policy_port(false)))
     {
         return Err(DropReason::Policy);
+    }
+    if A::IN_SCRATCH {
+        // No masquerade to wait for (no NAT), no tracer: the verdict pair
+        // is written from the packet's tuple, with no copy of the flow's on
+        // the stack.
+        remember_in_scratch(&flow.key, starter, own, container, ctx.len())?;
+        fragment::first(flow, CtScope::policy(direction));
+        return Ok(());
     }
     let orig = if own { flow.key } else { flow.key.reversed() };
     if own && direction == Direction::Out && A::masquerades(&orig, cfg) {
@@ -476,6 +547,9 @@ fn icc_denies<A: Family>(
 /// tuple as the container sends it is then tracked in the NAT scope.
 #[inline(always)]
 fn translated<A: Family>(flow: &Flow<A>, direction: Direction) -> bool {
+    if !A::HAS_NAT {
+        return false;
+    }
     let sent = match direction {
         Direction::Out => flow.key,
         Direction::In => flow.key.reversed(),
@@ -524,10 +598,11 @@ fn judge_untracked<A: Family>(
 #[inline(never)]
 fn related_error<A: Family>(
     ctx: &TcContext,
+    icmp_off: usize,
     container: &ContainerEntry,
     direction: Direction,
 ) -> Result<(), DropReason> {
-    let Some(quoted) = A::quoted_error(ctx)? else { return Err(DropReason::Policy) };
+    let Some(quoted) = A::quoted_error(ctx, icmp_off)? else { return Err(DropReason::Policy) };
     let key = quoted.reversed().in_scope(CtScope::policy(direction));
     if let Some(entry) = conntrack::lookup(&key) {
         // SAFETY: map value pointer, valid during the run.
@@ -540,6 +615,9 @@ fn related_error<A: Family>(
         Direction::Out => quoted.reversed(),
         Direction::In => quoted,
     };
+    if !A::HAS_NAT {
+        return Err(DropReason::Policy);
+    }
     match conntrack::lookup(&sent.in_scope(CtScope::Nat)) {
         // SAFETY: map value pointer, valid during the run.
         Some(entry) if unsafe { (*entry).verdict_of(container.id) } => Ok(()),

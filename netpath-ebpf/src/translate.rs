@@ -94,7 +94,7 @@ pub fn translate_parsed4(
         // Only ported flows are translated (protocols without ports are
         // never published, and policy judges them).
         Ok(flow) if flow.ported => flow,
-        Err(NoFlow::IcmpError) => return icmp_error::translate4(ctx, cfg, false),
+        Err(NoFlow::IcmpError(_)) => return icmp_error::translate4(ctx, cfg, false),
         Err(NoFlow::LaterFragment(frag)) => return fragment::translate_later4(ctx, frag).map(|_| ()),
         _ => return Ok(()),
     };
@@ -223,7 +223,7 @@ pub fn translate_outbound4(ctx: &TcContext) -> Result<(), DropReason> {
         return Ok(());
     }
     let flow = match flow::parse4(ctx) {
-        Err(NoFlow::IcmpError) => {
+        Err(NoFlow::IcmpError(_)) => {
             let saddr = packet::load(ctx, EthHdr::LEN + IP_SRC_OFF)?;
             // The host's own error about a packet it routed (TTL, MTU).
             if !cfg.in_subnet4(saddr) {
@@ -255,7 +255,7 @@ pub fn translate_outbound4(ctx: &TcContext) -> Result<(), DropReason> {
             Ok(saddr) => return untranslatable4(cfg, saddr, DropReason::Malformed),
             Err(_) => return Ok(()),
         },
-        Err(NoFlow::OtherEtherType) => return Ok(()),
+        Err(NoFlow::OtherEtherType | NoFlow::Neighbour(_) | NoFlow::BadHeaders) => return Ok(()),
     };
     // Only the containers' own traffic: the host's, and replies of
     // published ports (already translated on the veth), keep their source.
@@ -323,6 +323,20 @@ fn new_masquerade4(
 fn untranslatable4(cfg: &DatapathConfig, saddr: [u8; 4], reason: DropReason) -> Result<(), DropReason> {
     if cfg.in_subnet4(saddr) && !cfg.has(CFG_F_ROUTED) {
         return Err(reason);
+    }
+    Ok(())
+}
+
+/// What leaves through the uplink over IPv6: IPv6 is not masqueraded yet,
+/// so a container's packet leaves only when the instance routes (its
+/// address is then reachable); otherwise it is dropped, never sent with a
+/// private source. The host's own traffic passes.
+#[inline(never)]
+pub fn outbound6(ctx: &TcContext) -> Result<(), DropReason> {
+    let Some(cfg) = config() else { return Ok(()) };
+    let Ok(saddr) = crate::ipv6::source6(ctx) else { return Ok(()) };
+    if cfg.in_subnet6(saddr) && !cfg.has(CFG_F_ROUTED) {
+        return Err(DropReason::NatUnavailable);
     }
     Ok(())
 }

@@ -22,11 +22,11 @@ use aya_ebpf::btf_maps::lpm_trie::Key;
 use netpath_common::{
     config::{CFG_F_DENIED_SOURCES, CFG_F_GUARDED_PORTS, CFG_F_ROUTED},
     uplink_guard::guarded_bit,
-    DatapathConfig, DropReason,
+    DatapathConfig, DropReason, In6Addr,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
-    ip::Ipv4Hdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
 };
 
 use crate::{
@@ -42,7 +42,10 @@ use crate::{
 /// NAT chain, which needs all of the 512-byte stack it can get. Two
 /// arguments, both pointers.
 #[inline(never)]
-pub fn judge4(pkt: &impl Packet, cfg: &DatapathConfig) -> Result<(), DropReason> {
+pub fn judge(pkt: &impl Packet, cfg: &DatapathConfig) -> Result<(), DropReason> {
+    if crate::packet::is_ipv6(pkt) {
+        return judge6(pkt, cfg);
+    }
     let (Some(eth), Some(ip)) = (ptr_at::<EthHdr>(pkt, 0), ptr_at::<Ipv4Hdr>(pkt, EthHdr::LEN)) else {
         return Ok(());
     };
@@ -91,4 +94,18 @@ fn guarded_unpublished4(pkt: &impl Packet, daddr: [u8; 4]) -> bool {
         return false;
     }
     mapping::lookup_on_host4(daddr, flow.key.dport, flow.key.proto).is_none()
+}
+
+/// The guard over IPv6: containers' addresses are reachable from outside
+/// only when the instance routes (IPv6 publishes no ports yet). Denied
+/// sources and guarded ports are IPv4's for now.
+#[inline(always)]
+fn judge6(pkt: &impl Packet, cfg: &DatapathConfig) -> Result<(), DropReason> {
+    let Some(ip) = ptr_at::<Ipv6Hdr>(pkt, EthHdr::LEN) else { return Ok(()) };
+    // SAFETY: bounds checked by ptr_at.
+    let daddr = In6Addr::from_octets(unsafe { (*ip).dst_addr });
+    if !cfg.has(CFG_F_ROUTED) && cfg.in_subnet6(daddr) {
+        return Err(DropReason::NotPublished);
+    }
+    Ok(())
 }

@@ -1,12 +1,12 @@
 //! Agent configuration: defaults, an optional TOML file, then flags.
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
 use anyhow::{bail, Context as _, Result};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 /// Root of netpath's pins in bpffs; each instance has a directory below.
@@ -35,6 +35,12 @@ pub struct Config {
     pub subnet: Ipv4Net,
     /// Bridge address; the first host of the subnet when absent.
     pub gateway: Option<Ipv4Addr>,
+    /// IPv6 container subnet (a ULA or global unicast prefix, /64 to
+    /// /120). Absent: the instance carries no IPv6 and containers have it
+    /// turned off.
+    pub subnet6: Option<Ipv6Net>,
+    /// The bridge's IPv6 address; the subnet's `::1` when absent.
+    pub gateway6: Option<Ipv6Addr>,
     /// Desired state lives here (`state.json`).
     pub state_dir: Option<PathBuf>,
     pub socket: Option<PathBuf>,
@@ -144,6 +150,8 @@ impl Default for Config {
             bridge_ports: crate::agent::MAX_BRIDGE_PORTS,
             subnet: "10.77.0.0/16".parse().expect("valid default subnet"),
             gateway: None,
+            subnet6: None,
+            gateway6: None,
             state_dir: None,
             socket: None,
             pin_dir: None,
@@ -207,6 +215,7 @@ impl Config {
             }
             None => subnet.hosts().next().context("subnet has no host addresses")?,
         };
+        let net6 = resolve_net6(self.subnet6, self.gateway6.take())?;
         let ct = &self.conntrack;
         if self.mtu != 0 && !(576..=65535).contains(&self.mtu) {
             bail!("mtu {} is out of range: 576 to 65535, or 0 for the uplink's", self.mtu);
@@ -263,8 +272,62 @@ impl Config {
             bridge_ports: self.bridge_ports,
             subnet,
             gateway,
+            net6,
         })
     }
+}
+
+/// Shortest and longest IPv6 container prefixes: a /64 is what SLAAC-minded
+/// neighbours expect; past a /120 there is hardly room for containers.
+pub const SUBNET6_PREFIX_RANGE: std::ops::RangeInclusive<u8> = 64..=120;
+
+/// The instance's IPv6 subnet and the bridge's address in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Net6 {
+    pub subnet: Ipv6Net,
+    pub gateway: Ipv6Addr,
+}
+
+/// Checks `subnet6` and `gateway6` (the subnet's `::1` by default); None:
+/// the instance has no IPv6.
+fn resolve_net6(subnet6: Option<Ipv6Net>, gateway6: Option<Ipv6Addr>) -> Result<Option<Net6>> {
+    let Some(given) = subnet6 else {
+        if let Some(gw) = gateway6 {
+            bail!("gateway6 {gw} needs subnet6 (the instance has no IPv6 subnet)");
+        }
+        return Ok(None);
+    };
+    let subnet = given.trunc();
+    if subnet != given {
+        bail!("subnet6 {given} has host bits set (did you mean {subnet}?)");
+    }
+    if !SUBNET6_PREFIX_RANGE.contains(&subnet.prefix_len()) {
+        bail!(
+            "subnet6 {subnet} has prefix length /{}: it must be /{} to /{}",
+            subnet.prefix_len(),
+            SUBNET6_PREFIX_RANGE.start(),
+            SUBNET6_PREFIX_RANGE.end()
+        );
+    }
+    let first = subnet.network().segments()[0];
+    let unique_local = first & 0xfe00 == 0xfc00;
+    let global_unicast = first & 0xe000 == 0x2000;
+    if !(unique_local || global_unicast) {
+        bail!(
+            "subnet6 {subnet} is neither a unique local (fc00::/7) nor a global unicast (2000::/3) prefix \
+             (link-local, multicast, loopback and the like cannot be a container subnet)"
+        );
+    }
+    let gateway = match gateway6 {
+        Some(gw) => {
+            if !subnet.contains(&gw) || gw == subnet.network() {
+                bail!("gateway6 {gw} is not a host address of subnet6 {subnet} (its ::0 is the subnet-router anycast)");
+            }
+            gw
+        }
+        None => Ipv6Addr::from(u128::from(subnet.network()) + 1),
+    };
+    Ok(Some(Net6 { subnet, gateway }))
 }
 
 /// The API socket of an instance when not configured otherwise.
@@ -301,6 +364,8 @@ pub struct ResolvedConfig {
     pub bridge_ports: u32,
     pub subnet: Ipv4Net,
     pub gateway: Ipv4Addr,
+    /// The IPv6 subnet and gateway, if the instance carries IPv6.
+    pub net6: Option<Net6>,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
     pub pin_dir: PathBuf,
@@ -620,5 +685,43 @@ mod tests {
         assert!(c.resolve().is_err());
         let c = Config { subnet: "10.0.0.0/31".parse().unwrap(), ..Config::default() };
         assert!(c.resolve().unwrap_err().to_string().contains("too small"));
+    }
+
+    #[test]
+    fn ipv6_is_off_unless_configured() {
+        assert_eq!(Config::default().resolve().unwrap().net6, None);
+    }
+
+    #[test]
+    fn subnet6_and_gateway6() {
+        let c: Config = toml::from_str("subnet6 = \"fd00:77::/64\"\n").unwrap();
+        let net6 = c.resolve().unwrap().net6.unwrap();
+        assert_eq!(net6.subnet, "fd00:77::/64".parse::<Ipv6Net>().unwrap());
+        assert_eq!(net6.gateway, "fd00:77::1".parse::<Ipv6Addr>().unwrap());
+        let c: Config = toml::from_str("subnet6 = \"2001:db8:5::/112\"\ngateway6 = \"2001:db8:5::fffe\"\n").unwrap();
+        assert_eq!(c.resolve().unwrap().net6.unwrap().gateway, "2001:db8:5::fffe".parse::<Ipv6Addr>().unwrap());
+    }
+
+    #[test]
+    fn bad_subnet6_and_gateway6_are_named() {
+        let resolve = |subnet6: Option<&str>, gateway6: Option<&str>| {
+            let c = Config {
+                subnet6: subnet6.map(|s| s.parse().unwrap()),
+                gateway6: gateway6.map(|s| s.parse().unwrap()),
+                ..Config::default()
+            };
+            format!("{:#}", c.resolve().unwrap_err())
+        };
+        assert!(resolve(Some("fd00::1/64"), None).contains("host bits set (did you mean fd00::/64?)"));
+        for (bad, why) in [("fd00::/48", "/64 to /120"), ("fd00::/124", "/64 to /120")] {
+            assert!(resolve(Some(bad), None).contains(why), "{bad}");
+        }
+        for bad in ["fe80::/64", "ff02::/64", "::/64", "::ffff:0:0/96", "100::/64"] {
+            let e = resolve(Some(bad), None);
+            assert!(e.contains("neither a unique local"), "{bad}: {e}");
+        }
+        assert!(resolve(Some("fd00::/64"), Some("fd01::1")).contains("not a host address of subnet6"));
+        assert!(resolve(Some("fd00::/64"), Some("fd00::")).contains("subnet-router anycast"));
+        assert!(resolve(None, Some("fd00::1")).contains("needs subnet6"));
     }
 }

@@ -1,11 +1,14 @@
-//! Address management for the container subnet.
+//! Address management for the container subnets, one allocator per
+//! family (`Ipam4`, `Ipam6`): the same bookkeeping over the family's
+//! addresses seen as integers.
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
-    net::Ipv4Addr,
+    fmt::{Debug, Display},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use thiserror::Error;
 
 /// How many given-back addresses are remembered in order. An older one is
@@ -16,40 +19,107 @@ pub const RELEASED_KEPT: usize = 4096;
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum IpamError {
     #[error("address {ip} is outside the container subnet {subnet}")]
-    OutsideSubnet { ip: Ipv4Addr, subnet: Ipv4Net },
-    #[error("address {ip} is reserved in subnet {subnet} (network, broadcast or gateway)")]
-    Reserved { ip: Ipv4Addr, subnet: Ipv4Net },
+    OutsideSubnet { ip: IpAddr, subnet: IpNet },
+    #[error("address {ip} is reserved in subnet {subnet} ({})", reserved_what(.ip))]
+    Reserved { ip: IpAddr, subnet: IpNet },
     #[error("address {ip} is already in use by container {owner:?}")]
-    InUse { ip: Ipv4Addr, owner: String },
+    InUse { ip: IpAddr, owner: String },
     #[error("subnet {subnet} is exhausted: all {capacity} container addresses are in use")]
-    Exhausted { subnet: Ipv4Net, capacity: u64 },
+    Exhausted { subnet: IpNet, capacity: u64 },
 }
 
-/// Hands out addresses of one subnet, skipping network, broadcast and
+fn reserved_what(ip: &IpAddr) -> &'static str {
+    match ip {
+        IpAddr::V4(_) => "network, broadcast or gateway",
+        IpAddr::V6(_) => "subnet-router anycast or gateway",
+    }
+}
+
+/// What an allocator needs of an address family: its addresses as
+/// integers, and which of a subnet's addresses containers may have.
+pub trait IpamFamily: Copy + Ord + Debug + Display + Into<IpAddr> {
+    type Net: Copy + Debug + Display + Into<IpNet>;
+
+    fn as_u128(self) -> u128;
+    fn from_u128(bits: u128) -> Self;
+    fn contains(net: &Self::Net, ip: Self) -> bool;
+    /// The first container address of `net` and the one past its last
+    /// (IPv4: without network and broadcast; IPv6: without the
+    /// subnet-router anycast `::0`).
+    fn host_range(net: &Self::Net) -> (u128, u128);
+}
+
+impl IpamFamily for Ipv4Addr {
+    type Net = Ipv4Net;
+
+    fn as_u128(self) -> u128 {
+        u32::from(self) as u128
+    }
+
+    fn from_u128(bits: u128) -> Self {
+        Ipv4Addr::from(bits as u32)
+    }
+
+    fn contains(net: &Ipv4Net, ip: Self) -> bool {
+        net.contains(&ip)
+    }
+
+    fn host_range(net: &Ipv4Net) -> (u128, u128) {
+        (net.network().as_u128() + 1, net.broadcast().as_u128())
+    }
+}
+
+impl IpamFamily for Ipv6Addr {
+    type Net = Ipv6Net;
+
+    fn as_u128(self) -> u128 {
+        u128::from(self)
+    }
+
+    fn from_u128(bits: u128) -> Self {
+        Ipv6Addr::from(bits)
+    }
+
+    fn contains(net: &Ipv6Net, ip: Self) -> bool {
+        net.contains(&ip)
+    }
+
+    fn host_range(net: &Ipv6Net) -> (u128, u128) {
+        // The last address (all ones) is an ordinary one in IPv6; the end is
+        // exclusive, so it saturates for a /0 that config never allows.
+        let start = u128::from(net.network());
+        (start + 1, start.saturating_add(1u128.checked_shl(128 - net.prefix_len() as u32).unwrap_or(u128::MAX)))
+    }
+}
+
+/// Hands out addresses of one subnet, skipping the reserved ones and the
 /// gateway: the lowest address never used first, then the ones given back,
 /// the longest-free first. So a new container does not get the address of
 /// one that just left, and with it the replies still in flight to it.
 /// Pure bookkeeping: the agent rebuilds it from its state.
 #[derive(Clone, Debug)]
-pub struct Ipam4 {
-    subnet: Ipv4Net,
-    gateway: Ipv4Addr,
-    used: BTreeMap<Ipv4Addr, String>,
+pub struct Ipam<A: IpamFamily> {
+    subnet: A::Net,
+    gateway: A,
+    used: BTreeMap<A, String>,
     /// Given back and not handed out since, the earliest first.
-    released: VecDeque<Ipv4Addr>,
-    /// Every address in `used` or `released` (as u32): what the search for
-    /// a never-used address skips.
-    taken: BTreeSet<u32>,
+    released: VecDeque<A>,
+    /// Every address in `used` or `released` (as an integer): what the
+    /// search for a never-used address skips.
+    taken: BTreeSet<u128>,
     /// Every address below this one is taken (or the gateway): the search
     /// starts here, so that it costs the same with 10 or 10000 containers.
-    floor: u32,
+    floor: u128,
 }
+
+pub type Ipam4 = Ipam<Ipv4Addr>;
+pub type Ipam6 = Ipam<Ipv6Addr>;
 
 /// Puts `ip` at the back of the queue of released addresses (once), which
 /// keeps the latest [`RELEASED_KEPT`]: the allocator's queue, and the saved
 /// state's when its journal is replayed.
 /// Returns the address it forgot to make room, if any.
-pub fn remember_released(released: &mut VecDeque<Ipv4Addr>, ip: Ipv4Addr) -> Option<Ipv4Addr> {
+pub fn remember_released<A: PartialEq>(released: &mut VecDeque<A>, ip: A) -> Option<A> {
     released.retain(|r| *r != ip);
     released.push_back(ip);
     if released.len() > RELEASED_KEPT {
@@ -58,48 +128,49 @@ pub fn remember_released(released: &mut VecDeque<Ipv4Addr>, ip: Ipv4Addr) -> Opt
     None
 }
 
-impl Ipam4 {
-    pub fn new(subnet: Ipv4Net, gateway: Ipv4Addr) -> Ipam4 {
-        Ipam4 {
+impl<A: IpamFamily> Ipam<A> {
+    pub fn new(subnet: A::Net, gateway: A) -> Ipam<A> {
+        Ipam {
             subnet,
             gateway,
             used: Default::default(),
             released: Default::default(),
             taken: Default::default(),
-            floor: u32::from(subnet.network()) + 1,
+            floor: A::host_range(&subnet).0,
         }
     }
 
     /// An allocator that remembers addresses given back before (as
-    /// [`Ipam4::released`] listed them); ones that are not usable are skipped.
-    pub fn with_released<'a>(
-        subnet: Ipv4Net,
-        gateway: Ipv4Addr,
-        released: impl IntoIterator<Item = &'a Ipv4Addr>,
-    ) -> Ipam4 {
-        let mut ipam = Ipam4::new(subnet, gateway);
+    /// [`Ipam::released`] listed them); ones that are not usable are skipped.
+    pub fn with_released<'a>(subnet: A::Net, gateway: A, released: impl IntoIterator<Item = &'a A>) -> Ipam<A>
+    where
+        A: 'a,
+    {
+        let mut ipam = Ipam::new(subnet, gateway);
         for ip in released {
             ipam.release(*ip);
         }
         ipam
     }
 
-    fn check_usable(&self, ip: Ipv4Addr) -> Result<(), IpamError> {
-        if !self.subnet.contains(&ip) {
-            return Err(IpamError::OutsideSubnet { ip, subnet: self.subnet });
+    fn check_usable(&self, ip: A) -> Result<(), IpamError> {
+        let (ipa, subnet) = (ip.into(), self.subnet.into());
+        if !A::contains(&self.subnet, ip) {
+            return Err(IpamError::OutsideSubnet { ip: ipa, subnet });
         }
-        if ip == self.subnet.network() || ip == self.subnet.broadcast() || ip == self.gateway {
-            return Err(IpamError::Reserved { ip, subnet: self.subnet });
+        let (start, end) = A::host_range(&self.subnet);
+        if !(start..end).contains(&ip.as_u128()) || ip == self.gateway {
+            return Err(IpamError::Reserved { ip: ipa, subnet });
         }
         if let Some(owner) = self.used.get(&ip) {
-            return Err(IpamError::InUse { ip, owner: owner.clone() });
+            return Err(IpamError::InUse { ip: ipa, owner: owner.clone() });
         }
         Ok(())
     }
 
     /// Reserves `ip` for `owner`, or the next address in order (see
-    /// [`Ipam4`]) if `ip` is None.
-    pub fn allocate(&mut self, owner: &str, ip: Option<Ipv4Addr>) -> Result<Ipv4Addr, IpamError> {
+    /// [`Ipam`]) if `ip` is None.
+    pub fn allocate(&mut self, owner: &str, ip: Option<A>) -> Result<A, IpamError> {
         let ip = match ip {
             Some(ip) => {
                 self.check_usable(ip)?;
@@ -109,46 +180,52 @@ impl Ipam4 {
         };
         self.released.retain(|r| *r != ip);
         self.used.insert(ip, owner.to_string());
-        self.taken.insert(u32::from(ip));
+        self.taken.insert(ip.as_u128());
         Ok(ip)
     }
 
-    fn next_free(&mut self) -> Result<Ipv4Addr, IpamError> {
+    fn next_free(&mut self) -> Result<A, IpamError> {
         if let Some(ip) = self.never_used() {
             return Ok(ip);
         }
-        self.released.front().copied().ok_or(IpamError::Exhausted { subnet: self.subnet, capacity: self.capacity() })
+        self.released
+            .front()
+            .copied()
+            .ok_or(IpamError::Exhausted { subnet: self.subnet.into(), capacity: self.capacity() })
     }
 
     /// The lowest address neither in use nor remembered as given back.
-    fn never_used(&mut self) -> Option<Ipv4Addr> {
-        let end = u32::from(self.subnet.broadcast());
-        let gateway = u32::from(self.gateway);
+    /// Bounded: each step skips the gateway or a taken address.
+    fn never_used(&mut self) -> Option<A> {
+        let end = A::host_range(&self.subnet).1;
+        let gateway = self.gateway.as_u128();
         let mut candidate = self.floor;
         while candidate < end && (candidate == gateway || self.taken.contains(&candidate)) {
             candidate += 1;
         }
         self.floor = candidate;
-        (candidate < end).then(|| Ipv4Addr::from(candidate))
+        (candidate < end).then(|| A::from_u128(candidate))
     }
 
-    /// Usable container addresses: hosts minus the gateway.
+    /// Usable container addresses: the subnet's minus the reserved ones and
+    /// the gateway (saturating: an IPv6 /64 holds more than u64 counts).
     pub fn capacity(&self) -> u64 {
-        (1u64 << (32 - self.subnet.prefix_len())).saturating_sub(3)
+        let (start, end) = A::host_range(&self.subnet);
+        u64::try_from((end - start).saturating_sub(1)).unwrap_or(u64::MAX)
     }
 
     /// Gives `ip` back: it is handed out again after every address that is
     /// free for longer. Addresses that are not container addresses of the
     /// subnet are ignored.
-    pub fn release(&mut self, ip: Ipv4Addr) {
+    pub fn release(&mut self, ip: A) {
         self.used.remove(&ip);
         if self.check_usable(ip).is_err() {
             return;
         }
-        self.taken.insert(u32::from(ip));
+        self.taken.insert(ip.as_u128());
         // Forgotten, the oldest released address counts as never used again.
         if let Some(forgotten) = remember_released(&mut self.released, ip) {
-            let forgotten = u32::from(forgotten);
+            let forgotten = forgotten.as_u128();
             self.taken.remove(&forgotten);
             self.floor = self.floor.min(forgotten);
         }
@@ -156,7 +233,7 @@ impl Ipam4 {
 
     /// The addresses given back and not handed out since, the earliest
     /// first (to persist them).
-    pub fn released(&self) -> VecDeque<Ipv4Addr> {
+    pub fn released(&self) -> VecDeque<A> {
         self.released.clone()
     }
 
@@ -329,5 +406,63 @@ mod tests {
         let got: Vec<_> = (0..5).map(|n| i.allocate(&n.to_string(), None).unwrap().octets()[3]).collect();
         assert_eq!(got, vec![1, 2, 3, 4, 5]);
         assert!(i.allocate("x", None).is_err());
+    }
+
+    fn ip6(s: &str) -> Ipv6Addr {
+        s.parse().unwrap()
+    }
+
+    fn ipam6(net: &str) -> Ipam6 {
+        let net: Ipv6Net = net.parse().unwrap();
+        Ipam6::new(net, Ipv6Addr::from(u128::from(net.network()) + 1))
+    }
+
+    #[test]
+    fn ipv6_allocates_in_order_skipping_anycast_and_gateway() {
+        let mut i = ipam6("fd00:77::/64");
+        assert_eq!(i.allocate("a", None).unwrap(), ip6("fd00:77::2"));
+        assert_eq!(i.allocate("b", None).unwrap(), ip6("fd00:77::3"));
+        i.release(ip6("fd00:77::2"));
+        assert_eq!(i.allocate("c", None).unwrap(), ip6("fd00:77::4"));
+        assert_eq!(i.released(), vec![ip6("fd00:77::2")]);
+        assert_eq!(i.capacity(), u64::MAX - 1, "2^64 addresses minus ::0 and the gateway");
+        // The last address of the prefix is an ordinary one.
+        assert_eq!(
+            i.allocate("d", Some(ip6("fd00:77::ffff:ffff:ffff:ffff"))).unwrap(),
+            ip6("fd00:77::ffff:ffff:ffff:ffff")
+        );
+    }
+
+    #[test]
+    fn ipv6_explicit_address_checks() {
+        let mut i = ipam6("fd00:77::/120");
+        i.allocate("a", Some(ip6("fd00:77::50"))).unwrap();
+        assert_eq!(
+            i.allocate("b", Some(ip6("fd00:77::50"))),
+            Err(IpamError::InUse { ip: "fd00:77::50".parse().unwrap(), owner: "a".into() })
+        );
+        assert!(matches!(i.allocate("b", Some(ip6("fd00:78::5"))), Err(IpamError::OutsideSubnet { .. })));
+        let anycast = i.allocate("b", Some(ip6("fd00:77::"))).unwrap_err();
+        assert!(anycast.to_string().contains("subnet-router anycast or gateway"), "{anycast}");
+        assert!(matches!(i.allocate("b", Some(ip6("fd00:77::1"))), Err(IpamError::Reserved { .. })));
+        assert_eq!(i.allocate("c", Some(ip6("fd00:77::ff"))).unwrap(), ip6("fd00:77::ff"));
+    }
+
+    #[test]
+    fn ipv6_exhaustion_and_the_queue_after_a_restart() {
+        let net: Ipv6Net = "fd00:77::/126".parse().unwrap(); // ::1 gateway; ::2, ::3 usable
+        let mut i = Ipam6::new(net, ip6("fd00:77::1"));
+        assert_eq!(i.capacity(), 2);
+        i.allocate("a", None).unwrap();
+        i.allocate("b", None).unwrap();
+        let err = i.allocate("x", None).unwrap_err();
+        assert_eq!(err, IpamError::Exhausted { subnet: "fd00:77::/126".parse().unwrap(), capacity: 2 });
+        i.release(ip6("fd00:77::3"));
+        i.release(ip6("fd00:77::2"));
+        let mut saved = i.released();
+        saved.push_back(ip6("fd00:77::1"));
+        let mut j = Ipam6::with_released(net, ip6("fd00:77::1"), &saved);
+        assert_eq!(j.released(), vec![ip6("fd00:77::3"), ip6("fd00:77::2")]);
+        assert_eq!(j.allocate("y", None).unwrap(), ip6("fd00:77::3"));
     }
 }

@@ -1,7 +1,10 @@
 //! The API's data types (JSON over the agent's Unix socket, version 1).
 //! Shared by the agent, `netpathctl` and the tests.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +23,10 @@ pub struct ContainerRequest {
     /// A specific address from the subnet; the next free one if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<Ipv4Addr>,
+    /// A specific address from the IPv6 subnet; the next free one if absent
+    /// (only on an instance with `subnet6`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     /// Name of the interface inside the netns [default: eth0].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ifname: Option<String>,
@@ -77,6 +84,10 @@ pub struct Container {
     /// The netns path as given (resolved to a path).
     pub netns: String,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address (None: the instance has no IPv6 subnet, or had none
+    /// when the container was attached).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     pub mac: String,
     /// Host-side veth name and ifindex.
     pub veth: String,
@@ -113,6 +124,11 @@ pub struct NetworkInfo {
     pub bridge: String,
     pub subnet: ipnet::Ipv4Net,
     pub gateway: Ipv4Addr,
+    /// The IPv6 subnet and gateway, if the instance has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<ipnet::Ipv6Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
     pub mtu: u32,
 }
 
@@ -216,6 +232,11 @@ pub struct Status {
     pub bridges: Vec<BridgeStatus>,
     pub subnet: String,
     pub gateway: Ipv4Addr,
+    /// The IPv6 subnet and gateway (None: the instance has no IPv6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
     pub uplink: Option<String>,
     pub pin_dir: String,
     pub attach_points: Vec<AttachPoint>,
@@ -395,9 +416,9 @@ impl MappingRequest {
 /// One direction of a tracked flow, as the packet carries it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Tuple {
-    pub src: Ipv4Addr,
+    pub src: std::net::IpAddr,
     pub sport: u16,
-    pub dst: Ipv4Addr,
+    pub dst: std::net::IpAddr,
     pub dport: u16,
 }
 
@@ -445,9 +466,9 @@ pub struct RuleRequest {
     pub container: String,
     pub action: crate::policy::Action,
     pub direction: crate::policy::Direction,
-    /// An address or ADDRESS/PREFIX.
+    /// An IPv4 or IPv6 address or ADDRESS/PREFIX.
     pub cidr: String,
-    /// `tcp`, `udp`, `icmp`, with an optional `/PORT` or `/PORT-END`
+    /// `tcp`, `udp`, `icmp`, `icmpv6`, with an optional `/PORT` or `/PORT-END`
     /// (ICMP: message types); absent: any protocol.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<String>,

@@ -1,11 +1,11 @@
 //! Interface plumbing over rtnetlink: bridge, veth pairs, addresses, routes.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{anyhow, Context as _, Result};
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
-    address::AddressAttribute,
+    address::{AddressAttribute, AddressFlags},
     link::{LinkAttribute, LinkMessage},
 };
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -97,16 +97,24 @@ impl Netlink {
         Ok(index)
     }
 
-    pub async fn ensure_address(&self, index: u32, addr: Ipv4Addr, prefix: u8) -> Result<()> {
+    /// Gives interface `index` the address `addr/prefix` unless it has it.
+    /// IPv6 addresses skip duplicate address detection (IFA_F_NODAD): the
+    /// agent hands them out, and a tentative address could not be used (nor
+    /// routed through) for the second DAD takes.
+    pub async fn ensure_address(&self, index: u32, addr: impl Into<IpAddr>, prefix: u8) -> Result<()> {
+        let addr = addr.into();
         let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
         while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
-            let has =
-                msg.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(a)) if *a == addr));
+            let has = msg.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(a) if *a == addr));
             if has && msg.header.prefix_len == prefix {
                 return Ok(());
             }
         }
-        match self.handle.address().add(index, IpAddr::V4(addr), prefix).execute().await {
+        let mut req = self.handle.address().add(index, addr, prefix);
+        if addr.is_ipv6() {
+            req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        match req.execute().await {
             Ok(()) => Ok(()),
             Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
             Err(e) => Err(e).with_context(|| format!("adding address {addr}/{prefix} to ifindex {index}")),
@@ -190,16 +198,35 @@ impl Netlink {
         }
     }
 
-    /// Every IPv4 address in the namespace, with its interface index.
-    pub async fn ipv4_addresses(&self) -> Result<Vec<(Ipv4Addr, u32)>> {
+    /// Every address in the namespace, with its interface index.
+    pub async fn ip_addresses(&self) -> Result<Vec<(IpAddr, u32)>> {
         let mut out = vec![];
         let mut addrs = self.handle.address().get().execute();
         while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
             for a in &msg.attributes {
-                if let AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) = a {
+                if let AddressAttribute::Local(ip) | AddressAttribute::Address(ip) = a {
                     if !out.contains(&(*ip, msg.header.index)) {
                         out.push((*ip, msg.header.index));
                     }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every IPv4 address in the namespace, with its interface index.
+    pub async fn ipv4_addresses(&self) -> Result<Vec<(Ipv4Addr, u32)>> {
+        Ok(split_families(self.ip_addresses().await?).0)
+    }
+
+    /// IPv6 addresses of interface `index`, with their prefix lengths.
+    pub async fn ipv6_addresses_of(&self, index: u32) -> Result<Vec<(Ipv6Addr, u8)>> {
+        let mut out = vec![];
+        let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
+        while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
+            for a in &msg.attributes {
+                if let AddressAttribute::Address(IpAddr::V6(ip)) = a {
+                    out.push((*ip, msg.header.prefix_len));
                 }
             }
         }
@@ -307,6 +334,58 @@ impl Netlink {
         let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
         self.handle.route().add(route).execute().await.with_context(|| format!("adding default route via {gateway}"))
     }
+
+    /// The IPv6 default route via `gateway` out of `oif` (an IPv6 gateway
+    /// is judged on-link per interface).
+    pub async fn add_default_route6(&self, gateway: Ipv6Addr, oif: u32) -> Result<()> {
+        let route = RouteMessageBuilder::<Ipv6Addr>::new().gateway(gateway).output_interface(oif).build();
+        match self.handle.route().add(route).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("adding IPv6 default route via {gateway}")),
+        }
+    }
+
+    /// Gateways of the IPv6 default routes in the main table, with their
+    /// output interface.
+    pub async fn ipv6_default_gateways(&self) -> Result<Vec<(Ipv6Addr, Option<u32>)>> {
+        use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+        let mut out = vec![];
+        let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv6Addr>::new().build()).execute();
+        while let Some(msg) = routes.try_next().await.context("listing routes")? {
+            if msg.header.destination_prefix_length != 0 || msg.header.table != libc::RT_TABLE_MAIN {
+                continue;
+            }
+            let gateway = msg.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet6(gw)) => Some(*gw),
+                _ => None,
+            });
+            let oif = msg.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            });
+            if let Some(gateway) = gateway {
+                out.push((gateway, oif));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Addresses of one family, each with its interface index.
+pub type IfAddrs<A> = Vec<(A, u32)>;
+
+/// Addresses (with their interface index) split by family.
+pub fn split_families(addrs: IfAddrs<IpAddr>) -> (IfAddrs<Ipv4Addr>, IfAddrs<Ipv6Addr>) {
+    let mut v4 = vec![];
+    let mut v6 = vec![];
+    for (addr, index) in addrs {
+        match addr {
+            IpAddr::V4(a) => v4.push((a, index)),
+            IpAddr::V6(a) => v6.push((a, index)),
+        }
+    }
+    (v4, v6)
 }
 
 /// The MAC address of a link message, if it has one.
@@ -339,4 +418,19 @@ pub fn link_controller(link: &LinkMessage) -> Option<u32> {
 /// Is the link administratively up?
 pub fn link_is_up(link: &LinkMessage) -> bool {
     link.header.flags.contains(netlink_packet_route::link::LinkFlags::Up)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_split_by_family_keep_their_interfaces_and_order() {
+        let v4: Ipv4Addr = "198.18.0.1".parse().unwrap();
+        let v6: Ipv6Addr = "fd00:77::1".parse().unwrap();
+        let ll: Ipv6Addr = "fe80::4e:aff:fe00:1".parse().unwrap();
+        let (got4, got6) = split_families(vec![(v6.into(), 3), (v4.into(), 2), (ll.into(), 3)]);
+        assert_eq!(got4, vec![(v4, 2)]);
+        assert_eq!(got6, vec![(v6, 3), (ll, 3)]);
+    }
 }

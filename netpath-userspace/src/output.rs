@@ -38,6 +38,7 @@ pub fn containers_table(containers: &[Container]) -> String {
                 c.name.clone(),
                 c.runtime_name.clone().unwrap_or_else(|| "-".into()),
                 c.ip.to_string(),
+                c.ip6.map_or_else(|| "-".into(), |a| a.to_string()),
                 c.mac.clone(),
                 c.veth.clone(),
                 c.ifindex.to_string(),
@@ -45,7 +46,7 @@ pub fn containers_table(containers: &[Container]) -> String {
             ]
         })
         .collect();
-    table(&["NAME", "RUNTIME NAME", "IP", "MAC", "VETH", "IFINDEX", "NETNS"], &rows)
+    table(&["NAME", "RUNTIME NAME", "IP", "IP6", "MAC", "VETH", "IFINDEX", "NETNS"], &rows)
 }
 
 pub fn mappings_table(ms: &[Mapping]) -> String {
@@ -126,6 +127,9 @@ pub fn status_text(s: &Status) -> String {
     let mut out = String::new();
     out.push_str(&format!("instance  {} (netpath {})\n", s.instance, s.version));
     out.push_str(&format!("bridge    {} gateway {} subnet {}\n", s.bridge, s.gateway, s.subnet));
+    if let (Some(subnet6), Some(gateway6)) = (&s.subnet6, s.gateway6) {
+        out.push_str(&format!("ipv6      gateway {gateway6} subnet {subnet6}\n"));
+    }
     if s.bridges.len() > 1 {
         let list: Vec<String> = s.bridges.iter().map(|b| format!("{} ({} containers)", b.name, b.containers)).collect();
         out.push_str(&format!("bridges   {}\n", list.join(", ")));
@@ -227,6 +231,7 @@ pub fn status_text(s: &Status) -> String {
             vec![
                 c.container.name.clone(),
                 c.container.ip.to_string(),
+                c.container.ip6.map_or_else(|| "-".into(), |a| a.to_string()),
                 c.container.veth.clone(),
                 format!("{}/{}", c.stats.tx_packets, c.stats.tx_bytes),
                 format!("{}/{}", c.stats.rx_packets, c.stats.rx_bytes),
@@ -234,7 +239,7 @@ pub fn status_text(s: &Status) -> String {
             ]
         })
         .collect();
-    out.push_str(&table(&["NAME", "IP", "VETH", "TX PKTS/BYTES", "RX PKTS/BYTES", "DROPS"], &rows));
+    out.push_str(&table(&["NAME", "IP", "IP6", "VETH", "TX PKTS/BYTES", "RX PKTS/BYTES", "DROPS"], &rows));
     out
 }
 

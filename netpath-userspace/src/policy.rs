@@ -11,15 +11,19 @@
 use std::{
     collections::{BTreeMap, HashSet},
     fmt,
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
-use ipnet::Ipv4Net;
-use netpath_common::policy::{
-    self as rules, PolicyEntry, PolicyKey4, PolicyRule as DpRule, MAX_RULES_PER_PREFIX, POLICY_ALLOW, POLICY_DENY,
-    POLICY_KEY_FIXED_BITS,
-};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 pub use netpath_common::Direction;
+use netpath_common::{
+    conntrack::IPPROTO_ICMP,
+    family::IPPROTO_ICMPV6,
+    policy::{
+        self as rules, PolicyEntry, PolicyKey, PolicyKey4, PolicyKey6, PolicyRule as DpRule, MAX_RULES_PER_PREFIX,
+        POLICY_ALLOW, POLICY_DENY, POLICY_KEY_FIXED_BITS,
+    },
+};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -36,15 +40,22 @@ pub enum Action {
 pub enum RuleProto {
     Tcp,
     Udp,
+    /// The ICMP of the rule's family: ICMPv4 with an IPv4 CIDR, ICMPv6 with
+    /// an IPv6 one (ports are the family's message types).
     Icmp,
+    /// ICMPv6 (`icmpv6`, `ipv6-icmp`): only with an IPv6 CIDR.
+    Icmpv6,
 }
 
 impl RuleProto {
-    pub fn number(self) -> u8 {
+    /// The IP protocol number for a rule of the family `ipv6` says.
+    pub fn number(self, ipv6: bool) -> u8 {
         match self {
             RuleProto::Tcp => 6,
             RuleProto::Udp => 17,
-            RuleProto::Icmp => 1,
+            RuleProto::Icmp if ipv6 => IPPROTO_ICMPV6,
+            RuleProto::Icmp => IPPROTO_ICMP,
+            RuleProto::Icmpv6 => IPPROTO_ICMPV6,
         }
     }
 }
@@ -60,20 +71,22 @@ impl fmt::Display for RuleProto {
             RuleProto::Tcp => "tcp",
             RuleProto::Udp => "udp",
             RuleProto::Icmp => "icmp",
+            RuleProto::Icmpv6 => "icmpv6",
         })
     }
 }
 
 /// What a rule matches (all of it but the action): two rules with the
 /// same match clash.
-pub type RuleMatch = (Direction, Ipv4Net, Option<RuleProto>, Option<(u16, u16)>);
+pub type RuleMatch = (Direction, IpNet, Option<RuleProto>, Option<(u16, u16)>);
 
 /// One rule, as the operator wrote it (and as the API carries it).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Rule {
     pub action: Action,
     pub direction: Direction,
-    pub cidr: Ipv4Net,
+    /// An IPv4 or IPv6 prefix: the rule applies to flows of its family only.
+    pub cidr: IpNet,
     /// None: any protocol.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proto: Option<RuleProto>,
@@ -92,11 +105,27 @@ impl Rule {
         self.match_key() == other.match_key()
     }
 
+    /// Refuses a rule that mixes the families (an ICMPv6 filter on an IPv4
+    /// CIDR): it could never match.
+    pub fn check_family(&self) -> Result<(), RuleError> {
+        if self.proto == Some(RuleProto::Icmpv6) && matches!(self.cidr, IpNet::V4(_)) {
+            return Err(RuleError::MixedFamily(format!(
+                "icmpv6 is an IPv6 protocol but {} is an IPv4 CIDR (use icmp for ICMPv4, or an IPv6 CIDR)",
+                self.cidr
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn is_ipv6(&self) -> bool {
+        matches!(self.cidr, IpNet::V6(_))
+    }
+
     pub fn to_datapath(&self) -> DpRule {
         let (port_min, port_max) = self.ports.unwrap_or((0, 0));
         DpRule {
             prefix_len: self.cidr.prefix_len(),
-            proto: self.proto.map(RuleProto::number).unwrap_or(0),
+            proto: self.proto.map(|p| p.number(self.is_ipv6())).unwrap_or(0),
             action: if self.action == Action::Allow { POLICY_ALLOW } else { POLICY_DENY },
             has_ports: self.ports.is_some() as u8,
             port_min,
@@ -123,12 +152,14 @@ impl fmt::Display for Rule {
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum RuleError {
-    #[error("malformed CIDR {0:?}: expected an IPv4 address or ADDRESS/PREFIX")]
+    #[error("malformed CIDR {0:?}: expected an IPv4 or IPv6 address or ADDRESS/PREFIX")]
     Cidr(String),
     #[error("CIDR {given} has host bits set (did you mean {network}?)")]
-    HostBits { given: String, network: Ipv4Net },
-    #[error("malformed protocol {0:?}: expected tcp, udp or icmp, optionally /PORT or /PORT-END")]
+    HostBits { given: String, network: IpNet },
+    #[error("malformed protocol {0:?}: expected tcp, udp, icmp or icmpv6, optionally /PORT or /PORT-END")]
     Proto(String),
+    #[error("mixed address families: {0}")]
+    MixedFamily(String),
     #[error("port range {0} is reversed")]
     Reversed(String),
     #[error("port {0:?} is not a number from 0 to 65535")]
@@ -140,15 +171,15 @@ pub enum RuleError {
     #[error("no rule \"{0}\"")]
     NotFound(String),
     #[error("too many rules apply to {cidr}: {count} across it and the prefixes containing it (at most {MAX_RULES_PER_PREFIX})")]
-    TooMany { cidr: Ipv4Net, count: usize },
+    TooMany { cidr: IpNet, count: usize },
 }
 
-pub fn parse_cidr(s: &str) -> Result<Ipv4Net, RuleError> {
-    let net: Ipv4Net = if s.contains('/') {
+/// An IPv4 or IPv6 address (a /32 or /128) or ADDRESS/PREFIX.
+pub fn parse_cidr(s: &str) -> Result<IpNet, RuleError> {
+    let net: IpNet = if s.contains('/') {
         s.parse().map_err(|_| RuleError::Cidr(s.into()))?
     } else {
-        Ipv4Net::new(s.parse::<Ipv4Addr>().map_err(|_| RuleError::Cidr(s.into()))?, 32)
-            .map_err(|_| RuleError::Cidr(s.into()))?
+        IpNet::from(s.parse::<IpAddr>().map_err(|_| RuleError::Cidr(s.into()))?)
     };
     if net.trunc() != net {
         return Err(RuleError::HostBits { given: s.into(), network: net.trunc() });
@@ -169,6 +200,7 @@ pub fn parse_filter(s: &str) -> Result<Filter, RuleError> {
         "tcp" => RuleProto::Tcp,
         "udp" => RuleProto::Udp,
         "icmp" => RuleProto::Icmp,
+        "icmpv6" | "ipv6-icmp" => RuleProto::Icmpv6,
         "any" if ports.is_none() => return Ok((None, None)),
         _ => return Err(RuleError::Proto(s.into())),
     };
@@ -223,40 +255,68 @@ impl ContainerPolicy {
 
 /// The datapath image of one container's rules in one direction: one LPM
 /// entry per CIDR that has rules, holding its rules and those of every
-/// shorter CIDR containing it, best first.
+/// shorter CIDR containing it, best first. The families compile apart
+/// (a prefix of one never contains one of the other): `entries` go into
+/// POLICY4, `entries6` into POLICY6.
 pub struct Compiled {
     pub entries: BTreeMap<Ipv4Net, PolicyEntry>,
+    pub entries6: BTreeMap<Ipv6Net, PolicyEntry>,
+}
+
+impl Compiled {
+    /// Every compiled CIDR of both families.
+    pub fn cidrs(&self) -> impl Iterator<Item = IpNet> + '_ {
+        self.entries.keys().map(|n| IpNet::V4(*n)).chain(self.entries6.keys().map(|n| IpNet::V6(*n)))
+    }
+
+    pub fn get(&self, cidr: &IpNet) -> Option<&PolicyEntry> {
+        match cidr {
+            IpNet::V4(n) => self.entries.get(n),
+            IpNet::V6(n) => self.entries6.get(n),
+        }
+    }
+}
+
+/// LPM key and prefix length of the prefix `addr`/`prefix_len` of either
+/// family for container `id`, direction `d`.
+pub fn lpm_key<A>(id: u32, d: Direction, addr: A, prefix_len: u8) -> (u32, PolicyKey<A>) {
+    (POLICY_KEY_FIXED_BITS + prefix_len as u32, PolicyKey::new(id, d, addr))
 }
 
 /// LPM key and prefix length of `cidr` for container `id`, direction `d`.
 pub fn lpm_key4(id: u32, d: Direction, cidr: &Ipv4Net) -> (u32, PolicyKey4) {
-    (POLICY_KEY_FIXED_BITS + cidr.prefix_len() as u32, PolicyKey4::new(id, d, cidr.network().octets()))
+    lpm_key(id, d, cidr.network().octets(), cidr.prefix_len())
+}
+
+/// [`lpm_key4`] for POLICY6.
+pub fn lpm_key6(id: u32, d: Direction, cidr: &Ipv6Net) -> (u32, PolicyKey6) {
+    lpm_key(id, d, cidr.network().into(), cidr.prefix_len())
 }
 
 /// Compiles the rules of one direction. `only`: recompute just these CIDRs
 /// (the rest is unchanged); None: all of them.
-pub fn compile(rules: &[Rule], d: Direction, only: Option<&[Ipv4Net]>) -> Result<Compiled, RuleError> {
+pub fn compile(rules: &[Rule], d: Direction, only: Option<&[IpNet]>) -> Result<Compiled, RuleError> {
     // Recomputing a few CIDRs needs only the rules at them or at a prefix
     // containing them: adding one rule at 10000 then sorts a handful, not
     // all of them.
     let relevant =
         |r: &&Rule| r.direction == d && only.is_none_or(|targets| targets.iter().any(|t| r.cidr.contains(t)));
-    let mut by_cidr: BTreeMap<Ipv4Net, Vec<&Rule>> = BTreeMap::new();
+    let mut by_cidr: BTreeMap<IpNet, Vec<&Rule>> = BTreeMap::new();
     for r in rules.iter().filter(relevant) {
         by_cidr.entry(r.cidr).or_default().push(r);
     }
-    let cidrs: HashSet<Ipv4Net> = by_cidr.keys().copied().collect();
-    let targets: Vec<Ipv4Net> = match only {
+    let cidrs: HashSet<IpNet> = by_cidr.keys().copied().collect();
+    let targets: Vec<IpNet> = match only {
         Some(list) => list.iter().copied().filter(|c| cidrs.contains(c)).collect(),
         None => by_cidr.keys().copied().collect(),
     };
-    let mut entries = BTreeMap::new();
+    let mut compiled = Compiled { entries: BTreeMap::new(), entries6: BTreeMap::new() };
     for cidr in targets {
         let mut entry = PolicyEntry::default();
         let mut count = 0usize;
-        // Walk the CIDR and every shorter prefix containing it.
+        // Walk the CIDR and every shorter prefix (of its family) containing it.
         for len in (0..=cidr.prefix_len()).rev() {
-            let Ok(anc) = Ipv4Net::new(cidr.network(), len) else { continue };
+            let Ok(anc) = IpNet::new(cidr.network(), len) else { continue };
             let Some(rs) = by_cidr.get(&anc.trunc()) else { continue };
             for r in rs {
                 if count < MAX_RULES_PER_PREFIX {
@@ -270,15 +330,18 @@ pub fn compile(rules: &[Rule], d: Direction, only: Option<&[Ipv4Net]>) -> Result
         }
         entry.count = count as u32;
         entry.sort();
-        entries.insert(cidr, entry);
+        match cidr {
+            IpNet::V4(n) => compiled.entries.insert(n, entry),
+            IpNet::V6(n) => compiled.entries6.insert(n, entry),
+        };
     }
-    Ok(Compiled { entries })
+    Ok(compiled)
 }
 
 /// CIDRs whose entries change when a rule at `cidr` changes: it and every
 /// longer CIDR inside it that has rules.
-pub fn affected(rules: &[Rule], d: Direction, cidr: &Ipv4Net) -> Vec<Ipv4Net> {
-    let mut out: Vec<Ipv4Net> =
+pub fn affected(rules: &[Rule], d: Direction, cidr: &IpNet) -> Vec<IpNet> {
+    let mut out: Vec<IpNet> =
         rules.iter().filter(|r| r.direction == d && cidr.contains(&r.cidr)).map(|r| r.cidr).collect();
     out.push(*cidr);
     out.sort();
@@ -288,11 +351,12 @@ pub fn affected(rules: &[Rule], d: Direction, cidr: &Ipv4Net) -> Vec<Ipv4Net> {
 
 /// Judges flows as the datapath does, from the same compiled entries (for
 /// re-checking established flows when the policy changes). Built once per
-/// container; each verdict is a longest-prefix search of at most 33 steps.
+/// container; each verdict is a longest-prefix search of at most 33 (IPv6:
+/// 129) steps.
 pub struct Evaluator {
     default_in: Action,
     default_out: Action,
-    entries: std::collections::HashMap<(Direction, u8, u32), PolicyEntry>,
+    entries: std::collections::HashMap<(Direction, IpNet), PolicyEntry>,
 }
 
 impl Evaluator {
@@ -302,22 +366,25 @@ impl Evaluator {
             // Stored rules compiled when they were added; a failure cannot
             // happen here, and an empty map would mean "defaults only".
             if let Ok(c) = compile(&policy.rules, d, None) {
-                for (cidr, entry) in c.entries {
-                    entries.insert((d, cidr.prefix_len(), u32::from(cidr.network())), entry);
+                for cidr in c.cidrs() {
+                    if let Some(entry) = c.get(&cidr) {
+                        entries.insert((d, cidr), *entry);
+                    }
                 }
             }
         }
         Evaluator { default_in: policy.default_in, default_out: policy.default_out, entries }
     }
 
-    /// The datapath's verdict: the longest-prefix entry (it carries every
-    /// rule that covers the address), then `netpath_common::policy::allows`,
-    /// the same decision the kernel makes.
-    pub fn verdict(&self, d: Direction, remote: Ipv4Addr, proto: u8, port: u16) -> Action {
-        let addr = u32::from(remote);
-        let entry = (0..=32u8).rev().find_map(|len| {
-            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-            self.entries.get(&(d, len, addr & mask))
+    /// The datapath's verdict: the longest-prefix entry of the remote's
+    /// family (it carries every rule that covers the address), then
+    /// `netpath_common::policy::allows`, the same decision the kernel makes.
+    pub fn verdict(&self, d: Direction, remote: impl Into<IpAddr>, proto: u8, port: u16) -> Action {
+        let remote = remote.into();
+        let max_len = if remote.is_ipv6() { 128 } else { 32 };
+        let entry = (0..=max_len).rev().find_map(|len| {
+            let prefix = IpNet::new(remote, len).ok()?.trunc();
+            self.entries.get(&(d, prefix))
         });
         let default = if d == Direction::In { self.default_in } else { self.default_out };
         if rules::allows(entry, default == Action::Deny, proto, port) {
@@ -330,12 +397,14 @@ impl Evaluator {
 
 /// The verdict for one flow (builds an [`Evaluator`]; for many flows build
 /// it once).
-pub fn evaluate(policy: &ContainerPolicy, d: Direction, remote: Ipv4Addr, proto: u8, port: u16) -> Action {
+pub fn evaluate(policy: &ContainerPolicy, d: Direction, remote: impl Into<IpAddr>, proto: u8, port: u16) -> Action {
     Evaluator::new(policy).verdict(d, remote, proto, port)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     fn rule(action: Action, cidr: &str, filter: &str) -> Rule {
@@ -370,7 +439,7 @@ mod tests {
     }
 
     fn eval(p: &ContainerPolicy, ip: &str, proto: u8, port: u16) -> Action {
-        evaluate(p, Direction::In, ip.parse().unwrap(), proto, port)
+        evaluate(p, Direction::In, ip.parse::<IpAddr>().unwrap(), proto, port)
     }
 
     #[test]
@@ -407,7 +476,7 @@ mod tests {
         p.default_in = Action::Deny;
         assert_eq!(eval(&p, "10.0.0.1", 6, 1), Action::Allow);
         assert_eq!(eval(&p, "11.0.0.1", 6, 1), Action::Deny);
-        assert_eq!(evaluate(&p, Direction::Out, "11.0.0.1".parse().unwrap(), 6, 1), Action::Allow);
+        assert_eq!(evaluate(&p, Direction::Out, "11.0.0.1".parse::<Ipv4Addr>().unwrap(), 6, 1), Action::Allow);
     }
 
     #[test]
@@ -418,7 +487,7 @@ mod tests {
         );
         assert!(matches!(parse_cidr("10.0.0/8"), Err(RuleError::Cidr(_))));
         assert!(matches!(parse_cidr("10.0.0.0/33"), Err(RuleError::Cidr(_))));
-        assert_eq!(parse_cidr("10.0.0.7").unwrap(), "10.0.0.7/32".parse::<Ipv4Net>().unwrap());
+        assert_eq!(parse_cidr("10.0.0.7").unwrap(), "10.0.0.7/32".parse::<IpNet>().unwrap());
         assert!(matches!(parse_filter("tcp/90-80"), Err(RuleError::Reversed(_))));
         assert!(matches!(parse_filter("sctp"), Err(RuleError::Proto(_))));
         assert!(matches!(parse_filter("tcp/x"), Err(RuleError::Port(_))));
@@ -445,5 +514,49 @@ mod tests {
         let many: Vec<Rule> = (0..17).map(|i| rule(Action::Allow, "10.0.0.0/8", &format!("tcp/{i}"))).collect();
         assert!(matches!(compile(&many, Direction::In, None), Err(RuleError::TooMany { count: 17, .. })));
         assert_eq!(affected(&rules, Direction::In, &"10.0.0.0/8".parse().unwrap()).len(), 2);
+    }
+
+    #[test]
+    fn ipv6_rules_parse_compile_and_decide_apart_from_ipv4() {
+        assert_eq!(parse_cidr("fd00::7").unwrap(), "fd00::7/128".parse::<IpNet>().unwrap());
+        assert_eq!(
+            parse_cidr("fd00::1/64").unwrap_err(),
+            RuleError::HostBits { given: "fd00::1/64".into(), network: "fd00::/64".parse().unwrap() }
+        );
+        assert!(matches!(parse_cidr("fd00::/129"), Err(RuleError::Cidr(_))));
+        assert_eq!(parse_filter("icmpv6/128").unwrap(), (Some(RuleProto::Icmpv6), Some((128, 128))));
+        assert_eq!(parse_filter("ipv6-icmp").unwrap(), (Some(RuleProto::Icmpv6), None));
+        let p = policy(vec![
+            rule(Action::Deny, "::/0", "any"),
+            rule(Action::Allow, "fd00:1::/64", "tcp/80"),
+            rule(Action::Allow, "fd00:1::/64", "icmp/128"),
+            rule(Action::Deny, "10.0.0.0/8", "any"),
+        ]);
+        assert_eq!(eval(&p, "fd00:1::5", 6, 80), Action::Allow);
+        assert_eq!(eval(&p, "fd00:1::5", 6, 81), Action::Deny, "falls to ::/0");
+        assert_eq!(eval(&p, "fd00:1::5", IPPROTO_ICMPV6, 128), Action::Allow, "icmp means ICMPv6 for IPv6");
+        assert_eq!(eval(&p, "fd00:1::5", IPPROTO_ICMP, 128), Action::Deny);
+        assert_eq!(eval(&p, "192.168.0.1", 6, 80), Action::Allow, "::/0 is no IPv4 rule");
+        assert_eq!(eval(&p, "10.1.1.1", 6, 80), Action::Deny, "10/8 is no IPv6 rule");
+        let c = compile(&p.rules, Direction::In, None).unwrap();
+        assert_eq!(c.entries.len(), 1);
+        let e = &c.entries6[&"fd00:1::/64".parse().unwrap()];
+        assert_eq!(e.count, 3, "the /64's two rules and ::/0's");
+        assert!(e.rules[..3].iter().any(|r| r.proto == IPPROTO_ICMPV6 && r.port_min == 128));
+        assert_eq!(e.rules[2].prefix_len, 0);
+        // Keys: the fixed bits, then the prefix.
+        let (len, key) = lpm_key6(7, Direction::In, &"fd00:1::/64".parse().unwrap());
+        assert_eq!((len, key.addr.octets()[..2].to_vec()), (POLICY_KEY_FIXED_BITS + 64, vec![0xfd, 0]));
+        let targets = affected(&p.rules, Direction::In, &"::/0".parse().unwrap());
+        assert_eq!(targets.len(), 2, "::/0 and the /64 under it, no IPv4 CIDR: {targets:?}");
+    }
+
+    #[test]
+    fn rules_that_mix_families_are_refused() {
+        let r = rule(Action::Allow, "10.0.0.0/8", "icmpv6");
+        let e = r.check_family().unwrap_err();
+        assert!(e.to_string().contains("mixed address families: icmpv6 is an IPv6 protocol"), "{e}");
+        assert!(rule(Action::Allow, "fd00::/8", "icmpv6").check_family().is_ok());
+        assert!(rule(Action::Allow, "fd00::/8", "icmp").check_family().is_ok());
     }
 }

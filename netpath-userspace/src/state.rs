@@ -13,7 +13,7 @@ use std::{
     collections::VecDeque,
     fs,
     io::Write as _,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -68,6 +68,8 @@ pub enum Change {
     RemoveContainer {
         name: String,
         ip: Ipv4Addr,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ip6: Option<Ipv6Addr>,
     },
 }
 
@@ -92,13 +94,17 @@ impl Change {
             }
             Change::AddContainer { container, next_id } => {
                 state.released4.retain(|ip| *ip != container.ip);
+                state.released6.retain(|ip| Some(*ip) != container.ip6);
                 state.containers.push(container.clone());
                 state.next_id = state.next_id.max(*next_id);
             }
-            Change::RemoveContainer { name, ip } => {
+            Change::RemoveContainer { name, ip, ip6 } => {
                 state.containers.retain(|c| c.name != *name);
                 state.policies.remove(name);
                 let _ = crate::ipam::remember_released(&mut state.released4, *ip);
+                if let Some(ip6) = ip6 {
+                    let _ = crate::ipam::remember_released(&mut state.released6, *ip6);
+                }
             }
             Change::SetDefault { container, direction, action } => {
                 let p = state.policies.entry(container.clone()).or_default();
@@ -135,6 +141,9 @@ pub struct State {
     /// hands them out in the same order (see `Ipam4`).
     #[serde(default)]
     pub released4: VecDeque<Ipv4Addr>,
+    /// The same for the IPv6 subnet (`Ipam6`).
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    pub released6: VecDeque<Ipv6Addr>,
 }
 
 fn one() -> u32 {
@@ -268,6 +277,7 @@ mod tests {
                 name: "c1".into(),
                 netns: "/run/netns/c1".into(),
                 ip: "10.0.0.2".parse().unwrap(),
+                ip6: Some("fd00:77::2".parse().unwrap()),
                 mac: "02:4e:0a:00:00:02".into(),
                 veth: "npv1234".into(),
                 ifindex: 9,
@@ -280,6 +290,7 @@ mod tests {
             mappings: vec![],
             next_mapping_id: 3,
             released4: ["10.0.0.5".parse().unwrap(), "10.0.0.3".parse().unwrap()].into(),
+            released6: ["fd00:77::9".parse().unwrap()].into(),
             ..Default::default()
         };
         store.save(&state).unwrap();
@@ -295,11 +306,13 @@ mod tests {
         let mut store = StateStore::new(dir.path()).unwrap();
         let mut state = store.load().unwrap();
         state.released4 = ["10.0.0.9".parse().unwrap(), "10.0.0.4".parse().unwrap()].into();
+        state.released6 = ["fd00:77::9".parse().unwrap(), "fd00:77::4".parse().unwrap()].into();
         store.save(&state).unwrap();
         let container = |name: &str, ip: &str, id: u32| Container {
             name: name.into(),
             netns: format!("/run/netns/{name}"),
             ip: ip.parse().unwrap(),
+            ip6: Some(format!("fd00:77::{}", ip.rsplit('.').next().unwrap()).parse().unwrap()),
             mac: "02:4e:0a:00:00:02".into(),
             veth: format!("npv{id}"),
             ifindex: 10 + id,
@@ -313,7 +326,11 @@ mod tests {
             Change::AddContainer { container: container("a", "10.0.0.9", 1), next_id: 2 },
             Change::AddContainer { container: container("b", "10.0.0.2", 2), next_id: 3 },
             Change::SetDefault { container: "a".into(), direction: Direction::In, action: Action::Deny },
-            Change::RemoveContainer { name: "a".into(), ip: "10.0.0.9".parse().unwrap() },
+            Change::RemoveContainer {
+                name: "a".into(),
+                ip: "10.0.0.9".parse().unwrap(),
+                ip6: Some("fd00:77::9".parse().unwrap()),
+            },
         ];
         for change in &changes {
             change.apply(&mut state);
@@ -327,6 +344,8 @@ mod tests {
         // 10.0.0.9 was handed out, then given back: now the last in line.
         let queue: Vec<String> = loaded.released4.iter().map(|ip| ip.to_string()).collect();
         assert_eq!(queue, ["10.0.0.4", "10.0.0.9"]);
+        let queue6: Vec<String> = loaded.released6.iter().map(|ip| ip.to_string()).collect();
+        assert_eq!(queue6, ["fd00:77::4", "fd00:77::9"]);
     }
 
     #[test]
@@ -334,7 +353,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = StateStore::new(dir.path()).unwrap();
         fs::write(store.path(), br#"{"version":1,"next_id":3,"containers":[]}"#).unwrap();
-        assert!(store.load().unwrap().released4.is_empty());
+        let loaded = store.load().unwrap();
+        assert!(loaded.released4.is_empty() && loaded.released6.is_empty());
+        // An old journal line without ip6 still replays.
+        let line = r#"{"remove_container":{"name":"x","ip":"10.0.0.7"}}"#;
+        let change: Change = serde_json::from_str(line).unwrap();
+        assert_eq!(change, Change::RemoveContainer { name: "x".into(), ip: "10.0.0.7".parse().unwrap(), ip6: None });
     }
 
     fn mapping(id: u32, port: u16) -> Mapping {

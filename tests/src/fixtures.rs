@@ -54,7 +54,7 @@ pub fn config(flags: u32) -> DatapathConfig {
 pub fn container(ip: [u8; 4], mac: [u8; 6], id: u32, extra_flags: u16) -> ContainerEntry {
     ContainerEntry {
         ipv4: ip,
-        ipv6: [0; 16],
+        ipv6: netpath_common::In6Addr::UNSPECIFIED,
         mac,
         flags: CONTAINER_F_IPV4 | extra_flags,
         ifindex: TEST_IFINDEX,

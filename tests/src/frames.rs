@@ -200,6 +200,128 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
     }
 }
 
+// IPv6. No header checksum; the TCP, UDP and ICMPv6 checksums cover a
+// pseudo-header of both addresses, the upper-layer length and the next
+// header (RFC 8200 section 8.1).
+
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// An IPv6 header (hop limit 64) around `payload`, whose first header is
+/// `next`.
+/// The EUI-64 link-local address (RFC 4291 appendix A) the kernel gives
+/// an interface with `mac`: fe80::/64, the MAC split by ff:fe, the
+/// universal/local bit flipped.
+pub fn link_local(mac: [u8; 6]) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[..2].copy_from_slice(&[0xfe, 0x80]);
+    a[8..11].copy_from_slice(&mac[..3]);
+    a[8] ^= 0x02;
+    a[11..13].copy_from_slice(&[0xff, 0xfe]);
+    a[13..].copy_from_slice(&mac[3..]);
+    a
+}
+
+pub fn ipv6(src: [u8; 16], dst: [u8; 16], next: u8, payload: &[u8]) -> Vec<u8> {
+    ipv6_hop_limit(src, dst, next, 64, payload)
+}
+
+pub fn ipv6_hop_limit(src: [u8; 16], dst: [u8; 16], next: u8, hop_limit: u8, payload: &[u8]) -> Vec<u8> {
+    let mut h = vec![0x60, 0, 0, 0];
+    h.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    h.extend_from_slice(&[next, hop_limit]);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    h.extend_from_slice(payload);
+    h
+}
+
+/// An extension header (hop-by-hop, destination options, routing: 8-byte
+/// units) of 8 bytes before `rest`, whose own header is `next`. For a
+/// routing header, `segments_left` is its fourth byte.
+pub fn ipv6_ext(next: u8, segments_left: u8, rest: &[u8]) -> Vec<u8> {
+    let mut e = vec![next, 0, 0, segments_left, 0, 0, 0, 0];
+    e.extend_from_slice(rest);
+    e
+}
+
+/// A fragment header before `rest`: `offset` in 8-byte units, `more` the M
+/// flag.
+pub fn ipv6_fragment(next: u8, offset: u16, more: bool, id: u32, rest: &[u8]) -> Vec<u8> {
+    let word = (offset << 3) | more as u16;
+    let mut e = vec![next, 0];
+    e.extend_from_slice(&word.to_be_bytes());
+    e.extend_from_slice(&id.to_be_bytes());
+    e.extend_from_slice(rest);
+    e
+}
+
+/// The checksum of an upper-layer `segment` with its IPv6 pseudo-header.
+pub fn l4_checksum6(src: [u8; 16], dst: [u8; 16], next: u8, segment: &[u8]) -> u16 {
+    let mut pseudo = Vec::with_capacity(40 + segment.len());
+    pseudo.extend_from_slice(&src);
+    pseudo.extend_from_slice(&dst);
+    pseudo.extend_from_slice(&(segment.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, next]);
+    pseudo.extend_from_slice(segment);
+    checksum(&pseudo)
+}
+
+/// [`tcp`] over IPv6.
+pub fn tcp6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut s = tcp([0; 4], [0; 4], sport, dport, flags, payload);
+    s[16..18].fill(0);
+    let c = l4_checksum6(src, dst, IPPROTO_TCP, &s);
+    s[16..18].copy_from_slice(&c.to_be_bytes());
+    s
+}
+
+/// [`udp`] over IPv6.
+pub fn udp6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut s = udp([0; 4], [0; 4], sport, dport, payload);
+    s[6..8].fill(0);
+    let c = l4_checksum6(src, dst, IPPROTO_UDP, &s);
+    s[6..8].copy_from_slice(&c.to_be_bytes());
+    s
+}
+
+/// An ICMPv6 message: type, code, then `body` (for echo: identifier,
+/// sequence, data; for neighbour discovery: reserved word and target).
+pub fn icmp6(src: [u8; 16], dst: [u8; 16], kind: u8, code: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![kind, code, 0, 0];
+    m.extend_from_slice(body);
+    let c = l4_checksum6(src, dst, IPPROTO_ICMPV6, &m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
+/// An ICMPv6 echo request (128) or reply (129) body.
+pub fn echo6_body(id: u16, seq: u16) -> Vec<u8> {
+    let mut b = id.to_be_bytes().to_vec();
+    b.extend_from_slice(&seq.to_be_bytes());
+    b.extend_from_slice(b"ping");
+    b
+}
+
+/// A neighbour solicitation's or advertisement's body: flags word, target.
+pub fn nd_body(target: [u8; 16]) -> Vec<u8> {
+    let mut b = vec![0; 4];
+    b.extend_from_slice(&target);
+    b
+}
+
+/// Checks the upper-layer checksum of an IPv6 frame without extension
+/// headers (Ethernet header included), independently of the datapath.
+pub fn verify_checksum6(frame: &[u8]) -> Result<(), String> {
+    let ip = &frame[14..];
+    let (src, dst) = (ip[8..24].try_into().unwrap(), ip[24..40].try_into().unwrap());
+    let len = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+    let segment = &ip[40..40 + len];
+    match l4_checksum6(src, dst, ip[6], segment) {
+        0 => Ok(()),
+        c => Err(format!("upper-layer checksum off by {c:#06x}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

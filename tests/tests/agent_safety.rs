@@ -248,7 +248,7 @@ fn container_del_forgets_its_flows_and_its_address_waits() {
     let from = udp_round_trip(&client, &server, b"q1");
     assert_eq!(from.ip(), IpAddr::V4(HOST_UPLINK_IP));
     let names_c1 = |f: &Flow| {
-        [f.original.src, f.original.dst, f.reply.src, f.reply.dst].contains(&c1.ip)
+        [f.original.src, f.original.dst, f.reply.src, f.reply.dst].contains(&std::net::IpAddr::V4(c1.ip))
             || f.container.as_deref() == Some("c1")
     };
     let before = flows(&t);
@@ -286,7 +286,7 @@ fn change_uplink_address(t: &Topology, old: Ipv4Addr, new: Ipv4Addr) {
 fn flows_naming(t: &Topology, addr: Ipv4Addr) -> Vec<Flow> {
     flows(t)
         .into_iter()
-        .filter(|f| [f.original.src, f.original.dst, f.reply.src, f.reply.dst].contains(&addr))
+        .filter(|f| [f.original.src, f.original.dst, f.reply.src, f.reply.dst].contains(&std::net::IpAddr::V4(addr)))
         .collect()
 }
 

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use netpath_common::{hooks::Target, HOOKS};
+use netpath_common::{hooks::Target, HOOKS, TAIL_CALLS};
 use netpath_tests::{prog_run::PacketHarness, topology::Topology};
 use netpath_userspace::model::Status;
 
@@ -14,8 +14,12 @@ fn every_program_in_the_object_is_declared_and_every_hook_is_in_the_object() {
     assert!(netpath_tests::is_root(), "loads the BPF object: run as root (cargo xtask test)");
     let h = PacketHarness::new().expect("load the BPF object");
     let in_object: BTreeSet<String> = h.dp.program_names().into_iter().collect();
-    let declared: BTreeSet<String> = HOOKS.iter().map(|hook| hook.program.to_string()).collect();
-    assert_eq!(in_object, declared, "programs in the object vs the hook table");
+    let declared: BTreeSet<String> = HOOKS
+        .iter()
+        .map(|hook| hook.program.to_string())
+        .chain(TAIL_CALLS.iter().map(|tail| tail.program.to_string()))
+        .collect();
+    assert_eq!(in_object, declared, "programs in the object vs the hook and tail-call tables");
 }
 
 #[test]

@@ -144,8 +144,9 @@ fn containers_reach_the_world_through_the_host_address() {
     // Translated flows show both tuples.
     let flows: Vec<Flow> = t.ctl_json(&["conntrack"]).unwrap();
     let udp = flows.iter().find(|f| f.proto == "udp" && f.scope == "nat").expect("udp flow");
-    assert_eq!((udp.original.dst, udp.original.dport), (WORLD_IP, 5353));
-    assert_eq!((udp.reply.src, udp.reply.dst), (WORLD_IP, HOST_UPLINK_IP));
+    let ip = std::net::IpAddr::V4;
+    assert_eq!((udp.original.dst, udp.original.dport), (ip(WORLD_IP), 5353));
+    assert_eq!((udp.reply.src, udp.reply.dst), (ip(WORLD_IP), ip(HOST_UPLINK_IP)));
     // The translation carries c1's verdict: no verdict pair beside it.
     assert_eq!((udp.container.as_deref(), udp.direction), (Some("c1"), Some(netpath_common::Direction::Out)));
     assert!(

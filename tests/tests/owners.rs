@@ -51,7 +51,11 @@ fn unrelated_untouched(ct: &Ct) -> bool {
 }
 
 fn key_of(t: &Tuple, scope: CtScope) -> CtKey4 {
-    CtKey4::new(t.src.octets(), t.dst.octets(), t.sport.to_be(), t.dport.to_be(), IPPROTO_UDP).in_scope(scope)
+    let v4 = |a: std::net::IpAddr| match a {
+        std::net::IpAddr::V4(a) => a.octets(),
+        std::net::IpAddr::V6(a) => panic!("an IPv4 flow was expected, not {a}"),
+    };
+    CtKey4::new(v4(t.src), v4(t.dst), t.sport.to_be(), t.dport.to_be(), IPPROTO_UDP).in_scope(scope)
 }
 
 fn flows(t: &Topology) -> Vec<Flow> {

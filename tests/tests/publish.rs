@@ -119,8 +119,9 @@ fn card_example_works_as_written_from_outside() {
     assert_eq!(maps.iter().map(Mapping::spec).collect::<Vec<_>>(), vec!["8080:c1:80/tcp", "8053:c1:53/udp"]);
     let flows: Vec<Flow> = t.ctl_json(&["conntrack"]).unwrap();
     let f = flows.iter().find(|f| f.proto == "tcp" && f.scope == "nat").expect("the TCP flow is tracked");
-    assert_eq!((f.original.src, f.original.dst, f.original.dport), (WORLD_IP, HOST_UPLINK_IP, 8080));
-    assert_eq!((f.reply.src, f.reply.sport, f.reply.dst), (maps[0].container_ip, 80, WORLD_IP));
+    let ip = std::net::IpAddr::V4;
+    assert_eq!((f.original.src, f.original.dst, f.original.dport), (ip(WORLD_IP), ip(HOST_UPLINK_IP), 8080));
+    assert_eq!((f.reply.src, f.reply.sport, f.reply.dst), (ip(maps[0].container_ip), 80, ip(WORLD_IP)));
     assert!(f.packets >= 3 && f.reply_packets >= 2, "{f:?}");
     let text = t.ctl_ok(&["conntrack"]).unwrap();
     assert!(text.contains(&format!("{WORLD_IP}:")) && text.contains("-> 198.18.0.1:8080"), "{text}");

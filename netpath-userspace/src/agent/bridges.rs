@@ -12,7 +12,10 @@
 //! its delay): containers on different bridges reach each other through
 //! the host, as a routed hop (the fast path redirects it like any other).
 
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{Context as _, Result};
 
@@ -35,6 +38,9 @@ pub struct BridgeLayout {
     pub gateway: Ipv4Addr,
     /// The subnet's prefix length (the first bridge's address).
     pub prefix: u8,
+    /// The IPv6 gateway and the IPv6 subnet's prefix length, on an
+    /// instance with IPv6.
+    pub gateway6: Option<(Ipv6Addr, u8)>,
     pub mac: [u8; 6],
     pub mtu: u32,
     /// Containers per bridge before the next one opens.
@@ -104,6 +110,17 @@ impl Bridges {
         // A MAC set explicitly stays: a bridge's own would follow its ports.
         nl.set_mac(index, l.mac).await.with_context(|| format!("setting the MAC of {name}"))?;
         nl.set_mtu(index, l.mtu).await.with_context(|| format!("setting the MTU of {name}"))?;
+        if let Some((gateway6, prefix6)) = l.gateway6 {
+            // IPv6 on, the gateway without DAD (it is the agent's to give),
+            // and no router advertisements taken from the containers' side.
+            for (key, value) in [("disable_ipv6", "0"), ("accept_dad", "0"), ("accept_ra", "0")] {
+                write_iface_sysctl("net.ipv6.conf", &name, key, value)?;
+            }
+            let prefix6 = if number == 0 { prefix6 } else { 128 };
+            nl.ensure_address(index, gateway6, prefix6)
+                .await
+                .with_context(|| format!("giving bridge {name} the IPv6 gateway {gateway6}/{prefix6}"))?;
+        }
         // Hairpin traffic leaves the bridge the way it came: no ICMP redirects.
         write_iface_sysctl("net.ipv4.conf", &name, "send_redirects", "0")?;
         // Replies of published ports get a host address as their source on

@@ -2,7 +2,7 @@
 //! (its netns, veth, address, routes, and its entries in the datapath).
 
 use anyhow::Result;
-use netpath_common::{hooks::Target, Hook};
+use netpath_common::{hooks::Target, Hook, In6Addr};
 
 use super::{containers::parse_mac, AgentError, Inner};
 use crate::{
@@ -87,6 +87,17 @@ impl Inner {
         if !gateways.iter().any(|(gw, oif)| *gw == cfg.gateway && oif.is_none_or(|i| i == link.header.index)) {
             problems.push(format!("no default route via {} on {}", cfg.gateway, c.ifname));
         }
+        if let (Some(net6), Some(ip6)) = (cfg.net6, c.ip6) {
+            let prefix6 = net6.subnet.prefix_len();
+            let addrs6 = cnl.ipv6_addresses_of(link.header.index).await?;
+            if !addrs6.contains(&(ip6, prefix6)) {
+                problems.push(format!("interface {} lacks address {ip6}/{prefix6}", c.ifname));
+            }
+            let gateways6 = cnl.ipv6_default_gateways().await?;
+            if !gateways6.iter().any(|(gw, oif)| *gw == net6.gateway && oif.is_none_or(|i| i == link.header.index)) {
+                problems.push(format!("no IPv6 default route via {} on {}", net6.gateway, c.ifname));
+            }
+        }
         Ok(())
     }
 
@@ -97,6 +108,10 @@ impl Inner {
             Some(e) => {
                 if e.ipv4 != c.ip.octets() || e.mac != parse_mac(&c.mac)? || e.id != c.id {
                     problems.push(format!("the datapath entry of {} does not match the container", c.veth));
+                }
+                let ipv6 = c.ip6.map(In6Addr::from).filter(|a| self.dp_config.in_subnet6(*a));
+                if e.has_ipv6() != ipv6.is_some() || ipv6.is_some_and(|a| a != e.ipv6) {
+                    problems.push(format!("the datapath entry of {} does not carry the container's IPv6", c.veth));
                 }
             }
         }

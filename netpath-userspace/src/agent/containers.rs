@@ -1,13 +1,13 @@
 //! Containers: wiring a network namespace to a bridge (veth pair,
 //! address, route, per-veth programs) and every trace of it away again.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context as _, Result};
 use netpath_common::{
-    container::{CONTAINER_F_DEFAULT_DENY_IN, CONTAINER_F_DEFAULT_DENY_OUT, CONTAINER_F_IPV4},
+    container::{CONTAINER_F_DEFAULT_DENY_IN, CONTAINER_F_DEFAULT_DENY_OUT, CONTAINER_F_IPV4, CONTAINER_F_IPV6},
     hooks::Target,
-    ContainerEntry, Hook,
+    ContainerEntry, Hook, In6Addr,
 };
 
 use super::{bridges::MAX_BRIDGES, AgentError, Inner};
@@ -76,6 +76,12 @@ impl Inner {
         let policy_epoch = self.dp.container(c.ifindex)?.map_or(0, |old| old.policy_epoch.wrapping_add(1));
         let p = self.policy_of(&c.name);
         let mut flags = CONTAINER_F_IPV4;
+        // IPv6 is carried for a container only while its address is in the
+        // instance's IPv6 subnet (the configuration may have dropped it).
+        let ipv6 = c.ip6.map(In6Addr::from).filter(|a| self.dp_config.in_subnet6(*a));
+        if ipv6.is_some() {
+            flags |= CONTAINER_F_IPV6;
+        }
         if p.default_in == Action::Deny {
             flags |= CONTAINER_F_DEFAULT_DENY_IN;
         }
@@ -84,7 +90,7 @@ impl Inner {
         }
         let ep = ContainerEntry {
             ipv4: c.ip.octets(),
-            ipv6: [0; 16],
+            ipv6: ipv6.unwrap_or_default(),
             mac: parse_mac(&c.mac).with_context(|| format!("container {}", c.name))?,
             flags,
             ifindex: c.ifindex,
@@ -131,10 +137,20 @@ impl Inner {
         }
         let target = if req.handoff { None } else { Some(self.target_netns(&req, &netns_path, &ifname).await?) };
         let ip = self.ipam.allocate(&req.name, req.ip)?;
+        // A handed-off interface is configured by its runtime, which knows
+        // of an IPv6 address only if it asked for one.
+        let allocated6 = if !req.handoff || req.ip6.is_some() { self.allocate6(&req.name, req.ip6) } else { Ok(None) };
+        let ip6 = match allocated6 {
+            Ok(ip6) => ip6,
+            Err(e) => {
+                self.ipam.release(ip);
+                return Err(e);
+            }
+        };
         // Ids only grow and never share an owner slot with a live container's.
         let live = self.state.containers.iter().map(|c| c.id);
         let Some((ids, next_id)) = super::mappings::owner_ids(self.state.next_id, 1, live) else {
-            self.ipam.release(ip);
+            self.release_addresses(ip, ip6);
             return Err(AgentError::Conflict("no free container id slot".into()));
         };
         let id = ids[0];
@@ -146,6 +162,7 @@ impl Inner {
                 .as_ref()
                 .map_or_else(|| netns_path.display().to_string(), |(ns, _)| ns.path().display().to_string()),
             ip,
+            ip6,
             mac: format_mac(&mac),
             veth: veth.clone(),
             ifindex: 0,
@@ -162,7 +179,7 @@ impl Inner {
         let mappings = match mappings {
             Ok(mappings) => mappings,
             Err(e) => {
-                self.ipam.release(ip);
+                self.release_addresses(ip, ip6);
                 return Err(e);
             }
         };
@@ -170,7 +187,7 @@ impl Inner {
             Ok(()) => {}
             Err(e) => {
                 self.unplumb(&container).await;
-                self.ipam.release(ip);
+                self.release_addresses(ip, ip6);
                 return Err(AgentError::Internal(e.context(format!("adding container {:?}", req.name))));
             }
         }
@@ -179,7 +196,7 @@ impl Inner {
         if let Err(e) = self.record(Change::AddContainer { container: container.clone(), next_id }) {
             self.state.containers.retain(|c| c.name != container.name);
             self.unplumb(&container).await;
-            self.ipam.release(ip);
+            self.release_addresses(ip, ip6);
             return Err(AgentError::Internal(e));
         }
         if let Some(inode) = target.as_ref().and_then(|(ns, _)| ns.inode().ok()) {
@@ -193,8 +210,35 @@ impl Inner {
                 return Err(e);
             }
         }
-        tracing::info!(container = %container.name, ip = %container.ip, veth = %container.veth, "container added");
+        tracing::info!(
+            container = %container.name,
+            ip = %container.ip,
+            ip6 = ?container.ip6,
+            veth = %container.veth,
+            "container added"
+        );
         Ok(container)
+    }
+
+    /// A new container's IPv6 address: `requested` or the next free one on
+    /// an instance with an IPv6 subnet; none on one without (where asking
+    /// for one is refused).
+    fn allocate6(&mut self, name: &str, requested: Option<Ipv6Addr>) -> Result<Option<Ipv6Addr>, AgentError> {
+        match (&mut self.ipam6, requested) {
+            (Some(ipam6), requested) => Ok(Some(ipam6.allocate(name, requested)?)),
+            (None, Some(ip6)) => Err(AgentError::BadRequest(format!(
+                "IPv6 address {ip6} requested, but the instance has no IPv6 subnet (subnet6 is not configured)"
+            ))),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Gives a container's addresses back to their allocators.
+    pub(super) fn release_addresses(&mut self, ip: Ipv4Addr, ip6: Option<Ipv6Addr>) {
+        self.ipam.release(ip);
+        if let (Some(ipam6), Some(ip6)) = (&mut self.ipam6, ip6) {
+            ipam6.release(ip6);
+        }
     }
 
     /// The netns a container's interface goes into, checked: it exists, is
@@ -335,19 +379,19 @@ impl Inner {
 
         let index = cnl.link_index(&peer).await?;
         cnl.rename(index, &c.ifname).await?;
-        // The datapath carries IPv4 only for now; keep the container from
-        // sending IPv6 (which anti-spoofing would drop and count).
-        ns.run(|| {
-            if std::path::Path::new("/proc/sys/net/ipv6").exists() {
-                write_iface_sysctl("net.ipv6.conf", &c.ifname, "disable_ipv6", "1")?;
-            }
-            Ok(())
-        })?;
+        let net6 = cfg.net6.zip(c.ip6);
+        ns.run(|| configure_ipv6(&c.ifname, net6.is_some()))?;
         cnl.ensure_address(index, c.ip, cfg.subnet.prefix_len()).await?;
+        if let Some((net6, ip6)) = net6 {
+            cnl.ensure_address(index, ip6, net6.subnet.prefix_len()).await?;
+        }
         let lo = cnl.link_index("lo").await?;
         cnl.set_up(lo).await?;
         cnl.set_up(index).await?;
         cnl.add_default_route(cfg.gateway).await?;
+        if let Some((net6, _)) = net6 {
+            cnl.add_default_route6(net6.gateway, index).await?;
+        }
         Ok(())
     }
 
@@ -386,9 +430,9 @@ impl Inner {
         // handed out again; its published ports went above.
         self.forget_datapath(&c)?;
         self.forget_flows(&c)?;
-        self.ipam.release(c.ip);
+        self.release_addresses(c.ip, c.ip6);
         self.netns_inodes.remove(&c.name);
-        self.record(Change::RemoveContainer { name: c.name.clone(), ip: c.ip })?;
+        self.record(Change::RemoveContainer { name: c.name.clone(), ip: c.ip, ip6: c.ip6 })?;
         tracing::info!(container = %c.name, "container removed");
         Ok(c)
     }
@@ -412,6 +456,29 @@ impl Inner {
         }
         Ok(removed)
     }
+}
+
+/// IPv6 on a container's interface `ifname` (run inside its netns, before
+/// the interface is up). Without an IPv6 address it is off: the datapath
+/// would drop whatever IPv6 the container sent. With one: no DAD (the
+/// agent hands the addresses out), no router advertisements (the agent
+/// sets the route; RAs from other containers are dropped anyway), and the
+/// EUI-64 link-local address (addr_gen_mode 0), which is the one the
+/// datapath's anti-spoofing lets the container use (`link_local_of`).
+fn configure_ipv6(ifname: &str, enabled: bool) -> Result<()> {
+    if !std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        if enabled {
+            anyhow::bail!("the container's network namespace has no IPv6 (/proc/sys/net/ipv6 is missing)");
+        }
+        return Ok(());
+    }
+    if !enabled {
+        return write_iface_sysctl("net.ipv6.conf", ifname, "disable_ipv6", "1");
+    }
+    for (key, value) in [("accept_dad", "0"), ("accept_ra", "0"), ("addr_gen_mode", "0"), ("disable_ipv6", "0")] {
+        write_iface_sysctl("net.ipv6.conf", ifname, key, value)?;
+    }
+    Ok(())
 }
 
 /// Runtime names (Docker's and podman's container names, Kubernetes'

@@ -46,7 +46,7 @@ use netpath_common::{
     },
     hooks::{Attach, Target},
     uplink_guard::GuardedPorts,
-    CtStats, DatapathConfig, DropReason, Event, Hook, TrafficStats,
+    CtStats, DatapathConfig, DropReason, Event, Hook, In6Addr, TrafficStats,
 };
 use thiserror::Error;
 use tokio::sync::{broadcast, Mutex};
@@ -56,7 +56,7 @@ use crate::{
     config::{self, ResolvedConfig, UplinkXdp},
     datapath::{Datapath, GcReport, MapSummary, ProgramSummary},
     host_ports::HostPorts,
-    ipam::{Ipam4, IpamError},
+    ipam::{Ipam4, Ipam6, IpamError},
     lock::LockFile,
     model::{
         AttachPoint, CheckReport, ConntrackStatus, Container, ContainerRequest, ContainerStatus, ErrorReason,
@@ -64,7 +64,7 @@ use crate::{
         RuleRequest, Settings, StatsView, Status,
     },
     monitor::{self, MonitorEvent},
-    netlink::Netlink,
+    netlink::{split_families, Netlink},
     netns::{write_sysctl, Netns},
     policy::{Action, Direction, Rule, RuleError},
     state::{Change, State, StateStore},
@@ -157,6 +157,8 @@ struct Inner {
     nl: Netlink,
     bridges: Bridges,
     ipam: Ipam4,
+    /// The IPv6 subnet's allocator, on an instance with one.
+    ipam6: Option<Ipam6>,
     /// Inode of each container's netns (by container name), read when it
     /// was attached or adopted: a new container's netns is checked against
     /// these rather than by opening every other container's.
@@ -243,6 +245,10 @@ impl Agent {
         }
         host_ports.check_guarded_ports(&cfg.guarded_ports)?;
         write_sysctl("net.ipv4.ip_forward", "1")?;
+        if cfg.net6.is_some() {
+            write_sysctl("net.ipv6.conf.all.forwarding", "1")
+                .context("subnet6 needs IPv6 forwarding in the agent's namespace")?;
+        }
         let nl = Netlink::connect()?;
         let gateway_mac = container_mac(cfg.gateway);
         let mtu = match (cfg.mtu, &cfg.uplink) {
@@ -253,6 +259,7 @@ impl Agent {
         let layout = BridgeLayout {
             gateway: cfg.gateway,
             prefix: cfg.subnet.prefix_len(),
+            gateway6: cfg.net6.map(|n| (n.gateway, n.subnet.prefix_len())),
             mac: gateway_mac,
             mtu,
             max_ports: cfg.bridge_ports,
@@ -311,6 +318,10 @@ impl Agent {
             masq_port_max: cfg.masquerade_ports.1,
             gateway_mac,
             _pad: [0; 2],
+            subnet6: cfg.net6.map_or(In6Addr::UNSPECIFIED, |n| n.subnet.network().into()),
+            subnet6_prefix: cfg.net6.map_or(0, |n| n.subnet.prefix_len() as u32),
+            _pad6: 0,
+            gateway6: cfg.net6.map_or(In6Addr::UNSPECIFIED, |n| n.gateway.into()),
         };
         dp.write_config(&dp_config)?;
         if cgroup.is_none() {
@@ -319,6 +330,7 @@ impl Agent {
         let own_netns_inode = Netns::current()?.inode()?;
         let mut inner = Inner {
             ipam: Ipam4::with_released(cfg.subnet, cfg.gateway, &state.released4),
+            ipam6: cfg.net6.map(|n| Ipam6::with_released(n.subnet, n.gateway, &state.released6)),
             netns_inodes: HashMap::new(),
             dp,
             nl,
@@ -406,7 +418,7 @@ impl Agent {
                 tick.tick().await;
                 // The netlink dump runs without the agent's lock: API calls
                 // wait only for the map writes, if anything changed.
-                let synced = match HostAddrs4::read(&nl, uplink.as_deref()).await {
+                let synced = match HostAddrs::read(&nl, uplink.as_deref()).await {
                     Ok(seen) => agent.inner.lock().await.apply_host_addrs(seen).await,
                     Err(e) => Err(e),
                 };
@@ -445,7 +457,7 @@ impl Agent {
     }
 
     pub async fn flush_flows(&self) -> Result<usize, AgentError> {
-        Ok(self.inner.lock().await.dp.ct_remove_where(|_, _| true)?)
+        Ok(self.inner.lock().await.dp.ct_flush()?)
     }
 
     pub fn config(&self) -> &ResolvedConfig {
@@ -494,6 +506,8 @@ impl Agent {
             bridge: self.cfg.bridge.clone(),
             subnet: self.cfg.subnet,
             gateway: self.cfg.gateway,
+            subnet6: self.cfg.net6.map(|n| n.subnet),
+            gateway6: self.cfg.net6.map(|n| n.gateway),
             mtu: inner.mtu,
         }
     }
@@ -633,6 +647,8 @@ impl Agent {
             bridges: inner.bridges.status(),
             subnet: cfg.subnet.to_string(),
             gateway: cfg.gateway,
+            subnet6: cfg.net6.map(|n| n.subnet.to_string()),
+            gateway6: cfg.net6.map(|n| n.gateway),
             uplink: cfg.uplink.clone(),
             pin_dir: cfg.pin_dir.display().to_string(),
             attach_points,
@@ -672,15 +688,23 @@ impl Inner {
     }
 
     fn save(&mut self) -> Result<()> {
-        self.state.released4 = self.ipam.released();
+        self.keep_released();
         self.store.save(&self.state)
+    }
+
+    /// The allocators' queues are the ones that count (a snapshot or a
+    /// compaction writes the state whole). Without an IPv6 subnet the saved
+    /// IPv6 queue stays as it was, for when one is configured again.
+    fn keep_released(&mut self) {
+        self.state.released4 = self.ipam.released();
+        if let Some(ipam6) = &self.ipam6 {
+            self.state.released6 = ipam6.released();
+        }
     }
 
     fn record(&mut self, change: Change) -> Result<()> {
         change.apply(&mut self.state);
-        // The allocator's queue is the one that counts (a compaction writes
-        // this state whole).
-        self.state.released4 = self.ipam.released();
+        self.keep_released();
         self.store.record(&change, &self.state)
     }
 
@@ -702,7 +726,7 @@ impl Inner {
                 tracing::info!(container = %c.name, "veth {} is gone; removing the container", c.veth);
                 self.forget_datapath(&c)?;
                 self.forget_flows(&c)?;
-                self.ipam.release(c.ip);
+                self.release_addresses(c.ip, c.ip6);
                 continue;
             }
             self.bridges.adopt_port(&self.nl, c.ifindex, c.ip).await?;
@@ -716,6 +740,18 @@ impl Inner {
             self.ipam
                 .allocate(&c.name, Some(c.ip))
                 .map_err(|e| anyhow::anyhow!("state file: container {}: {e}", c.name))?;
+            match (&mut self.ipam6, c.ip6) {
+                (Some(ipam6), Some(ip6)) => {
+                    ipam6.allocate(&c.name, Some(ip6)).map_err(|e| {
+                        anyhow::anyhow!("state file: container {}: {e} (subnet6 changed under it?)", c.name)
+                    })?;
+                }
+                (None, Some(ip6)) => tracing::warn!(
+                    container = %c.name,
+                    "has IPv6 address {ip6} but the instance has no subnet6 now: its IPv6 is not carried"
+                ),
+                _ => {}
+            }
             kept.push(c);
         }
         self.state.containers = kept;
@@ -761,19 +797,22 @@ impl Inner {
         self.save()
     }
 
-    /// HOST_ADDRS4 := the IPv4 addresses of the agent's namespace; the
-    /// masquerade address := the uplink's first one. Flows translated to a
-    /// masquerade address the host no longer has are forgotten.
+    /// HOST_ADDRS4 and HOST_ADDRS6 := the addresses of the agent's
+    /// namespace; the masquerade address := the uplink's first IPv4 one.
+    /// Flows translated to a masquerade address the host no longer has are
+    /// forgotten.
     async fn sync_host_addrs(&mut self) -> Result<()> {
-        let seen = HostAddrs4::read(&self.nl, self.uplink.as_deref()).await?;
+        let seen = HostAddrs::read(&self.nl, self.uplink.as_deref()).await?;
         self.apply_host_addrs(seen).await
     }
 
     /// [`Inner::sync_host_addrs`] with the addresses already read.
-    async fn apply_host_addrs(&mut self, seen: HostAddrs4) -> Result<()> {
-        let HostAddrs4 { addrs, uplink_index } = seen;
-        let entries: Vec<([u8; 4], u32)> = addrs.iter().map(|(a, i)| (a.octets(), *i)).collect();
-        self.dp.sync_host_addrs4(&entries)?;
+    async fn apply_host_addrs(&mut self, seen: HostAddrs) -> Result<()> {
+        let HostAddrs { addrs4: addrs, addrs6, uplink_index } = seen;
+        let entries4: Vec<([u8; 4], u32)> = addrs.iter().map(|(a, i)| (a.octets(), *i)).collect();
+        let entries6: Vec<(In6Addr, u32)> = addrs6.iter().map(|(a, i)| (In6Addr::from(*a), *i)).collect();
+        self.dp.sync_host_addrs4(&entries4)?;
+        self.dp.sync_host_addrs6(&entries6)?;
         if let (Some(uplink), Some(index)) = (self.uplink.clone(), uplink_index) {
             let masq = masquerade_addr4(&addrs, index);
             let old = self.dp_config.masq_addr4;
@@ -882,21 +921,22 @@ fn write_uplink_guard(dp: &mut Datapath, cfg: &ResolvedConfig) -> Result<u32> {
     Ok(flags)
 }
 
-/// The host's IPv4 addresses (with their interfaces) and the uplink's
-/// index, as netlink showed them.
-struct HostAddrs4 {
-    addrs: Vec<(Ipv4Addr, u32)>,
+/// The host's addresses of both families (with their interfaces) and the
+/// uplink's index, as one netlink dump showed them.
+struct HostAddrs {
+    addrs4: Vec<(Ipv4Addr, u32)>,
+    addrs6: Vec<(std::net::Ipv6Addr, u32)>,
     uplink_index: Option<u32>,
 }
 
-impl HostAddrs4 {
-    async fn read(nl: &Netlink, uplink: Option<&str>) -> Result<HostAddrs4> {
-        let addrs = nl.ipv4_addresses().await?;
+impl HostAddrs {
+    async fn read(nl: &Netlink, uplink: Option<&str>) -> Result<HostAddrs> {
+        let (addrs4, addrs6) = split_families(nl.ip_addresses().await?);
         let uplink_index = match uplink {
             Some(name) => Some(nl.link_index(name).await?),
             None => None,
         };
-        Ok(HostAddrs4 { addrs, uplink_index })
+        Ok(HostAddrs { addrs4, addrs6, uplink_index })
     }
 }
 

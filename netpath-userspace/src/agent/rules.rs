@@ -1,11 +1,12 @@
-//! Per-container policy: rules compiled into POLICY4, container defaults,
+//! Per-container policy: rules compiled into POLICY4 and POLICY6 (by the
+//! family of their CIDR), container defaults,
 //! and having established flows re-judged when the policy changes (by the
 //! datapath, at their next packet: see `rejudge_flows`).
 
 use std::collections::{HashMap, HashSet};
 
 use anyhow::Result;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use netpath_common::PolicyEntry;
 
 use super::{AgentError, Inner};
@@ -22,7 +23,9 @@ fn rule_of(req: &RuleRequest) -> Result<Rule, AgentError> {
         Some(f) => policy::parse_filter(f)?,
         None => (None, None),
     };
-    Ok(Rule { action: req.action, direction: req.direction, cidr, proto, ports })
+    let rule = Rule { action: req.action, direction: req.direction, cidr, proto, ports };
+    rule.check_family()?;
+    Ok(rule)
 }
 
 impl Inner {
@@ -37,22 +40,37 @@ impl Inner {
         id: u32,
         rules: &[Rule],
         d: Direction,
-        cidrs: Option<&[Ipv4Net]>,
+        cidrs: Option<&[IpNet]>,
     ) -> Result<(), AgentError> {
         let compiled = policy::compile(rules, d, cidrs)?;
         if let Some(cidrs) = cidrs {
             for cidr in cidrs {
-                if !compiled.entries.contains_key(cidr) {
-                    let (len, key) = policy::lpm_key4(id, d, cidr);
-                    self.dp.set_policy4(len, &key, &PolicyEntry::default())?;
+                if compiled.get(cidr).is_none() {
+                    self.set_policy_entry(id, d, cidr, &PolicyEntry::default())?;
                 }
             }
         }
-        for (cidr, entry) in &compiled.entries {
-            let (len, key) = policy::lpm_key4(id, d, cidr);
-            self.dp.set_policy4(len, &key, entry)?;
+        for cidr in compiled.cidrs() {
+            if let Some(entry) = compiled.get(&cidr) {
+                self.set_policy_entry(id, d, &cidr, entry)?;
+            }
         }
         Ok(())
+    }
+
+    /// Writes one compiled prefix into its family's trie (an empty entry
+    /// removes it).
+    fn set_policy_entry(&mut self, id: u32, d: Direction, cidr: &IpNet, entry: &PolicyEntry) -> Result<()> {
+        match cidr {
+            IpNet::V4(net) => {
+                let (len, key) = policy::lpm_key4(id, d, net);
+                self.dp.set_policy4(len, &key, entry)
+            }
+            IpNet::V6(net) => {
+                let (len, key) = policy::lpm_key6(id, d, net);
+                self.dp.set_policy6(len, &key, entry)
+            }
+        }
     }
 
     /// Adds (or removes) one rule: checked, compiled for the prefixes it
@@ -183,33 +201,37 @@ impl Inner {
         let rules = self.policy_of(&c.name).rules;
         self.state.policies.remove(&c.name);
         for d in Direction::BOTH {
-            let cidrs: Vec<Ipv4Net> =
-                policy::compile(&rules, d, None).map(|x| x.entries.into_keys().collect()).unwrap_or_default();
+            let cidrs: Vec<IpNet> = policy::compile(&rules, d, None).map(|x| x.cidrs().collect()).unwrap_or_default();
             for cidr in cidrs {
-                let (len, key) = policy::lpm_key4(c.id, d, &cidr);
-                self.dp.set_policy4(len, &key, &PolicyEntry::default())?;
+                self.set_policy_entry(c.id, d, &cidr, &PolicyEntry::default())?;
             }
         }
         Ok(())
     }
 
-    /// POLICY4 holds exactly the compiled rules of live containers.
+    /// POLICY4 and POLICY6 hold exactly the compiled rules of live containers.
     pub(super) fn reconcile_policies(&mut self) -> Result<()> {
         let live: HashSet<String> = self.state.containers.iter().map(|c| c.name.clone()).collect();
         self.state.policies.retain(|name, _| live.contains(name));
-        let mut wanted = HashSet::new();
+        let mut wanted4 = HashSet::new();
+        let mut wanted6 = HashSet::new();
         for c in self.state.containers.clone() {
             let rules = self.policy_of(&c.name).rules;
             for d in Direction::BOTH {
                 self.write_policy(c.id, &rules, d, None).map_err(|e| anyhow::anyhow!("policy of {}: {e}", c.name))?;
-                for cidr in policy::compile(&rules, d, None).map_err(|e| anyhow::anyhow!("{e}"))?.entries.keys() {
-                    wanted.insert(policy::lpm_key4(c.id, d, cidr));
-                }
+                let compiled = policy::compile(&rules, d, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+                wanted4.extend(compiled.entries.keys().map(|cidr| policy::lpm_key4(c.id, d, cidr)));
+                wanted6.extend(compiled.entries6.keys().map(|cidr| policy::lpm_key6(c.id, d, cidr)));
             }
         }
         for (len, key) in self.dp.policy_keys4()? {
-            if !wanted.contains(&(len, key)) {
+            if !wanted4.contains(&(len, key)) {
                 self.dp.set_policy4(len, &key, &PolicyEntry::default())?;
+            }
+        }
+        for (len, key) in self.dp.policy_keys6()? {
+            if !wanted6.contains(&(len, key)) {
+                self.dp.set_policy6(len, &key, &PolicyEntry::default())?;
             }
         }
         Ok(())

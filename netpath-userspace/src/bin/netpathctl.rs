@@ -1,7 +1,7 @@
 //! netpathctl: the command line over netpathd's API. See `netpathctl --help`.
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::ExitCode,
 };
@@ -123,7 +123,8 @@ struct RuleArgs {
     direction: Direction,
     /// Remote address or ADDRESS/PREFIX.
     cidr: String,
-    /// tcp, udp or icmp, optionally /PORT or /PORT-END (icmp: message types).
+    /// tcp, udp, icmp or icmpv6, optionally /PORT or /PORT-END (icmp: message
+    /// types; icmp with an IPv6 CIDR is ICMPv6).
     filter: Option<String>,
 }
 
@@ -141,7 +142,7 @@ impl RuleArgs {
 
 #[derive(Subcommand, Debug)]
 enum PolicyCmd {
-    /// policy add CONTAINER allow|deny in|out CIDR [tcp|udp|icmp[/PORT[-END]]];
+    /// policy add CONTAINER allow|deny in|out CIDR [tcp|udp|icmp|icmpv6[/PORT[-END]]];
     /// or -f FILE: one such rule per line (`#` comments), added all or nothing
     Add {
         #[arg(
@@ -193,6 +194,10 @@ enum ContainerCmd {
         /// Address from the subnet [default: the next free one].
         #[arg(long)]
         ip: Option<Ipv4Addr>,
+        /// Address from the IPv6 subnet (`subnet6`) [default: the next free
+        /// one, on an instance with IPv6].
+        #[arg(long)]
+        ip6: Option<Ipv6Addr>,
     },
     /// Detach a container and remove every trace of it.
     #[command(alias = "rm")]
@@ -239,10 +244,13 @@ async fn run(args: Args) -> Result<()> {
             let s: Status = client.get("/status").await?;
             print(fmt, &s, output::status_text)
         }
-        Command::Container(ContainerCmd::Add { name, netns, ip }) => {
+        Command::Container(ContainerCmd::Add { name, netns, ip, ip6 }) => {
             let c: Container =
-                client.post("/containers", &ContainerRequest { name, netns, ip, ..Default::default() }).await?;
-            print(fmt, &c, |c| format!("added {} ip {} mac {} veth {}\n", c.name, c.ip, c.mac, c.veth))
+                client.post("/containers", &ContainerRequest { name, netns, ip, ip6, ..Default::default() }).await?;
+            print(fmt, &c, |c| {
+                let ip6 = c.ip6.map(|a| format!(" ip6 {a}")).unwrap_or_default();
+                format!("added {} ip {}{ip6} mac {} veth {}\n", c.name, c.ip, c.mac, c.veth)
+            })
         }
         Command::Container(ContainerCmd::Del { name }) => {
             let c: Container = client.delete(&format!("/containers/{}", encode(&name))).await?;

@@ -43,6 +43,13 @@ struct Args {
     /// Bridge address [default: first host of the subnet].
     #[arg(long)]
     gateway: Option<Ipv4Addr>,
+    /// IPv6 container subnet, a ULA or global /64 to /120 [default: none,
+    /// the instance carries no IPv6].
+    #[arg(long)]
+    subnet6: Option<ipnet::Ipv6Net>,
+    /// The bridge's IPv6 address [default: the IPv6 subnet's ::1].
+    #[arg(long)]
+    gateway6: Option<std::net::Ipv6Addr>,
     /// State directory [default: /var/lib/netpath/<instance>].
     #[arg(long)]
     state_dir: Option<PathBuf>,
@@ -122,6 +129,12 @@ fn main() -> Result<()> {
     }
     if let Some(v) = args.gateway {
         cfg.gateway = Some(v);
+    }
+    if let Some(v) = args.subnet6 {
+        cfg.subnet6 = Some(v);
+    }
+    if let Some(v) = args.gateway6 {
+        cfg.gateway6 = Some(v);
     }
     if let Some(v) = args.state_dir {
         cfg.state_dir = Some(v);

@@ -136,6 +136,7 @@ async fn add(env: &Env, conf: &NetConf, client: &Client) -> Result<Value, CniErr
         name: container_name(&env.container_id, &env.ifname),
         netns: env.netns.clone(),
         ip: conf.requested_ip(&cni_args)?,
+        ip6: None,
         ifname: Some(env.ifname.clone()),
         mac: conf.requested_mac(&cni_args),
         owner: Some(owner_tag(&conf.name, &env.container_id, &env.ifname)),
@@ -160,11 +161,26 @@ pub fn add_result(cni_version: &str, conf: &NetConf, net: &NetworkInfo, c: &Cont
     if cni_version == "0.4.0" {
         ip["version"] = json!("4");
     }
+    let mut ips = vec![ip];
+    let mut routes = vec![json!({ "dst": "0.0.0.0/0", "gw": net.gateway.to_string() })];
+    // The container's IPv6 address, on an instance with an IPv6 subnet.
+    if let (Some(ip6), Some(subnet6), Some(gateway6)) = (c.ip6, net.subnet6, net.gateway6) {
+        let mut ip6 = json!({
+            "address": format!("{ip6}/{}", subnet6.prefix_len()),
+            "gateway": gateway6.to_string(),
+            "interface": 0,
+        });
+        if cni_version == "0.4.0" {
+            ip6["version"] = json!("6");
+        }
+        ips.push(ip6);
+        routes.push(json!({ "dst": "::/0", "gw": gateway6.to_string() }));
+    }
     json!({
         "cniVersion": cni_version,
         "interfaces": [{ "name": c.ifname, "mac": c.mac, "mtu": net.mtu, "sandbox": c.netns }],
-        "ips": [ip],
-        "routes": [{ "dst": "0.0.0.0/0", "gw": net.gateway.to_string() }],
+        "ips": ips,
+        "routes": routes,
         "dns": conf.dns.clone().unwrap_or_else(|| json!({})),
     })
 }
@@ -294,12 +310,15 @@ mod tests {
             bridge: "np0".into(),
             subnet: "10.1.0.0/24".parse().unwrap(),
             gateway: "10.1.0.1".parse().unwrap(),
+            subnet6: None,
+            gateway6: None,
             mtu: 1500,
         };
         let c = Container {
             name: "cni-x".into(),
             netns: "/run/netns/x".into(),
             ip: "10.1.0.2".parse().unwrap(),
+            ip6: None,
             mac: "02:4e:0a:01:00:02".into(),
             veth: "npv1".into(),
             ifindex: 5,
@@ -318,6 +337,19 @@ mod tests {
         assert_eq!(r["dns"]["nameservers"][0], "1.1.1.1");
         assert!(add_result("1.0.0", &conf, &net, &c)["ips"][0].get("version").is_none());
         assert!(prev_result_problems(Some(&r), &c).is_empty());
+        assert_eq!(r["ips"].as_array().unwrap().len(), 1, "no IPv6 without subnet6");
+        let net6 = NetworkInfo {
+            subnet6: Some("fd00:1::/64".parse().unwrap()),
+            gateway6: Some("fd00:1::1".parse().unwrap()),
+            ..net.clone()
+        };
+        let c6 = Container { ip6: Some("fd00:1::2".parse().unwrap()), ..c.clone() };
+        let r6 = add_result("0.4.0", &conf, &net6, &c6);
+        assert_eq!(r6["ips"][1]["address"], "fd00:1::2/64");
+        assert_eq!(r6["ips"][1]["gateway"], "fd00:1::1");
+        assert_eq!(r6["ips"][1]["version"], "6");
+        assert_eq!(r6["routes"][1]["dst"], "::/0");
+        assert!(prev_result_problems(Some(&r6), &c6).is_empty());
         let other = Container { ip: "10.1.0.3".parse().unwrap(), ..c };
         assert_eq!(prev_result_problems(Some(&r), &other).len(), 1);
     }

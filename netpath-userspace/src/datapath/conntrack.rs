@@ -16,12 +16,13 @@ use anyhow::{Context as _, Result};
 use aya::maps::{HashMap as BpfHashMap, IterableMap as _, Map, MapData, PerCpuArray};
 use netpath_common::{
     conntrack::{CtState, CLOSED, CT_F_REPLY, IPPROTO_TCP, NS_PER_SEC},
-    maps as names, CtEntry4, CtKey4, CtStats, SockRevNatEntry4, SockRevNatKey4,
+    maps as names, CtEntry, CtEntry4, CtEntry6, CtKey, CtKey4, CtKey6, CtStats, In6Addr, SockRevNatEntry4,
+    SockRevNatKey4,
 };
 
 use super::{
     batch,
-    maps::{ignore_missing, live_ids, FillCounter, LiveOwners},
+    maps::{ignore_missing, live_ids, FamilyMaps, FillCounter, LiveOwners},
     Datapath,
 };
 
@@ -38,18 +39,58 @@ impl Datapath {
         self.get_one(names::CT4, key)
     }
 
+    /// The entry of one IPv6 tuple, if tracked.
+    pub fn ct_get6(&self, key: &CtKey6) -> Result<Option<CtEntry6>> {
+        self.get_one(names::CT6, key)
+    }
+
     /// Every tracked entry, read in batches.
     pub fn ct_entries(&mut self) -> Result<Vec<(CtKey4, CtEntry4)>> {
-        let map = self.ct_map()?;
-        batch::entries(map.map().fd().as_fd()).context("reading CT4")
+        self.ct_entries_of()
+    }
+
+    /// Every tracked IPv6 entry (CT6), read in batches.
+    pub fn ct_entries6(&mut self) -> Result<Vec<(CtKey6, CtEntry6)>> {
+        self.ct_entries_of()
+    }
+
+    /// Every entry of family `A`'s conntrack table.
+    pub fn ct_entries_of<A: FamilyMaps>(&mut self) -> Result<Vec<(CtKey<A>, CtEntry<A>)>>
+    where
+        CtKey<A>: aya::Pod,
+        CtEntry<A>: aya::Pod,
+    {
+        let map = self.ct_map_of::<A>()?;
+        batch::entries(map.map().fd().as_fd()).with_context(|| format!("reading {}", A::CT))
     }
 
     /// Removes tracked flows (both directions) whose entry matches `pred`;
     /// returns how many flows went.
-    pub fn ct_remove_where(&mut self, mut pred: impl FnMut(&CtKey4, &CtEntry4) -> bool) -> Result<usize> {
-        let entries = self.ct_entries()?;
+    pub fn ct_remove_where(&mut self, pred: impl FnMut(&CtKey4, &CtEntry4) -> bool) -> Result<usize> {
+        self.ct_remove_where_of(pred)
+    }
+
+    /// [`Datapath::ct_remove_where`] on CT6.
+    pub fn ct_remove_where6(&mut self, pred: impl FnMut(&CtKey6, &CtEntry6) -> bool) -> Result<usize> {
+        self.ct_remove_where_of(pred)
+    }
+
+    /// Flushes both families' tables; returns how many flows went.
+    pub fn ct_flush(&mut self) -> Result<usize> {
+        Ok(self.ct_remove_where(|_, _| true)? + self.ct_remove_where6(|_, _| true)?)
+    }
+
+    fn ct_remove_where_of<A: FamilyMaps>(
+        &mut self,
+        mut pred: impl FnMut(&CtKey<A>, &CtEntry<A>) -> bool,
+    ) -> Result<usize>
+    where
+        CtKey<A>: aya::Pod,
+        CtEntry<A>: aya::Pod,
+    {
+        let entries = self.ct_entries_of::<A>()?;
         let removed = Arc::clone(&self.ct_removed);
-        let mut map = self.ct_map()?;
+        let mut map = self.ct_map_of::<A>()?;
         let mut flows = 0;
         for (key, entry) in entries.iter().filter(|(k, e)| pred(k, e)) {
             let gone = remove_counted(&mut map, key, &removed)?;
@@ -68,7 +109,8 @@ impl Datapath {
         let removed = Arc::clone(&self.ct_removed);
         let doom = Doom { now, pressure: false, handshake_ns: 0 };
         let live = self.live_owners()?;
-        Ok(collect(&mut self.ct_map()?, &doom, &live, &removed)?.flows)
+        let flows4 = collect(&mut self.ct_map_of::<[u8; 4]>()?, &doom, &live, &removed)?.flows;
+        Ok(flows4 + collect(&mut self.ct_map_of::<In6Addr>()?, &doom, &live, &removed)?.flows)
     }
 
     /// The datapath's conntrack counters, summed over CPUs.
@@ -92,9 +134,13 @@ impl Datapath {
         let map_of = |name: &str| self.ebpf.map(name).ok_or_else(|| anyhow::anyhow!("map {name} missing"));
         let ct = own(map_of(names::CT4)?, names::CT4)?;
         let max_entries = ct.info().context("reading CT4's capacity")?.max_entries();
+        let ct6 = own(map_of(names::CT6)?, names::CT6)?;
+        let max_entries6 = ct6.info().context("reading CT6's capacity")?.max_entries();
         let stats = own(map_of(names::CT_STATS)?, names::CT_STATS)?;
         Ok(CtCollector {
             map: BpfHashMap::try_from(Map::LruHashMap(ct))?,
+            map6: BpfHashMap::try_from(Map::LruHashMap(ct6))?,
+            max_entries6,
             stats: PerCpuArray::try_from(Map::PerCpuArray(stats))?,
             removed: Arc::clone(&self.ct_removed),
             handshake_ns: handshake_timeout.as_nanos() as u64,
@@ -222,6 +268,9 @@ impl Baseline {
 /// revived tuple) or the agent (a flow cut meanwhile) is harmless.
 pub struct CtCollector {
     map: BpfHashMap<MapData, CtKey4, CtEntry4>,
+    /// CT6, collected in the same rounds.
+    map6: BpfHashMap<MapData, CtKey6, CtEntry6>,
+    max_entries6: u32,
     stats: PerCpuArray<MapData, CtStats>,
     /// Entries every agent path removed (shared with the [`Datapath`]).
     removed: Arc<AtomicU64>,
@@ -268,17 +317,22 @@ impl CtCollector {
         let before = self.counters()?;
         let entries: HashMap<CtKey4, CtEntry4> =
             batch::entries(self.map.map().fd().as_fd()).context("reading CT4")?.into_iter().collect();
+        let entries6: HashMap<CtKey6, CtEntry6> =
+            batch::entries(self.map6.map().fd().as_fd()).context("reading CT6")?.into_iter().collect();
         let after = self.counters()?;
         self.last_round = Some((started, before.0.inserts));
-        let live = entries.len() as u64;
+        // Both tables count their inserts and removals in CT_STATS.
+        let live = (entries.len() + entries6.len()) as u64;
         let mid = |f: fn(&(CtStats, u64)) -> u64| (f(&before) + f(&after)) / 2;
         let (inserts, datapath_removals, agent_removals) = (mid(|c| c.0.inserts), mid(|c| c.0.removals), mid(|c| c.1));
         let now_counts = Baseline { inserts, datapath_removals, agent_removals, live };
         let base = *self.baseline.get_or_insert(now_counts);
         let report = &mut self.report;
         report.evictions = base.evictions_until(&now_counts);
-        report.live_entries = live;
-        report.pressure = live * PRESSURE_DIVISOR >= report.max_entries as u64;
+        report.live_entries = entries.len() as u64;
+        // Either table half full puts the round under pressure.
+        report.pressure = entries.len() as u64 * PRESSURE_DIVISOR >= report.max_entries as u64
+            || entries6.len() as u64 * PRESSURE_DIVISOR >= self.max_entries6 as u64;
         let doom = Doom { now, pressure: report.pressure, handshake_ns: self.handshake_ns };
         let [mappings, containers] = &self.owners;
         let owners = LiveOwners {
@@ -287,10 +341,15 @@ impl CtCollector {
         };
         let removed_before = self.removed.load(Ordering::Relaxed);
         let round = collect_from(&mut self.map, &entries, &doom, &owners, &self.removed)?;
+        let removed4 = self.removed.load(Ordering::Relaxed).saturating_sub(removed_before);
+        let round6 = collect_from(&mut self.map6, &entries6, &doom, &owners, &self.removed)?;
         let entries_removed = self.removed.load(Ordering::Relaxed).saturating_sub(removed_before);
         sweep_sock_revnat(&mut self.sock_revnat, &owners)?;
         // The fill levels `status` shows, counted in the same round.
-        self.fills.record(live.saturating_sub(entries_removed), started)?;
+        let live6 = (entries6.len() as u64).saturating_sub(entries_removed - removed4);
+        self.fills
+            .record(&[(names::CT4, (entries.len() as u64).saturating_sub(removed4)), (names::CT6, live6)], started)?;
+        let round = Round { flows: round.flows + round6.flows, early: round.early + round6.early };
         let report = &mut self.report;
         report.runs += 1;
         report.flows_removed += round.flows as u64;
@@ -314,7 +373,7 @@ fn sum_ct_stats<T: Borrow<MapData>>(map: &PerCpuArray<T, CtStats>) -> Result<CtS
     Ok(total)
 }
 
-type CtMap<T> = BpfHashMap<T, CtKey4, CtEntry4>;
+type CtMap<T, A> = BpfHashMap<T, CtKey<A>, CtEntry<A>>;
 
 /// Which pairs a round removes.
 struct Doom {
@@ -325,26 +384,26 @@ struct Doom {
 }
 
 impl Doom {
-    fn expired(&self, e: &CtEntry4) -> bool {
+    fn expired<A>(&self, e: &CtEntry<A>) -> bool {
         e.expires_ns < self.now
     }
 
     /// Every half of the flow expired (or gone).
-    fn dead(&self, e: &CtEntry4, peer: Option<&CtEntry4>) -> bool {
+    fn dead<A>(&self, e: &CtEntry<A>, peer: Option<&CtEntry<A>>) -> bool {
         self.expired(e) && peer.is_none_or(|p| self.expired(p))
     }
 
     /// Under pressure: a flow whose connection is over (both halves closed
     /// or reset), or a TCP handshake without a packet for
     /// [`IDLE_HANDSHAKE_NS`].
-    fn early(&self, key: &CtKey4, e: &CtEntry4, peer: Option<&CtEntry4>) -> bool {
+    fn early<A>(&self, key: &CtKey<A>, e: &CtEntry<A>, peer: Option<&CtEntry<A>>) -> bool {
         let Some(p) = peer else { return false };
         if !self.pressure || key.proto != IPPROTO_TCP {
             return false;
         }
-        let finished = |h: &CtEntry4| h.state == CLOSED || h.state == CtState::Reset as u8;
+        let finished = |h: &CtEntry<A>| h.state == CLOSED || h.state == CtState::Reset as u8;
         // A new half last saw a packet `tcp_new` before it expires.
-        let idle_handshake = |h: &CtEntry4| {
+        let idle_handshake = |h: &CtEntry<A>| {
             h.state == CtState::New as u8 && h.expires_ns + IDLE_HANDSHAKE_NS <= self.now + self.handshake_ns
         };
         (finished(e) && finished(p)) || (idle_handshake(e) && idle_handshake(p))
@@ -359,28 +418,36 @@ struct Round {
     early: usize,
 }
 
-fn collect<T: BorrowMut<MapData>>(
-    map: &mut CtMap<T>,
+fn collect<T: BorrowMut<MapData>, A: FamilyMaps>(
+    map: &mut CtMap<T, A>,
     doom: &Doom,
     live: &LiveOwners,
     removed: &AtomicU64,
-) -> Result<Round> {
-    let entries: HashMap<CtKey4, CtEntry4> =
-        batch::entries(map.map().fd().as_fd()).context("reading CT4")?.into_iter().collect();
+) -> Result<Round>
+where
+    CtKey<A>: aya::Pod,
+    CtEntry<A>: aya::Pod,
+{
+    let entries: HashMap<CtKey<A>, CtEntry<A>> =
+        batch::entries(map.map().fd().as_fd()).with_context(|| format!("reading {}", A::CT))?.into_iter().collect();
     collect_from(map, &entries, doom, live, removed)
 }
 
-fn collect_from<T: BorrowMut<MapData>>(
-    map: &mut CtMap<T>,
-    entries: &HashMap<CtKey4, CtEntry4>,
+fn collect_from<T: BorrowMut<MapData>, A: FamilyMaps>(
+    map: &mut CtMap<T, A>,
+    entries: &HashMap<CtKey<A>, CtEntry<A>>,
     doom: &Doom,
     live: &LiveOwners,
     removed: &AtomicU64,
-) -> Result<Round> {
+) -> Result<Round>
+where
+    CtKey<A>: aya::Pod,
+    CtEntry<A>: aya::Pod,
+{
     // Flows of removed owners (see netpath_common::owner) go whatever
     // their state; the rest by their timeouts, pressure and peers.
-    let stale: Vec<CtKey4> = entries.iter().filter(|(_, e)| !live.owns(e)).map(|(k, _)| *k).collect();
-    let doomed: Vec<CtKey4> = entries
+    let stale: Vec<CtKey<A>> = entries.iter().filter(|(_, e)| !live.owns(e)).map(|(k, _)| *k).collect();
+    let doomed: Vec<CtKey<A>> = entries
         .iter()
         .filter(|(k, e)| {
             let peer = entries.get(&e.peer);
@@ -388,7 +455,7 @@ fn collect_from<T: BorrowMut<MapData>>(
         })
         .map(|(k, _)| *k)
         .collect();
-    let orphans: Vec<CtKey4> = entries
+    let orphans: Vec<CtKey<A>> = entries
         .iter()
         .filter(|(_, e)| live.owns(e) && !doom.expired(e) && !entries.contains_key(&e.peer))
         .map(|(k, _)| *k)
@@ -422,7 +489,7 @@ fn sweep_sock_revnat<T: BorrowMut<MapData>>(
 /// Did removing `entry` (`gone`) and its peer (`peer_gone`) remove a flow?
 /// A flow is counted by its original half, whichever half a walk meets
 /// first: the one removed here, or the peer removed with it.
-fn removed_a_flow(entry: &CtEntry4, gone: bool, peer_gone: bool) -> bool {
+fn removed_a_flow<A>(entry: &CtEntry<A>, gone: bool, peer_gone: bool) -> bool {
     if entry.flags & CT_F_REPLY == 0 {
         gone
     } else {
@@ -434,12 +501,16 @@ fn removed_a_flow(entry: &CtEntry4, gone: bool, peer_gone: bool) -> bool {
 /// just before it goes (the datapath may have tracked a new flow on the
 /// tuple meanwhile, with a live owner), and their peers if stale too.
 /// Returns how many flows went.
-fn remove_stale<T: BorrowMut<MapData>>(
-    map: &mut CtMap<T>,
-    keys: &[CtKey4],
+fn remove_stale<T: BorrowMut<MapData>, A: FamilyMaps>(
+    map: &mut CtMap<T, A>,
+    keys: &[CtKey<A>],
     live: &LiveOwners,
     removed: &AtomicU64,
-) -> Result<usize> {
+) -> Result<usize>
+where
+    CtKey<A>: aya::Pod,
+    CtEntry<A>: aya::Pod,
+{
     let mut flows = 0;
     for key in keys {
         let Ok(entry) = map.get(key, 0) else { continue };
@@ -459,7 +530,15 @@ fn remove_stale<T: BorrowMut<MapData>>(
 /// Deletes these halves if their peer is still missing, each checked just
 /// before it goes (the datapath inserts a pair's halves one after the
 /// other).
-fn remove_orphans<T: BorrowMut<MapData>>(map: &mut CtMap<T>, keys: &[CtKey4], removed: &AtomicU64) -> Result<usize> {
+fn remove_orphans<T: BorrowMut<MapData>, A: FamilyMaps>(
+    map: &mut CtMap<T, A>,
+    keys: &[CtKey<A>],
+    removed: &AtomicU64,
+) -> Result<usize>
+where
+    CtKey<A>: aya::Pod,
+    CtEntry<A>: aya::Pod,
+{
     let mut flows = 0;
     for key in keys {
         let Ok(entry) = map.get(key, 0) else { continue };
@@ -476,12 +555,16 @@ fn remove_orphans<T: BorrowMut<MapData>>(map: &mut CtMap<T>, keys: &[CtKey4], re
 /// Deletes the pairs of these keys that are still doomed, each re-read just
 /// before it goes: the datapath may have revived one (a reused tuple, a
 /// retransmission) since the table was read.
-fn remove_doomed<T: BorrowMut<MapData>>(
-    map: &mut CtMap<T>,
-    keys: &[CtKey4],
+fn remove_doomed<T: BorrowMut<MapData>, A: FamilyMaps>(
+    map: &mut CtMap<T, A>,
+    keys: &[CtKey<A>],
     doom: &Doom,
     removed: &AtomicU64,
-) -> Result<Round> {
+) -> Result<Round>
+where
+    CtKey<A>: aya::Pod,
+    CtEntry<A>: aya::Pod,
+{
     let mut round = Round::default();
     for key in keys {
         // The pair's other half, already gone with its peer, is skipped here.
@@ -507,7 +590,15 @@ fn remove_doomed<T: BorrowMut<MapData>>(
 /// Deletes one entry; true if it was there. Every removal the agent makes
 /// goes through here, counted in `removed` (evictions are told from
 /// removals by that count).
-fn remove_counted<T: BorrowMut<MapData>>(map: &mut CtMap<T>, key: &CtKey4, removed: &AtomicU64) -> Result<bool> {
+fn remove_counted<T: BorrowMut<MapData>, A: FamilyMaps>(
+    map: &mut CtMap<T, A>,
+    key: &CtKey<A>,
+    removed: &AtomicU64,
+) -> Result<bool>
+where
+    CtKey<A>: aya::Pod,
+    CtEntry<A>: aya::Pod,
+{
     match map.remove(key) {
         Ok(()) => {
             removed.fetch_add(1, Ordering::Relaxed);
@@ -515,7 +606,7 @@ fn remove_counted<T: BorrowMut<MapData>>(map: &mut CtMap<T>, key: &CtKey4, remov
         }
         Err(e) => match ignore_missing(Err(e)) {
             Ok(()) => Ok(false),
-            Err(e) => Err(e).context("deleting from CT4"),
+            Err(e) => Err(e).with_context(|| format!("deleting from {}", A::CT)),
         },
     }
 }

@@ -15,8 +15,9 @@ use aya::{
 };
 use aya_obj::generated::bpf_map_type;
 use netpath_common::{
-    hooks::Attach, maps as names, ContainerEntry, CtEntry4, CtKey4, CtStats, DatapathConfig, HostAddr4, MappingEntry4,
-    MappingKey4, PolicyEntry, PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats, HOOKS,
+    hooks::Attach, maps as names, ContainerEntry, CtEntry4, CtKey4, CtStats, DatapathConfig, HostAddr, In6Addr,
+    MappingEntry4, MappingKey4, PolicyEntry, PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats, HOOKS,
+    TAIL_CALLS,
 };
 
 use super::Datapath;
@@ -30,7 +31,7 @@ pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 /// sizes or capacity are caught map by map against the object; a unit test
 /// (`a_changed_layout_bumps_the_layout_version`) fails when a pinned type's
 /// fields move without a bump.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// The stamp: a one-entry array map (`u32` -> `u32`, the layout version)
 /// that the agent creates and pins beside the maps, under `maps/`.
@@ -38,11 +39,11 @@ pub const LAYOUT_MAP: &str = "LAYOUT";
 
 /// Key and value sizes of every pinned map as the agent's types have them
 /// (the object must declare the same; a unit test checks it).
-const MAP_LAYOUTS: [(&str, usize, usize); 18] = [
+const MAP_LAYOUTS: [(&str, usize, usize); 23] = [
     (names::CONTAINERS, size_of::<u32>(), size_of::<ContainerEntry>()),
     (names::IFACE_STATS, size_of::<u32>(), size_of::<TrafficStats>()),
     (names::MAPPINGS4, size_of::<MappingKey4>(), size_of::<MappingEntry4>()),
-    (names::HOST_ADDRS4, size_of::<[u8; 4]>(), size_of::<HostAddr4>()),
+    (names::HOST_ADDRS4, size_of::<[u8; 4]>(), size_of::<HostAddr>()),
     (names::CT4, size_of::<CtKey4>(), size_of::<CtEntry4>()),
     (names::CT_STATS, size_of::<u32>(), size_of::<CtStats>()),
     (names::SOCK_REVNAT4, size_of::<SockRevNatKey4>(), size_of::<SockRevNatEntry4>()),
@@ -61,7 +62,33 @@ const MAP_LAYOUTS: [(&str, usize, usize); 18] = [
     (names::GUARDED_PORTS, size_of::<u32>(), size_of::<u64>()),
     (names::DENIED_SOURCES4, size_of::<u32>() + size_of::<[u8; 4]>(), size_of::<u32>()),
     (names::EVENT_BUDGET, size_of::<u32>(), size_of::<netpath_common::EventBudget>()),
+    (names::CT6, size_of::<netpath_common::CtKey6>(), size_of::<netpath_common::CtEntry6>()),
+    (names::HOST_ADDRS6, size_of::<In6Addr>(), size_of::<HostAddr>()),
+    (names::POLICY6, size_of::<u32>() + size_of::<netpath_common::PolicyKey6>(), size_of::<PolicyEntry>()),
+    (names::FRAGS6, size_of::<netpath_common::FragKey6>(), size_of::<netpath_common::FragEntry6>()),
+    // Slot -> program fd.
+    (names::TAIL_CALLS, size_of::<u32>(), size_of::<u32>()),
 ];
+
+/// Loads the tail-called programs and puts each in its `TAIL_CALLS` slot,
+/// before any entry point of this load is attached: an entry point that
+/// jumps to an empty slot drops the packet.
+fn load_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
+    let mut fds = Vec::with_capacity(TAIL_CALLS.len());
+    for tail in &TAIL_CALLS {
+        let prog = <&mut SchedClassifier>::try_from(program_mut(ebpf, tail.program)?)?;
+        prog.load().with_context(|| format!("loading program {}", tail.program))?;
+        fds.push((tail, prog.fd()?.try_clone()?));
+    }
+    let map = ebpf
+        .map_mut(names::TAIL_CALLS)
+        .ok_or_else(|| anyhow!("the BPF object declares no map {}", names::TAIL_CALLS))?;
+    let mut slots = aya::maps::ProgramArray::try_from(map)?;
+    for (tail, fd) in &fds {
+        slots.set(tail.slot, fd, 0).with_context(|| format!("putting {} in {}", tail.program, names::TAIL_CALLS))?;
+    }
+    Ok(())
+}
 
 /// Mounts bpffs at /sys/fs/bpf if nothing is mounted there (a fresh machine).
 pub fn ensure_bpffs() -> Result<()> {
@@ -138,6 +165,7 @@ impl Datapath {
                 Attach::SockAddr(_) => <&mut CgroupSockAddr>::try_from(prog)?.load().with_context(what)?,
             }
         }
+        load_tail_calls(&mut ebpf)?;
         let mut dp = Datapath {
             ebpf,
             pin_dir: pin_dir.map(Path::to_path_buf).unwrap_or_default(),
@@ -150,8 +178,9 @@ impl Datapath {
         // agent's writes keep the counts, and the GC the datapath's.
         dp.read_written()?;
         let since = std::time::Instant::now();
-        let ct_entries = dp.ct_entries()?.len() as u64;
-        dp.fill_counter()?.record(ct_entries, since)?;
+        let ct4 = dp.ct_entries()?.len() as u64;
+        let ct6 = dp.ct_entries6()?.len() as u64;
+        dp.fill_counter()?.record(&[(names::CT4, ct4), (names::CT6, ct6)], since)?;
         Ok(dp)
     }
 
@@ -364,7 +393,8 @@ mod tests {
     /// Every field of every pinned map's key and value, where it sits.
     fn pinned_layout() -> String {
         use netpath_common::{
-            conntrack::CtTimeouts, policy::PolicyRule, stats::Counter, EventBudget, ForwardStats, FragEntry4, FragKey4,
+            conntrack::CtTimeouts, policy::PolicyRule, stats::Counter, CtEntry6, CtKey6, EventBudget, ForwardStats,
+            FragEntry4, FragEntry6, FragKey4, FragKey6, PolicyKey6,
         };
         [
             layout!(ContainerEntry { ipv4, ipv6, mac, flags, ifindex, id, policy_epoch }),
@@ -372,7 +402,7 @@ mod tests {
             layout!(TrafficStats { ingress, egress, drops }),
             layout!(MappingKey4 { addr, port, proto }),
             layout!(MappingEntry4 { container_addr, container_port, id, container_ifindex }),
-            layout!(HostAddr4 { ifindex }),
+            layout!(HostAddr { ifindex }),
             layout!(CtKey4 { saddr, daddr, sport, dport, proto, scope, icmp_type }),
             layout!(CtEntry4 {
                 snat_addr,
@@ -403,13 +433,35 @@ mod tests {
                 masq_addr4,
                 masq_port_min,
                 masq_port_max,
-                gateway_mac
+                gateway_mac,
+                subnet6,
+                subnet6_prefix,
+                gateway6
             }),
             layout!(PolicyKey4 { container_id, direction, addr }),
             layout!(PolicyRule { prefix_len, proto, action, has_ports, port_min, port_max }),
             layout!(PolicyEntry { count, rules }),
             layout!(FragKey4 { saddr, daddr, id, proto, scope }),
             layout!(FragEntry4 { sport, dport, nat_saddr, nat_daddr, expires_ns }),
+            layout!(CtKey6 { saddr, daddr, sport, dport, proto, scope, icmp_type }),
+            layout!(CtEntry6 {
+                snat_addr,
+                dnat_addr,
+                snat_port,
+                dnat_port,
+                flags,
+                state,
+                mapping_id,
+                policy_epoch,
+                expires_ns,
+                packets,
+                bytes,
+                peer,
+                container_id
+            }),
+            layout!(PolicyKey6 { container_id, direction, addr }),
+            layout!(FragKey6 { saddr, daddr, id, proto, scope }),
+            layout!(FragEntry6 { sport, dport, nat_saddr, nat_daddr, expires_ns }),
             layout!(ForwardStats { redirected, fallbacks }),
             layout!(EventBudget { window_start_ns, sent, suppressed }),
             // Version 4: owner slots (MAPPING_IDS, CONTAINER_IDS) and
@@ -417,7 +469,9 @@ mod tests {
             // epochs (ContainerEntry, CtEntry4); 6: 131072 owner slots and
             // published ports, the uplink guard (GUARDED_PORTS,
             // DENIED_SOURCES4, DropReason::DeniedSource) and the drop
-            // events' budget (EVENT_BUDGET).
+            // events' budget (EVENT_BUDGET); 7: IPv6 (CT6, HOST_ADDRS6,
+            // POLICY6, FRAGS6, DatapathConfig's IPv6 subnet, 32-bit fragment
+            // ids, two more drop reasons and room for four).
             format!("owner slots {}: id", netpath_common::owner::OWNER_SLOTS),
             format!(
                 "guarded ports {} words: tcp then udp, bit port%64 of word port/64; denied sources [u8; 4] -> u32; \
@@ -437,9 +491,7 @@ mod tests {
     /// The layout this LAYOUT_VERSION stands for. When the test below fails,
     /// the pinned maps' layout changed: bump LAYOUT_VERSION (pins of the old
     /// layout must be refused) and record the new pair here.
-    /// (Version 6's fingerprint was recorded again when `CtEntry` became
-    /// `CtEntry4`: the text names the types; the layout did not change.)
-    const RECORDED_LAYOUT: (u32, u64) = (6, 0x6c342c483cda8b0e);
+    const RECORDED_LAYOUT: (u32, u64) = (7, 0x1ccd36be2fc07ece);
 
     #[test]
     fn a_changed_layout_bumps_the_layout_version() {

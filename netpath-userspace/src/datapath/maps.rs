@@ -19,10 +19,12 @@ use aya::{
     sys::SyscallError,
 };
 use netpath_common::{
+    family::AddrFamily,
     maps as names, owner,
     uplink_guard::{GuardedPorts, GUARDED_PORT_WORDS},
-    ContainerEntry, CtEntry4, CtKey4, DatapathConfig, ForwardStats, FragEntry4, FragKey4, HostAddr4, MappingEntry4,
-    MappingKey4, PolicyEntry, PolicyKey4, TrafficStats,
+    ContainerEntry, CtEntry, CtEntry4, CtKey, CtKey4, DatapathConfig, ForwardStats, FragEntry, FragEntry4, FragEntry6,
+    FragKey, FragKey4, FragKey6, HostAddr, In6Addr, MappingEntry4, MappingKey4, PolicyEntry, PolicyKey, PolicyKey4,
+    PolicyKey6, TrafficStats,
 };
 
 use super::Datapath;
@@ -46,16 +48,58 @@ pub struct MapSummary {
 /// Keys of the maps only the agent writes, kept as it writes them, so that
 /// `status` reads their fill levels without walking them.
 #[derive(Default)]
-pub(super) struct Written {
+pub struct Written {
     containers: HashSet<u32>,
     container_ips4: HashSet<[u8; 4]>,
     mappings: HashSet<MappingKey4>,
-    host_addrs: HashSet<[u8; 4]>,
-    policy: HashSet<(u32, PolicyKey4)>,
+    family4: WrittenFamily<[u8; 4]>,
+    family6: WrittenFamily<In6Addr>,
     /// Bitmap words of GUARDED_PORTS that are not zero.
     guarded_words: usize,
     /// (prefix length, address) in DENIED_SOURCES4.
     denied_sources: HashSet<(u32, [u8; 4])>,
+}
+
+/// What the agent wrote into one family's host address and policy maps.
+#[derive(Default)]
+pub struct WrittenFamily<A> {
+    host_addrs: HashSet<A>,
+    policy: HashSet<(u32, PolicyKey<A>)>,
+}
+
+/// The maps of one address family, by name: the family-generic accessors
+/// below (`ct_entries_of`, `set_policy`, ...) pick them through here, and the
+/// `…4`/`…6` methods are their instances.
+pub trait FamilyMaps: AddrFamily + aya::Pod {
+    const CT: &'static str;
+    const HOST_ADDRS: &'static str;
+    const POLICY: &'static str;
+    const FRAGS: &'static str;
+
+    #[doc(hidden)]
+    fn written(w: &mut Written) -> &mut WrittenFamily<Self>;
+}
+
+impl FamilyMaps for [u8; 4] {
+    const CT: &'static str = names::CT4;
+    const HOST_ADDRS: &'static str = names::HOST_ADDRS4;
+    const POLICY: &'static str = names::POLICY4;
+    const FRAGS: &'static str = names::FRAGS4;
+
+    fn written(w: &mut Written) -> &mut WrittenFamily<Self> {
+        &mut w.family4
+    }
+}
+
+impl FamilyMaps for In6Addr {
+    const CT: &'static str = names::CT6;
+    const HOST_ADDRS: &'static str = names::HOST_ADDRS6;
+    const POLICY: &'static str = names::POLICY6;
+    const FRAGS: &'static str = names::FRAGS6;
+
+    fn written(w: &mut Written) -> &mut WrittenFamily<Self> {
+        &mut w.family6
+    }
 }
 
 /// The ids live in the owner tables (MAPPING_IDS, CONTAINER_IDS).
@@ -67,7 +111,7 @@ pub struct LiveOwners {
 
 impl LiveOwners {
     /// Are the owners of `entry` still there? See netpath_common::owner.
-    pub fn owns(&self, entry: &CtEntry4) -> bool {
+    pub fn owns<A>(&self, entry: &CtEntry<A>) -> bool {
         (entry.mapping_id == 0 || self.mappings.contains(&entry.mapping_id))
             && (entry.container_id == 0 || self.containers.contains(&entry.container_id))
     }
@@ -100,18 +144,17 @@ pub struct FillCounter {
 }
 
 impl FillCounter {
-    /// Counts every map but conntrack, whose count `ct_entries` the GC's
-    /// walk gives, and records them for `status` as counted at `since`, the
+    /// Counts every map but the conntrack tables, whose counts `ct_entries`
+    /// (by map name) the GC's walk gives, and records them for `status` as counted at `since`, the
     /// start of that walk: every change made before it is in the counts (a
     /// map removal landing while a count runs would otherwise pass for
     /// counted when it may not be).
-    pub fn record(&self, ct_entries: u64, since: Instant) -> Result<()> {
+    pub fn record(&self, ct_entries: &[(&str, u64)], since: Instant) -> Result<()> {
         let mut entries = vec![];
         for (name, data) in &self.maps {
-            let n = if *name == names::CT4 {
-                ct_entries
-            } else {
-                count(data).with_context(|| format!("counting {name}"))?
+            let n = match ct_entries.iter().find(|(ct, _)| ct == name) {
+                Some((_, n)) => *n,
+                None => count(data).with_context(|| format!("counting {name}"))?,
             };
             entries.push((*name, n));
         }
@@ -159,12 +202,21 @@ impl Datapath {
         Ok(BpfHashMap::try_from(self.map_mut(names::MAPPINGS4)?)?)
     }
 
-    fn host_addrs_map(&mut self) -> Result<BpfHashMap<&mut MapData, [u8; 4], HostAddr4>> {
-        Ok(BpfHashMap::try_from(self.map_mut(names::HOST_ADDRS4)?)?)
+    fn host_addrs_map<A: FamilyMaps>(&mut self) -> Result<BpfHashMap<&mut MapData, A, HostAddr>> {
+        Ok(BpfHashMap::try_from(self.map_mut(A::HOST_ADDRS)?)?)
     }
 
     pub(super) fn ct_map(&mut self) -> Result<BpfHashMap<&mut MapData, CtKey4, CtEntry4>> {
-        Ok(BpfHashMap::try_from(self.map_mut(names::CT4)?)?)
+        self.ct_map_of()
+    }
+
+    /// The conntrack table of family `A` (CT4, CT6).
+    pub(super) fn ct_map_of<A: FamilyMaps>(&mut self) -> Result<BpfHashMap<&mut MapData, CtKey<A>, CtEntry<A>>>
+    where
+        CtKey<A>: aya::Pod,
+        CtEntry<A>: aya::Pod,
+    {
+        Ok(BpfHashMap::try_from(self.map_mut(A::CT)?)?)
     }
 
     /// The entry of one key of a map, read without walking it.
@@ -183,14 +235,32 @@ impl Datapath {
         self.get_one(names::FRAGS4, key)
     }
 
-    fn frags_map(&mut self) -> Result<BpfHashMap<&mut MapData, FragKey4, FragEntry4>> {
-        Ok(BpfHashMap::try_from(self.map_mut(names::FRAGS4)?)?)
+    /// [`Datapath::frag_get4`] for IPv6 (FRAGS6).
+    pub fn frag_get6(&self, key: &FragKey6) -> Result<Option<FragEntry6>> {
+        self.get_one(names::FRAGS6, key)
     }
 
     /// Deletes the recorded first fragments `pred` selects; returns how many.
-    pub fn frags_remove_where4(&mut self, mut pred: impl FnMut(&FragKey4, &FragEntry4) -> bool) -> Result<usize> {
-        let mut map = self.frags_map()?;
-        let doomed: Vec<FragKey4> =
+    pub fn frags_remove_where4(&mut self, pred: impl FnMut(&FragKey4, &FragEntry4) -> bool) -> Result<usize> {
+        self.frags_remove_where(pred)
+    }
+
+    /// [`Datapath::frags_remove_where4`] for IPv6 (FRAGS6).
+    pub fn frags_remove_where6(&mut self, pred: impl FnMut(&FragKey6, &FragEntry6) -> bool) -> Result<usize> {
+        self.frags_remove_where(pred)
+    }
+
+    fn frags_remove_where<A: FamilyMaps>(
+        &mut self,
+        mut pred: impl FnMut(&FragKey<A>, &FragEntry<A>) -> bool,
+    ) -> Result<usize>
+    where
+        FragKey<A>: aya::Pod,
+        FragEntry<A>: aya::Pod,
+    {
+        let mut map: BpfHashMap<&mut MapData, FragKey<A>, FragEntry<A>> =
+            BpfHashMap::try_from(self.map_mut(A::FRAGS)?)?;
+        let doomed: Vec<FragKey<A>> =
             map.iter().filter_map(|item| item.ok()).filter(|(k, e)| pred(k, e)).map(|(k, _)| k).collect();
         let mut removed = 0;
         for key in doomed {
@@ -198,14 +268,17 @@ impl Datapath {
                 Ok(()) => removed += 1,
                 // Expired and evicted meanwhile (LRU): gone either way.
                 Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(e).context("deleting from FRAGS4"),
+                Err(e) => return Err(e).with_context(|| format!("deleting from {}", A::FRAGS)),
             }
         }
         Ok(removed)
     }
 
-    fn policy_map(&mut self) -> Result<LpmTrie<&mut MapData, PolicyKey4, PolicyEntry>> {
-        Ok(LpmTrie::try_from(self.map_mut(names::POLICY4)?)?)
+    fn policy_map<A: FamilyMaps>(&mut self) -> Result<LpmTrie<&mut MapData, PolicyKey<A>, PolicyEntry>>
+    where
+        PolicyKey<A>: aya::Pod,
+    {
+        Ok(LpmTrie::try_from(self.map_mut(A::POLICY)?)?)
     }
 
     /// What the CONFIG map holds (a previous run's settings, when its pin
@@ -421,34 +494,57 @@ impl Datapath {
 
     /// Makes HOST_ADDRS4 hold exactly `addrs` (address, ifindex).
     pub fn sync_host_addrs4(&mut self, addrs: &[([u8; 4], u32)]) -> Result<()> {
-        let mut map = self.host_addrs_map()?;
-        let existing: Vec<[u8; 4]> = map.keys().collect::<Result<_, _>>()?;
+        self.sync_host_addrs(addrs)
+    }
+
+    /// Makes HOST_ADDRS6 hold exactly `addrs` (address, ifindex).
+    pub fn sync_host_addrs6(&mut self, addrs: &[(In6Addr, u32)]) -> Result<()> {
+        self.sync_host_addrs(addrs)
+    }
+
+    fn sync_host_addrs<A: FamilyMaps>(&mut self, addrs: &[(A, u32)]) -> Result<()> {
+        let mut map = self.host_addrs_map::<A>()?;
+        let existing: Vec<A> = map.keys().collect::<Result<_, _>>()?;
         for old in existing {
             if !addrs.iter().any(|(a, _)| *a == old) {
-                ignore_missing(map.remove(&old))?;
+                ignore_missing(map.remove(&old)).with_context(|| format!("removing from {}", A::HOST_ADDRS))?;
             }
         }
         for (addr, ifindex) in addrs {
-            if map.get(addr, 0).ok() != Some(HostAddr4 { ifindex: *ifindex }) {
-                map.insert(addr, HostAddr4 { ifindex: *ifindex }, 0)?;
+            if map.get(addr, 0).ok() != Some(HostAddr { ifindex: *ifindex }) {
+                map.insert(addr, HostAddr { ifindex: *ifindex }, 0)
+                    .with_context(|| format!("writing into {}", A::HOST_ADDRS))?;
             }
         }
-        self.written.host_addrs = addrs.iter().map(|(a, _)| *a).collect();
+        A::written(&mut self.written).host_addrs = addrs.iter().map(|(a, _)| *a).collect();
         Ok(())
     }
 
     /// Writes the compiled rules of one prefix (a container, a direction and
     /// a CIDR); an empty entry removes the prefix.
     pub fn set_policy4(&mut self, prefix_len: u32, key: &PolicyKey4, entry: &PolicyEntry) -> Result<()> {
+        self.set_policy(prefix_len, key, entry)
+    }
+
+    /// [`Datapath::set_policy4`] for IPv6 (POLICY6).
+    pub fn set_policy6(&mut self, prefix_len: u32, key: &PolicyKey6, entry: &PolicyEntry) -> Result<()> {
+        self.set_policy(prefix_len, key, entry)
+    }
+
+    /// [`Datapath::set_policy4`] for either family.
+    pub fn set_policy<A: FamilyMaps>(&mut self, prefix_len: u32, key: &PolicyKey<A>, entry: &PolicyEntry) -> Result<()>
+    where
+        PolicyKey<A>: aya::Pod,
+    {
         let k = LpmKey::new(prefix_len, *key);
         if entry.count == 0 {
-            ignore_missing(self.policy_map()?.remove(&k))
-                .with_context(|| format!("removing from {}", names::POLICY4))?;
-            self.written.policy.remove(&(prefix_len, *key));
+            ignore_missing(self.policy_map::<A>()?.remove(&k))
+                .with_context(|| format!("removing from {}", A::POLICY))?;
+            A::written(&mut self.written).policy.remove(&(prefix_len, *key));
             return Ok(());
         }
-        self.policy_map()?.insert(&k, entry, 0).with_context(|| format!("writing into {}", names::POLICY4))?;
-        self.written.policy.insert((prefix_len, *key));
+        self.policy_map::<A>()?.insert(&k, entry, 0).with_context(|| format!("writing into {}", A::POLICY))?;
+        A::written(&mut self.written).policy.insert((prefix_len, *key));
         Ok(())
     }
 
@@ -511,7 +607,20 @@ impl Datapath {
 
     /// Every (prefix length, key) in POLICY4.
     pub fn policy_keys4(&mut self) -> Result<Vec<(u32, PolicyKey4)>> {
-        Ok(self.policy_map()?.keys().filter_map(Result::ok).map(|k| (k.prefix_len(), k.data())).collect())
+        self.policy_keys()
+    }
+
+    /// Every (prefix length, key) in POLICY6.
+    pub fn policy_keys6(&mut self) -> Result<Vec<(u32, PolicyKey6)>> {
+        self.policy_keys()
+    }
+
+    /// Every (prefix length, key) in the policy trie of family `A`.
+    pub fn policy_keys<A: FamilyMaps>(&mut self) -> Result<Vec<(u32, PolicyKey<A>)>>
+    where
+        PolicyKey<A>: aya::Pod,
+    {
+        Ok(self.policy_map::<A>()?.keys().filter_map(Result::ok).map(|k| (k.prefix_len(), k.data())).collect())
     }
 
     /// Takes the event ring buffer out of the object, for the agent's reader.
@@ -535,12 +644,12 @@ impl Datapath {
             (names::CONTAINERS, owners(self.written.containers.len())),
             (names::IFACE_STATS, of_gc(names::IFACE_STATS)),
             (names::MAPPINGS4, owners(self.written.mappings.len())),
-            (names::HOST_ADDRS4, owners(self.written.host_addrs.len())),
+            (names::HOST_ADDRS4, owners(self.written.family4.host_addrs.len())),
             (names::CT4, of_gc(names::CT4)),
             (names::CT_STATS, (1, None)),
             (names::SOCK_REVNAT4, of_gc(names::SOCK_REVNAT4)),
             (names::CONFIG, (1, None)),
-            (names::POLICY4, owners(self.written.policy.len())),
+            (names::POLICY4, owners(self.written.family4.policy.len())),
             (names::FRAGS4, of_gc(names::FRAGS4)),
             (names::CONTAINER_IPS4, owners(self.written.container_ips4.len())),
             (names::FORWARD_STATS, (1, None)),
@@ -550,6 +659,10 @@ impl Datapath {
             (names::EVENT_BUDGET, (1, None)),
             (names::GUARDED_PORTS, owners(self.written.guarded_words)),
             (names::DENIED_SOURCES4, owners(self.written.denied_sources.len())),
+            (names::CT6, of_gc(names::CT6)),
+            (names::HOST_ADDRS6, owners(self.written.family6.host_addrs.len())),
+            (names::POLICY6, owners(self.written.family6.policy.len())),
+            (names::FRAGS6, of_gc(names::FRAGS6)),
         ];
         let mut out = vec![];
         for (name, (entries, counted_ms_ago)) in counts {
@@ -566,12 +679,18 @@ impl Datapath {
         let containers = self.containers_map()?.keys().collect::<Result<_, _>>()?;
         let container_ips4 = self.container_ips_map()?.keys().collect::<Result<_, _>>()?;
         let mappings = self.mappings_map()?.keys().collect::<Result<_, _>>()?;
-        let host_addrs = self.host_addrs_map()?.keys().collect::<Result<_, _>>()?;
-        let policy = self.policy_keys4()?.into_iter().collect();
+        let family4 = WrittenFamily {
+            host_addrs: self.host_addrs_map::<[u8; 4]>()?.keys().collect::<Result<_, _>>()?,
+            policy: self.policy_keys4()?.into_iter().collect(),
+        };
+        let family6 = WrittenFamily {
+            host_addrs: self.host_addrs_map::<In6Addr>()?.keys().collect::<Result<_, _>>()?,
+            policy: self.policy_keys6()?.into_iter().collect(),
+        };
         let guarded_words = self.guarded_ports()?.used_words();
         let denied_sources = self.denied_sources4()?.into_iter().collect();
         self.written =
-            Written { containers, container_ips4, mappings, host_addrs, policy, guarded_words, denied_sources };
+            Written { containers, container_ips4, mappings, family4, family6, guarded_words, denied_sources };
         Ok(())
     }
 
@@ -579,7 +698,7 @@ impl Datapath {
     /// beside the agent (the GC's thread).
     pub(super) fn fill_counter(&self) -> Result<FillCounter> {
         let mut maps = vec![];
-        for name in [names::CT4, names::FRAGS4, names::SOCK_REVNAT4, names::IFACE_STATS] {
+        for name in [names::CT4, names::CT6, names::FRAGS4, names::FRAGS6, names::SOCK_REVNAT4, names::IFACE_STATS] {
             let map = self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing"))?;
             let fd = map_data(map)?.fd().as_fd().try_clone_to_owned().with_context(|| format!("duplicating {name}"))?;
             maps.push((name, MapData::from_fd(fd).with_context(|| format!("opening {name}"))?));

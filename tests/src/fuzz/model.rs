@@ -130,7 +130,7 @@ pub fn classify(f: &[u8]) -> Class {
     let frag = be16(ip, 6);
     let (proto, src, dst) = (ip[9], addr(ip, 12), addr(ip, 16));
     if frag & IP_OFFSET != 0 {
-        return Class::LaterFragment(FragKey4 { saddr: src, daddr: dst, id: ne16(ip, 4), proto, scope: 0 });
+        return Class::LaterFragment(FragKey4 { saddr: src, daddr: dst, id: ne16(ip, 4), proto, scope: 0, _pad: [] });
     }
     let l4 = &ip[ihl..];
     let need = l4_header_len(proto);

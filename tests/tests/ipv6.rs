@@ -1,0 +1,208 @@
+//! IPv6 traffic end to end, with the agent and real sockets: containers
+//! talk over IPv6 judged by their policy (IPv6 CIDRs) and tracked by
+//! conntrack, icc off keeps them apart but lets them reach the gateway, a
+//! forged source never leaves, and the world reaches a container's IPv6
+//! address only when the instance routes. Each promise is checked from
+//! both ends: the client's connection and what the server saw.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use netpath_tests::topology::{Topology, HOST_UPLINK};
+use netpath_userspace::model::{Container, Flow, StatsView};
+
+/// The uplink's IPv6 addresses (documentation prefix, inside the test's
+/// own namespaces only).
+const HOST_UPLINK_IP6: &str = "2001:db8:18::1";
+const WORLD_IP6: &str = "2001:db8:18::2";
+
+/// A topology with its own IPv6 subnet, an agent started with `args`, and
+/// `containers` containers.
+fn topology(containers: usize, args: &[&str]) -> (Topology, Vec<Container>) {
+    assert!(
+        netpath_tests::is_root(),
+        "topology tests create namespaces and load BPF: run them as root (cargo xtask test)"
+    );
+    let mut t = Topology::new(containers).expect("build topology");
+    let third = t.subnet.split('.').nth(2).unwrap_or("0").to_string();
+    let subnet6 = format!("fd00:78:{third}::/64");
+    let mut all = vec!["--subnet6", &subnet6];
+    all.extend_from_slice(args);
+    t.agent_args(&all);
+    t.start_agent().expect("start netpathd");
+    let cs: Vec<Container> = (1..=containers).map(|i| t.add_container(i).expect("add container")).collect();
+    for c in &cs {
+        assert!(c.ip6.is_some(), "{} has an IPv6 address", c.name);
+    }
+    (t, cs)
+}
+
+fn ip6(c: &Container) -> Ipv6Addr {
+    c.ip6.expect("the container's IPv6 address")
+}
+
+/// A server in `ns` on [::]:`port` that answers every connection with "ok"
+/// for 20 s, and reports the peer address of each.
+fn server(t: &Topology, ns: &str, port: u16) -> mpsc::Receiver<IpAddr> {
+    let listener = t.in_ns(ns, || Ok(TcpListener::bind(("::", port))?)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    std::thread::spawn(move || {
+        while Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut s, peer)) => {
+                    let _ = tx.send(peer.ip());
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.write_all(b"ok");
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+    rx
+}
+
+/// Does a TCP connection from `ns` (from `bind`, if given) to `dst` get
+/// the server's "ok"?
+fn reaches(t: &Topology, ns: &str, bind: Option<Ipv6Addr>, dst: Ipv6Addr, port: u16) -> bool {
+    let attempt = || -> Result<bool> {
+        let to = SocketAddr::from((dst, port));
+        let mut s = t.in_ns(ns, || {
+            let sock = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
+            if let Some(src) = bind {
+                sock.bind(&SocketAddr::from((src, 0)).into())?;
+            }
+            sock.connect_timeout(&to.into(), Duration::from_millis(800))?;
+            Ok(TcpStream::from(sock))
+        })?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut b = String::new();
+        s.read_to_string(&mut b)?;
+        Ok(b == "ok")
+    };
+    attempt().unwrap_or(false)
+}
+
+fn drops(t: &Topology, name: &str, reason: &str) -> u64 {
+    let st: StatsView = t.ctl_json(&["stats", name]).unwrap();
+    st.containers[0].stats.drops.get(reason).copied().unwrap_or(0)
+}
+
+fn flows(t: &Topology) -> Vec<Flow> {
+    t.ctl_json(&["conntrack"]).unwrap()
+}
+
+/// IPv6 on the uplink pair, and the world's route to the containers'
+/// IPv6 subnet through the host (what a router delegating the prefix to
+/// the host would have).
+fn ipv6_uplink(t: &Topology, subnet6: &str) {
+    t.exec(&t.host, &["ip", "-6", "addr", "add", &format!("{HOST_UPLINK_IP6}/64"), "dev", HOST_UPLINK, "nodad"])
+        .unwrap();
+    t.exec(&t.world, &["ip", "-6", "addr", "add", &format!("{WORLD_IP6}/64"), "dev", "eth0", "nodad"]).unwrap();
+    t.exec(&t.world, &["ip", "-6", "route", "add", subnet6, "via", HOST_UPLINK_IP6]).unwrap();
+}
+
+#[test]
+fn containers_talk_over_ipv6_judged_by_policy_and_tracked() {
+    let (t, cs) = topology(2, &[]);
+    let (ns1, ns2) = (t.container_ns(1), t.container_ns(2));
+    let seen = server(&t, &ns2, 80);
+    assert!(reaches(&t, &ns1, None, ip6(&cs[1]), 80), "c1 -> c2 over IPv6");
+    assert_eq!(seen.recv_timeout(Duration::from_secs(2)).unwrap(), IpAddr::V6(ip6(&cs[0])), "c2 saw c1's address");
+    let _back = server(&t, &ns1, 81);
+    assert!(reaches(&t, &ns2, None, ip6(&cs[0]), 81), "c2 -> c1 over IPv6");
+
+    // Conntrack lists the flow with its IPv6 tuple.
+    let listed = flows(&t);
+    assert!(
+        listed.iter().any(|f| f.original.src == IpAddr::V6(ip6(&cs[0]))
+            && f.original.dst == IpAddr::V6(ip6(&cs[1]))
+            && f.original.dport == 80),
+        "conntrack lists c1 -> c2:80: {listed:?}"
+    );
+
+    // A deny on c2's inbound side for c1's IPv6 address: refused, counted,
+    // and c2's other peers are unaffected (c2 still reaches c1).
+    let c1_net = format!("{}/128", ip6(&cs[0]));
+    let before = drops(&t, "c2", "policy");
+    t.ctl_ok(&["policy", "add", "c2", "deny", "in", &c1_net, "tcp/80"]).unwrap();
+    assert!(!reaches(&t, &ns1, None, ip6(&cs[1]), 80), "c1 -> c2:80 denied by c2's IPv6 rule");
+    assert!(drops(&t, "c2", "policy") > before, "the denied SYN is counted on c2");
+    assert!(seen.try_recv().is_err(), "the server never saw the denied connection");
+    assert!(reaches(&t, &ns2, None, ip6(&cs[0]), 81), "the rule is c2's inbound only");
+    // A rule mixing the families is refused, naming what is wrong, and
+    // changes nothing.
+    let listed_before: serde_json::Value = t.ctl_json(&["policy", "ls", "c2"]).unwrap();
+    let err = t.ctl_err(&["policy", "add", "c2", "deny", "in", "10.0.0.0/8", "icmpv6"]).unwrap();
+    assert!(err.contains("mixed address families"), "{err}");
+    let listed_after: serde_json::Value = t.ctl_json(&["policy", "ls", "c2"]).unwrap();
+    assert_eq!(listed_before, listed_after, "a refused rule changes nothing");
+    t.ctl_ok(&["policy", "rm", "c2", "deny", "in", &c1_net, "tcp/80"]).unwrap();
+    assert!(reaches(&t, &ns1, None, ip6(&cs[1]), 80), "allowed again once the rule is gone");
+}
+
+#[test]
+fn icc_off_keeps_containers_apart_over_ipv6_but_not_from_the_gateway() {
+    let (t, cs) = topology(2, &["--no-icc"]);
+    let (ns1, ns2) = (t.container_ns(1), t.container_ns(2));
+    let seen = server(&t, &ns2, 80);
+    assert!(!reaches(&t, &ns1, None, ip6(&cs[1]), 80), "c1 -> c2 over IPv6 with icc off");
+    assert!(seen.try_recv().is_err(), "c2 never saw it");
+    // The gateway (the host) stays reachable.
+    let subnet6 = cs[0].ip6.map(|a| a.segments()).unwrap();
+    let gateway6 = Ipv6Addr::new(subnet6[0], subnet6[1], subnet6[2], subnet6[3], 0, 0, 0, 1);
+    let host_seen = server(&t, &t.host, 8081);
+    assert!(reaches(&t, &ns1, None, gateway6, 8081), "c1 -> the gateway over IPv6");
+    assert_eq!(host_seen.recv_timeout(Duration::from_secs(2)).unwrap(), IpAddr::V6(ip6(&cs[0])));
+    let _ = ns2;
+}
+
+#[test]
+fn a_forged_ipv6_source_never_leaves_the_container() {
+    let (t, cs) = topology(2, &[]);
+    let (ns1, ns2) = (t.container_ns(1), t.container_ns(2));
+    let seen = server(&t, &ns2, 80);
+    // c1 takes another address of the subnet, as a hostile container can.
+    let mut forged = ip6(&cs[0]).segments();
+    forged[7] = 0x99;
+    let forged = Ipv6Addr::from(forged);
+    t.exec(&ns1, &["ip", "-6", "addr", "add", &format!("{forged}/64"), "dev", "eth0", "nodad"]).unwrap();
+    let before = drops(&t, "c1", "spoofed-ip");
+    assert!(!reaches(&t, &ns1, Some(forged), ip6(&cs[1]), 80), "a connection from a forged source");
+    let st: StatsView = t.ctl_json(&["stats", "c1"]).unwrap();
+    assert!(drops(&t, "c1", "spoofed-ip") > before, "dropped as spoofed-ip on c1: {:?}", st.containers[0].stats.drops);
+    assert!(seen.try_recv().is_err(), "c2 never saw the forged source");
+    // Its neighbour solicitations went out from the forged address too (and
+    // were dropped): without it, and with its failed neighbour entry gone,
+    // c1's own address works.
+    t.exec(&ns1, &["ip", "-6", "addr", "del", &format!("{forged}/64"), "dev", "eth0"]).unwrap();
+    t.exec(&ns1, &["ip", "-6", "neigh", "flush", "dev", "eth0"]).unwrap();
+    assert!(reaches(&t, &ns1, None, ip6(&cs[1]), 80), "c1's own address still works");
+}
+
+#[test]
+fn the_world_reaches_a_containers_ipv6_address_only_when_the_instance_routes() {
+    for routed in [false, true] {
+        let args: &[&str] = if routed { &["--routed"] } else { &[] };
+        let (t, cs) = topology(1, args);
+        let ns1 = t.container_ns(1);
+        let [a, b, c, d, ..] = ip6(&cs[0]).segments();
+        ipv6_uplink(&t, &format!("{:x}:{:x}:{:x}:{:x}::/64", a, b, c, d));
+        let seen = server(&t, &ns1, 80);
+        assert_eq!(reaches(&t, &t.world, None, ip6(&cs[0]), 80), routed, "world -> c1 over IPv6, routed: {routed}");
+        if routed {
+            let world: Ipv6Addr = WORLD_IP6.parse().unwrap();
+            assert_eq!(seen.recv_timeout(Duration::from_secs(2)).unwrap(), IpAddr::V6(world), "c1 saw the world");
+            let _w = server(&t, &t.world, 8082);
+            assert!(reaches(&t, &ns1, None, world, 8082), "c1 -> the world over IPv6, routed");
+        } else {
+            assert!(seen.try_recv().is_err(), "c1 never saw the world's connection");
+        }
+    }
+}

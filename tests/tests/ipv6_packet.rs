@@ -1,0 +1,311 @@
+//! Packet tests of IPv6 through the container programs under
+//! BPF_PROG_TEST_RUN: anti-spoofing with neighbour discovery, the RA and
+//! DHCPv6 guards, the extension-header walk and its bound, policy and
+//! conntrack of IPv6 flows, fragments, ICMPv6 errors, and what the uplink
+//! lets in and out. Frames are built by `frames` (independently of the
+//! datapath's parsers).
+
+use netpath_common::{
+    config::CFG_F_ROUTED,
+    container::{CONTAINER_F_DEFAULT_DENY_IN, CONTAINER_F_DEFAULT_DENY_OUT, CONTAINER_F_IPV6},
+    DatapathConfig, DropReason, HookId, In6Addr,
+};
+use netpath_tests::{
+    fixtures::{self, C1, C1_MAC, C2_MAC, GATEWAY_MAC, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS},
+    frames::{self, ETH_P_IPV6, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
+    prog_run::{PacketHarness, TEST_IFINDEX},
+};
+
+const C1_ID: u32 = 7;
+
+fn v6(s: &str) -> [u8; 16] {
+    s.parse::<std::net::Ipv6Addr>().unwrap().octets()
+}
+
+fn c1() -> [u8; 16] {
+    v6("fd00:77::2")
+}
+fn c2() -> [u8; 16] {
+    v6("fd00:77::3")
+}
+fn remote() -> [u8; 16] {
+    v6("2001:db8::9")
+}
+
+fn config6(flags: u32) -> DatapathConfig {
+    DatapathConfig {
+        subnet6: In6Addr::from_octets(v6("fd00:77::")),
+        subnet6_prefix: 64,
+        gateway6: In6Addr::from_octets(v6("fd00:77::1")),
+        ..fixtures::config(flags)
+    }
+}
+
+/// c1 with its IPv6 address (and `flags`), behind the test interface.
+fn harness(cfg_flags: u32, container_flags: u16) -> PacketHarness {
+    let mut h = fixtures::harness(&config6(cfg_flags));
+    let mut c = fixtures::container(C1, C1_MAC, C1_ID, CONTAINER_F_IPV6 | container_flags);
+    c.ipv6 = In6Addr::from_octets(c1());
+    h.dp.set_container(TEST_IFINDEX, &c).unwrap();
+    h
+}
+
+/// An IPv6 frame from c1's MAC to the gateway's.
+fn sent(src: [u8; 16], dst: [u8; 16], next: u8, payload: &[u8]) -> Vec<u8> {
+    frames::eth(GATEWAY_MAC, C1_MAC, ETH_P_IPV6, &frames::ipv6(src, dst, next, payload))
+}
+
+/// An IPv6 frame to c1's MAC from the gateway's.
+fn received(src: [u8; 16], dst: [u8; 16], next: u8, payload: &[u8]) -> Vec<u8> {
+    frames::eth(C1_MAC, GATEWAY_MAC, ETH_P_IPV6, &frames::ipv6(src, dst, next, payload))
+}
+
+fn syn(src: [u8; 16], dst: [u8; 16]) -> Vec<u8> {
+    frames::tcp6(src, dst, 40000, 80, 0x02, b"")
+}
+
+fn verdict(h: &PacketHarness, hook: HookId, frame: &[u8]) -> u32 {
+    let r = h.run(hook.program(), frame).unwrap();
+    assert_eq!(r.data, frame, "IPv6 is judged, never rewritten");
+    r.verdict
+}
+
+fn out(h: &PacketHarness, frame: &[u8]) -> u32 {
+    verdict(h, HookId::VethIngress, frame)
+}
+
+fn inbound(h: &PacketHarness, frame: &[u8]) -> u32 {
+    verdict(h, HookId::VethEgress, frame)
+}
+
+fn drops(h: &mut PacketHarness, reason: DropReason) -> u64 {
+    h.dp.stats(TEST_IFINDEX).unwrap().drops[reason as usize]
+}
+
+#[test]
+fn the_frames_are_built_right() {
+    let f = sent(c1(), c2(), IPPROTO_TCP, &syn(c1(), c2()));
+    frames::verify_checksum6(&f).unwrap();
+    let f = sent(c1(), c2(), IPPROTO_ICMPV6, &frames::icmp6(c1(), c2(), 128, 0, &frames::echo6_body(1, 1)));
+    frames::verify_checksum6(&f).unwrap();
+}
+
+#[test]
+fn a_container_without_an_ipv6_address_sends_no_ipv6() {
+    let mut h = fixtures::harness(&config6(0));
+    h.dp.set_container(TEST_IFINDEX, &fixtures::container(C1, C1_MAC, C1_ID, 0)).unwrap();
+    assert_eq!(out(&h, &sent(c1(), c2(), IPPROTO_TCP, &syn(c1(), c2()))), TC_ACT_SHOT);
+    assert_eq!(drops(&mut h, DropReason::UnsupportedProtocol), 1);
+}
+
+#[test]
+fn a_container_sends_from_its_own_address_and_link_local_only() {
+    let mut h = harness(0, 0);
+    assert_eq!(out(&h, &sent(c1(), c2(), IPPROTO_TCP, &syn(c1(), c2()))), TC_ACT_OK);
+    let ll = frames::link_local(C1_MAC);
+    let peer_ll = frames::link_local(C2_MAC);
+    assert_eq!(out(&h, &sent(ll, peer_ll, IPPROTO_TCP, &syn(ll, peer_ll))), TC_ACT_OK, "its own link-local");
+    for forged in [c2(), peer_ll, remote(), [0; 16]] {
+        assert_eq!(out(&h, &sent(forged, c2(), IPPROTO_TCP, &syn(forged, c2()))), TC_ACT_SHOT, "{forged:?}");
+    }
+    assert_eq!(drops(&mut h, DropReason::SpoofedIp), 4);
+    // Its MAC too.
+    let f = frames::eth(GATEWAY_MAC, C2_MAC, ETH_P_IPV6, &frames::ipv6(c1(), c2(), IPPROTO_TCP, &syn(c1(), c2())));
+    assert_eq!(out(&h, &f), TC_ACT_SHOT);
+    assert_eq!(drops(&mut h, DropReason::SpoofedMac), 1);
+}
+
+#[test]
+fn neighbour_advertisements_claim_only_the_containers_own_addresses() {
+    let mut h = harness(0, 0);
+    let all_nodes = v6("ff02::1");
+    let na = |src: [u8; 16], target: [u8; 16]| {
+        sent(src, all_nodes, IPPROTO_ICMPV6, &frames::icmp6(src, all_nodes, 136, 0, &frames::nd_body(target)))
+    };
+    assert_eq!(out(&h, &na(c1(), c1())), TC_ACT_OK);
+    assert_eq!(out(&h, &na(frames::link_local(C1_MAC), frames::link_local(C1_MAC))), TC_ACT_OK);
+    assert_eq!(out(&h, &na(c1(), c2())), TC_ACT_SHOT, "claims another container's address");
+    assert_eq!(out(&h, &na(c1(), v6("fd00:77::1"))), TC_ACT_SHOT, "claims the gateway");
+    assert_eq!(drops(&mut h, DropReason::SpoofedIp), 2);
+}
+
+#[test]
+fn duplicate_address_detection_probes_only_the_containers_own_addresses() {
+    let h = harness(0, CONTAINER_F_DEFAULT_DENY_OUT);
+    let solicited = v6("ff02::1:ff00:2");
+    let ns = |target: [u8; 16]| {
+        sent([0; 16], solicited, IPPROTO_ICMPV6, &frames::icmp6([0; 16], solicited, 135, 0, &frames::nd_body(target)))
+    };
+    assert_eq!(out(&h, &ns(c1())), TC_ACT_OK, "a probe for its own address, policy or not");
+    assert_eq!(out(&h, &ns(c2())), TC_ACT_SHOT, "a probe that would make c2 give up its address");
+    // An ordinary solicitation from its own address may ask for anyone.
+    let ns_from_c1 =
+        sent(c1(), solicited, IPPROTO_ICMPV6, &frames::icmp6(c1(), solicited, 135, 0, &frames::nd_body(c2())));
+    assert_eq!(out(&h, &ns_from_c1), TC_ACT_OK);
+}
+
+#[test]
+fn router_advertisements_redirects_and_dhcpv6_servers_are_dropped() {
+    let mut h = harness(0, 0);
+    let ll = frames::link_local(C1_MAC);
+    let all_nodes = v6("ff02::1");
+    let ra = sent(
+        ll,
+        all_nodes,
+        IPPROTO_ICMPV6,
+        &frames::icmp6(ll, all_nodes, 134, 0, &[64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0]),
+    );
+    assert_eq!(out(&h, &ra), TC_ACT_SHOT);
+    let redirect = sent(
+        ll,
+        frames::link_local(C2_MAC),
+        IPPROTO_ICMPV6,
+        &frames::icmp6(ll, frames::link_local(C2_MAC), 137, 0, &[0; 36]),
+    );
+    assert_eq!(out(&h, &redirect), TC_ACT_SHOT);
+    let dhcp_servers = v6("ff02::1:2");
+    let advertise = sent(ll, dhcp_servers, IPPROTO_UDP, &frames::udp6(ll, dhcp_servers, 547, 546, &[2, 0, 0, 1]));
+    assert_eq!(out(&h, &advertise), TC_ACT_SHOT);
+    assert_eq!(drops(&mut h, DropReason::RouterRole), 3);
+    let solicit = sent(ll, dhcp_servers, IPPROTO_UDP, &frames::udp6(ll, dhcp_servers, 546, 547, &[1, 0, 0, 1]));
+    assert_eq!(out(&h, &solicit), TC_ACT_OK, "a DHCPv6 client may ask");
+}
+
+#[test]
+fn neighbour_discovery_stays_on_the_link() {
+    let mut h = harness(0, CONTAINER_F_DEFAULT_DENY_OUT | CONTAINER_F_DEFAULT_DENY_IN);
+    let solicited = v6("ff02::1:ff00:3");
+    let ns = sent(c1(), solicited, IPPROTO_ICMPV6, &frames::icmp6(c1(), solicited, 135, 0, &frames::nd_body(c2())));
+    assert_eq!(out(&h, &ns), TC_ACT_OK, "address resolution passes whatever the policy");
+    let na = received(c2(), c1(), IPPROTO_ICMPV6, &frames::icmp6(c2(), c1(), 136, 0, &frames::nd_body(c2())));
+    assert_eq!(inbound(&h, &na), TC_ACT_OK);
+    // An NS-shaped message to a remote address would be routed: it is
+    // judged as traffic, and the policy denies it.
+    let far = sent(c1(), remote(), IPPROTO_ICMPV6, &frames::icmp6(c1(), remote(), 135, 0, &frames::nd_body(remote())));
+    assert_eq!(out(&h, &far), TC_ACT_SHOT);
+    assert_eq!(drops(&mut h, DropReason::Policy), 1);
+}
+
+#[test]
+fn extension_headers_are_walked_up_to_the_bound() {
+    let mut h = harness(CFG_F_ROUTED, 0);
+    // Hop-by-hop, then destination options, then TCP.
+    let tcp = syn(c1(), remote());
+    let two = frames::ipv6_ext(60, 0, &frames::ipv6_ext(IPPROTO_TCP, 0, &tcp));
+    assert_eq!(out(&h, &sent(c1(), remote(), 0, &two)), TC_ACT_OK);
+    // Five destination-options headers: beyond the bound.
+    let mut five = frames::ipv6_ext(IPPROTO_TCP, 0, &tcp);
+    for _ in 0..4 {
+        five = frames::ipv6_ext(60, 0, &five);
+    }
+    assert_eq!(out(&h, &sent(c1(), remote(), 60, &five)), TC_ACT_SHOT);
+    // A routing header with a segment left: its destination is not final.
+    let routing = frames::ipv6_ext(IPPROTO_TCP, 1, &tcp);
+    assert_eq!(out(&h, &sent(c1(), remote(), 43, &routing)), TC_ACT_SHOT);
+    assert_eq!(drops(&mut h, DropReason::Ipv6Headers), 2);
+    let visited = frames::ipv6_ext(IPPROTO_TCP, 0, &tcp);
+    assert_eq!(out(&h, &sent(c1(), remote(), 43, &visited)), TC_ACT_OK, "all segments visited");
+    // The same rule on the way in.
+    let mut five_in = frames::ipv6_ext(IPPROTO_TCP, 0, &syn(remote(), c1()));
+    for _ in 0..4 {
+        five_in = frames::ipv6_ext(60, 0, &five_in);
+    }
+    assert_eq!(inbound(&h, &received(remote(), c1(), 60, &five_in)), TC_ACT_SHOT);
+    // A header cut short by the payload length is malformed.
+    let mut cut = sent(c1(), remote(), 60, &two[8..]);
+    cut[14 + 5] = 4;
+    assert_eq!(out(&h, &cut), TC_ACT_SHOT);
+}
+
+#[test]
+fn policy_judges_ipv6_flows_once_and_conntrack_keeps_the_verdict() {
+    let mut h = harness(CFG_F_ROUTED, CONTAINER_F_DEFAULT_DENY_IN);
+    // Inbound is denied by default: a SYN from outside is dropped, and so
+    // is a mid-stream segment that no verdict covers.
+    assert_eq!(inbound(&h, &received(remote(), c1(), IPPROTO_TCP, &syn(remote(), c1()))), TC_ACT_SHOT);
+    let ack = frames::tcp6(remote(), c1(), 40001, 80, 0x10, b"x");
+    assert_eq!(inbound(&h, &received(remote(), c1(), IPPROTO_TCP, &ack)), TC_ACT_SHOT);
+    // A flow c1 starts is allowed, and its replies come in.
+    assert_eq!(out(&h, &sent(c1(), remote(), IPPROTO_TCP, &syn(c1(), remote()))), TC_ACT_OK);
+    let syn_ack = frames::tcp6(remote(), c1(), 80, 40000, 0x12, b"");
+    assert_eq!(inbound(&h, &received(remote(), c1(), IPPROTO_TCP, &syn_ack)), TC_ACT_OK, "the reply of c1's flow");
+    // Echo: a request out lets its reply in, never a request in.
+    let request = frames::icmp6(c1(), remote(), 128, 0, &frames::echo6_body(5, 1));
+    assert_eq!(out(&h, &sent(c1(), remote(), IPPROTO_ICMPV6, &request)), TC_ACT_OK);
+    let reply = frames::icmp6(remote(), c1(), 129, 0, &frames::echo6_body(5, 1));
+    assert_eq!(inbound(&h, &received(remote(), c1(), IPPROTO_ICMPV6, &reply)), TC_ACT_OK);
+    let request_in = frames::icmp6(remote(), c1(), 128, 0, &frames::echo6_body(5, 1));
+    assert_eq!(inbound(&h, &received(remote(), c1(), IPPROTO_ICMPV6, &request_in)), TC_ACT_SHOT);
+    assert_eq!(drops(&mut h, DropReason::Policy), 3);
+}
+
+#[test]
+fn ipv6_from_outside_reaches_containers_only_when_the_instance_routes() {
+    let mut h = harness(0, 0);
+    // Not from the subnet, not from the host: it came in some other way.
+    assert_eq!(inbound(&h, &received(remote(), c1(), IPPROTO_TCP, &syn(remote(), c1()))), TC_ACT_SHOT);
+    assert_eq!(drops(&mut h, DropReason::NotPublished), 1);
+    assert_eq!(inbound(&h, &received(c2(), c1(), IPPROTO_TCP, &syn(c2(), c1()))), TC_ACT_OK, "a neighbour may");
+    // The uplink drops it first, on both hooks.
+    let from_outside =
+        frames::eth(GATEWAY_MAC, C2_MAC, ETH_P_IPV6, &frames::ipv6(remote(), c1(), IPPROTO_TCP, &syn(remote(), c1())));
+    assert_eq!(h.run(HookId::UplinkIngress.program(), &from_outside).unwrap().verdict, TC_ACT_SHOT);
+    assert_eq!(h.run(HookId::UplinkXdp.program(), &from_outside).unwrap().verdict, XDP_DROP);
+    let routed = harness(CFG_F_ROUTED, 0);
+    assert_eq!(routed.run(HookId::UplinkIngress.program(), &from_outside).unwrap().verdict, TC_ACT_OK);
+    assert_eq!(routed.run(HookId::UplinkXdp.program(), &from_outside).unwrap().verdict, XDP_PASS);
+}
+
+#[test]
+fn container_ipv6_leaves_the_uplink_only_when_the_instance_routes() {
+    let leaving =
+        frames::eth(C2_MAC, GATEWAY_MAC, ETH_P_IPV6, &frames::ipv6(c1(), remote(), IPPROTO_TCP, &syn(c1(), remote())));
+    let h = harness(0, 0);
+    assert_eq!(h.run(HookId::UplinkEgress.program(), &leaving).unwrap().verdict, TC_ACT_SHOT, "never a private source");
+    let host = v6("2001:db8::1");
+    let hosts =
+        frames::eth(C2_MAC, GATEWAY_MAC, ETH_P_IPV6, &frames::ipv6(host, remote(), IPPROTO_TCP, &syn(host, remote())));
+    assert_eq!(h.run(HookId::UplinkEgress.program(), &hosts).unwrap().verdict, TC_ACT_OK, "the host's own");
+    let routed = harness(CFG_F_ROUTED, 0);
+    assert_eq!(routed.run(HookId::UplinkEgress.program(), &leaving).unwrap().verdict, TC_ACT_OK);
+}
+
+#[test]
+fn later_fragments_follow_their_first_fragment() {
+    let mut h = harness(CFG_F_ROUTED, CONTAINER_F_DEFAULT_DENY_OUT);
+    let udp = frames::udp6(c1(), remote(), 5000, 53, &[7; 64]);
+    let first = frames::ipv6_fragment(IPPROTO_UDP, 0, true, 0x1234, &udp[..32]);
+    let later = frames::ipv6_fragment(IPPROTO_UDP, 4, false, 0x1234, &udp[32..]);
+    // Denied out: neither part passes.
+    assert_eq!(out(&h, &sent(c1(), remote(), 44, &first)), TC_ACT_SHOT);
+    assert_eq!(out(&h, &sent(c1(), remote(), 44, &later)), TC_ACT_SHOT);
+    assert_eq!(drops(&mut h, DropReason::Fragment), 1, "a later fragment alone is never passed unjudged");
+    // Allowed (routed, default allow): the first passes, then the later.
+    let h = harness(CFG_F_ROUTED, 0);
+    assert_eq!(out(&h, &sent(c1(), remote(), 44, &later)), TC_ACT_SHOT, "before its first fragment");
+    assert_eq!(out(&h, &sent(c1(), remote(), 44, &first)), TC_ACT_OK);
+    assert_eq!(out(&h, &sent(c1(), remote(), 44, &later)), TC_ACT_OK);
+    // A later fragment from a forged source is spoofing, whatever passed.
+    let forged = sent(c2(), remote(), 44, &later);
+    assert_eq!(out(&h, &forged), TC_ACT_SHOT);
+}
+
+#[test]
+fn icmpv6_errors_pass_only_about_a_flow_with_a_verdict() {
+    let h = harness(CFG_F_ROUTED, CONTAINER_F_DEFAULT_DENY_IN);
+    let c1_syn = sent(c1(), remote(), IPPROTO_TCP, &syn(c1(), remote()));
+    assert_eq!(out(&h, &c1_syn), TC_ACT_OK);
+    // Packet too big, quoting c1's SYN.
+    let quote = &c1_syn[14..];
+    let mut body = 1280u32.to_be_bytes().to_vec();
+    body.extend_from_slice(quote);
+    let router = v6("2001:db8::fe");
+    let ptb = received(router, c1(), IPPROTO_ICMPV6, &frames::icmp6(router, c1(), 2, 0, &body));
+    assert_eq!(inbound(&h, &ptb), TC_ACT_OK, "about c1's flow");
+    // About a flow c1 never had.
+    let other = frames::ipv6(c1(), v6("2001:db8::77"), IPPROTO_TCP, &syn(c1(), v6("2001:db8::77")));
+    let mut body = 1280u32.to_be_bytes().to_vec();
+    body.extend_from_slice(&other);
+    let forged = received(router, c1(), IPPROTO_ICMPV6, &frames::icmp6(router, c1(), 2, 0, &body));
+    assert_eq!(inbound(&h, &forged), TC_ACT_SHOT);
+}
