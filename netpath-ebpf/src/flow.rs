@@ -40,7 +40,8 @@ pub struct IcmpHdr {
 /// Where the headers are, and the tuple they carry.
 pub struct Flow<A: AddrFamily> {
     pub key: CtKey<A>,
-    /// Offset of the L4 header (after IP options; the IP header is at
+    /// Offset of the L4 header (after IPv4 options or IPv6 extension
+    /// headers; the IP header is at
     /// `EthHdr::LEN`). A u16 keeps the parse result, which the entry points
     /// hold on their stack, small.
     pub l4_off: u16,
