@@ -41,9 +41,8 @@ pub struct IcmpHdr {
 pub struct Flow<A: AddrFamily> {
     pub key: CtKey<A>,
     /// Offset of the L4 header (after IPv4 options or IPv6 extension
-    /// headers; the IP header is at
-    /// `EthHdr::LEN`). A u16 keeps the parse result, which the entry points
-    /// hold on their stack, small.
+    /// headers; the IP header is at `EthHdr::LEN`). A u16 keeps the parse
+    /// result, which the entry points hold on their stack, small.
     pub l4_off: u16,
     /// TCP flags (`netpath_common::conntrack::TCP_*`; 0 for UDP and ICMP).
     pub tcp_flags: u8,
