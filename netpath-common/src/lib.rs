@@ -31,6 +31,9 @@ pub use family::{AddrFamily, In6Addr};
 pub use forward::{Fallback, ForwardStats, Redirect};
 pub use fragment::{FragEntry, FragEntry4, FragEntry6, FragKey, FragKey4, FragKey6};
 pub use hooks::{Hook, HookId, Side, TailCall, HOOKS, TAIL_CALLS};
-pub use mapping::{HostAddr, MappingEntry4, MappingKey4, SockRevNatEntry4, SockRevNatKey4};
+pub use mapping::{
+    HostAddr, MappingEntry, MappingEntry4, MappingEntry6, MappingKey, MappingKey4, MappingKey6, SockRevNatEntry4,
+    SockRevNatKey4,
+};
 pub use policy::{PolicyEntry, PolicyKey, PolicyKey4, PolicyKey6, PolicyRule};
 pub use stats::{Counter, CtStats, DropReason, TrafficStats};

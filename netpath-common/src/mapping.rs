@@ -1,11 +1,14 @@
 //! Published ports: what the datapath looks up when a new flow arrives.
 
-/// Key of the `MAPPINGS4` map: a host address (all zero: any host address),
-/// a port and a protocol, as on the wire (network byte order).
+use crate::family::In6Addr;
+
+/// Key of the `MAPPINGS4`/`MAPPINGS6` maps: a host address (all zero: any
+/// host address of the family), a port and a protocol, as on the wire
+/// (network byte order).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct MappingKey4 {
-    pub addr: [u8; 4],
+pub struct MappingKey<A> {
+    pub addr: A,
     /// Network byte order.
     pub port: u16,
     /// IPPROTO_TCP or IPPROTO_UDP.
@@ -13,20 +16,28 @@ pub struct MappingKey4 {
     pub _pad: u8,
 }
 
-/// Where a published port leads.
+pub type MappingKey4 = MappingKey<[u8; 4]>;
+pub type MappingKey6 = MappingKey<In6Addr>;
+
+/// Where a published port leads: the container's address of the key's
+/// family.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MappingEntry4 {
-    pub container_addr: [u8; 4],
+pub struct MappingEntry<A> {
+    pub container_addr: A,
     /// Network byte order.
     pub container_port: u16,
     pub _pad: u16,
-    /// The agent's id of the mapping; tracked flows carry it so that they
-    /// can be flushed when the mapping changes.
+    /// The agent's id of the mapping (one id for both families' entries);
+    /// tracked flows carry it so that they can be flushed when the mapping
+    /// changes.
     pub id: u32,
     /// Host-side veth of the backend container.
     pub container_ifindex: u32,
 }
+
+pub type MappingEntry4 = MappingEntry<[u8; 4]>;
+pub type MappingEntry6 = MappingEntry<In6Addr>;
 
 /// Value of the `HOST_ADDRS4` map: which addresses are the host's own (a
 /// wildcard mapping answers on these only). Keyed by the address bytes.
@@ -62,6 +73,8 @@ mod pod {
     use super::*;
     unsafe impl aya::Pod for MappingKey4 {}
     unsafe impl aya::Pod for MappingEntry4 {}
+    unsafe impl aya::Pod for MappingKey6 {}
+    unsafe impl aya::Pod for MappingEntry6 {}
     unsafe impl aya::Pod for HostAddr {}
     unsafe impl aya::Pod for SockRevNatKey4 {}
     unsafe impl aya::Pod for SockRevNatEntry4 {}

@@ -9,6 +9,8 @@ pub const IFACE_STATS: &str = "IFACE_STATS";
 
 /// Published ports: [`crate::MappingKey4`] -> [`crate::MappingEntry4`].
 pub const MAPPINGS4: &str = "MAPPINGS4";
+/// IPv6 published ports: [`crate::MappingKey6`] -> [`crate::MappingEntry6`].
+pub const MAPPINGS6: &str = "MAPPINGS6";
 /// The host's own IPv4 addresses: `[u8; 4]` -> [`crate::HostAddr`].
 pub const HOST_ADDRS4: &str = "HOST_ADDRS4";
 /// Connection tracking: [`crate::CtKey4`] -> [`crate::CtEntry4`] (LRU).
@@ -85,6 +87,7 @@ pub const PINNED_MAPS: &[&str] = &[
     POLICY6,
     FRAGS6,
     TAIL_CALLS,
+    MAPPINGS6,
 ];
 
 pub const MAX_POLICY_PREFIXES: usize = 262144;

@@ -13,8 +13,8 @@ use netpath_common::{
     owner::{self, OWNER_SLOTS},
     uplink_guard::GUARDED_PORT_WORDS,
     ContainerEntry, CtEntry4, CtEntry6, CtKey4, CtKey6, CtStats, DatapathConfig, Event, EventBudget, ForwardStats,
-    FragEntry4, FragEntry6, FragKey4, FragKey6, HostAddr, In6Addr, MappingEntry4, MappingKey4, PolicyEntry, PolicyKey4,
-    PolicyKey6, SockRevNatEntry4, SockRevNatKey4, TrafficStats,
+    FragEntry4, FragEntry6, FragKey4, FragKey6, HostAddr, In6Addr, MappingEntry4, MappingEntry6, MappingKey4,
+    MappingKey6, PolicyEntry, PolicyKey4, PolicyKey6, SockRevNatEntry4, SockRevNatKey4, TrafficStats,
 };
 
 #[btf_map]
@@ -38,6 +38,11 @@ pub static HOST_ADDRS4: HashMap<[u8; 4], HostAddr, MAX_HOST_ADDRS> = HashMap::ne
 
 #[btf_map]
 pub static CT4: LruHashMap<CtKey4, CtEntry4, MAX_CT_ENTRIES> = LruHashMap::new();
+
+#[btf_map]
+/// IPv6 published ports.
+#[btf_map]
+pub static MAPPINGS6: HashMap<MappingKey6, MappingEntry6, MAX_MAPPINGS> = HashMap::new();
 
 #[btf_map]
 pub static CT6: LruHashMap<CtKey6, CtEntry6, MAX_CT_ENTRIES> = LruHashMap::new();

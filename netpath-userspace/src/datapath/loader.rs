@@ -39,7 +39,7 @@ pub const LAYOUT_MAP: &str = "LAYOUT";
 
 /// Key and value sizes of every pinned map as the agent's types have them
 /// (the object must declare the same; a unit test checks it).
-const MAP_LAYOUTS: [(&str, usize, usize); 23] = [
+const MAP_LAYOUTS: [(&str, usize, usize); 24] = [
     (names::CONTAINERS, size_of::<u32>(), size_of::<ContainerEntry>()),
     (names::IFACE_STATS, size_of::<u32>(), size_of::<TrafficStats>()),
     (names::MAPPINGS4, size_of::<MappingKey4>(), size_of::<MappingEntry4>()),
@@ -68,6 +68,7 @@ const MAP_LAYOUTS: [(&str, usize, usize); 23] = [
     (names::FRAGS6, size_of::<netpath_common::FragKey6>(), size_of::<netpath_common::FragEntry6>()),
     // Slot -> program fd.
     (names::TAIL_CALLS, size_of::<u32>(), size_of::<u32>()),
+    (names::MAPPINGS6, size_of::<netpath_common::MappingKey6>(), size_of::<netpath_common::MappingEntry6>()),
 ];
 
 /// Loads the tail-called programs and puts each in its `TAIL_CALLS` slot,
@@ -394,7 +395,7 @@ mod tests {
     fn pinned_layout() -> String {
         use netpath_common::{
             conntrack::CtTimeouts, policy::PolicyRule, stats::Counter, CtEntry6, CtKey6, EventBudget, ForwardStats,
-            FragEntry4, FragEntry6, FragKey4, FragKey6, PolicyKey6,
+            FragEntry4, FragEntry6, FragKey4, FragKey6, MappingEntry6, MappingKey6, PolicyKey6,
         };
         [
             layout!(ContainerEntry { ipv4, ipv6, mac, flags, ifindex, id, policy_epoch }),
@@ -462,6 +463,8 @@ mod tests {
             layout!(PolicyKey6 { container_id, direction, addr }),
             layout!(FragKey6 { saddr, daddr, id, proto, scope }),
             layout!(FragEntry6 { sport, dport, nat_saddr, nat_daddr, expires_ns }),
+            layout!(MappingKey6 { addr, port, proto }),
+            layout!(MappingEntry6 { container_addr, container_port, id, container_ifindex }),
             layout!(ForwardStats { redirected, fallbacks }),
             layout!(EventBudget { window_start_ns, sent, suppressed }),
             // Version 4: owner slots (MAPPING_IDS, CONTAINER_IDS) and
@@ -470,8 +473,8 @@ mod tests {
             // published ports, the uplink guard (GUARDED_PORTS,
             // DENIED_SOURCES4, DropReason::DeniedSource) and the drop
             // events' budget (EVENT_BUDGET); 7: IPv6 (CT6, HOST_ADDRS6,
-            // POLICY6, FRAGS6, DatapathConfig's IPv6 subnet, 32-bit fragment
-            // ids, two more drop reasons and room for four).
+            // POLICY6, FRAGS6, MAPPINGS6, DatapathConfig's IPv6 subnet,
+            // 32-bit fragment ids, two more drop reasons and room for four).
             format!("owner slots {}: id", netpath_common::owner::OWNER_SLOTS),
             format!(
                 "guarded ports {} words: tcp then udp, bit port%64 of word port/64; denied sources [u8; 4] -> u32; \
@@ -491,7 +494,7 @@ mod tests {
     /// The layout this LAYOUT_VERSION stands for. When the test below fails,
     /// the pinned maps' layout changed: bump LAYOUT_VERSION (pins of the old
     /// layout must be refused) and record the new pair here.
-    const RECORDED_LAYOUT: (u32, u64) = (7, 0x1ccd36be2fc07ece);
+    const RECORDED_LAYOUT: (u32, u64) = (7, 0x789e6913eb1ce99c);
 
     #[test]
     fn a_changed_layout_bumps_the_layout_version() {
