@@ -41,6 +41,10 @@ pub trait AddrFamily: Copy + Default + PartialEq + Eq + Hash + Debug {
     /// it is the link's plumbing; to anything else it would be forwarded.
     fn link_scoped(self) -> bool;
 
+    /// The bridge's address of this family (the client a container sees
+    /// when it reaches its own published port).
+    fn gateway(cfg: &DatapathConfig) -> Self;
+
     /// The echo type a flow's other direction carries.
     #[inline(always)]
     fn peer_echo_type(icmp_type: u8) -> u8 {
@@ -73,6 +77,11 @@ impl AddrFamily for [u8; 4] {
     fn link_scoped(self) -> bool {
         false
     }
+
+    #[inline(always)]
+    fn gateway(cfg: &DatapathConfig) -> Self {
+        cfg.gateway4
+    }
 }
 
 impl AddrFamily for In6Addr {
@@ -96,6 +105,11 @@ impl AddrFamily for In6Addr {
     fn link_scoped(self) -> bool {
         let [a, b, ..] = self.0[0].to_ne_bytes();
         (a == 0xfe && b & 0xc0 == 0x80) || (a == 0xff && b == 0x02)
+    }
+
+    #[inline(always)]
+    fn gateway(cfg: &DatapathConfig) -> Self {
+        cfg.gateway6
     }
 }
 

@@ -10,7 +10,7 @@ use netpath_common::{
 use crate::{
     clock,
     family::Family,
-    flow::{Flow, Flow4},
+    flow::Flow,
     maps::{container_live, mapping_live, CT_STATS},
 };
 
@@ -169,10 +169,10 @@ fn close_if_peer_closing<A: Family>(entry: *mut CtEntry<A>, timeouts: &CtTimeout
 /// Translates `flow`'s packet as the flow's existing entry says (another
 /// CPU created the flow while this one tried to).
 #[inline(never)]
-pub fn apply_existing4(ctx: &TcContext, flow: &Flow4) -> Result<(), DropReason> {
+pub fn apply_existing<A: Family>(ctx: &TcContext, flow: &Flow<A>) -> Result<(), DropReason> {
     match lookup(&flow.key) {
         // SAFETY: map value pointer, valid during the run.
-        Some(entry) => crate::nat::apply4(ctx, flow, unsafe { &*entry }),
+        Some(entry) => A::apply_nat(ctx, flow, unsafe { &*entry }),
         None => Err(DropReason::TableFull),
     }
 }
@@ -180,11 +180,11 @@ pub fn apply_existing4(ctx: &TcContext, flow: &Flow4) -> Result<(), DropReason> 
 /// Inserts both directions of a new flow. The reply key must be free: a
 /// clash means another flow already owns that tuple.
 #[inline(always)]
-pub fn create4(
-    orig_key: &CtKey4,
-    orig: &mut CtEntry4,
-    reply_key: &CtKey4,
-    reply: &mut CtEntry4,
+pub fn create<A: Family>(
+    orig_key: &CtKey<A>,
+    orig: &mut CtEntry<A>,
+    reply_key: &CtKey<A>,
+    reply: &mut CtEntry<A>,
     proto: u8,
     cfg: &DatapathConfig,
 ) -> Result<(), CreateError> {

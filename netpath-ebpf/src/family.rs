@@ -11,13 +11,14 @@ use netpath_common::{
     maps::{MAX_CT_ENTRIES, MAX_FRAGS},
     policy::POLICY_KEY_FIXED_BITS,
     AddrFamily, ContainerEntry, CtEntry, CtKey, DatapathConfig, Direction, DropReason, FragEntry, FragKey, In6Addr,
-    PolicyEntry, PolicyKey,
+    MappingEntry, PolicyEntry, PolicyKey,
 };
 
 use crate::{
-    icmp_error, ipv6,
+    flow::Flow,
+    icmp_error, ipv6, mapping,
     maps::{CT4, CT6, FRAGS4, FRAGS6, HOST_ADDRS4, HOST_ADDRS6, POLICY4, POLICY6, SCRATCH6},
-    masquerade, policy,
+    masquerade, nat, policy,
 };
 
 pub type CtMap<A> = LruHashMap<CtKey<A>, CtEntry<A>, MAX_CT_ENTRIES>;
@@ -33,6 +34,8 @@ pub struct Scratch<A: AddrFamily> {
     /// The policy trie's key, and a host address to look up.
     pub policy_key: Key<PolicyKey<A>>,
     pub addr: A,
+    /// A new published flow's reply half (its original half: `entry`).
+    pub reply_entry: CtEntry<A>,
     pub frag_key: FragKey<A>,
     pub frag_entry: FragEntry<A>,
 }
@@ -78,6 +81,15 @@ pub trait Family: AddrFamily + 'static {
     /// outside the stack (`None`: built on the stack).
     fn scratch() -> Option<*mut Scratch<Self>>;
 
+    /// The published port `addr:port/proto` leads to (a mapping bound to
+    /// the address, else a wildcard one if it is the host's), from
+    /// `MAPPINGS4`/`MAPPINGS6`.
+    fn published(addr: &Self, port: u16, proto: u8) -> Option<&'static MappingEntry<Self>>;
+
+    /// Rewrites the packet of `flow` as its conntrack `entry` says
+    /// (`nat::apply4`, `nat::apply6`).
+    fn apply_nat(ctx: &TcContext, flow: &Flow<Self>, entry: &CtEntry<Self>) -> Result<(), DropReason>;
+
     /// Tells a monitor about a new flow (`CFG_F_TRACE_FLOWS`).
     fn trace_flow(orig: &CtKey<Self>, container: &ContainerEntry, direction: Direction);
 }
@@ -120,6 +132,16 @@ impl Family for [u8; 4] {
     }
 
     #[inline(always)]
+    fn published(addr: &Self, port: u16, proto: u8) -> Option<&'static MappingEntry<Self>> {
+        mapping::lookup4(*addr, port, proto, false)
+    }
+
+    #[inline(always)]
+    fn apply_nat(ctx: &TcContext, flow: &Flow<Self>, entry: &CtEntry<Self>) -> Result<(), DropReason> {
+        nat::apply4(ctx, flow, entry)
+    }
+
+    #[inline(always)]
     fn quoted_error(ctx: &TcContext, _icmp_off: usize) -> Result<Option<CtKey<Self>>, DropReason> {
         Ok(icmp_error::quoted4(ctx)?.map(|q| q.key))
     }
@@ -137,7 +159,7 @@ impl Family for [u8; 4] {
 
 impl Family for In6Addr {
     const BITS: u32 = 128;
-    const HAS_NAT: bool = false;
+    const HAS_NAT: bool = true;
     const IN_SCRATCH: bool = true;
 
     #[inline(always)]
@@ -177,6 +199,16 @@ impl Family for In6Addr {
     #[inline(always)]
     fn masquerades(_orig: &CtKey<Self>, _cfg: &DatapathConfig) -> bool {
         false
+    }
+
+    #[inline(always)]
+    fn published(addr: &Self, port: u16, proto: u8) -> Option<&'static MappingEntry<Self>> {
+        mapping::lookup6(addr, port, proto)
+    }
+
+    #[inline(always)]
+    fn apply_nat(ctx: &TcContext, flow: &Flow<Self>, entry: &CtEntry<Self>) -> Result<(), DropReason> {
+        nat::apply6(ctx, flow, entry)
     }
 
     #[inline(always)]

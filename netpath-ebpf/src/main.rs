@@ -38,7 +38,7 @@ use aya_ebpf::{
 };
 use netpath_common::{
     config::CFG_F_UPLINK_XDP,
-    hooks::{TAIL_VETH_EGRESS6, TAIL_VETH_INGRESS6},
+    hooks::{TAIL_UPLINK_INGRESS6, TAIL_VETH_EGRESS6, TAIL_VETH_INGRESS6},
     ContainerEntry, DatapathConfig, Direction, DropReason, HookId,
 };
 
@@ -132,13 +132,15 @@ pub fn veth_ingress6(ctx: TcContext) -> i32 {
 }
 
 /// What `container` sends over IPv6: its addresses and roles checked, then
-/// judged by its outbound policy.
+/// judged by its outbound policy, then translated (the replies of
+/// published IPv6 ports, flows to them through a host address).
 #[inline(never)]
 fn judge_sent6(ctx: &TcContext, container: &ContainerEntry, cfg: &DatapathConfig) -> Result<(), DropReason> {
     antispoof::check_sent6(ctx, container)?;
     let parsed = ipv6::parse6(ctx);
     policy::icc_allows_frame(ctx, &parsed, cfg)?;
-    policy::judge(ctx, &parsed, container, Direction::Out, cfg)
+    policy::judge(ctx, &parsed, container, Direction::Out, cfg)?;
+    translate::translate_parsed6(ctx, &parsed, cfg)
 }
 
 /// veth_egress for IPv6, tail-called as [`veth_ingress6`] is: the
@@ -217,6 +219,9 @@ pub fn veth_egress(ctx: TcContext) -> i32 {
 /// ports) before conntrack and NAT.
 #[classifier]
 pub fn uplink_ingress(ctx: TcContext) -> i32 {
+    if packet::is_ipv6(&ctx) {
+        return tail_call(&ctx, TAIL_UPLINK_INGRESS6, HookId::UplinkIngress);
+    }
     let mut carried = CarriedVerdict::default();
     if !uplink_ingress_passes(&ctx, &mut carried) {
         return TC_ACT_SHOT as i32;
@@ -238,6 +243,26 @@ fn uplink_ingress_passes(ctx: &TcContext, carried: &mut CarriedVerdict) -> bool 
     };
     let site = Site { hook: HookId::UplinkIngress, ifindex, container_id: 0, count: !behind_xdp };
     finish(ctx, site, len, result)
+}
+
+/// uplink_ingress for IPv6, tail-called: the uplink guard (unless XDP ran
+/// it), then the NAT stage (published IPv6 ports, their replies). IPv6
+/// goes to the stack (no fast path yet).
+#[classifier]
+pub fn uplink_ingress6(ctx: TcContext) -> i32 {
+    let ifindex = skb_ifindex(&ctx);
+    let len = ctx.len();
+    packet::pull_headers(&ctx);
+    let behind_xdp = config().is_some_and(|cfg| cfg.has(CFG_F_UPLINK_XDP));
+    let result = match config() {
+        Some(cfg) if behind_xdp => translate::translate_parsed6(&ctx, &ipv6::parse6(&ctx), cfg),
+        Some(cfg) => {
+            uplink_guard::judge(&ctx, cfg).and_then(|()| translate::translate_parsed6(&ctx, &ipv6::parse6(&ctx), cfg))
+        }
+        None => Ok(()),
+    };
+    let site = Site { hook: HookId::UplinkIngress, ifindex, container_id: 0, count: !behind_xdp };
+    tc_action(finish(&ctx, site, len, result))
 }
 
 /// tc egress on the uplink: container traffic leaving the host gets the

@@ -1,12 +1,13 @@
-//! Published ports: the mapping lookup and the conntrack entries a new
-//! flow to a published port gets.
+//! Published ports: the mapping lookup (per family) and the conntrack
+//! entries a new flow to a published port gets (written once).
 
 use netpath_common::{
     conntrack::{CT_F_DNAT, CT_F_SNAT},
-    CtEntry4, CtKey4, DatapathConfig, MappingEntry4, MappingKey4,
+    AddrFamily, CtEntry, CtKey, DatapathConfig, In6Addr, MappingEntry, MappingEntry4, MappingEntry6, MappingKey4,
+    MappingKey6,
 };
 
-use crate::maps::{HOST_ADDRS4, MAPPINGS4};
+use crate::maps::{HOST_ADDRS4, HOST_ADDRS6, MAPPINGS4, MAPPINGS6};
 
 /// The mapping for `addr:port/proto`: one bound to exactly that address,
 /// else a wildcard one if `addr` is one of the host's own (or loopback, for
@@ -62,13 +63,13 @@ fn lookup_wildcard4(port: u16, proto: u8) -> Option<&'static MappingEntry4> {
 /// port), the request is also SNATed to the gateway, as Docker does, or the
 /// container would answer itself directly.
 #[inline(always)]
-pub fn flow_entries4(
-    orig: &CtKey4,
-    published: &MappingEntry4,
+pub fn flow_entries<A: AddrFamily>(
+    orig: &CtKey<A>,
+    published: &MappingEntry<A>,
     cfg: &DatapathConfig,
-    fwd: &mut CtEntry4,
-    rev: &mut CtEntry4,
-) -> CtKey4 {
+    fwd: &mut CtEntry<A>,
+    rev: &mut CtEntry<A>,
+) -> CtKey<A> {
     let hairpin_self = orig.saddr == published.container_addr;
     fwd.dnat_addr = published.container_addr;
     fwd.dnat_port = published.container_port;
@@ -76,9 +77,9 @@ pub fn flow_entries4(
     fwd.mapping_id = published.id;
     let client_addr = if hairpin_self {
         fwd.flags |= CT_F_SNAT;
-        fwd.snat_addr = cfg.gateway4;
+        fwd.snat_addr = A::gateway(cfg);
         fwd.snat_port = orig.sport;
-        cfg.gateway4
+        A::gateway(cfg)
     } else {
         orig.saddr
     };
@@ -91,5 +92,25 @@ pub fn flow_entries4(
         rev.dnat_addr = orig.saddr;
         rev.dnat_port = orig.sport;
     }
-    CtKey4::new(published.container_addr, client_addr, published.container_port, orig.sport, orig.proto)
+    CtKey::new(published.container_addr, client_addr, published.container_port, orig.sport, orig.proto)
+}
+
+/// [`lookup4`] for IPv6 (no loopback: the socket hooks are IPv4's). The
+/// keys, 20 bytes each, are built on the caller's stack: the uplink's IPv6
+/// program has it to spare.
+#[inline(always)]
+pub fn lookup6(addr: &In6Addr, port: u16, proto: u8) -> Option<&'static MappingEntry6> {
+    let mut key = MappingKey6 { addr: *addr, port, proto, _pad: 0 };
+    // SAFETY: map values stay valid for the program's run; the agent
+    // replaces entries whole.
+    if let Some(v) = unsafe { MAPPINGS6.get(&key) } {
+        return Some(v);
+    }
+    // SAFETY: the value is only tested for presence.
+    if unsafe { HOST_ADDRS6.get(addr) }.is_none() {
+        return None;
+    }
+    key.addr = In6Addr::UNSPECIFIED;
+    // SAFETY: as above.
+    unsafe { MAPPINGS6.get(&key) }
 }

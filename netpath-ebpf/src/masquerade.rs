@@ -95,7 +95,7 @@ pub fn new_flow4(
                 Some(entry) => {
                     conntrack::complete_pending4(&flow.key, entry, &reply_key, &mut rev, (cfg.masq_addr4, port_be))
                 }
-                None => conntrack::create4(&flow.key, &mut fwd, &reply_key, &mut rev, flow.key.proto, cfg),
+                None => conntrack::create(&flow.key, &mut fwd, &reply_key, &mut rev, flow.key.proto, cfg),
             };
             match created {
                 Ok(()) => {
@@ -106,7 +106,7 @@ pub fn new_flow4(
                     return nat::apply4(ctx, flow, &fwd);
                 }
                 Err(CreateError::Taken) => {}
-                Err(CreateError::Raced) => return conntrack::apply_existing4(ctx, flow),
+                Err(CreateError::Raced) => return conntrack::apply_existing(ctx, flow),
                 Err(CreateError::Failed) => return Err(DropReason::TableFull),
             }
         }

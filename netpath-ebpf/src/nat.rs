@@ -1,25 +1,28 @@
-//! Rewriting addresses and ports in place. The fields and the IPv4 header
-//! checksum are written directly (the header checksum is a plain one in the
-//! header whatever the skb's checksum state); the L4 checksum goes through
-//! the kernel's helper, which knows that state (a CHECKSUM_PARTIAL skb from
-//! a local socket carries only the pseudo-header sum there, and a port
-//! change must not touch it), which the program cannot read.
+//! Rewriting addresses and ports in place (IPv4's and IPv6's). IPv4's
+//! fields and header checksum are written directly (the header checksum is
+//! a plain one in the header whatever the skb's checksum state); the L4
+//! checksum goes through the kernel's helper, which knows that state (a
+//! CHECKSUM_PARTIAL skb from a local socket carries only the pseudo-header
+//! sum there, and a port change must not touch it), which the program
+//! cannot read.
 
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
     conntrack::{CT_F_DNAT, CT_F_SNAT, IPPROTO_ICMP, IPPROTO_TCP},
-    CtEntry4, DropReason,
+    family::IPPROTO_ICMPV6,
+    AddrFamily, CtEntry4, CtEntry6, DropReason, In6Addr,
 };
 
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     checksum,
-    flow::Flow4,
+    flow::{Flow, Flow4, Flow6},
+    ipv6::{IP6_DST_OFF, IP6_SRC_OFF},
     offsets::{
         ICMP_CSUM_OFF, ICMP_ID_OFF, IP_DST_OFF, IP_SRC_OFF, L4_DPORT_OFF, L4_SPORT_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF,
     },
-    packet::{l4_csum_replace, ptr_at_mut},
+    packet::{l4_csum_replace, ptr_at_mut, store},
 };
 
 const BPF_F_PSEUDO_HDR: u64 = 0x10;
@@ -27,10 +30,10 @@ const BPF_F_MARK_MANGLED_0: u64 = 0x20;
 
 /// Offset of the L4 checksum and the extra helper flags it needs.
 #[inline(always)]
-fn l4_csum(flow: &Flow4) -> (usize, u64) {
+fn l4_csum<A: AddrFamily>(flow: &Flow<A>) -> (usize, u64) {
     if flow.key.proto == IPPROTO_TCP {
         (flow.l4_off as usize + TCP_CSUM_OFF, 0)
-    } else if flow.key.proto == IPPROTO_ICMP {
+    } else if flow.key.proto == A::ICMP_PROTO {
         (flow.l4_off as usize + ICMP_CSUM_OFF, 0)
     } else {
         // UDP checksum 0 means "none": leave it so.
@@ -108,4 +111,55 @@ pub fn apply4(ctx: &TcContext, flow: &Flow4, entry: &CtEntry4) -> Result<(), Dro
         rewrite_port(ctx, flow, if icmp { ICMP_ID_OFF } else { L4_DPORT_OFF }, flow.key.dport, entry.dnat_port)?;
     }
     Ok(())
+}
+
+/// Applies the translation recorded in `entry` to an IPv6 packet. IPv6 has
+/// no header checksum; the L4 checksums (ICMPv6's included) cover the
+/// pseudo-header, so an address change updates them word by word. Fields
+/// are written with `bpf_skb_store_bytes`: the L4 header sits past the
+/// extension headers, at an offset the verifier cannot bound for direct
+/// access.
+#[inline(always)]
+pub fn apply6(ctx: &TcContext, flow: &Flow6, entry: &CtEntry6) -> Result<(), DropReason> {
+    let icmp = flow.key.proto == IPPROTO_ICMPV6;
+    if entry.flags & CT_F_SNAT != 0 {
+        rewrite_addr6(ctx, flow, IP6_SRC_OFF, &flow.key.saddr, &entry.snat_addr)?;
+        rewrite_port6(ctx, flow, if icmp { ICMP_ID_OFF } else { L4_SPORT_OFF }, flow.key.sport, entry.snat_port)?;
+    }
+    if entry.flags & CT_F_DNAT != 0 {
+        rewrite_addr6(ctx, flow, IP6_DST_OFF, &flow.key.daddr, &entry.dnat_addr)?;
+        rewrite_port6(ctx, flow, if icmp { ICMP_ID_OFF } else { L4_DPORT_OFF }, flow.key.dport, entry.dnat_port)?;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn rewrite_addr6(
+    ctx: &TcContext,
+    flow: &Flow6,
+    field_off: usize,
+    old: &In6Addr,
+    new: &In6Addr,
+) -> Result<(), DropReason> {
+    if old == new {
+        return Ok(());
+    }
+    store(ctx, EthHdr::LEN + field_off, new)?;
+    let (csum_off, mangled) = l4_csum(flow);
+    for i in 0..4 {
+        if old.0[i] != new.0[i] {
+            l4_csum_replace(ctx, csum_off, old.0[i] as u64, new.0[i] as u64, BPF_F_PSEUDO_HDR | mangled | 4)?;
+        }
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn rewrite_port6(ctx: &TcContext, flow: &Flow6, port_off: usize, old: u16, new: u16) -> Result<(), DropReason> {
+    if old == new {
+        return Ok(());
+    }
+    store(ctx, flow.l4_off as usize + port_off, &new)?;
+    let (csum_off, mangled) = l4_csum(flow);
+    l4_csum_replace(ctx, csum_off, old as u64, new as u64, mangled | 2)
 }

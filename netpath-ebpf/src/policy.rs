@@ -10,7 +10,7 @@ use netpath_common::{
     conntrack::{CT_F_DNAT, CT_F_POLICY, CT_F_REPLY, CT_F_SNAT},
     event::EVENT_FLOW,
     policy as rules, ContainerEntry, CtEntry, CtKey, CtKey4, CtScope, DatapathConfig, Direction, DropReason, HookId,
-    MappingEntry4,
+    MappingEntry,
 };
 
 use network_types::eth::{EthHdr, EtherType};
@@ -77,7 +77,7 @@ pub fn allows<A: Family>(container: &ContainerEntry, direction: Direction, remot
 /// so that a flood of connections the policy denies fills no table (the
 /// container's veth still judges, and keeps, the verdict).
 #[inline(always)]
-pub fn admits_published4(published: &MappingEntry4, client: [u8; 4], proto: u8) -> bool {
+pub fn admits_published<A: Family>(published: &MappingEntry<A>, client: A, proto: u8) -> bool {
     // SAFETY: map value pointer, valid during the run.
     match CONTAINERS.get_ptr(published.container_ifindex) {
         Some(container) => {
@@ -297,19 +297,27 @@ fn translated_verdict<A: Family>(
     container: &ContainerEntry,
     direction: Direction,
 ) -> Result<bool, DropReason> {
-    let sent = match direction {
-        Direction::Out => flow.key,
-        Direction::In => flow.key.reversed(),
-    }
-    .in_scope(CtScope::Nat);
-    let Some(entry) = conntrack::lookup(&sent) else { return Ok(false) };
+    let on_stack;
+    let sent = if A::IN_SCRATCH {
+        let Some(sent) = sent_key(flow, direction) else { return Ok(false) };
+        // SAFETY: this CPU's scratch.
+        unsafe { &*sent }
+    } else {
+        on_stack = match direction {
+            Direction::Out => flow.key,
+            Direction::In => flow.key.reversed(),
+        }
+        .in_scope(CtScope::Nat);
+        &on_stack
+    };
+    let Some(entry) = conntrack::lookup(sent) else { return Ok(false) };
     // SAFETY: map value pointer, valid during the run.
     let e = unsafe { &*entry };
     if !e.verdict_of(container.id) {
         return Ok(false);
     }
     if e.policy_epoch != container.policy_epoch {
-        rejudge_translated(&sent, entry, container)?;
+        rejudge_translated(sent, entry, container)?;
     }
     Ok(true)
 }
@@ -550,11 +558,32 @@ fn translated<A: Family>(flow: &Flow<A>, direction: Direction) -> bool {
     if !A::HAS_NAT {
         return false;
     }
+    if A::IN_SCRATCH {
+        let Some(sent) = sent_key(flow, direction) else { return false };
+        // SAFETY: this CPU's scratch.
+        return conntrack::lookup(unsafe { &*sent }).is_some();
+    }
     let sent = match direction {
         Direction::Out => flow.key,
         Direction::In => flow.key.reversed(),
     };
     conntrack::lookup(&sent.in_scope(CtScope::Nat)).is_some()
+}
+
+/// The NAT-scope key of the tuple the container sends in `flow` (this
+/// packet's going out, the reversed one coming in), where a translated
+/// flow keeps the container's verdict: written in the scratch for a
+/// family whose keys are built there (IPv6's judge has no stack for it).
+#[inline(always)]
+fn sent_key<A: Family>(flow: &Flow<A>, direction: Direction) -> Option<*const CtKey<A>> {
+    if A::IN_SCRATCH {
+        let s = A::scratch()?;
+        // SAFETY: this CPU's scratch, used by this run only.
+        let s = unsafe { &mut *s };
+        write_key(&mut s.key, &flow.key, direction == Direction::In, CtScope::Nat);
+        return Some(&s.key);
+    }
+    None
 }
 
 /// Containers are reachable from outside the host only through published
@@ -602,23 +631,25 @@ fn related_error<A: Family>(
     container: &ContainerEntry,
     direction: Direction,
 ) -> Result<(), DropReason> {
-    let Some(quoted) = A::quoted_error(ctx, icmp_off)? else { return Err(DropReason::Policy) };
-    let key = quoted.reversed().in_scope(CtScope::policy(direction));
+    // One key, turned in place: IPv6's tuples leave no room for three.
+    let Some(mut key) = A::quoted_error(ctx, icmp_off)? else { return Err(DropReason::Policy) };
+    key.reverse();
+    key.scope = CtScope::policy(direction) as u8;
     if let Some(entry) = conntrack::lookup(&key) {
         // SAFETY: map value pointer, valid during the run.
         return if unsafe { (*entry).container_id } == container.id { Ok(()) } else { Err(DropReason::Policy) };
     }
-    // A translated flow carries its verdict on the entry of the tuple the
-    // container sends: the quoted packet's, or its reverse when the quoted
-    // packet came in.
-    let sent = match direction {
-        Direction::Out => quoted.reversed(),
-        Direction::In => quoted,
-    };
     if !A::HAS_NAT {
         return Err(DropReason::Policy);
     }
-    match conntrack::lookup(&sent.in_scope(CtScope::Nat)) {
+    // A translated flow carries its verdict on the entry of the tuple the
+    // container sends: the quoted packet's reversed (as `key` is now) going
+    // out, the quoted packet's itself coming in.
+    if direction == Direction::In {
+        key.reverse();
+    }
+    key.scope = CtScope::Nat as u8;
+    match conntrack::lookup(&key) {
         // SAFETY: map value pointer, valid during the run.
         Some(entry) if unsafe { (*entry).verdict_of(container.id) } => Ok(()),
         _ => Err(DropReason::Policy),

@@ -11,14 +11,16 @@ use aya_ebpf::programs::TcContext;
 use netpath_common::{
     config::{CFG_F_MASQUERADE, CFG_F_ROUTED, CFG_F_TRACE_FLOWS},
     conntrack::{CtState, CT_F_MASQ_PENDING, CT_F_REPLY, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    ContainerEntry, CtEntry4, CtKey4, CtScope, DatapathConfig, Direction, DropReason, MappingEntry4,
+    ContainerEntry, CtEntry4, CtKey4, CtScope, DatapathConfig, Direction, DropReason, In6Addr, MappingEntry,
+    MappingEntry4, MappingEntry6,
 };
 use network_types::eth::EthHdr;
 
 use crate::{
     conntrack::{self, CreateError},
+    family::Family,
     flow,
-    flow::{Flow4, NoFlow, Parsed4},
+    flow::{Flow, Flow4, Flow6, NoFlow, Parsed4, Parsed6},
     fragment, host_sockets, icmp_error, mapping,
     maps::{config, CONTAINERS},
     masquerade, nat,
@@ -107,7 +109,7 @@ pub fn translate_parsed4(
         }
         nat::apply4(ctx, flow, e)
     } else {
-        match admitted_mapping4(flow, cfg)? {
+        match admitted_mapping(flow, cfg)? {
             Some(published) => new_published_flow4(ctx, flow, published, cfg).inspect(|()| {
                 if cfg.has(CFG_F_TRACE_FLOWS) {
                     trace_published4(flow, published, cfg);
@@ -150,17 +152,20 @@ fn unclaimed4(ctx: &TcContext, flow: &Flow4, cfg: &DatapathConfig) -> Result<(),
 /// Its own frame, beside the chain down to [`new_published_flow4`]'s
 /// entries rather than on it: that chain has no stack to spare.
 #[inline(never)]
-fn admitted_mapping4(flow: &Flow4, cfg: &DatapathConfig) -> Result<Option<&'static MappingEntry4>, DropReason> {
+fn admitted_mapping<A: Family>(
+    flow: &Flow<A>,
+    cfg: &DatapathConfig,
+) -> Result<Option<&'static MappingEntry<A>>, DropReason> {
     if !flow.starts_flow() {
         return Ok(None);
     }
-    let Some(published) = mapping::lookup4(flow.key.daddr, flow.key.dport, flow.key.proto, false) else {
+    let Some(published) = A::published(&flow.key.daddr, flow.key.dport, flow.key.proto) else {
         return Ok(None);
     };
     // The container sees its own gateway as the client of a flow from
     // itself (hairpin, SNAT), the real client otherwise.
-    let client = if flow.key.saddr == published.container_addr { cfg.gateway4 } else { flow.key.saddr };
-    if !policy::admits_published4(published, client, flow.key.proto) {
+    let client = if flow.key.saddr == published.container_addr { A::gateway(cfg) } else { flow.key.saddr };
+    if !policy::admits_published(published, client, flow.key.proto) {
         // The container's policy dropped it: its counters say so too.
         count_drop_on_container(published.container_ifindex, DropReason::Policy);
         return Err(DropReason::Policy);
@@ -191,7 +196,7 @@ fn new_published_flow4(
     cfg: &DatapathConfig,
 ) -> Result<(), DropReason> {
     let (mut fwd, mut rev) = (CtEntry4::default(), CtEntry4::default());
-    let reply_key = mapping::flow_entries4(&flow.key, published, cfg, &mut fwd, &mut rev);
+    let reply_key = mapping::flow_entries(&flow.key, published, cfg, &mut fwd, &mut rev);
     fwd.packets = 1;
     fwd.bytes = ctx.len() as u64;
     fwd.state = CtState::New as u8;
@@ -203,9 +208,69 @@ fn new_published_flow4(
         policy::carry(&mut fwd, target);
         policy::carry(&mut rev, target);
     }
-    match conntrack::create4(&flow.key, &mut fwd, &reply_key, &mut rev, flow.key.proto, cfg) {
+    match conntrack::create(&flow.key, &mut fwd, &reply_key, &mut rev, flow.key.proto, cfg) {
         Ok(()) => nat::apply4(ctx, flow, &fwd),
-        Err(CreateError::Raced) => conntrack::apply_existing4(ctx, flow),
+        Err(CreateError::Raced) => conntrack::apply_existing(ctx, flow),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The NAT stage for IPv6, on the uplink's ingress and on what a container
+/// sends (after its policy): a tracked flow is translated as recorded, and
+/// a new flow to a published port (from outside, or from a container
+/// through a host address) gets its entries. Not yet translated: ICMPv6
+/// errors about published flows and the later fragments of a published
+/// flow's datagrams (they pass as they are).
+#[inline(never)]
+pub fn translate_parsed6(ctx: &TcContext, parsed: &Parsed6, cfg: &DatapathConfig) -> Result<(), DropReason> {
+    let flow = match parsed {
+        Ok(flow) if flow.ported => flow,
+        _ => return Ok(()),
+    };
+    if let Some(entry) = conntrack::lookup_or_forget(&flow.key) {
+        conntrack::touch(entry, flow, ctx.len(), cfg);
+        // SAFETY: map value pointer, valid during the run.
+        return nat::apply6(ctx, flow, unsafe { &*entry });
+    }
+    match admitted_mapping(flow, cfg)? {
+        Some(published) => new_published_flow6(ctx, flow, published, cfg),
+        None => Ok(()),
+    }
+}
+
+/// [`new_published_flow4`] for IPv6: the two entries are written in this
+/// CPU's scratch (each is 128 bytes, the chain from `veth_ingress6` has no
+/// stack for them).
+#[inline(never)]
+fn new_published_flow6(
+    ctx: &TcContext,
+    flow: &Flow6,
+    published: &MappingEntry6,
+    cfg: &DatapathConfig,
+) -> Result<(), DropReason> {
+    let Some(s) = <In6Addr as Family>::scratch() else { return Err(DropReason::TableFull) };
+    // SAFETY: this CPU's scratch, used by this run only; zeroed in place
+    // (a struct assignment would be built on the stack first).
+    let s = unsafe {
+        core::ptr::write_bytes(&raw mut (*s).entry, 0, 1);
+        core::ptr::write_bytes(&raw mut (*s).reply_entry, 0, 1);
+        &mut *s
+    };
+    s.reply_key = mapping::flow_entries(&flow.key, published, cfg, &mut s.entry, &mut s.reply_entry);
+    s.entry.packets = 1;
+    s.entry.bytes = ctx.len() as u64;
+    s.entry.state = CtState::New as u8;
+    // The container's inbound policy admitted the flow: its entries carry
+    // that verdict.
+    if let Some(target) = CONTAINERS.get_ptr(published.container_ifindex) {
+        // SAFETY: map value pointer, valid during the run.
+        let target = unsafe { &*target };
+        policy::carry(&mut s.entry, target);
+        policy::carry(&mut s.reply_entry, target);
+    }
+    match conntrack::create(&flow.key, &mut s.entry, &s.reply_key, &mut s.reply_entry, flow.key.proto, cfg) {
+        Ok(()) => nat::apply6(ctx, flow, &s.entry),
+        Err(CreateError::Raced) => conntrack::apply_existing(ctx, flow),
         Err(e) => Err(e.into()),
     }
 }

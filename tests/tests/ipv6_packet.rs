@@ -8,7 +8,7 @@
 use netpath_common::{
     config::CFG_F_ROUTED,
     container::{CONTAINER_F_DEFAULT_DENY_IN, CONTAINER_F_DEFAULT_DENY_OUT, CONTAINER_F_IPV6},
-    DatapathConfig, DropReason, HookId, In6Addr,
+    DatapathConfig, DropReason, HookId, In6Addr, MappingEntry6, MappingKey6,
 };
 use netpath_tests::{
     fixtures::{self, C1, C1_MAC, C2_MAC, GATEWAY_MAC, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS},
@@ -308,4 +308,92 @@ fn icmpv6_errors_pass_only_about_a_flow_with_a_verdict() {
     body.extend_from_slice(&other);
     let forged = received(router, c1(), IPPROTO_ICMPV6, &frames::icmp6(router, c1(), 2, 0, &body));
     assert_eq!(inbound(&h, &forged), TC_ACT_SHOT);
+}
+
+/// A host address of the uplink's (the test's own documentation prefix).
+fn host6() -> [u8; 16] {
+    v6("2001:db8:18::1")
+}
+
+/// `[::]:8080` published to c1:80, the host owning [`host6`]; with
+/// `container_flags` on c1.
+fn published(container_flags: u16) -> PacketHarness {
+    let mut h = harness(0, container_flags);
+    h.dp.sync_host_addrs6(&[(In6Addr::from_octets(host6()), 2)]).unwrap();
+    let key = MappingKey6 { addr: In6Addr::UNSPECIFIED, port: 8080u16.to_be(), proto: IPPROTO_TCP, _pad: 0 };
+    let entry = MappingEntry6 {
+        container_addr: In6Addr::from_octets(c1()),
+        container_port: 80u16.to_be(),
+        _pad: 0,
+        id: 1,
+        container_ifindex: TEST_IFINDEX,
+    };
+    h.dp.set_mapping6(&key, &entry).unwrap();
+    h
+}
+
+/// A frame from the world to the host (uplink ingress).
+fn from_world(src: [u8; 16], dst: [u8; 16], l4: &[u8]) -> Vec<u8> {
+    frames::eth(GATEWAY_MAC, C2_MAC, ETH_P_IPV6, &frames::ipv6(src, dst, IPPROTO_TCP, l4))
+}
+
+#[test]
+fn a_published_ipv6_port_is_translated_both_ways() {
+    let h = published(0);
+    // The client's SYN to [host]:8080 leaves the uplink's ingress for c1:80,
+    // byte for byte the frame built for c1 (checksum over the new
+    // pseudo-header).
+    let syn_in = from_world(remote(), host6(), &frames::tcp6(remote(), host6(), 40000, 8080, 0x02, b""));
+    let r = h.run(HookId::UplinkIngress.program(), &syn_in).unwrap();
+    assert_eq!(r.verdict, TC_ACT_OK);
+    let want = from_world(remote(), c1(), &frames::tcp6(remote(), c1(), 40000, 80, 0x02, b""));
+    assert_eq!(r.data, want, "DNAT to c1:80");
+    frames::verify_checksum6(&r.data).unwrap();
+    // c1's inbound side lets it in: the flow's entries carry its verdict
+    // (the client is not from the subnet, and the instance does not route).
+    assert_eq!(inbound(&h, &r.data), TC_ACT_OK);
+    // c1's SYN-ACK leaves its veth as the published address.
+    let syn_ack = sent(c1(), remote(), IPPROTO_TCP, &frames::tcp6(c1(), remote(), 80, 40000, 0x12, b""));
+    let r = h.run(HookId::VethIngress.program(), &syn_ack).unwrap();
+    assert_eq!(r.verdict, TC_ACT_OK);
+    let want = sent(host6(), remote(), IPPROTO_TCP, &frames::tcp6(host6(), remote(), 8080, 40000, 0x12, b""));
+    assert_eq!(r.data, want, "the reply's source is the published address again");
+    frames::verify_checksum6(&r.data).unwrap();
+    // ... and the uplink lets it out (its source is the host's).
+    assert_eq!(h.run(HookId::UplinkEgress.program(), &r.data).unwrap().verdict, TC_ACT_OK);
+    // The client's next segment follows the flow's entry.
+    let ack = from_world(remote(), host6(), &frames::tcp6(remote(), host6(), 40000, 8080, 0x10, b"data"));
+    let r = h.run(HookId::UplinkIngress.program(), &ack).unwrap();
+    let want = from_world(remote(), c1(), &frames::tcp6(remote(), c1(), 40000, 80, 0x10, b"data"));
+    assert_eq!((r.verdict, r.data), (TC_ACT_OK, want));
+}
+
+#[test]
+fn only_published_ipv6_ports_on_host_addresses_are_translated() {
+    let h = published(0);
+    for (dst, port, why) in
+        [(host6(), 8081, "an unpublished port"), (v6("2001:db8:99::1"), 8080, "an address that is not the host's")]
+    {
+        let syn_in = from_world(remote(), dst, &frames::tcp6(remote(), dst, 40000, port, 0x02, b""));
+        let r = h.run(HookId::UplinkIngress.program(), &syn_in).unwrap();
+        assert_eq!((r.verdict, &r.data), (TC_ACT_OK, &syn_in), "{why}: left to the host, untouched");
+    }
+    // UDP to a TCP mapping: untouched too.
+    let dgram = frames::eth(
+        GATEWAY_MAC,
+        C2_MAC,
+        ETH_P_IPV6,
+        &frames::ipv6(remote(), host6(), IPPROTO_UDP, &frames::udp6(remote(), host6(), 5000, 8080, b"x")),
+    );
+    assert_eq!(h.run(HookId::UplinkIngress.program(), &dgram).unwrap().data, dgram);
+}
+
+#[test]
+fn a_published_ipv6_port_answers_only_clients_the_containers_policy_admits() {
+    let mut h = published(CONTAINER_F_DEFAULT_DENY_IN);
+    let syn_in = from_world(remote(), host6(), &frames::tcp6(remote(), host6(), 40000, 8080, 0x02, b""));
+    assert_eq!(h.run(HookId::UplinkIngress.program(), &syn_in).unwrap().verdict, TC_ACT_SHOT);
+    // Counted on c1 and on the uplink (in this harness one interface).
+    assert_eq!(drops(&mut h, DropReason::Policy), 2, "counted on c1 and on the uplink");
+    assert!(h.dp.ct_entries6().unwrap().is_empty(), "a denied flood fills no table");
 }
