@@ -1,8 +1,10 @@
 //! Packet tests of IPv6 through the container programs under
 //! BPF_PROG_TEST_RUN: anti-spoofing with neighbour discovery, the RA and
 //! DHCPv6 guards, the extension-header walk and its bound, policy and
-//! conntrack of IPv6 flows, fragments, ICMPv6 errors, and what the uplink
-//! lets in and out. Frames are built by `frames` (independently of the
+//! conntrack of IPv6 flows, fragments, ICMPv6 errors, what the uplink
+//! lets in and out, and published IPv6 ports translated both ways (each
+//! output frame compared with one built for it, checksums over the new
+//! pseudo-header). Frames are built by `frames` (independently of the
 //! datapath's parsers).
 
 use netpath_common::{
