@@ -57,6 +57,10 @@ pub struct DatapathConfig {
     pub _pad6: u32,
     /// The bridge's IPv6 address.
     pub gateway6: In6Addr,
+    /// The source IPv6 flows containers start get leaving the uplink (the
+    /// uplink's first global address; unspecified: none, such flows are
+    /// dropped rather than leaving with a container's source).
+    pub masq_addr6: In6Addr,
 }
 
 impl DatapathConfig {

@@ -242,9 +242,13 @@ pub const TAIL_VETH_EGRESS6: u32 = 1;
 /// IPv6 arriving on the uplink (from `uplink_ingress`).
 pub const TAIL_UPLINK_INGRESS6: u32 = 2;
 
+/// IPv6 leaving through the uplink (from `uplink_egress`).
+pub const TAIL_UPLINK_EGRESS6: u32 = 3;
+
 /// Every tail-called program, indexed by slot.
-pub const TAIL_CALLS: [TailCall; 3] = [
+pub const TAIL_CALLS: [TailCall; 4] = [
     TailCall { slot: TAIL_VETH_INGRESS6, program: "veth_ingress6", from: HookId::VethIngress },
     TailCall { slot: TAIL_VETH_EGRESS6, program: "veth_egress6", from: HookId::VethEgress },
     TailCall { slot: TAIL_UPLINK_INGRESS6, program: "uplink_ingress6", from: HookId::UplinkIngress },
+    TailCall { slot: TAIL_UPLINK_EGRESS6, program: "uplink_egress6", from: HookId::UplinkEgress },
 ];

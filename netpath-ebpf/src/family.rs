@@ -10,15 +10,15 @@ use aya_ebpf::{
 use netpath_common::{
     maps::{MAX_CT_ENTRIES, MAX_FRAGS},
     policy::POLICY_KEY_FIXED_BITS,
-    AddrFamily, ContainerEntry, CtEntry, CtKey, DatapathConfig, Direction, DropReason, FragEntry, FragKey, In6Addr,
-    MappingEntry, PolicyEntry, PolicyKey,
+    AddrFamily, ContainerEntry, CtEntry, CtKey, Direction, DropReason, FragEntry, FragKey, In6Addr, MappingEntry,
+    PolicyEntry, PolicyKey,
 };
 
 use crate::{
     flow::Flow,
     icmp_error, ipv6, mapping,
     maps::{CT4, CT6, FRAGS4, FRAGS6, HOST_ADDRS4, HOST_ADDRS6, POLICY4, POLICY6, SCRATCH6},
-    masquerade, nat, policy,
+    nat, policy,
 };
 
 pub type CtMap<A> = LruHashMap<CtKey<A>, CtEntry<A>, MAX_CT_ENTRIES>;
@@ -66,11 +66,6 @@ pub trait Family: AddrFamily + 'static {
 
     /// Is this one of the host's own addresses (`HOST_ADDRS4`, `HOST_ADDRS6`)?
     fn is_host_addr(self) -> bool;
-
-    /// Will masquerade translate a flow a container starts with tuple
-    /// `orig`? (Its verdict then waits on the NAT entry masquerade
-    /// completes.)
-    fn masquerades(orig: &CtKey<Self>, cfg: &DatapathConfig) -> bool;
 
     /// The tuple of the packet an ICMP error in `ctx` (its header at
     /// `icmp_off`) quotes, as it travelled; None if it is nothing netpath
@@ -124,11 +119,6 @@ impl Family for [u8; 4] {
     fn is_host_addr(self) -> bool {
         // SAFETY: the value is only tested for presence.
         unsafe { HOST_ADDRS4.get(&self) }.is_some()
-    }
-
-    #[inline(always)]
-    fn masquerades(orig: &CtKey<Self>, cfg: &DatapathConfig) -> bool {
-        masquerade::bound4(orig, cfg)
     }
 
     #[inline(always)]
@@ -192,13 +182,6 @@ impl Family for In6Addr {
         let s = unsafe { &mut *s };
         s.addr = self;
         unsafe { HOST_ADDRS6.get(&s.addr) }.is_some()
-    }
-
-    /// IPv6 is not masqueraded yet: a container's IPv6 flow to the world
-    /// leaves only when the instance routes (the uplink drops the rest).
-    #[inline(always)]
-    fn masquerades(_orig: &CtKey<Self>, _cfg: &DatapathConfig) -> bool {
-        false
     }
 
     #[inline(always)]

@@ -11,15 +11,15 @@ use aya_ebpf::{
 };
 use netpath_common::{
     conntrack::{IPPROTO_TCP, IPPROTO_UDP},
-    CtKey4,
+    AddrFamily, CtKey,
 };
 
-/// The IPv4 member of `struct bpf_sock_tuple` (addresses and ports in
-/// network byte order).
+/// The IPv4 (`[u8; 4]`) or IPv6 (`In6Addr`) member of `struct
+/// bpf_sock_tuple` (addresses and ports in network byte order).
 #[repr(C)]
-struct SockTuple4 {
-    saddr: [u8; 4],
-    daddr: [u8; 4],
+struct SockTuple<A> {
+    saddr: A,
+    daddr: A,
     sport: u16,
     dport: u16,
 }
@@ -33,11 +33,12 @@ const CURRENT_NETNS: u64 = u64::MAX;
 /// Out of line: the lookup's tuple needs its own bit of stack, and this
 /// runs only while a port is picked for a new flow.
 #[inline(never)]
-pub fn owns4(ctx: &TcContext, incoming: &CtKey4) -> bool {
+pub fn owns<A: AddrFamily>(ctx: &TcContext, incoming: &CtKey<A>) -> bool {
     let mut tuple =
-        SockTuple4 { saddr: incoming.saddr, daddr: incoming.daddr, sport: incoming.sport, dport: incoming.dport };
-    let size = core::mem::size_of::<SockTuple4>() as u32;
-    let tuple = &mut tuple as *mut SockTuple4 as *mut bpf_sock_tuple;
+        SockTuple { saddr: incoming.saddr, daddr: incoming.daddr, sport: incoming.sport, dport: incoming.dport };
+    // The helpers tell the family by the size: 12 bytes IPv4, 36 IPv6.
+    let size = core::mem::size_of::<SockTuple<A>>() as u32;
+    let tuple = &mut tuple as *mut SockTuple<A> as *mut bpf_sock_tuple;
     // SAFETY: the helpers read `size` bytes of the tuple; a socket they
     // return is released before we go on, as the verifier demands.
     unsafe {

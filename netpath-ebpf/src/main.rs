@@ -38,7 +38,7 @@ use aya_ebpf::{
 };
 use netpath_common::{
     config::CFG_F_UPLINK_XDP,
-    hooks::{TAIL_UPLINK_INGRESS6, TAIL_VETH_EGRESS6, TAIL_VETH_INGRESS6},
+    hooks::{TAIL_UPLINK_EGRESS6, TAIL_UPLINK_INGRESS6, TAIL_VETH_EGRESS6, TAIL_VETH_INGRESS6},
     ContainerEntry, DatapathConfig, Direction, DropReason, HookId,
 };
 
@@ -267,14 +267,27 @@ pub fn uplink_ingress6(ctx: TcContext) -> i32 {
 
 /// tc egress on the uplink: container traffic leaving the host gets the
 /// uplink's address (masquerade); the host's ICMP errors about translated
-/// packets get their quotes translated back. Containers' IPv6 leaves only
-/// when the instance routes.
+/// packets get their quotes translated back.
 #[classifier]
 pub fn uplink_egress(ctx: TcContext) -> i32 {
+    if packet::is_ipv6(&ctx) {
+        return tail_call(&ctx, TAIL_UPLINK_EGRESS6, HookId::UplinkEgress);
+    }
     let ifindex = skb_ifindex(&ctx);
     let len = ctx.len();
     packet::pull_headers(&ctx);
-    let result = if packet::is_ipv6(&ctx) { translate::outbound6(&ctx) } else { translate::translate_outbound4(&ctx) };
+    let result = translate::translate_outbound4(&ctx);
+    let site = Site { hook: HookId::UplinkEgress, ifindex, container_id: 0, count: true };
+    tc_action(finish(&ctx, site, len, result))
+}
+
+/// uplink_egress for IPv6, tail-called: masquerade for IPv6.
+#[classifier]
+pub fn uplink_egress6(ctx: TcContext) -> i32 {
+    let ifindex = skb_ifindex(&ctx);
+    let len = ctx.len();
+    packet::pull_headers(&ctx);
+    let result = translate::translate_outbound6(&ctx);
     let site = Site { hook: HookId::UplinkEgress, ifindex, container_id: 0, count: true };
     tc_action(finish(&ctx, site, len, result))
 }

@@ -6,16 +6,16 @@ use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::TcContext};
 use netpath_common::{
     config::{CFG_F_MASQUERADE, CFG_F_ROUTED},
     conntrack::{CtState, CT_F_DNAT, CT_F_POLICY, CT_F_REPLY, CT_F_SNAT, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    family::{ICMPV6_ECHO_REPLY, IPPROTO_ICMPV6},
     masquerade::{PortRange, MAX_TRIES},
-    CtEntry4, CtKey4, CtScope, DatapathConfig, DropReason,
+    CtEntry4, CtKey, CtKey4, CtScope, DatapathConfig, DropReason, In6Addr,
 };
 
 use crate::{
     conntrack::{self, CreateError},
-    flow::Flow4,
-    host_sockets, mapping,
-    maps::HOST_ADDRS4,
-    nat, policy,
+    family::Family,
+    flow::{Flow4, Flow6},
+    host_sockets, mapping, nat, policy,
 };
 
 /// Will masquerade translate a flow a container starts with the tuple
@@ -24,13 +24,12 @@ use crate::{
 /// container subnet that is not the host's own (those stay on the host:
 /// published ports, host services).
 #[inline(always)]
-pub fn bound4(orig: &CtKey4, cfg: &DatapathConfig) -> bool {
+pub fn bound<A: Family>(orig: &CtKey<A>, cfg: &DatapathConfig) -> bool {
     cfg.has(CFG_F_MASQUERADE)
         && !cfg.has(CFG_F_ROUTED)
-        && matches!(orig.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP)
-        && !cfg.in_subnet4(orig.daddr)
-        // SAFETY: map values stay valid for the program's run.
-        && unsafe { HOST_ADDRS4.get(&orig.daddr) }.is_none()
+        && (orig.proto == IPPROTO_TCP || orig.proto == IPPROTO_UDP || orig.proto == A::ICMP_PROTO)
+        && !orig.daddr.in_subnet(cfg)
+        && !orig.daddr.is_host_addr()
 }
 
 /// Picks a free source port, records both directions and translates the
@@ -88,7 +87,7 @@ pub fn new_flow4(
         // masquerade address is the uplink's, one of the host's own.)
         let taken_by_host = !icmp
             && (mapping::lookup_on_host4(cfg.masq_addr4, port_be, flow.key.proto).is_some()
-                || host_sockets::owns4(ctx, &reply_key));
+                || host_sockets::owns(ctx, &reply_key));
         if !taken_by_host {
             fwd.snat_port = port_be;
             let created = match pending {
@@ -148,4 +147,66 @@ fn set_starter4(key: &CtKey4, fwd: &mut CtEntry4, rev: &mut CtEntry4) {
             }
         }
     }
+}
+
+/// [`new_flow4`] for IPv6, at the uplink's egress (IPv6 keeps no pending
+/// verdicts: the container's veth kept a verdict pair, and the masquerade's
+/// entries carry the container's id, so that they die with it). The two
+/// entries are written in this CPU's scratch.
+#[inline(never)]
+pub fn new_flow6(ctx: &TcContext, flow: &Flow6, cfg: &DatapathConfig) -> Result<(), DropReason> {
+    let Some(range) = PortRange::new(cfg.masq_port_min, cfg.masq_port_max) else {
+        return Err(DropReason::NatUnavailable);
+    };
+    if cfg.masq_addr6 == In6Addr::UNSPECIFIED {
+        return Err(DropReason::NatUnavailable);
+    }
+    let Some(s) = <In6Addr as Family>::scratch() else { return Err(DropReason::TableFull) };
+    // SAFETY: this CPU's scratch, used by this run only; zeroed in place
+    // (a struct assignment would be built on the stack first).
+    let s = unsafe {
+        core::ptr::write_bytes(&raw mut (*s).entry, 0, 1);
+        core::ptr::write_bytes(&raw mut (*s).reply_entry, 0, 1);
+        &mut *s
+    };
+    let icmp = flow.key.proto == IPPROTO_ICMPV6;
+    // The keys, field by field in the scratch too (this chain's frames
+    // are at the stack's limit otherwise).
+    let k = &mut s.key;
+    (k.saddr, k.daddr, k.sport, k.dport, k.icmp_type) =
+        (flow.key.saddr, flow.key.daddr, flow.key.sport, flow.key.dport, flow.key.icmp_type);
+    (k.proto, k.scope, k._pad) = (flow.key.proto, CtScope::PolicyOut as u8, 0);
+    let starter = match conntrack::lookup(&s.key) {
+        // SAFETY: map value pointer, valid during the run.
+        Some(verdict) => unsafe { (*verdict).container_id },
+        None => 0,
+    };
+    let (fwd, rev) = (&mut s.entry, &mut s.reply_entry);
+    (fwd.snat_addr, fwd.flags, fwd.state, fwd.container_id) = (cfg.masq_addr6, CT_F_SNAT, CtState::New as u8, starter);
+    (fwd.packets, fwd.bytes) = (1, ctx.len() as u64);
+    (rev.dnat_addr, rev.dnat_port, rev.flags, rev.container_id) = (flow.key.saddr, flow.key.sport, CT_F_DNAT, starter);
+    let mut port = range.first(u16::from_be(flow.key.sport), || unsafe { bpf_get_prandom_u32() });
+    for _ in 0..MAX_TRIES {
+        let port_be = port.to_be();
+        let rk = &mut s.reply_key;
+        (rk.saddr, rk.daddr, rk.sport, rk.dport) =
+            (flow.key.daddr, cfg.masq_addr6, if icmp { port_be } else { flow.key.dport }, port_be);
+        (rk.proto, rk.scope, rk._pad) = (flow.key.proto, CtScope::Nat as u8, 0);
+        rk.icmp_type = if icmp { ICMPV6_ECHO_REPLY } else { 0 };
+        // As IPv4's: never a published port's, nor a host socket's.
+        let taken_by_host = !icmp
+            && (mapping::lookup6(&cfg.masq_addr6, port_be, flow.key.proto).is_some()
+                || host_sockets::owns(ctx, &s.reply_key));
+        if !taken_by_host {
+            s.entry.snat_port = port_be;
+            match conntrack::create(&flow.key, &mut s.entry, &s.reply_key, &mut s.reply_entry, flow.key.proto, cfg) {
+                Ok(()) => return nat::apply6(ctx, flow, &s.entry),
+                Err(CreateError::Taken) => {}
+                Err(CreateError::Raced) => return conntrack::apply_existing(ctx, flow),
+                Err(CreateError::Failed) => return Err(DropReason::TableFull),
+            }
+        }
+        port = range.next(port);
+    }
+    Err(DropReason::NatExhausted)
 }

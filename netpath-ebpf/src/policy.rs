@@ -399,7 +399,9 @@ fn new_flow<A: Family>(
         return Ok(());
     }
     let orig = if own { flow.key } else { flow.key.reversed() };
-    if own && direction == Direction::Out && A::masquerades(&orig, cfg) {
+    // (A masquerade pending on IPv4's veth; IPv6's keeps its verdict pair,
+    // written above.)
+    if own && direction == Direction::Out && crate::masquerade::bound(&orig, cfg) {
         remember_pending(&orig, container)?;
     } else {
         remember(&orig, starter, own, container, ctx.len())?;

@@ -137,7 +137,7 @@ fn unclaimed4(ctx: &TcContext, flow: &Flow4, cfg: &DatapathConfig) -> Result<(),
         && flow.key.daddr == cfg.masq_addr4
         && (cfg.masq_port_min..=cfg.masq_port_max).contains(&port)
         && (flow.key.proto == IPPROTO_TCP || flow.key.proto == IPPROTO_UDP);
-    if masquerade_port && !host_sockets::owns4(ctx, &flow.key) {
+    if masquerade_port && !host_sockets::owns(ctx, &flow.key) {
         return Err(DropReason::NoFlow);
     }
     Ok(())
@@ -392,16 +392,37 @@ fn untranslatable4(cfg: &DatapathConfig, saddr: [u8; 4], reason: DropReason) -> 
     Ok(())
 }
 
-/// What leaves through the uplink over IPv6: IPv6 is not masqueraded yet,
-/// so a container's packet leaves only when the instance routes (its
-/// address is then reachable); otherwise it is dropped, never sent with a
-/// private source. The host's own traffic passes.
+/// What leaves through the uplink over IPv6 (uplink egress): as IPv4's, a
+/// container's flow gets the uplink's IPv6 address (masquerade) unless the
+/// instance routes; what masquerade cannot translate (no ports, ICMPv6
+/// other than echo, later fragments) never leaves with a container's
+/// source. The host's own traffic, and replies of published ports
+/// (translated on the veth), pass.
 #[inline(never)]
-pub fn outbound6(ctx: &TcContext) -> Result<(), DropReason> {
+pub fn translate_outbound6(ctx: &TcContext) -> Result<(), DropReason> {
     let Some(cfg) = config() else { return Ok(()) };
     let Ok(saddr) = crate::ipv6::source6(ctx) else { return Ok(()) };
-    if cfg.in_subnet6(saddr) && !cfg.has(CFG_F_ROUTED) {
-        return Err(DropReason::NatUnavailable);
+    if !cfg.in_subnet6(saddr) || cfg.has(CFG_F_ROUTED) || !cfg.has(CFG_F_MASQUERADE) {
+        return Ok(());
     }
-    Ok(())
+    let flow = match crate::ipv6::parse6(ctx) {
+        Ok(flow) if flow.ported => flow,
+        Ok(_) | Err(NoFlow::IcmpOther(_) | NoFlow::IcmpError(_)) => return Err(DropReason::UnsupportedProtocol),
+        Err(NoFlow::LaterFragment(_)) => return Err(DropReason::Fragment),
+        Err(NoFlow::BadHeaders) => return Err(DropReason::Ipv6Headers),
+        Err(NoFlow::Malformed) => return Err(DropReason::Malformed),
+        // Neighbour discovery stays on its link; not IPv6: not this path's.
+        Err(NoFlow::Neighbour(_) | NoFlow::OtherEtherType) => return Ok(()),
+    };
+    if let Some(entry) = conntrack::lookup_or_forget(&flow.key) {
+        conntrack::touch(entry, &flow, ctx.len(), cfg);
+        // SAFETY: map value pointer, valid during the run.
+        return nat::apply6(ctx, &flow, unsafe { &*entry });
+    }
+    // A packet that cannot start a flow gets no new translation: dropped,
+    // never sent with the private source.
+    if !flow.starts_flow() {
+        return Err(DropReason::NoFlow);
+    }
+    masquerade::new_flow6(ctx, &flow, cfg)
 }

@@ -8,7 +8,7 @@
 //! datapath's parsers).
 
 use netpath_common::{
-    config::CFG_F_ROUTED,
+    config::{CFG_F_MASQUERADE, CFG_F_ROUTED},
     container::{CONTAINER_F_DEFAULT_DENY_IN, CONTAINER_F_DEFAULT_DENY_OUT, CONTAINER_F_IPV6},
     DatapathConfig, DropReason, HookId, In6Addr, MappingEntry6, MappingKey6,
 };
@@ -45,7 +45,11 @@ fn config6(flags: u32) -> DatapathConfig {
 
 /// c1 with its IPv6 address (and `flags`), behind the test interface.
 fn harness(cfg_flags: u32, container_flags: u16) -> PacketHarness {
-    let mut h = fixtures::harness(&config6(cfg_flags));
+    harness_with(&config6(cfg_flags), container_flags)
+}
+
+fn harness_with(cfg: &DatapathConfig, container_flags: u16) -> PacketHarness {
+    let mut h = fixtures::harness(cfg);
     let mut c = fixtures::container(C1, C1_MAC, C1_ID, CONTAINER_F_IPV6 | container_flags);
     c.ipv6 = In6Addr::from_octets(c1());
     h.dp.set_container(TEST_IFINDEX, &c).unwrap();
@@ -259,17 +263,69 @@ fn ipv6_from_outside_reaches_containers_only_when_the_instance_routes() {
 }
 
 #[test]
-fn container_ipv6_leaves_the_uplink_only_when_the_instance_routes() {
+fn container_ipv6_leaves_the_uplink_masqueraded_unless_the_instance_routes() {
+    let tcp = |src, dst, sport, dport, flags| frames::tcp6(src, dst, sport, dport, flags, b"");
     let leaving =
         frames::eth(C2_MAC, GATEWAY_MAC, ETH_P_IPV6, &frames::ipv6(c1(), remote(), IPPROTO_TCP, &syn(c1(), remote())));
-    let h = harness(0, 0);
-    assert_eq!(h.run(HookId::UplinkEgress.program(), &leaving).unwrap().verdict, TC_ACT_SHOT, "never a private source");
-    let host = v6("2001:db8::1");
-    let hosts =
-        frames::eth(C2_MAC, GATEWAY_MAC, ETH_P_IPV6, &frames::ipv6(host, remote(), IPPROTO_TCP, &syn(host, remote())));
-    assert_eq!(h.run(HookId::UplinkEgress.program(), &hosts).unwrap().verdict, TC_ACT_OK, "the host's own");
-    let routed = harness(CFG_F_ROUTED, 0);
-    assert_eq!(routed.run(HookId::UplinkEgress.program(), &leaving).unwrap().verdict, TC_ACT_OK);
+    let egress = |h: &PacketHarness, frame: &[u8]| h.run(HookId::UplinkEgress.program(), frame).unwrap();
+    // Masquerade on, but the uplink has no IPv6 address: dropped, never
+    // sent with a container's private source.
+    let mut h = harness(CFG_F_MASQUERADE, 0);
+    assert_eq!(egress(&h, &leaving).verdict, TC_ACT_SHOT);
+    assert_eq!(drops(&mut h, DropReason::NatUnavailable), 1);
+    // With the uplink's address: the source is the host's, the port kept
+    // (it is in the range), the checksum over the new pseudo-header.
+    let masq = DatapathConfig {
+        masq_addr6: In6Addr::from_octets(host6()),
+        masq_port_min: 1024,
+        masq_port_max: 32767,
+        ..config6(CFG_F_MASQUERADE)
+    };
+    let h = harness_with(&masq, 0);
+    let c1_syn = frames::eth(
+        C2_MAC,
+        GATEWAY_MAC,
+        ETH_P_IPV6,
+        &frames::ipv6(c1(), remote(), IPPROTO_TCP, &tcp(c1(), remote(), 20000, 80, 0x02)),
+    );
+    let r = egress(&h, &c1_syn);
+    let want = frames::eth(
+        C2_MAC,
+        GATEWAY_MAC,
+        ETH_P_IPV6,
+        &frames::ipv6(host6(), remote(), IPPROTO_TCP, &tcp(host6(), remote(), 20000, 80, 0x02)),
+    );
+    assert_eq!((r.verdict, &r.data), (TC_ACT_OK, &want), "masqueraded to the uplink's IPv6 address");
+    frames::verify_checksum6(&r.data).unwrap();
+    // The answer comes back to c1, exactly.
+    let answer = from_world(remote(), host6(), &tcp(remote(), host6(), 80, 20000, 0x12));
+    let r = h.run(HookId::UplinkIngress.program(), &answer).unwrap();
+    let want = from_world(remote(), c1(), &tcp(remote(), c1(), 80, 20000, 0x12));
+    assert_eq!((r.verdict, &r.data), (TC_ACT_OK, &want), "the reply translated back to c1");
+    // A mid-stream segment of a flow it never had gets no translation.
+    let stray = frames::eth(
+        C2_MAC,
+        GATEWAY_MAC,
+        ETH_P_IPV6,
+        &frames::ipv6(c1(), remote(), IPPROTO_TCP, &tcp(c1(), remote(), 20001, 80, 0x10)),
+    );
+    assert_eq!(egress(&h, &stray).verdict, TC_ACT_SHOT, "no flow, no new translation");
+    // The host's own traffic passes as it is.
+    let hosts = frames::eth(
+        C2_MAC,
+        GATEWAY_MAC,
+        ETH_P_IPV6,
+        &frames::ipv6(host6(), remote(), IPPROTO_TCP, &syn(host6(), remote())),
+    );
+    let r = egress(&h, &hosts);
+    assert_eq!((r.verdict, &r.data), (TC_ACT_OK, &hosts), "the host's own");
+    // Routed, or with masquerade off (the operator's choice, as IPv4's
+    // --no-masquerade): the container's address leaves as it is.
+    for flags in [CFG_F_ROUTED | CFG_F_MASQUERADE, 0] {
+        let h = harness(flags, 0);
+        let r = egress(&h, &leaving);
+        assert_eq!((r.verdict, &r.data), (TC_ACT_OK, &leaving), "flags {flags:#x}");
+    }
 }
 
 #[test]

@@ -46,7 +46,7 @@ use netpath_common::{
     },
     hooks::{Attach, Target},
     uplink_guard::GuardedPorts,
-    CtStats, DatapathConfig, DropReason, Event, Hook, In6Addr, TrafficStats,
+    AddrFamily, CtStats, DatapathConfig, DropReason, Event, Hook, In6Addr, TrafficStats,
 };
 use thiserror::Error;
 use tokio::sync::{broadcast, Mutex};
@@ -296,12 +296,13 @@ impl Agent {
         // The uplink's address now, not 0.0.0.0 until the first sync: the
         // datapath of a restarted agent keeps masquerading meanwhile.
         let previous_masq = dp.read_config()?.masq_addr4;
-        let masq_addr4 = match &cfg.uplink {
+        let (masq_addr4, masq_addr6) = match &cfg.uplink {
             Some(u) => {
                 let index = nl.link_index(u).await.with_context(|| format!("uplink {u}"))?;
-                masquerade_addr4(&nl.ipv4_addresses().await?, index)
+                let (addrs4, addrs6) = split_families(nl.ip_addresses().await?);
+                (masquerade_addr4(&addrs4, index), masquerade_addr6(&addrs6, index))
             }
-            None => [0; 4],
+            None => ([0; 4], In6Addr::UNSPECIFIED),
         };
         if flags & CFG_F_MASQUERADE != 0 && masq_addr4 != [0; 4] {
             tracing::info!("masquerading to {}", Ipv4Addr::from(masq_addr4));
@@ -322,6 +323,7 @@ impl Agent {
             subnet6_prefix: cfg.net6.map_or(0, |n| n.subnet.prefix_len() as u32),
             _pad6: 0,
             gateway6: cfg.net6.map_or(In6Addr::UNSPECIFIED, |n| n.gateway.into()),
+            masq_addr6,
         };
         dp.write_config(&dp_config)?;
         if cgroup.is_none() {
@@ -814,6 +816,14 @@ impl Inner {
         self.dp.sync_host_addrs4(&entries4)?;
         self.dp.sync_host_addrs6(&entries6)?;
         if let (Some(uplink), Some(index)) = (self.uplink.clone(), uplink_index) {
+            let masq6 = masquerade_addr6(&addrs6, index);
+            if masq6 != self.dp_config.masq_addr6 {
+                tracing::info!("masquerading IPv6 to {:?}", masq6);
+                // IPv6 flows translated to the old address expire; their
+                // replies no longer arrive at it.
+                self.dp_config.masq_addr6 = masq6;
+                self.dp.write_config(&self.dp_config)?;
+            }
             let masq = masquerade_addr4(&addrs, index);
             let old = self.dp_config.masq_addr4;
             if masq != old {
@@ -943,6 +953,15 @@ impl HostAddrs {
 /// The masquerade address: the uplink's first IPv4 address (0.0.0.0: none).
 fn masquerade_addr4(addrs: &[(Ipv4Addr, u32)], uplink_index: u32) -> [u8; 4] {
     addrs.iter().find(|(_, i)| *i == uplink_index).map(|(a, _)| a.octets()).unwrap_or([0; 4])
+}
+
+/// The IPv6 masquerade address: the uplink's first address that is not
+/// link-local (unspecified: none).
+fn masquerade_addr6(addrs: &[(std::net::Ipv6Addr, u32)], uplink_index: u32) -> In6Addr {
+    addrs
+        .iter()
+        .find(|(a, i)| *i == uplink_index && !In6Addr::from(*a).link_scoped() && !a.is_loopback())
+        .map_or(In6Addr::UNSPECIFIED, |(a, _)| In6Addr::from(*a))
 }
 
 /// The file name of a pin path.
