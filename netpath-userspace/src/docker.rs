@@ -24,7 +24,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -45,7 +45,7 @@ use tokio::sync::Mutex;
 use crate::{
     agent::{container_mac, format_mac, parse_mac, Agent, AgentError},
     model::{Container, ContainerRequest, ErrorReason, PortRequest},
-    portspec::Protocol,
+    portspec::{host_prefix, Protocol},
 };
 
 /// Where Docker looks for plugin sockets (machine-wide).
@@ -338,7 +338,9 @@ impl Driver {
                 ip: Some(pending.ip),
                 mac: Some(pending.mac.clone()),
                 owner: Some(Self::owner(&req.network_id, &req.endpoint_id)),
-                ports: pending.ports.clone(),
+                // The driver asks for no IPv6 address (endpoints with one
+                // are refused above), so IPv6 bindings wait.
+                ports: usable_ports(&pending.ports, false),
                 // The sandbox's netns does not exist yet: Docker moves the
                 // interface in when it does.
                 handoff: true,
@@ -362,7 +364,7 @@ impl Driver {
             return Err(DriverError(format!("netpath: endpoint {} has not joined", req.endpoint_id)));
         };
         let published = self.agent.mappings().await;
-        let missing: Vec<String> = ports
+        let missing: Vec<String> = usable_ports(&ports, c.ip6.is_some())
             .iter()
             .filter(|p| {
                 !published.iter().any(|m| {
@@ -389,7 +391,7 @@ impl Driver {
         // what to revoke.
         let Some(c) = self.container_of(&req.network_id, &req.endpoint_id).await else { return Ok(json!({})) };
         for m in self.agent.mappings().await.into_iter().filter(|m| m.container == c.name) {
-            let host = m.host_ip.map(|ip| format!("{ip}:")).unwrap_or_default();
+            let host = host_prefix(m.host_ip);
             match self.agent.unpublish(&format!("{host}{}/{}", m.host_port, m.proto)).await {
                 Ok(_) | Err(AgentError::NotFound(_)) => {}
                 Err(e) if e.reason() == Some(ErrorReason::NotFound) => {}
@@ -446,16 +448,12 @@ fn ports_of(options: Option<&BTreeMap<String, Value>>) -> Result<Vec<PortRequest
         let proto = Protocol::from_number(b.proto).ok_or_else(|| {
             DriverError(format!("netpath: protocol {} cannot be published (tcp and udp can)", b.proto))
         })?;
+        // Docker's meaning: none, both families; `0.0.0.0`, IPv4 only;
+        // `::`, IPv6 only (see `usable_ports`).
         let host_ip = match b.host_ip.as_str() {
-            "" | "0.0.0.0" => None,
-            ip => match ip.parse::<Ipv4Addr>() {
+            "" => None,
+            ip => match ip.parse::<IpAddr>() {
                 Ok(ip) => Some(ip),
-                // IPv6 bindings (`[::]:8080:80`) wait for IPv6 support;
-                // Docker adds them beside IPv4 ones, so skip rather than fail.
-                Err(_) if ip.contains(':') => {
-                    tracing::warn!("docker driver: skipping IPv6 binding {ip}:{} (IPv4 only)", b.host_port);
-                    continue;
-                }
                 Err(_) => return Err(DriverError(format!("netpath: host IP {ip:?} is not an address"))),
             },
         };
@@ -476,9 +474,30 @@ fn ports_of(options: Option<&BTreeMap<String, Value>>) -> Result<Vec<PortRequest
     Ok(ports)
 }
 
+/// The ports a container can publish: bindings on IPv6 host addresses are
+/// skipped (with a warning) for a container without an IPv6 address, as
+/// Docker skips them on a network without IPv6 (`-p [::]:8080:80` beside
+/// `-p 0.0.0.0:8080:80`), rather than failing the container.
+fn usable_ports(ports: &[PortRequest], has_ipv6: bool) -> Vec<PortRequest> {
+    let (v6, rest): (Vec<&PortRequest>, Vec<&PortRequest>) =
+        ports.iter().partition(|p| matches!(p.host_ip, Some(IpAddr::V6(_))));
+    if !has_ipv6 {
+        for p in v6 {
+            tracing::warn!(
+                "docker driver: skipping IPv6 binding {}{}/{} (the container has no IPv6 address)",
+                host_prefix(p.host_ip),
+                p.host_port,
+                p.proto
+            );
+        }
+        return rest.into_iter().cloned().collect();
+    }
+    ports.to_vec()
+}
+
 /// A port in `netpathctl map` syntax.
 fn port_spec(p: &PortRequest, container: &str) -> String {
-    let host = p.host_ip.map(|ip| format!("{ip}:")).unwrap_or_default();
+    let host = host_prefix(p.host_ip);
     format!("{host}{}:{container}:{}/{}", p.host_port, p.container_port, p.proto)
 }
 
@@ -609,19 +628,31 @@ mod tests {
             {"Proto": 6, "Port": 80, "HostIP": "::", "HostPort": 8080, "HostPortEnd": 8080},
         ]));
         let ports = ports_of(Some(&o)).map_err(|e| e.0).unwrap();
-        assert_eq!(
-            ports,
-            vec![
-                PortRequest { host_ip: None, host_port: 8080, container_port: 80, proto: Protocol::Tcp },
-                PortRequest {
-                    host_ip: Some(Ipv4Addr::new(198, 18, 0, 1)),
-                    host_port: 5353,
-                    container_port: 53,
-                    proto: Protocol::Udp
-                },
-            ]
-        );
+        let v4 = vec![
+            PortRequest { host_ip: None, host_port: 8080, container_port: 80, proto: Protocol::Tcp },
+            PortRequest {
+                host_ip: Some(Ipv4Addr::new(198, 18, 0, 1).into()),
+                host_port: 5353,
+                container_port: 53,
+                proto: Protocol::Udp,
+            },
+        ];
+        let v6 = PortRequest {
+            host_ip: Some(std::net::Ipv6Addr::UNSPECIFIED.into()),
+            host_port: 8080,
+            container_port: 80,
+            proto: Protocol::Tcp,
+        };
+        assert_eq!(ports, [v4.clone(), vec![v6.clone()]].concat());
+        // The IPv6 binding waits for a container with an IPv6 address.
+        assert_eq!(usable_ports(&ports, false), v4);
+        assert_eq!(usable_ports(&ports, true), ports);
         assert_eq!(port_spec(&ports[1], "docker-abc"), "198.18.0.1:5353:docker-abc:53/udp");
+        assert_eq!(port_spec(&v6, "docker-abc"), "[::]:8080:docker-abc:80/tcp");
+        // 0.0.0.0 is IPv4 only: it does not clash with a [::] binding of the
+        // same port.
+        let o = options(json!([{"Proto": 6, "Port": 80, "HostIP": "0.0.0.0", "HostPort": 8080, "HostPortEnd": 8080}]));
+        assert_eq!(ports_of(Some(&o)).map_err(|e| e.0).unwrap()[0].host_ip, Some(Ipv4Addr::UNSPECIFIED.into()));
         assert!(ports_of(None).unwrap().is_empty());
         assert!(ports_of(Some(&options(Value::Null))).unwrap().is_empty());
     }

@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use serde::{Deserialize, Serialize};
@@ -60,9 +60,9 @@ pub struct ContainerRequest {
 /// One port published with a container (`ContainerRequest::ports`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PortRequest {
-    /// None: every host address.
+    /// As in [`Mapping::host_ip`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host_ip: Option<Ipv4Addr>,
+    pub host_ip: Option<IpAddr>,
     pub host_port: u16,
     pub container_port: u16,
     #[serde(default = "default_protocol")]
@@ -370,20 +370,41 @@ pub enum ErrorReason {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Mapping {
     pub id: u32,
-    /// None: every host address.
-    pub host_ip: Option<Ipv4Addr>,
+    /// Where it answers, as in Docker: None, every host address of both
+    /// families (IPv6 only if the container has an IPv6 address); `0.0.0.0`,
+    /// every IPv4 one; `::`, every IPv6 one; any other, that address.
+    pub host_ip: Option<IpAddr>,
     pub host_port: u16,
     pub proto: Protocol,
     pub container: String,
+    /// The container's IPv4 address (the backend of the IPv4 entry, if
+    /// the mapping has one: see [`Mapping::on_ipv4`]).
     pub container_ip: Ipv4Addr,
+    /// The container's IPv6 address when the mapping answers on IPv6 (it
+    /// has a `MAPPINGS6` entry); None: IPv4 only (every mapping saved
+    /// before IPv6 ports existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_ip6: Option<Ipv6Addr>,
     pub container_port: u16,
 }
 
 impl Mapping {
     /// The mapping in `map` syntax.
     pub fn spec(&self) -> String {
-        let ip = self.host_ip.map(|ip| format!("{ip}:")).unwrap_or_default();
+        let ip = crate::portspec::host_prefix(self.host_ip);
         format!("{ip}{}:{}:{}/{}", self.host_port, self.container, self.container_port, self.proto)
+    }
+
+    /// Does it have a `MAPPINGS4` entry? Every mapping but one on an IPv6
+    /// host address.
+    pub fn on_ipv4(&self) -> bool {
+        !matches!(self.host_ip, Some(IpAddr::V6(_)))
+    }
+
+    /// Does it have a `MAPPINGS6` entry? One on an IPv6 host address, and
+    /// one without a host address whose container has an IPv6 address.
+    pub fn on_ipv6(&self) -> bool {
+        self.container_ip6.is_some() && !matches!(self.host_ip, Some(IpAddr::V4(_)))
     }
 }
 
@@ -505,4 +526,27 @@ pub struct StatsView {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FlushResult {
     pub flows: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_requests_take_either_family() {
+        let req = |json: &str| serde_json::from_str::<PortRequest>(json).unwrap();
+        assert_eq!(req(r#"{"host_port":8080,"container_port":80}"#).host_ip, None);
+        assert_eq!(req(r#"{"host_port":8080,"container_port":80,"host_ip":null}"#).host_ip, None);
+        assert_eq!(
+            req(r#"{"host_port":8080,"container_port":80,"host_ip":"198.18.0.1"}"#).host_ip,
+            Some(Ipv4Addr::new(198, 18, 0, 1).into())
+        );
+        assert_eq!(
+            req(r#"{"host_port":8080,"container_port":80,"host_ip":"::"}"#).host_ip,
+            Some(Ipv6Addr::UNSPECIFIED.into())
+        );
+        assert!(serde_json::from_str::<PortRequest>(r#"{"host_port":1,"container_port":1,"host_ip":"[::]"}"#).is_err());
+        let none = PortRequest { host_ip: None, host_port: 1, container_port: 1, proto: Protocol::Udp };
+        assert_eq!(serde_json::to_string(&none).unwrap(), r#"{"host_port":1,"container_port":1,"proto":"udp"}"#);
+    }
 }

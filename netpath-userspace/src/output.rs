@@ -49,21 +49,28 @@ pub fn containers_table(containers: &[Container]) -> String {
     table(&["NAME", "RUNTIME NAME", "IP", "IP6", "MAC", "VETH", "IFINDEX", "NETNS"], &rows)
 }
 
+/// Published ports: the host side as a spec writes it (`*:8080` for every
+/// address of both families, `0.0.0.0:8080`, `[::]:8080`,
+/// `[2001:db8::1]:8080`) and the backend of each family it answers on.
 pub fn mappings_table(ms: &[Mapping]) -> String {
     let rows: Vec<Vec<String>> = ms
         .iter()
         .map(|m| {
-            vec![
-                m.host_ip.map(|i| i.to_string()).unwrap_or_else(|| "*".into()),
-                m.host_port.to_string(),
-                m.proto.to_string(),
-                m.container.clone(),
-                format!("{}:{}", m.container_ip, m.container_port),
-                m.id.to_string(),
-            ]
+            let host = match m.host_ip {
+                None => format!("*:{}", m.host_port),
+                Some(_) => format!("{}{}", crate::portspec::host_prefix(m.host_ip), m.host_port),
+            };
+            let mut backends = vec![];
+            if m.on_ipv4() {
+                backends.push(format!("{}:{}", m.container_ip, m.container_port));
+            }
+            if let Some(ip6) = m.container_ip6.filter(|_| m.on_ipv6()) {
+                backends.push(format!("[{ip6}]:{}", m.container_port));
+            }
+            vec![host, m.proto.to_string(), m.container.clone(), backends.join(" "), m.id.to_string()]
         })
         .collect();
-    table(&["HOST IP", "HOST PORT", "PROTO", "CONTAINER", "BACKEND", "ID"], &rows)
+    table(&["HOST", "PROTO", "CONTAINER", "BACKEND", "ID"], &rows)
 }
 
 pub fn flows_table(flows: &[Flow]) -> String {
@@ -294,6 +301,34 @@ mod tests {
             "conntrack 40/64 entries (pressure); 10 inserts, 1 refused, 3 evicted, 2 removed by the datapath\n\
              ct gc    5 runs (last 1.5 ms), 6 flows / 12 entries removed, 4 early under pressure\n"
         );
+    }
+
+    #[test]
+    fn mappings_show_ipv6_hosts_in_brackets() {
+        let m = |id: u32, host_ip: Option<&str>, ip6: Option<&str>| Mapping {
+            id,
+            host_ip: host_ip.map(|s| s.parse().unwrap()),
+            host_port: 8080,
+            proto: crate::portspec::Protocol::Tcp,
+            container: "web".into(),
+            container_ip: "10.77.0.5".parse().unwrap(),
+            container_ip6: ip6.map(|s| s.parse().unwrap()),
+            container_port: 80,
+        };
+        let t = mappings_table(&[
+            m(1, None, Some("fd00::5")),
+            m(2, Some("0.0.0.0"), None),
+            m(3, Some("::"), Some("fd00::5")),
+            m(4, Some("2001:db8::1"), Some("fd00::5")),
+            m(5, None, None),
+        ]);
+        let lines: Vec<Vec<&str>> = t.lines().map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(lines[0], ["HOST", "PROTO", "CONTAINER", "BACKEND", "ID"]);
+        assert_eq!(lines[1], ["*:8080", "tcp", "web", "10.77.0.5:80", "[fd00::5]:80", "1"]);
+        assert_eq!(lines[2], ["0.0.0.0:8080", "tcp", "web", "10.77.0.5:80", "2"]);
+        assert_eq!(lines[3], ["[::]:8080", "tcp", "web", "[fd00::5]:80", "3"]);
+        assert_eq!(lines[4], ["[2001:db8::1]:8080", "tcp", "web", "[fd00::5]:80", "4"]);
+        assert_eq!(lines[5], ["*:8080", "tcp", "web", "10.77.0.5:80", "5"]);
     }
 
     #[test]

@@ -1,9 +1,18 @@
 //! Docker's `-p` grammar for published ports:
 //! `[HOSTIP:]HOSTPORT[-END]:CONTAINER:PORT[-END][/tcp|/udp]`, where the
-//! middle part names the container (`netpathctl map 8080:ctr1:80`).
-//! `unmap` also takes the host side alone: `[HOSTIP:]HOSTPORT[-END][/proto]`.
+//! middle part names the container (`netpathctl map 8080:ctr1:80`) and an
+//! IPv6 HOSTIP is written in brackets (`[::]:8080:ctr1:80`,
+//! `[2001:db8::1]:8080:ctr1:80/udp`). `unmap` also takes the host side
+//! alone: `[HOSTIP:]HOSTPORT[-END][/proto]`.
+//!
+//! The host address says which families a port answers on, as in Docker:
+//! none, both (IPv6 only if the container has an IPv6 address); `0.0.0.0`,
+//! every IPv4 address; `[::]`, every IPv6 address; any other, that address.
 
-use std::{fmt, net::Ipv4Addr};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv6Addr},
+};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -72,8 +81,9 @@ impl fmt::Display for PortRange {
 /// The host side of a spec: where the port is published.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostSide {
-    /// None: every host address.
-    pub ip: Option<Ipv4Addr>,
+    /// None: every host address of both families; `0.0.0.0`: every IPv4
+    /// one; `::`: every IPv6 one.
+    pub ip: Option<IpAddr>,
     pub ports: PortRange,
     pub proto: Protocol,
 }
@@ -136,27 +146,106 @@ fn split_proto<'a>(spec: &str, s: &'a str) -> Result<(&'a str, Protocol), SpecEr
     }
 }
 
-fn parse_ip(spec: &str, s: &str) -> Result<Ipv4Addr, SpecError> {
-    if s.starts_with('[') {
-        return Err(err(spec, "IPv6 host addresses are not supported yet"));
+/// The `map` grammar, for errors.
+const GRAMMAR: &str = "[HOSTIP:]HOSTPORT[-END]:CONTAINER:PORT[-END][/tcp|/udp]";
+
+/// A host address as a spec writes it: IPv4 bare, IPv6 in brackets.
+fn parse_ip(spec: &str, s: &str) -> Result<IpAddr, SpecError> {
+    if let Some(inner) = s.strip_prefix('[') {
+        let Some(inner) = inner.strip_suffix(']') else {
+            return Err(err(spec, format!("IPv6 host address {s:?} lacks its closing ']'")));
+        };
+        return parse_ip6(spec, inner).map(IpAddr::V6);
     }
-    s.parse().map_err(|_| err(spec, format!("host address {s:?} is not an IPv4 address")))
+    if s.contains(':') || s.parse::<Ipv6Addr>().is_ok() {
+        return Err(err(spec, format!("IPv6 host address {s} must be in brackets: [{s}]")));
+    }
+    s.parse().map(IpAddr::V4).map_err(|_| err(spec, format!("host address {s:?} is not an IPv4 address")))
+}
+
+/// The inside of `[...]`.
+fn parse_ip6(spec: &str, s: &str) -> Result<Ipv6Addr, SpecError> {
+    if s.is_empty() {
+        return Err(err(spec, "the brackets hold no IPv6 host address (every IPv6 address is [::])"));
+    }
+    if let Some((addr, zone)) = s.split_once('%') {
+        return Err(err(
+            spec,
+            format!(
+                "scoped IPv6 host address {s} is not supported (zone %{zone}): publish on a global address or on \
+                 [::], not on {addr} of one interface"
+            ),
+        ));
+    }
+    if s.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Err(err(spec, format!("host address [{s}] is IPv4: write it without brackets ({s}:...)")));
+    }
+    let ip: Ipv6Addr = s.parse().map_err(|_| err(spec, format!("host address [{s}] is not an IPv6 address")))?;
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return Err(err(spec, format!("host address [{s}] is an IPv4-mapped address: write {v4} without brackets")));
+    }
+    Ok(ip)
+}
+
+/// Splits `[HOSTIP:]REST` into the host address and the rest: a bracketed
+/// IPv6 address, or the part before the first ':' when `rest_parts` more
+/// ':'-separated parts follow it; `grammar` names the whole for errors.
+fn split_host<'a>(
+    spec: &str,
+    body: &'a str,
+    rest_parts: usize,
+    grammar: &str,
+) -> Result<(Option<IpAddr>, &'a str), SpecError> {
+    if body.starts_with('[') {
+        let Some(close) = body.find(']') else {
+            return Err(err(spec, format!("IPv6 host address {body:?} lacks its closing ']'")));
+        };
+        let (ip, rest) = body.split_at(close + 1);
+        let Some(rest) = rest.strip_prefix(':') else {
+            return Err(err(spec, format!("expected ':' after the host address {ip}")));
+        };
+        return Ok((Some(parse_ip(spec, ip)?), rest));
+    }
+    if let Some(close) = body.find(']') {
+        return Err(err(spec, format!("host address {:?} has a ']' without its opening '['", &body[..=close])));
+    }
+    // An IPv6 address without brackets: its own ':' would pass for the
+    // grammar's (`::1:8080:c:80`), so it is refused by name (the one that
+    // leaves the grammar's parts if it is one, else the longest).
+    let parts = body.split(':').count();
+    let is_ip6 = |p: &str| p.contains(':') && p.parse::<Ipv6Addr>().is_ok();
+    let prefixes: Vec<&str> = body.match_indices(':').map(|(i, _)| &body[..i]).collect();
+    let expected = parts.checked_sub(rest_parts + 1).and_then(|i| prefixes.get(i)).filter(|p| is_ip6(p));
+    if let Some(ip) = expected.or_else(|| prefixes.iter().rev().find(|p| is_ip6(p))) {
+        return Err(err(spec, format!("IPv6 host address {ip} must be in brackets: [{ip}]")));
+    }
+    if parts <= rest_parts {
+        return Ok((None, body));
+    }
+    match body.split_once(':') {
+        Some((ip, rest)) if parts == rest_parts + 1 => Ok((Some(parse_ip(spec, ip)?), rest)),
+        _ => Err(err(spec, format!("expected {grammar} (an IPv6 HOSTIP in brackets)"))),
+    }
+}
+
+/// `HOSTIP:` as a spec writes it (IPv6 in brackets), empty for none.
+pub fn host_prefix(ip: Option<IpAddr>) -> String {
+    match ip {
+        None => String::new(),
+        Some(IpAddr::V4(ip)) => format!("{ip}:"),
+        Some(IpAddr::V6(ip)) => format!("[{ip}]:"),
+    }
 }
 
 impl PortSpec {
     pub fn parse(spec: &str) -> Result<PortSpec, SpecError> {
         let (body, proto) = split_proto(spec, spec.trim())?;
-        if body.starts_with('[') {
-            return Err(err(spec, "IPv6 host addresses are not supported yet"));
-        }
-        let parts: Vec<&str> = body.split(':').collect();
-        let (ip, host, container, cport) = match parts.as_slice() {
-            [host, container, cport] => (None, *host, *container, *cport),
-            [ip, host, container, cport] => (Some(parse_ip(spec, ip)?), *host, *container, *cport),
-            _ => {
-                return Err(err(spec, "expected [HOSTIP:]HOSTPORT[-END]:CONTAINER:PORT[-END][/tcp|/udp]"));
-            }
+        let (ip, rest) = split_host(spec, body, 3, GRAMMAR)?;
+        let parts: Vec<&str> = rest.split(':').collect();
+        let [host, container, cport] = parts.as_slice() else {
+            return Err(err(spec, format!("expected {GRAMMAR} (an IPv6 HOSTIP in brackets)")));
         };
+        let (host, container, cport) = (*host, *container, *cport);
         if container.is_empty() {
             return Err(err(spec, "container name is missing"));
         }
@@ -189,10 +278,7 @@ impl HostSide {
     /// `[HOSTIP:]HOSTPORT[-END][/proto]`.
     pub fn parse(spec: &str) -> Result<HostSide, SpecError> {
         let (body, proto) = split_proto(spec, spec.trim())?;
-        let (ip, ports) = match body.rsplit_once(':') {
-            Some((ip, ports)) => (Some(parse_ip(spec, ip)?), ports),
-            None => (None, body),
-        };
+        let (ip, ports) = split_host(spec, body, 1, "[HOSTIP:]HOSTPORT[-END][/tcp|/udp]")?;
         Ok(HostSide { ip, ports: parse_range(spec, ports, "host")?, proto })
     }
 }
@@ -206,7 +292,13 @@ pub enum UnmapSpec {
 
 impl UnmapSpec {
     pub fn parse(spec: &str) -> Result<UnmapSpec, SpecError> {
-        let colons = spec.split('/').next().unwrap_or("").matches(':').count();
+        // The ':' of a bracketed IPv6 address do not count.
+        let body = spec.split('/').next().unwrap_or("");
+        let body = match (body.find('['), body.find(']')) {
+            (Some(open), Some(close)) if open < close => &body[close..],
+            _ => body,
+        };
+        let colons = body.matches(':').count();
         if colons >= 2 {
             PortSpec::parse(spec).map(UnmapSpec::Full)
         } else {
@@ -217,6 +309,8 @@ impl UnmapSpec {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     #[test]
@@ -230,7 +324,7 @@ mod tests {
     #[test]
     fn full_grammar() {
         let s = PortSpec::parse("127.0.0.1:8000-8002:web:9000-9002/udp").unwrap();
-        assert_eq!(s.host.ip, Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(s.host.ip, Some(Ipv4Addr::LOCALHOST.into()));
         assert_eq!(s.host.proto, Protocol::Udp);
         assert_eq!(s.pairs().collect::<Vec<_>>(), vec![(8000, 9000), (8001, 9001), (8002, 9002)]);
         assert_eq!(PortSpec::parse("1:c:1/TCP").unwrap().host.proto, Protocol::Tcp);
@@ -250,14 +344,65 @@ mod tests {
             ("8080:c:80/sctp", "sctp"),
             ("8080:c:80/icmp", "unknown protocol"),
             ("300.1.1.1:80:c:80", "not an IPv4 address"),
-            ("[::1]:80:c:80", "IPv6"),
             ("a:b:c:d:e", "expected"),
+            // IPv6 host addresses: in brackets, global or loopback, one
+            // address.
+            ("::1:8080:c:80", "IPv6 host address ::1 must be in brackets: [::1]"),
+            ("2001:db8::1:8080:c:80", "must be in brackets"),
+            ("::8080:c:80", "must be in brackets"),
+            ("[::1:8080:c:80", "lacks its closing ']'"),
+            ("::1]:8080:c:80", "\"::1]\" has a ']' without its opening '['"),
+            ("1.2.3.4]:8080:c:80", "']' without its opening '['"),
+            ("[::1]8080:c:80", "expected ':' after the host address [::1]"),
+            ("[fe80::1%eth0]:8080:c:80", "scoped IPv6 host address fe80::1%eth0 is not supported"),
+            ("[]:8080:c:80", "no IPv6 host address"),
+            ("[1.2.3.4]:8080:c:80", "is IPv4: write it without brackets"),
+            ("[::ffff:1.2.3.4]:8080:c:80", "IPv4-mapped address: write 1.2.3.4"),
+            ("[2001:db8::g]:8080:c:80", "[2001:db8::g] is not an IPv6 address"),
+            ("[::1]:8080:c", "expected"),
+            ("[::1]:8080:c:80:90", "expected"),
+            ("[::1]:8080-8081:c:80", "has 2 ports but container range 80 has 1"),
+            ("[::1]:0:c:80", "out of range"),
         ];
         for (spec, want) in cases {
             let e = PortSpec::parse(spec).unwrap_err().to_string();
             assert!(e.contains(want), "{spec}: {e}");
             assert!(e.contains(spec), "error names the spec: {e}");
         }
+    }
+
+    #[test]
+    fn ipv6_host_addresses_in_brackets() {
+        let s = PortSpec::parse("[::1]:8080:c:80").unwrap();
+        assert_eq!(s.host.ip, Some(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        assert_eq!(s.host.proto, Protocol::Tcp);
+        assert_eq!(s.container, "c");
+        assert_eq!(s.pairs().collect::<Vec<_>>(), vec![(8080, 80)]);
+        let s = PortSpec::parse("[::]:8080:ctr:80").unwrap();
+        assert_eq!(s.host.ip, Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)));
+        let s = PortSpec::parse("[2001:db8::1]:8080:ctr:80/udp").unwrap();
+        assert_eq!(s.host.ip, Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(s.host.proto, Protocol::Udp);
+        let s = PortSpec::parse("[::]:8080-8081:c:80-81").unwrap();
+        assert_eq!(s.host.ip, Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)));
+        assert_eq!(s.pairs().collect::<Vec<_>>(), vec![(8080, 80), (8081, 81)]);
+        // Containers whose names look like hex digits stay names.
+        let s = PortSpec::parse("[::]:8080:cafe:80").unwrap();
+        assert_eq!(s.container, "cafe");
+        assert_eq!(PortSpec::parse("8080:beef:80").unwrap().host.ip, None);
+        // IPv4 as before: the wildcard is an address of its own.
+        assert_eq!(PortSpec::parse("0.0.0.0:8080:c:80").unwrap().host.ip, Some(Ipv4Addr::UNSPECIFIED.into()));
+    }
+
+    #[test]
+    fn host_prefix_writes_what_parse_reads() {
+        assert_eq!(host_prefix(None), "");
+        assert_eq!(host_prefix(Some(Ipv4Addr::new(198, 18, 0, 1).into())), "198.18.0.1:");
+        assert_eq!(host_prefix(Some(Ipv6Addr::UNSPECIFIED.into())), "[::]:");
+        let ip: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(host_prefix(Some(ip)), "[2001:db8::1]:");
+        let text = format!("{}8080:c:80", host_prefix(Some(ip)));
+        assert_eq!(PortSpec::parse(&text).unwrap().host.ip, Some(ip));
     }
 
     #[test]
@@ -276,5 +421,39 @@ mod tests {
             UnmapSpec::Host(HostSide { ip: None, ports: PortRange { start: 9000, end: 9001 }, proto: Protocol::Tcp })
         );
         assert!(UnmapSpec::parse("x").is_err());
+        // IPv6: the brackets' ':' do not make a full spec.
+        assert_eq!(
+            UnmapSpec::parse("[::]:8080/tcp").unwrap(),
+            UnmapSpec::Host(HostSide {
+                ip: Some(Ipv6Addr::UNSPECIFIED.into()),
+                ports: PortRange { start: 8080, end: 8080 },
+                proto: Protocol::Tcp
+            })
+        );
+        assert_eq!(
+            UnmapSpec::parse("[2001:db8::1]:8080-8081/udp").unwrap(),
+            UnmapSpec::Host(HostSide {
+                ip: Some("2001:db8::1".parse().unwrap()),
+                ports: PortRange { start: 8080, end: 8081 },
+                proto: Protocol::Udp
+            })
+        );
+        match UnmapSpec::parse("[::]:8080:ctr:80/udp").unwrap() {
+            UnmapSpec::Full(s) => {
+                assert_eq!(s.host.ip, Some(Ipv6Addr::UNSPECIFIED.into()));
+                assert_eq!(s.container, "ctr");
+            }
+            other => panic!("{other:?}"),
+        }
+        for (spec, want) in [
+            ("::1:8080", "IPv6 host address ::1 must be in brackets: [::1]"),
+            ("::1:8080/tcp", "must be in brackets"),
+            ("[::1]8080", "expected ':' after"),
+            ("[::1:8080", "lacks its closing ']'"),
+            ("[fe80::1%eth0]:8080", "scoped"),
+        ] {
+            let e = UnmapSpec::parse(spec).unwrap_err().to_string();
+            assert!(e.contains(want), "{spec}: {e}");
+        }
     }
 }

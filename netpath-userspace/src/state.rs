@@ -361,6 +361,53 @@ mod tests {
         assert_eq!(change, Change::RemoveContainer { name: "x".into(), ip: "10.0.0.7".parse().unwrap(), ip6: None });
     }
 
+    #[test]
+    fn old_mappings_load_and_ipv6_ones_round_trip() {
+        // A state file of a build before IPv6 ports: an IPv4 host address,
+        // none, and null; no container_ip6.
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::new(dir.path()).unwrap();
+        let old = br#"{"version":1,"next_id":2,"containers":[],"next_mapping_id":4,"mappings":[
+            {"id":1,"host_ip":"127.0.0.1","host_port":8080,"proto":"udp","container":"c1","container_ip":"10.0.0.2","container_port":80},
+            {"id":2,"host_port":8081,"proto":"tcp","container":"c1","container_ip":"10.0.0.2","container_port":81},
+            {"id":3,"host_ip":null,"host_port":8082,"proto":"tcp","container":"c1","container_ip":"10.0.0.2","container_port":82}]}"#;
+        fs::write(store.path(), old).unwrap();
+        let loaded = store.load().unwrap();
+        let ips: Vec<Option<std::net::IpAddr>> = loaded.mappings.iter().map(|m| m.host_ip).collect();
+        assert_eq!(ips, vec![Some(Ipv4Addr::LOCALHOST.into()), None, None]);
+        let mut first = mapping(1, 8080);
+        first.host_ip = Some(Ipv4Addr::LOCALHOST.into());
+        first.proto = crate::portspec::Protocol::Udp;
+        assert_eq!(loaded.mappings[0], first);
+        // They answer on IPv4 only, as they did.
+        assert!(loaded.mappings.iter().all(|m| m.on_ipv4() && !m.on_ipv6() && m.container_ip6.is_none()));
+        // An old journal line replays too.
+        let line = r#"{"publish":{"mappings":[{"id":5,"host_ip":"198.18.0.1","host_port":53,"proto":"udp","container":"c1","container_ip":"10.0.0.2","container_port":53}],"next_mapping_id":6}}"#;
+        let change: Change = serde_json::from_str(line).unwrap();
+        let Change::Publish { mappings, .. } = &change else { panic!("{change:?}") };
+        assert_eq!(mappings[0].host_ip, Some(Ipv4Addr::new(198, 18, 0, 1).into()));
+
+        // IPv6 ones are saved with their address and the container's, and
+        // load back the same; an IPv4 one is written as before.
+        let mut state = loaded;
+        let mut any6 = mapping(10, 9000);
+        any6.host_ip = Some(Ipv6Addr::UNSPECIFIED.into());
+        any6.container_ip6 = Some("fd00:77::2".parse().unwrap());
+        let mut both = mapping(11, 9001);
+        both.container_ip6 = Some("fd00:77::2".parse().unwrap());
+        let change = Change::Publish { mappings: vec![any6.clone(), both.clone()], next_mapping_id: 12 };
+        let line = serde_json::to_string(&change).unwrap();
+        assert!(line.contains(r#""host_ip":"::""#), "{line}");
+        assert!(line.contains(r#""container_ip6":"fd00:77::2""#), "{line}");
+        change.apply(&mut state);
+        store.record(&change, &state).unwrap();
+        let reloaded = StateStore::new(dir.path()).unwrap().load().unwrap();
+        assert_eq!(reloaded, state);
+        assert_eq!(reloaded.mappings[3..], [any6, both]);
+        let v4 = serde_json::to_string(&mapping(1, 80)).unwrap();
+        assert!(!v4.contains("container_ip6"), "{v4}");
+    }
+
     fn mapping(id: u32, port: u16) -> Mapping {
         Mapping {
             id,
@@ -369,6 +416,7 @@ mod tests {
             proto: crate::portspec::Protocol::Tcp,
             container: "c1".into(),
             container_ip: "10.0.0.2".parse().unwrap(),
+            container_ip6: None,
             container_port: 80,
         }
     }

@@ -126,15 +126,15 @@ impl Inner {
                 ));
             }
         }
-        let entries = self.dp.mapping_entries()?;
+        let entries4 = self.dp.mapping_entries()?;
+        let entries6 = self.dp.mapping_entries6()?;
         for m in self.state.mappings.iter().filter(|m| m.container == c.name) {
-            let present = entries.iter().any(|(k, v)| {
-                u16::from_be(k.port) == m.host_port
-                    && k.proto == m.proto.number()
-                    && v.id == m.id
-                    && v.container_ifindex == c.ifindex
-                    && v.container_addr == c.ip.octets()
-            });
+            let present = match super::mappings::mapping_entries(m, c) {
+                Ok(want) => {
+                    want.v4.is_none_or(|e| entries4.contains(&e)) && want.v6.is_none_or(|e| entries6.contains(&e))
+                }
+                Err(_) => false,
+            };
             if !present {
                 problems.push(format!("published port {} is missing from the datapath", m.spec()));
             }

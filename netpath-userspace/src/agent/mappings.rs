@@ -1,27 +1,34 @@
-//! Published ports: the mappings, their MAPPINGS4 entries, and the flows
-//! they created.
+//! Published ports: the mappings, their MAPPINGS4 and MAPPINGS6 entries,
+//! and the flows they created.
+//!
+//! A mapping answers on the families its host address says (see
+//! [`Mapping::host_ip`]): none, a MAPPINGS4 wildcard entry and, if the
+//! container has an IPv6 address, a MAPPINGS6 wildcard entry, both with the
+//! mapping's id; `0.0.0.0` or an IPv4 address, a MAPPINGS4 entry; `::` or an
+//! IPv6 address, a MAPPINGS6 entry. Every write and removal goes through
+//! [`mapping_entries`] and [`mapping_keys`], so both families follow.
 
 use std::{
     collections::{HashMap, HashSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use anyhow::{Context as _, Result};
 use netpath_common::{
     maps::MAX_MAPPINGS,
     owner::{self, OWNER_SLOTS},
-    MappingEntry4, MappingKey4,
+    In6Addr, MappingEntry4, MappingEntry6, MappingKey4, MappingKey6,
 };
 
 use super::{AgentError, Inner};
 use crate::{
     model::{Container, ErrorReason, Mapping, PortRequest},
-    portspec::{PortSpec, Protocol, UnmapSpec},
+    portspec::{host_prefix, PortSpec, Protocol, UnmapSpec},
     state::Change,
 };
 
 /// Published mappings by host address, port and protocol.
-type HostPortIndex<'a> = HashMap<(Option<Ipv4Addr>, u16, Protocol), &'a Mapping>;
+type HostPortIndex<'a> = HashMap<(Option<IpAddr>, u16, Protocol), &'a Mapping>;
 
 /// Ids for `n` new owners (mappings, containers) from `next`: each the next
 /// id whose owner slot none of `live` (the live owners' ids) and none of
@@ -46,40 +53,151 @@ pub(super) fn owner_ids(next: u32, n: usize, live: impl Iterator<Item = u32>) ->
 /// Up to this many (new x published) comparisons, clash checks scan.
 const SCAN_LIMIT: usize = 1 << 20;
 
-fn mapping_key4(m: &Mapping) -> MappingKey4 {
-    MappingKey4 {
-        addr: m.host_ip.map(|ip| ip.octets()).unwrap_or([0; 4]),
-        port: m.host_port.to_be(),
-        proto: m.proto.number(),
-        _pad: 0,
+/// The keys of a mapping's entries, by family (what removing it removes).
+pub(super) fn mapping_keys(m: &Mapping) -> (Option<MappingKey4>, Option<MappingKey6>) {
+    let (port, proto) = (m.host_port.to_be(), m.proto.number());
+    let v4 = m.on_ipv4().then(|| {
+        let addr = match m.host_ip {
+            Some(IpAddr::V4(ip)) => ip.octets(),
+            _ => [0; 4],
+        };
+        MappingKey4 { addr, port, proto, _pad: 0 }
+    });
+    let v6 = m.on_ipv6().then(|| {
+        let addr = match m.host_ip {
+            Some(IpAddr::V6(ip)) => In6Addr::from(ip),
+            _ => In6Addr::UNSPECIFIED,
+        };
+        MappingKey6 { addr, port, proto, _pad: 0 }
+    });
+    (v4, v6)
+}
+
+/// A mapping's datapath entries: MAPPINGS4's, MAPPINGS6's, or both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct MappingEntries {
+    pub v4: Option<(MappingKey4, MappingEntry4)>,
+    pub v6: Option<(MappingKey6, MappingEntry6)>,
+}
+
+/// The entries of mapping `m` to container `c`: its addresses of the
+/// entries' families, its veth, the mapping's id; ports in network order.
+pub(super) fn mapping_entries(m: &Mapping, c: &Container) -> Result<MappingEntries> {
+    let (k4, k6) = mapping_keys(m);
+    let container_port = m.container_port.to_be();
+    let v4 = k4.map(|k| {
+        let e = MappingEntry4 {
+            container_addr: c.ip.octets(),
+            container_port,
+            _pad: 0,
+            id: m.id,
+            container_ifindex: c.ifindex,
+        };
+        (k, e)
+    });
+    let v6 = match k6 {
+        None => None,
+        Some(k) => {
+            let ip6 = c.ip6.with_context(|| {
+                format!("mapping {} answers on IPv6, but container {} has no IPv6 address", m.spec(), c.name)
+            })?;
+            let e = MappingEntry6 {
+                container_addr: In6Addr::from(ip6),
+                container_port,
+                _pad: 0,
+                id: m.id,
+                container_ifindex: c.ifindex,
+            };
+            Some((k, e))
+        }
+    };
+    Ok(MappingEntries { v4, v6 })
+}
+
+/// A key written while publishing, to take back if a later write fails.
+enum WrittenKey {
+    V4(MappingKey4),
+    V6(MappingKey6),
+}
+
+/// The IPv6 address a port of `container` answers on (None: IPv4 only),
+/// or why it cannot be published as asked: an IPv6 host address needs a
+/// container with an IPv6 address.
+fn container_ip6_for(
+    container: &Container,
+    p: &PortRequest,
+    has_subnet6: bool,
+) -> Result<Option<std::net::Ipv6Addr>, AgentError> {
+    match (p.host_ip, container.ip6) {
+        (Some(IpAddr::V4(_)), _) => Ok(None),
+        (None, ip6) => Ok(ip6),
+        (Some(IpAddr::V6(_)), Some(ip6)) => Ok(Some(ip6)),
+        (Some(IpAddr::V6(_)), None) => {
+            let why = if has_subnet6 {
+                "it was attached without one"
+            } else {
+                "the instance has no IPv6 subnet: subnet6 is not configured"
+            };
+            Err(AgentError::BadRequest(format!(
+                "{}{}:{}:{}/{}: container {} has no IPv6 address ({why}), so it cannot be published on an IPv6 host \
+                 address; publish without a host address or on an IPv4 one",
+                host_prefix(p.host_ip),
+                p.host_port,
+                container.name,
+                p.container_port,
+                p.proto,
+                container.name,
+            )))
+        }
     }
 }
 
 /// Two mappings clash when they publish the same port and protocol on a
-/// common host address (no address means all of them).
+/// common host address: no address means all of them (both families); `::`
+/// means every IPv6 one. (`0.0.0.0` and an IPv4 address do not clash, as
+/// before IPv6: the datapath prefers the address's entry to the wildcard.)
 pub fn overlaps(a: &Mapping, b: &Mapping) -> bool {
-    a.host_port == b.host_port
-        && a.proto == b.proto
-        && (a.host_ip.is_none() || b.host_ip.is_none() || a.host_ip == b.host_ip)
+    a.host_port == b.host_port && a.proto == b.proto && hosts_overlap(a.host_ip, b.host_ip)
+}
+
+fn hosts_overlap(a: Option<IpAddr>, b: Option<IpAddr>) -> bool {
+    match (a, b) {
+        (None, _) | (_, None) => true,
+        (Some(IpAddr::V6(a)), Some(IpAddr::V6(b))) => a == b || a.is_unspecified() || b.is_unspecified(),
+        (Some(a), Some(b)) => a == b,
+    }
 }
 
 impl Inner {
-    /// MAPPINGS4 holds exactly the saved mappings of live containers; flows of
-    /// anything else go stale (their owner slots are cleared by
-    /// `remove_mapping` here and by the agent's sweep of the owner tables).
+    /// MAPPINGS4 and MAPPINGS6 hold exactly the saved mappings of live
+    /// containers; flows of anything else go stale (their owner slots are
+    /// cleared by `remove_mapping` here and by the agent's sweep of the
+    /// owner tables).
     pub(super) fn reconcile_mappings(&mut self) -> Result<()> {
         let live: Vec<String> = self.state.containers.iter().map(|c| c.name.clone()).collect();
         let (kept, gone): (Vec<Mapping>, Vec<Mapping>) =
             std::mem::take(&mut self.state.mappings).into_iter().partition(|m| live.contains(&m.container));
         self.state.mappings = kept;
-        let mut wanted = HashSet::new();
+        let mut wanted4 = HashSet::new();
+        let mut wanted6 = HashSet::new();
         for m in self.state.mappings.clone() {
-            let (key, value) = self.mapping_entry(&m)?;
-            self.dp.set_mapping(&key, &value)?;
-            wanted.insert(key);
+            let entries = self.mapping_entry(&m)?;
+            if let Some((key, value)) = entries.v4 {
+                self.dp.set_mapping(&key, &value)?;
+                wanted4.insert(key);
+            }
+            if let Some((key, value)) = entries.v6 {
+                self.dp.set_mapping(&key, &value)?;
+                wanted6.insert(key);
+            }
         }
         for (key, _) in self.dp.mapping_entries()? {
-            if !wanted.contains(&key) {
+            if !wanted4.contains(&key) {
+                self.dp.remove_mapping(&key)?;
+            }
+        }
+        for (key, _) in self.dp.mapping_entries6()? {
+            if !wanted6.contains(&key) {
                 self.dp.remove_mapping(&key)?;
             }
         }
@@ -87,23 +205,40 @@ impl Inner {
         Ok(())
     }
 
-    fn mapping_entry(&self, m: &Mapping) -> Result<(MappingKey4, MappingEntry4)> {
+    fn mapping_entry(&self, m: &Mapping) -> Result<MappingEntries> {
         let c = self
             .state
             .containers
             .iter()
             .find(|c| c.name == m.container)
             .with_context(|| format!("mapping {} names unknown container {}", m.spec(), m.container))?;
-        Ok((
-            mapping_key4(m),
-            MappingEntry4 {
-                container_addr: c.ip.octets(),
-                container_port: m.container_port.to_be(),
-                _pad: 0,
-                id: m.id,
-                container_ifindex: c.ifindex,
-            },
-        ))
+        mapping_entries(m, c)
+    }
+
+    /// Writes a mapping's entries, noting each key in `written`.
+    fn write_mapping(&mut self, m: &Mapping, written: &mut Vec<WrittenKey>) -> Result<()> {
+        let entries = self.mapping_entry(m)?;
+        if let Some((key, value)) = entries.v4 {
+            self.dp.set_mapping(&key, &value)?;
+            written.push(WrittenKey::V4(key));
+        }
+        if let Some((key, value)) = entries.v6 {
+            self.dp.set_mapping(&key, &value)?;
+            written.push(WrittenKey::V6(key));
+        }
+        Ok(())
+    }
+
+    /// Removes a mapping's entries (both families' where it has them).
+    fn unwrite_mapping(&mut self, m: &Mapping) -> Result<()> {
+        let (k4, k6) = mapping_keys(m);
+        if let Some(key) = k4 {
+            self.dp.remove_mapping(&key)?;
+        }
+        if let Some(key) = k6 {
+            self.dp.remove_mapping(&key)?;
+        }
+        Ok(())
     }
 
     /// Keeps published ports that lie in the host's ephemeral range out of
@@ -145,7 +280,15 @@ impl Inner {
     /// if they do not fit in the table: checked before any id is sought,
     /// and the ids of one request are found in one pass.
     pub(super) fn new_mappings(&self, requests: &[(&Container, &[PortRequest])]) -> Result<Vec<Mapping>, AgentError> {
-        let count = requests.iter().map(|(_, ports)| ports.len()).sum();
+        // The families each port answers on, refused whole if one needs an
+        // IPv6 address its container lacks.
+        let mut ip6s = vec![];
+        for (container, ports) in requests {
+            for p in ports.iter() {
+                ip6s.push(container_ip6_for(container, p, self.ipam6.is_some())?);
+            }
+        }
+        let count = ip6s.len();
         self.check_room(count)?;
         let live = self.state.mappings.iter().map(|m| m.id);
         let Some((ids, _)) = owner_ids(self.state.next_mapping_id, count, live) else {
@@ -154,13 +297,15 @@ impl Inner {
         let ports = requests.iter().flat_map(|(container, ports)| ports.iter().map(move |p| (*container, p)));
         Ok(ports
             .zip(ids)
-            .map(|((container, p), id)| Mapping {
+            .zip(ip6s)
+            .map(|(((container, p), id), container_ip6)| Mapping {
                 id,
                 host_ip: p.host_ip,
                 host_port: p.host_port,
                 proto: p.proto,
                 container: container.name.clone(),
                 container_ip: container.ip,
+                container_ip6,
                 container_port: p.container_port,
             })
             .collect())
@@ -216,7 +361,7 @@ impl Inner {
                     ErrorReason::PortInUse,
                     format!(
                         "host port {}{}/{} is already published by {}",
-                        m.host_ip.map(|ip| format!("{ip}:")).unwrap_or_default(),
+                        host_prefix(m.host_ip),
                         m.host_port,
                         m.proto,
                         other.spec()
@@ -232,15 +377,14 @@ impl Inner {
         self.check_publishable(&new)?;
         let mut written = vec![];
         for m in &new {
-            let result = self.mapping_entry(m).and_then(|(k, v)| self.dp.set_mapping(&k, &v).map(|()| k));
-            match result {
-                Ok(k) => written.push(k),
-                Err(e) => {
-                    for k in &written {
-                        let _ = self.dp.remove_mapping(k);
-                    }
-                    return Err(AgentError::Internal(e.context("publishing")));
+            if let Err(e) = self.write_mapping(m, &mut written) {
+                for k in written.iter().rev() {
+                    let _ = match k {
+                        WrittenKey::V4(k) => self.dp.remove_mapping(k),
+                        WrittenKey::V6(k) => self.dp.remove_mapping(k),
+                    };
                 }
+                return Err(AgentError::Internal(e.context(format!("publishing {}", m.spec()))));
             }
         }
         let next_mapping_id =
@@ -302,7 +446,7 @@ impl Inner {
             match found {
                 Some(m) => named.push(m.clone()),
                 None => {
-                    let ip = host.ip.map(|ip| format!("{ip}:")).unwrap_or_default();
+                    let ip = host_prefix(host.ip);
                     let what = match full {
                         Some(f) => format!(
                             "{ip}{port}:{}:{}/{}",
@@ -323,14 +467,14 @@ impl Inner {
         if victims.is_empty() {
             return Ok(());
         }
-        // Each mapping leaves MAPPINGS4 (no new flow can use it) and its
-        // owner slot: its tracked flows, UDP included, are cut at once (the
-        // datapath drops a stale entry on its next packet, which then
-        // follows the current state; the GC collects the rest; listings
-        // skip them), as are its socket-level translations. Nothing walks
-        // the tables: the cost is one write per mapping.
+        // Each mapping leaves MAPPINGS4 and MAPPINGS6 (no new flow can use
+        // it) and its owner slot: its tracked flows, UDP included, are cut
+        // at once (the datapath drops a stale entry on its next packet,
+        // which then follows the current state; the GC collects the rest;
+        // listings skip them), as are its socket-level translations.
+        // Nothing walks the tables: the cost is one write per entry.
         for m in victims {
-            self.dp.remove_mapping(&mapping_key4(m))?;
+            self.unwrite_mapping(m)?;
         }
         let ids: Vec<u32> = victims.iter().map(|m| m.id).collect();
         self.record(Change::Unpublish { ids })?;
@@ -355,8 +499,178 @@ mod tests {
             proto,
             container: "c".into(),
             container_ip: "10.0.0.2".parse().unwrap(),
+            container_ip6: None,
             container_port: 80,
         }
+    }
+
+    fn container(ip6: Option<&str>) -> Container {
+        Container {
+            name: "web".into(),
+            netns: "/run/netns/web".into(),
+            ip: "10.77.0.5".parse().unwrap(),
+            ip6: ip6.map(|a| a.parse().unwrap()),
+            mac: "02:42:0a:4d:00:05".into(),
+            veth: "npv7".into(),
+            ifindex: 42,
+            id: 7,
+            ifname: "eth0".into(),
+            owner: None,
+            handoff_ifname: None,
+            runtime_name: None,
+        }
+    }
+
+    /// The mapping `spec` asks for on `c` (as `new_mappings` builds it),
+    /// or the refusal.
+    fn mapping_of(spec: &str, c: &Container, has_subnet6: bool) -> Result<Mapping, AgentError> {
+        let s = PortSpec::parse(spec).unwrap();
+        let (host_port, container_port) = s.pairs().next().unwrap();
+        let p = PortRequest { host_ip: s.host.ip, host_port, container_port, proto: s.host.proto };
+        let container_ip6 = container_ip6_for(c, &p, has_subnet6)?;
+        Ok(Mapping {
+            id: 9,
+            host_ip: p.host_ip,
+            host_port,
+            proto: p.proto,
+            container: c.name.clone(),
+            container_ip: c.ip,
+            container_ip6,
+            container_port,
+        })
+    }
+
+    fn families(m: &Mapping) -> (bool, bool) {
+        (m.on_ipv4(), m.on_ipv6())
+    }
+
+    #[test]
+    fn host_addresses_choose_the_families() {
+        let dual = container(Some("fd00:77::5"));
+        let v4only = container(None);
+        let on = |spec: &str, c: &Container| families(&mapping_of(spec, c, true).unwrap());
+        // No address: both, IPv6 where the container has it.
+        assert_eq!(on("8080:web:80", &dual), (true, true));
+        assert_eq!(on("8080:web:80", &v4only), (true, false));
+        // 0.0.0.0 and IPv4 addresses: IPv4 only.
+        assert_eq!(on("0.0.0.0:8080:web:80", &dual), (true, false));
+        assert_eq!(on("198.18.0.1:8080:web:80", &dual), (true, false));
+        // [::] and IPv6 addresses: IPv6 only.
+        assert_eq!(on("[::]:8080:web:80", &dual), (false, true));
+        assert_eq!(on("[2001:db8::1]:8080:web:80/udp", &dual), (false, true));
+        assert_eq!(on("[::1]:8080:web:80", &dual), (false, true));
+        // ... and refused for a container without IPv6, naming it and why.
+        for (has_subnet6, why) in [(true, "attached without one"), (false, "subnet6 is not configured")] {
+            let e = mapping_of("[::]:8080:web:80", &v4only, has_subnet6).unwrap_err();
+            assert!(matches!(e, AgentError::BadRequest(_)), "{e:?}");
+            let e = e.to_string();
+            assert!(e.contains("container web has no IPv6 address"), "{e}");
+            assert!(e.contains(why), "{e}");
+            assert!(e.contains("[::]:8080:web:80/tcp"), "{e}");
+        }
+        let e = mapping_of("[2001:db8::1]:53:web:53/udp", &v4only, false).unwrap_err().to_string();
+        assert!(e.contains("[2001:db8::1]:53:web:53/udp"), "{e}");
+        // A mapping saved before IPv6 ports existed answers on IPv4 only.
+        let old = m(None, 80, Protocol::Tcp);
+        assert_eq!(families(&old), (true, false));
+    }
+
+    #[test]
+    fn entries_carry_addresses_ports_id_and_veth() {
+        let c = container(Some("fd00:77::5"));
+        let both = mapping_of("8080:web:80/udp", &c, true).unwrap();
+        let e = mapping_entries(&both, &c).unwrap();
+        let (k4, v4) = e.v4.unwrap();
+        assert_eq!(k4, MappingKey4 { addr: [0; 4], port: 8080u16.to_be(), proto: 17, _pad: 0 });
+        assert_eq!(
+            v4,
+            MappingEntry4 {
+                container_addr: [10, 77, 0, 5],
+                container_port: 80u16.to_be(),
+                _pad: 0,
+                id: 9,
+                container_ifindex: 42
+            }
+        );
+        let (k6, v6) = e.v6.unwrap();
+        assert_eq!(k6, MappingKey6 { addr: In6Addr::UNSPECIFIED, port: 8080u16.to_be(), proto: 17, _pad: 0 });
+        let fd00_5: std::net::Ipv6Addr = "fd00:77::5".parse().unwrap();
+        assert_eq!(
+            v6,
+            MappingEntry6 {
+                container_addr: In6Addr::from(fd00_5),
+                container_port: 80u16.to_be(),
+                _pad: 0,
+                id: 9,
+                container_ifindex: 42
+            }
+        );
+        assert_eq!(v6.container_addr.octets(), fd00_5.octets());
+        // Network order on the wire: 8080 is 0x1f90.
+        assert_eq!(k6.port.to_ne_bytes(), [0x1f, 0x90]);
+        assert_eq!(v6.container_port.to_ne_bytes(), [0, 80]);
+        assert_eq!(mapping_keys(&both), (Some(k4), Some(k6)));
+
+        // An IPv6 address: its own key, no IPv4 entry.
+        let one = mapping_of("[2001:db8::1]:443:web:8443", &c, true).unwrap();
+        let e = mapping_entries(&one, &c).unwrap();
+        assert_eq!(e.v4, None);
+        let (k6, v6) = e.v6.unwrap();
+        let addr: std::net::Ipv6Addr = "2001:db8::1".parse().unwrap();
+        assert_eq!(k6, MappingKey6 { addr: In6Addr::from(addr), port: 443u16.to_be(), proto: 6, _pad: 0 });
+        assert_eq!(k6.addr.octets(), addr.octets());
+        assert_eq!((v6.container_port, v6.id, v6.container_ifindex), (8443u16.to_be(), 9, 42));
+        assert_eq!(mapping_keys(&one), (None, Some(k6)));
+
+        // [::]: the IPv6 wildcard; 0.0.0.0: the IPv4 one.
+        let any6 = mapping_of("[::]:8080:web:80", &c, true).unwrap();
+        assert_eq!(mapping_keys(&any6).0, None);
+        assert_eq!(mapping_keys(&any6).1.map(|k| k.addr), Some(In6Addr::UNSPECIFIED));
+        let any4 = mapping_of("0.0.0.0:8080:web:80", &c, true).unwrap();
+        assert_eq!(
+            mapping_keys(&any4),
+            (Some(MappingKey4 { addr: [0; 4], port: 8080u16.to_be(), proto: 6, _pad: 0 }), None)
+        );
+        let addr4 = mapping_of("198.18.0.1:8080:web:80", &c, true).unwrap();
+        assert_eq!(mapping_keys(&addr4).0.map(|k| k.addr), Some([198, 18, 0, 1]));
+
+        // Without an IPv6 address a no-address mapping has only its IPv4
+        // entry; one that claims IPv6 for such a container is an error.
+        let v4only = container(None);
+        let m4 = mapping_of("8080:web:80", &v4only, true).unwrap();
+        let e = mapping_entries(&m4, &v4only).unwrap();
+        assert!(e.v4.is_some() && e.v6.is_none());
+        let e = mapping_entries(&any6, &v4only).unwrap_err().to_string();
+        assert!(e.contains("container web has no IPv6 address"), "{e}");
+    }
+
+    #[test]
+    fn overlap_rules_of_ipv6() {
+        use Protocol::*;
+        let any6 = m(Some("::"), 8080, Tcp);
+        // [::] clashes with itself, with no address, with an IPv6 address.
+        assert!(overlaps(&any6, &m(Some("::"), 8080, Tcp)));
+        assert!(overlaps(&any6, &m(None, 8080, Tcp)));
+        assert!(overlaps(&m(None, 8080, Tcp), &any6));
+        assert!(overlaps(&any6, &m(Some("2001:db8::1"), 8080, Tcp)));
+        assert!(overlaps(&m(Some("2001:db8::1"), 8080, Tcp), &any6));
+        // ... not with IPv4, nor another port or protocol.
+        assert!(!overlaps(&any6, &m(Some("0.0.0.0"), 8080, Tcp)));
+        assert!(!overlaps(&m(Some("0.0.0.0"), 8080, Tcp), &any6));
+        assert!(!overlaps(&any6, &m(Some("198.18.0.1"), 8080, Tcp)));
+        assert!(!overlaps(&any6, &m(Some("::"), 8080, Udp)));
+        assert!(!overlaps(&any6, &m(Some("::"), 8081, Tcp)));
+        // IPv6 addresses: the same one clashes, two others do not.
+        assert!(overlaps(&m(Some("2001:db8::1"), 80, Tcp), &m(Some("2001:db8::1"), 80, Tcp)));
+        assert!(!overlaps(&m(Some("2001:db8::1"), 80, Tcp), &m(Some("2001:db8::2"), 80, Tcp)));
+        // No address clashes with anything on its port, either family.
+        for other in [None, Some("0.0.0.0"), Some("198.18.0.1"), Some("::"), Some("::1"), Some("2001:db8::1")] {
+            assert!(overlaps(&m(None, 53, Udp), &m(other, 53, Udp)), "{other:?}");
+            assert!(overlaps(&m(other, 53, Udp), &m(None, 53, Udp)), "{other:?}");
+        }
+        // IPv4 as before: 0.0.0.0 and an address are distinct keys.
+        assert!(overlaps(&m(Some("0.0.0.0"), 80, Tcp), &m(Some("0.0.0.0"), 80, Tcp)));
+        assert!(!overlaps(&m(Some("0.0.0.0"), 80, Tcp), &m(Some("198.18.0.1"), 80, Tcp)));
     }
 
     #[test]
@@ -395,5 +709,10 @@ mod tests {
         assert_eq!(x.spec(), "127.0.0.1:8080:ctr1:80/udp");
         let p = PortSpec::parse(&x.spec()).unwrap();
         assert_eq!(p.pairs().collect::<Vec<_>>(), vec![(8080, 80)]);
+        for (ip, spec) in [(Some("::"), "[::]:8080:c:80/tcp"), (Some("2001:db8::1"), "[2001:db8::1]:8080:c:80/tcp")] {
+            let x = m(ip, 8080, Protocol::Tcp);
+            assert_eq!(x.spec(), spec);
+            assert_eq!(PortSpec::parse(&x.spec()).unwrap().host.ip, x.host_ip);
+        }
     }
 }

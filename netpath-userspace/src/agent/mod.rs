@@ -7,7 +7,7 @@
 //! - `containers`: add, delete, (re)program a container's veth and entry,
 //!   forget its datapath state;
 //! - `mappings`: publish, unpublish, remove a container's mappings,
-//!   reconcile MAPPINGS4 with the saved mappings;
+//!   reconcile MAPPINGS4 and MAPPINGS6 with the saved mappings;
 //! - `rules`: a container's policy, rule and default changes, re-judging
 //!   tracked flows, reconcile POLICY4, forget a container's policy;
 //! - `flows`: list tracked flows, collect expired ones, forget those of a

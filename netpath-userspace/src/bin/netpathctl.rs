@@ -50,6 +50,10 @@ enum Command {
     #[command(subcommand)]
     Container(ContainerCmd),
     /// Publish a container port: [HOSTIP:]HOSTPORT[-END]:CONTAINER:PORT[-END][/tcp|/udp]
+    ///
+    /// No HOSTIP: every host address, IPv4 and (if the container has one)
+    /// IPv6; 0.0.0.0: IPv4 only; [::]: IPv6 only; an IPv6 HOSTIP goes in
+    /// brackets: [2001:db8::1]:8080:ctr1:80.
     Map {
         #[arg(required_unless_present = "file", conflicts_with = "file")]
         spec: Option<String>,
@@ -58,7 +62,7 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         file: Option<PathBuf>,
     },
-    /// Remove a published port: a full map spec, or [HOSTIP:]HOSTPORT[-END][/tcp|/udp]
+    /// Remove a published port: a full map spec, or [HOSTIP:]HOSTPORT[-END][/tcp|/udp] ([::]:8080/tcp)
     Unmap {
         #[arg(required_unless_present = "file", conflicts_with = "file")]
         spec: Option<String>,

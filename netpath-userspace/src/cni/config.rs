@@ -179,18 +179,20 @@ fn port_request(p: &PortMapping) -> Result<PortRequest, CniError> {
             ))
         }
     };
+    // As Docker's `-p`: none, both families (IPv6 where the container has
+    // an IPv6 address); `0.0.0.0`, IPv4 only; `::` or an IPv6 address, IPv6
+    // only, which the agent refuses for a container without one.
     let host_ip = match p.host_ip.as_deref().map(str::trim) {
         None | Some("") => None,
-        Some(text) => match text.parse::<IpAddr>() {
-            Ok(IpAddr::V4(ip)) if ip.is_unspecified() => None,
-            Ok(IpAddr::V4(ip)) => Some(ip),
-            _ => {
+        Some(text) => match text.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
                 return Err(CniError::new(
                     INVALID_CONFIG,
                     format!(
-                    "port mapping {}:{}: host IP {text:?} is not an IPv4 address (netpath carries IPv4 only for now)",
-                    p.host_port, p.container_port
-                ),
+                        "port mapping {}:{}: host IP {text:?} is not an IPv4 or IPv6 address",
+                        p.host_port, p.container_port
+                    ),
                 ))
             }
         },
@@ -258,7 +260,7 @@ mod tests {
         assert_eq!(conf.socket(), PathBuf::from("/run/x.sock"));
         let ports = conf.ports().unwrap();
         assert_eq!(ports[0], PortRequest { host_ip: None, host_port: 8080, container_port: 80, proto: Protocol::Tcp });
-        assert_eq!(ports[1].host_ip, Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(ports[1].host_ip, Some(Ipv4Addr::LOCALHOST.into()));
         assert_eq!(ports[1].proto, Protocol::Udp);
     }
 
@@ -298,7 +300,31 @@ mod tests {
     fn bad_port_mappings_are_refused() {
         let sctp = br#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"portMappings":[{"hostPort":1,"containerPort":1,"protocol":"sctp"}]}}"#;
         assert_eq!(NetConf::parse(sctp).unwrap().ports().unwrap_err().code, INVALID_CONFIG);
-        let v6 = br#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"portMappings":[{"hostPort":1,"containerPort":1,"hostIP":"::1"}]}}"#;
-        assert_eq!(NetConf::parse(v6).unwrap().ports().unwrap_err().code, INVALID_CONFIG);
+        let garbage = br#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"portMappings":[{"hostPort":1,"containerPort":1,"hostIP":"nowhere"}]}}"#;
+        let e = NetConf::parse(garbage).unwrap().ports().unwrap_err();
+        assert_eq!(e.code, INVALID_CONFIG);
+        assert!(e.msg.contains("\"nowhere\""), "{}", e.msg);
+        let scoped = br#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"portMappings":[{"hostPort":1,"containerPort":1,"hostIP":"fe80::1%eth0"}]}}"#;
+        assert_eq!(NetConf::parse(scoped).unwrap().ports().unwrap_err().code, INVALID_CONFIG);
+    }
+
+    #[test]
+    fn host_ips_say_the_families() {
+        let conf = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"portMappings":[
+            {"hostPort":1,"containerPort":1},{"hostPort":2,"containerPort":2,"hostIP":"0.0.0.0"},
+            {"hostPort":3,"containerPort":3,"hostIP":"::"},{"hostPort":4,"containerPort":4,"hostIP":"2001:db8::1"},
+            {"hostPort":5,"containerPort":5,"hostIP":"[::1]"}]}}"#,
+        )
+        .unwrap();
+        let ips: Vec<Option<IpAddr>> = conf.ports().unwrap().iter().map(|p| p.host_ip).collect();
+        let want: Vec<Option<IpAddr>> = vec![
+            None,
+            Some(Ipv4Addr::UNSPECIFIED.into()),
+            Some(std::net::Ipv6Addr::UNSPECIFIED.into()),
+            Some("2001:db8::1".parse().unwrap()),
+            Some(std::net::Ipv6Addr::LOCALHOST.into()),
+        ];
+        assert_eq!(ips, want);
     }
 }

@@ -1,7 +1,7 @@
 //! Typed access to each map, and summaries of maps and programs for status.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     io,
     os::fd::AsFd as _,
     sync::{Arc, Mutex},
@@ -23,8 +23,8 @@ use netpath_common::{
     maps as names, owner,
     uplink_guard::{GuardedPorts, GUARDED_PORT_WORDS},
     ContainerEntry, CtEntry, CtEntry4, CtKey, CtKey4, DatapathConfig, ForwardStats, FragEntry, FragEntry4, FragEntry6,
-    FragKey, FragKey4, FragKey6, HostAddr, In6Addr, MappingEntry4, MappingKey4, PolicyEntry, PolicyKey, PolicyKey4,
-    PolicyKey6, TrafficStats,
+    FragKey, FragKey4, FragKey6, HostAddr, In6Addr, MappingEntry, MappingEntry4, MappingEntry6, MappingKey,
+    MappingKey4, MappingKey6, PolicyEntry, PolicyKey, PolicyKey4, PolicyKey6, TrafficStats,
 };
 
 use super::Datapath;
@@ -51,7 +51,9 @@ pub struct MapSummary {
 pub struct Written {
     containers: HashSet<u32>,
     container_ips4: HashSet<[u8; 4]>,
-    mappings: HashSet<MappingKey4>,
+    /// Mapping ids by how many entries (MAPPINGS4, MAPPINGS6) carry them:
+    /// the live slots of MAPPING_IDS (a mapping on both families has two).
+    mapping_ids: HashMap<u32, u32>,
     family4: WrittenFamily<[u8; 4]>,
     family6: WrittenFamily<In6Addr>,
     /// Bitmap words of GUARDED_PORTS that are not zero.
@@ -60,17 +62,41 @@ pub struct Written {
     denied_sources: HashSet<(u32, [u8; 4])>,
 }
 
-/// What the agent wrote into one family's host address and policy maps.
+impl Written {
+    /// A mapping entry's id changed from `old` to `new` (None: no entry).
+    fn note_mapping_id(&mut self, old: Option<u32>, new: Option<u32>) {
+        if old == new {
+            return;
+        }
+        if let Some(old) = old {
+            if let Some(n) = self.mapping_ids.get_mut(&old) {
+                *n -= 1;
+                if *n == 0 {
+                    self.mapping_ids.remove(&old);
+                }
+            }
+        }
+        if let Some(new) = new {
+            *self.mapping_ids.entry(new).or_default() += 1;
+        }
+    }
+}
+
+/// What the agent wrote into one family's host address, policy and
+/// mapping maps.
 #[derive(Default)]
 pub struct WrittenFamily<A> {
     host_addrs: HashSet<A>,
     policy: HashSet<(u32, PolicyKey<A>)>,
+    /// MAPPINGS4/MAPPINGS6: the keys, with the id of their entry.
+    mappings: HashMap<MappingKey<A>, u32>,
 }
 
 /// The maps of one address family, by name: the family-generic accessors
 /// below (`ct_entries_of`, `set_policy`, ...) pick them through here, and the
 /// `…4`/`…6` methods are their instances.
 pub trait FamilyMaps: AddrFamily + aya::Pod {
+    const MAPPINGS: &'static str;
     const CT: &'static str;
     const HOST_ADDRS: &'static str;
     const POLICY: &'static str;
@@ -81,6 +107,7 @@ pub trait FamilyMaps: AddrFamily + aya::Pod {
 }
 
 impl FamilyMaps for [u8; 4] {
+    const MAPPINGS: &'static str = names::MAPPINGS4;
     const CT: &'static str = names::CT4;
     const HOST_ADDRS: &'static str = names::HOST_ADDRS4;
     const POLICY: &'static str = names::POLICY4;
@@ -92,6 +119,7 @@ impl FamilyMaps for [u8; 4] {
 }
 
 impl FamilyMaps for In6Addr {
+    const MAPPINGS: &'static str = names::MAPPINGS6;
     const CT: &'static str = names::CT6;
     const HOST_ADDRS: &'static str = names::HOST_ADDRS6;
     const POLICY: &'static str = names::POLICY6;
@@ -198,8 +226,13 @@ impl Datapath {
         Ok(PerCpuHashMap::try_from(self.map_mut(names::IFACE_STATS)?)?)
     }
 
-    fn mappings_map(&mut self) -> Result<BpfHashMap<&mut MapData, MappingKey4, MappingEntry4>> {
-        Ok(BpfHashMap::try_from(self.map_mut(names::MAPPINGS4)?)?)
+    /// The published ports of family `A` (MAPPINGS4, MAPPINGS6).
+    fn mappings_map<A: FamilyMaps>(&mut self) -> Result<BpfHashMap<&mut MapData, MappingKey<A>, MappingEntry<A>>>
+    where
+        MappingKey<A>: aya::Pod,
+        MappingEntry<A>: aya::Pod,
+    {
+        Ok(BpfHashMap::try_from(self.map_mut(A::MAPPINGS)?)?)
     }
 
     fn host_addrs_map<A: FamilyMaps>(&mut self) -> Result<BpfHashMap<&mut MapData, A, HostAddr>> {
@@ -459,18 +492,32 @@ impl Datapath {
         self.stats_map()?.keys().map(|k| k.map_err(Into::into)).collect()
     }
 
-    /// Publishes a port: the mapping's id becomes live in its owner slot
-    /// first (new flows carry it), then the entry is written; the id of a
-    /// mapping it replaces leaves its slot, which cuts that mapping's flows
-    /// (their next packet follows the new entry).
-    pub fn set_mapping(&mut self, key: &MappingKey4, entry: &MappingEntry4) -> Result<()> {
-        let old: Option<MappingEntry4> = self.get_one(names::MAPPINGS4, key)?;
+    /// Publishes a port (MAPPINGS4 or MAPPINGS6, by the key's family): the
+    /// mapping's id becomes live in its owner slot first (new flows carry
+    /// it), then the entry is written; the id of a mapping it replaces
+    /// leaves its slot (unless its entry of the other family still carries
+    /// it), which cuts that mapping's flows (their next packet follows the
+    /// new entry).
+    pub fn set_mapping<A: FamilyMaps>(&mut self, key: &MappingKey<A>, entry: &MappingEntry<A>) -> Result<()>
+    where
+        MappingKey<A>: aya::Pod,
+        MappingEntry<A>: aya::Pod,
+    {
+        let old: Option<MappingEntry<A>> = self.get_one(A::MAPPINGS, key)?;
         self.set_owner(names::MAPPING_IDS, entry.id)?;
-        self.mappings_map()?.insert(key, entry, 0).with_context(|| format!("writing into {}", names::MAPPINGS4))?;
-        if let Some(old) = old.filter(|o| o.id != entry.id) {
-            self.clear_owner(names::MAPPING_IDS, old.id)?;
+        let inserted = self.mappings_map::<A>().and_then(|mut map| Ok(map.insert(key, entry, 0)?));
+        if let Err(e) = inserted {
+            // The slot goes back as it was, unless an entry carries the id.
+            if old.is_none_or(|o| o.id != entry.id) {
+                let _ = self.retire_mapping_id(entry.id);
+            }
+            return Err(e.context(format!("writing into {}", A::MAPPINGS)));
         }
-        self.written.mappings.insert(*key);
+        let replaced = A::written(&mut self.written).mappings.insert(*key, entry.id);
+        self.written.note_mapping_id(replaced, Some(entry.id));
+        if let Some(old) = old.filter(|o| o.id != entry.id) {
+            self.retire_mapping_id(old.id)?;
+        }
         Ok(())
     }
 
@@ -488,20 +535,50 @@ impl Datapath {
 
     /// Unpublishes a port: the entry goes, then the mapping's id leaves its
     /// owner slot, which makes all its tracked flows stale at once (O(1),
-    /// whatever the table holds; see netpath_common::owner).
-    pub fn remove_mapping(&mut self, key: &MappingKey4) -> Result<()> {
-        let old: Option<MappingEntry4> = self.get_one(names::MAPPINGS4, key)?;
-        ignore_missing(self.mappings_map()?.remove(key))
-            .with_context(|| format!("removing from {}", names::MAPPINGS4))?;
+    /// whatever the table holds; see netpath_common::owner). A mapping on
+    /// both families keeps its slot until its last entry goes.
+    pub fn remove_mapping<A: FamilyMaps>(&mut self, key: &MappingKey<A>) -> Result<()>
+    where
+        MappingKey<A>: aya::Pod,
+        MappingEntry<A>: aya::Pod,
+    {
+        let old: Option<MappingEntry<A>> = self.get_one(A::MAPPINGS, key)?;
+        ignore_missing(self.mappings_map::<A>()?.remove(key))
+            .with_context(|| format!("removing from {}", A::MAPPINGS))?;
+        let removed = A::written(&mut self.written).mappings.remove(key);
+        self.written.note_mapping_id(removed, None);
         if let Some(old) = old {
-            self.clear_owner(names::MAPPING_IDS, old.id)?;
+            self.retire_mapping_id(old.id)?;
         }
-        self.written.mappings.remove(key);
         Ok(())
     }
 
+    /// Clears a mapping id's owner slot once no entry of either family
+    /// carries it.
+    fn retire_mapping_id(&mut self, id: u32) -> Result<()> {
+        if self.written.mapping_ids.contains_key(&id) {
+            return Ok(());
+        }
+        self.clear_owner(names::MAPPING_IDS, id)
+    }
+
+    /// Every entry of MAPPINGS4.
     pub fn mapping_entries(&mut self) -> Result<Vec<(MappingKey4, MappingEntry4)>> {
-        self.mappings_map()?.iter().map(|r| r.map_err(Into::into)).collect()
+        self.mapping_entries_of()
+    }
+
+    /// Every entry of MAPPINGS6.
+    pub fn mapping_entries6(&mut self) -> Result<Vec<(MappingKey6, MappingEntry6)>> {
+        self.mapping_entries_of()
+    }
+
+    /// Every entry of the published ports of family `A`.
+    pub fn mapping_entries_of<A: FamilyMaps>(&mut self) -> Result<Vec<(MappingKey<A>, MappingEntry<A>)>>
+    where
+        MappingKey<A>: aya::Pod,
+        MappingEntry<A>: aya::Pod,
+    {
+        self.mappings_map::<A>()?.iter().map(|r| r.map_err(Into::into)).collect()
     }
 
     /// Makes HOST_ADDRS4 hold exactly `addrs` (address, ifindex).
@@ -655,7 +732,7 @@ impl Datapath {
         let counts = [
             (names::CONTAINERS, owners(self.written.containers.len())),
             (names::IFACE_STATS, of_gc(names::IFACE_STATS)),
-            (names::MAPPINGS4, owners(self.written.mappings.len())),
+            (names::MAPPINGS4, owners(self.written.family4.mappings.len())),
             (names::HOST_ADDRS4, owners(self.written.family4.host_addrs.len())),
             (names::CT4, of_gc(names::CT4)),
             (names::CT_STATS, (1, None)),
@@ -666,7 +743,7 @@ impl Datapath {
             (names::CONTAINER_IPS4, owners(self.written.container_ips4.len())),
             (names::FORWARD_STATS, (1, None)),
             // One slot per live owner.
-            (names::MAPPING_IDS, owners(self.written.mappings.len())),
+            (names::MAPPING_IDS, owners(self.written.mapping_ids.len())),
             (names::CONTAINER_IDS, owners(self.written.containers.len())),
             (names::EVENT_BUDGET, (1, None)),
             (names::GUARDED_PORTS, owners(self.written.guarded_words)),
@@ -675,6 +752,7 @@ impl Datapath {
             (names::HOST_ADDRS6, owners(self.written.family6.host_addrs.len())),
             (names::POLICY6, owners(self.written.family6.policy.len())),
             (names::FRAGS6, of_gc(names::FRAGS6)),
+            (names::MAPPINGS6, owners(self.written.family6.mappings.len())),
         ];
         let mut out = vec![];
         for (name, (entries, counted_ms_ago)) in counts {
@@ -690,19 +768,33 @@ impl Datapath {
     pub(super) fn read_written(&mut self) -> Result<()> {
         let containers = self.containers_map()?.keys().collect::<Result<_, _>>()?;
         let container_ips4 = self.container_ips_map()?.keys().collect::<Result<_, _>>()?;
-        let mappings = self.mappings_map()?.keys().collect::<Result<_, _>>()?;
         let family4 = WrittenFamily {
             host_addrs: self.host_addrs_map::<[u8; 4]>()?.keys().collect::<Result<_, _>>()?,
             policy: self.policy_keys4()?.into_iter().collect(),
+            mappings: self.mapping_entries()?.into_iter().map(|(k, e)| (k, e.id)).collect(),
         };
         let family6 = WrittenFamily {
             host_addrs: self.host_addrs_map::<In6Addr>()?.keys().collect::<Result<_, _>>()?,
             policy: self.policy_keys6()?.into_iter().collect(),
+            mappings: self.mapping_entries6()?.into_iter().map(|(k, e)| (k, e.id)).collect(),
         };
         let guarded_words = self.guarded_ports()?.used_words();
         let denied_sources = self.denied_sources4()?.into_iter().collect();
-        self.written =
-            Written { containers, container_ips4, mappings, family4, family6, guarded_words, denied_sources };
+        let mut written = Written {
+            containers,
+            container_ips4,
+            mapping_ids: HashMap::new(),
+            family4,
+            family6,
+            guarded_words,
+            denied_sources,
+        };
+        let ids: Vec<u32> =
+            written.family4.mappings.values().chain(written.family6.mappings.values()).copied().collect();
+        for id in ids {
+            written.note_mapping_id(None, Some(id));
+        }
+        self.written = written;
         Ok(())
     }
 
