@@ -1,9 +1,11 @@
 //! IPv6 traffic end to end, with the agent and real sockets: containers
 //! talk over IPv6 judged by their policy (IPv6 CIDRs) and tracked by
 //! conntrack, icc off keeps them apart but lets them reach the gateway, a
-//! forged source never leaves, and the world reaches a container's IPv6
-//! address only when the instance routes. Each promise is checked from
-//! both ends: the client's connection and what the server saw.
+//! forged source never leaves, the world reaches a container's IPv6
+//! address only when the instance routes, published ports answer over
+//! IPv6 (from outside and hairpin, `[::]` on IPv6 only), and containers
+//! reach the world through the IPv6 masquerade. Each promise is checked
+//! from both ends: the client's connection and what the server saw.
 
 use std::{
     io::{Read as _, Write as _},
@@ -13,7 +15,7 @@ use std::{
 };
 
 use anyhow::Result;
-use netpath_tests::topology::{Topology, HOST_UPLINK};
+use netpath_tests::topology::{Topology, HOST_UPLINK, HOST_UPLINK_IP};
 use netpath_userspace::model::{Container, Flow, StatsView};
 
 /// The uplink's IPv6 addresses (documentation prefix, inside the test's
@@ -34,6 +36,7 @@ fn topology(containers: usize, args: &[&str]) -> (Topology, Vec<Container>) {
     let mut all = vec!["--subnet6", &subnet6];
     all.extend_from_slice(args);
     t.agent_args(&all);
+    ipv6_uplink(&t);
     t.start_agent().expect("start netpathd");
     let cs: Vec<Container> = (1..=containers).map(|i| t.add_container(i).expect("add container")).collect();
     for c in &cs {
@@ -98,14 +101,20 @@ fn flows(t: &Topology) -> Vec<Flow> {
     t.ctl_json(&["conntrack"]).unwrap()
 }
 
-/// IPv6 on the uplink pair, and the world's route to the containers'
-/// IPv6 subnet through the host (what a router delegating the prefix to
-/// the host would have).
-fn ipv6_uplink(t: &Topology, subnet6: &str) {
+/// IPv6 on the uplink pair (before the agent starts: the uplink's address
+/// is the IPv6 masquerade's).
+fn ipv6_uplink(t: &Topology) {
     t.exec(&t.host, &["ip", "-6", "addr", "add", &format!("{HOST_UPLINK_IP6}/64"), "dev", HOST_UPLINK, "nodad"])
         .unwrap();
     t.exec(&t.world, &["ip", "-6", "addr", "add", &format!("{WORLD_IP6}/64"), "dev", "eth0", "nodad"]).unwrap();
-    t.exec(&t.world, &["ip", "-6", "route", "add", subnet6, "via", HOST_UPLINK_IP6]).unwrap();
+}
+
+/// The world's route to the containers' IPv6 subnet through the host
+/// (what a router delegating the prefix to the host would have).
+fn route_subnet6(t: &Topology, c: &Container) {
+    let [a, b, c, d, ..] = ip6(c).segments();
+    let subnet6 = format!("{a:x}:{b:x}:{c:x}:{d:x}::/64");
+    t.exec(&t.world, &["ip", "-6", "route", "add", &subnet6, "via", HOST_UPLINK_IP6]).unwrap();
 }
 
 #[test]
@@ -192,8 +201,7 @@ fn the_world_reaches_a_containers_ipv6_address_only_when_the_instance_routes() {
         let args: &[&str] = if routed { &["--routed"] } else { &[] };
         let (t, cs) = topology(1, args);
         let ns1 = t.container_ns(1);
-        let [a, b, c, d, ..] = ip6(&cs[0]).segments();
-        ipv6_uplink(&t, &format!("{:x}:{:x}:{:x}:{:x}::/64", a, b, c, d));
+        route_subnet6(&t, &cs[0]);
         let seen = server(&t, &ns1, 80);
         assert_eq!(reaches(&t, &t.world, None, ip6(&cs[0]), 80), routed, "world -> c1 over IPv6, routed: {routed}");
         if routed {
@@ -205,4 +213,74 @@ fn the_world_reaches_a_containers_ipv6_address_only_when_the_instance_routes() {
             assert!(seen.try_recv().is_err(), "c1 never saw the world's connection");
         }
     }
+}
+
+#[test]
+fn a_published_port_answers_on_both_families_from_outside_and_hairpin() {
+    let (t, cs) = topology(2, &[]);
+    let (ns1, ns2) = (t.container_ns(1), t.container_ns(2));
+    let host6: Ipv6Addr = HOST_UPLINK_IP6.parse().unwrap();
+    let world6: Ipv6Addr = WORLD_IP6.parse().unwrap();
+    let seen = server(&t, &ns1, 80);
+    // No host address: both families, as Docker's -p.
+    t.ctl_ok(&["map", "8080:c1:80"]).unwrap();
+    assert!(reaches(&t, &t.world, None, host6, 8080), "world -> [host]:8080 over IPv6");
+    assert_eq!(seen.recv_timeout(Duration::from_secs(2)).unwrap(), IpAddr::V6(world6), "c1 saw the real client");
+    assert!(reaches4(&t, &t.world, HOST_UPLINK_IP, 8080), "world -> host:8080 over IPv4 too");
+    let _ = seen.recv_timeout(Duration::from_secs(2));
+    // Hairpin: c2 through the host's IPv6 address.
+    assert!(reaches(&t, &ns2, None, host6, 8080), "c2 -> [host]:8080 -> c1");
+    assert_eq!(seen.recv_timeout(Duration::from_secs(2)).unwrap(), IpAddr::V6(ip6(&cs[1])), "c1 saw c2");
+    let flows = flows(&t);
+    assert!(
+        flows.iter().any(|f| f.original.dst == IpAddr::V6(host6) && f.mapping_id != 0),
+        "conntrack lists the published IPv6 flows: {flows:?}"
+    );
+    // [::]: IPv6 only.
+    let _seen81 = server(&t, &ns1, 81);
+    t.ctl_ok(&["map", "[::]:8081:c1:81"]).unwrap();
+    assert!(reaches(&t, &t.world, None, host6, 8081), "world -> [host]:8081");
+    assert!(!reaches4(&t, &t.world, HOST_UPLINK_IP, 8081), "[::] publishes no IPv4 port");
+    // Unpublished: gone on both families.
+    t.ctl_ok(&["unmap", "8080:c1:80"]).unwrap();
+    assert!(!reaches(&t, &t.world, None, host6, 8080), "unmapped");
+    assert!(!reaches4(&t, &t.world, HOST_UPLINK_IP, 8080), "unmapped");
+}
+
+#[test]
+fn containers_reach_the_world_over_ipv6_masqueraded() {
+    let (t, cs) = topology(2, &[]);
+    let ns1 = t.container_ns(1);
+    let host6: Ipv6Addr = HOST_UPLINK_IP6.parse().unwrap();
+    let world6: Ipv6Addr = WORLD_IP6.parse().unwrap();
+    // The world has no route to the containers' subnet: only the
+    // masquerade brings the answers back.
+    let seen = server(&t, &t.world, 8082);
+    assert!(reaches(&t, &ns1, None, world6, 8082), "c1 -> the world over IPv6");
+    assert_eq!(seen.recv_timeout(Duration::from_secs(2)).unwrap(), IpAddr::V6(host6), "the world saw the host");
+    assert!(t.ping(&ns1, WORLD_IP6, 3).unwrap(), "ping through the masquerade (echo ids translated)");
+    let flows = flows(&t);
+    assert!(
+        flows.iter().any(|f| f.original.src == IpAddr::V6(ip6(&cs[0])) && f.reply.dst == IpAddr::V6(host6)),
+        "conntrack lists the masqueraded flow: {flows:?}"
+    );
+    // Routed instead: the container's own address reaches the world.
+    let (t, cs) = topology(1, &["--routed"]);
+    route_subnet6(&t, &cs[0]);
+    let seen = server(&t, &t.world, 8083);
+    assert!(reaches(&t, &t.container_ns(1), None, world6, 8083));
+    assert_eq!(seen.recv_timeout(Duration::from_secs(2)).unwrap(), IpAddr::V6(ip6(&cs[0])), "routed: not translated");
+}
+
+/// [`reaches`] over IPv4.
+fn reaches4(t: &Topology, ns: &str, dst: std::net::Ipv4Addr, port: u16) -> bool {
+    let attempt = || -> Result<bool> {
+        let to = SocketAddr::from((dst, port));
+        let mut s = t.in_ns(ns, || Ok(TcpStream::connect_timeout(&to, Duration::from_millis(800))?))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut b = String::new();
+        s.read_to_string(&mut b)?;
+        Ok(b == "ok")
+    };
+    attempt().unwrap_or(false)
 }

@@ -386,7 +386,7 @@ fn published(container_flags: u16) -> PacketHarness {
         id: 1,
         container_ifindex: TEST_IFINDEX,
     };
-    h.dp.set_mapping6(&key, &entry).unwrap();
+    h.dp.set_mapping(&key, &entry).unwrap();
     h
 }
 

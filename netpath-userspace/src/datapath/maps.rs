@@ -521,18 +521,6 @@ impl Datapath {
         Ok(())
     }
 
-    /// [`Self::set_mapping`] for an IPv6 published port (`MAPPINGS6`).
-    pub fn set_mapping6(
-        &mut self,
-        key: &netpath_common::MappingKey6,
-        entry: &netpath_common::MappingEntry6,
-    ) -> Result<()> {
-        self.set_owner(names::MAPPING_IDS, entry.id)?;
-        let mut map: BpfHashMap<&mut MapData, netpath_common::MappingKey6, netpath_common::MappingEntry6> =
-            BpfHashMap::try_from(self.map_mut(names::MAPPINGS6)?)?;
-        map.insert(key, entry, 0).with_context(|| format!("writing into {}", names::MAPPINGS6))
-    }
-
     /// Unpublishes a port: the entry goes, then the mapping's id leaves its
     /// owner slot, which makes all its tracked flows stale at once (O(1),
     /// whatever the table holds; see netpath_common::owner). A mapping on
