@@ -1,5 +1,5 @@
-//! ICMP errors (unreachable, fragmentation needed, time exceeded) about a
-//! translated flow: the outer destination and the quoted packet's source
+//! ICMP errors (unreachable, fragmentation needed, time exceeded; ICMPv6's
+//! unreachable, packet too big, time exceeded) about a translated flow: the outer destination and the quoted packet's source
 //! are translated back, with every checksum on the way (outer IP, quoted IP,
 //! quoted TCP/UDP/ICMP, and the ICMP checksum over all of it), so that
 //! traceroute and path MTU discovery work from inside a container.
@@ -7,12 +7,15 @@
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
     conntrack::{CT_F_DNAT, CT_F_SNAT, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    CtKey4, DatapathConfig, DropReason,
+    family::IPPROTO_ICMPV6,
+    CtKey4, DatapathConfig, DropReason, In6Addr,
 };
-use network_types::eth::EthHdr;
+use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use crate::{
     checksum, conntrack,
+    ipv6::{self, IP6_DST_OFF, IP6_SRC_OFF},
+    nat::BPF_F_PSEUDO_HDR,
     offsets::{
         ip_hdr_len, ip_version, ICMP_CSUM_OFF, ICMP_HDR_LEN, ICMP_ID_OFF, IPV4_MIN_HDR_LEN, IP_CSUM_OFF, IP_DST_OFF,
         IP_PROTO_OFF, IP_SRC_OFF, IP_VIHL_OFF, L4_DPORT_OFF, L4_SPORT_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF,
@@ -170,6 +173,68 @@ pub fn translate4(ctx: &TcContext, cfg: &DatapathConfig, from_host: bool) -> Res
             store(ctx, l4sum_off, &s)?;
             icmp_csum2(ctx, icmp_off, old_l4sum, s)?;
         }
+    }
+    Ok(())
+}
+
+/// [`translate4`] for an ICMPv6 error from outside (uplink ingress; its
+/// header at `icmp_off`) about a translated flow: a router's "packet too
+/// big", "time exceeded" or "unreachable" about a masqueraded flow's packet
+/// or a published port's reply goes to the container, its destination and
+/// the quoted source (address and port) back to the container's. ICMPv6's
+/// checksum covers the pseudo-header (the outer destination) and the quote;
+/// the quoted TCP/UDP/ICMPv6 checksum covers the quoted addresses: all are
+/// kept right. Anything else passes untouched (to the host).
+#[inline(never)]
+pub fn translate6(ctx: &TcContext, icmp_off: usize) -> Result<(), DropReason> {
+    let Some(mut key) = ipv6::quoted6(ctx, icmp_off)? else { return Ok(()) };
+    // The quoted packet left translated: its flow's entry for this error's
+    // way is keyed by the quoted tuple reversed.
+    key.reverse();
+    let Some(entry) = conntrack::lookup(&key) else { return Ok(()) };
+    // SAFETY: map value pointer, valid during the run.
+    let e = unsafe { &*entry };
+    if e.flags & CT_F_DNAT == 0 {
+        return Ok(());
+    }
+    // `key` reversed: the quoted source is its destination.
+    let (old_addr, old_port, new_addr, new_port) = (key.daddr, key.dport, e.dnat_addr, e.dnat_port);
+    let icmp_sum = icmp_off + ICMP_CSUM_OFF;
+    let inner = icmp_off + ICMP_HDR_LEN;
+    let inner_l4 = inner + Ipv6Hdr::LEN;
+    // The outer destination (the translated address): in the pseudo-header.
+    let outer: In6Addr = load(ctx, EthHdr::LEN + IP6_DST_OFF)?;
+    store(ctx, EthHdr::LEN + IP6_DST_OFF, &new_addr)?;
+    for i in 0..4 {
+        l4_csum_replace(ctx, icmp_sum, outer.0[i] as u64, new_addr.0[i] as u64, BPF_F_PSEUDO_HDR | 4)?;
+    }
+    // The quoted source address and port (or echo identifier), in the
+    // ICMPv6 message itself.
+    store(ctx, inner + IP6_SRC_OFF, &new_addr)?;
+    for i in 0..4 {
+        l4_csum_replace(ctx, icmp_sum, old_addr.0[i] as u64, new_addr.0[i] as u64, 4)?;
+    }
+    let proto = key.proto;
+    let port_off = if proto == IPPROTO_ICMPV6 { inner_l4 + ICMP_ID_OFF } else { inner_l4 + L4_SPORT_OFF };
+    store(ctx, port_off, &new_port)?;
+    icmp_csum2(ctx, icmp_off, old_port, new_port)?;
+    // The quoted L4 checksum, when the error quotes that far (ICMPv6's
+    // covers the pseudo-header too).
+    let l4sum_off = match proto {
+        IPPROTO_TCP => inner_l4 + TCP_CSUM_OFF,
+        IPPROTO_UDP => inner_l4 + UDP_CSUM_OFF,
+        _ => inner_l4 + ICMP_CSUM_OFF,
+    };
+    if let Ok(old_l4sum) = ctx.load::<u16>(l4sum_off) {
+        let mut s = checksum::replace2(old_l4sum, old_port, new_port);
+        for i in 0..4 {
+            s = checksum::replace4(s, old_addr.0[i].to_ne_bytes(), new_addr.0[i].to_ne_bytes());
+        }
+        if proto == IPPROTO_UDP && s == 0 {
+            s = 0xffff;
+        }
+        store(ctx, l4sum_off, &s)?;
+        icmp_csum2(ctx, icmp_off, old_l4sum, s)?;
     }
     Ok(())
 }

@@ -140,7 +140,7 @@ fn judge_sent6(ctx: &TcContext, container: &ContainerEntry, cfg: &DatapathConfig
     let parsed = ipv6::parse6(ctx);
     policy::icc_allows_frame(ctx, &parsed, cfg)?;
     policy::judge(ctx, &parsed, container, Direction::Out, cfg)?;
-    translate::translate_parsed6(ctx, &parsed, cfg)
+    translate::translate_parsed6(ctx, &parsed, cfg, false)
 }
 
 /// veth_egress for IPv6, tail-called as [`veth_ingress6`] is: the
@@ -255,10 +255,9 @@ pub fn uplink_ingress6(ctx: TcContext) -> i32 {
     packet::pull_headers(&ctx);
     let behind_xdp = config().is_some_and(|cfg| cfg.has(CFG_F_UPLINK_XDP));
     let result = match config() {
-        Some(cfg) if behind_xdp => translate::translate_parsed6(&ctx, &ipv6::parse6(&ctx), cfg),
-        Some(cfg) => {
-            uplink_guard::judge(&ctx, cfg).and_then(|()| translate::translate_parsed6(&ctx, &ipv6::parse6(&ctx), cfg))
-        }
+        Some(cfg) if behind_xdp => translate::translate_parsed6(&ctx, &ipv6::parse6(&ctx), cfg, true),
+        Some(cfg) => uplink_guard::judge(&ctx, cfg)
+            .and_then(|()| translate::translate_parsed6(&ctx, &ipv6::parse6(&ctx), cfg, true)),
         None => Ok(()),
     };
     let site = Site { hook: HookId::UplinkIngress, ifindex, container_id: 0, count: !behind_xdp };

@@ -25,7 +25,7 @@ use crate::{
     packet::{l4_csum_replace, ptr_at_mut, store},
 };
 
-const BPF_F_PSEUDO_HDR: u64 = 0x10;
+pub const BPF_F_PSEUDO_HDR: u64 = 0x10;
 const BPF_F_MARK_MANGLED_0: u64 = 0x20;
 
 /// Offset of the L4 checksum and the extra helper flags it needs.

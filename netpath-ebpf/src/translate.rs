@@ -218,13 +218,20 @@ fn new_published_flow4(
 /// The NAT stage for IPv6, on the uplink's ingress and on what a container
 /// sends (after its policy): a tracked flow is translated as recorded, and
 /// a new flow to a published port (from outside, or from a container
-/// through a host address) gets its entries. Not yet translated: ICMPv6
-/// errors about published flows and the later fragments of a published
-/// flow's datagrams (they pass as they are).
+/// through a host address) gets its entries. ICMPv6 errors from outside
+/// about a translated flow go back to its container. Not yet translated:
+/// the later fragments of a translated flow's datagrams (they pass as they
+/// are).
 #[inline(never)]
-pub fn translate_parsed6(ctx: &TcContext, parsed: &Parsed6, cfg: &DatapathConfig) -> Result<(), DropReason> {
+pub fn translate_parsed6(
+    ctx: &TcContext,
+    parsed: &Parsed6,
+    cfg: &DatapathConfig,
+    from_outside: bool,
+) -> Result<(), DropReason> {
     let flow = match parsed {
         Ok(flow) if flow.ported => flow,
+        Err(NoFlow::IcmpError(icmp_off)) if from_outside => return icmp_error::translate6(ctx, *icmp_off as usize),
         _ => return Ok(()),
     };
     if let Some(entry) = conntrack::lookup_or_forget(&flow.key) {

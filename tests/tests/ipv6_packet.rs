@@ -455,3 +455,45 @@ fn a_published_ipv6_port_answers_only_clients_the_containers_policy_admits() {
     assert_eq!(drops(&mut h, DropReason::Policy), 2, "counted on c1 and on the uplink");
     assert!(h.dp.ct_entries6().unwrap().is_empty(), "a denied flood fills no table");
 }
+
+#[test]
+fn icmpv6_errors_about_translated_flows_reach_the_container() {
+    let masq = DatapathConfig {
+        masq_addr6: In6Addr::from_octets(host6()),
+        masq_port_min: 1024,
+        masq_port_max: 32767,
+        ..config6(CFG_F_MASQUERADE)
+    };
+    let h = harness_with(&masq, 0);
+    let router = v6("2001:db8:77::1");
+    let ip6_syn = |src| frames::ipv6(src, remote(), IPPROTO_TCP, &frames::tcp6(src, remote(), 20000, 80, 0x02, b""));
+    // c1's SYN: judged on its veth (its verdict kept), masqueraded on the
+    // uplink.
+    assert_eq!(out(&h, &sent(c1(), remote(), IPPROTO_TCP, &ip6_syn(c1())[40..])), TC_ACT_OK);
+    let c1_syn = frames::eth(C2_MAC, GATEWAY_MAC, ETH_P_IPV6, &ip6_syn(c1()));
+    let r = h.run(HookId::UplinkEgress.program(), &c1_syn).unwrap();
+    assert_eq!(r.data[14..], ip6_syn(host6())[..], "masqueraded");
+    // A router's "packet too big" about it, as it left.
+    let ptb = |dst, quote: &[u8]| {
+        let mut body = 1280u32.to_be_bytes().to_vec();
+        body.extend_from_slice(quote);
+        frames::eth(
+            GATEWAY_MAC,
+            C2_MAC,
+            ETH_P_IPV6,
+            &frames::ipv6(router, dst, IPPROTO_ICMPV6, &frames::icmp6(router, dst, 2, 0, &body)),
+        )
+    };
+    let r = h.run(HookId::UplinkIngress.program(), &ptb(host6(), &ip6_syn(host6()))).unwrap();
+    // To c1, quoting c1's SYN as c1 sent it: every checksum right (the
+    // expected frame is built from scratch).
+    assert_eq!((r.verdict, &r.data), (TC_ACT_OK, &ptb(c1(), &ip6_syn(c1()))), "translated back to c1");
+    frames::verify_checksum6(&r.data).unwrap();
+    // c1's inbound policy lets it in: it is about c1's own flow.
+    assert_eq!(inbound(&h, &r.data), TC_ACT_OK);
+    // An error about a flow nobody has goes to the host untouched.
+    let stray_quote =
+        frames::ipv6(host6(), remote(), IPPROTO_TCP, &frames::tcp6(host6(), remote(), 20999, 80, 0x02, b""));
+    let stray = ptb(host6(), &stray_quote);
+    assert_eq!(h.run(HookId::UplinkIngress.program(), &stray).unwrap().data, stray);
+}
