@@ -124,6 +124,8 @@ pub struct In6Addr(pub [u32; 4]);
 
 impl In6Addr {
     pub const UNSPECIFIED: In6Addr = In6Addr([0; 4]);
+    /// `::1`.
+    pub const LOOPBACK: In6Addr = In6Addr::from_octets([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
 
     #[inline(always)]
     pub const fn from_octets(b: [u8; 16]) -> In6Addr {

@@ -22,6 +22,10 @@ pub enum SockAddrHook {
     Sendmsg4,
     Recvmsg4,
     Getpeername4,
+    Connect6,
+    Sendmsg6,
+    Recvmsg6,
+    Getpeername6,
 }
 
 /// How a program is attached.
@@ -60,6 +64,10 @@ pub enum HookId {
     SockSendmsg4 = 6,
     SockRecvmsg4 = 7,
     SockGetpeername4 = 8,
+    SockConnect6 = 9,
+    SockSendmsg6 = 10,
+    SockRecvmsg6 = 11,
+    SockGetpeername6 = 12,
 }
 
 /// One hook: the program's name in the object (its entry point function),
@@ -75,7 +83,7 @@ pub struct Hook {
 }
 
 /// Every hook, indexed by [`HookId`].
-pub const HOOKS: [Hook; 9] = [
+pub const HOOKS: [Hook; 13] = [
     Hook {
         id: HookId::VethIngress,
         program: "veth_ingress",
@@ -138,6 +146,34 @@ pub const HOOKS: [Hook; 9] = [
         attach: Attach::SockAddr(SockAddrHook::Getpeername4),
         target: Target::Cgroup,
         pin_prefix: "getpeername4",
+    },
+    Hook {
+        id: HookId::SockConnect6,
+        program: "sock_connect6",
+        attach: Attach::SockAddr(SockAddrHook::Connect6),
+        target: Target::Cgroup,
+        pin_prefix: "connect6",
+    },
+    Hook {
+        id: HookId::SockSendmsg6,
+        program: "sock_sendmsg6",
+        attach: Attach::SockAddr(SockAddrHook::Sendmsg6),
+        target: Target::Cgroup,
+        pin_prefix: "sendmsg6",
+    },
+    Hook {
+        id: HookId::SockRecvmsg6,
+        program: "sock_recvmsg6",
+        attach: Attach::SockAddr(SockAddrHook::Recvmsg6),
+        target: Target::Cgroup,
+        pin_prefix: "recvmsg6",
+    },
+    Hook {
+        id: HookId::SockGetpeername6,
+        program: "sock_getpeername6",
+        attach: Attach::SockAddr(SockAddrHook::Getpeername6),
+        target: Target::Cgroup,
+        pin_prefix: "getpeername6",
     },
 ];
 

@@ -33,7 +33,7 @@ pub use fragment::{FragEntry, FragEntry4, FragEntry6, FragKey, FragKey4, FragKey
 pub use hooks::{Hook, HookId, Side, TailCall, HOOKS, TAIL_CALLS};
 pub use mapping::{
     HostAddr, MappingEntry, MappingEntry4, MappingEntry6, MappingKey, MappingKey4, MappingKey6, SockRevNatEntry4,
-    SockRevNatKey4,
+    SockRevNatEntry6, SockRevNatKey4, SockRevNatKey6,
 };
 pub use policy::{PolicyEntry, PolicyKey, PolicyKey4, PolicyKey6, PolicyRule};
 pub use stats::{Counter, CtStats, DropReason, TrafficStats};

@@ -68,6 +68,26 @@ pub struct SockRevNatEntry4 {
     pub _pad2: u32,
 }
 
+/// [`SockRevNatKey4`] for IPv6 sockets (`SOCK_REVNAT6`); explicit padding
+/// to its 8-byte alignment (a hash key has no bytes left unset).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockRevNatKey6 {
+    pub cookie: u64,
+    pub container_addr: In6Addr,
+    pub container_port: u16,
+    pub _pad: [u8; 6],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockRevNatEntry6 {
+    pub host_addr: In6Addr,
+    pub host_port: u16,
+    pub _pad: u16,
+    pub mapping_id: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -78,4 +98,6 @@ mod pod {
     unsafe impl aya::Pod for HostAddr {}
     unsafe impl aya::Pod for SockRevNatKey4 {}
     unsafe impl aya::Pod for SockRevNatEntry4 {}
+    unsafe impl aya::Pod for SockRevNatKey6 {}
+    unsafe impl aya::Pod for SockRevNatEntry6 {}
 }

@@ -32,6 +32,9 @@ pub const TAIL_CALLS: &str = "TAIL_CALLS";
 pub const CT_STATS: &str = "CT_STATS";
 /// Socket-level reverse translation for host processes (LRU).
 pub const SOCK_REVNAT4: &str = "SOCK_REVNAT4";
+/// [`SOCK_REVNAT4`] for IPv6 sockets: [`crate::SockRevNatKey6`] ->
+/// [`crate::SockRevNatEntry6`] (LRU).
+pub const SOCK_REVNAT6: &str = "SOCK_REVNAT6";
 /// One [`crate::DatapathConfig`] at index 0.
 pub const CONFIG: &str = "CONFIG";
 /// Policy: LPM trie of [`crate::PolicyKey4`] -> [`crate::PolicyEntry`].
@@ -88,6 +91,7 @@ pub const PINNED_MAPS: &[&str] = &[
     FRAGS6,
     TAIL_CALLS,
     MAPPINGS6,
+    SOCK_REVNAT6,
 ];
 
 pub const MAX_POLICY_PREFIXES: usize = 262144;

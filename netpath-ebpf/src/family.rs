@@ -186,7 +186,7 @@ impl Family for In6Addr {
 
     #[inline(always)]
     fn published(addr: &Self, port: u16, proto: u8) -> Option<&'static MappingEntry<Self>> {
-        mapping::lookup6(addr, port, proto)
+        mapping::lookup6(addr, port, proto, false)
     }
 
     #[inline(always)]

@@ -95,11 +95,11 @@ pub fn flow_entries<A: AddrFamily>(
     CtKey::new(published.container_addr, client_addr, published.container_port, orig.sport, orig.proto)
 }
 
-/// [`lookup4`] for IPv6 (no loopback: the socket hooks are IPv4's). The
-/// keys, 20 bytes each, are built on the caller's stack: the uplink's IPv6
-/// program has it to spare.
+/// [`lookup4`] for IPv6 (`::1` counts as the host's with
+/// `allow_loopback`, for the socket hooks). The keys, 20 bytes each, are
+/// built on the caller's stack: the IPv6 programs have it to spare.
 #[inline(always)]
-pub fn lookup6(addr: &In6Addr, port: u16, proto: u8) -> Option<&'static MappingEntry6> {
+pub fn lookup6(addr: &In6Addr, port: u16, proto: u8, allow_loopback: bool) -> Option<&'static MappingEntry6> {
     let mut key = MappingKey6 { addr: *addr, port, proto, _pad: 0 };
     // SAFETY: map values stay valid for the program's run; the agent
     // replaces entries whole.
@@ -107,7 +107,8 @@ pub fn lookup6(addr: &In6Addr, port: u16, proto: u8) -> Option<&'static MappingE
         return Some(v);
     }
     // SAFETY: the value is only tested for presence.
-    if unsafe { HOST_ADDRS6.get(addr) }.is_none() {
+    let loopback = allow_loopback && *addr == In6Addr::LOOPBACK;
+    if !loopback && unsafe { HOST_ADDRS6.get(addr) }.is_none() {
         return None;
     }
     key.addr = In6Addr::UNSPECIFIED;

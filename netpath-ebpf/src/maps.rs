@@ -14,7 +14,8 @@ use netpath_common::{
     uplink_guard::GUARDED_PORT_WORDS,
     ContainerEntry, CtEntry4, CtEntry6, CtKey4, CtKey6, CtStats, DatapathConfig, Event, EventBudget, ForwardStats,
     FragEntry4, FragEntry6, FragKey4, FragKey6, HostAddr, In6Addr, MappingEntry4, MappingEntry6, MappingKey4,
-    MappingKey6, PolicyEntry, PolicyKey4, PolicyKey6, SockRevNatEntry4, SockRevNatKey4, TrafficStats,
+    MappingKey6, PolicyEntry, PolicyKey4, PolicyKey6, SockRevNatEntry4, SockRevNatEntry6, SockRevNatKey4,
+    SockRevNatKey6, TrafficStats,
 };
 
 #[btf_map]
@@ -62,6 +63,9 @@ pub static FRAGS6: LruHashMap<FragKey6, FragEntry6, MAX_FRAGS> = LruHashMap::new
 
 #[btf_map]
 pub static SOCK_REVNAT4: LruHashMap<SockRevNatKey4, SockRevNatEntry4, MAX_SOCK_REVNAT> = LruHashMap::new();
+
+#[btf_map]
+pub static SOCK_REVNAT6: LruHashMap<SockRevNatKey6, SockRevNatEntry6, MAX_SOCK_REVNAT> = LruHashMap::new();
 
 #[btf_map]
 pub static CONFIG: Array<DatapathConfig, 1> = Array::new();

@@ -195,7 +195,7 @@ pub fn new_flow6(ctx: &TcContext, flow: &Flow6, cfg: &DatapathConfig) -> Result<
         rk.icmp_type = if icmp { ICMPV6_ECHO_REPLY } else { 0 };
         // As IPv4's: never a published port's, nor a host socket's.
         let taken_by_host = !icmp
-            && (mapping::lookup6(&cfg.masq_addr6, port_be, flow.key.proto).is_some()
+            && (mapping::lookup6(&cfg.masq_addr6, port_be, flow.key.proto, false).is_some()
                 || host_sockets::owns(ctx, &s.reply_key));
         if !taken_by_host {
             s.entry.snat_port = port_be;

@@ -231,6 +231,13 @@ fn a_published_port_answers_on_both_families_from_outside_and_hairpin() {
     // Hairpin: c2 through the host's IPv6 address.
     assert!(reaches(&t, &ns2, None, host6, 8080), "c2 -> [host]:8080 -> c1");
     assert_eq!(seen.recv_timeout(Duration::from_secs(2)).unwrap(), IpAddr::V6(ip6(&cs[1])), "c1 saw c2");
+    // Host processes, through the socket hooks: [::1] and the host's own
+    // address; the socket's peer reads as the published address.
+    for dst in [Ipv6Addr::LOCALHOST, host6] {
+        assert!(reaches(&t, &t.host, None, dst, 8080), "host -> [{dst}]:8080");
+        let peer = t.in_ns(&t.host, || Ok(TcpStream::connect((dst, 8080))?.peer_addr()?)).unwrap();
+        assert_eq!(peer, SocketAddr::from((dst, 8080)), "getpeername shows the published address");
+    }
     let flows = flows(&t);
     assert!(
         flows.iter().any(|f| f.original.dst == IpAddr::V6(host6) && f.mapping_id != 0),

