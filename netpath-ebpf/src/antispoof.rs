@@ -114,13 +114,13 @@ pub fn check_sent6(ctx: &TcContext, container: &ContainerEntry) -> Result<(), Dr
 #[inline(always)]
 fn check_ipv6(ctx: &TcContext, h: &Headers6, container: &ContainerEntry) -> Result<(), DropReason> {
     if h.proto == IPPROTO_ICMPV6 {
-        let kind: u8 = load(ctx, h.l4_off)?;
+        let kind: u8 = load(ctx, h.l4_off as usize)?;
         if kind == ICMPV6_ROUTER_ADVERT || kind == ICMPV6_REDIRECT {
             return Err(DropReason::RouterRole);
         }
         let unspecified = h.saddr == In6Addr::UNSPECIFIED;
         if kind == ICMPV6_NEIGH_ADVERT || (kind == ICMPV6_NEIGH_SOLICIT && unspecified) {
-            let target: In6Addr = load(ctx, h.l4_off + ND_TARGET_OFF)?;
+            let target: In6Addr = load(ctx, h.l4_off as usize + ND_TARGET_OFF)?;
             if !own_ipv6(container, &target) {
                 return Err(DropReason::SpoofedIp);
             }
@@ -131,7 +131,7 @@ fn check_ipv6(ctx: &TcContext, h: &Headers6, container: &ContainerEntry) -> Resu
             return Ok(());
         }
     } else if h.proto == IPPROTO_UDP {
-        let sport = u16::from_be(load::<u16>(ctx, h.l4_off + L4_SPORT_OFF)?);
+        let sport = u16::from_be(load::<u16>(ctx, h.l4_off as usize + L4_SPORT_OFF)?);
         if sport == DHCPV6_SERVER_PORT {
             return Err(DropReason::RouterRole);
         }

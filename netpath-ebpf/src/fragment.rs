@@ -2,13 +2,18 @@
 //! `netpath_common::fragment`): its policy verdict, and its translation.
 
 use aya_ebpf::programs::TcContext;
-use netpath_common::{fragment::FRAG_TIMEOUT_NS, CtScope, DropReason, FragEntry, FragKey, FragKey4};
+use netpath_common::{
+    conntrack::{CT_F_DNAT, CT_F_SNAT},
+    fragment::FRAG_TIMEOUT_NS,
+    CtEntry6, CtScope, DropReason, FragEntry, FragKey, FragKey4, FragKey6,
+};
 use network_types::eth::EthHdr;
 
 use crate::{
     clock,
     family::Family,
-    flow::{Flow, Flow4},
+    flow::{Flow, Flow4, Flow6},
+    ipv6::{IP6_DST_OFF, IP6_SRC_OFF},
     offsets::{IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF},
     packet::{l3_csum_replace, load, store},
 };
@@ -105,4 +110,28 @@ fn rewrite_addr4(ctx: &TcContext, field_off: usize, old: [u8; 4], new: [u8; 4]) 
     let (old, new) = (u32::from_ne_bytes(old) as u64, u32::from_ne_bytes(new) as u64);
     l3_csum_replace(ctx, EthHdr::LEN + IP_CSUM_OFF, old, new, 4)?;
     store(ctx, EthHdr::LEN + field_off, &(new as u32))
+}
+
+/// [`translated4`] for IPv6, from the flow's entry (what it rewrote): the
+/// translated addresses of a first fragment, for its later fragments.
+#[inline(never)]
+pub fn translated6(flow: &Flow6, entry: &CtEntry6) {
+    let saddr = if entry.flags & CT_F_SNAT != 0 { entry.snat_addr } else { flow.key.saddr };
+    let daddr = if entry.flags & CT_F_DNAT != 0 { entry.dnat_addr } else { flow.key.daddr };
+    if saddr == flow.key.saddr && daddr == flow.key.daddr {
+        return;
+    }
+    record(flow, CtScope::Nat, saddr, daddr);
+}
+
+/// [`translate_later4`] for IPv6: no header checksum, and a later fragment
+/// carries no L4 checksum to update, so the addresses are simply written.
+#[inline(never)]
+pub fn translate_later6(ctx: &TcContext, frag: &FragKey6) -> Result<bool, DropReason> {
+    let Some(entry) = live(frag, CtScope::Nat) else { return Ok(false) };
+    // SAFETY: map value pointer, valid during the run.
+    let e = unsafe { &*entry };
+    store(ctx, EthHdr::LEN + IP6_SRC_OFF, &e.nat_saddr)?;
+    store(ctx, EthHdr::LEN + IP6_DST_OFF, &e.nat_daddr)?;
+    Ok(true)
 }

@@ -59,11 +59,14 @@ const _: () = assert!(Ipv6Hdr::LEN == 40);
 pub struct Headers6 {
     pub saddr: In6Addr,
     pub daddr: In6Addr,
-    pub proto: u8,
-    pub l4_off: usize,
-    pub ip_end: usize,
-    pub first_fragment: bool,
+    /// Offsets as u32 (the walk's callers' frames are tight): where the
+    /// upper-layer header starts, and where the datagram ends (`u32::MAX`:
+    /// a GSO packet that states no length).
+    pub l4_off: u32,
+    pub ip_end: u32,
     pub frag_id: [u8; 4],
+    pub proto: u8,
+    pub first_fragment: bool,
 }
 
 #[inline(always)]
@@ -131,15 +134,16 @@ pub fn walk6(ctx: &TcContext) -> Result<Headers6, NoFlow<In6Addr>> {
     if is_ext_header(next) {
         return Err(NoFlow::BadHeaders);
     }
-    Ok(Headers6 { saddr, daddr, proto: next, l4_off: off, ip_end, first_fragment, frag_id })
+    let ip_end = if ip_end == usize::MAX { u32::MAX } else { ip_end as u32 };
+    Ok(Headers6 { saddr, daddr, l4_off: off as u32, ip_end, frag_id, proto: next, first_fragment })
 }
 
 /// The flow of a walked IPv6 packet.
 #[inline(always)]
 pub fn flow_of6(ctx: &TcContext, h: &Headers6) -> Parsed6 {
-    let l4 = h.l4_off;
+    let (l4, ip_end) = (h.l4_off as usize, h.ip_end as usize);
     // A header read must end within the datagram.
-    let read = |len: usize| if l4 + len <= h.ip_end { Ok(()) } else { Err(NoFlow::Malformed) };
+    let read = |len: usize| if l4 + len <= ip_end { Ok(()) } else { Err(NoFlow::Malformed) };
     let malformed = |_: DropReason| NoFlow::Malformed;
     let (mut icmp_type, mut ported, mut tcp_flags) = (0u8, true, 0u8);
     let (sport, dport) = if h.proto == IPPROTO_ICMPV6 {

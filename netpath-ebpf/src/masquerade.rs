@@ -152,9 +152,10 @@ fn set_starter4(key: &CtKey4, fwd: &mut CtEntry4, rev: &mut CtEntry4) {
 /// [`new_flow4`] for IPv6, at the uplink's egress (IPv6 keeps no pending
 /// verdicts: the container's veth kept a verdict pair, and the masquerade's
 /// entries carry the container's id, so that they die with it). The two
-/// entries are written in this CPU's scratch.
+/// entries are written in this CPU's scratch. Ok(false): another CPU
+/// created the flow meanwhile; its entries stand, for the caller to follow.
 #[inline(never)]
-pub fn new_flow6(ctx: &TcContext, flow: &Flow6, cfg: &DatapathConfig) -> Result<(), DropReason> {
+pub fn new_flow6(ctx: &TcContext, flow: &Flow6, cfg: &DatapathConfig) -> Result<bool, DropReason> {
     let Some(range) = PortRange::new(cfg.masq_port_min, cfg.masq_port_max) else {
         return Err(DropReason::NatUnavailable);
     };
@@ -200,9 +201,9 @@ pub fn new_flow6(ctx: &TcContext, flow: &Flow6, cfg: &DatapathConfig) -> Result<
         if !taken_by_host {
             s.entry.snat_port = port_be;
             match conntrack::create(&flow.key, &mut s.entry, &s.reply_key, &mut s.reply_entry, flow.key.proto, cfg) {
-                Ok(()) => return nat::apply6(ctx, flow, &s.entry),
+                Ok(()) => return nat::apply6(ctx, flow, &s.entry).map(|()| true),
                 Err(CreateError::Taken) => {}
-                Err(CreateError::Raced) => return conntrack::apply_existing(ctx, flow),
+                Err(CreateError::Raced) => return Ok(false),
                 Err(CreateError::Failed) => return Err(DropReason::TableFull),
             }
         }

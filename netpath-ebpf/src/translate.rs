@@ -219,9 +219,8 @@ fn new_published_flow4(
 /// sends (after its policy): a tracked flow is translated as recorded, and
 /// a new flow to a published port (from outside, or from a container
 /// through a host address) gets its entries. ICMPv6 errors from outside
-/// about a translated flow go back to its container. Not yet translated:
-/// the later fragments of a translated flow's datagrams (they pass as they
-/// are).
+/// about a translated flow go back to its container; the later fragments
+/// of a translated datagram get its first fragment's addresses.
 #[inline(never)]
 pub fn translate_parsed6(
     ctx: &TcContext,
@@ -232,16 +231,32 @@ pub fn translate_parsed6(
     let flow = match parsed {
         Ok(flow) if flow.ported => flow,
         Err(NoFlow::IcmpError(icmp_off)) if from_outside => return icmp_error::translate6(ctx, *icmp_off as usize),
+        Err(NoFlow::LaterFragment(frag)) => return fragment::translate_later6(ctx, frag).map(|_| ()),
         _ => return Ok(()),
     };
     if let Some(entry) = conntrack::lookup_or_forget(&flow.key) {
         conntrack::touch(entry, flow, ctx.len(), cfg);
         // SAFETY: map value pointer, valid during the run.
-        return nat::apply6(ctx, flow, unsafe { &*entry });
+        nat::apply6(ctx, flow, unsafe { &*entry })?;
+    } else {
+        match admitted_mapping(flow, cfg)? {
+            Some(published) => new_published_flow6(ctx, flow, published, cfg)?,
+            None => return Ok(()),
+        }
     }
-    match admitted_mapping(flow, cfg)? {
-        Some(published) => new_published_flow6(ctx, flow, published, cfg),
-        None => Ok(()),
+    first_fragment_translated6(flow);
+    Ok(())
+}
+
+/// Records a translated first fragment's addresses for its later
+/// fragments (the flow's entry says what it got).
+#[inline(always)]
+fn first_fragment_translated6(flow: &Flow6) {
+    if flow.first_fragment {
+        if let Some(entry) = conntrack::lookup_unchecked(&flow.key) {
+            // SAFETY: map value pointer, valid during the run.
+            fragment::translated6(flow, unsafe { &*entry });
+        }
     }
 }
 
@@ -415,7 +430,14 @@ pub fn translate_outbound6(ctx: &TcContext) -> Result<(), DropReason> {
     let flow = match crate::ipv6::parse6(ctx) {
         Ok(flow) if flow.ported => flow,
         Ok(_) | Err(NoFlow::IcmpOther(_) | NoFlow::IcmpError(_)) => return Err(DropReason::UnsupportedProtocol),
-        Err(NoFlow::LaterFragment(_)) => return Err(DropReason::Fragment),
+        // A later fragment gets its first fragment's translation, or is
+        // dropped: no private source leaves.
+        Err(NoFlow::LaterFragment(ref frag)) => {
+            return match fragment::translate_later6(ctx, frag)? {
+                true => Ok(()),
+                false => Err(DropReason::Fragment),
+            };
+        }
         Err(NoFlow::BadHeaders) => return Err(DropReason::Ipv6Headers),
         Err(NoFlow::Malformed) => return Err(DropReason::Malformed),
         // Neighbour discovery stays on its link; not IPv6: not this path's.
@@ -424,12 +446,20 @@ pub fn translate_outbound6(ctx: &TcContext) -> Result<(), DropReason> {
     if let Some(entry) = conntrack::lookup_or_forget(&flow.key) {
         conntrack::touch(entry, &flow, ctx.len(), cfg);
         // SAFETY: map value pointer, valid during the run.
-        return nat::apply6(ctx, &flow, unsafe { &*entry });
+        nat::apply6(ctx, &flow, unsafe { &*entry })?;
+        first_fragment_translated6(&flow);
+        return Ok(());
     }
     // A packet that cannot start a flow gets no new translation: dropped,
     // never sent with the private source.
     if !flow.starts_flow() {
         return Err(DropReason::NoFlow);
     }
-    masquerade::new_flow6(ctx, &flow, cfg)
+    // Another CPU's flow of this tuple, created meanwhile, is followed
+    // here: a frame less on the port search's chain (the stack's limit).
+    match masquerade::new_flow6(ctx, &flow, cfg)? {
+        true => first_fragment_translated6(&flow),
+        false => conntrack::apply_existing(ctx, &flow)?,
+    }
+    Ok(())
 }

@@ -14,7 +14,10 @@ pub fn rootfs(root: &Path, greeting: &str) -> Result<()> {
     for d in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp", "www"] {
         std::fs::create_dir_all(root.join(d))?;
     }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+    // Copied by `cp`, not std::fs::copy: a write descriptor held by this
+    // multi-threaded process leaks into children other test threads fork
+    // meanwhile, and exec of the copy then fails with "Text file busy".
+    cmd("cp", &["/bin/busybox", &root.join("bin/busybox").display().to_string()])
         .context("copying /bin/busybox (package busybox-static; run `cargo xtask setup`)")?;
     cmd("chroot", &[&root.display().to_string(), "/bin/busybox", "--install", "-s"])?;
     std::fs::write(root.join("www/index.html"), format!("{greeting}\n"))?;

@@ -497,3 +497,45 @@ fn icmpv6_errors_about_translated_flows_reach_the_container() {
     let stray = ptb(host6(), &stray_quote);
     assert_eq!(h.run(HookId::UplinkIngress.program(), &stray).unwrap().data, stray);
 }
+
+#[test]
+fn the_later_fragments_of_a_masqueraded_datagram_leave_translated() {
+    let masq = DatapathConfig {
+        masq_addr6: In6Addr::from_octets(host6()),
+        masq_port_min: 1024,
+        masq_port_max: 32767,
+        ..config6(CFG_F_MASQUERADE)
+    };
+    let h = harness_with(&masq, 0);
+    let egress = |frame: &[u8]| h.run(HookId::UplinkEgress.program(), frame).unwrap();
+    let frame =
+        |src, fragment: &[u8]| frames::eth(C2_MAC, GATEWAY_MAC, ETH_P_IPV6, &frames::ipv6(src, remote(), 44, fragment));
+    // One UDP datagram in two fragments, as c1 sent it and as it must leave
+    // (the UDP checksum, in the first fragment, covers the whole datagram).
+    let sent_udp = frames::udp6(c1(), remote(), 5000, 53, &[7; 64]);
+    let left_udp = frames::udp6(host6(), remote(), 5000, 53, &[7; 64]);
+    let part = |udp: &[u8], first: bool| {
+        if first {
+            frames::ipv6_fragment(IPPROTO_UDP, 0, true, 0x1234, &udp[..32])
+        } else {
+            frames::ipv6_fragment(IPPROTO_UDP, 4, false, 0x1234, &udp[32..])
+        }
+    };
+    // A later fragment before any first one: dropped, never a private source.
+    assert_eq!(egress(&frame(c1(), &part(&sent_udp, false))).verdict, TC_ACT_SHOT);
+    // The first fragment (judged on c1's veth first) leaves translated...
+    assert_eq!(out(&h, &sent(c1(), remote(), 44, &part(&sent_udp, true))), TC_ACT_OK);
+    let r = egress(&frame(c1(), &part(&sent_udp, true)));
+    assert_eq!((r.verdict, &r.data), (TC_ACT_OK, &frame(host6(), &part(&left_udp, true))), "the first fragment");
+    // ... and so does the later one, with the same addresses: translated
+    // on c1's veth already (as a masqueraded flow's later packets are), and
+    // on the uplink if it got there untranslated.
+    let later = frame(c1(), &part(&sent_udp, false));
+    let want = frame(host6(), &part(&left_udp, false));
+    let on_veth = h.run(HookId::VethIngress.program(), &sent(c1(), remote(), 44, &part(&sent_udp, false))).unwrap();
+    assert_eq!(on_veth.verdict, TC_ACT_OK);
+    assert_eq!(on_veth.data[14..], want[14..], "the later fragment, on the veth");
+    let r = egress(&later);
+    assert_eq!((r.verdict, &r.data), (TC_ACT_OK, &want), "the later fragment, on the uplink");
+    assert_eq!(egress(&want).data, want, "translated already: left as it is");
+}

@@ -49,7 +49,9 @@ fn guarded_topology(xdp: &str) -> Topology {
 fn tcp_server(t: &Topology, ns: &str, port: u16) -> JoinHandle<()> {
     let listener = t.in_ns(ns, || Ok(TcpListener::bind(("0.0.0.0", port))?)).unwrap();
     listener.set_nonblocking(true).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Long enough for a test that restarts the agent twice on a loaded
+    // machine (20 s was not: the port then refused before the test ended).
+    let deadline = Instant::now() + Duration::from_secs(90);
     std::thread::spawn(move || {
         while Instant::now() < deadline {
             match listener.accept() {
