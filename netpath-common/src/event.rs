@@ -1,30 +1,46 @@
 //! Records the datapath sends to the agent through the `EVENTS` ring
 //! buffer, for `netpathctl monitor`.
 
-use crate::CtKey4;
+use crate::{CtKey4, CtKey6};
 
 /// A frame was dropped; `reason` is a [`crate::DropReason`].
 pub const EVENT_DROP: u8 = 1;
 /// A new flow was allowed (only while a monitor asks for flows).
 pub const EVENT_FLOW: u8 = 2;
 
+/// [`Event::family`] of an [`Event4`].
+pub const EVENT_FAMILY_IPV4: u8 = 4;
+/// [`Event::family`] of an [`Event6`].
+pub const EVENT_FAMILY_IPV6: u8 = 6;
+
+/// One record of the `EVENTS` ring buffer; the fields before `key` are
+/// the same for both families, so a reader tells them apart by `family`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Event {
+pub struct Event<K> {
     pub timestamp_ns: u64,
     pub kind: u8,
     pub reason: u8,
     /// The [`crate::HookId`] of the program that saw the packet (which also
     /// tells the flow's direction on a container's veth).
     pub hook: u8,
-    pub _pad: u8,
+    /// [`EVENT_FAMILY_IPV4`] or [`EVENT_FAMILY_IPV6`]: which key follows.
+    pub family: u8,
     pub ifindex: u32,
     /// The container's id (0: not a container's hook).
     pub container_id: u32,
-    /// The packet's tuple (zero for non-IPv4 frames).
-    pub key: CtKey4,
-    pub _pad2: u32,
+    /// The packet's tuple (zero where none could be read).
+    pub key: K,
+    pub _pad: u32,
 }
+
+/// An IPv4 packet's event.
+pub type Event4 = Event<CtKey4>;
+/// An IPv6 packet's event.
+pub type Event6 = Event<CtKey6>;
+
+/// Where [`Event::family`] sits in a record.
+pub const EVENT_FAMILY_OFFSET: usize = 11;
 
 /// Drop events each CPU sends the monitor per second, at most. Counters
 /// count every drop; under a flood (a million dropped packets a second on
@@ -72,13 +88,23 @@ impl EventBudget {
 }
 
 #[cfg(feature = "user")]
-unsafe impl aya::Pod for Event {}
+unsafe impl aya::Pod for Event4 {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Event6 {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for EventBudget {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_families_share_the_header_and_stay_8_byte_aligned() {
+        assert_eq!(core::mem::offset_of!(Event4, family), EVENT_FAMILY_OFFSET);
+        assert_eq!(core::mem::offset_of!(Event6, family), EVENT_FAMILY_OFFSET);
+        assert_eq!(core::mem::offset_of!(Event4, key), core::mem::offset_of!(Event6, key));
+        assert_eq!((core::mem::size_of::<Event4>() % 8, core::mem::size_of::<Event6>() % 8), (0, 0));
+    }
 
     #[test]
     fn a_flood_of_drop_events_is_held_to_the_budget_per_second() {

@@ -26,7 +26,7 @@ pub use config::DatapathConfig;
 pub use conntrack::{CtEntry, CtEntry4, CtEntry6, CtKey, CtKey4, CtKey6, CtScope, CtState, CtTimeouts};
 pub use container::ContainerEntry;
 pub use direction::Direction;
-pub use event::{Event, EventBudget};
+pub use event::{Event, Event4, Event6, EventBudget};
 pub use family::{AddrFamily, In6Addr};
 pub use forward::{Fallback, ForwardStats, Redirect};
 pub use fragment::{FragEntry, FragEntry4, FragEntry6, FragKey, FragKey4, FragKey6};

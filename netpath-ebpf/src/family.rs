@@ -10,15 +10,15 @@ use aya_ebpf::{
 use netpath_common::{
     maps::{MAX_CT_ENTRIES, MAX_FRAGS},
     policy::POLICY_KEY_FIXED_BITS,
-    AddrFamily, ContainerEntry, CtEntry, CtKey, Direction, DropReason, FragEntry, FragKey, In6Addr, MappingEntry,
-    PolicyEntry, PolicyKey,
+    AddrFamily, CtEntry, CtKey, Direction, DropReason, FragEntry, FragKey, In6Addr, MappingEntry, PolicyEntry,
+    PolicyKey,
 };
 
 use crate::{
     flow::Flow,
     icmp_error, ipv6, mapping,
     maps::{CT4, CT6, FRAGS4, FRAGS6, HOST_ADDRS4, HOST_ADDRS6, POLICY4, POLICY6, SCRATCH6},
-    nat, policy,
+    nat,
 };
 
 pub type CtMap<A> = LruHashMap<CtKey<A>, CtEntry<A>, MAX_CT_ENTRIES>;
@@ -84,9 +84,6 @@ pub trait Family: AddrFamily + 'static {
     /// Rewrites the packet of `flow` as its conntrack `entry` says
     /// (`nat::apply4`, `nat::apply6`).
     fn apply_nat(ctx: &TcContext, flow: &Flow<Self>, entry: &CtEntry<Self>) -> Result<(), DropReason>;
-
-    /// Tells a monitor about a new flow (`CFG_F_TRACE_FLOWS`).
-    fn trace_flow(orig: &CtKey<Self>, container: &ContainerEntry, direction: Direction);
 }
 
 /// The trie key for `remote` under the container's rules in `direction`.
@@ -134,11 +131,6 @@ impl Family for [u8; 4] {
     #[inline(always)]
     fn quoted_error(ctx: &TcContext, _icmp_off: usize) -> Result<Option<CtKey<Self>>, DropReason> {
         Ok(icmp_error::quoted4(ctx)?.map(|q| q.key))
-    }
-
-    #[inline(always)]
-    fn trace_flow(orig: &CtKey<Self>, container: &ContainerEntry, direction: Direction) {
-        policy::trace_flow(orig, container, direction);
     }
 
     #[inline(always)]
@@ -198,11 +190,6 @@ impl Family for In6Addr {
     fn quoted_error(ctx: &TcContext, icmp_off: usize) -> Result<Option<CtKey<Self>>, DropReason> {
         ipv6::quoted6(ctx, icmp_off)
     }
-
-    /// The monitor's events carry IPv4 tuples: IPv6 flows are counted and
-    /// listed by conntrack, not traced yet.
-    #[inline(always)]
-    fn trace_flow(_orig: &CtKey<Self>, _container: &ContainerEntry, _direction: Direction) {}
 
     #[inline(always)]
     fn scratch() -> Option<*mut Scratch<Self>> {

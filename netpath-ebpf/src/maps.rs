@@ -12,7 +12,7 @@ use netpath_common::{
     },
     owner::{self, OWNER_SLOTS},
     uplink_guard::GUARDED_PORT_WORDS,
-    ContainerEntry, CtEntry4, CtEntry6, CtKey4, CtKey6, CtStats, DatapathConfig, Event, EventBudget, ForwardStats,
+    ContainerEntry, CtEntry4, CtEntry6, CtKey4, CtKey6, CtStats, DatapathConfig, Event4, EventBudget, ForwardStats,
     FragEntry4, FragEntry6, FragKey4, FragKey6, HostAddr, In6Addr, MappingEntry4, MappingEntry6, MappingKey4,
     MappingKey6, PolicyEntry, PolicyKey4, PolicyKey6, SockRevNatEntry4, SockRevNatEntry6, SockRevNatKey4,
     SockRevNatKey6, TrafficStats,
@@ -86,7 +86,7 @@ pub static POLICY4: LpmTrie<PolicyKey4, PolicyEntry, MAX_POLICY_PREFIXES> = LpmT
 pub static POLICY6: LpmTrie<PolicyKey6, PolicyEntry, MAX_POLICY_PREFIXES> = LpmTrie::new();
 
 #[btf_map]
-pub static EVENTS: RingBuf<Event, EVENTS_BYTES> = RingBuf::new();
+pub static EVENTS: RingBuf<Event4, EVENTS_BYTES> = RingBuf::new();
 
 /// Drop events each CPU may still send this second (netpath_common::EventBudget).
 #[btf_map]

@@ -391,11 +391,13 @@ fn new_flow<A: Family>(
         return Err(DropReason::Policy);
     }
     if A::IN_SCRATCH {
-        // No masquerade to wait for (no NAT), no tracer: the verdict pair
-        // is written from the packet's tuple, with no copy of the flow's on
-        // the stack.
+        // No masquerade to wait for (no NAT): the verdict pair is written
+        // from the packet's tuple, with no copy of the flow's on the stack.
         remember_in_scratch(&flow.key, starter, own, container, ctx.len())?;
         fragment::first(flow, CtScope::policy(direction));
+        if cfg.has(CFG_F_TRACE_FLOWS) {
+            trace_flow(&flow.key, !own, container, direction);
+        }
         return Ok(());
     }
     let orig = if own { flow.key } else { flow.key.reversed() };
@@ -408,7 +410,7 @@ fn new_flow<A: Family>(
     }
     fragment::first(flow, CtScope::policy(direction));
     if cfg.has(CFG_F_TRACE_FLOWS) {
-        A::trace_flow(&orig, container, direction);
+        trace_flow(&orig, false, container, direction);
     }
     Ok(())
 }
@@ -527,11 +529,19 @@ pub fn forget_verdict_pair4(orig: &CtKey4) {
     let _ = CT4.remove(&orig.in_scope(CtScope::policy(Direction::Out)));
 }
 
-/// Tells a monitor about a new flow. Out of line: the event record needs
-/// stack that [`new_flow`]'s frame does not have to spare.
+/// Tells a monitor about a new flow, `orig` as its starter sent it (or
+/// `reversed`). Out of line: the event record needs stack that
+/// [`new_flow`]'s frame does not have to spare.
 #[inline(never)]
-pub fn trace_flow(orig: &CtKey4, container: &ContainerEntry, direction: Direction) {
-    events::emit(EVENT_FLOW, 0, hook_of(direction), container.ifindex, container.id, orig);
+pub fn trace_flow<A: Family>(orig: &CtKey<A>, reversed: bool, container: &ContainerEntry, direction: Direction) {
+    let origin = events::Origin {
+        kind: EVENT_FLOW,
+        reason: 0,
+        hook: hook_of(direction),
+        ifindex: container.ifindex,
+        container_id: container.id,
+    };
+    events::emit(origin, orig, reversed);
 }
 
 /// With icc off, no flow between two containers' own addresses: neither

@@ -11,7 +11,7 @@ use aya_ebpf::programs::TcContext;
 use netpath_common::{
     config::{CFG_F_MASQUERADE, CFG_F_ROUTED, CFG_F_TRACE_FLOWS},
     conntrack::{CtState, CT_F_MASQ_PENDING, CT_F_REPLY, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    ContainerEntry, CtEntry4, CtKey4, CtScope, DatapathConfig, Direction, DropReason, In6Addr, MappingEntry,
+    ContainerEntry, CtEntry4, CtKey, CtScope, DatapathConfig, Direction, DropReason, In6Addr, MappingEntry,
     MappingEntry4, MappingEntry6,
 };
 use network_types::eth::EthHdr;
@@ -112,7 +112,7 @@ pub fn translate_parsed4(
         match admitted_mapping(flow, cfg)? {
             Some(published) => new_published_flow4(ctx, flow, published, cfg).inspect(|()| {
                 if cfg.has(CFG_F_TRACE_FLOWS) {
-                    trace_published4(flow, published, cfg);
+                    trace_published(flow, published, cfg);
                 }
             }),
             None if from_outside => return unclaimed4(ctx, flow, cfg),
@@ -178,13 +178,13 @@ fn admitted_mapping<A: Family>(
 /// in). Out of line: the tracked chain down to the new flow's entries has
 /// no stack for the event.
 #[inline(never)]
-fn trace_published4(flow: &Flow4, published: &MappingEntry4, cfg: &DatapathConfig) {
+fn trace_published<A: Family>(flow: &Flow<A>, published: &MappingEntry<A>, cfg: &DatapathConfig) {
     let Some(target) = CONTAINERS.get_ptr(published.container_ifindex) else { return };
-    let client = if flow.key.saddr == published.container_addr { cfg.gateway4 } else { flow.key.saddr };
+    let client = if flow.key.saddr == published.container_addr { A::gateway(cfg) } else { flow.key.saddr };
     let arrived =
-        CtKey4::new(client, published.container_addr, flow.key.sport, published.container_port, flow.key.proto);
+        CtKey::new(client, published.container_addr, flow.key.sport, published.container_port, flow.key.proto);
     // SAFETY: map value pointer, valid during the run.
-    policy::trace_flow(&arrived, unsafe { &*target }, Direction::In);
+    policy::trace_flow(&arrived, false, unsafe { &*target }, Direction::In);
 }
 
 /// Tracks a new flow to a published port and translates its first packet.
@@ -240,7 +240,12 @@ pub fn translate_parsed6(
         nat::apply6(ctx, flow, unsafe { &*entry })?;
     } else {
         match admitted_mapping(flow, cfg)? {
-            Some(published) => new_published_flow6(ctx, flow, published, cfg)?,
+            Some(published) => {
+                new_published_flow6(ctx, flow, published, cfg)?;
+                if cfg.has(CFG_F_TRACE_FLOWS) {
+                    trace_published(flow, published, cfg);
+                }
+            }
             None => return Ok(()),
         }
     }

@@ -39,6 +39,13 @@ pub fn finish(pkt: &impl Packet, site: Site, len: u32, result: Result<(), DropRe
     }
 }
 
+/// Is the frame IPv6 (by its EtherType)?
+#[inline(always)]
+fn ethertype_is_ipv6(pkt: &impl Packet) -> bool {
+    // SAFETY: bounds-checked by `ptr_at`.
+    crate::packet::ptr_at::<[u8; 2]>(pkt, 12).is_some_and(|t| unsafe { *t } == [0x86, 0xdd])
+}
+
 /// Counts a drop and tells the monitor about it (within the CPU's event
 /// budget: under a flood the counters go on, the events pause). Out of
 /// line: the parse for the event's tuple needs stack the callers do not
@@ -49,6 +56,16 @@ fn drop_frame(pkt: &impl Packet, site: Site, reason: DropReason) {
     if !events::drop_event_admitted() {
         return;
     }
+    let origin = events::Origin {
+        kind: EVENT_DROP,
+        reason: reason as u8,
+        hook: site.hook,
+        ifindex: site.ifindex,
+        container_id: site.container_id,
+    };
+    if ethertype_is_ipv6(pkt) {
+        return events::emit_drop6(pkt, origin);
+    }
     let key = flow::parse4(pkt).map(|f| f.key).unwrap_or_default();
-    events::emit(EVENT_DROP, reason as u8, site.hook, site.ifindex, site.container_id, &key);
+    events::emit::<[u8; 4]>(origin, &key, false);
 }

@@ -35,10 +35,11 @@ pub struct Config {
     pub subnet: Ipv4Net,
     /// Bridge address; the first host of the subnet when absent.
     pub gateway: Option<Ipv4Addr>,
-    /// IPv6 container subnet (a ULA or global unicast prefix, /64 to
-    /// /120). Absent: the instance carries no IPv6 and containers have it
-    /// turned off.
-    pub subnet6: Option<Ipv6Net>,
+    /// IPv6 container subnet: `auto` (a unique local /64 of the instance's
+    /// own, see [`auto_subnet6`]), `none` (the instance carries no IPv6 and
+    /// containers have it turned off), or a ULA or global unicast prefix,
+    /// /64 to /120.
+    pub subnet6: Subnet6,
     /// The bridge's IPv6 address; the subnet's `::1` when absent.
     pub gateway6: Option<Ipv6Addr>,
     /// Desired state lives here (`state.json`).
@@ -150,7 +151,7 @@ impl Default for Config {
             bridge_ports: crate::agent::MAX_BRIDGE_PORTS,
             subnet: "10.77.0.0/16".parse().expect("valid default subnet"),
             gateway: None,
-            subnet6: None,
+            subnet6: Subnet6::Auto,
             gateway6: None,
             state_dir: None,
             socket: None,
@@ -215,7 +216,13 @@ impl Config {
             }
             None => subnet.hosts().next().context("subnet has no host addresses")?,
         };
-        let net6 = resolve_net6(self.subnet6, self.gateway6.take())?;
+        let subnet6_auto = self.subnet6 == Subnet6::Auto;
+        let subnet6 = match self.subnet6 {
+            Subnet6::Auto => Some(auto_subnet6(&self.instance, &machine_id())),
+            Subnet6::None => None,
+            Subnet6::Prefix(net) => Some(net),
+        };
+        let net6 = resolve_net6(subnet6, self.gateway6.take())?;
         let ct = &self.conntrack;
         if self.mtu != 0 && !(576..=65535).contains(&self.mtu) {
             bail!("mtu {} is out of range: 576 to 65535, or 0 for the uplink's", self.mtu);
@@ -273,6 +280,7 @@ impl Config {
             subnet,
             gateway,
             net6,
+            subnet6_auto,
         })
     }
 }
@@ -286,6 +294,67 @@ pub const SUBNET6_PREFIX_RANGE: std::ops::RangeInclusive<u8> = 64..=120;
 pub struct Net6 {
     pub subnet: Ipv6Net,
     pub gateway: Ipv6Addr,
+}
+
+/// The `subnet6` setting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum Subnet6 {
+    /// A unique local /64 derived from the machine and the instance.
+    #[default]
+    Auto,
+    /// No IPv6: an IPv4-only instance.
+    None,
+    Prefix(Ipv6Net),
+}
+
+impl std::str::FromStr for Subnet6 {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Subnet6::Auto),
+            "none" => Ok(Subnet6::None),
+            _ => s
+                .parse()
+                .map(Subnet6::Prefix)
+                .map_err(|_| format!("subnet6 {s:?} is not an IPv6 prefix (like fd00:1::/64), \"auto\" or \"none\"")),
+        }
+    }
+}
+
+impl TryFrom<String> for Subnet6 {
+    type Error = String;
+
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Subnet6> for String {
+    fn from(s: Subnet6) -> String {
+        match s {
+            Subnet6::Auto => "auto".into(),
+            Subnet6::None => "none".into(),
+            Subnet6::Prefix(net) => net.to_string(),
+        }
+    }
+}
+
+/// The `auto` IPv6 subnet: a unique local /64 (RFC 4193, `fdXX:XXXX:XXXX::/64`)
+/// whose 40-bit global ID hashes the machine's id and the instance name, so
+/// that it stays the same across restarts and differs between instances and
+/// machines.
+pub fn auto_subnet6(instance: &str, machine_id: &[u8]) -> Ipv6Net {
+    let id = crate::fnv1a64(&[machine_id, b"\0", instance.as_bytes()]) & 0xff_ffff_ffff;
+    let network = (0xfd_u128 << 120) | (u128::from(id) << 80);
+    Ipv6Net::new(Ipv6Addr::from(network), 64).expect("64 is a valid IPv6 prefix length")
+}
+
+/// `/etc/machine-id`, or nothing where it cannot be read (the instance name
+/// alone then picks the `auto` subnet).
+fn machine_id() -> Vec<u8> {
+    std::fs::read("/etc/machine-id").map(|id| id.trim_ascii().to_vec()).unwrap_or_default()
 }
 
 /// Checks `subnet6` and `gateway6` (the subnet's `::1` by default); None:
@@ -366,6 +435,9 @@ pub struct ResolvedConfig {
     pub gateway: Ipv4Addr,
     /// The IPv6 subnet and gateway, if the instance carries IPv6.
     pub net6: Option<Net6>,
+    /// `net6` is the `auto` default, not asked for: on a host without IPv6
+    /// the agent runs IPv4 only instead of refusing to start.
+    pub subnet6_auto: bool,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
     pub pin_dir: PathBuf,
@@ -688,8 +760,29 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_is_off_unless_configured() {
-        assert_eq!(Config::default().resolve().unwrap().net6, None);
+    fn ipv6_is_an_auto_ula_64_unless_turned_off() {
+        let r = Config::default().resolve().unwrap();
+        let net6 = r.net6.expect("IPv6 by default");
+        assert!(r.subnet6_auto);
+        assert_eq!(net6.subnet.prefix_len(), 64);
+        assert_eq!(net6.subnet.network().segments()[0] >> 8, 0xfd, "a ULA: {}", net6.subnet);
+        assert_eq!(net6.gateway, Ipv6Addr::from(u128::from(net6.subnet.network()) + 1));
+        // Stable for an instance, different between instances and machines.
+        assert_eq!(auto_subnet6("a", b"m1"), auto_subnet6("a", b"m1"));
+        assert_ne!(auto_subnet6("a", b"m1"), auto_subnet6("b", b"m1"));
+        assert_ne!(auto_subnet6("a", b"m1"), auto_subnet6("a", b"m2"));
+        let c: Config = toml::from_str("subnet6 = \"none\"\n").unwrap();
+        let r = c.resolve().unwrap();
+        assert_eq!((r.net6, r.subnet6_auto), (None, false));
+        let c: Config = toml::from_str("subnet6 = \"auto\"\n").unwrap();
+        assert_eq!(c.resolve().unwrap().net6, Config::default().resolve().unwrap().net6);
+        let e = toml::from_str::<Config>("subnet6 = \"off\"\n").unwrap_err().to_string();
+        assert!(e.contains("is not an IPv6 prefix (like fd00:1::/64), \"auto\" or \"none\""), "{e}");
+        // The file form reads back as written.
+        for v in ["auto", "none", "fd00:9::/64"] {
+            let c: Config = toml::from_str(&format!("subnet6 = \"{v}\"\n")).unwrap();
+            assert!(toml::to_string(&c).unwrap().contains(&format!("subnet6 = \"{v}\"")), "{v}");
+        }
     }
 
     #[test]
@@ -706,7 +799,7 @@ mod tests {
     fn bad_subnet6_and_gateway6_are_named() {
         let resolve = |subnet6: Option<&str>, gateway6: Option<&str>| {
             let c = Config {
-                subnet6: subnet6.map(|s| s.parse().unwrap()),
+                subnet6: subnet6.map_or(Subnet6::None, |s| Subnet6::Prefix(s.parse().unwrap())),
                 gateway6: gateway6.map(|s| s.parse().unwrap()),
                 ..Config::default()
             };

@@ -20,3 +20,14 @@ pub mod output;
 pub mod policy;
 pub mod portspec;
 pub mod state;
+
+/// FNV-1a over `parts`, one after another: a short hash that stays the same
+/// across builds and machines (names derived from it are kept in state).
+pub fn fnv1a64(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in parts.iter().flat_map(|p| p.iter()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}

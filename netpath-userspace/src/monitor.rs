@@ -1,14 +1,15 @@
 //! The live event monitor: the agent drains the datapath's `EVENTS` ring
 //! buffer and fans the records out to every `netpathctl monitor`.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
 use netpath_common::{
     conntrack::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    event::EVENT_DROP,
-    Direction, DropReason, Event, HookId,
+    event::{EVENT_DROP, EVENT_FAMILY_IPV6, EVENT_FAMILY_OFFSET},
+    family::IPPROTO_ICMPV6,
+    Direction, DropReason, Event, Event4, Event6, HookId,
 };
 use serde::{Deserialize, Serialize};
 use tokio::{io::unix::AsyncFd, sync::broadcast};
@@ -32,15 +33,56 @@ pub struct MonitorEvent {
     pub container: Option<String>,
     pub ifindex: u32,
     pub proto: String,
-    pub src: Ipv4Addr,
+    pub src: IpAddr,
     pub sport: u16,
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     pub dport: u16,
+}
+
+/// A record of the `EVENTS` ring buffer, of either family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatapathEvent {
+    V4(Event4),
+    V6(Event6),
+}
+
+impl DatapathEvent {
+    /// Reads one ring buffer record: its family byte says which; a record
+    /// too short for it is none.
+    pub fn from_record(bytes: &[u8]) -> Option<DatapathEvent> {
+        // SAFETY (both reads): `Event4`/`Event6` are plain data of the size
+        // checked, read unaligned.
+        match *bytes.get(EVENT_FAMILY_OFFSET)? {
+            EVENT_FAMILY_IPV6 if bytes.len() >= std::mem::size_of::<Event6>() => {
+                Some(DatapathEvent::V6(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const Event6) }))
+            }
+            EVENT_FAMILY_IPV6 => None,
+            _ if bytes.len() >= std::mem::size_of::<Event4>() => {
+                Some(DatapathEvent::V4(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const Event4) }))
+            }
+            _ => None,
+        }
+    }
+
+    /// The container the event is about (0: none).
+    pub fn container_id(&self) -> u32 {
+        match self {
+            DatapathEvent::V4(e) => e.container_id,
+            DatapathEvent::V6(e) => e.container_id,
+        }
+    }
 }
 
 impl MonitorEvent {
     /// `container` names the container id, if it is one of ours.
-    pub fn from_raw(e: &Event, container: Option<String>) -> MonitorEvent {
+    pub fn from_raw(e: &DatapathEvent, container: Option<String>) -> MonitorEvent {
+        match e {
+            DatapathEvent::V4(e) => Self::of(e, container, |a| Ipv4Addr::from(a).into()),
+            DatapathEvent::V6(e) => Self::of(e, container, |a| Ipv6Addr::from(a).into()),
+        }
+    }
+
+    fn of<A: Copy>(e: &Event<netpath_common::CtKey<A>>, container: Option<String>, ip: impl Fn(A) -> IpAddr) -> Self {
         let reason = (e.kind == EVENT_DROP)
             .then(|| DropReason::from_u32(e.reason as u32).map(|r| r.name().to_string()))
             .flatten();
@@ -55,14 +97,15 @@ impl MonitorEvent {
             ifindex: e.ifindex,
             proto: match e.key.proto {
                 IPPROTO_ICMP => "icmp".into(),
+                IPPROTO_ICMPV6 => "icmpv6".into(),
                 IPPROTO_TCP => "tcp".into(),
                 IPPROTO_UDP => "udp".into(),
                 0 => "-".into(),
                 p => p.to_string(),
             },
-            src: Ipv4Addr::from(e.key.saddr),
+            src: ip(e.key.saddr),
             sport: u16::from_be(e.key.sport),
-            dst: Ipv4Addr::from(e.key.daddr),
+            dst: ip(e.key.daddr),
             dport: u16::from_be(e.key.dport),
         }
     }
@@ -76,21 +119,19 @@ impl MonitorEvent {
         };
         let direction = self.direction.map_or("-", Direction::name);
         format!(
-            "{:>10.3} {what:<26} {who:<12} {direction:<4} {:<14} {} {}:{} -> {}:{}",
+            "{:>10.3} {what:<26} {who:<12} {direction:<4} {:<14} {} {} -> {}",
             self.time_ns as f64 / 1e9,
             self.hook,
             self.proto,
-            self.src,
-            self.sport,
-            self.dst,
-            self.dport
+            std::net::SocketAddr::new(self.src, self.sport),
+            std::net::SocketAddr::new(self.dst, self.dport),
         )
     }
 }
 
 /// Reads the ring buffer until the process ends, sending each record to
 /// `tx` (a lagging subscriber loses events, never the reader).
-pub fn spawn_reader(ring: RingBuf<MapData>, tx: broadcast::Sender<Event>) -> Result<()> {
+pub fn spawn_reader(ring: RingBuf<MapData>, tx: broadcast::Sender<DatapathEvent>) -> Result<()> {
     // SAFETY: the ring buffer owns its descriptor and is moved into the
     // AsyncFd, which deregisters it before dropping it.
     let mut fd =
@@ -100,9 +141,7 @@ pub fn spawn_reader(ring: RingBuf<MapData>, tx: broadcast::Sender<Event>) -> Res
             let Ok(mut guard) = fd.readable_mut().await else { return };
             let ring = guard.get_inner_mut();
             while let Some(item) = ring.next() {
-                if item.len() >= std::mem::size_of::<Event>() {
-                    // SAFETY: the datapath writes whole `Event` records.
-                    let e = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
+                if let Some(e) = DatapathEvent::from_record(&item) {
                     let _ = tx.send(e);
                 }
             }

@@ -16,7 +16,10 @@ use std::{
 
 use anyhow::Result;
 use netpath_tests::topology::{Topology, HOST_UPLINK, HOST_UPLINK_IP};
-use netpath_userspace::model::{Container, Flow, StatsView};
+use netpath_userspace::{
+    model::{Container, Flow, StatsView},
+    monitor::MonitorEvent,
+};
 
 /// The uplink's IPv6 addresses (documentation prefix, inside the test's
 /// own namespaces only).
@@ -154,6 +157,46 @@ fn containers_talk_over_ipv6_judged_by_policy_and_tracked() {
     assert_eq!(listed_before, listed_after, "a refused rule changes nothing");
     t.ctl_ok(&["policy", "rm", "c2", "deny", "in", &c1_net, "tcp/80"]).unwrap();
     assert!(reaches(&t, &ns1, None, ip6(&cs[1]), 80), "allowed again once the rule is gone");
+}
+
+#[test]
+fn monitor_shows_ipv6_flows_and_drops_with_their_tuples() {
+    let (t, cs) = topology(2, &[]);
+    let (ns1, ns2) = (t.container_ns(1), t.container_ns(2));
+    let (c1, c2) = (IpAddr::V6(ip6(&cs[0])), IpAddr::V6(ip6(&cs[1])));
+    t.ctl_ok(&["policy", "add", "c2", "deny", "in", &format!("{c1}/128"), "tcp/9"]).unwrap();
+    let (mut child, rx) = t.monitor(&["c2", "--flows"]).unwrap();
+    let _seen = server(&t, &ns2, 80);
+    assert!(!reaches(&t, &ns1, None, ip6(&cs[1]), 9), "denied");
+    assert!(reaches(&t, &ns1, None, ip6(&cs[1]), 80), "allowed: a flow event");
+    // A published flow from the world over IPv6: the event shows it as it
+    // reached c2, from the real client.
+    t.ctl_ok(&["map", "8080:c2:80"]).unwrap();
+    let (host6, world6): (Ipv6Addr, Ipv6Addr) = (HOST_UPLINK_IP6.parse().unwrap(), WORLD_IP6.parse().unwrap());
+    assert!(reaches(&t, &t.world, None, host6, 8080));
+    let wanted = |events: &[MonitorEvent]| {
+        let drop = events.iter().find(|e| e.kind == "drop" && e.dport == 9)?.clone();
+        let flow = events.iter().find(|e| e.kind == "flow" && e.src == c1 && e.dport == 80)?.clone();
+        let published = events.iter().find(|e| e.kind == "flow" && e.src == IpAddr::V6(world6))?.clone();
+        Some((drop, flow, published))
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut events: Vec<MonitorEvent> = vec![];
+    while Instant::now() < deadline && wanted(&events).is_none() {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            events.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let (drop, flow, published) = wanted(&events).unwrap_or_else(|| panic!("missing IPv6 events: {events:?}"));
+    assert_eq!(
+        (drop.reason.as_deref(), drop.container.as_deref(), drop.proto.as_str(), drop.src, drop.dst),
+        (Some("policy"), Some("c2"), "tcp", c1, c2)
+    );
+    assert_eq!((flow.dst, flow.proto.as_str(), flow.hook.as_str()), (c2, "tcp", "veth_egress"));
+    assert_eq!((published.dst, published.dport), (c2, 80), "as it reached c2");
+    assert!(drop.line().contains(&format!("[{c1}]:")), "the line shows [addr]:port: {}", drop.line());
 }
 
 #[test]

@@ -1,7 +1,8 @@
-//! IPv6 addressing, the agent's side: with `subnet6` a container gets its
-//! address, default route and EUI-64 link-local, the bridge the gateway,
-//! and the datapath's maps the container's IPv6 address and the subnet;
-//! without it nothing changes (IPv6 stays off in containers). Traffic is
+//! IPv6 addressing, the agent's side: with `subnet6` (a unique local /64 of
+//! the instance's own by default) a container gets its address, default
+//! route and EUI-64 link-local, the bridge the gateway, and the datapath's
+//! maps the container's IPv6 address and the subnet; with `subnet6 none`
+//! IPv6 stays off in containers. Traffic is
 //! not tested here: the datapath's IPv6 paths are tested on their own.
 
 use std::net::Ipv6Addr;
@@ -9,11 +10,12 @@ use std::net::Ipv6Addr;
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 use ipnet::Ipv6Net;
 use netpath_common::{family::link_local_of, ContainerEntry, DatapathConfig, HostAddr, In6Addr};
-use netpath_tests::topology::Topology;
+use netpath_tests::topology::{Topology, HOST_UPLINK};
 use netpath_userspace::{agent::parse_mac, model::Container};
 
 /// A topology with its agent; with `ipv6`, an IPv6 subnet of its own
-/// (namespaces keep them apart; distinct ones make mix-ups visible).
+/// (namespaces keep them apart; distinct ones make mix-ups visible),
+/// without, `--subnet6 none`.
 fn topology(containers: usize, ipv6: bool) -> (Topology, Option<Ipv6Net>) {
     assert!(
         netpath_tests::is_root(),
@@ -22,9 +24,8 @@ fn topology(containers: usize, ipv6: bool) -> (Topology, Option<Ipv6Net>) {
     let mut t = Topology::new(containers).expect("build topology");
     let third = t.subnet.split('.').nth(2).unwrap_or("0").to_string();
     let subnet6: Option<Ipv6Net> = ipv6.then(|| format!("fd00:77:{third}::/64").parse().unwrap());
-    if let Some(net) = subnet6 {
-        t.agent_args(&["--subnet6", &net.to_string()]);
-    }
+    let arg = subnet6.map_or("none".to_string(), |net| net.to_string());
+    t.agent_args(&["--subnet6", &arg]);
     t.start_agent().expect("start netpathd");
     (t, subnet6)
 }
@@ -161,7 +162,36 @@ fn with_subnet6_a_container_gets_its_address_route_and_link_local() {
 }
 
 #[test]
-fn without_subnet6_ipv6_stays_off() {
+fn by_default_containers_get_ipv6_from_a_ula_64_of_the_instance() {
+    assert!(netpath_tests::is_root(), "topology tests run as root");
+    let mut t = Topology::new(1).expect("build topology");
+    let ra = format!("net.ipv6.conf.{HOST_UPLINK}.accept_ra");
+    let ra = ra.as_str();
+    let host = t.host.clone();
+    assert_eq!(sysctl(&t, &host, ra), "1", "the uplink listens to RAs before the agent starts");
+    t.start_agent().expect("start netpathd");
+    let status = t.ctl_ok(&["status"]).unwrap();
+    let subnet: Ipv6Net = status
+        .lines()
+        .find_map(|l| l.strip_prefix("ipv6")?.split_whitespace().last()?.parse().ok())
+        .unwrap_or_else(|| panic!("status names the IPv6 subnet: {status}"));
+    assert_eq!((subnet.prefix_len(), subnet.network().segments()[0] >> 8), (64, 0xfd), "a ULA /64: {subnet}");
+    let c1 = t.add_container(1).unwrap();
+    let ip6 = c1.ip6.expect("an IPv6 address by default");
+    assert!(subnet.contains(&ip6), "{ip6} in {subnet}");
+    assert!(ipv6_addrs(&t, &t.container_ns(1), "eth0").contains(&(ip6, 64)));
+    // The agent's namespace forwards IPv6, and its uplink keeps listening
+    // to router advertisements (2: even while forwarding).
+    assert_eq!(sysctl(&t, &host, "net.ipv6.conf.all.forwarding"), "1");
+    assert_eq!(sysctl(&t, &host, ra), "2");
+    // The same subnet after a restart: addresses in state stay valid.
+    t.stop_agent().unwrap();
+    t.start_agent().unwrap();
+    assert!(t.ctl_ok(&["status"]).unwrap().contains(&subnet.to_string()));
+}
+
+#[test]
+fn with_subnet6_none_ipv6_stays_off() {
     let (mut t, _) = topology(1, false);
     let c1 = t.add_container(1).unwrap();
     assert_eq!(c1.ip6, None);

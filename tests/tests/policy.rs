@@ -193,13 +193,13 @@ fn monitor_streams_drops_and_flows() {
     let _ = child.wait();
     let drop = events.iter().find(|e| e.kind == "drop").unwrap_or_else(|| panic!("no drop event: {events:?}"));
     assert_eq!((drop.reason.as_deref(), drop.container.as_deref()), (Some("policy"), Some("c1")));
-    assert_eq!((drop.src, drop.dst, drop.dport, drop.proto.as_str()), (cs[1].ip, cs[0].ip, 9, "tcp"));
+    assert_eq!((drop.src, drop.dst, drop.dport, drop.proto.as_str()), (cs[1].ip.into(), cs[0].ip.into(), 9, "tcp"));
     assert_eq!(drop.direction, Some(netpath_common::Direction::In));
     assert_eq!(drop.hook, "veth_egress");
     let flow = events.iter().find(|e| e.kind == "flow").unwrap_or_else(|| panic!("no flow event: {events:?}"));
-    assert_eq!((flow.dst, flow.dport), (cs[0].ip, 80));
+    assert_eq!((flow.dst, flow.dport), (cs[0].ip.into(), 80));
     let flow = events.iter().find(|e| published(e)).unwrap_or_else(|| panic!("no published flow event: {events:?}"));
-    assert_eq!((flow.dst, flow.dport, flow.hook.as_str()), (cs[0].ip, 80, "veth_egress"));
+    assert_eq!((flow.dst, flow.dport, flow.hook.as_str()), (cs[0].ip.into(), 80, "veth_egress"));
     assert_eq!(flow.direction, Some(netpath_common::Direction::In));
     assert!(events.iter().all(|e| e.container.as_deref() == Some("c1")), "filtered to c1: {events:?}");
     let st: StatsView = t.ctl_json(&["stats"]).unwrap();

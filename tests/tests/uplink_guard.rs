@@ -193,12 +193,12 @@ fn guard_end_to_end(xdp: &str, hook: &str) {
         .iter()
         .find(|e| e.reason.as_deref() == Some("not-published") && e.dport == 8500)
         .unwrap_or_else(|| panic!("no not-published event for 8500: {events:?}"));
-    assert_eq!((guarded.hook.as_str(), guarded.src, guarded.dst), (hook, WORLD_IP, HOST_UPLINK_IP));
+    assert_eq!((guarded.hook.as_str(), guarded.src, guarded.dst), (hook, WORLD_IP.into(), HOST_UPLINK_IP.into()));
     let denied = events
         .iter()
         .find(|e| e.reason.as_deref() == Some("denied-source"))
         .unwrap_or_else(|| panic!("no denied-source event: {events:?}"));
-    assert_eq!((denied.hook.as_str(), denied.src), (hook, DENIED_CLIENT));
+    assert_eq!((denied.hook.as_str(), denied.src), (hook, DENIED_CLIENT.into()));
     let stats = t.ctl_ok(&["stats"]).unwrap();
     assert!(stats.contains("denied-source="), "{stats}");
     t.assert_no_netfilter_rules().unwrap();

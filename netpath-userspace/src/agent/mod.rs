@@ -38,7 +38,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use netpath_common::{
     config::{
         CFG_F_DENIED_SOURCES, CFG_F_FAST_PATH, CFG_F_GUARDED_PORTS, CFG_F_MASQUERADE, CFG_F_NO_ICC, CFG_F_ROUTED,
@@ -46,7 +46,7 @@ use netpath_common::{
     },
     hooks::{Attach, Target},
     uplink_guard::GuardedPorts,
-    AddrFamily, CtStats, DatapathConfig, DropReason, Event, Hook, In6Addr, TrafficStats,
+    AddrFamily, CtStats, DatapathConfig, DropReason, Hook, In6Addr, TrafficStats,
 };
 use thiserror::Error;
 use tokio::sync::{broadcast, Mutex};
@@ -63,9 +63,9 @@ use crate::{
         FastPathStatus, Flow, GcRequest, InterfaceStats, MapStatus, Mapping, NetworkInfo, PolicyView, ProgramStatus,
         RuleRequest, Settings, StatsView, Status,
     },
-    monitor::{self, MonitorEvent},
+    monitor::{self, DatapathEvent, MonitorEvent},
     netlink::{split_families, Netlink},
-    netns::{write_sysctl, Netns},
+    netns::{read_sysctl, write_iface_sysctl, write_sysctl, Netns},
     policy::{Action, Direction, Rule, RuleError},
     state::{Change, State, StateStore},
 };
@@ -113,7 +113,7 @@ pub struct Agent {
     cfg: ResolvedConfig,
     inner: Mutex<Inner>,
     /// Datapath events, fanned out to monitors.
-    events: broadcast::Sender<Event>,
+    events: broadcast::Sender<DatapathEvent>,
     /// ContainerEntry id -> container name, for naming events without the lock.
     names: RwLock<HashMap<u32, String>>,
     /// Monitors that asked for flow events.
@@ -220,6 +220,41 @@ fn netns_cookie() -> Result<u64> {
     Ok(cookie)
 }
 
+/// Turns IPv6 forwarding on for an instance that carries IPv6. The `auto`
+/// subnet gives way on a host without IPv6 (the instance runs IPv4 only, and
+/// says so); a configured `subnet6` needs it. A host that starts forwarding
+/// stops listening to router advertisements on interfaces with `accept_ra`
+/// 1: an uplink configured by SLAAC gets 2, so that it keeps its address
+/// and default route.
+fn enable_ipv6_forwarding(cfg: &mut ResolvedConfig) -> Result<()> {
+    let Some(net6) = cfg.net6 else { return Ok(()) };
+    let was = match read_sysctl("net.ipv6.conf.all.forwarding") {
+        Ok(v) if !read_sysctl("net.ipv6.conf.all.disable_ipv6").is_ok_and(|d| d == "1") => v,
+        _ if cfg.subnet6_auto => {
+            tracing::warn!(
+                "IPv6 is disabled in this namespace: the instance runs IPv4 only (subnet6 \"auto\" would have been {})",
+                net6.subnet
+            );
+            cfg.net6 = None;
+            return Ok(());
+        }
+        Ok(_) => bail!("subnet6 {} needs IPv6, which is disabled in the agent's namespace", net6.subnet),
+        Err(e) => return Err(e.context(format!("subnet6 {} needs IPv6 in the agent's namespace", net6.subnet))),
+    };
+    if was == "1" {
+        return Ok(());
+    }
+    if let Some(uplink) = &cfg.uplink {
+        // Read by path: an interface name may hold dots.
+        let accept_ra = std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{uplink}/accept_ra"));
+        if accept_ra.is_ok_and(|v| v.trim() == "1") {
+            write_iface_sysctl("net.ipv6.conf", uplink, "accept_ra", "2")?;
+            tracing::info!("uplink {uplink}: accept_ra 2, so that it keeps listening to router advertisements");
+        }
+    }
+    write_sysctl("net.ipv6.conf.all.forwarding", "1").context("subnet6 needs IPv6 forwarding in the agent's namespace")
+}
+
 impl Agent {
     /// Sets up the host side (bridge, forwarding, datapath), then adopts
     /// what a previous run left and reconciles it with the saved state.
@@ -245,10 +280,8 @@ impl Agent {
         }
         host_ports.check_guarded_ports(&cfg.guarded_ports)?;
         write_sysctl("net.ipv4.ip_forward", "1")?;
-        if cfg.net6.is_some() {
-            write_sysctl("net.ipv6.conf.all.forwarding", "1")
-                .context("subnet6 needs IPv6 forwarding in the agent's namespace")?;
-        }
+        let mut cfg = cfg;
+        enable_ipv6_forwarding(&mut cfg)?;
         let nl = Netlink::connect()?;
         let gateway_mac = container_mac(cfg.gateway);
         let mtu = match (cfg.mtu, &cfg.uplink) {
@@ -587,7 +620,7 @@ impl Agent {
     pub async fn subscribe(
         self: &Arc<Agent>,
         flows: bool,
-    ) -> Result<(broadcast::Receiver<Event>, Option<FlowWatch>), AgentError> {
+    ) -> Result<(broadcast::Receiver<DatapathEvent>, Option<FlowWatch>), AgentError> {
         let rx = self.events.subscribe();
         let watch = if flows {
             if self.flow_watchers.fetch_add(1, Ordering::SeqCst) == 0 {
@@ -601,8 +634,8 @@ impl Agent {
     }
 
     /// Names an event for the API.
-    pub fn describe(&self, e: &Event) -> MonitorEvent {
-        let name = self.names.read().ok().and_then(|n| n.get(&e.container_id).cloned());
+    pub fn describe(&self, e: &DatapathEvent) -> MonitorEvent {
+        let name = self.names.read().ok().and_then(|n| n.get(&e.container_id()).cloned());
         MonitorEvent::from_raw(e, name)
     }
 

@@ -43,10 +43,11 @@ struct Args {
     /// Bridge address [default: first host of the subnet].
     #[arg(long)]
     gateway: Option<Ipv4Addr>,
-    /// IPv6 container subnet, a ULA or global /64 to /120 [default: none,
-    /// the instance carries no IPv6].
-    #[arg(long)]
-    subnet6: Option<ipnet::Ipv6Net>,
+    /// IPv6 container subnet: a ULA or global /64 to /120, `none` (IPv4
+    /// only) or `auto` [default: auto, a ULA /64 derived from the machine id
+    /// and the instance name].
+    #[arg(long, value_name = "PREFIX|auto|none")]
+    subnet6: Option<netpath_userspace::config::Subnet6>,
     /// The bridge's IPv6 address [default: the IPv6 subnet's ::1].
     #[arg(long)]
     gateway6: Option<std::net::Ipv6Addr>,
@@ -131,7 +132,7 @@ fn main() -> Result<()> {
         cfg.gateway = Some(v);
     }
     if let Some(v) = args.subnet6 {
-        cfg.subnet6 = Some(v);
+        cfg.subnet6 = v;
     }
     if let Some(v) = args.gateway6 {
         cfg.gateway6 = Some(v);

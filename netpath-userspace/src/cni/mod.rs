@@ -72,7 +72,7 @@ impl Env {
 /// within the agent's 64-character name rules, and the same on every call.
 pub fn container_name(container_id: &str, ifname: &str) -> String {
     let short: String = container_id.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect();
-    format!("cni-{short}-{:016x}", fnv1a64(&[container_id.as_bytes(), b"\0", ifname.as_bytes()]))
+    format!("cni-{short}-{:016x}", crate::fnv1a64(&[container_id.as_bytes(), b"\0", ifname.as_bytes()]))
 }
 
 /// The owner tag of an attachment; GC removes by the network's prefix.
@@ -82,15 +82,6 @@ pub fn owner_tag(network: &str, container_id: &str, ifname: &str) -> String {
 
 fn owner_prefix(network: &str) -> String {
     format!("cni:{network}:")
-}
-
-fn fnv1a64(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in parts.iter().flat_map(|p| p.iter()) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }
 
 /// Runs one invocation; `Ok(Some(..))` is printed on stdout.
