@@ -177,45 +177,70 @@ pub fn translate4(ctx: &TcContext, cfg: &DatapathConfig, from_host: bool) -> Res
     Ok(())
 }
 
-/// [`translate4`] for an ICMPv6 error from outside (uplink ingress; its
-/// header at `icmp_off`) about a translated flow: a router's "packet too
-/// big", "time exceeded" or "unreachable" about a masqueraded flow's packet
-/// or a published port's reply goes to the container, its destination and
-/// the quoted source (address and port) back to the container's. ICMPv6's
-/// checksum covers the pseudo-header (the outer destination) and the quote;
-/// the quoted TCP/UDP/ICMPv6 checksum covers the quoted addresses: all are
-/// kept right. Anything else passes untouched (to the host).
+/// [`translate4`] for ICMPv6 errors (the ICMPv6 header at `icmp_off`)
+/// about a translated flow, both ways:
+/// - from outside (uplink ingress): a router's "packet too big", "time
+///   exceeded" or "unreachable" about a masqueraded flow's packet or a
+///   published port's reply goes to the container: its destination and
+///   the quoted source (address and port) back to the container's (the
+///   entry's DNAT);
+/// - sent by a container (`sent_by_container`: its veth, then the uplink
+///   for what is still untranslated) about a packet it received translated
+///   (a published port's request, a masqueraded flow's reply): its source
+///   and the quoted destination become the translated address and port
+///   (the entry's SNAT), so that it never leaves with the private address.
+///   Only the quoted packet's receiver may send it.
+///
+/// ICMPv6's checksum covers the pseudo-header (the outer address) and the
+/// quote; the quoted TCP/UDP/ICMPv6 checksum covers the quoted addresses:
+/// all are kept right. Anything else is left untouched, and passes unless
+/// `leaving` (the uplink's last chance: no private source leaves). The
+/// caller's choice goes in rather than a `Result<bool, _>` out: with that
+/// return the compiler built `Ok(false)` from a register still holding a
+/// map pointer, a shift the verifier refuses.
 #[inline(never)]
-pub fn translate6(ctx: &TcContext, icmp_off: usize) -> Result<(), DropReason> {
-    let Some(mut key) = ipv6::quoted6(ctx, icmp_off)? else { return Ok(()) };
-    // The quoted packet left translated: its flow's entry for this error's
-    // way is keyed by the quoted tuple reversed.
+pub fn translate6(ctx: &TcContext, icmp_off: usize, sent_by_container: bool, leaving: bool) -> Result<(), DropReason> {
+    let untranslated = if leaving { Err(DropReason::UnsupportedProtocol) } else { Ok(()) };
+    let Some(mut key) = ipv6::quoted6(ctx, icmp_off)? else { return untranslated };
+    // The quoted packet travelled the other way: its flow's entry for this
+    // error's way is keyed by the quoted tuple reversed.
     key.reverse();
-    let Some(entry) = conntrack::lookup(&key) else { return Ok(()) };
+    let Some(entry) = conntrack::lookup(&key) else { return untranslated };
     // SAFETY: map value pointer, valid during the run.
     let e = unsafe { &*entry };
-    if e.flags & CT_F_DNAT == 0 {
-        return Ok(());
-    }
-    // `key` reversed: the quoted source is its destination.
-    let (old_addr, old_port, new_addr, new_port) = (key.daddr, key.dport, e.dnat_addr, e.dnat_port);
     let icmp_sum = icmp_off + ICMP_CSUM_OFF;
     let inner = icmp_off + ICMP_HDR_LEN;
     let inner_l4 = inner + Ipv6Hdr::LEN;
-    // The outer destination (the translated address): in the pseudo-header.
-    let outer: In6Addr = load(ctx, EthHdr::LEN + IP6_DST_OFF)?;
-    store(ctx, EthHdr::LEN + IP6_DST_OFF, &new_addr)?;
+    let echo = key.proto == IPPROTO_ICMPV6;
+    // `key` reversed: the quoted source is its destination, the quoted
+    // destination its source.
+    let outer_off = if sent_by_container { IP6_SRC_OFF } else { IP6_DST_OFF };
+    let outer: In6Addr = load(ctx, EthHdr::LEN + outer_off)?;
+    let (quoted_off, port_off, old_addr, old_port, new_addr, new_port) = if sent_by_container {
+        if e.flags & CT_F_SNAT == 0 || outer != key.saddr {
+            return untranslated;
+        }
+        let port_off = if echo { inner_l4 + ICMP_ID_OFF } else { inner_l4 + L4_DPORT_OFF };
+        (IP6_DST_OFF, port_off, key.saddr, key.sport, e.snat_addr, e.snat_port)
+    } else {
+        if e.flags & CT_F_DNAT == 0 {
+            return untranslated;
+        }
+        let port_off = if echo { inner_l4 + ICMP_ID_OFF } else { inner_l4 + L4_SPORT_OFF };
+        (IP6_SRC_OFF, port_off, key.daddr, key.dport, e.dnat_addr, e.dnat_port)
+    };
+    // The outer address (the translated one): in the pseudo-header.
+    store(ctx, EthHdr::LEN + outer_off, &new_addr)?;
     for i in 0..4 {
         l4_csum_replace(ctx, icmp_sum, outer.0[i] as u64, new_addr.0[i] as u64, BPF_F_PSEUDO_HDR | 4)?;
     }
-    // The quoted source address and port (or echo identifier), in the
-    // ICMPv6 message itself.
-    store(ctx, inner + IP6_SRC_OFF, &new_addr)?;
+    // The quoted address and port (or echo identifier), in the ICMPv6
+    // message itself.
+    store(ctx, inner + quoted_off, &new_addr)?;
     for i in 0..4 {
         l4_csum_replace(ctx, icmp_sum, old_addr.0[i] as u64, new_addr.0[i] as u64, 4)?;
     }
     let proto = key.proto;
-    let port_off = if proto == IPPROTO_ICMPV6 { inner_l4 + ICMP_ID_OFF } else { inner_l4 + L4_SPORT_OFF };
     store(ctx, port_off, &new_port)?;
     icmp_csum2(ctx, icmp_off, old_port, new_port)?;
     // The quoted L4 checksum, when the error quotes that far (ICMPv6's

@@ -230,7 +230,9 @@ pub fn translate_parsed6(
 ) -> Result<(), DropReason> {
     let flow = match parsed {
         Ok(flow) if flow.ported => flow,
-        Err(NoFlow::IcmpError(icmp_off)) if from_outside => return icmp_error::translate6(ctx, *icmp_off as usize),
+        Err(NoFlow::IcmpError(icmp_off)) => {
+            return icmp_error::translate6(ctx, *icmp_off as usize, !from_outside, false);
+        }
         Err(NoFlow::LaterFragment(frag)) => return fragment::translate_later6(ctx, frag).map(|_| ()),
         _ => return Ok(()),
     };
@@ -434,7 +436,10 @@ pub fn translate_outbound6(ctx: &TcContext) -> Result<(), DropReason> {
     }
     let flow = match crate::ipv6::parse6(ctx) {
         Ok(flow) if flow.ported => flow,
-        Ok(_) | Err(NoFlow::IcmpOther(_) | NoFlow::IcmpError(_)) => return Err(DropReason::UnsupportedProtocol),
+        // A container's ICMPv6 error about a translated flow leaves
+        // translated (if its veth did not already), or not at all.
+        Err(NoFlow::IcmpError(icmp_off)) => return icmp_error::translate6(ctx, icmp_off as usize, true, true),
+        Ok(_) | Err(NoFlow::IcmpOther(_)) => return Err(DropReason::UnsupportedProtocol),
         // A later fragment gets its first fragment's translation, or is
         // dropped: no private source leaves.
         Err(NoFlow::LaterFragment(ref frag)) => {

@@ -272,7 +272,7 @@ fn batch(ns1: &str, ns2: &str, host: &str, c1_ip: &str, subnet: &str) -> Vec<Bad
         json!({"ports": [{"host_port": 8080, "container_port": 80}]}),
         json!({"ports": [{"host_port": 9100, "container_port": 80}, {"host_port": 9100, "container_port": 81}]}),
         json!({"ports": [{"host_port": 9100, "container_port": 80, "proto": "sctp"}]}),
-        json!({"ports": [{"host_port": 9100, "container_port": 80, "host_ip": "::1"}]}),
+        json!({"ports": [{"host_port": 9100, "container_port": 80, "host_ip": "1::2::3"}]}),
         json!({"ports": "9100:80"}),
     ];
     for field in runtime_fields {

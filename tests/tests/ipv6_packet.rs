@@ -539,3 +539,58 @@ fn the_later_fragments_of_a_masqueraded_datagram_leave_translated() {
     assert_eq!((r.verdict, &r.data), (TC_ACT_OK, &want), "the later fragment, on the uplink");
     assert_eq!(egress(&want).data, want, "translated already: left as it is");
 }
+
+#[test]
+fn a_containers_icmpv6_errors_about_translated_flows_leave_translated() {
+    let masq = DatapathConfig {
+        masq_addr6: In6Addr::from_octets(host6()),
+        masq_port_min: 1024,
+        masq_port_max: 32767,
+        ..config6(CFG_F_MASQUERADE)
+    };
+    let h = harness_with(&masq, 0);
+    let run = |hook: HookId, frame: &[u8]| h.run(hook.program(), frame).unwrap();
+    // c1's SYN leaves masqueraded; the world's SYN-ACK comes back to it.
+    let c1_syn = frames::tcp6(c1(), remote(), 20000, 80, 0x02, b"");
+    assert_eq!(out(&h, &sent(c1(), remote(), IPPROTO_TCP, &c1_syn)), TC_ACT_OK);
+    let on_uplink = |src| {
+        frames::eth(
+            C2_MAC,
+            GATEWAY_MAC,
+            ETH_P_IPV6,
+            &frames::ipv6(src, remote(), IPPROTO_TCP, &frames::tcp6(src, remote(), 20000, 80, 0x02, b"")),
+        )
+    };
+    assert_eq!(run(HookId::UplinkEgress, &on_uplink(c1())).data, on_uplink(host6()), "masqueraded");
+    let synack = |dst| frames::ipv6(remote(), dst, IPPROTO_TCP, &frames::tcp6(remote(), dst, 80, 20000, 0x12, b""));
+    let back = run(HookId::UplinkIngress, &frames::eth(GATEWAY_MAC, C2_MAC, ETH_P_IPV6, &synack(host6())));
+    assert_eq!(back.data[14..], synack(c1())[..], "the SYN-ACK, translated back to c1");
+    // c1 answers it with "port unreachable", quoting it as c1 got it: the
+    // error must leave as if the host had sent it about the packet the
+    // host got (outer source, quoted destination and port, every checksum;
+    // the expected frame is built from scratch).
+    let unreachable = |src, quote: &[u8]| {
+        let mut body = vec![0u8; 4];
+        body.extend_from_slice(quote);
+        frames::ipv6(src, remote(), IPPROTO_ICMPV6, &frames::icmp6(src, remote(), 1, 4, &body))
+    };
+    let from_c1 = unreachable(c1(), &synack(c1()));
+    let leaves = unreachable(host6(), &synack(host6()));
+    // On c1's veth (its policy lets it out: it is about c1's own flow).
+    let r = run(HookId::VethIngress, &sent(c1(), remote(), IPPROTO_ICMPV6, &from_c1[40..]));
+    assert_eq!((r.verdict, &r.data[14..]), (TC_ACT_OK, &leaves[..]), "translated on c1's veth");
+    frames::verify_checksum6(&r.data).unwrap();
+    // On the uplink, for what got there untranslated; translated already:
+    // left as it is.
+    let uplink = |ip: &[u8]| frames::eth(C2_MAC, GATEWAY_MAC, ETH_P_IPV6, ip);
+    let r = run(HookId::UplinkEgress, &uplink(&from_c1));
+    assert_eq!((r.verdict, &r.data), (TC_ACT_OK, &uplink(&leaves)), "translated on the uplink");
+    assert_eq!(run(HookId::UplinkEgress, &uplink(&leaves)).data, uplink(&leaves));
+    // An error c2 sends about c1's flow (c2 never got that packet), and one
+    // about a flow nobody has: never leave with a private source.
+    let forged = unreachable(c2(), &synack(c1()));
+    assert_eq!(run(HookId::UplinkEgress, &uplink(&forged)).verdict, TC_ACT_SHOT, "not the quoted packet's receiver");
+    let stray_quote = frames::ipv6(remote(), c1(), IPPROTO_TCP, &frames::tcp6(remote(), c1(), 80, 20999, 0x12, b""));
+    let stray = unreachable(c1(), &stray_quote);
+    assert_eq!(run(HookId::UplinkEgress, &uplink(&stray)).verdict, TC_ACT_SHOT, "about no flow");
+}
