@@ -13,7 +13,7 @@
 //! also when the test panics.
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -28,6 +28,10 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 pub const HOST_UPLINK: &str = "up0";
 pub const HOST_UPLINK_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// The uplink pair's IPv6 addresses, once [`Topology::add_ipv6_uplink`]
+/// gave them (a documentation prefix, inside the run's namespaces only).
+pub const HOST_UPLINK_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 1);
+pub const WORLD_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 2);
 pub const WORLD_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 
 /// Prefix shared by everything this test process creates.
@@ -172,6 +176,18 @@ impl Topology {
 
     pub fn agent_log(&self) -> PathBuf {
         self.run_dir.join("netpathd.log")
+    }
+
+    /// IPv6 on the uplink pair: [`HOST_UPLINK_IP6`] and [`WORLD_IP6`], a
+    /// /64 without DAD. Before the agent starts: the uplink's address is the
+    /// IPv6 masquerade's.
+    pub fn add_ipv6_uplink(&self) -> Result<()> {
+        self.exec(
+            &self.host,
+            &["ip", "-6", "addr", "add", &format!("{HOST_UPLINK_IP6}/64"), "dev", HOST_UPLINK, "nodad"],
+        )?;
+        self.exec(&self.world, &["ip", "-6", "addr", "add", &format!("{WORLD_IP6}/64"), "dev", "eth0", "nodad"])?;
+        Ok(())
     }
 
     /// Extra flags for every agent start (e.g. `--subnet`).

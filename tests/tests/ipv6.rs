@@ -15,16 +15,11 @@ use std::{
 };
 
 use anyhow::Result;
-use netpath_tests::topology::{Topology, HOST_UPLINK, HOST_UPLINK_IP};
+use netpath_tests::topology::{Topology, HOST_UPLINK_IP, HOST_UPLINK_IP6, WORLD_IP6};
 use netpath_userspace::{
     model::{Container, Flow, StatsView},
     monitor::MonitorEvent,
 };
-
-/// The uplink's IPv6 addresses (documentation prefix, inside the test's
-/// own namespaces only).
-const HOST_UPLINK_IP6: &str = "2001:db8:18::1";
-const WORLD_IP6: &str = "2001:db8:18::2";
 
 /// A topology with its own IPv6 subnet, an agent started with `args`, and
 /// `containers` containers.
@@ -39,7 +34,7 @@ fn topology(containers: usize, args: &[&str]) -> (Topology, Vec<Container>) {
     let mut all = vec!["--subnet6", &subnet6];
     all.extend_from_slice(args);
     t.agent_args(&all);
-    ipv6_uplink(&t);
+    t.add_ipv6_uplink().expect("IPv6 on the uplink");
     t.start_agent().expect("start netpathd");
     let cs: Vec<Container> = (1..=containers).map(|i| t.add_container(i).expect("add container")).collect();
     for c in &cs {
@@ -104,20 +99,12 @@ fn flows(t: &Topology) -> Vec<Flow> {
     t.ctl_json(&["conntrack"]).unwrap()
 }
 
-/// IPv6 on the uplink pair (before the agent starts: the uplink's address
-/// is the IPv6 masquerade's).
-fn ipv6_uplink(t: &Topology) {
-    t.exec(&t.host, &["ip", "-6", "addr", "add", &format!("{HOST_UPLINK_IP6}/64"), "dev", HOST_UPLINK, "nodad"])
-        .unwrap();
-    t.exec(&t.world, &["ip", "-6", "addr", "add", &format!("{WORLD_IP6}/64"), "dev", "eth0", "nodad"]).unwrap();
-}
-
 /// The world's route to the containers' IPv6 subnet through the host
 /// (what a router delegating the prefix to the host would have).
 fn route_subnet6(t: &Topology, c: &Container) {
     let [a, b, c, d, ..] = ip6(c).segments();
     let subnet6 = format!("{a:x}:{b:x}:{c:x}:{d:x}::/64");
-    t.exec(&t.world, &["ip", "-6", "route", "add", &subnet6, "via", HOST_UPLINK_IP6]).unwrap();
+    t.exec(&t.world, &["ip", "-6", "route", "add", &subnet6, "via", &HOST_UPLINK_IP6.to_string()]).unwrap();
 }
 
 #[test]
@@ -172,7 +159,7 @@ fn monitor_shows_ipv6_flows_and_drops_with_their_tuples() {
     // A published flow from the world over IPv6: the event shows it as it
     // reached c2, from the real client.
     t.ctl_ok(&["map", "8080:c2:80"]).unwrap();
-    let (host6, world6): (Ipv6Addr, Ipv6Addr) = (HOST_UPLINK_IP6.parse().unwrap(), WORLD_IP6.parse().unwrap());
+    let (host6, world6): (Ipv6Addr, Ipv6Addr) = (HOST_UPLINK_IP6, WORLD_IP6);
     assert!(reaches(&t, &t.world, None, host6, 8080));
     let wanted = |events: &[MonitorEvent]| {
         let drop = events.iter().find(|e| e.kind == "drop" && e.dport == 9)?.clone();
@@ -248,7 +235,7 @@ fn the_world_reaches_a_containers_ipv6_address_only_when_the_instance_routes() {
         let seen = server(&t, &ns1, 80);
         assert_eq!(reaches(&t, &t.world, None, ip6(&cs[0]), 80), routed, "world -> c1 over IPv6, routed: {routed}");
         if routed {
-            let world: Ipv6Addr = WORLD_IP6.parse().unwrap();
+            let world: Ipv6Addr = WORLD_IP6;
             assert_eq!(seen.recv_timeout(Duration::from_secs(2)).unwrap(), IpAddr::V6(world), "c1 saw the world");
             let _w = server(&t, &t.world, 8082);
             assert!(reaches(&t, &ns1, None, world, 8082), "c1 -> the world over IPv6, routed");
@@ -262,8 +249,8 @@ fn the_world_reaches_a_containers_ipv6_address_only_when_the_instance_routes() {
 fn a_published_port_answers_on_both_families_from_outside_and_hairpin() {
     let (t, cs) = topology(2, &[]);
     let (ns1, ns2) = (t.container_ns(1), t.container_ns(2));
-    let host6: Ipv6Addr = HOST_UPLINK_IP6.parse().unwrap();
-    let world6: Ipv6Addr = WORLD_IP6.parse().unwrap();
+    let host6: Ipv6Addr = HOST_UPLINK_IP6;
+    let world6: Ipv6Addr = WORLD_IP6;
     let seen = server(&t, &ns1, 80);
     // No host address: both families, as Docker's -p.
     t.ctl_ok(&["map", "8080:c1:80"]).unwrap();
@@ -301,14 +288,14 @@ fn a_published_port_answers_on_both_families_from_outside_and_hairpin() {
 fn containers_reach_the_world_over_ipv6_masqueraded() {
     let (t, cs) = topology(2, &[]);
     let ns1 = t.container_ns(1);
-    let host6: Ipv6Addr = HOST_UPLINK_IP6.parse().unwrap();
-    let world6: Ipv6Addr = WORLD_IP6.parse().unwrap();
+    let host6: Ipv6Addr = HOST_UPLINK_IP6;
+    let world6: Ipv6Addr = WORLD_IP6;
     // The world has no route to the containers' subnet: only the
     // masquerade brings the answers back.
     let seen = server(&t, &t.world, 8082);
     assert!(reaches(&t, &ns1, None, world6, 8082), "c1 -> the world over IPv6");
     assert_eq!(seen.recv_timeout(Duration::from_secs(2)).unwrap(), IpAddr::V6(host6), "the world saw the host");
-    assert!(t.ping(&ns1, WORLD_IP6, 3).unwrap(), "ping through the masquerade (echo ids translated)");
+    assert!(t.ping(&ns1, &WORLD_IP6.to_string(), 3).unwrap(), "ping through the masquerade (echo ids translated)");
     let flows = flows(&t);
     assert!(
         flows.iter().any(|f| f.original.src == IpAddr::V6(ip6(&cs[0])) && f.reply.dst == IpAddr::V6(host6)),

@@ -181,7 +181,7 @@ fn container_del_leaves_nothing_behind() {
         pins.iter().all(|p| !p.to_string_lossy().contains(&c1.veth)),
         "no link pin of the container is left: {pins:?}"
     );
-    assert_eq!(pins.len(), 2 + 4, "uplink XDP and tcx, 4 socket hooks: {pins:?}");
+    assert_eq!(pins.len(), 2 + 8, "the uplink's two tcx links, 4 socket hooks per family: {pins:?}");
     // bpftool agrees: the CONTAINERS map is empty.
     let dump =
         cmd("bpftool", &["-j", "map", "dump", "pinned", &t.pin_dir().join("maps/CONTAINERS").display().to_string()])

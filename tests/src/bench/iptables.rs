@@ -2,10 +2,14 @@
 //! one published container), on the plain topology. Loaded whole with
 //! `iptables-restore`; one more port is timed as Docker adds it.
 
-use std::{fmt::Write as _, net::SocketAddrV4, time::Duration};
+use std::{
+    fmt::Write as _,
+    net::{Ipv6Addr, SocketAddrV4},
+    time::Duration,
+};
 
 use anyhow::Result;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use netpath_tests::topology::{Topology, HOST_UPLINK_IP};
 
 use super::{
@@ -28,8 +32,9 @@ impl IptablesBed {
 }
 
 /// The three rules Docker adds per published port, as `iptables` arguments
-/// (`-d` for a port published on one host address).
-fn port_rules(container: &str, host: HostPort) -> [Vec<String>; 3] {
+/// (`-d` for a port published on one host address); `host_len` is the
+/// family's host prefix length (32, or 128 for `ip6tables`).
+fn port_rules(container: &str, host_len: u8, host: HostPort) -> [Vec<String>; 3] {
     let split = |s: String| s.split(' ').map(str::to_string).collect::<Vec<_>>();
     let dst = host.addr.map(|a| format!("-d {a}/32 ")).unwrap_or_default();
     let port = host.port;
@@ -37,8 +42,8 @@ fn port_rules(container: &str, host: HostPort) -> [Vec<String>; 3] {
         split(format!(
             "-t nat -A DOCKER {dst}! -i {BRIDGE} -p tcp -m tcp --dport {port} -j DNAT --to-destination {container}:{CONTAINER_PORT}"
         )),
-        split(format!("-t filter -A DOCKER -d {container}/32 ! -i {BRIDGE} -o {BRIDGE} -p tcp -m tcp --dport {CONTAINER_PORT} -j ACCEPT")),
-        split(format!("-t nat -A POSTROUTING -s {container}/32 -d {container}/32 -p tcp -m tcp --dport {CONTAINER_PORT} -j MASQUERADE")),
+        split(format!("-t filter -A DOCKER -d {container}/{host_len} ! -i {BRIDGE} -o {BRIDGE} -p tcp -m tcp --dport {CONTAINER_PORT} -j ACCEPT")),
+        split(format!("-t nat -A POSTROUTING -s {container}/{host_len} -d {container}/{host_len} -p tcp -m tcp --dport {CONTAINER_PORT} -j MASQUERADE")),
     ]
 }
 
@@ -51,13 +56,34 @@ pub fn ruleset(subnet: &Ipv4Net, container: &str, ports: &[HostPort]) -> String 
 /// `iptables-restore` line without `-A DOCKER-USER`), before its final
 /// RETURN.
 pub fn ruleset_with_user_rules(subnet: &Ipv4Net, container: &str, ports: &[HostPort], user_rules: &[String]) -> String {
-    let rules: Vec<[Vec<String>; 3]> = ports.iter().map(|p| port_rules(container, *p)).collect();
+    layout(&subnet.to_string(), container, Family::V4, ports, user_rules)
+}
+
+/// Docker's `ip6tables` layout for a container with an IPv6 address
+/// (`--ipv6`), ports published on every address.
+pub fn ruleset6(subnet: &Ipv6Net, container: Ipv6Addr, ports: &[u16]) -> String {
+    let ports: Vec<HostPort> = ports.iter().map(|&port| HostPort { addr: None, port }).collect();
+    layout(&subnet.to_string(), &container.to_string(), Family::V6, &ports, &[])
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+fn layout(subnet: &str, container: &str, family: Family, ports: &[HostPort], user_rules: &[String]) -> String {
+    let (host_len, loopback) = match family {
+        Family::V4 => (32, "127.0.0.0/8"),
+        Family::V6 => (128, "::1/128"),
+    };
+    let rules: Vec<[Vec<String>; 3]> = ports.iter().map(|p| port_rules(container, host_len, *p)).collect();
     // `-t TABLE` is not part of iptables-restore syntax: drop the first two words.
     let line = |r: &Vec<String>| r[2..].join(" ");
     let mut s = String::new();
     s.push_str("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:DOCKER - [0:0]\n");
     s.push_str("-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER\n");
-    s.push_str("-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER\n");
+    let _ = writeln!(s, "-A OUTPUT ! -d {loopback} -m addrtype --dst-type LOCAL -j DOCKER");
     let _ = writeln!(s, "-A POSTROUTING -s {subnet} ! -o {BRIDGE} -j MASQUERADE");
     for r in &rules {
         let _ = writeln!(s, "{}", line(&r[2]));
@@ -106,7 +132,7 @@ impl Bed for IptablesBed {
     /// The DNAT rule is the operation timed; Docker runs all three.
     fn add_one(&mut self, port: u16) -> Result<Option<AddOne>> {
         let mut times = vec![];
-        for rule in port_rules(&self.net.container_ip.to_string(), HostPort { addr: None, port }) {
+        for rule in port_rules(&self.net.container_ip.to_string(), 32, HostPort { addr: None, port }) {
             times.push(self.iptables(&rule.iter().map(String::as_str).collect::<Vec<_>>())?);
         }
         Ok(Some(AddOne { op: times[0], full: times.iter().sum() }))

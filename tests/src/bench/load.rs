@@ -38,8 +38,8 @@ fn hello(mode: u8) -> [u8; HELLO_LEN] {
     h
 }
 
-fn connect(target: SocketAddrV4) -> std::io::Result<TcpStream> {
-    let s = TcpStream::connect_timeout(&SocketAddr::V4(target), CONNECT_TIMEOUT)?;
+fn connect(target: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT)?;
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     s.set_write_timeout(Some(IO_TIMEOUT))?;
     Ok(s)
@@ -66,7 +66,7 @@ fn set_linger_zero(s: &TcpStream) -> std::io::Result<()> {
 }
 
 /// One short connection: connect, 32-byte request, 64-byte answer, close.
-fn short_request(target: SocketAddrV4) -> std::io::Result<()> {
+fn short_request(target: SocketAddr) -> std::io::Result<()> {
     let mut s = connect(target)?;
     s.set_nodelay(true)?;
     s.write_all(&hello(MODE_SHORT))?;
@@ -77,7 +77,8 @@ fn short_request(target: SocketAddrV4) -> std::io::Result<()> {
 
 /// Retries one short request from namespace `ns` for a few seconds (the
 /// agent may still be syncing host addresses right after start).
-pub fn wait_reachable(topo: &Topology, ns: &str, target: SocketAddrV4) -> Result<()> {
+pub fn wait_reachable(topo: &Topology, ns: &str, target: impl Into<SocketAddr>) -> Result<()> {
+    let target = target.into();
     topo.in_ns(ns, || {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -96,7 +97,7 @@ pub fn wait_reachable(topo: &Topology, ns: &str, target: SocketAddrV4) -> Result
 /// namespace `ns` (what a NAT on the way made of it).
 pub fn seen_as(topo: &Topology, ns: &str, target: SocketAddrV4) -> Result<SocketAddrV4> {
     topo.in_ns(ns, || {
-        let mut s = connect(target).with_context(|| format!("connecting to {target}"))?;
+        let mut s = connect(target.into()).with_context(|| format!("connecting to {target}"))?;
         s.write_all(&hello(MODE_PEER))?;
         let mut answer = [0u8; PEER_LEN];
         s.read_exact(&mut answer).context("reading the peer address")?;
@@ -118,7 +119,7 @@ pub struct ConnRate {
 pub fn conn_rate(
     topo: &Topology,
     ns: &str,
-    target: SocketAddrV4,
+    target: impl Into<SocketAddr>,
     threads: usize,
     duration: Duration,
 ) -> Result<ConnRate> {
@@ -129,11 +130,12 @@ pub fn conn_rate(
 pub fn conn_rate_on(
     topo: &Topology,
     ns: &str,
-    target: SocketAddrV4,
+    target: impl Into<SocketAddr>,
     threads: usize,
     duration: Duration,
     cpu: Option<usize>,
 ) -> Result<ConnRate> {
+    let target = target.into();
     topo.in_ns(ns, || {
         let start = Instant::now();
         let deadline = start + duration;
@@ -165,7 +167,8 @@ pub fn conn_rate_on(
 
 /// `count` short connections one after the other from namespace `ns` (at
 /// most 30 s); returns how many succeeded.
-pub fn short_requests(topo: &Topology, ns: &str, target: SocketAddrV4, count: u64) -> Result<u64> {
+pub fn short_requests(topo: &Topology, ns: &str, target: impl Into<SocketAddr>, count: u64) -> Result<u64> {
+    let target = target.into();
     topo.in_ns(ns, || {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut ok = 0;
@@ -180,7 +183,7 @@ pub fn short_requests(topo: &Topology, ns: &str, target: SocketAddrV4, count: u6
 }
 
 /// Returns (completed, failed, time of the last completion).
-fn client_loop(target: SocketAddrV4, deadline: Instant) -> (u64, u64, Instant) {
+fn client_loop(target: SocketAddr, deadline: Instant) -> (u64, u64, Instant) {
     let (mut ok, mut failed) = (0u64, 0u64);
     let mut last = Instant::now();
     while ok + failed < MAX_CONNS_PER_THREAD && !super::interrupted() {
@@ -200,7 +203,8 @@ fn client_loop(target: SocketAddrV4, deadline: Instant) -> (u64, u64, Instant) {
 /// Single-stream throughput in Gbit/s from namespace `ns`: 256 KiB writes
 /// for `duration`, then the server's count of bytes received, over the
 /// time until it arrived.
-pub fn throughput(topo: &Topology, ns: &str, target: SocketAddrV4, duration: Duration) -> Result<f64> {
+pub fn throughput(topo: &Topology, ns: &str, target: impl Into<SocketAddr>, duration: Duration) -> Result<f64> {
+    let target = target.into();
     topo.in_ns(ns, || {
         let mut s = connect(target).with_context(|| format!("connecting to {target}"))?;
         s.write_all(&hello(MODE_THROUGHPUT))?;
@@ -232,7 +236,8 @@ pub struct Latency {
 /// Request/response latency on one persistent connection (TCP_NODELAY,
 /// 64-byte messages), after 200 warm-up round trips; client and server
 /// threads pinned to the same CPU.
-pub fn latency(topo: &Topology, target: SocketAddrV4, round_trips: usize) -> Result<Latency> {
+pub fn latency(topo: &Topology, target: impl Into<SocketAddr>, round_trips: usize) -> Result<Latency> {
+    let target = target.into();
     topo.in_ns(&topo.world, || {
         let _pin = super::cpu::Pinned::to(super::cpu::latency_cpu())?;
         let mut s = connect(target).with_context(|| format!("connecting to {target}"))?;

@@ -7,6 +7,8 @@
 //! - masquerade ([`masquerade`]): connections and a stream from a
 //!   container to the world through each variant's SNAT; BPF_PROG_TEST_RUN
 //!   figures of the SNAT path;
+//! - ipv6 ([`ipv6`]): a published port over IPv4 and IPv6 side by side
+//!   (ip6tables, an nftables ip6 map, netpath);
 //! - policy ([`policy`]): the published port with 0..10000 inbound rules
 //!   (iptables' DOCKER-USER, netpath's API), and the time to add one more;
 //! - control ([`control`]): API calls (map, unmap, status) with an empty
@@ -34,6 +36,7 @@ mod control;
 mod cpu;
 mod drop;
 mod iptables;
+mod ipv6;
 mod load;
 mod machine;
 mod masq_bed;
@@ -47,6 +50,7 @@ mod policy;
 mod policy_bed;
 mod progrun;
 mod report;
+mod report_ipv6;
 mod report_masq;
 mod report_policy;
 mod results;
@@ -93,6 +97,7 @@ pub fn main() -> Result<()> {
         publish: vec![],
         prog_run: vec![],
         masquerade: None,
+        ipv6: None,
         policy: None,
         control: None,
         attach: None,
@@ -123,6 +128,12 @@ pub fn main() -> Result<()> {
         let snat = prog_run("masquerade: BPF_PROG_TEST_RUN", snat_progrun::measure(&opts), &mut failures);
         check_interrupted()?;
         measured.masquerade = Some(MasqFigures::new(&samples, snat, &opts));
+    }
+    if opts.runs(Section::Ipv6) {
+        settle("ipv6");
+        let samples = ipv6::run(&opts, &mut failures)?;
+        check_interrupted()?;
+        measured.ipv6 = Some(ipv6::Ipv6Figures::new(&samples));
     }
     if opts.runs(Section::Policy) {
         settle("policy");

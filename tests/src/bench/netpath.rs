@@ -35,7 +35,20 @@ impl NetpathBed {
 
     /// The agent started with `args` on top of the defaults, and `c1`.
     pub fn with_args(args: &[&str]) -> Result<NetpathBed> {
+        Self::build(args, false)
+    }
+
+    /// [`NetpathBed::with_args`] with IPv6 on the uplink pair too (the
+    /// instance carries IPv6 by default, so `c1` gets an address).
+    pub fn dual_stack(args: &[&str]) -> Result<NetpathBed> {
+        Self::build(args, true)
+    }
+
+    fn build(args: &[&str], ipv6_uplink: bool) -> Result<NetpathBed> {
         let mut topo = Topology::new(1)?;
+        if ipv6_uplink {
+            topo.add_ipv6_uplink()?;
+        }
         topo.agent_args(args);
         topo.start_agent()?;
         topo.add_container(1)?;

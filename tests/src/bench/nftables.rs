@@ -2,10 +2,14 @@
 //! address and port, looked up once per new connection, on the plain
 //! topology. Loaded whole with `nft -f`; one more port is one map element.
 
-use std::{fmt::Write as _, net::SocketAddrV4, time::Duration};
+use std::{
+    fmt::Write as _,
+    net::{Ipv6Addr, SocketAddrV4},
+    time::Duration,
+};
 
 use anyhow::Result;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use netpath_tests::topology::{Topology, HOST_UPLINK_IP};
 
 use super::{
@@ -64,6 +68,32 @@ pub fn ruleset(subnet: &Ipv4Net, container: &str, ports: &[HostPort]) -> String 
         elements(&on_one)
     );
     s
+}
+
+/// The `ip6 nat` table: `ports` (on every address) to the container's
+/// IPv6 address through a verdict map, and the masquerade.
+pub fn ruleset6(subnet: &Ipv6Net, container: Ipv6Addr, ports: &[u16]) -> String {
+    let elements: Vec<String> = ports.iter().map(|p| format!("{p} : {container} . {CONTAINER_PORT}")).collect();
+    format!(
+        "table ip6 nat
+delete table ip6 nat
+table ip6 nat {{
+  map ports {{
+    type inet_service : ipv6_addr . inet_service
+    elements = {{ {} }}
+  }}
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    fib daddr type local dnat ip6 to tcp dport map @ports
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    ip6 saddr {subnet} oifname != \"{BRIDGE}\" masquerade
+  }}
+}}
+",
+        elements.join(", ")
+    )
 }
 
 /// Only the masquerade, in a nat postrouting chain (no published ports).

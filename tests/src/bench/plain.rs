@@ -4,17 +4,21 @@
 
 use std::{
     fs::File,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4},
     path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
-use ipnet::Ipv4Net;
-use netpath_tests::topology::{Topology, HOST_UPLINK_IP};
+use ipnet::{Ipv4Net, Ipv6Net};
+use netpath_tests::topology::{Topology, HOST_UPLINK_IP, HOST_UPLINK_IP6};
 
 use super::bed::{AddOne, Bed, CONTAINER_PORT};
+
+/// The plain beds' IPv6 container subnet (see [`PlainNet::add_ipv6`]).
+pub const SUBNET6: Ipv6Net = Ipv6Net::new_assert(Ipv6Addr::new(0xfd00, 0xb6, 0, 0, 0, 0, 0, 0), 64);
+pub const CONTAINER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xb6, 0, 0, 0, 0, 0, 2);
 
 /// The bridge, named as netpath names its own so that the shapes match.
 pub const BRIDGE: &str = "np0";
@@ -62,6 +66,45 @@ impl PlainNet {
             topo.exec(&ctr, step)?;
         }
         Ok(PlainNet { topo, subnet, container_ip })
+    }
+
+    /// IPv6 beside IPv4 ([`SUBNET6`]: the bridge its `::1`, the container
+    /// [`CONTAINER_IP6`] and a default route), IPv6 forwarding on, and the
+    /// uplink pair's IPv6 addresses.
+    pub fn add_ipv6(&self) -> Result<()> {
+        let (host, ctr) = (&self.topo.host, self.topo.container_ns(1));
+        let gateway6 = Ipv6Addr::from(u128::from(SUBNET6.network()) + 1);
+        let gw = format!("{gateway6}/{}", SUBNET6.prefix_len());
+        let ctr_addr = format!("{CONTAINER_IP6}/{}", SUBNET6.prefix_len());
+        let gateway6 = gateway6.to_string();
+        let host_steps: [&[&str]; 2] = [
+            &["ip", "-6", "addr", "add", &gw, "dev", BRIDGE, "nodad"],
+            &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+        ];
+        for step in host_steps {
+            self.topo.exec(host, step)?;
+        }
+        let ctr_steps: [&[&str]; 2] = [
+            &["ip", "-6", "addr", "add", &ctr_addr, "dev", "eth0", "nodad"],
+            &["ip", "-6", "route", "add", "default", "via", &gateway6],
+        ];
+        for step in ctr_steps {
+            self.topo.exec(&ctr, step)?;
+        }
+        self.topo.add_ipv6_uplink()
+    }
+
+    /// Plain IPv6 routing: the world reaches [`SUBNET6`] via the host.
+    pub fn route6_from_world(&self) -> Result<()> {
+        let via = HOST_UPLINK_IP6.to_string();
+        self.topo.exec(&self.topo.world, &["ip", "-6", "route", "add", &SUBNET6.to_string(), "via", &via])?;
+        Ok(())
+    }
+
+    /// Loads an `ip6tables-restore` file into the host namespace.
+    pub fn ip6tables_restore(&self, name: &str, rules: &str) -> Result<Duration> {
+        let file = ScratchFile::write(&self.topo, name, rules)?;
+        timed_in_ns(&self.topo, &self.topo.host, "ip6tables-restore", &[], Some(&file.0))
     }
 
     /// Plain routing: the world reaches the container subnet via the host.

@@ -50,6 +50,9 @@ fn markdown(r: &Results) -> String {
     if let Some(m) = &r.masquerade {
         report_masq::section(&mut s, r, m);
     }
+    if let Some(f) = &r.ipv6 {
+        super::report_ipv6::section(&mut s, r, f);
+    }
     if let Some(p) = &r.policy {
         report_policy::section(&mut s, r, p);
     }

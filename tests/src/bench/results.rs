@@ -179,6 +179,7 @@ pub struct Measured {
     pub publish: Vec<(Variant, VariantSamples)>,
     pub prog_run: Vec<progrun::Figure>,
     pub masquerade: Option<MasqFigures>,
+    pub ipv6: Option<super::ipv6::Ipv6Figures>,
     pub policy: Option<PolicyFigures>,
     pub control: Option<ControlFigures>,
     pub attach: Option<AttachFigures>,
@@ -198,6 +199,8 @@ pub struct Results {
     pub variants: Vec<VariantFigures>,
     pub prog_run: Vec<progrun::Figure>,
     pub masquerade: Option<MasqFigures>,
+    /// A published port over both families.
+    pub ipv6: Option<super::ipv6::Ipv6Figures>,
     pub policy: Option<PolicyFigures>,
     pub control: Option<ControlFigures>,
     pub attach: Option<AttachFigures>,
@@ -224,6 +227,7 @@ impl Results {
         let mut all_targets = if opts.runs(Section::Publish) { targets(&variants, opts) } else { vec![] };
         all_targets.extend(progrun::targets(&measured.prog_run));
         all_targets.extend(measured.masquerade.iter().flat_map(MasqFigures::targets));
+        all_targets.extend(measured.ipv6.iter().flat_map(super::ipv6::Ipv6Figures::targets));
         all_targets.extend(measured.policy.iter().flat_map(PolicyFigures::targets));
         all_targets.extend(measured.control.iter().flat_map(ControlFigures::targets));
         all_targets.extend(measured.attach.iter().flat_map(AttachFigures::targets));
@@ -248,6 +252,7 @@ impl Results {
             variants,
             prog_run: measured.prog_run,
             masquerade: measured.masquerade,
+            ipv6: measured.ipv6,
             policy: measured.policy,
             control: measured.control,
             attach: measured.attach,

@@ -47,6 +47,25 @@ impl Server {
         let listener = topo.in_ns(ns, || {
             TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("binding port {port} in {ns}"))
         })?;
+        Self::serve_on(listener, threads)
+    }
+
+    /// [`Server::start`] on `[::]:port`, IPv6 only (beside an IPv4 server
+    /// on the same port).
+    pub fn start6(topo: &Topology, ns: &str, port: u16, threads: usize) -> Result<Server> {
+        let listener = topo.in_ns(ns, || {
+            let sock = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
+            sock.set_only_v6(true)?;
+            sock.set_reuse_address(true)?;
+            sock.bind(&std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into())
+                .with_context(|| format!("binding [::]:{port} in {ns}"))?;
+            sock.listen(BACKLOG)?;
+            Ok(TcpListener::from(sock))
+        })?;
+        Self::serve_on(listener, threads)
+    }
+
+    fn serve_on(listener: TcpListener, threads: usize) -> Result<Server> {
         // std listens with a backlog of 128; a burst of connects wants more.
         // SAFETY: listen on a socket we own; a second listen() only resizes the backlog.
         if unsafe { libc::listen(listener.as_raw_fd(), BACKLOG) } != 0 {
