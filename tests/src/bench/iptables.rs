@@ -38,9 +38,11 @@ fn port_rules(container: &str, host_len: u8, host: HostPort) -> [Vec<String>; 3]
     let split = |s: String| s.split(' ').map(str::to_string).collect::<Vec<_>>();
     let dst = host.addr.map(|a| format!("-d {a}/32 ")).unwrap_or_default();
     let port = host.port;
+    // ip6tables takes an IPv6 DNAT target with its port in brackets.
+    let to = if host_len == 128 { format!("[{container}]") } else { container.to_string() };
     [
         split(format!(
-            "-t nat -A DOCKER {dst}! -i {BRIDGE} -p tcp -m tcp --dport {port} -j DNAT --to-destination {container}:{CONTAINER_PORT}"
+            "-t nat -A DOCKER {dst}! -i {BRIDGE} -p tcp -m tcp --dport {port} -j DNAT --to-destination {to}:{CONTAINER_PORT}"
         )),
         split(format!("-t filter -A DOCKER -d {container}/{host_len} ! -i {BRIDGE} -o {BRIDGE} -p tcp -m tcp --dport {CONTAINER_PORT} -j ACCEPT")),
         split(format!("-t nat -A POSTROUTING -s {container}/{host_len} -d {container}/{host_len} -p tcp -m tcp --dport {CONTAINER_PORT} -j MASQUERADE")),
