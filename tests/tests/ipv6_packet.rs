@@ -275,12 +275,7 @@ fn container_ipv6_leaves_the_uplink_masqueraded_unless_the_instance_routes() {
     assert_eq!(drops(&mut h, DropReason::NatUnavailable), 1);
     // With the uplink's address: the source is the host's, the port kept
     // (it is in the range), the checksum over the new pseudo-header.
-    let masq = DatapathConfig {
-        masq_addr6: In6Addr::from_octets(host6()),
-        masq_port_min: 1024,
-        masq_port_max: 32767,
-        ..config6(CFG_F_MASQUERADE)
-    };
+    let masq = masq_config6();
     let h = harness_with(&masq, 0);
     let c1_syn = frames::eth(
         C2_MAC,
@@ -369,6 +364,16 @@ fn icmpv6_errors_pass_only_about_a_flow_with_a_verdict() {
 }
 
 /// A host address of the uplink's (the test's own documentation prefix).
+/// Masquerade on, to [`host6`], ports 1024-32767 (as the agent sets it).
+fn masq_config6() -> DatapathConfig {
+    DatapathConfig {
+        masq_addr6: In6Addr::from_octets(host6()),
+        masq_port_min: 1024,
+        masq_port_max: 32767,
+        ..config6(CFG_F_MASQUERADE)
+    }
+}
+
 fn host6() -> [u8; 16] {
     v6("2001:db8:18::1")
 }
@@ -458,12 +463,7 @@ fn a_published_ipv6_port_answers_only_clients_the_containers_policy_admits() {
 
 #[test]
 fn icmpv6_errors_about_translated_flows_reach_the_container() {
-    let masq = DatapathConfig {
-        masq_addr6: In6Addr::from_octets(host6()),
-        masq_port_min: 1024,
-        masq_port_max: 32767,
-        ..config6(CFG_F_MASQUERADE)
-    };
+    let masq = masq_config6();
     let h = harness_with(&masq, 0);
     let router = v6("2001:db8:77::1");
     let ip6_syn = |src| frames::ipv6(src, remote(), IPPROTO_TCP, &frames::tcp6(src, remote(), 20000, 80, 0x02, b""));
@@ -500,12 +500,7 @@ fn icmpv6_errors_about_translated_flows_reach_the_container() {
 
 #[test]
 fn the_later_fragments_of_a_masqueraded_datagram_leave_translated() {
-    let masq = DatapathConfig {
-        masq_addr6: In6Addr::from_octets(host6()),
-        masq_port_min: 1024,
-        masq_port_max: 32767,
-        ..config6(CFG_F_MASQUERADE)
-    };
+    let masq = masq_config6();
     let h = harness_with(&masq, 0);
     let egress = |frame: &[u8]| h.run(HookId::UplinkEgress.program(), frame).unwrap();
     let frame =
@@ -542,12 +537,7 @@ fn the_later_fragments_of_a_masqueraded_datagram_leave_translated() {
 
 #[test]
 fn a_containers_icmpv6_errors_about_translated_flows_leave_translated() {
-    let masq = DatapathConfig {
-        masq_addr6: In6Addr::from_octets(host6()),
-        masq_port_min: 1024,
-        masq_port_max: 32767,
-        ..config6(CFG_F_MASQUERADE)
-    };
+    let masq = masq_config6();
     let h = harness_with(&masq, 0);
     let run = |hook: HookId, frame: &[u8]| h.run(hook.program(), frame).unwrap();
     // c1's SYN leaves masqueraded; the world's SYN-ACK comes back to it.
