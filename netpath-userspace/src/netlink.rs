@@ -102,7 +102,17 @@ impl Netlink {
     /// agent hands them out, and a tentative address could not be used (nor
     /// routed through) for the second DAD takes.
     pub async fn ensure_address(&self, index: u32, addr: impl Into<IpAddr>, prefix: u8) -> Result<()> {
-        let addr = addr.into();
+        self.ensure_address_with(index, addr.into(), prefix, AddressFlags::empty()).await
+    }
+
+    /// [`Netlink::ensure_address`] without the route to its prefix
+    /// (IFA_F_NOPREFIXROUTE): the prefix is not on-link, everything in it
+    /// goes through the routes the caller sets.
+    pub async fn ensure_address_off_link(&self, index: u32, addr: Ipv6Addr, prefix: u8) -> Result<()> {
+        self.ensure_address_with(index, addr.into(), prefix, AddressFlags::Noprefixroute).await
+    }
+
+    async fn ensure_address_with(&self, index: u32, addr: IpAddr, prefix: u8, flags: AddressFlags) -> Result<()> {
         let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
         while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
             let has = msg.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(a) if *a == addr));
@@ -111,8 +121,9 @@ impl Netlink {
             }
         }
         let mut req = self.handle.address().add(index, addr, prefix);
-        if addr.is_ipv6() {
-            req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        let flags = if addr.is_ipv6() { flags | AddressFlags::Nodad } else { flags };
+        if !flags.is_empty() {
+            req.message_mut().attributes.push(AddressAttribute::Flags(flags));
         }
         match req.execute().await {
             Ok(()) => Ok(()),
@@ -272,15 +283,18 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Routes `addr`/32 out of interface `oif`, with `src` as the host's
-    /// source address (replacing any route to it).
-    pub async fn replace_host_route(&self, addr: Ipv4Addr, oif: u32, src: Ipv4Addr) -> Result<()> {
+    /// Routes `addr` alone (a /32 or /128) out of interface `oif`, with
+    /// `src` as the host's source address (replacing any route to it).
+    pub async fn replace_host_route(&self, addr: IpAddr, oif: u32, src: IpAddr) -> Result<()> {
         use netlink_packet_route::route::RouteScope;
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(addr, 32)
+        // IPv6 routes have no scope of their own (the kernel takes universe).
+        let scope = if addr.is_ipv4() { RouteScope::Link } else { RouteScope::Universe };
+        let route = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(addr, host_prefix(addr))
+            .and_then(|b| b.pref_source(src))
+            .with_context(|| format!("a route to {addr} from {src}"))?
             .output_interface(oif)
-            .pref_source(src)
-            .scope(RouteScope::Link)
+            .scope(scope)
             .build();
         self.handle
             .route()
@@ -288,16 +302,17 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .with_context(|| format!("routing {addr}/32 to ifindex {oif}"))
+            .with_context(|| format!("routing {addr}/{} to ifindex {oif}", host_prefix(addr)))
     }
 
-    /// Removes the route to `addr`/32 out of `oif`; a missing one is not an
-    /// error.
-    pub async fn delete_host_route(&self, addr: Ipv4Addr, oif: u32) -> Result<()> {
+    /// Removes the route to `addr` alone out of `oif`; a missing one is not
+    /// an error.
+    pub async fn delete_host_route(&self, addr: IpAddr, oif: u32) -> Result<()> {
         use netlink_packet_route::route::{RouteProtocol, RouteScope};
         // Whoever added it: any protocol, any scope (as `ip route del`).
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(addr, 32)
+        let route = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(addr, host_prefix(addr))
+            .with_context(|| format!("a route to {addr}"))?
             .output_interface(oif)
             .scope(RouteScope::NoWhere)
             .protocol(RouteProtocol::Unspec)
@@ -305,27 +320,84 @@ impl Netlink {
         match self.handle.route().del(route).execute().await {
             Ok(()) => Ok(()),
             Err(e) if is_errno(&e, libc::ESRCH) || is_errno(&e, libc::ENODEV) => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("removing the route to {addr}/32 on ifindex {oif}")),
+            Err(e) => Err(e).with_context(|| format!("removing the route to {addr} on ifindex {oif}")),
         }
     }
 
-    /// The /32 routes out of `oif` in the main table.
-    pub async fn host_routes_via(&self, oif: u32) -> Result<Vec<Ipv4Addr>> {
+    /// The routes to single addresses (/32 and /128) out of `oif` in the
+    /// main table, both families.
+    pub async fn host_routes_via(&self, oif: u32) -> Result<Vec<IpAddr>> {
         use netlink_packet_route::route::{RouteAddress, RouteAttribute};
         let mut out = vec![];
-        let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        // No family: the dump holds both.
+        let mut routes = self.handle.route().get(RouteMessageBuilder::<IpAddr>::new().build()).execute();
         while let Some(msg) = routes.try_next().await.context("listing routes")? {
-            if msg.header.destination_prefix_length != 32 || msg.header.table != libc::RT_TABLE_MAIN {
+            if msg.header.table != libc::RT_TABLE_MAIN {
                 continue;
             }
             let via_oif = msg.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == oif));
             let dst = msg.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
+                RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(IpAddr::V4(*d)),
+                RouteAttribute::Destination(RouteAddress::Inet6(d)) => Some(IpAddr::V6(*d)),
                 _ => None,
             });
             if let (true, Some(dst)) = (via_oif, dst) {
-                out.push(dst);
+                if msg.header.destination_prefix_length == host_prefix(dst) {
+                    out.push(dst);
+                }
             }
+        }
+        Ok(out)
+    }
+
+    /// Answers neighbour solicitations for `addr` on interface `index`
+    /// (`ip -6 neigh add proxy`); the interface needs `proxy_ndp`.
+    pub async fn add_ndp_proxy(&self, index: u32, addr: Ipv6Addr) -> Result<()> {
+        use netlink_packet_route::neighbour::NeighbourFlags;
+        self.handle
+            .neighbours()
+            .add(index, IpAddr::V6(addr))
+            .flags(NeighbourFlags::Proxy)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("answering neighbour solicitations for {addr} on ifindex {index}"))
+    }
+
+    /// Stops answering for `addr` on `index`; a missing entry is not an error.
+    pub async fn delete_ndp_proxy(&self, index: u32, addr: Ipv6Addr) -> Result<()> {
+        use netlink_packet_route::{
+            neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage},
+            AddressFamily,
+        };
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet6;
+        msg.header.ifindex = index;
+        msg.header.flags = NeighbourFlags::Proxy;
+        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet6(addr)));
+        match self.handle.neighbours().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::ENOENT) || is_errno(&e, libc::ENODEV) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing the NDP proxy entry for {addr} on ifindex {index}")),
+        }
+    }
+
+    /// The addresses `index` answers neighbour solicitations for.
+    pub async fn ndp_proxies_on(&self, index: u32) -> Result<Vec<Ipv6Addr>> {
+        use netlink_packet_route::{
+            neighbour::{NeighbourAddress, NeighbourAttribute},
+            AddressFamily,
+        };
+        let mut out = vec![];
+        let mut entries = self.handle.neighbours().get().proxies().set_address_family(AddressFamily::Inet6).execute();
+        while let Some(msg) = entries.try_next().await.context("listing NDP proxy entries")? {
+            if msg.header.ifindex != index {
+                continue;
+            }
+            out.extend(msg.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(d)) => Some(*d),
+                _ => None,
+            }));
         }
         Ok(out)
     }
@@ -369,6 +441,15 @@ impl Netlink {
             }
         }
         Ok(out)
+    }
+}
+
+/// The prefix length that covers `addr` alone.
+pub fn host_prefix(addr: IpAddr) -> u8 {
+    if addr.is_ipv4() {
+        32
+    } else {
+        128
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
     process::{Command, Stdio},
     thread::JoinHandle,
@@ -119,18 +119,21 @@ impl Plugin {
 /// A TCP server in `ns` on `port` that answers `count` connections with
 /// `reply` and the client's address.
 pub fn serve(t: &Topology, ns: &str, port: u16, count: usize, reply: &str) -> Result<JoinHandle<()>> {
-    let listener = t.in_ns(ns, || Ok(TcpListener::bind(("0.0.0.0", port))?))?;
+    // Both families where the namespace has IPv6, IPv4 alone where not.
+    let listener =
+        t.in_ns(ns, || Ok(TcpListener::bind(("::", port)).or_else(|_| TcpListener::bind(("0.0.0.0", port)))?))?;
     let reply = reply.to_string();
     Ok(std::thread::spawn(move || {
         for _ in 0..count {
             let Ok((mut s, peer)) = listener.accept() else { return };
-            let _ = s.write_all(format!("{reply} {}\n", peer.ip()).as_bytes());
+            let _ = s.write_all(format!("{reply} {}\n", peer.ip().to_canonical()).as_bytes());
         }
     }))
 }
 
 /// Connects from `ns` to `ip:port` and returns what the server said.
-pub fn ask(t: &Topology, ns: &str, ip: Ipv4Addr, port: u16) -> Result<String> {
+pub fn ask(t: &Topology, ns: &str, ip: impl Into<IpAddr>, port: u16) -> Result<String> {
+    let ip = ip.into();
     let mut s = t.in_ns(ns, || {
         TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_secs(3))
             .with_context(|| format!("connecting to {ip}:{port}"))

@@ -2,10 +2,10 @@
 //! ports, so the instance opens overflow bridges (`np0-1`, ...) on the same
 //! subnet. Tested with `--bridge-ports 2`, so that seven containers span
 //! four bridges: every path works across bridges as within one, with and
-//! without the fast path; emptied overflow bridges go; a restart adopts
-//! them and repairs their routes.
+//! without the fast path, over IPv4 and IPv6; emptied overflow bridges go;
+//! a restart adopts them and repairs their routes.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use netpath_tests::{
     cni::{ask, serve},
@@ -50,8 +50,13 @@ fn link_exists(t: &Topology, name: &str) -> bool {
     t.try_exec(&t.host, &["ip", "link", "show", name]).unwrap()
 }
 
+fn ip6(c: &Container) -> Ipv6Addr {
+    c.ip6.unwrap_or_else(|| panic!("{} has no IPv6 address", c.name))
+}
+
 /// The host's route to `ip`, as `ip route get` names its device.
-fn route_dev(t: &Topology, ip: Ipv4Addr) -> String {
+fn route_dev(t: &Topology, ip: impl Into<IpAddr>) -> String {
+    let ip = ip.into();
     let out = t.exec(&t.host, &["ip", "-o", "route", "get", &ip.to_string()]).unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let words: Vec<&str> = text.split_whitespace().collect();
@@ -61,12 +66,20 @@ fn route_dev(t: &Topology, ip: Ipv4Addr) -> String {
 
 /// A TCP connection from container namespace `from` to `server` (a
 /// container) at `ip:port`; returns the client address the server saw.
-fn seen_client(t: &Topology, from: &str, server_ns: &str, ip: Ipv4Addr, port: u16) -> String {
+fn seen_client(t: &Topology, from: &str, server_ns: &str, ip: impl Into<IpAddr>, port: u16) -> String {
     seen_client_via(t, from, server_ns, port, ip, port)
 }
 
 /// The same through a published port: the server listens on `server_port`.
-fn seen_client_via(t: &Topology, from: &str, server_ns: &str, server_port: u16, ip: Ipv4Addr, port: u16) -> String {
+fn seen_client_via(
+    t: &Topology,
+    from: &str,
+    server_ns: &str,
+    server_port: u16,
+    ip: impl Into<IpAddr>,
+    port: u16,
+) -> String {
+    let ip = ip.into();
     let server = serve(t, server_ns, server_port, 1, "hi").unwrap();
     let answer = ask(t, from, ip, port).unwrap_or_else(|e| panic!("{from} -> {ip}:{port}: {e:#}"));
     server.join().unwrap();
@@ -103,6 +116,20 @@ fn paths_across_bridges(fast_path: bool) {
     let gateway = t.ctl_json::<Status>(&["status"]).unwrap().gateway;
     assert!(t.ping(&ns(7), &gateway.to_string(), 2).unwrap(), "c7 pings the gateway");
 
+    // The same over IPv6: overflow containers are routed there by a /128,
+    // and the first bridge answers neighbour solicitations for them.
+    assert_eq!(route_dev(&t, ip6(c(3))), "np0-1");
+    assert_eq!(route_dev(&t, ip6(c(7))), "np0-3");
+    assert_eq!(route_dev(&t, ip6(c(1))), "np0");
+    for (a, b) in [(1, 3), (3, 1), (3, 4), (7, 2), (5, 6)] {
+        let seen = seen_client(&t, &ns(a), &ns(b), ip6(c(b)), 7500 + a as u16);
+        assert_eq!(seen, ip6(c(a)).to_string(), "c{a} -> c{b} over IPv6");
+    }
+    assert!(t.ping(&ns(1), &ip6(c(7)).to_string(), 2).unwrap(), "c1 pings c7 over IPv6");
+    assert!(t.ping(&t.host, &ip6(c(5)).to_string(), 2).unwrap(), "host pings c5 over IPv6");
+    let gateway6 = t.ctl_json::<Status>(&["status"]).unwrap().gateway6.expect("an IPv6 gateway");
+    assert!(t.ping(&ns(7), &gateway6.to_string(), 2).unwrap(), "c7 pings the IPv6 gateway");
+
     // A published port on an overflow bridge, from outside and from a
     // container on another bridge (hairpin through the host address).
     t.ctl_ok(&["map", "8080:c6:80"]).unwrap();
@@ -125,6 +152,9 @@ fn paths_across_bridges(fast_path: bool) {
     t.ctl_ok(&["container", "del", "c3"]).unwrap();
     assert!(link_exists(&t, "np0-1"), "np0-1 still holds c4");
     assert_ne!(route_dev(&t, c(3).ip), "np0-1", "c3's route stayed");
+    assert_ne!(route_dev(&t, ip6(c(3))), "np0-1", "c3's IPv6 route stayed");
+    assert!(!proxied(&t, "np0", ip6(c(3))), "np0 still answers for c3's IPv6 address");
+    assert!(proxied(&t, "np0", ip6(c(4))), "np0 does not answer for c4's IPv6 address");
     t.ctl_ok(&["container", "del", "c4"]).unwrap();
     assert!(!link_exists(&t, "np0-1"), "empty np0-1 was kept");
     expect_bridges(&t, &[("np0", 2), ("np0-2", 2), ("np0-3", 1)]);
@@ -136,6 +166,14 @@ fn paths_across_bridges(fast_path: bool) {
     assert_eq!(seen_client(&t, &ns(3), &ns(8), c8.ip, 7302), c3.ip.to_string());
     assert_eq!(seen_client(&t, &ns(8), &ns(1), c(1).ip, 7300), c8.ip.to_string());
     assert_eq!(seen_client(&t, &ns(7), &ns(8), c8.ip, 7301), c(7).ip.to_string());
+    assert_eq!(seen_client(&t, &ns(3), &ns(8), ip6(&c8), 7303), ip6(&c3).to_string());
+    assert_eq!(seen_client(&t, &ns(1), &ns(3), ip6(&c3), 7304), ip6(c(1)).to_string());
+}
+
+/// Does the host answer neighbour solicitations for `ip` on `bridge`?
+fn proxied(t: &Topology, bridge: &str, ip: Ipv6Addr) -> bool {
+    let out = t.exec(&t.host, &["ip", "-6", "neigh", "show", "proxy", "dev", bridge]).unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().any(|w| w.parse::<Ipv6Addr>() == Ok(ip))
 }
 
 #[test]
@@ -158,10 +196,22 @@ fn a_restart_adopts_overflow_bridges_and_repairs_their_routes() {
     let stale = Ipv4Addr::from(u32::from(cs[0].ip) + 200);
     t.exec(&t.host, &["ip", "route", "del", &format!("{}/32", cs[3].ip)]).unwrap();
     t.exec(&t.host, &["ip", "route", "add", &format!("{stale}/32"), "dev", "np0-1"]).unwrap();
+    // And over IPv6: c4's route and proxy entry go, stale ones appear.
+    let stale6 = Ipv6Addr::from(u128::from(ip6(&cs[0])) + 200);
+    t.exec(&t.host, &["ip", "-6", "route", "del", &format!("{}/128", ip6(&cs[3]))]).unwrap();
+    t.exec(&t.host, &["ip", "-6", "neigh", "del", "proxy", &ip6(&cs[3]).to_string(), "dev", "np0"]).unwrap();
+    t.exec(&t.host, &["ip", "-6", "route", "add", &format!("{stale6}/128"), "dev", "np0-1"]).unwrap();
+    t.exec(&t.host, &["ip", "-6", "neigh", "add", "proxy", &stale6.to_string(), "dev", "np0"]).unwrap();
     t.start_agent().unwrap();
     expect_bridges(&t, &[("np0", 2), ("np0-1", 2), ("np0-2", 1)]);
     assert_eq!(route_dev(&t, cs[3].ip), "np0-1", "c4's route was not restored");
     assert_ne!(route_dev(&t, stale), "np0-1", "the stale route stayed");
+    assert_eq!(route_dev(&t, ip6(&cs[3])), "np0-1", "c4's IPv6 route was not restored");
+    assert!(proxied(&t, "np0", ip6(&cs[3])), "c4's proxy entry was not restored");
+    assert_ne!(route_dev(&t, stale6), "np0-1", "the stale IPv6 route stayed");
+    assert!(!proxied(&t, "np0", stale6), "the stale proxy entry stayed");
+    let seen = seen_client(&t, &t.container_ns(1), &t.container_ns(4), ip6(&cs[3]), 7402);
+    assert_eq!(seen, ip6(&cs[0]).to_string());
     let seen = seen_client(&t, &t.container_ns(1), &t.container_ns(4), cs[3].ip, 7400);
     assert_eq!(seen, cs[0].ip.to_string());
     let seen = seen_client(&t, &t.container_ns(5), &t.container_ns(2), cs[1].ip, 7401);

@@ -11,16 +11,24 @@
 //! one bridge answers ARP for containers on the others (proxy ARP, without
 //! its delay): containers on different bridges reach each other through
 //! the host, as a routed hop (the fast path redirects it like any other).
+//!
+//! IPv6 has no proxy for a whole interface, only entries per address, so
+//! its layout differs: the host routes each overflow container's address
+//! there (a /128) and answers for it on the first bridge (an NDP proxy
+//! entry), while an overflow container holds its /64 off-link and sends
+//! everything to the gateway. That costs one entry per overflow container,
+//! where proxying every container on every bridge would cost one per
+//! container and bridge.
 
 use std::{
-    collections::HashMap,
-    net::{Ipv4Addr, Ipv6Addr},
+    collections::{HashMap, HashSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use anyhow::{Context as _, Result};
 
 use crate::{
-    model::BridgeStatus,
+    model::{BridgeStatus, Container},
     netlink::{link_controller, link_kind, Netlink},
     netns::write_iface_sysctl,
 };
@@ -45,6 +53,19 @@ pub struct BridgeLayout {
     pub mtu: u32,
     /// Containers per bridge before the next one opens.
     pub max_ports: u32,
+}
+
+/// A container's addresses, which its bridge routes.
+#[derive(Clone, Copy, Debug)]
+pub struct PortAddrs {
+    pub ip: Ipv4Addr,
+    pub ip6: Option<Ipv6Addr>,
+}
+
+impl PortAddrs {
+    pub fn of(c: &Container) -> PortAddrs {
+        PortAddrs { ip: c.ip, ip6: c.ip6 }
+    }
 }
 
 struct Bridge {
@@ -116,6 +137,12 @@ impl Bridges {
             for (key, value) in [("disable_ipv6", "0"), ("accept_dad", "0"), ("accept_ra", "0")] {
                 write_iface_sysctl("net.ipv6.conf", &name, key, value)?;
             }
+            // The first bridge answers for overflow containers' addresses
+            // (their proxy entries), at once as ARP does.
+            if number == 0 {
+                write_iface_sysctl("net.ipv6.conf", &name, "proxy_ndp", "1")?;
+                write_iface_sysctl("net.ipv6.neigh", &name, "proxy_delay", "0")?;
+            }
             let prefix6 = if number == 0 { prefix6 } else { 128 };
             nl.ensure_address(index, gateway6, prefix6)
                 .await
@@ -166,6 +193,11 @@ impl Bridges {
         self.list.iter().find(|b| b.index == bridge).map(|b| b.name.clone())
     }
 
+    /// Is `veth` a port of an overflow bridge (not the first)?
+    pub fn on_overflow(&self, veth: u32) -> bool {
+        self.bridge_of(veth).is_some_and(|b| b != self.first_index())
+    }
+
     /// Is `index` one of the instance's bridges?
     pub fn is_bridge(&self, index: u32) -> bool {
         self.list.iter().any(|b| b.index == index)
@@ -174,29 +206,29 @@ impl Bridges {
     /// Attaches a container's host veth to the first bridge with room,
     /// opening the next overflow bridge if all are full, and routes the
     /// container's address there if it is an overflow bridge.
-    pub async fn attach(&mut self, nl: &Netlink, veth: u32, ip: Ipv4Addr) -> Result<()> {
+    pub async fn attach(&mut self, nl: &Netlink, veth: u32, addrs: PortAddrs) -> Result<()> {
         let bridge = match self.list.iter().find(|b| b.ports < self.layout.max_ports) {
             Some(b) => b.index,
             None => self.open_next(nl).await?,
         };
         nl.set_controller(veth, bridge).await?;
         self.count(veth, bridge);
-        self.route(nl, bridge, ip).await
+        self.route(nl, bridge, addrs).await
     }
 
     /// Counts an existing container's veth on the bridge it is a port of
     /// (an agent restart); one that is on none of them (detached behind
     /// the agent's back) is attached again.
-    pub async fn adopt_port(&mut self, nl: &Netlink, veth: u32, ip: Ipv4Addr) -> Result<()> {
+    pub async fn adopt_port(&mut self, nl: &Netlink, veth: u32, addrs: PortAddrs) -> Result<()> {
         let link = nl.link_by_index(veth).await?;
         match link.as_ref().and_then(link_controller) {
             Some(bridge) if self.is_bridge(bridge) => {
                 self.count(veth, bridge);
-                self.route(nl, bridge, ip).await
+                self.route(nl, bridge, addrs).await
             }
             _ => {
                 tracing::warn!(ifindex = veth, "a container's veth is on none of the instance's bridges: attaching it");
-                self.attach(nl, veth, ip).await
+                self.attach(nl, veth, addrs).await
             }
         }
     }
@@ -208,26 +240,44 @@ impl Bridges {
         self.ports.insert(veth, bridge);
     }
 
+    /// The container's IPv6 address, if the instance carries IPv6.
+    fn ip6_of(&self, addrs: PortAddrs) -> Option<(Ipv6Addr, Ipv6Addr)> {
+        Some((addrs.ip6?, self.layout.gateway6?.0))
+    }
+
     /// Routes a container of an overflow bridge (those of the first are on
-    /// the subnet's route).
-    async fn route(&self, nl: &Netlink, bridge: u32, ip: Ipv4Addr) -> Result<()> {
+    /// the subnets' routes) and has the first bridge answer for its IPv6
+    /// address.
+    async fn route(&self, nl: &Netlink, bridge: u32, addrs: PortAddrs) -> Result<()> {
         if bridge == self.first_index() {
             return Ok(());
         }
-        nl.replace_host_route(ip, bridge, self.layout.gateway).await
+        nl.replace_host_route(addrs.ip.into(), bridge, self.layout.gateway.into()).await?;
+        if let Some((ip6, gateway6)) = self.ip6_of(addrs) {
+            nl.replace_host_route(ip6.into(), bridge, gateway6.into()).await?;
+            nl.add_ndp_proxy(self.first_index(), ip6).await?;
+        }
+        Ok(())
     }
 
     /// Forgets a container's port (its veth is gone or going); its route
     /// goes, and so does an overflow bridge left empty.
-    pub async fn detach(&mut self, nl: &Netlink, veth: u32, ip: Ipv4Addr) -> Result<()> {
+    pub async fn detach(&mut self, nl: &Netlink, veth: u32, addrs: PortAddrs) -> Result<()> {
         let Some(bridge) = self.ports.remove(&veth) else { return Ok(()) };
         let Some(pos) = self.list.iter().position(|b| b.index == bridge) else { return Ok(()) };
         self.list[pos].ports = self.list[pos].ports.saturating_sub(1);
         if pos == 0 {
             return Ok(());
         }
+        if let Some(ip6) = addrs.ip6 {
+            nl.delete_ndp_proxy(self.first_index(), ip6).await?;
+        }
         if self.list[pos].ports > 0 {
-            return nl.delete_host_route(ip, bridge).await;
+            nl.delete_host_route(addrs.ip.into(), bridge).await?;
+            if let Some(ip6) = addrs.ip6 {
+                nl.delete_host_route(ip6.into(), bridge).await?;
+            }
+            return Ok(());
         }
         let b = self.list.remove(pos);
         tracing::info!(bridge = %b.name, "overflow bridge empty: removing it");
@@ -236,9 +286,10 @@ impl Bridges {
     }
 
     /// After a restart has counted every container: overflow bridges with
-    /// no container go, and routes on the others to addresses that are no
-    /// container's there (removed while no agent ran).
-    pub async fn prune(&mut self, nl: &Netlink, addresses: &HashMap<u32, Ipv4Addr>) -> Result<()> {
+    /// no container go, and routes on the others and NDP proxy entries on
+    /// the first to addresses that are no container's there (removed while
+    /// no agent ran).
+    pub async fn prune(&mut self, nl: &Netlink, addresses: &HashMap<u32, PortAddrs>) -> Result<()> {
         let mut keep = vec![];
         for b in std::mem::take(&mut self.list) {
             if b.number != 0 && b.ports == 0 {
@@ -247,11 +298,13 @@ impl Bridges {
                 continue;
             }
             if b.number != 0 {
-                let wanted: std::collections::HashSet<Ipv4Addr> = self
+                let wanted: HashSet<IpAddr> = self
                     .ports
                     .iter()
                     .filter(|(_, bridge)| **bridge == b.index)
                     .filter_map(|(veth, _)| addresses.get(veth).copied())
+                    .flat_map(|a| [Some(a.ip.into()), self.ip6_of(a).map(|(ip6, _)| ip6.into())])
+                    .flatten()
                     .collect();
                 for stale in nl.host_routes_via(b.index).await?.into_iter().filter(|a| !wanted.contains(a)) {
                     nl.delete_host_route(stale, b.index).await?;
@@ -260,6 +313,16 @@ impl Bridges {
             keep.push(b);
         }
         self.list = keep;
+        let first = self.first_index();
+        let proxied: HashSet<Ipv6Addr> = self
+            .ports
+            .iter()
+            .filter(|(_, bridge)| **bridge != first)
+            .filter_map(|(veth, _)| addresses.get(veth).and_then(|a| self.ip6_of(*a)).map(|(ip6, _)| ip6))
+            .collect();
+        for stale in nl.ndp_proxies_on(first).await?.into_iter().filter(|a| !proxied.contains(a)) {
+            nl.delete_ndp_proxy(first, stale).await?;
+        }
         self.sync_proxy_arp()
     }
 

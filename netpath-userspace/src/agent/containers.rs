@@ -10,7 +10,10 @@ use netpath_common::{
     ContainerEntry, Hook, In6Addr,
 };
 
-use super::{bridges::MAX_BRIDGES, AgentError, Inner};
+use super::{
+    bridges::{PortAddrs, MAX_BRIDGES},
+    AgentError, Inner,
+};
 use crate::{
     config::validate_ifname,
     config::{validate_name, ResolvedConfig},
@@ -367,7 +370,7 @@ impl Inner {
         }
         // Bridge ports need no IPv6 of their own.
         let _ = write_iface_sysctl("net.ipv6.conf", &c.veth, "disable_ipv6", "1");
-        self.bridges.attach(&self.nl, host_index, c.ip).await?;
+        self.bridges.attach(&self.nl, host_index, PortAddrs::of(c)).await?;
         self.dp.reset_stats(host_index)?;
         self.program_container(c)?;
         self.nl.set_up(host_index).await?;
@@ -382,14 +385,22 @@ impl Inner {
         let net6 = cfg.net6.zip(c.ip6);
         ns.run(|| configure_ipv6(&c.ifname, net6.is_some()))?;
         cnl.ensure_address(index, c.ip, cfg.subnet.prefix_len()).await?;
-        if let Some((net6, ip6)) = net6 {
-            cnl.ensure_address(index, ip6, net6.subnet.prefix_len()).await?;
+        // On an overflow bridge the /64 is off-link (see agent::bridges):
+        // only the gateway is a neighbour.
+        let off_link6 = self.bridges.on_overflow(c.ifindex);
+        match net6 {
+            Some((net6, ip6)) if off_link6 => cnl.ensure_address_off_link(index, ip6, net6.subnet.prefix_len()).await?,
+            Some((net6, ip6)) => cnl.ensure_address(index, ip6, net6.subnet.prefix_len()).await?,
+            None => {}
         }
         let lo = cnl.link_index("lo").await?;
         cnl.set_up(lo).await?;
         cnl.set_up(index).await?;
         cnl.add_default_route(cfg.gateway).await?;
-        if let Some((net6, _)) = net6 {
+        if let Some((net6, ip6)) = net6 {
+            if off_link6 {
+                cnl.replace_host_route(net6.gateway.into(), index, ip6.into()).await?;
+            }
             cnl.add_default_route6(net6.gateway, index).await?;
         }
         Ok(())
@@ -401,7 +412,7 @@ impl Inner {
             if let Err(e) = self.nl.delete_link(c.ifindex).await {
                 tracing::warn!("rollback: {e:#}");
             }
-            if let Err(e) = self.bridges.detach(&self.nl, c.ifindex, c.ip).await {
+            if let Err(e) = self.bridges.detach(&self.nl, c.ifindex, PortAddrs::of(c)).await {
                 tracing::warn!("rollback: {e:#}");
             }
         }
@@ -423,7 +434,7 @@ impl Inner {
                 self.nl.delete_link(c.ifindex).await?;
             }
         }
-        self.bridges.detach(&self.nl, c.ifindex, c.ip).await?;
+        self.bridges.detach(&self.nl, c.ifindex, PortAddrs::of(&c)).await?;
         // With the veth gone no new flow of it can start; its entry leaves
         // CONTAINERS and its id its owner slot, which cuts every flow it owns
         // (verdicts, masqueraded flows) at once, before its address can be

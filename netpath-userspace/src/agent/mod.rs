@@ -51,7 +51,7 @@ use netpath_common::{
 use thiserror::Error;
 use tokio::sync::{broadcast, Mutex};
 
-use self::bridges::{BridgeLayout, Bridges};
+use self::bridges::{BridgeLayout, Bridges, PortAddrs};
 use crate::{
     config::{self, ResolvedConfig, UplinkXdp},
     datapath::{Datapath, GcReport, MapSummary, ProgramSummary},
@@ -764,7 +764,7 @@ impl Inner {
                 self.release_addresses(c.ip, c.ip6);
                 continue;
             }
-            self.bridges.adopt_port(&self.nl, c.ifindex, c.ip).await?;
+            self.bridges.adopt_port(&self.nl, c.ifindex, PortAddrs::of(&c)).await?;
             if let Ok(inode) = Netns::open(&c.netns).and_then(|n| n.inode()) {
                 self.netns_inodes.insert(c.name.clone(), inode);
             }
@@ -790,7 +790,7 @@ impl Inner {
             kept.push(c);
         }
         self.state.containers = kept;
-        let addresses = self.state.containers.iter().map(|c| (c.ifindex, c.ip)).collect();
+        let addresses = self.state.containers.iter().map(|c| (c.ifindex, PortAddrs::of(c))).collect();
         self.bridges.prune(&self.nl, &addresses).await?;
         let owned: std::collections::HashSet<u32> = self.state.containers.iter().map(|c| c.ifindex).collect();
         for (ifindex, _) in self.dp.containers()? {
