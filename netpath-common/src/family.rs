@@ -45,6 +45,10 @@ pub trait AddrFamily: Copy + Default + PartialEq + Eq + Hash + Debug {
     /// when it reaches its own published port).
     fn gateway(cfg: &DatapathConfig) -> Self;
 
+    /// The host address container flows of this family are masqueraded
+    /// to (unspecified: none).
+    fn masq_addr(cfg: &DatapathConfig) -> Self;
+
     /// The echo type a flow's other direction carries.
     #[inline(always)]
     fn peer_echo_type(icmp_type: u8) -> u8 {
@@ -82,6 +86,11 @@ impl AddrFamily for [u8; 4] {
     fn gateway(cfg: &DatapathConfig) -> Self {
         cfg.gateway4
     }
+
+    #[inline(always)]
+    fn masq_addr(cfg: &DatapathConfig) -> Self {
+        cfg.masq_addr4
+    }
 }
 
 impl AddrFamily for In6Addr {
@@ -110,6 +119,11 @@ impl AddrFamily for In6Addr {
     #[inline(always)]
     fn gateway(cfg: &DatapathConfig) -> Self {
         cfg.gateway6
+    }
+
+    #[inline(always)]
+    fn masq_addr(cfg: &DatapathConfig) -> Self {
+        cfg.masq_addr6
     }
 }
 

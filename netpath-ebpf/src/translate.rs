@@ -115,7 +115,7 @@ pub fn translate_parsed4(
                     trace_published(flow, published, cfg);
                 }
             }),
-            None if from_outside => return unclaimed4(ctx, flow, cfg),
+            None if from_outside => return unclaimed(ctx, flow, cfg),
             None => return Ok(()),
         }
     };
@@ -131,10 +131,10 @@ pub fn translate_parsed4(
 /// the peer while the port may go to another container's flow; unless a
 /// host socket owns the tuple (a host service listening inside the range).
 #[inline(never)]
-fn unclaimed4(ctx: &TcContext, flow: &Flow4, cfg: &DatapathConfig) -> Result<(), DropReason> {
+fn unclaimed<A: Family>(ctx: &TcContext, flow: &Flow<A>, cfg: &DatapathConfig) -> Result<(), DropReason> {
     let port = u16::from_be(flow.key.dport);
     let masquerade_port = cfg.has(CFG_F_MASQUERADE)
-        && flow.key.daddr == cfg.masq_addr4
+        && flow.key.daddr == A::masq_addr(cfg)
         && (cfg.masq_port_min..=cfg.masq_port_max).contains(&port)
         && (flow.key.proto == IPPROTO_TCP || flow.key.proto == IPPROTO_UDP);
     if masquerade_port && !host_sockets::owns(ctx, &flow.key) {
@@ -248,6 +248,7 @@ pub fn translate_parsed6(
                     trace_published(flow, published, cfg);
                 }
             }
+            None if from_outside => return unclaimed(ctx, flow, cfg),
             None => return Ok(()),
         }
     }

@@ -53,7 +53,7 @@ fn server(t: &Topology, ns: &str, port: u16) -> mpsc::Receiver<IpAddr> {
     let listener = t.in_ns(ns, || Ok(TcpListener::bind(("::", port))?)).unwrap();
     listener.set_nonblocking(true).unwrap();
     let (tx, rx) = mpsc::channel();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     std::thread::spawn(move || {
         while Instant::now() < deadline {
             match listener.accept() {
@@ -278,10 +278,23 @@ fn a_published_port_answers_on_both_families_from_outside_and_hairpin() {
     t.ctl_ok(&["map", "[::]:8081:c1:81"]).unwrap();
     assert!(reaches(&t, &t.world, None, host6, 8081), "world -> [host]:8081");
     assert!(!reaches4(&t, &t.world, HOST_UPLINK_IP, 8081), "[::] publishes no IPv4 port");
-    // Unpublished: gone on both families.
+    // A host process over IPv4 too: both socket translation maps hold
+    // entries of 8080's mapping.
+    let _ = seen.try_iter().count();
+    assert!(reaches4(&t, &t.host, HOST_UPLINK_IP, 8080), "host -> host:8080");
+    let sock_revnat = |t: &Topology| {
+        let st = t.status_counted().unwrap();
+        let n = |name: &str| st.maps.iter().find(|m| m.name == name).map_or(0, |m| m.entries);
+        (n("SOCK_REVNAT4"), n("SOCK_REVNAT6"))
+    };
+    let (v4, v6) = sock_revnat(&t);
+    assert!(v4 > 0 && v6 > 0, "socket translations of host processes: {v4} IPv4, {v6} IPv6");
+    // Unpublished: gone on both families, and the GC sweeps the sockets'
+    // translations of the mapping from both maps.
     t.ctl_ok(&["unmap", "8080:c1:80"]).unwrap();
     assert!(!reaches(&t, &t.world, None, host6, 8080), "unmapped");
     assert!(!reaches4(&t, &t.world, HOST_UPLINK_IP, 8080), "unmapped");
+    assert_eq!(sock_revnat(&t), (0, 0), "socket translations of the removed mapping (IPv4, IPv6)");
 }
 
 #[test]

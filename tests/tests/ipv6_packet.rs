@@ -584,3 +584,32 @@ fn a_containers_icmpv6_errors_about_translated_flows_leave_translated() {
     let stray = unreachable(c1(), &stray_quote);
     assert_eq!(run(HookId::UplinkEgress, &uplink(&stray)).verdict, TC_ACT_SHOT, "about no flow");
 }
+
+#[test]
+fn misses_on_ipv6_masquerade_ports_are_dropped_not_handed_to_the_host() {
+    let mut h = harness_with(&masq_config6(), 0);
+    let ingress = |h: &PacketHarness, l4: Vec<u8>, next: u8| {
+        let frame = frames::eth(GATEWAY_MAC, C2_MAC, ETH_P_IPV6, &frames::ipv6(remote(), host6(), next, &l4));
+        let r = h.run(HookId::UplinkIngress.program(), &frame).unwrap();
+        (r.verdict, r.data == frame)
+    };
+    // A reply on a masquerade port whose flow is gone (expired, flushed):
+    // the host would reset it while the port can go to another flow.
+    let stale = frames::tcp6(remote(), host6(), 80, 20002, 0x10, b"");
+    assert_eq!(ingress(&h, stale, IPPROTO_TCP).0, TC_ACT_SHOT);
+    let stale = frames::udp6(remote(), host6(), 53, 20003, b"x");
+    assert_eq!(ingress(&h, stale, IPPROTO_UDP).0, TC_ACT_SHOT);
+    assert_eq!(drops(&mut h, DropReason::NoFlow), 2);
+    // Outside the range, or to another address, it is the host's.
+    let other = frames::tcp6(remote(), host6(), 80, 40000, 0x10, b"");
+    assert_eq!(ingress(&h, other, IPPROTO_TCP), (TC_ACT_OK, true));
+    let elsewhere = v6("2001:db8:18::7");
+    let other = frames::tcp6(remote(), elsewhere, 80, 20002, 0x10, b"");
+    let frame = frames::eth(GATEWAY_MAC, C2_MAC, ETH_P_IPV6, &frames::ipv6(remote(), elsewhere, IPPROTO_TCP, &other));
+    let r = h.run(HookId::UplinkIngress.program(), &frame).unwrap();
+    assert_eq!((r.verdict, r.data == frame), (TC_ACT_OK, true));
+    // Echo replies are not ported flows of the host's sockets: they pass.
+    let pong = frames::icmp6(remote(), host6(), 129, 0, &frames::echo6_body(20002, 1));
+    assert_eq!(ingress(&h, pong, IPPROTO_ICMPV6), (TC_ACT_OK, true));
+    assert_eq!(drops(&mut h, DropReason::NoFlow), 2);
+}

@@ -17,7 +17,7 @@ use aya::maps::{HashMap as BpfHashMap, IterableMap as _, Map, MapData, PerCpuArr
 use netpath_common::{
     conntrack::{CtState, CLOSED, CT_F_REPLY, IPPROTO_TCP, NS_PER_SEC},
     maps as names, CtEntry, CtEntry4, CtEntry6, CtKey, CtKey4, CtKey6, CtStats, In6Addr, SockRevNatEntry4,
-    SockRevNatKey4,
+    SockRevNatEntry6, SockRevNatKey4, SockRevNatKey6,
 };
 
 use super::{
@@ -155,6 +155,10 @@ impl Datapath {
                 map_of(names::SOCK_REVNAT4)?,
                 names::SOCK_REVNAT4,
             )?))?,
+            sock_revnat6: BpfHashMap::try_from(Map::LruHashMap(own(
+                map_of(names::SOCK_REVNAT6)?,
+                names::SOCK_REVNAT6,
+            )?))?,
             fills: self.fill_counter()?,
         })
     }
@@ -281,8 +285,10 @@ pub struct CtCollector {
     report: GcReport,
     /// MAPPING_IDS and CONTAINER_IDS.
     owners: [MapData; 2],
-    /// SOCK_REVNAT4: reverse translations of removed mappings go too.
+    /// SOCK_REVNAT4 and SOCK_REVNAT6: reverse translations of removed
+    /// mappings go too.
     sock_revnat: BpfHashMap<MapData, SockRevNatKey4, SockRevNatEntry4>,
+    sock_revnat6: BpfHashMap<MapData, SockRevNatKey6, SockRevNatEntry6>,
     /// Records the fill levels `status` shows, counted in the same round.
     fills: FillCounter,
 }
@@ -344,7 +350,8 @@ impl CtCollector {
         let removed4 = self.removed.load(Ordering::Relaxed).saturating_sub(removed_before);
         let round6 = collect_from(&mut self.map6, &entries6, &doom, &owners, &self.removed)?;
         let entries_removed = self.removed.load(Ordering::Relaxed).saturating_sub(removed_before);
-        sweep_sock_revnat(&mut self.sock_revnat, &owners)?;
+        sweep_sock_revnat(&mut self.sock_revnat, |e| e.mapping_id, &owners, names::SOCK_REVNAT4)?;
+        sweep_sock_revnat(&mut self.sock_revnat6, |e| e.mapping_id, &owners, names::SOCK_REVNAT6)?;
         // The fill levels `status` shows, counted in the same round.
         let live6 = (entries6.len() as u64).saturating_sub(entries_removed - removed4);
         self.fills
@@ -466,16 +473,18 @@ where
     Ok(round)
 }
 
-/// Deletes the socket reverse translations of removed mappings: they no
-/// longer apply (the datapath checks the mapping's owner slot), and
-/// removing a mapping does not walk SOCK_REVNAT4. Returns how many went.
-fn sweep_sock_revnat<T: BorrowMut<MapData>>(
-    map: &mut BpfHashMap<T, SockRevNatKey4, SockRevNatEntry4>,
+/// Deletes the socket reverse translations (`SOCK_REVNAT4`/`6`, `name`)
+/// of removed mappings: they no longer apply (the datapath checks the
+/// mapping's owner slot), and removing a mapping does not walk them.
+/// Returns how many went.
+fn sweep_sock_revnat<T: BorrowMut<MapData>, K: aya::Pod, V: aya::Pod>(
+    map: &mut BpfHashMap<T, K, V>,
+    mapping_id: fn(&V) -> u32,
     live: &LiveOwners,
+    name: &str,
 ) -> Result<usize> {
-    let stale = |e: &SockRevNatEntry4| e.mapping_id != 0 && !live.mappings.contains(&e.mapping_id);
-    let entries: Vec<(SockRevNatKey4, SockRevNatEntry4)> =
-        batch::entries(map.map().fd().as_fd()).context("reading SOCK_REVNAT4")?;
+    let stale = |e: &V| mapping_id(e) != 0 && !live.mappings.contains(&mapping_id(e));
+    let entries: Vec<(K, V)> = batch::entries(map.map().fd().as_fd()).with_context(|| format!("reading {name}"))?;
     let mut removed = 0;
     for (key, _) in entries.iter().filter(|(_, e)| stale(e)) {
         // Re-read: the socket may have connected again, to a live mapping.
