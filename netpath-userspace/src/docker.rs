@@ -24,7 +24,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -44,7 +44,7 @@ use tokio::sync::Mutex;
 
 use crate::{
     agent::{container_mac, format_mac, parse_mac, Agent, AgentError},
-    model::{Container, ContainerRequest, ErrorReason, PortRequest},
+    model::{Container, ContainerRequest, ErrorReason, NetworkInfo, PortRequest},
     portspec::{host_prefix, Protocol},
 };
 
@@ -85,6 +85,9 @@ struct PortBinding {
 struct PendingEndpoint {
     network: String,
     ip: Ipv4Addr,
+    /// On a network created with `--ipv6`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ip6: Option<Ipv6Addr>,
     mac: String,
     ports: Vec<PortRequest>,
 }
@@ -258,9 +261,7 @@ impl Driver {
     async fn create_network(&self, body: Bytes) -> DriverResult {
         let req: CreateNetworkRequest = parse(&body, "CreateNetwork")?;
         let net = self.agent.network().await;
-        if req.ipv6_data.as_ref().is_some_and(|v| !v.is_empty()) {
-            return Err(DriverError("netpath: IPv6 is not supported yet; create the network without --ipv6".into()));
-        }
+        check_ipv6_pool(req.ipv6_data.as_deref().unwrap_or_default(), &net)?;
         let [data] = req.ipv4_data.as_slice() else {
             return Err(DriverError(format!(
                 "netpath: expected exactly one IPv4 pool, got {}; create the network with --subnet {}",
@@ -292,9 +293,12 @@ impl Driver {
     async fn create_endpoint(&self, body: Bytes) -> DriverResult {
         let req: EndpointRequest = parse(&body, "CreateEndpoint")?;
         let iface = req.interface.unwrap_or_default();
-        if !iface.address_ipv6.is_empty() {
-            return Err(DriverError("netpath: IPv6 is not supported yet".into()));
-        }
+        let ip6 = match iface.address_ipv6.split('/').next().unwrap_or_default() {
+            "" => None,
+            a => Some(a.parse::<Ipv6Addr>().map_err(|_| {
+                DriverError(format!("netpath: Docker's IPv6 address {:?} is not an address", iface.address_ipv6))
+            })?),
+        };
         let address = iface.address.split('/').next().unwrap_or_default();
         let ip: Ipv4Addr = address.parse().map_err(|_| {
             DriverError(format!("netpath: Docker assigned no IPv4 address to the endpoint ({:?})", iface.address))
@@ -306,7 +310,7 @@ impl Driver {
             iface.mac_address.clone()
         };
         let ports = ports_of(req.options.as_ref())?;
-        let pending = PendingEndpoint { network: req.network_id.clone(), ip, mac: mac.clone(), ports };
+        let pending = PendingEndpoint { network: req.network_id.clone(), ip, ip6, mac: mac.clone(), ports };
         let mut endpoints = self.endpoints.lock().await;
         endpoints.insert(req.endpoint_id.clone(), pending);
         self.save(&endpoints)?;
@@ -336,11 +340,12 @@ impl Driver {
                 name: Self::container_name(&req.endpoint_id),
                 netns,
                 ip: Some(pending.ip),
+                ip6: pending.ip6,
                 mac: Some(pending.mac.clone()),
                 owner: Some(Self::owner(&req.network_id, &req.endpoint_id)),
-                // The driver asks for no IPv6 address (endpoints with one
-                // are refused above), so IPv6 bindings wait.
-                ports: usable_ports(&pending.ports, false),
+                // An endpoint without IPv6 (a network without `--ipv6`)
+                // skips its IPv6 bindings, as Docker does.
+                ports: usable_ports(&pending.ports, pending.ip6.is_some()),
                 // The sandbox's netns does not exist yet: Docker moves the
                 // interface in when it does.
                 handoff: true,
@@ -351,10 +356,19 @@ impl Driver {
             return Err(DriverError(format!("netpath: container {} has no interface to hand over", c.name)));
         };
         tracing::info!(container = %c.name, ip = %c.ip, endpoint = %req.endpoint_id, "docker endpoint joined");
-        // Docker moves it in as eth<n>, with the endpoint's address and MAC,
-        // and routes by the gateway.
-        let gateway = self.agent.network().await.gateway;
-        Ok(json!({ "InterfaceName": { "SrcName": peer, "DstPrefix": "eth" }, "Gateway": gateway.to_string() }))
+        // Docker moves it in as eth<n>, with the endpoint's addresses and
+        // MAC, and routes by the gateways.
+        let net = self.agent.network().await;
+        let bridge = self.agent.container(&c.name).await?.bridge;
+        let mut answer =
+            json!({ "InterfaceName": { "SrcName": peer, "DstPrefix": "eth" }, "Gateway": net.gateway.to_string() });
+        if let (Some(_), Some(subnet6), Some(gateway6)) = (c.ip6, net.subnet6, net.gateway6) {
+            answer["GatewayIPv6"] = json!(gateway6.to_string());
+            if bridge.is_some_and(|b| b != net.bridge) {
+                answer["StaticRoutes"] = off_link_routes6(subnet6, gateway6);
+            }
+        }
+        Ok(answer)
     }
 
     async fn program_external_connectivity(&self, body: Bytes) -> DriverResult {
@@ -431,6 +445,57 @@ impl Driver {
         };
         Ok(json!({ "Value": value }))
     }
+}
+
+/// A network's IPv6 pool (`--ipv6 --subnet`): none, or the instance's
+/// subnet6 with its gateway.
+fn check_ipv6_pool(pools: &[IpamData], net: &NetworkInfo) -> Result<(), DriverError> {
+    let Some(data) = (match pools {
+        [] => None,
+        [one] => Some(one),
+        more => return Err(DriverError(format!("netpath: expected at most one IPv6 pool, got {}", more.len()))),
+    }) else {
+        return Ok(());
+    };
+    let (Some(subnet6), Some(gateway6)) = (net.subnet6, net.gateway6) else {
+        return Err(DriverError(format!(
+            "netpath: instance {} has no IPv6 subnet (subnet6 = \"none\"): create the network without --ipv6",
+            net.instance
+        )));
+    };
+    let pool: ipnet::Ipv6Net = data
+        .pool
+        .parse()
+        .map_err(|e| DriverError(format!("netpath: IPv6 pool {:?} is not a subnet: {e}", data.pool)))?;
+    if pool != subnet6 {
+        return Err(DriverError(format!(
+            "netpath: instance {} serves IPv6 subnet {subnet6}, not {pool}: create the network with --ipv6 --subnet {subnet6}",
+            net.instance
+        )));
+    }
+    let gateway = data.gateway.split('/').next().unwrap_or_default();
+    if !gateway.is_empty() && gateway.parse::<Ipv6Addr>().ok() != Some(gateway6) {
+        return Err(DriverError(format!(
+            "netpath: the bridge's IPv6 address is {gateway6}, not {gateway}: create the network with --gateway {gateway6}"
+        )));
+    }
+    Ok(())
+}
+
+/// Static routes for an endpoint on an overflow bridge (see
+/// `agent::bridges`): Docker gives its address the /64 on-link, so the
+/// gateway alone goes on-link (CONNECTED, 1) and the subnet's two halves,
+/// more specific than the /64, via the gateway (NEXTHOP, 0): everything
+/// in the subnet goes through the host, which routes each overflow
+/// container to its bridge.
+fn off_link_routes6(subnet6: ipnet::Ipv6Net, gateway6: Ipv6Addr) -> Value {
+    let mut routes = vec![json!({ "Destination": format!("{gateway6}/128"), "RouteType": 1 })];
+    if let Ok(halves) = subnet6.subnets(subnet6.prefix_len().saturating_add(1).min(128)) {
+        for half in halves {
+            routes.push(json!({ "Destination": half.to_string(), "RouteType": 0, "NextHop": gateway6.to_string() }));
+        }
+    }
+    Value::Array(routes)
 }
 
 /// The `-p` bindings in an endpoint's options, as netpath ports. Refused:
@@ -670,6 +735,51 @@ mod tests {
         assert!(e.contains("\"nowhere\""), "{e}");
         let e = ports_of(Some(&options(json!({"not": "a list"})))).map(|_| ()).unwrap_err().0;
         assert!(e.contains(PORTMAP_OPTION), "{e}");
+    }
+
+    fn network(subnet6: Option<&str>) -> NetworkInfo {
+        let subnet6: Option<ipnet::Ipv6Net> = subnet6.map(|s| s.parse().unwrap());
+        NetworkInfo {
+            instance: "np".into(),
+            bridge: "np0".into(),
+            subnet: "10.77.0.0/16".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 77, 0, 1),
+            gateway6: subnet6.map(|s| Ipv6Addr::from(u128::from(s.network()) + 1)),
+            subnet6,
+            mtu: 1500,
+        }
+    }
+
+    #[test]
+    fn an_ipv6_pool_must_be_the_instances_subnet6() {
+        let pool = |pool: &str, gateway: &str| IpamData { pool: pool.into(), gateway: gateway.into() };
+        let dual = network(Some("fd00:77::/64"));
+        assert!(check_ipv6_pool(&[], &dual).is_ok());
+        assert!(check_ipv6_pool(&[pool("fd00:77::/64", "")], &dual).is_ok());
+        assert!(check_ipv6_pool(&[pool("fd00:77::/64", "fd00:77::1/64")], &dual).is_ok());
+        let e = check_ipv6_pool(&[pool("fd00:99::/64", "")], &dual).unwrap_err().0;
+        assert!(e.contains("create the network with --ipv6 --subnet fd00:77::/64"), "{e}");
+        let e = check_ipv6_pool(&[pool("fd00:77::/64", "fd00:77::9")], &dual).unwrap_err().0;
+        assert!(e.contains("--gateway fd00:77::1"), "{e}");
+        let e = check_ipv6_pool(&[pool("nonsense", "")], &dual).unwrap_err().0;
+        assert!(e.contains("\"nonsense\""), "{e}");
+        let e = check_ipv6_pool(&[pool("fd00:77::/64", ""), pool("fd00:78::/64", "")], &dual).unwrap_err().0;
+        assert!(e.contains("at most one IPv6 pool, got 2"), "{e}");
+        let e = check_ipv6_pool(&[pool("fd00:77::/64", "")], &network(None)).unwrap_err().0;
+        assert!(e.contains("without --ipv6"), "{e}");
+    }
+
+    #[test]
+    fn an_overflow_endpoint_reaches_its_subnet_through_the_gateway() {
+        let routes = off_link_routes6("fd00:77::/64".parse().unwrap(), "fd00:77::1".parse().unwrap());
+        assert_eq!(
+            routes,
+            json!([
+                {"Destination": "fd00:77::1/128", "RouteType": 1},
+                {"Destination": "fd00:77::/65", "RouteType": 0, "NextHop": "fd00:77::1"},
+                {"Destination": "fd00:77:0:0:8000::/65", "RouteType": 0, "NextHop": "fd00:77::1"},
+            ])
+        );
     }
 
     #[test]

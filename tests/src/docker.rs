@@ -336,6 +336,8 @@ pub fn topology_with_driver() -> Result<(Topology, String)> {
         bail!("docker tests create namespaces and load BPF: run them as root (cargo xtask test)");
     }
     let mut t = Topology::new(0)?;
+    // Dual stack, as the instance is by default.
+    t.add_ipv6_uplink()?;
     let driver = format!("{}-np", t.prefix);
     let docker_host = Dockerd::socket_for(&t).display().to_string();
     t.agent_args(&["--docker-plugin", &driver, "--docker-host", &docker_host]);

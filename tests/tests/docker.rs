@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use netpath_tests::{
     docker::Dockerd,
-    topology::{curl, footprint, Topology, HOST_UPLINK_IP, WORLD_IP},
+    topology::{curl, footprint, Topology, HOST_UPLINK_IP, HOST_UPLINK_IP6, WORLD_IP, WORLD_IP6},
 };
-use netpath_userspace::model::{Container, Mapping};
+use netpath_userspace::model::{Container, Mapping, Status};
 
 const HTTPD: &[&str] = &["/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/www"];
 
@@ -93,6 +93,57 @@ fn docker_run_publishes_through_netpath_and_rm_leaves_nothing() {
     d.rm(&web).unwrap();
     d.docker_ok(&["network", "rm", &net]).unwrap();
     assert_eq!(footprint(&t).unwrap(), before, "docker rm -f leaves nothing in the agent or the host namespace");
+    drop(d);
+}
+
+#[test]
+fn docker_ipv6_networks_take_the_instances_subnet6_and_publish_on_both_families() {
+    let (t, driver) = topology();
+    let mut d = Dockerd::start(&t).unwrap();
+    let before = footprint(&t).unwrap();
+    let status: Status = t.ctl_json(&["status"]).unwrap();
+    let (subnet6, gateway6) = (status.subnet6.expect("an IPv6 subnet"), status.gateway6.expect("an IPv6 gateway"));
+    let net = format!("{}-net6", t.prefix);
+    let v4 = ["--subnet", &t.subnet, "--gateway", &gateway(&t)];
+    // An IPv6 pool the instance does not serve is refused, naming its own.
+    let err = d.network_create(&net, &driver, &[&v4[..], &["--ipv6", "--subnet", "fd00:99::/64"]].concat()).unwrap();
+    let err = err.unwrap_err();
+    assert!(err.contains(&format!("--ipv6 --subnet {subnet6}")), "{err}");
+    let gw6 = gateway6.to_string();
+    d.network_create(&net, &driver, &[&v4[..], &["--ipv6", "--subnet", &subnet6, "--gateway", &gw6]].concat())
+        .unwrap()
+        .unwrap();
+
+    let web = d.run(&["--network", &net, "-p", "8080:80"], HTTPD).unwrap().unwrap();
+    // The agent has the IPv6 address Docker's IPAM gave it.
+    let field = |name: &str| format!("{{{{(index .NetworkSettings.Networks \"{net}\").{name}}}}}");
+    let ip6 = d.docker_ok(&["inspect", "-f", &field("GlobalIPv6Address"), &web]).unwrap();
+    let cs = containers(&t);
+    assert_eq!(cs[0].ip6.map(|a| a.to_string()), Some(ip6.clone()), "{cs:?}");
+    // Published on both families (no host address, as Docker's -p); the
+    // container sees the real client on each.
+    let world = t.world.clone();
+    for host in [HOST_UPLINK_IP.to_string(), format!("[{HOST_UPLINK_IP6}]")] {
+        let url = format!("http://{host}:8080/");
+        assert_eq!(curl(&world, &url, Duration::from_secs(10)).unwrap(), "hello from docker\n", "{url}");
+    }
+    let seen = curl(&world, &format!("http://[{HOST_UPLINK_IP6}]:8080/cgi-bin/ip"), Duration::from_secs(5)).unwrap();
+    assert_eq!(netpath_tests::busybox::remote_addr(&seen), WORLD_IP6.to_string(), "the IPv6 client's address");
+    // Another container reaches it over IPv6, directly and through the
+    // host's IPv6 address (hairpin), and the world (masqueraded).
+    let script = format!(
+        "wget -qO- http://[{ip6}]:80/ && wget -qO- http://[{HOST_UPLINK_IP6}]:8080/ && ping -6 -c 1 -W 3 {WORLD_IP6}"
+    );
+    let client = d.run(&["--network", &net], &["/bin/busybox", "sh", "-c", &script]).unwrap().unwrap();
+    let status = d.docker_ok(&["wait", &client]).unwrap();
+    let logs = d.docker_ok(&["logs", &client]).unwrap();
+    assert_eq!(status, "0", "IPv6 from another container: {logs}");
+    assert_eq!(logs.matches("hello from docker").count(), 2, "{logs}");
+    t.assert_no_netfilter_rules().unwrap();
+    d.rm(&client).unwrap();
+    d.rm(&web).unwrap();
+    d.docker_ok(&["network", "rm", &net]).unwrap();
+    assert_eq!(footprint(&t).unwrap(), before, "docker rm -f leaves nothing");
     drop(d);
 }
 
