@@ -51,7 +51,8 @@ pub fn check_source(pkt: &impl Packet, container: &ContainerEntry) -> Result<(),
     }
     match ether_type {
         ETH_P_IPV4 => check_ipv4(pkt, container),
-        ETH_P_ARP => check_arp(pkt, container),
+        // ARP is IPv4's: a container without IPv4 has none to send.
+        ETH_P_ARP if container.has_ipv4() => check_arp(pkt, container),
         ETH_P_IPV6 if container.has_ipv6() => Ok(()),
         _ => Err(DropReason::UnsupportedProtocol),
     }

@@ -31,8 +31,8 @@ pub struct Config {
     /// (`<bridge>-1`, `<bridge>-2`, ...) on the same subnet. 1-1023 (a
     /// Linux bridge takes at most 1023 ports).
     pub bridge_ports: u32,
-    /// Container subnet.
-    pub subnet: Ipv4Net,
+    /// IPv4 container subnet, or `none` for an IPv6-only instance.
+    pub subnet: Subnet4,
     /// Bridge address; the first host of the subnet when absent.
     pub gateway: Option<Ipv4Addr>,
     /// IPv6 container subnet: `auto` (a unique local /64 of the instance's
@@ -149,7 +149,7 @@ impl Default for Config {
             uplink: UplinkConfig::default(),
             bridge: "np0".into(),
             bridge_ports: crate::agent::MAX_BRIDGE_PORTS,
-            subnet: "10.77.0.0/16".parse().expect("valid default subnet"),
+            subnet: Subnet4::Prefix("10.77.0.0/16".parse().expect("valid default subnet")),
             gateway: None,
             subnet6: Subnet6::Auto,
             gateway6: None,
@@ -200,21 +200,12 @@ impl Config {
         if let Some(uplink) = &self.uplink.name {
             validate_ifname("uplink", uplink)?;
         }
-        let subnet = self.subnet.trunc();
-        if subnet != self.subnet {
-            bail!("subnet {} has host bits set (did you mean {subnet}?)", self.subnet);
-        }
-        if subnet.prefix_len() > 30 {
-            bail!("subnet {subnet} is too small: at least a /30 is needed for a gateway and a container");
-        }
-        let gateway = match self.gateway.take() {
-            Some(gw) => {
-                if !subnet.contains(&gw) || gw == subnet.network() || gw == subnet.broadcast() {
-                    bail!("gateway {gw} is not a host address of subnet {subnet}");
-                }
-                gw
-            }
-            None => subnet.hosts().next().context("subnet has no host addresses")?,
+        let net4 = match self.subnet {
+            Subnet4::Prefix(subnet) => Some(resolve_net4(subnet, self.gateway.take())?),
+            Subnet4::None => match self.gateway {
+                Some(gw) => bail!("gateway {gw} needs a subnet (subnet is \"none\")"),
+                None => None,
+            },
         };
         let subnet6_auto = self.subnet6 == Subnet6::Auto;
         let subnet6 = match self.subnet6 {
@@ -223,6 +214,9 @@ impl Config {
             Subnet6::Prefix(net) => Some(net),
         };
         let net6 = resolve_net6(subnet6, self.gateway6.take())?;
+        if net4.is_none() && net6.is_none() {
+            bail!("subnet and subnet6 are both \"none\": an instance needs at least one of them");
+        }
         let ct = &self.conntrack;
         if self.mtu != 0 && !(576..=65535).contains(&self.mtu) {
             bail!("mtu {} is out of range: 576 to 65535, or 0 for the uplink's", self.mtu);
@@ -277,11 +271,78 @@ impl Config {
             denied_sources: guard.denied_sources,
             bridge: self.bridge,
             bridge_ports: self.bridge_ports,
-            subnet,
-            gateway,
+            net4,
             net6,
             subnet6_auto,
         })
+    }
+}
+
+/// Checks `subnet` and `gateway` (the subnet's first host by default).
+fn resolve_net4(given: Ipv4Net, gateway: Option<Ipv4Addr>) -> Result<Net4> {
+    let subnet = given.trunc();
+    if subnet != given {
+        bail!("subnet {given} has host bits set (did you mean {subnet}?)");
+    }
+    if subnet.prefix_len() > 30 {
+        bail!("subnet {subnet} is too small: at least a /30 is needed for a gateway and a container");
+    }
+    let gateway = match gateway {
+        Some(gw) => {
+            if !subnet.contains(&gw) || gw == subnet.network() || gw == subnet.broadcast() {
+                bail!("gateway {gw} is not a host address of subnet {subnet}");
+            }
+            gw
+        }
+        None => subnet.hosts().next().context("subnet has no host addresses")?,
+    };
+    Ok(Net4 { subnet, gateway })
+}
+
+/// The instance's IPv4 subnet and the bridge's address in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Net4 {
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+}
+
+/// The `subnet` setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum Subnet4 {
+    /// No IPv4: an IPv6-only instance.
+    None,
+    Prefix(Ipv4Net),
+}
+
+impl std::str::FromStr for Subnet4 {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "none" => Ok(Subnet4::None),
+            _ => s
+                .parse()
+                .map(Subnet4::Prefix)
+                .map_err(|_| format!("subnet {s:?} is not an IPv4 prefix (like 10.77.0.0/16) or \"none\"")),
+        }
+    }
+}
+
+impl TryFrom<String> for Subnet4 {
+    type Error = String;
+
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Subnet4> for String {
+    fn from(s: Subnet4) -> String {
+        match s {
+            Subnet4::None => "none".into(),
+            Subnet4::Prefix(net) => net.to_string(),
+        }
     }
 }
 
@@ -431,8 +492,8 @@ pub struct ResolvedConfig {
     pub denied_sources: Vec<Ipv4Net>,
     pub bridge: String,
     pub bridge_ports: u32,
-    pub subnet: Ipv4Net,
-    pub gateway: Ipv4Addr,
+    /// The IPv4 subnet and gateway, if the instance carries IPv4.
+    pub net4: Option<Net4>,
     /// The IPv6 subnet and gateway, if the instance carries IPv6.
     pub net6: Option<Net6>,
     /// `net6` is the `auto` default, not asked for: on a host without IPv6
@@ -640,7 +701,7 @@ mod tests {
     #[test]
     fn defaults_resolve() {
         let c = Config::default().resolve().unwrap();
-        assert_eq!(c.gateway, "10.77.0.1".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(c.net4.map(|n| n.gateway), Some("10.77.0.1".parse::<Ipv4Addr>().unwrap()));
         assert_eq!(c.pin_dir, PathBuf::from("/sys/fs/bpf/netpath/default"));
         assert_eq!(c.socket, PathBuf::from("/run/netpath/default/api.sock"));
         assert_eq!(instance_lock(&c.instance), PathBuf::from("/run/netpath/default.lock"));
@@ -657,7 +718,7 @@ mod tests {
         let c: Config = toml::from_str("instance = \"lab\"\nsubnet = \"192.168.5.0/24\"\nuplink = \"eth1\"\n").unwrap();
         let c = c.resolve().unwrap();
         assert_eq!(c.instance, "lab");
-        assert_eq!(c.gateway, "192.168.5.1".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(c.net4.map(|n| n.gateway), Some("192.168.5.1".parse::<Ipv4Addr>().unwrap()));
         assert_eq!(c.uplink.as_deref(), Some("eth1"));
     }
 
@@ -793,6 +854,21 @@ mod tests {
         assert_eq!(net6.gateway, "fd00:77::1".parse::<Ipv6Addr>().unwrap());
         let c: Config = toml::from_str("subnet6 = \"2001:db8:5::/112\"\ngateway6 = \"2001:db8:5::fffe\"\n").unwrap();
         assert_eq!(c.resolve().unwrap().net6.unwrap().gateway, "2001:db8:5::fffe".parse::<Ipv6Addr>().unwrap());
+    }
+
+    #[test]
+    fn subnet_none_is_an_ipv6_only_instance() {
+        let c: Config = toml::from_str("subnet = \"none\"\nsubnet6 = \"fd00:77::/64\"\n").unwrap();
+        assert!(toml::to_string(&c).unwrap().contains("subnet = \"none\""));
+        let r = c.resolve().unwrap();
+        assert_eq!(r.net4, None);
+        assert_eq!(r.net6.map(|n| n.gateway), Some("fd00:77::1".parse().unwrap()));
+        let e = toml::from_str::<Config>("subnet = \"none\"\nsubnet6 = \"none\"\n").unwrap().resolve().unwrap_err();
+        assert!(e.to_string().contains("at least one of them"), "{e}");
+        let e = toml::from_str::<Config>("subnet = \"none\"\ngateway = \"10.0.0.1\"\n").unwrap().resolve().unwrap_err();
+        assert!(e.to_string().contains("gateway 10.0.0.1 needs a subnet"), "{e}");
+        let e = toml::from_str::<Config>("subnet = \"off\"\n").unwrap_err().to_string();
+        assert!(e.contains("\"off\" is not an IPv4 prefix"), "{e}");
     }
 
     #[test]

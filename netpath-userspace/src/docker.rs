@@ -262,28 +262,34 @@ impl Driver {
         let req: CreateNetworkRequest = parse(&body, "CreateNetwork")?;
         let net = self.agent.network().await;
         check_ipv6_pool(req.ipv6_data.as_deref().unwrap_or_default(), &net)?;
+        // Docker's networks always have an IPv4 pool.
+        let (Some(subnet), Some(bridge_ip)) = (net.subnet, net.gateway) else {
+            return Err(DriverError(format!(
+                "netpath: instance {} is IPv6-only (subnet = \"none\"), and Docker networks need IPv4: \
+                 serve Docker from an instance with a subnet",
+                net.instance
+            )));
+        };
         let [data] = req.ipv4_data.as_slice() else {
             return Err(DriverError(format!(
-                "netpath: expected exactly one IPv4 pool, got {}; create the network with --subnet {}",
+                "netpath: expected exactly one IPv4 pool, got {}; create the network with --subnet {subnet}",
                 req.ipv4_data.len(),
-                net.subnet
             )));
         };
         let pool: ipnet::Ipv4Net = data
             .pool
             .parse()
             .map_err(|e| DriverError(format!("netpath: IPv4 pool {:?} is not a subnet: {e}", data.pool)))?;
-        if pool != net.subnet {
+        if pool != subnet {
             return Err(DriverError(format!(
-                "netpath: instance {} serves subnet {}, not {pool}: create the network with --subnet {}",
-                net.instance, net.subnet, net.subnet
+                "netpath: instance {} serves subnet {subnet}, not {pool}: create the network with --subnet {subnet}",
+                net.instance
             )));
         }
         let gateway = data.gateway.split('/').next().unwrap_or_default();
-        if !gateway.is_empty() && gateway.parse::<Ipv4Addr>().ok() != Some(net.gateway) {
+        if !gateway.is_empty() && gateway.parse::<Ipv4Addr>().ok() != Some(bridge_ip) {
             return Err(DriverError(format!(
-                "netpath: the bridge's address is {}, not {gateway}: create the network with --gateway {}",
-                net.gateway, net.gateway
+                "netpath: the bridge's address is {bridge_ip}, not {gateway}: create the network with --gateway {bridge_ip}"
             )));
         }
         tracing::info!(network = %req.network_id, subnet = %pool, "docker network created");
@@ -304,7 +310,7 @@ impl Driver {
             DriverError(format!("netpath: Docker assigned no IPv4 address to the endpoint ({:?})", iface.address))
         })?;
         let mac = if iface.mac_address.is_empty() {
-            format_mac(&container_mac(ip))
+            format_mac(&container_mac(Some(ip), ip6))
         } else {
             parse_mac(&iface.mac_address).map_err(|e| DriverError(format!("netpath: {e:#}")))?;
             iface.mac_address.clone()
@@ -355,13 +361,15 @@ impl Driver {
         let Some(peer) = c.handoff_ifname.clone() else {
             return Err(DriverError(format!("netpath: container {} has no interface to hand over", c.name)));
         };
-        tracing::info!(container = %c.name, ip = %c.ip, endpoint = %req.endpoint_id, "docker endpoint joined");
+        tracing::info!(container = %c.name, ip = ?c.ip, endpoint = %req.endpoint_id, "docker endpoint joined");
         // Docker moves it in as eth<n>, with the endpoint's addresses and
         // MAC, and routes by the gateways.
         let net = self.agent.network().await;
         let bridge = self.agent.container(&c.name).await?.bridge;
-        let mut answer =
-            json!({ "InterfaceName": { "SrcName": peer, "DstPrefix": "eth" }, "Gateway": net.gateway.to_string() });
+        let mut answer = json!({ "InterfaceName": { "SrcName": peer, "DstPrefix": "eth" } });
+        if let Some(gateway) = net.gateway {
+            answer["Gateway"] = json!(gateway.to_string());
+        }
         if let (Some(_), Some(subnet6), Some(gateway6)) = (c.ip6, net.subnet6, net.gateway6) {
             answer["GatewayIPv6"] = json!(gateway6.to_string());
             if bridge.is_some_and(|b| b != net.bridge) {
@@ -742,8 +750,8 @@ mod tests {
         NetworkInfo {
             instance: "np".into(),
             bridge: "np0".into(),
-            subnet: "10.77.0.0/16".parse().unwrap(),
-            gateway: Ipv4Addr::new(10, 77, 0, 1),
+            subnet: Some("10.77.0.0/16".parse().unwrap()),
+            gateway: Some(Ipv4Addr::new(10, 77, 0, 1)),
             gateway6: subnet6.map(|s| Ipv6Addr::from(u128::from(s.network()) + 1)),
             subnet6,
             mtu: 1500,

@@ -83,7 +83,9 @@ pub struct Container {
     pub name: String,
     /// The netns path as given (resolved to a path).
     pub netns: String,
-    pub ip: Ipv4Addr,
+    /// Its IPv4 address (None: the instance is IPv6-only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
     /// Its IPv6 address (None: the instance has no IPv6 subnet, or had none
     /// when the container was attached).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -122,8 +124,11 @@ impl Container {
 pub struct NetworkInfo {
     pub instance: String,
     pub bridge: String,
-    pub subnet: ipnet::Ipv4Net,
-    pub gateway: Ipv4Addr,
+    /// The IPv4 subnet and gateway, if the instance has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<ipnet::Ipv4Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
     /// The IPv6 subnet and gateway, if the instance has them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet6: Option<ipnet::Ipv6Net>,
@@ -230,8 +235,11 @@ pub struct Status {
     /// `bridge_ports` containers each) and their containers.
     #[serde(default)]
     pub bridges: Vec<BridgeStatus>,
-    pub subnet: String,
-    pub gateway: Ipv4Addr,
+    /// The IPv4 subnet and gateway (None: the instance has no IPv4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
     /// The IPv6 subnet and gateway (None: the instance has no IPv6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet6: Option<String>,
@@ -377,9 +385,10 @@ pub struct Mapping {
     pub host_port: u16,
     pub proto: Protocol,
     pub container: String,
-    /// The container's IPv4 address (the backend of the IPv4 entry, if
-    /// the mapping has one: see [`Mapping::on_ipv4`]).
-    pub container_ip: Ipv4Addr,
+    /// The container's IPv4 address when the mapping answers on IPv4 (it
+    /// has a `MAPPINGS4` entry); None: IPv6 only (an IPv6-only container).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_ip: Option<Ipv4Addr>,
     /// The container's IPv6 address when the mapping answers on IPv6 (it
     /// has a `MAPPINGS6` entry); None: IPv4 only (every mapping saved
     /// before IPv6 ports existed).
@@ -395,10 +404,10 @@ impl Mapping {
         format!("{ip}{}:{}:{}/{}", self.host_port, self.container, self.container_port, self.proto)
     }
 
-    /// Does it have a `MAPPINGS4` entry? Every mapping but one on an IPv6
-    /// host address.
+    /// Does it have a `MAPPINGS4` entry? One on an IPv4 host address, and
+    /// one without a host address whose container has an IPv4 address.
     pub fn on_ipv4(&self) -> bool {
-        !matches!(self.host_ip, Some(IpAddr::V6(_)))
+        self.container_ip.is_some() && !matches!(self.host_ip, Some(IpAddr::V6(_)))
     }
 
     /// Does it have a `MAPPINGS6` entry? One on an IPv6 host address, and

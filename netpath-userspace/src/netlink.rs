@@ -72,9 +72,9 @@ impl Netlink {
         self.link_by_name(name).await?.map(|l| l.header.index).ok_or_else(|| anyhow!("interface {name} does not exist"))
     }
 
-    /// Creates the bridge if absent, gives it `addr/prefix` if it lacks it,
-    /// and brings it up. Idempotent, so a restarted agent reuses it.
-    pub async fn ensure_bridge(&self, name: &str, addr: Ipv4Addr, prefix: u8) -> Result<u32> {
+    /// Creates the bridge if absent, gives it `addr/prefix` (if any) if it
+    /// lacks it, and brings it up. Idempotent, so a restarted agent reuses it.
+    pub async fn ensure_bridge(&self, name: &str, addr: Option<(Ipv4Addr, u8)>) -> Result<u32> {
         let index = match self.link_by_name(name).await? {
             Some(link) => {
                 if link_kind(&link).as_deref() != Some("bridge") {
@@ -92,7 +92,9 @@ impl Netlink {
                 self.link_index(name).await?
             }
         };
-        self.ensure_address(index, addr, prefix).await?;
+        if let Some((addr, prefix)) = addr {
+            self.ensure_address(index, addr, prefix).await?;
+        }
         self.set_up(index).await?;
         Ok(index)
     }

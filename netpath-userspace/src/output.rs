@@ -37,7 +37,7 @@ pub fn containers_table(containers: &[Container]) -> String {
             vec![
                 c.name.clone(),
                 c.runtime_name.clone().unwrap_or_else(|| "-".into()),
-                c.ip.to_string(),
+                c.ip.map_or_else(|| "-".into(), |a| a.to_string()),
                 c.ip6.map_or_else(|| "-".into(), |a| a.to_string()),
                 c.mac.clone(),
                 c.veth.clone(),
@@ -61,8 +61,8 @@ pub fn mappings_table(ms: &[Mapping]) -> String {
                 Some(_) => format!("{}{}", crate::portspec::host_prefix(m.host_ip), m.host_port),
             };
             let mut backends = vec![];
-            if m.on_ipv4() {
-                backends.push(format!("{}:{}", m.container_ip, m.container_port));
+            if let Some(ip) = m.container_ip.filter(|_| m.on_ipv4()) {
+                backends.push(format!("{ip}:{}", m.container_port));
             }
             if let Some(ip6) = m.container_ip6.filter(|_| m.on_ipv6()) {
                 backends.push(format!("[{ip6}]:{}", m.container_port));
@@ -133,7 +133,12 @@ pub fn stats_table(s: &StatsView) -> String {
 pub fn status_text(s: &Status) -> String {
     let mut out = String::new();
     out.push_str(&format!("instance  {} (netpath {})\n", s.instance, s.version));
-    out.push_str(&format!("bridge    {} gateway {} subnet {}\n", s.bridge, s.gateway, s.subnet));
+    match (&s.subnet, s.gateway) {
+        (Some(subnet), Some(gateway)) => {
+            out.push_str(&format!("bridge    {} gateway {gateway} subnet {subnet}\n", s.bridge))
+        }
+        _ => out.push_str(&format!("bridge    {} (IPv6 only: no IPv4 subnet)\n", s.bridge)),
+    }
     if let (Some(subnet6), Some(gateway6)) = (&s.subnet6, s.gateway6) {
         out.push_str(&format!("ipv6      gateway {gateway6} subnet {subnet6}\n"));
     }
@@ -237,7 +242,7 @@ pub fn status_text(s: &Status) -> String {
         .map(|c| {
             vec![
                 c.container.name.clone(),
-                c.container.ip.to_string(),
+                c.container.ip.map_or_else(|| "-".into(), |a| a.to_string()),
                 c.container.ip6.map_or_else(|| "-".into(), |a| a.to_string()),
                 c.container.veth.clone(),
                 format!("{}/{}", c.stats.tx_packets, c.stats.tx_bytes),
@@ -311,7 +316,7 @@ mod tests {
             host_port: 8080,
             proto: crate::portspec::Protocol::Tcp,
             container: "web".into(),
-            container_ip: "10.77.0.5".parse().unwrap(),
+            container_ip: Some("10.77.0.5".parse().unwrap()),
             container_ip6: ip6.map(|s| s.parse().unwrap()),
             container_port: 80,
         };

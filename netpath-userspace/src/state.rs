@@ -67,7 +67,8 @@ pub enum Change {
     /// before, as an `Unpublish`), its address to the back of the queue.
     RemoveContainer {
         name: String,
-        ip: Ipv4Addr,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ip: Option<Ipv4Addr>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ip6: Option<Ipv6Addr>,
     },
@@ -93,7 +94,7 @@ impl Change {
                 }
             }
             Change::AddContainer { container, next_id } => {
-                state.released4.retain(|ip| *ip != container.ip);
+                state.released4.retain(|ip| Some(*ip) != container.ip);
                 state.released6.retain(|ip| Some(*ip) != container.ip6);
                 state.containers.push(container.clone());
                 state.next_id = state.next_id.max(*next_id);
@@ -101,7 +102,9 @@ impl Change {
             Change::RemoveContainer { name, ip, ip6 } => {
                 state.containers.retain(|c| c.name != *name);
                 state.policies.remove(name);
-                let _ = crate::ipam::remember_released(&mut state.released4, *ip);
+                if let Some(ip) = ip {
+                    let _ = crate::ipam::remember_released(&mut state.released4, *ip);
+                }
                 if let Some(ip6) = ip6 {
                     let _ = crate::ipam::remember_released(&mut state.released6, *ip6);
                 }
@@ -276,7 +279,7 @@ mod tests {
             containers: vec![Container {
                 name: "c1".into(),
                 netns: "/run/netns/c1".into(),
-                ip: "10.0.0.2".parse().unwrap(),
+                ip: Some("10.0.0.2".parse().unwrap()),
                 ip6: Some("fd00:77::2".parse().unwrap()),
                 mac: "02:4e:0a:00:00:02".into(),
                 veth: "npv1234".into(),
@@ -311,7 +314,7 @@ mod tests {
         let container = |name: &str, ip: &str, id: u32| Container {
             name: name.into(),
             netns: format!("/run/netns/{name}"),
-            ip: ip.parse().unwrap(),
+            ip: Some(ip.parse().unwrap()),
             ip6: Some(format!("fd00:77::{}", ip.rsplit('.').next().unwrap()).parse().unwrap()),
             mac: "02:4e:0a:00:00:02".into(),
             veth: format!("npv{id}"),
@@ -328,7 +331,7 @@ mod tests {
             Change::SetDefault { container: "a".into(), direction: Direction::In, action: Action::Deny },
             Change::RemoveContainer {
                 name: "a".into(),
-                ip: "10.0.0.9".parse().unwrap(),
+                ip: Some("10.0.0.9".parse().unwrap()),
                 ip6: Some("fd00:77::9".parse().unwrap()),
             },
         ];
@@ -358,7 +361,10 @@ mod tests {
         // An old journal line without ip6 still replays.
         let line = r#"{"remove_container":{"name":"x","ip":"10.0.0.7"}}"#;
         let change: Change = serde_json::from_str(line).unwrap();
-        assert_eq!(change, Change::RemoveContainer { name: "x".into(), ip: "10.0.0.7".parse().unwrap(), ip6: None });
+        assert_eq!(
+            change,
+            Change::RemoveContainer { name: "x".into(), ip: Some("10.0.0.7".parse().unwrap()), ip6: None }
+        );
     }
 
     #[test]
@@ -415,7 +421,7 @@ mod tests {
             host_port: port,
             proto: crate::portspec::Protocol::Tcp,
             container: "c1".into(),
-            container_ip: "10.0.0.2".parse().unwrap(),
+            container_ip: Some("10.0.0.2".parse().unwrap()),
             container_ip6: None,
             container_port: 80,
         }

@@ -58,3 +58,15 @@ pub(crate) fn daemon_command(command: &mut std::process::Command) -> &mut std::p
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
+
+/// The IPv4 address of a container of a test instance that carries IPv4
+/// (every instance but an IPv6-only one).
+pub trait Ipv4Of {
+    fn ip4(&self) -> std::net::Ipv4Addr;
+}
+
+impl Ipv4Of for netpath_userspace::model::Container {
+    fn ip4(&self) -> std::net::Ipv4Addr {
+        self.ip.unwrap_or_else(|| panic!("container {} has no IPv4 address", self.name))
+    }
+}

@@ -3,6 +3,7 @@
 //! leaves no translation behind for a container that went or an address the
 //! host no longer has.
 
+use netpath_tests::Ipv4Of as _;
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
     os::unix::fs::PermissionsExt as _,
@@ -117,7 +118,7 @@ fn a_second_agent_for_the_same_instance_or_pins_is_refused() {
     assert_eq!(st.maps.iter().find(|m| m.name == "CONTAINERS").unwrap().entries, 1);
     assert!(st.attach_points.iter().any(|a| a.interface == c1.veth && a.attached_program_ids.len() == 1));
     assert!(t.ping(&ns1, &WORLD_IP.to_string(), 3).unwrap(), "the container still reaches the world");
-    assert!(t.ping(&ns1, &st.gateway.to_string(), 1).unwrap());
+    assert!(t.ping(&ns1, &st.gateway.unwrap().to_string(), 1).unwrap());
 
     // The lock goes with its holder.
     t.stop_agent().unwrap();
@@ -248,12 +249,12 @@ fn container_del_forgets_its_flows_and_its_address_waits() {
     let from = udp_round_trip(&client, &server, b"q1");
     assert_eq!(from.ip(), IpAddr::V4(HOST_UPLINK_IP));
     let names_c1 = |f: &Flow| {
-        [f.original.src, f.original.dst, f.reply.src, f.reply.dst].contains(&std::net::IpAddr::V4(c1.ip))
+        [f.original.src, f.original.dst, f.reply.src, f.reply.dst].contains(&std::net::IpAddr::V4(c1.ip4()))
             || f.container.as_deref() == Some("c1")
     };
     let before = flows(&t);
     assert!(
-        before.iter().any(|f| f.scope == "nat" && f.original.src == c1.ip && f.reply.dst == HOST_UPLINK_IP),
+        before.iter().any(|f| f.scope == "nat" && f.original.src == c1.ip4() && f.reply.dst == HOST_UPLINK_IP),
         "the masqueraded flow is tracked: {before:?}"
     );
 
@@ -267,11 +268,17 @@ fn container_del_forgets_its_flows_and_its_address_waits() {
     t.stop_agent().unwrap();
     t.start_agent().unwrap();
     let c3 = t.add_container(3).unwrap();
-    assert!(c3.ip != c1.ip && c3.ip != c2.ip, "c3 got {} (c1 had {}, c2 has {})", c3.ip, c1.ip, c2.ip);
+    assert!(
+        c3.ip4() != c1.ip4() && c3.ip4() != c2.ip4(),
+        "c3 got {} (c1 had {}, c2 has {})",
+        c3.ip4(),
+        c1.ip4(),
+        c2.ip4()
+    );
     // Explicitly asked for, the address is free.
     let ns = t.new_netns("again").unwrap();
     let again: Container =
-        t.ctl_json(&["container", "add", "again", "--netns", &ns, "--ip", &c1.ip.to_string()]).unwrap();
+        t.ctl_json(&["container", "add", "again", "--netns", &ns, "--ip", &c1.ip4().to_string()]).unwrap();
     assert_eq!(again.ip, c1.ip);
 }
 

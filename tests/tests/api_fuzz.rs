@@ -13,6 +13,7 @@
 //! a byte that JSON forbids, cannot be valid), and no netns other than the
 //! run's own and the agent's own is ever named.
 
+use netpath_tests::Ipv4Of as _;
 use std::{
     io::{Read as _, Write as _},
     os::unix::net::UnixStream,
@@ -251,8 +252,9 @@ fn batch(ns1: &str, ns2: &str, host: &str, c1_ip: &str, subnet: &str) -> Vec<Bad
     }
     // The fields runtimes use (the CNI plugin, a Docker driver), one bad at
     // a time on an otherwise valid request.
-    let mac_of =
-        |ip: &str| netpath_userspace::agent::format_mac(&netpath_userspace::agent::container_mac(ip.parse().unwrap()));
+    let mac_of = |ip: &str| {
+        netpath_userspace::agent::format_mac(&netpath_userspace::agent::container_mac(Some(ip.parse().unwrap()), None))
+    };
     let runtime_fields = [
         json!({"ifname": ""}),
         json!({"ifname": "a/b"}),
@@ -527,7 +529,7 @@ fn bad_requests_get_4xx_json_and_change_nothing() {
     t.ctl_ok(&["map", "8080:c1:80"]).unwrap();
     t.ctl_ok(&["policy", "add", "c1", "deny", "in", "198.18.0.0/24", "tcp/22"]).unwrap();
     let before = snapshot(&t);
-    let requests = batch(&t.container_ns(1), &t.container_ns(2), &t.host, &c1.ip.to_string(), &t.subnet);
+    let requests = batch(&t.container_ns(1), &t.container_ns(2), &t.host, &c1.ip4().to_string(), &t.subnet);
     let started = Instant::now();
     let mut failures = vec![];
     let mut notes = vec![];

@@ -5,6 +5,7 @@
 //! without the fast path, over IPv4 and IPv6; emptied overflow bridges go;
 //! a restart adopts them and repairs their routes.
 
+use netpath_tests::Ipv4Of as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use netpath_tests::{
@@ -99,21 +100,21 @@ fn paths_across_bridges(fast_path: bool) {
         assert_eq!(shown.bridge.as_deref(), Some(bridge), "container show c{i}");
     }
     // Containers of overflow bridges are routed there, the first bridge's by the subnet.
-    assert_eq!(route_dev(&t, c(3).ip), "np0-1");
-    assert_eq!(route_dev(&t, c(7).ip), "np0-3");
-    assert_eq!(route_dev(&t, c(1).ip), "np0");
+    assert_eq!(route_dev(&t, c(3).ip4()), "np0-1");
+    assert_eq!(route_dev(&t, c(7).ip4()), "np0-3");
+    assert_eq!(route_dev(&t, c(1).ip4()), "np0");
 
     // Container to container: across bridges both ways, within an overflow
     // bridge, first bridge to the last; each sees the other's own address.
     for (a, b) in [(1, 3), (3, 1), (3, 4), (7, 2), (5, 6)] {
-        let seen = seen_client(&t, &ns(a), &ns(b), c(b).ip, 7000 + a as u16);
-        assert_eq!(seen, c(a).ip.to_string(), "c{a} -> c{b}");
+        let seen = seen_client(&t, &ns(a), &ns(b), c(b).ip4(), 7000 + a as u16);
+        assert_eq!(seen, c(a).ip4().to_string(), "c{a} -> c{b}");
     }
-    assert!(t.ping(&ns(1), &c(7).ip.to_string(), 2).unwrap(), "c1 pings c7");
-    assert!(t.ping(&ns(7), &c(1).ip.to_string(), 2).unwrap(), "c7 pings c1");
+    assert!(t.ping(&ns(1), &c(7).ip4().to_string(), 2).unwrap(), "c1 pings c7");
+    assert!(t.ping(&ns(7), &c(1).ip4().to_string(), 2).unwrap(), "c7 pings c1");
     // The host reaches every bridge's containers, and they the gateway.
-    assert!(t.ping(&t.host, &c(5).ip.to_string(), 2).unwrap(), "host pings c5");
-    let gateway = t.ctl_json::<Status>(&["status"]).unwrap().gateway;
+    assert!(t.ping(&t.host, &c(5).ip4().to_string(), 2).unwrap(), "host pings c5");
+    let gateway = t.ctl_json::<Status>(&["status"]).unwrap().gateway.unwrap();
     assert!(t.ping(&ns(7), &gateway.to_string(), 2).unwrap(), "c7 pings the gateway");
 
     // The same over IPv6: overflow containers are routed there by a /128,
@@ -134,16 +135,16 @@ fn paths_across_bridges(fast_path: bool) {
     // container on another bridge (hairpin through the host address).
     t.ctl_ok(&["map", "8080:c6:80"]).unwrap();
     assert_eq!(seen_client_via(&t, &t.world, &ns(6), 80, HOST_UPLINK_IP, 8080), WORLD_IP.to_string());
-    assert_eq!(seen_client_via(&t, &ns(1), &ns(6), 80, HOST_UPLINK_IP, 8080), c(1).ip.to_string());
+    assert_eq!(seen_client_via(&t, &ns(1), &ns(6), 80, HOST_UPLINK_IP, 8080), c(1).ip4().to_string());
     // Masquerade out of the uplink from an overflow bridge.
     assert_eq!(seen_client(&t, &ns(5), &t.world, WORLD_IP, 7100), HOST_UPLINK_IP.to_string());
 
     // icc off holds across bridges as within one.
     t.ctl_ok(&["icc", "off"]).unwrap();
     let server = serve(&t, &ns(3), 7200, 1, "hi").unwrap();
-    assert!(ask(&t, &ns(1), c(3).ip, 7200).is_err(), "icc off: c1 still reaches c3 across bridges");
+    assert!(ask(&t, &ns(1), c(3).ip4(), 7200).is_err(), "icc off: c1 still reaches c3 across bridges");
     t.ctl_ok(&["icc", "on"]).unwrap();
-    assert!(ask(&t, &ns(1), c(3).ip, 7200).unwrap().starts_with("hi"));
+    assert!(ask(&t, &ns(1), c(3).ip4(), 7200).unwrap().starts_with("hi"));
     server.join().unwrap();
 
     // Emptied, an overflow bridge goes, routes and all; the next container
@@ -151,7 +152,7 @@ fn paths_across_bridges(fast_path: bool) {
     // free number opens.
     t.ctl_ok(&["container", "del", "c3"]).unwrap();
     assert!(link_exists(&t, "np0-1"), "np0-1 still holds c4");
-    assert_ne!(route_dev(&t, c(3).ip), "np0-1", "c3's route stayed");
+    assert_ne!(route_dev(&t, c(3).ip4()), "np0-1", "c3's route stayed");
     assert_ne!(route_dev(&t, ip6(c(3))), "np0-1", "c3's IPv6 route stayed");
     assert!(!proxied(&t, "np0", ip6(c(3))), "np0 still answers for c3's IPv6 address");
     assert!(proxied(&t, "np0", ip6(c(4))), "np0 does not answer for c4's IPv6 address");
@@ -163,9 +164,9 @@ fn paths_across_bridges(fast_path: bool) {
     let c3 = t.add_container(3).unwrap();
     assert_eq!(master_of(&t, &c3), "np0-1");
     expect_bridges(&t, &[("np0", 2), ("np0-1", 1), ("np0-2", 2), ("np0-3", 2)]);
-    assert_eq!(seen_client(&t, &ns(3), &ns(8), c8.ip, 7302), c3.ip.to_string());
-    assert_eq!(seen_client(&t, &ns(8), &ns(1), c(1).ip, 7300), c8.ip.to_string());
-    assert_eq!(seen_client(&t, &ns(7), &ns(8), c8.ip, 7301), c(7).ip.to_string());
+    assert_eq!(seen_client(&t, &ns(3), &ns(8), c8.ip4(), 7302), c3.ip4().to_string());
+    assert_eq!(seen_client(&t, &ns(8), &ns(1), c(1).ip4(), 7300), c8.ip4().to_string());
+    assert_eq!(seen_client(&t, &ns(7), &ns(8), c8.ip4(), 7301), c(7).ip4().to_string());
     assert_eq!(seen_client(&t, &ns(3), &ns(8), ip6(&c8), 7303), ip6(&c3).to_string());
     assert_eq!(seen_client(&t, &ns(1), &ns(3), ip6(&c3), 7304), ip6(c(1)).to_string());
 }
@@ -193,8 +194,8 @@ fn a_restart_adopts_overflow_bridges_and_repairs_their_routes() {
     expect_bridges(&t, &[("np0", 2), ("np0-1", 2), ("np0-2", 1)]);
     t.stop_agent().unwrap();
     // Behind the agent's back: c4's route goes, a stale one appears on np0-1.
-    let stale = Ipv4Addr::from(u32::from(cs[0].ip) + 200);
-    t.exec(&t.host, &["ip", "route", "del", &format!("{}/32", cs[3].ip)]).unwrap();
+    let stale = Ipv4Addr::from(u32::from(cs[0].ip4()) + 200);
+    t.exec(&t.host, &["ip", "route", "del", &format!("{}/32", cs[3].ip4())]).unwrap();
     t.exec(&t.host, &["ip", "route", "add", &format!("{stale}/32"), "dev", "np0-1"]).unwrap();
     // And over IPv6: c4's route and proxy entry go, stale ones appear.
     let stale6 = Ipv6Addr::from(u128::from(ip6(&cs[0])) + 200);
@@ -204,7 +205,7 @@ fn a_restart_adopts_overflow_bridges_and_repairs_their_routes() {
     t.exec(&t.host, &["ip", "-6", "neigh", "add", "proxy", &stale6.to_string(), "dev", "np0"]).unwrap();
     t.start_agent().unwrap();
     expect_bridges(&t, &[("np0", 2), ("np0-1", 2), ("np0-2", 1)]);
-    assert_eq!(route_dev(&t, cs[3].ip), "np0-1", "c4's route was not restored");
+    assert_eq!(route_dev(&t, cs[3].ip4()), "np0-1", "c4's route was not restored");
     assert_ne!(route_dev(&t, stale), "np0-1", "the stale route stayed");
     assert_eq!(route_dev(&t, ip6(&cs[3])), "np0-1", "c4's IPv6 route was not restored");
     assert!(proxied(&t, "np0", ip6(&cs[3])), "c4's proxy entry was not restored");
@@ -212,10 +213,10 @@ fn a_restart_adopts_overflow_bridges_and_repairs_their_routes() {
     assert!(!proxied(&t, "np0", stale6), "the stale proxy entry stayed");
     let seen = seen_client(&t, &t.container_ns(1), &t.container_ns(4), ip6(&cs[3]), 7402);
     assert_eq!(seen, ip6(&cs[0]).to_string());
-    let seen = seen_client(&t, &t.container_ns(1), &t.container_ns(4), cs[3].ip, 7400);
-    assert_eq!(seen, cs[0].ip.to_string());
-    let seen = seen_client(&t, &t.container_ns(5), &t.container_ns(2), cs[1].ip, 7401);
-    assert_eq!(seen, cs[4].ip.to_string());
+    let seen = seen_client(&t, &t.container_ns(1), &t.container_ns(4), cs[3].ip4(), 7400);
+    assert_eq!(seen, cs[0].ip4().to_string());
+    let seen = seen_client(&t, &t.container_ns(5), &t.container_ns(2), cs[1].ip4(), 7401);
+    assert_eq!(seen, cs[4].ip4().to_string());
 }
 
 #[test]

@@ -15,6 +15,7 @@
 //! table of 262144 entries is run as 5000 a second against 65536 entries,
 //! for 60 s: the same share of the table per second.
 
+use netpath_tests::Ipv4Of as _;
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -255,7 +256,7 @@ impl Storm {
             veth_ingress: program(&c1.veth, "veth_ingress")?,
             veth_egress: program(&c1.veth, "veth_egress")?,
             veth_ifindex: c1.ifindex,
-            container_ip: c1.ip.octets(),
+            container_ip: c1.ip4().octets(),
             container_mac: netpath_userspace::agent::parse_mac(&c1.mac).context("container MAC")?,
         })
     }

@@ -5,6 +5,7 @@
 //! restart in between. Needs docker.io and busybox-static (`cargo xtask
 //! setup` installs them); without them the test fails and says so.
 
+use netpath_tests::Ipv4Of as _;
 use std::time::{Duration, Instant};
 
 use netpath_tests::{
@@ -44,7 +45,7 @@ fn docker_run_publishes_through_netpath_and_rm_leaves_nothing() {
         .unwrap();
     let cs = containers(&t);
     assert_eq!(cs.len(), 1, "{cs:?}");
-    assert_eq!(cs[0].ip.to_string(), ip);
+    assert_eq!(cs[0].ip4().to_string(), ip);
     assert!(cs[0].owner.as_deref().is_some_and(|o| o.starts_with("docker:")), "{cs:?}");
     let maps: Vec<Mapping> = t.ctl_json(&["maps"]).unwrap();
     assert_eq!(maps.iter().map(|m| m.spec()).collect::<Vec<_>>(), vec![format!("8080:{}:80/tcp", cs[0].name)]);

@@ -10,6 +10,7 @@
 //! and `docker network rm` at the end leave everything as before the
 //! network. Needs docker.io and busybox-static (`cargo xtask setup`).
 
+use netpath_tests::Ipv4Of as _;
 use std::time::{Duration, Instant};
 
 use netpath_tests::{
@@ -123,7 +124,7 @@ fn assert_serving(t: &Topology, d: &Dockerd, id: &str, net: &str, host_port: u16
     assert_eq!(body, HELLO, "{when}");
     let cs = containers(t);
     assert_eq!(cs.len(), 1, "{when}: one attachment: {cs:?}");
-    assert_eq!(cs[0].ip.to_string(), docker_ip(d, id, net), "{when}: the address Docker's IPAM gave");
+    assert_eq!(cs[0].ip4().to_string(), docker_ip(d, id, net), "{when}: the address Docker's IPAM gave");
     assert!(cs[0].owner.as_deref().is_some_and(|o| o.starts_with("docker:")), "{when}: {cs:?}");
     assert_eq!(mappings(t), vec![format!("{host_port}:{}:80/tcp", cs[0].name)], "{when}");
     assert_eq!(pending_endpoints(t), 1, "{when}: the driver remembers the one endpoint");
@@ -196,7 +197,7 @@ fn network_connect_and_disconnect_of_a_running_container() {
     let ip = docker_ip(&d, &web, &net);
     let cs = containers(&t);
     assert_eq!(cs.len(), 1, "{cs:?}");
-    assert_eq!(cs[0].ip.to_string(), ip);
+    assert_eq!(cs[0].ip4().to_string(), ip);
     // Reachable on its netpath address from the host, and on the port.
     assert_eq!(curl(&t.host, &format!("http://{ip}/"), Duration::from_secs(10)).unwrap(), HELLO);
     assert_serving(&t, &d, &web, &net, 8081, "after docker network connect");

@@ -4,6 +4,7 @@
 //! switched off. Every other topology test runs with it on, which is what
 //! shows the semantics kept (policy, anti-spoofing, hairpin, ICMP errors).
 
+use netpath_tests::Ipv4Of as _;
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -130,7 +131,7 @@ fn every_path_is_redirected_around_the_bridge() {
     t.ctl_ok(&["map", "8053:c1:53/udp"]).unwrap();
     let st = status(&t);
     assert!(st.fast_path.enabled, "on by default: {:?}", st.fast_path);
-    let c1_ip = st.containers.iter().find(|c| c.container.name == "c1").unwrap().container.ip;
+    let c1_ip = st.containers.iter().find(|c| c.container.name == "c1").unwrap().container.ip4();
     let (ns1, ns2) = (t.container_ns(1), t.container_ns(2));
     let world = t.world.clone();
 
@@ -195,7 +196,7 @@ fn the_receiving_container_s_policy_holds_on_the_fast_path() {
     let t = topology(2, &[]);
     t.ctl_ok(&["map", "8053:c1:53/udp"]).unwrap();
     let st = status(&t);
-    let c1_ip = st.containers.iter().find(|c| c.container.name == "c1").unwrap().container.ip;
+    let c1_ip = st.containers.iter().find(|c| c.container.name == "c1").unwrap().container.ip4();
     let (ns1, ns2) = (t.container_ns(1), t.container_ns(2));
     let echo = udp_echo(&t, &ns1, 53, 1000);
     // Two established flows, their later packets redirected.

@@ -2,6 +2,7 @@
 //! and tuples whatever is published or masqueraded.
 
 use netpath_tests::topology::Topology;
+use netpath_tests::Ipv4Of as _;
 
 fn reserved_ports(t: &Topology) -> String {
     let out = t.exec(&t.host, &["cat", "/proc/sys/net/ipv4/ip_local_reserved_ports"]).unwrap();
@@ -107,11 +108,11 @@ fn containers_are_not_reachable_through_other_host_interfaces() {
     t.exec(&lan, &["ip", "route", "add", &t.subnet, "via", "192.168.77.1"]).unwrap();
     assert!(t.ping(&lan, "192.168.77.1", 1).unwrap(), "the LAN reaches the host");
     let reaches = |t: &Topology, ns: &str| {
-        t.in_ns(ns, || Ok(TcpStream::connect_timeout(&SocketAddr::from((c1.ip, 80)), Duration::from_millis(800))?))
+        t.in_ns(ns, || Ok(TcpStream::connect_timeout(&SocketAddr::from((c1.ip4(), 80)), Duration::from_millis(800))?))
             .is_ok()
     };
     assert!(!reaches(&t, &lan), "no TCP straight to a container's address from the LAN");
-    assert!(!t.ping(&lan, &c1.ip.to_string(), 1).unwrap(), "nor ICMP");
+    assert!(!t.ping(&lan, &c1.ip4().to_string(), 1).unwrap(), "nor ICMP");
     // The host itself still reaches its containers.
     assert!(reaches(&t, &host), "the host connects to the container");
     // Routed instances make container addresses reachable on purpose.

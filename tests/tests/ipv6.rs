@@ -17,7 +17,7 @@ use std::{
 use anyhow::Result;
 use netpath_tests::topology::{Topology, HOST_UPLINK_IP, HOST_UPLINK_IP6, WORLD_IP6};
 use netpath_userspace::{
-    model::{Container, Flow, StatsView},
+    model::{Container, Flow, Mapping, StatsView, Status},
     monitor::MonitorEvent,
 };
 
@@ -32,7 +32,13 @@ fn topology(containers: usize, args: &[&str]) -> (Topology, Vec<Container>) {
     let third = t.subnet.split('.').nth(2).unwrap_or("0").to_string();
     let subnet6 = format!("fd00:78:{third}::/64");
     let mut all = vec!["--subnet6", &subnet6];
-    all.extend_from_slice(args);
+    // `--subnet` replaces the topology's own (`none`: IPv6 only).
+    let mut args = args.to_vec();
+    if let Some(at) = args.iter().position(|a| *a == "--subnet") {
+        t.subnet = args[at + 1].to_string();
+        args.drain(at..at + 2);
+    }
+    all.extend_from_slice(&args);
     t.agent_args(&all);
     t.add_ipv6_uplink().expect("IPv6 on the uplink");
     t.start_agent().expect("start netpathd");
@@ -333,4 +339,49 @@ fn reaches4(t: &Topology, ns: &str, dst: std::net::Ipv4Addr, port: u16) -> bool 
         Ok(b == "ok")
     };
     attempt().unwrap_or(false)
+}
+
+#[test]
+fn an_ipv6_only_instance_carries_ipv6_alone() {
+    let (t, cs) = topology(2, &["--subnet", "none"]);
+    let (ns1, ns2) = (t.container_ns(1), t.container_ns(2));
+    // No IPv4 anywhere: containers, the bridge, status.
+    for c in &cs {
+        assert_eq!(c.ip, None, "{} has an IPv4 address", c.name);
+    }
+    let st: Status = t.ctl_json(&["status"]).unwrap();
+    assert_eq!((st.subnet.as_deref(), st.gateway), (None, None));
+    let ipv4_of = |ns: &str, dev: &str| {
+        let out = t.exec(ns, &["ip", "-4", "-o", "addr", "show", "dev", dev]).unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(ipv4_of(&ns1, "eth0"), "", "c1's eth0 has IPv4");
+    assert_eq!(ipv4_of(&t.host, "np0"), "", "the bridge has IPv4");
+    // Containers talk over IPv6 and reach the world masqueraded.
+    let seen = server(&t, &ns2, 7000);
+    assert!(reaches(&t, &ns1, None, ip6(&cs[1]), 7000), "c1 -> c2");
+    assert_eq!(seen.recv_timeout(Duration::from_secs(2)).unwrap(), IpAddr::V6(ip6(&cs[0])));
+    let seen = server(&t, &t.world, 7001);
+    assert!(reaches(&t, &ns1, None, WORLD_IP6, 7001), "c1 -> the world");
+    assert_eq!(seen.recv_timeout(Duration::from_secs(2)).unwrap(), IpAddr::V6(HOST_UPLINK_IP6), "masqueraded");
+    // A port published without a host address answers on IPv6 alone.
+    let _seen = server(&t, &ns1, 80);
+    t.ctl_ok(&["map", "8080:c1:80"]).unwrap();
+    assert!(reaches(&t, &t.world, None, HOST_UPLINK_IP6, 8080), "world -> [host]:8080");
+    assert!(!reaches4(&t, &t.world, HOST_UPLINK_IP, 8080), "an IPv6-only container is published on IPv4");
+    let maps: Vec<Mapping> = t.ctl_json(&["maps"]).unwrap();
+    assert_eq!((maps[0].container_ip, maps[0].container_ip6), (None, Some(ip6(&cs[0]))));
+    // An IPv4 host address is refused by name, leaving the mapping table as it was.
+    let out = t.ctl(&["map", "0.0.0.0:8081:c1:80"]).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("has no IPv4 address"), "{err}");
+    assert_eq!(t.ctl_json::<Vec<Mapping>>(&["maps"]).unwrap(), maps);
+    // IPv4 a container gives itself never leaves its veth: its ARP and
+    // its packets are dropped.
+    t.exec(&ns1, &["ip", "addr", "add", "10.99.0.5/24", "dev", "eth0"]).unwrap();
+    assert!(!t.ping(&ns1, "10.99.0.1", 1).unwrap());
+    assert!(drops(&t, "c1", "unsupported-protocol") > 0, "c1's ARP passed");
+    t.exec(&ns1, &["ip", "neigh", "replace", "10.99.0.1", "lladdr", "02:00:00:00:00:01", "dev", "eth0"]).unwrap();
+    assert!(!t.ping(&ns1, "10.99.0.1", 1).unwrap());
+    assert!(drops(&t, "c1", "spoofed-ip") > 0, "c1's IPv4 passed");
 }

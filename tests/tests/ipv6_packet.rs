@@ -9,7 +9,7 @@
 
 use netpath_common::{
     config::{CFG_F_MASQUERADE, CFG_F_ROUTED},
-    container::{CONTAINER_F_DEFAULT_DENY_IN, CONTAINER_F_DEFAULT_DENY_OUT, CONTAINER_F_IPV6},
+    container::{CONTAINER_F_DEFAULT_DENY_IN, CONTAINER_F_DEFAULT_DENY_OUT, CONTAINER_F_IPV4, CONTAINER_F_IPV6},
     DatapathConfig, DropReason, HookId, In6Addr, MappingEntry6, MappingKey6,
 };
 use netpath_tests::{
@@ -101,6 +101,28 @@ fn a_container_without_an_ipv6_address_sends_no_ipv6() {
     let mut h = fixtures::harness(&config6(0));
     h.dp.set_container(TEST_IFINDEX, &fixtures::container(C1, C1_MAC, C1_ID, 0)).unwrap();
     assert_eq!(out(&h, &sent(c1(), c2(), IPPROTO_TCP, &syn(c1(), c2()))), TC_ACT_SHOT);
+    assert_eq!(drops(&mut h, DropReason::UnsupportedProtocol), 1);
+}
+
+#[test]
+fn a_container_without_an_ipv4_address_sends_no_ipv4_and_no_arp() {
+    // An IPv6-only instance's container: IPv6 carried, IPv4 not.
+    let mut h = fixtures::harness(&DatapathConfig { subnet4_prefix: 0, ..config6(0) });
+    let mut c = fixtures::container([0; 4], C1_MAC, C1_ID, CONTAINER_F_IPV6);
+    c.flags &= !CONTAINER_F_IPV4;
+    c.ipv6 = In6Addr::from_octets(c1());
+    h.dp.set_container(TEST_IFINDEX, &c).unwrap();
+    assert_eq!(out(&h, &sent(c1(), c2(), IPPROTO_TCP, &syn(c1(), c2()))), TC_ACT_OK);
+    // IPv4 from any source, the unspecified one included.
+    for src in [C1, [0; 4]] {
+        let l4 = frames::udp(src, [10, 77, 0, 3], 68, 67, b"x");
+        let ip = frames::ipv4(src, [10, 77, 0, 3], IPPROTO_UDP, &[], &l4);
+        assert_eq!(out(&h, &frames::eth(GATEWAY_MAC, C1_MAC, frames::ETH_P_IPV4, &ip)), TC_ACT_SHOT, "from {src:?}");
+    }
+    assert_eq!(drops(&mut h, DropReason::SpoofedIp), 2);
+    // ARP, even an address-conflict probe from 0.0.0.0.
+    let probe = frames::arp(1, C1_MAC, [0; 4], [0; 6], [10, 77, 0, 3]);
+    assert_eq!(out(&h, &frames::eth([0xff; 6], C1_MAC, frames::ETH_P_ARP, &probe)), TC_ACT_SHOT);
     assert_eq!(drops(&mut h, DropReason::UnsupportedProtocol), 1);
 }
 

@@ -3,6 +3,7 @@
 //! packets. Each test also shows the traffic getting through where netpath
 //! promises nothing (icc on, an allowing policy), so that it can fail.
 
+use netpath_tests::Ipv4Of as _;
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket},
@@ -49,12 +50,12 @@ fn frames_c2_sees(t: &Topology, c1: &Container, c2: &Container) -> [bool; 3] {
     // A frame to c2's MAC with a foreign destination address: the bridge
     // forwards by MAC.
     let foreign = [192, 0, 2, 77];
-    let l4 = frames::udp(c1.ip.octets(), foreign, 4000, 7010, b"icc-by-mac");
+    let l4 = frames::udp(c1.ip4().octets(), foreign, 4000, 7010, b"icc-by-mac");
     let frame = frames::eth(
-        container_mac(c2.ip),
-        container_mac(c1.ip),
+        container_mac(c2.ip, None),
+        container_mac(c1.ip, None),
         ETH_P_IPV4,
-        &frames::ipv4(c1.ip.octets(), foreign, IPPROTO_UDP, &[], &l4),
+        &frames::ipv4(c1.ip4().octets(), foreign, IPPROTO_UDP, &[], &l4),
     );
     let raw = t.in_ns(&ns1, || PacketSocket::open("eth0")).unwrap();
     raw.send(&frame).unwrap();
@@ -101,13 +102,13 @@ fn icmp_message(kind: u8, id: u16, payload: &[u8]) -> Vec<u8> {
 #[test]
 fn protocols_without_ports_are_judged() {
     let (t, cs) = topology(2);
-    let (c1, c2) = (cs[0].ip.octets(), cs[1].ip.octets());
+    let (c1, c2) = (cs[0].ip4().octets(), cs[1].ip4().octets());
     let ns2 = t.container_ns(2);
     let proto253 = |marker: &[u8]| frames::ipv4(c1, c2, 253, &[], marker);
     assert!(seen(&t, &ns2, b"p253-open", || raw_send(&t, 1, &proto253(b"p253-open"))), "no rule: it passes");
-    t.ctl_ok(&["policy", "add", "c2", "deny", "in", &format!("{}/32", cs[0].ip)]).unwrap();
+    t.ctl_ok(&["policy", "add", "c2", "deny", "in", &format!("{}/32", cs[0].ip4())]).unwrap();
     assert!(!seen(&t, &ns2, b"p253-denied", || raw_send(&t, 1, &proto253(b"p253-denied"))), "denied in at c2");
-    t.ctl_ok(&["policy", "rm", "c2", "deny", "in", &format!("{}/32", cs[0].ip)]).unwrap();
+    t.ctl_ok(&["policy", "rm", "c2", "deny", "in", &format!("{}/32", cs[0].ip4())]).unwrap();
     assert!(seen(&t, &ns2, b"p253-again", || raw_send(&t, 1, &proto253(b"p253-again"))));
     t.ctl_ok(&["icc", "off"]).unwrap();
     assert!(!seen(&t, &ns2, b"p253-icc", || raw_send(&t, 1, &proto253(b"p253-icc"))), "icc off blocks it");
@@ -116,25 +117,25 @@ fn protocols_without_ports_are_judged() {
 #[test]
 fn every_icmp_type_is_judged() {
     let (t, cs) = topology(2);
-    let (c1, c2) = (cs[0].ip.octets(), cs[1].ip.octets());
+    let (c1, c2) = (cs[0].ip4().octets(), cs[1].ip4().octets());
     let ns2 = t.container_ns(2);
     // ICMP timestamp requests (type 13): neither echo nor an error.
     let timestamp = |marker: &[u8]| frames::ipv4(c1, c2, 1, &[], &icmp_message(13, 0x1313, marker));
     assert!(seen(&t, &ns2, b"ts-open", || raw_send(&t, 1, &timestamp(b"ts-open"))), "no rule: it passes");
-    t.ctl_ok(&["policy", "add", "c2", "deny", "in", &format!("{}/32", cs[0].ip), "icmp/8"]).unwrap();
+    t.ctl_ok(&["policy", "add", "c2", "deny", "in", &format!("{}/32", cs[0].ip4()), "icmp/8"]).unwrap();
     assert!(seen(&t, &ns2, b"ts-other", || raw_send(&t, 1, &timestamp(b"ts-other"))), "a rule on type 8 only");
-    t.ctl_ok(&["policy", "add", "c2", "deny", "in", &format!("{}/32", cs[0].ip), "icmp/13"]).unwrap();
+    t.ctl_ok(&["policy", "add", "c2", "deny", "in", &format!("{}/32", cs[0].ip4()), "icmp/13"]).unwrap();
     assert!(!seen(&t, &ns2, b"ts-denied", || raw_send(&t, 1, &timestamp(b"ts-denied"))), "type 13 denied");
 }
 
 #[test]
 fn an_echo_reply_never_opens_the_way_for_echo_requests() {
     let (t, cs) = topology(2);
-    let (c1, c2) = (cs[0].ip.octets(), cs[1].ip.octets());
+    let (c1, c2) = (cs[0].ip4().octets(), cs[1].ip4().octets());
     let ns2 = t.container_ns(2);
     let echo = |kind: u8, marker: &[u8]| frames::ipv4(c1, c2, 1, &[], &icmp_message(kind, 0x5151, marker));
     assert!(seen(&t, &ns2, b"req-open", || raw_send(&t, 1, &echo(8, b"req-open"))), "no rule: requests pass");
-    t.ctl_ok(&["policy", "add", "c1", "deny", "out", &format!("{}/32", cs[1].ip), "icmp/8"]).unwrap();
+    t.ctl_ok(&["policy", "add", "c1", "deny", "out", &format!("{}/32", cs[1].ip4()), "icmp/8"]).unwrap();
     assert!(!seen(&t, &ns2, b"req-denied", || raw_send(&t, 1, &echo(8, b"req-denied"))));
     // An unsolicited echo reply first, then requests with its identifier.
     raw_send(&t, 1, &echo(0, b"reply-first"));
@@ -144,7 +145,7 @@ fn an_echo_reply_never_opens_the_way_for_echo_requests() {
 #[test]
 fn fragments_follow_their_first_fragment_and_tiny_ones_are_dropped() {
     let (t, cs) = topology(2);
-    let (c1, c2) = (cs[0].ip.octets(), cs[1].ip.octets());
+    let (c1, c2) = (cs[0].ip4().octets(), cs[1].ip4().octets());
     let ns2 = t.container_ns(2);
     // An allowed UDP datagram in two fragments: both arrive.
     let mut payload = vec![b'a'; 48];
@@ -163,7 +164,7 @@ fn fragments_follow_their_first_fragment_and_tiny_ones_are_dropped() {
     assert!(!seen(&t, &ns2, b"frag-lone-later", || raw_send(&t, 1, &later)));
     // RFC 1858: a first fragment with only 8 bytes of TCP (no flags) to a
     // port c2 denies; neither it nor the rest may reach c2.
-    t.ctl_ok(&["policy", "add", "c2", "deny", "in", &format!("{}/32", cs[0].ip), "tcp/22"]).unwrap();
+    t.ctl_ok(&["policy", "add", "c2", "deny", "in", &format!("{}/32", cs[0].ip4()), "tcp/22"]).unwrap();
     let segment = frames::tcp(c1, c2, 0x7a7a, 22, 0x02, b"tiny-frag-rest");
     let datagram = frames::ipv4(c1, c2, IPPROTO_TCP, &[], &segment);
     let (first, later) = frames::split_ipv4(&datagram, 0x4444, 8);
@@ -188,7 +189,7 @@ fn a_cut_flow_stays_cut_from_both_ends() {
     let (t, cs) = topology(2);
     let (ns1, ns2) = (t.container_ns(1), t.container_ns(2));
     let listener = t.in_ns(&ns2, || Ok(TcpListener::bind(("0.0.0.0", 9100))?)).unwrap();
-    let c2 = cs[1].ip;
+    let c2 = cs[1].ip4();
     let mut client = t.in_ns(&ns1, || Ok(TcpStream::connect((c2, 9100))?)).unwrap();
     let (mut server, _) = listener.accept().unwrap();
     for s in [&client, &server] {
@@ -200,7 +201,7 @@ fn a_cut_flow_stays_cut_from_both_ends() {
     server.write_all(b"hi").unwrap();
     assert_eq!(client.read(&mut buf).unwrap(), 2);
     // c2 now denies c1: the agent cuts the flow.
-    t.ctl_ok(&["policy", "add", "c2", "deny", "in", &format!("{}/32", cs[0].ip)]).unwrap();
+    t.ctl_ok(&["policy", "add", "c2", "deny", "in", &format!("{}/32", cs[0].ip4())]).unwrap();
     // The server speaks first: its packets must not revive the flow.
     server.write_all(b"from-server-after-cut").unwrap();
     assert!(client.read(&mut buf).is_err(), "the server's data does not reach the client");
@@ -228,7 +229,7 @@ fn a_container_cannot_forge_icmp_errors_about_others_flows() {
     assert_eq!(seen_from.ip(), std::net::IpAddr::V4(HOST_UPLINK_IP), "masqueraded");
     let masq_port = seen_from.port();
     // c1 forges "port unreachable" quoting c2's translated datagram.
-    let (host, w, c1) = (HOST_UPLINK_IP.octets(), WORLD_IP.octets(), cs[0].ip.octets());
+    let (host, w, c1) = (HOST_UPLINK_IP.octets(), WORLD_IP.octets(), cs[0].ip4().octets());
     let quoted = frames::ipv4(host, w, IPPROTO_UDP, &[], &frames::udp(host, w, masq_port, 7030, b"to-the-world"));
     let forged = frames::ipv4(c1, w, 1, &[], &frames::icmp_error(3, 3, 0, &quoted[..28]));
     raw_send(&t, 1, &forged);
@@ -244,7 +245,7 @@ fn a_container_cannot_forge_icmp_errors_about_others_flows() {
 #[test]
 fn untranslatable_traffic_never_leaves_with_a_private_source() {
     let (t, cs) = topology(1);
-    let (c1, w) = (cs[0].ip.octets(), WORLD_IP.octets());
+    let (c1, w) = (cs[0].ip4().octets(), WORLD_IP.octets());
     let world = t.world.clone();
     // Protocol 253, a lone later fragment, an ICMP timestamp request: the
     // masquerade cannot translate them.

@@ -2,6 +2,7 @@
 //! through the host address, collisions and many concurrent flows,
 //! exhaustion of a small port range, ICMP errors (traceroute, path MTU).
 
+use netpath_tests::Ipv4Of as _;
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
@@ -164,10 +165,10 @@ fn local_traffic_is_not_masqueraded() {
     let t = topology_with(2, &[]);
     let st: Status = t.ctl_json(&["status"]).unwrap();
     assert_eq!(st.masquerade, Some(HOST_UPLINK_IP));
-    let c2 = st.containers[1].container.ip;
+    let c2 = st.containers[1].container.ip4();
     // Container to container and to the gateway: no conntrack entries.
     assert!(t.ping(&t.container_ns(1), &c2.to_string(), 2).unwrap());
-    assert!(t.ping(&t.container_ns(1), &st.gateway.to_string(), 2).unwrap());
+    assert!(t.ping(&t.container_ns(1), &st.gateway.unwrap().to_string(), 2).unwrap());
     let flows: Vec<Flow> = t.ctl_json(&["conntrack"]).unwrap();
     assert!(flows.iter().all(|f| f.scope != "nat"), "nothing translated: {flows:?}");
     assert!(
@@ -181,7 +182,7 @@ fn masquerade_can_be_switched_off() {
     let t = topology_with(1, &["--no-masquerade"]);
     let st: Status = t.ctl_json(&["status"]).unwrap();
     assert_eq!(st.masquerade, None);
-    let c1 = st.containers[0].container.ip;
+    let c1 = st.containers[0].container.ip4();
     let sock = t.in_ns(&t.world, || Ok(UdpSocket::bind(("0.0.0.0", 5353))?)).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let client = t.in_ns(&t.container_ns(1), || Ok(UdpSocket::bind(("0.0.0.0", 0))?)).unwrap();

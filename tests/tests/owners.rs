@@ -8,6 +8,7 @@
 //! epoch moves on, and the datapath judges each of its flows again at the
 //! next packet.
 
+use netpath_tests::Ipv4Of as _;
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -144,7 +145,7 @@ fn unmap_and_container_del_cut_their_flows_without_walking_conntrack() {
     let listed = flows(&t);
     let out = listed
         .iter()
-        .find(|f| f.scope == "nat" && f.original.src == c2.ip && f.original.dport == 7000)
+        .find(|f| f.scope == "nat" && f.original.src == c2.ip4() && f.original.dport == 7000)
         .expect("the masqueraded flow");
     let (m_orig, m_reply) = (key_of(&out.original, CtScope::Nat), key_of(&out.reply, CtScope::Nat));
     assert_eq!(ct.get(&m_orig, 0).unwrap().container_id, c2.id, "masqueraded flows carry their container");
@@ -158,7 +159,7 @@ fn unmap_and_container_del_cut_their_flows_without_walking_conntrack() {
     t.ctl_ok(&["container", "del", "c2"]).unwrap();
     let listed = flows(&t);
     assert!(
-        listed.iter().all(|f| f.original.src != c2.ip && f.container.as_deref() != Some("c2")),
+        listed.iter().all(|f| f.original.src != c2.ip4() && f.container.as_deref() != Some("c2")),
         "c2's flows are not listed: {listed:?}"
     );
     assert!(
@@ -170,7 +171,7 @@ fn unmap_and_container_del_cut_their_flows_without_walking_conntrack() {
     // old flow's reply must not reach it (dropped as a reply of no flow),
     // and the stale entries go on the way.
     let reborn: netpath_userspace::model::Container =
-        t.ctl_json(&["container", "add", "c2b", "--netns", &t.container_ns(3), "--ip", &c2.ip.to_string()]).unwrap();
+        t.ctl_json(&["container", "add", "c2b", "--netns", &t.container_ns(3), "--ip", &c2.ip4().to_string()]).unwrap();
     assert_eq!(reborn.ip, c2.ip);
     let heir = t.in_ns(&t.container_ns(3), || Ok(UdpSocket::bind(("0.0.0.0", 5555))?)).unwrap();
     heir.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
@@ -204,7 +205,7 @@ fn a_rule_change_cuts_denied_flows_in_the_datapath_without_walking_conntrack() {
     let listener = t.in_ns(&t.container_ns(1), || Ok(TcpListener::bind(("0.0.0.0", 7000))?)).unwrap();
     let connect = |i: usize| {
         t.in_ns(&t.container_ns(i), || {
-            Ok(TcpStream::connect_timeout(&SocketAddr::from((c1.ip, 7000)), Duration::from_secs(2))?)
+            Ok(TcpStream::connect_timeout(&SocketAddr::from((c1.ip4(), 7000)), Duration::from_secs(2))?)
         })
         .unwrap()
     };
@@ -219,7 +220,7 @@ fn a_rule_change_cuts_denied_flows_in_the_datapath_without_walking_conntrack() {
         let i = accepted.iter().position(|(_, peer)| peer.ip() == ip).unwrap();
         accepted.remove(i).0
     };
-    let (mut to_c2, mut to_c3) = (server_of(c2.ip), server_of(c3.ip));
+    let (mut to_c2, mut to_c3) = (server_of(c2.ip4()), server_of(c3.ip4()));
     let mut b = [0u8; 1];
     for (client, server) in [(&mut from_c2, &mut to_c2), (&mut from_c3, &mut to_c3)] {
         client.write_all(b"a").unwrap();
@@ -227,12 +228,12 @@ fn a_rule_change_cuts_denied_flows_in_the_datapath_without_walking_conntrack() {
     }
     // c1's verdict of the flow from c2, as its veth's egress keeps it.
     let c2_port = from_c2.local_addr().unwrap().port();
-    let verdict = CtKey4::new(c2.ip.octets(), c1.ip.octets(), c2_port.to_be(), 7000u16.to_be(), IPPROTO_TCP)
+    let verdict = CtKey4::new(c2.ip4().octets(), c1.ip4().octets(), c2_port.to_be(), 7000u16.to_be(), IPPROTO_TCP)
         .in_scope(CtScope::PolicyIn);
     let before = ct.get(&verdict, 0).unwrap();
     assert_eq!(before.container_id, c1.id);
 
-    t.ctl_ok(&["policy", "add", "c1", "deny", "in", &c2.ip.to_string()]).unwrap();
+    t.ctl_ok(&["policy", "add", "c1", "deny", "in", &c2.ip4().to_string()]).unwrap();
     assert!(
         ct.get(&verdict, 0).is_ok_and(|e| e.policy_epoch == before.policy_epoch),
         "the change did not walk conntrack: the verdict is still there, under the old epoch"

@@ -4,6 +4,7 @@
 //! (`cargo xtask setup` installs them); without them the test fails and
 //! says so, it does not skip.
 
+use netpath_tests::Ipv4Of as _;
 use std::time::Duration;
 
 use netpath_tests::{
@@ -83,7 +84,7 @@ fn podman_containers_publish_ports_through_netpath_and_leave_nothing() {
         .unwrap()
         .expect("podman run --ip");
     let c = containers(&t).into_iter().find(|c| c.name == container_name(&fixed, "eth0")).expect("second container");
-    assert_eq!(c.ip.to_string(), ip);
+    assert_eq!(c.ip4().to_string(), ip);
     assert_eq!(c.mac, "02:aa:bb:cc:dd:ee");
     assert_eq!(
         curl(&t.world, &format!("http://{HOST_UPLINK_IP}:8081/"), Duration::from_secs(10)).unwrap(),
@@ -137,7 +138,7 @@ fn podman_stop_start_agent_restart_and_an_address_in_use() {
     assert_eq!(curl(&t.world, &url, Duration::from_secs(5)).unwrap(), hello);
 
     // --ip of an address in use: podman shows the plugin's error; nothing stays.
-    let ip = containers(&t)[0].ip.to_string();
+    let ip = containers(&t)[0].ip4().to_string();
     let with_one = footprint(&t).unwrap().attachments();
     let clash = pod.run_httpd(&["--ip", &ip]).unwrap().expect_err("the address is taken");
     assert!(clash.contains("already in use"), "{clash}");

@@ -2,6 +2,7 @@
 //! directions, through published ports and directly, icc off, a deny that
 //! cuts an established connection, counters, the monitor, bad input.
 
+use netpath_tests::Ipv4Of as _;
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
@@ -83,21 +84,21 @@ fn inbound_rules_through_published_ports_and_directly() {
     assert!(out.contains("added deny in 198.18.0.2/32 tcp/80"), "{out}");
     assert!(!reaches(&t, &t.world, HOST_UPLINK_IP, 8080), "denied through the published port");
     assert!(reaches(&t, &ns2, HOST_UPLINK_IP, 8080), "other clients still reach it (hairpin)");
-    assert!(reaches(&t, &ns2, cs[0].ip, 80), "and directly");
+    assert!(reaches(&t, &ns2, cs[0].ip4(), 80), "and directly");
     assert!(policy_drops(&t, "c1") >= 1);
 
     // Default deny in, with one allowed neighbour.
     t.ctl_ok(&["policy", "rm", "c1", "deny", "in", &format!("{WORLD_IP}/32"), "tcp/80"]).unwrap();
     t.ctl_ok(&["policy", "default", "c1", "in", "deny"]).unwrap();
-    assert!(!reaches(&t, &ns2, cs[0].ip, 80));
-    t.ctl_ok(&["policy", "add", "c1", "allow", "in", &cs[1].ip.to_string()]).unwrap();
-    assert!(reaches(&t, &ns2, cs[0].ip, 80));
+    assert!(!reaches(&t, &ns2, cs[0].ip4(), 80));
+    t.ctl_ok(&["policy", "add", "c1", "allow", "in", &cs[1].ip4().to_string()]).unwrap();
+    assert!(reaches(&t, &ns2, cs[0].ip4(), 80));
     assert!(!reaches(&t, &t.world, HOST_UPLINK_IP, 8080), "the world is not the allowed neighbour");
     let p: PolicyView = t.ctl_json(&["policy", "ls", "c1"]).unwrap();
     assert_eq!(p.policy.default_in, netpath_userspace::policy::Action::Deny);
     assert_eq!(p.policy.rules.len(), 1);
     let text = t.ctl_ok(&["policy", "ls", "c1"]).unwrap();
-    assert!(text.contains("default in deny") && text.contains(&format!("{}/32", cs[1].ip)), "{text}");
+    assert!(text.contains("default in deny") && text.contains(&format!("{}/32", cs[1].ip4())), "{text}");
     t.assert_no_netfilter_rules().unwrap();
 }
 
@@ -127,14 +128,14 @@ fn icc_off_blocks_direct_traffic_but_not_published_ports() {
     let (ns1, ns2) = (t.container_ns(1), t.container_ns(2));
     t.ctl_ok(&["map", "8080:c1:80"]).unwrap();
     server(&t, &ns1, 80);
-    assert!(!reaches(&t, &ns2, cs[0].ip, 80), "direct");
-    assert!(!t.ping(&ns2, &cs[0].ip.to_string(), 1).unwrap());
+    assert!(!reaches(&t, &ns2, cs[0].ip4(), 80), "direct");
+    assert!(!t.ping(&ns2, &cs[0].ip4().to_string(), 1).unwrap());
     assert!(reaches(&t, &ns2, HOST_UPLINK_IP, 8080), "published");
     assert!(t.ctl_ok(&["icc"]).unwrap().contains("icc off"));
     t.ctl_ok(&["icc", "on"]).unwrap();
-    assert!(reaches(&t, &ns2, cs[0].ip, 80));
+    assert!(reaches(&t, &ns2, cs[0].ip4(), 80));
     t.ctl_ok(&["icc", "off"]).unwrap();
-    assert!(!reaches(&t, &ns2, cs[0].ip, 80));
+    assert!(!reaches(&t, &ns2, cs[0].ip4(), 80));
 }
 
 #[test]
@@ -143,7 +144,7 @@ fn a_new_deny_cuts_an_established_connection_within_a_second() {
     let (ns1, ns2) = (t.container_ns(1), t.container_ns(2));
     let listener = t.in_ns(&ns1, || Ok(TcpListener::bind(("0.0.0.0", 7000))?)).unwrap();
     let mut client = t
-        .in_ns(&ns2, || Ok(TcpStream::connect_timeout(&SocketAddr::from((cs[0].ip, 7000)), Duration::from_secs(2))?))
+        .in_ns(&ns2, || Ok(TcpStream::connect_timeout(&SocketAddr::from((cs[0].ip4(), 7000)), Duration::from_secs(2))?))
         .unwrap();
     let (mut srv, _) = listener.accept().unwrap();
     srv.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
@@ -152,29 +153,29 @@ fn a_new_deny_cuts_an_established_connection_within_a_second() {
     srv.read_exact(&mut b).unwrap();
 
     let started = Instant::now();
-    t.ctl_ok(&["policy", "add", "c1", "deny", "in", &cs[1].ip.to_string()]).unwrap();
+    t.ctl_ok(&["policy", "add", "c1", "deny", "in", &cs[1].ip4().to_string()]).unwrap();
     assert!(started.elapsed() < Duration::from_secs(1), "the change applies before the command returns");
     client.write_all(b"b").unwrap();
     assert!(srv.read_exact(&mut b).is_err(), "data after the deny must not arrive");
     assert!(policy_drops(&t, "c1") >= 1);
 
     // Removing the rule lets new connections in again.
-    t.ctl_ok(&["policy", "rm", "c1", "deny", "in", &cs[1].ip.to_string()]).unwrap();
+    t.ctl_ok(&["policy", "rm", "c1", "deny", "in", &cs[1].ip4().to_string()]).unwrap();
     server(&t, &ns1, 7001);
-    assert!(reaches(&t, &ns2, cs[0].ip, 7001));
+    assert!(reaches(&t, &ns2, cs[0].ip4(), 7001));
 }
 
 #[test]
 fn monitor_streams_drops_and_flows() {
     let (t, cs) = topology(2, &[]);
     let (ns1, ns2) = (t.container_ns(1), t.container_ns(2));
-    t.ctl_ok(&["policy", "add", "c1", "deny", "in", &cs[1].ip.to_string(), "tcp/9"]).unwrap();
+    t.ctl_ok(&["policy", "add", "c1", "deny", "in", &cs[1].ip4().to_string(), "tcp/9"]).unwrap();
     let (mut child, rx) = t.monitor(&["c1", "--flows"]).unwrap();
     server(&t, &ns1, 80);
-    let _ = reaches(&t, &ns2, cs[0].ip, 9); // denied
-    let _ = reaches(&t, &ns2, cs[0].ip, 80); // allowed: a flow event
-                                             // A published flow from the world: its verdict is given on the uplink,
-                                             // where its translation is created; the event shows it as it reached c1.
+    let _ = reaches(&t, &ns2, cs[0].ip4(), 9); // denied
+    let _ = reaches(&t, &ns2, cs[0].ip4(), 80); // allowed: a flow event
+                                                // A published flow from the world: its verdict is given on the uplink,
+                                                // where its translation is created; the event shows it as it reached c1.
     t.ctl_ok(&["map", "8080:c1:80"]).unwrap();
     assert!(reaches(&t, &t.world, HOST_UPLINK_IP, 8080));
     let published = |e: &MonitorEvent| e.kind == "flow" && e.src == WORLD_IP;
@@ -182,7 +183,7 @@ fn monitor_streams_drops_and_flows() {
     let mut events: Vec<MonitorEvent> = vec![];
     while Instant::now() < deadline
         && !(events.iter().any(|e| e.kind == "drop")
-            && events.iter().any(|e| e.kind == "flow" && e.src == cs[1].ip)
+            && events.iter().any(|e| e.kind == "flow" && e.src == cs[1].ip4())
             && events.iter().any(published))
     {
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
@@ -193,13 +194,16 @@ fn monitor_streams_drops_and_flows() {
     let _ = child.wait();
     let drop = events.iter().find(|e| e.kind == "drop").unwrap_or_else(|| panic!("no drop event: {events:?}"));
     assert_eq!((drop.reason.as_deref(), drop.container.as_deref()), (Some("policy"), Some("c1")));
-    assert_eq!((drop.src, drop.dst, drop.dport, drop.proto.as_str()), (cs[1].ip.into(), cs[0].ip.into(), 9, "tcp"));
+    assert_eq!(
+        (drop.src, drop.dst, drop.dport, drop.proto.as_str()),
+        (cs[1].ip4().into(), cs[0].ip4().into(), 9, "tcp")
+    );
     assert_eq!(drop.direction, Some(netpath_common::Direction::In));
     assert_eq!(drop.hook, "veth_egress");
     let flow = events.iter().find(|e| e.kind == "flow").unwrap_or_else(|| panic!("no flow event: {events:?}"));
-    assert_eq!((flow.dst, flow.dport), (cs[0].ip.into(), 80));
+    assert_eq!((flow.dst, flow.dport), (cs[0].ip4().into(), 80));
     let flow = events.iter().find(|e| published(e)).unwrap_or_else(|| panic!("no published flow event: {events:?}"));
-    assert_eq!((flow.dst, flow.dport, flow.hook.as_str()), (cs[0].ip.into(), 80, "veth_egress"));
+    assert_eq!((flow.dst, flow.dport, flow.hook.as_str()), (cs[0].ip4().into(), 80, "veth_egress"));
     assert_eq!(flow.direction, Some(netpath_common::Direction::In));
     assert!(events.iter().all(|e| e.container.as_deref() == Some("c1")), "filtered to c1: {events:?}");
     let st: StatsView = t.ctl_json(&["stats"]).unwrap();
@@ -260,22 +264,22 @@ fn bulk_rules_are_all_or_nothing_and_take_effect() {
 
     // 10000 rules for c2 in one call, with the one that matters among them:
     // c1 may no longer reach c2's port 22.
-    let c1 = cs[0].ip;
+    let c1 = cs[0].ip4();
     let mut lines: Vec<String> =
         (0..9999).map(|i| format!("c2 deny in 172.{}.{}.0/24", 16 + i / 256, i % 256)).collect();
     lines.push(format!("c2 deny in {c1}/32 tcp/22 # the one c1 feels"));
     std::fs::write(&file, lines.join("\n")).unwrap();
     server(&t, &t.container_ns(2), 22);
-    assert!(reaches(&t, &t.container_ns(1), cs[1].ip, 22), "allowed before");
+    assert!(reaches(&t, &t.container_ns(1), cs[1].ip4(), 22), "allowed before");
     let out = t.ctl_ok(&["policy", "add", "-f", &f]).unwrap();
     assert!(out.contains("added 10000 rules"), "{out}");
     let p: PolicyView = t.ctl_json(&["policy", "ls", "c2"]).unwrap();
     assert_eq!(p.policy.rules.len(), 10000);
-    assert!(!reaches(&t, &t.container_ns(1), cs[1].ip, 22), "denied by the bulk load");
+    assert!(!reaches(&t, &t.container_ns(1), cs[1].ip4(), 22), "denied by the bulk load");
     // Kept across a restart.
     t.stop_agent().unwrap();
     t.start_agent().unwrap();
     let p: PolicyView = t.ctl_json(&["policy", "ls", "c2"]).unwrap();
     assert_eq!(p.policy.rules.len(), 10000);
-    assert!(!reaches(&t, &t.container_ns(1), cs[1].ip, 22));
+    assert!(!reaches(&t, &t.container_ns(1), cs[1].ip4(), 22));
 }

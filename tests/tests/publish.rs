@@ -1,6 +1,7 @@
 //! Published ports end to end: every path a client can come from, TCP and
 //! UDP, bound addresses, unmap and remap, container removal, conntrack.
 
+use netpath_tests::Ipv4Of as _;
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -121,7 +122,7 @@ fn card_example_works_as_written_from_outside() {
     let f = flows.iter().find(|f| f.proto == "tcp" && f.scope == "nat").expect("the TCP flow is tracked");
     let ip = std::net::IpAddr::V4;
     assert_eq!((f.original.src, f.original.dst, f.original.dport), (ip(WORLD_IP), ip(HOST_UPLINK_IP), 8080));
-    assert_eq!((f.reply.src, f.reply.sport, f.reply.dst), (ip(maps[0].container_ip), 80, ip(WORLD_IP)));
+    assert_eq!((f.reply.src, f.reply.sport, f.reply.dst), (ip(maps[0].container_ip.unwrap()), 80, ip(WORLD_IP)));
     assert!(f.packets >= 3 && f.reply_packets >= 2, "{f:?}");
     let text = t.ctl_ok(&["conntrack"]).unwrap();
     assert!(text.contains(&format!("{WORLD_IP}:")) && text.contains("-> 198.18.0.1:8080"), "{text}");
@@ -135,7 +136,7 @@ fn hairpin_from_another_container_and_from_itself() {
     t.ctl_ok(&["map", "8053:c1:53/udp"]).unwrap();
     let (ns1, ns2) = (t.container_ns(1), t.container_ns(2));
     let st: Status = t.ctl_json(&["status"]).unwrap();
-    let c2_ip = st.containers.iter().find(|c| c.container.name == "c2").unwrap().container.ip;
+    let c2_ip = st.containers.iter().find(|c| c.container.name == "c2").unwrap().container.ip.unwrap();
     let tcp = tcp_server(&t, &ns1, 80, 3);
     let udp = udp_server(&t, &ns1, 53, 2);
 
@@ -146,16 +147,16 @@ fn hairpin_from_another_container_and_from_itself() {
     let (seen, from) = udp_ask(&t, &ns2, HOST_UPLINK_IP, 8053).unwrap();
     assert_eq!((ip_of(&seen), from), (c2_ip, SocketAddr::from((HOST_UPLINK_IP, 8053))));
     // Through the gateway address too (every host address).
-    let (seen, _) = tcp_ask(&t, &ns2, st.gateway, 8080).unwrap();
+    let (seen, _) = tcp_ask(&t, &ns2, st.gateway.unwrap(), 8080).unwrap();
     assert_eq!(ip_of(&seen), c2_ip);
 
     // The container to its own published port: SNATed to the gateway, as
     // Docker does, or it would answer itself directly.
     let (seen, peer) = tcp_ask(&t, &ns1, HOST_UPLINK_IP, 8080).unwrap();
-    assert_eq!(ip_of(&seen), st.gateway);
+    assert_eq!(ip_of(&seen), st.gateway.unwrap());
     assert_eq!(peer, SocketAddr::from((HOST_UPLINK_IP, 8080)));
     let (seen, from) = udp_ask(&t, &ns1, HOST_UPLINK_IP, 8053).unwrap();
-    assert_eq!((ip_of(&seen), from), (st.gateway, SocketAddr::from((HOST_UPLINK_IP, 8053))));
+    assert_eq!((ip_of(&seen), from), (st.gateway.unwrap(), SocketAddr::from((HOST_UPLINK_IP, 8053))));
     tcp.join().unwrap();
     udp.join().unwrap();
     t.assert_no_netfilter_rules().unwrap();
@@ -235,8 +236,8 @@ fn direct_access_is_dropped(agent_args: &[&str]) {
     t.exec(&t.world, &["ip", "route", "add", &t.subnet, "via", &HOST_UPLINK_IP.to_string()]).unwrap();
     let tcp = tcp_server(&t, &t.container_ns(1), 80, 1);
     let before = st.uplink_stats.unwrap().drops.get("not-published").copied().unwrap_or(0);
-    assert!(tcp_ask(&t, &t.world, c1.ip, 80).is_err(), "moby#45610: no direct access to container addresses");
-    assert!(!t.ping(&t.world, &c1.ip.to_string(), 1).unwrap());
+    assert!(tcp_ask(&t, &t.world, c1.ip4(), 80).is_err(), "moby#45610: no direct access to container addresses");
+    assert!(!t.ping(&t.world, &c1.ip4().to_string(), 1).unwrap());
     let st: Status = t.ctl_json(&["status"]).unwrap();
     let after = st.uplink_stats.unwrap().drops.get("not-published").copied().unwrap_or(0);
     assert!(after >= before + 2, "direct packets are counted: {before} -> {after}");
@@ -256,7 +257,7 @@ fn routed_mode_allows_direct_access() {
     let c1 = t.add_container(1).unwrap();
     t.exec(&t.world, &["ip", "route", "add", &t.subnet, "via", &HOST_UPLINK_IP.to_string()]).unwrap();
     let tcp = tcp_server(&t, &t.container_ns(1), 80, 1);
-    let (seen, _) = tcp_ask(&t, &t.world, c1.ip, 80).unwrap();
+    let (seen, _) = tcp_ask(&t, &t.world, c1.ip4(), 80).unwrap();
     assert_eq!(ip_of(&seen), WORLD_IP);
     tcp.join().unwrap();
 }

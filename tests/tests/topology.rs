@@ -1,6 +1,7 @@
 //! End-to-end tests: a sandbox host with netpathd and containers in network
 //! namespaces, real TCP/UDP/ICMP traffic.
 
+use netpath_tests::Ipv4Of as _;
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -73,11 +74,11 @@ fn containers_talk_tcp_udp_icmp_through_netpath() {
     let (ns1, ns2) = (t.container_ns(1), t.container_ns(2));
     assert_ne!(c1.ip, c2.ip);
 
-    assert!(t.ping(&ns1, &c2.ip.to_string(), 3).unwrap(), "c1 pings c2");
-    let gateway = status(&t).gateway;
+    assert!(t.ping(&ns1, &c2.ip4().to_string(), 3).unwrap(), "c1 pings c2");
+    let gateway = status(&t).gateway.unwrap();
     assert!(t.ping(&ns2, &gateway.to_string(), 2).unwrap(), "c2 pings the gateway");
-    assert_eq!(tcp_exchange(&t, &ns2, &ns1, c2.ip, 8080).unwrap(), b"hello netpath");
-    assert_eq!(udp_exchange(&t, &ns1, &ns2, c1.ip, 5353).unwrap(), b"dgram");
+    assert_eq!(tcp_exchange(&t, &ns2, &ns1, c2.ip4(), 8080).unwrap(), b"hello netpath");
+    assert_eq!(udp_exchange(&t, &ns1, &ns2, c1.ip4(), 5353).unwrap(), b"dgram");
     // The container reaches the host's own address through the gateway.
     assert!(t.ping(&ns1, &HOST_UPLINK_IP.to_string(), 1).unwrap(), "c1 pings the host's uplink address");
 
@@ -89,7 +90,7 @@ fn containers_talk_tcp_udp_icmp_through_netpath() {
     }
     // Container addresses and routes as promised.
     let addr = t.exec(&ns1, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"]).unwrap();
-    assert!(String::from_utf8_lossy(&addr.stdout).contains(&c1.ip.to_string()));
+    assert!(String::from_utf8_lossy(&addr.stdout).contains(&c1.ip4().to_string()));
     let route = t.exec(&ns1, &["ip", "route", "show", "default"]).unwrap();
     assert!(String::from_utf8_lossy(&route.stdout).contains(&format!("via {gateway}")));
     t.assert_no_netfilter_rules().unwrap();
@@ -123,29 +124,29 @@ fn spoofed_traffic_is_dropped_and_counted() {
     let _c1 = t.add_container(1).unwrap();
     let c2 = t.add_container(2).unwrap();
     let (ns1, ns2) = (t.container_ns(1), t.container_ns(2));
-    assert!(udp_delivered(&t, &ns2, &ns1, None, c2.ip, 7001), "genuine traffic passes");
+    assert!(udp_delivered(&t, &ns2, &ns1, None, c2.ip4(), 7001), "genuine traffic passes");
 
     // Source IP spoofing: an address the agent did not assign.
     let subnet: ipnet::Ipv4Net = t.subnet.parse().unwrap();
     let fake = Ipv4Addr::from(u32::from(subnet.network()) + 200);
     t.exec(&ns1, &["ip", "addr", "add", &format!("{fake}/32"), "dev", "eth0"]).unwrap();
-    assert!(!udp_delivered(&t, &ns2, &ns1, Some(fake), c2.ip, 7002), "a spoofed source IP must not reach c2");
+    assert!(!udp_delivered(&t, &ns2, &ns1, Some(fake), c2.ip4(), 7002), "a spoofed source IP must not reach c2");
     let spoofed_ping = t
         .try_exec(
             &ns1,
-            &["ping", "-q", "-c", "3", "-i", "0.05", "-W", "1", "-I", &fake.to_string(), &c2.ip.to_string()],
+            &["ping", "-q", "-c", "3", "-i", "0.05", "-W", "1", "-I", &fake.to_string(), &c2.ip4().to_string()],
         )
         .unwrap();
     assert!(!spoofed_ping, "pings from a spoofed source must not be answered");
     let s1 = container_status(&t, "c1").stats;
     assert!(s1.drops.get("spoofed-ip").copied().unwrap_or(0) >= 6, "{s1:?}");
     t.exec(&ns1, &["ip", "addr", "del", &format!("{fake}/32"), "dev", "eth0"]).unwrap();
-    assert!(udp_delivered(&t, &ns2, &ns1, None, c2.ip, 7003), "genuine traffic still passes");
+    assert!(udp_delivered(&t, &ns2, &ns1, None, c2.ip4(), 7003), "genuine traffic still passes");
 
     // MAC spoofing: the container changes its own MAC.
     t.exec(&ns1, &["ip", "link", "set", "eth0", "address", "02:00:00:00:00:99"]).unwrap();
     t.exec(&ns1, &["ip", "neigh", "flush", "all"]).unwrap();
-    assert!(!udp_delivered(&t, &ns2, &ns1, None, c2.ip, 7004), "frames from a foreign MAC must not reach c2");
+    assert!(!udp_delivered(&t, &ns2, &ns1, None, c2.ip4(), 7004), "frames from a foreign MAC must not reach c2");
     let s1 = container_status(&t, "c1").stats;
     assert!(s1.drops.get("spoofed-mac").copied().unwrap_or(0) >= 1, "{s1:?}");
     t.assert_no_netfilter_rules().unwrap();
@@ -190,7 +191,7 @@ fn container_del_leaves_nothing_behind() {
     // The address is free again (handed out unasked only after the never
     // used ones), and the name can be reused.
     let again: Container =
-        t.ctl_json(&["container", "add", "c1", "--netns", &t.container_ns(1), "--ip", &c1.ip.to_string()]).unwrap();
+        t.ctl_json(&["container", "add", "c1", "--netns", &t.container_ns(1), "--ip", &c1.ip4().to_string()]).unwrap();
     assert_eq!(again.ip, c1.ip);
     t.assert_no_netfilter_rules().unwrap();
 }
@@ -201,13 +202,13 @@ fn agent_restart_keeps_traffic_and_does_not_double_attach() {
     let _c1 = t.add_container(1).unwrap();
     let c2 = t.add_container(2).unwrap();
     let ns1 = t.container_ns(1);
-    assert!(t.ping(&ns1, &c2.ip.to_string(), 1).unwrap());
+    assert!(t.ping(&ns1, &c2.ip4().to_string(), 1).unwrap());
     let ids_before: Vec<Vec<u32>> = status(&t).attach_points.iter().map(|a| a.attached_program_ids.clone()).collect();
 
     t.stop_agent().unwrap();
     // The datapath keeps forwarding (and filtering) while the agent is away.
-    assert!(t.ping(&ns1, &c2.ip.to_string(), 3).unwrap(), "traffic flows with the agent stopped");
-    assert_eq!(tcp_exchange(&t, &t.container_ns(2), &ns1, c2.ip, 9000).unwrap(), b"hello netpath");
+    assert!(t.ping(&ns1, &c2.ip4().to_string(), 3).unwrap(), "traffic flows with the agent stopped");
+    assert_eq!(tcp_exchange(&t, &t.container_ns(2), &ns1, c2.ip4(), 9000).unwrap(), b"hello netpath");
 
     t.start_agent().unwrap();
     let st = status(&t);
@@ -219,12 +220,12 @@ fn agent_restart_keeps_traffic_and_does_not_double_attach() {
     // Exactly one count per packet: with a second attachment every ping
     // would count twice.
     let before = container_status(&t, "c1").stats.tx_packets;
-    assert!(t.ping(&ns1, &c2.ip.to_string(), 20).unwrap());
+    assert!(t.ping(&ns1, &c2.ip4().to_string(), 20).unwrap());
     let sent = container_status(&t, "c1").stats.tx_packets - before;
     assert!((20..=24).contains(&sent), "20 echo requests counted as {sent}");
     // Restarted agent still manages containers.
     t.ctl_ok(&["container", "del", "c2"]).unwrap();
-    assert!(!t.ping(&ns1, &c2.ip.to_string(), 1).unwrap());
+    assert!(!t.ping(&ns1, &c2.ip4().to_string(), 1).unwrap());
     t.assert_no_netfilter_rules().unwrap();
 }
 
@@ -272,7 +273,7 @@ fn bad_input_is_refused_and_changes_nothing() {
     let before_counted = snapshot_with(&t, true);
     let before = snapshot(&t);
     let ns2 = t.container_ns(2);
-    let (c1_ip, network, ns1) = (c1.ip.to_string(), subnet.network().to_string(), t.container_ns(1));
+    let (c1_ip, network, ns1) = (c1.ip4().to_string(), subnet.network().to_string(), t.container_ns(1));
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["container", "add", "cx", "--netns", "no-such-netns-xyz"], "cannot be opened"),
         (vec!["container", "add", "c1", "--netns", &ns2], "already exists"),
@@ -361,7 +362,7 @@ fn maps_are_pinned_and_readable_with_bpftool() {
     let entry = &v[0]["formatted"];
     let ep = &entry["value"];
     let ip: Vec<u8> = serde_json::from_value(ep["ipv4"].clone()).unwrap_or_else(|e| panic!("{e}: {v}"));
-    assert_eq!(ip, c1.ip.octets().to_vec());
+    assert_eq!(ip, c1.ip4().octets().to_vec());
     assert_eq!(entry["key"], c1.ifindex);
     assert_eq!(ep["ifindex"], c1.ifindex);
     // Human status lists every part.

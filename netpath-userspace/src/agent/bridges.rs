@@ -43,9 +43,9 @@ pub const MAX_BRIDGE_PORTS: u32 = 1023;
 /// What every bridge of the instance shares.
 #[derive(Clone, Copy)]
 pub struct BridgeLayout {
-    pub gateway: Ipv4Addr,
-    /// The subnet's prefix length (the first bridge's address).
-    pub prefix: u8,
+    /// The IPv4 gateway and the subnet's prefix length (the first bridge's
+    /// address), on an instance with IPv4.
+    pub gateway: Option<(Ipv4Addr, u8)>,
     /// The IPv6 gateway and the IPv6 subnet's prefix length, on an
     /// instance with IPv6.
     pub gateway6: Option<(Ipv6Addr, u8)>,
@@ -58,7 +58,7 @@ pub struct BridgeLayout {
 /// A container's addresses, which its bridge routes.
 #[derive(Clone, Copy, Debug)]
 pub struct PortAddrs {
-    pub ip: Ipv4Addr,
+    pub ip: Option<Ipv4Addr>,
     pub ip6: Option<Ipv6Addr>,
 }
 
@@ -125,9 +125,8 @@ impl Bridges {
         let l = &self.layout;
         // Only the first bridge holds the subnet's route; an overflow
         // bridge's containers each get a /32.
-        let prefix = if number == 0 { l.prefix } else { 32 };
-        let index =
-            nl.ensure_bridge(&name, l.gateway, prefix).await.with_context(|| format!("setting up bridge {name}"))?;
+        let gateway = l.gateway.map(|(gateway, prefix)| (gateway, if number == 0 { prefix } else { 32 }));
+        let index = nl.ensure_bridge(&name, gateway).await.with_context(|| format!("setting up bridge {name}"))?;
         // A MAC set explicitly stays: a bridge's own would follow its ports.
         nl.set_mac(index, l.mac).await.with_context(|| format!("setting the MAC of {name}"))?;
         nl.set_mtu(index, l.mtu).await.with_context(|| format!("setting the MTU of {name}"))?;
@@ -252,7 +251,9 @@ impl Bridges {
         if bridge == self.first_index() {
             return Ok(());
         }
-        nl.replace_host_route(addrs.ip.into(), bridge, self.layout.gateway.into()).await?;
+        if let (Some(ip), Some((gateway, _))) = (addrs.ip, self.layout.gateway) {
+            nl.replace_host_route(ip.into(), bridge, gateway.into()).await?;
+        }
         if let Some((ip6, gateway6)) = self.ip6_of(addrs) {
             nl.replace_host_route(ip6.into(), bridge, gateway6.into()).await?;
             nl.add_ndp_proxy(self.first_index(), ip6).await?;
@@ -273,7 +274,9 @@ impl Bridges {
             nl.delete_ndp_proxy(self.first_index(), ip6).await?;
         }
         if self.list[pos].ports > 0 {
-            nl.delete_host_route(addrs.ip.into(), bridge).await?;
+            if let Some(ip) = addrs.ip {
+                nl.delete_host_route(ip.into(), bridge).await?;
+            }
             if let Some(ip6) = addrs.ip6 {
                 nl.delete_host_route(ip6.into(), bridge).await?;
             }
@@ -303,7 +306,7 @@ impl Bridges {
                     .iter()
                     .filter(|(_, bridge)| **bridge == b.index)
                     .filter_map(|(veth, _)| addresses.get(veth).copied())
-                    .flat_map(|a| [Some(a.ip.into()), self.ip6_of(a).map(|(ip6, _)| ip6.into())])
+                    .flat_map(|a| [a.ip.map(IpAddr::from), self.ip6_of(a).map(|(ip6, _)| ip6.into())])
                     .flatten()
                     .collect();
                 for stale in nl.host_routes_via(b.index).await?.into_iter().filter(|a| !wanted.contains(a)) {

@@ -73,19 +73,20 @@ impl Inner {
         if !link_is_up(&link) {
             problems.push(format!("interface {} is down", c.ifname));
         }
-        let prefix = cfg.subnet.prefix_len();
-        let addrs = cnl.ipv4_addresses_of(link.header.index).await?;
-        if !addrs.contains(&(c.ip, prefix)) {
-            problems.push(format!(
-                "interface {} lacks address {}/{prefix} (has {})",
-                c.ifname,
-                c.ip,
-                addrs.iter().map(|(a, p)| format!("{a}/{p}")).collect::<Vec<_>>().join(", ")
-            ));
-        }
-        let gateways = cnl.ipv4_default_gateways().await?;
-        if !gateways.iter().any(|(gw, oif)| *gw == cfg.gateway && oif.is_none_or(|i| i == link.header.index)) {
-            problems.push(format!("no default route via {} on {}", cfg.gateway, c.ifname));
+        if let (Some(net4), Some(ip)) = (cfg.net4, c.ip) {
+            let prefix = net4.subnet.prefix_len();
+            let addrs = cnl.ipv4_addresses_of(link.header.index).await?;
+            if !addrs.contains(&(ip, prefix)) {
+                problems.push(format!(
+                    "interface {} lacks address {ip}/{prefix} (has {})",
+                    c.ifname,
+                    addrs.iter().map(|(a, p)| format!("{a}/{p}")).collect::<Vec<_>>().join(", ")
+                ));
+            }
+            let gateways = cnl.ipv4_default_gateways().await?;
+            if !gateways.iter().any(|(gw, oif)| *gw == net4.gateway && oif.is_none_or(|i| i == link.header.index)) {
+                problems.push(format!("no default route via {} on {}", net4.gateway, c.ifname));
+            }
         }
         if let (Some(net6), Some(ip6)) = (cfg.net6, c.ip6) {
             let prefix6 = net6.subnet.prefix_len();
@@ -106,8 +107,12 @@ impl Inner {
         match entry {
             None => problems.push(format!("the datapath has no entry for {} (ifindex {})", c.veth, c.ifindex)),
             Some(e) => {
-                if e.ipv4 != c.ip.octets() || e.mac != parse_mac(&c.mac)? || e.id != c.id {
+                if e.mac != parse_mac(&c.mac)? || e.id != c.id {
                     problems.push(format!("the datapath entry of {} does not match the container", c.veth));
+                }
+                let ipv4 = c.ip.map(|a| a.octets()).filter(|a| self.dp_config.in_subnet4(*a));
+                if e.has_ipv4() != ipv4.is_some() || ipv4.is_some_and(|a| a != e.ipv4) {
+                    problems.push(format!("the datapath entry of {} does not carry the container's IPv4", c.veth));
                 }
                 let ipv6 = c.ip6.map(In6Addr::from).filter(|a| self.dp_config.in_subnet6(*a));
                 if e.has_ipv6() != ipv6.is_some() || ipv6.is_some_and(|a| a != e.ipv6) {

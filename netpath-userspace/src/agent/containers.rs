@@ -28,10 +28,16 @@ use crate::{
 pub const CONTAINER_IFNAME: &str = "eth0";
 
 /// MACs on the bridge (containers' and the gateway's) are derived from the
-/// IPv4 address (locally administered,
-/// as Docker does), so they are unique on the bridge and predictable.
-pub fn container_mac(ip: Ipv4Addr) -> [u8; 6] {
-    let o = ip.octets();
+/// IPv4 address (locally administered, as Docker does), so they are unique
+/// on the bridge and predictable; on an IPv6-only instance from the IPv6
+/// address's last 32 bits (the allocator hands addresses out from the
+/// bottom of the subnet, and a clash is refused by name anyway).
+pub fn container_mac(ip: Option<Ipv4Addr>, ip6: Option<Ipv6Addr>) -> [u8; 6] {
+    let o = match (ip, ip6) {
+        (Some(ip), _) => ip.octets(),
+        (None, Some(ip6)) => (u128::from(ip6) as u32).to_be_bytes(),
+        (None, None) => [0; 4],
+    };
     [0x02, 0x4e, o[0], o[1], o[2], o[3]]
 }
 
@@ -78,9 +84,14 @@ impl Inner {
     pub(super) fn write_container_entry(&mut self, c: &Container) -> Result<()> {
         let policy_epoch = self.dp.container(c.ifindex)?.map_or(0, |old| old.policy_epoch.wrapping_add(1));
         let p = self.policy_of(&c.name);
-        let mut flags = CONTAINER_F_IPV4;
-        // IPv6 is carried for a container only while its address is in the
-        // instance's IPv6 subnet (the configuration may have dropped it).
+        let mut flags = 0;
+        // Each family is carried for a container only while its address is
+        // in the instance's subnet of it (the configuration may have
+        // dropped it).
+        let ipv4 = c.ip.map(|a| a.octets()).filter(|a| self.dp_config.in_subnet4(*a));
+        if ipv4.is_some() {
+            flags |= CONTAINER_F_IPV4;
+        }
         let ipv6 = c.ip6.map(In6Addr::from).filter(|a| self.dp_config.in_subnet6(*a));
         if ipv6.is_some() {
             flags |= CONTAINER_F_IPV6;
@@ -92,7 +103,7 @@ impl Inner {
             flags |= CONTAINER_F_DEFAULT_DENY_OUT;
         }
         let ep = ContainerEntry {
-            ipv4: c.ip.octets(),
+            ipv4: ipv4.unwrap_or_default(),
             ipv6: ipv6.unwrap_or_default(),
             mac: parse_mac(&c.mac).with_context(|| format!("container {}", c.name))?,
             flags,
@@ -139,14 +150,21 @@ impl Inner {
             return Err(AgentError::BadRequest("a handoff needs the netns the runtime will move it into".into()));
         }
         let target = if req.handoff { None } else { Some(self.target_netns(&req, &netns_path, &ifname).await?) };
-        let ip = self.ipam.allocate(&req.name, req.ip)?;
+        let ip = self.allocate4(&req.name, req.ip)?;
         // A handed-off interface is configured by its runtime, which knows
         // of an IPv6 address only if it asked for one.
         let allocated6 = if !req.handoff || req.ip6.is_some() { self.allocate6(&req.name, req.ip6) } else { Ok(None) };
         let ip6 = match allocated6 {
+            Ok(None) if ip.is_none() => Err(AgentError::BadRequest(
+                "the instance is IPv6-only: a handed-off container needs the IPv6 address its runtime configures (ip6)"
+                    .into(),
+            )),
+            other => other,
+        };
+        let ip6 = match ip6 {
             Ok(ip6) => ip6,
             Err(e) => {
-                self.ipam.release(ip);
+                self.release_addresses(ip, None);
                 return Err(e);
             }
         };
@@ -158,7 +176,7 @@ impl Inner {
         };
         let id = ids[0];
         let veth = format!("npv{id}");
-        let mac = requested_mac.unwrap_or(container_mac(ip));
+        let mac = requested_mac.unwrap_or(container_mac(ip, ip6));
         let mut container = Container {
             name: req.name.clone(),
             netns: target
@@ -215,12 +233,25 @@ impl Inner {
         }
         tracing::info!(
             container = %container.name,
-            ip = %container.ip,
+            ip = ?container.ip,
             ip6 = ?container.ip6,
             veth = %container.veth,
             "container added"
         );
         Ok(container)
+    }
+
+    /// A new container's IPv4 address: `requested` or the next free one on
+    /// an instance with an IPv4 subnet; none on an IPv6-only one (where
+    /// asking for one is refused).
+    fn allocate4(&mut self, name: &str, requested: Option<Ipv4Addr>) -> Result<Option<Ipv4Addr>, AgentError> {
+        match (&mut self.ipam, requested) {
+            (Some(ipam), requested) => Ok(Some(ipam.allocate(name, requested)?)),
+            (None, Some(ip)) => Err(AgentError::BadRequest(format!(
+                "IPv4 address {ip} requested, but the instance is IPv6-only (subnet is \"none\")"
+            ))),
+            (None, None) => Ok(None),
+        }
     }
 
     /// A new container's IPv6 address: `requested` or the next free one on
@@ -237,8 +268,10 @@ impl Inner {
     }
 
     /// Gives a container's addresses back to their allocators.
-    pub(super) fn release_addresses(&mut self, ip: Ipv4Addr, ip6: Option<Ipv6Addr>) {
-        self.ipam.release(ip);
+    pub(super) fn release_addresses(&mut self, ip: Option<Ipv4Addr>, ip6: Option<Ipv6Addr>) {
+        if let (Some(ipam), Some(ip)) = (&mut self.ipam, ip) {
+            ipam.release(ip);
+        }
         if let (Some(ipam6), Some(ip6)) = (&mut self.ipam6, ip6) {
             ipam6.release(ip6);
         }
@@ -334,7 +367,7 @@ impl Inner {
     /// A container's MAC must be its own on the bridge.
     fn check_mac_free(&self, mac: &[u8; 6], cfg: &ResolvedConfig) -> Result<(), AgentError> {
         let text = format_mac(mac);
-        if *mac == container_mac(cfg.gateway) {
+        if *mac == container_mac(cfg.net4.map(|n| n.gateway), cfg.net6.map(|n| n.gateway)) {
             return Err(AgentError::refused(ErrorReason::MacInUse, format!("MAC {text} is the gateway's")));
         }
         if let Some(other) = self.state.containers.iter().find(|c| c.mac == text) {
@@ -384,7 +417,10 @@ impl Inner {
         cnl.rename(index, &c.ifname).await?;
         let net6 = cfg.net6.zip(c.ip6);
         ns.run(|| configure_ipv6(&c.ifname, net6.is_some()))?;
-        cnl.ensure_address(index, c.ip, cfg.subnet.prefix_len()).await?;
+        let net4 = cfg.net4.zip(c.ip);
+        if let Some((net4, ip)) = net4 {
+            cnl.ensure_address(index, ip, net4.subnet.prefix_len()).await?;
+        }
         // On an overflow bridge the /64 is off-link (see agent::bridges):
         // only the gateway is a neighbour.
         let off_link6 = self.bridges.on_overflow(c.ifindex);
@@ -396,7 +432,9 @@ impl Inner {
         let lo = cnl.link_index("lo").await?;
         cnl.set_up(lo).await?;
         cnl.set_up(index).await?;
-        cnl.add_default_route(cfg.gateway).await?;
+        if let Some((net4, _)) = net4 {
+            cnl.add_default_route(net4.gateway).await?;
+        }
         if let Some((net6, ip6)) = net6 {
             if off_link6 {
                 cnl.replace_host_route(net6.gateway.into(), index, ip6.into()).await?;

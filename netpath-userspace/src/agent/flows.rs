@@ -44,9 +44,10 @@ impl Inner {
     /// datagrams' recorded first fragments go too, for the same reason (a
     /// walk of the small fragment table).
     pub(super) fn forget_flows(&mut self, c: &Container) -> Result<()> {
-        let ip = c.ip.octets();
         self.dp.retire_container(c.id)?;
-        self.dp.frags_remove_where4(|k, e| [k.saddr, k.daddr, e.nat_saddr, e.nat_daddr].contains(&ip))?;
+        if let Some(ip) = c.ip.map(|a| a.octets()) {
+            self.dp.frags_remove_where4(|k, e| [k.saddr, k.daddr, e.nat_saddr, e.nat_daddr].contains(&ip))?;
+        }
         if let Some(ip6) = c.ip6.map(In6Addr::from) {
             self.dp.frags_remove_where6(|k, e| [k.saddr, k.daddr, e.nat_saddr, e.nat_daddr].contains(&ip6))?;
         }

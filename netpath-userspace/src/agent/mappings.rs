@@ -85,16 +85,22 @@ pub(super) struct MappingEntries {
 pub(super) fn mapping_entries(m: &Mapping, c: &Container) -> Result<MappingEntries> {
     let (k4, k6) = mapping_keys(m);
     let container_port = m.container_port.to_be();
-    let v4 = k4.map(|k| {
-        let e = MappingEntry4 {
-            container_addr: c.ip.octets(),
-            container_port,
-            _pad: 0,
-            id: m.id,
-            container_ifindex: c.ifindex,
-        };
-        (k, e)
-    });
+    let v4 = match k4 {
+        None => None,
+        Some(k) => {
+            let ip = c.ip.with_context(|| {
+                format!("mapping {} answers on IPv4, but container {} has no IPv4 address", m.spec(), c.name)
+            })?;
+            let e = MappingEntry4 {
+                container_addr: ip.octets(),
+                container_port,
+                _pad: 0,
+                id: m.id,
+                container_ifindex: c.ifindex,
+            };
+            Some((k, e))
+        }
+    };
     let v6 = match k6 {
         None => None,
         Some(k) => {
@@ -123,6 +129,27 @@ enum WrittenKey {
 /// The IPv6 address a port of `container` answers on (None: IPv4 only),
 /// or why it cannot be published as asked: an IPv6 host address needs a
 /// container with an IPv6 address.
+/// [`container_ip6_for`] for IPv4: the address of the container's an
+/// IPv4 entry of port `p` leads to, refused for an IPv4 host address of a
+/// container without IPv4 (an IPv6-only instance's).
+fn container_ip_for(container: &Container, p: &PortRequest) -> Result<Option<std::net::Ipv4Addr>, AgentError> {
+    match (p.host_ip, container.ip) {
+        (Some(IpAddr::V6(_)), _) => Ok(None),
+        (None, ip) => Ok(ip),
+        (Some(IpAddr::V4(_)), Some(ip)) => Ok(Some(ip)),
+        (Some(IpAddr::V4(_)), None) => Err(AgentError::BadRequest(format!(
+            "{}{}:{}:{}/{}: container {} has no IPv4 address (the instance is IPv6-only), so it cannot be published \
+             on an IPv4 host address; publish without a host address or on an IPv6 one",
+            host_prefix(p.host_ip),
+            p.host_port,
+            container.name,
+            p.container_port,
+            p.proto,
+            container.name,
+        ))),
+    }
+}
+
 fn container_ip6_for(
     container: &Container,
     p: &PortRequest,
@@ -285,7 +312,7 @@ impl Inner {
         let mut ip6s = vec![];
         for (container, ports) in requests {
             for p in ports.iter() {
-                ip6s.push(container_ip6_for(container, p, self.ipam6.is_some())?);
+                ip6s.push((container_ip_for(container, p)?, container_ip6_for(container, p, self.ipam6.is_some())?));
             }
         }
         let count = ip6s.len();
@@ -298,13 +325,13 @@ impl Inner {
         Ok(ports
             .zip(ids)
             .zip(ip6s)
-            .map(|(((container, p), id), container_ip6)| Mapping {
+            .map(|(((container, p), id), (container_ip, container_ip6))| Mapping {
                 id,
                 host_ip: p.host_ip,
                 host_port: p.host_port,
                 proto: p.proto,
                 container: container.name.clone(),
-                container_ip: container.ip,
+                container_ip,
                 container_ip6,
                 container_port: p.container_port,
             })
@@ -498,7 +525,7 @@ mod tests {
             host_port: port,
             proto,
             container: "c".into(),
-            container_ip: "10.0.0.2".parse().unwrap(),
+            container_ip: Some("10.0.0.2".parse().unwrap()),
             container_ip6: None,
             container_port: 80,
         }
@@ -508,7 +535,7 @@ mod tests {
         Container {
             name: "web".into(),
             netns: "/run/netns/web".into(),
-            ip: "10.77.0.5".parse().unwrap(),
+            ip: Some("10.77.0.5".parse().unwrap()),
             ip6: ip6.map(|a| a.parse().unwrap()),
             mac: "02:42:0a:4d:00:05".into(),
             veth: "npv7".into(),

@@ -156,8 +156,8 @@ struct Inner {
     dp: Datapath,
     nl: Netlink,
     bridges: Bridges,
-    ipam: Ipam4,
-    /// The IPv6 subnet's allocator, on an instance with one.
+    /// The subnets' allocators, on an instance with each.
+    ipam: Option<Ipam4>,
     ipam6: Option<Ipam6>,
     /// Inode of each container's netns (by container name), read when it
     /// was attached or adopted: a new container's netns is checked against
@@ -230,7 +230,8 @@ fn enable_ipv6_forwarding(cfg: &mut ResolvedConfig) -> Result<()> {
     let Some(net6) = cfg.net6 else { return Ok(()) };
     let was = match read_sysctl("net.ipv6.conf.all.forwarding") {
         Ok(v) if !read_sysctl("net.ipv6.conf.all.disable_ipv6").is_ok_and(|d| d == "1") => v,
-        _ if cfg.subnet6_auto => {
+        // `auto` falls back to IPv4 only, unless the instance is IPv6-only.
+        _ if cfg.subnet6_auto && cfg.net4.is_some() => {
             tracing::warn!(
                 "IPv6 is disabled in this namespace: the instance runs IPv4 only (subnet6 \"auto\" would have been {})",
                 net6.subnet
@@ -283,15 +284,14 @@ impl Agent {
         let mut cfg = cfg;
         enable_ipv6_forwarding(&mut cfg)?;
         let nl = Netlink::connect()?;
-        let gateway_mac = container_mac(cfg.gateway);
+        let gateway_mac = container_mac(cfg.net4.map(|n| n.gateway), cfg.net6.map(|n| n.gateway));
         let mtu = match (cfg.mtu, &cfg.uplink) {
             (0, Some(uplink)) => nl.link_mtu(uplink).await.with_context(|| format!("uplink {uplink}"))?,
             (0, None) => 1500,
             (mtu, _) => mtu,
         };
         let layout = BridgeLayout {
-            gateway: cfg.gateway,
-            prefix: cfg.subnet.prefix_len(),
+            gateway: cfg.net4.map(|n| (n.gateway, n.subnet.prefix_len())),
             gateway6: cfg.net6.map(|n| (n.gateway, n.subnet.prefix_len())),
             mac: gateway_mac,
             mtu,
@@ -342,9 +342,10 @@ impl Agent {
         }
         let dp_config = DatapathConfig {
             netns_cookie: netns_cookie()?,
-            subnet4: cfg.subnet.network().octets(),
-            subnet4_prefix: cfg.subnet.prefix_len() as u32,
-            gateway4: cfg.gateway.octets(),
+            // No IPv4 subnet: prefix 0, which matches no address.
+            subnet4: cfg.net4.map_or([0; 4], |n| n.subnet.network().octets()),
+            subnet4_prefix: cfg.net4.map_or(0, |n| n.subnet.prefix_len() as u32),
+            gateway4: cfg.net4.map_or([0; 4], |n| n.gateway.octets()),
             flags,
             timeouts: cfg.conntrack.timeouts(),
             masq_addr4,
@@ -364,7 +365,7 @@ impl Agent {
         }
         let own_netns_inode = Netns::current()?.inode()?;
         let mut inner = Inner {
-            ipam: Ipam4::with_released(cfg.subnet, cfg.gateway, &state.released4),
+            ipam: cfg.net4.map(|n| Ipam4::with_released(n.subnet, n.gateway, &state.released4)),
             ipam6: cfg.net6.map(|n| Ipam6::with_released(n.subnet, n.gateway, &state.released6)),
             netns_inodes: HashMap::new(),
             dp,
@@ -539,8 +540,8 @@ impl Agent {
         NetworkInfo {
             instance: self.cfg.instance.clone(),
             bridge: self.cfg.bridge.clone(),
-            subnet: self.cfg.subnet,
-            gateway: self.cfg.gateway,
+            subnet: self.cfg.net4.map(|n| n.subnet),
+            gateway: self.cfg.net4.map(|n| n.gateway),
             subnet6: self.cfg.net6.map(|n| n.subnet),
             gateway6: self.cfg.net6.map(|n| n.gateway),
             mtu: inner.mtu,
@@ -680,8 +681,8 @@ impl Agent {
             version: env!("CARGO_PKG_VERSION").into(),
             bridge: cfg.bridge.clone(),
             bridges: inner.bridges.status(),
-            subnet: cfg.subnet.to_string(),
-            gateway: cfg.gateway,
+            subnet: cfg.net4.map(|n| n.subnet.to_string()),
+            gateway: cfg.net4.map(|n| n.gateway),
             subnet6: cfg.net6.map(|n| n.subnet.to_string()),
             gateway6: cfg.net6.map(|n| n.gateway),
             uplink: cfg.uplink.clone(),
@@ -731,7 +732,9 @@ impl Inner {
     /// compaction writes the state whole). Without an IPv6 subnet the saved
     /// IPv6 queue stays as it was, for when one is configured again.
     fn keep_released(&mut self) {
-        self.state.released4 = self.ipam.released();
+        if let Some(ipam) = &self.ipam {
+            self.state.released4 = ipam.released();
+        }
         if let Some(ipam6) = &self.ipam6 {
             self.state.released6 = ipam6.released();
         }
@@ -772,9 +775,17 @@ impl Inner {
             if !counted.contains(&c.ifindex) {
                 self.dp.reset_stats(c.ifindex)?;
             }
-            self.ipam
-                .allocate(&c.name, Some(c.ip))
-                .map_err(|e| anyhow::anyhow!("state file: container {}: {e}", c.name))?;
+            match (&mut self.ipam, c.ip) {
+                (Some(ipam), Some(ip)) => {
+                    ipam.allocate(&c.name, Some(ip))
+                        .map_err(|e| anyhow::anyhow!("state file: container {}: {e}", c.name))?;
+                }
+                (None, Some(ip)) => tracing::warn!(
+                    container = %c.name,
+                    "has IPv4 address {ip} but the instance has no subnet now: its IPv4 is not carried"
+                ),
+                _ => {}
+            }
             match (&mut self.ipam6, c.ip6) {
                 (Some(ipam6), Some(ip6)) => {
                     ipam6.allocate(&c.name, Some(ip6)).map_err(|e| {

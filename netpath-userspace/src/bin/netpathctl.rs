@@ -252,8 +252,9 @@ async fn run(args: Args) -> Result<()> {
             let c: Container =
                 client.post("/containers", &ContainerRequest { name, netns, ip, ip6, ..Default::default() }).await?;
             print(fmt, &c, |c| {
+                let ip = c.ip.map(|a| format!(" ip {a}")).unwrap_or_default();
                 let ip6 = c.ip6.map(|a| format!(" ip6 {a}")).unwrap_or_default();
-                format!("added {} ip {}{ip6} mac {} veth {}\n", c.name, c.ip, c.mac, c.veth)
+                format!("added {}{ip}{ip6} mac {} veth {}\n", c.name, c.mac, c.veth)
             })
         }
         Command::Container(ContainerCmd::Del { name }) => {

@@ -37,9 +37,10 @@ struct Args {
     /// Containers per bridge before an overflow bridge (<bridge>-1, ...) opens [default: 1023].
     #[arg(long, value_name = "N")]
     bridge_ports: Option<u32>,
-    /// Container subnet [default: 10.77.0.0/16].
+    /// IPv4 container subnet, or `none` for an IPv6-only instance
+    /// [default: 10.77.0.0/16].
     #[arg(long)]
-    subnet: Option<ipnet::Ipv4Net>,
+    subnet: Option<netpath_userspace::config::Subnet4>,
     /// Bridge address [default: first host of the subnet].
     #[arg(long)]
     gateway: Option<Ipv4Addr>,
@@ -185,7 +186,7 @@ fn main() -> Result<()> {
     rt.block_on(async move {
         let agent = Arc::new(Agent::start(cfg.clone()).await?);
         agent.spawn_background().await?;
-        tracing::info!(instance = %cfg.instance, bridge = %cfg.bridge, subnet = %cfg.subnet, "netpathd ready");
+        tracing::info!(instance = %cfg.instance, bridge = %cfg.bridge, subnet = ?cfg.net4.map(|n| n.subnet), subnet6 = ?cfg.net6.map(|n| n.subnet), "netpathd ready");
         // One shutdown signal for every server the agent runs.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {

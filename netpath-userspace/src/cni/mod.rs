@@ -11,7 +11,7 @@
 pub mod config;
 pub mod error;
 
-use std::path::Path;
+use std::{net::IpAddr, path::Path};
 
 use serde_json::{json, Value};
 
@@ -144,16 +144,20 @@ async fn add(env: &Env, conf: &NetConf, client: &Client) -> Result<Value, CniErr
 /// `sandbox`), its address with the gateway, the default route, and the
 /// config's `dns`.
 pub fn add_result(cni_version: &str, conf: &NetConf, net: &NetworkInfo, c: &Container) -> Value {
-    let mut ip = json!({
-        "address": format!("{}/{}", c.ip, net.subnet.prefix_len()),
-        "gateway": net.gateway.to_string(),
-        "interface": 0,
-    });
-    if cni_version == "0.4.0" {
-        ip["version"] = json!("4");
+    let (mut ips, mut routes) = (vec![], vec![]);
+    // Its IPv4 address, on an instance with an IPv4 subnet.
+    if let (Some(ip), Some(subnet), Some(gateway)) = (c.ip, net.subnet, net.gateway) {
+        let mut ip = json!({
+            "address": format!("{ip}/{}", subnet.prefix_len()),
+            "gateway": gateway.to_string(),
+            "interface": 0,
+        });
+        if cni_version == "0.4.0" {
+            ip["version"] = json!("4");
+        }
+        ips.push(ip);
+        routes.push(json!({ "dst": "0.0.0.0/0", "gw": gateway.to_string() }));
     }
-    let mut ips = vec![ip];
-    let mut routes = vec![json!({ "dst": "0.0.0.0/0", "gw": net.gateway.to_string() })];
     // The container's IPv6 address, on an instance with an IPv6 subnet.
     if let (Some(ip6), Some(subnet6), Some(gateway6)) = (c.ip6, net.subnet6, net.gateway6) {
         let mut ip6 = json!({
@@ -231,8 +235,10 @@ fn prev_result_problems(prev: Option<&Value>, c: &Container) -> Vec<String> {
     let mut out = vec![];
     let ips: Vec<&str> =
         prev.get("ips").and_then(Value::as_array).into_iter().flatten().filter_map(|i| i["address"].as_str()).collect();
-    if !ips.iter().any(|a| a.split('/').next() == Some(c.ip.to_string().as_str())) {
-        out.push(format!("the previous result's addresses {ips:?} do not include {}", c.ip));
+    for ip in c.ip.map(IpAddr::V4).into_iter().chain(c.ip6.map(IpAddr::V6)) {
+        if !ips.iter().any(|a| a.split('/').next().and_then(|a| a.parse().ok()) == Some(ip)) {
+            out.push(format!("the previous result's addresses {ips:?} do not include {ip}"));
+        }
     }
     let macs: Vec<&str> = prev
         .get("interfaces")
@@ -299,8 +305,8 @@ mod tests {
         let net = NetworkInfo {
             instance: "i".into(),
             bridge: "np0".into(),
-            subnet: "10.1.0.0/24".parse().unwrap(),
-            gateway: "10.1.0.1".parse().unwrap(),
+            subnet: Some("10.1.0.0/24".parse().unwrap()),
+            gateway: Some("10.1.0.1".parse().unwrap()),
             subnet6: None,
             gateway6: None,
             mtu: 1500,
@@ -308,7 +314,7 @@ mod tests {
         let c = Container {
             name: "cni-x".into(),
             netns: "/run/netns/x".into(),
-            ip: "10.1.0.2".parse().unwrap(),
+            ip: Some("10.1.0.2".parse().unwrap()),
             ip6: None,
             mac: "02:4e:0a:01:00:02".into(),
             veth: "npv1".into(),
@@ -341,7 +347,7 @@ mod tests {
         assert_eq!(r6["ips"][1]["version"], "6");
         assert_eq!(r6["routes"][1]["dst"], "::/0");
         assert!(prev_result_problems(Some(&r6), &c6).is_empty());
-        let other = Container { ip: "10.1.0.3".parse().unwrap(), ..c };
+        let other = Container { ip: Some("10.1.0.3".parse().unwrap()), ..c };
         assert_eq!(prev_result_problems(Some(&r), &other).len(), 1);
     }
 }

@@ -19,6 +19,7 @@
 //! of their own, so that the terminal's signal does not stop them before
 //! the cleanup needs them.
 
+use netpath_tests::Ipv4Of as _;
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
@@ -148,8 +149,11 @@ fn namespaces_demo() -> Result<()> {
 
     step("c1 -> c2, c1 -> gateway, c1 -> host address: through the BPF programs on the veths")?;
     for dst in [
-        c2.ip.to_string(),
-        t.ctl_json::<netpath_userspace::model::Status>(&["status"])?.gateway.to_string(),
+        c2.ip4().to_string(),
+        t.ctl_json::<netpath_userspace::model::Status>(&["status"])?
+            .gateway
+            .context("the demo instance carries IPv4")?
+            .to_string(),
         HOST_UPLINK_IP.to_string(),
     ] {
         let ok = t.ping(&t.container_ns(1), &dst, 3)?;
@@ -163,7 +167,7 @@ fn namespaces_demo() -> Result<()> {
     t.exec(&t.container_ns(1), &["ip", "addr", "add", "10.254.254.254/32", "dev", "eth0"])?;
     let spoofed = t.try_exec(
         &t.container_ns(1),
-        &["ping", "-q", "-c", "2", "-W", "1", "-I", "10.254.254.254", &c2.ip.to_string()],
+        &["ping", "-q", "-c", "2", "-W", "1", "-I", "10.254.254.254", &c2.ip4().to_string()],
     )?;
     println!("spoofed ping answered: {spoofed}");
     show(&t, &["container", "show", "c1"])?;
@@ -190,7 +194,7 @@ fn namespaces_demo() -> Result<()> {
         Ok(TcpStream::connect_timeout(&SocketAddr::from((WORLD_IP, 8000)), Duration::from_secs(3))?)
     })?;
     let peer = seen.join().map_err(|_| anyhow::anyhow!("server thread"))??;
-    println!("world server saw a connection from {peer} (c2 is {})", c2.ip);
+    println!("world server saw a connection from {peer} (c2 is {})", c2.ip4());
 
     step("Policy: c1 refuses the outside world on port 80, and the monitor shows the drop")?;
     show(&t, &["policy", "add", "c1", "deny", "in", &format!("{WORLD_IP}/32"), "tcp/80"])?;
@@ -265,7 +269,7 @@ fn docker_demo() -> Result<()> {
     step("docker network create -d netpath: the instance's subnet, the bridge as gateway")?;
     let net = format!("{}-net", t.prefix);
     let status: netpath_userspace::model::Status = t.ctl_json(&["status"])?;
-    let gateway = status.gateway.to_string();
+    let gateway = status.gateway.context("the demo instance carries IPv4")?.to_string();
     println!("$ docker network create -d {driver} --subnet {} --gateway {gateway} {net}", t.subnet);
     if let Err(e) = d.network_create(&net, &driver, &["--subnet", &t.subnet, "--gateway", &gateway])? {
         bail!("docker network create failed: {e}");
