@@ -281,10 +281,17 @@ pub const TAIL_UPLINK_INGRESS6: u32 = 2;
 /// IPv6 leaving through the uplink (from `uplink_egress`).
 pub const TAIL_UPLINK_EGRESS6: u32 = 3;
 
+/// The IPv6 fast path, tail-called by `veth_ingress6` and `uplink_ingress6`
+/// once a packet passed (its chain needs a stack of its own).
+pub const TAIL_VETH_FORWARD6: u32 = 4;
+pub const TAIL_UPLINK_FORWARD6: u32 = 5;
+
 /// Every tail-called program, indexed by slot.
-pub const TAIL_CALLS: [TailCall; 4] = [
+pub const TAIL_CALLS: [TailCall; 6] = [
     TailCall { slot: TAIL_VETH_INGRESS6, program: "veth_ingress6", from: HookId::VethIngress },
     TailCall { slot: TAIL_VETH_EGRESS6, program: "veth_egress6", from: HookId::VethEgress },
     TailCall { slot: TAIL_UPLINK_INGRESS6, program: "uplink_ingress6", from: HookId::UplinkIngress },
     TailCall { slot: TAIL_UPLINK_EGRESS6, program: "uplink_egress6", from: HookId::UplinkEgress },
+    TailCall { slot: TAIL_VETH_FORWARD6, program: "veth_forward6", from: HookId::VethIngress },
+    TailCall { slot: TAIL_UPLINK_FORWARD6, program: "uplink_forward6", from: HookId::UplinkIngress },
 ];

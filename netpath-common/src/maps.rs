@@ -44,6 +44,8 @@ pub const FRAGS4: &str = "FRAGS4";
 /// Containers by IPv4 address: `[u8; 4]` -> `u32`, the ifindex of the
 /// container's host-side veth (its key in [`CONTAINERS`]), for the fast path.
 pub const CONTAINER_IPS4: &str = "CONTAINER_IPS4";
+/// [`CONTAINER_IPS4`] for IPv6: `In6Addr` -> `u32`.
+pub const CONTAINER_IPS6: &str = "CONTAINER_IPS6";
 /// Per-CPU [`crate::ForwardStats`] at index 0: the fast path's redirects
 /// and fallbacks.
 pub const FORWARD_STATS: &str = "FORWARD_STATS";
@@ -92,6 +94,7 @@ pub const PINNED_MAPS: &[&str] = &[
     TAIL_CALLS,
     MAPPINGS6,
     SOCK_REVNAT6,
+    CONTAINER_IPS6,
 ];
 
 pub const MAX_POLICY_PREFIXES: usize = 262144;

@@ -15,9 +15,11 @@ use netpath_common::{
 };
 
 use crate::{
-    flow::Flow,
+    flow::{self, Flow, Parsed},
     icmp_error, ipv6, mapping,
-    maps::{CT4, CT6, FRAGS4, FRAGS6, HOST_ADDRS4, HOST_ADDRS6, POLICY4, POLICY6, SCRATCH6},
+    maps::{
+        CONTAINER_IPS4, CONTAINER_IPS6, CT4, CT6, FRAGS4, FRAGS6, HOST_ADDRS4, HOST_ADDRS6, POLICY4, POLICY6, SCRATCH6,
+    },
     nat,
 };
 
@@ -84,6 +86,13 @@ pub trait Family: AddrFamily + 'static {
     /// Rewrites the packet of `flow` as its conntrack `entry` says
     /// (`nat::apply4`, `nat::apply6`).
     fn apply_nat(ctx: &TcContext, flow: &Flow<Self>, entry: &CtEntry<Self>) -> Result<(), DropReason>;
+
+    /// The packet's flow (`flow::parse4`, `ipv6::parse6`).
+    fn parse(ctx: &TcContext) -> Parsed<Self>;
+
+    /// The interface (CONTAINERS' key) of the container with this address
+    /// (`CONTAINER_IPS4`, `CONTAINER_IPS6`).
+    fn container_ifindex(self) -> Option<u32>;
 }
 
 /// The trie key for `remote` under the container's rules in `direction`.
@@ -126,6 +135,17 @@ impl Family for [u8; 4] {
     #[inline(always)]
     fn apply_nat(ctx: &TcContext, flow: &Flow<Self>, entry: &CtEntry<Self>) -> Result<(), DropReason> {
         nat::apply4(ctx, flow, entry)
+    }
+
+    #[inline(always)]
+    fn parse(ctx: &TcContext) -> Parsed<Self> {
+        flow::parse4(ctx)
+    }
+
+    #[inline(always)]
+    fn container_ifindex(self) -> Option<u32> {
+        // SAFETY: the value is copied out at once.
+        unsafe { CONTAINER_IPS4.get(&self) }.copied()
     }
 
     #[inline(always)]
@@ -184,6 +204,17 @@ impl Family for In6Addr {
     #[inline(always)]
     fn apply_nat(ctx: &TcContext, flow: &Flow<Self>, entry: &CtEntry<Self>) -> Result<(), DropReason> {
         nat::apply6(ctx, flow, entry)
+    }
+
+    #[inline(always)]
+    fn parse(ctx: &TcContext) -> Parsed<Self> {
+        ipv6::parse6(ctx)
+    }
+
+    #[inline(always)]
+    fn container_ifindex(self) -> Option<u32> {
+        // SAFETY: the value is copied out at once.
+        unsafe { CONTAINER_IPS6.get(&self) }.copied()
     }
 
     #[inline(always)]

@@ -15,7 +15,10 @@
 //!   next hop's MAC is unresolved). The uplink's egress program
 //!   (masquerade) still runs.
 //!
-//! A routed hop decrements the TTL, as the stack would. Whatever the fast
+//! IPv4 and IPv6 alike (`forward4`, `forward6`): the address index and
+//! the routing lookup are per family, the rest is shared.
+//!
+//! A routed hop decrements the TTL (IPv6's hop limit), as the stack would. Whatever the fast
 //! path cannot do as the stack would (a TTL about to expire, a packet too
 //! big for the next link, no route) goes to the stack, counted; so does
 //! anything not addressed through the host (ARP, broadcast, the host's own
@@ -26,21 +29,31 @@ use aya_ebpf::{
     helpers::generated::{bpf_check_mtu, bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
 };
-use netpath_common::{config::CFG_F_FAST_PATH, ContainerEntry, DatapathConfig, DropReason, Fallback, HookId, Redirect};
+use netpath_common::{
+    config::CFG_F_FAST_PATH, AddrFamily, ContainerEntry, DatapathConfig, DropReason, Fallback, HookId, In6Addr,
+    Redirect,
+};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
 };
 
 use crate::{
-    maps::{CONTAINERS, CONTAINER_IPS4, FORWARD_STATS, HOST_ADDRS4},
+    family::Family,
+    ipv6::{IP6_DST_OFF, IP6_SRC_OFF},
+    maps::{CONTAINERS, FORWARD_STATS, HOST_ADDRS4},
     offsets::{IP_CSUM_OFF, IP_TTL_OFF},
-    packet::{l3_csum_replace, mac_eq, ptr_at, store},
+    packet::{l3_csum_replace, load, mac_eq, ptr_at, store},
     policy::{self, CarriedVerdict},
     verdict::{finish, Site},
 };
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+/// The IPv6 header's payload length and hop limit, and its own length.
+const IP6_PAYLOAD_LEN_OFF: usize = 4;
+const IP6_HOP_LIMIT_OFF: usize = 7;
+const IP6_HDR_LEN: u16 = 40;
 const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
 const BPF_FIB_LKUP_RET_NO_NEIGH: i64 = 7;
 const BPF_FIB_LKUP_RET_FRAG_NEEDED: i64 = 8;
@@ -87,16 +100,7 @@ pub fn forward4(ctx: &TcContext, origin: Origin, carried: CarriedVerdict) -> i32
     };
     let dst = ip.dst_addr;
     if cfg.in_subnet4(dst) {
-        let Some(target) = unsafe { CONTAINER_IPS4.get(&dst) }.and_then(|ifindex| CONTAINERS.get_ptr(*ifindex)) else {
-            return TC_ACT_OK as i32;
-        };
-        // SAFETY: map value pointer, valid during the run.
-        let target = unsafe { &*target };
-        let switched = origin == Origin::Container && mac_eq(&eth.dst_addr, &target.mac);
-        if !routed && !switched {
-            return TC_ACT_OK as i32;
-        }
-        return to_container(ctx, cfg, target, routed, ip.ttl, carried);
+        return to_container_at(ctx, cfg, dst, (origin, routed, &eth.dst_addr), ip.ttl, carried);
     }
     if origin == Origin::Container && routed && unsafe { HOST_ADDRS4.get(&dst) }.is_none() {
         return to_host_interface(ctx, ip.src_addr, dst, ip.ttl, u16::from_be_bytes(ip.tot_len));
@@ -104,19 +108,86 @@ pub fn forward4(ctx: &TcContext, origin: Origin, carried: CarriedVerdict) -> i32
     TC_ACT_OK as i32
 }
 
+/// [`forward4`] for IPv6. Link-scoped destinations (link-local, the
+/// link's multicast) never leave the link: they go to the stack.
+#[inline(never)]
+pub fn forward6(ctx: &TcContext, origin: Origin, carried: CarriedVerdict) -> i32 {
+    let Some(cfg) = crate::maps::config() else { return TC_ACT_OK as i32 };
+    if !cfg.has(CFG_F_FAST_PATH) {
+        return TC_ACT_OK as i32;
+    }
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else { return TC_ACT_OK as i32 };
+    // SAFETY: bounds checked by ptr_at.
+    let eth = unsafe { &*eth };
+    if eth.ether_type != EtherType::Ipv6 as u16 {
+        return TC_ACT_OK as i32;
+    }
+    let (Ok(dst), Ok(hop_limit)) =
+        (load::<In6Addr>(ctx, EthHdr::LEN + IP6_DST_OFF), load::<u8>(ctx, EthHdr::LEN + IP6_HOP_LIMIT_OFF))
+    else {
+        return TC_ACT_OK as i32;
+    };
+    let routed = match origin {
+        // SAFETY: the context pointer is valid for the program's run.
+        Origin::Uplink => (unsafe { (*ctx.skb.skb).pkt_type }) == PACKET_HOST,
+        Origin::Container => mac_eq(&eth.dst_addr, &cfg.gateway_mac),
+    };
+    if dst.link_scoped() {
+        return TC_ACT_OK as i32;
+    }
+    if cfg.in_subnet6(dst) {
+        return to_container_at(ctx, cfg, dst, (origin, routed, &eth.dst_addr), hop_limit, carried);
+    }
+    if origin == Origin::Container && routed && !dst.is_host_addr() {
+        let (Ok(src), Ok(payload_len)) =
+            (load::<In6Addr>(ctx, EthHdr::LEN + IP6_SRC_OFF), load::<u16>(ctx, EthHdr::LEN + IP6_PAYLOAD_LEN_OFF))
+        else {
+            return TC_ACT_OK as i32;
+        };
+        let tot_len = u16::from_be(payload_len).saturating_add(IP6_HDR_LEN);
+        return to_host_interface6(ctx, src, dst, hop_limit, tot_len);
+    }
+    TC_ACT_OK as i32
+}
+
+/// To the container with address `dst`, if there is one and the frame
+/// (`how`: where it came from, routed, its destination MAC) is for it:
+/// routed through the host, or switched to the container's own MAC.
+#[inline(always)]
+fn to_container_at<A: Hop>(
+    ctx: &TcContext,
+    cfg: &DatapathConfig,
+    dst: A,
+    how: (Origin, bool, &[u8; 6]),
+    hop_limit: u8,
+    carried: CarriedVerdict,
+) -> i32 {
+    let (origin, routed, dst_mac) = how;
+    let Some(target) = dst.container_ifindex().and_then(|ifindex| CONTAINERS.get_ptr(ifindex)) else {
+        return TC_ACT_OK as i32;
+    };
+    // SAFETY: map value pointer, valid during the run.
+    let target = unsafe { &*target };
+    let switched = origin == Origin::Container && mac_eq(dst_mac, &target.mac);
+    if !routed && !switched {
+        return TC_ACT_OK as i32;
+    }
+    to_container::<A>(ctx, cfg, target, routed, hop_limit, carried)
+}
+
 /// Into `target`'s `eth0`, if its inbound policy allowed the flow already
 /// (the verdict the translating stage `carried`, or a lookup; counted on
 /// its veth, as its egress program would), redirected to the veth's peer.
 #[inline(always)]
-fn to_container(
+fn to_container<A: Hop>(
     ctx: &TcContext,
     cfg: &DatapathConfig,
     target: &ContainerEntry,
     routed: bool,
-    ttl: u8,
+    hop_limit: u8,
     carried: CarriedVerdict,
 ) -> i32 {
-    if routed && ttl <= 1 {
+    if routed && hop_limit <= 1 {
         return fall_back(Fallback::TtlExpiring);
     }
     // Too big: the stack fragments it, or tells the sender the path MTU.
@@ -129,14 +200,14 @@ fn to_container(
     if mtu != 0 {
         return fall_back(Fallback::MtuExceeded);
     }
-    if !policy::allowed_inbound(ctx, target, cfg, carried) {
+    if !policy::allowed_inbound::<A>(ctx, target, cfg, carried) {
         return fall_back(Fallback::Unjudged);
     }
     let site = Site { hook: HookId::VethEgress, ifindex: target.ifindex, container_id: target.id, count: true };
     if !finish(ctx, site, ctx.len(), Ok(())) {
         return TC_ACT_SHOT as i32;
     }
-    if routed && route_hop(ctx, &target.mac, &cfg.gateway_mac).is_err() {
+    if routed && route_hop::<A>(ctx, &target.mac, &cfg.gateway_mac).is_err() {
         // Counted as the write failure it is, on the container it was for.
         crate::stats::count_drop_on_container(target.ifindex, DropReason::WriteFailed);
         return TC_ACT_SHOT as i32;
@@ -168,7 +239,7 @@ fn to_host_interface(ctx: &TcContext, src: [u8; 4], dst: [u8; 4], ttl: u8, tot_l
     let rc = unsafe { bpf_fib_lookup(ctx.skb.skb as *mut _, &mut fib, core::mem::size_of::<FibParams>() as i32, 0) };
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {
-            if route_hop(ctx, &fib.dmac, &fib.smac).is_err() {
+            if route_hop::<[u8; 4]>(ctx, &fib.dmac, &fib.smac).is_err() {
                 return TC_ACT_SHOT as i32;
             }
             // SAFETY: a helper call; the result is the tc action.
@@ -176,12 +247,54 @@ fn to_host_interface(ctx: &TcContext, src: [u8; 4], dst: [u8; 4], ttl: u8, tot_l
             redirected(action, Redirect::ToHost)
         }
         BPF_FIB_LKUP_RET_NO_NEIGH => {
-            if decrement_ttl(ctx).is_err() {
+            if <[u8; 4]>::decrement_hop_limit(ctx).is_err() {
                 return TC_ACT_SHOT as i32;
             }
             let mut nh = bpf_redir_neigh { nh_family: AF_INET as u32, ..unsafe { core::mem::zeroed() } };
             // SAFETY: the lookup wrote the next hop into the destination.
             nh.__bindgen_anon_1.ipv4_nh = unsafe { fib.__bindgen_anon_4.ipv4_dst };
+            let size = core::mem::size_of::<bpf_redir_neigh>() as i32;
+            // SAFETY: a helper call; the result is the tc action.
+            let action = unsafe { bpf_redirect_neigh(fib.ifindex, &mut nh, size, 0) } as i32;
+            redirected(action, Redirect::ToHostResolving)
+        }
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => fall_back(Fallback::MtuExceeded),
+        _ => fall_back(Fallback::NoRoute),
+    }
+}
+
+/// [`to_host_interface`] for IPv6.
+#[inline(never)]
+fn to_host_interface6(ctx: &TcContext, src: In6Addr, dst: In6Addr, hop_limit: u8, tot_len: u16) -> i32 {
+    if hop_limit <= 1 {
+        return fall_back(Fallback::TtlExpiring);
+    }
+    // SAFETY: plain data; zero is every field's "unset".
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET6;
+    fib.__bindgen_anon_1.tot_len = tot_len;
+    // SAFETY: the context pointer is valid for the program's run.
+    fib.ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    fib.__bindgen_anon_3.ipv6_src = src.0;
+    fib.__bindgen_anon_4.ipv6_dst = dst.0;
+    // SAFETY: the helper reads the skb and fills `fib`.
+    let rc = unsafe { bpf_fib_lookup(ctx.skb.skb as *mut _, &mut fib, core::mem::size_of::<FibParams>() as i32, 0) };
+    match rc {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            if route_hop::<In6Addr>(ctx, &fib.dmac, &fib.smac).is_err() {
+                return TC_ACT_SHOT as i32;
+            }
+            // SAFETY: a helper call; the result is the tc action.
+            let action = unsafe { bpf_redirect(fib.ifindex, 0) } as i32;
+            redirected(action, Redirect::ToHost)
+        }
+        BPF_FIB_LKUP_RET_NO_NEIGH => {
+            if In6Addr::decrement_hop_limit(ctx).is_err() {
+                return TC_ACT_SHOT as i32;
+            }
+            let mut nh = bpf_redir_neigh { nh_family: AF_INET6 as u32, ..unsafe { core::mem::zeroed() } };
+            // SAFETY: the lookup wrote the next hop into the destination.
+            nh.__bindgen_anon_1.ipv6_nh = unsafe { fib.__bindgen_anon_4.ipv6_dst };
             let size = core::mem::size_of::<bpf_redir_neigh>() as i32;
             // SAFETY: a helper call; the result is the tc action.
             let action = unsafe { bpf_redirect_neigh(fib.ifindex, &mut nh, size, 0) } as i32;
@@ -208,22 +321,39 @@ fn redirected(action: i32, how: Redirect) -> i32 {
 /// What routing does to a frame on a hop: TTL down by one, the next hop's
 /// MAC as destination and the outgoing interface's as source.
 #[inline(always)]
-fn route_hop(ctx: &TcContext, dmac: &[u8; 6], smac: &[u8; 6]) -> Result<(), DropReason> {
-    decrement_ttl(ctx)?;
+fn route_hop<A: Hop>(ctx: &TcContext, dmac: &[u8; 6], smac: &[u8; 6]) -> Result<(), DropReason> {
+    A::decrement_hop_limit(ctx)?;
     store(ctx, 0, dmac)?;
     store(ctx, 6, smac)
 }
 
-/// TTL minus one, with the header checksum updated for the 16-bit word the
-/// TTL shares with the protocol.
-#[inline(always)]
-fn decrement_ttl(ctx: &TcContext) -> Result<(), DropReason> {
-    let off = EthHdr::LEN + IP_TTL_OFF;
-    let word: [u8; 2] = crate::packet::load(ctx, off)?;
-    let new = [word[0].wrapping_sub(1), word[1]];
-    let (old_v, new_v) = (u16::from_ne_bytes(word) as u64, u16::from_ne_bytes(new) as u64);
-    l3_csum_replace(ctx, EthHdr::LEN + IP_CSUM_OFF, old_v, new_v, 2)?;
-    store(ctx, off, &new[0])
+/// What a routed hop changes in a family's header.
+trait Hop: Family {
+    fn decrement_hop_limit(ctx: &TcContext) -> Result<(), DropReason>;
+}
+
+impl Hop for [u8; 4] {
+    /// TTL minus one, with the header checksum updated for the 16-bit word
+    /// the TTL shares with the protocol.
+    #[inline(always)]
+    fn decrement_hop_limit(ctx: &TcContext) -> Result<(), DropReason> {
+        let off = EthHdr::LEN + IP_TTL_OFF;
+        let word: [u8; 2] = load(ctx, off)?;
+        let new = [word[0].wrapping_sub(1), word[1]];
+        let (old_v, new_v) = (u16::from_ne_bytes(word) as u64, u16::from_ne_bytes(new) as u64);
+        l3_csum_replace(ctx, EthHdr::LEN + IP_CSUM_OFF, old_v, new_v, 2)?;
+        store(ctx, off, &new[0])
+    }
+}
+
+impl Hop for In6Addr {
+    /// The hop limit minus one (IPv6 has no header checksum).
+    #[inline(always)]
+    fn decrement_hop_limit(ctx: &TcContext) -> Result<(), DropReason> {
+        let off = EthHdr::LEN + IP6_HOP_LIMIT_OFF;
+        let hop_limit: u8 = load(ctx, off)?;
+        store(ctx, off, &hop_limit.wrapping_sub(1))
+    }
 }
 
 #[inline(always)]

@@ -38,7 +38,10 @@ use aya_ebpf::{
 };
 use netpath_common::{
     config::CFG_F_UPLINK_XDP,
-    hooks::{TAIL_UPLINK_EGRESS6, TAIL_UPLINK_INGRESS6, TAIL_VETH_EGRESS6, TAIL_VETH_INGRESS6},
+    hooks::{
+        TAIL_UPLINK_EGRESS6, TAIL_UPLINK_FORWARD6, TAIL_UPLINK_INGRESS6, TAIL_VETH_EGRESS6, TAIL_VETH_FORWARD6,
+        TAIL_VETH_INGRESS6,
+    },
     ContainerEntry, DatapathConfig, Direction, DropReason, HookId,
 };
 
@@ -123,12 +126,43 @@ pub fn veth_ingress6(ctx: TcContext) -> i32 {
     // SAFETY: map values stay valid for the program's run.
     let container = unsafe { &*container };
     packet::pull_headers(&ctx);
+    CarriedVerdict::default().to_cb(&ctx);
     let result = antispoof::check_source(&ctx, container).and_then(|()| match config() {
         Some(cfg) => judge_sent6(&ctx, container, cfg),
         None => Ok(()),
     });
     let site = Site { hook: HookId::VethIngress, ifindex, container_id: container.id, count: true };
-    tc_action(finish(&ctx, site, len, result))
+    if !finish(&ctx, site, len, result) {
+        return TC_ACT_SHOT as i32;
+    }
+    to_fast_path6(&ctx, TAIL_VETH_FORWARD6)
+}
+
+/// Hands a packet that passed to the IPv6 fast path, a program of its own
+/// (`veth_forward6`, `uplink_forward6`): its chain then starts on an empty
+/// stack, where the judging chain before it has used all of its own. The
+/// verdict the NAT stage carried goes along in the skb's control block. A
+/// failed jump leaves the packet to the stack, as the fast path's
+/// fallbacks do.
+#[inline(always)]
+fn to_fast_path6(ctx: &TcContext, slot: u32) -> i32 {
+    // SAFETY: the slot holds a program of the same type, or nothing.
+    unsafe { TAIL_CALLS.tail_call(ctx, slot) };
+    TC_ACT_OK as i32
+}
+
+/// The IPv6 fast path of what a container sent, tail-called by
+/// [`veth_ingress6`] once the packet passed.
+#[classifier]
+pub fn veth_forward6(ctx: TcContext) -> i32 {
+    forward::forward6(&ctx, Origin::Container, CarriedVerdict::from_cb(&ctx))
+}
+
+/// The IPv6 fast path of what the uplink received, tail-called by
+/// [`uplink_ingress6`] once the packet passed.
+#[classifier]
+pub fn uplink_forward6(ctx: TcContext) -> i32 {
+    forward::forward6(&ctx, Origin::Uplink, CarriedVerdict::from_cb(&ctx))
 }
 
 /// What `container` sends over IPv6: its addresses and roles checked, then
@@ -246,14 +280,15 @@ fn uplink_ingress_passes(ctx: &TcContext, carried: &mut CarriedVerdict) -> bool 
 }
 
 /// uplink_ingress for IPv6, tail-called: the uplink guard (unless XDP ran
-/// it), then the NAT stage (published IPv6 ports, their replies). IPv6
-/// goes to the stack (no fast path yet).
+/// it), then the NAT stage (published IPv6 ports, their replies), then the
+/// fast path.
 #[classifier]
 pub fn uplink_ingress6(ctx: TcContext) -> i32 {
     let ifindex = skb_ifindex(&ctx);
     let len = ctx.len();
     packet::pull_headers(&ctx);
     let behind_xdp = config().is_some_and(|cfg| cfg.has(CFG_F_UPLINK_XDP));
+    CarriedVerdict::default().to_cb(&ctx);
     let result = match config() {
         Some(cfg) if behind_xdp => translate::translate_parsed6(&ctx, &ipv6::parse6(&ctx), cfg, true),
         Some(cfg) => uplink_guard::judge(&ctx, cfg)
@@ -261,7 +296,10 @@ pub fn uplink_ingress6(ctx: TcContext) -> i32 {
         None => Ok(()),
     };
     let site = Site { hook: HookId::UplinkIngress, ifindex, container_id: 0, count: !behind_xdp };
-    tc_action(finish(&ctx, site, len, result))
+    if !finish(&ctx, site, len, result) {
+        return TC_ACT_SHOT as i32;
+    }
+    to_fast_path6(&ctx, TAIL_UPLINK_FORWARD6)
 }
 
 /// tc egress on the uplink: container traffic leaving the host gets the

@@ -24,6 +24,9 @@ pub static CONTAINERS: HashMap<u32, ContainerEntry, MAX_CONTAINERS> = HashMap::n
 /// Containers by address, for the fast path (ifindex: the key of CONTAINERS).
 #[btf_map]
 pub static CONTAINER_IPS4: HashMap<[u8; 4], u32, MAX_CONTAINERS> = HashMap::new();
+/// CONTAINER_IPS4 for IPv6.
+#[btf_map]
+pub static CONTAINER_IPS6: HashMap<In6Addr, u32, MAX_CONTAINERS> = HashMap::new();
 
 #[btf_map]
 pub static FORWARD_STATS: PerCpuArray<ForwardStats, 1> = PerCpuArray::new();

@@ -116,6 +116,29 @@ impl CarriedVerdict {
         CarriedVerdict { container_id: entry.container_id, policy_epoch: entry.policy_epoch }
     }
 
+    /// Into the skb's control block (its first two words), for a
+    /// tail-called program ([`CarriedVerdict::from_cb`]).
+    #[inline(always)]
+    pub fn to_cb(self, ctx: &TcContext) {
+        // SAFETY: the context's skb is valid for the program's run, and tc
+        // programs may write its control block.
+        unsafe {
+            (*ctx.skb.skb).cb[0] = self.container_id;
+            (*ctx.skb.skb).cb[1] = self.policy_epoch;
+        }
+    }
+
+    /// What [`CarriedVerdict::to_cb`] put in the control block.
+    #[inline(always)]
+    pub fn from_cb(ctx: &TcContext) -> CarriedVerdict {
+        match ctx.cb() {
+            [container_id, policy_epoch, ..] => {
+                CarriedVerdict { container_id: *container_id, policy_epoch: *policy_epoch }
+            }
+            _ => CarriedVerdict::default(),
+        }
+    }
+
     /// Is it `container`'s, under its current rules?
     #[inline(always)]
     fn current_for(&self, container: &ContainerEntry) -> bool {
@@ -332,7 +355,7 @@ fn translated_verdict<A: Family>(
 /// container's under its current rules answers without a lookup (that
 /// stage counted the packet on its flow, and left first fragments out).
 #[inline(always)]
-pub fn allowed_inbound(
+pub fn allowed_inbound<A: Family>(
     ctx: &TcContext,
     container: &ContainerEntry,
     cfg: &DatapathConfig,
@@ -341,7 +364,7 @@ pub fn allowed_inbound(
     if carried.current_for(container) {
         return true;
     }
-    let Ok(flow) = crate::flow::parse4(ctx) else { return false };
+    let Ok(flow) = A::parse(ctx) else { return false };
     if flow.first_fragment {
         return false;
     }

@@ -220,7 +220,11 @@ fn new_published_flow4(
 /// a new flow to a published port (from outside, or from a container
 /// through a host address) gets its entries. ICMPv6 errors from outside
 /// about a translated flow go back to its container; the later fragments
-/// of a translated datagram get its first fragment's addresses.
+/// of a translated datagram get its first fragment's addresses. A hit
+/// hands the verdict its entry carries to the fast path, as
+/// [`translate_parsed4`] does, in the skb's control block: the fast path
+/// is a tail call away, and the judging chain has no stack for one more
+/// argument.
 #[inline(never)]
 pub fn translate_parsed6(
     ctx: &TcContext,
@@ -239,7 +243,11 @@ pub fn translate_parsed6(
     if let Some(entry) = conntrack::lookup_or_forget(&flow.key) {
         conntrack::touch(entry, flow, ctx.len(), cfg);
         // SAFETY: map value pointer, valid during the run.
-        nat::apply6(ctx, flow, unsafe { &*entry })?;
+        let e = unsafe { &*entry };
+        if !flow.first_fragment {
+            CarriedVerdict::of(e).to_cb(ctx);
+        }
+        nat::apply6(ctx, flow, e)?;
     } else {
         match admitted_mapping(flow, cfg)? {
             Some(published) => {

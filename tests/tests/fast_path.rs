@@ -7,19 +7,20 @@
 use netpath_tests::Ipv4Of as _;
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd as _,
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
-use netpath_tests::topology::{Topology, HOST_UPLINK_IP, WORLD_IP};
+use netpath_tests::topology::{Topology, HOST_UPLINK_IP, HOST_UPLINK_IP6, WORLD_IP, WORLD_IP6};
 use netpath_userspace::model::Status;
 
 fn topology(containers: usize, agent_args: &[&str]) -> Topology {
     assert!(netpath_tests::is_root(), "topology tests create namespaces and load BPF: run them as root");
     let mut t = Topology::new(containers).expect("build topology");
+    t.add_ipv6_uplink().expect("IPv6 on the uplink");
     t.agent_args(agent_args);
     t.start_agent().expect("start netpathd");
     for i in 1..=containers {
@@ -28,10 +29,16 @@ fn topology(containers: usize, agent_args: &[&str]) -> Topology {
     t
 }
 
-/// A UDP echo in `ns` on `port`, answering each datagram with the sender
-/// address it sees, until `datagrams` were answered or 20 s passed.
+/// A UDP socket on `port` in `ns`, for both families.
+fn udp_bind(t: &Topology, ns: &str, port: u16) -> Result<UdpSocket> {
+    t.in_ns(ns, || Ok(UdpSocket::bind(("::", port))?))
+}
+
+/// A UDP echo in `ns` on `port` (both families), answering each datagram
+/// with the sender address it sees, until `datagrams` were answered or 20 s
+/// passed.
 fn udp_echo(t: &Topology, ns: &str, port: u16, datagrams: usize) -> JoinHandle<()> {
-    let sock = t.in_ns(ns, || Ok(UdpSocket::bind(("0.0.0.0", port))?)).unwrap();
+    let sock = udp_bind(t, ns, port).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     std::thread::spawn(move || {
@@ -39,7 +46,8 @@ fn udp_echo(t: &Topology, ns: &str, port: u16, datagrams: usize) -> JoinHandle<(
         let mut answered = 0;
         while answered < datagrams && Instant::now() < deadline {
             if let Ok((_, from)) = sock.recv_from(&mut buf) {
-                let _ = sock.send_to(from.to_string().as_bytes(), from);
+                let seen = SocketAddr::new(from.ip().to_canonical(), from.port());
+                let _ = sock.send_to(seen.to_string().as_bytes(), from);
                 answered += 1;
             }
         }
@@ -78,18 +86,19 @@ fn tcp_ask(t: &Topology, ns: &str, ip: Ipv4Addr, port: u16) -> Result<String> {
 }
 
 /// `n` datagrams from `ns` to `ip:port`, each answered.
-fn udp_exchange(t: &Topology, ns: &str, ip: Ipv4Addr, port: u16, n: usize) -> Result<Vec<String>> {
+fn udp_exchange(t: &Topology, ns: &str, ip: impl Into<IpAddr>, port: u16, n: usize) -> Result<Vec<String>> {
     exchange_on(&udp_socket(t, ns)?, ip, port, n)
 }
 
 /// A UDP socket in `ns`: one flow for every exchange on it.
 fn udp_socket(t: &Topology, ns: &str) -> Result<UdpSocket> {
-    let s = t.in_ns(ns, || Ok(UdpSocket::bind(("0.0.0.0", 0))?))?;
+    let s = udp_bind(t, ns, 0)?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     Ok(s)
 }
 
-fn exchange_on(s: &UdpSocket, ip: Ipv4Addr, port: u16, n: usize) -> Result<Vec<String>> {
+fn exchange_on(s: &UdpSocket, ip: impl Into<IpAddr>, port: u16, n: usize) -> Result<Vec<String>> {
+    let ip = ip.into();
     let mut answers = vec![];
     for _ in 0..n {
         s.send_to(b"who am i", (ip, port))?;
@@ -183,6 +192,55 @@ fn every_path_is_redirected_around_the_bridge() {
     let answer = tcp_ask(&t, &world, HOST_UPLINK_IP, 8080).unwrap();
     assert!(answer.starts_with(&format!("{WORLD_IP}:")), "{answer}");
     tcp.join().unwrap();
+    echo.join().unwrap();
+    world_echo.join().unwrap();
+}
+
+/// The same over IPv6: published (both families), container to container
+/// and masqueraded, every packet but a new flow's first into a container
+/// redirected, the hop limit down by one on a routed hop.
+#[test]
+fn every_ipv6_path_is_redirected_around_the_bridge() {
+    let t = topology(2, &[]);
+    t.ctl_ok(&["map", "8053:c1:53/udp"]).unwrap();
+    let st = status(&t);
+    let c1_ip6 = st.containers.iter().find(|c| c.container.name == "c1").unwrap().container.ip6.unwrap();
+    let (ns1, ns2) = (t.container_ns(1), t.container_ns(2));
+    let world = t.world.clone();
+
+    // Warm up neighbour discovery on every path.
+    let echo = udp_echo(&t, &ns1, 53, 1000);
+    udp_exchange(&t, &world, HOST_UPLINK_IP6, 8053, 1).unwrap();
+    udp_exchange(&t, &ns2, c1_ip6, 53, 1).unwrap();
+    let world_echo = udp_echo(&t, &world, 9053, 1000);
+    udp_exchange(&t, &ns2, WORLD_IP6, 9053, 1).unwrap();
+
+    let before = status(&t);
+    let bridge_before = bridge_packets(&t, &before.bridge);
+    const N: usize = 50;
+    let seen = udp_exchange(&t, &world, HOST_UPLINK_IP6, 8053, N).unwrap();
+    assert!(seen.iter().all(|s| s.starts_with(&format!("[{WORLD_IP6}]:"))), "{seen:?}");
+    udp_exchange(&t, &ns2, c1_ip6, 53, N).unwrap();
+    let seen = udp_exchange(&t, &ns2, WORLD_IP6, 9053, N).unwrap();
+    assert!(seen.iter().all(|s| s.starts_with(&format!("[{HOST_UPLINK_IP6}]:"))), "{seen:?}");
+    let after = status(&t);
+    let bridge_after = bridge_packets(&t, &after.bridge);
+
+    let unjudged = fallbacks(&after, "unjudged") - fallbacks(&before, "unjudged");
+    assert_eq!(unjudged, 2, "one per new flow into a container: {:?}", after.fast_path);
+    let into = redirected(&after, "to-container") - redirected(&before, "to-container");
+    assert!(into >= 4 * N as u64 - unjudged, "redirected into containers: {into} ({:?})", after.fast_path);
+    let out = redirected(&after, "to-host-interface") + redirected(&after, "to-host-interface-resolving")
+        - redirected(&before, "to-host-interface")
+        - redirected(&before, "to-host-interface-resolving");
+    assert!(out >= 2 * N as u64, "redirected out: {out} ({:?})", after.fast_path);
+    assert!(bridge_after - bridge_before < 12, "the bridge carried {} packets", bridge_after - bridge_before);
+    let fell_back: u64 = after.fast_path.fallbacks.iter().filter(|(why, _)| *why != "unjudged").map(|(_, n)| n).sum();
+    assert_eq!(fell_back, 0, "{:?}", after.fast_path);
+    // A routed hop costs one hop, as the stack's: c2's 64 arrive as 63.
+    let out = t.exec(&ns2, &["ping", "-6", "-c", "1", "-W", "2", &WORLD_IP6.to_string()]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ttl=63") || text.contains("hlim=63"), "{text}");
     echo.join().unwrap();
     world_echo.join().unwrap();
 }

@@ -39,7 +39,7 @@ pub const LAYOUT_MAP: &str = "LAYOUT";
 
 /// Key and value sizes of every pinned map as the agent's types have them
 /// (the object must declare the same; a unit test checks it).
-const MAP_LAYOUTS: [(&str, usize, usize); 25] = [
+const MAP_LAYOUTS: [(&str, usize, usize); 26] = [
     (names::CONTAINERS, size_of::<u32>(), size_of::<ContainerEntry>()),
     (names::IFACE_STATS, size_of::<u32>(), size_of::<TrafficStats>()),
     (names::MAPPINGS4, size_of::<MappingKey4>(), size_of::<MappingEntry4>()),
@@ -70,6 +70,7 @@ const MAP_LAYOUTS: [(&str, usize, usize); 25] = [
     (names::TAIL_CALLS, size_of::<u32>(), size_of::<u32>()),
     (names::MAPPINGS6, size_of::<netpath_common::MappingKey6>(), size_of::<netpath_common::MappingEntry6>()),
     (names::SOCK_REVNAT6, size_of::<netpath_common::SockRevNatKey6>(), size_of::<netpath_common::SockRevNatEntry6>()),
+    (names::CONTAINER_IPS6, size_of::<In6Addr>(), size_of::<u32>()),
 ];
 
 /// Loads the tail-called programs and puts each in its `TAIL_CALLS` slot,

@@ -50,7 +50,6 @@ pub struct MapSummary {
 #[derive(Default)]
 pub struct Written {
     containers: HashSet<u32>,
-    container_ips4: HashSet<[u8; 4]>,
     /// Mapping ids by how many entries (MAPPINGS4, MAPPINGS6) carry them:
     /// the live slots of MAPPING_IDS (a mapping on both families has two).
     mapping_ids: HashMap<u32, u32>,
@@ -87,6 +86,8 @@ impl Written {
 #[derive(Default)]
 pub struct WrittenFamily<A> {
     host_addrs: HashSet<A>,
+    /// CONTAINER_IPS4/CONTAINER_IPS6: the containers' addresses.
+    container_ips: HashSet<A>,
     policy: HashSet<(u32, PolicyKey<A>)>,
     /// MAPPINGS4/MAPPINGS6: the keys, with the id of their entry.
     mappings: HashMap<MappingKey<A>, u32>,
@@ -101,6 +102,7 @@ pub trait FamilyMaps: AddrFamily + aya::Pod {
     const HOST_ADDRS: &'static str;
     const POLICY: &'static str;
     const FRAGS: &'static str;
+    const CONTAINER_IPS: &'static str;
 
     #[doc(hidden)]
     fn written(w: &mut Written) -> &mut WrittenFamily<Self>;
@@ -112,6 +114,7 @@ impl FamilyMaps for [u8; 4] {
     const HOST_ADDRS: &'static str = names::HOST_ADDRS4;
     const POLICY: &'static str = names::POLICY4;
     const FRAGS: &'static str = names::FRAGS4;
+    const CONTAINER_IPS: &'static str = names::CONTAINER_IPS4;
 
     fn written(w: &mut Written) -> &mut WrittenFamily<Self> {
         &mut w.family4
@@ -124,6 +127,7 @@ impl FamilyMaps for In6Addr {
     const HOST_ADDRS: &'static str = names::HOST_ADDRS6;
     const POLICY: &'static str = names::POLICY6;
     const FRAGS: &'static str = names::FRAGS6;
+    const CONTAINER_IPS: &'static str = names::CONTAINER_IPS6;
 
     fn written(w: &mut Written) -> &mut WrittenFamily<Self> {
         &mut w.family6
@@ -326,8 +330,8 @@ impl Datapath {
         arr.set(0, cfg, 0).context("writing the CONFIG map")
     }
 
-    fn container_ips_map(&mut self) -> Result<BpfHashMap<&mut MapData, [u8; 4], u32>> {
-        Ok(BpfHashMap::try_from(self.map_mut(names::CONTAINER_IPS4)?)?)
+    fn container_ips_map<A: FamilyMaps>(&mut self) -> Result<BpfHashMap<&mut MapData, A, u32>> {
+        Ok(BpfHashMap::try_from(self.map_mut(A::CONTAINER_IPS)?)?)
     }
 
     /// Writes a container's entry and its address index (the fast path
@@ -341,14 +345,18 @@ impl Datapath {
         self.containers_map()?
             .insert(ifindex, entry, 0)
             .with_context(|| format!("writing the container of ifindex {ifindex} into {}", names::CONTAINERS))?;
-        if entry.has_ipv4() {
-            self.container_ips_map()?
-                .insert(entry.ipv4, ifindex, 0)
-                .with_context(|| format!("writing ifindex {ifindex} into {}", names::CONTAINER_IPS4))?;
-            self.written.container_ips4.insert(entry.ipv4);
+        let (ip4, ip6) = (entry.has_ipv4().then_some(entry.ipv4), entry.has_ipv6().then_some(entry.ipv6));
+        if let Some(ip) = ip4 {
+            self.set_container_ip(ip, ifindex)?;
         }
-        if let Some(moved) = old.filter(|o| o.has_ipv4() && o.ipv4 != entry.ipv4) {
-            self.remove_container_ip4(moved.ipv4, ifindex)?;
+        if let Some(ip) = ip6 {
+            self.set_container_ip(ip, ifindex)?;
+        }
+        if let Some(moved) = old.filter(|o| o.has_ipv4() && Some(o.ipv4) != ip4) {
+            self.remove_container_ip(moved.ipv4, ifindex)?;
+        }
+        if let Some(moved) = old.filter(|o| o.has_ipv6() && Some(o.ipv6) != ip6) {
+            self.remove_container_ip(moved.ipv6, ifindex)?;
         }
         if let Some(old) = old.filter(|o| o.id != entry.id) {
             self.clear_owner(names::CONTAINER_IDS, old.id)?;
@@ -363,7 +371,10 @@ impl Datapath {
     pub fn remove_container(&mut self, ifindex: u32) -> Result<()> {
         let old: Option<ContainerEntry> = self.get_one(names::CONTAINERS, &ifindex)?;
         if let Some(old) = old.filter(ContainerEntry::has_ipv4) {
-            self.remove_container_ip4(old.ipv4, ifindex)?;
+            self.remove_container_ip(old.ipv4, ifindex)?;
+        }
+        if let Some(old) = old.filter(ContainerEntry::has_ipv6) {
+            self.remove_container_ip(old.ipv6, ifindex)?;
         }
         ignore_missing(self.containers_map()?.remove(&ifindex))
             .with_context(|| format!("removing the container of ifindex {ifindex}"))?;
@@ -376,13 +387,22 @@ impl Datapath {
 
     /// Drops an address from the index, if it still points at `ifindex`
     /// (the address may have moved on to another container).
-    fn remove_container_ip4(&mut self, addr: [u8; 4], ifindex: u32) -> Result<()> {
-        let mut ips = self.container_ips_map()?;
+    fn remove_container_ip<A: FamilyMaps>(&mut self, addr: A, ifindex: u32) -> Result<()> {
+        let mut ips = self.container_ips_map::<A>()?;
         if ips.get(&addr, 0).ok() == Some(ifindex) {
             ignore_missing(ips.remove(&addr))
-                .with_context(|| format!("removing ifindex {ifindex} from {}", names::CONTAINER_IPS4))?;
-            self.written.container_ips4.remove(&addr);
+                .with_context(|| format!("removing ifindex {ifindex} from {}", A::CONTAINER_IPS))?;
+            A::written(&mut self.written).container_ips.remove(&addr);
         }
+        Ok(())
+    }
+
+    /// Points a container's address at its interface in the family's index.
+    fn set_container_ip<A: FamilyMaps>(&mut self, addr: A, ifindex: u32) -> Result<()> {
+        self.container_ips_map::<A>()?
+            .insert(addr, ifindex, 0)
+            .with_context(|| format!("writing ifindex {ifindex} into {}", A::CONTAINER_IPS))?;
+        A::written(&mut self.written).container_ips.insert(addr);
         Ok(())
     }
 
@@ -728,7 +748,7 @@ impl Datapath {
             (names::CONFIG, (1, None)),
             (names::POLICY4, owners(self.written.family4.policy.len())),
             (names::FRAGS4, of_gc(names::FRAGS4)),
-            (names::CONTAINER_IPS4, owners(self.written.container_ips4.len())),
+            (names::CONTAINER_IPS4, owners(self.written.family4.container_ips.len())),
             (names::FORWARD_STATS, (1, None)),
             // One slot per live owner.
             (names::MAPPING_IDS, owners(self.written.mapping_ids.len())),
@@ -742,6 +762,7 @@ impl Datapath {
             (names::FRAGS6, of_gc(names::FRAGS6)),
             (names::MAPPINGS6, owners(self.written.family6.mappings.len())),
             (names::SOCK_REVNAT6, of_gc(names::SOCK_REVNAT6)),
+            (names::CONTAINER_IPS6, owners(self.written.family6.container_ips.len())),
         ];
         let mut out = vec![];
         for (name, (entries, counted_ms_ago)) in counts {
@@ -756,28 +777,22 @@ impl Datapath {
     /// loaded (pins adopted from a previous run); kept as it writes after.
     pub(super) fn read_written(&mut self) -> Result<()> {
         let containers = self.containers_map()?.keys().collect::<Result<_, _>>()?;
-        let container_ips4 = self.container_ips_map()?.keys().collect::<Result<_, _>>()?;
         let family4 = WrittenFamily {
             host_addrs: self.host_addrs_map::<[u8; 4]>()?.keys().collect::<Result<_, _>>()?,
+            container_ips: self.container_ips_map::<[u8; 4]>()?.keys().collect::<Result<_, _>>()?,
             policy: self.policy_keys4()?.into_iter().collect(),
             mappings: self.mapping_entries()?.into_iter().map(|(k, e)| (k, e.id)).collect(),
         };
         let family6 = WrittenFamily {
             host_addrs: self.host_addrs_map::<In6Addr>()?.keys().collect::<Result<_, _>>()?,
+            container_ips: self.container_ips_map::<In6Addr>()?.keys().collect::<Result<_, _>>()?,
             policy: self.policy_keys6()?.into_iter().collect(),
             mappings: self.mapping_entries6()?.into_iter().map(|(k, e)| (k, e.id)).collect(),
         };
         let guarded_words = self.guarded_ports()?.used_words();
         let denied_sources = self.denied_sources4()?.into_iter().collect();
-        let mut written = Written {
-            containers,
-            container_ips4,
-            mapping_ids: HashMap::new(),
-            family4,
-            family6,
-            guarded_words,
-            denied_sources,
-        };
+        let mut written =
+            Written { containers, mapping_ids: HashMap::new(), family4, family6, guarded_words, denied_sources };
         let ids: Vec<u32> =
             written.family4.mappings.values().chain(written.family6.mappings.values()).copied().collect();
         for id in ids {
