@@ -62,8 +62,9 @@ pub fn section(s: &mut String, r: &Results, f: &Ipv6Figures) {
            the same verdict map typed `ipv6_addr . inet_service`.\n\
          - **netpath** / **netpath-stack**: netpathd with IPv6 on its uplink before it starts and its \
            default `subnet6 auto` (a ULA /64: the container gets its IPv6 address from it) and one \
-           mapping without a host address, which answers on both families. IPv6 takes no fast-path \
-           redirect yet (issue 12): over IPv6 both go through the bridge and the stack.\n"
+           mapping without a host address, which answers on both families. netpath takes the fast path \
+           over IPv6 as over IPv4 (`forward6`); netpath-stack (`--no-fast-path`) goes through the \
+           bridge and the stack.\n"
     );
     let notes: Vec<&String> = f.variants.iter().flat_map(|v| &v.notes).collect();
     if !notes.is_empty() {
