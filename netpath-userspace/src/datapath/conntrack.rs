@@ -350,8 +350,9 @@ impl CtCollector {
         let removed4 = self.removed.load(Ordering::Relaxed).saturating_sub(removed_before);
         let round6 = collect_from(&mut self.map6, &entries6, &doom, &owners, &self.removed)?;
         let entries_removed = self.removed.load(Ordering::Relaxed).saturating_sub(removed_before);
-        sweep_sock_revnat(&mut self.sock_revnat, |e| e.mapping_id, &owners, names::SOCK_REVNAT4)?;
-        sweep_sock_revnat(&mut self.sock_revnat6, |e| e.mapping_id, &owners, names::SOCK_REVNAT6)?;
+        let mapping_ids = &self.owners[0];
+        sweep_sock_revnat(&mut self.sock_revnat, |e| e.mapping_id, mapping_ids, names::SOCK_REVNAT4)?;
+        sweep_sock_revnat(&mut self.sock_revnat6, |e| e.mapping_id, mapping_ids, names::SOCK_REVNAT6)?;
         // The fill levels `status` shows, counted in the same round.
         let live6 = (entries6.len() as u64).saturating_sub(entries_removed - removed4);
         self.fills
@@ -477,14 +478,20 @@ where
 /// of removed mappings: they no longer apply (the datapath checks the
 /// mapping's owner slot), and removing a mapping does not walk them.
 /// Returns how many went.
+///
+/// The live mappings (`mapping_ids`: MAPPING_IDS) are read after the
+/// entries, not with the round's other owners: a mapping published after
+/// those were read has sockets translated to it by now, whose entries
+/// would otherwise look stale.
 fn sweep_sock_revnat<T: BorrowMut<MapData>, K: aya::Pod, V: aya::Pod>(
     map: &mut BpfHashMap<T, K, V>,
     mapping_id: fn(&V) -> u32,
-    live: &LiveOwners,
+    mapping_ids: &MapData,
     name: &str,
 ) -> Result<usize> {
-    let stale = |e: &V| mapping_id(e) != 0 && !live.mappings.contains(&mapping_id(e));
     let entries: Vec<(K, V)> = batch::entries(map.map().fd().as_fd()).with_context(|| format!("reading {name}"))?;
+    let live = live_ids(mapping_ids.fd().as_fd()).context("reading MAPPING_IDS")?;
+    let stale = |e: &V| mapping_id(e) != 0 && !live.contains(&mapping_id(e));
     let mut removed = 0;
     for (key, _) in entries.iter().filter(|(_, e)| stale(e)) {
         // Re-read: the socket may have connected again, to a live mapping.
