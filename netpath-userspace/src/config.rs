@@ -86,6 +86,20 @@ pub struct Config {
     /// [default: /var/run/docker.sock].
     pub docker_host: Option<PathBuf>,
     pub conntrack: ConntrackConfig,
+    /// Log lines as text (`text`) or one JSON object each (`json`).
+    pub log_format: LogFormat,
+    /// Also serve Prometheus `/metrics` on this TCP address
+    /// (`"127.0.0.1:9477"`); the API socket serves it always.
+    pub metrics_address: Option<std::net::SocketAddr>,
+}
+
+/// How the agent writes its log lines (to stderr).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// Conntrack timeouts (seconds) and garbage collection.
@@ -167,6 +181,8 @@ impl Default for Config {
             docker_plugin: None,
             docker_host: None,
             conntrack: ConntrackConfig::default(),
+            log_format: LogFormat::Text,
+            metrics_address: None,
         }
     }
 }
@@ -266,6 +282,8 @@ impl Config {
             routed: self.routed,
             cgroup: self.cgroup,
             conntrack: self.conntrack,
+            log_format: self.log_format,
+            metrics_address: self.metrics_address,
             uplink: self.uplink.name,
             guarded_ports: guard.guarded_ports,
             denied_sources: guard.denied_sources,
@@ -515,6 +533,8 @@ pub struct ResolvedConfig {
     pub docker_plugin: Option<String>,
     pub docker_host: PathBuf,
     pub conntrack: ConntrackConfig,
+    pub log_format: LogFormat,
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// The uplink: its interface and what it never accepts. In the file either

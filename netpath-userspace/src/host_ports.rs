@@ -80,6 +80,11 @@ impl HostPorts {
         Ok(ports)
     }
 
+    /// How many ports netpath's own reservations hold.
+    pub fn reserved_by_netpath(&self) -> usize {
+        self.ours.len()
+    }
+
     /// Refuses a masquerade range that overlaps the host's ephemeral ports.
     pub fn check_masquerade_range(&self, (min, max): (u16, u16)) -> Result<()> {
         let (lo, hi) = self.ephemeral;

@@ -9,7 +9,9 @@ pub mod cni;
 pub mod config;
 pub mod datapath;
 pub mod docker;
+pub mod flags;
 pub mod host_ports;
+pub mod host_record;
 pub mod ipam;
 pub mod lock;
 pub mod model;
@@ -20,6 +22,7 @@ pub mod output;
 pub mod policy;
 pub mod portspec;
 pub mod state;
+pub mod uninstall;
 
 /// FNV-1a over `parts`, one after another: a short hash that stays the same
 /// across builds and machines (names derived from it are kept in state).

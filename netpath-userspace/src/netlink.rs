@@ -53,6 +53,16 @@ impl Netlink {
         }
     }
 
+    /// Every interface of the namespace.
+    pub async fn links(&self) -> Result<Vec<LinkMessage>> {
+        let mut links = self.handle.link().get().execute();
+        let mut out = vec![];
+        while let Some(link) = links.try_next().await.context("listing interfaces")? {
+            out.push(link);
+        }
+        Ok(out)
+    }
+
     pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkMessage>> {
         let mut links = self.handle.link().get().match_index(index).execute();
         match links.try_next().await {
@@ -475,6 +485,14 @@ pub fn split_families(addrs: IfAddrs<IpAddr>) -> (IfAddrs<Ipv4Addr>, IfAddrs<Ipv
 pub fn link_mac(link: &LinkMessage) -> Option<[u8; 6]> {
     link.attributes.iter().find_map(|a| match a {
         LinkAttribute::Address(bytes) if bytes.len() == 6 => bytes.as_slice().try_into().ok(),
+        _ => None,
+    })
+}
+
+/// The link's name.
+pub fn link_name(link: &LinkMessage) -> Option<String> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(name) => Some(name.clone()),
         _ => None,
     })
 }

@@ -103,7 +103,7 @@ pub fn read_sysctl(key: &str) -> Result<String> {
 /// Writes a sysctl under /proc/sys of the calling thread's network namespace.
 pub fn write_sysctl(key: &str, value: &str) -> Result<()> {
     let path = format!("/proc/sys/{}", key.replace('.', "/"));
-    std::fs::write(&path, value).with_context(|| format!("setting sysctl {key}={value}"))
+    std::fs::write(&path, format!("{value}\n")).with_context(|| format!("setting sysctl {key}={value}"))
 }
 
 /// Sets a per-interface sysctl, `section` being e.g. `net.ipv4.conf`: the
@@ -111,5 +111,6 @@ pub fn write_sysctl(key: &str, value: &str) -> Result<()> {
 /// [`write_sysctl`] would take for separators).
 pub fn write_iface_sysctl(section: &str, ifname: &str, key: &str, value: &str) -> Result<()> {
     let path = format!("/proc/sys/{}/{ifname}/{key}", section.replace('.', "/"));
-    std::fs::write(&path, value).with_context(|| format!("setting sysctl {section}.{ifname}.{key}={value}"))
+    std::fs::write(&path, format!("{value}\n"))
+        .with_context(|| format!("setting sysctl {section}.{ifname}.{key}={value}"))
 }

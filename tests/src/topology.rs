@@ -195,12 +195,10 @@ impl Topology {
         self.extra_agent_args = args.iter().map(|s| s.to_string()).collect();
     }
 
-    /// Starts netpathd inside the host namespace and waits for its API.
-    pub fn start_agent(&mut self) -> Result<()> {
-        if self.agent.is_some() {
-            bail!("agent already running");
-        }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.agent_log())?;
+    /// The flags every netpathd of this topology runs with: the host
+    /// namespace, the instance, its uplink, subnet, state and socket, then
+    /// [`Topology::agent_args`].
+    pub fn agent_command_args(&self) -> Vec<String> {
         let mut args: Vec<String> = vec![
             "--netns".into(),
             self.host.clone(),
@@ -211,11 +209,39 @@ impl Topology {
             "--subnet".into(),
             self.subnet.clone(),
             "--state-dir".into(),
-            self.run_dir.join("state").display().to_string(),
+            self.state_dir().display().to_string(),
             "--socket".into(),
             self.socket().display().to_string(),
         ];
         args.extend(self.extra_agent_args.iter().cloned());
+        args
+    }
+
+    /// The agent's state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.run_dir.join("state")
+    }
+
+    /// netpathd run to completion with this topology's flags and `extra`
+    /// (a subcommand such as `uninstall`, or `--check-config`).
+    pub fn netpathd(&self, extra: &[&str]) -> Result<Output> {
+        Ok(Command::new(bin_dir().join("netpathd")).args(self.agent_command_args()).args(extra).output()?)
+    }
+
+    /// Sends `signal` to the running agent (by PID).
+    pub fn signal_agent(&self, signal: nix::sys::signal::Signal) -> Result<()> {
+        let child = self.agent.as_ref().context("no agent running")?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal)?;
+        Ok(())
+    }
+
+    /// Starts netpathd inside the host namespace and waits for its API.
+    pub fn start_agent(&mut self) -> Result<()> {
+        if self.agent.is_some() {
+            bail!("agent already running");
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.agent_log())?;
+        let args = self.agent_command_args();
         let child = crate::daemon_command(&mut Command::new(bin_dir().join("netpathd")))
             .args(&args)
             .stdout(log.try_clone()?)

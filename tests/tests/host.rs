@@ -29,6 +29,13 @@ fn published_ports_in_the_ephemeral_range_are_reserved_from_the_host() {
     t.start_agent().unwrap();
     t.ctl_ok(&["unmap", "45000/udp"]).unwrap();
     assert_eq!(reserved_ports(&t), "50000");
+    // netpath's last reservation goes too when nothing else is reserved
+    // (an empty write leaves the sysctl as it was: a newline clears it).
+    t.exec(&t.host, &["sysctl", "-qw", "net.ipv4.ip_local_reserved_ports="]).unwrap();
+    t.ctl_ok(&["map", "40000:c1:80"]).unwrap();
+    assert_eq!(reserved_ports(&t), "40000");
+    t.ctl_ok(&["unmap", "40000"]).unwrap();
+    assert_eq!(reserved_ports(&t), "", "the last published port stays reserved from the host");
 }
 
 #[test]

@@ -17,7 +17,7 @@
 //! `Inner::attachments`, where the hook table becomes attachments.
 
 mod bridges;
-pub use bridges::{MAX_BRIDGE_PORTS, OVERFLOW_SUFFIX_LEN};
+pub use bridges::{bridge_name, MAX_BRIDGES, MAX_BRIDGE_PORTS, OVERFLOW_SUFFIX_LEN};
 mod check;
 mod containers;
 mod flows;
@@ -56,6 +56,7 @@ use crate::{
     config::{self, ResolvedConfig, UplinkXdp},
     datapath::{Datapath, GcReport, MapSummary, ProgramSummary},
     host_ports::HostPorts,
+    host_record::{HostChanges, SysctlPath},
     ipam::{Ipam4, Ipam6, IpamError},
     lock::LockFile,
     model::{
@@ -65,7 +66,7 @@ use crate::{
     },
     monitor::{self, DatapathEvent, MonitorEvent},
     netlink::{split_families, Netlink},
-    netns::{read_sysctl, write_iface_sysctl, write_sysctl, Netns},
+    netns::{read_sysctl, Netns},
     policy::{Action, Direction, Rule, RuleError},
     state::{Change, State, StateStore},
 };
@@ -226,7 +227,7 @@ fn netns_cookie() -> Result<u64> {
 /// stops listening to router advertisements on interfaces with `accept_ra`
 /// 1: an uplink configured by SLAAC gets 2, so that it keeps its address
 /// and default route.
-fn enable_ipv6_forwarding(cfg: &mut ResolvedConfig) -> Result<()> {
+fn enable_ipv6_forwarding(cfg: &mut ResolvedConfig, host: &mut HostChanges) -> Result<()> {
     let Some(net6) = cfg.net6 else { return Ok(()) };
     let was = match read_sysctl("net.ipv6.conf.all.forwarding") {
         Ok(v) if !read_sysctl("net.ipv6.conf.all.disable_ipv6").is_ok_and(|d| d == "1") => v,
@@ -249,11 +250,12 @@ fn enable_ipv6_forwarding(cfg: &mut ResolvedConfig) -> Result<()> {
         // Read by path: an interface name may hold dots.
         let accept_ra = std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{uplink}/accept_ra"));
         if accept_ra.is_ok_and(|v| v.trim() == "1") {
-            write_iface_sysctl("net.ipv6.conf", uplink, "accept_ra", "2")?;
+            host.set_sysctl(&SysctlPath::iface("net.ipv6.conf", uplink, "accept_ra"), "2")?;
             tracing::info!("uplink {uplink}: accept_ra 2, so that it keeps listening to router advertisements");
         }
     }
-    write_sysctl("net.ipv6.conf.all.forwarding", "1").context("subnet6 needs IPv6 forwarding in the agent's namespace")
+    host.set_sysctl(&SysctlPath::global("net.ipv6.conf.all.forwarding"), "1")
+        .context("subnet6 needs IPv6 forwarding in the agent's namespace")
 }
 
 impl Agent {
@@ -280,9 +282,11 @@ impl Agent {
             host_ports.check_masquerade_range(cfg.masquerade_ports)?;
         }
         host_ports.check_guarded_ports(&cfg.guarded_ports)?;
-        write_sysctl("net.ipv4.ip_forward", "1")?;
+        // Recorded first, so that `netpathd uninstall` can put them back.
+        let mut host = HostChanges::load(&cfg.state_dir)?;
+        host.set_sysctl(&SysctlPath::global("net.ipv4.ip_forward"), "1")?;
         let mut cfg = cfg;
-        enable_ipv6_forwarding(&mut cfg)?;
+        enable_ipv6_forwarding(&mut cfg, &mut host)?;
         let nl = Netlink::connect()?;
         let gateway_mac = container_mac(cfg.net4.map(|n| n.gateway), cfg.net6.map(|n| n.gateway));
         let mtu = match (cfg.mtu, &cfg.uplink) {

@@ -1,10 +1,18 @@
 //! netpathd: the netpath agent. See `netpathd --help`.
 
-use std::{net::Ipv4Addr, path::PathBuf, sync::Arc};
+use std::{fmt::Write as _, sync::Arc};
 
 use anyhow::{Context as _, Result};
-use clap::Parser;
-use netpath_userspace::{agent::Agent, api, config::Config, docker, netns::Netns};
+use clap::{Parser, Subcommand};
+use netpath_userspace::{
+    agent::Agent,
+    api,
+    config::{LogFormat, ResolvedConfig},
+    docker,
+    flags::AgentFlags,
+    netns::Netns,
+    uninstall,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -12,177 +20,50 @@ use netpath_userspace::{agent::Agent, api, config::Config, docker, netns::Netns}
     version,
     about = "netpath agent: bridge, veths and the eBPF datapath of one container host"
 )]
-struct Args {
-    /// TOML configuration file (flags override it).
-    #[arg(long, short)]
-    config: Option<PathBuf>,
-    /// Instance name: pins under /sys/fs/bpf/netpath/<instance>, default state and socket paths.
+struct Cli {
+    #[command(flatten)]
+    flags: AgentFlags,
+    /// Check the configuration (the file with the flags over it), print it
+    /// resolved and exit; touches nothing on the host.
     #[arg(long)]
-    instance: Option<String>,
-    /// Uplink interface (XDP attaches there).
-    #[arg(long)]
-    uplink: Option<String>,
-    /// Guarded port ranges of the uplink, PORT[-END][/tcp|/udp], comma-separated
-    /// (replace the file's uplink.guarded_ports): the host's addresses answer
-    /// them from the uplink only through published ports.
-    #[arg(long, value_delimiter = ',', value_name = "RANGES")]
-    guarded_ports: Option<Vec<String>>,
-    /// Source prefixes the uplink never accepts, comma-separated (replace the
-    /// file's uplink.denied_sources).
-    #[arg(long, value_delimiter = ',', value_name = "CIDRS")]
-    denied_sources: Option<Vec<String>>,
-    /// Bridge name [default: np0].
-    #[arg(long)]
-    bridge: Option<String>,
-    /// Containers per bridge before an overflow bridge (<bridge>-1, ...) opens [default: 1023].
-    #[arg(long, value_name = "N")]
-    bridge_ports: Option<u32>,
-    /// IPv4 container subnet, or `none` for an IPv6-only instance
-    /// [default: 10.77.0.0/16].
-    #[arg(long)]
-    subnet: Option<netpath_userspace::config::Subnet4>,
-    /// Bridge address [default: first host of the subnet].
-    #[arg(long)]
-    gateway: Option<Ipv4Addr>,
-    /// IPv6 container subnet: a ULA or global /64 to /120, `none` (IPv4
-    /// only) or `auto` [default: auto, a ULA /64 derived from the machine id
-    /// and the instance name].
-    #[arg(long, value_name = "PREFIX|auto|none")]
-    subnet6: Option<netpath_userspace::config::Subnet6>,
-    /// The bridge's IPv6 address [default: the IPv6 subnet's ::1].
-    #[arg(long)]
-    gateway6: Option<std::net::Ipv6Addr>,
-    /// State directory [default: /var/lib/netpath/<instance>].
-    #[arg(long)]
-    state_dir: Option<PathBuf>,
-    /// API socket [default: /run/netpath/<instance>/api.sock].
-    #[arg(long)]
-    socket: Option<PathBuf>,
-    /// bpffs directory for pins [default: /sys/fs/bpf/netpath/<instance>].
-    #[arg(long)]
-    pin_dir: Option<PathBuf>,
-    /// Let the uplink reach container addresses directly (routed mode).
-    #[arg(long)]
-    routed: bool,
-    /// XDP on the uplink [default: auto, i.e. unless the uplink is a veth].
-    #[arg(long, value_enum)]
-    uplink_xdp: Option<netpath_userspace::config::UplinkXdp>,
-    /// Hand every packet to the stack (bridge, routing) instead of
-    /// redirecting it to the interface it leaves by.
-    #[arg(long)]
-    no_fast_path: bool,
-    /// Deny direct container-to-container traffic (Docker's --icc=false).
-    #[arg(long)]
-    no_icc: bool,
-    /// Do not masquerade container traffic leaving the uplink.
-    #[arg(long)]
-    no_masquerade: bool,
-    /// Source ports the masquerade allocates, MIN-MAX [default: 1024-32767].
-    #[arg(long)]
-    masquerade_ports: Option<String>,
-    /// MTU of the bridge and container interfaces [default: the uplink's].
-    #[arg(long)]
-    mtu: Option<u32>,
-    /// cgroup v2 directory for the host-process socket hooks [default: the cgroup v2 root].
-    #[arg(long)]
-    cgroup: Option<PathBuf>,
-    /// Serve Docker's remote network driver protocol as NAME
-    /// (/run/docker/plugins/NAME.sock): `docker network create -d NAME`.
-    #[arg(long, value_name = "NAME")]
-    docker_plugin: Option<String>,
-    /// dockerd's API socket, asked for container names [default: /var/run/docker.sock].
-    #[arg(long, value_name = "PATH")]
-    docker_host: Option<PathBuf>,
-    /// Run inside this network namespace (a name under /run/netns or a path)
-    /// instead of the one netpathd was started in.
-    #[arg(long)]
-    netns: Option<String>,
+    check_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Remove everything the instance created (containers' interfaces,
+    /// bridges, programs, maps, state, socket) and put back the sysctls and
+    /// port reservations it changed. The instance's agent must be stopped.
+    Uninstall,
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
-    let args = Args::parse();
-    let mut cfg = match &args.config {
-        Some(path) => Config::from_file(path)?,
-        None => Config::default(),
-    };
-    if let Some(v) = args.instance {
-        cfg.instance = v;
+    let cli = Cli::parse();
+    let cfg = resolve(&cli.flags)?;
+    if cli.check_config {
+        print!("{}", describe(&cfg));
+        return Ok(());
     }
-    if let Some(v) = args.uplink {
-        cfg.uplink.name = Some(v);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    match cfg.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt().json().flatten_event(true).with_env_filter(filter).init(),
     }
-    if let Some(v) = args.guarded_ports {
-        cfg.uplink.guarded_ports = v;
-    }
-    if let Some(v) = args.denied_sources {
-        cfg.uplink.denied_sources = v;
-    }
-    if let Some(v) = args.bridge {
-        cfg.bridge = v;
-    }
-    if let Some(v) = args.bridge_ports {
-        cfg.bridge_ports = v;
-    }
-    if let Some(v) = args.subnet {
-        cfg.subnet = v;
-    }
-    if let Some(v) = args.gateway {
-        cfg.gateway = Some(v);
-    }
-    if let Some(v) = args.subnet6 {
-        cfg.subnet6 = v;
-    }
-    if let Some(v) = args.gateway6 {
-        cfg.gateway6 = Some(v);
-    }
-    if let Some(v) = args.state_dir {
-        cfg.state_dir = Some(v);
-    }
-    if let Some(v) = args.socket {
-        cfg.socket = Some(v);
-    }
-    if let Some(v) = args.pin_dir {
-        cfg.pin_dir = Some(v);
-    }
-    if args.routed {
-        cfg.routed = true;
-    }
-    if args.no_masquerade {
-        cfg.masquerade = false;
-    }
-    if args.no_fast_path {
-        cfg.fast_path = false;
-    }
-    if args.no_icc {
-        cfg.icc = false;
-    }
-    if let Some(v) = args.uplink_xdp {
-        cfg.uplink_xdp = v;
-    }
-    if let Some(v) = args.masquerade_ports {
-        cfg.masquerade_ports = v;
-    }
-    if let Some(v) = args.mtu {
-        cfg.mtu = v;
-    }
-    if let Some(v) = args.cgroup {
-        cfg.cgroup = Some(v);
-    }
-    if let Some(v) = args.docker_plugin {
-        cfg.docker_plugin = Some(v);
-    }
-    if let Some(v) = args.docker_host {
-        cfg.docker_host = Some(v);
-    }
-    let cfg = cfg.resolve().context("invalid configuration")?;
     // setns applies to the calling thread: do it before any other exists.
-    if let Some(ns) = &args.netns {
+    if let Some(ns) = &cli.flags.netns {
         Netns::open(ns)?.enter()?;
     }
     let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    if let Some(Command::Uninstall) = cli.command {
+        let report = rt.block_on(uninstall::uninstall(&cfg))?;
+        for line in &report {
+            println!("{line}");
+        }
+        println!("instance {} uninstalled", cfg.instance);
+        return Ok(());
+    }
     rt.block_on(async move {
         let agent = Arc::new(Agent::start(cfg.clone()).await?);
         agent.spawn_background().await?;
@@ -223,4 +104,35 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+/// The configuration the flags and their file make, checked.
+fn resolve(flags: &AgentFlags) -> Result<ResolvedConfig> {
+    let what = match &flags.config {
+        Some(path) => format!("invalid configuration (file {} and flags)", path.display()),
+        None => "invalid configuration (flags)".to_string(),
+    };
+    flags.config()?.resolve().context(what)
+}
+
+/// `--check-config`'s answer: the settings an operator checks first.
+fn describe(cfg: &ResolvedConfig) -> String {
+    let mut out = String::from("configuration OK\n");
+    let none = || "none".to_string();
+    let mut line = |key: &str, value: String| {
+        let _ = writeln!(out, "  {key:<16} {value}");
+    };
+    line("instance", cfg.instance.clone());
+    line("uplink", cfg.uplink.clone().unwrap_or_else(none));
+    line("bridge", format!("{} ({} ports each)", cfg.bridge, cfg.bridge_ports));
+    line("subnet", cfg.net4.map(|n| format!("{} gateway {}", n.subnet, n.gateway)).unwrap_or_else(none));
+    let auto = if cfg.subnet6_auto { " (auto)" } else { "" };
+    line("subnet6", cfg.net6.map(|n| format!("{} gateway {}{auto}", n.subnet, n.gateway)).unwrap_or_else(none));
+    let (lo, hi) = cfg.masquerade_ports;
+    line("masquerade", if cfg.masquerade { format!("on, ports {lo}-{hi}") } else { "off".into() });
+    line("state_dir", cfg.state_dir.display().to_string());
+    line("socket", cfg.socket.display().to_string());
+    line("pin_dir", cfg.pin_dir.display().to_string());
+    line("metrics_address", cfg.metrics_address.map(|a| a.to_string()).unwrap_or_else(none));
+    out
 }

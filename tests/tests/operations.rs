@@ -1,0 +1,149 @@
+//! Running netpath as an operator does: checking a config before it is
+//! used, removing an instance without a trace, reloading the config file,
+//! scraping metrics and reading structured logs.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use netpath_tests::topology::{bin_dir, Topology, HOST_UPLINK};
+use netpath_userspace::{config::instance_lock, model::Status};
+
+fn topology(containers: usize) -> Topology {
+    assert!(
+        netpath_tests::is_root(),
+        "topology tests create namespaces and load BPF: run them as root (cargo xtask test)"
+    );
+    Topology::new(containers).expect("build topology")
+}
+
+fn repo_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn check_config_validates_the_shipped_files_and_names_what_is_wrong_without_touching_the_host() {
+    let dir = std::env::temp_dir().join(format!("{}-check-config", netpath_tests::topology::run_prefix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let state_dir = dir.join("state");
+    let check = |config: &Path| {
+        Command::new(bin_dir().join("netpathd"))
+            .args(["--config", config.to_str().unwrap(), "--state-dir", state_dir.to_str().unwrap(), "--check-config"])
+            .output()
+            .unwrap()
+    };
+    // The example config the README installs, with the unit's own flags.
+    let unit = std::fs::read_to_string(repo_file("dist/netpathd.service")).unwrap();
+    let pre = unit.lines().find_map(|l| l.strip_prefix("ExecStartPre=")).expect("the unit checks its config first");
+    assert!(pre.ends_with("--check-config"), "{pre}");
+    assert!(unit.lines().any(|l| l.starts_with("ExecStart=/usr/local/bin/netpathd --config ")), "{unit}");
+    assert!(unit.lines().any(|l| l == "ExecReload=/bin/kill -HUP $MAINPID"), "{unit}");
+    let out = check(&repo_file("dist/netpathd.toml"));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("configuration OK"), "{}", text(&out));
+
+    let bad = dir.join("bad.toml");
+    for (config, named) in [
+        ("subnet = \"10.0.0.0/33\"\n", "subnet"),
+        ("subnet = \"10.0.0.1/24\"\n", "host bits"),
+        ("bridges = \"np0\"\n", "bridges"),
+        ("[conntrack]\nudp = 0\n", "conntrack.udp"),
+        ("masquerade_ports = \"40000-30000\"\n", "masquerade_ports"),
+    ] {
+        std::fs::write(&bad, config).unwrap();
+        let out = check(&bad);
+        assert!(!out.status.success(), "{config:?} passed: {}", text(&out));
+        let msg = text(&out);
+        assert!(msg.contains(named) && msg.contains("bad.toml"), "{config:?}: {msg}");
+    }
+    assert!(!state_dir.exists(), "--check-config created the state directory");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Sysctls of the host namespace the agent changes.
+fn host_sysctls(t: &Topology) -> Vec<String> {
+    [
+        "/proc/sys/net/ipv4/ip_forward".to_string(),
+        "/proc/sys/net/ipv6/conf/all/forwarding".to_string(),
+        format!("/proc/sys/net/ipv6/conf/{HOST_UPLINK}/accept_ra"),
+        "/proc/sys/net/ipv4/ip_local_reserved_ports".to_string(),
+    ]
+    .iter()
+    .map(|p| format!("{p}={}", t.in_ns(&t.host, || Ok(std::fs::read_to_string(p)?)).unwrap().trim()))
+    .collect()
+}
+
+fn bpf_object_exists(kind: &str, id: u32) -> bool {
+    Command::new("bpftool").args([kind, "show", "id", &id.to_string()]).output().is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn uninstall_removes_every_trace_of_the_instance_and_is_refused_while_the_agent_runs() {
+    let mut t = topology(2);
+    t.add_ipv6_uplink().unwrap();
+    let links_before = t.links(&t.host).unwrap();
+    let sysctls_before = host_sysctls(&t);
+    t.start_agent().unwrap();
+    t.add_container(1).unwrap();
+    t.add_container(2).unwrap();
+    // In the host's ephemeral range: reserved from it while published.
+    t.ctl_ok(&["map", "40000:c1:80"]).unwrap();
+    t.ctl_ok(&["map", "8080:c2:80/udp"]).unwrap();
+    t.ctl_ok(&["policy", "add", "c1", "deny", "in", "10.0.0.0/8"]).unwrap();
+    assert_ne!(host_sysctls(&t), sysctls_before, "the agent changed no sysctl: the test checks nothing");
+    let status: Status = t.ctl_json(&["status"]).unwrap();
+    let programs: Vec<u32> = status.programs.iter().map(|p| p.id).collect();
+    let maps: Vec<u32> = status.maps.iter().map(|m| m.id).collect();
+    assert!(!programs.is_empty() && !maps.is_empty());
+
+    // While the agent runs: refused, nothing changes.
+    let out = t.netpathd(&["uninstall"]).unwrap();
+    assert!(!out.status.success(), "uninstall under a running agent: {}", text(&out));
+    assert!(text(&out).contains("in use by another netpathd"), "{}", text(&out));
+    assert_eq!(t.ctl_json::<Status>(&["status"]).unwrap().containers.len(), 2);
+    assert!(t.pin_dir().exists());
+
+    t.stop_agent().unwrap();
+    let out = t.netpathd(&["uninstall"]).unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("uninstalled") && said.contains("deleted bridge np0"), "{said}");
+
+    assert!(!t.pin_dir().exists(), "pins left: {}", t.pin_dir().display());
+    assert_eq!(t.links(&t.host).unwrap(), links_before, "interfaces left in the host namespace");
+    for i in 1..=2 {
+        assert_eq!(t.links(&t.container_ns(i)).unwrap(), ["lo"], "container {i} keeps an interface");
+    }
+    assert_eq!(host_sysctls(&t), sysctls_before, "sysctls not restored: {said}");
+    // Programs and maps are freed once nothing holds them: no attachment,
+    // on any interface or cgroup, is left.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let alive = || -> Vec<String> {
+        programs
+            .iter()
+            .filter(|id| bpf_object_exists("prog", **id))
+            .map(|id| format!("prog {id}"))
+            .chain(maps.iter().filter(|id| bpf_object_exists("map", **id)).map(|id| format!("map {id}")))
+            .collect()
+    };
+    while !alive().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(alive(), Vec::<String>::new(), "BPF objects still held");
+    assert!(!t.state_dir().exists(), "state left: {:?}", std::fs::read_dir(t.state_dir()).map(|d| d.count()));
+    assert!(!t.socket().exists());
+    assert!(!instance_lock(t.instance()).exists());
+
+    // A second uninstall finds nothing and says so without failing; a new
+    // agent starts from scratch.
+    let out = t.netpathd(&["uninstall"]).unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    t.start_agent().unwrap();
+    assert!(t.ctl_json::<Status>(&["status"]).unwrap().containers.is_empty());
+}
