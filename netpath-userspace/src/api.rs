@@ -64,6 +64,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/policies/{name}", get(get_policy))
         .route("/policies/{name}/default", axum::routing::put(set_default))
         .route("/settings", get(get_settings).put(put_settings))
+        .route("/reload", axum::routing::post(reload))
         .route("/stats", get(stats))
         .route("/monitor", get(monitor));
     Router::new()
@@ -110,6 +111,10 @@ async fn json_errors(resp: Response) -> Response {
         }
     }
     out
+}
+
+async fn reload(State(agent): State<Arc<Agent>>) -> ApiResult<crate::agent::ReloadReport> {
+    Ok(Json(agent.reload_config().await?))
 }
 
 async fn status(State(agent): State<Arc<Agent>>) -> ApiResult<crate::model::Status> {

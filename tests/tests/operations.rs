@@ -147,3 +147,72 @@ fn uninstall_removes_every_trace_of_the_instance_and_is_refused_while_the_agent_
     t.start_agent().unwrap();
     assert!(t.ctl_json::<Status>(&["status"]).unwrap().containers.is_empty());
 }
+
+fn status(t: &Topology) -> Status {
+    t.ctl_json(&["status"]).unwrap()
+}
+
+#[test]
+fn a_reload_applies_what_can_change_at_run_time_and_refuses_the_rest_by_name() {
+    let mut t = topology(2);
+    let config = t.run_dir().join("netpathd.toml");
+    std::fs::write(&config, "icc = true\n[conntrack]\nudp = 60\n").unwrap();
+    t.agent_args(&["--config", config.to_str().unwrap()]);
+    t.start_agent().unwrap();
+    t.add_container(1).unwrap();
+    let c2 = t.add_container(2).unwrap();
+    let c2_ip = c2.ip.unwrap().to_string();
+    assert!(t.ping(&t.container_ns(1), &c2_ip, 1).unwrap(), "icc on: c1 reaches c2");
+    assert!(!status(&t).routed);
+
+    // SIGHUP: icc off, routed on, a shorter UDP timeout.
+    std::fs::write(&config, "icc = false\nrouted = true\n[conntrack]\nudp = 7\n").unwrap();
+    t.signal_agent(nix::sys::signal::Signal::SIGHUP).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(&t).icc && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let st = status(&t);
+    assert!(
+        !st.icc && st.routed,
+        "SIGHUP did not apply icc/routed: {}",
+        std::fs::read_to_string(t.agent_log()).unwrap()
+    );
+    assert!(!t.ping(&t.container_ns(1), &c2_ip, 1).unwrap(), "icc off after the reload: c1 still reaches c2");
+    // New UDP flows take the new timeout in the datapath.
+    t.in_ns(&t.container_ns(1), || {
+        let s = std::net::UdpSocket::bind(("0.0.0.0", 0))?;
+        s.send_to(b"x", (netpath_tests::topology::WORLD_IP, 5353))?;
+        Ok(())
+    })
+    .unwrap();
+    let flows: Vec<netpath_userspace::model::Flow> = t.ctl_json(&["conntrack"]).unwrap();
+    let udp: Vec<_> = flows.iter().filter(|f| f.proto == "udp").collect();
+    assert!(!udp.is_empty() && udp.iter().all(|f| f.expires_in <= 7), "{udp:?}");
+    let log = std::fs::read_to_string(t.agent_log()).unwrap();
+    assert!(log.contains("configuration reloaded") && log.contains("conntrack.udp: 60 -> 7"), "{log}");
+
+    // Settings that need a restart: refused by name, nothing changes.
+    std::fs::write(&config, "icc = true\nmtu = 1400\nbridge_ports = 10\n").unwrap();
+    let err = t.ctl_err(&["reload"]).unwrap();
+    assert!(
+        err.contains("bridge_ports, mtu cannot change while netpathd runs") && err.contains("nothing changed"),
+        "{err}"
+    );
+    assert!(!status(&t).icc, "a refused reload changed icc");
+    t.signal_agent(nix::sys::signal::Signal::SIGHUP).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(t.agent_log()).unwrap().contains("SIGHUP: reload refused") {
+        assert!(Instant::now() < deadline, "{}", std::fs::read_to_string(t.agent_log()).unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A file that does not parse: named, nothing changes.
+    std::fs::write(&config, "icc = maybe\n").unwrap();
+    let err = t.ctl_err(&["reload"]).unwrap();
+    assert!(err.contains("netpathd.toml"), "{err}");
+    // Back to icc on through the API; the answer says what changed.
+    std::fs::write(&config, "icc = true\nrouted = true\n[conntrack]\nudp = 7\n").unwrap();
+    assert_eq!(t.ctl_ok(&["reload"]).unwrap().trim(), "icc: false -> true");
+    assert!(t.ping(&t.container_ns(1), &c2_ip, 1).unwrap(), "icc on again: c1 reaches c2");
+    assert!(t.agent_alive());
+}

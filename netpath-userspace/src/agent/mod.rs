@@ -22,7 +22,10 @@ mod check;
 mod containers;
 mod flows;
 mod mappings;
+mod reload;
 mod rules;
+
+pub use reload::{GcSettings, ReloadReport};
 
 pub use containers::{container_mac, format_mac, parse_mac, CONTAINER_IFNAME};
 pub use mappings::overlaps;
@@ -121,7 +124,19 @@ pub struct Agent {
     flow_watchers: AtomicUsize,
     /// The conntrack GC's last report (its rounds run beside the lock).
     gc: Arc<std::sync::Mutex<GcReport>>,
+    /// The configuration as last configured (before the agent adapted it
+    /// to the host, e.g. `subnet6 = "auto"` without IPv6): what a reload
+    /// compares the re-read configuration with.
+    configured: std::sync::Mutex<ResolvedConfig>,
+    /// What the conntrack GC reads at each tick (a reload changes it).
+    gc_settings: tokio::sync::watch::Sender<GcSettings>,
+    /// Where a reload reads the configuration from.
+    config_source: std::sync::OnceLock<ConfigSource>,
 }
+
+/// Reads and resolves the configuration again (the file, with the flags
+/// the agent started with over it).
+pub type ConfigSource = Box<dyn Fn() -> Result<ResolvedConfig> + Send + Sync>;
 
 impl From<RuleError> for AgentError {
     fn from(e: RuleError) -> Self {
@@ -262,6 +277,7 @@ impl Agent {
     /// Sets up the host side (bridge, forwarding, datapath), then adopts
     /// what a previous run left and reconciles it with the saved state.
     pub async fn start(cfg: ResolvedConfig) -> Result<Agent> {
+        let configured = cfg.clone();
         // One agent per instance, whatever its state directory: the pins
         // are the instance's. One per pin directory (another instance's
         // --pin-dir), and one per state directory.
@@ -398,6 +414,9 @@ impl Agent {
             names: RwLock::new(names),
             flow_watchers: AtomicUsize::new(0),
             gc: Default::default(),
+            gc_settings: tokio::sync::watch::Sender::new(GcSettings::of(&configured)),
+            configured: std::sync::Mutex::new(configured),
+            config_source: std::sync::OnceLock::new(),
         })
     }
 
@@ -412,16 +431,18 @@ impl Agent {
         // are counted from. It also collects the flows of removed owners (lazily:
         // removing one never walks the table) and counts the fill levels
         // `status` shows.
-        let handshake = Duration::from_secs(self.cfg.conntrack.tcp_new as u64);
-        let mut collector = Some(self.inner.lock().await.dp.ct_collector(handshake)?);
-        let interval = Duration::from_secs(self.cfg.conntrack.gc_interval as u64);
+        let settings = self.gc_settings.subscribe();
+        let mut collector = Some(self.inner.lock().await.dp.ct_collector(settings.borrow().handshake)?);
         let reports = Arc::clone(&self.gc);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval.min(crate::datapath::GC_TICK));
+            // gc_interval is at least a second: longer than a tick.
+            let mut tick = tokio::time::interval(crate::datapath::GC_TICK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 let Some(mut c) = collector.take() else { return };
+                let GcSettings { handshake, interval } = *settings.borrow();
+                c.set_handshake_timeout(handshake);
                 let round = tokio::task::spawn_blocking(move || {
                     let result = match c.round_due(interval) {
                         Ok(true) => c.collect(crate::datapath::monotonic_ns()).map(Some),
@@ -659,6 +680,7 @@ impl Agent {
     pub async fn status(&self) -> Result<Status, AgentError> {
         let mut inner = self.inner.lock().await;
         let cfg = &self.cfg;
+        let configured = self.configured.lock().map_err(|_| anyhow::anyhow!("config lock poisoned"))?.clone();
         let mut attach_points = vec![];
         for (target, hook) in inner.attachments() {
             attach_points.push(AttachPoint {
@@ -697,7 +719,7 @@ impl Agent {
             containers,
             mappings: inner.state.mappings.len(),
             cgroup: inner.cgroup.as_ref().map(|c| c.display().to_string()),
-            routed: cfg.routed,
+            routed: inner.dp_config.has(CFG_F_ROUTED),
             icc: !inner.dp_config.has(CFG_F_NO_ICC),
             masquerade: inner
                 .dp_config
@@ -705,8 +727,8 @@ impl Agent {
                 .then(|| Ipv4Addr::from(inner.dp_config.masq_addr4))
                 .filter(|a| !a.is_unspecified()),
             masquerade_ports: format!("{}-{}", cfg.masquerade_ports.0, cfg.masquerade_ports.1),
-            guarded_ports: cfg.guarded_ports.iter().map(|r| r.to_string()).collect(),
-            denied_sources: cfg.denied_sources.iter().map(|n| n.to_string()).collect(),
+            guarded_ports: configured.guarded_ports.iter().map(|r| r.to_string()).collect(),
+            denied_sources: configured.denied_sources.iter().map(|n| n.to_string()).collect(),
             drop_events_suppressed: inner.dp.suppressed_events()?,
             uplink_stats,
             agent_memory_bytes: resident_memory().unwrap_or(0),

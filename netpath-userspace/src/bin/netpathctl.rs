@@ -86,6 +86,9 @@ enum Command {
         #[arg(value_parser = ["on", "off"])]
         state: Option<String>,
     },
+    /// Re-read the agent's config file (as SIGHUP does) and apply what a
+    /// running agent can change; settings that need a restart are named.
+    Reload,
     /// Traffic and drop counters, per container and reason.
     Stats { container: Option<String> },
     /// Stream drop events (and with --flows, new flows) as they happen.
@@ -323,6 +326,16 @@ async fn run(args: Args) -> Result<()> {
                 None => client.get("/settings").await?,
             };
             print(fmt, &s, |s| format!("icc {}\n", if s.icc { "on" } else { "off" }))
+        }
+        Command::Reload => {
+            let r: netpath_userspace::agent::ReloadReport = client.post("/reload", &serde_json::json!({})).await?;
+            print(fmt, &r, |r| {
+                if r.changed.is_empty() {
+                    "configuration unchanged\n".to_string()
+                } else {
+                    r.changed.iter().map(|c| format!("{c}\n")).collect()
+                }
+            })
         }
         Command::Stats { container } => {
             let path = match &container {

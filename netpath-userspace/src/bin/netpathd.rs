@@ -66,7 +66,10 @@ fn main() -> Result<()> {
     }
     rt.block_on(async move {
         let agent = Arc::new(Agent::start(cfg.clone()).await?);
+        let flags = cli.flags.clone();
+        agent.set_config_source(Box::new(move || resolve(&flags)));
         agent.spawn_background().await?;
+        tokio::spawn(reload_on_sighup(agent.clone()));
         tracing::info!(instance = %cfg.instance, bridge = %cfg.bridge, subnet = ?cfg.net4.map(|n| n.subnet), subnet6 = ?cfg.net6.map(|n| n.subnet), "netpathd ready");
         // One shutdown signal for every server the agent runs.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -93,6 +96,23 @@ fn main() -> Result<()> {
         tracing::info!("netpathd stopping; the datapath stays attached");
         Ok(())
     })
+}
+
+/// SIGHUP re-reads the config file; a refused reload is logged and
+/// changes nothing.
+async fn reload_on_sighup(agent: Arc<Agent>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => return tracing::warn!("SIGHUP will not reload the config: {e}"),
+    };
+    while hup.recv().await.is_some() {
+        match agent.reload_config().await {
+            Ok(r) if r.changed.is_empty() => tracing::info!("SIGHUP: configuration unchanged"),
+            Ok(_) => {}
+            Err(e) => tracing::error!("SIGHUP: {e}"),
+        }
+    }
 }
 
 async fn shutdown_signal() {

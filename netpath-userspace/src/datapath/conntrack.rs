@@ -294,6 +294,11 @@ pub struct CtCollector {
 }
 
 impl CtCollector {
+    /// `conntrack.tcp_new`, as a reload changes it.
+    pub fn set_handshake_timeout(&mut self, timeout: Duration) {
+        self.handshake_ns = timeout.as_nanos() as u64;
+    }
+
     /// Is a round due (see [`GcReport::round_due`])? Reads only the
     /// datapath's counters, not the table.
     pub fn round_due(&self, interval: Duration) -> Result<bool> {
