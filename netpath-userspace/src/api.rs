@@ -66,9 +66,11 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/settings", get(get_settings).put(put_settings))
         .route("/reload", axum::routing::post(reload))
         .route("/stats", get(stats))
-        .route("/monitor", get(monitor));
+        .route("/monitor", get(monitor))
+        .route_layer(axum::middleware::from_fn_with_state(agent.clone(), crate::metrics::track));
     Router::new()
         .nest(API_PREFIX, v1)
+        .route("/metrics", get(metrics))
         .fallback(|| async { AgentError::NotFound(format!("no such API route (this agent serves {API_PREFIX}/...)")) })
         .layer(axum::middleware::map_response(json_errors))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -111,6 +113,39 @@ async fn json_errors(resp: Response) -> Response {
         }
     }
     out
+}
+
+/// Prometheus metrics (also on `metrics_address`, see [`metrics_router`]).
+async fn metrics(State(agent): State<Arc<Agent>>) -> Result<Response, AgentError> {
+    let text = crate::metrics::render(&agent).await?;
+    Ok(([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
+}
+
+/// `/metrics` alone, for the TCP address `metrics_address`: nothing else
+/// of the API is served beyond the root-only socket.
+pub fn metrics_router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(|| async { AgentError::NotFound("only /metrics is served here".into()) })
+        .with_state(agent)
+}
+
+/// Binds `metrics_address` (before the agent reports ready: a bad address
+/// stops the start).
+pub async fn bind_metrics(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener> {
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding metrics_address {addr}"))?;
+    tracing::info!("metrics on http://{addr}/metrics");
+    Ok(listener)
+}
+
+/// Serves [`metrics_router`] on `listener` until `shutdown` completes.
+pub async fn serve_metrics(
+    agent: Arc<Agent>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    axum::serve(listener, metrics_router(agent)).with_graceful_shutdown(shutdown).await.context("serving metrics")
 }
 
 async fn reload(State(agent): State<Arc<Agent>>) -> ApiResult<crate::agent::ReloadReport> {

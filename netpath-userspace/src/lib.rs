@@ -14,6 +14,7 @@ pub mod host_ports;
 pub mod host_record;
 pub mod ipam;
 pub mod lock;
+pub mod metrics;
 pub mod model;
 pub mod monitor;
 pub mod netlink;

@@ -147,6 +147,9 @@ pub struct State {
     /// The same for the IPv6 subnet (`Ipam6`).
     #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
     pub released6: VecDeque<Ipv6Addr>,
+    /// Agent starts on this state (`netpath_agent_starts_total`).
+    #[serde(default)]
+    pub starts: u64,
 }
 
 fn one() -> u32 {

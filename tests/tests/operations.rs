@@ -216,3 +216,126 @@ fn a_reload_applies_what_can_change_at_run_time_and_refuses_the_rest_by_name() {
     assert!(t.ping(&t.container_ns(1), &c2_ip, 1).unwrap(), "icc on again: c1 reaches c2");
     assert!(t.agent_alive());
 }
+
+/// The value of the sample `series` (name and labels as written) in a scrape.
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.split(' ').next()?.parse().ok())
+}
+
+fn scrape_socket(t: &Topology) -> String {
+    let out = Command::new("curl")
+        .args(["-sf", "--unix-socket", t.socket().to_str().unwrap(), "http://localhost/metrics"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn metrics_show_traffic_drops_flows_conntrack_maps_and_the_api_on_the_socket_and_a_tcp_address() {
+    use netpath_tests::topology::{HOST_UPLINK_IP, WORLD_IP};
+    use std::net::{TcpListener, TcpStream, UdpSocket};
+    let mut t = topology(2);
+    let config = t.run_dir().join("netpathd.toml");
+    std::fs::write(&config, "[conntrack]\ngc_interval = 1\n").unwrap();
+    t.agent_args(&["--config", config.to_str().unwrap(), "--metrics-address", "127.0.0.1:9477"]);
+    t.start_agent().unwrap();
+    t.add_container(1).unwrap();
+    t.add_container(2).unwrap();
+    t.ctl_ok(&["map", "8080:c1:80"]).unwrap();
+    t.ctl_ok(&["policy", "add", "c2", "deny", "out", "198.18.0.0/24"]).unwrap();
+    // A published flow held open, a masqueraded one, and packets dropped by policy.
+    let listener = t.in_ns(&t.container_ns(1), || Ok(TcpListener::bind(("0.0.0.0", 80))?)).unwrap();
+    let _client = t.in_ns(&t.world, || Ok(TcpStream::connect((HOST_UPLINK_IP, 8080))?)).unwrap();
+    let _server = listener.accept().unwrap();
+    let masq = t.in_ns(&t.container_ns(1), || Ok(UdpSocket::bind(("0.0.0.0", 0))?)).unwrap();
+    masq.send_to(b"x", (WORLD_IP, 5353)).unwrap();
+    assert!(!t.ping(&t.container_ns(2), &WORLD_IP.to_string(), 2).unwrap());
+
+    // Flows per mapping come from the GC's walk (every second here).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mapping = "netpath_mapping_flows{mapping=\"8080:c1:80/tcp\",id=\"1\",container=\"c1\"}";
+    let mut scrape = scrape_socket(&t);
+    while sample(&scrape, mapping) != Some(1.0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        scrape = scrape_socket(&t);
+    }
+    let has = |series: &str, pred: &dyn Fn(f64) -> bool| {
+        let v = sample(&scrape, series);
+        assert!(v.is_some_and(pred), "{series} = {v:?} in:\n{scrape}");
+    };
+    has(mapping, &|v| v == 1.0);
+    has("netpath_container_packets_total{container=\"c1\",direction=\"rx\"}", &|v| v >= 2.0);
+    has("netpath_container_bytes_total{container=\"c1\",direction=\"tx\"}", &|v| v > 0.0);
+    has("netpath_container_drops_total{container=\"c2\",reason=\"policy\"}", &|v| v >= 2.0);
+    has("netpath_container_packets_total{container=\"uplink\",direction=\"rx\"}", &|v| v >= 1.0);
+    has("netpath_masquerade_flows", &|v| v >= 1.0);
+    has("netpath_masquerade_busiest_destination_ports", &|v| v >= 1.0);
+    has("netpath_masquerade_ports", &|v| v == 31744.0);
+    has("netpath_conntrack_entries", &|v| v >= 4.0);
+    has("netpath_conntrack_inserts_total", &|v| v >= 4.0);
+    has("netpath_conntrack_gc_runs_total", &|v| v >= 1.0);
+    has("netpath_conntrack_gc_last_duration_seconds", &|v| v > 0.0);
+    has("netpath_map_entries{map=\"MAPPINGS4\"}", &|v| v == 1.0);
+    has("netpath_map_max_entries{map=\"CT4\"}", &|v| v == 262144.0);
+    has("netpath_containers", &|v| v == 2.0);
+    has("netpath_mappings", &|v| v == 1.0);
+    has("netpath_agent_starts_total", &|v| v == 1.0);
+    has("netpath_api_requests_total{method=\"POST\",route=\"/v1/mappings\",code=\"201\"}", &|v| v == 1.0);
+    has("netpath_api_request_duration_seconds_count{method=\"POST\",route=\"/v1/containers\"}", &|v| v == 2.0);
+    // Conventions: every family is netpath's, counters end in _total.
+    for line in scrape.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let mut words = line.split(' ').skip(2);
+        let (name, kind) = (words.next().unwrap(), words.next().unwrap());
+        assert!(name.starts_with("netpath_"), "{line}");
+        if kind == "counter" {
+            assert!(scrape.contains(&format!("\n{name}_total")), "{line}");
+        }
+    }
+    assert!(scrape.ends_with("# EOF\n"));
+
+    // The TCP address serves /metrics and nothing else of the API.
+    let over_tcp = t.exec(&t.host, &["curl", "-sf", "http://127.0.0.1:9477/metrics"]).unwrap();
+    assert!(String::from_utf8_lossy(&over_tcp.stdout).contains("netpath_mapping_flows{"));
+    assert!(!t.try_exec(&t.host, &["curl", "-sf", "http://127.0.0.1:9477/v1/status"]).unwrap());
+
+    // A restart counts.
+    t.stop_agent().unwrap();
+    t.start_agent().unwrap();
+    assert_eq!(sample(&scrape_socket(&t), "netpath_agent_starts_total"), Some(2.0));
+}
+
+#[test]
+fn json_logs_give_one_object_per_line_and_name_the_request_behind_each_change() {
+    let mut t = topology(1);
+    t.agent_args(&["--log-format", "json"]);
+    t.start_agent().unwrap();
+    t.add_container(1).unwrap();
+    t.ctl_ok(&["map", "8080:c1:80"]).unwrap();
+    t.ctl_ok(&["policy", "add", "c1", "deny", "in", "10.0.0.0/8"]).unwrap();
+    t.ctl_ok(&["unmap", "8080"]).unwrap();
+    t.ctl_ok(&["container", "del", "c1"]).unwrap();
+    t.stop_agent().unwrap();
+    let log = std::fs::read_to_string(t.agent_log()).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON object ({e}): {l}")))
+        .collect();
+    let find = |message: &str| {
+        lines.iter().find(|l| l["message"] == message).unwrap_or_else(|| panic!("no {message:?} line in:\n{log}"))
+    };
+    for (message, method, path) in [
+        ("container added", "POST", "/v1/containers"),
+        ("published", "POST", "/v1/mappings"),
+        ("policy rule added", "POST", "/v1/policies"),
+        ("unpublished", "POST", "/v1/mappings/unmap"),
+        ("container removed", "DELETE", "/v1/containers/c1"),
+    ] {
+        let line = find(message);
+        assert_eq!(line["level"], "INFO", "{line}");
+        assert_eq!((&line["span"]["method"], &line["span"]["path"]), (&method.into(), &path.into()), "{line}");
+        assert!(line["span"]["id"].as_u64().is_some(), "{line}");
+    }
+    assert_eq!(find("published")["mapping"], "8080:c1:80/tcp");
+    assert_eq!(find("container removed")["container"], "c1");
+}

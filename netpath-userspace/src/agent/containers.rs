@@ -233,8 +233,8 @@ impl Inner {
         }
         tracing::info!(
             container = %container.name,
-            ip = ?container.ip,
-            ip6 = ?container.ip6,
+            ip = %container.ip.map_or_else(|| "none".to_string(), |ip| ip.to_string()),
+            ip6 = %container.ip6.map_or_else(|| "none".to_string(), |ip| ip.to_string()),
             veth = %container.veth,
             "container added"
         );

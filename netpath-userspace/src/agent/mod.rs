@@ -132,6 +132,8 @@ pub struct Agent {
     gc_settings: tokio::sync::watch::Sender<GcSettings>,
     /// Where a reload reads the configuration from.
     config_source: std::sync::OnceLock<ConfigSource>,
+    /// API requests and latencies, for `/metrics`.
+    api_metrics: crate::metrics::ApiMetrics,
 }
 
 /// Reads and resolves the configuration again (the file, with the flags
@@ -406,6 +408,8 @@ impl Agent {
         // The address may have changed while no agent ran.
         inner.forget_masquerade_if_gone(previous_masq).await?;
         inner.reconcile(&cfg).await?;
+        inner.state.starts += 1;
+        inner.save()?;
         let names = inner.state.containers.iter().map(|c| (c.id, c.name.clone())).collect();
         Ok(Agent {
             cfg,
@@ -417,6 +421,7 @@ impl Agent {
             gc_settings: tokio::sync::watch::Sender::new(GcSettings::of(&configured)),
             configured: std::sync::Mutex::new(configured),
             config_source: std::sync::OnceLock::new(),
+            api_metrics: Default::default(),
         })
     }
 
@@ -518,11 +523,27 @@ impl Agent {
     }
 
     pub async fn flush_flows(&self) -> Result<usize, AgentError> {
-        Ok(self.inner.lock().await.dp.ct_flush()?)
+        let flows = self.inner.lock().await.dp.ct_flush()?;
+        tracing::info!(flows, "conntrack flushed: flows cut");
+        Ok(flows)
     }
 
     pub fn config(&self) -> &ResolvedConfig {
         &self.cfg
+    }
+
+    pub fn api_metrics(&self) -> &crate::metrics::ApiMetrics {
+        &self.api_metrics
+    }
+
+    /// The conntrack GC's last report.
+    pub fn gc_report(&self) -> GcReport {
+        self.gc.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Agent starts on this instance's state, this one included.
+    pub async fn starts(&self) -> u64 {
+        self.inner.lock().await.state.starts
     }
 
     pub async fn add_container(&self, req: ContainerRequest) -> Result<Container, AgentError> {
@@ -623,6 +644,7 @@ impl Agent {
         if !s.icc {
             inner.rejudge_flows(None)?;
         }
+        tracing::info!(icc = s.icc, "icc set");
         Ok(s)
     }
 

@@ -179,6 +179,7 @@ impl Inner {
         // The new default and a new policy epoch: flows a deny now denies
         // are cut at their next packet.
         self.write_container_entry(&c)?;
+        tracing::info!(container = %c.name, ?direction, ?action, "policy default set");
         Ok(PolicyView { container: c.name.clone(), policy: self.policy_of(&c.name) })
     }
 

@@ -65,6 +65,10 @@ fn main() -> Result<()> {
         return Ok(());
     }
     rt.block_on(async move {
+        let metrics_listener = match cfg.metrics_address {
+            Some(addr) => Some(api::bind_metrics(addr).await?),
+            None => None,
+        };
         let agent = Arc::new(Agent::start(cfg.clone()).await?);
         let flags = cli.flags.clone();
         agent.set_config_source(Box::new(move || resolve(&flags)));
@@ -88,9 +92,14 @@ fn main() -> Result<()> {
             }
             None => None,
         };
+        let metrics = metrics_listener
+            .map(|l| tokio::spawn(api::serve_metrics(agent.clone(), l, stopped(stop_rx.clone()))));
         let served = api::serve(agent, &cfg.socket, stopped(stop_rx)).await;
         if let Some(docker) = docker {
             docker.await.context("the Docker plugin server")??;
+        }
+        if let Some(metrics) = metrics {
+            metrics.await.context("the metrics server")??;
         }
         served?;
         tracing::info!("netpathd stopping; the datapath stays attached");

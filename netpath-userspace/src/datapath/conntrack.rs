@@ -3,7 +3,7 @@
 
 use std::{
     borrow::{Borrow, BorrowMut},
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     os::fd::AsFd as _,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap as BpfHashMap, IterableMap as _, Map, MapData, PerCpuArray};
 use netpath_common::{
-    conntrack::{CtState, CLOSED, CT_F_REPLY, IPPROTO_TCP, NS_PER_SEC},
+    conntrack::{CtState, CLOSED, CT_F_REPLY, CT_F_SNAT, IPPROTO_TCP, NS_PER_SEC},
     maps as names, CtEntry, CtEntry4, CtEntry6, CtKey, CtKey4, CtKey6, CtStats, In6Addr, SockRevNatEntry4,
     SockRevNatEntry6, SockRevNatKey4, SockRevNatKey6,
 };
@@ -215,6 +215,36 @@ pub struct GcReport {
     /// Entries the LRU evicted since the agent started (see
     /// [`CtCollector::collect`]).
     pub evictions: u64,
+    /// Live flows per mapping id at the last walk (their original
+    /// direction's entries).
+    pub flows_by_mapping: BTreeMap<u32, u64>,
+    /// Live masqueraded flows at the last walk.
+    pub masquerade_flows: u64,
+    /// The most masqueraded flows toward one destination (address, port
+    /// and protocol) at the last walk: the masquerade's ports run out per
+    /// destination, so this against the range's size is its pressure.
+    pub masquerade_busiest_destination: u64,
+}
+
+/// Counts the live flows of a table for the report: per mapping, and the
+/// masqueraded ones per destination (both by their original direction's
+/// entry, which alone has no `CT_F_REPLY`).
+fn tally_flows<A: Copy + Eq + std::hash::Hash>(
+    entries: &HashMap<CtKey<A>, CtEntry<A>>,
+    now: u64,
+    report: &mut GcReport,
+) {
+    let mut destinations: HashMap<(A, u16, u8), u64> = HashMap::new();
+    for (key, e) in entries.iter().filter(|(_, e)| e.flags & CT_F_REPLY == 0 && e.expires_ns >= now) {
+        if e.mapping_id != 0 {
+            *report.flows_by_mapping.entry(e.mapping_id).or_default() += 1;
+        } else if e.flags & CT_F_SNAT != 0 {
+            report.masquerade_flows += 1;
+            *destinations.entry((key.daddr, key.dport, key.proto)).or_default() += 1;
+        }
+    }
+    let busiest = destinations.into_values().max().unwrap_or(0);
+    report.masquerade_busiest_destination = report.masquerade_busiest_destination.max(busiest);
 }
 
 impl GcReport {
@@ -341,6 +371,10 @@ impl CtCollector {
         let report = &mut self.report;
         report.evictions = base.evictions_until(&now_counts);
         report.live_entries = entries.len() as u64;
+        report.flows_by_mapping.clear();
+        (report.masquerade_flows, report.masquerade_busiest_destination) = (0, 0);
+        tally_flows(&entries, now, report);
+        tally_flows(&entries6, now, report);
         // Either table half full puts the round under pressure.
         report.pressure = entries.len() as u64 * PRESSURE_DIVISOR >= report.max_entries as u64
             || entries6.len() as u64 * PRESSURE_DIVISOR >= self.max_entries6 as u64;
