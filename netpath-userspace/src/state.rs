@@ -194,6 +194,9 @@ impl StateStore {
         line.push(b'\n');
         let f = self.journal.as_mut().ok_or_else(|| anyhow::anyhow!("journal not open"))?;
         f.write_all(&line).with_context(|| format!("appending to {}", self.journal_path.display()))?;
+        // Acknowledged means durable: the API answers after this, so a
+        // change it confirmed survives a crash or a power cut.
+        f.sync_data().with_context(|| format!("syncing {}", self.journal_path.display()))?;
         self.journal_lines += 1;
         Ok(())
     }
@@ -255,6 +258,10 @@ impl StateStore {
         f.write_all(&serde_json::to_vec(state)?)?;
         f.sync_all()?;
         fs::rename(&tmp, &self.path).with_context(|| format!("replacing {}", self.path.display()))?;
+        // The rename itself is durable once the directory is.
+        if let Some(dir) = self.path.parent() {
+            fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))?;
+        }
         self.journal = None;
         self.journal_lines = 0;
         match fs::remove_file(&self.journal_path) {

@@ -6,6 +6,8 @@
 //!   and XDP program, properties checked on each);
 //! - [`cni`]: the CNI plugin driven as a runtime drives it;
 //! - [`busybox`]: a container root filesystem without a registry;
+//! - [`chaos`]: held connections, probes and the results file of the
+//!   crash-safety tests;
 //! - [`docker`]: dockerd 20.10 in a sandbox host with netpath as its
 //!   network driver, its own storage and sockets, cleaned up on drop;
 //! - [`fixtures`]: what every packet test shares (verdicts, addresses,
@@ -22,6 +24,7 @@
 //!   removed container must not leave behind.
 
 pub mod busybox;
+pub mod chaos;
 pub mod cni;
 pub mod docker;
 pub mod fixtures;

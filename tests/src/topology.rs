@@ -254,7 +254,7 @@ impl Topology {
         // machine (tests in parallel) stretches to tens of seconds.
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if self.socket().exists() && self.ctl(&["status"]).is_ok() {
+            if self.socket().exists() && self.ctl(&["status"]).is_ok_and(|o| o.status.success()) {
                 return Ok(());
             }
             if let Some(status) = self.agent.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
@@ -285,6 +285,16 @@ impl Topology {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
+        }
+        Ok(())
+    }
+
+    /// Kills the agent with SIGKILL (by PID), as a crash would, and reaps
+    /// it: it leaves its lock files and socket behind.
+    pub fn kill_agent(&mut self) -> Result<()> {
+        if let Some(mut child) = self.agent.take() {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL)?;
+            child.wait()?;
         }
         Ok(())
     }

@@ -71,6 +71,10 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The crash-safety tests (kill -9 under load, durable acknowledgements,
+    /// bpffs wiped) on release builds, one at a time; writes their figures
+    /// to bench/chaos/RESULTS.md (root).
+    Chaos,
     /// The packet fuzzer for longer than the test suite runs it; writes
     /// fuzz/RESULTS.md (root).
     Fuzz {
@@ -127,6 +131,12 @@ fn main() -> Result<()> {
             // Release builds of everything: the bench finds netpathd next to itself.
             run("cargo", &["build", "--release", "--bins"])?;
             bench(&root, &args)
+        }
+        Cmd::Chaos => {
+            require_root("the chaos tests create network namespaces and load BPF programs")?;
+            setup()?;
+            build(true)?;
+            chaos(&root)
         }
         Cmd::Fuzz { frames, seed } => {
             require_root("the fuzzer loads BPF programs")?;
@@ -283,6 +293,38 @@ fn test(extra: &[String]) -> Result<()> {
     if !status.success() {
         bail!("tests failed ({status})");
     }
+    Ok(())
+}
+
+/// Runs `tests/tests/chaos.rs` on release builds and collects the figures
+/// its tests append to the results file.
+fn chaos(root: &Path) -> Result<()> {
+    let dir = root.join("bench").join("chaos");
+    std::fs::create_dir_all(&dir)?;
+    let results = dir.join("RESULTS.md");
+    let cpu = output("sh", &["-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"]).unwrap_or_default();
+    let kernel = output("uname", &["-r"]).unwrap_or_default();
+    std::fs::write(
+        &results,
+        format!(
+            "# netpath crash safety (`cargo xtask chaos`)\n\nRelease builds; {} CPUs ({}), kernel {}. Each section is one \
+             test of `tests/tests/chaos.rs`; the test asserts what it promises, the figures are what it measured.\n",
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            cpu.trim(),
+            kernel.trim()
+        ),
+    )?;
+    std::env::set_var("NETPATH_CHAOS_RESULTS", &results);
+    test(&[
+        "--release".into(),
+        "-p".into(),
+        "netpath-tests".into(),
+        "--test".into(),
+        "chaos".into(),
+        "--".into(),
+        "--test-threads=1".into(),
+    ])?;
+    println!("figures in {}", results.display());
     Ok(())
 }
 

@@ -1,0 +1,186 @@
+//! What the crash-safety tests (`tests/tests/chaos.rs`, `cargo xtask
+//! chaos`) share: held connections, probes that open new ones all along,
+//! and the results file their figures go to.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::topology::{bin_dir, Topology};
+
+/// `netpath-flows` in a namespace: holds many connections open.
+pub struct FlowsProcess(Child);
+
+impl FlowsProcess {
+    pub fn spawn(ns: &str, args: &[String]) -> Result<FlowsProcess> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(bin_dir().join("netpath-flows"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("spawning netpath-flows")?;
+        Ok(FlowsProcess(child))
+    }
+
+    /// `serve PORT COUNT SECONDS`.
+    pub fn serve(ns: &str, port: u16, count: usize, secs: u64) -> Result<FlowsProcess> {
+        Self::spawn(ns, &["serve".into(), port.to_string(), count.to_string(), secs.to_string()])
+    }
+
+    /// `connect ADDR PORT COUNT SECONDS`.
+    pub fn connect(ns: &str, addr: std::net::Ipv4Addr, port: u16, count: usize, secs: u64) -> Result<FlowsProcess> {
+        Self::spawn(ns, &["connect".into(), addr.to_string(), port.to_string(), count.to_string(), secs.to_string()])
+    }
+
+    pub fn read_line(&mut self) -> Result<String> {
+        let mut line = String::new();
+        BufReader::new(self.0.stdout.as_mut().context("stdout")?).read_line(&mut line)?;
+        Ok(line.trim().to_string())
+    }
+
+    /// Asks a `connect` process to echo on every connection again.
+    pub fn verify(&mut self) -> Result<String> {
+        writeln!(self.0.stdin.as_mut().context("stdin")?, "go")?;
+        self.read_line()
+    }
+}
+
+impl Drop for FlowsProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An echo server on `port` in `ns`, one thread per connection, until dropped.
+pub struct EchoServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EchoServer {
+    pub fn start(t: &Topology, ns: &str, port: u16) -> Result<EchoServer> {
+        let listener = t.in_ns(ns, || Ok(TcpListener::bind(("0.0.0.0", port))?))?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        std::thread::spawn(move || {
+                            let _ = s.set_nonblocking(false);
+                            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                            let mut b = [0u8; 64];
+                            while let Ok(n) = s.read(&mut b) {
+                                if n == 0 || s.write_all(&b[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Ok(EchoServer { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Opens a new connection to `dst` from `ns` every few milliseconds (an
+/// echo on each) until stopped, and remembers when each one succeeded.
+pub struct Prober {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Vec<(Instant, bool)>>>,
+}
+
+/// What a prober saw.
+#[derive(Debug)]
+pub struct ProbeReport {
+    pub attempts: usize,
+    pub failures: usize,
+    /// The longest time between two successful connections.
+    pub longest_gap: Duration,
+}
+
+impl Prober {
+    pub fn start(ns: &str, dst: SocketAddr) -> Result<Prober> {
+        let netns = netpath_userspace::netns::Netns::open(ns)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut seen = vec![];
+            // This thread lives in the namespace: setns applies per thread.
+            if netns.enter().is_err() {
+                return seen;
+            }
+            while !stopped.load(Ordering::Relaxed) {
+                let ok = (|| -> std::io::Result<()> {
+                    let mut s = TcpStream::connect_timeout(&dst, Duration::from_millis(500))?;
+                    s.set_read_timeout(Some(Duration::from_millis(500)))?;
+                    s.write_all(b"p")?;
+                    let mut b = [0u8; 1];
+                    s.read_exact(&mut b)?;
+                    Ok(())
+                })()
+                .is_ok();
+                seen.push((Instant::now(), ok));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            seen
+        });
+        Ok(Prober { stop, thread: Some(thread) })
+    }
+
+    pub fn finish(mut self) -> ProbeReport {
+        self.stop.store(true, Ordering::Relaxed);
+        let seen = self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default();
+        let successes: Vec<Instant> = seen.iter().filter(|(_, ok)| *ok).map(|(at, _)| *at).collect();
+        let longest_gap = successes.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(Duration::MAX);
+        ProbeReport { attempts: seen.len(), failures: seen.iter().filter(|(_, ok)| !ok).count(), longest_gap }
+    }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Appends a section of figures to the results file `cargo xtask chaos`
+/// names in `NETPATH_CHAOS_RESULTS` (nothing when it is unset: a plain test run).
+pub fn record(section: &str, figures: &[(&str, String)]) {
+    let Some(path) = std::env::var_os("NETPATH_CHAOS_RESULTS") else { return };
+    let mut text = format!("\n## {section}\n\n| figure | value |\n|---|---|\n");
+    for (name, value) in figures {
+        text.push_str(&format!("| {name} | {value} |\n"));
+    }
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = f.write_all(text.as_bytes());
+    }
+}
