@@ -157,6 +157,12 @@ pub async fn render(agent: &Agent) -> Result<String, AgentError> {
     let started = agent.api_metrics().started.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     gauge(&mut reg, "agent_start_time_seconds", "When this agent started (Unix time)", started.as_secs());
     gauge(&mut reg, "agent_resident_memory_bytes", "The agent's resident memory", status.agent_memory_bytes);
+    counter(
+        &mut reg,
+        "pins_restored",
+        "Times the instance's pins vanished under the running agent (bpffs wiped or unmounted) and were put back",
+        agent.pins_restored(),
+    );
     gauge(&mut reg, "containers", "Containers attached", status.containers.len() as u64);
     gauge(&mut reg, "mappings", "Published port mappings", status.mappings as u64);
 

@@ -215,3 +215,86 @@ fn publishing_at_10000_ports_acknowledges_each_change_on_disk() {
         assert!(journal.contains("40299") || state.contains("40299"), "the last acknowledged change is not on disk");
     });
 }
+
+fn pins(t: &Topology) -> Vec<String> {
+    let mut out = vec![];
+    for sub in ["maps", "links"] {
+        if let Ok(dir) = std::fs::read_dir(t.pin_dir().join(sub)) {
+            out.extend(dir.flatten().map(|e| format!("{sub}/{}", e.file_name().to_string_lossy())));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn pinned_map_id(t: &Topology, map: &str) -> String {
+    let path = t.pin_dir().join("maps").join(map);
+    // Not through `ip netns exec`, which mounts a /sys without bpffs.
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "show", "pinned", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["id"].to_string()
+}
+
+#[test]
+fn a_wiped_pin_directory_is_put_back_within_seconds_without_an_outage() {
+    const N: usize = 200;
+    let mut t = topology(2);
+    t.start_agent().unwrap();
+    t.add_container(1).unwrap();
+    t.add_container(2).unwrap();
+    t.ctl_ok(&["map", "8080:c1:80"]).unwrap();
+    t.ctl_ok(&["map", "8081:c1:81"]).unwrap();
+    let _server = FlowsProcess::serve(&t.container_ns(1), 80, N, 120).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut held = FlowsProcess::connect(&t.world, HOST_UPLINK_IP, 8080, N, 120).unwrap();
+    assert_eq!(held.read_line().unwrap(), format!("established {N}"));
+    let _echo_c1 = EchoServer::start(&t, &t.container_ns(1), 81).unwrap();
+    let _echo_world = EchoServer::start(&t, &t.world, 7002).unwrap();
+    let probe_published = Prober::start(&t.world, SocketAddr::from((HOST_UPLINK_IP, 8081))).unwrap();
+    let probe_masq = Prober::start(&t.container_ns(2), SocketAddr::from((WORLD_IP, 7002))).unwrap();
+    let pins_before = pins(&t);
+    let ct_before = pinned_map_id(&t, "CT4");
+    std::thread::sleep(Duration::from_millis(300));
+
+    std::fs::remove_dir_all(t.pin_dir()).unwrap();
+    let wiped = Instant::now();
+    let deadline = wiped + Duration::from_secs(10);
+    while pins(&t) != pins_before {
+        assert!(Instant::now() < deadline, "pins not restored: {:?} of {:?}", pins(&t), pins_before);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let restored_after = wiped.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let (p, m) = (probe_published.finish(), probe_masq.finish());
+    assert_eq!((p.failures, m.failures), (0, 0), "traffic stopped while the pins were gone: {p:?} {m:?}");
+    assert_eq!(pinned_map_id(&t, "CT4"), ct_before, "the conntrack table was replaced, not pinned again");
+    let metrics = std::process::Command::new("curl")
+        .args(["-sf", "--unix-socket", t.socket().to_str().unwrap(), "http://localhost/metrics"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&metrics.stdout).contains("\nnetpath_pins_restored_total 1\n"));
+    // The pins are the live objects: an agent restarted on them keeps the
+    // held connections (their conntrack entries) and the attachments.
+    t.stop_agent().unwrap();
+    t.start_agent().unwrap();
+    assert_eq!(held.verify().unwrap(), format!("verified {N}"), "held connections lost");
+    record(
+        "bpffs wiped under a running agent",
+        &[
+            ("pins put back after", ms(restored_after)),
+            (
+                "new published connections: attempts / failed / longest gap",
+                format!("{} / {} / {}", p.attempts, p.failures, ms(p.longest_gap)),
+            ),
+            (
+                "new masqueraded connections: attempts / failed / longest gap",
+                format!("{} / {} / {}", m.attempts, m.failures, ms(m.longest_gap)),
+            ),
+            ("held connections after a restart on the restored pins", format!("{N}, 0 lost")),
+        ],
+    );
+}

@@ -35,7 +35,7 @@ use std::{
     net::Ipv4Addr,
     path::PathBuf,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, RwLock,
     },
     time::Duration,
@@ -134,7 +134,12 @@ pub struct Agent {
     config_source: std::sync::OnceLock<ConfigSource>,
     /// API requests and latencies, for `/metrics`.
     api_metrics: crate::metrics::ApiMetrics,
+    /// Times the instance's pins vanished and were put back.
+    pins_restored: AtomicU64,
 }
+
+/// How often the agent checks that its pins are still there.
+const PIN_CHECK: Duration = Duration::from_secs(1);
 
 /// Reads and resolves the configuration again (the file, with the flags
 /// the agent started with over it).
@@ -422,6 +427,7 @@ impl Agent {
             configured: std::sync::Mutex::new(configured),
             config_source: std::sync::OnceLock::new(),
             api_metrics: Default::default(),
+            pins_restored: AtomicU64::new(0),
         })
     }
 
@@ -470,6 +476,32 @@ impl Agent {
                         tracing::error!("conntrack GC stopped: {e}");
                         return;
                     }
+                }
+            }
+        });
+        // The pins: bpffs wiped or unmounted, or the instance's directory
+        // removed, under a running agent. It holds every map and link, so
+        // nothing stopped meanwhile; it pins them again within a tick.
+        let agent = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PIN_CHECK);
+            loop {
+                tick.tick().await;
+                let mut inner = agent.inner.lock().await;
+                if inner.dp.pins_present() {
+                    continue;
+                }
+                match inner.dp.restore_pins() {
+                    Ok(r) => {
+                        agent.pins_restored.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            maps = r.maps,
+                            links = r.links,
+                            pin_dir = %inner.dp.pin_dir().display(),
+                            "the instance's pins were removed behind the agent: pinned the same maps and links again"
+                        );
+                    }
+                    Err(e) => tracing::error!("restoring the instance's pins: {e:#}"),
                 }
             }
         });
@@ -539,6 +571,11 @@ impl Agent {
     /// The conntrack GC's last report.
     pub fn gc_report(&self) -> GcReport {
         self.gc.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Times the instance's pins vanished under this agent and were put back.
+    pub fn pins_restored(&self) -> u64 {
+        self.pins_restored.load(Ordering::Relaxed)
     }
 
     /// Agent starts on this instance's state, this one included.

@@ -57,7 +57,10 @@ impl Datapath {
         }
         match PinnedLink::from_pin(&pin) {
             Ok(old) => match self.replace_in_link(hook, FdLink::from(old)) {
-                Ok(()) => return Ok(()),
+                Ok(link) => {
+                    self.held_links.insert(pin, link);
+                    return Ok(());
+                }
                 Err(e) => {
                     tracing::warn!("pinned link {} is stale ({e:#}); attaching a new one", pin.display());
                     fs::remove_file(&pin).with_context(|| format!("removing stale pin {}", pin.display()))?;
@@ -67,7 +70,8 @@ impl Datapath {
             Err(e) => return Err(e).with_context(|| format!("opening pinned link {}", pin.display())),
         }
         let link = self.attach_new(target, hook)?;
-        link.pin(&pin).with_context(|| format!("pinning link {}", pin.display()))?;
+        let pinned = link.pin(&pin).with_context(|| format!("pinning link {}", pin.display()))?;
+        self.held_links.insert(pin, pinned.into());
         Ok(())
     }
 
@@ -86,27 +90,28 @@ impl Datapath {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("removing old pin {}", pin.display())),
         }
-        link.pin(pin).with_context(|| format!("pinning link {}", pin.display()))?;
+        let pinned = link.pin(pin).with_context(|| format!("pinning link {}", pin.display()))?;
+        // The old link, if this agent held it, goes now (its pin went above).
+        self.held_links.insert(pin.to_path_buf(), pinned.into());
         Ok(())
     }
 
-    fn replace_in_link(&mut self, hook: &Hook, link: FdLink) -> Result<()> {
-        // Keep each link alive through its pin only: our handle is taken
-        // out of the program and dropped without detaching.
-        match hook.attach {
+    /// Puts the program of `hook` into `link`; returns the link's handle,
+    /// taken out of the program (which would detach it on drop).
+    fn replace_in_link(&mut self, hook: &Hook, link: FdLink) -> Result<FdLink> {
+        Ok(match hook.attach {
             Attach::Tcx(_) => {
                 let prog: &mut SchedClassifier = program_mut(&mut self.ebpf, hook.program)?.try_into()?;
                 let id = prog.attach_to_link(link.try_into()?)?;
-                let _: FdLink = prog.take_link(id)?.try_into()?;
+                prog.take_link(id)?.try_into()?
             }
             Attach::Xdp => {
                 let prog: &mut Xdp = program_mut(&mut self.ebpf, hook.program)?.try_into()?;
                 let id = prog.attach_to_link(link.try_into()?)?;
-                let _: FdLink = prog.take_link(id)?.try_into()?;
+                prog.take_link(id)?.try_into()?
             }
             Attach::SockAddr(_) => bail!("{}: cgroup links are replaced, not swapped", hook.program),
-        }
-        Ok(())
+        })
     }
 
     fn attach_new(&mut self, ifname: &str, hook: &Hook) -> Result<FdLink> {
@@ -129,15 +134,19 @@ impl Datapath {
         Ok(link)
     }
 
-    /// Removes the pinned link, which detaches the program (the pin holds
-    /// the last reference). A missing pin is fine.
-    pub fn detach(&self, target: &str, hook: &Hook) -> Result<()> {
-        remove_pin(&self.link_pin(target, hook))
+    /// Removes the pinned link and the agent's handle on it, which
+    /// detaches the program. A missing pin is fine.
+    pub fn detach(&mut self, target: &str, hook: &Hook) -> Result<()> {
+        let pin = self.link_pin(target, hook);
+        self.held_links.remove(&pin);
+        remove_pin(&pin)
     }
 
     /// Removes a link pin by file name (reconciliation of pins nobody owns).
-    pub fn remove_link_pin(&self, file_name: &str) -> Result<()> {
-        remove_pin(&self.pin_dir.join("links").join(file_name))
+    pub fn remove_link_pin(&mut self, file_name: &str) -> Result<()> {
+        let pin = self.pin_dir.join("links").join(file_name);
+        self.held_links.remove(&pin);
+        remove_pin(&pin)
     }
 
     /// File names of the link pins that exist.

@@ -169,6 +169,13 @@ impl Datapath {
             }
         }
         load_tail_calls(&mut ebpf)?;
+        // A handle on each pinned map, opened through its pin while it is there.
+        let mut map_fds = vec![];
+        for (name, path) in &map_paths {
+            use std::os::fd::AsFd as _;
+            let data = MapData::from_pin(path).with_context(|| format!("opening {}", path.display()))?;
+            map_fds.push((*name, data.fd().as_fd().try_clone_to_owned()?));
+        }
         let mut dp = Datapath {
             ebpf,
             pin_dir: pin_dir.map(Path::to_path_buf).unwrap_or_default(),
@@ -176,6 +183,8 @@ impl Datapath {
             written: Default::default(),
             fills: Default::default(),
             ct_removed: Default::default(),
+            held_links: Default::default(),
+            map_fds,
         };
         // Adopted pins: what they hold is read once here; after that the
         // agent's writes keep the counts, and the GC the datapath's.
@@ -313,7 +322,7 @@ const LAYOUT_DEF: MapDef =
 /// fresh instance (before its maps are created, so that no pins exist
 /// without a stamp). Pins without a stamp were left by a build that had
 /// none: refused, since nothing says what they hold.
-fn check_layout_stamp(maps_dir: &Path) -> Result<()> {
+pub(super) fn check_layout_stamp(maps_dir: &Path) -> Result<()> {
     let path = maps_dir.join(LAYOUT_MAP);
     if !path.exists() {
         if let Some(name) = names::PINNED_MAPS.iter().find(|m| maps_dir.join(m).exists()) {

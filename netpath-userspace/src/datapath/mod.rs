@@ -18,6 +18,7 @@ mod conntrack;
 mod links;
 mod loader;
 mod maps;
+mod pins;
 
 use std::{
     path::{Path, PathBuf},
@@ -30,6 +31,7 @@ pub use conntrack::{monotonic_ns, CtCollector, GcReport, GC_TICK};
 pub use links::CGROUP_TARGET;
 pub use loader::{ensure_bpffs, BPF_OBJECT, LAYOUT_VERSION};
 pub use maps::{FamilyMaps, FillCounter, LiveOwners, MapSummary, ProgramSummary};
+pub use pins::PinsRestored;
 
 /// The loaded object and where its pins are.
 pub struct Datapath {
@@ -44,6 +46,14 @@ pub struct Datapath {
     written: maps::Written,
     /// Fill levels of the maps the datapath fills, as last counted.
     fills: maps::SharedFills,
+    /// The agent's own handle on every link it attached, beside the link's
+    /// pin: a link stays attached while either holds it, so pins removed
+    /// behind the agent's back (bpffs wiped) detach nothing, and
+    /// [`Datapath::restore_pins`] pins the same links again.
+    held_links: std::collections::HashMap<PathBuf, aya::programs::links::FdLink>,
+    /// A handle on every pinned map, taken at load (the event ring buffer
+    /// leaves the object), to pin the same maps again.
+    map_fds: Vec<(&'static str, std::os::fd::OwnedFd)>,
 }
 
 impl Datapath {
