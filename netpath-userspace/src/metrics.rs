@@ -128,6 +128,11 @@ struct MapLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NameLabel {
     name: String,
 }
@@ -162,6 +167,16 @@ pub async fn render(agent: &Agent) -> Result<String, AgentError> {
         "pins_restored",
         "Times the instance's pins vanished under the running agent (bpffs wiped or unmounted) and were put back",
         agent.pins_restored(),
+    );
+    let lost = Family::<KindLabel, Counter>::default();
+    let counts = agent.interfaces_lost();
+    for (kind, n) in [("veth", &counts.veths), ("bridge", &counts.bridges)] {
+        lost.get_or_create(&KindLabel { kind }).inc_by(n.load(std::sync::atomic::Ordering::Relaxed));
+    }
+    reg.register(
+        "interfaces_lost",
+        "Interfaces deleted behind the agent's back: a container whose veth went is removed, a bridge is rebuilt",
+        lost,
     );
     gauge(&mut reg, "containers", "Containers attached", status.containers.len() as u64);
     gauge(&mut reg, "mappings", "Published port mappings", status.mappings as u64);

@@ -298,3 +298,76 @@ fn a_wiped_pin_directory_is_put_back_within_seconds_without_an_outage() {
         ],
     );
 }
+
+fn scrape(t: &Topology) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sf", "--unix-socket", t.socket().to_str().unwrap(), "http://localhost/metrics"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < Duration::from_secs(10), "{what}: not within 10 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    started.elapsed()
+}
+
+#[test]
+fn interfaces_deleted_behind_the_agent_are_repaired_or_their_container_removed_and_counted() {
+    let mut t = topology(2);
+    t.start_agent().unwrap();
+    let c1 = t.add_container(1).unwrap();
+    let c2 = t.add_container(2).unwrap();
+    t.ctl_ok(&["map", "8080:c1:81"]).unwrap();
+    t.ctl_ok(&["map", "9090:c2:81"]).unwrap();
+    let _echo = EchoServer::start(&t, &t.container_ns(1), 81).unwrap();
+    let reach = |t: &Topology| {
+        t.in_ns(&t.world, || {
+            Ok(std::net::TcpStream::connect_timeout(
+                &SocketAddr::from((HOST_UPLINK_IP, 8080)),
+                Duration::from_millis(500),
+            )?)
+        })
+        .is_ok()
+    };
+    assert!(reach(&t));
+    let c2_ip = c2.ip.unwrap().to_string();
+
+    // The bridge: rebuilt, its ports back, published ports and container
+    // to container traffic working again.
+    t.exec(&t.host, &["ip", "link", "del", "np0"]).unwrap();
+    let bridge_back = wait_for("the bridge rebuilt", || {
+        t.links(&t.host).unwrap().iter().any(|l| l == "np0")
+            && t.try_exec(&t.host, &["sh", "-c", &format!("ip -o link show {} | grep -q 'master np0'", c1.veth)])
+                .unwrap()
+            && t.try_exec(&t.host, &["sh", "-c", &format!("ip -o link show {} | grep -q 'master np0'", c2.veth)])
+                .unwrap()
+    });
+    wait_for("the published port answering again", || reach(&t));
+    assert!(t.ping(&t.container_ns(1), &c2_ip, 2).unwrap(), "c1 reaches c2 after the rebuild");
+
+    // A container's veth: the container goes, with its ports.
+    t.exec(&t.host, &["ip", "link", "del", &c2.veth]).unwrap();
+    let veth_gone = wait_for("the container without a veth removed", || {
+        t.ctl_json::<Vec<Container>>(&["container", "ls"]).unwrap().iter().all(|c| c.name != "c2")
+    });
+    let maps: Vec<Mapping> = t.ctl_json(&["maps"]).unwrap();
+    assert_eq!(maps.iter().map(|m| m.spec()).collect::<Vec<_>>(), ["8080:c1:81/tcp"]);
+    assert!(reach(&t), "c1 unaffected");
+    let m = scrape(&t);
+    assert!(m.contains("netpath_interfaces_lost_total{kind=\"bridge\"} 1\n"), "{m}");
+    assert!(m.contains("netpath_interfaces_lost_total{kind=\"veth\"} 1\n"), "{m}");
+    let log = std::fs::read_to_string(t.agent_log()).unwrap();
+    assert!(log.contains("a bridge of the instance was deleted") && log.contains("veth is gone"), "{log}");
+    record(
+        "interfaces deleted behind the agent",
+        &[
+            ("bridge deleted: rebuilt, every veth its port again, after", ms(bridge_back)),
+            ("a container's veth deleted: the container and its ports removed, after", ms(veth_gone)),
+        ],
+    );
+}

@@ -118,6 +118,23 @@ impl Bridges {
         Ok(bridges)
     }
 
+    /// Do all of the instance's bridges still exist among `links` (a
+    /// netlink dump)?
+    pub fn all_present(&self, links: &[netlink_packet_route::link::LinkMessage]) -> bool {
+        self.list
+            .iter()
+            .all(|b| links.iter().any(|l| l.header.index == b.index && link_kind(l).as_deref() == Some("bridge")))
+    }
+
+    /// Sets the bridges up again after one was deleted behind the agent's
+    /// back: the missing ones are created anew (with their addresses and
+    /// settings); the containers' veths are then adopted again (see
+    /// [`Bridges::adopt_port`]), which makes them ports once more.
+    pub async fn rebuild(&mut self, nl: &Netlink) -> Result<()> {
+        *self = Bridges::setup(nl, &self.base, self.layout).await?;
+        Ok(())
+    }
+
     /// Creates (or takes over) bridge `number` and gives it the gateway's
     /// address, MAC and settings.
     async fn open(&self, nl: &Netlink, number: usize) -> Result<u32> {

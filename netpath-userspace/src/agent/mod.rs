@@ -136,6 +136,17 @@ pub struct Agent {
     api_metrics: crate::metrics::ApiMetrics,
     /// Times the instance's pins vanished and were put back.
     pins_restored: AtomicU64,
+    /// Interfaces found gone behind the agent's back, by kind.
+    interfaces_lost: InterfacesLost,
+}
+
+/// Counters of [`Agent::watch_interfaces`].
+#[derive(Default)]
+pub struct InterfacesLost {
+    /// Containers' veths gone: the container was removed.
+    pub veths: AtomicU64,
+    /// Bridges gone: rebuilt, the veths made ports again.
+    pub bridges: AtomicU64,
 }
 
 /// How often the agent checks that its pins are still there.
@@ -428,6 +439,7 @@ impl Agent {
             config_source: std::sync::OnceLock::new(),
             api_metrics: Default::default(),
             pins_restored: AtomicU64::new(0),
+            interfaces_lost: Default::default(),
         })
     }
 
@@ -523,6 +535,9 @@ impl Agent {
                 if let Err(e) = synced {
                     tracing::warn!("host address sync: {e:#}");
                 }
+                if let Err(e) = agent.watch_interfaces().await {
+                    tracing::warn!("interface check: {e:#}");
+                }
             }
         });
         Ok(())
@@ -571,6 +586,45 @@ impl Agent {
     /// The conntrack GC's last report.
     pub fn gc_report(&self) -> GcReport {
         self.gc.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn interfaces_lost(&self) -> &InterfacesLost {
+        &self.interfaces_lost
+    }
+
+    /// Repairs what was deleted behind the agent's back, from one netlink
+    /// dump: a bridge is created again and the veths made its ports again;
+    /// a container whose veth is gone (its network namespace was deleted,
+    /// or the veth) is removed as `container del` would, its ports
+    /// unpublished. Each is logged and counted.
+    async fn watch_interfaces(&self) -> Result<()> {
+        let mut inner = self.inner.lock().await;
+        // Under the lock: a container added meanwhile would look lost. The
+        // dump costs about a millisecond per thousand interfaces.
+        let links = inner.nl.links().await?;
+        let lost: Vec<Container> = inner
+            .state
+            .containers
+            .iter()
+            .filter(|c| !links.iter().any(|l| l.header.index == c.ifindex))
+            .cloned()
+            .collect();
+        for c in lost {
+            tracing::warn!(container = %c.name, veth = %c.veth, "the container's veth is gone: removing the container");
+            let removed = inner.del_container(&c.name).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            self.names.write().map_err(|_| anyhow::anyhow!("names lock poisoned"))?.remove(&removed.id);
+            self.interfaces_lost.veths.fetch_add(1, Ordering::Relaxed);
+        }
+        if !inner.bridges.all_present(&links) {
+            tracing::warn!("a bridge of the instance was deleted: setting the bridges up again");
+            let nl = inner.nl.clone();
+            inner.bridges.rebuild(&nl).await?;
+            for c in inner.state.containers.clone() {
+                inner.bridges.adopt_port(&nl, c.ifindex, PortAddrs::of(&c)).await?;
+            }
+            self.interfaces_lost.bridges.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Times the instance's pins vanished under this agent and were put back.
