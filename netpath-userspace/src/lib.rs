@@ -22,6 +22,7 @@ pub mod netns;
 pub mod output;
 pub mod policy;
 pub mod portspec;
+pub mod recover;
 pub mod state;
 pub mod uninstall;
 

@@ -100,6 +100,26 @@ fn holder_pid(file: &mut File) -> Option<u32> {
     text.trim().parse().ok()
 }
 
+/// The instance's, its pin directory's and its state directory's locks,
+/// as the agent takes them: held by a running agent, they stop what
+/// needs it stopped (`uninstall`, `--recover`).
+pub fn lock_instance(cfg: &crate::config::ResolvedConfig) -> Result<Vec<LockFile>> {
+    let mut locks = vec![
+        LockFile::acquire(&crate::config::instance_lock(&cfg.instance), &format!("instance {}", cfg.instance))?,
+        LockFile::acquire(
+            &crate::config::pin_dir_lock(&cfg.pin_dir),
+            &format!("pin directory {}", cfg.pin_dir.display()),
+        )?,
+    ];
+    if cfg.state_dir.exists() {
+        locks.push(LockFile::acquire(
+            &cfg.state_dir.join("lock"),
+            &format!("state directory {}", cfg.state_dir.display()),
+        )?);
+    }
+    Ok(locks)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -148,6 +148,15 @@ impl Netlink {
         self.handle.link().set(msg).execute().await.with_context(|| what.to_string())
     }
 
+    /// Sets the interface's alias (`ip link set ... alias`).
+    pub async fn set_alias(&self, index: u32, alias: &str) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(index).alias(alias).build(),
+            &format!("setting the alias of ifindex {index}"),
+        )
+        .await
+    }
+
     pub async fn set_up(&self, index: u32) -> Result<()> {
         self.set(LinkUnspec::new_with_index(index).up().build(), &format!("bringing ifindex {index} up")).await
     }
@@ -493,6 +502,14 @@ pub fn link_mac(link: &LinkMessage) -> Option<[u8; 6]> {
 pub fn link_name(link: &LinkMessage) -> Option<String> {
     link.attributes.iter().find_map(|a| match a {
         LinkAttribute::IfName(name) => Some(name.clone()),
+        _ => None,
+    })
+}
+
+/// The link's alias, if it has one.
+pub fn link_alias(link: &LinkMessage) -> Option<String> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfAlias(alias) => Some(alias.clone()),
         _ => None,
     })
 }

@@ -156,6 +156,17 @@ fn one() -> u32 {
     1
 }
 
+/// The refusal to start on a damaged state file: it names the file and
+/// the way out.
+fn corrupt(path: &Path, what: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "state file {} is corrupt or truncated ({what}): netpathd will not guess what it held. Run `netpathd \
+         --recover` with the same flags to rebuild the state from the kernel's pinned maps and the host's \
+         interfaces (the damaged file is kept beside it), then start netpathd again",
+        path.display()
+    )
+}
+
 /// Reads and writes `state.json` and `journal.jsonl`.
 #[derive(Debug)]
 pub struct StateStore {
@@ -217,9 +228,7 @@ impl StateStore {
                         Err(e) if n + 1 == text.lines().count() => {
                             tracing::warn!("ignoring torn last journal line: {e}");
                         }
-                        Err(e) => {
-                            return Err(e).with_context(|| format!("{} line {}", self.journal_path.display(), n + 1));
-                        }
+                        Err(e) => return Err(corrupt(&self.journal_path, &format!("line {}: {e}", n + 1))),
                     }
                 }
             }
@@ -232,8 +241,7 @@ impl StateStore {
     fn load_snapshot(&self) -> Result<State> {
         match fs::read(&self.path) {
             Ok(bytes) => {
-                let state: State = serde_json::from_slice(&bytes)
-                    .with_context(|| format!("parsing state file {}", self.path.display()))?;
+                let state: State = serde_json::from_slice(&bytes).map_err(|e| corrupt(&self.path, &e.to_string()))?;
                 if state.version != STATE_VERSION {
                     anyhow::bail!(
                         "state file {} has version {}, this agent understands {STATE_VERSION}",

@@ -20,7 +20,6 @@ use crate::{
     docker,
     host_ports::HostPorts,
     host_record::{HostChanges, HOST_RECORD_FILE},
-    lock::LockFile,
     netlink::{link_controller, link_kind, Netlink},
     state::StateStore,
 };
@@ -40,7 +39,7 @@ pub type Report = Vec<String>;
 /// (its locks are held) and changes nothing then.
 pub async fn uninstall(cfg: &ResolvedConfig) -> Result<Report> {
     let mut report = Report::new();
-    let locks = lock_instance(cfg).context("uninstall needs the instance's agent stopped")?;
+    let locks = crate::lock::lock_instance(cfg).context("uninstall needs the instance's agent stopped")?;
     let state = if cfg.state_dir.exists() {
         // A state file that cannot be read does not stop the removal: the
         // interfaces are found by bridge as well.
@@ -122,22 +121,6 @@ pub async fn uninstall(cfg: &ResolvedConfig) -> Result<Report> {
     }
     remove_empty_dir(Some(Path::new(RUN_ROOT)), &mut report);
     Ok(report)
-}
-
-/// The instance's, its pin directory's and its state directory's locks,
-/// as the agent takes them: held by a running agent, they stop uninstall.
-fn lock_instance(cfg: &ResolvedConfig) -> Result<Vec<LockFile>> {
-    let mut locks = vec![
-        LockFile::acquire(&config::instance_lock(&cfg.instance), &format!("instance {}", cfg.instance))?,
-        LockFile::acquire(&config::pin_dir_lock(&cfg.pin_dir), &format!("pin directory {}", cfg.pin_dir.display()))?,
-    ];
-    if cfg.state_dir.exists() {
-        locks.push(LockFile::acquire(
-            &cfg.state_dir.join("lock"),
-            &format!("state directory {}", cfg.state_dir.display()),
-        )?);
-    }
-    Ok(locks)
 }
 
 /// Removes the instance's pin directory: programs, maps and the pinned

@@ -371,3 +371,72 @@ fn interfaces_deleted_behind_the_agent_are_repaired_or_their_container_removed_a
         ],
     );
 }
+
+#[test]
+fn a_corrupt_state_file_is_refused_by_name_and_rebuilt_from_the_kernel_by_recover() {
+    let mut t = topology(2);
+    t.add_ipv6_uplink().unwrap();
+    t.start_agent().unwrap();
+    t.add_container(1).unwrap();
+    let ns2 = format!("/run/netns/{}", t.container_ns(2));
+    t.ctl_ok(&["container", "add", "web", "--netns", &ns2]).unwrap();
+    for spec in ["8080:c1:80", "[::]:8443:c1:443", "0.0.0.0:5353:web:53/udp", "9000-9002:web:9000-9002"] {
+        t.ctl_ok(&["map", spec]).unwrap();
+    }
+    for rule in [
+        ["c1", "deny", "in", "10.0.0.0/8", "tcp/22"],
+        ["c1", "allow", "in", "10.1.0.0/16", "tcp/22"],
+        ["web", "deny", "out", "2001:db8::/32", "udp/53-54"],
+        ["web", "allow", "out", "198.18.0.0/24", "icmp"],
+    ] {
+        let mut args = vec!["policy", "add"];
+        args.extend(rule);
+        t.ctl_ok(&args).unwrap();
+    }
+    t.ctl_ok(&["policy", "default", "web", "in", "deny"]).unwrap();
+    let _server = FlowsProcess::serve(&t.container_ns(1), 80, 10, 120).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut held = FlowsProcess::connect(&t.world, HOST_UPLINK_IP, 8080, 10, 120).unwrap();
+    assert_eq!(held.read_line().unwrap(), "established 10");
+    let sorted = |(cs, mut ms, ps): (Vec<Container>, Vec<Mapping>, Vec<PolicyView>)| {
+        ms.sort_by_key(|m| m.id);
+        let ps: Vec<_> = ps
+            .into_iter()
+            .map(|mut p| {
+                p.policy.rules.sort_by_key(|r| format!("{r:?}"));
+                p
+            })
+            .collect();
+        (cs, ms, ps)
+    };
+    let state_of = |t: &Topology| {
+        let policies = ["c1", "web"].iter().map(|c| t.ctl_json(&["policy", "ls", c]).unwrap()).collect();
+        sorted((t.ctl_json(&["container", "ls"]).unwrap(), t.ctl_json(&["maps"]).unwrap(), policies))
+    };
+    let before = state_of(&t);
+
+    // A crash, and the state file cut in half.
+    t.kill_agent().unwrap();
+    let file = t.state_dir().join("state.json");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+    let err = t.start_agent().unwrap_err().to_string();
+    assert!(err.contains(&format!("state file {} is corrupt or truncated", file.display())), "{err}");
+    assert!(err.contains("netpathd --recover"), "{err}");
+
+    let out = t.netpathd(&["--recover"]).unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("recovered 2 containers, 6 mappings, 4 policy rules"), "{said}");
+    assert!(std::fs::read_dir(t.state_dir())
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("state.json.corrupt-")));
+    t.start_agent().unwrap();
+    assert_eq!(state_of(&t), before, "the recovered state differs");
+    assert_eq!(held.verify().unwrap(), "verified 10", "connections lost across the recovery");
+    // Changes go on from the recovered ids.
+    t.ctl_ok(&["map", "8081:c1:81"]).unwrap();
+    let maps: Vec<Mapping> = t.ctl_json(&["maps"]).unwrap();
+    assert_eq!(maps.iter().map(|m| m.id).max(), Some(7));
+}

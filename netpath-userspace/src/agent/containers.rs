@@ -21,6 +21,7 @@ use crate::{
     netlink::Netlink,
     netns::{resolve_path, write_iface_sysctl, Netns},
     policy::Action,
+    recover::VethIdentity,
     state::Change,
 };
 
@@ -397,6 +398,8 @@ impl Inner {
         }
         let (host_index, peer_index) = self.nl.create_veth(&c.veth, &peer).await?;
         c.ifindex = host_index;
+        // Who it is, on the interface: `netpathd --recover` reads it back.
+        self.nl.set_alias(host_index, &VethIdentity::of(c).to_alias()).await?;
         self.nl.set_mac(peer_index, parse_mac(&c.mac)?).await?;
         for index in [host_index, peer_index] {
             self.nl.set_mtu(index, self.mtu).await?;

@@ -895,10 +895,13 @@ impl Inner {
         // quadratic in containers.
         let counted: std::collections::HashSet<u32> = self.dp.stat_keys()?.into_iter().collect();
         for c in std::mem::take(&mut self.state.containers) {
-            let alive = match self.nl.link_by_name(&c.veth).await? {
-                Some(link) => link.header.index == c.ifindex,
-                None => false,
-            };
+            let link = self.nl.link_by_name(&c.veth).await?.filter(|l| l.header.index == c.ifindex);
+            let alive = link.is_some();
+            // Veths attached by an older agent learn who they are.
+            let alias = crate::recover::VethIdentity::of(&c).to_alias();
+            if link.as_ref().is_some_and(|l| crate::netlink::link_alias(l).as_deref() != Some(alias.as_str())) {
+                self.nl.set_alias(c.ifindex, &alias).await?;
+            }
             if !alive {
                 tracing::info!(container = %c.name, "veth {} is gone; removing the container", c.veth);
                 self.forget_datapath(&c)?;

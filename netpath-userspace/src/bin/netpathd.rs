@@ -27,6 +27,11 @@ struct Cli {
     /// resolved and exit; touches nothing on the host.
     #[arg(long)]
     check_config: bool,
+    /// Rebuild a corrupt or truncated state file from the kernel's pinned
+    /// maps and the host's interfaces (the damaged file is kept), then exit.
+    /// The instance's agent must be stopped.
+    #[arg(long)]
+    recover: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -56,6 +61,23 @@ fn main() -> Result<()> {
         Netns::open(ns)?.enter()?;
     }
     let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    if cli.recover {
+        let r = rt.block_on(netpath_userspace::recover::recover(&cfg))?;
+        for kept in &r.kept {
+            println!("kept {kept}");
+        }
+        println!(
+            "recovered {} containers, {} mappings, {} policy rules into {}",
+            r.containers,
+            r.mappings,
+            r.rules,
+            cfg.state_dir.join("state.json").display()
+        );
+        if !r.unnamed.is_empty() {
+            println!("named after their veth (no identity on the interface): {}", r.unnamed.join(", "));
+        }
+        return Ok(());
+    }
     if let Some(Command::Uninstall) = cli.command {
         let report = rt.block_on(uninstall::uninstall(&cfg))?;
         for line in &report {

@@ -1,0 +1,333 @@
+//! `netpathd --recover`: rebuilds the state file from what the kernel holds
+//! when the file is corrupt or truncated (the agent refuses to start on
+//! one). The pinned maps hold every container's addresses, MAC, id and
+//! policy defaults (`CONTAINERS`), every published port (`MAPPINGS4`,
+//! `MAPPINGS6`) and every policy rule (`POLICY4`, `POLICY6`, each rule kept
+//! under its own prefix); the host veth of each container holds its name,
+//! network namespace, interface name and owner in its alias
+//! ([`VethIdentity`], written when the container is attached). The bad
+//! files are kept beside, renamed.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
+
+use anyhow::{bail, Context as _, Result};
+use aya::maps::{lpm_trie::LpmTrie, Array, HashMap as BpfHashMap, Map, MapData};
+use ipnet::IpNet;
+use netpath_common::{
+    maps as names,
+    policy::{POLICY_DENY, POLICY_KEY_FIXED_BITS},
+    ContainerEntry, Direction, MappingEntry4, MappingEntry6, MappingKey4, MappingKey6, PolicyEntry, PolicyKey4,
+    PolicyKey6,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    agent::{format_mac, CONTAINER_IFNAME},
+    config::ResolvedConfig,
+    datapath::{LAYOUT_MAP, LAYOUT_VERSION},
+    model::{Container, Mapping},
+    netlink::{link_alias, link_name, Netlink},
+    policy::{Action, ContainerPolicy, Rule, RuleProto},
+    portspec::Protocol,
+    state::{State, StateStore, STATE_VERSION},
+};
+
+/// What a container's host veth says about it, in its alias (at most 255
+/// bytes: the optional fields go first when it would not fit).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VethIdentity {
+    #[serde(rename = "netpath")]
+    pub name: String,
+    pub netns: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// Longest interface alias the kernel keeps (IFALIASZ - 1).
+const MAX_ALIAS: usize = 255;
+
+impl VethIdentity {
+    pub fn of(c: &Container) -> VethIdentity {
+        VethIdentity {
+            name: c.name.clone(),
+            netns: c.netns.clone(),
+            ifname: (c.ifname != CONTAINER_IFNAME).then(|| c.ifname.clone()),
+            owner: c.owner.clone(),
+        }
+    }
+
+    /// The alias: JSON, without the owner (then the namespace) if too long.
+    pub fn to_alias(&self) -> String {
+        let mut id = self.clone();
+        for drop in 0..3 {
+            match drop {
+                1 => id.owner = None,
+                2 => id.netns = String::new(),
+                _ => {}
+            }
+            if let Ok(text) = serde_json::to_string(&id) {
+                if text.len() <= MAX_ALIAS {
+                    return text;
+                }
+            }
+        }
+        String::new()
+    }
+
+    pub fn from_alias(alias: &str) -> Option<VethIdentity> {
+        serde_json::from_str(alias).ok()
+    }
+}
+
+/// What `--recover` rebuilt.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub containers: usize,
+    pub mappings: usize,
+    pub rules: usize,
+    /// Containers whose veth carried no identity: named after the veth.
+    pub unnamed: Vec<String>,
+    /// Where the bad files went.
+    pub kept: Vec<String>,
+}
+
+fn open_map(pin_dir: &Path, name: &str) -> Result<Map> {
+    let path = pin_dir.join("maps").join(name);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    Ok(match name {
+        names::POLICY4 | names::POLICY6 => Map::LpmTrie(data),
+        LAYOUT_MAP => Map::Array(data),
+        _ => Map::HashMap(data),
+    })
+}
+
+/// Rebuilds the state of `cfg`'s instance from its pins and interfaces and
+/// saves it, keeping the files it replaces. Needs the agent stopped.
+pub async fn recover(cfg: &ResolvedConfig) -> Result<Recovered> {
+    let _locks = crate::lock::lock_instance(cfg)?;
+    let pins = &cfg.pin_dir;
+    let stamp: Array<MapData, u32> = Array::try_from(open_map(pins, LAYOUT_MAP)?)?;
+    let version = stamp.get(&0, 0).context("reading the layout stamp")?;
+    if version != LAYOUT_VERSION {
+        bail!("the pins under {} have layout {version}, this netpathd {LAYOUT_VERSION}: recover with the netpathd that wrote them", pins.display());
+    }
+    let entries: BpfHashMap<MapData, u32, ContainerEntry> = open_map(pins, names::CONTAINERS)?.try_into()?;
+    let nl = Netlink::connect()?;
+    let links = nl.links().await?;
+    let mut out = Recovered::default();
+    let mut state = State { version: STATE_VERSION, next_id: 1, next_mapping_id: 1, ..Default::default() };
+    let mut by_ifindex: HashMap<u32, String> = HashMap::new();
+    let mut by_id: HashMap<u32, String> = HashMap::new();
+    let mut defaults: HashMap<u32, ContainerPolicy> = HashMap::new();
+    for item in entries.iter() {
+        let (ifindex, e) = item.context("reading CONTAINERS")?;
+        let Some(link) = links.iter().find(|l| l.header.index == ifindex) else { continue };
+        let veth = link_name(link).unwrap_or_default();
+        let identity = link_alias(link).as_deref().and_then(VethIdentity::from_alias).unwrap_or_else(|| {
+            out.unnamed.push(veth.clone());
+            VethIdentity { name: veth.clone(), ..Default::default() }
+        });
+        let c = Container {
+            name: identity.name.clone(),
+            netns: identity.netns.clone(),
+            ip: e.has_ipv4().then(|| Ipv4Addr::from(e.ipv4)),
+            ip6: e.has_ipv6().then(|| Ipv6Addr::from(e.ipv6)),
+            mac: format_mac(&e.mac),
+            veth,
+            ifindex,
+            id: e.id,
+            ifname: identity.ifname.clone().unwrap_or_else(|| CONTAINER_IFNAME.to_string()),
+            owner: identity.owner.clone(),
+            handoff_ifname: None,
+            runtime_name: None,
+        };
+        state.next_id = state.next_id.max(e.id + 1);
+        by_ifindex.insert(ifindex, c.name.clone());
+        by_id.insert(e.id, c.name.clone());
+        let action = |d| if e.default_denies(d) { Action::Deny } else { Action::Allow };
+        defaults.insert(
+            e.id,
+            ContainerPolicy { default_in: action(Direction::In), default_out: action(Direction::Out), rules: vec![] },
+        );
+        state.containers.push(c);
+    }
+    state.containers.sort_by_key(|c| c.id);
+
+    // Mappings: one per id, over both families' entries.
+    let mut mappings: BTreeMap<u32, Mapping> = BTreeMap::new();
+    let mut families: HashMap<u32, (Option<Ipv4Addr>, Option<Ipv6Addr>)> = HashMap::new();
+    let m4: BpfHashMap<MapData, MappingKey4, MappingEntry4> = open_map(pins, names::MAPPINGS4)?.try_into()?;
+    let m6: BpfHashMap<MapData, MappingKey6, MappingEntry6> = open_map(pins, names::MAPPINGS6)?.try_into()?;
+    let mut add = |id: u32, host: IpAddr, port: u16, proto: u8, ifindex: u32, cport: u16, caddr: IpAddr| {
+        let Some(container) = by_ifindex.get(&ifindex) else { return };
+        let Some(proto) = Protocol::from_number(proto) else { return };
+        let m = mappings.entry(id).or_insert_with(|| Mapping {
+            id,
+            host_ip: None,
+            host_port: port,
+            proto,
+            container: container.clone(),
+            container_ip: None,
+            container_ip6: None,
+            container_port: cport,
+        });
+        let fam = families.entry(id).or_default();
+        match (host, caddr) {
+            (IpAddr::V4(h), IpAddr::V4(c)) => {
+                m.container_ip = Some(c);
+                fam.0 = Some(h);
+            }
+            (IpAddr::V6(h), IpAddr::V6(c)) => {
+                m.container_ip6 = Some(c);
+                fam.1 = Some(h);
+            }
+            _ => {}
+        }
+    };
+    // Ports are in network byte order in both maps.
+    for item in m4.iter() {
+        let (k, e) = item.context("reading MAPPINGS4")?;
+        let (k, e) = (
+            MappingKey4 { port: u16::from_be(k.port), ..k },
+            MappingEntry4 { container_port: u16::from_be(e.container_port), ..e },
+        );
+        add(
+            e.id,
+            Ipv4Addr::from(k.addr).into(),
+            k.port,
+            k.proto,
+            e.container_ifindex,
+            e.container_port,
+            Ipv4Addr::from(e.container_addr).into(),
+        );
+    }
+    for item in m6.iter() {
+        let (k, e) = item.context("reading MAPPINGS6")?;
+        let (k, e) = (
+            MappingKey6 { port: u16::from_be(k.port), ..k },
+            MappingEntry6 { container_port: u16::from_be(e.container_port), ..e },
+        );
+        add(
+            e.id,
+            Ipv6Addr::from(k.addr).into(),
+            k.port,
+            k.proto,
+            e.container_ifindex,
+            e.container_port,
+            Ipv6Addr::from(e.container_addr).into(),
+        );
+    }
+    for (id, m) in mappings.iter_mut() {
+        let has_ip6 = state.containers.iter().any(|c| c.name == m.container && c.ip6.is_some());
+        m.host_ip = match families.get(id).copied().unwrap_or_default() {
+            // Every address of both families (or of IPv4 alone, for a
+            // container without IPv6): no host address.
+            (Some(v4), Some(v6)) if v4.is_unspecified() && v6.is_unspecified() => None,
+            (Some(v4), None) if v4.is_unspecified() && !has_ip6 => None,
+            (Some(v4), _) => Some(v4.into()),
+            (None, Some(v6)) => Some(v6.into()),
+            (None, None) => None,
+        };
+        state.next_mapping_id = state.next_mapping_id.max(id + 1);
+    }
+    out.mappings = mappings.len();
+    state.mappings = mappings.into_values().collect();
+
+    // Rules: each under its own prefix (an entry also carries the rules of
+    // shorter prefixes that cover it, for the longest-prefix lookup).
+    let p4: LpmTrie<MapData, PolicyKey4, PolicyEntry> = open_map(pins, names::POLICY4)?.try_into()?;
+    let p6: LpmTrie<MapData, PolicyKey6, PolicyEntry> = open_map(pins, names::POLICY6)?.try_into()?;
+    let mut rules: Vec<(u32, Rule)> = vec![];
+    let mut take = |id: u32, direction: u8, addr: IpAddr, key_bits: u32, entry: &PolicyEntry| {
+        // The trie's prefix counts the container id and direction too.
+        let prefix = key_bits.saturating_sub(POLICY_KEY_FIXED_BITS);
+        let direction = if direction == Direction::In as u8 { Direction::In } else { Direction::Out };
+        for r in entry.rules.iter().take(entry.count as usize).filter(|r| u32::from(r.prefix_len) == prefix) {
+            let Ok(cidr) = IpNet::new(addr, r.prefix_len) else { continue };
+            let proto = match (r.proto, addr.is_ipv6()) {
+                (0, _) => None,
+                (6, _) => Some(RuleProto::Tcp),
+                (17, _) => Some(RuleProto::Udp),
+                (1, false) => Some(RuleProto::Icmp),
+                (58, true) => Some(RuleProto::Icmpv6),
+                _ => continue,
+            };
+            let rule = Rule {
+                action: if r.action == POLICY_DENY { Action::Deny } else { Action::Allow },
+                direction,
+                cidr,
+                proto,
+                ports: (r.has_ports != 0).then_some((r.port_min, r.port_max)),
+            };
+            rules.push((id, rule));
+        }
+    };
+    for item in p4.iter() {
+        let (k, e) = item.context("reading POLICY4")?;
+        let key = k.data();
+        take(u32::from_be_bytes(key.container_id), key.direction, Ipv4Addr::from(key.addr).into(), k.prefix_len(), &e);
+    }
+    for item in p6.iter() {
+        let (k, e) = item.context("reading POLICY6")?;
+        let key = k.data();
+        let addr: Ipv6Addr = key.addr.into();
+        take(u32::from_be_bytes(key.container_id), key.direction, addr.into(), k.prefix_len(), &e);
+    }
+    for (id, rule) in rules {
+        if let Some(p) = defaults.get_mut(&id) {
+            if !p.rules.contains(&rule) {
+                p.rules.push(rule);
+                out.rules += 1;
+            }
+        }
+    }
+    for (id, mut policy) in defaults {
+        let Some(name) = by_id.get(&id) else { continue };
+        policy.rules.sort_by_key(|r| (r.direction, r.cidr, r.proto, r.ports, r.action == Action::Deny));
+        if policy != ContainerPolicy::default() {
+            state.policies.insert(name.clone(), policy);
+        }
+    }
+    out.containers = state.containers.len();
+
+    // Keep what is replaced, then write the rebuilt state.
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    for file in ["state.json", "journal.jsonl"] {
+        let path = cfg.state_dir.join(file);
+        if path.exists() {
+            let kept = cfg.state_dir.join(format!("{file}.corrupt-{stamp}"));
+            std::fs::rename(&path, &kept).with_context(|| format!("keeping {}", path.display()))?;
+            out.kept.push(kept.display().to_string());
+        }
+    }
+    let mut store = StateStore::new(&cfg.state_dir)?;
+    store.save(&state)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_identity_fits_an_interface_alias_dropping_the_owner_first() {
+        let id = VethIdentity {
+            name: "web".into(),
+            netns: "/run/netns/cni-1234".into(),
+            ifname: None,
+            owner: Some("cni:net:abc:eth0".into()),
+        };
+        assert_eq!(VethIdentity::from_alias(&id.to_alias()), Some(id.clone()));
+        let long = VethIdentity { owner: Some("x".repeat(300)), ..id.clone() };
+        let alias = long.to_alias();
+        assert!(alias.len() <= MAX_ALIAS);
+        assert_eq!(VethIdentity::from_alias(&alias), Some(VethIdentity { owner: None, ..id }));
+        assert_eq!(VethIdentity::from_alias("someone else's alias"), None);
+    }
+}
