@@ -185,6 +185,8 @@ impl Datapath {
             ct_removed: Default::default(),
             held_links: Default::default(),
             map_fds,
+            summary_cache: Default::default(),
+            program_cache: Default::default(),
         };
         // Adopted pins: what they hold is read once here; after that the
         // agent's writes keep the counts, and the GC the datapath's.

@@ -823,10 +823,16 @@ impl Datapath {
     }
 
     fn summarize(&self, name: &str, map: &Map, entries: u64) -> Result<MapSummary> {
+        // What a map is does not change while it lives: read once (a status
+        // or scrape would otherwise cost two syscalls and a procfs read per
+        // map, under the agent's lock).
+        if let Some(known) = self.summary_cache.lock().ok().and_then(|c| c.get(name).cloned()) {
+            return Ok(MapSummary { entries, ..known });
+        }
         let data = map_data(map)?;
         let info = data.info()?;
         let memory_bytes = memlock(data.fd().as_fd()).unwrap_or(0);
-        Ok(MapSummary {
+        let summary = MapSummary {
             name: name.to_string(),
             id: info.id(),
             kind: format!("{:?}", info.map_type()?),
@@ -835,10 +841,19 @@ impl Datapath {
             pin: self.pin_dir.join("maps").join(name).display().to_string(),
             memory_bytes,
             counted_ms_ago: None,
-        })
+        };
+        if let Ok(mut cache) = self.summary_cache.lock() {
+            cache.insert(name.to_string(), summary.clone());
+        }
+        Ok(summary)
     }
 
+    /// The programs, their ids and kinds (read once: they do not change
+    /// while the agent runs).
     pub fn program_summaries(&self) -> Result<Vec<ProgramSummary>> {
+        if let Some(known) = self.program_cache.get() {
+            return Ok(known.clone());
+        }
         let mut out = vec![];
         for (name, prog) in self.ebpf.programs() {
             let info = prog.info()?;
@@ -851,6 +866,7 @@ impl Datapath {
             out.push(ProgramSummary { name: name.to_string(), id: info.id(), kind: kind.into() });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
+        let _ = self.program_cache.set(out.clone());
         Ok(out)
     }
 }

@@ -54,6 +54,10 @@ pub struct Datapath {
     /// A handle on every pinned map, taken at load (the event ring buffer
     /// leaves the object), to pin the same maps again.
     map_fds: Vec<(&'static str, std::os::fd::OwnedFd)>,
+    /// Each map's summary as first read (its size and memory are fixed).
+    summary_cache: std::sync::Mutex<std::collections::HashMap<String, MapSummary>>,
+    /// The programs' summaries as first read.
+    program_cache: std::sync::OnceLock<Vec<ProgramSummary>>,
 }
 
 impl Datapath {
