@@ -139,13 +139,52 @@ pub async fn bind_metrics(addr: std::net::SocketAddr) -> Result<tokio::net::TcpL
     Ok(listener)
 }
 
+/// A client of `metrics_address` gets this long to send its request's
+/// head: the address may face a network, and a client that never finishes
+/// must not hold a connection (and the agent's file descriptors) forever.
+pub const METRICS_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Most connections `metrics_address` holds at once; more wait in the
+/// listen backlog.
+const METRICS_MAX_CONNECTIONS: usize = 256;
+
 /// Serves [`metrics_router`] on `listener` until `shutdown` completes.
 pub async fn serve_metrics(
     agent: Arc<Agent>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    axum::serve(listener, metrics_router(agent)).with_graceful_shutdown(shutdown).await.context("serving metrics")
+    let service = hyper_util::service::TowerToHyperService::new(metrics_router(agent));
+    let slots = Arc::new(tokio::sync::Semaphore::new(METRICS_MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            slot = Arc::clone(&slots).acquire_owned() => slot.context("metrics connection slots")?,
+        };
+        let (stream, _) = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("metrics_address: accept: {e}");
+                    continue;
+                }
+            },
+        };
+        let service = service.clone();
+        tokio::spawn(async move {
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(METRICS_HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!("metrics connection: {e}");
+            }
+            drop(slot);
+        });
+    }
 }
 
 async fn reload(State(agent): State<Arc<Agent>>) -> ApiResult<crate::agent::ReloadReport> {

@@ -298,6 +298,30 @@ fn metrics_show_traffic_drops_flows_conntrack_maps_and_the_api_on_the_socket_and
     let over_tcp = t.exec(&t.host, &["curl", "-sf", "http://127.0.0.1:9477/metrics"]).unwrap();
     assert!(String::from_utf8_lossy(&over_tcp.stdout).contains("netpath_mapping_flows{"));
     assert!(!t.try_exec(&t.host, &["curl", "-sf", "http://127.0.0.1:9477/v1/status"]).unwrap());
+    // Clients that never finish their request are cut off (the address may
+    // face a network), and more of them than the agent serves at once do
+    // not keep a scrape out for long.
+    let slow: Vec<TcpStream> = t
+        .in_ns(&t.host, || {
+            let mut v = vec![];
+            for _ in 0..300 {
+                let mut s = TcpStream::connect(("127.0.0.1", 9477))?;
+                std::io::Write::write_all(&mut s, b"GET /metr")?;
+                v.push(s);
+            }
+            Ok(v)
+        })
+        .unwrap();
+    let started = Instant::now();
+    let mut first = slow[0].try_clone().unwrap();
+    first.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut buf = [0u8; 256];
+    let _ = std::io::Read::read(&mut first, &mut buf);
+    let cut = started.elapsed();
+    assert!(cut < Duration::from_secs(15), "a slow client held its connection {cut:?}");
+    let scrape_tcp = t.exec(&t.host, &["curl", "-sf", "-m", "20", "http://127.0.0.1:9477/metrics"]).unwrap();
+    assert!(String::from_utf8_lossy(&scrape_tcp.stdout).contains("netpath_mapping_flows{"));
+    drop(slow);
 
     // A restart counts.
     t.stop_agent().unwrap();
