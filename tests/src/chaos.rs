@@ -51,9 +51,16 @@ impl FlowsProcess {
         Ok(line.trim().to_string())
     }
 
-    /// Asks a `connect` process to echo on every connection again.
-    pub fn verify(&mut self) -> Result<String> {
+    /// Tells a `connect` process to echo on every connection again; it
+    /// answers "verified N" (see [`FlowsProcess::read_line`]).
+    pub fn go(&mut self) -> Result<()> {
         writeln!(self.0.stdin.as_mut().context("stdin")?, "go")?;
+        Ok(())
+    }
+
+    /// [`FlowsProcess::go`], then its answer.
+    pub fn verify(&mut self) -> Result<String> {
+        self.go()?;
         self.read_line()
     }
 }

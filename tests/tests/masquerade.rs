@@ -4,14 +4,17 @@
 
 use netpath_tests::Ipv4Of as _;
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
-use netpath_tests::topology::{bin_dir, Topology, HOST_UPLINK_IP, WORLD_IP};
+use anyhow::Result;
+use netpath_tests::{
+    chaos::FlowsProcess,
+    topology::{Topology, HOST_UPLINK_IP, WORLD_IP},
+};
 use netpath_userspace::model::{Flow, Status};
 
 fn topology_with(containers: usize, agent_args: &[&str]) -> Topology {
@@ -304,64 +307,37 @@ fn icmp_errors_reach_the_container_traceroute_and_path_mtu() {
     );
 }
 
-/// Spawns `netpath-flows` inside a namespace.
-fn flows_process(ns: &str, args: &[String]) -> Child {
-    Command::new("ip")
-        .args(["netns", "exec", ns])
-        .arg(bin_dir().join("netpath-flows"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn netpath-flows")
-}
-
-fn read_line(child: &mut Child) -> Result<String> {
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().context("stdout")?).read_line(&mut line)?;
-    Ok(line.trim().to_string())
-}
-
 #[test]
 fn twenty_thousand_concurrent_flows_from_several_containers() {
     const CONTAINERS: usize = 4;
     const PER: usize = 5000;
     let t = topology_with(CONTAINERS, &[]);
     t.exec(&t.world, &["sysctl", "-qw", "net.core.somaxconn=8192"]).unwrap();
-    let mut servers: Vec<Child> = (0..CONTAINERS)
-        .map(|i| flows_process(&t.world, &["serve".into(), (7001 + i).to_string(), PER.to_string(), "120".into()]))
-        .collect();
+    let _servers: Vec<FlowsProcess> =
+        (0..CONTAINERS).map(|i| FlowsProcess::serve(&t.world, 7001 + i as u16, PER, 120).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(500));
-    let mut clients: Vec<Child> = (0..CONTAINERS)
-        .map(|i| {
-            flows_process(
-                &t.container_ns(i + 1),
-                &["connect".into(), WORLD_IP.to_string(), (7001 + i).to_string(), PER.to_string(), "120".into()],
-            )
-        })
+    let mut clients: Vec<FlowsProcess> = (0..CONTAINERS)
+        .map(|i| FlowsProcess::connect(&t.container_ns(i + 1), WORLD_IP, 7001 + i as u16, PER, 120).unwrap())
         .collect();
     let result = (|| -> Result<()> {
         for c in &mut clients {
-            let line = read_line(c)?;
+            let line = c.read_line()?;
             anyhow::ensure!(line == format!("established {PER}"), "client said {line:?}");
         }
         let flows: Vec<Flow> = t.ctl_json(&["conntrack"])?;
         let open = flows.iter().filter(|f| f.proto == "tcp" && f.scope == "nat" && f.original.dst == WORLD_IP).count();
         anyhow::ensure!(open >= CONTAINERS * PER, "only {open} tracked flows");
         for c in &mut clients {
-            writeln!(c.stdin.as_mut().context("stdin")?, "go")?;
+            c.go()?;
         }
         for c in &mut clients {
-            let line = read_line(c)?;
+            let line = c.read_line()?;
             anyhow::ensure!(line == format!("verified {PER}"), "client said {line:?}");
         }
         Ok(())
     })();
-    for c in clients.iter_mut().chain(servers.iter_mut()) {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
+    // The processes are killed on drop.
+    drop(clients);
     result.unwrap();
     let _ = SocketAddrV4::new(HOST_UPLINK_IP, 0);
 }
