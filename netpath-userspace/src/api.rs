@@ -196,7 +196,7 @@ async fn status(State(agent): State<Arc<Agent>>) -> ApiResult<crate::model::Stat
 }
 
 async fn list_containers(State(agent): State<Arc<Agent>>) -> ApiResult<Vec<crate::model::Container>> {
-    Ok(Json(agent.containers().await))
+    Ok(Json(agent.containers().await?))
 }
 
 async fn get_container(
@@ -242,7 +242,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes, what: &str) -> Resul
 }
 
 async fn list_mappings(State(agent): State<Arc<Agent>>) -> ApiResult<Vec<crate::model::Mapping>> {
-    Ok(Json(agent.mappings().await))
+    Ok(Json(agent.mappings().await?))
 }
 
 async fn add_mapping(
@@ -269,7 +269,7 @@ async fn flush_flows(State(agent): State<Arc<Agent>>) -> ApiResult<crate::model:
 }
 
 async fn list_policies(State(agent): State<Arc<Agent>>) -> ApiResult<Vec<PolicyView>> {
-    Ok(Json(agent.policies().await))
+    Ok(Json(agent.policies().await?))
 }
 
 async fn get_policy(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> ApiResult<PolicyView> {

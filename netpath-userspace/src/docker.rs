@@ -213,9 +213,9 @@ impl Driver {
         format!("docker-{}", endpoint.get(..12).unwrap_or(endpoint))
     }
 
-    async fn container_of(&self, network: &str, endpoint: &str) -> Option<Container> {
+    async fn container_of(&self, network: &str, endpoint: &str) -> Result<Option<Container>, AgentError> {
         let owner = Self::owner(network, endpoint);
-        self.agent.containers().await.into_iter().find(|c| c.owner.as_deref() == Some(owner.as_str()))
+        Ok(self.agent.containers().await?.into_iter().find(|c| c.owner.as_deref() == Some(owner.as_str())))
     }
 
     fn save(&self, endpoints: &BTreeMap<String, PendingEndpoint>) -> Result<()> {
@@ -232,7 +232,7 @@ impl Driver {
         let unnamed: Vec<(String, String, String)> = self
             .agent
             .containers()
-            .await
+            .await?
             .into_iter()
             .filter(|c| c.runtime_name.is_none())
             .filter_map(|c| {
@@ -337,7 +337,7 @@ impl Driver {
         let pending = self.endpoints.lock().await.get(&req.endpoint_id).cloned().ok_or_else(|| {
             DriverError(format!("netpath: unknown endpoint {} (not created through this driver)", req.endpoint_id))
         })?;
-        if let Some(c) = self.container_of(&req.network_id, &req.endpoint_id).await {
+        if let Some(c) = self.container_of(&req.network_id, &req.endpoint_id).await? {
             return Err(DriverError(format!("netpath: endpoint {} is already joined as {}", req.endpoint_id, c.name)));
         }
         let c = self
@@ -382,10 +382,10 @@ impl Driver {
     async fn program_external_connectivity(&self, body: Bytes) -> DriverResult {
         let req: EndpointRequest = parse(&body, "ProgramExternalConnectivity")?;
         let ports = ports_of(req.options.as_ref())?;
-        let Some(c) = self.container_of(&req.network_id, &req.endpoint_id).await else {
+        let Some(c) = self.container_of(&req.network_id, &req.endpoint_id).await? else {
             return Err(DriverError(format!("netpath: endpoint {} has not joined", req.endpoint_id)));
         };
-        let published = self.agent.mappings().await;
+        let published = self.agent.mappings().await?;
         let missing: Vec<String> = usable_ports(&ports, c.ip6.is_some())
             .iter()
             .filter(|p| {
@@ -411,8 +411,8 @@ impl Driver {
         let req: EndpointRequest = parse(&body, "RevokeExternalConnectivity")?;
         // Docker sends no port map here: the container's own mappings say
         // what to revoke.
-        let Some(c) = self.container_of(&req.network_id, &req.endpoint_id).await else { return Ok(json!({})) };
-        for m in self.agent.mappings().await.into_iter().filter(|m| m.container == c.name) {
+        let Some(c) = self.container_of(&req.network_id, &req.endpoint_id).await? else { return Ok(json!({})) };
+        for m in self.agent.mappings().await?.into_iter().filter(|m| m.container == c.name) {
             let host = host_prefix(m.host_ip);
             match self.agent.unpublish(&format!("{host}{}/{}", m.host_port, m.proto)).await {
                 Ok(_) | Err(AgentError::NotFound(_)) => {}
@@ -425,7 +425,7 @@ impl Driver {
 
     async fn leave(&self, body: Bytes) -> DriverResult {
         let req: EndpointRequest = parse(&body, "Leave")?;
-        if let Some(c) = self.container_of(&req.network_id, &req.endpoint_id).await {
+        if let Some(c) = self.container_of(&req.network_id, &req.endpoint_id).await? {
             self.agent.del_container(&c.name).await?;
             tracing::info!(container = %c.name, endpoint = %req.endpoint_id, "docker endpoint left");
         }
@@ -435,7 +435,7 @@ impl Driver {
     async fn delete_endpoint(&self, body: Bytes) -> DriverResult {
         let req: EndpointRequest = parse(&body, "DeleteEndpoint")?;
         // A container still attached (Leave never came) goes too.
-        if let Some(c) = self.container_of(&req.network_id, &req.endpoint_id).await {
+        if let Some(c) = self.container_of(&req.network_id, &req.endpoint_id).await? {
             self.agent.del_container(&c.name).await?;
         }
         let mut endpoints = self.endpoints.lock().await;
@@ -447,7 +447,7 @@ impl Driver {
 
     async fn endpoint_oper_info(&self, body: Bytes) -> DriverResult {
         let req: EndpointRequest = parse(&body, "EndpointOperInfo")?;
-        let value = match self.container_of(&req.network_id, &req.endpoint_id).await {
+        let value = match self.container_of(&req.network_id, &req.endpoint_id).await? {
             Some(c) => json!({ "container": c.name, "ip": c.ip, "mac": c.mac, "veth": c.veth }),
             None => json!({}),
         };

@@ -153,7 +153,7 @@ fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
 pub async fn render(agent: &Agent) -> Result<String, AgentError> {
     let status = agent.status().await?;
     let gc = agent.gc_report();
-    let mappings = agent.mappings().await;
+    let mappings = agent.mappings().await?;
     let starts = agent.starts().await;
     let mut reg = Registry::with_prefix("netpath");
 
@@ -168,6 +168,14 @@ pub async fn render(agent: &Agent) -> Result<String, AgentError> {
         "Times the instance's pins vanished under the running agent (bpffs wiped or unmounted) and were put back",
         agent.pins_restored(),
     );
+    let (syncs, synced_changes) = agent.state_syncs();
+    counter(
+        &mut reg,
+        "state_syncs",
+        "Syncs of the state journal before answering (one covers every change written before it)",
+        syncs,
+    );
+    counter(&mut reg, "state_synced_changes", "Changes made durable by those syncs", synced_changes);
     let lost = Family::<KindLabel, Counter>::default();
     let counts = agent.interfaces_lost();
     for (kind, n) in [("veth", &counts.veths), ("bridge", &counts.bridges)] {

@@ -5,9 +5,13 @@
 //! rename) when containers change. Mapping changes are appended to
 //! `journal.jsonl` instead, one JSON line each, so that publishing a port
 //! costs the same with 10 or 10000 of them; the journal is folded into the
-//! snapshot at start and every [`JOURNAL_COMPACT_AT`] lines. Journal
-//! appends are not fsynced: a process crash loses nothing, a power loss may
-//! lose the last changes (the BPF maps do not survive it either).
+//! snapshot at start and every [`JOURNAL_COMPACT_AT`] lines.
+//!
+//! Acknowledged means durable: a change is answered only once the journal
+//! line that holds it is on disk. The agent appends under its lock and
+//! waits for the disk after releasing it ([`Durability::wait`]), so that
+//! one `fdatasync` covers every change appended meanwhile (group commit)
+//! and no request queues behind another's sync.
 
 use std::{
     collections::VecDeque,
@@ -15,6 +19,10 @@ use std::{
     io::Write as _,
     net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
 };
 
 use anyhow::{Context as _, Result};
@@ -172,8 +180,75 @@ fn corrupt(path: &Path, what: &str) -> anyhow::Error {
 pub struct StateStore {
     path: PathBuf,
     journal_path: PathBuf,
-    journal: Option<fs::File>,
+    /// Shared with [`Durability`], which syncs it outside the agent's lock.
+    journal: Option<Arc<fs::File>>,
     journal_lines: usize,
+    /// Changes appended since the store was opened (the journal's and the
+    /// snapshots' together): the ticket [`Durability::wait`] takes.
+    written: u64,
+    durability: Arc<Durability>,
+}
+
+/// How far the store's changes are on disk, and the one sync that brings
+/// the rest there. Shared with the agent, which waits on it outside its
+/// lock.
+#[derive(Debug, Default)]
+pub struct Durability {
+    /// Every change up to this ticket is on disk.
+    synced: AtomicU64,
+    /// The ticket of the last change written and the journal it went to
+    /// (None: none since the last snapshot, which was synced whole).
+    pending: Mutex<(u64, Option<Arc<fs::File>>)>,
+    /// One sync at a time; the ones waiting meanwhile are covered by the
+    /// next.
+    leader: tokio::sync::Mutex<()>,
+    /// Syncs of the journal made for waiters (`netpath_state_syncs_total`).
+    syncs: AtomicU64,
+    /// Changes they covered.
+    synced_changes: AtomicU64,
+}
+
+impl Durability {
+    /// Returns once every change up to `ticket` is on disk. The first
+    /// waiter syncs for all: whatever was appended before its sync starts
+    /// is covered by it, so a burst of changes costs a few syncs, not one
+    /// each.
+    pub async fn wait(&self, ticket: u64) -> Result<()> {
+        if self.synced.load(Ordering::Acquire) >= ticket {
+            return Ok(());
+        }
+        let _leader = self.leader.lock().await;
+        if self.synced.load(Ordering::Acquire) >= ticket {
+            return Ok(());
+        }
+        let (upto, journal) = self.pending.lock().map_err(|_| anyhow::anyhow!("journal lock poisoned"))?.clone();
+        if let Some(journal) = journal {
+            tokio::task::spawn_blocking(move || journal.sync_data())
+                .await
+                .context("journal sync task")?
+                .context("syncing the state journal")?;
+            self.syncs.fetch_add(1, Ordering::Relaxed);
+        }
+        let before = self.synced.fetch_max(upto, Ordering::AcqRel);
+        self.synced_changes.fetch_add(upto.saturating_sub(before), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Journal syncs made for waiters, and the changes they covered: more
+    /// changes than syncs is group commit at work.
+    pub fn syncs(&self) -> (u64, u64) {
+        (self.syncs.load(Ordering::Relaxed), self.synced_changes.load(Ordering::Relaxed))
+    }
+
+    fn mark_synced(&self, ticket: u64) {
+        self.synced.fetch_max(ticket, Ordering::AcqRel);
+    }
+
+    fn set_pending(&self, ticket: u64, journal: Option<Arc<fs::File>>) {
+        if let Ok(mut p) = self.pending.lock() {
+            *p = (ticket, journal);
+        }
+    }
 }
 
 impl StateStore {
@@ -184,11 +259,26 @@ impl StateStore {
             journal_path: dir.join("journal.jsonl"),
             journal: None,
             journal_lines: 0,
+            written: 0,
+            durability: Arc::default(),
         })
     }
 
+    /// What the agent waits on (see [`Durability`]).
+    pub fn durability(&self) -> Arc<Durability> {
+        Arc::clone(&self.durability)
+    }
+
+    /// The ticket of the last change written: once
+    /// [`Durability::wait`] returns for it, every change so far is on disk.
+    pub fn ticket(&self) -> u64 {
+        self.written
+    }
+
     /// Appends a change; the caller has applied it to its `state` already,
-    /// which is snapshotted instead when the journal is long.
+    /// which is snapshotted instead when the journal is long. The line is
+    /// written, not yet synced: the caller answers after
+    /// [`Durability::wait`] for [`StateStore::ticket`].
     pub fn record(&mut self, change: &Change, state: &State) -> Result<()> {
         if self.journal_lines >= JOURNAL_COMPACT_AT {
             return self.save(state);
@@ -199,16 +289,25 @@ impl StateStore {
                 .append(true)
                 .open(&self.journal_path)
                 .with_context(|| format!("opening {}", self.journal_path.display()))?;
-            self.journal = Some(f);
+            self.journal = Some(Arc::new(f));
         }
         let mut line = serde_json::to_vec(change)?;
         line.push(b'\n');
-        let f = self.journal.as_mut().ok_or_else(|| anyhow::anyhow!("journal not open"))?;
-        f.write_all(&line).with_context(|| format!("appending to {}", self.journal_path.display()))?;
-        // Acknowledged means durable: the API answers after this, so a
-        // change it confirmed survives a crash or a power cut.
-        f.sync_data().with_context(|| format!("syncing {}", self.journal_path.display()))?;
+        let f = self.journal.as_ref().ok_or_else(|| anyhow::anyhow!("journal not open"))?;
+        (&**f).write_all(&line).with_context(|| format!("appending to {}", self.journal_path.display()))?;
         self.journal_lines += 1;
+        self.written += 1;
+        self.durability.set_pending(self.written, Some(Arc::clone(f)));
+        Ok(())
+    }
+
+    /// Syncs every change written so far, in place (for callers that
+    /// answer nobody: tools and tests).
+    pub fn sync(&mut self) -> Result<()> {
+        if let Some(f) = &self.journal {
+            f.sync_data().with_context(|| format!("syncing {}", self.journal_path.display()))?;
+        }
+        self.durability.mark_synced(self.written);
         Ok(())
     }
 
@@ -272,6 +371,10 @@ impl StateStore {
         }
         self.journal = None;
         self.journal_lines = 0;
+        // The snapshot holds every change so far, synced.
+        self.written += 1;
+        self.durability.set_pending(self.written, None);
+        self.durability.mark_synced(self.written);
         match fs::remove_file(&self.journal_path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -283,6 +386,50 @@ impl StateStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn a_change(n: u32) -> Change {
+        Change::Unpublish { ids: vec![n] }
+    }
+
+    /// Changes written while a sync runs are covered by the next one; a
+    /// waiter whose change is on disk already does not sync again; a
+    /// snapshot makes everything before it durable.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_sync_covers_every_change_written_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::new(dir.path()).unwrap();
+        let state = store.load().unwrap();
+        let durability = store.durability();
+        assert_eq!(store.ticket(), 0);
+        durability.wait(0).await.unwrap();
+        assert_eq!(durability.syncs(), (0, 0), "nothing written, nothing synced");
+
+        for n in 0..10 {
+            store.record(&a_change(n), &state).unwrap();
+        }
+        let ticket = store.ticket();
+        assert_eq!(ticket, 10);
+        // Ten waiters at once, one per change: one sync covers all of them.
+        let waiters: Vec<_> = (1..=ticket)
+            .map(|t| {
+                let d = Arc::clone(&durability);
+                tokio::spawn(async move { d.wait(t).await })
+            })
+            .collect();
+        for w in waiters {
+            w.await.unwrap().unwrap();
+        }
+        assert_eq!(durability.syncs(), (1, 10));
+        durability.wait(ticket).await.unwrap();
+        assert_eq!(durability.syncs(), (1, 10), "already on disk: no second sync");
+
+        store.record(&a_change(11), &state).unwrap();
+        store.save(&state).unwrap();
+        durability.wait(store.ticket()).await.unwrap();
+        assert_eq!(durability.syncs().0, 1, "the snapshot was synced whole: no journal sync after it");
+        // What was written is what a restart reads.
+        assert_eq!(fs::read_to_string(dir.path().join("journal.jsonl")).ok(), None);
+    }
 
     #[test]
     fn roundtrip_and_missing_file() {

@@ -52,7 +52,7 @@ use netpath_common::{
     AddrFamily, CtStats, DatapathConfig, DropReason, Hook, In6Addr, TrafficStats,
 };
 use thiserror::Error;
-use tokio::sync::{broadcast, Mutex};
+use tokio::sync::{broadcast, Mutex, MutexGuard};
 
 use self::bridges::{BridgeLayout, Bridges, PortAddrs};
 use crate::{
@@ -71,7 +71,7 @@ use crate::{
     netlink::{split_families, Netlink},
     netns::{read_sysctl, Netns},
     policy::{Action, Direction, Rule, RuleError},
-    state::{Change, State, StateStore},
+    state::{Change, Durability, State, StateStore},
 };
 
 /// Errors the API reports, by kind, so that it can pick a status code.
@@ -116,6 +116,8 @@ impl From<IpamError> for AgentError {
 pub struct Agent {
     cfg: ResolvedConfig,
     inner: Mutex<Inner>,
+    /// The state store's disk syncs, waited for outside the lock.
+    durability: Arc<Durability>,
     /// Datapath events, fanned out to monitors.
     events: broadcast::Sender<DatapathEvent>,
     /// ContainerEntry id -> container name, for naming events without the lock.
@@ -429,6 +431,7 @@ impl Agent {
         let names = inner.state.containers.iter().map(|c| (c.id, c.name.clone())).collect();
         Ok(Agent {
             cfg,
+            durability: inner.store.durability(),
             inner: Mutex::new(inner),
             events,
             names: RwLock::new(names),
@@ -535,7 +538,7 @@ impl Agent {
                 if let Err(e) = synced {
                     tracing::warn!("host address sync: {e:#}");
                 }
-                if let Err(e) = agent.watch_interfaces().await {
+                if let Err(e) = agent.watch_interfaces(&nl).await {
                     tracing::warn!("interface check: {e:#}");
                 }
             }
@@ -543,26 +546,43 @@ impl Agent {
         Ok(())
     }
 
+    /// Answers `r` once every change written so far is on disk. `inner` is
+    /// released first: requests behind this one do not queue for its sync,
+    /// and one sync covers every change written meanwhile. Reads settle
+    /// too, so that nothing is shown that a crash could still take back.
+    async fn settle<T>(&self, inner: MutexGuard<'_, Inner>, r: Result<T, AgentError>) -> Result<T, AgentError> {
+        let ticket = inner.store.ticket();
+        drop(inner);
+        self.durability.wait(ticket).await?;
+        r
+    }
+
     pub async fn publish(&self, spec: &str) -> Result<Vec<Mapping>, AgentError> {
-        self.inner.lock().await.publish(&[spec])
+        self.publish_all(&[spec]).await
     }
 
     /// Publishes every port of every spec, or none of them.
     pub async fn publish_all(&self, specs: &[&str]) -> Result<Vec<Mapping>, AgentError> {
-        self.inner.lock().await.publish(specs)
+        let mut inner = self.inner.lock().await;
+        let r = inner.publish(specs);
+        self.settle(inner, r).await
     }
 
     pub async fn unpublish(&self, spec: &str) -> Result<Vec<Mapping>, AgentError> {
-        self.inner.lock().await.unpublish(&[spec])
+        self.unpublish_all(&[spec]).await
     }
 
     /// Removes what every spec names, or nothing if one names nothing.
     pub async fn unpublish_all(&self, specs: &[&str]) -> Result<Vec<Mapping>, AgentError> {
-        self.inner.lock().await.unpublish(specs)
+        let mut inner = self.inner.lock().await;
+        let r = inner.unpublish(specs);
+        self.settle(inner, r).await
     }
 
-    pub async fn mappings(&self) -> Vec<Mapping> {
-        self.inner.lock().await.state.mappings.clone()
+    pub async fn mappings(&self) -> Result<Vec<Mapping>, AgentError> {
+        let inner = self.inner.lock().await;
+        let r = Ok(inner.state.mappings.clone());
+        self.settle(inner, r).await
     }
 
     pub async fn flows(&self) -> Result<Vec<Flow>, AgentError> {
@@ -597,10 +617,21 @@ impl Agent {
     /// a container whose veth is gone (its network namespace was deleted,
     /// or the veth) is removed as `container del` would, its ports
     /// unpublished. Each is logged and counted.
-    async fn watch_interfaces(&self) -> Result<()> {
+    async fn watch_interfaces(&self, nl: &Netlink) -> Result<()> {
+        // The dump (about a millisecond per thousand interfaces) runs
+        // without the lock; when it shows nothing gone, which is every
+        // time but after a loss, API calls never waited for it.
+        let links = nl.links().await?;
+        {
+            let inner = self.inner.lock().await;
+            let veths_there = inner.state.containers.iter().all(|c| links.iter().any(|l| l.header.index == c.ifindex));
+            if veths_there && inner.bridges.all_present(&links) {
+                return Ok(());
+            }
+        }
+        // Something looks gone, or was added during the dump: look again
+        // under the lock, where nothing is added meanwhile.
         let mut inner = self.inner.lock().await;
-        // Under the lock: a container added meanwhile would look lost. The
-        // dump costs about a millisecond per thousand interfaces.
         let links = inner.nl.links().await?;
         let lost: Vec<Container> = inner
             .state
@@ -627,6 +658,11 @@ impl Agent {
         Ok(())
     }
 
+    /// Journal syncs made for API answers, and the changes they covered.
+    pub fn state_syncs(&self) -> (u64, u64) {
+        self.durability.syncs()
+    }
+
     /// Times the instance's pins vanished under this agent and were put back.
     pub fn pins_restored(&self) -> u64 {
         self.pins_restored.load(Ordering::Relaxed)
@@ -639,33 +675,41 @@ impl Agent {
 
     pub async fn add_container(&self, req: ContainerRequest) -> Result<Container, AgentError> {
         let mut inner = self.inner.lock().await;
-        let c = inner.add_container(&self.cfg, req).await?;
-        self.names.write().map_err(|_| anyhow::anyhow!("names lock poisoned"))?.insert(c.id, c.name.clone());
-        Ok(c)
+        let r = inner.add_container(&self.cfg, req).await.and_then(|c| {
+            self.names.write().map_err(|_| anyhow::anyhow!("names lock poisoned"))?.insert(c.id, c.name.clone());
+            Ok(c)
+        });
+        self.settle(inner, r).await
     }
 
     pub async fn del_container(&self, name: &str) -> Result<Container, AgentError> {
         let mut inner = self.inner.lock().await;
-        let c = inner.del_container(name).await?;
-        self.names.write().map_err(|_| anyhow::anyhow!("names lock poisoned"))?.remove(&c.id);
-        Ok(c)
+        let r = inner.del_container(name).await.and_then(|c| {
+            self.names.write().map_err(|_| anyhow::anyhow!("names lock poisoned"))?.remove(&c.id);
+            Ok(c)
+        });
+        self.settle(inner, r).await
     }
 
     /// Removes the containers a runtime no longer knows (see [`GcRequest`]).
     pub async fn gc_containers(&self, req: GcRequest) -> Result<Vec<Container>, AgentError> {
         let mut inner = self.inner.lock().await;
-        let removed = inner.gc_containers(&req).await?;
-        let mut names = self.names.write().map_err(|_| anyhow::anyhow!("names lock poisoned"))?;
-        for c in &removed {
-            names.remove(&c.id);
-        }
-        Ok(removed)
+        let r = inner.gc_containers(&req).await.and_then(|removed| {
+            let mut names = self.names.write().map_err(|_| anyhow::anyhow!("names lock poisoned"))?;
+            for c in &removed {
+                names.remove(&c.id);
+            }
+            Ok(removed)
+        });
+        self.settle(inner, r).await
     }
 
     /// See [`ContainerRequest::runtime_name`]: for runtimes that tell the
     /// name only after the container is attached.
     pub async fn set_runtime_name(&self, container: &str, name: &str) -> Result<(), AgentError> {
-        self.inner.lock().await.set_runtime_name(container, name)
+        let mut inner = self.inner.lock().await;
+        let r = inner.set_runtime_name(container, name);
+        self.settle(inner, r).await
     }
 
     pub async fn check_container(&self, name: &str) -> Result<CheckReport, AgentError> {
@@ -687,15 +731,23 @@ impl Agent {
 
     /// Adds every rule or none (see `Inner::add_rules`).
     pub async fn add_rules(&self, reqs: &[RuleRequest]) -> Result<Vec<Rule>, AgentError> {
-        self.inner.lock().await.add_rules(reqs)
+        let mut inner = self.inner.lock().await;
+        let r = inner.add_rules(reqs);
+        self.settle(inner, r).await
     }
 
     pub async fn add_rule(&self, req: RuleRequest) -> Result<Rule, AgentError> {
-        self.inner.lock().await.change_rule(req, true)
+        self.change_rule(req, true).await
     }
 
     pub async fn remove_rule(&self, req: RuleRequest) -> Result<Rule, AgentError> {
-        self.inner.lock().await.change_rule(req, false)
+        self.change_rule(req, false).await
+    }
+
+    async fn change_rule(&self, req: RuleRequest, add: bool) -> Result<Rule, AgentError> {
+        let mut inner = self.inner.lock().await;
+        let r = inner.change_rule(req, add);
+        self.settle(inner, r).await
     }
 
     pub async fn set_default(
@@ -704,23 +756,29 @@ impl Agent {
         direction: Direction,
         action: Action,
     ) -> Result<PolicyView, AgentError> {
-        self.inner.lock().await.set_default(container, direction, action)
+        let mut inner = self.inner.lock().await;
+        let r = inner.set_default(container, direction, action);
+        self.settle(inner, r).await
     }
 
     pub async fn policy(&self, container: &str) -> Result<PolicyView, AgentError> {
         let inner = self.inner.lock().await;
-        let name = inner.find(container)?.name.clone();
-        Ok(PolicyView { policy: inner.policy_of(&name), container: name })
+        let r = inner
+            .find(container)
+            .map(|c| c.name.clone())
+            .map(|name| PolicyView { policy: inner.policy_of(&name), container: name });
+        self.settle(inner, r).await
     }
 
-    pub async fn policies(&self) -> Vec<PolicyView> {
+    pub async fn policies(&self) -> Result<Vec<PolicyView>, AgentError> {
         let inner = self.inner.lock().await;
-        inner
+        let r = Ok(inner
             .state
             .containers
             .iter()
             .map(|c| PolicyView { container: c.name.clone(), policy: inner.policy_of(&c.name) })
-            .collect()
+            .collect());
+        self.settle(inner, r).await
     }
 
     pub async fn settings(&self) -> Settings {
@@ -778,8 +836,10 @@ impl Agent {
         MonitorEvent::from_raw(e, name)
     }
 
-    pub async fn containers(&self) -> Vec<Container> {
-        self.inner.lock().await.state.containers.clone()
+    pub async fn containers(&self) -> Result<Vec<Container>, AgentError> {
+        let inner = self.inner.lock().await;
+        let r = Ok(inner.state.containers.clone());
+        self.settle(inner, r).await
     }
 
     pub async fn container(&self, name: &str) -> Result<ContainerStatus, AgentError> {
@@ -791,19 +851,27 @@ impl Agent {
     }
 
     pub async fn status(&self) -> Result<Status, AgentError> {
-        let mut inner = self.inner.lock().await;
         let cfg = &self.cfg;
+        // Before the lock, and without a netlink round trip: status is
+        // what monitoring polls.
+        let uplink_index = match &cfg.uplink {
+            Some(uplink) => Some(
+                nix::net::if_::if_nametoindex(uplink.as_str())
+                    .with_context(|| format!("looking up the uplink {uplink}"))?,
+            ),
+            None => None,
+        };
+        let mut inner = self.inner.lock().await;
         let configured = self.configured.lock().map_err(|_| anyhow::anyhow!("config lock poisoned"))?.clone();
-        let mut attach_points = vec![];
-        for (target, hook) in inner.attachments() {
-            attach_points.push(AttachPoint {
-                link_pin: inner.dp.link_pin(&target, hook).display().to_string(),
-                attached_program_ids: inner.dp.attached_program_ids(&target, hook)?,
-                interface: target,
-                hook: hook.pin_prefix.into(),
-                program: hook.program.into(),
-            });
-        }
+        // Which programs run where is asked of the kernel after the lock.
+        let hooks: Vec<_> = inner
+            .attachments()
+            .into_iter()
+            .map(|(target, hook)| {
+                let pin = inner.dp.link_pin(&target, hook);
+                (target, hook, pin)
+            })
+            .collect();
         let mut containers = vec![];
         for c in inner.state.containers.clone() {
             let stats = interface_stats(&inner.dp.stats(c.ifindex)?, true);
@@ -811,11 +879,10 @@ impl Agent {
             containers.push(ContainerStatus { container: c, bridge, stats });
         }
         let mut uplink_stats = None;
-        if let Some(uplink) = &cfg.uplink {
-            let index = inner.nl.link_index(uplink).await?;
+        if let Some(index) = uplink_index {
             uplink_stats = Some(interface_stats(&inner.dp.stats(index)?, false));
         }
-        Ok(Status {
+        let r = Ok(Status {
             instance: cfg.instance.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
             bridge: cfg.bridge.clone(),
@@ -826,7 +893,7 @@ impl Agent {
             gateway6: cfg.net6.map(|n| n.gateway),
             uplink: cfg.uplink.clone(),
             pin_dir: cfg.pin_dir.display().to_string(),
-            attach_points,
+            attach_points: vec![],
             programs: inner.dp.program_summaries()?.into_iter().map(program_status).collect(),
             maps: inner.dp.map_summaries()?.into_iter().map(map_status).collect(),
             containers,
@@ -844,10 +911,33 @@ impl Agent {
             denied_sources: configured.denied_sources.iter().map(|n| n.to_string()).collect(),
             drop_events_suppressed: inner.dp.suppressed_events()?,
             uplink_stats,
-            agent_memory_bytes: resident_memory().unwrap_or(0),
+            agent_memory_bytes: 0,
             fast_path: FastPathStatus::from_stats(inner.dp_config.has(CFG_F_FAST_PATH), &inner.dp.forward_stats()?),
             conntrack: conntrack_status(&inner.dp.ct_stats()?, &self.gc.lock().unwrap_or_else(|e| e.into_inner())),
-        })
+        });
+        let mut status = self.settle(inner, r).await?;
+        status.agent_memory_bytes = resident_memory().unwrap_or(0);
+        for (target, hook, pin) in hooks {
+            let ids = match crate::datapath::attached_program_ids(&target, hook, &pin) {
+                Ok(ids) => ids,
+                // Its container was removed since the lock was released.
+                Err(_)
+                    if hook.target == Target::ContainerVeth
+                        && nix::net::if_::if_nametoindex(target.as_str()).is_err() =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e.into()),
+            };
+            status.attach_points.push(AttachPoint {
+                link_pin: pin.display().to_string(),
+                attached_program_ids: ids,
+                interface: target,
+                hook: hook.pin_prefix.into(),
+                program: hook.program.into(),
+            });
+        }
+        Ok(status)
     }
 }
 

@@ -159,23 +159,23 @@ impl Datapath {
         out.sort();
         Ok(out)
     }
+}
 
-    /// Ids of the programs the kernel runs on `hook` of `target`: for tcx
-    /// every program on that side of the interface (netpath's or not), for
-    /// XDP and cgroup hooks the one in netpath's pinned link.
-    pub fn attached_program_ids(&self, target: &str, hook: &Hook) -> Result<Vec<u32>> {
-        match hook.attach {
-            Attach::Tcx(side) => {
-                let (_, progs) = SchedClassifier::query_tcx(target, tc_attach_type(side))
-                    .with_context(|| format!("querying tcx programs on {target}"))?;
-                Ok(progs.iter().map(|p| p.id()).collect())
-            }
-            Attach::Xdp | Attach::SockAddr(_) => {
-                let pin = self.link_pin(target, hook);
-                let link =
-                    FdLink::from(PinnedLink::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?);
-                Ok(vec![link.info()?.program_id()])
-            }
+/// Ids of the programs the kernel runs on `hook` of `target`: for tcx
+/// every program on that side of the interface (netpath's or not), for
+/// XDP and cgroup hooks the one in netpath's pinned link `pin`
+/// ([`Datapath::link_pin`]). Reads only the kernel: callable without the
+/// agent's lock.
+pub fn attached_program_ids(target: &str, hook: &Hook, pin: &Path) -> Result<Vec<u32>> {
+    match hook.attach {
+        Attach::Tcx(side) => {
+            let (_, progs) = SchedClassifier::query_tcx(target, tc_attach_type(side))
+                .with_context(|| format!("querying tcx programs on {target}"))?;
+            Ok(progs.iter().map(|p| p.id()).collect())
+        }
+        Attach::Xdp | Attach::SockAddr(_) => {
+            let link = FdLink::from(PinnedLink::from_pin(pin).with_context(|| format!("opening {}", pin.display()))?);
+            Ok(vec![link.info()?.program_id()])
         }
     }
 }
