@@ -18,6 +18,8 @@
 //!   `BPF_PROG_TEST_RUN` and returns its verdict and output bytes;
 //! - [`raw`]: packet and raw IP sockets, for what a hostile container sends
 //!   and what a victim sees;
+//! - [`upgrade`]: netpath built as it was at an earlier commit of this
+//!   repository, for upgrade tests;
 //! - [`topology`]: a sandbox host, an outside world and containers in
 //!   network namespaces with a unique per-run prefix, removed on drop (also
 //!   when a test panics), with a running `netpathd`, and the footprint a
@@ -35,6 +37,7 @@ pub mod podman;
 pub mod prog_run;
 pub mod raw;
 pub mod topology;
+pub mod upgrade;
 
 static DAEMONS_IN_OWN_PROCESS_GROUP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 

@@ -92,6 +92,8 @@ pub struct Topology {
     namespaces: Vec<String>,
     agent: Option<Child>,
     extra_agent_args: Vec<String>,
+    /// The netpathd [`Topology::start_agent`] runs (None: this build's).
+    agent_binary: Option<PathBuf>,
 }
 
 impl Topology {
@@ -114,6 +116,7 @@ impl Topology {
             namespaces: vec![],
             agent: None,
             extra_agent_args: vec![],
+            agent_binary: None,
         };
         topo.add_netns(&topo.host.clone())?;
         topo.add_netns(&topo.world.clone())?;
@@ -235,6 +238,12 @@ impl Topology {
         Ok(())
     }
 
+    /// The netpathd binary the next [`Topology::start_agent`] runs, e.g.
+    /// one of an earlier netpath (None: this build's).
+    pub fn set_agent_binary(&mut self, binary: Option<PathBuf>) {
+        self.agent_binary = binary;
+    }
+
     /// Starts netpathd inside the host namespace and waits for its API.
     pub fn start_agent(&mut self) -> Result<()> {
         if self.agent.is_some() {
@@ -242,7 +251,8 @@ impl Topology {
         }
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.agent_log())?;
         let args = self.agent_command_args();
-        let child = crate::daemon_command(&mut Command::new(bin_dir().join("netpathd")))
+        let binary = self.agent_binary.clone().unwrap_or_else(|| bin_dir().join("netpathd"));
+        let child = crate::daemon_command(&mut Command::new(binary))
             .args(&args)
             .stdout(log.try_clone()?)
             .stderr(log)

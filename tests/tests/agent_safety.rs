@@ -233,6 +233,12 @@ fn pinned_maps_of_another_layout_are_refused() {
     assert!(err.contains("pinned map LAYOUT") && err.contains("layout version 99"), "{err}");
     let expected = netpath_userspace::datapath::LAYOUT_VERSION;
     assert!(err.contains(&format!("expects version {expected}")), "{err}");
+    assert!(err.contains("left by a newer netpath (a downgrade across a layout change)"), "{err}");
+    assert!(err.contains("Run a netpath of layout version 99 or later"), "{err}");
+    // An older stamp: an upgrade this build cannot migrate.
+    cmd("bpftool", &["map", "update", "pinned", &pin, "key", "0", "0", "0", "0", "value", "1", "0", "0", "0"]).unwrap();
+    let err = format!("{:#}", t.start_agent().unwrap_err());
+    assert!(err.contains("layout version 1") && err.contains("left by an older netpath"), "{err}");
 
     // Pins without a stamp: nothing says what they hold.
     std::fs::remove_file(&stamp).unwrap();

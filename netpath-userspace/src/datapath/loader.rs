@@ -356,12 +356,28 @@ pub(super) fn check_layout_stamp(maps_dir: &Path) -> Result<()> {
     let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
     let stamp: Array<MapData, u32> = Array::try_from(Map::Array(data))?;
     let version = stamp.get(&0, 0).with_context(|| format!("reading {}", path.display()))?;
+    // Pins of another layout are never adopted: a map read with the wrong
+    // layout would translate packets wrongly. Which way the versions
+    // differ says what the operator is doing.
     if version != LAYOUT_VERSION {
+        let (left_by, way_out) = if version > LAYOUT_VERSION {
+            (
+                "a newer netpath (a downgrade across a layout change)",
+                format!(
+                    "Run a netpath of layout version {version} or later, or remove the instance's pins (their state \
+                     is lost)"
+                ),
+            )
+        } else {
+            (
+                "an older netpath, and this build has no migration from that layout",
+                "Run that netpath, or remove the instance's pins (established flows are cut) and start this one".into(),
+            )
+        };
         bail!(
             "pinned map {LAYOUT_MAP} ({}) says the pinned maps have layout version {version}, but this netpath \
-             expects version {LAYOUT_VERSION}: they were left by an incompatible build. Remove the instance's pins \
-             (their state is lost) or run the matching netpath.",
-            path.display()
+             expects version {LAYOUT_VERSION}: they were left by {left_by}. {way_out}.",
+            path.display(),
         );
     }
     Ok(())

@@ -6,8 +6,8 @@
 //!     accept COUNT connections and echo on each until they close
 //! netpath-flows connect ADDR PORT COUNT SECONDS
 //!     open COUNT connections, check an echo on each, print "established N";
-//!     on a line from stdin check an echo on every one again, print
-//!     "verified N", exit
+//!     on each line from stdin check an echo on every one again and print
+//!     "verified N"; exit at the end of stdin
 //! ```
 //! Every mode gives up after SECONDS.
 
@@ -86,11 +86,14 @@ async fn connect(addr: SocketAddr, count: usize) -> Result<()> {
         conns.push(s);
     }
     println!("established {}", conns.len());
+    let mut stdin = BufReader::new(tokio::io::stdin());
     let mut line = String::new();
-    BufReader::new(tokio::io::stdin()).read_line(&mut line).await?;
-    for (i, s) in conns.iter_mut().enumerate() {
-        echo(s, b'b').await.with_context(|| format!("second echo on connection {i}"))?;
+    while stdin.read_line(&mut line).await? > 0 {
+        for (i, s) in conns.iter_mut().enumerate() {
+            echo(s, b'b').await.with_context(|| format!("later echo on connection {i}"))?;
+        }
+        println!("verified {}", conns.len());
+        line.clear();
     }
-    println!("verified {}", conns.len());
     Ok(())
 }

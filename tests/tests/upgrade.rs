@@ -1,0 +1,89 @@
+//! Upgrade in place: an agent of an earlier netpath runs the host, with
+//! connections held through a published port and through the masquerade
+//! and new ones opened all along; this build's agent replaces it (stopped,
+//! then started: what `systemctl restart netpathd` does once the binaries
+//! are replaced), adopts its pins and its state, and loses nothing. Then
+//! back again, as a rollback would. Pins of another layout version are
+//! refused by name either way (`agent_safety.rs`).
+
+use std::{net::SocketAddr, time::Duration};
+
+use netpath_tests::{
+    chaos::{EchoServer, FlowsProcess, Prober},
+    topology::{Topology, HOST_UPLINK_IP, WORLD_IP},
+    upgrade::build_at,
+};
+use netpath_userspace::model::{Container, Mapping, PolicyView};
+
+/// The version replaced: the last commit of the previous round of work,
+/// which is what runs on hosts today. Its pinned layout is this build's
+/// (`LAYOUT_VERSION` 7); the agent, the state store (now group commit)
+/// and the status path changed since.
+const UPGRADE_FROM: &str = "02096008da7c20af01972c8297cc3e130f39f184";
+
+const HELD: usize = 200;
+
+fn agent_state(t: &Topology) -> (Vec<Container>, Vec<Mapping>, Vec<PolicyView>) {
+    let policies = ["c1", "c2"].iter().map(|c| t.ctl_json(&["policy", "ls", c]).unwrap()).collect();
+    (t.ctl_json(&["container", "ls"]).unwrap(), t.ctl_json(&["maps"]).unwrap(), policies)
+}
+
+#[test]
+fn the_previous_agent_is_replaced_under_traffic_and_back_without_losing_a_flow() {
+    assert!(netpath_tests::is_root(), "topology tests create namespaces and load BPF: run them as root");
+    let previous = build_at(UPGRADE_FROM).unwrap().join("netpathd");
+    let mut t = Topology::new(2).expect("build topology");
+    t.set_agent_binary(Some(previous.clone()));
+    t.start_agent().unwrap();
+    t.add_container(1).unwrap();
+    t.add_container(2).unwrap();
+    t.ctl_ok(&["map", "8080:c1:80"]).unwrap();
+    t.ctl_ok(&["map", "8081:c1:81"]).unwrap();
+    t.ctl_ok(&["policy", "add", "c2", "deny", "in", "203.0.113.0/24"]).unwrap();
+
+    let _published_server = FlowsProcess::serve(&t.container_ns(1), 80, HELD, 240).unwrap();
+    let _masq_server = FlowsProcess::serve(&t.world, 7001, HELD, 240).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut published = FlowsProcess::connect(&t.world, HOST_UPLINK_IP, 8080, HELD, 240).unwrap();
+    let mut masqueraded = FlowsProcess::connect(&t.container_ns(2), WORLD_IP, 7001, HELD, 240).unwrap();
+    assert_eq!(published.read_line().unwrap(), format!("established {HELD}"));
+    assert_eq!(masqueraded.read_line().unwrap(), format!("established {HELD}"));
+    let _echo_c1 = EchoServer::start(&t, &t.container_ns(1), 81).unwrap();
+    let _echo_world = EchoServer::start(&t, &t.world, 7002).unwrap();
+    let probe_published = Prober::start(&t.world, SocketAddr::from((HOST_UPLINK_IP, 8081))).unwrap();
+    let probe_masq = Prober::start(&t.container_ns(2), SocketAddr::from((WORLD_IP, 7002))).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = agent_state(&t);
+
+    // Up: this build's agent over the previous one's pins and state.
+    t.stop_agent().unwrap();
+    t.set_agent_binary(None);
+    t.start_agent().unwrap();
+    assert_eq!(published.verify().unwrap(), format!("verified {HELD}"), "published connections lost by the upgrade");
+    assert_eq!(
+        masqueraded.verify().unwrap(),
+        format!("verified {HELD}"),
+        "masqueraded connections lost by the upgrade"
+    );
+    assert_eq!(agent_state(&t), before, "the upgraded agent's state differs");
+    // It works on: a change, and the previous agent's rule still holds.
+    t.ctl_ok(&["map", "8082:c1:80"]).unwrap();
+    let after_upgrade = agent_state(&t);
+
+    // Down again: the previous agent adopts what this one left.
+    t.stop_agent().unwrap();
+    t.set_agent_binary(Some(previous));
+    t.start_agent().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (p, m) = (probe_published.finish(), probe_masq.finish());
+    assert_eq!(published.verify().unwrap(), format!("verified {HELD}"), "published connections lost by the rollback");
+    assert_eq!(
+        masqueraded.verify().unwrap(),
+        format!("verified {HELD}"),
+        "masqueraded connections lost by the rollback"
+    );
+    assert_eq!(agent_state(&t), after_upgrade, "the rolled-back agent's state differs");
+    assert!(p.attempts > 50 && m.attempts > 50, "{p:?} {m:?}");
+    assert_eq!((p.failures, m.failures), (0, 0), "new connections failed across the upgrade: {p:?} {m:?}");
+    assert!(p.longest_gap < Duration::from_secs(1) && m.longest_gap < Duration::from_secs(1), "{p:?} {m:?}");
+}
