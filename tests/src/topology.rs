@@ -94,6 +94,10 @@ pub struct Topology {
     extra_agent_args: Vec<String>,
     /// The netpathd [`Topology::start_agent`] runs (None: this build's).
     agent_binary: Option<PathBuf>,
+    /// Run the agent in a mount namespace of its own (a slave of the
+    /// machine's: mounts propagate in, its own never out), so that a test
+    /// may unmount bpffs under it without touching the machine's.
+    agent_own_mounts: bool,
 }
 
 impl Topology {
@@ -117,6 +121,7 @@ impl Topology {
             agent: None,
             extra_agent_args: vec![],
             agent_binary: None,
+            agent_own_mounts: false,
         };
         topo.add_netns(&topo.host.clone())?;
         topo.add_netns(&topo.world.clone())?;
@@ -244,6 +249,16 @@ impl Topology {
         self.agent_binary = binary;
     }
 
+    /// See `agent_own_mounts`: for the next [`Topology::start_agent`].
+    pub fn set_agent_own_mounts(&mut self, own: bool) {
+        self.agent_own_mounts = own;
+    }
+
+    /// The running agent's PID.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
+    }
+
     /// Starts netpathd inside the host namespace and waits for its API.
     pub fn start_agent(&mut self) -> Result<()> {
         if self.agent.is_some() {
@@ -252,7 +267,15 @@ impl Topology {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.agent_log())?;
         let args = self.agent_command_args();
         let binary = self.agent_binary.clone().unwrap_or_else(|| bin_dir().join("netpathd"));
-        let child = crate::daemon_command(&mut Command::new(binary))
+        let mut command = if self.agent_own_mounts {
+            // unshare execs the agent: the child's PID is the agent's.
+            let mut c = Command::new("unshare");
+            c.args(["--mount", "--propagation", "slave", "--"]).arg(binary);
+            c
+        } else {
+            Command::new(binary)
+        };
+        let child = crate::daemon_command(&mut command)
             .args(&args)
             .stdout(log.try_clone()?)
             .stderr(log)

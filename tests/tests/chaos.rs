@@ -299,6 +299,64 @@ fn a_wiped_pin_directory_is_put_back_within_seconds_without_an_outage() {
     );
 }
 
+/// bpffs unmounted under the agent: tested in a mount namespace of the
+/// agent's own, where the unmount leaves /sys/fs/bpf a plain directory (the
+/// machine's bpffs and its other users are not touched).
+#[test]
+fn an_unmounted_bpffs_is_mounted_again_and_the_pins_put_back_without_an_outage() {
+    const N: usize = 100;
+    let mut t = topology(2);
+    t.set_agent_own_mounts(true);
+    t.start_agent().unwrap();
+    t.add_container(1).unwrap();
+    t.add_container(2).unwrap();
+    t.ctl_ok(&["map", "8080:c1:80"]).unwrap();
+    t.ctl_ok(&["map", "8081:c1:81"]).unwrap();
+    let _server = FlowsProcess::serve(&t.container_ns(1), 80, N, 120).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut held = FlowsProcess::connect(&t.world, HOST_UPLINK_IP, 8080, N, 120).unwrap();
+    assert_eq!(held.read_line().unwrap(), format!("established {N}"));
+    let _echo_c1 = EchoServer::start(&t, &t.container_ns(1), 81).unwrap();
+    let _echo_world = EchoServer::start(&t, &t.world, 7002).unwrap();
+    let probe_published = Prober::start(&t.world, SocketAddr::from((HOST_UPLINK_IP, 8081))).unwrap();
+    let probe_masq = Prober::start(&t.container_ns(2), SocketAddr::from((WORLD_IP, 7002))).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let pid = t.agent_pid().unwrap().to_string();
+    let in_agent_mounts = |script: &str| {
+        std::process::Command::new("nsenter").args(["-t", &pid, "-m", "--", "sh", "-c", script]).output().unwrap()
+    };
+    let config_pin = t.pin_dir().join("maps").join("CONFIG");
+    let pinned = format!("[ \"$(stat -f -c %T /sys/fs/bpf)\" = bpf_fs ] && [ -e {} ]", config_pin.display());
+    assert!(in_agent_mounts(&pinned).status.success(), "the agent's pins are not where expected");
+    let out = in_agent_mounts("umount /sys/fs/bpf && [ \"$(stat -f -c %T /sys/fs/bpf)\" != bpf_fs ]");
+    assert!(out.status.success(), "umount: {}", String::from_utf8_lossy(&out.stderr));
+    let restored_after = wait_for("bpffs mounted again with the pins", || in_agent_mounts(&pinned).status.success());
+    std::thread::sleep(Duration::from_millis(500));
+    let (p, m) = (probe_published.finish(), probe_masq.finish());
+    assert_eq!((p.failures, m.failures), (0, 0), "traffic stopped while bpffs was unmounted: {p:?} {m:?}");
+    assert_eq!(held.verify().unwrap(), format!("verified {N}"), "held connections lost");
+    assert!(scrape(&t).contains("\nnetpath_pins_restored_total 1\n"));
+    // Every pin is back, links included: the agent's own view of them.
+    let links = in_agent_mounts(&format!("ls {}", t.pin_dir().join("links").display()));
+    assert!(String::from_utf8_lossy(&links.stdout).lines().count() >= 4, "{links:?}");
+    record(
+        "bpffs unmounted under a running agent",
+        &[
+            ("bpffs mounted again and the pins put back after", ms(restored_after)),
+            (
+                "new published connections: attempts / failed / longest gap",
+                format!("{} / {} / {}", p.attempts, p.failures, ms(p.longest_gap)),
+            ),
+            (
+                "new masqueraded connections: attempts / failed / longest gap",
+                format!("{} / {} / {}", m.attempts, m.failures, ms(m.longest_gap)),
+            ),
+            ("held connections", format!("{N}, 0 lost")),
+        ],
+    );
+}
+
 fn scrape(t: &Topology) -> String {
     let out = std::process::Command::new("curl")
         .args(["-sf", "--unix-socket", t.socket().to_str().unwrap(), "http://localhost/metrics"])
