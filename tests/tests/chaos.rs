@@ -357,6 +357,74 @@ fn an_unmounted_bpffs_is_mounted_again_and_the_pins_put_back_without_an_outage()
     );
 }
 
+/// POLICY4 at capacity, filled behind the agent's back so that the
+/// kernel, not the agent's count, refuses: a bulk add that fits in part is
+/// refused whole (nothing of it stays in the trie), a single rule is
+/// refused by name, and the agent takes rules again once there is room.
+#[test]
+fn a_full_policy_trie_refuses_rules_whole_and_leaves_nothing_half_written() {
+    use aya::maps::{
+        lpm_trie::{Key, LpmTrie},
+        MapData,
+    };
+    use netpath_common::{PolicyEntry, PolicyKey4};
+    use netpath_userspace::policy::{lpm_key4, Direction};
+    let mut t = topology(2);
+    t.start_agent().unwrap();
+    t.add_container(1).unwrap();
+    t.add_container(2).unwrap();
+    t.ctl_ok(&["policy", "add", "c1", "deny", "in", "203.0.113.0/24"]).unwrap();
+    let before = agent_state(&t);
+
+    // Entries of a container id nobody has, until the kernel says full.
+    let data = MapData::from_pin(t.pin_dir().join("maps").join("POLICY4")).unwrap();
+    let mut trie: LpmTrie<MapData, PolicyKey4, PolicyEntry> = LpmTrie::try_from(aya::maps::Map::LpmTrie(data)).unwrap();
+    let foreign = |i: u32| {
+        let (len, key) = lpm_key4(0x00ff_fff0, Direction::In, &ipnet::Ipv4Net::new(i.into(), 32).unwrap());
+        Key::new(len, key)
+    };
+    let mut filled = 0u32;
+    while trie.insert(&foreign(filled), PolicyEntry::default(), 0).is_ok() {
+        filled += 1;
+        assert!(filled <= 1 << 20, "POLICY4 never filled");
+    }
+    let free_one = |trie: &mut LpmTrie<MapData, PolicyKey4, PolicyEntry>, filled: &mut u32| {
+        *filled -= 1;
+        trie.remove(&foreign(*filled)).unwrap();
+    };
+    free_one(&mut trie, &mut filled);
+
+    // Three new prefixes over two containers, room for one.
+    let file = t.run_dir().join("rules");
+    std::fs::write(&file, "c1 allow in 198.51.100.0/24\nc2 allow out 192.0.2.0/24 tcp/443\nc2 deny in 198.18.0.0/15\n")
+        .unwrap();
+    let out = t.ctl(&["policy", "add", "-f", file.to_str().unwrap()]).unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("the policy table is full") && said.contains("nothing changed"),
+        "{said}"
+    );
+    assert_eq!(agent_state(&t), before, "the agent's state changed");
+    // The one free slot is still free: nothing of the refused rules stayed.
+    trie.insert(&foreign(filled), PolicyEntry::default(), 0).expect("the refused rules left an entry behind");
+    filled += 1;
+    assert!(trie.insert(&foreign(filled), PolicyEntry::default(), 0).is_err());
+
+    // One rule, no room at all.
+    let err = t.ctl_err(&["policy", "add", "c2", "allow", "in", "198.51.100.7/32"]).unwrap();
+    assert!(err.contains("the policy table is full"), "{err}");
+    assert_eq!(agent_state(&t), before, "the agent's state changed");
+
+    // Room again: the same rules go in.
+    for i in 0..filled {
+        trie.remove(&foreign(i)).unwrap();
+    }
+    t.ctl_ok(&["policy", "add", "-f", file.to_str().unwrap()]).unwrap();
+    let policies: Vec<PolicyView> = ["c1", "c2"].iter().map(|c| t.ctl_json(&["policy", "ls", c]).unwrap()).collect();
+    assert_eq!(policies.iter().map(|p| p.policy.rules.len()).sum::<usize>(), 4);
+    record("POLICY4 at capacity", &[("prefixes the trie took before the kernel refused", filled.to_string())]);
+}
+
 fn scrape(t: &Topology) -> String {
     let out = std::process::Command::new("curl")
         .args(["-sf", "--unix-socket", t.socket().to_str().unwrap(), "http://localhost/metrics"])

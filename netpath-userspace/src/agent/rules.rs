@@ -7,7 +7,10 @@ use std::collections::{HashMap, HashSet};
 
 use anyhow::Result;
 use ipnet::IpNet;
-use netpath_common::PolicyEntry;
+use netpath_common::{
+    maps::{self as names, MAX_POLICY_PREFIXES},
+    PolicyEntry,
+};
 
 use super::{AgentError, Inner};
 use crate::{
@@ -15,6 +18,24 @@ use crate::{
     policy::{self, Action, ContainerPolicy, Direction, Rule, RuleError},
     state::Change,
 };
+
+/// Refuses `adding` more prefixes to a trie holding `used` (POLICY6 if
+/// `v6`) when they do not fit.
+fn policy_room(used: usize, adding: usize, v6: bool) -> Result<(), AgentError> {
+    if used + adding <= MAX_POLICY_PREFIXES {
+        return Ok(());
+    }
+    let table = if v6 { names::POLICY6 } else { names::POLICY4 };
+    Err(AgentError::Conflict(format!(
+        "the policy table {table} is full: {used} of {MAX_POLICY_PREFIXES} prefixes used, these rules need {adding} \
+         more; nothing changed"
+    )))
+}
+
+/// A map write the kernel refused for want of room (a full trie).
+fn is_no_space(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.raw_os_error() == Some(libc::ENOSPC)))
+}
 
 /// The rule a request describes, checked.
 fn rule_of(req: &RuleRequest) -> Result<Rule, AgentError> {
@@ -58,6 +79,39 @@ impl Inner {
         Ok(())
     }
 
+    /// [`Inner::write_policy`] of `rules` over `was` (the container's
+    /// rules as written), all or nothing: refused before anything is
+    /// written if the trie has no room for the prefixes they add, and if a
+    /// write fails anyway (the trie filled behind the agent), the prefixes
+    /// are written back as `was` compiles them, so the datapath never
+    /// holds part of a change.
+    fn replace_policy(
+        &mut self,
+        id: u32,
+        rules: &[Rule],
+        was: &[Rule],
+        d: Direction,
+        cidrs: Option<&[IpNet]>,
+    ) -> Result<(), AgentError> {
+        let (new, old) = (policy::compile(rules, d, cidrs)?, policy::compile(was, d, cidrs)?);
+        for (v6, wanted, had) in
+            [(false, new.entries.len(), old.entries.len()), (true, new.entries6.len(), old.entries6.len())]
+        {
+            policy_room(self.dp.policy_prefixes(v6), wanted.saturating_sub(had), v6)?;
+        }
+        let Err(e) = self.write_policy(id, rules, d, cidrs) else { return Ok(()) };
+        let touched: Vec<IpNet> = new.cidrs().chain(old.cidrs()).collect();
+        if let Err(undo) = self.write_policy(id, was, d, Some(&touched)) {
+            tracing::error!(container_id = id, "restoring the policy after a failed write: {undo}");
+        }
+        Err(match e {
+            AgentError::Internal(e) if is_no_space(&e) => AgentError::Conflict(format!(
+                "the policy table is full (the kernel refused a prefix: {e:#}); nothing changed"
+            )),
+            e => e,
+        })
+    }
+
     /// Writes one compiled prefix into its family's trie (an empty entry
     /// removes it).
     fn set_policy_entry(&mut self, id: u32, d: Direction, cidr: &IpNet, entry: &PolicyEntry) -> Result<()> {
@@ -95,7 +149,7 @@ impl Inner {
         let touched = policy::affected(&rules, rule.direction, &cidr);
         // Compile first: a rule that cannot be represented changes nothing.
         policy::compile(&rules, rule.direction, Some(&touched))?;
-        self.write_policy(c.id, &rules, rule.direction, Some(&touched))?;
+        self.replace_policy(c.id, &rules, &current.rules, rule.direction, Some(&touched))?;
         let change = if add {
             Change::AddRule { container: c.name.clone(), rule: rule.clone() }
         } else {
@@ -151,13 +205,25 @@ impl Inner {
             for d in &directions {
                 policy::compile(&rules, *d, None)?;
             }
-            plans.push((c, rules, new, directions));
+            plans.push((c, current.rules, rules, new, directions));
         }
         let mut added = vec![];
-        for (c, rules, new, directions) in plans {
+        let mut written: Vec<(u32, &[Rule], &[Rule], Direction)> = vec![];
+        for (c, was, rules, _, directions) in &plans {
             for d in directions {
-                self.write_policy(c.id, &rules, d, None)?;
+                if let Err(e) = self.replace_policy(c.id, rules, was, *d, None) {
+                    // All or nothing across containers too: the ones
+                    // written already get their rules back.
+                    for &(id, rules, was, d) in written.iter().rev() {
+                        let cidrs: Vec<IpNet> = policy::compile(rules, d, None)?.cidrs().collect();
+                        self.write_policy(id, was, d, Some(&cidrs))?;
+                    }
+                    return Err(e);
+                }
+                written.push((c.id, rules, was, *d));
             }
+        }
+        for (c, _, _, new, _) in plans {
             tracing::info!(container = %c.name, rules = new.len(), "policy rules added");
             self.record(Change::AddRules { container: c.name.clone(), rules: new.clone() })?;
             if new.iter().any(|r| r.action == Action::Deny) {
@@ -236,5 +302,28 @@ impl Inner {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_are_refused_whole_when_their_prefixes_do_not_fit_and_the_table_is_named() {
+        assert!(policy_room(0, MAX_POLICY_PREFIXES, false).is_ok());
+        assert!(policy_room(MAX_POLICY_PREFIXES, 0, true).is_ok(), "rules that add no prefix always fit");
+        let err = policy_room(MAX_POLICY_PREFIXES - 1, 2, true).unwrap_err().to_string();
+        assert!(err.contains("the policy table POLICY6 is full"), "{err}");
+        assert!(err.contains(&format!("{} of {MAX_POLICY_PREFIXES} prefixes used", MAX_POLICY_PREFIXES - 1)), "{err}");
+        assert!(err.contains("need 2 more; nothing changed"), "{err}");
+    }
+
+    #[test]
+    fn a_full_trie_is_told_from_other_write_failures() {
+        let full = anyhow::Error::new(std::io::Error::from_raw_os_error(libc::ENOSPC)).context("writing into POLICY4");
+        assert!(is_no_space(&full));
+        let other = anyhow::Error::new(std::io::Error::from_raw_os_error(libc::EPERM)).context("writing into POLICY4");
+        assert!(!is_no_space(&other));
     }
 }

@@ -628,6 +628,15 @@ impl Datapath {
         self.set_policy(prefix_len, key, entry)
     }
 
+    /// Prefixes written into POLICY4 (`v6` false) or POLICY6.
+    pub fn policy_prefixes(&self, v6: bool) -> usize {
+        if v6 {
+            self.written.family6.policy.len()
+        } else {
+            self.written.family4.policy.len()
+        }
+    }
+
     /// [`Datapath::set_policy4`] for either family.
     pub fn set_policy<A: FamilyMaps>(&mut self, prefix_len: u32, key: &PolicyKey<A>, entry: &PolicyEntry) -> Result<()>
     where
