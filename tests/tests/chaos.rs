@@ -376,6 +376,13 @@ fn a_full_policy_trie_refuses_rules_whole_and_leaves_nothing_half_written() {
     t.ctl_ok(&["policy", "add", "c1", "deny", "in", "203.0.113.0/24"]).unwrap();
     let before = agent_state(&t);
 
+    let policy_memory = |t: &Topology| -> u64 {
+        let text = scrape(t);
+        let line = text.lines().find(|l| l.starts_with("netpath_map_memory_bytes{map=\"POLICY4\"}"));
+        line.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).expect("POLICY4's memory in /metrics")
+    };
+    let memory_before = policy_memory(&t);
+
     // Entries of a container id nobody has, until the kernel says full.
     let data = MapData::from_pin(t.pin_dir().join("maps").join("POLICY4")).unwrap();
     let mut trie: LpmTrie<MapData, PolicyKey4, PolicyEntry> = LpmTrie::try_from(aya::maps::Map::LpmTrie(data)).unwrap();
@@ -393,6 +400,9 @@ fn a_full_policy_trie_refuses_rules_whole_and_leaves_nothing_half_written() {
         trie.remove(&foreign(*filled)).unwrap();
     };
     free_one(&mut trie, &mut filled);
+    // A trie is allocated as it fills: the figure shown follows it.
+    let memory_full = policy_memory(&t);
+    assert!(memory_full > memory_before + u64::from(filled) * 16, "{memory_before} -> {memory_full}");
 
     // Three new prefixes over two containers, room for one.
     let file = t.run_dir().join("rules");
@@ -422,7 +432,16 @@ fn a_full_policy_trie_refuses_rules_whole_and_leaves_nothing_half_written() {
     t.ctl_ok(&["policy", "add", "-f", file.to_str().unwrap()]).unwrap();
     let policies: Vec<PolicyView> = ["c1", "c2"].iter().map(|c| t.ctl_json(&["policy", "ls", c]).unwrap()).collect();
     assert_eq!(policies.iter().map(|p| p.policy.rules.len()).sum::<usize>(), 4);
-    record("POLICY4 at capacity", &[("prefixes the trie took before the kernel refused", filled.to_string())]);
+    record(
+        "POLICY4 at capacity",
+        &[
+            ("prefixes the trie took before the kernel refused", filled.to_string()),
+            (
+                "its memory, nearly empty / full (`netpath_map_memory_bytes`)",
+                format!("{memory_before} / {memory_full} B"),
+            ),
+        ],
+    );
 }
 
 fn scrape(t: &Topology) -> String {

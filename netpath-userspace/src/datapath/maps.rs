@@ -38,8 +38,12 @@ pub struct MapSummary {
     pub entries: u64,
     pub max_entries: u32,
     pub pin: String,
-    /// The kernel's `memlock` accounting of the map, bytes.
+    /// The kernel's `memlock` accounting of the map, bytes: what it uses
+    /// now for a map allocated as it fills (an LPM trie, a hash without
+    /// preallocation), its preallocated size for the others.
     pub memory_bytes: u64,
+    /// Allocated as it fills: `memory_bytes` is read again each time.
+    pub grows: bool,
     /// None: `entries` is what the agent wrote. Some: the map is filled by
     /// the datapath too, and `entries` is the GC's count this long ago.
     pub counted_ms_ago: Option<u64>,
@@ -836,12 +840,18 @@ impl Datapath {
         // or scrape would otherwise cost two syscalls and a procfs read per
         // map, under the agent's lock).
         if let Some(known) = self.summary_cache.lock().ok().and_then(|c| c.get(name).cloned()) {
-            return Ok(MapSummary { entries, ..known });
+            let memory_bytes =
+                if known.grows { memlock(map_data(map)?.fd().as_fd()).unwrap_or(0) } else { known.memory_bytes };
+            return Ok(MapSummary { entries, memory_bytes, ..known });
         }
         let data = map_data(map)?;
         let info = data.info()?;
         let memory_bytes = memlock(data.fd().as_fd()).unwrap_or(0);
+        const BPF_F_NO_PREALLOC: u32 = 1;
+        let grows =
+            matches!(info.map_type()?, aya::maps::MapType::LpmTrie) || info.map_flags() & BPF_F_NO_PREALLOC != 0;
         let summary = MapSummary {
+            grows,
             name: name.to_string(),
             id: info.id(),
             kind: format!("{:?}", info.map_type()?),
