@@ -191,3 +191,71 @@ pub fn record(section: &str, figures: &[(&str, String)]) {
         let _ = f.write_all(text.as_bytes());
     }
 }
+
+/// Traffic that an agent's trouble must not hurt, on a topology with
+/// containers c1 and c2, `8080:c1:80` and `8081:c1:81` published and c2
+/// masqueraded: `held` connections from the world through 8080 (and as
+/// many from c2 to the world's port 7001 when `masqueraded`), each echoing
+/// when verified, and a new connection every 10 ms both ways (the world to
+/// 8081, c2 to the world's 7002).
+pub struct Traffic {
+    pub published: FlowsProcess,
+    pub masqueraded: Option<FlowsProcess>,
+    held: usize,
+    probes: Option<(Prober, Prober)>,
+    _servers: Vec<FlowsProcess>,
+    _echo: [EchoServer; 2],
+}
+
+impl Traffic {
+    /// Starts it and waits until every held connection is established;
+    /// the processes give up after `secs`.
+    pub fn start(t: &Topology, held: usize, masqueraded: bool, secs: u64) -> Result<Traffic> {
+        use crate::topology::{HOST_UPLINK_IP, WORLD_IP};
+        let mut servers = vec![FlowsProcess::serve(&t.container_ns(1), 80, held, secs)?];
+        if masqueraded {
+            servers.push(FlowsProcess::serve(&t.world, 7001, held, secs)?);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let established = |mut p: FlowsProcess| -> Result<FlowsProcess> {
+            let said = p.read_line()?;
+            anyhow::ensure!(said == format!("established {held}"), "held connections: {said:?}");
+            Ok(p)
+        };
+        let published = established(FlowsProcess::connect(&t.world, HOST_UPLINK_IP, 8080, held, secs)?)?;
+        let masqueraded = match masqueraded {
+            true => Some(established(FlowsProcess::connect(&t.container_ns(2), WORLD_IP, 7001, held, secs)?)?),
+            false => None,
+        };
+        let echo = [EchoServer::start(t, &t.container_ns(1), 81)?, EchoServer::start(t, &t.world, 7002)?];
+        let probes = (
+            Prober::start(&t.world, SocketAddr::from((HOST_UPLINK_IP, 8081)))?,
+            Prober::start(&t.container_ns(2), SocketAddr::from((WORLD_IP, 7002)))?,
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(Traffic { published, masqueraded, held, probes: Some(probes), _servers: servers, _echo: echo })
+    }
+
+    /// Every held connection echoes again (an error names the ones that
+    /// did not).
+    pub fn verify(&mut self) -> Result<()> {
+        let want = format!("verified {}", self.held);
+        self.published.go()?;
+        if let Some(m) = &mut self.masqueraded {
+            m.go()?;
+        }
+        let said = self.published.read_line()?;
+        anyhow::ensure!(said == want, "connections through the published port lost: {said:?}");
+        if let Some(m) = &mut self.masqueraded {
+            let said = m.read_line()?;
+            anyhow::ensure!(said == want, "masqueraded connections lost: {said:?}");
+        }
+        Ok(())
+    }
+
+    /// Stops the new connections: what they saw, published then
+    /// masqueraded (the first call only; None after).
+    pub fn probes(&mut self) -> Option<(ProbeReport, ProbeReport)> {
+        self.probes.take().map(|(p, m)| (p.finish(), m.finish()))
+    }
+}

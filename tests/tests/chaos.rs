@@ -12,8 +12,8 @@ use std::{
 };
 
 use netpath_tests::{
-    chaos::{record, EchoServer, FlowsProcess, Prober},
-    topology::{Topology, HOST_UPLINK_IP, WORLD_IP},
+    chaos::{record, EchoServer, FlowsProcess, Traffic},
+    topology::{Topology, HOST_UPLINK_IP},
 };
 use netpath_userspace::model::{Container, Mapping, PolicyView};
 
@@ -49,21 +49,9 @@ fn kill_9_under_load_loses_no_connection_and_new_ones_keep_working() {
     t.ctl_ok(&["map", "8081:c1:81"]).unwrap();
     t.ctl_ok(&["policy", "add", "c2", "deny", "in", "203.0.113.0/24"]).unwrap();
 
-    // 1000 connections through the published port, 1000 masqueraded.
-    let _published_server = FlowsProcess::serve(&t.container_ns(1), 80, HELD, 180).unwrap();
-    let _masq_server = FlowsProcess::serve(&t.world, 7001, HELD, 180).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let mut published = FlowsProcess::connect(&t.world, HOST_UPLINK_IP, 8080, HELD, 180).unwrap();
-    let mut masqueraded = FlowsProcess::connect(&t.container_ns(2), WORLD_IP, 7001, HELD, 180).unwrap();
-    assert_eq!(published.read_line().unwrap(), format!("established {HELD}"));
-    assert_eq!(masqueraded.read_line().unwrap(), format!("established {HELD}"));
-
-    // New connections all along, both ways.
-    let _echo_c1 = EchoServer::start(&t, &t.container_ns(1), 81).unwrap();
-    let _echo_world = EchoServer::start(&t, &t.world, 7002).unwrap();
-    let probe_published = Prober::start(&t.world, SocketAddr::from((HOST_UPLINK_IP, 8081))).unwrap();
-    let probe_masq = Prober::start(&t.container_ns(2), SocketAddr::from((WORLD_IP, 7002))).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // 1000 connections through the published port, 1000 masqueraded, and
+    // new connections all along, both ways.
+    let mut traffic = Traffic::start(&t, HELD, true, 180).unwrap();
 
     let before = agent_state(&t);
     t.kill_agent().unwrap();
@@ -73,10 +61,8 @@ fn kill_9_under_load_loses_no_connection_and_new_ones_keep_working() {
     t.start_agent().unwrap();
     let restart = killed.elapsed();
     std::thread::sleep(Duration::from_millis(500));
-    let (p, m) = (probe_published.finish(), probe_masq.finish());
-
-    assert_eq!(published.verify().unwrap(), format!("verified {HELD}"), "published connections lost");
-    assert_eq!(masqueraded.verify().unwrap(), format!("verified {HELD}"), "masqueraded connections lost");
+    let (p, m) = traffic.probes().unwrap();
+    traffic.verify().unwrap();
     assert_eq!(agent_state(&t), before, "the restarted agent's state differs");
     assert!(p.attempts > 50 && m.attempts > 50, "{p:?} {m:?}");
     assert_eq!((p.failures, m.failures), (0, 0), "new connections failed: {p:?} {m:?}");
@@ -248,17 +234,9 @@ fn a_wiped_pin_directory_is_put_back_within_seconds_without_an_outage() {
     t.add_container(2).unwrap();
     t.ctl_ok(&["map", "8080:c1:80"]).unwrap();
     t.ctl_ok(&["map", "8081:c1:81"]).unwrap();
-    let _server = FlowsProcess::serve(&t.container_ns(1), 80, N, 120).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let mut held = FlowsProcess::connect(&t.world, HOST_UPLINK_IP, 8080, N, 120).unwrap();
-    assert_eq!(held.read_line().unwrap(), format!("established {N}"));
-    let _echo_c1 = EchoServer::start(&t, &t.container_ns(1), 81).unwrap();
-    let _echo_world = EchoServer::start(&t, &t.world, 7002).unwrap();
-    let probe_published = Prober::start(&t.world, SocketAddr::from((HOST_UPLINK_IP, 8081))).unwrap();
-    let probe_masq = Prober::start(&t.container_ns(2), SocketAddr::from((WORLD_IP, 7002))).unwrap();
+    let mut traffic = Traffic::start(&t, N, false, 120).unwrap();
     let pins_before = pins(&t);
     let ct_before = pinned_map_id(&t, "CT4");
-    std::thread::sleep(Duration::from_millis(300));
 
     std::fs::remove_dir_all(t.pin_dir()).unwrap();
     let wiped = Instant::now();
@@ -269,7 +247,7 @@ fn a_wiped_pin_directory_is_put_back_within_seconds_without_an_outage() {
     }
     let restored_after = wiped.elapsed();
     std::thread::sleep(Duration::from_millis(500));
-    let (p, m) = (probe_published.finish(), probe_masq.finish());
+    let (p, m) = traffic.probes().unwrap();
     assert_eq!((p.failures, m.failures), (0, 0), "traffic stopped while the pins were gone: {p:?} {m:?}");
     assert_eq!(pinned_map_id(&t, "CT4"), ct_before, "the conntrack table was replaced, not pinned again");
     let metrics = std::process::Command::new("curl")
@@ -281,7 +259,7 @@ fn a_wiped_pin_directory_is_put_back_within_seconds_without_an_outage() {
     // held connections (their conntrack entries) and the attachments.
     t.stop_agent().unwrap();
     t.start_agent().unwrap();
-    assert_eq!(held.verify().unwrap(), format!("verified {N}"), "held connections lost");
+    traffic.verify().unwrap();
     record(
         "bpffs wiped under a running agent",
         &[
@@ -312,15 +290,7 @@ fn an_unmounted_bpffs_is_mounted_again_and_the_pins_put_back_without_an_outage()
     t.add_container(2).unwrap();
     t.ctl_ok(&["map", "8080:c1:80"]).unwrap();
     t.ctl_ok(&["map", "8081:c1:81"]).unwrap();
-    let _server = FlowsProcess::serve(&t.container_ns(1), 80, N, 120).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let mut held = FlowsProcess::connect(&t.world, HOST_UPLINK_IP, 8080, N, 120).unwrap();
-    assert_eq!(held.read_line().unwrap(), format!("established {N}"));
-    let _echo_c1 = EchoServer::start(&t, &t.container_ns(1), 81).unwrap();
-    let _echo_world = EchoServer::start(&t, &t.world, 7002).unwrap();
-    let probe_published = Prober::start(&t.world, SocketAddr::from((HOST_UPLINK_IP, 8081))).unwrap();
-    let probe_masq = Prober::start(&t.container_ns(2), SocketAddr::from((WORLD_IP, 7002))).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let mut traffic = Traffic::start(&t, N, false, 120).unwrap();
 
     let pid = t.agent_pid().unwrap().to_string();
     let in_agent_mounts = |script: &str| {
@@ -333,9 +303,9 @@ fn an_unmounted_bpffs_is_mounted_again_and_the_pins_put_back_without_an_outage()
     assert!(out.status.success(), "umount: {}", String::from_utf8_lossy(&out.stderr));
     let restored_after = wait_for("bpffs mounted again with the pins", || in_agent_mounts(&pinned).status.success());
     std::thread::sleep(Duration::from_millis(500));
-    let (p, m) = (probe_published.finish(), probe_masq.finish());
+    let (p, m) = traffic.probes().unwrap();
     assert_eq!((p.failures, m.failures), (0, 0), "traffic stopped while bpffs was unmounted: {p:?} {m:?}");
-    assert_eq!(held.verify().unwrap(), format!("verified {N}"), "held connections lost");
+    traffic.verify().unwrap();
     assert!(scrape(&t).contains("\nnetpath_pins_restored_total 1\n"));
     // Every pin is back, links included: the agent's own view of them.
     let links = in_agent_mounts(&format!("ls {}", t.pin_dir().join("links").display()));

@@ -6,13 +6,10 @@
 //! back again, as a rollback would. Pins of another layout version are
 //! refused by name either way (`agent_safety.rs`).
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
-use netpath_tests::{
-    chaos::{EchoServer, FlowsProcess, Prober},
-    topology::{Topology, HOST_UPLINK_IP, WORLD_IP},
-    upgrade::build_at,
-};
+use anyhow::Context as _;
+use netpath_tests::{chaos::Traffic, topology::Topology, upgrade::build_at};
 use netpath_userspace::model::{Container, Mapping, PolicyView};
 
 /// The version replaced: the last commit of the previous round of work,
@@ -41,32 +38,16 @@ fn the_previous_agent_is_replaced_under_traffic_and_back_without_losing_a_flow()
     t.ctl_ok(&["map", "8081:c1:81"]).unwrap();
     t.ctl_ok(&["policy", "add", "c2", "deny", "in", "203.0.113.0/24"]).unwrap();
 
-    let _published_server = FlowsProcess::serve(&t.container_ns(1), 80, HELD, 240).unwrap();
-    let _masq_server = FlowsProcess::serve(&t.world, 7001, HELD, 240).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let mut published = FlowsProcess::connect(&t.world, HOST_UPLINK_IP, 8080, HELD, 240).unwrap();
-    let mut masqueraded = FlowsProcess::connect(&t.container_ns(2), WORLD_IP, 7001, HELD, 240).unwrap();
-    assert_eq!(published.read_line().unwrap(), format!("established {HELD}"));
-    assert_eq!(masqueraded.read_line().unwrap(), format!("established {HELD}"));
-    let _echo_c1 = EchoServer::start(&t, &t.container_ns(1), 81).unwrap();
-    let _echo_world = EchoServer::start(&t, &t.world, 7002).unwrap();
-    let probe_published = Prober::start(&t.world, SocketAddr::from((HOST_UPLINK_IP, 8081))).unwrap();
-    let probe_masq = Prober::start(&t.container_ns(2), SocketAddr::from((WORLD_IP, 7002))).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let mut traffic = Traffic::start(&t, HELD, true, 240).unwrap();
     let before = agent_state(&t);
 
     // Up: this build's agent over the previous one's pins and state.
     t.stop_agent().unwrap();
     t.set_agent_binary(None);
     t.start_agent().unwrap();
-    assert_eq!(published.verify().unwrap(), format!("verified {HELD}"), "published connections lost by the upgrade");
-    assert_eq!(
-        masqueraded.verify().unwrap(),
-        format!("verified {HELD}"),
-        "masqueraded connections lost by the upgrade"
-    );
+    traffic.verify().context("across the upgrade").unwrap();
     assert_eq!(agent_state(&t), before, "the upgraded agent's state differs");
-    // It works on: a change, and the previous agent's rule still holds.
+    // It takes changes.
     t.ctl_ok(&["map", "8082:c1:80"]).unwrap();
     let after_upgrade = agent_state(&t);
 
@@ -75,13 +56,8 @@ fn the_previous_agent_is_replaced_under_traffic_and_back_without_losing_a_flow()
     t.set_agent_binary(Some(previous));
     t.start_agent().unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let (p, m) = (probe_published.finish(), probe_masq.finish());
-    assert_eq!(published.verify().unwrap(), format!("verified {HELD}"), "published connections lost by the rollback");
-    assert_eq!(
-        masqueraded.verify().unwrap(),
-        format!("verified {HELD}"),
-        "masqueraded connections lost by the rollback"
-    );
+    let (p, m) = traffic.probes().unwrap();
+    traffic.verify().context("across the rollback").unwrap();
     assert_eq!(agent_state(&t), after_upgrade, "the rolled-back agent's state differs");
     assert!(p.attempts > 50 && m.attempts > 50, "{p:?} {m:?}");
     assert_eq!((p.failures, m.failures), (0, 0), "new connections failed across the upgrade: {p:?} {m:?}");

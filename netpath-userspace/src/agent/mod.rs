@@ -56,7 +56,7 @@ use tokio::sync::{broadcast, Mutex, MutexGuard};
 
 use self::bridges::{BridgeLayout, Bridges, PortAddrs};
 use crate::{
-    config::{self, ResolvedConfig, UplinkXdp},
+    config::{ResolvedConfig, UplinkXdp},
     datapath::{Datapath, GcReport, MapSummary, ProgramSummary},
     host_ports::HostPorts,
     host_record::{HostChanges, SysctlPath},
@@ -211,7 +211,7 @@ struct Inner {
     /// MTU of the bridge and of every container's veth pair.
     mtu: u32,
     /// Held while the agent runs; dropped (and removed) with it.
-    _locks: [LockFile; 3],
+    _locks: Vec<LockFile>,
 }
 
 /// The cgroup v2 root: the hybrid layout's `unified` mount, or a pure v2
@@ -300,17 +300,10 @@ impl Agent {
         let configured = cfg.clone();
         // One agent per instance, whatever its state directory: the pins
         // are the instance's. One per pin directory (another instance's
-        // --pin-dir), and one per state directory.
-        let instance_lock =
-            LockFile::acquire(&config::instance_lock(&cfg.instance), &format!("instance {}", cfg.instance))?;
-        let pin_lock = LockFile::acquire(
-            &config::pin_dir_lock(&cfg.pin_dir),
-            &format!("pin directory {}", cfg.pin_dir.display()),
-        )?;
-        let store = StateStore::new(&cfg.state_dir)?;
-        let state_lock =
-            LockFile::acquire(&cfg.state_dir.join("lock"), &format!("state directory {}", cfg.state_dir.display()))?;
-        let mut store = store;
+        // --pin-dir), and one per state directory (created first, so that
+        // it is locked too): the locks `uninstall` and `--recover` take.
+        let mut store = StateStore::new(&cfg.state_dir)?;
+        let locks = crate::lock::lock_instance(&cfg)?;
         let state = store.load()?;
         // Checked before the host is touched: a bad range changes nothing.
         let host_ports = HostPorts::load(state.mappings.iter().map(|m| m.host_port))?;
@@ -419,7 +412,7 @@ impl Agent {
             uplink: cfg.uplink.clone(),
             host_ports,
             mtu,
-            _locks: [instance_lock, pin_lock, state_lock],
+            _locks: locks,
         };
         inner.attach_host_hooks().await?;
         inner.sync_host_addrs().await?;
