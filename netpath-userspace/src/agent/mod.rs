@@ -531,7 +531,7 @@ impl Agent {
                 if let Err(e) = synced {
                     tracing::warn!("host address sync: {e:#}");
                 }
-                if let Err(e) = agent.watch_interfaces(&nl).await {
+                if let Err(e) = agent.watch_interfaces().await {
                     tracing::warn!("interface check: {e:#}");
                 }
             }
@@ -610,19 +610,20 @@ impl Agent {
     /// a container whose veth is gone (its network namespace was deleted,
     /// or the veth) is removed as `container del` would, its ports
     /// unpublished. Each is logged and counted.
-    async fn watch_interfaces(&self, nl: &Netlink) -> Result<()> {
-        // The dump (about a millisecond per thousand interfaces) runs
-        // without the lock; when it shows nothing gone, which is every
-        // time but after a loss, API calls never waited for it.
-        let links = nl.links().await?;
+    async fn watch_interfaces(&self) -> Result<()> {
+        // First the interfaces' indexes alone (if_nameindex: no attribute
+        // parsed or kept), without the lock; when every veth and bridge is
+        // there, which is every time but after a loss, that is all.
+        let present: std::collections::HashSet<u32> =
+            nix::net::if_::if_nameindex().context("listing interfaces")?.iter().map(|i| i.index()).collect();
         {
             let inner = self.inner.lock().await;
-            let veths_there = inner.state.containers.iter().all(|c| links.iter().any(|l| l.header.index == c.ifindex));
-            if veths_there && inner.bridges.all_present(&links) {
+            let veths_there = inner.state.containers.iter().all(|c| present.contains(&c.ifindex));
+            if veths_there && inner.bridges.indexes().all(|i| present.contains(&i)) {
                 return Ok(());
             }
         }
-        // Something looks gone, or was added during the dump: look again
+        // Something looks gone, or was added meanwhile: the full dump,
         // under the lock, where nothing is added meanwhile.
         let mut inner = self.inner.lock().await;
         let links = inner.nl.links().await?;
