@@ -56,6 +56,12 @@ fn main() -> Result<()> {
         LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
         LogFormat::Json => tracing_subscriber::fmt().json().flatten_event(true).with_env_filter(filter).init(),
     }
+    // glibc gives each thread that allocates an arena of its own and keeps
+    // what is freed in it: the periodic netlink dumps on the runtime's
+    // threads held RSS at 87 MiB after 2000 attaches, 51 MiB with two
+    // arenas (control bench). Before any other thread exists.
+    // SAFETY: mallopt only sets an allocator parameter.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     // setns applies to the calling thread: do it before any other exists.
     if let Some(ns) = &cli.flags.netns {
         Netns::open(ns)?.enter()?;
