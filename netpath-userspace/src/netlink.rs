@@ -7,6 +7,7 @@ use futures::TryStreamExt as _;
 use netlink_packet_route::{
     address::{AddressAttribute, AddressFlags},
     link::{LinkAttribute, LinkMessage},
+    route::{RouteAddress, RouteAttribute, RouteMessage},
 };
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
@@ -282,26 +283,15 @@ impl Netlink {
     /// Gateways of the IPv4 default routes in the main table, with their
     /// output interface.
     pub async fn ipv4_default_gateways(&self) -> Result<Vec<(Ipv4Addr, Option<u32>)>> {
-        use netlink_packet_route::route::{RouteAddress, RouteAttribute};
-        let mut out = vec![];
-        let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
-        while let Some(msg) = routes.try_next().await.context("listing routes")? {
-            if msg.header.destination_prefix_length != 0 || msg.header.table != libc::RT_TABLE_MAIN {
-                continue;
-            }
-            let gateway = msg.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Gateway(RouteAddress::Inet(gw)) => Some(*gw),
+        let routes = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        Ok(default_gateways(routes)
+            .await?
+            .into_iter()
+            .filter_map(|(gateway, oif)| match gateway {
+                RouteAddress::Inet(gw) => Some((gw, oif)),
                 _ => None,
-            });
-            let oif = msg.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Oif(i) => Some(*i),
-                _ => None,
-            });
-            if let Some(gateway) = gateway {
-                out.push((gateway, oif));
-            }
-        }
-        Ok(out)
+            })
+            .collect())
     }
 
     /// Routes `addr` alone (a /32 or /128) out of interface `oif`, with
@@ -348,7 +338,6 @@ impl Netlink {
     /// The routes to single addresses (/32 and /128) out of `oif` in the
     /// main table, both families.
     pub async fn host_routes_via(&self, oif: u32) -> Result<Vec<IpAddr>> {
-        use netlink_packet_route::route::{RouteAddress, RouteAttribute};
         let mut out = vec![];
         // No family: the dump holds both.
         let mut routes = self.handle.route().get(RouteMessageBuilder::<IpAddr>::new().build()).execute();
@@ -442,27 +431,42 @@ impl Netlink {
     /// Gateways of the IPv6 default routes in the main table, with their
     /// output interface.
     pub async fn ipv6_default_gateways(&self) -> Result<Vec<(Ipv6Addr, Option<u32>)>> {
-        use netlink_packet_route::route::{RouteAddress, RouteAttribute};
-        let mut out = vec![];
-        let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv6Addr>::new().build()).execute();
-        while let Some(msg) = routes.try_next().await.context("listing routes")? {
-            if msg.header.destination_prefix_length != 0 || msg.header.table != libc::RT_TABLE_MAIN {
-                continue;
-            }
-            let gateway = msg.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Gateway(RouteAddress::Inet6(gw)) => Some(*gw),
+        let routes = self.handle.route().get(RouteMessageBuilder::<Ipv6Addr>::new().build()).execute();
+        Ok(default_gateways(routes)
+            .await?
+            .into_iter()
+            .filter_map(|(gateway, oif)| match gateway {
+                RouteAddress::Inet6(gw) => Some((gw, oif)),
                 _ => None,
-            });
-            let oif = msg.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Oif(i) => Some(*i),
-                _ => None,
-            });
-            if let Some(gateway) = gateway {
-                out.push((gateway, oif));
-            }
-        }
-        Ok(out)
+            })
+            .collect())
     }
+}
+
+/// The gateway and output interface of every default route of the main
+/// table in a route dump (one family's).
+async fn default_gateways(
+    routes: impl futures::Stream<Item = Result<RouteMessage, rtnetlink::Error>>,
+) -> Result<Vec<(RouteAddress, Option<u32>)>> {
+    let mut out = vec![];
+    futures::pin_mut!(routes);
+    while let Some(msg) = routes.try_next().await.context("listing routes")? {
+        if msg.header.destination_prefix_length != 0 || msg.header.table != libc::RT_TABLE_MAIN {
+            continue;
+        }
+        let gateway = msg.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Gateway(gw) => Some(gw.clone()),
+            _ => None,
+        });
+        let oif = msg.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Oif(i) => Some(*i),
+            _ => None,
+        });
+        if let Some(gateway) = gateway {
+            out.push((gateway, oif));
+        }
+    }
+    Ok(out)
 }
 
 /// The prefix length that covers `addr` alone.

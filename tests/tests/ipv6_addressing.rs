@@ -10,8 +10,11 @@ use std::net::Ipv6Addr;
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 use ipnet::Ipv6Net;
 use netpath_common::{family::link_local_of, ContainerEntry, DatapathConfig, HostAddr, In6Addr};
-use netpath_tests::topology::{Topology, HOST_UPLINK};
-use netpath_userspace::{agent::parse_mac, model::Container};
+use netpath_tests::topology::{cmd, Topology, HOST_UPLINK};
+use netpath_userspace::{
+    agent::parse_mac,
+    model::{CheckReport, Container},
+};
 
 /// A topology with its agent; with `ipv6`, an IPv6 subnet of its own
 /// (namespaces keep them apart; distinct ones make mix-ups visible),
@@ -63,6 +66,15 @@ fn datapath_config(t: &Topology) -> DatapathConfig {
     map.get(&0, 0).unwrap()
 }
 
+/// `GET /v1/containers/NAME/check` over the agent's socket.
+fn check(t: &Topology, name: &str) -> CheckReport {
+    let socket = t.socket().display().to_string();
+    let url = format!("http://localhost/v1/containers/{name}/check");
+    let out = cmd("curl", &["-sS", "--fail", "--unix-socket", &socket, &url]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn with_subnet6_a_container_gets_its_address_route_and_link_local() {
     let (mut t, net) = topology(2, true);
@@ -89,6 +101,14 @@ fn with_subnet6_a_container_gets_its_address_route_and_link_local() {
     let routes = t.exec(&ns, &["ip", "-6", "route", "show", "default"]).unwrap();
     let routes = String::from_utf8_lossy(&routes.stdout);
     assert!(routes.contains(&format!("via {gateway6} dev eth0")), "{routes}");
+    // The agent's check (what a runtime's CHECK asks) finds both default
+    // routes, and names the IPv6 one once it is gone.
+    assert_eq!(check(&t, "c1").problems, Vec::<String>::new());
+    t.exec(&ns, &["ip", "-6", "route", "del", "default"]).unwrap();
+    let problems = check(&t, "c1").problems;
+    assert!(problems.iter().any(|p| p.contains(&format!("no IPv6 default route via {gateway6}"))), "{problems:?}");
+    t.exec(&ns, &["ip", "-6", "route", "add", "default", "via", &gateway6.to_string(), "dev", "eth0"]).unwrap();
+    assert_eq!(check(&t, "c1").problems, Vec::<String>::new());
 
     // The host's side: the gateway on the bridge, forwarding on, the
     // container's veth without IPv6.
