@@ -118,13 +118,13 @@ impl Bridges {
         Ok(bridges)
     }
 
-    /// Do all of the instance's bridges still exist among `links` (a
-    /// netlink dump)?
     /// The bridges' interface indexes.
     pub fn indexes(&self) -> impl Iterator<Item = u32> + '_ {
         self.list.iter().map(|b| b.index)
     }
 
+    /// Do all of the instance's bridges still exist among `links` (a
+    /// netlink dump)?
     pub fn all_present(&self, links: &[netlink_packet_route::link::LinkMessage]) -> bool {
         self.list
             .iter()
