@@ -23,7 +23,9 @@ pub struct IptablesBed {
 
 impl IptablesBed {
     pub fn new() -> Result<IptablesBed> {
-        Ok(IptablesBed { net: PlainNet::new()? })
+        let net = PlainNet::new()?;
+        net.docker_bridge_netfilter()?;
+        Ok(IptablesBed { net })
     }
 
     fn iptables(&self, args: &[&str]) -> Result<Duration> {

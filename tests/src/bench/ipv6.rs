@@ -66,6 +66,7 @@ impl DualBed {
             }
             Variant::Iptables => {
                 let net = PlainNet::new()?;
+                net.docker_bridge_netfilter()?;
                 let ports = bed::port_list(1);
                 net.iptables_restore(
                     "v4.rules",

@@ -235,10 +235,15 @@ pub struct Latency {
 
 /// Request/response latency on one persistent connection (TCP_NODELAY,
 /// 64-byte messages), after 200 warm-up round trips; client and server
-/// threads pinned to the same CPU.
+/// threads pinned to the same CPU. The client is in the world.
 pub fn latency(topo: &Topology, target: impl Into<SocketAddr>, round_trips: usize) -> Result<Latency> {
+    latency_from(topo, &topo.world, target, round_trips)
+}
+
+/// [`latency`] with the client in namespace `ns`.
+pub fn latency_from(topo: &Topology, ns: &str, target: impl Into<SocketAddr>, round_trips: usize) -> Result<Latency> {
     let target = target.into();
-    topo.in_ns(&topo.world, || {
+    topo.in_ns(ns, || {
         let _pin = super::cpu::Pinned::to(super::cpu::latency_cpu())?;
         let mut s = connect(target).with_context(|| format!("connecting to {target}"))?;
         s.set_nodelay(true)?;

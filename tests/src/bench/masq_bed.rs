@@ -35,6 +35,7 @@ impl MasqBed {
             }
             Variant::Iptables => {
                 let net = PlainNet::new()?;
+                net.docker_bridge_netfilter()?;
                 net.iptables_restore(
                     "masq.rules",
                     &iptables::ruleset(&net.subnet, &net.container_ip.to_string(), &[]),

@@ -9,6 +9,8 @@
 //!   figures of the SNAT path;
 //! - ipv6 ([`ipv6`]): a published port over IPv4 and IPv6 side by side
 //!   (ip6tables, an nftables ip6 map, netpath);
+//! - containers ([`containers`]): container to container on one host,
+//!   against a plain Linux bridge and Docker's bridge with br_netfilter;
 //! - policy ([`policy`]): the published port with 0..10000 inbound rules
 //!   (iptables' DOCKER-USER, netpath's API), and the time to add one more;
 //! - control ([`control`]): API calls (map, unmap, status) with an empty
@@ -32,6 +34,7 @@
 mod attach;
 mod baseline_prog;
 mod bed;
+mod containers;
 mod control;
 mod cpu;
 mod drop;
@@ -98,6 +101,7 @@ pub fn main() -> Result<()> {
         prog_run: vec![],
         masquerade: None,
         ipv6: None,
+        containers: None,
         policy: None,
         control: None,
         attach: None,
@@ -134,6 +138,12 @@ pub fn main() -> Result<()> {
         let samples = ipv6::run(&opts, &mut failures)?;
         check_interrupted()?;
         measured.ipv6 = Some(ipv6::Ipv6Figures::new(&samples));
+    }
+    if opts.runs(Section::Containers) {
+        settle("containers");
+        let samples = containers::run(&opts, &mut failures)?;
+        check_interrupted()?;
+        measured.containers = Some(containers::C2cFigures::new(&samples));
     }
     if opts.runs(Section::Policy) {
         settle("policy");

@@ -2,7 +2,7 @@
 //! container, ports published through the API by an in-process client.
 
 use std::{
-    net::SocketAddrV4,
+    net::{Ipv4Addr, SocketAddrV4},
     time::{Duration, Instant},
 };
 
@@ -25,6 +25,8 @@ pub struct NetpathBed {
     fillers: usize,
     hit_published: bool,
     uplink_xdp: bool,
+    /// The containers' addresses as the agent gave them, `c1` first.
+    container_ips: Vec<Ipv4Addr>,
 }
 
 impl NetpathBed {
@@ -35,29 +37,45 @@ impl NetpathBed {
 
     /// The agent started with `args` on top of the defaults, and `c1`.
     pub fn with_args(args: &[&str]) -> Result<NetpathBed> {
-        Self::build(args, false)
+        Self::build(args, false, 1)
+    }
+
+    /// [`NetpathBed::with_args`] with containers `c1`..`c<containers>`.
+    pub fn with_containers(args: &[&str], containers: usize) -> Result<NetpathBed> {
+        Self::build(args, false, containers)
     }
 
     /// [`NetpathBed::with_args`] with IPv6 on the uplink pair too (the
     /// instance carries IPv6 by default, so `c1` gets an address).
     pub fn dual_stack(args: &[&str]) -> Result<NetpathBed> {
-        Self::build(args, true)
+        Self::build(args, true, 1)
     }
 
-    fn build(args: &[&str], ipv6_uplink: bool) -> Result<NetpathBed> {
-        let mut topo = Topology::new(1)?;
+    fn build(args: &[&str], ipv6_uplink: bool, containers: usize) -> Result<NetpathBed> {
+        let mut topo = Topology::new(containers)?;
         if ipv6_uplink {
             topo.add_ipv6_uplink()?;
         }
+        // As on the plain beds: netpath has no use for br_netfilter.
+        super::plain::bridge_netfilter(&topo, false)?;
         topo.agent_args(args);
         topo.start_agent()?;
-        topo.add_container(1)?;
+        let mut container_ips = vec![];
+        for i in 1..=containers {
+            let c = topo.add_container(i)?;
+            container_ips.push(c.ip.with_context(|| format!("container c{i} got no IPv4 address"))?);
+        }
         // The agent decides whether XDP goes on the uplink (not on a veth by default).
         let link = topo.exec(&topo.host, &["ip", "link", "show", HOST_UPLINK])?;
         let uplink_xdp = String::from_utf8_lossy(&link.stdout).contains("xdp");
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
         let client = Client::new(&topo.socket());
-        Ok(NetpathBed { topo, rt, client, fillers: 0, hit_published: false, uplink_xdp })
+        Ok(NetpathBed { topo, rt, client, fillers: 0, hit_published: false, uplink_xdp, container_ips })
+    }
+
+    /// Container `c<i>`'s IPv4 address (1-based).
+    pub fn container_ip(&self, i: usize) -> Option<Ipv4Addr> {
+        i.checked_sub(1).and_then(|k| self.container_ips.get(k)).copied()
     }
 
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {

@@ -21,13 +21,22 @@ pub enum Section {
     Drop,
     /// A published port over IPv4 and IPv6 side by side.
     Ipv6,
+    /// Container to container on one host, against a plain Linux bridge.
+    Containers,
 }
 
 impl Section {
     /// In run order: control last, since its attach curve leaves 1000
     /// namespaces whose deletion keeps kernel workers busy for minutes.
-    pub const ALL: [Section; 6] =
-        [Section::Publish, Section::Masquerade, Section::Ipv6, Section::Policy, Section::Drop, Section::Control];
+    pub const ALL: [Section; 7] = [
+        Section::Publish,
+        Section::Masquerade,
+        Section::Ipv6,
+        Section::Containers,
+        Section::Policy,
+        Section::Drop,
+        Section::Control,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -37,6 +46,7 @@ impl Section {
             Section::Control => "control",
             Section::Drop => "drop",
             Section::Ipv6 => "ipv6",
+            Section::Containers => "containers",
         }
     }
 
@@ -66,7 +76,8 @@ pub struct Options {
     pub prog_run_calls: u32,
 }
 
-const USAGE: &str = "netpath-bench [--quick] [--sections publish,masquerade,ipv6,policy,control,drop] [--rounds N] \
+const USAGE: &str =
+    "netpath-bench [--quick] [--sections publish,masquerade,ipv6,containers,policy,control,drop] [--rounds N] \
                      [--sizes 1,1000,10000,100000] [--rules 0,1000,10000] [--seconds S] \
                      [--variants no-nat,iptables,nftables,netpath,netpath-stack] [--out DIR]";
 

@@ -1,6 +1,14 @@
 //! The plain Linux topology shared by the baselines: a bridge and a veth
-//! pair set up with `ip` inside the namespaces, IPv4 forwarding on, no
-//! netpath and no BPF. `no-nat` adds a route in the world and nothing else.
+//! pair per container set up with `ip` inside the namespaces, IPv4
+//! forwarding on, no netpath and no BPF. `no-nat` adds a route in the world
+//! and nothing else.
+//!
+//! br_netfilter, once loaded on a machine (Docker loads it), makes every
+//! bridged packet walk the iptables hooks in every namespace whose
+//! `bridge-nf-call-*` sysctls are on, and a new namespace starts with them
+//! on. So whether the baselines paid for it would depend on what ran on the
+//! machine before: every bed sets them explicitly ([`bridge_netfilter`]),
+//! off except for Docker's layout, which turns them on itself.
 
 use std::{
     fs::File,
@@ -22,50 +30,75 @@ pub const CONTAINER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xb6, 0, 0, 0, 0, 0, 2
 
 /// The bridge, named as netpath names its own so that the shapes match.
 pub const BRIDGE: &str = "np0";
-const HOST_VETH: &str = "veth-c1";
-
 pub struct PlainNet {
     pub topo: Topology,
     pub subnet: Ipv4Net,
+    /// Container `c1`'s address.
     pub container_ip: Ipv4Addr,
+    /// Every container's address, `c1` first.
+    pub container_ips: Vec<Ipv4Addr>,
 }
 
 impl PlainNet {
-    /// Host, world and container namespaces (the Topology harness), then
-    /// bridge, veth pair, addresses and routes.
+    /// Host, world and one container namespace (the Topology harness),
+    /// then bridge, veth pair, addresses and routes.
     pub fn new() -> Result<PlainNet> {
-        let topo = Topology::new(1)?;
+        Self::with_containers(1)
+    }
+
+    /// The same with `containers` containers on the bridge.
+    pub fn with_containers(containers: usize) -> Result<PlainNet> {
+        let topo = Topology::new(containers)?;
         let subnet: Ipv4Net = topo.subnet.parse().with_context(|| format!("subnet {}", topo.subnet))?;
         let mut hosts = subnet.hosts();
-        let (Some(gateway), Some(container_ip)) = (hosts.next(), hosts.next()) else {
-            bail!("subnet {subnet} has no room for a gateway and a container");
+        let Some(gateway) = hosts.next() else {
+            bail!("subnet {subnet} has no room for a gateway");
         };
-        let (host, ctr) = (topo.host.clone(), topo.container_ns(1));
+        let container_ips: Vec<Ipv4Addr> = hosts.take(containers).collect();
+        if container_ips.len() < containers.max(1) {
+            bail!("subnet {subnet} has no room for {containers} containers");
+        }
+        let host = topo.host.clone();
         let gw = format!("{gateway}/{}", subnet.prefix_len());
-        let ctr_addr = format!("{container_ip}/{}", subnet.prefix_len());
-        let gateway = gateway.to_string();
-        let host_steps: [&[&str]; 7] = [
+        let host_steps: [&[&str]; 4] = [
             &["ip", "link", "add", BRIDGE, "type", "bridge"],
             &["ip", "addr", "add", &gw, "dev", BRIDGE],
             &["ip", "link", "set", BRIDGE, "up"],
-            &["ip", "link", "add", HOST_VETH, "type", "veth", "peer", "name", "eth0", "netns", &ctr],
-            &["ip", "link", "set", HOST_VETH, "master", BRIDGE],
-            &["ip", "link", "set", HOST_VETH, "up"],
             &["sysctl", "-qw", "net.ipv4.ip_forward=1"],
         ];
         for step in host_steps {
             topo.exec(&host, step)?;
         }
-        let ctr_steps: [&[&str]; 4] = [
-            &["ip", "addr", "add", &ctr_addr, "dev", "eth0"],
-            &["ip", "link", "set", "eth0", "up"],
-            &["ip", "link", "set", "lo", "up"],
-            &["ip", "route", "add", "default", "via", &gateway],
-        ];
-        for step in ctr_steps {
-            topo.exec(&ctr, step)?;
+        bridge_netfilter(&topo, false)?;
+        let gateway = gateway.to_string();
+        for (i, ip) in (1..).zip(&container_ips) {
+            let (ctr, veth) = (topo.container_ns(i), format!("veth-c{i}"));
+            let ctr_addr = format!("{ip}/{}", subnet.prefix_len());
+            let host_steps: [&[&str]; 3] = [
+                &["ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ctr],
+                &["ip", "link", "set", &veth, "master", BRIDGE],
+                &["ip", "link", "set", &veth, "up"],
+            ];
+            for step in host_steps {
+                topo.exec(&host, step)?;
+            }
+            let ctr_steps: [&[&str]; 4] = [
+                &["ip", "addr", "add", &ctr_addr, "dev", "eth0"],
+                &["ip", "link", "set", "eth0", "up"],
+                &["ip", "link", "set", "lo", "up"],
+                &["ip", "route", "add", "default", "via", &gateway],
+            ];
+            for step in ctr_steps {
+                topo.exec(&ctr, step)?;
+            }
         }
-        Ok(PlainNet { topo, subnet, container_ip })
+        Ok(PlainNet { topo, subnet, container_ip: container_ips[0], container_ips })
+    }
+
+    /// Docker's layout is loaded: bridged packets walk its chains, as
+    /// Docker's bridge driver has them do.
+    pub fn docker_bridge_netfilter(&self) -> Result<()> {
+        bridge_netfilter(&self.topo, true).map(|_| ())
     }
 
     /// IPv6 beside IPv4 ([`SUBNET6`]: the bridge its `::1`, the container
@@ -128,6 +161,26 @@ impl PlainNet {
         let path = file.0.display().to_string();
         timed_in_ns(&self.topo, &self.topo.host, "nft", &["-f", &path], None)
     }
+}
+
+/// br_netfilter's `bridge-nf-call-iptables` and `-ip6tables` in the host
+/// namespace of `topo`, on or off (see the module's comment). Returns
+/// whether br_netfilter is loaded at all: without it bridged packets never
+/// meet netfilter and there is nothing to set.
+pub fn bridge_netfilter(topo: &Topology, on: bool) -> Result<bool> {
+    if !br_netfilter_loaded() {
+        return Ok(false);
+    }
+    let v = u8::from(on);
+    let (v4, v6) =
+        (format!("net.bridge.bridge-nf-call-iptables={v}"), format!("net.bridge.bridge-nf-call-ip6tables={v}"));
+    topo.exec(&topo.host, &["sysctl", "-qw", &v4, &v6])?;
+    Ok(true)
+}
+
+/// br_netfilter's sysctls exist once the module is loaded (machine-wide).
+pub fn br_netfilter_loaded() -> bool {
+    Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists()
 }
 
 /// Plain routing, the ceiling: the world routes the container subnet via

@@ -103,7 +103,9 @@ pub struct IptablesPolicyBed {
 
 impl IptablesPolicyBed {
     pub fn new(stateful: bool) -> Result<IptablesPolicyBed> {
-        let mut bed = IptablesPolicyBed { net: PlainNet::new()?, stateful };
+        let net = PlainNet::new()?;
+        net.docker_bridge_netfilter()?;
+        let mut bed = IptablesPolicyBed { net, stateful };
         bed.set_rules(0)?;
         Ok(bed)
     }

@@ -53,6 +53,9 @@ fn markdown(r: &Results) -> String {
     if let Some(f) = &r.ipv6 {
         super::report_ipv6::section(&mut s, r, f);
     }
+    if let Some(c) = &r.containers {
+        super::containers::section(&mut s, r, c);
+    }
     if let Some(p) = &r.policy {
         report_policy::section(&mut s, r, p);
     }

@@ -180,6 +180,7 @@ pub struct Measured {
     pub prog_run: Vec<progrun::Figure>,
     pub masquerade: Option<MasqFigures>,
     pub ipv6: Option<super::ipv6::Ipv6Figures>,
+    pub containers: Option<super::containers::C2cFigures>,
     pub policy: Option<PolicyFigures>,
     pub control: Option<ControlFigures>,
     pub attach: Option<AttachFigures>,
@@ -201,6 +202,8 @@ pub struct Results {
     pub masquerade: Option<MasqFigures>,
     /// A published port over both families.
     pub ipv6: Option<super::ipv6::Ipv6Figures>,
+    /// Container to container on one host.
+    pub containers: Option<super::containers::C2cFigures>,
     pub policy: Option<PolicyFigures>,
     pub control: Option<ControlFigures>,
     pub attach: Option<AttachFigures>,
@@ -228,6 +231,7 @@ impl Results {
         all_targets.extend(progrun::targets(&measured.prog_run));
         all_targets.extend(measured.masquerade.iter().flat_map(MasqFigures::targets));
         all_targets.extend(measured.ipv6.iter().flat_map(super::ipv6::Ipv6Figures::targets));
+        all_targets.extend(measured.containers.iter().flat_map(super::containers::C2cFigures::targets));
         all_targets.extend(measured.policy.iter().flat_map(PolicyFigures::targets));
         all_targets.extend(measured.control.iter().flat_map(ControlFigures::targets));
         all_targets.extend(measured.attach.iter().flat_map(AttachFigures::targets));
@@ -253,6 +257,7 @@ impl Results {
             prog_run: measured.prog_run,
             masquerade: measured.masquerade,
             ipv6: measured.ipv6,
+            containers: measured.containers,
             policy: measured.policy,
             control: measured.control,
             attach: measured.attach,
