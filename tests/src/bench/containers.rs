@@ -385,3 +385,54 @@ pub fn section(s: &mut String, r: &Results, f: &C2cFigures) {
         s.push('\n');
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rate(per_sec: f64) -> ConnRate {
+        ConnRate { per_sec, connections: 1, errors: 0, seconds: 1.0 }
+    }
+
+    fn samples(conn: f64, one_cpu: f64, gbit: f64, p50_us: f64) -> C2cSamples {
+        C2cSamples {
+            conn_rate: vec![rate(conn)],
+            conn_rate_one_cpu: vec![rate(one_cpu)],
+            throughput_gbit: vec![gbit],
+            latency: vec![Latency { p50_us, p99_us: 2.0 * p50_us, round_trips: 1 }],
+            notes: vec![],
+        }
+    }
+
+    fn met(figures: &C2cFigures) -> Vec<Option<bool>> {
+        figures.targets().iter().map(|t| t.met).collect()
+    }
+
+    #[test]
+    fn targets_compare_netpath_with_the_plain_bridge_each_way() {
+        // Faster at connections, slower at the stream, a lower p50 is better.
+        let f = C2cFigures::new(&[
+            (Variant::NoNat, samples(100.0, 50.0, 10.0, 20.0)),
+            (Variant::Iptables, samples(500.0, 500.0, 50.0, 1.0)),
+            (Variant::Netpath, samples(101.0, 49.0, 9.0, 19.0)),
+        ]);
+        assert_eq!(met(&f), [Some(true), Some(false), Some(false), Some(true)]);
+        // iptables is not the reference, whatever it measured.
+        let f = C2cFigures::new(&[
+            (Variant::NoNat, samples(100.0, 50.0, 10.0, 20.0)),
+            (Variant::Netpath, samples(100.0, 50.0, 10.0, 20.0)),
+        ]);
+        assert_eq!(met(&f), [Some(true); 4]);
+    }
+
+    #[test]
+    fn a_variant_that_failed_leaves_the_targets_unmeasured() {
+        let f = C2cFigures::new(&[
+            (Variant::NoNat, C2cSamples::default()),
+            (Variant::Netpath, samples(100.0, 50.0, 10.0, 20.0)),
+        ]);
+        assert_eq!(met(&f), [None; 4]);
+        let f = C2cFigures::new(&[(Variant::Netpath, samples(100.0, 50.0, 10.0, 20.0))]);
+        assert_eq!(met(&f), [None; 4]);
+    }
+}
