@@ -80,6 +80,26 @@ pub struct SizePoint {
     pub connections: Vec<u64>,
 }
 
+impl SizePoint {
+    /// One point per size, from the rates measured at it.
+    pub fn all(rates: &[(usize, Vec<ConnRate>)]) -> Vec<SizePoint> {
+        rates
+            .iter()
+            .map(|(ports, rates)| SizePoint {
+                ports: *ports,
+                per_sec: Series::of(rates, |c| c.per_sec),
+                errors: rates.iter().map(|c| c.errors).collect(),
+                connections: rates.iter().map(|c| c.connections).collect(),
+            })
+            .collect()
+    }
+
+    /// The median rate at `ports` in `points`, if measured.
+    pub fn rate_at(points: &[SizePoint], ports: usize) -> Option<f64> {
+        points.iter().find(|p| p.ports == ports).map(|p| p.per_sec.median).filter(|r| r.is_finite())
+    }
+}
+
 #[derive(Serialize)]
 pub struct VariantFigures {
     pub variant: Variant,
@@ -101,19 +121,8 @@ pub struct VariantFigures {
 
 impl VariantFigures {
     fn new(variant: Variant, s: &VariantSamples) -> VariantFigures {
-        let points = |rates: &[(usize, Vec<ConnRate>)]| -> Vec<SizePoint> {
-            rates
-                .iter()
-                .map(|(ports, rates)| SizePoint {
-                    ports: *ports,
-                    per_sec: Series::of(rates, |c| c.per_sec),
-                    errors: rates.iter().map(|c| c.errors).collect(),
-                    connections: rates.iter().map(|c| c.connections).collect(),
-                })
-                .collect()
-        };
-        let conn_rate = points(&s.conn_rate);
-        let conn_rate_one_cpu = points(&s.conn_rate_one_cpu);
+        let conn_rate = SizePoint::all(&s.conn_rate);
+        let conn_rate_one_cpu = SizePoint::all(&s.conn_rate_one_cpu);
         let ms = |f: fn(&AddOne) -> Duration| {
             (!s.add_one.is_empty()).then(|| Series::of(&s.add_one, |a| f(a).as_secs_f64() * 1e3))
         };
@@ -132,11 +141,11 @@ impl VariantFigures {
     }
 
     pub fn rate_at(&self, ports: usize) -> Option<f64> {
-        self.conn_rate.iter().find(|p| p.ports == ports).map(|p| p.per_sec.median).filter(|r| r.is_finite())
+        SizePoint::rate_at(&self.conn_rate, ports)
     }
 
     pub fn one_cpu_rate_at(&self, ports: usize) -> Option<f64> {
-        self.conn_rate_one_cpu.iter().find(|p| p.ports == ports).map(|p| p.per_sec.median).filter(|r| r.is_finite())
+        SizePoint::rate_at(&self.conn_rate_one_cpu, ports)
     }
 }
 
