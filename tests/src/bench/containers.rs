@@ -26,13 +26,12 @@ use serde::Serialize;
 
 use super::{
     bed::{port_list, Bed, Variant, CONTAINER_PORT},
-    iptables,
-    load::{self, ConnRate, Latency},
+    iptables, load,
     netpath::NetpathBed,
     options::{Options, Section},
     plain::PlainNet,
     report::{ratio, section_targets, values},
-    results::{Results, Series, SizePoint, Target},
+    results::{push_at, Results, Series, SizePoint, Target, VariantFigures, VariantSamples},
     schedule::{Lane, Lanes},
     server::Server,
 };
@@ -93,17 +92,6 @@ impl C2cBed {
     }
 }
 
-/// Everything measured on one variant's bed.
-#[derive(Default)]
-pub struct C2cSamples {
-    /// Per number of published ports.
-    pub conn_rate: Vec<(usize, Vec<ConnRate>)>,
-    pub conn_rate_one_cpu: Vec<(usize, Vec<ConnRate>)>,
-    pub throughput_gbit: Vec<f64>,
-    pub latency: Vec<Latency>,
-    pub notes: Vec<String>,
-}
-
 struct C2cLane {
     variant: Variant,
     // Dropped before the bed, so that the server threads end before c2's
@@ -112,12 +100,12 @@ struct C2cLane {
     bed: C2cBed,
     target: SocketAddrV4,
     client_ns: String,
-    samples: C2cSamples,
+    samples: VariantSamples,
 }
 
 impl Lane for C2cLane {
     type Key = Variant;
-    type Samples = C2cSamples;
+    type Samples = VariantSamples;
 
     fn key(&self) -> Variant {
         self.variant
@@ -127,7 +115,7 @@ impl Lane for C2cLane {
         self.variant.name()
     }
 
-    fn into_samples(mut self) -> C2cSamples {
+    fn into_samples(mut self) -> VariantSamples {
         self.server.take();
         self.samples
     }
@@ -144,7 +132,7 @@ impl C2cLane {
         load::wait_reachable(topo, &client_ns, target)?;
         // Nothing on the way may translate: c2 must see c1's own address.
         let seen = load::seen_as(topo, &client_ns, target).context("asking c2's server how it sees c1")?;
-        let mut samples = C2cSamples::default();
+        let mut samples = VariantSamples::default();
         samples.notes.push(format!("{}: c1 -> {target}, seen by the server as {seen}", variant.name()));
         if matches!(bed, C2cBed::Netpath(_)) {
             samples.notes.push(format!("{}: netpathd with its default settings", variant.name()));
@@ -173,22 +161,14 @@ impl C2cLane {
 
     /// Clients, server and so the softirq work of both veths on one vCPU:
     /// the rate is the inverse of the path's CPU cost per connection.
+    /// CPU per connection: see [`load::conn_rate_one_cpu`].
     fn conn_rate_one_cpu(&mut self, ports: usize, opts: &Options) -> Result<()> {
-        let cpu = super::cpu::latency_cpu();
         let server = self.server.as_ref().context("the server is gone")?;
-        server.pin(Some(cpu))?;
         let topo = self.bed.topology();
         let rate =
-            load::conn_rate_on(topo, &self.client_ns, self.target, opts.client_threads, opts.load_time(), Some(cpu));
-        server.pin(None)?;
-        let rate = rate.with_context(|| format!("connection rate on one vCPU with {ports} ports"))?;
-        eprintln!(
-            "   {:<13} {ports:>6} ports, one vCPU: {:>8.0} conn/s, {:.1} us per connection ({} errors)",
-            self.variant.name(),
-            rate.per_sec,
-            1e6 / rate.per_sec,
-            rate.errors
-        );
+            load::conn_rate_one_cpu(topo, &self.client_ns, self.target, server, opts.client_threads, opts.load_time())
+                .with_context(|| format!("connection rate on one vCPU with {ports} ports"))?;
+        eprintln!("   {:<13} {ports:>6} ports, one vCPU: {}", self.variant.name(), load::describe_one_cpu(&rate));
         push_at(&mut self.samples.conn_rate_one_cpu, ports, rate);
         Ok(())
     }
@@ -221,16 +201,8 @@ impl C2cLane {
     }
 }
 
-/// Adds `rate` to the samples at `ports` (sizes come in order).
-fn push_at(samples: &mut Vec<(usize, Vec<ConnRate>)>, ports: usize, rate: ConnRate) {
-    match samples.last_mut() {
-        Some((p, rates)) if *p == ports => rates.push(rate),
-        _ => samples.push((ports, vec![rate])),
-    }
-}
-
 /// The section's measurements, interleaved across the variants.
-pub fn run(opts: &Options, failures: &mut Vec<String>) -> Result<Vec<(Variant, C2cSamples)>> {
+pub fn run(opts: &Options, failures: &mut Vec<String>) -> Result<Vec<(Variant, VariantSamples)>> {
     let variants: Vec<Variant> = opts.variants.iter().copied().filter(|&v| applies(v)).collect();
     let mut lanes = Lanes::new(Section::Containers.name(), failures);
     for &variant in &variants {
@@ -257,33 +229,20 @@ pub fn run(opts: &Options, failures: &mut Vec<String>) -> Result<Vec<(Variant, C
 }
 
 #[derive(Serialize)]
-pub struct C2cVariantFigures {
-    pub variant: Variant,
-    /// Per number of ports published to c1.
-    pub conn_rate: Vec<SizePoint>,
-    pub conn_rate_one_cpu: Vec<SizePoint>,
-    /// With 1 port published.
-    pub throughput_gbit: Series,
-    pub latency_p50_us: Series,
-    pub latency_p99_us: Series,
-    pub notes: Vec<String>,
-}
-
-#[derive(Serialize)]
 pub struct C2cFigures {
-    pub variants: Vec<C2cVariantFigures>,
+    pub variants: Vec<VariantFigures>,
     /// Whether br_netfilter was loaded on the machine (without it the
     /// iptables variant's chains are never walked by bridged packets).
     pub br_netfilter_loaded: bool,
 }
 
 /// Which of a variant's series a target compares.
-type Pick = fn(&C2cVariantFigures) -> &Series;
+type Pick = fn(&VariantFigures) -> &Series;
 /// Which of a variant's per-size rates a target compares.
-type PickRates = fn(&C2cVariantFigures) -> &[SizePoint];
+type PickRates = fn(&VariantFigures) -> &[SizePoint];
 
 /// `series`' medians of netpath and of the bridge, if both were measured.
-fn medians(np: Option<&C2cVariantFigures>, bridge: Option<&C2cVariantFigures>, series: Pick) -> Option<(f64, f64)> {
+fn medians(np: Option<&VariantFigures>, bridge: Option<&VariantFigures>, series: Pick) -> Option<(f64, f64)> {
     Some((measured(series(np?))?, measured(series(bridge?))?)).filter(|(_, b)| *b > 0.0)
 }
 
@@ -293,23 +252,12 @@ fn measured(s: &Series) -> Option<f64> {
 }
 
 impl C2cFigures {
-    pub fn new(samples: &[(Variant, C2cSamples)]) -> C2cFigures {
-        let variants = samples
-            .iter()
-            .map(|(v, s)| C2cVariantFigures {
-                variant: *v,
-                conn_rate: SizePoint::all(&s.conn_rate),
-                conn_rate_one_cpu: SizePoint::all(&s.conn_rate_one_cpu),
-                throughput_gbit: Series::new(s.throughput_gbit.clone()),
-                latency_p50_us: Series::of(&s.latency, |l| l.p50_us),
-                latency_p99_us: Series::of(&s.latency, |l| l.p99_us),
-                notes: s.notes.clone(),
-            })
-            .collect();
+    pub fn new(samples: &[(Variant, VariantSamples)]) -> C2cFigures {
+        let variants = samples.iter().map(|(v, s)| VariantFigures::new(*v, s)).collect();
         C2cFigures { variants, br_netfilter_loaded: super::plain::br_netfilter_loaded() }
     }
 
-    pub fn variant(&self, v: Variant) -> Option<&C2cVariantFigures> {
+    pub fn variant(&self, v: Variant) -> Option<&VariantFigures> {
         self.variants.iter().find(|f| f.variant == v)
     }
 
@@ -488,32 +436,26 @@ pub fn section(s: &mut String, r: &Results, f: &C2cFigures) {
          bridge; **netpath-stack** is the same with `--no-fast-path`; both publish the ports in one bulk API \
          call. {netfilter}.\n"
     );
-    let notes: Vec<&String> = f.variants.iter().flat_map(|v| &v.notes).collect();
-    if !notes.is_empty() {
-        let _ = writeln!(s, "Setup as it ran:\n");
-        for n in notes {
-            let _ = writeln!(s, "- {n}");
-        }
-        s.push('\n');
-    }
+    super::report::setup_notes(s, f.variants.iter().flat_map(|v| &v.notes));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::load::{ConnRate, Latency};
 
     fn rate(per_sec: f64) -> ConnRate {
         ConnRate { per_sec, connections: 1, errors: 0, seconds: 1.0 }
     }
 
     /// Rates at 1 and 1000 ports (the same on one vCPU), a stream, an RR p50.
-    fn samples(conn: [f64; 2], one_cpu: [f64; 2], gbit: f64, p50_us: f64) -> C2cSamples {
-        C2cSamples {
+    fn samples(conn: [f64; 2], one_cpu: [f64; 2], gbit: f64, p50_us: f64) -> VariantSamples {
+        VariantSamples {
             conn_rate: vec![(1, vec![rate(conn[0])]), (1000, vec![rate(conn[1])])],
             conn_rate_one_cpu: vec![(1, vec![rate(one_cpu[0])]), (1000, vec![rate(one_cpu[1])])],
             throughput_gbit: vec![gbit],
             latency: vec![Latency { p50_us, p99_us: 2.0 * p50_us, round_trips: 1 }],
-            notes: vec![],
+            ..Default::default()
         }
     }
 
@@ -543,7 +485,7 @@ mod tests {
     #[test]
     fn a_variant_that_failed_leaves_the_targets_unmeasured() {
         let f = C2cFigures::new(&[
-            (Variant::NoNat, C2cSamples::default()),
+            (Variant::NoNat, VariantSamples::default()),
             (Variant::Netpath, samples([100.0; 2], [50.0; 2], 10.0, 20.0)),
         ]);
         assert_eq!(met(&f), [None; 4]);

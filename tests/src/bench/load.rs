@@ -14,7 +14,9 @@ use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use netpath_tests::topology::Topology;
 use serde::Serialize;
 
-use super::server::{ANSWER_LEN, ECHO_LEN, HELLO_LEN, MODE_LATENCY, MODE_PEER, MODE_SHORT, MODE_THROUGHPUT, PEER_LEN};
+use super::server::{
+    Server, ANSWER_LEN, ECHO_LEN, HELLO_LEN, MODE_LATENCY, MODE_PEER, MODE_SHORT, MODE_THROUGHPUT, PEER_LEN,
+};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const IO_TIMEOUT: Duration = Duration::from_secs(3);
@@ -124,6 +126,30 @@ pub fn conn_rate(
     duration: Duration,
 ) -> Result<ConnRate> {
     conn_rate_on(topo, ns, target, threads, duration, None)
+}
+
+/// The connection rate with the clients, `server`'s threads and so all the
+/// softirq work (veth delivery runs on the sending CPU) on one vCPU: the
+/// rate is then the inverse of the path's CPU cost per connection. The
+/// server is unpinned afterwards whatever the outcome.
+pub fn conn_rate_one_cpu(
+    topo: &Topology,
+    ns: &str,
+    target: impl Into<SocketAddr>,
+    server: &Server,
+    threads: usize,
+    duration: Duration,
+) -> Result<ConnRate> {
+    let cpu = super::cpu::latency_cpu();
+    server.pin(Some(cpu))?;
+    let rate = conn_rate_on(topo, ns, target, threads, duration, Some(cpu));
+    server.pin(None)?;
+    rate
+}
+
+/// A one-vCPU rate as the progress lines show it.
+pub fn describe_one_cpu(rate: &ConnRate) -> String {
+    format!("{:>8.0} conn/s, {:.1} us per connection ({} errors)", rate.per_sec, 1e6 / rate.per_sec, rate.errors)
 }
 
 /// [`conn_rate`] with every client thread on CPU `cpu` (None: anywhere).

@@ -450,12 +450,19 @@ clients, server, forwarding and the agent, so all figures are CPU-bound: read th
         secs = r.method.seconds_per_load_measurement,
         nproc = r.machine.nproc,
     );
-    let notes: Vec<&String> = r.variants.iter().flat_map(|v| &v.notes).collect();
-    if !notes.is_empty() {
-        let _ = writeln!(s, "Setup as it ran:\n");
-        for n in notes {
-            let _ = writeln!(s, "- {n}");
-        }
-        s.push('\n');
+    setup_notes(s, r.variants.iter().flat_map(|v| &v.notes));
+}
+
+/// The "Setup as it ran" list closing a section: every variant's notes, as
+/// the beds recorded them.
+pub fn setup_notes<'a>(s: &mut String, notes: impl IntoIterator<Item = &'a String>) {
+    let mut notes = notes.into_iter().peekable();
+    if notes.peek().is_none() {
+        return;
     }
+    let _ = writeln!(s, "Setup as it ran:\n");
+    for n in notes {
+        let _ = writeln!(s, "- {n}");
+    }
+    s.push('\n');
 }

@@ -66,12 +66,5 @@ pub fn section(s: &mut String, r: &Results, f: &Ipv6Figures) {
            over IPv6 as over IPv4 (`forward6`); netpath-stack (`--no-fast-path`) goes through the \
            bridge and the stack.\n"
     );
-    let notes: Vec<&String> = f.variants.iter().flat_map(|v| &v.notes).collect();
-    if !notes.is_empty() {
-        let _ = writeln!(s, "Setup as it ran:\n");
-        for n in notes {
-            let _ = writeln!(s, "- {n}");
-        }
-        s.push('\n');
-    }
+    super::report::setup_notes(s, f.variants.iter().flat_map(|v| &v.notes));
 }

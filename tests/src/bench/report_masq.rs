@@ -106,12 +106,5 @@ pub fn section(s: &mut String, r: &Results, m: &MasqFigures) {
          read and quoted below: a run that ran out of ports or entries shows there and in the \
          failed-connection counts.\n"
     );
-    let notes: Vec<&String> = m.variants.iter().flat_map(|v| &v.notes).collect();
-    if !notes.is_empty() {
-        let _ = writeln!(s, "Setup as it ran:\n");
-        for n in notes {
-            let _ = writeln!(s, "- {n}");
-        }
-        s.push('\n');
-    }
+    super::report::setup_notes(s, m.variants.iter().flat_map(|v| &v.notes));
 }

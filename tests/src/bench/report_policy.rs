@@ -136,12 +136,5 @@ pub fn section(s: &mut String, r: &Results, p: &PolicyFigures) {
            the client's allow last, through `netpath_userspace::client::Client` in-process. A new flow is \
            judged once (one LPM lookup), later packets pass on the conntrack verdict.\n"
     );
-    let notes: Vec<&String> = p.variants.iter().flat_map(|v| &v.notes).collect();
-    if !notes.is_empty() {
-        let _ = writeln!(s, "Setup as it ran:\n");
-        for n in notes {
-            let _ = writeln!(s, "- {n}");
-        }
-        s.push('\n');
-    }
+    super::report::setup_notes(s, p.variants.iter().flat_map(|v| &v.notes));
 }

@@ -71,6 +71,14 @@ pub fn median_ms(samples: &[AddOne], f: impl Fn(&AddOne) -> Duration) -> Option<
     (!samples.is_empty()).then(|| median(&samples.iter().map(|a| f(a).as_secs_f64() * 1e3).collect::<Vec<_>>()))
 }
 
+/// Adds `rate` to the rates measured at `ports` (sizes come in order).
+pub fn push_at(rates: &mut Vec<(usize, Vec<ConnRate>)>, ports: usize, rate: ConnRate) {
+    match rates.last_mut() {
+        Some((p, at)) if *p == ports => at.push(rate),
+        _ => rates.push((ports, vec![rate])),
+    }
+}
+
 #[derive(Serialize)]
 pub struct SizePoint {
     pub ports: usize,
@@ -110,17 +118,21 @@ pub struct VariantFigures {
     pub throughput_gbit: Series,
     pub latency_p50_us: Series,
     pub latency_p99_us: Series,
-    /// Every timed single publication at the largest size.
+    /// Every timed single publication at the largest size (the
+    /// containers section does not time them).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub publish_one_ms: Option<Series>,
     /// Same, everything the runtime does for a port (Docker: 3 commands).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub publish_one_full_ms: Option<Series>,
     /// Time to get to each size.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub publish_all_ms: Vec<(usize, f64)>,
     pub notes: Vec<String>,
 }
 
 impl VariantFigures {
-    fn new(variant: Variant, s: &VariantSamples) -> VariantFigures {
+    pub fn new(variant: Variant, s: &VariantSamples) -> VariantFigures {
         let conn_rate = SizePoint::all(&s.conn_rate);
         let conn_rate_one_cpu = SizePoint::all(&s.conn_rate_one_cpu);
         let ms = |f: fn(&AddOne) -> Duration| {

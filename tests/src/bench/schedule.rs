@@ -14,7 +14,7 @@ use super::{
     bed::{self, Bed, Variant, CONTAINER_PORT},
     check_interrupted, load,
     options::Options,
-    results::VariantSamples,
+    results::{push_at, VariantSamples},
     server::Server,
 };
 
@@ -163,29 +163,21 @@ impl PublishLane {
         Ok(())
     }
 
-    /// The connection rate with the clients, the server and so all the
-    /// softirq work (veth delivery runs on the sending CPU) on one vCPU:
-    /// the rate is then the inverse of the path's CPU cost per connection.
+    /// CPU per connection: see [`load::conn_rate_one_cpu`].
     fn conn_rate_one_cpu(&mut self, ports: usize, opts: &Options) -> Result<()> {
-        let cpu = super::cpu::latency_cpu();
         let server = self.server.as_ref().context("the server is gone")?;
-        server.pin(Some(cpu))?;
         let topo = self.bed.topology();
-        let rate =
-            load::conn_rate_on(topo, &topo.world, self.bed.target(), opts.client_threads, opts.load_time(), Some(cpu));
-        server.pin(None)?;
-        let rate = rate.with_context(|| format!("connection rate on one vCPU with {ports} ports"))?;
-        eprintln!(
-            "   {:<9} {ports:>6} ports, one vCPU: {:>8.0} conn/s, {:.1} us per connection ({} errors)",
-            self.variant.name(),
-            rate.per_sec,
-            1e6 / rate.per_sec,
-            rate.errors
-        );
-        match self.samples.conn_rate_one_cpu.last_mut() {
-            Some((p, rates)) if *p == ports => rates.push(rate),
-            _ => self.samples.conn_rate_one_cpu.push((ports, vec![rate])),
-        }
+        let rate = load::conn_rate_one_cpu(
+            topo,
+            &topo.world,
+            self.bed.target(),
+            server,
+            opts.client_threads,
+            opts.load_time(),
+        )
+        .with_context(|| format!("connection rate on one vCPU with {ports} ports"))?;
+        eprintln!("   {:<9} {ports:>6} ports, one vCPU: {}", self.variant.name(), load::describe_one_cpu(&rate));
+        push_at(&mut self.samples.conn_rate_one_cpu, ports, rate);
         Ok(())
     }
 
