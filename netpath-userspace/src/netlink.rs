@@ -6,12 +6,22 @@ use anyhow::{anyhow, Context as _, Result};
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
     address::{AddressAttribute, AddressFlags},
-    link::{LinkAttribute, LinkMessage},
+    link::{InfoData, InfoVeth, LinkAttribute, LinkMessage},
     route::{RouteAddress, RouteAttribute, RouteMessage},
 };
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::netns::Netns;
+
+/// A veth pair to create: the host end `name` in the connection's
+/// namespace, the `peer` in `peer_netns` (None: beside it).
+pub struct VethPair<'a> {
+    pub name: &'a str,
+    pub peer: &'a str,
+    pub peer_mac: [u8; 6],
+    pub peer_netns: Option<&'a Netns>,
+    pub mtu: u32,
+}
 
 /// A netlink connection bound to one network namespace (the one the socket
 /// was created in).
@@ -195,31 +205,33 @@ impl Netlink {
             .with_context(|| format!("interface {name} reports no MTU"))
     }
 
-    pub async fn rename(&self, index: u32, name: &str) -> Result<()> {
-        self.set(
-            LinkUnspec::new_with_index(index).name(name.to_string()).build(),
-            &format!("renaming ifindex {index} to {name}"),
-        )
-        .await
-    }
-
-    pub async fn move_to_netns(&self, index: u32, ns: &Netns) -> Result<()> {
-        self.set(
-            LinkUnspec::new_with_index(index).setns_by_fd(ns.raw_fd()).build(),
-            &format!("moving ifindex {index} to netns {}", ns.path().display()),
-        )
-        .await
-    }
-
-    /// Creates a veth pair and returns the ifindex of each end.
-    pub async fn create_veth(&self, name: &str, peer: &str) -> Result<(u32, u32)> {
+    /// Creates `pair` in one request, each end with its MTU, the peer with
+    /// its MAC and, given a namespace, born there under its final name:
+    /// moving an interface between namespaces afterwards waits for an RCU
+    /// grace period under the RTNL lock (about 20 ms, the largest part of
+    /// an attach), and a rename would follow it. Returns the host end's
+    /// ifindex.
+    pub async fn create_veth(&self, pair: &VethPair<'_>) -> Result<u32> {
+        let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(pair.peer.to_string())
+            .mtu(pair.mtu)
+            .address(pair.peer_mac.to_vec());
+        if let Some(ns) = pair.peer_netns {
+            peer = peer.setns_by_fd(ns.raw_fd());
+        }
+        let msg = LinkVeth::new(pair.name, pair.peer)
+            .mtu(pair.mtu)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+            .build();
+        let place =
+            pair.peer_netns.map_or_else(|| "the host namespace".to_string(), |ns| ns.path().display().to_string());
         self.handle
             .link()
-            .add(LinkVeth::new(name, peer).build())
+            .add(msg)
             .execute()
             .await
-            .with_context(|| format!("creating veth pair {name}/{peer}"))?;
-        Ok((self.link_index(name).await?, self.link_index(peer).await?))
+            .with_context(|| format!("creating veth pair {} / {} (in {place})", pair.name, pair.peer))?;
+        self.link_index(pair.name).await
     }
 
     /// Deletes an interface; a missing one is not an error.

@@ -18,7 +18,7 @@ use crate::{
     config::validate_ifname,
     config::{validate_name, ResolvedConfig},
     model::{Container, ContainerRequest, ErrorReason, GcRequest, Mapping},
-    netlink::Netlink,
+    netlink::{Netlink, VethPair},
     netns::{resolve_path, write_iface_sysctl, Netns},
     policy::Action,
     recover::VethIdentity,
@@ -390,20 +390,30 @@ impl Inner {
         target: Option<&(Netns, Netlink)>,
         c: &mut Container,
     ) -> Result<()> {
-        let peer = format!("npp{}", c.id);
-        for name in [&c.veth, &peer] {
+        // A handoff's peer waits in the host namespace under a name of
+        // ours; otherwise it is born in the container's under its own (its
+        // absence there was checked with the request).
+        let peer = match target {
+            Some(_) => c.ifname.clone(),
+            None => format!("npp{}", c.id),
+        };
+        let host_names = if target.is_some() { vec![&c.veth] } else { vec![&c.veth, &peer] };
+        for name in host_names {
             if self.nl.link_by_name(name).await?.is_some() {
                 anyhow::bail!("interface {name} already exists in the host namespace");
             }
         }
-        let (host_index, peer_index) = self.nl.create_veth(&c.veth, &peer).await?;
+        let pair = VethPair {
+            name: &c.veth,
+            peer: &peer,
+            peer_mac: parse_mac(&c.mac)?,
+            peer_netns: target.map(|(ns, _)| ns),
+            mtu: self.mtu,
+        };
+        let host_index = self.nl.create_veth(&pair).await?;
         c.ifindex = host_index;
         // Who it is, on the interface: `netpathd --recover` reads it back.
         self.nl.set_alias(host_index, &VethIdentity::of(c).to_alias()).await?;
-        self.nl.set_mac(peer_index, parse_mac(&c.mac)?).await?;
-        for index in [host_index, peer_index] {
-            self.nl.set_mtu(index, self.mtu).await?;
-        }
         // Bridge ports need no IPv6 of their own.
         let _ = write_iface_sysctl("net.ipv6.conf", &c.veth, "disable_ipv6", "1");
         self.bridges.attach(&self.nl, host_index, PortAddrs::of(c)).await?;
@@ -414,10 +424,7 @@ impl Inner {
             c.handoff_ifname = Some(peer);
             return Ok(());
         };
-        self.nl.move_to_netns(peer_index, ns).await?;
-
-        let index = cnl.link_index(&peer).await?;
-        cnl.rename(index, &c.ifname).await?;
+        let index = cnl.link_index(&c.ifname).await?;
         let net6 = cfg.net6.zip(c.ip6);
         ns.run(|| configure_ipv6(&c.ifname, net6.is_some()))?;
         let net4 = cfg.net4.zip(c.ip);
