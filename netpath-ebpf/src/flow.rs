@@ -131,8 +131,7 @@ pub enum NoFlow<A: AddrFamily> {
     /// IPv6 neighbour discovery and multicast listener messages: the link's
     /// plumbing, as ARP is IPv4's (anti-spoofing checks what a container
     /// sends of it; policy does not judge it when it stays on the link).
-    /// The destination.
-    Neighbour(A),
+    Neighbour { dst: A, icmp_type: u8 },
     /// IPv6 extension headers the datapath does not pass (see
     /// `DropReason::Ipv6Headers`).
     BadHeaders,

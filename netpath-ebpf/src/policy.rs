@@ -60,7 +60,7 @@ pub fn icc_allows_frame<A: Family>(
     match parsed {
         Ok(flow) if A::HAS_NAT && flow.ported && answers_translated(flow) => Ok(()),
         // IPv6's neighbour discovery, as ARP.
-        Err(NoFlow::Neighbour(_)) => Ok(()),
+        Err(NoFlow::Neighbour { .. }) => Ok(()),
         _ => Err(DropReason::Policy),
     }
 }
@@ -266,7 +266,7 @@ pub fn judge<A: Family>(
         Err(NoFlow::OtherEtherType) => return Ok(()),
         // Neighbour discovery that stays on the link is its plumbing (as
         // ARP); addressed beyond it, it would be forwarded unjudged.
-        Err(NoFlow::Neighbour(dst)) => {
+        Err(NoFlow::Neighbour { dst, .. }) => {
             return if dst.link_scoped() || dst.in_subnet(cfg) { Ok(()) } else { Err(DropReason::Policy) }
         }
         Err(NoFlow::BadHeaders) => return Err(DropReason::Ipv6Headers),

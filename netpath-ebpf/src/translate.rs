@@ -358,7 +358,7 @@ pub fn translate_outbound4(ctx: &TcContext) -> Result<(), DropReason> {
             Ok(saddr) => return untranslatable4(cfg, saddr, DropReason::Malformed),
             Err(_) => return Ok(()),
         },
-        Err(NoFlow::OtherEtherType | NoFlow::Neighbour(_) | NoFlow::BadHeaders) => return Ok(()),
+        Err(NoFlow::OtherEtherType | NoFlow::Neighbour { .. } | NoFlow::BadHeaders) => return Ok(()),
     };
     // Only the containers' own traffic: the host's, and replies of
     // published ports (already translated on the veth), keep their source.
@@ -460,7 +460,7 @@ pub fn translate_outbound6(ctx: &TcContext) -> Result<(), DropReason> {
         Err(NoFlow::BadHeaders) => return Err(DropReason::Ipv6Headers),
         Err(NoFlow::Malformed) => return Err(DropReason::Malformed),
         // Neighbour discovery stays on its link; not IPv6: not this path's.
-        Err(NoFlow::Neighbour(_) | NoFlow::OtherEtherType) => return Ok(()),
+        Err(NoFlow::Neighbour { .. } | NoFlow::OtherEtherType) => return Ok(()),
     };
     if let Some(entry) = conntrack::lookup_or_forget(&flow.key) {
         conntrack::touch(entry, &flow, ctx.len(), cfg);

@@ -152,6 +152,38 @@ fn containers_talk_over_ipv6_judged_by_policy_and_tracked() {
     assert!(reaches(&t, &ns1, None, ip6(&cs[1]), 80), "allowed again once the rule is gone");
 }
 
+/// A counter of `/proc/net/snmp6` in namespace `ns`.
+fn snmp6(t: &Topology, ns: &str, name: &str) -> u64 {
+    let out = t.exec(ns, &["cat", "/proc/net/snmp6"]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = text.lines().find(|l| l.split_whitespace().next() == Some(name));
+    line.and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or_else(|| panic!("{name} in {text}"))
+}
+
+#[test]
+fn a_new_containers_listener_reports_reach_no_other_container() {
+    let (mut t, cs) = topology(1, &[]);
+    let ns1 = t.container_ns(1);
+    // c1's own reports are sent within a second or two of its start.
+    std::thread::sleep(Duration::from_secs(3));
+    let before = snmp6(&t, &ns1, "Ip6InMcastPkts");
+    let ns2 = t.new_netns("late").unwrap();
+    let c2: Container = t.ctl_json(&["container", "add", "c2", "--netns", &ns2]).unwrap();
+    // The kernel repeats them (robustness 2) within a second.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(snmp6(&t, &ns2, "Icmp6OutMLDv2Reports") > 0, "c2 announced its groups");
+    assert_eq!(
+        snmp6(&t, &ns1, "Ip6InMcastPkts"),
+        before,
+        "the bridge flooded c2's listener reports to c1 (each container's start costs every port of its bridge)"
+    );
+    // Neighbour discovery between them is still multicast, and works.
+    let _seen = server(&t, &ns2, 80);
+    assert!(reaches(&t, &ns1, None, ip6(&c2), 80), "c1 -> c2 over IPv6");
+    let _back = server(&t, &ns1, 81);
+    assert!(reaches(&t, &ns2, None, ip6(&cs[0]), 81), "c2 -> c1 over IPv6");
+}
+
 #[test]
 fn monitor_shows_ipv6_flows_and_drops_with_their_tuples() {
     let (t, cs) = topology(2, &[]);

@@ -214,6 +214,51 @@ fn neighbour_discovery_stays_on_the_link() {
     assert_eq!(drops(&mut h, DropReason::Policy), 1);
 }
 
+/// What a container's kernel sends when its interface comes up: a
+/// multicast listener message from its link-local address, with hop limit
+/// 1 behind a hop-by-hop header (RFC 3810: the router alert), to the
+/// Ethernet address of the IPv6 group `dst`.
+fn listener_message(kind: u8, dst: [u8; 16], body: &[u8]) -> Vec<u8> {
+    let ll = frames::link_local(C1_MAC);
+    let icmp = frames::icmp6(ll, dst, kind, 0, body);
+    let mac = [0x33, 0x33, dst[12], dst[13], dst[14], dst[15]];
+    let ip = frames::ipv6_hop_limit(ll, dst, 0, 1, &frames::ipv6_ext(IPPROTO_ICMPV6, 0, &icmp));
+    frames::eth(mac, C1_MAC, ETH_P_IPV6, &ip)
+}
+
+#[test]
+fn listener_reports_go_to_the_host_alone() {
+    let h = harness(0, CONTAINER_F_DEFAULT_DENY_OUT);
+    let group = v6("ff02::1:ff00:2");
+    // MLDv2: one record (change to exclude, no sources) for c1's
+    // solicited-node group; MLDv1 report (to the group) and done (to all
+    // routers).
+    let mut record = vec![0, 0, 0, 1, 4, 0, 0, 0];
+    record.extend_from_slice(&group);
+    let reports = [
+        listener_message(143, v6("ff02::16"), &record),
+        listener_message(131, group, &[0, 0, 0, 0].iter().chain(&group).copied().collect::<Vec<_>>()),
+        listener_message(132, v6("ff02::2"), &[0, 0, 0, 0].iter().chain(&group).copied().collect::<Vec<_>>()),
+    ];
+    for report in &reports {
+        let r = h.run(HookId::VethIngress.program(), report).unwrap();
+        assert_eq!(r.verdict, TC_ACT_OK, "a listener report passes, policy or not");
+        // The same frame, addressed to the gateway's MAC: the bridge hands
+        // it up instead of flooding it to every container.
+        let expected = frames::eth(GATEWAY_MAC, C1_MAC, ETH_P_IPV6, &report[14..]);
+
+        assert_eq!(r.data, expected, "type {}", report[14 + 40 + 8]);
+    }
+    // Neighbour discovery and a listener query keep their multicast
+    // destination: every container on the link may need them.
+    let ns = sent(c1(), group, IPPROTO_ICMPV6, &frames::icmp6(c1(), group, 135, 0, &frames::nd_body(c2())));
+    let mut ns_multicast = ns.clone();
+    ns_multicast[..6].copy_from_slice(&[0x33, 0x33, 0xff, 0, 0, 2]);
+    assert_eq!(out(&h, &ns_multicast), TC_ACT_OK);
+    let query = listener_message(130, v6("ff02::1"), &[0; 20]);
+    assert_eq!(out(&h, &query), TC_ACT_OK);
+}
+
 #[test]
 fn extension_headers_are_walked_up_to_the_bound() {
     let mut h = harness(CFG_F_ROUTED, 0);
