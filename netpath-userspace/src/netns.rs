@@ -5,12 +5,17 @@
 
 use std::{
     fs::File,
-    os::fd::{AsFd, AsRawFd, RawFd},
+    io::Write as _,
+    os::fd::{AsFd, AsRawFd, FromRawFd as _, OwnedFd, RawFd},
     path::{Path, PathBuf},
 };
 
 use anyhow::{bail, Context as _, Result};
-use nix::sched::{setns, CloneFlags};
+use nix::{
+    fcntl::OFlag,
+    sched::{setns, CloneFlags},
+    sys::stat::Mode,
+};
 
 const NSFS_MAGIC: i64 = 0x6e73_6673;
 
@@ -113,4 +118,24 @@ pub fn write_iface_sysctl(section: &str, ifname: &str, key: &str, value: &str) -
     let path = format!("/proc/sys/{}/{ifname}/{key}", section.replace('.', "/"));
     std::fs::write(&path, format!("{value}\n"))
         .with_context(|| format!("setting sysctl {section}.{ifname}.{key}={value}"))
+}
+
+/// Sets several sysctls of one interface, walking to its directory once.
+/// Every lookup of `/proc/sys/net/<family>` walks a dentry for each
+/// network namespace that ever looked there (they share one parent and
+/// one name, and are told apart by comparing each one): with thousands of
+/// containers, that walk is most of a sysctl write's cost, so the keys
+/// are opened relative to the directory.
+pub fn write_iface_sysctls(section: &str, ifname: &str, settings: &[(&str, &str)]) -> Result<()> {
+    let dir_path = format!("/proc/sys/{}/{ifname}", section.replace('.', "/"));
+    let dir = File::open(&dir_path).with_context(|| format!("opening {dir_path}"))?;
+    for (key, value) in settings {
+        let what = || format!("setting sysctl {section}.{ifname}.{key}={value}");
+        let fd = nix::fcntl::openat(Some(dir.as_raw_fd()), *key, OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty())
+            .with_context(what)?;
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        file.write_all(format!("{value}\n").as_bytes()).with_context(what)?;
+    }
+    Ok(())
 }

@@ -19,7 +19,7 @@ use crate::{
     config::{validate_name, ResolvedConfig},
     model::{Container, ContainerRequest, ErrorReason, GcRequest, Mapping},
     netlink::{Netlink, VethPair},
-    netns::{resolve_path, write_iface_sysctl, Netns},
+    netns::{resolve_path, write_iface_sysctl, write_iface_sysctls, Netns},
     policy::Action,
     recover::VethIdentity,
     state::Change,
@@ -525,19 +525,21 @@ impl Inner {
 /// EUI-64 link-local address (addr_gen_mode 0), which is the one the
 /// datapath's anti-spoofing lets the container use (`link_local_of`).
 fn configure_ipv6(ifname: &str, enabled: bool) -> Result<()> {
-    if !std::path::Path::new("/proc/sys/net/ipv6").exists() {
-        if enabled {
-            anyhow::bail!("the container's network namespace has no IPv6 (/proc/sys/net/ipv6 is missing)");
-        }
-        return Ok(());
+    let settings: &[(&str, &str)] = if enabled {
+        &[("accept_dad", "0"), ("accept_ra", "0"), ("addr_gen_mode", "0"), ("disable_ipv6", "0")]
+    } else {
+        &[("disable_ipv6", "1")]
+    };
+    match write_iface_sysctls("net.ipv6.conf", ifname, settings) {
+        Ok(()) => Ok(()),
+        // Why, asked only on failure: each lookup there costs a walk over
+        // every namespace's entry (see write_iface_sysctls).
+        Err(_) if !std::path::Path::new("/proc/sys/net/ipv6").exists() => match enabled {
+            true => anyhow::bail!("the container's network namespace has no IPv6 (/proc/sys/net/ipv6 is missing)"),
+            false => Ok(()),
+        },
+        Err(e) => Err(e),
     }
-    if !enabled {
-        return write_iface_sysctl("net.ipv6.conf", ifname, "disable_ipv6", "1");
-    }
-    for (key, value) in [("accept_dad", "0"), ("accept_ra", "0"), ("addr_gen_mode", "0"), ("disable_ipv6", "0")] {
-        write_iface_sysctl("net.ipv6.conf", ifname, key, value)?;
-    }
-    Ok(())
 }
 
 /// Runtime names (Docker's and podman's container names, Kubernetes'
