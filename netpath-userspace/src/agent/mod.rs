@@ -616,31 +616,27 @@ impl Agent {
         // there, which is every time but after a loss, that is all.
         let present: std::collections::HashSet<u32> =
             nix::net::if_::if_nameindex().context("listing interfaces")?.iter().map(|i| i.index()).collect();
-        {
-            let inner = self.inner.lock().await;
-            let veths_there = inner.state.containers.iter().all(|c| present.contains(&c.ifindex));
-            if veths_there && inner.bridges.indexes().all(|i| present.contains(&i)) {
-                return Ok(());
+        let mut inner = self.inner.lock().await;
+        // A container attached since the list was read is not in it: each
+        // one missing is asked for by its index, under the lock, where
+        // nothing is added meanwhile (never a dump of every interface per
+        // tick while containers come and go).
+        let suspects: Vec<Container> =
+            inner.state.containers.iter().filter(|c| !present.contains(&c.ifindex)).cloned().collect();
+        let bridge_missing = inner.bridges.indexes().any(|i| !present.contains(&i));
+        let mut lost = vec![];
+        for c in suspects {
+            if inner.nl.link_by_index(c.ifindex).await?.is_none() {
+                lost.push(c);
             }
         }
-        // Something looks gone, or was added meanwhile: the full dump,
-        // under the lock, where nothing is added meanwhile.
-        let mut inner = self.inner.lock().await;
-        let links = inner.nl.links().await?;
-        let lost: Vec<Container> = inner
-            .state
-            .containers
-            .iter()
-            .filter(|c| !links.iter().any(|l| l.header.index == c.ifindex))
-            .cloned()
-            .collect();
         for c in lost {
             tracing::warn!(container = %c.name, veth = %c.veth, "the container's veth is gone: removing the container");
             let removed = inner.del_container(&c.name).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             self.names.write().map_err(|_| anyhow::anyhow!("names lock poisoned"))?.remove(&removed.id);
             self.interfaces_lost.veths.fetch_add(1, Ordering::Relaxed);
         }
-        if !inner.bridges.all_present(&links) {
+        if bridge_missing && !inner.bridges.all_present(&inner.nl.links().await?) {
             tracing::warn!("a bridge of the instance was deleted: setting the bridges up again");
             let nl = inner.nl.clone();
             inner.bridges.rebuild(&nl).await?;
