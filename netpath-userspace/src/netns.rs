@@ -111,31 +111,59 @@ pub fn write_sysctl(key: &str, value: &str) -> Result<()> {
     std::fs::write(&path, format!("{value}\n")).with_context(|| format!("setting sysctl {key}={value}"))
 }
 
-/// Sets a per-interface sysctl, `section` being e.g. `net.ipv4.conf`: the
-/// interface's name goes into the path as it is (it may hold dots, which
-/// [`write_sysctl`] would take for separators).
+/// Sets a per-interface sysctl once, `section` being e.g. `net.ipv4.conf`
+/// (see [`SysctlSection`] for many).
 pub fn write_iface_sysctl(section: &str, ifname: &str, key: &str, value: &str) -> Result<()> {
-    let path = format!("/proc/sys/{}/{ifname}/{key}", section.replace('.', "/"));
-    std::fs::write(&path, format!("{value}\n"))
-        .with_context(|| format!("setting sysctl {section}.{ifname}.{key}={value}"))
+    SysctlSection::open(section)?.write(ifname, key, value)
 }
 
-/// Sets several sysctls of one interface, walking to its directory once.
-/// Every lookup of `/proc/sys/net/<family>` walks a dentry for each
-/// network namespace that ever looked there (they share one parent and
-/// one name, and are told apart by comparing each one): with thousands of
-/// containers, that walk is most of a sysctl write's cost, so the keys
-/// are opened relative to the directory.
-pub fn write_iface_sysctls(section: &str, ifname: &str, settings: &[(&str, &str)]) -> Result<()> {
-    let dir_path = format!("/proc/sys/{}/{ifname}", section.replace('.', "/"));
-    let dir = File::open(&dir_path).with_context(|| format!("opening {dir_path}"))?;
-    for (key, value) in settings {
-        let what = || format!("setting sysctl {section}.{ifname}.{key}={value}");
-        let fd = nix::fcntl::openat(Some(dir.as_raw_fd()), *key, OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty())
-            .with_context(what)?;
-        // SAFETY: `fd` was just opened and is owned by nothing else.
-        let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        file.write_all(format!("{value}\n").as_bytes()).with_context(what)?;
+/// A per-interface sysctl section (`net.ipv6.conf`, ...) of one network
+/// namespace, its directory held open: interfaces' settings are written
+/// relative to it. Every lookup of `/proc/sys/net` walks a dentry for each
+/// network namespace that ever looked there (they share one parent and one
+/// name, and are told apart by comparing each one): with thousands of
+/// containers that walk is most of a sysctl write's cost, and a lookup
+/// below an open section directory makes none.
+///
+/// Opened from a thread in the namespace it is for; what it writes lands
+/// in that namespace whichever thread writes (lookups below a /proc/sys
+/// directory stay in the namespace the directory belongs to).
+#[derive(Debug)]
+pub struct SysctlSection {
+    section: String,
+    dir: File,
+}
+
+impl SysctlSection {
+    /// Opens `section` (`net.ipv6.conf`) of the calling thread's namespace.
+    pub fn open(section: &str) -> Result<SysctlSection> {
+        let path = format!("/proc/sys/{}", section.replace('.', "/"));
+        let dir = File::open(&path).with_context(|| format!("opening {path}"))?;
+        Ok(SysctlSection { section: section.to_string(), dir })
     }
-    Ok(())
+
+    /// Sets `key` of interface `ifname` (its name goes into the path as it
+    /// is: it may hold dots).
+    pub fn write(&self, ifname: &str, key: &str, value: &str) -> Result<()> {
+        self.write_all(ifname, &[(key, value)])
+    }
+
+    /// Sets several keys of interface `ifname`, in order.
+    pub fn write_all(&self, ifname: &str, settings: &[(&str, &str)]) -> Result<()> {
+        for (key, value) in settings {
+            let what = || format!("setting sysctl {}.{ifname}.{key}={value}", self.section);
+            anyhow::ensure!(!ifname.contains('/') && !key.contains('/'), "{}: not a sysctl name", what());
+            let fd = nix::fcntl::openat(
+                Some(self.dir.as_raw_fd()),
+                format!("{ifname}/{key}").as_str(),
+                OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .with_context(what)?;
+            // SAFETY: `fd` was just opened and is owned by nothing else.
+            let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+            file.write_all(format!("{value}\n").as_bytes()).with_context(what)?;
+        }
+        Ok(())
+    }
 }

@@ -307,3 +307,34 @@ fn fragmented_datagrams_cross_masquerade_and_published_ports() {
     let (n, from) = receive(&outside, "answer from the published port");
     assert_eq!((n, from), (SIZE, SocketAddr::from((HOST_UPLINK_IP, 8054))), "whole, from the published address");
 }
+
+/// The agent writes each new veth's host-side setting through the host's
+/// `net.ipv6.conf` directory held open (a lookup from /proc/sys costs a
+/// walk over every namespace's entry). What it writes there lands in the
+/// namespace the directory was opened in, whichever namespace the writing
+/// thread is in.
+#[test]
+fn a_sysctl_section_writes_where_it_was_opened() {
+    use netpath_userspace::netns::{Netns, SysctlSection};
+    assert!(netpath_tests::is_root(), "creates namespaces: run as root");
+    let mut t = Topology::new(0).unwrap();
+    let (a, b) = (t.new_netns("sa").unwrap(), t.new_netns("sb").unwrap());
+    for ns in [&a, &b] {
+        t.exec(ns, &["ip", "link", "add", "d0", "type", "veth", "peer", "name", "d1"]).unwrap();
+    }
+    let read = |ns: &str| {
+        let out = t.exec(ns, &["cat", "/proc/sys/net/ipv6/conf/d0/disable_ipv6"]).unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!((read(&a), read(&b)), ("0".to_string(), "0".to_string()));
+    let in_a = Netns::open(&a).unwrap();
+    let in_b = Netns::open(&b).unwrap();
+    let conf = in_a.run(|| SysctlSection::open("net.ipv6.conf")).unwrap();
+    in_b.run(|| conf.write("d0", "disable_ipv6", "1")).unwrap();
+    assert_eq!((read(&a), read(&b)), ("1".to_string(), "0".to_string()), "written in a, from a thread in b");
+    // A name that would leave the section is refused, naming it.
+    let e = conf.write("../../ipv4/conf/d0", "forwarding", "1").unwrap_err();
+    assert!(format!("{e:#}").contains("not a sysctl name"), "{e:#}");
+    let e = in_a.run(|| conf.write("nosuch0", "disable_ipv6", "1")).unwrap_err();
+    assert!(format!("{e:#}").contains("net.ipv6.conf.nosuch0.disable_ipv6"), "{e:#}");
+}

@@ -19,7 +19,7 @@ use crate::{
     config::{validate_name, ResolvedConfig},
     model::{Container, ContainerRequest, ErrorReason, GcRequest, Mapping},
     netlink::{Netlink, VethPair},
-    netns::{resolve_path, write_iface_sysctl, write_iface_sysctls, Netns},
+    netns::{resolve_path, Netns, SysctlSection},
     policy::Action,
     recover::VethIdentity,
     state::Change,
@@ -414,8 +414,11 @@ impl Inner {
         c.ifindex = host_index;
         // Who it is, on the interface: `netpathd --recover` reads it back.
         self.nl.set_alias(host_index, &VethIdentity::of(c).to_alias()).await?;
-        // Bridge ports need no IPv6 of their own.
-        let _ = write_iface_sysctl("net.ipv6.conf", &c.veth, "disable_ipv6", "1");
+        // Bridge ports need no IPv6 of their own (a host without IPv6 has
+        // no section to write).
+        if let Some(conf) = &self.host_ipv6_conf {
+            let _ = conf.write(&c.veth, "disable_ipv6", "1");
+        }
         self.bridges.attach(&self.nl, host_index, PortAddrs::of(c)).await?;
         self.dp.reset_stats(host_index)?;
         self.program_container(c)?;
@@ -530,10 +533,10 @@ fn configure_ipv6(ifname: &str, enabled: bool) -> Result<()> {
     } else {
         &[("disable_ipv6", "1")]
     };
-    match write_iface_sysctls("net.ipv6.conf", ifname, settings) {
+    match SysctlSection::open("net.ipv6.conf").and_then(|conf| conf.write_all(ifname, settings)) {
         Ok(()) => Ok(()),
         // Why, asked only on failure: each lookup there costs a walk over
-        // every namespace's entry (see write_iface_sysctls).
+        // every namespace's entry (see SysctlSection).
         Err(_) if !std::path::Path::new("/proc/sys/net/ipv6").exists() => match enabled {
             true => anyhow::bail!("the container's network namespace has no IPv6 (/proc/sys/net/ipv6 is missing)"),
             false => Ok(()),

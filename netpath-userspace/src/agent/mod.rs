@@ -69,7 +69,7 @@ use crate::{
     },
     monitor::{self, DatapathEvent, MonitorEvent},
     netlink::{split_families, Netlink},
-    netns::{read_sysctl, Netns},
+    netns::{read_sysctl, Netns, SysctlSection},
     policy::{Action, Direction, Rule, RuleError},
     state::{Change, Durability, State, StateStore},
 };
@@ -202,6 +202,10 @@ struct Inner {
     state: State,
     store: StateStore,
     own_netns_inode: u64,
+    /// The agent's namespace's `net.ipv6.conf`, held open: each attach
+    /// writes its host-side veth's setting there (none on a host without
+    /// IPv6).
+    host_ipv6_conf: Option<SysctlSection>,
     cgroup: Option<PathBuf>,
     /// What the CONFIG map holds; the masquerade address follows the uplink.
     dp_config: DatapathConfig,
@@ -407,6 +411,7 @@ impl Agent {
             state,
             store,
             own_netns_inode,
+            host_ipv6_conf: SysctlSection::open("net.ipv6.conf").ok(),
             cgroup,
             dp_config,
             uplink: cfg.uplink.clone(),
