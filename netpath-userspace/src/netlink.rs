@@ -568,3 +568,89 @@ mod tests {
         assert_eq!(got6, vec![(v6, 3), (ll, 3)]);
     }
 }
+
+/// What a namespace's interfaces and addresses did, as netlink's
+/// notifications tell it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostEvent {
+    /// An interface was created or changed.
+    LinkChanged { index: u32, name: Option<String> },
+    /// An interface was deleted, or left the namespace.
+    LinkGone { index: u32, name: Option<String> },
+    /// An IPv4 or IPv6 address was added or removed.
+    AddressesChanged,
+    /// Notifications were lost (the socket's buffer overflowed): anything
+    /// may have changed.
+    Lost,
+}
+
+/// A subscription to the link and address notifications of the namespace
+/// it was made in: what changes is told as it happens, so that nothing has
+/// to list every interface to find out.
+pub struct HostEvents {
+    rx: futures::channel::mpsc::UnboundedReceiver<(
+        rtnetlink::packet_core::NetlinkMessage<netlink_packet_route::RouteNetlinkMessage>,
+        rtnetlink::sys::SocketAddr,
+    )>,
+}
+
+/// Room for the notifications of an attach storm between two reads (each
+/// attach tells of its veth a few times, ~1.5 KiB each); past it they are
+/// lost, and [`HostEvent::Lost`] says so.
+const EVENTS_BUFFER_BYTES: usize = 4 << 20;
+
+impl HostEvents {
+    /// Subscribes in the calling thread's namespace. Needs a tokio runtime.
+    pub fn subscribe() -> Result<HostEvents> {
+        use rtnetlink::constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK};
+        use rtnetlink::sys::AsyncSocket as _;
+        let (mut conn, _, rx) = rtnetlink::new_connection().context("opening a netlink socket")?;
+        let socket = conn.socket_mut().socket_mut();
+        socket
+            .bind(&rtnetlink::sys::SocketAddr::new(0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
+            .context("subscribing to link and address notifications")?;
+        // Best effort: without it the kernel's default applies, and an
+        // overflow is still told as Lost.
+        let _ = socket.set_rx_buf_sz(EVENTS_BUFFER_BYTES);
+        tokio::spawn(conn);
+        Ok(HostEvents { rx })
+    }
+
+    /// The next notification worth telling; None once the socket closed.
+    pub async fn next(&mut self) -> Option<HostEvent> {
+        use futures::StreamExt as _;
+        loop {
+            let (message, _) = self.rx.next().await?;
+            if let Some(event) = host_event(message.payload) {
+                return Some(event);
+            }
+        }
+    }
+
+    /// The notifications already received, without waiting.
+    pub fn ready(&mut self) -> Vec<HostEvent> {
+        let mut out = vec![];
+        while let Ok((message, _)) = self.rx.try_recv() {
+            out.extend(host_event(message.payload));
+        }
+        out
+    }
+}
+
+fn host_event(
+    payload: rtnetlink::packet_core::NetlinkPayload<netlink_packet_route::RouteNetlinkMessage>,
+) -> Option<HostEvent> {
+    use netlink_packet_route::RouteNetlinkMessage as M;
+    use rtnetlink::packet_core::NetlinkPayload as P;
+    match payload {
+        P::InnerMessage(M::NewLink(link)) => {
+            Some(HostEvent::LinkChanged { index: link.header.index, name: link_name(&link) })
+        }
+        P::InnerMessage(M::DelLink(link)) => {
+            Some(HostEvent::LinkGone { index: link.header.index, name: link_name(&link) })
+        }
+        P::InnerMessage(M::NewAddress(_) | M::DelAddress(_)) => Some(HostEvent::AddressesChanged),
+        P::Overrun(_) => Some(HostEvent::Lost),
+        _ => None,
+    }
+}

@@ -31,7 +31,7 @@ pub use containers::{container_mac, format_mac, parse_mac, CONTAINER_IFNAME};
 pub use mappings::overlaps;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::Ipv4Addr,
     path::PathBuf,
     sync::{
@@ -68,7 +68,7 @@ use crate::{
         RuleRequest, Settings, StatsView, Status,
     },
     monitor::{self, DatapathEvent, MonitorEvent},
-    netlink::{split_families, Netlink},
+    netlink::{split_families, HostEvent, HostEvents, Netlink},
     netns::{read_sysctl, Netns, SysctlSection},
     policy::{Action, Direction, Rule, RuleError},
     state::{Change, Durability, State, StateStore},
@@ -153,6 +153,10 @@ pub struct InterfacesLost {
 
 /// How often the agent checks that its pins are still there.
 const PIN_CHECK: Duration = Duration::from_secs(1);
+/// Every interface and address looked at again, whatever netlink told.
+const FULL_CHECK: Duration = Duration::from_secs(30);
+/// ...and how often, should netlink's notifications stop.
+const WITHOUT_EVENTS_CHECK: Duration = Duration::from_secs(2);
 
 /// Reads and resolves the configuration again (the file, with the flags
 /// the agent started with over it).
@@ -518,25 +522,59 @@ impl Agent {
                 }
             }
         });
+        // Interfaces and addresses: checked as netlink tells of a change
+        // (the subscription made before the first check, so that nothing
+        // falls between), and all of them every FULL_CHECK and whenever
+        // notifications were lost. Never a dump of every interface per tick:
+        // with thousands of containers that costs more than what it finds.
+        let mut events = Some(HostEvents::subscribe().context("watching the host's interfaces")?);
         let agent = Arc::clone(self);
         let (nl, uplink) = {
             let inner = self.inner.lock().await;
             (inner.nl.clone(), inner.uplink.clone())
         };
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            let mut full = tokio::time::interval(FULL_CHECK);
+            full.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
-                // The netlink dump runs without the agent's lock: API calls
-                // wait only for the map writes, if anything changed.
-                let synced = match HostAddrs::read(&nl, uplink.as_deref()).await {
-                    Ok(seen) => agent.inner.lock().await.apply_host_addrs(seen).await,
-                    Err(e) => Err(e),
+                let check = match events.as_mut() {
+                    Some(ev) => tokio::select! {
+                        _ = full.tick() => HostCheck::everything(),
+                        event = ev.next() => match event {
+                            Some(first) => HostCheck::of(std::iter::once(first).chain(ev.ready()), uplink.as_deref()),
+                            None => {
+                                tracing::error!(
+                                    "netlink stopped telling of interface changes: checking every {:?} instead",
+                                    WITHOUT_EVENTS_CHECK
+                                );
+                                events = None;
+                                full = tokio::time::interval(WITHOUT_EVENTS_CHECK);
+                                continue;
+                            }
+                        },
+                    },
+                    None => {
+                        full.tick().await;
+                        HostCheck::everything()
+                    }
                 };
-                if let Err(e) = synced {
-                    tracing::warn!("host address sync: {e:#}");
+                if check.addresses {
+                    // The netlink dump runs without the agent's lock: API
+                    // calls wait only for the map writes, if anything changed.
+                    let synced = match HostAddrs::read(&nl, uplink.as_deref()).await {
+                        Ok(seen) => agent.inner.lock().await.apply_host_addrs(seen).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = synced {
+                        tracing::warn!("host address sync: {e:#}");
+                    }
                 }
-                if let Err(e) = agent.watch_interfaces().await {
+                let checked = match &check.links {
+                    LinkCheck::None => Ok(()),
+                    LinkCheck::Gone(gone) => agent.watch_interfaces(Some(gone)).await,
+                    LinkCheck::Every => agent.watch_interfaces(None).await,
+                };
+                if let Err(e) = checked {
                     tracing::warn!("interface check: {e:#}");
                 }
             }
@@ -610,25 +648,33 @@ impl Agent {
         &self.interfaces_lost
     }
 
-    /// Repairs what was deleted behind the agent's back, from one netlink
-    /// dump: a bridge is created again and the veths made its ports again;
-    /// a container whose veth is gone (its network namespace was deleted,
-    /// or the veth) is removed as `container del` would, its ports
-    /// unpublished. Each is logged and counted.
-    async fn watch_interfaces(&self) -> Result<()> {
-        // First the interfaces' indexes alone (if_nameindex: no attribute
-        // parsed or kept), without the lock; when every veth and bridge is
-        // there, which is every time but after a loss, that is all.
-        let present: std::collections::HashSet<u32> =
-            nix::net::if_::if_nameindex().context("listing interfaces")?.iter().map(|i| i.index()).collect();
+    /// Repairs what was deleted behind the agent's back: a bridge is
+    /// created again and the veths made its ports again; a container whose
+    /// veth is gone (its network namespace was deleted, or the veth) is
+    /// removed as `container del` would, its ports unpublished. Each is
+    /// logged and counted. `gone` names the interfaces netlink said were
+    /// deleted; None looks at every one.
+    async fn watch_interfaces(&self, gone: Option<&HashSet<u32>>) -> Result<()> {
+        // Every interface's index (if_nameindex: no attribute parsed or
+        // kept), without the lock, when there is no list of the gone ones.
+        let present: Box<dyn Fn(u32) -> bool + Send> = match gone {
+            Some(gone) => {
+                let gone = gone.clone();
+                Box::new(move |i| !gone.contains(&i))
+            }
+            None => {
+                let present: HashSet<u32> =
+                    nix::net::if_::if_nameindex().context("listing interfaces")?.iter().map(|i| i.index()).collect();
+                Box::new(move |i| present.contains(&i))
+            }
+        };
         let mut inner = self.inner.lock().await;
         // A container attached since the list was read is not in it: each
         // one missing is asked for by its index, under the lock, where
         // nothing is added meanwhile (never a dump of every interface per
         // tick while containers come and go).
-        let suspects: Vec<Container> =
-            inner.state.containers.iter().filter(|c| !present.contains(&c.ifindex)).cloned().collect();
-        let bridge_missing = inner.bridges.indexes().any(|i| !present.contains(&i));
+        let suspects: Vec<Container> = inner.state.containers.iter().filter(|c| !present(c.ifindex)).cloned().collect();
+        let bridge_missing = inner.bridges.indexes().any(|i| !present(i));
         let mut lost = vec![];
         for c in suspects {
             if inner.nl.link_by_index(c.ifindex).await?.is_none() {
@@ -1210,6 +1256,54 @@ struct HostAddrs {
     uplink_index: Option<u32>,
 }
 
+/// What netlink's notifications ask the agent to look at again.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct HostCheck {
+    /// The host's addresses (the uplink's among them).
+    addresses: bool,
+    links: LinkCheck,
+}
+
+/// Which interfaces to look for.
+#[derive(Debug, Default, PartialEq, Eq)]
+enum LinkCheck {
+    #[default]
+    None,
+    /// The ones netlink said were deleted.
+    Gone(HashSet<u32>),
+    Every,
+}
+
+impl HostCheck {
+    fn everything() -> HostCheck {
+        HostCheck { addresses: true, links: LinkCheck::Every }
+    }
+
+    /// What a batch of notifications asks for: the addresses when one
+    /// changed or the uplink came or went, the interfaces that were
+    /// deleted, everything when some were lost.
+    fn of(events: impl IntoIterator<Item = HostEvent>, uplink: Option<&str>) -> HostCheck {
+        let mut check = HostCheck::default();
+        for event in events {
+            match event {
+                HostEvent::AddressesChanged => check.addresses = true,
+                HostEvent::LinkChanged { name, .. } => check.addresses |= name.is_some() && name.as_deref() == uplink,
+                HostEvent::LinkGone { index, name } => {
+                    check.addresses |= name.is_some() && name.as_deref() == uplink;
+                    match &mut check.links {
+                        LinkCheck::Gone(gone) => {
+                            gone.insert(index);
+                        }
+                        links => *links = LinkCheck::Gone(HashSet::from([index])),
+                    }
+                }
+                HostEvent::Lost => return HostCheck::everything(),
+            }
+        }
+        check
+    }
+}
+
 impl HostAddrs {
     async fn read(nl: &Netlink, uplink: Option<&str>) -> Result<HostAddrs> {
         let (addrs4, addrs6) = split_families(nl.ip_addresses().await?);
@@ -1297,4 +1391,33 @@ fn map_status(m: MapSummary) -> MapStatus {
 
 fn program_status(p: ProgramSummary) -> ProgramStatus {
     ProgramStatus { name: p.name, id: p.id, kind: p.kind }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(index: u32, name: &str) -> (u32, Option<String>) {
+        (index, Some(name.to_string()))
+    }
+
+    #[test]
+    fn a_batch_of_notifications_asks_for_what_it_touched() {
+        let changed = |(index, name)| HostEvent::LinkChanged { index, name };
+        let gone = |(index, name)| HostEvent::LinkGone { index, name };
+        // An attach storm's veths: nothing to look at.
+        let storm = [changed(link(7, "npv1")), changed(link(8, "npv2"))];
+        assert_eq!(HostCheck::of(storm, Some("up0")), HostCheck::default());
+        // Deleted interfaces are looked for by index, alone.
+        let check = HostCheck::of([gone(link(7, "npv1")), changed(link(9, "npv3")), gone(link(8, "npv2"))], None);
+        assert_eq!(check, HostCheck { addresses: false, links: LinkCheck::Gone(HashSet::from([7, 8])) });
+        // The uplink coming or going, or any address: the addresses.
+        assert!(HostCheck::of([changed(link(2, "up0"))], Some("up0")).addresses);
+        assert!(HostCheck::of([gone(link(2, "up0"))], Some("up0")).addresses);
+        assert!(!HostCheck::of([changed((3, None))], None).addresses, "no uplink, no name: nothing");
+        assert!(HostCheck::of([HostEvent::AddressesChanged], None).addresses);
+        // Lost notifications: everything.
+        let lost = HostCheck::of([gone(link(7, "npv1")), HostEvent::Lost], None);
+        assert_eq!(lost, HostCheck::everything());
+    }
 }
