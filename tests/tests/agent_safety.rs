@@ -455,3 +455,36 @@ fn the_conntrack_table_is_sized_by_configuration() {
     );
     start_with(&mut t, 4096).unwrap();
 }
+
+/// The conntrack GC runs on a thread of its own below the API's priority:
+/// a round over a full table takes a third of a second of CPU, and an API
+/// call waits for none of it (neither a lock nor a CPU).
+#[test]
+fn the_conntrack_gc_runs_below_the_apis_cpu_priority() {
+    let mut t = topology(0);
+    t.start_agent().unwrap();
+    let pid = t.agent_pid().unwrap();
+    // (thread name, nice) of every thread of the agent.
+    let threads: Vec<(String, i64)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|task| {
+            let dir = task.unwrap().path();
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap().trim().to_string();
+            let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+            // Fields after the command's closing parenthesis: state is the
+            // 3rd field of the line, nice the 19th.
+            let rest: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+            (comm, rest[16].parse().unwrap())
+        })
+        .collect();
+    let gc: Vec<_> = threads.iter().filter(|(name, _)| name == "netpath-gc").collect();
+    assert_eq!(gc.len(), 1, "one GC thread: {threads:?}");
+    assert_eq!(gc[0].1, 10, "the GC thread's nice value: {threads:?}");
+    assert!(threads.iter().filter(|(name, _)| name != "netpath-gc").all(|(_, nice)| *nice == 0), "{threads:?}");
+    // ...and it runs: the first round (at start) is counted.
+    let started = Instant::now();
+    while t.ctl_json::<Status>(&["status"]).unwrap().conntrack.gc_runs == 0 {
+        assert!(started.elapsed() < Duration::from_secs(5), "no GC round within 5 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -153,6 +153,21 @@ pub struct InterfacesLost {
 
 /// How often the agent checks that its pins are still there.
 const PIN_CHECK: Duration = Duration::from_secs(1);
+/// The conntrack GC thread's nice value: an API call's thread takes the CPU
+/// from it at once, and under a saturated CPU it still gets about a tenth.
+const GC_NICE: i32 = 10;
+
+/// Lowers the calling thread's CPU priority to `nice` (on Linux a thread
+/// has a nice value of its own). Best effort: at the default priority the
+/// thread works the same, only competing with the API.
+fn lower_thread_priority(nice: i32) {
+    // SAFETY: gettid and setpriority take and return plain integers.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+    if r != 0 {
+        tracing::warn!("lowering the GC thread's priority: {}", std::io::Error::last_os_error());
+    }
+}
+
 /// Every interface and address looked at again, whatever netlink told.
 const FULL_CHECK: Duration = Duration::from_secs(30);
 /// ...and how often, should netlink's notifications stop.
@@ -451,51 +466,43 @@ impl Agent {
     /// Background work: conntrack garbage collection and keeping the set of
     /// host addresses (for wildcard mappings) current.
     pub async fn spawn_background(self: &Arc<Agent>) -> Result<()> {
-        // The conntrack GC walks the whole table: on a blocking thread with
-        // map handles of its own, so that API calls never wait for it. A
-        // round runs every gc_interval, and sooner when the datapath's
-        // insert counter (read every tick) says the table is filling (see
-        // GcReport::round_due); the first round sets the baseline evictions
-        // are counted from. It also collects the flows of removed owners (lazily:
-        // removing one never walks the table) and counts the fill levels
-        // `status` shows.
+        // The conntrack GC walks the whole table: on a thread of its own
+        // with map handles of its own, so that API calls never wait for it,
+        // and at a lower CPU priority, so that they do not wait for a CPU
+        // either while a round runs (a round over 200k entries takes a
+        // third of a second of CPU). A round runs every gc_interval, and
+        // sooner when the datapath's insert counter (read every tick) says
+        // the table is filling (see GcReport::round_due); the first round
+        // sets the baseline evictions are counted from. It also collects the
+        // flows of removed owners (lazily: removing one never walks the
+        // table) and counts the fill levels `status` shows.
         let settings = self.gc_settings.subscribe();
-        let mut collector = Some(self.inner.lock().await.dp.ct_collector(settings.borrow().handshake)?);
-        let reports = Arc::clone(&self.gc);
-        tokio::spawn(async move {
-            // gc_interval is at least a second: longer than a tick.
-            let mut tick = tokio::time::interval(crate::datapath::GC_TICK);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(mut c) = collector.take() else { return };
-                let GcSettings { handshake, interval } = *settings.borrow();
-                c.set_handshake_timeout(handshake);
-                let round = tokio::task::spawn_blocking(move || {
-                    let result = match c.round_due(interval) {
-                        Ok(true) => c.collect(crate::datapath::monotonic_ns()).map(Some),
+        let mut collector = self.inner.lock().await.dp.ct_collector(settings.borrow().handshake)?;
+        // The thread stops once the agent is gone (it holds the reports
+        // weakly).
+        let reports = Arc::downgrade(&self.gc);
+        std::thread::Builder::new()
+            .name("netpath-gc".into())
+            .spawn(move || {
+                lower_thread_priority(GC_NICE);
+                loop {
+                    std::thread::sleep(crate::datapath::GC_TICK);
+                    let Some(reports) = reports.upgrade() else { return };
+                    let GcSettings { handshake, interval } = *settings.borrow();
+                    collector.set_handshake_timeout(handshake);
+                    let result = match collector.round_due(interval) {
+                        Ok(true) => collector.collect(crate::datapath::monotonic_ns()).map(Some),
                         Ok(false) => Ok(None),
                         Err(e) => Err(e),
                     };
-                    (c, result)
-                })
-                .await;
-                match round {
-                    Ok((c, result)) => {
-                        collector = Some(c);
-                        match result {
-                            Ok(Some(report)) => *reports.lock().unwrap_or_else(|e| e.into_inner()) = report,
-                            Ok(None) => {}
-                            Err(e) => tracing::warn!("conntrack GC: {e:#}"),
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!("conntrack GC stopped: {e}");
-                        return;
+                    match result {
+                        Ok(Some(report)) => *reports.lock().unwrap_or_else(|e| e.into_inner()) = report,
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!("conntrack GC: {e:#}"),
                     }
                 }
-            }
-        });
+            })
+            .context("starting the conntrack GC thread")?;
         // The pins: bpffs wiped or unmounted, or the instance's directory
         // removed, under a running agent. It holds every map and link, so
         // nothing stopped meanwhile; it pins them again within a tick.
