@@ -576,12 +576,7 @@ impl Agent {
                         tracing::warn!("host address sync: {e:#}");
                     }
                 }
-                let checked = match &check.links {
-                    LinkCheck::None => Ok(()),
-                    LinkCheck::Gone(gone) => agent.watch_interfaces(Some(gone)).await,
-                    LinkCheck::Every => agent.watch_interfaces(None).await,
-                };
-                if let Err(e) = checked {
+                if let Err(e) = agent.watch_interfaces(&check.links).await {
                     tracing::warn!("interface check: {e:#}");
                 }
             }
@@ -659,21 +654,21 @@ impl Agent {
     /// created again and the veths made its ports again; a container whose
     /// veth is gone (its network namespace was deleted, or the veth) is
     /// removed as `container del` would, its ports unpublished. Each is
-    /// logged and counted. `gone` names the interfaces netlink said were
-    /// deleted; None looks at every one.
-    async fn watch_interfaces(&self, gone: Option<&HashSet<u32>>) -> Result<()> {
+    /// logged and counted. `which`: the interfaces netlink said were
+    /// deleted, or every one.
+    async fn watch_interfaces(&self, which: &LinkCheck) -> Result<()> {
         // Every interface's index (if_nameindex: no attribute parsed or
         // kept), without the lock, when there is no list of the gone ones.
-        let present: Box<dyn Fn(u32) -> bool + Send> = match gone {
-            Some(gone) => {
-                let gone = gone.clone();
-                Box::new(move |i| !gone.contains(&i))
+        let listed: HashSet<u32> = match which {
+            LinkCheck::None => return Ok(()),
+            LinkCheck::Gone(_) => HashSet::new(),
+            LinkCheck::Every => {
+                nix::net::if_::if_nameindex().context("listing interfaces")?.iter().map(|i| i.index()).collect()
             }
-            None => {
-                let present: HashSet<u32> =
-                    nix::net::if_::if_nameindex().context("listing interfaces")?.iter().map(|i| i.index()).collect();
-                Box::new(move |i| present.contains(&i))
-            }
+        };
+        let present = |index: u32| match which {
+            LinkCheck::Gone(gone) => !gone.contains(&index),
+            _ => listed.contains(&index),
         };
         let mut inner = self.inner.lock().await;
         // A container attached since the list was read is not in it: each
