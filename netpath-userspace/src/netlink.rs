@@ -609,9 +609,24 @@ impl HostEvents {
         socket
             .bind(&rtnetlink::sys::SocketAddr::new(0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
             .context("subscribing to link and address notifications")?;
-        // Best effort: without it the kernel's default applies, and an
-        // overflow is still told as Lost.
-        let _ = socket.set_rx_buf_sz(EVENTS_BUFFER_BYTES);
+        // SO_RCVBUFFORCE passes net.core.rmem_max (212992 by default) for
+        // an agent with CAP_NET_ADMIN; best effort: with a smaller buffer
+        // an overflow is still told as Lost.
+        let bytes = EVENTS_BUFFER_BYTES as libc::c_int;
+        // SAFETY: setsockopt reads `bytes` (a c_int of the size given) on a
+        // socket this function owns.
+        let forced = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(socket),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&bytes as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if forced != 0 {
+            let _ = socket.set_rx_buf_sz(EVENTS_BUFFER_BYTES);
+        }
         tokio::spawn(conn);
         Ok(HostEvents { rx })
     }
