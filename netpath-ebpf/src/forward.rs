@@ -40,9 +40,9 @@ use network_types::{
 
 use crate::{
     family::Family,
-    ipv6::{IP6_DST_OFF, IP6_SRC_OFF},
+    ipv6::{IP6_DST_OFF, IP6_HOP_LIMIT_OFF, IP6_NEXT_HDR_OFF, IP6_PAYLOAD_LEN_OFF, IP6_SRC_OFF},
     maps::{CONTAINERS, FORWARD_STATS, HOST_ADDRS4},
-    offsets::{IP_CSUM_OFF, IP_TTL_OFF},
+    offsets::{ip_hdr_len, tcp_hdr_len, IP_CSUM_OFF, IP_TTL_OFF, TCP_DOFF_OFF},
     packet::{l3_csum_replace, load, mac_eq, ptr_at, store},
     policy::{self, CarriedVerdict},
     verdict::{finish, Site},
@@ -50,10 +50,9 @@ use crate::{
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
-/// The IPv6 header's payload length and hop limit, and its own length.
-const IP6_PAYLOAD_LEN_OFF: usize = 4;
-const IP6_HOP_LIMIT_OFF: usize = 7;
+/// The IPv6 header's own length.
 const IP6_HDR_LEN: u16 = 40;
+const IPPROTO_TCP: u8 = 6;
 const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
 const BPF_FIB_LKUP_RET_NO_NEIGH: i64 = 7;
 const BPF_FIB_LKUP_RET_FRAG_NEEDED: i64 = 8;
@@ -103,7 +102,9 @@ pub fn forward4(ctx: &TcContext, origin: Origin, carried: CarriedVerdict) -> i32
         return to_container_at(ctx, cfg, dst, (origin, routed, &eth.dst_addr), ip.ttl, carried);
     }
     if origin == Origin::Container && routed && unsafe { HOST_ADDRS4.get(&dst) }.is_none() {
-        return to_host_interface(ctx, ip.src_addr, dst, ip.ttl, u16::from_be_bytes(ip.tot_len));
+        let tot_len = u16::from_be_bytes(ip.tot_len);
+        let mtu_len = mtu_checked_len(ctx, ip_hdr_len(ip.vihl), ip.proto == IPPROTO_TCP, tot_len);
+        return to_host_interface(ctx, ip.src_addr, dst, ip.ttl, mtu_len);
     }
     TC_ACT_OK as i32
 }
@@ -139,13 +140,18 @@ pub fn forward6(ctx: &TcContext, origin: Origin, carried: CarriedVerdict) -> i32
         return to_container_at(ctx, cfg, dst, (origin, routed, &eth.dst_addr), hop_limit, carried);
     }
     if origin == Origin::Container && routed && !dst.is_host_addr() {
-        let (Ok(src), Ok(payload_len)) =
-            (load::<In6Addr>(ctx, EthHdr::LEN + IP6_SRC_OFF), load::<u16>(ctx, EthHdr::LEN + IP6_PAYLOAD_LEN_OFF))
-        else {
+        let (Ok(src), Ok(payload_len), Ok(next_header)) = (
+            load::<In6Addr>(ctx, EthHdr::LEN + IP6_SRC_OFF),
+            load::<u16>(ctx, EthHdr::LEN + IP6_PAYLOAD_LEN_OFF),
+            load::<u8>(ctx, EthHdr::LEN + IP6_NEXT_HDR_OFF),
+        ) else {
             return TC_ACT_OK as i32;
         };
         let tot_len = u16::from_be(payload_len).saturating_add(IP6_HDR_LEN);
-        return to_host_interface6(ctx, src, dst, hop_limit, tot_len);
+        // TCP right after the fixed header; behind extension headers the
+        // whole length is checked.
+        let mtu_len = mtu_checked_len(ctx, IP6_HDR_LEN as usize, next_header == IPPROTO_TCP, tot_len);
+        return to_host_interface6(ctx, src, dst, hop_limit, mtu_len);
     }
     TC_ACT_OK as i32
 }
@@ -218,6 +224,31 @@ fn to_container<A: Hop>(
         count(Redirect::ToContainer);
     }
     action
+}
+
+/// The length the route's MTU is checked against: the packet's own
+/// (`tot_len`), or for a TCP packet that stands for several segments (GSO:
+/// a stream's writes reach the host as packets of up to 64 KiB, cut into
+/// segments on the way out) each segment's, which is what the stack's
+/// forwarding checks (`skb_gso_validate_network_len`). Checked whole, such
+/// a packet always exceeded the MTU, and every bulk transfer out of a
+/// container took the stack. `l3_len` is the network header's length, `tcp`
+/// whether TCP follows it; GSO packets of other protocols (UDP
+/// segmentation, tunnels, whose segments' headers differ) are checked
+/// whole, and take the stack.
+#[inline(always)]
+fn mtu_checked_len(ctx: &TcContext, l3_len: usize, tcp: bool, tot_len: u16) -> u16 {
+    // SAFETY: the context pointer is valid for the program's run.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    if gso_size == 0 || !tcp {
+        return tot_len;
+    }
+    // The mask bounds the offset for the verifier (an IPv4 header is at
+    // most 60 bytes, IPv6's fixed one 40) and changes nothing.
+    let l3_len = l3_len & 0x3c;
+    let Ok(doff) = load::<u8>(ctx, EthHdr::LEN + l3_len + TCP_DOFF_OFF) else { return tot_len };
+    let segment = (l3_len + tcp_hdr_len(doff)) as u32 + gso_size;
+    segment.min(u16::MAX as u32) as u16
 }
 
 /// Out of the host interface the routing table picks for `dst`. Out of

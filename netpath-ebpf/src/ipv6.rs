@@ -49,8 +49,9 @@ pub const ICMPV6_MLD2_REPORT: u8 = 143;
 pub const ND_TARGET_OFF: usize = 8;
 
 // Where the fixed header's fields sit.
-const IP6_PAYLOAD_LEN_OFF: usize = 4;
-const IP6_NEXT_HDR_OFF: usize = 6;
+pub const IP6_PAYLOAD_LEN_OFF: usize = 4;
+pub const IP6_NEXT_HDR_OFF: usize = 6;
+pub const IP6_HOP_LIMIT_OFF: usize = 7;
 pub const IP6_SRC_OFF: usize = 8;
 pub const IP6_DST_OFF: usize = 24;
 const _: () = assert!(Ipv6Hdr::LEN == 40);

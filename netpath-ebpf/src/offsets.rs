@@ -43,10 +43,19 @@ pub const L4_SPORT_OFF: usize = offset_of!(TcpHdr, source);
 /// Destination port: the same place in TCP and UDP.
 pub const L4_DPORT_OFF: usize = offset_of!(TcpHdr, dest);
 pub const TCP_CSUM_OFF: usize = offset_of!(TcpHdr, check);
+/// The data offset (`doff`, the header's length in 32-bit words) in the
+/// high nibble.
+pub const TCP_DOFF_OFF: usize = offset_of!(TcpHdr, _bitfield_1);
 /// The flags byte: the second byte of the 16-bit field whose first byte
 /// holds the data offset (`doff`) and reserved bits.
 pub const TCP_FLAGS_OFF: usize = offset_of!(TcpHdr, _bitfield_1) + 1;
 pub const UDP_CSUM_OFF: usize = offset_of!(UdpHdr, check);
+
+/// The TCP header length in bytes (options included) from its `doff` byte.
+#[inline(always)]
+pub fn tcp_hdr_len(doff_byte: u8) -> usize {
+    ((doff_byte >> 4) as usize) * 4
+}
 
 // ICMP.
 
@@ -63,6 +72,6 @@ const _: () = {
     assert!(L4_SPORT_OFF == offset_of!(UdpHdr, src) && L4_DPORT_OFF == offset_of!(UdpHdr, dst));
     assert!(L4_SPORT_OFF == 0 && L4_DPORT_OFF == 2);
     assert!(TCP_FLAGS_OFF == offset_of!(TcpHdr, window) - 1);
-    assert!(TCP_FLAGS_OFF == 13 && TCP_CSUM_OFF == 16 && UDP_CSUM_OFF == 6);
+    assert!(TCP_DOFF_OFF == 12 && TCP_FLAGS_OFF == 13 && TCP_CSUM_OFF == 16 && UDP_CSUM_OFF == 6);
     assert!(ICMP_CSUM_OFF == 2 && ICMP_ID_OFF == 4 && ICMP_HDR_LEN == 8);
 };

@@ -245,6 +245,60 @@ fn every_ipv6_path_is_redirected_around_the_bridge() {
     world_echo.join().unwrap();
 }
 
+/// A TCP server in `ns` reading one connection to its end and answering
+/// with the number of bytes it read.
+fn tcp_sink(t: &Topology, ns: &str, addr: SocketAddr) -> JoinHandle<u64> {
+    let listener = t.in_ns(ns, || Ok(TcpListener::bind(addr)?)).unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let (mut buf, mut total) = (vec![0u8; 1 << 16], 0u64);
+        loop {
+            match s.read(&mut buf).unwrap() {
+                0 => break,
+                n => total += n as u64,
+            }
+        }
+        s.write_all(&total.to_le_bytes()).unwrap();
+        total
+    })
+}
+
+/// A bulk transfer out of a container (masqueraded, both families) takes
+/// the fast path: the container's TCP hands its veth packets of up to 64
+/// KiB (GSO), cut into segments on the way out, and the route's MTU is
+/// checked per segment, as the stack's forwarding does. Checked whole,
+/// every such packet fell back as "mtu-exceeded" and crossed the bridge.
+#[test]
+fn a_bulk_transfer_out_of_a_container_stays_on_the_fast_path() {
+    let t = topology(1, &[]);
+    let ns1 = t.container_ns(1);
+    const BYTES: usize = 16 << 20;
+    for (i, world_ip) in [IpAddr::from(WORLD_IP), IpAddr::from(WORLD_IP6)].into_iter().enumerate() {
+        let server = SocketAddr::new(world_ip, 7100 + i as u16);
+        let sink = tcp_sink(&t, &t.world, server);
+        let before = status(&t);
+        let bridge_before = bridge_packets(&t, &before.bridge);
+        let mut s = t.in_ns(&ns1, || Ok(TcpStream::connect_timeout(&server, Duration::from_secs(3))?)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let chunk = vec![0x5au8; 1 << 16];
+        for _ in 0..BYTES / chunk.len() {
+            s.write_all(&chunk).unwrap();
+        }
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut count = [0u8; 8];
+        s.read_exact(&mut count).unwrap();
+        assert_eq!(u64::from_le_bytes(count), BYTES as u64, "to {server}");
+        assert_eq!(sink.join().unwrap(), BYTES as u64);
+        let after = status(&t);
+        let bridged = bridge_packets(&t, &after.bridge) - bridge_before;
+        let too_big = fallbacks(&after, "mtu-exceeded") - fallbacks(&before, "mtu-exceeded");
+        assert_eq!(too_big, 0, "to {server}: packets that fell back as too big ({:?})", after.fast_path);
+        // The connection's first packet and a neighbour exchange or two.
+        assert!(bridged < 12, "to {server}: the bridge carried {bridged} packets ({:?})", after.fast_path);
+    }
+}
+
 /// A receiving container's inbound policy holds on the fast path: new
 /// flows are judged at its veth, and flows it allowed before a rule change
 /// are judged again at their next packet, whichever path brings it; a deny
