@@ -30,8 +30,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netpath_common::{
-    config::CFG_F_FAST_PATH, AddrFamily, ContainerEntry, DatapathConfig, DropReason, Fallback, HookId, In6Addr,
-    Redirect,
+    config::CFG_F_FAST_PATH, conntrack::IPPROTO_TCP, AddrFamily, ContainerEntry, DatapathConfig, DropReason, Fallback,
+    HookId, In6Addr, Redirect,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -52,7 +52,6 @@ const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 /// The IPv6 header's own length.
 const IP6_HDR_LEN: u16 = 40;
-const IPPROTO_TCP: u8 = 6;
 const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
 const BPF_FIB_LKUP_RET_NO_NEIGH: i64 = 7;
 const BPF_FIB_LKUP_RET_FRAG_NEEDED: i64 = 8;

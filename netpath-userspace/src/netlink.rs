@@ -554,21 +554,6 @@ pub fn link_is_up(link: &LinkMessage) -> bool {
     link.header.flags.contains(netlink_packet_route::link::LinkFlags::Up)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addresses_split_by_family_keep_their_interfaces_and_order() {
-        let v4: Ipv4Addr = "198.18.0.1".parse().unwrap();
-        let v6: Ipv6Addr = "fd00:77::1".parse().unwrap();
-        let ll: Ipv6Addr = "fe80::4e:aff:fe00:1".parse().unwrap();
-        let (got4, got6) = split_families(vec![(v6.into(), 3), (v4.into(), 2), (ll.into(), 3)]);
-        assert_eq!(got4, vec![(v4, 2)]);
-        assert_eq!(got6, vec![(v6, 3), (ll, 3)]);
-    }
-}
-
 /// What a namespace's interfaces and addresses did, as netlink's
 /// notifications tell it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -667,5 +652,20 @@ fn host_event(
         P::InnerMessage(M::NewAddress(_) | M::DelAddress(_)) => Some(HostEvent::AddressesChanged),
         P::Overrun(_) => Some(HostEvent::Lost),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_split_by_family_keep_their_interfaces_and_order() {
+        let v4: Ipv4Addr = "198.18.0.1".parse().unwrap();
+        let v6: Ipv6Addr = "fd00:77::1".parse().unwrap();
+        let ll: Ipv6Addr = "fe80::4e:aff:fe00:1".parse().unwrap();
+        let (got4, got6) = split_families(vec![(v6.into(), 3), (v4.into(), 2), (ll.into(), 3)]);
+        assert_eq!(got4, vec![(v4, 2)]);
+        assert_eq!(got6, vec![(v6, 3), (ll, 3)]);
     }
 }

@@ -1285,13 +1285,14 @@ impl HostCheck {
     /// changed or the uplink came or went, the interfaces that were
     /// deleted, everything when some were lost.
     fn of(events: impl IntoIterator<Item = HostEvent>, uplink: Option<&str>) -> HostCheck {
+        let is_uplink = |name: &Option<String>| name.is_some() && name.as_deref() == uplink;
         let mut check = HostCheck::default();
         for event in events {
             match event {
                 HostEvent::AddressesChanged => check.addresses = true,
-                HostEvent::LinkChanged { name, .. } => check.addresses |= name.is_some() && name.as_deref() == uplink,
+                HostEvent::LinkChanged { name, .. } => check.addresses |= is_uplink(&name),
                 HostEvent::LinkGone { index, name } => {
-                    check.addresses |= name.is_some() && name.as_deref() == uplink;
+                    check.addresses |= is_uplink(&name);
                     match &mut check.links {
                         LinkCheck::Gone(gone) => {
                             gone.insert(index);
