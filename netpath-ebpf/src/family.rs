@@ -87,6 +87,10 @@ pub trait Family: AddrFamily + 'static {
     /// (`nat::apply4`, `nat::apply6`).
     fn apply_nat(ctx: &TcContext, flow: &Flow<Self>, entry: &CtEntry<Self>) -> Result<(), DropReason>;
 
+    /// Sets the source address and port of the packet of `flow`
+    /// (`nat::set_source4`, `nat::set_source6`).
+    fn set_source(ctx: &TcContext, flow: &Flow<Self>, addr: &Self, port: u16) -> Result<(), DropReason>;
+
     /// The packet's flow (`flow::parse4`, `ipv6::parse6`).
     fn parse(ctx: &TcContext) -> Parsed<Self>;
 
@@ -135,6 +139,11 @@ impl Family for [u8; 4] {
     #[inline(always)]
     fn apply_nat(ctx: &TcContext, flow: &Flow<Self>, entry: &CtEntry<Self>) -> Result<(), DropReason> {
         nat::apply4(ctx, flow, entry)
+    }
+
+    #[inline(always)]
+    fn set_source(ctx: &TcContext, flow: &Flow<Self>, addr: &Self, port: u16) -> Result<(), DropReason> {
+        nat::set_source4(ctx, flow, *addr, port)
     }
 
     #[inline(always)]
@@ -204,6 +213,11 @@ impl Family for In6Addr {
     #[inline(always)]
     fn apply_nat(ctx: &TcContext, flow: &Flow<Self>, entry: &CtEntry<Self>) -> Result<(), DropReason> {
         nat::apply6(ctx, flow, entry)
+    }
+
+    #[inline(always)]
+    fn set_source(ctx: &TcContext, flow: &Flow<Self>, addr: &Self, port: u16) -> Result<(), DropReason> {
+        nat::set_source6(ctx, flow, addr, port)
     }
 
     #[inline(always)]

@@ -16,16 +16,13 @@ use network_types::{
 };
 
 use crate::{
-    offsets::{ip_hdr_len, ip_version, IPV4_MIN_HDR_LEN, TCP_FLAGS_OFF},
+    offsets::{ip_hdr_len, ip_version, IPV4_MIN_HDR_LEN, IP_MF, TCP_FLAGS_OFF},
     packet::{ptr_at, Packet},
 };
 
 pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
 pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
-
-/// More fragments follow (in the IPv4 flags, first byte of `frags`).
-const IP_MF: u8 = 0x20;
 
 /// ICMP header: type, code, checksum, then (for echo) identifier, sequence.
 #[repr(C)]

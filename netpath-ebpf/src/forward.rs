@@ -42,7 +42,8 @@ use crate::{
     family::Family,
     ipv6::{IP6_DST_OFF, IP6_HOP_LIMIT_OFF, IP6_NEXT_HDR_OFF, IP6_PAYLOAD_LEN_OFF, IP6_SRC_OFF},
     maps::{CONTAINERS, FORWARD_STATS, HOST_ADDRS4},
-    offsets::{ip_hdr_len, tcp_hdr_len, IP_CSUM_OFF, IP_TTL_OFF, TCP_DOFF_OFF},
+    nat,
+    offsets::{ip_hdr_len, tcp_hdr_len, IP_CSUM_OFF, IP_DF, IP_FRAGS_OFF, IP_TTL_OFF, TCP_DOFF_OFF},
     packet::{l3_csum_replace, load, mac_eq, ptr_at, store},
     policy::{self, CarriedVerdict},
     verdict::{finish, Site},
@@ -70,13 +71,51 @@ pub enum Origin {
 
 /// The tc action for a packet the calling program passed: a redirect, a
 /// drop (the receiving container's policy refused it), or `TC_ACT_OK` (to
-/// the stack). Out of line, called by an entry point whose frame is tiny
-/// (its own stages are out of line too): the chain from here down to the
-/// receiving container's verdict entries is as deep as the stack allows.
-#[inline(never)]
+/// the stack; a container's packet the stack answers with an ICMP error
+/// gets its own source back first, see [`to_stack_as_sent`]). Inlined
+/// into the entry point: the source is restored from there, where the
+/// chain down to the packet's parse has the whole stack.
+#[inline(always)]
 pub fn forward4(ctx: &TcContext, origin: Origin, carried: CarriedVerdict) -> i32 {
+    restoring_source::<[u8; 4]>(ctx, route4(ctx, origin, carried))
+}
+
+/// [`forward4`] for IPv6.
+#[inline(always)]
+pub fn forward6(ctx: &TcContext, origin: Origin, carried: CarriedVerdict) -> i32 {
+    restoring_source::<In6Addr>(ctx, route6(ctx, origin, carried))
+}
+
+/// What [`route4`] or [`route6`] decided; [`STACK_ANSWERS`] becomes
+/// `TC_ACT_OK` once the packet's source is the container's again.
+#[inline(always)]
+fn restoring_source<A: Family>(ctx: &TcContext, action: i32) -> i32 {
+    if action != STACK_ANSWERS {
+        return action;
+    }
+    // SAFETY: the context pointer is valid for the program's run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // A failed rewrite leaves the packet as it was: still translated, every
+    // checksum consistent (each field is written with its own).
+    let _ = nat::restore_source::<A>(ctx, ifindex);
+    TC_ACT_OK as i32
+}
+
+/// Not a tc action: "to the stack, with the container's own source" (see
+/// [`to_stack_as_sent`]).
+const STACK_ANSWERS: i32 = 0x100;
+
+/// The fast path's decision for an IPv4 packet (see [`forward4`]). Out of
+/// line, called by an entry point whose frame is tiny (its own stages are
+/// out of line too): the chain from here down to the receiving container's
+/// verdict entries is as deep as the stack allows.
+#[inline(never)]
+fn route4(ctx: &TcContext, origin: Origin, carried: CarriedVerdict) -> i32 {
     let Some(cfg) = crate::maps::config() else { return TC_ACT_OK as i32 };
-    if !cfg.has(CFG_F_FAST_PATH) {
+    // Off, only a container's packet leaving the host with a translated
+    // source is looked at (see `to_stack_as_sent`).
+    let fast = cfg.has(CFG_F_FAST_PATH);
+    if !fast && origin == Origin::Uplink {
         return TC_ACT_OK as i32;
     }
     let (Some(eth), Some(ip)) = (ptr_at::<EthHdr>(ctx, 0), ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN)) else {
@@ -98,22 +137,34 @@ pub fn forward4(ctx: &TcContext, origin: Origin, carried: CarriedVerdict) -> i32
     };
     let dst = ip.dst_addr;
     if cfg.in_subnet4(dst) {
+        if !fast {
+            return TC_ACT_OK as i32;
+        }
         return to_container_at(ctx, cfg, dst, (origin, routed, &eth.dst_addr), ip.ttl, carried);
     }
     if origin == Origin::Container && routed && unsafe { HOST_ADDRS4.get(&dst) }.is_none() {
+        if !fast && cfg.in_subnet4(ip.src_addr) {
+            return TC_ACT_OK as i32;
+        }
+        if ip.ttl <= 1 {
+            return to_stack_as_sent::<[u8; 4]>(ctx, Fallback::TtlExpiring, fast);
+        }
         let tot_len = u16::from_be_bytes(ip.tot_len);
         let mtu_len = mtu_checked_len(ctx, ip_hdr_len(ip.vihl), ip.proto == IPPROTO_TCP, tot_len);
-        return to_host_interface(ctx, ip.src_addr, dst, ip.ttl, mtu_len);
+        return to_host_interface(ctx, ip.src_addr, dst, mtu_len, fast);
     }
     TC_ACT_OK as i32
 }
 
-/// [`forward4`] for IPv6. Link-scoped destinations (link-local, the
-/// link's multicast) never leave the link: they go to the stack.
+/// [`route4`] for IPv6. Link-scoped destinations (link-local, the link's
+/// multicast) never leave the link: they go to the stack.
 #[inline(never)]
-pub fn forward6(ctx: &TcContext, origin: Origin, carried: CarriedVerdict) -> i32 {
+fn route6(ctx: &TcContext, origin: Origin, carried: CarriedVerdict) -> i32 {
     let Some(cfg) = crate::maps::config() else { return TC_ACT_OK as i32 };
-    if !cfg.has(CFG_F_FAST_PATH) {
+    // Off, only a container's packet leaving the host with a translated
+    // source is looked at (see `to_stack_as_sent`).
+    let fast = cfg.has(CFG_F_FAST_PATH);
+    if !fast && origin == Origin::Uplink {
         return TC_ACT_OK as i32;
     }
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else { return TC_ACT_OK as i32 };
@@ -136,6 +187,9 @@ pub fn forward6(ctx: &TcContext, origin: Origin, carried: CarriedVerdict) -> i32
         return TC_ACT_OK as i32;
     }
     if cfg.in_subnet6(dst) {
+        if !fast {
+            return TC_ACT_OK as i32;
+        }
         return to_container_at(ctx, cfg, dst, (origin, routed, &eth.dst_addr), hop_limit, carried);
     }
     if origin == Origin::Container && routed && !dst.is_host_addr() {
@@ -146,11 +200,17 @@ pub fn forward6(ctx: &TcContext, origin: Origin, carried: CarriedVerdict) -> i32
         ) else {
             return TC_ACT_OK as i32;
         };
+        if !fast && cfg.in_subnet6(src) {
+            return TC_ACT_OK as i32;
+        }
+        if hop_limit <= 1 {
+            return to_stack_as_sent::<In6Addr>(ctx, Fallback::TtlExpiring, fast);
+        }
         let tot_len = u16::from_be(payload_len).saturating_add(IP6_HDR_LEN);
         // TCP right after the fixed header; behind extension headers the
         // whole length is checked.
         let mtu_len = mtu_checked_len(ctx, IP6_HDR_LEN as usize, next_header == IPPROTO_TCP, tot_len);
-        return to_host_interface6(ctx, src, dst, hop_limit, mtu_len);
+        return to_host_interface6(ctx, src, dst, mtu_len, fast);
     }
     TC_ACT_OK as i32
 }
@@ -250,13 +310,11 @@ fn mtu_checked_len(ctx: &TcContext, l3_len: usize, tcp: bool, tot_len: u16) -> u
     segment.min(u16::MAX as u32) as u16
 }
 
-/// Out of the host interface the routing table picks for `dst`. Out of
+/// Out of the host interface the routing table picks for `dst` (`fast`:
+/// with the fast path off only the lookup's MTU answer counts). Out of
 /// line: the lookup's parameters are 64 bytes of stack.
 #[inline(never)]
-fn to_host_interface(ctx: &TcContext, src: [u8; 4], dst: [u8; 4], ttl: u8, tot_len: u16) -> i32 {
-    if ttl <= 1 {
-        return fall_back(Fallback::TtlExpiring);
-    }
+fn to_host_interface(ctx: &TcContext, src: [u8; 4], dst: [u8; 4], tot_len: u16, fast: bool) -> i32 {
     // SAFETY: plain data; zero is every field's "unset".
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
@@ -268,6 +326,9 @@ fn to_host_interface(ctx: &TcContext, src: [u8; 4], dst: [u8; 4], ttl: u8, tot_l
     // SAFETY: the helper reads the skb and fills `fib`.
     let rc = unsafe { bpf_fib_lookup(ctx.skb.skb as *mut _, &mut fib, core::mem::size_of::<FibParams>() as i32, 0) };
     match rc {
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => to_stack_as_sent::<[u8; 4]>(ctx, Fallback::MtuExceeded, fast),
+        // Off: the stack routes it.
+        _ if !fast => TC_ACT_OK as i32,
         BPF_FIB_LKUP_RET_SUCCESS => {
             if route_hop::<[u8; 4]>(ctx, &fib.dmac, &fib.smac).is_err() {
                 return TC_ACT_SHOT as i32;
@@ -288,17 +349,13 @@ fn to_host_interface(ctx: &TcContext, src: [u8; 4], dst: [u8; 4], ttl: u8, tot_l
             let action = unsafe { bpf_redirect_neigh(fib.ifindex, &mut nh, size, 0) } as i32;
             redirected(action, Redirect::ToHostResolving)
         }
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => fall_back(Fallback::MtuExceeded),
         _ => fall_back(Fallback::NoRoute),
     }
 }
 
 /// [`to_host_interface`] for IPv6.
 #[inline(never)]
-fn to_host_interface6(ctx: &TcContext, src: In6Addr, dst: In6Addr, hop_limit: u8, tot_len: u16) -> i32 {
-    if hop_limit <= 1 {
-        return fall_back(Fallback::TtlExpiring);
-    }
+fn to_host_interface6(ctx: &TcContext, src: In6Addr, dst: In6Addr, tot_len: u16, fast: bool) -> i32 {
     // SAFETY: plain data; zero is every field's "unset".
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
     fib.family = AF_INET6;
@@ -310,6 +367,8 @@ fn to_host_interface6(ctx: &TcContext, src: In6Addr, dst: In6Addr, hop_limit: u8
     // SAFETY: the helper reads the skb and fills `fib`.
     let rc = unsafe { bpf_fib_lookup(ctx.skb.skb as *mut _, &mut fib, core::mem::size_of::<FibParams>() as i32, 0) };
     match rc {
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => to_stack_as_sent::<In6Addr>(ctx, Fallback::MtuExceeded, fast),
+        _ if !fast => TC_ACT_OK as i32,
         BPF_FIB_LKUP_RET_SUCCESS => {
             if route_hop::<In6Addr>(ctx, &fib.dmac, &fib.smac).is_err() {
                 return TC_ACT_SHOT as i32;
@@ -330,7 +389,6 @@ fn to_host_interface6(ctx: &TcContext, src: In6Addr, dst: In6Addr, hop_limit: u8
             let action = unsafe { bpf_redirect_neigh(fib.ifindex, &mut nh, size, 0) } as i32;
             redirected(action, Redirect::ToHostResolving)
         }
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => fall_back(Fallback::MtuExceeded),
         _ => fall_back(Fallback::NoRoute),
     }
 }
@@ -357,9 +415,37 @@ fn route_hop<A: Hop>(ctx: &TcContext, dmac: &[u8; 6], smac: &[u8; 6]) -> Result<
     store(ctx, 6, smac)
 }
 
+/// A container's packet that the stack answers with an ICMP error rather
+/// than forwards (its TTL runs out here; it is too big for the route, and
+/// may not be fragmented), to the stack, counted. If its veth translated its
+/// source (a masqueraded flow, a published port's reply), it gets the
+/// container's back first ([`STACK_ANSWERS`]): the error went to the
+/// translated source, the host's own address, and was lost there, so that
+/// the container never learned a smaller MTU on the way (a VPN's
+/// interface, a route with `mtu lock`) and its TCP stalled. Whatever else
+/// falls back keeps its translation: the stack forwards it (fragmented),
+/// and a packet leaving by another interface than the uplink is never
+/// translated again. With the fast path off (`fast`) the same holds,
+/// uncounted.
+#[inline(always)]
+fn to_stack_as_sent<A: Hop>(ctx: &TcContext, why: Fallback, fast: bool) -> i32 {
+    if fast {
+        fall_back(why);
+    }
+    if A::answered_by_stack(ctx, why) {
+        STACK_ANSWERS
+    } else {
+        TC_ACT_OK as i32
+    }
+}
+
 /// What a routed hop changes in a family's header.
 trait Hop: Family {
     fn decrement_hop_limit(ctx: &TcContext) -> Result<(), DropReason>;
+
+    /// Does the stack answer a packet that fell back for `why` with an
+    /// ICMP error instead of forwarding it?
+    fn answered_by_stack(ctx: &TcContext, why: Fallback) -> bool;
 }
 
 impl Hop for [u8; 4] {
@@ -374,6 +460,16 @@ impl Hop for [u8; 4] {
         l3_csum_replace(ctx, EthHdr::LEN + IP_CSUM_OFF, old_v, new_v, 2)?;
         store(ctx, off, &new[0])
     }
+
+    /// Too big, it is fragmented unless its sender said "don't fragment".
+    #[inline(always)]
+    fn answered_by_stack(ctx: &TcContext, why: Fallback) -> bool {
+        match why {
+            Fallback::TtlExpiring => true,
+            Fallback::MtuExceeded => load::<u8>(ctx, EthHdr::LEN + IP_FRAGS_OFF).is_ok_and(|b| b & IP_DF != 0),
+            _ => false,
+        }
+    }
 }
 
 impl Hop for In6Addr {
@@ -383,6 +479,12 @@ impl Hop for In6Addr {
         let off = EthHdr::LEN + IP6_HOP_LIMIT_OFF;
         let hop_limit: u8 = load(ctx, off)?;
         store(ctx, off, &hop_limit.wrapping_sub(1))
+    }
+
+    /// A router never fragments IPv6: a packet too big gets "packet too big".
+    #[inline(always)]
+    fn answered_by_stack(_ctx: &TcContext, why: Fallback) -> bool {
+        matches!(why, Fallback::TtlExpiring | Fallback::MtuExceeded)
     }
 }
 

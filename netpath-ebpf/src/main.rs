@@ -37,7 +37,7 @@ use aya_ebpf::{
     programs::{SockAddrContext, TcContext, XdpContext},
 };
 use netpath_common::{
-    config::{CFG_F_FAST_PATH, CFG_F_UPLINK_XDP},
+    config::CFG_F_UPLINK_XDP,
     hooks::{
         TAIL_UPLINK_EGRESS6, TAIL_UPLINK_FORWARD6, TAIL_UPLINK_INGRESS6, TAIL_VETH_EGRESS6, TAIL_VETH_FORWARD6,
         TAIL_VETH_INGRESS6,
@@ -146,12 +146,10 @@ pub fn veth_ingress6(ctx: TcContext) -> i32 {
 /// fallbacks do.
 #[inline(always)]
 fn to_fast_path6(ctx: &TcContext, slot: u32) -> i32 {
-    // With the fast path off, the jump would only come back with
-    // TC_ACT_OK: not taken (a tail call costs about what a map lookup does).
-    if config().is_some_and(|cfg| cfg.has(CFG_F_FAST_PATH)) {
-        // SAFETY: the slot holds a program of the same type, or nothing.
-        unsafe { TAIL_CALLS.tail_call(ctx, slot) };
-    }
+    // Taken with the fast path off too: a container's packet whose source
+    // its veth translated is still checked against its route there.
+    // SAFETY: the slot holds a program of the same type, or nothing.
+    unsafe { TAIL_CALLS.tail_call(ctx, slot) };
     TC_ACT_OK as i32
 }
 

@@ -16,7 +16,8 @@ use netpath_common::{
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
-    checksum,
+    checksum, conntrack,
+    family::Family,
     flow::{Flow, Flow4, Flow6},
     ipv6::{IP6_DST_OFF, IP6_SRC_OFF},
     offsets::{
@@ -99,10 +100,7 @@ fn rewrite_port(ctx: &TcContext, flow: &Flow4, port_off: usize, old: u16, new: u
 pub fn apply4(ctx: &TcContext, flow: &Flow4, entry: &CtEntry4) -> Result<(), DropReason> {
     let icmp = flow.key.proto == IPPROTO_ICMP;
     if entry.flags & CT_F_SNAT != 0 {
-        if entry.snat_addr != flow.key.saddr {
-            rewrite_addr(ctx, flow, IP_SRC_OFF, flow.key.saddr, entry.snat_addr)?;
-        }
-        rewrite_port(ctx, flow, if icmp { ICMP_ID_OFF } else { L4_SPORT_OFF }, flow.key.sport, entry.snat_port)?;
+        set_source4(ctx, flow, entry.snat_addr, entry.snat_port)?;
     }
     if entry.flags & CT_F_DNAT != 0 {
         if entry.dnat_addr != flow.key.daddr {
@@ -111,6 +109,17 @@ pub fn apply4(ctx: &TcContext, flow: &Flow4, entry: &CtEntry4) -> Result<(), Dro
         rewrite_port(ctx, flow, if icmp { ICMP_ID_OFF } else { L4_DPORT_OFF }, flow.key.dport, entry.dnat_port)?;
     }
     Ok(())
+}
+
+/// Sets the source address and port (ICMP echo: the identifier) of the
+/// packet of `flow`.
+#[inline(always)]
+pub fn set_source4(ctx: &TcContext, flow: &Flow4, addr: [u8; 4], port: u16) -> Result<(), DropReason> {
+    if addr != flow.key.saddr {
+        rewrite_addr(ctx, flow, IP_SRC_OFF, flow.key.saddr, addr)?;
+    }
+    let port_off = if flow.key.proto == IPPROTO_ICMP { ICMP_ID_OFF } else { L4_SPORT_OFF };
+    rewrite_port(ctx, flow, port_off, flow.key.sport, port)
 }
 
 /// Applies the translation recorded in `entry` to an IPv6 packet. IPv6 has
@@ -123,14 +132,21 @@ pub fn apply4(ctx: &TcContext, flow: &Flow4, entry: &CtEntry4) -> Result<(), Dro
 pub fn apply6(ctx: &TcContext, flow: &Flow6, entry: &CtEntry6) -> Result<(), DropReason> {
     let icmp = flow.key.proto == IPPROTO_ICMPV6;
     if entry.flags & CT_F_SNAT != 0 {
-        rewrite_addr6(ctx, flow, IP6_SRC_OFF, &flow.key.saddr, &entry.snat_addr)?;
-        rewrite_port6(ctx, flow, if icmp { ICMP_ID_OFF } else { L4_SPORT_OFF }, flow.key.sport, entry.snat_port)?;
+        set_source6(ctx, flow, &entry.snat_addr, entry.snat_port)?;
     }
     if entry.flags & CT_F_DNAT != 0 {
         rewrite_addr6(ctx, flow, IP6_DST_OFF, &flow.key.daddr, &entry.dnat_addr)?;
         rewrite_port6(ctx, flow, if icmp { ICMP_ID_OFF } else { L4_DPORT_OFF }, flow.key.dport, entry.dnat_port)?;
     }
     Ok(())
+}
+
+/// [`set_source4`] for IPv6.
+#[inline(always)]
+pub fn set_source6(ctx: &TcContext, flow: &Flow6, addr: &In6Addr, port: u16) -> Result<(), DropReason> {
+    rewrite_addr6(ctx, flow, IP6_SRC_OFF, &flow.key.saddr, addr)?;
+    let port_off = if flow.key.proto == IPPROTO_ICMPV6 { ICMP_ID_OFF } else { L4_SPORT_OFF };
+    rewrite_port6(ctx, flow, port_off, flow.key.sport, port)
 }
 
 #[inline(always)]
@@ -162,4 +178,27 @@ fn rewrite_port6(ctx: &TcContext, flow: &Flow6, port_off: usize, old: u16, new: 
     store(ctx, flow.l4_off as usize + port_off, &new)?;
     let (csum_off, mangled) = l4_csum(flow);
     l4_csum_replace(ctx, csum_off, old as u64, new as u64, mangled | 2)
+}
+
+/// Gives the packet of a container's flow whose source its veth translated
+/// (SNAT: a masqueraded flow, a published port's reply) its own source
+/// back: the container's address and port, which the flow's entry for the
+/// other way translates to (its DNAT). Nothing if the source was not
+/// translated (no such entry), or if that entry does not lead to the
+/// container whose veth the packet came in by (`ifindex`), which its
+/// anti-spoofing let through; and nothing for what carries no ports (later
+/// fragments, first ones, whose translation is recorded for the rest).
+#[inline(never)]
+pub fn restore_source<A: Family>(ctx: &TcContext, ifindex: u32) -> Result<(), DropReason> {
+    let Ok(flow) = A::parse(ctx) else { return Ok(()) };
+    if !flow.ported || flow.first_fragment {
+        return Ok(());
+    }
+    let Some(entry) = conntrack::lookup_unchecked(&flow.key.reversed()) else { return Ok(()) };
+    // SAFETY: map value pointer, valid during the run.
+    let entry = unsafe { &*entry };
+    if entry.flags & CT_F_DNAT == 0 || entry.dnat_addr.container_ifindex() != Some(ifindex) {
+        return Ok(());
+    }
+    A::set_source(ctx, &flow, &entry.dnat_addr, entry.dnat_port)
 }

@@ -14,6 +14,12 @@ use crate::flow::IcmpHdr;
 /// Version and header length (IHL), one nibble each.
 pub const IP_VIHL_OFF: usize = offset_of!(Ipv4Hdr, vihl);
 pub const IP_PROTO_OFF: usize = offset_of!(Ipv4Hdr, proto);
+/// Flags and fragment offset; the flags are the first byte's top bits.
+pub const IP_FRAGS_OFF: usize = offset_of!(Ipv4Hdr, frags);
+/// "Don't fragment", in the first byte of `frags`.
+pub const IP_DF: u8 = 0x40;
+/// More fragments follow, in the first byte of `frags`.
+pub const IP_MF: u8 = 0x20;
 /// The TTL, which shares a 16-bit checksum word with the protocol.
 pub const IP_TTL_OFF: usize = offset_of!(Ipv4Hdr, ttl);
 pub const IP_CSUM_OFF: usize = offset_of!(Ipv4Hdr, check);

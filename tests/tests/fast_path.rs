@@ -401,3 +401,143 @@ fn the_fast_path_can_be_switched_off() {
     assert!(bridge_packets(&t, &after.bridge) - bridge_before >= 40, "the bridge carries the traffic");
     drop(echo);
 }
+
+/// A TCP server in `ns` sending `bytes` to its first connection, then
+/// closing it.
+fn tcp_source(t: &Topology, ns: &str, addr: SocketAddr, bytes: usize) -> JoinHandle<()> {
+    let listener = t.in_ns(ns, || Ok(TcpListener::bind(addr)?)).unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let chunk = vec![0xa5u8; 1 << 16];
+        for _ in 0..bytes / chunk.len() {
+            if s.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// Reads `stream` to its end within `limit`: the bytes read.
+fn read_to_end_within(stream: &mut TcpStream, limit: Duration) -> u64 {
+    let deadline = Instant::now() + limit;
+    let (mut buf, mut total) = (vec![0u8; 1 << 16], 0u64);
+    while Instant::now() < deadline {
+        stream
+            .set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))))
+            .unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n as u64,
+        }
+    }
+    total
+}
+
+/// A route to the world whose MTU is smaller than the containers' (a VPN's
+/// interface, a route with `mtu lock`). A container's packets too big for
+/// it, or whose TTL runs out in the host, are answered by the host's ICMP
+/// error, and the error must reach the container: the source of a
+/// masqueraded packet, or of a published port's reply, was already
+/// translated on the veth, and the error went to that address, the host's
+/// own, and was lost. A masqueraded upload and a download from a published
+/// port then stalled, never learning the path MTU. Both families.
+#[test]
+fn a_route_s_smaller_mtu_reaches_translated_flows() {
+    a_route_s_smaller_mtu_reaches_translated_flows_with(&[]);
+}
+
+/// The same with the fast path off: the veth translates as before.
+#[test]
+fn a_route_s_smaller_mtu_reaches_translated_flows_without_the_fast_path() {
+    a_route_s_smaller_mtu_reaches_translated_flows_with(&["--no-fast-path"]);
+}
+
+fn a_route_s_smaller_mtu_reaches_translated_flows_with(agent_args: &[&str]) {
+    let t = topology(1, agent_args);
+    let ns1 = t.container_ns(1);
+    t.exec(&t.host, &["ip", "route", "replace", &format!("{WORLD_IP}/32"), "dev", "up0", "mtu", "lock", "1280"])
+        .unwrap();
+    t.exec(
+        &t.host,
+        &["ip", "-6", "route", "replace", &format!("{WORLD_IP6}/128"), "dev", "up0", "mtu", "lock", "1280"],
+    )
+    .unwrap();
+    let echo = udp_echo(&t, &t.world, 7200, 1000);
+    for (i, world_ip) in [IpAddr::from(WORLD_IP), IpAddr::from(WORLD_IP6)].into_iter().enumerate() {
+        // A masqueraded flow, its later packets translated on the veth.
+        // Of the family itself: IPv4's socket options do not reach a
+        // dual-stack socket's IPv4 traffic.
+        let unspecified = match world_ip {
+            IpAddr::V4(_) => IpAddr::from(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED),
+        };
+        let probe = t.in_ns(&ns1, || Ok(UdpSocket::bind((unspecified, 0))?)).unwrap();
+        probe.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        probe.connect((world_ip, 7200)).unwrap();
+        let seen = exchange_on(&probe, world_ip, 7200, 2).unwrap();
+        assert!(
+            seen.iter().all(|s| s.contains(&HOST_UPLINK_IP.to_string()) || s.contains(&HOST_UPLINK_IP6.to_string())),
+            "{seen:?}"
+        );
+        let (level, mtu_discover, pmtudisc_do, recverr) = match world_ip {
+            IpAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO, libc::IP_RECVERR),
+            IpAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DO, libc::IPV6_RECVERR),
+        };
+        set_int_opt(&probe, level, mtu_discover, pmtudisc_do);
+        set_int_opt(&probe, level, recverr, 1);
+        probe.send(&[0u8; 1400]).unwrap();
+        let err = probe.recv(&mut [0u8; 64]).unwrap_err();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(libc::EMSGSIZE),
+            "to {world_ip}: the route's MTU reached the container: {err}"
+        );
+        probe.send(&[0u8; 1000]).unwrap();
+        probe.recv(&mut [0u8; 64]).expect("a datagram within the path MTU is answered");
+        match world_ip {
+            IpAddr::V4(_) => probe.set_ttl(1).unwrap(),
+            IpAddr::V6(_) => set_int_opt(&probe, libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, 1),
+        }
+        probe.send(b"probe").unwrap();
+        let err = probe.recv(&mut [0u8; 64]).unwrap_err();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(libc::EHOSTUNREACH),
+            "to {world_ip}: the time-exceeded reached the container: {err}"
+        );
+
+        // A masqueraded upload and a download from a published port.
+        const BYTES: usize = 4 << 20;
+        let server = SocketAddr::new(world_ip, 7300 + i as u16);
+        let sink = tcp_sink(&t, &t.world, server);
+        let mut s = t.in_ns(&ns1, || Ok(TcpStream::connect_timeout(&server, Duration::from_secs(3))?)).unwrap();
+        let chunk = vec![0x5au8; 1 << 16];
+        s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        for _ in 0..BYTES / chunk.len() {
+            s.write_all(&chunk).expect("the upload moves");
+        }
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut count = [0u8; 8];
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.read_exact(&mut count).expect("the upload ends");
+        assert_eq!(u64::from_le_bytes(count), BYTES as u64, "to {server}");
+        sink.join().unwrap();
+
+        let port = 7400 + i as u16;
+        t.ctl_ok(&["map", &format!("{port}:c1:{port}")]).unwrap();
+        let source = tcp_source(&t, &ns1, SocketAddr::new(unspecified, port), BYTES);
+        let published = match world_ip {
+            IpAddr::V4(_) => IpAddr::from(HOST_UPLINK_IP),
+            IpAddr::V6(_) => IpAddr::from(HOST_UPLINK_IP6),
+        };
+        let mut s = t
+            .in_ns(&t.world, || {
+                Ok(TcpStream::connect_timeout(&SocketAddr::new(published, port), Duration::from_secs(3))?)
+            })
+            .unwrap();
+        let got = read_to_end_within(&mut s, Duration::from_secs(10));
+        assert_eq!(got, BYTES as u64, "the download from {published}:{port} (10 s)");
+        source.join().unwrap();
+    }
+    drop(echo);
+}

@@ -137,3 +137,30 @@ fn switched_off_nothing_is_redirected() {
     assert_eq!(hex(&r.data), hex(&want), "translated, not routed");
     assert_eq!(forward_stats(&mut h), ForwardStats::default());
 }
+
+/// A published port's reply whose TTL runs out in the host: the veth
+/// translated its source, and the fast path gives the container's back
+/// before the stack gets it (the stack's time exceeded goes to the source,
+/// which must be the container's, not the host's own address). One that
+/// falls back for another reason (here: no route) keeps its translation.
+#[test]
+fn a_reply_the_stack_answers_goes_to_it_with_the_container_s_source() {
+    let mut h = harness(CFG_F_FAST_PATH);
+    let query = frames::eth(LO_MAC, CLIENT_MAC, ETH_P_IPV4, &udp_packet((CLIENT, 40000), (HOST, 8053), 64));
+    assert_eq!(h.run(HookId::UplinkIngress.program(), &query).unwrap().verdict, TC_ACT_OK);
+    let routed = frames::eth(C1_MAC, GATEWAY_MAC, ETH_P_IPV4, &udp_packet((CLIENT, 40000), (C1, 53), 63));
+    assert_eq!(h.run(HookId::VethEgress.program(), &routed).unwrap().verdict, TC_ACT_OK);
+
+    let reply = |ttl| frames::eth(GATEWAY_MAC, C1_MAC, ETH_P_IPV4, &udp_packet((C1, 53), (CLIENT, 40000), ttl));
+    let r = h.run(HookId::VethIngress.program(), &reply(1)).unwrap();
+    assert_eq!(r.verdict, TC_ACT_OK, "to the stack, which sends time exceeded");
+    assert_eq!(hex(&r.data), hex(&reply(1)), "with the container's source and port");
+    frames::verify_checksums(&r.data).unwrap();
+    assert_eq!(forward_stats(&mut h).fallbacks[Fallback::TtlExpiring as usize], 1);
+
+    let r = h.run(HookId::VethIngress.program(), &reply(64)).unwrap();
+    assert_eq!(r.verdict, TC_ACT_OK);
+    let translated = frames::eth(GATEWAY_MAC, C1_MAC, ETH_P_IPV4, &udp_packet((HOST, 8053), (CLIENT, 40000), 64));
+    assert_eq!(hex(&r.data), hex(&translated), "no route: translated, for the stack to forward");
+    assert_eq!(forward_stats(&mut h).fallbacks[Fallback::NoRoute as usize], 1);
+}
