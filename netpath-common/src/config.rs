@@ -25,6 +25,9 @@ pub const CFG_F_GUARDED_PORTS: u32 = 1 << 6;
 /// `DENIED_SOURCES4` holds prefixes: everything from them is dropped on the
 /// uplink. Off: the trie is not read.
 pub const CFG_F_DENIED_SOURCES: u32 = 1 << 7;
+/// `ROUTE_MTUS4` holds routes: a container's IPv4 packet leaving the host
+/// is checked against its route's own MTU there. Off: the trie is not read.
+pub const CFG_F_ROUTE_MTUS4: u32 = 1 << 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -62,6 +62,12 @@ pub const GUARDED_PORTS: &str = "GUARDED_PORTS";
 /// Denied sources: LPM trie of `[u8; 4]` prefixes -> `u32` (the prefix
 /// length, for bpftool readers).
 pub const DENIED_SOURCES4: &str = "DENIED_SOURCES4";
+/// The host's IPv4 routes that carry an MTU of their own (not locked)
+/// smaller than the containers', and the routes inside them: LPM trie of
+/// `[u8; 4]` prefixes -> `u32`, the route's MTU (0: none of its own). The
+/// kernel's forwarding honours such an MTU, its route lookup for BPF does
+/// not (only a locked one): the fast path reads it here.
+pub const ROUTE_MTUS4: &str = "ROUTE_MTUS4";
 
 /// Per-CPU [`crate::EventBudget`] at index 0: drop events sent to the
 /// monitor this second, and those held back under floods.
@@ -86,6 +92,7 @@ pub const PINNED_MAPS: &[&str] = &[
     CONTAINER_IDS,
     GUARDED_PORTS,
     DENIED_SOURCES4,
+    ROUTE_MTUS4,
     EVENT_BUDGET,
     CT6,
     HOST_ADDRS6,
@@ -108,6 +115,8 @@ pub const MAX_CT_ENTRIES: usize = 262144;
 pub const MAX_SOCK_REVNAT: usize = 65536;
 /// Prefixes in `DENIED_SOURCES4` (an LPM trie allocates per entry).
 pub const MAX_DENIED_SOURCES: usize = 65536;
+/// Prefixes in `ROUTE_MTUS4`.
+pub const MAX_ROUTE_MTUS: usize = 4096;
 /// Datagrams in flight as fragments at once.
 pub const MAX_FRAGS: usize = 16384;
 

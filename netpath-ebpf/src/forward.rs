@@ -26,12 +26,14 @@
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, bpf_redir_neigh, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    btf_maps::lpm_trie::Key,
     helpers::generated::{bpf_check_mtu, bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
 };
 use netpath_common::{
-    config::CFG_F_FAST_PATH, conntrack::IPPROTO_TCP, AddrFamily, ContainerEntry, DatapathConfig, DropReason, Fallback,
-    HookId, In6Addr, Redirect,
+    config::{CFG_F_FAST_PATH, CFG_F_ROUTE_MTUS4},
+    conntrack::IPPROTO_TCP,
+    AddrFamily, ContainerEntry, DatapathConfig, DropReason, Fallback, HookId, In6Addr, Redirect,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -41,7 +43,7 @@ use network_types::{
 use crate::{
     family::Family,
     ipv6::{IP6_DST_OFF, IP6_HOP_LIMIT_OFF, IP6_NEXT_HDR_OFF, IP6_PAYLOAD_LEN_OFF, IP6_SRC_OFF},
-    maps::{CONTAINERS, FORWARD_STATS, HOST_ADDRS4},
+    maps::{CONTAINERS, FORWARD_STATS, HOST_ADDRS4, ROUTE_MTUS4},
     nat,
     offsets::{ip_hdr_len, tcp_hdr_len, IP_CSUM_OFF, IP_DF, IP_FRAGS_OFF, IP_TTL_OFF, TCP_DOFF_OFF},
     packet::{l3_csum_replace, load, mac_eq, ptr_at, store},
@@ -151,6 +153,9 @@ fn route4(ctx: &TcContext, origin: Origin, carried: CarriedVerdict) -> i32 {
         }
         let tot_len = u16::from_be_bytes(ip.tot_len);
         let mtu_len = mtu_checked_len(ctx, ip_hdr_len(ip.vihl), ip.proto == IPPROTO_TCP, tot_len);
+        if cfg.has(CFG_F_ROUTE_MTUS4) && route_mtu_exceeded4(dst, mtu_len) {
+            return to_stack_as_sent::<[u8; 4]>(ctx, Fallback::MtuExceeded, fast);
+        }
         return to_host_interface(ctx, ip.src_addr, dst, mtu_len, fast);
     }
     TC_ACT_OK as i32
@@ -308,6 +313,18 @@ fn mtu_checked_len(ctx: &TcContext, l3_len: usize, tcp: bool, tot_len: u16) -> u
     let Ok(doff) = load::<u8>(ctx, EthHdr::LEN + l3_len + TCP_DOFF_OFF) else { return tot_len };
     let segment = (l3_len + tcp_hdr_len(doff)) as u32 + gso_size;
     segment.min(u16::MAX as u32) as u16
+}
+
+/// Is `len` more than the MTU of the route to `dst`, where that route has
+/// one of its own (`ROUTE_MTUS4`, which the agent keeps as the host's
+/// main routing table has it)? IPv4's forwarding honours a route's MTU
+/// (`ip route ... mtu N`), while `bpf_fib_lookup` checks only a locked one
+/// and the interface's: without this the fast path sent what the stack
+/// would have refused. (IPv6's forwarding honours only a locked one too,
+/// as the lookup does.)
+#[inline(always)]
+fn route_mtu_exceeded4(dst: [u8; 4], len: u16) -> bool {
+    ROUTE_MTUS4.get(&Key::new(32, dst)).is_some_and(|mtu| *mtu != 0 && len as u32 > *mtu)
 }
 
 /// Out of the host interface the routing table picks for `dst` (`fast`:

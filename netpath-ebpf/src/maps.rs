@@ -8,7 +8,7 @@ use aya_ebpf::{
 use netpath_common::{
     maps::{
         EVENTS_BYTES, MAX_CONTAINERS, MAX_CT_ENTRIES, MAX_DENIED_SOURCES, MAX_FRAGS, MAX_HOST_ADDRS, MAX_IFACES,
-        MAX_MAPPINGS, MAX_POLICY_PREFIXES, MAX_SOCK_REVNAT,
+        MAX_MAPPINGS, MAX_POLICY_PREFIXES, MAX_ROUTE_MTUS, MAX_SOCK_REVNAT,
     },
     owner::{self, OWNER_SLOTS},
     uplink_guard::GUARDED_PORT_WORDS,
@@ -110,6 +110,11 @@ pub static GUARDED_PORTS: Array<u64, { GUARDED_PORT_WORDS as usize }> = Array::n
 /// Sources the uplink never accepts (value: the prefix length).
 #[btf_map]
 pub static DENIED_SOURCES4: LpmTrie<[u8; 4], u32, MAX_DENIED_SOURCES> = LpmTrie::new();
+
+/// Routes with an MTU of their own (value: the MTU, 0: none); see
+/// `forward::route_mtu_exceeded4`.
+#[btf_map]
+pub static ROUTE_MTUS4: LpmTrie<[u8; 4], u32, MAX_ROUTE_MTUS> = LpmTrie::new();
 
 /// The instance's settings (all zero until the agent writes them).
 #[inline(always)]

@@ -23,6 +23,7 @@ pub mod output;
 pub mod policy;
 pub mod portspec;
 pub mod recover;
+pub mod route_mtu;
 pub mod state;
 pub mod uninstall;
 

@@ -11,7 +11,7 @@ use netlink_packet_route::{
 };
 use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
-use crate::netns::Netns;
+use crate::{netns::Netns, route_mtu::Route4};
 
 /// A veth pair to create: the host end `name` in the connection's
 /// namespace, the `peer` in `peer_netns` (None: beside it).
@@ -372,6 +372,18 @@ impl Netlink {
         Ok(out)
     }
 
+    /// The unicast routes of the main IPv4 table, with their MTUs.
+    pub async fn ipv4_routes(&self) -> Result<Vec<Route4>> {
+        let mut out = vec![];
+        let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        while let Some(msg) = routes.try_next().await.context("listing IPv4 routes")? {
+            if let Some(route) = route4(&msg) {
+                out.push(route);
+            }
+        }
+        Ok(out)
+    }
+
     /// Answers neighbour solicitations for `addr` on interface `index`
     /// (`ip -6 neigh add proxy`); the interface needs `proxy_ndp`.
     pub async fn add_ndp_proxy(&self, index: u32, addr: Ipv6Addr) -> Result<()> {
@@ -564,13 +576,59 @@ pub enum HostEvent {
     LinkGone { index: u32, name: Option<String> },
     /// An IPv4 or IPv6 address was added or removed.
     AddressesChanged,
+    /// An IPv4 route that may matter to `ROUTE_MTUS4` was added, changed or
+    /// removed (not a single address's without an MTU: the routes the agent
+    /// adds to containers, which never take the fast path's routed way).
+    RoutesChanged,
     /// Notifications were lost (the socket's buffer overflowed): anything
     /// may have changed.
     Lost,
 }
 
-/// A subscription to the link and address notifications of the namespace
-/// it was made in: what changes is told as it happens, so that nothing has
+/// `msg` as a [`Route4`], if it is a unicast route of the main table.
+fn route4(msg: &RouteMessage) -> Option<Route4> {
+    use netlink_packet_route::route::{RouteMetric, RouteType};
+    let table = msg.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Table(t) => Some(*t),
+        _ => None,
+    });
+    if table.unwrap_or(u32::from(msg.header.table)) != u32::from(libc::RT_TABLE_MAIN)
+        || msg.header.kind != RouteType::Unicast
+    {
+        return None;
+    }
+    let mut route = Route4 {
+        dst: Ipv4Addr::UNSPECIFIED,
+        prefix_len: msg.header.destination_prefix_length,
+        mtu: None,
+        mtu_locked: false,
+        priority: 0,
+    };
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => route.dst = *d,
+            RouteAttribute::Priority(p) => route.priority = *p,
+            RouteAttribute::Metrics(metrics) => {
+                for metric in metrics {
+                    match metric {
+                        RouteMetric::Mtu(mtu) if *mtu != 0 => route.mtu = Some(*mtu),
+                        RouteMetric::Lock(bits) => route.mtu_locked = bits & (1 << RTAX_MTU) != 0,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(route)
+}
+
+/// The MTU's index among a route's metrics (`RTAX_MTU`), and its bit in
+/// the lock metric.
+const RTAX_MTU: u32 = 2;
+
+/// A subscription to the link, address and IPv4 route notifications of the
+/// namespace it was made in: what changes is told as it happens, so that nothing has
 /// to list every interface to find out.
 pub struct HostEvents {
     rx: futures::channel::mpsc::UnboundedReceiver<(
@@ -587,13 +645,16 @@ const EVENTS_BUFFER_BYTES: usize = 4 << 20;
 impl HostEvents {
     /// Subscribes in the calling thread's namespace. Needs a tokio runtime.
     pub fn subscribe() -> Result<HostEvents> {
-        use rtnetlink::constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK};
+        use rtnetlink::constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_IFADDR, RTMGRP_LINK};
         use rtnetlink::sys::AsyncSocket as _;
         let (mut conn, _, rx) = rtnetlink::new_connection().context("opening a netlink socket")?;
         let socket = conn.socket_mut().socket_mut();
         socket
-            .bind(&rtnetlink::sys::SocketAddr::new(0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
-            .context("subscribing to link and address notifications")?;
+            .bind(&rtnetlink::sys::SocketAddr::new(
+                0,
+                RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE,
+            ))
+            .context("subscribing to link, address and route notifications")?;
         // SO_RCVBUFFORCE passes net.core.rmem_max (212992 by default) for
         // an agent with CAP_NET_ADMIN; best effort: with a smaller buffer
         // an overflow is still told as Lost.
@@ -650,6 +711,10 @@ fn host_event(
             Some(HostEvent::LinkGone { index: link.header.index, name: link_name(&link) })
         }
         P::InnerMessage(M::NewAddress(_) | M::DelAddress(_)) => Some(HostEvent::AddressesChanged),
+        P::InnerMessage(M::NewRoute(route) | M::DelRoute(route)) => match route4(&route) {
+            Some(r) if r.prefix_len < 32 || r.mtu.is_some() => Some(HostEvent::RoutesChanged),
+            _ => None,
+        },
         P::Overrun(_) => Some(HostEvent::Lost),
         _ => None,
     }
@@ -658,6 +723,7 @@ fn host_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netlink_packet_route::route::{RouteMetric, RouteType};
 
     #[test]
     fn addresses_split_by_family_keep_their_interfaces_and_order() {
@@ -667,5 +733,43 @@ mod tests {
         let (got4, got6) = split_families(vec![(v6.into(), 3), (v4.into(), 2), (ll.into(), 3)]);
         assert_eq!(got4, vec![(v4, 2)]);
         assert_eq!(got6, vec![(v6, 3), (ll, 3)]);
+    }
+
+    fn route_message(dst: [u8; 4], prefix_len: u8, table: u8, metrics: Vec<RouteMetric>) -> RouteMessage {
+        let mut msg = RouteMessage::default();
+        msg.header.destination_prefix_length = prefix_len;
+        msg.header.table = table;
+        msg.header.kind = RouteType::Unicast;
+        msg.attributes.push(RouteAttribute::Destination(RouteAddress::Inet(Ipv4Addr::from(dst))));
+        if !metrics.is_empty() {
+            msg.attributes.push(RouteAttribute::Metrics(metrics));
+        }
+        msg
+    }
+
+    fn event_of(msg: RouteMessage) -> Option<HostEvent> {
+        use netlink_packet_route::RouteNetlinkMessage as M;
+        use rtnetlink::packet_core::NetlinkPayload as P;
+        host_event(P::InnerMessage(M::NewRoute(msg)))
+    }
+
+    #[test]
+    fn a_route_s_mtu_and_lock_are_read_and_only_routes_that_may_matter_are_told() {
+        let main = libc::RT_TABLE_MAIN;
+        let msg = route_message([10, 8, 0, 0], 16, main, vec![RouteMetric::Mtu(1400), RouteMetric::Lock(1 << 2)]);
+        let route = route4(&msg).unwrap();
+        assert_eq!(
+            (route.dst, route.prefix_len, route.mtu, route.mtu_locked),
+            ("10.8.0.0".parse().unwrap(), 16, Some(1400), true)
+        );
+        assert!(matches!(event_of(msg), Some(HostEvent::RoutesChanged)));
+        // The routes the agent adds to containers: a single address, no MTU.
+        assert!(event_of(route_message([10, 88, 0, 5], 32, main, vec![])).is_none());
+        assert!(matches!(
+            event_of(route_message([192, 0, 2, 7], 32, main, vec![RouteMetric::Mtu(1280)])),
+            Some(HostEvent::RoutesChanged)
+        ));
+        // Another table's: not the main table's lookup.
+        assert!(event_of(route_message([10, 8, 0, 0], 16, libc::RT_TABLE_LOCAL, vec![])).is_none());
     }
 }

@@ -541,3 +541,75 @@ fn a_route_s_smaller_mtu_reaches_translated_flows_with(agent_args: &[&str]) {
     }
     drop(echo);
 }
+
+/// An IPv4 route's own MTU, not locked (`ip route ... mtu 1280`): the
+/// kernel's forwarding honours it, its route lookup for BPF does not, so
+/// the agent mirrors such routes into `ROUTE_MTUS4` and the fast path
+/// checks them: a datagram over it with DF set is answered with
+/// "fragmentation needed", as without netpath. Before, the fast path sent
+/// it on at the interface's MTU. Route changes are followed.
+#[test]
+fn an_ipv4_route_s_own_mtu_is_checked_on_the_fast_path() {
+    let t = topology(1, &[]);
+    let ns1 = t.container_ns(1);
+    let echo = udp_echo(&t, &t.world, 7200, 1000);
+    let probe = t.in_ns(&ns1, || Ok(UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?)).unwrap();
+    probe.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    probe.connect((WORLD_IP, 7200)).unwrap();
+    set_int_opt(&probe, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO);
+    set_int_opt(&probe, libc::IPPROTO_IP, libc::IP_RECVERR, 1);
+    let big = |probe: &UdpSocket| {
+        probe.send(&[0u8; 1400]).unwrap();
+        probe.recv(&mut [0u8; 64])
+    };
+    big(&probe).expect("no route MTU yet: answered");
+
+    let route = format!("{WORLD_IP}/32");
+    t.exec(&t.host, &["ip", "route", "replace", &route, "dev", "up0", "mtu", "1280"]).unwrap();
+    let before = status(&t);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let err = loop {
+        match big(&probe) {
+            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => break e,
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            other => panic!("the route's MTU never came into force: {other:?}"),
+        }
+    };
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::EMSGSIZE),
+        "the host's fragmentation-needed reached the container: {err}"
+    );
+    let after = status(&t);
+    assert!(fallbacks(&after, "mtu-exceeded") > fallbacks(&before, "mtu-exceeded"), "{:?}", after.fast_path);
+    // A masqueraded upload through it.
+    const BYTES: usize = 4 << 20;
+    let server = SocketAddr::from((WORLD_IP, 7300));
+    let sink = tcp_sink(&t, &t.world, server);
+    let mut s = t.in_ns(&ns1, || Ok(TcpStream::connect_timeout(&server, Duration::from_secs(3))?)).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    let chunk = vec![0x5au8; 1 << 16];
+    for _ in 0..BYTES / chunk.len() {
+        s.write_all(&chunk).expect("the upload moves");
+    }
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut count = [0u8; 8];
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.read_exact(&mut count).expect("the upload ends");
+    assert_eq!(u64::from_le_bytes(count), BYTES as u64);
+    sink.join().unwrap();
+
+    // The route's MTU goes: so does the check (the container forgets the
+    // path MTU it learned).
+    t.exec(&t.host, &["ip", "route", "replace", &route, "dev", "up0"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        t.exec(&ns1, &["ip", "route", "flush", "cache"]).unwrap();
+        if big(&probe).is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the route's MTU stayed in force");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(echo);
+}

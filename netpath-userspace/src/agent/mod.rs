@@ -45,9 +45,10 @@ use anyhow::{bail, Context as _, Result};
 use netpath_common::{
     config::{
         CFG_F_DENIED_SOURCES, CFG_F_FAST_PATH, CFG_F_GUARDED_PORTS, CFG_F_MASQUERADE, CFG_F_NO_ICC, CFG_F_ROUTED,
-        CFG_F_TRACE_FLOWS, CFG_F_UPLINK_XDP,
+        CFG_F_ROUTE_MTUS4, CFG_F_TRACE_FLOWS, CFG_F_UPLINK_XDP,
     },
     hooks::{Attach, Target},
+    maps::MAX_ROUTE_MTUS,
     uplink_guard::GuardedPorts,
     AddrFamily, CtStats, DatapathConfig, DropReason, Hook, In6Addr, TrafficStats,
 };
@@ -71,6 +72,7 @@ use crate::{
     netlink::{split_families, HostEvent, HostEvents, Netlink},
     netns::{read_sysctl, Netns, SysctlSection},
     policy::{Action, Direction, Rule, RuleError},
+    route_mtu::{route_mtus4, Route4},
     state::{Change, Durability, State, StateStore},
 };
 
@@ -440,6 +442,8 @@ impl Agent {
         };
         inner.attach_host_hooks().await?;
         inner.sync_host_addrs().await?;
+        let routes = inner.nl.ipv4_routes().await?;
+        inner.apply_route_mtus(&routes)?;
         // The address may have changed while no agent ran.
         inner.forget_masquerade_if_gone(previous_masq).await?;
         inner.reconcile(&cfg).await?;
@@ -574,6 +578,15 @@ impl Agent {
                     };
                     if let Err(e) = synced {
                         tracing::warn!("host address sync: {e:#}");
+                    }
+                }
+                if check.routes {
+                    let synced = match nl.ipv4_routes().await {
+                        Ok(routes) => agent.inner.lock().await.apply_route_mtus(&routes),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = synced {
+                        tracing::warn!("route MTU sync: {e:#}");
                     }
                 }
                 if let Err(e) = agent.watch_interfaces(&check.links).await {
@@ -1172,6 +1185,39 @@ impl Inner {
         Ok(())
     }
 
+    /// ROUTE_MTUS4 := the routes among `routes` whose MTU the fast path
+    /// must check (see `route_mtu`), and the check on while there are any.
+    fn apply_route_mtus(&mut self, routes: &[Route4]) -> Result<()> {
+        let mut entries = route_mtus4(routes, self.mtu);
+        if entries.len() > MAX_ROUTE_MTUS {
+            // Too many to mirror: the check stays off (the lookup still
+            // checks locked MTUs and the interfaces').
+            tracing::warn!(
+                "{} IPv4 routes with their own MTU, or inside one: more than the {MAX_ROUTE_MTUS} the fast path \
+                 can check; their MTU is not checked there (lock it: `ip route change ... mtu lock N`)",
+                entries.len()
+            );
+            entries.clear();
+        }
+        self.dp.sync_route_mtus4(&entries)?;
+        let on = !entries.is_empty();
+        if on != self.dp_config.has(CFG_F_ROUTE_MTUS4) {
+            if on {
+                let shown: Vec<String> = entries
+                    .iter()
+                    .filter(|(_, _, mtu)| *mtu != 0)
+                    .map(|(len, addr, mtu)| format!("{}/{len} mtu {mtu}", Ipv4Addr::from(*addr)))
+                    .collect();
+                tracing::info!("the fast path checks the MTU of IPv4 routes {}", shown.join(", "));
+            } else {
+                tracing::info!("no IPv4 route has an MTU of its own below the containers': the check is off");
+            }
+        }
+        // Written after the trie: the check never reads a half-written one
+        // it was just switched on for.
+        self.set_flag(CFG_F_ROUTE_MTUS4, on)
+    }
+
     fn set_flag(&mut self, flag: u32, on: bool) -> Result<()> {
         let flags = if on { self.dp_config.flags | flag } else { self.dp_config.flags & !flag };
         if flags != self.dp_config.flags {
@@ -1263,6 +1309,8 @@ struct HostAddrs {
 struct HostCheck {
     /// The host's addresses (the uplink's among them).
     addresses: bool,
+    /// The host's IPv4 routes (their MTUs, `ROUTE_MTUS4`).
+    routes: bool,
     links: LinkCheck,
 }
 
@@ -1278,18 +1326,19 @@ enum LinkCheck {
 
 impl HostCheck {
     fn everything() -> HostCheck {
-        HostCheck { addresses: true, links: LinkCheck::Every }
+        HostCheck { addresses: true, routes: true, links: LinkCheck::Every }
     }
 
     /// What a batch of notifications asks for: the addresses when one
-    /// changed or the uplink came or went, the interfaces that were
-    /// deleted, everything when some were lost.
+    /// changed or the uplink came or went, the routes when one changed, the
+    /// interfaces that were deleted, everything when some were lost.
     fn of(events: impl IntoIterator<Item = HostEvent>, uplink: Option<&str>) -> HostCheck {
         let is_uplink = |name: &Option<String>| name.is_some() && name.as_deref() == uplink;
         let mut check = HostCheck::default();
         for event in events {
             match event {
                 HostEvent::AddressesChanged => check.addresses = true,
+                HostEvent::RoutesChanged => check.routes = true,
                 HostEvent::LinkChanged { name, .. } => check.addresses |= is_uplink(&name),
                 HostEvent::LinkGone { index, name } => {
                     check.addresses |= is_uplink(&name);
@@ -1413,12 +1462,14 @@ mod tests {
         assert_eq!(HostCheck::of(storm, Some("up0")), HostCheck::default());
         // Deleted interfaces are looked for by index, alone.
         let check = HostCheck::of([gone(link(7, "npv1")), changed(link(9, "npv3")), gone(link(8, "npv2"))], None);
-        assert_eq!(check, HostCheck { addresses: false, links: LinkCheck::Gone(HashSet::from([7, 8])) });
+        assert_eq!(check, HostCheck { addresses: false, routes: false, links: LinkCheck::Gone(HashSet::from([7, 8])) });
         // The uplink coming or going, or any address: the addresses.
         assert!(HostCheck::of([changed(link(2, "up0"))], Some("up0")).addresses);
         assert!(HostCheck::of([gone(link(2, "up0"))], Some("up0")).addresses);
         assert!(!HostCheck::of([changed((3, None))], None).addresses, "no uplink, no name: nothing");
         assert!(HostCheck::of([HostEvent::AddressesChanged], None).addresses);
+        // A route: the routes, alone.
+        assert_eq!(HostCheck::of([HostEvent::RoutesChanged], None), HostCheck { routes: true, ..HostCheck::default() });
         // Lost notifications: everything.
         let lost = HostCheck::of([gone(link(7, "npv1")), HostEvent::Lost], None);
         assert_eq!(lost, HostCheck::everything());

@@ -39,7 +39,7 @@ pub const LAYOUT_MAP: &str = "LAYOUT";
 
 /// Key and value sizes of every pinned map as the agent's types have them
 /// (the object must declare the same; a unit test checks it).
-const MAP_LAYOUTS: [(&str, usize, usize); 26] = [
+const MAP_LAYOUTS: [(&str, usize, usize); 27] = [
     (names::CONTAINERS, size_of::<u32>(), size_of::<ContainerEntry>()),
     (names::IFACE_STATS, size_of::<u32>(), size_of::<TrafficStats>()),
     (names::MAPPINGS4, size_of::<MappingKey4>(), size_of::<MappingEntry4>()),
@@ -61,6 +61,7 @@ const MAP_LAYOUTS: [(&str, usize, usize); 26] = [
     // length and address) with their prefix length.
     (names::GUARDED_PORTS, size_of::<u32>(), size_of::<u64>()),
     (names::DENIED_SOURCES4, size_of::<u32>() + size_of::<[u8; 4]>(), size_of::<u32>()),
+    (names::ROUTE_MTUS4, size_of::<u32>() + size_of::<[u8; 4]>(), size_of::<u32>()),
     (names::EVENT_BUDGET, size_of::<u32>(), size_of::<netpath_common::EventBudget>()),
     (names::CT6, size_of::<netpath_common::CtKey6>(), size_of::<netpath_common::CtEntry6>()),
     (names::HOST_ADDRS6, size_of::<In6Addr>(), size_of::<HostAddr>()),

@@ -28,6 +28,7 @@ use netpath_common::{
 };
 
 use super::Datapath;
+use crate::route_mtu::RouteMtuEntry;
 
 /// One map as `status` shows it.
 #[derive(Clone, Debug)]
@@ -63,6 +64,8 @@ pub struct Written {
     guarded_words: usize,
     /// (prefix length, address) in DENIED_SOURCES4.
     denied_sources: HashSet<(u32, [u8; 4])>,
+    /// Entries of ROUTE_MTUS4.
+    route_mtus: usize,
 }
 
 impl Written {
@@ -710,6 +713,38 @@ impl Datapath {
         Ok(())
     }
 
+    fn route_mtus_map(&mut self) -> Result<LpmTrie<&mut MapData, [u8; 4], u32>> {
+        Ok(LpmTrie::try_from(self.map_mut(names::ROUTE_MTUS4)?)?)
+    }
+
+    /// Makes ROUTE_MTUS4 hold exactly `entries` (prefix length, network
+    /// address, MTU), writing only what differs.
+    pub fn sync_route_mtus4(&mut self, entries: &[RouteMtuEntry]) -> Result<()> {
+        let existing = self.route_mtus4()?;
+        let mut map = self.route_mtus_map()?;
+        for (len, addr, _) in &existing {
+            if !entries.iter().any(|(l, a, _)| (l, a) == (len, addr)) {
+                ignore_missing(map.remove(&LpmKey::new(*len, *addr)))
+                    .with_context(|| format!("removing from {}", names::ROUTE_MTUS4))?;
+            }
+        }
+        for entry @ (len, addr, mtu) in entries {
+            if !existing.contains(entry) {
+                map.insert(&LpmKey::new(*len, *addr), *mtu, 0)
+                    .with_context(|| format!("writing into {}", names::ROUTE_MTUS4))?;
+            }
+        }
+        self.written.route_mtus = entries.len();
+        Ok(())
+    }
+
+    /// Every (prefix length, address, MTU) in ROUTE_MTUS4.
+    pub fn route_mtus4(&mut self) -> Result<Vec<RouteMtuEntry>> {
+        let map = self.route_mtus_map()?;
+        let keys: Vec<LpmKey<[u8; 4]>> = map.keys().collect::<Result<_, _>>()?;
+        keys.into_iter().map(|k| Ok((k.prefix_len(), k.data(), map.get(&k, 0)?))).collect()
+    }
+
     /// Every (prefix length, address) in DENIED_SOURCES4.
     pub fn denied_sources4(&mut self) -> Result<Vec<(u32, [u8; 4])>> {
         Ok(self.denied_sources_map()?.keys().filter_map(Result::ok).map(|k| (k.prefix_len(), k.data())).collect())
@@ -769,6 +804,7 @@ impl Datapath {
             (names::EVENT_BUDGET, (1, None)),
             (names::GUARDED_PORTS, owners(self.written.guarded_words)),
             (names::DENIED_SOURCES4, owners(self.written.denied_sources.len())),
+            (names::ROUTE_MTUS4, owners(self.written.route_mtus)),
             (names::CT6, of_gc(names::CT6)),
             (names::HOST_ADDRS6, owners(self.written.family6.host_addrs.len())),
             (names::POLICY6, owners(self.written.family6.policy.len())),
@@ -804,8 +840,16 @@ impl Datapath {
         };
         let guarded_words = self.guarded_ports()?.used_words();
         let denied_sources = self.denied_sources4()?.into_iter().collect();
-        let mut written =
-            Written { containers, mapping_ids: HashMap::new(), family4, family6, guarded_words, denied_sources };
+        let route_mtus = self.route_mtus4()?.len();
+        let mut written = Written {
+            containers,
+            mapping_ids: HashMap::new(),
+            family4,
+            family6,
+            guarded_words,
+            denied_sources,
+            route_mtus,
+        };
         let ids: Vec<u32> =
             written.family4.mappings.values().chain(written.family6.mappings.values()).copied().collect();
         for id in ids {
