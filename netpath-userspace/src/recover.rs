@@ -47,6 +47,9 @@ pub struct VethIdentity {
     pub ifname: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// The runtime's name for the container ([`Container::runtime_name`]).
+    #[serde(default, rename = "runtime", skip_serializing_if = "Option::is_none")]
+    pub runtime_name: Option<String>,
 }
 
 /// Longest interface alias the kernel keeps (IFALIASZ - 1).
@@ -59,16 +62,20 @@ impl VethIdentity {
             netns: c.netns.clone(),
             ifname: (c.ifname != CONTAINER_IFNAME).then(|| c.ifname.clone()),
             owner: c.owner.clone(),
+            runtime_name: c.runtime_name.clone(),
         }
     }
 
-    /// The alias: JSON, without the owner (then the namespace) if too long.
+    /// The alias: JSON, without the runtime name, then the owner, then the
+    /// namespace if too long (the owner is what a runtime's clean-up goes
+    /// by; a runtime name only spares naming the container by its own).
     pub fn to_alias(&self) -> String {
         let mut id = self.clone();
-        for drop in 0..3 {
+        for drop in 0..4 {
             match drop {
-                1 => id.owner = None,
-                2 => id.netns = String::new(),
+                1 => id.runtime_name = None,
+                2 => id.owner = None,
+                3 => id.netns = String::new(),
                 _ => {}
             }
             if let Ok(text) = serde_json::to_string(&id) {
@@ -145,7 +152,7 @@ pub async fn recover(cfg: &ResolvedConfig) -> Result<Recovered> {
             ifname: identity.ifname.clone().unwrap_or_else(|| CONTAINER_IFNAME.to_string()),
             owner: identity.owner.clone(),
             handoff_ifname: None,
-            runtime_name: None,
+            runtime_name: identity.runtime_name.clone(),
         };
         state.next_id = state.next_id.max(e.id + 1);
         by_ifindex.insert(ifindex, c.name.clone());
@@ -316,18 +323,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_identity_fits_an_interface_alias_dropping_the_owner_first() {
+    fn an_identity_fits_an_interface_alias_dropping_the_runtime_name_then_the_owner() {
         let id = VethIdentity {
             name: "web".into(),
             netns: "/run/netns/cni-1234".into(),
             ifname: None,
             owner: Some("cni:net:abc:eth0".into()),
+            runtime_name: Some("prod/api-7d9".into()),
         };
         assert_eq!(VethIdentity::from_alias(&id.to_alias()), Some(id.clone()));
+        let long_name = VethIdentity { runtime_name: Some("r".repeat(200)), ..id.clone() };
+        assert_eq!(
+            VethIdentity::from_alias(&long_name.to_alias()),
+            Some(VethIdentity { runtime_name: None, ..id.clone() }),
+            "the owner outlives the runtime name"
+        );
         let long = VethIdentity { owner: Some("x".repeat(300)), ..id.clone() };
         let alias = long.to_alias();
         assert!(alias.len() <= MAX_ALIAS);
-        assert_eq!(VethIdentity::from_alias(&alias), Some(VethIdentity { owner: None, ..id }));
+        assert_eq!(VethIdentity::from_alias(&alias), Some(VethIdentity { owner: None, runtime_name: None, ..id }));
         assert_eq!(VethIdentity::from_alias("someone else's alias"), None);
     }
 }

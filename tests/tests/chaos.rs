@@ -538,7 +538,17 @@ fn a_corrupt_state_file_is_refused_by_name_and_rebuilt_from_the_kernel_by_recove
     t.start_agent().unwrap();
     t.add_container(1).unwrap();
     let ns2 = format!("/run/netns/{}", t.container_ns(2));
-    t.ctl_ok(&["container", "add", "web", "--netns", &ns2]).unwrap();
+    // With what a runtime gives (podman's names, through CNI): the
+    // runtime's name survives the recovery too.
+    let client = netpath_userspace::client::Client::new(&t.socket());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let web = netpath_userspace::model::ContainerRequest {
+        runtime_name: Some("shop_web_1".into()),
+        owner: Some("podman:shop:eth0".into()),
+        ..serde_json::from_value(serde_json::json!({"name": "web", "netns": ns2})).unwrap()
+    };
+    let _: Container = rt.block_on(client.post("/containers", &web)).unwrap();
+    t.ctl_ok(&["map", "7070:shop_web_1:70"]).unwrap();
     for spec in ["8080:c1:80", "[::]:8443:c1:443", "0.0.0.0:5353:web:53/udp", "9000-9002:web:9000-9002"] {
         t.ctl_ok(&["map", spec]).unwrap();
     }
@@ -586,7 +596,7 @@ fn a_corrupt_state_file_is_refused_by_name_and_rebuilt_from_the_kernel_by_recove
     let out = t.netpathd(&["--recover"]).unwrap();
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{said}");
-    assert!(said.contains("recovered 2 containers, 6 mappings, 4 policy rules"), "{said}");
+    assert!(said.contains("recovered 2 containers, 7 mappings, 4 policy rules"), "{said}");
     assert!(std::fs::read_dir(t.state_dir())
         .unwrap()
         .flatten()
@@ -597,7 +607,7 @@ fn a_corrupt_state_file_is_refused_by_name_and_rebuilt_from_the_kernel_by_recove
     // Changes go on from the recovered ids.
     t.ctl_ok(&["map", "8081:c1:81"]).unwrap();
     let maps: Vec<Mapping> = t.ctl_json(&["maps"]).unwrap();
-    assert_eq!(maps.iter().map(|m| m.id).max(), Some(7));
+    assert_eq!(maps.iter().map(|m| m.id).max(), Some(8));
 }
 
 /// The API socket under many clients, slow ones and oversized bodies: the

@@ -365,6 +365,16 @@ impl Inner {
         Ok(())
     }
 
+    /// Writes what `container`'s veth says about it again (its runtime
+    /// name changed), for `netpathd --recover`; a failure is only logged:
+    /// the state file has it.
+    pub(super) async fn refresh_identity(&self, container: &str) {
+        let Some(c) = self.state.containers.iter().find(|c| c.name == container) else { return };
+        if let Err(e) = self.nl.set_alias(c.ifindex, &VethIdentity::of(c).to_alias()).await {
+            tracing::warn!(container = %container, "the veth's identity was not updated: {e:#}");
+        }
+    }
+
     /// A container's MAC must be its own on the bridge.
     fn check_mac_free(&self, mac: &[u8; 6], cfg: &ResolvedConfig) -> Result<(), AgentError> {
         let text = format_mac(mac);

@@ -765,6 +765,9 @@ impl Agent {
     pub async fn set_runtime_name(&self, container: &str, name: &str) -> Result<(), AgentError> {
         let mut inner = self.inner.lock().await;
         let r = inner.set_runtime_name(container, name);
+        if r.is_ok() {
+            inner.refresh_identity(container).await;
+        }
         self.settle(inner, r).await
     }
 
