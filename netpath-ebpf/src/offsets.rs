@@ -20,8 +20,6 @@ pub const IP_FRAGS_OFF: usize = offset_of!(Ipv4Hdr, frags);
 pub const IP_DF: u8 = 0x40;
 /// More fragments follow, in the first byte of `frags`.
 pub const IP_MF: u8 = 0x20;
-/// The TTL, which shares a 16-bit checksum word with the protocol.
-pub const IP_TTL_OFF: usize = offset_of!(Ipv4Hdr, ttl);
 pub const IP_CSUM_OFF: usize = offset_of!(Ipv4Hdr, check);
 pub const IP_SRC_OFF: usize = offset_of!(Ipv4Hdr, src_addr);
 pub const IP_DST_OFF: usize = offset_of!(Ipv4Hdr, dst_addr);
