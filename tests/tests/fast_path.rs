@@ -417,6 +417,24 @@ fn tcp_source(t: &Topology, ns: &str, addr: SocketAddr, bytes: usize) -> JoinHan
     })
 }
 
+/// Sends `bytes` from `ns` to a sink in the world at `server`, each write
+/// and the sink's answer within 10 s (a stalled transfer fails).
+fn upload_within(t: &Topology, ns: &str, server: SocketAddr, bytes: usize) {
+    let sink = tcp_sink(t, &t.world, server);
+    let mut s = t.in_ns(ns, || Ok(TcpStream::connect_timeout(&server, Duration::from_secs(3))?)).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    let chunk = vec![0x5au8; 1 << 16];
+    for _ in 0..bytes / chunk.len() {
+        s.write_all(&chunk).expect("the upload moves");
+    }
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut count = [0u8; 8];
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.read_exact(&mut count).expect("the upload ends");
+    assert_eq!(u64::from_le_bytes(count), bytes as u64, "to {server}");
+    sink.join().unwrap();
+}
+
 /// Reads `stream` to its end within `limit`: the bytes read.
 fn read_to_end_within(stream: &mut TcpStream, limit: Duration) -> u64 {
     let deadline = Instant::now() + limit;
@@ -508,20 +526,7 @@ fn a_route_s_smaller_mtu_reaches_translated_flows_with(agent_args: &[&str]) {
 
         // A masqueraded upload and a download from a published port.
         const BYTES: usize = 4 << 20;
-        let server = SocketAddr::new(world_ip, 7300 + i as u16);
-        let sink = tcp_sink(&t, &t.world, server);
-        let mut s = t.in_ns(&ns1, || Ok(TcpStream::connect_timeout(&server, Duration::from_secs(3))?)).unwrap();
-        let chunk = vec![0x5au8; 1 << 16];
-        s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
-        for _ in 0..BYTES / chunk.len() {
-            s.write_all(&chunk).expect("the upload moves");
-        }
-        s.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut count = [0u8; 8];
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.read_exact(&mut count).expect("the upload ends");
-        assert_eq!(u64::from_le_bytes(count), BYTES as u64, "to {server}");
-        sink.join().unwrap();
+        upload_within(&t, &ns1, SocketAddr::new(world_ip, 7300 + i as u16), BYTES);
 
         let port = 7400 + i as u16;
         t.ctl_ok(&["map", &format!("{port}:c1:{port}")]).unwrap();
@@ -583,21 +588,7 @@ fn an_ipv4_route_s_own_mtu_is_checked_on_the_fast_path() {
     let after = status(&t);
     assert!(fallbacks(&after, "mtu-exceeded") > fallbacks(&before, "mtu-exceeded"), "{:?}", after.fast_path);
     // A masqueraded upload through it.
-    const BYTES: usize = 4 << 20;
-    let server = SocketAddr::from((WORLD_IP, 7300));
-    let sink = tcp_sink(&t, &t.world, server);
-    let mut s = t.in_ns(&ns1, || Ok(TcpStream::connect_timeout(&server, Duration::from_secs(3))?)).unwrap();
-    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
-    let chunk = vec![0x5au8; 1 << 16];
-    for _ in 0..BYTES / chunk.len() {
-        s.write_all(&chunk).expect("the upload moves");
-    }
-    s.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut count = [0u8; 8];
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.read_exact(&mut count).expect("the upload ends");
-    assert_eq!(u64::from_le_bytes(count), BYTES as u64);
-    sink.join().unwrap();
+    upload_within(&t, &ns1, SocketAddr::from((WORLD_IP, 7300)), 4 << 20);
 
     // The route's MTU goes: so does the check (the container forgets the
     // path MTU it learned).
