@@ -47,7 +47,7 @@ use crate::{
     maps::{CONTAINERS, FORWARD_STATS, HOST_ADDRS4, ROUTE_MTUS4},
     nat,
     offsets::{ip_hdr_len, tcp_hdr_len, IP_DF, IP_FRAGS_OFF, TCP_DOFF_OFF},
-    packet::{load, mac_eq, ptr_at, ptr_at_mut},
+    packet::{load, mac_eq, ptr_at, ptr_at_mut, skb_ifindex},
     policy::{self, CarriedVerdict},
     verdict::{finish, Site},
 };
@@ -96,11 +96,9 @@ fn restoring_source<A: Family>(ctx: &TcContext, action: i32) -> i32 {
     if action != STACK_ANSWERS {
         return action;
     }
-    // SAFETY: the context pointer is valid for the program's run.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // A failed rewrite leaves the packet as it was: still translated, every
     // checksum consistent (each field is written with its own).
-    let _ = nat::restore_source::<A>(ctx, ifindex);
+    let _ = nat::restore_source::<A>(ctx, skb_ifindex(ctx));
     TC_ACT_OK as i32
 }
 

@@ -48,15 +48,10 @@ use netpath_common::{
 use crate::{
     forward::Origin,
     maps::{config, CONTAINERS, TAIL_CALLS},
+    packet::skb_ifindex,
     policy::CarriedVerdict,
     verdict::{finish, Site},
 };
-
-#[inline(always)]
-fn skb_ifindex(ctx: &TcContext) -> u32 {
-    // SAFETY: the context pointer is valid for the program's run.
-    unsafe { (*ctx.skb.skb).ifindex }
-}
 
 #[inline(always)]
 fn tc_action(pass: bool) -> i32 {

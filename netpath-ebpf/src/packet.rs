@@ -128,6 +128,14 @@ pub fn l4_csum_replace(ctx: &TcContext, offset: usize, from: u64, to: u64, flags
     ctx.l4_csum_replace(offset, from, to, flags).map_err(|_| DropReason::ChecksumFailed)
 }
 
+/// The interface the tc program runs on (for ingress, the one the packet
+/// came in by).
+#[inline(always)]
+pub fn skb_ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: the context pointer is valid for the program's run.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
 /// Is the frame IPv6 (by its EtherType)?
 #[inline(always)]
 pub fn is_ipv6(pkt: &impl Packet) -> bool {
