@@ -23,6 +23,15 @@ pub struct VethPair<'a> {
     pub mtu: u32,
 }
 
+/// A neighbour entry ([`Netlink::neighbours`]): `addr` on interface
+/// `ifindex`, last confirmed, used or updated `idle_secs` ago.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NeighbourSeen {
+    pub ifindex: u32,
+    pub addr: IpAddr,
+    pub idle_secs: u32,
+}
+
 /// A netlink connection bound to one network namespace (the one the socket
 /// was created in).
 #[derive(Clone)]
@@ -414,6 +423,35 @@ impl Netlink {
             Err(e) if is_errno(&e, libc::ENOENT) || is_errno(&e, libc::ENODEV) => Ok(()),
             Err(e) => Err(e).with_context(|| format!("removing the NDP proxy entry for {addr} on ifindex {index}")),
         }
+    }
+
+    /// Every neighbour entry of the namespace (both families, any state):
+    /// whom the kernel heard from or tried to reach, on which interface,
+    /// and how long ago.
+    pub async fn neighbours(&self) -> Result<Vec<NeighbourSeen>> {
+        use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
+        /// The cache info's ages are in clock ticks (USER_HZ).
+        const TICKS_PER_SEC: u32 = 100;
+        let mut out = vec![];
+        let mut entries = self.handle.neighbours().get().execute();
+        while let Some(msg) = entries.try_next().await.context("listing neighbours")? {
+            let mut addr = None;
+            let mut idle_secs = 0;
+            for a in &msg.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => addr = Some(IpAddr::V4(*d)),
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(d)) => addr = Some(IpAddr::V6(*d)),
+                    NeighbourAttribute::CacheInfo(c) => {
+                        idle_secs = c.confirmed.min(c.used).min(c.updated) / TICKS_PER_SEC;
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(addr) = addr {
+                out.push(NeighbourSeen { ifindex: msg.header.ifindex, addr, idle_secs });
+            }
+        }
+        Ok(out)
     }
 
     /// The addresses `index` answers neighbour solicitations for.

@@ -9,7 +9,9 @@
 //! files are kept beside, renamed.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    cmp::Reverse,
+    collections::{BTreeMap, HashMap, VecDeque},
+    hash::Hash,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
 };
@@ -20,8 +22,8 @@ use ipnet::IpNet;
 use netpath_common::{
     maps as names,
     policy::{POLICY_DENY, POLICY_KEY_FIXED_BITS},
-    ContainerEntry, Direction, MappingEntry4, MappingEntry6, MappingKey4, MappingKey6, PolicyEntry, PolicyKey4,
-    PolicyKey6,
+    ContainerEntry, CtEntry4, CtEntry6, CtKey4, CtKey6, Direction, In6Addr, MappingEntry4, MappingEntry6, MappingKey4,
+    MappingKey6, PolicyEntry, PolicyKey4, PolicyKey6,
 };
 use serde::{Deserialize, Serialize};
 
@@ -29,8 +31,9 @@ use crate::{
     agent::{format_mac, CONTAINER_IFNAME},
     config::ResolvedConfig,
     datapath::{LAYOUT_MAP, LAYOUT_VERSION},
+    ipam::remember_released,
     model::{Container, Mapping},
-    netlink::{link_alias, link_name, Netlink},
+    netlink::{link_alias, link_name, NeighbourSeen, Netlink},
     policy::{Action, ContainerPolicy, Rule, RuleProto},
     portspec::Protocol,
     state::{State, StateStore, STATE_VERSION},
@@ -98,6 +101,9 @@ pub struct Recovered {
     pub containers: usize,
     pub mappings: usize,
     pub rules: usize,
+    /// Addresses no container holds that the kernel still remembers (see
+    /// [`released_queue`]): handed out again last.
+    pub released: usize,
     /// Containers whose veth carried no identity: named after the veth.
     pub unnamed: Vec<String>,
     /// Where the bad files went.
@@ -303,6 +309,13 @@ pub async fn recover(cfg: &ResolvedConfig) -> Result<Recovered> {
     }
     out.containers = state.containers.len();
 
+    // The queue of released addresses: not in the pins, but the kernel
+    // remembers who was on the bridge lately.
+    let neighbours = nl.neighbours().await?;
+    let (released4, released6) = recently_released(cfg, &state, &neighbours)?;
+    out.released = released4.len() + released6.len();
+    (state.released4, state.released6) = (released4, released6);
+
     // Keep what is replaced, then write the rebuilt state.
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
     for file in ["state.json", "journal.jsonl"] {
@@ -318,9 +331,99 @@ pub async fn recover(cfg: &ResolvedConfig) -> Result<Recovered> {
     Ok(out)
 }
 
+/// The released-address queues (IPv4's, IPv6's) of `cfg`'s subnets,
+/// rebuilt from what the kernel remembers of addresses that no container
+/// of `state` holds: neighbour entries (a container that left is still
+/// there for as long as the host heard from it lately: its ARP and
+/// neighbour solicitations for the gateway left one) and conntrack entries
+/// (its flows, until collected). Without them a recovered agent would hand
+/// a container that just left's address to the next one, and with it the
+/// replies still in flight to the old one.
+fn recently_released(
+    cfg: &ResolvedConfig,
+    state: &State,
+    neighbours: &[NeighbourSeen],
+) -> Result<(VecDeque<Ipv4Addr>, VecDeque<Ipv6Addr>)> {
+    let held: Vec<IpAddr> =
+        state.containers.iter().flat_map(|c| [c.ip.map(IpAddr::from), c.ip6.map(IpAddr::from)]).flatten().collect();
+    let free = |addr: IpAddr, subnet: ipnet::IpNet, gateway: IpAddr| {
+        subnet.contains(&addr) && addr != gateway && addr != subnet.network() && !held.contains(&addr)
+    };
+    let mut released4 = VecDeque::new();
+    if let Some(net) = cfg.net4 {
+        let ct: BpfHashMap<MapData, CtKey4, CtEntry4> = open_map(&cfg.pin_dir, names::CT4)?.try_into()?;
+        let mut seen = seen_in_conntrack(ct.keys().map(|k| k.map(|k| [k.saddr, k.daddr])), Ipv4Addr::from)
+            .context("reading CT4")?;
+        seen.extend(neighbours.iter().filter_map(|n| match n.addr {
+            IpAddr::V4(a) => Some((a, n.idle_secs)),
+            IpAddr::V6(_) => None,
+        }));
+        released4 = released_queue(seen, |a| free(a.into(), net.subnet.into(), net.gateway.into()));
+    }
+    let mut released6 = VecDeque::new();
+    if let Some(net) = cfg.net6 {
+        let ct: BpfHashMap<MapData, CtKey6, CtEntry6> = open_map(&cfg.pin_dir, names::CT6)?.try_into()?;
+        let mut seen = seen_in_conntrack(ct.keys().map(|k| k.map(|k| [k.saddr, k.daddr])), |a: In6Addr| a.into())
+            .context("reading CT6")?;
+        seen.extend(neighbours.iter().filter_map(|n| match n.addr {
+            IpAddr::V6(a) => Some((a, n.idle_secs)),
+            IpAddr::V4(_) => None,
+        }));
+        released6 = released_queue(seen, |a| free(a.into(), net.subnet.into(), net.gateway.into()));
+    }
+    Ok((released4, released6))
+}
+
+/// Every address in conntrack's keys, seen just now (0 s ago): their flows
+/// are still tracked.
+fn seen_in_conntrack<R, A, E>(
+    keys: impl Iterator<Item = Result<[R; 2], E>>,
+    addr: impl Fn(R) -> A,
+) -> Result<Vec<(A, u32)>, E> {
+    let mut seen = vec![];
+    for pair in keys {
+        seen.extend(pair?.map(|raw| (addr(raw), 0)));
+    }
+    Ok(seen)
+}
+
+/// The queue of released addresses from addresses `seen` some seconds ago
+/// (the shortest time for each), those `free` only: the longest unseen
+/// first, as the allocator keeps its queue (it hands out the front first),
+/// the latest [`crate::ipam::RELEASED_KEPT`].
+fn released_queue<A: Copy + Ord + Hash>(seen: Vec<(A, u32)>, free: impl Fn(A) -> bool) -> VecDeque<A> {
+    let mut idle: HashMap<A, u32> = HashMap::new();
+    for (addr, secs) in seen.into_iter().filter(|(a, _)| free(*a)) {
+        idle.entry(addr).and_modify(|s| *s = (*s).min(secs)).or_insert(secs);
+    }
+    let mut order: Vec<(A, u32)> = idle.into_iter().collect();
+    order.sort_by_key(|(a, secs)| (Reverse(*secs), *a));
+    let mut queue = VecDeque::new();
+    for (addr, _) in order {
+        remember_released(&mut queue, addr);
+    }
+    queue
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn released_addresses_are_queued_longest_unseen_first_free_ones_only() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let seen = vec![
+            (ip("10.0.0.7"), 0),   // a flow still tracked
+            (ip("10.0.0.5"), 300), // an old neighbour entry
+            (ip("10.0.0.7"), 900), // the same address, seen later too
+            (ip("10.0.0.9"), 40),
+            (ip("10.0.0.2"), 5000), // held by a container
+            (ip("10.0.0.1"), 5000), // the gateway
+        ];
+        let free = |a: Ipv4Addr| a != ip("10.0.0.2") && a != ip("10.0.0.1");
+        assert_eq!(released_queue(seen, free), [ip("10.0.0.5"), ip("10.0.0.9"), ip("10.0.0.7")]);
+        assert!(released_queue(Vec::<(Ipv4Addr, u32)>::new(), |_| true).is_empty());
+    }
 
     #[test]
     fn an_identity_fits_an_interface_alias_dropping_the_runtime_name_then_the_owner() {

@@ -13,7 +13,7 @@ use std::{
 
 use netpath_tests::{
     chaos::{record, EchoServer, FlowsProcess, Traffic},
-    topology::{Topology, HOST_UPLINK_IP},
+    topology::{Topology, HOST_UPLINK_IP, WORLD_IP, WORLD_IP6},
 };
 use netpath_userspace::model::{Container, Mapping, PolicyView};
 
@@ -533,10 +533,16 @@ fn interface_and_address_changes_are_acted_on_as_they_happen() {
 
 #[test]
 fn a_corrupt_state_file_is_refused_by_name_and_rebuilt_from_the_kernel_by_recover() {
-    let mut t = topology(2);
+    let mut t = topology(3);
     t.add_ipv6_uplink().unwrap();
     t.start_agent().unwrap();
     t.add_container(1).unwrap();
+    // A container that talked and left: its addresses wait at the back of
+    // the released queue, which the pins do not hold.
+    let gone = t.add_container(3).unwrap();
+    assert!(t.ping(&t.container_ns(3), &WORLD_IP.to_string(), 1).unwrap());
+    assert!(t.ping(&t.container_ns(3), &WORLD_IP6.to_string(), 1).unwrap());
+    t.ctl_ok(&["container", "del", "c3"]).unwrap();
     let ns2 = format!("/run/netns/{}", t.container_ns(2));
     // With what a runtime gives (podman's names, through CNI): the
     // runtime's name survives the recovery too.
@@ -608,6 +614,12 @@ fn a_corrupt_state_file_is_refused_by_name_and_rebuilt_from_the_kernel_by_recove
     t.ctl_ok(&["map", "8081:c1:81"]).unwrap();
     let maps: Vec<Mapping> = t.ctl_json(&["maps"]).unwrap();
     assert_eq!(maps.iter().map(|m| m.id).max(), Some(8));
+    // The container that left before the crash: its addresses are not
+    // handed out again first (they were, to the next container, before
+    // --recover rebuilt the queue from the kernel's neighbours and flows).
+    let next = t.add_container(3).unwrap();
+    assert!(next.ip.is_some() && next.ip != gone.ip, "{:?} again, which {:?} had just left", next.ip, gone.name);
+    assert!(next.ip6.is_some() && next.ip6 != gone.ip6, "{:?} again", next.ip6);
 }
 
 /// The API socket under many clients, slow ones and oversized bodies: the

@@ -73,10 +73,11 @@ fn main() -> Result<()> {
             println!("kept {kept}");
         }
         println!(
-            "recovered {} containers, {} mappings, {} policy rules into {}",
+            "recovered {} containers, {} mappings, {} policy rules, {} recently released addresses into {}",
             r.containers,
             r.mappings,
             r.rules,
+            r.released,
             cfg.state_dir.join("state.json").display()
         );
         if !r.unnamed.is_empty() {
