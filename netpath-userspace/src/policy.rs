@@ -58,6 +58,16 @@ impl RuleProto {
             RuleProto::Icmpv6 => IPPROTO_ICMPV6,
         }
     }
+
+    /// The one name of this protocol in a rule of the family `ipv6` says:
+    /// `icmp` on an IPv6 prefix is ICMPv6, and is kept, listed, compared
+    /// and rebuilt (`netpathd --recover`) as `icmpv6`.
+    pub fn in_family(self, ipv6: bool) -> RuleProto {
+        match self {
+            RuleProto::Icmp if ipv6 => RuleProto::Icmpv6,
+            p => p,
+        }
+    }
 }
 
 impl fmt::Display for Action {
@@ -96,13 +106,26 @@ pub struct Rule {
 }
 
 impl Rule {
-    /// Everything but the action: two rules with the same match clash.
+    /// Everything but the action, the protocol by its one name in the
+    /// rule's family: two rules with the same match clash.
     pub fn match_key(&self) -> RuleMatch {
-        (self.direction, self.cidr, self.proto, self.ports)
+        (self.direction, self.cidr, self.proto.map(|p| p.in_family(self.is_ipv6())), self.ports)
     }
 
     fn same_match(&self, other: &Rule) -> bool {
         self.match_key() == other.match_key()
+    }
+
+    /// The same rule, however its protocol was spelt (a state saved before
+    /// rules were kept under the family's name says `icmp`).
+    pub fn same_rule(&self, other: &Rule) -> bool {
+        self.action == other.action && self.same_match(other)
+    }
+
+    /// The rule with its protocol under the family's one name.
+    pub fn in_family_names(self) -> Rule {
+        let ipv6 = self.is_ipv6();
+        Rule { proto: self.proto.map(|p| p.in_family(ipv6)), ..self }
     }
 
     /// Refuses a rule that mixes the families (an ICMPv6 filter on an IPv4
@@ -558,5 +581,19 @@ mod tests {
         assert!(e.to_string().contains("mixed address families: icmpv6 is an IPv6 protocol"), "{e}");
         assert!(rule(Action::Allow, "fd00::/8", "icmpv6").check_family().is_ok());
         assert!(rule(Action::Allow, "fd00::/8", "icmp").check_family().is_ok());
+    }
+
+    #[test]
+    fn icmp_on_an_ipv6_prefix_is_icmpv6_by_one_name() {
+        let icmp = rule(Action::Allow, "fd00::/8", "icmp/128");
+        let icmpv6 = rule(Action::Deny, "fd00::/8", "icmpv6/128");
+        // The same match in the datapath: a clash, not a second rule.
+        let p = ContainerPolicy { rules: vec![icmp.clone()], ..Default::default() };
+        assert!(matches!(p.check_add(&icmpv6), Err(RuleError::Conflict { .. })), "{:?}", p.check_add(&icmpv6));
+        assert_eq!(icmp.clone().in_family_names().proto, Some(RuleProto::Icmpv6));
+        assert!(icmp.same_rule(&rule(Action::Allow, "fd00::/8", "icmpv6/128")));
+        assert!(!icmp.same_rule(&icmpv6));
+        let v4 = rule(Action::Allow, "10.0.0.0/8", "icmp");
+        assert_eq!(v4.clone().in_family_names(), v4, "ICMPv4 keeps its name");
     }
 }

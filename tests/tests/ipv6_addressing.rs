@@ -157,6 +157,13 @@ fn with_subnet6_a_container_gets_its_address_route_and_link_local() {
     let e = t.ctl_err(&["policy", "add", "c1", "allow", "in", "10.0.0.0/8", "icmpv6"]).unwrap();
     assert!(e.contains("mixed address families"), "{e}");
     t.ctl_ok(&["policy", "rm", "c1", "deny", "in", "fd00:99::/64", "tcp/22"]).unwrap();
+    // `icmp` on an IPv6 prefix is kept under ICMPv6's one name: listed so,
+    // clashing with the same rule spelt `icmpv6`.
+    let listed: netpath_userspace::model::PolicyView = t.ctl_json(&["policy", "ls", "c1"]).unwrap();
+    let protos: Vec<_> = listed.policy.rules.iter().map(|r| r.proto).collect();
+    assert_eq!(protos, [Some(netpath_userspace::policy::RuleProto::Icmpv6)]);
+    let e = t.ctl_err(&["policy", "add", "c1", "deny", "in", "::/0", "icmpv6/128"]).unwrap();
+    assert!(e.contains("conflict"), "{e}");
     assert_eq!(map_entries(&t, "POLICY6"), Some(1));
     assert!(map_entries(&t, "CT6").is_some(), "status lists CT6");
     let _: Vec<netpath_userspace::model::Flow> = t.ctl_json(&["conntrack"]).unwrap();

@@ -46,7 +46,7 @@ fn rule_of(req: &RuleRequest) -> Result<Rule, AgentError> {
     };
     let rule = Rule { action: req.action, direction: req.direction, cidr, proto, ports };
     rule.check_family()?;
-    Ok(rule)
+    Ok(rule.in_family_names())
 }
 
 impl Inner {
@@ -141,7 +141,7 @@ impl Inner {
             rules.push(rule.clone());
         } else {
             let before = rules.len();
-            rules.retain(|r| *r != rule);
+            rules.retain(|r| !r.same_rule(&rule));
             if rules.len() == before {
                 return Err(RuleError::NotFound(rule.to_string()).into());
             }
