@@ -1,14 +1,18 @@
 //! Bounds-checked access to packet bytes, shared by tc and XDP programs.
 
 use aya_ebpf::programs::{TcContext, XdpContext};
-use netpath_common::DropReason;
+use netpath_common::{
+    conntrack::{IPPROTO_TCP, IPPROTO_UDP},
+    DropReason,
+};
 use network_types::{
     eth::{EthHdr, EtherType},
-    ip::Ipv6Hdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
     tcp::TcpHdr,
+    udp::UdpHdr,
 };
 
-use crate::offsets::IPV4_MAX_HDR_LEN;
+use crate::offsets::{ip_hdr_len, IPV4_MAX_HDR_LEN, IP_DF};
 
 /// What the parsers need from a program context.
 pub trait Packet {
@@ -90,12 +94,47 @@ const _: () = assert!(EthHdr::LEN + Ipv6Hdr::LEN + TcpHdr::LEN <= HEADERS_LEN as
 pub fn pull_headers(ctx: &TcContext) {
     let want = HEADERS_LEN;
     let linear = (ctx.data_end() - ctx.data()) as u32;
-    if linear < want && ctx.len() > linear {
+    if linear < want && ctx.len() > linear && !l4_header_linear(ctx) {
         let len = if ctx.len() < want { ctx.len() } else { want };
         // Failure leaves the skb as it was; the parsers then see a short
         // frame and treat it as malformed.
         let _ = ctx.pull_data(len);
     }
+}
+
+/// Are Ethernet, the IP header and the TCP or UDP header behind it (the
+/// headers the parsers read directly) in the linear part already? A local
+/// socket's packet carries exactly its headers there and its payload in
+/// pages: pulling more would copy the head (a TCP segment's is shared with
+/// the socket's copy kept for retransmission) for bytes nothing reads.
+/// Anything else (ICMP, whose errors quote headers; fragments; IPv6 with
+/// extension headers) is pulled.
+#[inline(always)]
+fn l4_header_linear(ctx: &TcContext) -> bool {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else { return false };
+    // SAFETY: bounds checked by ptr_at.
+    let ether_type = unsafe { (*eth).ether_type };
+    let (l4_off, proto) = if ether_type == EtherType::Ipv4 as u16 {
+        let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) else { return false };
+        // SAFETY: as above.
+        let ip = unsafe { &*ip };
+        if ip.frags[0] & !IP_DF != 0 || ip.frags[1] != 0 {
+            return false;
+        }
+        (EthHdr::LEN + ip_hdr_len(ip.vihl), ip.proto)
+    } else if ether_type == EtherType::Ipv6 as u16 {
+        let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, EthHdr::LEN) else { return false };
+        // SAFETY: as above.
+        (EthHdr::LEN + Ipv6Hdr::LEN, unsafe { (*ip).next_hdr })
+    } else {
+        return false;
+    };
+    let l4_len = match proto {
+        IPPROTO_TCP => TcpHdr::LEN,
+        IPPROTO_UDP => UdpHdr::LEN,
+        _ => return false,
+    };
+    ctx.data() + l4_off + l4_len <= ctx.data_end()
 }
 
 // The skb helpers the rewrites use, each with the drop reason its failure
