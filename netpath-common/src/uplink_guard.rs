@@ -14,8 +14,7 @@ pub const GUARDED_WORDS_PER_PROTO: u32 = 1024;
 /// Entries of `GUARDED_PORTS`: TCP's words, then UDP's.
 pub const GUARDED_PORT_WORDS: u32 = 2 * GUARDED_WORDS_PER_PROTO;
 
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
+use crate::conntrack::{IPPROTO_TCP, IPPROTO_UDP};
 
 /// Where `port` (host byte order) of `proto` lives in `GUARDED_PORTS`: the
 /// word's index and the bit in it. None for protocols without ports.
