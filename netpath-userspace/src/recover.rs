@@ -10,19 +10,22 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     hash::Hash,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
 };
 
 use anyhow::{bail, Context as _, Result};
-use aya::maps::{lpm_trie::LpmTrie, Array, HashMap as BpfHashMap, Map, MapData};
+use aya::{
+    maps::{lpm_trie::LpmTrie, Array, HashMap as BpfHashMap, Map, MapData},
+    Pod,
+};
 use ipnet::IpNet;
 use netpath_common::{
     maps as names,
     policy::{POLICY_DENY, POLICY_KEY_FIXED_BITS},
-    ContainerEntry, CtEntry4, CtEntry6, CtKey4, CtKey6, Direction, In6Addr, MappingEntry4, MappingEntry6, MappingKey4,
+    ContainerEntry, CtEntry4, CtEntry6, CtKey4, CtKey6, Direction, MappingEntry4, MappingEntry6, MappingKey4,
     MappingKey6, PolicyEntry, PolicyKey4, PolicyKey6,
 };
 use serde::{Deserialize, Serialize};
@@ -344,47 +347,58 @@ fn recently_released(
     state: &State,
     neighbours: &[NeighbourSeen],
 ) -> Result<(VecDeque<Ipv4Addr>, VecDeque<Ipv6Addr>)> {
-    let held: Vec<IpAddr> =
+    let held: HashSet<IpAddr> =
         state.containers.iter().flat_map(|c| [c.ip.map(IpAddr::from), c.ip6.map(IpAddr::from)]).flatten().collect();
-    let free = |addr: IpAddr, subnet: ipnet::IpNet, gateway: IpAddr| {
+    let free = |addr: IpAddr, subnet: IpNet, gateway: IpAddr| {
         subnet.contains(&addr) && addr != gateway && addr != subnet.network() && !held.contains(&addr)
     };
-    let mut released4 = VecDeque::new();
-    if let Some(net) = cfg.net4 {
-        let ct: BpfHashMap<MapData, CtKey4, CtEntry4> = open_map(&cfg.pin_dir, names::CT4)?.try_into()?;
-        let mut seen = seen_in_conntrack(ct.keys().map(|k| k.map(|k| [k.saddr, k.daddr])), Ipv4Addr::from)
-            .context("reading CT4")?;
-        seen.extend(neighbours.iter().filter_map(|n| match n.addr {
-            IpAddr::V4(a) => Some((a, n.idle_secs)),
-            IpAddr::V6(_) => None,
-        }));
-        released4 = released_queue(seen, |a| free(a.into(), net.subnet.into(), net.gateway.into()));
-    }
-    let mut released6 = VecDeque::new();
-    if let Some(net) = cfg.net6 {
-        let ct: BpfHashMap<MapData, CtKey6, CtEntry6> = open_map(&cfg.pin_dir, names::CT6)?.try_into()?;
-        let mut seen = seen_in_conntrack(ct.keys().map(|k| k.map(|k| [k.saddr, k.daddr])), |a: In6Addr| a.into())
-            .context("reading CT6")?;
-        seen.extend(neighbours.iter().filter_map(|n| match n.addr {
-            IpAddr::V6(a) => Some((a, n.idle_secs)),
-            IpAddr::V4(_) => None,
-        }));
-        released6 = released_queue(seen, |a| free(a.into(), net.subnet.into(), net.gateway.into()));
-    }
+    let released4 = match cfg.net4 {
+        Some(net) => released_in::<CtKey4, CtEntry4, Ipv4Addr>(
+            &cfg.pin_dir,
+            names::CT4,
+            |k| [k.saddr.into(), k.daddr.into()],
+            neighbours.iter().filter_map(|n| match n.addr {
+                IpAddr::V4(a) => Some((a, n.idle_secs)),
+                IpAddr::V6(_) => None,
+            }),
+            |a| free(a.into(), net.subnet.into(), net.gateway.into()),
+        )?,
+        None => VecDeque::new(),
+    };
+    let released6 = match cfg.net6 {
+        Some(net) => released_in::<CtKey6, CtEntry6, Ipv6Addr>(
+            &cfg.pin_dir,
+            names::CT6,
+            |k| [k.saddr.into(), k.daddr.into()],
+            neighbours.iter().filter_map(|n| match n.addr {
+                IpAddr::V6(a) => Some((a, n.idle_secs)),
+                IpAddr::V4(_) => None,
+            }),
+            |a| free(a.into(), net.subnet.into(), net.gateway.into()),
+        )?,
+        None => VecDeque::new(),
+    };
     Ok((released4, released6))
 }
 
-/// Every address in conntrack's keys, seen just now (0 s ago): their flows
-/// are still tracked.
-fn seen_in_conntrack<R, A, E>(
-    keys: impl Iterator<Item = Result<[R; 2], E>>,
-    addr: impl Fn(R) -> A,
-) -> Result<Vec<(A, u32)>, E> {
+/// [`recently_released`] for one family: the addresses in the keys of its
+/// conntrack table `ct` (seen just now: their flows are still tracked) and
+/// its `neighbours` (each with how long ago it was seen), those `free`
+/// only.
+fn released_in<K: Pod, V: Pod, A: Copy + Ord + Hash>(
+    pins: &Path,
+    ct: &str,
+    addrs: impl Fn(K) -> [A; 2],
+    neighbours: impl Iterator<Item = (A, u32)>,
+    free: impl Fn(A) -> bool,
+) -> Result<VecDeque<A>> {
+    let table: BpfHashMap<MapData, K, V> = open_map(pins, ct)?.try_into()?;
     let mut seen = vec![];
-    for pair in keys {
-        seen.extend(pair?.map(|raw| (addr(raw), 0)));
+    for key in table.keys() {
+        seen.extend(addrs(key.with_context(|| format!("reading {ct}"))?).map(|a| (a, 0)));
     }
-    Ok(seen)
+    seen.extend(neighbours);
+    Ok(released_queue(seen, free))
 }
 
 /// The queue of released addresses from addresses `seen` some seconds ago
