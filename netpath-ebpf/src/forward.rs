@@ -315,8 +315,8 @@ fn mtu_checked_len(ctx: &TcContext, l3_len: usize, tcp: bool, tot_len: u16) -> u
 }
 
 /// Is `len` more than the MTU of the route to `dst`, where that route has
-/// one of its own (`ROUTE_MTUS4`, which the agent keeps as the host's
-/// main routing table has it)? IPv4's forwarding honours a route's MTU
+/// one of its own (`ROUTE_MTUS4`, which the agent keeps from the host's
+/// routing tables, see netpath_userspace::route_mtu)? IPv4's forwarding honours a route's MTU
 /// (`ip route ... mtu N`), while `bpf_fib_lookup` checks only a locked one
 /// and the interface's: without this the fast path sent what the stack
 /// would have refused. (IPv6's forwarding honours only a locked one too,

@@ -381,7 +381,8 @@ impl Netlink {
         Ok(out)
     }
 
-    /// The unicast routes of the main IPv4 table, with their MTUs.
+    /// The unicast IPv4 routes of every table but the local one, with their
+    /// MTUs.
     pub async fn ipv4_routes(&self) -> Result<Vec<Route4>> {
         let mut out = vec![];
         let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
@@ -623,19 +624,21 @@ pub enum HostEvent {
     Lost,
 }
 
-/// `msg` as a [`Route4`], if it is a unicast route of the main table.
+/// `msg` as a [`Route4`], if it is a unicast route of a table policy
+/// routing may pick for forwarded packets (any but the local table, whose
+/// routes are the host's own addresses).
 fn route4(msg: &RouteMessage) -> Option<Route4> {
     use netlink_packet_route::route::{RouteMetric, RouteType};
     let table = msg.attributes.iter().find_map(|a| match a {
         RouteAttribute::Table(t) => Some(*t),
         _ => None,
     });
-    if table.unwrap_or(u32::from(msg.header.table)) != u32::from(libc::RT_TABLE_MAIN)
-        || msg.header.kind != RouteType::Unicast
-    {
+    let table = table.unwrap_or(u32::from(msg.header.table));
+    if table == u32::from(libc::RT_TABLE_LOCAL) || msg.header.kind != RouteType::Unicast {
         return None;
     }
     let mut route = Route4 {
+        table,
         dst: Ipv4Addr::UNSPECIFIED,
         prefix_len: msg.header.destination_prefix_length,
         mtu: None,
@@ -807,7 +810,11 @@ mod tests {
             event_of(route_message([192, 0, 2, 7], 32, main, vec![RouteMetric::Mtu(1280)])),
             Some(HostEvent::RoutesChanged)
         ));
-        // Another table's: not the main table's lookup.
+        // The local table's: the host's own addresses, never a forwarding route.
         assert!(event_of(route_message([10, 8, 0, 0], 16, libc::RT_TABLE_LOCAL, vec![])).is_none());
+        // Another table's, which policy routing may pick.
+        let vpn = route_message([0, 0, 0, 0], 0, 100, vec![RouteMetric::Mtu(1380)]);
+        assert_eq!(route4(&vpn).map(|r| (r.table, r.mtu)), Some((100, Some(1380))));
+        assert!(matches!(event_of(vpn), Some(HostEvent::RoutesChanged)));
     }
 }

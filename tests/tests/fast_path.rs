@@ -547,6 +547,50 @@ fn a_route_s_smaller_mtu_reaches_translated_flows_with(agent_args: &[&str]) {
     drop(echo);
 }
 
+/// The same MTU on a route of another table, picked by policy routing for
+/// the containers' traffic (`ip rule add from <subnet> lookup 100`, as a
+/// VPN for containers is set up): `bpf_fib_lookup` follows the rule and
+/// still ignores the unlocked MTU, so the agent mirrors every table's
+/// routes. Before, only the main table's were, and the fast path forwarded
+/// the datagram at 1400 bytes.
+#[test]
+fn an_ipv4_route_s_own_mtu_in_a_policy_routing_table_is_checked() {
+    let t = topology(1, &[]);
+    let ns1 = t.container_ns(1);
+    let echo = udp_echo(&t, &t.world, 7200, 1000);
+    let probe = t.in_ns(&ns1, || Ok(UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?)).unwrap();
+    probe.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    probe.connect((WORLD_IP, 7200)).unwrap();
+    set_int_opt(&probe, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO);
+    set_int_opt(&probe, libc::IPPROTO_IP, libc::IP_RECVERR, 1);
+    let big = |probe: &UdpSocket| {
+        probe.send(&[0u8; 1400]).unwrap();
+        probe.recv(&mut [0u8; 64])
+    };
+    big(&probe).expect("no route MTU yet: answered");
+
+    let route = format!("{WORLD_IP}/32");
+    t.exec(&t.host, &["ip", "route", "replace", &route, "dev", "up0", "mtu", "1280", "table", "100"]).unwrap();
+    t.exec(&t.host, &["ip", "rule", "add", "from", &t.subnet, "lookup", "100", "priority", "100"]).unwrap();
+    let before = status(&t);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let err = loop {
+        match big(&probe) {
+            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => break e,
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            other => panic!("the MTU of table 100's route never came into force: {other:?}"),
+        }
+    };
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::EMSGSIZE),
+        "the host's fragmentation-needed reached the container: {err}"
+    );
+    let after = status(&t);
+    assert!(fallbacks(&after, "mtu-exceeded") > fallbacks(&before, "mtu-exceeded"), "{:?}", after.fast_path);
+    drop(echo);
+}
+
 /// An IPv4 route's own MTU, not locked (`ip route ... mtu 1280`): the
 /// kernel's forwarding honours it, its route lookup for BPF does not, so
 /// the agent mirrors such routes into `ROUTE_MTUS4` and the fast path
