@@ -21,7 +21,7 @@ use crate::{
     flow::{Flow, NoFlow, Parsed},
     fragment,
     maps::{config, CONTAINERS, CT4},
-    packet::{mac_eq, ptr_at},
+    packet::{load, mac_eq},
 };
 
 /// With icc off, a container's frames may only go to the gateway's MAC
@@ -32,9 +32,11 @@ use crate::{
 /// reply half of a tracked translation) sends to it directly, and the
 /// datapath gives the reply the published address as its source right
 /// after this check.
-/// Out of line, to keep veth_ingress's own frame small (its deepest call
-/// chain is tight).
-#[inline(never)]
+///
+/// The setting is read in line: with icc on (the default) every packet a
+/// container sends would otherwise pay a BPF-to-BPF call and its return
+/// (a return thunk under the kernel's return-stack mitigations) for nothing.
+#[inline(always)]
 pub fn icc_allows_frame<A: Family>(
     ctx: &TcContext,
     parsed: &Parsed<A>,
@@ -43,9 +45,22 @@ pub fn icc_allows_frame<A: Family>(
     if !cfg.has(CFG_F_NO_ICC) {
         return Ok(());
     }
-    let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(DropReason::Malformed)?;
-    // SAFETY: bounds checked by ptr_at.
-    let (dst, ether_type) = unsafe { ((*eth).dst_addr, (*eth).ether_type) };
+    isolated_frame_allowed(ctx, parsed, cfg)
+}
+
+/// [`icc_allows_frame`] with icc off. Out of line, to keep veth_ingress's
+/// own frame small (its deepest call chain is tight). The Ethernet header
+/// is copied out with a load, not read in place: reading it first thing,
+/// the compiler would hand this function the packet's start and end as
+/// arguments, and the verifier refuses arithmetic on a passed-in end.
+#[inline(never)]
+fn isolated_frame_allowed<A: Family>(
+    ctx: &TcContext,
+    parsed: &Parsed<A>,
+    cfg: &DatapathConfig,
+) -> Result<(), DropReason> {
+    let eth: EthHdr = load(ctx, 0)?;
+    let (dst, ether_type) = (eth.dst_addr, eth.ether_type);
     if ether_type == EtherType::Arp as u16 || mac_eq(&dst, &cfg.gateway_mac) {
         return Ok(());
     }

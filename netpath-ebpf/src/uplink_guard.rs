@@ -37,12 +37,37 @@ use crate::{
 
 /// The uplink guard's verdict on a frame arriving from outside.
 ///
-/// Out of line (a BPF-to-BPF call, one per program type): its frame (the
-/// parsed flow, the trie key) is gone before `uplink_ingress` starts the
-/// NAT chain, which needs all of the 512-byte stack it can get. Two
-/// arguments, both pointers.
-#[inline(never)]
+/// An IPv4 frame without denied sources or guarded ports configured (the
+/// default) leaves only the subnet check, a header read and a compare:
+/// done in line, so that every packet from outside does not pay a
+/// BPF-to-BPF call and its return (a return thunk under the kernel's
+/// return-stack mitigations) for it. Everything else goes to
+/// [`judge_apart`].
+#[inline(always)]
 pub fn judge(pkt: &impl Packet, cfg: &DatapathConfig) -> Result<(), DropReason> {
+    if cfg.has(CFG_F_DENIED_SOURCES | CFG_F_GUARDED_PORTS) {
+        return judge_apart(pkt, cfg);
+    }
+    let (Some(eth), Some(ip)) = (ptr_at::<EthHdr>(pkt, 0), ptr_at::<Ipv4Hdr>(pkt, EthHdr::LEN)) else {
+        return judge_apart(pkt, cfg);
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let (ether_type, daddr) = unsafe { ((*eth).ether_type, (*ip).dst_addr) };
+    if ether_type != EtherType::Ipv4 as u16 {
+        return judge_apart(pkt, cfg);
+    }
+    if !cfg.has(CFG_F_ROUTED) && cfg.in_subnet4(daddr) {
+        return Err(DropReason::NotPublished);
+    }
+    Ok(())
+}
+
+/// The whole guard, out of line (a BPF-to-BPF call, one per program type):
+/// its frame (the parsed flow, the trie key, IPv6's addresses) is gone
+/// before `uplink_ingress` starts the NAT chain, which needs all of the
+/// 512-byte stack it can get. Two arguments, both pointers.
+#[inline(never)]
+fn judge_apart(pkt: &impl Packet, cfg: &DatapathConfig) -> Result<(), DropReason> {
     if crate::packet::is_ipv6(pkt) {
         return judge6(pkt, cfg);
     }
