@@ -547,14 +547,18 @@ fn a_route_s_smaller_mtu_reaches_translated_flows_with(agent_args: &[&str]) {
     drop(echo);
 }
 
-/// The same MTU on a route of another table, picked by policy routing for
-/// the containers' traffic (`ip rule add from <subnet> lookup 100`, as a
-/// VPN for containers is set up): `bpf_fib_lookup` follows the rule and
-/// still ignores the unlocked MTU, so the agent mirrors every table's
-/// routes. Before, only the main table's were, and the fast path forwarded
-/// the datagram at 1400 bytes.
-#[test]
-fn an_ipv4_route_s_own_mtu_in_a_policy_routing_table_is_checked() {
+/// One container and a UDP echo in the world on port 7200; the probe is a
+/// socket in the container connected to it, with DF set and errors queued
+/// (EMSGSIZE once the path MTU is learned). A 1400-byte datagram is
+/// answered before any route has an MTU.
+struct MtuBed {
+    t: Topology,
+    ns1: String,
+    probe: UdpSocket,
+    echo: JoinHandle<()>,
+}
+
+fn mtu_bed() -> MtuBed {
     let t = topology(1, &[]);
     let ns1 = t.container_ns(1);
     let echo = udp_echo(&t, &t.world, 7200, 1000);
@@ -563,22 +567,27 @@ fn an_ipv4_route_s_own_mtu_in_a_policy_routing_table_is_checked() {
     probe.connect((WORLD_IP, 7200)).unwrap();
     set_int_opt(&probe, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO);
     set_int_opt(&probe, libc::IPPROTO_IP, libc::IP_RECVERR, 1);
-    let big = |probe: &UdpSocket| {
-        probe.send(&[0u8; 1400]).unwrap();
-        probe.recv(&mut [0u8; 64])
-    };
-    big(&probe).expect("no route MTU yet: answered");
+    big_datagram(&probe).expect("no route MTU yet: answered");
+    MtuBed { t, ns1, probe, echo }
+}
 
-    let route = format!("{WORLD_IP}/32");
-    t.exec(&t.host, &["ip", "route", "replace", &route, "dev", "up0", "mtu", "1280", "table", "100"]).unwrap();
-    t.exec(&t.host, &["ip", "rule", "add", "from", &t.subnet, "lookup", "100", "priority", "100"]).unwrap();
-    let before = status(&t);
+/// Sends a 1400-byte datagram and reads the echo's answer (or the error).
+fn big_datagram(probe: &UdpSocket) -> std::io::Result<usize> {
+    probe.send(&[0u8; 1400]).unwrap();
+    probe.recv(&mut [0u8; 64])
+}
+
+/// Waits (10 s at most) until a 1400-byte datagram gets EMSGSIZE in the
+/// container: the host's "fragmentation needed" reached it; and checks the
+/// fast path handed it to the stack ("mtu-exceeded").
+fn expect_emsgsize(t: &Topology, probe: &UdpSocket, what: &str) {
+    let before = status(t);
     let deadline = Instant::now() + Duration::from_secs(10);
     let err = loop {
-        match big(&probe) {
+        match big_datagram(probe) {
             Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => break e,
             _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
-            other => panic!("the MTU of table 100's route never came into force: {other:?}"),
+            other => panic!("{what} never came into force: {other:?}"),
         }
     };
     assert_eq!(
@@ -586,9 +595,8 @@ fn an_ipv4_route_s_own_mtu_in_a_policy_routing_table_is_checked() {
         Some(libc::EMSGSIZE),
         "the host's fragmentation-needed reached the container: {err}"
     );
-    let after = status(&t);
+    let after = status(t);
     assert!(fallbacks(&after, "mtu-exceeded") > fallbacks(&before, "mtu-exceeded"), "{:?}", after.fast_path);
-    drop(echo);
 }
 
 /// An IPv4 route's own MTU, not locked (`ip route ... mtu 1280`): the
@@ -599,38 +607,10 @@ fn an_ipv4_route_s_own_mtu_in_a_policy_routing_table_is_checked() {
 /// it on at the interface's MTU. Route changes are followed.
 #[test]
 fn an_ipv4_route_s_own_mtu_is_checked_on_the_fast_path() {
-    let t = topology(1, &[]);
-    let ns1 = t.container_ns(1);
-    let echo = udp_echo(&t, &t.world, 7200, 1000);
-    let probe = t.in_ns(&ns1, || Ok(UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?)).unwrap();
-    probe.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    probe.connect((WORLD_IP, 7200)).unwrap();
-    set_int_opt(&probe, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO);
-    set_int_opt(&probe, libc::IPPROTO_IP, libc::IP_RECVERR, 1);
-    let big = |probe: &UdpSocket| {
-        probe.send(&[0u8; 1400]).unwrap();
-        probe.recv(&mut [0u8; 64])
-    };
-    big(&probe).expect("no route MTU yet: answered");
-
+    let MtuBed { t, ns1, probe, echo } = mtu_bed();
     let route = format!("{WORLD_IP}/32");
     t.exec(&t.host, &["ip", "route", "replace", &route, "dev", "up0", "mtu", "1280"]).unwrap();
-    let before = status(&t);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let err = loop {
-        match big(&probe) {
-            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => break e,
-            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
-            other => panic!("the route's MTU never came into force: {other:?}"),
-        }
-    };
-    assert_eq!(
-        err.raw_os_error(),
-        Some(libc::EMSGSIZE),
-        "the host's fragmentation-needed reached the container: {err}"
-    );
-    let after = status(&t);
-    assert!(fallbacks(&after, "mtu-exceeded") > fallbacks(&before, "mtu-exceeded"), "{:?}", after.fast_path);
+    expect_emsgsize(&t, &probe, "the route's MTU");
     // A masqueraded upload through it.
     upload_within(&t, &ns1, SocketAddr::from((WORLD_IP, 7300)), 4 << 20);
 
@@ -640,11 +620,27 @@ fn an_ipv4_route_s_own_mtu_is_checked_on_the_fast_path() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         t.exec(&ns1, &["ip", "route", "flush", "cache"]).unwrap();
-        if big(&probe).is_ok() {
+        if big_datagram(&probe).is_ok() {
             break;
         }
         assert!(Instant::now() < deadline, "the route's MTU stayed in force");
         std::thread::sleep(Duration::from_millis(200));
     }
+    drop(echo);
+}
+
+/// The same MTU on a route of another table, picked by policy routing for
+/// the containers' traffic (`ip rule add from <subnet> lookup 100`, as a
+/// VPN for containers is set up): `bpf_fib_lookup` follows the rule and
+/// still ignores the unlocked MTU, so the agent mirrors every table's
+/// routes. Before, only the main table's were, and the fast path forwarded
+/// the datagram at 1400 bytes.
+#[test]
+fn an_ipv4_route_s_own_mtu_in_a_policy_routing_table_is_checked() {
+    let MtuBed { t, probe, echo, .. } = mtu_bed();
+    let route = format!("{WORLD_IP}/32");
+    t.exec(&t.host, &["ip", "route", "replace", &route, "dev", "up0", "mtu", "1280", "table", "100"]).unwrap();
+    t.exec(&t.host, &["ip", "rule", "add", "from", &t.subnet, "lookup", "100", "priority", "100"]).unwrap();
+    expect_emsgsize(&t, &probe, "the MTU of table 100's route");
     drop(echo);
 }
