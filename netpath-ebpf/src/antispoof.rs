@@ -22,11 +22,11 @@ use network_types::{
 use crate::{
     flow::NoFlow,
     ipv6::{
-        walk6, Headers6, ICMPV6_MLD2_REPORT, ICMPV6_NEIGH_ADVERT, ICMPV6_NEIGH_SOLICIT, ICMPV6_REDIRECT,
+        l4_field, walk6, Headers6, ICMPV6_MLD2_REPORT, ICMPV6_NEIGH_ADVERT, ICMPV6_NEIGH_SOLICIT, ICMPV6_REDIRECT,
         ICMPV6_ROUTER_ADVERT, ND_TARGET_OFF,
     },
     offsets::{ip_hdr_len, ip_version, IPV4_MIN_HDR_LEN, L4_SPORT_OFF},
-    packet::{ipv4_eq, load, mac_eq, ptr_at, Packet},
+    packet::{ipv4_eq, mac_eq, ptr_at, Packet},
 };
 
 const ETH_P_IPV4: u16 = EtherType::Ipv4 as u16;
@@ -115,13 +115,13 @@ pub fn check_sent6(ctx: &TcContext, container: &ContainerEntry) -> Result<(), Dr
 #[inline(always)]
 fn check_ipv6(ctx: &TcContext, h: &Headers6, container: &ContainerEntry) -> Result<(), DropReason> {
     if h.proto == IPPROTO_ICMPV6 {
-        let kind: u8 = load(ctx, h.l4_off as usize)?;
+        let kind: u8 = l4_field(ctx, h.l4_off as usize, 0)?;
         if kind == ICMPV6_ROUTER_ADVERT || kind == ICMPV6_REDIRECT {
             return Err(DropReason::RouterRole);
         }
         let unspecified = h.saddr == In6Addr::UNSPECIFIED;
         if kind == ICMPV6_NEIGH_ADVERT || (kind == ICMPV6_NEIGH_SOLICIT && unspecified) {
-            let target: In6Addr = load(ctx, h.l4_off as usize + ND_TARGET_OFF)?;
+            let target: In6Addr = l4_field(ctx, h.l4_off as usize, ND_TARGET_OFF)?;
             if !own_ipv6(container, &target) {
                 return Err(DropReason::SpoofedIp);
             }
@@ -132,7 +132,7 @@ fn check_ipv6(ctx: &TcContext, h: &Headers6, container: &ContainerEntry) -> Resu
             return Ok(());
         }
     } else if h.proto == IPPROTO_UDP {
-        let sport = u16::from_be(load::<u16>(ctx, h.l4_off as usize + L4_SPORT_OFF)?);
+        let sport = u16::from_be(l4_field::<u16>(ctx, h.l4_off as usize, L4_SPORT_OFF)?);
         if sport == DHCPV6_SERVER_PORT {
             return Err(DropReason::RouterRole);
         }

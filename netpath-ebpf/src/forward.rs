@@ -43,7 +43,7 @@ use network_types::{
 use crate::{
     checksum,
     family::Family,
-    ipv6::{IP6_DST_OFF, IP6_HOP_LIMIT_OFF, IP6_NEXT_HDR_OFF, IP6_PAYLOAD_LEN_OFF, IP6_SRC_OFF},
+    ipv6::IP6_DST_OFF,
     maps::{CONTAINERS, FORWARD_STATS, HOST_ADDRS4, ROUTE_MTUS4},
     nat,
     offsets::{ip_hdr_len, tcp_hdr_len, IP_DF, IP_FRAGS_OFF, TCP_DOFF_OFF},
@@ -177,11 +177,12 @@ fn route6(ctx: &TcContext, origin: Origin, carried: CarriedVerdict) -> i32 {
     if eth.ether_type != EtherType::Ipv6 as u16 {
         return TC_ACT_OK as i32;
     }
-    let (Ok(dst), Ok(hop_limit)) =
-        (load::<In6Addr>(ctx, EthHdr::LEN + IP6_DST_OFF), load::<u8>(ctx, EthHdr::LEN + IP6_HOP_LIMIT_OFF))
-    else {
-        return TC_ACT_OK as i32;
-    };
+    // The destination is loaded into this frame (read in place, it would
+    // be spilled to a larger one: the chain to the receiving container's
+    // policy is at the 512-byte stack limit); the rest of the fixed header
+    // is read in place where it is used.
+    let Ok(dst) = load::<In6Addr>(ctx, EthHdr::LEN + IP6_DST_OFF) else { return TC_ACT_OK as i32 };
+    let Some(hop_limit) = crate::ipv6::fixed_header(ctx).map(|ip| ip.hop_limit) else { return TC_ACT_OK as i32 };
     let routed = match origin {
         // SAFETY: the context pointer is valid for the program's run.
         Origin::Uplink => (unsafe { (*ctx.skb.skb).pkt_type }) == PACKET_HOST,
@@ -197,11 +198,9 @@ fn route6(ctx: &TcContext, origin: Origin, carried: CarriedVerdict) -> i32 {
         return to_container_at(ctx, cfg, dst, (origin, routed, &eth.dst_addr), hop_limit, carried);
     }
     if origin == Origin::Container && routed && !dst.is_host_addr() {
-        let (Ok(src), Ok(payload_len), Ok(next_header)) = (
-            load::<In6Addr>(ctx, EthHdr::LEN + IP6_SRC_OFF),
-            load::<u16>(ctx, EthHdr::LEN + IP6_PAYLOAD_LEN_OFF),
-            load::<u8>(ctx, EthHdr::LEN + IP6_NEXT_HDR_OFF),
-        ) else {
+        let Some((src, payload_len, next_header)) =
+            crate::ipv6::fixed_header(ctx).map(|ip| (In6Addr::from_octets(ip.src_addr), ip.payload_len, ip.next_hdr))
+        else {
             return TC_ACT_OK as i32;
         };
         if !fast && cfg.in_subnet6(src) {
@@ -210,7 +209,7 @@ fn route6(ctx: &TcContext, origin: Origin, carried: CarriedVerdict) -> i32 {
         if hop_limit <= 1 {
             return to_stack_as_sent::<In6Addr>(ctx, Fallback::TtlExpiring, fast);
         }
-        let tot_len = u16::from_be(payload_len).saturating_add(IP6_HDR_LEN);
+        let tot_len = u16::from_be_bytes(payload_len).saturating_add(IP6_HDR_LEN);
         // TCP right after the fixed header; behind extension headers the
         // whole length is checked.
         let mtu_len = mtu_checked_len(ctx, IP6_HDR_LEN as usize, next_header == IPPROTO_TCP, tot_len);

@@ -6,9 +6,13 @@
 //! A packet with more, or with a routing header whose segments are not all
 //! visited (its destination is not the final one, so no rule could judge
 //! it), is dropped as `DropReason::Ipv6Headers`: never passed unjudged.
-//! The walk reads with `bpf_skb_load_bytes`, so headers in the skb's
-//! non-linear part are read too and the verifier sees no variable packet
-//! offsets.
+//! The fixed header, and the upper-layer header right behind it, are read
+//! in place, as IPv4's are (`packet::pull_headers` put them in the skb's
+//! linear part, at offsets the verifier can follow); extension headers and
+//! what lies behind them are read with `bpf_skb_load_bytes`, so headers in
+//! the skb's non-linear part are read too and the verifier sees no
+//! variable packet offsets. (Each load is a helper call; every packet paid
+//! eight of them per walk before, and a container's packet is walked twice.)
 
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
@@ -21,7 +25,7 @@ use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 use crate::{
     flow::{Flow6, NoFlow, Parsed6},
     offsets::{ICMP_HDR_LEN, ICMP_ID_OFF, L4_DPORT_OFF, L4_SPORT_OFF, TCP_FLAGS_OFF},
-    packet::{load, store, Packet},
+    packet::{load, ptr_at, store, Packet},
 };
 
 /// Extension headers walked before the packet is refused.
@@ -48,10 +52,9 @@ pub const ICMPV6_MLD2_REPORT: u8 = 143;
 /// in the ICMPv6 message.
 pub const ND_TARGET_OFF: usize = 8;
 
-// Where the fixed header's fields sit.
-pub const IP6_PAYLOAD_LEN_OFF: usize = 4;
+// Where the fixed header's fields sit, for the loads and stores that
+// address them by offset (a quoted header, the rewrites).
 pub const IP6_NEXT_HDR_OFF: usize = 6;
-pub const IP6_HOP_LIMIT_OFF: usize = 7;
 pub const IP6_SRC_OFF: usize = 8;
 pub const IP6_DST_OFF: usize = 24;
 const _: () = assert!(Ipv6Hdr::LEN == 40);
@@ -81,19 +84,49 @@ fn is_ext_header(next: u8) -> bool {
         || next == NEXTHDR_DEST
 }
 
+/// Where the upper-layer header starts when no extension header precedes it.
+const PLAIN_L4_OFF: usize = EthHdr::LEN + Ipv6Hdr::LEN;
+
+/// The fixed header, in place; None if the linear part does not hold it (a
+/// frame too short for one, or whose headers could not be pulled).
+#[inline(always)]
+pub fn fixed_header(ctx: &TcContext) -> Option<&Ipv6Hdr> {
+    // SAFETY: bounds checked by ptr_at; the skb's data stays valid for the run.
+    ptr_at::<Ipv6Hdr>(ctx, EthHdr::LEN).map(|ip| unsafe { &*ip })
+}
+
+/// The `T` at `field_off` of the upper-layer header at `l4`: read in place
+/// right behind the fixed header (a constant offset), with a load behind
+/// extension headers.
+#[inline(always)]
+pub fn l4_field<T: Copy>(ctx: &TcContext, l4: usize, field_off: usize) -> Result<T, DropReason> {
+    if l4 == PLAIN_L4_OFF {
+        // SAFETY: bounds checked by ptr_at.
+        ptr_at::<T>(ctx, PLAIN_L4_OFF + field_off).map(|f| unsafe { f.read_unaligned() }).ok_or(DropReason::Malformed)
+    } else {
+        load(ctx, l4 + field_off)
+    }
+}
+
+/// The source and destination of the fixed header. The walk reads them
+/// where it returns them: kept across its loads, they would take a spill
+/// on a tight stack.
+#[inline(always)]
+fn addresses(ctx: &TcContext) -> Option<(In6Addr, In6Addr)> {
+    fixed_header(ctx).map(|ip| (In6Addr::from_octets(ip.src_addr), In6Addr::from_octets(ip.dst_addr)))
+}
+
 /// The fixed header and the extension headers of the IPv6 packet in `ctx`.
 #[inline(never)]
 pub fn walk6(ctx: &TcContext) -> Result<Headers6, NoFlow<In6Addr>> {
     let l3 = EthHdr::LEN;
     let malformed = |_: DropReason| NoFlow::Malformed;
-    let vcf: u8 = load(ctx, l3).map_err(malformed)?;
-    if vcf >> 4 != 6 {
+    let ip = fixed_header(ctx).ok_or(NoFlow::Malformed)?;
+    if ip.vcf[0] >> 4 != 6 {
         return Err(NoFlow::Malformed);
     }
-    let payload_len = u16::from_be(load::<u16>(ctx, l3 + IP6_PAYLOAD_LEN_OFF).map_err(malformed)?) as usize;
-    let saddr: In6Addr = load(ctx, l3 + IP6_SRC_OFF).map_err(malformed)?;
-    let daddr: In6Addr = load(ctx, l3 + IP6_DST_OFF).map_err(malformed)?;
-    let mut next: u8 = load(ctx, l3 + IP6_NEXT_HDR_OFF).map_err(malformed)?;
+    let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
+    let mut next = ip.next_hdr;
     let mut off = l3 + Ipv6Hdr::LEN;
     // As IPv4's total length: 0 states no length only on a GSO packet
     // (BIG TCP); anything past the payload is padding, not a header.
@@ -109,6 +142,7 @@ pub fn walk6(ctx: &TcContext) -> Result<Headers6, NoFlow<In6Addr>> {
             let frag_word = u16::from_be(load::<u16>(ctx, off + 2).map_err(malformed)?);
             let id: [u8; 4] = load(ctx, off + 4).map_err(malformed)?;
             if frag_word >> 3 != 0 {
+                let (saddr, daddr) = addresses(ctx).ok_or(NoFlow::Malformed)?;
                 let key = FragKey6 { saddr, daddr, id, proto: hdr_next, scope: 0, _pad: [0; 2] };
                 return Err(NoFlow::LaterFragment(key));
             }
@@ -138,6 +172,7 @@ pub fn walk6(ctx: &TcContext) -> Result<Headers6, NoFlow<In6Addr>> {
         return Err(NoFlow::BadHeaders);
     }
     let ip_end = if ip_end == usize::MAX { u32::MAX } else { ip_end as u32 };
+    let (saddr, daddr) = addresses(ctx).ok_or(NoFlow::Malformed)?;
     Ok(Headers6 { saddr, daddr, l4_off: off as u32, ip_end, frag_id, proto: next, first_fragment })
 }
 
@@ -151,9 +186,9 @@ pub fn flow_of6(ctx: &TcContext, h: &Headers6) -> Parsed6 {
     let (mut icmp_type, mut ported, mut tcp_flags) = (0u8, true, 0u8);
     let (sport, dport) = if h.proto == IPPROTO_ICMPV6 {
         read(ICMP_HDR_LEN)?;
-        icmp_type = load(ctx, l4).map_err(malformed)?;
+        icmp_type = l4_field(ctx, l4, 0).map_err(malformed)?;
         if icmp_type == ICMPV6_ECHO_REQUEST || icmp_type == ICMPV6_ECHO_REPLY {
-            let id: u16 = load(ctx, l4 + ICMP_ID_OFF).map_err(malformed)?;
+            let id: u16 = l4_field(ctx, l4, ICMP_ID_OFF).map_err(malformed)?;
             (id, id)
         } else if (ICMPV6_DEST_UNREACH..=ICMPV6_PARAM_PROBLEM).contains(&icmp_type) {
             return Err(NoFlow::IcmpError(l4 as u16));
@@ -170,9 +205,9 @@ pub fn flow_of6(ctx: &TcContext, h: &Headers6) -> Parsed6 {
         // TCP's 20-byte header or UDP's 8.
         read(if h.proto == IPPROTO_TCP { TCP_FLAGS_OFF + 7 } else { 8 })?;
         if h.proto == IPPROTO_TCP {
-            tcp_flags = load(ctx, l4 + TCP_FLAGS_OFF).map_err(malformed)?;
+            tcp_flags = l4_field(ctx, l4, TCP_FLAGS_OFF).map_err(malformed)?;
         }
-        (load(ctx, l4 + L4_SPORT_OFF).map_err(malformed)?, load(ctx, l4 + L4_DPORT_OFF).map_err(malformed)?)
+        (l4_field(ctx, l4, L4_SPORT_OFF).map_err(malformed)?, l4_field(ctx, l4, L4_DPORT_OFF).map_err(malformed)?)
     } else {
         // Any other protocol (ESP, SCTP, no next header, ...): tracked and
         // judged by addresses and protocol.

@@ -162,12 +162,10 @@ fn rewrite_addr6(
     }
     store(ctx, EthHdr::LEN + field_off, new)?;
     let (csum_off, mangled) = l4_csum(flow);
-    for i in 0..4 {
-        if old.0[i] != new.0[i] {
-            l4_csum_replace(ctx, csum_off, old.0[i] as u64, new.0[i] as u64, BPF_F_PSEUDO_HDR | mangled | 4)?;
-        }
-    }
-    Ok(())
+    // The whole address as one difference (field size 0): one helper call
+    // rather than one per word.
+    let diff = checksum::diff_words(&old.0, &new.0);
+    l4_csum_replace(ctx, csum_off, 0, diff as u64, BPF_F_PSEUDO_HDR | mangled)
 }
 
 #[inline(always)]
