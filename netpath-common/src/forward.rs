@@ -17,6 +17,11 @@ pub enum Redirect {
     /// Out of a host interface whose next hop's MAC is not resolved yet
     /// (`bpf_redirect_neigh` resolves it).
     ToHostResolving = 2,
+    /// Into a container after its inbound policy judged the packet on the
+    /// way (a new flow's first packet, or one without a current verdict):
+    /// the `DELIVER_CALLS` program, instead of the stack and the veth's
+    /// egress program.
+    ToContainerJudged = 3,
 }
 
 /// Why a packet that could have been redirected went to the stack instead.
@@ -37,10 +42,10 @@ pub enum Fallback {
     /// The receiving container's interface is gone (it is being removed).
     NoInterface = 4,
     /// The receiving container has no current verdict for the packet's
-    /// flow (its first packet, a flow its rules changed under, a fragment,
-    /// ICMP): the stack takes it to the container's veth, whose egress
-    /// program judges it as a new flow; the flow's next packets, with the
-    /// verdict kept, go the fast way.
+    /// flow, and the fast path's judging program could not be jumped to
+    /// (its `DELIVER_CALLS` slot empty; the agent fills it before it
+    /// attaches the programs that jump there): the stack takes the packet
+    /// to the container's veth, whose egress program judges it.
     Unjudged = 5,
 }
 
@@ -48,7 +53,8 @@ pub const REDIRECT_COUNT: usize = 4;
 pub const FALLBACK_COUNT: usize = 8;
 
 impl Redirect {
-    pub const ALL: [Redirect; 3] = [Redirect::ToContainer, Redirect::ToHost, Redirect::ToHostResolving];
+    pub const ALL: [Redirect; 4] =
+        [Redirect::ToContainer, Redirect::ToHost, Redirect::ToHostResolving, Redirect::ToContainerJudged];
 
     /// Short name used by the CLI and the API.
     pub const fn name(self) -> &'static str {
@@ -56,6 +62,7 @@ impl Redirect {
             Redirect::ToContainer => "to-container",
             Redirect::ToHost => "to-host-interface",
             Redirect::ToHostResolving => "to-host-interface-resolving",
+            Redirect::ToContainerJudged => "to-container-judged",
         }
     }
 }

@@ -229,6 +229,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tail_call_slots_index_their_tables() {
+        for table in [&TAIL_CALLS[..], &DELIVER_CALLS[..]] {
+            for (i, tail) in table.iter().enumerate() {
+                assert_eq!(tail.slot as usize, i, "{}", tail.program);
+            }
+        }
+        let mut programs: Vec<_> = TAIL_CALLS.iter().chain(&DELIVER_CALLS).map(|t| t.program).collect();
+        programs.sort();
+        programs.dedup();
+        assert_eq!(programs.len(), TAIL_CALLS.len() + DELIVER_CALLS.len(), "a program in one slot only");
+    }
+
+    #[test]
     fn ids_index_the_table() {
         for (i, h) in HOOKS.iter().enumerate() {
             assert_eq!(h.id as usize, i, "{} sits at the index of its id", h.program);
@@ -260,13 +273,15 @@ mod tests {
 /// A program an entry point tail-calls into rather than calls: a path too
 /// big to be verified inside its entry point along with the entry point's
 /// own (each family's judging at a container's veth), verified on its own.
-/// Its slot in the `TAIL_CALLS` program array is its index here.
+/// Its slot in its program array (`TAIL_CALLS`, `DELIVER_CALLS`) is its
+/// index in the table listing it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TailCall {
     pub slot: u32,
     pub program: &'static str,
-    /// The hook whose entry point jumps here (and whose counters and events
-    /// the program's outcome goes to).
+    /// The hook whose counters and events the program's outcome goes to:
+    /// the entry point that jumps here, or for [`DELIVER_CALLS`] the
+    /// receiving container's veth egress, whose judging it does.
     pub from: HookId,
 }
 
@@ -294,4 +309,19 @@ pub const TAIL_CALLS: [TailCall; 6] = [
     TailCall { slot: TAIL_UPLINK_EGRESS6, program: "uplink_egress6", from: HookId::UplinkEgress },
     TailCall { slot: TAIL_VETH_FORWARD6, program: "veth_forward6", from: HookId::VethIngress },
     TailCall { slot: TAIL_UPLINK_FORWARD6, program: "uplink_forward6", from: HookId::UplinkIngress },
+];
+
+/// The fast path's judging, per family: a packet it would hand to a
+/// container that has no verdict for its flow yet (the flow's first packet,
+/// a verdict of older rules, a fragment, ICMP) is judged by that
+/// container's inbound policy, as its veth's egress program would once the
+/// stack took it there, and then handed to it. Jumped to from `forward4`
+/// and `forward6` (in the ingress programs of veths and uplink).
+pub const DELIVER4: u32 = 0;
+pub const DELIVER6: u32 = 1;
+
+/// Every program of the `DELIVER_CALLS` array, indexed by slot.
+pub const DELIVER_CALLS: [TailCall; 2] = [
+    TailCall { slot: DELIVER4, program: "deliver4", from: HookId::VethEgress },
+    TailCall { slot: DELIVER6, program: "deliver6", from: HookId::VethEgress },
 ];

@@ -30,7 +30,7 @@ pub use event::{Event, Event4, Event6, EventBudget};
 pub use family::{AddrFamily, In6Addr};
 pub use forward::{Fallback, ForwardStats, Redirect};
 pub use fragment::{FragEntry, FragEntry4, FragEntry6, FragKey, FragKey4, FragKey6};
-pub use hooks::{Hook, HookId, Side, TailCall, HOOKS, TAIL_CALLS};
+pub use hooks::{Hook, HookId, Side, TailCall, DELIVER_CALLS, HOOKS, TAIL_CALLS};
 pub use mapping::{
     HostAddr, MappingEntry, MappingEntry4, MappingEntry6, MappingKey, MappingKey4, MappingKey6, SockRevNatEntry4,
     SockRevNatEntry6, SockRevNatKey4, SockRevNatKey6,

@@ -27,6 +27,11 @@ pub const FRAGS6: &str = "FRAGS6";
 /// [`crate::hooks::TAIL_CALLS`] lists them. Pinned, so that the attached
 /// programs find them while the agent is down or restarting.
 pub const TAIL_CALLS: &str = "TAIL_CALLS";
+/// The fast path's judging of a packet for a container without a verdict
+/// for it yet (`u32` slot -> program), as [`crate::hooks::DELIVER_CALLS`]
+/// lists them. A program array of its own, beside [`TAIL_CALLS`]: a pinned
+/// map keeps its capacity, and agents of earlier builds adopt these pins.
+pub const DELIVER_CALLS: &str = "DELIVER_CALLS";
 /// Per-CPU [`crate::CtStats`] at index 0: conntrack inserts, refusals and
 /// the datapath's own removals.
 pub const CT_STATS: &str = "CT_STATS";
@@ -102,6 +107,7 @@ pub const PINNED_MAPS: &[&str] = &[
     MAPPINGS6,
     SOCK_REVNAT6,
     CONTAINER_IPS6,
+    DELIVER_CALLS,
 ];
 
 pub const MAX_POLICY_PREFIXES: usize = 262144;

@@ -4,11 +4,11 @@
 //! - To a container: `bpf_redirect_peer` into its `eth0`, for packets of
 //!   flows the container's inbound policy allowed already (a verdict hit,
 //!   counted on its veth as its egress program would). Skips the bridge,
-//!   the routing pass and the veth backlog queue. A flow's first packet
-//!   takes the stack to the veth, whose egress program judges it: new flows
-//!   are judged in one place, and the fast path stays small enough for the
-//!   verifier to check it once per entry point, not a second copy of the
-//!   policy path.
+//!   the routing pass and the veth backlog queue. A packet without such a
+//!   verdict (a flow's first) is judged by that policy on the way, in a
+//!   program of its own (`deliver4`, `deliver6`, tail-called): the same
+//!   judging as the veth's egress program, verified apart from the entry
+//!   points, whose verification budget the fast path shares.
 //! - From a container to anywhere else that is not the host itself:
 //!   `bpf_fib_lookup` picks the interface and next hop (and checks the
 //!   MTU), `bpf_redirect` sends it there (`bpf_redirect_neigh` while the
@@ -33,7 +33,8 @@ use aya_ebpf::{
 use netpath_common::{
     config::{CFG_F_FAST_PATH, CFG_F_ROUTE_MTUS4},
     conntrack::IPPROTO_TCP,
-    AddrFamily, ContainerEntry, DatapathConfig, DropReason, Fallback, HookId, In6Addr, Redirect,
+    hooks::{DELIVER4, DELIVER6},
+    AddrFamily, ContainerEntry, DatapathConfig, Direction, DropReason, Fallback, HookId, In6Addr, Redirect,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -44,7 +45,7 @@ use crate::{
     checksum,
     family::Family,
     ipv6::IP6_DST_OFF,
-    maps::{CONTAINERS, FORWARD_STATS, HOST_ADDRS4, ROUTE_MTUS4},
+    maps::{CONTAINERS, DELIVER_CALLS, FORWARD_STATS, HOST_ADDRS4, ROUTE_MTUS4},
     nat,
     offsets::{ip_hdr_len, tcp_hdr_len, IP_DF, IP_FRAGS_OFF, TCP_DOFF_OFF},
     packet::{load, mac_eq, ptr_at, ptr_at_mut, skb_ifindex},
@@ -80,31 +81,54 @@ pub enum Origin {
 /// chain down to the packet's parse has the whole stack.
 #[inline(always)]
 pub fn forward4(ctx: &TcContext, origin: Origin, carried: CarriedVerdict) -> i32 {
-    restoring_source::<[u8; 4]>(ctx, route4(ctx, origin, carried))
+    settle::<[u8; 4]>(ctx, route4(ctx, origin, carried))
 }
 
 /// [`forward4`] for IPv6.
 #[inline(always)]
 pub fn forward6(ctx: &TcContext, origin: Origin, carried: CarriedVerdict) -> i32 {
-    restoring_source::<In6Addr>(ctx, route6(ctx, origin, carried))
+    settle::<In6Addr>(ctx, route6(ctx, origin, carried))
 }
 
-/// What [`route4`] or [`route6`] decided; [`STACK_ANSWERS`] becomes
-/// `TC_ACT_OK` once the packet's source is the container's again.
+/// What [`route4`] or [`route6`] decided: [`STACK_ANSWERS`] becomes
+/// `TC_ACT_OK` once the packet's source is the container's again;
+/// [`TO_BE_JUDGED`] jumps to the family's judging program. Both in the
+/// entry point: a tail call from a called function is refused when its
+/// callers' frames take 256 bytes or more, and route6's alone takes 208.
 #[inline(always)]
-fn restoring_source<A: Family>(ctx: &TcContext, action: i32) -> i32 {
-    if action != STACK_ANSWERS {
-        return action;
+fn settle<A: Hop>(ctx: &TcContext, action: i32) -> i32 {
+    match action {
+        STACK_ANSWERS => {
+            // A failed rewrite leaves the packet as it was: still
+            // translated, every checksum consistent (each field is written
+            // with its own).
+            let _ = nat::restore_source::<A>(ctx, skb_ifindex(ctx));
+            TC_ACT_OK as i32
+        }
+        TO_BE_JUDGED => {
+            // SAFETY: the slot holds a program of the same type, or nothing.
+            unsafe { DELIVER_CALLS.tail_call(ctx, A::DELIVER_SLOT) };
+            unjudged()
+        }
+        _ => action,
     }
-    // A failed rewrite leaves the packet as it was: still translated, every
-    // checksum consistent (each field is written with its own).
-    let _ = nat::restore_source::<A>(ctx, skb_ifindex(ctx));
-    TC_ACT_OK as i32
+}
+
+/// [`fall_back`] for a failed jump to the judging program. Out of line: in
+/// the entry point, the counter's key would grow its frame, which is the
+/// first of the 512-byte chain to the verdict entries.
+#[inline(never)]
+fn unjudged() -> i32 {
+    fall_back(Fallback::Unjudged)
 }
 
 /// Not a tc action: "to the stack, with the container's own source" (see
 /// [`to_stack_as_sent`]).
 const STACK_ANSWERS: i32 = 0x100;
+
+/// Not a tc action: "to the container the control block names, once its
+/// inbound policy judged the packet" (see [`to_be_judged`]).
+const TO_BE_JUDGED: i32 = 0x200;
 
 /// The fast path's decision for an IPv4 packet (see [`forward4`]). Out of
 /// line, called by an entry point whose frame is tiny (its own stages are
@@ -269,8 +293,16 @@ fn to_container<A: Hop>(
         return fall_back(Fallback::MtuExceeded);
     }
     if !policy::allowed_inbound::<A>(ctx, target, cfg, carried) {
-        return fall_back(Fallback::Unjudged);
+        return to_be_judged(ctx, target.ifindex, routed);
     }
+    hand_to::<A>(ctx, cfg, target, routed, Redirect::ToContainer)
+}
+
+/// Into `target`'s `eth0`, passed: counted on its veth as its egress
+/// program would, the hop applied if `routed`, redirected to the veth's
+/// peer and counted as `how`.
+#[inline(always)]
+fn hand_to<A: Hop>(ctx: &TcContext, cfg: &DatapathConfig, target: &ContainerEntry, routed: bool, how: Redirect) -> i32 {
     let site = Site { hook: HookId::VethEgress, ifindex: target.ifindex, container_id: target.id, count: true };
     if !finish(ctx, site, ctx.len(), Ok(())) {
         return TC_ACT_SHOT as i32;
@@ -283,9 +315,52 @@ fn to_container<A: Hop>(
     // SAFETY: a helper call; the result is the tc action.
     let action = unsafe { bpf_redirect_peer(target.ifindex, 0) } as i32;
     if action == TC_ACT_REDIRECT as i32 {
-        count(Redirect::ToContainer);
+        count(how);
     }
     action
+}
+
+/// Leaves the receiving container (its veth `ifindex`) and whether the hop
+/// is routed in the skb's control block (words 2 and 3; 0 and 1 carry a
+/// translated flow's verdict to the IPv6 fast path) for the family's
+/// judging program, which the entry point jumps to ([`settle`]).
+#[inline(always)]
+fn to_be_judged(ctx: &TcContext, ifindex: u32, routed: bool) -> i32 {
+    // SAFETY: the context's skb is valid for the program's run, and tc
+    // programs may write its control block.
+    unsafe {
+        (*ctx.skb.skb).cb[2] = ifindex;
+        (*ctx.skb.skb).cb[3] = routed as u32;
+    }
+    TO_BE_JUDGED
+}
+
+/// The judging program's body (`deliver4`, `deliver6`): the packet
+/// [`to_be_judged`] left for a container without a verdict for its flow is
+/// judged by the container's inbound policy, as its veth's egress program
+/// would once the stack took it there (new flows remembered, a verdict of
+/// older rules judged again, fragments and ICMP errors by their flows),
+/// then handed to it, or dropped and counted on its veth. What the fast
+/// path checked before (hop limit, the container's MTU) holds: nothing
+/// changed the packet since.
+#[inline(always)]
+pub fn judge_and_deliver<A: Hop>(ctx: &TcContext) -> i32 {
+    let (ifindex, routed) = match ctx.cb() {
+        [_, _, ifindex, routed, ..] => (*ifindex, *routed != 0),
+        _ => return fall_back(Fallback::Unjudged),
+    };
+    let (Some(cfg), Some(target)) = (crate::maps::config(), CONTAINERS.get_ptr(ifindex)) else {
+        return fall_back(Fallback::NoInterface);
+    };
+    // SAFETY: map value pointer, valid during the run.
+    let target = unsafe { &*target };
+    let judged = policy::judge(ctx, &A::parse(ctx), target, Direction::In, cfg);
+    if let Err(reason) = judged {
+        let site = Site { hook: HookId::VethEgress, ifindex, container_id: target.id, count: true };
+        finish(ctx, site, ctx.len(), Err(reason));
+        return TC_ACT_SHOT as i32;
+    }
+    hand_to::<A>(ctx, cfg, target, routed, Redirect::ToContainerJudged)
 }
 
 /// The length the route's MTU is checked against: the packet's own
@@ -462,8 +537,12 @@ fn to_stack_as_sent<A: Hop>(ctx: &TcContext, why: Fallback, fast: bool) -> i32 {
     }
 }
 
-/// What a routed hop changes in a family's header.
-trait Hop: Family {
+/// What a routed hop changes in a family's header, and the family's
+/// judging program.
+pub trait Hop: Family {
+    /// Its slot in `DELIVER_CALLS`.
+    const DELIVER_SLOT: u32;
+
     fn decrement_hop_limit(ctx: &TcContext) -> Result<(), DropReason>;
 
     /// Does the stack answer a packet that fell back for `why` with an
@@ -472,6 +551,7 @@ trait Hop: Family {
 }
 
 impl Hop for [u8; 4] {
+    const DELIVER_SLOT: u32 = DELIVER4;
     /// TTL minus one, with the header checksum updated for the 16-bit word
     /// the TTL shares with the protocol (RFC 1624; the IPv4 header checksum
     /// is always whole in the header, whatever the skb's checksum state).
@@ -499,6 +579,7 @@ impl Hop for [u8; 4] {
 }
 
 impl Hop for In6Addr {
+    const DELIVER_SLOT: u32 = DELIVER6;
     /// The hop limit minus one (IPv6 has no header checksum).
     #[inline(always)]
     fn decrement_hop_limit(ctx: &TcContext) -> Result<(), DropReason> {

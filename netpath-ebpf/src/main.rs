@@ -42,7 +42,7 @@ use netpath_common::{
         TAIL_UPLINK_EGRESS6, TAIL_UPLINK_FORWARD6, TAIL_UPLINK_INGRESS6, TAIL_VETH_EGRESS6, TAIL_VETH_FORWARD6,
         TAIL_VETH_INGRESS6,
     },
-    ContainerEntry, DatapathConfig, Direction, DropReason, HookId,
+    ContainerEntry, DatapathConfig, Direction, DropReason, HookId, In6Addr,
 };
 
 use crate::{
@@ -160,6 +160,20 @@ pub fn veth_forward6(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn uplink_forward6(ctx: TcContext) -> i32 {
     forward::forward6(&ctx, Origin::Uplink, CarriedVerdict::from_cb(&ctx))
+}
+
+/// A packet the IPv4 fast path would hand to a container that has no
+/// verdict for its flow yet, judged by that container's inbound policy on
+/// the way (`forward::judge_and_deliver`), tail-called from `forward4`.
+#[classifier]
+pub fn deliver4(ctx: TcContext) -> i32 {
+    forward::judge_and_deliver::<[u8; 4]>(&ctx)
+}
+
+/// [`deliver4`] for IPv6, tail-called from `forward6`.
+#[classifier]
+pub fn deliver6(ctx: TcContext) -> i32 {
+    forward::judge_and_deliver::<In6Addr>(&ctx)
 }
 
 /// What `container` sends over IPv6: its addresses and roles checked, then

@@ -82,6 +82,10 @@ pub static SCRATCH6: PerCpuArray<crate::family::Scratch<In6Addr>, 1> = PerCpuArr
 #[btf_map]
 pub static TAIL_CALLS: ProgramArray<{ netpath_common::TAIL_CALLS.len() }> = ProgramArray::new();
 
+/// The fast path's judging programs (netpath_common::DELIVER_CALLS).
+#[btf_map]
+pub static DELIVER_CALLS: ProgramArray<{ netpath_common::DELIVER_CALLS.len() }> = ProgramArray::new();
+
 #[btf_map]
 pub static POLICY4: LpmTrie<PolicyKey4, PolicyEntry, MAX_POLICY_PREFIXES> = LpmTrie::new();
 

@@ -1,12 +1,13 @@
 //! Packet tests of the fast path: the exact frame a redirect hands over
 //! (translated, the routing hop applied: TTL, MACs, checksum; checked
-//! against frames built from scratch), and what falls back to the stack
-//! untouched, counted. The redirects themselves are topology tests
+//! against frames built from scratch), a new flow's first packet judged on
+//! the way by the receiving container's policy, and what falls back to the
+//! stack untouched, counted. The redirects themselves are topology tests
 //! (`fast_path.rs`): a test run reports the verdict but delivers nothing.
 
 use netpath_common::{
-    config::CFG_F_FAST_PATH, container::CONTAINER_F_DEFAULT_DENY_IN, Fallback, ForwardStats, HookId, MappingEntry4,
-    MappingKey4, Redirect,
+    config::CFG_F_FAST_PATH, container::CONTAINER_F_DEFAULT_DENY_IN, forward::FALLBACK_COUNT, Fallback, ForwardStats,
+    HookId, MappingEntry4, MappingKey4, Redirect,
 };
 use netpath_tests::{
     fixtures::{self, hex, C1, C1_MAC, CLIENT, CLIENT_MAC, GATEWAY_MAC, HOST, SERVER, TC_ACT_OK, TC_ACT_SHOT},
@@ -45,26 +46,25 @@ fn forward_stats(h: &mut PacketHarness) -> ForwardStats {
 fn a_published_flow_is_handed_to_its_container_with_the_hop_applied() {
     let mut h = harness(CFG_F_FAST_PATH);
     let query = frames::eth(LO_MAC, CLIENT_MAC, ETH_P_IPV4, &udp_packet((CLIENT, 40000), (HOST, 8053), 64));
-    let translated = udp_packet((CLIENT, 40000), (C1, 53), 64);
-    // The flow's first datagram: translated, and left to the stack, which
-    // takes it to the container's veth to be judged there.
-    let r = h.run(HookId::UplinkIngress.program(), &query).unwrap();
-    assert_eq!(r.verdict, TC_ACT_OK, "no verdict yet: to the stack");
-    assert_eq!(hex(&r.data), hex(&frames::eth(LO_MAC, CLIENT_MAC, ETH_P_IPV4, &translated)));
-    assert_eq!(forward_stats(&mut h).fallbacks[Fallback::Unjudged as usize], 1);
-    // The veth's egress program judges it (the stack routed it: TTL 63).
+    // DNAT, one hop: TTL 63, to the container's MAC from the gateway's.
     let routed = frames::eth(C1_MAC, GATEWAY_MAC, ETH_P_IPV4, &udp_packet((CLIENT, 40000), (C1, 53), 63));
-    assert_eq!(h.run(HookId::VethEgress.program(), &routed).unwrap().verdict, TC_ACT_OK);
-    // The next datagram goes the fast way. DNAT, one hop: TTL 63, to the
-    // container's MAC from the gateway's.
+    // The flow's first datagram: no verdict of the container's yet, so its
+    // inbound policy judges it on the way (the judging program, jumped to
+    // by the fast path), and it is handed over as the next ones are.
     let r = h.run(HookId::UplinkIngress.program(), &query).unwrap();
-    assert_eq!(r.verdict, TC_ACT_REDIRECT, "redirected into the container");
+    assert_eq!(r.verdict, TC_ACT_REDIRECT, "judged on the way, into the container");
     assert_eq!(hex(&r.data), hex(&routed));
     frames::verify_checksums(&r.data).unwrap();
     let stats = forward_stats(&mut h);
+    assert_eq!(stats.redirected[Redirect::ToContainerJudged as usize], 1, "{stats:?}");
+    assert_eq!(stats.fallbacks, [0; FALLBACK_COUNT], "nothing left to the stack: {stats:?}");
+    // The next datagram finds the verdict the first one left.
+    let r = h.run(HookId::UplinkIngress.program(), &query).unwrap();
+    assert_eq!(r.verdict, TC_ACT_REDIRECT, "redirected into the container");
+    assert_eq!(hex(&r.data), hex(&routed));
+    let stats = forward_stats(&mut h);
     assert_eq!(stats.redirected[Redirect::ToContainer as usize], 1, "{stats:?}");
-    // The container's counters moved as its veth's egress would have: once
-    // by the program itself, once by the fast path.
+    // The container's counters moved as its veth's egress would have.
     let c1 = h.dp.stats(TEST_IFINDEX).unwrap();
     assert_eq!(c1.egress.packets, 2, "{c1:?}");
 }
@@ -73,22 +73,21 @@ fn a_published_flow_is_handed_to_its_container_with_the_hop_applied() {
 fn a_flow_the_container_s_rules_now_deny_is_no_longer_redirected() {
     let mut h = harness(CFG_F_FAST_PATH);
     let query = frames::eth(LO_MAC, CLIENT_MAC, ETH_P_IPV4, &udp_packet((CLIENT, 40000), (HOST, 8053), 64));
-    let routed = frames::eth(C1_MAC, GATEWAY_MAC, ETH_P_IPV4, &udp_packet((CLIENT, 40000), (C1, 53), 63));
     let uplink = |h: &PacketHarness| h.run(HookId::UplinkIngress.program(), &query).unwrap().verdict;
-    assert_eq!(uplink(&h), TC_ACT_OK);
-    assert_eq!(h.run(HookId::VethEgress.program(), &routed).unwrap().verdict, TC_ACT_OK, "allowed at the veth");
+    assert_eq!(uplink(&h), TC_ACT_REDIRECT, "judged on the way and allowed");
     assert_eq!(uplink(&h), TC_ACT_REDIRECT);
     // The container's rules change (default deny in; its policy epoch
-    // moves on, as the agent writes it): the verdict is of an older epoch.
+    // moves on, as the agent writes it): the verdict is of an older epoch,
+    // judged again on the way, and denied.
     let mut c1 = fixtures::container(C1, C1_MAC, 1, CONTAINER_F_DEFAULT_DENY_IN);
     c1.policy_epoch = 1;
     h.dp.set_container(TEST_IFINDEX, &c1).unwrap();
-    assert_eq!(uplink(&h), TC_ACT_OK, "to the stack, to be judged again");
-    assert_eq!(h.run(HookId::VethEgress.program(), &routed).unwrap().verdict, TC_ACT_SHOT, "and denied there");
-    assert_eq!(uplink(&h), TC_ACT_OK, "never redirected again");
+    assert_eq!(uplink(&h), TC_ACT_SHOT, "judged again, and denied");
+    assert_eq!(uplink(&h), TC_ACT_SHOT, "never redirected again");
     let stats = forward_stats(&mut h);
+    assert_eq!(stats.redirected[Redirect::ToContainerJudged as usize], 1, "{stats:?}");
     assert_eq!(stats.redirected[Redirect::ToContainer as usize], 1, "{stats:?}");
-    assert_eq!(stats.fallbacks[Fallback::Unjudged as usize], 3, "{stats:?}");
+    assert_eq!(stats.fallbacks, [0; FALLBACK_COUNT], "{stats:?}");
 }
 
 #[test]
@@ -147,9 +146,7 @@ fn switched_off_nothing_is_redirected() {
 fn a_reply_the_stack_answers_goes_to_it_with_the_container_s_source() {
     let mut h = harness(CFG_F_FAST_PATH);
     let query = frames::eth(LO_MAC, CLIENT_MAC, ETH_P_IPV4, &udp_packet((CLIENT, 40000), (HOST, 8053), 64));
-    assert_eq!(h.run(HookId::UplinkIngress.program(), &query).unwrap().verdict, TC_ACT_OK);
-    let routed = frames::eth(C1_MAC, GATEWAY_MAC, ETH_P_IPV4, &udp_packet((CLIENT, 40000), (C1, 53), 63));
-    assert_eq!(h.run(HookId::VethEgress.program(), &routed).unwrap().verdict, TC_ACT_OK);
+    assert_eq!(h.run(HookId::UplinkIngress.program(), &query).unwrap().verdict, TC_ACT_REDIRECT);
 
     let reply = |ttl| frames::eth(GATEWAY_MAC, C1_MAC, ETH_P_IPV4, &udp_packet((C1, 53), (CLIENT, 40000), ttl));
     let r = h.run(HookId::VethIngress.program(), &reply(1)).unwrap();

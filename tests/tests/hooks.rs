@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use netpath_common::{hooks::Target, HOOKS, TAIL_CALLS};
+use netpath_common::{hooks::Target, DELIVER_CALLS, HOOKS, TAIL_CALLS};
 use netpath_tests::{prog_run::PacketHarness, topology::Topology};
 use netpath_userspace::model::Status;
 
@@ -17,7 +17,7 @@ fn every_program_in_the_object_is_declared_and_every_hook_is_in_the_object() {
     let declared: BTreeSet<String> = HOOKS
         .iter()
         .map(|hook| hook.program.to_string())
-        .chain(TAIL_CALLS.iter().map(|tail| tail.program.to_string()))
+        .chain(TAIL_CALLS.iter().chain(&DELIVER_CALLS).map(|tail| tail.program.to_string()))
         .collect();
     assert_eq!(in_object, declared, "programs in the object vs the hook and tail-call tables");
 }

@@ -16,8 +16,8 @@ use aya::{
 use aya_obj::generated::bpf_map_type;
 use netpath_common::{
     hooks::Attach, maps as names, ContainerEntry, CtEntry4, CtKey4, CtStats, DatapathConfig, HostAddr, In6Addr,
-    MappingEntry4, MappingKey4, PolicyEntry, PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats, HOOKS,
-    TAIL_CALLS,
+    MappingEntry4, MappingKey4, PolicyEntry, PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats, DELIVER_CALLS,
+    HOOKS, TAIL_CALLS,
 };
 
 use super::Datapath;
@@ -39,7 +39,7 @@ pub const LAYOUT_MAP: &str = "LAYOUT";
 
 /// Key and value sizes of every pinned map as the agent's types have them
 /// (the object must declare the same; a unit test checks it).
-const MAP_LAYOUTS: [(&str, usize, usize); 27] = [
+const MAP_LAYOUTS: [(&str, usize, usize); 28] = [
     (names::CONTAINERS, size_of::<u32>(), size_of::<ContainerEntry>()),
     (names::IFACE_STATS, size_of::<u32>(), size_of::<TrafficStats>()),
     (names::MAPPINGS4, size_of::<MappingKey4>(), size_of::<MappingEntry4>()),
@@ -72,24 +72,26 @@ const MAP_LAYOUTS: [(&str, usize, usize); 27] = [
     (names::MAPPINGS6, size_of::<netpath_common::MappingKey6>(), size_of::<netpath_common::MappingEntry6>()),
     (names::SOCK_REVNAT6, size_of::<netpath_common::SockRevNatKey6>(), size_of::<netpath_common::SockRevNatEntry6>()),
     (names::CONTAINER_IPS6, size_of::<In6Addr>(), size_of::<u32>()),
+    (names::DELIVER_CALLS, size_of::<u32>(), size_of::<u32>()),
 ];
 
-/// Loads the tail-called programs and puts each in its `TAIL_CALLS` slot,
-/// before any entry point of this load is attached: an entry point that
-/// jumps to an empty slot drops the packet.
+/// Loads the tail-called programs and puts each in its slot of its program
+/// array (`TAIL_CALLS`, `DELIVER_CALLS`), before any entry point of this
+/// load is attached: an entry point that jumps to an empty `TAIL_CALLS`
+/// slot drops the packet, the fast path leaves it to the stack.
 fn load_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
-    let mut fds = Vec::with_capacity(TAIL_CALLS.len());
-    for tail in &TAIL_CALLS {
-        let prog = <&mut SchedClassifier>::try_from(program_mut(ebpf, tail.program)?)?;
-        prog.load().with_context(|| format!("loading program {}", tail.program))?;
-        fds.push((tail, prog.fd()?.try_clone()?));
-    }
-    let map = ebpf
-        .map_mut(names::TAIL_CALLS)
-        .ok_or_else(|| anyhow!("the BPF object declares no map {}", names::TAIL_CALLS))?;
-    let mut slots = aya::maps::ProgramArray::try_from(map)?;
-    for (tail, fd) in &fds {
-        slots.set(tail.slot, fd, 0).with_context(|| format!("putting {} in {}", tail.program, names::TAIL_CALLS))?;
+    for (array, table) in [(names::TAIL_CALLS, &TAIL_CALLS[..]), (names::DELIVER_CALLS, &DELIVER_CALLS[..])] {
+        let mut fds = Vec::with_capacity(table.len());
+        for tail in table {
+            let prog = <&mut SchedClassifier>::try_from(program_mut(ebpf, tail.program)?)?;
+            prog.load().with_context(|| format!("loading program {}", tail.program))?;
+            fds.push((tail, prog.fd()?.try_clone()?));
+        }
+        let map = ebpf.map_mut(array).ok_or_else(|| anyhow!("the BPF object declares no map {array}"))?;
+        let mut slots = aya::maps::ProgramArray::try_from(map)?;
+        for (tail, fd) in &fds {
+            slots.set(tail.slot, fd, 0).with_context(|| format!("putting {} in {array}", tail.program))?;
+        }
     }
     Ok(())
 }
