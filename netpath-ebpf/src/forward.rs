@@ -34,7 +34,7 @@ use netpath_common::{
     config::{CFG_F_FAST_PATH, CFG_F_ROUTE_MTUS4},
     conntrack::IPPROTO_TCP,
     hooks::{DELIVER4, DELIVER6},
-    AddrFamily, ContainerEntry, DatapathConfig, Direction, DropReason, Fallback, HookId, In6Addr, Redirect,
+    AddrFamily, ContainerEntry, DatapathConfig, DropReason, Fallback, In6Addr, Redirect,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -50,7 +50,7 @@ use crate::{
     offsets::{ip_hdr_len, tcp_hdr_len, IP_DF, IP_FRAGS_OFF, TCP_DOFF_OFF},
     packet::{load, mac_eq, ptr_at, ptr_at_mut, skb_ifindex},
     policy::{self, CarriedVerdict},
-    verdict::{finish, Site},
+    receive,
 };
 
 const AF_INET: u8 = 2;
@@ -295,18 +295,17 @@ fn to_container<A: Hop>(
     if !policy::allowed_inbound::<A>(ctx, target, cfg, carried) {
         return to_be_judged(ctx, target.ifindex, routed);
     }
+    if !receive::counted(ctx, target, Ok(())) {
+        return TC_ACT_SHOT as i32;
+    }
     hand_to::<A>(ctx, cfg, target, routed, Redirect::ToContainer)
 }
 
-/// Into `target`'s `eth0`, passed: counted on its veth as its egress
-/// program would, the hop applied if `routed`, redirected to the veth's
+/// Into `target`'s `eth0`, once passed and counted on its veth (see
+/// [`receive`]): the hop applied if `routed`, redirected to the veth's
 /// peer and counted as `how`.
 #[inline(always)]
 fn hand_to<A: Hop>(ctx: &TcContext, cfg: &DatapathConfig, target: &ContainerEntry, routed: bool, how: Redirect) -> i32 {
-    let site = Site { hook: HookId::VethEgress, ifindex: target.ifindex, container_id: target.id, count: true };
-    if !finish(ctx, site, ctx.len(), Ok(())) {
-        return TC_ACT_SHOT as i32;
-    }
     if routed && route_hop::<A>(ctx, &target.mac, &cfg.gateway_mac).is_err() {
         // Counted as the write failure it is, on the container it was for.
         crate::stats::count_drop_on_container(target.ifindex, DropReason::WriteFailed);
@@ -354,10 +353,7 @@ pub fn judge_and_deliver<A: Hop>(ctx: &TcContext) -> i32 {
     };
     // SAFETY: map value pointer, valid during the run.
     let target = unsafe { &*target };
-    let judged = policy::judge(ctx, &A::parse(ctx), target, Direction::In, cfg);
-    if let Err(reason) = judged {
-        let site = Site { hook: HookId::VethEgress, ifindex, container_id: target.id, count: true };
-        finish(ctx, site, ctx.len(), Err(reason));
+    if !receive::judged::<A>(ctx, target, cfg) {
         return TC_ACT_SHOT as i32;
     }
     hand_to::<A>(ctx, cfg, target, routed, Redirect::ToContainerJudged)

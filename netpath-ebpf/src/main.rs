@@ -25,6 +25,7 @@ mod nat;
 mod offsets;
 mod packet;
 mod policy;
+mod receive;
 mod sock;
 mod stats;
 mod translate;
@@ -194,24 +195,7 @@ fn judge_sent6(ctx: &TcContext, container: &ContainerEntry, cfg: &DatapathConfig
 /// container's inbound policy.
 #[classifier]
 pub fn veth_egress6(ctx: TcContext) -> i32 {
-    let ifindex = skb_ifindex(&ctx);
-    let len = ctx.len();
-    let container = CONTAINERS.get_ptr(ifindex);
-    let container_id = match container {
-        // SAFETY: map values stay valid for the program's run.
-        Some(container) => unsafe { (*container).id },
-        None => 0,
-    };
-    let result = match (container, config()) {
-        (Some(container), Some(cfg)) => {
-            packet::pull_headers(&ctx);
-            // SAFETY: as above.
-            policy::judge(&ctx, &ipv6::parse6(&ctx), unsafe { &*container }, Direction::In, cfg)
-        }
-        _ => Ok(()),
-    };
-    let site = Site { hook: HookId::VethEgress, ifindex, container_id, count: true };
-    tc_action(finish(&ctx, site, len, result))
+    tc_action(receive::at_veth_egress::<In6Addr>(&ctx))
 }
 
 /// Jumps to the tail-called program in `slot`. If the jump fails (the
@@ -232,32 +216,16 @@ fn no_tail_call(ctx: &TcContext, hook: HookId) -> i32 {
     tc_action(finish(ctx, site, ctx.len(), Err(DropReason::UnsupportedProtocol)))
 }
 
-/// tc egress on a container's host-side veth: everything delivered to the
-/// container, after translation; the container's inbound policy judges new
-/// flows here.
+/// tc egress on a container's host-side veth: everything the stack
+/// delivers to the container, after translation; the container's inbound
+/// policy judges new flows here (the fast path's own deliveries are judged
+/// on the way, see [`deliver4`]).
 #[classifier]
 pub fn veth_egress(ctx: TcContext) -> i32 {
     if packet::is_ipv6(&ctx) {
         return tail_call(&ctx, TAIL_VETH_EGRESS6, HookId::VethEgress);
     }
-    let ifindex = skb_ifindex(&ctx);
-    let len = ctx.len();
-    let container = CONTAINERS.get_ptr(ifindex);
-    let container_id = match container {
-        // SAFETY: map values stay valid for the program's run.
-        Some(container) => unsafe { (*container).id },
-        None => 0,
-    };
-    let result = match (container, config()) {
-        (Some(container), Some(cfg)) => {
-            packet::pull_headers(&ctx);
-            // SAFETY: as above.
-            policy::judge(&ctx, &flow::parse4(&ctx), unsafe { &*container }, Direction::In, cfg)
-        }
-        _ => Ok(()),
-    };
-    let site = Site { hook: HookId::VethEgress, ifindex, container_id, count: true };
-    tc_action(finish(&ctx, site, len, result))
+    tc_action(receive::at_veth_egress::<[u8; 4]>(&ctx))
 }
 
 /// tc ingress on the uplink: published ports from outside, and replies of
