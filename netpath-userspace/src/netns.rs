@@ -88,6 +88,22 @@ impl Netns {
         })
     }
 
+    /// Starts `f` on a thread of its own inside this namespace and returns
+    /// at once, for work that can go on beside the caller's; the handle's
+    /// join gives its result.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<std::thread::JoinHandle<Result<T>>> {
+        let file = self.file.try_clone().with_context(|| format!("netns {}", self.path.display()))?;
+        let path = self.path.clone();
+        Ok(std::thread::spawn(move || {
+            setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("entering netns {}", path.display()))?;
+            f()
+        }))
+    }
+
     /// Moves the calling thread into this namespace for good (used by
     /// `netpathd --netns` before it starts any other thread).
     pub fn enter(&self) -> Result<()> {

@@ -338,3 +338,27 @@ fn a_sysctl_section_writes_where_it_was_opened() {
     let e = in_a.run(|| conf.write("nosuch0", "disable_ipv6", "1")).unwrap_err();
     assert!(format!("{e:#}").contains("net.ipv6.conf.nosuch0.disable_ipv6"), "{e:#}");
 }
+
+/// A container's `net.ipv6.conf` is opened on a thread of its own inside
+/// the container's namespace (`Netns::spawn`) while the agent sets up the
+/// host end: what that thread opens is the container's, and the caller
+/// goes on meanwhile.
+#[test]
+fn a_thread_spawned_in_a_namespace_opens_that_namespaces_settings() {
+    use netpath_userspace::netns::{Netns, SysctlSection};
+    assert!(netpath_tests::is_root(), "creates namespaces: run as root");
+    let mut t = Topology::new(0).unwrap();
+    let ns = t.new_netns("sp").unwrap();
+    t.exec(&ns, &["ip", "link", "add", "d0", "type", "veth", "peer", "name", "d1"]).unwrap();
+    let own = Netns::current().unwrap().inode().unwrap();
+    let opening = Netns::open(&ns).unwrap().spawn(|| SysctlSection::open("net.ipv6.conf")).unwrap();
+    // The caller stays where it was.
+    assert_eq!(Netns::current().unwrap().inode().unwrap(), own);
+    let conf = opening.join().unwrap().unwrap();
+    conf.write("d0", "accept_ra", "0").unwrap();
+    let out = t.exec(&ns, &["cat", "/proc/sys/net/ipv6/conf/d0/accept_ra"]).unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "written in the spawned thread's namespace");
+    // A failure in the spawned thread comes back whole.
+    let e = Netns::open(&ns).unwrap().spawn(|| SysctlSection::open("net.nosuch")).unwrap().join().unwrap().unwrap_err();
+    assert!(format!("{e:#}").contains("/proc/sys/net/nosuch"), "{e:#}");
+}

@@ -422,6 +422,16 @@ impl Inner {
         };
         let host_index = self.nl.create_veth(&pair).await?;
         c.ifindex = host_index;
+        // The container's IPv6 settings directory, opened while the host end
+        // is set up: a namespace's first look at /proc/sys/net/ipv6 walks
+        // one entry per namespace on the host (see SysctlSection), some
+        // milliseconds with thousands of containers, and takes no lock the
+        // host end's setup holds (its tcx attachments wait for RCU grace
+        // periods under the RTNL lock).
+        let ipv6_conf = match target {
+            Some((ns, _)) => Some(ns.spawn(|| SysctlSection::open(IPV6_CONF))?),
+            None => None,
+        };
         // Who it is, on the interface: `netpathd --recover` reads it back.
         self.nl.set_alias(host_index, &VethIdentity::of(c).to_alias()).await?;
         // Bridge ports need no IPv6 of their own (a host without IPv6 has
@@ -439,7 +449,11 @@ impl Inner {
         };
         let index = cnl.link_index(&c.ifname).await?;
         let net6 = cfg.net6.zip(c.ip6);
-        ns.run(|| configure_ipv6(&c.ifname, net6.is_some()))?;
+        let ipv6_conf = match ipv6_conf {
+            Some(opening) => opening.join().unwrap_or_else(|_| Err(anyhow::anyhow!("opening {IPV6_CONF}: panicked"))),
+            None => ns.run(|| SysctlSection::open(IPV6_CONF)),
+        };
+        ns.run(|| configure_ipv6(ipv6_conf, &c.ifname, net6.is_some()))?;
         let net4 = cfg.net4.zip(c.ip);
         if let Some((net4, ip)) = net4 {
             cnl.ensure_address(index, ip, net4.subnet.prefix_len()).await?;
@@ -530,6 +544,9 @@ impl Inner {
     }
 }
 
+/// A namespace's per-interface IPv6 settings.
+const IPV6_CONF: &str = "net.ipv6.conf";
+
 /// IPv6 on a container's interface `ifname` (run inside its netns, before
 /// the interface is up). Without an IPv6 address it is off: the datapath
 /// would drop whatever IPv6 the container sent. With one: no DAD (the
@@ -537,13 +554,14 @@ impl Inner {
 /// sets the route; RAs from other containers are dropped anyway), and the
 /// EUI-64 link-local address (addr_gen_mode 0), which is the one the
 /// datapath's anti-spoofing lets the container use (`link_local_of`).
-fn configure_ipv6(ifname: &str, enabled: bool) -> Result<()> {
+/// `conf` is the namespace's [`IPV6_CONF`], or why it could not be opened.
+fn configure_ipv6(conf: Result<SysctlSection>, ifname: &str, enabled: bool) -> Result<()> {
     let settings: &[(&str, &str)] = if enabled {
         &[("accept_dad", "0"), ("accept_ra", "0"), ("addr_gen_mode", "0"), ("disable_ipv6", "0")]
     } else {
         &[("disable_ipv6", "1")]
     };
-    match SysctlSection::open("net.ipv6.conf").and_then(|conf| conf.write_all(ifname, settings)) {
+    match conf.and_then(|conf| conf.write_all(ifname, settings)) {
         Ok(()) => Ok(()),
         // Why, asked only on failure: each lookup there costs a walk over
         // every namespace's entry (see SysctlSection).

@@ -9,6 +9,9 @@
 //!   is netpath's own work; the rest moves with the machine (cold buckets,
 //!   LRU free lists), which a shared VM makes vary by 2x from minute to
 //!   minute.
+//!
+//! And [`tcx_link`]: a bare tcx attachment of a program (the empty one),
+//! which the attach curve samples beside netpath's container attaches.
 
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 
@@ -17,6 +20,9 @@ use netpath_common::{CtEntry4, CtKey4};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_TCX_INGRESS: u32 = 46;
+const BPF_TCX_EGRESS: u32 = 47;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 
@@ -130,6 +136,33 @@ fn exit() -> u64 {
 /// `dst = map` (a 16-byte instruction the kernel resolves from the fd).
 fn ld_map_fd(dst: u8, fd: RawFd) -> [u64; 2] {
     [insn(0x18, dst, BPF_PSEUDO_MAP_FD, 0, fd), 0]
+}
+
+/// `BPF_LINK_CREATE`'s attributes for a tcx link (the `tcx` member of
+/// `link_create`'s union: a relative fd or id, and an expected revision).
+#[repr(C)]
+#[derive(Default)]
+struct TcxLinkAttr {
+    prog_fd: u32,
+    target_ifindex: u32,
+    attach_type: u32,
+    flags: u32,
+    relative_fd: u32,
+    _pad: u32,
+    expected_revision: u64,
+}
+
+/// A tcx link of `prog` on the interface `ifindex` of the calling thread's
+/// namespace, on its egress side if `egress`, else its ingress; closing
+/// the returned fd detaches it.
+pub(super) fn tcx_link(prog: RawFd, ifindex: u32, egress: bool) -> Result<OwnedFd> {
+    let attach_type = if egress { BPF_TCX_EGRESS } else { BPF_TCX_INGRESS };
+    let attr = TcxLinkAttr { prog_fd: prog as u32, target_ifindex: ifindex, attach_type, ..Default::default() };
+    // SAFETY: attr is a valid bpf_attr prefix for BPF_LINK_CREATE.
+    bpf_fd(unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_LINK_CREATE, &attr as *const TcxLinkAttr, std::mem::size_of::<TcxLinkAttr>())
+    })
+    .with_context(|| format!("creating a tcx link on interface {ifindex}"))
 }
 
 #[repr(C)]
