@@ -5,19 +5,20 @@ use std::{
     fs,
     mem::size_of,
     path::{Path, PathBuf},
+    sync::Mutex,
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
     maps::{Array, Map, MapData, MapInfo, MapType},
-    programs::{CgroupSockAddr, SchedClassifier, Xdp},
+    programs::{Program, SchedClassifier},
     Ebpf, EbpfLoader,
 };
 use aya_obj::generated::bpf_map_type;
 use netpath_common::{
-    hooks::Attach, maps as names, ContainerEntry, CtEntry4, CtKey4, CtStats, DatapathConfig, HostAddr, In6Addr,
-    MappingEntry4, MappingKey4, PolicyEntry, PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats, DELIVER_CALLS,
-    HOOKS, TAIL_CALLS,
+    maps as names, ContainerEntry, CtEntry4, CtKey4, CtStats, DatapathConfig, HostAddr, In6Addr, MappingEntry4,
+    MappingKey4, PolicyEntry, PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats, DELIVER_CALLS, HOOKS,
+    TAIL_CALLS,
 };
 
 use super::Datapath;
@@ -75,16 +76,68 @@ const MAP_LAYOUTS: [(&str, usize, usize); 28] = [
     (names::DELIVER_CALLS, size_of::<u32>(), size_of::<u32>()),
 ];
 
-/// Loads the tail-called programs and puts each in its slot of its program
-/// array (`TAIL_CALLS`, `DELIVER_CALLS`), before any entry point of this
-/// load is attached: an entry point that jumps to an empty `TAIL_CALLS`
-/// slot drops the packet, the fast path leaves it to the stack.
-fn load_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
+/// Loads (has the kernel verify) every program the hook table and the
+/// tail-call tables name, on as many threads as there are CPUs: the
+/// verifier's work is per program and CPU-bound (veth_ingress alone takes
+/// some 900k of its steps), and the kernel verifies privileged loads side
+/// by side. One after the other they took ~10 s of every agent start here,
+/// and of every restart and upgrade.
+fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
+    let wanted: Vec<&str> =
+        HOOKS.iter().map(|h| h.program).chain(TAIL_CALLS.iter().chain(&DELIVER_CALLS).map(|t| t.program)).collect();
+    let mut queue: Vec<(&str, &mut Program)> = ebpf.programs_mut().filter(|(name, _)| wanted.contains(name)).collect();
+    if let Some(missing) = wanted.iter().find(|w| !queue.iter().any(|(name, _)| name == *w)) {
+        bail!("program {missing} missing from the BPF object");
+    }
+    // Taken in the tables' order (popped from the end): the hook table
+    // starts with veth_ingress, by far the longest to verify, which then
+    // runs beside all the others rather than after them.
+    queue.sort_by_key(|(name, _)| std::cmp::Reverse(wanted.iter().position(|w| w == name)));
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(queue.len());
+    let queue = Mutex::new(queue);
+    let next = || queue.lock().unwrap_or_else(|e| e.into_inner()).pop();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    while let Some((name, program)) = next() {
+                        load_program(name, program)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        let mut result = Ok(());
+        for worker in workers {
+            let done = worker.join().unwrap_or_else(|_| Err(anyhow!("a program-loading thread panicked")));
+            // The first error; a failed worker stops, the others finish
+            // the queue (each load is independent).
+            result = result.and(done);
+        }
+        result
+    })
+}
+
+/// Loads one program, as the kind of program it is.
+fn load_program(name: &str, program: &mut Program) -> Result<()> {
+    let loaded = match program {
+        Program::SchedClassifier(p) => p.load(),
+        Program::Xdp(p) => p.load(),
+        Program::CgroupSockAddr(p) => p.load(),
+        other => bail!("program {name} is a {:?} program, which netpath does not load", other.prog_type()),
+    };
+    loaded.with_context(|| format!("loading program {name}"))
+}
+
+/// Puts each tail-called program (loaded) in its slot of its program array
+/// (`TAIL_CALLS`, `DELIVER_CALLS`), before any entry point of this load is
+/// attached: an entry point that jumps to an empty `TAIL_CALLS` slot drops
+/// the packet, the fast path leaves it to the stack.
+fn fill_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
     for (array, table) in [(names::TAIL_CALLS, &TAIL_CALLS[..]), (names::DELIVER_CALLS, &DELIVER_CALLS[..])] {
         let mut fds = Vec::with_capacity(table.len());
         for tail in table {
             let prog = <&mut SchedClassifier>::try_from(program_mut(ebpf, tail.program)?)?;
-            prog.load().with_context(|| format!("loading program {}", tail.program))?;
             fds.push((tail, prog.fd()?.try_clone()?));
         }
         let map = ebpf.map_mut(array).ok_or_else(|| anyhow!("the BPF object declares no map {array}"))?;
@@ -162,16 +215,8 @@ impl Datapath {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(object).context("loading the BPF object")?;
-        for hook in &HOOKS {
-            let what = || format!("loading program {}", hook.program);
-            let prog = program_mut(&mut ebpf, hook.program)?;
-            match hook.attach {
-                Attach::Tcx(_) => <&mut SchedClassifier>::try_from(prog)?.load().with_context(what)?,
-                Attach::Xdp => <&mut Xdp>::try_from(prog)?.load().with_context(what)?,
-                Attach::SockAddr(_) => <&mut CgroupSockAddr>::try_from(prog)?.load().with_context(what)?,
-            }
-        }
-        load_tail_calls(&mut ebpf)?;
+        load_programs(&mut ebpf)?;
+        fill_tail_calls(&mut ebpf)?;
         // A handle on each pinned map, opened through its pin while it is there.
         let mut map_fds = vec![];
         for (name, path) in &map_paths {
