@@ -263,4 +263,28 @@ mod tests {
         assert_ne!(run(floor.fd(), &frame(1), 1).unwrap().verdict, 0, "the same flow again: both keys taken");
         assert_eq!(run(floor.fd(), &frame(2), 1).unwrap().verdict, 0, "another flow");
     }
+
+    /// A tcx link of the empty program is on the veth's side it names
+    /// while its fd is open, and gone once it is closed.
+    #[test]
+    fn a_tcx_link_attaches_until_closed() {
+        use aya::programs::{SchedClassifier, TcAttachType};
+        use netpath_tests::topology::Topology;
+        let mut t = Topology::new(0).unwrap();
+        let ns = t.new_netns("tl").unwrap();
+        t.exec(&ns, &["ip", "link", "add", "tl0", "type", "veth", "peer", "name", "tl1"]).unwrap();
+        let empty = EmptyProgram::load().unwrap();
+        let on = |side| {
+            t.in_ns(&ns, || Ok(SchedClassifier::query_tcx("tl0", side).map_or(0, |(_, progs)| progs.len()))).unwrap()
+        };
+        let (ingress, egress) = t
+            .in_ns(&ns, || {
+                let ifindex = nix::net::if_::if_nametoindex("tl0")?;
+                Ok((tcx_link(empty.fd(), ifindex, false)?, tcx_link(empty.fd(), ifindex, true)?))
+            })
+            .unwrap();
+        assert_eq!((on(TcAttachType::Ingress), on(TcAttachType::Egress)), (1, 1));
+        drop((ingress, egress));
+        assert_eq!((on(TcAttachType::Ingress), on(TcAttachType::Egress)), (0, 0));
+    }
 }
