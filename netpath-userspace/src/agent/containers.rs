@@ -428,8 +428,8 @@ impl Inner {
         // milliseconds with thousands of containers, and takes no lock the
         // host end's setup holds (its tcx attachments wait for RCU grace
         // periods under the RTNL lock).
-        let ipv6_conf = match target {
-            Some((ns, _)) => Some(ns.spawn(|| SysctlSection::open(IPV6_CONF))?),
+        let container_side = match target {
+            Some((ns, cnl)) => Some((ns, cnl, ns.spawn(|| SysctlSection::open(IPV6_CONF))?)),
             None => None,
         };
         // Who it is, on the interface: `netpathd --recover` reads it back.
@@ -443,16 +443,13 @@ impl Inner {
         self.dp.reset_stats(host_index)?;
         self.program_container(c)?;
         self.nl.set_up(host_index).await?;
-        let Some((ns, cnl)) = target else {
+        let Some((ns, cnl, ipv6_conf)) = container_side else {
             c.handoff_ifname = Some(peer);
             return Ok(());
         };
         let index = cnl.link_index(&c.ifname).await?;
         let net6 = cfg.net6.zip(c.ip6);
-        let ipv6_conf = match ipv6_conf {
-            Some(opening) => opening.join().unwrap_or_else(|_| Err(anyhow::anyhow!("opening {IPV6_CONF}: panicked"))),
-            None => ns.run(|| SysctlSection::open(IPV6_CONF)),
-        };
+        let ipv6_conf = ipv6_conf.join().unwrap_or_else(|_| Err(anyhow::anyhow!("opening {IPV6_CONF}: panicked")));
         ns.run(|| configure_ipv6(ipv6_conf, &c.ifname, net6.is_some()))?;
         let net4 = cfg.net4.zip(c.ip);
         if let Some((net4, ip)) = net4 {
