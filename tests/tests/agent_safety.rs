@@ -39,9 +39,6 @@ fn flows(t: &Topology) -> Vec<Flow> {
     t.ctl_json(&["conntrack"]).unwrap()
 }
 
-/// A datagram from `client` (in a container) to a world server, which
-/// answers; returns the source the world saw and whether the answer came
-/// back.
 /// One datagram from the container to the world and the world's answer:
 /// the source the world saw (None: nothing arrived within the server's
 /// read timeout) and whether the answer came back.
