@@ -11,7 +11,8 @@
 //!   minute.
 //!
 //! And [`tcx_link`]: a bare tcx attachment of a program (the empty one),
-//! which the attach curve samples beside netpath's container attaches.
+//! which the attach curve samples beside netpath's container attaches;
+//! [`XdpRedirect`]: the drop section's frame source.
 
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 
@@ -24,6 +25,7 @@ const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_TCX_INGRESS: u32 = 46;
 const BPF_TCX_EGRESS: u32 = 47;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 
 /// `r0 = TC_ACT_OK; exit`, loaded as a tc program: the runner's overhead.
@@ -32,7 +34,9 @@ pub(super) struct EmptyProgram(OwnedFd);
 impl EmptyProgram {
     pub(super) fn load() -> Result<EmptyProgram> {
         let insns = [mov_imm(0, 0), exit()];
-        Ok(EmptyProgram(load_tc(&insns, b"empty").context("loading the empty tc program")?))
+        Ok(EmptyProgram(
+            load_program(BPF_PROG_TYPE_SCHED_CLS, &insns, b"empty").context("loading the empty tc program")?,
+        ))
     }
 
     pub(super) fn fd(&self) -> RawFd {
@@ -80,7 +84,8 @@ impl ConntrackFloor {
             insns.extend([mov_imm(4, BPF_NOEXIST), call(BPF_FUNC_MAP_UPDATE_ELEM)]);
         }
         insns.extend([or_reg(0, 7), exit()]);
-        let prog = load_tc(&insns, b"ct_floor").context("loading the conntrack floor program")?;
+        let prog = load_program(BPF_PROG_TYPE_SCHED_CLS, &insns, b"ct_floor")
+            .context("loading the conntrack floor program")?;
         Ok(ConntrackFloor { prog, _map: map })
     }
 
@@ -89,7 +94,27 @@ impl ConntrackFloor {
     }
 }
 
+/// `return bpf_redirect(ifindex, 0)`, an XDP program. Run by
+/// BPF_PROG_TEST_RUN in live-frames mode (`prog_run::run_live_frames`) it
+/// hands every frame to the interface `ifindex` the way a driver's XDP
+/// redirect does (`ndo_xdp_xmit`): the far end of a veth then receives XDP
+/// frames, no skb yet, as a host's XDP program gets them from a NIC.
+pub(super) struct XdpRedirect(OwnedFd);
+
+impl XdpRedirect {
+    pub(super) fn load(ifindex: u32) -> Result<XdpRedirect> {
+        let insns = [mov_imm(1, ifindex as i32), mov_imm(2, 0), call(BPF_FUNC_REDIRECT), exit()];
+        let prog = load_program(BPF_PROG_TYPE_XDP, &insns, b"redirect").context("loading the XDP redirect program")?;
+        Ok(XdpRedirect(prog))
+    }
+
+    pub(super) fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
 const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
+const BPF_FUNC_REDIRECT: i32 = 23;
 const BPF_FUNC_MAP_UPDATE_ELEM: i32 = 2;
 const BPF_FUNC_SKB_LOAD_BYTES: i32 = 26;
 const BPF_NOEXIST: i32 = 1;
@@ -180,14 +205,14 @@ struct ProgLoadAttr {
     prog_name: [u8; 16],
 }
 
-fn load_tc(insns: &[u64], name: &[u8]) -> Result<OwnedFd> {
+fn load_program(prog_type: u32, insns: &[u64], name: &[u8]) -> Result<OwnedFd> {
     let license = b"GPL\0";
     // The kernel's name is 15 bytes and a NUL.
     let name = &name[..name.len().min(15)];
     let mut prog_name = [0u8; 16];
     prog_name[..name.len()].copy_from_slice(name);
     let attr = ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_SCHED_CLS,
+        prog_type,
         insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,

@@ -7,15 +7,19 @@
 //! Two floods of small UDP frames from the world namespace: to a guarded
 //! port nothing publishes (`5500/udp`, guarded range 5000-5999/udp), and
 //! from a denied source (198.18.0.200, denied 198.18.0.192/26) to an
-//! unguarded port. The sender is one thread pinned to one vCPU writing
-//! prebuilt Ethernet frames with `sendmmsg` on an AF_PACKET socket bound to
-//! the world's end of the uplink pair (protocol 0: it receives nothing).
-//! On a veth, the receiving side's work (XDP, or the skb, tc and the stack)
-//! runs on the sending CPU, in softirq right after each batch: so the
-//! packets per second of one window are what one core sustains sender
-//! included, and that CPU's busy time per dropped packet is the cost per
-//! packet. Windows are bounded in time (`--seconds`) and count
-//! ([`MAX_PACKETS`]), interleaved across the beds round by round.
+//! unguarded port. Two senders ([`Sender`]), each one thread pinned to one
+//! vCPU, onto the world's end of the uplink pair: skbs (prebuilt Ethernet
+//! frames written with `sendmmsg` on an AF_PACKET socket, protocol 0: it
+//! receives nothing), which the host's end receives as skbs; and XDP
+//! frames (an XDP program redirecting BPF_PROG_TEST_RUN's live frames into
+//! the veth), which the host's end receives as a NIC's driver hands them
+//! over: no skb until something passes them on. On a veth, the receiving
+//! side's work (XDP, or the skb, tc and the stack) runs on the sending CPU,
+//! in softirq right after each batch: so the packets per second of one
+//! window are what one core sustains sender included, and that CPU's busy
+//! time per dropped packet is the cost per packet. Windows are bounded in
+//! time (`--seconds`) and count ([`MAX_PACKETS`]), interleaved across the
+//! beds round by round.
 
 use std::{
     fmt::Write as _,
@@ -27,6 +31,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use netpath_tests::{
     frames::{self, ETH_P_IPV4},
+    prog_run::run_live_frames,
     raw::PacketSocket,
     topology::{Topology, HOST_UPLINK, HOST_UPLINK_IP, WORLD_IP},
 };
@@ -34,6 +39,7 @@ use netpath_userspace::model::Status;
 use serde::Serialize;
 
 use super::{
+    baseline_prog::XdpRedirect,
     cpu::{latency_cpu, Pinned},
     options::{Options, Section},
     plain::ScratchFile,
@@ -55,6 +61,35 @@ const BATCH: usize = 64;
 pub const MAX_PACKETS: u64 = 50_000_000;
 /// UDP payload bytes (a 60-byte frame, the Ethernet minimum).
 const PAYLOAD: usize = 18;
+/// Live frames of the XDP sender's first BPF_PROG_TEST_RUN call in a
+/// window; later calls send what takes about [`LIVE_RUN_SECONDS`] at the
+/// rate measured (the window's time is checked between calls).
+const LIVE_FRAMES_PER_RUN: u32 = 65_536;
+const LIVE_RUN_SECONDS: f64 = 1.0;
+
+/// How the flood reaches the host's end of the uplink pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sender {
+    /// Skbs from an AF_PACKET socket: the host's end receives skbs, which
+    /// its XDP program gets copied into an XDP buffer first.
+    Skbs,
+    /// XDP frames redirected into the veth: the host's end receives what a
+    /// NIC's driver hands over, no skb yet (its NAPI is on: XDP attached,
+    /// or GRO switched on for the window).
+    XdpFrames,
+}
+
+impl Sender {
+    pub const ALL: [Sender; 2] = [Sender::XdpFrames, Sender::Skbs];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Sender::Skbs => "skbs",
+            Sender::XdpFrames => "xdp-frames",
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -235,22 +270,34 @@ impl DropBed {
         frames::eth(self.host_mac, self.world_mac, ETH_P_IPV4, &frames::ipv4(src, dst, frames::IPPROTO_UDP, &[], &udp))
     }
 
-    /// One window of `flood`: sends for `len` (at most MAX_PACKETS frames)
-    /// from a thread pinned to `cpu`, and returns what it measured.
-    fn window(&self, flood: Flood, len: Duration, cpu: usize) -> Result<Window> {
+    /// One window of `flood` sent by `sender`: sends for `len` (at most
+    /// MAX_PACKETS frames) from a thread pinned to `cpu`, and returns what
+    /// it measured.
+    fn window(&self, flood: Flood, sender: Sender, len: Duration, cpu: usize) -> Result<Window> {
         let frame = self.frame(flood);
+        // XDP frames need the host end's NAPI, which XDP turns on and GRO
+        // does without XDP; only for the window, so that the skb windows
+        // measure the veth as it is set up.
+        let napi = match sender {
+            Sender::XdpFrames if self.variant != DropVariant::NetpathXdp => Some(GroOn::switch(&self.topo)?),
+            _ => None,
+        };
         let before = self.dropped(flood)?;
         let stat0 = CpuStat::read(cpu)?;
         let started = Instant::now();
         let sent = self.topo.in_ns(&self.topo.world, || {
             let _pin = Pinned::to(cpu)?;
-            flood_frames(&frame, len, MAX_PACKETS)
+            match sender {
+                Sender::Skbs => flood_frames(&frame, len, MAX_PACKETS),
+                Sender::XdpFrames => flood_xdp_frames(&frame, len, MAX_PACKETS),
+            }
         })?;
         let elapsed = started.elapsed().as_secs_f64();
         let stat1 = CpuStat::read(cpu)?;
         // The last batches' softirq work is done when send returns; the
         // counters are read after.
         let dropped = self.dropped(flood)?.saturating_sub(before);
+        drop(napi);
         let busy_ns = (stat1.busy - stat0.busy) as f64 * stat1.ns_per_tick;
         let softirq_ns = (stat1.softirq - stat0.softirq) as f64 * stat1.ns_per_tick;
         let per = |ns: f64| if dropped > 0 { ns / dropped as f64 } else { f64::NAN };
@@ -262,6 +309,61 @@ impl DropBed {
             softirq_ns_per_drop: per(softirq_ns),
         })
     }
+}
+
+/// GRO switched on on the host's end of the uplink pair (so that its NAPI
+/// receives XDP frames without an XDP program) until dropped.
+struct GroOn<'a>(&'a Topology);
+
+impl<'a> GroOn<'a> {
+    fn switch(topo: &'a Topology) -> Result<GroOn<'a>> {
+        topo.in_ns(&topo.host, || set_gro(HOST_UPLINK, true))?;
+        Ok(GroOn(topo))
+    }
+}
+
+impl Drop for GroOn<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.in_ns(&self.0.host, || set_gro(HOST_UPLINK, false)) {
+            eprintln!("   switching GRO off on {HOST_UPLINK} again: {e:#}");
+        }
+    }
+}
+
+/// Switches GRO on or off on `ifname` of the calling thread's namespace
+/// (`ETHTOOL_SGRO`; on a veth, GRO without XDP turns its NAPI on).
+fn set_gro(ifname: &str, on: bool) -> Result<()> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_SGRO: u32 = 0x2c;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut EthtoolValue,
+        _rest: [u8; 16],
+    }
+    if ifname.len() >= libc::IFNAMSIZ {
+        bail!("{ifname}: not an interface name");
+    }
+    let mut value = EthtoolValue { cmd: ETHTOOL_SGRO, data: on as u32 };
+    let mut req = IfReq { name: [0; libc::IFNAMSIZ], data: &mut value, _rest: [0; 16] };
+    req.name[..ifname.len()].copy_from_slice(ifname.as_bytes());
+    // SAFETY: a plain socket(2) call; the fd is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("a socket for ethtool");
+    }
+    // SAFETY: fd was just returned to us and nothing else owns it.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: req is an ifreq whose data points at a live ethtool_value.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), SIOCETHTOOL, &mut req) } < 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("ETHTOOL_SGRO {on} on {ifname}"));
+    }
+    Ok(())
 }
 
 /// The busy and softirq ticks of one CPU (`/proc/stat`).
@@ -317,6 +419,31 @@ fn flood_frames(frame: &[u8], len: Duration, max: u64) -> Result<u64> {
     Ok(sent)
 }
 
+/// Sends `frame` as XDP frames into the world's `eth0` (the calling
+/// thread's namespace) until `len` has passed or `max` frames went; returns
+/// how many were sent.
+fn flood_xdp_frames(frame: &[u8], len: Duration, max: u64) -> Result<u64> {
+    let ifindex = nix::net::if_::if_nametoindex("eth0").context("the world's eth0")?;
+    let prog = XdpRedirect::load(ifindex)?;
+    let started = Instant::now();
+    let deadline = started + len;
+    let mut sent = 0u64;
+    // Each call sets up and tears down its page pool, which waits for the
+    // kernel (an RCU grace period) with the CPU idle: calls long enough to
+    // make that negligible, from the rate of the first, shorter one.
+    let mut per_run = LIVE_FRAMES_PER_RUN as u64;
+    while sent < max && Instant::now() < deadline {
+        let n = per_run.min(max - sent).min(u32::MAX as u64) as u32;
+        let run_started = Instant::now();
+        run_live_frames(prog.fd(), frame, n).context("BPF_PROG_TEST_RUN of live frames")?;
+        sent += n as u64;
+        let rate = n as f64 / run_started.elapsed().as_secs_f64().max(1e-6);
+        let left = deadline.saturating_duration_since(Instant::now()).as_secs_f64();
+        per_run = ((rate * left.min(LIVE_RUN_SECONDS)) as u64).max(LIVE_FRAMES_PER_RUN as u64);
+    }
+    Ok(sent)
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Window {
     pub sent: u64,
@@ -331,6 +458,7 @@ pub struct Window {
 pub struct DropPoint {
     pub variant: DropVariant,
     pub flood: Flood,
+    pub sender: Sender,
     pub drops_per_sec: Series,
     pub cpu_ns_per_drop: Series,
     pub softirq_ns_per_drop: Series,
@@ -435,21 +563,26 @@ fn prog_run_figures(rounds: usize) -> Result<Vec<ProgRunFigure>> {
 }
 
 impl DropFigures {
-    pub fn point(&self, v: DropVariant, f: Flood) -> Option<&DropPoint> {
-        self.points.iter().find(|p| p.variant == v && p.flood == f)
+    pub fn point(&self, v: DropVariant, f: Flood, sender: Sender) -> Option<&DropPoint> {
+        self.points.iter().find(|p| p.variant == v && p.flood == f && p.sender == sender)
     }
 
     pub fn targets(&self) -> Vec<Target> {
         let section = Section::Drop.name();
         let mut out = vec![];
-        for flood in Flood::ALL {
-            let what = format!(
-                "drop ({}): netpath's XDP drops at least as many packets per second per core as nftables' netdev \
-                 ingress hook",
-                flood.name()
-            );
-            out.push(
-                match (self.point(DropVariant::NetpathXdp, flood), self.point(DropVariant::NftablesIngress, flood)) {
+        for sender in Sender::ALL {
+            for flood in Flood::ALL {
+                let what = format!(
+                    "drop ({}, {}): netpath's XDP drops at least as many packets per second per core as nftables' \
+                     netdev ingress hook",
+                    flood.name(),
+                    sender.name()
+                );
+                let points = (
+                    self.point(DropVariant::NetpathXdp, flood, sender),
+                    self.point(DropVariant::NftablesIngress, flood, sender),
+                );
+                out.push(match points {
                     (Some(x), Some(n)) => {
                         let (a, b) = (x.drops_per_sec.median, n.drops_per_sec.median);
                         Target::new(
@@ -467,8 +600,8 @@ impl DropFigures {
                         )
                     }
                     _ => Target::not_measured(section, &what),
-                },
-            );
+                });
+            }
         }
         out
     }
@@ -489,52 +622,63 @@ pub fn run(opts: &Options, failures: &mut Vec<String>) -> Result<DropFigures> {
     }
     let cpu = latency_cpu();
     let len = opts.load_time();
-    let mut windows: Vec<(DropVariant, Flood, Window)> = vec![];
+    let mut windows: Vec<(DropVariant, Flood, Sender, Window)> = vec![];
     for round in 0..opts.rounds {
-        for flood in Flood::ALL {
-            for bed in &beds {
-                super::check_interrupted()?;
-                match bed.window(flood, len, cpu) {
-                    Ok(w) => {
-                        eprintln!(
-                            "   round {} {:<13} {:<16} {:>10.0} drops/s, {:>6.0} ns CPU/drop ({} sent, {} dropped)",
-                            round + 1,
-                            flood.name(),
-                            bed.variant.name(),
-                            w.drops_per_sec,
-                            w.cpu_ns_per_drop,
-                            w.sent,
-                            w.dropped
-                        );
-                        windows.push((bed.variant, flood, w));
+        for sender in Sender::ALL {
+            for flood in Flood::ALL {
+                for bed in &beds {
+                    super::check_interrupted()?;
+                    match bed.window(flood, sender, len, cpu) {
+                        Ok(w) => {
+                            eprintln!(
+                                "   round {} {:<10} {:<13} {:<16} {:>10.0} drops/s, {:>6.0} ns CPU/drop ({} sent, {} \
+                                 dropped)",
+                                round + 1,
+                                sender.name(),
+                                flood.name(),
+                                bed.variant.name(),
+                                w.drops_per_sec,
+                                w.cpu_ns_per_drop,
+                                w.sent,
+                                w.dropped
+                            );
+                            windows.push((bed.variant, flood, sender, w));
+                        }
+                        Err(e) => {
+                            let what = format!("{} {} {}", sender.name(), flood.name(), bed.variant.name());
+                            eprintln!("   {what}: FAILED: {e:#}");
+                            failures.push(format!("drop: {what}: {e:#}"));
+                        }
                     }
-                    Err(e) => {
-                        eprintln!("   {} {}: FAILED: {e:#}", flood.name(), bed.variant.name());
-                        failures.push(format!("drop: {} {}: {e:#}", flood.name(), bed.variant.name()));
-                    }
+                    std::thread::sleep(Duration::from_millis(200));
                 }
-                std::thread::sleep(Duration::from_millis(200));
             }
         }
     }
     drop(beds);
     let mut points = vec![];
-    for flood in Flood::ALL {
-        for v in DropVariant::ALL {
-            let ws: Vec<&Window> =
-                windows.iter().filter(|(wv, wf, _)| *wv == v && *wf == flood).map(|w| &w.2).collect();
-            if ws.is_empty() {
-                continue;
+    for sender in Sender::ALL {
+        for flood in Flood::ALL {
+            for v in DropVariant::ALL {
+                let ws: Vec<&Window> = windows
+                    .iter()
+                    .filter(|(wv, wf, ws, _)| *wv == v && *wf == flood && *ws == sender)
+                    .map(|w| &w.3)
+                    .collect();
+                if ws.is_empty() {
+                    continue;
+                }
+                points.push(DropPoint {
+                    variant: v,
+                    flood,
+                    sender,
+                    drops_per_sec: Series::of(&ws, |w| w.drops_per_sec),
+                    cpu_ns_per_drop: Series::of(&ws, |w| w.cpu_ns_per_drop),
+                    softirq_ns_per_drop: Series::of(&ws, |w| w.softirq_ns_per_drop),
+                    sent: ws.iter().map(|w| w.sent).collect(),
+                    dropped: ws.iter().map(|w| w.dropped).collect(),
+                });
             }
-            points.push(DropPoint {
-                variant: v,
-                flood,
-                drops_per_sec: Series::of(&ws, |w| w.drops_per_sec),
-                cpu_ns_per_drop: Series::of(&ws, |w| w.cpu_ns_per_drop),
-                softirq_ns_per_drop: Series::of(&ws, |w| w.softirq_ns_per_drop),
-                sent: ws.iter().map(|w| w.sent).collect(),
-                dropped: ws.iter().map(|w| w.dropped).collect(),
-            });
         }
     }
     eprintln!("== drop: BPF_PROG_TEST_RUN of the guard");
@@ -551,11 +695,19 @@ pub fn section(s: &mut String, r: &Results, d: &DropFigures) {
     section_targets(s, r, Section::Drop);
     let _ = writeln!(
         s,
-        "{}-byte UDP frames sent from the world namespace by one thread pinned to vCPU {} (`sendmmsg` of {BATCH} \
-         frames on an AF_PACKET socket on the world's end of the uplink veth pair), {:.1} s windows (at most \
-         {MAX_PACKETS} frames), interleaved across the beds, {} round(s), medians. On a veth the receiving \
-         side runs on the sending CPU, so drops/s is what one core sustains, sender included, and \"CPU/drop\" \
-         is that vCPU's busy time (/proc/stat) per dropped frame (softirq: the part accounted as softirq). \
+        "{}-byte UDP frames sent from the world namespace by one thread pinned to vCPU {} onto the world's end \
+         of the uplink veth pair, {:.1} s windows (at most {MAX_PACKETS} frames), interleaved across the beds, \
+         {} round(s), medians. Two senders: `xdp-frames`, an XDP program redirecting BPF_PROG_TEST_RUN's live \
+         frames into the veth (batches of 64; calls of about {LIVE_RUN_SECONDS} s, since each call's page pool \
+         teardown leaves the CPU idle for some milliseconds, which counts against every bed's drops/s alike), \
+         so that the host's end receives XDP frames in its NAPI poll as a host gets them from a NIC's driver: \
+         XDP judges them before any skb exists, while tc and nftables get the skb built for them (the beds without XDP have GRO switched on \
+         on the host's end for these windows, which is what turns its NAPI on); and `skbs`, `sendmmsg` of \
+         {BATCH} frames on an AF_PACKET socket, which the host's end receives as skbs: veth copies each into \
+         an XDP buffer before its XDP program runs, so XDP's advantage cannot show (on such uplinks \
+         `uplink_xdp = \"auto\"` leaves XDP off and `netpath-tc` is the figure). On a veth the receiving side \
+         runs on the sending CPU, so drops/s is what one core sustains, sender included, and \"CPU/drop\" is \
+         that vCPU's busy time (/proc/stat) per dropped frame (softirq: the part accounted as softirq). \
          Floods: `guarded-port`, from 198.18.0.2 to the host's 198.18.0.1:{GUARDED_PORT}/udp (guarded \
          `{GUARDED}`, nothing published there); `denied-source`, from 198.18.0.200 (denied `{DENIED_PREFIX}`) \
          to the unguarded port {OPEN_PORT}/udp. Variants: `netpath-xdp` (`uplink_xdp = \"on\"`, the guard in \
@@ -565,24 +717,21 @@ pub fn section(s: &mut String, r: &Results, d: &DropFigures) {
          (nothing drops early: the host's UDP layer discards them, counted as `NoPorts`). Every drop is \
          counted; netpath sends at most 1000 drop events a second per CPU to the monitor (without that \
          budget one ring-buffer event per dropped packet, and the agent reading them, cost about 5x the \
-         drop: 140k-200k drops/s). On this sandbox's veth uplink, XDP gets frames that were skbs already \
-         (the sender's), which veth copies into an XDP buffer and runs through its NAPI ring: the \
-         advantage XDP has on a NIC (dropping before any skb is allocated) cannot show here, and \
-         `netpath-tc` is the figure for veth uplinks (where `uplink_xdp = \"auto\"` leaves XDP off). \
-         Shared machine: load from elsewhere lands on all beds alike (interleaved), but the spread \
-         between rounds is wide; compare the ratios, not the absolute rates.\n",
+         drop: 140k-200k drops/s). Shared machine: load from elsewhere lands on all beds alike \
+         (interleaved), but the spread between rounds is wide; compare the ratios, not the absolute rates.\n",
         d.frame_bytes, d.cpu, d.seconds_per_window, r.method.rounds
     );
     let _ = writeln!(
         s,
-        "| flood | variant | drops/s | vs nftables | rounds | CPU ns/drop | vs nftables | softirq ns/drop | sent / dropped per round |"
+        "| sender | flood | variant | drops/s | vs nftables | rounds | CPU ns/drop | vs nftables | softirq ns/drop | sent / dropped per round |"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---|---:|---:|---:|---|");
+    let _ = writeln!(s, "|---|---|---|---:|---:|---|---:|---:|---:|---|");
     for p in &d.points {
-        let nft = d.point(DropVariant::NftablesIngress, p.flood);
+        let nft = d.point(DropVariant::NftablesIngress, p.flood, p.sender);
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {} | {} | {:.0} | {} | {:.0} | {} |",
+            "| {} | {} | {} | {:.0} | {} | {} | {:.0} | {} | {:.0} | {} |",
+            p.sender.name(),
             p.flood.name(),
             p.variant.name(),
             p.drops_per_sec.median,
@@ -620,4 +769,28 @@ pub fn section(s: &mut String, r: &Results, d: &DropFigures) {
             writeln!(s, "| {} | `{}` | {} | {:.0} | {} |", f.case, f.program, f.verdict, f.ns.median, values(&f.ns, 0));
     }
     s.push('\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The XDP sender's frames reach the host's end of the uplink only
+    /// while its NAPI is on (GRO, for a bed without XDP): then every frame
+    /// sent ends up where the bed counts it (the host's UDP `NoPorts`),
+    /// and without it none does (the veth refuses them).
+    #[test]
+    fn xdp_frames_arrive_while_the_host_end_has_napi() {
+        let bed = DropBed::new(DropVariant::NoFilter).unwrap();
+        let flood = Flood::GuardedPort;
+        let w = bed.window(flood, Sender::XdpFrames, Duration::from_millis(200), 0).unwrap();
+        assert!(w.sent > 0, "nothing sent");
+        assert_eq!(w.dropped, w.sent, "every frame sent reached the host's UDP layer");
+        let before = bed.dropped(flood).unwrap();
+        let frame = bed.frame(flood);
+        let sent =
+            bed.topo.in_ns(&bed.topo.world, || flood_xdp_frames(&frame, Duration::from_millis(100), 10_000)).unwrap();
+        assert!(sent > 0);
+        assert_eq!(bed.dropped(flood).unwrap(), before, "GRO off again: the veth takes no XDP frame");
+    }
 }
