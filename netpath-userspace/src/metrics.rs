@@ -133,6 +133,11 @@ struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FamilyLabel {
+    family: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NameLabel {
     name: String,
 }
@@ -185,6 +190,17 @@ pub async fn render(agent: &Agent) -> Result<String, AgentError> {
         "interfaces_lost",
         "Interfaces deleted behind the agent's back: a container whose veth went is removed, a bridge is rebuilt",
         lost,
+    );
+    let masq = Family::<FamilyLabel, Counter>::default();
+    let changes = agent.masquerade_address_changes();
+    for (family, n) in [("ipv4", &changes.ipv4), ("ipv6", &changes.ipv6)] {
+        masq.get_or_create(&FamilyLabel { family }).inc_by(n.load(std::sync::atomic::Ordering::Relaxed));
+    }
+    reg.register(
+        "masquerade_address_changes",
+        "Times the uplink's masquerade address changed under the running agent (to another address, or to none: \
+         masquerade paused); flows translated to an address the host no longer has are forgotten",
+        masq,
     );
     gauge(&mut reg, "containers", "Containers attached", status.containers.len() as u64);
     gauge(&mut reg, "mappings", "Published port mappings", status.mappings as u64);

@@ -302,6 +302,22 @@ fn uplink_drops(t: &Topology, reason: &str) -> u64 {
     st.uplink_stats.and_then(|s| s.drops.get(reason).copied()).unwrap_or(0)
 }
 
+/// `netpath_masquerade_address_changes_total` of IPv4 and IPv6, from the
+/// agent's `/metrics`.
+fn masquerade_address_changes(t: &Topology) -> (u64, u64) {
+    let out = Command::new("curl")
+        .args(["-sf", "--unix-socket", t.socket().to_str().unwrap(), "http://localhost/metrics"])
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&out.stdout).into_owned();
+    let count = |family: &str| {
+        let name = format!("netpath_masquerade_address_changes_total{{family=\"{family}\"}} ");
+        let line = metrics.lines().find_map(|l| l.strip_prefix(name.as_str()));
+        line.unwrap_or_else(|| panic!("no {name}in {metrics}")).trim().parse::<u64>().unwrap()
+    };
+    (count("ipv4"), count("ipv6"))
+}
+
 /// Tracked flows whose tuples name `addr`.
 fn flows_naming(t: &Topology, addr: Ipv4Addr) -> Vec<Flow> {
     flows(t)
@@ -321,6 +337,7 @@ fn masquerade_follows_a_new_uplink_address() {
 
     let new = Ipv4Addr::new(198, 18, 0, 3);
     let dropped_before = uplink_drops(&t, "nat-unavailable");
+    assert_eq!(masquerade_address_changes(&t), (0, 0), "nothing changed yet");
     change_uplink_address(&t, HOST_UPLINK_IP, new);
     // The same exchange goes on: within a few seconds its datagrams leave
     // from the new address. Until the agent has seen the change (a netlink
@@ -351,6 +368,10 @@ fn masquerade_follows_a_new_uplink_address() {
     assert_eq!(uplink_drops(&t, "nat-unavailable") - dropped_before, lost, "every datagram lost is counted");
     let st: Status = t.ctl_json(&["status"]).unwrap();
     assert_eq!(st.masquerade, Some(new));
+    // Counted: once (the agent saw the new address replace the old) or
+    // twice (it saw the old one go first).
+    let (ipv4, ipv6) = masquerade_address_changes(&t);
+    assert!((1..=2).contains(&ipv4) && ipv6 == 0, "masquerade address changes counted: {ipv4} IPv4, {ipv6} IPv6");
     let left = flows_naming(&t, HOST_UPLINK_IP);
     assert!(left.is_empty(), "flows translated to the old address remain: {left:?}");
 

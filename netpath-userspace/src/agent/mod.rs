@@ -142,6 +142,24 @@ pub struct Agent {
     pins_restored: AtomicU64,
     /// Interfaces found gone behind the agent's back, by kind.
     interfaces_lost: InterfacesLost,
+    /// Changes of the uplink's masquerade address the running agent
+    /// followed, by family.
+    masquerade_address_changes: MasqueradeAddressChanges,
+}
+
+/// Counters of the uplink's masquerade address changing under the running
+/// agent: to another address, or to none (masquerade paused).
+#[derive(Default)]
+pub struct MasqueradeAddressChanges {
+    pub ipv4: AtomicU64,
+    pub ipv6: AtomicU64,
+}
+
+/// Which masquerade addresses one sync of the host's addresses changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct MasqueradeChanged {
+    ipv4: bool,
+    ipv6: bool,
 }
 
 /// Counters of [`Agent::watch_interfaces`].
@@ -464,6 +482,7 @@ impl Agent {
             api_metrics: Default::default(),
             pins_restored: AtomicU64::new(0),
             interfaces_lost: Default::default(),
+            masquerade_address_changes: Default::default(),
         })
     }
 
@@ -576,8 +595,9 @@ impl Agent {
                         Ok(seen) => agent.inner.lock().await.apply_host_addrs(seen).await,
                         Err(e) => Err(e),
                     };
-                    if let Err(e) = synced {
-                        tracing::warn!("host address sync: {e:#}");
+                    match synced {
+                        Ok(changed) => agent.count_masquerade_changes(changed),
+                        Err(e) => tracing::warn!("host address sync: {e:#}"),
                     }
                 }
                 if check.routes {
@@ -661,6 +681,19 @@ impl Agent {
 
     pub fn interfaces_lost(&self) -> &InterfacesLost {
         &self.interfaces_lost
+    }
+
+    pub fn masquerade_address_changes(&self) -> &MasqueradeAddressChanges {
+        &self.masquerade_address_changes
+    }
+
+    fn count_masquerade_changes(&self, changed: MasqueradeChanged) {
+        let counts = &self.masquerade_address_changes;
+        for (counter, changed) in [(&counts.ipv4, changed.ipv4), (&counts.ipv6, changed.ipv6)] {
+            if changed {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Repairs what was deleted behind the agent's back: a bridge is
@@ -1140,11 +1173,13 @@ impl Inner {
     /// forgotten.
     async fn sync_host_addrs(&mut self) -> Result<()> {
         let seen = HostAddrs::read(&self.nl, self.uplink.as_deref()).await?;
-        self.apply_host_addrs(seen).await
+        self.apply_host_addrs(seen).await.map(|_| ())
     }
 
-    /// [`Inner::sync_host_addrs`] with the addresses already read.
-    async fn apply_host_addrs(&mut self, seen: HostAddrs) -> Result<()> {
+    /// [`Inner::sync_host_addrs`] with the addresses already read; tells
+    /// which masquerade addresses changed.
+    async fn apply_host_addrs(&mut self, seen: HostAddrs) -> Result<MasqueradeChanged> {
+        let mut changed = MasqueradeChanged::default();
         let HostAddrs { addrs4: addrs, addrs6, uplink_index } = seen;
         let entries4: Vec<([u8; 4], u32)> = addrs.iter().map(|(a, i)| (a.octets(), *i)).collect();
         let entries6: Vec<(In6Addr, u32)> = addrs6.iter().map(|(a, i)| (In6Addr::from(*a), *i)).collect();
@@ -1158,6 +1193,7 @@ impl Inner {
                 // replies no longer arrive at it.
                 self.dp_config.masq_addr6 = masq6;
                 self.dp.write_config(&self.dp_config)?;
+                changed.ipv6 = true;
             }
             let masq = masquerade_addr4(&addrs, index);
             let old = self.dp_config.masq_addr4;
@@ -1169,11 +1205,12 @@ impl Inner {
                 }
                 self.dp_config.masq_addr4 = masq;
                 self.dp.write_config(&self.dp_config)?;
+                changed.ipv4 = true;
                 // New flows get the new address first, then the old ones go.
                 self.forget_masquerade_if_gone(old).await?;
             }
         }
-        Ok(())
+        Ok(changed)
     }
 
     /// Forgets the flows translated to `old`, a masquerade address no longer
