@@ -776,16 +776,22 @@ mod tests {
     use super::*;
 
     /// The XDP sender's frames reach the host's end of the uplink only
-    /// while its NAPI is on (GRO, for a bed without XDP): then every frame
-    /// sent ends up where the bed counts it (the host's UDP `NoPorts`),
-    /// and without it none does (the veth refuses them).
+    /// while its NAPI is on (GRO, for a bed without XDP): then the frames
+    /// sent end up where the bed counts them (the host's UDP `NoPorts`;
+    /// nearly all: on a loaded machine the veth's ring may fill and refuse
+    /// a few), and without it none does (the veth refuses them).
     #[test]
     fn xdp_frames_arrive_while_the_host_end_has_napi() {
         let bed = DropBed::new(DropVariant::NoFilter).unwrap();
         let flood = Flood::GuardedPort;
         let w = bed.window(flood, Sender::XdpFrames, Duration::from_millis(200), 0).unwrap();
         assert!(w.sent > 0, "nothing sent");
-        assert_eq!(w.dropped, w.sent, "every frame sent reached the host's UDP layer");
+        assert!(
+            w.dropped <= w.sent && w.dropped * 10 >= w.sent * 9,
+            "{} of {} frames sent reached the host's UDP layer",
+            w.dropped,
+            w.sent
+        );
         let before = bed.dropped(flood).unwrap();
         let frame = bed.frame(flood);
         let sent =
