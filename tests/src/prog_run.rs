@@ -68,13 +68,18 @@ pub fn run_live_frames(prog_fd: RawFd, frame: &[u8], repeat: u32) -> io::Result<
     };
     // SAFETY: attr points at a valid frame of the size given; live mode
     // writes no output buffer.
+    unsafe { test_run(&mut attr) }
+}
+
+/// The BPF_PROG_TEST_RUN call itself.
+///
+/// # Safety
+/// `attr`'s pointers must be valid for the sizes it gives (written to for
+/// the outputs).
+unsafe fn test_run(attr: &mut TestRunAttr) -> io::Result<()> {
+    // SAFETY: attr is a valid `test` member of bpf_attr (see above).
     let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            std::mem::size_of::<TestRunAttr>(),
-        )
+        libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, attr as *mut TestRunAttr, std::mem::size_of::<TestRunAttr>())
     };
     if ret < 0 {
         return Err(io::Error::last_os_error());
@@ -114,17 +119,7 @@ fn run_with(prog_fd: RawFd, frame: &[u8], repeat: u32, ctx: Option<&SkBuffCtx>) 
         ..Default::default()
     };
     // SAFETY: attr points at valid buffers of the sizes given.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            std::mem::size_of::<TestRunAttr>(),
-        )
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    unsafe { test_run(&mut attr)? };
     out.truncate(attr.data_size_out as usize);
     Ok(RunResult { verdict: attr.retval, data: out, duration_ns: attr.duration })
 }

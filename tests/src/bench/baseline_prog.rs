@@ -114,8 +114,8 @@ impl XdpRedirect {
 }
 
 const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
-const BPF_FUNC_REDIRECT: i32 = 23;
 const BPF_FUNC_MAP_UPDATE_ELEM: i32 = 2;
+const BPF_FUNC_REDIRECT: i32 = 23;
 const BPF_FUNC_SKB_LOAD_BYTES: i32 = 26;
 const BPF_NOEXIST: i32 = 1;
 const BPF_PSEUDO_MAP_FD: u8 = 1;
