@@ -154,6 +154,22 @@ fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
     registry.register(name, help, c);
 }
 
+/// One counter per label set, each read from the agent's atomic counter.
+fn labelled_counters<L, const N: usize>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    counts: [(L, &std::sync::atomic::AtomicU64); N],
+) where
+    L: EncodeLabelSet + Clone + std::fmt::Debug + std::hash::Hash + Eq + Send + Sync + 'static,
+{
+    let family = Family::<L, Counter>::default();
+    for (label, n) in counts {
+        family.get_or_create(&label).inc_by(n.load(std::sync::atomic::Ordering::Relaxed));
+    }
+    registry.register(name, help, family);
+}
+
 /// Everything a scrape shows, in the OpenMetrics text format.
 pub async fn render(agent: &Agent) -> Result<String, AgentError> {
     let status = agent.status().await?;
@@ -181,26 +197,20 @@ pub async fn render(agent: &Agent) -> Result<String, AgentError> {
         syncs,
     );
     counter(&mut reg, "state_synced_changes", "Changes made durable by those syncs", synced_changes);
-    let lost = Family::<KindLabel, Counter>::default();
-    let counts = agent.interfaces_lost();
-    for (kind, n) in [("veth", &counts.veths), ("bridge", &counts.bridges)] {
-        lost.get_or_create(&KindLabel { kind }).inc_by(n.load(std::sync::atomic::Ordering::Relaxed));
-    }
-    reg.register(
+    let lost = agent.interfaces_lost();
+    labelled_counters(
+        &mut reg,
         "interfaces_lost",
         "Interfaces deleted behind the agent's back: a container whose veth went is removed, a bridge is rebuilt",
-        lost,
+        [(KindLabel { kind: "veth" }, &lost.veths), (KindLabel { kind: "bridge" }, &lost.bridges)],
     );
-    let masq = Family::<FamilyLabel, Counter>::default();
     let changes = agent.masquerade_address_changes();
-    for (family, n) in [("ipv4", &changes.ipv4), ("ipv6", &changes.ipv6)] {
-        masq.get_or_create(&FamilyLabel { family }).inc_by(n.load(std::sync::atomic::Ordering::Relaxed));
-    }
-    reg.register(
+    labelled_counters(
+        &mut reg,
         "masquerade_address_changes",
         "Times the uplink's masquerade address changed under the running agent (to another address, or to none: \
          masquerade paused); flows translated to an address the host no longer has are forgotten",
-        masq,
+        [(FamilyLabel { family: "ipv4" }, &changes.ipv4), (FamilyLabel { family: "ipv6" }, &changes.ipv6)],
     );
     gauge(&mut reg, "containers", "Containers attached", status.containers.len() as u64);
     gauge(&mut reg, "mappings", "Published port mappings", status.mappings as u64);
