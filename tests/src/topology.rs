@@ -406,6 +406,20 @@ impl Topology {
         serde_json::from_str(&text).with_context(|| format!("parsing netpathctl output: {text}"))
     }
 
+    /// What the uplink's programs dropped for `reason`, as `status` shows it.
+    pub fn uplink_drops(&self, reason: &str) -> Result<u64> {
+        let st: netpath_userspace::model::Status = self.ctl_json(&["status"])?;
+        Ok(st.uplink_stats.and_then(|s| s.drops.get(reason).copied()).unwrap_or(0))
+    }
+
+    /// The agent's `/metrics` on its API socket, as text.
+    pub fn metrics(&self) -> Result<String> {
+        let socket = self.socket();
+        let socket = socket.to_str().context("the API socket's path is not UTF-8")?;
+        let out = cmd("curl", &["-sf", "--unix-socket", socket, "http://localhost/metrics"])?;
+        String::from_utf8(out.stdout).context("/metrics is not UTF-8")
+    }
+
     /// `status` once the fill levels of the maps the datapath fills were
     /// counted after this call began: `status` never walks a map, the agent's
     /// conntrack GC counts them every `gc_interval` (5 s by default).

@@ -296,20 +296,10 @@ fn change_uplink_address(t: &Topology, old: Ipv4Addr, new: Ipv4Addr) {
     t.exec(&t.host, &["ip", "addr", "add", &format!("{new}/24"), "dev", HOST_UPLINK]).unwrap();
 }
 
-/// What the uplink's programs dropped for `reason`, as `status` shows it.
-fn uplink_drops(t: &Topology, reason: &str) -> u64 {
-    let st: Status = t.ctl_json(&["status"]).unwrap();
-    st.uplink_stats.and_then(|s| s.drops.get(reason).copied()).unwrap_or(0)
-}
-
 /// `netpath_masquerade_address_changes_total` of IPv4 and IPv6, from the
 /// agent's `/metrics`.
 fn masquerade_address_changes(t: &Topology) -> (u64, u64) {
-    let out = Command::new("curl")
-        .args(["-sf", "--unix-socket", t.socket().to_str().unwrap(), "http://localhost/metrics"])
-        .output()
-        .unwrap();
-    let metrics = String::from_utf8_lossy(&out.stdout).into_owned();
+    let metrics = t.metrics().unwrap();
     let count = |family: &str| {
         let name = format!("netpath_masquerade_address_changes_total{{family=\"{family}\"}} ");
         let line = metrics.lines().find_map(|l| l.strip_prefix(name.as_str()));
@@ -336,7 +326,7 @@ fn masquerade_follows_a_new_uplink_address() {
     assert_eq!(from.ip(), IpAddr::V4(HOST_UPLINK_IP));
 
     let new = Ipv4Addr::new(198, 18, 0, 3);
-    let dropped_before = uplink_drops(&t, "nat-unavailable");
+    let dropped_before = t.uplink_drops("nat-unavailable").unwrap();
     assert_eq!(masquerade_address_changes(&t), (0, 0), "nothing changed yet");
     change_uplink_address(&t, HOST_UPLINK_IP, new);
     // The same exchange goes on: within a few seconds its datagrams leave
@@ -365,7 +355,7 @@ fn masquerade_follows_a_new_uplink_address() {
         assert!(Instant::now() < deadline, "the world still sees the old address: {seen:?}, {lost} lost");
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(uplink_drops(&t, "nat-unavailable") - dropped_before, lost, "every datagram lost is counted");
+    assert_eq!(t.uplink_drops("nat-unavailable").unwrap() - dropped_before, lost, "every datagram lost is counted");
     let st: Status = t.ctl_json(&["status"]).unwrap();
     assert_eq!(st.masquerade, Some(new));
     // Counted: once (the agent saw the new address replace the old) or

@@ -250,11 +250,7 @@ fn a_wiped_pin_directory_is_put_back_within_seconds_without_an_outage() {
     let (p, m) = traffic.probes().unwrap();
     assert_eq!((p.failures, m.failures), (0, 0), "traffic stopped while the pins were gone: {p:?} {m:?}");
     assert_eq!(pinned_map_id(&t, "CT4"), ct_before, "the conntrack table was replaced, not pinned again");
-    let metrics = std::process::Command::new("curl")
-        .args(["-sf", "--unix-socket", t.socket().to_str().unwrap(), "http://localhost/metrics"])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&metrics.stdout).contains("\nnetpath_pins_restored_total 1\n"));
+    assert!(t.metrics().unwrap().contains("\nnetpath_pins_restored_total 1\n"));
     // The pins are the live objects: an agent restarted on them keeps the
     // held connections (their conntrack entries) and the attachments.
     t.stop_agent().unwrap();
@@ -306,7 +302,7 @@ fn an_unmounted_bpffs_is_mounted_again_and_the_pins_put_back_without_an_outage()
     let (p, m) = traffic.probes().unwrap();
     assert_eq!((p.failures, m.failures), (0, 0), "traffic stopped while bpffs was unmounted: {p:?} {m:?}");
     traffic.verify().unwrap();
-    assert!(scrape(&t).contains("\nnetpath_pins_restored_total 1\n"));
+    assert!(t.metrics().unwrap().contains("\nnetpath_pins_restored_total 1\n"));
     // Every pin is back, links included: the agent's own view of them.
     let links = in_agent_mounts(&format!("ls {}", t.pin_dir().join("links").display()));
     assert!(String::from_utf8_lossy(&links.stdout).lines().count() >= 4, "{links:?}");
@@ -347,7 +343,7 @@ fn a_full_policy_trie_refuses_rules_whole_and_leaves_nothing_half_written() {
     let before = agent_state(&t);
 
     let policy_memory = |t: &Topology| -> u64 {
-        let text = scrape(t);
+        let text = t.metrics().unwrap();
         let line = text.lines().find(|l| l.starts_with("netpath_map_memory_bytes{map=\"POLICY4\"}"));
         line.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).expect("POLICY4's memory in /metrics")
     };
@@ -414,14 +410,6 @@ fn a_full_policy_trie_refuses_rules_whole_and_leaves_nothing_half_written() {
     );
 }
 
-fn scrape(t: &Topology) -> String {
-    let out = std::process::Command::new("curl")
-        .args(["-sf", "--unix-socket", t.socket().to_str().unwrap(), "http://localhost/metrics"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) -> Duration {
     let started = Instant::now();
     while !done() {
@@ -473,7 +461,7 @@ fn interfaces_deleted_behind_the_agent_are_repaired_or_their_container_removed_a
     let maps: Vec<Mapping> = t.ctl_json(&["maps"]).unwrap();
     assert_eq!(maps.iter().map(|m| m.spec()).collect::<Vec<_>>(), ["8080:c1:81/tcp"]);
     assert!(reach(&t), "c1 unaffected");
-    let m = scrape(&t);
+    let m = t.metrics().unwrap();
     assert!(m.contains("netpath_interfaces_lost_total{kind=\"bridge\"} 1\n"), "{m}");
     assert!(m.contains("netpath_interfaces_lost_total{kind=\"veth\"} 1\n"), "{m}");
     let log = std::fs::read_to_string(t.agent_log()).unwrap();
@@ -521,7 +509,7 @@ fn interface_and_address_changes_are_acted_on_as_they_happen() {
         took.push(started.elapsed());
         old = new;
     }
-    let m = scrape(&t);
+    let m = t.metrics().unwrap();
     assert!(m.contains("netpath_interfaces_lost_total{kind=\"veth\"} 3\n"), "{m}");
     record(
         "interface and address changes heard from netlink",

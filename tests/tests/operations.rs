@@ -222,15 +222,6 @@ fn sample(scrape: &str, series: &str) -> Option<f64> {
     scrape.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.split(' ').next()?.parse().ok())
 }
 
-fn scrape_socket(t: &Topology) -> String {
-    let out = Command::new("curl")
-        .args(["-sf", "--unix-socket", t.socket().to_str().unwrap(), "http://localhost/metrics"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[test]
 fn metrics_show_traffic_drops_flows_conntrack_maps_and_the_api_on_the_socket_and_a_tcp_address() {
     use netpath_tests::topology::{HOST_UPLINK_IP, WORLD_IP};
@@ -255,10 +246,10 @@ fn metrics_show_traffic_drops_flows_conntrack_maps_and_the_api_on_the_socket_and
     // Flows per mapping come from the GC's walk (every second here).
     let deadline = Instant::now() + Duration::from_secs(10);
     let mapping = "netpath_mapping_flows{mapping=\"8080:c1:80/tcp\",id=\"1\",container=\"c1\"}";
-    let mut scrape = scrape_socket(&t);
+    let mut scrape = t.metrics().unwrap();
     while sample(&scrape, mapping) != Some(1.0) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
-        scrape = scrape_socket(&t);
+        scrape = t.metrics().unwrap();
     }
     let has = |series: &str, pred: &dyn Fn(f64) -> bool| {
         let v = sample(&scrape, series);
@@ -326,7 +317,7 @@ fn metrics_show_traffic_drops_flows_conntrack_maps_and_the_api_on_the_socket_and
     // A restart counts.
     t.stop_agent().unwrap();
     t.start_agent().unwrap();
-    assert_eq!(sample(&scrape_socket(&t), "netpath_agent_starts_total"), Some(2.0));
+    assert_eq!(sample(&t.metrics().unwrap(), "netpath_agent_starts_total"), Some(2.0));
 }
 
 #[test]

@@ -122,10 +122,6 @@ fn status(t: &Topology) -> Status {
     t.ctl_json(&["status"]).unwrap()
 }
 
-fn uplink_drops(t: &Topology, reason: &str) -> u64 {
-    status(t).uplink_stats.and_then(|s| s.drops.get(reason).copied()).unwrap_or(0)
-}
-
 /// The drop events seen within 3 s (or until `want` of them).
 fn drop_events(rx: &mpsc::Receiver<String>, want: usize) -> Vec<MonitorEvent> {
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -169,18 +165,18 @@ fn guard_end_to_end(xdp: &str, hook: &str) {
     tcp_hello(&t, &host, None, HOST_UPLINK_IP, 8500).expect("the host reaches its own guarded port");
 
     // The guarded host port is not reachable from the uplink, counted.
-    let before = uplink_drops(&t, "not-published");
+    let before = t.uplink_drops("not-published").unwrap();
     assert!(tcp_hello(&t, &t.world, None, HOST_UPLINK_IP, 8500).is_err(), "guarded unpublished port answered");
     assert!(!udp_answers(&t, &t.world, HOST_UPLINK_IP, 5500), "guarded UDP port answered");
-    let after = uplink_drops(&t, "not-published");
+    let after = t.uplink_drops("not-published").unwrap();
     assert!(after >= before + 3, "SYN(s) and datagrams counted as not-published: {before} -> {after}");
 
     // A denied source reaches nothing, the published port included.
-    let before = uplink_drops(&t, "denied-source");
+    let before = t.uplink_drops("denied-source").unwrap();
     let e = tcp_hello(&t, &t.world, Some(DENIED_CLIENT), HOST_UPLINK_IP, 8080);
     assert!(e.is_err(), "a denied source reached the published port");
     assert!(tcp_hello(&t, &t.world, Some(DENIED_CLIENT), HOST_UPLINK_IP, 9000).is_err());
-    let after = uplink_drops(&t, "denied-source");
+    let after = t.uplink_drops("denied-source").unwrap();
     assert!(after >= before + 2, "denied-source counted: {before} -> {after}");
     // The world's other address still gets in.
     tcp_hello(&t, &t.world, Some(WORLD_IP), HOST_UPLINK_IP, 8080).expect("an allowed source");

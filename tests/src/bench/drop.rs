@@ -35,7 +35,6 @@ use netpath_tests::{
     raw::PacketSocket,
     topology::{Topology, HOST_UPLINK, HOST_UPLINK_IP, WORLD_IP},
 };
-use netpath_userspace::model::Status;
 use serde::Serialize;
 
 use super::{
@@ -239,10 +238,7 @@ impl DropBed {
     /// the stack) so far.
     fn dropped(&self, flood: Flood) -> Result<u64> {
         match self.variant {
-            DropVariant::NetpathXdp | DropVariant::NetpathTc => {
-                let st: Status = self.topo.ctl_json(&["status"])?;
-                Ok(st.uplink_stats.and_then(|s| s.drops.get(flood.reason()).copied()).unwrap_or(0))
-            }
+            DropVariant::NetpathXdp | DropVariant::NetpathTc => self.topo.uplink_drops(flood.reason()),
             DropVariant::NftablesIngress => {
                 let name = match flood {
                     Flood::GuardedPort => "guarded",
