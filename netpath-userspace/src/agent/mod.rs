@@ -1207,7 +1207,12 @@ impl Inner {
                 self.dp.write_config(&self.dp_config)?;
                 changed.ipv4 = true;
                 // New flows get the new address first, then the old ones go.
-                self.forget_masquerade_if_gone(old).await?;
+                // The change stands (and is counted) if that fails: the old
+                // address's flows then expire on their own, their replies
+                // no longer reaching the host.
+                if let Err(e) = self.forget_masquerade_if_gone(old).await {
+                    tracing::warn!("forgetting the flows masqueraded to {}: {e:#}", Ipv4Addr::from(old));
+                }
             }
         }
         Ok(changed)
