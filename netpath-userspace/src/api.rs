@@ -362,13 +362,10 @@ async fn monitor(State(agent): State<Arc<Agent>>, Query(mut q): Query<MonitorQue
         .map_err(|e| AgentError::Internal(e.into()))
 }
 
-/// Binds the socket (0600: root only) and serves until `shutdown`
-/// completes. Refuses to steal the socket of a live agent.
-pub async fn serve(
-    agent: Arc<Agent>,
-    socket: &Path,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<()> {
+/// Binds the API socket (0600: root only). Refuses to steal the socket of
+/// a live agent. Connections queue from here on, before [`serve`] runs:
+/// the agent tells its service manager it is ready in between.
+pub async fn bind(socket: &Path) -> Result<tokio::net::UnixListener> {
     if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
         prepare_socket_dir(dir)?;
     }
@@ -385,6 +382,17 @@ pub async fn serve(
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("restricting {} to root", socket.display()))?;
     tracing::info!("API listening on {}", socket.display());
+    Ok(listener)
+}
+
+/// Serves the API on `listener` (bound to `socket` by [`bind`]) until
+/// `shutdown` completes, then removes the socket.
+pub async fn serve(
+    agent: Arc<Agent>,
+    listener: tokio::net::UnixListener,
+    socket: &Path,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     axum::serve(listener, router(agent)).with_graceful_shutdown(shutdown).await.context("serving the API")?;
     let _ = std::fs::remove_file(socket);
     Ok(())

@@ -1,6 +1,9 @@
 //! A small client for the agent's API (HTTP/1.1 over the Unix socket).
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use http_body_util::{BodyExt as _, Full};
@@ -23,11 +26,28 @@ pub struct ApiError {
 /// The agent's socket could not be reached (not running, wrong socket, or
 /// no permission).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot reach netpathd at {} (is the agent running, and are you root?)", socket.display())]
+#[error("cannot reach netpathd at {}{} (is the agent running, and are you root?)", socket.display(), waited_text(*waited))]
 pub struct Unreachable {
     pub socket: PathBuf,
+    /// How long the client waited for the agent to come up first.
+    pub waited: Duration,
     #[source]
     pub source: std::io::Error,
+}
+
+fn waited_text(waited: Duration) -> String {
+    if waited.is_zero() {
+        String::new()
+    } else {
+        format!(" after waiting {:.1} s for it", waited.as_secs_f64())
+    }
+}
+
+/// Does connecting fail because no agent serves the socket yet (none
+/// bound, or a stale one left by an agent that is restarting)? Other
+/// failures (permission) do not go away by waiting.
+fn agent_not_up(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused)
 }
 
 /// A client of the agent's API. Paths are relative to the API version
@@ -36,6 +56,9 @@ pub struct Client {
     socket: PathBuf,
     /// Put in front of every path: [`API_PREFIX`] for netpathd.
     prefix: String,
+    /// How long a request waits for an agent that is not up (see
+    /// [`Client::waiting_for_agent`]).
+    agent_wait: Duration,
 }
 
 impl Client {
@@ -45,7 +68,36 @@ impl Client {
 
     /// A client of another HTTP-over-Unix-socket API (dockerd's, `/v1.41`).
     pub fn with_prefix(socket: &Path, prefix: &str) -> Client {
-        Client { socket: socket.to_path_buf(), prefix: prefix.to_string() }
+        Client { socket: socket.to_path_buf(), prefix: prefix.to_string(), agent_wait: Duration::ZERO }
+    }
+
+    /// A client whose requests wait up to `wait` for an agent that is not
+    /// up (its socket missing or refusing: the agent starting, or
+    /// restarting), connecting again every so often. Only the connection
+    /// is retried: nothing was sent before it succeeds, so a request is
+    /// never made twice.
+    pub fn waiting_for_agent(mut self, wait: Duration) -> Client {
+        self.agent_wait = wait;
+        self
+    }
+
+    /// Connects to the agent's socket, waiting as [`Client::waiting_for_agent`] says.
+    async fn connect(&self) -> Result<tokio::net::UnixStream, Unreachable> {
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match tokio::net::UnixStream::connect(&self.socket).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) if agent_not_up(&e) && start.elapsed() + pause <= self.agent_wait => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(250));
+                }
+                Err(source) => {
+                    let waited = if self.agent_wait.is_zero() { Duration::ZERO } else { start.elapsed() };
+                    return Err(Unreachable { socket: self.socket.clone(), waited, source });
+                }
+            }
+        }
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
@@ -94,9 +146,7 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<hyper::Response<hyper::body::Incoming>> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| Unreachable { socket: self.socket.clone(), source })?;
+        let stream = self.connect().await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
         let body = match body {

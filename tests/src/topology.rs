@@ -98,6 +98,8 @@ pub struct Topology {
     /// machine's: mounts propagate in, its own never out), so that a test
     /// may unmount bpffs under it without touching the machine's.
     agent_own_mounts: bool,
+    /// Environment variables the agent is started with, beside the test's.
+    agent_env: Vec<(String, String)>,
 }
 
 impl Topology {
@@ -122,6 +124,7 @@ impl Topology {
             extra_agent_args: vec![],
             agent_binary: None,
             agent_own_mounts: false,
+            agent_env: vec![],
         };
         topo.add_netns(&topo.host.clone())?;
         topo.add_netns(&topo.world.clone())?;
@@ -249,6 +252,12 @@ impl Topology {
         self.agent_binary = binary;
     }
 
+    /// An environment variable for the next [`Topology::start_agent`]
+    /// (`NOTIFY_SOCKET`, as systemd sets it).
+    pub fn set_agent_env(&mut self, key: &str, value: &str) {
+        self.agent_env.push((key.to_string(), value.to_string()));
+    }
+
     /// See `agent_own_mounts`: for the next [`Topology::start_agent`].
     pub fn set_agent_own_mounts(&mut self, own: bool) {
         self.agent_own_mounts = own;
@@ -277,6 +286,7 @@ impl Topology {
         };
         let child = crate::daemon_command(&mut command)
             .args(&args)
+            .envs(self.agent_env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone()?)
             .stderr(log)
             .stdin(Stdio::null())

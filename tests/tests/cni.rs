@@ -2,7 +2,10 @@
 //! runtime), against a sandbox host with netpathd: ADD results, DEL
 //! idempotence, CHECK, GC, STATUS, failing ADDs, concurrency.
 
-use std::net::Ipv4Addr;
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
 
 use netpath_tests::{
     cni::{ask, serve, Plugin},
@@ -224,18 +227,65 @@ fn gc_removes_attachments_not_in_the_valid_list_of_its_own_network_only() {
 }
 
 #[test]
+fn add_and_del_ride_out_an_agent_restart() {
+    let mut t = topology(2);
+    let plugin = Plugin::new(&t, "np", "1.1.0");
+    // A crash (the socket is left behind, refusing) and a stop (no socket):
+    // the runtime's ADD or DEL meanwhile waits for the agent that comes back.
+    for (i, crash) in [true, false].into_iter().enumerate() {
+        if crash {
+            t.kill_agent().unwrap();
+            assert!(t.socket().exists(), "a killed agent leaves its socket");
+        } else {
+            t.stop_agent().unwrap();
+        }
+        let (id, ns) = (cid(10 + i as u32), t.container_ns(i + 1));
+        let asked = Instant::now();
+        let add = {
+            let (plugin, id, ns) = (Plugin { conf: plugin.conf.clone() }, id.clone(), ns.clone());
+            std::thread::spawn(move || plugin.add(&id, &ns, ports(&[(9090 + i as u16, 80)])).unwrap())
+        };
+        std::thread::sleep(Duration::from_millis(1500));
+        t.start_agent().unwrap();
+        let out = add.join().unwrap();
+        assert!(asked.elapsed() >= Duration::from_millis(1500));
+        let result = out.result();
+        assert_spec_valid(&result, "1.1.0", &t, &ns);
+        assert!(containers(&t).iter().any(|c| c.name == container_name(&id, "eth0")), "attached once the agent was up");
+
+        t.kill_agent().unwrap();
+        let del = {
+            let (plugin, id, ns) = (Plugin { conf: plugin.conf.clone() }, id.clone(), ns.clone());
+            std::thread::spawn(move || plugin.del(&id, &ns).unwrap())
+        };
+        std::thread::sleep(Duration::from_millis(500));
+        t.start_agent().unwrap();
+        assert!(del.join().unwrap().ok, "DEL waited for the agent");
+        assert!(containers(&t).is_empty(), "removed once the agent was up");
+    }
+}
+
+#[test]
 fn status_says_whether_the_agent_is_up_and_add_asks_to_try_again() {
     let mut t = topology(1);
     let plugin = Plugin::new(&t, "np", "1.1.0");
     plugin.call("STATUS", "", "", "", &json!({})).unwrap().result();
     t.stop_agent().unwrap();
+    // STATUS answers at once: it is how a runtime asks whether the agent is up.
+    let asked = Instant::now();
     let out = plugin.call("STATUS", "", "", "", &json!({})).unwrap();
+    assert!(asked.elapsed() < Duration::from_secs(2), "STATUS waited {:?}", asked.elapsed());
     assert_eq!(out.code(), error::NOT_AVAILABLE as u64);
     assert!(out.msg().contains(&t.socket().display().to_string()), "names the socket: {}", out.out);
-    let out = plugin.add(&cid(1), &t.container_ns(1), json!({})).unwrap();
+    // ADD and DEL wait for the agent (agentWaitSeconds), then ask to try again.
+    let impatient = Plugin { conf: plugin.conf_with(&json!({"agentWaitSeconds": 1})) };
+    let asked = Instant::now();
+    let out = impatient.add(&cid(1), &t.container_ns(1), json!({})).unwrap();
+    assert!(asked.elapsed() >= Duration::from_millis(700), "ADD gave up after {:?}", asked.elapsed());
     assert_eq!(out.code(), error::TRY_AGAIN_LATER as u64);
     assert!(out.msg().contains("netpathd is not running"), "{}", out.out);
-    assert_eq!(plugin.del(&cid(1), &t.container_ns(1)).unwrap().code(), error::TRY_AGAIN_LATER as u64);
+    assert!(out.out["details"].as_str().unwrap_or_default().contains("after waiting"), "{}", out.out);
+    assert_eq!(impatient.del(&cid(1), &t.container_ns(1)).unwrap().code(), error::TRY_AGAIN_LATER as u64);
     t.start_agent().unwrap();
     plugin.call("STATUS", "", "", "", &json!({})).unwrap().result();
     // Bad configurations get the spec's codes.

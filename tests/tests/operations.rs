@@ -354,3 +354,51 @@ fn json_logs_give_one_object_per_line_and_name_the_request_behind_each_change() 
     assert_eq!(find("published")["mapping"], "8080:c1:80/tcp");
     assert_eq!(find("container removed")["container"], "c1");
 }
+
+#[test]
+fn under_systemd_the_agent_says_it_is_ready_only_once_its_api_answers_and_says_when_it_stops() {
+    // The shipped unit waits for that word before it counts the agent as
+    // started (and starts the runtimes ordered after it).
+    let unit = std::fs::read_to_string(repo_file("dist/netpathd.service")).unwrap();
+    assert!(unit.lines().any(|l| l == "Type=notify"), "{unit}");
+    assert!(unit.lines().any(|l| l == "NotifyAccess=main"), "{unit}");
+
+    let mut t = topology(1);
+    // systemd's end of the protocol: a datagram socket named by NOTIFY_SOCKET.
+    let dir = std::env::temp_dir().join(format!("{}-notify", netpath_tests::topology::run_prefix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&path);
+    let notify = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    t.set_agent_env("NOTIFY_SOCKET", path.to_str().unwrap());
+    // As a unit ordered after netpathd would: the moment READY=1 arrives,
+    // one API call, without waiting or retrying.
+    let ctl = bin_dir().join("netpathctl");
+    let socket = t.socket();
+    let watcher = std::thread::spawn(move || {
+        let mut messages = vec![];
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = notify.recv(&mut buf).expect("a message from netpathd on NOTIFY_SOCKET");
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if message.lines().any(|l| l == "READY=1") {
+                let status = Command::new(&ctl).arg("--socket").arg(&socket).arg("status").output().unwrap();
+                messages.push(message);
+                return (messages, status, notify);
+            }
+            messages.push(message);
+        }
+    });
+    t.start_agent().unwrap();
+    let (messages, status, notify) = watcher.join().unwrap();
+    assert!(status.status.success(), "the API did not answer when the agent said READY=1: {}", text(&status));
+    assert_eq!(messages.len(), 1, "READY=1 is the first message: {messages:?}");
+
+    t.stop_agent().unwrap();
+    let mut buf = [0u8; 4096];
+    let n = notify.recv(&mut buf).expect("STOPPING=1 on SIGTERM");
+    let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(message.lines().any(|l| l == "STOPPING=1"), "{message:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -103,7 +103,6 @@ fn main() -> Result<()> {
         agent.set_config_source(Box::new(move || resolve(&flags)));
         agent.spawn_background().await?;
         tokio::spawn(reload_on_sighup(agent.clone()));
-        tracing::info!(instance = %cfg.instance, bridge = %cfg.bridge, subnet = ?cfg.net4.map(|n| n.subnet), subnet6 = ?cfg.net6.map(|n| n.subnet), "netpathd ready");
         // One shutdown signal for every server the agent runs.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -111,6 +110,7 @@ fn main() -> Result<()> {
         };
         tokio::spawn(async move {
             shutdown_signal().await;
+            notify_service_manager(sd_notify::NotifyState::Stopping);
             let _ = stop_tx.send(true);
         });
         let docker = match &cfg.docker_plugin {
@@ -123,7 +123,14 @@ fn main() -> Result<()> {
         };
         let metrics = metrics_listener
             .map(|l| tokio::spawn(api::serve_metrics(agent.clone(), l, stopped(stop_rx.clone()))));
-        let served = api::serve(agent, &cfg.socket, stopped(stop_rx)).await;
+        let api_listener = api::bind(&cfg.socket).await?;
+        tracing::info!(instance = %cfg.instance, bridge = %cfg.bridge, subnet = ?cfg.net4.map(|n| n.subnet), subnet6 = ?cfg.net6.map(|n| n.subnet), "netpathd ready");
+        // Under systemd (Type=notify) the unit is started only now, with
+        // every socket bound: units ordered after it (the container
+        // runtimes) and `systemctl start`/`restart` wait for an agent that
+        // answers.
+        notify_service_manager(sd_notify::NotifyState::Ready);
+        let served = api::serve(agent, api_listener, &cfg.socket, stopped(stop_rx)).await;
         if let Some(docker) = docker {
             docker.await.context("the Docker plugin server")??;
         }
@@ -134,6 +141,15 @@ fn main() -> Result<()> {
         tracing::info!("netpathd stopping; the datapath stays attached");
         Ok(())
     })
+}
+
+/// Tells the service manager (`$NOTIFY_SOCKET`, set by systemd for a
+/// `Type=notify` unit) of a state change; nothing without one. A failure
+/// is logged: the unit's start then times out, named in systemd's log.
+fn notify_service_manager(state: sd_notify::NotifyState) {
+    if let Err(e) = sd_notify::notify(&[state]) {
+        tracing::warn!("telling the service manager (NOTIFY_SOCKET) that netpathd is ready or stopping: {e}");
+    }
 }
 
 /// SIGHUP re-reads the config file; a refused reload is logged and

@@ -4,6 +4,7 @@
 use std::{
     net::{IpAddr, Ipv4Addr},
     path::PathBuf,
+    time::Duration,
 };
 
 use serde::Deserialize;
@@ -15,6 +16,14 @@ use crate::{model::PortRequest, portspec::Protocol};
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.4.0", "1.0.0", "1.1.0"];
 /// The newest of them.
 pub const LATEST_VERSION: &str = "1.1.0";
+
+/// How long the plugin waits for the agent by default (`agentWaitSeconds`):
+/// longer than a restart of the agent takes (systemd's 2 s pause after a
+/// crash, then some 6 s of loading programs on a small host), shorter than
+/// the runtimes' own limits on a network setup (CRI's minutes).
+pub const DEFAULT_AGENT_WAIT_SECS: f64 = 30.0;
+/// The most `agentWaitSeconds` may ask for.
+pub const MAX_AGENT_WAIT_SECS: f64 = 600.0;
 
 /// The plugin's network configuration (one plugin object of a conflist,
 /// with the runtime's `name`, `cniVersion`, `runtimeConfig`, `prevResult`).
@@ -34,6 +43,13 @@ pub struct NetConf {
     /// when `socket` is not given; `default` when neither is.
     #[serde(default)]
     pub instance: Option<String>,
+    /// How long ADD, DEL, CHECK and GC wait for an agent that is not up
+    /// (starting, or restarting after an upgrade or a crash) before they
+    /// fail with code 11; [`DEFAULT_AGENT_WAIT_SECS`] when not given, 0:
+    /// not at all. STATUS never waits: it is how a runtime asks whether
+    /// the agent is up.
+    #[serde(default)]
+    pub agent_wait_seconds: Option<f64>,
     /// Passed through to the result.
     #[serde(default)]
     pub dns: Option<serde_json::Value>,
@@ -100,6 +116,18 @@ impl NetConf {
             return Err(CniError::new(INVALID_CONFIG, "the network configuration has no \"name\""));
         }
         Ok(conf)
+    }
+
+    /// `agentWaitSeconds` as a duration, checked.
+    pub fn agent_wait(&self) -> Result<Duration, CniError> {
+        let secs = self.agent_wait_seconds.unwrap_or(DEFAULT_AGENT_WAIT_SECS);
+        if !(0.0..=MAX_AGENT_WAIT_SECS).contains(&secs) {
+            return Err(CniError::new(
+                INVALID_CONFIG,
+                format!("agentWaitSeconds {secs} is out of range: 0 (do not wait) to {MAX_AGENT_WAIT_SECS}"),
+            ));
+        }
+        Ok(Duration::from_secs_f64(secs))
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -294,6 +322,19 @@ mod tests {
             NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"ips":["fd00::2/64"]}}"#).unwrap();
         assert_eq!(v6.requested_ip(&CniArgs::default()).unwrap_err().code, INVALID_CONFIG);
         assert_eq!(CniArgs::parse("novalue").unwrap_err().code, INVALID_ENVIRONMENT);
+    }
+
+    #[test]
+    fn the_wait_for_the_agent_defaults_and_is_bounded() {
+        let conf = |extra: &str| NetConf::parse(format!(r#"{{"cniVersion":"1.0.0","name":"n"{extra}}}"#).as_bytes());
+        assert_eq!(conf("").unwrap().agent_wait().unwrap(), Duration::from_secs(30));
+        assert_eq!(conf(r#","agentWaitSeconds":0"#).unwrap().agent_wait().unwrap(), Duration::ZERO);
+        assert_eq!(conf(r#","agentWaitSeconds":2.5"#).unwrap().agent_wait().unwrap(), Duration::from_millis(2500));
+        let e = conf(r#","agentWaitSeconds":601"#).unwrap().agent_wait().unwrap_err();
+        assert_eq!(e.code, INVALID_CONFIG);
+        assert!(e.msg.contains("agentWaitSeconds 601"), "{}", e.msg);
+        assert_eq!(conf(r#","agentWaitSeconds":-1"#).unwrap().agent_wait().unwrap_err().code, INVALID_CONFIG);
+        assert_eq!(conf(r#","agentWaitSeconds":"5""#).unwrap_err().code, DECODE_FAILURE);
     }
 
     #[test]

@@ -116,12 +116,14 @@ mod tests {
     fn agent_errors_map_to_codes() {
         let unreachable: anyhow::Error = Unreachable {
             socket: "/run/netpath/x/api.sock".into(),
+            waited: std::time::Duration::from_secs(3),
             source: std::io::Error::from(std::io::ErrorKind::NotFound),
         }
         .into();
         let e = CniError::from_agent(&unreachable, "ADD");
         assert_eq!(e.code, TRY_AGAIN_LATER);
         assert!(e.msg.contains("/run/netpath/x/api.sock"), "{}", e.msg);
+        assert!(e.details.contains("after waiting 3.0 s"), "{}", e.details);
         let refused = |reason, status| -> anyhow::Error { ApiError { status, message: "no".into(), reason }.into() };
         assert_eq!(CniError::from_agent(&refused(Some(ErrorReason::PortInUse), 409), "ADD").code, PORT_IN_USE);
         assert_eq!(CniError::from_agent(&refused(Some(ErrorReason::AddressInUse), 409), "ADD").code, ADDRESS_IN_USE);
