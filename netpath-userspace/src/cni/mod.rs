@@ -90,15 +90,15 @@ pub async fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
         return Ok(Some(version(stdin)));
     }
     let conf = NetConf::parse(stdin)?;
-    let asking = Client::new(&conf.socket());
+    let socket = conf.socket();
     // Every command but STATUS rides out an agent restart.
-    let waiting = || conf.agent_wait().map(|wait| Client::new(&conf.socket()).waiting_for_agent(wait));
+    let waiting = || conf.agent_wait().map(|wait| Client::new(&socket).waiting_for_agent(wait));
     match env.command.as_str() {
         "ADD" => add(env, &conf, &waiting()?).await.map(Some),
         "DEL" => del(env, &waiting()?).await.map(|()| None),
         "CHECK" => check(env, &conf, &waiting()?).await.map(|()| None),
         "GC" => gc(&conf, &waiting()?).await.map(|()| None),
-        "STATUS" => status(&conf, &asking).await.map(|()| None),
+        "STATUS" => status(&conf, &Client::new(&socket)).await.map(|()| None),
         "" => Err(CniError::new(INVALID_ENVIRONMENT, "CNI_COMMAND is not set")),
         other => Err(CniError::new(INVALID_ENVIRONMENT, format!("CNI_COMMAND {other:?} is not a CNI command"))),
     }

@@ -296,6 +296,32 @@ impl Results {
 
 const PUBLISH: &str = "publish";
 
+/// The count the bulk target names: 10000 mappings, or 10000
+/// rules, applied in under [`BULK_BUDGET_MS`].
+pub const BULK_COUNT: usize = 10_000;
+pub const BULK_BUDGET_MS: f64 = 1000.0;
+
+/// The bulk target of a section whose bed grows in bulk calls (`steps`:
+/// the count each call got to, and its milliseconds): the calls that got
+/// from nothing to [`BULK_COUNT`] `things`, summed, under
+/// [`BULK_BUDGET_MS`]. Each call is all or nothing, so the sum is an upper
+/// bound of one call with all of them.
+pub fn bulk_target(section: &'static str, things: &str, steps: &[(usize, f64)]) -> Target {
+    let what = format!("{BULK_COUNT} {things} applied in bulk in under {BULK_BUDGET_MS:.0} ms");
+    let upto: Vec<&(usize, f64)> = steps.iter().filter(|(count, _)| *count <= BULK_COUNT).collect();
+    if upto.last().map(|(count, _)| *count) != Some(BULK_COUNT) {
+        return Target::not_measured(section, &what);
+    }
+    let total: f64 = upto.iter().map(|(_, ms)| ms).sum();
+    let calls: Vec<String> = upto.iter().map(|(count, ms)| format!("to {count}: {ms:.1} ms")).collect();
+    Target::new(
+        section,
+        &what,
+        format!("{total:.1} ms in {} all-or-nothing calls ({})", upto.len(), calls.join(", ")),
+        total < BULK_BUDGET_MS,
+    )
+}
+
 /// The published-ports section's targets.
 fn targets(variants: &[VariantFigures], opts: &Options) -> Vec<Target> {
     let find = |v: Variant| variants.iter().find(|f| f.variant == v);
@@ -368,6 +394,8 @@ fn targets(variants: &[VariantFigures], opts: &Options) -> Vec<Target> {
         _ => Target::not_measured(PUBLISH, "netpath throughput >= 95% of no-nat"),
     });
 
+    out.push(bulk_target(PUBLISH, "published ports", np.map(|n| n.publish_all_ms.as_slice()).unwrap_or_default()));
+
     out.push(match np.and_then(|n| n.publish_one_ms.as_ref()) {
         Some(s) => Target::new(
             PUBLISH,
@@ -378,4 +406,20 @@ fn targets(variants: &[VariantFigures], opts: &Options) -> Vec<Target> {
         None => Target::not_measured(PUBLISH, "publishing one more port takes < 1 ms"),
     });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bulk_target_sums_the_calls_that_got_to_ten_thousand() {
+        let t = bulk_target("s", "things", &[(1, 1.0), (1000, 15.0), (10_000, 60.0), (100_000, 600.0)]);
+        assert_eq!(t.met, Some(true));
+        assert!(t.measured.starts_with("76.0 ms in 3 all-or-nothing calls"), "{}", t.measured);
+        let slow = bulk_target("s", "things", &[(0, 1.0), (1000, 15.0), (10_000, 990.0)]);
+        assert_eq!(slow.met, Some(false), "{}", slow.measured);
+        assert_eq!(bulk_target("s", "things", &[(1, 1.0), (1000, 15.0)]).met, None, "never got to 10000");
+        assert_eq!(bulk_target("s", "things", &[]).met, None);
+    }
 }
