@@ -107,18 +107,25 @@ impl Podman {
     /// container ID, or podman's error text; the ID is kept for cleanup
     /// either way.
     pub fn run_httpd(&mut self, extra: &[&str]) -> Result<std::result::Result<String, String>> {
-        let rootfs = self.rootfs.display().to_string();
-        let mut args = vec!["create", "--network", &self.network];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&["--rootfs", &rootfs, "/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/www"]);
-        let id = self.podman_ok(&args)?;
-        self.ids.push(id.clone());
+        let id = self.create_httpd(extra)?;
         let out = self.podman(&["start", &id])?;
         if out.status.success() {
             Ok(Ok(id))
         } else {
             Ok(Err(String::from_utf8_lossy(&out.stderr).into_owned()))
         }
+    }
+
+    /// `podman create` of busybox httpd (see [`Podman::run_httpd`]), not
+    /// started: its network is set up (the plugin's ADD) at `podman start`.
+    pub fn create_httpd(&mut self, extra: &[&str]) -> Result<String> {
+        let rootfs = self.rootfs.display().to_string();
+        let mut args = vec!["create", "--network", &self.network];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--rootfs", &rootfs, "/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/www"]);
+        let id = self.podman_ok(&args)?;
+        self.ids.push(id.clone());
+        Ok(id)
     }
 
     /// `podman rm -f` of containers by ID.

@@ -137,6 +137,23 @@ fn podman_stop_start_agent_restart_and_an_address_in_use() {
     assert_eq!(containers(&t).iter().map(|c| c.name.clone()).collect::<Vec<_>>(), vec![container_name(&web, "eth0")]);
     assert_eq!(curl(&t.world, &url, Duration::from_secs(5)).unwrap(), hello);
 
+    // A container started while the agent is down (killed, as in a crash or
+    // an upgrade's restart): podman's ADD waits for the agent, and the
+    // container comes up attached and published once it is back.
+    let late = pod.create_httpd(&["-p", "8081:80"]).unwrap();
+    t.kill_agent().unwrap();
+    let started = std::thread::scope(|s| {
+        let start = s.spawn(|| pod.podman(&["start", &late]).unwrap());
+        std::thread::sleep(Duration::from_millis(1500));
+        t.start_agent().unwrap();
+        start.join().unwrap()
+    });
+    assert!(started.status.success(), "podman start during the restart: {}", String::from_utf8_lossy(&started.stderr));
+    let late_url = format!("http://{HOST_UPLINK_IP}:8081/");
+    assert_eq!(curl(&t.world, &late_url, Duration::from_secs(10)).unwrap(), hello);
+    pod.rm(&[&late]).unwrap();
+    assert_eq!(containers(&t).iter().map(|c| c.name.clone()).collect::<Vec<_>>(), vec![container_name(&web, "eth0")]);
+
     // --ip of an address in use: podman shows the plugin's error; nothing stays.
     let ip = containers(&t)[0].ip4().to_string();
     let with_one = footprint(&t).unwrap().attachments();
