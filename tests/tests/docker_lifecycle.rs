@@ -1,7 +1,8 @@
 //! Real dockerd 20.10 on netpath's remote network driver through a
 //! container's life: `docker stop`/`start`, `restart`, `kill` then `start`,
-//! `docker network connect`/`disconnect` of a running container, and a
-//! dockerd restart with and without `--live-restore`. After each step the
+//! `docker network connect`/`disconnect` of a running container, a dockerd
+//! restart with and without `--live-restore`, and `docker start` while the
+//! agent is down (it completes once the agent is back). After each step the
 //! published port answers from the world namespace (or, where it must not,
 //! does not), and the agent holds exactly what the running containers need:
 //! a stopped or disconnected container leaves the footprint (interfaces,
@@ -281,6 +282,45 @@ fn dockerd_restart_with_live_restore_keeps_the_container_serving() {
     d.docker_ok(&["start", &web]).unwrap();
     assert_serving(&t, &d, &web, &net, 8080, "after docker start of the restored container");
     t.assert_no_netfilter_rules().unwrap();
+
+    d.rm(&web).unwrap();
+    d.network_rm(&net).unwrap();
+    assert_left_nothing(&t, &d, &before, "after docker rm -f and network rm");
+    drop(d);
+}
+
+#[test]
+fn a_container_started_while_the_agent_is_down_comes_up_once_it_is_back() {
+    let (mut t, driver) = topology();
+    let mut d = Dockerd::start(&t).unwrap();
+    let before = footprint(&t).unwrap();
+    let net = network(&t, &mut d, &driver);
+    let web = d.run(&["--network", &net, "--stop-timeout", "1", "-p", "8080:80"], HTTPD).unwrap().unwrap();
+    assert_serving(&t, &d, &web, &net, 8080, "after docker run");
+    d.docker_ok(&["stop", &web]).unwrap();
+    assert_left_nothing(&t, &d, &before, "after docker stop");
+
+    // The agent killed (a crash, or an upgrade's restart): its plugin
+    // socket is left behind, refusing. dockerd retries its calls to a
+    // network driver that does not answer, so `docker start` meanwhile
+    // completes once the agent is back.
+    t.kill_agent().unwrap();
+    let (started, finished, agent_back) = std::thread::scope(|s| {
+        let start = s.spawn(|| (d.docker(&["start", &web]).unwrap(), Instant::now()));
+        std::thread::sleep(Duration::from_millis(1500));
+        let agent_back = Instant::now();
+        t.start_agent().unwrap();
+        let (started, finished) = start.join().unwrap();
+        (started, finished, agent_back)
+    });
+    assert!(
+        started.status.success(),
+        "docker start while the agent was down: {}\ndockerd log:\n{}",
+        String::from_utf8_lossy(&started.stderr),
+        d.log("dockerd")
+    );
+    assert!(finished > agent_back, "docker start finished before the agent was started again");
+    assert_serving(&t, &d, &web, &net, 8080, "after docker start during the agent's restart");
 
     d.rm(&web).unwrap();
     d.network_rm(&net).unwrap();
