@@ -240,15 +240,15 @@ fn add_and_del_ride_out_an_agent_restart() {
             t.stop_agent().unwrap();
         }
         let (id, ns) = (cid(10 + i as u32), t.container_ns(i + 1));
-        let asked = Instant::now();
         let add = {
             let (plugin, id, ns) = (Plugin { conf: plugin.conf.clone() }, id.clone(), ns.clone());
-            std::thread::spawn(move || plugin.add(&id, &ns, ports(&[(9090 + i as u16, 80)])).unwrap())
+            std::thread::spawn(move || (plugin.add(&id, &ns, ports(&[(9090 + i as u16, 80)])).unwrap(), Instant::now()))
         };
         std::thread::sleep(Duration::from_millis(1500));
+        let agent_back = Instant::now();
         t.start_agent().unwrap();
-        let out = add.join().unwrap();
-        assert!(asked.elapsed() >= Duration::from_millis(1500));
+        let (out, finished) = add.join().unwrap();
+        assert!(finished > agent_back, "ADD finished before the agent was started again: {}", out.out);
         let result = out.result();
         assert_spec_valid(&result, "1.1.0", &t, &ns);
         assert!(containers(&t).iter().any(|c| c.name == container_name(&id, "eth0")), "attached once the agent was up");
@@ -256,11 +256,13 @@ fn add_and_del_ride_out_an_agent_restart() {
         t.kill_agent().unwrap();
         let del = {
             let (plugin, id, ns) = (Plugin { conf: plugin.conf.clone() }, id.clone(), ns.clone());
-            std::thread::spawn(move || plugin.del(&id, &ns).unwrap())
+            std::thread::spawn(move || (plugin.del(&id, &ns).unwrap(), Instant::now()))
         };
         std::thread::sleep(Duration::from_millis(500));
+        let agent_back = Instant::now();
         t.start_agent().unwrap();
-        assert!(del.join().unwrap().ok, "DEL waited for the agent");
+        let (out, finished) = del.join().unwrap();
+        assert!(out.ok && finished > agent_back, "DEL waited for the agent: {}", out.out);
         assert!(containers(&t).is_empty(), "removed once the agent was up");
     }
 }
