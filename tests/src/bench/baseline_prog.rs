@@ -45,8 +45,9 @@ impl EmptyProgram {
 }
 
 /// A lookup miss and two inserts per run into a map of its own (see the
-/// module docs). The key is a `CtKey4`-sized buffer holding the frame's TCP
-/// ports: a frame with a new client port each run is a new flow each run,
+/// module docs). The key is a `CtKey4`-sized buffer holding the frame's
+/// addresses and TCP ports where `CtKey4` has them: a frame with a new
+/// client address or port each run is a new flow each run,
 /// and the run returns a verdict other than TC_ACT_OK if an insert failed
 /// (a frame seen before).
 pub(super) struct ConntrackFloor {
@@ -66,8 +67,10 @@ impl ConntrackFloor {
         let mut insns = vec![mov_reg(6, 1)];
         // The verifier wants every stack byte a helper reads written first.
         insns.extend((0..(key_size + value_size) / 8).map(|i| store_dw_imm(10, -8 * (i + 1), 0)));
-        // The key holds the TCP ports (bytes 34..38 of an untagged IPv4 frame).
-        insns.extend([mov_reg(1, 6), mov_imm(2, 34), mov_reg(3, 10), add_imm(3, key as i32), mov_imm(4, 4)]);
+        // The key holds the addresses and the TCP ports, as `CtKey4` does
+        // (bytes 26..38 of an untagged IPv4 frame: source, destination,
+        // then the ports).
+        insns.extend([mov_reg(1, 6), mov_imm(2, 26), mov_reg(3, 10), add_imm(3, key as i32), mov_imm(4, 12)]);
         insns.push(call(BPF_FUNC_SKB_LOAD_BYTES));
         // The conntrack lookup that misses.
         insns.extend(ld_map_fd(1, fd));

@@ -273,24 +273,42 @@ fn one_run(calls: u32, sizes: &[usize]) -> Result<Vec<Sample>> {
             None,
         ));
 
-        let new_flow = new_flows_median(&h, uplink, calls.min(MAX_NEW_FLOWS), mappings)?;
-        out.push(sample(
-            "new flow: conntrack miss, mapping, policy, two inserts, DNAT (a new client port each run)",
-            HookId::UplinkIngress.program(),
-            new_flow,
-            None,
-            None,
-        ));
+        // Every size's new flows start from the same table: the previous
+        // size's are forgotten first (see [`forget_new_flows`]).
+        forget_new_flows(&mut h)?;
+        let client = if mappings > 1 { ClientSet::LargestSize } else { ClientSet::SmallestSize };
+        let new_flows = calls.min(MAX_NEW_FLOWS);
+        let new_flow = new_flows_median(&h, uplink, new_flows, client)?;
+        out.push(sample(NEW_FLOW_CASE, HookId::UplinkIngress.program(), new_flow, None, None));
         let floor = ConntrackFloor::load(MAX_CT_ENTRIES as u32)?;
-        out.push(sample(
-            "kernel floor of a new flow: one lookup miss and two inserts into an LRU hash of the conntrack table's \
-             size (a minimal program, the same frames)",
-            "-",
-            floor_median(floor.fd(), calls.min(MAX_NEW_FLOWS), mappings)?,
-            None,
-            None,
-        ));
+        out.push(sample(FLOOR_CASE, "-", floor_median(floor.fd(), new_flows, client)?, None, None));
     }
+    // The same new flows once the table already holds FILL_FLOWS flows (both
+    // halves each), beside the kernel floor at the same fill: a fuller table
+    // makes every lookup and insert walk longer, colder buckets, the
+    // kernel's own included.
+    let (mappings, containers) = (*sizes.last().unwrap_or(&1), if sizes.len() > 1 { MANY_CONTAINERS } else { 1 });
+    let base = fresh_median(empty.fd(), &f.syn, calls)?;
+    let filled = |case, program, fresh: f64| Sample {
+        case,
+        program,
+        budget_ns: budget_of(case),
+        mappings,
+        containers,
+        fresh_ns: fresh,
+        net_ns: fresh - base,
+        loop_ns: None,
+        loop_net_ns: None,
+        loop_hits: None,
+    };
+    forget_new_flows(&mut h)?;
+    new_flows_median(&h, uplink, FILL_FLOWS, ClientSet::Fill)?;
+    let new_flows = calls.min(MAX_NEW_FLOWS);
+    let new_flow = new_flows_median(&h, uplink, new_flows, ClientSet::AtFill)?;
+    out.push(filled(NEW_FLOW_FILLED_CASE, HookId::UplinkIngress.program(), new_flow));
+    let floor = ConntrackFloor::load(MAX_CT_ENTRIES as u32)?;
+    floor_median(floor.fd(), FILL_FLOWS, ClientSet::Fill)?;
+    out.push(filled(FLOOR_FILLED_CASE, "-", floor_median(floor.fd(), new_flows, ClientSet::AtFill)?));
     Ok(out)
 }
 
@@ -339,28 +357,61 @@ pub fn targets(figures: &[Figure]) -> Vec<Target> {
 /// keep room for them at both sizes (`MAX_CT_ENTRIES` is 262144).
 const MAX_NEW_FLOWS: u32 = 50_000;
 
-/// The duration (as [`fresh_median`] takes it) of `n` first SYNs to the published port, each from
-/// a client port no flow has yet (a client address of its own per size,
-/// next to the benchmark's client, so that the measured flow is never hit),
-/// each checked to come out translated to the container.
-/// New flow `i` at table size `size`: a SYN from a client port of its own
-/// (another client address per size, so that no size replays another's
-/// flows), to the hit port, or as DNAT delivers it (`to` the container).
-fn new_flow_syn(size: usize, i: u32, to: ([u8; 4], u16)) -> Vec<u8> {
-    let client = [CLIENT[0], CLIENT[1], CLIENT[2], CLIENT[3].wrapping_add(if size > 1 { 2 } else { 1 })];
+/// The new-flow case, and the minimal program that does only what any new
+/// flow pays hash-table conntrack in the kernel, on the same frames.
+const NEW_FLOW_CASE: &str = "new flow: conntrack miss, mapping, policy, two inserts, DNAT (a new client port each run)";
+const FLOOR_CASE: &str =
+    "kernel floor of a new flow: one lookup miss and two inserts into an LRU hash of the conntrack \
+                          table's size (a minimal program, the same frames)";
+/// The same two once the table holds [`FILL_FLOWS`] flows.
+const NEW_FLOW_FILLED_CASE: &str = "new flow, the conntrack table already holding 100000 entries (50000 flows)";
+const FLOOR_FILLED_CASE: &str = "kernel floor of a new flow, its table already holding 100000 entries";
+
+/// Flows put in the table before the filled cases: with the measured ones
+/// after them (both halves each) the table stays below its size, so no
+/// insert has to evict.
+const FILL_FLOWS: u32 = 50_000;
+const _: () = assert!(2 * (FILL_FLOWS + MAX_NEW_FLOWS) < MAX_CT_ENTRIES as u32);
+
+/// Whose new flows: a client address of its own per set, next to the
+/// benchmark's client, so that the measured flow is never hit and no set
+/// replays another's flows.
+#[derive(Clone, Copy)]
+enum ClientSet {
+    SmallestSize = 1,
+    LargestSize,
+    Fill,
+    AtFill,
+}
+
+/// New flow `i` of `set`: a SYN from a client port of its own to the hit
+/// port, or as DNAT delivers it (`to` the container).
+fn new_flow_syn(set: ClientSet, i: u32, to: ([u8; 4], u16)) -> Vec<u8> {
+    let client = [CLIENT[0], CLIENT[1], CLIENT[2], CLIENT[3].wrapping_add(set as u8)];
     tcp_frame(HOST_MAC, CLIENT_MAC, (client, 10_000 + i as u16), to, TCP_SYN)
 }
 
-fn new_flows_median(h: &PacketHarness, uplink: RawFd, n: u32, size: usize) -> Result<f64> {
+/// Forgets every flow but the measured one (the new flows of earlier
+/// cases), so that a new-flow case starts from the table the smallest size
+/// started from: a fuller table would slow the inserts whatever the
+/// numbers of ports and containers, which is what the sizes vary.
+fn forget_new_flows(h: &mut PacketHarness) -> Result<()> {
+    h.dp.ct_remove_where(|k, _| k.saddr != CLIENT && k.daddr != CLIENT)?;
+    Ok(())
+}
+
+/// The duration (as [`fresh_median`] takes it) of `n` new flows of `set`,
+/// each checked to come out translated to the container.
+fn new_flows_median(h: &PacketHarness, uplink: RawFd, n: u32, set: ClientSet) -> Result<f64> {
     let inserts = h.dp.ct_stats()?.inserts;
     let mut runs = Vec::with_capacity(n as usize);
     for i in 0..n {
         if i % 10_000 == 0 {
             super::check_interrupted()?;
         }
-        let syn = new_flow_syn(size, i, (HOST, HIT_PORT));
+        let syn = new_flow_syn(set, i, (HOST, HIT_PORT));
         let r = run(uplink, &syn, 1).context("BPF_PROG_TEST_RUN")?;
-        let want = new_flow_syn(size, i, (CTR, CONTAINER_PORT));
+        let want = new_flow_syn(set, i, (CTR, CONTAINER_PORT));
         ensure!(r.verdict == TC_ACT_OK && r.data == want, "new flow {i} was not translated (verdict {})", r.verdict);
         runs.push(r.duration_ns as u64);
     }
@@ -372,10 +423,10 @@ fn new_flows_median(h: &PacketHarness, uplink: RawFd, n: u32, size: usize) -> Re
 }
 
 /// [`new_flows_median`]'s frames, through the [`ConntrackFloor`] program.
-fn floor_median(floor: RawFd, n: u32, size: usize) -> Result<f64> {
+fn floor_median(floor: RawFd, n: u32, set: ClientSet) -> Result<f64> {
     let mut runs = Vec::with_capacity(n as usize);
     for i in 0..n {
-        let r = run(floor, &new_flow_syn(size, i, (HOST, HIT_PORT)), 1).context("BPF_PROG_TEST_RUN")?;
+        let r = run(floor, &new_flow_syn(set, i, (HOST, HIT_PORT)), 1).context("BPF_PROG_TEST_RUN")?;
         ensure!(
             r.verdict == TC_ACT_OK,
             "the conntrack floor program's inserts failed for flow {i} ({})",
@@ -475,5 +526,25 @@ mod tests {
         assert_eq!(budget_of("first packet of a flow, on the uplink"), Some(NEW_FLOW_BUDGET_NS));
         assert_eq!(budget_of("miss (SYN to a port not published)"), None);
         assert_eq!(budget_of("empty tc program (runner overhead)"), None);
+        // A new flow into a filled table keeps the budget; the floors have none.
+        assert_eq!(budget_of(NEW_FLOW_CASE), Some(NEW_FLOW_BUDGET_NS));
+        assert_eq!(budget_of(NEW_FLOW_FILLED_CASE), Some(NEW_FLOW_BUDGET_NS));
+        assert_eq!((budget_of(FLOOR_CASE), budget_of(FLOOR_FILLED_CASE)), (None, None));
+    }
+
+    #[test]
+    fn every_set_of_new_flows_is_new_to_the_others_and_to_the_measured_flow() {
+        let sets = [ClientSet::SmallestSize, ClientSet::LargestSize, ClientSet::Fill, ClientSet::AtFill];
+        let client = |set| new_flow_syn(set, 0, (HOST, HIT_PORT))[26..30].to_vec();
+        let mut clients: Vec<Vec<u8>> = sets.iter().map(|&s| client(s)).collect();
+        clients.push(CLIENT.to_vec());
+        clients.sort();
+        clients.dedup();
+        assert_eq!(clients.len(), sets.len() + 1, "a client address per set, none the measured flow's");
+        // Within a set, every run is a new client port.
+        assert_ne!(
+            new_flow_syn(ClientSet::Fill, 0, (HOST, HIT_PORT)),
+            new_flow_syn(ClientSet::Fill, 1, (HOST, HIT_PORT))
+        );
     }
 }

@@ -362,7 +362,10 @@ fn prog_run(s: &mut String, r: &Results) {
          assembled by the benchmark, that does only what any new flow pays hash-table conntrack in the kernel: \
          one lookup that misses and two inserts into an LRU hash of the conntrack table's size, key and value, \
          on the new-flow case's frames; the new flow's figure minus it is netpath's own work, and it shows how \
-         much of the new-flow budget this machine leaves at the time of the run.\n",
+         much of the new-flow budget this machine leaves at the time of the run. Every size's new flows start \
+         from the same table (the earlier sizes' new flows are removed first: a fuller table slows every insert \
+         whatever the numbers of ports and containers, which is what the sizes vary); the \"already holding\" \
+         rows time the same new flows, and the floor, once the table holds 100000 entries of other flows.\n",
         r.method.prog_run_calls,
         r.method.prog_run_calls,
         super::attach::CONTAINERS
