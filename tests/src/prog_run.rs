@@ -160,7 +160,7 @@ impl PacketHarness {
     /// test does touches the machine's own) and loads the object.
     pub fn new() -> Result<PacketHarness> {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
-        let dp = Datapath::load_object(BPF_OBJECT, None)?;
+        let dp = Datapath::load_object(BPF_OBJECT)?;
         Ok(PacketHarness { dp })
     }
 

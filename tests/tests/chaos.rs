@@ -202,12 +202,19 @@ fn publishing_at_10000_ports_acknowledges_each_change_on_disk() {
     });
 }
 
+/// The instance's pins: maps, links, and the programs (in their
+/// directory, named by the object and the maps they were loaded against).
 fn pins(t: &Topology) -> Vec<String> {
     let mut out = vec![];
     for sub in ["maps", "links"] {
         if let Ok(dir) = std::fs::read_dir(t.pin_dir().join(sub)) {
             out.extend(dir.flatten().map(|e| format!("{sub}/{}", e.file_name().to_string_lossy())));
         }
+    }
+    for digest in std::fs::read_dir(t.pin_dir().join("progs")).into_iter().flatten().flatten() {
+        let programs = std::fs::read_dir(digest.path()).into_iter().flatten().flatten();
+        let digest = digest.file_name().to_string_lossy().into_owned();
+        out.extend(programs.map(|p| format!("progs/{digest}/{}", p.file_name().to_string_lossy())));
     }
     out.sort();
     out
@@ -252,10 +259,13 @@ fn a_wiped_pin_directory_is_put_back_within_seconds_without_an_outage() {
     assert_eq!(pinned_map_id(&t, "CT4"), ct_before, "the conntrack table was replaced, not pinned again");
     assert!(t.metrics().unwrap().contains("\nnetpath_pins_restored_total 1\n"));
     // The pins are the live objects: an agent restarted on them keeps the
-    // held connections (their conntrack entries) and the attachments.
+    // held connections (their conntrack entries) and the attachments, and
+    // adopts the programs (the same maps: the same directory, nothing
+    // loaded again).
     t.stop_agent().unwrap();
     t.start_agent().unwrap();
     traffic.verify().unwrap();
+    assert_eq!(pins(&t), pins_before, "the restart on the restored pins changed them");
     record(
         "bpffs wiped under a running agent",
         &[

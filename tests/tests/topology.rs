@@ -217,6 +217,10 @@ fn agent_restart_keeps_traffic_and_does_not_double_attach() {
     for a in &st.attach_points {
         assert_eq!(a.attached_program_ids.len(), 1, "exactly one program on {} {}: {a:?}", a.interface, a.hook);
     }
+    // The same build over the same maps adopts the programs it left
+    // loaded (pinned under progs/): none is loaded, and so verified, again.
+    let ids_after: Vec<Vec<u32>> = st.attach_points.iter().map(|a| a.attached_program_ids.clone()).collect();
+    assert_eq!(sorted(ids_after), sorted(ids_before), "the restarted agent loaded its programs again");
     // Exactly one count per packet: with a second attachment every ping
     // would count twice.
     let before = container_status(&t, "c1").stats.tx_packets;
@@ -227,6 +231,52 @@ fn agent_restart_keeps_traffic_and_does_not_double_attach() {
     t.ctl_ok(&["container", "del", "c2"]).unwrap();
     assert!(!t.ping(&ns1, &c2.ip4().to_string(), 1).unwrap());
     t.assert_no_netfilter_rules().unwrap();
+}
+
+fn sorted(mut ids: Vec<Vec<u32>>) -> Vec<Vec<u32>> {
+    ids.sort();
+    ids
+}
+
+/// The programs' pins, one directory named by the digest of the object
+/// and of the maps they were loaded against.
+fn programs_dirs(t: &Topology) -> Vec<std::path::PathBuf> {
+    let mut dirs: Vec<_> = std::fs::read_dir(t.pin_dir().join("progs")).unwrap().map(|e| e.unwrap().path()).collect();
+    dirs.sort();
+    dirs
+}
+
+/// Programs are adopted only from the directory this build over these
+/// maps would pin them in: pins under another digest (another build's
+/// object, or other maps) are not what this agent would load. It loads and
+/// pins its own then (the others removed), swaps them in, and traffic goes
+/// on.
+#[test]
+fn programs_pinned_from_another_object_are_loaded_again_not_adopted() {
+    let mut t = topology(2);
+    let _c1 = t.add_container(1).unwrap();
+    let c2 = t.add_container(2).unwrap();
+    let ns1 = t.container_ns(1);
+    let own = programs_dirs(&t);
+    assert_eq!(own.len(), 1, "{own:?}");
+    assert!(own[0].join("veth_ingress").exists() && own[0].join("deliver4").exists());
+    let ids_before: Vec<Vec<u32>> = status(&t).attach_points.iter().map(|a| a.attached_program_ids.clone()).collect();
+    t.stop_agent().unwrap();
+    let other = own[0].with_file_name("0".repeat(64));
+    std::fs::rename(&own[0], &other).unwrap();
+    t.start_agent().unwrap();
+    let st = status(&t);
+    for a in &st.attach_points {
+        assert_eq!(a.attached_program_ids.len(), 1, "exactly one program on {} {}: {a:?}", a.interface, a.hook);
+        assert!(
+            !ids_before.iter().flatten().any(|id| a.attached_program_ids.contains(id)),
+            "{} {} kept a program of the other pins: {a:?}",
+            a.interface,
+            a.hook
+        );
+    }
+    assert_eq!(programs_dirs(&t), own, "the reload pins its own programs, and only those");
+    assert!(t.ping(&ns1, &c2.ip4().to_string(), 1).unwrap(), "traffic after the reload");
 }
 
 #[test]

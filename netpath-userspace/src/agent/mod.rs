@@ -543,9 +543,10 @@ impl Agent {
                         agent.pins_restored.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(
                             maps = r.maps,
+                            programs = r.programs,
                             links = r.links,
                             pin_dir = %inner.dp.pin_dir().display(),
-                            "the instance's pins were removed behind the agent: pinned the same maps and links again"
+                            "the instance's pins were removed behind the agent: pinned the same maps, programs and links again"
                         );
                     }
                     Err(e) => tracing::error!("restoring the instance's pins: {e:#}"),

@@ -21,7 +21,7 @@ use netpath_common::{
     Hook, Side,
 };
 
-use super::{loader::program_mut, Datapath};
+use super::Datapath;
 
 /// Pin name of the cgroup attachment target.
 pub const CGROUP_TARGET: &str = "cgroup";
@@ -82,7 +82,7 @@ impl Datapath {
     fn attach_sock(&mut self, cgroup: &str, hook: &Hook, pin: &Path) -> Result<()> {
         let what = || format!("attaching {} to cgroup {cgroup}", hook.program);
         let dir = fs::File::open(cgroup).with_context(|| format!("opening cgroup {cgroup}"))?;
-        let prog: &mut CgroupSockAddr = program_mut(&mut self.ebpf, hook.program)?.try_into()?;
+        let prog: &mut CgroupSockAddr = self.program_mut(hook.program)?.try_into()?;
         let id = prog.attach(&dir, CgroupAttachMode::default()).with_context(what)?;
         let link: FdLink = prog.take_link(id)?.try_into().with_context(what)?;
         match fs::remove_file(pin) {
@@ -101,12 +101,12 @@ impl Datapath {
     fn replace_in_link(&mut self, hook: &Hook, link: FdLink) -> Result<FdLink> {
         Ok(match hook.attach {
             Attach::Tcx(_) => {
-                let prog: &mut SchedClassifier = program_mut(&mut self.ebpf, hook.program)?.try_into()?;
+                let prog: &mut SchedClassifier = self.program_mut(hook.program)?.try_into()?;
                 let id = prog.attach_to_link(link.try_into()?)?;
                 prog.take_link(id)?.try_into()?
             }
             Attach::Xdp => {
-                let prog: &mut Xdp = program_mut(&mut self.ebpf, hook.program)?.try_into()?;
+                let prog: &mut Xdp = self.program_mut(hook.program)?.try_into()?;
                 let id = prog.attach_to_link(link.try_into()?)?;
                 prog.take_link(id)?.try_into()?
             }
@@ -118,14 +118,14 @@ impl Datapath {
         let what = || format!("attaching {} to {ifname} ({})", hook.program, hook.pin_prefix);
         let link: FdLink = match hook.attach {
             Attach::Tcx(side) => {
-                let prog: &mut SchedClassifier = program_mut(&mut self.ebpf, hook.program)?.try_into()?;
+                let prog: &mut SchedClassifier = self.program_mut(hook.program)?.try_into()?;
                 let id = prog
                     .attach_with_options(ifname, tc_attach_type(side), TcAttachOptions::TcxOrder(LinkOrder::default()))
                     .with_context(what)?;
                 prog.take_link(id)?.try_into().with_context(what)?
             }
             Attach::Xdp => {
-                let prog: &mut Xdp = program_mut(&mut self.ebpf, hook.program)?.try_into()?;
+                let prog: &mut Xdp = self.program_mut(hook.program)?.try_into()?;
                 let id = prog.attach(ifname, XdpMode::default()).with_context(what)?;
                 prog.take_link(id)?.try_into().with_context(what)?
             }

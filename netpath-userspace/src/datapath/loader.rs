@@ -1,7 +1,10 @@
 //! Loading the embedded object: maps pinned (or adopted from a previous
-//! run), programs loaded as the hook table declares them.
+//! run), programs loaded as the hook table declares them, or adopted from
+//! their pins when a previous run loaded the same object against the same
+//! maps (a restart then verifies nothing).
 
 use std::{
+    collections::HashMap,
     fs,
     mem::size_of,
     path::{Path, PathBuf},
@@ -11,11 +14,13 @@ use std::{
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
     maps::{Array, Map, MapData, MapInfo, MapType},
-    programs::{Program, SchedClassifier},
+    programs::{CgroupSockAddr, Program, SchedClassifier, Xdp},
     Ebpf, EbpfLoader,
 };
 use aya_obj::generated::bpf_map_type;
+use aya_obj::programs::{CgroupSockAddrAttachType, XdpAttachType};
 use netpath_common::{
+    hooks::{Attach, SockAddrHook},
     maps as names, ContainerEntry, CtEntry4, CtKey4, CtStats, DatapathConfig, HostAddr, In6Addr, MappingEntry4,
     MappingKey4, PolicyEntry, PolicyKey4, SockRevNatEntry4, SockRevNatKey4, TrafficStats, DELIVER_CALLS, HOOKS,
     TAIL_CALLS,
@@ -83,8 +88,7 @@ const MAP_LAYOUTS: [(&str, usize, usize); 28] = [
 /// by side. One after the other they took ~10 s of every agent start here,
 /// and of every restart and upgrade.
 fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
-    let wanted: Vec<&str> =
-        HOOKS.iter().map(|h| h.program).chain(TAIL_CALLS.iter().chain(&DELIVER_CALLS).map(|t| t.program)).collect();
+    let wanted = wanted_programs();
     let mut queue: Vec<(&str, &mut Program)> = ebpf.programs_mut().filter(|(name, _)| wanted.contains(name)).collect();
     if let Some(missing) = wanted.iter().find(|w| !queue.iter().any(|(name, _)| name == *w)) {
         bail!("program {missing} missing from the BPF object");
@@ -118,6 +122,12 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
     })
 }
 
+/// Every program the agent loads: the hook table's, then the tail-called
+/// ones.
+fn wanted_programs() -> Vec<&'static str> {
+    HOOKS.iter().map(|h| h.program).chain(TAIL_CALLS.iter().chain(&DELIVER_CALLS).map(|t| t.program)).collect()
+}
+
 /// Loads one program, as the kind of program it is.
 fn load_program(name: &str, program: &mut Program) -> Result<()> {
     let loaded = match program {
@@ -129,24 +139,133 @@ fn load_program(name: &str, program: &mut Program) -> Result<()> {
     loaded.with_context(|| format!("loading program {name}"))
 }
 
-/// Puts each tail-called program (loaded) in its slot of its program array
-/// (`TAIL_CALLS`, `DELIVER_CALLS`), before any entry point of this load is
-/// attached: an entry point that jumps to an empty `TAIL_CALLS` slot drops
-/// the packet, the fast path leaves it to the stack.
-fn fill_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
-    for (array, table) in [(names::TAIL_CALLS, &TAIL_CALLS[..]), (names::DELIVER_CALLS, &DELIVER_CALLS[..])] {
-        let mut fds = Vec::with_capacity(table.len());
-        for tail in table {
-            let prog = <&mut SchedClassifier>::try_from(program_mut(ebpf, tail.program)?)?;
-            fds.push((tail, prog.fd()?.try_clone()?));
+impl Datapath {
+    /// Puts each tail-called program (loaded or adopted) in its slot of its
+    /// program array (`TAIL_CALLS`, `DELIVER_CALLS`), before any entry
+    /// point of this load is attached: an entry point that jumps to an
+    /// empty `TAIL_CALLS` slot drops the packet, the fast path leaves it to
+    /// the stack. Adopted programs are put back too: the arrays are pinned,
+    /// and an agent of another build that ran meanwhile on the same pins
+    /// put its own programs there.
+    fn fill_tail_calls(&mut self) -> Result<()> {
+        for (array, table) in [(names::TAIL_CALLS, &TAIL_CALLS[..]), (names::DELIVER_CALLS, &DELIVER_CALLS[..])] {
+            let mut fds = Vec::with_capacity(table.len());
+            for tail in table {
+                let prog = <&mut SchedClassifier>::try_from(self.program_mut(tail.program)?)?;
+                fds.push((tail, prog.fd()?.try_clone()?));
+            }
+            let map = self.ebpf.map_mut(array).ok_or_else(|| anyhow!("the BPF object declares no map {array}"))?;
+            let mut slots = aya::maps::ProgramArray::try_from(map)?;
+            for (tail, fd) in &fds {
+                slots.set(tail.slot, fd, 0).with_context(|| format!("putting {} in {array}", tail.program))?;
+            }
         }
-        let map = ebpf.map_mut(array).ok_or_else(|| anyhow!("the BPF object declares no map {array}"))?;
-        let mut slots = aya::maps::ProgramArray::try_from(map)?;
-        for (tail, fd) in &fds {
-            slots.set(tail.slot, fd, 0).with_context(|| format!("putting {} in {array}", tail.program))?;
+        Ok(())
+    }
+
+    /// The program `name`: adopted from its pin, or loaded from the object.
+    pub(super) fn program_mut(&mut self, name: &str) -> Result<&mut Program> {
+        if self.adopted.contains_key(name) {
+            return self.adopted.get_mut(name).ok_or_else(|| anyhow!("program {name} missing"));
+        }
+        program_mut(&mut self.ebpf, name)
+    }
+
+    /// The programs in the kernel, by name: the adopted ones, or those this
+    /// agent loaded.
+    pub(super) fn loaded_programs(&self) -> Vec<(&str, &Program)> {
+        if self.adopted.is_empty() {
+            self.ebpf.programs().filter(|(_, p)| p.fd().is_ok()).collect()
+        } else {
+            self.adopted.iter().map(|(name, p)| (name.as_str(), p)).collect()
         }
     }
-    Ok(())
+
+    /// Pins every loaded program whose pin is missing, under
+    /// [`programs_dir`] (which names what they were loaded from and
+    /// against); returns how many were pinned.
+    pub(super) fn pin_programs(&mut self) -> Result<usize> {
+        let dir = programs_dir(&self.pin_dir)?;
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut pinned = 0;
+        for name in wanted_programs() {
+            let path = dir.join(name);
+            if path.exists() {
+                continue;
+            }
+            self.program_mut(name)?.pin(&path).with_context(|| format!("pinning program {name}"))?;
+            pinned += 1;
+        }
+        Ok(pinned)
+    }
+}
+
+/// Where the loaded programs are pinned, beside `maps/` and `links/`.
+const PROGS_DIR: &str = "progs";
+
+/// The directory of the programs loaded from this build's object against
+/// the maps pinned now: `progs/<digest>`, the SHA-256 of the object's own
+/// digest and the id of every pinned map (ids are never reused while the
+/// kernel runs). Programs hold the maps they were loaded with: the same
+/// ids say the maps under `maps/` are those, not tables created since
+/// (bpffs wiped, pins replaced). (bpffs holds no regular files, so the
+/// stamp is the directory's name.)
+fn programs_dir(pin_dir: &Path) -> Result<PathBuf> {
+    use sha2::{Digest as _, Sha256};
+    let mut identity = format!("object sha256:{:x}\n", Sha256::digest(BPF_OBJECT));
+    for name in names::PINNED_MAPS {
+        let path = pin_dir.join("maps").join(name);
+        let id = match MapInfo::from_pin(&path) {
+            Ok(info) => info.id().to_string(),
+            Err(_) if !path.exists() => "-".into(),
+            Err(e) => return Err(e).with_context(|| format!("reading pinned map {}", path.display())),
+        };
+        identity.push_str(&format!("map {name} {id}\n"));
+    }
+    Ok(pin_dir.join(PROGS_DIR).join(format!("{:x}", Sha256::digest(identity))))
+}
+
+/// The programs pinned by an agent that loaded this very object against
+/// the maps pinned now, if all of them are there; None otherwise, and the
+/// caller loads the object's programs.
+fn adoptable_programs(pin_dir: &Path) -> Result<Option<HashMap<String, Program>>> {
+    let dir = programs_dir(pin_dir)?;
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    let mut adopted = HashMap::new();
+    for name in wanted_programs() {
+        let path = dir.join(name);
+        let program = match HOOKS.iter().find(|h| h.program == name).map(|h| h.attach) {
+            Some(Attach::Xdp) => Xdp::from_pin(&path, XdpAttachType::Interface).map(Program::Xdp),
+            Some(Attach::SockAddr(hook)) => {
+                CgroupSockAddr::from_pin(&path, sock_addr_attach_type(hook)).map(Program::CgroupSockAddr)
+            }
+            Some(Attach::Tcx(_)) | None => SchedClassifier::from_pin(&path).map(Program::SchedClassifier),
+        };
+        match program {
+            Ok(p) => adopted.insert(name.to_string(), p),
+            Err(e) => {
+                tracing::warn!("pinned program {} cannot be adopted ({e}); loading the object's", path.display());
+                return Ok(None);
+            }
+        };
+    }
+    Ok(Some(adopted))
+}
+
+/// The kernel's attach type of a socket hook.
+fn sock_addr_attach_type(hook: SockAddrHook) -> CgroupSockAddrAttachType {
+    match hook {
+        SockAddrHook::Connect4 => CgroupSockAddrAttachType::Connect4,
+        SockAddrHook::Sendmsg4 => CgroupSockAddrAttachType::UDPSendMsg4,
+        SockAddrHook::Recvmsg4 => CgroupSockAddrAttachType::UDPRecvMsg4,
+        SockAddrHook::Getpeername4 => CgroupSockAddrAttachType::GetPeerName4,
+        SockAddrHook::Connect6 => CgroupSockAddrAttachType::Connect6,
+        SockAddrHook::Sendmsg6 => CgroupSockAddrAttachType::UDPSendMsg6,
+        SockAddrHook::Recvmsg6 => CgroupSockAddrAttachType::UDPRecvMsg6,
+        SockAddrHook::Getpeername6 => CgroupSockAddrAttachType::GetPeerName6,
+    }
 }
 
 /// Mounts bpffs at /sys/fs/bpf if nothing is mounted there (a fresh machine).
@@ -171,9 +290,9 @@ impl Datapath {
         Self::load_sized(BPF_OBJECT, Some(pin_dir), Some(ct_entries))
     }
 
-    /// Loads `object`; with `pin_dir` None nothing is pinned (packet tests).
-    pub fn load_object(object: &[u8], pin_dir: Option<&Path>) -> Result<Datapath> {
-        Self::load_sized(object, pin_dir, None)
+    /// Loads `object` with nothing pinned (packet tests).
+    pub fn load_object(object: &[u8]) -> Result<Datapath> {
+        Self::load_sized(object, None, None)
     }
 
     /// Loads `object` with the conntrack table sized to `ct_entries` (the
@@ -214,9 +333,27 @@ impl Datapath {
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
+        // Programs another run of this build loaded against these very maps
+        // are adopted from their pins: no verification (seconds, on every
+        // restart). Anything else (another build's object, maps created
+        // since, a pin missing) loads the object's programs. (Only the
+        // embedded object is loaded with pins: the stamp names it.)
+        let adopted = match pin_dir {
+            Some(dir) => adoptable_programs(dir)?,
+            None => None,
+        };
         let mut ebpf = loader.load(object).context("loading the BPF object")?;
-        load_programs(&mut ebpf)?;
-        fill_tail_calls(&mut ebpf)?;
+        let adopting = adopted.is_some();
+        if !adopting {
+            if let Some(dir) = pin_dir {
+                // Stale from here on: the programs about to be loaded are
+                // others.
+                remove_programs(dir)?;
+            }
+            let since = std::time::Instant::now();
+            load_programs(&mut ebpf)?;
+            tracing::info!(seconds = since.elapsed().as_secs_f64(), "loaded and verified the object's programs");
+        }
         // A handle on each pinned map, opened through its pin while it is there.
         let mut map_fds = vec![];
         for (name, path) in &map_paths {
@@ -235,7 +372,14 @@ impl Datapath {
             map_fds,
             summary_cache: Default::default(),
             program_cache: Default::default(),
+            adopted: adopted.unwrap_or_default(),
         };
+        dp.fill_tail_calls()?;
+        if adopting {
+            tracing::info!("adopted the programs a previous run loaded from this object against these maps");
+        } else if pin_dir.is_some() {
+            dp.pin_programs()?;
+        }
         // Adopted pins: what they hold is read once here; after that the
         // agent's writes keep the counts, and the GC the datapath's.
         dp.read_written()?;
@@ -256,7 +400,11 @@ impl Datapath {
     /// The fd of a loaded program (for BPF_PROG_TEST_RUN).
     pub fn program_fd(&self, name: &str) -> Result<std::os::fd::RawFd> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
-        let prog = self.ebpf.program(name).ok_or_else(|| anyhow!("program {name} missing"))?;
+        let prog = self
+            .adopted
+            .get(name)
+            .or_else(|| self.ebpf.program(name))
+            .ok_or_else(|| anyhow!("program {name} missing"))?;
         Ok(prog.fd()?.as_fd().as_raw_fd())
     }
 }
@@ -429,6 +577,17 @@ pub(super) fn check_layout_stamp(maps_dir: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Removes every pinned program (those of another object or other maps:
+/// stale once this run loads its own).
+fn remove_programs(pin_dir: &Path) -> Result<()> {
+    let dir = pin_dir.join(PROGS_DIR);
+    match fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", dir.display())),
+    }
 }
 
 pub(super) fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {

@@ -918,7 +918,7 @@ impl Datapath {
             return Ok(known.clone());
         }
         let mut out = vec![];
-        for (name, prog) in self.ebpf.programs() {
+        for (name, prog) in self.loaded_programs() {
             let info = prog.info()?;
             let kind = match prog {
                 Program::SchedClassifier(_) => "tc",

@@ -9,7 +9,8 @@
 //! - [`maps`]: typed access to each map;
 //! - [`conntrack`]: reading, cutting and collecting tracked flows.
 //!
-//! Pins live under `<pin_dir>/maps/<MAP>` and
+//! Pins live under `<pin_dir>/maps/<MAP>`, `<pin_dir>/progs/<digest>/<program>`
+//! (the digest names the object and the maps they were loaded against) and
 //! `<pin_dir>/links/<pin prefix>_<target>` (bpffs refuses names with a '.',
 //! so a '.' in an interface name is written as '%').
 
@@ -58,6 +59,10 @@ pub struct Datapath {
     summary_cache: std::sync::Mutex<std::collections::HashMap<String, MapSummary>>,
     /// The programs' summaries as first read.
     program_cache: std::sync::OnceLock<Vec<ProgramSummary>>,
+    /// Programs adopted from their pins (a previous run of this build
+    /// loaded them against the same maps), by name; empty when this run
+    /// loaded the object's.
+    adopted: std::collections::HashMap<String, aya::programs::Program>,
 }
 
 impl Datapath {

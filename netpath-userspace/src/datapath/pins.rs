@@ -1,7 +1,7 @@
 //! Pins put back when they vanish under a running agent (bpffs wiped, the
 //! instance's directory removed, bpffs unmounted): the agent holds every
-//! map and link it pinned, so it pins the same objects again; nothing was
-//! detached meanwhile, and no state is lost.
+//! map, program and link it pinned, so it pins the same objects again;
+//! nothing was detached meanwhile, and no state is lost.
 
 use std::{fs, os::fd::AsFd as _};
 
@@ -15,6 +15,7 @@ use super::{loader, Datapath};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PinsRestored {
     pub maps: usize,
+    pub programs: usize,
     pub links: usize,
 }
 
@@ -47,6 +48,8 @@ impl Datapath {
             data.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
             restored.maps += 1;
         }
+        // The same programs against the same maps: a restart adopts them.
+        restored.programs = self.pin_programs()?;
         let missing: Vec<_> = self.held_links.keys().filter(|p| !p.exists()).cloned().collect();
         for pin in missing {
             if let Some(link) = self.held_links.remove(&pin) {
