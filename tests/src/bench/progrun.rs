@@ -89,8 +89,15 @@ pub fn measure(opts: &Options) -> Result<Vec<Figure>> {
     let mut sizes: Vec<usize> = vec![1, *opts.sizes.last().unwrap_or(&1)];
     sizes.dedup();
     let mut runs: Vec<Vec<Sample>> = vec![];
-    for _ in 0..opts.rounds {
+    for round in 0..opts.rounds {
         super::check_interrupted()?;
+        if round > 0 {
+            // The previous round's maps (a conntrack table holding some
+            // 300000 entries among them) are freed by a kernel worker once
+            // their last fd closes: while it runs, it competes with this
+            // round's first figures for the CPU and its caches.
+            super::machine::settle("BPF_PROG_TEST_RUN round");
+        }
         let (calls, sizes) = (opts.prog_run_calls, sizes.clone());
         let samples = std::thread::spawn(move || one_run(calls, &sizes))
             .join()
