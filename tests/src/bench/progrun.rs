@@ -83,6 +83,31 @@ struct Sample {
     loop_hits: Option<f64>,
 }
 
+impl Sample {
+    /// A fresh-frame figure of `case` at (mappings, containers), `base`
+    /// being the empty program's; no repeat loop.
+    fn fresh(
+        case: &'static str,
+        program: &'static str,
+        (mappings, containers): (usize, usize),
+        fresh: f64,
+        base: f64,
+    ) -> Sample {
+        Sample {
+            case,
+            program,
+            budget_ns: budget_of(case),
+            mappings,
+            containers,
+            fresh_ns: fresh,
+            net_ns: fresh - base,
+            loop_ns: None,
+            loop_net_ns: None,
+            loop_hits: None,
+        }
+    }
+}
+
 pub fn measure(opts: &Options) -> Result<Vec<Figure>> {
     // The smallest table and the largest; once when they are the same (a
     // second pass would replay the first one's flows as hits).
@@ -234,17 +259,11 @@ fn one_run(calls: u32, sizes: &[usize]) -> Result<Vec<Sample>> {
         fill_tables(&mut h, mappings, containers)?;
         let base = fresh_median(empty.fd(), &f.syn, calls)?;
         let base_loop = run(empty.fd(), &f.syn, calls)?.duration_ns as f64;
-        let sample = |case, program, fresh: f64, loop_ns, loop_hits| Sample {
-            case,
-            program,
-            budget_ns: budget_of(case),
-            mappings,
-            containers,
-            fresh_ns: fresh,
-            net_ns: fresh - base,
+        let sample = |case, program, fresh: f64, loop_ns: Option<f64>, loop_hits| Sample {
             loop_ns,
-            loop_net_ns: loop_ns.map(|l: f64| l - base_loop),
+            loop_net_ns: loop_ns.map(|l| l - base_loop),
             loop_hits,
+            ..Sample::fresh(case, program, (mappings, containers), fresh, base)
         };
         out.push(sample("empty tc program (runner overhead)", "-", base, Some(base_loop), None));
 
@@ -294,20 +313,10 @@ fn one_run(calls: u32, sizes: &[usize]) -> Result<Vec<Sample>> {
     // halves each), beside the kernel floor at the same fill: a fuller table
     // makes every lookup and insert walk longer, colder buckets, the
     // kernel's own included.
-    let (mappings, containers) = (*sizes.last().unwrap_or(&1), if sizes.len() > 1 { MANY_CONTAINERS } else { 1 });
+    let mappings = *sizes.last().unwrap_or(&1);
+    let containers = if mappings > 1 { MANY_CONTAINERS } else { 1 };
     let base = fresh_median(empty.fd(), &f.syn, calls)?;
-    let filled = |case, program, fresh: f64| Sample {
-        case,
-        program,
-        budget_ns: budget_of(case),
-        mappings,
-        containers,
-        fresh_ns: fresh,
-        net_ns: fresh - base,
-        loop_ns: None,
-        loop_net_ns: None,
-        loop_hits: None,
-    };
+    let filled = |case, program, fresh| Sample::fresh(case, program, (mappings, containers), fresh, base);
     forget_new_flows(&mut h)?;
     new_flows_median(&h, uplink, FILL_FLOWS, ClientSet::Fill)?;
     let new_flows = calls.min(MAX_NEW_FLOWS);
