@@ -203,7 +203,7 @@ fn agent_restart_keeps_traffic_and_does_not_double_attach() {
     let c2 = t.add_container(2).unwrap();
     let ns1 = t.container_ns(1);
     assert!(t.ping(&ns1, &c2.ip4().to_string(), 1).unwrap());
-    let ids_before: Vec<Vec<u32>> = status(&t).attach_points.iter().map(|a| a.attached_program_ids.clone()).collect();
+    let ids_before = attached_ids(&t);
 
     t.stop_agent().unwrap();
     // The datapath keeps forwarding (and filtering) while the agent is away.
@@ -219,8 +219,7 @@ fn agent_restart_keeps_traffic_and_does_not_double_attach() {
     }
     // The same build over the same maps adopts the programs it left
     // loaded (pinned under progs/): none is loaded, and so verified, again.
-    let ids_after: Vec<Vec<u32>> = st.attach_points.iter().map(|a| a.attached_program_ids.clone()).collect();
-    assert_eq!(sorted(ids_after), sorted(ids_before), "the restarted agent loaded its programs again");
+    assert_eq!(attached_ids(&t), ids_before, "the restarted agent loaded its programs again");
     // Exactly one count per packet: with a second attachment every ping
     // would count twice.
     let before = container_status(&t, "c1").stats.tx_packets;
@@ -233,7 +232,9 @@ fn agent_restart_keeps_traffic_and_does_not_double_attach() {
     t.assert_no_netfilter_rules().unwrap();
 }
 
-fn sorted(mut ids: Vec<Vec<u32>>) -> Vec<Vec<u32>> {
+/// The program ids attached at every attach point, sorted.
+fn attached_ids(t: &Topology) -> Vec<Vec<u32>> {
+    let mut ids: Vec<Vec<u32>> = status(t).attach_points.into_iter().map(|a| a.attached_program_ids).collect();
     ids.sort();
     ids
 }
@@ -260,7 +261,7 @@ fn programs_pinned_from_another_object_are_loaded_again_not_adopted() {
     let own = programs_dirs(&t);
     assert_eq!(own.len(), 1, "{own:?}");
     assert!(own[0].join("veth_ingress").exists() && own[0].join("deliver4").exists());
-    let ids_before: Vec<Vec<u32>> = status(&t).attach_points.iter().map(|a| a.attached_program_ids.clone()).collect();
+    let ids_before = attached_ids(&t);
     t.stop_agent().unwrap();
     let other = own[0].with_file_name("0".repeat(64));
     std::fs::rename(&own[0], &other).unwrap();
