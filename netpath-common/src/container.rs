@@ -35,6 +35,9 @@ pub struct ContainerEntry {
     /// rules still allow its flow, cut if not), so a rule change never walks
     /// conntrack.
     pub policy_epoch: u32,
+    /// Its veth's slot in `IFACE_STATS` (see `stats::IFACE_SLOT_FIRST_CONTAINER`):
+    /// the counters are found by index, never by a hash lookup per packet.
+    pub stats_slot: u32,
 }
 
 impl ContainerEntry {

@@ -127,5 +127,6 @@ pub const MAX_ROUTE_MTUS: usize = 4096;
 pub const MAX_FRAGS: usize = 16384;
 
 pub const MAX_CONTAINERS: usize = 65536;
-/// Containers plus the uplink and bridge.
-pub const MAX_IFACES: usize = MAX_CONTAINERS + 64;
+/// Slots of `IFACE_STATS`: the uplink's, the one of interfaces without a
+/// container, and one per container (see `stats::IFACE_SLOT_*`).
+pub const MAX_IFACES: usize = MAX_CONTAINERS + crate::stats::IFACE_SLOT_FIRST_CONTAINER as usize;

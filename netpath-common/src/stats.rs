@@ -126,7 +126,20 @@ impl Counter {
     }
 }
 
-/// Per-interface counters, per CPU, keyed by ifindex in `IFACE_STATS`.
+/// The uplink's slot in `IFACE_STATS` (an instance has one uplink, and only
+/// the uplink's programs count there).
+pub const IFACE_SLOT_UPLINK: u32 = 0;
+/// The slot of interfaces the datapath has no container for (a veth program
+/// left on an interface whose container is gone: its drops are counted
+/// here).
+pub const IFACE_SLOT_UNATTRIBUTED: u32 = 1;
+/// The first container slot: each container's veth has its own slot from
+/// here on (`ContainerEntry::stats_slot`, given by the agent, the lowest
+/// free one), zeroed before the container is attached.
+pub const IFACE_SLOT_FIRST_CONTAINER: u32 = 2;
+
+/// Per-interface counters, per CPU, at the interface's slot of the
+/// `IFACE_STATS` array (`IFACE_SLOT_*`).
 /// Directions are the hook's: on a container's host-side veth, `ingress` is
 /// what the container sent and `egress` what it received.
 #[repr(C)]

@@ -308,7 +308,7 @@ fn to_container<A: Hop>(
 fn hand_to<A: Hop>(ctx: &TcContext, cfg: &DatapathConfig, target: &ContainerEntry, routed: bool, how: Redirect) -> i32 {
     if routed && route_hop::<A>(ctx, &target.mac, &cfg.gateway_mac).is_err() {
         // Counted as the write failure it is, on the container it was for.
-        crate::stats::count_drop_on_container(target.ifindex, DropReason::WriteFailed);
+        crate::stats::count_drop(crate::stats::StatsSlot::of(target), DropReason::WriteFailed);
         return TC_ACT_SHOT as i32;
     }
     // SAFETY: a helper call; the result is the tc action.

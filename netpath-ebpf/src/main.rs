@@ -88,7 +88,7 @@ fn veth_ingress_passes(ctx: &TcContext, carried: &mut CarriedVerdict) -> bool {
     let ifindex = skb_ifindex(ctx);
     let len = ctx.len();
     let Some(container) = CONTAINERS.get_ptr(ifindex) else {
-        let site = Site { hook: HookId::VethIngress, ifindex, container_id: 0, count: true };
+        let site = Site::veth(HookId::VethIngress, ifindex, None);
         return finish(ctx, site, len, Err(DropReason::UnknownContainer));
     };
     // SAFETY: map values stay valid for the program's run.
@@ -103,7 +103,7 @@ fn veth_ingress_passes(ctx: &TcContext, carried: &mut CarriedVerdict) -> bool {
         }
         None => Ok(()),
     });
-    let site = Site { hook: HookId::VethIngress, ifindex, container_id: container.id, count: true };
+    let site = Site::veth(HookId::VethIngress, ifindex, Some(container));
     finish(ctx, site, len, result)
 }
 
@@ -116,7 +116,7 @@ pub fn veth_ingress6(ctx: TcContext) -> i32 {
     let ifindex = skb_ifindex(&ctx);
     let len = ctx.len();
     let Some(container) = CONTAINERS.get_ptr(ifindex) else {
-        let site = Site { hook: HookId::VethIngress, ifindex, container_id: 0, count: true };
+        let site = Site::veth(HookId::VethIngress, ifindex, None);
         return tc_action(finish(&ctx, site, len, Err(DropReason::UnknownContainer)));
     };
     // SAFETY: map values stay valid for the program's run.
@@ -127,7 +127,7 @@ pub fn veth_ingress6(ctx: TcContext) -> i32 {
         Some(cfg) => judge_sent6(&ctx, container, cfg),
         None => Ok(()),
     });
-    let site = Site { hook: HookId::VethIngress, ifindex, container_id: container.id, count: true };
+    let site = Site::veth(HookId::VethIngress, ifindex, Some(container));
     if !finish(&ctx, site, len, result) {
         return TC_ACT_SHOT as i32;
     }
@@ -212,7 +212,14 @@ fn tail_call(ctx: &TcContext, slot: u32, hook: HookId) -> i32 {
 /// deepest call chain is at the 512-byte stack limit).
 #[inline(never)]
 fn no_tail_call(ctx: &TcContext, hook: HookId) -> i32 {
-    let site = Site { hook, ifindex: skb_ifindex(ctx), container_id: 0, count: true };
+    let ifindex = skb_ifindex(ctx);
+    let site = match hook {
+        HookId::VethIngress | HookId::VethEgress => {
+            // SAFETY: map values stay valid for the program's run.
+            Site::veth(hook, ifindex, CONTAINERS.get_ptr(ifindex).map(|c| unsafe { &*c }))
+        }
+        _ => Site::uplink(hook, ifindex, true),
+    };
     tc_action(finish(ctx, site, ctx.len(), Err(DropReason::UnsupportedProtocol)))
 }
 
@@ -256,7 +263,7 @@ fn uplink_ingress_passes(ctx: &TcContext, carried: &mut CarriedVerdict) -> bool 
         Some(cfg) if !behind_xdp => uplink_guard::judge(ctx, cfg).and_then(|()| translate::translate4(ctx, carried)),
         _ => translate::translate4(ctx, carried),
     };
-    let site = Site { hook: HookId::UplinkIngress, ifindex, container_id: 0, count: !behind_xdp };
+    let site = Site::uplink(HookId::UplinkIngress, ifindex, !behind_xdp);
     finish(ctx, site, len, result)
 }
 
@@ -276,7 +283,7 @@ pub fn uplink_ingress6(ctx: TcContext) -> i32 {
             .and_then(|()| translate::translate_parsed6(&ctx, &ipv6::parse6(&ctx), cfg, true)),
         None => Ok(()),
     };
-    let site = Site { hook: HookId::UplinkIngress, ifindex, container_id: 0, count: !behind_xdp };
+    let site = Site::uplink(HookId::UplinkIngress, ifindex, !behind_xdp);
     if !finish(&ctx, site, len, result) {
         return TC_ACT_SHOT as i32;
     }
@@ -295,7 +302,7 @@ pub fn uplink_egress(ctx: TcContext) -> i32 {
     let len = ctx.len();
     packet::pull_headers(&ctx);
     let result = translate::translate_outbound4(&ctx);
-    let site = Site { hook: HookId::UplinkEgress, ifindex, container_id: 0, count: true };
+    let site = Site::uplink(HookId::UplinkEgress, ifindex, true);
     tc_action(finish(&ctx, site, len, result))
 }
 
@@ -306,7 +313,7 @@ pub fn uplink_egress6(ctx: TcContext) -> i32 {
     let len = ctx.len();
     packet::pull_headers(&ctx);
     let result = translate::translate_outbound6(&ctx);
-    let site = Site { hook: HookId::UplinkEgress, ifindex, container_id: 0, count: true };
+    let site = Site::uplink(HookId::UplinkEgress, ifindex, true);
     tc_action(finish(&ctx, site, len, result))
 }
 
@@ -323,7 +330,7 @@ pub fn uplink_xdp(ctx: XdpContext) -> u32 {
         Some(cfg) => uplink_guard::judge(&ctx, cfg),
         None => Ok(()),
     };
-    let site = Site { hook: HookId::UplinkXdp, ifindex, container_id: 0, count: true };
+    let site = Site::uplink(HookId::UplinkXdp, ifindex, true);
     if finish(&ctx, site, len, result) {
         xdp_action::XDP_PASS
     } else {

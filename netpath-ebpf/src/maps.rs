@@ -2,7 +2,7 @@
 //! The agent pins each one by name (see `netpath_common::maps`).
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     macros::btf_map,
 };
 use netpath_common::{
@@ -31,8 +31,9 @@ pub static CONTAINER_IPS6: HashMap<In6Addr, u32, MAX_CONTAINERS> = HashMap::new(
 #[btf_map]
 pub static FORWARD_STATS: PerCpuArray<ForwardStats, 1> = PerCpuArray::new();
 
+/// Interface counters by slot (netpath_common::stats::IFACE_SLOT_*).
 #[btf_map]
-pub static IFACE_STATS: PerCpuHashMap<u32, TrafficStats, MAX_IFACES> = PerCpuHashMap::new();
+pub static IFACE_STATS: PerCpuArray<TrafficStats, MAX_IFACES> = PerCpuArray::new();
 
 #[btf_map]
 pub static MAPPINGS4: HashMap<MappingKey4, MappingEntry4, MAX_MAPPINGS> = HashMap::new();

@@ -22,6 +22,7 @@ use crate::{
     fragment,
     maps::{config, CONTAINERS, CT4},
     packet::{load, mac_eq},
+    stats::{self, StatsSlot},
 };
 
 /// With icc off, a container's frames may only go to the gateway's MAC
@@ -90,16 +91,18 @@ pub fn allows<A: Family>(container: &ContainerEntry, direction: Direction, remot
 /// Would the container behind a published port let a new flow from
 /// `client` in? Asked before a published flow's NAT entries are created,
 /// so that a flood of connections the policy denies fills no table (the
-/// container's veth still judges, and keeps, the verdict).
+/// container's veth still judges, and keeps, the verdict). A client it
+/// turns away is counted as a policy drop on the container's counters too.
 #[inline(always)]
 pub fn admits_published<A: Family>(published: &MappingEntry<A>, client: A, proto: u8) -> bool {
+    let Some(container) = CONTAINERS.get_ptr(published.container_ifindex) else { return true };
     // SAFETY: map value pointer, valid during the run.
-    match CONTAINERS.get_ptr(published.container_ifindex) {
-        Some(container) => {
-            allows(unsafe { &*container }, Direction::In, client, proto, u16::from_be(published.container_port))
-        }
-        None => true,
+    let container = unsafe { &*container };
+    let admitted = allows(container, Direction::In, client, proto, u16::from_be(published.container_port));
+    if !admitted {
+        stats::count_drop(StatsSlot::of(container), DropReason::Policy);
     }
+    admitted
 }
 
 /// Gives a translated flow's entry `container`'s verdict (see

@@ -32,8 +32,7 @@ pub fn at_veth_egress<A: Family>(ctx: &TcContext) -> bool {
         }
         _ => {
             // SAFETY: as above.
-            let container_id = container.map_or(0, |c| unsafe { (*c).id });
-            let site = Site { hook: HookId::VethEgress, ifindex, container_id, count: true };
+            let site = Site::veth(HookId::VethEgress, ifindex, container.map(|c| unsafe { &*c }));
             finish(ctx, site, ctx.len(), Ok(()))
         }
     }
@@ -53,6 +52,6 @@ pub fn judged<A: Family>(ctx: &TcContext, container: &ContainerEntry, cfg: &Data
 /// it passes.
 #[inline(always)]
 pub fn counted(ctx: &TcContext, container: &ContainerEntry, result: Result<(), DropReason>) -> bool {
-    let site = Site { hook: HookId::VethEgress, ifindex: container.ifindex, container_id: container.id, count: true };
+    let site = Site::veth(HookId::VethEgress, container.ifindex, Some(container));
     finish(ctx, site, ctx.len(), result)
 }

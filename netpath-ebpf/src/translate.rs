@@ -27,7 +27,6 @@ use crate::{
     offsets::{IP_PROTO_OFF, IP_SRC_OFF},
     packet,
     policy::{self, CarriedVerdict},
-    stats::count_drop_on_container,
 };
 
 /// Translates a packet arriving from outside (uplink ingress). Inlined:
@@ -166,8 +165,6 @@ fn admitted_mapping<A: Family>(
     // itself (hairpin, SNAT), the real client otherwise.
     let client = if flow.key.saddr == published.container_addr { A::gateway(cfg) } else { flow.key.saddr };
     if !policy::admits_published(published, client, flow.key.proto) {
-        // The container's policy dropped it: its counters say so too.
-        count_drop_on_container(published.container_ifindex, DropReason::Policy);
         return Err(DropReason::Policy);
     }
     Ok(Some(published))

@@ -2,12 +2,12 @@
 //! side of the interface, a drop is counted by reason and sent to the
 //! monitor. Every entry point goes through [`finish`].
 
-use netpath_common::{event::EVENT_DROP, DropReason, HookId};
+use netpath_common::{event::EVENT_DROP, ContainerEntry, DropReason, HookId};
 
 use crate::{
     events, flow,
     packet::Packet,
-    stats::{count_drop, count_packet},
+    stats::{count_drop, count_packet, StatsSlot},
 };
 
 /// Where a run happened, for the counters and events.
@@ -17,9 +17,29 @@ pub struct Site {
     pub ifindex: u32,
     /// The container whose veth it is (0: not a container's hook).
     pub container_id: u32,
+    /// Where its counters are.
+    pub slot: StatsSlot,
     /// Count passing packets here (false where another hook already
     /// counted them: uplink tc ingress behind XDP).
     pub count: bool,
+}
+
+impl Site {
+    /// A hook of `container`'s veth (`ifindex`), or of a veth the datapath
+    /// has no container for.
+    #[inline(always)]
+    pub fn veth(hook: HookId, ifindex: u32, container: Option<&ContainerEntry>) -> Site {
+        match container {
+            Some(c) => Site { hook, ifindex, container_id: c.id, slot: StatsSlot::of(c), count: true },
+            None => Site { hook, ifindex, container_id: 0, slot: StatsSlot::UNATTRIBUTED, count: true },
+        }
+    }
+
+    /// A hook of the uplink; `count`: see [`Site::count`].
+    #[inline(always)]
+    pub fn uplink(hook: HookId, ifindex: u32, count: bool) -> Site {
+        Site { hook, ifindex, container_id: 0, slot: StatsSlot::UPLINK, count }
+    }
 }
 
 /// Counts the outcome; true if the packet passes.
@@ -28,7 +48,7 @@ pub fn finish(pkt: &impl Packet, site: Site, len: u32, result: Result<(), DropRe
     match result {
         Ok(()) => {
             if site.count {
-                count_packet(site.ifindex, site.hook.hook().side(), len);
+                count_packet(site.slot, site.hook.hook().side(), len);
             }
             true
         }
@@ -52,7 +72,7 @@ fn ethertype_is_ipv6(pkt: &impl Packet) -> bool {
 /// have.
 #[inline(never)]
 fn drop_frame(pkt: &impl Packet, site: Site, reason: DropReason) {
-    count_drop(site.ifindex, reason);
+    count_drop(site.slot, reason);
     if !events::drop_event_admitted() {
         return;
     }

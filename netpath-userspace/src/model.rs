@@ -109,6 +109,10 @@ pub struct Container {
     /// See [`ContainerRequest::runtime_name`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime_name: Option<String>,
+    /// Its veth's counters slot (`ContainerEntry::stats_slot`); 0 in a state
+    /// written before slots existed, given at the next start.
+    #[serde(default)]
+    pub stats_slot: u32,
 }
 
 impl Container {

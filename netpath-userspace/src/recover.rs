@@ -162,6 +162,7 @@ pub async fn recover(cfg: &ResolvedConfig) -> Result<Recovered> {
             owner: identity.owner.clone(),
             handoff_ifname: None,
             runtime_name: identity.runtime_name.clone(),
+            stats_slot: e.stats_slot,
         };
         state.next_id = state.next_id.max(e.id + 1);
         by_ifindex.insert(ifindex, c.name.clone());

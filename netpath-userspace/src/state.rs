@@ -454,6 +454,7 @@ mod tests {
                 owner: Some("cni:net:abc:eth0".into()),
                 handoff_ifname: None,
                 runtime_name: Some("web".into()),
+                stats_slot: 2,
             }],
             mappings: vec![],
             next_mapping_id: 3,
@@ -489,6 +490,7 @@ mod tests {
             owner: None,
             handoff_ifname: None,
             runtime_name: None,
+            stats_slot: 1 + id,
         };
         let changes = [
             Change::AddContainer { container: container("a", "10.0.0.9", 1), next_id: 2 },

@@ -3,7 +3,7 @@
 //! datapath settings and container entries built from it, and the frame
 //! assertions. Tests change what they need with struct update syntax.
 
-use netpath_common::{container::CONTAINER_F_IPV4, ContainerEntry, CtTimeouts, DatapathConfig};
+use netpath_common::{container::CONTAINER_F_IPV4, ContainerEntry, CtTimeouts, DatapathConfig, TrafficStats};
 use netpath_userspace::policy::{self, Direction, Rule};
 
 use crate::{
@@ -50,6 +50,9 @@ pub fn config(flags: u32) -> DatapathConfig {
     }
 }
 
+/// The counters slot of the containers [`container`] builds.
+pub const TEST_STATS_SLOT: u32 = netpath_common::stats::IFACE_SLOT_FIRST_CONTAINER;
+
 /// A container behind [`TEST_IFINDEX`] (the interface test runs see).
 pub fn container(ip: [u8; 4], mac: [u8; 6], id: u32, extra_flags: u16) -> ContainerEntry {
     ContainerEntry {
@@ -60,7 +63,18 @@ pub fn container(ip: [u8; 4], mac: [u8; 6], id: u32, extra_flags: u16) -> Contai
         ifindex: TEST_IFINDEX,
         id,
         policy_epoch: 0,
+        stats_slot: TEST_STATS_SLOT,
     }
+}
+
+/// The counters of the container [`container`] builds.
+pub fn container_counters(h: &mut PacketHarness) -> TrafficStats {
+    h.dp.stats(TEST_STATS_SLOT).expect("read the container's counters")
+}
+
+/// The uplink's counters.
+pub fn uplink_counters(h: &mut PacketHarness) -> TrafficStats {
+    h.dp.stats(netpath_common::stats::IFACE_SLOT_UPLINK).expect("read the uplink's counters")
 }
 
 /// Writes container `id`'s `rules` into `POLICY4` for both directions, as
@@ -76,7 +90,7 @@ pub fn write_rules4(h: &mut PacketHarness, id: u32, rules: &[Rule]) -> anyhow::R
 }
 
 /// The object loaded in a private network namespace, with `cfg` written
-/// and zeroed counters on [`TEST_IFINDEX`].
+/// (its counters start at zero).
 pub fn harness(cfg: &DatapathConfig) -> PacketHarness {
     let mut h = unconfigured_harness();
     h.dp.write_config(cfg).expect("write CONFIG");
@@ -87,9 +101,7 @@ pub fn harness(cfg: &DatapathConfig) -> PacketHarness {
 /// programs do only what needs no settings (anti-spoofing, counting).
 pub fn unconfigured_harness() -> PacketHarness {
     assert!(crate::is_root(), "packet tests load BPF programs: run them as root (cargo xtask test)");
-    let mut h = PacketHarness::new().expect("load the BPF object");
-    h.dp.reset_stats(TEST_IFINDEX).expect("reset counters");
-    h
+    PacketHarness::new().expect("load the BPF object")
 }
 
 /// Frames as hex, so that a mismatch shows where.

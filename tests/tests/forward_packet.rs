@@ -65,7 +65,7 @@ fn a_published_flow_is_handed_to_its_container_with_the_hop_applied() {
     let stats = forward_stats(&mut h);
     assert_eq!(stats.redirected[Redirect::ToContainer as usize], 1, "{stats:?}");
     // The container's counters moved as its veth's egress would have.
-    let c1 = h.dp.stats(TEST_IFINDEX).unwrap();
+    let c1 = fixtures::container_counters(&mut h);
     assert_eq!(c1.egress.packets, 2, "{c1:?}");
 }
 

@@ -201,7 +201,7 @@ fn exhausted_range_drops_new_flows_only() {
     assert_eq!(ports, vec![20000, 20001, 20002, 20003], "every port of the range in use");
     let r = h.run(HookId::UplinkEgress.program(), &tcp((C1, 41010), (SERVER, 80), 0x02)).unwrap();
     assert_eq!(r.verdict, TC_ACT_SHOT, "no port left for this destination");
-    let stats = h.dp.stats(TEST_IFINDEX).unwrap();
+    let stats = fixtures::uplink_counters(&mut h);
     assert_eq!(stats.drops[DropReason::NatExhausted as usize], 1);
     // Existing flows are untouched, another destination still has ports.
     let again = pass(&h, HookId::UplinkEgress.program(), &tcp((C1, 41000), (SERVER, 80), 0x10));
@@ -219,7 +219,7 @@ fn without_an_address_new_flows_are_dropped_never_sent_untranslated() {
     });
     let r = h.run(HookId::UplinkEgress.program(), &tcp((C1, 41000), (SERVER, 80), 0x02)).unwrap();
     assert_eq!(r.verdict, TC_ACT_SHOT, "neither 0.0.0.0 nor the private source goes out");
-    assert_eq!(h.dp.stats(TEST_IFINDEX).unwrap().drops[DropReason::NatUnavailable as usize], 1);
+    assert_eq!(fixtures::uplink_counters(&mut h).drops[DropReason::NatUnavailable as usize], 1);
     assert!(h.dp.ct_entries().unwrap().is_empty(), "nothing tracked with a zero address");
 }
 
@@ -322,7 +322,7 @@ fn fragmented_datagrams_leave_translated_or_not_at_all() {
     let lone = as_fragment(udp((C1, 20001), (SERVER, 53)), 0x4321, false, 4);
     let r = h.run(HookId::UplinkEgress.program(), &lone).unwrap();
     assert_eq!(r.verdict, TC_ACT_SHOT);
-    assert_eq!(h.dp.stats(TEST_IFINDEX).unwrap().drops[DropReason::Fragment as usize], 1);
+    assert_eq!(fixtures::uplink_counters(&mut h).drops[DropReason::Fragment as usize], 1);
     // A fragmented answer reaches c1 whole: both fragments translated back.
     let answer =
         |dst: ([u8; 4], u16), more: bool, offset: u16| as_fragment(udp((SERVER, 53), dst), 0x5555, more, offset);
@@ -363,7 +363,7 @@ fn misses_on_masquerade_ports_are_dropped_not_handed_to_the_host() {
     assert_eq!(r.verdict, TC_ACT_SHOT);
     let r = h.run(HookId::UplinkIngress.program(), &udp((SERVER, 53), (HOST, 20003))).unwrap();
     assert_eq!(r.verdict, TC_ACT_SHOT);
-    assert_eq!(h.dp.stats(TEST_IFINDEX).unwrap().drops[DropReason::NoFlow as usize], 2);
+    assert_eq!(fixtures::uplink_counters(&mut h).drops[DropReason::NoFlow as usize], 2);
     // Outside the range, or to another address, it is the host's.
     let other = tcp((SERVER, 80), (HOST, 40000), 0x10);
     assert_eq!(hex(&pass(&h, HookId::UplinkIngress.program(), &other)), hex(&other));

@@ -111,7 +111,7 @@ fn defaults_per_direction() {
     assert_eq!(inbound(&h, C2, IPPROTO_TCP, 80), TC_ACT_OK);
     assert_eq!(inbound(&h, [198, 18, 0, 2], IPPROTO_TCP, 80), TC_ACT_SHOT);
     assert_eq!(out(&h, [198, 18, 0, 2], IPPROTO_TCP, 80), TC_ACT_OK, "out stays allow");
-    let s = h.dp.stats(TEST_IFINDEX).unwrap();
+    let s = fixtures::container_counters(&mut h);
     assert_eq!(s.drops[DropReason::Policy as usize], 1, "the drop is counted for the container, as policy");
     let h = harness(CONTAINER_F_DEFAULT_DENY_OUT, 0, &[]);
     assert_eq!(out(&h, [198, 18, 0, 2], IPPROTO_TCP, 80), TC_ACT_SHOT);
@@ -208,6 +208,6 @@ fn a_policy_change_re_judges_established_flows_at_their_next_packet() {
     // The flow `cut` started in: judged by the inbound rules, which allow
     // it, though its reply goes out to a now denied address.
     assert_eq!(segment(&h, true, cut, 22, 41000), TC_ACT_OK);
-    let s = h.dp.stats(TEST_IFINDEX).unwrap();
+    let s = fixtures::container_counters(&mut h);
     assert_eq!(s.drops[DropReason::Policy as usize], 2);
 }

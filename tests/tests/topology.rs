@@ -10,6 +10,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use netpath_common::stats::IFACE_SLOT_FIRST_CONTAINER;
 use netpath_tests::topology::{cmd, Topology, HOST_UPLINK_IP, WORLD_IP};
 use netpath_userspace::model::{Container, ContainerStatus, Status};
 
@@ -152,6 +153,25 @@ fn spoofed_traffic_is_dropped_and_counted() {
     t.assert_no_netfilter_rules().unwrap();
 }
 
+/// Are the counters in `slot` of the pinned `IFACE_STATS` all zero, on
+/// every CPU?
+fn counters_zero(t: &Topology, slot: u32) -> bool {
+    let pin = t.pin_dir().join("maps").join("IFACE_STATS").display().to_string();
+    let key: Vec<String> = slot.to_le_bytes().iter().map(|b| b.to_string()).collect();
+    let mut args = vec!["-j", "map", "lookup", "pinned", pin.as_str(), "key"];
+    args.extend(key.iter().map(String::as_str));
+    let out = std::process::Command::new("bpftool").args(&args).output().unwrap();
+    assert!(out.status.success(), "bpftool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let values = v["values"].as_array().unwrap_or_else(|| panic!("no per-CPU values: {v}"));
+    assert!(!values.is_empty(), "{v}");
+    // Each CPU's value as bytes ("0x00" strings).
+    values.iter().all(|cpu| {
+        let bytes = cpu["value"].as_array().unwrap_or_else(|| panic!("value not as bytes: {cpu}"));
+        bytes.iter().all(|b| b.as_str() == Some("0x00"))
+    })
+}
+
 #[test]
 fn container_del_leaves_nothing_behind() {
     let t = topology(1);
@@ -159,8 +179,12 @@ fn container_del_leaves_nothing_behind() {
     let c1 = t.add_container(1).unwrap();
     assert!(t.links(&t.host).unwrap().contains(&c1.veth));
     assert!(t.links(&t.container_ns(1)).unwrap().contains(&"eth0".to_string()));
+    assert!(t.ping(&t.container_ns(1), &HOST_UPLINK_IP.to_string(), 1).unwrap());
+    assert!(!counters_zero(&t, c1.stats_slot), "c1's pings were counted in its slot");
 
     t.ctl_ok(&["container", "del", "c1"]).unwrap();
+    // Its counters are zeroed for the next container given the slot.
+    assert!(counters_zero(&t, c1.stats_slot), "c1's counters outlive it");
     assert_eq!(t.links(&t.host).unwrap(), host_links_before, "host interfaces back to what they were");
     assert!(!t.links(&t.container_ns(1)).unwrap().contains(&"eth0".to_string()));
     let ls: Vec<Container> = t.ctl_json(&["container", "ls"]).unwrap();
@@ -168,7 +192,8 @@ fn container_del_leaves_nothing_behind() {
     let st = t.status_counted().unwrap();
     for m in &st.maps {
         let expected = match m.name.as_str() {
-            "IFACE_STATS" => 1, // the uplink's counters stay
+            // The uplink's and the unattributed slot stay.
+            "IFACE_STATS" => IFACE_SLOT_FIRST_CONTAINER as u64,
             "CONFIG" => 1,
             "FORWARD_STATS" | "CT_STATS" | "EVENT_BUDGET" => 1, // arrays: their one slot
             "HOST_ADDRS4" | "HOST_ADDRS6" => m.entries,         // the host's addresses, whatever the containers

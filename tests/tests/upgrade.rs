@@ -2,29 +2,48 @@
 //! connections held through a published port and through the masquerade
 //! and new ones opened all along; this build's agent replaces it (stopped,
 //! then started: what `systemctl restart netpathd` does once the binaries
-//! are replaced), adopts its pins and its state, and loses nothing. Then
-//! back again, as a rollback would, and up once more: this build then
-//! adopts the programs it left pinned, and takes the tail-call slots back
-//! from the rolled-back agent. Pins of another layout version are refused
-//! by name either way (`agent_safety.rs`).
+//! are replaced), migrates its pins from layout version 7 to 8 (the
+//! interface counters by slot), adopts its state, and loses nothing, the
+//! containers' counters included. Then a rollback is tried: the earlier
+//! agent refuses the migrated pins by name and touches nothing, traffic
+//! going on meanwhile; and up once more: this build adopts the programs it
+//! left pinned. Pins of layouts without a migration are refused by name
+//! (`agent_safety.rs`).
 
 use std::time::Duration;
 
 use anyhow::Context as _;
+use netpath_common::stats::IFACE_SLOT_FIRST_CONTAINER;
 use netpath_tests::{chaos::Traffic, topology::Topology, upgrade::build_at};
-use netpath_userspace::model::{Container, Mapping, PolicyView, Status};
+use netpath_userspace::model::{Container, ContainerStatus, Mapping, PolicyView, Status};
 
 /// The version replaced: the last commit of the previous round of work,
-/// which is what runs on hosts today. Its pinned layout is this build's
-/// (`LAYOUT_VERSION` 7); the agent, the state store (now group commit)
-/// and the status path changed since.
+/// which is what runs on hosts today. Its pinned layout is version 7, the
+/// one this build migrates from; the agent, the state store (now group
+/// commit) and the status path changed since.
 const UPGRADE_FROM: &str = "02096008da7c20af01972c8297cc3e130f39f184";
 
 const HELD: usize = 200;
 
+/// The agent's containers, mappings and rules; the containers' counter
+/// slots apart (the earlier agent had none: see [`counter_slots`]).
 fn agent_state(t: &Topology) -> (Vec<Container>, Vec<Mapping>, Vec<PolicyView>) {
     let policies = ["c1", "c2"].iter().map(|c| t.ctl_json(&["policy", "ls", c]).unwrap()).collect();
-    (t.ctl_json(&["container", "ls"]).unwrap(), t.ctl_json(&["maps"]).unwrap(), policies)
+    let mut containers: Vec<Container> = t.ctl_json(&["container", "ls"]).unwrap();
+    containers.iter_mut().for_each(|c| c.stats_slot = 0);
+    (containers, t.ctl_json(&["maps"]).unwrap(), policies)
+}
+
+/// Each container's counter slot.
+fn counter_slots(t: &Topology) -> Vec<u32> {
+    let containers: Vec<Container> = t.ctl_json(&["container", "ls"]).unwrap();
+    containers.iter().map(|c| c.stats_slot).collect()
+}
+
+/// What c1 received, as its counters say.
+fn c1_received(t: &Topology) -> u64 {
+    let c1: ContainerStatus = t.ctl_json(&["container", "show", "c1"]).unwrap();
+    c1.stats.tx_packets
 }
 
 /// The program ids attached at every attach point, sorted.
@@ -86,32 +105,52 @@ fn the_previous_agent_is_replaced_under_traffic_and_back_without_losing_a_flow()
     let before = agent_state(&t);
 
     // Up: this build's agent over the previous one's pins and state.
+    let received = c1_received(&t);
+    assert!(received > 0);
     t.stop_agent().unwrap();
+    // As a first start of this build killed mid-migration would leave it:
+    // one old map already moved aside.
+    let aside = t.pin_dir().join("migrating");
+    std::fs::create_dir_all(&aside).unwrap();
+    std::fs::rename(t.pin_dir().join("maps").join("CONTAINERS"), aside.join("CONTAINERS")).unwrap();
     t.set_agent_binary(None);
     t.start_agent().unwrap();
     traffic.verify().context("across the upgrade").unwrap();
     assert_eq!(agent_state(&t), before, "the upgraded agent's state differs");
+    // Migrated: every container has a counter slot of its own, and its
+    // counters came along (they are not zero again).
+    let mut slots = counter_slots(&t);
+    slots.sort();
+    slots.dedup();
+    assert!(slots.len() == 2 && slots.iter().all(|s| *s >= IFACE_SLOT_FIRST_CONTAINER), "{slots:?}");
+    assert!(c1_received(&t) >= received, "c1's counters restarted: {} < {received}", c1_received(&t));
+    assert!(!t.pin_dir().join("migrating").exists(), "the old maps are gone");
+    let stamp = bpftool(&["map", "dump", "pinned", &t.pin_dir().join("maps").join("LAYOUT").display().to_string()]);
+    assert_eq!(stamp[0]["value"][0], "0x08", "{stamp}");
     // It takes changes.
     t.ctl_ok(&["map", "8082:c1:80"]).unwrap();
     let after_upgrade = agent_state(&t);
     let programs_after_upgrade = attached(&t);
 
-    // Down again: the previous agent adopts what this one left.
+    // A rollback: the previous agent refuses the migrated pins by name,
+    // before it touches anything; this build's programs go on
+    // carrying the traffic meanwhile.
     t.stop_agent().unwrap();
     t.set_agent_binary(Some(previous));
-    t.start_agent().unwrap();
+    let err = format!("{:#}", t.start_agent().unwrap_err());
+    // (It checks each map's shape before the stamp: the first reshaped map
+    // is what it names.)
+    assert!(err.contains("pinned map CONTAINERS") && err.contains("but this netpath expects"), "{err}");
     std::thread::sleep(Duration::from_millis(300));
     let (p, m) = traffic.probes().unwrap();
-    traffic.verify().context("across the rollback").unwrap();
-    assert_eq!(agent_state(&t), after_upgrade, "the rolled-back agent's state differs");
+    traffic.verify().context("across the refused rollback").unwrap();
     assert!(p.attempts > 50 && m.attempts > 50, "{p:?} {m:?}");
     assert_eq!((p.failures, m.failures), (0, 0), "new connections failed across the upgrade: {p:?} {m:?}");
     assert!(p.longest_gap < Duration::from_secs(1) && m.longest_gap < Duration::from_secs(1), "{p:?} {m:?}");
-    assert_ne!(attached(&t), programs_after_upgrade, "the rolled-back agent runs its own programs");
 
     // Up once more: this build's programs, pinned at the upgrade and still
-    // loaded, are adopted (the maps are the same), and go back into the
-    // tail-call slots the rolled-back agent had filled with its own.
+    // loaded, are adopted (the maps are the same), and the tail-call slots
+    // hold them.
     t.stop_agent().unwrap();
     t.set_agent_binary(None);
     t.start_agent().unwrap();

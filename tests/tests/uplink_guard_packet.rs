@@ -102,10 +102,10 @@ fn fragment(mut f: Vec<u8>, more: bool, offset: u16) -> Vec<u8> {
 /// Runs `hook` on `frame` and asserts a drop for `reason`: counted once by
 /// reason on the interface, not as traffic.
 fn expect_drop(h: &mut PacketHarness, hook: Hook, frame: &[u8], reason: DropReason) {
-    let before = h.dp.stats(TEST_IFINDEX).unwrap();
+    let before = fixtures::uplink_counters(h);
     let r = h.run(hook.program(), frame).unwrap_or_else(|e| panic!("{hook:?}: {e:#}"));
     assert_eq!(r.verdict, hook.verdicts().1, "{hook:?} drops {}", hex(frame));
-    let after = h.dp.stats(TEST_IFINDEX).unwrap();
+    let after = fixtures::uplink_counters(h);
     assert_eq!(after.drops[reason as usize], before.drops[reason as usize] + 1, "{hook:?} counts {reason:?}");
     assert_eq!(after.total_drops(), before.total_drops() + 1, "{hook:?}: one drop");
     assert_eq!(after.ingress, before.ingress, "{hook:?}: a drop is not traffic");
@@ -113,11 +113,11 @@ fn expect_drop(h: &mut PacketHarness, hook: Hook, frame: &[u8], reason: DropReas
 
 /// Runs `hook` on `frame` and asserts it passes untouched, counted as traffic.
 fn expect_pass(h: &mut PacketHarness, hook: Hook, frame: &[u8]) {
-    let before = h.dp.stats(TEST_IFINDEX).unwrap();
+    let before = fixtures::uplink_counters(h);
     let r = h.run(hook.program(), frame).unwrap_or_else(|e| panic!("{hook:?}: {e:#}"));
     assert_eq!(r.verdict, hook.verdicts().0, "{hook:?} passes {}", hex(frame));
     assert_eq!(hex(&r.data), hex(frame), "{hook:?} leaves the frame as it was");
-    let after = h.dp.stats(TEST_IFINDEX).unwrap();
+    let after = fixtures::uplink_counters(h);
     assert_eq!(after.total_drops(), before.total_drops(), "{hook:?}: no drop");
     assert_eq!(after.ingress.packets, before.ingress.packets + 1, "{hook:?} counts the frame");
 }
@@ -219,7 +219,7 @@ fn behind_xdp_uplink_ingress_leaves_the_guard_to_it() {
     expect_drop(&mut h, Hook::Xdp, &guarded, DropReason::NotPublished);
     let r = h.run(Hook::Tc.program(), &guarded).unwrap();
     assert_eq!(r.verdict, TC_ACT_OK);
-    let s = h.dp.stats(TEST_IFINDEX).unwrap();
+    let s = fixtures::uplink_counters(&mut h);
     assert_eq!(s.total_drops(), 1, "only XDP's drop");
 }
 

@@ -7,6 +7,8 @@ use anyhow::{Context as _, Result};
 use netpath_common::{
     container::{CONTAINER_F_DEFAULT_DENY_IN, CONTAINER_F_DEFAULT_DENY_OUT, CONTAINER_F_IPV4, CONTAINER_F_IPV6},
     hooks::Target,
+    maps::MAX_IFACES,
+    stats::IFACE_SLOT_FIRST_CONTAINER,
     ContainerEntry, Hook, In6Addr,
 };
 
@@ -111,6 +113,7 @@ impl Inner {
             ifindex: c.ifindex,
             id: c.id,
             policy_epoch,
+            stats_slot: c.stats_slot,
         };
         self.dp.set_container(c.ifindex, &ep)
     }
@@ -121,7 +124,8 @@ impl Inner {
         let mut results: Vec<Result<()>> =
             Hook::on(Target::ContainerVeth).map(|h| self.dp.detach(&c.veth, h)).collect();
         results.push(self.dp.remove_container(c.ifindex));
-        results.push(self.dp.remove_stats(c.ifindex));
+        // Zeroed for the next container given the slot.
+        results.push(self.dp.reset_stats(c.stats_slot));
         results.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
     }
 
@@ -193,6 +197,9 @@ impl Inner {
             owner: req.owner.clone(),
             handoff_ifname: None,
             runtime_name: self.runtime_name_for(&req),
+            stats_slot: StatsSlots::of(&self.state.containers)
+                .take()
+                .ok_or_else(|| AgentError::Conflict("no free counter slot".into()))?,
         };
         let mappings = self
             .check_mac_free(&mac, cfg)
@@ -440,7 +447,7 @@ impl Inner {
             let _ = conf.write(&c.veth, "disable_ipv6", "1");
         }
         self.bridges.attach(&self.nl, host_index, PortAddrs::of(c)).await?;
-        self.dp.reset_stats(host_index)?;
+        self.dp.reset_stats(c.stats_slot)?;
         self.program_container(c)?;
         self.nl.set_up(host_index).await?;
         let Some((ns, cnl, ipv6_conf)) = container_side else {
@@ -601,6 +608,35 @@ mod tests {
 
 /// Refuses a container beyond what the instance's bridges can take
 /// (`capacity`), before anything is created.
+/// The `IFACE_STATS` slots containers hold, and which are free.
+pub(super) struct StatsSlots {
+    taken: std::collections::HashSet<u32>,
+    next: u32,
+}
+
+impl StatsSlots {
+    pub(super) fn of(containers: &[Container]) -> StatsSlots {
+        StatsSlots { taken: containers.iter().map(|c| c.stats_slot).collect(), next: IFACE_SLOT_FIRST_CONTAINER }
+    }
+
+    /// Takes `slot` if it is a container's and free.
+    pub(super) fn claim(&mut self, slot: u32) -> bool {
+        slot >= IFACE_SLOT_FIRST_CONTAINER && (slot as usize) < MAX_IFACES && self.taken.insert(slot)
+    }
+
+    /// The lowest free slot, now taken.
+    pub(super) fn take(&mut self) -> Option<u32> {
+        while (self.next as usize) < MAX_IFACES {
+            let slot = self.next;
+            self.next += 1;
+            if self.taken.insert(slot) {
+                return Some(slot);
+            }
+        }
+        None
+    }
+}
+
 fn room_for_one_more(attached: usize, capacity: usize) -> Result<(), AgentError> {
     if attached >= capacity {
         return Err(AgentError::refused(

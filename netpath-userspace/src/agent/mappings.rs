@@ -545,6 +545,7 @@ mod tests {
             owner: None,
             handoff_ifname: None,
             runtime_name: None,
+            stats_slot: 2,
         }
     }
 

@@ -49,6 +49,7 @@ use netpath_common::{
     },
     hooks::{Attach, Target},
     maps::MAX_ROUTE_MTUS,
+    stats::IFACE_SLOT_UPLINK,
     uplink_guard::GuardedPorts,
     AddrFamily, CtStats, DatapathConfig, DropReason, Hook, In6Addr, TrafficStats,
 };
@@ -464,7 +465,7 @@ impl Agent {
         inner.apply_route_mtus(&routes)?;
         // The address may have changed while no agent ran.
         inner.forget_masquerade_if_gone(previous_masq).await?;
-        inner.reconcile(&cfg).await?;
+        inner.reconcile().await?;
         inner.state.starts += 1;
         inner.save()?;
         let names = inner.state.containers.iter().map(|c| (c.id, c.name.clone())).collect();
@@ -938,7 +939,7 @@ impl Agent {
     pub async fn container(&self, name: &str) -> Result<ContainerStatus, AgentError> {
         let mut inner = self.inner.lock().await;
         let c = inner.find(name)?.clone();
-        let stats = interface_stats(&inner.dp.stats(c.ifindex)?, true);
+        let stats = interface_stats(&inner.dp.stats(c.stats_slot)?, true);
         let bridge = inner.bridges.name_of(c.ifindex);
         Ok(ContainerStatus { container: c, bridge, stats })
     }
@@ -967,13 +968,13 @@ impl Agent {
             .collect();
         let mut containers = vec![];
         for c in inner.state.containers.clone() {
-            let stats = interface_stats(&inner.dp.stats(c.ifindex)?, true);
+            let stats = interface_stats(&inner.dp.stats(c.stats_slot)?, true);
             let bridge = inner.bridges.name_of(c.ifindex);
             containers.push(ContainerStatus { container: c, bridge, stats });
         }
         let mut uplink_stats = None;
-        if let Some(index) = uplink_index {
-            uplink_stats = Some(interface_stats(&inner.dp.stats(index)?, false));
+        if uplink_index.is_some() {
+            uplink_stats = Some(interface_stats(&inner.dp.stats(IFACE_SLOT_UPLINK)?, false));
         }
         let r = Ok(Status {
             instance: cfg.instance.clone(),
@@ -1072,12 +1073,10 @@ impl Inner {
     /// veth vanished (their netns was deleted) are dropped; the others get
     /// their map entries rewritten and programs swapped into their pinned
     /// links; map entries and pins nobody owns are removed.
-    async fn reconcile(&mut self, cfg: &ResolvedConfig) -> Result<()> {
+    async fn reconcile(&mut self) -> Result<()> {
         let mut kept = vec![];
-        // Read once: per container, a walk of the map would make a restart
-        // quadratic in containers.
-        let counted: std::collections::HashSet<u32> = self.dp.stat_keys()?.into_iter().collect();
-        for c in std::mem::take(&mut self.state.containers) {
+        let mut slots = containers::StatsSlots::of(&self.state.containers);
+        for mut c in std::mem::take(&mut self.state.containers) {
             let link = self.nl.link_by_name(&c.veth).await?.filter(|l| l.header.index == c.ifindex);
             let alive = link.is_some();
             // Veths attached by an older agent learn who they are.
@@ -1096,10 +1095,21 @@ impl Inner {
             if let Ok(inode) = Netns::open(&c.netns).and_then(|n| n.inode()) {
                 self.netns_inodes.insert(c.name.clone(), inode);
             }
-            self.program_container(&c)?;
-            if !counted.contains(&c.ifindex) {
-                self.dp.reset_stats(c.ifindex)?;
+            if c.stats_slot == 0 {
+                // Attached before counters had slots: the slot the layout
+                // migration gave its entry (its counters copied there), or
+                // a free one.
+                let migrated = self.dp.container(c.ifindex)?.map(|e| e.stats_slot);
+                c.stats_slot = match migrated.filter(|s| slots.claim(*s)) {
+                    Some(slot) => slot,
+                    None => {
+                        let slot = slots.take().context("no free counter slot")?;
+                        self.dp.reset_stats(slot)?;
+                        slot
+                    }
+                };
             }
+            self.program_container(&c)?;
             match (&mut self.ipam, c.ip) {
                 (Some(ipam), Some(ip)) => {
                     ipam.allocate(&c.name, Some(ip))
@@ -1132,15 +1142,6 @@ impl Inner {
         for (ifindex, _) in self.dp.containers()? {
             if !owned.contains(&ifindex) {
                 self.dp.remove_container(ifindex)?;
-            }
-        }
-        let uplink_index = match &cfg.uplink {
-            Some(u) => Some(self.nl.link_index(u).await?),
-            None => None,
-        };
-        for ifindex in self.dp.stat_keys()? {
-            if !owned.contains(&ifindex) && Some(ifindex) != uplink_index {
-                self.dp.remove_stats(ifindex)?;
             }
         }
         // Pins nobody owns go; what is wanted comes from the hook table.
@@ -1303,12 +1304,9 @@ impl Inner {
             self.dp.attach(target, hook)?;
         }
         if let Some(uplink) = self.uplink.clone() {
-            let index = self.nl.link_index(&uplink).await.with_context(|| format!("uplink {uplink}"))?;
+            self.nl.link_index(&uplink).await.with_context(|| format!("uplink {uplink}"))?;
             for hook in Hook::on(Target::Uplink).filter(|h| !wanted.iter().any(|(_, w)| w.id == h.id)) {
                 self.dp.detach(&uplink, hook)?;
-            }
-            if !self.dp.stat_keys()?.contains(&index) {
-                self.dp.reset_stats(index)?;
             }
         }
         Ok(())

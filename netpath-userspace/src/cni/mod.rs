@@ -326,6 +326,7 @@ mod tests {
             owner: None,
             handoff_ifname: None,
             runtime_name: None,
+            stats_slot: 2,
         };
         let r = add_result("0.4.0", &conf, &net, &c);
         assert_eq!(r["interfaces"][0]["sandbox"], "/run/netns/x");

@@ -33,11 +33,12 @@ pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 
 /// The layout version of the pinned maps. Bump it when a map's key or value
 /// changes meaning without changing size (fields reordered, a flag bit
-/// reused): pins stamped with another version are refused. Changes of type,
+/// reused): pins stamped with another version are refused, except the
+/// version `migrate` migrates from. Changes of type,
 /// sizes or capacity are caught map by map against the object; a unit test
 /// (`a_changed_layout_bumps_the_layout_version`) fails when a pinned type's
 /// fields move without a bump.
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// The stamp: a one-entry array map (`u32` -> `u32`, the layout version)
 /// that the agent creates and pins beside the maps, under `maps/`.
@@ -314,6 +315,10 @@ impl Datapath {
             None => vec![],
         };
         let declared = declared_maps(object)?;
+        let migrating = match pin_dir {
+            Some(dir) => super::migrate::set_aside(dir)?,
+            None => false,
+        };
         if let Some(dir) = pin_dir {
             for (name, path) in &map_paths {
                 let mut expected = declared_map(&declared, name)?;
@@ -328,7 +333,7 @@ impl Datapath {
                     _ => check_pinned_layout(name, path, expected)?,
                 }
             }
-            check_layout_stamp(&dir.join("maps"))?;
+            check_layout_stamp(&dir.join("maps"), migrating)?;
         }
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
@@ -374,6 +379,9 @@ impl Datapath {
             program_cache: Default::default(),
             adopted: adopted.unwrap_or_default(),
         };
+        if migrating {
+            dp.finish_migration()?;
+        }
         dp.fill_tail_calls()?;
         if adopting {
             tracing::info!("adopted the programs a previous run loaded from this object against these maps");
@@ -519,8 +527,10 @@ const LAYOUT_DEF: MapDef =
 /// Checks the layout version stamped beside the pinned maps, and stamps a
 /// fresh instance (before its maps are created, so that no pins exist
 /// without a stamp). Pins without a stamp were left by a build that had
-/// none: refused, since nothing says what they hold.
-pub(super) fn check_layout_stamp(maps_dir: &Path) -> Result<()> {
+/// none: refused, since nothing says what they hold. `migrating`: the
+/// stamp's version is the one this build migrates from (`migrate`), which
+/// it stamps over once the maps are migrated.
+pub(super) fn check_layout_stamp(maps_dir: &Path, migrating: bool) -> Result<()> {
     let path = maps_dir.join(LAYOUT_MAP);
     if !path.exists() {
         if let Some(name) = names::PINNED_MAPS.iter().find(|m| maps_dir.join(m).exists()) {
@@ -555,7 +565,7 @@ pub(super) fn check_layout_stamp(maps_dir: &Path) -> Result<()> {
     // Pins of another layout are never adopted: a map read with the wrong
     // layout would translate packets wrongly. Which way the versions
     // differ says what the operator is doing.
-    if version != LAYOUT_VERSION {
+    if version != LAYOUT_VERSION && !(migrating && version == super::migrate::MIGRATES_FROM) {
         let (left_by, way_out) = if version > LAYOUT_VERSION {
             (
                 "a newer netpath (a downgrade across a layout change)",
@@ -635,7 +645,7 @@ mod tests {
             SockRevNatKey6,
         };
         [
-            layout!(ContainerEntry { ipv4, ipv6, mac, flags, ifindex, id, policy_epoch }),
+            layout!(ContainerEntry { ipv4, ipv6, mac, flags, ifindex, id, policy_epoch, stats_slot }),
             layout!(Counter { packets, bytes }),
             layout!(TrafficStats { ingress, egress, drops }),
             layout!(MappingKey4 { addr, port, proto }),
@@ -733,8 +743,9 @@ mod tests {
 
     /// The layout this LAYOUT_VERSION stands for. When the test below fails,
     /// the pinned maps' layout changed: bump LAYOUT_VERSION (pins of the old
-    /// layout must be refused) and record the new pair here.
-    const RECORDED_LAYOUT: (u32, u64) = (7, 0x772732388e3fd9d3);
+    /// layout are then refused unless `migrate` migrates them) and record
+    /// the new pair here.
+    const RECORDED_LAYOUT: (u32, u64) = (8, 0xc2d9a092e1729c84);
 
     #[test]
     fn a_changed_layout_bumps_the_layout_version() {

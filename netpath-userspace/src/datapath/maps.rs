@@ -12,8 +12,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
     maps::{
         lpm_trie::{Key as LpmKey, LpmTrie},
-        Array, HashMap as BpfHashMap, Map, MapData, MapError, MapType, PerCpuArray, PerCpuHashMap, PerCpuValues,
-        RingBuf,
+        Array, HashMap as BpfHashMap, Map, MapData, MapError, MapType, PerCpuArray, PerCpuValues, RingBuf,
     },
     programs::Program,
     sys::SyscallError,
@@ -21,6 +20,7 @@ use aya::{
 use netpath_common::{
     family::AddrFamily,
     maps as names, owner,
+    stats::IFACE_SLOT_FIRST_CONTAINER,
     uplink_guard::{GuardedPorts, GUARDED_PORT_WORDS},
     ContainerEntry, CtEntry, CtEntry4, CtKey, CtKey4, DatapathConfig, ForwardStats, FragEntry, FragEntry4, FragEntry6,
     FragKey, FragKey4, FragKey6, HostAddr, In6Addr, MappingEntry, MappingEntry4, MappingEntry6, MappingKey,
@@ -233,8 +233,8 @@ impl Datapath {
         Ok(BpfHashMap::try_from(self.map_mut(names::CONTAINERS)?)?)
     }
 
-    fn stats_map(&mut self) -> Result<PerCpuHashMap<&mut MapData, u32, TrafficStats>> {
-        Ok(PerCpuHashMap::try_from(self.map_mut(names::IFACE_STATS)?)?)
+    fn stats_map(&mut self) -> Result<PerCpuArray<&mut MapData, TrafficStats>> {
+        Ok(PerCpuArray::try_from(self.map_mut(names::IFACE_STATS)?)?)
     }
 
     /// The published ports of family `A` (MAPPINGS4, MAPPINGS6).
@@ -492,31 +492,21 @@ impl Datapath {
         map.iter().map(|r| r.map_err(Into::into)).collect()
     }
 
-    /// Starts the counters of an interface at zero.
-    pub fn reset_stats(&mut self, ifindex: u32) -> Result<()> {
+    /// Starts the counters of an interface slot (`IFACE_SLOT_*`,
+    /// `ContainerEntry::stats_slot`) at zero.
+    pub fn reset_stats(&mut self, slot: u32) -> Result<()> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
         let values = PerCpuValues::try_from(vec![TrafficStats::default(); cpus])?;
-        self.stats_map()?.insert(ifindex, values, 0).with_context(|| format!("resetting counters of ifindex {ifindex}"))
+        self.stats_map()?.set(slot, values, 0).with_context(|| format!("resetting the counters of slot {slot}"))
     }
 
-    pub fn remove_stats(&mut self, ifindex: u32) -> Result<()> {
-        ignore_missing(self.stats_map()?.remove(&ifindex))
-            .with_context(|| format!("removing counters of ifindex {ifindex}"))
-    }
-
-    /// The counters of an interface, summed over CPUs.
-    pub fn stats(&mut self, ifindex: u32) -> Result<TrafficStats> {
+    /// The counters of an interface slot, summed over CPUs.
+    pub fn stats(&mut self, slot: u32) -> Result<TrafficStats> {
         let mut total = TrafficStats::default();
-        match self.stats_map()?.get(&ifindex, 0) {
-            Ok(per_cpu) => per_cpu.iter().for_each(|s| total.merge(s)),
-            Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(e).context("reading counters"),
-        }
+        let per_cpu =
+            self.stats_map()?.get(&slot, 0).with_context(|| format!("reading the counters of slot {slot}"))?;
+        per_cpu.iter().for_each(|s| total.merge(s));
         Ok(total)
-    }
-
-    pub fn stat_keys(&mut self) -> Result<Vec<u32>> {
-        self.stats_map()?.keys().map(|k| k.map_err(Into::into)).collect()
     }
 
     /// Publishes a port (MAPPINGS4 or MAPPINGS6, by the key's family): the
@@ -787,7 +777,8 @@ impl Datapath {
         let owners = |n: usize| (n as u64, None);
         let counts = [
             (names::CONTAINERS, owners(self.written.containers.len())),
-            (names::IFACE_STATS, of_gc(names::IFACE_STATS)),
+            // Slots in use: the containers', the uplink's and the unattributed one.
+            (names::IFACE_STATS, owners(self.written.containers.len() + IFACE_SLOT_FIRST_CONTAINER as usize)),
             (names::MAPPINGS4, owners(self.written.family4.mappings.len())),
             (names::HOST_ADDRS4, owners(self.written.family4.host_addrs.len())),
             (names::CT4, of_gc(names::CT4)),
@@ -863,15 +854,7 @@ impl Datapath {
     /// beside the agent (the GC's thread).
     pub(super) fn fill_counter(&self) -> Result<FillCounter> {
         let mut maps = vec![];
-        for name in [
-            names::CT4,
-            names::CT6,
-            names::FRAGS4,
-            names::FRAGS6,
-            names::SOCK_REVNAT4,
-            names::SOCK_REVNAT6,
-            names::IFACE_STATS,
-        ] {
+        for name in [names::CT4, names::CT6, names::FRAGS4, names::FRAGS6, names::SOCK_REVNAT4, names::SOCK_REVNAT6] {
             let map = self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing"))?;
             let fd = map_data(map)?.fd().as_fd().try_clone_to_owned().with_context(|| format!("duplicating {name}"))?;
             maps.push((name, MapData::from_fd(fd).with_context(|| format!("opening {name}"))?));

@@ -19,6 +19,7 @@ mod conntrack;
 mod links;
 mod loader;
 mod maps;
+mod migrate;
 mod pins;
 
 use std::{

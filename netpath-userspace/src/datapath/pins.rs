@@ -36,7 +36,7 @@ impl Datapath {
         }
         // The stamp first: with maps pinned and no stamp, a restarted agent
         // would take the pins for an older netpath's.
-        loader::check_layout_stamp(&maps_dir)?;
+        loader::check_layout_stamp(&maps_dir, false)?;
         let mut restored = PinsRestored::default();
         for (name, fd) in &self.map_fds {
             let path = maps_dir.join(name);
