@@ -236,6 +236,17 @@ fn pinned_maps_of_another_layout_are_refused() {
     assert!(err.contains(&format!("expects version {expected}")), "{err}");
     assert!(err.contains("left by a newer netpath (a downgrade across a layout change)"), "{err}");
     assert!(err.contains("Run a netpath of layout version 99 or later"), "{err}");
+    // Named as the downgrade it is even where a newer layout reshaped a map
+    // (the stamp is read before the maps' shapes).
+    let containers = maps.join("CONTAINERS");
+    let saved = t.pin_dir().join("saved_CONTAINERS");
+    std::fs::rename(&containers, &saved).unwrap();
+    bpftool_map(&containers, "hash", 4, std::mem::size_of::<netpath_common::ContainerEntry>() + 8, 65536, "CONTAINERS");
+    let err = format!("{:#}", t.start_agent().unwrap_err());
+    // (The error quotes the agent's whole log, the refusal above included.)
+    assert!(!err.contains("pinned map CONTAINERS"), "named the reshaped map, not the downgrade: {err}");
+    std::fs::remove_file(&containers).unwrap();
+    std::fs::rename(&saved, &containers).unwrap();
     // An older stamp: an upgrade this build cannot migrate.
     cmd("bpftool", &["map", "update", "pinned", &pin, "key", "0", "0", "0", "0", "value", "1", "0", "0", "0"]).unwrap();
     let err = format!("{:#}", t.start_agent().unwrap_err());

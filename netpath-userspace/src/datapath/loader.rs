@@ -320,6 +320,12 @@ impl Datapath {
             None => false,
         };
         if let Some(dir) = pin_dir {
+            // A stamp there is read first: pins of a newer layout are a
+            // downgrade, which it names, rather than the first map whose
+            // shape this build does not know.
+            if dir.join("maps").join(LAYOUT_MAP).exists() {
+                check_layout_stamp(&dir.join("maps"), migrating)?;
+            }
             for (name, path) in &map_paths {
                 let mut expected = declared_map(&declared, name)?;
                 match ct_entries {
