@@ -124,8 +124,11 @@ impl Inner {
         let mut results: Vec<Result<()>> =
             Hook::on(Target::ContainerVeth).map(|h| self.dp.detach(&c.veth, h)).collect();
         results.push(self.dp.remove_container(c.ifindex));
-        // Zeroed for the next container given the slot.
-        results.push(self.dp.reset_stats(c.stats_slot));
+        // Zeroed for the next container given the slot (a container of a
+        // state from before slots, gone at the restart, has none).
+        if c.stats_slot >= IFACE_SLOT_FIRST_CONTAINER {
+            results.push(self.dp.reset_stats(c.stats_slot));
+        }
         results.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
     }
 
@@ -606,8 +609,6 @@ mod tests {
     }
 }
 
-/// Refuses a container beyond what the instance's bridges can take
-/// (`capacity`), before anything is created.
 /// The `IFACE_STATS` slots containers hold, and which are free.
 pub(super) struct StatsSlots {
     taken: std::collections::HashSet<u32>,
@@ -637,6 +638,8 @@ impl StatsSlots {
     }
 }
 
+/// Refuses a container beyond what the instance's bridges can take
+/// (`capacity`), before anything is created.
 fn room_for_one_more(attached: usize, capacity: usize) -> Result<(), AgentError> {
     if attached >= capacity {
         return Err(AgentError::refused(
