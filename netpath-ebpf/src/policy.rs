@@ -88,16 +88,18 @@ pub fn allows<A: Family>(container: &ContainerEntry, direction: Direction, remot
     rules::allows(entry, container.default_denies(direction), proto, port)
 }
 
-/// Would the container behind a published port let a new flow from
+/// Would `container`, behind a published port, let a new flow from
 /// `client` in? Asked before a published flow's NAT entries are created,
 /// so that a flood of connections the policy denies fills no table (the
 /// container's veth still judges, and keeps, the verdict). A client it
 /// turns away is counted as a policy drop on the container's counters too.
 #[inline(always)]
-pub fn admits_published<A: Family>(published: &MappingEntry<A>, client: A, proto: u8) -> bool {
-    let Some(container) = CONTAINERS.get_ptr(published.container_ifindex) else { return true };
-    // SAFETY: map value pointer, valid during the run.
-    let container = unsafe { &*container };
+pub fn admits_published<A: Family>(
+    container: &ContainerEntry,
+    published: &MappingEntry<A>,
+    client: A,
+    proto: u8,
+) -> bool {
     let admitted = allows(container, Direction::In, client, proto, u16::from_be(published.container_port));
     if !admitted {
         stats::count_drop(StatsSlot::of(container), DropReason::Policy);

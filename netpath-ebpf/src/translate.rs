@@ -109,9 +109,9 @@ pub fn translate_parsed4(
         nat::apply4(ctx, flow, e)
     } else {
         match admitted_mapping(flow, cfg)? {
-            Some(published) => new_published_flow4(ctx, flow, published, cfg).inspect(|()| {
+            Some(admitted) => new_published_flow4(ctx, flow, &admitted, cfg).inspect(|()| {
                 if cfg.has(CFG_F_TRACE_FLOWS) {
-                    trace_published(flow, published, cfg);
+                    trace_published(flow, admitted.published, cfg);
                 }
             }),
             None if from_outside => return unclaimed(ctx, flow, cfg),
@@ -151,23 +151,30 @@ fn unclaimed<A: Family>(ctx: &TcContext, flow: &Flow<A>, cfg: &DatapathConfig) -
 /// Its own frame, beside the chain down to [`new_published_flow4`]'s
 /// entries rather than on it: that chain has no stack to spare.
 #[inline(never)]
-fn admitted_mapping<A: Family>(
-    flow: &Flow<A>,
-    cfg: &DatapathConfig,
-) -> Result<Option<&'static MappingEntry<A>>, DropReason> {
+fn admitted_mapping<A: Family>(flow: &Flow<A>, cfg: &DatapathConfig) -> Result<Option<Admitted<A>>, DropReason> {
     if !flow.starts_flow() {
         return Ok(None);
     }
     let Some(published) = A::published(&flow.key.daddr, flow.key.dport, flow.key.proto) else {
         return Ok(None);
     };
+    // SAFETY: map value pointer, valid during the run.
+    let target = CONTAINERS.get_ptr(published.container_ifindex).map(|c| unsafe { &*c });
     // The container sees its own gateway as the client of a flow from
     // itself (hairpin, SNAT), the real client otherwise.
     let client = if flow.key.saddr == published.container_addr { A::gateway(cfg) } else { flow.key.saddr };
-    if !policy::admits_published(published, client, flow.key.proto) {
+    if target.is_some_and(|t| !policy::admits_published(t, published, client, flow.key.proto)) {
         return Err(DropReason::Policy);
     }
-    Ok(Some(published))
+    Ok(Some(Admitted { published, target }))
+}
+
+/// A new flow to a published port that may be created: the mapping, and
+/// the container behind it (looked up once: its policy admitted the
+/// client, and the flow's entries carry that verdict).
+struct Admitted<A: Family> {
+    published: &'static MappingEntry<A>,
+    target: Option<&'static ContainerEntry>,
 }
 
 /// Tells a monitor about a new flow to a published port, as it reaches the
@@ -189,19 +196,17 @@ fn trace_published<A: Family>(flow: &Flow<A>, published: &MappingEntry<A>, cfg: 
 fn new_published_flow4(
     ctx: &TcContext,
     flow: &Flow4,
-    published: &MappingEntry4,
+    admitted: &Admitted<[u8; 4]>,
     cfg: &DatapathConfig,
 ) -> Result<(), DropReason> {
     let (mut fwd, mut rev) = (CtEntry4::default(), CtEntry4::default());
-    let reply_key = mapping::flow_entries(&flow.key, published, cfg, &mut fwd, &mut rev);
+    let reply_key = mapping::flow_entries(&flow.key, admitted.published, cfg, &mut fwd, &mut rev);
     fwd.packets = 1;
     fwd.bytes = ctx.len() as u64;
     fwd.state = CtState::New as u8;
     // The container's inbound policy admitted the flow (see
-    // [`admitted_mapping4`]): its entries carry that verdict.
-    if let Some(target) = CONTAINERS.get_ptr(published.container_ifindex) {
-        // SAFETY: map value pointer, valid during the run.
-        let target = unsafe { &*target };
+    // [`admitted_mapping`]): its entries carry that verdict.
+    if let Some(target) = admitted.target {
         policy::carry(&mut fwd, target);
         policy::carry(&mut rev, target);
     }
@@ -247,10 +252,10 @@ pub fn translate_parsed6(
         nat::apply6(ctx, flow, e)?;
     } else {
         match admitted_mapping(flow, cfg)? {
-            Some(published) => {
-                new_published_flow6(ctx, flow, published, cfg)?;
+            Some(admitted) => {
+                new_published_flow6(ctx, flow, &admitted, cfg)?;
                 if cfg.has(CFG_F_TRACE_FLOWS) {
-                    trace_published(flow, published, cfg);
+                    trace_published(flow, admitted.published, cfg);
                 }
             }
             None if from_outside => return unclaimed(ctx, flow, cfg),
@@ -280,7 +285,7 @@ fn first_fragment_translated6(flow: &Flow6) {
 fn new_published_flow6(
     ctx: &TcContext,
     flow: &Flow6,
-    published: &MappingEntry6,
+    admitted: &Admitted<In6Addr>,
     cfg: &DatapathConfig,
 ) -> Result<(), DropReason> {
     let Some(s) = <In6Addr as Family>::scratch() else { return Err(DropReason::TableFull) };
@@ -291,15 +296,13 @@ fn new_published_flow6(
         core::ptr::write_bytes(&raw mut (*s).reply_entry, 0, 1);
         &mut *s
     };
-    s.reply_key = mapping::flow_entries(&flow.key, published, cfg, &mut s.entry, &mut s.reply_entry);
+    s.reply_key = mapping::flow_entries(&flow.key, admitted.published, cfg, &mut s.entry, &mut s.reply_entry);
     s.entry.packets = 1;
     s.entry.bytes = ctx.len() as u64;
     s.entry.state = CtState::New as u8;
     // The container's inbound policy admitted the flow: its entries carry
     // that verdict.
-    if let Some(target) = CONTAINERS.get_ptr(published.container_ifindex) {
-        // SAFETY: map value pointer, valid during the run.
-        let target = unsafe { &*target };
+    if let Some(target) = admitted.target {
         policy::carry(&mut s.entry, target);
         policy::carry(&mut s.reply_entry, target);
     }
