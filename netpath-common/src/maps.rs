@@ -4,7 +4,7 @@
 
 /// Containers keyed by host-side veth ifindex (`u32` -> [`crate::ContainerEntry`]).
 pub const CONTAINERS: &str = "CONTAINERS";
-/// Per-CPU [`crate::TrafficStats`] keyed by ifindex.
+/// Per-CPU [`crate::TrafficStats`] by interface slot (`crate::stats::IFACE_SLOT_*`).
 pub const IFACE_STATS: &str = "IFACE_STATS";
 
 /// Published ports: [`crate::MappingKey4`] -> [`crate::MappingEntry4`].
