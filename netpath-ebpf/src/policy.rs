@@ -20,7 +20,7 @@ use crate::{
     family::Family,
     flow::{Flow, NoFlow, Parsed},
     fragment,
-    maps::{config, CONTAINERS, CT4},
+    maps::{config, CT4},
     packet::{load, mac_eq},
     stats::{self, StatsSlot},
 };

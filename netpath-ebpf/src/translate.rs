@@ -12,7 +12,6 @@ use netpath_common::{
     config::{CFG_F_MASQUERADE, CFG_F_ROUTED, CFG_F_TRACE_FLOWS},
     conntrack::{CtState, CT_F_MASQ_PENDING, CT_F_REPLY, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     ContainerEntry, CtEntry4, CtKey, CtScope, DatapathConfig, Direction, DropReason, In6Addr, MappingEntry,
-    MappingEntry4, MappingEntry6,
 };
 use network_types::eth::EthHdr;
 

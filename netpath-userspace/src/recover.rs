@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
-    maps::{lpm_trie::LpmTrie, Array, HashMap as BpfHashMap, Map, MapData},
+    maps::{lpm_trie::LpmTrie, HashMap as BpfHashMap, Map, MapData},
     Pod,
 };
 use ipnet::IpNet;
@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     agent::{format_mac, CONTAINER_IFNAME},
     config::ResolvedConfig,
-    datapath::{LAYOUT_MAP, LAYOUT_VERSION},
+    datapath::{read_layout_stamp, LAYOUT_MAP, LAYOUT_VERSION},
     ipam::remember_released,
     model::{Container, Mapping},
     netlink::{link_alias, link_name, NeighbourSeen, Netlink},
@@ -118,7 +118,6 @@ fn open_map(pin_dir: &Path, name: &str) -> Result<Map> {
     let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
     Ok(match name {
         names::POLICY4 | names::POLICY6 => Map::LpmTrie(data),
-        LAYOUT_MAP => Map::Array(data),
         _ => Map::HashMap(data),
     })
 }
@@ -128,8 +127,7 @@ fn open_map(pin_dir: &Path, name: &str) -> Result<Map> {
 pub async fn recover(cfg: &ResolvedConfig) -> Result<Recovered> {
     let _locks = crate::lock::lock_instance(cfg)?;
     let pins = &cfg.pin_dir;
-    let stamp: Array<MapData, u32> = Array::try_from(open_map(pins, LAYOUT_MAP)?)?;
-    let version = stamp.get(&0, 0).context("reading the layout stamp")?;
+    let version = read_layout_stamp(&pins.join("maps").join(LAYOUT_MAP))?;
     if version != LAYOUT_VERSION {
         bail!("the pins under {} have layout {version}, this netpathd {LAYOUT_VERSION}: recover with the netpathd that wrote them", pins.display());
     }

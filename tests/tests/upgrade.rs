@@ -4,7 +4,7 @@
 //! then started: what `systemctl restart netpathd` does once the binaries
 //! are replaced), migrates its pins from layout version 7 to 8 (the
 //! interface counters by slot), adopts its state, and loses nothing, the
-//! containers' counters included. Then a rollback is tried: the earlier
+//! containers' and the uplink's counters included. Then a rollback is tried: the earlier
 //! agent refuses the migrated pins by name and touches nothing, traffic
 //! going on meanwhile; and up once more: this build adopts the programs it
 //! left pinned. Pins of layouts without a migration are refused by name
@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use netpath_common::stats::IFACE_SLOT_FIRST_CONTAINER;
 use netpath_tests::{chaos::Traffic, topology::Topology, upgrade::build_at};
-use netpath_userspace::model::{Container, ContainerStatus, Mapping, PolicyView, Status};
+use netpath_userspace::model::{Container, ContainerStatus, Mapping, PolicyView, StatsView, Status};
 
 /// The version replaced: the last commit of the previous round of work,
 /// which is what runs on hosts today. Its pinned layout is version 7, the
@@ -44,6 +44,12 @@ fn counter_slots(t: &Topology) -> Vec<u32> {
 fn c1_received(t: &Topology) -> u64 {
     let c1: ContainerStatus = t.ctl_json(&["container", "show", "c1"]).unwrap();
     c1.stats.tx_packets
+}
+
+/// What the uplink received, as its counters say.
+fn uplink_received(t: &Topology) -> u64 {
+    let stats: StatsView = t.ctl_json(&["stats"]).unwrap();
+    stats.uplink.expect("the uplink's counters").rx_packets
 }
 
 /// The program ids attached at every attach point, sorted.
@@ -105,8 +111,8 @@ fn the_previous_agent_is_replaced_under_traffic_and_back_without_losing_a_flow()
     let before = agent_state(&t);
 
     // Up: this build's agent over the previous one's pins and state.
-    let received = c1_received(&t);
-    assert!(received > 0);
+    let (received, uplink_before) = (c1_received(&t), uplink_received(&t));
+    assert!(received > 0 && uplink_before > 0);
     t.stop_agent().unwrap();
     // As a first start of this build killed mid-migration would leave it:
     // one old map already moved aside.
@@ -118,12 +124,14 @@ fn the_previous_agent_is_replaced_under_traffic_and_back_without_losing_a_flow()
     traffic.verify().context("across the upgrade").unwrap();
     assert_eq!(agent_state(&t), before, "the upgraded agent's state differs");
     // Migrated: every container has a counter slot of its own, and its
-    // counters came along (they are not zero again).
+    // counters came along (they are not zero again), the uplink's too.
     let mut slots = counter_slots(&t);
     slots.sort();
     slots.dedup();
     assert!(slots.len() == 2 && slots.iter().all(|s| *s >= IFACE_SLOT_FIRST_CONTAINER), "{slots:?}");
     assert!(c1_received(&t) >= received, "c1's counters restarted: {} < {received}", c1_received(&t));
+    let uplink_after = uplink_received(&t);
+    assert!(uplink_after >= uplink_before, "the uplink's counters restarted: {uplink_after} < {uplink_before}");
     assert!(!t.pin_dir().join("migrating").exists(), "the old maps are gone");
     let stamp = bpftool(&["map", "dump", "pinned", &t.pin_dir().join("maps").join("LAYOUT").display().to_string()]);
     assert_eq!(stamp[0]["value"][0], "0x08", "{stamp}");

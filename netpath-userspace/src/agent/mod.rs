@@ -375,7 +375,11 @@ impl Agent {
             max_ports: cfg.bridge_ports,
         };
         let bridges = Bridges::setup(&nl, &cfg.bridge, layout).await?;
-        let mut dp = Datapath::load(&cfg.pin_dir, cfg.conntrack.max_entries)?;
+        let uplink_index = match &cfg.uplink {
+            Some(u) => Some(nl.link_index(u).await.with_context(|| format!("uplink {u}"))?),
+            None => None,
+        };
+        let mut dp = Datapath::load(&cfg.pin_dir, cfg.conntrack.max_entries, uplink_index)?;
         let (events, _) = broadcast::channel(4096);
         monitor::spawn_reader(dp.take_events()?, events.clone())?;
         let cgroup = match &cfg.cgroup {
@@ -406,9 +410,8 @@ impl Agent {
         // The uplink's address now, not 0.0.0.0 until the first sync: the
         // datapath of a restarted agent keeps masquerading meanwhile.
         let previous_masq = dp.read_config()?.masq_addr4;
-        let (masq_addr4, masq_addr6) = match &cfg.uplink {
-            Some(u) => {
-                let index = nl.link_index(u).await.with_context(|| format!("uplink {u}"))?;
+        let (masq_addr4, masq_addr6) = match uplink_index {
+            Some(index) => {
                 let (addrs4, addrs6) = split_families(nl.ip_addresses().await?);
                 (masquerade_addr4(&addrs4, index), masquerade_addr6(&addrs6, index))
             }

@@ -286,19 +286,26 @@ pub fn ensure_bpffs() -> Result<()> {
 
 impl Datapath {
     /// Loads the embedded object with every map pinned under `pin_dir`
-    /// (reusing pins that exist) and loads the programs into the kernel.
-    pub fn load(pin_dir: &Path, ct_entries: u32) -> Result<Datapath> {
-        Self::load_sized(BPF_OBJECT, Some(pin_dir), Some(ct_entries))
+    /// (reusing pins that exist, migrating those of the previous layout)
+    /// and loads the programs into the kernel. `uplink_ifindex`: the
+    /// uplink's, whose counters a migration carries to its slot.
+    pub fn load(pin_dir: &Path, ct_entries: u32, uplink_ifindex: Option<u32>) -> Result<Datapath> {
+        Self::load_sized(BPF_OBJECT, Some(pin_dir), Some(ct_entries), uplink_ifindex)
     }
 
     /// Loads `object` with nothing pinned (packet tests).
     pub fn load_object(object: &[u8]) -> Result<Datapath> {
-        Self::load_sized(object, None, None)
+        Self::load_sized(object, None, None, None)
     }
 
     /// Loads `object` with the conntrack table sized to `ct_entries` (the
     /// object's declaration if None).
-    fn load_sized(object: &[u8], pin_dir: Option<&Path>, ct_entries: Option<u32>) -> Result<Datapath> {
+    fn load_sized(
+        object: &[u8],
+        pin_dir: Option<&Path>,
+        ct_entries: Option<u32>,
+        uplink_ifindex: Option<u32>,
+    ) -> Result<Datapath> {
         let mut loader = EbpfLoader::new();
         if let Some(n) = ct_entries {
             loader.map_max_entries(names::CT4, n);
@@ -386,7 +393,7 @@ impl Datapath {
             adopted: adopted.unwrap_or_default(),
         };
         if migrating {
-            dp.finish_migration()?;
+            dp.finish_migration(uplink_ifindex)?;
         }
         dp.fill_tail_calls()?;
         if adopting {
@@ -565,9 +572,7 @@ pub(super) fn check_layout_stamp(maps_dir: &Path, migrating: bool) -> Result<()>
         return Ok(());
     }
     check_pinned_layout(LAYOUT_MAP, &path, LAYOUT_DEF)?;
-    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-    let stamp: Array<MapData, u32> = Array::try_from(Map::Array(data))?;
-    let version = stamp.get(&0, 0).with_context(|| format!("reading {}", path.display()))?;
+    let version = read_layout_stamp(&path)?;
     // Pins of another layout are never adopted: a map read with the wrong
     // layout would translate packets wrongly. Which way the versions
     // differ says what the operator is doing.
@@ -593,6 +598,13 @@ pub(super) fn check_layout_stamp(maps_dir: &Path, migrating: bool) -> Result<()>
         );
     }
     Ok(())
+}
+
+/// The layout version in the stamp pinned at `path`.
+pub fn read_layout_stamp(path: &Path) -> Result<u32> {
+    let data = MapData::from_pin(path).with_context(|| format!("opening {}", path.display()))?;
+    let stamp: Array<MapData, u32> = Array::try_from(Map::Array(data))?;
+    stamp.get(&0, 0).with_context(|| format!("reading {}", path.display()))
 }
 
 /// Removes every pinned program (those of another object or other maps:

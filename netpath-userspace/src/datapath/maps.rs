@@ -233,7 +233,7 @@ impl Datapath {
         Ok(BpfHashMap::try_from(self.map_mut(names::CONTAINERS)?)?)
     }
 
-    fn stats_map(&mut self) -> Result<PerCpuArray<&mut MapData, TrafficStats>> {
+    pub(super) fn stats_map(&mut self) -> Result<PerCpuArray<&mut MapData, TrafficStats>> {
         Ok(PerCpuArray::try_from(self.map_mut(names::IFACE_STATS)?)?)
     }
 

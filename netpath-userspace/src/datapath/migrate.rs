@@ -14,9 +14,9 @@
 //! From version 7 to 8: the interface counters became an array indexed by
 //! slot (`IFACE_STATS`, was a per-CPU hash keyed by ifindex), and each
 //! container's entry names its slot (`ContainerEntry::stats_slot`, a field
-//! appended). Each container gets a slot, its counters are copied there;
-//! the uplink's start again from zero (the loader does not know which
-//! interface the uplink is).
+//! appended). Each container gets a slot, its counters are copied there,
+//! the uplink's to the uplink's slot, and those of any other interface
+//! (veths without a container) are summed into the unattributed slot.
 
 use std::{
     fs,
@@ -24,11 +24,15 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
-use netpath_common::{maps as names, stats::IFACE_SLOT_FIRST_CONTAINER, ContainerEntry, TrafficStats};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuHashMap, PerCpuValues};
+use netpath_common::{
+    maps as names,
+    stats::{IFACE_SLOT_FIRST_CONTAINER, IFACE_SLOT_UNATTRIBUTED, IFACE_SLOT_UPLINK},
+    ContainerEntry, TrafficStats,
+};
 
 use super::{
-    loader::{LAYOUT_MAP, LAYOUT_VERSION},
+    loader::{read_layout_stamp, LAYOUT_MAP, LAYOUT_VERSION},
     Datapath,
 };
 
@@ -49,23 +53,13 @@ fn aside_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join("migrating")
 }
 
-/// The layout version the pins under `maps_dir` are stamped with, if any.
-pub(super) fn stamped_version(maps_dir: &Path) -> Result<Option<u32>> {
-    let path = maps_dir.join(LAYOUT_MAP);
-    if !path.exists() {
-        return Ok(None);
-    }
-    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-    let stamp: Array<MapData, u32> = Array::try_from(Map::Array(data))?;
-    Ok(Some(stamp.get(&0, 0).with_context(|| format!("reading {}", path.display()))?))
-}
-
 /// Before the object is loaded: true if the pins under `pin_dir` are of
 /// [`MIGRATES_FROM`], with the reshaped maps' old pins moved aside (unless
 /// an interrupted start moved them already).
 pub(super) fn set_aside(pin_dir: &Path) -> Result<bool> {
     let maps_dir = pin_dir.join("maps");
-    if stamped_version(&maps_dir)? != Some(MIGRATES_FROM) {
+    let stamp = maps_dir.join(LAYOUT_MAP);
+    if !stamp.exists() || read_layout_stamp(&stamp)? != MIGRATES_FROM {
         return Ok(false);
     }
     let aside = aside_dir(pin_dir);
@@ -82,13 +76,17 @@ pub(super) fn set_aside(pin_dir: &Path) -> Result<bool> {
 
 impl Datapath {
     /// After the object is loaded with new reshaped maps: copies what the
-    /// old ones held, removes them, and stamps this build's layout version.
-    pub(super) fn finish_migration(&mut self) -> Result<()> {
+    /// old ones held (the counters of `uplink_ifindex` to the uplink's
+    /// slot), removes them, and stamps this build's layout version.
+    pub(super) fn finish_migration(&mut self, uplink_ifindex: Option<u32>) -> Result<()> {
         let aside = aside_dir(&self.pin_dir);
         let containers = aside.join(names::CONTAINERS);
         if containers.exists() {
+            let slots = self.migrate_containers(&containers)?;
             let counters = aside.join(names::IFACE_STATS);
-            self.migrate_containers(&containers, counters.exists().then_some(counters.as_path()))?;
+            if counters.exists() {
+                self.migrate_counters(&counters, &slots, uplink_ifindex)?;
+            }
         }
         fs::remove_dir_all(&aside).with_context(|| format!("removing {}", aside.display()))?;
         let stamp = self.pin_dir.join("maps").join(LAYOUT_MAP);
@@ -100,27 +98,17 @@ impl Datapath {
     }
 
     /// Each container of the old `CONTAINERS` (pinned at `old`) into the
-    /// new map with a counters slot of its own, its counters (old
-    /// `IFACE_STATS` at `old_counters`, by ifindex) copied to that slot.
-    fn migrate_containers(&mut self, old: &Path, old_counters: Option<&Path>) -> Result<()> {
+    /// new map with a counters slot of its own: the slot of each ifindex.
+    fn migrate_containers(&mut self, old: &Path) -> Result<Vec<(u32, u32)>> {
         let data = MapData::from_pin(old).with_context(|| format!("opening {}", old.display()))?;
         let old_map: BpfHashMap<MapData, u32, [u8; CONTAINER_ENTRY_V7]> = BpfHashMap::try_from(Map::HashMap(data))
             .with_context(|| format!("{} is not version {MIGRATES_FROM}'s CONTAINERS", old.display()))?;
-        let counters: Option<PerCpuHashMap<MapData, u32, TrafficStats>> = match old_counters {
-            Some(path) => {
-                let data = MapData::from_pin(path).with_context(|| format!("opening {}", path.display()))?;
-                Some(
-                    PerCpuHashMap::try_from(Map::PerCpuHashMap(data))
-                        .with_context(|| format!("{} is not version {MIGRATES_FROM}'s IFACE_STATS", path.display()))?,
-                )
-            }
-            None => None,
-        };
         let mut entries: Vec<(u32, [u8; CONTAINER_ENTRY_V7])> =
             old_map.iter().collect::<Result<_, _>>().context("reading the old CONTAINERS")?;
         // Slots in ifindex order: a start interrupted and run again gives
         // the same ones.
         entries.sort_by_key(|(ifindex, _)| *ifindex);
+        let mut slots = Vec::with_capacity(entries.len());
         for ((ifindex, bytes), slot) in entries.into_iter().zip(IFACE_SLOT_FIRST_CONTAINER..) {
             let mut entry = ContainerEntry::default();
             // SAFETY: ContainerEntry is repr(C) plain data whose first
@@ -135,11 +123,37 @@ impl Datapath {
             };
             entry.stats_slot = slot;
             self.set_container(ifindex, &entry)?;
-            if let Some(values) = counters.as_ref().and_then(|c| c.get(&ifindex, 0).ok()) {
-                let mut new: PerCpuArray<&mut MapData, TrafficStats> =
-                    PerCpuArray::try_from(self.ebpf.map_mut(names::IFACE_STATS).context("map IFACE_STATS missing")?)?;
-                new.set(slot, values, 0).with_context(|| format!("copying the counters of ifindex {ifindex}"))?;
-            }
+            slots.push((ifindex, slot));
+        }
+        Ok(slots)
+    }
+
+    /// The old `IFACE_STATS` (pinned at `old`, per CPU by ifindex) into the
+    /// slots: each container's (`slots`, by ifindex), the uplink's, and
+    /// every other interface's summed into the unattributed slot.
+    fn migrate_counters(&mut self, old: &Path, slots: &[(u32, u32)], uplink_ifindex: Option<u32>) -> Result<()> {
+        let data = MapData::from_pin(old).with_context(|| format!("opening {}", old.display()))?;
+        let old_map: PerCpuHashMap<MapData, u32, TrafficStats> = PerCpuHashMap::try_from(Map::PerCpuHashMap(data))
+            .with_context(|| format!("{} is not version {MIGRATES_FROM}'s IFACE_STATS", old.display()))?;
+        let mut unattributed: Option<Vec<TrafficStats>> = None;
+        let mut new = self.stats_map()?;
+        for item in old_map.iter() {
+            let (ifindex, values) = item.context("reading the old IFACE_STATS")?;
+            let slot = match slots.iter().find(|(i, _)| *i == ifindex) {
+                Some((_, slot)) => *slot,
+                None if Some(ifindex) == uplink_ifindex => IFACE_SLOT_UPLINK,
+                None => {
+                    let sum = unattributed.get_or_insert_with(|| vec![TrafficStats::default(); values.len()]);
+                    sum.iter_mut().zip(values.iter()).for_each(|(s, v)| s.merge(v));
+                    continue;
+                }
+            };
+            new.set(slot, values, 0).with_context(|| format!("copying the counters of ifindex {ifindex}"))?;
+        }
+        if let Some(sum) = unattributed {
+            let values = PerCpuValues::try_from(sum)?;
+            new.set(IFACE_SLOT_UNATTRIBUTED, values, 0)
+                .context("copying the counters of interfaces without a container")?;
         }
         Ok(())
     }
