@@ -110,6 +110,11 @@ struct ContainerDirection {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ContainerReason {
     container: String,
     reason: String,
@@ -244,6 +249,15 @@ pub async fn render(agent: &Agent) -> Result<String, AgentError> {
         bytes,
     );
     reg.register("container_drops", "Packets the datapath dropped, by container and reason", drops);
+    let unattributed = Family::<ReasonLabel, Counter>::default();
+    for (reason, n) in &status.unattributed_drops {
+        unattributed.get_or_create(&ReasonLabel { reason: reason.clone() }).inc_by(*n);
+    }
+    reg.register(
+        "unattributed_drops",
+        "Packets dropped on veths the datapath has no container for (their entry gone: they fail closed), by reason",
+        unattributed,
+    );
 
     let flows = Family::<MappingLabels, Gauge>::default();
     for m in &mappings {

@@ -277,6 +277,10 @@ pub struct Status {
     pub drop_events_suppressed: u64,
     /// Uplink counters, if there is an uplink.
     pub uplink_stats: Option<InterfaceStats>,
+    /// Drops on veths the datapath has no container for (a veth whose
+    /// container's entry is gone: it fails closed), by reason name.
+    #[serde(default)]
+    pub unattributed_drops: BTreeMap<String, u64>,
     /// The agent's own resident memory, bytes.
     #[serde(default)]
     pub agent_memory_bytes: u64,

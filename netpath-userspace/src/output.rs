@@ -182,6 +182,10 @@ pub fn status_text(s: &Status) -> String {
     if let Some(u) = &s.uplink_stats {
         out.push_str(&format!("uplink rx {} packets, {} bytes\n", u.rx_packets, u.rx_bytes));
     }
+    if !s.unattributed_drops.is_empty() {
+        let drops: Vec<String> = s.unattributed_drops.iter().map(|(reason, n)| format!("{reason} {n}")).collect();
+        out.push_str(&format!("unknown   dropped on veths without a container: {}\n", drops.join(", ")));
+    }
     let fp = &s.fast_path;
     let counts = |m: &std::collections::BTreeMap<String, u64>| {
         m.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")

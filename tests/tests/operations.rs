@@ -314,6 +314,24 @@ fn metrics_show_traffic_drops_flows_conntrack_maps_and_the_api_on_the_socket_and
     assert!(String::from_utf8_lossy(&scrape_tcp.stdout).contains("netpath_mapping_flows{"));
     drop(slow);
 
+    // A veth whose container's entry is gone (removed behind the agent's
+    // back) fails closed; its drops are counted apart and shown.
+    let c2: netpath_userspace::model::Container = t.ctl_json(&["container", "show", "c2"]).unwrap();
+    let key: Vec<String> = c2.ifindex.to_le_bytes().iter().map(|b| b.to_string()).collect();
+    let pin = t.pin_dir().join("maps").join("CONTAINERS");
+    let deleted = std::process::Command::new("bpftool")
+        .args(["map", "delete", "pinned", pin.to_str().unwrap(), "key"])
+        .args(&key)
+        .status()
+        .unwrap();
+    assert!(deleted.success());
+    assert!(!t.ping(&t.container_ns(2), &HOST_UPLINK_IP.to_string(), 1).unwrap());
+    let scrape = t.metrics().unwrap();
+    let unattributed = "netpath_unattributed_drops_total{reason=\"unknown-container\"}";
+    assert!(sample(&scrape, unattributed).is_some_and(|v| v >= 1.0), "{scrape}");
+    let shown = t.ctl_ok(&["status"]).unwrap();
+    assert!(shown.contains("dropped on veths without a container: unknown-container"), "{shown}");
+
     // A restart counts.
     t.stop_agent().unwrap();
     t.start_agent().unwrap();

@@ -49,7 +49,7 @@ use netpath_common::{
     },
     hooks::{Attach, Target},
     maps::MAX_ROUTE_MTUS,
-    stats::IFACE_SLOT_UPLINK,
+    stats::{IFACE_SLOT_UNATTRIBUTED, IFACE_SLOT_UPLINK},
     uplink_guard::GuardedPorts,
     AddrFamily, CtStats, DatapathConfig, DropReason, Hook, In6Addr, TrafficStats,
 };
@@ -979,6 +979,7 @@ impl Agent {
         if uplink_index.is_some() {
             uplink_stats = Some(interface_stats(&inner.dp.stats(IFACE_SLOT_UPLINK)?, false));
         }
+        let unattributed_drops = interface_stats(&inner.dp.stats(IFACE_SLOT_UNATTRIBUTED)?, false).drops;
         let r = Ok(Status {
             instance: cfg.instance.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -1008,6 +1009,7 @@ impl Agent {
             denied_sources: configured.denied_sources.iter().map(|n| n.to_string()).collect(),
             drop_events_suppressed: inner.dp.suppressed_events()?,
             uplink_stats,
+            unattributed_drops,
             agent_memory_bytes: 0,
             fast_path: FastPathStatus::from_stats(inner.dp_config.has(CFG_F_FAST_PATH), &inner.dp.forward_stats()?),
             conntrack: conntrack_status(&inner.dp.ct_stats()?, &self.gc.lock().unwrap_or_else(|e| e.into_inner())),
