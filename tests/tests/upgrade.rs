@@ -8,7 +8,8 @@
 //! agent refuses the migrated pins by name and touches nothing, traffic
 //! going on meanwhile; and up once more: this build adopts the programs it
 //! left pinned. Pins of layouts without a migration are refused by name
-//! (`agent_safety.rs`).
+//! (`agent_safety.rs`). And `netpathd prepare`: an upgrade's verification
+//! done beside the running agent, so that the restart adopts.
 
 use std::time::Duration;
 
@@ -110,6 +111,12 @@ fn the_previous_agent_is_replaced_under_traffic_and_back_without_losing_a_flow()
     let mut traffic = Traffic::start(&t, HELD, true, 240).unwrap();
     let before = agent_state(&t);
 
+    // Preparing this build beforehand is refused: the start migrates the
+    // maps, so its programs cannot be loaded against these.
+    let out = t.netpathd(&["prepare"]).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("which this netpath migrates to 8 when it starts"), "{err}");
+
     // Up: this build's agent over the previous one's pins and state.
     let (received, uplink_before) = (c1_received(&t), uplink_received(&t));
     assert!(received > 0 && uplink_before > 0);
@@ -170,4 +177,76 @@ fn the_previous_agent_is_replaced_under_traffic_and_back_without_losing_a_flow()
         assert!(!in_slots.is_empty() && in_slots.iter().all(|id| ours.contains(id)), "{map}: {in_slots:?} {ours:?}");
     }
     assert_eq!(agent_state(&t), after_upgrade, "the state after going up again differs");
+}
+
+/// The pinned program directories under `progs/`, by name.
+fn program_dirs(t: &Topology) -> Vec<String> {
+    let mut dirs: Vec<String> = std::fs::read_dir(t.pin_dir().join("progs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+#[test]
+fn prepare_verifies_the_next_build_beside_the_running_agent_and_the_restart_adopts_it() {
+    assert!(netpath_tests::is_root(), "topology tests create namespaces and load BPF: run them as root");
+    let mut t = Topology::new(2).expect("build topology");
+    t.start_agent().unwrap();
+    t.add_container(1).unwrap();
+    t.add_container(2).unwrap();
+    t.ctl_ok(&["map", "8080:c1:80"]).unwrap();
+    let mut traffic = Traffic::start(&t, 50, true, 120).unwrap();
+    // As if the running agent were of an earlier build: its programs are
+    // pinned under another digest than this build's.
+    let ours = program_dirs(&t).pop().unwrap();
+    let progs = t.pin_dir().join("progs");
+    std::fs::rename(progs.join(&ours), progs.join("earlier-build")).unwrap();
+    let running = attached(&t);
+    let tail_calls = bpftool(&["map", "dump", "pinned", &t.pin_dir().join("maps/TAIL_CALLS").display().to_string()]);
+
+    let out = t.netpathd(&["prepare"]).unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("prepared: programs loaded and verified in"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(program_dirs(&t), vec![ours.clone(), "earlier-build".to_string()]);
+    let count = |dir: &str| std::fs::read_dir(progs.join(dir)).unwrap().count();
+    assert_eq!(count(&ours), count("earlier-build"), "every program pinned");
+    // The running agent's programs, attached and in the tail-call slots,
+    // are untouched, and its traffic goes on.
+    assert_eq!(attached(&t), running);
+    let now = bpftool(&["map", "dump", "pinned", &t.pin_dir().join("maps/TAIL_CALLS").display().to_string()]);
+    assert_eq!(now, tail_calls);
+    traffic.verify().context("beside prepare").unwrap();
+    let again = t.netpathd(&["prepare"]).unwrap();
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already prepared"), "{again:?}");
+
+    // The restart adopts the prepared programs: nothing verified, the
+    // earlier build's pins removed.
+    t.stop_agent().unwrap();
+    let log_before = std::fs::read_to_string(t.agent_log()).unwrap().len();
+    let started = std::time::Instant::now();
+    t.start_agent().unwrap();
+    let took = started.elapsed();
+    let log = std::fs::read_to_string(t.agent_log()).unwrap()[log_before..].to_string();
+    assert!(log.contains("adopted the programs") && !log.contains("loaded and verified"), "{log}");
+    assert!(took < Duration::from_secs(3), "the restart took {took:?}");
+    assert_eq!(program_dirs(&t), vec![ours]);
+    let (in_slots, prepared) = tail_call_ids(&t, "TAIL_CALLS");
+    assert!(in_slots.iter().all(|id| prepared.contains(id)), "{in_slots:?} {prepared:?}");
+    assert_ne!(attached(&t), running, "the prepared programs are attached");
+    std::thread::sleep(Duration::from_millis(300));
+    traffic.verify().context("across the restart").unwrap();
+
+    // Without an instance there is nothing to prepare against.
+    t.stop_agent().unwrap();
+    drop(traffic);
+    assert!(t.netpathd(&["uninstall"]).unwrap().status.success());
+    let out = t.netpathd(&["prepare"]).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no netpath instance is pinned under"), "{err}");
 }

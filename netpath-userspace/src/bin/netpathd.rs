@@ -8,6 +8,7 @@ use netpath_userspace::{
     agent::Agent,
     api,
     config::{LogFormat, ResolvedConfig},
+    datapath::Prepared,
     docker,
     flags::AgentFlags,
     netns::Netns,
@@ -42,6 +43,12 @@ enum Command {
     /// bridges, programs, maps, state, socket) and put back the sysctls and
     /// port reservations it changed. The instance's agent must be stopped.
     Uninstall,
+    /// Load and verify this build's programs against the maps the running
+    /// agent (of an earlier build) pinned, and pin them where this build's
+    /// start adopts them: run it after installing a new netpathd and before
+    /// restarting the agent, so that the restart verifies nothing. Touches
+    /// nothing the running agent uses.
+    Prepare,
 }
 
 fn main() -> Result<()> {
@@ -82,6 +89,19 @@ fn main() -> Result<()> {
         );
         if !r.unnamed.is_empty() {
             println!("named after their veth (no identity on the interface): {}", r.unnamed.join(", "));
+        }
+        return Ok(());
+    }
+    if let Some(Command::Prepare) = cli.command {
+        match netpath_userspace::datapath::prepare(&cfg.pin_dir, cfg.conntrack.max_entries)? {
+            Prepared::Already { dir } => {
+                println!("already prepared: this build's programs are pinned against these maps in {}", dir.display())
+            }
+            Prepared::Loaded { dir, seconds } => println!(
+                "prepared: programs loaded and verified in {seconds:.1} s, pinned in {}; a restart of the agent with \
+                 this build adopts them",
+                dir.display()
+            ),
         }
         return Ok(());
     }

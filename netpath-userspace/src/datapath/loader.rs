@@ -88,7 +88,7 @@ const MAP_LAYOUTS: [(&str, usize, usize); 28] = [
 /// some 900k of its steps), and the kernel verifies privileged loads side
 /// by side. One after the other they took ~10 s of every agent start here,
 /// and of every restart and upgrade.
-fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
+pub(super) fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
     let wanted = wanted_programs();
     let mut queue: Vec<(&str, &mut Program)> = ebpf.programs_mut().filter(|(name, _)| wanted.contains(name)).collect();
     if let Some(missing) = wanted.iter().find(|w| !queue.iter().any(|(name, _)| name == *w)) {
@@ -125,7 +125,7 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
 
 /// Every program the agent loads: the hook table's, then the tail-called
 /// ones.
-fn wanted_programs() -> Vec<&'static str> {
+pub(super) fn wanted_programs() -> Vec<&'static str> {
     HOOKS.iter().map(|h| h.program).chain(TAIL_CALLS.iter().chain(&DELIVER_CALLS).map(|t| t.program)).collect()
 }
 
@@ -202,7 +202,7 @@ impl Datapath {
 }
 
 /// Where the loaded programs are pinned, beside `maps/` and `links/`.
-const PROGS_DIR: &str = "progs";
+pub(super) const PROGS_DIR: &str = "progs";
 
 /// The directory of the programs loaded from this build's object against
 /// the maps pinned now: `progs/<digest>`, the SHA-256 of the object's own
@@ -211,7 +211,7 @@ const PROGS_DIR: &str = "progs";
 /// ids say the maps under `maps/` are those, not tables created since
 /// (bpffs wiped, pins replaced). (bpffs holds no regular files, so the
 /// stamp is the directory's name.)
-fn programs_dir(pin_dir: &Path) -> Result<PathBuf> {
+pub(super) fn programs_dir(pin_dir: &Path) -> Result<PathBuf> {
     use sha2::{Digest as _, Sha256};
     let mut identity = format!("object sha256:{:x}\n", Sha256::digest(BPF_OBJECT));
     for name in names::PINNED_MAPS {
@@ -229,7 +229,7 @@ fn programs_dir(pin_dir: &Path) -> Result<PathBuf> {
 /// The programs pinned by an agent that loaded this very object against
 /// the maps pinned now, if all of them are there; None otherwise, and the
 /// caller loads the object's programs.
-fn adoptable_programs(pin_dir: &Path) -> Result<Option<HashMap<String, Program>>> {
+pub(super) fn adoptable_programs(pin_dir: &Path) -> Result<Option<HashMap<String, Program>>> {
     let dir = programs_dir(pin_dir)?;
     if !dir.is_dir() {
         return Ok(None);
@@ -333,19 +333,7 @@ impl Datapath {
             if dir.join("maps").join(LAYOUT_MAP).exists() {
                 check_layout_stamp(&dir.join("maps"), migrating)?;
             }
-            for (name, path) in &map_paths {
-                let mut expected = declared_map(&declared, name)?;
-                match ct_entries {
-                    Some(n) if *name == names::CT4 => {
-                        // Type and sizes first; then the capacity, named as
-                        // the configuration it is.
-                        expected.max_entries = MapInfo::from_pin(path).map_or(n, |info| info.max_entries());
-                        check_pinned_layout(name, path, expected)?;
-                        check_ct_capacity(path, n)?;
-                    }
-                    _ => check_pinned_layout(name, path, expected)?,
-                }
-            }
+            check_pinned_maps(&declared, &map_paths, ct_entries)?;
             check_layout_stamp(&dir.join("maps"), migrating)?;
         }
         for (name, path) in &map_paths {
@@ -362,7 +350,13 @@ impl Datapath {
         };
         let mut ebpf = loader.load(object).context("loading the BPF object")?;
         let adopting = adopted.is_some();
-        if !adopting {
+        if adopting {
+            if let Some(dir) = pin_dir {
+                // Another build's programs (the one this upgrade replaces,
+                // whose own start pinned them) are no longer wanted.
+                remove_other_programs(dir)?;
+            }
+        } else {
             if let Some(dir) = pin_dir {
                 // Stale from here on: the programs about to be loaded are
                 // others.
@@ -480,7 +474,7 @@ impl std::fmt::Display for MapDef {
 
 /// The maps the object declares, by name, each checked against the sizes
 /// of the agent's types (an object from another build is refused).
-fn declared_maps(object: &[u8]) -> Result<std::collections::HashMap<String, aya_obj::Map>> {
+pub(super) fn declared_maps(object: &[u8]) -> Result<std::collections::HashMap<String, aya_obj::Map>> {
     let maps = aya_obj::Object::parse(object).context("parsing the BPF object's map definitions")?.maps;
     for (name, key, value) in MAP_LAYOUTS {
         let Some(def) = maps.get(name).map(MapDef::declared) else { continue };
@@ -529,6 +523,30 @@ fn check_ct_capacity(path: &Path, wanted: u32) -> Result<()> {
              to start with the new size.",
             path.display()
         );
+    }
+    Ok(())
+}
+
+/// Checks each pinned map of `map_paths` (those that exist) against the
+/// object's declaration (`declared`), and the conntrack table's capacity
+/// against the configured one (`ct_entries`).
+pub(super) fn check_pinned_maps(
+    declared: &std::collections::HashMap<String, aya_obj::Map>,
+    map_paths: &[(&str, PathBuf)],
+    ct_entries: Option<u32>,
+) -> Result<()> {
+    for (name, path) in map_paths {
+        let mut expected = declared_map(declared, name)?;
+        match ct_entries {
+            Some(n) if *name == names::CT4 => {
+                // Type and sizes first; then the capacity, named as the
+                // configuration it is.
+                expected.max_entries = MapInfo::from_pin(path).map_or(n, |info| info.max_entries());
+                check_pinned_layout(name, path, expected)?;
+                check_ct_capacity(path, n)?;
+            }
+            _ => check_pinned_layout(name, path, expected)?,
+        }
     }
     Ok(())
 }
@@ -605,6 +623,20 @@ pub fn read_layout_stamp(path: &Path) -> Result<u32> {
     let data = MapData::from_pin(path).with_context(|| format!("opening {}", path.display()))?;
     let stamp: Array<MapData, u32> = Array::try_from(Map::Array(data))?;
     stamp.get(&0, 0).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Removes the pinned programs of every object and maps but this build's
+/// against the maps pinned now.
+fn remove_other_programs(pin_dir: &Path) -> Result<()> {
+    let ours = programs_dir(pin_dir)?;
+    let dir = pin_dir.join(PROGS_DIR);
+    for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry.with_context(|| format!("reading {}", dir.display()))?.path();
+        if path != ours {
+            fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Removes every pinned program (those of another object or other maps:

@@ -21,6 +21,7 @@ mod loader;
 mod maps;
 mod migrate;
 mod pins;
+mod prepare;
 
 use std::{
     path::{Path, PathBuf},
@@ -34,6 +35,7 @@ pub use links::{attached_program_ids, CGROUP_TARGET};
 pub use loader::{ensure_bpffs, read_layout_stamp, BPF_OBJECT, LAYOUT_MAP, LAYOUT_VERSION};
 pub use maps::{FamilyMaps, FillCounter, LiveOwners, MapSummary, ProgramSummary};
 pub use pins::PinsRestored;
+pub use prepare::{prepare, Prepared};
 
 /// The loaded object and where its pins are.
 pub struct Datapath {
