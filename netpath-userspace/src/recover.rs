@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     agent::{format_mac, CONTAINER_IFNAME},
     config::ResolvedConfig,
-    datapath::{read_layout_stamp, LAYOUT_MAP, LAYOUT_VERSION},
+    datapath::{container_entry_v7, read_layout_stamp, CONTAINER_ENTRY_V7, LAYOUT_MAP, LAYOUT_VERSION, MIGRATES_FROM},
     ipam::remember_released,
     model::{Container, Mapping},
     netlink::{link_alias, link_name, NeighbourSeen, Netlink},
@@ -128,10 +128,27 @@ pub async fn recover(cfg: &ResolvedConfig) -> Result<Recovered> {
     let _locks = crate::lock::lock_instance(cfg)?;
     let pins = &cfg.pin_dir;
     let version = read_layout_stamp(&pins.join("maps").join(LAYOUT_MAP))?;
-    if version != LAYOUT_VERSION {
-        bail!("the pins under {} have layout {version}, this netpathd {LAYOUT_VERSION}: recover with the netpathd that wrote them", pins.display());
-    }
-    let entries: BpfHashMap<MapData, u32, ContainerEntry> = open_map(pins, names::CONTAINERS)?.try_into()?;
+    // The previous layout's containers are read as its start would migrate
+    // them (the rest of what this reads did not change): the counters'
+    // slots are given when the agent starts and migrates the pins.
+    let entries: Vec<(u32, ContainerEntry)> = match version {
+        LAYOUT_VERSION => {
+            let map: BpfHashMap<MapData, u32, ContainerEntry> = open_map(pins, names::CONTAINERS)?.try_into()?;
+            map.iter().collect::<Result<_, _>>().context("reading CONTAINERS")?
+        }
+        MIGRATES_FROM => {
+            let map: BpfHashMap<MapData, u32, [u8; CONTAINER_ENTRY_V7]> =
+                open_map(pins, names::CONTAINERS)?.try_into()?;
+            let old: Vec<(u32, [u8; CONTAINER_ENTRY_V7])> =
+                map.iter().collect::<Result<_, _>>().context("reading CONTAINERS")?;
+            old.iter().map(|(ifindex, bytes)| (*ifindex, container_entry_v7(bytes))).collect()
+        }
+        _ => bail!(
+            "the pins under {} have layout {version}, this netpathd {LAYOUT_VERSION} (and {MIGRATES_FROM}, which it \
+             migrates): recover with the netpathd that wrote them",
+            pins.display()
+        ),
+    };
     let nl = Netlink::connect()?;
     let links = nl.links().await?;
     let mut out = Recovered::default();
@@ -139,8 +156,7 @@ pub async fn recover(cfg: &ResolvedConfig) -> Result<Recovered> {
     let mut by_ifindex: HashMap<u32, String> = HashMap::new();
     let mut by_id: HashMap<u32, String> = HashMap::new();
     let mut defaults: HashMap<u32, ContainerPolicy> = HashMap::new();
-    for item in entries.iter() {
-        let (ifindex, e) = item.context("reading CONTAINERS")?;
+    for (ifindex, e) in entries {
         let Some(link) = links.iter().find(|l| l.header.index == ifindex) else { continue };
         let veth = link_name(link).unwrap_or_default();
         let identity = link_alias(link).as_deref().and_then(VethIdentity::from_alias).unwrap_or_else(|| {

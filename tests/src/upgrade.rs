@@ -18,6 +18,10 @@ fn repo_root() -> PathBuf {
 /// on first use (a few minutes: its own target directory, so that this
 /// build's binaries are never replaced) and reused after.
 pub fn build_at(commit: &str) -> Result<PathBuf> {
+    // Tests of one binary run as threads: one builds, the others wait and
+    // find its binaries.
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     let root = repo_root();
     let out = root.join("target").join("upgrade-from").join(commit);
     let bin = out.join("target").join("debug");

@@ -42,11 +42,29 @@ pub const MIGRATES_FROM: u32 = 7;
 /// The maps whose layout changed since [`MIGRATES_FROM`].
 const RESHAPED: [&str; 2] = [names::CONTAINERS, names::IFACE_STATS];
 
-/// `ContainerEntry` as version 7 had it: this build's without the
-/// `stats_slot` appended.
-const CONTAINER_ENTRY_V7: usize = 40;
+/// The size of `ContainerEntry` as version 7 had it: this build's without
+/// the `stats_slot` appended.
+pub const CONTAINER_ENTRY_V7: usize = 40;
 const _: () = assert!(size_of::<ContainerEntry>() == CONTAINER_ENTRY_V7 + size_of::<u32>());
 const _: () = assert!(std::mem::offset_of!(ContainerEntry, stats_slot) == CONTAINER_ENTRY_V7);
+
+/// A version 7 `CONTAINERS` value as this build's entry, without a
+/// counters slot (0: none given yet).
+pub fn container_entry_v7(bytes: &[u8; CONTAINER_ENTRY_V7]) -> ContainerEntry {
+    let mut entry = ContainerEntry::default();
+    // SAFETY: ContainerEntry is repr(C) plain data whose first
+    // CONTAINER_ENTRY_V7 bytes are version 7's entry (asserted above);
+    // every byte pattern is a valid value.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            (&mut entry as *mut ContainerEntry).cast::<u8>(),
+            CONTAINER_ENTRY_V7,
+        )
+    };
+    entry.stats_slot = 0;
+    entry
+}
 
 /// Where the old maps wait while the new ones are loaded.
 fn aside_dir(pin_dir: &Path) -> PathBuf {
@@ -110,18 +128,7 @@ impl Datapath {
         entries.sort_by_key(|(ifindex, _)| *ifindex);
         let mut slots = Vec::with_capacity(entries.len());
         for ((ifindex, bytes), slot) in entries.into_iter().zip(IFACE_SLOT_FIRST_CONTAINER..) {
-            let mut entry = ContainerEntry::default();
-            // SAFETY: ContainerEntry is repr(C) plain data whose first
-            // CONTAINER_ENTRY_V7 bytes are version 7's entry (asserted
-            // above); every byte pattern is a valid value.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    bytes.as_ptr(),
-                    (&mut entry as *mut ContainerEntry).cast::<u8>(),
-                    CONTAINER_ENTRY_V7,
-                )
-            };
-            entry.stats_slot = slot;
+            let entry = ContainerEntry { stats_slot: slot, ..container_entry_v7(&bytes) };
             self.set_container(ifindex, &entry)?;
             slots.push((ifindex, slot));
         }
