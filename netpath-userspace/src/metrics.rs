@@ -29,7 +29,10 @@ use prometheus_client::{
 
 use tracing::Instrument as _;
 
-use crate::agent::{Agent, AgentError};
+use crate::{
+    agent::{Agent, AgentError},
+    datapath::DESTINATION_PORT_BUCKETS,
+};
 
 /// The content type of the OpenMetrics text format `encode` writes.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -125,6 +128,11 @@ struct MappingLabels {
     mapping: String,
     id: String,
     container: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PortsInUse {
+    ports_in_use: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -300,6 +308,15 @@ pub async fn render(agent: &Agent) -> Result<String, AgentError> {
         "masquerade_busiest_destination_ports",
         "Masquerade ports in use toward the busiest destination (address, port, protocol) at the last GC walk",
         gc.masquerade_busiest_destination,
+    );
+    let destinations = Family::<PortsInUse, Gauge>::default();
+    for ((bucket, _), n) in DESTINATION_PORT_BUCKETS.iter().zip(gc.masquerade_destinations) {
+        destinations.get_or_create(&PortsInUse { ports_in_use: bucket.to_string() }).set(n as i64);
+    }
+    reg.register(
+        "masquerade_destinations",
+        "Destinations (address, port, protocol) by the masquerade ports in use toward them at the last GC walk",
+        destinations,
     );
     let range: Vec<u64> = status.masquerade_ports.split('-').filter_map(|p| p.parse().ok()).collect();
     let size = match range[..] {

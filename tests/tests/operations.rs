@@ -262,6 +262,8 @@ fn metrics_show_traffic_drops_flows_conntrack_maps_and_the_api_on_the_socket_and
     has("netpath_container_packets_total{container=\"uplink\",direction=\"rx\"}", &|v| v >= 1.0);
     has("netpath_masquerade_flows", &|v| v >= 1.0);
     has("netpath_masquerade_busiest_destination_ports", &|v| v >= 1.0);
+    has("netpath_masquerade_destinations{ports_in_use=\"1\"}", &|v| v >= 1.0);
+    has("netpath_masquerade_destinations{ports_in_use=\"over-10000\"}", &|v| v == 0.0);
     has("netpath_masquerade_ports", &|v| v == 31744.0);
     has("netpath_conntrack_entries", &|v| v >= 4.0);
     has("netpath_conntrack_inserts_total", &|v| v >= 4.0);

@@ -224,6 +224,19 @@ pub struct GcReport {
     /// and protocol) at the last walk: the masquerade's ports run out per
     /// destination, so this against the range's size is its pressure.
     pub masquerade_busiest_destination: u64,
+    /// Destinations by the masquerade ports in use toward them at the last
+    /// walk, bucketed as [`DESTINATION_PORT_BUCKETS`] says.
+    pub masquerade_destinations: [u64; DESTINATION_PORT_BUCKETS.len()],
+}
+
+/// The buckets of [`GcReport::masquerade_destinations`]: a name and the
+/// most ports in use it holds (each destination in the first that fits).
+pub const DESTINATION_PORT_BUCKETS: [(&str, u64); 6] =
+    [("1", 1), ("2-10", 10), ("11-100", 100), ("101-1000", 1000), ("1001-10000", 10000), ("over-10000", u64::MAX)];
+
+/// The bucket of a destination with `ports` masquerade ports in use.
+fn destination_bucket(ports: u64) -> usize {
+    DESTINATION_PORT_BUCKETS.iter().position(|(_, most)| ports <= *most).unwrap_or(DESTINATION_PORT_BUCKETS.len() - 1)
 }
 
 /// Counts the live flows of a table for the report: per mapping, and the
@@ -243,8 +256,10 @@ fn tally_flows<A: Copy + Eq + std::hash::Hash>(
             *destinations.entry((key.daddr, key.dport, key.proto)).or_default() += 1;
         }
     }
-    let busiest = destinations.into_values().max().unwrap_or(0);
-    report.masquerade_busiest_destination = report.masquerade_busiest_destination.max(busiest);
+    for ports in destinations.into_values() {
+        report.masquerade_busiest_destination = report.masquerade_busiest_destination.max(ports);
+        report.masquerade_destinations[destination_bucket(ports)] += 1;
+    }
 }
 
 impl GcReport {
@@ -373,6 +388,7 @@ impl CtCollector {
         report.live_entries = entries.len() as u64;
         report.flows_by_mapping.clear();
         (report.masquerade_flows, report.masquerade_busiest_destination) = (0, 0);
+        report.masquerade_destinations = Default::default();
         tally_flows(&entries, now, report);
         tally_flows(&entries6, now, report);
         // Either table half full puts the round under pressure.
@@ -671,6 +687,17 @@ mod tests {
     use netpath_common::conntrack::{CtState, IPPROTO_UDP};
 
     use super::*;
+
+    #[test]
+    fn each_destination_falls_in_the_first_bucket_that_holds_its_ports() {
+        let bucket = |ports| DESTINATION_PORT_BUCKETS[destination_bucket(ports)].0;
+        assert_eq!(
+            [1, 2, 10, 11, 100, 101, 1000, 1001, 10000].map(bucket),
+            ["1", "2-10", "2-10", "11-100", "11-100", "101-1000", "101-1000", "1001-10000", "1001-10000"]
+        );
+        assert_eq!(bucket(10001), "over-10000");
+        assert_eq!(bucket(65535), "over-10000");
+    }
 
     const NOW: u64 = 1_000 * NS_PER_SEC;
     const TCP_NEW: u64 = 5 * NS_PER_SEC;

@@ -30,7 +30,7 @@ use std::{
 
 use aya::Ebpf;
 
-pub use conntrack::{monotonic_ns, CtCollector, GcReport, GC_TICK};
+pub use conntrack::{monotonic_ns, CtCollector, GcReport, DESTINATION_PORT_BUCKETS, GC_TICK};
 pub use links::{attached_program_ids, CGROUP_TARGET};
 pub use loader::{ensure_bpffs, read_layout_stamp, BPF_OBJECT, LAYOUT_MAP, LAYOUT_VERSION};
 pub use maps::{FamilyMaps, FillCounter, LiveOwners, MapSummary, ProgramSummary};
