@@ -103,10 +103,9 @@ fn tail_call_ids(t: &Topology, map: &str) -> (Vec<u64>, Vec<u64>) {
     (in_slots, ours)
 }
 
-#[test]
-fn the_previous_agent_is_replaced_under_traffic_and_back_without_losing_a_flow() {
-    assert!(netpath_tests::is_root(), "topology tests create namespaces and load BPF: run them as root");
-    let _serial = one_at_a_time();
+/// A host run by the previous agent (its binary returned): two containers,
+/// two ports published to c1, a rule on c2.
+fn host_of_the_previous_agent() -> (Topology, std::path::PathBuf) {
     let previous = build_at(UPGRADE_FROM).unwrap().join("netpathd");
     let mut t = Topology::new(2).expect("build topology");
     t.set_agent_binary(Some(previous.clone()));
@@ -116,6 +115,14 @@ fn the_previous_agent_is_replaced_under_traffic_and_back_without_losing_a_flow()
     t.ctl_ok(&["map", "8080:c1:80"]).unwrap();
     t.ctl_ok(&["map", "8081:c1:81"]).unwrap();
     t.ctl_ok(&["policy", "add", "c2", "deny", "in", "203.0.113.0/24"]).unwrap();
+    (t, previous)
+}
+
+#[test]
+fn the_previous_agent_is_replaced_under_traffic_and_back_without_losing_a_flow() {
+    assert!(netpath_tests::is_root(), "topology tests create namespaces and load BPF: run them as root");
+    let _serial = one_at_a_time();
+    let (mut t, previous) = host_of_the_previous_agent();
 
     let mut traffic = Traffic::start(&t, HELD, true, 240).unwrap();
     let before = agent_state(&t);
@@ -266,15 +273,7 @@ fn prepare_verifies_the_next_build_beside_the_running_agent_and_the_restart_adop
 fn recover_rebuilds_the_state_from_the_previous_layouts_pins() {
     assert!(netpath_tests::is_root(), "topology tests create namespaces and load BPF: run them as root");
     let _serial = one_at_a_time();
-    let previous = build_at(UPGRADE_FROM).unwrap().join("netpathd");
-    let mut t = Topology::new(2).expect("build topology");
-    t.set_agent_binary(Some(previous));
-    t.start_agent().unwrap();
-    t.add_container(1).unwrap();
-    t.add_container(2).unwrap();
-    t.ctl_ok(&["map", "8080:c1:80"]).unwrap();
-    t.ctl_ok(&["map", "8081:c1:81"]).unwrap();
-    t.ctl_ok(&["policy", "add", "c2", "deny", "in", "203.0.113.0/24"]).unwrap();
+    let (mut t, _) = host_of_the_previous_agent();
     let mut traffic = Traffic::start(&t, 20, true, 120).unwrap();
     let before = agent_state(&t);
 

@@ -202,7 +202,7 @@ impl Datapath {
 }
 
 /// Where the loaded programs are pinned, beside `maps/` and `links/`.
-pub(super) const PROGS_DIR: &str = "progs";
+const PROGS_DIR: &str = "progs";
 
 /// The directory of the programs loaded from this build's object against
 /// the maps pinned now: `progs/<digest>`, the SHA-256 of the object's own
