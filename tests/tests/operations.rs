@@ -348,6 +348,7 @@ fn json_logs_give_one_object_per_line_and_name_the_request_behind_each_change() 
     t.add_container(1).unwrap();
     t.ctl_ok(&["map", "8080:c1:80"]).unwrap();
     t.ctl_ok(&["policy", "add", "c1", "deny", "in", "10.0.0.0/8"]).unwrap();
+    t.ctl_ok(&["conntrack", "flush"]).unwrap();
     t.ctl_ok(&["unmap", "8080"]).unwrap();
     t.ctl_ok(&["container", "del", "c1"]).unwrap();
     t.stop_agent().unwrap();
@@ -363,6 +364,7 @@ fn json_logs_give_one_object_per_line_and_name_the_request_behind_each_change() 
         ("container added", "POST", "/v1/containers"),
         ("published", "POST", "/v1/mappings"),
         ("policy rule added", "POST", "/v1/policies"),
+        ("conntrack flushed: flows cut", "DELETE", "/v1/conntrack"),
         ("unpublished", "POST", "/v1/mappings/unmap"),
         ("container removed", "DELETE", "/v1/containers/c1"),
     ] {
