@@ -278,11 +278,17 @@ fn recover_rebuilds_the_state_from_the_previous_layouts_pins() {
     let before = agent_state(&t);
 
     // The earlier agent crashes and its state file is cut in half; this
-    // build is installed meanwhile. Its --recover reads the layout-7 pins.
+    // build is installed meanwhile. Its --recover reads the layout-7 pins,
+    // wherever a migration left them.
     t.kill_agent().unwrap();
     let file = t.state_dir().join("state.json");
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+    // And as a start of this build killed mid-migration would leave them:
+    // the old containers map moved aside.
+    let aside = t.pin_dir().join("migrating");
+    std::fs::create_dir_all(&aside).unwrap();
+    std::fs::rename(t.pin_dir().join("maps").join("CONTAINERS"), aside.join("CONTAINERS")).unwrap();
     t.set_agent_binary(None);
     let out = t.netpathd(&["--recover"]).unwrap();
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));

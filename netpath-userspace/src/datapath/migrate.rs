@@ -67,7 +67,7 @@ pub fn container_entry_v7(bytes: &[u8; CONTAINER_ENTRY_V7]) -> ContainerEntry {
 }
 
 /// Where the old maps wait while the new ones are loaded.
-fn aside_dir(pin_dir: &Path) -> PathBuf {
+pub fn aside_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join("migrating")
 }
 
