@@ -230,7 +230,9 @@ fn prepare_verifies_the_next_build_beside_the_running_agent_and_the_restart_adop
         "{said}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(program_dirs(&t), vec![ours.clone(), "earlier-build".to_string()]);
+    let mut both = vec![ours.clone(), "earlier-build".to_string()];
+    both.sort();
+    assert_eq!(program_dirs(&t), both);
     let count = |dir: &str| std::fs::read_dir(progs.join(dir)).unwrap().count();
     assert_eq!(count(&ours), count("earlier-build"), "every program pinned");
     // The running agent's programs, attached and in the tail-call slots,
