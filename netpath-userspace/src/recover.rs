@@ -33,9 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     agent::{format_mac, CONTAINER_IFNAME},
     config::ResolvedConfig,
-    datapath::{
-        aside_dir, container_entry_v7, read_layout_stamp, CONTAINER_ENTRY_V7, LAYOUT_MAP, LAYOUT_VERSION, MIGRATES_FROM,
-    },
+    datapath::{aside_dir, read_containers_v7, read_layout_stamp, LAYOUT_MAP, LAYOUT_VERSION, MIGRATES_FROM},
     ipam::remember_released,
     model::{Container, Mapping},
     netlink::{link_alias, link_name, NeighbourSeen, Netlink},
@@ -143,11 +141,7 @@ pub async fn recover(cfg: &ResolvedConfig) -> Result<Recovered> {
             // aside.
             let aside = aside_dir(pins).join(names::CONTAINERS);
             let path = if aside.exists() { aside } else { pins.join("maps").join(names::CONTAINERS) };
-            let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-            let map: BpfHashMap<MapData, u32, [u8; CONTAINER_ENTRY_V7]> = Map::HashMap(data).try_into()?;
-            let old: Vec<(u32, [u8; CONTAINER_ENTRY_V7])> =
-                map.iter().collect::<Result<_, _>>().context("reading CONTAINERS")?;
-            old.iter().map(|(ifindex, bytes)| (*ifindex, container_entry_v7(bytes))).collect()
+            read_containers_v7(&path)?
         }
         _ => bail!(
             "the pins under {} have layout {version}, this netpathd {LAYOUT_VERSION} (and {MIGRATES_FROM}, which it \

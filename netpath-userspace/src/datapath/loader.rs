@@ -187,18 +187,25 @@ impl Datapath {
     /// against); returns how many were pinned.
     pub(super) fn pin_programs(&mut self) -> Result<usize> {
         let dir = programs_dir(&self.pin_dir)?;
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut pinned = 0;
-        for name in wanted_programs() {
-            let path = dir.join(name);
-            if path.exists() {
-                continue;
-            }
-            self.program_mut(name)?.pin(&path).with_context(|| format!("pinning program {name}"))?;
-            pinned += 1;
-        }
-        Ok(pinned)
+        pin_programs(&dir, |name, path| Ok(self.program_mut(name)?.pin(path)?))
     }
+}
+
+/// Pins each program this build attaches under `dir` where its pin is
+/// missing, with `pin` (given the program's name and its pin path);
+/// returns how many were pinned.
+pub(super) fn pin_programs(dir: &Path, mut pin: impl FnMut(&str, &Path) -> Result<()>) -> Result<usize> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut pinned = 0;
+    for name in wanted_programs() {
+        let path = dir.join(name);
+        if path.exists() {
+            continue;
+        }
+        pin(name, &path).with_context(|| format!("pinning program {name}"))?;
+        pinned += 1;
+    }
+    Ok(pinned)
 }
 
 /// Where the loaded programs are pinned, beside `maps/` and `links/`.
@@ -306,10 +313,6 @@ impl Datapath {
         ct_entries: Option<u32>,
         uplink_ifindex: Option<u32>,
     ) -> Result<Datapath> {
-        let mut loader = EbpfLoader::new();
-        if let Some(n) = ct_entries {
-            loader.map_max_entries(names::CT4, n);
-        }
         let map_paths: Vec<(&str, PathBuf)> = match pin_dir {
             Some(dir) => {
                 ensure_bpffs()?;
@@ -336,9 +339,7 @@ impl Datapath {
             check_pinned_maps(&declared, &map_paths, ct_entries)?;
             check_layout_stamp(&dir.join("maps"), migrating)?;
         }
-        for (name, path) in &map_paths {
-            loader.map_pin_path(name, path.as_path());
-        }
+        let mut loader = object_loader(&map_paths, ct_entries);
         // Programs another run of this build loaded against these very maps
         // are adopted from their pins: no verification (seconds, on every
         // restart). Anything else (another build's object, maps created
@@ -639,11 +640,29 @@ fn remove_other_programs(pin_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A loader of the BPF object with the conntrack table sized to
+/// `ct_entries` (the object's declaration if None) and each map of
+/// `map_paths` pinned at its path (opened there if pinned already).
+pub(super) fn object_loader<'a>(map_paths: &'a [(&str, PathBuf)], ct_entries: Option<u32>) -> EbpfLoader<'a> {
+    let mut loader = EbpfLoader::new();
+    if let Some(n) = ct_entries {
+        loader.map_max_entries(names::CT4, n);
+    }
+    for (name, path) in map_paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    loader
+}
+
 /// Removes every pinned program (those of another object or other maps:
 /// stale once this run loads its own).
 fn remove_programs(pin_dir: &Path) -> Result<()> {
-    let dir = pin_dir.join(PROGS_DIR);
-    match fs::remove_dir_all(&dir) {
+    remove_dir_if_present(&pin_dir.join(PROGS_DIR))
+}
+
+/// Removes `dir` and everything under it; a directory not there is fine.
+pub(super) fn remove_dir_if_present(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("removing {}", dir.display())),

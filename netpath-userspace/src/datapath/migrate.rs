@@ -44,13 +44,13 @@ const RESHAPED: [&str; 2] = [names::CONTAINERS, names::IFACE_STATS];
 
 /// The size of `ContainerEntry` as version 7 had it: this build's without
 /// the `stats_slot` appended.
-pub const CONTAINER_ENTRY_V7: usize = 40;
+const CONTAINER_ENTRY_V7: usize = 40;
 const _: () = assert!(size_of::<ContainerEntry>() == CONTAINER_ENTRY_V7 + size_of::<u32>());
 const _: () = assert!(std::mem::offset_of!(ContainerEntry, stats_slot) == CONTAINER_ENTRY_V7);
 
 /// A version 7 `CONTAINERS` value as this build's entry, without a
 /// counters slot (0: none given yet).
-pub fn container_entry_v7(bytes: &[u8; CONTAINER_ENTRY_V7]) -> ContainerEntry {
+fn container_entry_v7(bytes: &[u8; CONTAINER_ENTRY_V7]) -> ContainerEntry {
     let mut entry = ContainerEntry::default();
     // SAFETY: ContainerEntry is repr(C) plain data whose first
     // CONTAINER_ENTRY_V7 bytes are version 7's entry (asserted above);
@@ -64,6 +64,18 @@ pub fn container_entry_v7(bytes: &[u8; CONTAINER_ENTRY_V7]) -> ContainerEntry {
     };
     entry.stats_slot = 0;
     entry
+}
+
+/// The containers of a version-7 `CONTAINERS` pinned at `path`, by
+/// ifindex, as this layout's entries (counters slots not given yet).
+pub fn read_containers_v7(path: &Path) -> Result<Vec<(u32, ContainerEntry)>> {
+    let data = MapData::from_pin(path).with_context(|| format!("opening {}", path.display()))?;
+    let map: BpfHashMap<MapData, u32, [u8; CONTAINER_ENTRY_V7]> = BpfHashMap::try_from(Map::HashMap(data))
+        .with_context(|| format!("{} is not version {MIGRATES_FROM}'s CONTAINERS", path.display()))?;
+    map.iter()
+        .map(|item| item.map(|(ifindex, bytes)| (ifindex, container_entry_v7(&bytes))))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("reading {}", path.display()))
 }
 
 /// Where the old maps wait while the new ones are loaded.
@@ -118,18 +130,13 @@ impl Datapath {
     /// Each container of the old `CONTAINERS` (pinned at `old`) into the
     /// new map with a counters slot of its own: the slot of each ifindex.
     fn migrate_containers(&mut self, old: &Path) -> Result<Vec<(u32, u32)>> {
-        let data = MapData::from_pin(old).with_context(|| format!("opening {}", old.display()))?;
-        let old_map: BpfHashMap<MapData, u32, [u8; CONTAINER_ENTRY_V7]> = BpfHashMap::try_from(Map::HashMap(data))
-            .with_context(|| format!("{} is not version {MIGRATES_FROM}'s CONTAINERS", old.display()))?;
-        let mut entries: Vec<(u32, [u8; CONTAINER_ENTRY_V7])> =
-            old_map.iter().collect::<Result<_, _>>().context("reading the old CONTAINERS")?;
+        let mut entries = read_containers_v7(old)?;
         // Slots in ifindex order: a start interrupted and run again gives
         // the same ones.
         entries.sort_by_key(|(ifindex, _)| *ifindex);
         let mut slots = Vec::with_capacity(entries.len());
-        for ((ifindex, bytes), slot) in entries.into_iter().zip(IFACE_SLOT_FIRST_CONTAINER..) {
-            let entry = ContainerEntry { stats_slot: slot, ..container_entry_v7(&bytes) };
-            self.set_container(ifindex, &entry)?;
+        for ((ifindex, entry), slot) in entries.into_iter().zip(IFACE_SLOT_FIRST_CONTAINER..) {
+            self.set_container(ifindex, &ContainerEntry { stats_slot: slot, ..entry })?;
             slots.push((ifindex, slot));
         }
         Ok(slots)

@@ -34,7 +34,7 @@ pub use conntrack::{monotonic_ns, CtCollector, GcReport, DESTINATION_PORT_BUCKET
 pub use links::{attached_program_ids, CGROUP_TARGET};
 pub use loader::{ensure_bpffs, read_layout_stamp, BPF_OBJECT, LAYOUT_MAP, LAYOUT_VERSION};
 pub use maps::{FamilyMaps, FillCounter, LiveOwners, MapSummary, ProgramSummary};
-pub use migrate::{aside_dir, container_entry_v7, CONTAINER_ENTRY_V7, MIGRATES_FROM};
+pub use migrate::{aside_dir, read_containers_v7, MIGRATES_FROM};
 pub use pins::PinsRestored;
 pub use prepare::{prepare, Prepared};
 

@@ -11,19 +11,16 @@
 //! running programs (the restart puts its own there), so the running agent
 //! and its traffic go on as before.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
-use aya::EbpfLoader;
 use netpath_common::maps as names;
 
 use super::{
     loader::{
-        adoptable_programs, check_layout_stamp, check_pinned_maps, declared_maps, load_programs, program_mut,
-        programs_dir, read_layout_stamp, wanted_programs, BPF_OBJECT, LAYOUT_MAP, LAYOUT_VERSION,
+        adoptable_programs, check_layout_stamp, check_pinned_maps, declared_maps, load_programs, object_loader,
+        pin_programs, program_mut, programs_dir, read_layout_stamp, remove_dir_if_present, BPF_OBJECT, LAYOUT_MAP,
+        LAYOUT_VERSION,
     },
     migrate::MIGRATES_FROM,
 };
@@ -78,26 +75,13 @@ pub fn prepare(pin_dir: &Path, ct_entries: u32) -> Result<Prepared> {
     if adoptable_programs(pin_dir)?.is_some() {
         return Ok(Prepared::Already { dir });
     }
-    let mut loader = EbpfLoader::new();
-    loader.map_max_entries(names::CT4, ct_entries);
-    for (name, path) in &map_paths {
-        loader.map_pin_path(name, path.as_path());
-    }
-    let mut ebpf = loader.load(BPF_OBJECT).context("loading the BPF object")?;
+    let mut ebpf = object_loader(&map_paths, Some(ct_entries)).load(BPF_OBJECT).context("loading the BPF object")?;
     let since = std::time::Instant::now();
     load_programs(&mut ebpf)?;
     let seconds = since.elapsed().as_secs_f64();
     // An earlier prepare stopped midway leaves some pins: these replace
     // them (the same object against the same maps).
-    match fs::remove_dir_all(&dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
-    }
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    for name in wanted_programs() {
-        let path = dir.join(name);
-        program_mut(&mut ebpf, name)?.pin(&path).with_context(|| format!("pinning program {name}"))?;
-    }
+    remove_dir_if_present(&dir)?;
+    pin_programs(&dir, |name, path| Ok(program_mut(&mut ebpf, name)?.pin(path)?))?;
     Ok(Prepared::Loaded { dir, seconds })
 }
