@@ -43,10 +43,13 @@ fn agent_state(t: &Topology) -> (Vec<Container>, Vec<Mapping>, Vec<PolicyView>) 
     (containers, t.ctl_json(&["maps"]).unwrap(), policies)
 }
 
-/// Each container's counter slot.
+/// The containers' counter slots, sorted, each once.
 fn counter_slots(t: &Topology) -> Vec<u32> {
     let containers: Vec<Container> = t.ctl_json(&["container", "ls"]).unwrap();
-    containers.iter().map(|c| c.stats_slot).collect()
+    let mut slots: Vec<u32> = containers.iter().map(|c| c.stats_slot).collect();
+    slots.sort();
+    slots.dedup();
+    slots
 }
 
 /// What c1 received, as its counters say.
@@ -148,9 +151,7 @@ fn the_previous_agent_is_replaced_under_traffic_and_back_without_losing_a_flow()
     assert_eq!(agent_state(&t), before, "the upgraded agent's state differs");
     // Migrated: every container has a counter slot of its own, and its
     // counters came along (they are not zero again), the uplink's too.
-    let mut slots = counter_slots(&t);
-    slots.sort();
-    slots.dedup();
+    let slots = counter_slots(&t);
     assert!(slots.len() == 2 && slots.iter().all(|s| *s >= IFACE_SLOT_FIRST_CONTAINER), "{slots:?}");
     assert!(c1_received(&t) >= received, "c1's counters restarted: {} < {received}", c1_received(&t));
     let uplink_after = uplink_received(&t);
@@ -221,7 +222,9 @@ fn prepare_verifies_the_next_build_beside_the_running_agent_and_the_restart_adop
     let progs = t.pin_dir().join("progs");
     std::fs::rename(progs.join(&ours), progs.join("earlier-build")).unwrap();
     let running = attached(&t);
-    let tail_calls = bpftool(&["map", "dump", "pinned", &t.pin_dir().join("maps/TAIL_CALLS").display().to_string()]);
+    let tail_call_slots =
+        || bpftool(&["map", "dump", "pinned", &t.pin_dir().join("maps/TAIL_CALLS").display().to_string()]);
+    let tail_calls = tail_call_slots();
 
     let out = t.netpathd(&["prepare"]).unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
@@ -238,8 +241,7 @@ fn prepare_verifies_the_next_build_beside_the_running_agent_and_the_restart_adop
     // The running agent's programs, attached and in the tail-call slots,
     // are untouched, and its traffic goes on.
     assert_eq!(attached(&t), running);
-    let now = bpftool(&["map", "dump", "pinned", &t.pin_dir().join("maps/TAIL_CALLS").display().to_string()]);
-    assert_eq!(now, tail_calls);
+    assert_eq!(tail_call_slots(), tail_calls);
     traffic.verify().context("beside prepare").unwrap();
     let again = t.netpathd(&["prepare"]).unwrap();
     assert!(String::from_utf8_lossy(&again.stdout).contains("already prepared"), "{again:?}");
@@ -298,9 +300,7 @@ fn recover_rebuilds_the_state_from_the_previous_layouts_pins() {
     // Its start migrates the pins and takes the recovered state.
     t.start_agent().unwrap();
     assert_eq!(agent_state(&t), before, "the recovered state differs");
-    let mut slots = counter_slots(&t);
-    slots.sort();
-    slots.dedup();
+    let slots = counter_slots(&t);
     assert!(slots.len() == 2 && slots.iter().all(|s| *s >= IFACE_SLOT_FIRST_CONTAINER), "{slots:?}");
     std::thread::sleep(Duration::from_millis(300));
     traffic.verify().context("across the crash, the recovery and the upgrade").unwrap();
