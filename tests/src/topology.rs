@@ -468,7 +468,8 @@ impl Topology {
         Ok(Command::new("ip").args(&all).output()?.status.success())
     }
 
-    /// `ping -c count` from `ns`; true if every echo was answered.
+    /// `ping -c count` from `ns`, one second for each answer; true if any
+    /// echo was answered (ping's exit status without a deadline).
     pub fn ping(&self, ns: &str, dst: &str, count: u32) -> Result<bool> {
         self.try_exec(ns, &["ping", "-q", "-c", &count.to_string(), "-i", "0.05", "-W", "1", dst])
     }
