@@ -229,8 +229,8 @@ fn agent_restart_keeps_traffic_and_does_not_double_attach() {
     let ns1 = t.container_ns(1);
     // Any of three echoes answered: this checks the path works before the
     // restart, it counts no loss (CI failed here once, its one echo
-    // unanswered within the second on a loaded machine; not reproduced in
-    // 180 tries under load).
+    // unanswered within the second; not reproduced in 140 tries under
+    // load).
     assert!(t.ping(&ns1, &c2.ip4().to_string(), 3).unwrap());
     let ids_before = attached_ids(&t);
 
