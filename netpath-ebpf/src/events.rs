@@ -42,7 +42,10 @@ pub struct Origin {
 /// A record for a `K` tuple in the ring buffer, its header filled in; the
 /// caller writes the key (zeroed here) and submits it.
 #[inline(always)]
-fn reserve<K: Copy + 'static>(origin: Origin, family: u8) -> Option<(RingBufEntry<Event<K>>, *mut Event<K>)> {
+fn reserve<K: Copy + crate::zero::Zeroable + 'static>(
+    origin: Origin,
+    family: u8,
+) -> Option<(RingBufEntry<Event<K>>, *mut Event<K>)> {
     let mut entry = EVENTS.reserve_untyped::<Event<K>>(0)?;
     let e = entry.as_mut_ptr();
     // SAFETY: the reserved record, ours until submitted; written field by
@@ -55,7 +58,7 @@ fn reserve<K: Copy + 'static>(origin: Origin, family: u8) -> Option<(RingBufEntr
         (*e).family = family;
         (*e).ifindex = origin.ifindex;
         (*e).container_id = origin.container_id;
-        core::ptr::write_bytes(core::ptr::addr_of_mut!((*e).key), 0, 1);
+        crate::zero::zero(&raw mut (*e).key);
         (*e)._pad = 0;
     }
     Some((entry, e))
@@ -99,8 +102,7 @@ pub fn emit_drop6(pkt: &impl Packet, origin: Origin) {
         {
             let k = &mut (*e).key;
             k.proto = *next;
-            k.saddr = core::ptr::read_unaligned(src);
-            k.daddr = core::ptr::read_unaligned(dst);
+            (k.saddr, k.daddr) = (read_addr6(src), read_addr6(dst));
             match k.proto {
                 IPPROTO_TCP | IPPROTO_UDP => {
                     if let Some(ports) = ptr_at::<[u16; 2]>(pkt, L4) {
@@ -123,4 +125,17 @@ pub fn emit_drop6(pkt: &impl Packet, origin: Origin) {
         }
     }
     entry.submit(0);
+}
+
+/// The IPv6 address at `p` in the packet (any alignment), a word at a
+/// time: read whole, LLVM copies it with a call of the byte-wise `memmove`
+/// (see crate::zero).
+///
+/// # Safety
+/// `p` must be valid for reads of 16 bytes.
+#[inline(always)]
+unsafe fn read_addr6(p: *const In6Addr) -> In6Addr {
+    let w = p.cast::<u32>();
+    // SAFETY: the caller's.
+    unsafe { In6Addr([0, 1, 2, 3].map(|i| core::ptr::read_unaligned(w.add(i)))) }
 }

@@ -3,6 +3,8 @@
 //! fragments) ask of a family beyond its addresses. IPv4 is `[u8; 4]`,
 //! IPv6 `In6Addr`; the stages are written once, for both.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     btf_maps::{lpm_trie::Key, LruHashMap},
     programs::TcContext,
@@ -20,7 +22,7 @@ use crate::{
     maps::{
         CONTAINER_IPS4, CONTAINER_IPS6, CT4, CT6, FRAGS4, FRAGS6, HOST_ADDRS4, HOST_ADDRS6, POLICY4, POLICY6, SCRATCH6,
     },
-    nat,
+    nat, zero,
 };
 
 pub type CtMap<A> = LruHashMap<CtKey<A>, CtEntry<A>, MAX_CT_ENTRIES>;
@@ -43,7 +45,7 @@ pub struct Scratch<A: AddrFamily> {
 }
 pub type FragMap<A> = LruHashMap<FragKey<A>, FragEntry<A>, MAX_FRAGS>;
 
-pub trait Family: AddrFamily + 'static {
+pub trait Family: AddrFamily + crate::zero::Zeroable + 'static {
     /// Address bits (the policy trie's full prefix).
     const BITS: u32;
 
@@ -101,8 +103,18 @@ pub trait Family: AddrFamily + 'static {
 
 /// The trie key for `remote` under the container's rules in `direction`.
 #[inline(always)]
-fn policy_key<A: Family>(container_id: u32, direction: Direction, remote: A) -> Key<PolicyKey<A>> {
-    Key::new(POLICY_KEY_FIXED_BITS + A::BITS, PolicyKey::new(container_id, direction, remote))
+fn policy_key<A: Family>(
+    slot: &mut MaybeUninit<Key<PolicyKey<A>>>,
+    container_id: u32,
+    direction: Direction,
+    remote: A,
+) -> &Key<PolicyKey<A>> {
+    // Field by field on a zeroed key: `PolicyKey::new`'s zero padding
+    // would be a call of the byte-wise memset (see crate::zero).
+    let key = zero::zeroed_in(slot);
+    key.prefix_len = POLICY_KEY_FIXED_BITS + A::BITS;
+    (key.data.container_id, key.data.direction, key.data.addr) = (container_id.to_be_bytes(), direction as u8, remote);
+    key
 }
 
 impl Family for [u8; 4] {
@@ -122,7 +134,7 @@ impl Family for [u8; 4] {
 
     #[inline(always)]
     fn policy_rules(container_id: u32, direction: Direction, remote: Self) -> Option<&'static PolicyEntry> {
-        POLICY4.get(&policy_key(container_id, direction, remote))
+        POLICY4.get(policy_key(&mut MaybeUninit::uninit(), container_id, direction, remote))
     }
 
     #[inline(always)]
@@ -191,7 +203,8 @@ impl Family for In6Addr {
         s.policy_key.prefix_len = POLICY_KEY_FIXED_BITS + Self::BITS;
         s.policy_key.data.container_id = container_id.to_be_bytes();
         s.policy_key.data.direction = direction as u8;
-        s.policy_key.data._pad = [0; 3];
+        // SAFETY: as above.
+        unsafe { zero::zero(&raw mut s.policy_key.data._pad) };
         s.policy_key.data.addr = remote;
         POLICY6.get(&s.policy_key)
     }

@@ -24,6 +24,8 @@
 //! anything not addressed through the host (ARP, broadcast, the host's own
 //! traffic).
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, bpf_redir_neigh, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     btf_maps::lpm_trie::Key,
@@ -50,7 +52,7 @@ use crate::{
     offsets::{ip_hdr_len, tcp_hdr_len, IP_DF, IP_FRAGS_OFF, TCP_DOFF_OFF},
     packet::{load, mac_eq, ptr_at, ptr_at_mut, skb_ifindex},
     policy::{self, CarriedVerdict},
-    receive,
+    receive, zero,
 };
 
 const AF_INET: u8 = 2;
@@ -401,8 +403,9 @@ fn route_mtu_exceeded4(dst: [u8; 4], len: u16) -> bool {
 /// line: the lookup's parameters are 64 bytes of stack.
 #[inline(never)]
 fn to_host_interface(ctx: &TcContext, src: [u8; 4], dst: [u8; 4], tot_len: u16, fast: bool) -> i32 {
-    // SAFETY: plain data; zero is every field's "unset".
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    // Zero is every field's "unset".
+    let mut fib = MaybeUninit::uninit();
+    let fib: &mut FibParams = zero::zeroed_in(&mut fib);
     fib.family = AF_INET;
     fib.__bindgen_anon_1.tot_len = tot_len;
     // SAFETY: the context pointer is valid for the program's run.
@@ -410,7 +413,7 @@ fn to_host_interface(ctx: &TcContext, src: [u8; 4], dst: [u8; 4], tot_len: u16, 
     fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
     fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
     // SAFETY: the helper reads the skb and fills `fib`.
-    let rc = unsafe { bpf_fib_lookup(ctx.skb.skb as *mut _, &mut fib, core::mem::size_of::<FibParams>() as i32, 0) };
+    let rc = unsafe { bpf_fib_lookup(ctx.skb.skb as *mut _, fib, core::mem::size_of::<FibParams>() as i32, 0) };
     match rc {
         BPF_FIB_LKUP_RET_FRAG_NEEDED => to_stack_as_sent::<[u8; 4]>(ctx, Fallback::MtuExceeded, fast),
         // Off: the stack routes it.
@@ -427,12 +430,14 @@ fn to_host_interface(ctx: &TcContext, src: [u8; 4], dst: [u8; 4], tot_len: u16, 
             if <[u8; 4]>::decrement_hop_limit(ctx).is_err() {
                 return TC_ACT_SHOT as i32;
             }
-            let mut nh = bpf_redir_neigh { nh_family: AF_INET as u32, ..unsafe { core::mem::zeroed() } };
+            let mut nh = MaybeUninit::uninit();
+            let nh: &mut bpf_redir_neigh = zero::zeroed_in(&mut nh);
+            nh.nh_family = AF_INET as u32;
             // SAFETY: the lookup wrote the next hop into the destination.
             nh.__bindgen_anon_1.ipv4_nh = unsafe { fib.__bindgen_anon_4.ipv4_dst };
             let size = core::mem::size_of::<bpf_redir_neigh>() as i32;
             // SAFETY: a helper call; the result is the tc action.
-            let action = unsafe { bpf_redirect_neigh(fib.ifindex, &mut nh, size, 0) } as i32;
+            let action = unsafe { bpf_redirect_neigh(fib.ifindex, nh, size, 0) } as i32;
             redirected(action, Redirect::ToHostResolving)
         }
         _ => fall_back(Fallback::NoRoute),
@@ -442,8 +447,9 @@ fn to_host_interface(ctx: &TcContext, src: [u8; 4], dst: [u8; 4], tot_len: u16, 
 /// [`to_host_interface`] for IPv6.
 #[inline(never)]
 fn to_host_interface6(ctx: &TcContext, src: In6Addr, dst: In6Addr, tot_len: u16, fast: bool) -> i32 {
-    // SAFETY: plain data; zero is every field's "unset".
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    // Zero is every field's "unset".
+    let mut fib = MaybeUninit::uninit();
+    let fib: &mut FibParams = zero::zeroed_in(&mut fib);
     fib.family = AF_INET6;
     fib.__bindgen_anon_1.tot_len = tot_len;
     // SAFETY: the context pointer is valid for the program's run.
@@ -451,7 +457,7 @@ fn to_host_interface6(ctx: &TcContext, src: In6Addr, dst: In6Addr, tot_len: u16,
     fib.__bindgen_anon_3.ipv6_src = src.0;
     fib.__bindgen_anon_4.ipv6_dst = dst.0;
     // SAFETY: the helper reads the skb and fills `fib`.
-    let rc = unsafe { bpf_fib_lookup(ctx.skb.skb as *mut _, &mut fib, core::mem::size_of::<FibParams>() as i32, 0) };
+    let rc = unsafe { bpf_fib_lookup(ctx.skb.skb as *mut _, fib, core::mem::size_of::<FibParams>() as i32, 0) };
     match rc {
         BPF_FIB_LKUP_RET_FRAG_NEEDED => to_stack_as_sent::<In6Addr>(ctx, Fallback::MtuExceeded, fast),
         _ if !fast => TC_ACT_OK as i32,
@@ -467,12 +473,14 @@ fn to_host_interface6(ctx: &TcContext, src: In6Addr, dst: In6Addr, tot_len: u16,
             if In6Addr::decrement_hop_limit(ctx).is_err() {
                 return TC_ACT_SHOT as i32;
             }
-            let mut nh = bpf_redir_neigh { nh_family: AF_INET6 as u32, ..unsafe { core::mem::zeroed() } };
+            let mut nh = MaybeUninit::uninit();
+            let nh: &mut bpf_redir_neigh = zero::zeroed_in(&mut nh);
+            nh.nh_family = AF_INET6 as u32;
             // SAFETY: the lookup wrote the next hop into the destination.
             nh.__bindgen_anon_1.ipv6_nh = unsafe { fib.__bindgen_anon_4.ipv6_dst };
             let size = core::mem::size_of::<bpf_redir_neigh>() as i32;
             // SAFETY: a helper call; the result is the tc action.
-            let action = unsafe { bpf_redirect_neigh(fib.ifindex, &mut nh, size, 0) } as i32;
+            let action = unsafe { bpf_redirect_neigh(fib.ifindex, nh, size, 0) } as i32;
             redirected(action, Redirect::ToHostResolving)
         }
         _ => fall_back(Fallback::NoRoute),

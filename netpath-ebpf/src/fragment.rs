@@ -22,14 +22,17 @@ use crate::{
 #[inline(always)]
 pub fn first<A: Family>(flow: &Flow<A>, scope: CtScope) {
     if flow.first_fragment {
-        record(flow, scope, A::default(), A::default());
+        record(flow, scope, None);
     }
 }
 
 /// Out of line: the entry and key need stack that the callers' frames (on
-/// the policy path) do not have to spare.
+/// the policy path) do not have to spare. `nat`: the translated source and
+/// destination, if the first fragment was translated. (Zeroed here rather
+/// than by the callers of an untranslated one: see crate::zero.)
 #[inline(never)]
-fn record<A: Family>(flow: &Flow<A>, scope: CtScope, nat_saddr: A, nat_daddr: A) {
+fn record<A: Family>(flow: &Flow<A>, scope: CtScope, nat: Option<(A, A)>) {
+    let (nat_saddr, nat_daddr) = nat.unwrap_or_else(|| (crate::zero::zeroed(), crate::zero::zeroed()));
     let expires_ns = clock::now_ns() + FRAG_TIMEOUT_NS;
     if A::IN_SCRATCH {
         let Some(s) = A::scratch() else { return };
@@ -85,7 +88,7 @@ pub fn translated4(ctx: &TcContext, flow: &Flow4) {
     if saddr == flow.key.saddr && daddr == flow.key.daddr {
         return;
     }
-    record(flow, CtScope::Nat, saddr, daddr);
+    record(flow, CtScope::Nat, Some((saddr, daddr)));
 }
 
 /// Gives a later fragment the addresses its first fragment was translated
@@ -121,7 +124,7 @@ pub fn translated6(flow: &Flow6, entry: &CtEntry6) {
     if saddr == flow.key.saddr && daddr == flow.key.daddr {
         return;
     }
-    record(flow, CtScope::Nat, saddr, daddr);
+    record(flow, CtScope::Nat, Some((saddr, daddr)));
 }
 
 /// [`translate_later4`] for IPv6: no header checksum, and a later fragment

@@ -31,6 +31,7 @@ mod stats;
 mod translate;
 mod uplink_guard;
 mod verdict;
+mod zero;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},

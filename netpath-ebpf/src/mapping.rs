@@ -111,7 +111,8 @@ pub fn lookup6(addr: &In6Addr, port: u16, proto: u8, allow_loopback: bool) -> Op
     if !loopback && unsafe { HOST_ADDRS6.get(addr) }.is_none() {
         return None;
     }
-    key.addr = In6Addr::UNSPECIFIED;
+    // SAFETY: a local.
+    unsafe { crate::zero::zero(&raw mut key.addr) };
     // SAFETY: as above.
     unsafe { MAPPINGS6.get(&key) }
 }

@@ -2,6 +2,8 @@
 //! the uplink address and a source port (or ICMP echo identifier) that no
 //! other flow to the same destination uses.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::TcContext};
 use netpath_common::{
     config::{CFG_F_MASQUERADE, CFG_F_ROUTED},
@@ -15,7 +17,7 @@ use crate::{
     conntrack::{self, CreateError},
     family::Family,
     flow::{Flow4, Flow6},
-    host_sockets, mapping, nat, policy,
+    host_sockets, mapping, nat, policy, zero,
 };
 
 /// Will masquerade translate a flow a container starts with the tuple
@@ -58,20 +60,15 @@ pub fn new_flow4(
     // The search (own port kept when in range, else a random start; then
     // up, wrapping around): netpath_common::masquerade.
     let mut port = range.first(u16::from_be(flow.key.sport), || unsafe { bpf_get_prandom_u32() });
-    let mut fwd = CtEntry4 {
-        snat_addr: cfg.masq_addr4,
-        flags: CT_F_SNAT,
-        state: CtState::New as u8,
-        packets: 1,
-        bytes: ctx.len() as u64,
-        ..Default::default()
-    };
-    let mut rev =
-        CtEntry4 { dnat_addr: flow.key.saddr, dnat_port: flow.key.sport, flags: CT_F_DNAT, ..Default::default() };
+    let (mut fwd, mut rev) = (MaybeUninit::uninit(), MaybeUninit::uninit());
+    let (fwd, rev): (&mut CtEntry4, &mut CtEntry4) = (zero::zeroed_in(&mut fwd), zero::zeroed_in(&mut rev));
+    (fwd.snat_addr, fwd.flags, fwd.state) = (cfg.masq_addr4, CT_F_SNAT, CtState::New as u8);
+    (fwd.packets, fwd.bytes) = (1, ctx.len() as u64);
+    (rev.dnat_addr, rev.dnat_port, rev.flags) = (flow.key.saddr, flow.key.sport, CT_F_DNAT);
     match pending {
         // SAFETY: map value pointer, valid during the run.
-        Some(entry) => carry_pending(unsafe { &*entry }, &mut rev),
-        None => set_starter4(&flow.key, &mut fwd, &mut rev),
+        Some(entry) => carry_pending(unsafe { &*entry }, rev),
+        None => set_starter4(&flow.key, fwd, rev),
     }
     for _ in 0..MAX_TRIES {
         let port_be = port.to_be();
@@ -92,9 +89,9 @@ pub fn new_flow4(
             fwd.snat_port = port_be;
             let created = match pending {
                 Some(entry) => {
-                    conntrack::complete_pending4(&flow.key, entry, &reply_key, &mut rev, (cfg.masq_addr4, port_be))
+                    conntrack::complete_pending4(&flow.key, entry, &reply_key, rev, (cfg.masq_addr4, port_be))
                 }
-                None => conntrack::create(&flow.key, &mut fwd, &reply_key, &mut rev, flow.key.proto, cfg),
+                None => conntrack::create(&flow.key, fwd, &reply_key, rev, flow.key.proto, cfg),
             };
             match created {
                 Ok(()) => {
@@ -102,7 +99,7 @@ pub fn new_flow4(
                         policy::forget_verdict_pair4(&flow.key);
                     }
                     // The completed entry says what `fwd` does.
-                    return nat::apply4(ctx, flow, &fwd);
+                    return nat::apply4(ctx, flow, fwd);
                 }
                 Err(CreateError::Taken) => {}
                 Err(CreateError::Raced) => return conntrack::apply_existing(ctx, flow),
@@ -166,8 +163,8 @@ pub fn new_flow6(ctx: &TcContext, flow: &Flow6, cfg: &DatapathConfig) -> Result<
     // SAFETY: this CPU's scratch, used by this run only; zeroed in place
     // (a struct assignment would be built on the stack first).
     let s = unsafe {
-        core::ptr::write_bytes(&raw mut (*s).entry, 0, 1);
-        core::ptr::write_bytes(&raw mut (*s).reply_entry, 0, 1);
+        zero::zero(&raw mut (*s).entry);
+        zero::zero(&raw mut (*s).reply_entry);
         &mut *s
     };
     let icmp = flow.key.proto == IPPROTO_ICMPV6;

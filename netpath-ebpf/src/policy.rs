@@ -4,6 +4,8 @@
 //! later packets pass on a lookup. See netpath_common::policy for the rule
 //! model and precedence.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
     config::{CFG_F_NO_ICC, CFG_F_ROUTED, CFG_F_TRACE_FLOWS},
@@ -23,6 +25,7 @@ use crate::{
     maps::{config, CT4},
     packet::{load, mac_eq},
     stats::{self, StatsSlot},
+    zero,
 };
 
 /// With icc off, a container's frames may only go to the gateway's MAC
@@ -185,8 +188,9 @@ fn remember<A: Family>(
     let Some(cfg) = config() else { return Ok(()) };
     let key = orig.in_scope(CtScope::policy(starter));
     let reply_key = orig.reversed().in_scope(CtScope::policy(starter.reversed()));
-    let mut entry = verdict_of(container);
-    settled(conntrack::create_verdict(&key, &reply_key, &mut entry, packet_is_orig, len, cfg))
+    let mut entry = MaybeUninit::uninit();
+    let entry = verdict_in(&mut entry, container);
+    settled(conntrack::create_verdict(&key, &reply_key, entry, packet_is_orig, len, cfg))
 }
 
 /// [`remember`] for a family whose verdicts are built in its scratch
@@ -207,11 +211,9 @@ fn remember_in_scratch<A: Family>(
     // Field by field: a struct assignment is built on the stack first.
     write_key(&mut s.key, packet, !packet_is_orig, CtScope::policy(starter));
     write_key(&mut s.reply_key, packet, packet_is_orig, CtScope::policy(starter.reversed()));
-    let e = &mut s.entry;
-    e.snat_addr = A::default();
-    e.dnat_addr = A::default();
-    (e.snat_port, e.dnat_port, e.flags, e.state, e._pad) = (0, 0, CT_F_POLICY, 0, 0);
-    (e.mapping_id, e.policy_epoch, e.container_id) = (0, container.policy_epoch, container.id);
+    // SAFETY: as above.
+    unsafe { zero::zero(&raw mut s.entry) };
+    (s.entry.flags, s.entry.policy_epoch, s.entry.container_id) = (CT_F_POLICY, container.policy_epoch, container.id);
     settled(conntrack::create_verdict(&s.key, &s.reply_key, &mut s.entry, packet_is_orig, len, cfg))
 }
 
@@ -235,19 +237,18 @@ fn write_key<A: Family>(dst: &mut CtKey<A>, k: &CtKey<A>, reversed: bool, scope:
 #[inline(never)]
 fn remember_pending<A: Family>(orig: &CtKey<A>, container: &ContainerEntry) -> Result<(), DropReason> {
     let Some(cfg) = config() else { return Ok(()) };
-    let mut entry = verdict_of(container);
-    settled(conntrack::create_pending(&orig.in_scope(CtScope::Nat), &mut entry, cfg))
+    let mut entry = MaybeUninit::uninit();
+    let entry = verdict_in(&mut entry, container);
+    settled(conntrack::create_pending(&orig.in_scope(CtScope::Nat), entry, cfg))
 }
 
-/// A verdict entry allowing `container`'s flow, under its current rules.
+/// A verdict entry allowing `container`'s flow, under its current rules,
+/// written in `slot`.
 #[inline(always)]
-fn verdict_of<A: Family>(container: &ContainerEntry) -> CtEntry<A> {
-    CtEntry {
-        flags: CT_F_POLICY,
-        container_id: container.id,
-        policy_epoch: container.policy_epoch,
-        ..Default::default()
-    }
+fn verdict_in<'a, A: Family>(slot: &'a mut MaybeUninit<CtEntry<A>>, container: &ContainerEntry) -> &'a mut CtEntry<A> {
+    let e = zero::zeroed_in(slot);
+    (e.flags, e.container_id, e.policy_epoch) = (CT_F_POLICY, container.id, container.policy_epoch);
+    e
 }
 
 /// A tuple tracked already (the same flow judged before an entry expired,

@@ -105,12 +105,7 @@ pub fn forward6(ctx: &SockAddrContext) {
     let port = port_of(sa.user_port);
     let Some(published) = mapping::lookup6(&addr, port, proto, true) else { return };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let key = SockRevNatKey6 {
-        cookie,
-        container_addr: published.container_addr,
-        container_port: published.container_port,
-        _pad: [0; 6],
-    };
+    let key = revnat_key6(cookie, published.container_addr, published.container_port);
     let value = SockRevNatEntry6 { host_addr: addr, host_port: port, _pad: 0, mapping_id: published.id };
     let _ = SOCK_REVNAT6.insert(&key, &value, 0);
     set_user_ip6(sa, &published.container_addr);
@@ -126,8 +121,7 @@ pub fn reverse6(ctx: &SockAddrContext) {
     // SAFETY: the context pointer is valid for the program's run.
     let sa = unsafe { &mut *ctx.sock_addr };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let key =
-        SockRevNatKey6 { cookie, container_addr: user_ip6(sa), container_port: port_of(sa.user_port), _pad: [0; 6] };
+    let key = revnat_key6(cookie, user_ip6(sa), port_of(sa.user_port));
     // SAFETY: the value is copied out at once.
     if let Some(v) = unsafe { SOCK_REVNAT6.get(&key) }.filter(|v| mapping_live(v.mapping_id)) {
         set_user_ip6(sa, &v.host_addr);
@@ -161,4 +155,14 @@ fn set_user_ip6(sa: &mut bpf_sock_addr, addr: &In6Addr) {
         ptr::write_volatile(&mut sa.user_ip6[2], addr.0[2]);
         ptr::write_volatile(&mut sa.user_ip6[3], addr.0[3]);
     }
+}
+
+/// The IPv6 reverse-translation key of a socket's flow to a container's
+/// address and port, on a zeroed key (its zero padding as a literal would
+/// be a call of the byte-wise memset, see crate::zero).
+#[inline(always)]
+fn revnat_key6(cookie: u64, container_addr: In6Addr, container_port: u16) -> SockRevNatKey6 {
+    let mut key: SockRevNatKey6 = crate::zero::zeroed();
+    (key.cookie, key.container_addr, key.container_port) = (cookie, container_addr, container_port);
+    key
 }

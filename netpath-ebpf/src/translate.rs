@@ -7,6 +7,8 @@
 //! its own, so that the stages' locals (conntrack entries, events) do not add
 //! up beyond the 512-byte stack.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
     config::{CFG_F_MASQUERADE, CFG_F_ROUTED, CFG_F_TRACE_FLOWS},
@@ -26,6 +28,7 @@ use crate::{
     offsets::{IP_PROTO_OFF, IP_SRC_OFF},
     packet,
     policy::{self, CarriedVerdict},
+    zero,
 };
 
 /// Translates a packet arriving from outside (uplink ingress). Inlined:
@@ -198,19 +201,20 @@ fn new_published_flow4(
     admitted: &Admitted<[u8; 4]>,
     cfg: &DatapathConfig,
 ) -> Result<(), DropReason> {
-    let (mut fwd, mut rev) = (CtEntry4::default(), CtEntry4::default());
-    let reply_key = mapping::flow_entries(&flow.key, admitted.published, cfg, &mut fwd, &mut rev);
+    let (mut fwd, mut rev) = (MaybeUninit::uninit(), MaybeUninit::uninit());
+    let (fwd, rev): (&mut CtEntry4, _) = (zero::zeroed_in(&mut fwd), zero::zeroed_in(&mut rev));
+    let reply_key = mapping::flow_entries(&flow.key, admitted.published, cfg, fwd, rev);
     fwd.packets = 1;
     fwd.bytes = ctx.len() as u64;
     fwd.state = CtState::New as u8;
     // The container's inbound policy admitted the flow (see
     // [`admitted_mapping`]): its entries carry that verdict.
     if let Some(target) = admitted.target {
-        policy::carry(&mut fwd, target);
-        policy::carry(&mut rev, target);
+        policy::carry(fwd, target);
+        policy::carry(rev, target);
     }
-    match conntrack::create(&flow.key, &mut fwd, &reply_key, &mut rev, flow.key.proto, cfg) {
-        Ok(()) => nat::apply4(ctx, flow, &fwd),
+    match conntrack::create(&flow.key, fwd, &reply_key, rev, flow.key.proto, cfg) {
+        Ok(()) => nat::apply4(ctx, flow, fwd),
         Err(CreateError::Raced) => conntrack::apply_existing(ctx, flow),
         Err(e) => Err(e.into()),
     }
@@ -291,8 +295,8 @@ fn new_published_flow6(
     // SAFETY: this CPU's scratch, used by this run only; zeroed in place
     // (a struct assignment would be built on the stack first).
     let s = unsafe {
-        core::ptr::write_bytes(&raw mut (*s).entry, 0, 1);
-        core::ptr::write_bytes(&raw mut (*s).reply_entry, 0, 1);
+        zero::zero(&raw mut (*s).entry);
+        zero::zero(&raw mut (*s).reply_entry);
         &mut *s
     };
     s.reply_key = mapping::flow_entries(&flow.key, admitted.published, cfg, &mut s.entry, &mut s.reply_entry);

@@ -677,6 +677,27 @@ pub(super) fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut 
 mod tests {
     use super::*;
 
+    /// The byte-at-a-time memory functions LLVM's BPF backend calls where
+    /// it does not expand an intrinsic in line (see netpath-ebpf's `zero`).
+    const MEMORY_BUILTINS: [&str; 5] = ["memset", "memcpy", "memmove", "memcmp", "bcmp"];
+
+    #[test]
+    fn no_program_calls_a_byte_wise_memory_function() {
+        use object::{Object as _, ObjectSection as _, ObjectSymbol as _, RelocationTarget};
+        let file = object::File::parse(BPF_OBJECT).unwrap();
+        let mut calls = vec![];
+        for section in file.sections() {
+            for (offset, reloc) in section.relocations() {
+                let RelocationTarget::Symbol(index) = reloc.target() else { continue };
+                let name = file.symbol_by_index(index).and_then(|s| s.name()).unwrap_or_default();
+                if MEMORY_BUILTINS.contains(&name) {
+                    calls.push(format!("{} +{offset:#x}: {name}", section.name().unwrap_or_default()));
+                }
+            }
+        }
+        assert!(calls.is_empty(), "calls of a byte-wise memory function: {calls:#?}");
+    }
+
     #[test]
     fn the_object_declares_every_pinned_map_as_the_agent_expects() {
         // declared_maps refuses size mismatches; every pinned map is there.
