@@ -45,7 +45,7 @@ pub struct Scratch<A: AddrFamily> {
 }
 pub type FragMap<A> = LruHashMap<FragKey<A>, FragEntry<A>, MAX_FRAGS>;
 
-pub trait Family: AddrFamily + crate::zero::Zeroable + 'static {
+pub trait Family: AddrFamily + zero::Zeroable + 'static {
     /// Address bits (the policy trie's full prefix).
     const BITS: u32;
 
