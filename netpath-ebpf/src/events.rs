@@ -98,11 +98,11 @@ pub fn emit_drop6(pkt: &impl Packet, origin: Origin) {
     // bounds-checked by `ptr_at`.
     unsafe {
         if let (Some(next), Some(src), Some(dst)) =
-            (ptr_at::<u8>(pkt, IP6 + 6), ptr_at::<In6Addr>(pkt, IP6 + 8), ptr_at::<In6Addr>(pkt, IP6 + 24))
+            (ptr_at::<u8>(pkt, IP6 + 6), ptr_at::<[u8; 16]>(pkt, IP6 + 8), ptr_at::<[u8; 16]>(pkt, IP6 + 24))
         {
             let k = &mut (*e).key;
             k.proto = *next;
-            (k.saddr, k.daddr) = (read_addr6(src), read_addr6(dst));
+            (k.saddr, k.daddr) = (In6Addr::from_octets(*src), In6Addr::from_octets(*dst));
             match k.proto {
                 IPPROTO_TCP | IPPROTO_UDP => {
                     if let Some(ports) = ptr_at::<[u16; 2]>(pkt, L4) {
@@ -125,17 +125,4 @@ pub fn emit_drop6(pkt: &impl Packet, origin: Origin) {
         }
     }
     entry.submit(0);
-}
-
-/// The IPv6 address at `p` in the packet (any alignment), a word at a
-/// time: read whole, LLVM copies it with a call of the byte-wise `memmove`
-/// (see crate::zero).
-///
-/// # Safety
-/// `p` must be valid for reads of 16 bytes.
-#[inline(always)]
-unsafe fn read_addr6(p: *const In6Addr) -> In6Addr {
-    let w = p.cast::<u32>();
-    // SAFETY: the caller's.
-    unsafe { In6Addr([0, 1, 2, 3].map(|i| core::ptr::read_unaligned(w.add(i)))) }
 }
