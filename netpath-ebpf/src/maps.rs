@@ -79,6 +79,11 @@ pub static CONFIG: Array<DatapathConfig, 1> = Array::new();
 #[btf_map]
 pub static SCRATCH6: PerCpuArray<crate::family::Scratch<In6Addr>, 1> = PerCpuArray::new();
 
+/// Each CPU's last reading of the coarse clock (clock::TickReading): not
+/// pinned, a cache.
+#[btf_map]
+pub static TICK_CLOCK: PerCpuArray<crate::clock::TickReading, 1> = PerCpuArray::new();
+
 /// The programs the entry points tail-call into (netpath_common::TAIL_CALLS).
 #[btf_map]
 pub static TAIL_CALLS: ProgramArray<{ netpath_common::TAIL_CALLS.len() }> = ProgramArray::new();

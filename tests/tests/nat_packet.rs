@@ -453,6 +453,38 @@ fn fins_both_ways_close_the_flow_with_the_short_timeout() {
     assert_eq!(states(&mut h), (closed, closed));
 }
 
+/// The datapath's clock (netpath-ebpf's `clock`: the coarse clock, kept per
+/// CPU and read again once the tick moves on) gives expiries on the
+/// agent's clock, a tick or two late at most, and moves with it: a SYN
+/// retransmitted a second and a half later pushes the flow's expiry on
+/// (a reading kept past its tick would leave it where it was).
+#[test]
+fn expiries_follow_the_monotonic_clock_across_ticks() {
+    let mut h = harness();
+    container(&mut h, C1, C1_MAC);
+    let orig = CtKey4::new(CLIENT, HOST, 40400u16.to_be(), 8080u16.to_be(), IPPROTO_TCP);
+    let syn = tcp_frame(HOST_MAC, CLIENT_MAC, (CLIENT, 40400), (HOST, 8080), 0x02, &[]);
+    let new_secs = netpath_common::CtTimeouts::default().tcp_new as u64 * 1_000_000_000;
+    // Two ticks at the slowest tick rate (HZ=100), and some room.
+    let late = 50_000_000;
+    let expiry_of_syn_at = |h: &mut PacketHarness| {
+        let before = netpath_userspace::datapath::monotonic_ns();
+        fixtures::pass(h, HookId::UplinkIngress.program(), &syn);
+        let after = netpath_userspace::datapath::monotonic_ns();
+        let entries = h.dp.ct_entries().unwrap();
+        let expires = entries.iter().find(|(k, _)| *k == orig).map(|(_, e)| e.expires_ns).unwrap();
+        assert!(
+            expires + late >= before + new_secs && expires <= after + new_secs,
+            "expiry {expires} not {new_secs} ns after a time in {before}..{after}"
+        );
+        expires
+    };
+    let first = expiry_of_syn_at(&mut h);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let second = expiry_of_syn_at(&mut h);
+    assert!(second >= first + 1_000_000_000, "the expiry did not move on: {first} -> {second}");
+}
+
 #[test]
 fn an_answered_syn_keeps_the_handshake_timeout_until_the_ack() {
     let mut h = harness();
