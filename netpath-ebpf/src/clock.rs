@@ -33,8 +33,9 @@ pub fn now_ns() -> u64 {
     // SAFETY: a helper without arguments.
     let tick = unsafe { bpf_jiffies64() };
     let Some(last) = TICK_CLOCK.get_ptr_mut(0) else { return read_at(None, tick) };
-    // SAFETY: this CPU's element, valid during the run; a run is not
-    // preempted on its CPU, so nothing else writes it meanwhile.
+    // SAFETY: this CPU's element, valid during the run. Only runs on this
+    // CPU write it; one that interrupted another between its two stores
+    // would at worst leave a reading a tick old, which expiries ignore.
     if unsafe { (*last).jiffies } == tick {
         return unsafe { (*last).ns };
     }
