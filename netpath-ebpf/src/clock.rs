@@ -7,13 +7,14 @@
 //! (`bpf_ktime_get_coarse_ns`) only moves when the tick does, and a helper
 //! call costs about 20 ns here (a conntrack hit is ~150), while
 //! `bpf_jiffies64` is not a call at all (the verifier turns it into a load
-//! of `jiffies_64`) and neither is the lookup of a per-CPU array (inlined
-//! too, since Linux 6.10). So each CPU keeps the coarse time it read last
-//! beside the tick it read it at, and calls the helper again only once the
-//! tick has moved on. The time kept may be one tick older than the coarse
-//! clock's (`jiffies_64` moves just before the timekeeper does): at most
-//! two ticks behind the precise clock. Monitor events keep the precise
-//! clock for their timestamps: they are rare and ordered by it.
+//! of `jiffies_64`) and neither is the lookup of a per-CPU array on the
+//! kernels that inline it too (this machine's 6.18). So each CPU keeps the
+//! coarse time it read last beside the tick it read it at, and calls the
+//! helper again only once the tick has moved on. The time kept may be one
+//! tick older than the coarse clock's (`jiffies_64` moves just before the
+//! timekeeper does): at most two ticks behind the precise clock. Monitor
+//! events keep the precise clock for their timestamps: they are rare and
+//! ordered by it.
 
 use aya_ebpf::helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 
