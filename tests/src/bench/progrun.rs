@@ -20,14 +20,16 @@ use std::os::fd::RawFd;
 use anyhow::{ensure, Context as _, Result};
 use netpath_common::{
     conntrack::{TCP_ACK, TCP_SYN},
+    container::CONTAINER_F_IPV6,
     maps::MAX_CT_ENTRIES,
-    ContainerEntry, CtKey4, HookId, MappingEntry4, MappingKey4,
+    ContainerEntry, CtKey4, CtKey6, DatapathConfig, HookId, In6Addr, MappingEntry4, MappingEntry6, MappingKey4,
+    MappingKey6,
 };
 use netpath_tests::{
     fixtures::{self, C1 as CTR, C1_MAC as CTR_MAC, CLIENT_MAC, GATEWAY, HOST_MAC},
-    frames::{self, ETH_P_IPV4, IPPROTO_TCP},
+    frames::{self, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP},
     prog_run::{run, PacketHarness, TEST_IFINDEX},
-    topology::{HOST_UPLINK_IP, WORLD_IP},
+    topology::{HOST_UPLINK_IP, HOST_UPLINK_IP6, WORLD_IP, WORLD_IP6},
 };
 use serde::Serialize;
 
@@ -36,6 +38,7 @@ use super::{
     baseline_prog::ConntrackFloor,
     bed::{filler, HostPort, CONTAINER_PORT, HIT_PORT},
     options::Options,
+    plain::CONTAINER_IP6,
     results::{Series, Target},
 };
 
@@ -45,6 +48,13 @@ const HOST: [u8; 4] = HOST_UPLINK_IP.octets();
 const CLIENT: [u8; 4] = WORLD_IP.octets();
 const CLIENT_PORT: u16 = 40000;
 const UNPUBLISHED_PORT: u16 = 9999;
+/// The same over IPv6: the host's uplink address, the client's, the
+/// container's (in its subnet, [`SUBNET6`]/64).
+const HOST6: [u8; 16] = HOST_UPLINK_IP6.octets();
+const CLIENT6: [u8; 16] = WORLD_IP6.octets();
+const CTR6: [u8; 16] = CONTAINER_IP6.octets();
+const SUBNET6: [u8; 16] = [0xfd, 0x00, 0x00, 0xb6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+const GATEWAY6: [u8; 16] = [0xfd, 0x00, 0x00, 0xb6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const TCP_SYN_ACK: u8 = TCP_SYN | TCP_ACK;
 
 /// One figure: a case at a number of published ports, one value per run.
@@ -162,22 +172,38 @@ pub(super) fn tcp_frame(dmac: [u8; 6], smac: [u8; 6], src: ([u8; 4], u16), dst: 
     frames::eth(dmac, smac, ETH_P_IPV4, &frames::ipv4(src.0, dst.0, IPPROTO_TCP, &[], &seg))
 }
 
+fn tcp_frame6(dmac: [u8; 6], smac: [u8; 6], src: ([u8; 16], u16), dst: ([u8; 16], u16), flags: u8) -> Vec<u8> {
+    let seg = frames::tcp6(src.0, dst.0, src.1, dst.1, flags, b"");
+    frames::eth(dmac, smac, ETH_P_IPV6, &frames::ipv6(src.0, dst.0, IPPROTO_TCP, &seg))
+}
+
 struct Frames {
     syn: Vec<u8>,
     syn_dnat: Vec<u8>,
     synack: Vec<u8>,
     synack_revnat: Vec<u8>,
     miss: Vec<u8>,
+    /// The published port's flow over IPv6: the SYN and the reply, as
+    /// they come in and as they leave translated.
+    syn6: Vec<u8>,
+    syn6_dnat: Vec<u8>,
+    synack6: Vec<u8>,
+    synack6_revnat: Vec<u8>,
 }
 
 fn frames() -> Frames {
     let client = (CLIENT, CLIENT_PORT);
+    let client6 = (CLIENT6, CLIENT_PORT);
     Frames {
         syn: tcp_frame(HOST_MAC, CLIENT_MAC, client, (HOST, HIT_PORT), TCP_SYN),
         syn_dnat: tcp_frame(HOST_MAC, CLIENT_MAC, client, (CTR, CONTAINER_PORT), TCP_SYN),
         synack: tcp_frame(HOST_MAC, CTR_MAC, (CTR, CONTAINER_PORT), client, TCP_SYN_ACK),
         synack_revnat: tcp_frame(HOST_MAC, CTR_MAC, (HOST, HIT_PORT), client, TCP_SYN_ACK),
         miss: tcp_frame(HOST_MAC, CLIENT_MAC, client, (HOST, UNPUBLISHED_PORT), TCP_SYN),
+        syn6: tcp_frame6(HOST_MAC, CLIENT_MAC, client6, (HOST6, HIT_PORT), TCP_SYN),
+        syn6_dnat: tcp_frame6(HOST_MAC, CLIENT_MAC, client6, (CTR6, CONTAINER_PORT), TCP_SYN),
+        synack6: tcp_frame6(HOST_MAC, CTR_MAC, (CTR6, CONTAINER_PORT), client6, TCP_SYN_ACK),
+        synack6_revnat: tcp_frame6(HOST_MAC, CTR_MAC, (HOST6, HIT_PORT), client6, TCP_SYN_ACK),
     }
 }
 
@@ -195,13 +221,32 @@ fn mapping(host: HostPort, id: u32) -> (MappingKey4, MappingEntry4) {
     )
 }
 
-/// The maps as the agent fills them for one container behind the hit port.
+/// The maps as the agent fills them for one dual-stack container behind
+/// the hit port, published on both families (a mapping without a host
+/// address answers on both, under one id).
 fn configure(h: &mut PacketHarness) -> Result<()> {
-    h.dp.write_config(&fixtures::config(0))?;
+    h.dp.write_config(&DatapathConfig {
+        subnet6: In6Addr::from_octets(SUBNET6),
+        subnet6_prefix: 64,
+        gateway6: In6Addr::from_octets(GATEWAY6),
+        ..fixtures::config(0)
+    })?;
     h.dp.sync_host_addrs4(&[(HOST, 2), (GATEWAY, 3)])?;
+    h.dp.sync_host_addrs6(&[(In6Addr::from_octets(HOST6), 2)])?;
     let (k, v) = mapping(HostPort { addr: None, port: HIT_PORT }, 1);
     h.dp.set_mapping(&k, &v)?;
-    h.dp.set_container(TEST_IFINDEX, &fixtures::container(CTR, CTR_MAC, 1, 0))?;
+    let key6 = MappingKey6 { addr: In6Addr::UNSPECIFIED, port: HIT_PORT.to_be(), proto: IPPROTO_TCP, _pad: 0 };
+    let entry6 = MappingEntry6 {
+        container_addr: In6Addr::from_octets(CTR6),
+        container_port: CONTAINER_PORT.to_be(),
+        _pad: 0,
+        id: 1,
+        container_ifindex: TEST_IFINDEX,
+    };
+    h.dp.set_mapping(&key6, &entry6)?;
+    let container =
+        ContainerEntry { ipv6: In6Addr::from_octets(CTR6), ..fixtures::container(CTR, CTR_MAC, 1, CONTAINER_F_IPV6) };
+    h.dp.set_container(TEST_IFINDEX, &container)?;
     Ok(())
 }
 
@@ -246,6 +291,8 @@ fn one_run(calls: u32, sizes: &[usize]) -> Result<Vec<Sample>> {
     // The flow: the first SYN creates both conntrack entries.
     expect(&h, HookId::UplinkIngress.program(), &f.syn, &f.syn_dnat).context("preparing the flow")?;
     expect(&h, HookId::VethIngress.program(), &f.synack, &f.synack_revnat).context("preparing the reply")?;
+    expect(&h, HookId::UplinkIngress.program(), &f.syn6, &f.syn6_dnat).context("preparing the IPv6 flow")?;
+    expect(&h, HookId::VethIngress.program(), &f.synack6, &f.synack6_revnat).context("preparing the IPv6 reply")?;
     // The flow's original direction, as the first SYN carries it.
     let flow_key = |k: &CtKey4| {
         (k.saddr, k.daddr, k.sport, k.dport, k.proto)
@@ -288,6 +335,14 @@ fn one_run(calls: u32, sizes: &[usize]) -> Result<Vec<Sample>> {
         let reply = fresh_median(veth, &f.synack, calls)?;
         out.push(sample("conntrack hit + reverse NAT (the reply)", HookId::VethIngress.program(), reply, None, None));
 
+        if mappings == 1 {
+            // IPv6 at the smallest size only: its mapping table holds just
+            // the hit port at every size.
+            let (hit6, reply6) = ipv6_hits(&mut h, (uplink, veth), &f, calls)?;
+            out.push(sample(HIT6_CASE, HookId::UplinkIngress.program(), hit6, None, None));
+            out.push(sample(REPLY6_CASE, HookId::VethIngress.program(), reply6, None, None));
+        }
+
         expect(&h, HookId::UplinkIngress.program(), &f.miss, &f.miss).context("the miss passes untouched")?;
         let miss = fresh_median(uplink, &f.miss, calls)?;
         let miss_loop = run(uplink, &f.miss, calls)?.duration_ns as f64;
@@ -327,6 +382,39 @@ fn one_run(calls: u32, sizes: &[usize]) -> Result<Vec<Sample>> {
     out.push(filled(FLOOR_FILLED_CASE, "-", floor_median(floor.fd(), new_flows, ClientSet::AtFill)?));
     Ok(out)
 }
+
+/// The IPv6 flow's hits: the SYN on the uplink (`uplink_ingress`, which
+/// tail-calls `uplink_ingress6`, which tail-calls `uplink_forward6`) and
+/// the reply on the container's veth (`veth_ingress` -> `veth_ingress6` ->
+/// `veth_forward6`), each checked to have hit the flow's entries (its
+/// packet counts moved by the runs, nothing inserted).
+fn ipv6_hits(h: &mut PacketHarness, (uplink, veth): (RawFd, RawFd), f: &Frames, calls: u32) -> Result<(f64, f64)> {
+    let is_flow = |k: &CtKey6| {
+        (k.saddr.octets(), k.daddr.octets(), k.sport, k.dport, k.proto)
+            == (CLIENT6, HOST6, CLIENT_PORT.to_be(), HIT_PORT.to_be(), IPPROTO_TCP)
+    };
+    let is_reply = |k: &CtKey6| {
+        (k.saddr.octets(), k.daddr.octets(), k.sport, k.dport, k.proto)
+            == (CTR6, CLIENT6, CONTAINER_PORT.to_be(), CLIENT_PORT.to_be(), IPPROTO_TCP)
+    };
+    let packets = |h: &mut PacketHarness| -> Result<(u64, u64)> {
+        let entries = h.dp.ct_entries6()?;
+        let of = |want: &dyn Fn(&CtKey6) -> bool| entries.iter().find(|(k, _)| want(k)).map(|(_, e)| e.packets);
+        Ok((of(&is_flow).context("the IPv6 flow's entry is gone")?, of(&is_reply).context("its reply's is gone")?))
+    };
+    let (inserts, before) = (h.dp.ct_stats()?.inserts, packets(h)?);
+    let hit = fresh_median(uplink, &f.syn6, calls)?;
+    let reply = fresh_median(veth, &f.synack6, calls)?;
+    let after = packets(h)?;
+    ensure!(
+        after == (before.0 + calls as u64, before.1 + calls as u64) && h.dp.ct_stats()?.inserts == inserts,
+        "the IPv6 runs did not all hit their flow's entries (packets {before:?} -> {after:?})"
+    );
+    Ok((hit, reply))
+}
+
+const HIT6_CASE: &str = "conntrack hit + DNAT over IPv6 (SYN to the published port)";
+const REPLY6_CASE: &str = "conntrack hit + reverse NAT over IPv6 (the reply)";
 
 /// The per-program budgets (net ns under BPF_PROG_TEST_RUN): a conntrack
 /// hit with its translation, and a new flow (lookups, entries, translation).
