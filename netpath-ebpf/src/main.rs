@@ -181,12 +181,16 @@ pub fn deliver6(ctx: TcContext) -> i32 {
 /// What `container` sends over IPv6: its addresses and roles checked, then
 /// judged by its outbound policy, its listener reports sent to the host
 /// alone, then translated (the replies of published IPv6 ports, flows to
-/// them through a host address).
+/// them through a host address); a translated flow's entry that carries the
+/// container's verdict does the judging and the translation in one lookup.
 #[inline(never)]
 fn judge_sent6(ctx: &TcContext, container: &ContainerEntry, cfg: &DatapathConfig) -> Result<(), DropReason> {
     antispoof::check_sent6(ctx, container)?;
     let parsed = ipv6::parse6(ctx);
     policy::icc_allows_frame(ctx, &parsed, cfg)?;
+    if translate::judge_and_translate6(ctx, &parsed, container, cfg)? {
+        return Ok(());
+    }
     policy::judge(ctx, &parsed, container, Direction::Out, cfg)?;
     ipv6::listener_report_to_host(ctx, &parsed, cfg)?;
     translate::translate_parsed6(ctx, &parsed, cfg, false)

@@ -13,7 +13,10 @@ use netpath_common::{
     AddrFamily, CtEntry4, CtEntry6, DropReason, In6Addr,
 };
 
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+};
 
 use crate::{
     checksum, conntrack,
@@ -124,10 +127,11 @@ pub fn set_source4(ctx: &TcContext, flow: &Flow4, addr: [u8; 4], port: u16) -> R
 
 /// Applies the translation recorded in `entry` to an IPv6 packet. IPv6 has
 /// no header checksum; the L4 checksums (ICMPv6's included) cover the
-/// pseudo-header, so an address change updates them word by word. Fields
-/// are written with `bpf_skb_store_bytes`: the L4 header sits past the
-/// extension headers, at an offset the verifier cannot bound for direct
-/// access.
+/// pseudo-header, so an address change updates them word by word. The
+/// addresses, in the fixed header, are written in place; so are the ports
+/// of an L4 header right behind it. Behind extension headers they are
+/// written with `bpf_skb_store_bytes`: there the L4 header sits at an
+/// offset the verifier cannot bound for direct access.
 #[inline(always)]
 pub fn apply6(ctx: &TcContext, flow: &Flow6, entry: &CtEntry6) -> Result<(), DropReason> {
     let icmp = flow.key.proto == IPPROTO_ICMPV6;
@@ -160,7 +164,7 @@ fn rewrite_addr6(
     if old == new {
         return Ok(());
     }
-    store(ctx, EthHdr::LEN + field_off, new)?;
+    set_ip6_addr(ctx, field_off, new)?;
     let (csum_off, mangled) = l4_csum(flow);
     // The whole address as one difference (field size 0): one helper call
     // rather than one per word.
@@ -173,9 +177,35 @@ fn rewrite_port6(ctx: &TcContext, flow: &Flow6, port_off: usize, old: u16, new: 
     if old == new {
         return Ok(());
     }
-    store(ctx, flow.l4_off as usize + port_off, &new)?;
+    if flow.l4_off as usize == L4_OFF6 {
+        // The constant offset is what lets the verifier bound the access.
+        let field: *mut u16 = ptr_at_mut(ctx, L4_OFF6 + port_off).ok_or(DropReason::WriteFailed)?;
+        // SAFETY: bounds checked by ptr_at_mut; tc programs may write packet data.
+        unsafe { field.write_unaligned(new) };
+    } else {
+        store(ctx, flow.l4_off as usize + port_off, &new)?;
+    }
     let (csum_off, mangled) = l4_csum(flow);
     l4_csum_replace(ctx, csum_off, old as u64, new as u64, mangled | 2)
+}
+
+/// Where the L4 header of an IPv6 packet without extension headers starts.
+const L4_OFF6: usize = EthHdr::LEN + Ipv6Hdr::LEN;
+
+/// Sets the IPv6 source (`field_off` = `IP6_SRC_OFF`) or destination
+/// address, in place (no header checksum).
+#[inline(always)]
+fn set_ip6_addr(ctx: &TcContext, field_off: usize, new: &In6Addr) -> Result<(), DropReason> {
+    let field: *mut In6Addr = if field_off == IP6_DST_OFF {
+        ptr_at_mut(ctx, EthHdr::LEN + IP6_DST_OFF)
+    } else {
+        ptr_at_mut(ctx, EthHdr::LEN + IP6_SRC_OFF)
+    }
+    .ok_or(DropReason::WriteFailed)?;
+    // SAFETY: bounds checked by ptr_at_mut; tc programs may write packet
+    // data. In6Addr's words are read and written in memory order.
+    unsafe { field.write_unaligned(*new) };
+    Ok(())
 }
 
 /// Gives the packet of a container's flow whose source its veth translated

@@ -13,7 +13,7 @@ use aya_ebpf::programs::TcContext;
 use netpath_common::{
     config::{CFG_F_MASQUERADE, CFG_F_ROUTED, CFG_F_TRACE_FLOWS},
     conntrack::{CtState, CT_F_MASQ_PENDING, CT_F_REPLY, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    ContainerEntry, CtEntry4, CtKey, CtScope, DatapathConfig, Direction, DropReason, In6Addr, MappingEntry,
+    ContainerEntry, CtEntry, CtEntry4, CtKey, CtScope, DatapathConfig, Direction, DropReason, In6Addr, MappingEntry,
 };
 use network_types::eth::EthHdr;
 
@@ -61,20 +61,56 @@ pub fn judge_and_translate4(
     carried: &mut CarriedVerdict,
 ) -> Result<(), DropReason> {
     if let Ok(flow) = parsed {
-        if flow.ported && !flow.first_fragment && !cfg.in_subnet4(flow.key.daddr) {
-            if let Some(entry) = conntrack::lookup_or_forget(&flow.key) {
-                // SAFETY: map value pointer, valid during the run.
-                let e = unsafe { &*entry };
-                if e.verdict_of(container.id) && e.policy_epoch == container.policy_epoch {
-                    conntrack::touch(entry, flow, ctx.len(), cfg);
-                    *carried = CarriedVerdict::of(e);
-                    return nat::apply4(ctx, flow, e);
-                }
-            }
+        if let Some(entry) = judged_translation(flow, container, cfg) {
+            conntrack::touch(entry, flow, ctx.len(), cfg);
+            // SAFETY: map value pointer, valid during the run.
+            let e = unsafe { &*entry };
+            *carried = CarriedVerdict::of(e);
+            return nat::apply4(ctx, flow, e);
         }
     }
     policy::judge(ctx, parsed, container, Direction::Out, cfg)?;
     translate_parsed4(ctx, parsed, cfg, false, carried)
+}
+
+/// [`judge_and_translate4`] for IPv6: the verdict a translated flow's
+/// entry carried goes to the fast path in the control block. Judging apart
+/// (`judge_sent6`) also sends the container's listener reports to the host
+/// alone, which are never of a translated flow.
+#[inline(never)]
+pub fn judge_and_translate6(
+    ctx: &TcContext,
+    parsed: &Parsed6,
+    container: &ContainerEntry,
+    cfg: &DatapathConfig,
+) -> Result<bool, DropReason> {
+    let Ok(flow) = parsed else { return Ok(false) };
+    let Some(entry) = judged_translation(flow, container, cfg) else { return Ok(false) };
+    conntrack::touch(entry, flow, ctx.len(), cfg);
+    // SAFETY: map value pointer, valid during the run.
+    let e = unsafe { &*entry };
+    CarriedVerdict::of(e).to_cb(ctx);
+    nat::apply6(ctx, flow, e).map(|()| true)
+}
+
+/// The entry of a container's translated flow that carries the container's
+/// verdict under its current rules, if `flow` is of one: then one lookup
+/// judges and translates the packet. Only flows leaving the container
+/// subnet are looked for (see [`judge_and_translate4`]); first fragments
+/// take the two stages, which record their passing.
+#[inline(always)]
+fn judged_translation<A: Family>(
+    flow: &Flow<A>,
+    container: &ContainerEntry,
+    cfg: &DatapathConfig,
+) -> Option<*mut CtEntry<A>> {
+    if !flow.ported || flow.first_fragment || flow.key.daddr.in_subnet(cfg) {
+        return None;
+    }
+    let entry = conntrack::lookup_or_forget(&flow.key)?;
+    // SAFETY: map value pointer, valid during the run.
+    let e = unsafe { &*entry };
+    (e.verdict_of(container.id) && e.policy_epoch == container.policy_epoch).then_some(entry)
 }
 
 /// Conntrack hit: translate as recorded. Miss to a published port: create

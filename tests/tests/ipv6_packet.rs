@@ -500,6 +500,34 @@ fn a_published_ipv6_port_is_translated_both_ways() {
     assert_eq!((r.verdict, r.data), (TC_ACT_OK, want));
 }
 
+/// Destination options (next header 60) before TCP: the ports then sit at
+/// an offset of the packet's own, which the translation writes by another
+/// way than right behind the fixed header.
+#[test]
+fn a_published_ipv6_port_is_translated_behind_extension_headers_too() {
+    let h = published(0);
+    let opts = |tcp: &[u8]| frames::ipv6_ext(IPPROTO_TCP, 0, tcp);
+    let behind =
+        |src, dst, tcp: &[u8]| frames::eth(GATEWAY_MAC, C2_MAC, ETH_P_IPV6, &frames::ipv6(src, dst, 60, &opts(tcp)));
+    let syn_in = behind(remote(), host6(), &frames::tcp6(remote(), host6(), 40000, 8080, 0x02, b""));
+    let r = h.run(HookId::UplinkIngress.program(), &syn_in).unwrap();
+    let want = behind(remote(), c1(), &frames::tcp6(remote(), c1(), 40000, 80, 0x02, b""));
+    assert_eq!((r.verdict, fixtures::hex(&r.data)), (TC_ACT_OK, fixtures::hex(&want)), "DNAT to c1:80");
+    assert_eq!(inbound(&h, &r.data), TC_ACT_OK);
+    // The reply, with its own destination options, leaves as the published
+    // address; and one right behind the fixed header follows the same flow.
+    let from_c1 =
+        |src, tcp: &[u8]| frames::eth(GATEWAY_MAC, C1_MAC, ETH_P_IPV6, &frames::ipv6(src, remote(), 60, &opts(tcp)));
+    let syn_ack = from_c1(c1(), &frames::tcp6(c1(), remote(), 80, 40000, 0x12, b""));
+    let r = h.run(HookId::VethIngress.program(), &syn_ack).unwrap();
+    let want = from_c1(host6(), &frames::tcp6(host6(), remote(), 8080, 40000, 0x12, b""));
+    assert_eq!((r.verdict, fixtures::hex(&r.data)), (TC_ACT_OK, fixtures::hex(&want)), "the reply's source");
+    let ack = sent(c1(), remote(), IPPROTO_TCP, &frames::tcp6(c1(), remote(), 80, 40000, 0x10, b"data"));
+    let r = h.run(HookId::VethIngress.program(), &ack).unwrap();
+    let want = sent(host6(), remote(), IPPROTO_TCP, &frames::tcp6(host6(), remote(), 8080, 40000, 0x10, b"data"));
+    assert_eq!((r.verdict, fixtures::hex(&r.data)), (TC_ACT_OK, fixtures::hex(&want)));
+}
+
 #[test]
 fn only_published_ipv6_ports_on_host_addresses_are_translated() {
     let h = published(0);
