@@ -20,7 +20,7 @@ use network_types::{
 };
 
 use crate::{
-    flow::NoFlow,
+    flow::{NoFlow, Parsed6},
     ipv6::{
         l4_field, walk6, Headers6, ICMPV6_MLD2_REPORT, ICMPV6_NEIGH_ADVERT, ICMPV6_NEIGH_SOLICIT, ICMPV6_REDIRECT,
         ICMPV6_ROUTER_ADVERT, ND_TARGET_OFF,
@@ -95,6 +95,24 @@ fn check_arp(pkt: &impl Packet, container: &ContainerEntry) -> Result<(), DropRe
 #[inline(always)]
 pub fn own_ipv6(container: &ContainerEntry, addr: &In6Addr) -> bool {
     *addr == container.ipv6 || *addr == link_local_of(container.mac)
+}
+
+/// The IPv6 checks of a packet `container` sent, parsed (`parsed`). A flow
+/// (TCP, UDP, ICMPv6 echo, another protocol) is checked by what its parse
+/// read, without a second walk of its headers: its source, and for UDP the
+/// DHCPv6 server's port (the neighbour discovery and router roles are
+/// other ICMPv6 messages, never a flow). Anything else is checked by
+/// [`check_sent6`].
+#[inline(always)]
+pub fn check_parsed6(ctx: &TcContext, parsed: &Parsed6, container: &ContainerEntry) -> Result<(), DropReason> {
+    let Ok(flow) = parsed else { return check_sent6(ctx, container) };
+    if flow.key.proto == IPPROTO_UDP && u16::from_be(flow.key.sport) == DHCPV6_SERVER_PORT {
+        return Err(DropReason::RouterRole);
+    }
+    if !own_ipv6(container, &flow.key.saddr) {
+        return Err(DropReason::SpoofedIp);
+    }
+    Ok(())
 }
 
 /// The IPv6 checks of a packet `container` sent. A packet whose headers do

@@ -178,15 +178,15 @@ pub fn deliver6(ctx: TcContext) -> i32 {
     forward::judge_and_deliver::<In6Addr>(&ctx)
 }
 
-/// What `container` sends over IPv6: its addresses and roles checked, then
+/// What `container` sends over IPv6: parsed, its addresses and roles checked, then
 /// judged by its outbound policy, its listener reports sent to the host
 /// alone, then translated (the replies of published IPv6 ports, flows to
 /// them through a host address); a translated flow's entry that carries the
 /// container's verdict does the judging and the translation in one lookup.
 #[inline(never)]
 fn judge_sent6(ctx: &TcContext, container: &ContainerEntry, cfg: &DatapathConfig) -> Result<(), DropReason> {
-    antispoof::check_sent6(ctx, container)?;
     let parsed = ipv6::parse6(ctx);
+    antispoof::check_parsed6(ctx, &parsed, container)?;
     policy::icc_allows_frame(ctx, &parsed, cfg)?;
     if translate::judge_and_translate6(ctx, &parsed, container, cfg)? {
         return Ok(());
