@@ -109,9 +109,9 @@ fn veth_ingress_passes(ctx: &TcContext, carried: &mut CarriedVerdict) -> bool {
 }
 
 /// veth_ingress for IPv6, tail-called (verified apart from the IPv4 path,
-/// which takes veth_ingress's verification budget): anti-spoofing, then the
-/// container's outbound policy. IPv6 is routed, not translated (no NAT
-/// stage yet), and goes to the stack.
+/// which takes veth_ingress's verification budget): anti-spoofing, the
+/// container's outbound policy and the NAT stage ([`judge_sent6`]), then
+/// the IPv6 fast path (`veth_forward6`).
 #[classifier]
 pub fn veth_ingress6(ctx: TcContext) -> i32 {
     let ifindex = skb_ifindex(&ctx);
