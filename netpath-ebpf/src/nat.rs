@@ -202,9 +202,15 @@ fn set_ip6_addr(ctx: &TcContext, field_off: usize, new: &In6Addr) -> Result<(), 
         ptr_at_mut(ctx, EthHdr::LEN + IP6_SRC_OFF)
     }
     .ok_or(DropReason::WriteFailed)?;
-    // SAFETY: bounds checked by ptr_at_mut; tc programs may write packet
-    // data. In6Addr's words are read and written in memory order.
-    unsafe { field.write_unaligned(*new) };
+    // Word by word: a 16-byte unaligned write is a call of `memmove`, which
+    // the BPF backend has no inline expansion for (see `zero`).
+    let words = field as *mut u32;
+    for (i, word) in new.0.iter().enumerate() {
+        // SAFETY: bounds checked by ptr_at_mut for all 16 bytes; tc
+        // programs may write packet data. In6Addr's words are in memory
+        // order.
+        unsafe { words.add(i).write_unaligned(*word) };
+    }
     Ok(())
 }
 
