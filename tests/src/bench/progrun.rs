@@ -38,7 +38,7 @@ use super::{
     baseline_prog::ConntrackFloor,
     bed::{filler, HostPort, CONTAINER_PORT, HIT_PORT},
     options::Options,
-    plain::CONTAINER_IP6,
+    plain::{CONTAINER_IP6, SUBNET6},
     results::{Series, Target},
 };
 
@@ -49,12 +49,10 @@ const CLIENT: [u8; 4] = WORLD_IP.octets();
 const CLIENT_PORT: u16 = 40000;
 const UNPUBLISHED_PORT: u16 = 9999;
 /// The same over IPv6: the host's uplink address, the client's, the
-/// container's (in its subnet, [`SUBNET6`]/64).
+/// container's (in the plain beds' subnet, [`SUBNET6`]).
 const HOST6: [u8; 16] = HOST_UPLINK_IP6.octets();
 const CLIENT6: [u8; 16] = WORLD_IP6.octets();
 const CTR6: [u8; 16] = CONTAINER_IP6.octets();
-const SUBNET6: [u8; 16] = [0xfd, 0x00, 0x00, 0xb6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-const GATEWAY6: [u8; 16] = [0xfd, 0x00, 0x00, 0xb6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const TCP_SYN_ACK: u8 = TCP_SYN | TCP_ACK;
 
 /// One figure: a case at a number of published ports, one value per run.
@@ -226,9 +224,9 @@ fn mapping(host: HostPort, id: u32) -> (MappingKey4, MappingEntry4) {
 /// address answers on both, under one id).
 fn configure(h: &mut PacketHarness) -> Result<()> {
     h.dp.write_config(&DatapathConfig {
-        subnet6: In6Addr::from_octets(SUBNET6),
-        subnet6_prefix: 64,
-        gateway6: In6Addr::from_octets(GATEWAY6),
+        subnet6: In6Addr::from_octets(SUBNET6.network().octets()),
+        subnet6_prefix: SUBNET6.prefix_len().into(),
+        gateway6: In6Addr::from_octets((u128::from(SUBNET6.network()) + 1).to_be_bytes()),
         ..fixtures::config(0)
     })?;
     h.dp.sync_host_addrs4(&[(HOST, 2), (GATEWAY, 3)])?;
