@@ -12,8 +12,10 @@ use netpath_common::{
 };
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
+use netpath_common::checksum;
+
 use crate::{
-    checksum, conntrack,
+    conntrack,
     ipv6::{self, IP6_DST_OFF, IP6_SRC_OFF},
     nat::BPF_F_PSEUDO_HDR,
     offsets::{

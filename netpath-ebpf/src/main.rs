@@ -7,7 +7,6 @@
 #![no_main]
 
 mod antispoof;
-mod checksum;
 mod clock;
 mod conntrack;
 mod events;

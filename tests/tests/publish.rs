@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use netpath_tests::topology::{Topology, HOST_UPLINK_IP, WORLD_IP};
+use netpath_tests::topology::{Topology, HOST_UPLINK, HOST_UPLINK_IP, WORLD_IP};
 use netpath_userspace::model::{Flow, Mapping, Status};
 
 fn topology(containers: usize) -> Topology {
@@ -127,6 +127,51 @@ fn card_example_works_as_written_from_outside() {
     let text = t.ctl_ok(&["conntrack"]).unwrap();
     assert!(text.contains(&format!("{WORLD_IP}:")) && text.contains("-> 198.18.0.1:8080"), "{text}");
     t.assert_no_netfilter_rules().unwrap();
+}
+
+/// The L4 checksum of a translated packet is right in both states an skb
+/// can carry it in, checked by a receiver that verifies it: complete (the
+/// sender computed it; the program learns so from the address change and
+/// writes the port's part directly) and partial (a local socket left it to
+/// the NIC: the field holds only the pseudo-header's sum, which the port
+/// must not enter, and is finished in software on the way here, by
+/// interfaces without checksum offload). The fast path is off so that
+/// the partial packets take the stack's way through those interfaces.
+#[test]
+fn translated_checksums_hold_whether_the_sender_or_the_nic_computes_them() {
+    let mut t = Topology::new(1).expect("build topology");
+    t.agent_args(&["--no-fast-path"]);
+    t.start_agent().unwrap();
+    let c1 = t.add_container(1).unwrap();
+    t.ctl_ok(&["map", "8080:c1:80"]).unwrap();
+    t.ctl_ok(&["map", "8053:c1:53/udp"]).unwrap();
+    let ns1 = t.container_ns(1);
+    let tcp = tcp_server(&t, &ns1, 80, 2);
+    let udp = udp_server(&t, &ns1, 53, 2);
+    let offload = |ns: &str, dev: &str, on: &str| {
+        t.exec(ns, &["ethtool", "-K", dev, "tx", on]).unwrap();
+    };
+    let both_ways = |state: &str| {
+        let (seen, _) = tcp_ask(&t, &t.world, HOST_UPLINK_IP, 8080).unwrap_or_else(|e| panic!("TCP, {state}: {e:#}"));
+        assert_eq!(ip_of(&seen), WORLD_IP, "{state}");
+        let (seen, _) = udp_ask(&t, &t.world, HOST_UPLINK_IP, 8053).unwrap_or_else(|e| panic!("UDP, {state}: {e:#}"));
+        assert_eq!(ip_of(&seen), WORLD_IP, "{state}");
+    };
+
+    // Complete: the client and the container compute their checksums.
+    offload(&t.world, "eth0", "off");
+    offload(&ns1, "eth0", "off");
+    both_ways("checksums complete");
+
+    // Partial: both leave them to the NIC; the host's interfaces towards
+    // each (the container's veth, the uplink) finish them in software.
+    offload(&t.world, "eth0", "on");
+    offload(&ns1, "eth0", "on");
+    offload(&t.host, &c1.veth, "off");
+    offload(&t.host, HOST_UPLINK, "off");
+    both_ways("checksums partial");
+    tcp.join().unwrap();
+    udp.join().unwrap();
 }
 
 #[test]

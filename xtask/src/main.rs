@@ -15,7 +15,8 @@ use clap::{Parser, Subcommand};
 const BPF_LINKER_VERSION: &str = "0.10.4";
 
 /// Debian packages the project uses: bpftool to inspect pins, iproute2 for
-/// the test topologies, iptables/nftables for the comparison baselines and
+/// the test topologies (ethtool to switch their checksum offload),
+/// iptables/nftables for the comparison baselines and
 /// the "rulesets stay empty" checks, ping/curl for tests and the demo;
 /// podman (CNI backend) with runc, dockerd with containerd (docker.io), and
 /// a static busybox for the rootfs of the tests that run real containers on
@@ -23,6 +24,7 @@ const BPF_LINKER_VERSION: &str = "0.10.4";
 const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
+    "ethtool",
     "iptables",
     "nftables",
     "iputils-ping",
