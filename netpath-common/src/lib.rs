@@ -5,7 +5,6 @@
 //! `aya::Pod` impls so the agent can read and write the maps.
 #![cfg_attr(not(test), no_std)]
 
-pub mod checksum;
 pub mod config;
 pub mod conntrack;
 pub mod container;

@@ -43,9 +43,8 @@ use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
 
-use netpath_common::checksum;
-
 use crate::{
+    checksum,
     family::Family,
     ipv6::IP6_DST_OFF,
     maps::{CONTAINERS, DELIVER_CALLS, FORWARD_STATS, HOST_ADDRS4, ROUTE_MTUS4},

@@ -12,10 +12,8 @@ use netpath_common::{
 };
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
-use netpath_common::checksum;
-
 use crate::{
-    conntrack,
+    checksum, conntrack,
     ipv6::{self, IP6_DST_OFF, IP6_SRC_OFF},
     nat::BPF_F_PSEUDO_HDR,
     offsets::{

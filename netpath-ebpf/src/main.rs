@@ -7,6 +7,7 @@
 #![no_main]
 
 mod antispoof;
+mod checksum;
 mod clock;
 mod conntrack;
 mod events;

@@ -66,7 +66,7 @@ pub fn judge_and_translate4(
             // SAFETY: map value pointer, valid during the run.
             let e = unsafe { &*entry };
             *carried = CarriedVerdict::of(e);
-            return nat::apply_hit4(ctx, flow, e);
+            return nat::apply4(ctx, flow, e);
         }
     }
     policy::judge(ctx, parsed, container, Direction::Out, cfg)?;
@@ -90,7 +90,7 @@ pub fn judge_and_translate6(
     // SAFETY: map value pointer, valid during the run.
     let e = unsafe { &*entry };
     CarriedVerdict::of(e).to_cb(ctx);
-    nat::apply_hit6(ctx, flow, e).map(|()| true)
+    nat::apply6(ctx, flow, e).map(|()| true)
 }
 
 /// The entry of a container's translated flow that carries the container's
@@ -144,7 +144,7 @@ pub fn translate_parsed4(
         if !flow.first_fragment {
             *carried = CarriedVerdict::of(e);
         }
-        nat::apply_hit4(ctx, flow, e)
+        nat::apply4(ctx, flow, e)
     } else {
         match admitted_mapping(flow, cfg)? {
             Some(admitted) => new_published_flow4(ctx, flow, &admitted, cfg).inspect(|()| {
@@ -288,7 +288,7 @@ pub fn translate_parsed6(
         if !flow.first_fragment {
             CarriedVerdict::of(e).to_cb(ctx);
         }
-        nat::apply_hit6(ctx, flow, e)?;
+        nat::apply6(ctx, flow, e)?;
     } else {
         match admitted_mapping(flow, cfg)? {
             Some(admitted) => {

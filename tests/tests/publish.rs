@@ -130,13 +130,15 @@ fn card_example_works_as_written_from_outside() {
 }
 
 /// The L4 checksum of a translated packet is right in both states an skb
-/// can carry it in, checked by a receiver that verifies it: complete (the
-/// sender computed it; the program learns so from the address change and
-/// writes the port's part directly) and partial (a local socket left it to
-/// the NIC: the field holds only the pseudo-header's sum, which the port
-/// must not enter, and is finished in software on the way here, by
-/// interfaces without checksum offload). The fast path is off so that
-/// the partial packets take the stack's way through those interfaces.
+/// can carry it in, checked by receivers that verify it: complete (the
+/// sender computed it) and partial (a local socket left it to the NIC:
+/// the field holds only the pseudo-header's sum, which the address change
+/// enters and the port change must not, finished in software on the way
+/// here by interfaces without checksum offload). The program cannot read
+/// which state a packet is in; the kernel's L4 checksum helper can, and
+/// this is what would fail if the program wrote the checksum on its own
+/// for one state only. The fast path is off so that the partial packets
+/// take the stack's way through those interfaces.
 #[test]
 fn translated_checksums_hold_whether_the_sender_or_the_nic_computes_them() {
     let mut t = Topology::new(1).expect("build topology");
