@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::Result;
-use netpath_tests::topology::{Topology, HOST_UPLINK_IP, HOST_UPLINK_IP6, WORLD_IP6};
+use netpath_tests::topology::{Topology, HOST_UPLINK, HOST_UPLINK_IP, HOST_UPLINK_IP6, WORLD_IP6};
 use netpath_userspace::{
     model::{Container, Flow, Mapping, StatsView, Status},
     monitor::MonitorEvent,
@@ -333,6 +333,35 @@ fn a_published_port_answers_on_both_families_from_outside_and_hairpin() {
     assert!(!reaches(&t, &t.world, None, host6, 8080), "unmapped");
     assert!(!reaches4(&t, &t.world, HOST_UPLINK_IP, 8080), "unmapped");
     assert_eq!(sock_revnat(&t), (0, 0), "socket translations of the removed mapping (IPv4, IPv6)");
+}
+
+/// A published IPv6 port keeps the L4 checksum right in both states an
+/// skb carries it in, as `publish::translated_checksums_hold_*` checks for
+/// IPv4: complete (offload off at the senders) and partial (offload on,
+/// finished in software by the host's interfaces towards the receivers).
+/// IPv6's address change goes to the helper as one difference over the
+/// whole address, a mode of its own.
+#[test]
+fn translated_ipv6_checksums_hold_whether_the_sender_or_the_nic_computes_them() {
+    let (t, cs) = topology(1, &["--no-fast-path"]);
+    let ns1 = t.container_ns(1);
+    let seen = server(&t, &ns1, 80);
+    t.ctl_ok(&["map", "[::]:8080:c1:80"]).unwrap();
+    let offload = |ns: &str, dev: &str, on: &str| {
+        t.exec(ns, &["ethtool", "-K", dev, "tx", on]).unwrap();
+    };
+    let reached = |state: &str| {
+        assert!(reaches(&t, &t.world, None, HOST_UPLINK_IP6, 8080), "world -> [host]:8080, {state}");
+        assert_eq!(seen.recv_timeout(Duration::from_secs(2)).unwrap(), IpAddr::V6(WORLD_IP6), "{state}");
+    };
+    offload(&t.world, "eth0", "off");
+    offload(&ns1, "eth0", "off");
+    reached("checksums complete");
+    offload(&t.world, "eth0", "on");
+    offload(&ns1, "eth0", "on");
+    offload(&t.host, &cs[0].veth, "off");
+    offload(&t.host, HOST_UPLINK, "off");
+    reached("checksums partial");
 }
 
 #[test]
