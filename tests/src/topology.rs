@@ -461,6 +461,14 @@ impl Topology {
         cmd("ip", &all)
     }
 
+    /// Switches the transmit checksum offload of `dev` in `ns` (ethtool's
+    /// `tx`): on, a local socket's packets carry only the pseudo-header's
+    /// sum (CHECKSUM_PARTIAL) for the device to finish; off, the kernel
+    /// finishes them before `dev` sends them.
+    pub fn tx_checksum_offload(&self, ns: &str, dev: &str, on: bool) -> Result<()> {
+        self.exec(ns, &["ethtool", "-K", dev, "tx", if on { "on" } else { "off" }]).map(|_| ())
+    }
+
     /// Runs a command inside `ns` and returns whether it succeeded.
     pub fn try_exec(&self, ns: &str, args: &[&str]) -> Result<bool> {
         let mut all = vec!["netns", "exec", ns];

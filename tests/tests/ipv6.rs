@@ -347,20 +347,18 @@ fn translated_ipv6_checksums_hold_whether_the_sender_or_the_nic_computes_them() 
     let ns1 = t.container_ns(1);
     let seen = server(&t, &ns1, 80);
     t.ctl_ok(&["map", "[::]:8080:c1:80"]).unwrap();
-    let offload = |ns: &str, dev: &str, on: &str| {
-        t.exec(ns, &["ethtool", "-K", dev, "tx", on]).unwrap();
-    };
+    let offload = |ns: &str, dev: &str, on: bool| t.tx_checksum_offload(ns, dev, on).unwrap();
     let reached = |state: &str| {
         assert!(reaches(&t, &t.world, None, HOST_UPLINK_IP6, 8080), "world -> [host]:8080, {state}");
         assert_eq!(seen.recv_timeout(Duration::from_secs(2)).unwrap(), IpAddr::V6(WORLD_IP6), "{state}");
     };
-    offload(&t.world, "eth0", "off");
-    offload(&ns1, "eth0", "off");
+    offload(&t.world, "eth0", false);
+    offload(&ns1, "eth0", false);
     reached("checksums complete");
-    offload(&t.world, "eth0", "on");
-    offload(&ns1, "eth0", "on");
-    offload(&t.host, &cs[0].veth, "off");
-    offload(&t.host, HOST_UPLINK, "off");
+    offload(&t.world, "eth0", true);
+    offload(&ns1, "eth0", true);
+    offload(&t.host, &cs[0].veth, false);
+    offload(&t.host, HOST_UPLINK, false);
     reached("checksums partial");
 }
 

@@ -150,9 +150,7 @@ fn translated_checksums_hold_whether_the_sender_or_the_nic_computes_them() {
     let ns1 = t.container_ns(1);
     let tcp = tcp_server(&t, &ns1, 80, 2);
     let udp = udp_server(&t, &ns1, 53, 2);
-    let offload = |ns: &str, dev: &str, on: &str| {
-        t.exec(ns, &["ethtool", "-K", dev, "tx", on]).unwrap();
-    };
+    let offload = |ns: &str, dev: &str, on: bool| t.tx_checksum_offload(ns, dev, on).unwrap();
     let both_ways = |state: &str| {
         let (seen, _) = tcp_ask(&t, &t.world, HOST_UPLINK_IP, 8080).unwrap_or_else(|e| panic!("TCP, {state}: {e:#}"));
         assert_eq!(ip_of(&seen), WORLD_IP, "{state}");
@@ -161,16 +159,16 @@ fn translated_checksums_hold_whether_the_sender_or_the_nic_computes_them() {
     };
 
     // Complete: the client and the container compute their checksums.
-    offload(&t.world, "eth0", "off");
-    offload(&ns1, "eth0", "off");
+    offload(&t.world, "eth0", false);
+    offload(&ns1, "eth0", false);
     both_ways("checksums complete");
 
     // Partial: both leave them to the NIC; the host's interfaces towards
     // each (the container's veth, the uplink) finish them in software.
-    offload(&t.world, "eth0", "on");
-    offload(&ns1, "eth0", "on");
-    offload(&t.host, &c1.veth, "off");
-    offload(&t.host, HOST_UPLINK, "off");
+    offload(&t.world, "eth0", true);
+    offload(&ns1, "eth0", true);
+    offload(&t.host, &c1.veth, false);
+    offload(&t.host, HOST_UPLINK, false);
     both_ways("checksums partial");
     tcp.join().unwrap();
     udp.join().unwrap();
