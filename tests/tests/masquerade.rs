@@ -13,7 +13,7 @@ use std::{
 use anyhow::Result;
 use netpath_tests::{
     chaos::FlowsProcess,
-    topology::{Topology, HOST_UPLINK_IP, WORLD_IP},
+    topology::{Topology, HOST_UPLINK, HOST_UPLINK_IP, WORLD_IP},
 };
 use netpath_userspace::model::{Flow, Status};
 
@@ -161,6 +161,47 @@ fn containers_reach_the_world_through_the_host_address() {
     let text = t.ctl_ok(&["conntrack"]).unwrap();
     assert!(text.contains(&format!("-> {HOST_UPLINK_IP}:")), "{text}");
     t.assert_no_netfilter_rules().unwrap();
+}
+
+/// Masqueraded flows keep their L4 checksums right in both states an skb
+/// carries them in, as `publish::translated_checksums_hold_*` checks for
+/// published ports: complete (offload off at the container and the
+/// world's server) and partial (offload on, finished in software by the
+/// host's interfaces towards the receivers), each verified by its
+/// receiver. The source's translation on the uplink's egress and the
+/// reply's on its ingress, TCP and UDP.
+#[test]
+fn masqueraded_checksums_hold_whether_the_sender_or_the_nic_computes_them() {
+    let mut t = Topology::new(1).expect("build topology");
+    t.agent_args(&["--no-fast-path"]);
+    t.start_agent().unwrap();
+    let c1 = t.add_container(1).unwrap();
+    let ns1 = t.container_ns(1);
+    let server = world_tcp_server(&t, 8000, 2);
+    let sock = t.in_ns(&t.world, || Ok(UdpSocket::bind(("0.0.0.0", 5353))?)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let offload = |ns: &str, dev: &str, on: bool| t.tx_checksum_offload(ns, dev, on).unwrap();
+    let both_ways = |state: &str| {
+        let seen = tcp_ask(&t, &ns1, None, SocketAddr::from((WORLD_IP, 8000)))
+            .unwrap_or_else(|e| panic!("TCP, {state}: {e:#}"));
+        assert!(seen.starts_with(&format!("{HOST_UPLINK_IP}:")), "{state}: {seen}");
+        let client = t.in_ns(&ns1, || Ok(UdpSocket::bind(("0.0.0.0", 0))?)).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        client.send_to(b"q", (WORLD_IP, 5353)).unwrap();
+        let mut buf = [0u8; 8];
+        let (_, from) = sock.recv_from(&mut buf).unwrap_or_else(|e| panic!("UDP out, {state}: {e}"));
+        sock.send_to(b"a", from).unwrap();
+        client.recv_from(&mut buf).unwrap_or_else(|e| panic!("UDP back, {state}: {e}"));
+    };
+    offload(&t.world, "eth0", false);
+    offload(&ns1, "eth0", false);
+    both_ways("checksums complete");
+    offload(&t.world, "eth0", true);
+    offload(&ns1, "eth0", true);
+    offload(&t.host, &c1.veth, false);
+    offload(&t.host, HOST_UPLINK, false);
+    both_ways("checksums partial");
+    server.join().unwrap();
 }
 
 #[test]
