@@ -465,8 +465,30 @@ impl Topology {
     /// `tx`): on, a local socket's packets carry only the pseudo-header's
     /// sum (CHECKSUM_PARTIAL) for the device to finish; off, the kernel
     /// finishes them before `dev` sends them.
-    pub fn tx_checksum_offload(&self, ns: &str, dev: &str, on: bool) -> Result<()> {
+    fn tx_checksum_offload(&self, ns: &str, dev: &str, on: bool) -> Result<()> {
         self.exec(ns, &["ethtool", "-K", dev, "tx", if on { "on" } else { "off" }]).map(|_| ())
+    }
+
+    /// Runs `exchange` (given the state's name) in both states a
+    /// translated packet's L4 checksum can be in, between the world and
+    /// the container on `veth` in `container_ns`: complete (transmit
+    /// offload off at both ends, whose sockets then compute their
+    /// checksums), then partial (offload on at both ends; off on the
+    /// host's interfaces towards each, `veth` and the uplink, which finish
+    /// the partial sums in software, so that the receivers verify them).
+    pub fn in_both_checksum_states(&self, container_ns: &str, veth: &str, exchange: impl Fn(&str)) -> Result<()> {
+        for (ns, dev) in [(self.world.as_str(), "eth0"), (container_ns, "eth0")] {
+            self.tx_checksum_offload(ns, dev, false)?;
+        }
+        exchange("checksums complete");
+        for (ns, dev) in [(self.world.as_str(), "eth0"), (container_ns, "eth0")] {
+            self.tx_checksum_offload(ns, dev, true)?;
+        }
+        for dev in [veth, HOST_UPLINK] {
+            self.tx_checksum_offload(&self.host, dev, false)?;
+        }
+        exchange("checksums partial");
+        Ok(())
     }
 
     /// Runs a command inside `ns` and returns whether it succeeded.

@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::Result;
-use netpath_tests::topology::{Topology, HOST_UPLINK, HOST_UPLINK_IP, HOST_UPLINK_IP6, WORLD_IP6};
+use netpath_tests::topology::{Topology, HOST_UPLINK_IP, HOST_UPLINK_IP6, WORLD_IP6};
 use netpath_userspace::{
     model::{Container, Flow, Mapping, StatsView, Status},
     monitor::MonitorEvent,
@@ -347,19 +347,11 @@ fn translated_ipv6_checksums_hold_whether_the_sender_or_the_nic_computes_them() 
     let ns1 = t.container_ns(1);
     let seen = server(&t, &ns1, 80);
     t.ctl_ok(&["map", "[::]:8080:c1:80"]).unwrap();
-    let offload = |ns: &str, dev: &str, on: bool| t.tx_checksum_offload(ns, dev, on).unwrap();
     let reached = |state: &str| {
         assert!(reaches(&t, &t.world, None, HOST_UPLINK_IP6, 8080), "world -> [host]:8080, {state}");
         assert_eq!(seen.recv_timeout(Duration::from_secs(2)).unwrap(), IpAddr::V6(WORLD_IP6), "{state}");
     };
-    offload(&t.world, "eth0", false);
-    offload(&ns1, "eth0", false);
-    reached("checksums complete");
-    offload(&t.world, "eth0", true);
-    offload(&ns1, "eth0", true);
-    offload(&t.host, &cs[0].veth, false);
-    offload(&t.host, HOST_UPLINK, false);
-    reached("checksums partial");
+    t.in_both_checksum_states(&ns1, &cs[0].veth, reached).unwrap();
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::{
 use anyhow::Result;
 use netpath_tests::{
     chaos::FlowsProcess,
-    topology::{Topology, HOST_UPLINK, HOST_UPLINK_IP, WORLD_IP},
+    topology::{Topology, HOST_UPLINK_IP, WORLD_IP},
 };
 use netpath_userspace::model::{Flow, Status};
 
@@ -180,7 +180,6 @@ fn masqueraded_checksums_hold_whether_the_sender_or_the_nic_computes_them() {
     let server = world_tcp_server(&t, 8000, 2);
     let sock = t.in_ns(&t.world, || Ok(UdpSocket::bind(("0.0.0.0", 5353))?)).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let offload = |ns: &str, dev: &str, on: bool| t.tx_checksum_offload(ns, dev, on).unwrap();
     let both_ways = |state: &str| {
         let seen = tcp_ask(&t, &ns1, None, SocketAddr::from((WORLD_IP, 8000)))
             .unwrap_or_else(|e| panic!("TCP, {state}: {e:#}"));
@@ -193,14 +192,7 @@ fn masqueraded_checksums_hold_whether_the_sender_or_the_nic_computes_them() {
         sock.send_to(b"a", from).unwrap();
         client.recv_from(&mut buf).unwrap_or_else(|e| panic!("UDP back, {state}: {e}"));
     };
-    offload(&t.world, "eth0", false);
-    offload(&ns1, "eth0", false);
-    both_ways("checksums complete");
-    offload(&t.world, "eth0", true);
-    offload(&ns1, "eth0", true);
-    offload(&t.host, &c1.veth, false);
-    offload(&t.host, HOST_UPLINK, false);
-    both_ways("checksums partial");
+    t.in_both_checksum_states(&ns1, &c1.veth, both_ways).unwrap();
     server.join().unwrap();
 }
 

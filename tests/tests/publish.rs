@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use netpath_tests::topology::{Topology, HOST_UPLINK, HOST_UPLINK_IP, WORLD_IP};
+use netpath_tests::topology::{Topology, HOST_UPLINK_IP, WORLD_IP};
 use netpath_userspace::model::{Flow, Mapping, Status};
 
 fn topology(containers: usize) -> Topology {
@@ -150,26 +150,13 @@ fn translated_checksums_hold_whether_the_sender_or_the_nic_computes_them() {
     let ns1 = t.container_ns(1);
     let tcp = tcp_server(&t, &ns1, 80, 2);
     let udp = udp_server(&t, &ns1, 53, 2);
-    let offload = |ns: &str, dev: &str, on: bool| t.tx_checksum_offload(ns, dev, on).unwrap();
     let both_ways = |state: &str| {
         let (seen, _) = tcp_ask(&t, &t.world, HOST_UPLINK_IP, 8080).unwrap_or_else(|e| panic!("TCP, {state}: {e:#}"));
         assert_eq!(ip_of(&seen), WORLD_IP, "{state}");
         let (seen, _) = udp_ask(&t, &t.world, HOST_UPLINK_IP, 8053).unwrap_or_else(|e| panic!("UDP, {state}: {e:#}"));
         assert_eq!(ip_of(&seen), WORLD_IP, "{state}");
     };
-
-    // Complete: the client and the container compute their checksums.
-    offload(&t.world, "eth0", false);
-    offload(&ns1, "eth0", false);
-    both_ways("checksums complete");
-
-    // Partial: both leave them to the NIC; the host's interfaces towards
-    // each (the container's veth, the uplink) finish them in software.
-    offload(&t.world, "eth0", true);
-    offload(&ns1, "eth0", true);
-    offload(&t.host, &c1.veth, false);
-    offload(&t.host, HOST_UPLINK, false);
-    both_ways("checksums partial");
+    t.in_both_checksum_states(&ns1, &c1.veth, both_ways).unwrap();
     tcp.join().unwrap();
     udp.join().unwrap();
 }
