@@ -284,7 +284,7 @@ pub fn uplink_ingress6(ctx: TcContext) -> i32 {
     CarriedVerdict::default().to_cb(&ctx);
     let result = match config() {
         Some(cfg) if behind_xdp => translate::translate_parsed6(&ctx, &ipv6::parse6(&ctx), cfg, true),
-        Some(cfg) => uplink_guard::judge6(&ctx, cfg)
+        Some(cfg) => uplink_guard::judge(&ctx, cfg)
             .and_then(|()| translate::translate_parsed6(&ctx, &ipv6::parse6(&ctx), cfg, true)),
         None => Ok(()),
     };

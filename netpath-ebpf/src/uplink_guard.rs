@@ -122,13 +122,10 @@ fn guarded_unpublished4(pkt: &impl Packet, daddr: [u8; 4]) -> bool {
 }
 
 /// The guard over IPv6: containers' addresses are reachable from outside
-/// only when the instance routes (published IPv6 ports reach them through
-/// the host's addresses). Denied sources and guarded ports are IPv4's for
-/// now. A subnet check, a header read and a compare: `uplink_ingress6`,
-/// which only IPv6 frames reach, runs it in line rather than through
-/// [`judge_apart`]'s call.
+/// only when the instance routes (IPv6 publishes no ports yet). Denied
+/// sources and guarded ports are IPv4's for now.
 #[inline(always)]
-pub fn judge6(pkt: &impl Packet, cfg: &DatapathConfig) -> Result<(), DropReason> {
+fn judge6(pkt: &impl Packet, cfg: &DatapathConfig) -> Result<(), DropReason> {
     let Some(ip) = ptr_at::<Ipv6Hdr>(pkt, EthHdr::LEN) else { return Ok(()) };
     // SAFETY: bounds checked by ptr_at.
     let daddr = In6Addr::from_octets(unsafe { (*ip).dst_addr });
