@@ -17,7 +17,7 @@
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 
 use anyhow::{Context as _, Result};
-use netpath_common::{CtEntry4, CtKey4};
+use netpath_common::{CtEntry4, CtEntry6, CtKey4, CtKey6};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_PROG_LOAD: libc::c_long = 5;
@@ -45,9 +45,9 @@ impl EmptyProgram {
 }
 
 /// A lookup miss and two inserts per run into a map of its own (see the
-/// module docs). The key is a `CtKey4`-sized buffer holding the frame's
-/// addresses and TCP ports where `CtKey4` has them: a frame with a new
-/// client address or port each run is a new flow each run,
+/// module docs). The key is a `CtKey4`-sized (or `CtKey6`-sized) buffer
+/// holding the frame's addresses and TCP ports where the key has them: a
+/// frame with a new client address or port each run is a new flow each run,
 /// and the run returns a verdict other than TC_ACT_OK if an insert failed
 /// (a frame seen before).
 pub(super) struct ConntrackFloor {
@@ -56,10 +56,33 @@ pub(super) struct ConntrackFloor {
     _map: OwnedFd,
 }
 
+/// The family of a [`ConntrackFloor`]'s table and frames.
+#[derive(Clone, Copy)]
+pub(super) enum FloorFamily {
+    /// `CtKey4`, `CtEntry4`, untagged IPv4 frames.
+    Ipv4,
+    /// `CtKey6`, `CtEntry6`, untagged IPv6 frames without extension headers.
+    Ipv6,
+}
+
+impl FloorFamily {
+    /// The key's and the value's sizes, and where the frame's addresses
+    /// and TCP ports (source, destination, then the ports, as the key
+    /// holds them from its start) are and how long they are together.
+    fn layout(self) -> (usize, usize, i32, i32) {
+        match self {
+            // Bytes 26..38: the IPv4 header's addresses, then the ports.
+            FloorFamily::Ipv4 => (std::mem::size_of::<CtKey4>(), std::mem::size_of::<CtEntry4>(), 26, 12),
+            // Bytes 22..58: the IPv6 header's addresses, then the ports.
+            FloorFamily::Ipv6 => (std::mem::size_of::<CtKey6>(), std::mem::size_of::<CtEntry6>(), 22, 36),
+        }
+    }
+}
+
 impl ConntrackFloor {
-    pub(super) fn load(entries: u32) -> Result<ConntrackFloor> {
-        let key_size = std::mem::size_of::<CtKey4>() as i16;
-        let value_size = std::mem::size_of::<CtEntry4>().next_multiple_of(8) as i16;
+    pub(super) fn load(entries: u32, family: FloorFamily) -> Result<ConntrackFloor> {
+        let (key_size, value_size, tuple_off, tuple_len) = family.layout();
+        let (key_size, value_size) = (key_size as i16, value_size.next_multiple_of(8) as i16);
         let map = create_lru_hash(key_size as u32, value_size as u32, entries)
             .context("creating the conntrack floor's LRU hash")?;
         let fd = map.as_raw_fd();
@@ -67,11 +90,10 @@ impl ConntrackFloor {
         let mut insns = vec![mov_reg(6, 1)];
         // The verifier wants every stack byte a helper reads written first.
         insns.extend((0..(key_size + value_size) / 8).map(|i| store_dw_imm(10, -8 * (i + 1), 0)));
-        // The key holds the addresses and the TCP ports, as `CtKey4` does
-        // (bytes 26..38 of an untagged IPv4 frame: source, destination,
-        // then the ports).
-        insns.extend([mov_reg(1, 6), mov_imm(2, 26), mov_reg(3, 10), add_imm(3, key as i32), mov_imm(4, 12)]);
-        insns.push(call(BPF_FUNC_SKB_LOAD_BYTES));
+        // The key holds the addresses and the TCP ports, as the family's
+        // conntrack key does.
+        insns.extend([mov_reg(1, 6), mov_imm(2, tuple_off), mov_reg(3, 10), add_imm(3, key as i32)]);
+        insns.extend([mov_imm(4, tuple_len), call(BPF_FUNC_SKB_LOAD_BYTES)]);
         // The conntrack lookup that misses.
         insns.extend(ld_map_fd(1, fd));
         insns.extend([mov_reg(2, 10), add_imm(2, key as i32), call(BPF_FUNC_MAP_LOOKUP_ELEM)]);
@@ -80,7 +102,8 @@ impl ConntrackFloor {
         // entries went in.
         for direction in 0..2 {
             if direction == 1 {
-                insns.extend([mov_reg(7, 0), store_b_imm(10, key + 12, 1)]);
+                // The byte behind the ports (the protocol): another key.
+                insns.extend([mov_reg(7, 0), store_b_imm(10, key + tuple_len as i16, 1)]);
             }
             insns.extend(ld_map_fd(1, fd));
             insns.extend([mov_reg(2, 10), add_imm(2, key as i32), mov_reg(3, 10), add_imm(3, value as i32)]);
@@ -275,21 +298,39 @@ mod tests {
         assert_eq!(ld_map_fd(1, 7), [0x0000_0007_0000_1118, 0]);
     }
 
-    /// Loads both programs (the verifier accepts them) and shows that the
-    /// floor inserts: a frame's second run finds its entries taken.
+    /// Loads the programs (the verifier accepts them) and shows that each
+    /// family's floor inserts once per flow, keyed by the whole addresses
+    /// and the ports: a frame's second run finds its entries taken, a
+    /// frame from another port or from an address differing in its last
+    /// byte is another flow.
     #[test]
     fn the_floor_inserts_once_per_flow_and_the_empty_program_passes() {
         use netpath_tests::{frames, prog_run::run};
-        let frame = |sport| {
-            let seg = frames::tcp([192, 0, 2, 1], [192, 0, 2, 2], sport, 80, 0x02, b"");
-            frames::eth([2; 6], [4; 6], frames::ETH_P_IPV4, &frames::ipv4([192, 0, 2, 1], [192, 0, 2, 2], 6, &[], &seg))
+        let frame4 = |last: u8, sport| {
+            let (src, dst) = ([192, 0, 2, last], [192, 0, 2, 2]);
+            let seg = frames::tcp(src, dst, sport, 80, 0x02, b"");
+            frames::eth([2; 6], [4; 6], frames::ETH_P_IPV4, &frames::ipv4(src, dst, 6, &[], &seg))
+        };
+        let frame6 = |last: u8, sport| {
+            let (mut src, dst) = ([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], [0xfd; 16]);
+            src[15] = last;
+            let seg = frames::tcp6(src, dst, sport, 80, 0x02, b"");
+            frames::eth([2; 6], [4; 6], frames::ETH_P_IPV6, &frames::ipv6(src, dst, 6, &seg))
         };
         let empty = EmptyProgram::load().unwrap();
-        assert_eq!(run(empty.fd(), &frame(1), 1).unwrap().verdict, 0);
-        let floor = ConntrackFloor::load(1024).unwrap();
-        assert_eq!(run(floor.fd(), &frame(1), 1).unwrap().verdict, 0, "a new flow's two inserts");
-        assert_ne!(run(floor.fd(), &frame(1), 1).unwrap().verdict, 0, "the same flow again: both keys taken");
-        assert_eq!(run(floor.fd(), &frame(2), 1).unwrap().verdict, 0, "another flow");
+        assert_eq!(run(empty.fd(), &frame4(1, 1), 1).unwrap().verdict, 0);
+        for family in [FloorFamily::Ipv4, FloorFamily::Ipv6] {
+            let floor = ConntrackFloor::load(1024, family).unwrap();
+            let frame = |last, sport| match family {
+                FloorFamily::Ipv4 => frame4(last, sport),
+                FloorFamily::Ipv6 => frame6(last, sport),
+            };
+            let verdict = |last, sport| run(floor.fd(), &frame(last, sport), 1).unwrap().verdict;
+            assert_eq!(verdict(1, 1), 0, "a new flow's two inserts");
+            assert_ne!(verdict(1, 1), 0, "the same flow again: both keys taken");
+            assert_eq!(verdict(1, 2), 0, "from another port");
+            assert_eq!(verdict(3, 2), 0, "from another address");
+        }
     }
 
     /// A tcx link of the empty program is on the veth's side it names

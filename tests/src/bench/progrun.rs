@@ -35,7 +35,7 @@ use serde::Serialize;
 
 pub(super) use super::baseline_prog::EmptyProgram;
 use super::{
-    baseline_prog::ConntrackFloor,
+    baseline_prog::{ConntrackFloor, FloorFamily},
     bed::{filler, HostPort, CONTAINER_PORT, HIT_PORT},
     options::Options,
     plain::{CONTAINER_IP6, SUBNET6},
@@ -357,10 +357,20 @@ fn one_run(calls: u32, sizes: &[usize]) -> Result<Vec<Sample>> {
         forget_new_flows(&mut h)?;
         let client = if mappings > 1 { ClientSet::LargestSize } else { ClientSet::SmallestSize };
         let new_flows = calls.min(MAX_NEW_FLOWS);
-        let new_flow = new_flows_median(&h, uplink, new_flows, client)?;
+        let new_flow = new_flows_median(&h, uplink, new_flows, |i| new_flow4(client, i))?;
         out.push(sample(NEW_FLOW_CASE, HookId::UplinkIngress.program(), new_flow, None, None));
-        let floor = ConntrackFloor::load(MAX_CT_ENTRIES as u32)?;
-        out.push(sample(FLOOR_CASE, "-", floor_median(floor.fd(), new_flows, client)?, None, None));
+        let floor = ConntrackFloor::load(MAX_CT_ENTRIES as u32, FloorFamily::Ipv4)?;
+        let floor_ns = floor_median(floor.fd(), new_flows, |i| new_flow4(client, i).0)?;
+        out.push(sample(FLOOR_CASE, "-", floor_ns, None, None));
+        if mappings == 1 {
+            // IPv6's new flows at the smallest size, as its hits, beside
+            // the floor of IPv6's keys and entries.
+            let new_flow = new_flows_median(&h, uplink, new_flows, new_flow6)?;
+            out.push(sample(NEW_FLOW6_CASE, HookId::UplinkIngress.program(), new_flow, None, None));
+            let floor = ConntrackFloor::load(MAX_CT_ENTRIES as u32, FloorFamily::Ipv6)?;
+            let floor_ns = floor_median(floor.fd(), new_flows, |i| new_flow6(i).0)?;
+            out.push(sample(FLOOR6_CASE, "-", floor_ns, None, None));
+        }
     }
     // The same new flows once the table already holds FILL_FLOWS flows (both
     // halves each), beside the kernel floor at the same fill: a fuller table
@@ -371,13 +381,14 @@ fn one_run(calls: u32, sizes: &[usize]) -> Result<Vec<Sample>> {
     let base = fresh_median(empty.fd(), &f.syn, calls)?;
     let filled = |case, program, fresh| Sample::fresh(case, program, (mappings, containers), fresh, base);
     forget_new_flows(&mut h)?;
-    new_flows_median(&h, uplink, FILL_FLOWS, ClientSet::Fill)?;
+    new_flows_median(&h, uplink, FILL_FLOWS, |i| new_flow4(ClientSet::Fill, i))?;
     let new_flows = calls.min(MAX_NEW_FLOWS);
-    let new_flow = new_flows_median(&h, uplink, new_flows, ClientSet::AtFill)?;
+    let new_flow = new_flows_median(&h, uplink, new_flows, |i| new_flow4(ClientSet::AtFill, i))?;
     out.push(filled(NEW_FLOW_FILLED_CASE, HookId::UplinkIngress.program(), new_flow));
-    let floor = ConntrackFloor::load(MAX_CT_ENTRIES as u32)?;
-    floor_median(floor.fd(), FILL_FLOWS, ClientSet::Fill)?;
-    out.push(filled(FLOOR_FILLED_CASE, "-", floor_median(floor.fd(), new_flows, ClientSet::AtFill)?));
+    let floor = ConntrackFloor::load(MAX_CT_ENTRIES as u32, FloorFamily::Ipv4)?;
+    floor_median(floor.fd(), FILL_FLOWS, |i| new_flow4(ClientSet::Fill, i).0)?;
+    let floor_ns = floor_median(floor.fd(), new_flows, |i| new_flow4(ClientSet::AtFill, i).0)?;
+    out.push(filled(FLOOR_FILLED_CASE, "-", floor_ns));
     Ok(out)
 }
 
@@ -465,6 +476,11 @@ const NEW_FLOW_CASE: &str = "new flow: conntrack miss, mapping, policy, two inse
 const FLOOR_CASE: &str =
     "kernel floor of a new flow: one lookup miss and two inserts into an LRU hash of the conntrack \
                           table's size (a minimal program, the same frames)";
+/// The new-flow case over IPv6 (the entry point, the tail call to its IPv6
+/// half, that half's tail call to the IPv6 fast path).
+const NEW_FLOW6_CASE: &str =
+    "new flow over IPv6: conntrack miss, mapping, policy, two inserts, DNAT (a new client port each run)";
+const FLOOR6_CASE: &str = "kernel floor of a new IPv6 flow: the same with IPv6's conntrack keys and entries";
 /// The same two once the table holds [`FILL_FLOWS`] flows.
 const NEW_FLOW_FILLED_CASE: &str = "new flow, the conntrack table already holding 100000 entries (50000 flows)";
 const FLOOR_FILLED_CASE: &str = "kernel floor of a new flow, its table already holding 100000 entries";
@@ -493,27 +509,48 @@ fn new_flow_syn(set: ClientSet, i: u32, to: ([u8; 4], u16)) -> Vec<u8> {
     tcp_frame(HOST_MAC, CLIENT_MAC, (client, 10_000 + i as u16), to, TCP_SYN)
 }
 
-/// Forgets every flow but the measured one (the new flows of earlier
+/// New flow `i` of `set` as it arrives, and as DNAT delivers it.
+fn new_flow4(set: ClientSet, i: u32) -> (Vec<u8>, Vec<u8>) {
+    (new_flow_syn(set, i, (HOST, HIT_PORT)), new_flow_syn(set, i, (CTR, CONTAINER_PORT)))
+}
+
+/// New IPv6 flow `i` as it arrives, and as DNAT delivers it: a SYN from a
+/// client port of its own, from an address next to the benchmark's IPv6
+/// client (so that the measured IPv6 flow is never hit).
+fn new_flow6(i: u32) -> (Vec<u8>, Vec<u8>) {
+    let mut client = CLIENT6;
+    client[15] = client[15].wrapping_add(1);
+    let syn = |to| tcp_frame6(HOST_MAC, CLIENT_MAC, (client, 10_000 + i as u16), to, TCP_SYN);
+    (syn((HOST6, HIT_PORT)), syn((CTR6, CONTAINER_PORT)))
+}
+
+/// Forgets every flow but the measured ones (the new flows of earlier
 /// cases), so that a new-flow case starts from the table the smallest size
 /// started from: a fuller table would slow the inserts whatever the
 /// numbers of ports and containers, which is what the sizes vary.
 fn forget_new_flows(h: &mut PacketHarness) -> Result<()> {
     h.dp.ct_remove_where(|k, _| k.saddr != CLIENT && k.daddr != CLIENT)?;
+    h.dp.ct_remove_where6(|k, _| k.saddr.octets() != CLIENT6 && k.daddr.octets() != CLIENT6)?;
     Ok(())
 }
 
-/// The duration (as [`fresh_median`] takes it) of `n` new flows of `set`,
-/// each checked to come out translated to the container.
-fn new_flows_median(h: &PacketHarness, uplink: RawFd, n: u32, set: ClientSet) -> Result<f64> {
+/// The duration (as [`fresh_median`] takes it) of `n` new flows, flow `i`
+/// being `frames(i)` (as it arrives, as DNAT delivers it), each checked to
+/// come out translated to the container.
+fn new_flows_median(
+    h: &PacketHarness,
+    uplink: RawFd,
+    n: u32,
+    frames: impl Fn(u32) -> (Vec<u8>, Vec<u8>),
+) -> Result<f64> {
     let inserts = h.dp.ct_stats()?.inserts;
     let mut runs = Vec::with_capacity(n as usize);
     for i in 0..n {
         if i % 10_000 == 0 {
             super::check_interrupted()?;
         }
-        let syn = new_flow_syn(set, i, (HOST, HIT_PORT));
+        let (syn, want) = frames(i);
         let r = run(uplink, &syn, 1).context("BPF_PROG_TEST_RUN")?;
-        let want = new_flow_syn(set, i, (CTR, CONTAINER_PORT));
         ensure!(r.verdict == TC_ACT_OK && r.data == want, "new flow {i} was not translated (verdict {})", r.verdict);
         runs.push(r.duration_ns as u64);
     }
@@ -524,11 +561,12 @@ fn new_flows_median(h: &PacketHarness, uplink: RawFd, n: u32, set: ClientSet) ->
     Ok(lowest_batch_median(&runs))
 }
 
-/// [`new_flows_median`]'s frames, through the [`ConntrackFloor`] program.
-fn floor_median(floor: RawFd, n: u32, set: ClientSet) -> Result<f64> {
+/// [`new_flows_median`]'s frames as they arrive (`syn(i)`), through the
+/// [`ConntrackFloor`] program.
+fn floor_median(floor: RawFd, n: u32, syn: impl Fn(u32) -> Vec<u8>) -> Result<f64> {
     let mut runs = Vec::with_capacity(n as usize);
     for i in 0..n {
-        let r = run(floor, &new_flow_syn(set, i, (HOST, HIT_PORT)), 1).context("BPF_PROG_TEST_RUN")?;
+        let r = run(floor, &syn(i), 1).context("BPF_PROG_TEST_RUN")?;
         ensure!(
             r.verdict == TC_ACT_OK,
             "the conntrack floor program's inserts failed for flow {i} ({})",
@@ -631,7 +669,8 @@ mod tests {
         // A new flow into a filled table keeps the budget; the floors have none.
         assert_eq!(budget_of(NEW_FLOW_CASE), Some(NEW_FLOW_BUDGET_NS));
         assert_eq!(budget_of(NEW_FLOW_FILLED_CASE), Some(NEW_FLOW_BUDGET_NS));
-        assert_eq!((budget_of(FLOOR_CASE), budget_of(FLOOR_FILLED_CASE)), (None, None));
+        assert_eq!(budget_of(NEW_FLOW6_CASE), Some(NEW_FLOW_BUDGET_NS));
+        assert_eq!((budget_of(FLOOR_CASE), budget_of(FLOOR_FILLED_CASE), budget_of(FLOOR6_CASE)), (None, None, None));
     }
 
     #[test]
