@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, ensure, Context as _, Result};
 use netpath_userspace::netns::Netns;
 use serde::de::DeserializeOwned;
 
@@ -422,6 +422,15 @@ impl Topology {
         Ok(st.uplink_stats.and_then(|s| s.drops.get(reason).copied()).unwrap_or(0))
     }
 
+    /// Packets the fast path redirected so far, as `status` shows them:
+    /// into containers (judged on the way or on a verdict found), and out
+    /// of host interfaces (next hop known or being resolved).
+    pub fn redirects(&self) -> Result<(u64, u64)> {
+        let st: netpath_userspace::model::Status = self.ctl_json(&["status"])?;
+        let sum = |hows: [&str; 2]| hows.iter().map(|h| st.fast_path.redirected.get(*h).copied().unwrap_or(0)).sum();
+        Ok((sum(["to-container", "to-container-judged"]), sum(["to-host-interface", "to-host-interface-resolving"])))
+    }
+
     /// The agent's `/metrics` on its API socket, as text.
     pub fn metrics(&self) -> Result<String> {
         let socket = self.socket();
@@ -476,19 +485,41 @@ impl Topology {
     /// checksums), then partial (offload on at both ends; off on the
     /// host's interfaces towards each, `veth` and the uplink, which finish
     /// the partial sums in software, so that the receivers verify them).
-    pub fn in_both_checksum_states(&self, container_ns: &str, veth: &str, exchange: impl Fn(&str)) -> Result<()> {
+    /// On the fast path (`fast_path`: the agent runs with it), what is
+    /// redirected into the container skips those interfaces' transmit and
+    /// reaches it still partial, which its stack trusts, as it would a
+    /// NIC's verified receive; what is redirected out of the uplink is
+    /// finished there. Each exchange must have been redirected both ways
+    /// on the fast path, and not at all off it.
+    pub fn in_both_checksum_states(
+        &self,
+        container_ns: &str,
+        veth: &str,
+        fast_path: bool,
+        exchange: impl Fn(&str),
+    ) -> Result<()> {
+        let redirected = |state: &str| -> Result<()> {
+            let before = self.redirects()?;
+            exchange(state);
+            let after = self.redirects()?;
+            let both_ways = (after.0 > before.0, after.1 > before.1);
+            ensure!(
+                both_ways == (fast_path, fast_path),
+                "{state}: redirected into the container, out of the uplink: {both_ways:?} (fast path {fast_path})"
+            );
+            Ok(())
+        };
         for (ns, dev) in [(self.world.as_str(), "eth0"), (container_ns, "eth0")] {
             self.tx_checksum_offload(ns, dev, false)?;
         }
-        exchange("checksums complete");
+        redirected("checksums complete")?;
         for (ns, dev) in [(self.world.as_str(), "eth0"), (container_ns, "eth0")] {
             self.tx_checksum_offload(ns, dev, true)?;
         }
         for dev in [veth, HOST_UPLINK] {
             self.tx_checksum_offload(&self.host, dev, false)?;
         }
-        exchange("checksums partial");
-        Ok(())
+        redirected("checksums partial")
     }
 
     /// Runs a command inside `ns` and returns whether it succeeded.
