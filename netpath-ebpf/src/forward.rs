@@ -203,11 +203,14 @@ fn route6(ctx: &TcContext, origin: Origin, carried: CarriedVerdict) -> i32 {
     if eth.ether_type != EtherType::Ipv6 as u16 {
         return TC_ACT_OK as i32;
     }
-    // The destination is loaded into this frame (read in place, it would
-    // be spilled to a larger one: the chain to the receiving container's
-    // policy is at the 512-byte stack limit); the rest of the fixed header
-    // is read in place where it is used.
-    let Ok(dst) = load::<In6Addr>(ctx, EthHdr::LEN + IP6_DST_OFF) else { return TC_ACT_OK as i32 };
+    // The destination is copied into this frame word by word, in place
+    // (`bpf_skb_load_bytes` took a helper call and its copy on every
+    // container's IPv6 packet, for the same 16 bytes of stack); the rest
+    // of the fixed header is read in place where it is used. The chain to
+    // the receiving container's policy is at the 512-byte stack limit.
+    let Some(dst) = crate::ipv6::fixed_header(ctx).map(|ip| In6Addr::from_octets(ip.dst_addr)) else {
+        return TC_ACT_OK as i32;
+    };
     let Some(hop_limit) = crate::ipv6::fixed_header(ctx).map(|ip| ip.hop_limit) else { return TC_ACT_OK as i32 };
     let routed = match origin {
         // SAFETY: the context pointer is valid for the program's run.
