@@ -46,7 +46,6 @@ use network_types::{
 use crate::{
     checksum,
     family::Family,
-    ipv6::IP6_DST_OFF,
     maps::{CONTAINERS, DELIVER_CALLS, FORWARD_STATS, HOST_ADDRS4, ROUTE_MTUS4},
     nat,
     offsets::{ip_hdr_len, tcp_hdr_len, IP_DF, IP_FRAGS_OFF, TCP_DOFF_OFF},
