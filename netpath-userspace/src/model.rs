@@ -314,6 +314,26 @@ impl FastPathStatus {
             fallbacks: Fallback::ALL.iter().map(|f| (f.name().into(), stats.fallbacks[*f as usize])).collect(),
         }
     }
+
+    /// Packets redirected `how`.
+    pub fn redirected_as(&self, how: netpath_common::Redirect) -> u64 {
+        self.redirected.get(how.name()).copied().unwrap_or(0)
+    }
+
+    /// Packets redirected into containers (judged on the way or not) and
+    /// out of host interfaces (next hop resolved or not).
+    pub fn redirected_in_and_out(&self) -> (u64, u64) {
+        use netpath_common::Redirect::*;
+        (
+            self.redirected_as(ToContainer) + self.redirected_as(ToContainerJudged),
+            self.redirected_as(ToHost) + self.redirected_as(ToHostResolving),
+        )
+    }
+
+    /// Packets left to the stack because of `why`.
+    pub fn fell_back_for(&self, why: netpath_common::Fallback) -> u64 {
+        self.fallbacks.get(why.name()).copied().unwrap_or(0)
+    }
 }
 
 /// Conntrack pressure (the datapath's counters, summed over CPUs; each half

@@ -427,8 +427,7 @@ impl Topology {
     /// of host interfaces (next hop known or being resolved).
     pub fn redirects(&self) -> Result<(u64, u64)> {
         let st: netpath_userspace::model::Status = self.ctl_json(&["status"])?;
-        let sum = |hows: [&str; 2]| hows.iter().map(|h| st.fast_path.redirected.get(*h).copied().unwrap_or(0)).sum();
-        Ok((sum(["to-container", "to-container-judged"]), sum(["to-host-interface", "to-host-interface-resolving"])))
+        Ok(st.fast_path.redirected_in_and_out())
     }
 
     /// The agent's `/metrics` on its API socket, as text.

@@ -14,6 +14,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use netpath_common::{Fallback, Redirect};
 use netpath_tests::topology::{Topology, HOST_UPLINK_IP, HOST_UPLINK_IP6, WORLD_IP, WORLD_IP6};
 use netpath_userspace::model::Status;
 
@@ -121,12 +122,9 @@ fn status(t: &Topology) -> Status {
     t.ctl_json(&["status"]).unwrap()
 }
 
-fn redirected(st: &Status, how: &str) -> u64 {
-    st.fast_path.redirected.get(how).copied().unwrap_or(0)
-}
-
-fn fallbacks(st: &Status, why: &str) -> u64 {
-    st.fast_path.fallbacks.get(why).copied().unwrap_or(0)
+/// Packets redirected out of host interfaces between two readings.
+fn redirected_out(before: &Status, after: &Status) -> u64 {
+    after.fast_path.redirected_in_and_out().1 - before.fast_path.redirected_in_and_out().1
 }
 
 /// Published, masqueraded and container-to-container traffic: every
@@ -170,14 +168,14 @@ fn every_path_is_redirected_around_the_bridge() {
     // (N). The first packet of each of the two flows into c1 (new sockets)
     // has no verdict of c1's yet: c1's inbound policy judges it on the way.
     // Replies find the verdict their flow's start left.
-    let judged = redirected(&after, "to-container-judged") - redirected(&before, "to-container-judged");
+    let judged = after.fast_path.redirected_as(Redirect::ToContainerJudged)
+        - before.fast_path.redirected_as(Redirect::ToContainerJudged);
     assert_eq!(judged, 2, "one per new flow into a container: {:?}", after.fast_path);
-    let into = redirected(&after, "to-container") - redirected(&before, "to-container");
+    let into =
+        after.fast_path.redirected_as(Redirect::ToContainer) - before.fast_path.redirected_as(Redirect::ToContainer);
     assert!(into + judged >= 4 * N as u64, "redirected into containers: {into} ({:?})", after.fast_path);
     // Out: c1's replies to the world (N), c2 to the world (N).
-    let out = redirected(&after, "to-host-interface") + redirected(&after, "to-host-interface-resolving")
-        - redirected(&before, "to-host-interface")
-        - redirected(&before, "to-host-interface-resolving");
+    let out = redirected_out(&before, &after);
     assert!(out >= 2 * N as u64, "redirected out: {out} ({:?})", after.fast_path);
     // 6N packets crossed the host; the bridge saw at most a few (a late
     // ARP).
@@ -225,13 +223,13 @@ fn every_ipv6_path_is_redirected_around_the_bridge() {
     let after = status(&t);
     let bridge_after = bridge_packets(&t, &after.bridge);
 
-    let judged = redirected(&after, "to-container-judged") - redirected(&before, "to-container-judged");
+    let judged = after.fast_path.redirected_as(Redirect::ToContainerJudged)
+        - before.fast_path.redirected_as(Redirect::ToContainerJudged);
     assert_eq!(judged, 2, "one per new flow into a container: {:?}", after.fast_path);
-    let into = redirected(&after, "to-container") - redirected(&before, "to-container");
+    let into =
+        after.fast_path.redirected_as(Redirect::ToContainer) - before.fast_path.redirected_as(Redirect::ToContainer);
     assert!(into + judged >= 4 * N as u64, "redirected into containers: {into} ({:?})", after.fast_path);
-    let out = redirected(&after, "to-host-interface") + redirected(&after, "to-host-interface-resolving")
-        - redirected(&before, "to-host-interface")
-        - redirected(&before, "to-host-interface-resolving");
+    let out = redirected_out(&before, &after);
     assert!(out >= 2 * N as u64, "redirected out: {out} ({:?})", after.fast_path);
     assert!(bridge_after - bridge_before < 10, "the bridge carried {} packets", bridge_after - bridge_before);
     let fell_back: u64 = after.fast_path.fallbacks.values().sum();
@@ -320,7 +318,7 @@ fn tcp_sink(t: &Topology, ns: &str, addr: SocketAddr) -> JoinHandle<u64> {
 /// the fast path: the container's TCP hands its veth packets of up to 64
 /// KiB (GSO), cut into segments on the way out, and the route's MTU is
 /// checked per segment, as the stack's forwarding does. Checked whole,
-/// every such packet fell back as "mtu-exceeded" and crossed the bridge.
+/// every such packet fell back as MtuExceeded and crossed the bridge.
 #[test]
 fn a_bulk_transfer_out_of_a_container_stays_on_the_fast_path() {
     let t = topology(1, &[]);
@@ -344,7 +342,8 @@ fn a_bulk_transfer_out_of_a_container_stays_on_the_fast_path() {
         assert_eq!(sink.join().unwrap(), BYTES as u64);
         let after = status(&t);
         let bridged = bridge_packets(&t, &after.bridge) - bridge_before;
-        let too_big = fallbacks(&after, "mtu-exceeded") - fallbacks(&before, "mtu-exceeded");
+        let too_big = after.fast_path.fell_back_for(Fallback::MtuExceeded)
+            - before.fast_path.fell_back_for(Fallback::MtuExceeded);
         assert_eq!(too_big, 0, "to {server}: packets that fell back as too big ({:?})", after.fast_path);
         // The connection's first packet and a neighbour exchange or two.
         assert!(bridged < 12, "to {server}: the bridge carried {bridged} packets ({:?})", after.fast_path);
@@ -368,7 +367,7 @@ fn the_receiving_container_s_policy_holds_on_the_fast_path() {
     exchange_on(&from_c2, c1_ip, 53, 3).unwrap();
     exchange_on(&from_world, HOST_UPLINK_IP, 8053, 3).unwrap();
     let before = status(&t);
-    assert!(redirected(&before, "to-container") >= 4, "{:?}", before.fast_path);
+    assert!(before.fast_path.redirected_as(Redirect::ToContainer) >= 4, "{:?}", before.fast_path);
     t.ctl_ok(&["policy", "add", "c1", "deny", "in", "0.0.0.0/0", "udp/53"]).unwrap();
     assert!(exchange_on(&from_c2, c1_ip, 53, 1).is_err(), "c2 -> c1 cut");
     assert!(exchange_on(&from_world, HOST_UPLINK_IP, 8053, 1).is_err(), "world -> c1 cut");
@@ -421,7 +420,11 @@ fn mtu_and_ttl_fall_back_to_the_stack() {
     let err = probe.recv(&mut [0u8; 64]).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EMSGSIZE), "the host's fragmentation-needed reached the client: {err}");
     let mid = status(&t);
-    assert!(fallbacks(&mid, "mtu-exceeded") > fallbacks(&before, "mtu-exceeded"), "{:?}", mid.fast_path);
+    assert!(
+        mid.fast_path.fell_back_for(Fallback::MtuExceeded) > before.fast_path.fell_back_for(Fallback::MtuExceeded),
+        "{:?}",
+        mid.fast_path
+    );
     // Within the path MTU it is redirected again.
     probe.send(&[0u8; 1000]).unwrap();
     let mut buf = [0u8; 64];
@@ -432,7 +435,11 @@ fn mtu_and_ttl_fall_back_to_the_stack() {
     let err = probe.recv(&mut buf).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EHOSTUNREACH), "the time-exceeded reached the client: {err}");
     let after = status(&t);
-    assert!(fallbacks(&after, "ttl-expiring") > fallbacks(&mid, "ttl-expiring"), "{:?}", after.fast_path);
+    assert!(
+        after.fast_path.fell_back_for(Fallback::TtlExpiring) > mid.fast_path.fell_back_for(Fallback::TtlExpiring),
+        "{:?}",
+        after.fast_path
+    );
     drop(echo);
 }
 
@@ -631,7 +638,7 @@ fn big_datagram(probe: &UdpSocket) -> std::io::Result<usize> {
 
 /// Waits (10 s at most) until a 1400-byte datagram gets EMSGSIZE in the
 /// container: the host's "fragmentation needed" reached it; and checks the
-/// fast path handed it to the stack ("mtu-exceeded").
+/// fast path handed it to the stack (MtuExceeded).
 fn expect_emsgsize(t: &Topology, probe: &UdpSocket, what: &str) {
     let before = status(t);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -648,7 +655,11 @@ fn expect_emsgsize(t: &Topology, probe: &UdpSocket, what: &str) {
         "the host's fragmentation-needed reached the container: {err}"
     );
     let after = status(t);
-    assert!(fallbacks(&after, "mtu-exceeded") > fallbacks(&before, "mtu-exceeded"), "{:?}", after.fast_path);
+    assert!(
+        after.fast_path.fell_back_for(Fallback::MtuExceeded) > before.fast_path.fell_back_for(Fallback::MtuExceeded),
+        "{:?}",
+        after.fast_path
+    );
 }
 
 /// An IPv4 route's own MTU, not locked (`ip route ... mtu 1280`): the
