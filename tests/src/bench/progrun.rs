@@ -170,7 +170,13 @@ pub(super) fn tcp_frame(dmac: [u8; 6], smac: [u8; 6], src: ([u8; 4], u16), dst: 
     frames::eth(dmac, smac, ETH_P_IPV4, &frames::ipv4(src.0, dst.0, IPPROTO_TCP, &[], &seg))
 }
 
-fn tcp_frame6(dmac: [u8; 6], smac: [u8; 6], src: ([u8; 16], u16), dst: ([u8; 16], u16), flags: u8) -> Vec<u8> {
+pub(super) fn tcp_frame6(
+    dmac: [u8; 6],
+    smac: [u8; 6],
+    src: ([u8; 16], u16),
+    dst: ([u8; 16], u16),
+    flags: u8,
+) -> Vec<u8> {
     let seg = frames::tcp6(src.0, dst.0, src.1, dst.1, flags, b"");
     frames::eth(dmac, smac, ETH_P_IPV6, &frames::ipv6(src.0, dst.0, IPPROTO_TCP, &seg))
 }

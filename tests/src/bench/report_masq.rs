@@ -61,8 +61,14 @@ pub fn section(s: &mut String, r: &Results, m: &MasqFigures) {
          values and the destination port moves on after each cycle, so no destination's range is more \
          than 3% used and the first port tried is nearly always free. Later packets and replies: {} runs \
          on one flow. The kernel's repeat loop is not used: it reruns the program on its own output, \
-         whose source is then the host's address, which is never translated.\n",
-        r.method.rounds, m.prog_run_allocations, r.method.prog_run_calls
+         whose source is then the host's address, which is never translated. The same four cases over \
+         IPv6 (masquerade address {}, the container dual-stack), with half as many new flows per round: \
+         an IPv6 flow leaves four entries to IPv4's two (a verdict pair on the veth, both halves of the \
+         translation on the uplink), and each family's table then holds as many.\n",
+        r.method.rounds,
+        m.prog_run_allocations,
+        r.method.prog_run_calls,
+        netpath_tests::topology::HOST_UPLINK_IP6
     );
     let _ = writeln!(s, "| program | case | fresh-frame ns | net ns | rounds (net) |");
     let _ = writeln!(s, "|---|---|---:|---:|---|");

@@ -17,28 +17,42 @@
 //! - a later packet of the same flow (`uplink_egress`): conntrack hit;
 //! - a reply of that flow (`uplink_ingress`): conntrack hit, the
 //!   destination translated back to the container.
+//!
+//! The same four over IPv6 (the entry points tail-call their IPv6 halves),
+//! whose first packet leaves a verdict pair on the veth instead of a
+//! pending entry (IPv6's NAT stage is apart from its policy's), so that
+//! the uplink inserts both halves of the translation.
+
+use std::os::fd::RawFd;
 
 use anyhow::{ensure, Context as _, Result};
 use netpath_common::{
     config::CFG_F_MASQUERADE,
     conntrack::{TCP_ACK, TCP_SYN},
-    DatapathConfig, HookId,
+    container::CONTAINER_F_IPV6,
+    ContainerEntry, DatapathConfig, HookId, In6Addr,
 };
 use netpath_tests::{
     fixtures::{self, C1 as CTR, C1_MAC as CTR_MAC, GATEWAY_MAC, HOST_MAC},
     prog_run::{run, PacketHarness, TEST_IFINDEX},
-    topology::{HOST_UPLINK_IP, WORLD_IP},
+    topology::{HOST_UPLINK_IP, HOST_UPLINK_IP6, WORLD_IP, WORLD_IP6},
 };
 use serde::Serialize;
 
 use super::{
     options::Options,
-    progrun::{budget_of, budget_targets, fresh_median, lowest_batch_median, tcp_frame, EmptyProgram, TC_ACT_OK},
+    plain::{CONTAINER_IP6, SUBNET6},
+    progrun::{
+        budget_of, budget_targets, fresh_median, lowest_batch_median, tcp_frame, tcp_frame6, EmptyProgram, TC_ACT_OK,
+    },
     results::{Series, Target},
 };
 
 const HOST: [u8; 4] = HOST_UPLINK_IP.octets();
 const SERVER: [u8; 4] = WORLD_IP.octets();
+const HOST6: [u8; 16] = HOST_UPLINK_IP6.octets();
+const SERVER6: [u8; 16] = WORLD_IP6.octets();
+const CTR6: [u8; 16] = CONTAINER_IP6.octets();
 const NEXT_HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
 /// netpathd's default `masquerade_ports`.
 const SNAT_PORTS: (u16, u16) = (1024, 32767);
@@ -51,9 +65,74 @@ pub const FLOWS_PER_DESTINATION: u32 = 1000;
 /// below the table's 262144, so that LRU eviction plays no part.
 const MAX_ALLOCATIONS: u32 = 50_000;
 
-/// How many first packets (allocations) a run times.
+/// How many IPv4 first packets (allocations) a run times (IPv6: half as
+/// many, for as many conntrack entries).
 pub fn allocations(calls: u32) -> u32 {
     calls.min(MAX_ALLOCATIONS)
+}
+
+/// A family's frames and figures' names, for the cases both share.
+trait MasqFamily {
+    type Addr: Copy + PartialEq + core::fmt::Debug;
+    const CTR: Self::Addr;
+    const HOST: Self::Addr;
+    const SERVER: Self::Addr;
+    /// Conntrack entries a new flow leaves, veth and uplink together.
+    const ENTRIES_PER_FLOW: u64;
+    /// The cases, in the order [`flows`] times them: the first packet on
+    /// the veth, on the uplink, a later packet, a reply.
+    const CASES: [&'static str; 4];
+    /// A TCP frame between `dmac` and `smac`.
+    fn tcp(dmac: [u8; 6], smac: [u8; 6], src: (Self::Addr, u16), dst: (Self::Addr, u16), flags: u8) -> Vec<u8>;
+    /// The source address and port of a TCP frame of the family.
+    fn source(frame: &[u8]) -> Option<(Self::Addr, u16)>;
+}
+
+struct V4;
+struct V6;
+
+impl MasqFamily for V4 {
+    type Addr = [u8; 4];
+    const CTR: [u8; 4] = CTR;
+    const HOST: [u8; 4] = HOST;
+    const SERVER: [u8; 4] = SERVER;
+    /// The pending entry and the reply half.
+    const ENTRIES_PER_FLOW: u64 = 2;
+    const CASES: [&'static str; 4] = [
+        "first packet of a flow, on the container's veth: conntrack misses, policy, the verdict kept pending masquerade",
+        "first packet of a flow, on the uplink: port allocation, the reply half inserted, SNAT",
+        "later packet of the flow: conntrack hit, SNAT",
+        "reply of the flow: conntrack hit, back to the container",
+    ];
+    fn tcp(dmac: [u8; 6], smac: [u8; 6], src: ([u8; 4], u16), dst: ([u8; 4], u16), flags: u8) -> Vec<u8> {
+        tcp_frame(dmac, smac, src, dst, flags)
+    }
+    fn source(frame: &[u8]) -> Option<([u8; 4], u16)> {
+        let addr = frame.get(26..30)?.try_into().ok()?;
+        Some((addr, u16::from_be_bytes([*frame.get(34)?, *frame.get(35)?])))
+    }
+}
+
+impl MasqFamily for V6 {
+    type Addr = [u8; 16];
+    const CTR: [u8; 16] = CTR6;
+    const HOST: [u8; 16] = HOST6;
+    const SERVER: [u8; 16] = SERVER6;
+    /// The verdict pair on the veth, the translation's two halves.
+    const ENTRIES_PER_FLOW: u64 = 4;
+    const CASES: [&'static str; 4] = [
+        "first packet of a flow over IPv6, on the container's veth: conntrack misses, policy, the verdict pair inserted",
+        "first packet of a flow over IPv6, on the uplink: port allocation, both halves inserted, SNAT",
+        "later packet of the flow over IPv6: conntrack hit, SNAT",
+        "reply of the flow over IPv6: conntrack hit, back to the container",
+    ];
+    fn tcp(dmac: [u8; 6], smac: [u8; 6], src: ([u8; 16], u16), dst: ([u8; 16], u16), flags: u8) -> Vec<u8> {
+        tcp_frame6(dmac, smac, src, dst, flags)
+    }
+    fn source(frame: &[u8]) -> Option<([u8; 16], u16)> {
+        let addr = frame.get(22..38)?.try_into().ok()?;
+        Some((addr, u16::from_be_bytes([*frame.get(54)?, *frame.get(55)?])))
+    }
 }
 
 #[derive(Serialize)]
@@ -109,43 +188,64 @@ pub fn targets(figures: &[Figure]) -> Vec<Target> {
     )
 }
 
-/// The datapath config as the agent writes it with masquerade on.
+/// The datapath config as the agent writes it with masquerade on, for a
+/// dual-stack container (the IPv6 subnet the plain beds use).
 fn configure(h: &mut PacketHarness) -> Result<()> {
     h.dp.write_config(&DatapathConfig {
         masq_addr4: HOST,
+        masq_addr6: In6Addr::from_octets(HOST6),
         masq_port_min: SNAT_PORTS.0,
         masq_port_max: SNAT_PORTS.1,
+        subnet6: In6Addr::from_octets(SUBNET6.network().octets()),
+        subnet6_prefix: SUBNET6.prefix_len().into(),
+        gateway6: In6Addr::from_octets((u128::from(SUBNET6.network()) + 1).to_be_bytes()),
         ..fixtures::config(CFG_F_MASQUERADE)
     })?;
     h.dp.sync_host_addrs4(&[(HOST, 2)])?;
-    h.dp.set_container(TEST_IFINDEX, &fixtures::container(CTR, CTR_MAC, 1, 0))?;
+    h.dp.sync_host_addrs6(&[(In6Addr::from_octets(HOST6), 2)])?;
+    let container =
+        ContainerEntry { ipv6: In6Addr::from_octets(CTR6), ..fixtures::container(CTR, CTR_MAC, 1, CONTAINER_F_IPV6) };
+    h.dp.set_container(TEST_IFINDEX, &container)?;
     Ok(())
 }
 
-fn frame(src: ([u8; 4], u16), dst: ([u8; 4], u16), flags: u8) -> Vec<u8> {
-    tcp_frame(NEXT_HOP_MAC, HOST_MAC, src, dst, flags)
-}
-
-/// Source port of a frame (Ethernet + 20-byte IPv4 header).
-fn src_port(frame: &[u8]) -> Option<u16> {
-    Some(u16::from_be_bytes([*frame.get(34)?, *frame.get(35)?]))
+/// The programs the cases run.
+struct Programs {
+    veth: RawFd,
+    egress: RawFd,
+    ingress: RawFd,
 }
 
 fn one_run(calls: u32) -> Result<Vec<Sample>> {
     let mut h = PacketHarness::new()?;
     configure(&mut h)?;
     let empty = EmptyProgram::load()?;
-    let egress = h.dp.program_fd(HookId::UplinkEgress.program())?;
-    let ingress = h.dp.program_fd(HookId::UplinkIngress.program())?;
-    let veth = h.dp.program_fd(HookId::VethIngress.program())?;
-    let probe = frame((CTR, CTR_PORT), (SERVER, SERVER_PORT), TCP_SYN);
+    let progs = Programs {
+        veth: h.dp.program_fd(HookId::VethIngress.program())?,
+        egress: h.dp.program_fd(HookId::UplinkEgress.program())?,
+        ingress: h.dp.program_fd(HookId::UplinkIngress.program())?,
+    };
+    let probe = V4::tcp(NEXT_HOP_MAC, HOST_MAC, (CTR, CTR_PORT), (SERVER, SERVER_PORT), TCP_SYN);
     let base = fresh_median(empty.fd(), &probe, calls)?;
-    let sample = |case, program, fresh: f64| Sample { case, program, fresh_ns: fresh, net_ns: fresh - base };
-    let mut out = vec![sample("empty tc program (runner overhead)", "-", base)];
+    let mut out =
+        vec![Sample { case: "empty tc program (runner overhead)", program: "-", fresh_ns: base, net_ns: 0.0 }];
+    out.extend(flows::<V4>(&mut h, &progs, calls, base)?);
+    out.extend(flows::<V6>(&mut h, &progs, calls, base)?);
+    Ok(out)
+}
 
-    // First packets: a new flow every run, judged on the container's veth,
-    // then masqueraded on the uplink.
-    let n = allocations(calls);
+/// A family's four cases (`F::CASES`), `base` being the empty program's
+/// figure: new flows, each judged on the container's veth then
+/// masqueraded on the uplink, then one flow's later packets and replies.
+fn flows<F: MasqFamily>(h: &mut PacketHarness, p: &Programs, calls: u32, base: f64) -> Result<Vec<Sample>> {
+    let out =
+        |from_host: (F::Addr, u16), to: (F::Addr, u16), flags| F::tcp(NEXT_HOP_MAC, HOST_MAC, from_host, to, flags);
+    let sample =
+        |i: usize, program, fresh: f64| Sample { case: F::CASES[i], program, fresh_ns: fresh, net_ns: fresh - base };
+    let inserted_before = h.dp.ct_stats()?.inserts;
+    // As many entries in either family's table (IPv6's flows leave twice
+    // IPv4's), well below its size, so that LRU eviction plays no part.
+    let n = allocations(calls) * V4::ENTRIES_PER_FLOW as u32 / F::ENTRIES_PER_FLOW as u32;
     let (mut judged, mut masqueraded) = (Vec::with_capacity(n as usize), Vec::with_capacity(n as usize));
     for i in 0..n {
         if i % 10_000 == 0 {
@@ -153,64 +253,43 @@ fn one_run(calls: u32) -> Result<Vec<Sample>> {
         }
         let sport = CTR_PORT + (i % FLOWS_PER_DESTINATION) as u16;
         let dport = 10_000 + (i / FLOWS_PER_DESTINATION) as u16;
-        let sent = tcp_frame(GATEWAY_MAC, CTR_MAC, (CTR, sport), (SERVER, dport), TCP_SYN);
-        let r = run(veth, &sent, 1).context("BPF_PROG_TEST_RUN")?;
+        let sent = F::tcp(GATEWAY_MAC, CTR_MAC, (F::CTR, sport), (F::SERVER, dport), TCP_SYN);
+        let r = run(p.veth, &sent, 1).context("BPF_PROG_TEST_RUN")?;
         ensure!(r.verdict == TC_ACT_OK && r.data == sent, "new flow {i} did not pass c1's veth untouched");
         judged.push(r.duration_ns as u64);
-        let r = run(egress, &frame((CTR, sport), (SERVER, dport), TCP_SYN), 1).context("BPF_PROG_TEST_RUN")?;
-        let port = src_port(&r.data).unwrap_or(0);
+        let r = run(p.egress, &out((F::CTR, sport), (F::SERVER, dport), TCP_SYN), 1).context("BPF_PROG_TEST_RUN")?;
+        let source = F::source(&r.data);
         ensure!(
             r.verdict == TC_ACT_OK
-                && r.data.get(26..30) == Some(&HOST[..])
-                && (SNAT_PORTS.0..=SNAT_PORTS.1).contains(&port),
-            "new flow {i} was not masqueraded (verdict {}, source port {port})",
+                && source.is_some_and(|(a, port)| a == F::HOST && (SNAT_PORTS.0..=SNAT_PORTS.1).contains(&port)),
+            "new flow {i} was not masqueraded (verdict {}, source {source:?})",
             r.verdict
         );
         masqueraded.push(r.duration_ns as u64);
     }
-    // The pending entry and the reply half of every flow, and nothing else.
-    let inserted = h.dp.ct_stats()?.inserts;
-    ensure!(inserted == 2 * n as u64, "{n} new flows inserted {inserted} conntrack entries, not {}", 2 * n);
-    out.push(sample(
-        "first packet of a flow, on the container's veth: conntrack misses, policy, the verdict kept pending masquerade",
-        HookId::VethIngress.program(),
-        lowest_batch_median(&judged),
-    ));
-    out.push(sample(
-        "first packet of a flow, on the uplink: port allocation, the reply half inserted, SNAT",
-        HookId::UplinkEgress.program(),
-        lowest_batch_median(&masqueraded),
-    ));
+    // What every flow leaves, and nothing else.
+    let inserted = h.dp.ct_stats()?.inserts - inserted_before;
+    let want = F::ENTRIES_PER_FLOW * u64::from(n);
+    ensure!(inserted == want, "{n} new flows inserted {inserted} conntrack entries, not {want}");
+    let mut samples = vec![
+        sample(0, HookId::VethIngress.program(), lowest_batch_median(&judged)),
+        sample(1, HookId::UplinkEgress.program(), lowest_batch_median(&masqueraded)),
+    ];
 
     // One flow, then its later packets and its replies.
-    let syn = run(egress, &probe, 1).context("BPF_PROG_TEST_RUN")?;
-    let port = src_port(&syn.data).context("short output frame")?;
-    ensure!(
-        syn.verdict == TC_ACT_OK && syn.data == frame((HOST, port), (SERVER, SERVER_PORT), TCP_SYN),
-        "the probe flow was not masqueraded"
-    );
-    let ack = frame((CTR, CTR_PORT), (SERVER, SERVER_PORT), TCP_ACK);
-    let r = run(egress, &ack, 1).context("BPF_PROG_TEST_RUN")?;
-    ensure!(
-        r.data == frame((HOST, port), (SERVER, SERVER_PORT), TCP_ACK),
-        "a later packet was not translated as its flow"
-    );
-    out.push(sample(
-        "later packet of the flow: conntrack hit, SNAT",
-        HookId::UplinkEgress.program(),
-        fresh_median(egress, &ack, calls)?,
-    ));
+    let (ctr, server) = ((F::CTR, CTR_PORT), (F::SERVER, SERVER_PORT));
+    let syn = run(p.egress, &out(ctr, server, TCP_SYN), 1).context("BPF_PROG_TEST_RUN")?;
+    let (_, port) = F::source(&syn.data).context("short output frame")?;
+    let host = (F::HOST, port);
+    ensure!(syn.verdict == TC_ACT_OK && syn.data == out(host, server, TCP_SYN), "the probe flow was not masqueraded");
+    let ack = out(ctr, server, TCP_ACK);
+    let r = run(p.egress, &ack, 1).context("BPF_PROG_TEST_RUN")?;
+    ensure!(r.data == out(host, server, TCP_ACK), "a later packet was not translated as its flow");
+    samples.push(sample(2, HookId::UplinkEgress.program(), fresh_median(p.egress, &ack, calls)?));
 
-    let reply = frame((SERVER, SERVER_PORT), (HOST, port), TCP_ACK);
-    let r = run(ingress, &reply, 1).context("BPF_PROG_TEST_RUN")?;
-    ensure!(
-        r.data == frame((SERVER, SERVER_PORT), (CTR, CTR_PORT), TCP_ACK),
-        "a reply was not translated back to the container"
-    );
-    out.push(sample(
-        "reply of the flow: conntrack hit, back to the container",
-        HookId::UplinkIngress.program(),
-        fresh_median(ingress, &reply, calls)?,
-    ));
-    Ok(out)
+    let reply = out(server, host, TCP_ACK);
+    let r = run(p.ingress, &reply, 1).context("BPF_PROG_TEST_RUN")?;
+    ensure!(r.data == out(server, ctr, TCP_ACK), "a reply was not translated back to the container");
+    samples.push(sample(3, HookId::UplinkIngress.program(), fresh_median(p.ingress, &reply, calls)?));
+    Ok(samples)
 }
