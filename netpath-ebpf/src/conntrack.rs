@@ -4,7 +4,7 @@
 use aya_ebpf::programs::TcContext;
 use netpath_common::{
     conntrack::{CtState, CtTimeouts, CLOSED, CT_F_MASQ_PENDING, CT_F_REPLY, CT_F_SNAT, IPPROTO_TCP, TCP_FIN},
-    CtEntry, CtEntry4, CtKey, CtKey4, CtStats, DatapathConfig, DropReason,
+    CtEntry, CtKey, CtStats, DatapathConfig, DropReason,
 };
 
 use crate::{
@@ -249,12 +249,12 @@ pub fn create_pending<A: Family>(
 /// the one that finds it completed after its own insert takes its reply
 /// half back (`Raced`, the packet follows the other's translation).
 #[inline(always)]
-pub fn complete_pending4(
-    orig_key: &CtKey4,
-    orig: *mut CtEntry4,
-    reply_key: &CtKey4,
-    reply: &mut CtEntry4,
-    snat: ([u8; 4], u16),
+pub fn complete_pending<A: Family>(
+    orig_key: &CtKey<A>,
+    orig: *mut CtEntry<A>,
+    reply_key: &CtKey<A>,
+    reply: &mut CtEntry<A>,
+    snat: (A, u16),
 ) -> Result<(), CreateError> {
     // SAFETY: a map value pointer, valid during the program run.
     let o = unsafe { &mut *orig };

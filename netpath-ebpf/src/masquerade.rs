@@ -10,7 +10,7 @@ use netpath_common::{
     conntrack::{CtState, CT_F_DNAT, CT_F_POLICY, CT_F_REPLY, CT_F_SNAT, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     family::{ICMPV6_ECHO_REPLY, IPPROTO_ICMPV6},
     masquerade::{PortRange, MAX_TRIES},
-    CtEntry4, CtKey, CtKey4, CtScope, DatapathConfig, DropReason, In6Addr,
+    CtEntry, CtEntry4, CtEntry6, CtKey, CtKey4, CtScope, DatapathConfig, DropReason, In6Addr,
 };
 
 use crate::{
@@ -89,7 +89,7 @@ pub fn new_flow4(
             fwd.snat_port = port_be;
             let created = match pending {
                 Some(entry) => {
-                    conntrack::complete_pending4(&flow.key, entry, &reply_key, rev, (cfg.masq_addr4, port_be))
+                    conntrack::complete_pending(&flow.key, entry, &reply_key, rev, (cfg.masq_addr4, port_be))
                 }
                 None => conntrack::create(&flow.key, fwd, &reply_key, rev, flow.key.proto, cfg),
             };
@@ -114,7 +114,7 @@ pub fn new_flow4(
 /// The reply half of a pending masquerade carries the verdict its original
 /// half has (the container's, given on its veth).
 #[inline(always)]
-fn carry_pending(orig: &CtEntry4, rev: &mut CtEntry4) {
+fn carry_pending<A>(orig: &CtEntry<A>, rev: &mut CtEntry<A>) {
     rev.container_id = orig.container_id;
     rev.flags |= orig.flags & CT_F_POLICY;
     rev.policy_epoch = orig.policy_epoch;
@@ -146,13 +146,20 @@ fn set_starter4(key: &CtKey4, fwd: &mut CtEntry4, rev: &mut CtEntry4) {
     }
 }
 
-/// [`new_flow4`] for IPv6, at the uplink's egress (IPv6 keeps no pending
-/// verdicts: the container's veth kept a verdict pair, and the masquerade's
-/// entries carry the container's id, so that they die with it). The two
-/// entries are written in this CPU's scratch. Ok(false): another CPU
-/// created the flow meanwhile; its entries stand, for the caller to follow.
+/// [`new_flow4`] for IPv6, at the uplink's egress: a flow `pending` on its
+/// veth is completed in place (one insert, the reply half, which carries
+/// the verdict); otherwise (a verdict pair from before pending verdicts)
+/// both halves are inserted, carrying the container's id so that they die
+/// with it, and the pair keeps the verdict. The entries are written in
+/// this CPU's scratch. Ok(false): another CPU created the flow meanwhile;
+/// its entries stand, for the caller to follow.
 #[inline(never)]
-pub fn new_flow6(ctx: &TcContext, flow: &Flow6, cfg: &DatapathConfig) -> Result<bool, DropReason> {
+pub fn new_flow6(
+    ctx: &TcContext,
+    flow: &Flow6,
+    cfg: &DatapathConfig,
+    pending: Option<*mut CtEntry6>,
+) -> Result<bool, DropReason> {
     let Some(range) = PortRange::new(cfg.masq_port_min, cfg.masq_port_max) else {
         return Err(DropReason::NatUnavailable);
     };
@@ -174,15 +181,19 @@ pub fn new_flow6(ctx: &TcContext, flow: &Flow6, cfg: &DatapathConfig) -> Result<
     (k.saddr, k.daddr, k.sport, k.dport, k.icmp_type) =
         (flow.key.saddr, flow.key.daddr, flow.key.sport, flow.key.dport, flow.key.icmp_type);
     (k.proto, k.scope, k._pad) = (flow.key.proto, CtScope::PolicyOut as u8, 0);
-    let starter = match conntrack::lookup(&s.key) {
-        // SAFETY: map value pointer, valid during the run.
-        Some(verdict) => unsafe { (*verdict).container_id },
-        None => 0,
-    };
     let (fwd, rev) = (&mut s.entry, &mut s.reply_entry);
-    (fwd.snat_addr, fwd.flags, fwd.state, fwd.container_id) = (cfg.masq_addr6, CT_F_SNAT, CtState::New as u8, starter);
+    (fwd.snat_addr, fwd.flags, fwd.state) = (cfg.masq_addr6, CT_F_SNAT, CtState::New as u8);
     (fwd.packets, fwd.bytes) = (1, ctx.len() as u64);
-    (rev.dnat_addr, rev.dnat_port, rev.flags, rev.container_id) = (flow.key.saddr, flow.key.sport, CT_F_DNAT, starter);
+    (rev.dnat_addr, rev.dnat_port, rev.flags) = (flow.key.saddr, flow.key.sport, CT_F_DNAT);
+    match pending {
+        // SAFETY: map value pointer, valid during the run.
+        Some(entry) => carry_pending(unsafe { &*entry }, rev),
+        None => {
+            // SAFETY: map value pointer, valid during the run.
+            let starter = conntrack::lookup(&s.key).map_or(0, |verdict| unsafe { (*verdict).container_id });
+            (fwd.container_id, rev.container_id) = (starter, starter);
+        }
+    }
     let mut port = range.first(u16::from_be(flow.key.sport), || unsafe { bpf_get_prandom_u32() });
     for _ in 0..MAX_TRIES {
         let port_be = port.to_be();
@@ -197,7 +208,20 @@ pub fn new_flow6(ctx: &TcContext, flow: &Flow6, cfg: &DatapathConfig) -> Result<
                 || host_sockets::owns(ctx, &s.reply_key));
         if !taken_by_host {
             s.entry.snat_port = port_be;
-            match conntrack::create(&flow.key, &mut s.entry, &s.reply_key, &mut s.reply_entry, flow.key.proto, cfg) {
+            let created = match pending {
+                Some(entry) => conntrack::complete_pending(
+                    &flow.key,
+                    entry,
+                    &s.reply_key,
+                    &mut s.reply_entry,
+                    (cfg.masq_addr6, port_be),
+                ),
+                None => {
+                    conntrack::create(&flow.key, &mut s.entry, &s.reply_key, &mut s.reply_entry, flow.key.proto, cfg)
+                }
+            };
+            match created {
+                // The completed entry says what `s.entry` does.
                 Ok(()) => return nat::apply6(ctx, flow, &s.entry).map(|()| true),
                 Err(CreateError::Taken) => {}
                 Err(CreateError::Raced) => return Ok(false),

@@ -217,6 +217,21 @@ fn remember_in_scratch<A: Family>(
     settled(conntrack::create_verdict(&s.key, &s.reply_key, &mut s.entry, packet_is_orig, len, cfg))
 }
 
+/// [`remember_pending`] for a family whose entries are built in its
+/// scratch (IPv6's): `orig` is the packet's own tuple.
+#[inline(never)]
+fn remember_pending_in_scratch<A: Family>(orig: &CtKey<A>, container: &ContainerEntry) -> Result<(), DropReason> {
+    let Some(cfg) = config() else { return Ok(()) };
+    let Some(s) = A::scratch() else { return Err(DropReason::TableFull) };
+    // SAFETY: this CPU's scratch, used by this run only.
+    let s = unsafe { &mut *s };
+    write_key(&mut s.key, orig, false, CtScope::Nat);
+    // SAFETY: as above.
+    unsafe { zero::zero(&raw mut s.entry) };
+    (s.entry.flags, s.entry.policy_epoch, s.entry.container_id) = (CT_F_POLICY, container.policy_epoch, container.id);
+    settled(conntrack::create_pending(&s.key, &mut s.entry, cfg))
+}
+
 /// `dst` = `k` (reversed if `reversed`) in `scope`, written in place.
 #[inline(always)]
 fn write_key<A: Family>(dst: &mut CtKey<A>, k: &CtKey<A>, reversed: bool, scope: CtScope) {
@@ -435,9 +450,13 @@ fn new_flow<A: Family>(
         return Err(DropReason::Policy);
     }
     if A::IN_SCRATCH {
-        // No masquerade to wait for (no NAT): the verdict pair is written
-        // from the packet's tuple, with no copy of the flow's on the stack.
-        remember_in_scratch(&flow.key, starter, own, container, ctx.len())?;
+        // Written from the packet's tuple, with no copy of the flow's on
+        // the stack: a masquerade pending, or the verdict pair.
+        if own && direction == Direction::Out && crate::masquerade::bound(&flow.key, cfg) {
+            remember_pending_in_scratch(&flow.key, container)?;
+        } else {
+            remember_in_scratch(&flow.key, starter, own, container, ctx.len())?;
+        }
         fragment::first(flow, CtScope::policy(direction));
         if cfg.has(CFG_F_TRACE_FLOWS) {
             trace_flow(&flow.key, !own, container, direction);
@@ -445,8 +464,6 @@ fn new_flow<A: Family>(
         return Ok(());
     }
     let orig = if own { flow.key } else { flow.key.reversed() };
-    // (A masquerade pending on IPv4's veth; IPv6's keeps its verdict pair,
-    // written above.)
     if own && direction == Direction::Out && crate::masquerade::bound(&orig, cfg) {
         remember_pending(&orig, container)?;
     } else {

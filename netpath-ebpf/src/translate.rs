@@ -501,13 +501,18 @@ pub fn translate_outbound6(ctx: &TcContext) -> Result<(), DropReason> {
         // Neighbour discovery stays on its link; not IPv6: not this path's.
         Err(NoFlow::Neighbour { .. } | NoFlow::OtherEtherType) => return Ok(()),
     };
-    if let Some(entry) = conntrack::lookup_or_forget(&flow.key) {
-        conntrack::touch(entry, &flow, ctx.len(), cfg);
-        // SAFETY: map value pointer, valid during the run.
-        nat::apply6(ctx, &flow, unsafe { &*entry })?;
-        first_fragment_translated6(&flow);
-        return Ok(());
-    }
+    let pending = match conntrack::lookup_or_forget(&flow.key) {
+        // SAFETY (both arms): map value pointer, valid during the run.
+        // The veth judged this packet a moment ago (and counted it).
+        Some(entry) if unsafe { (*entry).flags } & CT_F_MASQ_PENDING != 0 => Some(entry),
+        Some(entry) => {
+            conntrack::touch(entry, &flow, ctx.len(), cfg);
+            nat::apply6(ctx, &flow, unsafe { &*entry })?;
+            first_fragment_translated6(&flow);
+            return Ok(());
+        }
+        None => None,
+    };
     // A packet that cannot start a flow gets no new translation: dropped,
     // never sent with the private source.
     if !flow.starts_flow() {
@@ -515,7 +520,7 @@ pub fn translate_outbound6(ctx: &TcContext) -> Result<(), DropReason> {
     }
     // Another CPU's flow of this tuple, created meanwhile, is followed
     // here: a frame less on the port search's chain (the stack's limit).
-    match masquerade::new_flow6(ctx, &flow, cfg)? {
+    match masquerade::new_flow6(ctx, &flow, cfg, pending)? {
         true => first_fragment_translated6(&flow),
         false => conntrack::apply_existing(ctx, &flow)?,
     }

@@ -9,8 +9,9 @@
 
 use netpath_common::{
     config::{CFG_F_MASQUERADE, CFG_F_ROUTED},
+    conntrack::CT_F_MASQ_PENDING,
     container::{CONTAINER_F_DEFAULT_DENY_IN, CONTAINER_F_DEFAULT_DENY_OUT, CONTAINER_F_IPV4, CONTAINER_F_IPV6},
-    DatapathConfig, DropReason, HookId, In6Addr, MappingEntry6, MappingKey6,
+    CtKey6, CtScope, DatapathConfig, DropReason, HookId, In6Addr, MappingEntry6, MappingKey6,
 };
 use netpath_tests::{
     fixtures::{self, C1, C1_MAC, C2_MAC, GATEWAY_MAC, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS},
@@ -430,6 +431,71 @@ fn icmpv6_errors_pass_only_about_a_flow_with_a_verdict() {
     body.extend_from_slice(&other);
     let forged = received(router, c1(), IPPROTO_ICMPV6, &frames::icmp6(router, c1(), 2, 0, &body));
     assert_eq!(inbound(&h, &forged), TC_ACT_SHOT);
+}
+
+/// As IPv4's: the container's veth keeps the verdict of a flow masquerade
+/// will translate on the flow's NAT entry, pending, and the uplink
+/// completes it in place; two entries in all, both carrying the rewrite and
+/// the verdict, so that the reply and the container's next packets are
+/// one lookup each (a verdict pair besides was four inserts).
+#[test]
+fn a_masqueraded_ipv6_flow_is_two_entries_that_carry_the_rewrite_and_the_verdict() {
+    let tcp = |src, dst, sport, dport, flags| frames::tcp6(src, dst, sport, dport, flags, b"");
+    let mut h = harness_with(&masq_config6(), 0);
+    let c1_syn = sent(c1(), remote(), IPPROTO_TCP, &tcp(c1(), remote(), 40000, 80, 0x02));
+    assert_eq!(out(&h, &c1_syn), TC_ACT_OK);
+    let flow = CtKey6::new(
+        In6Addr::from_octets(c1()),
+        In6Addr::from_octets(remote()),
+        40000u16.to_be(),
+        80u16.to_be(),
+        IPPROTO_TCP,
+    );
+    let ct = h.dp.ct_entries6().unwrap();
+    assert_eq!(ct.len(), 1, "one entry, no verdict pair: {ct:?}");
+    let (key, e) = ct[0];
+    assert_eq!((key, e.peer), (flow, flow), "the flow's own tuple, in the NAT scope");
+    assert!(e.flags & CT_F_MASQ_PENDING != 0 && e.verdict_of(C1_ID) && e.packets == 1, "{e:?}");
+    // The uplink completes it with a port (40000 is outside the range) and
+    // inserts the reply half.
+    let leaving = frames::eth(
+        C2_MAC,
+        GATEWAY_MAC,
+        ETH_P_IPV6,
+        &frames::ipv6(c1(), remote(), IPPROTO_TCP, &tcp(c1(), remote(), 40000, 80, 0x02)),
+    );
+    let r = h.run(HookId::UplinkEgress.program(), &leaving).unwrap();
+    let port = u16::from_be_bytes([r.data[54], r.data[55]]);
+    assert!((1024..=32767).contains(&port), "a port of the range: {port}");
+    let want = frames::eth(
+        C2_MAC,
+        GATEWAY_MAC,
+        ETH_P_IPV6,
+        &frames::ipv6(host6(), remote(), IPPROTO_TCP, &tcp(host6(), remote(), port, 80, 0x02)),
+    );
+    assert_eq!((r.verdict, fixtures::hex(&r.data)), (TC_ACT_OK, fixtures::hex(&want)), "masqueraded");
+    let ct = h.dp.ct_entries6().unwrap();
+    assert_eq!(ct.len(), 2, "one entry per direction: {ct:?}");
+    assert!(
+        ct.iter()
+            .all(|(k, e)| k.scope() == Some(CtScope::Nat) && e.verdict_of(C1_ID) && e.flags & CT_F_MASQ_PENDING == 0),
+        "{ct:?}"
+    );
+    let stats = h.dp.ct_stats().unwrap();
+    assert_eq!((stats.inserts, stats.removals), (2, 0), "two inserts, nothing deleted");
+    // The answer comes back to c1 and is let in on the verdict its entry
+    // carries; c1's next segment is translated on its veth already.
+    let answer = from_world(remote(), host6(), &tcp(remote(), host6(), 80, port, 0x12));
+    let r = h.run(HookId::UplinkIngress.program(), &answer).unwrap();
+    let back = from_world(remote(), c1(), &tcp(remote(), c1(), 80, 40000, 0x12));
+    assert_eq!((r.verdict, fixtures::hex(&r.data)), (TC_ACT_OK, fixtures::hex(&back)), "back to c1");
+    let at_c1 = received(remote(), c1(), IPPROTO_TCP, &tcp(remote(), c1(), 80, 40000, 0x12));
+    assert_eq!(inbound(&h, &at_c1), TC_ACT_OK);
+    let ack = sent(c1(), remote(), IPPROTO_TCP, &tcp(c1(), remote(), 40000, 80, 0x10));
+    let r = h.run(HookId::VethIngress.program(), &ack).unwrap();
+    let want = sent(host6(), remote(), IPPROTO_TCP, &tcp(host6(), remote(), port, 80, 0x10));
+    assert_eq!((r.verdict, fixtures::hex(&r.data)), (TC_ACT_OK, fixtures::hex(&want)), "translated on c1's veth");
+    assert_eq!(h.dp.ct_entries6().unwrap().len(), 2, "the reply and the next packet added none");
 }
 
 /// A host address of the uplink's (the test's own documentation prefix).
