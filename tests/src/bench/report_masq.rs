@@ -59,12 +59,11 @@ pub fn section(s: &mut String, r: &Results, m: &MasqFigures) {
          (where its verdict waits on its NAT entry) and then masqueraded on the uplink, both timed; the container's source port \
          (40000 up, outside the range like Linux's ephemeral ports) cycles over {FLOWS_PER_DESTINATION} \
          values and the destination port moves on after each cycle, so no destination's range is more \
-         than 3% used and the first port tried is nearly always free. Later packets and replies: {} runs \
-         on one flow. The kernel's repeat loop is not used: it reruns the program on its own output, \
-         whose source is then the host's address, which is never translated. The same four cases over \
-         IPv6 (masquerade address {}, the container dual-stack), with half as many new flows per round: \
-         an IPv6 flow leaves four entries to IPv4's two (a verdict pair on the veth, both halves of the \
-         translation on the uplink), and each family's table then holds as many.\n",
+         than 3% used and the first port tried is nearly always free. Later packets (on the uplink, and \
+         on the container's veth, where one lookup of the flow's entry judges and translates them) and \
+         replies: {} runs on one flow, started as the first packets. The kernel's repeat loop is not used: it reruns the program on its own output, \
+         whose source is then the host's address, which is never translated. The same cases over \
+         IPv6 (masquerade address {}, the container dual-stack), as many flows, in a table of their own.\n",
         r.method.rounds,
         m.prog_run_allocations,
         r.method.prog_run_calls,

@@ -16,12 +16,11 @@
 //!   full and the first port tried is nearly always free;
 //! - a later packet of the same flow (`uplink_egress`): conntrack hit;
 //! - a reply of that flow (`uplink_ingress`): conntrack hit, the
-//!   destination translated back to the container.
+//!   destination translated back to the container;
+//! - a later packet on the container's veth (`veth_ingress`), where the
+//!   flow's entry, carrying the verdict, judges and translates it at once.
 //!
-//! The same four over IPv6 (the entry points tail-call their IPv6 halves),
-//! whose first packet leaves a verdict pair on the veth instead of a
-//! pending entry (IPv6's NAT stage is apart from its policy's), so that
-//! the uplink inserts both halves of the translation.
+//! The same five over IPv6 (the entry points tail-call their IPv6 halves).
 
 use std::os::fd::RawFd;
 
@@ -65,8 +64,7 @@ pub const FLOWS_PER_DESTINATION: u32 = 1000;
 /// below the table's 262144, so that LRU eviction plays no part.
 const MAX_ALLOCATIONS: u32 = 50_000;
 
-/// How many IPv4 first packets (allocations) a run times (IPv6: half as
-/// many, for as many conntrack entries).
+/// How many first packets (allocations) a run times, per family.
 pub fn allocations(calls: u32) -> u32 {
     calls.min(MAX_ALLOCATIONS)
 }
@@ -77,11 +75,9 @@ trait MasqFamily {
     const CTR: Self::Addr;
     const HOST: Self::Addr;
     const SERVER: Self::Addr;
-    /// Conntrack entries a new flow leaves, veth and uplink together.
-    const ENTRIES_PER_FLOW: u64;
-    /// The cases, in the order [`flows`] times them: the first packet on
-    /// the veth, on the uplink, a later packet, a reply.
-    const CASES: [&'static str; 4];
+    /// The cases: the first packet on the veth, on the uplink, a later
+    /// packet on the uplink, a reply, a later packet on the veth.
+    const CASES: [&'static str; 5];
     /// A TCP frame between `dmac` and `smac`.
     fn tcp(dmac: [u8; 6], smac: [u8; 6], src: (Self::Addr, u16), dst: (Self::Addr, u16), flags: u8) -> Vec<u8>;
     /// The source address and port of a TCP frame of the family.
@@ -96,13 +92,12 @@ impl MasqFamily for V4 {
     const CTR: [u8; 4] = CTR;
     const HOST: [u8; 4] = HOST;
     const SERVER: [u8; 4] = SERVER;
-    /// The pending entry and the reply half.
-    const ENTRIES_PER_FLOW: u64 = 2;
-    const CASES: [&'static str; 4] = [
+    const CASES: [&'static str; 5] = [
         "first packet of a flow, on the container's veth: conntrack misses, policy, the verdict kept pending masquerade",
         "first packet of a flow, on the uplink: port allocation, the reply half inserted, SNAT",
         "later packet of the flow: conntrack hit, SNAT",
         "reply of the flow: conntrack hit, back to the container",
+        "later packet of the flow, on the container's veth: one conntrack hit judges and translates it",
     ];
     fn tcp(dmac: [u8; 6], smac: [u8; 6], src: ([u8; 4], u16), dst: ([u8; 4], u16), flags: u8) -> Vec<u8> {
         tcp_frame(dmac, smac, src, dst, flags)
@@ -118,13 +113,12 @@ impl MasqFamily for V6 {
     const CTR: [u8; 16] = CTR6;
     const HOST: [u8; 16] = HOST6;
     const SERVER: [u8; 16] = SERVER6;
-    /// The verdict pair on the veth, the translation's two halves.
-    const ENTRIES_PER_FLOW: u64 = 4;
-    const CASES: [&'static str; 4] = [
-        "first packet of a flow over IPv6, on the container's veth: conntrack misses, policy, the verdict pair inserted",
-        "first packet of a flow over IPv6, on the uplink: port allocation, both halves inserted, SNAT",
+    const CASES: [&'static str; 5] = [
+        "first packet of a flow over IPv6, on the container's veth: conntrack misses, policy, the verdict kept pending masquerade",
+        "first packet of a flow over IPv6, on the uplink: port allocation, the reply half inserted, SNAT",
         "later packet of the flow over IPv6: conntrack hit, SNAT",
         "reply of the flow over IPv6: conntrack hit, back to the container",
+        "later packet of the flow over IPv6, on the container's veth: one conntrack hit judges and translates it",
     ];
     fn tcp(dmac: [u8; 6], smac: [u8; 6], src: ([u8; 16], u16), dst: ([u8; 16], u16), flags: u8) -> Vec<u8> {
         tcp_frame6(dmac, smac, src, dst, flags)
@@ -234,7 +228,7 @@ fn one_run(calls: u32) -> Result<Vec<Sample>> {
     Ok(out)
 }
 
-/// A family's four cases (`F::CASES`), `base` being the empty program's
+/// A family's cases (`F::CASES`), `base` being the empty program's
 /// figure: new flows, each judged on the container's veth then
 /// masqueraded on the uplink, then one flow's later packets and replies.
 fn flows<F: MasqFamily>(h: &mut PacketHarness, p: &Programs, calls: u32, base: f64) -> Result<Vec<Sample>> {
@@ -243,9 +237,7 @@ fn flows<F: MasqFamily>(h: &mut PacketHarness, p: &Programs, calls: u32, base: f
     let sample =
         |i: usize, program, fresh: f64| Sample { case: F::CASES[i], program, fresh_ns: fresh, net_ns: fresh - base };
     let inserted_before = h.dp.ct_stats()?.inserts;
-    // As many entries in either family's table (IPv6's flows leave twice
-    // IPv4's), well below its size, so that LRU eviction plays no part.
-    let n = allocations(calls) * V4::ENTRIES_PER_FLOW as u32 / F::ENTRIES_PER_FLOW as u32;
+    let n = allocations(calls);
     let (mut judged, mut masqueraded) = (Vec::with_capacity(n as usize), Vec::with_capacity(n as usize));
     for i in 0..n {
         if i % 10_000 == 0 {
@@ -269,7 +261,8 @@ fn flows<F: MasqFamily>(h: &mut PacketHarness, p: &Programs, calls: u32, base: f
     }
     // What every flow leaves, and nothing else.
     let inserted = h.dp.ct_stats()?.inserts - inserted_before;
-    let want = F::ENTRIES_PER_FLOW * u64::from(n);
+    // The pending entry and the reply half, in either family.
+    let want = 2 * u64::from(n);
     ensure!(inserted == want, "{n} new flows inserted {inserted} conntrack entries, not {want}");
     let mut samples = vec![
         sample(0, HookId::VethIngress.program(), lowest_batch_median(&judged)),
@@ -278,6 +271,11 @@ fn flows<F: MasqFamily>(h: &mut PacketHarness, p: &Programs, calls: u32, base: f
 
     // One flow, then its later packets and its replies.
     let (ctr, server) = ((F::CTR, CTR_PORT), (F::SERVER, SERVER_PORT));
+    // Its first packet as the datapath takes it: judged on the veth, the
+    // verdict kept pending, then masqueraded on the uplink.
+    let from_ctr = |from: (F::Addr, u16), flags| F::tcp(GATEWAY_MAC, CTR_MAC, from, server, flags);
+    let r = run(p.veth, &from_ctr(ctr, TCP_SYN), 1).context("BPF_PROG_TEST_RUN")?;
+    ensure!(r.verdict == TC_ACT_OK, "the probe flow did not pass c1's veth");
     let syn = run(p.egress, &out(ctr, server, TCP_SYN), 1).context("BPF_PROG_TEST_RUN")?;
     let (_, port) = F::source(&syn.data).context("short output frame")?;
     let host = (F::HOST, port);
@@ -286,6 +284,14 @@ fn flows<F: MasqFamily>(h: &mut PacketHarness, p: &Programs, calls: u32, base: f
     let r = run(p.egress, &ack, 1).context("BPF_PROG_TEST_RUN")?;
     ensure!(r.data == out(host, server, TCP_ACK), "a later packet was not translated as its flow");
     samples.push(sample(2, HookId::UplinkEgress.program(), fresh_median(p.egress, &ack, calls)?));
+    // On the veth, one lookup judges and translates it.
+    let sent = from_ctr(ctr, TCP_ACK);
+    let r = run(p.veth, &sent, 1).context("BPF_PROG_TEST_RUN")?;
+    ensure!(
+        r.verdict == TC_ACT_OK && r.data == from_ctr(host, TCP_ACK),
+        "a later packet was not translated on c1's veth"
+    );
+    samples.push(sample(4, HookId::VethIngress.program(), fresh_median(p.veth, &sent, calls)?));
 
     let reply = out(server, host, TCP_ACK);
     let r = run(p.ingress, &reply, 1).context("BPF_PROG_TEST_RUN")?;
