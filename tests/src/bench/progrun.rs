@@ -26,7 +26,7 @@ use netpath_common::{
     MappingKey6,
 };
 use netpath_tests::{
-    fixtures::{self, C1 as CTR, C1_MAC as CTR_MAC, CLIENT_MAC, GATEWAY, HOST_MAC},
+    fixtures::{self, C1 as CTR, C1_MAC as CTR_MAC, CLIENT_MAC, GATEWAY, GATEWAY_MAC, HOST_MAC},
     frames::{self, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP},
     prog_run::{run, PacketHarness, TEST_IFINDEX},
     topology::{HOST_UPLINK_IP, HOST_UPLINK_IP6, WORLD_IP, WORLD_IP6},
@@ -201,13 +201,13 @@ fn frames() -> Frames {
     Frames {
         syn: tcp_frame(HOST_MAC, CLIENT_MAC, client, (HOST, HIT_PORT), TCP_SYN),
         syn_dnat: tcp_frame(HOST_MAC, CLIENT_MAC, client, (CTR, CONTAINER_PORT), TCP_SYN),
-        synack: tcp_frame(HOST_MAC, CTR_MAC, (CTR, CONTAINER_PORT), client, TCP_SYN_ACK),
-        synack_revnat: tcp_frame(HOST_MAC, CTR_MAC, (HOST, HIT_PORT), client, TCP_SYN_ACK),
+        synack: tcp_frame(GATEWAY_MAC, CTR_MAC, (CTR, CONTAINER_PORT), client, TCP_SYN_ACK),
+        synack_revnat: tcp_frame(GATEWAY_MAC, CTR_MAC, (HOST, HIT_PORT), client, TCP_SYN_ACK),
         miss: tcp_frame(HOST_MAC, CLIENT_MAC, client, (HOST, UNPUBLISHED_PORT), TCP_SYN),
         syn6: tcp_frame6(HOST_MAC, CLIENT_MAC, client6, (HOST6, HIT_PORT), TCP_SYN),
         syn6_dnat: tcp_frame6(HOST_MAC, CLIENT_MAC, client6, (CTR6, CONTAINER_PORT), TCP_SYN),
-        synack6: tcp_frame6(HOST_MAC, CTR_MAC, (CTR6, CONTAINER_PORT), client6, TCP_SYN_ACK),
-        synack6_revnat: tcp_frame6(HOST_MAC, CTR_MAC, (HOST6, HIT_PORT), client6, TCP_SYN_ACK),
+        synack6: tcp_frame6(GATEWAY_MAC, CTR_MAC, (CTR6, CONTAINER_PORT), client6, TCP_SYN_ACK),
+        synack6_revnat: tcp_frame6(GATEWAY_MAC, CTR_MAC, (HOST6, HIT_PORT), client6, TCP_SYN_ACK),
     }
 }
 

@@ -370,7 +370,10 @@ fn prog_run(s: &mut String, r: &Results) {
          IPv6 flows to the same port beside the kernel floor of IPv6's keys and entries (40 and 120 bytes \
          against IPv4's 16 and 72), at one published port: the IPv4 entry point, its tail call to the IPv6 \
          half, and that half's tail call to the IPv6 fast path, whose decision, with the flags the benchmark \
-         configures, is to leave the packet to the stack.\n",
+         configures, is to leave the packet to the stack. The container's reply is addressed to the gateway's \
+         MAC, as a container sends it to the world, so the veth's figures include the route lookup that checks \
+         a translated packet against its route (runs before 2026-12-06 addressed it to the uplink's MAC, \
+         which the routing decision left at once: about 100 ns less).\n",
         r.method.prog_run_calls,
         r.method.prog_run_calls,
         super::attach::CONTAINERS
