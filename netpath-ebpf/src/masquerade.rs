@@ -175,12 +175,6 @@ pub fn new_flow6(
         &mut *s
     };
     let icmp = flow.key.proto == IPPROTO_ICMPV6;
-    // The keys, field by field in the scratch too (this chain's frames
-    // are at the stack's limit otherwise).
-    let k = &mut s.key;
-    (k.saddr, k.daddr, k.sport, k.dport, k.icmp_type) =
-        (flow.key.saddr, flow.key.daddr, flow.key.sport, flow.key.dport, flow.key.icmp_type);
-    (k.proto, k.scope, k._pad) = (flow.key.proto, CtScope::PolicyOut as u8, 0);
     let (fwd, rev) = (&mut s.entry, &mut s.reply_entry);
     (fwd.snat_addr, fwd.flags, fwd.state) = (cfg.masq_addr6, CT_F_SNAT, CtState::New as u8);
     (fwd.packets, fwd.bytes) = (1, ctx.len() as u64);
@@ -188,7 +182,14 @@ pub fn new_flow6(
     match pending {
         // SAFETY: map value pointer, valid during the run.
         Some(entry) => carry_pending(unsafe { &*entry }, rev),
+        // The container of the verdict pair its veth kept: the key of the
+        // pair's out half, field by field in the scratch too (as the
+        // reply's below: this chain's frames are at the stack's limit).
         None => {
+            let k = &mut s.key;
+            (k.saddr, k.daddr, k.sport, k.dport, k.icmp_type) =
+                (flow.key.saddr, flow.key.daddr, flow.key.sport, flow.key.dport, flow.key.icmp_type);
+            (k.proto, k.scope, k._pad) = (flow.key.proto, CtScope::PolicyOut as u8, 0);
             // SAFETY: map value pointer, valid during the run.
             let starter = conntrack::lookup(&s.key).map_or(0, |verdict| unsafe { (*verdict).container_id });
             (fwd.container_id, rev.container_id) = (starter, starter);
