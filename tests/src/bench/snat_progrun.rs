@@ -232,8 +232,8 @@ fn one_run(calls: u32) -> Result<Vec<Sample>> {
 /// figure: new flows, each judged on the container's veth then
 /// masqueraded on the uplink, then one flow's later packets and replies.
 fn flows<F: MasqFamily>(h: &mut PacketHarness, p: &Programs, calls: u32, base: f64) -> Result<Vec<Sample>> {
-    let out =
-        |from_host: (F::Addr, u16), to: (F::Addr, u16), flags| F::tcp(NEXT_HOP_MAC, HOST_MAC, from_host, to, flags);
+    // A frame leaving the uplink.
+    let out = |src: (F::Addr, u16), dst: (F::Addr, u16), flags| F::tcp(NEXT_HOP_MAC, HOST_MAC, src, dst, flags);
     let sample =
         |i: usize, program, fresh: f64| Sample { case: F::CASES[i], program, fresh_ns: fresh, net_ns: fresh - base };
     let inserted_before = h.dp.ct_stats()?.inserts;
@@ -259,9 +259,9 @@ fn flows<F: MasqFamily>(h: &mut PacketHarness, p: &Programs, calls: u32, base: f
         );
         masqueraded.push(r.duration_ns as u64);
     }
-    // What every flow leaves, and nothing else.
+    // The pending entry and the reply half of every flow, in either
+    // family, and nothing else.
     let inserted = h.dp.ct_stats()?.inserts - inserted_before;
-    // The pending entry and the reply half, in either family.
     let want = 2 * u64::from(n);
     ensure!(inserted == want, "{n} new flows inserted {inserted} conntrack entries, not {want}");
     let mut samples = vec![
@@ -273,7 +273,7 @@ fn flows<F: MasqFamily>(h: &mut PacketHarness, p: &Programs, calls: u32, base: f
     let (ctr, server) = ((F::CTR, CTR_PORT), (F::SERVER, SERVER_PORT));
     // Its first packet as the datapath takes it: judged on the veth, the
     // verdict kept pending, then masqueraded on the uplink.
-    let from_ctr = |from: (F::Addr, u16), flags| F::tcp(GATEWAY_MAC, CTR_MAC, from, server, flags);
+    let from_ctr = |src: (F::Addr, u16), flags| F::tcp(GATEWAY_MAC, CTR_MAC, src, server, flags);
     let r = run(p.veth, &from_ctr(ctr, TCP_SYN), 1).context("BPF_PROG_TEST_RUN")?;
     ensure!(r.verdict == TC_ACT_OK, "the probe flow did not pass c1's veth");
     let syn = run(p.egress, &out(ctr, server, TCP_SYN), 1).context("BPF_PROG_TEST_RUN")?;
