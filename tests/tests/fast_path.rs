@@ -122,9 +122,12 @@ fn status(t: &Topology) -> Status {
     t.ctl_json(&["status"]).unwrap()
 }
 
-/// Packets redirected out of host interfaces between two readings.
-fn redirected_out(before: &Status, after: &Status) -> u64 {
-    after.fast_path.redirected_in_and_out().1 - before.fast_path.redirected_in_and_out().1
+/// Packets redirected between two readings: into containers judged on the
+/// way, into containers on a verdict already there, out of host interfaces.
+fn redirected_between(before: &Status, after: &Status) -> (u64, u64, u64) {
+    let delta = |how| after.fast_path.redirected_as(how) - before.fast_path.redirected_as(how);
+    let out = after.fast_path.redirected_in_and_out().1 - before.fast_path.redirected_in_and_out().1;
+    (delta(Redirect::ToContainerJudged), delta(Redirect::ToContainer), out)
 }
 
 /// Published, masqueraded and container-to-container traffic: every
@@ -168,14 +171,10 @@ fn every_path_is_redirected_around_the_bridge() {
     // (N). The first packet of each of the two flows into c1 (new sockets)
     // has no verdict of c1's yet: c1's inbound policy judges it on the way.
     // Replies find the verdict their flow's start left.
-    let judged = after.fast_path.redirected_as(Redirect::ToContainerJudged)
-        - before.fast_path.redirected_as(Redirect::ToContainerJudged);
+    let (judged, into, out) = redirected_between(&before, &after);
     assert_eq!(judged, 2, "one per new flow into a container: {:?}", after.fast_path);
-    let into =
-        after.fast_path.redirected_as(Redirect::ToContainer) - before.fast_path.redirected_as(Redirect::ToContainer);
     assert!(into + judged >= 4 * N as u64, "redirected into containers: {into} ({:?})", after.fast_path);
     // Out: c1's replies to the world (N), c2 to the world (N).
-    let out = redirected_out(&before, &after);
     assert!(out >= 2 * N as u64, "redirected out: {out} ({:?})", after.fast_path);
     // 6N packets crossed the host; the bridge saw at most a few (a late
     // ARP).
@@ -223,13 +222,9 @@ fn every_ipv6_path_is_redirected_around_the_bridge() {
     let after = status(&t);
     let bridge_after = bridge_packets(&t, &after.bridge);
 
-    let judged = after.fast_path.redirected_as(Redirect::ToContainerJudged)
-        - before.fast_path.redirected_as(Redirect::ToContainerJudged);
+    let (judged, into, out) = redirected_between(&before, &after);
     assert_eq!(judged, 2, "one per new flow into a container: {:?}", after.fast_path);
-    let into =
-        after.fast_path.redirected_as(Redirect::ToContainer) - before.fast_path.redirected_as(Redirect::ToContainer);
     assert!(into + judged >= 4 * N as u64, "redirected into containers: {into} ({:?})", after.fast_path);
-    let out = redirected_out(&before, &after);
     assert!(out >= 2 * N as u64, "redirected out: {out} ({:?})", after.fast_path);
     assert!(bridge_after - bridge_before < 10, "the bridge carried {} packets", bridge_after - bridge_before);
     let fell_back: u64 = after.fast_path.fallbacks.values().sum();
