@@ -91,7 +91,10 @@ unsafe fn test_run(attr: &mut TestRunAttr) -> io::Result<()> {
 /// zero but the fields the kernel lets a caller set.
 #[repr(C)]
 struct SkBuffCtx {
-    before_ifindex: [u32; 10],
+    before_ingress_ifindex: [u32; 9],
+    /// The skb's input interface (`skb_iif`), where a route lookup from
+    /// the program starts.
+    ingress_ifindex: u32,
     /// The device the frame arrives on, in the caller's network namespace.
     ifindex: u32,
     after_ifindex: [u32; 37],
@@ -101,7 +104,16 @@ struct SkBuffCtx {
 /// calling thread's network namespace (the program reads that device's
 /// ifindex, as it does when attached there).
 pub fn run_on(prog_fd: RawFd, frame: &[u8], ifindex: u32) -> io::Result<RunResult> {
-    let ctx = SkBuffCtx { before_ifindex: [0; 10], ifindex, after_ifindex: [0; 37] };
+    let ctx = SkBuffCtx { before_ingress_ifindex: [0; 9], ingress_ifindex: 0, ifindex, after_ifindex: [0; 37] };
+    run_with(prog_fd, frame, 1, Some(&ctx))
+}
+
+/// [`run_on`] with `ifindex` as the skb's input interface too, as a frame
+/// received there has it: the program's route lookups (`bpf_fib_lookup`
+/// from the interface it arrived on) are made in full, where [`run`] and
+/// [`run_on`] leave them failing at once for want of an input interface.
+pub fn run_received_on(prog_fd: RawFd, frame: &[u8], ifindex: u32) -> io::Result<RunResult> {
+    let ctx = SkBuffCtx { before_ingress_ifindex: [0; 9], ingress_ifindex: ifindex, ifindex, after_ifindex: [0; 37] };
     run_with(prog_fd, frame, 1, Some(&ctx))
 }
 

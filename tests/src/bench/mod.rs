@@ -38,6 +38,7 @@ mod containers;
 mod control;
 mod cpu;
 mod drop;
+mod fast_progrun;
 mod iptables;
 mod ipv6;
 mod load;

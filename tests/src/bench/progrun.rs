@@ -28,7 +28,7 @@ use netpath_common::{
 use netpath_tests::{
     fixtures::{self, C1 as CTR, C1_MAC as CTR_MAC, CLIENT_MAC, GATEWAY, GATEWAY_MAC, HOST_MAC},
     frames::{self, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP},
-    prog_run::{run, PacketHarness, TEST_IFINDEX},
+    prog_run::{run, PacketHarness, RunResult, TEST_IFINDEX},
     topology::{HOST_UPLINK_IP, HOST_UPLINK_IP6, WORLD_IP, WORLD_IP6},
 };
 use serde::Serialize;
@@ -78,7 +78,7 @@ pub struct Figure {
 }
 
 /// Raw values of one run, keyed like [`Figure`].
-struct Sample {
+pub(super) struct Sample {
     case: &'static str,
     program: &'static str,
     budget_ns: Option<f64>,
@@ -94,7 +94,7 @@ struct Sample {
 impl Sample {
     /// A fresh-frame figure of `case` at (mappings, containers), `base`
     /// being the empty program's; no repeat loop.
-    fn fresh(
+    pub(super) fn fresh(
         case: &'static str,
         program: &'static str,
         (mappings, containers): (usize, usize),
@@ -132,9 +132,16 @@ pub fn measure(opts: &Options) -> Result<Vec<Figure>> {
             super::machine::settle("BPF_PROG_TEST_RUN round");
         }
         let (calls, sizes) = (opts.prog_run_calls, sizes.clone());
-        let samples = std::thread::spawn(move || one_run(calls, &sizes))
+        let mut samples = std::thread::spawn(move || one_run(calls, &sizes))
             .join()
             .unwrap_or_else(|_| anyhow::bail!("the BPF_PROG_TEST_RUN thread panicked"))?;
+        // The default configuration's hits, in a harness of their own (its
+        // namespace wired as a host's).
+        samples.extend(
+            std::thread::spawn(move || super::fast_progrun::one_run(calls))
+                .join()
+                .unwrap_or_else(|_| anyhow::bail!("the fast path's BPF_PROG_TEST_RUN thread panicked"))?,
+        );
         runs.push(samples);
     }
     Ok(aggregate(&runs))
@@ -181,21 +188,21 @@ pub(super) fn tcp_frame6(
     frames::eth(dmac, smac, ETH_P_IPV6, &frames::ipv6(src.0, dst.0, IPPROTO_TCP, &seg))
 }
 
-struct Frames {
-    syn: Vec<u8>,
-    syn_dnat: Vec<u8>,
-    synack: Vec<u8>,
-    synack_revnat: Vec<u8>,
-    miss: Vec<u8>,
+pub(super) struct Frames {
+    pub syn: Vec<u8>,
+    pub syn_dnat: Vec<u8>,
+    pub synack: Vec<u8>,
+    pub synack_revnat: Vec<u8>,
+    pub miss: Vec<u8>,
     /// The published port's flow over IPv6: the SYN and the reply, as
     /// they come in and as they leave translated.
-    syn6: Vec<u8>,
-    syn6_dnat: Vec<u8>,
-    synack6: Vec<u8>,
-    synack6_revnat: Vec<u8>,
+    pub syn6: Vec<u8>,
+    pub syn6_dnat: Vec<u8>,
+    pub synack6: Vec<u8>,
+    pub synack6_revnat: Vec<u8>,
 }
 
-fn frames() -> Frames {
+pub(super) fn frames() -> Frames {
     let client = (CLIENT, CLIENT_PORT);
     let client6 = (CLIENT6, CLIENT_PORT);
     Frames {
@@ -211,7 +218,8 @@ fn frames() -> Frames {
     }
 }
 
-fn mapping(host: HostPort, id: u32) -> (MappingKey4, MappingEntry4) {
+/// `host` published to the container on `ifindex` under mapping `id`.
+fn mapping(host: HostPort, id: u32, ifindex: u32) -> (MappingKey4, MappingEntry4) {
     let addr = host.addr.map_or([0; 4], |a| a.octets());
     (
         MappingKey4 { addr, port: host.port.to_be(), proto: IPPROTO_TCP, _pad: 0 },
@@ -220,24 +228,25 @@ fn mapping(host: HostPort, id: u32) -> (MappingKey4, MappingEntry4) {
             container_port: CONTAINER_PORT.to_be(),
             _pad: 0,
             id,
-            container_ifindex: TEST_IFINDEX,
+            container_ifindex: ifindex,
         },
     )
 }
 
 /// The maps as the agent fills them for one dual-stack container behind
-/// the hit port, published on both families (a mapping without a host
-/// address answers on both, under one id).
-fn configure(h: &mut PacketHarness) -> Result<()> {
+/// the hit port, on the interface `ifindex`, published on both families (a
+/// mapping without a host address answers on both, under one id), with
+/// the datapath's `flags`.
+pub(super) fn configure(h: &mut PacketHarness, flags: u32, ifindex: u32) -> Result<()> {
     h.dp.write_config(&DatapathConfig {
         subnet6: In6Addr::from_octets(SUBNET6.network().octets()),
         subnet6_prefix: SUBNET6.prefix_len().into(),
         gateway6: In6Addr::from_octets((u128::from(SUBNET6.network()) + 1).to_be_bytes()),
-        ..fixtures::config(0)
+        ..fixtures::config(flags)
     })?;
     h.dp.sync_host_addrs4(&[(HOST, 2), (GATEWAY, 3)])?;
     h.dp.sync_host_addrs6(&[(In6Addr::from_octets(HOST6), 2)])?;
-    let (k, v) = mapping(HostPort { addr: None, port: HIT_PORT }, 1);
+    let (k, v) = mapping(HostPort { addr: None, port: HIT_PORT }, 1, ifindex);
     h.dp.set_mapping(&k, &v)?;
     let key6 = MappingKey6 { addr: In6Addr::UNSPECIFIED, port: HIT_PORT.to_be(), proto: IPPROTO_TCP, _pad: 0 };
     let entry6 = MappingEntry6 {
@@ -245,12 +254,15 @@ fn configure(h: &mut PacketHarness) -> Result<()> {
         container_port: CONTAINER_PORT.to_be(),
         _pad: 0,
         id: 1,
-        container_ifindex: TEST_IFINDEX,
+        container_ifindex: ifindex,
     };
     h.dp.set_mapping(&key6, &entry6)?;
-    let container =
-        ContainerEntry { ipv6: In6Addr::from_octets(CTR6), ..fixtures::container(CTR, CTR_MAC, 1, CONTAINER_F_IPV6) };
-    h.dp.set_container(TEST_IFINDEX, &container)?;
+    let container = ContainerEntry {
+        ipv6: In6Addr::from_octets(CTR6),
+        ifindex,
+        ..fixtures::container(CTR, CTR_MAC, 1, CONTAINER_F_IPV6)
+    };
+    h.dp.set_container(ifindex, &container)?;
     Ok(())
 }
 
@@ -264,7 +276,7 @@ const MANY_CONTAINERS: usize = super::attach::CONTAINERS;
 /// `containers` are attached.
 fn fill_tables(h: &mut PacketHarness, mappings: usize, containers: usize) -> Result<()> {
     for i in 0..mappings.saturating_sub(1) {
-        let (k, v) = mapping(filler(i), 2 + i as u32);
+        let (k, v) = mapping(filler(i), 2 + i as u32, TEST_IFINDEX);
         h.dp.set_mapping(&k, &v)?;
     }
     for i in 1..containers as u32 {
@@ -289,7 +301,7 @@ fn expect(h: &PacketHarness, program: &str, input: &[u8], want: &[u8]) -> Result
 
 fn one_run(calls: u32, sizes: &[usize]) -> Result<Vec<Sample>> {
     let mut h = PacketHarness::new()?;
-    configure(&mut h)?;
+    configure(&mut h, 0, TEST_IFINDEX)?;
     let empty = EmptyProgram::load()?;
     let f = frames();
     // The flow: the first SYN creates both conntrack entries.
@@ -602,13 +614,23 @@ fn flow_packets(h: &mut PacketHarness, is_flow: impl Fn(&CtKey4) -> bool) -> Res
 /// cost, not the program's. Every figure, the empty program's included, is
 /// taken the same way.
 pub(super) fn fresh_median(fd: RawFd, frame: &[u8], calls: u32) -> Result<f64> {
+    fresh_median_of(calls, TC_ACT_OK, || run(fd, frame, 1))
+}
+
+/// [`fresh_median`] of `calls` runs made by `run_once`, each of which must
+/// end in `verdict`.
+pub(super) fn fresh_median_of(
+    calls: u32,
+    verdict: u32,
+    mut run_once: impl FnMut() -> std::io::Result<RunResult>,
+) -> Result<f64> {
     let mut runs = Vec::with_capacity(calls as usize);
     for i in 0..calls {
         if i % 10_000 == 0 {
             super::check_interrupted()?;
         }
-        let r = run(fd, frame, 1).context("BPF_PROG_TEST_RUN")?;
-        ensure!(r.verdict == TC_ACT_OK, "verdict {} instead of TC_ACT_OK", r.verdict);
+        let r = run_once().context("BPF_PROG_TEST_RUN")?;
+        ensure!(r.verdict == verdict, "verdict {} instead of {verdict}", r.verdict);
         runs.push(r.duration_ns as u64);
     }
     Ok(lowest_batch_median(&runs))

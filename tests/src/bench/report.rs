@@ -371,9 +371,17 @@ fn prog_run(s: &mut String, r: &Results) {
          against IPv4's 16 and 72), at one published port: the IPv4 entry point, its tail call to the IPv6 \
          half, and that half's tail call to the IPv6 fast path, whose decision, with the flags the benchmark \
          configures, is to leave the packet to the stack. The container's reply is addressed to the gateway's \
-         MAC, as a container sends it to the world, so the veth's figures include the route lookup that checks \
-         a translated packet against its route (runs before 2026-12-06 addressed it to the uplink's MAC, \
-         which the routing decision left at once: about 100 ns less).\n",
+         MAC, as a container sends it to the world, so the veth's figures include the routing decision's call \
+         of the route lookup that checks a translated packet against its route, which fails at once there \
+         since the runner's frame arrives on no interface (runs before 2026-12-06 addressed it to the \
+         uplink's MAC, which the routing decision left at once: about 100 ns less). Those rows time the \
+         datapath with the fast path off, the stack delivering. The rows marked \"(the default)\" time the \
+         same hits with the fast path on, as the agent configures it by default, in a harness whose namespace \
+         is wired as a host's (an uplink with the host's addresses and the client as a resolved neighbour, \
+         the container's veth pair, forwarding on), the frames arriving on those interfaces: the SYN \
+         translated and redirected into the container (its MTU checked, its verdict carried, counted on its \
+         veth), the reply translated, its route looked up in full and redirected out of the uplink; every run \
+         checked to have been redirected and to have inserted nothing.\n",
         r.method.prog_run_calls,
         r.method.prog_run_calls,
         super::attach::CONTAINERS
