@@ -180,6 +180,10 @@ fn route4(ctx: &TcContext, origin: Origin, carried: CarriedVerdict) -> i32 {
         if cfg.has(CFG_F_ROUTE_MTUS4) && route_mtu_exceeded4(dst, mtu_len) {
             return to_stack_as_sent::<[u8; 4]>(ctx, Fallback::MtuExceeded, fast);
         }
+        // Off, the route lookup only checks the MTU.
+        if !fast && fits_every_link::<[u8; 4]>(ctx) {
+            return TC_ACT_OK as i32;
+        }
         return to_host_interface(ctx, ip.src_addr, dst, mtu_len, fast);
     }
     TC_ACT_OK as i32
@@ -243,6 +247,10 @@ fn route6(ctx: &TcContext, origin: Origin, carried: CarriedVerdict) -> i32 {
         // TCP right after the fixed header; behind extension headers the
         // whole length is checked.
         let mtu_len = mtu_checked_len(ctx, IP6_HDR_LEN as usize, next_header == IPPROTO_TCP, tot_len);
+        // Off, the route lookup only checks the MTU.
+        if !fast && fits_every_link::<In6Addr>(ctx) {
+            return TC_ACT_OK as i32;
+        }
         return to_host_interface6(ctx, src, dst, mtu_len, fast);
     }
     TC_ACT_OK as i32
@@ -289,14 +297,16 @@ fn to_container<A: Hop>(
         return fall_back(Fallback::TtlExpiring);
     }
     // Too big: the stack fragments it, or tells the sender the path MTU.
-    let mut mtu_len = 0u32;
-    // SAFETY: the helper reads the skb and writes `mtu_len`.
-    let mtu = unsafe { bpf_check_mtu(ctx.skb.skb as *mut _, target.ifindex, &mut mtu_len, 0, 0) };
-    if mtu < 0 {
-        return fall_back(Fallback::NoInterface);
-    }
-    if mtu != 0 {
-        return fall_back(Fallback::MtuExceeded);
+    if !fits_every_link::<A>(ctx) {
+        let mut mtu_len = 0u32;
+        // SAFETY: the helper reads the skb and writes `mtu_len`.
+        let mtu = unsafe { bpf_check_mtu(ctx.skb.skb as *mut _, target.ifindex, &mut mtu_len, 0, 0) };
+        if mtu < 0 {
+            return fall_back(Fallback::NoInterface);
+        }
+        if mtu != 0 {
+            return fall_back(Fallback::MtuExceeded);
+        }
     }
     if !policy::allowed_inbound::<A>(ctx, target, cfg, carried) {
         return to_be_judged(ctx, target.ifindex, routed);
@@ -363,6 +373,15 @@ pub fn judge_and_deliver<A: Hop>(ctx: &TcContext) -> i32 {
         return TC_ACT_SHOT as i32;
     }
     hand_to::<A>(ctx, cfg, target, routed, Redirect::ToContainerJudged)
+}
+
+/// Does the packet fit every interface its family runs on, whatever its
+/// MTU? Then no MTU needs looking up (the helper calls are for longer
+/// packets). The skb's length is the whole of a GSO packet's segments,
+/// so a GSO packet never does.
+#[inline(always)]
+fn fits_every_link<A: Hop>(ctx: &TcContext) -> bool {
+    ctx.len() <= A::MIN_LINK_MTU + EthHdr::LEN as u32
 }
 
 /// The length the route's MTU is checked against: the packet's own
@@ -550,6 +569,11 @@ fn to_stack_as_sent<A: Hop>(ctx: &TcContext, why: Fallback, fast: bool) -> i32 {
 pub trait Hop: Family {
     /// Its slot in `DELIVER_CALLS`.
     const DELIVER_SLOT: u32;
+    /// The least MTU of any interface the family runs on: IPv4 needs 68
+    /// bytes (RFC 791; Linux drops an interface's IPv4 below it), IPv6 1280
+    /// (RFC 8200; Linux drops an interface's IPv6 below it, and its
+    /// forwarding never reports a path MTU below it either).
+    const MIN_LINK_MTU: u32;
 
     fn decrement_hop_limit(ctx: &TcContext) -> Result<(), DropReason>;
 
@@ -560,6 +584,7 @@ pub trait Hop: Family {
 
 impl Hop for [u8; 4] {
     const DELIVER_SLOT: u32 = DELIVER4;
+    const MIN_LINK_MTU: u32 = 68;
     /// TTL minus one, with the header checksum updated for the 16-bit word
     /// the TTL shares with the protocol (RFC 1624; the IPv4 header checksum
     /// is always whole in the header, whatever the skb's checksum state).
@@ -588,6 +613,7 @@ impl Hop for [u8; 4] {
 
 impl Hop for In6Addr {
     const DELIVER_SLOT: u32 = DELIVER6;
+    const MIN_LINK_MTU: u32 = 1280;
     /// The hop limit minus one (IPv6 has no header checksum).
     #[inline(always)]
     fn decrement_hop_limit(ctx: &TcContext) -> Result<(), DropReason> {

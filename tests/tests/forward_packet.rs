@@ -6,13 +6,17 @@
 //! (`fast_path.rs`): a test run reports the verdict but delivers nothing.
 
 use netpath_common::{
-    config::CFG_F_FAST_PATH, container::CONTAINER_F_DEFAULT_DENY_IN, forward::FALLBACK_COUNT, Fallback, ForwardStats,
-    HookId, MappingEntry4, MappingKey4, Redirect,
+    config::CFG_F_FAST_PATH,
+    container::{CONTAINER_F_DEFAULT_DENY_IN, CONTAINER_F_IPV6},
+    forward::FALLBACK_COUNT,
+    DatapathConfig, Fallback, ForwardStats, HookId, In6Addr, MappingEntry4, MappingEntry6, MappingKey4, MappingKey6,
+    Redirect,
 };
 use netpath_tests::{
     fixtures::{self, hex, C1, C1_MAC, CLIENT, CLIENT_MAC, GATEWAY_MAC, HOST, SERVER, TC_ACT_OK, TC_ACT_SHOT},
-    frames::{self, ETH_P_IPV4, IPPROTO_TCP, IPPROTO_UDP},
+    frames::{self, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP},
     prog_run::{PacketHarness, TEST_IFINDEX},
+    topology::cmd,
 };
 
 /// `TC_ACT_REDIRECT` (linux/pkt_cls.h).
@@ -160,4 +164,70 @@ fn a_reply_the_stack_answers_goes_to_it_with_the_container_s_source() {
     let translated = frames::eth(GATEWAY_MAC, C1_MAC, ETH_P_IPV4, &udp_packet((HOST, 8053), (CLIENT, 40000), 64));
     assert_eq!(hex(&r.data), hex(&translated), "no route: translated, for the stack to forward");
     assert_eq!(forward_stats(&mut h).fallbacks[Fallback::NoRoute as usize], 1);
+}
+
+/// The test interface's MTU (the container's interface here), set in the
+/// harness's own network namespace.
+fn set_container_mtu(mtu: u32) {
+    cmd("ip", &["link", "set", "lo", "mtu", &mtu.to_string()]).unwrap();
+}
+
+/// A packet no longer than IPv4's least MTU (68 bytes) fits every
+/// interface, and is handed to the container without its interface's MTU
+/// being asked; one byte longer is checked against it, and here, the
+/// container's interface having that least MTU, falls back to the stack
+/// (which fragments it, or tells the sender the path MTU).
+#[test]
+fn only_ipv4_packets_longer_than_68_bytes_are_checked_against_the_container_s_mtu() {
+    let mut h = harness(CFG_F_FAST_PATH);
+    set_container_mtu(68);
+    // 20 bytes of IP header and 8 of UDP: 68 bytes with 40 of payload.
+    let query = |payload: usize| {
+        let udp = frames::udp(CLIENT, HOST, 40000, 8053, &vec![0; payload]);
+        frames::eth(LO_MAC, CLIENT_MAC, ETH_P_IPV4, &frames::ipv4(CLIENT, HOST, IPPROTO_UDP, &[], &udp))
+    };
+    assert_eq!(h.run(HookId::UplinkIngress.program(), &query(40)).unwrap().verdict, TC_ACT_REDIRECT);
+    let r = h.run(HookId::UplinkIngress.program(), &query(41)).unwrap();
+    assert_eq!(r.verdict, TC_ACT_OK, "69 bytes: to the stack");
+    let stats = forward_stats(&mut h);
+    assert_eq!(stats.redirected[Redirect::ToContainerJudged as usize], 1, "{stats:?}");
+    assert_eq!(stats.fallbacks[Fallback::MtuExceeded as usize], 1, "{stats:?}");
+}
+
+/// The same for IPv6, whose least MTU is 1280 bytes.
+#[test]
+fn only_ipv6_packets_longer_than_1280_bytes_are_checked_against_the_container_s_mtu() {
+    let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets();
+    let (c1, host, client) = (v6("fd00:77::2"), v6("2001:db8:18::1"), v6("2001:db8::9"));
+    let mut h = fixtures::harness(&DatapathConfig {
+        subnet6: In6Addr::from_octets(v6("fd00:77::")),
+        subnet6_prefix: 64,
+        gateway6: In6Addr::from_octets(v6("fd00:77::1")),
+        ..fixtures::config(CFG_F_FAST_PATH)
+    });
+    h.dp.sync_host_addrs6(&[(In6Addr::from_octets(host), 2)]).unwrap();
+    let key = MappingKey6 { addr: In6Addr::UNSPECIFIED, port: 8053u16.to_be(), proto: IPPROTO_UDP, _pad: 0 };
+    let entry = MappingEntry6 {
+        container_addr: In6Addr::from_octets(c1),
+        container_port: 53u16.to_be(),
+        _pad: 0,
+        id: 1,
+        container_ifindex: TEST_IFINDEX,
+    };
+    h.dp.set_mapping(&key, &entry).unwrap();
+    let container = fixtures::container(C1, C1_MAC, 1, CONTAINER_F_IPV6);
+    h.dp.set_container(TEST_IFINDEX, &netpath_common::ContainerEntry { ipv6: In6Addr::from_octets(c1), ..container })
+        .unwrap();
+    set_container_mtu(1280);
+    // 40 bytes of IPv6 header and 8 of UDP: 1280 bytes with 1232 of payload.
+    let query = |payload: usize| {
+        let udp = frames::udp6(client, host, 40000, 8053, &vec![0; payload]);
+        frames::eth(LO_MAC, CLIENT_MAC, ETH_P_IPV6, &frames::ipv6(client, host, IPPROTO_UDP, &udp))
+    };
+    assert_eq!(h.run(HookId::UplinkIngress.program(), &query(1232)).unwrap().verdict, TC_ACT_REDIRECT);
+    let r = h.run(HookId::UplinkIngress.program(), &query(1233)).unwrap();
+    assert_eq!(r.verdict, TC_ACT_OK, "1281 bytes: to the stack");
+    let stats = forward_stats(&mut h);
+    assert_eq!(stats.redirected[Redirect::ToContainerJudged as usize], 1, "{stats:?}");
+    assert_eq!(stats.fallbacks[Fallback::MtuExceeded as usize], 1, "{stats:?}");
 }
