@@ -152,6 +152,9 @@ fn route4(ctx: &TcContext, origin: Origin, carried: CarriedVerdict) -> i32 {
     if eth.ether_type != EtherType::Ipv4 as u16 {
         return TC_ACT_OK as i32;
     }
+    if !fast && !answerable_by_stack::<[u8; 4]>(ctx, ip.ttl) {
+        return TC_ACT_OK as i32;
+    }
     // A routed hop: the frame is addressed to the host (the uplink's MAC,
     // or the bridge's, which is the containers' gateway). A container's
     // frame to another container's MAC is switched, as the bridge would:
@@ -179,10 +182,6 @@ fn route4(ctx: &TcContext, origin: Origin, carried: CarriedVerdict) -> i32 {
         let mtu_len = mtu_checked_len(ctx, ip_hdr_len(ip.vihl), ip.proto == IPPROTO_TCP, tot_len);
         if cfg.has(CFG_F_ROUTE_MTUS4) && route_mtu_exceeded4(dst, mtu_len) {
             return to_stack_as_sent::<[u8; 4]>(ctx, Fallback::MtuExceeded, fast);
-        }
-        // Off, the route lookup only checks the MTU.
-        if !fast && fits_every_link::<[u8; 4]>(ctx) {
-            return TC_ACT_OK as i32;
         }
         return to_host_interface(ctx, ip.src_addr, dst, mtu_len, fast);
     }
@@ -217,6 +216,9 @@ fn route6(ctx: &TcContext, origin: Origin, carried: CarriedVerdict) -> i32 {
         return TC_ACT_OK as i32;
     };
     let Some(hop_limit) = crate::ipv6::fixed_header(ctx).map(|ip| ip.hop_limit) else { return TC_ACT_OK as i32 };
+    if !fast && !answerable_by_stack::<In6Addr>(ctx, hop_limit) {
+        return TC_ACT_OK as i32;
+    }
     let routed = match origin {
         // SAFETY: the context pointer is valid for the program's run.
         Origin::Uplink => (unsafe { (*ctx.skb.skb).pkt_type }) == PACKET_HOST,
@@ -247,10 +249,6 @@ fn route6(ctx: &TcContext, origin: Origin, carried: CarriedVerdict) -> i32 {
         // TCP right after the fixed header; behind extension headers the
         // whole length is checked.
         let mtu_len = mtu_checked_len(ctx, IP6_HDR_LEN as usize, next_header == IPPROTO_TCP, tot_len);
-        // Off, the route lookup only checks the MTU.
-        if !fast && fits_every_link::<In6Addr>(ctx) {
-            return TC_ACT_OK as i32;
-        }
         return to_host_interface6(ctx, src, dst, mtu_len, fast);
     }
     TC_ACT_OK as i32
@@ -382,6 +380,16 @@ pub fn judge_and_deliver<A: Hop>(ctx: &TcContext) -> i32 {
 #[inline(always)]
 fn fits_every_link<A: Hop>(ctx: &TcContext) -> bool {
     ctx.len() <= A::MIN_LINK_MTU + EthHdr::LEN as u32
+}
+
+/// With the fast path off, all a container's packet is looked at for is
+/// whether the stack will answer it with an ICMP error instead of
+/// forwarding it (see [`to_stack_as_sent`]): its hop limit runs out here,
+/// or it may be too big for its route. Not so for one with hops to spare
+/// that fits every link, which therefore needs no lookup at all.
+#[inline(always)]
+fn answerable_by_stack<A: Hop>(ctx: &TcContext, hop_limit: u8) -> bool {
+    hop_limit <= 1 || !fits_every_link::<A>(ctx)
 }
 
 /// The length the route's MTU is checked against: the packet's own

@@ -231,3 +231,23 @@ fn only_ipv6_packets_longer_than_1280_bytes_are_checked_against_the_container_s_
     assert_eq!(stats.redirected[Redirect::ToContainerJudged as usize], 1, "{stats:?}");
     assert_eq!(stats.fallbacks[Fallback::MtuExceeded as usize], 1, "{stats:?}");
 }
+
+/// With the fast path off the stack forwards, and a container's packet is
+/// only looked at for what the stack answers with an ICMP error instead:
+/// a published port's reply whose TTL runs out here still goes to it with
+/// the container's source, however small; one with hops to spare goes
+/// translated, as the stack forwards it.
+#[test]
+fn off_a_reply_whose_ttl_runs_out_still_goes_to_the_stack_with_the_container_s_source() {
+    let mut h = harness(0);
+    let query = frames::eth(LO_MAC, CLIENT_MAC, ETH_P_IPV4, &udp_packet((CLIENT, 40000), (HOST, 8053), 64));
+    assert_eq!(h.run(HookId::UplinkIngress.program(), &query).unwrap().verdict, TC_ACT_OK);
+    let reply = |ttl| frames::eth(GATEWAY_MAC, C1_MAC, ETH_P_IPV4, &udp_packet((C1, 53), (CLIENT, 40000), ttl));
+    let r = h.run(HookId::VethIngress.program(), &reply(1)).unwrap();
+    assert_eq!((r.verdict, hex(&r.data)), (TC_ACT_OK, hex(&reply(1))), "with the container's source and port");
+    let r = h.run(HookId::VethIngress.program(), &reply(64)).unwrap();
+    let translated = frames::eth(GATEWAY_MAC, C1_MAC, ETH_P_IPV4, &udp_packet((HOST, 8053), (CLIENT, 40000), 64));
+    assert_eq!((r.verdict, hex(&r.data)), (TC_ACT_OK, hex(&translated)));
+    let stats = forward_stats(&mut h);
+    assert_eq!(stats, ForwardStats::default(), "off, nothing is counted: {stats:?}");
+}
