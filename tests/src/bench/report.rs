@@ -381,7 +381,10 @@ fn prog_run(s: &mut String, r: &Results) {
          the container's veth pair, forwarding on), the frames arriving on those interfaces: the SYN \
          translated and redirected into the container (its MTU checked, its verdict carried, counted on its \
          veth), the reply translated, its route looked up in full and redirected out of the uplink; every run \
-         checked to have been redirected and to have inserted nothing.\n",
+         checked to have been redirected and to have inserted nothing. The two \"container to container\" \
+         rows time, in the same harness, a second container's flow with the first (c1's SYN to c2's MAC, \
+         c2's answer): judged by the sender's verdict and by the receiver's, looked up in their scopes \
+         after the NAT scope's miss, and redirected into the receiver (no translation: no hit budget).\n",
         r.method.prog_run_calls,
         r.method.prog_run_calls,
         super::attach::CONTAINERS
