@@ -56,9 +56,11 @@ const C2C_CASE: &str =
      (the default)";
 const C2C_REPLY_CASE: &str = "container to container, the reply: the same the other way (the default)";
 
-/// One round: the four hits at one published port and one container, each
-/// checked to have taken the fast path on every run (its redirect counted,
-/// nothing inserted), after a first run of each checked translated.
+/// One round: the published port's four hits (one port, its container c1)
+/// and the two directions of a flow between c1 and c2, each checked to have
+/// taken the fast path on every run (its redirect counted, nothing
+/// inserted), after a first run of each checked for its addresses
+/// (translated, or between the containers left as they are).
 pub(super) fn one_run(calls: u32) -> Result<Vec<Sample>> {
     let mut h = PacketHarness::new()?;
     let (uplink_if, veth_if, c2_if) = wire_host()?;
@@ -86,10 +88,10 @@ pub(super) fn one_run(calls: u32) -> Result<Vec<Sample>> {
     // reply finds them; each comes out translated and redirected. (The
     // first packet between the containers is judged on the way by c2's
     // policy, which keeps its verdict: a redirect too.)
-    for (case, prog, ifindex, frame, translated, _) in cases {
+    for (case, prog, ifindex, frame, delivered, _) in cases {
         let r = run_received_on(prog, frame, ifindex).with_context(|| format!("preparing {case}"))?;
         ensure!(r.verdict == TC_ACT_REDIRECT, "{case}: not redirected (verdict {})", r.verdict);
-        ensure!(same_addresses(&r.data, translated), "{case}: not translated");
+        ensure!(same_addresses(&r.data, delivered), "{case}: its addresses are not the ones expected");
     }
     let base = fresh_median(empty.fd(), &f.syn, calls)?;
     let mut out = vec![];

@@ -135,8 +135,9 @@ pub fn measure(opts: &Options) -> Result<Vec<Figure>> {
         let mut samples = std::thread::spawn(move || one_run(calls, &sizes))
             .join()
             .unwrap_or_else(|_| anyhow::bail!("the BPF_PROG_TEST_RUN thread panicked"))?;
-        // The default configuration's hits, in a harness of their own (its
-        // namespace wired as a host's).
+        // The default configuration's hits and a flow between two
+        // containers, in a harness of their own (its namespace wired as a
+        // host's).
         samples.extend(
             std::thread::spawn(move || super::fast_progrun::one_run(calls))
                 .join()
