@@ -14,6 +14,8 @@ use crate::{
 /// tc verdicts (linux/pkt_cls.h).
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
+/// `TC_ACT_REDIRECT` (linux/pkt_cls.h): the program redirected the packet.
+pub const TC_ACT_REDIRECT: u32 = 7;
 /// XDP verdicts (linux/bpf.h).
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;

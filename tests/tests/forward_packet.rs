@@ -13,14 +13,14 @@ use netpath_common::{
     Redirect,
 };
 use netpath_tests::{
-    fixtures::{self, hex, C1, C1_MAC, CLIENT, CLIENT_MAC, GATEWAY_MAC, HOST, SERVER, TC_ACT_OK, TC_ACT_SHOT},
+    fixtures::{
+        self, hex, C1, C1_MAC, CLIENT, CLIENT_MAC, GATEWAY_MAC, HOST, SERVER, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
+    },
     frames::{self, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP},
     prog_run::{PacketHarness, TEST_IFINDEX},
     topology::cmd,
 };
 
-/// `TC_ACT_REDIRECT` (linux/pkt_cls.h).
-const TC_ACT_REDIRECT: u32 = 7;
 /// The test device's own MAC (the loopback's): a frame to it is the
 /// host's (`PACKET_HOST`), as a frame to the uplink's MAC is on the uplink.
 const LO_MAC: [u8; 6] = [0; 6];
@@ -186,12 +186,7 @@ fn only_ipv4_packets_longer_than_68_bytes_are_checked_against_the_container_s_mt
         let udp = frames::udp(CLIENT, HOST, 40000, 8053, &vec![0; payload]);
         frames::eth(LO_MAC, CLIENT_MAC, ETH_P_IPV4, &frames::ipv4(CLIENT, HOST, IPPROTO_UDP, &[], &udp))
     };
-    assert_eq!(h.run(HookId::UplinkIngress.program(), &query(40)).unwrap().verdict, TC_ACT_REDIRECT);
-    let r = h.run(HookId::UplinkIngress.program(), &query(41)).unwrap();
-    assert_eq!(r.verdict, TC_ACT_OK, "69 bytes: to the stack");
-    let stats = forward_stats(&mut h);
-    assert_eq!(stats.redirected[Redirect::ToContainerJudged as usize], 1, "{stats:?}");
-    assert_eq!(stats.fallbacks[Fallback::MtuExceeded as usize], 1, "{stats:?}");
+    only_longer_packets_are_checked(&mut h, query, 40);
 }
 
 /// The same for IPv6, whose least MTU is 1280 bytes.
@@ -224,10 +219,18 @@ fn only_ipv6_packets_longer_than_1280_bytes_are_checked_against_the_container_s_
         let udp = frames::udp6(client, host, 40000, 8053, &vec![0; payload]);
         frames::eth(LO_MAC, CLIENT_MAC, ETH_P_IPV6, &frames::ipv6(client, host, IPPROTO_UDP, &udp))
     };
-    assert_eq!(h.run(HookId::UplinkIngress.program(), &query(1232)).unwrap().verdict, TC_ACT_REDIRECT);
-    let r = h.run(HookId::UplinkIngress.program(), &query(1233)).unwrap();
-    assert_eq!(r.verdict, TC_ACT_OK, "1281 bytes: to the stack");
-    let stats = forward_stats(&mut h);
+    only_longer_packets_are_checked(&mut h, query, 1232);
+}
+
+/// A query to the published port with `at_bound` bytes of payload (a
+/// packet of exactly the family's least MTU, which the container's
+/// interface has) is redirected into the container; one byte more falls
+/// back to the stack as `mtu-exceeded`.
+fn only_longer_packets_are_checked(h: &mut PacketHarness, query: impl Fn(usize) -> Vec<u8>, at_bound: usize) {
+    assert_eq!(h.run(HookId::UplinkIngress.program(), &query(at_bound)).unwrap().verdict, TC_ACT_REDIRECT);
+    let r = h.run(HookId::UplinkIngress.program(), &query(at_bound + 1)).unwrap();
+    assert_eq!(r.verdict, TC_ACT_OK, "one byte more: to the stack");
+    let stats = forward_stats(h);
     assert_eq!(stats.redirected[Redirect::ToContainerJudged as usize], 1, "{stats:?}");
     assert_eq!(stats.fallbacks[Fallback::MtuExceeded as usize], 1, "{stats:?}");
 }

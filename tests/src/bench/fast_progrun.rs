@@ -22,7 +22,9 @@ use netpath_common::{
     ContainerEntry, HookId, Redirect,
 };
 use netpath_tests::{
-    fixtures::{self, C1 as CTR, C1_MAC as CTR_MAC, C2, C2_MAC, CLIENT_MAC, HOST_MAC, TEST_STATS_SLOT},
+    fixtures::{
+        self, C1 as CTR, C1_MAC as CTR_MAC, C2, C2_MAC, CLIENT_MAC, HOST_MAC, TC_ACT_REDIRECT, TEST_STATS_SLOT,
+    },
     frames::ETH_P_IPV6,
     prog_run::{run_received_on, PacketHarness},
     topology::{cmd, HOST_UPLINK_IP, HOST_UPLINK_IP6, WORLD_IP, WORLD_IP6},
@@ -31,9 +33,6 @@ use netpath_tests::{
 use super::progrun::{configure, frames, fresh_median, fresh_median_of, tcp_frame, EmptyProgram, Sample};
 
 const ETH_HLEN: usize = 14;
-
-/// `TC_ACT_REDIRECT`: what a program returns once it redirected the packet.
-const TC_ACT_REDIRECT: u32 = 7;
 
 /// The harness namespace's interfaces (its own: nothing else sees them).
 const UPLINK: &str = "up0";
